@@ -1,0 +1,681 @@
+//! REST wire types of the LXD 1.0 API, as LXD 5.0.2 puts them on the wire.
+//!
+//! This module owns field names, their order and their JSON shapes; it does no I/O and imports nothing
+//! from the rest of the crate. Every struct mirrors one in LXD's `shared/api/*.go`; the field order
+//! follows the captures in `shared/reference/lxd-wire` so that our JSON reads like LXD's.
+//! Split types follow LXD: `Foo` (GET), `FooPut` (PUT/PATCH body), `FooPost` (POST body).
+
+pub mod extensions;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A string map as LXD sends it (`config`, `properties`, ...). Sorted, so responses are stable.
+pub type StringMap = BTreeMap<String, String>;
+/// Devices: name -> device config.
+pub type Devices = BTreeMap<String, StringMap>;
+
+/// The epoch in LXD's RFC 3339 form: LXD sends this for "never".
+pub const ZERO_TIME: &str = "1970-01-01T00:00:00Z";
+
+// ---------------------------------------------------------------------------------------------
+// Envelope (shared/api/response.go). All seven keys are always present.
+
+/// Numeric status codes (shared/api/status_code.go).
+pub mod status {
+    pub const OPERATION_CREATED: u16 = 100;
+    pub const STARTED: u16 = 101;
+    pub const STOPPED: u16 = 102;
+    pub const RUNNING: u16 = 103;
+    pub const CANCELLING: u16 = 104;
+    pub const PENDING: u16 = 105;
+    pub const STARTING: u16 = 106;
+    pub const STOPPING: u16 = 107;
+    pub const ABORTING: u16 = 108;
+    pub const FREEZING: u16 = 109;
+    pub const FROZEN: u16 = 110;
+    pub const THAWED: u16 = 111;
+    pub const ERROR: u16 = 112;
+    pub const READY: u16 = 113;
+    pub const SUCCESS: u16 = 200;
+    pub const FAILURE: u16 = 400;
+    pub const CANCELLED: u16 = 401;
+
+    /// The name LXD gives a status code (`StatusCode.String()`).
+    pub fn name(code: u16) -> &'static str {
+        match code {
+            OPERATION_CREATED => "Operation created",
+            STARTED => "Started",
+            STOPPED => "Stopped",
+            RUNNING => "Running",
+            CANCELLING => "Cancelling",
+            PENDING => "Pending",
+            STARTING => "Starting",
+            STOPPING => "Stopping",
+            ABORTING => "Aborting",
+            FREEZING => "Freezing",
+            FROZEN => "Frozen",
+            THAWED => "Thawed",
+            ERROR => "Error",
+            READY => "Ready",
+            SUCCESS => "Success",
+            FAILURE => "Failure",
+            CANCELLED => "Cancelled",
+            _ => "",
+        }
+    }
+}
+
+/// The response envelope (`api.ResponseRaw`).
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Response {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: String,
+    pub status_code: u16,
+    pub operation: String,
+    pub error_code: u16,
+    pub error: String,
+    pub metadata: serde_json::Value,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server (shared/api/server.go)
+
+/// `GET /1.0` for a trusted caller.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct Server {
+    pub config: StringMap,
+    pub api_extensions: Vec<String>,
+    pub api_status: String,
+    pub api_version: String,
+    pub auth: String,
+    pub public: bool,
+    pub auth_methods: Vec<String>,
+    #[serde(default)]
+    pub environment: ServerEnvironment,
+}
+
+/// `environment` of `GET /1.0`.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct ServerEnvironment {
+    pub addresses: Vec<String>,
+    pub architectures: Vec<String>,
+    pub certificate: String,
+    pub certificate_fingerprint: String,
+    pub driver: String,
+    pub driver_version: String,
+    pub firewall: String,
+    pub kernel: String,
+    pub kernel_architecture: String,
+    pub kernel_features: StringMap,
+    pub kernel_version: String,
+    pub lxc_features: StringMap,
+    pub os_name: String,
+    pub os_version: String,
+    pub project: String,
+    pub server: String,
+    pub server_clustered: bool,
+    pub server_event_mode: String,
+    pub server_name: String,
+    pub server_pid: i64,
+    pub server_version: String,
+    pub storage: String,
+    pub storage_version: String,
+    pub storage_supported_drivers: Vec<StorageDriverInfo>,
+}
+
+/// One supported storage driver (Go field names, no json tags upstream).
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct StorageDriverInfo {
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "Version")]
+    pub version: String,
+    #[serde(rename = "Remote")]
+    pub remote: bool,
+}
+
+/// `PUT`/`PATCH /1.0`.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct ServerPut {
+    #[serde(default)]
+    pub config: BTreeMap<String, serde_json::Value>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Instances (shared/api/instance.go, instance_state.go, instance_exec.go)
+
+/// The writable part of an instance.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct InstancePut {
+    #[serde(default)]
+    pub architecture: String,
+    #[serde(default)]
+    pub config: StringMap,
+    #[serde(default)]
+    pub devices: Devices,
+    #[serde(default)]
+    pub ephemeral: bool,
+    #[serde(default)]
+    pub profiles: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub restore: String,
+    #[serde(default)]
+    pub stateful: bool,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// An instance as `GET /1.0/instances/NAME` returns it.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct Instance {
+    pub architecture: String,
+    pub config: StringMap,
+    pub devices: Devices,
+    pub ephemeral: bool,
+    pub profiles: Vec<String>,
+    pub stateful: bool,
+    pub description: String,
+    pub created_at: String,
+    pub expanded_config: StringMap,
+    pub expanded_devices: Devices,
+    pub name: String,
+    pub status: String,
+    pub status_code: u16,
+    pub last_used_at: String,
+    pub location: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub project: String,
+}
+
+/// `InstanceFull` (recursion=2): the instance plus its state, snapshots and backups.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct InstanceFull {
+    #[serde(flatten)]
+    pub instance: Instance,
+    pub backups: Option<Vec<serde_json::Value>>,
+    pub state: Option<InstanceState>,
+    pub snapshots: Option<Vec<InstanceSnapshot>>,
+}
+
+/// `POST /1.0/instances`.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct InstancesPost {
+    #[serde(flatten)]
+    pub put: InstancesPostPut,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub source: InstanceSource,
+    #[serde(default)]
+    pub instance_type: String,
+    #[serde(default, rename = "type")]
+    pub kind: String,
+}
+
+/// The `InstancePut` part of `InstancesPost`; `profiles` may be `null` (then the server applies `default`).
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct InstancesPostPut {
+    #[serde(default, deserialize_with = "arch_any")]
+    pub architecture: String,
+    #[serde(default)]
+    pub config: Option<StringMap>,
+    #[serde(default)]
+    pub devices: Option<Devices>,
+    #[serde(default)]
+    pub ephemeral: bool,
+    #[serde(default)]
+    pub profiles: Option<Vec<String>>,
+    #[serde(default)]
+    pub stateful: bool,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// pylxd sends `"architecture": "2"`, older clients a number: accept any scalar.
+fn arch_any<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(match v {
+        serde_json::Value::String(s) => s,
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    })
+}
+
+/// `source` of `InstancesPost`.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct InstanceSource {
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub certificate: String,
+    #[serde(default)]
+    pub alias: String,
+    #[serde(default)]
+    pub fingerprint: String,
+    #[serde(default)]
+    pub properties: StringMap,
+    #[serde(default)]
+    pub server: String,
+    #[serde(default)]
+    pub secret: String,
+    #[serde(default)]
+    pub protocol: String,
+    #[serde(default, rename = "base-image")]
+    pub base_image: String,
+    #[serde(default)]
+    pub mode: String,
+    #[serde(default)]
+    pub operation: String,
+    #[serde(default)]
+    pub source: String,
+    #[serde(default)]
+    pub live: bool,
+    #[serde(default)]
+    pub instance_only: bool,
+    #[serde(default)]
+    pub container_only: bool,
+    #[serde(default)]
+    pub refresh: bool,
+    #[serde(default)]
+    pub project: String,
+    #[serde(default)]
+    pub allow_inconsistent: bool,
+}
+
+/// `POST /1.0/instances/NAME` (rename or migrate).
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct InstancePost {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub migration: bool,
+    #[serde(default)]
+    pub live: bool,
+    #[serde(default)]
+    pub instance_only: bool,
+    #[serde(default)]
+    pub container_only: bool,
+}
+
+/// `PUT /1.0/instances/NAME/state`.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct InstanceStatePut {
+    pub action: String,
+    #[serde(default)]
+    pub timeout: i64,
+    #[serde(default)]
+    pub force: bool,
+    #[serde(default)]
+    pub stateful: bool,
+}
+
+/// `GET /1.0/instances/NAME/state`.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct InstanceState {
+    pub status: String,
+    pub status_code: u16,
+    pub disk: BTreeMap<String, InstanceStateDisk>,
+    pub memory: InstanceStateMemory,
+    pub network: Option<BTreeMap<String, InstanceStateNetwork>>,
+    pub pid: i64,
+    pub processes: i64,
+    pub cpu: InstanceStateCpu,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct InstanceStateDisk {
+    pub usage: i64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct InstanceStateMemory {
+    pub usage: i64,
+    pub usage_peak: i64,
+    pub swap_usage: i64,
+    pub swap_usage_peak: i64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct InstanceStateCpu {
+    pub usage: i64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct InstanceStateNetwork {
+    pub addresses: Vec<InstanceStateNetworkAddress>,
+    pub counters: InstanceStateNetworkCounters,
+    pub hwaddr: String,
+    pub host_name: String,
+    pub mtu: i64,
+    pub state: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct InstanceStateNetworkAddress {
+    pub family: String,
+    pub address: String,
+    pub netmask: String,
+    pub scope: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct InstanceStateNetworkCounters {
+    pub bytes_received: i64,
+    pub bytes_sent: i64,
+    pub packets_received: i64,
+    pub packets_sent: i64,
+    pub errors_received: i64,
+    pub errors_sent: i64,
+    pub packets_dropped_outbound: i64,
+    pub packets_dropped_inbound: i64,
+}
+
+/// A snapshot (`shared/api/instance_snapshot.go`).
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct InstanceSnapshot {
+    pub architecture: String,
+    pub config: StringMap,
+    pub devices: Devices,
+    pub ephemeral: bool,
+    pub profiles: Vec<String>,
+    pub expires_at: String,
+    pub created_at: String,
+    pub expanded_config: StringMap,
+    pub expanded_devices: Devices,
+    pub last_used_at: String,
+    pub name: String,
+    pub size: i64,
+    pub stateful: bool,
+}
+
+/// `POST /1.0/instances/NAME/exec`.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct InstanceExecPost {
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default, rename = "wait-for-websocket")]
+    pub wait_for_websocket: bool,
+    #[serde(default)]
+    pub interactive: bool,
+    #[serde(default)]
+    pub environment: StringMap,
+    #[serde(default)]
+    pub width: i64,
+    #[serde(default)]
+    pub height: i64,
+    #[serde(default, rename = "record-output")]
+    pub record_output: bool,
+    #[serde(default)]
+    pub user: u32,
+    #[serde(default)]
+    pub group: u32,
+    #[serde(default)]
+    pub cwd: String,
+}
+
+/// A message on the exec control websocket.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct InstanceExecControl {
+    #[serde(default)]
+    pub command: String,
+    #[serde(default)]
+    pub args: StringMap,
+    #[serde(default)]
+    pub signal: i32,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Profiles (shared/api/profile.go)
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct ProfilePut {
+    #[serde(default)]
+    pub config: StringMap,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub devices: Devices,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct Profile {
+    pub config: StringMap,
+    pub description: String,
+    pub devices: Devices,
+    pub name: String,
+    pub used_by: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct ProfilesPost {
+    #[serde(flatten)]
+    pub put: ProfilePut,
+    pub name: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct ProfilePost {
+    pub name: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Images (shared/api/image.go)
+
+/// An image alias as it appears inside an `Image`.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct ImageAlias {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// Where a cached image came from (`update_source`).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct ImageSource {
+    #[serde(default)]
+    pub alias: String,
+    #[serde(default)]
+    pub certificate: String,
+    #[serde(default)]
+    pub protocol: String,
+    #[serde(default)]
+    pub server: String,
+    #[serde(default)]
+    pub image_type: String,
+}
+
+/// The writable part of an image.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct ImagePut {
+    #[serde(default)]
+    pub auto_update: bool,
+    #[serde(default)]
+    pub properties: StringMap,
+    #[serde(default)]
+    pub public: bool,
+    #[serde(default = "zero_time")]
+    pub expires_at: String,
+    #[serde(default)]
+    pub profiles: Vec<String>,
+}
+
+fn zero_time() -> String {
+    ZERO_TIME.to_string()
+}
+
+/// An image as `GET /1.0/images/FP` returns it.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct Image {
+    #[serde(flatten)]
+    pub put: ImagePut,
+    pub aliases: Vec<ImageAlias>,
+    pub architecture: String,
+    pub cached: bool,
+    pub filename: String,
+    pub fingerprint: String,
+    pub size: i64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub update_source: Option<ImageSource>,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub created_at: String,
+    pub last_used_at: String,
+    pub uploaded_at: String,
+}
+
+/// `POST /1.0/images` with a JSON body.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct ImagesPost {
+    #[serde(flatten)]
+    pub put: ImagePut,
+    #[serde(default)]
+    pub filename: String,
+    #[serde(default)]
+    pub source: Option<ImagesPostSource>,
+    #[serde(default)]
+    pub compression_algorithm: String,
+    #[serde(default)]
+    pub aliases: Vec<ImageAlias>,
+}
+
+/// `source` of `ImagesPost`.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct ImagesPostSource {
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub fingerprint: String,
+    #[serde(default)]
+    pub alias: String,
+    #[serde(default)]
+    pub server: String,
+    #[serde(default)]
+    pub protocol: String,
+    #[serde(default)]
+    pub certificate: String,
+    #[serde(default)]
+    pub secret: String,
+    #[serde(default)]
+    pub mode: String,
+    #[serde(default)]
+    pub url: String,
+    #[serde(default)]
+    pub project: String,
+}
+
+/// An alias as `/1.0/images/aliases/NAME` returns it.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct ImageAliasesEntry {
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub target: String,
+    pub name: String,
+    #[serde(default, rename = "type")]
+    pub kind: String,
+}
+
+/// `PUT`/`PATCH /1.0/images/aliases/NAME`.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct ImageAliasesEntryPut {
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub target: String,
+}
+
+/// `POST /1.0/images/aliases/NAME` (rename).
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct ImageAliasesEntryPost {
+    pub name: String,
+}
+
+/// metadata.yaml of an image (`api.ImageMetadata`).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct ImageMetadata {
+    pub architecture: String,
+    pub creation_date: i64,
+    #[serde(default)]
+    pub expiry_date: i64,
+    #[serde(default)]
+    pub properties: StringMap,
+    #[serde(default)]
+    pub templates: BTreeMap<String, ImageMetadataTemplate>,
+}
+
+/// One entry of `templates` in metadata.yaml.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct ImageMetadataTemplate {
+    #[serde(default)]
+    pub when: Vec<String>,
+    #[serde(default)]
+    pub create_only: bool,
+    #[serde(default)]
+    pub template: String,
+    #[serde(default)]
+    pub properties: StringMap,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operations and events (shared/api/operation.go, event.go)
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct Operation {
+    pub id: String,
+    pub class: String,
+    pub description: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub status: String,
+    pub status_code: u16,
+    pub resources: Option<BTreeMap<String, Vec<String>>>,
+    pub metadata: Option<serde_json::Value>,
+    pub may_cancel: bool,
+    pub err: String,
+    pub location: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct Event {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub timestamp: String,
+    pub metadata: serde_json::Value,
+    pub location: String,
+    pub project: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Storage pools and networks (read-only for now)
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct StoragePool {
+    pub config: StringMap,
+    pub description: String,
+    pub name: String,
+    pub driver: String,
+    pub used_by: Vec<String>,
+    pub status: String,
+    pub locations: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct Network {
+    pub config: StringMap,
+    pub description: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub used_by: Vec<String>,
+    pub managed: bool,
+    pub status: String,
+    pub locations: Vec<String>,
+}

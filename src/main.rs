@@ -1,0 +1,10 @@
+//! argv dispatch only: hidden helper verbs first (before any thread, log or state exists), then
+//! `daemon`, then the CLI.
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).is_some_and(|a| a.starts_with("__")) {
+        bivy::runtime::helper_main(&args[1..]);
+    }
+    std::process::exit(bivy::cli::main(args));
+}

@@ -1,0 +1,229 @@
+//! THE PRIVILEGED CORE: starts, holds, enters and stops containers.
+//!
+//! Synchronous, no HTTP, no JSON API types, no policy: the daemon hands it a fully resolved [`Spec`]
+//! and a per-container run directory. Namespace work happens only in freshly exec'd, single-threaded
+//! helpers (`bivy __monitor`, `bivy __exec`, dispatched first thing in `main`); the calling (daemon)
+//! process never changes namespace.
+//!
+//! Run directory (`$BIVY_DIR/run/<name>/`, owned by the runtime; the daemon only passes the path):
+//! the spec the container was started with, the monitor's pid and control socket, the console log
+//! and the recorded exit status. Everything the daemon needs after a restart can be read back from it.
+//!
+//! INTERFACE CONTRACT (the daemon relies on exactly these items; keep their signatures):
+//! `Spec`, `IdMapEntry`, `RootfsMode`, `Limits`, `start`, `state`, `State`, `ExitInfo`, `stop`,
+//! `StopMode`, `freeze`, `unfreeze`, `set_limits`, `stats`, `Stats`, `exec`, `ExecSpec`, `ExecStdio`,
+//! `ExecProcess`, `monitor_pidfd`, `helper_main`, `Error`.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// One line of a uid or gid map: `nsid hostid count`.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdMapEntry {
+    pub nsid: u32,
+    pub hostid: u32,
+    pub count: u32,
+}
+
+/// How the rootfs ownership matches the container's id map.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootfsMode {
+    /// On-disk ids are container ids; the runtime mounts the rootfs idmapped (open_tree + mount_setattr).
+    Idmapped,
+    /// On-disk ids were already shifted to host ids (the filesystem cannot be idmapped).
+    Shifted,
+    /// Privileged container: no user namespace, on-disk ids are used as they are.
+    Privileged,
+}
+
+/// cgroup limits. `None` means "no limit" (and removes a previous limit when applied live).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct Limits {
+    /// `limits.memory`, bytes.
+    pub memory: Option<u64>,
+    /// `limits.memory.enforce=soft`: the limit is a soft limit (v1 soft_limit_in_bytes, v2 memory.high).
+    pub memory_soft: bool,
+    /// `limits.memory.swap=false` forbids swap (memsw limit = memory limit).
+    pub memory_swap: bool,
+    /// `limits.cpu` resolved to a cpuset list such as `0-1` or `0,3`.
+    pub cpuset: Option<String>,
+    /// `limits.cpu.allowance` as a CFS quota: (quota_us, period_us).
+    pub cpu_quota: Option<(u64, u64)>,
+    /// `limits.cpu.allowance` as a percentage gives shares/weight; `limits.cpu.priority` (0-10) too.
+    pub cpu_shares: Option<u64>,
+    /// `limits.processes`.
+    pub pids: Option<u64>,
+}
+
+/// Everything needed to start a container, fully resolved (profiles expanded, ids mapped, paths checked).
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Spec {
+    /// Instance name; also names the cgroup (`bivy/<name>`), the AppArmor profile and the hostname default.
+    pub name: String,
+    /// Host path of the root filesystem directory.
+    pub rootfs: PathBuf,
+    pub rootfs_mode: RootfsMode,
+    /// Empty when privileged.
+    pub uid_map: Vec<IdMapEntry>,
+    pub gid_map: Vec<IdMapEntry>,
+    pub hostname: String,
+    /// The init command, normally `["/sbin/init"]`.
+    pub init: Vec<String>,
+    /// Environment for init (from `environment.*`), plus defaults the daemon chose.
+    pub env: Vec<(String, String)>,
+    pub limits: Limits,
+    /// `security.nesting`.
+    pub nesting: bool,
+    /// The seccomp policy text (the format of `seccomp/default.policy`, after instance overrides).
+    pub seccomp_policy: String,
+    /// `raw.apparmor`, appended to the rendered profile.
+    pub apparmor_raw: String,
+    /// Host path of the console log the monitor writes (the console pty's output).
+    pub console_log: PathBuf,
+}
+
+/// A recorded end of a container.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ExitInfo {
+    /// Exit code of init, or 128+signal.
+    pub code: i32,
+    /// Human-readable reason: "exited", "killed by signal 9", "stopped by request", ...
+    pub reason: String,
+}
+
+/// What a container is doing now, read from its run directory and the kernel.
+#[derive(Debug, Clone, PartialEq)]
+pub enum State {
+    Running { init_pid: i32, monitor_pid: i32, frozen: bool },
+    Stopped { last_exit: Option<ExitInfo> },
+}
+
+/// How to stop.
+#[derive(Debug, Clone, Copy)]
+pub enum StopMode {
+    /// Signal init (SIGRTMIN+3 for systemd, SIGPWR otherwise), wait up to the timeout, then kill.
+    Clean(Duration),
+    /// Kill the whole cgroup now.
+    Force,
+}
+
+/// Usage figures for `GET .../state`.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub memory_usage: u64,
+    pub memory_peak: u64,
+    pub swap_usage: u64,
+    pub swap_peak: u64,
+    pub cpu_ns: u64,
+    pub processes: u64,
+}
+
+/// A command to run inside a running container.
+#[derive(Debug, Clone)]
+pub struct ExecSpec {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// `Some((width, height))`: run under a new pty allocated inside the container's devpts.
+    pub pty: Option<(u16, u16)>,
+}
+
+/// The stdio of a non-pty exec (ignored when `ExecSpec::pty` is set).
+pub struct ExecStdio {
+    pub stdin: OwnedFd,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+/// A running exec'd command.
+pub struct ExecProcess {
+    /// Host pid of the helper that waits for the command; signals sent to it are forwarded.
+    pub pid: i32,
+    /// The pty master when `ExecSpec::pty` was set.
+    pub pty_master: Option<OwnedFd>,
+}
+
+/// Errors of the runtime; the daemon only displays them.
+#[derive(Debug)]
+pub struct Error(pub String);
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn not_yet<T>(what: &str) -> Result<T> {
+    Err(Error(format!("not supported yet: {what}")))
+}
+
+/// Start the container: spawn its monitor (daemonized, survives the caller), which sets up the
+/// namespaces, cgroup, mounts and confinement and execs init. Returns once init has been exec'd
+/// (or with the error that prevented it, after undoing everything).
+pub fn start(spec: &Spec, run_dir: &Path) -> Result<State> {
+    let _ = (spec, run_dir);
+    not_yet("container start")
+}
+
+/// Current state, from the run directory (monitor alive?) and the kernel.
+pub fn state(run_dir: &Path) -> Result<State> {
+    let _ = run_dir;
+    Ok(State::Stopped { last_exit: None })
+}
+
+/// Stop the container; returns when it is stopped and its cgroup is gone.
+pub fn stop(run_dir: &Path, mode: StopMode) -> Result<()> {
+    let _ = (run_dir, mode);
+    not_yet("container stop")
+}
+
+pub fn freeze(run_dir: &Path) -> Result<()> {
+    let _ = run_dir;
+    not_yet("freeze")
+}
+
+pub fn unfreeze(run_dir: &Path) -> Result<()> {
+    let _ = run_dir;
+    not_yet("unfreeze")
+}
+
+/// Apply new limits to a running container.
+pub fn set_limits(run_dir: &Path, limits: &Limits) -> Result<()> {
+    let _ = (run_dir, limits);
+    not_yet("live limits")
+}
+
+pub fn stats(run_dir: &Path) -> Result<Stats> {
+    let _ = run_dir;
+    Ok(Stats::default())
+}
+
+/// Run a command in the running container through a `bivy __exec` helper (a child of the caller).
+/// The caller waits for the helper with waitpid (its exit code is the command's, 128+N when the
+/// command was killed by signal N) and forwards signals to `ExecProcess::pid`.
+pub fn exec(run_dir: &Path, spec: &ExecSpec, stdio: Option<ExecStdio>) -> Result<ExecProcess> {
+    let _ = (run_dir, spec, stdio);
+    not_yet("exec")
+}
+
+/// A pidfd for the container's monitor (readable when the container has stopped), or None when stopped.
+pub fn monitor_pidfd(run_dir: &Path) -> Result<Option<OwnedFd>> {
+    let _ = run_dir;
+    Ok(None)
+}
+
+/// Entry for the hidden helper verbs (`__monitor`, `__exec`, ...). `main` calls this before anything
+/// else when argv[1] starts with `__`; it never returns.
+pub fn helper_main(args: &[String]) -> ! {
+    eprintln!("bivy: unknown helper {:?}", args.first());
+    std::process::exit(127)
+}

@@ -1,0 +1,2 @@
+//! The ONLY module with `unsafe`: thin syscall wrappers returning `io::Result`.
+//! Every `unsafe` block carries a `// SAFETY:` comment.
