@@ -135,9 +135,9 @@ fn lxc_client_end_to_end() {
     // A symlink planted inside the container cannot make a push escape to the host.
     l.ok(&["exec", "c1", "--", "ln", "-s", "/../../../../../", "/root/up"]);
     let marker = format!("bivy-escape-{}", std::process::id());
-    l.ok(&["file", "push", local.to_str().expect("utf-8"), &format!("c1/root/up/tmp/{marker}")]);
-    assert!(!Path::new("/tmp").join(&marker).exists(), "file push escaped the container");
-    assert_eq!(l.ok(&["exec", "c1", "--", "cat", &format!("/tmp/{marker}")]), "hello from host\n");
+    l.ok(&["file", "push", local.to_str().expect("utf-8"), &format!("c1/root/up/root/{marker}")]);
+    assert!(!Path::new("/root").join(&marker).exists(), "file push escaped the container");
+    assert_eq!(l.ok(&["exec", "c1", "--", "cat", &format!("/root/{marker}")]), "hello from host\n");
 
     // Config set/get/show.
     l.ok(&["config", "set", "c1", "user.note", "hello"]);
