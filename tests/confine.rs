@@ -76,9 +76,7 @@ fn int80(nr: u32, arg1: u32) -> i32 {
 
 fn status_field(field: &str) -> String {
     let s = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
-    s.lines()
-        .find_map(|l| l.strip_prefix(field).map(|v| v.trim().to_string()))
-        .unwrap_or_default()
+    s.lines().find_map(|l| l.strip_prefix(field).map(|v| v.trim().to_string())).unwrap_or_default()
 }
 
 const I386_GETPID: u32 = 20;
@@ -99,15 +97,8 @@ fn seccomp_default_filter() {
     let out = run_child("seccomp_default_filter_child", &policy);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "child failed: {:?}\n{stdout}\n{stderr}",
-        out.status
-    );
-    assert!(
-        stdout.contains("CHILD-OK"),
-        "child test did not run:\n{stdout}\n{stderr}"
-    );
+    assert!(out.status.success(), "child failed: {:?}\n{stdout}\n{stderr}", out.status);
+    assert!(stdout.contains("CHILD-OK"), "child test did not run:\n{stdout}\n{stderr}");
 }
 
 #[test]
@@ -142,11 +133,7 @@ fn seccomp_default_filter_child() {
             "finit_module"
         );
         assert_eq!(
-            raw(libc::syscall(
-                libc::SYS_delete_module,
-                c"bivy_nonexistent".as_ptr(),
-                0
-            )),
+            raw(libc::syscall(libc::SYS_delete_module, c"bivy_nonexistent".as_ptr(), 0)),
             eperm,
             "delete_module"
         );
@@ -162,14 +149,7 @@ fn seccomp_default_filter_child() {
             "kexec_load"
         );
         assert_eq!(
-            raw(libc::syscall(
-                libc::SYS_kexec_file_load,
-                -1,
-                -1,
-                0usize,
-                empty.as_ptr(),
-                0usize
-            )),
+            raw(libc::syscall(libc::SYS_kexec_file_load, -1, -1, 0usize, empty.as_ptr(), 0usize)),
             eperm,
             "kexec_file_load"
         );
@@ -185,11 +165,7 @@ fn seccomp_default_filter_child() {
         );
         let path = c"/bivy-nonexistent-mountpoint";
         assert_eq!(
-            raw(libc::syscall(
-                libc::SYS_umount2,
-                path.as_ptr(),
-                libc::MNT_FORCE
-            )),
+            raw(libc::syscall(libc::SYS_umount2, path.as_ptr(), libc::MNT_FORCE)),
             eperm,
             "umount2(MNT_FORCE)"
         );
@@ -199,30 +175,18 @@ fn seccomp_default_filter_child() {
             -i64::from(libc::ENOENT),
             "umount2(0)"
         );
-        assert_eq!(
-            raw(libc::syscall(libc::SYS_getpid)),
-            i64::from(pid),
-            "getpid"
-        );
+        assert_eq!(raw(libc::syscall(libc::SYS_getpid)), i64::from(pid), "getpid");
     }
     // i386 entry points: filtered by their i386 numbers, everything else allowed (not killed).
     assert_eq!(int80(I386_GETPID, 0), pid, "i386 getpid under the filter");
     assert_eq!(int80(I386_INIT_MODULE, 0), -libc::EPERM, "i386 init_module");
-    assert_eq!(
-        int80(I386_FINIT_MODULE, 0),
-        -libc::EPERM,
-        "i386 finit_module"
-    );
+    assert_eq!(int80(I386_FINIT_MODULE, 0), -libc::EPERM, "i386 finit_module");
     assert_eq!(
         int80(I386_UMOUNT2, libc::MNT_FORCE as u32),
         -libc::EPERM,
         "i386 umount2(MNT_FORCE)"
     );
-    assert_ne!(
-        int80(I386_UMOUNT2, 0),
-        -libc::EPERM,
-        "i386 umount2(0) must reach the kernel"
-    );
+    assert_ne!(int80(I386_UMOUNT2, 0), -libc::EPERM, "i386 umount2(0) must reach the kernel");
 
     assert_eq!(status_field("Seccomp:"), "2");
     assert_eq!(status_field("NoNewPrivs:"), "0");
@@ -235,14 +199,8 @@ fn seccomp_deny_key() {
         return skip("seccomp_deny_key", "needs root");
     }
     // security.syscalls.deny=mknod: a bare name in a denylist kills (LXC semantics).
-    let cfg = PolicyConfig {
-        deny: "mknod".into(),
-        ..Default::default()
-    };
-    let out = run_child(
-        "seccomp_deny_key_child",
-        &seccomp::build_policy(&cfg).unwrap(),
-    );
+    let cfg = PolicyConfig { deny: "mknod".into(), ..Default::default() };
+    let out = run_child("seccomp_deny_key_child", &seccomp::build_policy(&cfg).unwrap());
     assert_eq!(
         out.status.signal(),
         Some(libc::SIGSYS),
@@ -252,20 +210,10 @@ fn seccomp_deny_key() {
     );
 
     // With an errno, the call fails instead.
-    let cfg = PolicyConfig {
-        deny: "mknod errno 13".into(),
-        ..Default::default()
-    };
-    let out = run_child(
-        "seccomp_deny_key_child",
-        &seccomp::build_policy(&cfg).unwrap(),
-    );
+    let cfg = PolicyConfig { deny: "mknod errno 13".into(), ..Default::default() };
+    let out = run_child("seccomp_deny_key_child", &seccomp::build_policy(&cfg).unwrap());
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("MKNOD -13"),
-        "{:?}\n{stdout}",
-        out.status
-    );
+    assert!(out.status.success() && stdout.contains("MKNOD -13"), "{:?}\n{stdout}", out.status);
 }
 
 #[test]
@@ -294,23 +242,14 @@ fn seccomp_allowlist() {
     // The child must survive its refused calls: default errno EPERM instead of LXC's kill.
     policy = policy.replacen("allowlist\n", "allowlist errno 1\n", 1);
     let out = run_child("seccomp_allowlist_child", &policy);
-    let names = [
-        "getpid",
-        "getppid refused",
-        "getuid refused",
-        "i386 getpid",
-        "i386 getppid refused",
-    ];
+    let names =
+        ["getpid", "getppid refused", "getuid refused", "i386 getpid", "i386 getppid refused"];
     match out.status.code() {
         Some(0) => {}
         Some(n) if (1..=names.len() as i32).contains(&n) => {
             panic!("allowlist check failed: {}", names[n as usize - 1])
         }
-        _ => panic!(
-            "child: {:?} {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ),
+        _ => panic!("child: {:?} {}", out.status, String::from_utf8_lossy(&out.stderr)),
     }
 }
 
@@ -337,4 +276,238 @@ fn seccomp_allowlist_child() {
     let code = checks.iter().position(|ok| !ok).map_or(0, |i| i as i32 + 1);
     // SAFETY: _exit ends the process at once (exit_group is allowed); nothing to clean up.
     unsafe { libc::_exit(code) }
+}
+
+// ---- cgroups ----------------------------------------------------------------------------------
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bivy::runtime::cgroup::{Cgroup, Layout};
+use bivy::runtime::Limits;
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+fn unique_name() -> String {
+    format!("test-confine-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst))
+}
+
+/// Every place `bivy/<name>` could exist on this host.
+fn cgroup_dirs(name: &str) -> Vec<PathBuf> {
+    let l = Layout::probe();
+    l.v1.iter()
+        .map(|(m, _)| m.clone())
+        .chain(l.unified.clone())
+        .map(|m| m.join("bivy").join(name))
+        .collect()
+}
+
+/// Kills and removes the cgroup when the test ends, even on panic; the test then checks it is gone.
+struct Guard(Cgroup);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill_all();
+        let _ = self.0.remove();
+    }
+}
+
+/// Root and the v1/v2 controllers the test needs, else a SKIP reason.
+fn cgroup_skip(test: &str, controllers: &[&str]) -> bool {
+    if !is_root() {
+        skip(test, "needs root to create cgroups");
+        return true;
+    }
+    let l = Layout::probe();
+    let v2: String = l
+        .unified
+        .as_ref()
+        .and_then(|u| std::fs::read_to_string(u.join("cgroup.controllers")).ok())
+        .unwrap_or_default();
+    for c in controllers {
+        if l.v1_mount(c).is_none() && !v2.split_whitespace().any(|x| x == *c) {
+            skip(test, &format!("no {c} cgroup controller on this host"));
+            return true;
+        }
+    }
+    false
+}
+
+/// `sh -c script` that waits for a line on stdin before running: it is moved into the cgroup first.
+fn spawn_in(cg: &Cgroup, script: &str) -> std::process::Child {
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("read go; {script}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sh");
+    cg.add_pid(child.id() as i32).expect("add_pid");
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    child
+}
+
+/// The file of `controller` for this cgroup: v1 `<mount>/bivy/<name>/<v1file>` or v2 `<v2file>`.
+fn limit_file(name: &str, controller: &str, v1file: &str, v2file: &str) -> PathBuf {
+    let l = Layout::probe();
+    match l.v1_mount(controller) {
+        Some(m) => m.join("bivy").join(name).join(v1file),
+        None => l.unified.as_ref().unwrap().join("bivy").join(name).join(v2file),
+    }
+}
+
+fn assert_removed(name: &str) {
+    for d in cgroup_dirs(name) {
+        assert!(!d.exists(), "{} still exists after remove", d.display());
+    }
+}
+
+#[test]
+fn cgroup_memory_limit_ooms_the_child_only() {
+    if cgroup_skip("cgroup_memory_limit_ooms_the_child_only", &["memory"]) {
+        return;
+    }
+    let name = unique_name();
+    let limits = Limits { memory: Some(64 << 20), ..Default::default() };
+    let cg = Guard(Cgroup::create(&name, &limits, None).expect("create"));
+    let child = spawn_in(&cg.0, "head -c 200000000 /dev/zero | tail -c 200000000 >/dev/null");
+    let out = child.wait_with_output().unwrap();
+    // tail is OOM-killed (SIGKILL), so the pipeline exits 128+9.
+    assert_eq!(
+        out.status.code(),
+        Some(137),
+        "{:?} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = cg.0.stats();
+    assert!(s.memory_peak >= 60 << 20 && s.memory_peak <= 64 << 20, "peak {}", s.memory_peak);
+    assert!(cg.0.pids().is_empty());
+    drop(cg);
+    assert_removed(&name);
+}
+
+#[test]
+fn cgroup_pids_limit_stops_a_fork_flood() {
+    if cgroup_skip("cgroup_pids_limit_stops_a_fork_flood", &["pids"]) {
+        return;
+    }
+    let name = unique_name();
+    let limits = Limits { pids: Some(20), ..Default::default() };
+    let cg = Guard(Cgroup::create(&name, &limits, None).expect("create"));
+    let child = spawn_in(&cg.0, "for i in $(seq 40); do sleep 30 2>/dev/null & done");
+    let start = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.to_lowercase().contains("fork"),
+        "expected a failed fork, got {:?}: {err}",
+        out.status
+    );
+    assert!(start.elapsed() < Duration::from_secs(20));
+    let n = cg.0.stats().processes;
+    assert!(
+        (15..=19).contains(&n),
+        "{n} sleeps started (at most 19: sh itself counted while it ran)"
+    );
+    let t = Instant::now();
+    cg.0.kill_all().expect("kill_all");
+    eprintln!("kill_all of {n} sleeps: {:?}", t.elapsed());
+    drop(cg);
+    assert_removed(&name);
+}
+
+#[test]
+fn cgroup_freeze_thaw_and_kill_all() {
+    if cgroup_skip("cgroup_freeze_thaw_and_kill_all", &[]) {
+        return;
+    }
+    let name = unique_name();
+    let cg = Guard(Cgroup::create(&name, &Limits::default(), None).expect("create"));
+    let mut kids: Vec<_> = (0..5).map(|_| spawn_in(&cg.0, "exec sleep 60")).collect();
+    assert!(poll_until(|| cg.0.pids().len() == 5), "pids {:?}", cg.0.pids());
+    assert!(!cg.0.is_frozen());
+    cg.0.freeze().expect("freeze");
+    assert!(cg.0.is_frozen());
+    cg.0.thaw().expect("thaw");
+    assert!(!cg.0.is_frozen());
+    // Frozen, then killed: kill_all must still finish (it thaws / uses cgroup.kill).
+    cg.0.freeze().expect("freeze");
+    let t = Instant::now();
+    cg.0.kill_all().expect("kill_all");
+    let took = t.elapsed();
+    eprintln!("kill_all of 5 frozen sleeps: {took:?}");
+    assert!(took < Duration::from_millis(500), "kill_all took {took:?}");
+    for k in &mut kids {
+        let st = k.wait().unwrap();
+        assert_eq!(st.signal(), Some(libc::SIGKILL), "{st:?}");
+    }
+    cg.0.thaw().expect("thaw after kill");
+    drop(cg);
+    assert_removed(&name);
+}
+
+fn poll_until(mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    false
+}
+
+#[test]
+fn cgroup_live_limits_and_delegation() {
+    if cgroup_skip("cgroup_live_limits_and_delegation", &["memory", "pids", "cpu", "cpuset"]) {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let name = unique_name();
+    let limits = Limits { memory: Some(64 << 20), pids: Some(100), ..Default::default() };
+    let cg = Guard(Cgroup::create(&name, &limits, Some((1_000_000, 1_000_000))).expect("create"));
+    let mem = limit_file(&name, "memory", "memory.limit_in_bytes", "memory.max");
+    let read = |p: &PathBuf| std::fs::read_to_string(p).unwrap().trim().to_string();
+    assert_eq!(read(&mem), (64u64 << 20).to_string());
+
+    let more = Limits {
+        memory: Some(128 << 20),
+        cpuset: Some("0".into()),
+        cpu_quota: Some((50_000, 100_000)),
+        cpu_shares: Some(512),
+        ..limits.clone()
+    };
+    cg.0.set_limits(&more).expect("set_limits");
+    assert_eq!(read(&mem), (128u64 << 20).to_string());
+    assert_eq!(read(&limit_file(&name, "cpuset", "cpuset.cpus", "cpuset.cpus")), "0");
+    assert_eq!(read(&limit_file(&name, "pids", "pids.max", "pids.max")), "100");
+
+    cg.0.set_limits(&Limits::default()).expect("remove limits");
+    let unlimited = read(&mem);
+    assert!(unlimited == "max" || unlimited.parse::<u64>().unwrap() > 1 << 60, "{unlimited}");
+    assert_eq!(read(&limit_file(&name, "pids", "pids.max", "pids.max")), "max");
+
+    // Delegation: the directory and the process-moving files belong to the container root,
+    // the limit files stay root's.
+    for d in cgroup_dirs(&name) {
+        let md = std::fs::metadata(&d).unwrap();
+        assert_eq!((md.uid(), md.gid()), (1_000_000, 1_000_000), "{}", d.display());
+        assert_eq!(std::fs::metadata(d.join("cgroup.procs")).unwrap().uid(), 1_000_000);
+    }
+    assert_eq!(std::fs::metadata(&mem).unwrap().uid(), 0);
+
+    // A sub-cgroup (as systemd in the container would make) is removed with it.
+    for d in cgroup_dirs(&name) {
+        std::fs::create_dir_all(d.join("init.scope/sub")).unwrap();
+    }
+    let again = Cgroup::open(&name).expect("open");
+    let k = spawn_in(&again, "exec sleep 60");
+    assert_eq!(again.pids(), vec![k.id() as i32]);
+    drop(cg);
+    assert_removed(&name);
+    assert!(Cgroup::open(&name).is_err());
 }

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod cgroup;
 pub mod seccomp;
 
 /// One line of a uid or gid map: `nsid hostid count`.

@@ -86,9 +86,7 @@ fn parse_bool(key: &str, value: &str) -> Result<bool> {
     match value.to_ascii_lowercase().as_str() {
         "" | "false" | "0" | "no" | "off" => Ok(false),
         "true" | "1" | "yes" | "on" => Ok(true),
-        _ => Err(Error(format!(
-            "invalid value for {key}: {value:?} is not a boolean"
-        ))),
+        _ => Err(Error(format!("invalid value for {key}: {value:?} is not a boolean"))),
     }
 }
 
@@ -106,20 +104,14 @@ pub fn validate_config_value(key: &str, value: &str) -> Result<()> {
             parse_bool(key, value).map(drop)
         }
         "security.syscalls.deny" | "security.syscalls.blacklist" => {
-            compile(&format!("2\ndenylist\n[all]\n{value}\n"))
-                .map(drop)
-                .map_err(ctx)
+            compile(&format!("2\ndenylist\n[all]\n{value}\n")).map(drop).map_err(ctx)
         }
         "security.syscalls.allow" | "security.syscalls.whitelist" => {
-            compile(&format!("2\nallowlist\n[all]\n{value}\n"))
-                .map(drop)
-                .map_err(ctx)
+            compile(&format!("2\nallowlist\n[all]\n{value}\n")).map(drop).map_err(ctx)
         }
         k if k.starts_with("security.syscalls.intercept.") => {
             if parse_bool(key, value)? {
-                Err(Error(format!(
-                    "not supported yet: {key} (seccomp user notification)"
-                )))
+                Err(Error(format!("not supported yet: {key} (seccomp user notification)")))
             } else {
                 Ok(())
             }
@@ -197,11 +189,7 @@ mod tests {
                 j -= 1;
                 found |= lines[j].trim_start().starts_with("# why:");
             }
-            assert!(
-                found,
-                "line {}: {l:?} has no `# why:` comment above it",
-                i + 1
-            );
+            assert!(found, "line {}: {l:?} has no `# why:` comment above it", i + 1);
         }
     }
 
@@ -211,18 +199,12 @@ mod tests {
             .unwrap();
         let r = redundant_rules(&p);
         assert_eq!(r.len(), 3, "{r:?}");
-        assert!(
-            r[0].contains("line 5") && r[0].contains("duplicates line 4"),
-            "{r:?}"
-        );
+        assert!(r[0].contains("line 5") && r[0].contains("duplicates line 4"), "{r:?}");
         assert!(
             r[1].contains("line 7") && r[1].contains("shadowed") && r[1].contains("line 6"),
             "{r:?}"
         );
-        assert!(
-            r[2].contains("line 8") && r[2].contains("default action"),
-            "{r:?}"
-        );
+        assert!(r[2].contains("line 8") && r[2].contains("default action"), "{r:?}");
     }
 
     #[test]
@@ -239,16 +221,10 @@ mod tests {
             "line 4: unknown syscall \"not_a_syscall\"",
         );
         check("2\ndenylist\n# c\n\nmknod errno x\n", "line 5: bad errno");
-        check(
-            "2\ndenylist\nmknod errno 1 [9,0,SCMP_CMP_EQ]\n",
-            "line 3: argument index 9",
-        );
+        check("2\ndenylist\nmknod errno 1 [9,0,SCMP_CMP_EQ]\n", "line 3: argument index 9");
         check("2\ndenylist\nmknod notify\n", "line 3: not supported yet");
         check("2\ndenylist\n[vax]\n", "line 3: unknown architecture");
-        check(
-            "2\ndenylist\n[i386]\nkexec_file_load\n",
-            "line 4: unknown syscall",
-        );
+        check("2\ndenylist\n[i386]\nkexec_file_load\n", "line 4: unknown syscall");
     }
 
     #[test]
@@ -256,10 +232,7 @@ mod tests {
         let p = parse("2\ndenylist\nmknod\n").unwrap();
         assert_eq!(p.rules[0].action, Action::Kill);
         let p = parse("2\nallowlist errno 1\nread\n").unwrap();
-        assert_eq!(
-            (p.rules[0].action, p.default_action),
-            (Action::Allow, Action::Errno(1))
-        );
+        assert_eq!((p.rules[0].action, p.default_action), (Action::Allow, Action::Errno(1)));
         let p = parse("2\nwhitelist\nread\n").unwrap();
         assert_eq!(p.default_action, Action::Kill);
     }
@@ -269,21 +242,15 @@ mod tests {
         let def = build_policy(&PolicyConfig::default()).unwrap();
         assert_eq!(def, DEFAULT_POLICY);
 
-        let cfg = PolicyConfig {
-            deny: "mknod errno 1\nmknodat errno 1".into(),
-            ..Default::default()
-        };
+        let cfg =
+            PolicyConfig { deny: "mknod errno 1\nmknodat errno 1".into(), ..Default::default() };
         let p = build_policy(&cfg).unwrap();
         assert!(
             p.starts_with(DEFAULT_POLICY) && p.ends_with("[all]\nmknod errno 1\nmknodat errno 1\n"),
             "{p}"
         );
 
-        let cfg = PolicyConfig {
-            deny_default: false,
-            deny: "mknod".into(),
-            ..Default::default()
-        };
+        let cfg = PolicyConfig { deny_default: false, deny: "mknod".into(), ..Default::default() };
         assert_eq!(
             build_policy(&cfg).unwrap(),
             "2\ndenylist\n# security.syscalls.deny\n[all]\nmknod\n"
@@ -294,10 +261,7 @@ mod tests {
             deny: "ignored".into(),
             ..Default::default()
         };
-        assert_eq!(
-            build_policy(&cfg).unwrap(),
-            "2\nallowlist\n[all]\nread\nwrite\n"
-        );
+        assert_eq!(build_policy(&cfg).unwrap(), "2\nallowlist\n[all]\nread\nwrite\n");
 
         let cfg = PolicyConfig {
             raw: Some("2\nallowlist\nread\n".into()),
@@ -306,14 +270,8 @@ mod tests {
         };
         assert_eq!(build_policy(&cfg).unwrap(), "2\nallowlist\nread\n");
 
-        let cfg = PolicyConfig {
-            deny: "mknod errno".into(),
-            ..Default::default()
-        };
-        assert!(build_policy(&cfg)
-            .unwrap_err()
-            .0
-            .contains("`errno` needs a number"));
+        let cfg = PolicyConfig { deny: "mknod errno".into(), ..Default::default() };
+        assert!(build_policy(&cfg).unwrap_err().0.contains("`errno` needs a number"));
     }
 
     #[test]
@@ -350,12 +308,7 @@ mod tests {
     #[test]
     fn i386_section_uses_i386_numbers() {
         let prog = compile(DEFAULT_POLICY).unwrap();
-        let ks: Vec<u32> = prog
-            .0
-            .iter()
-            .filter(|i| i.code == 0x15)
-            .map(|i| i.k)
-            .collect();
+        let ks: Vec<u32> = prog.0.iter().filter(|i| i.code == 0x15).map(|i| i.k).collect();
         // i386: init_module 128, delete_module 129, kexec_load 283, open_by_handle_at 342,
         // finit_module 350, umount2 52 (kexec_file_load has no i386 entry).
         for nr in [128, 129, 283, 342, 350, 52] {
