@@ -511,3 +511,64 @@ fn cgroup_live_limits_and_delegation() {
     assert_removed(&name);
     assert!(Cgroup::open(&name).is_err());
 }
+
+// ---- AppArmor ---------------------------------------------------------------------------------
+
+use bivy::runtime::apparmor;
+
+fn parser_skip(test: &str) -> bool {
+    match apparmor::find_parser() {
+        Ok(_) => false,
+        Err(e) => {
+            skip(test, &e.0);
+            true
+        }
+    }
+}
+
+#[test]
+fn apparmor_every_variant_compiles() {
+    if parser_skip("apparmor_every_variant_compiles") {
+        return;
+    }
+    let raw = "  # raw.apparmor from the instance\n  deny /opt/secret/** rw,\n  mount fstype=nfs,";
+    for nesting in [false, true] {
+        for privileged in [false, true] {
+            for raw in ["", raw] {
+                let p = apparmor::render("c1", nesting, privileged, raw);
+                if let Err(e) = apparmor::check(&p) {
+                    panic!(
+                        "nesting={nesting} privileged={privileged} raw={}: {e}",
+                        !raw.is_empty()
+                    );
+                }
+            }
+        }
+    }
+    // A long name is hashed and still compiles.
+    apparmor::check(&apparmor::render(&"n".repeat(260), false, false, "")).expect("long name");
+}
+
+#[test]
+fn apparmor_broken_raw_is_reported_with_its_line() {
+    if parser_skip("apparmor_broken_raw_is_reported_with_its_line") {
+        return;
+    }
+    let p =
+        apparmor::render("c1", false, false, "  capability sys_admin,\n  this is not a rule,\n");
+    let e = apparmor::check(&p).expect_err("broken raw.apparmor must fail").0;
+    assert!(e.contains("apparmor_parser") && e.contains("at line"), "{e}");
+    assert!(e.contains("(raw.apparmor line 2)"), "{e}");
+    eprintln!("broken raw.apparmor reported as: {e}");
+}
+
+#[test]
+fn apparmor_prepare_without_kernel_support() {
+    if apparmor::kernel_has_apparmor() {
+        // Loading needs a real AppArmor kernel and is covered by the container tests there.
+        return skip("apparmor_prepare_without_kernel_support", "this kernel has AppArmor");
+    }
+    assert_eq!(apparmor::prepare("c1", false, false, "").unwrap(), None);
+    assert_eq!(apparmor::prepare("c2", true, true, "").unwrap(), None, "logged once, still None");
+    apparmor::unload("c1").expect("unload of a never-loaded profile is fine");
+}

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod apparmor;
 pub mod cgroup;
 pub mod seccomp;
 
