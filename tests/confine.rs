@@ -55,7 +55,7 @@ fn raw(rc: libc::c_long) -> i64 {
     if rc == -1 {
         -i64::from(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
     } else {
-        rc as i64
+        rc
     }
 }
 
@@ -114,7 +114,7 @@ fn seccomp_default_filter_child() {
 
     let eperm = -i64::from(libc::EPERM);
     let empty = c"";
-    // SAFETY (all raw syscalls below): the filter answers before the kernel reads any argument;
+    // SAFETY: (all raw syscalls below) the filter answers before the kernel reads any argument;
     // without the filter each call would fail on its null/empty/invalid arguments, touching nothing.
     unsafe {
         assert_eq!(
@@ -505,9 +505,10 @@ fn cgroup_live_limits_and_delegation() {
         std::fs::create_dir_all(d.join("init.scope/sub")).unwrap();
     }
     let again = Cgroup::open(&name).expect("open");
-    let k = spawn_in(&again, "exec sleep 60");
+    let mut k = spawn_in(&again, "exec sleep 60");
     assert_eq!(again.pids(), vec![k.id() as i32]);
     drop(cg);
+    assert_eq!(k.wait().unwrap().signal(), Some(libc::SIGKILL));
     assert_removed(&name);
     assert!(Cgroup::open(&name).is_err());
 }

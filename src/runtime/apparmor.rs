@@ -180,13 +180,12 @@ pub fn render(name: &str, nesting: bool, privileged: bool, raw: &str) -> String 
             "{{deny_sys}}" if keep => {
                 out.push_str(&format!("{}\n", deny_rules("/sys/", &SYS_WRITABLE)))
             }
-            "{{raw}}" => {
-                if !raw.trim().is_empty() {
-                    out.push_str("  ### raw.apparmor\n");
-                    out.push_str(raw.trim_end());
-                    out.push('\n');
-                }
+            "{{raw}}" if !raw.trim().is_empty() => {
+                out.push_str("  ### raw.apparmor\n");
+                out.push_str(raw.trim_end());
+                out.push('\n');
             }
+            "{{raw}}" => {}
             _ if keep => {
                 out.push_str(&line.replace("{{name}}", &format!("\"{}\"", profile_name(name))));
                 out.push('\n');
@@ -237,7 +236,14 @@ fn run_parser(args: &[&str], file: &Path, rendered: &str) -> Result<()> {
     if out.status.success() {
         return Ok(());
     }
-    let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    // Drop the parser's notice about the kernel's missing cache interface: noise, not the error.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let msg = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("Cache read/write disabled"))
+        .collect::<Vec<_>>()
+        .join("; ");
     let mut hint = String::new();
     if let (Some(start), Some(n)) = (raw_start(rendered), line_of(&msg)) {
         if n >= start {

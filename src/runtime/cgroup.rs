@@ -70,11 +70,7 @@ impl Layout {
             }
             let mnt = PathBuf::from(unescape(pre[4]));
             match post[0] {
-                "cgroup2" => {
-                    if l.unified.is_none() {
-                        l.unified = Some(mnt);
-                    }
-                }
+                "cgroup2" if l.unified.is_none() => l.unified = Some(mnt),
                 "cgroup" => {
                     // Keep controller names and `name=`; drop rw/ro and behaviour flags.
                     let opts: Vec<&str> = post[2]

@@ -189,7 +189,6 @@ pub fn parse(text: &str) -> Result<Policy> {
         (i + 1, l)
     });
     let mut next_content = || lines.by_ref().find(|(_, l)| !l.is_empty());
-    let rest: Vec<(usize, &str)>;
 
     match next_content() {
         Some((_, "2")) => {}
@@ -222,7 +221,7 @@ pub fn parse(text: &str) -> Result<Policy> {
         }
         default_action = a;
     }
-    rest = lines.collect();
+    let rest: Vec<(usize, &str)> = lines.collect();
 
     let mut arch = Arch::All;
     let mut rules = Vec::new();
