@@ -425,13 +425,32 @@ fn cgroup_freeze_thaw_and_kill_all() {
     if cgroup_skip("cgroup_freeze_thaw_and_kill_all", &[]) {
         return;
     }
+    freeze_kill_case(false);
+}
+
+/// The same through the v1 freezer and signal-by-signal kill (kernels without cgroup.kill).
+#[test]
+fn cgroup_freeze_thaw_and_kill_all_v1_fallback() {
+    if cgroup_skip("cgroup_freeze_thaw_and_kill_all_v1_fallback", &["freezer"]) {
+        return;
+    }
+    if Layout::probe().v1_mount("freezer").is_none() {
+        return skip("cgroup_freeze_thaw_and_kill_all_v1_fallback", "no v1 freezer hierarchy");
+    }
+    freeze_kill_case(true);
+}
+
+fn freeze_kill_case(legacy: bool) {
     let name = unique_name();
-    let cg = Guard(Cgroup::create(&name, &Limits::default(), None).expect("create"));
+    let cg = Cgroup::create(&name, &Limits::default(), None).expect("create");
+    let cg = Guard(if legacy { cg.without_v2_core() } else { cg });
     let mut kids: Vec<_> = (0..5).map(|_| spawn_in(&cg.0, "exec sleep 60")).collect();
     assert!(poll_until(|| cg.0.pids().len() == 5), "pids {:?}", cg.0.pids());
     assert!(!cg.0.is_frozen());
     cg.0.freeze().expect("freeze");
     assert!(cg.0.is_frozen());
+    let state = std::fs::read_to_string(format!("/proc/{}/stat", kids[0].id())).unwrap();
+    eprintln!("frozen task (legacy={legacy}): {}", state.split(' ').nth(2).unwrap_or("?"));
     cg.0.thaw().expect("thaw");
     assert!(!cg.0.is_frozen());
     // Frozen, then killed: kill_all must still finish (it thaws / uses cgroup.kill).
@@ -439,7 +458,7 @@ fn cgroup_freeze_thaw_and_kill_all() {
     let t = Instant::now();
     cg.0.kill_all().expect("kill_all");
     let took = t.elapsed();
-    eprintln!("kill_all of 5 frozen sleeps: {took:?}");
+    eprintln!("kill_all of 5 frozen sleeps (legacy={legacy}): {took:?}");
     assert!(took < Duration::from_millis(500), "kill_all took {took:?}");
     for k in &mut kids {
         let st = k.wait().unwrap();

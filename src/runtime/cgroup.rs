@@ -170,6 +170,8 @@ pub struct Cgroup {
     unified: Option<PathBuf>,
     /// Controllers driven through the cgroup2 directory.
     v2: Vec<String>,
+    /// Use the cgroup2 core files `cgroup.kill` / `cgroup.freeze` when the kernel has them.
+    v2_core: bool,
 }
 
 fn check_name(name: &str) -> Result<()> {
@@ -190,7 +192,7 @@ impl Cgroup {
         }
         let v1 = l.v1.iter().map(|(m, o)| (m.join("bivy").join(name), o.clone())).collect();
         let unified = l.unified.as_ref().map(|u| u.join("bivy").join(name));
-        let mut cg = Cgroup { name: name.to_string(), v1, unified, v2: Vec::new() };
+        let mut cg = Cgroup { name: name.to_string(), v1, unified, v2: Vec::new(), v2_core: true };
         if let Some(u) = &l.unified {
             let avail = fs::read_to_string(u.join("cgroup.controllers")).unwrap_or_default();
             cg.v2 = avail
@@ -200,6 +202,13 @@ impl Cgroup {
                 .collect();
         }
         Ok(cg)
+    }
+
+    /// Freeze and kill through the v1 freezer and signals only, as on kernels without
+    /// `cgroup.freeze` (< 5.2) or `cgroup.kill` (< 5.14). For tests of those paths.
+    pub fn without_v2_core(mut self) -> Cgroup {
+        self.v2_core = false;
+        self
     }
 
     /// The instance name.
@@ -243,6 +252,8 @@ impl Cgroup {
                     "cgroup bivy/{name} already exists and holds processes {pids:?}"
                 )));
             }
+            // Left over by a crash: start clean (no stale limits or sub-cgroups).
+            cg.remove()?;
         }
         let r = cg.create_inner(l, limits, owner);
         if let Err(e) = r {
@@ -375,7 +386,8 @@ impl Cgroup {
             let cpus = match &lim.cpuset {
                 Some(c) => c.clone(),
                 // v2: empty means "the parent's". v1: copy the parent's explicitly.
-                None if v2 => String::new(),
+                // (a newline, not an empty write, which the kernel would never see)
+                None if v2 => "\n".to_string(),
                 None => read(&d.parent().expect("has parent").join("cpuset.cpus"))?,
             };
             write(&d.join("cpuset.cpus"), &cpus)?;
@@ -428,7 +440,10 @@ impl Cgroup {
 
     /// The v2 freeze file when the unified dir has core freezer support.
     fn v2_freeze(&self) -> Option<PathBuf> {
-        self.unified.as_ref().map(|d| d.join("cgroup.freeze")).filter(|p| p.exists())
+        self.unified
+            .as_ref()
+            .map(|d| d.join("cgroup.freeze"))
+            .filter(|p| self.v2_core && p.exists())
     }
 
     /// Freeze every process; returns once the kernel reports the cgroup frozen (at most 5 s).
@@ -473,10 +488,19 @@ impl Cgroup {
     /// SIGKILL every process in the cgroup and its sub-cgroups, and wait (up to 5 s) until they
     /// are gone from it. Uses `cgroup.kill` when the kernel has it, else freeze, kill each pid, thaw.
     pub fn kill_all(&self) -> Result<()> {
-        let kill_file = self.unified.as_ref().map(|d| d.join("cgroup.kill")).filter(|p| p.exists());
+        let kill_file = self
+            .unified
+            .as_ref()
+            .map(|d| d.join("cgroup.kill"))
+            .filter(|p| self.v2_core && p.exists());
+        let mut done = false;
         if let Some(k) = kill_file {
             write(&k, "1")?;
-        } else {
+            // cgroup.kill covers the unified subtree; a process moved elsewhere there but still in
+            // a v1 bivy/<name> would survive it: the signal path below catches such stragglers.
+            done = poll(Duration::from_millis(200), || self.pids().is_empty());
+        }
+        if !done {
             // Freezing first stops a fork loop from outrunning us; signals to frozen tasks are
             // delivered on thaw.
             let frozen = self.freeze().is_ok();
