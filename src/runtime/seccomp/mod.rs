@@ -305,6 +305,106 @@ mod tests {
         );
     }
 
+    /// A classic-BPF interpreter for the instructions our programs use, run on a synthetic
+    /// `seccomp_data`: checks the program's decisions without loading it.
+    fn run(prog: &Program, arch: u32, nr: u32, args: [u64; 6]) -> u32 {
+        let mut data = [0u8; 64];
+        data[0..4].copy_from_slice(&nr.to_ne_bytes());
+        data[4..8].copy_from_slice(&arch.to_ne_bytes());
+        for (i, a) in args.iter().enumerate() {
+            data[16 + 8 * i..24 + 8 * i].copy_from_slice(&a.to_ne_bytes());
+        }
+        let (mut pc, mut acc) = (0usize, 0u32);
+        loop {
+            let i = prog.0[pc];
+            pc += 1;
+            let cond = |c: bool| if c { i.jt as usize } else { i.jf as usize };
+            match i.code {
+                0x20 => {
+                    let k = i.k as usize;
+                    acc = u32::from_ne_bytes(data[k..k + 4].try_into().unwrap());
+                }
+                0x54 => acc &= i.k,
+                0x05 => pc += i.k as usize,
+                0x15 => pc += cond(acc == i.k),
+                0x25 => pc += cond(acc > i.k),
+                0x35 => pc += cond(acc >= i.k),
+                0x45 => pc += cond(acc & i.k != 0),
+                0x06 => return i.k,
+                c => panic!("unexpected BPF opcode {c:#x} at {}", pc - 1),
+            }
+        }
+    }
+
+    const X86_64: u32 = 0xc000_003e;
+    const I386: u32 = 0x4000_0003;
+    const ALLOW: u32 = 0x7fff_0000;
+    const EPERM: u32 = 0x0005_0001;
+    const ENOSYS: u32 = 0x0005_0026;
+    const KILL: u32 = 0x8000_0000;
+
+    #[test]
+    fn default_program_decisions() {
+        let p = compile(DEFAULT_POLICY).unwrap();
+        let no = [0u64; 6];
+        assert_eq!(run(&p, X86_64, 39, no), ALLOW, "getpid");
+        assert_eq!(run(&p, X86_64, 175, no), EPERM, "init_module");
+        assert_eq!(run(&p, X86_64, 320, no), EPERM, "kexec_file_load");
+        assert_eq!(run(&p, X86_64, 166, [0, 1, 0, 0, 0, 0]), EPERM, "umount2 MNT_FORCE");
+        assert_eq!(
+            run(&p, X86_64, 166, [0, 2 | 8, 0, 0, 0, 0]),
+            ALLOW,
+            "umount2 MNT_DETACH|UMOUNT_NOFOLLOW"
+        );
+        assert_eq!(run(&p, X86_64, 166, [0, 1 << 32, 0, 0, 0, 0]), ALLOW, "umount2 high bits only");
+        assert_eq!(run(&p, X86_64, 39 | 0x4000_0000, no), ENOSYS, "x32 getpid");
+        assert_eq!(run(&p, X86_64, 175 | 0x4000_0000, no), ENOSYS, "x32 anything");
+        assert_eq!(run(&p, I386, 20, no), ALLOW, "i386 getpid");
+        assert_eq!(run(&p, I386, 175, no), ALLOW, "i386 175 is rt_sigprocmask, not init_module");
+        assert_eq!(run(&p, I386, 128, no), EPERM, "i386 init_module");
+        assert_eq!(run(&p, I386, 52, [0, 1, 0, 0, 0, 0]), EPERM, "i386 umount2 MNT_FORCE");
+        assert_eq!(run(&p, I386, 52, [0, 2, 0, 0, 0, 0]), ALLOW, "i386 umount2 MNT_DETACH");
+        assert_eq!(run(&p, I386, 22, no), ALLOW, "i386 umount (no flags)");
+        assert_eq!(
+            run(&p, 0x4000_00b7 | 0x8000_0000, 39, no),
+            KILL,
+            "aarch64 on x86_64: impossible"
+        );
+    }
+
+    #[test]
+    fn mixed_actions_keep_file_order() {
+        let p = compile(
+            "2\ndenylist\n[all]\nmknod errno 13\nchmod\nmknod errno 1\nchown errno 1 [2,100,SCMP_CMP_GE]\n[i386]\ngetppid trap\n[x86_64]\ngetppid log\n",
+        )
+        .unwrap();
+        let no = [0u64; 6];
+        assert_eq!(run(&p, X86_64, 133, no), 0x0005_000d, "mknod: first rule (EACCES) wins");
+        assert_eq!(run(&p, X86_64, 90, no), KILL, "chmod: bare name in a denylist kills");
+        assert_eq!(run(&p, X86_64, 92, [0, 0, 100, 0, 0, 0]), EPERM, "chown gid >= 100");
+        assert_eq!(run(&p, X86_64, 92, [0, 0, 99, 0, 0, 0]), ALLOW, "chown gid < 100");
+        assert_eq!(run(&p, X86_64, 110, no), 0x7ffc_0000, "x86_64 getppid: log");
+        assert_eq!(run(&p, I386, 64, no), 0x0003_0000, "i386 getppid: trap");
+        assert_eq!(run(&p, I386, 14, no), 0x0005_000d, "i386 mknod");
+        assert_eq!(
+            run(&p, I386, 16, [0, 0, 100, 0, 0, 0]),
+            ALLOW,
+            "i386 16 is lchown16, not chown"
+        );
+        assert_eq!(run(&p, I386, 182, [0, 0, 100, 0, 0, 0]), EPERM, "i386 chown (182)");
+    }
+
+    #[test]
+    fn allowlist_decisions() {
+        let p = compile("2\nallowlist errno 38\n[all]\nread\nwrite\n").unwrap();
+        let no = [0u64; 6];
+        assert_eq!(run(&p, X86_64, 0, no), ALLOW);
+        assert_eq!(run(&p, X86_64, 1, no), ALLOW);
+        assert_eq!(run(&p, X86_64, 39, no), ENOSYS);
+        assert_eq!(run(&p, I386, 3, no), ALLOW, "i386 read");
+        assert_eq!(run(&p, I386, 20, no), ENOSYS, "i386 getpid: the allowlist's default");
+    }
+
     #[test]
     fn i386_section_uses_i386_numbers() {
         let prog = compile(DEFAULT_POLICY).unwrap();
