@@ -505,6 +505,17 @@ fn cgroup_live_limits_and_delegation() {
     assert_eq!(read(&limit_file(&name, "cpuset", "cpuset.cpus", "cpuset.cpus")), "0");
     assert_eq!(read(&limit_file(&name, "pids", "pids.max", "pids.max")), "100");
 
+    // limits.memory.swap=false (the default here): memory+swap capped at the same value (v1 memsw).
+    let memsw = mem.with_file_name("memory.memsw.limit_in_bytes");
+    if memsw.exists() {
+        assert_eq!(read(&memsw), (128u64 << 20).to_string());
+    }
+    // Soft enforcement: only the soft limit (v1) / memory.high (v2) is set.
+    let soft = Limits { memory: Some(96 << 20), memory_soft: true, ..limits.clone() };
+    cg.0.set_limits(&soft).expect("soft limit");
+    let soft_file = limit_file(&name, "memory", "memory.soft_limit_in_bytes", "memory.high");
+    assert_eq!(read(&soft_file), (96u64 << 20).to_string());
+
     cg.0.set_limits(&Limits::default()).expect("remove limits");
     let unlimited = read(&mem);
     assert!(unlimited == "max" || unlimited.parse::<u64>().unwrap() > 1 << 60, "{unlimited}");
