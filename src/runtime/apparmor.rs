@@ -37,7 +37,11 @@ fn bivy_dir() -> PathBuf {
 /// the var-path suffix keeps it apart from a real LXD's. A name that would exceed AppArmor's limit
 /// becomes the sha256 of `<name>_<dir>`.
 pub fn profile_name(name: &str) -> String {
-    let full = format!("{name}_<{}>", bivy_dir().display());
+    profile_name_in(name, &bivy_dir())
+}
+
+fn profile_name_in(name: &str, dir: &Path) -> String {
+    let full = format!("{name}_<{}>", dir.display());
     if full.len() + 3 >= MAX_NAME {
         let d = ring::digest::digest(&ring::digest::SHA256, full.as_bytes());
         let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
@@ -163,6 +167,10 @@ fn deny_rules(dir: &str, tree: &Tree) -> String {
 /// Render the profile. `privileged` containers (no user namespace) do not get the unprivileged
 /// mount rules; `raw` (raw.apparmor) is appended last, inside the profile.
 pub fn render(name: &str, nesting: bool, privileged: bool, raw: &str) -> String {
+    render_label(&profile_name(name), nesting, privileged, raw)
+}
+
+fn render_label(label: &str, nesting: bool, privileged: bool, raw: &str) -> String {
     let mut out = String::new();
     let mut keep = true;
     for line in TEMPLATE.lines() {
@@ -187,7 +195,7 @@ pub fn render(name: &str, nesting: bool, privileged: bool, raw: &str) -> String 
             }
             "{{raw}}" => {}
             _ if keep => {
-                out.push_str(&line.replace("{{name}}", &format!("\"{}\"", profile_name(name))));
+                out.push_str(&line.replace("{{name}}", &format!("\"{label}\"")));
                 out.push('\n');
             }
             _ => {}
@@ -378,9 +386,9 @@ mod tests {
 
     #[test]
     fn names() {
-        std::env::set_var("BIVY_DIR", "/var/lib/bivy");
-        assert_eq!(profile_name("c1"), "lxd-c1_</var/lib/bivy>");
-        let long = profile_name(&"x".repeat(300));
+        let dir = Path::new("/var/lib/bivy");
+        assert_eq!(profile_name_in("c1", dir), "lxd-c1_</var/lib/bivy>");
+        let long = profile_name_in(&"x".repeat(300), dir);
         assert_eq!(long.len(), 4 + 64);
     }
 
@@ -407,8 +415,7 @@ mod tests {
     /// The default rendering is golden: changes to the template or generators show up here.
     #[test]
     fn golden_profile() {
-        std::env::set_var("BIVY_DIR", "/var/lib/bivy");
-        let got = render("c1", false, false, "");
+        let got = render_label("lxd-c1_</var/lib/bivy>", false, false, "");
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/apparmor/golden/c1-unprivileged.profile");
         if std::env::var_os("BIVY_UPDATE_GOLDEN").is_some() {
             std::fs::create_dir_all(Path::new(path).parent().unwrap()).unwrap();
