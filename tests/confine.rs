@@ -603,3 +603,30 @@ fn apparmor_prepare_without_kernel_support() {
     assert_eq!(apparmor::prepare("c2", true, true, "").unwrap(), None, "logged once, still None");
     apparmor::unload("c1").expect("unload of a never-loaded profile is fine");
 }
+
+#[test]
+fn cgroup_restrict_devices() {
+    if cgroup_skip("cgroup_restrict_devices", &[]) {
+        return;
+    }
+    if Layout::probe().v1_mount("devices").is_none() {
+        return skip(
+            "cgroup_restrict_devices",
+            "no v1 devices hierarchy (cgroup2 device BPF not supported yet)",
+        );
+    }
+    let name = unique_name();
+    let cg = Guard(Cgroup::create(&name, &Limits::default(), None).expect("create"));
+    cg.0.restrict_devices(&[]).expect("restrict_devices");
+    // /dev/zero is on the list; /dev/kmsg (c 1:11) is not.
+    let script = "head -c 1 /dev/zero >/dev/null && echo zero-ok >&2; exec 3</dev/kmsg && echo kmsg-opened >&2";
+    let out = spawn_in(&cg.0, script).wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("zero-ok"), "{err}");
+    assert!(
+        !err.contains("kmsg-opened") && err.contains("not permitted"),
+        "/dev/kmsg must be refused: {err}"
+    );
+    drop(cg);
+    assert_removed(&name);
+}
