@@ -258,8 +258,8 @@ impl Cgroup {
     }
 
     /// Create `bivy/<name>` everywhere, apply `limits`, delegate to `owner` (host uid, gid of the
-    /// container's root). An existing, empty cgroup of the same name (left by a crash) is reused;
-    /// one that still has processes is an error. On failure everything created is removed.
+    /// container's root). An existing, empty cgroup of the same name (left by a crash) is removed
+    /// first; one that still has processes is an error. On failure everything created is removed.
     pub fn create(name: &str, limits: &Limits, owner: Option<(u32, u32)>) -> Result<Cgroup> {
         let cg = Cgroup::paths(name)?;
         let l = Layout::probe();
