@@ -20,6 +20,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod apparmor;
+pub mod cgroup;
+pub mod seccomp;
+
 /// One line of a uid or gid map: `nsid hostid count`.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdMapEntry {
