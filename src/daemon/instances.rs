@@ -765,10 +765,17 @@ pub fn start(d: &Daemon, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// The seccomp policy text for an instance.
+/// The seccomp policy text for an instance (`raw.seccomp`, `security.syscalls.*`).
 fn seccomp_policy(ec: &StringMap) -> Result<String> {
-    let _ = ec;
-    Ok(String::new())
+    let get = |k: &str| ec.get(k).cloned().unwrap_or_default();
+    let cfg = runtime::seccomp::PolicyConfig {
+        raw: ec.get("raw.seccomp").filter(|v| !v.is_empty()).cloned(),
+        deny_default: ec.get("security.syscalls.deny_default").is_none_or(|v| v != "false"),
+        deny: get("security.syscalls.deny"),
+        allow: get("security.syscalls.allow"),
+        deny_compat: config::flag(ec, "security.syscalls.deny_compat"),
+    };
+    runtime::seccomp::build_policy(&cfg).map_err(|e| Error::BadRequest(format!("seccomp policy: {e}")))
 }
 
 /// Stop an instance (the caller holds its busy mark).
