@@ -63,6 +63,7 @@ pub struct Limits {
     /// Maximum number of header lines.
     pub max_headers: usize,
     /// Time allowed to receive a whole request head once its first byte arrived (slowloris): 408.
+    /// For the first request of a connection it counts from the start of `serve_connection`.
     pub head_timeout: Duration,
     /// Idle time allowed between keep-alive requests before the connection is closed.
     pub idle_timeout: Duration,
@@ -863,6 +864,12 @@ fn write_head(w: &mut dyn Write, status: u16, headers: &[(String, String)], extr
 fn write_response(w: &mut dyn Write, resp: Response, head_only: bool, http11: bool, mut keep: bool) -> io::Result<bool> {
     let status = resp.status;
     let no_body = status < 200 || status == 204 || status == 304;
+    // A HEAD handler may announce the length of the body it would send.
+    let head_len = if head_only {
+        resp.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-length")).map(|(_, v)| v.clone())
+    } else {
+        None
+    };
     let headers: Vec<(String, String)> = resp
         .headers
         .into_iter()
@@ -888,7 +895,9 @@ fn write_response(w: &mut dyn Write, resp: Response, head_only: bool, http11: bo
         }
     };
     let mut extra = String::new();
-    if let Some(n) = len {
+    if let Some(v) = head_len.filter(|v| parse_decimal(v.trim()).is_some()) {
+        extra.push_str(&format!("Content-Length: {}\r\n", v.trim()));
+    } else if let Some(n) = len {
         if !no_body {
             extra.push_str(&format!("Content-Length: {n}\r\n"));
         }

@@ -2,7 +2,7 @@
 //! Ping is answered automatically by the receiver; fragmented messages are reassembled;
 //! frames above the size limit are refused with close code 1009.
 
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::sync::{Arc, Mutex};
 
 use ring::rand::SecureRandom;
@@ -367,10 +367,18 @@ impl Receiver {
             }
             let mut payload = std::mem::take(&mut msg);
             let start = payload.len();
-            payload.resize(start + len, 0);
-            if let Err(e) = read_exact_buf(&mut self.r, &mut payload[start..]) {
-                self.done = true;
-                return Err(e);
+            // Grow with the data actually received, so a header announcing a huge frame costs
+            // nothing until the bytes arrive.
+            match (&mut self.r).take(len as u64).read_to_end(&mut payload) {
+                Ok(n) if n == len => {}
+                Ok(_) => {
+                    self.done = true;
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed inside a frame"));
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Err(e);
+                }
             }
             if masked {
                 for (i, b) in payload[start..].iter_mut().enumerate() {
