@@ -1423,6 +1423,25 @@ mod tests {
     }
 
     #[test]
+    fn head_keeps_handler_length_and_status_without_body() {
+        let handler = |req: &mut Request| -> Response {
+            match req.path.as_str() {
+                "/len" => Response::new(200).header("Content-Length", "1234"),
+                "/nc" => Response::new(204).body(Body::Bytes(b"dropped".to_vec())),
+                _ => Response::new(200).body(Body::Reader(Box::new(io::Cursor::new(b"xyz".to_vec())), None)),
+            }
+        };
+        let s = SliceStream::new(b"HEAD /len HTTP/1.1\r\n\r\nGET /nc HTTP/1.1\r\n\r\nHEAD /chunk HTTP/1.1\r\n\r\n".to_vec());
+        let out = s.output.clone();
+        serve_connection(Box::new(s), &small_limits(), &handler);
+        let out = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\nHTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\n\r\n"
+        );
+    }
+
+    #[test]
     fn handler_panic_is_500() {
         let out = run(b"GET /panic HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n");
         assert_eq!(status_of(&out), 500);
