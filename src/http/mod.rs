@@ -127,7 +127,7 @@ impl Request {
     /// Read the whole body, failing with `InvalidData` past `limit` bytes.
     pub fn read_body(&mut self, limit: usize) -> io::Result<Vec<u8>> {
         let mut out = Vec::new();
-        let n = (&mut self.body).take(limit as u64 + 1).read_to_end(&mut out)?;
+        let n = (&mut self.body).take((limit as u64).saturating_add(1)).read_to_end(&mut out)?;
         if n > limit {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "request body too large"));
         }
@@ -784,6 +784,11 @@ enum HeadOutcome {
     Fail(u16, &'static str),
 }
 
+/// `t + d`, capped (a huge configured duration must not overflow and panic).
+fn add_capped(t: Instant, d: Duration) -> Instant {
+    t.checked_add(d).or_else(|| t.checked_add(Duration::from_secs(100 * 365 * 86400))).unwrap_or(t)
+}
+
 /// Read a request head, enforcing the size limit, the idle wait and the whole-head deadline.
 fn read_request_head(s: &mut Shared, limits: &Limits, first: bool) -> HeadOutcome {
     let start = Instant::now();
@@ -791,9 +796,9 @@ fn read_request_head(s: &mut Shared, limits: &Limits, first: bool) -> HeadOutcom
     if first {
         // The first request of a connection gets `head_timeout` from accept (like Go's
         // ReadHeaderTimeout), so a silent new connection is not held for the idle timeout.
-        deadline = Some(start + limits.head_timeout);
+        deadline = Some(add_capped(start, limits.head_timeout));
     } else if !s.r.buffer().is_empty() {
-        deadline = Some(start + limits.head_timeout);
+        deadline = Some(add_capped(start, limits.head_timeout));
     }
     let mut sc = HeadScanner::default();
     loop {
@@ -817,9 +822,9 @@ fn read_request_head(s: &mut Shared, limits: &Limits, first: bool) -> HeadOutcom
             return if sc.total > 0 { HeadOutcome::Fail(400, "connection closed in request head") } else { HeadOutcome::Idle };
         }
         if deadline.is_none() {
-            deadline = Some(Instant::now() + limits.head_timeout);
+            deadline = Some(add_capped(Instant::now(), limits.head_timeout));
         }
-        let room = limits.max_head.saturating_sub(sc.total) + 1;
+        let room = limits.max_head.saturating_sub(sc.total).saturating_add(1);
         let avail = &avail[..avail.len().min(room)];
         let (used, done) = sc.feed(avail);
         s.r.consume(used);
