@@ -54,7 +54,7 @@ pub fn base64_encode(data: &[u8]) -> String {
 /// unused bits zero). `None` if malformed.
 pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
     let b = s.as_bytes();
-    if b.len() % 4 != 0 {
+    if !b.len().is_multiple_of(4) {
         return None;
     }
     let val = |c: u8| -> Option<u32> {
@@ -789,7 +789,7 @@ mod tests {
         });
         let e = rx.recv().unwrap_err();
         assert!(e.to_string().contains("too big"), "{e}");
-        let _ = rx.sender().shutdown();
+        rx.sender().shutdown();
         drop(writer.join().unwrap());
     }
 
