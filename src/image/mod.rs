@@ -119,6 +119,19 @@ fn temp_name() -> String {
     format!(".import-{}-{}.tmp", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
+/// Whether the process that made a temp file (`.import-<pid>-<n>.tmp`, or atomic_write's
+/// `.<name>.tmp<pid>`) is still running: its file may be an import in flight.
+fn owner_alive(name: &str) -> bool {
+    let pid = match name.strip_prefix(".import-") {
+        Some(rest) => rest.split('-').next().unwrap_or(""),
+        None => name.rsplit(".tmp").next().unwrap_or(""),
+    };
+    match pid.parse::<u32>() {
+        Ok(pid) => Path::new("/proc").join(pid.to_string()).exists(),
+        Err(_) => false,
+    }
+}
+
 fn internal(what: impl std::fmt::Display, e: impl std::fmt::Display) -> Error {
     Error::Internal(format!("{what}: {e}"))
 }
@@ -211,11 +224,16 @@ fn scan(path: &Path, kind: ScanKind, stop_at_metadata: bool) -> Result<(Option<V
     let mut rootfs = false;
     for entry in ar.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
+        let raw = entry.path_bytes().into_owned();
+        let Some(parts) = clean_path(&raw) else {
+            return Err(Error::BadRequest(format!(
+                "invalid image tarball: unsafe member path {:?} (absolute or with \"..\")",
+                String::from_utf8_lossy(&raw)
+            )));
+        };
         if kind == ScanKind::Rootfs {
             continue;
         }
-        let raw = entry.path_bytes().into_owned();
-        let Some(parts) = clean_path(&raw) else { continue };
         match parts.as_slice() {
             [b"metadata.yaml"] if entry.header().entry_type().is_file() => {
                 let mut buf = Vec::new();
@@ -245,7 +263,7 @@ impl Store {
         for ent in rd.flatten() {
             let name = ent.file_name();
             let name = name.to_string_lossy();
-            if name.starts_with('.') && name.contains(".tmp") {
+            if name.starts_with('.') && name.contains(".tmp") && !owner_alive(&name) {
                 let _ = std::fs::remove_file(ent.path());
             }
         }
@@ -679,6 +697,11 @@ impl<W: Write> Write for HashWriter<W> {
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }
+}
+
+/// Unpack a unified image tarball that is not in a store, with the same rules as `Store::unpack`.
+pub fn unpack_unified_file(tarball: &Path, rootfs: &Path, templates: &Path, opts: &UnpackOpts) -> Result<()> {
+    unpack::unpack_unified(tarball, rootfs, templates, opts)
 }
 
 /// Render the templates of `metadata` whose `when` contains `trigger` into the rootfs, through
