@@ -113,11 +113,7 @@ fn busybox_tree(dir: &Path) {
     fs::write(t.join("hostname.tpl"), "{{ container.name }}\n").unwrap();
     fs::write(t.join("hosts.tpl"), "127.0.0.1 localhost\n127.0.1.1 {{ instance.name }}\n").unwrap();
     fs::write(t.join("motd.tpl"), "{{ properties.greeting|capfirst }} from {{ trigger }}\n").unwrap();
-    fs::write(
-        t.join("broken.tpl"),
-        "fine line\n{% if config_get(\"user.x\", \"\") == %}\n{% endif %}\n",
-    )
-    .unwrap();
+    fs::write(t.join("broken.tpl"), "fine line\n{% if config_get(\"user.x\", \"\") == %}\n{% endif %}\n").unwrap();
     fs::write(dir.join("metadata.yaml"), METADATA).unwrap();
 }
 
@@ -214,7 +210,11 @@ fn unified_import_export_unpack_templates() {
     let mut meta3 = meta.clone();
     meta3.templates.insert(
         "/var/lib/new/name".into(),
-        api::ImageMetadataTemplate { when: vec!["create".into()], template: "hostname.tpl".into(), ..Default::default() },
+        api::ImageMetadataTemplate {
+            when: vec!["create".into()],
+            template: "hostname.tpl".into(),
+            ..Default::default()
+        },
     );
     image::apply_templates(&meta3, &templates, &rootfs, "create", &ctx("deep")).unwrap();
     assert_eq!(fs::read_to_string(rootfs.join("var/lib/new/name")).unwrap(), "deep\n");
@@ -228,13 +228,38 @@ fn unified_import_export_unpack_templates() {
     let e = image::apply_templates(&broken, &templates, &rootfs, "create", &ctx("c1")).unwrap_err();
     assert!(e.to_string().contains("template broken.tpl line 2"), "{e}");
 
+    // A template file that is a symlink (to a host file) or a fifo is refused, not read.
+    std::os::unix::fs::symlink("/etc/passwd", templates.join("leak.tpl")).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &templates.join("fifo.tpl"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
+    for tpl in ["leak.tpl", "fifo.tpl"] {
+        let mut m = meta.clone();
+        m.templates.insert(
+            "/etc/leak".into(),
+            api::ImageMetadataTemplate { when: vec!["create".into()], template: tpl.into(), ..Default::default() },
+        );
+        let e = image::apply_templates(&m, &templates, &rootfs, "create", &ctx("c1")).unwrap_err();
+        assert!(e.to_string().contains(tpl), "{e}");
+        assert!(!rootfs.join("etc/leak").exists());
+    }
+
     // A template target behind a symlink to the host is refused, not followed.
     std::os::unix::fs::symlink("/tmp", rootfs.join("escape")).unwrap();
     let mut evil = meta.clone();
     let host = format!("bivy-image-test-{}-tpl-evil", std::process::id());
     evil.templates.insert(
         format!("/escape/{host}"),
-        api::ImageMetadataTemplate { when: vec!["create".into()], template: "hostname.tpl".into(), ..Default::default() },
+        api::ImageMetadataTemplate {
+            when: vec!["create".into()],
+            template: "hostname.tpl".into(),
+            ..Default::default()
+        },
     );
     assert!(image::apply_templates(&evil, &templates, &rootfs, "create", &ctx("x")).is_err());
     assert!(!Path::new("/tmp").join(&host).exists());
@@ -305,7 +330,16 @@ impl Tb {
         self.file("metadata.yaml", yaml.as_bytes(), 0o644, 0, 0);
         self
     }
-    fn raw(&mut self, name: &[u8], kind: tar::EntryType, data: &[u8], link: Option<&[u8]>, mode: u32, uid: u64, gid: u64) {
+    fn raw(
+        &mut self,
+        name: &[u8],
+        kind: tar::EntryType,
+        data: &[u8],
+        link: Option<&[u8]>,
+        mode: u32,
+        uid: u64,
+        gid: u64,
+    ) {
         let mut h = tar::Header::new_gnu();
         h.as_old_mut().name[..name.len()].copy_from_slice(name);
         if let Some(l) = link {
@@ -417,7 +451,9 @@ const CAP_NET_RAW: [u8; 20] = [1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
 /// system.posix_acl_access: u::rw-, u:1000:r--, g::r--, m::r--, o::---.
 fn acl() -> Vec<u8> {
     let mut v = 2u32.to_le_bytes().to_vec();
-    for (tag, perm, id) in [(1u16, 6u16, u32::MAX), (2, 4, 1000), (4, 4, u32::MAX), (0x10, 4, u32::MAX), (0x20, 0, u32::MAX)] {
+    for (tag, perm, id) in
+        [(1u16, 6u16, u32::MAX), (2, 4, 1000), (4, 4, u32::MAX), (0x10, 4, u32::MAX), (0x20, 0, u32::MAX)]
+    {
         v.extend(tag.to_le_bytes());
         v.extend(perm.to_le_bytes());
         v.extend(id.to_le_bytes());
@@ -509,8 +545,10 @@ fn unpack_keeps_owners_modes_xattrs_and_publish_round_trips() {
         let pubd = store.publish(&rootfs, &m, Some(&templates), c, &opts).unwrap();
         let (file, _) = store.files(&pubd.fingerprint).unwrap();
         assert_eq!(pubd.fingerprint, sha256sum(&[&file]));
-        assert_eq!(image::sniff(&fs::read(&file).unwrap()[..512.min(fs::metadata(&file).unwrap().len() as usize)]).name(),
-            if c == Compression::None { "tar" } else { c.name() });
+        assert_eq!(
+            image::sniff(&fs::read(&file).unwrap()[..512.min(fs::metadata(&file).unwrap().len() as usize)]).name(),
+            if c == Compression::None { "tar" } else { c.name() }
+        );
         let r = tmp.path(&format!("pub-{}", c.name()));
         store.unpack(&pubd.fingerprint, &r, &tmp.path(&format!("pubt-{}", c.name())), &UnpackOpts::default()).unwrap();
         check_attrs(&r);
@@ -606,7 +644,9 @@ fn hostile_tarballs_are_refused_or_contained() {
 
     // Hard link to /etc/passwd (absolute, outside, or not yet extracted): refused.
     let before = fs::metadata("/etc/passwd").unwrap();
-    for (i, target) in [&b"/etc/passwd"[..], b"rootfs/../../../../etc/passwd", b"etc/passwd", b"rootfs/etc/passwd"].iter().enumerate() {
+    for (i, target) in
+        [&b"/etc/passwd"[..], b"rootfs/../../../../etc/passwd", b"etc/passwd", b"rootfs/etc/passwd"].iter().enumerate()
+    {
         let mut tb = Tb::new().metadata(&meta(10 + i as u32));
         tb.dir("rootfs/", 0o755);
         tb.dir("rootfs/etc/", 0o755);
@@ -640,8 +680,14 @@ fn hostile_tarballs_are_refused_or_contained() {
     let sparse = tmp.path("sparse.tar.gz");
     sh(&format!("tar --sparse -C '{}' -czf '{}' metadata.yaml rootfs", sp.display(), sparse.display()));
     fs::remove_dir_all(&sp).unwrap();
-    let e = hostile(&tmp, &store, "sparse", &fs::read(&sparse).unwrap(), &UnpackOpts { skip_devices: true, max_bytes: 1 << 30 })
-        .unwrap_err();
+    let e = hostile(
+        &tmp,
+        &store,
+        "sparse",
+        &fs::read(&sparse).unwrap(),
+        &UnpackOpts { skip_devices: true, max_bytes: 1 << 30 },
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("too large"), "{e}");
     assert!(!tmp.path("sparse/rootfs").exists());
     nothing_outside();
@@ -750,7 +796,7 @@ fn bench_import_throughput() {
         raw.display()
     ));
     let raw_len = fs::metadata(&raw).unwrap().len();
-    for (name, cmd) in [("gzip", "gzip -6"), ("xz", "xz -6 -T1"), ("zstd", "zstd -3 -q")] {
+    for (name, cmd) in [("gzip", "gzip -6"), ("xz", "xz -6 -T2"), ("zstd", "zstd -3 -q")] {
         let f = tmp.path(&format!("img.{name}"));
         if name == "zstd" && Command::new("zstd").arg("--version").output().is_err() {
             let mut out = File::create(&f).unwrap();

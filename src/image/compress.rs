@@ -61,9 +61,9 @@ pub fn decoder<'a>(fmt: Format, r: Box<dyn Read + 'a>) -> Result<Box<dyn Read + 
             Box::new(liblzma::read::XzDecoder::new_stream(r, stream))
         }
         Format::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(r)),
-        Format::Zstd => Box::new(
-            zstd::stream::read::Decoder::new(r).map_err(|e| Error::Internal(format!("zstd decoder: {e}")))?,
-        ),
+        Format::Zstd => {
+            Box::new(zstd::stream::read::Decoder::new(r).map_err(|e| Error::Internal(format!("zstd decoder: {e}")))?)
+        }
         Format::Tar => r,
         Format::Squashfs | Format::Qcow2 | Format::Unknown => {
             return Err(Error::BadRequest(format!("unsupported image file format: {}", fmt.name())))

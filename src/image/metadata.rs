@@ -7,11 +7,46 @@ use super::{Error, Result};
 /// Architecture names LXD knows (`shared/osarch`), canonical names first, then the aliases it
 /// accepts (Debian/Ubuntu/Go spellings).
 const ARCHITECTURES: &[&str] = &[
-    "i686", "x86_64", "armv6l", "armv7l", "armv8l", "aarch64", "ppc", "ppc64", "ppc64le", "s390x",
-    "mips", "mips64", "riscv32", "riscv64", "loongarch64", // canonical
-    "i386", "i586", "386", "x86", "amd64", "x86-64", "x64", "armel", "armhf", "arm", "armhfp",
-    "armv7a", "armv7hl", "armv7hnl", "armv7nhl", "armv7hnl", "armv8", "arm64", "powerpc", "ppc64el",
-    "powerpc64", "ppc64le", "mipsel", "mips64el", "loong64", // aliases
+    "i686",
+    "x86_64",
+    "armv6l",
+    "armv7l",
+    "armv8l",
+    "aarch64",
+    "ppc",
+    "ppc64",
+    "ppc64le",
+    "s390x",
+    "mips",
+    "mips64",
+    "riscv32",
+    "riscv64",
+    "loongarch64", // canonical
+    "i386",
+    "i586",
+    "386",
+    "x86",
+    "amd64",
+    "x86-64",
+    "x64",
+    "armel",
+    "armhf",
+    "arm",
+    "armhfp",
+    "armv7a",
+    "armv7hl",
+    "armv7hnl",
+    "armv7nhl",
+    "armv7hnl",
+    "armv8",
+    "arm64",
+    "powerpc",
+    "ppc64el",
+    "powerpc64",
+    "ppc64le",
+    "mipsel",
+    "mips64el",
+    "loong64", // aliases
 ];
 
 /// Whether LXD would accept `arch` in metadata.yaml.
@@ -21,11 +56,9 @@ pub fn known_architecture(arch: &str) -> bool {
 
 /// Parse and validate metadata.yaml.
 pub fn parse(data: &[u8]) -> Result<api::ImageMetadata> {
-    let value: serde_norway::Value = serde_norway::from_slice(data)
-        .map_err(|e| Error::BadRequest(format!("invalid metadata.yaml: {e}")))?;
-    let map = value
-        .as_mapping()
-        .ok_or_else(|| Error::BadRequest("invalid metadata.yaml: not a mapping".into()))?;
+    let value: serde_norway::Value =
+        serde_norway::from_slice(data).map_err(|e| Error::BadRequest(format!("invalid metadata.yaml: {e}")))?;
+    let map = value.as_mapping().ok_or_else(|| Error::BadRequest("invalid metadata.yaml: not a mapping".into()))?;
     let has = |k: &str| map.get(k).is_some_and(|v| !v.is_null());
     if !has("architecture") {
         return Err(Error::BadRequest("invalid metadata.yaml: missing required field \"architecture\"".into()));
@@ -33,19 +66,13 @@ pub fn parse(data: &[u8]) -> Result<api::ImageMetadata> {
     if !has("creation_date") {
         return Err(Error::BadRequest("invalid metadata.yaml: missing required field \"creation_date\"".into()));
     }
-    let meta: api::ImageMetadata = serde_norway::from_value(value)
-        .map_err(|e| Error::BadRequest(format!("invalid metadata.yaml: {e}")))?;
+    let meta: api::ImageMetadata =
+        serde_norway::from_value(value).map_err(|e| Error::BadRequest(format!("invalid metadata.yaml: {e}")))?;
     if !known_architecture(&meta.architecture) {
-        return Err(Error::BadRequest(format!(
-            "invalid metadata.yaml: unknown architecture {:?}",
-            meta.architecture
-        )));
+        return Err(Error::BadRequest(format!("invalid metadata.yaml: unknown architecture {:?}", meta.architecture)));
     }
     if meta.creation_date <= 0 {
-        return Err(Error::BadRequest(format!(
-            "invalid metadata.yaml: bad creation_date {}",
-            meta.creation_date
-        )));
+        return Err(Error::BadRequest(format!("invalid metadata.yaml: bad creation_date {}", meta.creation_date)));
     }
     for (path, t) in &meta.templates {
         if !path.starts_with('/') {
@@ -84,10 +111,7 @@ mod tests {
             (b"architecture: x86_64\ncreation_date: soon\n", "invalid metadata.yaml"),
             (b"- a\n- b\n", "not a mapping"),
             (b"architecture: [x\n", "invalid metadata.yaml"),
-            (
-                b"architecture: x86_64\ncreation_date: 1\ntemplates:\n  etc/x: {template: x.tpl}\n",
-                "is not absolute",
-            ),
+            (b"architecture: x86_64\ncreation_date: 1\ntemplates:\n  etc/x: {template: x.tpl}\n", "is not absolute"),
         ];
         for (y, want) in cases {
             match parse(y) {

@@ -47,9 +47,7 @@ pub enum Error {
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Error::NotFound(m) | Error::Conflict(m) | Error::BadRequest(m) | Error::Internal(m) => {
-                f.write_str(m)
-            }
+            Error::NotFound(m) | Error::Conflict(m) | Error::BadRequest(m) | Error::Internal(m) => f.write_str(m),
         }
     }
 }
@@ -287,7 +285,12 @@ impl Store {
     /// threads, which open their own file description).
     fn lock(&self) -> Result<File> {
         let p = self.dir.join(".lock");
-        let f = OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&p)
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&p)
             .map_err(|e| internal(p.display(), e))?;
         rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).map_err(|e| internal(p.display(), e))?;
         Ok(f)
@@ -413,7 +416,8 @@ impl Store {
         let meta_yaml = match rootfs_tmp {
             None => {
                 let (meta, has_rootfs) = scan(&meta_tmp, ScanKind::Unified, false)?;
-                let meta = meta.ok_or_else(|| Error::BadRequest("invalid image tarball: metadata.yaml is missing".into()))?;
+                let meta =
+                    meta.ok_or_else(|| Error::BadRequest("invalid image tarball: metadata.yaml is missing".into()))?;
                 if !has_rootfs {
                     return Err(Error::BadRequest("invalid image tarball: rootfs/ is missing".into()));
                 }
@@ -421,13 +425,14 @@ impl Store {
             }
             Some(rootfs_tmp) => {
                 let (meta, _) = scan(&meta_tmp, ScanKind::Metadata, false)?;
-                let meta = meta.ok_or_else(|| {
-                    Error::BadRequest("invalid metadata tarball: metadata.yaml is missing".into())
-                })?;
+                let meta =
+                    meta.ok_or_else(|| Error::BadRequest("invalid metadata tarball: metadata.yaml is missing".into()))?;
                 match file_format(rootfs_tmp)? {
                     compress::Format::Squashfs => {}
                     compress::Format::Qcow2 => {
-                        return Err(Error::BadRequest("not supported yet: virtual-machine images (qcow2 rootfs)".into()))
+                        return Err(Error::BadRequest(
+                            "not supported yet: virtual-machine images (qcow2 rootfs)".into(),
+                        ))
                     }
                     _ => {
                         scan(rootfs_tmp, ScanKind::Rootfs, false)?;
@@ -446,7 +451,11 @@ impl Store {
                 auto_update: opts.auto_update,
                 properties,
                 public: opts.public,
-                expires_at: if meta.expiry_date > 0 { time::format(meta.expiry_date, 0) } else { api::ZERO_TIME.into() },
+                expires_at: if meta.expiry_date > 0 {
+                    time::format(meta.expiry_date, 0)
+                } else {
+                    api::ZERO_TIME.into()
+                },
                 profiles: if opts.profiles.is_empty() { vec!["default".into()] } else { opts.profiles.clone() },
             },
             aliases: Vec::new(),
@@ -495,7 +504,11 @@ impl Store {
     ) -> Result<api::Image> {
         let tmp = self.dir.join(temp_name());
         let temps = TempFiles(vec![tmp.clone()]);
-        let f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
             .map_err(|e| internal(tmp.display(), e))?;
         let mut w = HashWriter { inner: io::BufWriter::new(f), ctx: digest::Context::new(&digest::SHA256), n: 0 };
         pack::pack(rootfs, metadata, templates, compression, &mut w)?;
@@ -607,7 +620,9 @@ impl Store {
             return Err(Error::BadRequest("Alias name missing".into()));
         }
         if name.contains('/') || name.chars().any(|c| c.is_control()) {
-            return Err(Error::BadRequest(format!("Alias name {name:?} is invalid: it may not contain slashes or control characters")));
+            return Err(Error::BadRequest(format!(
+                "Alias name {name:?} is invalid: it may not contain slashes or control characters"
+            )));
         }
         Ok(())
     }
@@ -718,24 +733,34 @@ pub fn apply_templates(
     ctx: &template::Context,
 ) -> Result<()> {
     use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+    let wanted: Vec<_> = metadata.templates.iter().filter(|(_, t)| t.when.iter().any(|w| w == trigger)).collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
     let tpl_root = unpack::open_root(templates)?;
     let root = unpack::open_root(rootfs)?;
-    for (path, t) in &metadata.templates {
-        if !t.when.iter().any(|w| w == trigger) {
-            continue;
-        }
+    for (path, t) in wanted {
         // Read the template without following symlinks inside the templates directory.
         let tpl_parts = clean_path(t.template.as_bytes())
             .filter(|p| !p.is_empty())
             .ok_or_else(|| Error::BadRequest(format!("template {}: bad file name", t.template)))?;
         let (tname, tparents) = tpl_parts.split_last().expect("non-empty");
         let tdir = unpack::walk(&tpl_root, tparents, false, &tpl_parts)?;
-        let fd = rustix::fs::openat(&tdir, *tname, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| Error::BadRequest(format!("template {}: {e}", t.template)))?;
+        // O_NONBLOCK: a fifo planted in the templates must not hang us; only regular files are read.
+        let tpl_err = |e: &dyn std::fmt::Display| Error::BadRequest(format!("template {}: {e}", t.template));
+        let fd = rustix::fs::openat(
+            &tdir,
+            *tname,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| tpl_err(&e))?;
+        let st = rustix::fs::fstat(&fd).map_err(|e| tpl_err(&e))?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return Err(tpl_err(&"not a regular file"));
+        }
         let mut src = String::new();
-        File::from(fd)
-            .read_to_string(&mut src)
-            .map_err(|e| Error::BadRequest(format!("template {}: {e}", t.template)))?;
+        File::from(fd).take(4 << 20).read_to_string(&mut src).map_err(|e| tpl_err(&e))?;
         let vars = template::variables(ctx, trigger, path, &t.properties);
         let out = template::render(&t.template, &src, &vars).map_err(|e| Error::BadRequest(e.to_string()))?;
 
@@ -751,8 +776,13 @@ pub fn apply_templates(
             continue;
         }
         let fd = match regular {
-            Some(true) => rustix::fs::openat(&dir, *name, OFlags::WRONLY | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-                .map_err(io_err)?,
+            Some(true) => rustix::fs::openat(
+                &dir,
+                *name,
+                OFlags::WRONLY | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(io_err)?,
             other => {
                 if other == Some(false) {
                     rustix::fs::unlinkat(&dir, *name, AtFlags::empty()).map_err(io_err)?;

@@ -140,12 +140,9 @@ fn add_one<W: Write>(
         }
         h.set_entry_type(T::Regular);
         h.set_size(md.len());
-        let f: File = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-            .map_err(err)?;
-        b.append_data(&mut h, name, f).map_err(err)?;
+        let f: File =
+            OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path).map_err(err)?;
+        b.append_data(&mut h, name, std::io::Read::take(f, md.len())).map_err(err)?;
     } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
         h.set_entry_type(if ft.is_char_device() {
             T::Char

@@ -183,10 +183,8 @@ fn lex(src: &str) -> R<Vec<Piece>> {
             "{%" => "%}",
             _ => "#}",
         };
-        let end = rest[inner_start..]
-            .find(close)
-            .map(|i| i + inner_start)
-            .ok_or((line, format!("unterminated {open}")))?;
+        let end =
+            rest[inner_start..].find(close).map(|i| i + inner_start).ok_or((line, format!("unterminated {open}")))?;
         let mut inner = &rest[inner_start..end];
         trim_next = inner.ends_with('-');
         if trim_next {
@@ -625,8 +623,11 @@ impl Template {
     pub fn render(&self, vars: &Value) -> Result<String, TemplateError> {
         let mut scope = Scope { frames: vec![vars.clone()] };
         let mut out = String::new();
-        render_nodes(&self.nodes, &mut scope, &mut out)
-            .map_err(|(line, msg)| TemplateError { file: self.name.clone(), line, msg })?;
+        render_nodes(&self.nodes, &mut scope, &mut out).map_err(|(line, msg)| TemplateError {
+            file: self.name.clone(),
+            line,
+            msg,
+        })?;
         Ok(out)
     }
 }

@@ -15,9 +15,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
-use rustix::fs::{
-    AtFlags, FileType, Gid, Mode, OFlags, ResolveFlags, Timespec, Timestamps, Uid, XattrFlags,
-};
+use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, ResolveFlags, Timespec, Timestamps, Uid, XattrFlags};
 use rustix::io::Errno;
 
 use super::{clean_path, open_tar, Error, Result, UnpackOpts};
@@ -195,8 +193,7 @@ impl<'a> Extractor<'a> {
             let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
             if !(is_dir && kind.is_dir()) {
                 let flags = if is_dir { AtFlags::REMOVEDIR } else { AtFlags::empty() };
-                rustix::fs::unlinkat(&parent, *name, flags)
-                    .map_err(|e| bad(format!("cannot replace {rel_s}: {e}")))?;
+                rustix::fs::unlinkat(&parent, *name, flags).map_err(|e| bad(format!("cannot replace {rel_s}: {e}")))?;
             }
         }
         let io_err = |e: &dyn std::fmt::Display| Error::Internal(format!("unpacking {rel_s}: {e}"));
@@ -248,10 +245,12 @@ impl<'a> Extractor<'a> {
                     .link_name_bytes()
                     .ok_or_else(|| bad(format!("invalid image tarball: hard link {rel_s} has no target")))?
                     .into_owned();
-                let refuse = || bad(format!(
-                    "unsafe hard link in image: {rel_s} -> {} (target must be a file extracted before it)",
-                    String::from_utf8_lossy(&raw)
-                ));
+                let refuse = || {
+                    bad(format!(
+                        "unsafe hard link in image: {rel_s} -> {} (target must be a file extracted before it)",
+                        String::from_utf8_lossy(&raw)
+                    ))
+                };
                 let target = clean_path(&raw).ok_or_else(refuse)?;
                 let target: &[&[u8]] = match link_prefix {
                     Some(p) => match target.split_first() {
@@ -308,10 +307,20 @@ impl<'a> Extractor<'a> {
             let rel: Vec<&[u8]> = path.iter().map(|c| c.as_slice()).collect();
             let rel_s = show(&rel);
             let fd = match rel.split_last() {
-                None => rustix::fs::openat(&self.root, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()),
+                None => rustix::fs::openat(
+                    &self.root,
+                    ".",
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                ),
                 Some((name, parents)) => {
                     let parent = walk(&self.root, parents, false, &rel)?;
-                    rustix::fs::openat(&parent, *name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+                    rustix::fs::openat(
+                        &parent,
+                        *name,
+                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )
                 }
             };
             // A directory replaced later by another member type is gone: nothing to fix.
@@ -393,8 +402,8 @@ pub(crate) fn unpack_unified(tarball: &Path, rootfs: &Path, templates: &Path, op
     for entry in ar.entries().map_err(tar_err)? {
         let mut entry = entry.map_err(tar_err)?;
         let raw = entry.path_bytes().into_owned();
-        let parts = clean_path(&raw)
-            .ok_or_else(|| bad(format!("unsafe path in image: {}", String::from_utf8_lossy(&raw))))?;
+        let parts =
+            clean_path(&raw).ok_or_else(|| bad(format!("unsafe path in image: {}", String::from_utf8_lossy(&raw))))?;
         match parts.split_first() {
             Some((first, rest)) if *first == b"rootfs" => root.extract(rest, &mut entry, Some(b"rootfs"))?,
             Some((first, rest)) if *first == b"templates" => tpl.extract(rest, &mut entry, Some(b"templates"))?,
@@ -409,7 +418,13 @@ pub(crate) fn unpack_unified(tarball: &Path, rootfs: &Path, templates: &Path, op
 
 /// Unpack a split image: the rootfs tarball (or squashfs) is the filesystem itself; the
 /// metadata tarball holds `templates/`.
-pub(crate) fn unpack_split(meta: &Path, rootfs_file: &Path, rootfs: &Path, templates: &Path, opts: &UnpackOpts) -> Result<()> {
+pub(crate) fn unpack_split(
+    meta: &Path,
+    rootfs_file: &Path,
+    rootfs: &Path,
+    templates: &Path,
+    opts: &UnpackOpts,
+) -> Result<()> {
     create_target(rootfs)?;
     let mut guard = RemoveDirs(vec![rootfs.to_path_buf()]);
     create_target(templates)?;
@@ -421,8 +436,8 @@ pub(crate) fn unpack_split(meta: &Path, rootfs_file: &Path, rootfs: &Path, templ
     for entry in ar.entries().map_err(tar_err)? {
         let mut entry = entry.map_err(tar_err)?;
         let raw = entry.path_bytes().into_owned();
-        let parts = clean_path(&raw)
-            .ok_or_else(|| bad(format!("unsafe path in image: {}", String::from_utf8_lossy(&raw))))?;
+        let parts =
+            clean_path(&raw).ok_or_else(|| bad(format!("unsafe path in image: {}", String::from_utf8_lossy(&raw))))?;
         if let Some((first, rest)) = parts.split_first() {
             if *first == b"templates" {
                 tpl.extract(rest, &mut entry, Some(b"templates"))?;
