@@ -744,7 +744,11 @@ pub fn start(d: &Daemon, name: &str) -> Result<()> {
         console_log: log_dir.join("console.log"),
     };
     let run_dir = d.run_dir(name);
-    runtime::start(&spec, &run_dir)?;
+    if let Err(e) = runtime::start(&spec, &run_dir) {
+        log_line(&log_dir, &format!("start failed: {e}"));
+        return Err(e.into());
+    }
+    log_line(&log_dir, "started");
     let mut kv: Vec<(&str, Option<String>)> =
         vec![("volatile.last_state.power", Some("RUNNING".into())), ("volatile.apply_template", None)];
     if let Some(m) = &map {
@@ -763,6 +767,14 @@ pub fn start(d: &Daemon, name: &str) -> Result<()> {
     watch(d.self_arc(), name.to_string());
     d.events.lifecycle("instance-started", &url(name), serde_json::json!({}));
     Ok(())
+}
+
+/// Append a timestamped line to the instance's `lxc.log` (what `lxc info --show-log` shows).
+fn log_line(log_dir: &std::path::Path, msg: &str) {
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log_dir.join("lxc.log")) {
+        let _ = writeln!(f, "{} {msg}", time::now());
+    }
 }
 
 /// The seccomp policy text for an instance (`raw.seccomp`, `security.syscalls.*`).
