@@ -548,6 +548,14 @@ mod tests {
     }
 
     #[test]
+    fn halves_are_thread_safe() {
+        fn sender<T: Clone + Send + Sync + 'static>() {}
+        fn receiver<T: Send + 'static>() {}
+        sender::<Sender>();
+        receiver::<Receiver>();
+    }
+
+    #[test]
     fn rfc6455_accept_example() {
         assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
