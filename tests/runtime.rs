@@ -279,6 +279,35 @@ fn unprivileged_container_is_isolated() {
     assert_eq!(wait_code(p.pid), 0);
     assert!(out.contains("/dev/pts/0") && out.contains("30 100") && out.contains("done"), "pty output: {out:?}");
 
+    // Signals sent to the helper reach the command; its exit code comes back.
+    let spec = ExecSpec {
+        argv: vec!["sh".into(), "-c".into(), "trap 'exit 3' TERM; echo ready; while true; do sleep 0.05; done".into()],
+        env: vec![("PATH".into(), "/bin".into())],
+        cwd: "/".into(),
+        uid: 0,
+        gid: 0,
+        pty: None,
+    };
+    let (r, w) = nix::unistd::pipe().unwrap();
+    let stdin: OwnedFd = fs::File::open("/dev/null").unwrap().into();
+    let w2 = w.try_clone().unwrap();
+    let p = runtime::exec(&ct.run, &spec, Some(ExecStdio { stdin, stdout: w, stderr: w2 })).unwrap();
+    let mut rf = fs::File::from(r);
+    let mut b = [0u8; 6];
+    rf.read_exact(&mut b).unwrap();
+    nix::sys::signal::kill(Pid::from_raw(p.pid), nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert_eq!(wait_code(p.pid), 3, "SIGTERM was not forwarded");
+
+    // Freeze and thaw through the cgroup.
+    runtime::freeze(&ct.run).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !matches!(runtime::state(&ct.run).unwrap(), State::Running { frozen: true, .. }) {
+        assert!(Instant::now() < deadline, "container did not freeze");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    runtime::unfreeze(&ct.run).unwrap();
+    assert!(matches!(runtime::state(&ct.run).unwrap(), State::Running { frozen: false, .. }));
+
     // Clean stop: init traps SIGPWR and exits 0; the monitor records it and removes the cgroup.
     let t = Instant::now();
     runtime::stop(&ct.run, StopMode::Clean(Duration::from_secs(10))).unwrap();
@@ -303,8 +332,12 @@ fn force_stop_kills_everything_fast() {
         return;
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let ct = Ct::new("force", RootfsMode::Idmapped);
+    let mut ct = Ct::new("force", RootfsMode::Idmapped);
+    ct.spec.nesting = true;
     let (_, monitor_pid, _) = ct.start();
+    // Nesting: fully visible proc and sysfs for a nested manager.
+    let (c, out) = ct.sh("ls /dev/.lxc/proc/1/status /dev/.lxc/sys/kernel >/dev/null && echo ok");
+    assert_eq!((c, out.trim()), (0, "ok"));
     // An exec'd background process, which must die too.
     let (c, _) = ct.sh("sleep 1000 >/dev/null 2>&1 &");
     assert_eq!(c, 0);
@@ -433,4 +466,68 @@ fn start_error_is_reported_and_undone() {
     assert!(matches!(runtime::state(&ct.run).unwrap(), State::Stopped { .. }));
     std::thread::sleep(Duration::from_millis(100));
     assert!(!ct.cgroup_dir().exists(), "cgroup left behind after a failed start");
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Prints the figures of the report (start, exec, force stop, monitor memory); asserts only that
+/// the monitor stays small.
+#[test]
+fn figures() {
+    const NAME: &str = "figures";
+    if need_root(NAME) {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut starts = Vec::new();
+    let mut stops = Vec::new();
+    let mut execs = Vec::new();
+    let mut keep = None;
+    for i in 0..5 {
+        let ct = Ct::new(&format!("fig{i}"), RootfsMode::Idmapped);
+        let (_, monitor_pid, took) = ct.start();
+        starts.push(took);
+        if std::env::var_os("BIVY_TRACE").is_some() {
+            eprintln!("start took {took:?}; monitor.log:\n{}", fs::read_to_string(ct.run.join("monitor.log")).unwrap_or_default());
+        }
+        for _ in 0..5 {
+            let t = Instant::now();
+            assert_eq!(ct.run(&["true"], |_| {}).0, 0);
+            execs.push(t.elapsed());
+        }
+        if i == 1 {
+            // With another monitor of this process still running (see `keep` below), the sealed
+            // binary's pages are shared; what remains private is the monitor's own cost.
+            eprintln!("FIGURE monitor Private_Dirty with a second monitor sharing the memfd: {} kB", private_dirty_kb(monitor_pid));
+        }
+        if i == 0 {
+            let smaps = fs::read_to_string(format!("/proc/{monitor_pid}/smaps")).unwrap();
+            let mut cur = String::new();
+            for l in smaps.lines() {
+                if l.contains('-') && !l.contains(':') || l.split_whitespace().next().is_some_and(|w| w.contains('-')) {
+                    cur = l.to_string();
+                } else if let Some(v) = l.strip_prefix("Private_Dirty:") {
+                    let kb: u64 = v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0);
+                    if kb >= 16 {
+                        eprintln!("  monitor dirty {kb:>5} kB  {cur}");
+                    }
+                }
+            }
+            eprintln!("FIGURE monitor Private_Dirty: {} kB", private_dirty_kb(monitor_pid));
+        }
+        if i == 0 {
+            keep = Some(ct);
+            continue;
+        }
+        let t = Instant::now();
+        runtime::stop(&ct.run, StopMode::Force).unwrap();
+        stops.push(t.elapsed());
+    }
+    drop(keep);
+    eprintln!("FIGURE start median {:?} (all {:?})", median(starts.clone()), starts);
+    eprintln!("FIGURE exec `true` median {:?} (n={})", median(execs.clone()), execs.len());
+    eprintln!("FIGURE force stop median {:?} (all {:?})", median(stops.clone()), stops);
 }

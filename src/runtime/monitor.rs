@@ -31,6 +31,13 @@ use super::{confine, files, init, userns, Error, ExitInfo, Result, RootfsMode, S
 use crate::sys;
 use crate::util::fs::atomic_write;
 
+/// With `BIVY_TRACE=1` (passed through to the helpers), the monitor logs each setup step's time.
+fn trace(t0: Instant, step: &str) {
+    if std::env::var_os("BIVY_TRACE").is_some() {
+        eprintln!("bivy monitor: {:>8.3} ms  {step}", t0.elapsed().as_secs_f64() * 1000.0);
+    }
+}
+
 fn err(step: &str, path: &Path, e: impl std::fmt::Display) -> Error {
     Error(format!("{step} {}: {e}", path.display()))
 }
@@ -60,6 +67,9 @@ pub(crate) fn helper_command(arg0: &str) -> Result<Command> {
     let exe = sealed_exe()?;
     let mut c = Command::new(format!("/proc/self/fd/{}", exe.as_raw_fd()));
     c.arg0(arg0).env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    if let Some(t) = std::env::var_os("BIVY_TRACE") {
+        c.env("BIVY_TRACE", t);
+    }
     Ok(c)
 }
 
@@ -160,6 +170,10 @@ pub fn stop(run_dir: &Path, mode: StopMode) -> Result<()> {
     let spec = read_spec(run_dir)?;
     let init = live_pidfd(&run_dir.join(files::INIT_PID));
     let req = run_dir.join(files::STOP_REQUEST);
+    // A frozen container can neither handle a signal nor die: thaw it first (no-op otherwise).
+    if confine::cgroup_is_frozen(&spec.name) {
+        let _ = confine::cgroup_thaw(&spec.name);
+    }
     if let StopMode::Clean(timeout) = mode {
         atomic_write(&req, b"clean").map_err(|e| err("write", &req, e))?;
         if let Some((pid, fd)) = &init {
@@ -178,6 +192,8 @@ pub fn stop(run_dir: &Path, mode: StopMode) -> Result<()> {
     if let Some((_, fd)) = &init {
         let _ = sys::pidfd_send_raw(fd.as_fd(), libc::SIGKILL);
     }
+    // Frozen meanwhile (or kill_all froze it): pending SIGKILLs act only once thawed.
+    let _ = confine::cgroup_thaw(&spec.name);
     if !wait_pidfd(&mon, Duration::from_secs(30)) {
         return Err(Error(format!("monitor of {} did not exit after the kill ({cg:?})", spec.name)));
     }
@@ -255,6 +271,8 @@ pub fn helper(args: &[String]) -> ! {
         }
     }
     let _ = nix::unistd::setsid();
+    // Pin no directory of the caller's (the run dir is absolute).
+    let _ = nix::unistd::chdir("/");
     let run_dir = PathBuf::from(run_dir);
     let code = match run(&run_dir, status) {
         Ok(()) => 0,
@@ -323,6 +341,7 @@ pub(crate) const DEV_NODES: &[(&str, u64, u64)] =
 
 /// Monitor setup: returns init's host pid, the console master and the monitor's slave fd.
 fn setup(run_dir: &Path, spec: &Spec, prep: &mut Prepared) -> Result<(i32, OwnedFd, OwnedFd)> {
+    let t0 = Instant::now();
     let privileged = spec.rootfs_mode == RootfsMode::Privileged;
     let owner = if privileged {
         (0, 0)
@@ -332,17 +351,20 @@ fn setup(run_dir: &Path, spec: &Spec, prep: &mut Prepared) -> Result<(i32, Owned
         (u, g)
     };
 
+    trace(t0, "before step 1");
     // 1. Signals: SIGCHLD (init's end) and SIGTERM/SIGINT (our control path) go to a signalfd,
     //    blocked now so none is lost; the child unblocks them before exec.
     sys::ignore_signal(libc::SIGPIPE);
     sys::ignore_signal(libc::SIGHUP);
     block_signals()?;
 
+    trace(t0, "before step 2");
     // 2. A private mount namespace for the monitor: the staging mounts below never reach the host.
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| Error(format!("unshare(CLONE_NEWNS): {e}")))?;
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
         .map_err(|e| Error(format!("make / private in the monitor: {e}")))?;
 
+    trace(t0, "before step 3");
     // 3. Staging tmpfs (mounted by host root, so device nodes on it work when bind-mounted into the
     //    userns; a tmpfs mounted inside the userns would be nodev). Host /dev nodes are never reused:
     //    their modes are whatever the host has (0644 /dev/null once broke containers).
@@ -363,6 +385,7 @@ fn setup(run_dir: &Path, spec: &Spec, prep: &mut Prepared) -> Result<(i32, Owned
         std::os::unix::fs::chown(&p, Some(owner.0), Some(owner.1)).map_err(|e| err("chown", &p, e))?;
     }
 
+    trace(t0, "before step 4");
     // 4. Root filesystem at <stage>/root. Idmapped: a detached idmapped clone of the rootfs mount
     //    attached here (in our private namespace only); otherwise a recursive bind.
     match spec.rootfs_mode {
@@ -377,6 +400,7 @@ fn setup(run_dir: &Path, spec: &Spec, prep: &mut Prepared) -> Result<(i32, Owned
         }
     }
 
+    trace(t0, "before step 5");
     // 5. Confinement prepared before the clone, so the child only has to apply it.
     let seccomp = confine::seccomp_compile(&spec.seccomp_policy)?;
     let label = confine::apparmor_prepare(&spec.name, spec.nesting, privileged, &spec.apparmor_raw)?;
@@ -385,10 +409,12 @@ fn setup(run_dir: &Path, spec: &Spec, prep: &mut Prepared) -> Result<(i32, Owned
         atomic_write(&p, l.as_bytes()).map_err(|e| err("write", &p, e))?;
     }
 
+    trace(t0, "before step 6");
     // 6. The cgroup (owned by container root for delegation when unprivileged).
     confine::cgroup_create(&spec.name, &spec.limits, (!privileged).then_some(owner))?;
     prep.cgroup = true;
 
+    trace(t0, "before step 7");
     // 7. Console pty on the host devpts: the monitor keeps the master (and a slave fd, so reading the
     //    master never sees EIO); the slave becomes /dev/console and init's stdio.
     use rustix::fs::{Mode as RMode, OFlags};
@@ -404,6 +430,7 @@ fn setup(run_dir: &Path, spec: &Spec, prep: &mut Prepared) -> Result<(i32, Owned
     rustix::fs::fchown(&slave, Some(rustix::fs::Uid::from_raw(owner.0)), Some(rustix::fs::Gid::from_raw(owner.1)))
         .map_err(|e| err("chown", &pts, e))?;
 
+    trace(t0, "before step 8");
     // 8. Clone init into new namespaces (user unless privileged, mount, pid, uts, ipc, net). The
     //    cgroup namespace comes later, from the child, once we have put it into its cgroup.
     let (psock, csock) = chan::pair()?;
@@ -427,6 +454,7 @@ fn setup(run_dir: &Path, spec: &Spec, prep: &mut Prepared) -> Result<(i32, Owned
         e
     };
 
+    trace(t0, "before step 9");
     // 9. Parent side: maps, cgroup, then let the child go and wait for execve (EOF) or its error.
     if !privileged {
         userns::write_maps(pid, &spec.uid_map, &spec.gid_map).map_err(kill_child)?;
@@ -439,6 +467,7 @@ fn setup(run_dir: &Path, spec: &Spec, prep: &mut Prepared) -> Result<(i32, Owned
         Some((m, _)) => return Err(kill_child(Error(format!("unexpected message from init: {m:?}")))),
     }
     write_pidfile(&run_dir.join(files::INIT_PID), pid).map_err(kill_child)?;
+    trace(t0, "init exec'd");
     Ok((pid, master, slave))
 }
 
