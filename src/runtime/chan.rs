@@ -23,6 +23,9 @@ pub enum Msg {
     Started(i32, i32),
     /// Exec child to exec(): the pty master (the fd rides along).
     PtyMaster,
+    /// exec() to the exec helper: the request (JSON), kept off the command line because the
+    /// environment may hold secrets and /proc/PID/cmdline is world-readable.
+    Request(String),
 }
 
 impl Msg {
@@ -32,6 +35,7 @@ impl Msg {
             Msg::Err(e) => format!("E{e}").into_bytes(),
             Msg::Started(i, m) => format!("S{i} {m}").into_bytes(),
             Msg::PtyMaster => b"M".to_vec(),
+            Msg::Request(r) => format!("R{r}").into_bytes(),
         }
     }
 
@@ -42,6 +46,7 @@ impl Msg {
             Some(b'G') => Ok(Msg::Go),
             Some(b'E') => Ok(Msg::Err(rest.to_string())),
             Some(b'M') => Ok(Msg::PtyMaster),
+            Some(b'R') => Ok(Msg::Request(rest.to_string())),
             Some(b'S') => {
                 let (i, m) = rest.split_once(' ').ok_or_else(bad)?;
                 Ok(Msg::Started(i.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?))
@@ -75,7 +80,7 @@ pub fn send(sock: &OwnedFd, m: &Msg, fd: Option<RawFd>) -> Result<()> {
 
 /// The next message and the fd it carried, or None at EOF.
 pub fn recv(sock: &OwnedFd) -> Result<Option<(Msg, Option<OwnedFd>)>> {
-    let mut buf = vec![0u8; 8192];
+    let mut buf = vec![0u8; 256 * 1024];
     let mut cmsg = nix::cmsg_space!([RawFd; 1]);
     loop {
         let mut iov = [IoSliceMut::new(&mut buf)];

@@ -51,7 +51,7 @@ pub fn exec(run_dir: &Path, spec: &ExecSpec, stdio: Option<ExecStdio>) -> Result
     let inherit = nix::unistd::dup(&theirs).map_err(|e| Error(format!("dup: {e}")))?;
     drop(theirs);
     let mut cmd = helper_command("bivy-exec")?;
-    cmd.arg("__exec").arg(run_dir).arg(inherit.as_raw_fd().to_string()).arg(js);
+    cmd.arg("__exec").arg(run_dir).arg(inherit.as_raw_fd().to_string());
     match (spec.pty, stdio) {
         (Some(_), _) => {
             cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
@@ -69,6 +69,7 @@ pub fn exec(run_dir: &Path, spec: &ExecSpec, stdio: Option<ExecStdio>) -> Result
         let _ = waitpid(Pid::from_raw(pid), None);
         e
     };
+    chan::send(&ours, &Msg::Request(js), None).map_err(reap)?;
     let mut pty_master = None;
     loop {
         match chan::recv(&ours).map_err(reap)? {
@@ -99,10 +100,10 @@ const FORWARDED: &[Signal] = &[
     Signal::SIGPWR,
 ];
 
-/// `bivy __exec <run_dir> <sock_fd> <request json>`.
+/// `bivy __exec <run_dir> <sock_fd>`; the request arrives on the socket.
 pub fn helper(args: &[String]) -> ! {
-    let (Some(run_dir), Some(fd), Some(js)) = (args.first(), args.get(1).and_then(|f| f.parse::<i32>().ok()), args.get(2)) else {
-        eprintln!("usage: bivy __exec RUN_DIR SOCK_FD REQUEST");
+    let (Some(run_dir), Some(fd)) = (args.first(), args.get(1).and_then(|f| f.parse::<i32>().ok())) else {
+        eprintln!("usage: bivy __exec RUN_DIR SOCK_FD");
         std::process::exit(2)
     };
     let _ = sys::close_range(3, fd as u32 - 1, false);
@@ -114,7 +115,14 @@ pub fn helper(args: &[String]) -> ! {
             std::process::exit(2)
         }
     };
-    match run(Path::new(run_dir), js, sock) {
+    let js = match chan::recv(&sock) {
+        Ok(Some((Msg::Request(js), _))) => js,
+        other => {
+            eprintln!("bivy exec: no request: {other:?}");
+            std::process::exit(2)
+        }
+    };
+    match run(Path::new(run_dir), &js, sock) {
         Ok(code) => std::process::exit(code),
         Err((sock, e)) => {
             let _ = chan::send(&sock, &Msg::Err(e.0), None);

@@ -9,6 +9,17 @@
 //! the spec the container was started with, the monitor's pid and control socket, the console log
 //! and the recorded exit status. Everything the daemon needs after a restart can be read back from it.
 //!
+//! Processes (see `monitor.rs`, `init.rs`, `exec.rs`):
+//! - `start()` copies the binary (`$BIVY_EXE`, default `/proc/self/exe`) once per calling process into
+//!   a sealed memfd and runs it as `bivy __monitor <run_dir> <fd>`; the monitor daemonizes, makes a
+//!   private mount namespace, stages the rootfs (idmapped or bound) and device nodes there, creates
+//!   the cgroup, opens the console pty, clones init and reports `Started` or the failed step.
+//! - The control path is signals: `stop()` signals init (SIGRTMIN+3 for systemd, else SIGPWR) and,
+//!   for force, kills the cgroup and init; SIGTERM to the monitor also kills the container.
+//! - `exec()` runs `bivy __exec` (same sealed binary) as a child of the caller; the request goes over
+//!   a socketpair, the pty master comes back over it.
+//! - `BIVY_TRACE=1` makes the monitor log each setup step's time to `monitor.log` in the run dir.
+//!
 //! INTERFACE CONTRACT (the daemon relies on exactly these items; keep their signatures):
 //! `Spec`, `IdMapEntry`, `RootfsMode`, `Limits`, `start`, `state`, `State`, `ExitInfo`, `stop`,
 //! `StopMode`, `freeze`, `unfreeze`, `set_limits`, `stats`, `Stats`, `exec`, `ExecSpec`, `ExecStdio`,
