@@ -16,6 +16,8 @@ use crate::sys;
 
 /// What the monitor hands to the child (borrowed from the monitor's copy of memory).
 pub struct Ctx<'a> {
+    /// When the monitor's setup began (for `BIVY_TRACE` step timings).
+    pub t0: std::time::Instant,
     pub spec: &'a Spec,
     /// `<stage>/root`: the rootfs, already mounted (idmapped or bound) in the monitor's namespace.
     pub root: &'a Path,
@@ -48,30 +50,36 @@ fn setup(ctx: &Ctx<'_>, sock: &OwnedFd) -> Result<Never, Error> {
     let spec = ctx.spec;
     let privileged = spec.rootfs_mode == RootfsMode::Privileged;
 
+    super::monitor::trace(ctx.t0, "child step 1");
     // 1. Wait until the monitor wrote our id maps and put us into the container's cgroup.
     match chan::recv(sock)? {
         Some((Msg::Go, _)) => {}
         other => return Err(Error(format!("monitor did not release the container: {other:?}"))),
     }
 
+    super::monitor::trace(ctx.t0, "child step 2");
     // 2. Cgroup namespace only now, after the cgroup join, so its root is the container's cgroup
     //    (in the same clone it would be rooted at the monitor's cgroup: host.md 7c).
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).map_err(|x| e("unshare(CLONE_NEWCGROUP)", x))?;
 
+    super::monitor::trace(ctx.t0, "child step 3");
     // 3. Become root of the user namespace before touching the rootfs: on an idmapped mount only
     //    mapped fsuids can create files, and host uid 0 is not mapped. Caps stay (root of the ns).
     nix::unistd::setgroups(&[]).map_err(|x| e("setgroups", x))?;
     nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0)).map_err(|x| e("setresgid(0)", x))?;
     nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).map_err(|x| e("setresuid(0)", x))?;
 
+    super::monitor::trace(ctx.t0, "child step 4");
     // 4. Mounts inside the rootfs (proc, sys, cgroup view, dev, masks), then pivot_root into it.
     rootfs::setup(ctx)?;
     rootfs::pivot(ctx.root)?;
 
+    super::monitor::trace(ctx.t0, "child step 5");
     // 5. Identity and network: hostname in the new UTS ns; loopback up in the empty netns.
     nix::unistd::sethostname(&spec.hostname).map_err(|x| e("sethostname", x))?;
     sys::link_up("lo").map_err(|x| e("bring lo up", x))?;
 
+    super::monitor::trace(ctx.t0, "child step 6");
     // 6. Console: new session with the pty slave as controlling terminal and stdio.
     nix::unistd::setsid().map_err(|x| e("setsid", x))?;
     rustix::process::ioctl_tiocsctty(ctx.slave).map_err(|x| e("TIOCSCTTY on console", x))?;
@@ -79,6 +87,7 @@ fn setup(ctx: &Ctx<'_>, sock: &OwnedFd) -> Result<Never, Error> {
     nix::unistd::dup2_stdout(ctx.slave).map_err(|x| e("dup2 console", x))?;
     nix::unistd::dup2_stderr(ctx.slave).map_err(|x| e("dup2 console", x))?;
 
+    super::monitor::trace(ctx.t0, "child step 7");
     // 7. Confinement: capability bounding set (privileged only; a userns already confines the rest),
     //    AppArmor label for the exec, then every fd but stdio marked close-on-exec.
     if privileged {
@@ -95,6 +104,7 @@ fn setup(ctx: &Ctx<'_>, sock: &OwnedFd) -> Result<Never, Error> {
     }
     sys::reset_signals();
 
+    super::monitor::trace(ctx.t0, "child step 8");
     // 8. seccomp last: after it only execve runs.
     confine::seccomp_load(ctx.seccomp)?;
     let Err(x) = nix::unistd::execve(&argv[0], &argv, &env);

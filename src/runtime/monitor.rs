@@ -32,7 +32,7 @@ use crate::sys;
 use crate::util::fs::atomic_write;
 
 /// With `BIVY_TRACE=1` (passed through to the helpers), the monitor logs each setup step's time.
-fn trace(t0: Instant, step: &str) {
+pub(crate) fn trace(t0: Instant, step: &str) {
     if std::env::var_os("BIVY_TRACE").is_some() {
         eprintln!("bivy monitor: {:>8.3} ms  {step}", t0.elapsed().as_secs_f64() * 1000.0);
     }
@@ -85,9 +85,21 @@ pub(crate) fn proc_starttime(pid: i32) -> Option<u64> {
     after.split(' ').nth(19)?.parse().ok()
 }
 
+/// Replace `path` atomically (temp + rename) without fsync: for run-time files (pid files, the spec
+/// copy, the stop request) that mean nothing after a reboot. The exit record uses the fsync'ed
+/// `atomic_write` instead. Saves several ms per start on a busy disk.
+fn replace_file(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let res = fs::write(&tmp, data).and_then(|()| fs::rename(&tmp, path));
+    if res.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    res.map_err(|e| err("write", path, e))
+}
+
 fn write_pidfile(path: &Path, pid: i32) -> Result<()> {
     let st = proc_starttime(pid).ok_or_else(|| err("read start time of", Path::new(&format!("/proc/{pid}")), "gone"))?;
-    atomic_write(path, format!("{pid} {st}\n").as_bytes()).map_err(|e| err("write", path, e))
+    replace_file(path, format!("{pid} {st}\n").as_bytes())
 }
 
 /// The pid in a pidfile if that very process (same start time) is still alive.
@@ -175,7 +187,7 @@ pub fn stop(run_dir: &Path, mode: StopMode) -> Result<()> {
         let _ = confine::cgroup_thaw(&spec.name);
     }
     if let StopMode::Clean(timeout) = mode {
-        atomic_write(&req, b"clean").map_err(|e| err("write", &req, e))?;
+        replace_file(&req, b"clean")?;
         if let Some((pid, fd)) = &init {
             // systemd halts on SIGRTMIN+3; sysvinit, busybox-style and LXC convention is SIGPWR.
             let sig = if is_systemd(*pid) { sys::sigrtmin() + 3 } else { libc::SIGPWR };
@@ -185,7 +197,7 @@ pub fn stop(run_dir: &Path, mode: StopMode) -> Result<()> {
             return Ok(());
         }
     }
-    atomic_write(&req, b"force").map_err(|e| err("write", &req, e))?;
+    replace_file(&req, b"force")?;
     // Kill everything in the cgroup (also exec'd processes), and init itself: its death tears down
     // the whole pid namespace even if the cgroup kill missed something.
     let cg = confine::cgroup_kill_all(&spec.name);
@@ -211,7 +223,7 @@ pub fn start(spec: &Spec, run_dir: &Path) -> Result<State> {
     }
     let sp = run_dir.join(files::SPEC);
     let js = serde_json::to_vec_pretty(spec).map_err(|e| Error(format!("encode spec: {e}")))?;
-    atomic_write(&sp, &js).map_err(|e| err("write", &sp, e))?;
+    replace_file(&sp, &js)?;
 
     // 2. Spawn the monitor. Its status socket end is the only fd it keeps (dup'd without CLOEXEC so it
     //    survives exec; its number goes on the command line).
@@ -406,7 +418,7 @@ fn setup(run_dir: &Path, spec: &Spec, prep: &mut Prepared) -> Result<(i32, Owned
     let label = confine::apparmor_prepare(&spec.name, spec.nesting, privileged, &spec.apparmor_raw)?;
     if let Some(l) = &label {
         let p = run_dir.join(files::LABEL);
-        atomic_write(&p, l.as_bytes()).map_err(|e| err("write", &p, e))?;
+        replace_file(&p, l.as_bytes())?;
     }
 
     trace(t0, "before step 6");
@@ -442,7 +454,7 @@ fn setup(run_dir: &Path, spec: &Spec, prep: &mut Prepared) -> Result<(i32, Owned
     let pid = sys::clone_fork(flags).map_err(|e| Error(format!("clone container init: {e}")))?;
     if pid == 0 {
         drop(psock);
-        let ctx = init::Ctx { spec, root: &root, dev: &dev, console: &pts, slave: &slave, seccomp: &seccomp, label: label.as_deref(), layout: &layout };
+        let ctx = init::Ctx { t0, spec, root: &root, dev: &dev, console: &pts, slave: &slave, seccomp: &seccomp, label: label.as_deref(), layout: &layout };
         let e = init::child(&ctx, &csock);
         let _ = chan::send(&csock, &Msg::Err(e.0), None);
         sys::exit_now(1);
@@ -519,7 +531,7 @@ fn supervise(spec: &Spec, init_pid: i32, master: &OwnedFd, run_dir: &Path) -> Ex
                 if si.ssi_signo == libc::SIGTERM as u32 || si.ssi_signo == libc::SIGINT as u32 {
                     let req = run_dir.join(files::STOP_REQUEST);
                     if !req.exists() {
-                        let _ = atomic_write(&req, b"force");
+                        let _ = replace_file(&req, b"force");
                     }
                     let _ = nix::sys::signal::kill(Pid::from_raw(init_pid), Signal::SIGKILL);
                 }

@@ -78,14 +78,17 @@ fn touch(p: &Path) -> Result<(), Error> {
 /// Steps 4a-4f of the child setup.
 pub fn setup(ctx: &Ctx<'_>) -> Result<(), Error> {
     let root = ctx.root;
+    super::monitor::trace(ctx.t0, "child step 4a0");
     // 4a0. Re-bind the rootfs onto itself: the copy inherited from the monitor's namespace is locked
     //      in our user namespace, and pivot_root refuses a locked new root (EINVAL).
     bind(root, root, true)?;
+    super::monitor::trace(ctx.t0, "child step 4a");
     // 4a. /proc: a new instance for the new pid namespace.
     let proc_ = root.join("proc");
     mkdir(&proc_)?;
     mnt("proc", &proc_, "proc", NOSUID_NODEV_NOEXEC, None)?;
 
+    super::monitor::trace(ctx.t0, "child step 4b");
     // 4b. /sys read-only, network devices writable (they belong to our netns).
     let sys = root.join("sys");
     mkdir(&sys)?;
@@ -97,15 +100,19 @@ pub fn setup(ctx: &Ctx<'_>) -> Result<(), Error> {
             .map_err(|x| e("remount rw", &vnet, x))?;
     }
 
+    super::monitor::trace(ctx.t0, "child step 4c");
     // 4c. The cgroup view for systemd and nested managers (needs the cgroup namespace from step 2).
     cgroup_view(ctx, &sys.join("fs/cgroup"))?;
 
+    super::monitor::trace(ctx.t0, "child step 4d");
     // 4d. /dev.
     dev(ctx)?;
 
+    super::monitor::trace(ctx.t0, "child step 4e");
     // 4e. /proc masks and read-only parts (after /dev: the masks bind /dev/null).
     proc_masks(root)?;
 
+    super::monitor::trace(ctx.t0, "child step 4f");
     // 4f. Nesting: fully visible proc and sysfs instances for a nested manager.
     if ctx.spec.nesting {
         for (name, fstype) in [("proc", "proc"), ("sys", "sysfs")] {
