@@ -115,6 +115,7 @@ pub fn helper(args: &[String]) -> ! {
             std::process::exit(2)
         }
     };
+    let _ = nix::sys::prctl::set_name(c"bivy-exec");
     let js = match chan::recv(&sock) {
         Ok(Some((Msg::Request(js), _))) => js,
         other => {

@@ -283,6 +283,8 @@ pub fn helper(args: &[String]) -> ! {
         }
     }
     let _ = nix::unistd::setsid();
+    // A readable name in ps/top (the exe is /proc/self/fd/N, so comm would be "N").
+    let _ = nix::sys::prctl::set_name(c"bivy-monitor");
     // Pin no directory of the caller's (the run dir is absolute).
     let _ = nix::unistd::chdir("/");
     let run_dir = PathBuf::from(run_dir);

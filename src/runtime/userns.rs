@@ -87,7 +87,7 @@ const VFS_CAP_REVISION_3: u32 = 0x0300_0000;
 
 /// Remap the ids inside a POSIX ACL xattr value (`system.posix_acl_{access,default}`).
 pub fn shift_acl(val: &[u8], uid_map: &[IdMapEntry], gid_map: &[IdMapEntry]) -> Option<Vec<u8>> {
-    if val.len() < 4 || (val.len() - 4) % 8 != 0 {
+    if val.len() < 4 || !(val.len() - 4).is_multiple_of(8) {
         return None;
     }
     let mut out = val.to_vec();
