@@ -531,3 +531,29 @@ fn figures() {
     eprintln!("FIGURE exec `true` median {:?} (n={})", median(execs.clone()), execs.len());
     eprintln!("FIGURE force stop median {:?} (all {:?})", median(stops.clone()), stops);
 }
+
+#[test]
+fn monitor_death_takes_the_container_down() {
+    const NAME: &str = "monitor_death_takes_the_container_down";
+    if need_root(NAME) {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let ct = Ct::new("mdeath", RootfsMode::Idmapped);
+    let (init_pid, monitor_pid, _) = ct.start();
+    // Kill the monitor we started (by its pid): init must not run on unsupervised.
+    nix::sys::signal::kill(Pid::from_raw(monitor_pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fs::read_to_string(format!("/proc/{init_pid}/stat")).is_ok_and(|s| !s.contains(") Z")) {
+        assert!(Instant::now() < deadline, "init survived its monitor");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(matches!(runtime::state(&ct.run).unwrap(), State::Stopped { .. }));
+    // stop() on a dead monitor finishes its teardown: cgroup removed, end recorded.
+    runtime::stop(&ct.run, StopMode::Force).unwrap();
+    assert!(!ct.cgroup_dir().exists(), "cgroup left behind");
+    match runtime::state(&ct.run).unwrap() {
+        State::Stopped { last_exit: Some(e) } => assert_eq!(e.reason, "monitor died"),
+        s => panic!("{s:?}"),
+    }
+}

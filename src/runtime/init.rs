@@ -68,6 +68,9 @@ fn setup(ctx: &Ctx<'_>, sock: &OwnedFd) -> Result<Never, Error> {
     nix::unistd::setgroups(&[]).map_err(|x| e("setgroups", x))?;
     nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0)).map_err(|x| e("setresgid(0)", x))?;
     nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).map_err(|x| e("setresuid(0)", x))?;
+    // If the monitor dies (killed, crashed), init dies with it and takes the pid namespace along,
+    // rather than running on unsupervised. Set after the credential change, which clears it.
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(|x| e("PR_SET_PDEATHSIG", x))?;
 
     super::monitor::trace(ctx.t0, "child step 4");
     // 4. Mounts inside the rootfs (proc, sys, cgroup view, dev, masks), then pivot_root into it.

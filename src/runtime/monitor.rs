@@ -177,8 +177,39 @@ fn is_systemd(init_pid: i32) -> bool {
     comm.trim() == "systemd" || exe.file_name().is_some_and(|n| n == "systemd")
 }
 
+/// The monitor is gone but did not finish its teardown (it was killed): kill what is left in the
+/// cgroup, remove it, and record the end.
+fn cleanup_dead_monitor(run_dir: &Path) {
+    let mp = run_dir.join(files::MONITOR_PID);
+    if !mp.exists() {
+        return;
+    }
+    if let Ok(spec) = read_spec(run_dir) {
+        let _ = confine::cgroup_thaw(&spec.name);
+        let _ = confine::cgroup_kill_all(&spec.name);
+        for _ in 0..100 {
+            if confine::cgroup_remove(&spec.name).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let ep = run_dir.join(files::EXIT);
+    if !ep.exists() {
+        let exit = ExitInfo { code: 137, reason: "monitor died".into() };
+        if let Ok(js) = serde_json::to_vec(&exit) {
+            let _ = atomic_write(&ep, &js);
+        }
+    }
+    let _ = fs::remove_file(run_dir.join(files::INIT_PID));
+    let _ = fs::remove_file(mp);
+}
+
 pub fn stop(run_dir: &Path, mode: StopMode) -> Result<()> {
-    let Some((_, mon)) = live_pidfd(&run_dir.join(files::MONITOR_PID)) else { return Ok(()) };
+    let Some((_, mon)) = live_pidfd(&run_dir.join(files::MONITOR_PID)) else {
+        cleanup_dead_monitor(run_dir);
+        return Ok(());
+    };
     let spec = read_spec(run_dir)?;
     let init = live_pidfd(&run_dir.join(files::INIT_PID));
     let req = run_dir.join(files::STOP_REQUEST);
