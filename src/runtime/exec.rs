@@ -16,7 +16,7 @@ use nix::unistd::{Gid, Pid, Uid};
 use serde::{Deserialize, Serialize};
 
 use super::chan::{self, Msg};
-use super::monitor::{helper_command, live_pidfd, read_spec};
+use super::monitor::{dup_inheritable, helper_command, live_pidfd, read_spec};
 use super::{confine, files, init, Error, ExecProcess, ExecSpec, ExecStdio, Result, RootfsMode, State};
 use crate::sys;
 
@@ -48,7 +48,7 @@ pub fn exec(run_dir: &Path, spec: &ExecSpec, stdio: Option<ExecStdio>) -> Result
     let js = serde_json::to_string(&req).map_err(|e| Error(format!("encode exec request: {e}")))?;
     let (ours, theirs) = chan::pair()?;
     // dup() gives a copy without CLOEXEC; the original is closed now so only the child holds an end.
-    let inherit = nix::unistd::dup(&theirs).map_err(|e| Error(format!("dup: {e}")))?;
+    let inherit = dup_inheritable(&theirs)?;
     drop(theirs);
     let mut cmd = helper_command("bivy-exec")?;
     cmd.arg("__exec").arg(run_dir).arg(inherit.as_raw_fd().to_string());
@@ -106,6 +106,10 @@ pub fn helper(args: &[String]) -> ! {
         eprintln!("usage: bivy __exec RUN_DIR SOCK_FD");
         std::process::exit(2)
     };
+    if fd < 3 {
+        eprintln!("bivy exec: socket fd {fd} collides with stdio");
+        std::process::exit(2)
+    }
     let _ = sys::close_range(3, fd as u32 - 1, false);
     let _ = sys::close_range_from(fd as u32 + 1, false);
     let sock = match sys::own_inherited_fd(fd) {

@@ -61,6 +61,13 @@ pub(crate) fn sealed_exe() -> Result<&'static OwnedFd> {
     Ok(EXE.get().expect("just set"))
 }
 
+/// A copy of `fd` without CLOEXEC and numbered 3 or above (so the child's stdio setup cannot
+/// clobber it even if the caller runs with stdio closed), to be named on a helper's command line.
+pub(crate) fn dup_inheritable(fd: &OwnedFd) -> Result<OwnedFd> {
+    let n = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD(3)).map_err(|e| Error(format!("dup: {e}")))?;
+    sys::own_inherited_fd(n).map_err(|e| Error(format!("dup: {e}")))
+}
+
 /// A Command running the sealed binary (`/proc/self/fd/N`, resolved by execve before CLOEXEC
 /// closes N), with a clean environment.
 pub(crate) fn helper_command(arg0: &str) -> Result<Command> {
@@ -260,7 +267,7 @@ pub fn start(spec: &Spec, run_dir: &Path) -> Result<State> {
     //    survives exec; its number goes on the command line).
     let (ours, theirs) = chan::pair()?;
     // dup() gives a copy without CLOEXEC; the original is closed now so only the child holds an end.
-    let inherit = nix::unistd::dup(&theirs).map_err(|e| Error(format!("dup: {e}")))?;
+    let inherit = dup_inheritable(&theirs)?;
     drop(theirs);
     let lp = run_dir.join(files::MONITOR_LOG);
     let log = OpenOptions::new().create(true).append(true).mode(0o600).open(&lp).map_err(|e| err("open", &lp, e))?;
@@ -294,6 +301,10 @@ pub fn helper(args: &[String]) -> ! {
         std::process::exit(2)
     };
     // 1. Close every inherited fd except stdio and the status socket (CVE-2024-21626 style leaks).
+    if fd < 3 {
+        eprintln!("bivy monitor: status fd {fd} collides with stdio");
+        std::process::exit(2)
+    }
     let _ = sys::close_range(3, fd as u32 - 1, false);
     let _ = sys::close_range_from(fd as u32 + 1, false);
     let status = match sys::own_inherited_fd(fd) {
