@@ -4,7 +4,8 @@
 //! the containers and processes it started, by pid.
 //!
 //! The helpers (`__monitor`, `__exec`) are re-executed from the bivy binary named by `BIVY_EXE`
-//! (set here to cargo's `CARGO_BIN_EXE_bivy`; the runtime defaults to /proc/self/exe).
+//! (set here to cargo's `CARGO_BIN_EXE_bivy`, or `$BIVY_TEST_EXE` to measure another build such as
+//! the static release binary; the runtime defaults to /proc/self/exe).
 //! A test that lacks a host feature prints `SKIP name: reason`; with `BIVY_MUST_WORK=1` it panics.
 
 use std::fs;
@@ -78,7 +79,9 @@ fn build_rootfs(root: &Path) {
 
 impl Ct {
     fn new(tag: &str, mode: RootfsMode) -> Ct {
-        std::env::set_var("BIVY_EXE", env!("CARGO_BIN_EXE_bivy"));
+        // `BIVY_TEST_EXE` runs the helpers from another build (e.g. the static release binary).
+        let exe = std::env::var("BIVY_TEST_EXE").unwrap_or_else(|_| env!("CARGO_BIN_EXE_bivy").to_string());
+        std::env::set_var("BIVY_EXE", exe);
         let name = format!("t{}-{tag}", std::process::id());
         let dir = PathBuf::from(format!("/var/tmp/bivy-test-{name}"));
         let _ = fs::remove_dir_all(&dir);

@@ -447,7 +447,9 @@ fn setup(run_dir: &Path, spec: &Spec, prep: &mut Prepared) -> Result<(i32, Owned
     match spec.rootfs_mode {
         RootfsMode::Idmapped => {
             let ns = userns::userns_fd(&spec.uid_map, &spec.gid_map)?;
+            trace(t0, "step 4: userns for the idmap ready");
             let t = userns::idmapped_tree(&spec.rootfs, &ns)?;
+            trace(t0, "step 4: idmapped tree ready");
             sys::move_mount_to(t.as_fd(), &root).map_err(|e| err("move_mount idmapped rootfs to", &root, e))?;
         }
         RootfsMode::Shifted | RootfsMode::Privileged => {
