@@ -106,3 +106,23 @@ pub fn recv(sock: &OwnedFd) -> Result<Option<(Msg, Option<OwnedFd>)>> {
         return Ok(Some((Msg::decode(&buf[..n])?, fd)));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_with_an_fd() {
+        let (a, b) = pair().unwrap();
+        send(&a, &Msg::Started(12, 34), None).unwrap();
+        send(&a, &Msg::Err("mount proc on /x: EPERM".into()), None).unwrap();
+        let f = std::fs::File::open("/proc/self/stat").unwrap();
+        send(&a, &Msg::PtyMaster, Some(f.as_raw_fd())).unwrap();
+        assert!(matches!(recv(&b).unwrap(), Some((Msg::Started(12, 34), None))));
+        assert!(matches!(recv(&b).unwrap(), Some((Msg::Err(e), None)) if e == "mount proc on /x: EPERM"));
+        assert!(matches!(recv(&b).unwrap(), Some((Msg::PtyMaster, Some(_)))));
+        drop(a);
+        assert!(recv(&b).unwrap().is_none(), "EOF after the peer closed");
+        assert!(Msg::decode(b"Sx").is_err());
+    }
+}

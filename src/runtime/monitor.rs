@@ -619,3 +619,24 @@ fn supervise(spec: &Spec, init_pid: i32, master: &OwnedFd, run_dir: &Path) -> Ex
     };
     ExitInfo { code: status.0, reason }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pidfiles_are_not_fooled_by_pid_reuse() {
+        let dir = std::env::temp_dir().join(format!("bivy-pidfile-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("x.pid");
+        let me = std::process::id() as i32;
+        write_pidfile(&p, me).unwrap();
+        assert_eq!(live_pid(&p), Some(me));
+        assert!(live_pidfd(&p).is_some());
+        // Same pid, another start time: a different process.
+        let st = proc_starttime(me).unwrap();
+        fs::write(&p, format!("{me} {}\n", st + 1)).unwrap();
+        assert_eq!(live_pid(&p), None);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
