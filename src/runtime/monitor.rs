@@ -254,8 +254,15 @@ pub fn start(spec: &Spec, run_dir: &Path) -> Result<State> {
     if let State::Running { .. } = state(run_dir)? {
         return Err(Error(format!("container {} is already running", spec.name)));
     }
+    for (what, p) in [("rootfs", &spec.rootfs), ("console_log", &spec.console_log)] {
+        if !p.is_absolute() {
+            return Err(Error(format!("spec.{what} must be an absolute path, got {}", p.display())));
+        }
+    }
     // 1. Fresh run directory contents: the spec, nothing left from the previous run.
     fs::create_dir_all(run_dir).map_err(|e| err("create", run_dir, e))?;
+    // The monitor works from "/", so it gets the run directory as an absolute path.
+    let run_dir = &fs::canonicalize(run_dir).map_err(|e| err("resolve", run_dir, e))?;
     for f in [files::EXIT, files::STOP_REQUEST, files::INIT_PID, files::MONITOR_PID, files::LABEL] {
         let _ = fs::remove_file(run_dir.join(f));
     }
