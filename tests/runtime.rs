@@ -308,6 +308,8 @@ fn unprivileged_container_is_isolated() {
         assert!(Instant::now() < deadline, "container did not freeze");
         std::thread::sleep(Duration::from_millis(10));
     }
+    let e = runtime::exec(&ct.run, &missing, None).err().expect("exec into a frozen container must fail");
+    assert!(e.0.contains("frozen"), "{e}");
     runtime::unfreeze(&ct.run).unwrap();
     assert!(matches!(runtime::state(&ct.run).unwrap(), State::Running { frozen: false, .. }));
 

@@ -38,8 +38,12 @@ pub fn resize_pty(master: &OwnedFd, w: u16, h: u16) -> Result<()> {
 }
 
 pub fn exec(run_dir: &Path, spec: &ExecSpec, stdio: Option<ExecStdio>) -> Result<ExecProcess> {
-    if !matches!(super::state(run_dir)?, State::Running { .. }) {
-        return Err(Error(format!("container in {} is not running", run_dir.display())));
+    match super::state(run_dir)? {
+        State::Running { frozen: false, .. } => {}
+        State::Running { frozen: true, .. } => {
+            return Err(Error(format!("container in {} is frozen", run_dir.display())));
+        }
+        State::Stopped { .. } => return Err(Error(format!("container in {} is not running", run_dir.display()))),
     }
     if spec.argv.is_empty() {
         return Err(Error("exec: empty command".into()));

@@ -4,7 +4,7 @@
 //! last step is execve.
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use nix::unistd::{Gid, Uid};
@@ -111,7 +111,6 @@ fn setup(ctx: &Ctx<'_>, sock: &OwnedFd) -> Result<Never, Error> {
     // 8. seccomp last: after it only execve runs.
     confine::seccomp_load(ctx.seccomp)?;
     let Err(x) = nix::unistd::execve(&argv[0], &argv, &env);
-    let _ = sock.as_raw_fd();
     Err(e(&format!("execve {}", spec.init[0]), x))
 }
 
