@@ -152,8 +152,9 @@ impl Ct {
 impl Drop for Ct {
     fn drop(&mut self) {
         let _ = runtime::stop(&self.run, StopMode::Force);
-        for h in ["memory", "pids", "freezer", "unified"] {
-            let _ = fs::remove_dir(Path::new("/sys/fs/cgroup").join(h).join("bivy"));
+        // The shared `bivy` parent in every hierarchy, if empty (rmdir fails harmlessly otherwise).
+        for h in fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            let _ = fs::remove_dir(h.path().join("bivy"));
         }
         if let Err(e) = fs::remove_dir_all(&self.dir) {
             eprintln!("cleanup {}: {e}", self.dir.display());
