@@ -314,8 +314,11 @@ pub fn busybox() -> Result<PathBuf> {
 const DEBIAN_INCLUDE: &str = "systemd-sysv,dbus,iproute2,procps,netbase,less";
 const DEBIAN_SUITE: &str = "bookworm";
 
-/// Units that make no sense, or fail, in an unprivileged container (kernel filesystems the
-/// container cannot mount, the audit socket it cannot open). Masked with a /dev/null link.
+/// Units that make no sense, or fail, in an unprivileged test container: kernel filesystems the
+/// container cannot mount, the audit socket it cannot open, first-boot prompts, VT gettys, and
+/// timers that would later start jobs needing the network or block devices (and turn
+/// `systemctl is-system-running` to "degraded" in the middle of a long test). Masked with a
+/// /dev/null link.
 const MASKED_UNITS: &[&str] = &[
     "systemd-journald-audit.socket",
     "sys-kernel-config.mount",
@@ -324,6 +327,12 @@ const MASKED_UNITS: &[&str] = &[
     "sys-fs-fuse-connections.mount",
     "dev-hugepages.mount",
     "systemd-firstboot.service",
+    "getty-static.service",
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "e2scrub_all.timer",
+    "e2scrub_reap.service",
+    "fstrim.timer",
 ];
 
 /// The same relaxations the linuxcontainers images apply to every service from their systemd

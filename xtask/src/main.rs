@@ -5,6 +5,7 @@
 //! Every path is relative to the workspace root, whatever the caller's working directory.
 
 mod bench;
+mod daemon;
 mod demo;
 mod dist;
 mod elf;
