@@ -9,12 +9,17 @@ use std::time::Duration;
 
 #[test]
 fn skip_prints_and_returns_without_must_work() {
-    common::skip_with(false, "some_test", "needs nothing");
+    let t = common::TempDir::new().expect("tempdir");
+    let log = t.path().join("skips.log");
+    common::skip_with(false, Some(&log), "some_test", "needs nothing");
+    common::skip_with(false, Some(&log), "other_test", "needs less");
+    let text = std::fs::read_to_string(&log).expect("skip log");
+    assert_eq!(text, "some_test: needs nothing\nother_test: needs less\n");
 }
 
 #[test]
 fn skip_panics_with_must_work() {
-    let r = std::panic::catch_unwind(|| common::skip_with(true, "some_test", "needs root"));
+    let r = std::panic::catch_unwind(|| common::skip_with(true, None, "some_test", "needs root"));
     let msg = r.expect_err("must_work turns a skip into a panic");
     let msg = msg.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(msg.contains("BIVY_MUST_WORK=1") && msg.contains("some_test: needs root"), "{msg}");

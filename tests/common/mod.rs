@@ -47,13 +47,13 @@ pub fn current_test_name() -> String {
 }
 
 /// The skip decision, separated from the environment so it can be tested: prints
-/// `SKIP name: reason` (and logs it), or panics when `must_work`.
-pub fn skip_with(must_work: bool, name: &str, reason: &str) {
+/// `SKIP name: reason` and appends it to `log`, or panics when `must_work`.
+pub fn skip_with(must_work: bool, log: Option<&Path>, name: &str, reason: &str) {
     if must_work {
         panic!("SKIP not allowed (BIVY_MUST_WORK=1): {name}: {reason}");
     }
     eprintln!("SKIP {name}: {reason}");
-    if let Some(log) = std::env::var_os("BIVY_SKIP_LOG") {
+    if let Some(log) = log {
         use std::io::Write;
         if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(log) {
             let _ = writeln!(f, "{name}: {reason}");
@@ -63,7 +63,8 @@ pub fn skip_with(must_work: bool, name: &str, reason: &str) {
 
 /// Record a skip of `name` (panics under `BIVY_MUST_WORK=1`). The caller returns afterwards.
 pub fn skip(name: &str, reason: &str) {
-    skip_with(must_work(), name, reason);
+    let log = std::env::var_os("BIVY_SKIP_LOG").map(PathBuf::from);
+    skip_with(must_work(), log.as_deref(), name, reason);
 }
 
 /// `skip_unless!(condition, "reason {}", args)`: skip the current test (and return from it)

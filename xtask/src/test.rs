@@ -53,7 +53,11 @@ pub fn run(args: &[String]) -> Result {
         }
         let trimmed = line.trim();
         if let Some(rest) = trimmed.strip_prefix("Running ") {
-            current = rest.split_whitespace().next().unwrap_or(rest).to_owned();
+            // "unittests src/lib.rs (target/debug/deps/bivy-0123abcd)" -> "bivy unittests src/lib.rs"
+            let (what, bin) = rest.split_once(" (").unwrap_or((rest, ""));
+            let file = bin.trim_end_matches(')').rsplit('/').next().unwrap_or("");
+            let krate = file.rsplit_once('-').map_or(file, |(k, _)| k);
+            current = format!("{krate} {what}").trim().to_owned();
         } else if trimmed.starts_with("Doc-tests") {
             current = trimmed.to_owned();
         } else if trimmed.starts_with("test result:") {
