@@ -124,6 +124,12 @@ fn daemon_start_and_stop() {
             let tmp = d.tmp().to_path_buf();
             assert!(std::os::unix::net::UnixStream::connect(d.socket()).is_ok());
             assert!(Path::new(&format!("/proc/{pid}")).exists());
+            d.kill9();
+            assert!(!Path::new(&format!("/proc/{pid}")).exists(), "killed and reaped");
+            d.restart().expect("restart");
+            let pid2 = d.pid().expect("pid");
+            assert_ne!(pid, pid2);
+            assert!(std::os::unix::net::UnixStream::connect(d.socket()).is_ok());
             let st = d.stop().expect("exit status");
             eprintln!("daemon exited: {st}");
             drop(d);

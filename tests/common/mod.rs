@@ -298,6 +298,7 @@ pub struct Daemon {
     child: Option<Child>,
     bivy_dir: PathBuf,
     log: PathBuf,
+    env: Vec<(String, String)>,
     hooks: Vec<CleanupHook>,
     // Last: dropped after the daemon is gone.
     tmp: TempDir,
@@ -309,25 +310,49 @@ impl Daemon {
         Self::start_with(&[])
     }
 
-    /// Same, with extra environment variables for the daemon.
+    /// Same, with extra environment variables for the daemon (kept for [`Daemon::restart`]).
     pub fn start_with(env: &[(&str, &str)]) -> io::Result<Daemon> {
         let tmp = TempDir::new()?;
         let bivy_dir = tmp.path().join("bivy");
         fs::create_dir(&bivy_dir)?;
         let log = tmp.path().join("daemon.log");
-        let logf = fs::File::create(&log)?;
-        let mut cmd = Command::new(bivy_bin());
-        cmd.arg("daemon")
-            .env("BIVY_DIR", &bivy_dir)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone()?)
-            .stderr(logf);
-        let child = cmd.spawn()?;
-        let mut d = Daemon { child: Some(child), bivy_dir, log, hooks: Vec::new(), tmp };
+        let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let mut d = Daemon { child: None, bivy_dir, log, env, hooks: Vec::new(), tmp };
         d.on_cleanup(delete_all_instances);
+        d.spawn()?;
         d.wait_ready()?;
         Ok(d)
+    }
+
+    /// Spawn `bivy daemon` on our `BIVY_DIR`, appending to the log.
+    fn spawn(&mut self) -> io::Result<()> {
+        let logf = fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let child = Command::new(bivy_bin())
+            .arg("daemon")
+            .env("BIVY_DIR", &self.bivy_dir)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone()?)
+            .stderr(logf)
+            .spawn()?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL the daemon (only it: containers and their monitors must survive) and reap it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start a new daemon on the same `BIVY_DIR` (after [`Daemon::kill9`] or [`Daemon::stop`];
+    /// a still-running daemon is stopped first) and wait until it accepts.
+    pub fn restart(&mut self) -> io::Result<()> {
+        self.stop();
+        self.spawn()?;
+        self.wait_ready()
     }
 
     fn wait_ready(&mut self) -> io::Result<()> {

@@ -333,6 +333,7 @@ const MASKED_UNITS: &[&str] = &[
     "e2scrub_all.timer",
     "e2scrub_reap.service",
     "fstrim.timer",
+    "proc-sys-fs-binfmt_misc.automount",
 ];
 
 /// The same relaxations the linuxcontainers images apply to every service from their systemd
