@@ -146,14 +146,17 @@ pub fn busybox_image() -> PathBuf {
         return img;
     }
     // The xtask writes through a temp file and renames, so two tests racing here is harmless.
+    // Its own --target-dir: the `cargo test` running us may hold the lock on target/.
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(root())
-        .args(["xtask", "test-image", "busybox"])
+        .args(["run", "--quiet", "--package", "xtask", "--target-dir"])
+        .arg(target_dir().join("harness-xtask"))
+        .args(["--", "test-image", "busybox"])
         .stdin(Stdio::null())
         .status()
         .expect("run `cargo xtask test-image busybox`");
-    assert!(status.success(), "`cargo xtask test-image busybox` failed ({status})");
+    assert!(status.success(), "`cargo run -p xtask -- test-image busybox` failed ({status})");
     assert!(img.is_file(), "{} missing after building it", img.display());
     img
 }

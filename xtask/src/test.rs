@@ -13,6 +13,14 @@ use std::sync::mpsc;
 use crate::util::{self, Result};
 
 pub fn run(args: &[String]) -> Result {
+    // Container tests need the busybox image; building it here (about 2 s, offline) spares each
+    // test binary a nested cargo run.
+    let busybox = util::target_dir().join("test-images/busybox.tar.gz");
+    if !busybox.is_file() {
+        if let Err(e) = crate::image::busybox() {
+            eprintln!("xtask: warning: cannot build the busybox test image: {e}");
+        }
+    }
     let skip_log = util::target_dir().join("test-skips.log");
     let _ = std::fs::remove_file(&skip_log);
     util::mkdirs(util::target_dir())?;
