@@ -22,7 +22,10 @@ fn skip_panics_with_must_work() {
     let r = std::panic::catch_unwind(|| common::skip_with(true, None, "some_test", "needs root"));
     let msg = r.expect_err("must_work turns a skip into a panic");
     let msg = msg.downcast_ref::<String>().cloned().unwrap_or_default();
-    assert!(msg.contains("BIVY_MUST_WORK=1") && msg.contains("some_test: needs root"), "{msg}");
+    assert!(
+        msg.contains("BIVY_MUST_WORK=1") && msg.contains("some_test: needs root"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -57,7 +60,10 @@ fn tempdir_is_unique_and_removed() {
         std::os::unix::fs::symlink("/etc", a_path.join("etc-link")).expect("symlink");
     }
     assert!(!a_path.exists() && !b_path.exists());
-    assert!(Path::new("/etc/hostname").exists() || Path::new("/etc/passwd").exists(), "symlink target untouched");
+    assert!(
+        Path::new("/etc/hostname").exists() || Path::new("/etc/passwd").exists(),
+        "symlink target untouched"
+    );
 }
 
 #[test]
@@ -74,12 +80,21 @@ fn tempdir_unmounts_before_removing() {
         // A bind of a host dir below the temp dir: removing through it would delete host files.
         let host = common::TempDir::new().expect("tempdir");
         std::fs::write(host.path().join("precious"), "keep me").expect("write");
-        nix::mount::mount(Some(host.path()), &m, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>)
-            .expect("bind mount");
+        nix::mount::mount(
+            Some(host.path()),
+            &m,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .expect("bind mount");
         assert_eq!(common::mounts_below(&path), vec![m.clone()]);
         drop(t);
         assert!(!path.exists(), "temp dir removed after unmount");
-        assert!(host.path().join("precious").exists(), "bind-mounted source not touched");
+        assert!(
+            host.path().join("precious").exists(),
+            "bind-mounted source not touched"
+        );
     }
 }
 
@@ -93,11 +108,15 @@ fn mountinfo_unescape() {
 
 #[test]
 fn run_bounded_times_out_and_captures() {
-    let out = common::run_bounded(Command::new("sh").args(["-c", "echo hi; echo err >&2"]), Duration::from_secs(10))
-        .expect("run");
+    let out = common::run_bounded(
+        Command::new("sh").args(["-c", "echo hi; echo err >&2"]),
+        Duration::from_secs(10),
+    )
+    .expect("run");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
-    let e = common::run_bounded(Command::new("sleep").arg("5"), Duration::from_millis(100)).expect_err("timeout");
+    let e = common::run_bounded(Command::new("sleep").arg("5"), Duration::from_millis(100))
+        .expect_err("timeout");
     assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
 }
 
@@ -108,7 +127,10 @@ fn bivy_binary_is_built() {
 
 #[test]
 fn busybox_image_is_available() {
-    skip_unless!(Path::new("/bin/busybox").exists() || common::euid() == 0, "no /bin/busybox and not root to install it");
+    skip_unless!(
+        Path::new("/bin/busybox").exists() || common::euid() == 0,
+        "no /bin/busybox and not root to install it"
+    );
     let img = common::busybox_image();
     let bytes = std::fs::read(&img).expect("read image");
     assert_eq!(&bytes[..2], b"\x1f\x8b", "gzip magic");
@@ -125,7 +147,10 @@ fn daemon_start_and_stop() {
             assert!(std::os::unix::net::UnixStream::connect(d.socket()).is_ok());
             assert!(Path::new(&format!("/proc/{pid}")).exists());
             d.kill9();
-            assert!(!Path::new(&format!("/proc/{pid}")).exists(), "killed and reaped");
+            assert!(
+                !Path::new(&format!("/proc/{pid}")).exists(),
+                "killed and reaped"
+            );
             d.restart().expect("restart");
             let pid2 = d.pid().expect("pid");
             assert_ne!(pid, pid2);

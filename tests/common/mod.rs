@@ -43,7 +43,10 @@ pub fn must_work() -> bool {
 
 /// The running test's name: libtest names each test's thread after the test.
 pub fn current_test_name() -> String {
-    std::thread::current().name().unwrap_or("<unknown test>").to_owned()
+    std::thread::current()
+        .name()
+        .unwrap_or("<unknown test>")
+        .to_owned()
 }
 
 /// The skip decision, separated from the environment so it can be tested: prints
@@ -156,7 +159,10 @@ pub fn busybox_image() -> PathBuf {
         .stdin(Stdio::null())
         .status()
         .expect("run `cargo xtask test-image busybox`");
-    assert!(status.success(), "`cargo run -p xtask -- test-image busybox` failed ({status})");
+    assert!(
+        status.success(),
+        "`cargo run -p xtask -- test-image busybox` failed ({status})"
+    );
     assert!(img.is_file(), "{} missing after building it", img.display());
     img
 }
@@ -205,7 +211,10 @@ impl TempDir {
                 Err(e) => return Err(e),
             }
         }
-        Err(io::Error::new(io::ErrorKind::AlreadyExists, "no unique temp dir name after 100 tries"))
+        Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "no unique temp dir name after 100 tries",
+        ))
     }
 
     pub fn path(&self) -> &Path {
@@ -239,8 +248,13 @@ pub fn unescape_mountinfo(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            let v = b[i + 1..i + 4].iter().fold(0u32, |a, c| a * 8 + u32::from(c - b'0'));
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = b[i + 1..i + 4]
+                .iter()
+                .fold(0u32, |a, c| a * 8 + u32::from(c - b'0'));
             out.push(u8::try_from(v).unwrap_or(b'?'));
             i += 4;
         } else {
@@ -273,7 +287,10 @@ impl Drop for TempDir {
         let left = unmount_below(&self.path);
         if !left.is_empty() {
             // Removing the tree now could walk into a host directory bind-mounted below it.
-            eprintln!("not removing {}: still mounted below it: {left:?}", self.path.display());
+            eprintln!(
+                "not removing {}: still mounted below it: {left:?}",
+                self.path.display()
+            );
             return;
         }
         if let Err(e) = fs::remove_dir_all(&self.path) {
@@ -319,8 +336,18 @@ impl Daemon {
         let bivy_dir = tmp.path().join("bivy");
         fs::create_dir(&bivy_dir)?;
         let log = tmp.path().join("daemon.log");
-        let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        let mut d = Daemon { child: None, bivy_dir, log, env, hooks: Vec::new(), tmp };
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let mut d = Daemon {
+            child: None,
+            bivy_dir,
+            log,
+            env,
+            hooks: Vec::new(),
+            tmp,
+        };
         d.on_cleanup(delete_all_instances);
         d.spawn()?;
         d.wait_ready()?;
@@ -329,7 +356,10 @@ impl Daemon {
 
     /// Spawn `bivy daemon` on our `BIVY_DIR`, appending to the log.
     fn spawn(&mut self) -> io::Result<()> {
-        let logf = fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let logf = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
         let child = Command::new(bivy_bin())
             .arg("daemon")
             .env("BIVY_DIR", &self.bivy_dir)
@@ -366,7 +396,11 @@ impl Daemon {
             if UnixStream::connect(&sock).is_ok() {
                 return Ok(());
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 return Err(io::Error::other(format!(
                     "bivy daemon exited ({status}) before listening on {}; log:\n{}",
                     sock.display(),
@@ -376,7 +410,11 @@ impl Daemon {
             if Instant::now() > deadline {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    format!("bivy daemon not accepting on {} after {DAEMON_START_TIMEOUT:?}; log:\n{}", sock.display(), self.log_text()),
+                    format!(
+                        "bivy daemon not accepting on {} after {DAEMON_START_TIMEOUT:?}; log:\n{}",
+                        sock.display(),
+                        self.log_text()
+                    ),
                 ));
             }
             std::thread::sleep(delay);
@@ -473,21 +511,35 @@ fn delete_all_instances(d: &Daemon) {
     if d.child.is_none() {
         return;
     }
-    let Ok(out) = run_bounded(d.cli().args(["list", "--format", "csv", "-c", "n"]), Duration::from_secs(30)) else {
+    let Ok(out) = run_bounded(
+        d.cli().args(["list", "--format", "csv", "-c", "n"]),
+        Duration::from_secs(30),
+    ) else {
         return;
     };
     if !out.status.success() {
         return;
     }
-    for name in String::from_utf8_lossy(&out.stdout).lines().map(str::trim).filter(|n| !n.is_empty()) {
-        let _ = run_bounded(d.cli().args(["delete", "--force", name]), Duration::from_secs(60));
+    for name in String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+    {
+        let _ = run_bounded(
+            d.cli().args(["delete", "--force", name]),
+            Duration::from_secs(60),
+        );
     }
 }
 
 /// Run a command with a time limit (SIGKILL on expiry), capturing output.
 pub fn run_bounded(cmd: &mut Command, limit: Duration) -> io::Result<Output> {
     use std::io::Read;
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
     // Drain both pipes on threads so a chatty child cannot block on a full pipe.
     let mut so = child.stdout.take().expect("piped");
     let mut se = child.stderr.take().expect("piped");
@@ -509,20 +561,30 @@ pub fn run_bounded(cmd: &mut Command, limit: Duration) -> io::Result<Output> {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(io::Error::new(io::ErrorKind::TimedOut, format!("{cmd:?} took longer than {limit:?}")));
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("{cmd:?} took longer than {limit:?}"),
+            ));
         }
         std::thread::sleep(Duration::from_millis(10));
     };
     let stdout = t_out.join().unwrap_or_default();
     let stderr = t_err.join().unwrap_or_default();
-    Ok(Output { status, stdout, stderr })
+    Ok(Output {
+        status,
+        stdout,
+        stderr,
+    })
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
         let hooks = std::mem::take(&mut self.hooks);
         // Hooks talk to the daemon; skip them if it already died.
-        let alive = self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+        let alive = self
+            .child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
         if alive {
             for hook in hooks.into_iter().rev() {
                 hook(self);

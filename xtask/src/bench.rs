@@ -34,8 +34,17 @@ impl Stats {
         let mut v = samples.to_vec();
         v.sort_by(f64::total_cmp);
         let n = v.len();
-        let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
-        Some(Stats { n, min: v[0], median, max: v[n - 1] })
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Some(Stats {
+            n,
+            min: v[0],
+            median,
+            max: v[n - 1],
+        })
     }
 }
 
@@ -44,14 +53,26 @@ pub fn time_runs(n: usize, mut make: impl FnMut(usize) -> Command) -> Result<Sta
     let mut samples = Vec::with_capacity(n);
     for i in 0..n {
         let mut cmd = make(i);
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let t = Instant::now();
-        let out = cmd.output().map_err(|e| format!("run {}: {e}", util::show(&cmd)))?;
+        let out = cmd
+            .output()
+            .map_err(|e| format!("run {}: {e}", util::show(&cmd)))?;
         let el = t.elapsed();
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
-            let first = err.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
-            return Err(format!("`{}` failed ({}): {first}", util::show(&cmd), out.status));
+            let first = err
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .trim();
+            return Err(format!(
+                "`{}` failed ({}): {first}",
+                util::show(&cmd),
+                out.status
+            ));
         }
         samples.push(util::ms(el));
     }
@@ -60,13 +81,15 @@ pub fn time_runs(n: usize, mut make: impl FnMut(usize) -> Command) -> Result<Sta
 
 /// Fields of /proc/PID/smaps_rollup (kB): Rss, Pss, Private_Clean, Private_Dirty, ...
 pub fn smaps_rollup(pid: u32) -> Result<Vec<(String, u64)>> {
-    let text = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).map_err(|e| format!("smaps_rollup of {pid}: {e}"))?;
+    let text = fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .map_err(|e| format!("smaps_rollup of {pid}: {e}"))?;
     Ok(parse_kb_fields(&text))
 }
 
 /// Fields of /proc/PID/status that are in kB (VmRSS, RssAnon, RssFile, ...).
 pub fn status_kb(pid: u32) -> Result<Vec<(String, u64)>> {
-    let text = fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| format!("status of {pid}: {e}"))?;
+    let text = fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("status of {pid}: {e}"))?;
     Ok(parse_kb_fields(&text))
 }
 
@@ -88,7 +111,9 @@ pub fn field(fields: &[(String, u64)], name: &str) -> Option<u64> {
 
 fn ppid(pid: u32) -> Option<u32> {
     let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|v| v.trim().parse().ok())
+    s.lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// `"pid": 1234` in a JSON body (instance state), without a JSON parser.
@@ -120,11 +145,25 @@ impl Table {
         }
     }
     fn value(&mut self, what: &str, value: String, note: &str) {
-        self.rows.push([what.into(), "1".into(), String::new(), format!("**{value}**"), String::new(), note.into()]);
+        self.rows.push([
+            what.into(),
+            "1".into(),
+            String::new(),
+            format!("**{value}**"),
+            String::new(),
+            note.into(),
+        ]);
     }
     fn failed(&mut self, what: &str, e: &str) {
         let e = e.replace('|', "\\|").replace('\n', " ");
-        self.rows.push([what.into(), "0".into(), String::new(), "failed".into(), String::new(), e]);
+        self.rows.push([
+            what.into(),
+            "0".into(),
+            String::new(),
+            "failed".into(),
+            String::new(),
+            e,
+        ]);
     }
     fn markdown(&self, header: &str) -> String {
         let mut s = String::new();
@@ -132,7 +171,11 @@ impl Table {
         let _ = writeln!(s, "| what | n | min | median | max | notes |");
         let _ = writeln!(s, "|---|---|---|---|---|---|");
         for r in &self.rows {
-            let _ = writeln!(s, "| {} | {} | {} | {} | {} | {} |", r[0], r[1], r[2], r[3], r[4], r[5]);
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} |",
+                r[0], r[1], r[2], r[3], r[4], r[5]
+            );
         }
         s
     }
@@ -152,7 +195,12 @@ fn memory_row(t: &mut Table, what: &str, pid: u32) {
             t.value(
                 what,
                 format!("Pss {}", kb_to_mb(pss)),
-                &format!("VmRSS {}, Private_Dirty {}, Private_Clean {} (pid {pid})", kb_to_mb(rss), kb_to_mb(pd), kb_to_mb(pc)),
+                &format!(
+                    "VmRSS {}, Private_Dirty {}, Private_Clean {} (pid {pid})",
+                    kb_to_mb(rss),
+                    kb_to_mb(pd),
+                    kb_to_mb(pc)
+                ),
             );
         }
         (Err(e), _) | (_, Err(e)) => t.failed(what, &e),
@@ -161,7 +209,13 @@ fn memory_row(t: &mut Table, what: &str, pid: u32) {
 
 fn load_note() -> String {
     let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    format!("loadavg {}", load.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+    format!(
+        "loadavg {}",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    )
 }
 
 struct Opts {
@@ -170,11 +224,20 @@ struct Opts {
 }
 
 fn parse_opts(args: &[String]) -> Result<Opts> {
-    let mut o = Opts { runs: 10, bin: None };
+    let mut o = Opts {
+        runs: 10,
+        bin: None,
+    };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--runs" => o.runs = it.next().and_then(|v| v.parse().ok()).filter(|&n| n > 0).ok_or("--runs N (N > 0)")?,
+            "--runs" => {
+                o.runs = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|&n| n > 0)
+                    .ok_or("--runs N (N > 0)")?
+            }
             "--bin" => o.bin = Some(PathBuf::from(it.next().ok_or("--bin PATH")?)),
             other => return Err(format!("unknown argument `{other}` (--runs N, --bin PATH)")),
         }
@@ -189,7 +252,10 @@ pub fn run(args: &[String]) -> Result {
         None => {
             let b = util::target_dir().join("dist/bivy");
             if b.is_file() {
-                eprintln!("xtask: using existing {} (run `cargo xtask dist` to rebuild)", util::rel(&b));
+                eprintln!(
+                    "xtask: using existing {} (run `cargo xtask dist` to rebuild)",
+                    util::rel(&b)
+                );
                 b
             } else {
                 crate::dist::build(&[])?
@@ -206,7 +272,11 @@ pub fn run(args: &[String]) -> Result {
     match crate::elf::check_static(&bin) {
         Ok(f) => {
             let size = fs::metadata(&bin).map(|m| m.len()).unwrap_or(0);
-            t.value("binary size", format!("{size} B"), &format!("{}, {}", util::rel(&bin), f.kind()));
+            t.value(
+                "binary size",
+                format!("{size} B"),
+                &format!("{}, {}", util::rel(&bin), f.kind()),
+            );
         }
         Err(e) => t.failed("binary size (static check)", &e),
     }
@@ -221,7 +291,11 @@ pub fn run(args: &[String]) -> Result {
             return finish(&t, &out_dir, &before, None);
         }
     };
-    t.value("daemon start (spawn -> socket accepts)", format!("{:.1} ms", util::ms(d.ready_after)), "empty BIVY_DIR");
+    t.value(
+        "daemon start (spawn -> socket accepts)",
+        format!("{:.1} ms", util::ms(d.ready_after)),
+        "empty BIVY_DIR",
+    );
     std::thread::sleep(Duration::from_secs(1));
     memory_row(&mut t, "daemon idle memory, 0 containers", d.pid);
 
@@ -236,7 +310,9 @@ pub fn run(args: &[String]) -> Result {
 /// The container steps; returns Err when a step that the rest needs failed (already in the table).
 fn containers(d: &BgDaemon, t: &mut Table, image: &Path, runs: usize) -> Result {
     let img = image.to_string_lossy().into_owned();
-    let r = time_runs(1, |_| d.cli(&["image", "import", &img, "--alias", "busybox"]));
+    let r = time_runs(1, |_| {
+        d.cli(&["image", "import", &img, "--alias", "busybox"])
+    });
     t.stats("`bivy image import` busybox (1 MB)", &r, "");
     r?;
 
@@ -250,15 +326,25 @@ fn containers(d: &BgDaemon, t: &mut Table, image: &Path, runs: usize) -> Result 
     let r = time_runs(runs, |_| d.cli(&["list"]));
     t.stats(&format!("`bivy list` with {runs} running"), &r, "");
 
-    match d.get("/1.0/instances/b0/state").ok().as_deref().and_then(json_pid) {
+    match d
+        .get("/1.0/instances/b0/state")
+        .ok()
+        .as_deref()
+        .and_then(json_pid)
+    {
         Some(init) => {
             memory_row(t, "container payload (busybox init)", init);
             match ppid(init) {
-                Some(mon) if mon > 1 => memory_row(t, "per-container monitor (parent of init)", mon),
+                Some(mon) if mon > 1 => {
+                    memory_row(t, "per-container monitor (parent of init)", mon)
+                }
                 _ => t.failed("per-container monitor", "no parent of the container init"),
             }
         }
-        None => t.failed("per-container memory", "no \"pid\" in GET /1.0/instances/b0/state"),
+        None => t.failed(
+            "per-container memory",
+            "no \"pid\" in GET /1.0/instances/b0/state",
+        ),
     }
     memory_row(t, &format!("daemon memory, {runs} containers"), d.pid);
 
@@ -278,7 +364,11 @@ fn containers(d: &BgDaemon, t: &mut Table, image: &Path, runs: usize) -> Result 
 /// Best effort: remove what the bench created, then stop the daemon.
 fn cleanup(d: &BgDaemon, runs: usize) {
     for i in 0..runs {
-        let _ = d.cli(&["delete", "--force", &format!("b{i}")]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let _ = d
+            .cli(&["delete", "--force", &format!("b{i}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
     d.stop();
 }
@@ -286,7 +376,12 @@ fn cleanup(d: &BgDaemon, runs: usize) {
 fn finish(t: &Table, out_dir: &Path, before: &str, run_dir: Option<&Path>) -> Result {
     let header = format!(
         "## bivy bench ({}; {before} before, {} after; times in ms)",
-        Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default(),
+        Command::new("date")
+            .arg("-u")
+            .arg("+%Y-%m-%d %H:%M UTC")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default(),
         load_note()
     );
     let md = t.markdown(&header);
@@ -304,7 +399,10 @@ fn finish(t: &Table, out_dir: &Path, before: &str, run_dir: Option<&Path>) -> Re
         if still {
             eprintln!("xtask: leaving {} (still mounted below)", run_dir.display());
         } else {
-            let _ = Command::new("rm").args(["-rf", "--one-file-system"]).arg(run_dir).status();
+            let _ = Command::new("rm")
+                .args(["-rf", "--one-file-system"])
+                .arg(run_dir)
+                .status();
         }
     }
     Ok(())
@@ -316,8 +414,19 @@ mod tests {
 
     #[test]
     fn stats_median() {
-        assert_eq!(Stats::of(&[3.0, 1.0, 2.0]), Some(Stats { n: 3, min: 1.0, median: 2.0, max: 3.0 }));
-        assert_eq!(Stats::of(&[4.0, 1.0, 2.0, 3.0]).map(|s| s.median), Some(2.5));
+        assert_eq!(
+            Stats::of(&[3.0, 1.0, 2.0]),
+            Some(Stats {
+                n: 3,
+                min: 1.0,
+                median: 2.0,
+                max: 3.0
+            })
+        );
+        assert_eq!(
+            Stats::of(&[4.0, 1.0, 2.0, 3.0]).map(|s| s.median),
+            Some(2.5)
+        );
         assert_eq!(Stats::of(&[]), None);
     }
 
@@ -332,7 +441,10 @@ mod tests {
 
     #[test]
     fn pid_from_json() {
-        assert_eq!(json_pid(r#"{"metadata":{"status":"Running","pid": 4242,"x":1}}"#), Some(4242));
+        assert_eq!(
+            json_pid(r#"{"metadata":{"status":"Running","pid": 4242,"x":1}}"#),
+            Some(4242)
+        );
         assert_eq!(json_pid(r#"{"pid":0}"#), None);
         assert_eq!(json_pid("{}"), None);
     }

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::util::{self, Result};
@@ -58,21 +58,37 @@ pub fn start(bin: &Path, dir: &Path, log: &Path) -> Result<BgDaemon> {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(format!("`bivy daemon` not accepting on {} after 30s; log {}", sock.display(), log.display()));
+            return Err(format!(
+                "`bivy daemon` not accepting on {} after 30s; log {}",
+                sock.display(),
+                log.display()
+            ));
         }
         std::thread::sleep(Duration::from_millis(5));
     }
     let ready_after = t.elapsed();
     // Dropping `child` does not kill or reap it; the daemon keeps running on its own.
     std::mem::forget(child);
-    fs::write(dir.join("../daemon.pid"), format!("{pid}\n")).map_err(|e| format!("write pid file: {e}"))?;
-    Ok(BgDaemon { bin: bin.to_path_buf(), dir: dir.to_path_buf(), pid, log: log.to_path_buf(), ready_after })
+    fs::write(dir.join("../daemon.pid"), format!("{pid}\n"))
+        .map_err(|e| format!("write pid file: {e}"))?;
+    Ok(BgDaemon {
+        bin: bin.to_path_buf(),
+        dir: dir.to_path_buf(),
+        pid,
+        log: log.to_path_buf(),
+        ready_after,
+    })
 }
 
 fn alive(pid: u32) -> bool {
     // A zombie (state Z) has exited.
     fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit(')').next().and_then(|r| r.split_whitespace().next()).is_some_and(|st| st != "Z"))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next())
+                .is_some_and(|st| st != "Z")
+        })
         .unwrap_or(false)
 }
 
@@ -81,7 +97,8 @@ pub fn is_bivy_daemon(pid: u32) -> bool {
     fs::read(format!("/proc/{pid}/cmdline"))
         .map(|c| {
             let args: Vec<&[u8]> = c.split(|&b| b == 0).collect();
-            args.first().is_some_and(|a| a.ends_with(b"bivy")) && args.get(1) == Some(&b"daemon".as_slice())
+            args.first().is_some_and(|a| a.ends_with(b"bivy"))
+                && args.get(1) == Some(&b"daemon".as_slice())
         })
         .unwrap_or(false)
 }
@@ -91,7 +108,9 @@ pub fn stop_pid(pid: u32) {
     if !alive(pid) {
         return;
     }
-    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if !alive(pid) {
@@ -100,7 +119,9 @@ pub fn stop_pid(pid: u32) {
         std::thread::sleep(Duration::from_millis(20));
     }
     eprintln!("xtask: daemon {pid} ignored SIGTERM; SIGKILL");
-    let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
 }
 
 impl BgDaemon {
@@ -111,22 +132,16 @@ impl BgDaemon {
         c
     }
 
-    /// Run `bivy <args>`, capture; Err with stderr's text if it fails.
-    pub fn run(&self, args: &[&str]) -> Result<Output> {
-        let out = self.cli(args).output().map_err(|e| format!("run bivy {}: {e}", args.join(" ")))?;
-        if out.status.success() {
-            Ok(out)
-        } else {
-            let err = String::from_utf8_lossy(&out.stderr);
-            Err(format!("`bivy {}` failed ({}): {}", args.join(" "), out.status, err.trim()))
-        }
-    }
-
     /// GET a REST path over the unix socket; the response body.
     pub fn get(&self, path: &str) -> Result<String> {
         let mut s = UnixStream::connect(socket(&self.dir)).map_err(|e| format!("connect: {e}"))?;
-        s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: bivy\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: bivy\r\nConnection: close\r\n\r\n"
+        )
+        .map_err(|e| e.to_string())?;
         let mut buf = Vec::new();
         let _ = s.read_to_end(&mut buf);
         let text = String::from_utf8_lossy(&buf).into_owned();

@@ -20,7 +20,10 @@ fn demo_root() -> PathBuf {
 
 fn stop_previous() {
     let pidfile = demo_root().join("daemon.pid");
-    if let Some(pid) = std::fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse::<u32>().ok()) {
+    if let Some(pid) = std::fs::read_to_string(&pidfile)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+    {
         if daemon::is_bivy_daemon(pid) {
             let bin = util::target_dir().join("dist/bivy");
             let dir = demo_root().join("bivy");
@@ -51,10 +54,20 @@ pub fn run(args: &[String]) -> Result {
     // A fresh state dir each time: the demo shows a first launch. (Nothing can be mounted below it:
     // the previous daemon's containers were deleted above.)
     if dir.exists() {
-        util::run("clean demo dir", std::process::Command::new("rm").args(["-rf", "--one-file-system"]).arg(&dir))?;
+        util::run(
+            "clean demo dir",
+            std::process::Command::new("rm")
+                .args(["-rf", "--one-file-system"])
+                .arg(&dir),
+        )?;
     }
     let d = daemon::start(&bin, &dir, &root.join("daemon.log"))?;
-    println!("bivy daemon running: pid {}, BIVY_DIR={}, log {}", d.pid, dir.display(), util::rel(&d.log));
+    println!(
+        "bivy daemon running: pid {}, BIVY_DIR={}, log {}",
+        d.pid,
+        dir.display(),
+        util::rel(&d.log)
+    );
     let image_arg = image.to_string_lossy().into_owned();
     let steps: [&[&str]; 4] = [
         &["image", "import", &image_arg, "--alias", "busybox"],
@@ -63,7 +76,12 @@ pub fn run(args: &[String]) -> Result {
         &["exec", "c1", "--", "uname", "-a"],
     ];
     for step in steps {
-        println!("\n$ BIVY_DIR={} {} {}", dir.display(), util::rel(&bin), step.join(" "));
+        println!(
+            "\n$ BIVY_DIR={} {} {}",
+            dir.display(),
+            util::rel(&bin),
+            step.join(" ")
+        );
         let status = d
             .cli(step)
             .stdout(std::process::Stdio::inherit())

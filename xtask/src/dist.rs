@@ -20,13 +20,25 @@ const STATIC_FLAG: &str = "-C target-feature=+crt-static";
 pub fn build(extra: &[String]) -> Result<PathBuf> {
     let rustflags = util::append_flags(std::env::var_os("RUSTFLAGS").as_deref(), STATIC_FLAG);
     let mut cmd = util::cargo();
-    cmd.args(["build", "--release", "--locked", "--package", "bivy", "--bin", "bivy", "--target", TARGET])
-        .args(extra)
-        .env("RUSTFLAGS", &rustflags)
-        // CARGO_ENCODED_RUSTFLAGS would win over RUSTFLAGS; drop it so the static flag applies.
-        .env_remove("CARGO_ENCODED_RUSTFLAGS");
+    cmd.args([
+        "build",
+        "--release",
+        "--locked",
+        "--package",
+        "bivy",
+        "--bin",
+        "bivy",
+        "--target",
+        TARGET,
+    ])
+    .args(extra)
+    .env("RUSTFLAGS", &rustflags)
+    // CARGO_ENCODED_RUSTFLAGS would win over RUSTFLAGS; drop it so the static flag applies.
+    .env_remove("CARGO_ENCODED_RUSTFLAGS");
     eprintln!("xtask: RUSTFLAGS='{rustflags}' {}", util::show(&cmd));
-    util::timed("cargo build --release", || util::run("release build", &mut cmd))?;
+    util::timed("cargo build --release", || {
+        util::run("release build", &mut cmd)
+    })?;
 
     let target_dir = target_dir_from(extra).unwrap_or_else(util::target_dir);
     let built = target_dir.join(TARGET).join("release/bivy");
@@ -34,12 +46,20 @@ pub fn build(extra: &[String]) -> Result<PathBuf> {
     util::mkdirs(&dist_dir)?;
     let out = dist_dir.join("bivy");
     let tmp = dist_dir.join(".bivy.tmp");
-    std::fs::copy(&built, &tmp).map_err(|e| format!("copy {} to {}: {e}", built.display(), tmp.display()))?;
+    std::fs::copy(&built, &tmp)
+        .map_err(|e| format!("copy {} to {}: {e}", built.display(), tmp.display()))?;
     std::fs::rename(&tmp, &out).map_err(|e| format!("rename {}: {e}", out.display()))?;
 
     let facts = crate::elf::check_static(&out)?;
-    let size = std::fs::metadata(&out).map_err(|e| format!("stat {}: {e}", out.display()))?.len();
-    println!("{}: {} bytes, {} (no PT_INTERP, no DT_NEEDED)", util::rel(&out), size, facts.kind());
+    let size = std::fs::metadata(&out)
+        .map_err(|e| format!("stat {}: {e}", out.display()))?
+        .len();
+    println!(
+        "{}: {} bytes, {} (no PT_INTERP, no DT_NEEDED)",
+        util::rel(&out),
+        size,
+        facts.kind()
+    );
     Ok(out)
 }
 
@@ -61,7 +81,11 @@ pub fn run(args: &[String]) -> Result {
     let extra = match args.first().map(String::as_str) {
         None => &args[..0],
         Some("--") => &args[1..],
-        Some(other) => return Err(format!("unexpected argument `{other}` (cargo arguments go after `--`)")),
+        Some(other) => {
+            return Err(format!(
+                "unexpected argument `{other}` (cargo arguments go after `--`)"
+            ))
+        }
     };
     build(extra).map(|_| ())
 }

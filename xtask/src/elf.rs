@@ -92,12 +92,17 @@ pub fn parse(b: &[u8]) -> Result<ElfFacts> {
             filesz: usize_at(b, o + 0x20).ok_or_else(bad)?,
         });
     }
-    let mut facts = ElfFacts { pie: e_type == ET_DYN, ..ElfFacts::default() };
+    let mut facts = ElfFacts {
+        pie: e_type == ET_DYN,
+        ..ElfFacts::default()
+    };
     if e_type != ET_DYN && e_type != ET_EXEC {
         return Err(format!("not an executable (e_type {e_type})"));
     }
     for ph in phdrs.iter().filter(|p| p.p_type == PT_INTERP) {
-        let raw = b.get(ph.offset..ph.offset + ph.filesz).ok_or("PT_INTERP out of bounds")?;
+        let raw = b
+            .get(ph.offset..ph.offset + ph.filesz)
+            .ok_or("PT_INTERP out of bounds")?;
         let s = raw.split(|&c| c == 0).next().unwrap_or_default();
         facts.interp = Some(String::from_utf8_lossy(s).into_owned());
     }
@@ -114,7 +119,9 @@ pub fn parse(b: &[u8]) -> Result<ElfFacts> {
     };
     for ph in phdrs.iter().filter(|p| p.p_type == PT_DYNAMIC) {
         facts.has_dynamic = true;
-        let dynsec = b.get(ph.offset..ph.offset + ph.filesz).ok_or("PT_DYNAMIC out of bounds")?;
+        let dynsec = b
+            .get(ph.offset..ph.offset + ph.filesz)
+            .ok_or("PT_DYNAMIC out of bounds")?;
         let mut needed_offsets = Vec::new();
         let mut strtab = None;
         for ent in dynsec.chunks_exact(16) {
@@ -194,8 +201,17 @@ mod tests {
         let exe = std::env::current_exe().expect("current_exe");
         let facts = parse(&std::fs::read(exe).expect("read self")).expect("parse self");
         assert_eq!(facts.kind(), "dynamic");
-        assert!(facts.interp.as_deref().is_some_and(|i| i.contains("ld-linux")), "{facts:?}");
-        assert!(facts.needed.iter().any(|n| n.starts_with("libc.so")), "{facts:?}");
+        assert!(
+            facts
+                .interp
+                .as_deref()
+                .is_some_and(|i| i.contains("ld-linux")),
+            "{facts:?}"
+        );
+        assert!(
+            facts.needed.iter().any(|n| n.starts_with("libc.so")),
+            "{facts:?}"
+        );
     }
 
     /// Debian's busybox-static is a classic static ET_EXEC, when installed.

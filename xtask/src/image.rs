@@ -64,13 +64,20 @@ fn mkdir_mode(path: &Path, mode: u32) -> Result {
 
 fn mtime(path: &Path) -> Result<u64> {
     let m = fs::metadata(path).map_err(|e| format!("stat {}: {e}", path.display()))?;
-    let t = m.modified().map_err(|e| format!("mtime {}: {e}", path.display()))?;
-    Ok(t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0))
+    let t = m
+        .modified()
+        .map_err(|e| format!("mtime {}: {e}", path.display()))?;
+    Ok(t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0))
 }
 
 /// `$SOURCE_DATE_EPOCH` if set, else `fallback`.
 fn build_epoch(fallback: u64) -> u64 {
-    std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(fallback)
+    std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(fallback)
 }
 
 const HOSTNAME_TPL: &str = "{{ container.name }}\n";
@@ -110,13 +117,22 @@ fn write_templates(build: &Path) -> Result {
 /// bind of the host's /dev there), and fail if something stays mounted: removing the tree then
 /// could delete host files.
 fn unmount_below(dir: &Path) -> Result {
-    let Ok(dir) = dir.canonicalize() else { return Ok(()) };
+    let Ok(dir) = dir.canonicalize() else {
+        return Ok(());
+    };
     let below = |dir: &Path| -> Vec<PathBuf> {
         let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let mut v: Vec<PathBuf> = info
             .lines()
             .filter_map(|l| l.split(' ').nth(4))
-            .map(|m| PathBuf::from(m.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")))
+            .map(|m| {
+                PathBuf::from(
+                    m.replace("\\040", " ")
+                        .replace("\\011", "\t")
+                        .replace("\\012", "\n")
+                        .replace("\\134", "\\"),
+                )
+            })
             .filter(|m| m.starts_with(dir))
             .collect();
         v.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
@@ -129,7 +145,10 @@ fn unmount_below(dir: &Path) -> Result {
     if left.is_empty() {
         Ok(())
     } else {
-        Err(format!("still mounted below {}: {left:?}; unmount them and retry", dir.display()))
+        Err(format!(
+            "still mounted below {}: {left:?}; unmount them and retry",
+            dir.display()
+        ))
     }
 }
 
@@ -139,7 +158,13 @@ fn remove_tree(dir: &Path) -> Result {
         return Ok(());
     }
     unmount_below(dir)?;
-    util::run("remove old tree", Command::new("rm").arg("-rf").arg("--one-file-system").arg(dir))
+    util::run(
+        "remove old tree",
+        Command::new("rm")
+            .arg("-rf")
+            .arg("--one-file-system")
+            .arg(dir),
+    )
 }
 
 /// How the tarball is compressed.
@@ -162,7 +187,9 @@ fn pack(build: &Path, out: &Path, epoch: u64, force_root: bool, compress: Compre
     if force_root {
         tar.args(["--owner=0", "--group=0"]);
     }
-    tar.arg("-C").arg(build).args(["-cf", "-", "metadata.yaml", "rootfs", "templates"]);
+    tar.arg("-C")
+        .arg(build)
+        .args(["-cf", "-", "metadata.yaml", "rootfs", "templates"]);
     let mut tar_child = tar
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -177,7 +204,9 @@ fn pack(build: &Path, out: &Path, epoch: u64, force_root: bool, compress: Compre
         .stdout(file)
         .status()
         .map_err(|e| format!("pack: cannot run gzip: {e}"))?;
-    let tar_status = tar_child.wait().map_err(|e| format!("pack: wait for tar: {e}"))?;
+    let tar_status = tar_child
+        .wait()
+        .map_err(|e| format!("pack: wait for tar: {e}"))?;
     if !tar_status.success() {
         return Err(format!("pack: tar failed ({tar_status})"));
     }
@@ -185,12 +214,18 @@ fn pack(build: &Path, out: &Path, epoch: u64, force_root: bool, compress: Compre
         return Err(format!("pack: gzip failed ({gz_status})"));
     }
     fs::rename(&tmp, out).map_err(|e| format!("rename {}: {e}", out.display()))?;
-    eprintln!("xtask: packed {} in {:.1}s", util::rel(out), t.elapsed().as_secs_f64());
+    eprintln!(
+        "xtask: packed {} in {:.1}s",
+        util::rel(out),
+        t.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
 fn report(out: &Path) -> Result {
-    let size = fs::metadata(out).map_err(|e| format!("stat {}: {e}", out.display()))?.len();
+    let size = fs::metadata(out)
+        .map_err(|e| format!("stat {}: {e}", out.display()))?
+        .len();
     let sha = util::sha256(out)?;
     println!("{}  {size} bytes  sha256 {sha}", out.display());
     Ok(())
@@ -203,8 +238,15 @@ fn report(out: &Path) -> Result {
 /// else install busybox-static (root only) and look again.
 fn find_busybox() -> Result<PathBuf> {
     let candidates = || -> Vec<PathBuf> {
-        let mut v = vec![PathBuf::from("/bin/busybox"), PathBuf::from("/usr/bin/busybox")];
-        if let Ok(out) = Command::new("dpkg").args(["-L", "busybox-static"]).stderr(Stdio::null()).output() {
+        let mut v = vec![
+            PathBuf::from("/bin/busybox"),
+            PathBuf::from("/usr/bin/busybox"),
+        ];
+        if let Ok(out) = Command::new("dpkg")
+            .args(["-L", "busybox-static"])
+            .stderr(Stdio::null())
+            .output()
+        {
             v.extend(
                 String::from_utf8_lossy(&out.stdout)
                     .lines()
@@ -214,7 +256,11 @@ fn find_busybox() -> Result<PathBuf> {
         }
         v
     };
-    let find = || candidates().into_iter().find(|p| p.is_file() && crate::elf::check_static(p).is_ok());
+    let find = || {
+        candidates()
+            .into_iter()
+            .find(|p| p.is_file() && crate::elf::check_static(p).is_ok())
+    };
     if let Some(p) = find() {
         return Ok(p);
     }
@@ -225,8 +271,14 @@ fn find_busybox() -> Result<PathBuf> {
 
 /// "1.35.0" from "BusyBox v1.35.0 (Debian 1:1.35.0-4+deb12u1+b1) multi-call binary."
 fn busybox_version(bb: &Path) -> Result<String> {
-    let out = Command::new(bb).output().map_err(|e| format!("run {}: {e}", bb.display()))?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(bb)
+        .output()
+        .map_err(|e| format!("run {}: {e}", bb.display()))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     text.lines()
         .next()
         .and_then(|l| l.split_whitespace().nth(1))
@@ -247,7 +299,10 @@ pub fn busybox() -> Result<PathBuf> {
     let r = build.join("rootfs");
     mkdir_mode(&build, 0o755)?;
     mkdir_mode(&r, 0o755)?;
-    for d in ["bin", "sbin", "usr", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "run", "var", "var/log", "mnt"] {
+    for d in [
+        "bin", "sbin", "usr", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "run", "var",
+        "var/log", "mnt",
+    ] {
         mkdir_mode(&r.join(d), 0o755)?;
     }
     for d in ["tmp", "var/tmp"] {
@@ -277,7 +332,11 @@ pub fn busybox() -> Result<PathBuf> {
     }
 
     let etc = r.join("etc");
-    write_file(&etc.join("passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n", 0o644)?;
+    write_file(
+        &etc.join("passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+        0o644,
+    )?;
     write_file(&etc.join("group"), "root:x:0:\nnogroup:x:65534:\n", 0o644)?;
     write_file(&etc.join("shadow"), "root::0:0:99999:7:::\n", 0o640)?;
     // busybox init: no getty; one respawned long sleep so init blocks in wait() instead of
@@ -288,19 +347,31 @@ pub fn busybox() -> Result<PathBuf> {
         0o644,
     )?;
     write_file(&etc.join("hostname"), "busybox\n", 0o644)?;
-    write_file(&etc.join("hosts"), "127.0.0.1 localhost\n::1 localhost\n", 0o644)?;
+    write_file(
+        &etc.join("hosts"),
+        "127.0.0.1 localhost\n::1 localhost\n",
+        0o644,
+    )?;
     write_file(&etc.join("fstab"), "", 0o644)?;
     write_templates(&build)?;
     write_file(
         &build.join("metadata.yaml"),
-        &metadata_yaml(epoch, "busybox", &version, &format!("BusyBox {version} static test image (built locally)")),
+        &metadata_yaml(
+            epoch,
+            "busybox",
+            &version,
+            &format!("BusyBox {version} static test image (built locally)"),
+        ),
         0o644,
     )?;
 
     let out = dir.join("busybox.tar.gz");
     pack(&build, &out, epoch, true, Compress::Gzip(9))?;
     remove_tree(&build)?;
-    eprintln!("xtask: busybox image built in {:.1}s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "xtask: busybox image built in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
     report(&out)?;
     Ok(out)
 }
@@ -404,15 +475,20 @@ fn debootstrap_cached() -> Result<PathBuf> {
     }
     unmounted?;
     fs::rename(&partial, &rootfs).map_err(|e| format!("rename {}: {e}", partial.display()))?;
-    fs::write(&stamp, format!("{DEBIAN_SUITE} {DEBIAN_INCLUDE} {mirror}\n"))
-        .map_err(|e| format!("write {}: {e}", stamp.display()))?;
+    fs::write(
+        &stamp,
+        format!("{DEBIAN_SUITE} {DEBIAN_INCLUDE} {mirror}\n"),
+    )
+    .map_err(|e| format!("write {}: {e}", stamp.display()))?;
     eprintln!("xtask: debootstrap took {:.0}s", t.elapsed().as_secs_f64());
     Ok(rootfs)
 }
 
 /// Remove the entries of a directory (not the directory itself), staying on one filesystem.
 fn empty_dir(dir: &Path) -> Result {
-    let Ok(entries) = fs::read_dir(dir) else { return Ok(()) };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(());
+    };
     let mut rm = Command::new("rm");
     rm.args(["-rf", "--one-file-system", "--"]);
     let mut any = false;
@@ -428,7 +504,13 @@ fn empty_dir(dir: &Path) -> Result {
 
 fn remove_if_exists(path: &Path) -> Result {
     match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => util::run("rm", Command::new("rm").arg("-rf").arg("--one-file-system").arg(path)),
+        Ok(m) if m.is_dir() => util::run(
+            "rm",
+            Command::new("rm")
+                .arg("-rf")
+                .arg("--one-file-system")
+                .arg(path),
+        ),
         Ok(_) => fs::remove_file(path).map_err(|e| format!("rm {}: {e}", path.display())),
         Err(_) => Ok(()),
     }
@@ -444,7 +526,11 @@ fn shape_debian(r: &Path) -> Result {
         fs::remove_file(&dbus_id).map_err(|e| format!("rm {}: {e}", dbus_id.display()))?;
     }
     write_file(&etc.join("hostname"), "debian\n", 0o644)?;
-    write_file(&etc.join("hosts"), "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n", 0o644)?;
+    write_file(
+        &etc.join("hosts"),
+        "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n",
+        0o644,
+    )?;
     write_file(&etc.join("fstab"), "", 0o644)?;
     // debootstrap copied the build host's resolv.conf; the image must not carry it.
     write_file(&etc.join("resolv.conf"), "", 0o644)?;
@@ -459,7 +545,11 @@ fn shape_debian(r: &Path) -> Result {
     // No VT gettys in a container (console-getty, started by systemd's getty generator when
     // /dev/console exists, stays available).
     remove_if_exists(&sysd.join("getty.target.wants/getty@tty1.service"))?;
-    write_file(&sysd.join("service.d/bivy-container.conf"), SERVICE_DROPIN, 0o644)?;
+    write_file(
+        &sysd.join("service.d/bivy-container.conf"),
+        SERVICE_DROPIN,
+        0o644,
+    )?;
 
     // Device nodes come from the runtime, never from an image; caches and logs are not content.
     empty_dir(&r.join("dev"))?;
@@ -475,7 +565,9 @@ fn shape_debian(r: &Path) -> Result {
         remove_if_exists(&r.join("var/log").join(log))?;
     }
     // Backup files of passwd/group/shadow written by the package scripts.
-    for f in ["passwd-", "group-", "shadow-", "gshadow-", "subuid-", "subgid-"] {
+    for f in [
+        "passwd-", "group-", "shadow-", "gshadow-", "subuid-", "subgid-",
+    ] {
         remove_if_exists(&etc.join(f))?;
     }
     Ok(())
@@ -485,7 +577,9 @@ fn shape_debian(r: &Path) -> Result {
 pub fn debian() -> Result<PathBuf> {
     let t = Instant::now();
     let cached = debootstrap_cached()?;
-    let epoch = build_epoch(mtime(&cached.parent().expect("rootfs has a parent").join("stamp"))?);
+    let epoch = build_epoch(mtime(
+        &cached.parent().expect("rootfs has a parent").join("stamp"),
+    )?);
     let dir = images_dir();
     util::mkdirs(&dir)?;
     let build = dir.join(".build-debian12");
@@ -495,20 +589,35 @@ pub fn debian() -> Result<PathBuf> {
     let t_copy = Instant::now();
     util::run(
         "copy the debootstrap cache",
-        Command::new("cp").arg("-a").arg("--reflink=auto").arg(&cached).arg(&r),
+        Command::new("cp")
+            .arg("-a")
+            .arg("--reflink=auto")
+            .arg(&cached)
+            .arg(&r),
     )?;
-    eprintln!("xtask: copied rootfs in {:.1}s", t_copy.elapsed().as_secs_f64());
+    eprintln!(
+        "xtask: copied rootfs in {:.1}s",
+        t_copy.elapsed().as_secs_f64()
+    );
     shape_debian(&r)?;
     write_templates(&build)?;
     write_file(
         &build.join("metadata.yaml"),
-        &metadata_yaml(epoch, "debian", "bookworm", "Debian 12 (bookworm) systemd test image (built locally)"),
+        &metadata_yaml(
+            epoch,
+            "debian",
+            "bookworm",
+            "Debian 12 (bookworm) systemd test image (built locally)",
+        ),
         0o644,
     )?;
     let out = dir.join("debian12.tar.gz");
     pack(&build, &out, epoch, false, Compress::Gzip(6))?;
     remove_tree(&build)?;
-    eprintln!("xtask: debian12 image built in {:.1}s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "xtask: debian12 image built in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
     report(&out)?;
     Ok(out)
 }
@@ -530,5 +639,4 @@ mod tests {
     fn unmount_below_missing_dir_is_ok() {
         unmount_below(Path::new("/nonexistent/xtask-test")).expect("nothing mounted");
     }
-
 }

@@ -25,15 +25,23 @@ pub fn run(args: &[String]) -> Result {
     let _ = std::fs::remove_file(&skip_log);
     util::mkdirs(util::target_dir())?;
     let mut cmd = util::cargo();
-    cmd.args(["test", "--workspace", "--all-targets", "--", "--test-threads=1"])
-        .args(args)
-        .env("BIVY_SKIP_LOG", &skip_log)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "test",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "--test-threads=1",
+    ])
+    .args(args)
+    .env("BIVY_SKIP_LOG", &skip_log)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     eprintln!("xtask: {}", util::show(&cmd));
     let t = std::time::Instant::now();
-    let mut child = cmd.spawn().map_err(|e| format!("cannot run cargo test: {e}"))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run cargo test: {e}"))?;
 
     // Merge stdout and stderr line by line so "Running <binary>" (stderr) pairs with its
     // "test result:" (stdout).
@@ -74,9 +82,14 @@ pub fn run(args: &[String]) -> Result {
     }
     let _ = h1.join();
     let _ = h2.join();
-    let status = child.wait().map_err(|e| format!("wait for cargo test: {e}"))?;
+    let status = child
+        .wait()
+        .map_err(|e| format!("wait for cargo test: {e}"))?;
 
-    println!("\n==== test summary ({:.0}s) ====", t.elapsed().as_secs_f64());
+    println!(
+        "\n==== test summary ({:.0}s) ====",
+        t.elapsed().as_secs_f64()
+    );
     for s in &summary {
         println!("{s}");
     }

@@ -12,7 +12,10 @@ pub type Result<T = ()> = std::result::Result<T, String>;
 /// The workspace root (the parent of `xtask/`).
 pub fn root() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().expect("xtask/ always has a parent directory").to_path_buf()
+    manifest
+        .parent()
+        .expect("xtask/ always has a parent directory")
+        .to_path_buf()
 }
 
 /// `target/` of the workspace (or `$CARGO_TARGET_DIR`).
@@ -100,7 +103,10 @@ pub fn euid() -> u32 {
 /// sha256 of a file, hex, via the host's `sha256sum` (coreutils).
 pub fn sha256(path: &Path) -> Result<String> {
     let out = output("sha256", Command::new("sha256sum").arg(path))?;
-    out.split_whitespace().next().map(str::to_owned).ok_or_else(|| "sha256sum: empty output".into())
+    out.split_whitespace()
+        .next()
+        .map(str::to_owned)
+        .ok_or_else(|| "sha256sum: empty output".into())
 }
 
 /// Debian packages from `pkgs` that are not installed (per `dpkg-query`).
@@ -134,7 +140,9 @@ pub fn ensure_debs(pkgs: &[&str]) -> Result {
     eprintln!("xtask: installing {}", missing.join(" "));
     let apt = |args: &[&str]| {
         let mut c = Command::new("apt-get");
-        c.env("DEBIAN_FRONTEND", "noninteractive").args(["-o", "DPkg::Lock::Timeout=600"]).args(args);
+        c.env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["-o", "DPkg::Lock::Timeout=600"])
+            .args(args);
         c
     };
     // Try without an update first: it is fast when the lists are fresh.
@@ -164,7 +172,10 @@ pub fn timed<T>(label: &str, f: impl FnOnce() -> T) -> T {
 
 /// `path` relative to the workspace root when it is inside it, for shorter messages.
 pub fn rel(path: &Path) -> String {
-    path.strip_prefix(root()).unwrap_or(path).display().to_string()
+    path.strip_prefix(root())
+        .unwrap_or(path)
+        .display()
+        .to_string()
 }
 
 /// Write a file atomically: write `<path>.tmp`, then rename.
@@ -182,8 +193,15 @@ pub fn mkdirs(dir: impl AsRef<Path>) -> Result {
 
 /// Add `extra` to an environment-style flag string (RUSTFLAGS) unless already present.
 pub fn append_flags(existing: Option<&OsStr>, extra: &str) -> String {
-    let existing = existing.map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    if existing.split_whitespace().collect::<Vec<_>>().join(" ").contains(extra) {
+    let existing = existing
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if existing
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .contains(extra)
+    {
         return existing;
     }
     if existing.trim().is_empty() {
@@ -200,7 +218,10 @@ mod tests {
     #[test]
     fn append_flags_keeps_existing() {
         assert_eq!(append_flags(None, "-C x"), "-C x");
-        assert_eq!(append_flags(Some(OsStr::new("-D warnings")), "-C x"), "-D warnings -C x");
+        assert_eq!(
+            append_flags(Some(OsStr::new("-D warnings")), "-C x"),
+            "-D warnings -C x"
+        );
         assert_eq!(append_flags(Some(OsStr::new("-C x")), "-C x"), "-C x");
     }
 
