@@ -167,11 +167,13 @@ pub fn busybox_image() -> PathBuf {
     img
 }
 
-/// `target/test-images/debian12.tar.gz` if it was built (`cargo xtask test-image debian`, which
-/// needs root and Debian's mirror, so it is never built implicitly).
+/// `target/test-images/debian12.tar.zst` (Debian 12 with systemd) if it was built: it needs root
+/// and Debian's mirror (`cargo xtask test-image debian`), so it is never built implicitly.
 pub fn debian_image() -> Option<PathBuf> {
-    let img = target_dir().join("test-images/debian12.tar.gz");
-    img.is_file().then_some(img)
+    ["debian12.tar.zst", "debian12.tar.gz"]
+        .iter()
+        .map(|f| target_dir().join("test-images").join(f))
+        .find(|p| p.is_file())
 }
 
 // -------------------------------------------------------------------------------------------
