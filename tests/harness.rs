@@ -167,3 +167,43 @@ fn daemon_start_and_stop() {
         }
     }
 }
+
+/// `http_unix` against a one-shot fake server: Content-Length and chunked bodies.
+#[test]
+fn http_unix_reads_length_and_chunked_bodies() {
+    use std::io::{Read, Write};
+    let t = common::TempDir::new().expect("tempdir");
+    let sock = t.path().join("s");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+    let server = std::thread::spawn(move || {
+        let replies: [&[u8]; 2] = [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{\"a\":[1,2]}trailing",
+            b"HTTP/1.1 202 Accepted\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"op\"\r\n9\r\n:\"/1.0/x\"\r\n1\r\n}\r\n0\r\n\r\n",
+        ];
+        let mut requests = Vec::new();
+        for reply in replies {
+            let (mut c, _) = listener.accept().expect("accept");
+            let mut buf = [0u8; 4096];
+            let n = c.read(&mut buf).expect("read");
+            requests.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            c.write_all(reply).expect("write");
+        }
+        requests
+    });
+    let (st, body) =
+        common::http_unix(&sock, "GET", "/1.0", None, Duration::from_secs(5)).expect("get");
+    assert_eq!((st, body.as_slice()), (200, b"{\"a\":[1,2]}".as_slice()));
+    let (st, body) =
+        common::http_unix(&sock, "PUT", "/1.0/x", Some("{}"), Duration::from_secs(5)).expect("put");
+    assert_eq!(
+        (st, String::from_utf8_lossy(&body).as_ref()),
+        (202, "{\"op\":\"/1.0/x\"}")
+    );
+    let reqs = server.join().expect("server");
+    assert!(reqs[0].starts_with("GET /1.0 HTTP/1.1\r\n"), "{}", reqs[0]);
+    assert!(
+        reqs[1].contains("Content-Length: 2\r\n") && reqs[1].ends_with("\r\n\r\n{}"),
+        "{}",
+        reqs[1]
+    );
+}

@@ -505,32 +505,127 @@ impl Daemon {
     }
 }
 
-/// Default cleanup hook: `bivy delete --force` every instance `bivy list` still shows, so
-/// containers (whose monitors outlive the daemon) do not leak into the next test.
+/// Default cleanup hook: force-stop and delete every instance the daemon still lists, through
+/// the REST API (the LXD 1.0 contract, so it does not depend on CLI flags), so containers
+/// (whose monitors outlive the daemon) do not leak into the next test.
 /// TODO(daemon, runtime): once the on-disk layout is settled, also kill leftover monitors found
 /// under `$BIVY_DIR` after the daemon is gone.
 fn delete_all_instances(d: &Daemon) {
-    if d.child.is_none() {
-        return;
-    }
-    let Ok(out) = run_bounded(
-        d.cli().args(["list", "--format", "csv", "-c", "n"]),
-        Duration::from_secs(30),
-    ) else {
+    let Ok((200, list)) = d.api("GET", "/1.0/instances", None) else {
         return;
     };
-    if !out.status.success() {
-        return;
+    let names: Vec<String> = list["metadata"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|u| u.as_str())
+                .filter_map(|u| u.rsplit('/').next().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    for name in names {
+        let stop = r#"{"action":"stop","force":true,"timeout":-1}"#;
+        if let Ok((_, op)) = d.api("PUT", &format!("/1.0/instances/{name}/state"), Some(stop)) {
+            d.wait_operation(&op);
+        }
+        if let Ok((_, op)) = d.api("DELETE", &format!("/1.0/instances/{name}"), None) {
+            d.wait_operation(&op);
+        }
     }
-    for name in String::from_utf8_lossy(&out.stdout)
+}
+
+/// One HTTP/1.1 request over a unix socket (`Connection: close`), returning status and body.
+/// Handles `Content-Length`, chunked, and read-to-EOF bodies.
+pub fn http_unix(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    timeout: Duration,
+) -> io::Result<(u16, Vec<u8>)> {
+    use std::io::{Read, Write};
+    let mut s = UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    let body = body.unwrap_or("");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: bivy\r\nUser-Agent: bivy-tests\r\nConnection: close\r\n"
+    );
+    if !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH") {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_owned());
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no end of headers"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut rest = raw[split + 4..].to_vec();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| bad("no status code"))?;
+    let lower = head.to_ascii_lowercase();
+    if lower.contains("transfer-encoding: chunked") {
+        let mut out = Vec::new();
+        let mut i = 0;
+        loop {
+            let eol = rest[i..]
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .ok_or_else(|| bad("bad chunk"))?;
+            let size_txt = String::from_utf8_lossy(&rest[i..i + eol]).into_owned();
+            let size = usize::from_str_radix(size_txt.split(';').next().unwrap_or("").trim(), 16)
+                .map_err(|_| bad("bad chunk size"))?;
+            i += eol + 2;
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(rest.get(i..i + size).ok_or_else(|| bad("short chunk"))?);
+            i += size + 2;
+        }
+        rest = out;
+    } else if let Some(len) = lower
         .lines()
-        .map(str::trim)
-        .filter(|n| !n.is_empty())
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
     {
-        let _ = run_bounded(
-            d.cli().args(["delete", "--force", name]),
-            Duration::from_secs(60),
-        );
+        rest.truncate(len);
+    }
+    Ok((status, rest))
+}
+
+impl Daemon {
+    /// A REST call to this daemon: status and JSON body (`Null` if the body is not JSON).
+    pub fn api(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> io::Result<(u16, serde_json::Value)> {
+        let (status, bytes) =
+            http_unix(&self.socket(), method, path, body, Duration::from_secs(60))?;
+        Ok((
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        ))
+    }
+
+    /// If `resp` is an async operation response, wait for it (bounded, 60 s); its final JSON.
+    pub fn wait_operation(&self, resp: &serde_json::Value) -> Option<serde_json::Value> {
+        let op = resp["operation"].as_str().filter(|o| !o.is_empty())?;
+        self.api("GET", &format!("{op}/wait?timeout=60"), None)
+            .ok()
+            .map(|(_, v)| v)
     }
 }
 
