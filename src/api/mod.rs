@@ -140,7 +140,7 @@ pub struct StorageDriverInfo {
 /// `PUT`/`PATCH /1.0`.
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
 pub struct ServerPut {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub config: BTreeMap<String, serde_json::Value>,
 }
 
@@ -152,13 +152,13 @@ pub struct ServerPut {
 pub struct InstancePut {
     #[serde(default)]
     pub architecture: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub config: StringMap,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub devices: Devices,
     #[serde(default)]
     pub ephemeral: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub profiles: Vec<String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub restore: String,
@@ -235,6 +235,15 @@ pub struct InstancesPostPut {
     pub description: String,
 }
 
+/// Go clients send `null` for empty maps and lists: treat it as empty.
+fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 /// pylxd sends `"architecture": "2"`, older clients a number: accept any scalar.
 fn arch_any<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let v = serde_json::Value::deserialize(d)?;
@@ -256,7 +265,7 @@ pub struct InstanceSource {
     pub alias: String,
     #[serde(default)]
     pub fingerprint: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub properties: StringMap,
     #[serde(default)]
     pub server: String,
@@ -397,13 +406,13 @@ pub struct InstanceSnapshot {
 /// `POST /1.0/instances/NAME/exec`.
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
 pub struct InstanceExecPost {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub command: Vec<String>,
     #[serde(default, rename = "wait-for-websocket")]
     pub wait_for_websocket: bool,
     #[serde(default)]
     pub interactive: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub environment: StringMap,
     #[serde(default)]
     pub width: i64,
@@ -424,7 +433,7 @@ pub struct InstanceExecPost {
 pub struct InstanceExecControl {
     #[serde(default)]
     pub command: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub args: StringMap,
     #[serde(default)]
     pub signal: i32,
@@ -435,11 +444,11 @@ pub struct InstanceExecControl {
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
 pub struct ProfilePut {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub config: StringMap,
     #[serde(default)]
     pub description: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub devices: Devices,
 }
 
@@ -495,13 +504,13 @@ pub struct ImageSource {
 pub struct ImagePut {
     #[serde(default)]
     pub auto_update: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub properties: StringMap,
     #[serde(default)]
     pub public: bool,
     #[serde(default = "zero_time")]
     pub expires_at: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub profiles: Vec<String>,
 }
 
@@ -540,7 +549,7 @@ pub struct ImagesPost {
     pub source: Option<ImagesPostSource>,
     #[serde(default)]
     pub compression_algorithm: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub aliases: Vec<ImageAlias>,
 }
 
@@ -605,22 +614,22 @@ pub struct ImageMetadata {
     pub creation_date: i64,
     #[serde(default)]
     pub expiry_date: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub properties: StringMap,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub templates: BTreeMap<String, ImageMetadataTemplate>,
 }
 
 /// One entry of `templates` in metadata.yaml.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
 pub struct ImageMetadataTemplate {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub when: Vec<String>,
     #[serde(default)]
     pub create_only: bool,
     #[serde(default)]
     pub template: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub properties: StringMap,
 }
 
@@ -678,4 +687,17 @@ pub struct Network {
     pub managed: bool,
     pub status: String,
     pub locations: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn null_maps_are_empty() {
+        let p: ProfilesPost = serde_json::from_str(r#"{"name":"p1","config":null,"devices":null,"description":""}"#).unwrap();
+        assert!(p.put.config.is_empty() && p.put.devices.is_empty());
+        let i: InstancePut = serde_json::from_str(r#"{"config":null,"devices":null,"profiles":null}"#).unwrap();
+        assert!(i.profiles.is_empty());
+    }
 }
