@@ -1,0 +1,3 @@
+//! file
+use super::CmdResult;
+pub fn run(args: &[String]) -> CmdResult { let _ = args; super::fail("todo") }

@@ -1,0 +1,3 @@
+//! profile
+use super::CmdResult;
+pub fn run(args: &[String]) -> CmdResult { let _ = args; super::fail("todo") }
