@@ -1,3 +1,304 @@
-//! exec
-use super::CmdResult;
-pub fn run(args: Vec<String>) -> CmdResult { let _ = args; super::fail("todo") }
+//! `exec`: run a command in an instance over the exec websockets (api §1.6).
+//!
+//! Non-interactive: stdin -> fd "0" (binary frames, an empty text frame at EOF), fd "1" -> stdout,
+//! fd "2" -> stderr, signals forwarded on "control". Interactive (a pty, when stdin and stdout are
+//! terminals or with `-t`): the local terminal goes raw, fd "0" carries both directions, and the
+//! window size is sent at start and on SIGWINCH. The exit code is the operation's `metadata.return`.
+
+use std::io::{Read, Write};
+use std::thread;
+
+use argh::FromArgs;
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::SignalFd;
+
+use super::{client, fail, instance_path, local, parse, term, CmdResult, Fail};
+use crate::api::{InstanceExecPost, Operation, StringMap};
+use crate::client::operation_return;
+use crate::http::ws::{Message, Receiver, Sender};
+
+#[derive(FromArgs, Debug)]
+#[argh(help_triggers("-h", "--help"))]
+/// Execute commands in instances: bivy exec NAME [flags] [--] COMMAND...
+pub struct ExecArgs {
+    #[argh(positional)]
+    /// instance name, then the command
+    words: Vec<String>,
+    #[argh(option)]
+    /// environment variable to set (e.g. HOME=/home/foo)
+    env: Vec<String>,
+    #[argh(option)]
+    /// directory to run the command in (default /root)
+    cwd: Option<String>,
+    #[argh(option)]
+    /// user ID to run the command as (default 0)
+    user: Option<u32>,
+    #[argh(option)]
+    /// group ID to run the command as (default 0)
+    group: Option<u32>,
+    #[argh(option)]
+    /// override the terminal mode (auto, interactive or non-interactive)
+    mode: Option<String>,
+    #[argh(switch, short = 't')]
+    /// force pseudo-terminal allocation
+    force_interactive: bool,
+    #[argh(switch, short = 'T')]
+    /// disable pseudo-terminal allocation
+    force_noninteractive: bool,
+    #[argh(switch, short = 'n')]
+    /// disable stdin (reads from /dev/null)
+    disable_stdin: bool,
+}
+
+/// Split `exec` argv: flags and the instance name before `--`, the command after it (or, without
+/// `--`, the words after the instance name).
+pub fn split(args: Vec<String>) -> Result<(ExecArgs, String, Vec<String>), Fail> {
+    let (head, tail) = match args.iter().position(|a| a == "--") {
+        Some(i) => (args[..i].to_vec(), args[i + 1..].to_vec()),
+        None => (args, Vec::new()),
+    };
+    let a: ExecArgs = parse(&["bivy exec"], &head)?;
+    let mut words = a.words.clone();
+    if words.is_empty() {
+        return fail("Missing instance name");
+    }
+    let name = words.remove(0);
+    words.extend(tail);
+    if words.is_empty() {
+        return fail("Missing command");
+    }
+    Ok((a, name, words))
+}
+
+const FORWARDED: &[Signal] = &[
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGABRT,
+    Signal::SIGTSTP,
+    Signal::SIGTTIN,
+    Signal::SIGTTOU,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGCONT,
+];
+
+fn resize_message(w: u16, h: u16) -> String {
+    serde_json::json!({"command": "window-resize", "args": {"width": w.to_string(), "height": h.to_string()}})
+        .to_string()
+}
+
+fn signal_message(sig: i32) -> String {
+    serde_json::json!({"command": "signal", "signal": sig}).to_string()
+}
+
+/// Copy websocket binary frames to `out` until a text frame (EOF barrier), a close or an error.
+fn pump_out(mut rx: Receiver, mut out: impl Write) {
+    loop {
+        match rx.recv() {
+            Ok(Message::Binary(b)) => {
+                if out.write_all(&b).and_then(|_| out.flush()).is_err() {
+                    break;
+                }
+            }
+            Ok(Message::Text(_)) | Ok(Message::Close(_)) | Err(_) => break,
+        }
+    }
+}
+
+/// Copy stdin to the websocket as binary frames, then send the empty text frame.
+fn pump_in(tx: Sender, disabled: bool) {
+    if !disabled {
+        let mut stdin = std::io::stdin();
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if tx.send_binary(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+    }
+    let _ = tx.send_text("");
+}
+
+/// Read and drop everything (keeps pings answered).
+fn drain(mut rx: Receiver) {
+    while let Ok(m) = rx.recv() {
+        if matches!(m, Message::Close(_)) {
+            break;
+        }
+    }
+}
+
+pub fn run(args: Vec<String>) -> CmdResult {
+    let (a, name, command) = split(args)?;
+    let name = local(&name)?.to_string();
+    let interactive = match a.mode.as_deref() {
+        Some("interactive") => true,
+        Some("non-interactive") => false,
+        Some("auto") | None => {
+            if a.force_interactive {
+                true
+            } else if a.force_noninteractive {
+                false
+            } else {
+                super::is_tty(0) && super::is_tty(1)
+            }
+        }
+        Some(other) => return fail(format!("Invalid mode \"{other}\"")),
+    };
+    let mut environment = StringMap::new();
+    environment.insert("TERM".into(), std::env::var("TERM").unwrap_or_else(|_| "dumb".into()));
+    for kv in &a.env {
+        match kv.split_once('=') {
+            Some((k, v)) => environment.insert(k.into(), v.into()),
+            None => environment.insert(kv.clone(), std::env::var(kv).unwrap_or_default()),
+        };
+    }
+    let (width, height) = if interactive { term::size().unwrap_or((80, 24)) } else { (0, 0) };
+    let req = InstanceExecPost {
+        command,
+        wait_for_websocket: true,
+        interactive,
+        environment,
+        width: i64::from(width),
+        height: i64::from(height),
+        record_output: false,
+        user: a.user.unwrap_or(0),
+        group: a.group.unwrap_or(0),
+        cwd: a.cwd.clone().unwrap_or_default(),
+    };
+
+    // Block the forwarded signals before any thread exists, so every thread inherits the mask
+    // and they arrive only through the signalfd.
+    let mut mask = SigSet::empty();
+    for s in FORWARDED {
+        mask.add(*s);
+    }
+    if interactive {
+        mask.add(Signal::SIGWINCH);
+    }
+    let mut old_mask = SigSet::empty();
+    let _ = nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_BLOCK, Some(&mask), Some(&mut old_mask));
+    let result = run_blocked(&name, req, interactive, a.disable_stdin, &mask);
+    let _ = nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
+    result
+}
+
+fn run_blocked(name: &str, req: InstanceExecPost, interactive: bool, no_stdin: bool, mask: &SigSet) -> CmdResult {
+    let c = client()?;
+    let reply = c.query("POST", &format!("{}/exec", instance_path(name)), Some(&req), None)?;
+    let Some(op_id) = reply.operation_id() else { return fail("the server did not start an exec operation") };
+    let op: Operation = reply.metadata()?;
+    let fds: StringMap = op
+        .metadata
+        .as_ref()
+        .and_then(|m| m.get("fds"))
+        .and_then(|f| serde_json::from_value(f.clone()).ok())
+        .unwrap_or_default();
+    let secret = |fd: &str| -> Result<String, Fail> {
+        fds.get(fd).cloned().ok_or_else(|| Fail::Error(format!("the exec operation has no websocket \"{fd}\"")))
+    };
+
+    // Control first (as lxc does), then the data sockets.
+    let control = match fds.get("control") {
+        Some(s) => Some(c.operation_websocket(&op_id, s)?),
+        None => None,
+    };
+    let (tx0, rx0) = c.operation_websocket(&op_id, &secret("0")?)?;
+    let outs = if interactive {
+        None
+    } else {
+        Some((c.operation_websocket(&op_id, &secret("1")?)?, c.operation_websocket(&op_id, &secret("2")?)?))
+    };
+
+    // Signals -> control messages.
+    if let Some((ctx, crx)) = control {
+        thread::spawn(move || drain(crx));
+        if let Ok(sfd) = SignalFd::new(mask) {
+            thread::spawn(move || {
+                while let Ok(Some(info)) = sfd.read_signal() {
+                    let sig = info.ssi_signo as i32;
+                    let msg = if sig == Signal::SIGWINCH as i32 {
+                        match term::size() {
+                            Some((w, h)) => resize_message(w, h),
+                            None => continue,
+                        }
+                    } else {
+                        signal_message(sig)
+                    };
+                    if ctx.send_text(&msg).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    }
+
+    let _raw = if interactive && super::is_tty(0) { term::RawMode::enable().ok() } else { None };
+    {
+        let tx = tx0.clone();
+        thread::spawn(move || pump_in(tx, no_stdin));
+    }
+    match outs {
+        None => {
+            // Interactive: fd 0 carries the pty output back.
+            pump_out(rx0, std::io::stdout());
+        }
+        Some(((tx1, rx1), (tx2, rx2))) => {
+            thread::spawn(move || drain(rx0));
+            let t1 = thread::spawn(move || pump_out(rx1, std::io::stdout()));
+            let t2 = thread::spawn(move || pump_out(rx2, std::io::stderr()));
+            let _ = t1.join();
+            let _ = t2.join();
+            let _ = tx1.close(1000);
+            let _ = tx2.close(1000);
+        }
+    }
+    let done = c.wait_operation(&op_id);
+    drop(_raw);
+    let _ = tx0.close(1000);
+    let done = done?;
+    Ok(operation_return(&done).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn split_at_double_dash() {
+        let (a, name, cmd) = split(s(&["c1", "--env", "FOO=bar", "--cwd", "/tmp", "--", "sh", "-c", "echo $FOO; exit 3"])).unwrap();
+        assert_eq!(name, "c1");
+        assert_eq!(cmd, s(&["sh", "-c", "echo $FOO; exit 3"]));
+        assert_eq!(a.env, s(&["FOO=bar"]));
+        assert_eq!(a.cwd.as_deref(), Some("/tmp"));
+    }
+
+    #[test]
+    fn split_without_double_dash_and_flags_after_dash() {
+        let (_, name, cmd) = split(s(&["c1", "ls"])).unwrap();
+        assert_eq!((name.as_str(), cmd), ("c1", s(&["ls"])));
+        let (a, name, cmd) = split(s(&["-T", "c1", "--", "ls", "-la", "--", "x"])).unwrap();
+        assert!(a.force_noninteractive);
+        assert_eq!((name.as_str(), cmd), ("c1", s(&["ls", "-la", "--", "x"])));
+        assert!(split(s(&["c1"])).is_err());
+    }
+
+    #[test]
+    fn control_messages_use_string_sizes() {
+        assert_eq!(resize_message(80, 24), r#"{"args":{"height":"24","width":"80"},"command":"window-resize"}"#);
+        assert_eq!(signal_message(15), r#"{"command":"signal","signal":15}"#);
+    }
+}
