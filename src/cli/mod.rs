@@ -233,7 +233,14 @@ pub fn parse<T: FromArgs>(cmd: &[&str], args: &[String]) -> Result<T, Fail> {
                 Err(Fail::Exit(0))
             }
             Err(()) => {
-                eprintln!("{}", e.output.trim_end());
+                // Usage text first, then the error, like lxc.
+                if let Err(help) = T::from_args(cmd, &["--help"]) {
+                    eprint!("{}", help.output);
+                    eprintln!();
+                }
+                let msg = e.output.trim_end();
+                let msg = msg.strip_prefix("Unrecognized argument: ").map_or(msg.to_string(), |f| format!("unknown flag: {f}"));
+                eprintln!("Error: {msg}");
                 Err(Fail::Exit(1))
             }
         },
