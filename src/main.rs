@@ -6,5 +6,8 @@ fn main() {
     if args.get(1).is_some_and(|a| a.starts_with("__")) {
         bivy::runtime::helper_main(&args[1..]);
     }
+    if args.get(1).is_some_and(|a| a == "daemon") {
+        std::process::exit(bivy::daemon::main(&args[2..]));
+    }
     std::process::exit(bivy::cli::main(args));
 }

@@ -1,1 +1,298 @@
-//! The REST server.
+//! The REST server: start-up, the shared [`Daemon`] state, the accept loop and shutdown.
+//!
+//! Start-up order: take the state-dir lock (a second daemon is refused), load the database,
+//! finish or undo anything a killed daemon left half-made, reattach to running containers,
+//! autostart (first start after boot only), then listen. SIGTERM stops accepting, lets in-flight
+//! operations finish for a bounded time and exits; containers keep running under their monitors.
+
+mod config;
+mod db;
+mod endpoints;
+mod events;
+mod exec;
+mod files;
+mod filter;
+mod idmap;
+mod instances;
+mod multipart;
+mod operations;
+mod response;
+mod routes;
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use events::Events;
+pub use operations::Operations;
+
+use crate::image;
+
+/// Most connections served at once; past it new connections are closed at once.
+const MAX_CONNECTIONS: usize = 1024;
+
+/// Facts about the host, probed once at start.
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub hostname: String,
+    pub kernel_version: String,
+    pub architecture: String,
+    pub total_memory: u64,
+    pub ncpus: usize,
+    pub os_name: String,
+    pub os_version: String,
+}
+
+impl Host {
+    fn probe() -> Host {
+        let uts = nix::sys::utsname::uname().ok();
+        let s = |f: fn(&nix::sys::utsname::UtsName) -> &std::ffi::OsStr| {
+            uts.as_ref().map(|u| f(u).to_string_lossy().into_owned()).unwrap_or_default()
+        };
+        let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+        let osr = |k: &str| {
+            os_release
+                .lines()
+                .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix('=')))
+                .map(|v| v.trim_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        let total_memory = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines().find_map(|l| l.strip_prefix("MemTotal:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .map_or(0, |kb| kb * 1024);
+        Host {
+            hostname: s(|u| u.nodename()),
+            kernel_version: s(|u| u.release()),
+            architecture: s(|u| u.machine()),
+            total_memory,
+            ncpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            os_name: osr("NAME"),
+            os_version: osr("VERSION_ID"),
+        }
+    }
+}
+
+/// The daemon's shared state. One per process, alive until exit.
+pub struct Daemon {
+    /// `$BIVY_DIR`: everything the daemon owns lives below it.
+    pub dir: PathBuf,
+    /// Instances, profiles and server config; the lock is held across read-modify-save.
+    pub db: Mutex<db::Db>,
+    /// The image store (`$BIVY_DIR/images`).
+    pub images: image::Store,
+    pub ops: Operations,
+    pub events: Arc<Events>,
+    /// Instances with an operation in progress (name -> what), so that conflicting requests
+    /// (delete while starting) are refused instead of racing.
+    pub busy: Mutex<HashMap<String, &'static str>>,
+    pub host: Host,
+    pub shutting_down: AtomicBool,
+    connections: AtomicUsize,
+    /// A weak handle on ourselves, for handlers that hand work to operation threads.
+    me: std::sync::OnceLock<std::sync::Weak<Daemon>>,
+}
+
+/// Releases an instance's busy mark when dropped.
+pub struct BusyGuard<'a> {
+    d: &'a Daemon,
+    name: String,
+}
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        self.d.busy.lock().expect("busy lock").remove(&self.name);
+    }
+}
+
+impl Daemon {
+    /// Mark `name` busy with `what`, or fail with a 409 naming what is in progress.
+    pub fn claim(&self, name: &str, what: &'static str) -> response::Result<BusyGuard<'_>> {
+        let mut b = self.busy.lock().expect("busy lock");
+        if let Some(other) = b.get(name) {
+            return Err(response::Error::Conflict(format!("Instance {name:?} is busy: {other} in progress")));
+        }
+        b.insert(name.to_string(), what);
+        Ok(BusyGuard { d: self, name: name.to_string() })
+    }
+
+    /// Mark `name` busy with `what` until the caller removes the mark (operation threads).
+    pub fn busy_insert(&self, name: &str, what: &'static str) -> response::Result<()> {
+        std::mem::forget(self.claim(name, what)?);
+        Ok(())
+    }
+
+    /// An owning handle on the daemon (for operation threads).
+    pub fn self_arc(&self) -> Arc<Daemon> {
+        self.me.get().and_then(std::sync::Weak::upgrade).expect("daemon handle is set at start-up")
+    }
+
+    pub fn run_dir(&self, name: &str) -> PathBuf {
+        self.dir.join("run").join(name)
+    }
+
+    pub fn volume_dir(&self, volume: &str) -> PathBuf {
+        self.dir.join("storage-pools").join("default").join("containers").join(volume)
+    }
+
+    pub fn log_dir(&self, name: &str) -> PathBuf {
+        self.dir.join("logs").join(name)
+    }
+}
+
+fn usage() -> i32 {
+    eprintln!("Usage: bivy daemon [--group GROUP]\n\nServes the LXD 1.0 REST API on $BIVY_DIR/unix.socket (default /var/lib/bivy).");
+    1
+}
+
+/// `bivy daemon [--group G]`.
+pub fn main(args: &[String]) -> i32 {
+    let mut group: Option<String> = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--group" => match it.next() {
+                Some(g) => group = Some(g.clone()),
+                None => return usage(),
+            },
+            "-h" | "--help" => {
+                usage();
+                return 0;
+            }
+            other => {
+                eprintln!("Error: unknown option {other:?}");
+                return usage();
+            }
+        }
+    }
+    let dir = std::env::var_os("BIVY_DIR").map_or_else(|| PathBuf::from("/var/lib/bivy"), PathBuf::from);
+    match run(&dir, group.as_deref()) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            1
+        }
+    }
+}
+
+fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
+    use nix::sys::signal::{SigSet, Signal};
+
+    // Block the shutdown signals before any thread exists; one thread waits for them.
+    let mut sigs = SigSet::empty();
+    sigs.add(Signal::SIGTERM);
+    sigs.add(Signal::SIGINT);
+    sigs.add(Signal::SIGHUP);
+    sigs.thread_block().map_err(|e| format!("blocking signals: {e}"))?;
+    // SIGPIPE is already ignored by the Rust runtime: writes to a vanished client fail with EPIPE.
+
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let lock = take_lock(dir)?;
+
+    let events = Arc::new(Events::default());
+    let images = image::Store::open(&dir.join("images")).map_err(|e| e.to_string())?;
+    let db = db::Db::open(&dir.join("database.json")).map_err(|e| e.to_string())?;
+    let d = Arc::new(Daemon {
+        dir: dir.to_path_buf(),
+        db: Mutex::new(db),
+        images,
+        ops: Operations::new(events.clone()),
+        events,
+        busy: Mutex::new(HashMap::new()),
+        host: Host::probe(),
+        shutting_down: AtomicBool::new(false),
+        connections: AtomicUsize::new(0),
+        me: std::sync::OnceLock::new(),
+    });
+    let _ = d.me.set(Arc::downgrade(&d));
+    instances::recover(&d).map_err(|e| format!("recovering state: {e}"))?;
+
+    let sock_path = dir.join("unix.socket");
+    let _ = std::fs::remove_file(&sock_path); // we hold the lock: any socket file is stale
+    let listener = UnixListener::bind(&sock_path).map_err(|e| format!("{}: {e}", sock_path.display()))?;
+    std::fs::set_permissions(&sock_path, std::fs::Permissions::from_mode(0o660)).map_err(|e| e.to_string())?;
+    if let Some(g) = group {
+        let grp = nix::unistd::Group::from_name(g)
+            .map_err(|e| format!("group {g}: {e}"))?
+            .ok_or_else(|| format!("group {g:?} not found"))?;
+        nix::unistd::chown(&sock_path, None, Some(grp.gid)).map_err(|e| format!("chown socket: {e}"))?;
+    }
+
+    // Signal thread: graceful shutdown.
+    {
+        let d = d.clone();
+        let sock_path = sock_path.clone();
+        std::thread::spawn(move || {
+            let _ = sigs.wait();
+            d.shutting_down.store(true, Ordering::SeqCst);
+            let _ = std::fs::remove_file(&sock_path);
+            // Let running operations finish, bounded.
+            for _ in 0..100 {
+                if d.ops.list().iter().all(|o| o.is_final()) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            drop(lock);
+            std::process::exit(0);
+        });
+    }
+
+    instances::autostart(&d);
+
+    let limits = crate::http::Limits::default();
+    for conn in listener.incoming() {
+        let Ok(stream) = conn else { continue };
+        if d.shutting_down.load(Ordering::SeqCst) {
+            break;
+        }
+        if d.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            d.connections.fetch_sub(1, Ordering::SeqCst);
+            continue;
+        }
+        let d = d.clone();
+        let limits = limits.clone();
+        let spawned = std::thread::Builder::new().name("conn".into()).spawn(move || {
+            let dd = d.clone();
+            crate::http::serve_connection(Box::new(stream), &limits, &move |req| routes::handle(&dd, req));
+            d.connections.fetch_sub(1, Ordering::SeqCst);
+        });
+        if spawned.is_err() {
+            // Out of threads: the stream was moved into the failed closure and is closed.
+        }
+    }
+    Ok(())
+}
+
+/// The exclusive lock on `$BIVY_DIR/daemon.lock`, held for the daemon's life.
+fn take_lock(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, String> {
+    let path = dir.join("daemon.lock");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(l) => {
+            let _ = std::fs::write(&path, format!("{}\n", std::process::id()));
+            Ok(l)
+        }
+        Err((_, _)) => {
+            let pid = std::fs::read_to_string(&path).unwrap_or_default();
+            Err(format!(
+                "another bivy daemon (pid {}) is already running on {}",
+                pid.trim(),
+                dir.display()
+            ))
+        }
+    }
+}

@@ -227,3 +227,9 @@ pub fn helper_main(args: &[String]) -> ! {
     eprintln!("bivy: unknown helper {:?}", args.first());
     std::process::exit(127)
 }
+
+/// Set the window size of an exec pty.
+pub fn resize_pty(master: &OwnedFd, width: u16, height: u16) -> Result<()> {
+    let _ = (master, width, height);
+    not_yet("pty resize")
+}

@@ -1,0 +1,407 @@
+//! Instance and server configuration: names, key validation, profile expansion, and the
+//! translation of config keys into the runtime's fully resolved limits.
+
+use std::collections::BTreeMap;
+
+use super::response::{Error, Result};
+use crate::api::{Devices, StringMap};
+use crate::runtime::Limits;
+
+/// LXD's instance name rules (a valid hostname label): 1-63 of `[a-zA-Z0-9-]`, not starting with
+/// a digit or a hyphen, not ending with a hyphen.
+pub fn validate_instance_name(name: &str) -> Result<()> {
+    let bad = |why: &str| Err(Error::BadRequest(format!("Invalid instance name {name:?}: {why}")));
+    if name.is_empty() {
+        return bad("name is empty");
+    }
+    if name.len() > 63 {
+        return bad("name is longer than 63 characters");
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return bad("name may only contain letters, digits and hyphens");
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        return bad("name may not start or end with a hyphen");
+    }
+    if name.as_bytes()[0].is_ascii_digit() {
+        return bad("name may not start with a digit");
+    }
+    Ok(())
+}
+
+/// Profile names: non-empty, no `/`, not `.`/`..`, printable.
+pub fn validate_profile_name(name: &str) -> Result<()> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(Error::BadRequest(format!("Invalid profile name {name:?}")));
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Bool,
+    Int,
+    Memory,
+    Cpu,
+    Allowance,
+    Priority,
+    Enforce,
+    Str,
+    IdmapSize,
+    /// Accepted and stored; the feature arrives with a later issue and is refused at start.
+    Later,
+    /// Refused outright.
+    Unsupported(&'static str),
+}
+
+fn kind_of(key: &str) -> Option<Kind> {
+    use Kind::*;
+    Some(match key {
+        "boot.autostart" => Bool,
+        "boot.autostart.delay" | "boot.autostart.priority" | "boot.host_shutdown_timeout" | "boot.stop.priority" => Int,
+        "limits.memory" => Memory,
+        "limits.memory.enforce" => Enforce,
+        "limits.memory.swap" => Bool,
+        "limits.memory.swap.priority" => Priority,
+        "limits.cpu" => Cpu,
+        "limits.cpu.allowance" => Allowance,
+        "limits.cpu.priority" => Priority,
+        "limits.processes" => Int,
+        "security.privileged" | "security.nesting" | "security.idmap.isolated" => Bool,
+        "security.idmap.base" => Int,
+        "security.idmap.size" => IdmapSize,
+        "security.protection.delete" | "security.protection.shift" => Bool,
+        "security.syscalls.deny_default" | "security.syscalls.deny_compat" => Bool,
+        "security.syscalls.deny" | "security.syscalls.allow" => Str,
+        "raw.idmap" | "raw.seccomp" | "raw.apparmor" => Str,
+        "raw.lxc" => Unsupported("raw.lxc: bivy does not use LXC; use the bivy config keys instead"),
+        "snapshots.schedule" | "snapshots.pattern" | "snapshots.expiry" => Later,
+        "snapshots.schedule.stopped" => Bool,
+        "linux.kernel_modules" => Str,
+        "cloud-init.user-data" | "cloud-init.vendor-data" | "cloud-init.network-config" => Str,
+        _ if key.starts_with("environment.") || key.starts_with("user.") || key.starts_with("image.") => Str,
+        _ if key.starts_with("volatile.") => Str,
+        _ => return None,
+    })
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" | "" => Some(false),
+        _ => None,
+    }
+}
+
+/// Parse a size such as `512MiB`, `1GB`, `100kB` or plain bytes.
+pub fn parse_size(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let unit = unit.trim();
+    let mult: u64 = match unit {
+        "" | "B" => 1,
+        "kB" | "KB" => 1000,
+        "MB" => 1000u64.pow(2),
+        "GB" => 1000u64.pow(3),
+        "TB" => 1000u64.pow(4),
+        "PB" => 1000u64.pow(5),
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "PiB" => 1 << 50,
+        _ => return None,
+    };
+    if num.contains('.') {
+        let f: f64 = num.parse().ok()?;
+        if !f.is_finite() || f < 0.0 {
+            return None;
+        }
+        let bytes = f * mult as f64;
+        if bytes > u64::MAX as f64 {
+            return None;
+        }
+        Some(bytes as u64)
+    } else {
+        num.parse::<u64>().ok()?.checked_mul(mult)
+    }
+}
+
+/// `limits.memory`: a size or a percentage of `total`.
+pub fn parse_memory(v: &str, total: u64) -> Option<u64> {
+    if let Some(p) = v.strip_suffix('%') {
+        let p: f64 = p.trim().parse().ok()?;
+        if !(0.0..=100.0).contains(&p) || p == 0.0 {
+            return None;
+        }
+        return Some((total as f64 * p / 100.0) as u64);
+    }
+    parse_size(v).filter(|&b| b > 0)
+}
+
+/// `limits.cpu`: a count (`2` -> `0-1`) or a set (`0-3,7`), checked against `ncpus`.
+pub fn parse_cpu(v: &str, ncpus: usize) -> Option<String> {
+    let v = v.trim();
+    if v.is_empty() {
+        return None;
+    }
+    if v.bytes().all(|b| b.is_ascii_digit()) {
+        let n: usize = v.parse().ok()?;
+        if n == 0 {
+            return None;
+        }
+        let n = n.min(ncpus.max(1));
+        return Some(if n == 1 { "0".into() } else { format!("0-{}", n - 1) });
+    }
+    for part in v.split(',') {
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (a.trim().parse::<usize>().ok()?, b.trim().parse::<usize>().ok()?),
+            None => {
+                let a = part.trim().parse::<usize>().ok()?;
+                (a, a)
+            }
+        };
+        if a > b || b >= ncpus.max(1) {
+            return None;
+        }
+    }
+    Some(v.replace(' ', ""))
+}
+
+/// `limits.cpu.allowance`: `50%` (shares, relative) or `25ms/100ms` (hard quota).
+pub enum Allowance {
+    Percent(u64),
+    Quota { quota_us: u64, period_us: u64 },
+}
+
+pub fn parse_allowance(v: &str) -> Option<Allowance> {
+    if let Some(p) = v.strip_suffix('%') {
+        let p: u64 = p.trim().parse().ok()?;
+        return (1..=100).contains(&p).then_some(Allowance::Percent(p));
+    }
+    let (q, p) = v.split_once('/')?;
+    let ms = |s: &str| s.trim().strip_suffix("ms")?.trim().parse::<u64>().ok();
+    let (q, p) = (ms(q)?, ms(p)?);
+    if q == 0 || p == 0 {
+        return None;
+    }
+    Some(Allowance::Quota { quota_us: q * 1000, period_us: p * 1000 })
+}
+
+/// Validate one instance config key and value; `Later` keys are accepted (stored).
+pub fn validate_key(key: &str, value: &str) -> Result<()> {
+    let bad = |why: &str| Err(Error::BadRequest(format!("Invalid value for config key {key:?}: {why}")));
+    let Some(kind) = kind_of(key) else {
+        return Err(Error::BadRequest(format!("Unknown configuration key: {key}")));
+    };
+    if value.is_empty() {
+        return Ok(());
+    }
+    match kind {
+        Kind::Bool if parse_bool(value).is_none() => bad("expected true or false"),
+        Kind::Int if value.parse::<i64>().is_err() => bad("expected an integer"),
+        Kind::IdmapSize if value.parse::<u32>().map_or(true, |v| v == 0) => bad("expected a positive integer"),
+        Kind::Priority if value.parse::<u8>().map_or(true, |v| v > 10) => bad("expected an integer from 0 to 10"),
+        Kind::Memory if parse_memory(value, u64::MAX / 200).is_none() => bad("expected a size such as 512MiB or a percentage"),
+        Kind::Cpu if parse_cpu(value, 1 << 16).is_none() => bad("expected a CPU count or a set such as 0-3,7"),
+        Kind::Allowance if parse_allowance(value).is_none() => bad("expected a percentage or a quota such as 25ms/100ms"),
+        Kind::Enforce if !matches!(value, "hard" | "soft") => bad("expected hard or soft"),
+        Kind::Unsupported(why) => Err(Error::BadRequest(format!("not supported: {why}"))),
+        _ => Ok(()),
+    }
+}
+
+/// Validate a user-supplied config map against the current one: every key must be known and
+/// valid, and `volatile.*` keys may only be passed back unchanged (the daemon manages them).
+pub fn validate_config(new: &StringMap, current: &StringMap) -> Result<()> {
+    for (k, v) in new {
+        if k.starts_with("volatile.") {
+            if current.get(k) != Some(v) {
+                return Err(Error::BadRequest(format!("Volatile key {k:?} is managed by the daemon and cannot be set")));
+            }
+            continue;
+        }
+        validate_key(k, v)?;
+    }
+    Ok(())
+}
+
+/// Validate devices: a `type` each; known types only.
+pub fn validate_devices(devices: &Devices) -> Result<()> {
+    for (name, d) in devices {
+        if name.is_empty() || name.contains('/') {
+            return Err(Error::BadRequest(format!("Invalid device name {name:?}")));
+        }
+        match d.get("type").map(String::as_str) {
+            Some("disk") => {
+                if !d.contains_key("path") {
+                    return Err(Error::BadRequest(format!("Device {name:?}: disk devices need a \"path\"")));
+                }
+            }
+            Some("none" | "nic" | "unix-char" | "unix-block" | "proxy" | "gpu" | "usb" | "infiniband" | "tpm" | "pci" | "unix-hotplug") => {}
+            Some(t) => return Err(Error::BadRequest(format!("Device {name:?}: unknown device type {t:?}"))),
+            None => return Err(Error::BadRequest(format!("Device {name:?}: missing device type"))),
+        }
+    }
+    Ok(())
+}
+
+/// Server config keys we know (`core.*`, `images.*`).
+pub fn validate_server_key(key: &str, value: &str) -> Result<()> {
+    match key {
+        "core.https_address" | "core.trust_password" | "core.proxy_http" | "core.proxy_https" | "core.proxy_ignore_hosts" => Ok(()),
+        "core.shutdown_timeout" | "images.remote_cache_expiry" | "images.auto_update_interval" => {
+            if value.is_empty() || value.parse::<u64>().is_ok() {
+                Ok(())
+            } else {
+                Err(Error::BadRequest(format!("Invalid value for {key:?}: expected an integer")))
+            }
+        }
+        "images.auto_update_cached" => match parse_bool(value) {
+            Some(_) => Ok(()),
+            None => Err(Error::BadRequest(format!("Invalid value for {key:?}: expected true or false"))),
+        },
+        "images.compression_algorithm" => match value {
+            "" | "gzip" | "xz" | "zstd" | "bzip2" | "none" => Ok(()),
+            _ => Err(Error::BadRequest(format!("Invalid value for {key:?}: unsupported compression {value:?}"))),
+        },
+        _ => Err(Error::BadRequest(format!("Unknown configuration key: {key}"))),
+    }
+}
+
+/// Expand profiles (in order) then the instance's own config and devices.
+pub fn expand(
+    profiles: &[String],
+    all: &BTreeMap<String, super::db::ProfileRecord>,
+    config: &StringMap,
+    devices: &Devices,
+) -> (StringMap, Devices) {
+    let mut c = StringMap::new();
+    let mut d = Devices::new();
+    for p in profiles {
+        if let Some(p) = all.get(p) {
+            c.extend(p.config.clone());
+            d.extend(p.devices.clone());
+        }
+    }
+    c.extend(config.clone());
+    d.extend(devices.clone());
+    (c, d)
+}
+
+/// A config flag in an expanded config.
+pub fn flag(config: &StringMap, key: &str) -> bool {
+    config.get(key).and_then(|v| parse_bool(v)).unwrap_or(false)
+}
+
+/// Translate `limits.*` into runtime limits.
+pub fn limits(config: &StringMap, total_mem: u64, ncpus: usize) -> Result<Limits> {
+    let get = |k: &str| config.get(k).map(String::as_str).filter(|v| !v.is_empty());
+    let mut l = Limits::default();
+    if let Some(v) = get("limits.memory") {
+        l.memory = Some(parse_memory(v, total_mem).ok_or_else(|| Error::BadRequest(format!("Invalid limits.memory {v:?}")))?);
+    }
+    l.memory_soft = get("limits.memory.enforce") == Some("soft");
+    l.memory_swap = get("limits.memory.swap").and_then(parse_bool).unwrap_or(true);
+    if let Some(v) = get("limits.cpu") {
+        l.cpuset = Some(parse_cpu(v, ncpus).ok_or_else(|| Error::BadRequest(format!("Invalid limits.cpu {v:?}")))?);
+    }
+    let priority = get("limits.cpu.priority").and_then(|v| v.parse::<u64>().ok());
+    match get("limits.cpu.allowance").map(parse_allowance) {
+        Some(Some(Allowance::Quota { quota_us, period_us })) => l.cpu_quota = Some((quota_us, period_us)),
+        Some(Some(Allowance::Percent(p))) => l.cpu_shares = Some(1024 * p / 100),
+        Some(None) => return Err(Error::BadRequest("Invalid limits.cpu.allowance".into())),
+        None => {}
+    }
+    if let Some(p) = priority {
+        // LXD: priority 0..10 scales the shares (10 = default weight).
+        let base = l.cpu_shares.unwrap_or(1024);
+        l.cpu_shares = Some((base * (p + 1) / 11).max(2));
+    }
+    if let Some(v) = get("limits.processes") {
+        l.pids = Some(v.parse().map_err(|_| Error::BadRequest(format!("Invalid limits.processes {v:?}")))?);
+    }
+    Ok(l)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["c1", "a", "web-01", "A9"] {
+            assert!(validate_instance_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "1c", "-a", "a-", "a_b", "a/b", "a.b", &"x".repeat(64)] {
+            assert!(validate_instance_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512MiB"), Some(512 << 20));
+        assert_eq!(parse_size("1GB"), Some(1_000_000_000));
+        assert_eq!(parse_size("100"), Some(100));
+        assert_eq!(parse_size("1.5GiB"), Some(3 << 29));
+        assert_eq!(parse_size("12XB"), None);
+        assert_eq!(parse_memory("50%", 1000), Some(500));
+        assert_eq!(parse_memory("0", 1000), None);
+    }
+
+    #[test]
+    fn cpus() {
+        assert_eq!(parse_cpu("2", 4).as_deref(), Some("0-1"));
+        assert_eq!(parse_cpu("1", 4).as_deref(), Some("0"));
+        assert_eq!(parse_cpu("0-1,3", 4).as_deref(), Some("0-1,3"));
+        assert_eq!(parse_cpu("0-7", 4), None);
+        assert_eq!(parse_cpu("0", 4), None);
+        assert_eq!(parse_cpu("3", 4).as_deref(), Some("0-2"));
+    }
+
+    #[test]
+    fn keys() {
+        assert!(validate_key("limits.memory", "64MiB").is_ok());
+        assert!(validate_key("limits.memory", "lots").is_err());
+        assert!(validate_key("user.anything", "x").is_ok());
+        assert!(validate_key("environment.FOO", "x").is_ok());
+        assert_eq!(validate_key("bogus.key", "x").unwrap_err().message(), "Unknown configuration key: bogus.key");
+        assert!(validate_key("raw.lxc", "x").is_err());
+        assert!(validate_key("security.privileged", "maybe").is_err());
+        let cur: StringMap = [("volatile.uuid".to_string(), "u".to_string())].into();
+        assert!(validate_config(&cur, &cur).is_ok());
+        let changed: StringMap = [("volatile.uuid".to_string(), "v".to_string())].into();
+        assert!(validate_config(&changed, &cur).is_err());
+    }
+
+    #[test]
+    fn expansion_order() {
+        let mut all = BTreeMap::new();
+        let p = |k: &str, v: &str| super::super::db::ProfileRecord {
+            config: [(k.to_string(), v.to_string())].into(),
+            ..Default::default()
+        };
+        all.insert("a".to_string(), p("user.x", "a"));
+        all.insert("b".to_string(), p("user.x", "b"));
+        let (c, _) = expand(&["a".into(), "b".into()], &all, &StringMap::new(), &Devices::new());
+        assert_eq!(c["user.x"], "b");
+        let own: StringMap = [("user.x".to_string(), "own".to_string())].into();
+        let (c, _) = expand(&["a".into(), "b".into()], &all, &own, &Devices::new());
+        assert_eq!(c["user.x"], "own");
+    }
+
+    #[test]
+    fn limits_translate() {
+        let c: StringMap = [
+            ("limits.memory".to_string(), "64MiB".to_string()),
+            ("limits.processes".to_string(), "20".to_string()),
+            ("limits.cpu.allowance".to_string(), "25ms/100ms".to_string()),
+        ]
+        .into();
+        let l = limits(&c, 1 << 30, 2).unwrap();
+        assert_eq!(l.memory, Some(64 << 20));
+        assert_eq!(l.pids, Some(20));
+        assert_eq!(l.cpu_quota, Some((25_000, 100_000)));
+    }
+}

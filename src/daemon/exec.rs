@@ -1,0 +1,331 @@
+//! `POST /1.0/instances/NAME/exec`: a websocket operation per LXD's protocol.
+//!
+//! Non-interactive: sockets "0", "1", "2" (+ optional "control"); data in binary frames, an empty
+//! text frame marks the end of a stream. Interactive: socket "0" mirrors a pty allocated inside
+//! the container, plus "control" for window-resize and signals. The exit code is the operation's
+//! `metadata.return`. A client that goes away mid-stream gets its command killed.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::operations::{secret, Class, Op};
+use super::response::{self, Error, Result};
+use super::routes::json;
+use super::{config, Daemon};
+use crate::api::{self, StringMap};
+use crate::http::{ws, Request, Response, Stream};
+use crate::runtime::{self, State};
+
+/// Time the client has to connect the required websockets (LXD: 5 s).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn default_env(uid: u32) -> StringMap {
+    let mut e = StringMap::new();
+    e.insert("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    e.insert("LANG".into(), "C.UTF-8".into());
+    if uid == 0 {
+        e.insert("HOME".into(), "/root".into());
+        e.insert("USER".into(), "root".into());
+    }
+    e
+}
+
+pub fn exec(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
+    let body: api::InstanceExecPost = json(req)?;
+    let rec = d.db.lock().expect("db lock").data.instances.get(name).cloned().ok_or_else(|| Error::NotFound("Instance not found".into()))?;
+    if body.command.is_empty() {
+        return Err(Error::BadRequest("Command is empty".into()));
+    }
+    match runtime::state(&d.run_dir(name)) {
+        Ok(State::Running { frozen: false, .. }) => {}
+        Ok(State::Running { frozen: true, .. }) => return Err(Error::BadRequest("Instance is frozen".into())),
+        _ => return Err(Error::BadRequest("Instance is not running".into())),
+    }
+    let (ec, _) = {
+        let db = d.db.lock().expect("db lock");
+        config::expand(&rec.profiles, &db.data.profiles, &rec.config, &rec.devices)
+    };
+    let mut env = default_env(body.user);
+    for (k, v) in &ec {
+        if let Some(var) = k.strip_prefix("environment.") {
+            env.insert(var.to_string(), v.clone());
+        }
+    }
+    env.extend(body.environment.clone());
+    let cwd = if body.cwd.is_empty() { env.get("HOME").cloned().unwrap_or_else(|| "/".into()) } else { body.cwd.clone() };
+    let spec = runtime::ExecSpec {
+        argv: body.command.clone(),
+        env: env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        cwd,
+        uid: body.user,
+        gid: body.group,
+        pty: body.interactive.then(|| (clamp(body.width, 80), clamp(body.height, 24))),
+    };
+    let mut resources = BTreeMap::new();
+    resources.insert("containers".into(), vec![format!("/1.0/containers/{name}")]);
+    resources.insert("instances".into(), vec![format!("/1.0/instances/{name}")]);
+    let run_dir = d.run_dir(name);
+    let log_dir = d.log_dir(name);
+    if !body.wait_for_websocket {
+        let meta = serde_json::json!({"command": body.command, "environment": env, "interactive": false});
+        let record = body.record_output;
+        let name = name.to_string();
+        let op = d.ops.start(Class::Task, "Executing command", resources, Some(meta), vec![], move |op| {
+            run_detached(&op, &run_dir, &log_dir, &name, &spec, record)
+        });
+        return Ok(response::operation(&op.to_api()));
+    }
+    let mut fds = serde_json::Map::new();
+    let names: &[&str] = if body.interactive { &["0", "control"] } else { &["0", "1", "2", "control"] };
+    let mut secrets = BTreeMap::new();
+    for n in names {
+        let s = secret();
+        fds.insert((*n).to_string(), serde_json::json!(s));
+        secrets.insert((*n).to_string(), s);
+    }
+    let meta = serde_json::json!({"fds": fds, "command": body.command, "environment": env, "interactive": body.interactive});
+    let all: Vec<String> = secrets.values().cloned().collect();
+    let op = d.ops.start(Class::Websocket, "Executing command", resources, Some(meta), all, move |op| {
+        run_attached(&op, &run_dir, &spec, &secrets)
+    });
+    Ok(response::operation(&op.to_api()))
+}
+
+fn clamp(v: i64, default: u16) -> u16 {
+    if v <= 0 {
+        default
+    } else {
+        u16::try_from(v).unwrap_or(u16::MAX)
+    }
+}
+
+fn waitpid_code(pid: i32) -> Result<i32> {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    loop {
+        match waitpid(nix::unistd::Pid::from_raw(pid), None) {
+            Ok(WaitStatus::Exited(_, c)) => return Ok(c),
+            Ok(WaitStatus::Signaled(_, s, _)) => return Ok(128 + s as i32),
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(Error::Internal(format!("waiting for exec helper: {e}"))),
+        }
+    }
+}
+
+/// A handle for signalling the exec helper that can never hit a recycled pid.
+#[derive(Clone)]
+struct Killer(Arc<OwnedFd>);
+
+impl Killer {
+    fn new(pid: i32) -> Result<Killer> {
+        let p = rustix::process::Pid::from_raw(pid).ok_or_else(|| Error::Internal("bad pid".into()))?;
+        let fd = rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
+            .map_err(|e| Error::Internal(format!("pidfd_open: {e}")))?;
+        Ok(Killer(Arc::new(fd)))
+    }
+    fn kill(&self, sig: i32) {
+        if let Some(s) = rustix::process::Signal::from_named_raw(sig) {
+            let _ = rustix::process::pidfd_send_signal(&*self.0, s);
+        }
+    }
+}
+
+/// `wait-for-websocket: false`: no I/O, optionally recorded to log files.
+fn run_detached(op: &Arc<Op>, run_dir: &std::path::Path, log_dir: &std::path::Path, name: &str, spec: &runtime::ExecSpec, record: bool) -> Result<()> {
+    let devnull = |w: bool| -> Result<OwnedFd> {
+        std::fs::OpenOptions::new().read(!w).write(w).open("/dev/null").map(OwnedFd::from).map_err(|e| Error::Internal(e.to_string()))
+    };
+    let (out, err) = if record {
+        std::fs::create_dir_all(log_dir).map_err(|e| Error::Internal(e.to_string()))?;
+        let f = |ext: &str| -> Result<OwnedFd> {
+            let p = log_dir.join(format!("exec_{}.{ext}", op.id));
+            std::fs::File::create(&p).map(OwnedFd::from).map_err(|e| Error::Internal(format!("{}: {e}", p.display())))
+        };
+        (f("stdout")?, f("stderr")?)
+    } else {
+        (devnull(true)?, devnull(true)?)
+    };
+    let mut spec = spec.clone();
+    spec.pty = None;
+    let p = runtime::exec(run_dir, &spec, Some(runtime::ExecStdio { stdin: devnull(false)?, stdout: out, stderr: err }))?;
+    let code = waitpid_code(p.pid)?;
+    if record {
+        op.set_metadata(
+            "output",
+            serde_json::json!({
+                "1": format!("/1.0/instances/{name}/logs/exec_{}.stdout", op.id),
+                "2": format!("/1.0/instances/{name}/logs/exec_{}.stderr", op.id),
+            }),
+        );
+    }
+    op.set_metadata("return", serde_json::json!(code));
+    Ok(())
+}
+
+/// Pump one readable fd into a websocket as binary frames, then the empty-text barrier.
+fn pump_out(mut src: std::fs::File, tx: ws::Sender) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match src.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if tx.send_binary(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break, // EIO from a pty master when the slave side closed
+            }
+        }
+        let _ = tx.send_text("");
+    })
+}
+
+fn run_attached(op: &Arc<Op>, run_dir: &std::path::Path, spec: &runtime::ExecSpec, secrets: &BTreeMap<String, String>) -> Result<()> {
+    let interactive = spec.pty.is_some();
+    let required: Vec<String> =
+        if interactive { vec![secrets["0"].clone()] } else { ["0", "1", "2"].iter().map(|k| secrets[*k].clone()).collect() };
+    let mut socks = op.take_sockets(&required, CONNECT_TIMEOUT).ok_or_else(|| Error::Internal("Timed out waiting for websockets to connect".into()))?;
+    let control = socks.remove(&secrets["control"]).or_else(|| op.take_late_socket(&secrets["control"], Duration::from_millis(100)));
+    let split = |s: Box<dyn Stream>| ws::split(s, ws::Role::Server).map_err(|e| Error::Internal(format!("websocket: {e}")));
+    let (tx0, mut rx0) = split(socks.remove(&secrets["0"]).expect("required socket"))?;
+    let _ = tx0.ping();
+
+    if interactive {
+        let p = runtime::exec(run_dir, spec, None)?;
+        let master = p.pty_master.ok_or_else(|| Error::Internal("exec helper returned no pty".into()))?;
+        let master_file = std::fs::File::from(master);
+        let reader = master_file.try_clone().map_err(|e| Error::Internal(e.to_string()))?;
+        let out = pump_out(reader, tx0.clone());
+        let mut writer = master_file.try_clone().map_err(|e| Error::Internal(e.to_string()))?;
+        let pid = p.pid;
+        let inp = std::thread::spawn(move || {
+            while let Ok(m) = rx0.recv() {
+                match m {
+                    ws::Message::Binary(b) => {
+                        if writer.write_all(&b).is_err() {
+                            break;
+                        }
+                    }
+                    ws::Message::Text(t) if t.is_empty() => break,
+                    ws::Message::Text(t) => {
+                        let _ = writer.write_all(t.as_bytes());
+                    }
+                    ws::Message::Close(_) => break,
+                }
+            }
+        });
+        let resize = OwnedFd::from(master_file);
+        let killer = Killer::new(pid)?;
+        let ctl = control.and_then(|c| control_loop(c, killer, Some(resize)));
+        let code = waitpid_code(pid)?;
+        let _ = out.join();
+        op.set_metadata("return", serde_json::json!(code));
+        tx0.close(1000).ok();
+        tx0.shutdown();
+        let _ = inp.join();
+        if let Some((tx, h)) = ctl {
+            tx.close(1000).ok();
+            tx.shutdown();
+            let _ = h.join();
+        }
+        return Ok(());
+    }
+
+    let (tx1, rx1) = split(socks.remove(&secrets["1"]).expect("required socket"))?;
+    let (tx2, rx2) = split(socks.remove(&secrets["2"]).expect("required socket"))?;
+    let _ = tx1.ping();
+    let _ = tx2.ping();
+    let pipe = || nix::unistd::pipe().map_err(|e| Error::Internal(format!("pipe: {e}")));
+    let (in_r, in_w) = pipe()?;
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let p = runtime::exec(run_dir, spec, Some(runtime::ExecStdio { stdin: in_r, stdout: out_w, stderr: err_w }))?;
+    let pid = p.pid;
+    let killer = Killer::new(pid)?;
+    let o1 = pump_out(std::fs::File::from(out_r), tx1.clone());
+    let o2 = pump_out(std::fs::File::from(err_r), tx2.clone());
+    let mut stdin = std::fs::File::from(in_w);
+    let inp = std::thread::spawn(move || {
+        while let Ok(m) = rx0.recv() {
+            match m {
+                ws::Message::Binary(b) => {
+                    if stdin.write_all(&b).is_err() {
+                        break;
+                    }
+                }
+                ws::Message::Text(t) if t.is_empty() => break,
+                ws::Message::Text(t) => {
+                    let _ = stdin.write_all(t.as_bytes());
+                }
+                ws::Message::Close(_) => break,
+            }
+        }
+        // Dropping stdin closes the command's stdin.
+    });
+    // Anything read on the output sockets means the client went away: kill the command.
+    let watch = |mut rx: ws::Receiver, k: Killer| {
+        std::thread::spawn(move || {
+            if rx.recv().is_ok() {
+                k.kill(libc::SIGKILL);
+            }
+        })
+    };
+    let w1 = watch(rx1, killer.clone());
+    let w2 = watch(rx2, killer.clone());
+    let ctl = control.and_then(|c| control_loop(c, killer, None));
+    let code = waitpid_code(pid)?;
+    let _ = o1.join();
+    let _ = o2.join();
+    op.set_metadata("return", serde_json::json!(code));
+    for tx in [&tx0, &tx1, &tx2] {
+        let _ = tx.close(1000);
+        tx.shutdown();
+    }
+    if let Some((tx, h)) = ctl {
+        let _ = tx.close(1000);
+        tx.shutdown();
+        let _ = h.join();
+    }
+    let _ = inp.join();
+    let _ = w1.join();
+    let _ = w2.join();
+    Ok(())
+}
+
+/// Handle control messages: window-resize (pty only) and signals. If the control socket closes
+/// while the command runs, the command is killed (LXD semantics).
+fn control_loop(stream: Box<dyn Stream>, killer: Killer, pty: Option<OwnedFd>) -> Option<(ws::Sender, std::thread::JoinHandle<()>)> {
+    let (tx, mut rx) = ws::split(stream, ws::Role::Server).ok()?;
+    let h = std::thread::spawn(move || {
+        loop {
+            match rx.recv() {
+                Ok(ws::Message::Text(t)) if !t.is_empty() => {
+                    let Ok(c) = serde_json::from_str::<api::InstanceExecControl>(&t) else { continue };
+                    match c.command.as_str() {
+                        "signal" => killer.kill(c.signal),
+                        "window-resize" => {
+                            let w = c.args.get("width").and_then(|v| v.parse().ok()).unwrap_or(80);
+                            let h = c.args.get("height").and_then(|v| v.parse().ok()).unwrap_or(24);
+                            if let Some(p) = &pty {
+                                let _ = runtime::resize_pty(p, w, h);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(ws::Message::Close(_)) | Err(_) => {
+                    // The pidfd keeps this safe after the helper was reaped.
+                    killer.kill(libc::SIGKILL);
+                    break;
+                }
+                Ok(_) => {}
+            }
+        }
+    });
+    Some((tx, h))
+}

@@ -1,0 +1,214 @@
+//! Id maps: the host range, each container's map (shared, isolated, `raw.idmap` holes) and the
+//! `volatile.idmap.*` JSON that LXD clients expect.
+
+use serde::{Deserialize, Serialize};
+
+use super::response::{Error, Result};
+use crate::api::StringMap;
+use crate::runtime::IdMapEntry;
+
+/// Ids a container gets unless `security.idmap.size` says otherwise.
+pub const DEFAULT_SIZE: u32 = 65536;
+
+/// LXD's JSON shape for one map line (Go field names, no json tags upstream).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    #[serde(rename = "Isuid")]
+    pub isuid: bool,
+    #[serde(rename = "Isgid")]
+    pub isgid: bool,
+    #[serde(rename = "Hostid")]
+    pub hostid: u32,
+    #[serde(rename = "Nsid")]
+    pub nsid: u32,
+    #[serde(rename = "Maprange")]
+    pub maprange: u32,
+}
+
+/// The host range for one kind (`/etc/subuid` or `/etc/subgid`): root's first entry of at least
+/// 65536 ids, else 1000000 + 1000000000.
+pub fn host_range(file: &str) -> (u32, u32) {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    for line in text.lines() {
+        let mut f = line.trim().split(':');
+        let (Some(who), Some(start), Some(count)) = (f.next(), f.next(), f.next()) else { continue };
+        if who != "root" && who != "0" {
+            continue;
+        }
+        if let (Ok(s), Ok(c)) = (start.parse::<u32>(), count.parse::<u32>()) {
+            if c >= DEFAULT_SIZE {
+                return (s, c);
+            }
+        }
+    }
+    (1_000_000, 1_000_000_000)
+}
+
+/// A container's full map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Map {
+    pub uid: Vec<IdMapEntry>,
+    pub gid: Vec<IdMapEntry>,
+}
+
+impl Map {
+    /// LXD's volatile JSON.
+    pub fn to_volatile(&self) -> String {
+        let mut v: Vec<Entry> = Vec::new();
+        let mut push = |e: &IdMapEntry, isuid: bool| {
+            v.push(Entry { isuid, isgid: !isuid, hostid: e.hostid, nsid: e.nsid, maprange: e.count });
+        };
+        for e in &self.uid {
+            push(e, true);
+        }
+        for e in &self.gid {
+            push(e, false);
+        }
+        serde_json::to_string(&v).expect("idmap serializes")
+    }
+
+    pub fn from_volatile(s: &str) -> Option<Map> {
+        let v: Vec<Entry> = serde_json::from_str(s).ok()?;
+        let mut m = Map { uid: vec![], gid: vec![] };
+        for e in v {
+            let x = IdMapEntry { nsid: e.nsid, hostid: e.hostid, count: e.maprange };
+            if e.isuid {
+                m.uid.push(x);
+            }
+            if e.isgid {
+                m.gid.push(x);
+            }
+        }
+        Some(m)
+    }
+}
+
+/// `raw.idmap` lines: `both|uid|gid HOST NS` with optional `a-b` ranges of equal length.
+pub fn parse_raw(raw: &str) -> Result<Vec<(bool, bool, IdMapEntry)>> {
+    let mut out = Vec::new();
+    for (i, line) in raw.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = || Error::BadRequest(format!("Invalid raw.idmap line {}: {line:?}", i + 1));
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() != 3 {
+            return Err(bad());
+        }
+        let (u, g) = match f[0] {
+            "both" => (true, true),
+            "uid" => (true, false),
+            "gid" => (false, true),
+            _ => return Err(bad()),
+        };
+        let range = |s: &str| -> Option<(u32, u32)> {
+            match s.split_once('-') {
+                Some((a, b)) => {
+                    let (a, b) = (a.parse::<u32>().ok()?, b.parse::<u32>().ok()?);
+                    (a <= b).then_some((a, b - a + 1))
+                }
+                None => Some((s.parse().ok()?, 1)),
+            }
+        };
+        let (h, hn) = range(f[1]).ok_or_else(bad)?;
+        let (n, nn) = range(f[2]).ok_or_else(bad)?;
+        if hn != nn {
+            return Err(bad());
+        }
+        out.push((u, g, IdMapEntry { nsid: n, hostid: h, count: hn }));
+    }
+    Ok(out)
+}
+
+/// `base -> [0, size)` with the `raw` entries punched in.
+fn build(base: u32, size: u32, raw: &[IdMapEntry]) -> Vec<IdMapEntry> {
+    let mut holes: Vec<(u32, u32)> = raw.iter().map(|e| (e.nsid, e.nsid.saturating_add(e.count))).collect();
+    holes.sort();
+    let mut out = Vec::new();
+    let mut cur = 0u32;
+    for (a, b) in holes {
+        if a > cur && cur < size {
+            let end = a.min(size);
+            out.push(IdMapEntry { nsid: cur, hostid: base + cur, count: end - cur });
+        }
+        cur = cur.max(b);
+    }
+    if cur < size {
+        out.push(IdMapEntry { nsid: cur, hostid: base + cur, count: size - cur });
+    }
+    out.extend_from_slice(raw);
+    out.sort_by_key(|e| e.nsid);
+    out
+}
+
+/// Compute an instance's map from its expanded config; `taken` are the bases of other isolated
+/// instances (so isolated ranges never overlap).
+pub fn compute(config: &StringMap, taken: &[u32]) -> Result<Map> {
+    let (ubase, ucount) = host_range("/etc/subuid");
+    let (gbase, gcount) = host_range("/etc/subgid");
+    let get = |k: &str| config.get(k).map(String::as_str).filter(|v| !v.is_empty());
+    let size: u32 = match get("security.idmap.size") {
+        Some(v) => v.parse().map_err(|_| Error::BadRequest(format!("Invalid security.idmap.size {v:?}")))?,
+        None => DEFAULT_SIZE,
+    };
+    let isolated = get("security.idmap.isolated").is_some_and(|v| v == "true");
+    let offset: u32 = if let Some(b) = get("security.idmap.base") {
+        let b: u32 = b.parse().map_err(|_| Error::BadRequest(format!("Invalid security.idmap.base {b:?}")))?;
+        b.checked_sub(ubase).ok_or_else(|| Error::BadRequest("security.idmap.base is below the host's range".into()))?
+    } else if isolated {
+        // First free slot of `size` ids after the shared range.
+        let mut k = 1u32;
+        loop {
+            let off = k.checked_mul(size.max(DEFAULT_SIZE)).ok_or_else(|| Error::Conflict("no free id range left".into()))?;
+            if !taken.contains(&(ubase + off)) {
+                break off;
+            }
+            k += 1;
+        }
+    } else {
+        0
+    };
+    if offset.checked_add(size).is_none_or(|end| end > ucount.min(gcount)) {
+        return Err(Error::BadRequest(format!("Not enough ids in the host range for a map of {size}")));
+    }
+    let raw = parse_raw(get("raw.idmap").unwrap_or(""))?;
+    let ru: Vec<IdMapEntry> = raw.iter().filter(|r| r.0).map(|r| r.2).collect();
+    let rg: Vec<IdMapEntry> = raw.iter().filter(|r| r.1).map(|r| r.2).collect();
+    Ok(Map { uid: build(ubase + offset, size, &ru), gid: build(gbase + offset, size, &rg) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_punches_holes() {
+        let m = build(1_000_000, 65536, &[IdMapEntry { nsid: 1000, hostid: 1000, count: 1 }]);
+        assert_eq!(
+            m,
+            vec![
+                IdMapEntry { nsid: 0, hostid: 1_000_000, count: 1000 },
+                IdMapEntry { nsid: 1000, hostid: 1000, count: 1 },
+                IdMapEntry { nsid: 1001, hostid: 1_001_001, count: 64535 },
+            ]
+        );
+    }
+
+    #[test]
+    fn parses_raw() {
+        let r = parse_raw("both 1000 1000\nuid 50-52 500-502\n").unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[1], (true, false, IdMapEntry { nsid: 500, hostid: 50, count: 3 }));
+        assert!(parse_raw("both 1-3 1-2").is_err());
+        assert!(parse_raw("all 1 1").is_err());
+    }
+
+    #[test]
+    fn volatile_round_trip() {
+        let m = Map { uid: vec![IdMapEntry { nsid: 0, hostid: 1_000_000, count: 65536 }], gid: vec![IdMapEntry { nsid: 0, hostid: 1_000_000, count: 65536 }] };
+        let s = m.to_volatile();
+        assert_eq!(s, r#"[{"Isuid":true,"Isgid":false,"Hostid":1000000,"Nsid":0,"Maprange":65536},{"Isuid":false,"Isgid":true,"Hostid":1000000,"Nsid":0,"Maprange":65536}]"#);
+        assert_eq!(Map::from_volatile(&s).unwrap(), m);
+    }
+}

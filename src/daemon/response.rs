@@ -1,0 +1,204 @@
+//! The single place where results become HTTP responses: LXD's envelope (sync, async, error)
+//! and the error -> status mapping.
+
+use serde::Serialize;
+
+use crate::api;
+use crate::http::{Body, Response};
+
+/// A request failure, by the HTTP status it maps to. Messages follow LXD's wording.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    BadRequest(String),
+    Forbidden(String),
+    NotFound(String),
+    MethodNotAllowed(String),
+    Conflict(String),
+    PreconditionFailed(String),
+    PayloadTooLarge(String),
+    Internal(String),
+    NotImplemented(String),
+}
+
+impl Error {
+    pub fn status(&self) -> u16 {
+        match self {
+            Error::BadRequest(_) => 400,
+            Error::Forbidden(_) => 403,
+            Error::NotFound(_) => 404,
+            Error::MethodNotAllowed(_) => 405,
+            Error::Conflict(_) => 409,
+            Error::PreconditionFailed(_) => 412,
+            Error::PayloadTooLarge(_) => 413,
+            Error::Internal(_) => 500,
+            Error::NotImplemented(_) => 501,
+        }
+    }
+    pub fn message(&self) -> &str {
+        match self {
+            Error::BadRequest(m)
+            | Error::Forbidden(m)
+            | Error::NotFound(m)
+            | Error::MethodNotAllowed(m)
+            | Error::Conflict(m)
+            | Error::PreconditionFailed(m)
+            | Error::PayloadTooLarge(m)
+            | Error::Internal(m)
+            | Error::NotImplemented(m) => m,
+        }
+    }
+    /// "not supported yet: WHAT" as a 501.
+    pub fn not_yet(what: &str) -> Error {
+        Error::NotImplemented(format!("not supported yet: {what}"))
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<crate::image::Error> for Error {
+    fn from(e: crate::image::Error) -> Error {
+        use crate::image::Error as I;
+        match e {
+            I::NotFound(m) => Error::NotFound(m),
+            I::Conflict(m) => Error::Conflict(m),
+            I::BadRequest(m) => Error::BadRequest(m),
+            I::Internal(m) => Error::Internal(m),
+        }
+    }
+}
+
+impl From<crate::runtime::Error> for Error {
+    fn from(e: crate::runtime::Error) -> Error {
+        if e.0.starts_with("not supported yet") {
+            Error::NotImplemented(e.0)
+        } else {
+            Error::Internal(e.0)
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn envelope(kind: &str, status: u16, operation: String, error_code: u16, error: String, metadata: serde_json::Value) -> Vec<u8> {
+    let r = api::Response {
+        kind: kind.to_string(),
+        status: if kind == "error" { String::new() } else { api::status::name(status).to_string() },
+        status_code: if kind == "error" { 0 } else { status },
+        operation,
+        error_code,
+        error,
+        metadata,
+    };
+    serde_json::to_vec(&r).expect("an envelope always serializes")
+}
+
+/// A sync 200 response.
+pub fn sync<T: Serialize>(metadata: &T) -> Response {
+    sync_etag(metadata, None)
+}
+
+/// A sync 200 response with an ETag header.
+pub fn sync_etag<T: Serialize>(metadata: &T, etag: Option<String>) -> Response {
+    let value = serde_json::to_value(metadata).unwrap_or(serde_json::Value::Null);
+    let body = envelope("sync", api::status::SUCCESS, String::new(), 0, String::new(), value);
+    let mut r = Response::json(200, body);
+    if let Some(e) = etag {
+        r = r.header("ETag", &format!("\"{e}\""));
+    }
+    r
+}
+
+/// A sync 201 with a `Location` header (created objects).
+pub fn created(location: &str) -> Response {
+    let body = envelope("sync", api::status::SUCCESS, String::new(), 0, String::new(), serde_json::json!({}));
+    Response::json(201, body).header("Location", location)
+}
+
+/// An empty sync 200.
+pub fn empty() -> Response {
+    sync(&serde_json::json!({}))
+}
+
+/// An async 202 for an operation.
+pub fn operation(op: &api::Operation) -> Response {
+    let url = format!("/1.0/operations/{}", op.id);
+    let value = serde_json::to_value(op).unwrap_or(serde_json::Value::Null);
+    let body = envelope("async", api::status::OPERATION_CREATED, url.clone(), 0, String::new(), value);
+    Response::json(202, body).header("Location", &url)
+}
+
+/// An error response.
+pub fn error(e: &Error) -> Response {
+    let body = envelope("error", 0, String::new(), e.status(), e.message().to_string(), serde_json::Value::Null);
+    Response::json(e.status(), body)
+}
+
+/// The ETag of a value: sha256 of its JSON, hex (as LXD's `util.EtagHash`).
+pub fn etag<T: Serialize>(v: &T) -> String {
+    let data = serde_json::to_vec(v).unwrap_or_default();
+    hex(ring::digest::digest(&ring::digest::SHA256, &data).as_ref())
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    s
+}
+
+/// Check `If-Match` against the current ETag: a mismatch is a 412.
+pub fn check_etag(if_match: Option<&str>, current: &str) -> Result<()> {
+    match if_match {
+        Some(v) if !v.trim().is_empty() => {
+            let v = v.trim().trim_matches('"');
+            if v == current {
+                Ok(())
+            } else {
+                Err(Error::PreconditionFailed("ETag doesn't match".into()))
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Parse a JSON request body, with LXD-style errors.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
+    serde_json::from_slice(body).map_err(|e| Error::BadRequest(format!("Failed to parse request: {e}")))
+}
+
+/// A raw (non-JSON) body response.
+pub fn raw(status: u16, content_type: &str, body: Body) -> Response {
+    Response::new(status).header("Content-Type", content_type).body(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_envelope_has_all_keys() {
+        let body = envelope("error", 0, String::new(), 404, "Instance not found".into(), serde_json::Value::Null);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"error","status":"","status_code":0,"operation":"","error_code":404,"error":"Instance not found","metadata":null})
+        );
+    }
+
+    #[test]
+    fn etag_check() {
+        assert!(check_etag(None, "abc").is_ok());
+        assert!(check_etag(Some("\"abc\""), "abc").is_ok());
+        assert_eq!(check_etag(Some("\"abd\""), "abc").unwrap_err().status(), 412);
+    }
+}

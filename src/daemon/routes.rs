@@ -1,0 +1,157 @@
+//! The endpoint table: path -> handler. Handlers parse the request, call the core and render;
+//! every error becomes LXD's error envelope in one place (`response::error`).
+
+use super::response::{self, Error, Result};
+use super::{endpoints, instances, Daemon};
+use crate::http::{Request, Response};
+
+/// Largest JSON body accepted (instance configs, profiles...).
+pub const MAX_JSON: usize = 8 << 20;
+
+/// Entry point for every request.
+pub fn handle(d: &Daemon, req: &mut Request) -> Response {
+    match route(d, req) {
+        Ok(r) => r,
+        Err(e) => response::error(&e),
+    }
+}
+
+/// Read and parse a JSON body.
+pub fn json<T: serde::de::DeserializeOwned>(req: &mut Request) -> Result<T> {
+    let body = req.read_body(MAX_JSON).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::InvalidData {
+            Error::PayloadTooLarge(format!("Request body larger than {MAX_JSON} bytes"))
+        } else {
+            Error::BadRequest(format!("Failed to read request body: {e}"))
+        }
+    })?;
+    response::parse_json(&body)
+}
+
+fn not_allowed(method: &str) -> Error {
+    Error::MethodNotAllowed(format!("method {method} not allowed"))
+}
+
+fn route(d: &Daemon, req: &mut Request) -> Result<Response> {
+    let path = req.path.trim_end_matches('/').to_string();
+    let segs: Vec<&str> = path.split('/').skip(1).collect();
+    let method = req.method.clone();
+    let m = method.as_str();
+    if segs.is_empty() || segs[0].is_empty() {
+        return match m {
+            "GET" | "HEAD" => Ok(response::sync(&vec!["/1.0"])),
+            _ => Err(not_allowed(m)),
+        };
+    }
+    if segs[0] != "1.0" {
+        return Err(Error::NotFound("not found".into()));
+    }
+    let rest = &segs[1..];
+    match rest {
+        [] => match m {
+            "GET" | "HEAD" => endpoints::server_get(d),
+            "PUT" => endpoints::server_put(d, req, false),
+            "PATCH" => endpoints::server_put(d, req, true),
+            _ => Err(not_allowed(m)),
+        },
+        ["events"] => endpoints::events(d, req),
+        ["operations"] => match m {
+            "GET" => endpoints::operations_list(d, req),
+            _ => Err(not_allowed(m)),
+        },
+        ["operations", id] => match m {
+            "GET" => endpoints::operation_get(d, id),
+            "DELETE" => endpoints::operation_cancel(d, id),
+            _ => Err(not_allowed(m)),
+        },
+        ["operations", id, "wait"] => match m {
+            "GET" => endpoints::operation_wait(d, req, id),
+            _ => Err(not_allowed(m)),
+        },
+        ["operations", id, "websocket"] => match m {
+            "GET" => endpoints::operation_websocket(d, req, id),
+            _ => Err(not_allowed(m)),
+        },
+        ["instances" | "containers"] => match m {
+            "GET" => instances::list(d, req),
+            "POST" => instances::create(d, req),
+            _ => Err(not_allowed(m)),
+        },
+        ["instances" | "containers", name, sub @ ..] => {
+            let name = name.to_string();
+            instances::route(d, req, &name, sub)
+        }
+        ["profiles"] => match m {
+            "GET" => endpoints::profiles_list(d, req),
+            "POST" => endpoints::profile_create(d, req),
+            _ => Err(not_allowed(m)),
+        },
+        ["profiles", name] => match m {
+            "GET" => endpoints::profile_get(d, name),
+            "PUT" => endpoints::profile_put(d, req, name, false),
+            "PATCH" => endpoints::profile_put(d, req, name, true),
+            "POST" => endpoints::profile_rename(d, req, name),
+            "DELETE" => endpoints::profile_delete(d, name),
+            _ => Err(not_allowed(m)),
+        },
+        ["images"] => match m {
+            "GET" => endpoints::images_list(d, req),
+            "POST" => endpoints::image_create(d, req),
+            _ => Err(not_allowed(m)),
+        },
+        ["images", "aliases"] => match m {
+            "GET" => endpoints::aliases_list(d, req),
+            "POST" => endpoints::alias_create(d, req),
+            _ => Err(not_allowed(m)),
+        },
+        ["images", "aliases", name] => match m {
+            "GET" => endpoints::alias_get(d, name),
+            "PUT" => endpoints::alias_put(d, req, name),
+            "PATCH" => endpoints::alias_put(d, req, name),
+            "POST" => endpoints::alias_rename(d, req, name),
+            "DELETE" => endpoints::alias_delete(d, name),
+            _ => Err(not_allowed(m)),
+        },
+        ["images", fp] => match m {
+            "GET" => endpoints::image_get(d, fp),
+            "PUT" => endpoints::image_put(d, req, fp, false),
+            "PATCH" => endpoints::image_put(d, req, fp, true),
+            "DELETE" => endpoints::image_delete(d, fp),
+            _ => Err(not_allowed(m)),
+        },
+        ["images", fp, "export"] => match m {
+            "GET" => endpoints::image_export(d, fp),
+            _ => Err(not_allowed(m)),
+        },
+        ["images", _fp, "secret" | "refresh"] => Err(Error::not_yet("image secrets and refresh")),
+        ["storage-pools"] => match m {
+            "GET" => endpoints::pools_list(d, req),
+            "POST" => Err(Error::not_yet("creating storage pools")),
+            _ => Err(not_allowed(m)),
+        },
+        ["storage-pools", name] => match m {
+            "GET" => endpoints::pool_get(d, name),
+            _ => Err(Error::not_yet("changing storage pools")),
+        },
+        ["storage-pools", name, "resources"] => endpoints::pool_resources(d, name),
+        ["networks"] => match m {
+            "GET" => endpoints::networks_list(d, req),
+            _ => Err(Error::not_yet("managed networks")),
+        },
+        ["networks", name] => match m {
+            "GET" => endpoints::network_get(d, name),
+            _ => Err(Error::not_yet("managed networks")),
+        },
+        ["certificates"] => match m {
+            "GET" => endpoints::certificates_list(req),
+            _ => Err(Error::not_yet("certificates and HTTPS remotes")),
+        },
+        ["projects"] | ["projects", ..] => Err(Error::NotFound("not found".into())),
+        _ => Err(Error::NotFound("not found".into())),
+    }
+}
+
+/// `recursion` query value (0 when absent or invalid).
+pub fn recursion(req: &Request) -> u32 {
+    req.query("recursion").and_then(|v| v.parse().ok()).unwrap_or(0)
+}

@@ -1,0 +1,60 @@
+"""pylxd 2.4.2 against bivy (LXD_DIR=<bivy dir>): instances, exec, files, config, state,
+profiles, operations. Run by tests/pylxd.rs; exits non-zero with a message on the first failure."""
+import os
+import sys
+import time
+
+import pylxd
+
+
+def check(cond, what):
+    if not cond:
+        print("FAILED:", what, file=sys.stderr)
+        sys.exit(1)
+
+
+client = pylxd.Client()
+check(client.server_clustered is False, "server info")
+check(client.has_api_extension("instances"), "api_extensions")
+
+name = "py1"
+config = {"name": name, "source": {"type": "image", "alias": "busybox"}, "config": {"limits.memory": "256MiB"}}
+inst = client.instances.create(config, wait=True)
+check(inst.name == name, "create")
+inst.start(wait=True)
+inst.sync()
+check(inst.status == "Running", f"start: {inst.status}")
+
+res = inst.execute(["sh", "-c", "echo out; echo err >&2; exit 3"])
+check(res.exit_code == 3, f"exit code {res.exit_code}")
+check(res.stdout == "out\n", f"stdout {res.stdout!r}")
+check(res.stderr == "err\n", f"stderr {res.stderr!r}")
+
+inst.files.put("/root/from-pylxd", b"pylxd data\n")
+check(inst.files.get("/root/from-pylxd") == b"pylxd data\n", "files get")
+
+inst.config["user.pylxd"] = "yes"
+inst.save(wait=True)
+inst2 = client.instances.get(name)
+check(inst2.config.get("user.pylxd") == "yes", "config save")
+
+state = inst.state()
+check(state.status == "Running" and state.pid > 0, f"state {state.status} {state.pid}")
+
+prof = client.profiles.create("pyprof", config={"user.x": "1"})
+check(client.profiles.exists("pyprof"), "profile create")
+prof.delete()
+check(not client.profiles.exists("pyprof"), "profile delete")
+
+# operations/<id>/wait through the raw API.
+resp = client.api.instances[name].state.put(json={"action": "stop", "timeout": 30, "force": True})
+op_url = resp.json()["operation"]
+op_id = op_url.rsplit("/", 1)[-1]
+waited = client.api.operations[op_id].wait.get(params={"timeout": 30}).json()["metadata"]
+check(waited["status"] == "Success", f"operation wait {waited}")
+inst.sync()
+check(inst.status == "Stopped", f"stop: {inst.status}")
+
+inst.delete(wait=True)
+check(not client.instances.exists(name), "delete")
+print("pylxd ok")
