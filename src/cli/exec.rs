@@ -13,8 +13,8 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::SignalFd;
 
 use super::{client, fail, instance_path, local, parse, term, CmdResult, Fail};
-use crate::api::{InstanceExecPost, Operation, StringMap};
-use crate::client::operation_return;
+use crate::api::{InstanceExecPost, StringMap};
+use crate::client::{operation_return, Client};
 use crate::http::ws::{Message, Receiver, Sender};
 
 #[derive(FromArgs, Debug)]
@@ -187,19 +187,28 @@ pub fn run(args: Vec<String>) -> CmdResult {
     }
     let mut old_mask = SigSet::empty();
     let _ = nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_BLOCK, Some(&mask), Some(&mut old_mask));
-    let result = run_blocked(&name, req, interactive, a.disable_stdin, &mask);
+    let result = client().and_then(|c| {
+        let io = Io { stdout: Box::new(std::io::stdout()), stderr: Box::new(std::io::stderr()), no_stdin: a.disable_stdin };
+        run_blocked(&c, &name, req, interactive, io, &mask)
+    });
     let _ = nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
     result
 }
 
-fn run_blocked(name: &str, req: InstanceExecPost, interactive: bool, no_stdin: bool, mask: &SigSet) -> CmdResult {
-    let c = client()?;
+/// Where the command's output goes (the terminal, or buffers in tests).
+pub struct Io {
+    pub stdout: Box<dyn Write + Send>,
+    pub stderr: Box<dyn Write + Send>,
+    pub no_stdin: bool,
+}
+
+fn run_blocked(c: &Client, name: &str, req: InstanceExecPost, interactive: bool, io: Io, mask: &SigSet) -> CmdResult {
+    let Io { stdout, stderr, no_stdin } = io;
     let reply = c.query("POST", &format!("{}/exec", instance_path(name)), Some(&req), None)?;
     let Some(op_id) = reply.operation_id() else { return fail("the server did not start an exec operation") };
-    let op: Operation = reply.metadata()?;
+    let op: serde_json::Value = reply.metadata()?;
     let fds: StringMap = op
-        .metadata
-        .as_ref()
+        .get("metadata")
         .and_then(|m| m.get("fds"))
         .and_then(|f| serde_json::from_value(f.clone()).ok())
         .unwrap_or_default();
@@ -250,12 +259,12 @@ fn run_blocked(name: &str, req: InstanceExecPost, interactive: bool, no_stdin: b
     match outs {
         None => {
             // Interactive: fd 0 carries the pty output back.
-            pump_out(rx0, std::io::stdout());
+            pump_out(rx0, stdout);
         }
         Some(((tx1, rx1), (tx2, rx2))) => {
             thread::spawn(move || drain(rx0));
-            let t1 = thread::spawn(move || pump_out(rx1, std::io::stdout()));
-            let t2 = thread::spawn(move || pump_out(rx2, std::io::stderr()));
+            let t1 = thread::spawn(move || pump_out(rx1, stdout));
+            let t2 = thread::spawn(move || pump_out(rx2, stderr));
             let _ = t1.join();
             let _ = t2.join();
             let _ = tx1.close(1000);
@@ -300,5 +309,113 @@ mod tests {
     fn control_messages_use_string_sizes() {
         assert_eq!(resize_message(80, 24), r#"{"args":{"height":"24","width":"80"},"command":"window-resize"}"#);
         assert_eq!(signal_message(15), r#"{"command":"signal","signal":15}"#);
+    }
+
+    /// A writer into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn envelope(kind: &str, code: u16, metadata: serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "type": kind, "status": if code == 100 { "Operation created" } else { "Success" }, "status_code": code,
+            "operation": if kind == "async" { "/1.0/operations/op1" } else { "" },
+            "error_code": 0, "error": "", "metadata": metadata}))
+        .unwrap()
+    }
+
+    fn fake_exec_handler(req: &mut crate::http::Request, seen: &Shared) -> crate::http::Response {
+        use crate::http::ws::{self, Role};
+        use crate::http::Response;
+        match (req.method.as_str(), req.path.as_str()) {
+            ("POST", "/1.0/instances/c1/exec") => {
+                let body = req.read_body(1 << 20).unwrap_or_default();
+                seen.clone().write_all(&body).unwrap();
+                let op = serde_json::json!({"id": "op1", "class": "websocket", "status": "Running", "status_code": 103,
+                    "metadata": {"fds": {"0": "s0", "1": "s1", "2": "s2", "control": "sc"}}});
+                Response::json(202, envelope("async", 100, op)).header("Location", "/1.0/operations/op1")
+            }
+            ("GET", "/1.0/operations/op1/websocket") => {
+                let secret = req.query("secret").unwrap_or("").to_string();
+                let mut r = ws::accept(req);
+                r.upgrade = Some(Box::new(move |stream| {
+                    let Ok((tx, mut rx)) = ws::split(stream, Role::Server) else { return };
+                    match secret.as_str() {
+                        "s1" => {
+                            let _ = tx.send_binary(b"hi\n");
+                            let _ = tx.send_text("");
+                        }
+                        "s2" => {
+                            let _ = tx.send_binary(b"oops\n");
+                            let _ = tx.send_text("");
+                        }
+                        _ => while let Ok(m) = rx.recv() {
+                            if matches!(m, Message::Close(_)) {
+                                break;
+                            }
+                        },
+                    }
+                }));
+                r
+            }
+            ("GET", "/1.0/operations/op1/wait") => {
+                let op = serde_json::json!({"id": "op1", "class": "websocket", "description": "Executing command",
+                    "created_at": "", "updated_at": "", "status": "Success", "status_code": 200, "resources": null,
+                    "metadata": {"return": 3}, "may_cancel": false, "err": "", "location": "none"});
+                Response::json(200, envelope("sync", 200, op))
+            }
+            _ => Response::json(404, b"{}".to_vec()),
+        }
+    }
+
+    #[test]
+    fn exec_against_a_fake_server() {
+        let dir = std::env::temp_dir().join(format!("bivy-exec-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("unix.socket");
+        let _ = std::fs::remove_file(&sock);
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let seen = Shared::default();
+        let seen2 = seen.clone();
+        thread::spawn(move || {
+            for s in listener.incoming().flatten() {
+                let seen = seen2.clone();
+                thread::spawn(move || {
+                    let h = move |r: &mut crate::http::Request| fake_exec_handler(r, &seen);
+                    crate::http::serve_connection(Box::new(s), &crate::http::Limits::default(), &h);
+                });
+            }
+        });
+        let c = Client::with_socket(sock);
+        if let Err(e) = c.raw("GET", "/1.0", &[], crate::http::Body::Empty) {
+            if e.0.contains("not supported yet") {
+                eprintln!("skipped: the http layer is not there yet ({e})");
+                return;
+            }
+        }
+        let (out, err) = (Shared::default(), Shared::default());
+        let req = InstanceExecPost { command: vec!["sh".into()], wait_for_websocket: true, ..Default::default() };
+        let io = Io { stdout: Box::new(out.clone()), stderr: Box::new(err.clone()), no_stdin: true };
+        let code = match run_blocked(&c, "c1", req, false, io, &SigSet::empty()) {
+            Ok(c) => c,
+            Err(Fail::Error(e)) => panic!("exec failed: {e}"),
+            Err(Fail::Exit(c)) => c,
+        };
+        assert_eq!(code, 3);
+        assert_eq!(out.0.lock().unwrap().as_slice(), b"hi\n");
+        assert_eq!(err.0.lock().unwrap().as_slice(), b"oops\n");
+        let body: serde_json::Value = serde_json::from_slice(&seen.0.lock().unwrap()).unwrap();
+        assert_eq!(body["wait-for-websocket"], true);
+        assert_eq!(body["interactive"], false);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
