@@ -559,17 +559,18 @@ pub fn publish(args: &[String]) -> CmdResult {
             restart = true;
         }
     }
-    let body = json!({
+    // Unset fields are left out rather than sent as null (lxc sends null; both mean "default").
+    let mut body = json!({
         "auto_update": false,
-        "properties": if props.is_empty() { serde_json::Value::Null } else { json!(props) },
         "public": a.public,
         "expires_at": "0001-01-01T00:00:00Z",
-        "profiles": null,
         "filename": "",
         "source": {"type": kind, "name": src},
         "compression_algorithm": a.compression.clone().unwrap_or_default(),
-        "aliases": null,
     });
+    if !props.is_empty() {
+        body["properties"] = json!(props);
+    }
     let _ = &a.expire;
     let reply = c.query("POST", "/1.0/images", Some(&body), None);
     let result = (|| -> Result<String, Fail> {

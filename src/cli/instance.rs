@@ -388,8 +388,20 @@ pub fn restore(args: &[String]) -> CmdResult {
     let name = local(&a.name)?;
     let snap = if a.snapshot.contains('/') { a.snapshot.clone() } else { format!("{name}/{}", a.snapshot) };
     let c = client()?;
-    let body = json!({"architecture":"","config":null,"devices":null,"ephemeral":false,"profiles":null,
-        "restore": snap, "stateful": a.stateful, "description":""});
+    // lxc sends a null-filled InstancePut; the whole current one with `restore` set is accepted
+    // by LXD too, and by servers that want every field.
+    let (inst, etag): (Instance, String) = c.get_etag(&instance_path(name))?;
+    let body = crate::api::InstancePut {
+        architecture: inst.architecture,
+        config: inst.config,
+        devices: inst.devices,
+        ephemeral: inst.ephemeral,
+        profiles: inst.profiles,
+        restore: snap,
+        stateful: a.stateful,
+        description: inst.description,
+    };
+    let _ = etag;
     c.put(&instance_path(name), &body, None)?;
     Ok(0)
 }
