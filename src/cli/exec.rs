@@ -340,8 +340,14 @@ mod tests {
             ("POST", "/1.0/instances/c1/exec") => {
                 let body = req.read_body(1 << 20).unwrap_or_default();
                 seen.clone().write_all(&body).unwrap();
+                let interactive = serde_json::from_slice::<serde_json::Value>(&body).is_ok_and(|v| v["interactive"] == true);
+                let fds = if interactive {
+                    serde_json::json!({"0": "pty", "control": "sc"})
+                } else {
+                    serde_json::json!({"0": "s0", "1": "s1", "2": "s2", "control": "sc"})
+                };
                 let op = serde_json::json!({"id": "op1", "class": "websocket", "status": "Running", "status_code": 103,
-                    "metadata": {"fds": {"0": "s0", "1": "s1", "2": "s2", "control": "sc"}}});
+                    "metadata": {"fds": fds}});
                 Response::json(202, envelope("async", 100, op)).header("Location", "/1.0/operations/op1")
             }
             ("GET", "/1.0/operations/op1/websocket") => {
@@ -357,6 +363,10 @@ mod tests {
                         "s2" => {
                             let _ = tx.send_binary(b"oops\n");
                             let _ = tx.send_text("");
+                        }
+                        "pty" => {
+                            let _ = tx.send_binary(b"$ ");
+                            let _ = tx.close(1000);
                         }
                         _ => while let Ok(m) = rx.recv() {
                             if matches!(m, Message::Close(_)) {
@@ -377,9 +387,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn exec_against_a_fake_server() {
-        let dir = std::env::temp_dir().join(format!("bivy-exec-test-{}", std::process::id()));
+    /// Start the fake server; `None` when the http layer is still a stub.
+    fn fake_server(tag: &str) -> Option<(Client, Shared, std::path::PathBuf)> {
+        let dir = std::env::temp_dir().join(format!("bivy-exec-test-{}-{tag}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let sock = dir.join("unix.socket");
         let _ = std::fs::remove_file(&sock);
@@ -399,23 +409,44 @@ mod tests {
         if let Err(e) = c.raw("GET", "/1.0", &[], crate::http::Body::Empty) {
             if e.0.contains("not supported yet") {
                 eprintln!("skipped: the http layer is not there yet ({e})");
-                return;
+                return None;
             }
         }
+        Some((c, seen, dir))
+    }
+
+    fn exec_with(c: &Client, interactive: bool) -> (i32, Shared, Shared) {
         let (out, err) = (Shared::default(), Shared::default());
-        let req = InstanceExecPost { command: vec!["sh".into()], wait_for_websocket: true, ..Default::default() };
+        let req = InstanceExecPost { command: vec!["sh".into()], wait_for_websocket: true, interactive, ..Default::default() };
         let io = Io { stdout: Box::new(out.clone()), stderr: Box::new(err.clone()), no_stdin: true };
-        let code = match run_blocked(&c, "c1", req, false, io, &SigSet::empty()) {
+        let code = match run_blocked(c, "c1", req, interactive, io, &SigSet::empty()) {
             Ok(c) => c,
             Err(Fail::Error(e)) => panic!("exec failed: {e}"),
             Err(Fail::Exit(c)) => c,
         };
+        (code, out, err)
+    }
+
+    #[test]
+    fn exec_against_a_fake_server() {
+        let Some((c, seen, dir)) = fake_server("plain") else { return };
+        let (code, out, err) = exec_with(&c, false);
         assert_eq!(code, 3);
         assert_eq!(out.0.lock().unwrap().as_slice(), b"hi\n");
         assert_eq!(err.0.lock().unwrap().as_slice(), b"oops\n");
         let body: serde_json::Value = serde_json::from_slice(&seen.0.lock().unwrap()).unwrap();
         assert_eq!(body["wait-for-websocket"], true);
         assert_eq!(body["interactive"], false);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn interactive_exec_uses_one_stream() {
+        let Some((c, _seen, dir)) = fake_server("pty") else { return };
+        let (code, out, err) = exec_with(&c, true);
+        assert_eq!(code, 3);
+        assert_eq!(out.0.lock().unwrap().as_slice(), b"$ ");
+        assert!(err.0.lock().unwrap().is_empty());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
