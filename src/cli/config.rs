@@ -64,11 +64,14 @@ pub fn run(args: &[String]) -> CmdResult {
     }
 }
 
+/// `config set` arguments: the instance (none for the server) and the pairs.
+pub type SetArgs = (Option<String>, Vec<(String, String)>);
+
 /// Split `config set` arguments into (instance, pairs), following lxc: `set KEY VALUE` and
 /// `set KEY=VALUE...` address the server; `set NAME KEY VALUE` and `set NAME KEY=VALUE...` an
 /// instance. (`set NAME KEY=VALUE` with exactly two words, which lxc reads as the server key NAME,
 /// addresses the instance when NAME has no dot, since server keys always do.)
-pub fn split_set(args: &[String]) -> Result<(Option<String>, Vec<(String, String)>), Fail> {
+pub fn split_set(args: &[String]) -> Result<SetArgs, Fail> {
     match args {
         [] | [_] if args.first().is_none_or(|a| !a.contains('=')) => fail("Missing key or value"),
         [k, v] if !k.contains('=') && (!v.contains('=') || k.contains('.')) => Ok((None, vec![(k.clone(), v.clone())])),

@@ -95,14 +95,9 @@ fn signal_message(sig: i32) -> String {
 
 /// Copy websocket binary frames to `out` until a text frame (EOF barrier), a close or an error.
 fn pump_out(mut rx: Receiver, mut out: impl Write) {
-    loop {
-        match rx.recv() {
-            Ok(Message::Binary(b)) => {
-                if out.write_all(&b).and_then(|_| out.flush()).is_err() {
-                    break;
-                }
-            }
-            Ok(Message::Text(_)) | Ok(Message::Close(_)) | Err(_) => break,
+    while let Ok(Message::Binary(b)) = rx.recv() {
+        if out.write_all(&b).and_then(|_| out.flush()).is_err() {
+            break;
         }
     }
 }

@@ -115,7 +115,16 @@ fn join_remote(dir: &str, base: &str) -> String {
     format!("{}/{}", dir.trim_end_matches('/'), base)
 }
 
-fn post_file(c: &Client, name: &str, path: &str, kind: &str, uid: i64, gid: i64, mode: u32, body: Body) -> Result<(), Fail> {
+/// Owner and mode sent with a pushed file.
+#[derive(Clone, Copy)]
+struct Owner {
+    uid: i64,
+    gid: i64,
+    mode: u32,
+}
+
+fn post_file(c: &Client, name: &str, path: &str, kind: &str, o: Owner, body: Body) -> Result<(), Fail> {
+    let Owner { uid, gid, mode } = o;
     let headers = vec![
         ("X-LXD-uid".to_string(), uid.to_string()),
         ("X-LXD-gid".to_string(), gid.to_string()),
@@ -137,7 +146,7 @@ fn mkdir_parents(c: &Client, name: &str, path: &str, uid: i64, gid: i64) -> Resu
         if c.with_response("GET", &files_path(name, &cur), &[], Body::Empty, |r| Ok(r.status < 300))? {
             continue;
         }
-        post_file(c, name, &cur, "directory", uid, gid, 0o755, Body::Empty)?;
+        post_file(c, name, &cur, "directory", Owner { uid, gid, mode: 0o755 }, Body::Empty)?;
     }
     Ok(())
 }
@@ -161,7 +170,8 @@ fn push(args: &[String]) -> CmdResult {
                 mkdir_parents(&c, &name, &tpath, a.uid.unwrap_or(0), a.gid.unwrap_or(0))?;
             }
             let stdin: Box<dyn Read + Send> = Box::new(io::stdin());
-            post_file(&c, &name, &tpath, "file", a.uid.unwrap_or(0), a.gid.unwrap_or(0), forced_mode.unwrap_or(0o644), Body::Reader(stdin, None))?;
+            let o = Owner { uid: a.uid.unwrap_or(0), gid: a.gid.unwrap_or(0), mode: forced_mode.unwrap_or(0o644) };
+            post_file(&c, &name, &tpath, "file", o, Body::Reader(stdin, None))?;
             continue;
         }
         let local_path = Path::new(src);
@@ -190,18 +200,18 @@ fn push_one(c: &Client, name: &str, src: &Path, dest: &str, meta: &fs::Metadata,
     if meta.file_type().is_symlink() {
         let target = fs::read_link(src)?;
         let body = Body::Bytes(target.to_string_lossy().as_bytes().to_vec());
-        return post_file(c, name, dest, "symlink", uid, gid, mode, body);
+        return post_file(c, name, dest, "symlink", Owner { uid, gid, mode }, body);
     }
     let f = File::open(src).map_err(|e| Fail::Error(format!("{}: {e}", src.display())))?;
     let len = f.metadata()?.len();
-    post_file(c, name, dest, "file", uid, gid, mode, Body::Reader(Box::new(f), Some(len)))
+    post_file(c, name, dest, "file", Owner { uid, gid, mode }, Body::Reader(Box::new(f), Some(len)))
 }
 
 fn push_tree(c: &Client, name: &str, src: &Path, dest: &str, a: &PushArgs, forced: Option<u32>) -> Result<(), Fail> {
     let meta = fs::symlink_metadata(src)?;
     let uid = a.uid.unwrap_or(meta.uid() as i64);
     let gid = a.gid.unwrap_or(meta.gid() as i64);
-    post_file(c, name, dest, "directory", uid, gid, meta.mode() & 0o7777, Body::Empty)?;
+    post_file(c, name, dest, "directory", Owner { uid, gid, mode: meta.mode() & 0o7777 }, Body::Empty)?;
     let mut entries: Vec<_> = fs::read_dir(src)?.collect::<Result<_, _>>()?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
@@ -371,7 +381,7 @@ fn edit(args: &[String]) -> CmdResult {
         io::stdin().read_to_end(&mut buf)?;
         buf
     };
-    post_file(&c, &name, &path, "file", uid, gid, mode, Body::Bytes(new))?;
+    post_file(&c, &name, &path, "file", Owner { uid, gid, mode }, Body::Bytes(new))?;
     Ok(0)
 }
 

@@ -2,10 +2,10 @@
 //!
 //! # Layout
 //! - this file: argv dispatch, global flags, errors, `remote:` parsing, shared helpers.
-//! - [`instance`]: launch/init/start/stop/restart/pause/delete/move/copy/snapshot/restore/list/info.
-//! - [`exec`], [`file`], [`config`], [`profile`], [`image`], [`misc`] (operation, monitor, version,
+//! - `instance`: launch/init/start/stop/restart/pause/delete/move/copy/snapshot/restore/list/info.
+//! - `exec`, `file`, `config`, `profile`, `image`, `misc` (operation, monitor, version,
 //!   storage, network).
-//! - [`table`] and [`yaml`]: output the way lxc prints it.
+//! - `table` and `yaml`: output the way lxc prints it.
 //!
 //! Argument parsing is `argh` per verb. Where lxc's syntax is beyond argh (`exec c1 -- cmd`,
 //! `config set c1 k=v k2=v2`, `--flag=value`, `-` for stdin), argv is pre-split here.
