@@ -235,6 +235,89 @@ pub fn network(args: &[String]) -> CmdResult {
     Ok(0)
 }
 
+#[derive(FromArgs)]
+#[argh(help_triggers("-h", "--help"))]
+/// Send a raw query to the server: bivy query [-X METHOD] [-d DATA] [--wait] PATH
+pub struct QueryArgs {
+    #[argh(positional)]
+    /// API path, e.g. /1.0/instances?recursion=1
+    path: String,
+    #[argh(option, short = 'X', default = "String::from(\"GET\")")]
+    /// action (HTTP method)
+    request: String,
+    #[argh(option, short = 'd')]
+    /// input data (JSON)
+    data: Option<String>,
+    #[argh(switch)]
+    /// wait for the operation to complete
+    wait: bool,
+    #[argh(switch)]
+    /// print the raw response
+    raw: bool,
+}
+
+/// JSON indented with tabs, as `lxc query` prints it.
+pub fn pretty_json(v: &serde_json::Value) -> String {
+    use serde::Serialize;
+    let mut out = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, serde_json::ser::PrettyFormatter::with_indent(b"\t"));
+    let _ = v.serialize(&mut ser);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+pub fn query(args: &[String]) -> CmdResult {
+    let a: QueryArgs = parse(&["bivy query"], args)?;
+    let path = super::local(&a.path)?;
+    let path = if path.starts_with('/') { path.to_string() } else { format!("/{path}") };
+    let c = client()?;
+    let body: Option<serde_json::Value> = match &a.data {
+        Some(d) => Some(serde_json::from_str(d).map_err(|e| Fail::Error(format!("invalid JSON in --data: {e}")))?),
+        None => None,
+    };
+    if a.raw {
+        let resp = c.raw(
+            &a.request,
+            &path,
+            &[],
+            body.map_or(crate::http::Body::Empty, |b| crate::http::Body::Bytes(b.to_string().into_bytes())),
+        )?;
+        std::io::Write::write_all(&mut std::io::stdout(), &resp.body)?;
+        return Ok(0);
+    }
+    let reply = c.query(&a.request, &path, body.as_ref(), None)?;
+    let meta = match (a.wait, reply.operation_id()) {
+        (true, Some(id)) => serde_json::to_value(c.wait_operation(&id)?).map_err(|e| e.to_string())?.get("metadata").cloned().unwrap_or_default(),
+        _ => reply.envelope.metadata.clone(),
+    };
+    if !meta.is_null() {
+        println!("{}\n", pretty_json(&meta));
+    }
+    Ok(0)
+}
+
+pub fn remote(args: &[String]) -> CmdResult {
+    match args.first().map(String::as_str) {
+        Some("list" | "ls") | None => {
+            let rows = vec![vec![
+                "local (current)".to_string(),
+                format!("unix://{}", crate::client::socket_path().display()),
+                "lxd".into(),
+                "file access".into(),
+                "NO".into(),
+                "YES".into(),
+                "NO".into(),
+            ]];
+            print!("{}", table::render(&["NAME", "URL", "PROTOCOL", "AUTH TYPE", "PUBLIC", "STATIC", "GLOBAL"], &rows));
+            Ok(0)
+        }
+        Some("get-default") => {
+            println!("local");
+            Ok(0)
+        }
+        Some(other) => fail(format!("not supported yet: remote {other}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,6 +352,12 @@ mod tests {
         };
         let out = render_operations(&[op], Format::Table).unwrap();
         assert!(out.contains("| 2ac27b79-9dfe-4ff1-b793-a576f7e59eab | TASK | Starting instance | SUCCESS | NO         | 2026/11/21 20:28 UTC |"), "{out}");
+    }
+
+    #[test]
+    fn query_output_uses_tabs() {
+        let v = serde_json::json!({"b": [1], "a": "x"});
+        assert_eq!(pretty_json(&v), "{\n\t\"a\": \"x\",\n\t\"b\": [\n\t\t1\n\t]\n}");
     }
 
     #[test]

@@ -84,6 +84,8 @@ Available Commands:
   pause       Pause instances
   profile     Manage profiles
   publish     Publish instances as images
+  query       Send a raw query to the server
+  remote      Show the (local only) remotes
   restart     Restart instances
   restore     Restore instances from snapshots
   snapshot    Create instance snapshots
@@ -188,6 +190,8 @@ fn dispatch(verb: &str, rest: Vec<String>) -> CmdResult {
         "version" => misc::version(&rest),
         "storage" => misc::storage(&rest),
         "network" => misc::network(&rest),
+        "query" => misc::query(&rest),
+        "remote" => misc::remote(&rest),
         other => {
             eprint!("{USAGE}");
             eprintln!();
