@@ -104,8 +104,37 @@ Global Flags:
 /// The CLI version shown by `version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// `bivy list | head -1`: Rust ignores SIGPIPE, so `print!` panics on a closed stdout. Exit
+/// quietly instead, as a C program killed by SIGPIPE would look to the shell (128 + 13).
+fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.contains("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
+
+/// The client configuration directory: `$BIVY_CONF`, else `~/.config/bivy`. Nothing is created
+/// there until remotes exist.
+pub fn conf_dir() -> std::path::PathBuf {
+    if let Some(d) = std::env::var_os("BIVY_CONF").filter(|d| !d.is_empty()) {
+        return d.into();
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/".into());
+    std::path::Path::new(&home).join(".config").join("bivy")
+}
+
 /// Run the CLI; returns the process exit code.
 pub fn main(args: Vec<String>) -> i32 {
+    quiet_broken_pipe();
     let mut rest: Vec<String> = Vec::new();
     let mut verb: Option<String> = None;
     let mut quiet = false;
