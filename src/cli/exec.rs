@@ -102,8 +102,8 @@ fn pump_out(mut rx: Receiver, mut out: impl Write) {
     }
 }
 
-/// Copy stdin to the websocket as binary frames, then send the empty text frame.
-fn pump_in(tx: Sender, disabled: bool) {
+/// Copy stdin to the websocket as binary frames, then (when `barrier`) send the empty text frame.
+fn pump_in(tx: Sender, disabled: bool, barrier: bool) {
     if !disabled {
         let mut stdin = std::io::stdin();
         let mut buf = vec![0u8; 32 * 1024];
@@ -120,7 +120,9 @@ fn pump_in(tx: Sender, disabled: bool) {
             }
         }
     }
-    let _ = tx.send_text("");
+    if barrier {
+        let _ = tx.send_text("");
+    }
 }
 
 /// Read and drop everything (keeps pings answered).
@@ -249,12 +251,15 @@ fn run_blocked(c: &Client, name: &str, req: InstanceExecPost, interactive: bool,
     let _raw = if interactive && super::is_tty(0) { term::RawMode::enable().ok() } else { None };
     {
         let tx = tx0.clone();
-        thread::spawn(move || pump_in(tx, no_stdin));
+        thread::spawn(move || pump_in(tx, no_stdin, !interactive));
     }
     match outs {
         None => {
-            // Interactive: fd 0 carries the pty output back.
+            // Interactive: fd 0 carries the pty output back. Once the server's write barrier
+            // arrives, close our direction too: the server finishes the operation only when both
+            // directions of the pty mirror are done (the local stdin may never reach EOF).
             pump_out(rx0, stdout);
+            let _ = tx0.close(1000);
         }
         Some(((tx1, rx1), (tx2, rx2))) => {
             thread::spawn(move || drain(rx0));

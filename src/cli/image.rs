@@ -422,7 +422,7 @@ fn simple(sub: &str, args: &[String]) -> CmdResult {
         }
         ("show", [name]) => {
             let img: Image = c.get(&image_path(&resolve(&c, name)?))?;
-            super::print_yaml(&img)?;
+            super::print_yaml(&img.put)?;
         }
         ("edit", [name]) => {
             let p = image_path(&resolve(&c, name)?);

@@ -313,15 +313,34 @@ pub fn copy(args: &[String]) -> CmdResult {
     let a: CopyArgs = parse(&["bivy copy"], args)?;
     let (src, dst) = (local(&a.source)?, local(&a.target)?);
     let c = client()?;
-    let mut config = StringMap::new();
+    // Like lxc: the source's writable state (minus volatile keys), then the overrides.
+    let source: Instance = match src.split_once('/') {
+        Some((i, snap)) => {
+            let s: crate::api::InstanceSnapshot =
+                c.get(&format!("{}/snapshots/{}", instance_path(i), urlencode(snap, false)))?;
+            Instance {
+                architecture: s.architecture,
+                config: s.config,
+                devices: s.devices,
+                profiles: s.profiles,
+                ..Default::default()
+            }
+        }
+        None => c.get(&instance_path(src))?,
+    };
+    let mut config: StringMap = source.config.into_iter().filter(|(k, _)| !k.starts_with("volatile.")).collect();
     for (k, v) in super::key_values(&a.config)? {
         config.insert(k, v);
     }
+    let profiles = if a.profile.is_empty() { source.profiles } else { a.profile.clone() };
     let req = InstancesPost {
         put: InstancesPostPut {
+            architecture: source.architecture,
             config: Some(config),
+            devices: Some(source.devices),
             ephemeral: a.ephemeral,
-            profiles: (!a.profile.is_empty()).then(|| a.profile.clone()),
+            profiles: Some(profiles),
+            description: source.description,
             ..Default::default()
         },
         name: dst.to_string(),
@@ -610,7 +629,19 @@ pub fn matches_filters(i: &InstanceFull, filters: &[String]) -> bool {
 pub fn render_list(instances: &[InstanceFull], columns: &str, format: Format) -> Result<String, Fail> {
     match format {
         Format::Json => return Ok(serde_json::to_string(instances).map_err(|e| e.to_string())? + "\n"),
-        Format::Yaml => return Ok(super::yaml::to_string(instances)?),
+        Format::Yaml => {
+            // Go prints nil slices as [] in YAML (but null in JSON).
+            let v: Vec<InstanceFull> = instances
+                .iter()
+                .cloned()
+                .map(|mut i| {
+                    i.backups.get_or_insert_with(Vec::new);
+                    i.snapshots.get_or_insert_with(Vec::new);
+                    i
+                })
+                .collect();
+            return Ok(super::yaml::to_string(&v)?);
+        }
         _ => {}
     }
     let cols: Vec<char> = columns.chars().filter(|c| *c != ',').collect();
@@ -744,8 +775,8 @@ pub fn render_info(i: &InstanceFull) -> String {
                 o += &format!("      Bytes sent: {}\n", table::size_iec(n.counters.bytes_sent));
                 o += &format!("      Packets received: {}\n", n.counters.packets_received);
                 o += &format!("      Packets sent: {}\n", n.counters.packets_sent);
-                if !n.addresses.is_empty() {
-                    o += "      IP addresses:\n";
+                o += "      IP addresses:\n";
+                {
                     let w = n.addresses.iter().map(|a| a.family.len() + 1).max().unwrap_or(0);
                     for a in &n.addresses {
                         let label = format!("{}:", a.family);
@@ -779,6 +810,25 @@ pub fn render_info(i: &InstanceFull) -> String {
     o
 }
 
+/// `info` for the server: its YAML, with Go's lowercase field names for the storage drivers
+/// (their JSON names are capitalized, their YAML names are not).
+pub fn render_server(server: &crate::api::Server) -> Result<String, Fail> {
+    use serde_norway::Value;
+    let mut v = serde_norway::to_value(server).map_err(|e| e.to_string())?;
+    if let Some(Value::Sequence(drivers)) = v.get_mut("environment").and_then(|e| e.get_mut("storage_supported_drivers")) {
+        for d in drivers.iter_mut() {
+            if let Value::Mapping(m) = d {
+                let lower: serde_norway::Mapping = m
+                    .iter()
+                    .map(|(k, v)| (Value::String(k.as_str().unwrap_or_default().to_lowercase()), v.clone()))
+                    .collect();
+                *m = lower;
+            }
+        }
+    }
+    Ok(super::yaml::to_string(&v)?)
+}
+
 pub fn info(args: &[String]) -> CmdResult {
     let a: InfoArgs = parse(&["bivy info"], args)?;
     let c = client()?;
@@ -790,7 +840,7 @@ pub fn info(args: &[String]) -> CmdResult {
                 return Ok(0);
             }
             let server: crate::api::Server = c.get("/1.0")?;
-            super::print_yaml(&server)?;
+            print!("{}", render_server(&server)?);
         }
         Some(n) => {
             let n = local(n)?;

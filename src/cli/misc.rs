@@ -192,15 +192,53 @@ pub fn storage(args: &[String]) -> CmdResult {
     Ok(0)
 }
 
+/// A network as listed: LXD sends `null` for the lists of unmanaged interfaces, which
+/// `api::Network` does not accept, so the list is read through this lenient copy.
+#[derive(serde::Deserialize, serde::Serialize, Default)]
+pub struct NetworkRow {
+    #[serde(default)]
+    pub config: crate::api::StringMap,
+    #[serde(default)]
+    pub description: String,
+    pub name: String,
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub used_by: Option<Vec<String>>,
+    #[serde(default)]
+    pub managed: bool,
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub locations: Option<Vec<String>>,
+}
+
+impl From<Network> for NetworkRow {
+    fn from(n: Network) -> NetworkRow {
+        NetworkRow {
+            config: n.config,
+            description: n.description,
+            name: n.name,
+            kind: n.kind,
+            used_by: Some(n.used_by),
+            managed: n.managed,
+            status: n.status,
+            locations: Some(n.locations),
+        }
+    }
+}
+
 /// Render `network list` rows.
-pub fn render_networks(nets: &[Network], format: Format) -> Result<String, Fail> {
+pub fn render_networks(nets: &[NetworkRow], format: Format) -> Result<String, Fail> {
     match format {
         Format::Json => return Ok(serde_json::to_string(nets).map_err(|e| e.to_string())? + "\n"),
         Format::Yaml => return Ok(super::yaml::to_string(nets)?),
         _ => {}
     }
+    // lxc hides loopback and unknown interfaces.
     let mut rows: Vec<Vec<String>> = nets
         .iter()
+        .filter(|n| n.kind != "loopback" && n.kind != "unknown")
         .map(|n| {
             vec![
                 n.name.clone(),
@@ -209,7 +247,7 @@ pub fn render_networks(nets: &[Network], format: Format) -> Result<String, Fail>
                 n.config.get("ipv4.address").cloned().unwrap_or_default(),
                 n.config.get("ipv6.address").cloned().unwrap_or_default(),
                 n.description.clone(),
-                n.used_by.len().to_string(),
+                n.used_by.as_ref().map_or(0, Vec::len).to_string(),
                 n.status.to_uppercase(),
             ]
         })
@@ -223,11 +261,11 @@ pub fn network(args: &[String]) -> CmdResult {
     let c = client()?;
     match (sub.as_str(), w.as_slice()) {
         ("list" | "ls", []) => {
-            let nets: Vec<Network> = c.get("/1.0/networks?recursion=1")?;
+            let nets: Vec<NetworkRow> = c.get("/1.0/networks?recursion=1")?;
             print!("{}", render_networks(&nets, format)?);
         }
         ("show", [name]) => {
-            let n: Network = c.get(&format!("/1.0/networks/{}", urlencode(super::local(name)?, false)))?;
+            let n: NetworkRow = c.get(&format!("/1.0/networks/{}", urlencode(super::local(name)?, false)))?;
             super::print_yaml(&n)?;
         }
         (other, _) => return fail(format!("not supported yet: network {other}")),
@@ -337,7 +375,7 @@ mod tests {
 | lxdbr0 | bridge   | YES     | 10.203.77.1/24 | none |             | 3       | CREATED |
 +--------+----------+---------+----------------+------+-------------+---------+---------+
 ";
-        assert_eq!(render_networks(&[br, eth], Format::Table).unwrap(), want);
+        assert_eq!(render_networks(&[br.into(), eth.into()], Format::Table).unwrap(), want);
     }
 
     #[test]
