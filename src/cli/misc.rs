@@ -110,7 +110,8 @@ pub fn render_event(ev: &Event, format: &str) -> Result<String, Fail> {
             let what = desc.and_then(|d| d.as_str()).unwrap_or("");
             format!("{} {} {}\n", ev.timestamp, ev.kind, what)
         }
-        _ => super::yaml::to_string(ev)? + "\n",
+        // lxc prints the event as a generic map (sorted keys), then two newlines.
+        _ => super::yaml::to_string_generic(ev)? + "\n\n",
     })
 }
 
@@ -409,7 +410,7 @@ mod tests {
         };
         assert_eq!(
             render_event(&ev, "yaml").unwrap(),
-            "type: lifecycle\ntimestamp: 2026-11-21T20:29:32.966639578Z\nmetadata:\n  action: instance-stopped\n  source: /1.0/instances/cX\nlocation: none\nproject: default\n\n"
+            "location: none\nmetadata:\n  action: instance-stopped\n  source: /1.0/instances/cX\nproject: default\ntimestamp: \"2026-11-21T20:29:32.966639578Z\"\ntype: lifecycle\n\n\n"
         );
     }
 }

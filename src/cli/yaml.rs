@@ -9,19 +9,36 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_norway::Value;
 
-/// Serialize `v` as yaml.v2 would.
+/// Serialize `v` as yaml.v2 would serialize the Go struct it mirrors (time fields plain).
 pub fn to_string<T: Serialize + ?Sized>(v: &T) -> Result<String, String> {
+    emit(v, false)
+}
+
+/// Serialize `v` as yaml.v2 would serialize a generic map (`map[string]interface{}`): keys sorted,
+/// and strings that read as timestamps double-quoted (e.g. `lxc monitor` events).
+pub fn to_string_generic<T: Serialize + ?Sized>(v: &T) -> Result<String, String> {
+    let sorted = serde_json::to_value(v).map_err(|e| e.to_string())?;
+    emit(&sorted, true)
+}
+
+fn emit<T: Serialize + ?Sized>(v: &T, ts: bool) -> Result<String, String> {
     let value = serde_norway::to_value(v).map_err(|e| e.to_string())?;
     let mut out = String::new();
+    let e = Emitter { ts };
     match &value {
-        Value::Mapping(m) if !m.is_empty() => emit_mapping(&mut out, m, 0),
-        Value::Sequence(s) if !s.is_empty() => emit_sequence(&mut out, s, 0),
+        Value::Mapping(m) if !m.is_empty() => e.mapping(&mut out, m, 0),
+        Value::Sequence(s) if !s.is_empty() => e.sequence(&mut out, s, 0),
         other => {
-            out.push_str(&scalar(other, 0));
+            out.push_str(&e.scalar(other, 0));
             out.push('\n');
         }
     }
     Ok(out)
+}
+
+/// Emission settings: `ts` quotes timestamp-like strings.
+struct Emitter {
+    ts: bool,
 }
 
 /// Parse YAML into `T`.
@@ -35,36 +52,37 @@ fn pad(out: &mut String, n: usize) {
     }
 }
 
-fn emit_mapping(out: &mut String, m: &serde_norway::Mapping, indent: usize) {
+impl Emitter {
+fn mapping(&self, out: &mut String, m: &serde_norway::Mapping, indent: usize) {
     for (k, v) in m {
         pad(out, indent);
-        out.push_str(&scalar(k, indent));
+        out.push_str(&self.scalar(k, indent));
         out.push(':');
-        emit_value_after_key(out, v, indent);
+        self.value_after_key(out, v, indent);
     }
 }
 
 /// The value part after `key:` (or after `- ` for sequences, with `indent` the item's column).
-fn emit_value_after_key(out: &mut String, v: &Value, indent: usize) {
+fn value_after_key(&self, out: &mut String, v: &Value, indent: usize) {
     match v {
         Value::Mapping(m) if !m.is_empty() => {
             out.push('\n');
-            emit_mapping(out, m, indent + 2);
+            self.mapping(out, m, indent + 2);
         }
         Value::Sequence(s) if !s.is_empty() => {
             out.push('\n');
-            emit_sequence(out, s, indent);
+            self.sequence(out, s, indent);
         }
-        Value::Tagged(t) => emit_value_after_key(out, &t.value, indent),
+        Value::Tagged(t) => self.value_after_key(out, &t.value, indent),
         other => {
             out.push(' ');
-            out.push_str(&scalar(other, indent));
+            out.push_str(&self.scalar(other, indent));
             out.push('\n');
         }
     }
 }
 
-fn emit_sequence(out: &mut String, s: &[Value], indent: usize) {
+fn sequence(&self, out: &mut String, s: &[Value], indent: usize) {
     for item in s {
         pad(out, indent);
         out.push('-');
@@ -79,34 +97,62 @@ fn emit_sequence(out: &mut String, s: &[Value], indent: usize) {
                     } else {
                         pad(out, indent + 2);
                     }
-                    out.push_str(&scalar(k, indent + 2));
+                    out.push_str(&self.scalar(k, indent + 2));
                     out.push(':');
-                    emit_value_after_key(out, v, indent + 2);
+                    self.value_after_key(out, v, indent + 2);
                 }
             }
             Value::Sequence(inner) if !inner.is_empty() => {
                 out.push('\n');
-                emit_sequence(out, inner, indent + 2);
+                self.sequence(out, inner, indent + 2);
             }
             other => {
                 out.push(' ');
-                out.push_str(&scalar(other, indent));
+                out.push_str(&self.scalar(other, indent));
                 out.push('\n');
             }
         }
     }
 }
 
-fn scalar(v: &Value, indent: usize) -> String {
+fn scalar(&self, v: &Value, indent: usize) -> String {
     match v {
         Value::Null => "null".into(),
         Value::Bool(b) => b.to_string(),
         Value::Number(n) => n.to_string(),
+        Value::String(s) if self.ts && looks_like_timestamp(s) => format!("\"{s}\""),
         Value::String(s) => string(s, indent),
         Value::Mapping(_) => "{}".into(),
         Value::Sequence(_) => "[]".into(),
-        Value::Tagged(t) => scalar(&t.value, indent),
+        Value::Tagged(t) => self.scalar(&t.value, indent),
     }
+}
+}
+
+/// Whether yaml.v2 reads this as a timestamp (`2006-1-2`, optionally `T15:4:5[.frac][zone]`).
+fn looks_like_timestamp(s: &str) -> bool {
+    fn digits(s: &str, min: usize, max: usize) -> bool {
+        (min..=max).contains(&s.len()) && s.chars().all(|c| c.is_ascii_digit())
+    }
+    let (date, time) = match s.find(['T', 't', ' ']) {
+        Some(i) => (&s[..i], Some(&s[i + 1..])),
+        None => (s, None),
+    };
+    let d: Vec<&str> = date.split('-').collect();
+    if d.len() != 3 || !digits(d[0], 4, 4) || !digits(d[1], 1, 2) || !digits(d[2], 1, 2) {
+        return false;
+    }
+    let Some(time) = time else { return true };
+    let (clock, zone) = match time.find(['Z', '+', '-']) {
+        Some(i) => (&time[..i], &time[i..]),
+        None => (time, ""),
+    };
+    let (hms, frac) = clock.split_once('.').unwrap_or((clock, ""));
+    let t: Vec<&str> = hms.split(':').collect();
+    let zone_ok = zone.is_empty()
+        || zone == "Z"
+        || (zone.len() == 6 && digits(&zone[1..3], 2, 2) && &zone[3..4] == ":" && digits(&zone[4..], 2, 2));
+    t.len() == 3 && t.iter().all(|p| digits(p, 1, 2)) && (frac.is_empty() || digits(frac, 1, 9)) && zone_ok
 }
 
 /// Whether yaml.v2 would resolve this plain scalar to something other than a string.
@@ -263,6 +309,19 @@ mod tests {
         let y = to_string(&p).unwrap();
         let back: InstancePut = from_str(&y).unwrap();
         assert_eq!(back, p);
+    }
+
+    #[test]
+    fn generic_maps_quote_timestamps() {
+        let v = serde_json::json!({"type": "lifecycle", "timestamp": "2026-11-21T22:44:28.800110884Z", "location": "none"});
+        assert_eq!(
+            to_string_generic(&v).unwrap(),
+            "location: none\ntimestamp: \"2026-11-21T22:44:28.800110884Z\"\ntype: lifecycle\n"
+        );
+        assert!(looks_like_timestamp("2026-11-21"));
+        assert!(looks_like_timestamp("2026-11-21T22:44:28+01:00"));
+        assert!(!looks_like_timestamp("2026-11-21x"));
+        assert!(!looks_like_timestamp("1.35.0"));
     }
 
     #[test]
