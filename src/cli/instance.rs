@@ -637,6 +637,9 @@ pub fn render_list(instances: &[InstanceFull], columns: &str, format: Format) ->
                 .map(|mut i| {
                     i.backups.get_or_insert_with(Vec::new);
                     i.snapshots.get_or_insert_with(Vec::new);
+                    if let Some(st) = i.state.as_mut() {
+                        st.network.get_or_insert_with(Default::default);
+                    }
                     i
                 })
                 .collect();

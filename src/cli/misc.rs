@@ -204,14 +204,19 @@ pub struct NetworkRow {
     pub name: String,
     #[serde(default, rename = "type")]
     pub kind: String,
-    #[serde(default)]
-    pub used_by: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub used_by: Vec<String>,
     #[serde(default)]
     pub managed: bool,
     #[serde(default)]
     pub status: String,
-    #[serde(default)]
-    pub locations: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub locations: Vec<String>,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    use serde::Deserialize;
+    Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
 }
 
 impl From<Network> for NetworkRow {
@@ -221,10 +226,10 @@ impl From<Network> for NetworkRow {
             description: n.description,
             name: n.name,
             kind: n.kind,
-            used_by: Some(n.used_by),
+            used_by: n.used_by,
             managed: n.managed,
             status: n.status,
-            locations: Some(n.locations),
+            locations: n.locations,
         }
     }
 }
@@ -248,7 +253,7 @@ pub fn render_networks(nets: &[NetworkRow], format: Format) -> Result<String, Fa
                 n.config.get("ipv4.address").cloned().unwrap_or_default(),
                 n.config.get("ipv6.address").cloned().unwrap_or_default(),
                 n.description.clone(),
-                n.used_by.as_ref().map_or(0, Vec::len).to_string(),
+                n.used_by.len().to_string(),
                 n.status.to_uppercase(),
             ]
         })
