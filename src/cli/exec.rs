@@ -271,11 +271,17 @@ fn run_blocked(c: &Client, name: &str, req: InstanceExecPost, interactive: bool,
             let _ = tx2.close(1000);
         }
     }
-    let done = c.wait_operation(&op_id);
+    let done = c.wait_operation_final(&op_id);
     drop(_raw);
     let _ = tx0.close(1000);
     let done = done?;
-    Ok(operation_return(&done).unwrap_or(0))
+    let code = operation_return(&done);
+    if done.status_code != crate::api::status::SUCCESS {
+        // Like lxc: the error, and the command's exit code when there is one (127: not found).
+        eprintln!("Error: {}", if done.err.is_empty() { done.status.to_lowercase() } else { done.err.clone() });
+        return Err(Fail::Exit(code.filter(|c| *c != 0).unwrap_or(1)));
+    }
+    Ok(code.unwrap_or(0))
 }
 
 #[cfg(test)]

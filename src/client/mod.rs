@@ -248,10 +248,15 @@ impl Client {
         self.send_wait::<()>("DELETE", path, None, None)
     }
 
+    /// Block until the operation is final (`/wait?timeout=-1`) and return it, failed or not.
+    pub fn wait_operation_final(&self, id: &str) -> Result<Operation> {
+        self.get(&format!("/1.0/operations/{}/wait?timeout=-1", urlencode(id, false)))
+    }
+
     /// Block until the operation is final (`/wait?timeout=-1`); a failed or cancelled operation
     /// becomes an [`Error`] with the operation's `err`.
     pub fn wait_operation(&self, id: &str) -> Result<Operation> {
-        let op: Operation = self.get(&format!("/1.0/operations/{}/wait?timeout=-1", urlencode(id, false)))?;
+        let op = self.wait_operation_final(id)?;
         if op.status_code != api::status::SUCCESS {
             return err(if op.err.is_empty() { format!("operation {}", op.status.to_lowercase()) } else { op.err });
         }
