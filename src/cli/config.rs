@@ -163,13 +163,13 @@ fn unset(args: &[String]) -> CmdResult {
     match args {
         [key] => update_server(&c, |cfg| {
             if cfg.remove(key).is_none() {
-                return fail(format!("The key \"{key}\" does not exist"));
+                return fail(format!("Can't unset key '{key}', it's not currently set"));
             }
             Ok(())
         })?,
         [name, key] => update_instance(&c, local(name)?, |put, _| {
             if put.config.remove(key).is_none() {
-                return fail(format!("The key \"{key}\" does not exist on instance \"{name}\""));
+                return fail(format!("Can't unset key '{key}', it's not currently set"));
             }
             Ok(())
         })?,
@@ -378,7 +378,7 @@ pub fn device(target: Target, args: &[String]) -> CmdResult {
                     if e.expanded_has(dev) {
                         return fail("Device from profile(s) cannot be removed from individual instance. Override device or modify profile instead");
                     }
-                    return fail(format!("Device doesn't exist: {dev}"));
+                    return fail("Device doesn't exist");
                 }
             }
             e.save(&c)?;
@@ -396,7 +396,7 @@ pub fn device(target: Target, args: &[String]) -> CmdResult {
         }
         ("get", [name, dev, key]) => {
             let mut e = Editable::load(&c, target, name)?;
-            let Some(d) = e.devices().get(dev) else { return fail(format!("Device doesn't exist: {dev}")) };
+            let Some(d) = e.devices().get(dev) else { return fail("Device doesn't exist") };
             println!("{}", d.get(key).cloned().unwrap_or_default());
         }
         ("set", [name, dev, rest @ ..]) if !rest.is_empty() => {
@@ -406,7 +406,7 @@ pub fn device(target: Target, args: &[String]) -> CmdResult {
             };
             let mut e = Editable::load(&c, target, name)?;
             let Some(d) = e.devices().get_mut(dev) else {
-                return fail(format!("Device doesn't exist: {dev}"));
+                return fail("Device doesn't exist");
             };
             for (k, v) in pairs {
                 d.insert(k, v);
@@ -416,7 +416,7 @@ pub fn device(target: Target, args: &[String]) -> CmdResult {
         ("unset", [name, dev, key]) => {
             let mut e = Editable::load(&c, target, name)?;
             let Some(d) = e.devices().get_mut(dev) else {
-                return fail(format!("Device doesn't exist: {dev}"));
+                return fail("Device doesn't exist");
             };
             d.remove(key);
             e.save(&c)?;

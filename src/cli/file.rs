@@ -177,7 +177,7 @@ fn push(args: &[String]) -> CmdResult {
         let local_path = Path::new(src);
         let base = local_path.file_name().map(|b| b.to_string_lossy().to_string()).unwrap_or_default();
         let dest = if to_dir { join_remote(&tpath, &base) } else { tpath.clone() };
-        let meta = fs::symlink_metadata(local_path).map_err(|e| Fail::Error(format!("{src}: {e}")))?;
+        let meta = fs::symlink_metadata(local_path).map_err(|e| Fail::Error(super::io_error("open", local_path, &e)))?;
         if a.create_dirs {
             mkdir_parents(&c, &name, &dest, a.uid.unwrap_or(meta.uid() as i64), a.gid.unwrap_or(meta.gid() as i64))?;
         }
@@ -202,7 +202,7 @@ fn push_one(c: &Client, name: &str, src: &Path, dest: &str, meta: &fs::Metadata,
         let body = Body::Bytes(target.to_string_lossy().as_bytes().to_vec());
         return post_file(c, name, dest, "symlink", Owner { uid, gid, mode }, body);
     }
-    let f = File::open(src).map_err(|e| Fail::Error(format!("{}: {e}", src.display())))?;
+    let f = File::open(src).map_err(|e| Fail::Error(super::io_error("open", src, &e)))?;
     let len = f.metadata()?.len();
     post_file(c, name, dest, "file", Owner { uid, gid, mode }, Body::Reader(Box::new(f), Some(len)))
 }
@@ -327,7 +327,7 @@ fn pull_one(c: &Client, name: &str, path: &str, dest: &Path, recursive: bool) ->
             }
             _ => {
                 let (mut f, _created) = open_pull_dest(dest, mode)
-                    .map_err(|e| crate::client::Error(format!("{}: {e}", dest.display())))?;
+                    .map_err(|e| crate::client::Error(super::io_error("open", dest, &e)))?;
                 io::copy(&mut r.body, &mut f)?;
                 Ok(Got::Done)
             }

@@ -271,7 +271,7 @@ fn import(args: &[String]) -> CmdResult {
         .collect::<Vec<_>>()
         .join("&");
     let open = |p: &str| -> Result<(File, u64), Fail> {
-        let f = File::open(p).map_err(|e| Fail::Error(format!("open {p}: {e}")))?;
+        let f = File::open(p).map_err(|e| Fail::Error(super::io_error("open", Path::new(p), &e)))?;
         let len = f.metadata()?.len();
         Ok((f, len))
     };

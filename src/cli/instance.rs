@@ -106,6 +106,10 @@ pub fn launch(args: &[String], start: bool) -> CmdResult {
         Some(n) => Some(local(&n)?.to_string()),
         None => None,
     };
+    match &name {
+        Some(n) => println!("Creating {n}"),
+        None => println!("Creating the instance"),
+    }
     let source = match &image {
         Some(img) => {
             let img = local(img)?;
@@ -133,10 +137,6 @@ pub fn launch(args: &[String], start: bool) -> CmdResult {
         kind: "container".into(),
         ..Default::default()
     };
-    match &name {
-        Some(n) => println!("Creating {n}"),
-        None => println!("Creating the instance"),
-    }
     let op = c.post("/1.0/instances", &req)?;
     let name = match (name, op.as_ref().and_then(created_name)) {
         (Some(n), _) => n,
@@ -149,8 +149,7 @@ pub fn launch(args: &[String], start: bool) -> CmdResult {
     if start {
         println!("Starting {name}");
         let put = InstanceStatePut { action: "start".into(), timeout: -1, ..Default::default() };
-        c.put(&format!("{}/state", instance_path(&name)), &put, None)
-            .map_err(|e| Fail::Error(format!("{}\nTry `bivy info --show-log {name}` for more info", e.0)))?;
+        change_state(&c, &name, &put)?;
     }
     Ok(0)
 }
@@ -174,6 +173,21 @@ pub struct StateArgs {
     #[argh(switch)]
     /// store the instance state (not supported)
     stateful: bool,
+}
+
+/// `PUT .../state` and wait. Like lxc, a start that fails while running (not one the server
+/// refused outright) points at the instance log.
+fn change_state(c: &Client, name: &str, put: &InstanceStatePut) -> Result<(), Fail> {
+    let reply = c.query("PUT", &format!("{}/state", instance_path(name)), Some(put), None)?;
+    if let Some(id) = reply.operation_id() {
+        if let Err(e) = c.wait_operation(&id) {
+            if put.action == "start" {
+                return fail(format!("{}\nTry `bivy info --show-log {name}` for more info", e.0));
+            }
+            return fail(e.0);
+        }
+    }
+    Ok(())
 }
 
 pub fn state(args: &[String], action: &str) -> CmdResult {
@@ -204,13 +218,7 @@ pub fn state(args: &[String], action: &str) -> CmdResult {
             force: a.force,
             stateful: a.stateful,
         };
-        if let Err(e) = c.put(&format!("{}/state", instance_path(name)), &put, None) {
-            return fail(if action == "start" {
-                format!("{}\nTry `bivy info --show-log {name}` for more info", e.0)
-            } else {
-                e.0
-            });
-        }
+        change_state(&c, name, &put)?;
     }
     Ok(0)
 }

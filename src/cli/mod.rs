@@ -314,6 +314,18 @@ pub fn key_values(args: &[String]) -> Result<Vec<(String, String)>, Fail> {
         .collect()
 }
 
+/// An I/O error worded like Go's (`open /x: no such file or directory`), as lxc prints them.
+pub fn io_error(op: &str, path: &std::path::Path, e: &std::io::Error) -> String {
+    let msg = e.to_string();
+    let msg = msg.split(" (os error").next().unwrap_or(&msg);
+    let mut chars = msg.chars();
+    let msg = match chars.next() {
+        Some(c) => c.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    };
+    format!("{op} {}: {msg}", path.display())
+}
+
 /// Whether a file descriptor is a terminal.
 pub fn is_tty(fd: i32) -> bool {
     use std::io::IsTerminal;
@@ -350,6 +362,13 @@ mod tests {
             Err(Fail::Error(m)) => assert_eq!(m, "not supported yet: remote \"images\""),
             _ => panic!("remote accepted"),
         }
+    }
+
+    #[test]
+    fn go_style_io_errors() {
+        let e = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let e = std::fs::File::open("/nonexistent-bivy").err().unwrap_or(e);
+        assert_eq!(io_error("open", std::path::Path::new("/nonexistent-bivy"), &e), "open /nonexistent-bivy: no such file or directory");
     }
 
     #[test]

@@ -150,15 +150,13 @@ pub fn run(args: &[String]) -> CmdResult {
         }
         ("unset", [name, key]) => with_profile(&c, name, |p| {
             if p.config.remove(key).is_none() {
-                return fail(format!("The key \"{key}\" does not exist"));
+                return fail(format!("Unknown configuration key: {key}"));
             }
             Ok(())
         })?,
         ("add", [inst, prof]) => {
+            // Duplicates are the server's to refuse, as with lxc.
             with_instance(&c, inst, |ps| {
-                if ps.contains(prof) {
-                    return fail(format!("Profile {prof} is already applied"));
-                }
                 ps.push(prof.clone());
                 Ok(())
             })?;
