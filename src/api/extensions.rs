@@ -10,6 +10,8 @@ pub const API_EXTENSIONS: &[&str] = &[
     "file_append",
     "file_symlinks",
     "entity_description",
+    "network",
+    "storage",
     "profile_usedby",
     "container_exec_signal_handling",
     "container_exec_user_group_cwd",
@@ -19,4 +21,5 @@ pub const API_EXTENSIONS: &[&str] = &[
     "api_filtering",
     "container_full",
     "instance_get_full",
+    "file_get_symlink",
 ];

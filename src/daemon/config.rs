@@ -47,6 +47,10 @@ enum Kind {
     Priority,
     Enforce,
     Str,
+    /// `raw.idmap` lines.
+    Idmap,
+    /// Checked by the seccomp policy parser.
+    Seccomp,
     IdmapSize,
     /// Accepted and stored; the feature arrives with a later issue and is refused at start.
     Later,
@@ -72,8 +76,9 @@ fn kind_of(key: &str) -> Option<Kind> {
         "security.idmap.size" => IdmapSize,
         "security.protection.delete" | "security.protection.shift" => Bool,
         "security.syscalls.deny_default" | "security.syscalls.deny_compat" => Bool,
-        "security.syscalls.deny" | "security.syscalls.allow" => Str,
-        "raw.idmap" | "raw.seccomp" | "raw.apparmor" => Str,
+        "security.syscalls.deny" | "security.syscalls.allow" | "raw.seccomp" => Seccomp,
+        "raw.idmap" => Idmap,
+        "raw.apparmor" => Str,
         "raw.lxc" => Unsupported("raw.lxc: bivy does not use LXC; use the bivy config keys instead"),
         "snapshots.schedule" | "snapshots.pattern" | "snapshots.expiry" => Later,
         "snapshots.schedule.stopped" => Bool,
@@ -93,100 +98,16 @@ fn parse_bool(v: &str) -> Option<bool> {
     }
 }
 
-/// Parse a size such as `512MiB`, `1GB`, `100kB` or plain bytes.
-pub fn parse_size(v: &str) -> Option<u64> {
-    let v = v.trim();
-    let split = v.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(v.len());
-    let (num, unit) = v.split_at(split);
-    let unit = unit.trim();
-    let mult: u64 = match unit {
-        "" | "B" => 1,
-        "kB" | "KB" => 1000,
-        "MB" => 1000u64.pow(2),
-        "GB" => 1000u64.pow(3),
-        "TB" => 1000u64.pow(4),
-        "PB" => 1000u64.pow(5),
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "TiB" => 1 << 40,
-        "PiB" => 1 << 50,
-        _ => return None,
-    };
-    if num.contains('.') {
-        let f: f64 = num.parse().ok()?;
-        if !f.is_finite() || f < 0.0 {
-            return None;
-        }
-        let bytes = f * mult as f64;
-        if bytes > u64::MAX as f64 {
-            return None;
-        }
-        Some(bytes as u64)
-    } else {
-        num.parse::<u64>().ok()?.checked_mul(mult)
-    }
-}
+use crate::runtime::cgroup::{parse_allowance, parse_cpu, parse_memory, Allowance};
 
-/// `limits.memory`: a size or a percentage of `total`.
-pub fn parse_memory(v: &str, total: u64) -> Option<u64> {
-    if let Some(p) = v.strip_suffix('%') {
-        let p: f64 = p.trim().parse().ok()?;
-        if !(0.0..=100.0).contains(&p) || p == 0.0 {
-            return None;
-        }
-        return Some((total as f64 * p / 100.0) as u64);
-    }
-    parse_size(v).filter(|&b| b > 0)
-}
-
-/// `limits.cpu`: a count (`2` -> `0-1`) or a set (`0-3,7`), checked against `ncpus`.
-pub fn parse_cpu(v: &str, ncpus: usize) -> Option<String> {
+/// `limits.cpu` for this host: a count larger than the host is clamped to the host's CPUs.
+fn cpuset(v: &str, ncpus: usize) -> Option<String> {
     let v = v.trim();
-    if v.is_empty() {
-        return None;
-    }
-    if v.bytes().all(|b| b.is_ascii_digit()) {
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
         let n: usize = v.parse().ok()?;
-        if n == 0 {
-            return None;
-        }
-        let n = n.min(ncpus.max(1));
-        return Some(if n == 1 { "0".into() } else { format!("0-{}", n - 1) });
+        return parse_cpu(&n.min(ncpus).max(1).to_string(), ncpus).ok().filter(|_| n > 0);
     }
-    for part in v.split(',') {
-        let (a, b) = match part.split_once('-') {
-            Some((a, b)) => (a.trim().parse::<usize>().ok()?, b.trim().parse::<usize>().ok()?),
-            None => {
-                let a = part.trim().parse::<usize>().ok()?;
-                (a, a)
-            }
-        };
-        if a > b || b >= ncpus.max(1) {
-            return None;
-        }
-    }
-    Some(v.replace(' ', ""))
-}
-
-/// `limits.cpu.allowance`: `50%` (shares, relative) or `25ms/100ms` (hard quota).
-pub enum Allowance {
-    Percent(u64),
-    Quota { quota_us: u64, period_us: u64 },
-}
-
-pub fn parse_allowance(v: &str) -> Option<Allowance> {
-    if let Some(p) = v.strip_suffix('%') {
-        let p: u64 = p.trim().parse().ok()?;
-        return (1..=100).contains(&p).then_some(Allowance::Percent(p));
-    }
-    let (q, p) = v.split_once('/')?;
-    let ms = |s: &str| s.trim().strip_suffix("ms")?.trim().parse::<u64>().ok();
-    let (q, p) = (ms(q)?, ms(p)?);
-    if q == 0 || p == 0 {
-        return None;
-    }
-    Some(Allowance::Quota { quota_us: q * 1000, period_us: p * 1000 })
+    parse_cpu(v, ncpus).ok()
 }
 
 /// Validate one instance config key and value; `Later` keys are accepted (stored).
@@ -203,10 +124,12 @@ pub fn validate_key(key: &str, value: &str) -> Result<()> {
         Kind::Int if value.parse::<i64>().is_err() => bad("expected an integer"),
         Kind::IdmapSize if value.parse::<u32>().map_or(true, |v| v == 0) => bad("expected a positive integer"),
         Kind::Priority if value.parse::<u8>().map_or(true, |v| v > 10) => bad("expected an integer from 0 to 10"),
-        Kind::Memory if parse_memory(value, u64::MAX / 200).is_none() => bad("expected a size such as 512MiB or a percentage"),
-        Kind::Cpu if parse_cpu(value, 1 << 16).is_none() => bad("expected a CPU count or a set such as 0-3,7"),
-        Kind::Allowance if parse_allowance(value).is_none() => bad("expected a percentage or a quota such as 25ms/100ms"),
+        Kind::Memory => parse_memory(value, 1 << 40).map(drop).or_else(|e| bad(&e.0)),
+        Kind::Cpu if cpuset(value, 1 << 16).is_none() => bad("expected a CPU count or a set such as 0-3,7"),
+        Kind::Allowance => parse_allowance(value).map(drop).or_else(|e| bad(&e.0)),
         Kind::Enforce if !matches!(value, "hard" | "soft") => bad("expected hard or soft"),
+        Kind::Idmap => super::idmap::parse_raw(value).map(drop),
+        Kind::Seccomp => crate::runtime::seccomp::validate_config_value(key, value).or_else(|e| bad(&e.0)),
         Kind::Unsupported(why) => Err(Error::BadRequest(format!("not supported: {why}"))),
         _ => Ok(()),
     }
@@ -300,18 +223,18 @@ pub fn limits(config: &StringMap, total_mem: u64, ncpus: usize) -> Result<Limits
     let get = |k: &str| config.get(k).map(String::as_str).filter(|v| !v.is_empty());
     let mut l = Limits::default();
     if let Some(v) = get("limits.memory") {
-        l.memory = Some(parse_memory(v, total_mem).ok_or_else(|| Error::BadRequest(format!("Invalid limits.memory {v:?}")))?);
+        l.memory = Some(parse_memory(v, total_mem).map_err(|e| Error::BadRequest(format!("limits.memory: {e}")))?);
     }
     l.memory_soft = get("limits.memory.enforce") == Some("soft");
     l.memory_swap = get("limits.memory.swap").and_then(parse_bool).unwrap_or(true);
     if let Some(v) = get("limits.cpu") {
-        l.cpuset = Some(parse_cpu(v, ncpus).ok_or_else(|| Error::BadRequest(format!("Invalid limits.cpu {v:?}")))?);
+        l.cpuset = Some(cpuset(v, ncpus).ok_or_else(|| Error::BadRequest(format!("Invalid limits.cpu {v:?}")))?);
     }
     let priority = get("limits.cpu.priority").and_then(|v| v.parse::<u64>().ok());
     match get("limits.cpu.allowance").map(parse_allowance) {
-        Some(Some(Allowance::Quota { quota_us, period_us })) => l.cpu_quota = Some((quota_us, period_us)),
-        Some(Some(Allowance::Percent(p))) => l.cpu_shares = Some(1024 * p / 100),
-        Some(None) => return Err(Error::BadRequest("Invalid limits.cpu.allowance".into())),
+        Some(Ok(Allowance::Quota(quota_us, period_us))) => l.cpu_quota = Some((quota_us, period_us)),
+        Some(Ok(Allowance::Shares(s))) => l.cpu_shares = Some(s),
+        Some(Err(e)) => return Err(Error::BadRequest(format!("limits.cpu.allowance: {e}"))),
         None => {}
     }
     if let Some(p) = priority {
@@ -340,24 +263,12 @@ mod tests {
     }
 
     #[test]
-    fn sizes() {
-        assert_eq!(parse_size("512MiB"), Some(512 << 20));
-        assert_eq!(parse_size("1GB"), Some(1_000_000_000));
-        assert_eq!(parse_size("100"), Some(100));
-        assert_eq!(parse_size("1.5GiB"), Some(3 << 29));
-        assert_eq!(parse_size("12XB"), None);
-        assert_eq!(parse_memory("50%", 1000), Some(500));
-        assert_eq!(parse_memory("0", 1000), None);
-    }
-
-    #[test]
     fn cpus() {
-        assert_eq!(parse_cpu("2", 4).as_deref(), Some("0-1"));
-        assert_eq!(parse_cpu("1", 4).as_deref(), Some("0"));
-        assert_eq!(parse_cpu("0-1,3", 4).as_deref(), Some("0-1,3"));
-        assert_eq!(parse_cpu("0-7", 4), None);
-        assert_eq!(parse_cpu("0", 4), None);
-        assert_eq!(parse_cpu("3", 4).as_deref(), Some("0-2"));
+        assert_eq!(cpuset("2", 4).as_deref(), Some("0-1"));
+        assert_eq!(cpuset("8", 2).as_deref(), Some("0-1"));
+        assert_eq!(cpuset("0-1,3", 4).as_deref(), Some("0-1,3"));
+        assert_eq!(cpuset("0", 4), None);
+        assert_eq!(cpuset("0-7", 4), None);
     }
 
     #[test]

@@ -465,12 +465,14 @@ pub fn image_create(d: &Daemon, req: &mut Request) -> Result<Response> {
         ..Default::default()
     };
     if let Some(props) = req.header("X-LXD-properties") {
-        for (k, v) in crate::http::parse_query(props) {
+        let props = crate::http::parse_query(props).ok_or_else(|| Error::BadRequest("Invalid X-LXD-properties header".into()))?;
+        for (k, v) in props {
             opts.properties.insert(k, v);
         }
     }
     if let Some(p) = req.header("X-LXD-profiles") {
-        opts.profiles = crate::http::parse_query(p).into_iter().map(|(_, v)| v).collect();
+        let p = crate::http::parse_query(p).ok_or_else(|| Error::BadRequest("Invalid X-LXD-profiles header".into()))?;
+        opts.profiles = p.into_iter().map(|(_, v)| v).collect();
     }
     let img = if let Some(b) = ctype.strip_prefix("multipart/form-data") {
         let boundary = b

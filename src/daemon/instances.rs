@@ -744,7 +744,11 @@ pub fn start(d: &Daemon, name: &str) -> Result<()> {
         console_log: log_dir.join("console.log"),
     };
     let run_dir = d.run_dir(name);
-    runtime::start(&spec, &run_dir)?;
+    if let Err(e) = runtime::start(&spec, &run_dir) {
+        log_line(&log_dir, &format!("start failed: {e}"));
+        return Err(e.into());
+    }
+    log_line(&log_dir, "started");
     let mut kv: Vec<(&str, Option<String>)> =
         vec![("volatile.last_state.power", Some("RUNNING".into())), ("volatile.apply_template", None)];
     if let Some(m) = &map {
@@ -765,10 +769,25 @@ pub fn start(d: &Daemon, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// The seccomp policy text for an instance.
+/// Append a timestamped line to the instance's `lxc.log` (what `lxc info --show-log` shows).
+fn log_line(log_dir: &std::path::Path, msg: &str) {
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log_dir.join("lxc.log")) {
+        let _ = writeln!(f, "{} {msg}", time::now());
+    }
+}
+
+/// The seccomp policy text for an instance (`raw.seccomp`, `security.syscalls.*`).
 fn seccomp_policy(ec: &StringMap) -> Result<String> {
-    let _ = ec;
-    Ok(String::new())
+    let get = |k: &str| ec.get(k).cloned().unwrap_or_default();
+    let cfg = runtime::seccomp::PolicyConfig {
+        raw: ec.get("raw.seccomp").filter(|v| !v.is_empty()).cloned(),
+        deny_default: ec.get("security.syscalls.deny_default").is_none_or(|v| v != "false"),
+        deny: get("security.syscalls.deny"),
+        allow: get("security.syscalls.allow"),
+        deny_compat: config::flag(ec, "security.syscalls.deny_compat"),
+    };
+    runtime::seccomp::build_policy(&cfg).map_err(|e| Error::BadRequest(format!("seccomp policy: {e}")))
 }
 
 /// Stop an instance (the caller holds its busy mark).

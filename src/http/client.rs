@@ -1,8 +1,13 @@
 //! HTTP/1.1 client side: one request at a time over a [`Stream`], keep-alive capable.
 
-use std::io;
+use std::io::{self, BufRead, BufReader, Read};
 
-use super::{Body, Stream};
+use super::{body_framing, parse_header_lines, Body, Decoder, Framing, HeadScanner, Stream};
+
+/// Largest response head accepted.
+const MAX_RESPONSE_HEAD: usize = 1 << 20;
+/// Most 1xx interim responses skipped before the final one.
+const MAX_INTERIM: usize = 16;
 
 /// A response head plus its body stream.
 pub struct ClientResponse<'a> {
@@ -17,6 +22,80 @@ impl ClientResponse<'_> {
     }
 }
 
+fn invalid_input(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg.to_string())
+}
+
+fn bad_data(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.to_string())
+}
+
+/// Read a message head (status line and headers) from `r`, at most `max` bytes.
+pub(crate) fn read_head(r: &mut dyn BufRead, max: usize) -> io::Result<Vec<u8>> {
+    let mut sc = HeadScanner::default();
+    loop {
+        let avail = match r.fill_buf() {
+            Ok(a) => a,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if avail.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before the response head"));
+        }
+        let (used, done) = sc.feed(avail);
+        r.consume(used);
+        if done {
+            return Ok(sc.head);
+        }
+        if sc.total > max {
+            return Err(bad_data("response head too large"));
+        }
+    }
+}
+
+/// Parse a response head into (status, headers).
+pub(crate) fn parse_response_head(head: &[u8]) -> io::Result<(u16, Vec<(String, String)>)> {
+    if head.contains(&0) {
+        return Err(bad_data("NUL in response head"));
+    }
+    let lines = super::head_lines(head).map_err(bad_data)?;
+    let (first, rest) = lines.split_first().ok_or_else(|| bad_data("empty response head"))?;
+    let first = std::str::from_utf8(first).map_err(|_| bad_data("malformed status line"))?;
+    let mut parts = first.splitn(3, ' ');
+    let version = parts.next().unwrap_or("");
+    if version != "HTTP/1.1" && version != "HTTP/1.0" {
+        return Err(bad_data("malformed status line"));
+    }
+    let code = parts.next().unwrap_or("");
+    if code.len() != 3 || !code.bytes().all(|c| c.is_ascii_digit()) {
+        return Err(bad_data("malformed status code"));
+    }
+    let status: u16 = code.parse().map_err(|_| bad_data("malformed status code"))?;
+    if status < 100 {
+        return Err(bad_data("malformed status code"));
+    }
+    let headers = parse_header_lines(rest).map_err(bad_data)?;
+    Ok((status, headers))
+}
+
+struct ClientBody<'a> {
+    r: BufReader<&'a mut dyn Stream>,
+    dec: Decoder,
+}
+
+impl Read for ClientBody<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.dec.read(&mut self.r, buf)
+    }
+}
+
+fn check_field(s: &str, what: &str) -> io::Result<()> {
+    if s.bytes().any(|c| c == b'\r' || c == b'\n' || c == 0) {
+        return Err(invalid_input(&format!("invalid character in {what}")));
+    }
+    Ok(())
+}
+
 /// Send one request (`path` includes the query) and read the response head. `Host` is added when
 /// missing; a `Body::Reader` without length is sent chunked.
 pub fn request<'a>(
@@ -26,6 +105,101 @@ pub fn request<'a>(
     headers: &[(String, String)],
     body: Body,
 ) -> io::Result<ClientResponse<'a>> {
-    let _ = (stream, method, path, headers, body);
-    Err(io::Error::other("not supported yet: http client"))
+    if method.is_empty() || !method.bytes().all(super::is_tchar) {
+        return Err(invalid_input("invalid method"));
+    }
+    if path.is_empty() || path.bytes().any(|c| c <= 0x20 || c == 0x7f) {
+        return Err(invalid_input("invalid request path"));
+    }
+    let mut head = format!("{method} {path} HTTP/1.1\r\n");
+    let mut has_host = false;
+    for (k, v) in headers {
+        if k.is_empty() || !k.bytes().all(super::is_tchar) {
+            return Err(invalid_input("invalid header name"));
+        }
+        check_field(v, "header value")?;
+        if k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("transfer-encoding") {
+            continue;
+        }
+        has_host |= k.eq_ignore_ascii_case("host");
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !has_host {
+        head.push_str("Host: unix.socket\r\n");
+    }
+    let mut chunked = false;
+    match &body {
+        Body::Empty => {
+            if matches!(method, "POST" | "PUT" | "PATCH") {
+                head.push_str("Content-Length: 0\r\n");
+            }
+        }
+        Body::Bytes(b) => head.push_str(&format!("Content-Length: {}\r\n", b.len())),
+        Body::Reader(_, Some(n)) => head.push_str(&format!("Content-Length: {n}\r\n")),
+        Body::Reader(_, None) => {
+            head.push_str("Transfer-Encoding: chunked\r\n");
+            chunked = true;
+        }
+    }
+    head.push_str("\r\n");
+    match body {
+        Body::Empty => stream.write_all(head.as_bytes())?,
+        Body::Bytes(b) => {
+            let mut all = head.into_bytes();
+            all.extend_from_slice(&b);
+            stream.write_all(&all)?;
+        }
+        Body::Reader(mut r, Some(n)) => {
+            stream.write_all(head.as_bytes())?;
+            let copied = io::copy(&mut (&mut r).take(n), stream)?;
+            if copied != n {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "request body shorter than its length"));
+            }
+        }
+        Body::Reader(mut r, None) => {
+            debug_assert!(chunked);
+            stream.write_all(head.as_bytes())?;
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                let n = match r.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
+                let mut c = Vec::with_capacity(n + 16);
+                c.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+                c.extend_from_slice(&buf[..n]);
+                c.extend_from_slice(b"\r\n");
+                stream.write_all(&c)?;
+            }
+            stream.write_all(b"0\r\n\r\n")?;
+        }
+    }
+    stream.flush()?;
+
+    let mut r = BufReader::with_capacity(16 * 1024, stream);
+    let mut interim = 0;
+    let (status, headers) = loop {
+        let raw = read_head(&mut r, MAX_RESPONSE_HEAD)?;
+        let (status, headers) = parse_response_head(&raw)?;
+        if (100..200).contains(&status) && status != 101 {
+            interim += 1;
+            if interim > MAX_INTERIM {
+                return Err(bad_data("too many interim responses"));
+            }
+            continue;
+        }
+        break (status, headers);
+    };
+    let framing = if method == "HEAD" || status == 204 || status == 304 || status == 101 {
+        Framing::None
+    } else {
+        match body_framing(&headers) {
+            Ok(Framing::None) if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-length")) => Framing::Eof,
+            Ok(f) => f,
+            Err((_, msg)) => return Err(bad_data(msg)),
+        }
+    };
+    Ok(ClientResponse { status, headers, body: Box::new(ClientBody { r, dec: Decoder::new(framing) }) })
 }

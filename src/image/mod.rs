@@ -9,12 +9,27 @@
 //! INTERFACE CONTRACT (the daemon relies on these; keep the signatures): `Store` and its methods,
 //! `Upload`, `ImportOpts`, `UnpackOpts`, `Error`, `template::Context`, `apply_templates`.
 
+mod compress;
+mod metadata;
+mod pack;
 pub mod template;
+mod unpack;
 
-use std::io::Read;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ring::digest;
 
 use crate::api;
+use crate::util::fs::{atomic_write, sync_dir};
+use crate::util::time;
+
+pub use compress::{sniff, Compression, Format};
+pub use metadata::{known_architecture, parse as parse_metadata};
+pub use pack::pack;
 
 /// Errors, by the HTTP status the daemon maps them to.
 #[derive(Debug)]
@@ -32,9 +47,7 @@ pub enum Error {
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Error::NotFound(m) | Error::Conflict(m) | Error::BadRequest(m) | Error::Internal(m) => {
-                f.write_str(m)
-            }
+            Error::NotFound(m) | Error::Conflict(m) | Error::BadRequest(m) | Error::Internal(m) => f.write_str(m),
         }
     }
 }
@@ -80,91 +93,638 @@ pub struct Store {
     dir: PathBuf,
 }
 
-fn not_yet<T>(what: &str) -> Result<T> {
-    Err(Error::Internal(format!("not supported yet: {what}")))
+/// Removes the files it holds when dropped, unless `keep` was called (every early return of an
+/// import leaves nothing behind).
+struct TempFiles(Vec<PathBuf>);
+
+impl TempFiles {
+    fn keep(mut self) {
+        self.0.clear();
+    }
+}
+
+impl Drop for TempFiles {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Names of temp files: `.import-<pid>-<n>.tmp`, removed by `Store::open`.
+fn temp_name() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(".import-{}-{}.tmp", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Whether the process that made a temp file (`.import-<pid>-<n>.tmp`, or atomic_write's
+/// `.<name>.tmp<pid>`) is still running: its file may be an import in flight.
+fn owner_alive(name: &str) -> bool {
+    let pid = match name.strip_prefix(".import-") {
+        Some(rest) => rest.split('-').next().unwrap_or(""),
+        None => name.rsplit(".tmp").next().unwrap_or(""),
+    };
+    match pid.parse::<u32>() {
+        Ok(pid) => Path::new("/proc").join(pid.to_string()).exists(),
+        Err(_) => false,
+    }
+}
+
+fn internal(what: impl std::fmt::Display, e: impl std::fmt::Display) -> Error {
+    Error::Internal(format!("{what}: {e}"))
+}
+
+fn is_fingerprint(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn hex(d: &[u8]) -> String {
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Copy `r` into a new file at `path` while hashing; returns the bytes copied.
+fn stage(r: &mut dyn Read, path: &Path, ctx: &mut digest::Context) -> Result<u64> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| internal(path.display(), e))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::BadRequest(format!("reading the upload: {e}"))),
+        };
+        ctx.update(&buf[..n]);
+        f.write_all(&buf[..n]).map_err(|e| internal(path.display(), e))?;
+        total += n as u64;
+    }
+    f.sync_all().map_err(|e| internal(path.display(), e))?;
+    Ok(total)
+}
+
+/// What the tarball scan looks for.
+#[derive(Clone, Copy, PartialEq)]
+enum ScanKind {
+    /// metadata.yaml + rootfs/ + templates/
+    Unified,
+    /// metadata.yaml + templates/
+    Metadata,
+    /// the filesystem itself
+    Rootfs,
+}
+
+/// A member path split into its normal components, `.` dropped. None for an absolute path or
+/// one with `..` (such members are refused by unpack and not looked at by the scan).
+pub(crate) fn clean_path(raw: &[u8]) -> Option<Vec<&[u8]>> {
+    if raw.starts_with(b"/") {
+        return None;
+    }
+    let mut out = Vec::new();
+    for c in raw.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => return None,
+            c => out.push(c),
+        }
+    }
+    Some(out)
+}
+
+/// Open a (possibly compressed) tarball.
+pub(crate) fn open_tar(path: &Path) -> Result<tar::Archive<Box<dyn Read>>> {
+    let mut f = File::open(path).map_err(|e| internal(path.display(), e))?;
+    let mut head = Vec::with_capacity(compress::SNIFF_LEN);
+    (&mut f).take(compress::SNIFF_LEN as u64).read_to_end(&mut head).map_err(|e| internal(path.display(), e))?;
+    let fmt = compress::sniff(&head);
+    let r: Box<dyn Read> = Box::new(io::Cursor::new(head).chain(f));
+    Ok(tar::Archive::new(compress::decoder(fmt, r)?))
+}
+
+/// The format of a stored file.
+fn file_format(path: &Path) -> Result<compress::Format> {
+    let f = File::open(path).map_err(|e| internal(path.display(), e))?;
+    let mut head = Vec::new();
+    f.take(compress::SNIFF_LEN as u64).read_to_end(&mut head).map_err(|e| internal(path.display(), e))?;
+    Ok(compress::sniff(&head))
+}
+
+/// Read a whole tarball, checking it decodes to the end; returns metadata.yaml (when wanted) and
+/// whether a rootfs/ member was seen.
+fn scan(path: &Path, kind: ScanKind, stop_at_metadata: bool) -> Result<(Option<Vec<u8>>, bool)> {
+    let bad = |e: io::Error| Error::BadRequest(format!("invalid image tarball: {e}"));
+    let mut ar = open_tar(path)?;
+    let mut meta = None;
+    let mut rootfs = false;
+    for entry in ar.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        let raw = entry.path_bytes().into_owned();
+        let Some(parts) = clean_path(&raw) else {
+            return Err(Error::BadRequest(format!(
+                "invalid image tarball: unsafe member path {:?} (absolute or with \"..\")",
+                String::from_utf8_lossy(&raw)
+            )));
+        };
+        if kind == ScanKind::Rootfs {
+            continue;
+        }
+        match parts.as_slice() {
+            [b"metadata.yaml"] if entry.header().entry_type().is_file() => {
+                let mut buf = Vec::new();
+                (&mut entry).take(1 << 20).read_to_end(&mut buf).map_err(bad)?;
+                if buf.len() >= 1 << 20 {
+                    return Err(Error::BadRequest("invalid image tarball: metadata.yaml is larger than 1 MiB".into()));
+                }
+                meta = Some(buf);
+                if stop_at_metadata {
+                    return Ok((meta, rootfs));
+                }
+            }
+            [b"rootfs", ..] => rootfs = true,
+            _ => {}
+        }
+    }
+    // Drain what follows the end-of-archive blocks so the decoder checks its trailer (crc, size).
+    io::copy(ar.into_inner().by_ref(), &mut io::sink()).map_err(bad)?;
+    Ok((meta, rootfs))
 }
 
 impl Store {
     /// Open (create) the store; removes leftovers of interrupted imports.
     pub fn open(dir: &Path) -> Result<Store> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::Internal(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| internal(dir.display(), e))?;
+        let rd = std::fs::read_dir(dir).map_err(|e| internal(dir.display(), e))?;
+        for ent in rd.flatten() {
+            let name = ent.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') && name.contains(".tmp") && !owner_alive(&name) {
+                let _ = std::fs::remove_file(ent.path());
+            }
+        }
         Ok(Store { dir: dir.to_path_buf() })
     }
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    fn record_path(&self, fp: &str) -> PathBuf {
+        self.dir.join(format!("{fp}.json"))
+    }
+    fn data_path(&self, fp: &str) -> PathBuf {
+        self.dir.join(fp)
+    }
+    fn rootfs_path(&self, fp: &str) -> PathBuf {
+        self.dir.join(format!("{fp}.rootfs"))
+    }
+
+    /// An exclusive lock over the store's records (flock on `.lock`; also excludes other
+    /// threads, which open their own file description).
+    fn lock(&self) -> Result<File> {
+        let p = self.dir.join(".lock");
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&p)
+            .map_err(|e| internal(p.display(), e))?;
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).map_err(|e| internal(p.display(), e))?;
+        Ok(f)
+    }
+
+    fn read_record(&self, fp: &str) -> Result<api::Image> {
+        let p = self.record_path(fp);
+        let data = match std::fs::read(&p) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(Error::NotFound(format!("Image not found: {fp}")))
+            }
+            Err(e) => return Err(internal(p.display(), e)),
+        };
+        serde_json::from_slice(&data).map_err(|e| internal(p.display(), e))
+    }
+
+    fn write_record(&self, img: &api::Image) -> Result<()> {
+        let mut rec = img.clone();
+        rec.aliases.clear();
+        let p = self.record_path(&img.fingerprint);
+        let data = serde_json::to_vec_pretty(&rec).map_err(|e| internal(p.display(), e))?;
+        atomic_write(&p, &data).map_err(|e| internal(p.display(), e))
+    }
+
+    fn fingerprints(&self) -> Result<Vec<String>> {
+        let rd = std::fs::read_dir(&self.dir).map_err(|e| internal(self.dir.display(), e))?;
+        let mut out: Vec<String> = rd
+            .flatten()
+            .filter_map(|e| {
+                let n = e.file_name().into_string().ok()?;
+                let fp = n.strip_suffix(".json")?;
+                is_fingerprint(fp).then(|| fp.to_string())
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Full fingerprint from a full one or a unique prefix.
+    fn resolve(&self, prefix: &str) -> Result<String> {
+        let nf = || Error::NotFound(format!("Image not found: {prefix}"));
+        if prefix.is_empty() || prefix.len() > 64 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(nf());
+        }
+        let prefix = prefix.to_ascii_lowercase();
+        let all: Vec<String> = self.fingerprints()?.into_iter().filter(|f| f.starts_with(&prefix)).collect();
+        match all.len() {
+            0 => Err(nf()),
+            1 => Ok(all.into_iter().next().expect("one element")),
+            n => Err(Error::BadRequest(format!("Image prefix {prefix:?} is ambiguous: {n} images match"))),
+        }
+    }
+
+    fn with_aliases(&self, mut img: api::Image, aliases: &[api::ImageAliasesEntry]) -> api::Image {
+        img.aliases = aliases
+            .iter()
+            .filter(|a| a.target == img.fingerprint)
+            .map(|a| api::ImageAlias { name: a.name.clone(), description: a.description.clone() })
+            .collect();
+        img
+    }
+
     /// All images, sorted by fingerprint.
     pub fn list(&self) -> Result<Vec<api::Image>> {
-        Ok(Vec::new())
+        let aliases = self.read_aliases()?;
+        let mut out = Vec::new();
+        for fp in self.fingerprints()? {
+            match self.read_record(&fp) {
+                Ok(img) => out.push(self.with_aliases(img, &aliases)),
+                Err(Error::NotFound(_)) => {} // deleted meanwhile
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
     /// Find by full fingerprint or unique prefix (ambiguous: BadRequest; none: NotFound).
     pub fn get(&self, fingerprint: &str) -> Result<api::Image> {
-        Err(Error::NotFound(format!("Image not found: {fingerprint}")))
+        let fp = self.resolve(fingerprint)?;
+        let img = self.read_record(&fp)?;
+        Ok(self.with_aliases(img, &self.read_aliases()?))
     }
+
     /// Import, streaming to disk while hashing; validates the tarball(s) and metadata.yaml.
     /// An image that already exists is a Conflict naming its fingerprint.
     pub fn import(&self, upload: Upload<'_>, opts: &ImportOpts) -> Result<api::Image> {
-        let _ = (upload, opts);
-        not_yet("image import")
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        let meta_tmp = self.dir.join(temp_name());
+        let mut temps = TempFiles(vec![meta_tmp.clone()]);
+        let (size, rootfs_tmp) = match upload {
+            Upload::Unified(r) => (stage(r, &meta_tmp, &mut ctx)?, None),
+            Upload::Split { metadata, rootfs } => {
+                let rootfs_tmp = self.dir.join(temp_name());
+                temps.0.push(rootfs_tmp.clone());
+                let a = stage(metadata, &meta_tmp, &mut ctx)?;
+                let b = stage(rootfs, &rootfs_tmp, &mut ctx)?;
+                (a + b, Some(rootfs_tmp))
+            }
+        };
+        let fp = hex(ctx.finish().as_ref());
+        self.commit(temps, &fp, size, rootfs_tmp.as_deref(), opts)
     }
+
+    /// Validate the staged file(s) and move them into place as image `fp`.
+    fn commit(
+        &self,
+        temps: TempFiles,
+        fp: &str,
+        size: u64,
+        rootfs_tmp: Option<&Path>,
+        opts: &ImportOpts,
+    ) -> Result<api::Image> {
+        let meta_tmp = temps.0[0].clone();
+        if let Some(want) = &opts.expected_fingerprint {
+            if !want.is_empty() && want.to_ascii_lowercase() != fp {
+                return Err(Error::BadRequest(format!("Fingerprint doesn't match: expected {want}, got {fp}")));
+            }
+        }
+        let dup = || Error::Conflict("Image with same fingerprint already exists".into());
+        if self.record_path(fp).exists() {
+            return Err(dup());
+        }
+        let meta_yaml = match rootfs_tmp {
+            None => {
+                let (meta, has_rootfs) = scan(&meta_tmp, ScanKind::Unified, false)?;
+                let meta =
+                    meta.ok_or_else(|| Error::BadRequest("invalid image tarball: metadata.yaml is missing".into()))?;
+                if !has_rootfs {
+                    return Err(Error::BadRequest("invalid image tarball: rootfs/ is missing".into()));
+                }
+                meta
+            }
+            Some(rootfs_tmp) => {
+                let (meta, _) = scan(&meta_tmp, ScanKind::Metadata, false)?;
+                let meta =
+                    meta.ok_or_else(|| Error::BadRequest("invalid metadata tarball: metadata.yaml is missing".into()))?;
+                match file_format(rootfs_tmp)? {
+                    compress::Format::Squashfs => {}
+                    compress::Format::Qcow2 => {
+                        return Err(Error::BadRequest(
+                            "not supported yet: virtual-machine images (qcow2 rootfs)".into(),
+                        ))
+                    }
+                    _ => {
+                        scan(rootfs_tmp, ScanKind::Rootfs, false)?;
+                    }
+                }
+                meta
+            }
+        };
+        let meta = metadata::parse(&meta_yaml)?;
+
+        let now = time::now();
+        let mut properties = meta.properties.clone();
+        properties.extend(opts.properties.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let img = api::Image {
+            put: api::ImagePut {
+                auto_update: opts.auto_update,
+                properties,
+                public: opts.public,
+                expires_at: if meta.expiry_date > 0 {
+                    time::format(meta.expiry_date, 0)
+                } else {
+                    api::ZERO_TIME.into()
+                },
+                profiles: if opts.profiles.is_empty() { vec!["default".into()] } else { opts.profiles.clone() },
+            },
+            aliases: Vec::new(),
+            architecture: meta.architecture.clone(),
+            cached: opts.cached,
+            filename: opts.filename.clone(),
+            fingerprint: fp.to_string(),
+            size: size as i64,
+            update_source: opts.update_source.clone(),
+            kind: "container".into(),
+            created_at: time::format(meta.creation_date, 0),
+            last_used_at: api::ZERO_TIME.into(),
+            uploaded_at: now,
+        };
+
+        // The record is the commit point: data files first, then `<fp>.json`, all under the lock
+        // so that two concurrent imports of one image dedupe.
+        let _lock = self.lock()?;
+        if self.record_path(fp).exists() {
+            return Err(dup());
+        }
+        if let Some(rootfs_tmp) = rootfs_tmp {
+            let dst = self.rootfs_path(fp);
+            std::fs::rename(rootfs_tmp, &dst).map_err(|e| internal(dst.display(), e))?;
+        }
+        let dst = self.data_path(fp);
+        std::fs::rename(&meta_tmp, &dst).map_err(|e| internal(dst.display(), e))?;
+        temps.keep();
+        if let Err(e) = self.write_record(&img) {
+            let _ = std::fs::remove_file(self.data_path(fp));
+            let _ = std::fs::remove_file(self.rootfs_path(fp));
+            return Err(e);
+        }
+        let _ = sync_dir(&self.dir);
+        Ok(img)
+    }
+
+    /// Publish: pack `rootfs` (+ `templates`) into a unified tarball and import it.
+    pub fn publish(
+        &self,
+        rootfs: &Path,
+        metadata: &api::ImageMetadata,
+        templates: Option<&Path>,
+        compression: Compression,
+        opts: &ImportOpts,
+    ) -> Result<api::Image> {
+        let tmp = self.dir.join(temp_name());
+        let temps = TempFiles(vec![tmp.clone()]);
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| internal(tmp.display(), e))?;
+        let mut w = HashWriter { inner: io::BufWriter::new(f), ctx: digest::Context::new(&digest::SHA256), n: 0 };
+        pack::pack(rootfs, metadata, templates, compression, &mut w)?;
+        let f = w.inner.into_inner().map_err(|e| internal(tmp.display(), e.error()))?;
+        f.sync_all().map_err(|e| internal(tmp.display(), e))?;
+        let fp = hex(w.ctx.finish().as_ref());
+        self.commit(temps, &fp, w.n, None, opts)
+    }
+
     /// Replace the writable fields.
     pub fn update(&self, fingerprint: &str, put: &api::ImagePut) -> Result<api::Image> {
-        let _ = (fingerprint, put);
-        not_yet("image update")
+        let fp = self.resolve(fingerprint)?;
+        let _lock = self.lock()?;
+        let mut img = self.read_record(&fp)?;
+        img.put = put.clone();
+        if img.put.expires_at.is_empty() {
+            img.put.expires_at = api::ZERO_TIME.into();
+        }
+        self.write_record(&img)?;
+        drop(_lock);
+        self.get(&fp)
     }
     /// Delete the image files, its record and its aliases.
     pub fn delete(&self, fingerprint: &str) -> Result<()> {
-        let _ = fingerprint;
-        not_yet("image delete")
+        let fp = self.resolve(fingerprint)?;
+        let _lock = self.lock()?;
+        let mut aliases = self.read_aliases()?;
+        let before = aliases.len();
+        aliases.retain(|a| a.target != fp);
+        if aliases.len() != before {
+            self.write_aliases(&aliases)?;
+        }
+        let rec = self.record_path(&fp);
+        std::fs::remove_file(&rec).map_err(|e| internal(rec.display(), e))?;
+        for p in [self.data_path(&fp), self.rootfs_path(&fp)] {
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(internal(p.display(), e)),
+            }
+        }
+        let _ = sync_dir(&self.dir);
+        Ok(())
     }
     /// Record a use (last_used_at = now).
     pub fn touch(&self, fingerprint: &str) -> Result<()> {
-        let _ = fingerprint;
-        Ok(())
+        let fp = self.resolve(fingerprint)?;
+        let _lock = self.lock()?;
+        let mut img = self.read_record(&fp)?;
+        img.last_used_at = time::now();
+        self.write_record(&img)
     }
     /// The parsed metadata.yaml.
     pub fn metadata(&self, fingerprint: &str) -> Result<api::ImageMetadata> {
-        let _ = fingerprint;
-        not_yet("image metadata")
+        let fp = self.resolve(fingerprint)?;
+        let kind = if self.rootfs_path(&fp).exists() { ScanKind::Metadata } else { ScanKind::Unified };
+        let (meta, _) = scan(&self.data_path(&fp), kind, true)?;
+        let meta = meta.ok_or_else(|| Error::Internal(format!("image {fp}: metadata.yaml is missing")))?;
+        metadata::parse(&meta)
     }
     /// Unpack the rootfs into `rootfs` (created, must not exist) and the templates directory into
     /// `templates` (created), never writing outside them. On-disk ownership is kept as in the tarball.
     pub fn unpack(&self, fingerprint: &str, rootfs: &Path, templates: &Path, opts: &UnpackOpts) -> Result<()> {
-        let _ = (fingerprint, rootfs, templates, opts);
-        not_yet("image unpack")
+        let fp = self.resolve(fingerprint)?;
+        let data = self.data_path(&fp);
+        let split = self.rootfs_path(&fp);
+        if split.exists() {
+            unpack::unpack_split(&data, &split, rootfs, templates, opts)
+        } else {
+            unpack::unpack_unified(&data, rootfs, templates, opts)
+        }
+    }
+    /// Apparent size of the regular files of the image's rootfs (to check quotas before unpacking).
+    pub fn rootfs_size(&self, fingerprint: &str) -> Result<u64> {
+        let fp = self.resolve(fingerprint)?;
+        let split = self.rootfs_path(&fp);
+        if split.exists() {
+            if file_format(&split)? == compress::Format::Squashfs {
+                return Err(Error::Internal("not supported yet: size of a squashfs rootfs".into()));
+            }
+            unpack::rootfs_size(&split, None)
+        } else {
+            unpack::rootfs_size(&self.data_path(&fp), Some(b"rootfs"))
+        }
     }
     /// The file(s) to export: the unified tarball, or (metadata, rootfs) for a split image.
     pub fn files(&self, fingerprint: &str) -> Result<(PathBuf, Option<PathBuf>)> {
-        let _ = fingerprint;
-        not_yet("image export")
+        let fp = self.resolve(fingerprint)?;
+        self.read_record(&fp)?;
+        let split = self.rootfs_path(&fp);
+        Ok((self.data_path(&fp), split.exists().then_some(split)))
     }
+
+    fn read_aliases(&self) -> Result<Vec<api::ImageAliasesEntry>> {
+        let p = self.dir.join("aliases.json");
+        match std::fs::read(&p) {
+            Ok(d) => serde_json::from_slice(&d).map_err(|e| internal(p.display(), e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(internal(p.display(), e)),
+        }
+    }
+    fn write_aliases(&self, aliases: &[api::ImageAliasesEntry]) -> Result<()> {
+        let p = self.dir.join("aliases.json");
+        let data = serde_json::to_vec_pretty(aliases).map_err(|e| internal(p.display(), e))?;
+        atomic_write(&p, &data).map_err(|e| internal(p.display(), e))
+    }
+    fn check_alias_name(name: &str) -> Result<()> {
+        if name.is_empty() {
+            return Err(Error::BadRequest("Alias name missing".into()));
+        }
+        if name.contains('/') || name.chars().any(|c| c.is_control()) {
+            return Err(Error::BadRequest(format!(
+                "Alias name {name:?} is invalid: it may not contain slashes or control characters"
+            )));
+        }
+        Ok(())
+    }
+
     pub fn alias_list(&self) -> Result<Vec<api::ImageAliasesEntry>> {
-        Ok(Vec::new())
+        let mut a = self.read_aliases()?;
+        a.sort_by(|x, y| x.name.cmp(&y.name));
+        Ok(a)
     }
     pub fn alias_get(&self, name: &str) -> Result<api::ImageAliasesEntry> {
-        Err(Error::NotFound(format!("Image alias not found: {name}")))
+        self.read_aliases()?
+            .into_iter()
+            .find(|a| a.name == name)
+            .ok_or_else(|| Error::NotFound(format!("Image alias not found: {name}")))
     }
     /// Create an alias (target must exist; name must be free).
     pub fn alias_create(&self, entry: &api::ImageAliasesEntry) -> Result<()> {
-        let _ = entry;
-        not_yet("image aliases")
+        Self::check_alias_name(&entry.name)?;
+        let target = self.resolve(&entry.target)?;
+        let _lock = self.lock()?;
+        self.read_record(&target)?;
+        let mut aliases = self.read_aliases()?;
+        if aliases.iter().any(|a| a.name == entry.name) {
+            return Err(Error::Conflict(format!("Alias {:?} already exists", entry.name)));
+        }
+        let mut e = entry.clone();
+        e.target = target;
+        if e.kind.is_empty() {
+            e.kind = "container".into();
+        }
+        aliases.push(e);
+        self.write_aliases(&aliases)
     }
     pub fn alias_update(&self, name: &str, put: &api::ImageAliasesEntryPut) -> Result<()> {
-        let _ = (name, put);
-        not_yet("image aliases")
+        let target = self.resolve(&put.target)?;
+        let _lock = self.lock()?;
+        self.read_record(&target)?;
+        let mut aliases = self.read_aliases()?;
+        let a = aliases
+            .iter_mut()
+            .find(|a| a.name == name)
+            .ok_or_else(|| Error::NotFound(format!("Image alias not found: {name}")))?;
+        a.description = put.description.clone();
+        a.target = target;
+        self.write_aliases(&aliases)
     }
     pub fn alias_rename(&self, name: &str, new_name: &str) -> Result<()> {
-        let _ = (name, new_name);
-        not_yet("image aliases")
+        Self::check_alias_name(new_name)?;
+        let _lock = self.lock()?;
+        let mut aliases = self.read_aliases()?;
+        if aliases.iter().any(|a| a.name == new_name) {
+            return Err(Error::Conflict(format!("Alias {new_name:?} already exists")));
+        }
+        let a = aliases
+            .iter_mut()
+            .find(|a| a.name == name)
+            .ok_or_else(|| Error::NotFound(format!("Image alias not found: {name}")))?;
+        a.name = new_name.to_string();
+        self.write_aliases(&aliases)
     }
     pub fn alias_delete(&self, name: &str) -> Result<()> {
-        let _ = name;
-        not_yet("image aliases")
+        let _lock = self.lock()?;
+        let mut aliases = self.read_aliases()?;
+        let before = aliases.len();
+        aliases.retain(|a| a.name != name);
+        if aliases.len() == before {
+            return Err(Error::NotFound(format!("Image alias not found: {name}")));
+        }
+        self.write_aliases(&aliases)
     }
+}
+
+/// A writer that hashes and counts what passes through.
+struct HashWriter<W: Write> {
+    inner: W,
+    ctx: digest::Context,
+    n: u64,
+}
+
+impl<W: Write> Write for HashWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.ctx.update(&buf[..n]);
+        self.n += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Unpack a unified image tarball that is not in a store, with the same rules as `Store::unpack`.
+pub fn unpack_unified_file(tarball: &Path, rootfs: &Path, templates: &Path, opts: &UnpackOpts) -> Result<()> {
+    unpack::unpack_unified(tarball, rootfs, templates, opts)
 }
 
 /// Render the templates of `metadata` whose `when` contains `trigger` into the rootfs, through
 /// safe path resolution (never outside `rootfs`). Errors name the template file and line.
+///
+/// As LXD: missing parents are created (0755, owned by on-disk uid 0 = container root), new files
+/// are 0644 owned by uid 0, existing files are truncated and keep their owner and mode, and
+/// `create_only` templates skip existing files. A symlink at the target is replaced, not followed.
 pub fn apply_templates(
     metadata: &api::ImageMetadata,
     templates: &Path,
@@ -172,6 +732,76 @@ pub fn apply_templates(
     trigger: &str,
     ctx: &template::Context,
 ) -> Result<()> {
-    let _ = (metadata, templates, rootfs, trigger, ctx);
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+    let wanted: Vec<_> = metadata.templates.iter().filter(|(_, t)| t.when.iter().any(|w| w == trigger)).collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let tpl_root = unpack::open_root(templates)?;
+    let root = unpack::open_root(rootfs)?;
+    for (path, t) in wanted {
+        // Read the template without following symlinks inside the templates directory.
+        let tpl_parts = clean_path(t.template.as_bytes())
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| Error::BadRequest(format!("template {}: bad file name", t.template)))?;
+        let (tname, tparents) = tpl_parts.split_last().expect("non-empty");
+        let tdir = unpack::walk(&tpl_root, tparents, false, &tpl_parts)?;
+        // O_NONBLOCK: a fifo planted in the templates must not hang us; only regular files are read.
+        let tpl_err = |e: &dyn std::fmt::Display| Error::BadRequest(format!("template {}: {e}", t.template));
+        let fd = rustix::fs::openat(
+            &tdir,
+            *tname,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| tpl_err(&e))?;
+        let st = rustix::fs::fstat(&fd).map_err(|e| tpl_err(&e))?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return Err(tpl_err(&"not a regular file"));
+        }
+        let mut src = String::new();
+        File::from(fd).take(4 << 20).read_to_string(&mut src).map_err(|e| tpl_err(&e))?;
+        let vars = template::variables(ctx, trigger, path, &t.properties);
+        let out = template::render(&t.template, &src, &vars).map_err(|e| Error::BadRequest(e.to_string()))?;
+
+        let parts = clean_path(path.trim_start_matches('/').as_bytes())
+            .filter(|p| !p.is_empty() && path.starts_with('/'))
+            .ok_or_else(|| Error::BadRequest(format!("template target {path:?} is not a clean absolute path")))?;
+        let (name, parents) = parts.split_last().expect("non-empty");
+        let dir = unpack::walk(&root, parents, true, &parts)?;
+        let io_err = |e: rustix::io::Errno| Error::Internal(format!("template target {path}: {e}"));
+        let existing = rustix::fs::statat(&dir, *name, AtFlags::SYMLINK_NOFOLLOW).ok();
+        let regular = existing.as_ref().map(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile);
+        if existing.is_some() && t.create_only {
+            continue;
+        }
+        let fd = match regular {
+            Some(true) => rustix::fs::openat(
+                &dir,
+                *name,
+                OFlags::WRONLY | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(io_err)?,
+            other => {
+                if other == Some(false) {
+                    rustix::fs::unlinkat(&dir, *name, AtFlags::empty()).map_err(io_err)?;
+                }
+                let fd = rustix::fs::openat(
+                    &dir,
+                    *name,
+                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o644),
+                )
+                .map_err(io_err)?;
+                rustix::fs::fchown(&fd, Some(rustix::fs::Uid::ROOT), Some(rustix::fs::Gid::ROOT)).map_err(io_err)?;
+                rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o644)).map_err(io_err)?;
+                fd
+            }
+        };
+        File::from(fd)
+            .write_all(out.as_bytes())
+            .map_err(|e| Error::Internal(format!("template target {path}: {e}")))?;
+    }
     Ok(())
 }

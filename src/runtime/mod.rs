@@ -9,6 +9,17 @@
 //! the spec the container was started with, the monitor's pid and control socket, the console log
 //! and the recorded exit status. Everything the daemon needs after a restart can be read back from it.
 //!
+//! Processes (see `monitor.rs`, `init.rs`, `exec.rs`):
+//! - `start()` copies the binary (`$BIVY_EXE`, default `/proc/self/exe`) once per calling process into
+//!   a sealed memfd and runs it as `bivy __monitor <run_dir> <fd>`; the monitor daemonizes, makes a
+//!   private mount namespace, stages the rootfs (idmapped or bound) and device nodes there, creates
+//!   the cgroup, opens the console pty, clones init and reports `Started` or the failed step.
+//! - The control path is signals: `stop()` signals init (SIGRTMIN+3 for systemd, else SIGPWR) and,
+//!   for force, kills the cgroup and init; SIGTERM to the monitor also kills the container.
+//! - `exec()` runs `bivy __exec` (same sealed binary) as a child of the caller; the request goes over
+//!   a socketpair, the pty master comes back over it.
+//! - `BIVY_TRACE=1` makes the monitor log each setup step's time to `monitor.log` in the run dir.
+//!
 //! INTERFACE CONTRACT (the daemon relies on exactly these items; keep their signatures):
 //! `Spec`, `IdMapEntry`, `RootfsMode`, `Limits`, `start`, `state`, `State`, `ExitInfo`, `stop`,
 //! `StopMode`, `freeze`, `unfreeze`, `set_limits`, `stats`, `Stats`, `exec`, `ExecSpec`, `ExecStdio`,
@@ -19,6 +30,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+pub mod apparmor;
+pub mod cgroup;
+pub mod seccomp;
 
 /// One line of a uid or gid map: `nsid hostid count`.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,74 +177,105 @@ impl std::error::Error for Error {}
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-fn not_yet<T>(what: &str) -> Result<T> {
-    Err(Error(format!("not supported yet: {what}")))
+mod chan;
+mod confine;
+mod exec;
+pub mod host;
+mod init;
+mod monitor;
+mod rootfs;
+mod userns;
+
+pub use exec::resize_pty;
+pub use host::host_id_range;
+pub use userns::{rootfs_supports_idmap, shift_rootfs};
+
+/// The run directory's files (all owned by the runtime).
+pub(crate) mod files {
+    /// The [`Spec`](super::Spec) the container was started with (JSON).
+    pub const SPEC: &str = "spec.json";
+    /// `<pid> <starttime>` of the monitor, while it runs.
+    pub const MONITOR_PID: &str = "monitor.pid";
+    /// `<pid> <starttime>` of init (host pid), while it runs.
+    pub const INIT_PID: &str = "init.pid";
+    /// The recorded end ([`ExitInfo`](super::ExitInfo), JSON), written when init is gone.
+    pub const EXIT: &str = "exit.json";
+    /// `clean` or `force` when a stop was requested (so the exit reason says so).
+    pub const STOP_REQUEST: &str = "stop.request";
+    /// The AppArmor label init runs under (absent without AppArmor), for exec.
+    pub const LABEL: &str = "apparmor.label";
+    /// The monitor's own stderr.
+    pub const MONITOR_LOG: &str = "monitor.log";
+    /// Mount point of the monitor's staging tmpfs (only in the monitor's private mount namespace).
+    pub const STAGE: &str = "stage";
 }
 
 /// Start the container: spawn its monitor (daemonized, survives the caller), which sets up the
 /// namespaces, cgroup, mounts and confinement and execs init. Returns once init has been exec'd
 /// (or with the error that prevented it, after undoing everything).
+///
+/// The binary re-executed for the monitor is `$BIVY_EXE` if set, else `/proc/self/exe`, copied once
+/// per process into a sealed memfd.
 pub fn start(spec: &Spec, run_dir: &Path) -> Result<State> {
-    let _ = (spec, run_dir);
-    not_yet("container start")
+    monitor::start(spec, run_dir)
 }
 
 /// Current state, from the run directory (monitor alive?) and the kernel.
 pub fn state(run_dir: &Path) -> Result<State> {
-    let _ = run_dir;
-    Ok(State::Stopped { last_exit: None })
+    monitor::state(run_dir)
 }
 
 /// Stop the container; returns when it is stopped and its cgroup is gone.
 pub fn stop(run_dir: &Path, mode: StopMode) -> Result<()> {
-    let _ = (run_dir, mode);
-    not_yet("container stop")
+    monitor::stop(run_dir, mode)
 }
 
 pub fn freeze(run_dir: &Path) -> Result<()> {
-    let _ = run_dir;
-    not_yet("freeze")
+    let spec = monitor::running_spec(run_dir)?;
+    confine::cgroup_freeze(&spec.name)
 }
 
 pub fn unfreeze(run_dir: &Path) -> Result<()> {
-    let _ = run_dir;
-    not_yet("unfreeze")
+    let spec = monitor::running_spec(run_dir)?;
+    confine::cgroup_thaw(&spec.name)
 }
 
 /// Apply new limits to a running container.
 pub fn set_limits(run_dir: &Path, limits: &Limits) -> Result<()> {
-    let _ = (run_dir, limits);
-    not_yet("live limits")
+    let spec = monitor::running_spec(run_dir)?;
+    confine::cgroup_set_limits(&spec.name, limits)
 }
 
 pub fn stats(run_dir: &Path) -> Result<Stats> {
-    let _ = run_dir;
-    Ok(Stats::default())
+    match monitor::running_spec(run_dir) {
+        Ok(spec) => Ok(confine::cgroup_stats(&spec.name)),
+        Err(_) => Ok(Stats::default()),
+    }
 }
 
 /// Run a command in the running container through a `bivy __exec` helper (a child of the caller).
 /// The caller waits for the helper with waitpid (its exit code is the command's, 128+N when the
 /// command was killed by signal N) and forwards signals to `ExecProcess::pid`.
+/// Without `stdio` (and without a pty) the helper inherits the caller's stdio.
 pub fn exec(run_dir: &Path, spec: &ExecSpec, stdio: Option<ExecStdio>) -> Result<ExecProcess> {
-    let _ = (run_dir, spec, stdio);
-    not_yet("exec")
+    exec::exec(run_dir, spec, stdio)
 }
 
 /// A pidfd for the container's monitor (readable when the container has stopped), or None when stopped.
 pub fn monitor_pidfd(run_dir: &Path) -> Result<Option<OwnedFd>> {
-    let _ = run_dir;
-    Ok(None)
+    monitor::monitor_pidfd(run_dir)
 }
 
 /// Entry for the hidden helper verbs (`__monitor`, `__exec`, ...). `main` calls this before anything
 /// else when argv[1] starts with `__`; it never returns.
 pub fn helper_main(args: &[String]) -> ! {
-    eprintln!("bivy: unknown helper {:?}", args.first());
-    std::process::exit(127)
+    match args.first().map(String::as_str) {
+        Some("__monitor") => monitor::helper(&args[1..]),
+        Some("__exec") => exec::helper(&args[1..]),
+        _ => {
+            eprintln!("bivy: unknown helper {:?}", args.first());
+            std::process::exit(127)
+        }
+    }
 }
 
-/// Set the window size of an exec pty.
-pub fn resize_pty(master: &OwnedFd, width: u16, height: u16) -> Result<()> {
-    let _ = (master, width, height);
-    not_yet("pty resize")
-}

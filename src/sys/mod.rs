@@ -1,2 +1,215 @@
 //! The ONLY module with `unsafe`: thin syscall wrappers returning `io::Result`.
 //! Every `unsafe` block carries a `// SAFETY:` comment.
+//!
+//! Wrappers exist only where neither `nix` nor `rustix` offers a safe call (raw `clone` without a
+//! stack, `fork`, `close_range`, the new mount API, `SIOCSIFFLAGS`). Callers of [`fork`] and
+//! [`clone_fork`] must be single-threaded (the runtime only calls them from its exec'd helpers).
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn cpath(p: &Path) -> io::Result<CString> {
+    use std::os::unix::ffi::OsStrExt;
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// `fork()`. Returns 0 in the child, the child's pid in the parent.
+/// Only call from a single-threaded process (the runtime's helpers are).
+pub fn fork() -> io::Result<i32> {
+    // SAFETY: fork has no memory-safety preconditions of its own; the caller guarantees the process
+    // is single-threaded, so the child's copy of every lock and allocator state is consistent.
+    let r = unsafe { libc::fork() };
+    check(r as libc::c_long).map(|v| v as i32)
+}
+
+/// Raw `clone(flags | SIGCHLD)` without a new stack: fork-like (the child continues here on a copy
+/// of the address space), but able to create namespaces, e.g. `CLONE_NEWPID` making the child pid 1.
+/// Only call from a single-threaded process.
+pub fn clone_fork(flags: libc::c_int) -> io::Result<i32> {
+    // SAFETY: without CLONE_VM/CLONE_THREAD the child gets a private copy of memory, exactly as with
+    // fork(); a NULL stack means "use the current stack", valid for a copy-on-write child. The other
+    // pointer arguments (ptid, ctid, tls) are unused because no flag asks for them.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags | libc::SIGCHLD) as libc::c_ulong,
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            0 as libc::c_ulong,
+        )
+    };
+    check(r).map(|v| v as i32)
+}
+
+/// `close_range(first, u32::MAX, flags)`; `cloexec` marks the fds close-on-exec instead of closing.
+pub fn close_range_from(first: u32, cloexec: bool) -> io::Result<()> {
+    close_range(first, u32::MAX, cloexec)
+}
+
+/// `close_range(first, last, flags)`.
+pub fn close_range(first: u32, last: u32, cloexec: bool) -> io::Result<()> {
+    if first > last {
+        return Ok(());
+    }
+    let flags: libc::c_uint = if cloexec { libc::CLOSE_RANGE_CLOEXEC } else { 0 };
+    // SAFETY: close_range takes plain integers. Closing fds that Rust objects still own would be a
+    // logic error; callers use it only in freshly exec'd helpers or right before execve.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) };
+    check(r).map(|_| ())
+}
+
+/// `open_tree(AT_FDCWD, path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC [| AT_RECURSIVE])`: a detached
+/// copy of the mount at `path`.
+pub fn open_tree_clone(path: &Path, recursive: bool) -> io::Result<OwnedFd> {
+    let c = cpath(path)?;
+    let mut flags: libc::c_uint = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC as libc::c_uint;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
+    let r = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) };
+    let fd = check(r)? as RawFd;
+    // SAFETY: the kernel just returned this new fd and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+
+/// `mount_setattr(fd, "", AT_EMPTY_PATH [| AT_RECURSIVE], {MOUNT_ATTR_IDMAP, userns_fd})`.
+pub fn mount_setattr_idmap(mnt: BorrowedFd<'_>, userns: BorrowedFd<'_>, recursive: bool) -> io::Result<()> {
+    let attr = MountAttr { attr_set: MOUNT_ATTR_IDMAP, attr_clr: 0, propagation: 0, userns_fd: userns.as_raw_fd() as u64 };
+    let mut flags = libc::AT_EMPTY_PATH as libc::c_uint;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    // SAFETY: the path is a static empty C string, `attr` is a valid repr(C) mount_attr (the
+    // size passed matches the struct) that lives across the call; both fds are borrowed open fds.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            mnt.as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    check(r).map(|_| ())
+}
+
+/// `move_mount(fd, "", AT_FDCWD, dst, MOVE_MOUNT_F_EMPTY_PATH)`: attach a detached mount at `dst`.
+pub fn move_mount_to(mnt: BorrowedFd<'_>, dst: &Path) -> io::Result<()> {
+    let c = cpath(dst)?;
+    // SAFETY: both strings are valid NUL-terminated C strings living across the call; the fd is open.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            mnt.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    check(r).map(|_| ())
+}
+
+/// Set `IFF_UP` on the interface `name` in the current network namespace (used for `lo`).
+pub fn link_up(name: &str) -> io::Result<()> {
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(io::Error::from)?;
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    let b = name.as_bytes();
+    if b.len() >= ifr.ifr_name.len() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    for (d, s) in ifr.ifr_name.iter_mut().zip(b) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads into the ifreq we own; the socket fd is open.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) } as libc::c_long)?;
+    // SAFETY: after SIOCGIFFLAGS the union holds ifru_flags.
+    unsafe { ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: SIOCSIFFLAGS reads the ifreq we own; the socket fd is open.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) } as libc::c_long)?;
+    Ok(())
+}
+
+/// Reset every signal disposition to default and unblock all signals (before exec'ing a command).
+pub fn reset_signals() {
+    for sig in 1..libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: SIG_DFL is always a valid disposition; invalid signal numbers just return EINVAL.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    );
+}
+
+/// Ignore `sig` (e.g. SIGPIPE, SIGHUP in the monitor).
+pub fn ignore_signal(sig: libc::c_int) {
+    // SAFETY: SIG_IGN is always a valid disposition.
+    unsafe { libc::signal(sig, libc::SIG_IGN) };
+}
+
+/// `_exit(code)`: leave a forked child without running atexit handlers or flushing std buffers.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and has no preconditions.
+    unsafe { libc::_exit(code) }
+}
+
+/// Wrap a raw fd number that the caller knows is open and owned by nobody else (an fd inherited
+/// through exec whose number came on the command line).
+pub fn own_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    // F_GETFD proves the fd is open before we take ownership.
+    // SAFETY: fcntl(F_GETFD) on any integer is harmless.
+    check(unsafe { libc::fcntl(fd, libc::F_GETFD) } as libc::c_long)?;
+    // SAFETY: the fd is open (checked above) and, by the caller's contract, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `SIGRTMIN() + n` (glibc reserves the first real-time signals).
+pub fn sigrtmin() -> libc::c_int {
+    libc::SIGRTMIN()
+}
+
+/// Send signal number `sig` (which may be a real-time signal nix cannot name) through a pidfd.
+pub fn pidfd_send_raw(pidfd: BorrowedFd<'_>, sig: libc::c_int) -> io::Result<()> {
+    // SAFETY: plain integer arguments; a NULL siginfo means "as kill() would send it".
+    let r = unsafe {
+        libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), sig, std::ptr::null::<libc::siginfo_t>(), 0)
+    };
+    check(r).map(|_| ())
+}
+
+pub mod seccomp;

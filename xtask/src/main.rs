@@ -1,6 +1,57 @@
-//! `cargo xtask <task>`: dist, test-image, bench.
+//! `cargo xtask <task>`: the project's build, image, test, demo and bench tooling.
+//!
+//! Tasks run host tools (`cargo`, `tar`, `gzip`, `debootstrap`, `apt-get`) through
+//! `std::process::Command`; xtask itself has no crate dependencies, so it builds in seconds.
+//! Every path is relative to the workspace root, whatever the caller's working directory.
 
-fn main() {
-    eprintln!("xtask: no task yet");
-    std::process::exit(2);
+mod bench;
+mod daemon;
+mod demo;
+mod dist;
+mod elf;
+mod image;
+mod test;
+mod util;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage: cargo xtask <task> [args]
+
+tasks:
+  dist                         static release build -> target/dist/bivy, ELF checked (no PT_INTERP, no DT_NEEDED)
+  test-image [busybox|debian|all]
+                               build LXD unified test images under target/test-images/ (default: busybox)
+  test [FILTER...]             cargo test --workspace --all-targets -- --test-threads=1, then a summary
+  demo [stop]                  install what is missing, build, start a daemon, launch a busybox container
+  bench [--runs N]             measure size, launch, start, exec, stop, list, memory -> target/bench/results.md
+  check-elf FILE...            only the static-ELF check, on any file";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(task) = args.first() else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let rest = &args[1..];
+    let result = match task.as_str() {
+        "dist" => dist::run(rest),
+        "test-image" => image::run(rest),
+        "test" => test::run(rest),
+        "demo" => demo::run(rest),
+        "bench" => bench::run(rest),
+        "check-elf" => elf::run(rest),
+        "help" | "-h" | "--help" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => Err(format!("unknown task `{other}`\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask {task}: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

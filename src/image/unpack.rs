@@ -1,0 +1,517 @@
+//! Safe unpacking of image tarballs into a new directory.
+//!
+//! Threat model: the tarball is hostile. Nothing may be created or changed outside the target
+//! directory. Every member path is cleaned (absolute paths and `..` are refused), every parent
+//! directory is walked one component at a time with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS
+//! | RESOLVE_NO_MAGICLINKS)` from the previous directory fd (so a symlink planted by an earlier
+//! member is never followed), and the final component is created relative to its parent fd with
+//! `O_NOFOLLOW | O_EXCL`. Hard links may only point at regular files this unpack already
+//! extracted. Sizes are checked against `max_bytes` before anything is written.
+//! This module must not use path-based std::fs calls inside the target.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+
+use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, ResolveFlags, Timespec, Timestamps, Uid, XattrFlags};
+use rustix::io::Errno;
+
+use super::{clean_path, open_tar, Error, Result, UnpackOpts};
+
+/// Member metadata applied after the data is written.
+#[derive(Clone, Default)]
+pub(crate) struct Meta {
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    mtime: i64,
+    mtime_nsec: u32,
+    xattrs: Vec<(String, Vec<u8>)>,
+}
+
+fn show(rel: &[&[u8]]) -> String {
+    String::from_utf8_lossy(&rel.join(&b'/')).into_owned()
+}
+
+fn bad(msg: String) -> Error {
+    Error::BadRequest(msg)
+}
+
+/// Extracts members under one root directory.
+pub(crate) struct Extractor<'a> {
+    root: OwnedFd,
+    opts: &'a UnpackOpts,
+    total: u64,
+    /// Regular files extracted so far (relative paths), the only valid hard link targets.
+    files: HashSet<Vec<u8>>,
+    /// Directories, fixed up (owner, mode, times, xattrs) once all members are written.
+    dirs: Vec<(Vec<Vec<u8>>, Meta)>,
+}
+
+fn resolve_flags() -> ResolveFlags {
+    ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_XDEV
+}
+
+/// Open `root` as a directory fd for walking.
+pub(crate) fn open_root(root: &Path) -> Result<OwnedFd> {
+    rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| Error::Internal(format!("{}: {e}", root.display())))
+}
+
+/// Walk `dirs` from `root` one component at a time, never following a symlink, creating missing
+/// directories (mode 0755, root-owned) when `create` is set. Returns an `O_PATH` directory fd.
+pub(crate) fn walk(root: &OwnedFd, dirs: &[&[u8]], create: bool, whole: &[&[u8]]) -> Result<OwnedFd> {
+    let mut cur = rustix::fs::openat(root, ".", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| Error::Internal(format!("reopening the target directory: {e}")))?;
+    for c in dirs {
+        let open = |cur: &OwnedFd| {
+            rustix::fs::openat2(
+                cur,
+                *c,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+                resolve_flags(),
+            )
+        };
+        let next = match open(&cur) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) if create => {
+                match rustix::fs::mkdirat(&cur, *c, Mode::from_raw_mode(0o755)) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err(Error::Internal(format!("creating parent of {}: {e}", show(whole)))),
+                }
+                open(&cur).map_err(|e| bad(format!("unsafe path in image: {}: {e}", show(whole))))?
+            }
+            Err(Errno::LOOP) | Err(Errno::NOTDIR) | Err(Errno::XDEV) => {
+                return Err(bad(format!(
+                    "unsafe path in image: {} (a parent is a symlink or not a directory)",
+                    show(whole)
+                )))
+            }
+            Err(e) => return Err(bad(format!("unsafe path in image: {}: {e}", show(whole)))),
+        };
+        cur = next;
+    }
+    Ok(cur)
+}
+
+fn ts(sec: i64, nsec: u32) -> Timestamps {
+    let t = Timespec { tv_sec: sec, tv_nsec: nsec.into() };
+    Timestamps { last_access: t, last_modification: t }
+}
+
+/// Member metadata from the header and its PAX records.
+fn member_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<(Meta, u64, bool)> {
+    let h = entry.header();
+    let mut m = Meta {
+        uid: h.uid().unwrap_or(0) as u32,
+        gid: h.gid().unwrap_or(0) as u32,
+        mode: h.mode().unwrap_or(0o644) & 0o7777,
+        mtime: h.mtime().unwrap_or(0) as i64,
+        ..Meta::default()
+    };
+    // Apparent size: the GNU sparse real size when there is one.
+    let mut apparent = h.size().unwrap_or(0).max(entry.size());
+    let mut pax_sparse = false;
+    if let Some(exts) = entry.pax_extensions().map_err(|e| bad(format!("invalid image tarball: {e}")))? {
+        for ext in exts {
+            let ext = ext.map_err(|e| bad(format!("invalid image tarball: {e}")))?;
+            let Ok(key) = ext.key() else { continue };
+            let val = ext.value_bytes();
+            let num = || std::str::from_utf8(val).ok().and_then(|s| s.parse::<u64>().ok());
+            if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
+                m.xattrs.push((name.to_string(), val.to_vec()));
+            } else if key == "uid" {
+                m.uid = num().unwrap_or(m.uid as u64) as u32;
+            } else if key == "gid" {
+                m.gid = num().unwrap_or(m.gid as u64) as u32;
+            } else if key == "mtime" {
+                let s = String::from_utf8_lossy(val);
+                let (sec, frac) = s.split_once('.').unwrap_or((&s, ""));
+                if let Ok(sec) = sec.parse::<i64>() {
+                    m.mtime = sec;
+                    let digits: String = frac.chars().chain(std::iter::repeat('0')).take(9).collect();
+                    m.mtime_nsec = digits.parse().unwrap_or(0);
+                }
+            } else if key == "GNU.sparse.realsize" || key == "GNU.sparse.size" {
+                apparent = apparent.max(num().unwrap_or(0));
+                pax_sparse = true;
+            } else if key.starts_with("GNU.sparse.") {
+                pax_sparse = true;
+            }
+        }
+    }
+    Ok((m, apparent, pax_sparse))
+}
+
+impl<'a> Extractor<'a> {
+    pub(crate) fn new(root: &Path, opts: &'a UnpackOpts) -> Result<Extractor<'a>> {
+        Ok(Extractor { root: open_root(root)?, opts, total: 0, files: HashSet::new(), dirs: Vec::new() })
+    }
+
+    /// Extract one member at the cleaned relative path `rel` (empty = the root itself).
+    /// `link_prefix` is stripped from hard link targets (`rootfs/` in a unified tarball).
+    pub(crate) fn extract<R: Read>(
+        &mut self,
+        rel: &[&[u8]],
+        entry: &mut tar::Entry<'_, R>,
+        link_prefix: Option<&[u8]>,
+    ) -> Result<()> {
+        use tar::EntryType as T;
+        let kind = entry.header().entry_type();
+        if matches!(kind, T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink) {
+            return Ok(());
+        }
+        let (meta, apparent, pax_sparse) = member_meta(entry)?;
+        let rel_s = show(rel);
+        if kind.is_file() || kind == T::GNUSparse || kind == T::Continuous {
+            self.total = self.total.saturating_add(apparent);
+            if self.opts.max_bytes > 0 && self.total > self.opts.max_bytes {
+                return Err(bad(format!(
+                    "image is too large: expanding {rel_s} passes the limit of {} bytes",
+                    self.opts.max_bytes
+                )));
+            }
+            if pax_sparse {
+                return Err(bad(format!("not supported yet: PAX sparse file {rel_s}")));
+            }
+        }
+        if rel.is_empty() {
+            if kind.is_dir() {
+                self.dirs.push((Vec::new(), meta));
+                return Ok(());
+            }
+            return Err(bad(format!("invalid image tarball: the root is a {kind:?}")));
+        }
+        let (name, parents) = rel.split_last().expect("non-empty path");
+        let parent = walk(&self.root, parents, true, rel)?;
+        // Replace whatever non-directory is there (never follow it).
+        let existing = rustix::fs::statat(&parent, *name, AtFlags::SYMLINK_NOFOLLOW).ok();
+        if let Some(st) = &existing {
+            let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
+            if !(is_dir && kind.is_dir()) {
+                let flags = if is_dir { AtFlags::REMOVEDIR } else { AtFlags::empty() };
+                rustix::fs::unlinkat(&parent, *name, flags).map_err(|e| bad(format!("cannot replace {rel_s}: {e}")))?;
+            }
+        }
+        let io_err = |e: &dyn std::fmt::Display| Error::Internal(format!("unpacking {rel_s}: {e}"));
+        let owner = |m: &Meta| (Some(Uid::from_raw(m.uid)), Some(Gid::from_raw(m.gid)));
+        match kind {
+            T::Directory => {
+                match rustix::fs::mkdirat(&parent, *name, Mode::from_raw_mode(0o700)) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err(io_err(&e)),
+                }
+                self.dirs.push((rel.iter().map(|c| c.to_vec()).collect(), meta));
+            }
+            T::Regular | T::Continuous | T::GNUSparse => {
+                let fd = rustix::fs::openat(
+                    &parent,
+                    *name,
+                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+                .map_err(|e| io_err(&e))?;
+                let mut f = File::from(fd);
+                write_sparse(entry, &mut f).map_err(|e| match e.kind() {
+                    io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput => {
+                        bad(format!("invalid image tarball: {rel_s}: {e}"))
+                    }
+                    _ => io_err(&e),
+                })?;
+                let (u, g) = owner(&meta);
+                rustix::fs::fchown(&f, u, g).map_err(|e| io_err(&e))?;
+                rustix::fs::fchmod(&f, Mode::from_raw_mode(meta.mode)).map_err(|e| io_err(&e))?;
+                set_xattrs(&f, &meta, &rel_s)?;
+                rustix::fs::futimens(&f, &ts(meta.mtime, meta.mtime_nsec)).map_err(|e| io_err(&e))?;
+                self.files.insert(rel.join(&b'/'));
+            }
+            T::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| bad(format!("invalid image tarball: symlink {rel_s} has no target")))?
+                    .into_owned();
+                // The target is only text: it is never followed here.
+                rustix::fs::symlinkat(target.as_slice(), &parent, *name).map_err(|e| io_err(&e))?;
+                let (u, g) = owner(&meta);
+                rustix::fs::chownat(&parent, *name, u, g, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| io_err(&e))?;
+                rustix::fs::utimensat(&parent, *name, &ts(meta.mtime, meta.mtime_nsec), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| io_err(&e))?;
+            }
+            T::Link => {
+                let raw = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| bad(format!("invalid image tarball: hard link {rel_s} has no target")))?
+                    .into_owned();
+                let refuse = || {
+                    bad(format!(
+                        "unsafe hard link in image: {rel_s} -> {} (target must be a file extracted before it)",
+                        String::from_utf8_lossy(&raw)
+                    ))
+                };
+                let target = clean_path(&raw).ok_or_else(refuse)?;
+                let target: &[&[u8]] = match link_prefix {
+                    Some(p) => match target.split_first() {
+                        Some((first, rest)) if *first == p => rest,
+                        _ => return Err(refuse()),
+                    },
+                    None => &target,
+                };
+                if target.is_empty() || !self.files.contains(&target.join(&b'/')) {
+                    return Err(refuse());
+                }
+                let (tname, tparents) = target.split_last().expect("non-empty target");
+                let tparent = walk(&self.root, tparents, false, target)?;
+                rustix::fs::linkat(&tparent, *tname, &parent, *name, AtFlags::empty()).map_err(|e| io_err(&e))?;
+                self.files.insert(rel.join(&b'/'));
+            }
+            T::Char | T::Block | T::Fifo => {
+                let ft = match kind {
+                    T::Char => FileType::CharacterDevice,
+                    T::Block => FileType::BlockDevice,
+                    _ => FileType::Fifo,
+                };
+                let dev = if kind == T::Fifo {
+                    0
+                } else {
+                    if self.opts.skip_devices {
+                        eprintln!("image unpack: skipping device node {rel_s}");
+                        return Ok(());
+                    }
+                    let h = entry.header();
+                    let (maj, min) = (h.device_major().ok().flatten(), h.device_minor().ok().flatten());
+                    rustix::fs::makedev(maj.unwrap_or(0), min.unwrap_or(0))
+                };
+                rustix::fs::mknodat(&parent, *name, ft, Mode::from_raw_mode(0o600), dev).map_err(|e| io_err(&e))?;
+                let (u, g) = owner(&meta);
+                rustix::fs::chownat(&parent, *name, u, g, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| io_err(&e))?;
+                rustix::fs::chmodat(&parent, *name, Mode::from_raw_mode(meta.mode), AtFlags::empty())
+                    .map_err(|e| io_err(&e))?;
+                rustix::fs::utimensat(&parent, *name, &ts(meta.mtime, meta.mtime_nsec), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| io_err(&e))?;
+            }
+            other => {
+                eprintln!("image unpack: skipping {rel_s}: unsupported member type {other:?}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Apply directory owners, modes, xattrs and times, deepest first (so a parent's mtime is
+    /// not bumped by its children afterwards).
+    pub(crate) fn finish(mut self) -> Result<()> {
+        self.dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        for (path, meta) in &self.dirs {
+            let rel: Vec<&[u8]> = path.iter().map(|c| c.as_slice()).collect();
+            let rel_s = show(&rel);
+            let fd = match rel.split_last() {
+                None => rustix::fs::openat(
+                    &self.root,
+                    ".",
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                ),
+                Some((name, parents)) => {
+                    let parent = walk(&self.root, parents, false, &rel)?;
+                    rustix::fs::openat(
+                        &parent,
+                        *name,
+                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )
+                }
+            };
+            // A directory replaced later by another member type is gone: nothing to fix.
+            let Ok(fd) = fd else { continue };
+            let e = |e: Errno| Error::Internal(format!("unpacking {rel_s}/: {e}"));
+            rustix::fs::fchown(&fd, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid))).map_err(e)?;
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(meta.mode)).map_err(e)?;
+            set_xattrs(&fd, meta, &rel_s)?;
+            rustix::fs::futimens(&fd, &ts(meta.mtime, meta.mtime_nsec)).map_err(e)?;
+        }
+        Ok(())
+    }
+}
+
+fn set_xattrs(fd: impl AsFd, meta: &Meta, rel_s: &str) -> Result<()> {
+    for (name, value) in &meta.xattrs {
+        rustix::fs::fsetxattr(&fd, name.as_str(), value, XattrFlags::empty())
+            .map_err(|e| Error::Internal(format!("unpacking {rel_s}: setting xattr {name}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Copy a member's data, leaving holes where whole blocks are zero.
+fn write_sparse(r: &mut dyn Read, f: &mut File) -> io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pos = 0u64;
+    let mut hole = false;
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        if buf[..n].iter().all(|&b| b == 0) {
+            f.seek(SeekFrom::Current(n as i64))?;
+            hole = true;
+        } else {
+            f.write_all(&buf[..n])?;
+        }
+        pos += n as u64;
+    }
+    if hole {
+        f.set_len(pos)?;
+    }
+    Ok(())
+}
+
+/// Removes the directories it holds unless disarmed (a failed unpack leaves nothing behind).
+struct RemoveDirs(Vec<std::path::PathBuf>);
+
+impl Drop for RemoveDirs {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+fn create_target(dir: &Path) -> Result<()> {
+    std::fs::create_dir(dir).map_err(|e| match e.kind() {
+        io::ErrorKind::AlreadyExists => Error::Conflict(format!("{} already exists", dir.display())),
+        _ => Error::Internal(format!("{}: {e}", dir.display())),
+    })
+}
+
+fn tar_err(e: io::Error) -> Error {
+    bad(format!("invalid image tarball: {e}"))
+}
+
+/// Unpack a unified tarball: `rootfs/` into `rootfs`, `templates/` into `templates`.
+pub(crate) fn unpack_unified(tarball: &Path, rootfs: &Path, templates: &Path, opts: &UnpackOpts) -> Result<()> {
+    create_target(rootfs)?;
+    let mut guard = RemoveDirs(vec![rootfs.to_path_buf()]);
+    create_target(templates)?;
+    guard.0.push(templates.to_path_buf());
+    let mut root = Extractor::new(rootfs, opts)?;
+    let tpl_opts = UnpackOpts { skip_devices: true, max_bytes: opts.max_bytes };
+    let mut tpl = Extractor::new(templates, &tpl_opts)?;
+    let mut ar = open_tar(tarball)?;
+    for entry in ar.entries().map_err(tar_err)? {
+        let mut entry = entry.map_err(tar_err)?;
+        let raw = entry.path_bytes().into_owned();
+        let parts =
+            clean_path(&raw).ok_or_else(|| bad(format!("unsafe path in image: {}", String::from_utf8_lossy(&raw))))?;
+        match parts.split_first() {
+            Some((first, rest)) if *first == b"rootfs" => root.extract(rest, &mut entry, Some(b"rootfs"))?,
+            Some((first, rest)) if *first == b"templates" => tpl.extract(rest, &mut entry, Some(b"templates"))?,
+            _ => {} // metadata.yaml and anything else at the top
+        }
+    }
+    root.finish()?;
+    tpl.finish()?;
+    std::mem::forget(guard);
+    Ok(())
+}
+
+/// Unpack a split image: the rootfs tarball (or squashfs) is the filesystem itself; the
+/// metadata tarball holds `templates/`.
+pub(crate) fn unpack_split(
+    meta: &Path,
+    rootfs_file: &Path,
+    rootfs: &Path,
+    templates: &Path,
+    opts: &UnpackOpts,
+) -> Result<()> {
+    create_target(rootfs)?;
+    let mut guard = RemoveDirs(vec![rootfs.to_path_buf()]);
+    create_target(templates)?;
+    guard.0.push(templates.to_path_buf());
+
+    let tpl_opts = UnpackOpts { skip_devices: true, max_bytes: opts.max_bytes };
+    let mut tpl = Extractor::new(templates, &tpl_opts)?;
+    let mut ar = open_tar(meta)?;
+    for entry in ar.entries().map_err(tar_err)? {
+        let mut entry = entry.map_err(tar_err)?;
+        let raw = entry.path_bytes().into_owned();
+        let parts =
+            clean_path(&raw).ok_or_else(|| bad(format!("unsafe path in image: {}", String::from_utf8_lossy(&raw))))?;
+        if let Some((first, rest)) = parts.split_first() {
+            if *first == b"templates" {
+                tpl.extract(rest, &mut entry, Some(b"templates"))?;
+            }
+        }
+    }
+    tpl.finish()?;
+
+    let mut head = Vec::new();
+    File::open(rootfs_file)
+        .and_then(|f| f.take(super::compress::SNIFF_LEN as u64).read_to_end(&mut head))
+        .map_err(|e| Error::Internal(format!("{}: {e}", rootfs_file.display())))?;
+    if super::compress::sniff(&head) == super::compress::Format::Squashfs {
+        unsquashfs(rootfs_file, rootfs)?;
+    } else {
+        let mut root = Extractor::new(rootfs, opts)?;
+        let mut ar = open_tar(rootfs_file)?;
+        for entry in ar.entries().map_err(tar_err)? {
+            let mut entry = entry.map_err(tar_err)?;
+            let raw = entry.path_bytes().into_owned();
+            let parts = clean_path(&raw)
+                .ok_or_else(|| bad(format!("unsafe path in image: {}", String::from_utf8_lossy(&raw))))?;
+            root.extract(&parts, &mut entry, None)?;
+        }
+        root.finish()?;
+    }
+    std::mem::forget(guard);
+    Ok(())
+}
+
+/// Find a program on PATH.
+fn which(prog: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(prog)).find(|p| p.is_file())
+}
+
+fn unsquashfs(file: &Path, rootfs: &Path) -> Result<()> {
+    let prog = which("unsquashfs").ok_or_else(|| {
+        Error::Internal("unpacking a squashfs image needs `unsquashfs` (squashfs-tools) on PATH: not found".into())
+    })?;
+    let out = std::process::Command::new(prog)
+        .args(["-f", "-n", "-d"])
+        .arg(rootfs)
+        .arg(file)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| Error::Internal(format!("running unsquashfs: {e}")))?;
+    if !out.status.success() {
+        return Err(bad(format!(
+            "unsquashfs failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Total apparent size of the regular files of a rootfs tarball (members under `prefix`, or all).
+pub(crate) fn rootfs_size(tarball: &Path, prefix: Option<&[u8]>) -> Result<u64> {
+    let mut ar = open_tar(tarball)?;
+    let mut total = 0u64;
+    for entry in ar.entries().map_err(tar_err)? {
+        let mut entry = entry.map_err(tar_err)?;
+        let raw = entry.path_bytes().into_owned();
+        let Some(parts) = clean_path(&raw) else { continue };
+        if let Some(p) = prefix {
+            if parts.first() != Some(&p) {
+                continue;
+            }
+        }
+        if entry.header().entry_type().is_file() || entry.header().entry_type() == tar::EntryType::GNUSparse {
+            let (_, apparent, _) = member_meta(&mut entry)?;
+            total = total.saturating_add(apparent);
+        }
+    }
+    Ok(total)
+}

@@ -1,0 +1,923 @@
+//! cgroups for containers: `bivy/<name>` in every hierarchy, limits, delegation, freeze, kill, stats.
+//!
+//! Works on pure cgroup2 hosts (controllers in `cgroup.controllers`) and on v1/hybrid hosts (one
+//! mount per v1 controller set, `name=systemd`, and a cgroup2 "unified" mount that may hold no
+//! controller but still gives the core features: `cgroup.kill`, `cgroup.freeze`, `cpu.stat`).
+//! A controller is used from v1 when a v1 hierarchy has it, else from v2 when the unified
+//! hierarchy offers it. Measured behaviour on the dev host: `shared/reference/host.md` §7.
+//!
+//! Delegation (so systemd in the container can make sub-cgroups): the container's directory and
+//! the files that move processes (`cgroup.procs`, `tasks` on v1; `cgroup.procs`,
+//! `cgroup.subtree_control`, `cgroup.threads` on v2) are chowned to the container root's host ids.
+//! Limit files stay root-owned, so the container cannot raise its own limits.
+//!
+//! This module also resolves the `limits.*` config values ([`parse_memory`], [`parse_cpu`],
+//! [`parse_allowance`]) so the daemon validates keys with the same code that applies them.
+//! No unsafe here: only file I/O under /sys/fs/cgroup and `kill(2)` through nix.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::runtime::{Error, Limits, Result, Stats};
+
+/// The cgroup mounts of this host, as seen in /proc/self/mountinfo.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Layout {
+    /// v1 hierarchies: (mount point, controller options such as `memory`, `cpu,cpuacct` or
+    /// `name=systemd`). One entry per hierarchy (bind mounts of the same one are dropped).
+    pub v1: Vec<(PathBuf, String)>,
+    /// The cgroup2 mount, if any.
+    pub unified: Option<PathBuf>,
+    /// True when cgroup2 is the only cgroup filesystem with controllers (a "pure v2" host).
+    pub v2_only: bool,
+}
+
+/// Undo the `\ooo` octal escapes of mountinfo paths.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl Layout {
+    /// Parse /proc/self/mountinfo text.
+    pub fn from_mountinfo(text: &str) -> Layout {
+        let mut l = Layout::default();
+        for line in text.lines() {
+            let Some((pre, post)) = line.split_once(" - ") else {
+                continue;
+            };
+            let pre: Vec<&str> = pre.split(' ').collect();
+            let post: Vec<&str> = post.split(' ').collect();
+            if pre.len() < 5 || post.len() < 3 {
+                continue;
+            }
+            let mnt = PathBuf::from(unescape(pre[4]));
+            match post[0] {
+                "cgroup2" if l.unified.is_none() => l.unified = Some(mnt),
+                "cgroup" => {
+                    // Keep controller names and `name=`; drop rw/ro and behaviour flags.
+                    let opts: Vec<&str> = post[2]
+                        .split(',')
+                        .filter(|o| {
+                            !matches!(
+                                *o,
+                                "rw" | "ro"
+                                    | "clone_children"
+                                    | "xattr"
+                                    | "noprefix"
+                                    | "cpuset_v2_mode"
+                                    | "nsdelegate"
+                            ) && !o.starts_with("release_agent=")
+                        })
+                        .collect();
+                    let opts = opts.join(",");
+                    if !opts.is_empty() && !l.v1.iter().any(|(_, o)| *o == opts) {
+                        l.v1.push((mnt, opts));
+                    }
+                }
+                _ => {}
+            }
+        }
+        l.v2_only = l.unified.is_some() && l.v1.iter().all(|(_, o)| o.starts_with("name="));
+        l
+    }
+
+    /// The host's layout, probed once.
+    pub fn probe() -> &'static Layout {
+        static LAYOUT: OnceLock<Layout> = OnceLock::new();
+        LAYOUT.get_or_init(|| {
+            Layout::from_mountinfo(&fs::read_to_string("/proc/self/mountinfo").unwrap_or_default())
+        })
+    }
+
+    /// The v1 mount point holding `controller` (or `name=xxx`).
+    pub fn v1_mount(&self, controller: &str) -> Option<&Path> {
+        self.v1
+            .iter()
+            .find(|(_, o)| o.split(',').any(|c| c == controller))
+            .map(|(p, _)| p.as_path())
+    }
+}
+
+fn io_err(what: &str, path: &Path, e: io::Error) -> Error {
+    Error(format!("cgroup: {what} {}: {e}", path.display()))
+}
+
+fn write(path: &Path, value: &str) -> Result<()> {
+    fs::write(path, value)
+        .map_err(|e| Error(format!("cgroup: writing {value:?} to {}: {e}", path.display())))
+}
+
+fn read(path: &Path) -> Result<String> {
+    fs::read_to_string(path).map(|s| s.trim().to_string()).map_err(|e| io_err("reading", path, e))
+}
+
+fn read_u64(path: &Path) -> Option<u64> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// `key value` lines (cpu.stat, memory.stat, cgroup.events).
+fn read_keyed(path: &Path, key: &str) -> Option<u64> {
+    fs::read_to_string(path).ok()?.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+/// Poll `done` with a short, growing interval (50 µs doubling to 5 ms) until it holds or `limit` passes.
+fn poll(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    let mut wait = Duration::from_micros(50);
+    loop {
+        if done() {
+            return true;
+        }
+        if start.elapsed() >= limit {
+            return false;
+        }
+        std::thread::sleep(wait);
+        wait = (wait * 2).min(Duration::from_millis(5));
+    }
+}
+
+/// Devices a container may use after [`Cgroup::restrict_devices`] (LXD's default list), each with
+/// the reason it is allowed.
+pub const DEFAULT_DEVICES: &[(&str, &str)] = &[
+    ("c *:* m", "mknod of any char device: creating a node is harmless, opening it is checked"),
+    ("b *:* m", "mknod of any block device, same reason"),
+    ("c 1:3 rwm", "/dev/null"),
+    ("c 1:5 rwm", "/dev/zero"),
+    ("c 1:7 rwm", "/dev/full"),
+    ("c 1:8 rwm", "/dev/random"),
+    ("c 1:9 rwm", "/dev/urandom"),
+    ("c 5:0 rwm", "/dev/tty"),
+    ("c 5:1 rwm", "/dev/console (the container's console pty is bind-mounted there)"),
+    ("c 5:2 rwm", "/dev/ptmx (the container's own devpts instance)"),
+    ("c 136:* rwm", "/dev/pts/* (pseudo-terminals)"),
+    ("c 10:200 rwm", "/dev/net/tun (VPNs in the container's own network namespace)"),
+    ("c 10:229 rwm", "/dev/fuse (FUSE mounts, which AppArmor's fstype=fuse rule allows)"),
+];
+
+/// The controllers this code drives.
+const CONTROLLERS: &[&str] = &["memory", "pids", "cpu", "cpuset"];
+
+/// A container's cgroup: `bivy/<name>` in every hierarchy.
+#[derive(Debug, Clone)]
+pub struct Cgroup {
+    name: String,
+    /// (directory, controller options) for each v1 hierarchy.
+    v1: Vec<(PathBuf, String)>,
+    /// The directory in the cgroup2 hierarchy.
+    unified: Option<PathBuf>,
+    /// Controllers driven through the cgroup2 directory.
+    v2: Vec<String>,
+    /// Use the cgroup2 core files `cgroup.kill` / `cgroup.freeze` when the kernel has them.
+    v2_core: bool,
+}
+
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." || name.contains('\0') {
+        return Err(Error(format!("cgroup: invalid container name {name:?}")));
+    }
+    Ok(())
+}
+
+impl Cgroup {
+    fn paths(name: &str) -> Result<Cgroup> {
+        check_name(name)?;
+        let l = Layout::probe();
+        if l.v1.is_empty() && l.unified.is_none() {
+            return Err(Error(
+                "cgroup: no cgroup filesystem is mounted (see /proc/self/mountinfo)".into(),
+            ));
+        }
+        let v1 = l.v1.iter().map(|(m, o)| (m.join("bivy").join(name), o.clone())).collect();
+        let unified = l.unified.as_ref().map(|u| u.join("bivy").join(name));
+        let mut cg = Cgroup { name: name.to_string(), v1, unified, v2: Vec::new(), v2_core: true };
+        if let Some(u) = &l.unified {
+            let avail = fs::read_to_string(u.join("cgroup.controllers")).unwrap_or_default();
+            cg.v2 = avail
+                .split_whitespace()
+                .filter(|c| CONTROLLERS.contains(c) && l.v1_mount(c).is_none())
+                .map(str::to_string)
+                .collect();
+        }
+        Ok(cg)
+    }
+
+    /// Freeze and kill through the v1 freezer and signals only, as on kernels without
+    /// `cgroup.freeze` (< 5.2) or `cgroup.kill` (< 5.14). For tests of those paths.
+    pub fn without_v2_core(mut self) -> Cgroup {
+        self.v2_core = false;
+        self
+    }
+
+    /// The instance name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Every directory of this cgroup (v1 ones, then the unified one).
+    pub fn dirs(&self) -> Vec<&Path> {
+        self.v1.iter().map(|(p, _)| p.as_path()).chain(self.unified.as_deref()).collect()
+    }
+
+    fn v1_dir(&self, controller: &str) -> Option<&Path> {
+        self.v1
+            .iter()
+            .find(|(_, o)| o.split(',').any(|c| c == controller))
+            .map(|(p, _)| p.as_path())
+    }
+
+    /// Directory driving `controller`, and whether it is the cgroup2 one.
+    fn ctrl(&self, controller: &str) -> Option<(&Path, bool)> {
+        if let Some(d) = self.v1_dir(controller) {
+            return Some((d, false));
+        }
+        if self.v2.iter().any(|c| c == controller) {
+            return self.unified.as_deref().map(|d| (d, true));
+        }
+        None
+    }
+
+    /// Create `bivy/<name>` everywhere, apply `limits`, delegate to `owner` (host uid, gid of the
+    /// container's root). An existing, empty cgroup of the same name (left by a crash) is removed
+    /// first; one that still has processes is an error. On failure everything created is removed.
+    pub fn create(name: &str, limits: &Limits, owner: Option<(u32, u32)>) -> Result<Cgroup> {
+        let cg = Cgroup::paths(name)?;
+        let l = Layout::probe();
+        if cg.dirs().iter().any(|d| d.exists()) {
+            let pids = cg.pids();
+            if !pids.is_empty() {
+                return Err(Error(format!(
+                    "cgroup bivy/{name} already exists and holds processes {pids:?}"
+                )));
+            }
+            // Left over by a crash: start clean (no stale limits or sub-cgroups).
+            cg.remove()?;
+        }
+        let r = cg.create_inner(l, limits, owner);
+        if let Err(e) = r {
+            let _ = cg.remove();
+            return Err(e);
+        }
+        Ok(cg)
+    }
+
+    fn create_inner(&self, l: &Layout, limits: &Limits, owner: Option<(u32, u32)>) -> Result<()> {
+        for (dir, opts) in &self.v1 {
+            let parent = dir.parent().expect("bivy/<name> has a parent");
+            let root = parent.parent().expect("bivy has a parent");
+            let is_cpuset = opts.split(',').any(|c| c == "cpuset");
+            mkdir(parent)?;
+            if is_cpuset {
+                // v1 cpuset: a new cgroup starts with empty cpus/mems and refuses tasks until they
+                // are set; copy them down from the hierarchy root.
+                copy_if_empty(root, parent, "cpuset.cpus")?;
+                copy_if_empty(root, parent, "cpuset.mems")?;
+            }
+            mkdir(dir)?;
+            if is_cpuset {
+                copy_if_empty(parent, dir, "cpuset.cpus")?;
+                copy_if_empty(parent, dir, "cpuset.mems")?;
+                // Sub-cgroups made by the container inherit cpus/mems.
+                write(&dir.join("cgroup.clone_children"), "1")?;
+            }
+        }
+        if let (Some(dir), Some(root)) = (&self.unified, &l.unified) {
+            let parent = dir.parent().expect("bivy/<name> has a parent");
+            mkdir(parent)?;
+            if l.v2_only {
+                // Enable our controllers down to bivy/ so bivy/<name> gets them. On a hybrid host
+                // the unified hierarchy's root belongs to the init system: it is left alone.
+                enable_controllers(root, &self.v2)?;
+                enable_controllers(parent, &self.v2)?;
+            }
+            mkdir(dir)?;
+        }
+        self.set_limits(limits)?;
+        if let Some((uid, gid)) = owner {
+            self.delegate(uid, gid)?;
+        }
+        Ok(())
+    }
+
+    fn delegate(&self, uid: u32, gid: u32) -> Result<()> {
+        let chown = |p: &Path| {
+            std::os::unix::fs::chown(p, Some(uid), Some(gid))
+                .map_err(|e| io_err("chown (delegation)", p, e))
+        };
+        for (dir, _) in &self.v1 {
+            chown(dir)?;
+            for f in ["cgroup.procs", "tasks", "cgroup.clone_children"] {
+                if dir.join(f).exists() {
+                    chown(&dir.join(f))?;
+                }
+            }
+        }
+        if let Some(dir) = &self.unified {
+            chown(dir)?;
+            for f in ["cgroup.procs", "cgroup.subtree_control", "cgroup.threads"] {
+                chown(&dir.join(f))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The cgroup of an existing container; fails when no hierarchy has `bivy/<name>`.
+    pub fn open(name: &str) -> Result<Cgroup> {
+        let cg = Cgroup::paths(name)?;
+        if !cg.dirs().iter().any(|d| d.is_dir()) {
+            return Err(Error(format!("cgroup bivy/{name} does not exist")));
+        }
+        Ok(cg)
+    }
+
+    /// Move process `pid` (and so its future children) into the cgroup, in every hierarchy.
+    pub fn add_pid(&self, pid: i32) -> Result<()> {
+        for d in self.dirs() {
+            write(&d.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Apply limits now; a `None` removes the limit.
+    pub fn set_limits(&self, lim: &Limits) -> Result<()> {
+        if let Some((d, v2)) = self.ctrl("memory") {
+            if v2 {
+                let (max, high) = match (lim.memory, lim.memory_soft) {
+                    (Some(m), false) => (m.to_string(), "max".to_string()),
+                    (Some(m), true) => ("max".to_string(), m.to_string()),
+                    (None, _) => ("max".into(), "max".into()),
+                };
+                write(&d.join("memory.max"), &max)?;
+                write(&d.join("memory.high"), &high)?;
+                let swap = d.join("memory.swap.max");
+                if swap.exists() {
+                    let v = if lim.memory.is_some() && !lim.memory_swap { "0" } else { "max" };
+                    write(&swap, v)?;
+                }
+            } else {
+                let memsw = d.join("memory.memsw.limit_in_bytes");
+                let has_memsw = memsw.exists();
+                // memsw must stay >= limit_in_bytes: lift it first, lower it last.
+                if has_memsw {
+                    write(&memsw, "-1")?;
+                }
+                let (hard, soft) = match (lim.memory, lim.memory_soft) {
+                    (Some(m), false) => (m.to_string(), "-1".to_string()),
+                    (Some(m), true) => ("-1".to_string(), m.to_string()),
+                    (None, _) => ("-1".into(), "-1".into()),
+                };
+                write(&d.join("memory.limit_in_bytes"), &hard)?;
+                write(&d.join("memory.soft_limit_in_bytes"), &soft)?;
+                if has_memsw && !lim.memory_soft && !lim.memory_swap {
+                    if let Some(m) = lim.memory {
+                        write(&memsw, &m.to_string())?;
+                    }
+                }
+            }
+        } else if lim.memory.is_some() {
+            return Err(Error(
+                "cgroup: limits.memory set but no memory controller is available".into(),
+            ));
+        }
+
+        if let Some((d, v2)) = self.ctrl("cpuset") {
+            let cpus = match &lim.cpuset {
+                Some(c) => c.clone(),
+                // v2: empty means "the parent's". v1: copy the parent's explicitly.
+                // (a newline, not an empty write, which the kernel would never see)
+                None if v2 => "\n".to_string(),
+                None => read(&d.parent().expect("has parent").join("cpuset.cpus"))?,
+            };
+            write(&d.join("cpuset.cpus"), &cpus)?;
+        } else if lim.cpuset.is_some() {
+            return Err(Error(
+                "cgroup: limits.cpu set but no cpuset controller is available".into(),
+            ));
+        }
+
+        if let Some((d, v2)) = self.ctrl("cpu") {
+            if v2 {
+                let max = match lim.cpu_quota {
+                    Some((q, p)) => format!("{q} {p}"),
+                    None => "max 100000".into(),
+                };
+                write(&d.join("cpu.max"), &max)?;
+                // cgroup v1 shares (2..262144, default 1024) -> v2 weight (1..10000, default 100).
+                let w =
+                    lim.cpu_shares.map_or(100, |s| 1 + (s.clamp(2, 262144) - 2) * 9999 / 262142);
+                write(&d.join("cpu.weight"), &w.to_string())?;
+            } else {
+                let quota = d.join("cpu.cfs_quota_us");
+                // Lift the quota before changing the period (quota must fit the period).
+                write(&quota, "-1")?;
+                match lim.cpu_quota {
+                    Some((q, p)) => {
+                        write(&d.join("cpu.cfs_period_us"), &p.to_string())?;
+                        write(&quota, &q.to_string())?;
+                    }
+                    None => write(&d.join("cpu.cfs_period_us"), "100000")?,
+                }
+                write(&d.join("cpu.shares"), &lim.cpu_shares.unwrap_or(1024).to_string())?;
+            }
+        } else if lim.cpu_quota.is_some() || lim.cpu_shares.is_some() {
+            return Err(Error(
+                "cgroup: limits.cpu.allowance/priority set but no cpu controller is available"
+                    .into(),
+            ));
+        }
+
+        if let Some((d, _)) = self.ctrl("pids") {
+            write(&d.join("pids.max"), &lim.pids.map_or("max".to_string(), |p| p.to_string()))?;
+        } else if lim.pids.is_some() {
+            return Err(Error(
+                "cgroup: limits.processes set but no pids controller is available".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Restrict device access (v1 `devices` controller) to LXD's default list plus `extra`
+    /// (entries in `devices.allow` syntax, e.g. `c 10:232 rwm` for a `unix-char` device).
+    /// Meant for privileged containers: in a user namespace the kernel already refuses mknod,
+    /// but a privileged container could otherwise open any device node it creates.
+    /// On cgroup2 this needs a BPF_PROG_TYPE_CGROUP_DEVICE program: not supported yet.
+    pub fn restrict_devices(&self, extra: &[&str]) -> Result<()> {
+        let Some(d) = self.v1_dir("devices") else {
+            return Err(Error(
+                "not supported yet: device restrictions on cgroup2 (needs a cgroup device BPF program)".into(),
+            ));
+        };
+        write(&d.join("devices.deny"), "a")?;
+        for rule in DEFAULT_DEVICES.iter().map(|(r, _why)| *r).chain(extra.iter().copied()) {
+            write(&d.join("devices.allow"), rule)?;
+        }
+        Ok(())
+    }
+
+    /// The v2 freeze file when the unified dir has core freezer support.
+    fn v2_freeze(&self) -> Option<PathBuf> {
+        self.unified
+            .as_ref()
+            .map(|d| d.join("cgroup.freeze"))
+            .filter(|p| self.v2_core && p.exists())
+    }
+
+    /// Freeze every process; returns once the kernel reports the cgroup frozen (at most 5 s).
+    pub fn freeze(&self) -> Result<()> {
+        self.set_frozen(true)
+    }
+
+    /// Thaw.
+    pub fn thaw(&self) -> Result<()> {
+        self.set_frozen(false)
+    }
+
+    fn set_frozen(&self, on: bool) -> Result<()> {
+        let what = if on { "freeze" } else { "thaw" };
+        if let Some(f) = self.v2_freeze() {
+            write(&f, if on { "1" } else { "0" })?;
+        } else if let Some(d) = self.v1_dir("freezer") {
+            write(&d.join("freezer.state"), if on { "FROZEN" } else { "THAWED" })?;
+        } else {
+            return Err(Error(format!(
+                "cgroup: cannot {what} bivy/{}: no freezer (v1 freezer or cgroup.freeze)",
+                self.name
+            )));
+        }
+        if poll(Duration::from_secs(5), || self.is_frozen() == on) {
+            Ok(())
+        } else {
+            Err(Error(format!("cgroup: {what} of bivy/{} did not complete within 5 s", self.name)))
+        }
+    }
+
+    /// Whether the cgroup is (completely) frozen.
+    pub fn is_frozen(&self) -> bool {
+        if let Some(d) = self.unified.as_ref().filter(|_| self.v2_freeze().is_some()) {
+            return read_keyed(&d.join("cgroup.events"), "frozen") == Some(1);
+        }
+        self.v1_dir("freezer")
+            .and_then(|d| fs::read_to_string(d.join("freezer.state")).ok())
+            .is_some_and(|s| s.trim() == "FROZEN")
+    }
+
+    /// SIGKILL every process in the cgroup and its sub-cgroups, and wait (up to 5 s) until they
+    /// are gone from it. Uses `cgroup.kill` when the kernel has it, else freeze, kill each pid, thaw.
+    pub fn kill_all(&self) -> Result<()> {
+        let kill_file = self
+            .unified
+            .as_ref()
+            .map(|d| d.join("cgroup.kill"))
+            .filter(|p| self.v2_core && p.exists());
+        let mut done = false;
+        if let Some(k) = kill_file {
+            write(&k, "1")?;
+            // cgroup.kill covers the unified subtree; a process moved elsewhere there but still in
+            // a v1 bivy/<name> would survive it: the signal path below catches such stragglers.
+            done = poll(Duration::from_millis(200), || self.pids().is_empty());
+        }
+        if !done {
+            // Freezing first stops a fork loop from outrunning us; signals to frozen tasks are
+            // delivered on thaw.
+            let frozen = self.freeze().is_ok();
+            for _ in 0..3 {
+                let pids = self.pids();
+                if pids.is_empty() {
+                    break;
+                }
+                for p in pids {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(p),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                if frozen {
+                    break;
+                }
+            }
+            if frozen {
+                self.thaw()?;
+            }
+        }
+        if poll(Duration::from_secs(5), || self.pids().is_empty()) {
+            Ok(())
+        } else {
+            Err(Error(format!(
+                "cgroup: processes {:?} of bivy/{} survived SIGKILL for 5 s",
+                self.pids(),
+                self.name
+            )))
+        }
+    }
+
+    /// Every pid in the cgroup and its sub-cgroups, across hierarchies, sorted and deduplicated.
+    pub fn pids(&self) -> Vec<i32> {
+        let mut out = Vec::new();
+        for d in self.dirs() {
+            collect_pids(d, &mut out);
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Usage figures (0 for what this host cannot measure).
+    pub fn stats(&self) -> Stats {
+        let mut s = Stats::default();
+        if let Some((d, v2)) = self.ctrl("memory") {
+            if v2 {
+                s.memory_usage = read_u64(&d.join("memory.current")).unwrap_or(0);
+                s.memory_peak = read_u64(&d.join("memory.peak")).unwrap_or(0);
+                s.swap_usage = read_u64(&d.join("memory.swap.current")).unwrap_or(0);
+                s.swap_peak = read_u64(&d.join("memory.swap.peak")).unwrap_or(0);
+            } else {
+                s.memory_usage = read_u64(&d.join("memory.usage_in_bytes")).unwrap_or(0);
+                s.memory_peak = read_u64(&d.join("memory.max_usage_in_bytes")).unwrap_or(0);
+                // memsw counts memory + swap.
+                if let Some(sw) = read_u64(&d.join("memory.memsw.usage_in_bytes")) {
+                    s.swap_usage = sw.saturating_sub(s.memory_usage);
+                }
+                if let Some(sw) = read_u64(&d.join("memory.memsw.max_usage_in_bytes")) {
+                    s.swap_peak = sw.saturating_sub(s.memory_peak);
+                }
+            }
+        }
+        if let Some(d) = self.v1_dir("cpuacct") {
+            s.cpu_ns = read_u64(&d.join("cpuacct.usage")).unwrap_or(0);
+        } else if let Some(d) = &self.unified {
+            s.cpu_ns = read_keyed(&d.join("cpu.stat"), "usage_usec").unwrap_or(0) * 1000;
+        }
+        s.processes = match self.ctrl("pids") {
+            Some((d, _)) => read_u64(&d.join("pids.current")).unwrap_or(0),
+            None => self.pids().len() as u64,
+        };
+        s
+    }
+
+    /// Remove the cgroup everywhere, sub-cgroups first (bottom-up). rmdir answers EBUSY while
+    /// killed tasks are still exiting: that is retried, polling, for up to 2 s per directory.
+    /// Missing directories are fine; the shared `bivy` parents stay.
+    pub fn remove(&self) -> Result<()> {
+        let mut first_err = None;
+        for d in self.dirs() {
+            if let Err(e) = rmdir_tree(d) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+fn mkdir(p: &Path) -> Result<()> {
+    match fs::create_dir(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io_err("creating", p, e)),
+    }
+}
+
+fn copy_if_empty(from: &Path, to: &Path, file: &str) -> Result<()> {
+    if read(&to.join(file))?.is_empty() {
+        write(&to.join(file), &read(&from.join(file))?)?;
+    }
+    Ok(())
+}
+
+fn enable_controllers(dir: &Path, ctrls: &[String]) -> Result<()> {
+    let enabled = fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
+    for c in ctrls {
+        if !enabled.split_whitespace().any(|e| e == c) {
+            write(&dir.join("cgroup.subtree_control"), &format!("+{c}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn collect_pids(dir: &Path, out: &mut Vec<i32>) {
+    if let Ok(s) = fs::read_to_string(dir.join("cgroup.procs")) {
+        out.extend(s.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+    }
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                collect_pids(&e.path(), out);
+            }
+        }
+    }
+}
+
+fn rmdir_tree(dir: &Path) -> Result<()> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err("listing", dir, e)),
+    };
+    for e in rd.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            rmdir_tree(&e.path())?;
+        }
+    }
+    let mut last = None;
+    let gone = poll(Duration::from_secs(2), || match fs::remove_dir(dir) {
+        Ok(()) => true,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => true,
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            last = Some(e);
+            false
+        }
+        Err(e) => {
+            last = Some(e);
+            true // not retryable; reported below
+        }
+    });
+    match last {
+        Some(e) if !gone || dir.exists() => Err(io_err("removing", dir, e)),
+        _ => Ok(()),
+    }
+}
+
+// ---- config value parsers -------------------------------------------------------------------
+
+/// `limits.memory`: `512MiB`, `1GB`, `100kB`, `50%` (of `total_ram`), or plain bytes.
+/// Units as LXD (`units.ParseByteSizeString`): B, kB/KB, MB, GB, TB, PB, EB (powers of 1000) and
+/// KiB, MiB, GiB, TiB, PiB, EiB (powers of 1024).
+pub fn parse_memory(s: &str, total_ram: u64) -> Result<u64> {
+    let s = s.trim();
+    let bad = || Error(format!("invalid memory size {s:?} (examples: 512MiB, 1GB, 50%)"));
+    if let Some(p) = s.strip_suffix('%') {
+        let pct: f64 = p.trim().parse().map_err(|_| bad())?;
+        if !(pct > 0.0 && pct <= 100.0) {
+            return Err(Error(format!("invalid memory percentage {s:?} (must be in (0, 100])")));
+        }
+        return Ok((total_ram as f64 * pct / 100.0) as u64);
+    }
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = (&s[..split], s[split..].trim());
+    let mult: u64 = match unit {
+        "" | "B" => 1,
+        "kB" | "KB" => 1000,
+        "MB" => 1000u64.pow(2),
+        "GB" => 1000u64.pow(3),
+        "TB" => 1000u64.pow(4),
+        "PB" => 1000u64.pow(5),
+        "EB" => 1000u64.pow(6),
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "PiB" => 1 << 50,
+        "EiB" => 1 << 60,
+        _ => return Err(bad()),
+    };
+    if num.is_empty() {
+        return Err(bad());
+    }
+    let v = if num.contains('.') {
+        let f: f64 = num.parse().map_err(|_| bad())?;
+        let v = f * mult as f64;
+        if !v.is_finite() || v >= u64::MAX as f64 {
+            return Err(bad());
+        }
+        v as u64
+    } else {
+        num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult)).ok_or_else(bad)?
+    };
+    if v == 0 {
+        return Err(Error(format!("invalid memory size {s:?}: must be more than 0")));
+    }
+    Ok(v)
+}
+
+/// `limits.cpu`: a count (`2` -> `0-1`) or a set of cpus (`0-3,7`), checked against `ncpus`.
+/// Returns the cpuset list.
+pub fn parse_cpu(s: &str, ncpus: usize) -> Result<String> {
+    let s = s.trim();
+    if !s.is_empty()
+        && s.bytes().all(|b| b.is_ascii_digit())
+        && !s.contains(',')
+        && !s.contains('-')
+    {
+        let n: usize = s.parse().map_err(|_| Error(format!("invalid cpu count {s:?}")))?;
+        if n == 0 || n > ncpus {
+            return Err(Error(format!("invalid cpu count {n}: the host has {ncpus} cpus")));
+        }
+        return Ok(if n == 1 { "0".into() } else { format!("0-{}", n - 1) });
+    }
+    let bad = |why: &str| Error(format!("invalid cpu set {s:?}: {why}"));
+    if s.is_empty() {
+        return Err(bad("empty"));
+    }
+    let mut parts = Vec::new();
+    for part in s.split(',') {
+        let part = part.trim();
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (part, part),
+        };
+        let a: usize = a.parse().map_err(|_| bad("not a number"))?;
+        let b: usize = b.parse().map_err(|_| bad("not a number"))?;
+        if a > b {
+            return Err(bad("range goes backwards"));
+        }
+        if b >= ncpus {
+            return Err(bad(&format!(
+                "cpu {b} does not exist (the host has cpus 0-{})",
+                ncpus.saturating_sub(1)
+            )));
+        }
+        parts.push(if a == b { a.to_string() } else { format!("{a}-{b}") });
+    }
+    Ok(parts.join(","))
+}
+
+/// A resolved `limits.cpu.allowance`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allowance {
+    /// Relative weight as v1 `cpu.shares` (1024 = 100%).
+    Shares(u64),
+    /// Hard cap: (quota_us, period_us).
+    Quota(u64, u64),
+}
+
+fn parse_duration_us(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1000.0)
+    } else if let Some(n) = s.strip_suffix("us") {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1_000_000.0)
+    } else {
+        return None;
+    };
+    let v: f64 = num.trim().parse().ok()?;
+    (v.is_finite() && v > 0.0).then_some((v * mult) as u64)
+}
+
+/// `limits.cpu.allowance`: `50%` -> [`Allowance::Shares`] (LXD: 1024 * pct / 100), or
+/// `25ms/100ms` -> [`Allowance::Quota`] (the kernel takes periods of 1 ms to 1 s, quotas >= 1 ms).
+pub fn parse_allowance(s: &str) -> Result<Allowance> {
+    let s = s.trim();
+    if let Some(p) = s.strip_suffix('%') {
+        let pct: u64 = p.trim().parse().map_err(|_| {
+            Error(format!("invalid cpu allowance {s:?} (examples: 50%, 25ms/100ms)"))
+        })?;
+        if pct == 0 {
+            return Err(Error(format!("invalid cpu allowance {s:?}: must be more than 0%")));
+        }
+        return Ok(Allowance::Shares((1024 * pct / 100).max(2)));
+    }
+    let (q, p) = s
+        .split_once('/')
+        .ok_or_else(|| Error(format!("invalid cpu allowance {s:?} (examples: 50%, 25ms/100ms)")))?;
+    let bad = || Error(format!("invalid cpu allowance {s:?}: durations like 25ms/100ms"));
+    let (q, p) = (parse_duration_us(q).ok_or_else(bad)?, parse_duration_us(p).ok_or_else(bad)?);
+    if !(1000..=1_000_000).contains(&p) {
+        return Err(Error(format!(
+            "invalid cpu allowance {s:?}: the period must be between 1ms and 1s"
+        )));
+    }
+    if q < 1000 {
+        return Err(Error(format!("invalid cpu allowance {s:?}: the quota must be at least 1ms")));
+    }
+    Ok(Allowance::Quota(q, p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes() {
+        let gib = 1u64 << 30;
+        assert_eq!(parse_memory("512MiB", gib).unwrap(), 512 << 20);
+        assert_eq!(parse_memory("1GB", gib).unwrap(), 1_000_000_000);
+        assert_eq!(parse_memory("1.5GiB", gib).unwrap(), 3 << 29);
+        assert_eq!(parse_memory("100kB", gib).unwrap(), 100_000);
+        assert_eq!(parse_memory("4096", gib).unwrap(), 4096);
+        assert_eq!(parse_memory("50%", 8 * gib).unwrap(), 4 * gib);
+        for bad in ["", "abc", "10XB", "0", "-5MiB", "150%", "0%", "MiB", "99999999999999999999EiB"]
+        {
+            assert!(parse_memory(bad, gib).is_err(), "{bad:?} should fail");
+        }
+    }
+
+    #[test]
+    fn cpu_sets() {
+        assert_eq!(parse_cpu("2", 4).unwrap(), "0-1");
+        assert_eq!(parse_cpu("1", 4).unwrap(), "0");
+        assert_eq!(parse_cpu("0-3,7", 8).unwrap(), "0-3,7");
+        assert_eq!(parse_cpu("1,3", 4).unwrap(), "1,3");
+        assert_eq!(parse_cpu("2-2", 4).unwrap(), "2");
+        assert!(parse_cpu("5", 4).unwrap_err().0.contains("host has 4"));
+        assert!(parse_cpu("0-7", 4).unwrap_err().0.contains("cpu 7 does not exist"));
+        for bad in ["0", "", "3-1", "a", "1,,2", "-1"] {
+            assert!(parse_cpu(bad, 4).is_err(), "{bad:?} should fail");
+        }
+    }
+
+    #[test]
+    fn allowances() {
+        assert_eq!(parse_allowance("50%").unwrap(), Allowance::Shares(512));
+        assert_eq!(parse_allowance("100%").unwrap(), Allowance::Shares(1024));
+        assert_eq!(parse_allowance("25ms/100ms").unwrap(), Allowance::Quota(25_000, 100_000));
+        assert_eq!(parse_allowance("200ms/1s").unwrap(), Allowance::Quota(200_000, 1_000_000));
+        for bad in ["", "0%", "x%", "25ms", "25/100", "500us/100ms", "1ms/2s"] {
+            assert!(parse_allowance(bad).is_err(), "{bad:?} should fail");
+        }
+    }
+
+    const HYBRID: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+33 31 0:30 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw,nsdelegate
+42 31 0:32 / /mnt/mem\\040copy rw,relatime - cgroup cgroup rw,memory
+";
+
+    #[test]
+    fn layout_hybrid() {
+        let l = Layout::from_mountinfo(HYBRID);
+        let opts: Vec<&str> = l.v1.iter().map(|(_, o)| o.as_str()).collect();
+        assert_eq!(opts, ["cpu", "cpu,cpuacct", "memory", "name=systemd"]);
+        assert_eq!(l.unified.as_deref(), Some(Path::new("/sys/fs/cgroup/unified")));
+        assert!(!l.v2_only);
+        assert_eq!(l.v1_mount("cpuacct"), Some(Path::new("/sys/fs/cgroup/cpu,cpuacct")));
+        assert_eq!(l.v1_mount("name=systemd"), Some(Path::new("/sys/fs/cgroup/systemd")));
+        assert_eq!(l.v1_mount("pids"), None);
+    }
+
+    #[test]
+    fn layout_pure_v2() {
+        let l = Layout::from_mountinfo("30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot\n");
+        assert_eq!(l, Layout { v1: vec![], unified: Some("/sys/fs/cgroup".into()), v2_only: true });
+    }
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape("/a\\040b\\011c"), "/a b\tc");
+        assert_eq!(unescape("/plain\\"), "/plain\\");
+    }
+}

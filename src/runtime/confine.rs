@@ -1,0 +1,87 @@
+//! The single seam between the runtime core and the confinement modules written separately
+//! (`cgroup`, `seccomp`, `apparmor`). Every call the core makes into them goes through here, so the
+//! merge (switching from the stand-ins in `confine_stub.rs` to the real modules) changes one file.
+
+use std::path::PathBuf;
+
+use super::{Limits, Result, Stats};
+
+use super::{apparmor, cgroup, seccomp};
+
+/// The mounted cgroup hierarchies (for the container's /sys/fs/cgroup view).
+pub struct CgroupLayout {
+    /// (mount point, mount options such as `memory` or `none,name=systemd`).
+    pub v1: Vec<(String, String)>,
+    pub unified: Option<PathBuf>,
+    pub v2_only: bool,
+}
+
+pub fn cgroup_layout() -> CgroupLayout {
+    let l = cgroup::Layout::probe();
+    CgroupLayout {
+        v1: l.v1.iter().map(|(p, o)| (p.display().to_string(), o.clone())).collect(),
+        unified: l.unified.clone(),
+        v2_only: l.v2_only,
+    }
+}
+
+pub fn cgroup_create(name: &str, limits: &Limits, owner: Option<(u32, u32)>) -> Result<()> {
+    cgroup::Cgroup::create(name, limits, owner).map(|_| ())
+}
+
+pub fn cgroup_add_pid(name: &str, pid: i32) -> Result<()> {
+    cgroup::Cgroup::open(name)?.add_pid(pid)
+}
+
+pub fn cgroup_kill_all(name: &str) -> Result<()> {
+    match cgroup::Cgroup::open(name) {
+        Ok(c) => c.kill_all(),
+        Err(_) => Ok(()), // already gone
+    }
+}
+
+pub fn cgroup_remove(name: &str) -> Result<()> {
+    match cgroup::Cgroup::open(name) {
+        Ok(c) => c.remove(),
+        Err(_) => Ok(()), // already gone
+    }
+}
+
+pub fn cgroup_freeze(name: &str) -> Result<()> {
+    cgroup::Cgroup::open(name)?.freeze()
+}
+
+pub fn cgroup_thaw(name: &str) -> Result<()> {
+    cgroup::Cgroup::open(name)?.thaw()
+}
+
+pub fn cgroup_is_frozen(name: &str) -> bool {
+    cgroup::Cgroup::open(name).is_ok_and(|c| c.is_frozen())
+}
+
+pub fn cgroup_set_limits(name: &str, limits: &Limits) -> Result<()> {
+    cgroup::Cgroup::open(name)?.set_limits(limits)
+}
+
+pub fn cgroup_stats(name: &str) -> Stats {
+    cgroup::Cgroup::open(name).map(|c| c.stats()).unwrap_or_default()
+}
+
+/// A compiled seccomp filter, ready to load right before execve.
+pub struct Seccomp(seccomp::Program);
+
+pub fn seccomp_compile(policy: &str) -> Result<Seccomp> {
+    seccomp::compile(policy).map(Seccomp)
+}
+
+pub fn seccomp_load(p: &Seccomp) -> Result<()> {
+    seccomp::load(&p.0)
+}
+
+pub fn apparmor_prepare(name: &str, nesting: bool, privileged: bool, raw: &str) -> Result<Option<String>> {
+    apparmor::prepare(name, nesting, privileged, raw)
+}
+
+pub fn apparmor_set_exec_label(label: &str) -> Result<()> {
+    apparmor::set_exec_label(label)
+}

@@ -1,0 +1,81 @@
+//! Host facts the runtime needs, probed once per process: the default id range for containers
+//! (root's /etc/subuid and /etc/subgid entries, else 1000000:1000000000), idmapped-mount support,
+//! the kernel version and the cgroup layout.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use super::IdMapEntry;
+
+/// Everything probed about the host.
+pub struct Host {
+    pub uid_range: IdMapEntry,
+    pub gid_range: IdMapEntry,
+    /// Kernel release (`uname -r`) and its (major, minor).
+    pub kernel_release: String,
+    pub kernel_version: (u32, u32),
+    /// Whether `/var/lib` (where container roots normally live) can be idmapped.
+    pub idmap_var_lib: bool,
+    /// The cgroup hierarchies as mounted on the host.
+    pub cgroup_v1: Vec<(String, String)>,
+    pub cgroup_unified: Option<std::path::PathBuf>,
+    pub cgroup_v2_only: bool,
+}
+
+const DEFAULT_RANGE: IdMapEntry = IdMapEntry { nsid: 0, hostid: 1_000_000, count: 1_000_000_000 };
+
+/// Root's range from a subuid/subgid file's text (`root:100000:65536`; the first root line wins;
+/// entries below 65536 ids are ignored as LXD does).
+pub fn parse_subid(text: &str) -> Option<IdMapEntry> {
+    text.lines().find_map(|l| {
+        let mut f = l.trim().split(':');
+        let (user, start, count) = (f.next()?, f.next()?, f.next()?);
+        if user != "root" && user != "0" {
+            return None;
+        }
+        let (hostid, count) = (start.trim().parse().ok()?, count.trim().parse::<u32>().ok()?);
+        (count >= 65536).then_some(IdMapEntry { nsid: 0, hostid, count })
+    })
+}
+
+/// Default (uid, gid) ranges for containers: `0 <hostid> <count>` map entries.
+pub fn host_id_range() -> (IdMapEntry, IdMapEntry) {
+    let h = host();
+    (h.uid_range, h.gid_range)
+}
+
+pub fn host() -> &'static Host {
+    static HOST: OnceLock<Host> = OnceLock::new();
+    HOST.get_or_init(probe)
+}
+
+fn probe() -> Host {
+    let sub = |f: &str| std::fs::read_to_string(f).ok().and_then(|t| parse_subid(&t)).unwrap_or(DEFAULT_RANGE);
+    let kernel_release = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+    let mut it = kernel_release.split(|c: char| !c.is_ascii_digit()).filter_map(|s| s.parse().ok());
+    let kernel_version = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+    let l = super::confine::cgroup_layout();
+    let var_lib = Path::new("/var/lib");
+    Host {
+        uid_range: sub("/etc/subuid"),
+        gid_range: sub("/etc/subgid"),
+        kernel_release,
+        kernel_version,
+        idmap_var_lib: var_lib.exists() && super::userns::rootfs_supports_idmap_with(var_lib, &DEFAULT_RANGE),
+        cgroup_v1: l.v1,
+        cgroup_unified: l.unified,
+        cgroup_v2_only: l.v2_only,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subid_parsing() {
+        assert_eq!(parse_subid("alice:1:70000\nroot:100000:65536\n"), Some(IdMapEntry { nsid: 0, hostid: 100000, count: 65536 }));
+        assert_eq!(parse_subid("root:100000:1000\n"), None);
+        assert_eq!(parse_subid("garbage\n"), None);
+    }
+}

@@ -1,0 +1,235 @@
+//! The container's mount table, built by the container child inside its own mount namespace
+//! (LXC-like `proc:mixed sys:mixed cgroup:mixed`), then pivot_root. Paths inside the rootfs are
+//! created by container root (fsuid mapped), so they land with the container's ids on disk.
+//!
+//! Resulting layout:
+//! - `/proc` (nosuid,nodev,noexec). Masked by a read-only `/dev/null` bind: kcore, keys,
+//!   timer_list, latency_stats, sched_debug, sysrq-trigger; empty read-only tmpfs over acpi and scsi.
+//!   Read-only: `/proc/sys` (except `/proc/sys/net`, left writable), `/proc/bus`, `/proc/fs`, `/proc/irq`.
+//! - `/sys` sysfs read-only (allowed because the netns belongs to the container's userns), with
+//!   `/sys/devices/virtual/net` writable; `/sys/fs/cgroup`: tmpfs plus each v1 hierarchy and the
+//!   unified one, or just cgroup2 on a pure v2 host. The cgroup namespace roots them at the container.
+//! - `/dev` tmpfs (0755): null zero full random urandom tty bound from nodes the monitor made (0666),
+//!   devpts `newinstance,ptmxmode=0666,mode=0620,gid=5`, `ptmx -> pts/ptmx`, `console` (the monitor's
+//!   pty slave), `shm` and `mqueue`, `fd stdin stdout stderr` symlinks.
+//! - `security.nesting`: a fresh rw proc and sysfs at `/dev/.lxc/proc` and `/dev/.lxc/sys` (as LXD
+//!   does), so a nested container manager can mount proc/sysfs (the kernel's "fully visible" rule).
+
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::Path;
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::statvfs::{statvfs, FsFlags};
+
+use super::init::Ctx;
+use super::monitor::DEV_NODES;
+use super::Error;
+
+fn e(step: &str, p: &Path, x: impl std::fmt::Display) -> Error {
+    Error(format!("{step} {}: {x}", p.display()))
+}
+
+const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV).union(MsFlags::MS_NOEXEC);
+
+fn mnt(src: &str, dst: &Path, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<(), Error> {
+    mount(Some(src), dst, Some(fstype), flags, data).map_err(|x| e(&format!("mount {fstype} on"), dst, x))
+}
+
+fn bind(src: &Path, dst: &Path, rec: bool) -> Result<(), Error> {
+    let mut f = MsFlags::MS_BIND;
+    if rec {
+        f |= MsFlags::MS_REC;
+    }
+    mount(Some(src), dst, None::<&str>, f, None::<&str>).map_err(|x| e(&format!("bind {} to", src.display()), dst, x))
+}
+
+/// Remount the bind mount at `p` read-only, keeping its other flags (the kernel refuses to drop
+/// locked ones like nosuid in a user namespace).
+fn remount_ro(p: &Path) -> Result<(), Error> {
+    let st = statvfs(p).map_err(|x| e("statvfs", p, x))?;
+    let mut f = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    for (s, m) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if st.flags().contains(s) {
+            f |= m;
+        }
+    }
+    mount(None::<&str>, p, None::<&str>, f, None::<&str>).map_err(|x| e("remount read-only", p, x))
+}
+
+fn mkdir(p: &Path) -> Result<(), Error> {
+    fs::create_dir_all(p).map_err(|x| e("create", p, x))
+}
+
+fn touch(p: &Path) -> Result<(), Error> {
+    if p.symlink_metadata().is_ok() {
+        return Ok(());
+    }
+    fs::File::create(p).map(drop).map_err(|x| e("create", p, x))
+}
+
+/// Steps 4a-4f of the child setup.
+pub fn setup(ctx: &Ctx<'_>) -> Result<(), Error> {
+    let root = ctx.root;
+    super::monitor::trace(ctx.t0, "child step 4a0");
+    // 4a0. Re-bind the rootfs onto itself: the copy inherited from the monitor's namespace is locked
+    //      in our user namespace, and pivot_root refuses a locked new root (EINVAL).
+    bind(root, root, true)?;
+    super::monitor::trace(ctx.t0, "child step 4a");
+    // 4a. /proc: a new instance for the new pid namespace.
+    let proc_ = root.join("proc");
+    mkdir(&proc_)?;
+    mnt("proc", &proc_, "proc", NOSUID_NODEV_NOEXEC, None)?;
+
+    super::monitor::trace(ctx.t0, "child step 4b");
+    // 4b. /sys read-only, network devices writable (they belong to our netns).
+    let sys = root.join("sys");
+    mkdir(&sys)?;
+    mnt("sysfs", &sys, "sysfs", NOSUID_NODEV_NOEXEC | MsFlags::MS_RDONLY, None)?;
+    let vnet = sys.join("devices/virtual/net");
+    if vnet.is_dir() {
+        bind(&vnet, &vnet, true)?;
+        mount(None::<&str>, &vnet, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | NOSUID_NODEV_NOEXEC, None::<&str>)
+            .map_err(|x| e("remount rw", &vnet, x))?;
+    }
+
+    super::monitor::trace(ctx.t0, "child step 4c");
+    // 4c. The cgroup view for systemd and nested managers (needs the cgroup namespace from step 2).
+    cgroup_view(ctx, &sys.join("fs/cgroup"))?;
+
+    super::monitor::trace(ctx.t0, "child step 4d");
+    // 4d. /dev.
+    dev(ctx)?;
+
+    super::monitor::trace(ctx.t0, "child step 4e");
+    // 4e. /proc masks and read-only parts (after /dev: the masks bind /dev/null).
+    proc_masks(root)?;
+
+    super::monitor::trace(ctx.t0, "child step 4f");
+    // 4f. Nesting: fully visible proc and sysfs instances for a nested manager.
+    if ctx.spec.nesting {
+        for (name, fstype) in [("proc", "proc"), ("sys", "sysfs")] {
+            let p = root.join("dev/.lxc").join(name);
+            mkdir(&p)?;
+            mnt(fstype, &p, fstype, NOSUID_NODEV_NOEXEC, None)?;
+        }
+    }
+    Ok(())
+}
+
+fn cgroup_view(ctx: &Ctx<'_>, cg: &Path) -> Result<(), Error> {
+    if !cg.is_dir() {
+        return Ok(());
+    }
+    let l = ctx.layout;
+    if l.v2_only {
+        return mnt("cgroup2", cg, "cgroup2", NOSUID_NODEV_NOEXEC, None);
+    }
+    mnt("tmpfs", cg, "tmpfs", NOSUID_NODEV_NOEXEC, Some("mode=0755,size=1m"))?;
+    for (mp, opts) in &l.v1 {
+        let Some(base) = Path::new(mp).file_name().and_then(|b| b.to_str()) else { continue };
+        let dst = cg.join(base);
+        mkdir(&dst)?;
+        mnt("cgroup", &dst, "cgroup", NOSUID_NODEV_NOEXEC, Some(opts))?;
+        // Combined hierarchies (`cpu,cpuacct`) also get one symlink per controller, as on hosts.
+        if base.contains(',') {
+            for part in base.split(',') {
+                let _ = symlink(base, cg.join(part));
+            }
+        }
+    }
+    if let Some(u) = &l.unified {
+        let base = u.file_name().and_then(|b| b.to_str()).unwrap_or("unified");
+        let dst = cg.join(base);
+        mkdir(&dst)?;
+        mnt("cgroup2", &dst, "cgroup2", NOSUID_NODEV_NOEXEC, None)?;
+    }
+    Ok(())
+}
+
+fn dev(ctx: &Ctx<'_>) -> Result<(), Error> {
+    let d = ctx.root.join("dev");
+    mkdir(&d)?;
+    mnt("tmpfs", &d, "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("mode=0755,size=65536k"))?;
+    // Device nodes: made by the monitor on a host-owned tmpfs (0666, owned by container root),
+    // bound over empty files here. mknod in the userns would be EPERM, and host /dev nodes carry
+    // whatever mode the host has.
+    for (name, _, _) in DEV_NODES {
+        let dst = d.join(name);
+        touch(&dst)?;
+        bind(&ctx.dev.join(name), &dst, false)?;
+    }
+    let pts = d.join("pts");
+    mkdir(&pts)?;
+    mnt("devpts", &pts, "devpts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620,gid=5"))?;
+    let links = [("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")];
+    for (name, target) in links {
+        symlink(target, d.join(name)).map_err(|x| e("symlink", &d.join(name), x))?;
+    }
+    let console = d.join("console");
+    touch(&console)?;
+    bind(ctx.console, &console, false)?;
+    let shm = d.join("shm");
+    mkdir(&shm)?;
+    mnt("tmpfs", &shm, "tmpfs", NOSUID_NODEV_NOEXEC, Some("mode=1777,size=65536k"))?;
+    let mq = d.join("mqueue");
+    mkdir(&mq)?;
+    mnt("mqueue", &mq, "mqueue", NOSUID_NODEV_NOEXEC, None)?;
+    fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).map_err(|x| e("chmod", &d, x))?;
+    Ok(())
+}
+
+/// Files under /proc hidden behind a read-only /dev/null.
+const PROC_MASK_FILES: &[&str] = &["kcore", "keys", "timer_list", "latency_stats", "sched_debug", "sysrq-trigger"];
+/// Directories under /proc hidden behind an empty read-only tmpfs.
+const PROC_MASK_DIRS: &[&str] = &["acpi", "scsi"];
+/// Directories under /proc made read-only.
+const PROC_RO: &[&str] = &["sys", "bus", "fs", "irq"];
+
+fn proc_masks(root: &Path) -> Result<(), Error> {
+    let p = root.join("proc");
+    let null = root.join("dev/null");
+    for f in PROC_MASK_FILES {
+        let t = p.join(f);
+        if t.exists() {
+            bind(&null, &t, false)?;
+            remount_ro(&t)?;
+        }
+    }
+    for d in PROC_MASK_DIRS {
+        let t = p.join(d);
+        if t.is_dir() {
+            mnt("tmpfs", &t, "tmpfs", NOSUID_NODEV_NOEXEC | MsFlags::MS_RDONLY, Some("size=0"))?;
+        }
+    }
+    // /proc/sys/net stays writable: bind it onto itself first, so the recursive self-bind of
+    // /proc/sys carries it as a submount, and only the top mount is then made read-only.
+    let net = p.join("sys/net");
+    if net.is_dir() {
+        bind(&net, &net, false)?;
+    }
+    for d in PROC_RO {
+        let t = p.join(d);
+        if t.is_dir() {
+            bind(&t, &t, true)?;
+            remount_ro(&t)?;
+        }
+    }
+    Ok(())
+}
+
+/// pivot_root into `root` with the old root stacked on top and detached (no put_old directory).
+pub fn pivot(root: &Path) -> Result<(), Error> {
+    nix::unistd::chdir(root).map_err(|x| e("chdir", root, x))?;
+    nix::unistd::pivot_root(".", ".").map_err(|x| e("pivot_root", root, x))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(|x| e("detach old root", root, x))?;
+    nix::unistd::chdir("/").map_err(|x| e("chdir", Path::new("/"), x))?;
+    Ok(())
+}

@@ -1,0 +1,459 @@
+//! `cargo xtask bench [--runs N] [--bin PATH]`: the numbers we compare with LXD
+//! (`/work/shared/reference/lxd-bench.md`): static binary size, daemon start and idle memory,
+//! image import, launch, exec, list, stop --force, start, and a container's monitor memory.
+//!
+//! A daemon is started with a temporary `BIVY_DIR` under `target/bench/`, driven through the
+//! CLI (`bivy launch|exec|stop --force|start|list|delete`), and stopped at the end. A step that
+//! fails is reported in the table with its error and the steps that need it are skipped, so a
+//! partial daemon still gives partial numbers. The table goes to stdout and
+//! `target/bench/results.md`.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::daemon::{self, BgDaemon};
+use crate::util::{self, Result};
+
+/// min / median / max of a set of samples, in ms.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Stats {
+    pub n: usize,
+    pub min: f64,
+    pub median: f64,
+    pub max: f64,
+}
+
+impl Stats {
+    pub fn of(samples: &[f64]) -> Option<Stats> {
+        if samples.is_empty() {
+            return None;
+        }
+        let mut v = samples.to_vec();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Some(Stats {
+            n,
+            min: v[0],
+            median,
+            max: v[n - 1],
+        })
+    }
+}
+
+/// Run `make(i)` for i in 0..n, timing each (wall clock, ms); stops at the first failure.
+pub fn time_runs(n: usize, mut make: impl FnMut(usize) -> Command) -> Result<Stats> {
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut cmd = make(i);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let t = Instant::now();
+        let out = cmd
+            .output()
+            .map_err(|e| format!("run {}: {e}", util::show(&cmd)))?;
+        let el = t.elapsed();
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let first = err
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .trim();
+            return Err(format!(
+                "`{}` failed ({}): {first}",
+                util::show(&cmd),
+                out.status
+            ));
+        }
+        samples.push(util::ms(el));
+    }
+    Stats::of(&samples).ok_or_else(|| "no runs".into())
+}
+
+/// Fields of /proc/PID/smaps_rollup (kB): Rss, Pss, Private_Clean, Private_Dirty, ...
+pub fn smaps_rollup(pid: u32) -> Result<Vec<(String, u64)>> {
+    let text = fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .map_err(|e| format!("smaps_rollup of {pid}: {e}"))?;
+    Ok(parse_kb_fields(&text))
+}
+
+/// Fields of /proc/PID/status that are in kB (VmRSS, RssAnon, RssFile, ...).
+pub fn status_kb(pid: u32) -> Result<Vec<(String, u64)>> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("status of {pid}: {e}"))?;
+    Ok(parse_kb_fields(&text))
+}
+
+/// `Name:   1234 kB` lines -> (Name, 1234).
+pub fn parse_kb_fields(text: &str) -> Vec<(String, u64)> {
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            let mut it = v.split_whitespace();
+            let n = it.next()?.parse().ok()?;
+            (it.next() == Some("kB")).then(|| (k.trim().to_owned(), n))
+        })
+        .collect()
+}
+
+pub fn field(fields: &[(String, u64)], name: &str) -> Option<u64> {
+    fields.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
+}
+
+fn ppid(pid: u32) -> Option<u32> {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// `"pid": 1234` in a JSON body (instance state), without a JSON parser.
+fn json_pid(body: &str) -> Option<u32> {
+    let i = body.find("\"pid\"")?;
+    let rest = body[i + 5..].trim_start().strip_prefix(':')?.trim_start();
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok().filter(|&p| p > 0)
+}
+
+/// The result table.
+#[derive(Default)]
+struct Table {
+    rows: Vec<[String; 6]>,
+}
+
+impl Table {
+    fn stats(&mut self, what: &str, r: &Result<Stats>, note: &str) {
+        match r {
+            Ok(s) => self.rows.push([
+                what.into(),
+                s.n.to_string(),
+                format!("{:.1}", s.min),
+                format!("**{:.1}**", s.median),
+                format!("{:.1}", s.max),
+                note.into(),
+            ]),
+            Err(e) => self.failed(what, e),
+        }
+    }
+    fn value(&mut self, what: &str, value: String, note: &str) {
+        self.rows.push([
+            what.into(),
+            "1".into(),
+            String::new(),
+            format!("**{value}**"),
+            String::new(),
+            note.into(),
+        ]);
+    }
+    fn failed(&mut self, what: &str, e: &str) {
+        let e = e.replace('|', "\\|").replace('\n', " ");
+        self.rows.push([
+            what.into(),
+            "0".into(),
+            String::new(),
+            "failed".into(),
+            String::new(),
+            e,
+        ]);
+    }
+    fn markdown(&self, header: &str) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "{header}\n");
+        let _ = writeln!(s, "| what | n | min | median | max | notes |");
+        let _ = writeln!(s, "|---|---|---|---|---|---|");
+        for r in &self.rows {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} |",
+                r[0], r[1], r[2], r[3], r[4], r[5]
+            );
+        }
+        s
+    }
+}
+
+fn kb_to_mb(kb: u64) -> String {
+    format!("{:.2} MB", kb as f64 / 1000.0)
+}
+
+fn memory_row(t: &mut Table, what: &str, pid: u32) {
+    match (status_kb(pid), smaps_rollup(pid)) {
+        (Ok(st), Ok(sm)) => {
+            let rss = field(&st, "VmRSS").unwrap_or(0);
+            let pss = field(&sm, "Pss").unwrap_or(0);
+            let pd = field(&sm, "Private_Dirty").unwrap_or(0);
+            let pc = field(&sm, "Private_Clean").unwrap_or(0);
+            t.value(
+                what,
+                format!("Pss {}", kb_to_mb(pss)),
+                &format!(
+                    "VmRSS {}, Private_Dirty {}, Private_Clean {} (pid {pid})",
+                    kb_to_mb(rss),
+                    kb_to_mb(pd),
+                    kb_to_mb(pc)
+                ),
+            );
+        }
+        (Err(e), _) | (_, Err(e)) => t.failed(what, &e),
+    }
+}
+
+fn load_note() -> String {
+    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    format!(
+        "loadavg {}",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    )
+}
+
+struct Opts {
+    runs: usize,
+    bin: Option<PathBuf>,
+}
+
+fn parse_opts(args: &[String]) -> Result<Opts> {
+    let mut o = Opts {
+        runs: 10,
+        bin: None,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--runs" => {
+                o.runs = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|&n| n > 0)
+                    .ok_or("--runs N (N > 0)")?
+            }
+            "--bin" => o.bin = Some(PathBuf::from(it.next().ok_or("--bin PATH")?)),
+            other => return Err(format!("unknown argument `{other}` (--runs N, --bin PATH)")),
+        }
+    }
+    Ok(o)
+}
+
+pub fn run(args: &[String]) -> Result {
+    let o = parse_opts(args)?;
+    let bin = match o.bin {
+        Some(b) => b,
+        None => {
+            let b = util::target_dir().join("dist/bivy");
+            if b.is_file() {
+                eprintln!(
+                    "xtask: using existing {} (run `cargo xtask dist` to rebuild)",
+                    util::rel(&b)
+                );
+                b
+            } else {
+                crate::dist::build(&[])?
+            }
+        }
+    };
+    let image = crate::image::busybox()?;
+    let out_dir = util::target_dir().join("bench");
+    util::mkdirs(&out_dir)?;
+    let mut t = Table::default();
+    let before = load_note();
+
+    // 1. static binary size
+    match crate::elf::check_static(&bin) {
+        Ok(f) => {
+            let size = fs::metadata(&bin).map(|m| m.len()).unwrap_or(0);
+            t.value(
+                "binary size",
+                format!("{size} B"),
+                &format!("{}, {}", util::rel(&bin), f.kind()),
+            );
+        }
+        Err(e) => t.failed("binary size (static check)", &e),
+    }
+
+    // 2. daemon start + idle memory
+    let run_dir = out_dir.join(format!("run-{}", std::process::id()));
+    let dir = run_dir.join("bivy");
+    let d = match daemon::start(&bin, &dir, &run_dir.join("daemon.log")) {
+        Ok(d) => d,
+        Err(e) => {
+            t.failed("daemon start", &e);
+            return finish(&t, &out_dir, &before, None);
+        }
+    };
+    t.value(
+        "daemon start (spawn -> socket accepts)",
+        format!("{:.1} ms", util::ms(d.ready_after)),
+        "empty BIVY_DIR",
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    memory_row(&mut t, "daemon idle memory, 0 containers", d.pid);
+
+    let result = containers(&d, &mut t, &image, o.runs);
+    if let Err(e) = result {
+        eprintln!("xtask: bench stopped early: {e}");
+    }
+    cleanup(&d, o.runs);
+    finish(&t, &out_dir, &before, Some(&run_dir))
+}
+
+/// The container steps; returns Err when a step that the rest needs failed (already in the table).
+fn containers(d: &BgDaemon, t: &mut Table, image: &Path, runs: usize) -> Result {
+    let img = image.to_string_lossy().into_owned();
+    let r = time_runs(1, |_| {
+        d.cli(&["image", "import", &img, "--alias", "busybox"])
+    });
+    t.stats("`bivy image import` busybox (1 MB)", &r, "");
+    r?;
+
+    let r = time_runs(runs, |i| d.cli(&["launch", "busybox", &format!("b{i}")]));
+    t.stats("`bivy launch busybox bN` (image cached)", &r, "");
+    r?;
+
+    let r = time_runs(runs * 3, |_| d.cli(&["exec", "b0", "--", "true"]));
+    t.stats("`bivy exec b0 -- true`", &r, "");
+
+    let r = time_runs(runs, |_| d.cli(&["list"]));
+    t.stats(&format!("`bivy list` with {runs} running"), &r, "");
+
+    match d
+        .get("/1.0/instances/b0/state")
+        .ok()
+        .as_deref()
+        .and_then(json_pid)
+    {
+        Some(init) => {
+            memory_row(t, "container payload (busybox init)", init);
+            match ppid(init) {
+                Some(mon) if mon > 1 => {
+                    memory_row(t, "per-container monitor (parent of init)", mon)
+                }
+                _ => t.failed("per-container monitor", "no parent of the container init"),
+            }
+        }
+        None => t.failed(
+            "per-container memory",
+            "no \"pid\" in GET /1.0/instances/b0/state",
+        ),
+    }
+    memory_row(t, &format!("daemon memory, {runs} containers"), d.pid);
+
+    let r = time_runs(runs, |i| d.cli(&["stop", "--force", &format!("b{i}")]));
+    t.stats("`bivy stop --force bN`", &r, "");
+    r?;
+
+    let r = time_runs(runs, |i| d.cli(&["start", &format!("b{i}")]));
+    t.stats("`bivy start bN` (stopped container)", &r, "");
+    r?;
+
+    let r = time_runs(runs, |i| d.cli(&["delete", "--force", &format!("b{i}")]));
+    t.stats("`bivy delete --force bN` (running)", &r, "");
+    r.map(|_| ())
+}
+
+/// Best effort: remove what the bench created, then stop the daemon.
+fn cleanup(d: &BgDaemon, runs: usize) {
+    for i in 0..runs {
+        let _ = d
+            .cli(&["delete", "--force", &format!("b{i}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    d.stop();
+}
+
+fn finish(t: &Table, out_dir: &Path, before: &str, run_dir: Option<&Path>) -> Result {
+    let header = format!(
+        "## bivy bench ({}; {before} before, {} after; times in ms)",
+        Command::new("date")
+            .arg("-u")
+            .arg("+%Y-%m-%d %H:%M UTC")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default(),
+        load_note()
+    );
+    let md = t.markdown(&header);
+    print!("{md}");
+    let path = out_dir.join("results.md");
+    util::write_atomic(&path, &md)?;
+    eprintln!("xtask: wrote {}", util::rel(&path));
+    if let Some(run_dir) = run_dir {
+        // Leave the dir if anything is still mounted below it (a container that did not stop).
+        let still = fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .any(|m| Path::new(m).starts_with(run_dir));
+        if still {
+            eprintln!("xtask: leaving {} (still mounted below)", run_dir.display());
+        } else {
+            let _ = Command::new("rm")
+                .args(["-rf", "--one-file-system"])
+                .arg(run_dir)
+                .status();
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_median() {
+        assert_eq!(
+            Stats::of(&[3.0, 1.0, 2.0]),
+            Some(Stats {
+                n: 3,
+                min: 1.0,
+                median: 2.0,
+                max: 3.0
+            })
+        );
+        assert_eq!(
+            Stats::of(&[4.0, 1.0, 2.0, 3.0]).map(|s| s.median),
+            Some(2.5)
+        );
+        assert_eq!(Stats::of(&[]), None);
+    }
+
+    #[test]
+    fn kb_fields_of_self() {
+        let st = status_kb(std::process::id()).expect("status");
+        assert!(field(&st, "VmRSS").is_some_and(|v| v > 0));
+        let sm = smaps_rollup(std::process::id()).expect("smaps_rollup");
+        assert!(field(&sm, "Pss").is_some_and(|v| v > 0));
+        assert!(field(&sm, "Private_Dirty").is_some());
+    }
+
+    #[test]
+    fn pid_from_json() {
+        assert_eq!(
+            json_pid(r#"{"metadata":{"status":"Running","pid": 4242,"x":1}}"#),
+            Some(4242)
+        );
+        assert_eq!(json_pid(r#"{"pid":0}"#), None);
+        assert_eq!(json_pid("{}"), None);
+    }
+
+    #[test]
+    fn time_runs_counts_and_fails() {
+        let s = time_runs(3, |_| Command::new("true")).expect("true runs");
+        assert_eq!(s.n, 3);
+        let e = time_runs(2, |_| Command::new("false")).expect_err("false fails");
+        assert!(e.contains("failed"), "{e}");
+    }
+}

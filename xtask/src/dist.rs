@@ -1,0 +1,91 @@
+//! `cargo xtask dist`: the release binary, fully static, checked.
+//!
+//! Builds `bivy` for `x86_64-unknown-linux-gnu` with `-C target-feature=+crt-static` appended to
+//! `$RUSTFLAGS` (only the gnu target exists on our machines; +crt-static gives static-pie), copies
+//! it to `target/dist/bivy`, and fails unless the ELF has no `PT_INTERP` and no `DT_NEEDED`.
+//! Passing `--target` explicitly keeps RUSTFLAGS away from build scripts and proc-macros, and keeps
+//! this build's artifacts apart from the ordinary `target/release`.
+//!
+//! Extra arguments after `--` go to `cargo build` (used to measure profile variants, e.g.
+//! `cargo xtask dist -- --config 'profile.release.opt-level="s"' --target-dir target/scratch`).
+
+use std::path::PathBuf;
+
+use crate::util::{self, Result};
+
+pub const TARGET: &str = "x86_64-unknown-linux-gnu";
+const STATIC_FLAG: &str = "-C target-feature=+crt-static";
+
+/// Build and check; returns the path of `target/dist/bivy`.
+pub fn build(extra: &[String]) -> Result<PathBuf> {
+    let rustflags = util::append_flags(std::env::var_os("RUSTFLAGS").as_deref(), STATIC_FLAG);
+    let mut cmd = util::cargo();
+    cmd.args([
+        "build",
+        "--release",
+        "--locked",
+        "--package",
+        "bivy",
+        "--bin",
+        "bivy",
+        "--target",
+        TARGET,
+    ])
+    .args(extra)
+    .env("RUSTFLAGS", &rustflags)
+    // CARGO_ENCODED_RUSTFLAGS would win over RUSTFLAGS; drop it so the static flag applies.
+    .env_remove("CARGO_ENCODED_RUSTFLAGS");
+    eprintln!("xtask: RUSTFLAGS='{rustflags}' {}", util::show(&cmd));
+    util::timed("cargo build --release", || {
+        util::run("release build", &mut cmd)
+    })?;
+
+    let target_dir = target_dir_from(extra).unwrap_or_else(util::target_dir);
+    let built = target_dir.join(TARGET).join("release/bivy");
+    let dist_dir = util::target_dir().join("dist");
+    util::mkdirs(&dist_dir)?;
+    let out = dist_dir.join("bivy");
+    let tmp = dist_dir.join(".bivy.tmp");
+    std::fs::copy(&built, &tmp)
+        .map_err(|e| format!("copy {} to {}: {e}", built.display(), tmp.display()))?;
+    std::fs::rename(&tmp, &out).map_err(|e| format!("rename {}: {e}", out.display()))?;
+
+    let facts = crate::elf::check_static(&out)?;
+    let size = std::fs::metadata(&out)
+        .map_err(|e| format!("stat {}: {e}", out.display()))?
+        .len();
+    println!(
+        "{}: {} bytes, {} (no PT_INTERP, no DT_NEEDED)",
+        util::rel(&out),
+        size,
+        facts.kind()
+    );
+    Ok(out)
+}
+
+/// `--target-dir X` or `--target-dir=X` among the extra cargo arguments.
+fn target_dir_from(extra: &[String]) -> Option<PathBuf> {
+    let mut it = extra.iter();
+    while let Some(a) = it.next() {
+        if a == "--target-dir" {
+            return it.next().map(|d| util::root().join(d));
+        }
+        if let Some(d) = a.strip_prefix("--target-dir=") {
+            return Some(util::root().join(d));
+        }
+    }
+    None
+}
+
+pub fn run(args: &[String]) -> Result {
+    let extra = match args.first().map(String::as_str) {
+        None => &args[..0],
+        Some("--") => &args[1..],
+        Some(other) => {
+            return Err(format!(
+                "unexpected argument `{other}` (cargo arguments go after `--`)"
+            ))
+        }
+    };
+    build(extra).map(|_| ())
+}
