@@ -47,6 +47,38 @@ pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// lxc's `compact` format: the table without borders, two spaces before every column and after
+/// the last, headers centred, trailing spaces kept.
+pub fn compact(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let ncol = headers.len();
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate().take(ncol) {
+            for line in cell.split('\n') {
+                widths[i] = widths[i].max(line.chars().count());
+            }
+        }
+    }
+    let mut out = String::new();
+    for (h, w) in headers.iter().zip(&widths) {
+        let gap = w - h.chars().count();
+        out.push_str(&format!("  {}{}{}", " ".repeat(gap / 2), h, " ".repeat(gap - gap / 2)));
+    }
+    out.push_str("  \n");
+    for row in rows {
+        let lines: Vec<Vec<&str>> = (0..ncol).map(|i| row.get(i).map_or(vec![""], |c| c.split('\n').collect())).collect();
+        let height = lines.iter().map(Vec::len).max().unwrap_or(1);
+        for l in 0..height {
+            for (i, w) in widths.iter().enumerate() {
+                let text = lines[i].get(l).copied().unwrap_or("");
+                out.push_str(&format!("  {}{}", text, " ".repeat(w - text.chars().count())));
+            }
+            out.push_str("  \n");
+        }
+    }
+    out
+}
+
 /// Rows as csv (Go's encoding/csv: quote when needed, `\n` line ends, no header).
 pub fn csv(rows: &[Vec<String>]) -> String {
     let mut out = String::new();
@@ -94,31 +126,7 @@ impl Format {
 pub fn render_rows(format: Format, headers: &[&str], rows: &[Vec<String>]) -> String {
     match format {
         Format::Csv => csv(rows),
-        Format::Compact => {
-            let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-            for r in rows {
-                for (i, c) in r.iter().enumerate().take(widths.len()) {
-                    widths[i] = widths[i].max(c.chars().count());
-                }
-            }
-            let mut out = String::new();
-            let fmt_row = |cells: Vec<String>| {
-                let mut line = String::new();
-                for (i, c) in cells.iter().enumerate() {
-                    line.push_str("  ");
-                    line.push_str(c);
-                    if i + 1 < cells.len() {
-                        line.push_str(&" ".repeat(widths[i] - c.chars().count()));
-                    }
-                }
-                line.trim_end().to_string() + "\n"
-            };
-            out.push_str(&fmt_row(headers.iter().map(|h| h.to_string()).collect()));
-            for r in rows {
-                out.push_str(&fmt_row(r.iter().map(|c| c.replace('\n', " ")).collect()));
-            }
-            out
-        }
+        Format::Compact => compact(headers, rows),
         _ => render(headers, rows),
     }
 }
@@ -215,6 +223,18 @@ mod tests {
     fn multiline_cells() {
         let t = render(&["A", "B"], &[vec!["x\ny".into(), "z".into()]]);
         assert_eq!(t, "+---+---+\n| A | B |\n+---+---+\n| x | z |\n| y |   |\n+---+---+\n");
+    }
+
+    #[test]
+    fn compact_like_lxc() {
+        let t = compact(
+            &["NAME", "STATE", "IPV4", "IPV6", "TYPE", "SNAPSHOTS"],
+            &[vec!["t1".into(), "STOPPED".into(), "".into(), "".into(), "CONTAINER".into(), "2".into()]],
+        );
+        assert_eq!(
+            t,
+            "  NAME   STATE   IPV4  IPV6    TYPE     SNAPSHOTS  \n  t1    STOPPED              CONTAINER  2          \n"
+        );
     }
 
     #[test]
