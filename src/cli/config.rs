@@ -210,10 +210,10 @@ fn show(args: &[String]) -> CmdResult {
 
 /// Run the editor on `content` (in a temp file with this extension) and return what was saved.
 pub fn edit_bytes(content: &[u8], ext: &str) -> Result<Vec<u8>, Fail> {
-    let editor = std::env::var("VISUAL")
+    let editor = std::env::var("EDITOR")
         .ok()
         .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("EDITOR").ok().filter(|s| !s.is_empty()))
+        .or_else(|| std::env::var("VISUAL").ok().filter(|s| !s.is_empty()))
         .unwrap_or_else(|| "vi".to_string());
     let path: PathBuf = std::env::temp_dir().join(format!("bivy_editor_{}_{}.{ext}", std::process::id(), nanos()));
     {
