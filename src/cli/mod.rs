@@ -1,8 +1,379 @@
-//! The `lxc`-style command line. Depends only on `client`, `api` and `util`.
+//! The `lxc`-style command line. Depends only on `client`, `api`, `http` (through `client`) and `util`.
+//!
+//! # Layout
+//! - this file: argv dispatch, global flags, errors, `remote:` parsing, shared helpers.
+//! - `instance`: launch/init/start/stop/restart/pause/delete/move/copy/snapshot/restore/list/info.
+//! - `exec`, `file`, `config`, `profile`, `image`, `misc` (operation, monitor, version,
+//!   storage, network).
+//! - `table` and `yaml`: output the way lxc prints it.
+//!
+//! Argument parsing is `argh` per verb. Where lxc's syntax is beyond argh (`exec c1 -- cmd`,
+//! `config set c1 k=v k2=v2`, `--flag=value`, `-` for stdin), argv is pre-split here.
+
+pub mod config;
+mod daemon_entry;
+pub mod exec;
+pub mod file;
+pub mod image;
+pub mod instance;
+pub mod misc;
+pub mod profile;
+pub mod table;
+mod term;
+pub mod yaml;
+
+use argh::FromArgs;
+
+use crate::client::{self, Client};
+
+/// Why a command stopped early.
+#[derive(Debug)]
+pub enum Fail {
+    /// Print `Error: <message>` and exit 1.
+    Error(String),
+    /// Output was already printed; exit with this code.
+    Exit(i32),
+}
+
+impl From<client::Error> for Fail {
+    fn from(e: client::Error) -> Fail {
+        Fail::Error(e.0)
+    }
+}
+
+impl From<String> for Fail {
+    fn from(e: String) -> Fail {
+        Fail::Error(e)
+    }
+}
+
+impl From<std::io::Error> for Fail {
+    fn from(e: std::io::Error) -> Fail {
+        Fail::Error(e.to_string())
+    }
+}
+
+pub type CmdResult = Result<i32, Fail>;
+
+/// Shorthand for an error result.
+pub fn fail<T>(msg: impl Into<String>) -> Result<T, Fail> {
+    Err(Fail::Error(msg.into()))
+}
+
+const USAGE: &str = "Description:
+  Command line client for bivy (LXD-compatible)
+
+Usage:
+  bivy [command]
+
+Available Commands:
+  config      Manage instance and server configuration options
+  copy        Copy instances within the server
+  delete      Delete instances and snapshots
+  exec        Execute commands in instances
+  file        Manage files in instances
+  image       Manage images
+  info        Show instance or server information
+  init        Create instances from images
+  launch      Create and start instances from images
+  list        List instances
+  monitor     Monitor a local or remote server
+  move        Move or rename instances (alias: rename)
+  network     Manage and attach instances to networks
+  operation   List, show and delete background operations
+  pause       Pause instances
+  profile     Manage profiles
+  publish     Publish instances as images
+  query       Send a raw query to the server
+  remote      Show the (local only) remotes
+  restart     Restart instances
+  restore     Restore instances from snapshots
+  snapshot    Create instance snapshots
+  start       Start instances
+  stop        Stop instances
+  storage     Manage storage pools and volumes
+  version     Show local and remote versions
+  daemon      Run the bivy daemon
+
+Global Flags:
+      --debug         Show all debug messages
+  -h, --help          Print help
+  -q, --quiet         Don't show progress information
+";
+
+/// The CLI version shown by `version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// `bivy list | head -1`: Rust ignores SIGPIPE, so `print!` panics on a closed stdout. Exit
+/// quietly instead, as a C program killed by SIGPIPE would look to the shell (128 + 13).
+fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.contains("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
+
+/// The client configuration directory: `$BIVY_CONF`, else `~/.config/bivy`. Nothing is created
+/// there until remotes exist.
+pub fn conf_dir() -> std::path::PathBuf {
+    if let Some(d) = std::env::var_os("BIVY_CONF").filter(|d| !d.is_empty()) {
+        return d.into();
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/".into());
+    std::path::Path::new(&home).join(".config").join("bivy")
+}
 
 /// Run the CLI; returns the process exit code.
 pub fn main(args: Vec<String>) -> i32 {
-    let _ = args;
-    eprintln!("Error: not supported yet: the bivy CLI");
-    1
+    quiet_broken_pipe();
+    let mut rest: Vec<String> = Vec::new();
+    let mut verb: Option<String> = None;
+    let mut quiet = false;
+    // Global flags may come before the verb.
+    for a in args.into_iter().skip(1) {
+        if verb.is_none() {
+            match a.as_str() {
+                "--debug" | "--verbose" | "-v" | "--force-local" => continue,
+                "-q" | "--quiet" => {
+                    quiet = true;
+                    continue;
+                }
+                "-h" | "--help" | "help" => {
+                    print!("{USAGE}");
+                    return 0;
+                }
+                "--version" => {
+                    println!("{VERSION}");
+                    return 0;
+                }
+                _ => {
+                    verb = Some(a);
+                    continue;
+                }
+            }
+        }
+        rest.push(a);
+    }
+    let Some(verb) = verb else {
+        print!("{USAGE}");
+        return 0;
+    };
+    if verb == "daemon" {
+        let mut full = vec![verb];
+        full.extend(rest);
+        return daemon_entry::run(&full);
+    }
+    if quiet {
+        QUIET.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    match dispatch(&verb, rest) {
+        Ok(code) => code,
+        Err(Fail::Exit(code)) => code,
+        Err(Fail::Error(msg)) => {
+            eprintln!("Error: {msg}");
+            1
+        }
+    }
+}
+
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether progress output is suppressed (`-q`).
+pub fn quiet() -> bool {
+    QUIET.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn dispatch(verb: &str, rest: Vec<String>) -> CmdResult {
+    let rest = normalize(rest);
+    match verb {
+        "launch" => instance::launch(&rest, true),
+        "init" | "create" => instance::launch(&rest, false),
+        "start" => instance::state(&rest, "start"),
+        "stop" => instance::state(&rest, "stop"),
+        "restart" => instance::state(&rest, "restart"),
+        "pause" | "freeze" => instance::state(&rest, "freeze"),
+        "delete" | "rm" => instance::delete(&rest),
+        "move" | "mv" | "rename" => instance::rename(&rest),
+        "copy" | "cp" => instance::copy(&rest),
+        "snapshot" => instance::snapshot(&rest),
+        "restore" => instance::restore(&rest),
+        "list" | "ls" => instance::list(&rest),
+        "info" => instance::info(&rest),
+        "exec" => exec::run(rest),
+        "file" => file::run(&rest),
+        "config" => config::run(&rest),
+        "profile" => profile::run(&rest),
+        "image" => image::run(&rest),
+        "publish" => image::publish(&rest),
+        "operation" => misc::operation(&rest),
+        "monitor" => misc::monitor(&rest),
+        "version" => misc::version(&rest),
+        "storage" => misc::storage(&rest),
+        "network" => misc::network(&rest),
+        "query" => misc::query(&rest),
+        "remote" => misc::remote(&rest),
+        other => {
+            eprint!("{USAGE}");
+            eprintln!();
+            eprintln!("Error: unknown command \"{other}\" for \"bivy\"");
+            Err(Fail::Exit(1))
+        }
+    }
+}
+
+/// `--flag=value` becomes `--flag value` (argh has no `=` form); stops at `--`.
+pub fn normalize(args: Vec<String>) -> Vec<String> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut ended = false;
+    for a in args {
+        if !ended && a == "--" {
+            ended = true;
+            out.push(a);
+            continue;
+        }
+        if !ended && a.starts_with("--") {
+            if let Some((k, v)) = a.split_once('=') {
+                out.push(k.to_string());
+                out.push(v.to_string());
+                continue;
+            }
+        }
+        out.push(a);
+    }
+    out
+}
+
+/// Placeholder for a lone `-` (stdin/stdout), which argh would take for a flag.
+pub const DASH: &str = "\u{1}-";
+
+/// Parse a verb's arguments with argh; `--help` prints and exits 0, errors print and exit 1.
+pub fn parse<T: FromArgs>(cmd: &[&str], args: &[String]) -> Result<T, Fail> {
+    let mapped: Vec<&str> = args.iter().map(|a| if a == "-" { DASH } else { a.as_str() }).collect();
+    match T::from_args(cmd, &mapped) {
+        Ok(v) => Ok(v),
+        Err(e) => match e.status {
+            Ok(()) => {
+                print!("{}", e.output);
+                Err(Fail::Exit(0))
+            }
+            Err(()) => {
+                // Usage text first, then the error, like lxc.
+                if let Err(help) = T::from_args(cmd, &["--help"]) {
+                    eprint!("{}", help.output);
+                    eprintln!();
+                }
+                let msg = e.output.trim_end();
+                let msg = msg.strip_prefix("Unrecognized argument: ").map_or(msg.to_string(), |f| format!("unknown flag: {f}"));
+                eprintln!("Error: {msg}");
+                Err(Fail::Exit(1))
+            }
+        },
+    }
+}
+
+/// Strip an optional `remote:` prefix. Only `local` exists.
+pub fn local(s: &str) -> Result<&str, Fail> {
+    if let Some((remote, rest)) = s.split_once(':') {
+        // A ':' after a '/' belongs to the path (file paths, snapshot names).
+        if !remote.contains('/') {
+            if remote.is_empty() || remote == "local" {
+                return Ok(rest);
+            }
+            return fail(format!("not supported yet: remote \"{remote}\""));
+        }
+    }
+    Ok(s)
+}
+
+/// The client for the local daemon.
+pub fn client() -> Result<Client, Fail> {
+    Ok(Client::connect()?)
+}
+
+/// `/1.0/instances/<name>` with the name escaped.
+pub fn instance_path(name: &str) -> String {
+    format!("/1.0/instances/{}", client::urlencode(name, false))
+}
+
+/// Parse `key=value` pairs.
+pub fn key_values(args: &[String]) -> Result<Vec<(String, String)>, Fail> {
+    args.iter()
+        .map(|a| match a.split_once('=') {
+            Some((k, v)) => Ok((k.to_string(), v.to_string())),
+            None => fail(format!("Bad key=value pair: {a}")),
+        })
+        .collect()
+}
+
+/// An I/O error worded like Go's (`open /x: no such file or directory`), as lxc prints them.
+pub fn io_error(op: &str, path: &std::path::Path, e: &std::io::Error) -> String {
+    let msg = e.to_string();
+    let msg = msg.split(" (os error").next().unwrap_or(&msg);
+    let mut chars = msg.chars();
+    let msg = match chars.next() {
+        Some(c) => c.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    };
+    format!("{op} {}: {msg}", path.display())
+}
+
+/// Whether a file descriptor is a terminal.
+pub fn is_tty(fd: i32) -> bool {
+    use std::io::IsTerminal;
+    match fd {
+        0 => std::io::stdin().is_terminal(),
+        1 => std::io::stdout().is_terminal(),
+        _ => std::io::stderr().is_terminal(),
+    }
+}
+
+/// Print JSON (compact, as `lxc ... --format json`).
+pub fn print_json<T: serde::Serialize + ?Sized>(v: &T) -> Result<(), Fail> {
+    println!("{}", serde_json::to_string(v).map_err(|e| Fail::Error(e.to_string()))?);
+    Ok(())
+}
+
+/// Print YAML the way lxc does.
+pub fn print_yaml<T: serde::Serialize + ?Sized>(v: &T) -> Result<(), Fail> {
+    print!("{}", yaml::to_string(v)?);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remotes() {
+        assert_eq!(local("c1").unwrap(), "c1");
+        assert_eq!(local("local:c1").unwrap(), "c1");
+        assert_eq!(local(":c1").unwrap(), "c1");
+        assert_eq!(local("c1/etc/a:b").unwrap(), "c1/etc/a:b");
+        match local("images:debian") {
+            Err(Fail::Error(m)) => assert_eq!(m, "not supported yet: remote \"images\""),
+            _ => panic!("remote accepted"),
+        }
+    }
+
+    #[test]
+    fn go_style_io_errors() {
+        let e = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let e = std::fs::File::open("/nonexistent-bivy").err().unwrap_or(e);
+        assert_eq!(io_error("open", std::path::Path::new("/nonexistent-bivy"), &e), "open /nonexistent-bivy: no such file or directory");
+    }
+
+    #[test]
+    fn normalize_equals_flags() {
+        let v = normalize(vec!["--format=json".into(), "x".into(), "--".into(), "--a=b".into()]);
+        assert_eq!(v, vec!["--format", "json", "x", "--", "--a=b"]);
+    }
 }

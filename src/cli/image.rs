@@ -1,0 +1,632 @@
+//! `image list|import|info|show|edit|delete|export|alias|copy` and `publish` (api §1.8).
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use argh::FromArgs;
+use serde_json::json;
+
+use super::config::edit_yaml;
+use super::table::{self, Format};
+use super::{client, fail, instance_path, local, parse, CmdResult, Fail};
+use crate::api::{Image, ImageAliasesEntry, ImageAliasesEntryPost, ImagePut, Instance, InstanceStatePut, Operation, StringMap};
+use crate::client::multipart::{Multipart, Part};
+use crate::client::{urlencode, Client, ProgressReader};
+use crate::http::Body;
+
+const USAGE: &str = "Usage:\n  bivy image [command]\n\nAvailable Commands:\n  alias       Manage image aliases\n  copy        Copy images between servers\n  delete      Delete images\n  edit        Edit image properties\n  export      Export and download images\n  import      Import images into the image store\n  info        Show useful information about images\n  list        List images\n  show        Show image properties\n";
+
+#[derive(FromArgs)]
+#[argh(help_triggers("-h", "--help"))]
+/// List images.
+pub struct ListArgs {
+    #[argh(positional)]
+    /// filters: alias or fingerprint prefix, or property=value
+    filters: Vec<String>,
+    #[argh(option, short = 'f')]
+    /// format (table, csv, json, yaml, compact)
+    format: Option<String>,
+    #[argh(option, short = 'c')]
+    /// columns (default "lfpdatsu")
+    columns: Option<String>,
+}
+
+#[derive(FromArgs)]
+#[argh(help_triggers("-h", "--help"))]
+/// Import images into the image store: bivy image import FILE [ROOTFS] [key=value...]
+pub struct ImportArgs {
+    #[argh(positional)]
+    /// image file (unified, or metadata of a split image), then optional rootfs and properties
+    args: Vec<String>,
+    #[argh(option)]
+    /// new aliases for the image
+    alias: Vec<String>,
+    #[argh(switch)]
+    /// make the image public
+    public: bool,
+}
+
+#[derive(FromArgs)]
+#[argh(help_triggers("-h", "--help"))]
+/// Image command arguments.
+pub struct Words {
+    #[argh(positional)]
+    /// arguments
+    words: Vec<String>,
+    #[argh(option)]
+    /// new aliases (copy)
+    alias: Vec<String>,
+    #[argh(option, short = 'f')]
+    /// format (table, csv, json, yaml, compact)
+    format: Option<String>,
+    #[argh(option)]
+    /// alias description
+    description: Option<String>,
+}
+
+#[derive(FromArgs)]
+#[argh(help_triggers("-h", "--help"))]
+/// Publish instances as images: bivy publish NAME[/SNAPSHOT] [key=value...]
+pub struct PublishArgs {
+    #[argh(positional)]
+    /// instance (or snapshot), then image properties
+    args: Vec<String>,
+    #[argh(option)]
+    /// new alias to define at target
+    alias: Vec<String>,
+    #[argh(option)]
+    /// compression algorithm to use (none for uncompressed)
+    compression: Option<String>,
+    #[argh(switch)]
+    /// make the image public
+    public: bool,
+    #[argh(switch, short = 'f')]
+    /// stop the instance if currently running
+    force: bool,
+    #[argh(option)]
+    /// image expiry date (accepted, ignored)
+    expire: Option<String>,
+    #[argh(switch, long = "reuse")]
+    /// if the image alias already exists, delete and create a new one
+    reuse: bool,
+}
+
+/// Resolve an alias or fingerprint prefix to a full fingerprint.
+fn resolve(c: &Client, name: &str) -> Result<String, Fail> {
+    super::instance::resolve_image(c, local(name)?)
+}
+
+fn image_path(fp: &str) -> String {
+    format!("/1.0/images/{}", urlencode(fp, false))
+}
+
+fn column(img: &Image, col: char) -> Option<String> {
+    Some(match col {
+        'l' => {
+            let mut names: Vec<&str> = img.aliases.iter().map(|a| a.name.as_str()).collect();
+            names.sort();
+            match names.len() {
+                0 => String::new(),
+                1 => names[0].to_string(),
+                n => format!("{} ({} more)", names[0], n - 1),
+            }
+        }
+        'L' => {
+            let mut names: Vec<&str> = img.aliases.iter().map(|a| a.name.as_str()).collect();
+            names.sort();
+            names.join("\n")
+        }
+        'f' => img.fingerprint.chars().take(12).collect(),
+        'F' => img.fingerprint.clone(),
+        'p' => if img.put.public { "yes" } else { "no" }.to_string(),
+        'd' => img.put.properties.get("description").cloned().unwrap_or_default(),
+        'a' => img.architecture.clone(),
+        't' => if img.kind.is_empty() { "CONTAINER".into() } else { img.kind.to_uppercase() },
+        's' => format!("{:.2}MB", img.size as f64 / 1024.0 / 1024.0),
+        'u' => table::long_date(&img.uploaded_at),
+        _ => return None,
+    })
+}
+
+fn header(col: char) -> &'static str {
+    match col {
+        'l' | 'L' => "ALIAS",
+        'f' | 'F' => "FINGERPRINT",
+        'p' => "PUBLIC",
+        'd' => "DESCRIPTION",
+        'a' => "ARCHITECTURE",
+        't' => "TYPE",
+        's' => "SIZE",
+        _ => "UPLOAD DATE",
+    }
+}
+
+fn image_matches(img: &Image, filters: &[String]) -> bool {
+    filters.iter().all(|f| match f.split_once('=') {
+        Some((k, v)) => img.put.properties.get(k).map(String::as_str) == Some(v),
+        None => img.fingerprint.starts_with(f.as_str()) || img.aliases.iter().any(|a| a.name.starts_with(f.as_str())),
+    })
+}
+
+/// Render `image list` like lxc.
+pub fn render_list(images: &[Image], columns: &str, format: Format) -> Result<String, Fail> {
+    match format {
+        Format::Json => return Ok(serde_json::to_string(images).map_err(|e| e.to_string())? + "\n"),
+        Format::Yaml => return Ok(super::yaml::to_string(images)?),
+        _ => {}
+    }
+    let cols: Vec<char> = columns.chars().filter(|c| *c != ',').collect();
+    let mut headers = Vec::new();
+    for c in &cols {
+        if column(&Image::default(), *c).is_none() {
+            return fail(format!("Unknown column shorthand char '{c}' in '{columns}'"));
+        }
+        headers.push(header(*c));
+    }
+    let mut rows: Vec<Vec<String>> =
+        images.iter().map(|i| cols.iter().map(|c| column(i, *c).unwrap_or_default()).collect()).collect();
+    rows.sort();
+    Ok(table::render_rows(format, &headers, &rows))
+}
+
+pub fn run(args: &[String]) -> CmdResult {
+    let Some(sub) = args.first() else {
+        eprint!("{USAGE}");
+        return Err(Fail::Exit(1));
+    };
+    let rest = &args[1..];
+    match sub.as_str() {
+        "-h" | "--help" => {
+            print!("{USAGE}");
+            Ok(0)
+        }
+        "list" | "ls" => list(rest),
+        "import" => import(rest),
+        "alias" => alias(rest),
+        _ => simple(sub, rest),
+    }
+}
+
+fn list(args: &[String]) -> CmdResult {
+    let a: ListArgs = parse(&["bivy image list"], args)?;
+    let format = Format::parse(a.format.as_deref().unwrap_or("table"))?;
+    let mut filters = Vec::new();
+    for f in &a.filters {
+        let f = local(f)?;
+        if !f.is_empty() {
+            filters.push(f.to_string());
+        }
+    }
+    let c = client()?;
+    let all: Vec<Image> = c.get("/1.0/images?recursion=1")?;
+    let shown: Vec<Image> = all.into_iter().filter(|i| image_matches(i, &filters)).collect();
+    print!("{}", render_list(&shown, a.columns.as_deref().unwrap_or("lfpdatsu"), format)?);
+    Ok(0)
+}
+
+fn progress(label: &'static str, total: u64) -> Box<dyn FnMut(u64) + Send> {
+    let show = !super::quiet() && super::is_tty(1);
+    let mut last = u64::MAX;
+    Box::new(move |done| {
+        if !show || total == 0 {
+            return;
+        }
+        let pct = done * 100 / total;
+        if pct != last {
+            last = pct;
+            print!("\r{label}: {pct}%");
+            let _ = io::stdout().flush();
+            if done >= total {
+                print!("\r{}\r", " ".repeat(label.len() + 8));
+                let _ = io::stdout().flush();
+            }
+        }
+    })
+}
+
+/// Create (or with `reuse`, replace) aliases pointing at `fp`.
+fn create_aliases(c: &Client, fp: &str, aliases: &[String], reuse: bool) -> Result<(), Fail> {
+    if aliases.is_empty() {
+        return Ok(());
+    }
+    let existing: Vec<ImageAliasesEntry> = c.get("/1.0/images/aliases?recursion=1").unwrap_or_default();
+    for a in aliases {
+        let a = local(a)?;
+        if existing.iter().any(|e| e.name == a) {
+            if !reuse {
+                return fail(format!("Alias already exists: {a}"));
+            }
+            c.delete(&format!("/1.0/images/aliases/{}", urlencode(a, false)))?;
+        }
+        c.post("/1.0/images/aliases", &ImageAliasesEntry { description: String::new(), target: fp.into(), name: a.into(), kind: String::new() })?;
+    }
+    Ok(())
+}
+
+fn fingerprint_of(op: Option<&Operation>, env: &crate::api::Response) -> Option<String> {
+    let from_op = op.and_then(|o| o.metadata.as_ref()).and_then(|m| m.get("fingerprint")).and_then(|f| f.as_str());
+    let from_env = env.metadata.get("fingerprint").and_then(|f| f.as_str());
+    from_op.or(from_env).map(str::to_string)
+}
+
+fn import(args: &[String]) -> CmdResult {
+    let a: ImportArgs = parse(&["bivy image import"], args)?;
+    let Some(first) = a.args.first() else { return fail("Missing image file") };
+    let mut rootfs: Option<String> = None;
+    let mut props = Vec::new();
+    for x in &a.args[1..] {
+        if x.contains('=') && !Path::new(x).exists() {
+            props.push(x.clone());
+        } else if rootfs.is_none() {
+            rootfs = Some(x.clone());
+        } else {
+            return fail(format!("Bad key=value pair: {x}"));
+        }
+    }
+    let props = super::key_values(&props)?;
+    let prop_header: String = props
+        .iter()
+        .map(|(k, v)| format!("{}={}", urlencode(k, false), urlencode(v, false)))
+        .collect::<Vec<_>>()
+        .join("&");
+    let open = |p: &str| -> Result<(File, u64), Fail> {
+        let f = File::open(p).map_err(|e| Fail::Error(super::io_error("open", Path::new(p), &e)))?;
+        let len = f.metadata()?.len();
+        Ok((f, len))
+    };
+    let base = |p: &str| Path::new(p).file_name().map(|b| b.to_string_lossy().to_string()).unwrap_or_default();
+    let mut headers = vec![
+        ("X-LXD-public".to_string(), if a.public { "1" } else { "0" }.to_string()),
+    ];
+    if !prop_header.is_empty() {
+        headers.push(("X-LXD-properties".to_string(), prop_header));
+    }
+    let body = match &rootfs {
+        None => {
+            let (f, len) = open(first)?;
+            headers.push(("Content-Type".into(), "application/octet-stream".into()));
+            headers.push(("X-LXD-filename".into(), base(first)));
+            Body::Reader(Box::new(ProgressReader::new(f, progress("Transferring image", len))), Some(len))
+        }
+        Some(r) => {
+            let (mf, mlen) = open(first)?;
+            let (rf, rlen) = open(r)?;
+            let m = Multipart::new(
+                &Multipart::random_boundary(),
+                vec![
+                    Part { name: "metadata".into(), filename: base(first), reader: Box::new(mf), len: mlen },
+                    Part { name: "rootfs".into(), filename: base(r), reader: Box::new(rf), len: rlen },
+                ],
+            );
+            headers.push(("Content-Type".into(), m.content_type.clone()));
+            let len = m.len;
+            Body::Reader(Box::new(ProgressReader::new(m, progress("Transferring image", len))), Some(len))
+        }
+    };
+    let c = client()?;
+    let (env, op) = c.upload("POST", "/1.0/images", &headers, body)?;
+    let Some(fp) = fingerprint_of(op.as_ref(), &env) else { return fail("the server did not report the image fingerprint") };
+    create_aliases(&c, &fp, &a.alias, false)?;
+    println!("Image imported with fingerprint: {fp}");
+    Ok(0)
+}
+
+fn alias(args: &[String]) -> CmdResult {
+    let sub = args.first().map(String::as_str).unwrap_or("");
+    let w: Words = parse(&[&format!("bivy image alias {sub}")], args.get(1..).unwrap_or(&[]))?;
+    let c = client()?;
+    match (sub, w.words.as_slice()) {
+        ("create", [name, target]) => {
+            let fp = resolve(&c, target)?;
+            let entry = ImageAliasesEntry {
+                description: w.description.clone().unwrap_or_default(),
+                target: fp,
+                name: local(name)?.to_string(),
+                kind: String::new(),
+            };
+            c.post("/1.0/images/aliases", &entry)?;
+        }
+        ("delete" | "rm", [name]) => {
+            c.delete(&format!("/1.0/images/aliases/{}", urlencode(local(name)?, false)))?;
+        }
+        ("rename" | "mv", [old, new]) => {
+            c.post(
+                &format!("/1.0/images/aliases/{}", urlencode(local(old)?, false)),
+                &ImageAliasesEntryPost { name: local(new)?.to_string() },
+            )?;
+        }
+        ("list" | "ls", filters) => {
+            let format = Format::parse(w.format.as_deref().unwrap_or("table"))?;
+            let all: Vec<ImageAliasesEntry> = c.get("/1.0/images/aliases?recursion=1")?;
+            let mut shown = Vec::new();
+            for a in all {
+                let mut ok = true;
+                for f in filters {
+                    ok &= a.name.starts_with(local(f)?);
+                }
+                if ok {
+                    shown.push(a);
+                }
+            }
+            match format {
+                Format::Json => super::print_json(&shown)?,
+                Format::Yaml => super::print_yaml(&shown)?,
+                _ => {
+                    let mut rows: Vec<Vec<String>> = shown
+                        .iter()
+                        .map(|a| {
+                            let t = if a.kind.is_empty() { "CONTAINER".into() } else { a.kind.to_uppercase() };
+                            vec![a.name.clone(), a.target.chars().take(12).collect(), t, a.description.clone()]
+                        })
+                        .collect();
+                    rows.sort();
+                    print!("{}", table::render_rows(format, &["ALIAS", "FINGERPRINT", "TYPE", "DESCRIPTION"], &rows));
+                }
+            }
+        }
+        _ => {
+            eprintln!("Usage:\n  bivy image alias [create ALIAS FINGERPRINT | delete ALIAS | rename OLD NEW | list]");
+            return Err(Fail::Exit(1));
+        }
+    }
+    Ok(0)
+}
+
+fn render_info(img: &Image) -> String {
+    let mut o = String::new();
+    o += &format!("Fingerprint: {}\n", img.fingerprint);
+    o += &format!("Size: {:.2}MB\n", img.size as f64 / 1024.0 / 1024.0);
+    o += &format!("Architecture: {}\n", img.architecture);
+    o += &format!("Type: {}\n", if img.kind.is_empty() { "container" } else { &img.kind });
+    o += &format!("Public: {}\n", if img.put.public { "yes" } else { "no" });
+    o += "Timestamps:\n";
+    let when = |s: &str| {
+        let d = table::date(s);
+        if d.is_empty() { "never".to_string() } else { d }
+    };
+    if !table::date(&img.created_at).is_empty() {
+        o += &format!("    Created: {}\n", when(&img.created_at));
+    }
+    o += &format!("    Uploaded: {}\n", when(&img.uploaded_at));
+    o += &format!("    Expires: {}\n", when(&img.put.expires_at));
+    o += &format!("    Last used: {}\n", when(&img.last_used_at));
+    o += "Properties:\n";
+    for (k, v) in &img.put.properties {
+        o += &format!("    {k}: {v}\n");
+    }
+    o += "Aliases:\n";
+    for a in &img.aliases {
+        if a.description.is_empty() {
+            o += &format!("    - {}\n", a.name);
+        } else {
+            o += &format!("    - {} ({})\n", a.name, a.description);
+        }
+    }
+    o += &format!("Cached: {}\n", if img.cached { "yes" } else { "no" });
+    o += &format!("Auto update: {}\n", if img.put.auto_update { "enabled" } else { "disabled" });
+    o += "Profiles:\n";
+    for p in &img.put.profiles {
+        o += &format!("    - {p}\n");
+    }
+    o
+}
+
+fn simple(sub: &str, args: &[String]) -> CmdResult {
+    let w: Words = parse(&[&format!("bivy image {sub}")], args)?;
+    let c = client()?;
+    match (sub, w.words.as_slice()) {
+        ("info", [name]) => {
+            let img: Image = c.get(&image_path(&resolve(&c, name)?))?;
+            print!("{}", render_info(&img));
+        }
+        ("show", [name]) => {
+            let img: Image = c.get(&image_path(&resolve(&c, name)?))?;
+            super::print_yaml(&img.put)?;
+        }
+        ("edit", [name]) => {
+            let p = image_path(&resolve(&c, name)?);
+            let (img, etag): (Image, String) = c.get_etag(&p)?;
+            let new: ImagePut = edit_yaml(&img.put, "### This is a YAML representation of the image properties.\n### Any line starting with a '# will be ignored.\n\n")?;
+            c.put(&p, &new, Some(&etag))?;
+        }
+        ("delete" | "rm", names) if !names.is_empty() => {
+            for n in names {
+                c.delete(&image_path(&resolve(&c, n)?))?;
+            }
+        }
+        ("export", [name, rest @ ..]) if rest.len() <= 1 => {
+            let fp = resolve(&c, name)?;
+            export(&c, &fp, rest.first().map(String::as_str))?;
+            println!("Image exported successfully!");
+        }
+        ("copy" | "cp", [src, dst]) => {
+            let (sr, dr) = (src.split_once(':').map(|x| x.0), dst.split_once(':').map(|x| x.0));
+            if sr.is_some_and(|r| r != "local" && !r.is_empty()) || dr.is_some_and(|r| r != "local" && !r.is_empty()) {
+                return fail("not supported yet: remote image copy");
+            }
+            let fp = resolve(&c, src)?;
+            create_aliases(&c, &fp, &w.alias, false)?;
+            println!("Image copied successfully!");
+        }
+        ("refresh", names) => {
+            for n in names {
+                let fp = resolve(&c, n)?;
+                c.post(&format!("{}/refresh", image_path(&fp)), &json!({}))?;
+            }
+        }
+        _ => {
+            eprint!("{USAGE}");
+            return fail(format!("invalid arguments for \"image {sub}\""));
+        }
+    }
+    Ok(0)
+}
+
+/// `Content-Disposition: ...filename=NAME` -> NAME.
+fn disposition_filename(h: &str) -> Option<String> {
+    let i = h.find("filename=")?;
+    Some(h[i + 9..].trim().trim_matches('"').to_string())
+}
+
+fn export(c: &Client, fp: &str, target: Option<&str>) -> Result<(), Fail> {
+    let target = target.map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    c.download(&format!("{}/export", image_path(fp)), |mut r| {
+        let ctype = r.header("Content-Type").unwrap_or("").to_string();
+        let fname = r.header("Content-Disposition").and_then(disposition_filename).unwrap_or_else(|| format!("{fp}.tar.gz"));
+        let dest_for = |name: &str| if target.is_dir() { target.join(name) } else { target.clone() };
+        if let Some(b) = ctype.strip_prefix("multipart/form-data").and_then(|rest| rest.split("boundary=").nth(1)) {
+            let boundary = b.trim_matches('"').to_string();
+            let mut buf = Vec::new();
+            r.body.read_to_end(&mut buf)?;
+            let parts = split_multipart(&buf, &boundary);
+            for (name, filename, data) in parts {
+                let out = if target.is_dir() {
+                    target.join(if filename.is_empty() { name.clone() } else { filename })
+                } else if name == "metadata" {
+                    target.clone()
+                } else {
+                    PathBuf::from(format!("{}.root", target.display()))
+                };
+                write_new(&out, &data)?;
+            }
+            return Ok(());
+        }
+        let dest = dest_for(&fname);
+        let mut f = File::create(&dest).map_err(|e| crate::client::Error(format!("{}: {e}", dest.display())))?;
+        io::copy(&mut r.body, &mut f)?;
+        Ok(())
+    })?;
+    Ok(())
+}
+
+fn write_new(p: &Path, data: &[u8]) -> Result<(), crate::client::Error> {
+    fs::write(p, data).map_err(|e| crate::client::Error(format!("{}: {e}", p.display())))
+}
+
+/// Parse a whole multipart body into (name, filename, data) parts.
+pub fn split_multipart(body: &[u8], boundary: &str) -> Vec<(String, String, Vec<u8>)> {
+    let delim = format!("--{boundary}").into_bytes();
+    let find = |hay: &[u8], from: usize| -> Option<usize> {
+        hay.get(from..)?.windows(delim.len()).position(|w| w == delim.as_slice()).map(|p| p + from)
+    };
+    let mut out = Vec::new();
+    let Some(mut pos) = find(body, 0) else { return out };
+    loop {
+        let start = pos + delim.len();
+        if body.get(start..start + 2) == Some(b"--") {
+            break;
+        }
+        let Some(next) = find(body, start) else { break };
+        let part = &body[start..next];
+        let part = part.strip_prefix(b"\r\n").unwrap_or(part);
+        let part = part.strip_suffix(b"\r\n").unwrap_or(part);
+        if let Some(h) = part.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&part[..h]).to_string();
+            let field = |key: &str| {
+                head.lines()
+                    .flat_map(|l| l.split(';'))
+                    .filter_map(|kv| kv.trim().strip_prefix(&format!("{key}=")).map(|v| v.trim_matches('"').to_string()))
+                    .next()
+                    .unwrap_or_default()
+            };
+            out.push((field("name"), field("filename"), part[h + 4..].to_vec()));
+        }
+        pos = next;
+    }
+    out
+}
+
+pub fn publish(args: &[String]) -> CmdResult {
+    let a: PublishArgs = parse(&["bivy publish"], args)?;
+    let Some(src) = a.args.first() else { return fail("Missing instance name") };
+    let src = local(src)?;
+    let props: StringMap = super::key_values(&a.args[1..])?.into_iter().collect();
+    let c = client()?;
+    let (inst_name, kind) = match src.split_once('/') {
+        Some((i, _)) => (i.to_string(), "snapshot"),
+        None => (src.to_string(), "instance"),
+    };
+    let mut restart = false;
+    if kind == "instance" {
+        let i: Instance = c.get(&instance_path(&inst_name))?;
+        if i.status == "Running" {
+            if !a.force {
+                return fail("The instance is currently running. Use --force to have it stopped and restarted");
+            }
+            let put = InstanceStatePut { action: "stop".into(), timeout: -1, force: true, stateful: false };
+            c.put(&format!("{}/state", instance_path(&inst_name)), &put, None)?;
+            restart = true;
+        }
+    }
+    // Unset fields are left out rather than sent as null (lxc sends null; both mean "default").
+    let mut body = json!({
+        "auto_update": false,
+        "public": a.public,
+        "expires_at": "0001-01-01T00:00:00Z",
+        "filename": "",
+        "source": {"type": kind, "name": src},
+        "compression_algorithm": a.compression.clone().unwrap_or_default(),
+    });
+    if !props.is_empty() {
+        body["properties"] = json!(props);
+    }
+    let _ = &a.expire;
+    let reply = c.query("POST", "/1.0/images", Some(&body), None);
+    let result = (|| -> Result<String, Fail> {
+        let reply = reply?;
+        let op = match reply.operation_id() {
+            Some(id) => Some(c.wait_operation(&id)?),
+            None => None,
+        };
+        fingerprint_of(op.as_ref(), &reply.envelope).ok_or_else(|| Fail::Error("the server did not report the image fingerprint".into()))
+    })();
+    if restart {
+        let put = InstanceStatePut { action: "start".into(), timeout: -1, force: false, stateful: false };
+        c.put(&format!("{}/state", instance_path(&inst_name)), &put, None)?;
+    }
+    let fp = result?;
+    create_aliases(&c, &fp, &a.alias, a.reuse)?;
+    println!("Instance published with fingerprint: {fp}");
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference_images() -> Option<Vec<Image>> {
+        let text = std::fs::read_to_string("/work/shared/reference/lxd-wire/api/images_recursion1.json").ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        Some(serde_json::from_value(v["metadata"].clone()).unwrap())
+    }
+
+    #[test]
+    fn image_list_like_lxc() {
+        let Some(images) = reference_images() else { return };
+        let Ok(text) = std::fs::read_to_string("/work/shared/reference/lxd-wire/image_list.txt") else { return };
+        let want: String = text.lines().filter(|l| l.starts_with('+') || l.starts_with('|')).map(|l| format!("{l}\n")).collect();
+        assert_eq!(render_list(&images, "lfpdatsu", Format::Table).unwrap(), want);
+    }
+
+    #[test]
+    fn multipart_round_trip() {
+        let parts = vec![
+            Part { name: "metadata".into(), filename: "m.tar".into(), reader: Box::new(io::Cursor::new(b"M\r\n--x".to_vec())), len: 6 },
+            Part { name: "rootfs".into(), filename: "r.tar".into(), reader: Box::new(io::Cursor::new(b"RR".to_vec())), len: 2 },
+        ];
+        let mut m = Multipart::new("bnd", parts);
+        let mut buf = Vec::new();
+        m.read_to_end(&mut buf).unwrap();
+        let got = split_multipart(&buf, "bnd");
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0], ("metadata".into(), "m.tar".into(), b"M\r\n--x".to_vec()));
+        assert_eq!(got[1], ("rootfs".into(), "r.tar".into(), b"RR".to_vec()));
+    }
+
+    #[test]
+    fn content_disposition() {
+        assert_eq!(disposition_filename("inline;filename=busybox.tar.gz").as_deref(), Some("busybox.tar.gz"));
+        assert_eq!(disposition_filename("attachment; filename=\"a b.tar\"").as_deref(), Some("a b.tar"));
+    }
+}

@@ -1,0 +1,421 @@
+//! `operation list|show|delete`, `monitor`, `version`, `storage list|show`, `network list|show`.
+
+use std::collections::BTreeMap;
+
+use argh::FromArgs;
+
+use super::table::{self, Format};
+use super::{client, fail, parse, CmdResult, Fail, VERSION};
+use crate::api::{Event, Network, Operation, Server, StoragePool};
+use crate::client::urlencode;
+use crate::http::ws::Message;
+
+#[derive(FromArgs)]
+#[argh(help_triggers("-h", "--help"))]
+/// Arguments of read-only list/show commands.
+pub struct Words {
+    #[argh(positional)]
+    /// arguments
+    words: Vec<String>,
+    #[argh(option, short = 'f')]
+    /// format (table, csv, json, yaml, compact)
+    format: Option<String>,
+}
+
+fn words(cmd: &str, args: &[String]) -> Result<(String, Vec<String>, Format), Fail> {
+    let Some(sub) = args.first() else {
+        eprintln!("Usage:\n  bivy {cmd} [list|show|delete]");
+        return Err(Fail::Exit(1));
+    };
+    if sub == "-h" || sub == "--help" {
+        println!("Usage:\n  bivy {cmd} [list|show|delete]");
+        return Err(Fail::Exit(0));
+    }
+    let w: Words = parse(&[&format!("bivy {cmd} {sub}")], &args[1..])?;
+    let format = Format::parse(w.format.as_deref().unwrap_or("table"))?;
+    Ok((sub.clone(), w.words, format))
+}
+
+/// Render `operation list` rows.
+pub fn render_operations(ops: &[Operation], format: Format) -> Result<String, Fail> {
+    match format {
+        Format::Json => return Ok(serde_json::to_string(ops).map_err(|e| e.to_string())? + "\n"),
+        Format::Yaml => return Ok(super::yaml::to_string(ops)?),
+        _ => {}
+    }
+    let mut sorted: Vec<&Operation> = ops.iter().collect();
+    sorted.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
+    let rows: Vec<Vec<String>> = sorted
+        .iter()
+        .map(|o| {
+            vec![
+                o.id.clone(),
+                o.class.to_uppercase(),
+                o.description.clone(),
+                o.status.to_uppercase(),
+                if o.may_cancel { "YES" } else { "NO" }.to_string(),
+                table::date(&o.created_at),
+            ]
+        })
+        .collect();
+    Ok(table::render_rows(format, &["ID", "TYPE", "DESCRIPTION", "STATUS", "CANCELABLE", "CREATED"], &rows))
+}
+
+pub fn operation(args: &[String]) -> CmdResult {
+    let (sub, w, format) = words("operation", args)?;
+    let c = client()?;
+    match (sub.as_str(), w.as_slice()) {
+        ("list" | "ls", []) => {
+            let by_status: BTreeMap<String, Vec<Operation>> = c.get("/1.0/operations?recursion=1")?;
+            let all: Vec<Operation> = by_status.into_values().flatten().collect();
+            print!("{}", render_operations(&all, format)?);
+        }
+        ("show", [id]) => {
+            let op: Operation = c.get(&format!("/1.0/operations/{}", urlencode(id, false)))?;
+            super::print_yaml(&op)?;
+        }
+        ("delete" | "rm", [id]) => {
+            c.delete(&format!("/1.0/operations/{}", urlencode(id, false)))?;
+            println!("Operation {id} deleted");
+        }
+        (other, _) => return fail(format!("invalid arguments for \"operation {other}\"")),
+    }
+    Ok(0)
+}
+
+#[derive(FromArgs)]
+#[argh(help_triggers("-h", "--help"))]
+/// Monitor a local server: print its events.
+pub struct MonitorArgs {
+    #[argh(option, long = "type")]
+    /// event type to listen for (operation, logging, lifecycle); repeatable
+    kind: Vec<String>,
+    #[argh(option, short = 'f')]
+    /// format (yaml, json, pretty)
+    format: Option<String>,
+    #[argh(switch)]
+    /// pretty rendering (short for --format=pretty)
+    pretty: bool,
+    #[argh(option, long = "loglevel")]
+    /// minimum log level to show (accepted, ignored)
+    _loglevel: Option<String>,
+}
+
+/// Render one event the way `lxc monitor` does (YAML then a blank line).
+pub fn render_event(ev: &Event, format: &str) -> Result<String, Fail> {
+    Ok(match format {
+        "json" => serde_json::to_string(ev).map_err(|e| e.to_string())? + "\n",
+        "pretty" => {
+            let desc = ev.metadata.get("description").or_else(|| ev.metadata.get("action")).or_else(|| ev.metadata.get("message"));
+            let what = desc.and_then(|d| d.as_str()).unwrap_or("");
+            format!("{} {} {}\n", ev.timestamp, ev.kind, what)
+        }
+        // lxc prints the event as a generic map (sorted keys), then two newlines.
+        _ => super::yaml::to_string_generic(ev)? + "\n\n",
+    })
+}
+
+pub fn monitor(args: &[String]) -> CmdResult {
+    let a: MonitorArgs = parse(&["bivy monitor"], args)?;
+    let format = if a.pretty { "pretty".to_string() } else { a.format.clone().unwrap_or_else(|| "yaml".into()) };
+    if !matches!(format.as_str(), "yaml" | "json" | "pretty") {
+        return fail(format!("Invalid format \"{format}\""));
+    }
+    let c = client()?;
+    let (_tx, mut rx) = c.events(&a.kind.join(","))?;
+    loop {
+        match rx.recv() {
+            Ok(Message::Text(t)) => {
+                let Ok(ev) = serde_json::from_str::<Event>(&t) else { continue };
+                print!("{}", render_event(&ev, &format)?);
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+            }
+            Ok(Message::Binary(_)) => {}
+            Ok(Message::Close(_)) => return Ok(0),
+            Err(e) => return fail(e.to_string()),
+        }
+    }
+}
+
+pub fn version(args: &[String]) -> CmdResult {
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("Usage:\n  bivy version\n\nShow local and remote versions");
+        return Ok(0);
+    }
+    println!("Client version: {VERSION}");
+    let server = client().ok().and_then(|c| c.get::<Server>("/1.0").ok());
+    match server {
+        Some(s) if !s.environment.server_version.is_empty() => println!("Server version: {}", s.environment.server_version),
+        _ => println!("Server version: unreachable"),
+    }
+    Ok(0)
+}
+
+/// Render `storage list` rows.
+pub fn render_pools(pools: &[StoragePool], format: Format) -> Result<String, Fail> {
+    match format {
+        Format::Json => return Ok(serde_json::to_string(pools).map_err(|e| e.to_string())? + "\n"),
+        Format::Yaml => return Ok(super::yaml::to_string(pools)?),
+        _ => {}
+    }
+    let mut rows: Vec<Vec<String>> = pools
+        .iter()
+        .map(|p| {
+            vec![
+                p.name.clone(),
+                p.driver.clone(),
+                p.config.get("source").cloned().unwrap_or_default(),
+                p.description.clone(),
+                p.used_by.len().to_string(),
+                p.status.to_uppercase(),
+            ]
+        })
+        .collect();
+    rows.sort();
+    Ok(table::render_rows(format, &["NAME", "DRIVER", "SOURCE", "DESCRIPTION", "USED BY", "STATE"], &rows))
+}
+
+pub fn storage(args: &[String]) -> CmdResult {
+    let (sub, w, format) = words("storage", args)?;
+    let c = client()?;
+    match (sub.as_str(), w.as_slice()) {
+        ("list" | "ls", []) => {
+            let pools: Vec<StoragePool> = c.get("/1.0/storage-pools?recursion=1")?;
+            print!("{}", render_pools(&pools, format)?);
+        }
+        ("show", [name]) => {
+            let p: StoragePool = c.get(&format!("/1.0/storage-pools/{}", urlencode(super::local(name)?, false)))?;
+            super::print_yaml(&p)?;
+        }
+        (other, _) => return fail(format!("not supported yet: storage {other}")),
+    }
+    Ok(0)
+}
+
+/// A network as listed: LXD sends `null` for the lists of unmanaged interfaces, which
+/// `api::Network` does not accept, so the list is read through this lenient copy.
+#[derive(serde::Deserialize, serde::Serialize, Default)]
+pub struct NetworkRow {
+    #[serde(default)]
+    pub config: crate::api::StringMap,
+    #[serde(default)]
+    pub description: String,
+    pub name: String,
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub used_by: Vec<String>,
+    #[serde(default)]
+    pub managed: bool,
+    #[serde(default)]
+    pub status: String,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub locations: Vec<String>,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    use serde::Deserialize;
+    Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
+}
+
+impl From<Network> for NetworkRow {
+    fn from(n: Network) -> NetworkRow {
+        NetworkRow {
+            config: n.config,
+            description: n.description,
+            name: n.name,
+            kind: n.kind,
+            used_by: n.used_by,
+            managed: n.managed,
+            status: n.status,
+            locations: n.locations,
+        }
+    }
+}
+
+/// Render `network list` rows.
+pub fn render_networks(nets: &[NetworkRow], format: Format) -> Result<String, Fail> {
+    match format {
+        Format::Json => return Ok(serde_json::to_string(nets).map_err(|e| e.to_string())? + "\n"),
+        Format::Yaml => return Ok(super::yaml::to_string(nets)?),
+        _ => {}
+    }
+    // lxc hides loopback and unknown interfaces.
+    let mut rows: Vec<Vec<String>> = nets
+        .iter()
+        .filter(|n| n.kind != "loopback" && n.kind != "unknown")
+        .map(|n| {
+            vec![
+                n.name.clone(),
+                n.kind.clone(),
+                if n.managed { "YES" } else { "NO" }.to_string(),
+                n.config.get("ipv4.address").cloned().unwrap_or_default(),
+                n.config.get("ipv6.address").cloned().unwrap_or_default(),
+                n.description.clone(),
+                n.used_by.len().to_string(),
+                n.status.to_uppercase(),
+            ]
+        })
+        .collect();
+    rows.sort();
+    Ok(table::render_rows(format, &["NAME", "TYPE", "MANAGED", "IPV4", "IPV6", "DESCRIPTION", "USED BY", "STATE"], &rows))
+}
+
+pub fn network(args: &[String]) -> CmdResult {
+    let (sub, w, format) = words("network", args)?;
+    let c = client()?;
+    match (sub.as_str(), w.as_slice()) {
+        ("list" | "ls", []) => {
+            let nets: Vec<NetworkRow> = c.get("/1.0/networks?recursion=1")?;
+            print!("{}", render_networks(&nets, format)?);
+        }
+        ("show", [name]) => {
+            let n: NetworkRow = c.get(&format!("/1.0/networks/{}", urlencode(super::local(name)?, false)))?;
+            super::print_yaml(&n)?;
+        }
+        (other, _) => return fail(format!("not supported yet: network {other}")),
+    }
+    Ok(0)
+}
+
+#[derive(FromArgs)]
+#[argh(help_triggers("-h", "--help"))]
+/// Send a raw query to the server: bivy query [-X METHOD] [-d DATA] [--wait] PATH
+pub struct QueryArgs {
+    #[argh(positional)]
+    /// API path, e.g. /1.0/instances?recursion=1
+    path: String,
+    #[argh(option, short = 'X', default = "String::from(\"GET\")")]
+    /// action (HTTP method)
+    request: String,
+    #[argh(option, short = 'd')]
+    /// input data (JSON)
+    data: Option<String>,
+    #[argh(switch)]
+    /// wait for the operation to complete
+    wait: bool,
+    #[argh(switch)]
+    /// print the raw response
+    raw: bool,
+}
+
+/// JSON indented with tabs, as `lxc query` prints it.
+pub fn pretty_json(v: &serde_json::Value) -> String {
+    use serde::Serialize;
+    let mut out = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, serde_json::ser::PrettyFormatter::with_indent(b"\t"));
+    let _ = v.serialize(&mut ser);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+pub fn query(args: &[String]) -> CmdResult {
+    let a: QueryArgs = parse(&["bivy query"], args)?;
+    let path = super::local(&a.path)?;
+    let path = if path.starts_with('/') { path.to_string() } else { format!("/{path}") };
+    let c = client()?;
+    let body: Option<serde_json::Value> = match &a.data {
+        Some(d) => Some(serde_json::from_str(d).map_err(|e| Fail::Error(format!("invalid JSON in --data: {e}")))?),
+        None => None,
+    };
+    if a.raw {
+        let resp = c.raw(
+            &a.request,
+            &path,
+            &[],
+            body.map_or(crate::http::Body::Empty, |b| crate::http::Body::Bytes(b.to_string().into_bytes())),
+        )?;
+        std::io::Write::write_all(&mut std::io::stdout(), &resp.body)?;
+        return Ok(0);
+    }
+    let reply = c.query(&a.request, &path, body.as_ref(), None)?;
+    let meta = match (a.wait, reply.operation_id()) {
+        (true, Some(id)) => serde_json::to_value(c.wait_operation(&id)?).map_err(|e| e.to_string())?.get("metadata").cloned().unwrap_or_default(),
+        _ => reply.envelope.metadata.clone(),
+    };
+    if !meta.is_null() {
+        println!("{}\n", pretty_json(&meta));
+    }
+    Ok(0)
+}
+
+pub fn remote(args: &[String]) -> CmdResult {
+    match args.first().map(String::as_str) {
+        Some("list" | "ls") | None => {
+            let rows = vec![vec![
+                "local (current)".to_string(),
+                format!("unix://{}", crate::client::socket_path().display()),
+                "lxd".into(),
+                "file access".into(),
+                "NO".into(),
+                "YES".into(),
+                "NO".into(),
+            ]];
+            print!("{}", table::render(&["NAME", "URL", "PROTOCOL", "AUTH TYPE", "PUBLIC", "STATIC", "GLOBAL"], &rows));
+            Ok(0)
+        }
+        Some("get-default") => {
+            println!("local");
+            Ok(0)
+        }
+        Some(other) => fail(format!("not supported yet: remote {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_list_like_lxc() {
+        let Ok(text) = std::fs::read_to_string("/work/shared/reference/lxd-wire/api/networks_lxdbr0.json") else { return };
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let br: Network = serde_json::from_value(v["metadata"].clone()).unwrap();
+        let eth = Network { name: "eth0".into(), kind: "physical".into(), ..Default::default() };
+        let want = "\
++--------+----------+---------+----------------+------+-------------+---------+---------+
+|  NAME  |   TYPE   | MANAGED |      IPV4      | IPV6 | DESCRIPTION | USED BY |  STATE  |
++--------+----------+---------+----------------+------+-------------+---------+---------+
+| eth0   | physical | NO      |                |      |             | 0       |         |
++--------+----------+---------+----------------+------+-------------+---------+---------+
+| lxdbr0 | bridge   | YES     | 10.203.77.1/24 | none |             | 3       | CREATED |
++--------+----------+---------+----------------+------+-------------+---------+---------+
+";
+        assert_eq!(render_networks(&[br.into(), eth.into()], Format::Table).unwrap(), want);
+    }
+
+    #[test]
+    fn operation_rows() {
+        let op = Operation {
+            id: "2ac27b79-9dfe-4ff1-b793-a576f7e59eab".into(),
+            class: "task".into(),
+            description: "Starting instance".into(),
+            status: "Success".into(),
+            created_at: "2026-11-21T20:28:59.75912494Z".into(),
+            ..Default::default()
+        };
+        let out = render_operations(&[op], Format::Table).unwrap();
+        assert!(out.contains("| 2ac27b79-9dfe-4ff1-b793-a576f7e59eab | TASK | Starting instance | SUCCESS | NO         | 2026/11/21 20:28 UTC |"), "{out}");
+    }
+
+    #[test]
+    fn query_output_uses_tabs() {
+        let v = serde_json::json!({"b": [1], "a": "x"});
+        assert_eq!(pretty_json(&v), "{\n\t\"a\": \"x\",\n\t\"b\": [\n\t\t1\n\t]\n}");
+    }
+
+    #[test]
+    fn monitor_yaml() {
+        let ev = Event {
+            kind: "lifecycle".into(),
+            timestamp: "2026-11-21T20:29:32.966639578Z".into(),
+            metadata: serde_json::json!({"action": "instance-stopped", "source": "/1.0/instances/cX"}),
+            location: "none".into(),
+            project: "default".into(),
+        };
+        assert_eq!(
+            render_event(&ev, "yaml").unwrap(),
+            "location: none\nmetadata:\n  action: instance-stopped\n  source: /1.0/instances/cX\nproject: default\ntimestamp: \"2026-11-21T20:29:32.966639578Z\"\ntype: lifecycle\n\n\n"
+        );
+    }
+}
