@@ -156,7 +156,7 @@ fn unified_import_export_unpack_templates() {
     assert_eq!(img.put.expires_at, api::ZERO_TIME);
     assert_eq!(img.put.profiles, ["default"]);
     assert_eq!(img.put.properties["os"], "busybox");
-    assert_eq!(store.list().unwrap(), [img.clone()]);
+    assert_eq!(store.list().unwrap(), std::slice::from_ref(&img));
 
     // Export gives the same bytes.
     let (path, rootfs) = store.files(&img.fingerprint).unwrap();
@@ -232,7 +232,7 @@ fn unified_import_export_unpack_templates() {
     std::os::unix::fs::symlink("/etc/passwd", templates.join("leak.tpl")).unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &templates.join("fifo.tpl"),
+        templates.join("fifo.tpl"),
         rustix::fs::FileType::Fifo,
         rustix::fs::Mode::from_raw_mode(0o644),
         0,
@@ -330,6 +330,7 @@ impl Tb {
         self.file("metadata.yaml", yaml.as_bytes(), 0o644, 0, 0);
         self
     }
+    #[allow(clippy::too_many_arguments)] // a raw tar header has this many fields
     fn raw(
         &mut self,
         name: &[u8],
