@@ -797,7 +797,7 @@ fn bench_import_throughput() {
         raw.display()
     ));
     let raw_len = fs::metadata(&raw).unwrap().len();
-    for (name, cmd) in [("gzip", "gzip -6"), ("xz", "xz -6 -T2"), ("zstd", "zstd -3 -q")] {
+    for (name, cmd) in [("gzip", "gzip -6"), ("xz", "xz -6 -T2"), ("zstd", "zstd -3 -q"), ("bzip2", "bzip2 -9")] {
         let f = tmp.path(&format!("img.{name}"));
         if name == "zstd" && Command::new("zstd").arg("--version").output().is_err() {
             let mut out = File::create(&f).unwrap();
@@ -809,7 +809,7 @@ fn bench_import_throughput() {
         }
         let store = Store::open(&tmp.path(&format!("store-{name}"))).unwrap();
         let t = std::time::Instant::now();
-        import_file(&store, &f, name).unwrap();
+        let img = import_file(&store, &f, name).unwrap();
         let s = t.elapsed().as_secs_f64();
         eprintln!(
             "BENCH import {name}: {:.1} MB compressed, {:.1} MB tar, {:.2} s, {:.1} MB/s of tar",
@@ -818,6 +818,16 @@ fn bench_import_throughput() {
             s,
             raw_len as f64 / 1e6 / s
         );
+        fs::remove_file(&f).unwrap();
+        if is_root() {
+            let t = std::time::Instant::now();
+            let (r, tp) = (tmp.path(&format!("u-{name}")), tmp.path(&format!("ut-{name}")));
+            store.unpack(&img.fingerprint, &r, &tp, &UnpackOpts::default()).unwrap();
+            let s = t.elapsed().as_secs_f64();
+            eprintln!("BENCH unpack {name}: {:.2} s, {:.1} MB/s of tar", s, raw_len as f64 / 1e6 / s);
+            fs::remove_dir_all(&r).unwrap();
+        }
+        fs::remove_dir_all(store.dir()).unwrap();
     }
 }
 

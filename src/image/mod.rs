@@ -3,8 +3,18 @@
 //!
 //! Layout under the store directory (`$BIVY_DIR/images`): `<fp>` (the unified tarball or the
 //! metadata tarball), `<fp>.rootfs` (split images), `<fp>.json` (the `api::Image` record),
-//! `aliases.json`. Every write is atomic (temp file, fsync, rename, fsync dir); an interrupted
-//! import leaves only `*.tmp*` files that `Store::open` removes.
+//! `aliases.json`, `.lock` (flock taken while records change). Every write is atomic (temp file,
+//! fsync, rename, fsync dir); an interrupted import leaves only `.import-<pid>-<n>.tmp` files that
+//! `Store::open` removes once their process is gone.
+//!
+//! Import: the upload is streamed into temp files in the store directory while hashed (sha256 of
+//! the file, or of metadata‖rootfs), then the whole tarball is decoded and read to its end
+//! (truncation and corruption are caught here, not at unpack time), metadata.yaml is validated,
+//! and under the lock the data files are renamed into place and `<fp>.json` written last: the
+//! record is the commit point, so `list` never shows an image whose files are missing. Any early
+//! return removes the temp files (a drop guard).
+//!
+//! Unpack and templates never write outside their target directory: see `unpack.rs`.
 //!
 //! INTERFACE CONTRACT (the daemon relies on these; keep the signatures): `Store` and its methods,
 //! `Upload`, `ImportOpts`, `UnpackOpts`, `Error`, `template::Context`, `apply_templates`.
