@@ -309,6 +309,22 @@ fn split_image() {
     assert_eq!(fs::read_to_string(rootfs.join("etc/hostname")).unwrap(), "split1\n");
     assert!(store.rootfs_size(&img.fingerprint).unwrap() >= fs::metadata("/bin/busybox").unwrap().len());
 
+    // A real squashfs rootfs (when squashfs-tools is installed).
+    if Command::new("mksquashfs").arg("-version").output().is_ok() {
+        let sq = tmp.path("rootfs.squashfs");
+        sh(&format!("mksquashfs '{}/rootfs' '{}' -noappend -quiet -no-progress", build.display(), sq.display()));
+        let (mut m, mut r) = (File::open(&meta).unwrap(), File::open(&sq).unwrap());
+        let img = store.import(Upload::Split { metadata: &mut m, rootfs: &mut r }, &ImportOpts::default()).unwrap();
+        assert_eq!(img.fingerprint, sha256sum(&[&meta, &sq]));
+        let (r, t) = (tmp.path("sqfs-rootfs"), tmp.path("sqfs-templates"));
+        store.unpack(&img.fingerprint, &r, &t, &UnpackOpts::default()).unwrap();
+        assert_eq!(fs::read(r.join("bin/busybox")).unwrap(), fs::read("/bin/busybox").unwrap());
+        assert_eq!(fs::read_link(r.join("bin/sh")).unwrap(), Path::new("busybox"));
+        assert!(t.join("hostname.tpl").is_file());
+    } else {
+        eprintln!("SKIP split_image squashfs part: mksquashfs not installed");
+    }
+
     // A split image whose rootfs is squashfs needs unsquashfs: the error names it when absent.
     let sq = tmp.path("fake.squashfs");
     fs::write(&sq, b"hsqs\0\0\0\0 not really a squashfs").unwrap();

@@ -196,6 +196,9 @@ impl<'a> Extractor<'a> {
                 rustix::fs::unlinkat(&parent, *name, flags).map_err(|e| bad(format!("cannot replace {rel_s}: {e}")))?;
             }
         }
+        // Whatever was at this path is gone: it is no longer a valid hard link target.
+        let key = rel.join(&b'/');
+        self.files.remove(&key);
         let io_err = |e: &dyn std::fmt::Display| Error::Internal(format!("unpacking {rel_s}: {e}"));
         let owner = |m: &Meta| (Some(Uid::from_raw(m.uid)), Some(Gid::from_raw(m.gid)));
         match kind {
@@ -226,7 +229,7 @@ impl<'a> Extractor<'a> {
                 rustix::fs::fchmod(&f, Mode::from_raw_mode(meta.mode)).map_err(|e| io_err(&e))?;
                 set_xattrs(&f, &meta, &rel_s)?;
                 rustix::fs::futimens(&f, &ts(meta.mtime, meta.mtime_nsec)).map_err(|e| io_err(&e))?;
-                self.files.insert(rel.join(&b'/'));
+                self.files.insert(key);
             }
             T::Symlink => {
                 let target = entry
@@ -265,7 +268,7 @@ impl<'a> Extractor<'a> {
                 let (tname, tparents) = target.split_last().expect("non-empty target");
                 let tparent = walk(&self.root, tparents, false, target)?;
                 rustix::fs::linkat(&tparent, *tname, &parent, *name, AtFlags::empty()).map_err(|e| io_err(&e))?;
-                self.files.insert(rel.join(&b'/'));
+                self.files.insert(key);
             }
             T::Char | T::Block | T::Fifo => {
                 let ft = match kind {
