@@ -771,7 +771,20 @@ fn corrupt_inputs_leave_nothing() {
     fs::write(store.dir().join(".import-999999999-1.tmp"), b"partial").unwrap();
     fs::write(store.dir().join(".aliases.json.tmp999999999"), b"partial").unwrap();
     let store = Store::open(store.dir()).unwrap();
-    assert_eq!(listing(store.dir()), [fp.clone(), format!("{fp}.json")]);
+    assert_eq!(listing(store.dir()), [fp.clone(), format!("{fp}.json"), format!("{fp}.metadata.yaml")]);
+    // A VM image is refused clearly.
+    let mut tb = Tb::new().metadata("architecture: x86_64\ncreation_date: 1\n");
+    tb.file("rootfs.img", b"QFI\xfb", 0o644, 0, 0);
+    bad_request_in(&store, &tb.gz(), "not supported yet: virtual-machine");
+}
+
+fn bad_request_in(store: &Store, data: &[u8], want: &str) {
+    let before = listing(store.dir());
+    match import_bytes(store, data) {
+        Err(Error::BadRequest(m)) => assert!(m.contains(want), "{m} !~ {want}"),
+        other => panic!("want BadRequest ~ {want}: {other:?}"),
+    }
+    assert_eq!(listing(store.dir()), before);
 }
 
 #[test]
@@ -791,11 +804,12 @@ fn concurrent_imports_dedupe() {
     let ok = results.iter().filter(|r| r.is_ok()).count();
     let conflicts = results.iter().filter(|r| matches!(r, Err(Error::Conflict(_)))).count();
     assert_eq!((ok, conflicts), (1, 3), "{results:?}");
-    assert_eq!(listing(&dir).len(), 2);
+    assert_eq!(listing(&dir).len(), 3);
 }
 
-/// Import throughput: `BIVY_IMAGE_BENCH=/path/to/dir` tars that directory with gzip, xz and
-/// zstd under /var/tmp and imports each (which decodes and checks the whole tarball).
+/// Import throughput: `BIVY_IMAGE_BENCH=/path/to/dir` tars that directory with gzip, xz, zstd
+/// and bzip2 under /var/tmp, imports each (which decodes and checks the whole tarball) and, as
+/// root, unpacks it. `BIVY_IMAGE_BENCH_ONLY=xz,zstd` limits the formats. Use a release build.
 #[test]
 fn bench_import_throughput() {
     let Some(src) = std::env::var_os("BIVY_IMAGE_BENCH") else { return };
@@ -813,7 +827,11 @@ fn bench_import_throughput() {
         raw.display()
     ));
     let raw_len = fs::metadata(&raw).unwrap().len();
+    let only = std::env::var("BIVY_IMAGE_BENCH_ONLY").unwrap_or_default();
     for (name, cmd) in [("gzip", "gzip -6"), ("xz", "xz -6 -T2"), ("zstd", "zstd -3 -q"), ("bzip2", "bzip2 -9")] {
+        if !only.is_empty() && !only.split(',').any(|o| o == name) {
+            continue;
+        }
         let f = tmp.path(&format!("img.{name}"));
         if name == "zstd" && Command::new("zstd").arg("--version").output().is_err() {
             let mut out = File::create(&f).unwrap();

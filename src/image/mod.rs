@@ -2,7 +2,8 @@
 //! metadata.yaml, safe unpacking, templates, publish and export.
 //!
 //! Layout under the store directory (`$BIVY_DIR/images`): `<fp>` (the unified tarball or the
-//! metadata tarball), `<fp>.rootfs` (split images), `<fp>.json` (the `api::Image` record),
+//! metadata tarball), `<fp>.rootfs` (split images), `<fp>.metadata.yaml` (a copy, so lookups need
+//! not decode the tarball), `<fp>.json` (the `api::Image` record),
 //! `aliases.json`, `.lock` (flock taken while records change). Every write is atomic (temp file,
 //! fsync, rename, fsync dir); an interrupted import leaves only `.import-<pid>-<n>.tmp` files that
 //! `Store::open` removes once their process is gone.
@@ -255,6 +256,9 @@ fn scan(path: &Path, kind: ScanKind, stop_at_metadata: bool) -> Result<(Option<V
                 }
             }
             [b"rootfs", ..] => rootfs = true,
+            [b"rootfs.img"] => {
+                return Err(Error::BadRequest("not supported yet: virtual-machine images (rootfs.img)".into()))
+            }
             _ => {}
         }
     }
@@ -286,6 +290,10 @@ impl Store {
     }
     fn data_path(&self, fp: &str) -> PathBuf {
         self.dir.join(fp)
+    }
+    /// A copy of metadata.yaml, so `metadata` need not decode the tarball.
+    fn yaml_path(&self, fp: &str) -> PathBuf {
+        self.dir.join(format!("{fp}.metadata.yaml"))
     }
     fn rootfs_path(&self, fp: &str) -> PathBuf {
         self.dir.join(format!("{fp}.rootfs"))
@@ -494,9 +502,12 @@ impl Store {
         let dst = self.data_path(fp);
         std::fs::rename(&meta_tmp, &dst).map_err(|e| internal(dst.display(), e))?;
         temps.keep();
-        if let Err(e) = self.write_record(&img) {
-            let _ = std::fs::remove_file(self.data_path(fp));
-            let _ = std::fs::remove_file(self.rootfs_path(fp));
+        let yaml = self.yaml_path(fp);
+        let res = atomic_write(&yaml, &meta_yaml).map_err(|e| internal(yaml.display(), e));
+        if let Err(e) = res.and_then(|()| self.write_record(&img)) {
+            for p in [self.data_path(fp), self.rootfs_path(fp), yaml] {
+                let _ = std::fs::remove_file(p);
+            }
             return Err(e);
         }
         let _ = sync_dir(&self.dir);
@@ -553,7 +564,7 @@ impl Store {
         }
         let rec = self.record_path(&fp);
         std::fs::remove_file(&rec).map_err(|e| internal(rec.display(), e))?;
-        for p in [self.data_path(&fp), self.rootfs_path(&fp)] {
+        for p in [self.data_path(&fp), self.rootfs_path(&fp), self.yaml_path(&fp)] {
             match std::fs::remove_file(&p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -574,6 +585,9 @@ impl Store {
     /// The parsed metadata.yaml.
     pub fn metadata(&self, fingerprint: &str) -> Result<api::ImageMetadata> {
         let fp = self.resolve(fingerprint)?;
+        if let Ok(yaml) = std::fs::read(self.yaml_path(&fp)) {
+            return metadata::parse(&yaml);
+        }
         let kind = if self.rootfs_path(&fp).exists() { ScanKind::Metadata } else { ScanKind::Unified };
         let (meta, _) = scan(&self.data_path(&fp), kind, true)?;
         let meta = meta.ok_or_else(|| Error::Internal(format!("image {fp}: metadata.yaml is missing")))?;
