@@ -485,7 +485,13 @@ fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
     Some(buf)
 }
 
+const LONG_DIR: &str =
+    "a-directory-name-long-enough-that-ustar-cannot-hold-the-path-in-its-name-field-of-one-hundred-bytes";
+
 fn check_attrs(rootfs: &Path) {
+    let long = rootfs.join(LONG_DIR).join("f".repeat(120));
+    assert_eq!(fs::read(&long).unwrap(), b"long");
+    assert_eq!(fs::read(rootfs.join("longlink")).unwrap(), b"long");
     let ping = rootfs.join("bin/ping");
     let md = fs::metadata(&ping).unwrap();
     assert_eq!((md.mode() & 0o7777, md.uid(), md.gid()), (0o4755, 0, 0));
@@ -531,6 +537,17 @@ fn attrs_image() -> Vec<u8> {
     tb.0.append_data(&mut h, "rootfs/dev/null", &b""[..]).unwrap();
     tb.raw(b"rootfs/run/fifo", tar::EntryType::Fifo, b"", None, 0o600, 0, 0);
     tb.raw(b"rootfs/lib64", tar::EntryType::Symlink, b"", Some(b"usr/lib"), 0o777, 7, 7);
+    // Long names and link targets (GNU longname/longlink records).
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o600);
+    h.set_size(4);
+    tb.0.append_data(&mut h, format!("rootfs/{}/{}", LONG_DIR, "f".repeat(120)), &b"long"[..]).unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_mode(0o777);
+    h.set_size(0);
+    tb.0.append_link(&mut h, "rootfs/longlink", format!("{}/{}", LONG_DIR, "f".repeat(120))).unwrap();
     tb.gz()
 }
 

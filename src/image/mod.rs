@@ -829,3 +829,35 @@ pub fn apply_templates(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_paths() {
+        let cases: &[(&[u8], Option<&[&[u8]]>)] = &[
+            (b"rootfs/bin/sh", Some(&[b"rootfs", b"bin", b"sh"])),
+            (b"./rootfs/./etc/", Some(&[b"rootfs", b"etc"])),
+            (b"metadata.yaml", Some(&[b"metadata.yaml"])),
+            (b"./", Some(&[])),
+            (b"rootfs//x", Some(&[b"rootfs", b"x"])),
+            (b"/etc/passwd", None),
+            (b"rootfs/../../evil", None),
+            (b"..", None),
+            (b"a/..b", Some(&[b"a", b"..b"])),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(clean_path(raw).as_deref(), *want, "{}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    #[test]
+    fn temp_file_owners() {
+        let me = std::process::id();
+        assert!(owner_alive(&format!(".import-{me}-3.tmp")));
+        assert!(owner_alive(&format!(".aliases.json.tmp{me}")));
+        assert!(!owner_alive(".import-999999999-3.tmp"));
+        assert!(!owner_alive(".x.tmpjunk"));
+    }
+}

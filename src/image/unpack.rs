@@ -67,13 +67,13 @@ pub(crate) fn walk(root: &OwnedFd, dirs: &[&[u8]], create: bool, whole: &[&[u8]]
         .map_err(|e| Error::Internal(format!("reopening the target directory: {e}")))?;
     for c in dirs {
         let open = |cur: &OwnedFd| {
-            rustix::fs::openat2(
-                cur,
-                *c,
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-                resolve_flags(),
-            )
+            let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            match rustix::fs::openat2(cur, *c, flags, Mode::empty(), resolve_flags()) {
+                // Kernels before 5.6: for one clean component (no `/`, no `..`), O_NOFOLLOW |
+                // O_DIRECTORY gives the same guarantee.
+                Err(Errno::NOSYS) => rustix::fs::openat(cur, *c, flags, Mode::empty()),
+                r => r,
+            }
         };
         let next = match open(&cur) {
             Ok(fd) => fd,
