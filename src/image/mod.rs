@@ -836,7 +836,8 @@ mod tests {
 
     #[test]
     fn clean_paths() {
-        let cases: &[(&[u8], Option<&[&[u8]]>)] = &[
+        type Case<'a> = (&'a [u8], Option<&'a [&'a [u8]]>);
+        let cases: &[Case] = &[
             (b"rootfs/bin/sh", Some(&[b"rootfs", b"bin", b"sh"])),
             (b"./rootfs/./etc/", Some(&[b"rootfs", b"etc"])),
             (b"metadata.yaml", Some(&[b"metadata.yaml"])),
