@@ -121,9 +121,17 @@ fn busybox_tree(dir: &Path) {
 fn busybox_unified(tmp: &Tmp) -> PathBuf {
     let build = tmp.path("build");
     busybox_tree(&build);
+    // A file capability, stored by GNU tar as PAX SCHILY.xattr.security.capability.
+    rustix::fs::setxattr(
+        build.join("rootfs/bin/busybox"),
+        "security.capability",
+        &CAP_NET_RAW,
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
     let out = tmp.path("busybox.tar.gz");
     sh(&format!(
-        "tar --numeric-owner --owner=0 --group=0 -C '{}' -czf '{}' metadata.yaml rootfs templates",
+        "tar --format=posix --xattrs --xattrs-include='*' --numeric-owner --owner=0 --group=0 -C '{}' -czf '{}' metadata.yaml rootfs templates",
         build.display(),
         out.display()
     ));
@@ -183,6 +191,7 @@ fn unified_import_export_unpack_templates() {
     assert_eq!(bb.mode() & 0o777, fs::metadata("/bin/busybox").unwrap().mode() & 0o777);
     assert_eq!(fs::read_link(rootfs.join("bin/sh")).unwrap(), Path::new("busybox"));
     assert_eq!(fs::read_link(rootfs.join("sbin/init")).unwrap(), Path::new("/bin/busybox"));
+    assert_eq!(xattr(&rootfs.join("bin/busybox"), "security.capability").unwrap(), CAP_NET_RAW);
     assert_eq!(fs::metadata(rootfs.join("tmp")).unwrap().mode() & 0o7777, 0o1777);
     assert_eq!(fs::metadata(rootfs.join("root")).unwrap().mode() & 0o7777, 0o700);
     assert!(templates.join("hostname.tpl").is_file());
