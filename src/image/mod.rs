@@ -95,7 +95,8 @@ pub struct ImportOpts {
 pub struct UnpackOpts {
     /// Skip device nodes (unprivileged containers cannot use them), logging each one.
     pub skip_devices: bool,
-    /// Refuse an image whose expanded size passes this many bytes.
+    /// Refuse an image whose expanded size (apparent sizes of its files) passes this many bytes;
+    /// 0 means no limit.
     pub max_bytes: u64,
 }
 

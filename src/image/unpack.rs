@@ -381,7 +381,11 @@ impl Drop for RemoveDirs {
     }
 }
 
+/// Create the target directory (its parents as needed); it must not exist.
 fn create_target(dir: &Path) -> Result<()> {
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| Error::Internal(format!("{}: {e}", parent.display())))?;
+    }
     std::fs::create_dir(dir).map_err(|e| match e.kind() {
         io::ErrorKind::AlreadyExists => Error::Conflict(format!("{} already exists", dir.display())),
         _ => Error::Internal(format!("{}: {e}", dir.display())),
