@@ -189,3 +189,23 @@ fn lxc_errors_are_clear() {
     let out = l.run(&["init", "busybox", "1bad"]);
     assert!(!out.status.success());
 }
+
+#[test]
+fn lxc_publish_round_trip() {
+    if !prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = setup(&d);
+    import_busybox(&l);
+    l.ok(&["launch", "busybox", "src"]);
+    l.ok(&["exec", "src", "--", "sh", "-c", "echo kept > /root/marker && chown 1000:1000 /root/marker && chmod 640 /root/marker"]);
+    let out = l.ok(&["publish", "src", "--alias", "pub1", "--force", "--compression", "xz"]);
+    assert!(out.contains("Instance published with fingerprint:"), "{out}");
+    assert_eq!(l.ok(&["list", "src", "--format", "csv", "-c", "s"]).trim(), "RUNNING", "publish --force restarts the source");
+    l.ok(&["launch", "pub1", "dst"]);
+    assert_eq!(l.ok(&["exec", "dst", "--", "stat", "-c", "%a %u %g", "/root/marker"]), "640 1000 1000\n");
+    assert_eq!(l.ok(&["exec", "dst", "--", "cat", "/etc/hostname"]).trim(), "dst", "the hostname template re-renders");
+    l.ok(&["delete", "--force", "src", "dst"]);
+    l.ok(&["image", "delete", "pub1"]);
+}

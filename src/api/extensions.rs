@@ -22,4 +22,6 @@ pub const API_EXTENSIONS: &[&str] = &[
     "container_full",
     "instance_get_full",
     "file_get_symlink",
+    "image_compression_algorithm",
+    "image_create_aliases",
 ];

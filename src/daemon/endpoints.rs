@@ -455,7 +455,11 @@ pub fn image_create(d: &Daemon, req: &mut Request) -> Result<Response> {
     if ctype.starts_with("application/json") {
         let body: api::ImagesPost = json(req)?;
         let kind = body.source.as_ref().map(|s| s.kind.clone()).unwrap_or_default();
-        return Err(Error::not_yet(&format!("image creation from source {kind:?} (publish, copy and URL import)")));
+        return match kind.as_str() {
+            "instance" | "container" => super::instances::publish(d, body),
+            "snapshot" => Err(Error::not_yet("publishing snapshots")),
+            _ => Err(Error::not_yet(&format!("image creation from source {kind:?} (copy and URL import)"))),
+        };
     }
     let mut opts = image::ImportOpts {
         filename: req.header("X-LXD-filename").unwrap_or("").to_string(),

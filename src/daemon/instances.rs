@@ -862,6 +862,77 @@ fn watch(d: Arc<Daemon>, name: String) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Publish
+
+/// `POST /1.0/images` with source `instance`: pack a stopped instance into a new image.
+pub fn publish(d: &Daemon, body: api::ImagesPost) -> Result<Response> {
+    let src = body.source.clone().unwrap_or_default();
+    let name = src.name.clone();
+    if name.contains('/') {
+        return Err(Error::not_yet("publishing snapshots"));
+    }
+    let rec = record(d, &name)?;
+    if matches!(state_of(d, &name), State::Running { .. }) {
+        return Err(Error::BadRequest("The instance is running; stop it first (lxc publish --force does)".into()));
+    }
+    if rec.config.get("volatile.last_state.idmap").is_some_and(|v| v != "[]") {
+        return Err(Error::not_yet("publishing an instance whose rootfs is shifted"));
+    }
+    let algo = if body.compression_algorithm.is_empty() {
+        d.db.lock().expect("db lock").data.config.get("images.compression_algorithm").cloned().unwrap_or_default()
+    } else {
+        body.compression_algorithm.clone()
+    };
+    let compression = image::Compression::from_name(&algo)?;
+    d.busy_insert(&name, "publish")?;
+    let d2 = d.self_arc();
+    let res = resources(&name);
+    let op = d.ops.start(Class::Task, "Publishing instance", res, None, vec![], move |op| {
+        let r = publish_now(&d2, &name, &rec, &body, compression, &op);
+        d2.busy.lock().expect("busy lock").remove(&name);
+        r
+    });
+    Ok(response::operation(&op.to_api()))
+}
+
+fn publish_now(
+    d: &Daemon,
+    name: &str,
+    rec: &InstanceRecord,
+    body: &api::ImagesPost,
+    compression: image::Compression,
+    op: &super::operations::Op,
+) -> Result<()> {
+    let (meta, vol) = metadata_of(d, name)?;
+    let mut meta = meta;
+    meta.creation_date = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |t| t.as_secs() as i64);
+    meta.architecture = rec.architecture.clone();
+    meta.properties.extend(body.put.properties.clone());
+    let templates = vol.join("templates");
+    let opts = image::ImportOpts {
+        filename: body.filename.clone(),
+        public: body.put.public,
+        auto_update: false,
+        properties: body.put.properties.clone(),
+        profiles: if body.put.profiles.is_empty() { vec!["default".into()] } else { body.put.profiles.clone() },
+        ..Default::default()
+    };
+    let img = d.images.publish(&vol.join("rootfs"), &meta, templates.is_dir().then_some(templates.as_path()), compression, &opts)?;
+    for a in &body.aliases {
+        d.images.alias_create(&api::ImageAliasesEntry {
+            name: a.name.clone(),
+            description: a.description.clone(),
+            target: img.fingerprint.clone(),
+            kind: "container".into(),
+        })?;
+    }
+    op.set_metadata("fingerprint", serde_json::json!(img.fingerprint));
+    op.set_metadata("size", serde_json::json!(img.size));
+    d.events.lifecycle("image-created", &format!("/1.0/images/{}", img.fingerprint), serde_json::json!({}));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
 // Logs, metadata
 
 fn logs_list(d: &Daemon, name: &str) -> Result<Response> {
