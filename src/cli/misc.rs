@@ -368,8 +368,7 @@ mod tests {
 
     #[test]
     fn network_list_like_lxc() {
-        let Ok(text) = std::fs::read_to_string("/work/shared/reference/lxd-wire/api/networks_lxdbr0.json") else { return };
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let v: serde_json::Value = serde_json::from_str(include_str!("../../tests/cli_unit/networks_lxdbr0.json")).unwrap();
         let br: Network = serde_json::from_value(v["metadata"].clone()).unwrap();
         let eth = Network { name: "eth0".into(), kind: "physical".into(), ..Default::default() };
         let want = "\
