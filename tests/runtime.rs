@@ -100,9 +100,10 @@ impl Ct {
             env: vec![("PATH".into(), "/bin:/sbin".into()), ("container".into(), "bivy".into())],
             limits: Limits::default(),
             nesting: false,
-            seccomp_policy: String::new(),
+            seccomp_policy: bivy::runtime::seccomp::DEFAULT_POLICY.into(),
             apparmor_raw: String::new(),
             console_log: dir.join("console.log"),
+            cgroup: None,
         };
         Ct { dir, run, rootfs, spec }
     }

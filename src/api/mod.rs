@@ -140,7 +140,7 @@ pub struct StorageDriverInfo {
 /// `PUT`/`PATCH /1.0`.
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
 pub struct ServerPut {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub config: BTreeMap<String, serde_json::Value>,
 }
 
@@ -150,21 +150,21 @@ pub struct ServerPut {
 /// The writable part of an instance.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
 pub struct InstancePut {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub architecture: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub config: StringMap,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub devices: Devices,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub ephemeral: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub profiles: Vec<String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub restore: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub stateful: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub description: String,
 }
 
@@ -206,11 +206,11 @@ pub struct InstanceFull {
 pub struct InstancesPost {
     #[serde(flatten)]
     pub put: InstancesPostPut,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub name: String,
     #[serde(default)]
     pub source: InstanceSource,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub instance_type: String,
     #[serde(default, rename = "type")]
     pub kind: String,
@@ -225,14 +225,23 @@ pub struct InstancesPostPut {
     pub config: Option<StringMap>,
     #[serde(default)]
     pub devices: Option<Devices>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub ephemeral: bool,
     #[serde(default)]
     pub profiles: Option<Vec<String>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub stateful: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub description: String,
+}
+
+/// Go clients send `null` for empty maps and lists: treat it as empty.
+fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 /// pylxd sends `"architecture": "2"`, older clients a number: accept any scalar.
@@ -250,54 +259,54 @@ fn arch_any<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> 
 pub struct InstanceSource {
     #[serde(default, rename = "type")]
     pub kind: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub certificate: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub alias: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub fingerprint: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub properties: StringMap,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub server: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub secret: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub protocol: String,
     #[serde(default, rename = "base-image")]
     pub base_image: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub mode: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub operation: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub source: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub live: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub instance_only: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub container_only: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub refresh: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub project: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub allow_inconsistent: bool,
 }
 
 /// `POST /1.0/instances/NAME` (rename or migrate).
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
 pub struct InstancePost {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub migration: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub live: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub instance_only: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub container_only: bool,
 }
 
@@ -305,11 +314,11 @@ pub struct InstancePost {
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
 pub struct InstanceStatePut {
     pub action: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub timeout: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub force: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub stateful: bool,
 }
 
@@ -397,36 +406,36 @@ pub struct InstanceSnapshot {
 /// `POST /1.0/instances/NAME/exec`.
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
 pub struct InstanceExecPost {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub command: Vec<String>,
     #[serde(default, rename = "wait-for-websocket")]
     pub wait_for_websocket: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub interactive: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub environment: StringMap,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub width: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub height: i64,
     #[serde(default, rename = "record-output")]
     pub record_output: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub user: u32,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub group: u32,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub cwd: String,
 }
 
 /// A message on the exec control websocket.
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
 pub struct InstanceExecControl {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub command: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub args: StringMap,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub signal: i32,
 }
 
@@ -435,11 +444,11 @@ pub struct InstanceExecControl {
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
 pub struct ProfilePut {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub config: StringMap,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub description: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub devices: Devices,
 }
 
@@ -471,37 +480,37 @@ pub struct ProfilePost {
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
 pub struct ImageAlias {
     pub name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub description: String,
 }
 
 /// Where a cached image came from (`update_source`).
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
 pub struct ImageSource {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub alias: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub certificate: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub protocol: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub server: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub image_type: String,
 }
 
 /// The writable part of an image.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
 pub struct ImagePut {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub auto_update: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub properties: StringMap,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub public: bool,
     #[serde(default = "zero_time")]
     pub expires_at: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub profiles: Vec<String>,
 }
 
@@ -534,13 +543,13 @@ pub struct Image {
 pub struct ImagesPost {
     #[serde(flatten)]
     pub put: ImagePut,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub filename: String,
     #[serde(default)]
     pub source: Option<ImagesPostSource>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub compression_algorithm: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub aliases: Vec<ImageAlias>,
 }
 
@@ -549,34 +558,34 @@ pub struct ImagesPost {
 pub struct ImagesPostSource {
     #[serde(default, rename = "type")]
     pub kind: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub fingerprint: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub alias: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub server: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub protocol: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub certificate: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub secret: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub mode: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub url: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub project: String,
 }
 
 /// An alias as `/1.0/images/aliases/NAME` returns it.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
 pub struct ImageAliasesEntry {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub description: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub target: String,
     pub name: String,
     #[serde(default, rename = "type")]
@@ -586,9 +595,9 @@ pub struct ImageAliasesEntry {
 /// `PUT`/`PATCH /1.0/images/aliases/NAME`.
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
 pub struct ImageAliasesEntryPut {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub description: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub target: String,
 }
 
@@ -603,24 +612,24 @@ pub struct ImageAliasesEntryPost {
 pub struct ImageMetadata {
     pub architecture: String,
     pub creation_date: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub expiry_date: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub properties: StringMap,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub templates: BTreeMap<String, ImageMetadataTemplate>,
 }
 
 /// One entry of `templates` in metadata.yaml.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
 pub struct ImageMetadataTemplate {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub when: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub create_only: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub template: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub properties: StringMap,
 }
 
@@ -678,4 +687,17 @@ pub struct Network {
     pub managed: bool,
     pub status: String,
     pub locations: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn null_maps_are_empty() {
+        let p: ProfilesPost = serde_json::from_str(r#"{"name":"p1","config":null,"devices":null,"description":""}"#).unwrap();
+        assert!(p.put.config.is_empty() && p.put.devices.is_empty());
+        let i: InstancePut = serde_json::from_str(r#"{"config":null,"devices":null,"profiles":null}"#).unwrap();
+        assert!(i.profiles.is_empty());
+    }
 }

@@ -11,7 +11,6 @@
 //! `config set c1 k=v k2=v2`, `--flag=value`, `-` for stdin), argv is pre-split here.
 
 pub mod config;
-mod daemon_entry;
 pub mod exec;
 pub mod file;
 pub mod image;
@@ -167,11 +166,6 @@ pub fn main(args: Vec<String>) -> i32 {
         print!("{USAGE}");
         return 0;
     };
-    if verb == "daemon" {
-        let mut full = vec![verb];
-        full.extend(rest);
-        return daemon_entry::run(&full);
-    }
     if quiet {
         QUIET.store(true, std::sync::atomic::Ordering::Relaxed);
     }

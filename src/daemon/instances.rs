@@ -494,7 +494,12 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
         apply_live_limits(d, name);
     }
     d.events.lifecycle("instance-updated", &url(name), serde_json::json!({}));
-    Ok(response::empty())
+    if patch {
+        return Ok(response::empty());
+    }
+    // LXD answers a PUT with an operation (which `lxc config set` waits for).
+    let op = d.ops.start(Class::Task, "Updating instance", resources(name), None, vec![], |_| Ok(()));
+    Ok(response::operation(&op.to_api()))
 }
 
 /// Push the current limits to a running instance (after a config or profile change).
@@ -742,6 +747,7 @@ pub fn start(d: &Daemon, name: &str) -> Result<()> {
         seccomp_policy: seccomp_policy(&ec)?,
         apparmor_raw: ec.get("raw.apparmor").cloned().unwrap_or_default(),
         console_log: log_dir.join("console.log"),
+        cgroup: d.cgroup_suffix.as_ref().map(|sfx| format!("{name}.{sfx}")),
     };
     let run_dir = d.run_dir(name);
     if let Err(e) = runtime::start(&spec, &run_dir) {

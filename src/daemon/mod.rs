@@ -94,6 +94,9 @@ pub struct Daemon {
     pub busy: Mutex<HashMap<String, &'static str>>,
     pub host: Host,
     pub shutting_down: AtomicBool,
+    /// For a `$BIVY_DIR` other than the default, a short hash of it that keeps this daemon's
+    /// cgroups (`bivy/<name>.<hash>`) apart from another daemon's.
+    pub cgroup_suffix: Option<String>,
     connections: AtomicUsize,
     /// A weak handle on ourselves, for handlers that hand work to operation threads.
     me: std::sync::OnceLock<std::sync::Weak<Daemon>>,
@@ -208,6 +211,10 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
         busy: Mutex::new(HashMap::new()),
         host: Host::probe(),
         shutting_down: AtomicBool::new(false),
+        cgroup_suffix: (dir != Path::new("/var/lib/bivy")).then(|| {
+            let h = ring::digest::digest(&ring::digest::SHA256, dir.as_os_str().as_encoded_bytes());
+            response::hex(&h.as_ref()[..4])
+        }),
         connections: AtomicUsize::new(0),
         me: std::sync::OnceLock::new(),
     });

@@ -18,6 +18,10 @@ pub fn handle(d: &Daemon, req: &mut Request) -> Response {
 
 /// Read and parse a JSON body.
 pub fn json<T: serde::de::DeserializeOwned>(req: &mut Request) -> Result<T> {
+    // Refuse a declared oversized body before reading any of it.
+    if req.header("Content-Length").and_then(|v| v.trim().parse::<u64>().ok()).is_some_and(|n| n > MAX_JSON as u64) {
+        return Err(Error::PayloadTooLarge(format!("Request body larger than {MAX_JSON} bytes")));
+    }
     let body = req.read_body(MAX_JSON).map_err(|e| {
         if e.kind() == std::io::ErrorKind::InvalidData {
             Error::PayloadTooLarge(format!("Request body larger than {MAX_JSON} bytes"))

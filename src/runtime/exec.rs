@@ -159,7 +159,7 @@ fn run(run_dir: &Path, js: &str, sock: OwnedFd) -> std::result::Result<i32, (Own
         return Err((sock, Error(format!("container {} is not running", spec.name))));
     };
     // 2. Join the cgroup while the host's cgroupfs is still visible.
-    t!(confine::cgroup_add_pid(&spec.name, std::process::id() as i32));
+    t!(confine::cgroup_add_pid(spec.cgroup_name(), std::process::id() as i32));
     // 3. All of init's namespaces at once (setns with a pidfd is atomic).
     use nix::sched::CloneFlags as C;
     let mut ns = C::CLONE_NEWNS | C::CLONE_NEWPID | C::CLONE_NEWUTS | C::CLONE_NEWIPC | C::CLONE_NEWNET | C::CLONE_NEWCGROUP;

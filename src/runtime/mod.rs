@@ -98,6 +98,17 @@ pub struct Spec {
     pub apparmor_raw: String,
     /// Host path of the console log the monitor writes (the console pty's output).
     pub console_log: PathBuf,
+    /// The cgroup name under `bivy/` when it differs from `name` (several daemons on one host,
+    /// e.g. tests, must not share cgroups).
+    #[serde(default)]
+    pub cgroup: Option<String>,
+}
+
+impl Spec {
+    /// The cgroup this container lives in, below `bivy/`.
+    pub fn cgroup_name(&self) -> &str {
+        self.cgroup.as_deref().unwrap_or(&self.name)
+    }
 }
 
 /// A recorded end of a container.
@@ -232,23 +243,23 @@ pub fn stop(run_dir: &Path, mode: StopMode) -> Result<()> {
 
 pub fn freeze(run_dir: &Path) -> Result<()> {
     let spec = monitor::running_spec(run_dir)?;
-    confine::cgroup_freeze(&spec.name)
+    confine::cgroup_freeze(spec.cgroup_name())
 }
 
 pub fn unfreeze(run_dir: &Path) -> Result<()> {
     let spec = monitor::running_spec(run_dir)?;
-    confine::cgroup_thaw(&spec.name)
+    confine::cgroup_thaw(spec.cgroup_name())
 }
 
 /// Apply new limits to a running container.
 pub fn set_limits(run_dir: &Path, limits: &Limits) -> Result<()> {
     let spec = monitor::running_spec(run_dir)?;
-    confine::cgroup_set_limits(&spec.name, limits)
+    confine::cgroup_set_limits(spec.cgroup_name(), limits)
 }
 
 pub fn stats(run_dir: &Path) -> Result<Stats> {
     match monitor::running_spec(run_dir) {
-        Ok(spec) => Ok(confine::cgroup_stats(&spec.name)),
+        Ok(spec) => Ok(confine::cgroup_stats(spec.cgroup_name())),
         Err(_) => Ok(Stats::default()),
     }
 }

@@ -144,7 +144,7 @@ pub fn state(run_dir: &Path) -> Result<State> {
     let monitor = live_pid(&run_dir.join(files::MONITOR_PID));
     let init = live_pid(&run_dir.join(files::INIT_PID));
     if let (Some(monitor_pid), Some(init_pid)) = (monitor, init) {
-        let frozen = read_spec(run_dir).map(|s| confine::cgroup_is_frozen(&s.name)).unwrap_or(false);
+        let frozen = read_spec(run_dir).map(|s| confine::cgroup_is_frozen(s.cgroup_name())).unwrap_or(false);
         return Ok(State::Running { init_pid, monitor_pid, frozen });
     }
     let p = run_dir.join(files::EXIT);
@@ -192,10 +192,10 @@ fn cleanup_dead_monitor(run_dir: &Path) {
         return;
     }
     if let Ok(spec) = read_spec(run_dir) {
-        let _ = confine::cgroup_thaw(&spec.name);
-        let _ = confine::cgroup_kill_all(&spec.name);
+        let _ = confine::cgroup_thaw(spec.cgroup_name());
+        let _ = confine::cgroup_kill_all(spec.cgroup_name());
         for _ in 0..100 {
-            if confine::cgroup_remove(&spec.name).is_ok() {
+            if confine::cgroup_remove(spec.cgroup_name()).is_ok() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -221,8 +221,8 @@ pub fn stop(run_dir: &Path, mode: StopMode) -> Result<()> {
     let init = live_pidfd(&run_dir.join(files::INIT_PID));
     let req = run_dir.join(files::STOP_REQUEST);
     // A frozen container can neither handle a signal nor die: thaw it first (no-op otherwise).
-    if confine::cgroup_is_frozen(&spec.name) {
-        let _ = confine::cgroup_thaw(&spec.name);
+    if confine::cgroup_is_frozen(spec.cgroup_name()) {
+        let _ = confine::cgroup_thaw(spec.cgroup_name());
     }
     if let StopMode::Clean(timeout) = mode {
         replace_file(&req, b"clean")?;
@@ -238,12 +238,12 @@ pub fn stop(run_dir: &Path, mode: StopMode) -> Result<()> {
     replace_file(&req, b"force")?;
     // Kill everything in the cgroup (also exec'd processes), and init itself: its death tears down
     // the whole pid namespace even if the cgroup kill missed something.
-    let cg = confine::cgroup_kill_all(&spec.name);
+    let cg = confine::cgroup_kill_all(spec.cgroup_name());
     if let Some((_, fd)) = &init {
         let _ = sys::pidfd_send_raw(fd.as_fd(), libc::SIGKILL);
     }
     // Frozen meanwhile (or kill_all froze it): pending SIGKILLs act only once thawed.
-    let _ = confine::cgroup_thaw(&spec.name);
+    let _ = confine::cgroup_thaw(spec.cgroup_name());
     if !wait_pidfd(&mon, Duration::from_secs(30)) {
         return Err(Error(format!("monitor of {} did not exit after the kill ({cg:?})", spec.name)));
     }
@@ -357,11 +357,11 @@ fn teardown(spec: &Spec, p: &Prepared) {
     if p.cgroup {
         // The processes of a dead pid namespace exit asynchronously; retry until the cgroup is empty.
         for i in 0..200 {
-            if confine::cgroup_remove(&spec.name).is_ok() {
+            if confine::cgroup_remove(spec.cgroup_name()).is_ok() {
                 break;
             }
             if i % 20 == 0 {
-                let _ = confine::cgroup_kill_all(&spec.name);
+                let _ = confine::cgroup_kill_all(spec.cgroup_name());
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -476,7 +476,7 @@ fn setup(run_dir: &Path, spec: &Spec, prep: &mut Prepared) -> Result<(i32, Owned
 
     trace(t0, "before step 6");
     // 6. The cgroup (owned by container root for delegation when unprivileged).
-    confine::cgroup_create(&spec.name, &spec.limits, (!privileged).then_some(owner))?;
+    confine::cgroup_create(spec.cgroup_name(), &spec.limits, (!privileged).then_some(owner))?;
     prep.cgroup = true;
 
     trace(t0, "before step 7");
@@ -524,7 +524,7 @@ fn setup(run_dir: &Path, spec: &Spec, prep: &mut Prepared) -> Result<(i32, Owned
     if !privileged {
         userns::write_maps(pid, &spec.uid_map, &spec.gid_map).map_err(kill_child)?;
     }
-    confine::cgroup_add_pid(&spec.name, pid).map_err(kill_child)?;
+    confine::cgroup_add_pid(spec.cgroup_name(), pid).map_err(kill_child)?;
     chan::send(&psock, &Msg::Go, None).map_err(kill_child)?;
     match chan::recv(&psock).map_err(kill_child)? {
         None => {}

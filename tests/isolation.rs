@@ -1,0 +1,192 @@
+//! The isolation core, proven from inside real containers started through the daemon and driven
+//! by the unmodified `lxc` client: seccomp, /proc and /sys, devices, clock, hostname, id maps,
+//! cgroup limits, and a Debian 12 image with systemd booting unprivileged to "running".
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Daemon;
+
+struct Lxc<'a> {
+    d: &'a Daemon,
+    conf: std::path::PathBuf,
+}
+
+impl Lxc<'_> {
+    fn new(d: &Daemon) -> Lxc<'_> {
+        let conf = d.tmp().join("lxc-conf");
+        std::fs::create_dir_all(&conf).expect("lxc conf");
+        Lxc { d, conf }
+    }
+    fn run(&self, args: &[&str]) -> Output {
+        let mut c = Command::new("lxc");
+        c.args(args).env("LXD_SOCKET", self.d.socket()).env("LXD_CONF", &self.conf).stdin(Stdio::null());
+        common::run_bounded(&mut c, Duration::from_secs(300)).expect("run lxc")
+    }
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "lxc {args:?} failed ({}):\nstdout: {}\nstderr: {}\ndaemon log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.d.log_text()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+    /// `sh -c SCRIPT` in the container: (exit code, stdout + stderr).
+    fn sh(&self, ct: &str, script: &str) -> (i32, String) {
+        let out = self.run(&["exec", ct, "--", "sh", "-c", script]);
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        (out.status.code().unwrap_or(-1), text)
+    }
+    fn init_pid(&self, ct: &str) -> i32 {
+        self.ok(&["list", ct, "--format", "csv", "-c", "p"]).trim().parse().expect("pid")
+    }
+}
+
+fn prerequisites() -> bool {
+    if !common::require_root() {
+        return false;
+    }
+    if !common::have_cmd("lxc") {
+        common::skip(&common::current_test_name(), "needs the lxc client (apt-get install lxd-client)");
+        return false;
+    }
+    true
+}
+
+fn busybox(l: &Lxc<'_>) {
+    let img = common::busybox_image();
+    l.ok(&["image", "import", img.to_str().expect("utf-8"), "--alias", "busybox"]);
+}
+
+fn host_uid_of(pid: i32) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let line = status.lines().find(|l| l.starts_with("Uid:")).expect("Uid line");
+    line.split_whitespace().nth(1).expect("uid").parse().expect("uid number")
+}
+
+#[test]
+fn busybox_container_is_confined() {
+    if !prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    busybox(&l);
+    l.ok(&["launch", "busybox", "b1"]);
+
+    // Container root is an unprivileged, high host uid.
+    let pid = l.init_pid("b1");
+    assert!(host_uid_of(pid) >= 100_000, "container init runs as host uid {}", host_uid_of(pid));
+    assert_eq!(l.sh("b1", "id -u").1.trim(), "0");
+
+    // Host processes and disks are invisible.
+    let (_, ps) = l.sh("b1", "ps -o pid | wc -l");
+    assert!(ps.trim().parse::<u32>().expect("count") < 10, "sees {ps} processes");
+    let (_, devs) = l.sh("b1", "ls -l /dev | grep '^b' | wc -l");
+    assert_eq!(devs.trim(), "0", "block devices visible in /dev");
+
+    // Device nodes, clock, /proc, /sys, hostname.
+    let (rc, out) = l.sh("b1", "mknod /root/sda b 8 0");
+    assert_ne!(rc, 0, "mknod of a block device worked: {out}");
+    // (busybox date reports the failure but exits 0.)
+    let (rc, out) = l.sh("b1", "date -s 2000-01-01");
+    assert!(rc != 0 || out.contains("Operation not permitted"), "setting the clock worked: {out}");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    assert!(now > 1_700_000_000, "the host clock moved");
+    for path in ["/proc/sysrq-trigger", "/proc/sys/vm/drop_caches", "/sys/kernel/uevent_helper", "/proc/sys/kernel/panic"] {
+        let (rc, out) = l.sh("b1", &format!("echo 1 > {path}"));
+        assert_ne!(rc, 0, "writing {path} worked: {out}");
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    l.sh("b1", "hostname changed-inside");
+    assert_eq!(std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname"), host);
+    assert_eq!(l.sh("b1", "hostname").1.trim(), "changed-inside");
+    let (rc, _) = l.sh("b1", "echo ok > /dev/null && head -c 4 /dev/urandom | wc -c");
+    assert_eq!(rc, 0, "/dev/null or /dev/urandom unusable");
+
+    // Forced unmount is refused by seccomp.
+    let (rc, out) = l.sh("b1", "mount -t tmpfs tmpfs /mnt && umount -f /mnt");
+    assert_ne!(rc, 0, "umount -f worked: {out}");
+
+    // Seccomp is on, without no_new_privs (setuid programs keep working).
+    let (_, st) = l.sh("b1", "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status");
+    assert!(st.contains("Seccomp:\t2") && st.contains("NoNewPrivs:\t0"), "{st}");
+
+    l.ok(&["delete", "--force", "b1"]);
+}
+
+#[test]
+fn limits_contain_memory_hogs_and_fork_floods() {
+    if !prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    busybox(&l);
+    l.ok(&["launch", "busybox", "lim", "-c", "limits.memory=64MiB", "-c", "limits.processes=20"]);
+    // 200 MB through a pipe into tail, which must hold it all: the OOM killer ends tail, not the host.
+    let (rc, out) = l.sh("lim", "head -c 200000000 /dev/zero | tail -c 200000000 > /dev/null");
+    assert_ne!(rc, 0, "a 200 MB hog survived a 64 MiB limit: {out}");
+    let (rc, out) = l.sh("lim", "i=0; while [ $i -lt 40 ]; do sleep 30 & i=$((i+1)); done 2>&1; echo spawned");
+    assert!(out.contains("fork") || out.contains("Resource temporarily unavailable") || rc != 0, "40 processes under limits.processes=20: {out}");
+    // Limits change live.
+    l.ok(&["config", "set", "lim", "limits.memory", "300MiB"]);
+    let (rc, out) = l.sh("lim", "head -c 200000000 /dev/zero | tail -c 200000000 > /dev/null; echo done");
+    assert!(rc == 0 && out.contains("done"), "raised limit not applied: {out}");
+    l.ok(&["delete", "--force", "lim"]);
+}
+
+#[test]
+fn debian_with_systemd_boots_unprivileged() {
+    if !prerequisites() {
+        return;
+    }
+    let Some(img) = common::debian_image() else {
+        common::skip(&common::current_test_name(), "no Debian image (cargo xtask test-image debian)");
+        return;
+    };
+    let d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    l.ok(&["image", "import", img.to_str().expect("utf-8"), "--alias", "debian"]);
+    l.ok(&["launch", "debian", "deb"]);
+    let t = Instant::now();
+    let state = loop {
+        let (_, s) = l.sh("deb", "systemctl is-system-running");
+        let s = s.trim().to_string();
+        if s == "running" || s == "degraded" || t.elapsed() > Duration::from_secs(120) {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!("debian reached {state:?} {:?} after launch", t.elapsed());
+    let (_, failed) = l.sh("deb", "systemctl --failed --no-legend --plain");
+    assert_eq!(state, "running", "failed units: {failed}");
+    assert_eq!(failed.trim(), "");
+
+    // Seccomp from inside: module loading, kexec and open_by_handle_at get EPERM.
+    // x86_64 numbers: init_module 175, delete_module 176, kexec_load 246, open_by_handle_at 304,
+    // finit_module 313, kexec_file_load 320.
+    let (_, out) = l.sh(
+        "deb",
+        "perl -e 'for my $n (175,176,246,304,313,320) { my $r = syscall($n,0,0,0,0,0); print \"$n=\", ($r == -1 ? $!+0 : \"ok\"), \"\\n\" }'",
+    );
+    for n in ["175", "176", "246", "304", "313", "320"] {
+        assert!(out.contains(&format!("{n}=1\n")), "syscall {n} not refused with EPERM: {out}");
+    }
+
+    // A clean stop powers systemd off (SIGRTMIN+3), not a kill.
+    let t = Instant::now();
+    l.ok(&["stop", "deb"]);
+    eprintln!("clean stop took {:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(30));
+    let log = String::from_utf8_lossy(&l.run(&["info", "deb", "--show-log"]).stdout).into_owned();
+    assert!(!log.contains("killed"), "systemd was killed rather than powered off: {log}");
+    l.ok(&["delete", "deb"]);
+}
