@@ -354,6 +354,10 @@ pub fn remote(args: &[String]) -> CmdResult {
             print!("{}", table::render(&["NAME", "URL", "PROTOCOL", "AUTH TYPE", "PUBLIC", "STATIC", "GLOBAL"], &rows));
             Ok(0)
         }
+        Some("-h" | "--help") => {
+            println!("Usage:\n  bivy remote [list|get-default]\n\nOnly the local server exists; other remotes are not supported yet.");
+            Ok(0)
+        }
         Some("get-default") => {
             println!("local");
             Ok(0)
