@@ -658,6 +658,10 @@ pub fn render_list(instances: &[InstanceFull], columns: &str, format: Format) ->
     let cols: Vec<char> = columns.chars().filter(|c| *c != ',').collect();
     let mut headers = Vec::new();
     for c in &cols {
+        if *c == 'L' {
+            // bivy is never clustered.
+            return fail("Can't specify column L when not clustered");
+        }
         match column_header(*c) {
             Some(h) => headers.push(h),
             None => return fail(format!("Unknown column shorthand char '{c}' in '{columns}'")),
