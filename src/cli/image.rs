@@ -1,7 +1,7 @@
 //! `image list|import|info|show|edit|delete|export|alias|copy` and `publish` (api §1.8).
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use argh::FromArgs;
@@ -205,26 +205,6 @@ fn list(args: &[String]) -> CmdResult {
     Ok(0)
 }
 
-fn progress(label: &'static str, total: u64) -> Box<dyn FnMut(u64) + Send> {
-    let show = !super::quiet() && super::is_tty(1);
-    let mut last = u64::MAX;
-    Box::new(move |done| {
-        if !show || total == 0 {
-            return;
-        }
-        let pct = done * 100 / total;
-        if pct != last {
-            last = pct;
-            print!("\r{label}: {pct}%");
-            let _ = io::stdout().flush();
-            if done >= total {
-                print!("\r{}\r", " ".repeat(label.len() + 8));
-                let _ = io::stdout().flush();
-            }
-        }
-    })
-}
-
 /// Create (or with `reuse`, replace) aliases pointing at `fp`.
 fn create_aliases(c: &Client, fp: &str, aliases: &[String], reuse: bool) -> Result<(), Fail> {
     if aliases.is_empty() {
@@ -287,7 +267,7 @@ fn import(args: &[String]) -> CmdResult {
             let (f, len) = open(first)?;
             headers.push(("Content-Type".into(), "application/octet-stream".into()));
             headers.push(("X-LXD-filename".into(), base(first)));
-            Body::Reader(Box::new(ProgressReader::new(f, progress("Transferring image", len))), Some(len))
+            Body::Reader(Box::new(ProgressReader::new(f, super::progress("Transferring image".into(), len))), Some(len))
         }
         Some(r) => {
             let (mf, mlen) = open(first)?;
@@ -301,7 +281,7 @@ fn import(args: &[String]) -> CmdResult {
             );
             headers.push(("Content-Type".into(), m.content_type.clone()));
             let len = m.len;
-            Body::Reader(Box::new(ProgressReader::new(m, progress("Transferring image", len))), Some(len))
+            Body::Reader(Box::new(ProgressReader::new(m, super::progress("Transferring image".into(), len))), Some(len))
         }
     };
     let c = client()?;
