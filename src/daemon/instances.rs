@@ -310,7 +310,14 @@ fn create_now(
     } else {
         cfg.insert("volatile.idmap.base".into(), map.uid.first().map_or(0, |e| e.hostid).to_string());
         cfg.insert("volatile.idmap.next".into(), map.to_volatile());
-        cfg.insert("volatile.last_state.idmap".into(), "[]".into());
+        // Idmapped mounts where the filesystem has them (no chown); otherwise shift the ids on
+        // disk once and record the map they were shifted to (LXD's volatile.last_state.idmap).
+        if runtime::rootfs_supports_idmap(&tmp) {
+            cfg.insert("volatile.last_state.idmap".into(), "[]".into());
+        } else {
+            runtime::shift_rootfs(&tmp.join("rootfs"), &map.uid, &map.gid)?;
+            cfg.insert("volatile.last_state.idmap".into(), map.to_volatile());
+        }
     }
     std::fs::rename(&tmp, &final_dir).map_err(|e| Error::Internal(format!("{}: {e}", final_dir.display())))?;
     revert.0 = Some(final_dir.clone());
@@ -381,6 +388,9 @@ pub fn route(d: &Daemon, req: &mut Request, name: &str, sub: &[&str]) -> Result<
         }
         (["metadata"], "GET") => metadata_get(d, name),
         (["metadata", "templates"], "GET") => templates(d, req, name),
+        (["metadata"], "PUT" | "PATCH") | (["metadata", "templates"], "POST" | "PUT" | "DELETE") => {
+            Err(Error::not_yet("editing instance metadata and templates"))
+        }
         (["snapshots"], "GET") => {
             record(d, name)?;
             Ok(response::sync(&Vec::<String>::new()))

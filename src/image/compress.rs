@@ -231,6 +231,20 @@ mod tests {
     }
 
     #[test]
+    fn legacy_lzma_decodes() {
+        let data = b"lzma alone payload ".repeat(1000);
+        let opts = liblzma::stream::LzmaOptions::new_preset(6).unwrap();
+        let stream = liblzma::stream::Stream::new_lzma_encoder(&opts).unwrap();
+        let mut enc = liblzma::write::XzEncoder::new_stream(Vec::new(), stream);
+        enc.write_all(&data).unwrap();
+        let z = enc.finish().unwrap();
+        assert_eq!(sniff(&z), Format::Lzma);
+        let mut out = Vec::new();
+        decoder(Format::Lzma, Box::new(&z[..])).unwrap().read_to_end(&mut out).unwrap();
+        assert_eq!(out, data);
+    }
+
+    #[test]
     fn compression_names() {
         for n in ["gzip", "xz", "zstd", "bzip2", "none"] {
             assert_eq!(Compression::from_name(n).unwrap().name(), n);

@@ -2,9 +2,20 @@
 //! metadata.yaml, safe unpacking, templates, publish and export.
 //!
 //! Layout under the store directory (`$BIVY_DIR/images`): `<fp>` (the unified tarball or the
-//! metadata tarball), `<fp>.rootfs` (split images), `<fp>.json` (the `api::Image` record),
-//! `aliases.json`. Every write is atomic (temp file, fsync, rename, fsync dir); an interrupted
-//! import leaves only `*.tmp*` files that `Store::open` removes.
+//! metadata tarball), `<fp>.rootfs` (split images), `<fp>.metadata.yaml` (a copy, so lookups need
+//! not decode the tarball), `<fp>.json` (the `api::Image` record),
+//! `aliases.json`, `.lock` (flock taken while records change). Every write is atomic (temp file,
+//! fsync, rename, fsync dir); an interrupted import leaves only `.import-<pid>-<n>.tmp` files that
+//! `Store::open` removes once their process is gone.
+//!
+//! Import: the upload is streamed into temp files in the store directory while hashed (sha256 of
+//! the file, or of metadata‖rootfs), then the whole tarball is decoded and read to its end
+//! (truncation and corruption are caught here, not at unpack time), metadata.yaml is validated,
+//! and under the lock the data files are renamed into place and `<fp>.json` written last: the
+//! record is the commit point, so `list` never shows an image whose files are missing. Any early
+//! return removes the temp files (a drop guard).
+//!
+//! Unpack and templates never write outside their target directory: see `unpack.rs`.
 //!
 //! INTERFACE CONTRACT (the daemon relies on these; keep the signatures): `Store` and its methods,
 //! `Upload`, `ImportOpts`, `UnpackOpts`, `Error`, `template::Context`, `apply_templates`.
@@ -84,7 +95,8 @@ pub struct ImportOpts {
 pub struct UnpackOpts {
     /// Skip device nodes (unprivileged containers cannot use them), logging each one.
     pub skip_devices: bool,
-    /// Refuse an image whose expanded size passes this many bytes.
+    /// Refuse an image whose expanded size (apparent sizes of its files) passes this many bytes;
+    /// 0 means no limit.
     pub max_bytes: u64,
 }
 
@@ -245,6 +257,9 @@ fn scan(path: &Path, kind: ScanKind, stop_at_metadata: bool) -> Result<(Option<V
                 }
             }
             [b"rootfs", ..] => rootfs = true,
+            [b"rootfs.img"] => {
+                return Err(Error::BadRequest("not supported yet: virtual-machine images (rootfs.img)".into()))
+            }
             _ => {}
         }
     }
@@ -276,6 +291,10 @@ impl Store {
     }
     fn data_path(&self, fp: &str) -> PathBuf {
         self.dir.join(fp)
+    }
+    /// A copy of metadata.yaml, so `metadata` need not decode the tarball.
+    fn yaml_path(&self, fp: &str) -> PathBuf {
+        self.dir.join(format!("{fp}.metadata.yaml"))
     }
     fn rootfs_path(&self, fp: &str) -> PathBuf {
         self.dir.join(format!("{fp}.rootfs"))
@@ -484,9 +503,12 @@ impl Store {
         let dst = self.data_path(fp);
         std::fs::rename(&meta_tmp, &dst).map_err(|e| internal(dst.display(), e))?;
         temps.keep();
-        if let Err(e) = self.write_record(&img) {
-            let _ = std::fs::remove_file(self.data_path(fp));
-            let _ = std::fs::remove_file(self.rootfs_path(fp));
+        let yaml = self.yaml_path(fp);
+        let res = atomic_write(&yaml, &meta_yaml).map_err(|e| internal(yaml.display(), e));
+        if let Err(e) = res.and_then(|()| self.write_record(&img)) {
+            for p in [self.data_path(fp), self.rootfs_path(fp), yaml] {
+                let _ = std::fs::remove_file(p);
+            }
             return Err(e);
         }
         let _ = sync_dir(&self.dir);
@@ -543,7 +565,7 @@ impl Store {
         }
         let rec = self.record_path(&fp);
         std::fs::remove_file(&rec).map_err(|e| internal(rec.display(), e))?;
-        for p in [self.data_path(&fp), self.rootfs_path(&fp)] {
+        for p in [self.data_path(&fp), self.rootfs_path(&fp), self.yaml_path(&fp)] {
             match std::fs::remove_file(&p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -564,6 +586,9 @@ impl Store {
     /// The parsed metadata.yaml.
     pub fn metadata(&self, fingerprint: &str) -> Result<api::ImageMetadata> {
         let fp = self.resolve(fingerprint)?;
+        if let Ok(yaml) = std::fs::read(self.yaml_path(&fp)) {
+            return metadata::parse(&yaml);
+        }
         let kind = if self.rootfs_path(&fp).exists() { ScanKind::Metadata } else { ScanKind::Unified };
         let (meta, _) = scan(&self.data_path(&fp), kind, true)?;
         let meta = meta.ok_or_else(|| Error::Internal(format!("image {fp}: metadata.yaml is missing")))?;
@@ -804,4 +829,37 @@ pub fn apply_templates(
             .map_err(|e| Error::Internal(format!("template target {path}: {e}")))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_paths() {
+        type Case<'a> = (&'a [u8], Option<&'a [&'a [u8]]>);
+        let cases: &[Case] = &[
+            (b"rootfs/bin/sh", Some(&[b"rootfs", b"bin", b"sh"])),
+            (b"./rootfs/./etc/", Some(&[b"rootfs", b"etc"])),
+            (b"metadata.yaml", Some(&[b"metadata.yaml"])),
+            (b"./", Some(&[])),
+            (b"rootfs//x", Some(&[b"rootfs", b"x"])),
+            (b"/etc/passwd", None),
+            (b"rootfs/../../evil", None),
+            (b"..", None),
+            (b"a/..b", Some(&[b"a", b"..b"])),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(clean_path(raw).as_deref(), *want, "{}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    #[test]
+    fn temp_file_owners() {
+        let me = std::process::id();
+        assert!(owner_alive(&format!(".import-{me}-3.tmp")));
+        assert!(owner_alive(&format!(".aliases.json.tmp{me}")));
+        assert!(!owner_alive(".import-999999999-3.tmp"));
+        assert!(!owner_alive(".x.tmpjunk"));
+    }
 }

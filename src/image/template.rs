@@ -521,11 +521,14 @@ fn keyword(tag: &str) -> (&str, &str) {
     }
 }
 
+/// The tag that ended a block: keyword, rest of the tag, line.
+type StopTag = (String, String, usize);
+
 /// Parse nodes until one of `stops` (a tag keyword); returns the nodes and the stop tag met.
 fn parse_nodes(
     pieces: &mut std::iter::Peekable<std::vec::IntoIter<Piece>>,
     stops: &[&str],
-) -> R<(Vec<Node>, Option<(String, String, usize)>)> {
+) -> R<(Vec<Node>, Option<StopTag>)> {
     let mut nodes = Vec::new();
     while let Some(p) = pieces.next() {
         match p {

@@ -67,13 +67,13 @@ pub(crate) fn walk(root: &OwnedFd, dirs: &[&[u8]], create: bool, whole: &[&[u8]]
         .map_err(|e| Error::Internal(format!("reopening the target directory: {e}")))?;
     for c in dirs {
         let open = |cur: &OwnedFd| {
-            rustix::fs::openat2(
-                cur,
-                *c,
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-                resolve_flags(),
-            )
+            let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            match rustix::fs::openat2(cur, *c, flags, Mode::empty(), resolve_flags()) {
+                // Kernels before 5.6: for one clean component (no `/`, no `..`), O_NOFOLLOW |
+                // O_DIRECTORY gives the same guarantee.
+                Err(Errno::NOSYS) => rustix::fs::openat(cur, *c, flags, Mode::empty()),
+                r => r,
+            }
         };
         let next = match open(&cur) {
             Ok(fd) => fd,
@@ -196,6 +196,9 @@ impl<'a> Extractor<'a> {
                 rustix::fs::unlinkat(&parent, *name, flags).map_err(|e| bad(format!("cannot replace {rel_s}: {e}")))?;
             }
         }
+        // Whatever was at this path is gone: it is no longer a valid hard link target.
+        let key = rel.join(&b'/');
+        self.files.remove(&key);
         let io_err = |e: &dyn std::fmt::Display| Error::Internal(format!("unpacking {rel_s}: {e}"));
         let owner = |m: &Meta| (Some(Uid::from_raw(m.uid)), Some(Gid::from_raw(m.gid)));
         match kind {
@@ -226,7 +229,7 @@ impl<'a> Extractor<'a> {
                 rustix::fs::fchmod(&f, Mode::from_raw_mode(meta.mode)).map_err(|e| io_err(&e))?;
                 set_xattrs(&f, &meta, &rel_s)?;
                 rustix::fs::futimens(&f, &ts(meta.mtime, meta.mtime_nsec)).map_err(|e| io_err(&e))?;
-                self.files.insert(rel.join(&b'/'));
+                self.files.insert(key);
             }
             T::Symlink => {
                 let target = entry
@@ -265,7 +268,7 @@ impl<'a> Extractor<'a> {
                 let (tname, tparents) = target.split_last().expect("non-empty target");
                 let tparent = walk(&self.root, tparents, false, target)?;
                 rustix::fs::linkat(&tparent, *tname, &parent, *name, AtFlags::empty()).map_err(|e| io_err(&e))?;
-                self.files.insert(rel.join(&b'/'));
+                self.files.insert(key);
             }
             T::Char | T::Block | T::Fifo => {
                 let ft = match kind {
@@ -378,7 +381,11 @@ impl Drop for RemoveDirs {
     }
 }
 
+/// Create the target directory (its parents as needed); it must not exist.
 fn create_target(dir: &Path) -> Result<()> {
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| Error::Internal(format!("{}: {e}", parent.display())))?;
+    }
     std::fs::create_dir(dir).map_err(|e| match e.kind() {
         io::ErrorKind::AlreadyExists => Error::Conflict(format!("{} already exists", dir.display())),
         _ => Error::Internal(format!("{}: {e}", dir.display())),
