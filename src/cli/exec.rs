@@ -94,12 +94,14 @@ fn signal_message(sig: i32) -> String {
 }
 
 /// Copy websocket binary frames to `out` until a text frame (EOF barrier), a close or an error.
-fn pump_out(mut rx: Receiver, mut out: impl Write) {
+/// Returns false when the local side could not be written (e.g. a closed pipe).
+fn pump_out(mut rx: Receiver, mut out: impl Write) -> bool {
     while let Ok(Message::Binary(b)) = rx.recv() {
         if out.write_all(&b).and_then(|_| out.flush()).is_err() {
-            break;
+            return false;
         }
     }
+    true
 }
 
 /// Copy stdin to the websocket as binary frames, then (when `barrier`) send the empty text frame.
@@ -258,14 +260,18 @@ fn run_blocked(c: &Client, name: &str, req: InstanceExecPost, interactive: bool,
             // Interactive: fd 0 carries the pty output back. Once the server's write barrier
             // arrives, close our direction too: the server finishes the operation only when both
             // directions of the pty mirror are done (the local stdin may never reach EOF).
-            pump_out(rx0, stdout);
+            let _ = pump_out(rx0, stdout);
             let _ = tx0.close(1000);
         }
         Some(((tx1, rx1), (tx2, rx2))) => {
             thread::spawn(move || drain(rx0));
             let t1 = thread::spawn(move || pump_out(rx1, stdout));
             let t2 = thread::spawn(move || pump_out(rx2, stderr));
-            let _ = t1.join();
+            if !t1.join().unwrap_or(true) {
+                // Our stdout is gone (`bivy exec c -- yes | head -1`): stop like a process killed
+                // by SIGPIPE. The server sees the control socket close and kills the command.
+                return Err(Fail::Exit(141));
+            }
             let _ = t2.join();
             let _ = tx1.close(1000);
             let _ = tx2.close(1000);

@@ -204,7 +204,9 @@ fn push_one(c: &Client, name: &str, src: &Path, dest: &str, meta: &fs::Metadata,
     }
     let f = File::open(src).map_err(|e| Fail::Error(super::io_error("open", src, &e)))?;
     let len = f.metadata()?.len();
-    post_file(c, name, dest, "file", Owner { uid, gid, mode }, Body::Reader(Box::new(f), Some(len)))
+    let progress = super::progress(format!("Pushing {} to {dest}", src.display()), len);
+    let body = Body::Reader(Box::new(crate::client::ProgressReader::new(f, progress)), Some(len));
+    post_file(c, name, dest, "file", Owner { uid, gid, mode }, body)
 }
 
 fn push_tree(c: &Client, name: &str, src: &Path, dest: &str, a: &PushArgs, forced: Option<u32>) -> Result<(), Fail> {

@@ -658,6 +658,10 @@ pub fn render_list(instances: &[InstanceFull], columns: &str, format: Format) ->
     let cols: Vec<char> = columns.chars().filter(|c| *c != ',').collect();
     let mut headers = Vec::new();
     for c in &cols {
+        if *c == 'L' {
+            // bivy is never clustered.
+            return fail("Can't specify column L when not clustered");
+        }
         match column_header(*c) {
             Some(h) => headers.push(h),
             None => return fail(format!("Unknown column shorthand char '{c}' in '{columns}'")),
@@ -873,24 +877,32 @@ pub fn info(args: &[String]) -> CmdResult {
 mod tests {
     use super::*;
 
-    const REF: &str = "/work/shared/reference/lxd-wire";
+    /// Fixtures copied from shared/reference/lxd-wire (see tests/cli_unit/README.md).
+    fn fixture(name: &str) -> &'static str {
+        match name {
+            "list.txt" => include_str!("../../tests/cli_unit/list.txt"),
+            "list_fast.txt" => include_str!("../../tests/cli_unit/list_fast.txt"),
+            "instances_recursion2.json" => include_str!("../../tests/cli_unit/instances_recursion2.json"),
+            other => panic!("no fixture {other}"),
+        }
+    }
 
     fn reference_instances() -> Option<Vec<InstanceFull>> {
-        let text = std::fs::read_to_string(format!("{REF}/api/instances_recursion2.json")).ok()?;
-        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let text = fixture("instances_recursion2.json");
+        let v: serde_json::Value = serde_json::from_str(text).ok()?;
         let list = v.get("metadata").cloned().unwrap_or(v);
         Some(serde_json::from_value(list).expect("reference list parses"))
     }
 
     /// The table printed at the end of a reference `lxc` session.
     fn reference_table(file: &str) -> Option<String> {
-        let text = std::fs::read_to_string(format!("{REF}/{file}")).ok()?;
+        let text = fixture(file);
         Some(text.lines().filter(|l| l.starts_with('+') || l.starts_with('|')).map(|l| format!("{l}\n")).collect())
     }
 
     /// The instance list the server sent in a reference session (logged Go-quoted by `lxc --debug`).
     fn session_instances(file: &str) -> Option<Vec<InstanceFull>> {
-        let text = std::fs::read_to_string(format!("{REF}/{file}")).ok()?;
+        let text = fixture(file);
         let line = text.lines().find(|l| l.contains("msg=\"\\n\\t[\\n"))?;
         let start = line.find("msg=\"")? + 5;
         let quoted = &line[start..line.len() - 1];
@@ -914,8 +926,7 @@ mod tests {
     fn list_table_matches_lxc() {
         for (file, cols) in [("list.txt", "ns46tS"), ("list_fast.txt", "nsacPt")] {
             let (Some(list), Some(want)) = (session_instances(file), reference_table(file)) else {
-                eprintln!("skipped: reference files not present");
-                return;
+                panic!("fixture {file} does not parse");
             };
             assert_eq!(render_list(&list, cols, Format::Table).unwrap(), want, "{file}");
         }
@@ -923,7 +934,7 @@ mod tests {
 
     #[test]
     fn list_table_from_api_capture() {
-        let Some(list) = reference_instances() else { return };
+        let list = reference_instances().expect("fixture parses");
         let want = "\
 +------+---------+------+------+-----------+-----------+
 | NAME |  STATE  | IPV4 | IPV6 |   TYPE    | SNAPSHOTS |
@@ -938,7 +949,7 @@ mod tests {
 
     #[test]
     fn list_csv_and_json() {
-        let Some(list) = reference_instances() else { return };
+        let list = reference_instances().expect("fixture parses");
         let csv = render_list(&list, "ns", Format::Csv).unwrap();
         assert!(csv.lines().all(|l| l.split(',').count() == 2), "{csv}");
         let json = render_list(&list, "ns", Format::Json).unwrap();
@@ -948,8 +959,8 @@ mod tests {
 
     #[test]
     fn info_matches_lxc_header() {
-        let Some(list) = reference_instances() else { return };
-        let Some(cx) = list.iter().find(|i| i.instance.name == "cX") else { return };
+        let list = reference_instances().expect("fixture parses");
+        let cx = list.iter().find(|i| i.instance.name == "cX").expect("cX in the fixture");
         let out = render_info(cx);
         assert!(out.starts_with("Name: cX\nStatus: "), "{out}");
         assert!(out.contains("Type: container\nArchitecture: x86_64\n"), "{out}");

@@ -354,6 +354,10 @@ pub fn remote(args: &[String]) -> CmdResult {
             print!("{}", table::render(&["NAME", "URL", "PROTOCOL", "AUTH TYPE", "PUBLIC", "STATIC", "GLOBAL"], &rows));
             Ok(0)
         }
+        Some("-h" | "--help") => {
+            println!("Usage:\n  bivy remote [list|get-default]\n\nOnly the local server exists; other remotes are not supported yet.");
+            Ok(0)
+        }
         Some("get-default") => {
             println!("local");
             Ok(0)
@@ -368,8 +372,7 @@ mod tests {
 
     #[test]
     fn network_list_like_lxc() {
-        let Ok(text) = std::fs::read_to_string("/work/shared/reference/lxd-wire/api/networks_lxdbr0.json") else { return };
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let v: serde_json::Value = serde_json::from_str(include_str!("../../tests/cli_unit/networks_lxdbr0.json")).unwrap();
         let br: Network = serde_json::from_value(v["metadata"].clone()).unwrap();
         let eth = Network { name: "eth0".into(), kind: "physical".into(), ..Default::default() };
         let want = "\

@@ -320,6 +320,49 @@ pub fn io_error(op: &str, path: &std::path::Path, e: &std::io::Error) -> String 
     format!("{op} {}: {msg}", path.display())
 }
 
+/// Go's `units.GetByteSizeString(n, 2)`: decimal units (`90B`, `39.80MB`).
+pub fn size_decimal(n: u64) -> String {
+    if n < 1000 {
+        return format!("{n}B");
+    }
+    let mut v = n as f64;
+    for unit in ["kB", "MB", "GB", "TB", "PB", "EB"] {
+        v /= 1000.0;
+        if v < 1000.0 {
+            return format!("{v:.2}{unit}");
+        }
+    }
+    format!("{v:.2}EB")
+}
+
+/// A progress callback for uploads, printing `LABEL: 42% (39.80MB/s)` on a terminal (not with
+/// `-q`), and clearing the line when done, like lxc.
+pub fn progress(label: String, total: u64) -> Box<dyn FnMut(u64) + Send> {
+    use std::io::Write;
+    let show = !quiet() && is_tty(1);
+    let start = std::time::Instant::now();
+    let mut last = u64::MAX;
+    let mut width = 0;
+    Box::new(move |done| {
+        if !show || total == 0 {
+            return;
+        }
+        let pct = done.min(total) * 100 / total;
+        if pct == last {
+            return;
+        }
+        last = pct;
+        let secs = start.elapsed().as_secs_f64().max(0.001);
+        let line = format!("{label}: {pct}% ({}/s)", size_decimal((done as f64 / secs) as u64));
+        width = width.max(line.len());
+        print!("\r{line:<width$}");
+        if done >= total {
+            print!("\r{}\r", " ".repeat(width));
+        }
+        let _ = std::io::stdout().flush();
+    })
+}
+
 /// Whether a file descriptor is a terminal.
 pub fn is_tty(fd: i32) -> bool {
     use std::io::IsTerminal;
@@ -363,6 +406,12 @@ mod tests {
         let e = std::io::Error::from(std::io::ErrorKind::NotFound);
         let e = std::fs::File::open("/nonexistent-bivy").err().unwrap_or(e);
         assert_eq!(io_error("open", std::path::Path::new("/nonexistent-bivy"), &e), "open /nonexistent-bivy: no such file or directory");
+    }
+
+    #[test]
+    fn decimal_sizes() {
+        assert_eq!(size_decimal(90), "90B");
+        assert_eq!(size_decimal(39_800_000), "39.80MB");
     }
 
     #[test]

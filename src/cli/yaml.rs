@@ -190,11 +190,10 @@ fn resolves_non_string(s: &str) -> bool {
     };
     let mant_ok = match mant.split_once('.') {
         Some((a, b)) => {
+            // `.5` and `5.` are floats, `.` is not.
             a.chars().all(|c| c.is_ascii_digit())
                 && b.chars().all(|c| c.is_ascii_digit())
-                && (!a.is_empty() || !b.is_empty())
                 && !(a.is_empty() && b.is_empty())
-                && (!a.is_empty() || !b.is_empty())
         }
         None => !mant.is_empty() && mant.chars().all(|c| c.is_ascii_digit()),
     };
@@ -205,7 +204,7 @@ fn resolves_non_string(s: &str) -> bool {
             !e.is_empty() && e.chars().all(|c| c.is_ascii_digit())
         }
     };
-    mant_ok && exp_ok && !(mant.starts_with('.') && mant.len() == 1)
+    mant_ok && exp_ok
 }
 
 fn plain_allowed(s: &str) -> bool {
@@ -275,6 +274,13 @@ mod tests {
         assert_eq!(string("1.0", 0), "\"1.0\"");
         assert_eq!(string("6.2", 0), "\"6.2\"");
         assert_eq!(string("5.0.2", 0), "5.0.2");
+        assert_eq!(string(".5", 0), "\".5\"");
+        assert_eq!(string("1e3", 0), "\"1e3\"");
+        assert_eq!(string(".", 0), ".");
+        assert_eq!(string("0x1F", 0), "\"0x1F\"");
+        assert_eq!(string("yes", 0), "\"yes\"");
+        assert_eq!(string("- a", 0), "'- a'");
+        assert_eq!(string("a: b", 0), "'a: b'");
         assert_eq!(string("", 0), "\"\"");
         assert_eq!(string("true", 0), "\"true\"");
         assert_eq!(string("RUNNING", 0), "RUNNING");

@@ -149,7 +149,9 @@ impl Client {
 
     fn stream(&self) -> Result<UnixStream> {
         UnixStream::connect(&self.socket).map_err(|e| {
-            Error(format!("cannot connect to the bivy daemon at {}: {e}", self.socket.display()))
+            let msg = e.to_string();
+            let msg = msg.split(" (os error").next().unwrap_or(&msg).to_lowercase();
+            Error(format!("cannot connect to the bivy daemon at {}: {msg}", self.socket.display()))
         })
     }
 
