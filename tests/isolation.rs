@@ -190,3 +190,34 @@ fn debian_with_systemd_boots_unprivileged() {
     assert!(!log.contains("killed"), "systemd was killed rather than powered off: {log}");
     l.ok(&["delete", "deb"]);
 }
+
+#[test]
+fn nesting_runs_bivy_inside_bivy() {
+    if !prerequisites() {
+        return;
+    }
+    // The static binary (`cargo xtask dist`, which CI runs before the tests) is what goes inside.
+    let bin = common::target_dir().join("dist/bivy");
+    if !bin.is_file() {
+        common::skip(&common::current_test_name(), "needs target/dist/bivy (cargo xtask dist)");
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    busybox(&l);
+    // A bigger map than the default so the inner daemon can carve its own 65536 ids out of it.
+    l.ok(&["launch", "busybox", "outer", "-c", "security.nesting=true", "-c", "security.idmap.size=300000"]);
+    l.ok(&["file", "push", "--mode", "0755", bin.to_str().expect("utf-8"), "outer/bin/bivy"]);
+    let img = common::busybox_image();
+    l.ok(&["file", "push", img.to_str().expect("utf-8"), "outer/root/busybox.tar.gz"]);
+    let (rc, out) = l.sh(
+        "outer",
+        "export BIVY_DIR=/var/lib/bivy; (bivy daemon > /root/daemon.log 2>&1 &); \
+         i=0; while [ ! -S $BIVY_DIR/unix.socket ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; \
+         bivy image import /root/busybox.tar.gz --alias busybox && bivy launch busybox inner && \
+         bivy exec inner -- sh -c 'echo inner-says-hi; cat /proc/self/uid_map'",
+    );
+    assert_eq!(rc, 0, "nested launch failed: {out}\n{}", l.sh("outer", "cat /root/daemon.log /var/lib/bivy/logs/*/lxc.log").1);
+    assert!(out.contains("inner-says-hi"), "{out}");
+    l.ok(&["delete", "--force", "outer"]);
+}

@@ -25,25 +25,6 @@ pub struct Entry {
     pub maprange: u32,
 }
 
-/// The host range for one kind (`/etc/subuid` or `/etc/subgid`): root's first entry of at least
-/// 65536 ids, else 1000000 + 1000000000.
-pub fn host_range(file: &str) -> (u32, u32) {
-    let text = std::fs::read_to_string(file).unwrap_or_default();
-    for line in text.lines() {
-        let mut f = line.trim().split(':');
-        let (Some(who), Some(start), Some(count)) = (f.next(), f.next(), f.next()) else { continue };
-        if who != "root" && who != "0" {
-            continue;
-        }
-        if let (Ok(s), Ok(c)) = (start.parse::<u32>(), count.parse::<u32>()) {
-            if c >= DEFAULT_SIZE {
-                return (s, c);
-            }
-        }
-    }
-    (1_000_000, 1_000_000_000)
-}
-
 /// A container's full map.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Map {
@@ -145,8 +126,8 @@ fn build(base: u32, size: u32, raw: &[IdMapEntry]) -> Vec<IdMapEntry> {
 /// Compute an instance's map from its expanded config; `taken` are the bases of other isolated
 /// instances (so isolated ranges never overlap).
 pub fn compute(config: &StringMap, taken: &[u32]) -> Result<Map> {
-    let (ubase, ucount) = host_range("/etc/subuid");
-    let (gbase, gcount) = host_range("/etc/subgid");
+    let (u, g) = crate::runtime::host_id_range();
+    let (ubase, ucount, gbase, gcount) = (u.hostid, u.count, g.hostid, g.count);
     let get = |k: &str| config.get(k).map(String::as_str).filter(|v| !v.is_empty());
     let size: u32 = match get("security.idmap.size") {
         Some(v) => v.parse().map_err(|_| Error::BadRequest(format!("Invalid security.idmap.size {v:?}")))?,

@@ -398,6 +398,24 @@ fn run(run_dir: &Path, status: OwnedFd) -> Result<()> {
     }
 }
 
+/// Bind `/dev/<name>` over an empty file at `p` after checking it is the char device maj:min with
+/// mode 0666 (see the nested case in step 3).
+fn reuse_dev_node(p: &Path, name: &str, maj: u64, min: u64) -> Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let src = Path::new("/dev").join(name);
+    let md = fs::metadata(&src).map_err(|e| err("stat", &src, e))?;
+    let rdev = md.rdev();
+    if !md.file_type().is_char_device() || nix::sys::stat::major(rdev) != maj || nix::sys::stat::minor(rdev) != min || md.mode() & 0o777 != 0o666 {
+        return Err(Error(format!(
+            "cannot create /dev/{name} in a nested user namespace (mknod: EPERM) and {} is not a 0666 char device {maj}:{min}",
+            src.display()
+        )));
+    }
+    fs::File::create(p).map_err(|e| err("create", p, e))?;
+    mount(Some(&src), p, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|e| err("bind", p, e))?;
+    Ok(())
+}
+
 /// Device nodes the container gets (made here on the staging tmpfs, bind-mounted in by the child).
 pub(crate) const DEV_NODES: &[(&str, u64, u64)] =
     &[("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)];
@@ -442,10 +460,17 @@ fn setup(run_dir: &Path, spec: &Spec, prep: &mut Prepared) -> Result<(i32, Owned
     }
     for (name, maj, min) in DEV_NODES {
         let p = dev.join(name);
-        mknod(&p, SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), nix::sys::stat::makedev(*maj, *min))
-            .map_err(|e| err("mknod", &p, e))?;
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o666)).map_err(|e| err("chmod", &p, e))?;
-        std::os::unix::fs::chown(&p, Some(owner.0), Some(owner.1)).map_err(|e| err("chown", &p, e))?;
+        match mknod(&p, SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), nix::sys::stat::makedev(*maj, *min)) {
+            Ok(()) => {
+                fs::set_permissions(&p, fs::Permissions::from_mode(0o666)).map_err(|e| err("chmod", &p, e))?;
+                std::os::unix::fs::chown(&p, Some(owner.0), Some(owner.1)).map_err(|e| err("chown", &p, e))?;
+            }
+            // Nested (bivy inside a container): no mknod in a user namespace. Reuse our own
+            // /dev node only when it is exactly the device and world-usable (an outer manager
+            // made it); never a node with whatever mode a host happens to have.
+            Err(nix::errno::Errno::EPERM) => reuse_dev_node(&p, name, *maj, *min)?,
+            Err(e) => return Err(err("mknod", &p, e)),
+        }
     }
 
     trace(t0, "before step 4");

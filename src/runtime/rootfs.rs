@@ -96,8 +96,15 @@ pub fn setup(ctx: &Ctx<'_>) -> Result<(), Error> {
     let vnet = sys.join("devices/virtual/net");
     if vnet.is_dir() {
         bind(&vnet, &vnet, true)?;
-        mount(None::<&str>, &vnet, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | NOSUID_NODEV_NOEXEC, None::<&str>)
-            .map_err(|x| e("remount rw", &vnet, x))?;
+        match mount(None::<&str>, &vnet, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | NOSUID_NODEV_NOEXEC, None::<&str>) {
+            Ok(()) => {}
+            // Nested inside another container the kernel refuses this remount; the net devices
+            // then stay read-only in sysfs (bivy configures no NIC in the container yet).
+            Err(nix::errno::Errno::EPERM) if super::host::host().nested => {
+                eprintln!("bivy: nested: {} stays read-only (remount refused)", vnet.display());
+            }
+            Err(x) => return Err(e("remount rw", &vnet, x)),
+        }
     }
 
     super::monitor::trace(ctx.t0, "child step 4c");
