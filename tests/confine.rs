@@ -76,7 +76,9 @@ fn int80(nr: u32, arg1: u32) -> i32 {
 
 fn status_field(field: &str) -> String {
     let s = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
-    s.lines().find_map(|l| l.strip_prefix(field).map(|v| v.trim().to_string())).unwrap_or_default()
+    s.lines()
+        .find_map(|l| l.strip_prefix(field).map(|v| v.trim().to_string()))
+        .unwrap_or_default()
 }
 
 const I386_GETPID: u32 = 20;
@@ -97,8 +99,15 @@ fn seccomp_default_filter() {
     let out = run_child("seccomp_default_filter_child", &policy);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "child failed: {:?}\n{stdout}\n{stderr}", out.status);
-    assert!(stdout.contains("CHILD-OK"), "child test did not run:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "child failed: {:?}\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(
+        stdout.contains("CHILD-OK"),
+        "child test did not run:\n{stdout}\n{stderr}"
+    );
 }
 
 #[test]
@@ -133,7 +142,11 @@ fn seccomp_default_filter_child() {
             "finit_module"
         );
         assert_eq!(
-            raw(libc::syscall(libc::SYS_delete_module, c"bivy_nonexistent".as_ptr(), 0)),
+            raw(libc::syscall(
+                libc::SYS_delete_module,
+                c"bivy_nonexistent".as_ptr(),
+                0
+            )),
             eperm,
             "delete_module"
         );
@@ -149,7 +162,14 @@ fn seccomp_default_filter_child() {
             "kexec_load"
         );
         assert_eq!(
-            raw(libc::syscall(libc::SYS_kexec_file_load, -1, -1, 0usize, empty.as_ptr(), 0usize)),
+            raw(libc::syscall(
+                libc::SYS_kexec_file_load,
+                -1,
+                -1,
+                0usize,
+                empty.as_ptr(),
+                0usize
+            )),
             eperm,
             "kexec_file_load"
         );
@@ -165,7 +185,11 @@ fn seccomp_default_filter_child() {
         );
         let path = c"/bivy-nonexistent-mountpoint";
         assert_eq!(
-            raw(libc::syscall(libc::SYS_umount2, path.as_ptr(), libc::MNT_FORCE)),
+            raw(libc::syscall(
+                libc::SYS_umount2,
+                path.as_ptr(),
+                libc::MNT_FORCE
+            )),
             eperm,
             "umount2(MNT_FORCE)"
         );
@@ -175,18 +199,30 @@ fn seccomp_default_filter_child() {
             -i64::from(libc::ENOENT),
             "umount2(0)"
         );
-        assert_eq!(raw(libc::syscall(libc::SYS_getpid)), i64::from(pid), "getpid");
+        assert_eq!(
+            raw(libc::syscall(libc::SYS_getpid)),
+            i64::from(pid),
+            "getpid"
+        );
     }
     // i386 entry points: filtered by their i386 numbers, everything else allowed (not killed).
     assert_eq!(int80(I386_GETPID, 0), pid, "i386 getpid under the filter");
     assert_eq!(int80(I386_INIT_MODULE, 0), -libc::EPERM, "i386 init_module");
-    assert_eq!(int80(I386_FINIT_MODULE, 0), -libc::EPERM, "i386 finit_module");
+    assert_eq!(
+        int80(I386_FINIT_MODULE, 0),
+        -libc::EPERM,
+        "i386 finit_module"
+    );
     assert_eq!(
         int80(I386_UMOUNT2, libc::MNT_FORCE as u32),
         -libc::EPERM,
         "i386 umount2(MNT_FORCE)"
     );
-    assert_ne!(int80(I386_UMOUNT2, 0), -libc::EPERM, "i386 umount2(0) must reach the kernel");
+    assert_ne!(
+        int80(I386_UMOUNT2, 0),
+        -libc::EPERM,
+        "i386 umount2(0) must reach the kernel"
+    );
 
     assert_eq!(status_field("Seccomp:"), "2");
     assert_eq!(status_field("NoNewPrivs:"), "0");
@@ -199,8 +235,14 @@ fn seccomp_deny_key() {
         return skip("seccomp_deny_key", "needs root");
     }
     // security.syscalls.deny=mknod: a bare name in a denylist kills (LXC semantics).
-    let cfg = PolicyConfig { deny: "mknod".into(), ..Default::default() };
-    let out = run_child("seccomp_deny_key_child", &seccomp::build_policy(&cfg).unwrap());
+    let cfg = PolicyConfig {
+        deny: "mknod".into(),
+        ..Default::default()
+    };
+    let out = run_child(
+        "seccomp_deny_key_child",
+        &seccomp::build_policy(&cfg).unwrap(),
+    );
     assert_eq!(
         out.status.signal(),
         Some(libc::SIGSYS),
@@ -210,10 +252,20 @@ fn seccomp_deny_key() {
     );
 
     // With an errno, the call fails instead.
-    let cfg = PolicyConfig { deny: "mknod errno 13".into(), ..Default::default() };
-    let out = run_child("seccomp_deny_key_child", &seccomp::build_policy(&cfg).unwrap());
+    let cfg = PolicyConfig {
+        deny: "mknod errno 13".into(),
+        ..Default::default()
+    };
+    let out = run_child(
+        "seccomp_deny_key_child",
+        &seccomp::build_policy(&cfg).unwrap(),
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && stdout.contains("MKNOD -13"), "{:?}\n{stdout}", out.status);
+    assert!(
+        out.status.success() && stdout.contains("MKNOD -13"),
+        "{:?}\n{stdout}",
+        out.status
+    );
 }
 
 #[test]
@@ -242,14 +294,23 @@ fn seccomp_allowlist() {
     // The child must survive its refused calls: default errno EPERM instead of LXC's kill.
     policy = policy.replacen("allowlist\n", "allowlist errno 1\n", 1);
     let out = run_child("seccomp_allowlist_child", &policy);
-    let names =
-        ["getpid", "getppid refused", "getuid refused", "i386 getpid", "i386 getppid refused"];
+    let names = [
+        "getpid",
+        "getppid refused",
+        "getuid refused",
+        "i386 getpid",
+        "i386 getppid refused",
+    ];
     match out.status.code() {
         Some(0) => {}
         Some(n) if (1..=names.len() as i32).contains(&n) => {
             panic!("allowlist check failed: {}", names[n as usize - 1])
         }
-        _ => panic!("child: {:?} {}", out.status, String::from_utf8_lossy(&out.stderr)),
+        _ => panic!(
+            "child: {:?} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ),
     }
 }
 
@@ -291,7 +352,11 @@ use bivy::runtime::Limits;
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 fn unique_name() -> String {
-    format!("test-confine-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst))
+    format!(
+        "test-confine-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 /// Every place `bivy/<name>` could exist on this host.
@@ -355,7 +420,13 @@ fn limit_file(name: &str, controller: &str, v1file: &str, v2file: &str) -> PathB
     let l = Layout::probe();
     match l.v1_mount(controller) {
         Some(m) => m.join("bivy").join(name).join(v1file),
-        None => l.unified.as_ref().unwrap().join("bivy").join(name).join(v2file),
+        None => l
+            .unified
+            .as_ref()
+            .unwrap()
+            .join("bivy")
+            .join(name)
+            .join(v2file),
     }
 }
 
@@ -371,9 +442,15 @@ fn cgroup_memory_limit_ooms_the_child_only() {
         return;
     }
     let name = unique_name();
-    let limits = Limits { memory: Some(64 << 20), ..Default::default() };
+    let limits = Limits {
+        memory: Some(64 << 20),
+        ..Default::default()
+    };
     let cg = Guard(Cgroup::create(&name, &limits, None).expect("create"));
-    let child = spawn_in(&cg.0, "head -c 200000000 /dev/zero | tail -c 200000000 >/dev/null");
+    let child = spawn_in(
+        &cg.0,
+        "head -c 200000000 /dev/zero | tail -c 200000000 >/dev/null",
+    );
     let out = child.wait_with_output().unwrap();
     // tail is OOM-killed (SIGKILL), so the pipeline exits 128+9.
     assert_eq!(
@@ -384,7 +461,11 @@ fn cgroup_memory_limit_ooms_the_child_only() {
         String::from_utf8_lossy(&out.stderr)
     );
     let s = cg.0.stats();
-    assert!(s.memory_peak >= 60 << 20 && s.memory_peak <= 64 << 20, "peak {}", s.memory_peak);
+    assert!(
+        s.memory_peak >= 60 << 20 && s.memory_peak <= 64 << 20,
+        "peak {}",
+        s.memory_peak
+    );
     assert!(cg.0.pids().is_empty());
     drop(cg);
     assert_removed(&name);
@@ -396,7 +477,10 @@ fn cgroup_pids_limit_stops_a_fork_flood() {
         return;
     }
     let name = unique_name();
-    let limits = Limits { pids: Some(20), ..Default::default() };
+    let limits = Limits {
+        pids: Some(20),
+        ..Default::default()
+    };
     let cg = Guard(Cgroup::create(&name, &limits, None).expect("create"));
     let child = spawn_in(&cg.0, "for i in $(seq 40); do sleep 30 2>/dev/null & done");
     let start = Instant::now();
@@ -435,7 +519,10 @@ fn cgroup_freeze_thaw_and_kill_all_v1_fallback() {
         return;
     }
     if Layout::probe().v1_mount("freezer").is_none() {
-        return skip("cgroup_freeze_thaw_and_kill_all_v1_fallback", "no v1 freezer hierarchy");
+        return skip(
+            "cgroup_freeze_thaw_and_kill_all_v1_fallback",
+            "no v1 freezer hierarchy",
+        );
     }
     freeze_kill_case(true);
 }
@@ -445,12 +532,19 @@ fn freeze_kill_case(legacy: bool) {
     let cg = Cgroup::create(&name, &Limits::default(), None).expect("create");
     let cg = Guard(if legacy { cg.without_v2_core() } else { cg });
     let mut kids: Vec<_> = (0..5).map(|_| spawn_in(&cg.0, "exec sleep 60")).collect();
-    assert!(poll_until(|| cg.0.pids().len() == 5), "pids {:?}", cg.0.pids());
+    assert!(
+        poll_until(|| cg.0.pids().len() == 5),
+        "pids {:?}",
+        cg.0.pids()
+    );
     assert!(!cg.0.is_frozen());
     cg.0.freeze().expect("freeze");
     assert!(cg.0.is_frozen());
     let state = std::fs::read_to_string(format!("/proc/{}/stat", kids[0].id())).unwrap();
-    eprintln!("frozen task (legacy={legacy}): {}", state.split(' ').nth(2).unwrap_or("?"));
+    eprintln!(
+        "frozen task (legacy={legacy}): {}",
+        state.split(' ').nth(2).unwrap_or("?")
+    );
     cg.0.thaw().expect("thaw");
     assert!(!cg.0.is_frozen());
     // Frozen, then killed: kill_all must still finish (it thaws / uses cgroup.kill).
@@ -482,12 +576,19 @@ fn poll_until(mut f: impl FnMut() -> bool) -> bool {
 
 #[test]
 fn cgroup_live_limits_and_delegation() {
-    if cgroup_skip("cgroup_live_limits_and_delegation", &["memory", "pids", "cpu", "cpuset"]) {
+    if cgroup_skip(
+        "cgroup_live_limits_and_delegation",
+        &["memory", "pids", "cpu", "cpuset"],
+    ) {
         return;
     }
     use std::os::unix::fs::MetadataExt;
     let name = unique_name();
-    let limits = Limits { memory: Some(64 << 20), pids: Some(100), ..Default::default() };
+    let limits = Limits {
+        memory: Some(64 << 20),
+        pids: Some(100),
+        ..Default::default()
+    };
     let cg = Guard(Cgroup::create(&name, &limits, Some((1_000_000, 1_000_000))).expect("create"));
     let mem = limit_file(&name, "memory", "memory.limit_in_bytes", "memory.max");
     let read = |p: &PathBuf| std::fs::read_to_string(p).unwrap().trim().to_string();
@@ -502,8 +603,14 @@ fn cgroup_live_limits_and_delegation() {
     };
     cg.0.set_limits(&more).expect("set_limits");
     assert_eq!(read(&mem), (128u64 << 20).to_string());
-    assert_eq!(read(&limit_file(&name, "cpuset", "cpuset.cpus", "cpuset.cpus")), "0");
-    assert_eq!(read(&limit_file(&name, "pids", "pids.max", "pids.max")), "100");
+    assert_eq!(
+        read(&limit_file(&name, "cpuset", "cpuset.cpus", "cpuset.cpus")),
+        "0"
+    );
+    assert_eq!(
+        read(&limit_file(&name, "pids", "pids.max", "pids.max")),
+        "100"
+    );
 
     // limits.memory.swap=false (the default here): memory+swap capped at the same value (v1 memsw).
     let memsw = mem.with_file_name("memory.memsw.limit_in_bytes");
@@ -511,22 +618,40 @@ fn cgroup_live_limits_and_delegation() {
         assert_eq!(read(&memsw), (128u64 << 20).to_string());
     }
     // Soft enforcement: only the soft limit (v1) / memory.high (v2) is set.
-    let soft = Limits { memory: Some(96 << 20), memory_soft: true, ..limits.clone() };
+    let soft = Limits {
+        memory: Some(96 << 20),
+        memory_soft: true,
+        ..limits.clone()
+    };
     cg.0.set_limits(&soft).expect("soft limit");
     let soft_file = limit_file(&name, "memory", "memory.soft_limit_in_bytes", "memory.high");
     assert_eq!(read(&soft_file), (96u64 << 20).to_string());
 
     cg.0.set_limits(&Limits::default()).expect("remove limits");
     let unlimited = read(&mem);
-    assert!(unlimited == "max" || unlimited.parse::<u64>().unwrap() > 1 << 60, "{unlimited}");
-    assert_eq!(read(&limit_file(&name, "pids", "pids.max", "pids.max")), "max");
+    assert!(
+        unlimited == "max" || unlimited.parse::<u64>().unwrap() > 1 << 60,
+        "{unlimited}"
+    );
+    assert_eq!(
+        read(&limit_file(&name, "pids", "pids.max", "pids.max")),
+        "max"
+    );
 
     // Delegation: the directory and the process-moving files belong to the container root,
     // the limit files stay root's.
     for d in cgroup_dirs(&name) {
         let md = std::fs::metadata(&d).unwrap();
-        assert_eq!((md.uid(), md.gid()), (1_000_000, 1_000_000), "{}", d.display());
-        assert_eq!(std::fs::metadata(d.join("cgroup.procs")).unwrap().uid(), 1_000_000);
+        assert_eq!(
+            (md.uid(), md.gid()),
+            (1_000_000, 1_000_000),
+            "{}",
+            d.display()
+        );
+        assert_eq!(
+            std::fs::metadata(d.join("cgroup.procs")).unwrap().uid(),
+            1_000_000
+        );
     }
     assert_eq!(std::fs::metadata(&mem).unwrap().uid(), 0);
 
@@ -585,10 +710,19 @@ fn apparmor_broken_raw_is_reported_with_its_line() {
     if parser_skip("apparmor_broken_raw_is_reported_with_its_line") {
         return;
     }
-    let p =
-        apparmor::render("c1", false, false, "  capability sys_admin,\n  this is not a rule,\n");
-    let e = apparmor::check(&p).expect_err("broken raw.apparmor must fail").0;
-    assert!(e.contains("apparmor_parser") && e.contains("at line"), "{e}");
+    let p = apparmor::render(
+        "c1",
+        false,
+        false,
+        "  capability sys_admin,\n  this is not a rule,\n",
+    );
+    let e = apparmor::check(&p)
+        .expect_err("broken raw.apparmor must fail")
+        .0;
+    assert!(
+        e.contains("apparmor_parser") && e.contains("at line"),
+        "{e}"
+    );
     assert!(e.contains("(raw.apparmor line 2)"), "{e}");
     eprintln!("broken raw.apparmor reported as: {e}");
 }
@@ -597,10 +731,17 @@ fn apparmor_broken_raw_is_reported_with_its_line() {
 fn apparmor_prepare_without_kernel_support() {
     if apparmor::kernel_has_apparmor() {
         // Loading needs a real AppArmor kernel and is covered by the container tests there.
-        return skip("apparmor_prepare_without_kernel_support", "this kernel has AppArmor");
+        return skip(
+            "apparmor_prepare_without_kernel_support",
+            "this kernel has AppArmor",
+        );
     }
     assert_eq!(apparmor::prepare("c1", false, false, "").unwrap(), None);
-    assert_eq!(apparmor::prepare("c2", true, true, "").unwrap(), None, "logged once, still None");
+    assert_eq!(
+        apparmor::prepare("c2", true, true, "").unwrap(),
+        None,
+        "logged once, still None"
+    );
     apparmor::unload("c1").expect("unload of a never-loaded profile is fine");
 }
 

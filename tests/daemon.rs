@@ -12,7 +12,8 @@ use common::Daemon;
 
 fn raw(d: &Daemon, req: &[u8]) -> String {
     let mut s = UnixStream::connect(d.socket()).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
     s.write_all(req).expect("write");
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
@@ -25,12 +26,20 @@ fn second_daemon_is_refused() {
         return;
     }
     let d = Daemon::start().expect("daemon");
-    let out = std::process::Command::new(common::bivy_bin()).arg("daemon").env("BIVY_DIR", d.dir()).output().expect("run");
+    let out = std::process::Command::new(common::bivy_bin())
+        .arg("daemon")
+        .env("BIVY_DIR", d.dir())
+        .output()
+        .expect("run");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already running"), "{err}");
     // The first one still answers.
-    assert!(raw(&d, b"GET /1.0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").contains("\"api_version\":\"1.0\""));
+    assert!(raw(
+        &d,
+        b"GET /1.0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .contains("\"api_version\":\"1.0\""));
 }
 
 #[test]
@@ -39,26 +48,52 @@ fn hostile_http_gets_clear_errors() {
         return;
     }
     let d = Daemon::start().expect("daemon");
-    let nf = raw(&d, b"GET /1.0/instances/nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    assert!(nf.starts_with("HTTP/1.1 404") && nf.contains("\"error\":\"Instance not found\""), "{nf}");
+    let nf = raw(
+        &d,
+        b"GET /1.0/instances/nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        nf.starts_with("HTTP/1.1 404") && nf.contains("\"error\":\"Instance not found\""),
+        "{nf}"
+    );
     let bad_json = raw(&d, b"POST /1.0/instances HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\n{{{{{");
     assert!(bad_json.starts_with("HTTP/1.1 400"), "{bad_json}");
-    let bad_method = raw(&d, b"BREW /1.0/instances HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let bad_method = raw(
+        &d,
+        b"BREW /1.0/instances HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     assert!(bad_method.starts_with("HTTP/1.1 405"), "{bad_method}");
-    let unknown = raw(&d, b"GET /2.0/whatever HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let unknown = raw(
+        &d,
+        b"GET /2.0/whatever HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     assert!(unknown.starts_with("HTTP/1.1 404"), "{unknown}");
     let garbage = raw(&d, b"\x00\x01garbage\r\n\r\n");
-    assert!(garbage.is_empty() || garbage.starts_with("HTTP/1.1 400"), "{garbage}");
-    let huge = format!("POST /1.0/profiles HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", 1u64 << 40);
+    assert!(
+        garbage.is_empty() || garbage.starts_with("HTTP/1.1 400"),
+        "{garbage}"
+    );
+    let huge = format!(
+        "POST /1.0/profiles HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        1u64 << 40
+    );
     let r = raw(&d, huge.as_bytes());
-    assert!(r.starts_with("HTTP/1.1 413") || r.starts_with("HTTP/1.1 400"), "{r}");
+    assert!(
+        r.starts_with("HTTP/1.1 413") || r.starts_with("HTTP/1.1 400"),
+        "{r}"
+    );
     // A client that sends half a request and vanishes.
     {
         let mut s = UnixStream::connect(d.socket()).expect("connect");
-        s.write_all(b"POST /1.0/instances HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"na").expect("write");
+        s.write_all(b"POST /1.0/instances HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"na")
+            .expect("write");
     }
     // Still serving.
-    assert!(raw(&d, b"GET /1.0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").starts_with("HTTP/1.1 200"));
+    assert!(raw(
+        &d,
+        b"GET /1.0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .starts_with("HTTP/1.1 200"));
 }
 
 #[test]
@@ -70,24 +105,24 @@ fn slowloris_does_not_stall_others() {
     let mut slow: Vec<UnixStream> = (0..50)
         .map(|_| {
             let mut s = UnixStream::connect(d.socket()).expect("connect");
-            s.write_all(b"GET /1.0 HTTP/1.1\r\nX-Slow: ").expect("write");
+            s.write_all(b"GET /1.0 HTTP/1.1\r\nX-Slow: ")
+                .expect("write");
             s
         })
         .collect();
     let t = Instant::now();
-    assert!(raw(&d, b"GET /1.0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").starts_with("HTTP/1.1 200"));
-    assert!(t.elapsed() < Duration::from_secs(5), "a normal client waited behind slow ones");
+    assert!(raw(
+        &d,
+        b"GET /1.0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .starts_with("HTTP/1.1 200"));
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "a normal client waited behind slow ones"
+    );
     for s in &mut slow {
         let _ = s.write_all(b"a");
     }
-}
-
-fn lxc(d: &Daemon, conf: &std::path::Path, args: &[&str]) -> std::process::Output {
-    common::run_bounded(
-        std::process::Command::new("lxc").args(args).env("LXD_SOCKET", d.socket()).env("LXD_CONF", conf),
-        Duration::from_secs(120),
-    )
-    .expect("lxc")
 }
 
 #[test]
@@ -100,10 +135,8 @@ fn kill9_during_create_storm_loses_nothing_acknowledged() {
         return;
     }
     let mut d = Daemon::start().expect("daemon");
-    let conf = d.tmp().join("lxc-conf");
-    std::fs::create_dir_all(&conf).expect("conf");
-    let img = common::busybox_image();
-    assert!(lxc(&d, &conf, &["image", "import", img.to_str().expect("utf-8"), "--alias", "busybox"]).status.success());
+    let conf = common::Lxc::new(&d).conf;
+    common::Lxc::new(&d).import_busybox();
     let sock = d.socket();
     let handles: Vec<_> = (0..12)
         .map(|i| {
@@ -123,13 +156,20 @@ fn kill9_during_create_storm_loses_nothing_acknowledged() {
         .collect();
     std::thread::sleep(Duration::from_millis(150));
     d.kill9();
-    let results: Vec<(String, bool)> = handles.into_iter().map(|h| h.join().expect("join")).collect();
+    let results: Vec<(String, bool)> = handles
+        .into_iter()
+        .map(|h| h.join().expect("join"))
+        .collect();
     d.restart().expect("restart daemon");
-    let listed = String::from_utf8_lossy(&lxc(&d, &conf, &["list", "--format", "csv", "-c", "n"]).stdout).into_owned();
+    let l = common::Lxc::new(&d);
+    let listed = l.ok(&["list", "--format", "csv", "-c", "n"]);
     let listed: Vec<&str> = listed.lines().collect();
     for (name, acked) in &results {
         if *acked {
-            assert!(listed.contains(&name.as_str()), "acknowledged {name} lost; listed {listed:?}");
+            assert!(
+                listed.contains(&name.as_str()),
+                "acknowledged {name} lost; listed {listed:?}"
+            );
         }
     }
     // Nothing half-made: every volume belongs to a listed instance and has its rootfs.
@@ -137,13 +177,16 @@ fn kill9_during_create_storm_loses_nothing_acknowledged() {
     let n_vols = std::fs::read_dir(&vols).expect("volumes").count();
     assert_eq!(n_vols, listed.len(), "volumes without an instance remain");
     for e in std::fs::read_dir(&vols).expect("volumes").flatten() {
-        assert!(e.path().join("rootfs/bin/busybox").exists(), "half-made volume {:?}", e.path());
+        assert!(
+            e.path().join("rootfs/bin/busybox").exists(),
+            "half-made volume {:?}",
+            e.path()
+        );
     }
     // And an acknowledged instance starts.
     if let Some(name) = listed.first() {
-        let out = lxc(&d, &conf, &["start", name]);
-        assert!(out.status.success(), "{out:?}\n{}", d.log_text());
-        assert!(lxc(&d, &conf, &["delete", "--force", name]).status.success());
+        l.ok(&["start", name]);
+        l.ok(&["delete", "--force", name]);
     }
 }
 
@@ -157,28 +200,33 @@ fn containers_survive_daemon_kill9_and_reattach() {
         return;
     }
     let mut d = Daemon::start().expect("daemon");
-    let conf = d.tmp().join("lxc-conf");
-    std::fs::create_dir_all(&conf).expect("conf");
-    let img = common::busybox_image();
-    assert!(lxc(&d, &conf, &["image", "import", img.to_str().expect("utf-8"), "--alias", "busybox"]).status.success());
-    let out = lxc(&d, &conf, &["launch", "busybox", "r1"]);
-    assert!(out.status.success(), "{out:?}\n{}", d.log_text());
+    common::Lxc::new(&d).import_busybox();
+    common::Lxc::new(&d).ok(&["launch", "busybox", "r1"]);
     let pid_of = |d: &Daemon| -> i32 {
-        let out = lxc(d, &conf, &["list", "--format", "csv", "-c", "p"]);
-        String::from_utf8_lossy(&out.stdout).trim().parse().expect("pid")
+        common::Lxc::new(d)
+            .ok(&["list", "--format", "csv", "-c", "p"])
+            .trim()
+            .parse()
+            .expect("pid")
     };
     let pid = pid_of(&d);
     assert!(pid > 1);
     d.kill9();
     std::thread::sleep(Duration::from_millis(200));
-    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists(), "container died with the daemon");
+    assert!(
+        std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "container died with the daemon"
+    );
     let t = Instant::now();
     d.restart().expect("restart");
     eprintln!("daemon answering {:?} after restart", t.elapsed());
     assert_eq!(pid_of(&d), pid, "new daemon does not see the same init");
-    let out = lxc(&d, &conf, &["exec", "r1", "--", "echo", "still here"]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "still here\n", "{out:?}");
-    assert!(lxc(&d, &conf, &["stop", "--force", "r1"]).status.success());
+    let l = common::Lxc::new(&d);
+    assert_eq!(
+        l.ok(&["exec", "r1", "--", "echo", "still here"]),
+        "still here\n"
+    );
+    l.ok(&["stop", "--force", "r1"]);
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
-    assert!(lxc(&d, &conf, &["delete", "r1"]).status.success());
+    l.ok(&["delete", "r1"]);
 }

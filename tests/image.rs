@@ -18,7 +18,10 @@ struct Tmp(PathBuf);
 
 impl Tmp {
     fn new(name: &str) -> Tmp {
-        let p = PathBuf::from(format!("/var/tmp/bivy-image-test-{}-{name}", std::process::id()));
+        let p = PathBuf::from(format!(
+            "/var/tmp/bivy-image-test-{}-{name}",
+            std::process::id()
+        ));
         let _ = fs::remove_dir_all(&p);
         fs::create_dir_all(&p).unwrap();
         Tmp(p)
@@ -41,7 +44,10 @@ fn is_root() -> bool {
 macro_rules! require_root {
     () => {
         if !is_root() {
-            eprintln!("SKIP {}: needs root (owners, xattrs, device nodes)", module_path!());
+            eprintln!(
+                "SKIP {}: needs root (owners, xattrs, device nodes)",
+                module_path!()
+            );
             if std::env::var_os("BIVY_MUST_WORK").is_some() {
                 panic!("BIVY_MUST_WORK is set");
             }
@@ -52,13 +58,21 @@ macro_rules! require_root {
 
 fn sh(cmd: &str) -> String {
     let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
-    assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
 fn sha256sum(files: &[&Path]) -> String {
     let list: Vec<String> = files.iter().map(|f| format!("'{}'", f.display())).collect();
-    sh(&format!("cat {} | sha256sum", list.join(" "))).split_whitespace().next().unwrap().to_string()
+    sh(&format!("cat {} | sha256sum", list.join(" ")))
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 fn listing(dir: &Path) -> Vec<String> {
@@ -111,9 +125,21 @@ fn busybox_tree(dir: &Path) {
     let t = dir.join("templates");
     fs::create_dir_all(&t).unwrap();
     fs::write(t.join("hostname.tpl"), "{{ container.name }}\n").unwrap();
-    fs::write(t.join("hosts.tpl"), "127.0.0.1 localhost\n127.0.1.1 {{ instance.name }}\n").unwrap();
-    fs::write(t.join("motd.tpl"), "{{ properties.greeting|capfirst }} from {{ trigger }}\n").unwrap();
-    fs::write(t.join("broken.tpl"), "fine line\n{% if config_get(\"user.x\", \"\") == %}\n{% endif %}\n").unwrap();
+    fs::write(
+        t.join("hosts.tpl"),
+        "127.0.0.1 localhost\n127.0.1.1 {{ instance.name }}\n",
+    )
+    .unwrap();
+    fs::write(
+        t.join("motd.tpl"),
+        "{{ properties.greeting|capfirst }} from {{ trigger }}\n",
+    )
+    .unwrap();
+    fs::write(
+        t.join("broken.tpl"),
+        "fine line\n{% if config_get(\"user.x\", \"\") == %}\n{% endif %}\n",
+    )
+    .unwrap();
     fs::write(dir.join("metadata.yaml"), METADATA).unwrap();
 }
 
@@ -140,11 +166,21 @@ fn busybox_unified(tmp: &Tmp) -> PathBuf {
 
 fn import_file(store: &Store, file: &Path, name: &str) -> image::Result<api::Image> {
     let mut f = File::open(file).unwrap();
-    store.import(Upload::Unified(&mut f), &ImportOpts { filename: name.into(), ..Default::default() })
+    store.import(
+        Upload::Unified(&mut f),
+        &ImportOpts {
+            filename: name.into(),
+            ..Default::default()
+        },
+    )
 }
 
 fn ctx(name: &str) -> template::Context {
-    template::Context { name: name.into(), architecture: "x86_64".into(), ..Default::default() }
+    template::Context {
+        name: name.into(),
+        architecture: "x86_64".into(),
+        ..Default::default()
+    }
 }
 
 #[test]
@@ -185,36 +221,82 @@ fn unified_import_export_unpack_templates() {
     // Unpack.
     let (rootfs, templates) = (tmp.path("c1/rootfs"), tmp.path("c1/templates"));
     fs::create_dir_all(tmp.path("c1")).unwrap();
-    store.unpack(&img.fingerprint, &rootfs, &templates, &UnpackOpts::default()).unwrap();
+    store
+        .unpack(
+            &img.fingerprint,
+            &rootfs,
+            &templates,
+            &UnpackOpts::default(),
+        )
+        .unwrap();
     let bb = fs::symlink_metadata(rootfs.join("bin/busybox")).unwrap();
     assert_eq!(bb.len(), fs::metadata("/bin/busybox").unwrap().len());
-    assert_eq!(bb.mode() & 0o777, fs::metadata("/bin/busybox").unwrap().mode() & 0o777);
-    assert_eq!(fs::read_link(rootfs.join("bin/sh")).unwrap(), Path::new("busybox"));
-    assert_eq!(fs::read_link(rootfs.join("sbin/init")).unwrap(), Path::new("/bin/busybox"));
-    assert_eq!(xattr(&rootfs.join("bin/busybox"), "security.capability").unwrap(), CAP_NET_RAW);
-    assert_eq!(fs::metadata(rootfs.join("tmp")).unwrap().mode() & 0o7777, 0o1777);
-    assert_eq!(fs::metadata(rootfs.join("root")).unwrap().mode() & 0o7777, 0o700);
+    assert_eq!(
+        bb.mode() & 0o777,
+        fs::metadata("/bin/busybox").unwrap().mode() & 0o777
+    );
+    assert_eq!(
+        fs::read_link(rootfs.join("bin/sh")).unwrap(),
+        Path::new("busybox")
+    );
+    assert_eq!(
+        fs::read_link(rootfs.join("sbin/init")).unwrap(),
+        Path::new("/bin/busybox")
+    );
+    assert_eq!(
+        xattr(&rootfs.join("bin/busybox"), "security.capability").unwrap(),
+        CAP_NET_RAW
+    );
+    assert_eq!(
+        fs::metadata(rootfs.join("tmp")).unwrap().mode() & 0o7777,
+        0o1777
+    );
+    assert_eq!(
+        fs::metadata(rootfs.join("root")).unwrap().mode() & 0o7777,
+        0o700
+    );
     assert!(templates.join("hostname.tpl").is_file());
     assert!(!rootfs.join("metadata.yaml").exists());
 
     // Templates: create renders, copy re-renders, create_only keeps an existing file.
     image::apply_templates(&meta, &templates, &rootfs, "create", &ctx("c1")).unwrap();
-    assert_eq!(fs::read_to_string(rootfs.join("etc/hostname")).unwrap(), "c1\n");
-    assert_eq!(fs::read_to_string(rootfs.join("etc/hosts")).unwrap(), "127.0.0.1 localhost\n127.0.1.1 c1\n");
+    assert_eq!(
+        fs::read_to_string(rootfs.join("etc/hostname")).unwrap(),
+        "c1\n"
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join("etc/hosts")).unwrap(),
+        "127.0.0.1 localhost\n127.0.1.1 c1\n"
+    );
     let motd = rootfs.join("etc/motd");
     assert_eq!(fs::read_to_string(&motd).unwrap(), "Hello from create\n");
     let md = fs::metadata(&motd).unwrap();
     assert_eq!((md.mode() & 0o7777, md.uid(), md.gid()), (0o644, 0, 0));
     fs::write(&motd, "edited by the user\n").unwrap();
     image::apply_templates(&meta, &templates, &rootfs, "copy", &ctx("c2")).unwrap();
-    assert_eq!(fs::read_to_string(rootfs.join("etc/hostname")).unwrap(), "c2\n");
+    assert_eq!(
+        fs::read_to_string(rootfs.join("etc/hostname")).unwrap(),
+        "c2\n"
+    );
     let mut meta2 = meta.clone();
-    meta2.templates.get_mut("/etc/motd").unwrap().when.push("copy".into());
+    meta2
+        .templates
+        .get_mut("/etc/motd")
+        .unwrap()
+        .when
+        .push("copy".into());
     image::apply_templates(&meta2, &templates, &rootfs, "copy", &ctx("c3")).unwrap();
-    assert_eq!(fs::read_to_string(&motd).unwrap(), "edited by the user\n", "create_only respected");
+    assert_eq!(
+        fs::read_to_string(&motd).unwrap(),
+        "edited by the user\n",
+        "create_only respected"
+    );
     // A trigger no template listens to changes nothing.
     image::apply_templates(&meta, &templates, &rootfs, "start", &ctx("c4")).unwrap();
-    assert_eq!(fs::read_to_string(rootfs.join("etc/hostname")).unwrap(), "c3\n");
+    assert_eq!(
+        fs::read_to_string(rootfs.join("etc/hostname")).unwrap(),
+        "c3\n"
+    );
     // New parents are created inside the rootfs.
     let mut meta3 = meta.clone();
     meta3.templates.insert(
@@ -226,13 +308,20 @@ fn unified_import_export_unpack_templates() {
         },
     );
     image::apply_templates(&meta3, &templates, &rootfs, "create", &ctx("deep")).unwrap();
-    assert_eq!(fs::read_to_string(rootfs.join("var/lib/new/name")).unwrap(), "deep\n");
+    assert_eq!(
+        fs::read_to_string(rootfs.join("var/lib/new/name")).unwrap(),
+        "deep\n"
+    );
 
     // A broken template fails naming its file and line.
     let mut broken = meta.clone();
     broken.templates.insert(
         "/etc/broken".into(),
-        api::ImageMetadataTemplate { when: vec!["create".into()], template: "broken.tpl".into(), ..Default::default() },
+        api::ImageMetadataTemplate {
+            when: vec!["create".into()],
+            template: "broken.tpl".into(),
+            ..Default::default()
+        },
     );
     let e = image::apply_templates(&broken, &templates, &rootfs, "create", &ctx("c1")).unwrap_err();
     assert!(e.to_string().contains("template broken.tpl line 2"), "{e}");
@@ -251,7 +340,11 @@ fn unified_import_export_unpack_templates() {
         let mut m = meta.clone();
         m.templates.insert(
             "/etc/leak".into(),
-            api::ImageMetadataTemplate { when: vec!["create".into()], template: tpl.into(), ..Default::default() },
+            api::ImageMetadataTemplate {
+                when: vec!["create".into()],
+                template: tpl.into(),
+                ..Default::default()
+            },
         );
         let e = image::apply_templates(&m, &templates, &rootfs, "create", &ctx("c1")).unwrap_err();
         assert!(e.to_string().contains(tpl), "{e}");
@@ -275,12 +368,20 @@ fn unified_import_export_unpack_templates() {
 
     // Unpacking into an existing directory is refused.
     assert!(matches!(
-        store.unpack(&img.fingerprint, &rootfs, &tmp.path("c1/t2"), &UnpackOpts::default()),
+        store.unpack(
+            &img.fingerprint,
+            &rootfs,
+            &tmp.path("c1/t2"),
+            &UnpackOpts::default()
+        ),
         Err(Error::Conflict(_))
     ));
 
     store.delete(&img.fingerprint).unwrap();
-    assert!(matches!(store.get(&img.fingerprint), Err(Error::NotFound(_))));
+    assert!(matches!(
+        store.get(&img.fingerprint),
+        Err(Error::NotFound(_))
+    ));
     assert_eq!(listing(store.dir()), Vec::<String>::new());
 }
 
@@ -300,35 +401,81 @@ fn split_image() {
     ));
     let store = Store::open(&tmp.path("store")).unwrap();
     let (mut m, mut r) = (File::open(&meta).unwrap(), File::open(&root).unwrap());
-    let img = store.import(Upload::Split { metadata: &mut m, rootfs: &mut r }, &ImportOpts::default()).unwrap();
+    let img = store
+        .import(
+            Upload::Split {
+                metadata: &mut m,
+                rootfs: &mut r,
+            },
+            &ImportOpts::default(),
+        )
+        .unwrap();
     assert_eq!(img.fingerprint, sha256sum(&[&meta, &root]));
-    assert_eq!(img.size as u64, fs::metadata(&meta).unwrap().len() + fs::metadata(&root).unwrap().len());
+    assert_eq!(
+        img.size as u64,
+        fs::metadata(&meta).unwrap().len() + fs::metadata(&root).unwrap().len()
+    );
 
     let (a, b) = store.files(&img.fingerprint).unwrap();
     assert_eq!(fs::read(a).unwrap(), fs::read(&meta).unwrap());
     assert_eq!(fs::read(b.unwrap()).unwrap(), fs::read(&root).unwrap());
 
     let (rootfs, templates) = (tmp.path("rootfs"), tmp.path("templates"));
-    store.unpack(&img.fingerprint, &rootfs, &templates, &UnpackOpts::default()).unwrap();
+    store
+        .unpack(
+            &img.fingerprint,
+            &rootfs,
+            &templates,
+            &UnpackOpts::default(),
+        )
+        .unwrap();
     assert!(rootfs.join("bin/busybox").is_file());
-    assert_eq!(fs::read_to_string(rootfs.join("etc/hostname")).unwrap(), "busybox\n");
+    assert_eq!(
+        fs::read_to_string(rootfs.join("etc/hostname")).unwrap(),
+        "busybox\n"
+    );
     assert!(templates.join("hosts.tpl").is_file());
     let md = store.metadata(&img.fingerprint).unwrap();
     image::apply_templates(&md, &templates, &rootfs, "create", &ctx("split1")).unwrap();
-    assert_eq!(fs::read_to_string(rootfs.join("etc/hostname")).unwrap(), "split1\n");
-    assert!(store.rootfs_size(&img.fingerprint).unwrap() >= fs::metadata("/bin/busybox").unwrap().len());
+    assert_eq!(
+        fs::read_to_string(rootfs.join("etc/hostname")).unwrap(),
+        "split1\n"
+    );
+    assert!(
+        store.rootfs_size(&img.fingerprint).unwrap() >= fs::metadata("/bin/busybox").unwrap().len()
+    );
 
     // A real squashfs rootfs (when squashfs-tools is installed).
     if Command::new("mksquashfs").arg("-version").output().is_ok() {
         let sq = tmp.path("rootfs.squashfs");
-        sh(&format!("mksquashfs '{}/rootfs' '{}' -noappend -quiet -no-progress", build.display(), sq.display()));
+        sh(&format!(
+            "mksquashfs '{}/rootfs' '{}' -noappend -quiet -no-progress",
+            build.display(),
+            sq.display()
+        ));
         let (mut m, mut r) = (File::open(&meta).unwrap(), File::open(&sq).unwrap());
-        let img = store.import(Upload::Split { metadata: &mut m, rootfs: &mut r }, &ImportOpts::default()).unwrap();
+        let img = store
+            .import(
+                Upload::Split {
+                    metadata: &mut m,
+                    rootfs: &mut r,
+                },
+                &ImportOpts::default(),
+            )
+            .unwrap();
         assert_eq!(img.fingerprint, sha256sum(&[&meta, &sq]));
         let (r, t) = (tmp.path("sqfs-rootfs"), tmp.path("sqfs-templates"));
-        store.unpack(&img.fingerprint, &r, &t, &UnpackOpts::default()).unwrap();
-        assert_eq!(fs::read(r.join("bin/busybox")).unwrap(), fs::read("/bin/busybox").unwrap());
-        assert_eq!(fs::read_link(r.join("bin/sh")).unwrap(), Path::new("busybox"));
+        store
+            .unpack(&img.fingerprint, &r, &t, &UnpackOpts::default())
+            .unwrap();
+        assert_eq!(
+            fs::read(r.join("bin/busybox")).unwrap(),
+            fs::read("/bin/busybox").unwrap()
+        );
+        assert_eq!(
+            fs::read_link(r.join("bin/sh")).unwrap(),
+            Path::new("busybox")
+        );
         assert!(t.join("hostname.tpl").is_file());
     } else {
         eprintln!("SKIP split_image squashfs part: mksquashfs not installed");
@@ -338,8 +485,23 @@ fn split_image() {
     let sq = tmp.path("fake.squashfs");
     fs::write(&sq, b"hsqs\0\0\0\0 not really a squashfs").unwrap();
     let (mut m, mut r) = (File::open(&meta).unwrap(), File::open(&sq).unwrap());
-    let img2 = store.import(Upload::Split { metadata: &mut m, rootfs: &mut r }, &ImportOpts::default()).unwrap();
-    let e = store.unpack(&img2.fingerprint, &tmp.path("sq"), &tmp.path("sqt"), &UnpackOpts::default()).unwrap_err();
+    let img2 = store
+        .import(
+            Upload::Split {
+                metadata: &mut m,
+                rootfs: &mut r,
+            },
+            &ImportOpts::default(),
+        )
+        .unwrap();
+    let e = store
+        .unpack(
+            &img2.fingerprint,
+            &tmp.path("sq"),
+            &tmp.path("sqt"),
+            &UnpackOpts::default(),
+        )
+        .unwrap_err();
     assert!(e.to_string().contains("unsquashfs"), "{e}");
     assert!(!tmp.path("sq").exists() && !tmp.path("sqt").exists());
 }
@@ -381,10 +543,26 @@ impl Tb {
         self.0.append(&h, data).unwrap();
     }
     fn file(&mut self, name: &str, data: &[u8], mode: u32, uid: u64, gid: u64) {
-        self.raw(name.as_bytes(), tar::EntryType::Regular, data, None, mode, uid, gid);
+        self.raw(
+            name.as_bytes(),
+            tar::EntryType::Regular,
+            data,
+            None,
+            mode,
+            uid,
+            gid,
+        );
     }
     fn dir(&mut self, name: &str, mode: u32) {
-        self.raw(name.as_bytes(), tar::EntryType::Directory, b"", None, mode, 0, 0);
+        self.raw(
+            name.as_bytes(),
+            tar::EntryType::Directory,
+            b"",
+            None,
+            mode,
+            0,
+            0,
+        );
     }
     fn gz(self) -> Vec<u8> {
         let tar = self.0.into_inner().unwrap();
@@ -438,19 +616,53 @@ fn prefixes_and_aliases() {
     store.alias_create(&entry("one", &a[..12])).unwrap();
     assert_eq!(store.alias_get("one").unwrap().target, a);
     assert_eq!(store.alias_get("one").unwrap().kind, "container");
-    assert!(matches!(store.alias_create(&entry("one", &b)), Err(Error::Conflict(_))));
-    assert!(matches!(store.alias_create(&entry("a/b", &b)), Err(Error::BadRequest(_))));
-    assert!(matches!(store.alias_create(&entry("", &b)), Err(Error::BadRequest(_))));
-    assert!(matches!(store.alias_create(&entry("two", &"f".repeat(64))), Err(Error::NotFound(_))));
+    assert!(matches!(
+        store.alias_create(&entry("one", &b)),
+        Err(Error::Conflict(_))
+    ));
+    assert!(matches!(
+        store.alias_create(&entry("a/b", &b)),
+        Err(Error::BadRequest(_))
+    ));
+    assert!(matches!(
+        store.alias_create(&entry("", &b)),
+        Err(Error::BadRequest(_))
+    ));
+    assert!(matches!(
+        store.alias_create(&entry("two", &"f".repeat(64))),
+        Err(Error::NotFound(_))
+    ));
     store.alias_create(&entry("two", &b)).unwrap();
-    let names: Vec<String> = store.alias_list().unwrap().into_iter().map(|a| a.name).collect();
+    let names: Vec<String> = store
+        .alias_list()
+        .unwrap()
+        .into_iter()
+        .map(|a| a.name)
+        .collect();
     assert_eq!(names, ["one", "two"]);
-    assert_eq!(store.get(&a).unwrap().aliases, [api::ImageAlias { name: "one".into(), description: "d".into() }]);
+    assert_eq!(
+        store.get(&a).unwrap().aliases,
+        [api::ImageAlias {
+            name: "one".into(),
+            description: "d".into()
+        }]
+    );
 
-    store.alias_update("one", &api::ImageAliasesEntryPut { description: "moved".into(), target: b.clone() }).unwrap();
+    store
+        .alias_update(
+            "one",
+            &api::ImageAliasesEntryPut {
+                description: "moved".into(),
+                target: b.clone(),
+            },
+        )
+        .unwrap();
     assert_eq!(store.alias_get("one").unwrap().target, b);
     assert!(store.get(&a).unwrap().aliases.is_empty());
-    assert!(matches!(store.alias_rename("one", "two"), Err(Error::Conflict(_))));
+    assert!(matches!(
+        store.alias_rename("one", "two"),
+        Err(Error::Conflict(_))
+    ));
     store.alias_rename("one", "uno").unwrap();
     assert!(matches!(store.alias_get("one"), Err(Error::NotFound(_))));
     assert_eq!(store.get(&b).unwrap().aliases.len(), 2);
@@ -472,14 +684,20 @@ fn prefixes_and_aliases() {
 }
 
 /// security.capability v2 for cap_net_raw+ep (what `setcap cap_net_raw+ep` writes).
-const CAP_NET_RAW: [u8; 20] = [1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+const CAP_NET_RAW: [u8; 20] = [
+    1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+];
 
 /// system.posix_acl_access: u::rw-, u:1000:r--, g::r--, m::r--, o::---.
 fn acl() -> Vec<u8> {
     let mut v = 2u32.to_le_bytes().to_vec();
-    for (tag, perm, id) in
-        [(1u16, 6u16, u32::MAX), (2, 4, 1000), (4, 4, u32::MAX), (0x10, 4, u32::MAX), (0x20, 0, u32::MAX)]
-    {
+    for (tag, perm, id) in [
+        (1u16, 6u16, u32::MAX),
+        (2, 4, 1000),
+        (4, 4, u32::MAX),
+        (0x10, 4, u32::MAX),
+        (0x20, 0, u32::MAX),
+    ] {
         v.extend(tag.to_le_bytes());
         v.extend(perm.to_le_bytes());
         v.extend(id.to_le_bytes());
@@ -510,16 +728,31 @@ fn check_attrs(rootfs: &Path) {
     assert_eq!(ping2.ino(), md.ino(), "hard link kept");
     let f = rootfs.join("home/u/file");
     let md = fs::metadata(&f).unwrap();
-    assert_eq!((md.mode() & 0o7777, md.uid(), md.gid()), (0o640, 1000, 1001));
+    assert_eq!(
+        (md.mode() & 0o7777, md.uid(), md.gid()),
+        (0o640, 1000, 1001)
+    );
     assert_eq!(xattr(&f, "system.posix_acl_access").unwrap(), acl());
     assert_eq!(xattr(&f, "user.note").unwrap(), b"v");
     let d = fs::metadata(rootfs.join("home/u")).unwrap();
-    assert_eq!((d.mode() & 0o7777, d.uid(), d.gid(), d.mtime()), (0o750, 1000, 1000, 1_234_567_890));
+    assert_eq!(
+        (d.mode() & 0o7777, d.uid(), d.gid(), d.mtime()),
+        (0o750, 1000, 1000, 1_234_567_890)
+    );
     let null = fs::symlink_metadata(rootfs.join("dev/null")).unwrap();
     assert!(null.file_type().is_char_device());
-    assert_eq!((rustix::fs::major(null.rdev()), rustix::fs::minor(null.rdev())), (1, 3));
+    assert_eq!(
+        (
+            rustix::fs::major(null.rdev()),
+            rustix::fs::minor(null.rdev())
+        ),
+        (1, 3)
+    );
     assert_eq!(null.mode() & 0o7777, 0o666);
-    assert!(fs::symlink_metadata(rootfs.join("run/fifo")).unwrap().file_type().is_fifo());
+    assert!(fs::symlink_metadata(rootfs.join("run/fifo"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
     let l = rootfs.join("lib64");
     assert_eq!(fs::read_link(&l).unwrap(), Path::new("usr/lib"));
     assert_eq!(fs::symlink_metadata(&l).unwrap().uid(), 7);
@@ -529,13 +762,33 @@ fn attrs_image() -> Vec<u8> {
     let mut tb = Tb::new().metadata("architecture: aarch64\ncreation_date: 1700000000\n");
     tb.dir("rootfs/", 0o755);
     tb.dir("rootfs/bin/", 0o755);
-    tb.0.append_pax_extensions([("SCHILY.xattr.security.capability", &CAP_NET_RAW[..])]).unwrap();
-    tb.file("rootfs/bin/ping", b"\x7fELF not really", 0o4755, 0, 0);
-    tb.raw(b"rootfs/bin/ping2", tar::EntryType::Link, b"", Some(b"rootfs/bin/ping"), 0o4755, 0, 0);
-    tb.raw(b"rootfs/home/u/", tar::EntryType::Directory, b"", None, 0o750, 1000, 1000);
-    let a = acl();
-    tb.0.append_pax_extensions([("SCHILY.xattr.system.posix_acl_access", &a[..]), ("SCHILY.xattr.user.note", b"v")])
+    tb.0.append_pax_extensions([("SCHILY.xattr.security.capability", &CAP_NET_RAW[..])])
         .unwrap();
+    tb.file("rootfs/bin/ping", b"\x7fELF not really", 0o4755, 0, 0);
+    tb.raw(
+        b"rootfs/bin/ping2",
+        tar::EntryType::Link,
+        b"",
+        Some(b"rootfs/bin/ping"),
+        0o4755,
+        0,
+        0,
+    );
+    tb.raw(
+        b"rootfs/home/u/",
+        tar::EntryType::Directory,
+        b"",
+        None,
+        0o750,
+        1000,
+        1000,
+    );
+    let a = acl();
+    tb.0.append_pax_extensions([
+        ("SCHILY.xattr.system.posix_acl_access", &a[..]),
+        ("SCHILY.xattr.user.note", b"v"),
+    ])
+    .unwrap();
     tb.file("rootfs/home/u/file", b"data", 0o640, 1000, 1001);
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(tar::EntryType::Char);
@@ -543,20 +796,47 @@ fn attrs_image() -> Vec<u8> {
     h.set_device_minor(3).unwrap();
     h.set_mode(0o666);
     h.set_size(0);
-    tb.0.append_data(&mut h, "rootfs/dev/null", &b""[..]).unwrap();
-    tb.raw(b"rootfs/run/fifo", tar::EntryType::Fifo, b"", None, 0o600, 0, 0);
-    tb.raw(b"rootfs/lib64", tar::EntryType::Symlink, b"", Some(b"usr/lib"), 0o777, 7, 7);
+    tb.0.append_data(&mut h, "rootfs/dev/null", &b""[..])
+        .unwrap();
+    tb.raw(
+        b"rootfs/run/fifo",
+        tar::EntryType::Fifo,
+        b"",
+        None,
+        0o600,
+        0,
+        0,
+    );
+    tb.raw(
+        b"rootfs/lib64",
+        tar::EntryType::Symlink,
+        b"",
+        Some(b"usr/lib"),
+        0o777,
+        7,
+        7,
+    );
     // Long names and link targets (GNU longname/longlink records).
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(tar::EntryType::Regular);
     h.set_mode(0o600);
     h.set_size(4);
-    tb.0.append_data(&mut h, format!("rootfs/{}/{}", LONG_DIR, "f".repeat(120)), &b"long"[..]).unwrap();
+    tb.0.append_data(
+        &mut h,
+        format!("rootfs/{}/{}", LONG_DIR, "f".repeat(120)),
+        &b"long"[..],
+    )
+    .unwrap();
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(tar::EntryType::Symlink);
     h.set_mode(0o777);
     h.set_size(0);
-    tb.0.append_link(&mut h, "rootfs/longlink", format!("{}/{}", LONG_DIR, "f".repeat(120))).unwrap();
+    tb.0.append_link(
+        &mut h,
+        "rootfs/longlink",
+        format!("{}/{}", LONG_DIR, "f".repeat(120)),
+    )
+    .unwrap();
     tb.gz()
 }
 
@@ -568,32 +848,69 @@ fn unpack_keeps_owners_modes_xattrs_and_publish_round_trips() {
     let img = import_bytes(&store, &attrs_image()).unwrap();
     assert_eq!(img.architecture, "aarch64");
     let (rootfs, templates) = (tmp.path("r1"), tmp.path("t1"));
-    store.unpack(&img.fingerprint, &rootfs, &templates, &UnpackOpts::default()).unwrap();
+    store
+        .unpack(
+            &img.fingerprint,
+            &rootfs,
+            &templates,
+            &UnpackOpts::default(),
+        )
+        .unwrap();
     check_attrs(&rootfs);
 
     // skip_devices: the node is skipped, the rest is there.
     store
-        .unpack(&img.fingerprint, &tmp.path("r2"), &tmp.path("t2"), &UnpackOpts { skip_devices: true, max_bytes: 0 })
+        .unpack(
+            &img.fingerprint,
+            &tmp.path("r2"),
+            &tmp.path("t2"),
+            &UnpackOpts {
+                skip_devices: true,
+                max_bytes: 0,
+            },
+        )
         .unwrap();
     assert!(!tmp.path("r2/dev/null").exists());
     assert!(tmp.path("r2/bin/ping").is_file());
 
     // Publish with every compression; each imports and unpacks to the same attributes.
     let meta = store.metadata(&img.fingerprint).unwrap();
-    for (i, c) in ["gzip", "xz", "zstd", "bzip2", "none"].into_iter().enumerate() {
+    for (i, c) in ["gzip", "xz", "zstd", "bzip2", "none"]
+        .into_iter()
+        .enumerate()
+    {
         let c = Compression::from_name(c).unwrap();
         let mut m = meta.clone();
         m.creation_date += i as i64;
-        let opts = ImportOpts { filename: format!("pub{}", c.extension()), ..Default::default() };
-        let pubd = store.publish(&rootfs, &m, Some(&templates), c, &opts).unwrap();
+        let opts = ImportOpts {
+            filename: format!("pub{}", c.extension()),
+            ..Default::default()
+        };
+        let pubd = store
+            .publish(&rootfs, &m, Some(&templates), c, &opts)
+            .unwrap();
         let (file, _) = store.files(&pubd.fingerprint).unwrap();
         assert_eq!(pubd.fingerprint, sha256sum(&[&file]));
         assert_eq!(
-            image::sniff(&fs::read(&file).unwrap()[..512.min(fs::metadata(&file).unwrap().len() as usize)]).name(),
-            if c == Compression::None { "tar" } else { c.name() }
+            image::sniff(
+                &fs::read(&file).unwrap()[..512.min(fs::metadata(&file).unwrap().len() as usize)]
+            )
+            .name(),
+            if c == Compression::None {
+                "tar"
+            } else {
+                c.name()
+            }
         );
         let r = tmp.path(&format!("pub-{}", c.name()));
-        store.unpack(&pubd.fingerprint, &r, &tmp.path(&format!("pubt-{}", c.name())), &UnpackOpts::default()).unwrap();
+        store
+            .unpack(
+                &pubd.fingerprint,
+                &r,
+                &tmp.path(&format!("pubt-{}", c.name())),
+                &UnpackOpts::default(),
+            )
+            .unwrap();
         check_attrs(&r);
         // pack to a writer gives a tarball that imports to the same fingerprint when identical.
         let mut out = Vec::new();
@@ -607,13 +924,25 @@ fn unpack_keeps_owners_modes_xattrs_and_publish_round_trips() {
 }
 
 /// Unpack a hostile unified image and check it was refused (or contained) with nothing outside.
-fn hostile(tmp: &Tmp, store: &Store, name: &str, data: &[u8], opts: &UnpackOpts) -> image::Result<()> {
+fn hostile(
+    tmp: &Tmp,
+    store: &Store,
+    name: &str,
+    data: &[u8],
+    opts: &UnpackOpts,
+) -> image::Result<()> {
     let img = import_bytes(store, data)?;
-    let (r, t) = (tmp.path(&format!("{name}/rootfs")), tmp.path(&format!("{name}/templates")));
+    let (r, t) = (
+        tmp.path(&format!("{name}/rootfs")),
+        tmp.path(&format!("{name}/templates")),
+    );
     fs::create_dir_all(tmp.path(name)).unwrap();
     let res = store.unpack(&img.fingerprint, &r, &t, opts);
     if res.is_err() {
-        assert!(!r.exists() && !t.exists(), "{name}: a failed unpack leaves nothing");
+        assert!(
+            !r.exists() && !t.exists(),
+            "{name}: a failed unpack leaves nothing"
+        );
     }
     res
 }
@@ -624,7 +953,12 @@ fn hostile_tarballs_are_refused_or_contained() {
     let tmp = Tmp::new("hostile");
     let store = Store::open(&tmp.path("store")).unwrap();
     let pid = std::process::id();
-    let meta = |d: u32| format!("architecture: x86_64\ncreation_date: {}\n", 1_600_000_000 + d);
+    let meta = |d: u32| {
+        format!(
+            "architecture: x86_64\ncreation_date: {}\n",
+            1_600_000_000 + d
+        )
+    };
     let outside = tmp.path(&format!("evil-{pid}"));
     let tmp_evil = PathBuf::from(format!("/tmp/evil-{pid}"));
     let nothing_outside = || {
@@ -636,42 +970,95 @@ fn hostile_tarballs_are_refused_or_contained() {
     // ../evil: refused at import (nothing enters the store) and by unpack itself.
     let mut tb = Tb::new().metadata(&meta(1));
     tb.dir("rootfs/", 0o755);
-    tb.raw(format!("rootfs/../../evil-{pid}").as_bytes(), tar::EntryType::Regular, b"x", None, 0o644, 0, 0);
+    tb.raw(
+        format!("rootfs/../../evil-{pid}").as_bytes(),
+        tar::EntryType::Regular,
+        b"x",
+        None,
+        0o644,
+        0,
+        0,
+    );
     let dotdot = tb.gz();
     let e = hostile(&tmp, &store, "dotdot", &dotdot, &UnpackOpts::default()).unwrap_err();
-    assert!(matches!(&e, Error::BadRequest(m) if m.contains("unsafe")), "{e:?}");
+    assert!(
+        matches!(&e, Error::BadRequest(m) if m.contains("unsafe")),
+        "{e:?}"
+    );
     assert_eq!(listing(store.dir()), Vec::<String>::new());
     let f = tmp.path("dotdot.tar.gz");
     fs::write(&f, &dotdot).unwrap();
     fs::create_dir_all(tmp.path("dd")).unwrap();
-    let e = image::unpack_unified_file(&f, &tmp.path("dd/r"), &tmp.path("dd/t"), &UnpackOpts::default()).unwrap_err();
+    let e = image::unpack_unified_file(
+        &f,
+        &tmp.path("dd/r"),
+        &tmp.path("dd/t"),
+        &UnpackOpts::default(),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("unsafe path"), "{e}");
     nothing_outside();
 
     // Absolute /tmp/evil: refused the same way.
     let mut tb = Tb::new().metadata(&meta(2));
     tb.dir("rootfs/", 0o755);
-    tb.raw(tmp_evil.to_str().unwrap().as_bytes(), tar::EntryType::Regular, b"x", None, 0o644, 0, 0);
+    tb.raw(
+        tmp_evil.to_str().unwrap().as_bytes(),
+        tar::EntryType::Regular,
+        b"x",
+        None,
+        0o644,
+        0,
+        0,
+    );
     let abs = tb.gz();
-    assert!(matches!(hostile(&tmp, &store, "abs", &abs, &UnpackOpts::default()), Err(Error::BadRequest(_))));
+    assert!(matches!(
+        hostile(&tmp, &store, "abs", &abs, &UnpackOpts::default()),
+        Err(Error::BadRequest(_))
+    ));
     let f = tmp.path("abs.tar.gz");
     fs::write(&f, &abs).unwrap();
     fs::create_dir_all(tmp.path("ab")).unwrap();
-    assert!(image::unpack_unified_file(&f, &tmp.path("ab/r"), &tmp.path("ab/t"), &UnpackOpts::default()).is_err());
+    assert!(image::unpack_unified_file(
+        &f,
+        &tmp.path("ab/r"),
+        &tmp.path("ab/t"),
+        &UnpackOpts::default()
+    )
+    .is_err());
     nothing_outside();
 
     // Symlink rootfs/x -> /tmp, then rootfs/x/evil2: the planted symlink is never followed.
     let mut tb = Tb::new().metadata(&meta(3));
     tb.dir("rootfs/", 0o755);
-    tb.raw(b"rootfs/x", tar::EntryType::Symlink, b"", Some(b"/tmp"), 0o777, 0, 0);
+    tb.raw(
+        b"rootfs/x",
+        tar::EntryType::Symlink,
+        b"",
+        Some(b"/tmp"),
+        0o777,
+        0,
+        0,
+    );
     tb.file(&format!("rootfs/x/evil2-{pid}"), b"x", 0o644, 0, 0);
     let e = hostile(&tmp, &store, "symlink", &tb.gz(), &UnpackOpts::default()).unwrap_err();
-    assert!(matches!(&e, Error::BadRequest(m) if m.contains("symlink")), "{e:?}");
+    assert!(
+        matches!(&e, Error::BadRequest(m) if m.contains("symlink")),
+        "{e:?}"
+    );
     nothing_outside();
     // The same through a relative symlink climbing out, and a symlink replaced by a directory member.
     let mut tb = Tb::new().metadata(&meta(4));
     tb.dir("rootfs/", 0o755);
-    tb.raw(b"rootfs/up", tar::EntryType::Symlink, b"", Some(b"../../../../../../tmp"), 0o777, 0, 0);
+    tb.raw(
+        b"rootfs/up",
+        tar::EntryType::Symlink,
+        b"",
+        Some(b"../../../../../../tmp"),
+        0o777,
+        0,
+        0,
+    );
     tb.file(&format!("rootfs/up/evil2-{pid}"), b"x", 0o644, 0, 0);
     assert!(hostile(&tmp, &store, "symlink2", &tb.gz(), &UnpackOpts::default()).is_err());
     nothing_outside();
@@ -679,26 +1066,64 @@ fn hostile_tarballs_are_refused_or_contained() {
     let mut tb = Tb::new().metadata(&meta(5));
     tb.dir("rootfs/", 0o755);
     let target = format!("/tmp/evil2-{pid}");
-    tb.raw(b"rootfs/f", tar::EntryType::Symlink, b"", Some(target.as_bytes()), 0o777, 0, 0);
+    tb.raw(
+        b"rootfs/f",
+        tar::EntryType::Symlink,
+        b"",
+        Some(target.as_bytes()),
+        0o777,
+        0,
+        0,
+    );
     tb.file("rootfs/f", b"contained", 0o644, 0, 0);
     hostile(&tmp, &store, "overwrite", &tb.gz(), &UnpackOpts::default()).unwrap();
-    assert_eq!(fs::read(tmp.path("overwrite/rootfs/f")).unwrap(), b"contained");
+    assert_eq!(
+        fs::read(tmp.path("overwrite/rootfs/f")).unwrap(),
+        b"contained"
+    );
     nothing_outside();
 
     // Hard link to /etc/passwd (absolute, outside, or not yet extracted): refused.
     let before = fs::metadata("/etc/passwd").unwrap();
-    for (i, target) in
-        [&b"/etc/passwd"[..], b"rootfs/../../../../etc/passwd", b"etc/passwd", b"rootfs/etc/passwd"].iter().enumerate()
+    for (i, target) in [
+        &b"/etc/passwd"[..],
+        b"rootfs/../../../../etc/passwd",
+        b"etc/passwd",
+        b"rootfs/etc/passwd",
+    ]
+    .iter()
+    .enumerate()
     {
         let mut tb = Tb::new().metadata(&meta(10 + i as u32));
         tb.dir("rootfs/", 0o755);
         tb.dir("rootfs/etc/", 0o755);
-        tb.raw(b"rootfs/etc/pw", tar::EntryType::Link, b"", Some(target), 0o644, 0, 0);
-        let res = hostile(&tmp, &store, &format!("hardlink{i}"), &tb.gz(), &UnpackOpts::default());
-        assert!(matches!(&res, Err(Error::BadRequest(_))), "{}: {res:?}", String::from_utf8_lossy(target));
+        tb.raw(
+            b"rootfs/etc/pw",
+            tar::EntryType::Link,
+            b"",
+            Some(target),
+            0o644,
+            0,
+            0,
+        );
+        let res = hostile(
+            &tmp,
+            &store,
+            &format!("hardlink{i}"),
+            &tb.gz(),
+            &UnpackOpts::default(),
+        );
+        assert!(
+            matches!(&res, Err(Error::BadRequest(_))),
+            "{}: {res:?}",
+            String::from_utf8_lossy(target)
+        );
     }
     let after = fs::metadata("/etc/passwd").unwrap();
-    assert_eq!((before.nlink(), before.mode(), before.uid()), (after.nlink(), after.mode(), after.uid()));
+    assert_eq!(
+        (before.nlink(), before.mode(), before.uid()),
+        (after.nlink(), after.mode(), after.uid())
+    );
 
     // A device node with skip_devices: skipped, the rest extracted.
     let mut tb = Tb::new().metadata(&meta(20));
@@ -709,9 +1134,20 @@ fn hostile_tarballs_are_refused_or_contained() {
     h.set_device_minor(0).unwrap();
     h.set_mode(0o666);
     h.set_size(0);
-    tb.0.append_data(&mut h, "rootfs/dev/sda", &b""[..]).unwrap();
+    tb.0.append_data(&mut h, "rootfs/dev/sda", &b""[..])
+        .unwrap();
     tb.file("rootfs/ok", b"ok", 0o644, 0, 0);
-    hostile(&tmp, &store, "device", &tb.gz(), &UnpackOpts { skip_devices: true, max_bytes: 0 }).unwrap();
+    hostile(
+        &tmp,
+        &store,
+        "device",
+        &tb.gz(),
+        &UnpackOpts {
+            skip_devices: true,
+            max_bytes: 0,
+        },
+    )
+    .unwrap();
     assert!(fs::symlink_metadata(tmp.path("device/rootfs/dev/sda")).is_err());
     assert!(tmp.path("device/rootfs/ok").is_file());
 
@@ -719,16 +1155,26 @@ fn hostile_tarballs_are_refused_or_contained() {
     let sp = tmp.path("sparse-build");
     fs::create_dir_all(sp.join("rootfs")).unwrap();
     fs::write(sp.join("metadata.yaml"), meta(30)).unwrap();
-    sh(&format!("truncate -s 10G '{}'", sp.join("rootfs/big").display()));
+    sh(&format!(
+        "truncate -s 10G '{}'",
+        sp.join("rootfs/big").display()
+    ));
     let sparse = tmp.path("sparse.tar.gz");
-    sh(&format!("tar --sparse -C '{}' -czf '{}' metadata.yaml rootfs", sp.display(), sparse.display()));
+    sh(&format!(
+        "tar --sparse -C '{}' -czf '{}' metadata.yaml rootfs",
+        sp.display(),
+        sparse.display()
+    ));
     fs::remove_dir_all(&sp).unwrap();
     let e = hostile(
         &tmp,
         &store,
         "sparse",
         &fs::read(&sparse).unwrap(),
-        &UnpackOpts { skip_devices: true, max_bytes: 1 << 30 },
+        &UnpackOpts {
+            skip_devices: true,
+            max_bytes: 1 << 30,
+        },
     )
     .unwrap_err();
     assert!(e.to_string().contains("too large"), "{e}");
@@ -746,7 +1192,11 @@ fn corrupt_inputs_leave_nothing() {
             Err(Error::BadRequest(m)) => assert!(m.contains(want), "{m} !~ {want}"),
             other => panic!("want BadRequest ~ {want}: {other:?}"),
         }
-        assert_eq!(listing(store.dir()), Vec::<String>::new(), "nothing left for {want}");
+        assert_eq!(
+            listing(store.dir()),
+            Vec::<String>::new(),
+            "nothing left for {want}"
+        );
     };
     let dflt = ImportOpts::default();
     // Truncated gzip (cut in the middle, and just the trailer missing).
@@ -759,28 +1209,53 @@ fn corrupt_inputs_leave_nothing() {
     }
     bad_request(&corrupt, &dflt, "invalid image tarball");
     // Not a tarball at all.
-    bad_request(b"just some text, definitely not an image", &dflt, "unsupported image file format");
+    bad_request(
+        b"just some text, definitely not an image",
+        &dflt,
+        "unsupported image file format",
+    );
     // Missing metadata.yaml.
     let mut tb = Tb::new();
     tb.dir("rootfs/", 0o755);
     bad_request(&tb.gz(), &dflt, "metadata.yaml is missing");
     // Missing rootfs/.
-    bad_request(&Tb::new().metadata("architecture: x86_64\ncreation_date: 1\n").gz(), &dflt, "rootfs/ is missing");
+    bad_request(
+        &Tb::new()
+            .metadata("architecture: x86_64\ncreation_date: 1\n")
+            .gz(),
+        &dflt,
+        "rootfs/ is missing",
+    );
     // Bad architecture, missing creation date.
     let with_meta = |y: &str| {
         let mut tb = Tb::new().metadata(y);
         tb.dir("rootfs/", 0o755);
         tb.gz()
     };
-    bad_request(&with_meta("architecture: pdp11\ncreation_date: 1\n"), &dflt, "unknown architecture \"pdp11\"");
+    bad_request(
+        &with_meta("architecture: pdp11\ncreation_date: 1\n"),
+        &dflt,
+        "unknown architecture \"pdp11\"",
+    );
     bad_request(&with_meta("architecture: x86_64\n"), &dflt, "creation_date");
     // Wrong expected fingerprint.
-    let opts = ImportOpts { expected_fingerprint: Some("ab".repeat(32)), ..Default::default() };
+    let opts = ImportOpts {
+        expected_fingerprint: Some("ab".repeat(32)),
+        ..Default::default()
+    };
     bad_request(&good, &opts, "Fingerprint doesn't match");
     // Split with a broken rootfs.
-    let m = Tb::new().metadata("architecture: x86_64\ncreation_date: 1\n").gz();
+    let m = Tb::new()
+        .metadata("architecture: x86_64\ncreation_date: 1\n")
+        .gz();
     let r = &good[..good.len() / 3];
-    match store.import(Upload::Split { metadata: &mut &m[..], rootfs: &mut &r[..] }, &dflt) {
+    match store.import(
+        Upload::Split {
+            metadata: &mut &m[..],
+            rootfs: &mut &r[..],
+        },
+        &dflt,
+    ) {
         Err(Error::BadRequest(_)) => {}
         other => panic!("{other:?}"),
     }
@@ -788,16 +1263,35 @@ fn corrupt_inputs_leave_nothing() {
     // Right expected fingerprint works.
     let fp = {
         let d = ring::digest::digest(&ring::digest::SHA256, &good);
-        d.as_ref().iter().map(|b| format!("{b:02x}")).collect::<String>()
+        d.as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
     };
-    let opts = ImportOpts { expected_fingerprint: Some(fp.clone()), ..Default::default() };
-    assert_eq!(store.import(Upload::Unified(&mut &good[..]), &opts).unwrap().fingerprint, fp);
+    let opts = ImportOpts {
+        expected_fingerprint: Some(fp.clone()),
+        ..Default::default()
+    };
+    assert_eq!(
+        store
+            .import(Upload::Unified(&mut &good[..]), &opts)
+            .unwrap()
+            .fingerprint,
+        fp
+    );
     // Leftovers of an interrupted import (by a process that is gone) are removed by open;
     // those of a live process (an import in flight) are kept.
     fs::write(store.dir().join(".import-999999999-1.tmp"), b"partial").unwrap();
     fs::write(store.dir().join(".aliases.json.tmp999999999"), b"partial").unwrap();
     let store = Store::open(store.dir()).unwrap();
-    assert_eq!(listing(store.dir()), [fp.clone(), format!("{fp}.json"), format!("{fp}.metadata.yaml")]);
+    assert_eq!(
+        listing(store.dir()),
+        [
+            fp.clone(),
+            format!("{fp}.json"),
+            format!("{fp}.metadata.yaml")
+        ]
+    );
     // A VM image is refused clearly.
     let mut tb = Tb::new().metadata("architecture: x86_64\ncreation_date: 1\n");
     tb.file("rootfs.img", b"QFI\xfb", 0o644, 0, 0);
@@ -828,7 +1322,10 @@ fn concurrent_imports_dedupe() {
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let ok = results.iter().filter(|r| r.is_ok()).count();
-    let conflicts = results.iter().filter(|r| matches!(r, Err(Error::Conflict(_)))).count();
+    let conflicts = results
+        .iter()
+        .filter(|r| matches!(r, Err(Error::Conflict(_))))
+        .count();
     assert_eq!((ok, conflicts), (1, 3), "{results:?}");
     assert_eq!(listing(&dir).len(), 3);
 }
@@ -838,12 +1335,18 @@ fn concurrent_imports_dedupe() {
 /// root, unpacks it. `BIVY_IMAGE_BENCH_ONLY=xz,zstd` limits the formats. Use a release build.
 #[test]
 fn bench_import_throughput() {
-    let Some(src) = std::env::var_os("BIVY_IMAGE_BENCH") else { return };
+    let Some(src) = std::env::var_os("BIVY_IMAGE_BENCH") else {
+        return;
+    };
     let tmp = Tmp::new("bench");
     let src = PathBuf::from(src);
     let b = tmp.path("b");
     fs::create_dir_all(&b).unwrap();
-    fs::write(b.join("metadata.yaml"), "architecture: x86_64\ncreation_date: 1700000000\n").unwrap();
+    fs::write(
+        b.join("metadata.yaml"),
+        "architecture: x86_64\ncreation_date: 1700000000\n",
+    )
+    .unwrap();
     let raw = tmp.path("raw.tar");
     sh(&format!(
         "tar -C '{}' -cf '{}' metadata.yaml && tar -C '{}' --transform 's,^\\.,rootfs,' -rf '{}' .",
@@ -854,7 +1357,12 @@ fn bench_import_throughput() {
     ));
     let raw_len = fs::metadata(&raw).unwrap().len();
     let only = std::env::var("BIVY_IMAGE_BENCH_ONLY").unwrap_or_default();
-    for (name, cmd) in [("gzip", "gzip -6"), ("xz", "xz -6 -T2"), ("zstd", "zstd -3 -q"), ("bzip2", "bzip2 -9")] {
+    for (name, cmd) in [
+        ("gzip", "gzip -6"),
+        ("xz", "xz -6 -T2"),
+        ("zstd", "zstd -3 -q"),
+        ("bzip2", "bzip2 -9"),
+    ] {
         if !only.is_empty() && !only.split(',').any(|o| o == name) {
             continue;
         }
@@ -881,10 +1389,19 @@ fn bench_import_throughput() {
         fs::remove_file(&f).unwrap();
         if is_root() {
             let t = std::time::Instant::now();
-            let (r, tp) = (tmp.path(&format!("u-{name}")), tmp.path(&format!("ut-{name}")));
-            store.unpack(&img.fingerprint, &r, &tp, &UnpackOpts::default()).unwrap();
+            let (r, tp) = (
+                tmp.path(&format!("u-{name}")),
+                tmp.path(&format!("ut-{name}")),
+            );
+            store
+                .unpack(&img.fingerprint, &r, &tp, &UnpackOpts::default())
+                .unwrap();
             let s = t.elapsed().as_secs_f64();
-            eprintln!("BENCH unpack {name}: {:.2} s, {:.1} MB/s of tar", s, raw_len as f64 / 1e6 / s);
+            eprintln!(
+                "BENCH unpack {name}: {:.2} s, {:.1} MB/s of tar",
+                s,
+                raw_len as f64 / 1e6 / s
+            );
             fs::remove_dir_all(&r).unwrap();
         }
         fs::remove_dir_all(store.dir()).unwrap();

@@ -4,71 +4,44 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::Daemon;
 
-struct Lxc<'a> {
-    d: &'a Daemon,
-    conf: std::path::PathBuf,
+use common::Lxc;
+
+trait InitPid {
+    fn init_pid(&self, ct: &str) -> i32;
 }
 
-impl Lxc<'_> {
-    fn new(d: &Daemon) -> Lxc<'_> {
-        let conf = d.tmp().join("lxc-conf");
-        std::fs::create_dir_all(&conf).expect("lxc conf");
-        Lxc { d, conf }
-    }
-    fn run(&self, args: &[&str]) -> Output {
-        let mut c = Command::new("lxc");
-        c.args(args).env("LXD_SOCKET", self.d.socket()).env("LXD_CONF", &self.conf).stdin(Stdio::null());
-        common::run_bounded(&mut c, Duration::from_secs(300)).expect("run lxc")
-    }
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "lxc {args:?} failed ({}):\nstdout: {}\nstderr: {}\ndaemon log:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            self.d.log_text()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-    /// `sh -c SCRIPT` in the container: (exit code, stdout + stderr).
-    fn sh(&self, ct: &str, script: &str) -> (i32, String) {
-        let out = self.run(&["exec", ct, "--", "sh", "-c", script]);
-        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&out.stderr));
-        (out.status.code().unwrap_or(-1), text)
-    }
+impl InitPid for Lxc<'_> {
     fn init_pid(&self, ct: &str) -> i32 {
-        self.ok(&["list", ct, "--format", "csv", "-c", "p"]).trim().parse().expect("pid")
+        self.ok(&["list", ct, "--format", "csv", "-c", "p"])
+            .trim()
+            .parse()
+            .expect("pid")
     }
 }
 
 fn prerequisites() -> bool {
-    if !common::require_root() {
-        return false;
-    }
-    if !common::have_cmd("lxc") {
-        common::skip(&common::current_test_name(), "needs the lxc client (apt-get install lxd-client)");
-        return false;
-    }
-    true
+    common::lxc_prerequisites()
 }
 
 fn busybox(l: &Lxc<'_>) {
-    let img = common::busybox_image();
-    l.ok(&["image", "import", img.to_str().expect("utf-8"), "--alias", "busybox"]);
+    l.import_busybox();
 }
 
 fn host_uid_of(pid: i32) -> u32 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let line = status.lines().find(|l| l.starts_with("Uid:")).expect("Uid line");
-    line.split_whitespace().nth(1).expect("uid").parse().expect("uid number")
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .expect("Uid line");
+    line.split_whitespace()
+        .nth(1)
+        .expect("uid")
+        .parse()
+        .expect("uid number")
 }
 
 #[test]
@@ -83,12 +56,19 @@ fn busybox_container_is_confined() {
 
     // Container root is an unprivileged, high host uid.
     let pid = l.init_pid("b1");
-    assert!(host_uid_of(pid) >= 100_000, "container init runs as host uid {}", host_uid_of(pid));
+    assert!(
+        host_uid_of(pid) >= 100_000,
+        "container init runs as host uid {}",
+        host_uid_of(pid)
+    );
     assert_eq!(l.sh("b1", "id -u").1.trim(), "0");
 
     // Host processes and disks are invisible.
     let (_, ps) = l.sh("b1", "ps -o pid | wc -l");
-    assert!(ps.trim().parse::<u32>().expect("count") < 10, "sees {ps} processes");
+    assert!(
+        ps.trim().parse::<u32>().expect("count") < 10,
+        "sees {ps} processes"
+    );
     let (_, devs) = l.sh("b1", "ls -l /dev | grep '^b' | wc -l");
     assert_eq!(devs.trim(), "0", "block devices visible in /dev");
 
@@ -97,18 +77,35 @@ fn busybox_container_is_confined() {
     assert_ne!(rc, 0, "mknod of a block device worked: {out}");
     // (busybox date reports the failure but exits 0.)
     let (rc, out) = l.sh("b1", "date -s 2000-01-01");
-    assert!(rc != 0 || out.contains("Operation not permitted"), "setting the clock worked: {out}");
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    assert!(
+        rc != 0 || out.contains("Operation not permitted"),
+        "setting the clock worked: {out}"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
     assert!(now > 1_700_000_000, "the host clock moved");
-    for path in ["/proc/sysrq-trigger", "/proc/sys/vm/drop_caches", "/sys/kernel/uevent_helper", "/proc/sys/kernel/panic"] {
+    for path in [
+        "/proc/sysrq-trigger",
+        "/proc/sys/vm/drop_caches",
+        "/sys/kernel/uevent_helper",
+        "/proc/sys/kernel/panic",
+    ] {
         let (rc, out) = l.sh("b1", &format!("echo 1 > {path}"));
         assert_ne!(rc, 0, "writing {path} worked: {out}");
     }
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
     l.sh("b1", "hostname changed-inside");
-    assert_eq!(std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname"), host);
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname"),
+        host
+    );
     assert_eq!(l.sh("b1", "hostname").1.trim(), "changed-inside");
-    let (rc, _) = l.sh("b1", "echo ok > /dev/null && head -c 4 /dev/urandom | wc -c");
+    let (rc, _) = l.sh(
+        "b1",
+        "echo ok > /dev/null && head -c 4 /dev/urandom | wc -c",
+    );
     assert_eq!(rc, 0, "/dev/null or /dev/urandom unusable");
 
     // Forced unmount is refused by seccomp.
@@ -117,7 +114,10 @@ fn busybox_container_is_confined() {
 
     // Seccomp is on, without no_new_privs (setuid programs keep working).
     let (_, st) = l.sh("b1", "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status");
-    assert!(st.contains("Seccomp:\t2") && st.contains("NoNewPrivs:\t0"), "{st}");
+    assert!(
+        st.contains("Seccomp:\t2") && st.contains("NoNewPrivs:\t0"),
+        "{st}"
+    );
 
     l.ok(&["delete", "--force", "b1"]);
 }
@@ -130,16 +130,41 @@ fn limits_contain_memory_hogs_and_fork_floods() {
     let d = Daemon::start().expect("daemon");
     let l = Lxc::new(&d);
     busybox(&l);
-    l.ok(&["launch", "busybox", "lim", "-c", "limits.memory=64MiB", "-c", "limits.processes=20"]);
+    l.ok(&[
+        "launch",
+        "busybox",
+        "lim",
+        "-c",
+        "limits.memory=64MiB",
+        "-c",
+        "limits.processes=20",
+    ]);
     // 200 MB through a pipe into tail, which must hold it all: the OOM killer ends tail, not the host.
-    let (rc, out) = l.sh("lim", "head -c 200000000 /dev/zero | tail -c 200000000 > /dev/null");
+    let (rc, out) = l.sh(
+        "lim",
+        "head -c 200000000 /dev/zero | tail -c 200000000 > /dev/null",
+    );
     assert_ne!(rc, 0, "a 200 MB hog survived a 64 MiB limit: {out}");
-    let (rc, out) = l.sh("lim", "i=0; while [ $i -lt 40 ]; do sleep 30 & i=$((i+1)); done 2>&1; echo spawned");
-    assert!(out.contains("fork") || out.contains("Resource temporarily unavailable") || rc != 0, "40 processes under limits.processes=20: {out}");
-    // Limits change live.
+    let (rc, out) = l.sh(
+        "lim",
+        "i=0; while [ $i -lt 40 ]; do sleep 30 & i=$((i+1)); done 2>&1; echo spawned",
+    );
+    assert!(
+        out.contains("fork") || out.contains("Resource temporarily unavailable") || rc != 0,
+        "40 processes under limits.processes=20: {out}"
+    );
+    // Limits change live: lift the process limit so the flood's sleepers can be cleared.
+    l.ok(&["config", "set", "lim", "limits.processes", "200"]);
+    l.sh("lim", "pkill -f 'sleep 30'");
     l.ok(&["config", "set", "lim", "limits.memory", "300MiB"]);
-    let (rc, out) = l.sh("lim", "head -c 200000000 /dev/zero | tail -c 200000000 > /dev/null; echo done");
-    assert!(rc == 0 && out.contains("done"), "raised limit not applied: {out}");
+    let (rc, out) = l.sh(
+        "lim",
+        "head -c 200000000 /dev/zero | tail -c 200000000 > /dev/null; echo done",
+    );
+    assert!(
+        rc == 0 && out.contains("done"),
+        "raised limit not applied: {out}"
+    );
     l.ok(&["delete", "--force", "lim"]);
 }
 
@@ -149,12 +174,21 @@ fn debian_with_systemd_boots_unprivileged() {
         return;
     }
     let Some(img) = common::debian_image() else {
-        common::skip(&common::current_test_name(), "no Debian image (cargo xtask test-image debian)");
+        common::skip(
+            &common::current_test_name(),
+            "no Debian image (cargo xtask test-image debian)",
+        );
         return;
     };
     let d = Daemon::start().expect("daemon");
     let l = Lxc::new(&d);
-    l.ok(&["image", "import", img.to_str().expect("utf-8"), "--alias", "debian"]);
+    l.ok(&[
+        "image",
+        "import",
+        img.to_str().expect("utf-8"),
+        "--alias",
+        "debian",
+    ]);
     l.ok(&["launch", "debian", "deb"]);
     let t = Instant::now();
     let state = loop {
@@ -178,7 +212,10 @@ fn debian_with_systemd_boots_unprivileged() {
         "perl -e 'for my $n (175,176,246,304,313,320) { my $r = syscall($n,0,0,0,0,0); print \"$n=\", ($r == -1 ? $!+0 : \"ok\"), \"\\n\" }'",
     );
     for n in ["175", "176", "246", "304", "313", "320"] {
-        assert!(out.contains(&format!("{n}=1\n")), "syscall {n} not refused with EPERM: {out}");
+        assert!(
+            out.contains(&format!("{n}=1\n")),
+            "syscall {n} not refused with EPERM: {out}"
+        );
     }
 
     // A clean stop powers systemd off (SIGRTMIN+3), not a kill.
@@ -187,7 +224,10 @@ fn debian_with_systemd_boots_unprivileged() {
     eprintln!("clean stop took {:?}", t.elapsed());
     assert!(t.elapsed() < Duration::from_secs(30));
     let log = String::from_utf8_lossy(&l.run(&["info", "deb", "--show-log"]).stdout).into_owned();
-    assert!(!log.contains("killed"), "systemd was killed rather than powered off: {log}");
+    assert!(
+        !log.contains("killed"),
+        "systemd was killed rather than powered off: {log}"
+    );
     l.ok(&["delete", "deb"]);
 }
 
@@ -199,17 +239,40 @@ fn nesting_runs_bivy_inside_bivy() {
     // The static binary (`cargo xtask dist`, which CI runs before the tests) is what goes inside.
     let bin = common::target_dir().join("dist/bivy");
     if !bin.is_file() {
-        common::skip(&common::current_test_name(), "needs target/dist/bivy (cargo xtask dist)");
+        common::skip(
+            &common::current_test_name(),
+            "needs target/dist/bivy (cargo xtask dist)",
+        );
         return;
     }
     let d = Daemon::start().expect("daemon");
     let l = Lxc::new(&d);
     busybox(&l);
     // A bigger map than the default so the inner daemon can carve its own 65536 ids out of it.
-    l.ok(&["launch", "busybox", "outer", "-c", "security.nesting=true", "-c", "security.idmap.size=300000"]);
-    l.ok(&["file", "push", "--mode", "0755", bin.to_str().expect("utf-8"), "outer/bin/bivy"]);
+    l.ok(&[
+        "launch",
+        "busybox",
+        "outer",
+        "-c",
+        "security.nesting=true",
+        "-c",
+        "security.idmap.size=300000",
+    ]);
+    l.ok(&[
+        "file",
+        "push",
+        "--mode",
+        "0755",
+        bin.to_str().expect("utf-8"),
+        "outer/bin/bivy",
+    ]);
     let img = common::busybox_image();
-    l.ok(&["file", "push", img.to_str().expect("utf-8"), "outer/root/busybox.tar.gz"]);
+    l.ok(&[
+        "file",
+        "push",
+        img.to_str().expect("utf-8"),
+        "outer/root/busybox.tar.gz",
+    ]);
     let (rc, out) = l.sh(
         "outer",
         "export BIVY_DIR=/var/lib/bivy; (bivy daemon > /root/daemon.log 2>&1 &); \
@@ -217,7 +280,13 @@ fn nesting_runs_bivy_inside_bivy() {
          bivy image import /root/busybox.tar.gz --alias busybox && bivy launch busybox inner && \
          bivy exec inner -- sh -c 'echo inner-says-hi; cat /proc/self/uid_map'",
     );
-    assert_eq!(rc, 0, "nested launch failed: {out}\n{}", l.sh("outer", "cat /root/daemon.log /var/lib/bivy/logs/*/lxc.log").1);
+    assert_eq!(
+        rc,
+        0,
+        "nested launch failed: {out}\n{}",
+        l.sh("outer", "cat /root/daemon.log /var/lib/bivy/logs/*/lxc.log")
+            .1
+    );
     assert!(out.contains("inner-says-hi"), "{out}");
     l.ok(&["delete", "--force", "outer"]);
 }

@@ -5,68 +5,23 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::Daemon;
 
-struct Lxc<'a> {
-    d: &'a Daemon,
-    conf: std::path::PathBuf,
-}
-
-impl Lxc<'_> {
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("lxc");
-        c.args(args).env("LXD_SOCKET", self.d.socket()).env("LXD_CONF", &self.conf).stdin(Stdio::null());
-        c
-    }
-    fn run(&self, args: &[&str]) -> Output {
-        common::run_bounded(&mut self.cmd(args), Duration::from_secs(120)).expect("run lxc")
-    }
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "lxc {args:?} failed ({}):\nstdout: {}\nstderr: {}\ndaemon log:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            self.d.log_text()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-    fn with_stdin(&self, args: &[&str], input: &[u8]) -> Output {
-        use std::io::Write;
-        let mut c = self.cmd(args);
-        c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = c.spawn().expect("spawn lxc");
-        child.stdin.take().expect("stdin").write_all(input).expect("write stdin");
-        child.wait_with_output().expect("lxc output")
-    }
-}
+use common::Lxc;
 
 fn setup(d: &Daemon) -> Lxc<'_> {
-    let conf = d.tmp().join("lxc-conf");
-    std::fs::create_dir_all(&conf).expect("lxc conf dir");
-    Lxc { d, conf }
+    Lxc::new(d)
 }
 
 fn prerequisites() -> bool {
-    if !common::require_root() {
-        return false;
-    }
-    if !common::have_cmd("lxc") {
-        common::skip(&common::current_test_name(), "needs the lxc client (apt-get install lxd-client)");
-        return false;
-    }
-    true
+    common::lxc_prerequisites()
 }
 
 fn import_busybox(l: &Lxc<'_>) {
-    let img = common::busybox_image();
-    let out = l.ok(&["image", "import", img.to_str().expect("utf-8 path"), "--alias", "busybox"]);
-    assert!(out.contains("Image imported with fingerprint:"), "{out}");
+    l.import_busybox();
 }
 
 #[test]
@@ -88,8 +43,12 @@ fn lxc_client_end_to_end() {
     l.ok(&["launch", "busybox", "c1"]);
     let table = l.ok(&["list"]);
     assert!(table.contains("| c1   | RUNNING |"), "{table}");
-    assert_eq!(l.ok(&["list", "--format", "csv", "-c", "ns"]).trim(), "c1,RUNNING");
-    let json: serde_json::Value = serde_json::from_str(&l.ok(&["list", "--format", "json"])).expect("json");
+    assert_eq!(
+        l.ok(&["list", "--format", "csv", "-c", "ns"]).trim(),
+        "c1,RUNNING"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&l.ok(&["list", "--format", "json"])).expect("json");
     assert_eq!(json[0]["name"], "c1");
     assert_eq!(json[0]["state"]["status"], "Running");
 
@@ -98,7 +57,18 @@ fn lxc_client_end_to_end() {
     assert_eq!(out.status.code(), Some(7), "{out:?}");
     let out = l.with_stdin(&["exec", "c1", "--", "cat"], b"through stdin\n");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "through stdin\n");
-    let out = l.ok(&["exec", "c1", "--env", "FOO=bar", "--cwd", "/tmp", "--", "sh", "-c", "echo $FOO; pwd; id -u"]);
+    let out = l.ok(&[
+        "exec",
+        "c1",
+        "--env",
+        "FOO=bar",
+        "--cwd",
+        "/tmp",
+        "--",
+        "sh",
+        "-c",
+        "echo $FOO; pwd; id -u",
+    ]);
     assert_eq!(out, "bar\n/tmp\n0\n");
     let out = l.run(&["exec", "c1", "--", "sh", "-c", "echo to-stderr >&2"]);
     assert_eq!(String::from_utf8_lossy(&out.stderr), "to-stderr\n");
@@ -110,34 +80,94 @@ fn lxc_client_end_to_end() {
             d.socket().display(),
             l.conf.display()
         );
-        let out = common::run_bounded(Command::new("script").args(["-qec", &cmdline, "/dev/null"]).stdin(Stdio::null()), Duration::from_secs(60))
-            .expect("script");
+        let out = common::run_bounded(
+            Command::new("script")
+                .args(["-qec", &cmdline, "/dev/null"])
+                .stdin(Stdio::null()),
+            Duration::from_secs(60),
+        )
+        .expect("script");
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains("/dev/pts/"), "interactive exec did not get a pty: {text:?}");
+        assert!(
+            text.contains("/dev/pts/"),
+            "interactive exec did not get a pty: {text:?}"
+        );
         assert_eq!(out.status.code(), Some(3), "{text}");
     } else {
-        common::skip("lxc_client_end_to_end (pty part)", "needs `script` (util-linux)");
+        common::skip(
+            "lxc_client_end_to_end (pty part)",
+            "needs `script` (util-linux)",
+        );
     }
 
     // Files with mode and uid, both ways.
     let local = d.tmp().join("pushed.txt");
     std::fs::write(&local, "hello from host\n").expect("write local");
-    l.ok(&["file", "push", "--mode", "0600", "--uid", "1000", "--gid", "1000", local.to_str().expect("utf-8"), "c1/root/pushed.txt"]);
-    assert_eq!(l.ok(&["exec", "c1", "--", "stat", "-c", "%a %u %g", "/root/pushed.txt"]), "600 1000 1000\n");
+    l.ok(&[
+        "file",
+        "push",
+        "--mode",
+        "0600",
+        "--uid",
+        "1000",
+        "--gid",
+        "1000",
+        local.to_str().expect("utf-8"),
+        "c1/root/pushed.txt",
+    ]);
+    assert_eq!(
+        l.ok(&[
+            "exec",
+            "c1",
+            "--",
+            "stat",
+            "-c",
+            "%a %u %g",
+            "/root/pushed.txt"
+        ]),
+        "600 1000 1000\n"
+    );
     let pulled = d.tmp().join("pulled.txt");
-    l.ok(&["file", "pull", "c1/root/pushed.txt", pulled.to_str().expect("utf-8")]);
-    assert_eq!(std::fs::read_to_string(&pulled).expect("pulled"), "hello from host\n");
+    l.ok(&[
+        "file",
+        "pull",
+        "c1/root/pushed.txt",
+        pulled.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(&pulled).expect("pulled"),
+        "hello from host\n"
+    );
     // On disk (idmapped rootfs) the owner is the container id, not a shifted host id.
     let on_disk = find_in_volume(d.dir(), "root/pushed.txt").expect("file in the volume");
     let md = std::fs::metadata(&on_disk).expect("stat");
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&md), 1000);
 
     // A symlink planted inside the container cannot make a push escape to the host.
-    l.ok(&["exec", "c1", "--", "ln", "-s", "/../../../../../", "/root/up"]);
+    l.ok(&[
+        "exec",
+        "c1",
+        "--",
+        "ln",
+        "-s",
+        "/../../../../../",
+        "/root/up",
+    ]);
     let marker = format!("bivy-escape-{}", std::process::id());
-    l.ok(&["file", "push", local.to_str().expect("utf-8"), &format!("c1/root/up/root/{marker}")]);
-    assert!(!Path::new("/root").join(&marker).exists(), "file push escaped the container");
-    assert_eq!(l.ok(&["exec", "c1", "--", "cat", &format!("/root/{marker}")]), "hello from host\n");
+    l.ok(&[
+        "file",
+        "push",
+        local.to_str().expect("utf-8"),
+        &format!("c1/root/up/root/{marker}"),
+    ]);
+    assert!(
+        !Path::new("/root").join(&marker).exists(),
+        "file push escaped the container"
+    );
+    assert_eq!(
+        l.ok(&["exec", "c1", "--", "cat", &format!("/root/{marker}")]),
+        "hello from host\n"
+    );
 
     // Config set/get/show.
     l.ok(&["config", "set", "c1", "user.note", "hello"]);
@@ -145,24 +175,39 @@ fn lxc_client_end_to_end() {
     assert!(l.ok(&["config", "show", "c1"]).contains("user.note: hello"));
     let bad = l.run(&["config", "set", "c1", "bogus.key", "x"]);
     assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("bogus.key"), "{bad:?}");
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("bogus.key"),
+        "{bad:?}"
+    );
 
     // Profiles: create, set, add; visible in the expanded config.
     l.ok(&["profile", "create", "p1"]);
     l.ok(&["profile", "set", "p1", "user.from-profile", "yes"]);
     l.ok(&["profile", "add", "c1", "p1"]);
     let expanded = l.ok(&["config", "show", "c1", "--expanded"]);
-    assert!(expanded.contains("user.from-profile: \"yes\""), "{expanded}");
+    assert!(
+        expanded.contains("user.from-profile: \"yes\""),
+        "{expanded}"
+    );
     assert!(l.ok(&["profile", "list"]).contains("p1"));
 
     // Lifecycle.
     let info = l.ok(&["info", "c1"]);
-    assert!(info.contains("Status: RUNNING") && info.contains("PID:"), "{info}");
+    assert!(
+        info.contains("Status: RUNNING") && info.contains("PID:"),
+        "{info}"
+    );
     l.ok(&["stop", "c1", "--force"]);
-    assert_eq!(l.ok(&["list", "--format", "csv", "-c", "ns"]).trim(), "c1,STOPPED");
+    assert_eq!(
+        l.ok(&["list", "--format", "csv", "-c", "ns"]).trim(),
+        "c1,STOPPED"
+    );
     l.ok(&["start", "c1"]);
     l.ok(&["restart", "c1", "--force"]);
-    assert_eq!(l.ok(&["list", "--format", "csv", "-c", "ns"]).trim(), "c1,RUNNING");
+    assert_eq!(
+        l.ok(&["list", "--format", "csv", "-c", "ns"]).trim(),
+        "c1,RUNNING"
+    );
     l.ok(&["delete", "--force", "c1"]);
     assert_eq!(l.ok(&["list", "--format", "csv", "-c", "n"]).trim(), "");
     l.ok(&["profile", "delete", "p1"]);
@@ -171,7 +216,11 @@ fn lxc_client_end_to_end() {
 /// Find `rel` under any instance volume of `$BIVY_DIR`.
 fn find_in_volume(bivy_dir: &Path, rel: &str) -> Option<std::path::PathBuf> {
     let vols = bivy_dir.join("storage-pools/default/containers");
-    std::fs::read_dir(vols).ok()?.flatten().map(|e| e.path().join("rootfs").join(rel)).find(|p| p.exists())
+    std::fs::read_dir(vols)
+        .ok()?
+        .flatten()
+        .map(|e| e.path().join("rootfs").join(rel))
+        .find(|p| p.exists())
 }
 
 #[test]
@@ -183,7 +232,10 @@ fn lxc_errors_are_clear() {
     let l = setup(&d);
     let out = l.run(&["info", "nope"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Instance not found"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Instance not found"),
+        "{out:?}"
+    );
     let out = l.run(&["launch", "no-such-image", "c1"]);
     assert!(!out.status.success());
     let out = l.run(&["init", "busybox", "1bad"]);
@@ -199,13 +251,50 @@ fn lxc_publish_round_trip() {
     let l = setup(&d);
     import_busybox(&l);
     l.ok(&["launch", "busybox", "src"]);
-    l.ok(&["exec", "src", "--", "sh", "-c", "echo kept > /root/marker && chown 1000:1000 /root/marker && chmod 640 /root/marker"]);
-    let out = l.ok(&["publish", "src", "--alias", "pub1", "--force", "--compression", "xz"]);
-    assert!(out.contains("Instance published with fingerprint:"), "{out}");
-    assert_eq!(l.ok(&["list", "src", "--format", "csv", "-c", "s"]).trim(), "RUNNING", "publish --force restarts the source");
+    l.ok(&[
+        "exec",
+        "src",
+        "--",
+        "sh",
+        "-c",
+        "echo kept > /root/marker && chown 1000:1000 /root/marker && chmod 640 /root/marker",
+    ]);
+    let out = l.ok(&[
+        "publish",
+        "src",
+        "--alias",
+        "pub1",
+        "--force",
+        "--compression",
+        "xz",
+    ]);
+    assert!(
+        out.contains("Instance published with fingerprint:"),
+        "{out}"
+    );
+    assert_eq!(
+        l.ok(&["list", "src", "--format", "csv", "-c", "s"]).trim(),
+        "RUNNING",
+        "publish --force restarts the source"
+    );
     l.ok(&["launch", "pub1", "dst"]);
-    assert_eq!(l.ok(&["exec", "dst", "--", "stat", "-c", "%a %u %g", "/root/marker"]), "640 1000 1000\n");
-    assert_eq!(l.ok(&["exec", "dst", "--", "cat", "/etc/hostname"]).trim(), "dst", "the hostname template re-renders");
+    assert_eq!(
+        l.ok(&[
+            "exec",
+            "dst",
+            "--",
+            "stat",
+            "-c",
+            "%a %u %g",
+            "/root/marker"
+        ]),
+        "640 1000 1000\n"
+    );
+    assert_eq!(
+        l.ok(&["exec", "dst", "--", "cat", "/etc/hostname"]).trim(),
+        "dst",
+        "the hostname template re-renders"
+    );
     l.ok(&["delete", "--force", "src", "dst"]);
     l.ok(&["image", "delete", "pub1"]);
 }

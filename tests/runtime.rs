@@ -17,7 +17,9 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use bivy::runtime::{self, ExecSpec, ExecStdio, IdMapEntry, Limits, RootfsMode, Spec, State, StopMode};
+use bivy::runtime::{
+    self, ExecSpec, ExecStdio, IdMapEntry, Limits, RootfsMode, Spec, State, StopMode,
+};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 
@@ -25,7 +27,11 @@ use nix::unistd::Pid;
 /// parent can be removed safely at the end of each test.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-const MAP: IdMapEntry = IdMapEntry { nsid: 0, hostid: 1_000_000, count: 65536 };
+const MAP: IdMapEntry = IdMapEntry {
+    nsid: 0,
+    hostid: 1_000_000,
+    count: 65536,
+};
 
 fn skip(name: &str, why: &str) -> bool {
     if std::env::var("BIVY_MUST_WORK").as_deref() == Ok("1") {
@@ -60,7 +66,9 @@ while true; do sleep 1000 & wait $!; done
 ";
 
 fn build_rootfs(root: &Path) {
-    for d in ["bin", "sbin", "etc", "proc", "sys", "dev", "tmp", "root", "usr/bin", "usr/sbin"] {
+    for d in [
+        "bin", "sbin", "etc", "proc", "sys", "dev", "tmp", "root", "usr/bin", "usr/sbin",
+    ] {
         fs::create_dir_all(root.join(d)).unwrap();
     }
     fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
@@ -73,14 +81,23 @@ fn build_rootfs(root: &Path) {
     }
     fs::write(root.join("sbin/init"), INIT).unwrap();
     fs::set_permissions(root.join("sbin/init"), fs::Permissions::from_mode(0o755)).unwrap();
-    fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/tmp:/bin/sh\n").unwrap();
-    fs::write(root.join("etc/group"), "root:x:0:\ntty:x:5:\nuser:x:1000:\n").unwrap();
+    fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/tmp:/bin/sh\n",
+    )
+    .unwrap();
+    fs::write(
+        root.join("etc/group"),
+        "root:x:0:\ntty:x:5:\nuser:x:1000:\n",
+    )
+    .unwrap();
 }
 
 impl Ct {
     fn new(tag: &str, mode: RootfsMode) -> Ct {
         // `BIVY_TEST_EXE` runs the helpers from another build (e.g. the static release binary).
-        let exe = std::env::var("BIVY_TEST_EXE").unwrap_or_else(|_| env!("CARGO_BIN_EXE_bivy").to_string());
+        let exe = std::env::var("BIVY_TEST_EXE")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_bivy").to_string());
         std::env::set_var("BIVY_EXE", exe);
         let name = format!("t{}-{tag}", std::process::id());
         let dir = PathBuf::from(format!("/var/tmp/bivy-test-{name}"));
@@ -88,7 +105,11 @@ impl Ct {
         let rootfs = dir.join("rootfs");
         build_rootfs(&rootfs);
         let run = dir.join("run");
-        let (uid_map, gid_map) = if mode == RootfsMode::Privileged { (vec![], vec![]) } else { (vec![MAP], vec![MAP]) };
+        let (uid_map, gid_map) = if mode == RootfsMode::Privileged {
+            (vec![], vec![])
+        } else {
+            (vec![MAP], vec![MAP])
+        };
         let spec = Spec {
             name: name.clone(),
             rootfs: rootfs.clone(),
@@ -97,7 +118,10 @@ impl Ct {
             gid_map,
             hostname: name.clone(),
             init: vec!["/sbin/init".into()],
-            env: vec![("PATH".into(), "/bin:/sbin".into()), ("container".into(), "bivy".into())],
+            env: vec![
+                ("PATH".into(), "/bin:/sbin".into()),
+                ("container".into(), "bivy".into()),
+            ],
             limits: Limits::default(),
             nesting: false,
             seccomp_policy: bivy::runtime::seccomp::DEFAULT_POLICY.into(),
@@ -105,7 +129,12 @@ impl Ct {
             console_log: dir.join("console.log"),
             cgroup: None,
         };
-        Ct { dir, run, rootfs, spec }
+        Ct {
+            dir,
+            run,
+            rootfs,
+            spec,
+        }
     }
 
     fn start(&self) -> (i32, i32, Duration) {
@@ -116,7 +145,11 @@ impl Ct {
         });
         let took = t.elapsed();
         match st {
-            State::Running { init_pid, monitor_pid, .. } => (init_pid, monitor_pid, took),
+            State::Running {
+                init_pid,
+                monitor_pid,
+                ..
+            } => (init_pid, monitor_pid, took),
             s => panic!("start returned {s:?}"),
         }
     }
@@ -135,7 +168,16 @@ impl Ct {
         let (r, w) = nix::unistd::pipe().unwrap();
         let stdin: OwnedFd = fs::File::open("/dev/null").unwrap().into();
         let w2 = w.try_clone().unwrap();
-        let p = runtime::exec(&self.run, &spec, Some(ExecStdio { stdin, stdout: w, stderr: w2 })).unwrap();
+        let p = runtime::exec(
+            &self.run,
+            &spec,
+            Some(ExecStdio {
+                stdin,
+                stdout: w,
+                stderr: w2,
+            }),
+        )
+        .unwrap();
         let mut out = String::new();
         fs::File::from(r).read_to_string(&mut out).unwrap();
         (wait_code(p.pid), out)
@@ -154,7 +196,11 @@ impl Drop for Ct {
     fn drop(&mut self) {
         let _ = runtime::stop(&self.run, StopMode::Force);
         // The shared `bivy` parent in every hierarchy, if empty (rmdir fails harmlessly otherwise).
-        for h in fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        for h in fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let _ = fs::remove_dir(h.path().join("bivy"));
         }
         if let Err(e) = fs::remove_dir_all(&self.dir) {
@@ -173,7 +219,10 @@ fn wait_code(pid: i32) -> i32 {
 
 fn status_field(pid: i32, key: &str) -> String {
     let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines().find(|l| l.starts_with(key)).unwrap_or_default().to_string()
+    s.lines()
+        .find(|l| l.starts_with(key))
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn private_dirty_kb(pid: i32) -> u64 {
@@ -188,24 +237,39 @@ fn unprivileged_container_is_isolated() {
     if need_root(NAME) {
         return;
     }
-    if !runtime::rootfs_supports_idmap(Path::new("/var/tmp")) && skip(NAME, "/var/tmp cannot be idmapped") {
+    if !runtime::rootfs_supports_idmap(Path::new("/var/tmp"))
+        && skip(NAME, "/var/tmp cannot be idmapped")
+    {
         return;
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let ct = Ct::new("iso", RootfsMode::Idmapped);
     let (init_pid, monitor_pid, took) = ct.start();
     eprintln!("FIGURE start (prepared rootfs -> init exec'd): {:?}", took);
-    eprintln!("FIGURE monitor Private_Dirty: {} kB", private_dirty_kb(monitor_pid));
+    eprintln!(
+        "FIGURE monitor Private_Dirty: {} kB",
+        private_dirty_kb(monitor_pid)
+    );
 
     // Nothing of the container is mounted in the host mount namespace.
     let host_mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!host_mounts.contains(ct.dir.to_str().unwrap()), "container mounts leaked into the host");
+    assert!(
+        !host_mounts.contains(ct.dir.to_str().unwrap()),
+        "container mounts leaked into the host"
+    );
 
     // Container root is host uid 1000000.
-    assert!(status_field(init_pid, "Uid:").contains("1000000"), "{}", status_field(init_pid, "Uid:"));
+    assert!(
+        status_field(init_pid, "Uid:").contains("1000000"),
+        "{}",
+        status_field(init_pid, "Uid:")
+    );
     let t = Instant::now();
     let (c, out) = ct.run(&["id", "-u"], |_| {});
-    eprintln!("FIGURE exec latency (id -u, spawn to exit): {:?}", t.elapsed());
+    eprintln!(
+        "FIGURE exec latency (id -u, spawn to exit): {:?}",
+        t.elapsed()
+    );
     assert_eq!((c, out.trim()), (0, "0"));
 
     // Files written by container root land as on-disk uid 0 on the idmapped rootfs.
@@ -227,14 +291,24 @@ fn unprivileged_container_is_isolated() {
     assert!(n < 8, "container sees {n} processes");
 
     // Kernel knobs are read-only, /dev/null is writable.
-    for f in ["/proc/sysrq-trigger", "/proc/sys/vm/drop_caches", "/sys/kernel/uevent_helper", "/proc/sys/kernel/panic"] {
+    for f in [
+        "/proc/sysrq-trigger",
+        "/proc/sys/vm/drop_caches",
+        "/sys/kernel/uevent_helper",
+        "/proc/sys/kernel/panic",
+    ] {
         let (c, out) = ct.sh(&format!("echo 1 > {f}"));
         assert_ne!(c, 0, "write to {f} succeeded: {out}");
     }
     let (c, out) = ct.sh("echo x > /dev/null && echo ok");
     assert_eq!((c, out.trim()), (0, "ok"));
-    let (c, out) = ct.sh("for f in /proc/kcore /proc/keys /proc/timer_list; do [ -e $f ] && wc -c < $f; done; true");
-    assert!(c == 0 && !out.trim().is_empty() && out.lines().all(|l| l.trim() == "0"), "masked /proc files: {out}");
+    let (c, out) = ct.sh(
+        "for f in /proc/kcore /proc/keys /proc/timer_list; do [ -e $f ] && wc -c < $f; done; true",
+    );
+    assert!(
+        c == 0 && !out.trim().is_empty() && out.lines().all(|l| l.trim() == "0"),
+        "masked /proc files: {out}"
+    );
     let (c, _) = ct.sh("echo 1 > /proc/sys/net/ipv4/ip_forward");
     assert_eq!(c, 0, "/proc/sys/net must stay writable");
     let (c, out) = ct.sh("cat /proc/self/cgroup | grep -c ':/$'");
@@ -247,7 +321,9 @@ fn unprivileged_container_is_isolated() {
     // exec: exit codes, signals, env, cwd, uid.
     assert_eq!(ct.sh("exit 7").0, 7);
     assert_eq!(ct.sh("kill -9 $$").0, 137);
-    let (_, out) = ct.run(&["sh", "-c", "echo $FOO"], |s| s.env.push(("FOO".into(), "bar".into())));
+    let (_, out) = ct.run(&["sh", "-c", "echo $FOO"], |s| {
+        s.env.push(("FOO".into(), "bar".into()))
+    });
     assert_eq!(out.trim(), "bar");
     let (_, out) = ct.run(&["pwd"], |s| s.cwd = "/tmp".into());
     assert_eq!(out.trim(), "/tmp");
@@ -255,10 +331,25 @@ fn unprivileged_container_is_isolated() {
         s.uid = 1000;
         s.gid = 1000;
     });
-    assert!(out.contains("uid=1000") && out.contains("gid=1000"), "{out}");
-    let missing = ExecSpec { argv: vec!["/no/such/program".into()], env: vec![], cwd: "/".into(), uid: 0, gid: 0, pty: None };
-    let e = runtime::exec(&ct.run, &missing, None).err().expect("exec of a missing program must fail");
-    assert!(e.0.contains("/no/such/program") && e.0.contains("ENOENT"), "{e}");
+    assert!(
+        out.contains("uid=1000") && out.contains("gid=1000"),
+        "{out}"
+    );
+    let missing = ExecSpec {
+        argv: vec!["/no/such/program".into()],
+        env: vec![],
+        cwd: "/".into(),
+        uid: 0,
+        gid: 0,
+        pty: None,
+    };
+    let e = runtime::exec(&ct.run, &missing, None)
+        .err()
+        .expect("exec of a missing program must fail");
+    assert!(
+        e.0.contains("/no/such/program") && e.0.contains("ENOENT"),
+        "{e}"
+    );
 
     // pty exec: a terminal from the container's devpts.
     let spec = ExecSpec {
@@ -282,11 +373,18 @@ fn unprivileged_container_is_isolated() {
     }
     let out = String::from_utf8_lossy(&out);
     assert_eq!(wait_code(p.pid), 0);
-    assert!(out.contains("/dev/pts/0") && out.contains("30 100") && out.contains("done"), "pty output: {out:?}");
+    assert!(
+        out.contains("/dev/pts/0") && out.contains("30 100") && out.contains("done"),
+        "pty output: {out:?}"
+    );
 
     // Signals sent to the helper reach the command; its exit code comes back.
     let spec = ExecSpec {
-        argv: vec!["sh".into(), "-c".into(), "trap 'exit 3' TERM; echo ready; while true; do sleep 0.05; done".into()],
+        argv: vec![
+            "sh".into(),
+            "-c".into(),
+            "trap 'exit 3' TERM; echo ready; while true; do sleep 0.05; done".into(),
+        ],
         env: vec![("PATH".into(), "/bin".into())],
         cwd: "/".into(),
         uid: 0,
@@ -296,7 +394,16 @@ fn unprivileged_container_is_isolated() {
     let (r, w) = nix::unistd::pipe().unwrap();
     let stdin: OwnedFd = fs::File::open("/dev/null").unwrap().into();
     let w2 = w.try_clone().unwrap();
-    let p = runtime::exec(&ct.run, &spec, Some(ExecStdio { stdin, stdout: w, stderr: w2 })).unwrap();
+    let p = runtime::exec(
+        &ct.run,
+        &spec,
+        Some(ExecStdio {
+            stdin,
+            stdout: w,
+            stderr: w2,
+        }),
+    )
+    .unwrap();
     let mut rf = fs::File::from(r);
     let mut b = [0u8; 6];
     rf.read_exact(&mut b).unwrap();
@@ -306,14 +413,22 @@ fn unprivileged_container_is_isolated() {
     // Freeze and thaw through the cgroup.
     runtime::freeze(&ct.run).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !matches!(runtime::state(&ct.run).unwrap(), State::Running { frozen: true, .. }) {
+    while !matches!(
+        runtime::state(&ct.run).unwrap(),
+        State::Running { frozen: true, .. }
+    ) {
         assert!(Instant::now() < deadline, "container did not freeze");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let e = runtime::exec(&ct.run, &missing, None).err().expect("exec into a frozen container must fail");
+    let e = runtime::exec(&ct.run, &missing, None)
+        .err()
+        .expect("exec into a frozen container must fail");
     assert!(e.0.contains("frozen"), "{e}");
     runtime::unfreeze(&ct.run).unwrap();
-    assert!(matches!(runtime::state(&ct.run).unwrap(), State::Running { frozen: false, .. }));
+    assert!(matches!(
+        runtime::state(&ct.run).unwrap(),
+        State::Running { frozen: false, .. }
+    ));
 
     // Clean stop: init traps SIGPWR and exits 0; the monitor records it and removes the cgroup.
     let t = Instant::now();
@@ -328,7 +443,10 @@ fn unprivileged_container_is_isolated() {
     }
     assert!(!ct.cgroup_dir().exists(), "cgroup left behind");
     let console = fs::read_to_string(&ct.spec.console_log).unwrap();
-    assert!(console.contains("init: started as 1") && console.contains("got SIGPWR"), "console: {console:?}");
+    assert!(
+        console.contains("init: started as 1") && console.contains("got SIGPWR"),
+        "console: {console:?}"
+    );
     assert!(runtime::monitor_pidfd(&ct.run).unwrap().is_none());
 }
 
@@ -348,14 +466,27 @@ fn force_stop_kills_everything_fast() {
     // An exec'd background process, which must die too.
     let (c, _) = ct.sh("sleep 1000 >/dev/null 2>&1 &");
     assert_eq!(c, 0);
-    let pidfd = runtime::monitor_pidfd(&ct.run).unwrap().expect("monitor pidfd");
+    let pidfd = runtime::monitor_pidfd(&ct.run)
+        .unwrap()
+        .expect("monitor pidfd");
     let t = Instant::now();
     runtime::stop(&ct.run, StopMode::Force).unwrap();
     eprintln!("FIGURE force stop: {:?}", t.elapsed());
     // The pidfd is readable (monitor gone) and the state is recorded.
-    let mut p = [nix::poll::PollFd::new(std::os::fd::AsFd::as_fd(&pidfd), nix::poll::PollFlags::POLLIN)];
-    assert_eq!(nix::poll::poll(&mut p, nix::poll::PollTimeout::ZERO).unwrap(), 1);
-    assert!(!Path::new(&format!("/proc/{monitor_pid}")).exists() || fs::read_to_string(format!("/proc/{monitor_pid}/stat")).map(|s| s.contains(" Z ")).unwrap_or(true));
+    let mut p = [nix::poll::PollFd::new(
+        std::os::fd::AsFd::as_fd(&pidfd),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    assert_eq!(
+        nix::poll::poll(&mut p, nix::poll::PollTimeout::ZERO).unwrap(),
+        1
+    );
+    assert!(
+        !Path::new(&format!("/proc/{monitor_pid}")).exists()
+            || fs::read_to_string(format!("/proc/{monitor_pid}/stat"))
+                .map(|s| s.contains(" Z "))
+                .unwrap_or(true)
+    );
     match runtime::state(&ct.run).unwrap() {
         State::Stopped { last_exit: Some(e) } => {
             assert_eq!(e.code, 137);
@@ -370,7 +501,9 @@ fn force_stop_kills_everything_fast() {
 /// binary): start the container described in the env var, report, then wait to be killed.
 #[test]
 fn starter_entry() {
-    let Ok(spec_path) = std::env::var("BIVY_TEST_STARTER") else { return };
+    let Ok(spec_path) = std::env::var("BIVY_TEST_STARTER") else {
+        return;
+    };
     let spec: Spec = serde_json::from_slice(&fs::read(&spec_path).unwrap()).unwrap();
     let run = PathBuf::from(std::env::var("BIVY_TEST_RUN").unwrap());
     runtime::start(&spec, &run).unwrap();
@@ -389,7 +522,12 @@ fn container_survives_its_starter() {
     let sp = ct.dir.join("spec.json");
     fs::write(&sp, serde_json::to_vec(&ct.spec).unwrap()).unwrap();
     let mut starter = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "starter_entry", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "starter_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("BIVY_TEST_STARTER", &sp)
         .env("BIVY_TEST_RUN", &ct.run)
         .env("BIVY_EXE", env!("CARGO_BIN_EXE_bivy"))
@@ -406,13 +544,18 @@ fn container_survives_its_starter() {
     starter.wait().unwrap();
     std::thread::sleep(Duration::from_millis(200));
     match runtime::state(&ct.run).unwrap() {
-        State::Running { init_pid, .. } => assert!(Path::new(&format!("/proc/{init_pid}")).exists()),
+        State::Running { init_pid, .. } => {
+            assert!(Path::new(&format!("/proc/{init_pid}")).exists())
+        }
         s => panic!("container died with its starter: {s:?}"),
     }
     let (c, out) = ct.sh("echo alive");
     assert_eq!((c, out.trim()), (0, "alive"));
     runtime::stop(&ct.run, StopMode::Force).unwrap();
-    assert!(matches!(runtime::state(&ct.run).unwrap(), State::Stopped { .. }));
+    assert!(matches!(
+        runtime::state(&ct.run).unwrap(),
+        State::Stopped { .. }
+    ));
 }
 
 #[test]
@@ -428,7 +571,13 @@ fn privileged_container_drops_caps() {
     let (c, out) = ct.sh("grep CapBnd /proc/self/status");
     assert_eq!(c, 0);
     let bnd = u64::from_str_radix(out.split_whitespace().nth(1).unwrap(), 16).unwrap();
-    for cap in [25u32 /* sys_time */, 16 /* sys_module */, 17 /* sys_rawio */, 33 /* mac_admin */, 32 /* mac_override */] {
+    for cap in [
+        25u32, /* sys_time */
+        16,    /* sys_module */
+        17,    /* sys_rawio */
+        33,    /* mac_admin */
+        32,    /* mac_override */
+    ] {
         assert_eq!(bnd & (1 << cap), 0, "cap {cap} still in {bnd:x}");
     }
     assert_ne!(bnd & (1 << 21), 0, "sys_admin should remain");
@@ -446,7 +595,11 @@ fn shifted_rootfs_boots() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let ct = Ct::new("shift", RootfsMode::Shifted);
     fs::write(ct.rootfs.join("setuid-file"), "x").unwrap();
-    fs::set_permissions(ct.rootfs.join("setuid-file"), fs::Permissions::from_mode(0o4755)).unwrap();
+    fs::set_permissions(
+        ct.rootfs.join("setuid-file"),
+        fs::Permissions::from_mode(0o4755),
+    )
+    .unwrap();
     runtime::shift_rootfs(&ct.rootfs, &[MAP], &[MAP]).unwrap();
     let md = fs::metadata(ct.rootfs.join("bin/busybox")).unwrap();
     assert_eq!((md.uid(), md.gid()), (1_000_000, 1_000_000));
@@ -454,8 +607,14 @@ fn shifted_rootfs_boots() {
     assert_eq!((md.uid(), md.mode() & 0o7777), (1_000_000, 0o4755));
     ct.start();
     let (c, out) = ct.sh("touch /new && stat -c '%u' /new /bin/busybox");
-    assert_eq!((c, out.split_whitespace().collect::<Vec<_>>()), (0, vec!["0", "0"]));
-    assert_eq!(fs::metadata(ct.rootfs.join("new")).unwrap().uid(), 1_000_000);
+    assert_eq!(
+        (c, out.split_whitespace().collect::<Vec<_>>()),
+        (0, vec!["0", "0"])
+    );
+    assert_eq!(
+        fs::metadata(ct.rootfs.join("new")).unwrap().uid(),
+        1_000_000
+    );
     runtime::stop(&ct.run, StopMode::Force).unwrap();
 }
 
@@ -470,9 +629,15 @@ fn start_error_is_reported_and_undone() {
     ct.spec.init = vec!["/sbin/no-such-init".into()];
     let e = runtime::start(&ct.spec, &ct.run).expect_err("start with a missing init must fail");
     assert!(e.0.contains("no-such-init"), "{e}");
-    assert!(matches!(runtime::state(&ct.run).unwrap(), State::Stopped { .. }));
+    assert!(matches!(
+        runtime::state(&ct.run).unwrap(),
+        State::Stopped { .. }
+    ));
     std::thread::sleep(Duration::from_millis(100));
-    assert!(!ct.cgroup_dir().exists(), "cgroup left behind after a failed start");
+    assert!(
+        !ct.cgroup_dir().exists(),
+        "cgroup left behind after a failed start"
+    );
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -498,7 +663,10 @@ fn figures() {
         let (_, monitor_pid, took) = ct.start();
         starts.push(took);
         if std::env::var_os("BIVY_TRACE").is_some() {
-            eprintln!("start took {took:?}; monitor.log:\n{}", fs::read_to_string(ct.run.join("monitor.log")).unwrap_or_default());
+            eprintln!(
+                "start took {took:?}; monitor.log:\n{}",
+                fs::read_to_string(ct.run.join("monitor.log")).unwrap_or_default()
+            );
         }
         for _ in 0..5 {
             let t = Instant::now();
@@ -508,13 +676,18 @@ fn figures() {
         if i == 1 {
             // With another monitor of this process still running (see `keep` below), the sealed
             // binary's pages are shared; what remains private is the monitor's own cost.
-            eprintln!("FIGURE monitor Private_Dirty with a second monitor sharing the memfd: {} kB", private_dirty_kb(monitor_pid));
+            eprintln!(
+                "FIGURE monitor Private_Dirty with a second monitor sharing the memfd: {} kB",
+                private_dirty_kb(monitor_pid)
+            );
         }
         if i == 0 {
             let smaps = fs::read_to_string(format!("/proc/{monitor_pid}/smaps")).unwrap();
             let mut cur = String::new();
             for l in smaps.lines() {
-                if l.contains('-') && !l.contains(':') || l.split_whitespace().next().is_some_and(|w| w.contains('-')) {
+                if l.contains('-') && !l.contains(':')
+                    || l.split_whitespace().next().is_some_and(|w| w.contains('-'))
+                {
                     cur = l.to_string();
                 } else if let Some(v) = l.strip_prefix("Private_Dirty:") {
                     let kb: u64 = v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0);
@@ -523,7 +696,10 @@ fn figures() {
                     }
                 }
             }
-            eprintln!("FIGURE monitor Private_Dirty: {} kB", private_dirty_kb(monitor_pid));
+            eprintln!(
+                "FIGURE monitor Private_Dirty: {} kB",
+                private_dirty_kb(monitor_pid)
+            );
         }
         if i == 0 {
             keep = Some(ct);
@@ -534,9 +710,21 @@ fn figures() {
         stops.push(t.elapsed());
     }
     drop(keep);
-    eprintln!("FIGURE start median {:?} (all {:?})", median(starts.clone()), starts);
-    eprintln!("FIGURE exec `true` median {:?} (n={})", median(execs.clone()), execs.len());
-    eprintln!("FIGURE force stop median {:?} (all {:?})", median(stops.clone()), stops);
+    eprintln!(
+        "FIGURE start median {:?} (all {:?})",
+        median(starts.clone()),
+        starts
+    );
+    eprintln!(
+        "FIGURE exec `true` median {:?} (n={})",
+        median(execs.clone()),
+        execs.len()
+    );
+    eprintln!(
+        "FIGURE force stop median {:?} (all {:?})",
+        median(stops.clone()),
+        stops
+    );
 }
 
 #[test]
@@ -549,13 +737,20 @@ fn monitor_death_takes_the_container_down() {
     let ct = Ct::new("mdeath", RootfsMode::Idmapped);
     let (init_pid, monitor_pid, _) = ct.start();
     // Kill the monitor we started (by its pid): init must not run on unsupervised.
-    nix::sys::signal::kill(Pid::from_raw(monitor_pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        Pid::from_raw(monitor_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while fs::read_to_string(format!("/proc/{init_pid}/stat")).is_ok_and(|s| !s.contains(") Z")) {
         assert!(Instant::now() < deadline, "init survived its monitor");
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(matches!(runtime::state(&ct.run).unwrap(), State::Stopped { .. }));
+    assert!(matches!(
+        runtime::state(&ct.run).unwrap(),
+        State::Stopped { .. }
+    ));
     // stop() on a dead monitor finishes its teardown: cgroup removed, end recorded.
     runtime::stop(&ct.run, StopMode::Force).unwrap();
     assert!(!ct.cgroup_dir().exists(), "cgroup left behind");

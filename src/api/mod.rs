@@ -695,9 +695,12 @@ mod tests {
 
     #[test]
     fn null_maps_are_empty() {
-        let p: ProfilesPost = serde_json::from_str(r#"{"name":"p1","config":null,"devices":null,"description":""}"#).unwrap();
+        let p: ProfilesPost =
+            serde_json::from_str(r#"{"name":"p1","config":null,"devices":null,"description":""}"#)
+                .unwrap();
         assert!(p.put.config.is_empty() && p.put.devices.is_empty());
-        let i: InstancePut = serde_json::from_str(r#"{"config":null,"devices":null,"profiles":null}"#).unwrap();
+        let i: InstancePut =
+            serde_json::from_str(r#"{"config":null,"devices":null,"profiles":null}"#).unwrap();
         assert!(i.profiles.is_empty());
     }
 }

@@ -10,7 +10,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::{client, fail, instance_path, is_tty, local, yaml, CmdResult, Fail};
-use crate::api::{Devices, Instance, InstancePut, Profile, ProfilePut, Server, ServerPut, StringMap};
+use crate::api::{
+    Devices, Instance, InstancePut, Profile, ProfilePut, Server, ServerPut, StringMap,
+};
 use crate::client::{urlencode, Client};
 
 const USAGE: &str = "Usage:\n  bivy config [command]\n\nAvailable Commands:\n  device      Manage devices\n  edit        Edit instance or server configurations as YAML\n  get         Get values for instance or server configuration keys\n  set         Set instance or server configuration keys\n  show        Show instance or server configurations\n  unset       Unset instance or server configuration keys\n";
@@ -74,7 +76,9 @@ pub type SetArgs = (Option<String>, Vec<(String, String)>);
 pub fn split_set(args: &[String]) -> Result<SetArgs, Fail> {
     match args {
         [] | [_] if args.first().is_none_or(|a| !a.contains('=')) => fail("Missing key or value"),
-        [k, v] if !k.contains('=') && (!v.contains('=') || k.contains('.')) => Ok((None, vec![(k.clone(), v.clone())])),
+        [k, v] if !k.contains('=') && (!v.contains('=') || k.contains('.')) => {
+            Ok((None, vec![(k.clone(), v.clone())]))
+        }
         [first, rest @ ..] if !first.contains('=') => {
             let name = local(first)?.to_string();
             if let [k, v] = rest {
@@ -112,7 +116,11 @@ fn get(args: &[String]) -> CmdResult {
         }
         [name, key] => {
             let i: Instance = c.get(&instance_path(local(name)?))?;
-            let cfg = if expanded { &i.expanded_config } else { &i.config };
+            let cfg = if expanded {
+                &i.expanded_config
+            } else {
+                &i.config
+            };
             println!("{}", cfg.get(key).cloned().unwrap_or_default());
         }
         _ => return fail("Usage: bivy config get [NAME] KEY"),
@@ -120,15 +128,28 @@ fn get(args: &[String]) -> CmdResult {
     Ok(0)
 }
 
-fn update_server(c: &Client, f: impl FnOnce(&mut std::collections::BTreeMap<String, serde_json::Value>) -> Result<(), Fail>) -> Result<(), Fail> {
+fn update_server(
+    c: &Client,
+    f: impl FnOnce(&mut std::collections::BTreeMap<String, serde_json::Value>) -> Result<(), Fail>,
+) -> Result<(), Fail> {
     let (s, etag): (Server, String) = c.get_etag("/1.0")?;
-    let mut put = ServerPut { config: s.config.into_iter().map(|(k, v)| (k, serde_json::Value::String(v))).collect() };
+    let mut put = ServerPut {
+        config: s
+            .config
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::Value::String(v)))
+            .collect(),
+    };
     f(&mut put.config)?;
     c.put("/1.0", &put, Some(&etag))?;
     Ok(())
 }
 
-fn update_instance(c: &Client, name: &str, f: impl FnOnce(&mut InstancePut, &Instance) -> Result<(), Fail>) -> Result<(), Fail> {
+fn update_instance(
+    c: &Client,
+    name: &str,
+    f: impl FnOnce(&mut InstancePut, &Instance) -> Result<(), Fail>,
+) -> Result<(), Fail> {
     let (i, etag): (Instance, String) = c.get_etag(&instance_path(name))?;
     let mut put = instance_put(&i);
     f(&mut put, &i)?;
@@ -185,13 +206,18 @@ fn show(args: &[String]) -> CmdResult {
     match args.as_slice() {
         [] => {
             let s: Server = c.get("/1.0")?;
-            super::print_yaml(&ServerPut { config: s.config.into_iter().map(|(k, v)| (k, v.into())).collect() })?;
+            super::print_yaml(&ServerPut {
+                config: s.config.into_iter().map(|(k, v)| (k, v.into())).collect(),
+            })?;
         }
         [name] => {
             let name = local(name)?;
             if let Some((inst, snap)) = name.split_once('/') {
-                let v: serde_json::Value =
-                    c.get(&format!("{}/snapshots/{}", instance_path(inst), urlencode(snap, false)))?;
+                let v: serde_json::Value = c.get(&format!(
+                    "{}/snapshots/{}",
+                    instance_path(inst),
+                    urlencode(snap, false)
+                ))?;
                 super::print_yaml(&v)?;
                 return Ok(0);
             }
@@ -215,12 +241,24 @@ pub fn edit_bytes(content: &[u8], ext: &str) -> Result<Vec<u8>, Fail> {
         .filter(|s| !s.is_empty())
         .or_else(|| std::env::var("VISUAL").ok().filter(|s| !s.is_empty()))
         .unwrap_or_else(|| "vi".to_string());
-    let path: PathBuf = std::env::temp_dir().join(format!("bivy_editor_{}_{}.{ext}", std::process::id(), nanos()));
+    let path: PathBuf = std::env::temp_dir().join(format!(
+        "bivy_editor_{}_{}.{ext}",
+        std::process::id(),
+        nanos()
+    ));
     {
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
         f.write_all(content)?;
     }
-    let status = Command::new("sh").arg("-c").arg(format!("{editor} \"$1\"")).arg("sh").arg(&path).status();
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{editor} \"$1\""))
+        .arg("sh")
+        .arg(&path)
+        .status();
     let out = std::fs::read(&path);
     let _ = std::fs::remove_file(&path);
     match status {
@@ -231,7 +269,10 @@ pub fn edit_bytes(content: &[u8], ext: &str) -> Result<Vec<u8>, Fail> {
 }
 
 fn nanos() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }
 
 /// The edit flow of lxc: YAML from stdin when it is not a terminal, else the editor, re-opened
@@ -269,7 +310,9 @@ fn edit(args: &[String]) -> CmdResult {
     match args {
         [] => {
             let (s, etag): (Server, String) = c.get_etag("/1.0")?;
-            let cur = ServerPut { config: s.config.into_iter().map(|(k, v)| (k, v.into())).collect() };
+            let cur = ServerPut {
+                config: s.config.into_iter().map(|(k, v)| (k, v.into())).collect(),
+            };
             let new: ServerPut = edit_yaml(&cur, "### This is a YAML representation of the server configuration.\n### Any line starting with a '# will be ignored.\n\n")?;
             c.put("/1.0", &new, Some(&etag))?;
         }
@@ -308,13 +351,27 @@ impl Editable {
             Target::Instance => {
                 let path = instance_path(local(name)?);
                 let (i, etag): (Instance, String) = c.get_etag(&path)?;
-                Ok(Editable { path, etag, instance: Some((instance_put(&i), i.expanded_devices)), profile: None })
+                Ok(Editable {
+                    path,
+                    etag,
+                    instance: Some((instance_put(&i), i.expanded_devices)),
+                    profile: None,
+                })
             }
             Target::Profile => {
                 let path = format!("/1.0/profiles/{}", urlencode(local(name)?, false));
                 let (p, etag): (Profile, String) = c.get_etag(&path)?;
-                let put = ProfilePut { config: p.config, description: p.description, devices: p.devices };
-                Ok(Editable { path, etag, instance: None, profile: Some(put) })
+                let put = ProfilePut {
+                    config: p.config,
+                    description: p.description,
+                    devices: p.devices,
+                };
+                Ok(Editable {
+                    path,
+                    etag,
+                    instance: None,
+                    profile: Some(put),
+                })
             }
         }
     }
@@ -326,7 +383,9 @@ impl Editable {
         }
     }
     fn expanded_has(&self, dev: &str) -> bool {
-        self.instance.as_ref().is_some_and(|(_, e)| e.contains_key(dev))
+        self.instance
+            .as_ref()
+            .is_some_and(|(_, e)| e.contains_key(dev))
     }
     fn save(&self, c: &Client) -> Result<(), Fail> {
         match (&self.instance, &self.profile) {
@@ -396,7 +455,9 @@ pub fn device(target: Target, args: &[String]) -> CmdResult {
         }
         ("get", [name, dev, key]) => {
             let mut e = Editable::load(&c, target, name)?;
-            let Some(d) = e.devices().get(dev) else { return fail("Device doesn't exist") };
+            let Some(d) = e.devices().get(dev) else {
+                return fail("Device doesn't exist");
+            };
             println!("{}", d.get(key).cloned().unwrap_or_default());
         }
         ("set", [name, dev, rest @ ..]) if !rest.is_empty() => {
@@ -426,7 +487,11 @@ pub fn device(target: Target, args: &[String]) -> CmdResult {
             if e.devices().contains_key(dev) {
                 return fail("The device already exists");
             }
-            let Some(mut d) = e.instance.as_ref().and_then(|(_, exp)| exp.get(dev).cloned()) else {
+            let Some(mut d) = e
+                .instance
+                .as_ref()
+                .and_then(|(_, exp)| exp.get(dev).cloned())
+            else {
                 return fail("The profile device doesn't exist");
             };
             for (k, v) in super::key_values(kvs)? {
@@ -453,19 +518,33 @@ mod tests {
     }
 
     fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
-        v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     #[test]
     fn config_set_splitting() {
         let (n, p) = split_set(&s(&["c1", "limits.memory", "64MB"])).unwrap();
-        assert_eq!((n.as_deref(), p), (Some("c1"), pairs(&[("limits.memory", "64MB")])));
+        assert_eq!(
+            (n.as_deref(), p),
+            (Some("c1"), pairs(&[("limits.memory", "64MB")]))
+        );
         let (n, p) = split_set(&s(&["c1", "a.b=1", "c.d=x=y"])).unwrap();
-        assert_eq!((n.as_deref(), p), (Some("c1"), pairs(&[("a.b", "1"), ("c.d", "x=y")])));
+        assert_eq!(
+            (n.as_deref(), p),
+            (Some("c1"), pairs(&[("a.b", "1"), ("c.d", "x=y")]))
+        );
         let (n, p) = split_set(&s(&["c1", "limits.cpu=2"])).unwrap();
-        assert_eq!((n.as_deref(), p), (Some("c1"), pairs(&[("limits.cpu", "2")])));
+        assert_eq!(
+            (n.as_deref(), p),
+            (Some("c1"), pairs(&[("limits.cpu", "2")]))
+        );
         let (n, p) = split_set(&s(&["core.https_address", "[::]:8443"])).unwrap();
-        assert_eq!((n, p), (None, pairs(&[("core.https_address", "[::]:8443")])));
+        assert_eq!(
+            (n, p),
+            (None, pairs(&[("core.https_address", "[::]:8443")]))
+        );
         let (n, p) = split_set(&s(&["core.a=1", "core.b=2"])).unwrap();
         assert_eq!((n, p), (None, pairs(&[("core.a", "1"), ("core.b", "2")])));
         let (n, p) = split_set(&s(&["local:c1", "user.x", "a=b"])).unwrap();

@@ -154,14 +154,21 @@ pub fn run(args: Vec<String>) -> CmdResult {
         Some(other) => return fail(format!("Invalid mode \"{other}\"")),
     };
     let mut environment = StringMap::new();
-    environment.insert("TERM".into(), std::env::var("TERM").unwrap_or_else(|_| "dumb".into()));
+    environment.insert(
+        "TERM".into(),
+        std::env::var("TERM").unwrap_or_else(|_| "dumb".into()),
+    );
     for kv in &a.env {
         match kv.split_once('=') {
             Some((k, v)) => environment.insert(k.into(), v.into()),
             None => environment.insert(kv.clone(), std::env::var(kv).unwrap_or_default()),
         };
     }
-    let (width, height) = if interactive { term::size().unwrap_or((80, 24)) } else { (0, 0) };
+    let (width, height) = if interactive {
+        term::size().unwrap_or((80, 24))
+    } else {
+        (0, 0)
+    };
     let req = InstanceExecPost {
         command,
         wait_for_websocket: true,
@@ -185,12 +192,24 @@ pub fn run(args: Vec<String>) -> CmdResult {
         mask.add(Signal::SIGWINCH);
     }
     let mut old_mask = SigSet::empty();
-    let _ = nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_BLOCK, Some(&mask), Some(&mut old_mask));
+    let _ = nix::sys::signal::pthread_sigmask(
+        nix::sys::signal::SigmaskHow::SIG_BLOCK,
+        Some(&mask),
+        Some(&mut old_mask),
+    );
     let result = client().and_then(|c| {
-        let io = Io { stdout: Box::new(std::io::stdout()), stderr: Box::new(std::io::stderr()), no_stdin: a.disable_stdin };
+        let io = Io {
+            stdout: Box::new(std::io::stdout()),
+            stderr: Box::new(std::io::stderr()),
+            no_stdin: a.disable_stdin,
+        };
         run_blocked(&c, &name, req, interactive, io, &mask)
     });
-    let _ = nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
+    let _ = nix::sys::signal::pthread_sigmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&old_mask),
+        None,
+    );
     result
 }
 
@@ -201,10 +220,28 @@ pub struct Io {
     pub no_stdin: bool,
 }
 
-fn run_blocked(c: &Client, name: &str, req: InstanceExecPost, interactive: bool, io: Io, mask: &SigSet) -> CmdResult {
-    let Io { stdout, stderr, no_stdin } = io;
-    let reply = c.query("POST", &format!("{}/exec", instance_path(name)), Some(&req), None)?;
-    let Some(op_id) = reply.operation_id() else { return fail("the server did not start an exec operation") };
+fn run_blocked(
+    c: &Client,
+    name: &str,
+    req: InstanceExecPost,
+    interactive: bool,
+    io: Io,
+    mask: &SigSet,
+) -> CmdResult {
+    let Io {
+        stdout,
+        stderr,
+        no_stdin,
+    } = io;
+    let reply = c.query(
+        "POST",
+        &format!("{}/exec", instance_path(name)),
+        Some(&req),
+        None,
+    )?;
+    let Some(op_id) = reply.operation_id() else {
+        return fail("the server did not start an exec operation");
+    };
     let op: serde_json::Value = reply.metadata()?;
     let fds: StringMap = op
         .get("metadata")
@@ -212,7 +249,9 @@ fn run_blocked(c: &Client, name: &str, req: InstanceExecPost, interactive: bool,
         .and_then(|f| serde_json::from_value(f.clone()).ok())
         .unwrap_or_default();
     let secret = |fd: &str| -> Result<String, Fail> {
-        fds.get(fd).cloned().ok_or_else(|| Fail::Error(format!("the exec operation has no websocket \"{fd}\"")))
+        fds.get(fd)
+            .cloned()
+            .ok_or_else(|| Fail::Error(format!("the exec operation has no websocket \"{fd}\"")))
     };
 
     // Control first (as lxc does), then the data sockets.
@@ -224,7 +263,10 @@ fn run_blocked(c: &Client, name: &str, req: InstanceExecPost, interactive: bool,
     let outs = if interactive {
         None
     } else {
-        Some((c.operation_websocket(&op_id, &secret("1")?)?, c.operation_websocket(&op_id, &secret("2")?)?))
+        Some((
+            c.operation_websocket(&op_id, &secret("1")?)?,
+            c.operation_websocket(&op_id, &secret("2")?)?,
+        ))
     };
 
     // Signals -> control messages.
@@ -250,7 +292,11 @@ fn run_blocked(c: &Client, name: &str, req: InstanceExecPost, interactive: bool,
         }
     }
 
-    let _raw = if interactive && super::is_tty(0) { term::RawMode::enable().ok() } else { None };
+    let _raw = if interactive && super::is_tty(0) {
+        term::RawMode::enable().ok()
+    } else {
+        None
+    };
     {
         let tx = tx0.clone();
         thread::spawn(move || pump_in(tx, no_stdin, !interactive));
@@ -284,7 +330,14 @@ fn run_blocked(c: &Client, name: &str, req: InstanceExecPost, interactive: bool,
     let code = operation_return(&done);
     if done.status_code != crate::api::status::SUCCESS {
         // Like lxc: the error, and the command's exit code when there is one (127: not found).
-        eprintln!("Error: {}", if done.err.is_empty() { done.status.to_lowercase() } else { done.err.clone() });
+        eprintln!(
+            "Error: {}",
+            if done.err.is_empty() {
+                done.status.to_lowercase()
+            } else {
+                done.err.clone()
+            }
+        );
         return Err(Fail::Exit(code.filter(|c| *c != 0).unwrap_or(1)));
     }
     Ok(code.unwrap_or(0))
@@ -300,7 +353,18 @@ mod tests {
 
     #[test]
     fn split_at_double_dash() {
-        let (a, name, cmd) = split(s(&["c1", "--env", "FOO=bar", "--cwd", "/tmp", "--", "sh", "-c", "echo $FOO; exit 3"])).unwrap();
+        let (a, name, cmd) = split(s(&[
+            "c1",
+            "--env",
+            "FOO=bar",
+            "--cwd",
+            "/tmp",
+            "--",
+            "sh",
+            "-c",
+            "echo $FOO; exit 3",
+        ]))
+        .unwrap();
         assert_eq!(name, "c1");
         assert_eq!(cmd, s(&["sh", "-c", "echo $FOO; exit 3"]));
         assert_eq!(a.env, s(&["FOO=bar"]));
@@ -319,7 +383,10 @@ mod tests {
 
     #[test]
     fn control_messages_use_string_sizes() {
-        assert_eq!(resize_message(80, 24), r#"{"args":{"height":"24","width":"80"},"command":"window-resize"}"#);
+        assert_eq!(
+            resize_message(80, 24),
+            r#"{"args":{"height":"24","width":"80"},"command":"window-resize"}"#
+        );
         assert_eq!(signal_message(15), r#"{"command":"signal","signal":15}"#);
     }
 
@@ -352,7 +419,8 @@ mod tests {
             ("POST", "/1.0/instances/c1/exec") => {
                 let body = req.read_body(1 << 20).unwrap_or_default();
                 seen.clone().write_all(&body).unwrap();
-                let interactive = serde_json::from_slice::<serde_json::Value>(&body).is_ok_and(|v| v["interactive"] == true);
+                let interactive = serde_json::from_slice::<serde_json::Value>(&body)
+                    .is_ok_and(|v| v["interactive"] == true);
                 let fds = if interactive {
                     serde_json::json!({"0": "pty", "control": "sc"})
                 } else {
@@ -360,13 +428,16 @@ mod tests {
                 };
                 let op = serde_json::json!({"id": "op1", "class": "websocket", "status": "Running", "status_code": 103,
                     "metadata": {"fds": fds}});
-                Response::json(202, envelope("async", 100, op)).header("Location", "/1.0/operations/op1")
+                Response::json(202, envelope("async", 100, op))
+                    .header("Location", "/1.0/operations/op1")
             }
             ("GET", "/1.0/operations/op1/websocket") => {
                 let secret = req.query("secret").unwrap_or("").to_string();
                 let mut r = ws::accept(req);
                 r.upgrade = Some(Box::new(move |stream| {
-                    let Ok((tx, mut rx)) = ws::split(stream, Role::Server) else { return };
+                    let Ok((tx, mut rx)) = ws::split(stream, Role::Server) else {
+                        return;
+                    };
                     match secret.as_str() {
                         "s1" => {
                             let _ = tx.send_binary(b"hi\n");
@@ -380,11 +451,13 @@ mod tests {
                             let _ = tx.send_binary(b"$ ");
                             let _ = tx.close(1000);
                         }
-                        _ => while let Ok(m) = rx.recv() {
-                            if matches!(m, Message::Close(_)) {
-                                break;
+                        _ => {
+                            while let Ok(m) = rx.recv() {
+                                if matches!(m, Message::Close(_)) {
+                                    break;
+                                }
                             }
-                        },
+                        }
                     }
                 }));
                 r
@@ -429,8 +502,17 @@ mod tests {
 
     fn exec_with(c: &Client, interactive: bool) -> (i32, Shared, Shared) {
         let (out, err) = (Shared::default(), Shared::default());
-        let req = InstanceExecPost { command: vec!["sh".into()], wait_for_websocket: true, interactive, ..Default::default() };
-        let io = Io { stdout: Box::new(out.clone()), stderr: Box::new(err.clone()), no_stdin: true };
+        let req = InstanceExecPost {
+            command: vec!["sh".into()],
+            wait_for_websocket: true,
+            interactive,
+            ..Default::default()
+        };
+        let io = Io {
+            stdout: Box::new(out.clone()),
+            stderr: Box::new(err.clone()),
+            no_stdin: true,
+        };
         let code = match run_blocked(c, "c1", req, interactive, io, &SigSet::empty()) {
             Ok(c) => c,
             Err(Fail::Error(e)) => panic!("exec failed: {e}"),
@@ -441,7 +523,9 @@ mod tests {
 
     #[test]
     fn exec_against_a_fake_server() {
-        let Some((c, seen, dir)) = fake_server("plain") else { return };
+        let Some((c, seen, dir)) = fake_server("plain") else {
+            return;
+        };
         let (code, out, err) = exec_with(&c, false);
         assert_eq!(code, 3);
         assert_eq!(out.0.lock().unwrap().as_slice(), b"hi\n");
@@ -454,7 +538,9 @@ mod tests {
 
     #[test]
     fn interactive_exec_uses_one_stream() {
-        let Some((c, _seen, dir)) = fake_server("pty") else { return };
+        let Some((c, _seen, dir)) = fake_server("pty") else {
+            return;
+        };
         let (code, out, err) = exec_with(&c, true);
         assert_eq!(code, 3);
         assert_eq!(out.0.lock().unwrap().as_slice(), b"$ ");

@@ -102,13 +102,20 @@ pub fn run(args: &[String]) -> CmdResult {
 pub fn split_target(s: &str) -> Result<(String, String), Fail> {
     let s = local(s)?;
     match s.split_once('/') {
-        Some((name, path)) if !name.is_empty() => Ok((name.to_string(), format!("/{}", path.trim_start_matches('/')))),
+        Some((name, path)) if !name.is_empty() => Ok((
+            name.to_string(),
+            format!("/{}", path.trim_start_matches('/')),
+        )),
         _ => fail(format!("Invalid target {s}")),
     }
 }
 
 fn files_path(name: &str, path: &str) -> String {
-    format!("{}/files?path={}", instance_path(name), urlencode(path, false))
+    format!(
+        "{}/files?path={}",
+        instance_path(name),
+        urlencode(path, false)
+    )
 }
 
 fn join_remote(dir: &str, base: &str) -> String {
@@ -123,7 +130,14 @@ struct Owner {
     mode: u32,
 }
 
-fn post_file(c: &Client, name: &str, path: &str, kind: &str, o: Owner, body: Body) -> Result<(), Fail> {
+fn post_file(
+    c: &Client,
+    name: &str,
+    path: &str,
+    kind: &str,
+    o: Owner,
+    body: Body,
+) -> Result<(), Fail> {
     let Owner { uid, gid, mode } = o;
     let headers = vec![
         ("X-LXD-uid".to_string(), uid.to_string()),
@@ -143,10 +157,23 @@ fn mkdir_parents(c: &Client, name: &str, path: &str, uid: i64, gid: i64) -> Resu
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     for part in &parts[..parts.len().saturating_sub(1)] {
         cur = format!("{cur}/{part}");
-        if c.with_response("GET", &files_path(name, &cur), &[], Body::Empty, |r| Ok(r.status < 300))? {
+        if c.with_response("GET", &files_path(name, &cur), &[], Body::Empty, |r| {
+            Ok(r.status < 300)
+        })? {
             continue;
         }
-        post_file(c, name, &cur, "directory", Owner { uid, gid, mode: 0o755 }, Body::Empty)?;
+        post_file(
+            c,
+            name,
+            &cur,
+            "directory",
+            Owner {
+                uid,
+                gid,
+                mode: 0o755,
+            },
+            Body::Empty,
+        )?;
     }
     Ok(())
 }
@@ -160,7 +187,9 @@ fn push(args: &[String]) -> CmdResult {
     let (name, tpath) = split_target(&target[0])?;
     let to_dir = tpath.ends_with('/') || sources.len() > 1 || a.recursive;
     let forced_mode = match &a.mode {
-        Some(m) => Some(u32::from_str_radix(m, 8).map_err(|_| Fail::Error(format!("Invalid mode {m}")))?),
+        Some(m) => {
+            Some(u32::from_str_radix(m, 8).map_err(|_| Fail::Error(format!("Invalid mode {m}")))?)
+        }
         None => None,
     };
     let c = client()?;
@@ -170,16 +199,34 @@ fn push(args: &[String]) -> CmdResult {
                 mkdir_parents(&c, &name, &tpath, a.uid.unwrap_or(0), a.gid.unwrap_or(0))?;
             }
             let stdin: Box<dyn Read + Send> = Box::new(io::stdin());
-            let o = Owner { uid: a.uid.unwrap_or(0), gid: a.gid.unwrap_or(0), mode: forced_mode.unwrap_or(0o644) };
+            let o = Owner {
+                uid: a.uid.unwrap_or(0),
+                gid: a.gid.unwrap_or(0),
+                mode: forced_mode.unwrap_or(0o644),
+            };
             post_file(&c, &name, &tpath, "file", o, Body::Reader(stdin, None))?;
             continue;
         }
         let local_path = Path::new(src);
-        let base = local_path.file_name().map(|b| b.to_string_lossy().to_string()).unwrap_or_default();
-        let dest = if to_dir { join_remote(&tpath, &base) } else { tpath.clone() };
-        let meta = fs::symlink_metadata(local_path).map_err(|e| Fail::Error(super::io_error("open", local_path, &e)))?;
+        let base = local_path
+            .file_name()
+            .map(|b| b.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let dest = if to_dir {
+            join_remote(&tpath, &base)
+        } else {
+            tpath.clone()
+        };
+        let meta = fs::symlink_metadata(local_path)
+            .map_err(|e| Fail::Error(super::io_error("open", local_path, &e)))?;
         if a.create_dirs {
-            mkdir_parents(&c, &name, &dest, a.uid.unwrap_or(meta.uid() as i64), a.gid.unwrap_or(meta.gid() as i64))?;
+            mkdir_parents(
+                &c,
+                &name,
+                &dest,
+                a.uid.unwrap_or(meta.uid() as i64),
+                a.gid.unwrap_or(meta.gid() as i64),
+            )?;
         }
         if meta.is_dir() {
             if !a.recursive {
@@ -193,7 +240,15 @@ fn push(args: &[String]) -> CmdResult {
     Ok(0)
 }
 
-fn push_one(c: &Client, name: &str, src: &Path, dest: &str, meta: &fs::Metadata, a: &PushArgs, forced: Option<u32>) -> Result<(), Fail> {
+fn push_one(
+    c: &Client,
+    name: &str,
+    src: &Path,
+    dest: &str,
+    meta: &fs::Metadata,
+    a: &PushArgs,
+    forced: Option<u32>,
+) -> Result<(), Fail> {
     let uid = a.uid.unwrap_or(meta.uid() as i64);
     let gid = a.gid.unwrap_or(meta.gid() as i64);
     let mode = forced.unwrap_or(meta.mode() & 0o7777);
@@ -205,15 +260,36 @@ fn push_one(c: &Client, name: &str, src: &Path, dest: &str, meta: &fs::Metadata,
     let f = File::open(src).map_err(|e| Fail::Error(super::io_error("open", src, &e)))?;
     let len = f.metadata()?.len();
     let progress = super::progress(format!("Pushing {} to {dest}", src.display()), len);
-    let body = Body::Reader(Box::new(crate::client::ProgressReader::new(f, progress)), Some(len));
+    let body = Body::Reader(
+        Box::new(crate::client::ProgressReader::new(f, progress)),
+        Some(len),
+    );
     post_file(c, name, dest, "file", Owner { uid, gid, mode }, body)
 }
 
-fn push_tree(c: &Client, name: &str, src: &Path, dest: &str, a: &PushArgs, forced: Option<u32>) -> Result<(), Fail> {
+fn push_tree(
+    c: &Client,
+    name: &str,
+    src: &Path,
+    dest: &str,
+    a: &PushArgs,
+    forced: Option<u32>,
+) -> Result<(), Fail> {
     let meta = fs::symlink_metadata(src)?;
     let uid = a.uid.unwrap_or(meta.uid() as i64);
     let gid = a.gid.unwrap_or(meta.gid() as i64);
-    post_file(c, name, dest, "directory", Owner { uid, gid, mode: meta.mode() & 0o7777 }, Body::Empty)?;
+    post_file(
+        c,
+        name,
+        dest,
+        "directory",
+        Owner {
+            uid,
+            gid,
+            mode: meta.mode() & 0o7777,
+        },
+        Body::Empty,
+    )?;
     let mut entries: Vec<_> = fs::read_dir(src)?.collect::<Result<_, _>>()?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
@@ -233,7 +309,12 @@ fn push_tree(c: &Client, name: &str, src: &Path, dest: &str, a: &PushArgs, force
 /// A new regular file gets `mode` (set on its own descriptor, past the umask); an existing path is
 /// opened as it is, with its mode and owner untouched (regular files are truncated).
 pub fn open_pull_dest(path: &Path, mode: u32) -> io::Result<(File, bool)> {
-    match OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
         Ok(f) => {
             f.set_permissions(fs::Permissions::from_mode(mode & 0o7777))?;
             Ok((f, true))
@@ -252,7 +333,9 @@ pub fn open_pull_dest(path: &Path, mode: u32) -> io::Result<(File, bool)> {
 }
 
 fn header_mode(r: &crate::http::client::ClientResponse<'_>) -> u32 {
-    r.header("X-LXD-mode").and_then(|m| u32::from_str_radix(m.trim(), 8).ok()).unwrap_or(0o644)
+    r.header("X-LXD-mode")
+        .and_then(|m| u32::from_str_radix(m.trim(), 8).ok())
+        .unwrap_or(0o644)
 }
 
 fn pull(args: &[String]) -> CmdResult {
@@ -290,8 +373,15 @@ fn pull(args: &[String]) -> CmdResult {
     let into_dir = tpath.is_dir();
     for s in sources {
         let (name, path) = split_target(s)?;
-        let base = Path::new(&path).file_name().map(|b| b.to_os_string()).unwrap_or_default();
-        let dest = if into_dir { tpath.join(&base) } else { tpath.clone() };
+        let base = Path::new(&path)
+            .file_name()
+            .map(|b| b.to_os_string())
+            .unwrap_or_default();
+        let dest = if into_dir {
+            tpath.join(&base)
+        } else {
+            tpath.clone()
+        };
         if a.create_dirs {
             if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
                 fs::create_dir_all(parent)?;
@@ -370,20 +460,39 @@ fn edit(args: &[String]) -> CmdResult {
     let c = client()?;
     let (content, mode, uid, gid) = c.download(&files_path(&name, &path), |mut r| {
         let mode = header_mode(&r);
-        let uid = r.header("X-LXD-uid").and_then(|v| v.parse().ok()).unwrap_or(0i64);
-        let gid = r.header("X-LXD-gid").and_then(|v| v.parse().ok()).unwrap_or(0i64);
+        let uid = r
+            .header("X-LXD-uid")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0i64);
+        let gid = r
+            .header("X-LXD-gid")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0i64);
         let mut buf = Vec::new();
         r.body.read_to_end(&mut buf)?;
         Ok((buf, mode, uid, gid))
     })?;
     let new = if super::is_tty(0) {
-        super::config::edit_bytes(&content, Path::new(&path).extension().and_then(|e| e.to_str()).unwrap_or("txt"))?
+        super::config::edit_bytes(
+            &content,
+            Path::new(&path)
+                .extension()
+                .and_then(|e| e.to_str())
+                .unwrap_or("txt"),
+        )?
     } else {
         let mut buf = Vec::new();
         io::stdin().read_to_end(&mut buf)?;
         buf
     };
-    post_file(&c, &name, &path, "file", Owner { uid, gid, mode }, Body::Bytes(new))?;
+    post_file(
+        &c,
+        &name,
+        &path,
+        "file",
+        Owner { uid, gid, mode },
+        Body::Bytes(new),
+    )?;
     Ok(0)
 }
 
@@ -393,8 +502,14 @@ mod tests {
 
     #[test]
     fn targets() {
-        assert_eq!(split_target("c1/etc/hosts").unwrap(), ("c1".into(), "/etc/hosts".into()));
-        assert_eq!(split_target("local:c1//root/x").unwrap(), ("c1".into(), "/root/x".into()));
+        assert_eq!(
+            split_target("c1/etc/hosts").unwrap(),
+            ("c1".into(), "/etc/hosts".into())
+        );
+        assert_eq!(
+            split_target("local:c1//root/x").unwrap(),
+            ("c1".into(), "/root/x".into())
+        );
         assert!(split_target("c1").is_err());
     }
 

@@ -10,7 +10,10 @@ use serde_json::json;
 use super::config::edit_yaml;
 use super::table::{self, Format};
 use super::{client, fail, instance_path, local, parse, CmdResult, Fail};
-use crate::api::{Image, ImageAliasesEntry, ImageAliasesEntryPost, ImagePut, Instance, InstanceStatePut, Operation, StringMap};
+use crate::api::{
+    Image, ImageAliasesEntry, ImageAliasesEntryPost, ImagePut, Instance, InstanceStatePut,
+    Operation, StringMap,
+};
 use crate::client::multipart::{Multipart, Part};
 use crate::client::{urlencode, Client, ProgressReader};
 use crate::http::Body;
@@ -120,9 +123,20 @@ fn column(img: &Image, col: char) -> Option<String> {
         'f' => img.fingerprint.chars().take(12).collect(),
         'F' => img.fingerprint.clone(),
         'p' => if img.put.public { "yes" } else { "no" }.to_string(),
-        'd' => img.put.properties.get("description").cloned().unwrap_or_default(),
+        'd' => img
+            .put
+            .properties
+            .get("description")
+            .cloned()
+            .unwrap_or_default(),
         'a' => img.architecture.clone(),
-        't' => if img.kind.is_empty() { "CONTAINER".into() } else { img.kind.to_uppercase() },
+        't' => {
+            if img.kind.is_empty() {
+                "CONTAINER".into()
+            } else {
+                img.kind.to_uppercase()
+            }
+        }
         's' => format!("{:.2}MB", img.size as f64 / 1024.0 / 1024.0),
         'u' => table::long_date(&img.uploaded_at),
         _ => return None,
@@ -145,7 +159,10 @@ fn header(col: char) -> &'static str {
 fn image_matches(img: &Image, filters: &[String]) -> bool {
     filters.iter().all(|f| match f.split_once('=') {
         Some((k, v)) => img.put.properties.get(k).map(String::as_str) == Some(v),
-        None => img.fingerprint.starts_with(f.as_str()) || img.aliases.iter().any(|a| a.name.starts_with(f.as_str())),
+        None => {
+            img.fingerprint.starts_with(f.as_str())
+                || img.aliases.iter().any(|a| a.name.starts_with(f.as_str()))
+        }
     })
 }
 
@@ -160,12 +177,20 @@ pub fn render_list(images: &[Image], columns: &str, format: Format) -> Result<St
     let mut headers = Vec::new();
     for c in &cols {
         if column(&Image::default(), *c).is_none() {
-            return fail(format!("Unknown column shorthand char '{c}' in '{columns}'"));
+            return fail(format!(
+                "Unknown column shorthand char '{c}' in '{columns}'"
+            ));
         }
         headers.push(header(*c));
     }
-    let mut rows: Vec<Vec<String>> =
-        images.iter().map(|i| cols.iter().map(|c| column(i, *c).unwrap_or_default()).collect()).collect();
+    let mut rows: Vec<Vec<String>> = images
+        .iter()
+        .map(|i| {
+            cols.iter()
+                .map(|c| column(i, *c).unwrap_or_default())
+                .collect()
+        })
+        .collect();
     rows.sort();
     Ok(table::render_rows(format, &headers, &rows))
 }
@@ -200,8 +225,14 @@ fn list(args: &[String]) -> CmdResult {
     }
     let c = client()?;
     let all: Vec<Image> = c.get("/1.0/images?recursion=1")?;
-    let shown: Vec<Image> = all.into_iter().filter(|i| image_matches(i, &filters)).collect();
-    print!("{}", render_list(&shown, a.columns.as_deref().unwrap_or("lfpdatsu"), format)?);
+    let shown: Vec<Image> = all
+        .into_iter()
+        .filter(|i| image_matches(i, &filters))
+        .collect();
+    print!(
+        "{}",
+        render_list(&shown, a.columns.as_deref().unwrap_or("lfpdatsu"), format)?
+    );
     Ok(0)
 }
 
@@ -210,7 +241,8 @@ fn create_aliases(c: &Client, fp: &str, aliases: &[String], reuse: bool) -> Resu
     if aliases.is_empty() {
         return Ok(());
     }
-    let existing: Vec<ImageAliasesEntry> = c.get("/1.0/images/aliases?recursion=1").unwrap_or_default();
+    let existing: Vec<ImageAliasesEntry> =
+        c.get("/1.0/images/aliases?recursion=1").unwrap_or_default();
     for a in aliases {
         let a = local(a)?;
         if existing.iter().any(|e| e.name == a) {
@@ -219,20 +251,33 @@ fn create_aliases(c: &Client, fp: &str, aliases: &[String], reuse: bool) -> Resu
             }
             c.delete(&format!("/1.0/images/aliases/{}", urlencode(a, false)))?;
         }
-        c.post("/1.0/images/aliases", &ImageAliasesEntry { description: String::new(), target: fp.into(), name: a.into(), kind: String::new() })?;
+        c.post(
+            "/1.0/images/aliases",
+            &ImageAliasesEntry {
+                description: String::new(),
+                target: fp.into(),
+                name: a.into(),
+                kind: String::new(),
+            },
+        )?;
     }
     Ok(())
 }
 
 fn fingerprint_of(op: Option<&Operation>, env: &crate::api::Response) -> Option<String> {
-    let from_op = op.and_then(|o| o.metadata.as_ref()).and_then(|m| m.get("fingerprint")).and_then(|f| f.as_str());
+    let from_op = op
+        .and_then(|o| o.metadata.as_ref())
+        .and_then(|m| m.get("fingerprint"))
+        .and_then(|f| f.as_str());
     let from_env = env.metadata.get("fingerprint").and_then(|f| f.as_str());
     from_op.or(from_env).map(str::to_string)
 }
 
 fn import(args: &[String]) -> CmdResult {
     let a: ImportArgs = parse(&["bivy image import"], args)?;
-    let Some(first) = a.args.first() else { return fail("Missing image file") };
+    let Some(first) = a.args.first() else {
+        return fail("Missing image file");
+    };
     let mut rootfs: Option<String> = None;
     let mut props = Vec::new();
     for x in &a.args[1..] {
@@ -251,14 +296,21 @@ fn import(args: &[String]) -> CmdResult {
         .collect::<Vec<_>>()
         .join("&");
     let open = |p: &str| -> Result<(File, u64), Fail> {
-        let f = File::open(p).map_err(|e| Fail::Error(super::io_error("open", Path::new(p), &e)))?;
+        let f =
+            File::open(p).map_err(|e| Fail::Error(super::io_error("open", Path::new(p), &e)))?;
         let len = f.metadata()?.len();
         Ok((f, len))
     };
-    let base = |p: &str| Path::new(p).file_name().map(|b| b.to_string_lossy().to_string()).unwrap_or_default();
-    let mut headers = vec![
-        ("X-LXD-public".to_string(), if a.public { "1" } else { "0" }.to_string()),
-    ];
+    let base = |p: &str| {
+        Path::new(p)
+            .file_name()
+            .map(|b| b.to_string_lossy().to_string())
+            .unwrap_or_default()
+    };
+    let mut headers = vec![(
+        "X-LXD-public".to_string(),
+        if a.public { "1" } else { "0" }.to_string(),
+    )];
     if !prop_header.is_empty() {
         headers.push(("X-LXD-properties".to_string(), prop_header));
     }
@@ -267,7 +319,13 @@ fn import(args: &[String]) -> CmdResult {
             let (f, len) = open(first)?;
             headers.push(("Content-Type".into(), "application/octet-stream".into()));
             headers.push(("X-LXD-filename".into(), base(first)));
-            Body::Reader(Box::new(ProgressReader::new(f, super::progress("Transferring image".into(), len))), Some(len))
+            Body::Reader(
+                Box::new(ProgressReader::new(
+                    f,
+                    super::progress("Transferring image".into(), len),
+                )),
+                Some(len),
+            )
         }
         Some(r) => {
             let (mf, mlen) = open(first)?;
@@ -275,18 +333,36 @@ fn import(args: &[String]) -> CmdResult {
             let m = Multipart::new(
                 &Multipart::random_boundary(),
                 vec![
-                    Part { name: "metadata".into(), filename: base(first), reader: Box::new(mf), len: mlen },
-                    Part { name: "rootfs".into(), filename: base(r), reader: Box::new(rf), len: rlen },
+                    Part {
+                        name: "metadata".into(),
+                        filename: base(first),
+                        reader: Box::new(mf),
+                        len: mlen,
+                    },
+                    Part {
+                        name: "rootfs".into(),
+                        filename: base(r),
+                        reader: Box::new(rf),
+                        len: rlen,
+                    },
                 ],
             );
             headers.push(("Content-Type".into(), m.content_type.clone()));
             let len = m.len;
-            Body::Reader(Box::new(ProgressReader::new(m, super::progress("Transferring image".into(), len))), Some(len))
+            Body::Reader(
+                Box::new(ProgressReader::new(
+                    m,
+                    super::progress("Transferring image".into(), len),
+                )),
+                Some(len),
+            )
         }
     };
     let c = client()?;
     let (env, op) = c.upload("POST", "/1.0/images", &headers, body)?;
-    let Some(fp) = fingerprint_of(op.as_ref(), &env) else { return fail("the server did not report the image fingerprint") };
+    let Some(fp) = fingerprint_of(op.as_ref(), &env) else {
+        return fail("the server did not report the image fingerprint");
+    };
     create_aliases(&c, &fp, &a.alias, false)?;
     println!("Image imported with fingerprint: {fp}");
     Ok(0)
@@ -294,7 +370,10 @@ fn import(args: &[String]) -> CmdResult {
 
 fn alias(args: &[String]) -> CmdResult {
     let sub = args.first().map(String::as_str).unwrap_or("");
-    let w: Words = parse(&[&format!("bivy image alias {sub}")], args.get(1..).unwrap_or(&[]))?;
+    let w: Words = parse(
+        &[&format!("bivy image alias {sub}")],
+        args.get(1..).unwrap_or(&[]),
+    )?;
     let c = client()?;
     match (sub, w.words.as_slice()) {
         ("create", [name, target]) => {
@@ -308,12 +387,17 @@ fn alias(args: &[String]) -> CmdResult {
             c.post("/1.0/images/aliases", &entry)?;
         }
         ("delete" | "rm", [name]) => {
-            c.delete(&format!("/1.0/images/aliases/{}", urlencode(local(name)?, false)))?;
+            c.delete(&format!(
+                "/1.0/images/aliases/{}",
+                urlencode(local(name)?, false)
+            ))?;
         }
         ("rename" | "mv", [old, new]) => {
             c.post(
                 &format!("/1.0/images/aliases/{}", urlencode(local(old)?, false)),
-                &ImageAliasesEntryPost { name: local(new)?.to_string() },
+                &ImageAliasesEntryPost {
+                    name: local(new)?.to_string(),
+                },
             )?;
         }
         ("list" | "ls", filters) => {
@@ -336,12 +420,28 @@ fn alias(args: &[String]) -> CmdResult {
                     let mut rows: Vec<Vec<String>> = shown
                         .iter()
                         .map(|a| {
-                            let t = if a.kind.is_empty() { "CONTAINER".into() } else { a.kind.to_uppercase() };
-                            vec![a.name.clone(), a.target.chars().take(12).collect(), t, a.description.clone()]
+                            let t = if a.kind.is_empty() {
+                                "CONTAINER".into()
+                            } else {
+                                a.kind.to_uppercase()
+                            };
+                            vec![
+                                a.name.clone(),
+                                a.target.chars().take(12).collect(),
+                                t,
+                                a.description.clone(),
+                            ]
                         })
                         .collect();
                     rows.sort();
-                    print!("{}", table::render_rows(format, &["ALIAS", "FINGERPRINT", "TYPE", "DESCRIPTION"], &rows));
+                    print!(
+                        "{}",
+                        table::render_rows(
+                            format,
+                            &["ALIAS", "FINGERPRINT", "TYPE", "DESCRIPTION"],
+                            &rows
+                        )
+                    );
                 }
             }
         }
@@ -358,12 +458,23 @@ fn render_info(img: &Image) -> String {
     o += &format!("Fingerprint: {}\n", img.fingerprint);
     o += &format!("Size: {:.2}MB\n", img.size as f64 / 1024.0 / 1024.0);
     o += &format!("Architecture: {}\n", img.architecture);
-    o += &format!("Type: {}\n", if img.kind.is_empty() { "container" } else { &img.kind });
+    o += &format!(
+        "Type: {}\n",
+        if img.kind.is_empty() {
+            "container"
+        } else {
+            &img.kind
+        }
+    );
     o += &format!("Public: {}\n", if img.put.public { "yes" } else { "no" });
     o += "Timestamps:\n";
     let when = |s: &str| {
         let d = table::date(s);
-        if d.is_empty() { "never".to_string() } else { d }
+        if d.is_empty() {
+            "never".to_string()
+        } else {
+            d
+        }
     };
     if !table::date(&img.created_at).is_empty() {
         o += &format!("    Created: {}\n", when(&img.created_at));
@@ -384,7 +495,14 @@ fn render_info(img: &Image) -> String {
         }
     }
     o += &format!("Cached: {}\n", if img.cached { "yes" } else { "no" });
-    o += &format!("Auto update: {}\n", if img.put.auto_update { "enabled" } else { "disabled" });
+    o += &format!(
+        "Auto update: {}\n",
+        if img.put.auto_update {
+            "enabled"
+        } else {
+            "disabled"
+        }
+    );
     o += "Profiles:\n";
     for p in &img.put.profiles {
         o += &format!("    - {p}\n");
@@ -421,8 +539,13 @@ fn simple(sub: &str, args: &[String]) -> CmdResult {
             println!("Image exported successfully!");
         }
         ("copy" | "cp", [src, dst]) => {
-            let (sr, dr) = (src.split_once(':').map(|x| x.0), dst.split_once(':').map(|x| x.0));
-            if sr.is_some_and(|r| r != "local" && !r.is_empty()) || dr.is_some_and(|r| r != "local" && !r.is_empty()) {
+            let (sr, dr) = (
+                src.split_once(':').map(|x| x.0),
+                dst.split_once(':').map(|x| x.0),
+            );
+            if sr.is_some_and(|r| r != "local" && !r.is_empty())
+                || dr.is_some_and(|r| r != "local" && !r.is_empty())
+            {
                 return fail("not supported yet: remote image copy");
             }
             let fp = resolve(&c, src)?;
@@ -450,19 +573,37 @@ fn disposition_filename(h: &str) -> Option<String> {
 }
 
 fn export(c: &Client, fp: &str, target: Option<&str>) -> Result<(), Fail> {
-    let target = target.map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let target = target
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     c.download(&format!("{}/export", image_path(fp)), |mut r| {
         let ctype = r.header("Content-Type").unwrap_or("").to_string();
-        let fname = r.header("Content-Disposition").and_then(disposition_filename).unwrap_or_else(|| format!("{fp}.tar.gz"));
-        let dest_for = |name: &str| if target.is_dir() { target.join(name) } else { target.clone() };
-        if let Some(b) = ctype.strip_prefix("multipart/form-data").and_then(|rest| rest.split("boundary=").nth(1)) {
+        let fname = r
+            .header("Content-Disposition")
+            .and_then(disposition_filename)
+            .unwrap_or_else(|| format!("{fp}.tar.gz"));
+        let dest_for = |name: &str| {
+            if target.is_dir() {
+                target.join(name)
+            } else {
+                target.clone()
+            }
+        };
+        if let Some(b) = ctype
+            .strip_prefix("multipart/form-data")
+            .and_then(|rest| rest.split("boundary=").nth(1))
+        {
             let boundary = b.trim_matches('"').to_string();
             let mut buf = Vec::new();
             r.body.read_to_end(&mut buf)?;
             let parts = split_multipart(&buf, &boundary);
             for (name, filename, data) in parts {
                 let out = if target.is_dir() {
-                    target.join(if filename.is_empty() { name.clone() } else { filename })
+                    target.join(if filename.is_empty() {
+                        name.clone()
+                    } else {
+                        filename
+                    })
                 } else if name == "metadata" {
                     target.clone()
                 } else {
@@ -473,7 +614,8 @@ fn export(c: &Client, fp: &str, target: Option<&str>) -> Result<(), Fail> {
             return Ok(());
         }
         let dest = dest_for(&fname);
-        let mut f = File::create(&dest).map_err(|e| crate::client::Error(format!("{}: {e}", dest.display())))?;
+        let mut f = File::create(&dest)
+            .map_err(|e| crate::client::Error(format!("{}: {e}", dest.display())))?;
         io::copy(&mut r.body, &mut f)?;
         Ok(())
     })?;
@@ -488,10 +630,15 @@ fn write_new(p: &Path, data: &[u8]) -> Result<(), crate::client::Error> {
 pub fn split_multipart(body: &[u8], boundary: &str) -> Vec<(String, String, Vec<u8>)> {
     let delim = format!("--{boundary}").into_bytes();
     let find = |hay: &[u8], from: usize| -> Option<usize> {
-        hay.get(from..)?.windows(delim.len()).position(|w| w == delim.as_slice()).map(|p| p + from)
+        hay.get(from..)?
+            .windows(delim.len())
+            .position(|w| w == delim.as_slice())
+            .map(|p| p + from)
     };
     let mut out = Vec::new();
-    let Some(mut pos) = find(body, 0) else { return out };
+    let Some(mut pos) = find(body, 0) else {
+        return out;
+    };
     loop {
         let start = pos + delim.len();
         if body.get(start..start + 2) == Some(b"--") {
@@ -506,7 +653,11 @@ pub fn split_multipart(body: &[u8], boundary: &str) -> Vec<(String, String, Vec<
             let field = |key: &str| {
                 head.lines()
                     .flat_map(|l| l.split(';'))
-                    .filter_map(|kv| kv.trim().strip_prefix(&format!("{key}=")).map(|v| v.trim_matches('"').to_string()))
+                    .filter_map(|kv| {
+                        kv.trim()
+                            .strip_prefix(&format!("{key}="))
+                            .map(|v| v.trim_matches('"').to_string())
+                    })
                     .next()
                     .unwrap_or_default()
             };
@@ -519,7 +670,9 @@ pub fn split_multipart(body: &[u8], boundary: &str) -> Vec<(String, String, Vec<
 
 pub fn publish(args: &[String]) -> CmdResult {
     let a: PublishArgs = parse(&["bivy publish"], args)?;
-    let Some(src) = a.args.first() else { return fail("Missing instance name") };
+    let Some(src) = a.args.first() else {
+        return fail("Missing instance name");
+    };
     let src = local(src)?;
     let props: StringMap = super::key_values(&a.args[1..])?.into_iter().collect();
     let c = client()?;
@@ -534,7 +687,12 @@ pub fn publish(args: &[String]) -> CmdResult {
             if !a.force {
                 return fail("The instance is currently running. Use --force to have it stopped and restarted");
             }
-            let put = InstanceStatePut { action: "stop".into(), timeout: -1, force: true, stateful: false };
+            let put = InstanceStatePut {
+                action: "stop".into(),
+                timeout: -1,
+                force: true,
+                stateful: false,
+            };
             c.put(&format!("{}/state", instance_path(&inst_name)), &put, None)?;
             restart = true;
         }
@@ -559,10 +717,16 @@ pub fn publish(args: &[String]) -> CmdResult {
             Some(id) => Some(c.wait_operation(&id)?),
             None => None,
         };
-        fingerprint_of(op.as_ref(), &reply.envelope).ok_or_else(|| Fail::Error("the server did not report the image fingerprint".into()))
+        fingerprint_of(op.as_ref(), &reply.envelope)
+            .ok_or_else(|| Fail::Error("the server did not report the image fingerprint".into()))
     })();
     if restart {
-        let put = InstanceStatePut { action: "start".into(), timeout: -1, force: false, stateful: false };
+        let put = InstanceStatePut {
+            action: "start".into(),
+            timeout: -1,
+            force: false,
+            stateful: false,
+        };
         c.put(&format!("{}/state", instance_path(&inst_name)), &put, None)?;
     }
     let fp = result?;
@@ -576,7 +740,9 @@ mod tests {
     use super::*;
 
     fn reference_images() -> Vec<Image> {
-        let v: serde_json::Value = serde_json::from_str(include_str!("../../tests/cli_unit/images_recursion1.json")).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/cli_unit/images_recursion1.json"))
+                .unwrap();
         serde_json::from_value(v["metadata"].clone()).unwrap()
     }
 
@@ -584,28 +750,54 @@ mod tests {
     fn image_list_like_lxc() {
         let images = reference_images();
         let text = include_str!("../../tests/cli_unit/image_list.txt");
-        let want: String = text.lines().filter(|l| l.starts_with('+') || l.starts_with('|')).map(|l| format!("{l}\n")).collect();
-        assert_eq!(render_list(&images, "lfpdatsu", Format::Table).unwrap(), want);
+        let want: String = text
+            .lines()
+            .filter(|l| l.starts_with('+') || l.starts_with('|'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(
+            render_list(&images, "lfpdatsu", Format::Table).unwrap(),
+            want
+        );
     }
 
     #[test]
     fn multipart_round_trip() {
         let parts = vec![
-            Part { name: "metadata".into(), filename: "m.tar".into(), reader: Box::new(io::Cursor::new(b"M\r\n--x".to_vec())), len: 6 },
-            Part { name: "rootfs".into(), filename: "r.tar".into(), reader: Box::new(io::Cursor::new(b"RR".to_vec())), len: 2 },
+            Part {
+                name: "metadata".into(),
+                filename: "m.tar".into(),
+                reader: Box::new(io::Cursor::new(b"M\r\n--x".to_vec())),
+                len: 6,
+            },
+            Part {
+                name: "rootfs".into(),
+                filename: "r.tar".into(),
+                reader: Box::new(io::Cursor::new(b"RR".to_vec())),
+                len: 2,
+            },
         ];
         let mut m = Multipart::new("bnd", parts);
         let mut buf = Vec::new();
         m.read_to_end(&mut buf).unwrap();
         let got = split_multipart(&buf, "bnd");
         assert_eq!(got.len(), 2);
-        assert_eq!(got[0], ("metadata".into(), "m.tar".into(), b"M\r\n--x".to_vec()));
+        assert_eq!(
+            got[0],
+            ("metadata".into(), "m.tar".into(), b"M\r\n--x".to_vec())
+        );
         assert_eq!(got[1], ("rootfs".into(), "r.tar".into(), b"RR".to_vec()));
     }
 
     #[test]
     fn content_disposition() {
-        assert_eq!(disposition_filename("inline;filename=busybox.tar.gz").as_deref(), Some("busybox.tar.gz"));
-        assert_eq!(disposition_filename("attachment; filename=\"a b.tar\"").as_deref(), Some("a b.tar"));
+        assert_eq!(
+            disposition_filename("inline;filename=busybox.tar.gz").as_deref(),
+            Some("busybox.tar.gz")
+        );
+        assert_eq!(
+            disposition_filename("attachment; filename=\"a b.tar\"").as_deref(),
+            Some("a b.tar")
+        );
     }
 }

@@ -7,8 +7,8 @@ use serde_json::json;
 use super::table::{self, Format};
 use super::{client, fail, instance_path, local, parse, CmdResult, Fail};
 use crate::api::{
-    Devices, Image, ImageAliasesEntry, Instance, InstanceFull, InstancePost, InstanceSource, InstanceStatePut,
-    InstancesPost, InstancesPostPut, StringMap,
+    Devices, Image, ImageAliasesEntry, Instance, InstanceFull, InstancePost, InstanceSource,
+    InstanceStatePut, InstancesPost, InstancesPostPut, StringMap,
 };
 use crate::client::{urlencode, Client};
 
@@ -53,7 +53,9 @@ pub struct LaunchArgs {
 
 /// Resolve an image name (alias or fingerprint prefix) to its full fingerprint, like lxc.
 pub fn resolve_image(c: &Client, name: &str) -> Result<String, Fail> {
-    if let Ok(alias) = c.get::<ImageAliasesEntry>(&format!("/1.0/images/aliases/{}", urlencode(name, false))) {
+    if let Ok(alias) =
+        c.get::<ImageAliasesEntry>(&format!("/1.0/images/aliases/{}", urlencode(name, false)))
+    {
         return Ok(alias.target);
     }
     match c.get::<Image>(&format!("/1.0/images/{}", urlencode(name, false))) {
@@ -65,7 +67,10 @@ pub fn resolve_image(c: &Client, name: &str) -> Result<String, Fail> {
 /// The instance name from a create operation's resources.
 fn created_name(op: &crate::api::Operation) -> Option<String> {
     let res = op.resources.as_ref()?;
-    let url = res.get("instances").or_else(|| res.get("containers"))?.first()?;
+    let url = res
+        .get("instances")
+        .or_else(|| res.get("containers"))?
+        .first()?;
     Some(url.rsplit('/').next()?.to_string())
 }
 
@@ -101,7 +106,11 @@ pub fn launch(args: &[String], start: bool) -> CmdResult {
         d.insert("network".into(), net.clone());
         devices.insert("eth0".into(), d);
     }
-    let (image, name) = if a.empty { (None, Some(a.image.clone())) } else { (Some(a.image.clone()), a.name.clone()) };
+    let (image, name) = if a.empty {
+        (None, Some(a.image.clone()))
+    } else {
+        (Some(a.image.clone()), a.name.clone())
+    };
     let name = match name {
         Some(n) => Some(local(&n)?.to_string()),
         None => None,
@@ -113,9 +122,16 @@ pub fn launch(args: &[String], start: bool) -> CmdResult {
     let source = match &image {
         Some(img) => {
             let img = local(img)?;
-            InstanceSource { kind: "image".into(), fingerprint: resolve_image(&c, img)?, ..Default::default() }
+            InstanceSource {
+                kind: "image".into(),
+                fingerprint: resolve_image(&c, img)?,
+                ..Default::default()
+            }
         }
-        None => InstanceSource { kind: "none".into(), ..Default::default() },
+        None => InstanceSource {
+            kind: "none".into(),
+            ..Default::default()
+        },
     };
     let profiles = if a.no_profiles {
         Some(Vec::new())
@@ -148,7 +164,11 @@ pub fn launch(args: &[String], start: bool) -> CmdResult {
     };
     if start {
         println!("Starting {name}");
-        let put = InstanceStatePut { action: "start".into(), timeout: -1, ..Default::default() };
+        let put = InstanceStatePut {
+            action: "start".into(),
+            timeout: -1,
+            ..Default::default()
+        };
         change_state(&c, &name, &put)?;
     }
     Ok(0)
@@ -178,11 +198,19 @@ pub struct StateArgs {
 /// `PUT .../state` and wait. Like lxc, a start that fails while running (not one the server
 /// refused outright) points at the instance log.
 fn change_state(c: &Client, name: &str, put: &InstanceStatePut) -> Result<(), Fail> {
-    let reply = c.query("PUT", &format!("{}/state", instance_path(name)), Some(put), None)?;
+    let reply = c.query(
+        "PUT",
+        &format!("{}/state", instance_path(name)),
+        Some(put),
+        None,
+    )?;
     if let Some(id) = reply.operation_id() {
         if let Err(e) = c.wait_operation(&id) {
             if put.action == "start" {
-                return fail(format!("{}\nTry `bivy info --show-log {name}` for more info", e.0));
+                return fail(format!(
+                    "{}\nTry `bivy info --show-log {name}` for more info",
+                    e.0
+                ));
             }
             return fail(e.0);
         }
@@ -191,15 +219,29 @@ fn change_state(c: &Client, name: &str, put: &InstanceStatePut) -> Result<(), Fa
 }
 
 pub fn state(args: &[String], action: &str) -> CmdResult {
-    let a: StateArgs = parse(&[&format!("bivy {}", if action == "freeze" { "pause" } else { action })], args)?;
+    let a: StateArgs = parse(
+        &[&format!(
+            "bivy {}",
+            if action == "freeze" { "pause" } else { action }
+        )],
+        args,
+    )?;
     let c = client()?;
-    let mut names: Vec<String> = a.names.iter().map(|n| local(n).map(str::to_string)).collect::<Result<_, _>>()?;
+    let mut names: Vec<String> = a
+        .names
+        .iter()
+        .map(|n| local(n).map(str::to_string))
+        .collect::<Result<_, _>>()?;
     if a.all {
         let all: Vec<Instance> = c.get("/1.0/instances?recursion=1")?;
-        names.extend(all.into_iter().filter(|i| match action {
-            "start" => i.status != "Running",
-            _ => i.status == "Running",
-        }).map(|i| i.name));
+        names.extend(
+            all.into_iter()
+                .filter(|i| match action {
+                    "start" => i.status != "Running",
+                    _ => i.status == "Running",
+                })
+                .map(|i| i.name),
+        );
     }
     if names.is_empty() {
         return fail("Missing instance name");
@@ -248,7 +290,11 @@ pub fn delete(args: &[String]) -> CmdResult {
     for n in &a.names {
         let n = local(n)?;
         if let Some((inst, snap)) = n.split_once('/') {
-            c.delete(&format!("{}/snapshots/{}", instance_path(inst), urlencode(snap, false)))?;
+            c.delete(&format!(
+                "{}/snapshots/{}",
+                instance_path(inst),
+                urlencode(snap, false)
+            ))?;
             continue;
         }
         let inst: Instance = c.get(&instance_path(n))?;
@@ -256,7 +302,12 @@ pub fn delete(args: &[String]) -> CmdResult {
             if !a.force {
                 return fail("The instance is currently running, stop it first or pass --force");
             }
-            let put = InstanceStatePut { action: "stop".into(), timeout: -1, force: true, stateful: false };
+            let put = InstanceStatePut {
+                action: "stop".into(),
+                timeout: -1,
+                force: true,
+                stateful: false,
+            };
             c.put(&format!("{}/state", instance_path(n)), &put, None)?;
             if inst.ephemeral {
                 // An ephemeral instance goes away when stopped.
@@ -286,10 +337,23 @@ pub fn rename(args: &[String]) -> CmdResult {
     let c = client()?;
     if let Some((inst, snap)) = src.split_once('/') {
         let new = dst.split_once('/').map_or(dst, |(_, s)| s);
-        c.post(&format!("{}/snapshots/{}", instance_path(inst), urlencode(snap, false)), &json!({"name": new}))?;
+        c.post(
+            &format!(
+                "{}/snapshots/{}",
+                instance_path(inst),
+                urlencode(snap, false)
+            ),
+            &json!({"name": new}),
+        )?;
         return Ok(0);
     }
-    c.post(&instance_path(src), &InstancePost { name: dst.to_string(), ..Default::default() })?;
+    c.post(
+        &instance_path(src),
+        &InstancePost {
+            name: dst.to_string(),
+            ..Default::default()
+        },
+    )?;
     Ok(0)
 }
 
@@ -324,8 +388,11 @@ pub fn copy(args: &[String]) -> CmdResult {
     // Like lxc: the source's writable state (minus volatile keys), then the overrides.
     let source: Instance = match src.split_once('/') {
         Some((i, snap)) => {
-            let s: crate::api::InstanceSnapshot =
-                c.get(&format!("{}/snapshots/{}", instance_path(i), urlencode(snap, false)))?;
+            let s: crate::api::InstanceSnapshot = c.get(&format!(
+                "{}/snapshots/{}",
+                instance_path(i),
+                urlencode(snap, false)
+            ))?;
             Instance {
                 architecture: s.architecture,
                 config: s.config,
@@ -336,11 +403,19 @@ pub fn copy(args: &[String]) -> CmdResult {
         }
         None => c.get(&instance_path(src))?,
     };
-    let mut config: StringMap = source.config.into_iter().filter(|(k, _)| !k.starts_with("volatile.")).collect();
+    let mut config: StringMap = source
+        .config
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("volatile."))
+        .collect();
     for (k, v) in super::key_values(&a.config)? {
         config.insert(k, v);
     }
-    let profiles = if a.profile.is_empty() { source.profiles } else { a.profile.clone() };
+    let profiles = if a.profile.is_empty() {
+        source.profiles
+    } else {
+        a.profile.clone()
+    };
     let req = InstancesPost {
         put: InstancesPostPut {
             architecture: source.architecture,
@@ -413,7 +488,11 @@ pub struct RestoreArgs {
 pub fn restore(args: &[String]) -> CmdResult {
     let a: RestoreArgs = parse(&["bivy restore"], args)?;
     let name = local(&a.name)?;
-    let snap = if a.snapshot.contains('/') { a.snapshot.clone() } else { format!("{name}/{}", a.snapshot) };
+    let snap = if a.snapshot.contains('/') {
+        a.snapshot.clone()
+    } else {
+        format!("{name}/{}", a.snapshot)
+    };
     let c = client()?;
     // lxc sends a null-filled InstancePut; the whole current one with `restore` set is accepted
     // by LXD too, and by servers that want every field.
@@ -492,7 +571,9 @@ fn addresses(i: &InstanceFull, family: &str) -> String {
     if !is_active(i) {
         return String::new();
     }
-    let Some(net) = i.state.as_ref().and_then(|s| s.network.as_ref()) else { return String::new() };
+    let Some(net) = i.state.as_ref().and_then(|s| s.network.as_ref()) else {
+        return String::new();
+    };
     let mut out = Vec::new();
     for (ifname, n) in net {
         if n.kind == "loopback" {
@@ -521,7 +602,11 @@ fn cell(i: &InstanceFull, col: char) -> String {
         '4' => addresses(i, "inet"),
         '6' => addresses(i, "inet6"),
         't' => {
-            let t = if inst.kind.is_empty() { "CONTAINER".to_string() } else { inst.kind.to_uppercase() };
+            let t = if inst.kind.is_empty() {
+                "CONTAINER".to_string()
+            } else {
+                inst.kind.to_uppercase()
+            };
             if inst.ephemeral {
                 format!("{t} (EPHEMERAL)")
             } else {
@@ -546,19 +631,34 @@ fn cell(i: &InstanceFull, col: char) -> String {
             _ => String::new(),
         },
         'u' => match state {
-            Some(s) if is_active(i) && s.cpu.usage > 0 => format!("{}s", s.cpu.usage / 1_000_000_000),
+            Some(s) if is_active(i) && s.cpu.usage > 0 => {
+                format!("{}s", s.cpu.usage / 1_000_000_000)
+            }
             _ => String::new(),
         },
         'D' => match state.and_then(|s| s.disk.get("root")) {
             Some(d) if d.usage > 0 => table::size_iec(d.usage),
             _ => String::new(),
         },
-        'b' => inst.expanded_devices.get("root").and_then(|d| d.get("pool")).cloned().unwrap_or_default(),
+        'b' => inst
+            .expanded_devices
+            .get("root")
+            .and_then(|d| d.get("pool"))
+            .cloned()
+            .unwrap_or_default(),
         'd' => inst.description.clone(),
         'L' => inst.location.clone(),
         'e' => inst.project.clone(),
-        'f' => inst.config.get("volatile.base_image").map(|f| f.chars().take(12).collect()).unwrap_or_default(),
-        'F' => inst.config.get("volatile.base_image").cloned().unwrap_or_default(),
+        'f' => inst
+            .config
+            .get("volatile.base_image")
+            .map(|f| f.chars().take(12).collect())
+            .unwrap_or_default(),
+        'F' => inst
+            .config
+            .get("volatile.base_image")
+            .cloned()
+            .unwrap_or_default(),
         _ => String::new(),
     }
 }
@@ -626,7 +726,11 @@ pub fn matches_filters(i: &InstanceFull, filters: &[String]) -> bool {
                 _ => {
                     let key = k.strip_prefix("config.").unwrap_or(k);
                     inst.expanded_config.get(key).map(String::as_str) == Some(v)
-                        || inst.expanded_config.get(&format!("user.{key}")).map(String::as_str) == Some(v)
+                        || inst
+                            .expanded_config
+                            .get(&format!("user.{key}"))
+                            .map(String::as_str)
+                            == Some(v)
                 }
             }
         }
@@ -634,9 +738,15 @@ pub fn matches_filters(i: &InstanceFull, filters: &[String]) -> bool {
 }
 
 /// Render the instance list as lxc does.
-pub fn render_list(instances: &[InstanceFull], columns: &str, format: Format) -> Result<String, Fail> {
+pub fn render_list(
+    instances: &[InstanceFull],
+    columns: &str,
+    format: Format,
+) -> Result<String, Fail> {
     match format {
-        Format::Json => return Ok(serde_json::to_string(instances).map_err(|e| e.to_string())? + "\n"),
+        Format::Json => {
+            return Ok(serde_json::to_string(instances).map_err(|e| e.to_string())? + "\n")
+        }
         Format::Yaml => {
             // Go prints nil slices as [] in YAML (but null in JSON).
             let v: Vec<InstanceFull> = instances
@@ -664,12 +774,19 @@ pub fn render_list(instances: &[InstanceFull], columns: &str, format: Format) ->
         }
         match column_header(*c) {
             Some(h) => headers.push(h),
-            None => return fail(format!("Unknown column shorthand char '{c}' in '{columns}'")),
+            None => {
+                return fail(format!(
+                    "Unknown column shorthand char '{c}' in '{columns}'"
+                ))
+            }
         }
     }
     let mut sorted: Vec<&InstanceFull> = instances.iter().collect();
     sorted.sort_by(|a, b| a.instance.name.cmp(&b.instance.name));
-    let rows: Vec<Vec<String>> = sorted.iter().map(|i| cols.iter().map(|c| cell(i, *c)).collect()).collect();
+    let rows: Vec<Vec<String>> = sorted
+        .iter()
+        .map(|i| cols.iter().map(|c| cell(i, *c)).collect())
+        .collect();
     Ok(table::render_rows(format, &headers, &rows))
 }
 
@@ -691,7 +808,10 @@ pub fn list(args: &[String]) -> CmdResult {
     }
     let c = client()?;
     let all: Vec<InstanceFull> = c.get("/1.0/instances?filter=&recursion=2")?;
-    let shown: Vec<InstanceFull> = all.into_iter().filter(|i| matches_filters(i, &filters)).collect();
+    let shown: Vec<InstanceFull> = all
+        .into_iter()
+        .filter(|i| matches_filters(i, &filters))
+        .collect();
     print!("{}", render_list(&shown, &columns, format)?);
     Ok(0)
 }
@@ -720,7 +840,11 @@ pub fn render_info(i: &InstanceFull) -> String {
     let mut o = String::new();
     o += &format!("Name: {}\n", inst.name);
     o += &format!("Status: {}\n", inst.status.to_uppercase());
-    let kind = if inst.kind.is_empty() { "container" } else { inst.kind.as_str() };
+    let kind = if inst.kind.is_empty() {
+        "container"
+    } else {
+        inst.kind.as_str()
+    };
     if inst.ephemeral {
         o += &format!("Type: {kind} (ephemeral)\n");
     } else {
@@ -752,19 +876,34 @@ pub fn render_info(i: &InstanceFull) -> String {
         }
         if s.cpu.usage != 0 {
             o += "  CPU usage:\n";
-            o += &format!("    CPU usage (in seconds): {}\n", s.cpu.usage / 1_000_000_000);
+            o += &format!(
+                "    CPU usage (in seconds): {}\n",
+                s.cpu.usage / 1_000_000_000
+            );
         }
         if s.memory.usage != 0 {
             o += "  Memory usage:\n";
-            o += &format!("    Memory (current): {}\n", table::size_iec(s.memory.usage));
+            o += &format!(
+                "    Memory (current): {}\n",
+                table::size_iec(s.memory.usage)
+            );
             if s.memory.usage_peak != 0 {
-                o += &format!("    Memory (peak): {}\n", table::size_iec(s.memory.usage_peak));
+                o += &format!(
+                    "    Memory (peak): {}\n",
+                    table::size_iec(s.memory.usage_peak)
+                );
             }
             if s.memory.swap_usage != 0 {
-                o += &format!("    Swap (current): {}\n", table::size_iec(s.memory.swap_usage));
+                o += &format!(
+                    "    Swap (current): {}\n",
+                    table::size_iec(s.memory.swap_usage)
+                );
             }
             if s.memory.swap_usage_peak != 0 {
-                o += &format!("    Swap (peak): {}\n", table::size_iec(s.memory.swap_usage_peak));
+                o += &format!(
+                    "    Swap (peak): {}\n",
+                    table::size_iec(s.memory.swap_usage_peak)
+                );
             }
         }
         if let Some(net) = s.network.as_ref().filter(|n| !n.is_empty()) {
@@ -786,13 +925,24 @@ pub fn render_info(i: &InstanceFull) -> String {
                 if n.mtu != 0 {
                     o += &format!("      MTU: {}\n", n.mtu);
                 }
-                o += &format!("      Bytes received: {}\n", table::size_iec(n.counters.bytes_received));
-                o += &format!("      Bytes sent: {}\n", table::size_iec(n.counters.bytes_sent));
+                o += &format!(
+                    "      Bytes received: {}\n",
+                    table::size_iec(n.counters.bytes_received)
+                );
+                o += &format!(
+                    "      Bytes sent: {}\n",
+                    table::size_iec(n.counters.bytes_sent)
+                );
                 o += &format!("      Packets received: {}\n", n.counters.packets_received);
                 o += &format!("      Packets sent: {}\n", n.counters.packets_sent);
                 o += "      IP addresses:\n";
                 {
-                    let w = n.addresses.iter().map(|a| a.family.len() + 1).max().unwrap_or(0);
+                    let w = n
+                        .addresses
+                        .iter()
+                        .map(|a| a.family.len() + 1)
+                        .max()
+                        .unwrap_or(0);
                     for a in &n.addresses {
                         let label = format!("{}:", a.family);
                         o += &format!(
@@ -816,7 +966,11 @@ pub fn render_info(i: &InstanceFull) -> String {
                     s.name.rsplit('/').next().unwrap_or(&s.name).to_string(),
                     table::date(&s.created_at),
                     table::date(&s.expires_at),
-                    if s.stateful { "YES".into() } else { "NO".into() },
+                    if s.stateful {
+                        "YES".into()
+                    } else {
+                        "NO".into()
+                    },
                 ]
             })
             .collect();
@@ -830,12 +984,20 @@ pub fn render_info(i: &InstanceFull) -> String {
 pub fn render_server(server: &crate::api::Server) -> Result<String, Fail> {
     use serde_norway::Value;
     let mut v = serde_norway::to_value(server).map_err(|e| e.to_string())?;
-    if let Some(Value::Sequence(drivers)) = v.get_mut("environment").and_then(|e| e.get_mut("storage_supported_drivers")) {
+    if let Some(Value::Sequence(drivers)) = v
+        .get_mut("environment")
+        .and_then(|e| e.get_mut("storage_supported_drivers"))
+    {
         for d in drivers.iter_mut() {
             if let Value::Mapping(m) = d {
                 let lower: serde_norway::Mapping = m
                     .iter()
-                    .map(|(k, v)| (Value::String(k.as_str().unwrap_or_default().to_lowercase()), v.clone()))
+                    .map(|(k, v)| {
+                        (
+                            Value::String(k.as_str().unwrap_or_default().to_lowercase()),
+                            v.clone(),
+                        )
+                    })
                     .collect();
                 *m = lower;
             }
@@ -862,7 +1024,12 @@ pub fn info(args: &[String]) -> CmdResult {
             let full: InstanceFull = c.get(&format!("{}?recursion=1", instance_path(n)))?;
             print!("{}", render_info(&full));
             if a.show_log {
-                let resp = c.raw("GET", &format!("{}/logs/lxc.log", instance_path(n)), &[], crate::http::Body::Empty)?;
+                let resp = c.raw(
+                    "GET",
+                    &format!("{}/logs/lxc.log", instance_path(n)),
+                    &[],
+                    crate::http::Body::Empty,
+                )?;
                 println!("\nLog:\n");
                 if resp.status < 300 {
                     print!("{}", String::from_utf8_lossy(&resp.body));
@@ -882,7 +1049,9 @@ mod tests {
         match name {
             "list.txt" => include_str!("../../tests/cli_unit/list.txt"),
             "list_fast.txt" => include_str!("../../tests/cli_unit/list_fast.txt"),
-            "instances_recursion2.json" => include_str!("../../tests/cli_unit/instances_recursion2.json"),
+            "instances_recursion2.json" => {
+                include_str!("../../tests/cli_unit/instances_recursion2.json")
+            }
             other => panic!("no fixture {other}"),
         }
     }
@@ -897,7 +1066,12 @@ mod tests {
     /// The table printed at the end of a reference `lxc` session.
     fn reference_table(file: &str) -> Option<String> {
         let text = fixture(file);
-        Some(text.lines().filter(|l| l.starts_with('+') || l.starts_with('|')).map(|l| format!("{l}\n")).collect())
+        Some(
+            text.lines()
+                .filter(|l| l.starts_with('+') || l.starts_with('|'))
+                .map(|l| format!("{l}\n"))
+                .collect(),
+        )
     }
 
     /// The instance list the server sent in a reference session (logged Go-quoted by `lxc --debug`).
@@ -928,7 +1102,11 @@ mod tests {
             let (Some(list), Some(want)) = (session_instances(file), reference_table(file)) else {
                 panic!("fixture {file} does not parse");
             };
-            assert_eq!(render_list(&list, cols, Format::Table).unwrap(), want, "{file}");
+            assert_eq!(
+                render_list(&list, cols, Format::Table).unwrap(),
+                want,
+                "{file}"
+            );
         }
     }
 
@@ -960,10 +1138,16 @@ mod tests {
     #[test]
     fn info_matches_lxc_header() {
         let list = reference_instances().expect("fixture parses");
-        let cx = list.iter().find(|i| i.instance.name == "cX").expect("cX in the fixture");
+        let cx = list
+            .iter()
+            .find(|i| i.instance.name == "cX")
+            .expect("cX in the fixture");
         let out = render_info(cx);
         assert!(out.starts_with("Name: cX\nStatus: "), "{out}");
-        assert!(out.contains("Type: container\nArchitecture: x86_64\n"), "{out}");
+        assert!(
+            out.contains("Type: container\nArchitecture: x86_64\n"),
+            "{out}"
+        );
     }
 
     #[test]
@@ -972,8 +1156,15 @@ mod tests {
         i.instance.status = "Running".into();
         let mut st = crate::api::InstanceState::default();
         let mut net = std::collections::BTreeMap::new();
-        let mut eth = crate::api::InstanceStateNetwork { kind: "broadcast".into(), ..Default::default() };
-        for (fam, addr, scope) in [("inet", "10.0.0.5", "global"), ("inet6", "fe80::1", "link"), ("inet", "10.0.0.9", "global")] {
+        let mut eth = crate::api::InstanceStateNetwork {
+            kind: "broadcast".into(),
+            ..Default::default()
+        };
+        for (fam, addr, scope) in [
+            ("inet", "10.0.0.5", "global"),
+            ("inet6", "fe80::1", "link"),
+            ("inet", "10.0.0.9", "global"),
+        ] {
             eth.addresses.push(crate::api::InstanceStateNetworkAddress {
                 family: fam.into(),
                 address: addr.into(),
@@ -993,9 +1184,13 @@ mod tests {
         let mut i = InstanceFull::default();
         i.instance.name = "web1".into();
         i.instance.status = "Running".into();
-        i.instance.expanded_config.insert("user.role".into(), "front".into());
+        i.instance
+            .expanded_config
+            .insert("user.role".into(), "front".into());
         assert!(matches_filters(&i, &["web".into()]));
-        assert!(matches_filters(&i, &["^w.b[0-9]*".into()]) || matches_filters(&i, &["w.b".into()]));
+        assert!(
+            matches_filters(&i, &["^w.b[0-9]*".into()]) || matches_filters(&i, &["w.b".into()])
+        );
         assert!(!matches_filters(&i, &["db".into()]));
         assert!(matches_filters(&i, &["status=running".into()]));
         assert!(matches_filters(&i, &["user.role=front".into()]));

@@ -58,7 +58,18 @@ pub fn render_operations(ops: &[Operation], format: Format) -> Result<String, Fa
             ]
         })
         .collect();
-    Ok(table::render_rows(format, &["ID", "TYPE", "DESCRIPTION", "STATUS", "CANCELABLE", "CREATED"], &rows))
+    Ok(table::render_rows(
+        format,
+        &[
+            "ID",
+            "TYPE",
+            "DESCRIPTION",
+            "STATUS",
+            "CANCELABLE",
+            "CREATED",
+        ],
+        &rows,
+    ))
 }
 
 pub fn operation(args: &[String]) -> CmdResult {
@@ -66,7 +77,8 @@ pub fn operation(args: &[String]) -> CmdResult {
     let c = client()?;
     match (sub.as_str(), w.as_slice()) {
         ("list" | "ls", []) => {
-            let by_status: BTreeMap<String, Vec<Operation>> = c.get("/1.0/operations?recursion=1")?;
+            let by_status: BTreeMap<String, Vec<Operation>> =
+                c.get("/1.0/operations?recursion=1")?;
             let all: Vec<Operation> = by_status.into_values().flatten().collect();
             print!("{}", render_operations(&all, format)?);
         }
@@ -106,7 +118,11 @@ pub fn render_event(ev: &Event, format: &str) -> Result<String, Fail> {
     Ok(match format {
         "json" => serde_json::to_string(ev).map_err(|e| e.to_string())? + "\n",
         "pretty" => {
-            let desc = ev.metadata.get("description").or_else(|| ev.metadata.get("action")).or_else(|| ev.metadata.get("message"));
+            let desc = ev
+                .metadata
+                .get("description")
+                .or_else(|| ev.metadata.get("action"))
+                .or_else(|| ev.metadata.get("message"));
             let what = desc.and_then(|d| d.as_str()).unwrap_or("");
             format!("{} {} {}\n", ev.timestamp, ev.kind, what)
         }
@@ -117,7 +133,11 @@ pub fn render_event(ev: &Event, format: &str) -> Result<String, Fail> {
 
 pub fn monitor(args: &[String]) -> CmdResult {
     let a: MonitorArgs = parse(&["bivy monitor"], args)?;
-    let format = if a.pretty { "pretty".to_string() } else { a.format.clone().unwrap_or_else(|| "yaml".into()) };
+    let format = if a.pretty {
+        "pretty".to_string()
+    } else {
+        a.format.clone().unwrap_or_else(|| "yaml".into())
+    };
     if !matches!(format.as_str(), "yaml" | "json" | "pretty") {
         return fail(format!("Invalid format \"{format}\""));
     }
@@ -126,7 +146,9 @@ pub fn monitor(args: &[String]) -> CmdResult {
     loop {
         match rx.recv() {
             Ok(Message::Text(t)) => {
-                let Ok(ev) = serde_json::from_str::<Event>(&t) else { continue };
+                let Ok(ev) = serde_json::from_str::<Event>(&t) else {
+                    continue;
+                };
                 print!("{}", render_event(&ev, &format)?);
                 use std::io::Write;
                 let _ = std::io::stdout().flush();
@@ -146,7 +168,9 @@ pub fn version(args: &[String]) -> CmdResult {
     println!("Client version: {VERSION}");
     let server = client().ok().and_then(|c| c.get::<Server>("/1.0").ok());
     match server {
-        Some(s) if !s.environment.server_version.is_empty() => println!("Server version: {}", s.environment.server_version),
+        Some(s) if !s.environment.server_version.is_empty() => {
+            println!("Server version: {}", s.environment.server_version)
+        }
         _ => println!("Server version: unreachable"),
     }
     Ok(0)
@@ -173,7 +197,18 @@ pub fn render_pools(pools: &[StoragePool], format: Format) -> Result<String, Fai
         })
         .collect();
     rows.sort();
-    Ok(table::render_rows(format, &["NAME", "DRIVER", "SOURCE", "DESCRIPTION", "USED BY", "STATE"], &rows))
+    Ok(table::render_rows(
+        format,
+        &[
+            "NAME",
+            "DRIVER",
+            "SOURCE",
+            "DESCRIPTION",
+            "USED BY",
+            "STATE",
+        ],
+        &rows,
+    ))
 }
 
 pub fn storage(args: &[String]) -> CmdResult {
@@ -185,7 +220,10 @@ pub fn storage(args: &[String]) -> CmdResult {
             print!("{}", render_pools(&pools, format)?);
         }
         ("show", [name]) => {
-            let p: StoragePool = c.get(&format!("/1.0/storage-pools/{}", urlencode(super::local(name)?, false)))?;
+            let p: StoragePool = c.get(&format!(
+                "/1.0/storage-pools/{}",
+                urlencode(super::local(name)?, false)
+            ))?;
             super::print_yaml(&p)?;
         }
         (other, _) => return fail(format!("not supported yet: storage {other}")),
@@ -259,7 +297,20 @@ pub fn render_networks(nets: &[NetworkRow], format: Format) -> Result<String, Fa
         })
         .collect();
     rows.sort();
-    Ok(table::render_rows(format, &["NAME", "TYPE", "MANAGED", "IPV4", "IPV6", "DESCRIPTION", "USED BY", "STATE"], &rows))
+    Ok(table::render_rows(
+        format,
+        &[
+            "NAME",
+            "TYPE",
+            "MANAGED",
+            "IPV4",
+            "IPV6",
+            "DESCRIPTION",
+            "USED BY",
+            "STATE",
+        ],
+        &rows,
+    ))
 }
 
 pub fn network(args: &[String]) -> CmdResult {
@@ -271,7 +322,10 @@ pub fn network(args: &[String]) -> CmdResult {
             print!("{}", render_networks(&nets, format)?);
         }
         ("show", [name]) => {
-            let n: NetworkRow = c.get(&format!("/1.0/networks/{}", urlencode(super::local(name)?, false)))?;
+            let n: NetworkRow = c.get(&format!(
+                "/1.0/networks/{}",
+                urlencode(super::local(name)?, false)
+            ))?;
             super::print_yaml(&n)?;
         }
         (other, _) => return fail(format!("not supported yet: network {other}")),
@@ -304,7 +358,10 @@ pub struct QueryArgs {
 pub fn pretty_json(v: &serde_json::Value) -> String {
     use serde::Serialize;
     let mut out = Vec::new();
-    let mut ser = serde_json::Serializer::with_formatter(&mut out, serde_json::ser::PrettyFormatter::with_indent(b"\t"));
+    let mut ser = serde_json::Serializer::with_formatter(
+        &mut out,
+        serde_json::ser::PrettyFormatter::with_indent(b"\t"),
+    );
     let _ = v.serialize(&mut ser);
     String::from_utf8(out).unwrap_or_default()
 }
@@ -312,10 +369,17 @@ pub fn pretty_json(v: &serde_json::Value) -> String {
 pub fn query(args: &[String]) -> CmdResult {
     let a: QueryArgs = parse(&["bivy query"], args)?;
     let path = super::local(&a.path)?;
-    let path = if path.starts_with('/') { path.to_string() } else { format!("/{path}") };
+    let path = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("/{path}")
+    };
     let c = client()?;
     let body: Option<serde_json::Value> = match &a.data {
-        Some(d) => Some(serde_json::from_str(d).map_err(|e| Fail::Error(format!("invalid JSON in --data: {e}")))?),
+        Some(d) => Some(
+            serde_json::from_str(d)
+                .map_err(|e| Fail::Error(format!("invalid JSON in --data: {e}")))?,
+        ),
         None => None,
     };
     if a.raw {
@@ -323,14 +387,20 @@ pub fn query(args: &[String]) -> CmdResult {
             &a.request,
             &path,
             &[],
-            body.map_or(crate::http::Body::Empty, |b| crate::http::Body::Bytes(b.to_string().into_bytes())),
+            body.map_or(crate::http::Body::Empty, |b| {
+                crate::http::Body::Bytes(b.to_string().into_bytes())
+            }),
         )?;
         std::io::Write::write_all(&mut std::io::stdout(), &resp.body)?;
         return Ok(0);
     }
     let reply = c.query(&a.request, &path, body.as_ref(), None)?;
     let meta = match (a.wait, reply.operation_id()) {
-        (true, Some(id)) => serde_json::to_value(c.wait_operation(&id)?).map_err(|e| e.to_string())?.get("metadata").cloned().unwrap_or_default(),
+        (true, Some(id)) => serde_json::to_value(c.wait_operation(&id)?)
+            .map_err(|e| e.to_string())?
+            .get("metadata")
+            .cloned()
+            .unwrap_or_default(),
         _ => reply.envelope.metadata.clone(),
     };
     if !meta.is_null() {
@@ -351,7 +421,21 @@ pub fn remote(args: &[String]) -> CmdResult {
                 "YES".into(),
                 "NO".into(),
             ]];
-            print!("{}", table::render(&["NAME", "URL", "PROTOCOL", "AUTH TYPE", "PUBLIC", "STATIC", "GLOBAL"], &rows));
+            print!(
+                "{}",
+                table::render(
+                    &[
+                        "NAME",
+                        "URL",
+                        "PROTOCOL",
+                        "AUTH TYPE",
+                        "PUBLIC",
+                        "STATIC",
+                        "GLOBAL"
+                    ],
+                    &rows
+                )
+            );
             Ok(0)
         }
         Some("-h" | "--help") => {
@@ -372,9 +456,15 @@ mod tests {
 
     #[test]
     fn network_list_like_lxc() {
-        let v: serde_json::Value = serde_json::from_str(include_str!("../../tests/cli_unit/networks_lxdbr0.json")).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/cli_unit/networks_lxdbr0.json"))
+                .unwrap();
         let br: Network = serde_json::from_value(v["metadata"].clone()).unwrap();
-        let eth = Network { name: "eth0".into(), kind: "physical".into(), ..Default::default() };
+        let eth = Network {
+            name: "eth0".into(),
+            kind: "physical".into(),
+            ..Default::default()
+        };
         let want = "\
 +--------+----------+---------+----------------+------+-------------+---------+---------+
 |  NAME  |   TYPE   | MANAGED |      IPV4      | IPV6 | DESCRIPTION | USED BY |  STATE  |
@@ -384,7 +474,10 @@ mod tests {
 | lxdbr0 | bridge   | YES     | 10.203.77.1/24 | none |             | 3       | CREATED |
 +--------+----------+---------+----------------+------+-------------+---------+---------+
 ";
-        assert_eq!(render_networks(&[br.into(), eth.into()], Format::Table).unwrap(), want);
+        assert_eq!(
+            render_networks(&[br.into(), eth.into()], Format::Table).unwrap(),
+            want
+        );
     }
 
     #[test]
@@ -404,7 +497,10 @@ mod tests {
     #[test]
     fn query_output_uses_tabs() {
         let v = serde_json::json!({"b": [1], "a": "x"});
-        assert_eq!(pretty_json(&v), "{\n\t\"a\": \"x\",\n\t\"b\": [\n\t\t1\n\t]\n}");
+        assert_eq!(
+            pretty_json(&v),
+            "{\n\t\"a\": \"x\",\n\t\"b\": [\n\t\t1\n\t]\n}"
+        );
     }
 
     #[test]

@@ -251,7 +251,10 @@ pub const DASH: &str = "\u{1}-";
 
 /// Parse a verb's arguments with argh; `--help` prints and exits 0, errors print and exit 1.
 pub fn parse<T: FromArgs>(cmd: &[&str], args: &[String]) -> Result<T, Fail> {
-    let mapped: Vec<&str> = args.iter().map(|a| if a == "-" { DASH } else { a.as_str() }).collect();
+    let mapped: Vec<&str> = args
+        .iter()
+        .map(|a| if a == "-" { DASH } else { a.as_str() })
+        .collect();
     match T::from_args(cmd, &mapped) {
         Ok(v) => Ok(v),
         Err(e) => match e.status {
@@ -266,7 +269,9 @@ pub fn parse<T: FromArgs>(cmd: &[&str], args: &[String]) -> Result<T, Fail> {
                     eprintln!();
                 }
                 let msg = e.output.trim_end();
-                let msg = msg.strip_prefix("Unrecognized argument: ").map_or(msg.to_string(), |f| format!("unknown flag: {f}"));
+                let msg = msg
+                    .strip_prefix("Unrecognized argument: ")
+                    .map_or(msg.to_string(), |f| format!("unknown flag: {f}"));
                 eprintln!("Error: {msg}");
                 Err(Fail::Exit(1))
             }
@@ -353,7 +358,10 @@ pub fn progress(label: String, total: u64) -> Box<dyn FnMut(u64) + Send> {
         }
         last = pct;
         let secs = start.elapsed().as_secs_f64().max(0.001);
-        let line = format!("{label}: {pct}% ({}/s)", size_decimal((done as f64 / secs) as u64));
+        let line = format!(
+            "{label}: {pct}% ({}/s)",
+            size_decimal((done as f64 / secs) as u64)
+        );
         width = width.max(line.len());
         print!("\r{line:<width$}");
         if done >= total {
@@ -375,7 +383,10 @@ pub fn is_tty(fd: i32) -> bool {
 
 /// Print JSON (compact, as `lxc ... --format json`).
 pub fn print_json<T: serde::Serialize + ?Sized>(v: &T) -> Result<(), Fail> {
-    println!("{}", serde_json::to_string(v).map_err(|e| Fail::Error(e.to_string()))?);
+    println!(
+        "{}",
+        serde_json::to_string(v).map_err(|e| Fail::Error(e.to_string()))?
+    );
     Ok(())
 }
 
@@ -405,7 +416,10 @@ mod tests {
     fn go_style_io_errors() {
         let e = std::io::Error::from(std::io::ErrorKind::NotFound);
         let e = std::fs::File::open("/nonexistent-bivy").err().unwrap_or(e);
-        assert_eq!(io_error("open", std::path::Path::new("/nonexistent-bivy"), &e), "open /nonexistent-bivy: no such file or directory");
+        assert_eq!(
+            io_error("open", std::path::Path::new("/nonexistent-bivy"), &e),
+            "open /nonexistent-bivy: no such file or directory"
+        );
     }
 
     #[test]
@@ -416,7 +430,12 @@ mod tests {
 
     #[test]
     fn normalize_equals_flags() {
-        let v = normalize(vec!["--format=json".into(), "x".into(), "--".into(), "--a=b".into()]);
+        let v = normalize(vec![
+            "--format=json".into(),
+            "x".into(),
+            "--".into(),
+            "--a=b".into(),
+        ]);
         assert_eq!(v, vec!["--format", "json", "x", "--", "--a=b"]);
     }
 }

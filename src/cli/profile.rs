@@ -36,7 +36,11 @@ fn path(name: &str) -> Result<String, Fail> {
 }
 
 fn put_of(p: &Profile) -> ProfilePut {
-    ProfilePut { config: p.config.clone(), description: p.description.clone(), devices: p.devices.clone() }
+    ProfilePut {
+        config: p.config.clone(),
+        description: p.description.clone(),
+        devices: p.devices.clone(),
+    }
 }
 
 fn instance_put(i: &Instance) -> InstancePut {
@@ -52,7 +56,11 @@ fn instance_put(i: &Instance) -> InstancePut {
     }
 }
 
-fn with_instance(c: &Client, name: &str, f: impl FnOnce(&mut Vec<String>) -> Result<(), Fail>) -> Result<(), Fail> {
+fn with_instance(
+    c: &Client,
+    name: &str,
+    f: impl FnOnce(&mut Vec<String>) -> Result<(), Fail>,
+) -> Result<(), Fail> {
     let p = instance_path(local(name)?);
     let (i, etag): (Instance, String) = c.get_etag(&p)?;
     let mut put = instance_put(&i);
@@ -61,7 +69,11 @@ fn with_instance(c: &Client, name: &str, f: impl FnOnce(&mut Vec<String>) -> Res
     Ok(())
 }
 
-fn with_profile(c: &Client, name: &str, f: impl FnOnce(&mut ProfilePut) -> Result<(), Fail>) -> Result<(), Fail> {
+fn with_profile(
+    c: &Client,
+    name: &str,
+    f: impl FnOnce(&mut ProfilePut) -> Result<(), Fail>,
+) -> Result<(), Fail> {
     let p = path(name)?;
     let (prof, etag): (Profile, String) = c.get_etag(&p)?;
     let mut put = put_of(&prof);
@@ -73,16 +85,28 @@ fn with_profile(c: &Client, name: &str, f: impl FnOnce(&mut ProfilePut) -> Resul
 /// Render `profile list` rows.
 pub fn render_list(profiles: &[Profile], format: Format) -> Result<String, Fail> {
     match format {
-        Format::Json => return Ok(serde_json::to_string(profiles).map_err(|e| e.to_string())? + "\n"),
+        Format::Json => {
+            return Ok(serde_json::to_string(profiles).map_err(|e| e.to_string())? + "\n")
+        }
         Format::Yaml => return Ok(super::yaml::to_string(profiles)?),
         _ => {}
     }
     let mut rows: Vec<Vec<String>> = profiles
         .iter()
-        .map(|p| vec![p.name.clone(), p.description.clone(), p.used_by.len().to_string()])
+        .map(|p| {
+            vec![
+                p.name.clone(),
+                p.description.clone(),
+                p.used_by.len().to_string(),
+            ]
+        })
         .collect();
     rows.sort();
-    Ok(table::render_rows(format, &["NAME", "DESCRIPTION", "USED BY"], &rows))
+    Ok(table::render_rows(
+        format,
+        &["NAME", "DESCRIPTION", "USED BY"],
+        &rows,
+    ))
 }
 
 pub fn run(args: &[String]) -> CmdResult {
@@ -116,7 +140,10 @@ pub fn run(args: &[String]) -> CmdResult {
         ("create", [name]) => {
             let name = local(name)?;
             let body = ProfilesPost {
-                put: ProfilePut { description: w.description.clone().unwrap_or_default(), ..Default::default() },
+                put: ProfilePut {
+                    description: w.description.clone().unwrap_or_default(),
+                    ..Default::default()
+                },
                 name: name.to_string(),
             };
             c.post("/1.0/profiles", &body)?;
@@ -174,7 +201,11 @@ pub fn run(args: &[String]) -> CmdResult {
             println!("Profile {prof} removed from {}", local(inst)?);
         }
         ("assign" | "apply", [inst, list]) => {
-            let new: Vec<String> = list.split(',').filter(|p| !p.is_empty()).map(str::to_string).collect();
+            let new: Vec<String> = list
+                .split(',')
+                .filter(|p| !p.is_empty())
+                .map(str::to_string)
+                .collect();
             let empty = new.is_empty();
             with_instance(&c, inst, |ps| {
                 *ps = new;
@@ -187,12 +218,23 @@ pub fn run(args: &[String]) -> CmdResult {
             }
         }
         ("rename" | "mv", [old, new]) => {
-            c.post(&path(old)?, &ProfilePost { name: local(new)?.to_string() })?;
+            c.post(
+                &path(old)?,
+                &ProfilePost {
+                    name: local(new)?.to_string(),
+                },
+            )?;
             println!("Profile {} renamed to {}", local(old)?, local(new)?);
         }
         ("copy" | "cp", [src, dst]) => {
             let p: Profile = c.get(&path(src)?)?;
-            c.post("/1.0/profiles", &ProfilesPost { put: put_of(&p), name: local(dst)?.to_string() })?;
+            c.post(
+                "/1.0/profiles",
+                &ProfilesPost {
+                    put: put_of(&p),
+                    name: local(dst)?.to_string(),
+                },
+            )?;
         }
         (other, _) => {
             eprint!("{USAGE}");

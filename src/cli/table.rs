@@ -27,18 +27,29 @@ pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
     for (h, w) in headers.iter().zip(&widths) {
         let gap = w - h.chars().count();
         let left = gap / 2;
-        out.push_str(&format!(" {}{}{} |", " ".repeat(left), h, " ".repeat(gap - left)));
+        out.push_str(&format!(
+            " {}{}{} |",
+            " ".repeat(left),
+            h,
+            " ".repeat(gap - left)
+        ));
     }
     out.push('\n');
     out.push_str(&rule);
     for row in rows {
-        let lines: Vec<Vec<&str>> = (0..ncol).map(|i| row.get(i).map_or(vec![""], |c| c.split('\n').collect())).collect();
+        let lines: Vec<Vec<&str>> = (0..ncol)
+            .map(|i| row.get(i).map_or(vec![""], |c| c.split('\n').collect()))
+            .collect();
         let height = lines.iter().map(Vec::len).max().unwrap_or(1);
         for l in 0..height {
             out.push('|');
             for (i, w) in widths.iter().enumerate() {
                 let text = lines[i].get(l).copied().unwrap_or("");
-                out.push_str(&format!(" {}{} |", text, " ".repeat(w - text.chars().count())));
+                out.push_str(&format!(
+                    " {}{} |",
+                    text,
+                    " ".repeat(w - text.chars().count())
+                ));
             }
             out.push('\n');
         }
@@ -62,16 +73,27 @@ pub fn compact(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut out = String::new();
     for (h, w) in headers.iter().zip(&widths) {
         let gap = w - h.chars().count();
-        out.push_str(&format!("  {}{}{}", " ".repeat(gap / 2), h, " ".repeat(gap - gap / 2)));
+        out.push_str(&format!(
+            "  {}{}{}",
+            " ".repeat(gap / 2),
+            h,
+            " ".repeat(gap - gap / 2)
+        ));
     }
     out.push_str("  \n");
     for row in rows {
-        let lines: Vec<Vec<&str>> = (0..ncol).map(|i| row.get(i).map_or(vec![""], |c| c.split('\n').collect())).collect();
+        let lines: Vec<Vec<&str>> = (0..ncol)
+            .map(|i| row.get(i).map_or(vec![""], |c| c.split('\n').collect()))
+            .collect();
         let height = lines.iter().map(Vec::len).max().unwrap_or(1);
         for l in 0..height {
             for (i, w) in widths.iter().enumerate() {
                 let text = lines[i].get(l).copied().unwrap_or("");
-                out.push_str(&format!("  {}{}", text, " ".repeat(w - text.chars().count())));
+                out.push_str(&format!(
+                    "  {}{}",
+                    text,
+                    " ".repeat(w - text.chars().count())
+                ));
             }
             out.push_str("  \n");
         }
@@ -131,19 +153,6 @@ pub fn render_rows(format: Format, headers: &[&str], rows: &[Vec<String>]) -> St
     }
 }
 
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
 /// (year, month, day, hour, minute) in UTC of an RFC 3339 time; `None` for "never" (year 1 or 1970 epoch).
 fn parts(ts: &str) -> Option<(i64, u32, u32, u32, u32)> {
     if ts.is_empty() || ts.starts_with("0001-01-01") || ts == crate::api::ZERO_TIME {
@@ -154,7 +163,7 @@ fn parts(ts: &str) -> Option<(i64, u32, u32, u32, u32)> {
         Ok(d) => d.as_secs() as i64,
         Err(e) => -(e.duration().as_secs() as i64),
     };
-    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
+    let (y, mo, d) = util::time::civil_from_days(secs.div_euclid(86_400));
     let sod = secs.rem_euclid(86_400);
     Some((y, mo, d, (sod / 3600) as u32, ((sod % 3600) / 60) as u32))
 }
@@ -169,7 +178,9 @@ pub fn date(ts: &str) -> String {
 
 /// `Jan 2, 2006 at 3:04pm (MST)` in UTC (image list).
 pub fn long_date(ts: &str) -> String {
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     match parts(ts) {
         Some((y, mo, d, h, mi)) => {
             let (h12, ampm) = match h {
@@ -178,7 +189,10 @@ pub fn long_date(ts: &str) -> String {
                 12 => (12, "pm"),
                 _ => (h - 12, "pm"),
             };
-            format!("{} {d}, {y} at {h12}:{mi:02}{ampm} (UTC)", MONTHS[(mo - 1) as usize])
+            format!(
+                "{} {d}, {y} at {h12}:{mi:02}{ampm} (UTC)",
+                MONTHS[(mo - 1) as usize]
+            )
         }
         None => String::new(),
     }
@@ -207,7 +221,14 @@ mod tests {
     fn table_like_lxc() {
         let t = render(
             &["NAME", "STATE", "IPV4", "IPV6", "TYPE", "SNAPSHOTS"],
-            &[vec!["cX".into(), "RUNNING".into(), "".into(), "".into(), "CONTAINER".into(), "0".into()]],
+            &[vec![
+                "cX".into(),
+                "RUNNING".into(),
+                "".into(),
+                "".into(),
+                "CONTAINER".into(),
+                "0".into(),
+            ]],
         );
         assert_eq!(
             t,
@@ -222,14 +243,24 @@ mod tests {
     #[test]
     fn multiline_cells() {
         let t = render(&["A", "B"], &[vec!["x\ny".into(), "z".into()]]);
-        assert_eq!(t, "+---+---+\n| A | B |\n+---+---+\n| x | z |\n| y |   |\n+---+---+\n");
+        assert_eq!(
+            t,
+            "+---+---+\n| A | B |\n+---+---+\n| x | z |\n| y |   |\n+---+---+\n"
+        );
     }
 
     #[test]
     fn compact_like_lxc() {
         let t = compact(
             &["NAME", "STATE", "IPV4", "IPV6", "TYPE", "SNAPSHOTS"],
-            &[vec!["t1".into(), "STOPPED".into(), "".into(), "".into(), "CONTAINER".into(), "2".into()]],
+            &[vec![
+                "t1".into(),
+                "STOPPED".into(),
+                "".into(),
+                "".into(),
+                "CONTAINER".into(),
+                "2".into(),
+            ]],
         );
         assert_eq!(
             t,
@@ -239,14 +270,23 @@ mod tests {
 
     #[test]
     fn csv_quotes() {
-        assert_eq!(csv(&[vec!["a".into(), "b,c".into(), "d\ne".into()]]), "a,\"b,c\",\"d\ne\"\n");
+        assert_eq!(
+            csv(&[vec!["a".into(), "b,c".into(), "d\ne".into()]]),
+            "a,\"b,c\",\"d\ne\"\n"
+        );
     }
 
     #[test]
     fn dates_and_sizes() {
-        assert_eq!(date("2026-11-21T20:28:53.158562992Z"), "2026/11/21 20:28 UTC");
+        assert_eq!(
+            date("2026-11-21T20:28:53.158562992Z"),
+            "2026/11/21 20:28 UTC"
+        );
         assert_eq!(date("1970-01-01T00:00:00Z"), "");
-        assert_eq!(long_date("2026-11-21T20:25:01Z"), "Nov 21, 2026 at 8:25pm (UTC)");
+        assert_eq!(
+            long_date("2026-11-21T20:25:01Z"),
+            "Nov 21, 2026 at 8:25pm (UTC)"
+        );
         assert_eq!(size_iec(634880), "620.00KiB");
         assert_eq!(size_iec(2830336), "2.70MiB");
         assert_eq!(size_iec(90), "90B");

@@ -28,6 +28,8 @@ impl Drop for RawMode {
 
 /// (width, height) of the terminal on stdout (else stdin), if any.
 pub fn size() -> Option<(u16, u16)> {
-    let ws = termios::tcgetwinsize(io::stdout()).or_else(|_| termios::tcgetwinsize(io::stdin())).ok()?;
+    let ws = termios::tcgetwinsize(io::stdout())
+        .or_else(|_| termios::tcgetwinsize(io::stdin()))
+        .ok()?;
     (ws.ws_col > 0 && ws.ws_row > 0).then_some((ws.ws_col, ws.ws_row))
 }

@@ -53,59 +53,27 @@ fn pad(out: &mut String, n: usize) {
 }
 
 impl Emitter {
-fn mapping(&self, out: &mut String, m: &serde_norway::Mapping, indent: usize) {
-    for (k, v) in m {
-        pad(out, indent);
-        out.push_str(&self.scalar(k, indent));
-        out.push(':');
-        self.value_after_key(out, v, indent);
-    }
-}
-
-/// The value part after `key:` (or after `- ` for sequences, with `indent` the item's column).
-fn value_after_key(&self, out: &mut String, v: &Value, indent: usize) {
-    match v {
-        Value::Mapping(m) if !m.is_empty() => {
-            out.push('\n');
-            self.mapping(out, m, indent + 2);
-        }
-        Value::Sequence(s) if !s.is_empty() => {
-            out.push('\n');
-            self.sequence(out, s, indent);
-        }
-        Value::Tagged(t) => self.value_after_key(out, &t.value, indent),
-        other => {
-            out.push(' ');
-            out.push_str(&self.scalar(other, indent));
-            out.push('\n');
+    fn mapping(&self, out: &mut String, m: &serde_norway::Mapping, indent: usize) {
+        for (k, v) in m {
+            pad(out, indent);
+            out.push_str(&self.scalar(k, indent));
+            out.push(':');
+            self.value_after_key(out, v, indent);
         }
     }
-}
 
-fn sequence(&self, out: &mut String, s: &[Value], indent: usize) {
-    for item in s {
-        pad(out, indent);
-        out.push('-');
-        match item {
+    /// The value part after `key:` (or after `- ` for sequences, with `indent` the item's column).
+    fn value_after_key(&self, out: &mut String, v: &Value, indent: usize) {
+        match v {
             Value::Mapping(m) if !m.is_empty() => {
-                // First pair on the dash line, the rest aligned under it.
-                let mut first = true;
-                for (k, v) in m {
-                    if first {
-                        out.push(' ');
-                        first = false;
-                    } else {
-                        pad(out, indent + 2);
-                    }
-                    out.push_str(&self.scalar(k, indent + 2));
-                    out.push(':');
-                    self.value_after_key(out, v, indent + 2);
-                }
-            }
-            Value::Sequence(inner) if !inner.is_empty() => {
                 out.push('\n');
-                self.sequence(out, inner, indent + 2);
+                self.mapping(out, m, indent + 2);
             }
+            Value::Sequence(s) if !s.is_empty() => {
+                out.push('\n');
+                self.sequence(out, s, indent);
+            }
+            Value::Tagged(t) => self.value_after_key(out, &t.value, indent),
             other => {
                 out.push(' ');
                 out.push_str(&self.scalar(other, indent));
@@ -113,20 +81,52 @@ fn sequence(&self, out: &mut String, s: &[Value], indent: usize) {
             }
         }
     }
-}
 
-fn scalar(&self, v: &Value, indent: usize) -> String {
-    match v {
-        Value::Null => "null".into(),
-        Value::Bool(b) => b.to_string(),
-        Value::Number(n) => n.to_string(),
-        Value::String(s) if self.ts && looks_like_timestamp(s) => format!("\"{s}\""),
-        Value::String(s) => string(s, indent),
-        Value::Mapping(_) => "{}".into(),
-        Value::Sequence(_) => "[]".into(),
-        Value::Tagged(t) => self.scalar(&t.value, indent),
+    fn sequence(&self, out: &mut String, s: &[Value], indent: usize) {
+        for item in s {
+            pad(out, indent);
+            out.push('-');
+            match item {
+                Value::Mapping(m) if !m.is_empty() => {
+                    // First pair on the dash line, the rest aligned under it.
+                    let mut first = true;
+                    for (k, v) in m {
+                        if first {
+                            out.push(' ');
+                            first = false;
+                        } else {
+                            pad(out, indent + 2);
+                        }
+                        out.push_str(&self.scalar(k, indent + 2));
+                        out.push(':');
+                        self.value_after_key(out, v, indent + 2);
+                    }
+                }
+                Value::Sequence(inner) if !inner.is_empty() => {
+                    out.push('\n');
+                    self.sequence(out, inner, indent + 2);
+                }
+                other => {
+                    out.push(' ');
+                    out.push_str(&self.scalar(other, indent));
+                    out.push('\n');
+                }
+            }
+        }
     }
-}
+
+    fn scalar(&self, v: &Value, indent: usize) -> String {
+        match v {
+            Value::Null => "null".into(),
+            Value::Bool(b) => b.to_string(),
+            Value::Number(n) => n.to_string(),
+            Value::String(s) if self.ts && looks_like_timestamp(s) => format!("\"{s}\""),
+            Value::String(s) => string(s, indent),
+            Value::Mapping(_) => "{}".into(),
+            Value::Sequence(_) => "[]".into(),
+            Value::Tagged(t) => self.scalar(&t.value, indent),
+        }
+    }
 }
 
 /// Whether yaml.v2 reads this as a timestamp (`2006-1-2`, optionally `T15:4:5[.frac][zone]`).
@@ -151,16 +151,23 @@ fn looks_like_timestamp(s: &str) -> bool {
     let t: Vec<&str> = hms.split(':').collect();
     let zone_ok = zone.is_empty()
         || zone == "Z"
-        || (zone.len() == 6 && digits(&zone[1..3], 2, 2) && &zone[3..4] == ":" && digits(&zone[4..], 2, 2));
-    t.len() == 3 && t.iter().all(|p| digits(p, 1, 2)) && (frac.is_empty() || digits(frac, 1, 9)) && zone_ok
+        || (zone.len() == 6
+            && digits(&zone[1..3], 2, 2)
+            && &zone[3..4] == ":"
+            && digits(&zone[4..], 2, 2));
+    t.len() == 3
+        && t.iter().all(|p| digits(p, 1, 2))
+        && (frac.is_empty() || digits(frac, 1, 9))
+        && zone_ok
 }
 
 /// Whether yaml.v2 would resolve this plain scalar to something other than a string.
 fn resolves_non_string(s: &str) -> bool {
     const SPECIAL: &[&str] = &[
-        "", "~", "null", "Null", "NULL", "y", "Y", "yes", "Yes", "YES", "on", "On", "ON", "n", "N", "no", "No",
-        "NO", "off", "Off", "OFF", "true", "True", "TRUE", "false", "False", "FALSE", ".inf", ".Inf", ".INF",
-        "+.inf", "+.Inf", "+.INF", "-.inf", "-.Inf", "-.INF", ".nan", ".NaN", ".NAN", "<<",
+        "", "~", "null", "Null", "NULL", "y", "Y", "yes", "Yes", "YES", "on", "On", "ON", "n", "N",
+        "no", "No", "NO", "off", "Off", "OFF", "true", "True", "TRUE", "false", "False", "FALSE",
+        ".inf", ".Inf", ".INF", "+.inf", "+.Inf", "+.INF", "-.inf", "-.Inf", "-.INF", ".nan",
+        ".NaN", ".NAN", "<<",
     ];
     if SPECIAL.contains(&s) {
         return true;
@@ -292,7 +299,11 @@ mod tests {
 
     #[test]
     fn instance_put_like_lxc_config_show() {
-        let mut p = InstancePut { architecture: "x86_64".into(), profiles: vec!["default".into()], ..Default::default() };
+        let mut p = InstancePut {
+            architecture: "x86_64".into(),
+            profiles: vec!["default".into()],
+            ..Default::default()
+        };
         p.config.insert("volatile.idmap.base".into(), "0".into());
         p.config.insert("limits.memory".into(), "64MB".into());
         let y = to_string(&p).unwrap();
@@ -304,9 +315,15 @@ mod tests {
 
     #[test]
     fn config_edit_round_trip() {
-        let mut p = InstancePut { architecture: "x86_64".into(), profiles: vec!["default".into(), "x".into()], ..Default::default() };
-        p.config.insert("volatile.idmap.current".into(), "[{\"Isuid\":true}]".into());
-        p.config.insert("user.multi".into(), "line one\nline two\n".into());
+        let mut p = InstancePut {
+            architecture: "x86_64".into(),
+            profiles: vec!["default".into(), "x".into()],
+            ..Default::default()
+        };
+        p.config
+            .insert("volatile.idmap.current".into(), "[{\"Isuid\":true}]".into());
+        p.config
+            .insert("user.multi".into(), "line one\nline two\n".into());
         p.config.insert("user.num".into(), "42".into());
         let mut dev = crate::api::StringMap::new();
         dev.insert("path".into(), "/".into());
@@ -333,6 +350,9 @@ mod tests {
     #[test]
     fn sequence_of_mappings() {
         let v = serde_json::json!({"env": {"drivers": [{"name": "dir", "version": "1"}]}});
-        assert_eq!(to_string(&v).unwrap(), "env:\n  drivers:\n  - name: dir\n    version: \"1\"\n");
+        assert_eq!(
+            to_string(&v).unwrap(),
+            "env:\n  drivers:\n  - name: dir\n    version: \"1\"\n"
+        );
     }
 }

@@ -56,7 +56,9 @@ pub fn urlencode(s: &str, keep_slash: bool) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
             b'/' if keep_slash => out.push('/'),
             _ => out.push_str(&format!("%{b:02X}")),
         }
@@ -73,7 +75,10 @@ pub struct RawResponse {
 
 impl RawResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -89,7 +94,10 @@ impl Reply {
         if self.envelope.kind != "async" {
             return None;
         }
-        let op = self.envelope.operation.trim_start_matches("/1.0/operations/");
+        let op = self
+            .envelope
+            .operation
+            .trim_start_matches("/1.0/operations/");
         let op = op.split('?').next().unwrap_or(op);
         (!op.is_empty()).then(|| op.to_string())
     }
@@ -120,13 +128,21 @@ pub fn socket_path() -> PathBuf {
 pub fn parse_envelope(status: u16, body: &[u8]) -> Result<api::Response> {
     match serde_json::from_slice::<api::Response>(body) {
         Ok(env) if env.kind == "error" || !env.error.is_empty() && status >= 400 => {
-            Err(Error(if env.error.is_empty() { format!("HTTP {status}") } else { env.error }))
+            Err(Error(if env.error.is_empty() {
+                format!("HTTP {status}")
+            } else {
+                env.error
+            }))
         }
         Ok(env) => Ok(env),
         Err(_) if status >= 400 => {
             let text = String::from_utf8_lossy(body);
             let text = text.trim();
-            err(if text.is_empty() { format!("HTTP error {status}") } else { text.to_string() })
+            err(if text.is_empty() {
+                format!("HTTP error {status}")
+            } else {
+                text.to_string()
+            })
         }
         Err(e) => Err(e.into()),
     }
@@ -134,13 +150,19 @@ pub fn parse_envelope(status: u16, body: &[u8]) -> Result<api::Response> {
 
 /// The exit code an exec operation reported (`metadata.return`).
 pub fn operation_return(op: &Operation) -> Option<i32> {
-    op.metadata.as_ref()?.get("return")?.as_i64().map(|v| v as i32)
+    op.metadata
+        .as_ref()?
+        .get("return")?
+        .as_i64()
+        .map(|v| v as i32)
 }
 
 impl Client {
     /// A client for the default socket. Nothing is connected until the first request.
     pub fn connect() -> Result<Client> {
-        Ok(Client { socket: socket_path() })
+        Ok(Client {
+            socket: socket_path(),
+        })
     }
 
     pub fn with_socket(socket: PathBuf) -> Client {
@@ -150,8 +172,15 @@ impl Client {
     fn stream(&self) -> Result<UnixStream> {
         UnixStream::connect(&self.socket).map_err(|e| {
             let msg = e.to_string();
-            let msg = msg.split(" (os error").next().unwrap_or(&msg).to_lowercase();
-            Error(format!("cannot connect to the bivy daemon at {}: {msg}", self.socket.display()))
+            let msg = msg
+                .split(" (os error")
+                .next()
+                .unwrap_or(&msg)
+                .to_lowercase();
+            Error(format!(
+                "cannot connect to the bivy daemon at {}: {msg}",
+                self.socket.display()
+            ))
         })
     }
 
@@ -166,7 +195,10 @@ impl Client {
     ) -> Result<R> {
         let mut stream = self.stream()?;
         let mut all = headers.to_vec();
-        if !all.iter().any(|(k, _)| k.eq_ignore_ascii_case("connection")) {
+        if !all
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("connection"))
+        {
             all.push(("Connection".into(), "close".into()));
         }
         let resp = request(&mut stream, method, path, &all, body)?;
@@ -174,11 +206,21 @@ impl Client {
     }
 
     /// Send a request and read the whole response body.
-    pub fn raw(&self, method: &str, path: &str, headers: &[(String, String)], body: Body) -> Result<RawResponse> {
+    pub fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(String, String)],
+        body: Body,
+    ) -> Result<RawResponse> {
         self.with_response(method, path, headers, body, |mut resp| {
             let mut buf = Vec::new();
             resp.body.read_to_end(&mut buf)?;
-            Ok(RawResponse { status: resp.status, headers: resp.headers.clone(), body: buf })
+            Ok(RawResponse {
+                status: resp.status,
+                headers: resp.headers.clone(),
+                body: buf,
+            })
         })
     }
 
@@ -199,7 +241,10 @@ impl Client {
             None => Body::Empty,
         };
         if let Some(e) = etag.filter(|e| !e.is_empty()) {
-            headers.push(("If-Match".to_string(), format!("\"{}\"", e.trim_matches('"'))));
+            headers.push((
+                "If-Match".to_string(),
+                format!("\"{}\"", e.trim_matches('"')),
+            ));
         }
         let resp = self.raw(method, path, &headers, body)?;
         let envelope = parse_envelope(resp.status, &resp.body)?;
@@ -238,11 +283,21 @@ impl Client {
         self.send_wait("POST", path, Some(body), None)
     }
 
-    pub fn put<B: Serialize + ?Sized>(&self, path: &str, body: &B, etag: Option<&str>) -> Result<Option<Operation>> {
+    pub fn put<B: Serialize + ?Sized>(
+        &self,
+        path: &str,
+        body: &B,
+        etag: Option<&str>,
+    ) -> Result<Option<Operation>> {
         self.send_wait("PUT", path, Some(body), etag)
     }
 
-    pub fn patch<B: Serialize + ?Sized>(&self, path: &str, body: &B, etag: Option<&str>) -> Result<Option<Operation>> {
+    pub fn patch<B: Serialize + ?Sized>(
+        &self,
+        path: &str,
+        body: &B,
+        etag: Option<&str>,
+    ) -> Result<Option<Operation>> {
         self.send_wait("PATCH", path, Some(body), etag)
     }
 
@@ -252,7 +307,10 @@ impl Client {
 
     /// Block until the operation is final (`/wait?timeout=-1`) and return it, failed or not.
     pub fn wait_operation_final(&self, id: &str) -> Result<Operation> {
-        self.get(&format!("/1.0/operations/{}/wait?timeout=-1", urlencode(id, false)))
+        self.get(&format!(
+            "/1.0/operations/{}/wait?timeout=-1",
+            urlencode(id, false)
+        ))
     }
 
     /// Block until the operation is final (`/wait?timeout=-1`); a failed or cancelled operation
@@ -260,7 +318,11 @@ impl Client {
     pub fn wait_operation(&self, id: &str) -> Result<Operation> {
         let op = self.wait_operation_final(id)?;
         if op.status_code != api::status::SUCCESS {
-            return err(if op.err.is_empty() { format!("operation {}", op.status.to_lowercase()) } else { op.err });
+            return err(if op.err.is_empty() {
+                format!("operation {}", op.status.to_lowercase())
+            } else {
+                op.err
+            });
         }
         Ok(op)
     }
@@ -299,7 +361,10 @@ impl Client {
     ) -> Result<(api::Response, Option<Operation>)> {
         let resp = self.raw(method, path, headers, body)?;
         let env = parse_envelope(resp.status, &resp.body)?;
-        let reply = Reply { envelope: env, etag: None };
+        let reply = Reply {
+            envelope: env,
+            etag: None,
+        };
         let op = match reply.operation_id() {
             Some(id) => Some(self.wait_operation(&id)?),
             None => None,
@@ -334,7 +399,11 @@ pub struct ProgressReader<R> {
 
 impl<R: Read> ProgressReader<R> {
     pub fn new(inner: R, callback: Box<dyn FnMut(u64) + Send>) -> Self {
-        ProgressReader { inner, done: 0, callback }
+        ProgressReader {
+            inner,
+            done: 0,
+            callback,
+        }
     }
 }
 
@@ -354,14 +423,20 @@ mod tests {
     #[test]
     fn envelope_error_message_is_kept() {
         let body = br#"{"type":"error","status":"","status_code":0,"operation":"","error_code":404,"error":"Instance not found","metadata":null}"#;
-        assert_eq!(parse_envelope(404, body).unwrap_err().0, "Instance not found");
+        assert_eq!(
+            parse_envelope(404, body).unwrap_err().0,
+            "Instance not found"
+        );
         assert_eq!(parse_envelope(500, b"boom\n").unwrap_err().0, "boom");
     }
 
     #[test]
     fn async_reply_gives_operation_id() {
         let body = br#"{"type":"async","status":"Operation created","status_code":100,"operation":"/1.0/operations/abc-1","error_code":0,"error":"","metadata":{}}"#;
-        let r = Reply { envelope: parse_envelope(202, body).unwrap(), etag: None };
+        let r = Reply {
+            envelope: parse_envelope(202, body).unwrap(),
+            etag: None,
+        };
         assert_eq!(r.operation_id().as_deref(), Some("abc-1"));
     }
 

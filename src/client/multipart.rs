@@ -51,7 +51,9 @@ impl Multipart {
     /// A boundary unlikely to appear in the data (random bytes from the kernel, else time and pid).
     pub fn random_boundary() -> String {
         let mut b = [0u8; 16];
-        let ok = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).is_ok();
+        let ok = std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut b))
+            .is_ok();
         if !ok {
             let t = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -83,8 +85,18 @@ mod tests {
     #[test]
     fn encodes_two_parts_with_exact_length() {
         let parts = vec![
-            Part { name: "metadata".into(), filename: "meta.tar".into(), reader: Box::new(Cursor::new(b"META".to_vec())), len: 4 },
-            Part { name: "rootfs".into(), filename: "rootfs.tar".into(), reader: Box::new(Cursor::new(b"ROOT!".to_vec())), len: 5 },
+            Part {
+                name: "metadata".into(),
+                filename: "meta.tar".into(),
+                reader: Box::new(Cursor::new(b"META".to_vec())),
+                len: 4,
+            },
+            Part {
+                name: "rootfs".into(),
+                filename: "rootfs.tar".into(),
+                reader: Box::new(Cursor::new(b"ROOT!".to_vec())),
+                len: 5,
+            },
         ];
         let mut m = Multipart::new("XyZ", parts);
         let mut out = Vec::new();

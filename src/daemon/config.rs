@@ -10,7 +10,11 @@ use crate::runtime::Limits;
 /// LXD's instance name rules (a valid hostname label): 1-63 of `[a-zA-Z0-9-]`, not starting with
 /// a digit or a hyphen, not ending with a hyphen.
 pub fn validate_instance_name(name: &str) -> Result<()> {
-    let bad = |why: &str| Err(Error::BadRequest(format!("Invalid instance name {name:?}: {why}")));
+    let bad = |why: &str| {
+        Err(Error::BadRequest(format!(
+            "Invalid instance name {name:?}: {why}"
+        )))
+    };
     if name.is_empty() {
         return bad("name is empty");
     }
@@ -31,7 +35,12 @@ pub fn validate_instance_name(name: &str) -> Result<()> {
 
 /// Profile names: non-empty, no `/`, not `.`/`..`, printable.
 pub fn validate_profile_name(name: &str) -> Result<()> {
-    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+    if name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.contains('/')
+        || name.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
         return Err(Error::BadRequest(format!("Invalid profile name {name:?}")));
     }
     Ok(())
@@ -62,7 +71,10 @@ fn kind_of(key: &str) -> Option<Kind> {
     use Kind::*;
     Some(match key {
         "boot.autostart" => Bool,
-        "boot.autostart.delay" | "boot.autostart.priority" | "boot.host_shutdown_timeout" | "boot.stop.priority" => Int,
+        "boot.autostart.delay"
+        | "boot.autostart.priority"
+        | "boot.host_shutdown_timeout"
+        | "boot.stop.priority" => Int,
         "limits.memory" => Memory,
         "limits.memory.enforce" => Enforce,
         "limits.memory.swap" => Bool,
@@ -79,12 +91,19 @@ fn kind_of(key: &str) -> Option<Kind> {
         "security.syscalls.deny" | "security.syscalls.allow" | "raw.seccomp" => Seccomp,
         "raw.idmap" => Idmap,
         "raw.apparmor" => Str,
-        "raw.lxc" => Unsupported("raw.lxc: bivy does not use LXC; use the bivy config keys instead"),
+        "raw.lxc" => {
+            Unsupported("raw.lxc: bivy does not use LXC; use the bivy config keys instead")
+        }
         "snapshots.schedule" | "snapshots.pattern" | "snapshots.expiry" => Later,
         "snapshots.schedule.stopped" => Bool,
         "linux.kernel_modules" => Str,
         "cloud-init.user-data" | "cloud-init.vendor-data" | "cloud-init.network-config" => Str,
-        _ if key.starts_with("environment.") || key.starts_with("user.") || key.starts_with("image.") => Str,
+        _ if key.starts_with("environment.")
+            || key.starts_with("user.")
+            || key.starts_with("image.") =>
+        {
+            Str
+        }
         _ if key.starts_with("volatile.") => Str,
         _ => return None,
     })
@@ -105,16 +124,24 @@ fn cpuset(v: &str, ncpus: usize) -> Option<String> {
     let v = v.trim();
     if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
         let n: usize = v.parse().ok()?;
-        return parse_cpu(&n.min(ncpus).max(1).to_string(), ncpus).ok().filter(|_| n > 0);
+        return parse_cpu(&n.min(ncpus).max(1).to_string(), ncpus)
+            .ok()
+            .filter(|_| n > 0);
     }
     parse_cpu(v, ncpus).ok()
 }
 
 /// Validate one instance config key and value; `Later` keys are accepted (stored).
 pub fn validate_key(key: &str, value: &str) -> Result<()> {
-    let bad = |why: &str| Err(Error::BadRequest(format!("Invalid value for config key {key:?}: {why}")));
+    let bad = |why: &str| {
+        Err(Error::BadRequest(format!(
+            "Invalid value for config key {key:?}: {why}"
+        )))
+    };
     let Some(kind) = kind_of(key) else {
-        return Err(Error::BadRequest(format!("Unknown configuration key: {key}")));
+        return Err(Error::BadRequest(format!(
+            "Unknown configuration key: {key}"
+        )));
     };
     if value.is_empty() {
         return Ok(());
@@ -122,14 +149,24 @@ pub fn validate_key(key: &str, value: &str) -> Result<()> {
     match kind {
         Kind::Bool if parse_bool(value).is_none() => bad("expected true or false"),
         Kind::Int if value.parse::<i64>().is_err() => bad("expected an integer"),
-        Kind::IdmapSize if value.parse::<u32>().map_or(true, |v| v == 0) => bad("expected a positive integer"),
-        Kind::Priority if value.parse::<u8>().map_or(true, |v| v > 10) => bad("expected an integer from 0 to 10"),
-        Kind::Memory => parse_memory(value, 1 << 40).map(drop).or_else(|e| bad(&e.0)),
-        Kind::Cpu if cpuset(value, 1 << 16).is_none() => bad("expected a CPU count or a set such as 0-3,7"),
+        Kind::IdmapSize if value.parse::<u32>().map_or(true, |v| v == 0) => {
+            bad("expected a positive integer")
+        }
+        Kind::Priority if value.parse::<u8>().map_or(true, |v| v > 10) => {
+            bad("expected an integer from 0 to 10")
+        }
+        Kind::Memory => parse_memory(value, 1 << 40)
+            .map(drop)
+            .or_else(|e| bad(&e.0)),
+        Kind::Cpu if cpuset(value, 1 << 16).is_none() => {
+            bad("expected a CPU count or a set such as 0-3,7")
+        }
         Kind::Allowance => parse_allowance(value).map(drop).or_else(|e| bad(&e.0)),
         Kind::Enforce if !matches!(value, "hard" | "soft") => bad("expected hard or soft"),
         Kind::Idmap => super::idmap::parse_raw(value).map(drop),
-        Kind::Seccomp => crate::runtime::seccomp::validate_config_value(key, value).or_else(|e| bad(&e.0)),
+        Kind::Seccomp => {
+            crate::runtime::seccomp::validate_config_value(key, value).or_else(|e| bad(&e.0))
+        }
         Kind::Unsupported(why) => Err(Error::BadRequest(format!("not supported: {why}"))),
         _ => Ok(()),
     }
@@ -141,7 +178,9 @@ pub fn validate_config(new: &StringMap, current: &StringMap) -> Result<()> {
     for (k, v) in new {
         if k.starts_with("volatile.") {
             if current.get(k) != Some(v) {
-                return Err(Error::BadRequest(format!("Volatile key {k:?} is managed by the daemon and cannot be set")));
+                return Err(Error::BadRequest(format!(
+                    "Volatile key {k:?} is managed by the daemon and cannot be set"
+                )));
             }
             continue;
         }
@@ -159,12 +198,25 @@ pub fn validate_devices(devices: &Devices) -> Result<()> {
         match d.get("type").map(String::as_str) {
             Some("disk") => {
                 if !d.contains_key("path") {
-                    return Err(Error::BadRequest(format!("Device {name:?}: disk devices need a \"path\"")));
+                    return Err(Error::BadRequest(format!(
+                        "Device {name:?}: disk devices need a \"path\""
+                    )));
                 }
             }
-            Some("none" | "nic" | "unix-char" | "unix-block" | "proxy" | "gpu" | "usb" | "infiniband" | "tpm" | "pci" | "unix-hotplug") => {}
-            Some(t) => return Err(Error::BadRequest(format!("Device {name:?}: unknown device type {t:?}"))),
-            None => return Err(Error::BadRequest(format!("Device {name:?}: missing device type"))),
+            Some(
+                "none" | "nic" | "unix-char" | "unix-block" | "proxy" | "gpu" | "usb"
+                | "infiniband" | "tpm" | "pci" | "unix-hotplug",
+            ) => {}
+            Some(t) => {
+                return Err(Error::BadRequest(format!(
+                    "Device {name:?}: unknown device type {t:?}"
+                )))
+            }
+            None => {
+                return Err(Error::BadRequest(format!(
+                    "Device {name:?}: missing device type"
+                )))
+            }
         }
     }
     Ok(())
@@ -173,23 +225,35 @@ pub fn validate_devices(devices: &Devices) -> Result<()> {
 /// Server config keys we know (`core.*`, `images.*`).
 pub fn validate_server_key(key: &str, value: &str) -> Result<()> {
     match key {
-        "core.https_address" | "core.trust_password" | "core.proxy_http" | "core.proxy_https" | "core.proxy_ignore_hosts" => Ok(()),
+        "core.https_address"
+        | "core.trust_password"
+        | "core.proxy_http"
+        | "core.proxy_https"
+        | "core.proxy_ignore_hosts" => Ok(()),
         "core.shutdown_timeout" | "images.remote_cache_expiry" | "images.auto_update_interval" => {
             if value.is_empty() || value.parse::<u64>().is_ok() {
                 Ok(())
             } else {
-                Err(Error::BadRequest(format!("Invalid value for {key:?}: expected an integer")))
+                Err(Error::BadRequest(format!(
+                    "Invalid value for {key:?}: expected an integer"
+                )))
             }
         }
         "images.auto_update_cached" => match parse_bool(value) {
             Some(_) => Ok(()),
-            None => Err(Error::BadRequest(format!("Invalid value for {key:?}: expected true or false"))),
+            None => Err(Error::BadRequest(format!(
+                "Invalid value for {key:?}: expected true or false"
+            ))),
         },
         "images.compression_algorithm" => match value {
             "" | "gzip" | "xz" | "zstd" | "bzip2" | "none" => Ok(()),
-            _ => Err(Error::BadRequest(format!("Invalid value for {key:?}: unsupported compression {value:?}"))),
+            _ => Err(Error::BadRequest(format!(
+                "Invalid value for {key:?}: unsupported compression {value:?}"
+            ))),
         },
-        _ => Err(Error::BadRequest(format!("Unknown configuration key: {key}"))),
+        _ => Err(Error::BadRequest(format!(
+            "Unknown configuration key: {key}"
+        ))),
     }
 }
 
@@ -223,16 +287,26 @@ pub fn limits(config: &StringMap, total_mem: u64, ncpus: usize) -> Result<Limits
     let get = |k: &str| config.get(k).map(String::as_str).filter(|v| !v.is_empty());
     let mut l = Limits::default();
     if let Some(v) = get("limits.memory") {
-        l.memory = Some(parse_memory(v, total_mem).map_err(|e| Error::BadRequest(format!("limits.memory: {e}")))?);
+        l.memory = Some(
+            parse_memory(v, total_mem)
+                .map_err(|e| Error::BadRequest(format!("limits.memory: {e}")))?,
+        );
     }
     l.memory_soft = get("limits.memory.enforce") == Some("soft");
-    l.memory_swap = get("limits.memory.swap").and_then(parse_bool).unwrap_or(true);
+    l.memory_swap = get("limits.memory.swap")
+        .and_then(parse_bool)
+        .unwrap_or(true);
     if let Some(v) = get("limits.cpu") {
-        l.cpuset = Some(cpuset(v, ncpus).ok_or_else(|| Error::BadRequest(format!("Invalid limits.cpu {v:?}")))?);
+        l.cpuset = Some(
+            cpuset(v, ncpus)
+                .ok_or_else(|| Error::BadRequest(format!("Invalid limits.cpu {v:?}")))?,
+        );
     }
     let priority = get("limits.cpu.priority").and_then(|v| v.parse::<u64>().ok());
     match get("limits.cpu.allowance").map(parse_allowance) {
-        Some(Ok(Allowance::Quota(quota_us, period_us))) => l.cpu_quota = Some((quota_us, period_us)),
+        Some(Ok(Allowance::Quota(quota_us, period_us))) => {
+            l.cpu_quota = Some((quota_us, period_us))
+        }
         Some(Ok(Allowance::Shares(s))) => l.cpu_shares = Some(s),
         Some(Err(e)) => return Err(Error::BadRequest(format!("limits.cpu.allowance: {e}"))),
         None => {}
@@ -243,7 +317,10 @@ pub fn limits(config: &StringMap, total_mem: u64, ncpus: usize) -> Result<Limits
         l.cpu_shares = Some((base * (p + 1) / 11).max(2));
     }
     if let Some(v) = get("limits.processes") {
-        l.pids = Some(v.parse().map_err(|_| Error::BadRequest(format!("Invalid limits.processes {v:?}")))?);
+        l.pids = Some(
+            v.parse()
+                .map_err(|_| Error::BadRequest(format!("Invalid limits.processes {v:?}")))?,
+        );
     }
     Ok(l)
 }
@@ -277,7 +354,10 @@ mod tests {
         assert!(validate_key("limits.memory", "lots").is_err());
         assert!(validate_key("user.anything", "x").is_ok());
         assert!(validate_key("environment.FOO", "x").is_ok());
-        assert_eq!(validate_key("bogus.key", "x").unwrap_err().message(), "Unknown configuration key: bogus.key");
+        assert_eq!(
+            validate_key("bogus.key", "x").unwrap_err().message(),
+            "Unknown configuration key: bogus.key"
+        );
         assert!(validate_key("raw.lxc", "x").is_err());
         assert!(validate_key("security.privileged", "maybe").is_err());
         let cur: StringMap = [("volatile.uuid".to_string(), "u".to_string())].into();
@@ -295,7 +375,12 @@ mod tests {
         };
         all.insert("a".to_string(), p("user.x", "a"));
         all.insert("b".to_string(), p("user.x", "b"));
-        let (c, _) = expand(&["a".into(), "b".into()], &all, &StringMap::new(), &Devices::new());
+        let (c, _) = expand(
+            &["a".into(), "b".into()],
+            &all,
+            &StringMap::new(),
+            &Devices::new(),
+        );
         assert_eq!(c["user.x"], "b");
         let own: StringMap = [("user.x".to_string(), "own".to_string())].into();
         let (c, _) = expand(&["a".into(), "b".into()], &all, &own, &Devices::new());

@@ -58,8 +58,9 @@ impl Db {
     pub fn open(path: &Path) -> std::io::Result<Db> {
         let data = match std::fs::read(path) {
             Ok(bytes) => {
-                let d: Data = serde_json::from_slice(&bytes)
-                    .map_err(|e| std::io::Error::other(format!("{}: corrupt database: {e}", path.display())))?;
+                let d: Data = serde_json::from_slice(&bytes).map_err(|e| {
+                    std::io::Error::other(format!("{}: corrupt database: {e}", path.display()))
+                })?;
                 if d.schema > SCHEMA {
                     return Err(std::io::Error::other(format!(
                         "{}: written by a newer bivy (schema {})",
@@ -69,10 +70,16 @@ impl Db {
                 }
                 d
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Data { schema: SCHEMA, ..Data::default() },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Data {
+                schema: SCHEMA,
+                ..Data::default()
+            },
             Err(e) => return Err(e),
         };
-        Ok(Db { path: path.to_path_buf(), data })
+        Ok(Db {
+            path: path.to_path_buf(),
+            data,
+        })
     }
 
     /// Persist the current document atomically.
@@ -105,7 +112,11 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("database.json");
         let mut db = Db::open(&p).unwrap();
-        db.update(|d| d.profiles.insert("default".into(), ProfileRecord::default())).unwrap();
+        db.update(|d| {
+            d.profiles
+                .insert("default".into(), ProfileRecord::default())
+        })
+        .unwrap();
         let db2 = Db::open(&p).unwrap();
         assert!(db2.data.profiles.contains_key("default"));
         std::fs::remove_dir_all(&dir).unwrap();
@@ -113,8 +124,13 @@ mod tests {
 
     #[test]
     fn failed_save_changes_nothing() {
-        let mut db = Db { path: PathBuf::from("/nonexistent-dir/x/database.json"), data: Data::default() };
-        assert!(db.update(|d| d.config.insert("a".into(), "b".into())).is_err());
+        let mut db = Db {
+            path: PathBuf::from("/nonexistent-dir/x/database.json"),
+            data: Data::default(),
+        };
+        assert!(db
+            .update(|d| d.config.insert("a".into(), "b".into()))
+            .is_err());
         assert!(db.data.config.is_empty());
     }
 }

@@ -24,7 +24,14 @@ fn server(d: &Daemon) -> api::Server {
     let mut config = api::StringMap::new();
     for (k, v) in cfg {
         // The trust password is never shown, only that one is set (LXD shows `true`).
-        config.insert(k.clone(), if k == "core.trust_password" { "true".into() } else { v });
+        config.insert(
+            k.clone(),
+            if k == "core.trust_password" {
+                "true".into()
+            } else {
+                v
+            },
+        );
     }
     let mut kernel_features = api::StringMap::new();
     kernel_features.insert("idmapped_mounts".into(), "true".into());
@@ -62,7 +69,11 @@ fn server(d: &Daemon) -> api::Server {
             server_version: env!("CARGO_PKG_VERSION").into(),
             storage: "dir".into(),
             storage_version: "1".into(),
-            storage_supported_drivers: vec![api::StorageDriverInfo { name: "dir".into(), version: "1".into(), remote: false }],
+            storage_supported_drivers: vec![api::StorageDriverInfo {
+                name: "dir".into(),
+                version: "1".into(),
+                remote: false,
+            }],
         },
     }
 }
@@ -85,8 +96,15 @@ pub fn server_get(d: &Daemon) -> Result<Response> {
 pub fn server_put(d: &Daemon, req: &mut Request, patch: bool) -> Result<Response> {
     let body: api::ServerPut = json(req)?;
     let mut db = d.db.lock().expect("db lock");
-    response::check_etag(req.header("If-Match"), &response::etag(&server_config_view(&db.data.config)))?;
-    let mut next = if patch { db.data.config.clone() } else { api::StringMap::new() };
+    response::check_etag(
+        req.header("If-Match"),
+        &response::etag(&server_config_view(&db.data.config)),
+    )?;
+    let mut next = if patch {
+        db.data.config.clone()
+    } else {
+        api::StringMap::new()
+    };
     for (k, v) in &body.config {
         let v = match v {
             serde_json::Value::String(s) => s.clone(),
@@ -106,12 +124,24 @@ pub fn server_put(d: &Daemon, req: &mut Request, patch: bool) -> Result<Response
             next.insert(k.clone(), v);
         }
     }
-    db.update(|data| data.config = next).map_err(|e| Error::Internal(format!("saving config: {e}")))?;
+    db.update(|data| data.config = next)
+        .map_err(|e| Error::Internal(format!("saving config: {e}")))?;
     Ok(response::empty())
 }
 
 fn server_config_view(c: &api::StringMap) -> api::StringMap {
-    c.iter().map(|(k, v)| (k.clone(), if k == "core.trust_password" { "true".into() } else { v.clone() })).collect()
+    c.iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                if k == "core.trust_password" {
+                    "true".into()
+                } else {
+                    v.clone()
+                },
+            )
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -123,14 +153,20 @@ pub fn operations_list(d: &Daemon, req: &Request) -> Result<Response> {
     for op in d.ops.list() {
         let a = op.to_api();
         let key = a.status.to_lowercase();
-        let v = if rec > 0 { serde_json::to_value(&a).unwrap_or_default() } else { serde_json::json!(format!("/1.0/operations/{}", a.id)) };
+        let v = if rec > 0 {
+            serde_json::to_value(&a).unwrap_or_default()
+        } else {
+            serde_json::json!(format!("/1.0/operations/{}", a.id))
+        };
         by_status.entry(key).or_default().push(v);
     }
     Ok(response::sync(&by_status))
 }
 
 fn find_op(d: &Daemon, id: &str) -> Result<Arc<super::operations::Op>> {
-    d.ops.get(id).ok_or_else(|| Error::NotFound("Operation not found".into()))
+    d.ops
+        .get(id)
+        .ok_or_else(|| Error::NotFound("Operation not found".into()))
 }
 
 pub fn operation_get(d: &Daemon, id: &str) -> Result<Response> {
@@ -144,8 +180,15 @@ pub fn operation_cancel(d: &Daemon, id: &str) -> Result<Response> {
 
 pub fn operation_wait(d: &Daemon, req: &Request, id: &str) -> Result<Response> {
     let op = find_op(d, id)?;
-    let timeout = req.query("timeout").and_then(|t| t.parse::<i64>().ok()).unwrap_or(-1);
-    op.wait(if timeout < 0 { None } else { Some(Duration::from_secs(timeout as u64)) });
+    let timeout = req
+        .query("timeout")
+        .and_then(|t| t.parse::<i64>().ok())
+        .unwrap_or(-1);
+    op.wait(if timeout < 0 {
+        None
+    } else {
+        Some(Duration::from_secs(timeout as u64))
+    });
     Ok(response::sync(&op.to_api()))
 }
 
@@ -170,7 +213,9 @@ pub fn operation_websocket(d: &Daemon, req: &mut Request, id: &str) -> Result<Re
 
 pub fn events(d: &Daemon, req: &mut Request) -> Result<Response> {
     if !req.is_websocket() {
-        return Err(Error::BadRequest("The events endpoint needs a websocket upgrade".into()));
+        return Err(Error::BadRequest(
+            "The events endpoint needs a websocket upgrade".into(),
+        ));
     }
     let types: Vec<String> = req
         .query("type")
@@ -182,7 +227,9 @@ pub fn events(d: &Daemon, req: &mut Request) -> Result<Response> {
         .collect();
     for t in &types {
         if !matches!(t.as_str(), "operation" | "logging" | "lifecycle") {
-            return Err(Error::BadRequest(format!("{t:?} isn't a supported event type")));
+            return Err(Error::BadRequest(format!(
+                "{t:?} isn't a supported event type"
+            )));
         }
     }
     let mut resp = ws::accept(req);
@@ -222,18 +269,35 @@ fn profile_etag(p: &ProfileRecord) -> String {
 pub fn profiles_list(d: &Daemon, req: &Request) -> Result<Response> {
     let db = d.db.lock().expect("db lock");
     if recursion(req) > 0 {
-        let v: Vec<api::Profile> = db.data.profiles.iter().map(|(n, p)| profile_api(&db.data, n, p)).collect();
+        let v: Vec<api::Profile> = db
+            .data
+            .profiles
+            .iter()
+            .map(|(n, p)| profile_api(&db.data, n, p))
+            .collect();
         Ok(response::sync(&v))
     } else {
-        let v: Vec<String> = db.data.profiles.keys().map(|n| format!("/1.0/profiles/{n}")).collect();
+        let v: Vec<String> = db
+            .data
+            .profiles
+            .keys()
+            .map(|n| format!("/1.0/profiles/{n}"))
+            .collect();
         Ok(response::sync(&v))
     }
 }
 
 pub fn profile_get(d: &Daemon, name: &str) -> Result<Response> {
     let db = d.db.lock().expect("db lock");
-    let p = db.data.profiles.get(name).ok_or_else(|| Error::NotFound("Profile not found".into()))?;
-    Ok(response::sync_etag(&profile_api(&db.data, name, p), Some(profile_etag(p))))
+    let p = db
+        .data
+        .profiles
+        .get(name)
+        .ok_or_else(|| Error::NotFound("Profile not found".into()))?;
+    Ok(response::sync_etag(
+        &profile_api(&db.data, name, p),
+        Some(profile_etag(p)),
+    ))
 }
 
 pub fn profile_create(d: &Daemon, req: &mut Request) -> Result<Response> {
@@ -243,21 +307,43 @@ pub fn profile_create(d: &Daemon, req: &mut Request) -> Result<Response> {
     config::validate_devices(&body.put.devices)?;
     let mut db = d.db.lock().expect("db lock");
     if db.data.profiles.contains_key(&body.name) {
-        return Err(Error::Conflict(format!("Profile {:?} already exists", body.name)));
+        return Err(Error::Conflict(format!(
+            "Profile {:?} already exists",
+            body.name
+        )));
     }
-    let rec = ProfileRecord { config: body.put.config, description: body.put.description, devices: body.put.devices };
-    db.update(|data| data.profiles.insert(body.name.clone(), rec)).map_err(|e| Error::Internal(e.to_string()))?;
-    d.events.lifecycle("profile-created", &format!("/1.0/profiles/{}", body.name), serde_json::json!({}));
+    let rec = ProfileRecord {
+        config: body.put.config,
+        description: body.put.description,
+        devices: body.put.devices,
+    };
+    db.update(|data| data.profiles.insert(body.name.clone(), rec))
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    d.events.lifecycle(
+        "profile-created",
+        &format!("/1.0/profiles/{}", body.name),
+        serde_json::json!({}),
+    );
     Ok(response::created(&format!("/1.0/profiles/{}", body.name)))
 }
 
 pub fn profile_put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Response> {
     let body: serde_json::Value = json(req)?;
     let mut db = d.db.lock().expect("db lock");
-    let cur = db.data.profiles.get(name).cloned().ok_or_else(|| Error::NotFound("Profile not found".into()))?;
+    let cur = db
+        .data
+        .profiles
+        .get(name)
+        .cloned()
+        .ok_or_else(|| Error::NotFound("Profile not found".into()))?;
     response::check_etag(req.header("If-Match"), &profile_etag(&cur))?;
-    let put: api::ProfilePut = serde_json::from_value(body.clone()).map_err(|e| Error::BadRequest(format!("Failed to parse request: {e}")))?;
-    let mut next = if patch { cur.clone() } else { ProfileRecord::default() };
+    let put: api::ProfilePut = serde_json::from_value(body.clone())
+        .map_err(|e| Error::BadRequest(format!("Failed to parse request: {e}")))?;
+    let mut next = if patch {
+        cur.clone()
+    } else {
+        ProfileRecord::default()
+    };
     if patch {
         if body.get("config").is_some() {
             for (k, v) in put.config {
@@ -275,7 +361,11 @@ pub fn profile_put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Re
             next.description = put.description;
         }
     } else {
-        next = ProfileRecord { config: put.config, description: put.description, devices: put.devices };
+        next = ProfileRecord {
+            config: put.config,
+            description: put.description,
+            devices: put.devices,
+        };
     }
     config::validate_config(&next.config, &api::StringMap::new())?;
     config::validate_devices(&next.devices)?;
@@ -286,18 +376,30 @@ pub fn profile_put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Re
             profiles.insert(name.to_string(), next.clone());
             let (_, devs) = config::expand(&inst.profiles, &profiles, &inst.config, &inst.devices);
             if !super::instances::has_root_disk(&devs) {
-                return Err(Error::BadRequest(format!("Instance {iname:?} would have no root disk device")));
+                return Err(Error::BadRequest(format!(
+                    "Instance {iname:?} would have no root disk device"
+                )));
             }
         }
     }
-    db.update(|data| data.profiles.insert(name.to_string(), next)).map_err(|e| Error::Internal(e.to_string()))?;
-    let affected: Vec<String> =
-        db.data.instances.iter().filter(|(_, i)| i.profiles.iter().any(|p| p == name)).map(|(n, _)| n.clone()).collect();
+    db.update(|data| data.profiles.insert(name.to_string(), next))
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let affected: Vec<String> = db
+        .data
+        .instances
+        .iter()
+        .filter(|(_, i)| i.profiles.iter().any(|p| p == name))
+        .map(|(n, _)| n.clone())
+        .collect();
     drop(db);
     for n in affected {
         super::instances::apply_live_limits(d, &n);
     }
-    d.events.lifecycle("profile-updated", &format!("/1.0/profiles/{name}"), serde_json::json!({}));
+    d.events.lifecycle(
+        "profile-updated",
+        &format!("/1.0/profiles/{name}"),
+        serde_json::json!({}),
+    );
     Ok(response::empty())
 }
 
@@ -305,12 +407,22 @@ pub fn profile_rename(d: &Daemon, req: &mut Request, name: &str) -> Result<Respo
     let body: api::ProfilePost = json(req)?;
     config::validate_profile_name(&body.name)?;
     if name == "default" {
-        return Err(Error::Forbidden("The \"default\" profile cannot be renamed".into()));
+        return Err(Error::Forbidden(
+            "The \"default\" profile cannot be renamed".into(),
+        ));
     }
     let mut db = d.db.lock().expect("db lock");
-    let cur = db.data.profiles.get(name).cloned().ok_or_else(|| Error::NotFound("Profile not found".into()))?;
+    let cur = db
+        .data
+        .profiles
+        .get(name)
+        .cloned()
+        .ok_or_else(|| Error::NotFound("Profile not found".into()))?;
     if db.data.profiles.contains_key(&body.name) {
-        return Err(Error::Conflict(format!("Name {:?} already in use", body.name)));
+        return Err(Error::Conflict(format!(
+            "Name {:?} already in use",
+            body.name
+        )));
     }
     db.update(|data| {
         data.profiles.remove(name);
@@ -329,7 +441,9 @@ pub fn profile_rename(d: &Daemon, req: &mut Request, name: &str) -> Result<Respo
 
 pub fn profile_delete(d: &Daemon, name: &str) -> Result<Response> {
     if name == "default" {
-        return Err(Error::Forbidden("The \"default\" profile cannot be deleted".into()));
+        return Err(Error::Forbidden(
+            "The \"default\" profile cannot be deleted".into(),
+        ));
     }
     let mut db = d.db.lock().expect("db lock");
     if !db.data.profiles.contains_key(name) {
@@ -338,8 +452,13 @@ pub fn profile_delete(d: &Daemon, name: &str) -> Result<Response> {
     if !used_by(&db.data, name).is_empty() {
         return Err(Error::BadRequest("Profile is currently in use".into()));
     }
-    db.update(|data| data.profiles.remove(name)).map_err(|e| Error::Internal(e.to_string()))?;
-    d.events.lifecycle("profile-deleted", &format!("/1.0/profiles/{name}"), serde_json::json!({}));
+    db.update(|data| data.profiles.remove(name))
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    d.events.lifecycle(
+        "profile-deleted",
+        &format!("/1.0/profiles/{name}"),
+        serde_json::json!({}),
+    );
     Ok(response::empty())
 }
 
@@ -355,7 +474,11 @@ pub fn images_list(d: &Daemon, req: &Request) -> Result<Response> {
         if !filter.matches(&v) {
             continue;
         }
-        out.push(if rec > 0 { v } else { serde_json::json!(format!("/1.0/images/{}", img.fingerprint)) });
+        out.push(if rec > 0 {
+            v
+        } else {
+            serde_json::json!(format!("/1.0/images/{}", img.fingerprint))
+        });
     }
     Ok(response::sync(&out))
 }
@@ -370,7 +493,8 @@ pub fn image_put(d: &Daemon, req: &mut Request, fp: &str, patch: bool) -> Result
     let body: serde_json::Value = json(req)?;
     let img = d.images.get(fp)?;
     response::check_etag(req.header("If-Match"), &response::etag(&img.put))?;
-    let put: api::ImagePut = serde_json::from_value(body.clone()).map_err(|e| Error::BadRequest(format!("Failed to parse request: {e}")))?;
+    let put: api::ImagePut = serde_json::from_value(body.clone())
+        .map_err(|e| Error::BadRequest(format!("Failed to parse request: {e}")))?;
     let next = if patch {
         let mut n = img.put.clone();
         if body.get("auto_update").is_some() {
@@ -400,8 +524,16 @@ pub fn image_delete(d: &Daemon, fp: &str) -> Result<Response> {
     let img = d.images.get(fp)?;
     let images_url = format!("/1.0/images/{}", img.fingerprint);
     d.images.delete(&img.fingerprint)?;
-    d.events.lifecycle("image-deleted", &images_url, serde_json::json!({}));
-    let op = d.ops.start(Class::Task, "Deleting image", resources("images", &images_url), None, vec![], |_| Ok(()));
+    d.events
+        .lifecycle("image-deleted", &images_url, serde_json::json!({}));
+    let op = d.ops.start(
+        Class::Task,
+        "Deleting image",
+        resources("images", &images_url),
+        None,
+        vec![],
+        |_| Ok(()),
+    );
     Ok(response::operation(&op.to_api()))
 }
 
@@ -414,22 +546,34 @@ fn resources(kind: &str, url: &str) -> BTreeMap<String, Vec<String>> {
 pub fn image_export(d: &Daemon, fp: &str) -> Result<Response> {
     let img = d.images.get(fp)?;
     let (main, rootfs) = d.images.files(&img.fingerprint)?;
-    let open = |p: &std::path::Path| std::fs::File::open(p).map_err(|e| Error::Internal(format!("{}: {e}", p.display())));
-    let filename = if img.filename.is_empty() { format!("{}.tar.gz", img.fingerprint) } else { img.filename.clone() };
+    let open = |p: &std::path::Path| {
+        std::fs::File::open(p).map_err(|e| Error::Internal(format!("{}: {e}", p.display())))
+    };
+    let filename = if img.filename.is_empty() {
+        format!("{}.tar.gz", img.fingerprint)
+    } else {
+        img.filename.clone()
+    };
     match rootfs {
         None => {
             let f = open(&main)?;
             let len = f.metadata().map(|m| m.len()).ok();
             Ok(Response::new(200)
                 .header("Content-Type", "application/octet-stream")
-                .header("Content-Disposition", &format!("attachment; filename={filename}"))
+                .header(
+                    "Content-Disposition",
+                    &format!("attachment; filename={filename}"),
+                )
                 .body(Body::Reader(Box::new(f), len)))
         }
         Some(rootfs) => {
             // Split image: multipart/form-data with `metadata` then `rootfs`, as LXD sends it.
             let boundary = super::operations::secret();
             let meta_name = filename.clone();
-            let root_name = rootfs.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let root_name = rootfs
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let head1 = format!(
                 "--{boundary}\r\nContent-Disposition: form-data; name=\"metadata\"; filename=\"{meta_name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
             );
@@ -443,7 +587,10 @@ pub fn image_export(d: &Daemon, fp: &str) -> Result<Response> {
                 .chain(open(&rootfs)?)
                 .chain(std::io::Cursor::new(tail.into_bytes()));
             Ok(Response::new(200)
-                .header("Content-Type", &format!("multipart/form-data; boundary={boundary}"))
+                .header(
+                    "Content-Type",
+                    &format!("multipart/form-data; boundary={boundary}"),
+                )
                 .body(Body::Reader(Box::new(body), None)))
         }
     }
@@ -454,28 +601,41 @@ pub fn image_create(d: &Daemon, req: &mut Request) -> Result<Response> {
     let ctype = req.header("Content-Type").unwrap_or("").to_string();
     if ctype.starts_with("application/json") {
         let body: api::ImagesPost = json(req)?;
-        let kind = body.source.as_ref().map(|s| s.kind.clone()).unwrap_or_default();
+        let kind = body
+            .source
+            .as_ref()
+            .map(|s| s.kind.clone())
+            .unwrap_or_default();
         return match kind.as_str() {
             "instance" | "container" => super::instances::publish(d, body),
             "snapshot" => Err(Error::not_yet("publishing snapshots")),
-            _ => Err(Error::not_yet(&format!("image creation from source {kind:?} (copy and URL import)"))),
+            _ => Err(Error::not_yet(&format!(
+                "image creation from source {kind:?} (copy and URL import)"
+            ))),
         };
     }
     let mut opts = image::ImportOpts {
         filename: req.header("X-LXD-filename").unwrap_or("").to_string(),
-        public: req.header("X-LXD-public").is_some_and(|v| v == "true" || v == "1"),
-        expected_fingerprint: req.header("X-LXD-fingerprint").filter(|v| !v.is_empty()).map(String::from),
+        public: req
+            .header("X-LXD-public")
+            .is_some_and(|v| v == "true" || v == "1"),
+        expected_fingerprint: req
+            .header("X-LXD-fingerprint")
+            .filter(|v| !v.is_empty())
+            .map(String::from),
         profiles: vec!["default".into()],
         ..Default::default()
     };
     if let Some(props) = req.header("X-LXD-properties") {
-        let props = crate::http::parse_query(props).ok_or_else(|| Error::BadRequest("Invalid X-LXD-properties header".into()))?;
+        let props = crate::http::parse_query(props)
+            .ok_or_else(|| Error::BadRequest("Invalid X-LXD-properties header".into()))?;
         for (k, v) in props {
             opts.properties.insert(k, v);
         }
     }
     if let Some(p) = req.header("X-LXD-profiles") {
-        let p = crate::http::parse_query(p).ok_or_else(|| Error::BadRequest("Invalid X-LXD-profiles header".into()))?;
+        let p = crate::http::parse_query(p)
+            .ok_or_else(|| Error::BadRequest("Invalid X-LXD-profiles header".into()))?;
         opts.profiles = p.into_iter().map(|(_, v)| v).collect();
     }
     let img = if let Some(b) = ctype.strip_prefix("multipart/form-data") {
@@ -490,9 +650,17 @@ pub fn image_create(d: &Daemon, req: &mut Request) -> Result<Response> {
         d.images.import(image::Upload::Unified(req.body()), &opts)?
     };
     let url = format!("/1.0/images/{}", img.fingerprint);
-    d.events.lifecycle("image-created", &url, serde_json::json!({}));
+    d.events
+        .lifecycle("image-created", &url, serde_json::json!({}));
     let meta = serde_json::json!({"fingerprint": img.fingerprint, "size": img.size});
-    let op = d.ops.start(Class::Task, "Downloading image", resources("images", &url), Some(meta), vec![], |_| Ok(()));
+    let op = d.ops.start(
+        Class::Task,
+        "Downloading image",
+        resources("images", &url),
+        Some(meta),
+        vec![],
+        |_| Ok(()),
+    );
     Ok(response::operation(&op.to_api()))
 }
 
@@ -501,7 +669,12 @@ pub fn aliases_list(d: &Daemon, req: &Request) -> Result<Response> {
     if recursion(req) > 0 {
         Ok(response::sync(&list))
     } else {
-        Ok(response::sync(&list.iter().map(|a| format!("/1.0/images/aliases/{}", a.name)).collect::<Vec<_>>()))
+        Ok(response::sync(
+            &list
+                .iter()
+                .map(|a| format!("/1.0/images/aliases/{}", a.name))
+                .collect::<Vec<_>>(),
+        ))
     }
 }
 
@@ -519,13 +692,19 @@ pub fn alias_create(d: &Daemon, req: &mut Request) -> Result<Response> {
         body.kind = "container".into();
     }
     d.images.alias_create(&body)?;
-    Ok(response::created(&format!("/1.0/images/aliases/{}", body.name)))
+    Ok(response::created(&format!(
+        "/1.0/images/aliases/{}",
+        body.name
+    )))
 }
 
 pub fn alias_put(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
     let mut body: api::ImageAliasesEntryPut = json(req)?;
     let cur = d.images.alias_get(name)?;
-    response::check_etag(req.header("If-Match"), &response::etag(&(&cur.description, &cur.target)))?;
+    response::check_etag(
+        req.header("If-Match"),
+        &response::etag(&(&cur.description, &cur.target)),
+    )?;
     if body.target.is_empty() {
         body.target = cur.target;
     } else {
@@ -538,7 +717,10 @@ pub fn alias_put(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> 
 pub fn alias_rename(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
     let body: api::ImageAliasesEntryPost = json(req)?;
     d.images.alias_rename(name, &body.name)?;
-    Ok(response::created(&format!("/1.0/images/aliases/{}", body.name)))
+    Ok(response::created(&format!(
+        "/1.0/images/aliases/{}",
+        body.name
+    )))
 }
 
 pub fn alias_delete(d: &Daemon, name: &str) -> Result<Response> {
@@ -551,9 +733,17 @@ pub fn alias_delete(d: &Daemon, name: &str) -> Result<Response> {
 
 fn pool(d: &Daemon) -> api::StoragePool {
     let db = d.db.lock().expect("db lock");
-    let used_by = db.data.instances.keys().map(|n| format!("/1.0/instances/{n}")).collect();
+    let used_by = db
+        .data
+        .instances
+        .keys()
+        .map(|n| format!("/1.0/instances/{n}"))
+        .collect();
     let mut config = api::StringMap::new();
-    config.insert("source".into(), d.dir.join("storage-pools/default").display().to_string());
+    config.insert(
+        "source".into(),
+        d.dir.join("storage-pools/default").display().to_string(),
+    );
     api::StoragePool {
         config,
         description: String::new(),
@@ -586,7 +776,8 @@ pub fn pool_resources(d: &Daemon, name: &str) -> Result<Response> {
     if name != "default" {
         return Err(Error::NotFound("Storage pool not found".into()));
     }
-    let st = nix::sys::statvfs::statvfs(&d.dir).map_err(|e| Error::Internal(format!("statvfs: {e}")))?;
+    let st =
+        nix::sys::statvfs::statvfs(&d.dir).map_err(|e| Error::Internal(format!("statvfs: {e}")))?;
     let frag = st.fragment_size();
     let total = st.blocks() * frag;
     let used = (st.blocks() - st.blocks_free()) * frag;
@@ -603,7 +794,10 @@ pub fn pool_resources(d: &Daemon, name: &str) -> Result<Response> {
 fn host_networks() -> Vec<api::Network> {
     let mut out = Vec::new();
     if let Ok(rd) = std::fs::read_dir("/sys/class/net") {
-        let mut names: Vec<String> = rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        let mut names: Vec<String> = rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
         names.sort();
         for n in names {
             let base = std::path::Path::new("/sys/class/net").join(&n);
@@ -634,7 +828,12 @@ pub fn networks_list(_d: &Daemon, req: &Request) -> Result<Response> {
     if recursion(req) > 0 {
         Ok(response::sync(&nets))
     } else {
-        Ok(response::sync(&nets.iter().map(|n| format!("/1.0/networks/{}", n.name)).collect::<Vec<_>>()))
+        Ok(response::sync(
+            &nets
+                .iter()
+                .map(|n| format!("/1.0/networks/{}", n.name))
+                .collect::<Vec<_>>(),
+        ))
     }
 }
 

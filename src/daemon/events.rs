@@ -63,7 +63,10 @@ impl Events {
         let Ok((sender, mut receiver)) = ws::split(stream, ws::Role::Server) else {
             return;
         };
-        self.subs.lock().expect("events lock").push(Sub { types, tx });
+        self.subs
+            .lock()
+            .expect("events lock")
+            .push(Sub { types, tx });
         // Reader: notices the client closing (or sending anything) and stops the writer.
         let closer = sender.clone();
         let reader = std::thread::spawn(move || {

@@ -24,7 +24,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn default_env(uid: u32) -> StringMap {
     let mut e = StringMap::new();
-    e.insert("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    e.insert(
+        "PATH".into(),
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+    );
     e.insert("LANG".into(), "C.UTF-8".into());
     if uid == 0 {
         e.insert("HOME".into(), "/root".into());
@@ -35,13 +38,22 @@ fn default_env(uid: u32) -> StringMap {
 
 pub fn exec(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
     let body: api::InstanceExecPost = json(req)?;
-    let rec = d.db.lock().expect("db lock").data.instances.get(name).cloned().ok_or_else(|| Error::NotFound("Instance not found".into()))?;
+    let rec =
+        d.db.lock()
+            .expect("db lock")
+            .data
+            .instances
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::NotFound("Instance not found".into()))?;
     if body.command.is_empty() {
         return Err(Error::BadRequest("Command is empty".into()));
     }
     match runtime::state(&d.run_dir(name)) {
         Ok(State::Running { frozen: false, .. }) => {}
-        Ok(State::Running { frozen: true, .. }) => return Err(Error::BadRequest("Instance is frozen".into())),
+        Ok(State::Running { frozen: true, .. }) => {
+            return Err(Error::BadRequest("Instance is frozen".into()))
+        }
         _ => return Err(Error::BadRequest("Instance is not running".into())),
     }
     let (ec, _) = {
@@ -55,14 +67,20 @@ pub fn exec(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
         }
     }
     env.extend(body.environment.clone());
-    let cwd = if body.cwd.is_empty() { env.get("HOME").cloned().unwrap_or_else(|| "/".into()) } else { body.cwd.clone() };
+    let cwd = if body.cwd.is_empty() {
+        env.get("HOME").cloned().unwrap_or_else(|| "/".into())
+    } else {
+        body.cwd.clone()
+    };
     let spec = runtime::ExecSpec {
         argv: body.command.clone(),
         env: env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         cwd,
         uid: body.user,
         gid: body.group,
-        pty: body.interactive.then(|| (clamp(body.width, 80), clamp(body.height, 24))),
+        pty: body
+            .interactive
+            .then(|| (clamp(body.width, 80), clamp(body.height, 24))),
     };
     let mut resources = BTreeMap::new();
     resources.insert("containers".into(), vec![format!("/1.0/containers/{name}")]);
@@ -70,16 +88,26 @@ pub fn exec(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
     let run_dir = d.run_dir(name);
     let log_dir = d.log_dir(name);
     if !body.wait_for_websocket {
-        let meta = serde_json::json!({"command": body.command, "environment": env, "interactive": false});
+        let meta =
+            serde_json::json!({"command": body.command, "environment": env, "interactive": false});
         let record = body.record_output;
         let name = name.to_string();
-        let op = d.ops.start(Class::Task, "Executing command", resources, Some(meta), vec![], move |op| {
-            run_detached(&op, &run_dir, &log_dir, &name, &spec, record)
-        });
+        let op = d.ops.start(
+            Class::Task,
+            "Executing command",
+            resources,
+            Some(meta),
+            vec![],
+            move |op| run_detached(&op, &run_dir, &log_dir, &name, &spec, record),
+        );
         return Ok(response::operation(&op.to_api()));
     }
     let mut fds = serde_json::Map::new();
-    let names: &[&str] = if body.interactive { &["0", "control"] } else { &["0", "1", "2", "control"] };
+    let names: &[&str] = if body.interactive {
+        &["0", "control"]
+    } else {
+        &["0", "1", "2", "control"]
+    };
     let mut secrets = BTreeMap::new();
     for n in names {
         let s = secret();
@@ -88,9 +116,14 @@ pub fn exec(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
     }
     let meta = serde_json::json!({"fds": fds, "command": body.command, "environment": env, "interactive": body.interactive});
     let all: Vec<String> = secrets.values().cloned().collect();
-    let op = d.ops.start(Class::Websocket, "Executing command", resources, Some(meta), all, move |op| {
-        run_attached(&op, &run_dir, &spec, &secrets)
-    });
+    let op = d.ops.start(
+        Class::Websocket,
+        "Executing command",
+        resources,
+        Some(meta),
+        all,
+        move |op| run_attached(&op, &run_dir, &spec, &secrets),
+    );
     Ok(response::operation(&op.to_api()))
 }
 
@@ -121,7 +154,8 @@ struct Killer(Arc<OwnedFd>);
 
 impl Killer {
     fn new(pid: i32) -> Result<Killer> {
-        let p = rustix::process::Pid::from_raw(pid).ok_or_else(|| Error::Internal("bad pid".into()))?;
+        let p =
+            rustix::process::Pid::from_raw(pid).ok_or_else(|| Error::Internal("bad pid".into()))?;
         let fd = rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
             .map_err(|e| Error::Internal(format!("pidfd_open: {e}")))?;
         Ok(Killer(Arc::new(fd)))
@@ -134,15 +168,29 @@ impl Killer {
 }
 
 /// `wait-for-websocket: false`: no I/O, optionally recorded to log files.
-fn run_detached(op: &Arc<Op>, run_dir: &std::path::Path, log_dir: &std::path::Path, name: &str, spec: &runtime::ExecSpec, record: bool) -> Result<()> {
+fn run_detached(
+    op: &Arc<Op>,
+    run_dir: &std::path::Path,
+    log_dir: &std::path::Path,
+    name: &str,
+    spec: &runtime::ExecSpec,
+    record: bool,
+) -> Result<()> {
     let devnull = |w: bool| -> Result<OwnedFd> {
-        std::fs::OpenOptions::new().read(!w).write(w).open("/dev/null").map(OwnedFd::from).map_err(|e| Error::Internal(e.to_string()))
+        std::fs::OpenOptions::new()
+            .read(!w)
+            .write(w)
+            .open("/dev/null")
+            .map(OwnedFd::from)
+            .map_err(|e| Error::Internal(e.to_string()))
     };
     let (out, err) = if record {
         std::fs::create_dir_all(log_dir).map_err(|e| Error::Internal(e.to_string()))?;
         let f = |ext: &str| -> Result<OwnedFd> {
             let p = log_dir.join(format!("exec_{}.{ext}", op.id));
-            std::fs::File::create(&p).map(OwnedFd::from).map_err(|e| Error::Internal(format!("{}: {e}", p.display())))
+            std::fs::File::create(&p)
+                .map(OwnedFd::from)
+                .map_err(|e| Error::Internal(format!("{}: {e}", p.display())))
         };
         (f("stdout")?, f("stderr")?)
     } else {
@@ -150,7 +198,15 @@ fn run_detached(op: &Arc<Op>, run_dir: &std::path::Path, log_dir: &std::path::Pa
     };
     let mut spec = spec.clone();
     spec.pty = None;
-    let p = runtime::exec(run_dir, &spec, Some(runtime::ExecStdio { stdin: devnull(false)?, stdout: out, stderr: err }))?;
+    let p = runtime::exec(
+        run_dir,
+        &spec,
+        Some(runtime::ExecStdio {
+            stdin: devnull(false)?,
+            stdout: out,
+            stderr: err,
+        }),
+    )?;
     let code = waitpid_code(p.pid)?;
     if record {
         op.set_metadata(
@@ -185,23 +241,46 @@ fn pump_out(mut src: std::fs::File, tx: ws::Sender) -> std::thread::JoinHandle<(
     })
 }
 
-fn run_attached(op: &Arc<Op>, run_dir: &std::path::Path, spec: &runtime::ExecSpec, secrets: &BTreeMap<String, String>) -> Result<()> {
+fn run_attached(
+    op: &Arc<Op>,
+    run_dir: &std::path::Path,
+    spec: &runtime::ExecSpec,
+    secrets: &BTreeMap<String, String>,
+) -> Result<()> {
     let interactive = spec.pty.is_some();
-    let required: Vec<String> =
-        if interactive { vec![secrets["0"].clone()] } else { ["0", "1", "2"].iter().map(|k| secrets[*k].clone()).collect() };
-    let mut socks = op.take_sockets(&required, CONNECT_TIMEOUT).ok_or_else(|| Error::Internal("Timed out waiting for websockets to connect".into()))?;
-    let control = socks.remove(&secrets["control"]).or_else(|| op.take_late_socket(&secrets["control"], Duration::from_millis(100)));
-    let split = |s: Box<dyn Stream>| ws::split(s, ws::Role::Server).map_err(|e| Error::Internal(format!("websocket: {e}")));
+    let required: Vec<String> = if interactive {
+        vec![secrets["0"].clone()]
+    } else {
+        ["0", "1", "2"]
+            .iter()
+            .map(|k| secrets[*k].clone())
+            .collect()
+    };
+    let mut socks = op
+        .take_sockets(&required, CONNECT_TIMEOUT)
+        .ok_or_else(|| Error::Internal("Timed out waiting for websockets to connect".into()))?;
+    let control = socks
+        .remove(&secrets["control"])
+        .or_else(|| op.take_late_socket(&secrets["control"], Duration::from_millis(100)));
+    let split = |s: Box<dyn Stream>| {
+        ws::split(s, ws::Role::Server).map_err(|e| Error::Internal(format!("websocket: {e}")))
+    };
     let (tx0, mut rx0) = split(socks.remove(&secrets["0"]).expect("required socket"))?;
     let _ = tx0.ping();
 
     if interactive {
         let p = runtime::exec(run_dir, spec, None)?;
-        let master = p.pty_master.ok_or_else(|| Error::Internal("exec helper returned no pty".into()))?;
+        let master = p
+            .pty_master
+            .ok_or_else(|| Error::Internal("exec helper returned no pty".into()))?;
         let master_file = std::fs::File::from(master);
-        let reader = master_file.try_clone().map_err(|e| Error::Internal(e.to_string()))?;
+        let reader = master_file
+            .try_clone()
+            .map_err(|e| Error::Internal(e.to_string()))?;
         let out = pump_out(reader, tx0.clone());
-        let mut writer = master_file.try_clone().map_err(|e| Error::Internal(e.to_string()))?;
+        let mut writer = master_file
+            .try_clone()
+            .map_err(|e| Error::Internal(e.to_string()))?;
         let pid = p.pid;
         let inp = std::thread::spawn(move || {
             while let Ok(m) = rx0.recv() {
@@ -244,7 +323,15 @@ fn run_attached(op: &Arc<Op>, run_dir: &std::path::Path, spec: &runtime::ExecSpe
     let (in_r, in_w) = pipe()?;
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
-    let p = runtime::exec(run_dir, spec, Some(runtime::ExecStdio { stdin: in_r, stdout: out_w, stderr: err_w }))?;
+    let p = runtime::exec(
+        run_dir,
+        spec,
+        Some(runtime::ExecStdio {
+            stdin: in_r,
+            stdout: out_w,
+            stderr: err_w,
+        }),
+    )?;
     let pid = p.pid;
     let killer = Killer::new(pid)?;
     let o1 = pump_out(std::fs::File::from(out_r), tx1.clone());
@@ -299,18 +386,32 @@ fn run_attached(op: &Arc<Op>, run_dir: &std::path::Path, spec: &runtime::ExecSpe
 
 /// Handle control messages: window-resize (pty only) and signals. If the control socket closes
 /// while the command runs, the command is killed (LXD semantics).
-fn control_loop(stream: Box<dyn Stream>, killer: Killer, pty: Option<OwnedFd>) -> Option<(ws::Sender, std::thread::JoinHandle<()>)> {
+fn control_loop(
+    stream: Box<dyn Stream>,
+    killer: Killer,
+    pty: Option<OwnedFd>,
+) -> Option<(ws::Sender, std::thread::JoinHandle<()>)> {
     let (tx, mut rx) = ws::split(stream, ws::Role::Server).ok()?;
     let h = std::thread::spawn(move || {
         loop {
             match rx.recv() {
                 Ok(ws::Message::Text(t)) if !t.is_empty() => {
-                    let Ok(c) = serde_json::from_str::<api::InstanceExecControl>(&t) else { continue };
+                    let Ok(c) = serde_json::from_str::<api::InstanceExecControl>(&t) else {
+                        continue;
+                    };
                     match c.command.as_str() {
                         "signal" => killer.kill(c.signal),
                         "window-resize" => {
-                            let w = c.args.get("width").and_then(|v| v.parse().ok()).unwrap_or(80);
-                            let h = c.args.get("height").and_then(|v| v.parse().ok()).unwrap_or(24);
+                            let w = c
+                                .args
+                                .get("width")
+                                .and_then(|v| v.parse().ok())
+                                .unwrap_or(80);
+                            let h = c
+                                .args
+                                .get("height")
+                                .and_then(|v| v.parse().ok())
+                                .unwrap_or(24);
                             if let Some(p) = &pty {
                                 let _ = runtime::resize_pty(p, w, h);
                             }

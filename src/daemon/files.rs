@@ -27,10 +27,20 @@ struct Ids {
 
 impl Ids {
     fn of(rec: &InstanceRecord) -> Ids {
-        let last = rec.config.get("volatile.last_state.idmap").map(String::as_str).unwrap_or("[]");
+        let last = rec
+            .config
+            .get("volatile.last_state.idmap")
+            .map(String::as_str)
+            .unwrap_or("[]");
         match idmap::Map::from_volatile(last) {
-            Some(m) if !m.uid.is_empty() => Ids { uid: m.uid, gid: m.gid },
-            _ => Ids { uid: vec![], gid: vec![] },
+            Some(m) if !m.uid.is_empty() => Ids {
+                uid: m.uid,
+                gid: m.gid,
+            },
+            _ => Ids {
+                uid: vec![],
+                gid: vec![],
+            },
         }
     }
     fn to_disk(map: &[IdMapEntry], id: u32) -> Result<u32> {
@@ -46,14 +56,18 @@ impl Ids {
         if map.is_empty() {
             return id;
         }
-        map.iter().find(|e| id >= e.hostid && id - e.hostid < e.count).map_or(65534, |e| e.nsid + (id - e.hostid))
+        map.iter()
+            .find(|e| id >= e.hostid && id - e.hostid < e.count)
+            .map_or(65534, |e| e.nsid + (id - e.hostid))
     }
 }
 
 fn io_err(path: &str, e: rustix::io::Errno) -> Error {
     match e {
         rustix::io::Errno::NOENT => Error::NotFound(format!("{path}: no such file or directory")),
-        rustix::io::Errno::LOOP => Error::BadRequest(format!("{path}: refusing to follow a symlink")),
+        rustix::io::Errno::LOOP => {
+            Error::BadRequest(format!("{path}: refusing to follow a symlink"))
+        }
         rustix::io::Errno::XDEV => Error::BadRequest(format!("{path}: path escapes the instance")),
         rustix::io::Errno::NOTEMPTY => Error::BadRequest(format!("{path}: directory not empty")),
         rustix::io::Errno::EXIST => Error::Conflict(format!("{path}: already exists")),
@@ -75,7 +89,14 @@ fn split(path: &str) -> Result<(String, String)> {
     if name.is_empty() || name == "." || name == ".." {
         return Err(Error::BadRequest(format!("Invalid path {path:?}")));
     }
-    Ok((if parent.is_empty() { "/".into() } else { parent.to_string() }, name.to_string()))
+    Ok((
+        if parent.is_empty() {
+            "/".into()
+        } else {
+            parent.to_string()
+        },
+        name.to_string(),
+    ))
 }
 
 pub fn handle(d: &Daemon, req: &mut Request, rec: &InstanceRecord) -> Result<Response> {
@@ -87,8 +108,12 @@ pub fn handle(d: &Daemon, req: &mut Request, rec: &InstanceRecord) -> Result<Res
         return Err(Error::BadRequest("Invalid path".into()));
     }
     let rootfs = d.volume_dir(&rec.volume).join("rootfs");
-    let root = rustix::fs::open(&rootfs, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| Error::Internal(format!("{}: {e}", rootfs.display())))?;
+    let root = rustix::fs::open(
+        &rootfs,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::Internal(format!("{}: {e}", rootfs.display())))?;
     let ids = Ids::of(rec);
     match req.method.as_str() {
         "GET" | "HEAD" => pull(&root, &path, &ids, req.method == "HEAD"),
@@ -99,29 +124,53 @@ pub fn handle(d: &Daemon, req: &mut Request, rec: &InstanceRecord) -> Result<Res
 }
 
 fn headers(resp: Response, st: &rustix::fs::Stat, ids: &Ids, kind: &str) -> Response {
-    let mtime = crate::util::time::format(st.st_mtime, u32::try_from(st.st_mtime_nsec).unwrap_or(0));
-    resp.header("X-LXD-uid", &Ids::from_disk(&ids.uid, st.st_uid).to_string())
-        .header("X-LXD-gid", &Ids::from_disk(&ids.gid, st.st_gid).to_string())
-        .header("X-LXD-mode", &format!("{:04o}", st.st_mode & 0o7777))
-        .header("X-LXD-modified", &mtime)
-        .header("X-LXD-type", kind)
+    let mtime =
+        crate::util::time::format(st.st_mtime, u32::try_from(st.st_mtime_nsec).unwrap_or(0));
+    resp.header(
+        "X-LXD-uid",
+        &Ids::from_disk(&ids.uid, st.st_uid).to_string(),
+    )
+    .header(
+        "X-LXD-gid",
+        &Ids::from_disk(&ids.gid, st.st_gid).to_string(),
+    )
+    .header("X-LXD-mode", &format!("{:04o}", st.st_mode & 0o7777))
+    .header("X-LXD-modified", &mtime)
+    .header("X-LXD-type", kind)
 }
 
 fn pull(root: &OwnedFd, path: &str, ids: &Ids, head: bool) -> Result<Response> {
-    let fd = rustix::fs::openat2(root, path, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty(), RESOLVE)
-        .map_err(|e| io_err(path, e))?;
+    let fd = rustix::fs::openat2(
+        root,
+        path,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+        RESOLVE,
+    )
+    .map_err(|e| io_err(path, e))?;
     let st = rustix::fs::fstat(&fd).map_err(|e| io_err(path, e))?;
     let ft = rustix::fs::FileType::from_raw_mode(st.st_mode);
     match ft {
         rustix::fs::FileType::Symlink => {
-            let target = rustix::fs::readlinkat(&fd, "", Vec::new()).map_err(|e| io_err(path, e))?;
+            let target =
+                rustix::fs::readlinkat(&fd, "", Vec::new()).map_err(|e| io_err(path, e))?;
             let r = Response::new(200).header("Content-Type", "application/octet-stream");
-            let body = if head { Body::Empty } else { Body::Bytes(target.into_bytes()) };
+            let body = if head {
+                Body::Empty
+            } else {
+                Body::Bytes(target.into_bytes())
+            };
             Ok(headers(r, &st, ids, "symlink").body(body))
         }
         rustix::fs::FileType::Directory => {
-            let dfd = rustix::fs::openat2(root, path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty(), RESOLVE)
-                .map_err(|e| io_err(path, e))?;
+            let dfd = rustix::fs::openat2(
+                root,
+                path,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+                RESOLVE,
+            )
+            .map_err(|e| io_err(path, e))?;
             let mut names = Vec::new();
             let dir = rustix::fs::Dir::read_from(&dfd).map_err(|e| io_err(path, e))?;
             for ent in dir {
@@ -132,26 +181,46 @@ fn pull(root: &OwnedFd, path: &str, ids: &Ids, head: bool) -> Result<Response> {
                 }
             }
             names.sort();
-            let r = if head { Response::new(200) } else { response::sync(&names) };
+            let r = if head {
+                Response::new(200)
+            } else {
+                response::sync(&names)
+            };
             Ok(headers(r, &st, ids, "directory"))
         }
         rustix::fs::FileType::RegularFile => {
-            let ffd = rustix::fs::openat2(root, path, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK, Mode::empty(), RESOLVE)
-                .map_err(|e| io_err(path, e))?;
+            let ffd = rustix::fs::openat2(
+                root,
+                path,
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+                Mode::empty(),
+                RESOLVE,
+            )
+            .map_err(|e| io_err(path, e))?;
             let f = std::fs::File::from(ffd);
             let len = st.st_size as u64;
             let r = Response::new(200).header("Content-Type", "application/octet-stream");
-            let body = if head { Body::Empty } else { Body::Reader(Box::new(f.take(len)), Some(len)) };
+            let body = if head {
+                Body::Empty
+            } else {
+                Body::Reader(Box::new(f.take(len)), Some(len))
+            };
             Ok(headers(r, &st, ids, "file").body(body))
         }
-        _ => Err(Error::BadRequest(format!("{path}: not a regular file, directory or symlink"))),
+        _ => Err(Error::BadRequest(format!(
+            "{path}: not a regular file, directory or symlink"
+        ))),
     }
 }
 
 fn header_id(req: &Request, name: &str) -> Result<Option<u32>> {
     match req.header(name) {
         None | Some("") | Some("-1") => Ok(None),
-        Some(v) => v.trim().parse().map(Some).map_err(|_| Error::BadRequest(format!("Invalid {name} header {v:?}"))),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| Error::BadRequest(format!("Invalid {name} header {v:?}"))),
     }
 }
 
@@ -160,7 +229,12 @@ fn push(root: &OwnedFd, req: &mut Request, path: &str, ids: &Ids) -> Result<Resp
     let gid = header_id(req, "X-LXD-gid")?;
     let mode = match req.header("X-LXD-mode") {
         None | Some("") => None,
-        Some(m) => Some(u32::from_str_radix(m.trim(), 8).ok().filter(|m| *m <= 0o7777).ok_or_else(|| Error::BadRequest(format!("Invalid X-LXD-mode {m:?}")))?),
+        Some(m) => Some(
+            u32::from_str_radix(m.trim(), 8)
+                .ok()
+                .filter(|m| *m <= 0o7777)
+                .ok_or_else(|| Error::BadRequest(format!("Invalid X-LXD-mode {m:?}")))?,
+        ),
     };
     let kind = req.header("X-LXD-type").unwrap_or("file").to_string();
     let append = match req.header("X-LXD-write").unwrap_or("overwrite") {
@@ -169,55 +243,94 @@ fn push(root: &OwnedFd, req: &mut Request, path: &str, ids: &Ids) -> Result<Resp
         w => return Err(Error::BadRequest(format!("Invalid X-LXD-write {w:?}"))),
     };
     let (parent, name) = split(path)?;
-    let pfd = rustix::fs::openat2(root, &parent, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty(), RESOLVE)
-        .map_err(|e| io_err(&parent, e))?;
+    let pfd = rustix::fs::openat2(
+        root,
+        &parent,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        RESOLVE,
+    )
+    .map_err(|e| io_err(&parent, e))?;
     let disk_uid = uid.map(|u| Ids::to_disk(&ids.uid, u)).transpose()?;
     let disk_gid = gid.map(|g| Ids::to_disk(&ids.gid, g)).transpose()?;
     let owner = |fd: &OwnedFd, created: bool| -> Result<()> {
         // New objects default to container root; existing ones keep their owner unless asked.
         let (u, g) = if created {
-            (Some(disk_uid.map_or_else(|| Ids::to_disk(&ids.uid, 0), Ok)?), Some(disk_gid.map_or_else(|| Ids::to_disk(&ids.gid, 0), Ok)?))
+            (
+                Some(disk_uid.map_or_else(|| Ids::to_disk(&ids.uid, 0), Ok)?),
+                Some(disk_gid.map_or_else(|| Ids::to_disk(&ids.gid, 0), Ok)?),
+            )
         } else {
             (disk_uid, disk_gid)
         };
         if u.is_some() || g.is_some() {
-            rustix::fs::fchown(fd, u.map(|u| disk_uid_of(u)), g.map(|g| disk_gid_of(g))).map_err(|e| io_err(path, e))?;
+            rustix::fs::fchown(fd, u.map(|u| disk_uid_of(u)), g.map(|g| disk_gid_of(g)))
+                .map_err(|e| io_err(path, e))?;
         }
         Ok(())
     };
     match kind.as_str() {
         "directory" => {
-            let created = match rustix::fs::mkdirat(&pfd, name.as_str(), Mode::from_raw_mode(mode.unwrap_or(0o755))) {
+            let created = match rustix::fs::mkdirat(
+                &pfd,
+                name.as_str(),
+                Mode::from_raw_mode(mode.unwrap_or(0o755)),
+            ) {
                 Ok(()) => true,
                 Err(rustix::io::Errno::EXIST) => false,
                 Err(e) => return Err(io_err(path, e)),
             };
-            let dfd = rustix::fs::openat(&pfd, name.as_str(), OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-                .map_err(|e| io_err(path, e))?;
+            let dfd = rustix::fs::openat(
+                &pfd,
+                name.as_str(),
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| io_err(path, e))?;
             owner(&dfd, created)?;
             if let Some(m) = mode.or(created.then_some(0o755)) {
                 rustix::fs::fchmod(&dfd, Mode::from_raw_mode(m)).map_err(|e| io_err(path, e))?;
             }
         }
         "symlink" => {
-            let target = req.read_body(4096).map_err(|e| Error::BadRequest(format!("symlink target: {e}")))?;
-            let target = String::from_utf8(target).map_err(|_| Error::BadRequest("symlink target is not UTF-8".into()))?;
+            let target = req
+                .read_body(4096)
+                .map_err(|e| Error::BadRequest(format!("symlink target: {e}")))?;
+            let target = String::from_utf8(target)
+                .map_err(|_| Error::BadRequest("symlink target is not UTF-8".into()))?;
             match rustix::fs::symlinkat(target.as_str(), &pfd, name.as_str()) {
                 Ok(()) => {}
                 Err(rustix::io::Errno::EXIST) => {
-                    let st = rustix::fs::statat(&pfd, name.as_str(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW).map_err(|e| io_err(path, e))?;
-                    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Symlink {
-                        return Err(Error::Conflict(format!("{path}: exists and is not a symlink")));
+                    let st = rustix::fs::statat(
+                        &pfd,
+                        name.as_str(),
+                        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+                    )
+                    .map_err(|e| io_err(path, e))?;
+                    if rustix::fs::FileType::from_raw_mode(st.st_mode)
+                        != rustix::fs::FileType::Symlink
+                    {
+                        return Err(Error::Conflict(format!(
+                            "{path}: exists and is not a symlink"
+                        )));
                     }
-                    rustix::fs::unlinkat(&pfd, name.as_str(), rustix::fs::AtFlags::empty()).map_err(|e| io_err(path, e))?;
-                    rustix::fs::symlinkat(target.as_str(), &pfd, name.as_str()).map_err(|e| io_err(path, e))?;
+                    rustix::fs::unlinkat(&pfd, name.as_str(), rustix::fs::AtFlags::empty())
+                        .map_err(|e| io_err(path, e))?;
+                    rustix::fs::symlinkat(target.as_str(), &pfd, name.as_str())
+                        .map_err(|e| io_err(path, e))?;
                 }
                 Err(e) => return Err(io_err(path, e)),
             }
             let u = disk_uid.map_or_else(|| Ids::to_disk(&ids.uid, 0), Ok)?;
             let g = disk_gid.map_or_else(|| Ids::to_disk(&ids.gid, 0), Ok)?;
-            rustix::fs::chownat(&pfd, name.as_str(), Some(disk_uid_of(u)), Some(disk_gid_of(g)), rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(|e| io_err(path, e))?;
+            rustix::fs::chownat(
+                &pfd,
+                name.as_str(),
+                Some(disk_uid_of(u)),
+                Some(disk_gid_of(g)),
+                rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| io_err(path, e))?;
         }
         "file" => {
             let (fd, created) = match rustix::fs::openat(
@@ -228,11 +341,19 @@ fn push(root: &OwnedFd, req: &mut Request, path: &str, ids: &Ids) -> Result<Resp
             ) {
                 Ok(fd) => (fd, true),
                 Err(rustix::io::Errno::EXIST) => {
-                    let mut flags = OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
-                    flags |= if append { OFlags::APPEND } else { OFlags::TRUNC };
-                    let fd = rustix::fs::openat(&pfd, name.as_str(), flags, Mode::empty()).map_err(|e| io_err(path, e))?;
+                    let mut flags =
+                        OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+                    flags |= if append {
+                        OFlags::APPEND
+                    } else {
+                        OFlags::TRUNC
+                    };
+                    let fd = rustix::fs::openat(&pfd, name.as_str(), flags, Mode::empty())
+                        .map_err(|e| io_err(path, e))?;
                     let st = rustix::fs::fstat(&fd).map_err(|e| io_err(path, e))?;
-                    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+                    if rustix::fs::FileType::from_raw_mode(st.st_mode)
+                        != rustix::fs::FileType::RegularFile
+                    {
                         return Err(Error::BadRequest(format!("{path}: not a regular file")));
                     }
                     (fd, false)
@@ -244,14 +365,22 @@ fn push(root: &OwnedFd, req: &mut Request, path: &str, ids: &Ids) -> Result<Resp
                 if let Some(m) = mode.or(created.then_some(0o644)) {
                     rustix::fs::fchmod(&fd, Mode::from_raw_mode(m)).map_err(|e| io_err(path, e))?;
                 }
-                let mut f = std::fs::File::from(fd.as_fd().try_clone_to_owned().map_err(|e| Error::Internal(e.to_string()))?);
+                let mut f = std::fs::File::from(
+                    fd.as_fd()
+                        .try_clone_to_owned()
+                        .map_err(|e| Error::Internal(e.to_string()))?,
+                );
                 let mut buf = vec![0u8; 256 * 1024];
                 loop {
-                    let n = req.body().read(&mut buf).map_err(|e| Error::BadRequest(format!("reading upload: {e}")))?;
+                    let n = req
+                        .body()
+                        .read(&mut buf)
+                        .map_err(|e| Error::BadRequest(format!("reading upload: {e}")))?;
                     if n == 0 {
                         break;
                     }
-                    f.write_all(&buf[..n]).map_err(|e| Error::Internal(format!("{path}: {e}")))?;
+                    f.write_all(&buf[..n])
+                        .map_err(|e| Error::Internal(format!("{path}: {e}")))?;
                 }
                 Ok(())
             })();
@@ -267,14 +396,22 @@ fn push(root: &OwnedFd, req: &mut Request, path: &str, ids: &Ids) -> Result<Resp
 
 fn remove(root: &OwnedFd, path: &str) -> Result<Response> {
     let (parent, name) = split(path)?;
-    let pfd = rustix::fs::openat2(root, &parent, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty(), RESOLVE)
-        .map_err(|e| io_err(&parent, e))?;
-    let st = rustix::fs::statat(&pfd, name.as_str(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW).map_err(|e| io_err(path, e))?;
-    let flags = if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory {
-        rustix::fs::AtFlags::REMOVEDIR
-    } else {
-        rustix::fs::AtFlags::empty()
-    };
+    let pfd = rustix::fs::openat2(
+        root,
+        &parent,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        RESOLVE,
+    )
+    .map_err(|e| io_err(&parent, e))?;
+    let st = rustix::fs::statat(&pfd, name.as_str(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| io_err(path, e))?;
+    let flags =
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory {
+            rustix::fs::AtFlags::REMOVEDIR
+        } else {
+            rustix::fs::AtFlags::empty()
+        };
     rustix::fs::unlinkat(&pfd, name.as_str(), flags).map_err(|e| io_err(path, e))?;
     Ok(response::empty())
 }
@@ -293,7 +430,10 @@ mod tests {
 
     #[test]
     fn splits_paths() {
-        assert_eq!(split("/etc/hostname").unwrap(), ("/etc".into(), "hostname".into()));
+        assert_eq!(
+            split("/etc/hostname").unwrap(),
+            ("/etc".into(), "hostname".into())
+        );
         assert_eq!(split("/x").unwrap(), ("/".into(), "x".into()));
         assert_eq!(split("/a/b/").unwrap(), ("/a".into(), "b".into()));
         assert!(split("relative").is_err());
@@ -303,7 +443,11 @@ mod tests {
 
     #[test]
     fn maps_ids() {
-        let m = vec![IdMapEntry { nsid: 0, hostid: 1_000_000, count: 65536 }];
+        let m = vec![IdMapEntry {
+            nsid: 0,
+            hostid: 1_000_000,
+            count: 65536,
+        }];
         assert_eq!(Ids::to_disk(&m, 5).unwrap(), 1_000_005);
         assert!(Ids::to_disk(&m, 70000).is_err());
         assert_eq!(Ids::from_disk(&m, 1_000_005), 5);

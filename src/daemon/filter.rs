@@ -25,7 +25,11 @@ fn lex(s: &str) -> Result<Vec<Tok>> {
                 match chars.next() {
                     Some(x) if x == c => break,
                     Some(x) => w.push(x),
-                    None => return Err(Error::BadRequest(format!("Invalid filter {s:?}: unterminated quote"))),
+                    None => {
+                        return Err(Error::BadRequest(format!(
+                            "Invalid filter {s:?}: unterminated quote"
+                        )))
+                    }
                 }
             }
             out.push(Tok::Word(w));
@@ -67,7 +71,9 @@ impl Filter {
             if w == "not" {
                 neg = true;
                 i += 1;
-                let Some(Tok::Word(k)) = toks.get(i) else { return Err(bad("expected a key after not")) };
+                let Some(Tok::Word(k)) = toks.get(i) else {
+                    return Err(bad("expected a key after not"));
+                };
                 key = k.clone();
             }
             let op = match toks.get(i + 1) {
@@ -75,8 +81,13 @@ impl Filter {
                 Some(Tok::Word(o)) if o == "ne" => false,
                 _ => return Err(bad("expected eq or ne")),
             };
-            let Some(Tok::Word(val)) = toks.get(i + 2) else { return Err(bad("expected a value")) };
-            clauses.last_mut().expect("one clause").push((neg, key, op, val.clone()));
+            let Some(Tok::Word(val)) = toks.get(i + 2) else {
+                return Err(bad("expected a value"));
+            };
+            clauses
+                .last_mut()
+                .expect("one clause")
+                .push((neg, key, op, val.clone()));
             i += 3;
             match toks.get(i) {
                 None => {}

@@ -37,7 +37,13 @@ impl Map {
     pub fn to_volatile(&self) -> String {
         let mut v: Vec<Entry> = Vec::new();
         let mut push = |e: &IdMapEntry, isuid: bool| {
-            v.push(Entry { isuid, isgid: !isuid, hostid: e.hostid, nsid: e.nsid, maprange: e.count });
+            v.push(Entry {
+                isuid,
+                isgid: !isuid,
+                hostid: e.hostid,
+                nsid: e.nsid,
+                maprange: e.count,
+            });
         };
         for e in &self.uid {
             push(e, true);
@@ -50,9 +56,16 @@ impl Map {
 
     pub fn from_volatile(s: &str) -> Option<Map> {
         let v: Vec<Entry> = serde_json::from_str(s).ok()?;
-        let mut m = Map { uid: vec![], gid: vec![] };
+        let mut m = Map {
+            uid: vec![],
+            gid: vec![],
+        };
         for e in v {
-            let x = IdMapEntry { nsid: e.nsid, hostid: e.hostid, count: e.maprange };
+            let x = IdMapEntry {
+                nsid: e.nsid,
+                hostid: e.hostid,
+                count: e.maprange,
+            };
             if e.isuid {
                 m.uid.push(x);
             }
@@ -97,26 +110,45 @@ pub fn parse_raw(raw: &str) -> Result<Vec<(bool, bool, IdMapEntry)>> {
         if hn != nn {
             return Err(bad());
         }
-        out.push((u, g, IdMapEntry { nsid: n, hostid: h, count: hn }));
+        out.push((
+            u,
+            g,
+            IdMapEntry {
+                nsid: n,
+                hostid: h,
+                count: hn,
+            },
+        ));
     }
     Ok(out)
 }
 
 /// `base -> [0, size)` with the `raw` entries punched in.
 fn build(base: u32, size: u32, raw: &[IdMapEntry]) -> Vec<IdMapEntry> {
-    let mut holes: Vec<(u32, u32)> = raw.iter().map(|e| (e.nsid, e.nsid.saturating_add(e.count))).collect();
+    let mut holes: Vec<(u32, u32)> = raw
+        .iter()
+        .map(|e| (e.nsid, e.nsid.saturating_add(e.count)))
+        .collect();
     holes.sort();
     let mut out = Vec::new();
     let mut cur = 0u32;
     for (a, b) in holes {
         if a > cur && cur < size {
             let end = a.min(size);
-            out.push(IdMapEntry { nsid: cur, hostid: base + cur, count: end - cur });
+            out.push(IdMapEntry {
+                nsid: cur,
+                hostid: base + cur,
+                count: end - cur,
+            });
         }
         cur = cur.max(b);
     }
     if cur < size {
-        out.push(IdMapEntry { nsid: cur, hostid: base + cur, count: size - cur });
+        out.push(IdMapEntry {
+            nsid: cur,
+            hostid: base + cur,
+            count: size - cur,
+        });
     }
     out.extend_from_slice(raw);
     out.sort_by_key(|e| e.nsid);
@@ -130,18 +162,26 @@ pub fn compute(config: &StringMap, taken: &[u32]) -> Result<Map> {
     let (ubase, ucount, gbase, gcount) = (u.hostid, u.count, g.hostid, g.count);
     let get = |k: &str| config.get(k).map(String::as_str).filter(|v| !v.is_empty());
     let size: u32 = match get("security.idmap.size") {
-        Some(v) => v.parse().map_err(|_| Error::BadRequest(format!("Invalid security.idmap.size {v:?}")))?,
+        Some(v) => v
+            .parse()
+            .map_err(|_| Error::BadRequest(format!("Invalid security.idmap.size {v:?}")))?,
         None => DEFAULT_SIZE,
     };
     let isolated = get("security.idmap.isolated").is_some_and(|v| v == "true");
     let offset: u32 = if let Some(b) = get("security.idmap.base") {
-        let b: u32 = b.parse().map_err(|_| Error::BadRequest(format!("Invalid security.idmap.base {b:?}")))?;
-        b.checked_sub(ubase).ok_or_else(|| Error::BadRequest("security.idmap.base is below the host's range".into()))?
+        let b: u32 = b
+            .parse()
+            .map_err(|_| Error::BadRequest(format!("Invalid security.idmap.base {b:?}")))?;
+        b.checked_sub(ubase).ok_or_else(|| {
+            Error::BadRequest("security.idmap.base is below the host's range".into())
+        })?
     } else if isolated {
         // First free slot of `size` ids after the shared range.
         let mut k = 1u32;
         loop {
-            let off = k.checked_mul(size.max(DEFAULT_SIZE)).ok_or_else(|| Error::Conflict("no free id range left".into()))?;
+            let off = k
+                .checked_mul(size.max(DEFAULT_SIZE))
+                .ok_or_else(|| Error::Conflict("no free id range left".into()))?;
             if !taken.contains(&(ubase + off)) {
                 break off;
             }
@@ -150,13 +190,21 @@ pub fn compute(config: &StringMap, taken: &[u32]) -> Result<Map> {
     } else {
         0
     };
-    if offset.checked_add(size).is_none_or(|end| end > ucount.min(gcount)) {
-        return Err(Error::BadRequest(format!("Not enough ids in the host range for a map of {size}")));
+    if offset
+        .checked_add(size)
+        .is_none_or(|end| end > ucount.min(gcount))
+    {
+        return Err(Error::BadRequest(format!(
+            "Not enough ids in the host range for a map of {size}"
+        )));
     }
     let raw = parse_raw(get("raw.idmap").unwrap_or(""))?;
     let ru: Vec<IdMapEntry> = raw.iter().filter(|r| r.0).map(|r| r.2).collect();
     let rg: Vec<IdMapEntry> = raw.iter().filter(|r| r.1).map(|r| r.2).collect();
-    Ok(Map { uid: build(ubase + offset, size, &ru), gid: build(gbase + offset, size, &rg) })
+    Ok(Map {
+        uid: build(ubase + offset, size, &ru),
+        gid: build(gbase + offset, size, &rg),
+    })
 }
 
 #[cfg(test)]
@@ -165,13 +213,33 @@ mod tests {
 
     #[test]
     fn raw_punches_holes() {
-        let m = build(1_000_000, 65536, &[IdMapEntry { nsid: 1000, hostid: 1000, count: 1 }]);
+        let m = build(
+            1_000_000,
+            65536,
+            &[IdMapEntry {
+                nsid: 1000,
+                hostid: 1000,
+                count: 1,
+            }],
+        );
         assert_eq!(
             m,
             vec![
-                IdMapEntry { nsid: 0, hostid: 1_000_000, count: 1000 },
-                IdMapEntry { nsid: 1000, hostid: 1000, count: 1 },
-                IdMapEntry { nsid: 1001, hostid: 1_001_001, count: 64535 },
+                IdMapEntry {
+                    nsid: 0,
+                    hostid: 1_000_000,
+                    count: 1000
+                },
+                IdMapEntry {
+                    nsid: 1000,
+                    hostid: 1000,
+                    count: 1
+                },
+                IdMapEntry {
+                    nsid: 1001,
+                    hostid: 1_001_001,
+                    count: 64535
+                },
             ]
         );
     }
@@ -180,16 +248,41 @@ mod tests {
     fn parses_raw() {
         let r = parse_raw("both 1000 1000\nuid 50-52 500-502\n").unwrap();
         assert_eq!(r.len(), 2);
-        assert_eq!(r[1], (true, false, IdMapEntry { nsid: 500, hostid: 50, count: 3 }));
+        assert_eq!(
+            r[1],
+            (
+                true,
+                false,
+                IdMapEntry {
+                    nsid: 500,
+                    hostid: 50,
+                    count: 3
+                }
+            )
+        );
         assert!(parse_raw("both 1-3 1-2").is_err());
         assert!(parse_raw("all 1 1").is_err());
     }
 
     #[test]
     fn volatile_round_trip() {
-        let m = Map { uid: vec![IdMapEntry { nsid: 0, hostid: 1_000_000, count: 65536 }], gid: vec![IdMapEntry { nsid: 0, hostid: 1_000_000, count: 65536 }] };
+        let m = Map {
+            uid: vec![IdMapEntry {
+                nsid: 0,
+                hostid: 1_000_000,
+                count: 65536,
+            }],
+            gid: vec![IdMapEntry {
+                nsid: 0,
+                hostid: 1_000_000,
+                count: 65536,
+            }],
+        };
         let s = m.to_volatile();
-        assert_eq!(s, r#"[{"Isuid":true,"Isgid":false,"Hostid":1000000,"Nsid":0,"Maprange":65536},{"Isuid":false,"Isgid":true,"Hostid":1000000,"Nsid":0,"Maprange":65536}]"#);
+        assert_eq!(
+            s,
+            r#"[{"Isuid":true,"Isgid":false,"Hostid":1000000,"Nsid":0,"Maprange":65536},{"Isuid":false,"Isgid":true,"Hostid":1000000,"Nsid":0,"Maprange":65536}]"#
+        );
         assert_eq!(Map::from_volatile(&s).unwrap(), m);
     }
 }

@@ -40,7 +40,10 @@ fn resources(name: &str) -> BTreeMap<String, Vec<String>> {
 }
 
 pub fn has_root_disk(devices: &Devices) -> bool {
-    devices.values().any(|d| d.get("type").map(String::as_str) == Some("disk") && d.get("path").map(String::as_str) == Some("/"))
+    devices.values().any(|d| {
+        d.get("type").map(String::as_str) == Some("disk")
+            && d.get("path").map(String::as_str) == Some("/")
+    })
 }
 
 fn not_found() -> Error {
@@ -48,7 +51,13 @@ fn not_found() -> Error {
 }
 
 fn record(d: &Daemon, name: &str) -> Result<InstanceRecord> {
-    d.db.lock().expect("db lock").data.instances.get(name).cloned().ok_or_else(not_found)
+    d.db.lock()
+        .expect("db lock")
+        .data
+        .instances
+        .get(name)
+        .cloned()
+        .ok_or_else(not_found)
 }
 
 fn expanded(d: &Daemon, rec: &InstanceRecord) -> (StringMap, Devices) {
@@ -93,12 +102,22 @@ fn to_api(d: &Daemon, name: &str, rec: &InstanceRecord, st: &State) -> api::Inst
 }
 
 fn etag_of(rec: &InstanceRecord) -> String {
-    response::etag(&(&rec.architecture, &rec.config, &rec.devices, rec.ephemeral, &rec.profiles))
+    response::etag(&(
+        &rec.architecture,
+        &rec.config,
+        &rec.devices,
+        rec.ephemeral,
+        &rec.profiles,
+    ))
 }
 
 fn state_api(d: &Daemon, name: &str, st: &State) -> api::InstanceState {
     let (s, code) = status_of(st);
-    let mut out = api::InstanceState { status: s.into(), status_code: code, ..Default::default() };
+    let mut out = api::InstanceState {
+        status: s.into(),
+        status_code: code,
+        ..Default::default()
+    };
     if let State::Running { init_pid, .. } = st {
         out.pid = i64::from(*init_pid);
         if let Ok(stats) = runtime::stats(&d.run_dir(name)) {
@@ -132,7 +151,13 @@ pub fn list(d: &Daemon, req: &Request) -> Result<Response> {
     let filter = Filter::parse(req.query("filter").unwrap_or(""))?;
     let rec_level = recursion(req);
     let records: Vec<(String, InstanceRecord)> =
-        d.db.lock().expect("db lock").data.instances.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        d.db.lock()
+            .expect("db lock")
+            .data
+            .instances
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
     let mut out: Vec<serde_json::Value> = Vec::new();
     for (name, rec) in records {
         let st = state_of(d, &name);
@@ -158,29 +183,60 @@ pub fn list(d: &Daemon, req: &Request) -> Result<Response> {
 
 /// A generated name (`lxc launch img` without a name).
 fn generate_name(d: &Daemon) -> String {
-    const ADJ: &[&str] = &["brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "keen", "lively", "merry", "nimble", "proud", "quick", "sunny", "witty", "bold"];
-    const NOUN: &[&str] = &["otter", "falcon", "badger", "heron", "lynx", "marten", "osprey", "panda", "quail", "raven", "seal", "tapir", "wren", "yak", "bison", "crane"];
+    const ADJ: &[&str] = &[
+        "brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "keen", "lively", "merry",
+        "nimble", "proud", "quick", "sunny", "witty", "bold",
+    ];
+    const NOUN: &[&str] = &[
+        "otter", "falcon", "badger", "heron", "lynx", "marten", "osprey", "panda", "quail",
+        "raven", "seal", "tapir", "wren", "yak", "bison", "crane",
+    ];
     loop {
         let s = super::operations::secret();
         let b = s.as_bytes();
-        let name = format!("{}-{}", ADJ[usize::from(b[0]) % ADJ.len()], NOUN[usize::from(b[1]) % NOUN.len()]);
-        if !d.db.lock().expect("db lock").data.instances.contains_key(&name) {
+        let name = format!(
+            "{}-{}",
+            ADJ[usize::from(b[0]) % ADJ.len()],
+            NOUN[usize::from(b[1]) % NOUN.len()]
+        );
+        if !d
+            .db
+            .lock()
+            .expect("db lock")
+            .data
+            .instances
+            .contains_key(&name)
+        {
             return name;
         }
     }
 }
 
 pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
-    if req.header("Content-Type").is_some_and(|c| c.starts_with("application/octet-stream")) {
+    if req
+        .header("Content-Type")
+        .is_some_and(|c| c.starts_with("application/octet-stream"))
+    {
         return Err(Error::not_yet("creating instances from backups"));
     }
     let body: api::InstancesPost = json(req)?;
     if !body.kind.is_empty() && body.kind != "container" {
-        return Err(Error::BadRequest(format!("Instance type {:?} is not supported (containers only)", body.kind)));
+        return Err(Error::BadRequest(format!(
+            "Instance type {:?} is not supported (containers only)",
+            body.kind
+        )));
     }
-    let name = if body.name.is_empty() { generate_name(d) } else { body.name.clone() };
+    let name = if body.name.is_empty() {
+        generate_name(d)
+    } else {
+        body.name.clone()
+    };
     config::validate_instance_name(&name)?;
-    let profiles = body.put.profiles.clone().unwrap_or_else(|| vec!["default".into()]);
+    let profiles = body
+        .put
+        .profiles
+        .clone()
+        .unwrap_or_else(|| vec!["default".into()]);
     let config_in = body.put.config.clone().unwrap_or_default();
     let devices_in = body.put.devices.clone().unwrap_or_default();
     config::validate_config(&config_in, &StringMap::new())?;
@@ -192,7 +248,9 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
         }
         for p in &profiles {
             if !db.data.profiles.contains_key(p) {
-                return Err(Error::BadRequest(format!("Requested profile {p:?} doesn't exist")));
+                return Err(Error::BadRequest(format!(
+                    "Requested profile {p:?} doesn't exist"
+                )));
             }
         }
         let (_, devs) = config::expand(&profiles, &db.data.profiles, &config_in, &devices_in);
@@ -212,11 +270,18 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
     // Reserve the name now so two concurrent creates cannot both pass the check.
     d.busy_insert(&guard_name, "create")?;
     let d2 = d.self_arc();
-    let op = d.ops.start(Class::Task, "Creating instance", resources(&name), None, vec![], move |_op| {
-        let res = create_now(&d2, &name, &body, profiles, config_in, devices_in, image);
-        d2.busy.lock().expect("busy lock").remove(&name);
-        res
-    });
+    let op = d.ops.start(
+        Class::Task,
+        "Creating instance",
+        resources(&name),
+        None,
+        vec![],
+        move |_op| {
+            let res = create_now(&d2, &name, &body, profiles, config_in, devices_in, image);
+            d2.busy.lock().expect("busy lock").remove(&name);
+            res
+        },
+    );
     Ok(response::operation(&op.to_api()))
 }
 
@@ -228,19 +293,29 @@ fn resolve_image(d: &Daemon, s: &api::InstanceSource) -> Result<api::Image> {
         return Ok(d.images.get(&s.fingerprint)?);
     }
     if !s.alias.is_empty() {
-        let a = d.images.alias_get(&s.alias).map_err(|_| Error::NotFound(format!("Image alias {:?} not found", s.alias)))?;
+        let a = d
+            .images
+            .alias_get(&s.alias)
+            .map_err(|_| Error::NotFound(format!("Image alias {:?} not found", s.alias)))?;
         return Ok(d.images.get(&a.target)?);
     }
     if !s.properties.is_empty() {
         let mut best: Option<api::Image> = None;
         for img in d.images.list()? {
-            if s.properties.iter().all(|(k, v)| img.put.properties.get(k) == Some(v)) && best.as_ref().is_none_or(|b| img.created_at > b.created_at) {
+            if s.properties
+                .iter()
+                .all(|(k, v)| img.put.properties.get(k) == Some(v))
+                && best.as_ref().is_none_or(|b| img.created_at > b.created_at)
+            {
                 best = Some(img);
             }
         }
-        return best.ok_or_else(|| Error::NotFound("No image matches the requested properties".into()));
+        return best
+            .ok_or_else(|| Error::NotFound("No image matches the requested properties".into()));
     }
-    Err(Error::BadRequest("Image source needs a fingerprint, an alias or properties".into()))
+    Err(Error::BadRequest(
+        "Image source needs a fingerprint, an alias or properties".into(),
+    ))
 }
 
 /// Removes a half-made volume unless disarmed.
@@ -267,7 +342,8 @@ fn create_now(
     let volume = super::operations::uuid();
     let final_dir = d.volume_dir(&volume);
     let tmp = d.volume_dir(&format!("{volume}.tmp"));
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::Internal(format!("{}: {e}", tmp.display())))?;
+    std::fs::create_dir_all(&tmp)
+        .map_err(|e| Error::Internal(format!("{}: {e}", tmp.display())))?;
     let mut revert = VolumeRevert(Some(tmp.clone()));
     let mut architecture = d.host.architecture.clone();
     let (expanded_cfg, _) = {
@@ -282,10 +358,14 @@ fn create_now(
             &img.fingerprint,
             &tmp.join("rootfs"),
             &tmp.join("templates"),
-            &image::UnpackOpts { skip_devices: !privileged, max_bytes: 64 << 30 },
+            &image::UnpackOpts {
+                skip_devices: !privileged,
+                max_bytes: 64 << 30,
+            },
         )?;
         let m = serde_json::to_vec_pretty(&meta).map_err(|e| Error::Internal(e.to_string()))?;
-        crate::util::fs::atomic_write(&tmp.join("metadata.json"), &m).map_err(|e| Error::Internal(e.to_string()))?;
+        crate::util::fs::atomic_write(&tmp.join("metadata.json"), &m)
+            .map_err(|e| Error::Internal(e.to_string()))?;
         for (k, v) in &img.put.properties {
             cfg.entry(format!("image.{k}")).or_insert_with(|| v.clone());
         }
@@ -297,7 +377,10 @@ fn create_now(
     } else {
         std::fs::create_dir_all(tmp.join("rootfs")).map_err(|e| Error::Internal(e.to_string()))?;
     }
-    if !body.put.architecture.is_empty() && image.is_none() && body.put.architecture.parse::<u32>().is_err() {
+    if !body.put.architecture.is_empty()
+        && image.is_none()
+        && body.put.architecture.parse::<u32>().is_err()
+    {
         architecture = body.put.architecture.clone();
     }
     cfg.insert("volatile.uuid".into(), super::operations::uuid());
@@ -308,7 +391,10 @@ fn create_now(
         cfg.insert("volatile.idmap.next".into(), "[]".into());
         cfg.insert("volatile.last_state.idmap".into(), "[]".into());
     } else {
-        cfg.insert("volatile.idmap.base".into(), map.uid.first().map_or(0, |e| e.hostid).to_string());
+        cfg.insert(
+            "volatile.idmap.base".into(),
+            map.uid.first().map_or(0, |e| e.hostid).to_string(),
+        );
         cfg.insert("volatile.idmap.next".into(), map.to_volatile());
         // Idmapped mounts where the filesystem has them (no chown); otherwise shift the ids on
         // disk once and record the map they were shifted to (LXD's volatile.last_state.idmap).
@@ -319,7 +405,8 @@ fn create_now(
             cfg.insert("volatile.last_state.idmap".into(), map.to_volatile());
         }
     }
-    std::fs::rename(&tmp, &final_dir).map_err(|e| Error::Internal(format!("{}: {e}", final_dir.display())))?;
+    std::fs::rename(&tmp, &final_dir)
+        .map_err(|e| Error::Internal(format!("{}: {e}", final_dir.display())))?;
     revert.0 = Some(final_dir.clone());
     let now = time::now();
     let rec = InstanceRecord {
@@ -338,10 +425,12 @@ fn create_now(
     if db.data.instances.contains_key(name) {
         return Err(Error::Conflict(format!("Instance {name:?} already exists")));
     }
-    db.update(|data| data.instances.insert(name.to_string(), rec)).map_err(|e| Error::Internal(format!("saving instance: {e}")))?;
+    db.update(|data| data.instances.insert(name.to_string(), rec))
+        .map_err(|e| Error::Internal(format!("saving instance: {e}")))?;
     drop(db);
     revert.0 = None;
-    d.events.lifecycle("instance-created", &url(name), serde_json::json!({}));
+    d.events
+        .lifecycle("instance-created", &url(name), serde_json::json!({}));
     Ok(())
 }
 
@@ -350,8 +439,16 @@ fn isolated_bases(d: &Daemon) -> Vec<u32> {
     db.data
         .instances
         .values()
-        .filter(|r| r.config.get("security.idmap.isolated").is_some_and(|v| v == "true"))
-        .filter_map(|r| r.config.get("volatile.idmap.base").and_then(|v| v.parse().ok()))
+        .filter(|r| {
+            r.config
+                .get("security.idmap.isolated")
+                .is_some_and(|v| v == "true")
+        })
+        .filter_map(|r| {
+            r.config
+                .get("volatile.idmap.base")
+                .and_then(|v| v.parse().ok())
+        })
         .collect()
 }
 
@@ -388,7 +485,8 @@ pub fn route(d: &Daemon, req: &mut Request, name: &str, sub: &[&str]) -> Result<
         }
         (["metadata"], "GET") => metadata_get(d, name),
         (["metadata", "templates"], "GET") => templates(d, req, name),
-        (["metadata"], "PUT" | "PATCH") | (["metadata", "templates"], "POST" | "PUT" | "DELETE") => {
+        (["metadata"], "PUT" | "PATCH")
+        | (["metadata", "templates"], "POST" | "PUT" | "DELETE") => {
             Err(Error::not_yet("editing instance metadata and templates"))
         }
         (["snapshots"], "GET") => {
@@ -402,9 +500,12 @@ pub fn route(d: &Daemon, req: &mut Request, name: &str, sub: &[&str]) -> Result<
         }
         (["backups", ..], _) => Err(Error::not_yet("instance backups")),
         (["sftp"], _) => Err(Error::not_yet("sftp (lxc file mount)")),
-        ([], _) | (["state"], _) | (["exec"], _) | (["files"], _) | (["logs"], _) | (["metadata"], _) => {
-            Err(Error::MethodNotAllowed(format!("method {m} not allowed")))
-        }
+        ([], _)
+        | (["state"], _)
+        | (["exec"], _)
+        | (["files"], _)
+        | (["logs"], _)
+        | (["metadata"], _) => Err(Error::MethodNotAllowed(format!("method {m} not allowed"))),
         _ => Err(Error::NotFound("not found".into())),
     }
 }
@@ -422,8 +523,8 @@ fn get(d: &Daemon, req: &Request, name: &str) -> Result<Response> {
 
 fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Response> {
     let body: serde_json::Value = json(req)?;
-    let put: api::InstancePut =
-        serde_json::from_value(body.clone()).map_err(|e| Error::BadRequest(format!("Failed to parse request: {e}")))?;
+    let put: api::InstancePut = serde_json::from_value(body.clone())
+        .map_err(|e| Error::BadRequest(format!("Failed to parse request: {e}")))?;
     if !put.restore.is_empty() {
         if patch {
             return Err(Error::BadRequest("Restore isn't allowed with PATCH".into()));
@@ -461,7 +562,12 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
         }
     } else {
         // PUT replaces the user keys; volatile keys the client left out are kept.
-        let mut c: StringMap = put.config.clone().into_iter().filter(|(_, v)| !v.is_empty()).collect();
+        let mut c: StringMap = put
+            .config
+            .clone()
+            .into_iter()
+            .filter(|(_, v)| !v.is_empty())
+            .collect();
         for (k, v) in &cur.config {
             if k.starts_with("volatile.") && !put.config.contains_key(k) {
                 c.insert(k.clone(), v.clone());
@@ -474,16 +580,25 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
         next.description = put.description.clone();
     }
     if !put.architecture.is_empty() && put.architecture != cur.architecture {
-        return Err(Error::BadRequest("The architecture of an instance cannot be changed".into()));
+        return Err(Error::BadRequest(
+            "The architecture of an instance cannot be changed".into(),
+        ));
     }
     config::validate_config(&next.config, &cur.config)?;
     config::validate_devices(&next.devices)?;
     for p in &next.profiles {
         if !db.data.profiles.contains_key(p) {
-            return Err(Error::BadRequest(format!("Requested profile {p:?} doesn't exist")));
+            return Err(Error::BadRequest(format!(
+                "Requested profile {p:?} doesn't exist"
+            )));
         }
     }
-    let (ec, ed) = config::expand(&next.profiles, &db.data.profiles, &next.config, &next.devices);
+    let (ec, ed) = config::expand(
+        &next.profiles,
+        &db.data.profiles,
+        &next.config,
+        &next.devices,
+    );
     if !has_root_disk(&ed) {
         return Err(Error::BadRequest("No root device could be found".into()));
     }
@@ -491,24 +606,41 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
     if running {
         // Keys that only take effect at start are refused on a running instance when changed.
         let (oc, _) = config::expand(&cur.profiles, &db.data.profiles, &cur.config, &cur.devices);
-        for k in ["security.privileged", "security.idmap.isolated", "security.idmap.base", "security.idmap.size", "raw.idmap"] {
+        for k in [
+            "security.privileged",
+            "security.idmap.isolated",
+            "security.idmap.base",
+            "security.idmap.size",
+            "raw.idmap",
+        ] {
             if oc.get(k) != ec.get(k) {
-                return Err(Error::BadRequest(format!("{k} can't be changed while the instance is running")));
+                return Err(Error::BadRequest(format!(
+                    "{k} can't be changed while the instance is running"
+                )));
             }
         }
         config::limits(&ec, d.host.total_memory, d.host.ncpus)?;
     }
-    db.update(|data| data.instances.insert(name.to_string(), next)).map_err(|e| Error::Internal(e.to_string()))?;
+    db.update(|data| data.instances.insert(name.to_string(), next))
+        .map_err(|e| Error::Internal(e.to_string()))?;
     drop(db);
     if running {
         apply_live_limits(d, name);
     }
-    d.events.lifecycle("instance-updated", &url(name), serde_json::json!({}));
+    d.events
+        .lifecycle("instance-updated", &url(name), serde_json::json!({}));
     if patch {
         return Ok(response::empty());
     }
     // LXD answers a PUT with an operation (which `lxc config set` waits for).
-    let op = d.ops.start(Class::Task, "Updating instance", resources(name), None, vec![], |_| Ok(()));
+    let op = d.ops.start(
+        Class::Task,
+        "Updating instance",
+        resources(name),
+        None,
+        vec![],
+        |_| Ok(()),
+    );
     Ok(response::operation(&op.to_api()))
 }
 
@@ -536,17 +668,22 @@ fn rename(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
     let new = body.name.clone();
     let guard = d.claim(name, "rename")?;
     if matches!(state_of(d, name), State::Running { .. }) {
-        return Err(Error::BadRequest("Renaming of running instance not allowed".into()));
+        return Err(Error::BadRequest(
+            "Renaming of running instance not allowed".into(),
+        ));
     }
     {
         let mut db = d.db.lock().expect("db lock");
-        if db.data.instances.contains_key(&new) || d.busy.lock().expect("busy lock").contains_key(&new) {
+        if db.data.instances.contains_key(&new)
+            || d.busy.lock().expect("busy lock").contains_key(&new)
+        {
             return Err(Error::Conflict(format!("Name {new:?} already in use")));
         }
         db.update(|data| {
             if let Some(mut r) = data.instances.remove(name) {
                 if r.config.contains_key("volatile.base_image") {
-                    r.config.insert("volatile.apply_template".into(), "rename".into());
+                    r.config
+                        .insert("volatile.apply_template".into(), "rename".into());
                 }
                 data.instances.insert(new.clone(), r);
             }
@@ -556,8 +693,19 @@ fn rename(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
     drop(guard);
     let _ = std::fs::rename(d.log_dir(name), d.log_dir(&new));
     let _ = std::fs::remove_dir_all(d.run_dir(name));
-    d.events.lifecycle("instance-renamed", &url(&new), serde_json::json!({"old_name": name}));
-    let op = d.ops.start(Class::Task, "Renaming instance", resources(name), None, vec![], |_| Ok(()));
+    d.events.lifecycle(
+        "instance-renamed",
+        &url(&new),
+        serde_json::json!({"old_name": name}),
+    );
+    let op = d.ops.start(
+        Class::Task,
+        "Renaming instance",
+        resources(name),
+        None,
+        vec![],
+        |_| Ok(()),
+    );
     Ok(response::operation(&op.to_api()))
 }
 
@@ -572,11 +720,18 @@ fn delete(d: &Daemon, name: &str) -> Result<Response> {
     d.busy_insert(name, "delete")?;
     let d2 = d.self_arc();
     let n = name.to_string();
-    let op = d.ops.start(Class::Task, "Deleting instance", resources(name), None, vec![], move |_| {
-        let r = delete_now(&d2, &n);
-        d2.busy.lock().expect("busy lock").remove(&n);
-        r
-    });
+    let op = d.ops.start(
+        Class::Task,
+        "Deleting instance",
+        resources(name),
+        None,
+        vec![],
+        move |_| {
+            let r = delete_now(&d2, &n);
+            d2.busy.lock().expect("busy lock").remove(&n);
+            r
+        },
+    );
     Ok(response::operation(&op.to_api()))
 }
 
@@ -587,14 +742,16 @@ fn delete_now(d: &Daemon, name: &str) -> Result<()> {
     let rec = {
         let mut db = d.db.lock().expect("db lock");
         let rec = db.data.instances.get(name).cloned().ok_or_else(not_found)?;
-        db.update(|data| data.instances.remove(name)).map_err(|e| Error::Internal(e.to_string()))?;
+        db.update(|data| data.instances.remove(name))
+            .map_err(|e| Error::Internal(e.to_string()))?;
         rec
     };
     // The record is gone (commit point); data removal failures are retried by `recover`.
     let _ = std::fs::remove_dir_all(d.volume_dir(&rec.volume));
     let _ = std::fs::remove_dir_all(d.log_dir(name));
     let _ = std::fs::remove_dir_all(d.run_dir(name));
-    d.events.lifecycle("instance-deleted", &url(name), serde_json::json!({}));
+    d.events
+        .lifecycle("instance-deleted", &url(name), serde_json::json!({}));
     Ok(())
 }
 
@@ -625,22 +782,39 @@ fn state_put(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
     d.busy_insert(name, what)?;
     let d2 = d.self_arc();
     let n = name.to_string();
-    let op = d.ops.start(Class::Task, desc, resources(name), None, vec![], move |_| {
-        let timeout = if body.timeout < 0 { STOP_TIMEOUT_MAX } else { Duration::from_secs(body.timeout as u64).min(STOP_TIMEOUT_MAX) };
-        let r = match what {
-            "start" => start(&d2, &n),
-            "stop" => stop(&d2, &n, body.force, timeout),
-            "restart" => stop(&d2, &n, body.force, timeout).and_then(|()| start(&d2, &n)),
-            "freeze" => runtime::freeze(&d2.run_dir(&n)).map_err(Error::from).map(|()| {
-                d2.events.lifecycle("instance-paused", &url(&n), serde_json::json!({}));
-            }),
-            _ => runtime::unfreeze(&d2.run_dir(&n)).map_err(Error::from).map(|()| {
-                d2.events.lifecycle("instance-resumed", &url(&n), serde_json::json!({}));
-            }),
-        };
-        d2.busy.lock().expect("busy lock").remove(&n);
-        r
-    });
+    let op = d.ops.start(
+        Class::Task,
+        desc,
+        resources(name),
+        None,
+        vec![],
+        move |_| {
+            let timeout = if body.timeout < 0 {
+                STOP_TIMEOUT_MAX
+            } else {
+                Duration::from_secs(body.timeout as u64).min(STOP_TIMEOUT_MAX)
+            };
+            let r = match what {
+                "start" => start(&d2, &n),
+                "stop" => stop(&d2, &n, body.force, timeout),
+                "restart" => stop(&d2, &n, body.force, timeout).and_then(|()| start(&d2, &n)),
+                "freeze" => runtime::freeze(&d2.run_dir(&n))
+                    .map_err(Error::from)
+                    .map(|()| {
+                        d2.events
+                            .lifecycle("instance-paused", &url(&n), serde_json::json!({}));
+                    }),
+                _ => runtime::unfreeze(&d2.run_dir(&n))
+                    .map_err(Error::from)
+                    .map(|()| {
+                        d2.events
+                            .lifecycle("instance-resumed", &url(&n), serde_json::json!({}));
+                    }),
+            };
+            d2.busy.lock().expect("busy lock").remove(&n);
+            r
+        },
+    );
     Ok(response::operation(&op.to_api()))
 }
 
@@ -680,7 +854,9 @@ pub fn start(d: &Daemon, name: &str) -> Result<()> {
         let t = conf.get("type").map(String::as_str).unwrap_or("");
         let is_root = t == "disk" && conf.get("path").map(String::as_str) == Some("/");
         if !is_root && t != "none" {
-            return Err(Error::not_yet(&format!("device {dev:?} of type {t:?} (only the root disk is supported yet)")));
+            return Err(Error::not_yet(&format!(
+                "device {dev:?} of type {t:?} (only the root disk is supported yet)"
+            )));
         }
     }
     for k in ["snapshots.schedule", "snapshots.expiry"] {
@@ -695,16 +871,26 @@ pub fn start(d: &Daemon, name: &str) -> Result<()> {
     let map = if privileged {
         None
     } else {
-        let next = rec.config.get("volatile.idmap.next").cloned().unwrap_or_default();
+        let next = rec
+            .config
+            .get("volatile.idmap.next")
+            .cloned()
+            .unwrap_or_default();
         let m = idmap::Map::from_volatile(&next)
             .filter(|m| !m.uid.is_empty())
             .map_or_else(|| idmap::compute(&ec, &isolated_bases(d)), Ok)?;
         Some(m)
     };
-    let last = rec.config.get("volatile.last_state.idmap").cloned().unwrap_or_else(|| "[]".into());
+    let last = rec
+        .config
+        .get("volatile.last_state.idmap")
+        .cloned()
+        .unwrap_or_else(|| "[]".into());
     let mode = if privileged {
         if last != "[]" {
-            return Err(Error::not_yet("making a shifted rootfs privileged (unshifting)"));
+            return Err(Error::not_yet(
+                "making a shifted rootfs privileged (unshifting)",
+            ));
         }
         RootfsMode::Privileged
     } else if last == "[]" {
@@ -742,7 +928,8 @@ pub fn start(d: &Daemon, name: &str) -> Result<()> {
         }
     }
     let log_dir = d.log_dir(name);
-    std::fs::create_dir_all(&log_dir).map_err(|e| Error::Internal(format!("{}: {e}", log_dir.display())))?;
+    std::fs::create_dir_all(&log_dir)
+        .map_err(|e| Error::Internal(format!("{}: {e}", log_dir.display())))?;
     let spec = runtime::Spec {
         name: name.to_string(),
         rootfs,
@@ -765,8 +952,10 @@ pub fn start(d: &Daemon, name: &str) -> Result<()> {
         return Err(e.into());
     }
     log_line(&log_dir, "started");
-    let mut kv: Vec<(&str, Option<String>)> =
-        vec![("volatile.last_state.power", Some("RUNNING".into())), ("volatile.apply_template", None)];
+    let mut kv: Vec<(&str, Option<String>)> = vec![
+        ("volatile.last_state.power", Some("RUNNING".into())),
+        ("volatile.apply_template", None),
+    ];
     if let Some(m) = &map {
         kv.push(("volatile.idmap.current", Some(m.to_volatile())));
     }
@@ -781,14 +970,19 @@ pub fn start(d: &Daemon, name: &str) -> Result<()> {
         });
     }
     watch(d.self_arc(), name.to_string());
-    d.events.lifecycle("instance-started", &url(name), serde_json::json!({}));
+    d.events
+        .lifecycle("instance-started", &url(name), serde_json::json!({}));
     Ok(())
 }
 
 /// Append a timestamped line to the instance's `lxc.log` (what `lxc info --show-log` shows).
 fn log_line(log_dir: &std::path::Path, msg: &str) {
     use std::io::Write;
-    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log_dir.join("lxc.log")) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_dir.join("lxc.log"))
+    {
         let _ = writeln!(f, "{} {msg}", time::now());
     }
 }
@@ -798,12 +992,15 @@ fn seccomp_policy(ec: &StringMap) -> Result<String> {
     let get = |k: &str| ec.get(k).cloned().unwrap_or_default();
     let cfg = runtime::seccomp::PolicyConfig {
         raw: ec.get("raw.seccomp").filter(|v| !v.is_empty()).cloned(),
-        deny_default: ec.get("security.syscalls.deny_default").is_none_or(|v| v != "false"),
+        deny_default: ec
+            .get("security.syscalls.deny_default")
+            .is_none_or(|v| v != "false"),
         deny: get("security.syscalls.deny"),
         allow: get("security.syscalls.allow"),
         deny_compat: config::flag(ec, "security.syscalls.deny_compat"),
     };
-    runtime::seccomp::build_policy(&cfg).map_err(|e| Error::BadRequest(format!("seccomp policy: {e}")))
+    runtime::seccomp::build_policy(&cfg)
+        .map_err(|e| Error::BadRequest(format!("seccomp policy: {e}")))
 }
 
 /// Stop an instance (the caller holds its busy mark).
@@ -811,16 +1008,26 @@ pub fn stop(d: &Daemon, name: &str, force: bool, timeout: Duration) -> Result<()
     if !matches!(state_of(d, name), State::Running { .. }) {
         return Err(Error::BadRequest("The instance is already stopped".into()));
     }
-    let mode = if force { runtime::StopMode::Force } else { runtime::StopMode::Clean(timeout) };
+    let mode = if force {
+        runtime::StopMode::Force
+    } else {
+        runtime::StopMode::Clean(timeout)
+    };
     runtime::stop(&d.run_dir(name), mode)?;
-    set_volatile(d, name, &[("volatile.last_state.power", Some("STOPPED".into()))]);
+    set_volatile(
+        d,
+        name,
+        &[("volatile.last_state.power", Some("STOPPED".into()))],
+    );
     Ok(())
 }
 
 /// Follow a running container until it stops: record it, restart it after an in-container
 /// reboot, delete it when ephemeral.
 fn watch(d: Arc<Daemon>, name: String) {
-    let Ok(Some(fd)) = runtime::monitor_pidfd(&d.run_dir(&name)) else { return };
+    let Ok(Some(fd)) = runtime::monitor_pidfd(&d.run_dir(&name)) else {
+        return;
+    };
     std::thread::spawn(move || {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         use std::os::fd::AsFd;
@@ -837,13 +1044,18 @@ fn watch(d: Arc<Daemon>, name: String) {
             State::Stopped { last_exit } => last_exit,
             State::Running { .. } => return, // restarted in the meantime; its own watcher follows it
         };
-        d.events.lifecycle("instance-stopped", &url(&name), serde_json::json!({}));
+        d.events
+            .lifecycle("instance-stopped", &url(&name), serde_json::json!({}));
         let Ok(rec) = record(&d, &name) else { return };
         // An explicit stop/restart/delete operation owns what happens next.
         if d.busy.lock().expect("busy lock").contains_key(&name) {
             return;
         }
-        set_volatile(&d, &name, &[("volatile.last_state.power", Some("STOPPED".into()))]);
+        set_volatile(
+            &d,
+            &name,
+            &[("volatile.last_state.power", Some("STOPPED".into()))],
+        );
         if rec.ephemeral {
             if d.busy_insert(&name, "delete").is_ok() {
                 let _ = delete_now(&d, &name);
@@ -852,7 +1064,9 @@ fn watch(d: Arc<Daemon>, name: String) {
             return;
         }
         // `reboot` inside: the kernel ends init with SIGHUP; start it again like LXD does.
-        if last.is_some_and(|e| e.code == 128 + libc::SIGHUP) && d.busy_insert(&name, "restart").is_ok() {
+        if last.is_some_and(|e| e.code == 128 + libc::SIGHUP)
+            && d.busy_insert(&name, "restart").is_ok()
+        {
             if let Err(e) = start(&d, &name) {
                 eprintln!("bivy: {name}: restart after reboot failed: {e}");
             }
@@ -873,13 +1087,27 @@ pub fn publish(d: &Daemon, body: api::ImagesPost) -> Result<Response> {
     }
     let rec = record(d, &name)?;
     if matches!(state_of(d, &name), State::Running { .. }) {
-        return Err(Error::BadRequest("The instance is running; stop it first (lxc publish --force does)".into()));
+        return Err(Error::BadRequest(
+            "The instance is running; stop it first (lxc publish --force does)".into(),
+        ));
     }
-    if rec.config.get("volatile.last_state.idmap").is_some_and(|v| v != "[]") {
-        return Err(Error::not_yet("publishing an instance whose rootfs is shifted"));
+    if rec
+        .config
+        .get("volatile.last_state.idmap")
+        .is_some_and(|v| v != "[]")
+    {
+        return Err(Error::not_yet(
+            "publishing an instance whose rootfs is shifted",
+        ));
     }
     let algo = if body.compression_algorithm.is_empty() {
-        d.db.lock().expect("db lock").data.config.get("images.compression_algorithm").cloned().unwrap_or_default()
+        d.db.lock()
+            .expect("db lock")
+            .data
+            .config
+            .get("images.compression_algorithm")
+            .cloned()
+            .unwrap_or_default()
     } else {
         body.compression_algorithm.clone()
     };
@@ -887,11 +1115,18 @@ pub fn publish(d: &Daemon, body: api::ImagesPost) -> Result<Response> {
     d.busy_insert(&name, "publish")?;
     let d2 = d.self_arc();
     let res = resources(&name);
-    let op = d.ops.start(Class::Task, "Publishing instance", res, None, vec![], move |op| {
-        let r = publish_now(&d2, &name, &rec, &body, compression, &op);
-        d2.busy.lock().expect("busy lock").remove(&name);
-        r
-    });
+    let op = d.ops.start(
+        Class::Task,
+        "Publishing instance",
+        res,
+        None,
+        vec![],
+        move |op| {
+            let r = publish_now(&d2, &name, &rec, &body, compression, &op);
+            d2.busy.lock().expect("busy lock").remove(&name);
+            r
+        },
+    );
     Ok(response::operation(&op.to_api()))
 }
 
@@ -905,7 +1140,9 @@ fn publish_now(
 ) -> Result<()> {
     let (meta, vol) = metadata_of(d, name)?;
     let mut meta = meta;
-    meta.creation_date = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |t| t.as_secs() as i64);
+    meta.creation_date = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.as_secs() as i64);
     meta.architecture = rec.architecture.clone();
     meta.properties.extend(body.put.properties.clone());
     let templates = vol.join("templates");
@@ -914,10 +1151,20 @@ fn publish_now(
         public: body.put.public,
         auto_update: false,
         properties: body.put.properties.clone(),
-        profiles: if body.put.profiles.is_empty() { vec!["default".into()] } else { body.put.profiles.clone() },
+        profiles: if body.put.profiles.is_empty() {
+            vec!["default".into()]
+        } else {
+            body.put.profiles.clone()
+        },
         ..Default::default()
     };
-    let img = d.images.publish(&vol.join("rootfs"), &meta, templates.is_dir().then_some(templates.as_path()), compression, &opts)?;
+    let img = d.images.publish(
+        &vol.join("rootfs"),
+        &meta,
+        templates.is_dir().then_some(templates.as_path()),
+        compression,
+        &opts,
+    )?;
     for a in &body.aliases {
         d.images.alias_create(&api::ImageAliasesEntry {
             name: a.name.clone(),
@@ -928,7 +1175,11 @@ fn publish_now(
     }
     op.set_metadata("fingerprint", serde_json::json!(img.fingerprint));
     op.set_metadata("size", serde_json::json!(img.size));
-    d.events.lifecycle("image-created", &format!("/1.0/images/{}", img.fingerprint), serde_json::json!({}));
+    d.events.lifecycle(
+        "image-created",
+        &format!("/1.0/images/{}", img.fingerprint),
+        serde_json::json!({}),
+    );
     Ok(())
 }
 
@@ -940,7 +1191,10 @@ fn logs_list(d: &Daemon, name: &str) -> Result<Response> {
     let mut out = Vec::new();
     if let Ok(rd) = std::fs::read_dir(d.log_dir(name)) {
         for e in rd.flatten() {
-            out.push(format!("/1.0/instances/{name}/logs/{}", e.file_name().to_string_lossy()));
+            out.push(format!(
+                "/1.0/instances/{name}/logs/{}",
+                e.file_name().to_string_lossy()
+            ));
         }
     }
     out.sort();
@@ -960,11 +1214,19 @@ fn log_get(d: &Daemon, name: &str, file: &str) -> Result<Response> {
     match std::fs::File::open(&p) {
         Ok(f) => {
             let len = f.metadata().map(|m| m.len()).ok();
-            Ok(response::raw(200, "application/octet-stream", crate::http::Body::Reader(Box::new(f), len)))
+            Ok(response::raw(
+                200,
+                "application/octet-stream",
+                crate::http::Body::Reader(Box::new(f), len),
+            ))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if file == "console.log" || file == "lxc.log" {
-                Ok(response::raw(200, "application/octet-stream", crate::http::Body::Empty))
+                Ok(response::raw(
+                    200,
+                    "application/octet-stream",
+                    crate::http::Body::Empty,
+                ))
             } else {
                 Err(Error::NotFound("Log file not found".into()))
             }
@@ -987,8 +1249,12 @@ fn metadata_of(d: &Daemon, name: &str) -> Result<(api::ImageMetadata, PathBuf)> 
     let rec = record(d, name)?;
     let vol = d.volume_dir(&rec.volume);
     let meta = match std::fs::read(vol.join("metadata.json")) {
-        Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::Internal(format!("metadata.json: {e}")))?,
-        Err(_) => api::ImageMetadata { architecture: rec.architecture.clone(), ..Default::default() },
+        Ok(b) => serde_json::from_slice(&b)
+            .map_err(|e| Error::Internal(format!("metadata.json: {e}")))?,
+        Err(_) => api::ImageMetadata {
+            architecture: rec.architecture.clone(),
+            ..Default::default()
+        },
     };
     Ok((meta, vol))
 }
@@ -1003,7 +1269,11 @@ fn templates(d: &Daemon, req: &Request, name: &str) -> Result<Response> {
     let (meta, vol) = metadata_of(d, name)?;
     match req.query("path") {
         None => {
-            let mut names: Vec<String> = meta.templates.values().map(|t| t.template.clone()).collect();
+            let mut names: Vec<String> = meta
+                .templates
+                .values()
+                .map(|t| t.template.clone())
+                .collect();
             names.sort();
             names.dedup();
             Ok(response::sync(&names))
@@ -1013,8 +1283,13 @@ fn templates(d: &Daemon, req: &Request, name: &str) -> Result<Response> {
                 return Err(Error::BadRequest(format!("Invalid template name {p:?}")));
             }
             let path = vol.join("templates").join(p);
-            let data = std::fs::read(&path).map_err(|_| Error::NotFound("Template not found".into()))?;
-            Ok(response::raw(200, "application/octet-stream", crate::http::Body::Bytes(data)))
+            let data =
+                std::fs::read(&path).map_err(|_| Error::NotFound("Template not found".into()))?;
+            Ok(response::raw(
+                200,
+                "application/octet-stream",
+                crate::http::Body::Bytes(data),
+            ))
         }
     }
 }
@@ -1037,13 +1312,22 @@ pub fn recover(d: &Arc<Daemon>) -> std::io::Result<()> {
             db.update(|data| {
                 data.profiles.insert(
                     "default".into(),
-                    super::db::ProfileRecord { config: StringMap::new(), description: "Default bivy profile".into(), devices },
+                    super::db::ProfileRecord {
+                        config: StringMap::new(),
+                        description: "Default bivy profile".into(),
+                        devices,
+                    },
                 )
             })?;
         }
         let containers = d.dir.join("storage-pools/default/containers");
         std::fs::create_dir_all(&containers)?;
-        let known: std::collections::HashSet<String> = db.data.instances.values().map(|r| r.volume.clone()).collect();
+        let known: std::collections::HashSet<String> = db
+            .data
+            .instances
+            .values()
+            .map(|r| r.volume.clone())
+            .collect();
         for e in std::fs::read_dir(&containers)?.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
             if !known.contains(&n) {
@@ -1054,7 +1338,14 @@ pub fn recover(d: &Arc<Daemon>) -> std::io::Result<()> {
     }
     std::fs::create_dir_all(d.dir.join("run"))?;
     std::fs::create_dir_all(d.dir.join("logs"))?;
-    let names: Vec<String> = d.db.lock().expect("db lock").data.instances.keys().cloned().collect();
+    let names: Vec<String> =
+        d.db.lock()
+            .expect("db lock")
+            .data
+            .instances
+            .keys()
+            .cloned()
+            .collect();
     for n in names {
         if matches!(state_of(d, &n), State::Running { .. }) {
             watch(d.clone(), n);
@@ -1073,17 +1364,31 @@ pub fn autostart(d: &Arc<Daemon>) {
     }
     let _ = crate::util::fs::atomic_write(&marker, boot_id.as_bytes());
     let records: Vec<(String, InstanceRecord)> =
-        d.db.lock().expect("db lock").data.instances.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        d.db.lock()
+            .expect("db lock")
+            .data
+            .instances
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
     let mut todo: Vec<(i64, String)> = Vec::new();
     for (name, rec) in records {
         let (ec, _) = expanded(d, &rec);
         let auto = match ec.get("boot.autostart").map(String::as_str) {
             Some("true") => true,
             Some(_) => false,
-            None => rec.config.get("volatile.last_state.power").map(String::as_str) == Some("RUNNING"),
+            None => {
+                rec.config
+                    .get("volatile.last_state.power")
+                    .map(String::as_str)
+                    == Some("RUNNING")
+            }
         };
         if auto {
-            let prio = ec.get("boot.autostart.priority").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let prio = ec
+                .get("boot.autostart.priority")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
             todo.push((-prio, name));
         }
     }

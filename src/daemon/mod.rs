@@ -51,7 +51,9 @@ impl Host {
     fn probe() -> Host {
         let uts = nix::sys::utsname::uname().ok();
         let s = |f: fn(&nix::sys::utsname::UtsName) -> &std::ffi::OsStr| {
-            uts.as_ref().map(|u| f(u).to_string_lossy().into_owned()).unwrap_or_default()
+            uts.as_ref()
+                .map(|u| f(u).to_string_lossy().into_owned())
+                .unwrap_or_default()
         };
         let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
         let osr = |k: &str| {
@@ -64,7 +66,9 @@ impl Host {
         let total_memory = std::fs::read_to_string("/proc/meminfo")
             .ok()
             .and_then(|m| {
-                m.lines().find_map(|l| l.strip_prefix("MemTotal:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                m.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             })
             .map_or(0, |kb| kb * 1024);
         Host {
@@ -119,10 +123,15 @@ impl Daemon {
     pub fn claim(&self, name: &str, what: &'static str) -> response::Result<BusyGuard<'_>> {
         let mut b = self.busy.lock().expect("busy lock");
         if let Some(other) = b.get(name) {
-            return Err(response::Error::Conflict(format!("Instance {name:?} is busy: {other} in progress")));
+            return Err(response::Error::Conflict(format!(
+                "Instance {name:?} is busy: {other} in progress"
+            )));
         }
         b.insert(name.to_string(), what);
-        Ok(BusyGuard { d: self, name: name.to_string() })
+        Ok(BusyGuard {
+            d: self,
+            name: name.to_string(),
+        })
     }
 
     /// Mark `name` busy with `what` until the caller removes the mark (operation threads).
@@ -133,7 +142,10 @@ impl Daemon {
 
     /// An owning handle on the daemon (for operation threads).
     pub fn self_arc(&self) -> Arc<Daemon> {
-        self.me.get().and_then(std::sync::Weak::upgrade).expect("daemon handle is set at start-up")
+        self.me
+            .get()
+            .and_then(std::sync::Weak::upgrade)
+            .expect("daemon handle is set at start-up")
     }
 
     pub fn run_dir(&self, name: &str) -> PathBuf {
@@ -141,7 +153,11 @@ impl Daemon {
     }
 
     pub fn volume_dir(&self, volume: &str) -> PathBuf {
-        self.dir.join("storage-pools").join("default").join("containers").join(volume)
+        self.dir
+            .join("storage-pools")
+            .join("default")
+            .join("containers")
+            .join(volume)
     }
 
     pub fn log_dir(&self, name: &str) -> PathBuf {
@@ -174,7 +190,8 @@ pub fn main(args: &[String]) -> i32 {
             }
         }
     }
-    let dir = std::env::var_os("BIVY_DIR").map_or_else(|| PathBuf::from("/var/lib/bivy"), PathBuf::from);
+    let dir =
+        std::env::var_os("BIVY_DIR").map_or_else(|| PathBuf::from("/var/lib/bivy"), PathBuf::from);
     match run(&dir, group.as_deref()) {
         Ok(()) => 0,
         Err(e) => {
@@ -192,11 +209,13 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
     sigs.add(Signal::SIGTERM);
     sigs.add(Signal::SIGINT);
     sigs.add(Signal::SIGHUP);
-    sigs.thread_block().map_err(|e| format!("blocking signals: {e}"))?;
+    sigs.thread_block()
+        .map_err(|e| format!("blocking signals: {e}"))?;
     // SIGPIPE is already ignored by the Rust runtime: writes to a vanished client fail with EPIPE.
 
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
     let lock = take_lock(dir)?;
 
     let events = Arc::new(Events::default());
@@ -223,13 +242,16 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
 
     let sock_path = dir.join("unix.socket");
     let _ = std::fs::remove_file(&sock_path); // we hold the lock: any socket file is stale
-    let listener = UnixListener::bind(&sock_path).map_err(|e| format!("{}: {e}", sock_path.display()))?;
-    std::fs::set_permissions(&sock_path, std::fs::Permissions::from_mode(0o660)).map_err(|e| e.to_string())?;
+    let listener =
+        UnixListener::bind(&sock_path).map_err(|e| format!("{}: {e}", sock_path.display()))?;
+    std::fs::set_permissions(&sock_path, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| e.to_string())?;
     if let Some(g) = group {
         let grp = nix::unistd::Group::from_name(g)
             .map_err(|e| format!("group {g}: {e}"))?
             .ok_or_else(|| format!("group {g:?} not found"))?;
-        nix::unistd::chown(&sock_path, None, Some(grp.gid)).map_err(|e| format!("chown socket: {e}"))?;
+        nix::unistd::chown(&sock_path, None, Some(grp.gid))
+            .map_err(|e| format!("chown socket: {e}"))?;
     }
 
     // Signal thread: graceful shutdown.
@@ -266,11 +288,15 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
         }
         let d = d.clone();
         let limits = limits.clone();
-        let spawned = std::thread::Builder::new().name("conn".into()).spawn(move || {
-            let dd = d.clone();
-            crate::http::serve_connection(Box::new(stream), &limits, &move |req| routes::handle(&dd, req));
-            d.connections.fetch_sub(1, Ordering::SeqCst);
-        });
+        let spawned = std::thread::Builder::new()
+            .name("conn".into())
+            .spawn(move || {
+                let dd = d.clone();
+                crate::http::serve_connection(Box::new(stream), &limits, &move |req| {
+                    routes::handle(&dd, req)
+                });
+                d.connections.fetch_sub(1, Ordering::SeqCst);
+            });
         if spawned.is_err() {
             // Out of threads: the stream was moved into the failed closure and is closed.
         }

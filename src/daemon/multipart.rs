@@ -54,7 +54,10 @@ impl Buf<'_> {
                 return Ok(Some(l));
             }
             if self.buf.len() > max {
-                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "line too long"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "line too long",
+                ));
             }
             if self.eof {
                 return Ok(None);
@@ -72,7 +75,10 @@ impl Buf<'_> {
                 return Ok(());
             }
             if self.eof {
-                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "truncated part"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "truncated part",
+                ));
             }
             // Everything but a possible partial delimiter at the end can go out.
             let keep = (needle.len() - 1).min(self.buf.len());
@@ -86,14 +92,24 @@ impl Buf<'_> {
 }
 
 /// Read the parts of a multipart body; returns (name, spooled file) in order.
-fn spool_parts(dir: &std::path::Path, body: &mut dyn Read, boundary: &str) -> Result<Vec<(String, Spool)>> {
+fn spool_parts(
+    dir: &std::path::Path,
+    body: &mut dyn Read,
+    boundary: &str,
+) -> Result<Vec<(String, Spool)>> {
     let bad = |m: &str| Error::BadRequest(format!("Invalid multipart upload: {m}"));
     let io = |e: std::io::Error| Error::BadRequest(format!("Invalid multipart upload: {e}"));
-    let mut r = Buf { inner: body, buf: Vec::new(), eof: false };
+    let mut r = Buf {
+        inner: body,
+        buf: Vec::new(),
+        eof: false,
+    };
     let delim = format!("--{boundary}");
     let mut preamble = 0;
     loop {
-        let Some(l) = r.line(8192).map_err(io)? else { return Err(bad("no parts")) };
+        let Some(l) = r.line(8192).map_err(io)? else {
+            return Err(bad("no parts"));
+        };
         if l == delim.as_bytes() {
             break;
         }
@@ -108,7 +124,9 @@ fn spool_parts(dir: &std::path::Path, body: &mut dyn Read, boundary: &str) -> Re
         let mut name = String::new();
         let mut nheaders = 0;
         loop {
-            let Some(l) = r.line(8192).map_err(io)? else { return Err(bad("truncated part headers")) };
+            let Some(l) = r.line(8192).map_err(io)? else {
+                return Err(bad("truncated part headers"));
+            };
             if l.is_empty() {
                 break;
             }
@@ -127,7 +145,11 @@ fn spool_parts(dir: &std::path::Path, body: &mut dyn Read, boundary: &str) -> Re
                 }
             }
         }
-        let path = dir.join(format!(".upload-{}-{}", std::process::id(), super::operations::secret()));
+        let path = dir.join(format!(
+            ".upload-{}-{}",
+            std::process::id(),
+            super::operations::secret()
+        ));
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -139,7 +161,10 @@ fn spool_parts(dir: &std::path::Path, body: &mut dyn Read, boundary: &str) -> Re
         r.copy_until(&mut w, &needle).map_err(io)?;
         w.flush().map_err(|e| Error::Internal(e.to_string()))?;
         drop(w);
-        spool.file.rewind().map_err(|e| Error::Internal(e.to_string()))?;
+        spool
+            .file
+            .rewind()
+            .map_err(|e| Error::Internal(e.to_string()))?;
         parts.push((name, spool));
         r.fill(2).map_err(io)?;
         if r.buf.starts_with(b"--") {
@@ -157,15 +182,37 @@ fn spool_parts(dir: &std::path::Path, body: &mut dyn Read, boundary: &str) -> Re
 }
 
 /// Import a split image from a multipart body.
-pub fn import_split(d: &Daemon, body: &mut dyn Read, boundary: &str, opts: &image::ImportOpts) -> Result<api::Image> {
+pub fn import_split(
+    d: &Daemon,
+    body: &mut dyn Read,
+    boundary: &str,
+    opts: &image::ImportOpts,
+) -> Result<api::Image> {
     let parts = spool_parts(d.images.dir(), body, boundary)?;
     let get = |n: &str| parts.iter().position(|(name, _)| name == n);
-    let (Some(mi), Some(ri)) = (get("metadata"), get("rootfs").or_else(|| get("rootfs.img"))) else {
-        return Err(Error::BadRequest("Invalid multipart image: need a \"metadata\" and a \"rootfs\" part".into()));
+    let (Some(mi), Some(ri)) = (get("metadata"), get("rootfs").or_else(|| get("rootfs.img")))
+    else {
+        return Err(Error::BadRequest(
+            "Invalid multipart image: need a \"metadata\" and a \"rootfs\" part".into(),
+        ));
     };
-    let mut meta = parts[mi].1.file.try_clone().map_err(|e| Error::Internal(e.to_string()))?;
-    let mut root = parts[ri].1.file.try_clone().map_err(|e| Error::Internal(e.to_string()))?;
-    Ok(d.images.import(image::Upload::Split { metadata: &mut meta, rootfs: &mut root }, opts)?)
+    let mut meta = parts[mi]
+        .1
+        .file
+        .try_clone()
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let mut root = parts[ri]
+        .1
+        .file
+        .try_clone()
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    Ok(d.images.import(
+        image::Upload::Split {
+            metadata: &mut meta,
+            rootfs: &mut root,
+        },
+        opts,
+    )?)
 }
 
 #[cfg(test)]
@@ -189,7 +236,10 @@ mod tests {
         assert_eq!(parts.len(), 2);
         let mut s = String::new();
         (&parts[0].1.file).read_to_string(&mut s).unwrap();
-        assert_eq!((parts[0].0.as_str(), s.as_str()), ("metadata", "meta\r\n--X"));
+        assert_eq!(
+            (parts[0].0.as_str(), s.as_str()),
+            ("metadata", "meta\r\n--X")
+        );
         let mut s = String::new();
         (&parts[1].1.file).read_to_string(&mut s).unwrap();
         assert_eq!((parts[1].0.as_str(), s.as_str()), ("rootfs", "root data"));

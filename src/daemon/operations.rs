@@ -77,7 +77,11 @@ impl Op {
             updated_at: i.updated_at.clone(),
             status: status::name(i.status_code).into(),
             status_code: i.status_code,
-            resources: if self.resources.is_empty() { None } else { Some(self.resources.clone()) },
+            resources: if self.resources.is_empty() {
+                None
+            } else {
+                Some(self.resources.clone())
+            },
             metadata: i.metadata.clone(),
             may_cancel: i.cancel.is_some() && i.finished.is_none(),
             err: i.err.clone(),
@@ -163,13 +167,19 @@ impl Op {
                 f();
                 Ok(())
             }
-            None => Err(Error::BadRequest("This operation can't be cancelled".into())),
+            None => Err(Error::BadRequest(
+                "This operation can't be cancelled".into(),
+            )),
         }
     }
 
     /// Whether a websocket secret belongs to this operation.
     pub fn has_secret(&self, secret: &str) -> bool {
-        self.inner.lock().expect("op lock").sockets.contains_key(secret)
+        self.inner
+            .lock()
+            .expect("op lock")
+            .sockets
+            .contains_key(secret)
     }
 
     /// Deposit a connected websocket stream for `secret`. Fails if unknown or already connected.
@@ -187,18 +197,29 @@ impl Op {
 
     /// Wait until the streams for `required` secrets are connected or `timeout` passes; then take
     /// every connected stream (secret -> stream). Err lists nothing: the caller names the failure.
-    pub fn take_sockets(&self, required: &[String], timeout: Duration) -> Option<HashMap<String, Box<dyn Stream>>> {
+    pub fn take_sockets(
+        &self,
+        required: &[String],
+        timeout: Duration,
+    ) -> Option<HashMap<String, Box<dyn Stream>>> {
         let deadline = Instant::now() + timeout;
         let mut i = self.inner.lock().expect("op lock");
         loop {
-            if required.iter().all(|s| i.sockets.get(s).is_some_and(|v| v.is_some())) {
+            if required
+                .iter()
+                .all(|s| i.sockets.get(s).is_some_and(|v| v.is_some()))
+            {
                 break;
             }
             let now = Instant::now();
             if now >= deadline || i.finished.is_some() {
                 return None;
             }
-            i = self.cond.wait_timeout(i, deadline - now).expect("op lock").0;
+            i = self
+                .cond
+                .wait_timeout(i, deadline - now)
+                .expect("op lock")
+                .0;
         }
         let mut out = HashMap::new();
         for (k, v) in i.sockets.iter_mut() {
@@ -225,7 +246,11 @@ impl Op {
             if now >= deadline {
                 return None;
             }
-            i = self.cond.wait_timeout(i, deadline - now).expect("op lock").0;
+            i = self
+                .cond
+                .wait_timeout(i, deadline - now)
+                .expect("op lock")
+                .0;
         }
     }
 }
@@ -241,7 +266,10 @@ pub type OpResult = Result<(), Error>;
 
 impl Operations {
     pub fn new(events: Arc<Events>) -> Operations {
-        Operations { map: Mutex::new(HashMap::new()), events }
+        Operations {
+            map: Mutex::new(HashMap::new()),
+            events,
+        }
     }
 
     /// Create an operation (`resources`: e.g. `instances` -> URLs), optionally with websocket
@@ -300,7 +328,13 @@ impl Operations {
         let v = serde_json::to_value(op.to_api()).unwrap_or_default();
         self.events.emit("operation", v);
         let mut map = self.map.lock().expect("ops lock");
-        map.retain(|_, o| !o.inner.lock().expect("op lock").finished.is_some_and(|t| t.elapsed() > KEEP_FINISHED));
+        map.retain(|_, o| {
+            !o.inner
+                .lock()
+                .expect("op lock")
+                .finished
+                .is_some_and(|t| t.elapsed() > KEEP_FINISHED)
+        });
         map.insert(op.id.clone(), op.clone());
         op
     }
@@ -311,7 +345,13 @@ impl Operations {
 
     /// Every operation, oldest first.
     pub fn list(&self) -> Vec<Arc<Op>> {
-        let mut v: Vec<Arc<Op>> = self.map.lock().expect("ops lock").values().cloned().collect();
+        let mut v: Vec<Arc<Op>> = self
+            .map
+            .lock()
+            .expect("ops lock")
+            .values()
+            .cloned()
+            .collect();
         v.sort_by(|a, b| a.created_at.cmp(&b.created_at));
         v
     }
@@ -325,17 +365,28 @@ impl Operations {
 /// A random UUID v4.
 pub fn uuid() -> String {
     let mut b = [0u8; 16];
-    ring::rand::SystemRandom::new().fill(&mut b).expect("system randomness");
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .expect("system randomness");
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h = super::response::hex(&b);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// A random 32-byte secret, hex (LXD's `RandomCryptoString`).
 pub fn secret() -> String {
     let mut b = [0u8; 32];
-    ring::rand::SystemRandom::new().fill(&mut b).expect("system randomness");
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .expect("system randomness");
     super::response::hex(&b)
 }
 
@@ -354,7 +405,9 @@ mod tests {
         let a = ok.to_api();
         assert_eq!(a.status, "Success");
         assert_eq!(a.metadata.unwrap()["return"], 3);
-        let bad = ops.start(Class::Task, "t", BTreeMap::new(), None, vec![], |_| Err(Error::BadRequest("nope".into())));
+        let bad = ops.start(Class::Task, "t", BTreeMap::new(), None, vec![], |_| {
+            Err(Error::BadRequest("nope".into()))
+        });
         bad.wait(Some(Duration::from_secs(5)));
         assert_eq!(bad.to_api().err, "nope");
         assert_eq!(bad.to_api().status_code, 400);

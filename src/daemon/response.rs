@@ -85,10 +85,21 @@ impl From<crate::runtime::Error> for Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-fn envelope(kind: &str, status: u16, operation: String, error_code: u16, error: String, metadata: serde_json::Value) -> Vec<u8> {
+fn envelope(
+    kind: &str,
+    status: u16,
+    operation: String,
+    error_code: u16,
+    error: String,
+    metadata: serde_json::Value,
+) -> Vec<u8> {
     let r = api::Response {
         kind: kind.to_string(),
-        status: if kind == "error" { String::new() } else { api::status::name(status).to_string() },
+        status: if kind == "error" {
+            String::new()
+        } else {
+            api::status::name(status).to_string()
+        },
         status_code: if kind == "error" { 0 } else { status },
         operation,
         error_code,
@@ -106,7 +117,14 @@ pub fn sync<T: Serialize>(metadata: &T) -> Response {
 /// A sync 200 response with an ETag header.
 pub fn sync_etag<T: Serialize>(metadata: &T, etag: Option<String>) -> Response {
     let value = serde_json::to_value(metadata).unwrap_or(serde_json::Value::Null);
-    let body = envelope("sync", api::status::SUCCESS, String::new(), 0, String::new(), value);
+    let body = envelope(
+        "sync",
+        api::status::SUCCESS,
+        String::new(),
+        0,
+        String::new(),
+        value,
+    );
     let mut r = Response::json(200, body);
     if let Some(e) = etag {
         r = r.header("ETag", &format!("\"{e}\""));
@@ -116,7 +134,14 @@ pub fn sync_etag<T: Serialize>(metadata: &T, etag: Option<String>) -> Response {
 
 /// A sync 201 with a `Location` header (created objects).
 pub fn created(location: &str) -> Response {
-    let body = envelope("sync", api::status::SUCCESS, String::new(), 0, String::new(), serde_json::json!({}));
+    let body = envelope(
+        "sync",
+        api::status::SUCCESS,
+        String::new(),
+        0,
+        String::new(),
+        serde_json::json!({}),
+    );
     Response::json(201, body).header("Location", location)
 }
 
@@ -129,13 +154,27 @@ pub fn empty() -> Response {
 pub fn operation(op: &api::Operation) -> Response {
     let url = format!("/1.0/operations/{}", op.id);
     let value = serde_json::to_value(op).unwrap_or(serde_json::Value::Null);
-    let body = envelope("async", api::status::OPERATION_CREATED, url.clone(), 0, String::new(), value);
+    let body = envelope(
+        "async",
+        api::status::OPERATION_CREATED,
+        url.clone(),
+        0,
+        String::new(),
+        value,
+    );
     Response::json(202, body).header("Location", &url)
 }
 
 /// An error response.
 pub fn error(e: &Error) -> Response {
-    let body = envelope("error", 0, String::new(), e.status(), e.message().to_string(), serde_json::Value::Null);
+    let body = envelope(
+        "error",
+        0,
+        String::new(),
+        e.status(),
+        e.message().to_string(),
+        serde_json::Value::Null,
+    );
     Response::json(e.status(), body)
 }
 
@@ -173,12 +212,15 @@ pub fn check_etag(if_match: Option<&str>, current: &str) -> Result<()> {
 
 /// Parse a JSON request body, with LXD-style errors.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
-    serde_json::from_slice(body).map_err(|e| Error::BadRequest(format!("Failed to parse request: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| Error::BadRequest(format!("Failed to parse request: {e}")))
 }
 
 /// A raw (non-JSON) body response.
 pub fn raw(status: u16, content_type: &str, body: Body) -> Response {
-    Response::new(status).header("Content-Type", content_type).body(body)
+    Response::new(status)
+        .header("Content-Type", content_type)
+        .body(body)
 }
 
 #[cfg(test)]
@@ -187,7 +229,14 @@ mod tests {
 
     #[test]
     fn error_envelope_has_all_keys() {
-        let body = envelope("error", 0, String::new(), 404, "Instance not found".into(), serde_json::Value::Null);
+        let body = envelope(
+            "error",
+            0,
+            String::new(),
+            404,
+            "Instance not found".into(),
+            serde_json::Value::Null,
+        );
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(
             v,
@@ -199,6 +248,9 @@ mod tests {
     fn etag_check() {
         assert!(check_etag(None, "abc").is_ok());
         assert!(check_etag(Some("\"abc\""), "abc").is_ok());
-        assert_eq!(check_etag(Some("\"abd\""), "abc").unwrap_err().status(), 412);
+        assert_eq!(
+            check_etag(Some("\"abd\""), "abc").unwrap_err().status(),
+            412
+        );
     }
 }

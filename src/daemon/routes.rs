@@ -19,8 +19,14 @@ pub fn handle(d: &Daemon, req: &mut Request) -> Response {
 /// Read and parse a JSON body.
 pub fn json<T: serde::de::DeserializeOwned>(req: &mut Request) -> Result<T> {
     // Refuse a declared oversized body before reading any of it.
-    if req.header("Content-Length").and_then(|v| v.trim().parse::<u64>().ok()).is_some_and(|n| n > MAX_JSON as u64) {
-        return Err(Error::PayloadTooLarge(format!("Request body larger than {MAX_JSON} bytes")));
+    if req
+        .header("Content-Length")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|n| n > MAX_JSON as u64)
+    {
+        return Err(Error::PayloadTooLarge(format!(
+            "Request body larger than {MAX_JSON} bytes"
+        )));
     }
     let body = req.read_body(MAX_JSON).map_err(|e| {
         if e.kind() == std::io::ErrorKind::InvalidData {
@@ -157,5 +163,7 @@ fn route(d: &Daemon, req: &mut Request) -> Result<Response> {
 
 /// `recursion` query value (0 when absent or invalid).
 pub fn recursion(req: &Request) -> u32 {
-    req.query("recursion").and_then(|v| v.parse().ok()).unwrap_or(0)
+    req.query("recursion")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }

@@ -18,7 +18,10 @@ pub struct ClientResponse<'a> {
 
 impl ClientResponse<'_> {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -40,7 +43,10 @@ pub(crate) fn read_head(r: &mut dyn BufRead, max: usize) -> io::Result<Vec<u8>> 
             Err(e) => return Err(e),
         };
         if avail.is_empty() {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before the response head"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed before the response head",
+            ));
         }
         let (used, done) = sc.feed(avail);
         r.consume(used);
@@ -59,7 +65,9 @@ pub(crate) fn parse_response_head(head: &[u8]) -> io::Result<(u16, Vec<(String, 
         return Err(bad_data("NUL in response head"));
     }
     let lines = super::head_lines(head).map_err(bad_data)?;
-    let (first, rest) = lines.split_first().ok_or_else(|| bad_data("empty response head"))?;
+    let (first, rest) = lines
+        .split_first()
+        .ok_or_else(|| bad_data("empty response head"))?;
     let first = std::str::from_utf8(first).map_err(|_| bad_data("malformed status line"))?;
     let mut parts = first.splitn(3, ' ');
     let version = parts.next().unwrap_or("");
@@ -70,7 +78,9 @@ pub(crate) fn parse_response_head(head: &[u8]) -> io::Result<(u16, Vec<(String, 
     if code.len() != 3 || !code.bytes().all(|c| c.is_ascii_digit()) {
         return Err(bad_data("malformed status code"));
     }
-    let status: u16 = code.parse().map_err(|_| bad_data("malformed status code"))?;
+    let status: u16 = code
+        .parse()
+        .map_err(|_| bad_data("malformed status code"))?;
     if status < 100 {
         return Err(bad_data("malformed status code"));
     }
@@ -153,7 +163,10 @@ pub fn request<'a>(
             stream.write_all(head.as_bytes())?;
             let copied = io::copy(&mut (&mut r).take(n), stream)?;
             if copied != n {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "request body shorter than its length"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "request body shorter than its length",
+                ));
             }
         }
         Body::Reader(mut r, None) => {
@@ -196,10 +209,23 @@ pub fn request<'a>(
         Framing::None
     } else {
         match body_framing(&headers) {
-            Ok(Framing::None) if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-length")) => Framing::Eof,
+            Ok(Framing::None)
+                if !headers
+                    .iter()
+                    .any(|(k, _)| k.eq_ignore_ascii_case("content-length")) =>
+            {
+                Framing::Eof
+            }
             Ok(f) => f,
             Err((_, msg)) => return Err(bad_data(msg)),
         }
     };
-    Ok(ClientResponse { status, headers, body: Box::new(ClientBody { r, dec: Decoder::new(framing) }) })
+    Ok(ClientResponse {
+        status,
+        headers,
+        body: Box::new(ClientBody {
+            r,
+            dec: Decoder::new(framing),
+        }),
+    })
 }

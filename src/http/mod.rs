@@ -106,7 +106,14 @@ impl Request {
         body: Box<dyn Read + Send>,
     ) -> Request {
         let raw_target = path.clone();
-        Request { method, path, query, headers, body, raw_target }
+        Request {
+            method,
+            path,
+            query,
+            headers,
+            body,
+            raw_target,
+        }
     }
     /// The request target exactly as sent (still percent-encoded, with the query).
     pub fn raw_target(&self) -> &str {
@@ -114,11 +121,17 @@ impl Request {
     }
     /// First header with this name, case-insensitive.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     /// First query value for this key.
     pub fn query(&self, key: &str) -> Option<&str> {
-        self.query.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.query
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
     /// The body stream (bounded by Content-Length or the chunked encoding).
     pub fn body(&mut self) -> &mut (dyn Read + Send) {
@@ -127,15 +140,21 @@ impl Request {
     /// Read the whole body, failing with `InvalidData` past `limit` bytes.
     pub fn read_body(&mut self, limit: usize) -> io::Result<Vec<u8>> {
         let mut out = Vec::new();
-        let n = (&mut self.body).take((limit as u64).saturating_add(1)).read_to_end(&mut out)?;
+        let n = (&mut self.body)
+            .take((limit as u64).saturating_add(1))
+            .read_to_end(&mut out)?;
         if n > limit {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "request body too large"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "request body too large",
+            ));
         }
         Ok(out)
     }
     /// Whether this is a WebSocket upgrade request.
     pub fn is_websocket(&self) -> bool {
-        self.header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+        self.header("upgrade")
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
     }
 }
 
@@ -161,11 +180,18 @@ pub struct Response {
 
 impl Response {
     pub fn new(status: u16) -> Response {
-        Response { status, headers: Vec::new(), body: Body::Empty, upgrade: None }
+        Response {
+            status,
+            headers: Vec::new(),
+            body: Body::Empty,
+            upgrade: None,
+        }
     }
     /// A JSON body with `Content-Type: application/json`.
     pub fn json(status: u16, body: Vec<u8>) -> Response {
-        Response::new(status).header("Content-Type", "application/json").body(Body::Bytes(body))
+        Response::new(status)
+            .header("Content-Type", "application/json")
+            .body(Body::Bytes(body))
     }
     pub fn header(mut self, name: &str, value: &str) -> Response {
         self.headers.push((name.to_string(), value.to_string()));
@@ -204,7 +230,10 @@ fn bad_data(msg: &str) -> io::Error {
 }
 
 fn is_timeout(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 /// Standard reason phrase for a status code ("" when unknown).
@@ -288,7 +317,10 @@ pub fn percent_decode(s: &str, plus_as_space: bool) -> Option<String> {
 pub fn percent_encode(s: &str, keep_slash: bool) -> String {
     let mut out = String::with_capacity(s.len());
     for &c in s.as_bytes() {
-        if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') || (keep_slash && c == b'/') {
+        if c.is_ascii_alphanumeric()
+            || matches!(c, b'-' | b'.' | b'_' | b'~')
+            || (keep_slash && c == b'/')
+        {
             out.push(c as char);
         } else {
             out.push('%');
@@ -327,7 +359,9 @@ fn is_tchar(c: u8) -> bool {
 
 /// Whether a comma-separated header value contains `token` (case-insensitive).
 pub(crate) fn has_token(value: &str, token: &str) -> bool {
-    value.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))
+    value
+        .split(',')
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// Accumulates a message head (up to and including the empty line) from successive buffers.
@@ -390,7 +424,10 @@ fn parse_header_lines(lines: &[&[u8]]) -> Result<Vec<(String, String)>, &'static
         if line[0] == b' ' || line[0] == b'\t' {
             return Err("obsolete line folding");
         }
-        let colon = line.iter().position(|&c| c == b':').ok_or("header line without colon")?;
+        let colon = line
+            .iter()
+            .position(|&c| c == b':')
+            .ok_or("header line without colon")?;
         let name = &line[..colon];
         if name.is_empty() || !name.iter().all(|&c| is_tchar(c)) {
             return Err("invalid header name");
@@ -479,7 +516,10 @@ fn read_line_bounded(r: &mut dyn BufRead, max: usize) -> io::Result<Vec<u8>> {
     loop {
         let avail = r.fill_buf()?;
         if avail.is_empty() {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed in body"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed in body",
+            ));
         }
         if let Some(nl) = avail.iter().position(|&c| c == b'\n') {
             if line.len() + nl > max {
@@ -520,8 +560,17 @@ pub(crate) struct Decoder {
 
 impl Decoder {
     pub fn new(framing: Framing) -> Decoder {
-        let remaining = if let Framing::Length(n) = framing { n } else { 0 };
-        Decoder { framing, remaining, chunk: ChunkState::Size, done: framing == Framing::None }
+        let remaining = if let Framing::Length(n) = framing {
+            n
+        } else {
+            0
+        };
+        Decoder {
+            framing,
+            remaining,
+            chunk: ChunkState::Size,
+            done: framing == Framing::None,
+        }
     }
     pub fn is_done(&self) -> bool {
         self.done
@@ -540,10 +589,15 @@ impl Decoder {
                 Ok(n)
             }
             Framing::Length(_) => {
-                let want = out.len().min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+                let want = out
+                    .len()
+                    .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
                 let n = r.read(&mut out[..want])?;
                 if n == 0 {
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "body shorter than Content-Length"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "body shorter than Content-Length",
+                    ));
                 }
                 self.remaining -= n as u64;
                 if self.remaining == 0 {
@@ -574,16 +628,27 @@ impl Decoder {
                         if size > i64::MAX as u64 {
                             return Err(bad_data("chunk size overflow"));
                         }
-                        self.chunk = if size == 0 { ChunkState::Trailers(0) } else { ChunkState::Data(size) };
+                        self.chunk = if size == 0 {
+                            ChunkState::Trailers(0)
+                        } else {
+                            ChunkState::Data(size)
+                        };
                     }
                     ChunkState::Data(left) => {
                         let want = out.len().min(usize::try_from(left).unwrap_or(usize::MAX));
                         let n = r.read(&mut out[..want])?;
                         if n == 0 {
-                            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed in chunk"));
+                            return Err(io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                "connection closed in chunk",
+                            ));
                         }
                         let left = left - n as u64;
-                        self.chunk = if left == 0 { ChunkState::DataEnd } else { ChunkState::Data(left) };
+                        self.chunk = if left == 0 {
+                            ChunkState::DataEnd
+                        } else {
+                            ChunkState::Data(left)
+                        };
                         return Ok(n);
                     }
                     ChunkState::DataEnd => {
@@ -628,7 +693,10 @@ pub(crate) struct Head {
 }
 
 /// Parse a complete request head. `Err((status, reason))` for malformed input.
-pub(crate) fn parse_request_head(head: &[u8], limits: &Limits) -> Result<Head, (u16, &'static str)> {
+pub(crate) fn parse_request_head(
+    head: &[u8],
+    limits: &Limits,
+) -> Result<Head, (u16, &'static str)> {
     if head.contains(&0) {
         return Err((400, "NUL in request head"));
     }
@@ -659,7 +727,10 @@ pub(crate) fn parse_request_head(head: &[u8], limits: &Limits) -> Result<Head, (
     // Checked above: printable ASCII.
     let target = String::from_utf8_lossy(target).into_owned();
     let mut origin = target.as_str();
-    if let Some(rest) = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")) {
+    if let Some(rest) = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+    {
         origin = rest.find('/').map_or("/", |i| &rest[i..]);
     }
     if !(origin.starts_with('/') || origin == "*") {
@@ -706,7 +777,10 @@ impl Read for BodyReader {
         if s.continue_pending {
             s.continue_pending = false;
             let w = s.r.get_mut();
-            if let Err(e) = w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").and_then(|_| w.flush()) {
+            if let Err(e) = w
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .and_then(|_| w.flush())
+            {
                 s.body_err = Some(e.kind());
                 return Err(e);
             }
@@ -735,7 +809,11 @@ impl PrefixedStream {
         if prefix.is_empty() {
             inner
         } else {
-            Box::new(PrefixedStream { prefix, pos: 0, inner })
+            Box::new(PrefixedStream {
+                prefix,
+                pos: 0,
+                inner,
+            })
         }
     }
 }
@@ -786,7 +864,9 @@ enum HeadOutcome {
 
 /// `t + d`, capped (a huge configured duration must not overflow and panic).
 fn add_capped(t: Instant, d: Duration) -> Instant {
-    t.checked_add(d).or_else(|| t.checked_add(Duration::from_secs(100 * 365 * 86400))).unwrap_or(t)
+    t.checked_add(d)
+        .or_else(|| t.checked_add(Duration::from_secs(100 * 365 * 86400)))
+        .unwrap_or(t)
 }
 
 /// Read a request head, enforcing the size limit, the idle wait and the whole-head deadline.
@@ -815,11 +895,17 @@ fn read_request_head(s: &mut Shared, limits: &Limits, first: bool) -> HeadOutcom
         let avail = match s.r.fill_buf() {
             Ok(a) => a,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if is_timeout(&e) && sc.total > 0 => return HeadOutcome::Fail(408, "request head timeout"),
+            Err(e) if is_timeout(&e) && sc.total > 0 => {
+                return HeadOutcome::Fail(408, "request head timeout")
+            }
             Err(_) => return HeadOutcome::Idle,
         };
         if avail.is_empty() {
-            return if sc.total > 0 { HeadOutcome::Fail(400, "connection closed in request head") } else { HeadOutcome::Idle };
+            return if sc.total > 0 {
+                HeadOutcome::Fail(400, "connection closed in request head")
+            } else {
+                HeadOutcome::Idle
+            };
         }
         if deadline.is_none() {
             deadline = Some(add_capped(Instant::now(), limits.head_timeout));
@@ -849,11 +935,19 @@ fn write_simple(w: &mut dyn Write, status: u16, msg: &str) -> io::Result<()> {
     w.flush()
 }
 
-fn write_head(w: &mut dyn Write, status: u16, headers: &[(String, String)], extra: &str) -> io::Result<()> {
+fn write_head(
+    w: &mut dyn Write,
+    status: u16,
+    headers: &[(String, String)],
+    extra: &str,
+) -> io::Result<()> {
     let mut h = format!("HTTP/1.1 {status} {}\r\n", reason_phrase(status));
     for (k, v) in headers {
         // Never let a handler split the response with CR/LF in a header.
-        if k.bytes().all(is_tchar) && !k.is_empty() && !v.bytes().any(|c| c == b'\r' || c == b'\n' || c == 0) {
+        if k.bytes().all(is_tchar)
+            && !k.is_empty()
+            && !v.bytes().any(|c| c == b'\r' || c == b'\n' || c == 0)
+        {
             h.push_str(k);
             h.push_str(": ");
             h.push_str(v);
@@ -866,12 +960,21 @@ fn write_head(w: &mut dyn Write, status: u16, headers: &[(String, String)], extr
 }
 
 /// Write a response; returns whether the connection may be kept alive.
-fn write_response(w: &mut dyn Write, resp: Response, head_only: bool, http11: bool, mut keep: bool) -> io::Result<bool> {
+fn write_response(
+    w: &mut dyn Write,
+    resp: Response,
+    head_only: bool,
+    http11: bool,
+    mut keep: bool,
+) -> io::Result<bool> {
     let status = resp.status;
     let no_body = status < 200 || status == 204 || status == 304;
     // A HEAD handler may announce the length of the body it would send.
     let head_len = if head_only {
-        resp.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-length")).map(|(_, v)| v.clone())
+        resp.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .map(|(_, v)| v.clone())
     } else {
         None
     };
@@ -963,7 +1066,11 @@ fn lock(a: &Arc<Mutex<Shared>>) -> std::sync::MutexGuard<'_, Shared> {
     a.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn serve_loop(stream: Box<dyn Stream>, limits: &Limits, handler: &(dyn Fn(&mut Request) -> Response + Sync)) {
+fn serve_loop(
+    stream: Box<dyn Stream>,
+    limits: &Limits,
+    handler: &(dyn Fn(&mut Request) -> Response + Sync),
+) {
     let shared = Arc::new(Mutex::new(Shared {
         r: BufReader::with_capacity(16 * 1024, stream),
         dec: Decoder::new(Framing::None),
@@ -978,18 +1085,24 @@ fn serve_loop(stream: Box<dyn Stream>, limits: &Limits, handler: &(dyn Fn(&mut R
                 HeadOutcome::Head(h) => h,
                 HeadOutcome::Idle => return,
                 HeadOutcome::Fail(status, msg) => {
-                    let _ = s.r.get_ref().set_write_timeout(Some(Duration::from_secs(5)));
+                    let _ =
+                        s.r.get_ref()
+                            .set_write_timeout(Some(Duration::from_secs(5)));
                     let _ = write_simple(s.r.get_mut(), status, msg);
                     return;
                 }
             }
         };
         first = false;
-        let head = match parse_request_head(&raw, limits).and_then(|h| body_framing(&h.headers).map(|f| (h, f))) {
+        let head = match parse_request_head(&raw, limits)
+            .and_then(|h| body_framing(&h.headers).map(|f| (h, f)))
+        {
             Ok(h) => h,
             Err((status, msg)) => {
                 let mut s = lock(&shared);
-                let _ = s.r.get_ref().set_write_timeout(Some(Duration::from_secs(5)));
+                let _ =
+                    s.r.get_ref()
+                        .set_write_timeout(Some(Duration::from_secs(5)));
                 let _ = write_simple(s.r.get_mut(), status, msg);
                 return;
             }
@@ -1001,10 +1114,20 @@ fn serve_loop(stream: Box<dyn Stream>, limits: &Limits, handler: &(dyn Fn(&mut R
             let _ = write_simple(s.r.get_mut(), 411, "request body length required");
             return;
         }
-        let find = |name: &str| head.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
+        let find = |name: &str| {
+            head.headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        };
         let conn_hdr = find("connection").unwrap_or("");
-        let mut keep = if head.http11 { !has_token(conn_hdr, "close") } else { has_token(conn_hdr, "keep-alive") };
-        let expect_continue = head.http11 && find("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+        let mut keep = if head.http11 {
+            !has_token(conn_hdr, "close")
+        } else {
+            has_token(conn_hdr, "keep-alive")
+        };
+        let expect_continue =
+            head.http11 && find("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
         if let Some(v) = find("expect") {
             if !v.eq_ignore_ascii_case("100-continue") {
                 let mut s = lock(&shared);
@@ -1017,12 +1140,23 @@ fn serve_loop(stream: Box<dyn Stream>, limits: &Limits, handler: &(dyn Fn(&mut R
             s.dec = Decoder::new(framing);
             s.continue_pending = expect_continue && !s.dec.is_done();
             s.body_err = None;
-            let _ = s.r.get_ref().set_read_timeout(Some(limits.body_read_timeout.max(Duration::from_millis(1))));
-            let _ = s.r.get_ref().set_write_timeout(Some(limits.body_read_timeout.max(Duration::from_millis(1))));
+            let _ =
+                s.r.get_ref()
+                    .set_read_timeout(Some(limits.body_read_timeout.max(Duration::from_millis(1))));
+            let _ = s
+                .r
+                .get_ref()
+                .set_write_timeout(Some(limits.body_read_timeout.max(Duration::from_millis(1))));
         }
         let is_head = head.method == "HEAD";
         let http11 = head.http11;
-        let mut req = Request::new(head.method, head.path, head.query, head.headers, Box::new(BodyReader(shared.clone())));
+        let mut req = Request::new(
+            head.method,
+            head.path,
+            head.query,
+            head.headers,
+            Box::new(BodyReader(shared.clone())),
+        );
         req.raw_target = head.target;
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(&mut req)));
         drop(req);
@@ -1034,7 +1168,11 @@ fn serve_loop(stream: Box<dyn Stream>, limits: &Limits, handler: &(dyn Fn(&mut R
                 Response::json(500, br#"{"type":"error","status":"","status_code":0,"operation":"","error_code":500,"error":"internal server error","metadata":null}"#.to_vec())
             }
         };
-        if resp.headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("connection") && has_token(v, "close")) {
+        if resp
+            .headers
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case("connection") && has_token(v, "close"))
+        {
             keep = false;
         }
         if s.body_err.is_none() && !s.dec.is_done() {
@@ -1073,12 +1211,19 @@ fn serve_loop(stream: Box<dyn Stream>, limits: &Limits, handler: &(dyn Fn(&mut R
                 io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => 408,
                 _ => return,
             };
-            let _ = write_simple(s.r.get_mut(), status, "malformed or incomplete request body");
+            let _ = write_simple(
+                s.r.get_mut(),
+                status,
+                "malformed or incomplete request body",
+            );
             return;
         }
         if resp.status == 101 {
             if let Some(up) = resp.upgrade.take() {
-                if write_head(s.r.get_mut(), 101, &resp.headers, "").and_then(|_| s.r.get_mut().flush()).is_err() {
+                if write_head(s.r.get_mut(), 101, &resp.headers, "")
+                    .and_then(|_| s.r.get_mut().flush())
+                    .is_err()
+                {
                     return;
                 }
                 let leftover = s.r.buffer().to_vec();
@@ -1096,7 +1241,9 @@ fn serve_loop(stream: Box<dyn Stream>, limits: &Limits, handler: &(dyn Fn(&mut R
             keep = false;
         }
         let w = s.r.get_mut();
-        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write_response(w, resp, is_head, http11, keep)));
+        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            write_response(w, resp, is_head, http11, keep)
+        }));
         match res {
             Ok(Ok(true)) => {}
             _ => return,
@@ -1120,7 +1267,11 @@ pub struct SliceStream {
 
 impl SliceStream {
     pub fn new(input: Vec<u8>) -> SliceStream {
-        SliceStream { input, pos: 0, output: Arc::new(Mutex::new(Vec::new())) }
+        SliceStream {
+            input,
+            pos: 0,
+            output: Arc::new(Mutex::new(Vec::new())),
+        }
     }
 }
 
@@ -1149,7 +1300,11 @@ impl Write for SliceStream {
 
 impl Stream for SliceStream {
     fn try_clone_stream(&self) -> io::Result<Box<dyn Stream>> {
-        Ok(Box::new(SliceStream { input: Vec::new(), pos: 0, output: self.output.clone() }))
+        Ok(Box::new(SliceStream {
+            input: Vec::new(),
+            pos: 0,
+            output: self.output.clone(),
+        }))
     }
     fn set_read_timeout(&self, _t: Option<Duration>) -> io::Result<()> {
         Ok(())
@@ -1185,7 +1340,11 @@ pub fn fuzz_parse_request(data: &[u8]) {
     }
     // The body decoders alone, on what follows the head (or on everything).
     let rest = if done { &data[used..] } else { data };
-    for framing in [Framing::Chunked, Framing::Length(rest.len() as u64 / 2 + 1), Framing::Eof] {
+    for framing in [
+        Framing::Chunked,
+        Framing::Length(rest.len() as u64 / 2 + 1),
+        Framing::Eof,
+    ] {
         let mut dec = Decoder::new(framing);
         let mut r = rest;
         let mut buf = [0u8; 61];
@@ -1265,11 +1424,22 @@ mod tests {
             Err(_) => return Response::new(413),
         };
         let q: Vec<String> = req.query.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let text = format!("{} {} [{}] {}", req.method, req.path, q.join("|"), String::from_utf8_lossy(&body));
+        let text = format!(
+            "{} {} [{}] {}",
+            req.method,
+            req.path,
+            q.join("|"),
+            String::from_utf8_lossy(&body)
+        );
         if req.path == "/stream" {
-            return Response::new(200).body(Body::Reader(Box::new(io::Cursor::new(text.into_bytes())), None));
+            return Response::new(200).body(Body::Reader(
+                Box::new(io::Cursor::new(text.into_bytes())),
+                None,
+            ));
         }
-        Response::new(200).header("Content-Type", "text/plain").body(Body::Bytes(text.into_bytes()))
+        Response::new(200)
+            .header("Content-Type", "text/plain")
+            .body(Body::Bytes(text.into_bytes()))
     }
 
     /// Run the server over in-memory input; returns everything it wrote.
@@ -1330,9 +1500,17 @@ mod tests {
         ];
         for (input, want) in cases {
             let out = run(input);
-            assert_eq!(status_of(&out), *want, "input {:?} gave {out:?}", String::from_utf8_lossy(input));
+            assert_eq!(
+                status_of(&out),
+                *want,
+                "input {:?} gave {out:?}",
+                String::from_utf8_lossy(input)
+            );
             if *want != 200 {
-                assert!(out.contains("Connection: close\r\n"), "error must close: {out:?}");
+                assert!(
+                    out.contains("Connection: close\r\n"),
+                    "error must close: {out:?}"
+                );
             }
         }
         // Nothing at all: silent close.
@@ -1341,16 +1519,30 @@ mod tests {
 
     #[test]
     fn path_and_query_decoding() {
-        let out = run(b"GET /1.0/instances/a%20b%2Fc?recursion=1&filter=a+b%2Bc&flag&=x HTTP/1.1\r\n\r\n");
-        assert!(out.ends_with("GET /1.0/instances/a b/c [recursion=1|filter=a b+c|flag=|=x] "), "{out}");
+        let out = run(
+            b"GET /1.0/instances/a%20b%2Fc?recursion=1&filter=a+b%2Bc&flag&=x HTTP/1.1\r\n\r\n",
+        );
+        assert!(
+            out.ends_with("GET /1.0/instances/a b/c [recursion=1|filter=a b+c|flag=|=x] "),
+            "{out}"
+        );
         assert_eq!(percent_decode("a+b%41", false).as_deref(), Some("a+bA"));
         assert_eq!(percent_decode("a+b%41", true).as_deref(), Some("a bA"));
         assert_eq!(percent_decode("%4", true), None);
         assert_eq!(percent_decode("%", true), None);
         assert_eq!(percent_decode("%C3%A9", true).as_deref(), Some("é"));
         assert_eq!(percent_encode("a b/é", true), "a%20b/%C3%A9");
-        assert_eq!(percent_decode(&percent_encode("x?&=+ /y", false), false).as_deref(), Some("x?&=+ /y"));
-        let mut req = Request::new("GET".into(), "/p".into(), vec![("a".into(), "1".into())], vec![], Box::new(io::empty()));
+        assert_eq!(
+            percent_decode(&percent_encode("x?&=+ /y", false), false).as_deref(),
+            Some("x?&=+ /y")
+        );
+        let mut req = Request::new(
+            "GET".into(),
+            "/p".into(),
+            vec![("a".into(), "1".into())],
+            vec![],
+            Box::new(io::empty()),
+        );
         assert_eq!(req.query("a"), Some("1"));
         assert_eq!(req.raw_target(), "/p");
         assert_eq!(req.read_body(10).unwrap(), b"");
@@ -1380,10 +1572,16 @@ mod tests {
         // Chunked response for an unknown-length body.
         let out = run(b"POST /stream HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi");
         assert!(out.contains("Transfer-Encoding: chunked\r\n"), "{out}");
-        assert!(out.ends_with("\r\n12\r\nPOST /stream [] hi\r\n0\r\n\r\n"), "{out}");
+        assert!(
+            out.ends_with("\r\n12\r\nPOST /stream [] hi\r\n0\r\n\r\n"),
+            "{out}"
+        );
         // HTTP/1.0 cannot take chunked: the body runs to the close.
         let out = run(b"POST /stream HTTP/1.0\r\nContent-Length: 2\r\n\r\nhi");
-        assert!(out.contains("Connection: close\r\n") && out.ends_with("\r\n\r\nPOST /stream [] hi"), "{out}");
+        assert!(
+            out.contains("Connection: close\r\n") && out.ends_with("\r\n\r\nPOST /stream [] hi"),
+            "{out}"
+        );
     }
 
     #[test]
@@ -1400,7 +1598,12 @@ mod tests {
             let mut input = b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
             input.extend_from_slice(body);
             let out = run(&input);
-            assert_eq!(status_of(&out), 400, "{:?} gave {out}", String::from_utf8_lossy(body));
+            assert_eq!(
+                status_of(&out),
+                400,
+                "{:?} gave {out}",
+                String::from_utf8_lossy(body)
+            );
             assert!(out.contains("Connection: close"));
         }
         // A chunk-size line longer than allowed.
@@ -1416,14 +1619,22 @@ mod tests {
         assert_eq!(responses.len(), 3, "{out}");
         assert!(responses[0].ends_with("GET /a [] "));
         // HEAD: length announced, no body.
-        assert!(responses[1].contains("Content-Length: 11\r\n") && responses[1].ends_with("\r\n\r\n"), "{out}");
-        assert!(responses[2].contains("Connection: close\r\n") && responses[2].ends_with("POST /c [] z"));
+        assert!(
+            responses[1].contains("Content-Length: 11\r\n") && responses[1].ends_with("\r\n\r\n"),
+            "{out}"
+        );
+        assert!(
+            responses[2].contains("Connection: close\r\n")
+                && responses[2].ends_with("POST /c [] z")
+        );
         // HTTP/1.0 keep-alive.
         let out = run(b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /b HTTP/1.0\r\n\r\nGET /c HTTP/1.0\r\n\r\n");
         assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 2, "{out}");
         assert!(out.contains("Connection: keep-alive\r\n"));
         // Unread body is drained so the next request still parses.
-        let out = run(b"POST /noread HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /after HTTP/1.1\r\n\r\n");
+        let out = run(
+            b"POST /noread HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /after HTTP/1.1\r\n\r\n",
+        );
         assert!(out.ends_with("GET /after [] "), "{out}");
     }
 
@@ -1433,10 +1644,16 @@ mod tests {
             match req.path.as_str() {
                 "/len" => Response::new(200).header("Content-Length", "1234"),
                 "/nc" => Response::new(204).body(Body::Bytes(b"dropped".to_vec())),
-                _ => Response::new(200).body(Body::Reader(Box::new(io::Cursor::new(b"xyz".to_vec())), None)),
+                _ => Response::new(200).body(Body::Reader(
+                    Box::new(io::Cursor::new(b"xyz".to_vec())),
+                    None,
+                )),
             }
         };
-        let s = SliceStream::new(b"HEAD /len HTTP/1.1\r\n\r\nGET /nc HTTP/1.1\r\n\r\nHEAD /chunk HTTP/1.1\r\n\r\n".to_vec());
+        let s = SliceStream::new(
+            b"HEAD /len HTTP/1.1\r\n\r\nGET /nc HTTP/1.1\r\n\r\nHEAD /chunk HTTP/1.1\r\n\r\n"
+                .to_vec(),
+        );
         let out = s.output.clone();
         serve_connection(Box::new(s), &small_limits(), &handler);
         let out = String::from_utf8(out.lock().unwrap().clone()).unwrap();
@@ -1473,7 +1690,14 @@ mod tests {
         }
         {
             let body = Body::Reader(Box::new(io::Cursor::new(vec![b'q'; 100_000])), None);
-            let mut r = client::request(&mut c, "POST", "/stream", &[("Host".into(), "h".into())], body).unwrap();
+            let mut r = client::request(
+                &mut c,
+                "POST",
+                "/stream",
+                &[("Host".into(), "h".into())],
+                body,
+            )
+            .unwrap();
             assert_eq!(r.header("transfer-encoding"), Some("chunked"));
             let mut s = String::new();
             r.body.read_to_string(&mut s).unwrap();
@@ -1493,7 +1717,14 @@ mod tests {
             assert_eq!((r.status, s.as_str()), (200, ""));
         }
         {
-            let mut r = client::request(&mut c, "GET", "/five", &[("Connection".into(), "close".into())], Body::Empty).unwrap();
+            let mut r = client::request(
+                &mut c,
+                "GET",
+                "/five",
+                &[("Connection".into(), "close".into())],
+                Body::Empty,
+            )
+            .unwrap();
             let mut s = String::new();
             r.body.read_to_string(&mut s).unwrap();
             assert_eq!(s, "GET /five [] ");
@@ -1526,7 +1757,10 @@ mod tests {
         let writer = {
             let mut c = c.try_clone().unwrap();
             thread::spawn(move || {
-                for b in b"GET / HTTP/1.1\r\nX-Slow: ".iter().chain(std::iter::repeat(&b'a')) {
+                for b in b"GET / HTTP/1.1\r\nX-Slow: "
+                    .iter()
+                    .chain(std::iter::repeat(&b'a'))
+                {
                     if c.write_all(&[*b]).is_err() {
                         break;
                     }
@@ -1567,17 +1801,23 @@ mod tests {
     #[test]
     fn body_read_timeout_is_408() {
         let (mut c, t) = spawn_server(small_limits());
-        c.write_all(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc").unwrap();
+        c.write_all(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+            .unwrap();
         let mut out = Vec::new();
         c.read_to_end(&mut out).unwrap();
-        assert!(out.starts_with(b"HTTP/1.1 408 "), "{}", String::from_utf8_lossy(&out));
+        assert!(
+            out.starts_with(b"HTTP/1.1 408 "),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
         t.join().unwrap();
     }
 
     #[test]
     fn expect_100_continue() {
         let (mut c, t) = spawn_server(Limits::default());
-        c.write_all(b"POST /e HTTP/1.1\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n").unwrap();
+        c.write_all(b"POST /e HTTP/1.1\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+            .unwrap();
         let mut buf = [0u8; 25];
         c.read_exact(&mut buf).unwrap();
         assert_eq!(&buf, b"HTTP/1.1 100 Continue\r\n\r\n");
@@ -1590,11 +1830,17 @@ mod tests {
         assert_eq!(&body, b"POST /e [] data");
         drop(r);
         // Handler that never reads: no 100, response closes the connection.
-        c.write_all(b"POST /noread HTTP/1.1\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n").unwrap();
+        c.write_all(b"POST /noread HTTP/1.1\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+            .unwrap();
         let mut out = Vec::new();
         c.read_to_end(&mut out).unwrap();
         let out = String::from_utf8_lossy(&out);
-        assert!(out.starts_with("HTTP/1.1 200 OK\r\n") && out.contains("Connection: close") && out.ends_with("skipped"), "{out}");
+        assert!(
+            out.starts_with("HTTP/1.1 200 OK\r\n")
+                && out.contains("Connection: close")
+                && out.ends_with("skipped"),
+            "{out}"
+        );
         t.join().unwrap();
     }
 
@@ -1660,9 +1906,14 @@ mod tests {
     }
 
     pub(crate) fn corpus(target: &str) -> Vec<Vec<u8>> {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz/corpus").join(target);
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fuzz/corpus")
+            .join(target);
         let mut out = Vec::new();
-        let mut entries: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut entries: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         entries.sort();
         for p in entries {
             out.push(std::fs::read(p).unwrap());
@@ -1675,16 +1926,40 @@ mod tests {
     fn fuzz_http_request_deterministic() {
         let seeds = corpus("http_request");
         let tokens: &[&[u8]] = &[
-            b"\r\n", b"\n", b"\r", b"\0", b" ", b":", b"%", b"%zz", b"?", b"&", b"=", b"+",
-            b"Transfer-Encoding: chunked\r\n", b"Content-Length: 5\r\n", b"Content-Length: 18446744073709551616\r\n",
-            b"ffffffffffffffffff\r\n", b"0\r\n\r\n", b"Expect: 100-continue\r\n", b"Connection: close\r\n",
-            b"Upgrade: websocket\r\n", b"HTTP/1.0", b"HTTP/9.9", b"\x81\x85", b"\x88\x80", b"GET /stream HTTP/1.1\r\n\r\n",
+            b"\r\n",
+            b"\n",
+            b"\r",
+            b"\0",
+            b" ",
+            b":",
+            b"%",
+            b"%zz",
+            b"?",
+            b"&",
+            b"=",
+            b"+",
+            b"Transfer-Encoding: chunked\r\n",
+            b"Content-Length: 5\r\n",
+            b"Content-Length: 18446744073709551616\r\n",
+            b"ffffffffffffffffff\r\n",
+            b"0\r\n\r\n",
+            b"Expect: 100-continue\r\n",
+            b"Connection: close\r\n",
+            b"Upgrade: websocket\r\n",
+            b"HTTP/1.0",
+            b"HTTP/9.9",
+            b"\x81\x85",
+            b"\x88\x80",
+            b"GET /stream HTTP/1.1\r\n\r\n",
         ];
         let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
         for s in &seeds {
             fuzz_parse_request(s);
         }
-        let iters: usize = std::env::var("BIVY_FUZZ_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(3000);
+        let iters: usize = std::env::var("BIVY_FUZZ_ITERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3000);
         for _ in 0..iters {
             let seed = &seeds[rng.below(seeds.len())];
             let input = mutate(&mut rng, seed, tokens);
@@ -1692,4 +1967,3 @@ mod tests {
         }
     }
 }
-

@@ -44,8 +44,16 @@ pub fn base64_encode(data: &[u8]) -> String {
         let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
         out.push(char::from(B64[(n >> 18) as usize & 63]));
         out.push(char::from(B64[(n >> 12) as usize & 63]));
-        out.push(if c.len() > 1 { char::from(B64[(n >> 6) as usize & 63]) } else { '=' });
-        out.push(if c.len() > 2 { char::from(B64[n as usize & 63]) } else { '=' });
+        out.push(if c.len() > 1 {
+            char::from(B64[(n >> 6) as usize & 63])
+        } else {
+            '='
+        });
+        out.push(if c.len() > 2 {
+            char::from(B64[n as usize & 63])
+        } else {
+            '='
+        });
     }
     out
 }
@@ -102,7 +110,9 @@ fn bad_request(msg: &str) -> Response {
     Response::new(400)
         .header("Content-Type", "text/plain; charset=utf-8")
         .header("Sec-WebSocket-Version", "13")
-        .body(super::Body::Bytes(format!("websocket handshake: {msg}\n").into_bytes()))
+        .body(super::Body::Bytes(
+            format!("websocket handshake: {msg}\n").into_bytes(),
+        ))
 }
 
 /// The 101 response for a valid upgrade request (`Sec-WebSocket-Accept` computed), or a 400.
@@ -112,10 +122,16 @@ pub fn accept(req: &Request) -> Response {
     if req.method != "GET" {
         return bad_request("method must be GET");
     }
-    if !req.header("upgrade").is_some_and(|v| has_token(v, "websocket")) {
+    if !req
+        .header("upgrade")
+        .is_some_and(|v| has_token(v, "websocket"))
+    {
         return bad_request("missing Upgrade: websocket");
     }
-    if !req.header("connection").is_some_and(|v| has_token(v, "upgrade")) {
+    if !req
+        .header("connection")
+        .is_some_and(|v| has_token(v, "upgrade"))
+    {
         return bad_request("missing Connection: upgrade");
     }
     if req.header("sec-websocket-version").map(str::trim) != Some("13") {
@@ -167,7 +183,10 @@ impl Sender {
         Sender {
             inner: Arc::new(SenderInner {
                 role,
-                state: Mutex::new(SenderState { stream, closed: false }),
+                state: Mutex::new(SenderState {
+                    stream,
+                    closed: false,
+                }),
                 rng: ring::rand::SystemRandom::new(),
             }),
         }
@@ -180,7 +199,12 @@ impl Sender {
     /// Write one frame as described (`first_byte` is FIN, RSV and opcode; the payload is masked
     /// with `mask` when given), with no role or state checks. For tests of the peer's receiver.
     #[doc(hidden)]
-    pub fn send_raw_frame(&self, first_byte: u8, payload: &[u8], mask: Option<[u8; 4]>) -> io::Result<()> {
+    pub fn send_raw_frame(
+        &self,
+        first_byte: u8,
+        payload: &[u8],
+        mask: Option<[u8; 4]>,
+    ) -> io::Result<()> {
         let mut st = self.lock();
         write_frame(&mut *st.stream, first_byte, payload, mask)
     }
@@ -190,7 +214,10 @@ impl Sender {
             Role::Server => Ok(None),
             Role::Client => {
                 let mut k = [0u8; 4];
-                self.inner.rng.fill(&mut k).map_err(|_| io::Error::other("random source failed"))?;
+                self.inner
+                    .rng
+                    .fill(&mut k)
+                    .map_err(|_| io::Error::other("random source failed"))?;
                 Ok(Some(k))
             }
         }
@@ -200,7 +227,10 @@ impl Sender {
         let mask = self.mask_key()?;
         let mut st = self.lock();
         if st.closed {
-            return Err(io::Error::new(io::ErrorKind::NotConnected, "websocket already closed"));
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "websocket already closed",
+            ));
         }
         write_frame(&mut *st.stream, 0x80 | opcode, payload, mask)
     }
@@ -238,7 +268,12 @@ impl Sender {
     }
 }
 
-fn write_frame(w: &mut dyn Write, first_byte: u8, payload: &[u8], mask: Option<[u8; 4]>) -> io::Result<()> {
+fn write_frame(
+    w: &mut dyn Write,
+    first_byte: u8,
+    payload: &[u8],
+    mask: Option<[u8; 4]>,
+) -> io::Result<()> {
     let mut head = Vec::with_capacity(14);
     head.push(first_byte);
     let mbit = if mask.is_some() { 0x80 } else { 0 };
@@ -300,7 +335,10 @@ impl Receiver {
     /// The next data or close message.
     pub fn recv(&mut self) -> io::Result<Message> {
         if self.done {
-            return Err(io::Error::new(io::ErrorKind::NotConnected, "websocket closed"));
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "websocket closed",
+            ));
         }
         let mut msg: Vec<u8> = Vec::new();
         let mut msg_op: Option<u8> = None;
@@ -362,7 +400,9 @@ impl Receiver {
             let len = len as usize;
             match (op, msg_op) {
                 (OP_CONT, None) => return Err(self.fail(1002, "continuation without a message")),
-                (OP_TEXT | OP_BINARY, Some(_)) => return Err(self.fail(1002, "new message inside a fragmented one")),
+                (OP_TEXT | OP_BINARY, Some(_)) => {
+                    return Err(self.fail(1002, "new message inside a fragmented one"))
+                }
                 _ => {}
             }
             let mut payload = std::mem::take(&mut msg);
@@ -373,7 +413,10 @@ impl Receiver {
                 Ok(n) if n == len => {}
                 Ok(_) => {
                     self.done = true;
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed inside a frame"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "connection closed inside a frame",
+                    ));
                 }
                 Err(e) => {
                     self.done = true;
@@ -444,7 +487,12 @@ impl Receiver {
 pub fn split(stream: Box<dyn Stream>, role: Role) -> io::Result<(Sender, Receiver)> {
     let w = stream.try_clone_stream()?;
     let sender = Sender::new(w, role);
-    let recv = Receiver { r: BufReader::with_capacity(64 * 1024, stream), sender: sender.clone(), role, done: false };
+    let recv = Receiver {
+        r: BufReader::with_capacity(64 * 1024, stream),
+        sender: sender.clone(),
+        role,
+        done: false,
+    };
     Ok((sender, recv))
 }
 
@@ -455,16 +503,27 @@ pub fn connect(
     headers: &[(String, String)],
 ) -> io::Result<(Sender, Receiver)> {
     if path.is_empty() || path.bytes().any(|c| c <= 0x20 || c == 0x7f) {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "invalid websocket path"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "invalid websocket path",
+        ));
     }
     let mut raw = [0u8; 16];
-    ring::rand::SystemRandom::new().fill(&mut raw).map_err(|_| io::Error::other("random source failed"))?;
+    ring::rand::SystemRandom::new()
+        .fill(&mut raw)
+        .map_err(|_| io::Error::other("random source failed"))?;
     let key = base64_encode(&raw);
     let mut head = format!("GET {path} HTTP/1.1\r\n");
     let mut has_host = false;
     for (k, v) in headers {
-        if k.is_empty() || !k.bytes().all(super::is_tchar) || v.bytes().any(|c| c == b'\r' || c == b'\n' || c == 0) {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "invalid header"));
+        if k.is_empty()
+            || !k.bytes().all(super::is_tchar)
+            || v.bytes().any(|c| c == b'\r' || c == b'\n' || c == 0)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "invalid header",
+            ));
         }
         has_host |= k.eq_ignore_ascii_case("host");
         head.push_str(&format!("{k}: {v}\r\n"));
@@ -480,7 +539,11 @@ pub fn connect(
     let mut r = BufReader::with_capacity(16 * 1024, stream);
     let raw_head = super::client::read_head(&mut r, 64 * 1024)?;
     let (status, rh) = super::client::parse_response_head(&raw_head)?;
-    let find = |n: &str| rh.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.as_str());
+    let find = |n: &str| {
+        rh.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.as_str())
+    };
     if status != 101 {
         return Err(io::Error::new(
             io::ErrorKind::ConnectionRefused,
@@ -493,7 +556,9 @@ pub fn connect(
         return Err(proto_err("handshake response lacks Upgrade/Connection"));
     }
     if find("sec-websocket-accept").map(str::trim) != Some(accept_key(&key).as_str()) {
-        return Err(proto_err("handshake response has a wrong Sec-WebSocket-Accept"));
+        return Err(proto_err(
+            "handshake response has a wrong Sec-WebSocket-Accept",
+        ));
     }
     let leftover = r.buffer().to_vec();
     let stream = super::PrefixedStream::wrap(leftover, r.into_inner());
@@ -506,7 +571,9 @@ pub fn connect(
 pub fn fuzz_ws_frames(data: &[u8]) {
     for role in [Role::Server, Role::Client] {
         let s = super::SliceStream::new(data.to_vec());
-        let Ok((_tx, mut rx)) = split(Box::new(s), role) else { continue };
+        let Ok((_tx, mut rx)) = split(Box::new(s), role) else {
+            continue;
+        };
         for _ in 0..10_000 {
             match rx.recv() {
                 Ok(Message::Close(_)) | Err(_) => break,
@@ -542,7 +609,9 @@ mod tests {
         }
         let all: Vec<u8> = (0..=255).collect();
         assert_eq!(base64_decode(&base64_encode(&all)), Some(all));
-        for bad in ["Zg=", "Zg===", "Z===", "Zh==", "Zm9=", "Zm=v", "Zg==Zg==", "Zm9v!A==", "Zm9\n"] {
+        for bad in [
+            "Zg=", "Zg===", "Z===", "Zh==", "Zm9=", "Zm=v", "Zg==Zg==", "Zm9v!A==", "Zm9\n",
+        ] {
             assert_eq!(base64_decode(bad), None, "{bad}");
         }
     }
@@ -557,7 +626,10 @@ mod tests {
 
     #[test]
     fn rfc6455_accept_example() {
-        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     fn ws_request(headers: &[(&str, &str)], method: &str) -> Request {
@@ -565,7 +637,10 @@ mod tests {
             method.into(),
             "/ws".into(),
             vec![],
-            headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             Box::new(io::empty()),
         )
     }
@@ -582,7 +657,10 @@ mod tests {
         ];
         let r = accept(&ws_request(&good, "GET"));
         assert_eq!(r.status, 101);
-        assert!(r.headers.contains(&("Sec-WebSocket-Accept".into(), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into())));
+        assert!(r.headers.contains(&(
+            "Sec-WebSocket-Accept".into(),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into()
+        )));
         assert_eq!(accept(&ws_request(&good, "POST")).status, 400);
         for (drop, replace) in [
             (2, None),
@@ -631,7 +709,8 @@ mod tests {
     #[test]
     fn end_to_end_echo() {
         let (c, t) = echo_server();
-        let (tx, mut rx) = connect(Box::new(c), "/1.0/operations/x/websocket?secret=s", &[]).unwrap();
+        let (tx, mut rx) =
+            connect(Box::new(c), "/1.0/operations/x/websocket?secret=s", &[]).unwrap();
         tx.send_text("hello").unwrap();
         assert_eq!(rx.recv().unwrap(), Message::Text("hello".into()));
         tx.send_binary(&[0, 1, 2, 255]).unwrap();
@@ -642,14 +721,17 @@ mod tests {
         tx.send_binary(&big).unwrap();
         assert_eq!(rx.recv().unwrap(), Message::Binary(big));
         // Fragmented text with a ping in the middle (the server pongs; our receiver ignores it).
-        tx.send_raw_frame(OP_TEXT, b"hel", Some([1, 2, 3, 4])).unwrap();
+        tx.send_raw_frame(OP_TEXT, b"hel", Some([1, 2, 3, 4]))
+            .unwrap();
         tx.ping().unwrap();
-        tx.send_raw_frame(0x80 | OP_CONT, b"lo!", Some([9, 8, 7, 6])).unwrap();
+        tx.send_raw_frame(0x80 | OP_CONT, b"lo!", Some([9, 8, 7, 6]))
+            .unwrap();
         assert_eq!(rx.recv().unwrap(), Message::Text("hello!".into()));
         // Multi-byte UTF-8 split across fragments is fine.
         let s = "héllo wörld".as_bytes();
         tx.send_raw_frame(OP_TEXT, &s[..2], Some([0; 4])).unwrap();
-        tx.send_raw_frame(0x80 | OP_CONT, &s[2..], Some([0; 4])).unwrap();
+        tx.send_raw_frame(0x80 | OP_CONT, &s[2..], Some([0; 4]))
+            .unwrap();
         assert_eq!(rx.recv().unwrap(), Message::Text("héllo wörld".into()));
         // Close handshake initiated by us: the server replies and returns Close.
         tx.close(1000).unwrap();
@@ -670,7 +752,11 @@ mod tests {
         assert!(connect(Box::new(a), "/x", &[]).is_err());
         t.join().unwrap();
         let (a, b) = UnixStream::pair().unwrap();
-        let t = thread::spawn(move || serve_connection(Box::new(b), &Limits::default(), &|_req: &mut Request| Response::new(404)));
+        let t = thread::spawn(move || {
+            serve_connection(Box::new(b), &Limits::default(), &|_req: &mut Request| {
+                Response::new(404)
+            })
+        });
         let e = connect(Box::new(a), "/x", &[]).err().unwrap();
         assert!(e.to_string().contains("404"), "{e}");
         t.join().unwrap();
@@ -708,19 +794,24 @@ mod tests {
     fn server_masking_ping_and_close() {
         let (_tx, mut rx, mut peer) = raw_pair(Role::Server);
         // RFC 6455 5.7 example: masked "Hello".
-        peer.write_all(&[0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58]).unwrap();
+        peer.write_all(&[
+            0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+        ])
+        .unwrap();
         assert_eq!(rx.recv().unwrap(), Message::Text("Hello".into()));
         // Empty text frame.
         peer.write_all(&masked_frame(0x81, b"")).unwrap();
         assert_eq!(rx.recv().unwrap(), Message::Text(String::new()));
         // Ping is answered with an unmasked pong carrying the payload.
         peer.write_all(&masked_frame(0x89, b"pi")).unwrap();
-        peer.write_all(&masked_frame(0x8a, b"ignored pong")).unwrap();
+        peer.write_all(&masked_frame(0x8a, b"ignored pong"))
+            .unwrap();
         peer.write_all(&masked_frame(0x82, &[7; 300])).unwrap();
         assert_eq!(rx.recv().unwrap(), Message::Binary(vec![7; 300]));
         assert_eq!(read_n(&mut peer, 4), vec![0x8a, 0x02, b'p', b'i']);
         // Close: we reply with the same code and report it.
-        peer.write_all(&masked_frame(0x88, &[0x03, 0xe9, b'b', b'y', b'e'])).unwrap();
+        peer.write_all(&masked_frame(0x88, &[0x03, 0xe9, b'b', b'y', b'e']))
+            .unwrap();
         assert_eq!(rx.recv().unwrap(), Message::Close(Some(1001)));
         assert_eq!(read_n(&mut peer, 4), vec![0x88, 0x02, 0x03, 0xe9]);
     }
@@ -740,7 +831,11 @@ mod tests {
             assert_eq!(close[1], 0x02);
             close = read_n(&mut peer, 2);
         }
-        assert_eq!(u16::from_be_bytes([close[0], close[1]]), code, "input {input:x?}");
+        assert_eq!(
+            u16::from_be_bytes([close[0], close[1]]),
+            code,
+            "input {input:x?}"
+        );
         assert!(rx.recv().is_err());
     }
 
@@ -789,7 +884,11 @@ mod tests {
             cont.extend_from_slice(&(chunk.len() as u64).to_be_bytes());
             let _ = peer.write_all(&head).and_then(|_| peer.write_all(&chunk));
             for _ in 0..17 {
-                if peer.write_all(&cont).and_then(|_| peer.write_all(&chunk)).is_err() {
+                if peer
+                    .write_all(&cont)
+                    .and_then(|_| peer.write_all(&chunk))
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -838,15 +937,28 @@ mod tests {
     fn fuzz_ws_frame_deterministic() {
         let seeds = crate::http::tests::corpus("ws_frame");
         let tokens: &[&[u8]] = &[
-            &[0x81], &[0x01], &[0x80], &[0x88, 0x02, 0x03, 0xe8], &[0x89, 0x00], &[0x8a, 0x80, 0, 0, 0, 0],
-            &[0x7e, 0xff, 0xff], &[0x7f, 0, 0, 0, 0, 0, 0xff, 0, 0], &[0x7f, 0x80, 0, 0, 0, 0, 0, 0, 0],
-            &[0xc3, 0x28], &[0xf0, 0x9f, 0x98, 0x80], &[0x70], &[0x00, 0x00, 0x00, 0x00],
+            &[0x81],
+            &[0x01],
+            &[0x80],
+            &[0x88, 0x02, 0x03, 0xe8],
+            &[0x89, 0x00],
+            &[0x8a, 0x80, 0, 0, 0, 0],
+            &[0x7e, 0xff, 0xff],
+            &[0x7f, 0, 0, 0, 0, 0, 0xff, 0, 0],
+            &[0x7f, 0x80, 0, 0, 0, 0, 0, 0, 0],
+            &[0xc3, 0x28],
+            &[0xf0, 0x9f, 0x98, 0x80],
+            &[0x70],
+            &[0x00, 0x00, 0x00, 0x00],
         ];
         let mut rng = crate::http::tests::XorShift(0x2545_f491_4f6c_dd1d);
         for s in &seeds {
             fuzz_ws_frames(s);
         }
-        let iters: usize = std::env::var("BIVY_FUZZ_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(3000);
+        let iters: usize = std::env::var("BIVY_FUZZ_ITERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3000);
         for _ in 0..iters {
             let seed = &seeds[rng.below(seeds.len())];
             let input = crate::http::tests::mutate(&mut rng, seed, tokens);

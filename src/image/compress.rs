@@ -61,12 +61,16 @@ pub fn decoder<'a>(fmt: Format, r: Box<dyn Read + 'a>) -> Result<Box<dyn Read + 
             Box::new(liblzma::read::XzDecoder::new_stream(r, stream))
         }
         Format::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(r)),
-        Format::Zstd => {
-            Box::new(zstd::stream::read::Decoder::new(r).map_err(|e| Error::Internal(format!("zstd decoder: {e}")))?)
-        }
+        Format::Zstd => Box::new(
+            zstd::stream::read::Decoder::new(r)
+                .map_err(|e| Error::Internal(format!("zstd decoder: {e}")))?,
+        ),
         Format::Tar => r,
         Format::Squashfs | Format::Qcow2 | Format::Unknown => {
-            return Err(Error::BadRequest(format!("unsupported image file format: {}", fmt.name())))
+            return Err(Error::BadRequest(format!(
+                "unsupported image file format: {}",
+                fmt.name()
+            )))
         }
     })
 }
@@ -107,9 +111,15 @@ impl Compression {
             "bzip2" => Compression::Bzip2,
             "none" => Compression::None,
             "lzma" | "squashfs" => {
-                return Err(Error::BadRequest(format!("not supported yet: compression algorithm {name:?}")))
+                return Err(Error::BadRequest(format!(
+                    "not supported yet: compression algorithm {name:?}"
+                )))
             }
-            _ => return Err(Error::BadRequest(format!("unknown compression algorithm {name:?}"))),
+            _ => {
+                return Err(Error::BadRequest(format!(
+                    "unknown compression algorithm {name:?}"
+                )))
+            }
         })
     }
     pub fn name(self) -> &'static str {
@@ -145,10 +155,16 @@ pub enum Encoder<'a> {
 impl<'a> Encoder<'a> {
     pub fn new(c: Compression, out: &'a mut dyn Write) -> io::Result<Encoder<'a>> {
         Ok(match c {
-            Compression::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(out, flate2::Compression::default())),
+            Compression::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
+                out,
+                flate2::Compression::default(),
+            )),
             Compression::Xz => Encoder::Xz(liblzma::write::XzEncoder::new(out, 6)),
             Compression::Zstd => Encoder::Zstd(zstd::stream::write::Encoder::new(out, 3)?),
-            Compression::Bzip2 => Encoder::Bzip2(bzip2::write::BzEncoder::new(out, bzip2::Compression::default())),
+            Compression::Bzip2 => Encoder::Bzip2(bzip2::write::BzEncoder::new(
+                out,
+                bzip2::Compression::default(),
+            )),
             Compression::None => Encoder::None(out),
         })
     }
@@ -219,13 +235,23 @@ mod tests {
 
     #[test]
     fn encoders_round_trip_through_sniffed_decoders() {
-        let data: Vec<u8> = (0..100_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
-        for c in [Compression::Gzip, Compression::Xz, Compression::Zstd, Compression::Bzip2] {
+        let data: Vec<u8> = (0..100_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        for c in [
+            Compression::Gzip,
+            Compression::Xz,
+            Compression::Zstd,
+            Compression::Bzip2,
+        ] {
             let z = compress(c, &data);
             let fmt = sniff(&z);
             assert_eq!(fmt.name(), c.name());
             let mut out = Vec::new();
-            decoder(fmt, Box::new(&z[..])).unwrap().read_to_end(&mut out).unwrap();
+            decoder(fmt, Box::new(&z[..]))
+                .unwrap()
+                .read_to_end(&mut out)
+                .unwrap();
             assert_eq!(out, data, "{c:?}");
         }
     }
@@ -240,7 +266,10 @@ mod tests {
         let z = enc.finish().unwrap();
         assert_eq!(sniff(&z), Format::Lzma);
         let mut out = Vec::new();
-        decoder(Format::Lzma, Box::new(&z[..])).unwrap().read_to_end(&mut out).unwrap();
+        decoder(Format::Lzma, Box::new(&z[..]))
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap();
         assert_eq!(out, data);
     }
 
@@ -250,6 +279,9 @@ mod tests {
             assert_eq!(Compression::from_name(n).unwrap().name(), n);
         }
         assert_eq!(Compression::from_name("").unwrap(), Compression::Gzip);
-        assert!(matches!(Compression::from_name("rar"), Err(Error::BadRequest(_))));
+        assert!(matches!(
+            Compression::from_name("rar"),
+            Err(Error::BadRequest(_))
+        ));
     }
 }

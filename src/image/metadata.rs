@@ -56,30 +56,49 @@ pub fn known_architecture(arch: &str) -> bool {
 
 /// Parse and validate metadata.yaml.
 pub fn parse(data: &[u8]) -> Result<api::ImageMetadata> {
-    let value: serde_norway::Value =
-        serde_norway::from_slice(data).map_err(|e| Error::BadRequest(format!("invalid metadata.yaml: {e}")))?;
-    let map = value.as_mapping().ok_or_else(|| Error::BadRequest("invalid metadata.yaml: not a mapping".into()))?;
+    let value: serde_norway::Value = serde_norway::from_slice(data)
+        .map_err(|e| Error::BadRequest(format!("invalid metadata.yaml: {e}")))?;
+    let map = value
+        .as_mapping()
+        .ok_or_else(|| Error::BadRequest("invalid metadata.yaml: not a mapping".into()))?;
     let has = |k: &str| map.get(k).is_some_and(|v| !v.is_null());
     if !has("architecture") {
-        return Err(Error::BadRequest("invalid metadata.yaml: missing required field \"architecture\"".into()));
+        return Err(Error::BadRequest(
+            "invalid metadata.yaml: missing required field \"architecture\"".into(),
+        ));
     }
     if !has("creation_date") {
-        return Err(Error::BadRequest("invalid metadata.yaml: missing required field \"creation_date\"".into()));
+        return Err(Error::BadRequest(
+            "invalid metadata.yaml: missing required field \"creation_date\"".into(),
+        ));
     }
-    let meta: api::ImageMetadata =
-        serde_norway::from_value(value).map_err(|e| Error::BadRequest(format!("invalid metadata.yaml: {e}")))?;
+    let meta: api::ImageMetadata = serde_norway::from_value(value)
+        .map_err(|e| Error::BadRequest(format!("invalid metadata.yaml: {e}")))?;
     if !known_architecture(&meta.architecture) {
-        return Err(Error::BadRequest(format!("invalid metadata.yaml: unknown architecture {:?}", meta.architecture)));
+        return Err(Error::BadRequest(format!(
+            "invalid metadata.yaml: unknown architecture {:?}",
+            meta.architecture
+        )));
     }
     if meta.creation_date <= 0 {
-        return Err(Error::BadRequest(format!("invalid metadata.yaml: bad creation_date {}", meta.creation_date)));
+        return Err(Error::BadRequest(format!(
+            "invalid metadata.yaml: bad creation_date {}",
+            meta.creation_date
+        )));
     }
     for (path, t) in &meta.templates {
         if !path.starts_with('/') {
-            return Err(Error::BadRequest(format!("invalid metadata.yaml: template target {path:?} is not absolute")));
+            return Err(Error::BadRequest(format!(
+                "invalid metadata.yaml: template target {path:?} is not absolute"
+            )));
         }
-        if t.template.is_empty() || t.template.contains('/') && t.template.split('/').any(|c| c == "..") {
-            return Err(Error::BadRequest(format!("invalid metadata.yaml: bad template file {:?}", t.template)));
+        if t.template.is_empty()
+            || t.template.contains('/') && t.template.split('/').any(|c| c == "..")
+        {
+            return Err(Error::BadRequest(format!(
+                "invalid metadata.yaml: bad template file {:?}",
+                t.template
+            )));
         }
     }
     Ok(meta)
@@ -105,13 +124,28 @@ mod tests {
     #[test]
     fn rejects_bad_metadata() {
         let cases: &[(&[u8], &str)] = &[
-            (b"creation_date: 1\n", "missing required field \"architecture\""),
-            (b"architecture: x86_64\n", "missing required field \"creation_date\""),
-            (b"architecture: vax\ncreation_date: 1\n", "unknown architecture \"vax\""),
-            (b"architecture: x86_64\ncreation_date: soon\n", "invalid metadata.yaml"),
+            (
+                b"creation_date: 1\n",
+                "missing required field \"architecture\"",
+            ),
+            (
+                b"architecture: x86_64\n",
+                "missing required field \"creation_date\"",
+            ),
+            (
+                b"architecture: vax\ncreation_date: 1\n",
+                "unknown architecture \"vax\"",
+            ),
+            (
+                b"architecture: x86_64\ncreation_date: soon\n",
+                "invalid metadata.yaml",
+            ),
             (b"- a\n- b\n", "not a mapping"),
             (b"architecture: [x\n", "invalid metadata.yaml"),
-            (b"architecture: x86_64\ncreation_date: 1\ntemplates:\n  etc/x: {template: x.tpl}\n", "is not absolute"),
+            (
+                b"architecture: x86_64\ncreation_date: 1\ntemplates:\n  etc/x: {template: x.tpl}\n",
+                "is not absolute",
+            ),
         ];
         for (y, want) in cases {
             match parse(y) {

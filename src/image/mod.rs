@@ -58,7 +58,9 @@ pub enum Error {
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Error::NotFound(m) | Error::Conflict(m) | Error::BadRequest(m) | Error::Internal(m) => f.write_str(m),
+            Error::NotFound(m) | Error::Conflict(m) | Error::BadRequest(m) | Error::Internal(m) => {
+                f.write_str(m)
+            }
         }
     }
 }
@@ -72,7 +74,10 @@ pub enum Upload<'a> {
     /// One tarball: metadata.yaml + rootfs/ + templates/.
     Unified(&'a mut dyn Read),
     /// A metadata tarball and a rootfs tarball (or squashfs).
-    Split { metadata: &'a mut dyn Read, rootfs: &'a mut dyn Read },
+    Split {
+        metadata: &'a mut dyn Read,
+        rootfs: &'a mut dyn Read,
+    },
 }
 
 /// Options of an import (from the `X-LXD-*` headers or the JSON body).
@@ -126,7 +131,11 @@ impl Drop for TempFiles {
 /// Names of temp files: `.import-<pid>-<n>.tmp`, removed by `Store::open`.
 fn temp_name() -> String {
     static N: AtomicU64 = AtomicU64::new(0);
-    format!(".import-{}-{}.tmp", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        ".import-{}-{}.tmp",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Whether the process that made a temp file (`.import-<pid>-<n>.tmp`, or atomic_write's
@@ -147,7 +156,9 @@ fn internal(what: impl std::fmt::Display, e: impl std::fmt::Display) -> Error {
 }
 
 fn is_fingerprint(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn hex(d: &[u8]) -> String {
@@ -172,7 +183,8 @@ fn stage(r: &mut dyn Read, path: &Path, ctx: &mut digest::Context) -> Result<u64
             Err(e) => return Err(Error::BadRequest(format!("reading the upload: {e}"))),
         };
         ctx.update(&buf[..n]);
-        f.write_all(&buf[..n]).map_err(|e| internal(path.display(), e))?;
+        f.write_all(&buf[..n])
+            .map_err(|e| internal(path.display(), e))?;
         total += n as u64;
     }
     f.sync_all().map_err(|e| internal(path.display(), e))?;
@@ -211,7 +223,10 @@ pub(crate) fn clean_path(raw: &[u8]) -> Option<Vec<&[u8]>> {
 pub(crate) fn open_tar(path: &Path) -> Result<tar::Archive<Box<dyn Read>>> {
     let mut f = File::open(path).map_err(|e| internal(path.display(), e))?;
     let mut head = Vec::with_capacity(compress::SNIFF_LEN);
-    (&mut f).take(compress::SNIFF_LEN as u64).read_to_end(&mut head).map_err(|e| internal(path.display(), e))?;
+    (&mut f)
+        .take(compress::SNIFF_LEN as u64)
+        .read_to_end(&mut head)
+        .map_err(|e| internal(path.display(), e))?;
     let fmt = compress::sniff(&head);
     let r: Box<dyn Read> = Box::new(io::Cursor::new(head).chain(f));
     Ok(tar::Archive::new(compress::decoder(fmt, r)?))
@@ -221,7 +236,9 @@ pub(crate) fn open_tar(path: &Path) -> Result<tar::Archive<Box<dyn Read>>> {
 fn file_format(path: &Path) -> Result<compress::Format> {
     let f = File::open(path).map_err(|e| internal(path.display(), e))?;
     let mut head = Vec::new();
-    f.take(compress::SNIFF_LEN as u64).read_to_end(&mut head).map_err(|e| internal(path.display(), e))?;
+    f.take(compress::SNIFF_LEN as u64)
+        .read_to_end(&mut head)
+        .map_err(|e| internal(path.display(), e))?;
     Ok(compress::sniff(&head))
 }
 
@@ -247,9 +264,14 @@ fn scan(path: &Path, kind: ScanKind, stop_at_metadata: bool) -> Result<(Option<V
         match parts.as_slice() {
             [b"metadata.yaml"] if entry.header().entry_type().is_file() => {
                 let mut buf = Vec::new();
-                (&mut entry).take(1 << 20).read_to_end(&mut buf).map_err(bad)?;
+                (&mut entry)
+                    .take(1 << 20)
+                    .read_to_end(&mut buf)
+                    .map_err(bad)?;
                 if buf.len() >= 1 << 20 {
-                    return Err(Error::BadRequest("invalid image tarball: metadata.yaml is larger than 1 MiB".into()));
+                    return Err(Error::BadRequest(
+                        "invalid image tarball: metadata.yaml is larger than 1 MiB".into(),
+                    ));
                 }
                 meta = Some(buf);
                 if stop_at_metadata {
@@ -258,7 +280,9 @@ fn scan(path: &Path, kind: ScanKind, stop_at_metadata: bool) -> Result<(Option<V
             }
             [b"rootfs", ..] => rootfs = true,
             [b"rootfs.img"] => {
-                return Err(Error::BadRequest("not supported yet: virtual-machine images (rootfs.img)".into()))
+                return Err(Error::BadRequest(
+                    "not supported yet: virtual-machine images (rootfs.img)".into(),
+                ))
             }
             _ => {}
         }
@@ -280,7 +304,9 @@ impl Store {
                 let _ = std::fs::remove_file(ent.path());
             }
         }
-        Ok(Store { dir: dir.to_path_buf() })
+        Ok(Store {
+            dir: dir.to_path_buf(),
+        })
     }
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -311,7 +337,8 @@ impl Store {
             .mode(0o600)
             .open(&p)
             .map_err(|e| internal(p.display(), e))?;
-        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).map_err(|e| internal(p.display(), e))?;
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| internal(p.display(), e))?;
         Ok(f)
     }
 
@@ -352,15 +379,22 @@ impl Store {
     /// Full fingerprint from a full one or a unique prefix.
     fn resolve(&self, prefix: &str) -> Result<String> {
         let nf = || Error::NotFound(format!("Image not found: {prefix}"));
-        if prefix.is_empty() || prefix.len() > 64 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if prefix.is_empty() || prefix.len() > 64 || !prefix.bytes().all(|b| b.is_ascii_hexdigit())
+        {
             return Err(nf());
         }
         let prefix = prefix.to_ascii_lowercase();
-        let all: Vec<String> = self.fingerprints()?.into_iter().filter(|f| f.starts_with(&prefix)).collect();
+        let all: Vec<String> = self
+            .fingerprints()?
+            .into_iter()
+            .filter(|f| f.starts_with(&prefix))
+            .collect();
         match all.len() {
             0 => Err(nf()),
             1 => Ok(all.into_iter().next().expect("one element")),
-            n => Err(Error::BadRequest(format!("Image prefix {prefix:?} is ambiguous: {n} images match"))),
+            n => Err(Error::BadRequest(format!(
+                "Image prefix {prefix:?} is ambiguous: {n} images match"
+            ))),
         }
     }
 
@@ -368,7 +402,10 @@ impl Store {
         img.aliases = aliases
             .iter()
             .filter(|a| a.target == img.fingerprint)
-            .map(|a| api::ImageAlias { name: a.name.clone(), description: a.description.clone() })
+            .map(|a| api::ImageAlias {
+                name: a.name.clone(),
+                description: a.description.clone(),
+            })
             .collect();
         img
     }
@@ -425,7 +462,9 @@ impl Store {
         let meta_tmp = temps.0[0].clone();
         if let Some(want) = &opts.expected_fingerprint {
             if !want.is_empty() && want.to_ascii_lowercase() != fp {
-                return Err(Error::BadRequest(format!("Fingerprint doesn't match: expected {want}, got {fp}")));
+                return Err(Error::BadRequest(format!(
+                    "Fingerprint doesn't match: expected {want}, got {fp}"
+                )));
             }
         }
         let dup = || Error::Conflict("Image with same fingerprint already exists".into());
@@ -435,17 +474,21 @@ impl Store {
         let meta_yaml = match rootfs_tmp {
             None => {
                 let (meta, has_rootfs) = scan(&meta_tmp, ScanKind::Unified, false)?;
-                let meta =
-                    meta.ok_or_else(|| Error::BadRequest("invalid image tarball: metadata.yaml is missing".into()))?;
+                let meta = meta.ok_or_else(|| {
+                    Error::BadRequest("invalid image tarball: metadata.yaml is missing".into())
+                })?;
                 if !has_rootfs {
-                    return Err(Error::BadRequest("invalid image tarball: rootfs/ is missing".into()));
+                    return Err(Error::BadRequest(
+                        "invalid image tarball: rootfs/ is missing".into(),
+                    ));
                 }
                 meta
             }
             Some(rootfs_tmp) => {
                 let (meta, _) = scan(&meta_tmp, ScanKind::Metadata, false)?;
-                let meta =
-                    meta.ok_or_else(|| Error::BadRequest("invalid metadata tarball: metadata.yaml is missing".into()))?;
+                let meta = meta.ok_or_else(|| {
+                    Error::BadRequest("invalid metadata tarball: metadata.yaml is missing".into())
+                })?;
                 match file_format(rootfs_tmp)? {
                     compress::Format::Squashfs => {}
                     compress::Format::Qcow2 => {
@@ -475,7 +518,11 @@ impl Store {
                 } else {
                     api::ZERO_TIME.into()
                 },
-                profiles: if opts.profiles.is_empty() { vec!["default".into()] } else { opts.profiles.clone() },
+                profiles: if opts.profiles.is_empty() {
+                    vec!["default".into()]
+                } else {
+                    opts.profiles.clone()
+                },
             },
             aliases: Vec::new(),
             architecture: meta.architecture.clone(),
@@ -532,9 +579,16 @@ impl Store {
             .mode(0o600)
             .open(&tmp)
             .map_err(|e| internal(tmp.display(), e))?;
-        let mut w = HashWriter { inner: io::BufWriter::new(f), ctx: digest::Context::new(&digest::SHA256), n: 0 };
+        let mut w = HashWriter {
+            inner: io::BufWriter::new(f),
+            ctx: digest::Context::new(&digest::SHA256),
+            n: 0,
+        };
         pack::pack(rootfs, metadata, templates, compression, &mut w)?;
-        let f = w.inner.into_inner().map_err(|e| internal(tmp.display(), e.error()))?;
+        let f = w
+            .inner
+            .into_inner()
+            .map_err(|e| internal(tmp.display(), e.error()))?;
         f.sync_all().map_err(|e| internal(tmp.display(), e))?;
         let fp = hex(w.ctx.finish().as_ref());
         self.commit(temps, &fp, w.n, None, opts)
@@ -565,7 +619,11 @@ impl Store {
         }
         let rec = self.record_path(&fp);
         std::fs::remove_file(&rec).map_err(|e| internal(rec.display(), e))?;
-        for p in [self.data_path(&fp), self.rootfs_path(&fp), self.yaml_path(&fp)] {
+        for p in [
+            self.data_path(&fp),
+            self.rootfs_path(&fp),
+            self.yaml_path(&fp),
+        ] {
             match std::fs::remove_file(&p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -589,14 +647,25 @@ impl Store {
         if let Ok(yaml) = std::fs::read(self.yaml_path(&fp)) {
             return metadata::parse(&yaml);
         }
-        let kind = if self.rootfs_path(&fp).exists() { ScanKind::Metadata } else { ScanKind::Unified };
+        let kind = if self.rootfs_path(&fp).exists() {
+            ScanKind::Metadata
+        } else {
+            ScanKind::Unified
+        };
         let (meta, _) = scan(&self.data_path(&fp), kind, true)?;
-        let meta = meta.ok_or_else(|| Error::Internal(format!("image {fp}: metadata.yaml is missing")))?;
+        let meta =
+            meta.ok_or_else(|| Error::Internal(format!("image {fp}: metadata.yaml is missing")))?;
         metadata::parse(&meta)
     }
     /// Unpack the rootfs into `rootfs` (created, must not exist) and the templates directory into
     /// `templates` (created), never writing outside them. On-disk ownership is kept as in the tarball.
-    pub fn unpack(&self, fingerprint: &str, rootfs: &Path, templates: &Path, opts: &UnpackOpts) -> Result<()> {
+    pub fn unpack(
+        &self,
+        fingerprint: &str,
+        rootfs: &Path,
+        templates: &Path,
+        opts: &UnpackOpts,
+    ) -> Result<()> {
         let fp = self.resolve(fingerprint)?;
         let data = self.data_path(&fp);
         let split = self.rootfs_path(&fp);
@@ -612,7 +681,9 @@ impl Store {
         let split = self.rootfs_path(&fp);
         if split.exists() {
             if file_format(&split)? == compress::Format::Squashfs {
-                return Err(Error::Internal("not supported yet: size of a squashfs rootfs".into()));
+                return Err(Error::Internal(
+                    "not supported yet: size of a squashfs rootfs".into(),
+                ));
             }
             unpack::rootfs_size(&split, None)
         } else {
@@ -671,7 +742,10 @@ impl Store {
         self.read_record(&target)?;
         let mut aliases = self.read_aliases()?;
         if aliases.iter().any(|a| a.name == entry.name) {
-            return Err(Error::Conflict(format!("Alias {:?} already exists", entry.name)));
+            return Err(Error::Conflict(format!(
+                "Alias {:?} already exists",
+                entry.name
+            )));
         }
         let mut e = entry.clone();
         e.target = target;
@@ -699,7 +773,9 @@ impl Store {
         let _lock = self.lock()?;
         let mut aliases = self.read_aliases()?;
         if aliases.iter().any(|a| a.name == new_name) {
-            return Err(Error::Conflict(format!("Alias {new_name:?} already exists")));
+            return Err(Error::Conflict(format!(
+                "Alias {new_name:?} already exists"
+            )));
         }
         let a = aliases
             .iter_mut()
@@ -740,7 +816,12 @@ impl<W: Write> Write for HashWriter<W> {
 }
 
 /// Unpack a unified image tarball that is not in a store, with the same rules as `Store::unpack`.
-pub fn unpack_unified_file(tarball: &Path, rootfs: &Path, templates: &Path, opts: &UnpackOpts) -> Result<()> {
+pub fn unpack_unified_file(
+    tarball: &Path,
+    rootfs: &Path,
+    templates: &Path,
+    opts: &UnpackOpts,
+) -> Result<()> {
     unpack::unpack_unified(tarball, rootfs, templates, opts)
 }
 
@@ -758,7 +839,11 @@ pub fn apply_templates(
     ctx: &template::Context,
 ) -> Result<()> {
     use rustix::fs::{AtFlags, FileType, Mode, OFlags};
-    let wanted: Vec<_> = metadata.templates.iter().filter(|(_, t)| t.when.iter().any(|w| w == trigger)).collect();
+    let wanted: Vec<_> = metadata
+        .templates
+        .iter()
+        .filter(|(_, t)| t.when.iter().any(|w| w == trigger))
+        .collect();
     if wanted.is_empty() {
         return Ok(());
     }
@@ -772,7 +857,8 @@ pub fn apply_templates(
         let (tname, tparents) = tpl_parts.split_last().expect("non-empty");
         let tdir = unpack::walk(&tpl_root, tparents, false, &tpl_parts)?;
         // O_NONBLOCK: a fifo planted in the templates must not hang us; only regular files are read.
-        let tpl_err = |e: &dyn std::fmt::Display| Error::BadRequest(format!("template {}: {e}", t.template));
+        let tpl_err =
+            |e: &dyn std::fmt::Display| Error::BadRequest(format!("template {}: {e}", t.template));
         let fd = rustix::fs::openat(
             &tdir,
             *tname,
@@ -785,18 +871,28 @@ pub fn apply_templates(
             return Err(tpl_err(&"not a regular file"));
         }
         let mut src = String::new();
-        File::from(fd).take(4 << 20).read_to_string(&mut src).map_err(|e| tpl_err(&e))?;
+        File::from(fd)
+            .take(4 << 20)
+            .read_to_string(&mut src)
+            .map_err(|e| tpl_err(&e))?;
         let vars = template::variables(ctx, trigger, path, &t.properties);
-        let out = template::render(&t.template, &src, &vars).map_err(|e| Error::BadRequest(e.to_string()))?;
+        let out = template::render(&t.template, &src, &vars)
+            .map_err(|e| Error::BadRequest(e.to_string()))?;
 
         let parts = clean_path(path.trim_start_matches('/').as_bytes())
             .filter(|p| !p.is_empty() && path.starts_with('/'))
-            .ok_or_else(|| Error::BadRequest(format!("template target {path:?} is not a clean absolute path")))?;
+            .ok_or_else(|| {
+                Error::BadRequest(format!(
+                    "template target {path:?} is not a clean absolute path"
+                ))
+            })?;
         let (name, parents) = parts.split_last().expect("non-empty");
         let dir = unpack::walk(&root, parents, true, &parts)?;
         let io_err = |e: rustix::io::Errno| Error::Internal(format!("template target {path}: {e}"));
         let existing = rustix::fs::statat(&dir, *name, AtFlags::SYMLINK_NOFOLLOW).ok();
-        let regular = existing.as_ref().map(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile);
+        let regular = existing
+            .as_ref()
+            .map(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile);
         if existing.is_some() && t.create_only {
             continue;
         }
@@ -815,11 +911,20 @@ pub fn apply_templates(
                 let fd = rustix::fs::openat(
                     &dir,
                     *name,
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o644),
                 )
                 .map_err(io_err)?;
-                rustix::fs::fchown(&fd, Some(rustix::fs::Uid::ROOT), Some(rustix::fs::Gid::ROOT)).map_err(io_err)?;
+                rustix::fs::fchown(
+                    &fd,
+                    Some(rustix::fs::Uid::ROOT),
+                    Some(rustix::fs::Gid::ROOT),
+                )
+                .map_err(io_err)?;
                 rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o644)).map_err(io_err)?;
                 fd
             }
@@ -850,7 +955,12 @@ mod tests {
             (b"a/..b", Some(&[b"a", b"..b"])),
         ];
         for (raw, want) in cases {
-            assert_eq!(clean_path(raw).as_deref(), *want, "{}", String::from_utf8_lossy(raw));
+            assert_eq!(
+                clean_path(raw).as_deref(),
+                *want,
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
         }
     }
 

@@ -27,8 +27,10 @@ pub fn pack(
     compression: Compression,
     out: &mut dyn Write,
 ) -> Result<()> {
-    let yaml = serde_norway::to_string(metadata).map_err(|e| Error::Internal(format!("metadata.yaml: {e}")))?;
-    let mut enc = Encoder::new(compression, out).map_err(|e| Error::Internal(format!("compressor: {e}")))?;
+    let yaml = serde_norway::to_string(metadata)
+        .map_err(|e| Error::Internal(format!("metadata.yaml: {e}")))?;
+    let mut enc =
+        Encoder::new(compression, out).map_err(|e| Error::Internal(format!("compressor: {e}")))?;
     {
         let mut b = tar::Builder::new(&mut enc);
         let mut h = tar::Header::new_gnu();
@@ -36,7 +38,8 @@ pub fn pack(
         h.set_size(yaml.len() as u64);
         h.set_mode(0o644);
         h.set_mtime(metadata.creation_date.max(0) as u64);
-        b.append_data(&mut h, "metadata.yaml", yaml.as_bytes()).map_err(|e| ioe(Path::new("metadata.yaml"), e))?;
+        b.append_data(&mut h, "metadata.yaml", yaml.as_bytes())
+            .map_err(|e| ioe(Path::new("metadata.yaml"), e))?;
         let mut links = HashMap::new();
         add_tree(&mut b, rootfs, "rootfs", &mut links)?;
         if let Some(t) = templates {
@@ -66,7 +69,8 @@ fn xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
         let name = String::from_utf8_lossy(name).into_owned();
         let len = rustix::fs::lgetxattr_query(path, name.as_str()).map_err(|e| ioe(path, e))?;
         let mut val = vec![0u8; len];
-        let len = rustix::fs::lgetxattr(path, name.as_str(), &mut val[..]).map_err(|e| ioe(path, e))?;
+        let len =
+            rustix::fs::lgetxattr(path, name.as_str(), &mut val[..]).map_err(|e| ioe(path, e))?;
         val.truncate(len);
         out.push((name, val));
     }
@@ -89,7 +93,10 @@ fn add_tree<W: Write>(
     for k in kids {
         let path = dir.join(&k);
         let child = format!("{name}/{}", k.to_string_lossy());
-        if fs::symlink_metadata(&path).map_err(|e| ioe(&path, e))?.is_dir() {
+        if fs::symlink_metadata(&path)
+            .map_err(|e| ioe(&path, e))?
+            .is_dir()
+        {
             add_tree(b, &path, &child, links)?;
         } else {
             add_one(b, &path, &child, links)?;
@@ -118,13 +125,18 @@ fn add_one<W: Write>(
     h.set_size(0);
     let x = xattrs(path)?;
     if !x.is_empty() {
-        let keys: Vec<(String, &[u8])> = x.iter().map(|(k, v)| (format!("SCHILY.xattr.{k}"), v.as_slice())).collect();
-        b.append_pax_extensions(keys.iter().map(|(k, v)| (k.as_str(), *v))).map_err(|e| ioe(path, e))?;
+        let keys: Vec<(String, &[u8])> = x
+            .iter()
+            .map(|(k, v)| (format!("SCHILY.xattr.{k}"), v.as_slice()))
+            .collect();
+        b.append_pax_extensions(keys.iter().map(|(k, v)| (k.as_str(), *v)))
+            .map_err(|e| ioe(path, e))?;
     }
     let err = |e: io::Error| ioe(path, e);
     if ft.is_dir() {
         h.set_entry_type(T::Directory);
-        b.append_data(&mut h, format!("{name}/"), io::empty()).map_err(err)?;
+        b.append_data(&mut h, format!("{name}/"), io::empty())
+            .map_err(err)?;
     } else if ft.is_symlink() {
         h.set_entry_type(T::Symlink);
         let target = fs::read_link(path).map_err(err)?;
@@ -140,9 +152,13 @@ fn add_one<W: Write>(
         }
         h.set_entry_type(T::Regular);
         h.set_size(md.len());
-        let f: File =
-            OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path).map_err(err)?;
-        b.append_data(&mut h, name, std::io::Read::take(f, md.len())).map_err(err)?;
+        let f: File = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)
+            .map_err(err)?;
+        b.append_data(&mut h, name, std::io::Read::take(f, md.len()))
+            .map_err(err)?;
     } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
         h.set_entry_type(if ft.is_char_device() {
             T::Char

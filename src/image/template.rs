@@ -49,7 +49,11 @@ impl Value {
         }
     }
     fn from_map(m: &api::StringMap) -> Value {
-        Value::Map(m.iter().map(|(k, v)| (k.clone(), Value::Str(v.clone()))).collect())
+        Value::Map(
+            m.iter()
+                .map(|(k, v)| (k.clone(), Value::Str(v.clone())))
+                .collect(),
+        )
     }
     fn len(&self) -> i64 {
         match self {
@@ -115,7 +119,12 @@ pub fn variables(ctx: &Context, trigger: &str, path: &str, properties: &api::Str
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    let devices = Value::Map(ctx.devices.iter().map(|(k, v)| (k.clone(), Value::from_map(v))).collect());
+    let devices = Value::Map(
+        ctx.devices
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::from_map(v)))
+            .collect(),
+    );
     let vars: BTreeMap<String, Value> = [
         ("trigger", Value::Str(trigger.into())),
         ("path", Value::Str(path.into())),
@@ -183,8 +192,10 @@ fn lex(src: &str) -> R<Vec<Piece>> {
             "{%" => "%}",
             _ => "#}",
         };
-        let end =
-            rest[inner_start..].find(close).map(|i| i + inner_start).ok_or((line, format!("unterminated {open}")))?;
+        let end = rest[inner_start..]
+            .find(close)
+            .map(|i| i + inner_start)
+            .ok_or((line, format!("unterminated {open}")))?;
         let mut inner = &rest[inner_start..end];
         trim_next = inner.ends_with('-');
         if trim_next {
@@ -222,8 +233,10 @@ fn tokenize(s: &str, line: usize) -> R<Vec<Tok>> {
     let b = s.as_bytes();
     let mut i = 0;
     let mut out = Vec::new();
-    const OPS: [&str; 20] =
-        ["==", "!=", "<=", ">=", "&&", "||", "<", ">", "|", ":", ".", ",", "(", ")", "[", "]", "+", "-", "!", "="];
+    const OPS: [&str; 20] = [
+        "==", "!=", "<=", ">=", "&&", "||", "<", ">", "|", ":", ".", ",", "(", ")", "[", "]", "+",
+        "-", "!", "=",
+    ];
     while i < b.len() {
         let c = b[i];
         if c.is_ascii_whitespace() {
@@ -260,7 +273,11 @@ fn tokenize(s: &str, line: usize) -> R<Vec<Tok>> {
             while j < b.len() && b[j].is_ascii_digit() {
                 j += 1;
             }
-            out.push(Tok::Int(s[i..j].parse().map_err(|_| (line, format!("bad number in {s:?}")))?));
+            out.push(Tok::Int(
+                s[i..j]
+                    .parse()
+                    .map_err(|_| (line, format!("bad number in {s:?}")))?,
+            ));
             i = j;
         } else if c.is_ascii_alphabetic() || c == b'_' {
             let mut j = i;
@@ -270,10 +287,10 @@ fn tokenize(s: &str, line: usize) -> R<Vec<Tok>> {
             out.push(Tok::Ident(s[i..j].to_string()));
             i = j;
         } else {
-            let op = OPS
-                .iter()
-                .find(|op| s[i..].starts_with(**op))
-                .ok_or((line, format!("unexpected character {:?} in {s:?}", c as char)))?;
+            let op = OPS.iter().find(|op| s[i..].starts_with(**op)).ok_or((
+                line,
+                format!("unexpected character {:?} in {s:?}", c as char),
+            ))?;
             out.push(Tok::Op(op));
             i += op.len();
         }
@@ -301,7 +318,11 @@ struct Parser {
 
 impl Parser {
     fn new(s: &str, line: usize) -> R<Parser> {
-        Ok(Parser { toks: tokenize(s, line)?, pos: 0, line })
+        Ok(Parser {
+            toks: tokenize(s, line)?,
+            pos: 0,
+            line,
+        })
     }
     fn peek(&self) -> Option<&Tok> {
         self.toks.get(self.pos)
@@ -386,7 +407,11 @@ impl Parser {
         {
             self.pos += 2;
             let r = self.add()?;
-            return Ok(Expr::Not(Box::new(Expr::Bin("in", Box::new(l), Box::new(r)))));
+            return Ok(Expr::Not(Box::new(Expr::Bin(
+                "in",
+                Box::new(l),
+                Box::new(r),
+            ))));
         }
         Ok(l)
     }
@@ -406,7 +431,11 @@ impl Parser {
         let mut e = self.postfix()?;
         while self.eat_op("|") {
             let name = self.ident()?;
-            let arg = if self.eat_op(":") { Some(Box::new(self.postfix()?)) } else { None };
+            let arg = if self.eat_op(":") {
+                Some(Box::new(self.postfix()?))
+            } else {
+                None
+            };
             e = Expr::Filter(Box::new(e), name, arg);
         }
         Ok(e)
@@ -418,7 +447,9 @@ impl Parser {
                 let name = match self.peek().cloned() {
                     Some(Tok::Ident(i)) => i,
                     Some(Tok::Int(n)) => n.to_string(),
-                    other => return self.err(format!("expected a name after '.', found {other:?}")),
+                    other => {
+                        return self.err(format!("expected a name after '.', found {other:?}"))
+                    }
                 };
                 self.pos += 1;
                 e = Expr::Attr(Box::new(e), name);
@@ -503,7 +534,14 @@ enum Node {
     Text(String),
     Out(Expr, usize),
     If(Vec<(Expr, usize, Vec<Node>)>, Vec<Node>),
-    For { key: Option<String>, var: String, iter: Expr, body: Vec<Node>, empty: Vec<Node>, line: usize },
+    For {
+        key: Option<String>,
+        var: String,
+        iter: Expr,
+        body: Vec<Node>,
+        empty: Vec<Node>,
+        line: usize,
+    },
 }
 
 /// A compiled template.
@@ -570,11 +608,15 @@ fn parse_nodes(
                         nodes.push(Node::If(branches, otherwise));
                     }
                     "for" => {
-                        let (vars, iter) = rest
-                            .split_once(" in ")
-                            .ok_or((line, format!("bad for loop {tag:?}: expected 'for x in list'")))?;
-                        let names: Vec<String> = vars.split(',').map(|v| v.trim().to_string()).collect();
-                        let valid = |n: &String| !n.is_empty() && n.chars().all(|c| c.is_alphanumeric() || c == '_');
+                        let (vars, iter) = rest.split_once(" in ").ok_or((
+                            line,
+                            format!("bad for loop {tag:?}: expected 'for x in list'"),
+                        ))?;
+                        let names: Vec<String> =
+                            vars.split(',').map(|v| v.trim().to_string()).collect();
+                        let valid = |n: &String| {
+                            !n.is_empty() && n.chars().all(|c| c.is_alphanumeric() || c == '_')
+                        };
                         let (key, var) = match names.as_slice() {
                             [v] if valid(v) => (None, v.clone()),
                             [k, v] if valid(k) && valid(v) => (Some(k.clone()), v.clone()),
@@ -594,12 +636,22 @@ fn parse_nodes(
                             }
                             _ => {}
                         }
-                        nodes.push(Node::For { key, var, iter, body, empty, line });
+                        nodes.push(Node::For {
+                            key,
+                            var,
+                            iter,
+                            body,
+                            empty,
+                            line,
+                        });
                     }
                     "autoescape" => {
                         let (body, stop) = parse_nodes(pieces, &["endautoescape"])?;
                         if stop.is_none() {
-                            return Err((line, "{% autoescape %} without {% endautoescape %}".into()));
+                            return Err((
+                                line,
+                                "{% autoescape %} without {% endautoescape %}".into(),
+                            ));
                         }
                         nodes.extend(body);
                     }
@@ -614,17 +666,26 @@ fn parse_nodes(
 impl Template {
     /// Compile `src`; `name` is used in errors.
     pub fn compile(name: &str, src: &str) -> Result<Template, TemplateError> {
-        let err = |(line, msg)| TemplateError { file: name.to_string(), line, msg };
+        let err = |(line, msg)| TemplateError {
+            file: name.to_string(),
+            line,
+            msg,
+        };
         let pieces = lex(src).map_err(err)?;
         let mut it = pieces.into_iter().peekable();
         let (nodes, stop) = parse_nodes(&mut it, &[]).map_err(err)?;
         debug_assert!(stop.is_none());
-        Ok(Template { name: name.to_string(), nodes })
+        Ok(Template {
+            name: name.to_string(),
+            nodes,
+        })
     }
 
     /// Render with `vars` (a `Value::Map`, see `variables`).
     pub fn render(&self, vars: &Value) -> Result<String, TemplateError> {
-        let mut scope = Scope { frames: vec![vars.clone()] };
+        let mut scope = Scope {
+            frames: vec![vars.clone()],
+        };
         let mut out = String::new();
         render_nodes(&self.nodes, &mut scope, &mut out).map_err(|(line, msg)| TemplateError {
             file: self.name.clone(),
@@ -675,11 +736,21 @@ fn render_nodes(nodes: &[Node], scope: &mut Scope, out: &mut String) -> R<()> {
                     render_nodes(otherwise, scope, out)?;
                 }
             }
-            Node::For { key, var, iter, body, empty, line } => {
+            Node::For {
+                key,
+                var,
+                iter,
+                body,
+                empty,
+                line,
+            } => {
                 let items: Vec<(Value, Value)> = match eval(iter, scope, *line)? {
                     Value::List(l) => l.into_iter().map(|v| (v.clone(), v)).collect(),
                     Value::Map(m) => m.into_iter().map(|(k, v)| (Value::Str(k), v)).collect(),
-                    Value::Str(s) => s.chars().map(|c| (Value::Str(c.into()), Value::Str(c.into()))).collect(),
+                    Value::Str(s) => s
+                        .chars()
+                        .map(|c| (Value::Str(c.into()), Value::Str(c.into())))
+                        .collect(),
                     Value::Nil => Vec::new(),
                     other => return Err((*line, format!("cannot loop over {other}"))),
                 };
@@ -734,7 +805,11 @@ fn eval(e: &Expr, scope: &Scope, line: usize) -> R<Value> {
         Expr::Var(n) => scope.get(n),
         Expr::Attr(base, name) => match eval(base, scope, line)? {
             Value::Map(m) => m.get(name).cloned().unwrap_or(Value::Nil),
-            Value::List(l) => name.parse::<usize>().ok().and_then(|i| l.get(i).cloned()).unwrap_or(Value::Nil),
+            Value::List(l) => name
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| l.get(i).cloned())
+                .unwrap_or(Value::Nil),
             _ => Value::Nil,
         },
         Expr::Index(base, idx) => {
@@ -749,7 +824,10 @@ fn eval(e: &Expr, scope: &Scope, line: usize) -> R<Value> {
             }
         }
         Expr::Call(name, args) => {
-            let args: Vec<Value> = args.iter().map(|a| eval(a, scope, line)).collect::<R<_>>()?;
+            let args: Vec<Value> = args
+                .iter()
+                .map(|a| eval(a, scope, line))
+                .collect::<R<_>>()?;
             match name.as_str() {
                 "config_get" => {
                     let (key, default) = match args.as_slice() {
@@ -759,7 +837,9 @@ fn eval(e: &Expr, scope: &Scope, line: usize) -> R<Value> {
                     };
                     match scope.get("config") {
                         Value::Map(m) => match m.get(&key) {
-                            Some(v) => Value::Str(v.to_string().trim_end_matches(['\r', '\n']).to_string()),
+                            Some(v) => {
+                                Value::Str(v.to_string().trim_end_matches(['\r', '\n']).to_string())
+                            }
                             None => default,
                         },
                         _ => default,
@@ -780,10 +860,18 @@ fn eval(e: &Expr, scope: &Scope, line: usize) -> R<Value> {
         Expr::Bin(op, l, r) => {
             let a = eval(l, scope, line)?;
             if *op == "and" {
-                return Ok(if a.truthy() { Value::Bool(eval(r, scope, line)?.truthy()) } else { Value::Bool(false) });
+                return Ok(if a.truthy() {
+                    Value::Bool(eval(r, scope, line)?.truthy())
+                } else {
+                    Value::Bool(false)
+                });
             }
             if *op == "or" {
-                return Ok(if a.truthy() { Value::Bool(true) } else { Value::Bool(eval(r, scope, line)?.truthy()) });
+                return Ok(if a.truthy() {
+                    Value::Bool(true)
+                } else {
+                    Value::Bool(eval(r, scope, line)?.truthy())
+                });
             }
             let b = eval(r, scope, line)?;
             match *op {
@@ -853,7 +941,10 @@ fn filter(v: Value, name: &str, arg: Option<Value>) -> std::result::Result<Value
                 .map(|w| {
                     let mut c = w.chars();
                     match c.next() {
-                        Some(f) => f.to_uppercase().chain(c.flat_map(|x| x.to_lowercase())).collect(),
+                        Some(f) => f
+                            .to_uppercase()
+                            .chain(c.flat_map(|x| x.to_lowercase()))
+                            .collect(),
                         None => String::new(),
                     }
                 })
@@ -864,18 +955,31 @@ fn filter(v: Value, name: &str, arg: Option<Value>) -> std::result::Result<Value
         "join" => {
             let sep = arg.map(|a| a.to_string()).unwrap_or_default();
             match v {
-                Value::List(l) => Value::Str(l.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(&sep)),
+                Value::List(l) => Value::Str(
+                    l.iter()
+                        .map(|x| x.to_string())
+                        .collect::<Vec<_>>()
+                        .join(&sep),
+                ),
                 other => other,
             }
         }
         "first" => match v {
             Value::List(l) => l.into_iter().next().unwrap_or(Value::Nil),
-            Value::Str(s) => s.chars().next().map(|c| Value::Str(c.into())).unwrap_or(Value::Nil),
+            Value::Str(s) => s
+                .chars()
+                .next()
+                .map(|c| Value::Str(c.into()))
+                .unwrap_or(Value::Nil),
             _ => Value::Nil,
         },
         "last" => match v {
             Value::List(l) => l.into_iter().last().unwrap_or(Value::Nil),
-            Value::Str(s) => s.chars().last().map(|c| Value::Str(c.into())).unwrap_or(Value::Nil),
+            Value::Str(s) => s
+                .chars()
+                .last()
+                .map(|c| Value::Str(c.into()))
+                .unwrap_or(Value::Nil),
             _ => Value::Nil,
         },
         "safe" | "escape" | "e" => v, // autoescape is off in LXD templates
@@ -895,7 +999,12 @@ mod tests {
         config.insert("user.meta-data".into(), "meta\n".into());
         config.insert("limits.cpu".into(), "2".into());
         let mut devices = api::Devices::new();
-        devices.insert("eth0".into(), [("type".to_string(), "nic".to_string())].into_iter().collect());
+        devices.insert(
+            "eth0".into(),
+            [("type".to_string(), "nic".to_string())]
+                .into_iter()
+                .collect(),
+        );
         let c = Context {
             name: "c1".into(),
             architecture: "x86_64".into(),
@@ -904,7 +1013,9 @@ mod tests {
             config,
             devices,
         };
-        let props = [("default".to_string(), "#cloud-config\n{}".to_string())].into_iter().collect();
+        let props = [("default".to_string(), "#cloud-config\n{}".to_string())]
+            .into_iter()
+            .collect();
         variables(&c, "create", "/etc/hostname", &props)
     }
 
@@ -966,7 +1077,9 @@ mod tests {
             assert_eq!(e.file, "broken.tpl");
             assert_eq!(e.line, *line, "{src:?}: {e}");
             assert!(e.msg.contains(msg), "{src:?}: {e}");
-            assert!(e.to_string().starts_with(&format!("template broken.tpl line {line}: ")));
+            assert!(e
+                .to_string()
+                .starts_with(&format!("template broken.tpl line {line}: ")));
         }
     }
 }

@@ -15,7 +15,9 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
-use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, ResolveFlags, Timespec, Timestamps, Uid, XattrFlags};
+use rustix::fs::{
+    AtFlags, FileType, Gid, Mode, OFlags, ResolveFlags, Timespec, Timestamps, Uid, XattrFlags,
+};
 use rustix::io::Errno;
 
 use super::{clean_path, open_tar, Error, Result, UnpackOpts};
@@ -51,20 +53,37 @@ pub(crate) struct Extractor<'a> {
 }
 
 fn resolve_flags() -> ResolveFlags {
-    ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_XDEV
+    ResolveFlags::BENEATH
+        | ResolveFlags::NO_SYMLINKS
+        | ResolveFlags::NO_MAGICLINKS
+        | ResolveFlags::NO_XDEV
 }
 
 /// Open `root` as a directory fd for walking.
 pub(crate) fn open_root(root: &Path) -> Result<OwnedFd> {
-    rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| Error::Internal(format!("{}: {e}", root.display())))
+    rustix::fs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::Internal(format!("{}: {e}", root.display())))
 }
 
 /// Walk `dirs` from `root` one component at a time, never following a symlink, creating missing
 /// directories (mode 0755, root-owned) when `create` is set. Returns an `O_PATH` directory fd.
-pub(crate) fn walk(root: &OwnedFd, dirs: &[&[u8]], create: bool, whole: &[&[u8]]) -> Result<OwnedFd> {
-    let mut cur = rustix::fs::openat(root, ".", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| Error::Internal(format!("reopening the target directory: {e}")))?;
+pub(crate) fn walk(
+    root: &OwnedFd,
+    dirs: &[&[u8]],
+    create: bool,
+    whole: &[&[u8]],
+) -> Result<OwnedFd> {
+    let mut cur = rustix::fs::openat(
+        root,
+        ".",
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::Internal(format!("reopening the target directory: {e}")))?;
     for c in dirs {
         let open = |cur: &OwnedFd| {
             let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
@@ -80,9 +99,15 @@ pub(crate) fn walk(root: &OwnedFd, dirs: &[&[u8]], create: bool, whole: &[&[u8]]
             Err(Errno::NOENT) if create => {
                 match rustix::fs::mkdirat(&cur, *c, Mode::from_raw_mode(0o755)) {
                     Ok(()) | Err(Errno::EXIST) => {}
-                    Err(e) => return Err(Error::Internal(format!("creating parent of {}: {e}", show(whole)))),
+                    Err(e) => {
+                        return Err(Error::Internal(format!(
+                            "creating parent of {}: {e}",
+                            show(whole)
+                        )))
+                    }
                 }
-                open(&cur).map_err(|e| bad(format!("unsafe path in image: {}: {e}", show(whole))))?
+                open(&cur)
+                    .map_err(|e| bad(format!("unsafe path in image: {}: {e}", show(whole))))?
             }
             Err(Errno::LOOP) | Err(Errno::NOTDIR) | Err(Errno::XDEV) => {
                 return Err(bad(format!(
@@ -98,8 +123,14 @@ pub(crate) fn walk(root: &OwnedFd, dirs: &[&[u8]], create: bool, whole: &[&[u8]]
 }
 
 fn ts(sec: i64, nsec: u32) -> Timestamps {
-    let t = Timespec { tv_sec: sec, tv_nsec: nsec.into() };
-    Timestamps { last_access: t, last_modification: t }
+    let t = Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec.into(),
+    };
+    Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
 }
 
 /// Member metadata from the header and its PAX records.
@@ -115,12 +146,19 @@ fn member_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<(Meta, u64, boo
     // Apparent size: the GNU sparse real size when there is one.
     let mut apparent = h.size().unwrap_or(0).max(entry.size());
     let mut pax_sparse = false;
-    if let Some(exts) = entry.pax_extensions().map_err(|e| bad(format!("invalid image tarball: {e}")))? {
+    if let Some(exts) = entry
+        .pax_extensions()
+        .map_err(|e| bad(format!("invalid image tarball: {e}")))?
+    {
         for ext in exts {
             let ext = ext.map_err(|e| bad(format!("invalid image tarball: {e}")))?;
             let Ok(key) = ext.key() else { continue };
             let val = ext.value_bytes();
-            let num = || std::str::from_utf8(val).ok().and_then(|s| s.parse::<u64>().ok());
+            let num = || {
+                std::str::from_utf8(val)
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok())
+            };
             if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
                 m.xattrs.push((name.to_string(), val.to_vec()));
             } else if key == "uid" {
@@ -132,7 +170,8 @@ fn member_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<(Meta, u64, boo
                 let (sec, frac) = s.split_once('.').unwrap_or((&s, ""));
                 if let Ok(sec) = sec.parse::<i64>() {
                     m.mtime = sec;
-                    let digits: String = frac.chars().chain(std::iter::repeat('0')).take(9).collect();
+                    let digits: String =
+                        frac.chars().chain(std::iter::repeat('0')).take(9).collect();
                     m.mtime_nsec = digits.parse().unwrap_or(0);
                 }
             } else if key == "GNU.sparse.realsize" || key == "GNU.sparse.size" {
@@ -148,7 +187,13 @@ fn member_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<(Meta, u64, boo
 
 impl<'a> Extractor<'a> {
     pub(crate) fn new(root: &Path, opts: &'a UnpackOpts) -> Result<Extractor<'a>> {
-        Ok(Extractor { root: open_root(root)?, opts, total: 0, files: HashSet::new(), dirs: Vec::new() })
+        Ok(Extractor {
+            root: open_root(root)?,
+            opts,
+            total: 0,
+            files: HashSet::new(),
+            dirs: Vec::new(),
+        })
     }
 
     /// Extract one member at the cleaned relative path `rel` (empty = the root itself).
@@ -161,7 +206,10 @@ impl<'a> Extractor<'a> {
     ) -> Result<()> {
         use tar::EntryType as T;
         let kind = entry.header().entry_type();
-        if matches!(kind, T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink) {
+        if matches!(
+            kind,
+            T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink
+        ) {
             return Ok(());
         }
         let (meta, apparent, pax_sparse) = member_meta(entry)?;
@@ -183,7 +231,9 @@ impl<'a> Extractor<'a> {
                 self.dirs.push((Vec::new(), meta));
                 return Ok(());
             }
-            return Err(bad(format!("invalid image tarball: the root is a {kind:?}")));
+            return Err(bad(format!(
+                "invalid image tarball: the root is a {kind:?}"
+            )));
         }
         let (name, parents) = rel.split_last().expect("non-empty path");
         let parent = walk(&self.root, parents, true, rel)?;
@@ -192,8 +242,13 @@ impl<'a> Extractor<'a> {
         if let Some(st) = &existing {
             let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
             if !(is_dir && kind.is_dir()) {
-                let flags = if is_dir { AtFlags::REMOVEDIR } else { AtFlags::empty() };
-                rustix::fs::unlinkat(&parent, *name, flags).map_err(|e| bad(format!("cannot replace {rel_s}: {e}")))?;
+                let flags = if is_dir {
+                    AtFlags::REMOVEDIR
+                } else {
+                    AtFlags::empty()
+                };
+                rustix::fs::unlinkat(&parent, *name, flags)
+                    .map_err(|e| bad(format!("cannot replace {rel_s}: {e}")))?;
             }
         }
         // Whatever was at this path is gone: it is no longer a valid hard link target.
@@ -207,19 +262,26 @@ impl<'a> Extractor<'a> {
                     Ok(()) | Err(Errno::EXIST) => {}
                     Err(e) => return Err(io_err(&e)),
                 }
-                self.dirs.push((rel.iter().map(|c| c.to_vec()).collect(), meta));
+                self.dirs
+                    .push((rel.iter().map(|c| c.to_vec()).collect(), meta));
             }
             T::Regular | T::Continuous | T::GNUSparse => {
                 let fd = rustix::fs::openat(
                     &parent,
                     *name,
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
                 )
                 .map_err(|e| io_err(&e))?;
                 let mut f = File::from(fd);
                 write_sparse(entry, &mut f).map_err(|e| match e.kind() {
-                    io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput => {
+                    io::ErrorKind::UnexpectedEof
+                    | io::ErrorKind::InvalidData
+                    | io::ErrorKind::InvalidInput => {
                         bad(format!("invalid image tarball: {rel_s}: {e}"))
                     }
                     _ => io_err(&e),
@@ -228,25 +290,40 @@ impl<'a> Extractor<'a> {
                 rustix::fs::fchown(&f, u, g).map_err(|e| io_err(&e))?;
                 rustix::fs::fchmod(&f, Mode::from_raw_mode(meta.mode)).map_err(|e| io_err(&e))?;
                 set_xattrs(&f, &meta, &rel_s)?;
-                rustix::fs::futimens(&f, &ts(meta.mtime, meta.mtime_nsec)).map_err(|e| io_err(&e))?;
+                rustix::fs::futimens(&f, &ts(meta.mtime, meta.mtime_nsec))
+                    .map_err(|e| io_err(&e))?;
                 self.files.insert(key);
             }
             T::Symlink => {
                 let target = entry
                     .link_name_bytes()
-                    .ok_or_else(|| bad(format!("invalid image tarball: symlink {rel_s} has no target")))?
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "invalid image tarball: symlink {rel_s} has no target"
+                        ))
+                    })?
                     .into_owned();
                 // The target is only text: it is never followed here.
                 rustix::fs::symlinkat(target.as_slice(), &parent, *name).map_err(|e| io_err(&e))?;
                 let (u, g) = owner(&meta);
-                rustix::fs::chownat(&parent, *name, u, g, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| io_err(&e))?;
-                rustix::fs::utimensat(&parent, *name, &ts(meta.mtime, meta.mtime_nsec), AtFlags::SYMLINK_NOFOLLOW)
+                rustix::fs::chownat(&parent, *name, u, g, AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(|e| io_err(&e))?;
+                rustix::fs::utimensat(
+                    &parent,
+                    *name,
+                    &ts(meta.mtime, meta.mtime_nsec),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(|e| io_err(&e))?;
             }
             T::Link => {
                 let raw = entry
                     .link_name_bytes()
-                    .ok_or_else(|| bad(format!("invalid image tarball: hard link {rel_s} has no target")))?
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "invalid image tarball: hard link {rel_s} has no target"
+                        ))
+                    })?
                     .into_owned();
                 let refuse = || {
                     bad(format!(
@@ -267,7 +344,8 @@ impl<'a> Extractor<'a> {
                 }
                 let (tname, tparents) = target.split_last().expect("non-empty target");
                 let tparent = walk(&self.root, tparents, false, target)?;
-                rustix::fs::linkat(&tparent, *tname, &parent, *name, AtFlags::empty()).map_err(|e| io_err(&e))?;
+                rustix::fs::linkat(&tparent, *tname, &parent, *name, AtFlags::empty())
+                    .map_err(|e| io_err(&e))?;
                 self.files.insert(key);
             }
             T::Char | T::Block | T::Fifo => {
@@ -284,16 +362,31 @@ impl<'a> Extractor<'a> {
                         return Ok(());
                     }
                     let h = entry.header();
-                    let (maj, min) = (h.device_major().ok().flatten(), h.device_minor().ok().flatten());
+                    let (maj, min) = (
+                        h.device_major().ok().flatten(),
+                        h.device_minor().ok().flatten(),
+                    );
                     rustix::fs::makedev(maj.unwrap_or(0), min.unwrap_or(0))
                 };
-                rustix::fs::mknodat(&parent, *name, ft, Mode::from_raw_mode(0o600), dev).map_err(|e| io_err(&e))?;
+                rustix::fs::mknodat(&parent, *name, ft, Mode::from_raw_mode(0o600), dev)
+                    .map_err(|e| io_err(&e))?;
                 let (u, g) = owner(&meta);
-                rustix::fs::chownat(&parent, *name, u, g, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| io_err(&e))?;
-                rustix::fs::chmodat(&parent, *name, Mode::from_raw_mode(meta.mode), AtFlags::empty())
+                rustix::fs::chownat(&parent, *name, u, g, AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(|e| io_err(&e))?;
-                rustix::fs::utimensat(&parent, *name, &ts(meta.mtime, meta.mtime_nsec), AtFlags::SYMLINK_NOFOLLOW)
-                    .map_err(|e| io_err(&e))?;
+                rustix::fs::chmodat(
+                    &parent,
+                    *name,
+                    Mode::from_raw_mode(meta.mode),
+                    AtFlags::empty(),
+                )
+                .map_err(|e| io_err(&e))?;
+                rustix::fs::utimensat(
+                    &parent,
+                    *name,
+                    &ts(meta.mtime, meta.mtime_nsec),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(|e| io_err(&e))?;
             }
             other => {
                 eprintln!("image unpack: skipping {rel_s}: unsupported member type {other:?}");
@@ -329,7 +422,12 @@ impl<'a> Extractor<'a> {
             // A directory replaced later by another member type is gone: nothing to fix.
             let Ok(fd) = fd else { continue };
             let e = |e: Errno| Error::Internal(format!("unpacking {rel_s}/: {e}"));
-            rustix::fs::fchown(&fd, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid))).map_err(e)?;
+            rustix::fs::fchown(
+                &fd,
+                Some(Uid::from_raw(meta.uid)),
+                Some(Gid::from_raw(meta.gid)),
+            )
+            .map_err(e)?;
             rustix::fs::fchmod(&fd, Mode::from_raw_mode(meta.mode)).map_err(e)?;
             set_xattrs(&fd, meta, &rel_s)?;
             rustix::fs::futimens(&fd, &ts(meta.mtime, meta.mtime_nsec)).map_err(e)?;
@@ -340,8 +438,9 @@ impl<'a> Extractor<'a> {
 
 fn set_xattrs(fd: impl AsFd, meta: &Meta, rel_s: &str) -> Result<()> {
     for (name, value) in &meta.xattrs {
-        rustix::fs::fsetxattr(&fd, name.as_str(), value, XattrFlags::empty())
-            .map_err(|e| Error::Internal(format!("unpacking {rel_s}: setting xattr {name}: {e}")))?;
+        rustix::fs::fsetxattr(&fd, name.as_str(), value, XattrFlags::empty()).map_err(|e| {
+            Error::Internal(format!("unpacking {rel_s}: setting xattr {name}: {e}"))
+        })?;
     }
     Ok(())
 }
@@ -384,10 +483,13 @@ impl Drop for RemoveDirs {
 /// Create the target directory (its parents as needed); it must not exist.
 fn create_target(dir: &Path) -> Result<()> {
     if let Some(parent) = dir.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| Error::Internal(format!("{}: {e}", parent.display())))?;
+        std::fs::create_dir_all(parent)
+            .map_err(|e| Error::Internal(format!("{}: {e}", parent.display())))?;
     }
     std::fs::create_dir(dir).map_err(|e| match e.kind() {
-        io::ErrorKind::AlreadyExists => Error::Conflict(format!("{} already exists", dir.display())),
+        io::ErrorKind::AlreadyExists => {
+            Error::Conflict(format!("{} already exists", dir.display()))
+        }
         _ => Error::Internal(format!("{}: {e}", dir.display())),
     })
 }
@@ -397,23 +499,39 @@ fn tar_err(e: io::Error) -> Error {
 }
 
 /// Unpack a unified tarball: `rootfs/` into `rootfs`, `templates/` into `templates`.
-pub(crate) fn unpack_unified(tarball: &Path, rootfs: &Path, templates: &Path, opts: &UnpackOpts) -> Result<()> {
+pub(crate) fn unpack_unified(
+    tarball: &Path,
+    rootfs: &Path,
+    templates: &Path,
+    opts: &UnpackOpts,
+) -> Result<()> {
     create_target(rootfs)?;
     let mut guard = RemoveDirs(vec![rootfs.to_path_buf()]);
     create_target(templates)?;
     guard.0.push(templates.to_path_buf());
     let mut root = Extractor::new(rootfs, opts)?;
-    let tpl_opts = UnpackOpts { skip_devices: true, max_bytes: opts.max_bytes };
+    let tpl_opts = UnpackOpts {
+        skip_devices: true,
+        max_bytes: opts.max_bytes,
+    };
     let mut tpl = Extractor::new(templates, &tpl_opts)?;
     let mut ar = open_tar(tarball)?;
     for entry in ar.entries().map_err(tar_err)? {
         let mut entry = entry.map_err(tar_err)?;
         let raw = entry.path_bytes().into_owned();
-        let parts =
-            clean_path(&raw).ok_or_else(|| bad(format!("unsafe path in image: {}", String::from_utf8_lossy(&raw))))?;
+        let parts = clean_path(&raw).ok_or_else(|| {
+            bad(format!(
+                "unsafe path in image: {}",
+                String::from_utf8_lossy(&raw)
+            ))
+        })?;
         match parts.split_first() {
-            Some((first, rest)) if *first == b"rootfs" => root.extract(rest, &mut entry, Some(b"rootfs"))?,
-            Some((first, rest)) if *first == b"templates" => tpl.extract(rest, &mut entry, Some(b"templates"))?,
+            Some((first, rest)) if *first == b"rootfs" => {
+                root.extract(rest, &mut entry, Some(b"rootfs"))?
+            }
+            Some((first, rest)) if *first == b"templates" => {
+                tpl.extract(rest, &mut entry, Some(b"templates"))?
+            }
             _ => {} // metadata.yaml and anything else at the top
         }
     }
@@ -437,14 +555,21 @@ pub(crate) fn unpack_split(
     create_target(templates)?;
     guard.0.push(templates.to_path_buf());
 
-    let tpl_opts = UnpackOpts { skip_devices: true, max_bytes: opts.max_bytes };
+    let tpl_opts = UnpackOpts {
+        skip_devices: true,
+        max_bytes: opts.max_bytes,
+    };
     let mut tpl = Extractor::new(templates, &tpl_opts)?;
     let mut ar = open_tar(meta)?;
     for entry in ar.entries().map_err(tar_err)? {
         let mut entry = entry.map_err(tar_err)?;
         let raw = entry.path_bytes().into_owned();
-        let parts =
-            clean_path(&raw).ok_or_else(|| bad(format!("unsafe path in image: {}", String::from_utf8_lossy(&raw))))?;
+        let parts = clean_path(&raw).ok_or_else(|| {
+            bad(format!(
+                "unsafe path in image: {}",
+                String::from_utf8_lossy(&raw)
+            ))
+        })?;
         if let Some((first, rest)) = parts.split_first() {
             if *first == b"templates" {
                 tpl.extract(rest, &mut entry, Some(b"templates"))?;
@@ -455,7 +580,10 @@ pub(crate) fn unpack_split(
 
     let mut head = Vec::new();
     File::open(rootfs_file)
-        .and_then(|f| f.take(super::compress::SNIFF_LEN as u64).read_to_end(&mut head))
+        .and_then(|f| {
+            f.take(super::compress::SNIFF_LEN as u64)
+                .read_to_end(&mut head)
+        })
         .map_err(|e| Error::Internal(format!("{}: {e}", rootfs_file.display())))?;
     if super::compress::sniff(&head) == super::compress::Format::Squashfs {
         unsquashfs(rootfs_file, rootfs)?;
@@ -465,8 +593,12 @@ pub(crate) fn unpack_split(
         for entry in ar.entries().map_err(tar_err)? {
             let mut entry = entry.map_err(tar_err)?;
             let raw = entry.path_bytes().into_owned();
-            let parts = clean_path(&raw)
-                .ok_or_else(|| bad(format!("unsafe path in image: {}", String::from_utf8_lossy(&raw))))?;
+            let parts = clean_path(&raw).ok_or_else(|| {
+                bad(format!(
+                    "unsafe path in image: {}",
+                    String::from_utf8_lossy(&raw)
+                ))
+            })?;
             root.extract(&parts, &mut entry, None)?;
         }
         root.finish()?;
@@ -478,12 +610,17 @@ pub(crate) fn unpack_split(
 /// Find a program on PATH.
 fn which(prog: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(prog)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join(prog))
+        .find(|p| p.is_file())
 }
 
 fn unsquashfs(file: &Path, rootfs: &Path) -> Result<()> {
     let prog = which("unsquashfs").ok_or_else(|| {
-        Error::Internal("unpacking a squashfs image needs `unsquashfs` (squashfs-tools) on PATH: not found".into())
+        Error::Internal(
+            "unpacking a squashfs image needs `unsquashfs` (squashfs-tools) on PATH: not found"
+                .into(),
+        )
     })?;
     let out = std::process::Command::new(prog)
         .args(["-f", "-n", "-d"])
@@ -509,13 +646,17 @@ pub(crate) fn rootfs_size(tarball: &Path, prefix: Option<&[u8]>) -> Result<u64> 
     for entry in ar.entries().map_err(tar_err)? {
         let mut entry = entry.map_err(tar_err)?;
         let raw = entry.path_bytes().into_owned();
-        let Some(parts) = clean_path(&raw) else { continue };
+        let Some(parts) = clean_path(&raw) else {
+            continue;
+        };
         if let Some(p) = prefix {
             if parts.first() != Some(&p) {
                 continue;
             }
         }
-        if entry.header().entry_type().is_file() || entry.header().entry_type() == tar::EntryType::GNUSparse {
+        if entry.header().entry_type().is_file()
+            || entry.header().entry_type() == tar::EntryType::GNUSparse
+        {
             let (_, apparent, _) = member_meta(&mut entry)?;
             total = total.saturating_add(apparent);
         }

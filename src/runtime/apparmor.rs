@@ -79,8 +79,11 @@ const SYS_WRITABLE: Tree = Tree(&[
 ]);
 
 /// Paths bind/move/remount rules must not touch (they hide or expose kernel state).
-const MOUNT_PROTECTED: Tree =
-    Tree(&[("proc", Tree(&[])), ("sys", Tree(&[])), ("dev", Tree(&[(".lxc", Tree(&[]))]))]);
+const MOUNT_PROTECTED: Tree = Tree(&[
+    ("proc", Tree(&[])),
+    ("sys", Tree(&[])),
+    ("dev", Tree(&[(".lxc", Tree(&[]))])),
+]);
 
 /// rbind additionally protects /dev as a whole (and / itself is never matched).
 const RBIND_PROTECTED: Tree = Tree(&[("proc", Tree(&[])), ("sys", Tree(&[])), ("dev", Tree(&[]))]);
@@ -116,8 +119,10 @@ fn walk(dir: &str, prefix: &str, tree: &Tree, out: &mut Vec<String>) {
         None if !prefix.is_empty() => out.push(format!("{dir}{prefix}{{,/**}}")),
         None => {}
     }
-    let mut next: Vec<char> =
-        names.iter().filter_map(|(n, _, _)| n[prefix.len()..].chars().next()).collect();
+    let mut next: Vec<char> = names
+        .iter()
+        .filter_map(|(n, _, _)| n[prefix.len()..].chars().next())
+        .collect();
     next.sort_unstable();
     next.dedup();
     if next.is_empty() {
@@ -161,7 +166,11 @@ fn mount_rules() -> String {
 }
 
 fn deny_rules(dir: &str, tree: &Tree) -> String {
-    complement(dir, tree).iter().map(|p| format!("  deny {p} wklx,")).collect::<Vec<_>>().join("\n")
+    complement(dir, tree)
+        .iter()
+        .map(|p| format!("  deny {p} wklx,"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Render the profile. `privileged` containers (no user namespace) do not get the unprivileged
@@ -182,9 +191,10 @@ fn render_label(label: &str, nesting: bool, privileged: bool, raw: &str) -> Stri
             "{{if unprivileged}}" => keep = !privileged,
             "{{end}}" => keep = true,
             "{{mount_rules}}" if keep => out.push_str(&format!("{}\n", mount_rules())),
-            "{{deny_proc_sys}}" if keep => {
-                out.push_str(&format!("{}\n", deny_rules("/proc/sys/", &PROC_SYS_WRITABLE)))
-            }
+            "{{deny_proc_sys}}" if keep => out.push_str(&format!(
+                "{}\n",
+                deny_rules("/proc/sys/", &PROC_SYS_WRITABLE)
+            )),
             "{{deny_sys}}" if keep => {
                 out.push_str(&format!("{}\n", deny_rules("/sys/", &SYS_WRITABLE)))
             }
@@ -206,7 +216,10 @@ fn render_label(label: &str, nesting: bool, privileged: bool, raw: &str) -> Stri
 
 /// The 1-based line where raw.apparmor starts in a rendered profile, for error messages.
 fn raw_start(rendered: &str) -> Option<usize> {
-    rendered.lines().position(|l| l == "  ### raw.apparmor").map(|i| i + 2)
+    rendered
+        .lines()
+        .position(|l| l == "  ### raw.apparmor")
+        .map(|i| i + 2)
 }
 
 /// Whether the running kernel enforces AppArmor.
@@ -258,7 +271,10 @@ fn run_parser(args: &[&str], file: &Path, rendered: &str) -> Result<()> {
             hint = format!(" (raw.apparmor line {})", n - start + 1);
         }
     }
-    Err(Error(format!("apparmor: apparmor_parser {} failed{hint}: {msg}", args.join(" "))))
+    Err(Error(format!(
+        "apparmor: apparmor_parser {} failed{hint}: {msg}",
+        args.join(" ")
+    )))
 }
 
 /// The N of "... at line N" in an apparmor_parser message.
@@ -344,7 +360,10 @@ pub fn unload(name: &str) -> Result<()> {
 pub fn set_exec_label(label: &str) -> Result<()> {
     let data = format!("exec {label}");
     let mut last = None;
-    for p in ["/proc/thread-self/attr/apparmor/exec", "/proc/thread-self/attr/exec"] {
+    for p in [
+        "/proc/thread-self/attr/apparmor/exec",
+        "/proc/thread-self/attr/exec",
+    ] {
         match std::fs::OpenOptions::new().write(true).open(p) {
             Ok(mut f) => {
                 return f
@@ -381,7 +400,15 @@ mod tests {
             ]
         );
         let got = complement("/d/", &Tree(&[("msg*", Tree(&[])), ("ms", Tree(&[]))]));
-        assert_eq!(got, ["/d/[^m]*{,/**}", "/d/m{,/**}", "/d/m[^s]*{,/**}", "/d/ms[^g]*{,/**}"]);
+        assert_eq!(
+            got,
+            [
+                "/d/[^m]*{,/**}",
+                "/d/m{,/**}",
+                "/d/m[^s]*{,/**}",
+                "/d/ms[^g]*{,/**}"
+            ]
+        );
     }
 
     #[test]
@@ -398,15 +425,22 @@ mod tests {
         assert!(plain.contains("profile \"lxd-c1_<"), "{plain}");
         assert!(plain.contains("flags=(attach_disconnected,mediate_deleted)"));
         assert!(!plain.contains("{{"), "unrendered placeholder");
-        assert!(!plain.contains("pivot_root"), "privileged, no nesting: no pivot_root");
-        assert!(!plain.contains("# Placeholders"), "template comments are dropped");
+        assert!(
+            !plain.contains("pivot_root"),
+            "privileged, no nesting: no pivot_root"
+        );
+        assert!(
+            !plain.contains("# Placeholders"),
+            "template comments are dropped"
+        );
         assert!(plain.contains("  deny /proc/sys/kernel/hostname?*{,/**} wklx,"));
         assert!(plain.contains("  deny /sys/class/net?*{,/**} wklx,"));
         assert!(plain.contains("  mount options=(rw,bind) /dev/.lxc?*{,/**},"));
         let nest = render("c1", true, false, "  capability sys_admin,");
         assert!(nest.contains("### security.nesting") && nest.contains("### Unprivileged"));
         assert!(
-            nest.trim_end().ends_with("  ### raw.apparmor\n  capability sys_admin,\n}"),
+            nest.trim_end()
+                .ends_with("  ### raw.apparmor\n  capability sys_admin,\n}"),
             "{nest}"
         );
         assert_eq!(raw_start(&nest), Some(nest.lines().count() - 1));
@@ -416,7 +450,10 @@ mod tests {
     #[test]
     fn golden_profile() {
         let got = render_label("lxd-c1_</var/lib/bivy>", false, false, "");
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/apparmor/golden/c1-unprivileged.profile");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/apparmor/golden/c1-unprivileged.profile"
+        );
         if std::env::var_os("BIVY_UPDATE_GOLDEN").is_some() {
             std::fs::create_dir_all(Path::new(path).parent().unwrap()).unwrap();
             std::fs::write(path, &got).unwrap();

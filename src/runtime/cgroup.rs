@@ -121,12 +121,18 @@ fn io_err(what: &str, path: &Path, e: io::Error) -> Error {
 }
 
 fn write(path: &Path, value: &str) -> Result<()> {
-    fs::write(path, value)
-        .map_err(|e| Error(format!("cgroup: writing {value:?} to {}: {e}", path.display())))
+    fs::write(path, value).map_err(|e| {
+        Error(format!(
+            "cgroup: writing {value:?} to {}: {e}",
+            path.display()
+        ))
+    })
 }
 
 fn read(path: &Path) -> Result<String> {
-    fs::read_to_string(path).map(|s| s.trim().to_string()).map_err(|e| io_err("reading", path, e))
+    fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .map_err(|e| io_err("reading", path, e))
 }
 
 fn read_u64(path: &Path) -> Option<u64> {
@@ -160,7 +166,10 @@ fn poll(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
 /// Devices a container may use after [`Cgroup::restrict_devices`] (LXD's default list), each with
 /// the reason it is allowed.
 pub const DEFAULT_DEVICES: &[(&str, &str)] = &[
-    ("c *:* m", "mknod of any char device: creating a node is harmless, opening it is checked"),
+    (
+        "c *:* m",
+        "mknod of any char device: creating a node is harmless, opening it is checked",
+    ),
     ("b *:* m", "mknod of any block device, same reason"),
     ("c 1:3 rwm", "/dev/null"),
     ("c 1:5 rwm", "/dev/zero"),
@@ -168,11 +177,23 @@ pub const DEFAULT_DEVICES: &[(&str, &str)] = &[
     ("c 1:8 rwm", "/dev/random"),
     ("c 1:9 rwm", "/dev/urandom"),
     ("c 5:0 rwm", "/dev/tty"),
-    ("c 5:1 rwm", "/dev/console (the container's console pty is bind-mounted there)"),
-    ("c 5:2 rwm", "/dev/ptmx (the container's own devpts instance)"),
+    (
+        "c 5:1 rwm",
+        "/dev/console (the container's console pty is bind-mounted there)",
+    ),
+    (
+        "c 5:2 rwm",
+        "/dev/ptmx (the container's own devpts instance)",
+    ),
     ("c 136:* rwm", "/dev/pts/* (pseudo-terminals)"),
-    ("c 10:200 rwm", "/dev/net/tun (VPNs in the container's own network namespace)"),
-    ("c 10:229 rwm", "/dev/fuse (FUSE mounts, which AppArmor's fstype=fuse rule allows)"),
+    (
+        "c 10:200 rwm",
+        "/dev/net/tun (VPNs in the container's own network namespace)",
+    ),
+    (
+        "c 10:229 rwm",
+        "/dev/fuse (FUSE mounts, which AppArmor's fstype=fuse rule allows)",
+    ),
 ];
 
 /// The controllers this code drives.
@@ -208,9 +229,18 @@ impl Cgroup {
                 "cgroup: no cgroup filesystem is mounted (see /proc/self/mountinfo)".into(),
             ));
         }
-        let v1 = l.v1.iter().map(|(m, o)| (m.join("bivy").join(name), o.clone())).collect();
+        let v1 =
+            l.v1.iter()
+                .map(|(m, o)| (m.join("bivy").join(name), o.clone()))
+                .collect();
         let unified = l.unified.as_ref().map(|u| u.join("bivy").join(name));
-        let mut cg = Cgroup { name: name.to_string(), v1, unified, v2: Vec::new(), v2_core: true };
+        let mut cg = Cgroup {
+            name: name.to_string(),
+            v1,
+            unified,
+            v2: Vec::new(),
+            v2_core: true,
+        };
         if let Some(u) = &l.unified {
             let avail = fs::read_to_string(u.join("cgroup.controllers")).unwrap_or_default();
             cg.v2 = avail
@@ -236,7 +266,11 @@ impl Cgroup {
 
     /// Every directory of this cgroup (v1 ones, then the unified one).
     pub fn dirs(&self) -> Vec<&Path> {
-        self.v1.iter().map(|(p, _)| p.as_path()).chain(self.unified.as_deref()).collect()
+        self.v1
+            .iter()
+            .map(|(p, _)| p.as_path())
+            .chain(self.unified.as_deref())
+            .collect()
     }
 
     fn v1_dir(&self, controller: &str) -> Option<&Path> {
@@ -371,7 +405,11 @@ impl Cgroup {
                 write(&d.join("memory.high"), &high)?;
                 let swap = d.join("memory.swap.max");
                 if swap.exists() {
-                    let v = if lim.memory.is_some() && !lim.memory_swap { "0" } else { "max" };
+                    let v = if lim.memory.is_some() && !lim.memory_swap {
+                        "0"
+                    } else {
+                        "max"
+                    };
                     write(&swap, v)?;
                 }
             } else {
@@ -423,8 +461,9 @@ impl Cgroup {
                 };
                 write(&d.join("cpu.max"), &max)?;
                 // cgroup v1 shares (2..262144, default 1024) -> v2 weight (1..10000, default 100).
-                let w =
-                    lim.cpu_shares.map_or(100, |s| 1 + (s.clamp(2, 262144) - 2) * 9999 / 262142);
+                let w = lim
+                    .cpu_shares
+                    .map_or(100, |s| 1 + (s.clamp(2, 262144) - 2) * 9999 / 262142);
                 write(&d.join("cpu.weight"), &w.to_string())?;
             } else {
                 let quota = d.join("cpu.cfs_quota_us");
@@ -437,7 +476,10 @@ impl Cgroup {
                     }
                     None => write(&d.join("cpu.cfs_period_us"), "100000")?,
                 }
-                write(&d.join("cpu.shares"), &lim.cpu_shares.unwrap_or(1024).to_string())?;
+                write(
+                    &d.join("cpu.shares"),
+                    &lim.cpu_shares.unwrap_or(1024).to_string(),
+                )?;
             }
         } else if lim.cpu_quota.is_some() || lim.cpu_shares.is_some() {
             return Err(Error(
@@ -447,7 +489,10 @@ impl Cgroup {
         }
 
         if let Some((d, _)) = self.ctrl("pids") {
-            write(&d.join("pids.max"), &lim.pids.map_or("max".to_string(), |p| p.to_string()))?;
+            write(
+                &d.join("pids.max"),
+                &lim.pids.map_or("max".to_string(), |p| p.to_string()),
+            )?;
         } else if lim.pids.is_some() {
             return Err(Error(
                 "cgroup: limits.processes set but no pids controller is available".into(),
@@ -468,7 +513,11 @@ impl Cgroup {
             ));
         };
         write(&d.join("devices.deny"), "a")?;
-        for rule in DEFAULT_DEVICES.iter().map(|(r, _why)| *r).chain(extra.iter().copied()) {
+        for rule in DEFAULT_DEVICES
+            .iter()
+            .map(|(r, _why)| *r)
+            .chain(extra.iter().copied())
+        {
             write(&d.join("devices.allow"), rule)?;
         }
         Ok(())
@@ -497,7 +546,10 @@ impl Cgroup {
         if let Some(f) = self.v2_freeze() {
             write(&f, if on { "1" } else { "0" })?;
         } else if let Some(d) = self.v1_dir("freezer") {
-            write(&d.join("freezer.state"), if on { "FROZEN" } else { "THAWED" })?;
+            write(
+                &d.join("freezer.state"),
+                if on { "FROZEN" } else { "THAWED" },
+            )?;
         } else {
             return Err(Error(format!(
                 "cgroup: cannot {what} bivy/{}: no freezer (v1 freezer or cgroup.freeze)",
@@ -507,7 +559,10 @@ impl Cgroup {
         if poll(Duration::from_secs(5), || self.is_frozen() == on) {
             Ok(())
         } else {
-            Err(Error(format!("cgroup: {what} of bivy/{} did not complete within 5 s", self.name)))
+            Err(Error(format!(
+                "cgroup: {what} of bivy/{} did not complete within 5 s",
+                self.name
+            )))
         }
     }
 
@@ -703,15 +758,23 @@ fn rmdir_tree(dir: &Path) -> Result<()> {
 /// KiB, MiB, GiB, TiB, PiB, EiB (powers of 1024).
 pub fn parse_memory(s: &str, total_ram: u64) -> Result<u64> {
     let s = s.trim();
-    let bad = || Error(format!("invalid memory size {s:?} (examples: 512MiB, 1GB, 50%)"));
+    let bad = || {
+        Error(format!(
+            "invalid memory size {s:?} (examples: 512MiB, 1GB, 50%)"
+        ))
+    };
     if let Some(p) = s.strip_suffix('%') {
         let pct: f64 = p.trim().parse().map_err(|_| bad())?;
         if !(pct > 0.0 && pct <= 100.0) {
-            return Err(Error(format!("invalid memory percentage {s:?} (must be in (0, 100])")));
+            return Err(Error(format!(
+                "invalid memory percentage {s:?} (must be in (0, 100])"
+            )));
         }
         return Ok((total_ram as f64 * pct / 100.0) as u64);
     }
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = (&s[..split], s[split..].trim());
     let mult: u64 = match unit {
         "" | "B" => 1,
@@ -740,10 +803,15 @@ pub fn parse_memory(s: &str, total_ram: u64) -> Result<u64> {
         }
         v as u64
     } else {
-        num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult)).ok_or_else(bad)?
+        num.parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(mult))
+            .ok_or_else(bad)?
     };
     if v == 0 {
-        return Err(Error(format!("invalid memory size {s:?}: must be more than 0")));
+        return Err(Error(format!(
+            "invalid memory size {s:?}: must be more than 0"
+        )));
     }
     Ok(v)
 }
@@ -757,11 +825,19 @@ pub fn parse_cpu(s: &str, ncpus: usize) -> Result<String> {
         && !s.contains(',')
         && !s.contains('-')
     {
-        let n: usize = s.parse().map_err(|_| Error(format!("invalid cpu count {s:?}")))?;
+        let n: usize = s
+            .parse()
+            .map_err(|_| Error(format!("invalid cpu count {s:?}")))?;
         if n == 0 || n > ncpus {
-            return Err(Error(format!("invalid cpu count {n}: the host has {ncpus} cpus")));
+            return Err(Error(format!(
+                "invalid cpu count {n}: the host has {ncpus} cpus"
+            )));
         }
-        return Ok(if n == 1 { "0".into() } else { format!("0-{}", n - 1) });
+        return Ok(if n == 1 {
+            "0".into()
+        } else {
+            format!("0-{}", n - 1)
+        });
     }
     let bad = |why: &str| Error(format!("invalid cpu set {s:?}: {why}"));
     if s.is_empty() {
@@ -785,7 +861,11 @@ pub fn parse_cpu(s: &str, ncpus: usize) -> Result<String> {
                 ncpus.saturating_sub(1)
             )));
         }
-        parts.push(if a == b { a.to_string() } else { format!("{a}-{b}") });
+        parts.push(if a == b {
+            a.to_string()
+        } else {
+            format!("{a}-{b}")
+        });
     }
     Ok(parts.join(","))
 }
@@ -820,25 +900,40 @@ pub fn parse_allowance(s: &str) -> Result<Allowance> {
     let s = s.trim();
     if let Some(p) = s.strip_suffix('%') {
         let pct: u64 = p.trim().parse().map_err(|_| {
-            Error(format!("invalid cpu allowance {s:?} (examples: 50%, 25ms/100ms)"))
+            Error(format!(
+                "invalid cpu allowance {s:?} (examples: 50%, 25ms/100ms)"
+            ))
         })?;
         if pct == 0 {
-            return Err(Error(format!("invalid cpu allowance {s:?}: must be more than 0%")));
+            return Err(Error(format!(
+                "invalid cpu allowance {s:?}: must be more than 0%"
+            )));
         }
         return Ok(Allowance::Shares((1024 * pct / 100).max(2)));
     }
-    let (q, p) = s
-        .split_once('/')
-        .ok_or_else(|| Error(format!("invalid cpu allowance {s:?} (examples: 50%, 25ms/100ms)")))?;
-    let bad = || Error(format!("invalid cpu allowance {s:?}: durations like 25ms/100ms"));
-    let (q, p) = (parse_duration_us(q).ok_or_else(bad)?, parse_duration_us(p).ok_or_else(bad)?);
+    let (q, p) = s.split_once('/').ok_or_else(|| {
+        Error(format!(
+            "invalid cpu allowance {s:?} (examples: 50%, 25ms/100ms)"
+        ))
+    })?;
+    let bad = || {
+        Error(format!(
+            "invalid cpu allowance {s:?}: durations like 25ms/100ms"
+        ))
+    };
+    let (q, p) = (
+        parse_duration_us(q).ok_or_else(bad)?,
+        parse_duration_us(p).ok_or_else(bad)?,
+    );
     if !(1000..=1_000_000).contains(&p) {
         return Err(Error(format!(
             "invalid cpu allowance {s:?}: the period must be between 1ms and 1s"
         )));
     }
     if q < 1000 {
-        return Err(Error(format!("invalid cpu allowance {s:?}: the quota must be at least 1ms")));
+        return Err(Error(format!(
+            "invalid cpu allowance {s:?}: the quota must be at least 1ms"
+        )));
     }
     Ok(Allowance::Quota(q, p))
 }
@@ -856,8 +951,17 @@ mod tests {
         assert_eq!(parse_memory("100kB", gib).unwrap(), 100_000);
         assert_eq!(parse_memory("4096", gib).unwrap(), 4096);
         assert_eq!(parse_memory("50%", 8 * gib).unwrap(), 4 * gib);
-        for bad in ["", "abc", "10XB", "0", "-5MiB", "150%", "0%", "MiB", "99999999999999999999EiB"]
-        {
+        for bad in [
+            "",
+            "abc",
+            "10XB",
+            "0",
+            "-5MiB",
+            "150%",
+            "0%",
+            "MiB",
+            "99999999999999999999EiB",
+        ] {
             assert!(parse_memory(bad, gib).is_err(), "{bad:?} should fail");
         }
     }
@@ -870,7 +974,10 @@ mod tests {
         assert_eq!(parse_cpu("1,3", 4).unwrap(), "1,3");
         assert_eq!(parse_cpu("2-2", 4).unwrap(), "2");
         assert!(parse_cpu("5", 4).unwrap_err().0.contains("host has 4"));
-        assert!(parse_cpu("0-7", 4).unwrap_err().0.contains("cpu 7 does not exist"));
+        assert!(parse_cpu("0-7", 4)
+            .unwrap_err()
+            .0
+            .contains("cpu 7 does not exist"));
         for bad in ["0", "", "3-1", "a", "1,,2", "-1"] {
             assert!(parse_cpu(bad, 4).is_err(), "{bad:?} should fail");
         }
@@ -880,8 +987,14 @@ mod tests {
     fn allowances() {
         assert_eq!(parse_allowance("50%").unwrap(), Allowance::Shares(512));
         assert_eq!(parse_allowance("100%").unwrap(), Allowance::Shares(1024));
-        assert_eq!(parse_allowance("25ms/100ms").unwrap(), Allowance::Quota(25_000, 100_000));
-        assert_eq!(parse_allowance("200ms/1s").unwrap(), Allowance::Quota(200_000, 1_000_000));
+        assert_eq!(
+            parse_allowance("25ms/100ms").unwrap(),
+            Allowance::Quota(25_000, 100_000)
+        );
+        assert_eq!(
+            parse_allowance("200ms/1s").unwrap(),
+            Allowance::Quota(200_000, 1_000_000)
+        );
         for bad in ["", "0%", "x%", "25ms", "25/100", "500us/100ms", "1ms/2s"] {
             assert!(parse_allowance(bad).is_err(), "{bad:?} should fail");
         }
@@ -902,17 +1015,33 @@ mod tests {
         let l = Layout::from_mountinfo(HYBRID);
         let opts: Vec<&str> = l.v1.iter().map(|(_, o)| o.as_str()).collect();
         assert_eq!(opts, ["cpu", "cpu,cpuacct", "memory", "name=systemd"]);
-        assert_eq!(l.unified.as_deref(), Some(Path::new("/sys/fs/cgroup/unified")));
+        assert_eq!(
+            l.unified.as_deref(),
+            Some(Path::new("/sys/fs/cgroup/unified"))
+        );
         assert!(!l.v2_only);
-        assert_eq!(l.v1_mount("cpuacct"), Some(Path::new("/sys/fs/cgroup/cpu,cpuacct")));
-        assert_eq!(l.v1_mount("name=systemd"), Some(Path::new("/sys/fs/cgroup/systemd")));
+        assert_eq!(
+            l.v1_mount("cpuacct"),
+            Some(Path::new("/sys/fs/cgroup/cpu,cpuacct"))
+        );
+        assert_eq!(
+            l.v1_mount("name=systemd"),
+            Some(Path::new("/sys/fs/cgroup/systemd"))
+        );
         assert_eq!(l.v1_mount("pids"), None);
     }
 
     #[test]
     fn layout_pure_v2() {
         let l = Layout::from_mountinfo("30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot\n");
-        assert_eq!(l, Layout { v1: vec![], unified: Some("/sys/fs/cgroup".into()), v2_only: true });
+        assert_eq!(
+            l,
+            Layout {
+                v1: vec![],
+                unified: Some("/sys/fs/cgroup".into()),
+                v2_only: true
+            }
+        );
     }
 
     #[test]

@@ -6,7 +6,8 @@ use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{
-    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
+    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockFlag, SockType,
 };
 
 use super::{Error, Result};
@@ -40,7 +41,12 @@ impl Msg {
     }
 
     fn decode(b: &[u8]) -> Result<Msg> {
-        let bad = || Error(format!("bad runtime message {:?}", String::from_utf8_lossy(b)));
+        let bad = || {
+            Error(format!(
+                "bad runtime message {:?}",
+                String::from_utf8_lossy(b)
+            ))
+        };
         let rest = std::str::from_utf8(b.get(1..).unwrap_or_default()).map_err(|_| bad())?;
         match b.first() {
             Some(b'G') => Ok(Msg::Go),
@@ -49,7 +55,10 @@ impl Msg {
             Some(b'R') => Ok(Msg::Request(rest.to_string())),
             Some(b'S') => {
                 let (i, m) = rest.split_once(' ').ok_or_else(bad)?;
-                Ok(Msg::Started(i.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?))
+                Ok(Msg::Started(
+                    i.parse().map_err(|_| bad())?,
+                    m.parse().map_err(|_| bad())?,
+                ))
             }
             _ => Err(bad()),
         }
@@ -58,8 +67,13 @@ impl Msg {
 
 /// A connected pair, both ends close-on-exec.
 pub fn pair() -> Result<(OwnedFd, OwnedFd)> {
-    socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
-        .map_err(|e| Error(format!("socketpair: {e}")))
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| Error(format!("socketpair: {e}")))
 }
 
 pub fn send(sock: &OwnedFd, m: &Msg, fd: Option<RawFd>) -> Result<()> {
@@ -84,17 +98,26 @@ pub fn recv(sock: &OwnedFd) -> Result<Option<(Msg, Option<OwnedFd>)>> {
     let mut cmsg = nix::cmsg_space!([RawFd; 1]);
     loop {
         let mut iov = [IoSliceMut::new(&mut buf)];
-        let r = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC);
+        let r = recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        );
         let r = match r {
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(Error(format!("receive runtime message: {e}"))),
             Ok(r) => r,
         };
         let mut fd = None;
-        for c in r.cmsgs().map_err(|e| Error(format!("receive runtime message: {e}")))? {
+        for c in r
+            .cmsgs()
+            .map_err(|e| Error(format!("receive runtime message: {e}")))?
+        {
             if let ControlMessageOwned::ScmRights(v) = c {
                 for f in v {
-                    let o = sys::own_inherited_fd(f).map_err(|e| Error(format!("received fd: {e}")))?;
+                    let o =
+                        sys::own_inherited_fd(f).map_err(|e| Error(format!("received fd: {e}")))?;
                     fd.get_or_insert(o);
                 }
             }
@@ -118,8 +141,13 @@ mod tests {
         send(&a, &Msg::Err("mount proc on /x: EPERM".into()), None).unwrap();
         let f = std::fs::File::open("/proc/self/stat").unwrap();
         send(&a, &Msg::PtyMaster, Some(f.as_raw_fd())).unwrap();
-        assert!(matches!(recv(&b).unwrap(), Some((Msg::Started(12, 34), None))));
-        assert!(matches!(recv(&b).unwrap(), Some((Msg::Err(e), None)) if e == "mount proc on /x: EPERM"));
+        assert!(matches!(
+            recv(&b).unwrap(),
+            Some((Msg::Started(12, 34), None))
+        ));
+        assert!(
+            matches!(recv(&b).unwrap(), Some((Msg::Err(e), None)) if e == "mount proc on /x: EPERM")
+        );
         assert!(matches!(recv(&b).unwrap(), Some((Msg::PtyMaster, Some(_)))));
         drop(a);
         assert!(recv(&b).unwrap().is_none(), "EOF after the peer closed");

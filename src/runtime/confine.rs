@@ -19,7 +19,11 @@ pub struct CgroupLayout {
 pub fn cgroup_layout() -> CgroupLayout {
     let l = cgroup::Layout::probe();
     CgroupLayout {
-        v1: l.v1.iter().map(|(p, o)| (p.display().to_string(), o.clone())).collect(),
+        v1: l
+            .v1
+            .iter()
+            .map(|(p, o)| (p.display().to_string(), o.clone()))
+            .collect(),
         unified: l.unified.clone(),
         v2_only: l.v2_only,
     }
@@ -64,7 +68,9 @@ pub fn cgroup_set_limits(name: &str, limits: &Limits) -> Result<()> {
 }
 
 pub fn cgroup_stats(name: &str) -> Stats {
-    cgroup::Cgroup::open(name).map(|c| c.stats()).unwrap_or_default()
+    cgroup::Cgroup::open(name)
+        .map(|c| c.stats())
+        .unwrap_or_default()
 }
 
 /// A compiled seccomp filter, ready to load right before execve.
@@ -78,7 +84,12 @@ pub fn seccomp_load(p: &Seccomp) -> Result<()> {
     seccomp::load(&p.0)
 }
 
-pub fn apparmor_prepare(name: &str, nesting: bool, privileged: bool, raw: &str) -> Result<Option<String>> {
+pub fn apparmor_prepare(
+    name: &str,
+    nesting: bool,
+    privileged: bool,
+    raw: &str,
+) -> Result<Option<String>> {
     apparmor::prepare(name, nesting, privileged, raw)
 }
 

@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use super::chan::{self, Msg};
 use super::monitor::{dup_inheritable, helper_command, live_pidfd, read_spec};
-use super::{confine, files, init, Error, ExecProcess, ExecSpec, ExecStdio, Result, RootfsMode, State};
+use super::{
+    confine, files, init, Error, ExecProcess, ExecSpec, ExecStdio, Result, RootfsMode, State,
+};
 use crate::sys;
 
 /// [`ExecSpec`] as it travels to the helper (JSON on its command line).
@@ -33,7 +35,12 @@ struct Req {
 
 /// Set the window size of a pty (master or slave).
 pub fn resize_pty(master: &OwnedFd, w: u16, h: u16) -> Result<()> {
-    let ws = rustix::termios::Winsize { ws_row: h, ws_col: w, ws_xpixel: 0, ws_ypixel: 0 };
+    let ws = rustix::termios::Winsize {
+        ws_row: h,
+        ws_col: w,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     rustix::termios::tcsetwinsize(master, ws).map_err(|e| Error(format!("resize pty: {e}")))
 }
 
@@ -41,31 +48,54 @@ pub fn exec(run_dir: &Path, spec: &ExecSpec, stdio: Option<ExecStdio>) -> Result
     match super::state(run_dir)? {
         State::Running { frozen: false, .. } => {}
         State::Running { frozen: true, .. } => {
-            return Err(Error(format!("container in {} is frozen", run_dir.display())));
+            return Err(Error(format!(
+                "container in {} is frozen",
+                run_dir.display()
+            )));
         }
-        State::Stopped { .. } => return Err(Error(format!("container in {} is not running", run_dir.display()))),
+        State::Stopped { .. } => {
+            return Err(Error(format!(
+                "container in {} is not running",
+                run_dir.display()
+            )))
+        }
     }
     if spec.argv.is_empty() {
         return Err(Error("exec: empty command".into()));
     }
-    let req = Req { argv: spec.argv.clone(), env: spec.env.clone(), cwd: spec.cwd.clone(), uid: spec.uid, gid: spec.gid, pty: spec.pty };
+    let req = Req {
+        argv: spec.argv.clone(),
+        env: spec.env.clone(),
+        cwd: spec.cwd.clone(),
+        uid: spec.uid,
+        gid: spec.gid,
+        pty: spec.pty,
+    };
     let js = serde_json::to_string(&req).map_err(|e| Error(format!("encode exec request: {e}")))?;
     let (ours, theirs) = chan::pair()?;
     // dup() gives a copy without CLOEXEC; the original is closed now so only the child holds an end.
     let inherit = dup_inheritable(&theirs)?;
     drop(theirs);
     let mut cmd = helper_command("bivy-exec")?;
-    cmd.arg("__exec").arg(run_dir).arg(inherit.as_raw_fd().to_string());
+    cmd.arg("__exec")
+        .arg(run_dir)
+        .arg(inherit.as_raw_fd().to_string());
     match (spec.pty, stdio) {
         (Some(_), _) => {
-            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
         }
         (None, Some(s)) => {
-            cmd.stdin(Stdio::from(s.stdin)).stdout(Stdio::from(s.stdout)).stderr(Stdio::from(s.stderr));
+            cmd.stdin(Stdio::from(s.stdin))
+                .stdout(Stdio::from(s.stdout))
+                .stderr(Stdio::from(s.stderr));
         }
         (None, None) => {}
     }
-    let child = cmd.spawn().map_err(|e| Error(format!("spawn exec helper: {e}")))?;
+    let child = cmd
+        .spawn()
+        .map_err(|e| Error(format!("spawn exec helper: {e}")))?;
     drop(cmd);
     drop(inherit);
     let pid = child.id() as i32;
@@ -80,11 +110,17 @@ pub fn exec(run_dir: &Path, spec: &ExecSpec, stdio: Option<ExecStdio>) -> Result
             None => break,
             Some((Msg::PtyMaster, Some(fd))) => pty_master = Some(fd),
             Some((Msg::Err(e), _)) => return Err(reap(Error(e))),
-            Some((m, _)) => return Err(reap(Error(format!("unexpected message from exec helper: {m:?}")))),
+            Some((m, _)) => {
+                return Err(reap(Error(format!(
+                    "unexpected message from exec helper: {m:?}"
+                ))))
+            }
         }
     }
     if spec.pty.is_some() && pty_master.is_none() {
-        return Err(reap(Error("exec helper did not send the pty master".into())));
+        return Err(reap(Error(
+            "exec helper did not send the pty master".into(),
+        )));
     }
     Ok(ExecProcess { pid, pty_master })
 }
@@ -106,7 +142,10 @@ const FORWARDED: &[Signal] = &[
 
 /// `bivy __exec <run_dir> <sock_fd>`; the request arrives on the socket.
 pub fn helper(args: &[String]) -> ! {
-    let (Some(run_dir), Some(fd)) = (args.first(), args.get(1).and_then(|f| f.parse::<i32>().ok())) else {
+    let (Some(run_dir), Some(fd)) = (
+        args.first(),
+        args.get(1).and_then(|f| f.parse::<i32>().ok()),
+    ) else {
         eprintln!("usage: bivy __exec RUN_DIR SOCK_FD");
         std::process::exit(2)
     };
@@ -149,24 +188,37 @@ fn run(run_dir: &Path, js: &str, sock: OwnedFd) -> std::result::Result<i32, (Own
             }
         };
     }
-    let req: Req = t!(serde_json::from_str(js).map_err(|e| Error(format!("parse exec request: {e}"))));
+    let req: Req =
+        t!(serde_json::from_str(js).map_err(|e| Error(format!("parse exec request: {e}"))));
     let spec = t!(read_spec(run_dir));
     let privileged = spec.rootfs_mode == RootfsMode::Privileged;
     let label = std::fs::read_to_string(run_dir.join(files::LABEL)).ok();
     let seccomp = t!(confine::seccomp_compile(&spec.seccomp_policy));
     // 1. Find init, pinned by a pidfd (verified against its recorded start time).
     let Some((init_pid, pidfd)) = live_pidfd(&run_dir.join(files::INIT_PID)) else {
-        return Err((sock, Error(format!("container {} is not running", spec.name))));
+        return Err((
+            sock,
+            Error(format!("container {} is not running", spec.name)),
+        ));
     };
     // 2. Join the cgroup while the host's cgroupfs is still visible.
-    t!(confine::cgroup_add_pid(spec.cgroup_name(), std::process::id() as i32));
+    t!(confine::cgroup_add_pid(
+        spec.cgroup_name(),
+        std::process::id() as i32
+    ));
     // 3. All of init's namespaces at once (setns with a pidfd is atomic).
     use nix::sched::CloneFlags as C;
-    let mut ns = C::CLONE_NEWNS | C::CLONE_NEWPID | C::CLONE_NEWUTS | C::CLONE_NEWIPC | C::CLONE_NEWNET | C::CLONE_NEWCGROUP;
+    let mut ns = C::CLONE_NEWNS
+        | C::CLONE_NEWPID
+        | C::CLONE_NEWUTS
+        | C::CLONE_NEWIPC
+        | C::CLONE_NEWNET
+        | C::CLONE_NEWCGROUP;
     if !privileged {
         ns |= C::CLONE_NEWUSER;
     }
-    t!(nix::sched::setns(pidfd.as_fd(), ns).map_err(|e| Error(format!("setns into init {init_pid}: {e}"))));
+    t!(nix::sched::setns(pidfd.as_fd(), ns)
+        .map_err(|e| Error(format!("setns into init {init_pid}: {e}"))));
     drop(pidfd);
     // 4. Block the signals we forward (and SIGCHLD) before forking, so none is lost.
     let mut set = SigSet::empty();
@@ -174,7 +226,10 @@ fn run(run_dir: &Path, js: &str, sock: OwnedFd) -> std::result::Result<i32, (Own
         set.add(*s);
     }
     set.add(Signal::SIGCHLD);
-    t!(nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(|e| Error(format!("block signals: {e}"))));
+    t!(
+        nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
+            .map_err(|e| Error(format!("block signals: {e}")))
+    );
     // 5. Fork: the child is in the container's pid namespace.
     let pid = t!(sys::fork().map_err(|e| Error(format!("fork: {e}"))));
     if pid == 0 {
@@ -188,13 +243,19 @@ fn run(run_dir: &Path, js: &str, sock: OwnedFd) -> std::result::Result<i32, (Own
         if let Some(s) = &sfd {
             match s.read_signal() {
                 Ok(Some(si)) if si.ssi_signo != libc::SIGCHLD as u32 => {
-                    let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::try_from(si.ssi_signo as i32).ok());
+                    let _ = nix::sys::signal::kill(
+                        Pid::from_raw(pid),
+                        Signal::try_from(si.ssi_signo as i32).ok(),
+                    );
                     continue;
                 }
                 _ => {}
             }
         }
-        match waitpid(Pid::from_raw(pid), Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+        match waitpid(
+            Pid::from_raw(pid),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        ) {
             Ok(WaitStatus::Exited(_, c)) => return Ok(c),
             Ok(WaitStatus::Signaled(_, s, _)) => return Ok(128 + s as i32),
             Ok(_) => {}
@@ -207,20 +268,33 @@ fn run(run_dir: &Path, js: &str, sock: OwnedFd) -> std::result::Result<i32, (Own
     }
 }
 
-fn child(req: &Req, sock: &OwnedFd, privileged: bool, label: Option<&str>, seccomp: &confine::Seccomp) -> Error {
+fn child(
+    req: &Req,
+    sock: &OwnedFd,
+    privileged: bool,
+    label: Option<&str>,
+    seccomp: &confine::Seccomp,
+) -> Error {
     let e = |step: &str, x: &dyn std::fmt::Display| Error(format!("{step}: {x}"));
     // 6. pty: allocated in the container's devpts (its /dev/ptmx, we are in its mount namespace),
     //    the master goes back to the caller.
     if let Some((w, h)) = req.pty {
         use rustix::fs::{Mode, OFlags};
-        let master = match rustix::fs::open("/dev/ptmx", OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC, Mode::empty()) {
+        let master = match rustix::fs::open(
+            "/dev/ptmx",
+            OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
             Ok(m) => m,
             Err(x) => return e("open container /dev/ptmx", &x),
         };
         if let Err(x) = rustix::pty::unlockpt(&master) {
             return e("unlockpt", &x);
         }
-        let slave = match rustix::pty::ioctl_tiocgptpeer(&master, rustix::pty::OpenptFlags::RDWR | rustix::pty::OpenptFlags::NOCTTY) {
+        let slave = match rustix::pty::ioctl_tiocgptpeer(
+            &master,
+            rustix::pty::OpenptFlags::RDWR | rustix::pty::OpenptFlags::NOCTTY,
+        ) {
             Ok(s) => s,
             Err(x) => return e("open pty slave", &x),
         };
@@ -235,7 +309,11 @@ fn child(req: &Req, sock: &OwnedFd, privileged: bool, label: Option<&str>, secco
         if let Err(x) = rustix::process::ioctl_tiocsctty(&slave) {
             return e("TIOCSCTTY", &x);
         }
-        for r in [nix::unistd::dup2_stdin(&slave), nix::unistd::dup2_stdout(&slave), nix::unistd::dup2_stderr(&slave)] {
+        for r in [
+            nix::unistd::dup2_stdin(&slave),
+            nix::unistd::dup2_stdout(&slave),
+            nix::unistd::dup2_stderr(&slave),
+        ] {
             if let Err(x) = r {
                 return e("dup2 pty", &x);
             }
@@ -259,11 +337,21 @@ fn child(req: &Req, sock: &OwnedFd, privileged: bool, label: Option<&str>, secco
         Ok(a) => a,
         Err(x) => return x,
     };
-    let env = match init::cstrings(&req.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>()) {
+    let env = match init::cstrings(
+        &req.env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>(),
+    ) {
         Ok(a) => a,
         Err(x) => return x,
     };
-    let path = req.env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    let path = req
+        .env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
     let prog = resolve(&req.argv[0], path);
     let prog = match CString::new(prog.as_os_str().as_encoded_bytes()) {
         Ok(p) => p,
@@ -277,10 +365,18 @@ fn child(req: &Req, sock: &OwnedFd, privileged: bool, label: Option<&str>, secco
     if let Err(x) = nix::unistd::setgroups(&[]) {
         return e("setgroups", &x);
     }
-    if let Err(x) = nix::unistd::setresgid(Gid::from_raw(req.gid), Gid::from_raw(req.gid), Gid::from_raw(req.gid)) {
+    if let Err(x) = nix::unistd::setresgid(
+        Gid::from_raw(req.gid),
+        Gid::from_raw(req.gid),
+        Gid::from_raw(req.gid),
+    ) {
         return e(&format!("setresgid({})", req.gid), &x);
     }
-    if let Err(x) = nix::unistd::setresuid(Uid::from_raw(req.uid), Uid::from_raw(req.uid), Uid::from_raw(req.uid)) {
+    if let Err(x) = nix::unistd::setresuid(
+        Uid::from_raw(req.uid),
+        Uid::from_raw(req.uid),
+        Uid::from_raw(req.uid),
+    ) {
         return e(&format!("setresuid({})", req.uid), &x);
     }
     sys::reset_signals();

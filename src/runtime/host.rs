@@ -25,7 +25,11 @@ pub struct Host {
     pub nested: bool,
 }
 
-const DEFAULT_RANGE: IdMapEntry = IdMapEntry { nsid: 0, hostid: 1_000_000, count: 1_000_000_000 };
+const DEFAULT_RANGE: IdMapEntry = IdMapEntry {
+    nsid: 0,
+    hostid: 1_000_000,
+    count: 1_000_000_000,
+};
 
 /// Root's range from a subuid/subgid file's text (`root:100000:65536`; the first root line wins;
 /// entries below 65536 ids are ignored as LXD does).
@@ -36,8 +40,15 @@ pub fn parse_subid(text: &str) -> Option<IdMapEntry> {
         if user != "root" && user != "0" {
             return None;
         }
-        let (hostid, count) = (start.trim().parse().ok()?, count.trim().parse::<u32>().ok()?);
-        (count >= 65536).then_some(IdMapEntry { nsid: 0, hostid, count })
+        let (hostid, count) = (
+            start.trim().parse().ok()?,
+            count.trim().parse::<u32>().ok()?,
+        );
+        (count >= 65536).then_some(IdMapEntry {
+            nsid: 0,
+            hostid,
+            count,
+        })
     })
 }
 
@@ -59,18 +70,28 @@ pub fn carve_from_map(map_text: &str) -> Option<IdMapEntry> {
     let extents: Vec<(u32, u32)> = map_text
         .lines()
         .filter_map(|l| {
-            let f: Vec<u32> = l.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            let f: Vec<u32> = l
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
             (f.len() == 3).then(|| (f[0], f[2]))
         })
         .collect();
-    if extents.iter().any(|&(ns, count)| ns == 0 && count == u32::MAX) {
+    if extents
+        .iter()
+        .any(|&(ns, count)| ns == 0 && count == u32::MAX)
+    {
         return None; // the initial namespace (or a full map): not nested
     }
     let (start, count) = extents.into_iter().max_by_key(|&(_, c)| c)?;
     let end = u64::from(start) + u64::from(count);
     let from = start.max(65536);
     let size = end.checked_sub(u64::from(from))?;
-    (size >= 65536).then(|| IdMapEntry { nsid: 0, hostid: from, count: u32::try_from(size).unwrap_or(u32::MAX) })
+    (size >= 65536).then(|| IdMapEntry {
+        nsid: 0,
+        hostid: from,
+        count: u32::try_from(size).unwrap_or(u32::MAX),
+    })
 }
 
 fn probe() -> Host {
@@ -78,11 +99,19 @@ fn probe() -> Host {
         std::fs::read_to_string(f)
             .ok()
             .and_then(|t| parse_subid(&t))
-            .or_else(|| std::fs::read_to_string(map).ok().and_then(|t| carve_from_map(&t)))
+            .or_else(|| {
+                std::fs::read_to_string(map)
+                    .ok()
+                    .and_then(|t| carve_from_map(&t))
+            })
             .unwrap_or(DEFAULT_RANGE)
     };
-    let kernel_release = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
-    let mut it = kernel_release.split(|c: char| !c.is_ascii_digit()).filter_map(|s| s.parse().ok());
+    let kernel_release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut it = kernel_release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|s| s.parse().ok());
     let kernel_version = (it.next().unwrap_or(0), it.next().unwrap_or(0));
     let l = super::confine::cgroup_layout();
     let var_lib = Path::new("/var/lib");
@@ -91,11 +120,13 @@ fn probe() -> Host {
         gid_range: sub("/etc/subgid", "/proc/self/gid_map"),
         kernel_release,
         kernel_version,
-        idmap_var_lib: var_lib.exists() && super::userns::rootfs_supports_idmap_with(var_lib, &DEFAULT_RANGE),
+        idmap_var_lib: var_lib.exists()
+            && super::userns::rootfs_supports_idmap_with(var_lib, &DEFAULT_RANGE),
         cgroup_v1: l.v1,
         cgroup_unified: l.unified,
         cgroup_v2_only: l.v2_only,
-        nested: std::fs::read_to_string("/proc/self/uid_map").is_ok_and(|m| carve_from_map(&m).is_some() || !m.contains("4294967295")),
+        nested: std::fs::read_to_string("/proc/self/uid_map")
+            .is_ok_and(|m| carve_from_map(&m).is_some() || !m.contains("4294967295")),
     }
 }
 
@@ -105,7 +136,14 @@ mod tests {
 
     #[test]
     fn subid_parsing() {
-        assert_eq!(parse_subid("alice:1:70000\nroot:100000:65536\n"), Some(IdMapEntry { nsid: 0, hostid: 100000, count: 65536 }));
+        assert_eq!(
+            parse_subid("alice:1:70000\nroot:100000:65536\n"),
+            Some(IdMapEntry {
+                nsid: 0,
+                hostid: 100000,
+                count: 65536
+            })
+        );
         assert_eq!(parse_subid("root:100000:1000\n"), None);
         assert_eq!(parse_subid("garbage\n"), None);
     }
@@ -113,7 +151,14 @@ mod tests {
     #[test]
     fn nested_ranges_are_carved() {
         assert_eq!(carve_from_map("         0          0 4294967295\n"), None);
-        assert_eq!(carve_from_map("0 100000 300000\n"), Some(IdMapEntry { nsid: 0, hostid: 65536, count: 234464 }));
+        assert_eq!(
+            carve_from_map("0 100000 300000\n"),
+            Some(IdMapEntry {
+                nsid: 0,
+                hostid: 65536,
+                count: 234464
+            })
+        );
         assert_eq!(carve_from_map("0 100000 65536\n"), None);
     }
 }

@@ -54,23 +54,31 @@ fn setup(ctx: &Ctx<'_>, sock: &OwnedFd) -> Result<Never, Error> {
     // 1. Wait until the monitor wrote our id maps and put us into the container's cgroup.
     match chan::recv(sock)? {
         Some((Msg::Go, _)) => {}
-        other => return Err(Error(format!("monitor did not release the container: {other:?}"))),
+        other => {
+            return Err(Error(format!(
+                "monitor did not release the container: {other:?}"
+            )))
+        }
     }
 
     super::monitor::trace(ctx.t0, "child step 2");
     // 2. Cgroup namespace only now, after the cgroup join, so its root is the container's cgroup
     //    (in the same clone it would be rooted at the monitor's cgroup: host.md 7c).
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).map_err(|x| e("unshare(CLONE_NEWCGROUP)", x))?;
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
+        .map_err(|x| e("unshare(CLONE_NEWCGROUP)", x))?;
 
     super::monitor::trace(ctx.t0, "child step 3");
     // 3. Become root of the user namespace before touching the rootfs: on an idmapped mount only
     //    mapped fsuids can create files, and host uid 0 is not mapped. Caps stay (root of the ns).
     nix::unistd::setgroups(&[]).map_err(|x| e("setgroups", x))?;
-    nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0)).map_err(|x| e("setresgid(0)", x))?;
-    nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).map_err(|x| e("setresuid(0)", x))?;
+    nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
+        .map_err(|x| e("setresgid(0)", x))?;
+    nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
+        .map_err(|x| e("setresuid(0)", x))?;
     // If the monitor dies (killed, crashed), init dies with it and takes the pid namespace along,
     // rather than running on unsupervised. Set after the credential change, which clears it.
-    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(|x| e("PR_SET_PDEATHSIG", x))?;
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .map_err(|x| e("PR_SET_PDEATHSIG", x))?;
 
     super::monitor::trace(ctx.t0, "child step 4");
     // 4. Mounts inside the rootfs (proc, sys, cgroup view, dev, masks), then pivot_root into it.
@@ -101,7 +109,13 @@ fn setup(ctx: &Ctx<'_>, sock: &OwnedFd) -> Result<Never, Error> {
     }
     sys::close_range_from(3, true).map_err(|x| e("close_range", x))?;
     let argv = cstrings(&spec.init)?;
-    let env = cstrings(&spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>())?;
+    let env = cstrings(
+        &spec
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>(),
+    )?;
     if argv.is_empty() {
         return Err(Error("empty init command".into()));
     }
@@ -125,11 +139,14 @@ pub const PRIVILEGED_DROP: [caps::Capability; 5] = [
 
 pub fn drop_privileged_caps() -> Result<(), Error> {
     for c in PRIVILEGED_DROP {
-        caps::drop(None, caps::CapSet::Bounding, c).map_err(|x| e(&format!("drop {c} from bounding set"), x))?;
+        caps::drop(None, caps::CapSet::Bounding, c)
+            .map_err(|x| e(&format!("drop {c} from bounding set"), x))?;
     }
     Ok(())
 }
 
 pub fn cstrings(v: &[String]) -> Result<Vec<CString>, Error> {
-    v.iter().map(|s| CString::new(s.as_str()).map_err(|_| Error(format!("NUL byte in {s:?}")))).collect()
+    v.iter()
+        .map(|s| CString::new(s.as_str()).map_err(|_| Error(format!("NUL byte in {s:?}"))))
+        .collect()
 }

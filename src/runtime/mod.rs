@@ -123,8 +123,14 @@ pub struct ExitInfo {
 /// What a container is doing now, read from its run directory and the kernel.
 #[derive(Debug, Clone, PartialEq)]
 pub enum State {
-    Running { init_pid: i32, monitor_pid: i32, frozen: bool },
-    Stopped { last_exit: Option<ExitInfo> },
+    Running {
+        init_pid: i32,
+        monitor_pid: i32,
+        frozen: bool,
+    },
+    Stopped {
+        last_exit: Option<ExitInfo>,
+    },
 }
 
 /// How to stop.
@@ -289,4 +295,3 @@ pub fn helper_main(args: &[String]) -> ! {
         }
     }
 }
-

@@ -27,14 +27,19 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use super::chan::{self, Msg};
-use super::{confine, files, init, userns, Error, ExitInfo, Result, RootfsMode, Spec, State, StopMode};
+use super::{
+    confine, files, init, userns, Error, ExitInfo, Result, RootfsMode, Spec, State, StopMode,
+};
 use crate::sys;
 use crate::util::fs::atomic_write;
 
 /// With `BIVY_TRACE=1` (passed through to the helpers), the monitor logs each setup step's time.
 pub(crate) fn trace(t0: Instant, step: &str) {
     if std::env::var_os("BIVY_TRACE").is_some() {
-        eprintln!("bivy monitor: {:>8.3} ms  {step}", t0.elapsed().as_secs_f64() * 1000.0);
+        eprintln!(
+            "bivy monitor: {:>8.3} ms  {step}",
+            t0.elapsed().as_secs_f64() * 1000.0
+        );
     }
 }
 
@@ -48,15 +53,20 @@ pub(crate) fn sealed_exe() -> Result<&'static OwnedFd> {
     if let Some(fd) = EXE.get() {
         return Ok(fd);
     }
-    let src = std::env::var_os("BIVY_EXE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
+    let src = std::env::var_os("BIVY_EXE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
     let mut from = File::open(&src).map_err(|e| err("open", &src, e))?;
     use rustix::fs::{MemfdFlags, SealFlags};
     let memfd = rustix::fs::memfd_create("bivy", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
         .map_err(|e| Error(format!("memfd_create: {e}")))?;
     let mut to = File::from(memfd);
     std::io::copy(&mut from, &mut to).map_err(|e| err("copy into memfd", &src, e))?;
-    rustix::fs::fcntl_add_seals(&to, SealFlags::SEAL | SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE)
-        .map_err(|e| Error(format!("seal memfd: {e}")))?;
+    rustix::fs::fcntl_add_seals(
+        &to,
+        SealFlags::SEAL | SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE,
+    )
+    .map_err(|e| Error(format!("seal memfd: {e}")))?;
     let _ = EXE.set(OwnedFd::from(to));
     Ok(EXE.get().expect("just set"))
 }
@@ -64,7 +74,8 @@ pub(crate) fn sealed_exe() -> Result<&'static OwnedFd> {
 /// A copy of `fd` without CLOEXEC and numbered 3 or above (so the child's stdio setup cannot
 /// clobber it even if the caller runs with stdio closed), to be named on a helper's command line.
 pub(crate) fn dup_inheritable(fd: &OwnedFd) -> Result<OwnedFd> {
-    let n = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD(3)).map_err(|e| Error(format!("dup: {e}")))?;
+    let n = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD(3))
+        .map_err(|e| Error(format!("dup: {e}")))?;
     sys::own_inherited_fd(n).map_err(|e| Error(format!("dup: {e}")))
 }
 
@@ -73,7 +84,9 @@ pub(crate) fn dup_inheritable(fd: &OwnedFd) -> Result<OwnedFd> {
 pub(crate) fn helper_command(arg0: &str) -> Result<Command> {
     let exe = sealed_exe()?;
     let mut c = Command::new(format!("/proc/self/fd/{}", exe.as_raw_fd()));
-    c.arg0(arg0).env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    c.arg0(arg0)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
     if let Some(t) = std::env::var_os("BIVY_TRACE") {
         c.env("BIVY_TRACE", t);
     }
@@ -105,7 +118,13 @@ fn replace_file(path: &Path, data: &[u8]) -> Result<()> {
 }
 
 fn write_pidfile(path: &Path, pid: i32) -> Result<()> {
-    let st = proc_starttime(pid).ok_or_else(|| err("read start time of", Path::new(&format!("/proc/{pid}")), "gone"))?;
+    let st = proc_starttime(pid).ok_or_else(|| {
+        err(
+            "read start time of",
+            Path::new(&format!("/proc/{pid}")),
+            "gone",
+        )
+    })?;
     replace_file(path, format!("{pid} {st}\n").as_bytes())
 }
 
@@ -121,7 +140,11 @@ pub(crate) fn live_pid(path: &Path) -> Option<i32> {
 /// A pidfd for the process in a pidfile, verified to be that very process after opening.
 pub(crate) fn live_pidfd(path: &Path) -> Option<(i32, OwnedFd)> {
     let pid = live_pid(path)?;
-    let fd = rustix::process::pidfd_open(rustix::process::Pid::from_raw(pid)?, rustix::process::PidfdFlags::empty()).ok()?;
+    let fd = rustix::process::pidfd_open(
+        rustix::process::Pid::from_raw(pid)?,
+        rustix::process::PidfdFlags::empty(),
+    )
+    .ok()?;
     // Re-check after opening: the pidfd now pins the process, so a match proves it is the right one.
     (live_pid(path) == Some(pid)).then_some((pid, fd))
 }
@@ -136,7 +159,10 @@ pub(crate) fn read_spec(run_dir: &Path) -> Result<Spec> {
 pub(crate) fn running_spec(run_dir: &Path) -> Result<Spec> {
     match state(run_dir)? {
         State::Running { .. } => read_spec(run_dir),
-        State::Stopped { .. } => Err(Error(format!("container in {} is not running", run_dir.display()))),
+        State::Stopped { .. } => Err(Error(format!(
+            "container in {} is not running",
+            run_dir.display()
+        ))),
     }
 }
 
@@ -144,8 +170,14 @@ pub fn state(run_dir: &Path) -> Result<State> {
     let monitor = live_pid(&run_dir.join(files::MONITOR_PID));
     let init = live_pid(&run_dir.join(files::INIT_PID));
     if let (Some(monitor_pid), Some(init_pid)) = (monitor, init) {
-        let frozen = read_spec(run_dir).map(|s| confine::cgroup_is_frozen(s.cgroup_name())).unwrap_or(false);
-        return Ok(State::Running { init_pid, monitor_pid, frozen });
+        let frozen = read_spec(run_dir)
+            .map(|s| confine::cgroup_is_frozen(s.cgroup_name()))
+            .unwrap_or(false);
+        return Ok(State::Running {
+            init_pid,
+            monitor_pid,
+            frozen,
+        });
     }
     let p = run_dir.join(files::EXIT);
     let last_exit = match fs::read(&p) {
@@ -164,7 +196,8 @@ fn wait_pidfd(fd: &OwnedFd, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let ms = PollTimeout::try_from(left.as_millis().min(60_000) as i32).unwrap_or(PollTimeout::MAX);
+        let ms =
+            PollTimeout::try_from(left.as_millis().min(60_000) as i32).unwrap_or(PollTimeout::MAX);
         let mut p = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
         match poll(&mut p, ms) {
             Ok(n) if n > 0 => return true,
@@ -203,7 +236,10 @@ fn cleanup_dead_monitor(run_dir: &Path) {
     }
     let ep = run_dir.join(files::EXIT);
     if !ep.exists() {
-        let exit = ExitInfo { code: 137, reason: "monitor died".into() };
+        let exit = ExitInfo {
+            code: 137,
+            reason: "monitor died".into(),
+        };
         if let Ok(js) = serde_json::to_vec(&exit) {
             let _ = atomic_write(&ep, &js);
         }
@@ -228,8 +264,13 @@ pub fn stop(run_dir: &Path, mode: StopMode) -> Result<()> {
         replace_file(&req, b"clean")?;
         if let Some((pid, fd)) = &init {
             // systemd halts on SIGRTMIN+3; sysvinit, busybox-style and LXC convention is SIGPWR.
-            let sig = if is_systemd(*pid) { sys::sigrtmin() + 3 } else { libc::SIGPWR };
-            sys::pidfd_send_raw(fd.as_fd(), sig).map_err(|e| Error(format!("signal init {pid}: {e}")))?;
+            let sig = if is_systemd(*pid) {
+                sys::sigrtmin() + 3
+            } else {
+                libc::SIGPWR
+            };
+            sys::pidfd_send_raw(fd.as_fd(), sig)
+                .map_err(|e| Error(format!("signal init {pid}: {e}")))?;
         }
         if wait_pidfd(&mon, timeout) {
             return Ok(());
@@ -245,7 +286,10 @@ pub fn stop(run_dir: &Path, mode: StopMode) -> Result<()> {
     // Frozen meanwhile (or kill_all froze it): pending SIGKILLs act only once thawed.
     let _ = confine::cgroup_thaw(spec.cgroup_name());
     if !wait_pidfd(&mon, Duration::from_secs(30)) {
-        return Err(Error(format!("monitor of {} did not exit after the kill ({cg:?})", spec.name)));
+        return Err(Error(format!(
+            "monitor of {} did not exit after the kill ({cg:?})",
+            spec.name
+        )));
     }
     Ok(())
 }
@@ -256,14 +300,23 @@ pub fn start(spec: &Spec, run_dir: &Path) -> Result<State> {
     }
     for (what, p) in [("rootfs", &spec.rootfs), ("console_log", &spec.console_log)] {
         if !p.is_absolute() {
-            return Err(Error(format!("spec.{what} must be an absolute path, got {}", p.display())));
+            return Err(Error(format!(
+                "spec.{what} must be an absolute path, got {}",
+                p.display()
+            )));
         }
     }
     // 1. Fresh run directory contents: the spec, nothing left from the previous run.
     fs::create_dir_all(run_dir).map_err(|e| err("create", run_dir, e))?;
     // The monitor works from "/", so it gets the run directory as an absolute path.
     let run_dir = &fs::canonicalize(run_dir).map_err(|e| err("resolve", run_dir, e))?;
-    for f in [files::EXIT, files::STOP_REQUEST, files::INIT_PID, files::MONITOR_PID, files::LABEL] {
+    for f in [
+        files::EXIT,
+        files::STOP_REQUEST,
+        files::INIT_PID,
+        files::MONITOR_PID,
+        files::LABEL,
+    ] {
         let _ = fs::remove_file(run_dir.join(f));
     }
     let sp = run_dir.join(files::SPEC);
@@ -277,12 +330,21 @@ pub fn start(spec: &Spec, run_dir: &Path) -> Result<State> {
     let inherit = dup_inheritable(&theirs)?;
     drop(theirs);
     let lp = run_dir.join(files::MONITOR_LOG);
-    let log = OpenOptions::new().create(true).append(true).mode(0o600).open(&lp).map_err(|e| err("open", &lp, e))?;
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&lp)
+        .map_err(|e| err("open", &lp, e))?;
     let log2 = log.try_clone().map_err(|e| err("dup", &lp, e))?;
     let mut cmd = helper_command("bivy-monitor")?;
-    cmd.arg("__monitor").arg(run_dir).arg(inherit.as_raw_fd().to_string());
+    cmd.arg("__monitor")
+        .arg(run_dir)
+        .arg(inherit.as_raw_fd().to_string());
     cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
-    let mut child = cmd.spawn().map_err(|e| Error(format!("spawn monitor: {e}")))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error(format!("spawn monitor: {e}")))?;
     drop(inherit);
     // The first-level process exits as soon as it forked the real (daemonized) monitor.
     let _ = child.wait();
@@ -294,16 +356,26 @@ pub fn start(spec: &Spec, run_dir: &Path) -> Result<State> {
         &nix::sys::time::TimeVal::new(60, 0),
     );
     match chan::recv(&ours)? {
-        Some((Msg::Started(init_pid, monitor_pid), _)) => Ok(State::Running { init_pid, monitor_pid, frozen: false }),
+        Some((Msg::Started(init_pid, monitor_pid), _)) => Ok(State::Running {
+            init_pid,
+            monitor_pid,
+            frozen: false,
+        }),
         Some((Msg::Err(e), _)) => Err(Error(e)),
         Some((m, _)) => Err(Error(format!("unexpected message from monitor: {m:?}"))),
-        None => Err(Error(format!("monitor exited without reporting; see {}", lp.display()))),
+        None => Err(Error(format!(
+            "monitor exited without reporting; see {}",
+            lp.display()
+        ))),
     }
 }
 
 /// `bivy __monitor <run_dir> <status_fd>`.
 pub fn helper(args: &[String]) -> ! {
-    let (Some(run_dir), Some(fd)) = (args.first(), args.get(1).and_then(|f| f.parse::<i32>().ok())) else {
+    let (Some(run_dir), Some(fd)) = (
+        args.first(),
+        args.get(1).and_then(|f| f.parse::<i32>().ok()),
+    ) else {
         eprintln!("usage: bivy __monitor RUN_DIR STATUS_FD");
         std::process::exit(2)
     };
@@ -374,7 +446,10 @@ fn run(run_dir: &Path, status: OwnedFd) -> Result<()> {
     let spec = read_spec(run_dir)?;
     let me = std::process::id() as i32;
     write_pidfile(&run_dir.join(files::MONITOR_PID), me)?;
-    let mut prep = Prepared { cgroup: false, stage: run_dir.join(files::STAGE) };
+    let mut prep = Prepared {
+        cgroup: false,
+        stage: run_dir.join(files::STAGE),
+    };
     match setup(run_dir, &spec, &mut prep) {
         Ok((init_pid, master, slave)) => {
             let _ = chan::send(&status, &Msg::Started(init_pid, me), None);
@@ -405,20 +480,31 @@ fn reuse_dev_node(p: &Path, name: &str, maj: u64, min: u64) -> Result<()> {
     let src = Path::new("/dev").join(name);
     let md = fs::metadata(&src).map_err(|e| err("stat", &src, e))?;
     let rdev = md.rdev();
-    if !md.file_type().is_char_device() || nix::sys::stat::major(rdev) != maj || nix::sys::stat::minor(rdev) != min || md.mode() & 0o777 != 0o666 {
+    if !md.file_type().is_char_device()
+        || nix::sys::stat::major(rdev) != maj
+        || nix::sys::stat::minor(rdev) != min
+        || md.mode() & 0o777 != 0o666
+    {
         return Err(Error(format!(
             "cannot create /dev/{name} in a nested user namespace (mknod: EPERM) and {} is not a 0666 char device {maj}:{min}",
             src.display()
         )));
     }
     fs::File::create(p).map_err(|e| err("create", p, e))?;
-    mount(Some(&src), p, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|e| err("bind", p, e))?;
+    mount(Some(&src), p, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .map_err(|e| err("bind", p, e))?;
     Ok(())
 }
 
 /// Device nodes the container gets (made here on the staging tmpfs, bind-mounted in by the child).
-pub(crate) const DEV_NODES: &[(&str, u64, u64)] =
-    &[("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)];
+pub(crate) const DEV_NODES: &[(&str, u64, u64)] = &[
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
 
 /// Monitor setup: returns init's host pid, the console master and the monitor's slave fd.
 fn setup(run_dir: &Path, spec: &Spec, prep: &mut Prepared) -> Result<(i32, OwnedFd, OwnedFd)> {
@@ -427,8 +513,10 @@ fn setup(run_dir: &Path, spec: &Spec, prep: &mut Prepared) -> Result<(i32, Owned
     let owner = if privileged {
         (0, 0)
     } else {
-        let u = userns::to_host(&spec.uid_map, 0).ok_or_else(|| Error("uid_map does not map container root".into()))?;
-        let g = userns::to_host(&spec.gid_map, 0).ok_or_else(|| Error("gid_map does not map container root".into()))?;
+        let u = userns::to_host(&spec.uid_map, 0)
+            .ok_or_else(|| Error("uid_map does not map container root".into()))?;
+        let g = userns::to_host(&spec.gid_map, 0)
+            .ok_or_else(|| Error("gid_map does not map container root".into()))?;
         (u, g)
     };
 
@@ -441,9 +529,16 @@ fn setup(run_dir: &Path, spec: &Spec, prep: &mut Prepared) -> Result<(i32, Owned
 
     trace(t0, "before step 2");
     // 2. A private mount namespace for the monitor: the staging mounts below never reach the host.
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| Error(format!("unshare(CLONE_NEWNS): {e}")))?;
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .map_err(|e| Error(format!("make / private in the monitor: {e}")))?;
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(|e| Error(format!("unshare(CLONE_NEWNS): {e}")))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| Error(format!("make / private in the monitor: {e}")))?;
 
     trace(t0, "before step 3");
     // 3. Staging tmpfs (mounted by host root, so device nodes on it work when bind-mounted into the
@@ -451,8 +546,14 @@ fn setup(run_dir: &Path, spec: &Spec, prep: &mut Prepared) -> Result<(i32, Owned
     //    their modes are whatever the host has (0644 /dev/null once broke containers).
     let stage = prep.stage.clone();
     fs::create_dir_all(&stage).map_err(|e| err("create", &stage, e))?;
-    mount(Some("tmpfs"), &stage, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("mode=0755,size=1m"))
-        .map_err(|e| err("mount tmpfs on", &stage, e))?;
+    mount(
+        Some("tmpfs"),
+        &stage,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=0755,size=1m"),
+    )
+    .map_err(|e| err("mount tmpfs on", &stage, e))?;
     let dev = stage.join("dev");
     let root = stage.join("root");
     for d in [&dev, &root] {
@@ -460,10 +561,17 @@ fn setup(run_dir: &Path, spec: &Spec, prep: &mut Prepared) -> Result<(i32, Owned
     }
     for (name, maj, min) in DEV_NODES {
         let p = dev.join(name);
-        match mknod(&p, SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), nix::sys::stat::makedev(*maj, *min)) {
+        match mknod(
+            &p,
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            nix::sys::stat::makedev(*maj, *min),
+        ) {
             Ok(()) => {
-                fs::set_permissions(&p, fs::Permissions::from_mode(0o666)).map_err(|e| err("chmod", &p, e))?;
-                std::os::unix::fs::chown(&p, Some(owner.0), Some(owner.1)).map_err(|e| err("chown", &p, e))?;
+                fs::set_permissions(&p, fs::Permissions::from_mode(0o666))
+                    .map_err(|e| err("chmod", &p, e))?;
+                std::os::unix::fs::chown(&p, Some(owner.0), Some(owner.1))
+                    .map_err(|e| err("chown", &p, e))?;
             }
             // Nested (bivy inside a container): no mknod in a user namespace. Reuse our own
             // /dev node only when it is exactly the device and world-usable (an outer manager
@@ -482,18 +590,26 @@ fn setup(run_dir: &Path, spec: &Spec, prep: &mut Prepared) -> Result<(i32, Owned
             trace(t0, "step 4: userns for the idmap ready");
             let t = userns::idmapped_tree(&spec.rootfs, &ns)?;
             trace(t0, "step 4: idmapped tree ready");
-            sys::move_mount_to(t.as_fd(), &root).map_err(|e| err("move_mount idmapped rootfs to", &root, e))?;
+            sys::move_mount_to(t.as_fd(), &root)
+                .map_err(|e| err("move_mount idmapped rootfs to", &root, e))?;
         }
         RootfsMode::Shifted | RootfsMode::Privileged => {
-            mount(Some(&spec.rootfs), &root, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-                .map_err(|e| err("bind rootfs", &spec.rootfs, e))?;
+            mount(
+                Some(&spec.rootfs),
+                &root,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(|e| err("bind rootfs", &spec.rootfs, e))?;
         }
     }
 
     trace(t0, "before step 5");
     // 5. Confinement prepared before the clone, so the child only has to apply it.
     let seccomp = confine::seccomp_compile(&spec.seccomp_policy)?;
-    let label = confine::apparmor_prepare(&spec.name, spec.nesting, privileged, &spec.apparmor_raw)?;
+    let label =
+        confine::apparmor_prepare(&spec.name, spec.nesting, privileged, &spec.apparmor_raw)?;
     if let Some(l) = &label {
         let p = run_dir.join(files::LABEL);
         replace_file(&p, l.as_bytes())?;
@@ -501,30 +617,53 @@ fn setup(run_dir: &Path, spec: &Spec, prep: &mut Prepared) -> Result<(i32, Owned
 
     trace(t0, "before step 6");
     // 6. The cgroup (owned by container root for delegation when unprivileged).
-    confine::cgroup_create(spec.cgroup_name(), &spec.limits, (!privileged).then_some(owner))?;
+    confine::cgroup_create(
+        spec.cgroup_name(),
+        &spec.limits,
+        (!privileged).then_some(owner),
+    )?;
     prep.cgroup = true;
 
     trace(t0, "before step 7");
     // 7. Console pty on the host devpts: the monitor keeps the master (and a slave fd, so reading the
     //    master never sees EIO); the slave becomes /dev/console and init's stdio.
     use rustix::fs::{Mode as RMode, OFlags};
-    let master = rustix::pty::openpt(rustix::pty::OpenptFlags::RDWR | rustix::pty::OpenptFlags::NOCTTY | rustix::pty::OpenptFlags::CLOEXEC)
-        .map_err(|e| Error(format!("open console pty: {e}")))?;
+    let master = rustix::pty::openpt(
+        rustix::pty::OpenptFlags::RDWR
+            | rustix::pty::OpenptFlags::NOCTTY
+            | rustix::pty::OpenptFlags::CLOEXEC,
+    )
+    .map_err(|e| Error(format!("open console pty: {e}")))?;
     rustix::pty::grantpt(&master).map_err(|e| Error(format!("grantpt: {e}")))?;
     rustix::pty::unlockpt(&master).map_err(|e| Error(format!("unlockpt: {e}")))?;
     let pts = PathBuf::from(
-        rustix::pty::ptsname(&master, Vec::new()).map_err(|e| Error(format!("ptsname: {e}")))?.into_string().unwrap_or_default(),
+        rustix::pty::ptsname(&master, Vec::new())
+            .map_err(|e| Error(format!("ptsname: {e}")))?
+            .into_string()
+            .unwrap_or_default(),
     );
-    let slave = rustix::fs::open(&pts, OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC, RMode::empty())
-        .map_err(|e| err("open", &pts, e))?;
-    rustix::fs::fchown(&slave, Some(rustix::fs::Uid::from_raw(owner.0)), Some(rustix::fs::Gid::from_raw(owner.1)))
-        .map_err(|e| err("chown", &pts, e))?;
+    let slave = rustix::fs::open(
+        &pts,
+        OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
+        RMode::empty(),
+    )
+    .map_err(|e| err("open", &pts, e))?;
+    rustix::fs::fchown(
+        &slave,
+        Some(rustix::fs::Uid::from_raw(owner.0)),
+        Some(rustix::fs::Gid::from_raw(owner.1)),
+    )
+    .map_err(|e| err("chown", &pts, e))?;
 
     trace(t0, "before step 8");
     // 8. Clone init into new namespaces (user unless privileged, mount, pid, uts, ipc, net). The
     //    cgroup namespace comes later, from the child, once we have put it into its cgroup.
     let (psock, csock) = chan::pair()?;
-    let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWNET;
+    let mut flags = libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWNET;
     if !privileged {
         flags |= libc::CLONE_NEWUSER;
     }
@@ -532,7 +671,17 @@ fn setup(run_dir: &Path, spec: &Spec, prep: &mut Prepared) -> Result<(i32, Owned
     let pid = sys::clone_fork(flags).map_err(|e| Error(format!("clone container init: {e}")))?;
     if pid == 0 {
         drop(psock);
-        let ctx = init::Ctx { t0, spec, root: &root, dev: &dev, console: &pts, slave: &slave, seccomp: &seccomp, label: label.as_deref(), layout: &layout };
+        let ctx = init::Ctx {
+            t0,
+            spec,
+            root: &root,
+            dev: &dev,
+            console: &pts,
+            slave: &slave,
+            seccomp: &seccomp,
+            label: label.as_deref(),
+            layout: &layout,
+        };
         let e = init::child(&ctx, &csock);
         let _ = chan::send(&csock, &Msg::Err(e.0), None);
         sys::exit_now(1);
@@ -554,7 +703,11 @@ fn setup(run_dir: &Path, spec: &Spec, prep: &mut Prepared) -> Result<(i32, Owned
     match chan::recv(&psock).map_err(kill_child)? {
         None => {}
         Some((Msg::Err(e), _)) => return Err(kill_child(Error(e))),
-        Some((m, _)) => return Err(kill_child(Error(format!("unexpected message from init: {m:?}")))),
+        Some((m, _)) => {
+            return Err(kill_child(Error(format!(
+                "unexpected message from init: {m:?}"
+            ))))
+        }
     }
     write_pidfile(&run_dir.join(files::INIT_PID), pid).map_err(kill_child)?;
     trace(t0, "init exec'd");
@@ -576,8 +729,17 @@ fn block_signals() -> Result<()> {
 
 /// The monitor's loop: copy console output to the log, react to signals, until init is reaped.
 fn supervise(spec: &Spec, init_pid: i32, master: &OwnedFd, run_dir: &Path) -> ExitInfo {
-    let sfd = SignalFd::with_flags(&monitor_sigset(), SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).ok();
-    let mut log = OpenOptions::new().create(true).append(true).mode(0o600).open(&spec.console_log).ok();
+    let sfd = SignalFd::with_flags(
+        &monitor_sigset(),
+        SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
+    )
+    .ok();
+    let mut log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&spec.console_log)
+        .ok();
     let mut buf = [0u8; 4096];
     let mut master_open = true;
     let status = loop {
@@ -589,8 +751,18 @@ fn supervise(spec: &Spec, init_pid: i32, master: &OwnedFd, run_dir: &Path) -> Ex
             fds.push(PollFd::new(master.as_fd(), PollFlags::POLLIN));
         }
         // Without a signalfd (should not happen) fall back to polling waitpid once a second.
-        let _ = poll(&mut fds, if sfd.is_some() { PollTimeout::NONE } else { PollTimeout::from(1000u16) });
-        let ready: Vec<bool> = fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
+        let _ = poll(
+            &mut fds,
+            if sfd.is_some() {
+                PollTimeout::NONE
+            } else {
+                PollTimeout::from(1000u16)
+            },
+        );
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
         drop(fds);
         if master_open && ready.last() == Some(&true) {
             match rustix::io::read(master, &mut buf) {
@@ -618,7 +790,9 @@ fn supervise(spec: &Spec, init_pid: i32, master: &OwnedFd, run_dir: &Path) -> Ex
         let mut done = None;
         loop {
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(p, c)) if p.as_raw() == init_pid => done = Some((c, "exited".to_string())),
+                Ok(WaitStatus::Exited(p, c)) if p.as_raw() == init_pid => {
+                    done = Some((c, "exited".to_string()))
+                }
                 Ok(WaitStatus::Signaled(p, s, _)) if p.as_raw() == init_pid => {
                     done = Some((128 + s as i32, format!("killed by signal {}", s as i32)))
                 }
@@ -643,13 +817,17 @@ fn supervise(spec: &Spec, init_pid: i32, master: &OwnedFd, run_dir: &Path) -> Ex
         }
     }
     let mut requested = String::new();
-    let _ = File::open(run_dir.join(files::STOP_REQUEST)).and_then(|mut f| f.read_to_string(&mut requested));
+    let _ = File::open(run_dir.join(files::STOP_REQUEST))
+        .and_then(|mut f| f.read_to_string(&mut requested));
     let reason = match requested.trim() {
         "clean" => format!("stopped by request ({})", status.1),
         "force" => format!("killed by request ({})", status.1),
         _ => status.1,
     };
-    ExitInfo { code: status.0, reason }
+    ExitInfo {
+        code: status.0,
+        reason,
+    }
 }
 
 #[cfg(test)]

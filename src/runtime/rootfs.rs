@@ -30,10 +30,19 @@ fn e(step: &str, p: &Path, x: impl std::fmt::Display) -> Error {
     Error(format!("{step} {}: {x}", p.display()))
 }
 
-const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV).union(MsFlags::MS_NOEXEC);
+const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC);
 
-fn mnt(src: &str, dst: &Path, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<(), Error> {
-    mount(Some(src), dst, Some(fstype), flags, data).map_err(|x| e(&format!("mount {fstype} on"), dst, x))
+fn mnt(
+    src: &str,
+    dst: &Path,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), Error> {
+    mount(Some(src), dst, Some(fstype), flags, data)
+        .map_err(|x| e(&format!("mount {fstype} on"), dst, x))
 }
 
 fn bind(src: &Path, dst: &Path, rec: bool) -> Result<(), Error> {
@@ -41,7 +50,8 @@ fn bind(src: &Path, dst: &Path, rec: bool) -> Result<(), Error> {
     if rec {
         f |= MsFlags::MS_REC;
     }
-    mount(Some(src), dst, None::<&str>, f, None::<&str>).map_err(|x| e(&format!("bind {} to", src.display()), dst, x))
+    mount(Some(src), dst, None::<&str>, f, None::<&str>)
+        .map_err(|x| e(&format!("bind {} to", src.display()), dst, x))
 }
 
 /// Remount the bind mount at `p` read-only, keeping its other flags (the kernel refuses to drop
@@ -92,16 +102,31 @@ pub fn setup(ctx: &Ctx<'_>) -> Result<(), Error> {
     // 4b. /sys read-only, network devices writable (they belong to our netns).
     let sys = root.join("sys");
     mkdir(&sys)?;
-    mnt("sysfs", &sys, "sysfs", NOSUID_NODEV_NOEXEC | MsFlags::MS_RDONLY, None)?;
+    mnt(
+        "sysfs",
+        &sys,
+        "sysfs",
+        NOSUID_NODEV_NOEXEC | MsFlags::MS_RDONLY,
+        None,
+    )?;
     let vnet = sys.join("devices/virtual/net");
     if vnet.is_dir() {
         bind(&vnet, &vnet, true)?;
-        match mount(None::<&str>, &vnet, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | NOSUID_NODEV_NOEXEC, None::<&str>) {
+        match mount(
+            None::<&str>,
+            &vnet,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | NOSUID_NODEV_NOEXEC,
+            None::<&str>,
+        ) {
             Ok(()) => {}
             // Nested inside another container the kernel refuses this remount; the net devices
             // then stay read-only in sysfs (bivy configures no NIC in the container yet).
             Err(nix::errno::Errno::EPERM) if super::host::host().nested => {
-                eprintln!("bivy: nested: {} stays read-only (remount refused)", vnet.display());
+                eprintln!(
+                    "bivy: nested: {} stays read-only (remount refused)",
+                    vnet.display()
+                );
             }
             Err(x) => return Err(e("remount rw", &vnet, x)),
         }
@@ -139,9 +164,17 @@ fn cgroup_view(ctx: &Ctx<'_>, cg: &Path) -> Result<(), Error> {
     if l.v2_only {
         return mnt("cgroup2", cg, "cgroup2", NOSUID_NODEV_NOEXEC, None);
     }
-    mnt("tmpfs", cg, "tmpfs", NOSUID_NODEV_NOEXEC, Some("mode=0755,size=1m"))?;
+    mnt(
+        "tmpfs",
+        cg,
+        "tmpfs",
+        NOSUID_NODEV_NOEXEC,
+        Some("mode=0755,size=1m"),
+    )?;
     for (mp, opts) in &l.v1 {
-        let Some(base) = Path::new(mp).file_name().and_then(|b| b.to_str()) else { continue };
+        let Some(base) = Path::new(mp).file_name().and_then(|b| b.to_str()) else {
+            continue;
+        };
         let dst = cg.join(base);
         mkdir(&dst)?;
         mnt("cgroup", &dst, "cgroup", NOSUID_NODEV_NOEXEC, Some(opts))?;
@@ -164,7 +197,13 @@ fn cgroup_view(ctx: &Ctx<'_>, cg: &Path) -> Result<(), Error> {
 fn dev(ctx: &Ctx<'_>) -> Result<(), Error> {
     let d = ctx.root.join("dev");
     mkdir(&d)?;
-    mnt("tmpfs", &d, "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("mode=0755,size=65536k"))?;
+    mnt(
+        "tmpfs",
+        &d,
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=0755,size=65536k"),
+    )?;
     // Device nodes: made by the monitor on a host-owned tmpfs (0666, owned by container root),
     // bound over empty files here. mknod in the userns would be EPERM, and host /dev nodes carry
     // whatever mode the host has.
@@ -175,8 +214,20 @@ fn dev(ctx: &Ctx<'_>) -> Result<(), Error> {
     }
     let pts = d.join("pts");
     mkdir(&pts)?;
-    mnt("devpts", &pts, "devpts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620,gid=5"))?;
-    let links = [("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")];
+    mnt(
+        "devpts",
+        &pts,
+        "devpts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    )?;
+    let links = [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ];
     for (name, target) in links {
         symlink(target, d.join(name)).map_err(|x| e("symlink", &d.join(name), x))?;
     }
@@ -185,7 +236,13 @@ fn dev(ctx: &Ctx<'_>) -> Result<(), Error> {
     bind(ctx.console, &console, false)?;
     let shm = d.join("shm");
     mkdir(&shm)?;
-    mnt("tmpfs", &shm, "tmpfs", NOSUID_NODEV_NOEXEC, Some("mode=1777,size=65536k"))?;
+    mnt(
+        "tmpfs",
+        &shm,
+        "tmpfs",
+        NOSUID_NODEV_NOEXEC,
+        Some("mode=1777,size=65536k"),
+    )?;
     let mq = d.join("mqueue");
     mkdir(&mq)?;
     mnt("mqueue", &mq, "mqueue", NOSUID_NODEV_NOEXEC, None)?;
@@ -194,7 +251,14 @@ fn dev(ctx: &Ctx<'_>) -> Result<(), Error> {
 }
 
 /// Files under /proc hidden behind a read-only /dev/null.
-const PROC_MASK_FILES: &[&str] = &["kcore", "keys", "timer_list", "latency_stats", "sched_debug", "sysrq-trigger"];
+const PROC_MASK_FILES: &[&str] = &[
+    "kcore",
+    "keys",
+    "timer_list",
+    "latency_stats",
+    "sched_debug",
+    "sysrq-trigger",
+];
 /// Directories under /proc hidden behind an empty read-only tmpfs.
 const PROC_MASK_DIRS: &[&str] = &["acpi", "scsi"];
 /// Directories under /proc made read-only.
@@ -213,7 +277,13 @@ fn proc_masks(root: &Path) -> Result<(), Error> {
     for d in PROC_MASK_DIRS {
         let t = p.join(d);
         if t.is_dir() {
-            mnt("tmpfs", &t, "tmpfs", NOSUID_NODEV_NOEXEC | MsFlags::MS_RDONLY, Some("size=0"))?;
+            mnt(
+                "tmpfs",
+                &t,
+                "tmpfs",
+                NOSUID_NODEV_NOEXEC | MsFlags::MS_RDONLY,
+                Some("size=0"),
+            )?;
         }
     }
     // /proc/sys/net stays writable: bind it onto itself first, so the recursive self-bind of

@@ -17,12 +17,16 @@ use crate::sys;
 
 /// The text the kernel expects in `/proc/PID/uid_map`: one `nsid hostid count` line per entry.
 pub fn map_text(map: &[IdMapEntry]) -> String {
-    map.iter().map(|e| format!("{} {} {}\n", e.nsid, e.hostid, e.count)).collect()
+    map.iter()
+        .map(|e| format!("{} {} {}\n", e.nsid, e.hostid, e.count))
+        .collect()
 }
 
 /// Host id of container id `id`, if mapped.
 pub fn to_host(map: &[IdMapEntry], id: u32) -> Option<u32> {
-    map.iter().find(|e| id >= e.nsid && id - e.nsid < e.count).map(|e| e.hostid + (id - e.nsid))
+    map.iter()
+        .find(|e| id >= e.nsid && id - e.nsid < e.count)
+        .map(|e| e.hostid + (id - e.nsid))
 }
 
 /// Write `gid_map` then `uid_map` of `pid` (as host root no `setgroups deny` is needed).
@@ -37,8 +41,10 @@ pub fn write_maps(pid: i32, uid_map: &[IdMapEntry], gid_map: &[IdMapEntry]) -> R
 /// A user namespace fd carrying `uid_map`/`gid_map`, for `MOUNT_ATTR_IDMAP`. A short-lived child
 /// creates the namespace and waits on a pipe; we write its maps, open its ns file, and let it go.
 pub fn userns_fd(uid_map: &[IdMapEntry], gid_map: &[IdMapEntry]) -> Result<OwnedFd> {
-    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error(format!("pipe: {e}")))?;
-    let pid = sys::clone_fork(libc::CLONE_NEWUSER).map_err(|e| Error(format!("clone(CLONE_NEWUSER) for id map: {e}")))?;
+    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| Error(format!("pipe: {e}")))?;
+    let pid = sys::clone_fork(libc::CLONE_NEWUSER)
+        .map_err(|e| Error(format!("clone(CLONE_NEWUSER) for id map: {e}")))?;
     if pid == 0 {
         // Child: only async-signal-safe calls. Block until the parent closes its end, then leave.
         drop(wr);
@@ -49,7 +55,9 @@ pub fn userns_fd(uid_map: &[IdMapEntry], gid_map: &[IdMapEntry]) -> Result<Owned
     drop(rd);
     let res = write_maps(pid, uid_map, gid_map).and_then(|()| {
         let p = format!("/proc/{pid}/ns/user");
-        fs::File::open(&p).map(OwnedFd::from).map_err(|e| Error(format!("open {p}: {e}")))
+        fs::File::open(&p)
+            .map(OwnedFd::from)
+            .map_err(|e| Error(format!("open {p}: {e}")))
     });
     drop(wr);
     let _ = waitpid(Pid::from_raw(pid), None);
@@ -58,9 +66,14 @@ pub fn userns_fd(uid_map: &[IdMapEntry], gid_map: &[IdMapEntry]) -> Result<Owned
 
 /// A detached, idmapped copy of the mount at `src` (non-recursive). Nothing is attached anywhere.
 pub fn idmapped_tree(src: &Path, userns: &OwnedFd) -> Result<OwnedFd> {
-    let t = sys::open_tree_clone(src, false).map_err(|e| Error(format!("open_tree {}: {e}", src.display())))?;
-    sys::mount_setattr_idmap(t.as_fd(), userns.as_fd(), false)
-        .map_err(|e| Error(format!("mount_setattr(MOUNT_ATTR_IDMAP) {}: {e}", src.display())))?;
+    let t = sys::open_tree_clone(src, false)
+        .map_err(|e| Error(format!("open_tree {}: {e}", src.display())))?;
+    sys::mount_setattr_idmap(t.as_fd(), userns.as_fd(), false).map_err(|e| {
+        Error(format!(
+            "mount_setattr(MOUNT_ATTR_IDMAP) {}: {e}",
+            src.display()
+        ))
+    })?;
     Ok(t)
 }
 
@@ -72,7 +85,11 @@ pub fn rootfs_supports_idmap(path: &Path) -> bool {
 
 /// [`rootfs_supports_idmap`] with an explicit range (used by the host probe itself).
 pub fn rootfs_supports_idmap_with(path: &Path, range: &IdMapEntry) -> bool {
-    let m = [IdMapEntry { nsid: 0, hostid: range.hostid, count: range.count.min(65536) }];
+    let m = [IdMapEntry {
+        nsid: 0,
+        hostid: range.hostid,
+        count: range.count.min(65536),
+    }];
     match userns_fd(&m, &m) {
         Ok(ns) => idmapped_tree(path, &ns).is_ok(),
         Err(_) => false,
@@ -113,7 +130,9 @@ pub fn shift_fscaps(val: &[u8], uid_map: &[IdMapEntry]) -> Option<Vec<u8>> {
     let magic = u32::from_le_bytes([val[0], val[1], val[2], val[3]]);
     let rootid = match magic & VFS_CAP_REVISION_MASK {
         VFS_CAP_REVISION_2 => 0,
-        VFS_CAP_REVISION_3 if val.len() >= 24 => u32::from_le_bytes([val[20], val[21], val[22], val[23]]),
+        VFS_CAP_REVISION_3 if val.len() >= 24 => {
+            u32::from_le_bytes([val[20], val[21], val[22], val[23]])
+        }
         _ => return None,
     };
     let host = to_host(uid_map, rootid)?;
@@ -128,7 +147,9 @@ pub fn shift_fscaps(val: &[u8], uid_map: &[IdMapEntry]) -> Option<Vec<u8>> {
 /// goes through the maps, ACL entries too, and file capabilities get the container's rootid.
 /// Does not cross into other filesystems.
 pub fn shift_rootfs(path: &Path, uid_map: &[IdMapEntry], gid_map: &[IdMapEntry]) -> Result<()> {
-    let dev = fs::symlink_metadata(path).map_err(|e| Error(format!("stat {}: {e}", path.display())))?.dev();
+    let dev = fs::symlink_metadata(path)
+        .map_err(|e| Error(format!("stat {}: {e}", path.display())))?
+        .dev();
     shift_tree(path, dev, uid_map, gid_map)
 }
 
@@ -137,7 +158,8 @@ fn shift_tree(p: &Path, dev: u64, uid_map: &[IdMapEntry], gid_map: &[IdMapEntry]
     if md.dev() != dev {
         return Ok(());
     }
-    shift_one(p, &md, uid_map, gid_map).map_err(|e| Error(format!("shift {}: {e}", p.display())))?;
+    shift_one(p, &md, uid_map, gid_map)
+        .map_err(|e| Error(format!("shift {}: {e}", p.display())))?;
     if md.is_dir() {
         let rd = fs::read_dir(p).map_err(|e| Error(format!("read dir {}: {e}", p.display())))?;
         for ent in rd {
@@ -148,12 +170,21 @@ fn shift_tree(p: &Path, dev: u64, uid_map: &[IdMapEntry], gid_map: &[IdMapEntry]
     Ok(())
 }
 
-fn shift_one(p: &Path, md: &fs::Metadata, uid_map: &[IdMapEntry], gid_map: &[IdMapEntry]) -> io::Result<()> {
+fn shift_one(
+    p: &Path,
+    md: &fs::Metadata,
+    uid_map: &[IdMapEntry],
+    gid_map: &[IdMapEntry],
+) -> io::Result<()> {
     let unmapped = || io::Error::other("id not covered by the map");
     let uid = to_host(uid_map, md.uid()).ok_or_else(unmapped)?;
     let gid = to_host(gid_map, md.gid()).ok_or_else(unmapped)?;
     // Read the capability before chown: chown drops security.capability.
-    let caps = if md.is_file() { get_xattr(p, "security.capability") } else { None };
+    let caps = if md.is_file() {
+        get_xattr(p, "security.capability")
+    } else {
+        None
+    };
     std::os::unix::fs::lchown(p, Some(uid), Some(gid))?;
     if !md.file_type().is_symlink() {
         // chown clears setuid/setgid; put the mode back exactly.
@@ -164,7 +195,12 @@ fn shift_one(p: &Path, md: &fs::Metadata, uid_map: &[IdMapEntry], gid_map: &[IdM
             }
         }
         if let Some(v) = caps.and_then(|v| shift_fscaps(&v, uid_map)) {
-            rustix::fs::lsetxattr(p, "security.capability", &v, rustix::fs::XattrFlags::empty())?;
+            rustix::fs::lsetxattr(
+                p,
+                "security.capability",
+                &v,
+                rustix::fs::XattrFlags::empty(),
+            )?;
         }
     }
     Ok(())
@@ -181,11 +217,22 @@ fn get_xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
-    const M: IdMapEntry = IdMapEntry { nsid: 0, hostid: 1_000_000, count: 65536 };
+    const M: IdMapEntry = IdMapEntry {
+        nsid: 0,
+        hostid: 1_000_000,
+        count: 65536,
+    };
 
     #[test]
     fn map_text_and_lookup() {
-        let m = [M, IdMapEntry { nsid: 65536, hostid: 5000, count: 1 }];
+        let m = [
+            M,
+            IdMapEntry {
+                nsid: 65536,
+                hostid: 5000,
+                count: 1,
+            },
+        ];
         assert_eq!(map_text(&m), "0 1000000 65536\n65536 5000 1\n");
         assert_eq!(to_host(&m, 0), Some(1_000_000));
         assert_eq!(to_host(&m, 65535), Some(1_065_535));
@@ -202,7 +249,10 @@ mod tests {
             v.extend_from_slice(&id.to_le_bytes());
         }
         let out = shift_acl(&v, &[M], &[M]).unwrap();
-        let ids: Vec<u32> = out[4..].chunks(8).map(|e| u32::from_le_bytes([e[4], e[5], e[6], e[7]])).collect();
+        let ids: Vec<u32> = out[4..]
+            .chunks(8)
+            .map(|e| u32::from_le_bytes([e[4], e[5], e[6], e[7]]))
+            .collect();
         assert_eq!(ids, vec![u32::MAX, 1_001_000, 1_000_005]);
         assert!(shift_acl(&[1, 2, 3], &[M], &[M]).is_none());
     }
@@ -213,8 +263,14 @@ mod tests {
         v2.extend_from_slice(&[0xAA; 16]);
         let v3 = shift_fscaps(&v2, &[M]).unwrap();
         assert_eq!(v3.len(), 24);
-        assert_eq!(u32::from_le_bytes(v3[0..4].try_into().unwrap()), VFS_CAP_REVISION_3 | 1);
+        assert_eq!(
+            u32::from_le_bytes(v3[0..4].try_into().unwrap()),
+            VFS_CAP_REVISION_3 | 1
+        );
         assert_eq!(&v3[4..20], &[0xAA; 16]);
-        assert_eq!(u32::from_le_bytes(v3[20..24].try_into().unwrap()), 1_000_000);
+        assert_eq!(
+            u32::from_le_bytes(v3[20..24].try_into().unwrap()),
+            1_000_000
+        );
     }
 }

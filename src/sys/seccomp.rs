@@ -14,7 +14,10 @@ use std::io;
 pub fn set_mode_filter(prog: &[libc::sock_filter]) -> io::Result<()> {
     let len = u16::try_from(prog.len())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "seccomp program too long"))?;
-    let fprog = libc::sock_fprog { len, filter: prog.as_ptr() as *mut libc::sock_filter };
+    let fprog = libc::sock_fprog {
+        len,
+        filter: prog.as_ptr() as *mut libc::sock_filter,
+    };
     // SAFETY: `fprog` points at `prog`, which stays borrowed (alive, unmodified) for the whole call;
     // the kernel only reads `len` instructions from it and copies them. No other pointers.
     let rc = unsafe {

@@ -3,7 +3,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Days since 1970-01-01 to (year, month, day) (Howard Hinnant's civil_from_days).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -60,7 +60,11 @@ pub fn now() -> String {
 /// Parse RFC 3339 (`Z` or `±hh:mm` offsets, optional fraction) to a SystemTime.
 pub fn parse(s: &str) -> Option<SystemTime> {
     let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !(b[10] == b'T' || b[10] == b't' || b[10] == b' ') {
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !(b[10] == b'T' || b[10] == b't' || b[10] == b' ')
+    {
         return None;
     }
     let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
@@ -116,7 +120,10 @@ mod tests {
     #[test]
     fn formats_like_go() {
         assert_eq!(format(0, 0), "1970-01-01T00:00:00Z");
-        assert_eq!(format(1_795_033_518, 975_079_781), "2026-11-18T20:25:18.975079781Z");
+        assert_eq!(
+            format(1_795_033_518, 975_079_781),
+            "2026-11-18T20:25:18.975079781Z"
+        );
         assert_eq!(format(1_795_033_518, 500_000_000), "2026-11-18T20:25:18.5Z");
     }
 
@@ -126,7 +133,10 @@ mod tests {
             let t = parse(&format(s, n)).unwrap();
             assert_eq!(t, UNIX_EPOCH + Duration::new(s as u64, n));
         }
-        assert_eq!(parse("2026-11-21T20:25:18+01:00"), parse("2026-11-21T19:25:18Z"));
+        assert_eq!(
+            parse("2026-11-21T20:25:18+01:00"),
+            parse("2026-11-21T19:25:18Z")
+        );
         assert!(parse("2026-13-01T00:00:00Z").is_none());
         assert!(parse("garbage").is_none());
     }

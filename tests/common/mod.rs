@@ -691,3 +691,96 @@ impl Drop for Daemon {
         // self.tmp drops next: unmount below, then remove.
     }
 }
+
+// -------------------------------------------------------------------------------------------
+// the unmodified `lxc` client
+
+/// The Debian `lxc` 5.0.2 client pointed at a [`Daemon`] (`LXD_SOCKET`, a private `LXD_CONF`).
+pub struct Lxc<'a> {
+    pub d: &'a Daemon,
+    pub conf: PathBuf,
+}
+
+impl Lxc<'_> {
+    pub fn new(d: &Daemon) -> Lxc<'_> {
+        let conf = d.tmp().join("lxc-conf");
+        fs::create_dir_all(&conf).expect("lxc conf dir");
+        Lxc { d, conf }
+    }
+    /// `lxc <args>`, not yet run (stdin null).
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("lxc");
+        c.args(args)
+            .env("LXD_SOCKET", self.d.socket())
+            .env("LXD_CONF", &self.conf)
+            .stdin(Stdio::null());
+        c
+    }
+    /// Run with a time limit and capture the output.
+    pub fn run(&self, args: &[&str]) -> Output {
+        run_bounded(&mut self.cmd(args), Duration::from_secs(300)).expect("run lxc")
+    }
+    /// Run; panic with the output and the daemon log unless it succeeds; stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "lxc {args:?} failed ({}):\nstdout: {}\nstderr: {}\ndaemon log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.d.log_text()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+    /// Run with `input` on stdin.
+    pub fn with_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        use std::io::Write;
+        let mut c = self.cmd(args);
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().expect("spawn lxc");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input)
+            .expect("write stdin");
+        child.wait_with_output().expect("lxc output")
+    }
+    /// `sh -c SCRIPT` in a container: (exit code, stdout + stderr).
+    pub fn sh(&self, ct: &str, script: &str) -> (i32, String) {
+        let out = self.run(&["exec", ct, "--", "sh", "-c", script]);
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        (out.status.code().unwrap_or(-1), text)
+    }
+    /// Import the busybox test image as `busybox`.
+    pub fn import_busybox(&self) {
+        let img = busybox_image();
+        let out = self.ok(&[
+            "image",
+            "import",
+            img.to_str().expect("utf-8 path"),
+            "--alias",
+            "busybox",
+        ]);
+        assert!(out.contains("Image imported with fingerprint:"), "{out}");
+    }
+}
+
+/// Root and the `lxc` client, or a recorded skip.
+pub fn lxc_prerequisites() -> bool {
+    if !require_root() {
+        return false;
+    }
+    if !have_cmd("lxc") {
+        skip(
+            &current_test_name(),
+            "needs the lxc client (apt-get install lxd-client)",
+        );
+        return false;
+    }
+    true
+}

@@ -92,7 +92,12 @@ impl std::fmt::Debug for Program {
 }
 
 fn stmt(code: u16, k: u32) -> libc::sock_filter {
-    libc::sock_filter { code, jt: 0, jf: 0, k }
+    libc::sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    }
 }
 
 fn jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
@@ -161,7 +166,9 @@ fn x86_64_segment(rules: &[&Rule], action: Action) -> Result<Vec<libc::sock_filt
                     .map_err(|e| cerr(r, e))
             })
             .collect::<Result<Vec<_>>>()?;
-        map.entry(nr).or_default().push(SeccompRule::new(conds).map_err(|e| cerr(r, e))?);
+        map.entry(nr)
+            .or_default()
+            .push(SeccompRule::new(conds).map_err(|e| cerr(r, e))?);
     }
     let filter = SeccompFilter::new(
         map,
@@ -181,7 +188,12 @@ fn x86_64_segment(rules: &[&Rule], action: Action) -> Result<Vec<libc::sock_filt
                 // Fall through to the first instruction after this segment.
                 stmt(BPF_JA, (len - pc - 1) as u32)
             } else {
-                libc::sock_filter { code: i.code, jt: i.jt, jf: i.jf, k: i.k }
+                libc::sock_filter {
+                    code: i.code,
+                    jt: i.jt,
+                    jf: i.jf,
+                    k: i.k,
+                }
             }
         })
         .collect())
@@ -279,8 +291,11 @@ pub fn build(p: &Policy) -> Result<Program> {
                 && number(syscalls::X86_64, &r.name).is_some()
         })
         .collect();
-    let for32: Vec<&Rule> =
-        p.rules.iter().filter(|r| matches!(r.arch, Arch::All | Arch::I386)).collect();
+    let for32: Vec<&Rule> = p
+        .rules
+        .iter()
+        .filter(|r| matches!(r.arch, Arch::All | Arch::I386))
+        .collect();
 
     let mut body = Vec::new();
     let mut i = 0;

@@ -86,7 +86,9 @@ fn parse_bool(key: &str, value: &str) -> Result<bool> {
     match value.to_ascii_lowercase().as_str() {
         "" | "false" | "0" | "no" | "off" => Ok(false),
         "true" | "1" | "yes" | "on" => Ok(true),
-        _ => Err(Error(format!("invalid value for {key}: {value:?} is not a boolean"))),
+        _ => Err(Error(format!(
+            "invalid value for {key}: {value:?} is not a boolean"
+        ))),
     }
 }
 
@@ -104,14 +106,20 @@ pub fn validate_config_value(key: &str, value: &str) -> Result<()> {
             parse_bool(key, value).map(drop)
         }
         "security.syscalls.deny" | "security.syscalls.blacklist" => {
-            compile(&format!("2\ndenylist\n[all]\n{value}\n")).map(drop).map_err(ctx)
+            compile(&format!("2\ndenylist\n[all]\n{value}\n"))
+                .map(drop)
+                .map_err(ctx)
         }
         "security.syscalls.allow" | "security.syscalls.whitelist" => {
-            compile(&format!("2\nallowlist\n[all]\n{value}\n")).map(drop).map_err(ctx)
+            compile(&format!("2\nallowlist\n[all]\n{value}\n"))
+                .map(drop)
+                .map_err(ctx)
         }
         k if k.starts_with("security.syscalls.intercept.") => {
             if parse_bool(key, value)? {
-                Err(Error(format!("not supported yet: {key} (seccomp user notification)")))
+                Err(Error(format!(
+                    "not supported yet: {key} (seccomp user notification)"
+                )))
             } else {
                 Ok(())
             }
@@ -189,7 +197,11 @@ mod tests {
                 j -= 1;
                 found |= lines[j].trim_start().starts_with("# why:");
             }
-            assert!(found, "line {}: {l:?} has no `# why:` comment above it", i + 1);
+            assert!(
+                found,
+                "line {}: {l:?} has no `# why:` comment above it",
+                i + 1
+            );
         }
     }
 
@@ -199,12 +211,18 @@ mod tests {
             .unwrap();
         let r = redundant_rules(&p);
         assert_eq!(r.len(), 3, "{r:?}");
-        assert!(r[0].contains("line 5") && r[0].contains("duplicates line 4"), "{r:?}");
+        assert!(
+            r[0].contains("line 5") && r[0].contains("duplicates line 4"),
+            "{r:?}"
+        );
         assert!(
             r[1].contains("line 7") && r[1].contains("shadowed") && r[1].contains("line 6"),
             "{r:?}"
         );
-        assert!(r[2].contains("line 8") && r[2].contains("default action"), "{r:?}");
+        assert!(
+            r[2].contains("line 8") && r[2].contains("default action"),
+            "{r:?}"
+        );
     }
 
     #[test]
@@ -221,10 +239,16 @@ mod tests {
             "line 4: unknown syscall \"not_a_syscall\"",
         );
         check("2\ndenylist\n# c\n\nmknod errno x\n", "line 5: bad errno");
-        check("2\ndenylist\nmknod errno 1 [9,0,SCMP_CMP_EQ]\n", "line 3: argument index 9");
+        check(
+            "2\ndenylist\nmknod errno 1 [9,0,SCMP_CMP_EQ]\n",
+            "line 3: argument index 9",
+        );
         check("2\ndenylist\nmknod notify\n", "line 3: not supported yet");
         check("2\ndenylist\n[vax]\n", "line 3: unknown architecture");
-        check("2\ndenylist\n[i386]\nkexec_file_load\n", "line 4: unknown syscall");
+        check(
+            "2\ndenylist\n[i386]\nkexec_file_load\n",
+            "line 4: unknown syscall",
+        );
     }
 
     #[test]
@@ -232,7 +256,10 @@ mod tests {
         let p = parse("2\ndenylist\nmknod\n").unwrap();
         assert_eq!(p.rules[0].action, Action::Kill);
         let p = parse("2\nallowlist errno 1\nread\n").unwrap();
-        assert_eq!((p.rules[0].action, p.default_action), (Action::Allow, Action::Errno(1)));
+        assert_eq!(
+            (p.rules[0].action, p.default_action),
+            (Action::Allow, Action::Errno(1))
+        );
         let p = parse("2\nwhitelist\nread\n").unwrap();
         assert_eq!(p.default_action, Action::Kill);
     }
@@ -242,15 +269,21 @@ mod tests {
         let def = build_policy(&PolicyConfig::default()).unwrap();
         assert_eq!(def, DEFAULT_POLICY);
 
-        let cfg =
-            PolicyConfig { deny: "mknod errno 1\nmknodat errno 1".into(), ..Default::default() };
+        let cfg = PolicyConfig {
+            deny: "mknod errno 1\nmknodat errno 1".into(),
+            ..Default::default()
+        };
         let p = build_policy(&cfg).unwrap();
         assert!(
             p.starts_with(DEFAULT_POLICY) && p.ends_with("[all]\nmknod errno 1\nmknodat errno 1\n"),
             "{p}"
         );
 
-        let cfg = PolicyConfig { deny_default: false, deny: "mknod".into(), ..Default::default() };
+        let cfg = PolicyConfig {
+            deny_default: false,
+            deny: "mknod".into(),
+            ..Default::default()
+        };
         assert_eq!(
             build_policy(&cfg).unwrap(),
             "2\ndenylist\n# security.syscalls.deny\n[all]\nmknod\n"
@@ -261,7 +294,10 @@ mod tests {
             deny: "ignored".into(),
             ..Default::default()
         };
-        assert_eq!(build_policy(&cfg).unwrap(), "2\nallowlist\n[all]\nread\nwrite\n");
+        assert_eq!(
+            build_policy(&cfg).unwrap(),
+            "2\nallowlist\n[all]\nread\nwrite\n"
+        );
 
         let cfg = PolicyConfig {
             raw: Some("2\nallowlist\nread\n".into()),
@@ -270,8 +306,14 @@ mod tests {
         };
         assert_eq!(build_policy(&cfg).unwrap(), "2\nallowlist\nread\n");
 
-        let cfg = PolicyConfig { deny: "mknod errno".into(), ..Default::default() };
-        assert!(build_policy(&cfg).unwrap_err().0.contains("`errno` needs a number"));
+        let cfg = PolicyConfig {
+            deny: "mknod errno".into(),
+            ..Default::default()
+        };
+        assert!(build_policy(&cfg)
+            .unwrap_err()
+            .0
+            .contains("`errno` needs a number"));
     }
 
     #[test]
@@ -350,20 +392,44 @@ mod tests {
         assert_eq!(run(&p, X86_64, 39, no), ALLOW, "getpid");
         assert_eq!(run(&p, X86_64, 175, no), EPERM, "init_module");
         assert_eq!(run(&p, X86_64, 320, no), EPERM, "kexec_file_load");
-        assert_eq!(run(&p, X86_64, 166, [0, 1, 0, 0, 0, 0]), EPERM, "umount2 MNT_FORCE");
+        assert_eq!(
+            run(&p, X86_64, 166, [0, 1, 0, 0, 0, 0]),
+            EPERM,
+            "umount2 MNT_FORCE"
+        );
         assert_eq!(
             run(&p, X86_64, 166, [0, 2 | 8, 0, 0, 0, 0]),
             ALLOW,
             "umount2 MNT_DETACH|UMOUNT_NOFOLLOW"
         );
-        assert_eq!(run(&p, X86_64, 166, [0, 1 << 32, 0, 0, 0, 0]), ALLOW, "umount2 high bits only");
+        assert_eq!(
+            run(&p, X86_64, 166, [0, 1 << 32, 0, 0, 0, 0]),
+            ALLOW,
+            "umount2 high bits only"
+        );
         assert_eq!(run(&p, X86_64, 39 | 0x4000_0000, no), ENOSYS, "x32 getpid");
-        assert_eq!(run(&p, X86_64, 175 | 0x4000_0000, no), ENOSYS, "x32 anything");
+        assert_eq!(
+            run(&p, X86_64, 175 | 0x4000_0000, no),
+            ENOSYS,
+            "x32 anything"
+        );
         assert_eq!(run(&p, I386, 20, no), ALLOW, "i386 getpid");
-        assert_eq!(run(&p, I386, 175, no), ALLOW, "i386 175 is rt_sigprocmask, not init_module");
+        assert_eq!(
+            run(&p, I386, 175, no),
+            ALLOW,
+            "i386 175 is rt_sigprocmask, not init_module"
+        );
         assert_eq!(run(&p, I386, 128, no), EPERM, "i386 init_module");
-        assert_eq!(run(&p, I386, 52, [0, 1, 0, 0, 0, 0]), EPERM, "i386 umount2 MNT_FORCE");
-        assert_eq!(run(&p, I386, 52, [0, 2, 0, 0, 0, 0]), ALLOW, "i386 umount2 MNT_DETACH");
+        assert_eq!(
+            run(&p, I386, 52, [0, 1, 0, 0, 0, 0]),
+            EPERM,
+            "i386 umount2 MNT_FORCE"
+        );
+        assert_eq!(
+            run(&p, I386, 52, [0, 2, 0, 0, 0, 0]),
+            ALLOW,
+            "i386 umount2 MNT_DETACH"
+        );
         assert_eq!(run(&p, I386, 22, no), ALLOW, "i386 umount (no flags)");
         assert_eq!(
             run(&p, 0x4000_00b7 | 0x8000_0000, 39, no),
@@ -379,10 +445,26 @@ mod tests {
         )
         .unwrap();
         let no = [0u64; 6];
-        assert_eq!(run(&p, X86_64, 133, no), 0x0005_000d, "mknod: first rule (EACCES) wins");
-        assert_eq!(run(&p, X86_64, 90, no), KILL, "chmod: bare name in a denylist kills");
-        assert_eq!(run(&p, X86_64, 92, [0, 0, 100, 0, 0, 0]), EPERM, "chown gid >= 100");
-        assert_eq!(run(&p, X86_64, 92, [0, 0, 99, 0, 0, 0]), ALLOW, "chown gid < 100");
+        assert_eq!(
+            run(&p, X86_64, 133, no),
+            0x0005_000d,
+            "mknod: first rule (EACCES) wins"
+        );
+        assert_eq!(
+            run(&p, X86_64, 90, no),
+            KILL,
+            "chmod: bare name in a denylist kills"
+        );
+        assert_eq!(
+            run(&p, X86_64, 92, [0, 0, 100, 0, 0, 0]),
+            EPERM,
+            "chown gid >= 100"
+        );
+        assert_eq!(
+            run(&p, X86_64, 92, [0, 0, 99, 0, 0, 0]),
+            ALLOW,
+            "chown gid < 100"
+        );
         assert_eq!(run(&p, X86_64, 110, no), 0x7ffc_0000, "x86_64 getppid: log");
         assert_eq!(run(&p, I386, 64, no), 0x0003_0000, "i386 getppid: trap");
         assert_eq!(run(&p, I386, 14, no), 0x0005_000d, "i386 mknod");
@@ -391,7 +473,11 @@ mod tests {
             ALLOW,
             "i386 16 is lchown16, not chown"
         );
-        assert_eq!(run(&p, I386, 182, [0, 0, 100, 0, 0, 0]), EPERM, "i386 chown (182)");
+        assert_eq!(
+            run(&p, I386, 182, [0, 0, 100, 0, 0, 0]),
+            EPERM,
+            "i386 chown (182)"
+        );
     }
 
     #[test]
@@ -402,13 +488,22 @@ mod tests {
         assert_eq!(run(&p, X86_64, 1, no), ALLOW);
         assert_eq!(run(&p, X86_64, 39, no), ENOSYS);
         assert_eq!(run(&p, I386, 3, no), ALLOW, "i386 read");
-        assert_eq!(run(&p, I386, 20, no), ENOSYS, "i386 getpid: the allowlist's default");
+        assert_eq!(
+            run(&p, I386, 20, no),
+            ENOSYS,
+            "i386 getpid: the allowlist's default"
+        );
     }
 
     #[test]
     fn i386_section_uses_i386_numbers() {
         let prog = compile(DEFAULT_POLICY).unwrap();
-        let ks: Vec<u32> = prog.0.iter().filter(|i| i.code == 0x15).map(|i| i.k).collect();
+        let ks: Vec<u32> = prog
+            .0
+            .iter()
+            .filter(|i| i.code == 0x15)
+            .map(|i| i.k)
+            .collect();
         // i386: init_module 128, delete_module 129, kexec_load 283, open_by_handle_at 342,
         // finit_module 350, umount2 52 (kexec_file_load has no i386 entry).
         for nr in [128, 129, 283, 342, 350, 52] {

@@ -107,17 +107,22 @@ fn parse_action(words: &[&str], line: usize) -> Result<(Action, usize)> {
         Some("allow") => Ok((Action::Allow, 1)),
         Some("log") => Ok((Action::Log, 1)),
         Some("errno") => {
-            let n = words.get(1).ok_or_else(|| err(line, "`errno` needs a number"))?;
-            let n: u32 = n.parse().map_err(|_| err(line, format!("bad errno {n:?}")))?;
+            let n = words
+                .get(1)
+                .ok_or_else(|| err(line, "`errno` needs a number"))?;
+            let n: u32 = n
+                .parse()
+                .map_err(|_| err(line, format!("bad errno {n:?}")))?;
             // SECCOMP_RET_DATA is 16 bits and the kernel caps errno at MAX_ERRNO (4095).
             if n > 4095 {
                 return Err(err(line, format!("errno {n} out of range (0-4095)")));
             }
             Ok((Action::Errno(n), 2))
         }
-        Some(a @ ("notify" | "trace")) => {
-            Err(err(line, format!("not supported yet: seccomp action `{a}`")))
-        }
+        Some(a @ ("notify" | "trace")) => Err(err(
+            line,
+            format!("not supported yet: seccomp action `{a}`"),
+        )),
         _ => Ok((Action::Kill, 0)), // no action word: caller substitutes the mode's default
     }
 }
@@ -136,9 +141,15 @@ fn parse_number(s: &str, line: usize) -> Result<u64> {
 }
 
 fn parse_cond(s: &str, line: usize) -> Result<Cond> {
-    let inner = s.strip_prefix('[').and_then(|s| s.strip_suffix(']')).ok_or_else(|| {
-        err(line, format!("bad argument condition {s:?}, expected [idx,value,op]"))
-    })?;
+    let inner = s
+        .strip_prefix('[')
+        .and_then(|s| s.strip_suffix(']'))
+        .ok_or_else(|| {
+            err(
+                line,
+                format!("bad argument condition {s:?}, expected [idx,value,op]"),
+            )
+        })?;
     let parts: Vec<&str> = inner.split(',').map(str::trim).collect();
     if parts.len() < 3 || parts.len() > 4 {
         return Err(err(
@@ -146,10 +157,14 @@ fn parse_cond(s: &str, line: usize) -> Result<Cond> {
             format!("bad argument condition {s:?}, expected [idx,value,op(,value2)]"),
         ));
     }
-    let index: u8 =
-        parts[0].parse().map_err(|_| err(line, format!("bad argument index {:?}", parts[0])))?;
+    let index: u8 = parts[0]
+        .parse()
+        .map_err(|_| err(line, format!("bad argument index {:?}", parts[0])))?;
     if index > 5 {
-        return Err(err(line, format!("argument index {index} out of range (0-5)")));
+        return Err(err(
+            line,
+            format!("argument index {index} out of range (0-5)"),
+        ));
     }
     let value = parse_number(parts[1], line)?;
     let op = match parts[2] {
@@ -164,7 +179,11 @@ fn parse_cond(s: &str, line: usize) -> Result<Cond> {
                 .get(3)
                 .ok_or_else(|| err(line, "SCMP_CMP_MASKED_EQ needs [idx,mask,op,value]"))?;
             let v2 = parse_number(v2, line)?;
-            return Ok(Cond { index, op: CmpOp::MaskedEq(value), value: v2 });
+            return Ok(Cond {
+                index,
+                op: CmpOp::MaskedEq(value),
+                value: v2,
+            });
         }
         o => return Err(err(line, format!("unknown comparison {o:?}"))),
     };
@@ -193,9 +212,17 @@ pub fn parse(text: &str) -> Result<Policy> {
     match next_content() {
         Some((_, "2")) => {}
         Some((n, "1")) => {
-            return Err(err(n, "not supported yet: version 1 seccomp policies (use version 2)"))
+            return Err(err(
+                n,
+                "not supported yet: version 1 seccomp policies (use version 2)",
+            ))
         }
-        Some((n, v)) => return Err(err(n, format!("expected the version line `2`, found {v:?}"))),
+        Some((n, v)) => {
+            return Err(err(
+                n,
+                format!("expected the version line `2`, found {v:?}"),
+            ))
+        }
         None => return Err(err(1, "empty policy (expected the version line `2`)")),
     }
     let (mode_line, mode_text) =
@@ -205,7 +232,10 @@ pub fn parse(text: &str) -> Result<Policy> {
         Some("denylist" | "blacklist") => Mode::Denylist,
         Some("allowlist" | "whitelist") => Mode::Allowlist,
         Some(w) => {
-            return Err(err(mode_line, format!("expected denylist or allowlist, found {w:?}")))
+            return Err(err(
+                mode_line,
+                format!("expected denylist or allowlist, found {w:?}"),
+            ))
         }
         None => unreachable!("non-empty line has a word"),
     };
@@ -217,7 +247,10 @@ pub fn parse(text: &str) -> Result<Policy> {
     if !rest_words.is_empty() {
         let (a, used) = parse_action(&rest_words, mode_line)?;
         if used == 0 || used != rest_words.len() {
-            return Err(err(mode_line, format!("bad default action {:?}", rest_words.join(" "))));
+            return Err(err(
+                mode_line,
+                format!("bad default action {:?}", rest_words.join(" ")),
+            ));
         }
         default_action = a;
     }
@@ -230,8 +263,9 @@ pub fn parse(text: &str) -> Result<Policy> {
             continue;
         }
         if let Some(sec) = l.strip_prefix('[') {
-            let sec =
-                sec.strip_suffix(']').ok_or_else(|| err(n, format!("bad section header {l:?}")))?;
+            let sec = sec
+                .strip_suffix(']')
+                .ok_or_else(|| err(n, format!("bad section header {l:?}")))?;
             arch = match sec.trim() {
                 "all" => Arch::All,
                 "x86_64" | "amd64" => Arch::X86_64,
@@ -249,7 +283,11 @@ pub fn parse(text: &str) -> Result<Policy> {
                 arch: Arch::All,
                 name: "umount2".into(),
                 action: Action::Errno(libc::EPERM as u32),
-                conds: vec![Cond { index: 1, op: CmpOp::MaskedEq(MNT_FORCE), value: MNT_FORCE }],
+                conds: vec![Cond {
+                    index: 1,
+                    op: CmpOp::MaskedEq(MNT_FORCE),
+                    value: MNT_FORCE,
+                }],
             });
             continue;
         }
@@ -275,9 +313,19 @@ pub fn parse(text: &str) -> Result<Policy> {
             }
             conds.push(parse_cond(w, n)?);
         }
-        rules.push(Rule { line: n, arch, name: name.to_string(), action, conds });
+        rules.push(Rule {
+            line: n,
+            arch,
+            name: name.to_string(),
+            action,
+            conds,
+        });
     }
-    Ok(Policy { mode, default_action, rules })
+    Ok(Policy {
+        mode,
+        default_action,
+        rules,
+    })
 }
 
 fn overlaps(a: Arch, b: Arch) -> bool {
@@ -304,7 +352,10 @@ pub fn redundant_rules(p: &Policy) -> Vec<String> {
                 continue;
             }
             if e.conds == r.conds && e.arch == r.arch {
-                out.push(format!("line {}: `{}` duplicates line {}", r.line, r.name, e.line));
+                out.push(format!(
+                    "line {}: `{}` duplicates line {}",
+                    r.line, r.name, e.line
+                ));
                 break;
             }
             if e.conds.is_empty() && (e.arch == r.arch || e.arch == Arch::All) {
