@@ -167,6 +167,19 @@ impl Killer {
     }
 }
 
+/// A command that could not be started: a missing program is LXD's "Command not found" with
+/// `return` 127 (what `lxc exec` exits with); anything else is the runtime's error.
+fn start_cmd(op: &Op, r: runtime::Result<runtime::ExecProcess>) -> Result<runtime::ExecProcess> {
+    r.map_err(|e| {
+        if e.0.contains("ENOENT") {
+            op.set_metadata("return", serde_json::json!(127));
+            Error::NotFound("Command not found".into())
+        } else {
+            Error::from(e)
+        }
+    })
+}
+
 /// `wait-for-websocket: false`: no I/O, optionally recorded to log files.
 fn run_detached(
     op: &Arc<Op>,
@@ -198,14 +211,17 @@ fn run_detached(
     };
     let mut spec = spec.clone();
     spec.pty = None;
-    let p = runtime::exec(
-        run_dir,
-        &spec,
-        Some(runtime::ExecStdio {
-            stdin: devnull(false)?,
-            stdout: out,
-            stderr: err,
-        }),
+    let p = start_cmd(
+        op,
+        runtime::exec(
+            run_dir,
+            &spec,
+            Some(runtime::ExecStdio {
+                stdin: devnull(false)?,
+                stdout: out,
+                stderr: err,
+            }),
+        ),
     )?;
     let code = waitpid_code(p.pid)?;
     if record {
@@ -269,7 +285,7 @@ fn run_attached(
     let _ = tx0.ping();
 
     if interactive {
-        let p = runtime::exec(run_dir, spec, None)?;
+        let p = start_cmd(op, runtime::exec(run_dir, spec, None))?;
         let master = p
             .pty_master
             .ok_or_else(|| Error::Internal("exec helper returned no pty".into()))?;
@@ -323,14 +339,17 @@ fn run_attached(
     let (in_r, in_w) = pipe()?;
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
-    let p = runtime::exec(
-        run_dir,
-        spec,
-        Some(runtime::ExecStdio {
-            stdin: in_r,
-            stdout: out_w,
-            stderr: err_w,
-        }),
+    let p = start_cmd(
+        op,
+        runtime::exec(
+            run_dir,
+            spec,
+            Some(runtime::ExecStdio {
+                stdin: in_r,
+                stdout: out_w,
+                stderr: err_w,
+            }),
+        ),
     )?;
     let pid = p.pid;
     let killer = Killer::new(pid)?;

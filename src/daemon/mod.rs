@@ -213,6 +213,7 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
         .map_err(|e| format!("blocking signals: {e}"))?;
     // SIGPIPE is already ignored by the Rust runtime: writes to a vanished client fail with EPIPE.
 
+    crate::sys::limit_malloc_arenas(2);
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
         .map_err(|e| format!("{}: {e}", dir.display()))?;

@@ -232,3 +232,13 @@ pub fn pidfd_send_raw(pidfd: BorrowedFd<'_>, sig: libc::c_int) -> io::Result<()>
 }
 
 pub mod seccomp;
+
+/// Cap glibc's malloc arenas (`M_ARENA_MAX`): the daemon runs a thread per connection and per
+/// watched container, and glibc would otherwise give busy threads arenas of their own, which
+/// shows up as resident memory that grows with the number of containers.
+pub fn limit_malloc_arenas(n: i32) {
+    // SAFETY: mallopt only adjusts allocator tunables; M_ARENA_MAX (-8) takes any positive int.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, n);
+    }
+}
