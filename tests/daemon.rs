@@ -230,3 +230,75 @@ fn containers_survive_daemon_kill9_and_reattach() {
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
     l.ok(&["delete", "r1"]);
 }
+
+#[test]
+fn ephemeral_instances_go_away_when_stopped() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = common::Lxc::new(&d);
+    l.import_busybox();
+    l.ok(&["launch", "busybox", "eph", "--ephemeral"]);
+    l.ok(&["stop", "eph", "--force"]);
+    // A stop from inside (poweroff) must remove it too.
+    l.ok(&["launch", "busybox", "eph2", "--ephemeral"]);
+    l.sh("eph2", "poweroff -f");
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(20) {
+        if l.ok(&["list", "--format", "csv", "-c", "n"])
+            .trim()
+            .is_empty()
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        l.ok(&["list", "--format", "csv", "-c", "n"]).trim(),
+        "",
+        "ephemeral instances left behind"
+    );
+    let vols = d.dir().join("storage-pools/default/containers");
+    assert_eq!(std::fs::read_dir(vols).expect("volumes").count(), 0);
+}
+
+#[test]
+fn autostart_after_host_boot_only() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let mut d = Daemon::start().expect("daemon");
+    let l = common::Lxc::new(&d);
+    l.import_busybox();
+    l.ok(&["init", "busybox", "auto", "-c", "boot.autostart=true"]);
+    l.ok(&["init", "busybox", "manual"]);
+    drop(l);
+    // A daemon restart in the same boot leaves stopped instances alone.
+    d.restart().expect("restart");
+    std::thread::sleep(Duration::from_millis(500));
+    let l = common::Lxc::new(&d);
+    assert_eq!(
+        l.ok(&["list", "--format", "csv", "-c", "ns"]).trim(),
+        "auto,STOPPED\nmanual,STOPPED"
+    );
+    drop(l);
+    // The first start after a (simulated) host boot starts boot.autostart instances.
+    std::fs::remove_file(d.dir().join("run/boot_id")).expect("boot marker");
+    d.restart().expect("restart");
+    let l = common::Lxc::new(&d);
+    let t = Instant::now();
+    loop {
+        let out = l.ok(&["list", "--format", "csv", "-c", "ns"]);
+        if out.contains("auto,RUNNING") {
+            assert!(out.contains("manual,STOPPED"), "{out}");
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "autostart did not start: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    l.ok(&["delete", "--force", "auto", "manual"]);
+}

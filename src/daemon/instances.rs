@@ -796,7 +796,13 @@ fn state_put(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
             };
             let r = match what {
                 "start" => start(&d2, &n),
-                "stop" => stop(&d2, &n, body.force, timeout),
+                "stop" => stop(&d2, &n, body.force, timeout).and_then(|()| {
+                    // An ephemeral instance is deleted when it stops (LXD semantics).
+                    if record(&d2, &n).is_ok_and(|r| r.ephemeral) {
+                        delete_now(&d2, &n)?;
+                    }
+                    Ok(())
+                }),
                 "restart" => stop(&d2, &n, body.force, timeout).and_then(|()| start(&d2, &n)),
                 "freeze" => runtime::freeze(&d2.run_dir(&n))
                     .map_err(Error::from)
