@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::Daemon;
@@ -215,6 +216,27 @@ fn debian_with_systemd_boots_unprivileged() {
         assert!(
             out.contains(&format!("{n}=1\n")),
             "syscall {n} not refused with EPERM: {out}"
+        );
+    }
+
+    // `lxc console`: the getty on /dev/console answers; ctrl-a q detaches.
+    if common::have_cmd("script") {
+        let pipeline = format!(
+            "(sleep 1; printf '\\r'; sleep 2; printf '\\001'; sleep 0.5; printf q; sleep 1) | script -qec 'LXD_SOCKET={} LXD_CONF={} lxc console deb' /dev/null",
+            d.socket().display(),
+            l.conf.display()
+        );
+        let out = common::run_bounded(
+            Command::new("sh")
+                .args(["-c", &pipeline])
+                .stdin(Stdio::null()),
+            Duration::from_secs(60),
+        )
+        .expect("script");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("deb login:"),
+            "no login prompt on the console: {text:?}"
         );
     }
 

@@ -24,4 +24,5 @@ pub const API_EXTENSIONS: &[&str] = &[
     "file_get_symlink",
     "image_compression_algorithm",
     "image_create_aliases",
+    "console",
 ];

@@ -316,7 +316,7 @@ fn run_attached(
         });
         let resize = OwnedFd::from(master_file);
         let killer = Killer::new(pid)?;
-        let ctl = control.and_then(|c| control_loop(c, killer, Some(resize)));
+        let ctl = control.and_then(|c| control_loop(c, Some(killer), Some(resize)));
         let code = waitpid_code(pid)?;
         let _ = out.join();
         op.set_metadata("return", serde_json::json!(code));
@@ -383,7 +383,7 @@ fn run_attached(
     };
     let w1 = watch(rx1, killer.clone());
     let w2 = watch(rx2, killer.clone());
-    let ctl = control.and_then(|c| control_loop(c, killer, None));
+    let ctl = control.and_then(|c| control_loop(c, Some(killer), None));
     let code = waitpid_code(pid)?;
     let _ = o1.join();
     let _ = o2.join();
@@ -407,7 +407,7 @@ fn run_attached(
 /// while the command runs, the command is killed (LXD semantics).
 fn control_loop(
     stream: Box<dyn Stream>,
-    killer: Killer,
+    killer: Option<Killer>,
     pty: Option<OwnedFd>,
 ) -> Option<(ws::Sender, std::thread::JoinHandle<()>)> {
     let (tx, mut rx) = ws::split(stream, ws::Role::Server).ok()?;
@@ -419,7 +419,11 @@ fn control_loop(
                         continue;
                     };
                     match c.command.as_str() {
-                        "signal" => killer.kill(c.signal),
+                        "signal" => {
+                            if let Some(k) = &killer {
+                                k.kill(c.signal);
+                            }
+                        }
                         "window-resize" => {
                             let w = c
                                 .args
@@ -440,7 +444,9 @@ fn control_loop(
                 }
                 Ok(ws::Message::Close(_)) | Err(_) => {
                     // The pidfd keeps this safe after the helper was reaped.
-                    killer.kill(libc::SIGKILL);
+                    if let Some(k) = &killer {
+                        k.kill(libc::SIGKILL);
+                    }
                     break;
                 }
                 Ok(_) => {}
@@ -448,4 +454,170 @@ fn control_loop(
         }
     });
     Some((tx, h))
+}
+
+/// `POST /1.0/instances/NAME/console`: attach to the console pty held by the container's monitor
+/// (websockets "0" and "control"). One client at a time; the console log pauses meanwhile.
+pub fn console(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
+    #[derive(serde::Deserialize, Default)]
+    struct ConsolePost {
+        #[serde(default)]
+        width: i64,
+        #[serde(default)]
+        height: i64,
+        #[serde(default, rename = "type")]
+        kind: String,
+    }
+    let body: ConsolePost = json(req)?;
+    if !body.kind.is_empty() && body.kind != "console" {
+        return Err(Error::BadRequest(format!(
+            "Console type {:?} is not supported (containers have a text console)",
+            body.kind
+        )));
+    }
+    if !d
+        .db
+        .lock()
+        .expect("db lock")
+        .data
+        .instances
+        .contains_key(name)
+    {
+        return Err(Error::NotFound("Instance not found".into()));
+    }
+    if !matches!(runtime::state(&d.run_dir(name)), Ok(State::Running { .. })) {
+        return Err(Error::BadRequest("Instance is not running".into()));
+    }
+    let (s0, sc) = (secret(), secret());
+    let meta = serde_json::json!({"fds": {"0": s0, "control": sc}});
+    let mut resources = BTreeMap::new();
+    resources.insert("instances".into(), vec![format!("/1.0/instances/{name}")]);
+    let run_dir = d.run_dir(name);
+    let size = (clamp(body.width, 80), clamp(body.height, 24));
+    let op = d.ops.start(
+        Class::Websocket,
+        "Showing console",
+        resources,
+        Some(meta),
+        vec![s0.clone(), sc.clone()],
+        move |op| {
+            let mut socks = op
+                .take_sockets(std::slice::from_ref(&s0), CONNECT_TIMEOUT)
+                .ok_or_else(|| {
+                    Error::Internal("Timed out waiting for websockets to connect".into())
+                })?;
+            let control = socks
+                .remove(&sc)
+                .or_else(|| op.take_late_socket(&sc, Duration::from_millis(100)));
+            let (tx0, mut rx0) = ws::split(
+                socks.remove(&s0).expect("required socket"),
+                ws::Role::Server,
+            )
+            .map_err(|e| Error::Internal(format!("websocket: {e}")))?;
+            let attach = runtime::console_attach(&run_dir)?;
+            let _ = runtime::resize_pty(&attach.master, size.0, size.1);
+            let master = std::fs::File::from(
+                attach
+                    .master
+                    .try_clone()
+                    .map_err(|e| Error::Internal(e.to_string()))?,
+            );
+            // Console output -> websocket, polling so that it stops as soon as we detach (a reader
+            // left behind would steal output from the monitor's log).
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let out = {
+                let (stop, tx) = (stop.clone(), tx0.clone());
+                let src = attach
+                    .master
+                    .try_clone()
+                    .map_err(|e| Error::Internal(e.to_string()))?;
+                std::thread::spawn(move || {
+                    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+                    use std::os::fd::AsFd;
+                    let mut buf = vec![0u8; 32 * 1024];
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        let mut fds = [PollFd::new(src.as_fd(), PollFlags::POLLIN)];
+                        if !matches!(poll(&mut fds, PollTimeout::from(200u16)), Ok(n) if n > 0) {
+                            continue;
+                        }
+                        match rustix::io::read(&src, &mut buf) {
+                            Ok(n) if n > 0 => {
+                                if tx.send_binary(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                            Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
+                            _ => break,
+                        }
+                    }
+                    // The console went away (the container stopped): end the session.
+                    if !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        let _ = tx.close(1000);
+                        tx.shutdown();
+                    }
+                })
+            };
+            let resize = attach
+                .master
+                .try_clone()
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            // `lxc console` detaches (ctrl-a q) by closing the control socket: end the session then.
+            let ctl = control
+                .and_then(|c| ws::split(c, ws::Role::Server).ok())
+                .map(|(ctx, mut crx)| {
+                    let end = tx0.clone();
+                    let h = std::thread::spawn(move || {
+                        while let Ok(ws::Message::Text(t)) = crx.recv() {
+                            let Ok(c) = serde_json::from_str::<api::InstanceExecControl>(&t) else {
+                                continue;
+                            };
+                            if c.command == "window-resize" {
+                                let w = c
+                                    .args
+                                    .get("width")
+                                    .and_then(|v| v.parse().ok())
+                                    .unwrap_or(80);
+                                let h = c
+                                    .args
+                                    .get("height")
+                                    .and_then(|v| v.parse().ok())
+                                    .unwrap_or(24);
+                                let _ = runtime::resize_pty(&resize, w, h);
+                            }
+                        }
+                        let _ = end.close(1000);
+                        end.shutdown();
+                    });
+                    (ctx, h)
+                });
+            let mut writer = master;
+            while let Ok(m) = rx0.recv() {
+                match m {
+                    ws::Message::Binary(b) => {
+                        if writer.write_all(&b).is_err() {
+                            break;
+                        }
+                    }
+                    ws::Message::Text(t) if !t.is_empty() => {
+                        let _ = writer.write_all(t.as_bytes());
+                    }
+                    _ => break,
+                }
+            }
+            // Detach: stop our reader first, then hand the console back to the monitor.
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ = out.join();
+            drop(attach);
+            let _ = tx0.close(1000);
+            tx0.shutdown();
+            drop(writer);
+            if let Some((tx, h)) = ctl {
+                let _ = tx.close(1000);
+                tx.shutdown();
+                let _ = h.join();
+            }
+            Ok(())
+        },
+    );
+    Ok(response::operation(&op.to_api()))
 }

@@ -477,7 +477,7 @@ pub fn route(d: &Daemon, req: &mut Request, name: &str, sub: &[&str]) -> Result<
         (["logs", file], "GET") => log_get(d, name, file),
         (["logs", file], "DELETE") => log_delete(d, name, file),
         (["console"], "GET") => log_get(d, name, "console.log"),
-        (["console"], "POST") => Err(Error::not_yet("attaching to the console (lxc console)")),
+        (["console"], "POST") => super::exec::console(d, req, name),
         (["console"], "DELETE") => {
             record(d, name)?;
             let _ = std::fs::write(d.log_dir(name).join("console.log"), b"");

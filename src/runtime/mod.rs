@@ -223,8 +223,30 @@ pub(crate) mod files {
     pub const LABEL: &str = "apparmor.label";
     /// The monitor's own stderr.
     pub const MONITOR_LOG: &str = "monitor.log";
+    /// The monitor's console socket: a client that connects gets the console pty master
+    /// (SCM_RIGHTS) and owns the console until it disconnects; the log pauses meanwhile.
+    pub const CONSOLE: &str = "console.sock";
     /// Mount point of the monitor's staging tmpfs (only in the monitor's private mount namespace).
     pub const STAGE: &str = "stage";
+}
+
+/// An attached console: the pty master, held exclusively until this is dropped.
+pub struct ConsoleAttach {
+    pub master: OwnedFd,
+    _guard: std::os::unix::net::UnixStream,
+}
+
+/// Attach to a running container's console (`lxc console`): one client at a time.
+pub fn console_attach(run_dir: &Path) -> Result<ConsoleAttach> {
+    let p = run_dir.join(files::CONSOLE);
+    let s = std::os::unix::net::UnixStream::connect(&p)
+        .map_err(|e| Error(format!("console of {}: {e}", run_dir.display())))?;
+    let fd = OwnedFd::from(s.try_clone().map_err(|e| Error(format!("console: {e}")))?);
+    match chan::recv(&fd)? {
+        Some((chan::Msg::PtyMaster, Some(master))) => Ok(ConsoleAttach { master, _guard: s }),
+        Some((chan::Msg::Err(e), _)) => Err(Error(e)),
+        _ => Err(Error("the console is not available".into())),
+    }
 }
 
 /// Start the container: spawn its monitor (daemonized, survives the caller), which sets up the

@@ -742,12 +742,28 @@ fn supervise(spec: &Spec, init_pid: i32, master: &OwnedFd, run_dir: &Path) -> Ex
         .ok();
     let mut buf = [0u8; 4096];
     let mut master_open = true;
+    // The console socket (`lxc console`): one attached client owns the master until it goes.
+    let console_path = run_dir.join(files::CONSOLE);
+    let _ = fs::remove_file(&console_path);
+    let console = std::os::unix::net::UnixListener::bind(&console_path).ok();
+    if let Some(l) = &console {
+        let _ = l.set_nonblocking(true);
+        let _ = fs::set_permissions(&console_path, fs::Permissions::from_mode(0o600));
+    }
+    let mut attached: Option<std::os::unix::net::UnixStream> = None;
     let status = loop {
-        let mut fds = Vec::with_capacity(2);
+        let mut fds = Vec::with_capacity(4);
         if let Some(s) = &sfd {
             fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
         }
-        if master_open {
+        if let Some(l) = &console {
+            fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+        }
+        if let Some(a) = &attached {
+            fds.push(PollFd::new(a.as_fd(), PollFlags::POLLIN));
+        }
+        let log_master = master_open && attached.is_none();
+        if log_master {
             fds.push(PollFd::new(master.as_fd(), PollFlags::POLLIN));
         }
         // Without a signalfd (should not happen) fall back to polling waitpid once a second.
@@ -764,7 +780,33 @@ fn supervise(spec: &Spec, init_pid: i32, master: &OwnedFd, run_dir: &Path) -> Ex
             .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
             .collect();
         drop(fds);
-        if master_open && ready.last() == Some(&true) {
+        if let Some(l) = &console {
+            if let Ok((conn, _)) = l.accept() {
+                if let Ok(fd) = conn.try_clone().map(OwnedFd::from) {
+                    if attached.is_some() {
+                        let _ = chan::send(
+                            &fd,
+                            &chan::Msg::Err("the console is already attached".into()),
+                            None,
+                        );
+                    } else if chan::send(&fd, &chan::Msg::PtyMaster, Some(master.as_raw_fd()))
+                        .is_ok()
+                        && conn.set_nonblocking(true).is_ok()
+                    {
+                        attached = Some(conn);
+                    }
+                }
+            }
+        }
+        if let Some(a) = &mut attached {
+            let mut b = [0u8; 64];
+            match a.read(&mut b) {
+                Ok(0) => attached = None,
+                Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => attached = None,
+                _ => {}
+            }
+        }
+        if log_master && ready.last() == Some(&true) {
             match rustix::io::read(master, &mut buf) {
                 Ok(n) if n > 0 => {
                     if let Some(l) = log.as_mut() {
@@ -804,6 +846,7 @@ fn supervise(spec: &Spec, init_pid: i32, master: &OwnedFd, run_dir: &Path) -> Ex
             break d;
         }
     };
+    let _ = fs::remove_file(&console_path);
     // Drain what init wrote last.
     if master_open {
         let _ = rustix::io::ioctl_fionbio(master, true);
