@@ -25,4 +25,5 @@ pub const API_EXTENSIONS: &[&str] = &[
     "image_compression_algorithm",
     "image_create_aliases",
     "console",
+    "container_edit_metadata",
 ];

@@ -485,10 +485,10 @@ pub fn route(d: &Daemon, req: &mut Request, name: &str, sub: &[&str]) -> Result<
         }
         (["metadata"], "GET") => metadata_get(d, name),
         (["metadata", "templates"], "GET") => templates(d, req, name),
-        (["metadata"], "PUT" | "PATCH")
-        | (["metadata", "templates"], "POST" | "PUT" | "DELETE") => {
-            Err(Error::not_yet("editing instance metadata and templates"))
-        }
+        (["metadata"], "PUT") => metadata_put(d, req, name, false),
+        (["metadata"], "PATCH") => metadata_put(d, req, name, true),
+        (["metadata", "templates"], "POST" | "PUT") => template_put(d, req, name),
+        (["metadata", "templates"], "DELETE") => template_delete(d, req, name),
         (["snapshots"], "GET") => {
             record(d, name)?;
             Ok(response::sync(&Vec::<String>::new()))
@@ -1271,17 +1271,87 @@ fn metadata_get(d: &Daemon, name: &str) -> Result<Response> {
     Ok(response::sync_etag(&meta, Some(etag)))
 }
 
+/// `PUT`/`PATCH .../metadata`: replace or merge the instance's metadata.yaml (as JSON).
+fn metadata_put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Response> {
+    let body: serde_json::Value = json(req)?;
+    let _busy = d.claim(name, "update metadata")?;
+    let (cur, vol) = metadata_of(d, name)?;
+    response::check_etag(req.header("If-Match"), &response::etag(&cur))?;
+    let new: api::ImageMetadata = if patch {
+        let mut merged = serde_json::to_value(&cur).map_err(|e| Error::Internal(e.to_string()))?;
+        if let (Some(m), Some(b)) = (merged.as_object_mut(), body.as_object()) {
+            for (k, v) in b {
+                m.insert(k.clone(), v.clone());
+            }
+        }
+        serde_json::from_value(merged)
+    } else {
+        serde_json::from_value(body)
+    }
+    .map_err(|e| Error::BadRequest(format!("Invalid metadata: {e}")))?;
+    if !image::known_architecture(&new.architecture) {
+        return Err(Error::BadRequest(format!(
+            "Invalid metadata: unknown architecture {:?}",
+            new.architecture
+        )));
+    }
+    for (path, t) in &new.templates {
+        if !path.starts_with('/') || t.template.is_empty() || t.template.contains('/') {
+            return Err(Error::BadRequest(format!(
+                "Invalid metadata: bad template entry for {path:?}"
+            )));
+        }
+    }
+    let data = serde_json::to_vec_pretty(&new).map_err(|e| Error::Internal(e.to_string()))?;
+    crate::util::fs::atomic_write(&vol.join("metadata.json"), &data)
+        .map_err(|e| Error::Internal(format!("metadata.json: {e}")))?;
+    Ok(response::empty())
+}
+
+fn template_name(req: &Request) -> Result<String> {
+    let p = req.query("path").unwrap_or("");
+    if p.is_empty() || p.contains('/') || p.starts_with('.') || p.contains('\0') {
+        return Err(Error::BadRequest(format!("Invalid template name {p:?}")));
+    }
+    Ok(p.to_string())
+}
+
+/// `POST .../metadata/templates?path=NAME`: store a template file (the body).
+fn template_put(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
+    let file = template_name(req)?;
+    let (_, vol) = metadata_of(d, name)?;
+    let data = req
+        .read_body(super::routes::MAX_JSON)
+        .map_err(|e| Error::BadRequest(format!("template body: {e}")))?;
+    let dir = vol.join("templates");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::Internal(format!("{}: {e}", dir.display())))?;
+    crate::util::fs::atomic_write(&dir.join(&file), &data)
+        .map_err(|e| Error::Internal(format!("{file}: {e}")))?;
+    Ok(response::empty())
+}
+
+fn template_delete(d: &Daemon, req: &Request, name: &str) -> Result<Response> {
+    let file = template_name(req)?;
+    let (_, vol) = metadata_of(d, name)?;
+    std::fs::remove_file(vol.join("templates").join(&file))
+        .map_err(|_| Error::NotFound("Template not found".into()))?;
+    Ok(response::empty())
+}
+
 fn templates(d: &Daemon, req: &Request, name: &str) -> Result<Response> {
-    let (meta, vol) = metadata_of(d, name)?;
+    let (_, vol) = metadata_of(d, name)?;
     match req.query("path") {
         None => {
-            let mut names: Vec<String> = meta
-                .templates
-                .values()
-                .map(|t| t.template.clone())
-                .collect();
+            // The template files present (what LXD lists), not the metadata's references.
+            let mut names: Vec<String> = std::fs::read_dir(vol.join("templates"))
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
             names.sort();
-            names.dedup();
             Ok(response::sync(&names))
         }
         Some(p) => {
