@@ -308,12 +308,17 @@ fn lxc_metadata_and_templates() {
     let l = setup(&d);
     import_busybox(&l);
     l.ok(&["init", "busybox", "m1"]);
-    assert!(l.ok(&["config", "metadata", "show", "m1"]).contains("architecture: x86_64"));
+    assert!(l
+        .ok(&["config", "metadata", "show", "m1"])
+        .contains("architecture: x86_64"));
     let tpl = d.tmp().join("motd.tpl");
     std::fs::write(&tpl, "hello {{ instance.name }}\n").expect("template");
     let out = l.with_stdin(&["config", "template", "create", "m1", "motd.tpl"], b"");
     assert!(out.status.success(), "{out:?}");
-    let out = l.with_stdin(&["config", "template", "edit", "m1", "motd.tpl"], &std::fs::read(&tpl).expect("read"));
+    let out = l.with_stdin(
+        &["config", "template", "edit", "m1", "motd.tpl"],
+        &std::fs::read(&tpl).expect("read"),
+    );
     assert!(out.status.success(), "{out:?}");
     let meta = l.ok(&["config", "metadata", "show", "m1"]).replacen(
         "templates:\n",
@@ -323,8 +328,13 @@ fn lxc_metadata_and_templates() {
     let out = l.with_stdin(&["config", "metadata", "edit", "m1"], meta.as_bytes());
     assert!(out.status.success(), "{out:?}");
     l.ok(&["start", "m1"]);
-    assert_eq!(l.ok(&["exec", "m1", "--", "cat", "/etc/motd"]), "hello m1\n");
+    assert_eq!(
+        l.ok(&["exec", "m1", "--", "cat", "/etc/motd"]),
+        "hello m1\n"
+    );
     l.ok(&["config", "template", "delete", "m1", "motd.tpl"]);
-    assert!(!l.ok(&["config", "template", "list", "m1"]).contains("motd.tpl"));
+    assert!(!l
+        .ok(&["config", "template", "list", "m1"])
+        .contains("motd.tpl"));
     l.ok(&["delete", "--force", "m1"]);
 }

@@ -221,12 +221,18 @@ fn load_note() -> String {
 struct Opts {
     runs: usize,
     bin: Option<PathBuf>,
+    /// Containers running for the `list` at scale (LXD's bench uses 50).
+    scale: usize,
+    /// create/start/stop/delete cycles before the daemon's memory is read again.
+    cycles: usize,
 }
 
 fn parse_opts(args: &[String]) -> Result<Opts> {
     let mut o = Opts {
         runs: 10,
         bin: None,
+        scale: 50,
+        cycles: 1000,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -239,7 +245,13 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
                     .ok_or("--runs N (N > 0)")?
             }
             "--bin" => o.bin = Some(PathBuf::from(it.next().ok_or("--bin PATH")?)),
-            other => return Err(format!("unknown argument `{other}` (--runs N, --bin PATH)")),
+            "--scale" => o.scale = it.next().and_then(|v| v.parse().ok()).ok_or("--scale N")?,
+            "--cycles" => o.cycles = it.next().and_then(|v| v.parse().ok()).ok_or("--cycles N")?,
+            other => {
+                return Err(format!(
+                    "unknown argument `{other}` (--runs N, --bin PATH, --scale N, --cycles N)"
+                ))
+            }
         }
     }
     Ok(o)
@@ -299,7 +311,9 @@ pub fn run(args: &[String]) -> Result {
     std::thread::sleep(Duration::from_secs(1));
     memory_row(&mut t, "daemon idle memory, 0 containers", d.pid);
 
-    let result = containers(&d, &mut t, &image, o.runs);
+    let result = containers(&d, &mut t, &image, o.runs)
+        .and_then(|()| scale(&d, &mut t, o.scale))
+        .and_then(|()| cycles(&d, &mut t, o.cycles));
     if let Err(e) = result {
         eprintln!("xtask: bench stopped early: {e}");
     }
@@ -359,6 +373,76 @@ fn containers(d: &BgDaemon, t: &mut Table, image: &Path, runs: usize) -> Result 
     let r = time_runs(runs, |i| d.cli(&["delete", "--force", &format!("b{i}")]));
     t.stats("`bivy delete --force bN` (running)", &r, "");
     r.map(|_| ())
+}
+
+/// `list` with `n` running containers (bivy's CLI and, when installed, the real `lxc`).
+fn scale(d: &BgDaemon, t: &mut Table, n: usize) -> Result {
+    if n == 0 {
+        return Ok(());
+    }
+    let r = time_runs(n, |i| d.cli(&["launch", "busybox", &format!("s{i}")]));
+    t.stats(&format!("`bivy launch` x{n}, sequential"), &r, "");
+    r?;
+    let r = time_runs(10, |_| d.cli(&["list"]));
+    t.stats(&format!("`bivy list` with {n} running"), &r, "");
+    if Command::new("lxc").arg("--version").output().is_ok() {
+        let conf = d.dir.join("lxc-conf");
+        let _ = fs::create_dir_all(&conf);
+        let r = time_runs(10, |_| {
+            let mut c = Command::new("lxc");
+            c.arg("list")
+                .env("LXD_SOCKET", daemon::socket(&d.dir))
+                .env("LXD_CONF", &conf);
+            c
+        });
+        t.stats(
+            &format!("`lxc list` (lxc 5.0.2 against bivy) with {n} running"),
+            &r,
+            "",
+        );
+    }
+    memory_row(t, &format!("daemon memory, {n} containers"), d.pid);
+    let r = time_runs(n, |i| d.cli(&["delete", "--force", &format!("s{i}")]));
+    t.stats(&format!("`bivy delete --force` x{n}"), &r, "");
+    r.map(|_| ())
+}
+
+/// Daemon memory after `n` create/start/stop/delete cycles (it must stay flat).
+fn cycles(d: &BgDaemon, t: &mut Table, n: usize) -> Result {
+    if n == 0 {
+        return Ok(());
+    }
+    memory_row(t, "daemon memory before the cycles", d.pid);
+    let started = std::time::Instant::now();
+    for i in 0..n {
+        for args in [
+            &["init", "busybox", "cyc"][..],
+            &["start", "cyc"][..],
+            &["stop", "--force", "cyc"][..],
+            &["delete", "cyc"][..],
+        ] {
+            let out = d
+                .cli(args)
+                .output()
+                .map_err(|e| format!("bivy {args:?}: {e}"))?;
+            if !out.status.success() {
+                let e = format!(
+                    "cycle {i}: bivy {args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                t.failed("create/start/stop/delete cycles", &e);
+                return Err(e);
+            }
+        }
+    }
+    t.value(
+        &format!("{n} create/start/stop/delete cycles"),
+        format!("{:.1} s", started.elapsed().as_secs_f64()),
+        &format!("{:.1} ms per cycle", util::ms(started.elapsed()) / n as f64),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    memory_row(t, &format!("daemon memory after {n} cycles"), d.pid);
+    Ok(())
 }
 
 /// Best effort: remove what the bench created, then stop the daemon.
