@@ -11,6 +11,7 @@
 //! `config set c1 k=v k2=v2`, `--flag=value`, `-` for stdin), argv is pre-split here.
 
 pub mod config;
+mod console;
 pub mod exec;
 pub mod file;
 pub mod image;
@@ -67,6 +68,7 @@ Usage:
 
 Available Commands:
   config      Manage instance and server configuration options
+  console     Attach to instance consoles
   copy        Copy instances within the server
   delete      Delete instances and snapshots
   exec        Execute commands in instances
@@ -203,6 +205,7 @@ fn dispatch(verb: &str, rest: Vec<String>) -> CmdResult {
         "list" | "ls" => instance::list(&rest),
         "info" => instance::info(&rest),
         "exec" => exec::run(rest),
+        "console" => console::run(&rest),
         "file" => file::run(&rest),
         "config" => config::run(&rest),
         "profile" => profile::run(&rest),
