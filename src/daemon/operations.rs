@@ -18,7 +18,7 @@ use crate::http::Stream;
 use crate::util::time;
 
 /// How long a finished operation stays listed.
-pub const KEEP_FINISHED: Duration = Duration::from_secs(300);
+pub const KEEP_FINISHED: Duration = Duration::from_secs(60);
 
 /// The kind of an operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
