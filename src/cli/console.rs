@@ -72,11 +72,7 @@ pub fn run(args: &[String]) -> CmdResult {
         return fail("the server did not start a console operation");
     };
     let op: serde_json::Value = reply.metadata()?;
-    let fds: StringMap = op
-        .get("metadata")
-        .and_then(|m| m.get("fds"))
-        .and_then(|f| serde_json::from_value(f.clone()).ok())
-        .unwrap_or_default();
+    let fds: StringMap = crate::client::operation_fds(&op);
     let (Some(sc), Some(s0)) = (fds.get("control"), fds.get("0")) else {
         return fail("the console operation has no websockets");
     };

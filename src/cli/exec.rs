@@ -243,11 +243,7 @@ fn run_blocked(
         return fail("the server did not start an exec operation");
     };
     let op: serde_json::Value = reply.metadata()?;
-    let fds: StringMap = op
-        .get("metadata")
-        .and_then(|m| m.get("fds"))
-        .and_then(|f| serde_json::from_value(f.clone()).ok())
-        .unwrap_or_default();
+    let fds: StringMap = crate::client::operation_fds(&op);
     let secret = |fd: &str| -> Result<String, Fail> {
         fds.get(fd)
             .cloned()

@@ -148,6 +148,14 @@ pub fn parse_envelope(status: u16, body: &[u8]) -> Result<api::Response> {
     }
 }
 
+/// The websocket secrets (`metadata.fds`) of a websocket operation's JSON.
+pub fn operation_fds(op: &serde_json::Value) -> crate::api::StringMap {
+    op.get("metadata")
+        .and_then(|m| m.get("fds"))
+        .and_then(|f| serde_json::from_value(f.clone()).ok())
+        .unwrap_or_default()
+}
+
 /// The exit code an exec operation reported (`metadata.return`).
 pub fn operation_return(op: &Operation) -> Option<i32> {
     op.metadata

@@ -237,6 +237,26 @@ fn run_detached(
     Ok(())
 }
 
+/// Pump a websocket's data into `w` until the empty-text barrier, a close or an error; dropping
+/// `w` at the end closes the command's stdin (or leaves the pty alone).
+fn pump_in(
+    mut rx: ws::Receiver,
+    mut w: impl Write + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        while let Ok(m) = rx.recv() {
+            let data = match m {
+                ws::Message::Binary(b) => b,
+                ws::Message::Text(t) if !t.is_empty() => t.into_bytes(),
+                _ => break,
+            };
+            if w.write_all(&data).is_err() {
+                break;
+            }
+        }
+    })
+}
+
 /// Pump one readable fd into a websocket as binary frames, then the empty-text barrier.
 fn pump_out(mut src: std::fs::File, tx: ws::Sender) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
@@ -281,7 +301,7 @@ fn run_attached(
     let split = |s: Box<dyn Stream>| {
         ws::split(s, ws::Role::Server).map_err(|e| Error::Internal(format!("websocket: {e}")))
     };
-    let (tx0, mut rx0) = split(socks.remove(&secrets["0"]).expect("required socket"))?;
+    let (tx0, rx0) = split(socks.remove(&secrets["0"]).expect("required socket"))?;
     let _ = tx0.ping();
 
     if interactive {
@@ -294,26 +314,11 @@ fn run_attached(
             .try_clone()
             .map_err(|e| Error::Internal(e.to_string()))?;
         let out = pump_out(reader, tx0.clone());
-        let mut writer = master_file
+        let writer = master_file
             .try_clone()
             .map_err(|e| Error::Internal(e.to_string()))?;
         let pid = p.pid;
-        let inp = std::thread::spawn(move || {
-            while let Ok(m) = rx0.recv() {
-                match m {
-                    ws::Message::Binary(b) => {
-                        if writer.write_all(&b).is_err() {
-                            break;
-                        }
-                    }
-                    ws::Message::Text(t) if t.is_empty() => break,
-                    ws::Message::Text(t) => {
-                        let _ = writer.write_all(t.as_bytes());
-                    }
-                    ws::Message::Close(_) => break,
-                }
-            }
-        });
+        let inp = pump_in(rx0, writer);
         let resize = OwnedFd::from(master_file);
         let killer = Killer::new(pid)?;
         let ctl = control.and_then(|c| control_loop(c, Some(killer), Some(resize)));
@@ -355,24 +360,8 @@ fn run_attached(
     let killer = Killer::new(pid)?;
     let o1 = pump_out(std::fs::File::from(out_r), tx1.clone());
     let o2 = pump_out(std::fs::File::from(err_r), tx2.clone());
-    let mut stdin = std::fs::File::from(in_w);
-    let inp = std::thread::spawn(move || {
-        while let Ok(m) = rx0.recv() {
-            match m {
-                ws::Message::Binary(b) => {
-                    if stdin.write_all(&b).is_err() {
-                        break;
-                    }
-                }
-                ws::Message::Text(t) if t.is_empty() => break,
-                ws::Message::Text(t) => {
-                    let _ = stdin.write_all(t.as_bytes());
-                }
-                ws::Message::Close(_) => break,
-            }
-        }
-        // Dropping stdin closes the command's stdin.
-    });
+    let stdin = std::fs::File::from(in_w);
+    let inp = pump_in(rx0, stdin);
     // Anything read on the output sockets means the client went away: kill the command.
     let watch = |mut rx: ws::Receiver, k: Killer| {
         std::thread::spawn(move || {
@@ -509,7 +498,7 @@ pub fn console(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
             let control = socks
                 .remove(&sc)
                 .or_else(|| op.take_late_socket(&sc, Duration::from_millis(100)));
-            let (tx0, mut rx0) = ws::split(
+            let (tx0, rx0) = ws::split(
                 socks.remove(&s0).expect("required socket"),
                 ws::Role::Server,
             )
@@ -590,27 +579,13 @@ pub fn console(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
                     });
                     (ctx, h)
                 });
-            let mut writer = master;
-            while let Ok(m) = rx0.recv() {
-                match m {
-                    ws::Message::Binary(b) => {
-                        if writer.write_all(&b).is_err() {
-                            break;
-                        }
-                    }
-                    ws::Message::Text(t) if !t.is_empty() => {
-                        let _ = writer.write_all(t.as_bytes());
-                    }
-                    _ => break,
-                }
-            }
+            let _ = pump_in(rx0, master).join();
             // Detach: stop our reader first, then hand the console back to the monitor.
             stop.store(true, std::sync::atomic::Ordering::SeqCst);
             let _ = out.join();
             drop(attach);
             let _ = tx0.close(1000);
             tx0.shutdown();
-            drop(writer);
             if let Some((tx, h)) = ctl {
                 let _ = tx.close(1000);
                 tx.shutdown();
