@@ -609,8 +609,9 @@ pub fn image_create(d: &Daemon, req: &mut Request) -> Result<Response> {
         return match kind.as_str() {
             "instance" | "container" => super::instances::publish(d, body),
             "snapshot" => Err(Error::not_yet("publishing snapshots")),
+            "url" => super::fetch::import_url(d, body),
             _ => Err(Error::not_yet(&format!(
-                "image creation from source {kind:?} (copy and URL import)"
+                "image creation from source {kind:?} (image copy between servers)"
             ))),
         };
     }

@@ -10,6 +10,7 @@ mod db;
 mod endpoints;
 mod events;
 mod exec;
+mod fetch;
 mod files;
 mod filter;
 mod idmap;
