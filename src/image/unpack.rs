@@ -472,6 +472,33 @@ fn write_sparse(r: &mut dyn Read, f: &mut File) -> io::Result<()> {
 /// Removes the directories it holds unless disarmed (a failed unpack leaves nothing behind).
 struct RemoveDirs(Vec<std::path::PathBuf>);
 
+/// Create both unpack targets; they are removed again unless the guard is forgotten.
+fn targets(rootfs: &Path, templates: &Path) -> Result<RemoveDirs> {
+    create_target(rootfs)?;
+    let mut guard = RemoveDirs(vec![rootfs.to_path_buf()]);
+    create_target(templates)?;
+    guard.0.push(templates.to_path_buf());
+    Ok(guard)
+}
+
+/// Templates never carry device nodes; the size limit is the rootfs one.
+fn template_opts(opts: &UnpackOpts) -> UnpackOpts {
+    UnpackOpts {
+        skip_devices: true,
+        max_bytes: opts.max_bytes,
+    }
+}
+
+/// A member's cleaned path components, or an error naming the unsafe path.
+fn member_parts(raw: &[u8]) -> Result<Vec<&[u8]>> {
+    clean_path(raw).ok_or_else(|| {
+        bad(format!(
+            "unsafe path in image: {}",
+            String::from_utf8_lossy(raw)
+        ))
+    })
+}
+
 impl Drop for RemoveDirs {
     fn drop(&mut self) {
         for d in &self.0 {
@@ -505,26 +532,15 @@ pub(crate) fn unpack_unified(
     templates: &Path,
     opts: &UnpackOpts,
 ) -> Result<()> {
-    create_target(rootfs)?;
-    let mut guard = RemoveDirs(vec![rootfs.to_path_buf()]);
-    create_target(templates)?;
-    guard.0.push(templates.to_path_buf());
+    let guard = targets(rootfs, templates)?;
     let mut root = Extractor::new(rootfs, opts)?;
-    let tpl_opts = UnpackOpts {
-        skip_devices: true,
-        max_bytes: opts.max_bytes,
-    };
+    let tpl_opts = template_opts(opts);
     let mut tpl = Extractor::new(templates, &tpl_opts)?;
     let mut ar = open_tar(tarball)?;
     for entry in ar.entries().map_err(tar_err)? {
         let mut entry = entry.map_err(tar_err)?;
         let raw = entry.path_bytes().into_owned();
-        let parts = clean_path(&raw).ok_or_else(|| {
-            bad(format!(
-                "unsafe path in image: {}",
-                String::from_utf8_lossy(&raw)
-            ))
-        })?;
+        let parts = member_parts(&raw)?;
         match parts.split_first() {
             Some((first, rest)) if *first == b"rootfs" => {
                 root.extract(rest, &mut entry, Some(b"rootfs"))?
@@ -550,26 +566,15 @@ pub(crate) fn unpack_split(
     templates: &Path,
     opts: &UnpackOpts,
 ) -> Result<()> {
-    create_target(rootfs)?;
-    let mut guard = RemoveDirs(vec![rootfs.to_path_buf()]);
-    create_target(templates)?;
-    guard.0.push(templates.to_path_buf());
+    let guard = targets(rootfs, templates)?;
 
-    let tpl_opts = UnpackOpts {
-        skip_devices: true,
-        max_bytes: opts.max_bytes,
-    };
+    let tpl_opts = template_opts(opts);
     let mut tpl = Extractor::new(templates, &tpl_opts)?;
     let mut ar = open_tar(meta)?;
     for entry in ar.entries().map_err(tar_err)? {
         let mut entry = entry.map_err(tar_err)?;
         let raw = entry.path_bytes().into_owned();
-        let parts = clean_path(&raw).ok_or_else(|| {
-            bad(format!(
-                "unsafe path in image: {}",
-                String::from_utf8_lossy(&raw)
-            ))
-        })?;
+        let parts = member_parts(&raw)?;
         if let Some((first, rest)) = parts.split_first() {
             if *first == b"templates" {
                 tpl.extract(rest, &mut entry, Some(b"templates"))?;
