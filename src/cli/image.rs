@@ -216,13 +216,7 @@ pub fn run(args: &[String]) -> CmdResult {
 fn list(args: &[String]) -> CmdResult {
     let a: ListArgs = parse(&["bivy image list"], args)?;
     let format = Format::parse(a.format.as_deref().unwrap_or("table"))?;
-    let mut filters = Vec::new();
-    for f in &a.filters {
-        let f = local(f)?;
-        if !f.is_empty() {
-            filters.push(f.to_string());
-        }
-    }
+    let filters = super::local_filters(&a.filters)?;
     let c = client()?;
     let all: Vec<Image> = c.get("/1.0/images?recursion=1")?;
     let shown: Vec<Image> = all

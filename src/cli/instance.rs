@@ -799,13 +799,7 @@ pub fn list(args: &[String]) -> CmdResult {
         (None, true) => "nsacPt".to_string(),
         (None, false) => "ns46tS".to_string(),
     };
-    let mut filters = Vec::new();
-    for f in &a.filters {
-        let f = local(f)?;
-        if !f.is_empty() {
-            filters.push(f.to_string());
-        }
-    }
+    let filters = super::local_filters(&a.filters)?;
     let c = client()?;
     let all: Vec<InstanceFull> = c.get("/1.0/instances?filter=&recursion=2")?;
     let shown: Vec<InstanceFull> = all

@@ -283,6 +283,18 @@ pub fn parse<T: FromArgs>(cmd: &[&str], args: &[String]) -> Result<T, Fail> {
 }
 
 /// Strip an optional `remote:` prefix. Only `local` exists.
+/// `list` filters with an optional `local:` prefix removed (other remotes are refused).
+pub fn local_filters(filters: &[String]) -> Result<Vec<String>, Fail> {
+    let mut out = Vec::new();
+    for f in filters {
+        let f = local(f)?;
+        if !f.is_empty() {
+            out.push(f.to_string());
+        }
+    }
+    Ok(out)
+}
+
 pub fn local(s: &str) -> Result<&str, Fail> {
     if let Some((remote, rest)) = s.split_once(':') {
         // A ':' after a '/' belongs to the path (file paths, snapshot names).
