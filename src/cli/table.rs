@@ -3,18 +3,33 @@
 
 use crate::util;
 
-/// Render a table exactly like lxc: `+---+` borders, centred headers, a rule after every row.
-/// Cells may hold several lines (`\n`).
-pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let ncol = headers.len();
+/// The width of each column: its header or its widest cell line.
+fn column_widths(headers: &[&str], rows: &[Vec<String>]) -> Vec<usize> {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in rows {
-        for (i, cell) in row.iter().enumerate().take(ncol) {
+        for (i, cell) in row.iter().enumerate().take(headers.len()) {
             for line in cell.split('\n') {
                 widths[i] = widths[i].max(line.chars().count());
             }
         }
     }
+    widths
+}
+
+/// A row's cells split into lines, and the row's height in lines.
+fn cell_lines(row: &[String], ncol: usize) -> (Vec<Vec<&str>>, usize) {
+    let lines: Vec<Vec<&str>> = (0..ncol)
+        .map(|i| row.get(i).map_or(vec![""], |c| c.split('\n').collect()))
+        .collect();
+    let height = lines.iter().map(Vec::len).max().unwrap_or(1);
+    (lines, height)
+}
+
+/// Render a table exactly like lxc: `+---+` borders, centred headers, a rule after every row.
+/// Cells may hold several lines (`\n`).
+pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let ncol = headers.len();
+    let widths = column_widths(headers, rows);
     let mut rule = String::from("+");
     for w in &widths {
         rule.push_str(&"-".repeat(w + 2));
@@ -37,10 +52,7 @@ pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
     out.push('\n');
     out.push_str(&rule);
     for row in rows {
-        let lines: Vec<Vec<&str>> = (0..ncol)
-            .map(|i| row.get(i).map_or(vec![""], |c| c.split('\n').collect()))
-            .collect();
-        let height = lines.iter().map(Vec::len).max().unwrap_or(1);
+        let (lines, height) = cell_lines(row, ncol);
         for l in 0..height {
             out.push('|');
             for (i, w) in widths.iter().enumerate() {
@@ -62,14 +74,7 @@ pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
 /// the last, headers centred, trailing spaces kept.
 pub fn compact(headers: &[&str], rows: &[Vec<String>]) -> String {
     let ncol = headers.len();
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (i, cell) in row.iter().enumerate().take(ncol) {
-            for line in cell.split('\n') {
-                widths[i] = widths[i].max(line.chars().count());
-            }
-        }
-    }
+    let widths = column_widths(headers, rows);
     let mut out = String::new();
     for (h, w) in headers.iter().zip(&widths) {
         let gap = w - h.chars().count();
@@ -82,10 +87,7 @@ pub fn compact(headers: &[&str], rows: &[Vec<String>]) -> String {
     }
     out.push_str("  \n");
     for row in rows {
-        let lines: Vec<Vec<&str>> = (0..ncol)
-            .map(|i| row.get(i).map_or(vec![""], |c| c.split('\n').collect()))
-            .collect();
-        let height = lines.iter().map(Vec::len).max().unwrap_or(1);
+        let (lines, height) = cell_lines(row, ncol);
         for l in 0..height {
             for (i, w) in widths.iter().enumerate() {
                 let text = lines[i].get(l).copied().unwrap_or("");

@@ -665,6 +665,32 @@ pub fn image_create(d: &Daemon, req: &mut Request) -> Result<Response> {
     Ok(response::operation(&op.to_api()))
 }
 
+/// The end of an operation that made an image (publish, URL import): its aliases, the
+/// operation's `fingerprint`/`size` result and the lifecycle event.
+pub fn image_created(
+    d: &Daemon,
+    op: &super::operations::Op,
+    img: &api::Image,
+    aliases: &[api::ImageAlias],
+) -> Result<()> {
+    for a in aliases {
+        d.images.alias_create(&api::ImageAliasesEntry {
+            name: a.name.clone(),
+            description: a.description.clone(),
+            target: img.fingerprint.clone(),
+            kind: "container".into(),
+        })?;
+    }
+    op.set_metadata("fingerprint", serde_json::json!(img.fingerprint));
+    op.set_metadata("size", serde_json::json!(img.size));
+    d.events.lifecycle(
+        "image-created",
+        &format!("/1.0/images/{}", img.fingerprint),
+        serde_json::json!({}),
+    );
+    Ok(())
+}
+
 pub fn aliases_list(d: &Daemon, req: &Request) -> Result<Response> {
     let list = d.images.alias_list()?;
     if recursion(req) > 0 {

@@ -165,22 +165,7 @@ pub fn import_url(d: &Daemon, body: api::ImagesPost) -> Result<Response> {
             let img = d2
                 .images
                 .import(image::Upload::Unified(&mut r.body), &opts)?;
-            for a in &body.aliases {
-                d2.images.alias_create(&api::ImageAliasesEntry {
-                    name: a.name.clone(),
-                    description: a.description.clone(),
-                    target: img.fingerprint.clone(),
-                    kind: "container".into(),
-                })?;
-            }
-            op.set_metadata("fingerprint", serde_json::json!(img.fingerprint));
-            op.set_metadata("size", serde_json::json!(img.size));
-            d2.events.lifecycle(
-                "image-created",
-                &format!("/1.0/images/{}", img.fingerprint),
-                serde_json::json!({}),
-            );
-            Ok(())
+            super::endpoints::image_created(&d2, &op, &img, &body.aliases)
         },
     );
     Ok(response::operation(&op.to_api()))

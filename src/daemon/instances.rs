@@ -1171,22 +1171,7 @@ fn publish_now(
         compression,
         &opts,
     )?;
-    for a in &body.aliases {
-        d.images.alias_create(&api::ImageAliasesEntry {
-            name: a.name.clone(),
-            description: a.description.clone(),
-            target: img.fingerprint.clone(),
-            kind: "container".into(),
-        })?;
-    }
-    op.set_metadata("fingerprint", serde_json::json!(img.fingerprint));
-    op.set_metadata("size", serde_json::json!(img.size));
-    d.events.lifecycle(
-        "image-created",
-        &format!("/1.0/images/{}", img.fingerprint),
-        serde_json::json!({}),
-    );
-    Ok(())
+    super::endpoints::image_created(d, op, &img, &body.aliases)
 }
 
 // ---------------------------------------------------------------------------------------------
