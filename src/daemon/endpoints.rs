@@ -872,7 +872,7 @@ pub fn network_get(_d: &Daemon, name: &str) -> Result<Response> {
         .ok_or_else(|| Error::NotFound("Network not found".into()))
 }
 
-pub fn certificates_list(req: &Request) -> Result<Response> {
-    let _ = recursion(req);
+/// No trust store yet (HTTPS is not built): the list is empty at any recursion.
+pub fn certificates_list() -> Result<Response> {
     Ok(response::sync(&Vec::<String>::new()))
 }

@@ -87,14 +87,4 @@ impl Events {
         sender.shutdown();
         let _ = reader.join();
     }
-
-    /// Number of live subscribers (for tests and the idle-thread figure).
-    pub fn subscribers(&self) -> usize {
-        self.subs.lock().expect("events lock").len()
-    }
-
-    /// Drop every subscriber whose connection is known dead. Cheap; called by the housekeeping loop.
-    pub fn prune(&self) {
-        self.emit("ping", serde_json::Value::Null);
-    }
 }

@@ -288,19 +288,20 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
             d.connections.fetch_sub(1, Ordering::SeqCst);
             continue;
         }
-        let d = d.clone();
+        let dc = d.clone();
         let limits = limits.clone();
         let spawned = std::thread::Builder::new()
             .name("conn".into())
             .spawn(move || {
-                let dd = d.clone();
+                let dd = dc.clone();
                 crate::http::serve_connection(Box::new(stream), &limits, &move |req| {
                     routes::handle(&dd, req)
                 });
-                d.connections.fetch_sub(1, Ordering::SeqCst);
+                dc.connections.fetch_sub(1, Ordering::SeqCst);
             });
         if spawned.is_err() {
-            // Out of threads: the stream was moved into the failed closure and is closed.
+            // Out of threads: the closure (and the stream) was dropped unrun, so give the slot back.
+            d.connections.fetch_sub(1, Ordering::SeqCst);
         }
     }
     Ok(())

@@ -153,10 +153,9 @@ fn route(d: &Daemon, req: &mut Request) -> Result<Response> {
             _ => Err(Error::not_yet("managed networks")),
         },
         ["certificates"] => match m {
-            "GET" => endpoints::certificates_list(req),
+            "GET" => endpoints::certificates_list(),
             _ => Err(Error::not_yet("certificates and HTTPS remotes")),
         },
-        ["projects"] | ["projects", ..] => Err(Error::NotFound("not found".into())),
         _ => Err(Error::NotFound("not found".into())),
     }
 }
