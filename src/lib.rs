@@ -14,6 +14,7 @@
 //! - [`runtime`]: the privileged core: namespaces, id maps, idmapped rootfs, mounts, /dev, seccomp,
 //!   AppArmor, capabilities, cgroups, the monitor and exec helpers.
 //! - [`image`]: the image store: import, fingerprints, aliases, unpack, templates, publish, export.
+//! - [`storage`]: storage pools and drivers (dir, btrfs): volumes, clones, snapshots.
 //! - [`daemon`]: the REST server: routes, operations, events, instances, profiles, state on disk.
 //! - [`client`]: a typed client of the REST API over the unix socket.
 //! - [`cli`]: the `lxc`-style command line.
@@ -38,6 +39,7 @@ pub mod daemon;
 pub mod http;
 pub mod image;
 pub mod runtime;
+pub mod storage;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod util;
