@@ -1,0 +1,160 @@
+//! The `dir` driver: volumes are plain directories under the pool's directory. Clones are
+//! copies made by [`super::copy::copy_tree`], which reflinks file data (FICLONE) where the
+//! filesystem can (btrfs, xfs) and copies it otherwise (ext4).
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::{Driver, Usage};
+use crate::api::StringMap;
+
+pub struct Dir {
+    path: PathBuf,
+}
+
+impl Dir {
+    /// `source` (optional) is the directory holding the pool; LXD's default is
+    /// `$BIVY_DIR/storage-pools/NAME`.
+    pub fn new(name: &str, config: &StringMap, bivy_dir: &Path) -> io::Result<Dir> {
+        for k in config.keys() {
+            if k != "source" {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("Invalid config key {k:?} for a dir storage pool (it has: source)"),
+                ));
+            }
+        }
+        let path = match config.get("source").filter(|s| !s.is_empty()) {
+            Some(s) if !s.starts_with('/') => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("Storage pool source {s:?} must be an absolute path"),
+                ))
+            }
+            Some(s) => PathBuf::from(s),
+            None => bivy_dir.join("storage-pools").join(name),
+        };
+        Ok(Dir { path })
+    }
+}
+
+impl Driver for Dir {
+    fn name(&self) -> &'static str {
+        "dir"
+    }
+
+    fn path(&self) -> PathBuf {
+        self.path.clone()
+    }
+
+    fn create(&self, config: &mut StringMap) -> io::Result<()> {
+        // An existing source must be empty (LXD refuses a non-empty one too): a pool never
+        // adopts or later deletes data it did not make.
+        match std::fs::read_dir(&self.path) {
+            Ok(mut rd) => {
+                if rd.next().is_some() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        format!(
+                            "Source path {:?} isn't empty",
+                            self.path.display().to_string()
+                        ),
+                    ));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(&self.path).map_err(|e| {
+                    io::Error::new(e.kind(), format!("{}: {e}", self.path.display()))
+                })?;
+            }
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("{}: {e}", self.path.display()),
+                ))
+            }
+        }
+        config.insert("source".into(), self.path.display().to_string());
+        Ok(())
+    }
+
+    fn mount(&self) -> io::Result<()> {
+        std::fs::create_dir_all(&self.path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.path.display())))
+    }
+
+    fn unmount(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn delete(&self) -> io::Result<()> {
+        // Only what the layout made; a user's data under a custom source is never removed.
+        for d in ["containers", "containers-snapshots", "images"] {
+            match std::fs::remove_dir(self.path.join(d)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("{}: {e}", self.path.join(d).display()),
+                    ))
+                }
+            }
+        }
+        match std::fs::remove_dir(&self.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io::Error::new(
+                e.kind(),
+                format!("{}: {e}", self.path.display()),
+            )),
+        }
+    }
+
+    fn create_volume(&self, path: &Path) -> io::Result<()> {
+        if let Some(p) = path.parent() {
+            std::fs::create_dir_all(p)?;
+        }
+        std::fs::create_dir(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+    }
+
+    fn clone_volume(&self, src: &Path, dst: &Path, _readonly: bool) -> io::Result<()> {
+        if let Some(p) = dst.parent() {
+            std::fs::create_dir_all(p)?;
+        }
+        super::copy::copy_tree(src, dst).map(|_| ())
+    }
+
+    fn set_readonly(&self, _path: &Path) -> io::Result<()> {
+        // Plain directories have no read-only flag that root respects; the daemon never writes
+        // to image and snapshot volumes.
+        Ok(())
+    }
+
+    fn delete_volume(&self, path: &Path) -> io::Result<()> {
+        match std::fs::remove_dir_all(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io::Error::new(
+                e.kind(),
+                format!("deleting {}: {e}", path.display()),
+            )),
+        }
+    }
+
+    fn usage(&self) -> io::Result<Usage> {
+        statvfs_usage(&self.path)
+    }
+}
+
+/// Space used and total of the filesystem holding `path`.
+pub fn statvfs_usage(path: &Path) -> io::Result<Usage> {
+    let st = nix::sys::statvfs::statvfs(path)
+        .map_err(|e| io::Error::other(format!("statvfs {}: {e}", path.display())))?;
+    let frag = st.fragment_size();
+    Ok(Usage {
+        used: (st.blocks() - st.blocks_free()) * frag,
+        total: st.blocks() * frag,
+    })
+}
