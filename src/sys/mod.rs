@@ -231,6 +231,8 @@ pub fn pidfd_send_raw(pidfd: BorrowedFd<'_>, sig: libc::c_int) -> io::Result<()>
     check(r).map(|_| ())
 }
 
+pub mod btrfs;
+pub mod loopdev;
 pub mod seccomp;
 
 /// Cap glibc's malloc arenas (`M_ARENA_MAX`): the daemon runs a thread per connection and per

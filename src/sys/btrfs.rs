@@ -1,0 +1,162 @@
+//! btrfs subvolume ioctls (`linux/btrfs.h`): create, snapshot, destroy, read-only flag.
+//!
+//! Each call takes a directory fd (the parent for create/snapshot/destroy, the subvolume itself for
+//! the flags) opened by the caller, so a path can be checked and then acted on without a race on
+//! the parent's name.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use super::check;
+
+/// The inode number of every subvolume's root directory (`BTRFS_FIRST_FREE_OBJECTID`).
+pub const SUBVOL_ROOT_INO: u64 = 256;
+
+const IOCTL_MAGIC: u8 = 0x94;
+const PATH_NAME_MAX: usize = 4087;
+const SUBVOL_NAME_MAX: usize = 4039;
+/// `BTRFS_SUBVOL_RDONLY`, both in `vol_args_v2.flags` and in the subvolume flags.
+const SUBVOL_RDONLY: u64 = 1 << 1;
+
+/// `struct btrfs_ioctl_vol_args`.
+#[repr(C)]
+struct VolArgs {
+    fd: i64,
+    name: [u8; PATH_NAME_MAX + 1],
+}
+
+/// `struct btrfs_ioctl_vol_args_v2` (the unions reduced to the members used here).
+#[repr(C)]
+struct VolArgsV2 {
+    fd: i64,
+    transid: u64,
+    flags: u64,
+    unused: [u64; 4],
+    name: [u8; SUBVOL_NAME_MAX + 1],
+}
+
+const _: () = assert!(std::mem::size_of::<VolArgs>() == 4096);
+const _: () = assert!(std::mem::size_of::<VolArgsV2>() == 4096);
+
+const IOC_SUBVOL_CREATE: libc::Ioctl =
+    nix::request_code_write!(IOCTL_MAGIC, 14, std::mem::size_of::<VolArgs>()) as libc::Ioctl;
+const IOC_SNAP_DESTROY: libc::Ioctl =
+    nix::request_code_write!(IOCTL_MAGIC, 15, std::mem::size_of::<VolArgs>()) as libc::Ioctl;
+const IOC_SNAP_CREATE_V2: libc::Ioctl =
+    nix::request_code_write!(IOCTL_MAGIC, 23, std::mem::size_of::<VolArgsV2>()) as libc::Ioctl;
+const IOC_SUBVOL_GETFLAGS: libc::Ioctl =
+    nix::request_code_read!(IOCTL_MAGIC, 25, std::mem::size_of::<u64>()) as libc::Ioctl;
+const IOC_SUBVOL_SETFLAGS: libc::Ioctl =
+    nix::request_code_write!(IOCTL_MAGIC, 26, std::mem::size_of::<u64>()) as libc::Ioctl;
+
+/// Copy `name` (one path component) into a NUL-terminated fixed buffer.
+fn fill_name(dst: &mut [u8], name: &[u8]) -> io::Result<()> {
+    if name.is_empty() || name.len() >= dst.len() || name.contains(&b'/') || name.contains(&0) {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    dst[..name.len()].copy_from_slice(name);
+    dst[name.len()] = 0;
+    Ok(())
+}
+
+fn vol_args(name: &[u8]) -> io::Result<Box<VolArgs>> {
+    let mut a = Box::new(VolArgs {
+        fd: 0,
+        name: [0; PATH_NAME_MAX + 1],
+    });
+    fill_name(&mut a.name, name)?;
+    Ok(a)
+}
+
+/// `BTRFS_IOC_SUBVOL_CREATE`: a new empty subvolume `name` in the directory `parent`.
+pub fn subvol_create(parent: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    let args = vol_args(name)?;
+    // SAFETY: `args` is a valid, initialised btrfs_ioctl_vol_args of the size encoded in the
+    // request, alive across the call; the kernel only reads it. `parent` is an open fd.
+    let r = unsafe {
+        libc::ioctl(
+            parent.as_raw_fd(),
+            IOC_SUBVOL_CREATE,
+            &*args as *const VolArgs,
+        )
+    };
+    check(r as libc::c_long).map(|_| ())
+}
+
+/// `BTRFS_IOC_SNAP_DESTROY`: delete the subvolume `name` in the directory `parent`.
+pub fn snap_destroy(parent: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    let args = vol_args(name)?;
+    // SAFETY: as in subvol_create: a valid vol_args the kernel reads, and an open fd.
+    let r = unsafe {
+        libc::ioctl(
+            parent.as_raw_fd(),
+            IOC_SNAP_DESTROY,
+            &*args as *const VolArgs,
+        )
+    };
+    check(r as libc::c_long).map(|_| ())
+}
+
+/// `BTRFS_IOC_SNAP_CREATE_V2`: snapshot the subvolume open as `src` to `name` in the directory
+/// `parent`, read-only if `readonly`.
+pub fn snap_create(
+    parent: BorrowedFd<'_>,
+    name: &[u8],
+    src: BorrowedFd<'_>,
+    readonly: bool,
+) -> io::Result<()> {
+    let mut args = Box::new(VolArgsV2 {
+        fd: src.as_raw_fd() as i64,
+        transid: 0,
+        flags: if readonly { SUBVOL_RDONLY } else { 0 },
+        unused: [0; 4],
+        name: [0; SUBVOL_NAME_MAX + 1],
+    });
+    fill_name(&mut args.name, name)?;
+    // SAFETY: `args` is a valid, initialised btrfs_ioctl_vol_args_v2 of the encoded size, alive
+    // across the call (no qgroup_inherit pointer: flags never has BTRFS_SUBVOL_QGROUP_INHERIT);
+    // both fds are open.
+    let r = unsafe {
+        libc::ioctl(
+            parent.as_raw_fd(),
+            IOC_SNAP_CREATE_V2,
+            &*args as *const VolArgsV2,
+        )
+    };
+    check(r as libc::c_long).map(|_| ())
+}
+
+fn get_flags(subvol: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut flags: u64 = 0;
+    // SAFETY: the kernel writes one u64 into `flags`, which we own; the fd is open.
+    let r = unsafe {
+        libc::ioctl(
+            subvol.as_raw_fd(),
+            IOC_SUBVOL_GETFLAGS,
+            &mut flags as *mut u64,
+        )
+    };
+    check(r as libc::c_long).map(|_| flags)
+}
+
+/// Whether the subvolume open as `subvol` is read-only (`BTRFS_IOC_SUBVOL_GETFLAGS`).
+pub fn is_readonly(subvol: BorrowedFd<'_>) -> io::Result<bool> {
+    Ok(get_flags(subvol)? & SUBVOL_RDONLY != 0)
+}
+
+/// Set or clear the read-only flag of the subvolume open as `subvol`
+/// (`BTRFS_IOC_SUBVOL_GETFLAGS`, then `BTRFS_IOC_SUBVOL_SETFLAGS` if it changes).
+pub fn set_readonly(subvol: BorrowedFd<'_>, readonly: bool) -> io::Result<()> {
+    let old = get_flags(subvol)?;
+    let new = if readonly {
+        old | SUBVOL_RDONLY
+    } else {
+        old & !SUBVOL_RDONLY
+    };
+    if new == old {
+        return Ok(());
+    }
+    // SAFETY: the kernel reads one u64 from `new`, which lives across the call; the fd is open.
+    let r = unsafe { libc::ioctl(subvol.as_raw_fd(), IOC_SUBVOL_SETFLAGS, &new as *const u64) };
+    check(r as libc::c_long).map(|_| ())
+}
