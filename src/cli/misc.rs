@@ -1,4 +1,4 @@
-//! `operation list|show|delete`, `monitor`, `version`, `storage list|show`, `network list|show`.
+//! `operation list|show|delete`, `monitor`, `version`, `network list|show`, `query`, `remote`.
 
 use std::collections::BTreeMap;
 
@@ -6,7 +6,7 @@ use argh::FromArgs;
 
 use super::table::{self, Format};
 use super::{client, fail, parse, CmdResult, Fail, VERSION};
-use crate::api::{Event, Network, Operation, Server, StoragePool};
+use crate::api::{Event, Network, Operation, Server};
 use crate::client::urlencode;
 use crate::http::ws::Message;
 
@@ -172,61 +172,6 @@ pub fn version(args: &[String]) -> CmdResult {
             println!("Server version: {}", s.environment.server_version)
         }
         _ => println!("Server version: unreachable"),
-    }
-    Ok(0)
-}
-
-/// Render `storage list` rows.
-pub fn render_pools(pools: &[StoragePool], format: Format) -> Result<String, Fail> {
-    match format {
-        Format::Json => return Ok(serde_json::to_string(pools).map_err(|e| e.to_string())? + "\n"),
-        Format::Yaml => return Ok(super::yaml::to_string(pools)?),
-        _ => {}
-    }
-    let mut rows: Vec<Vec<String>> = pools
-        .iter()
-        .map(|p| {
-            vec![
-                p.name.clone(),
-                p.driver.clone(),
-                p.config.get("source").cloned().unwrap_or_default(),
-                p.description.clone(),
-                p.used_by.len().to_string(),
-                p.status.to_uppercase(),
-            ]
-        })
-        .collect();
-    rows.sort();
-    Ok(table::render_rows(
-        format,
-        &[
-            "NAME",
-            "DRIVER",
-            "SOURCE",
-            "DESCRIPTION",
-            "USED BY",
-            "STATE",
-        ],
-        &rows,
-    ))
-}
-
-pub fn storage(args: &[String]) -> CmdResult {
-    let (sub, w, format) = words("storage", args)?;
-    let c = client()?;
-    match (sub.as_str(), w.as_slice()) {
-        ("list" | "ls", []) => {
-            let pools: Vec<StoragePool> = c.get("/1.0/storage-pools?recursion=1")?;
-            print!("{}", render_pools(&pools, format)?);
-        }
-        ("show", [name]) => {
-            let p: StoragePool = c.get(&format!(
-                "/1.0/storage-pools/{}",
-                urlencode(super::local(name)?, false)
-            ))?;
-            super::print_yaml(&p)?;
-        }
-        (other, _) => return fail(format!("not supported yet: storage {other}")),
     }
     Ok(0)
 }

@@ -3,8 +3,8 @@
 //! # Layout
 //! - this file: argv dispatch, global flags, errors, `remote:` parsing, shared helpers.
 //! - `instance`: launch/init/start/stop/restart/pause/delete/move/copy/snapshot/restore/list/info.
-//! - `exec`, `file`, `config`, `profile`, `image`, `misc` (operation, monitor, version,
-//!   storage, network).
+//! - `exec`, `file`, `config`, `profile`, `image`, `storage` (pools, volume list), `misc`
+//!   (operation, monitor, version, network, query, remote).
 //! - `table` and `yaml`: output the way lxc prints it.
 //!
 //! Argument parsing is `argh` per verb. Where lxc's syntax is beyond argh (`exec c1 -- cmd`,
@@ -18,6 +18,7 @@ pub mod image;
 pub mod instance;
 pub mod misc;
 pub mod profile;
+pub mod storage;
 pub mod table;
 mod term;
 pub mod yaml;
@@ -214,7 +215,7 @@ fn dispatch(verb: &str, rest: Vec<String>) -> CmdResult {
         "operation" => misc::operation(&rest),
         "monitor" => misc::monitor(&rest),
         "version" => misc::version(&rest),
-        "storage" => misc::storage(&rest),
+        "storage" => storage::run(&rest),
         "network" => misc::network(&rest),
         "query" => misc::query(&rest),
         "remote" => misc::remote(&rest),
