@@ -26,4 +26,10 @@ pub const API_EXTENSIONS: &[&str] = &[
     "image_create_aliases",
     "console",
     "container_edit_metadata",
+    "container_only_migration",
+    "snapshot_scheduling",
+    "snapshot_schedule_aliases",
+    "snapshot_expiry",
+    "snapshot_expiry_creation",
+    "server_supported_storage_drivers",
 ];

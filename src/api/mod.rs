@@ -236,7 +236,7 @@ pub struct InstancesPostPut {
 }
 
 /// Go clients send `null` for empty maps and lists: treat it as empty.
-fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
+pub fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Default + Deserialize<'de>,
@@ -675,6 +675,18 @@ pub struct StoragePool {
     pub status: String,
     pub locations: Vec<String>,
 }
+
+/// `PUT`/`PATCH /1.0/storage-pools/NAME`.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct StoragePoolPut {
+    #[serde(default, deserialize_with = "nullable")]
+    pub config: StringMap,
+    #[serde(default, deserialize_with = "nullable")]
+    pub description: String,
+}
+
+/// LXD's zero `time.Time` ("0001-01-01T00:00:00Z"): a snapshot's `expires_at` when it never expires.
+pub const GO_ZERO_TIME: &str = "0001-01-01T00:00:00Z";
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
 pub struct Network {

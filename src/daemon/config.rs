@@ -61,8 +61,10 @@ enum Kind {
     /// Checked by the seccomp policy parser.
     Seccomp,
     IdmapSize,
-    /// Accepted and stored; the feature arrives with a later issue and is refused at start.
-    Later,
+    /// A cron spec or alias (`snapshots.schedule`).
+    Schedule,
+    /// An expiry such as `2w 3d` (`snapshots.expiry`).
+    Expiry,
     /// Refused outright.
     Unsupported(&'static str),
 }
@@ -94,7 +96,9 @@ fn kind_of(key: &str) -> Option<Kind> {
         "raw.lxc" => {
             Unsupported("raw.lxc: bivy does not use LXC; use the bivy config keys instead")
         }
-        "snapshots.schedule" | "snapshots.pattern" | "snapshots.expiry" => Later,
+        "snapshots.schedule" => Schedule,
+        "snapshots.expiry" => Expiry,
+        "snapshots.pattern" => Str,
         "snapshots.schedule.stopped" => Bool,
         "linux.kernel_modules" => Str,
         "cloud-init.user-data" | "cloud-init.vendor-data" | "cloud-init.network-config" => Str,
@@ -131,7 +135,7 @@ fn cpuset(v: &str, ncpus: usize) -> Option<String> {
     parse_cpu(v, ncpus).ok()
 }
 
-/// Validate one instance config key and value; `Later` keys are accepted (stored).
+/// Validate one instance config key and value.
 pub fn validate_key(key: &str, value: &str) -> Result<()> {
     let bad = |why: &str| {
         Err(Error::BadRequest(format!(
@@ -167,6 +171,8 @@ pub fn validate_key(key: &str, value: &str) -> Result<()> {
         Kind::Seccomp => {
             crate::runtime::seccomp::validate_config_value(key, value).or_else(|e| bad(&e.0))
         }
+        Kind::Schedule => super::schedule::validate_schedule(value).or_else(|e| bad(&e)),
+        Kind::Expiry => super::schedule::validate_expiry(value).or_else(|e| bad(&e)),
         Kind::Unsupported(why) => Err(Error::BadRequest(format!("not supported: {why}"))),
         _ => Ok(()),
     }

@@ -12,7 +12,10 @@ use crate::api::{Devices, StringMap};
 use crate::util::fs::atomic_write;
 
 /// The on-disk format version; bumped with an upgrade step when the layout changes.
-pub const SCHEMA: u32 = 1;
+pub const SCHEMA: u32 = 2;
+
+// Schema history: 1 = instances, profiles, config. 2 = storage pools, each instance's pool and
+// its snapshots (a schema-1 document loads as instances on the `default` pool with no snapshots).
 
 /// One instance as stored.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
@@ -28,6 +31,42 @@ pub struct InstanceRecord {
     pub stateful: bool,
     /// The storage volume directory name (a UUID, so renames never move data).
     pub volume: String,
+    /// The storage pool holding the volume (the root disk's `pool` at creation).
+    #[serde(default = "default_pool")]
+    pub pool: String,
+    /// Snapshots, oldest first.
+    #[serde(default)]
+    pub snapshots: Vec<SnapshotRecord>,
+}
+
+fn default_pool() -> String {
+    "default".into()
+}
+
+/// One snapshot as stored: the instance's config at that moment plus its own volume.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct SnapshotRecord {
+    pub name: String,
+    pub architecture: String,
+    pub config: StringMap,
+    pub devices: Devices,
+    pub ephemeral: bool,
+    pub profiles: Vec<String>,
+    pub description: String,
+    pub created_at: String,
+    /// RFC 3339, or LXD's zero time for "never".
+    pub expires_at: String,
+    pub stateful: bool,
+    /// The snapshot's volume directory name under `containers-snapshots/<instance volume>/`.
+    pub volume: String,
+}
+
+/// One storage pool as stored.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct PoolRecord {
+    pub driver: String,
+    pub config: StringMap,
+    pub description: String,
 }
 
 /// One profile as stored.
@@ -45,6 +84,8 @@ pub struct Data {
     pub config: StringMap,
     pub instances: BTreeMap<String, InstanceRecord>,
     pub profiles: BTreeMap<String, ProfileRecord>,
+    #[serde(default)]
+    pub pools: BTreeMap<String, PoolRecord>,
 }
 
 /// Handle on the document; callers hold the daemon's state lock while they read-modify-save.

@@ -69,11 +69,14 @@ fn server(d: &Daemon) -> api::Server {
             server_version: env!("CARGO_PKG_VERSION").into(),
             storage: "dir".into(),
             storage_version: "1".into(),
-            storage_supported_drivers: vec![api::StorageDriverInfo {
-                name: "dir".into(),
-                version: "1".into(),
-                remote: false,
-            }],
+            storage_supported_drivers: crate::storage::supported_drivers()
+                .into_iter()
+                .map(|(name, version)| api::StorageDriverInfo {
+                    name: name.into(),
+                    version,
+                    remote: false,
+                })
+                .collect(),
         },
     }
 }
@@ -524,6 +527,7 @@ pub fn image_delete(d: &Daemon, fp: &str) -> Result<Response> {
     let img = d.images.get(fp)?;
     let images_url = format!("/1.0/images/{}", img.fingerprint);
     d.images.delete(&img.fingerprint)?;
+    super::storage::delete_image_volumes(d, &img.fingerprint);
     d.events
         .lifecycle("image-deleted", &images_url, serde_json::json!({}));
     let op = d.ops.start(
@@ -535,6 +539,44 @@ pub fn image_delete(d: &Daemon, fp: &str) -> Result<Response> {
         |_| Ok(()),
     );
     Ok(response::operation(&op.to_api()))
+}
+
+/// `POST /1.0/images/FP/secret`: a download token (a token operation whose metadata holds the
+/// secret) that lets an untrusted client fetch this one image. It stays until used or
+/// cancelled. Over the unix socket every client is trusted, so nothing here consumes it yet;
+/// it is what `lxc image copy` between servers asks for.
+pub fn image_secret(d: &Daemon, fp: &str) -> Result<Response> {
+    let img = d.images.get(fp)?;
+    let url = format!("/1.0/images/{}", img.fingerprint);
+    let secret = super::operations::secret();
+    let op = d.ops.create(
+        Class::Token,
+        "Image download token",
+        resources("images", &url),
+        Some(serde_json::json!({"secret": secret})),
+        vec![],
+    );
+    op.set_status(api::status::RUNNING, String::new());
+    let weak = std::sync::Arc::downgrade(&op);
+    op.set_cancel(Box::new(move || {
+        if let Some(o) = weak.upgrade() {
+            o.set_status(api::status::CANCELLED, String::new());
+        }
+    }));
+    Ok(response::operation(&op.to_api()))
+}
+
+/// `POST /1.0/images/FP/refresh`: only images pulled from a remote server (with an update
+/// source) can be refreshed; bivy has no remotes yet, so no stored image has one.
+pub fn image_refresh(d: &Daemon, fp: &str) -> Result<Response> {
+    let img = d.images.get(fp)?;
+    match img.update_source {
+        None => Err(Error::BadRequest(format!(
+            "Image {} has no update source: only images pulled from a remote server can be refreshed",
+            img.fingerprint
+        ))),
+        Some(_) => Err(Error::not_yet("refreshing images from remote servers")),
+    }
 }
 
 fn resources(kind: &str, url: &str) -> BTreeMap<String, Vec<String>> {
@@ -607,8 +649,7 @@ pub fn image_create(d: &Daemon, req: &mut Request) -> Result<Response> {
             .map(|s| s.kind.clone())
             .unwrap_or_default();
         return match kind.as_str() {
-            "instance" | "container" => super::instances::publish(d, body),
-            "snapshot" => Err(Error::not_yet("publishing snapshots")),
+            "instance" | "container" | "snapshot" => super::instances::publish(d, body),
             "url" => super::fetch::import_url(d, body),
             _ => Err(Error::not_yet(&format!(
                 "image creation from source {kind:?} (image copy between servers)"
@@ -757,64 +798,6 @@ pub fn alias_delete(d: &Daemon, name: &str) -> Result<Response> {
 
 // ---------------------------------------------------------------------------------------------
 // Storage pools, networks, certificates (read-only views until their issues land)
-
-fn pool(d: &Daemon) -> api::StoragePool {
-    let db = d.db.lock().expect("db lock");
-    let used_by = db
-        .data
-        .instances
-        .keys()
-        .map(|n| format!("/1.0/instances/{n}"))
-        .collect();
-    let mut config = api::StringMap::new();
-    config.insert(
-        "source".into(),
-        d.dir.join("storage-pools/default").display().to_string(),
-    );
-    api::StoragePool {
-        config,
-        description: String::new(),
-        name: "default".into(),
-        driver: "dir".into(),
-        used_by,
-        status: "Created".into(),
-        locations: vec!["none".into()],
-    }
-}
-
-pub fn pools_list(d: &Daemon, req: &Request) -> Result<Response> {
-    if recursion(req) > 0 {
-        Ok(response::sync(&vec![pool(d)]))
-    } else {
-        Ok(response::sync(&vec!["/1.0/storage-pools/default"]))
-    }
-}
-
-pub fn pool_get(d: &Daemon, name: &str) -> Result<Response> {
-    if name != "default" {
-        return Err(Error::NotFound("Storage pool not found".into()));
-    }
-    let p = pool(d);
-    let etag = response::etag(&p.config);
-    Ok(response::sync_etag(&p, Some(etag)))
-}
-
-pub fn pool_resources(d: &Daemon, name: &str) -> Result<Response> {
-    if name != "default" {
-        return Err(Error::NotFound("Storage pool not found".into()));
-    }
-    let st =
-        nix::sys::statvfs::statvfs(&d.dir).map_err(|e| Error::Internal(format!("statvfs: {e}")))?;
-    let frag = st.fragment_size();
-    let total = st.blocks() * frag;
-    let used = (st.blocks() - st.blocks_free()) * frag;
-    let inodes_total = st.files();
-    let inodes_used = st.files() - st.files_free();
-    Ok(response::sync(&serde_json::json!({
-        "space": {"used": used, "total": total},
-        "inodes": {"used": inodes_used, "total": inodes_total}
-    })))
-}
 
 /// Host interfaces as unmanaged networks (what `lxc network list` shows for a host without
 /// managed networks).

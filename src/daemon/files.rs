@@ -107,7 +107,7 @@ pub fn handle(d: &Daemon, req: &mut Request, rec: &InstanceRecord) -> Result<Res
     if path.contains('\0') {
         return Err(Error::BadRequest("Invalid path".into()));
     }
-    let rootfs = d.volume_dir(&rec.volume).join("rootfs");
+    let rootfs = d.volume_dir(rec).join("rootfs");
     let root = rustix::fs::open(
         &rootfs,
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -264,7 +264,7 @@ fn push(root: &OwnedFd, req: &mut Request, path: &str, ids: &Ids) -> Result<Resp
             (disk_uid, disk_gid)
         };
         if u.is_some() || g.is_some() {
-            rustix::fs::fchown(fd, u.map(|u| disk_uid_of(u)), g.map(|g| disk_gid_of(g)))
+            rustix::fs::fchown(fd, u.map(disk_uid_of), g.map(disk_gid_of))
                 .map_err(|e| io_err(path, e))?;
         }
         Ok(())

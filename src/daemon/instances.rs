@@ -7,7 +7,7 @@
 //! record before the data. `recover` removes any volume no record names.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +22,7 @@ use crate::api::{self, status, Devices, StringMap};
 use crate::http::{Request, Response};
 use crate::image;
 use crate::runtime::{self, RootfsMode, State};
+use crate::storage::Pool;
 use crate::util::time;
 
 /// Default clean-stop timeout when the client gives none (LXD: 30 s for `lxc stop`... the client
@@ -50,7 +51,7 @@ fn not_found() -> Error {
     Error::NotFound("Instance not found".into())
 }
 
-fn record(d: &Daemon, name: &str) -> Result<InstanceRecord> {
+pub fn record(d: &Daemon, name: &str) -> Result<InstanceRecord> {
     d.db.lock()
         .expect("db lock")
         .data
@@ -63,6 +64,10 @@ fn record(d: &Daemon, name: &str) -> Result<InstanceRecord> {
 fn expanded(d: &Daemon, rec: &InstanceRecord) -> (StringMap, Devices) {
     let db = d.db.lock().expect("db lock");
     config::expand(&rec.profiles, &db.data.profiles, &rec.config, &rec.devices)
+}
+
+pub fn state(d: &Daemon, name: &str) -> State {
+    state_of(d, name)
 }
 
 fn state_of(d: &Daemon, name: &str) -> State {
@@ -140,7 +145,7 @@ fn full(d: &Daemon, name: &str, rec: &InstanceRecord) -> api::InstanceFull {
         instance: to_api(d, name, rec, &st),
         backups: Some(vec![]),
         state: Some(state_api(d, name, &st)),
-        snapshots: Some(vec![]),
+        snapshots: Some(super::snapshots::list_api(d, rec)),
     }
 }
 
@@ -173,7 +178,7 @@ pub fn list(d: &Daemon, req: &Request) -> Result<Response> {
                 instance: inst,
                 backups: Some(vec![]),
                 state: Some(state_api(d, &name, &st)),
-                snapshots: Some(vec![]),
+                snapshots: Some(super::snapshots::list_api(d, &rec)),
             })
             .unwrap_or_default(),
         });
@@ -232,16 +237,86 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
         body.name.clone()
     };
     config::validate_instance_name(&name)?;
-    let profiles = body
-        .put
-        .profiles
-        .clone()
-        .unwrap_or_else(|| vec!["default".into()]);
-    let config_in = body.put.config.clone().unwrap_or_default();
-    let devices_in = body.put.devices.clone().unwrap_or_default();
-    config::validate_config(&config_in, &StringMap::new())?;
+    let source = body.source.clone();
+    let mut profiles = body.put.profiles.clone();
+    let mut config_in = body.put.config.clone().unwrap_or_default();
+    let mut devices_in = body.put.devices.clone().unwrap_or_default();
+    let mut architecture = String::new();
+    let origin = match source.kind.as_str() {
+        "image" => Origin::Image(Box::new(resolve_image(d, &source)?)),
+        "none" | "" => Origin::Empty,
+        "copy" => {
+            if !source.server.is_empty() || source.mode == "push" {
+                return Err(Error::not_yet("copies between servers (migration)"));
+            }
+            if body.put.stateful {
+                return Err(Error::not_yet(
+                    "stateful copies (they need CRIU, which bivy does not drive yet)",
+                ));
+            }
+            let (from, snap) = match source.source.split_once('/') {
+                Some((i, s)) => (i.to_string(), Some(s.to_string())),
+                None => (source.source.clone(), None),
+            };
+            let rec = record(d, &from).map_err(|_| {
+                Error::NotFound(format!("Source instance {:?} not found", source.source))
+            })?;
+            // LXD's merge: the request's config, devices and profiles win; the source fills in
+            // the rest, minus volatile keys other than the base image and the on-disk id shift.
+            let (src_cfg, src_devs, src_profiles, src_arch) = match &snap {
+                Some(s) => {
+                    let sr = rec.snapshots.iter().find(|x| &x.name == s).ok_or_else(|| {
+                        Error::NotFound(format!("Snapshot {:?} not found", source.source))
+                    })?;
+                    (
+                        sr.config.clone(),
+                        sr.devices.clone(),
+                        sr.profiles.clone(),
+                        sr.architecture.clone(),
+                    )
+                }
+                None => (
+                    rec.config.clone(),
+                    rec.devices.clone(),
+                    rec.profiles.clone(),
+                    rec.architecture.clone(),
+                ),
+            };
+            for (k, v) in src_cfg {
+                let keep = !k.starts_with("volatile.")
+                    || k == "volatile.base_image"
+                    || k == "volatile.last_state.idmap";
+                if keep && !config_in.contains_key(&k) {
+                    config_in.insert(k, v);
+                }
+            }
+            for (k, v) in src_devs {
+                devices_in.entry(k).or_insert(v);
+            }
+            if profiles.is_none() {
+                profiles = Some(src_profiles);
+            }
+            architecture = src_arch;
+            Origin::Copy {
+                from,
+                snapshot: snap,
+                instance_only: source.instance_only || source.container_only,
+            }
+        }
+        "migration" => return Err(Error::not_yet("migration")),
+        other => return Err(Error::BadRequest(format!("Unknown source type {other:?}"))),
+    };
+    let profiles = profiles.unwrap_or_else(|| vec!["default".into()]);
+    // volatile keys in a create request (`lxc copy` sends volatile.base_image) are stored; the
+    // ones the daemon computes are overwritten.
+    let user_keys: StringMap = config_in
+        .iter()
+        .filter(|(k, _)| !k.starts_with("volatile."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    config::validate_config(&user_keys, &StringMap::new())?;
     config::validate_devices(&devices_in)?;
-    {
+    let pool_name = {
         let db = d.db.lock().expect("db lock");
         if db.data.instances.contains_key(&name) {
             return Err(Error::Conflict(format!("Instance {name:?} already exists")));
@@ -257,18 +332,25 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
         if !has_root_disk(&devs) {
             return Err(Error::BadRequest("No root device could be found".into()));
         }
-    }
-    let source = body.source.clone();
-    let image = match source.kind.as_str() {
-        "image" => Some(resolve_image(d, &source)?),
-        "none" | "" => None,
-        "copy" => return Err(Error::not_yet("instance copy (source type \"copy\")")),
-        "migration" => return Err(Error::not_yet("migration")),
-        other => return Err(Error::BadRequest(format!("Unknown source type {other:?}"))),
+        super::storage::root_pool(&devs).ok_or_else(|| {
+            Error::BadRequest("The root disk device has no \"pool\" property".into())
+        })?
     };
+    super::storage::usable_pool(d, &pool_name)?;
     let guard_name = name.clone();
     // Reserve the name now so two concurrent creates cannot both pass the check.
     d.busy_insert(&guard_name, "create")?;
+    let copy_from = match &origin {
+        Origin::Copy { from, .. } => Some(from.clone()),
+        _ => None,
+    };
+    // A copy's source must not be deleted or restored underneath it.
+    if let Some(f) = &copy_from {
+        if let Err(e) = d.busy_insert(f, "copy") {
+            d.busy.lock().expect("busy lock").remove(&guard_name);
+            return Err(e);
+        }
+    }
     let d2 = d.self_arc();
     let op = d.ops.start(
         Class::Task,
@@ -277,12 +359,49 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
         None,
         vec![],
         move |_op| {
-            let res = create_now(&d2, &name, &body, profiles, config_in, devices_in, image);
-            d2.busy.lock().expect("busy lock").remove(&name);
+            let args = NewInstance {
+                name: &name,
+                body: &body,
+                profiles,
+                config: config_in,
+                devices: devices_in,
+                architecture,
+                pool: pool_name,
+            };
+            let res = create_now(&d2, args, origin);
+            let mut busy = d2.busy.lock().expect("busy lock");
+            busy.remove(&name);
+            if let Some(f) = &copy_from {
+                busy.remove(f);
+            }
             res
         },
     );
     Ok(response::operation(&op.to_api()))
+}
+
+/// Where a new instance's volume comes from.
+enum Origin {
+    Empty,
+    Image(Box<api::Image>),
+    /// Another instance on this server, or one of its snapshots.
+    Copy {
+        from: String,
+        snapshot: Option<String>,
+        instance_only: bool,
+    },
+}
+
+/// A new instance's settings, resolved by `create`.
+struct NewInstance<'a> {
+    name: &'a str,
+    body: &'a api::InstancesPost,
+    profiles: Vec<String>,
+    config: StringMap,
+    devices: Devices,
+    /// The copy source's architecture; empty otherwise.
+    architecture: String,
+    pool: String,
 }
 
 fn resolve_image(d: &Daemon, s: &api::InstanceSource) -> Result<api::Image> {
@@ -318,67 +437,168 @@ fn resolve_image(d: &Daemon, s: &api::InstanceSource) -> Result<api::Image> {
     ))
 }
 
-/// Removes a half-made volume unless disarmed.
-struct VolumeRevert(Option<PathBuf>);
+/// Removes half-made volumes unless disarmed.
+struct VolumeRevert<'a> {
+    pool: &'a Pool,
+    paths: Vec<PathBuf>,
+}
 
-impl Drop for VolumeRevert {
+impl Drop for VolumeRevert<'_> {
     fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_dir_all(&p);
+        for p in self.paths.drain(..).rev() {
+            if let Err(e) = self.pool.driver.delete_volume(&p) {
+                eprintln!("bivy: cleaning up {}: {e}", p.display());
+            }
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn create_now(
+/// Clone volume `src` (on `from`) to `dst` (on `to`, not existing yet): the driver's clone
+/// within a pool, a file copy into a fresh volume across pools.
+pub fn clone_between(from: &Pool, src: &Path, to: &Pool, dst: &Path, readonly: bool) -> Result<()> {
+    let err = |e: std::io::Error| Error::Internal(format!("copying {}: {e}", src.display()));
+    if std::ptr::eq(from, to) || from.name == to.name {
+        return to.driver.clone_volume(src, dst, readonly).map_err(err);
+    }
+    to.driver.create_volume(dst).map_err(err)?;
+    for e in std::fs::read_dir(src).map_err(err)? {
+        let e = e.map_err(err)?;
+        let t = dst.join(e.file_name());
+        if e.file_type().map_err(err)?.is_dir() {
+            crate::storage::copy::copy_tree(&e.path(), &t).map_err(err)?;
+        } else {
+            std::fs::copy(e.path(), &t).map_err(err)?;
+        }
+    }
+    if readonly {
+        to.driver.set_readonly(dst).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Run `f` with the instance frozen when it runs on a driver whose clones are not atomic, so
+/// a copy or snapshot of a running container is consistent.
+pub fn with_consistent<T>(
     d: &Daemon,
     name: &str,
-    body: &api::InstancesPost,
-    profiles: Vec<String>,
-    mut cfg: StringMap,
-    devices: Devices,
-    image: Option<api::Image>,
-) -> Result<()> {
+    pool: &Pool,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let freeze = !pool.driver.atomic_clone()
+        && matches!(state_of(d, name), State::Running { frozen: false, .. });
+    if freeze {
+        runtime::freeze(&d.run_dir(name)).map_err(Error::from)?;
+    }
+    let r = f();
+    if freeze {
+        if let Err(e) = runtime::unfreeze(&d.run_dir(name)) {
+            eprintln!("bivy: {name}: unfreezing after a copy: {e}");
+        }
+    }
+    r
+}
+
+fn create_now(d: &Daemon, args: NewInstance<'_>, origin: Origin) -> Result<()> {
+    let NewInstance {
+        name,
+        body,
+        profiles,
+        config: mut cfg,
+        devices,
+        architecture: copy_arch,
+        pool: pool_name,
+    } = args;
+    let pool = super::storage::usable_pool(d, &pool_name)?;
     let volume = super::operations::uuid();
-    let final_dir = d.volume_dir(&volume);
-    let tmp = d.volume_dir(&format!("{volume}.tmp"));
-    std::fs::create_dir_all(&tmp)
-        .map_err(|e| Error::Internal(format!("{}: {e}", tmp.display())))?;
-    let mut revert = VolumeRevert(Some(tmp.clone()));
+    let final_dir = pool.container(&volume);
+    let tmp = pool.container(&format!("{volume}.tmp"));
+    let mut revert = VolumeRevert {
+        pool: &pool,
+        paths: vec![tmp.clone()],
+    };
     let mut architecture = d.host.architecture.clone();
     let (expanded_cfg, _) = {
         let db = d.db.lock().expect("db lock");
         config::expand(&profiles, &db.data.profiles, &cfg, &devices)
     };
     let privileged = config::flag(&expanded_cfg, "security.privileged");
-    if let Some(img) = &image {
-        let meta = d.images.metadata(&img.fingerprint)?;
-        architecture = img.architecture.clone();
-        d.images.unpack(
-            &img.fingerprint,
-            &tmp.join("rootfs"),
-            &tmp.join("templates"),
-            &image::UnpackOpts {
-                skip_devices: !privileged,
-                max_bytes: 64 << 30,
-            },
-        )?;
-        let m = serde_json::to_vec_pretty(&meta).map_err(|e| Error::Internal(e.to_string()))?;
-        crate::util::fs::atomic_write(&tmp.join("metadata.json"), &m)
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        for (k, v) in &img.put.properties {
-            cfg.entry(format!("image.{k}")).or_insert_with(|| v.clone());
+    let mut snapshots = Vec::new();
+    match &origin {
+        Origin::Empty => {
+            pool.driver
+                .create_volume(&tmp)
+                .map_err(|e| Error::Internal(format!("creating the volume: {e}")))?;
+            std::fs::create_dir_all(tmp.join("rootfs"))
+                .map_err(|e| Error::Internal(e.to_string()))?;
         }
-        cfg.insert("volatile.base_image".into(), img.fingerprint.clone());
-        if !meta.templates.is_empty() {
-            cfg.insert("volatile.apply_template".into(), "create".into());
+        Origin::Image(img) => {
+            let base = super::storage::image_volume(d, &pool, &img.fingerprint)?;
+            pool.driver
+                .clone_volume(&base, &tmp, false)
+                .map_err(|e| Error::Internal(format!("cloning the image volume: {e}")))?;
+            architecture = img.architecture.clone();
+            for (k, v) in &img.put.properties {
+                cfg.entry(format!("image.{k}")).or_insert_with(|| v.clone());
+            }
+            cfg.insert("volatile.base_image".into(), img.fingerprint.clone());
+            if tmp
+                .join("templates")
+                .read_dir()
+                .is_ok_and(|mut r| r.next().is_some())
+            {
+                cfg.insert("volatile.apply_template".into(), "create".into());
+            }
+            let _ = d.images.touch(&img.fingerprint);
         }
-        let _ = d.images.touch(&img.fingerprint);
-    } else {
-        std::fs::create_dir_all(tmp.join("rootfs")).map_err(|e| Error::Internal(e.to_string()))?;
+        Origin::Copy {
+            from,
+            snapshot,
+            instance_only,
+        } => {
+            let src = record(d, from)?;
+            let src_pool = super::storage::usable_pool(d, &src.pool)?;
+            architecture = copy_arch.clone();
+            match snapshot {
+                Some(s) => {
+                    let sr = src
+                        .snapshots
+                        .iter()
+                        .find(|x| &x.name == s)
+                        .ok_or_else(|| Error::NotFound(format!("Snapshot {s:?} not found")))?;
+                    let path = src_pool.snapshot(&src.volume, &sr.volume);
+                    clone_between(&src_pool, &path, &pool, &tmp, false)?;
+                }
+                None => {
+                    let path = src_pool.container(&src.volume);
+                    with_consistent(d, from, &src_pool, || {
+                        clone_between(&src_pool, &path, &pool, &tmp, false)
+                    })?;
+                    if !instance_only {
+                        for sr in &src.snapshots {
+                            let sv = super::operations::uuid();
+                            let dst = pool.snapshot(&volume, &sv);
+                            revert.paths.push(dst.clone());
+                            clone_between(
+                                &src_pool,
+                                &src_pool.snapshot(&src.volume, &sr.volume),
+                                &pool,
+                                &dst,
+                                true,
+                            )?;
+                            let mut rec = sr.clone();
+                            rec.volume = sv;
+                            snapshots.push(rec);
+                        }
+                    }
+                }
+            }
+            if cfg.contains_key("volatile.base_image") {
+                cfg.insert("volatile.apply_template".into(), "copy".into());
+            }
+        }
     }
     if !body.put.architecture.is_empty()
-        && image.is_none()
+        && matches!(origin, Origin::Empty)
         && body.put.architecture.parse::<u32>().is_err()
     {
         architecture = body.put.architecture.clone();
@@ -387,9 +607,13 @@ fn create_now(
     // The id map this instance will use, and how its rootfs is stored.
     let taken = isolated_bases(d);
     let map = idmap::compute(&expanded_cfg, &taken)?;
+    let copied_shift = cfg
+        .get("volatile.last_state.idmap")
+        .is_some_and(|v| v != "[]");
     if privileged {
         cfg.insert("volatile.idmap.next".into(), "[]".into());
-        cfg.insert("volatile.last_state.idmap".into(), "[]".into());
+        cfg.entry("volatile.last_state.idmap".into())
+            .or_insert_with(|| "[]".into());
     } else {
         cfg.insert(
             "volatile.idmap.base".into(),
@@ -398,16 +622,20 @@ fn create_now(
         cfg.insert("volatile.idmap.next".into(), map.to_volatile());
         // Idmapped mounts where the filesystem has them (no chown); otherwise shift the ids on
         // disk once and record the map they were shifted to (LXD's volatile.last_state.idmap).
-        if runtime::rootfs_supports_idmap(&tmp) {
+        // A copy keeps its source's on-disk state.
+        if !copied_shift && runtime::rootfs_supports_idmap(&tmp) {
             cfg.insert("volatile.last_state.idmap".into(), "[]".into());
-        } else {
+        } else if !copied_shift {
             runtime::shift_rootfs(&tmp.join("rootfs"), &map.uid, &map.gid)?;
             cfg.insert("volatile.last_state.idmap".into(), map.to_volatile());
         }
     }
     std::fs::rename(&tmp, &final_dir)
         .map_err(|e| Error::Internal(format!("{}: {e}", final_dir.display())))?;
-    revert.0 = Some(final_dir.clone());
+    revert.paths[0] = final_dir.clone();
+    if !snapshots.is_empty() {
+        revert.paths.push(pool.snapshots_of(&volume));
+    }
     let now = time::now();
     let rec = InstanceRecord {
         architecture,
@@ -420,6 +648,8 @@ fn create_now(
         last_used_at: api::ZERO_TIME.into(),
         stateful: false,
         volume,
+        pool: pool_name,
+        snapshots,
     };
     let mut db = d.db.lock().expect("db lock");
     if db.data.instances.contains_key(name) {
@@ -428,7 +658,7 @@ fn create_now(
     db.update(|data| data.instances.insert(name.to_string(), rec))
         .map_err(|e| Error::Internal(format!("saving instance: {e}")))?;
     drop(db);
-    revert.0 = None;
+    revert.paths.clear();
     d.events
         .lifecycle("instance-created", &url(name), serde_json::json!({}));
     Ok(())
@@ -489,11 +719,7 @@ pub fn route(d: &Daemon, req: &mut Request, name: &str, sub: &[&str]) -> Result<
         (["metadata"], "PATCH") => metadata_put(d, req, name, true),
         (["metadata", "templates"], "POST" | "PUT") => template_put(d, req, name),
         (["metadata", "templates"], "DELETE") => template_delete(d, req, name),
-        (["snapshots"], "GET") => {
-            record(d, name)?;
-            Ok(response::sync(&Vec::<String>::new()))
-        }
-        (["snapshots", ..], _) => Err(Error::not_yet("snapshots")),
+        (["snapshots", rest @ ..], _) => super::snapshots::route(d, req, name, rest),
         (["backups"], "GET") => {
             record(d, name)?;
             Ok(response::sync(&Vec::<String>::new()))
@@ -529,7 +755,7 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
         if patch {
             return Err(Error::BadRequest("Restore isn't allowed with PATCH".into()));
         }
-        return Err(Error::not_yet("snapshot restore"));
+        return super::snapshots::restore(d, name, &put.restore, put.stateful);
     }
     let _busy = d.claim(name, "update")?;
     let mut db = d.db.lock().expect("db lock");
@@ -601,6 +827,12 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
     );
     if !has_root_disk(&ed) {
         return Err(Error::BadRequest("No root device could be found".into()));
+    }
+    if let Some(p) = super::storage::root_pool(&ed).filter(|p| *p != cur.pool) {
+        return Err(Error::BadRequest(format!(
+            "Cannot update root disk device pool name to {p:?} (the instance is on {:?})",
+            cur.pool
+        )));
     }
     let running = matches!(state_of(d, name), State::Running { .. });
     if running {
@@ -681,9 +913,11 @@ fn rename(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
         }
         db.update(|data| {
             if let Some(mut r) = data.instances.remove(name) {
+                // A pending create or copy trigger (not started since) wins over rename.
                 if r.config.contains_key("volatile.base_image") {
                     r.config
-                        .insert("volatile.apply_template".into(), "rename".into());
+                        .entry("volatile.apply_template".into())
+                        .or_insert_with(|| "rename".into());
                 }
                 data.instances.insert(new.clone(), r);
             }
@@ -747,7 +981,7 @@ fn delete_now(d: &Daemon, name: &str) -> Result<()> {
         rec
     };
     // The record is gone (commit point); data removal failures are retried by `recover`.
-    let _ = std::fs::remove_dir_all(d.volume_dir(&rec.volume));
+    super::storage::delete_instance_volumes(d, &rec);
     let _ = std::fs::remove_dir_all(d.log_dir(name));
     let _ = std::fs::remove_dir_all(d.run_dir(name));
     d.events
@@ -865,13 +1099,8 @@ pub fn start(d: &Daemon, name: &str) -> Result<()> {
             )));
         }
     }
-    for k in ["snapshots.schedule", "snapshots.expiry"] {
-        if ec.get(k).is_some_and(|v| !v.is_empty()) {
-            return Err(Error::not_yet(k));
-        }
-    }
     let privileged = config::flag(&ec, "security.privileged");
-    let vol = d.volume_dir(&rec.volume);
+    let vol = d.volume_dir(&rec);
     let rootfs = vol.join("rootfs");
     // Id map: next becomes current.
     let map = if privileged {
@@ -978,6 +1207,13 @@ pub fn start(d: &Daemon, name: &str) -> Result<()> {
     watch(d.self_arc(), name.to_string());
     d.events
         .lifecycle("instance-started", &url(name), serde_json::json!({}));
+    if let Some(spec) = ec.get("snapshots.schedule") {
+        if super::schedule::parse_schedule(spec).is_ok_and(|s| s.is_startup()) {
+            if let Err(e) = super::snapshots::snapshot_now(d, name, "", None) {
+                log_line(&log_dir, &format!("@startup snapshot failed: {e}"));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -1087,21 +1323,52 @@ fn watch(d: Arc<Daemon>, name: String) {
 /// `POST /1.0/images` with source `instance`: pack a stopped instance into a new image.
 pub fn publish(d: &Daemon, body: api::ImagesPost) -> Result<Response> {
     let src = body.source.clone().unwrap_or_default();
-    let name = src.name.clone();
-    if name.contains('/') {
-        return Err(Error::not_yet("publishing snapshots"));
-    }
+    let (name, snap) = match (src.kind.as_str(), src.name.split_once('/')) {
+        ("snapshot", Some((i, s))) => (i.to_string(), Some(s.to_string())),
+        ("snapshot", None) => {
+            return Err(Error::BadRequest(format!(
+                "Invalid snapshot name {:?}: expected INSTANCE/SNAPSHOT",
+                src.name
+            )))
+        }
+        (_, Some(_)) => {
+            return Err(Error::BadRequest(format!(
+                "Invalid instance name {:?} (use source type \"snapshot\" for a snapshot)",
+                src.name
+            )))
+        }
+        (_, None) => (src.name.clone(), None),
+    };
     let rec = record(d, &name)?;
-    if matches!(state_of(d, &name), State::Running { .. }) {
-        return Err(Error::BadRequest(
-            "The instance is running; stop it first (lxc publish --force does)".into(),
-        ));
-    }
-    if rec
-        .config
-        .get("volatile.last_state.idmap")
-        .is_some_and(|v| v != "[]")
-    {
+    // What to publish: the instance's volume (stopped) or a snapshot's (immutable, any state).
+    let (vol, architecture, shift) = match &snap {
+        Some(s) => {
+            let sr = rec
+                .snapshots
+                .iter()
+                .find(|x| &x.name == s)
+                .ok_or_else(|| Error::NotFound(format!("Snapshot {:?} not found", src.name)))?;
+            let pool = super::storage::usable_pool(d, &rec.pool)?;
+            (
+                pool.snapshot(&rec.volume, &sr.volume),
+                sr.architecture.clone(),
+                sr.config.get("volatile.last_state.idmap").cloned(),
+            )
+        }
+        None => {
+            if matches!(state_of(d, &name), State::Running { .. }) {
+                return Err(Error::BadRequest(
+                    "The instance is running; stop it first (lxc publish --force does)".into(),
+                ));
+            }
+            (
+                d.volume_dir(&rec),
+                rec.architecture.clone(),
+                rec.config.get("volatile.last_state.idmap").cloned(),
+            )
+        }
+    };
+    if shift.is_some_and(|v| v != "[]") {
         return Err(Error::not_yet(
             "publishing an instance whose rootfs is shifted",
         ));
@@ -1128,7 +1395,7 @@ pub fn publish(d: &Daemon, body: api::ImagesPost) -> Result<Response> {
         None,
         vec![],
         move |op| {
-            let r = publish_now(&d2, &name, &rec, &body, compression, &op);
+            let r = publish_now(&d2, &vol, &architecture, &body, compression, &op);
             d2.busy.lock().expect("busy lock").remove(&name);
             r
         },
@@ -1138,18 +1405,17 @@ pub fn publish(d: &Daemon, body: api::ImagesPost) -> Result<Response> {
 
 fn publish_now(
     d: &Daemon,
-    name: &str,
-    rec: &InstanceRecord,
+    vol: &Path,
+    architecture: &str,
     body: &api::ImagesPost,
     compression: image::Compression,
     op: &super::operations::Op,
 ) -> Result<()> {
-    let (meta, vol) = metadata_of(d, name)?;
-    let mut meta = meta;
+    let mut meta = read_metadata(vol, architecture)?;
     meta.creation_date = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |t| t.as_secs() as i64);
-    meta.architecture = rec.architecture.clone();
+    meta.architecture = architecture.to_string();
     meta.properties.extend(body.put.properties.clone());
     let templates = vol.join("templates");
     let opts = image::ImportOpts {
@@ -1238,16 +1504,21 @@ fn log_delete(d: &Daemon, name: &str, file: &str) -> Result<Response> {
 
 fn metadata_of(d: &Daemon, name: &str) -> Result<(api::ImageMetadata, PathBuf)> {
     let rec = record(d, name)?;
-    let vol = d.volume_dir(&rec.volume);
-    let meta = match std::fs::read(vol.join("metadata.json")) {
-        Ok(b) => serde_json::from_slice(&b)
-            .map_err(|e| Error::Internal(format!("metadata.json: {e}")))?,
-        Err(_) => api::ImageMetadata {
-            architecture: rec.architecture.clone(),
+    let vol = d.volume_dir(&rec);
+    Ok((read_metadata(&vol, &rec.architecture)?, vol))
+}
+
+/// A volume's `metadata.json` (from its image), or a bare one for an instance made empty.
+fn read_metadata(vol: &Path, architecture: &str) -> Result<api::ImageMetadata> {
+    match std::fs::read(vol.join("metadata.json")) {
+        Ok(b) => {
+            serde_json::from_slice(&b).map_err(|e| Error::Internal(format!("metadata.json: {e}")))
+        }
+        Err(_) => Ok(api::ImageMetadata {
+            architecture: architecture.to_string(),
             ..Default::default()
-        },
-    };
-    Ok((meta, vol))
+        }),
+    }
 }
 
 fn metadata_get(d: &Daemon, name: &str) -> Result<Response> {
@@ -1381,22 +1652,8 @@ pub fn recover(d: &Arc<Daemon>) -> std::io::Result<()> {
                 )
             })?;
         }
-        let containers = d.dir.join("storage-pools/default/containers");
-        std::fs::create_dir_all(&containers)?;
-        let known: std::collections::HashSet<String> = db
-            .data
-            .instances
-            .values()
-            .map(|r| r.volume.clone())
-            .collect();
-        for e in std::fs::read_dir(&containers)?.flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if !known.contains(&n) {
-                eprintln!("bivy: removing leftover volume {n}");
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
     }
+    super::storage::recover(d);
     std::fs::create_dir_all(d.dir.join("run"))?;
     std::fs::create_dir_all(d.dir.join("logs"))?;
     let names: Vec<String> =

@@ -19,6 +19,9 @@ mod multipart;
 mod operations;
 mod response;
 mod routes;
+mod schedule;
+mod snapshots;
+mod storage;
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -92,6 +95,8 @@ pub struct Daemon {
     pub db: Mutex<db::Db>,
     /// The image store (`$BIVY_DIR/images`).
     pub images: image::Store,
+    /// The storage pools, opened and mounted at start.
+    pub pools: storage::Pools,
     pub ops: Operations,
     pub events: Arc<Events>,
     /// Instances with an operation in progress (name -> what), so that conflicting requests
@@ -153,12 +158,9 @@ impl Daemon {
         self.dir.join("run").join(name)
     }
 
-    pub fn volume_dir(&self, volume: &str) -> PathBuf {
-        self.dir
-            .join("storage-pools")
-            .join("default")
-            .join("containers")
-            .join(volume)
+    /// An instance's volume directory on its pool.
+    pub fn volume_dir(&self, rec: &db::InstanceRecord) -> PathBuf {
+        storage::volume_dir(self, rec)
     }
 
     pub fn log_dir(&self, name: &str) -> PathBuf {
@@ -227,6 +229,7 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
         dir: dir.to_path_buf(),
         db: Mutex::new(db),
         images,
+        pools: storage::Pools::default(),
         ops: Operations::new(events.clone()),
         events,
         busy: Mutex::new(HashMap::new()),
@@ -240,6 +243,7 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
         me: std::sync::OnceLock::new(),
     });
     let _ = d.me.set(Arc::downgrade(&d));
+    storage::open_all(&d).map_err(|e| format!("opening storage pools: {e}"))?;
     instances::recover(&d).map_err(|e| format!("recovering state: {e}"))?;
 
     let sock_path = dir.join("unix.socket");
@@ -277,6 +281,7 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
     }
 
     instances::autostart(&d);
+    snapshots::spawn_scheduler(d.clone());
 
     let limits = crate::http::Limits::default();
     for conn in listener.incoming() {

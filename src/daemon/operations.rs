@@ -117,7 +117,7 @@ impl Op {
         self.inner.lock().expect("op lock").cancel = Some(f);
     }
 
-    fn set_status(&self, code: u16, err: String) {
+    pub fn set_status(&self, code: u16, err: String) {
         let mut i = self.inner.lock().expect("op lock");
         if i.finished.is_some() {
             return;
@@ -329,11 +329,11 @@ impl Operations {
         self.events.emit("operation", v);
         let mut map = self.map.lock().expect("ops lock");
         map.retain(|_, o| {
-            !o.inner
+            o.inner
                 .lock()
                 .expect("op lock")
                 .finished
-                .is_some_and(|t| t.elapsed() > KEEP_FINISHED)
+                .is_none_or(|t| t.elapsed() <= KEEP_FINISHED)
         });
         map.insert(op.id.clone(), op.clone());
         op

@@ -2,7 +2,7 @@
 //! every error becomes LXD's error envelope in one place (`response::error`).
 
 use super::response::{self, Error, Result};
-use super::{endpoints, instances, Daemon};
+use super::{endpoints, instances, storage, Daemon};
 use crate::http::{Request, Response};
 
 /// Largest JSON body accepted (instance configs, profiles...).
@@ -133,17 +133,48 @@ fn route(d: &Daemon, req: &mut Request) -> Result<Response> {
             "GET" => endpoints::image_export(d, fp),
             _ => Err(not_allowed(m)),
         },
-        ["images", _fp, "secret" | "refresh"] => Err(Error::not_yet("image secrets and refresh")),
+        ["images", fp, "secret"] => match m {
+            "POST" => endpoints::image_secret(d, fp),
+            _ => Err(not_allowed(m)),
+        },
+        ["images", fp, "refresh"] => match m {
+            "POST" => endpoints::image_refresh(d, fp),
+            _ => Err(not_allowed(m)),
+        },
         ["storage-pools"] => match m {
-            "GET" => endpoints::pools_list(d, req),
-            "POST" => Err(Error::not_yet("creating storage pools")),
+            "GET" => storage::list(d, req),
+            "POST" => storage::create(d, req),
             _ => Err(not_allowed(m)),
         },
         ["storage-pools", name] => match m {
-            "GET" => endpoints::pool_get(d, name),
-            _ => Err(Error::not_yet("changing storage pools")),
+            "GET" => storage::get(d, name),
+            "PUT" => storage::put(d, req, name, false),
+            "PATCH" => storage::put(d, req, name, true),
+            "DELETE" => storage::delete(d, name),
+            _ => Err(not_allowed(m)),
         },
-        ["storage-pools", name, "resources"] => endpoints::pool_resources(d, name),
+        ["storage-pools", name, "resources"] => match m {
+            "GET" => storage::resources(d, name),
+            _ => Err(not_allowed(m)),
+        },
+        ["storage-pools", name, "volumes"] => match m {
+            "GET" => storage::volumes_list(d, req, name, None),
+            _ => Err(Error::not_yet("custom storage volumes")),
+        },
+        ["storage-pools", name, "volumes", kind] => match m {
+            "GET" => storage::volumes_list(d, req, name, Some(kind)),
+            _ => Err(Error::not_yet("custom storage volumes")),
+        },
+        ["storage-pools", name, "volumes", kind, vol] => match m {
+            "GET" => storage::volume_get(d, name, kind, vol),
+            _ => Err(Error::not_yet("changing storage volumes")),
+        },
+        ["storage-pools", name, "volumes", kind, inst, "snapshots" | "state" | "backups", ..] => {
+            let _ = (name, kind, inst);
+            Err(Error::not_yet(
+                "storage volume snapshots, state and backups",
+            ))
+        }
         ["networks"] => match m {
             "GET" => endpoints::networks_list(d, req),
             _ => Err(Error::not_yet("managed networks")),
