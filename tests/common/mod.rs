@@ -350,6 +350,8 @@ impl Daemon {
             hooks: Vec::new(),
             tmp,
         };
+        // Hooks run last-registered first: instances go before the pools holding them.
+        d.on_cleanup(delete_extra_pools);
         d.on_cleanup(delete_all_instances);
         d.spawn()?;
         d.wait_ready()?;
@@ -530,6 +532,22 @@ fn delete_all_instances(d: &Daemon) {
         }
         if let Ok((_, op)) = d.api("DELETE", &format!("/1.0/instances/{name}"), None) {
             d.wait_operation(&op);
+        }
+    }
+}
+
+/// Second cleanup hook: delete every storage pool but `default` (after the instances are gone),
+/// so btrfs pools on loop files are unmounted and their loop devices released.
+fn delete_extra_pools(d: &Daemon) {
+    let Ok((200, list)) = d.api("GET", "/1.0/storage-pools", None) else {
+        return;
+    };
+    for url in list["metadata"].as_array().into_iter().flatten() {
+        let Some(name) = url.as_str().and_then(|u| u.rsplit('/').next()) else {
+            continue;
+        };
+        if name != "default" {
+            let _ = d.api("DELETE", &format!("/1.0/storage-pools/{name}"), None);
         }
     }
 }

@@ -312,6 +312,7 @@ pub fn run(args: &[String]) -> Result {
     memory_row(&mut t, "daemon idle memory, 0 containers", d.pid);
 
     let result = containers(&d, &mut t, &image, o.runs)
+        .and_then(|()| storage(&d, &mut t, o.runs))
         .and_then(|()| scale(&d, &mut t, o.scale))
         .and_then(|()| cycles(&d, &mut t, o.cycles));
     if let Err(e) = result {
@@ -373,6 +374,163 @@ fn containers(d: &BgDaemon, t: &mut Table, image: &Path, runs: usize) -> Result 
     let r = time_runs(runs, |i| d.cli(&["delete", "--force", &format!("b{i}")]));
     t.stats("`bivy delete --force bN` (running)", &r, "");
     r.map(|_| ())
+}
+
+/// Bytes the daemon process has caused to be written to storage (`/proc/PID/io`).
+fn write_bytes(pid: u32) -> Option<u64> {
+    let io = fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Run `bivy ARGS`, failing with its stderr.
+fn must(d: &BgDaemon, args: &[&str]) -> Result {
+    let out = d
+        .cli(args)
+        .output()
+        .map_err(|e| format!("bivy {args:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "bivy {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Per storage driver (dir, and btrfs on a loop file when the host can): launch from a cached
+/// image, bytes written per launch, snapshot, restore, copy and publish; then the Debian image's
+/// first launch (which unpacks it into the pool) against a second one (a clone).
+fn storage(d: &BgDaemon, t: &mut Table, runs: usize) -> Result {
+    let mut pools = vec![("default", "dir")];
+    let btrfs = fs::read_to_string("/proc/filesystems")
+        .is_ok_and(|f| f.lines().any(|l| l.ends_with("btrfs")));
+    if btrfs {
+        match must(d, &["storage", "create", "benchbt", "btrfs", "size=4GiB"]) {
+            Ok(()) => pools.push(("benchbt", "btrfs")),
+            Err(e) => t.failed("btrfs pool on a loop file", &e),
+        }
+    } else {
+        t.failed("btrfs pool", "the kernel has no btrfs");
+    }
+    let debian = util::target_dir().join("test-images/debian12.tar.zst");
+    if debian.is_file() {
+        let _ = must(
+            d,
+            &[
+                "image",
+                "import",
+                &debian.to_string_lossy(),
+                "--alias",
+                "debian",
+            ],
+        );
+    }
+    for (pool, driver) in &pools {
+        let p = |i: usize| format!("{driver}{i}");
+        // The first launch unpacks the image into the pool; it is not in the medians.
+        must(
+            d,
+            &["launch", "busybox", &format!("{driver}-first"), "-s", pool],
+        )?;
+        let w0 = write_bytes(d.pid);
+        let r = time_runs(runs, |i| d.cli(&["launch", "busybox", &p(i), "-s", pool]));
+        let w1 = write_bytes(d.pid);
+        t.stats(
+            &format!("{driver}: `bivy launch busybox` (image unpacked in the pool)"),
+            &r,
+            "",
+        );
+        r?;
+        if let (Some(a), Some(b)) = (w0, w1) {
+            t.value(
+                &format!("{driver}: bytes written by the daemon per launch"),
+                format!("{:.1} KiB", (b - a) as f64 / runs as f64 / 1024.0),
+                "/proc/PID/io write_bytes",
+            );
+        }
+        let base = p(0);
+        let r = time_runs(runs, |i| d.cli(&["snapshot", &base, &format!("s{i}")]));
+        t.stats(&format!("{driver}: `bivy snapshot` (running)"), &r, "");
+        r?;
+        let r = time_runs(runs, |_| d.cli(&["restore", &base, "s0"]));
+        t.stats(
+            &format!("{driver}: `bivy restore` (running: stop, restore, start)"),
+            &r,
+            "",
+        );
+        let r = time_runs(runs, |i| {
+            d.cli(&["copy", &base, &format!("{driver}-cr{i}"), "--instance-only"])
+        });
+        t.stats(&format!("{driver}: `bivy copy` (running source)"), &r, "");
+        let stopped = p(1);
+        must(d, &["stop", "--force", &stopped])?;
+        let r = time_runs(runs, |i| {
+            d.cli(&["copy", &stopped, &format!("{driver}-cs{i}")])
+        });
+        t.stats(&format!("{driver}: `bivy copy` (stopped source)"), &r, "");
+        let r = time_runs(1, |_| {
+            d.cli(&[
+                "publish",
+                &format!("{base}/s0"),
+                "--alias",
+                &format!("pub-{driver}"),
+            ])
+        });
+        t.stats(
+            &format!("{driver}: `bivy publish` of a busybox snapshot"),
+            &r,
+            "",
+        );
+        let _ = must(d, &["image", "delete", &format!("pub-{driver}")]);
+        let r = time_runs(runs, |i| d.cli(&["delete", &format!("{base}/s{i}")]));
+        t.stats(&format!("{driver}: `bivy delete` of a snapshot"), &r, "");
+        if debian.is_file() {
+            for (what, name) in [
+                ("first (unpacks into the pool)", "deb-a"),
+                ("second (clone)", "deb-b"),
+            ] {
+                let r = time_runs(1, |_| {
+                    d.cli(&["launch", "debian", &format!("{driver}-{name}"), "-s", pool])
+                });
+                t.stats(&format!("{driver}: Debian 12 launch, {what}"), &r, "");
+            }
+            let r = time_runs(1, |_| d.cli(&["stop", &format!("{driver}-deb-b")]));
+            t.stats(&format!("{driver}: Debian 12 clean stop"), &r, "");
+            let r = time_runs(1, |_| {
+                d.cli(&[
+                    "publish",
+                    &format!("{driver}-deb-b"),
+                    "--alias",
+                    &format!("pubdeb-{driver}"),
+                ])
+            });
+            t.stats(
+                &format!("{driver}: `bivy publish` Debian 12 (gzip)"),
+                &r,
+                "",
+            );
+            let _ = must(d, &["image", "delete", &format!("pubdeb-{driver}")]);
+            for name in ["deb-a", "deb-b"] {
+                let _ = must(d, &["delete", "--force", &format!("{driver}-{name}")]);
+            }
+        }
+        let mut names = vec![format!("{driver}-first")];
+        for i in 0..runs {
+            names.extend([p(i), format!("{driver}-cr{i}"), format!("{driver}-cs{i}")]);
+        }
+        for n in names {
+            let _ = must(d, &["delete", "--force", &n]);
+        }
+    }
+    if pools.len() > 1 {
+        if let Err(e) = must(d, &["storage", "delete", "benchbt"]) {
+            t.failed("deleting the btrfs pool", &e);
+        }
+    }
+    Ok(())
 }
 
 /// `list` with `n` running containers (bivy's CLI and, when installed, the real `lxc`).

@@ -1,0 +1,460 @@
+//! Storage pools, snapshots, restore, copy and move, driven by the unmodified `lxc` 5.0.2
+//! client and the REST API, on both drivers: `dir` (the default pool) and `btrfs` (a pool on a
+//! loop file that the daemon makes; the test deletes it and checks the loop device is released).
+//! Real containers, as root.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{Daemon, Lxc};
+
+fn btrfs_supported() -> Result<(), String> {
+    let fs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    if !fs
+        .lines()
+        .any(|l| l.split_whitespace().last() == Some("btrfs"))
+    {
+        return Err("the kernel has no btrfs".into());
+    }
+    if !common::have_cmd("mkfs.btrfs") && !Path::new("/usr/sbin/mkfs.btrfs").exists() {
+        return Err("needs mkfs.btrfs (apt-get install btrfs-progs)".into());
+    }
+    if !Path::new("/dev/loop-control").exists() {
+        return Err("no /dev/loop-control".into());
+    }
+    Ok(())
+}
+
+/// Loop devices whose backing file is `image`.
+fn loops_backing(image: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/sys/block")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let bf = e.path().join("loop/backing_file");
+        if let Ok(s) = std::fs::read_to_string(&bf) {
+            if Path::new(s.trim()) == image {
+                out.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    out
+}
+
+/// Volume directories under a pool's `containers/` (names only).
+fn volumes(pool_dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(pool_dir.join("containers"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn snapshot_names(l: &Lxc<'_>, ct: &str) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_str(&l.ok(&[
+        "query",
+        &format!("/1.0/instances/{ct}/snapshots?recursion=1"),
+    ]))
+    .expect("json");
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|s| s["name"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// The whole snapshot/restore/copy/move story on one pool.
+fn exercise_pool(l: &Lxc<'_>, pool: &str) {
+    let c = |n: &str| format!("{pool}-{n}");
+    let (c1, c2, c3, c4, c5) = (c("c1"), c("c2"), c("c3"), c("c4"), c("c5"));
+    l.ok(&["launch", "busybox", &c1, "-s", pool]);
+    let info: serde_json::Value =
+        serde_json::from_str(&l.ok(&["query", &format!("/1.0/instances/{c1}")])).expect("json");
+    assert_eq!(info["expanded_devices"]["root"]["pool"], pool, "{info}");
+    assert_eq!(l.sh(&c1, "echo one > /root/a").0, 0);
+
+    // Snapshot (empty name: snap0), then change the instance.
+    l.ok(&["snapshot", &c1]);
+    assert_eq!(snapshot_names(l, &c1), vec!["snap0"]);
+    assert_eq!(l.sh(&c1, "echo two > /root/b && rm /root/a").0, 0);
+    l.ok(&["snapshot", &c1, "named"]);
+    assert_eq!(snapshot_names(l, &c1), vec!["snap0", "named"]);
+
+    // The snapshot is unchanged by later writes: a copy made from it has a, not b.
+    l.ok(&["copy", &format!("{c1}/snap0"), &c2]);
+    l.ok(&["start", &c2]);
+    assert_eq!(l.sh(&c2, "cat /root/a; ls /root").1, "one\na\n");
+    // ...and the copy is independent of its source.
+    assert_eq!(l.sh(&c2, "echo mine > /root/a").0, 0);
+    assert_eq!(l.sh(&c1, "ls /root").1, "b\n");
+
+    // Restore a running instance: stopped, restored (rootfs and config), started again.
+    l.ok(&["config", "set", &c1, "user.marker", "after"]);
+    l.ok(&["restore", &c1, "snap0"]);
+    assert_eq!(l.sh(&c1, "cat /root/a; ls /root").1, "one\na\n");
+    let st = l.ok(&["list", &c1, "--format", "csv", "-c", "s"]);
+    assert_eq!(st.trim(), "RUNNING");
+    let cfg = l.ok(&["config", "get", &c1, "user.marker"]);
+    assert_eq!(cfg.trim(), "", "restore brings the snapshot's config back");
+
+    // Snapshots are immutable: no config change, no start.
+    let (code, body) =
+        l.d.api(
+            "PUT",
+            &format!("/1.0/instances/{c1}/snapshots/snap0"),
+            Some(r#"{"config":{"user.x":"y"},"expires_at":"0001-01-01T00:00:00Z"}"#),
+        )
+        .expect("api");
+    assert_eq!(code, 400, "{body}");
+    assert!(!l.run(&["start", &format!("{c1}/snap0")]).status.success());
+
+    // Copy with and without snapshots; the copy has its own volatile identity.
+    l.ok(&["copy", &c1, &c3]);
+    assert_eq!(snapshot_names(l, &c3), vec!["snap0", "named"]);
+    l.ok(&["copy", &c1, &c4, "--instance-only"]);
+    assert!(snapshot_names(l, &c4).is_empty());
+    let uuid = |n: &str| {
+        l.ok(&["config", "get", n, "volatile.uuid"])
+            .trim()
+            .to_string()
+    };
+    assert_ne!(uuid(&c1), uuid(&c3));
+    // The copy re-rendered its templates for its own name.
+    l.ok(&["start", &c3]);
+    assert_eq!(l.sh(&c3, "cat /etc/hostname").1.trim(), c3);
+    l.ok(&["stop", &c3, "--force"]);
+
+    // Rename and delete snapshots; move (rename) a stopped instance with its snapshots.
+    l.ok(&["move", &format!("{c3}/named"), &format!("{c3}/renamed")]);
+    assert_eq!(snapshot_names(l, &c3), vec!["snap0", "renamed"]);
+    l.ok(&["delete", &format!("{c3}/snap0")]);
+    assert_eq!(snapshot_names(l, &c3), vec!["renamed"]);
+    l.ok(&["move", &c3, &c5]);
+    assert_eq!(snapshot_names(l, &c5), vec!["renamed"]);
+    let info = l.ok(&["info", &c5]);
+    assert!(
+        info.contains("Snapshots:") && info.contains("renamed"),
+        "{info}"
+    );
+    l.ok(&["restore", &c5, "renamed"]);
+    l.ok(&["start", &c5]);
+    assert_eq!(l.sh(&c5, "ls /root").1, "b\n");
+
+    // Publish a snapshot and launch from it.
+    let out = l.ok(&["publish", &format!("{c5}/renamed"), "--alias", &c("img")]);
+    assert!(out.contains("fingerprint"), "{out}");
+    l.ok(&["launch", &c("img"), &c("c6"), "-s", pool]);
+    assert_eq!(l.sh(&c("c6"), "cat /root/b").1, "two\n");
+
+    // Stateful snapshots are refused, naming CRIU.
+    let out = l.run(&["snapshot", &c1, "st", "--stateful"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("CRIU"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    for n in [&c1, &c2, &c4, &c5, &c("c6")] {
+        l.ok(&["delete", "--force", n]);
+    }
+    l.ok(&["image", "delete", &c("img")]);
+}
+
+#[test]
+fn dir_pool_snapshots_restore_copy_move() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    l.import_busybox();
+    let list = l.ok(&["storage", "list", "--format", "csv"]);
+    assert!(list.starts_with("default,dir,"), "{list}");
+    exercise_pool(&l, "default");
+    // Nothing is left on the pool but the image's base volume.
+    let pool = d.dir().join("storage-pools/default");
+    assert!(volumes(&pool).is_empty(), "{:?}", volumes(&pool));
+    let snaps: Vec<_> = std::fs::read_dir(pool.join("containers-snapshots"))
+        .expect("dir")
+        .collect();
+    assert!(snaps.is_empty(), "{snaps:?}");
+}
+
+#[test]
+fn btrfs_pool_on_a_loop_file() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    if let Err(why) = btrfs_supported() {
+        common::skip("btrfs_pool_on_a_loop_file", &why);
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    l.import_busybox();
+    let out = l.ok(&["storage", "create", "bt", "btrfs", "size=1GiB"]);
+    assert!(out.contains("Storage pool bt created"), "{out}");
+    let image = d.dir().join("disks/bt.img");
+    assert_eq!(
+        loops_backing(&image).len(),
+        1,
+        "one loop device backs the pool"
+    );
+    let show = l.ok(&["storage", "show", "bt"]);
+    assert!(
+        show.contains("driver: btrfs") && show.contains("size: 1GiB"),
+        "{show}"
+    );
+
+    exercise_pool(&l, "bt");
+
+    // In use: refused. Instances on it are subvolumes; snapshots read-only subvolumes.
+    l.ok(&["launch", "busybox", "keep", "-s", "bt"]);
+    l.ok(&["snapshot", "keep", "s0"]);
+    let out = l.run(&["storage", "delete", "bt"]);
+    assert!(!out.status.success(), "deleting a pool in use must fail");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use"), "{err}");
+    let mnt = d.dir().join("storage-pools/bt");
+    let snapdir = std::fs::read_dir(mnt.join("containers-snapshots"))
+        .expect("snapshots dir")
+        .next()
+        .expect("one instance")
+        .expect("entry")
+        .path();
+    let snap: PathBuf = std::fs::read_dir(&snapdir)
+        .expect("dir")
+        .next()
+        .expect("one snapshot")
+        .expect("entry")
+        .path();
+    let err = std::fs::write(snap.join("rootfs/root/x"), b"x").expect_err("read-only snapshot");
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+
+    // The pool survives a daemon restart (re-mounted by the daemon if needed).
+    let mut d = d;
+    d.restart().expect("restart");
+    let l = Lxc::new(&d);
+    assert_eq!(l.sh("keep", "echo alive").1, "alive\n");
+
+    l.ok(&["delete", "--force", "keep"]);
+    l.ok(&["storage", "delete", "bt"]);
+    assert!(loops_backing(&image).is_empty(), "loop device released");
+    assert!(!image.exists(), "image file removed");
+    assert!(!common::mounts_below(d.dir()).iter().any(|m| m == &mnt));
+}
+
+#[test]
+fn snapshot_expiry_and_schedule_survive_a_restart() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    // One scheduler tick per second, each standing for the next minute.
+    let mut d = Daemon::start_with(&[("BIVY_SCHEDULER_TICK_SECS", "1")]).expect("daemon");
+    let l = Lxc::new(&d);
+    l.import_busybox();
+    l.ok(&["init", "busybox", "s1"]);
+
+    // Expiry: an explicit expires_at two seconds ahead, and snapshots.expiry for the next one.
+    let soon = std::time::SystemTime::now() + Duration::from_secs(2);
+    let soon = humantime_rfc3339(soon);
+    let body = format!(r#"{{"name":"short","expires_at":"{soon}"}}"#);
+    let (code, op) = d
+        .api("POST", "/1.0/instances/s1/snapshots", Some(&body))
+        .expect("api");
+    assert_eq!(code, 202, "{op}");
+    d.wait_operation(&op);
+    l.ok(&["config", "set", "s1", "snapshots.expiry", "1H"]);
+    l.ok(&["snapshot", "s1", "hourly"]);
+    let v: serde_json::Value =
+        serde_json::from_str(&l.ok(&["query", "/1.0/instances/s1/snapshots/hourly"]))
+            .expect("json");
+    assert_ne!(v["expires_at"], "0001-01-01T00:00:00Z", "{v}");
+    l.ok(&["snapshot", "s1", "forever", "--no-expiry"]);
+    assert!(wait_for(Duration::from_secs(20), || !snapshot_names(
+        &l, "s1"
+    )
+    .contains(&"short".to_string())));
+    assert_eq!(snapshot_names(&l, "s1"), vec!["hourly", "forever"]);
+
+    // Schedule: every minute (a tick here), stopped instances included.
+    let bad = l.run(&["config", "set", "s1", "snapshots.schedule", "61 * * * *"]);
+    assert!(!bad.status.success(), "a bad cron spec is refused");
+    l.ok(&["config", "set", "s1", "snapshots.schedule.stopped", "true"]);
+    l.ok(&["config", "set", "s1", "snapshots.pattern", "auto%d"]);
+    l.ok(&["config", "set", "s1", "snapshots.schedule", "* * * * *"]);
+    assert!(wait_for(Duration::from_secs(20), || snapshot_names(
+        &l, "s1"
+    )
+    .contains(&"auto0".to_string())));
+    drop(l);
+    d.restart().expect("restart");
+    let l = Lxc::new(&d);
+    let before = snapshot_names(&l, "s1").len();
+    assert!(wait_for(Duration::from_secs(20), || snapshot_names(
+        &l, "s1"
+    )
+    .len()
+        > before));
+    l.ok(&["config", "unset", "s1", "snapshots.schedule"]);
+}
+
+#[test]
+fn killed_mid_copy_leaves_nothing_half_made() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let mut d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    l.import_busybox();
+    l.ok(&["init", "busybox", "big"]);
+    l.ok(&["start", "big"]);
+    // Enough files that a copy on the dir driver takes a while.
+    let (code, out) = l.sh(
+        "big",
+        "mkdir /root/many && cd /root/many && i=0; while [ $i -lt 4000 ]; do echo $i > f$i; i=$((i+1)); done",
+    );
+    assert_eq!(code, 0, "{out}");
+    l.ok(&["stop", "big", "--force"]);
+    let pool = d.dir().join("storage-pools/default");
+    let before = volumes(&pool);
+    let mut copy = l.cmd(&["copy", "big", "half"]);
+    let mut child = copy.spawn().expect("lxc copy");
+    // Kill the daemon as soon as the copy's volume appears.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && volumes(&pool).len() == before.len() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    d.kill9();
+    let _ = child.kill();
+    let _ = child.wait();
+    d.restart().expect("restart");
+    let l = Lxc::new(&d);
+    let list = l.ok(&["list", "--format", "csv", "-c", "n"]);
+    let after = volumes(&pool);
+    if list.contains("half") {
+        // The copy finished before the kill: then it is whole.
+        assert_eq!(after.len(), before.len() + 1, "{after:?}");
+        eprintln!("note: the copy finished before the kill");
+    } else {
+        assert_eq!(after, before, "no half-copied volume after restart");
+    }
+    assert!(after.iter().all(|v| !v.ends_with(".tmp")), "{after:?}");
+}
+
+#[test]
+fn pool_api_errors() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    for (body, want) in [
+        (r#"{"name":"x/y","driver":"dir"}"#, 400),
+        (r#"{"name":"default","driver":"dir"}"#, 409),
+        (r#"{"name":"z","driver":"zfs"}"#, 400),
+        (r#"{"name":"z","driver":"dir","config":{"bogus":"1"}}"#, 400),
+        (
+            r#"{"name":"z","driver":"btrfs","config":{"size":"1MiB"}}"#,
+            400,
+        ),
+    ] {
+        let (code, resp) = d
+            .api("POST", "/1.0/storage-pools", Some(body))
+            .expect("api");
+        assert_eq!(code, want, "{body}: {resp}");
+    }
+    // Nothing was left behind by the refused creates.
+    assert!(!d.dir().join("storage-pools/z").exists());
+    assert!(!d.dir().join("disks/z.img").exists());
+    // A dir pool on a custom source; the default profile's root disk still picks `default`.
+    let src = d.tmp().join("custom-pool");
+    l.ok(&[
+        "storage",
+        "create",
+        "p2",
+        "dir",
+        &format!("source={}", src.display()),
+    ]);
+    let (code, resp) = d
+        .api(
+            "PATCH",
+            "/1.0/storage-pools/p2",
+            Some(r#"{"config":{"source":"/elsewhere"}}"#),
+        )
+        .expect("api");
+    assert_eq!(code, 400, "{resp}");
+    let bad = l.run(&["storage", "set", "p2", "bogus=1"]);
+    assert!(!bad.status.success(), "unknown pool keys are refused");
+    let yaml = format!("description: two\nconfig:\n  source: {}\n", src.display());
+    let out = l.with_stdin(&["storage", "edit", "p2"], yaml.as_bytes());
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        l.ok(&["storage", "show", "p2"])
+            .lines()
+            .find(|l| l.starts_with("description")),
+        Some("description: two")
+    );
+    l.ok(&["storage", "delete", "p2"]);
+    assert!(!src.exists(), "the pool's directory goes with it");
+    // The root disk's pool cannot be switched under an instance.
+    l.import_busybox();
+    l.ok(&["init", "busybox", "r1"]);
+    let out = l.run(&[
+        "config",
+        "device",
+        "add",
+        "r1",
+        "root",
+        "disk",
+        "path=/",
+        "pool=nope",
+    ]);
+    assert!(!out.status.success());
+}
+
+fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    false
+}
+
+/// RFC 3339 UTC with seconds, without a time crate.
+fn humantime_rfc3339(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after epoch")
+        .as_secs() as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
