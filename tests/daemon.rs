@@ -259,8 +259,14 @@ fn ephemeral_instances_go_away_when_stopped() {
         "",
         "ephemeral instances left behind"
     );
+    // The record goes first (the commit point), the volume right after it.
     let vols = d.dir().join("storage-pools/default/containers");
-    assert_eq!(std::fs::read_dir(vols).expect("volumes").count(), 0);
+    let count = || std::fs::read_dir(&vols).expect("volumes").count();
+    let t = Instant::now();
+    while count() > 0 && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(count(), 0, "volumes of deleted ephemeral instances");
 }
 
 #[test]

@@ -33,7 +33,7 @@ pub fn url(name: &str) -> String {
     format!("/1.0/instances/{name}")
 }
 
-fn resources(name: &str) -> BTreeMap<String, Vec<String>> {
+pub fn resources(name: &str) -> BTreeMap<String, Vec<String>> {
     let mut m = BTreeMap::new();
     m.insert("containers".into(), vec![format!("/1.0/containers/{name}")]);
     m.insert("instances".into(), vec![url(name)]);
@@ -951,22 +951,10 @@ fn delete(d: &Daemon, name: &str) -> Result<Response> {
     if matches!(state_of(d, name), State::Running { .. }) {
         return Err(Error::BadRequest("Instance is running".into()));
     }
-    d.busy_insert(name, "delete")?;
-    let d2 = d.self_arc();
     let n = name.to_string();
-    let op = d.ops.start(
-        Class::Task,
-        "Deleting instance",
-        resources(name),
-        None,
-        vec![],
-        move |_| {
-            let r = delete_now(&d2, &n);
-            d2.busy.lock().expect("busy lock").remove(&n);
-            r
-        },
-    );
-    Ok(response::operation(&op.to_api()))
+    d.busy_task(name, "delete", "Deleting instance", move |d, _| {
+        delete_now(d, &n)
+    })
 }
 
 fn delete_now(d: &Daemon, name: &str) -> Result<()> {
@@ -1385,22 +1373,9 @@ pub fn publish(d: &Daemon, body: api::ImagesPost) -> Result<Response> {
         body.compression_algorithm.clone()
     };
     let compression = image::Compression::from_name(&algo)?;
-    d.busy_insert(&name, "publish")?;
-    let d2 = d.self_arc();
-    let res = resources(&name);
-    let op = d.ops.start(
-        Class::Task,
-        "Publishing instance",
-        res,
-        None,
-        vec![],
-        move |op| {
-            let r = publish_now(&d2, &vol, &architecture, &body, compression, &op);
-            d2.busy.lock().expect("busy lock").remove(&name);
-            r
-        },
-    );
-    Ok(response::operation(&op.to_api()))
+    d.busy_task(&name, "publish", "Publishing instance", move |d, op| {
+        publish_now(d, &vol, &architecture, &body, compression, &op)
+    })
 }
 
 fn publish_now(

@@ -146,6 +146,33 @@ impl Daemon {
         Ok(())
     }
 
+    /// Start a task operation running `body` while instance `name` is marked busy with `what`
+    /// (a 409 if it already is); the mark goes when the operation ends.
+    pub fn busy_task(
+        &self,
+        name: &str,
+        what: &'static str,
+        description: &str,
+        body: impl FnOnce(&Daemon, Arc<operations::Op>) -> response::Result<()> + Send + 'static,
+    ) -> response::Result<crate::http::Response> {
+        self.busy_insert(name, what)?;
+        let d = self.self_arc();
+        let n = name.to_string();
+        let op = self.ops.start(
+            operations::Class::Task,
+            description,
+            instances::resources(name),
+            None,
+            vec![],
+            move |op| {
+                let r = body(&d, op);
+                d.busy.lock().expect("busy lock").remove(&n);
+                r
+            },
+        );
+        Ok(response::operation(&op.to_api()))
+    }
+
     /// An owning handle on the daemon (for operation threads).
     pub fn self_arc(&self) -> Arc<Daemon> {
         self.me

@@ -11,7 +11,6 @@
 //! Crash consistency: the snapshot volume is made first and the record written after it (a
 //! volume without a record is removed by `recover`); delete removes the record first.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,13 +26,6 @@ use crate::util::time;
 
 fn snap_url(name: &str, snap: &str) -> String {
     format!("{}/snapshots/{snap}", instances::url(name))
-}
-
-fn resources(name: &str) -> BTreeMap<String, Vec<String>> {
-    let mut m = BTreeMap::new();
-    m.insert("containers".into(), vec![format!("/1.0/containers/{name}")]);
-    m.insert("instances".into(), vec![instances::url(name)]);
-    m
 }
 
 fn find<'a>(rec: &'a InstanceRecord, snap: &str) -> Result<&'a SnapshotRecord> {
@@ -141,22 +133,10 @@ fn create(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
             Some(t.to_string())
         }
     };
-    d.busy_insert(name, "snapshot")?;
-    let d2 = d.self_arc();
     let n = name.to_string();
-    let op = d.ops.start(
-        Class::Task,
-        "Snapshotting instance",
-        resources(name),
-        None,
-        vec![],
-        move |_| {
-            let r = snapshot_now(&d2, &n, &body.name, expires_at);
-            d2.busy.lock().expect("busy lock").remove(&n);
-            r.map(|_| ())
-        },
-    );
-    Ok(response::operation(&op.to_api()))
+    d.busy_task(name, "snapshot", "Snapshotting instance", move |d, _| {
+        snapshot_now(d, &n, &body.name, expires_at).map(|_| ())
+    })
 }
 
 /// Seconds since the epoch of an RFC 3339 time (LXD's zero time is 0).
@@ -312,7 +292,7 @@ fn put(d: &Daemon, req: &mut Request, name: &str, snap: &str, patch: bool) -> Re
     let op = d.ops.start(
         Class::Task,
         "Updating snapshot",
-        resources(name),
+        instances::resources(name),
         None,
         vec![],
         |_| Ok(()),
@@ -365,7 +345,7 @@ fn rename(d: &Daemon, req: &mut Request, name: &str, snap: &str) -> Result<Respo
     let op = d.ops.start(
         Class::Task,
         "Renaming snapshot",
-        resources(name),
+        instances::resources(name),
         None,
         vec![],
         |_| Ok(()),
@@ -376,22 +356,10 @@ fn rename(d: &Daemon, req: &mut Request, name: &str, snap: &str) -> Result<Respo
 fn delete(d: &Daemon, name: &str, snap: &str) -> Result<Response> {
     let rec = instances::record(d, name)?;
     find(&rec, snap)?;
-    d.busy_insert(name, "snapshot delete")?;
-    let d2 = d.self_arc();
     let (n, s) = (name.to_string(), snap.to_string());
-    let op = d.ops.start(
-        Class::Task,
-        "Deleting snapshot",
-        resources(name),
-        None,
-        vec![],
-        move |_| {
-            let r = delete_now(&d2, &n, &s);
-            d2.busy.lock().expect("busy lock").remove(&n);
-            r
-        },
-    );
-    Ok(response::operation(&op.to_api()))
+    d.busy_task(name, "snapshot delete", "Deleting snapshot", move |d, _| {
+        delete_now(d, &n, &s)
+    })
 }
 
 /// Delete a snapshot: the record first (the commit point), then its volume.
@@ -445,22 +413,10 @@ pub fn restore(d: &Daemon, name: &str, snap: &str, stateful: bool) -> Result<Res
     };
     let rec = instances::record(d, name)?;
     find(&rec, &snap)?;
-    d.busy_insert(name, "restore")?;
-    let d2 = d.self_arc();
     let n = name.to_string();
-    let op = d.ops.start(
-        Class::Task,
-        "Restoring snapshot",
-        resources(name),
-        None,
-        vec![],
-        move |_| {
-            let r = restore_now(&d2, &n, &snap);
-            d2.busy.lock().expect("busy lock").remove(&n);
-            r
-        },
-    );
-    Ok(response::operation(&op.to_api()))
+    d.busy_task(name, "restore", "Restoring snapshot", move |d, _| {
+        restore_now(d, &n, &snap)
+    })
 }
 
 fn restore_now(d: &Daemon, name: &str, snap: &str) -> Result<()> {

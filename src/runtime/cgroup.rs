@@ -35,26 +35,6 @@ pub struct Layout {
     pub v2_only: bool,
 }
 
-/// Undo the `\ooo` octal escapes of mountinfo paths.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 impl Layout {
     /// Parse /proc/self/mountinfo text.
     pub fn from_mountinfo(text: &str) -> Layout {
@@ -68,7 +48,7 @@ impl Layout {
             if pre.len() < 5 || post.len() < 3 {
                 continue;
             }
-            let mnt = PathBuf::from(unescape(pre[4]));
+            let mnt = PathBuf::from(crate::util::unescape_mountinfo(pre[4]));
             match post[0] {
                 "cgroup2" if l.unified.is_none() => l.unified = Some(mnt),
                 "cgroup" => {
@@ -776,22 +756,7 @@ pub fn parse_memory(s: &str, total_ram: u64) -> Result<u64> {
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(s.len());
     let (num, unit) = (&s[..split], s[split..].trim());
-    let mult: u64 = match unit {
-        "" | "B" => 1,
-        "kB" | "KB" => 1000,
-        "MB" => 1000u64.pow(2),
-        "GB" => 1000u64.pow(3),
-        "TB" => 1000u64.pow(4),
-        "PB" => 1000u64.pow(5),
-        "EB" => 1000u64.pow(6),
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "TiB" => 1 << 40,
-        "PiB" => 1 << 50,
-        "EiB" => 1 << 60,
-        _ => return Err(bad()),
-    };
+    let mult = crate::util::byte_unit(unit).ok_or_else(bad)?;
     if num.is_empty() {
         return Err(bad());
     }
@@ -1046,7 +1011,7 @@ mod tests {
 
     #[test]
     fn mountinfo_escapes() {
-        assert_eq!(unescape("/a\\040b\\011c"), "/a b\tc");
-        assert_eq!(unescape("/plain\\"), "/plain\\");
+        assert_eq!(crate::util::unescape_mountinfo("/a\\040b\\011c"), "/a b\tc");
+        assert_eq!(crate::util::unescape_mountinfo("/plain\\"), "/plain\\");
     }
 }

@@ -84,22 +84,7 @@ pub fn parse_size(s: &str) -> io::Result<u64> {
         return Err(bad());
     }
     let n: u64 = num.parse().map_err(|_| bad())?;
-    let mul: u64 = match suffix.trim_start() {
-        "" | "B" | "bytes" => 1,
-        "kB" | "KB" => 1000,
-        "MB" => 1000u64.pow(2),
-        "GB" => 1000u64.pow(3),
-        "TB" => 1000u64.pow(4),
-        "PB" => 1000u64.pow(5),
-        "EB" => 1000u64.pow(6),
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "TiB" => 1 << 40,
-        "PiB" => 1 << 50,
-        "EiB" => 1 << 60,
-        _ => return Err(bad()),
-    };
+    let mul = crate::util::byte_unit(suffix.trim_start()).ok_or_else(bad)?;
     n.checked_mul(mul).ok_or_else(bad)
 }
 
@@ -230,32 +215,11 @@ fn clear_dir(dir: &Path, dev: u64, remove: bool) -> io::Result<()> {
 /// One line of `/proc/self/mountinfo`: the mount point, filesystem type and source.
 fn mountinfo_fields(line: &str) -> Option<(String, &str, &str)> {
     let (pre, post) = line.split_once(" - ")?;
-    let mount_point = unescape_mountinfo(pre.split(' ').nth(4)?);
+    let mount_point = crate::util::unescape_mountinfo(pre.split(' ').nth(4)?);
     let mut post = post.split(' ');
     let fstype = post.next()?;
     let source = post.next()?;
     Some((mount_point, fstype, source))
-}
-
-/// Undo the octal escapes (`\040` for a space) of a mountinfo path.
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The filesystem type and source of the topmost mount at `dir`, if `dir` is a mount point.
@@ -924,7 +888,7 @@ mod tests {
             mountinfo_fields(l),
             Some(("/mnt/a b".to_string(), "btrfs", "/dev/loop3"))
         );
-        assert_eq!(unescape_mountinfo(r"a\134b\011c"), "a\\b\tc");
+        assert_eq!(crate::util::unescape_mountinfo(r"a\134b\011c"), "a\\b\tc");
     }
 
     #[test]

@@ -2,3 +2,44 @@
 
 pub mod fs;
 pub mod time;
+
+/// Undo the `\ooo` octal escapes (`\040` for a space) of paths in /proc/self/mountinfo.
+pub fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The multiplier of a byte-size unit as LXD reads them (`units.ParseByteSizeString`): none,
+/// `B` or `bytes`; `kB`/`KB`, `MB` ... `EB` (powers of 1000); `KiB` ... `EiB` (powers of 1024).
+pub fn byte_unit(unit: &str) -> Option<u64> {
+    Some(match unit {
+        "" | "B" | "bytes" => 1,
+        "kB" | "KB" => 1000,
+        "MB" => 1000u64.pow(2),
+        "GB" => 1000u64.pow(3),
+        "TB" => 1000u64.pow(4),
+        "PB" => 1000u64.pow(5),
+        "EB" => 1000u64.pow(6),
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "PiB" => 1 << 50,
+        "EiB" => 1 << 60,
+        _ => return None,
+    })
+}
