@@ -208,6 +208,13 @@ fn btrfs_pool_on_a_loop_file() {
         1,
         "one loop device backs the pool"
     );
+    let info = l.ok(&["storage", "info", "bt"]);
+    assert!(
+        info.contains("driver: btrfs") && info.contains("total space:"),
+        "{info}"
+    );
+    let res = l.ok(&["info", "--resources"]);
+    assert!(res.contains("CPU") && res.contains("Memory:"), "{res}");
     let show = l.ok(&["storage", "show", "bt"]);
     assert!(
         show.contains("driver: btrfs") && show.contains("size: 1GiB"),

@@ -32,4 +32,6 @@ pub const API_EXTENSIONS: &[&str] = &[
     "snapshot_expiry",
     "snapshot_expiry_creation",
     "server_supported_storage_drivers",
+    "resources",
+    "resources_v2",
 ];

@@ -6,6 +6,7 @@
 //! Split types follow LXD: `Foo` (GET), `FooPut` (PUT/PATCH body), `FooPost` (POST body).
 
 pub mod extensions;
+pub mod resources;
 
 use std::collections::BTreeMap;
 

@@ -2,7 +2,7 @@
 //! every error becomes LXD's error envelope in one place (`response::error`).
 
 use super::response::{self, Error, Result};
-use super::{endpoints, instances, storage, Daemon};
+use super::{endpoints, instances, resources, storage, Daemon};
 use crate::http::{Request, Response};
 
 /// Largest JSON body accepted (instance configs, profiles...).
@@ -139,6 +139,10 @@ fn route(d: &Daemon, req: &mut Request) -> Result<Response> {
         },
         ["images", fp, "refresh"] => match m {
             "POST" => endpoints::image_refresh(d, fp),
+            _ => Err(not_allowed(m)),
+        },
+        ["resources"] => match m {
+            "GET" => resources::get(),
             _ => Err(not_allowed(m)),
         },
         ["storage-pools"] => match m {
