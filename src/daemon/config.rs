@@ -208,6 +208,15 @@ pub fn validate_devices(devices: &Devices) -> Result<()> {
                         "Device {name:?}: disk devices need a \"path\""
                     )));
                 }
+                // Quotas need btrfs qgroups or project quotas, which bivy does not set up; a
+                // silently ignored size would be a promise not kept.
+                if d.get("path").map(String::as_str) == Some("/")
+                    && d.get("size").is_some_and(|v| !v.is_empty())
+                {
+                    return Err(Error::not_yet(&format!(
+                        "device {name:?}: root disk \"size\" (storage quotas)"
+                    )));
+                }
             }
             Some(
                 "none" | "nic" | "unix-char" | "unix-block" | "proxy" | "gpu" | "usb"

@@ -42,6 +42,19 @@ pub use compress::{sniff, Compression, Format};
 pub use metadata::{known_architecture, parse as parse_metadata};
 pub use pack::pack;
 
+/// Unpack a unified tarball (any compression) that is not in the store, e.g. a storage volume
+/// stream, into `rootfs` and `templates` (both created), returning its parsed metadata.yaml.
+pub fn unpack_tarball(
+    tarball: &std::path::Path,
+    rootfs: &std::path::Path,
+    templates: &std::path::Path,
+    opts: &UnpackOpts,
+) -> Result<api::ImageMetadata> {
+    let meta = unpack::unpack_unified_meta(tarball, rootfs, templates, opts)?
+        .ok_or_else(|| Error::BadRequest("the stream has no metadata.yaml".into()))?;
+    metadata::parse(&meta)
+}
+
 /// Errors, by the HTTP status the daemon maps them to.
 #[derive(Debug)]
 pub enum Error {

@@ -532,7 +532,18 @@ pub(crate) fn unpack_unified(
     templates: &Path,
     opts: &UnpackOpts,
 ) -> Result<()> {
+    unpack_unified_meta(tarball, rootfs, templates, opts).map(drop)
+}
+
+/// [`unpack_unified`], also returning the bytes of the top-level `metadata.yaml` (if any).
+pub(crate) fn unpack_unified_meta(
+    tarball: &Path,
+    rootfs: &Path,
+    templates: &Path,
+    opts: &UnpackOpts,
+) -> Result<Option<Vec<u8>>> {
     let guard = targets(rootfs, templates)?;
+    let mut meta = None;
     let mut root = Extractor::new(rootfs, opts)?;
     let tpl_opts = template_opts(opts);
     let mut tpl = Extractor::new(templates, &tpl_opts)?;
@@ -548,13 +559,21 @@ pub(crate) fn unpack_unified(
             Some((first, rest)) if *first == b"templates" => {
                 tpl.extract(rest, &mut entry, Some(b"templates"))?
             }
-            _ => {} // metadata.yaml and anything else at the top
+            Some((first, [])) if *first == b"metadata.yaml" => {
+                let mut buf = Vec::new();
+                (&mut entry)
+                    .take(1 << 20)
+                    .read_to_end(&mut buf)
+                    .map_err(tar_err)?;
+                meta = Some(buf);
+            }
+            _ => {} // anything else at the top
         }
     }
     root.finish()?;
     tpl.finish()?;
     std::mem::forget(guard);
-    Ok(())
+    Ok(meta)
 }
 
 /// Unpack a split image: the rootfs tarball (or squashfs) is the filesystem itself; the
