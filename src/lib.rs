@@ -10,6 +10,8 @@
 //! - [`api`]: REST wire types, field for field as LXD 5.0.2 sends them. No I/O.
 //! - [`util`]: atomic file writes, RFC 3339 time, small helpers instead of helper crates.
 //! - [`http`]: our own HTTP/1.1 and WebSocket layer, server and client, with limits and timeouts.
+//! - [`tls`]: the TLS client (rustls with ring, roots from the system trust store); the only
+//!   module that imports rustls. HTTP runs over it without knowing it.
 //! - [`sys`]: the only module with `unsafe`: thin syscall wrappers.
 //! - [`runtime`]: the privileged core: namespaces, id maps, idmapped rootfs, mounts, /dev, seccomp,
 //!   AppArmor, capabilities, cgroups, the monitor and exec helpers.
@@ -42,4 +44,5 @@ pub mod runtime;
 pub mod storage;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod tls;
 pub mod util;

@@ -397,8 +397,8 @@ fn lxc_image_import_from_url() {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    // lxc 5.0.2 itself only sends https:// URLs (TLS is not built yet), so this drives the API
-    // call `lxc image import URL` makes directly: POST /1.0/images with source type "url".
+    // lxc 5.0.2 itself only sends https:// URLs (that path is in tests/https.rs), so plain http
+    // drives the API call `lxc image import URL` makes directly: POST /1.0/images, type "url".
     let post = |port: u16, alias: &str| {
         let body = format!(
             r#"{{"source":{{"type":"url","url":"http://127.0.0.1:{port}/meta"}},"aliases":[{{"name":"{alias}"}}]}}"#

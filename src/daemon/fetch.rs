@@ -1,9 +1,10 @@
 //! `POST /1.0/images` with source `url` (`lxc image import URL`): LXD's direct-URL protocol.
 //!
 //! We send `HEAD URL` with `LXD-Server-Architectures` and `LXD-Server-Version`; the web server
-//! answers with `LXD-Image-Hash` (sha256) and `LXD-Image-URL` (where the unified image is). The
-//! image is then streamed into the store, which refuses it unless its sha256 is that hash.
-//! Plain `http://` only until the TLS layer lands: `https://` is "not supported yet".
+//! answers with `LXD-Image-Hash` (sha256) and `LXD-Image-URL` (where the unified image is, maybe
+//! on another host or scheme). The image is then streamed into the store, which refuses it unless
+//! its sha256 is that hash. `http://` and `https://` (through [`crate::tls`], roots from the system
+//! trust store or `$SSL_CERT_FILE`).
 
 use std::collections::BTreeMap;
 use std::net::{TcpStream, ToSocketAddrs};
@@ -13,29 +14,32 @@ use super::operations::Class;
 use super::response::{self, Error, Result};
 use super::Daemon;
 use crate::api;
-use crate::http::{client, Body, Response, Stream};
+use crate::http::client::{self, Conn};
+use crate::http::{Body, Response};
 use crate::image;
+use crate::tls;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const IO_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// A parsed `http://host[:port]/path`.
+/// A parsed `http[s]://host[:port]/path`.
 #[derive(Debug, PartialEq, Eq)]
 struct Url {
+    tls: bool,
     host: String,
     port: u16,
     path: String,
 }
 
 fn parse(url: &str) -> Result<Url> {
-    if url.starts_with("https://") {
-        return Err(Error::not_yet(
-            "https image URLs (TLS arrives with the remotes work); use http://",
-        ));
-    }
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| Error::BadRequest(format!("Unsupported image URL {url:?}")))?;
+    let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("http://") {
+        (false, r)
+    } else {
+        return Err(Error::BadRequest(format!("Unsupported image URL {url:?}")));
+    };
+    let default_port = if tls { 443 } else { 80 };
     let (hostport, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -46,20 +50,21 @@ fn parse(url: &str) -> Result<Url> {
             p.parse::<u16>()
                 .map_err(|_| Error::BadRequest(format!("Bad port in image URL {url:?}")))?,
         ),
-        _ => (hostport, 80),
+        _ => (hostport, default_port),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() || path.contains(['\r', '\n', ' ']) {
         return Err(Error::BadRequest(format!("Bad image URL {url:?}")));
     }
     Ok(Url {
+        tls,
         host: host.to_string(),
         port,
         path: path.to_string(),
     })
 }
 
-fn connect(u: &Url) -> Result<TcpStream> {
+fn connect_tcp(u: &Url) -> Result<TcpStream> {
     let addrs = (u.host.as_str(), u.port)
         .to_socket_addrs()
         .map_err(|e| Error::BadRequest(format!("Cannot resolve {}: {e}", u.host)))?;
@@ -82,11 +87,34 @@ fn connect(u: &Url) -> Result<TcpStream> {
     )))
 }
 
+/// Connect to `u`'s host, over TLS for `https://` (the trust store loaded once per import, on
+/// first use, into `tls_client`).
+fn connect(u: &Url, tls_client: &mut Option<tls::Client>) -> Result<Box<dyn Conn>> {
+    let tcp = connect_tcp(u)?;
+    if !u.tls {
+        return Ok(Box::new(tcp));
+    }
+    let c = match tls_client {
+        Some(c) => c,
+        None => tls_client
+            .insert(tls::Client::system().map_err(|e| Error::BadRequest(format!("TLS: {e}")))?),
+    };
+    let s = c
+        .connect(&u.host, tcp)
+        .map_err(|e| Error::BadRequest(format!("{}:{}: {e}", u.host, u.port)))?;
+    Ok(Box::new(s))
+}
+
 fn host_header(u: &Url) -> String {
-    if u.port == 80 {
-        u.host.clone()
+    let host = if u.host.contains(':') {
+        format!("[{}]", u.host)
     } else {
-        format!("{}:{}", u.host, u.port)
+        u.host.clone()
+    };
+    if u.port == if u.tls { 443 } else { 80 } {
+        host
+    } else {
+        format!("{host}:{}", u.port)
     }
 }
 
@@ -102,7 +130,8 @@ pub fn import_url(d: &Daemon, body: api::ImagesPost) -> Result<Response> {
         None,
         vec![],
         move |op| {
-            let mut s: Box<dyn Stream> = Box::new(connect(&u)?);
+            let mut tls_client = None;
+            let mut s = connect(&u, &mut tls_client)?;
             let headers = vec![
                 ("Host".to_string(), host_header(&u)),
                 (
@@ -143,7 +172,7 @@ pub fn import_url(d: &Daemon, body: api::ImagesPost) -> Result<Response> {
                 )));
             }
             let iu = parse(&image_url)?;
-            let mut s: Box<dyn Stream> = Box::new(connect(&iu)?);
+            let mut s = connect(&iu, &mut tls_client)?;
             let mut h = headers.clone();
             h[0].1 = host_header(&iu);
             let mut r = client::request(&mut *s, "GET", &iu.path, &h, Body::Empty)
@@ -180,6 +209,7 @@ mod tests {
         assert_eq!(
             parse("http://127.0.0.1:8080/x/y.tar.gz").unwrap(),
             Url {
+                tls: false,
                 host: "127.0.0.1".into(),
                 port: 8080,
                 path: "/x/y.tar.gz".into()
@@ -188,6 +218,7 @@ mod tests {
         assert_eq!(
             parse("http://example.org").unwrap(),
             Url {
+                tls: false,
                 host: "example.org".into(),
                 port: 80,
                 path: "/".into()
@@ -196,12 +227,35 @@ mod tests {
         assert_eq!(
             parse("http://[::1]:81/a").unwrap(),
             Url {
+                tls: false,
                 host: "::1".into(),
                 port: 81,
                 path: "/a".into()
             }
         );
-        assert_eq!(parse("https://x/y").unwrap_err().status(), 501);
+        assert_eq!(
+            parse("https://images.example.org/a/b.tar.gz?x=1").unwrap(),
+            Url {
+                tls: true,
+                host: "images.example.org".into(),
+                port: 443,
+                path: "/a/b.tar.gz?x=1".into()
+            }
+        );
+        assert_eq!(
+            parse("https://[::1]:8443").unwrap(),
+            Url {
+                tls: true,
+                host: "::1".into(),
+                port: 8443,
+                path: "/".into()
+            }
+        );
+        let u = parse("https://h:443/").unwrap();
+        assert_eq!(host_header(&u), "h");
+        assert_eq!(host_header(&parse("https://h:80/").unwrap()), "h:80");
+        assert_eq!(host_header(&parse("http://[::1]:81/").unwrap()), "[::1]:81");
+        assert!(parse("httpss://x/y").is_err());
         assert!(parse("ftp://x/y").is_err());
         assert!(parse("http://x:99999/").is_err());
         assert!(parse("http://x/a b").is_err());

@@ -1,8 +1,14 @@
-//! HTTP/1.1 client side: one request at a time over a [`Stream`], keep-alive capable.
+//! HTTP/1.1 client side: one request at a time, keep-alive capable, over any byte stream
+//! ([`Conn`]): a [`Stream`](super::Stream), or the TLS stream `crate::tls` wraps around TCP.
 
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read, Write};
 
-use super::{body_framing, parse_header_lines, Body, Decoder, Framing, HeadScanner, Stream};
+use super::{body_framing, parse_header_lines, Body, Decoder, Framing, HeadScanner};
+
+/// Any bidirectional byte stream a request can run on: every [`super::Stream`], a TLS stream,
+/// a boxed `dyn Conn` when the kind of connection is only known at run time.
+pub trait Conn: Read + Write + Send {}
+impl<T: Read + Write + Send + ?Sized> Conn for T {}
 
 /// Largest response head accepted.
 const MAX_RESPONSE_HEAD: usize = 1 << 20;
@@ -88,12 +94,12 @@ pub(crate) fn parse_response_head(head: &[u8]) -> io::Result<(u16, Vec<(String, 
     Ok((status, headers))
 }
 
-struct ClientBody<'a> {
-    r: BufReader<&'a mut dyn Stream>,
+struct ClientBody<'a, S: ?Sized> {
+    r: BufReader<&'a mut S>,
     dec: Decoder,
 }
 
-impl Read for ClientBody<'_> {
+impl<S: Read + ?Sized> Read for ClientBody<'_, S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.dec.read(&mut self.r, buf)
     }
@@ -108,8 +114,8 @@ fn check_field(s: &str, what: &str) -> io::Result<()> {
 
 /// Send one request (`path` includes the query) and read the response head. `Host` is added when
 /// missing; a `Body::Reader` without length is sent chunked.
-pub fn request<'a>(
-    stream: &'a mut dyn Stream,
+pub fn request<'a, S: Read + Write + ?Sized + 'a>(
+    stream: &'a mut S,
     method: &str,
     path: &str,
     headers: &[(String, String)],

@@ -1,8 +1,9 @@
 //! Our own small HTTP/1.1 layer, shared by the daemon (server side) and the CLI (client side).
 //!
-//! Blocking I/O over any [`Stream`] (unix socket, TCP, later TLS). Keep-alive, Content-Length and
-//! chunked bodies both ways, hard limits on head size, body size and time, so that a slow or huge
-//! client cannot stall or exhaust the daemon. WebSocket (RFC 6455) framing lives in [`ws`].
+//! Blocking I/O over any [`Stream`] (unix socket, TCP; the client runs on any [`client::Conn`],
+//! TLS included). Keep-alive, Content-Length and chunked bodies both ways, hard limits on head
+//! size, body size and time, so that a slow or huge client cannot stall or exhaust the daemon.
+//! WebSocket (RFC 6455) framing lives in [`ws`].
 //!
 //! INTERFACE CONTRACT (the daemon and client rely on these; keep the signatures):
 //! `Stream`, `Limits`, `Request` (+ methods), `Body`, `Response` (+ builders), `serve_connection`,
