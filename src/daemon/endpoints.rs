@@ -567,15 +567,15 @@ pub fn image_secret(d: &Daemon, fp: &str) -> Result<Response> {
 }
 
 /// `POST /1.0/images/FP/refresh`: only images pulled from a remote server (with an update
-/// source) can be refreshed; bivy has no remotes yet, so no stored image has one.
+/// source) can be refreshed; simplestreams sources are checked for a newer image.
 pub fn image_refresh(d: &Daemon, fp: &str) -> Result<Response> {
     let img = d.images.get(fp)?;
-    match img.update_source {
+    match img.update_source.clone() {
         None => Err(Error::BadRequest(format!(
             "Image {} has no update source: only images pulled from a remote server can be refreshed",
             img.fingerprint
         ))),
-        Some(_) => Err(Error::not_yet("refreshing images from remote servers")),
+        Some(src) => super::pull::refresh(d, img, src),
     }
 }
 
@@ -651,6 +651,7 @@ pub fn image_create(d: &Daemon, req: &mut Request) -> Result<Response> {
         return match kind.as_str() {
             "instance" | "container" | "snapshot" => super::instances::publish(d, body),
             "url" => super::fetch::import_url(d, body),
+            "image" => super::pull::images_post(d, body),
             _ => Err(Error::not_yet(&format!(
                 "image creation from source {kind:?} (image copy between servers)"
             ))),

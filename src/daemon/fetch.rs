@@ -24,14 +24,14 @@ const IO_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A parsed `http[s]://host[:port]/path`.
 #[derive(Debug, PartialEq, Eq)]
-struct Url {
-    tls: bool,
-    host: String,
-    port: u16,
-    path: String,
+pub(super) struct Url {
+    pub(super) tls: bool,
+    pub(super) host: String,
+    pub(super) port: u16,
+    pub(super) path: String,
 }
 
-fn parse(url: &str) -> Result<Url> {
+pub(super) fn parse(url: &str) -> Result<Url> {
     let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
         (true, r)
     } else if let Some(r) = url.strip_prefix("http://") {
@@ -89,7 +89,7 @@ fn connect_tcp(u: &Url) -> Result<TcpStream> {
 
 /// Connect to `u`'s host, over TLS for `https://` (the trust store loaded once per import, on
 /// first use, into `tls_client`).
-fn connect(u: &Url, tls_client: &mut Option<tls::Client>) -> Result<Box<dyn Conn>> {
+pub(super) fn connect(u: &Url, tls_client: &mut Option<tls::Client>) -> Result<Box<dyn Conn>> {
     let tcp = connect_tcp(u)?;
     if !u.tls {
         return Ok(Box::new(tcp));
@@ -105,7 +105,7 @@ fn connect(u: &Url, tls_client: &mut Option<tls::Client>) -> Result<Box<dyn Conn
     Ok(Box::new(s))
 }
 
-fn host_header(u: &Url) -> String {
+pub(super) fn host_header(u: &Url) -> String {
     let host = if u.host.contains(':') {
         format!("[{}]", u.host)
     } else {

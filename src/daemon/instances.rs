@@ -243,6 +243,10 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
     let mut devices_in = body.put.devices.clone().unwrap_or_default();
     let mut architecture = String::new();
     let origin = match source.kind.as_str() {
+        "image" if !source.server.is_empty() => {
+            super::pull::check_protocol(&source.protocol)?;
+            Origin::Remote(Box::new(source.clone()))
+        }
         "image" => Origin::Image(Box::new(resolve_image(d, &source)?)),
         "none" | "" => Origin::Empty,
         "copy" => {
@@ -358,7 +362,7 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
         resources(&name),
         None,
         vec![],
-        move |_op| {
+        move |op| {
             let args = NewInstance {
                 name: &name,
                 body: &body,
@@ -368,7 +372,12 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
                 architecture,
                 pool: pool_name,
             };
-            let res = create_now(&d2, args, origin);
+            // An image on a simplestreams server is pulled first (cached), as LXD does.
+            let res = match origin {
+                Origin::Remote(s) => super::pull::for_instance(&d2, &op, &s)
+                    .and_then(|img| create_now(&d2, args, Origin::Image(Box::new(img)))),
+                o => create_now(&d2, args, o),
+            };
             let mut busy = d2.busy.lock().expect("busy lock");
             busy.remove(&name);
             if let Some(f) = &copy_from {
@@ -384,6 +393,8 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
 enum Origin {
     Empty,
     Image(Box<api::Image>),
+    /// An image on a remote (simplestreams) server, pulled by the operation.
+    Remote(Box<api::InstanceSource>),
     /// Another instance on this server, or one of its snapshots.
     Copy {
         from: String,
@@ -524,6 +535,11 @@ fn create_now(d: &Daemon, args: NewInstance<'_>, origin: Origin) -> Result<()> {
     let privileged = config::flag(&expanded_cfg, "security.privileged");
     let mut snapshots = Vec::new();
     match &origin {
+        Origin::Remote(_) => {
+            return Err(Error::Internal(
+                "remote image not pulled before create".into(),
+            ))
+        }
         Origin::Empty => {
             pool.driver
                 .create_volume(&tmp)

@@ -17,6 +17,7 @@ mod idmap;
 mod instances;
 mod multipart;
 mod operations;
+mod pull;
 mod resources;
 mod response;
 mod routes;

@@ -514,6 +514,8 @@ pub fn spawn_scheduler(d: Arc<Daemon>) {
     let _ = std::thread::Builder::new()
         .name("scheduler".into())
         .spawn(move || {
+            // Expired cached images go at start too (as LXD's prune task), then hourly.
+            super::pull::prune_cached(&d, now_secs());
             let mut minute = now_secs() / 60 * 60;
             loop {
                 // Sleep to the next minute boundary (or one short tick).
@@ -536,6 +538,10 @@ pub fn spawn_scheduler(d: Arc<Daemon>) {
 
 /// One scheduler pass: `minute` is the schedule clock, `now` the expiry clock.
 fn run_once(d: &Daemon, minute: i64, now: i64) {
+    // Hourly: cached images unused for `images.remote_cache_expiry` days.
+    if minute % 3600 == 0 {
+        super::pull::prune_cached(d, now);
+    }
     let instances = d.db.lock().expect("db lock").data.instances.clone();
     for (name, rec) in instances {
         for s in &rec.snapshots {

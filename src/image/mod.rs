@@ -23,6 +23,7 @@
 mod compress;
 mod metadata;
 mod pack;
+pub mod simplestreams;
 pub mod template;
 mod unpack;
 
@@ -41,6 +42,11 @@ use crate::util::time;
 pub use compress::{sniff, Compression, Format};
 pub use metadata::{known_architecture, parse as parse_metadata};
 pub use pack::pack;
+
+/// Whether squashfs rootfs images can be unpacked here (`unsquashfs` on PATH).
+pub fn have_unsquashfs() -> bool {
+    unpack::which("unsquashfs").is_some()
+}
 
 /// Unpack a unified tarball (any compression) that is not in the store, e.g. a storage volume
 /// stream, into `rootfs` and `templates` (both created), returning its parsed metadata.yaml.
@@ -645,6 +651,15 @@ impl Store {
         }
         let _ = sync_dir(&self.dir);
         Ok(())
+    }
+    /// Set the `cached` flag (an image pulled for an instance, deleted when unused for
+    /// `images.remote_cache_expiry` days).
+    pub fn set_cached(&self, fingerprint: &str, cached: bool) -> Result<()> {
+        let fp = self.resolve(fingerprint)?;
+        let _lock = self.lock()?;
+        let mut img = self.read_record(&fp)?;
+        img.cached = cached;
+        self.write_record(&img)
     }
     /// Record a use (last_used_at = now).
     pub fn touch(&self, fingerprint: &str) -> Result<()> {

@@ -632,7 +632,7 @@ pub(crate) fn unpack_split(
 }
 
 /// Find a program on PATH.
-fn which(prog: &str) -> Option<std::path::PathBuf> {
+pub(crate) fn which(prog: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|d| d.join(prog))

@@ -1,0 +1,615 @@
+//! Pulling images from simplestreams servers (`images:` remotes), as LXD's `ImageDownload`:
+//! the client names the server and an alias or fingerprint; we read `streams/v1/index.json` and
+//! the products file(s) it lists ([`crate::image::simplestreams`]), pick the image for the host's
+//! architecture, download its metadata tarball and rootfs (squashfs only when `unsquashfs` is
+//! here), verify each file's sha256 and the combined fingerprint, and import a split image with
+//! its `update_source`. Images pulled for an instance are `cached` and expire after
+//! `images.remote_cache_expiry` days without use.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read};
+use std::time::Instant;
+
+use ring::digest;
+
+use super::fetch;
+use super::operations::{Class, Op};
+use super::response::{self, Error, Result};
+use super::Daemon;
+use crate::api;
+use crate::http::client;
+use crate::http::{Body, Response};
+use crate::image::{self, simplestreams as ss};
+use crate::tls;
+use crate::util::time;
+
+/// Largest index/products JSON accepted.
+const MAX_JSON: u64 = 256 << 20;
+/// Largest metadata tarball accepted (it is held in memory).
+const MAX_METADATA: u64 = 256 << 20;
+
+/// What to pull, and how to record it.
+pub(super) struct Pull {
+    pub server: String,
+    pub alias: String,
+    pub fingerprint: String,
+    pub certificate: String,
+    pub cached: bool,
+    pub auto_update: bool,
+    pub public: bool,
+    pub profiles: Vec<String>,
+}
+
+/// The error for `protocol` values other than simplestreams.
+pub(super) fn check_protocol(protocol: &str) -> Result<()> {
+    match protocol {
+        "simplestreams" => Ok(()),
+        "lxd" | "" => Err(Error::not_yet(
+            "pulling images from LXD servers (needs remotes)",
+        )),
+        other => Err(Error::BadRequest(format!(
+            "Unsupported image server protocol {other:?}"
+        ))),
+    }
+}
+
+fn join(server: &str, path: &str) -> String {
+    if path.starts_with("http://") || path.starts_with("https://") {
+        path.to_string()
+    } else {
+        format!(
+            "{}/{}",
+            server.trim_end_matches('/'),
+            path.trim_start_matches('/')
+        )
+    }
+}
+
+/// `GET url` (following up to 5 redirects), handing the body and its length to `f`.
+fn with_get<T>(
+    tls_client: &mut Option<tls::Client>,
+    url: &str,
+    f: impl FnOnce(&mut dyn Read, Option<u64>) -> Result<T>,
+) -> Result<T> {
+    let mut url = url.to_string();
+    for _ in 0..6 {
+        let u = fetch::parse(&url)?;
+        let mut s = fetch::connect(&u, tls_client)?;
+        let headers = vec![
+            ("Host".to_string(), fetch::host_header(&u)),
+            (
+                "User-Agent".to_string(),
+                format!("LXD 5.0.2 (bivy {})", env!("CARGO_PKG_VERSION")),
+            ),
+            ("Connection".to_string(), "close".to_string()),
+        ];
+        let mut r = client::request(&mut *s, "GET", &u.path, &headers, Body::Empty)
+            .map_err(|e| Error::BadRequest(format!("{url}: {e}")))?;
+        if (300..400).contains(&r.status) {
+            if let Some(loc) = r.header("Location") {
+                url = if loc.starts_with("http://") || loc.starts_with("https://") {
+                    loc.to_string()
+                } else if loc.starts_with('/') {
+                    let scheme = if u.tls { "https" } else { "http" };
+                    format!("{scheme}://{}{loc}", fetch::host_header(&u))
+                } else {
+                    return Err(Error::BadRequest(format!("{url}: bad redirect {loc:?}")));
+                };
+                continue;
+            }
+        }
+        if r.status >= 300 {
+            return Err(Error::BadRequest(format!("{url}: HTTP {}", r.status)));
+        }
+        let len = r
+            .header("Content-Length")
+            .and_then(|v| v.trim().parse().ok());
+        return f(&mut r.body, len);
+    }
+    Err(Error::BadRequest(format!("{url}: too many redirects")))
+}
+
+fn read_capped(r: &mut dyn Read, cap: u64, what: &str) -> Result<Vec<u8>> {
+    let mut v = Vec::new();
+    r.take(cap + 1)
+        .read_to_end(&mut v)
+        .map_err(|e| Error::BadRequest(format!("{what}: {e}")))?;
+    if v.len() as u64 > cap {
+        return Err(Error::BadRequest(format!("{what}: too large")));
+    }
+    Ok(v)
+}
+
+/// Every container image the server offers.
+pub(super) fn catalog(
+    tls_client: &mut Option<tls::Client>,
+    server: &str,
+) -> Result<Vec<ss::Candidate>> {
+    let idx_url = join(server, "streams/v1/index.json");
+    let idx = with_get(tls_client, &idx_url, |r, _| {
+        read_capped(r, MAX_JSON, &idx_url)
+    })?;
+    let mut all = Vec::new();
+    for p in ss::products_paths(&idx).map_err(|e| Error::BadRequest(format!("{idx_url}: {e}")))? {
+        let url = join(server, &p);
+        let data = with_get(tls_client, &url, |r, _| read_capped(r, MAX_JSON, &url))?;
+        all.extend(ss::candidates(&data).map_err(|e| Error::BadRequest(format!("{url}: {e}")))?);
+    }
+    Ok(all)
+}
+
+/// The image `alias` or `fingerprint` names for this host. As LXD's `ImageDownload`, either is
+/// looked up as an alias first, then as a fingerprint prefix (`lxc image copy` sends an alias in
+/// the fingerprint field for simplestreams remotes).
+fn choose(d: &Daemon, all: &[ss::Candidate], alias: &str, fp: &str) -> Result<ss::Candidate> {
+    let squashfs_ok = image::have_unsquashfs();
+    let name = if fp.is_empty() { alias } else { fp };
+    if name.is_empty() {
+        return Err(Error::BadRequest(
+            "Image source needs an alias or a fingerprint".into(),
+        ));
+    }
+    if let Some(c) = ss::find_alias(all, name, &d.host.architecture, squashfs_ok) {
+        return Ok(c.clone());
+    }
+    let hexish = name.bytes().all(|b| b.is_ascii_hexdigit());
+    let c = ss::find_fingerprint(all, name)
+        .ok()
+        .filter(|_| hexish)
+        .ok_or_else(|| {
+            Error::NotFound(format!(
+                "Image {name:?} not found on the server (architecture {})",
+                d.host.architecture
+            ))
+        })?;
+    if c.squashfs && !squashfs_ok {
+        // The same build as root.tar.xz, if the server has it.
+        if let Some(x) = all
+            .iter()
+            .find(|x| !x.squashfs && x.product == c.product && x.version == c.version)
+        {
+            return Ok(x.clone());
+        }
+        return Err(Error::BadRequest(format!(
+            "Image {} has a squashfs rootfs, which needs `unsquashfs` (squashfs-tools) on this host",
+            c.fingerprint
+        )));
+    }
+    Ok(c.clone())
+}
+
+/// Hashes what passes through; at the end of the stream, fails unless it is `want`. Reports
+/// progress into the operation's `download_progress` about once a second.
+struct Verify<'a> {
+    inner: &'a mut dyn Read,
+    ctx: Option<digest::Context>,
+    want: String,
+    what: &'static str,
+    n: u64,
+    total: Option<u64>,
+    op: Option<&'a Op>,
+    start: Instant,
+    last: Instant,
+}
+
+impl<'a> Verify<'a> {
+    fn new(
+        inner: &'a mut dyn Read,
+        want: &str,
+        what: &'static str,
+        total: Option<u64>,
+        op: Option<&'a Op>,
+    ) -> Verify<'a> {
+        let now = Instant::now();
+        Verify {
+            inner,
+            ctx: Some(digest::Context::new(&digest::SHA256)),
+            want: want.to_ascii_lowercase(),
+            what,
+            n: 0,
+            total,
+            op,
+            start: now,
+            last: now,
+        }
+    }
+
+    fn progress(&mut self) {
+        let Some(op) = self.op else { return };
+        let secs = self.start.elapsed().as_secs_f64().max(0.001);
+        let speed = human(self.n as f64 / secs);
+        let text = match self.total.filter(|t| *t > 0) {
+            Some(t) => format!(
+                "{}: {}% ({speed}/s)",
+                self.what,
+                (self.n * 100 / t).min(100)
+            ),
+            None => format!("{}: {} ({speed}/s)", self.what, human(self.n as f64)),
+        };
+        op.set_metadata("download_progress", serde_json::json!(text));
+    }
+}
+
+fn human(b: f64) -> String {
+    const U: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = b;
+    let mut i = 0;
+    while v >= 1000.0 && i < U.len() - 1 {
+        v /= 1000.0;
+        i += 1;
+    }
+    format!("{v:.2}{}", U[i])
+}
+
+impl Read for Verify<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n > 0 {
+            if let Some(c) = &mut self.ctx {
+                c.update(&buf[..n]);
+            }
+            self.n += n as u64;
+            if self.last.elapsed().as_millis() >= 1000 {
+                self.last = Instant::now();
+                self.progress();
+            }
+            return Ok(n);
+        }
+        if let Some(c) = self.ctx.take() {
+            let got = hex(c.finish().as_ref());
+            if got != self.want {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{}: sha256 mismatch (expected {}, got {got})",
+                        self.what, self.want
+                    ),
+                ));
+            }
+            self.progress();
+        }
+        Ok(0)
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Pull `p` into the store (or find it there): LXD's `ImageDownload` for simplestreams.
+pub(super) fn pull(d: &Daemon, op: Option<&Op>, p: &Pull) -> Result<api::Image> {
+    let mut tls_client = None;
+    let all = catalog(&mut tls_client, &p.server)?;
+    let c = choose(d, &all, &p.alias, &p.fingerprint)?;
+    download(d, op, p, &c, &mut tls_client)
+}
+
+fn download(
+    d: &Daemon,
+    op: Option<&Op>,
+    p: &Pull,
+    c: &ss::Candidate,
+    tls_client: &mut Option<tls::Client>,
+) -> Result<api::Image> {
+    if let Ok(img) = d.images.get(&c.fingerprint) {
+        if img.fingerprint == c.fingerprint {
+            if img.cached && !p.cached {
+                d.images.set_cached(&img.fingerprint, false)?;
+                return Ok(d.images.get(&img.fingerprint)?);
+            }
+            return Ok(img);
+        }
+    }
+    if let Some(op) = op {
+        op.set_metadata("download_progress", serde_json::json!("metadata: 0%"));
+    }
+    let meta_url = join(&p.server, &c.metadata.path);
+    let meta = with_get(tls_client, &meta_url, |r, len| {
+        let mut v = Verify::new(r, &c.metadata.sha256, "metadata", len, op);
+        read_capped(&mut v, MAX_METADATA, &meta_url)
+    })?;
+    let opts = image::ImportOpts {
+        filename: c
+            .metadata
+            .path
+            .rsplit('/')
+            .next()
+            .unwrap_or("lxd.tar.xz")
+            .to_string(),
+        public: p.public,
+        auto_update: p.auto_update,
+        properties: c.properties.clone(),
+        profiles: p.profiles.clone(),
+        expected_fingerprint: Some(c.fingerprint.clone()),
+        cached: p.cached,
+        update_source: Some(api::ImageSource {
+            alias: if p.fingerprint.is_empty() {
+                p.alias.clone()
+            } else {
+                p.fingerprint.clone()
+            },
+            certificate: p.certificate.clone(),
+            protocol: "simplestreams".into(),
+            server: p.server.clone(),
+            image_type: "container".into(),
+        }),
+    };
+    let root_url = join(&p.server, &c.rootfs.path);
+    let res = with_get(tls_client, &root_url, |r, len| {
+        let mut v = Verify::new(r, &c.rootfs.sha256, "rootfs", len, op);
+        let mut m = io::Cursor::new(&meta[..]);
+        d.images
+            .import(
+                image::Upload::Split {
+                    metadata: &mut m,
+                    rootfs: &mut v,
+                },
+                &opts,
+            )
+            .map_err(Error::from)
+    });
+    match res {
+        Ok(img) => {
+            d.events.lifecycle(
+                "image-created",
+                &format!("/1.0/images/{}", img.fingerprint),
+                serde_json::json!({}),
+            );
+            Ok(img)
+        }
+        // Pulled concurrently by another request.
+        Err(Error::Conflict(_)) => Ok(d.images.get(&c.fingerprint)?),
+        Err(e) => Err(e),
+    }
+}
+
+/// The instance-create pull (`source.server` set): a cached image, auto-updated per
+/// `images.auto_update_cached`; marked used.
+pub(super) fn for_instance(d: &Daemon, op: &Op, s: &api::InstanceSource) -> Result<api::Image> {
+    check_protocol(&s.protocol)?;
+    let auto_update =
+        d.db.lock()
+            .expect("db lock")
+            .data
+            .config
+            .get("images.auto_update_cached")
+            .is_none_or(|v| v == "true" || v == "1");
+    let img = pull(
+        d,
+        Some(op),
+        &Pull {
+            server: s.server.clone(),
+            alias: s.alias.clone(),
+            fingerprint: s.fingerprint.clone(),
+            certificate: s.certificate.clone(),
+            cached: true,
+            auto_update,
+            public: false,
+            profiles: vec!["default".into()],
+        },
+    )?;
+    let _ = d.images.touch(&img.fingerprint);
+    Ok(d.images.get(&img.fingerprint)?)
+}
+
+/// `POST /1.0/images` with `source: {type: "image", mode: "pull", protocol: "simplestreams"}`.
+pub(super) fn images_post(d: &Daemon, body: api::ImagesPost) -> Result<Response> {
+    let src = body.source.clone().unwrap_or_default();
+    if !src.mode.is_empty() && src.mode != "pull" {
+        return Err(Error::not_yet(&format!(
+            "image copies in {:?} mode (push/relay between servers)",
+            src.mode
+        )));
+    }
+    if src.server.is_empty() {
+        return Err(Error::BadRequest("Image source has no server".into()));
+    }
+    check_protocol(&src.protocol)?;
+    let d2 = d.self_arc();
+    let op = d.ops.start(
+        Class::Task,
+        "Downloading image",
+        BTreeMap::new(),
+        None,
+        vec![],
+        move |op| {
+            let img = pull(
+                &d2,
+                Some(&op),
+                &Pull {
+                    server: src.server.clone(),
+                    alias: src.alias.clone(),
+                    fingerprint: src.fingerprint.clone(),
+                    certificate: src.certificate.clone(),
+                    cached: false,
+                    auto_update: body.put.auto_update,
+                    public: body.put.public,
+                    profiles: if body.put.profiles.is_empty() {
+                        vec!["default".into()]
+                    } else {
+                        body.put.profiles.clone()
+                    },
+                },
+            )?;
+            for a in &body.aliases {
+                d2.images.alias_create(&api::ImageAliasesEntry {
+                    name: a.name.clone(),
+                    description: a.description.clone(),
+                    target: img.fingerprint.clone(),
+                    kind: "container".into(),
+                })?;
+            }
+            op.set_metadata("fingerprint", serde_json::json!(img.fingerprint));
+            op.set_metadata("size", serde_json::json!(img.size));
+            Ok(())
+        },
+    );
+    Ok(response::operation(&op.to_api()))
+}
+
+/// `POST /1.0/images/FP/refresh` for an image pulled from a simplestreams server: pull the
+/// newest image of the same alias; when it differs, move the aliases to it and delete the old
+/// one (LXD's `autoUpdateImage`). Metadata `{"refreshed": bool}`.
+pub(super) fn refresh(d: &Daemon, old: api::Image, src: api::ImageSource) -> Result<Response> {
+    check_protocol(&src.protocol)?;
+    let d2 = d.self_arc();
+    let url = format!("/1.0/images/{}", old.fingerprint);
+    let mut res = BTreeMap::new();
+    res.insert("images".to_string(), vec![url]);
+    let op = d.ops.start(
+        Class::Task,
+        "Updating image",
+        res,
+        None,
+        vec![],
+        move |op| {
+            let d = &*d2;
+            let mut tls_client = None;
+            let all = catalog(&mut tls_client, &src.server)?;
+            let c = choose(d, &all, &src.alias, "")?;
+            if c.fingerprint == old.fingerprint {
+                op.set_metadata("refreshed", serde_json::json!(false));
+                return Ok(());
+            }
+            let p = Pull {
+                server: src.server.clone(),
+                alias: src.alias.clone(),
+                fingerprint: String::new(),
+                certificate: src.certificate.clone(),
+                cached: old.cached,
+                auto_update: old.put.auto_update,
+                public: old.put.public,
+                profiles: old.put.profiles.clone(),
+            };
+            let new = download(d, Some(&op), &p, &c, &mut tls_client)?;
+            for a in d.images.alias_list()? {
+                if a.target == old.fingerprint {
+                    d.images.alias_update(
+                        &a.name,
+                        &api::ImageAliasesEntryPut {
+                            description: a.description.clone(),
+                            target: new.fingerprint.clone(),
+                        },
+                    )?;
+                }
+            }
+            if d.images.delete(&old.fingerprint).is_ok() {
+                super::storage::delete_image_volumes(d, &old.fingerprint);
+                d.events.lifecycle(
+                    "image-deleted",
+                    &format!("/1.0/images/{}", old.fingerprint),
+                    serde_json::json!({}),
+                );
+            }
+            op.set_metadata("refreshed", serde_json::json!(true));
+            op.set_metadata("fingerprint", serde_json::json!(new.fingerprint));
+            Ok(())
+        },
+    );
+    Ok(response::operation(&op.to_api()))
+}
+
+fn secs(t: &str) -> Option<i64> {
+    if t.is_empty() || t == api::ZERO_TIME || t == api::GO_ZERO_TIME {
+        return None;
+    }
+    let st = time::parse(t)?;
+    Some(match st.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(_) => return None,
+    })
+}
+
+/// Whether a cached image is past `images.remote_cache_expiry` (`days`, 0 = never) at `now`
+/// (unix seconds): counted from its last use, or its import if never used.
+pub(super) fn cache_expired(img: &api::Image, now: i64, days: i64) -> bool {
+    if !img.cached || days <= 0 {
+        return false;
+    }
+    let Some(since) = secs(&img.last_used_at).or_else(|| secs(&img.uploaded_at)) else {
+        return false;
+    };
+    since + days * 86400 <= now
+}
+
+/// Delete the cached images past their expiry (the scheduler calls this hourly).
+pub(super) fn prune_cached(d: &Daemon, now: i64) {
+    let days =
+        d.db.lock()
+            .expect("db lock")
+            .data
+            .config
+            .get("images.remote_cache_expiry")
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(10);
+    let Ok(list) = d.images.list() else { return };
+    for img in list {
+        if !cache_expired(&img, now, days) {
+            continue;
+        }
+        match d.images.delete(&img.fingerprint) {
+            Ok(()) => {
+                super::storage::delete_image_volumes(d, &img.fingerprint);
+                eprintln!("bivy: deleted expired cached image {}", img.fingerprint);
+                d.events.lifecycle(
+                    "image-deleted",
+                    &format!("/1.0/images/{}", img.fingerprint),
+                    serde_json::json!({}),
+                );
+            }
+            Err(e) => eprintln!(
+                "bivy: deleting expired cached image {}: {e}",
+                img.fingerprint
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn img(cached: bool, uploaded: &str, used: &str) -> api::Image {
+        api::Image {
+            cached,
+            uploaded_at: uploaded.into(),
+            last_used_at: used.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn expiry_decision() {
+        let day = 86400;
+        let t0 = secs("2024-01-01T00:00:00Z").unwrap();
+        let up = "2024-01-01T00:00:00Z";
+        let zero = api::ZERO_TIME;
+        // Never used: counted from the upload.
+        assert!(!cache_expired(&img(true, up, zero), t0 + 10 * day - 1, 10));
+        assert!(cache_expired(&img(true, up, zero), t0 + 10 * day, 10));
+        // Used later: counted from the use.
+        let used = "2024-01-05T00:00:00Z";
+        assert!(!cache_expired(&img(true, up, used), t0 + 10 * day, 10));
+        assert!(cache_expired(&img(true, up, used), t0 + 14 * day, 10));
+        // Not cached, or expiry disabled: never.
+        assert!(!cache_expired(&img(false, up, zero), t0 + 100 * day, 10));
+        assert!(!cache_expired(&img(true, up, zero), t0 + 100 * day, 0));
+        assert!(!cache_expired(&img(true, "", ""), t0 + 100 * day, 10));
+    }
+
+    #[test]
+    fn urls_and_protocols() {
+        assert_eq!(
+            join("https://h:1/", "streams/v1/index.json"),
+            "https://h:1/streams/v1/index.json"
+        );
+        assert_eq!(join("https://h", "/a/b"), "https://h/a/b");
+        assert_eq!(join("https://h", "http://o/x"), "http://o/x");
+        assert!(check_protocol("simplestreams").is_ok());
+        assert!(check_protocol("lxd")
+            .unwrap_err()
+            .message()
+            .contains("not supported yet"));
+        assert_eq!(human(1234.0), "1.23kB");
+    }
+}
