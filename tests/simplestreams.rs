@@ -218,12 +218,7 @@ fn sha256(data: &[u8]) -> String {
 fn split_image(dir: &Path, extra: &str) -> (Vec<u8>, Vec<u8>) {
     let work = dir.join(format!("split{}", extra.len()));
     std::fs::create_dir_all(&work).expect("mkdir");
-    // Built once: two tests building it at the same time would race in its build dir.
-    static BUILD: Mutex<()> = Mutex::new(());
-    let img = {
-        let _g = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-        common::busybox_image()
-    };
+    let img = common::busybox_image();
     run(
         &work,
         "tar",

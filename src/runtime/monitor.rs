@@ -248,6 +248,9 @@ fn cleanup_dead_monitor(run_dir: &Path) {
     let _ = fs::remove_file(mp);
 }
 
+/// How often a clean stop repeats SIGRTMIN+3 to a systemd init that has not reacted yet.
+const SYSTEMD_RESEND: Duration = Duration::from_secs(2);
+
 pub fn stop(run_dir: &Path, mode: StopMode) -> Result<()> {
     let Some((_, mon)) = live_pidfd(&run_dir.join(files::MONITOR_PID)) else {
         cleanup_dead_monitor(run_dir);
@@ -262,9 +265,11 @@ pub fn stop(run_dir: &Path, mode: StopMode) -> Result<()> {
     }
     if let StopMode::Clean(timeout) = mode {
         replace_file(&req, b"clean")?;
+        let mut systemd = false;
         if let Some((pid, fd)) = &init {
             // systemd halts on SIGRTMIN+3; sysvinit, busybox-style and LXC convention is SIGPWR.
-            let sig = if is_systemd(*pid) {
+            systemd = is_systemd(*pid);
+            let sig = if systemd {
                 sys::sigrtmin() + 3
             } else {
                 libc::SIGPWR
@@ -272,8 +277,25 @@ pub fn stop(run_dir: &Path, mode: StopMode) -> Result<()> {
             sys::pidfd_send_raw(fd.as_fd(), sig)
                 .map_err(|e| Error(format!("signal init {pid}: {e}")))?;
         }
-        if wait_pidfd(&mon, timeout) {
-            return Ok(());
+        // systemd ignores SIGRTMIN+3 until it has set up its handlers early in boot, so a stop
+        // right after a start would be lost: repeat it (starting halt.target again is a no-op).
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let step = if systemd {
+                left.min(SYSTEMD_RESEND)
+            } else {
+                left
+            };
+            if wait_pidfd(&mon, step) {
+                return Ok(());
+            }
+            if left <= step {
+                break;
+            }
+            if let Some((_, fd)) = &init {
+                let _ = sys::pidfd_send_raw(fd.as_fd(), sys::sigrtmin() + 3);
+            }
         }
     }
     replace_file(&req, b"force")?;

@@ -148,7 +148,18 @@ pub fn busybox_image() -> PathBuf {
     if img.is_file() {
         return img;
     }
-    // The xtask writes through a temp file and renames, so two tests racing here is harmless.
+    // The xtask builds in a shared staging directory: one build at a time, across threads and
+    // test processes (a file lock), and whoever waited finds the image made.
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _held = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    fs::create_dir_all(target_dir()).expect("target dir");
+    let lockf = fs::File::create(target_dir().join(".busybox-image.lock")).expect("lock file");
+    let _flock = nix::fcntl::Flock::lock(lockf, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("flock");
+    if img.is_file() {
+        return img;
+    }
     // Its own --target-dir: the `cargo test` running us may hold the lock on target/.
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
