@@ -532,6 +532,31 @@ pub(super) fn cache_expired(img: &api::Image, now: i64, days: i64) -> bool {
     since + days * 86400 <= now
 }
 
+/// `images.auto_update_interval` (hours, default 6, 0 = never): whether `minute` (unix seconds
+/// of a minute boundary) is an auto-update point.
+pub(super) fn auto_update_due(interval: Option<&str>, minute: i64) -> bool {
+    let hours = interval.and_then(|v| v.parse::<i64>().ok()).unwrap_or(6);
+    hours > 0 && minute % (hours * 3600) == 0
+}
+
+/// Refresh every image with `auto_update` and an update source (the scheduler calls this every
+/// `images.auto_update_interval` hours); each refresh is its own operation.
+pub(super) fn auto_update(d: &Daemon) {
+    let Ok(list) = d.images.list() else { return };
+    for img in list {
+        if !img.put.auto_update {
+            continue;
+        }
+        let Some(src) = img.update_source.clone() else {
+            continue;
+        };
+        let fp = img.fingerprint.clone();
+        if let Err(e) = refresh(d, img, src) {
+            eprintln!("bivy: auto-update of image {fp}: {e}");
+        }
+    }
+}
+
 /// Delete the cached images past their expiry (the scheduler calls this hourly).
 pub(super) fn prune_cached(d: &Daemon, now: i64) {
     let days =
@@ -576,6 +601,17 @@ mod tests {
             last_used_at: used.into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn auto_update_points() {
+        let h = 3600;
+        assert!(auto_update_due(None, 6 * h)); // default: every 6 hours
+        assert!(!auto_update_due(None, 7 * h));
+        assert!(auto_update_due(Some("1"), 7 * h));
+        assert!(!auto_update_due(Some("1"), 7 * h + 60));
+        assert!(!auto_update_due(Some("0"), 0)); // 0 disables
+        assert!(auto_update_due(Some("bogus"), 12 * h)); // falls back to the default
     }
 
     #[test]

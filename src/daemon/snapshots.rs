@@ -542,6 +542,16 @@ fn run_once(d: &Daemon, minute: i64, now: i64) {
     if minute % 3600 == 0 {
         super::pull::prune_cached(d, now);
     }
+    let interval =
+        d.db.lock()
+            .expect("db lock")
+            .data
+            .config
+            .get("images.auto_update_interval")
+            .cloned();
+    if super::pull::auto_update_due(interval.as_deref(), minute) {
+        super::pull::auto_update(d);
+    }
     let instances = d.db.lock().expect("db lock").data.instances.clone();
     for (name, rec) in instances {
         for s in &rec.snapshots {
