@@ -10,7 +10,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
@@ -18,10 +18,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 
+use common::tls::{make_certs, read_head, server_config};
 use common::{Daemon, TempDir};
 
 fn run(dir: &Path, prog: &str, args: &[&str]) {
@@ -35,78 +34,6 @@ fn run(dir: &Path, prog: &str, args: &[&str]) {
         "{prog} {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// A CA (`ca.crt`) and a server certificate for 127.0.0.1 signed by it (`srv.crt`, `srv.key`).
-fn make_certs(dir: &Path) {
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
-    let mut a = vec!["req", "-x509", "-nodes", "-days", "2"];
-    a.extend(ec);
-    a.extend([
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-subj",
-        "/CN=bivy ss CA",
-    ]);
-    a.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
-    a.extend(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
-    run(dir, "openssl", &a);
-    let mut a = vec!["req", "-nodes"];
-    a.extend(ec);
-    a.extend([
-        "-keyout",
-        "srv.key",
-        "-out",
-        "srv.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    run(dir, "openssl", &a);
-    std::fs::write(
-        dir.join("srv.ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n\
-         keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
-    )
-    .expect("write srv.ext");
-    run(
-        dir,
-        "openssl",
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "srv.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "srv.ext",
-            "-out",
-            "srv.crt",
-        ],
-    );
-}
-
-fn server_config(dir: &Path) -> Arc<ServerConfig> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(dir.join("srv.crt"))
-        .expect("srv.crt")
-        .collect::<Result<_, _>>()
-        .expect("srv.crt");
-    let key = PrivateKeyDer::from_pem_file(dir.join("srv.key")).expect("srv.key");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .expect("server cert");
-    Arc::new(cfg)
 }
 
 type Files = Arc<Mutex<HashMap<String, Vec<u8>>>>;
@@ -124,21 +51,6 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
     }
-}
-
-fn read_head(s: &mut dyn Read) -> std::io::Result<String> {
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if s.read(&mut b)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        head.push(b[0]);
-        if head.len() > 64 * 1024 {
-            return Err(std::io::ErrorKind::InvalidData.into());
-        }
-    }
-    Ok(String::from_utf8_lossy(&head).into_owned())
 }
 
 fn serve(tls: Arc<ServerConfig>) -> Server {

@@ -431,17 +431,7 @@ pub(super) fn images_post(d: &Daemon, body: api::ImagesPost) -> Result<Response>
                     },
                 },
             )?;
-            for a in &body.aliases {
-                d2.images.alias_create(&api::ImageAliasesEntry {
-                    name: a.name.clone(),
-                    description: a.description.clone(),
-                    target: img.fingerprint.clone(),
-                    kind: "container".into(),
-                })?;
-            }
-            op.set_metadata("fingerprint", serde_json::json!(img.fingerprint));
-            op.set_metadata("size", serde_json::json!(img.size));
-            Ok(())
+            super::endpoints::image_created(&d2, &op, &img, &body.aliases)
         },
     );
     Ok(response::operation(&op.to_api()))

@@ -12,6 +12,8 @@
 
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::fs;
 use std::io;
 use std::os::unix::net::UnixStream;
