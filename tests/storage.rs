@@ -439,108 +439,11 @@ fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     false
 }
 
-/// RFC 3339 UTC with seconds, without a time crate.
+/// RFC 3339 UTC with seconds.
 fn humantime_rfc3339(t: std::time::SystemTime) -> String {
     let secs = t
         .duration_since(std::time::UNIX_EPOCH)
         .expect("after epoch")
         .as_secs() as i64;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-#[test]
-fn disk_full_copy_fails_cleanly() {
-    if !common::lxc_prerequisites() {
-        return;
-    }
-    let d = Daemon::start().expect("daemon");
-    let l = Lxc::new(&d);
-    l.import_busybox();
-    l.ok(&["launch", "busybox", "full"]);
-    let (code, out) = l.sh(
-        "full",
-        "dd if=/dev/urandom of=/root/big bs=1M count=24 2>&1",
-    );
-    assert_eq!(code, 0, "{out}");
-    l.ok(&["stop", "full", "--force"]);
-    // A 16 MiB tmpfs (the harness unmounts it with the temp dir) holds a small dir pool.
-    let mnt = d.tmp().join("small");
-    std::fs::create_dir(&mnt).expect("mkdir");
-    nix::mount::mount(
-        Some("tmpfs"),
-        &mnt,
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        Some("size=16m"),
-    )
-    .expect("mount tmpfs");
-    let src = mnt.join("pool");
-    l.ok(&[
-        "storage",
-        "create",
-        "small",
-        "dir",
-        &format!("source={}", src.display()),
-    ]);
-    let out = l.run(&["copy", "full", "full2", "-s", "small"]);
-    assert!(!out.status.success(), "a copy that cannot fit must fail");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("No space left"), "{err}");
-    assert!(volumes(&src).is_empty(), "{:?}", volumes(&src));
-    assert!(!l
-        .ok(&["list", "--format", "csv", "-c", "n"])
-        .contains("full2"));
-    // The source is intact and the daemon keeps serving.
-    l.ok(&["start", "full"]);
-    assert_eq!(l.sh("full", "wc -c < /root/big").1.trim(), "25165824");
-    l.ok(&["delete", "--force", "full"]);
-    l.ok(&["storage", "delete", "small"]);
-    let _ = nix::mount::umount(&mnt);
-}
-
-#[test]
-fn snapshot_of_an_instance_being_deleted_is_refused() {
-    if !common::lxc_prerequisites() {
-        return;
-    }
-    let d = Daemon::start().expect("daemon");
-    let l = Lxc::new(&d);
-    l.import_busybox();
-    l.ok(&["init", "busybox", "gone"]);
-    let (code, op) = d.api("DELETE", "/1.0/instances/gone", None).expect("api");
-    assert_eq!(code, 202, "{op}");
-    let (code, resp) = d
-        .api(
-            "POST",
-            "/1.0/instances/gone/snapshots",
-            Some(r#"{"name":"late"}"#),
-        )
-        .expect("api");
-    // Either the delete still holds the instance (409) or it is already gone (404).
-    assert!(code == 409 || code == 404, "{code} {resp}");
-    d.wait_operation(&op);
-    let pool = d.dir().join("storage-pools/default");
-    assert!(volumes(&pool).is_empty());
-    let left: Vec<_> = std::fs::read_dir(pool.join("containers-snapshots"))
-        .expect("dir")
-        .collect();
-    assert!(left.is_empty(), "{left:?}");
+    bivy::util::time::format(secs, 0)
 }

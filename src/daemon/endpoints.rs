@@ -530,14 +530,9 @@ pub fn image_delete(d: &Daemon, fp: &str) -> Result<Response> {
     super::storage::delete_image_volumes(d, &img.fingerprint);
     d.events
         .lifecycle("image-deleted", &images_url, serde_json::json!({}));
-    let op = d.ops.start(
-        Class::Task,
-        "Deleting image",
-        resources("images", &images_url),
-        None,
-        vec![],
-        |_| Ok(()),
-    );
+    let op = d
+        .ops
+        .done("Deleting image", resources("images", &images_url), None);
     Ok(response::operation(&op.to_api()))
 }
 
@@ -696,14 +691,9 @@ pub fn image_create(d: &Daemon, req: &mut Request) -> Result<Response> {
     d.events
         .lifecycle("image-created", &url, serde_json::json!({}));
     let meta = serde_json::json!({"fingerprint": img.fingerprint, "size": img.size});
-    let op = d.ops.start(
-        Class::Task,
-        "Downloading image",
-        resources("images", &url),
-        Some(meta),
-        vec![],
-        |_| Ok(()),
-    );
+    let op = d
+        .ops
+        .done("Downloading image", resources("images", &url), Some(meta));
     Ok(response::operation(&op.to_api()))
 }
 

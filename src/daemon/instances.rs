@@ -881,14 +881,7 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
         return Ok(response::empty());
     }
     // LXD answers a PUT with an operation (which `lxc config set` waits for).
-    let op = d.ops.start(
-        Class::Task,
-        "Updating instance",
-        resources(name),
-        None,
-        vec![],
-        |_| Ok(()),
-    );
+    let op = d.ops.done("Updating instance", resources(name), None);
     Ok(response::operation(&op.to_api()))
 }
 
@@ -948,14 +941,7 @@ fn rename(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
         &url(&new),
         serde_json::json!({"old_name": name}),
     );
-    let op = d.ops.start(
-        Class::Task,
-        "Renaming instance",
-        resources(name),
-        None,
-        vec![],
-        |_| Ok(()),
-    );
+    let op = d.ops.done("Renaming instance", resources(name), None);
     Ok(response::operation(&op.to_api()))
 }
 

@@ -297,6 +297,24 @@ impl Operations {
         op
     }
 
+    /// A task operation for work already done synchronously (LXD answers these requests with
+    /// an operation that clients wait for).
+    pub fn done(
+        &self,
+        description: &str,
+        resources: BTreeMap<String, Vec<String>>,
+        metadata: Option<serde_json::Value>,
+    ) -> Arc<Op> {
+        self.start(
+            Class::Task,
+            description,
+            resources,
+            metadata,
+            vec![],
+            |_| Ok(()),
+        )
+    }
+
     /// Register an operation without running anything (token operations).
     pub fn create(
         &self,

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::db::{InstanceRecord, SnapshotRecord};
-use super::operations::Class;
 use super::response::{self, Error, Result};
 use super::routes::{json, recursion};
 use super::{config, instances, schedule, Daemon};
@@ -289,14 +288,9 @@ fn put(d: &Daemon, req: &mut Request, name: &str, snap: &str, patch: bool) -> Re
         &snap_url(name, snap),
         serde_json::json!({}),
     );
-    let op = d.ops.start(
-        Class::Task,
-        "Updating snapshot",
-        instances::resources(name),
-        None,
-        vec![],
-        |_| Ok(()),
-    );
+    let op = d
+        .ops
+        .done("Updating snapshot", instances::resources(name), None);
     Ok(response::operation(&op.to_api()))
 }
 
@@ -342,14 +336,9 @@ fn rename(d: &Daemon, req: &mut Request, name: &str, snap: &str) -> Result<Respo
         &snap_url(name, &new),
         serde_json::json!({"old_name": snap}),
     );
-    let op = d.ops.start(
-        Class::Task,
-        "Renaming snapshot",
-        instances::resources(name),
-        None,
-        vec![],
-        |_| Ok(()),
-    );
+    let op = d
+        .ops
+        .done("Renaming snapshot", instances::resources(name), None);
     Ok(response::operation(&op.to_api()))
 }
 
