@@ -252,6 +252,31 @@ fn btrfs_pool_on_a_loop_file() {
     let l = Lxc::new(&d);
     assert_eq!(l.sh("keep", "echo alive").1, "alive\n");
 
+    // As after a host reboot: the daemon gone, the pool unmounted and its loop device released;
+    // the next daemon attaches and mounts it again and the instance starts.
+    l.ok(&["stop", "keep", "--force"]);
+    drop(l);
+    d.kill9();
+    nix::mount::umount(&mnt).expect("umount the pool");
+    let t = Instant::now();
+    while !loops_backing(&image).is_empty() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        loops_backing(&image).is_empty(),
+        "autoclear released the loop device"
+    );
+    d.restart().expect("restart");
+    let l = Lxc::new(&d);
+    assert_eq!(
+        loops_backing(&image).len(),
+        1,
+        "the daemon re-attached the pool"
+    );
+    l.ok(&["start", "keep"]);
+    assert_eq!(l.sh("keep", "echo back").1, "back\n");
+    assert_eq!(snapshot_names(&l, "keep"), vec!["s0"]);
+
     l.ok(&["delete", "--force", "keep"]);
     l.ok(&["storage", "delete", "bt"]);
     assert!(loops_backing(&image).is_empty(), "loop device released");
@@ -446,4 +471,83 @@ fn humantime_rfc3339(t: std::time::SystemTime) -> String {
         .expect("after epoch")
         .as_secs() as i64;
     bivy::util::time::format(secs, 0)
+}
+
+#[test]
+fn disk_full_copy_fails_cleanly() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    l.import_busybox();
+    l.ok(&["launch", "busybox", "full"]);
+    let (code, out) = l.sh(
+        "full",
+        "dd if=/dev/urandom of=/root/big bs=1M count=24 2>&1",
+    );
+    assert_eq!(code, 0, "{out}");
+    l.ok(&["stop", "full", "--force"]);
+    // A 16 MiB tmpfs (the harness unmounts it with the temp dir) holds a small dir pool.
+    let mnt = d.tmp().join("small");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    nix::mount::mount(
+        Some("tmpfs"),
+        &mnt,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=16m"),
+    )
+    .expect("mount tmpfs");
+    let src = mnt.join("pool");
+    l.ok(&[
+        "storage",
+        "create",
+        "small",
+        "dir",
+        &format!("source={}", src.display()),
+    ]);
+    let out = l.run(&["copy", "full", "full2", "-s", "small"]);
+    assert!(!out.status.success(), "a copy that cannot fit must fail");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("No space left"), "{err}");
+    assert!(volumes(&src).is_empty(), "{:?}", volumes(&src));
+    assert!(!l
+        .ok(&["list", "--format", "csv", "-c", "n"])
+        .contains("full2"));
+    // The source is intact and the daemon keeps serving.
+    l.ok(&["start", "full"]);
+    assert_eq!(l.sh("full", "wc -c < /root/big").1.trim(), "25165824");
+    l.ok(&["delete", "--force", "full"]);
+    l.ok(&["storage", "delete", "small"]);
+    let _ = nix::mount::umount(&mnt);
+}
+
+#[test]
+fn snapshot_of_an_instance_being_deleted_is_refused() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    l.import_busybox();
+    l.ok(&["init", "busybox", "gone"]);
+    let (code, op) = d.api("DELETE", "/1.0/instances/gone", None).expect("api");
+    assert_eq!(code, 202, "{op}");
+    let (code, resp) = d
+        .api(
+            "POST",
+            "/1.0/instances/gone/snapshots",
+            Some(r#"{"name":"late"}"#),
+        )
+        .expect("api");
+    // Either the delete still holds the instance (409) or it is already gone (404).
+    assert!(code == 409 || code == 404, "{code} {resp}");
+    d.wait_operation(&op);
+    let pool = d.dir().join("storage-pools/default");
+    assert!(volumes(&pool).is_empty());
+    let left: Vec<_> = std::fs::read_dir(pool.join("containers-snapshots"))
+        .expect("dir")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
