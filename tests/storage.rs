@@ -404,6 +404,18 @@ fn pool_api_errors() {
             .expect("api");
         assert_eq!(code, want, "{body}: {resp}");
     }
+    // A pool inside another pool (or the daemon's directory) is refused: the other pool's
+    // recovery would take its volumes for leftovers.
+    let nested = d.dir().join("storage-pools/default/containers/n1");
+    let body = format!(
+        r#"{{"name":"n1","driver":"dir","config":{{"source":"{}"}}}}"#,
+        nested.display()
+    );
+    let (code, resp) = d
+        .api("POST", "/1.0/storage-pools", Some(&body))
+        .expect("api");
+    assert_eq!(code, 400, "{resp}");
+    assert!(!nested.exists());
     // Nothing was left behind by the refused creates.
     assert!(!d.dir().join("storage-pools/z").exists());
     assert!(!d.dir().join("disks/z.img").exists());

@@ -381,6 +381,8 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
     }
     let pool = Pool::new(&body.name, &body.driver, &body.config, &d.dir)
         .map_err(|e| Error::BadRequest(e.to_string()))?;
+    let others: Vec<PathBuf> = pools.values().map(|p| p.driver.path()).collect();
+    check_placement(&pool.driver.path(), &body.name, &d.dir, &others)?;
     let mut config = body.config.clone();
     pool.driver
         .create(&mut config)
@@ -410,6 +412,47 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
         serde_json::json!({}),
     );
     Ok(response::empty())
+}
+
+/// A new pool's directory must not overlap another pool's (whose recovery would take the new
+/// pool's volumes for leftovers) nor the daemon's own state, except at its default place
+/// `$BIVY_DIR/storage-pools/NAME`.
+fn check_placement(
+    path: &std::path::Path,
+    name: &str,
+    bivy_dir: &std::path::Path,
+    others: &[PathBuf],
+) -> Result<()> {
+    use std::path::Component;
+    if path
+        .components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    {
+        return Err(Error::BadRequest(format!(
+            "Storage pool source {:?} must be a plain absolute path (no \".\" or \"..\")",
+            path.display().to_string()
+        )));
+    }
+    if path != bivy_dir.join("storage-pools").join(name)
+        && (path.starts_with(bivy_dir) || bivy_dir.starts_with(path))
+    {
+        return Err(Error::BadRequest(format!(
+            "Storage pool source {:?} overlaps the daemon's directory {:?}",
+            path.display().to_string(),
+            bivy_dir.display().to_string()
+        )));
+    }
+    if let Some(o) = others
+        .iter()
+        .find(|o| path.starts_with(o) || o.starts_with(path))
+    {
+        return Err(Error::BadRequest(format!(
+            "Storage pool source {:?} overlaps the storage pool at {:?}",
+            path.display().to_string(),
+            o.display().to_string()
+        )));
+    }
+    Ok(())
 }
 
 /// `PUT`/`PATCH /1.0/storage-pools/NAME`: the description and config. Keys that choose the
@@ -479,26 +522,27 @@ pub fn delete(d: &Daemon, name: &str) -> Result<Response> {
             users.join(", ")
         )));
     }
+    // The storage goes first: if it cannot (a volume still being made on it, a busy mount), the
+    // pool stays as it was. A crash between the two steps leaves a record whose storage is gone:
+    // that pool shows as unavailable and deleting it again finishes the job.
     let mut pools = d.pools.pools.lock().expect("pools lock");
-    d.db.lock()
-        .expect("db lock")
-        .update(|data| data.pools.remove(name))
-        .map_err(io_err("saving"))?;
-    d.pools.unavailable.lock().expect("pools lock").remove(name);
-    if let Some(p) = pools.remove(name) {
-        drop(pools);
+    if let Some(p) = pools.get(name).cloned() {
         if let Ok(rd) = std::fs::read_dir(p.driver.path().join("images")) {
             for e in rd.flatten() {
                 let _ = p.driver.delete_volume(&e.path());
             }
         }
-        if let Err(e) = p.driver.delete() {
-            eprintln!("bivy: deleting storage pool {name}: {e}");
-            return Err(Error::Internal(format!(
-                "Storage pool {name:?} was removed but its storage was not: {e}"
-            )));
-        }
+        p.driver.delete().map_err(|e| {
+            Error::BadRequest(format!("Failed to delete storage pool {name:?}: {e}"))
+        })?;
     }
+    d.db.lock()
+        .expect("db lock")
+        .update(|data| data.pools.remove(name))
+        .map_err(io_err("saving"))?;
+    pools.remove(name);
+    drop(pools);
+    d.pools.unavailable.lock().expect("pools lock").remove(name);
     d.events.lifecycle(
         "storage-pool-deleted",
         &pool_url(name),
@@ -704,5 +748,30 @@ pub fn recover(d: &Daemon) {
                 remove(&e.path());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn pool_placement() {
+        let bd = Path::new("/var/lib/bivy");
+        let others = vec![
+            bd.join("storage-pools/default"),
+            PathBuf::from("/srv/pool1"),
+        ];
+        let ok = |p: &str, n: &str| check_placement(Path::new(p), n, bd, &others).is_ok();
+        assert!(ok("/var/lib/bivy/storage-pools/p2", "p2"));
+        assert!(ok("/srv/pool2", "p2"));
+        assert!(!ok("/var/lib/bivy/storage-pools/default/containers/x", "x"));
+        assert!(!ok("/var/lib/bivy/storage-pools/p2", "other-name"));
+        assert!(!ok("/var/lib/bivy/images", "p2"));
+        assert!(!ok("/var/lib", "p2"));
+        assert!(!ok("/srv/pool1/sub", "p2"));
+        assert!(!ok("/srv", "p2"));
+        assert!(!ok("/srv/x/../pool1", "p2"));
     }
 }
