@@ -65,6 +65,8 @@ enum Kind {
     Schedule,
     /// An expiry such as `2w 3d` (`snapshots.expiry`).
     Expiry,
+    /// A snapshot name pattern (`snap%d`, date templates).
+    Pattern,
     /// Refused outright.
     Unsupported(&'static str),
 }
@@ -98,7 +100,7 @@ fn kind_of(key: &str) -> Option<Kind> {
         }
         "snapshots.schedule" => Schedule,
         "snapshots.expiry" => Expiry,
-        "snapshots.pattern" => Str,
+        "snapshots.pattern" => Pattern,
         "snapshots.schedule.stopped" => Bool,
         "linux.kernel_modules" => Str,
         "cloud-init.user-data" | "cloud-init.vendor-data" | "cloud-init.network-config" => Str,
@@ -173,6 +175,9 @@ pub fn validate_key(key: &str, value: &str) -> Result<()> {
         }
         Kind::Schedule => super::schedule::validate_schedule(value).or_else(|e| bad(&e)),
         Kind::Expiry => super::schedule::validate_expiry(value).or_else(|e| bad(&e)),
+        Kind::Pattern => super::schedule::snapshot_name(value, &[], 0)
+            .and_then(|n| super::schedule::validate_snapshot_name(&n))
+            .or_else(|e| bad(&e)),
         Kind::Unsupported(why) => Err(Error::BadRequest(format!("not supported: {why}"))),
         _ => Ok(()),
     }
@@ -343,6 +348,18 @@ pub fn limits(config: &StringMap, total_mem: u64, ncpus: usize) -> Result<Limits
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snapshot_keys() {
+        assert!(validate_key("snapshots.pattern", "snap-%d").is_ok());
+        assert!(validate_key("snapshots.pattern", "{{ creation_date|date:'2006-01-02' }}").is_ok());
+        assert!(validate_key("snapshots.pattern", "a/b%d").is_err());
+        assert!(validate_key("snapshots.pattern", "%d%d").is_err());
+        assert!(validate_key("snapshots.schedule", "0 6 * * *, @startup").is_ok());
+        assert!(validate_key("snapshots.schedule", "61 * * * *").is_err());
+        assert!(validate_key("snapshots.expiry", "2w 3d").is_ok());
+        assert!(validate_key("snapshots.expiry", "3x").is_err());
+    }
 
     #[test]
     fn names() {

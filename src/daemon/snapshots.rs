@@ -174,7 +174,9 @@ pub fn snapshot_now(
     let snap = if snap.is_empty() {
         let pattern = ec.get("snapshots.pattern").map_or("snap%d", String::as_str);
         let existing: Vec<&str> = rec.snapshots.iter().map(|s| s.name.as_str()).collect();
-        schedule::snapshot_name(pattern, &existing, now).map_err(Error::BadRequest)?
+        let n = schedule::snapshot_name(pattern, &existing, now).map_err(Error::BadRequest)?;
+        schedule::validate_snapshot_name(&n).map_err(Error::BadRequest)?;
+        n
     } else {
         snap.to_string()
     };
