@@ -563,3 +563,44 @@ fn snapshot_of_an_instance_being_deleted_is_refused() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn pool_storage_without_a_record_is_removed_at_start() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    if let Err(why) = btrfs_supported() {
+        common::skip("pool_storage_without_a_record_is_removed_at_start", &why);
+        return;
+    }
+    let mut d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    l.ok(&["storage", "create", "orphan", "btrfs", "size=300MiB"]);
+    l.ok(&["storage", "create", "plain", "dir"]);
+    drop(l);
+    let image = d.dir().join("disks/orphan.img");
+    assert_eq!(loops_backing(&image).len(), 1);
+    // As if the daemon died after making the storage but before writing the records.
+    d.kill9();
+    let db_path = d.dir().join("database.json");
+    let mut db: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&db_path).expect("db")).expect("json");
+    let pools = db["pools"].as_object_mut().expect("pools");
+    pools.remove("orphan");
+    pools.remove("plain");
+    std::fs::write(&db_path, serde_json::to_vec(&db).expect("json")).expect("write db");
+    d.restart().expect("restart");
+    let t = Instant::now();
+    while !loops_backing(&image).is_empty() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(loops_backing(&image).is_empty(), "loop device released");
+    assert!(!image.exists(), "orphaned image file removed");
+    assert!(!d.dir().join("storage-pools/orphan").exists());
+    assert!(!d.dir().join("storage-pools/plain").exists());
+    let l = Lxc::new(&d);
+    // The names are free again.
+    l.ok(&["storage", "create", "orphan", "btrfs", "size=300MiB"]);
+    l.ok(&["storage", "delete", "orphan"]);
+    assert!(loops_backing(&image).is_empty());
+}

@@ -72,8 +72,9 @@ pub fn open_all(d: &Daemon) -> std::io::Result<()> {
             )
         })?;
     }
-    let records = db.data.pools.clone();
     drop(db);
+    recover_pools(d);
+    let records = d.db.lock().expect("db lock").data.pools.clone();
     for (name, rec) in records {
         let pool = match Pool::new(&name, &rec.driver, &rec.config, &d.dir) {
             Ok(p) => p,
@@ -665,6 +666,77 @@ pub fn volume_get(d: &Daemon, pool_name: &str, kind: &str, name: &str) -> Result
         .find(|(k, n, _)| k == kind && n == name)
         .map(|(_, _, v)| response::sync(&v))
         .ok_or_else(|| Error::NotFound("Storage volume not found".into()))
+}
+
+/// Undo a pool create that a killed daemon left between making the storage and writing the
+/// record: loop files in `$BIVY_DIR/disks` and directories in `$BIVY_DIR/storage-pools` that no
+/// pool names are unmounted and removed (a directory only when it holds nothing but the empty
+/// layout). Runs before the pools are opened.
+pub fn recover_pools(d: &Daemon) {
+    use std::os::unix::fs::MetadataExt;
+    let records = d.db.lock().expect("db lock").data.pools.clone();
+    let pools_dir = d.dir.join("storage-pools");
+    let named = |n: &str| records.contains_key(n);
+    let mounted =
+        |p: &std::path::Path| match (std::fs::metadata(p), p.parent().map(std::fs::metadata)) {
+            (Ok(a), Some(Ok(b))) => a.dev() != b.dev(),
+            _ => false,
+        };
+    let unmount = |p: &std::path::Path| {
+        if mounted(p) {
+            eprintln!(
+                "bivy: unmounting {} (a pool create that did not finish)",
+                p.display()
+            );
+            if let Err(e) = nix::mount::umount(p) {
+                eprintln!("bivy: umount {}: {e}", p.display());
+            }
+        }
+    };
+    for e in std::fs::read_dir(d.dir.join("disks"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let path = e.path();
+        let Some(stem) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".img"))
+        else {
+            continue;
+        };
+        if named(stem) {
+            continue;
+        }
+        let mnt = pools_dir.join(stem);
+        unmount(&mnt);
+        if !mounted(&mnt) {
+            eprintln!("bivy: removing {} (no pool uses it)", path.display());
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+    for e in std::fs::read_dir(&pools_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if named(&n) {
+            continue;
+        }
+        let path = e.path();
+        unmount(&path);
+        if mounted(&path) {
+            continue;
+        }
+        for sub in ["containers", "containers-snapshots", "images"] {
+            let _ = std::fs::remove_dir(path.join(sub));
+        }
+        if std::fs::remove_dir(&path).is_ok() {
+            eprintln!("bivy: removed {} (no pool uses it)", path.display());
+        }
+    }
 }
 
 /// Undo what a killed daemon left on the pools: volumes no record names (half-made creates and
