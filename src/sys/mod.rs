@@ -2,7 +2,8 @@
 //! Every `unsafe` block carries a `// SAFETY:` comment.
 //!
 //! Wrappers exist only where neither `nix` nor `rustix` offers a safe call (raw `clone` without a
-//! stack, `fork`, `close_range`, the new mount API, `SIOCSIFFLAGS`). Callers of [`fork`] and
+//! stack, `fork`, `close_range`, the new mount API, `SIOCSIFFLAGS`, and in [`btrfs`] and
+//! [`loopdev`] the btrfs subvolume and loop-device ioctls). Callers of [`fork`] and
 //! [`clone_fork`] must be single-threaded (the runtime only calls them from its exec'd helpers).
 
 use std::ffi::CString;
