@@ -264,17 +264,26 @@ fn used_by(d: &Daemon, name: &str) -> Vec<String> {
     }
     drop(db);
     if let Ok(p) = pool(d, name) {
-        if let Ok(rd) = std::fs::read_dir(p.driver.path().join("images")) {
-            let mut fps: Vec<String> = rd
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| !n.ends_with(".tmp"))
-                .collect();
-            fps.sort();
-            out.extend(fps.into_iter().map(|f| format!("/1.0/images/{f}")));
-        }
+        out.extend(
+            image_volumes(&p)
+                .into_iter()
+                .map(|f| format!("/1.0/images/{f}")),
+        );
     }
     out
+}
+
+/// The fingerprints of the images unpacked on `pool` (finished ones, not `.tmp`), sorted.
+fn image_volumes(pool: &Pool) -> Vec<String> {
+    let mut fps: Vec<String> = std::fs::read_dir(pool.driver.path().join("images"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".tmp"))
+        .collect();
+    fps.sort();
+    fps
 }
 
 fn to_api(d: &Daemon, name: &str, rec: &PoolRecord) -> api::StoragePool {
@@ -556,11 +565,9 @@ pub fn resources(d: &Daemon, name: &str) -> Result<Response> {
     record(d, name)?;
     let p = usable_pool(d, name)?;
     let u = p.driver.usage().map_err(io_err("reading pool usage"))?;
-    let st = nix::sys::statvfs::statvfs(&p.driver.path())
-        .map_err(|e| Error::Internal(format!("statvfs: {e}")))?;
     Ok(response::sync(&serde_json::json!({
         "space": {"used": u.used, "total": u.total},
-        "inodes": {"used": st.files() - st.files_free(), "total": st.files()}
+        "inodes": {"used": u.inodes_used, "total": u.inodes_total}
     })))
 }
 
@@ -612,20 +619,14 @@ fn volumes(d: &Daemon, pool_name: &str) -> Vec<(String, String, serde_json::Valu
     }
     drop(db);
     if let Ok(p) = pool(d, pool_name) {
-        if let Ok(rd) = std::fs::read_dir(p.driver.path().join("images")) {
-            for e in rd.flatten() {
-                let f = e.file_name().to_string_lossy().into_owned();
-                if f.ends_with(".tmp") {
-                    continue;
-                }
-                let v = volume_api(
-                    &f,
-                    "image",
-                    vec![format!("/1.0/images/{f}")],
-                    api::ZERO_TIME,
-                );
-                out.push(("image".to_string(), f, v));
-            }
+        for f in image_volumes(&p) {
+            let v = volume_api(
+                &f,
+                "image",
+                vec![format!("/1.0/images/{f}")],
+                api::ZERO_TIME,
+            );
+            out.push(("image".to_string(), f, v));
         }
     }
     out
@@ -673,15 +674,10 @@ pub fn volume_get(d: &Daemon, pool_name: &str, kind: &str, name: &str) -> Result
 /// pool names are unmounted and removed (a directory only when it holds nothing but the empty
 /// layout). Runs before the pools are opened.
 pub fn recover_pools(d: &Daemon) {
-    use std::os::unix::fs::MetadataExt;
     let records = d.db.lock().expect("db lock").data.pools.clone();
     let pools_dir = d.dir.join("storage-pools");
     let named = |n: &str| records.contains_key(n);
-    let mounted =
-        |p: &std::path::Path| match (std::fs::metadata(p), p.parent().map(std::fs::metadata)) {
-            (Ok(a), Some(Ok(b))) => a.dev() != b.dev(),
-            _ => false,
-        };
+    let mounted = |p: &std::path::Path| storage::mounted_at(p).is_ok_and(|m| m.is_some());
     let unmount = |p: &std::path::Path| {
         if mounted(p) {
             eprintln!(

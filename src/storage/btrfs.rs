@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use nix::mount::{MntFlags, MsFlags};
 use nix::sys::statfs::{statfs, BTRFS_SUPER_MAGIC};
 
-use super::{Driver, Usage};
+use super::{mounted_at, Driver, Usage};
 use crate::api::StringMap;
 use crate::sys;
 use crate::sys::btrfs::SUBVOL_ROOT_INO;
@@ -210,33 +210,6 @@ fn clear_dir(dir: &Path, dev: u64, remove: bool) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// One line of `/proc/self/mountinfo`: the mount point, filesystem type and source.
-fn mountinfo_fields(line: &str) -> Option<(String, &str, &str)> {
-    let (pre, post) = line.split_once(" - ")?;
-    let mount_point = crate::util::unescape_mountinfo(pre.split(' ').nth(4)?);
-    let mut post = post.split(' ');
-    let fstype = post.next()?;
-    let source = post.next()?;
-    Some((mount_point, fstype, source))
-}
-
-/// The filesystem type and source of the topmost mount at `dir`, if `dir` is a mount point.
-fn mounted_at(dir: &Path) -> io::Result<Option<(String, String)>> {
-    let dir = match fs::canonicalize(dir) {
-        Ok(d) => d,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(annotate(e, format!("resolve {}", dir.display()))),
-    };
-    let info = fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| annotate(e, "read /proc/self/mountinfo"))?;
-    Ok(info
-        .lines()
-        .rev()
-        .filter_map(mountinfo_fields)
-        .find(|(mp, _, _)| Path::new(mp) == dir)
-        .map(|(_, t, s)| (t.to_string(), s.to_string())))
 }
 
 /// Undoes a half-done `create` when dropped unless disarmed.
@@ -741,15 +714,7 @@ impl Driver for Btrfs {
     }
 
     fn usage(&self) -> io::Result<Usage> {
-        let root = self.path();
-        let st = nix::sys::statvfs::statvfs(&root)
-            .map_err(|e| annotate(io::Error::from(e), format!("statvfs {}", root.display())))?;
-        let frsize = st.fragment_size() as u64;
-        let blocks = st.blocks() as u64;
-        Ok(Usage {
-            used: blocks.saturating_sub(st.blocks_free() as u64) * frsize,
-            total: blocks * frsize,
-        })
+        super::statvfs_usage(&self.path())
     }
 }
 
@@ -878,17 +843,6 @@ mod tests {
         assert!(b
             .check_volume_path(&root.join("containers/../../x"))
             .is_err());
-    }
-
-    #[test]
-    fn mountinfo_parsing() {
-        let l =
-            r"36 35 98:0 / /mnt/a\040b rw,noatime master:1 - btrfs /dev/loop3 rw,space_cache=v2";
-        assert_eq!(
-            mountinfo_fields(l),
-            Some(("/mnt/a b".to_string(), "btrfs", "/dev/loop3"))
-        );
-        assert_eq!(crate::util::unescape_mountinfo(r"a\134b\011c"), "a\\b\tc");
     }
 
     #[test]

@@ -144,17 +144,6 @@ impl Driver for Dir {
     }
 
     fn usage(&self) -> io::Result<Usage> {
-        statvfs_usage(&self.path)
+        super::statvfs_usage(&self.path)
     }
-}
-
-/// Space used and total of the filesystem holding `path`.
-pub fn statvfs_usage(path: &Path) -> io::Result<Usage> {
-    let st = nix::sys::statvfs::statvfs(path)
-        .map_err(|e| io::Error::other(format!("statvfs {}: {e}", path.display())))?;
-    let frag = st.fragment_size();
-    Ok(Usage {
-        used: (st.blocks() - st.blocks_free()) * frag,
-        total: st.blocks() * frag,
-    })
 }

@@ -18,11 +18,59 @@ use std::path::{Path, PathBuf};
 
 use crate::api::StringMap;
 
-/// Space used and available on a pool, in bytes.
+/// Space (bytes) and inodes used and in total on a pool.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Usage {
     pub used: u64,
     pub total: u64,
+    pub inodes_used: u64,
+    pub inodes_total: u64,
+}
+
+/// [`Usage`] of the filesystem holding `path`.
+pub fn statvfs_usage(path: &Path) -> io::Result<Usage> {
+    let st = nix::sys::statvfs::statvfs(path)
+        .map_err(|e| io::Error::other(format!("statvfs {}: {e}", path.display())))?;
+    let frag = st.fragment_size();
+    Ok(Usage {
+        used: st.blocks().saturating_sub(st.blocks_free()) * frag,
+        total: st.blocks() * frag,
+        inodes_used: st.files().saturating_sub(st.files_free()),
+        inodes_total: st.files(),
+    })
+}
+
+/// The filesystem type and source of the topmost mount at `dir`, if `dir` is a mount point
+/// (from /proc/self/mountinfo, so bind mounts of the same filesystem count too).
+pub fn mounted_at(dir: &Path) -> io::Result<Option<(String, String)>> {
+    let dir = match std::fs::canonicalize(dir) {
+        Ok(d) => d,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("resolve {}: {e}", dir.display()),
+            ))
+        }
+    };
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| io::Error::new(e.kind(), format!("read /proc/self/mountinfo: {e}")))?;
+    Ok(info
+        .lines()
+        .rev()
+        .filter_map(mountinfo_fields)
+        .find(|(mp, _, _)| Path::new(mp) == dir)
+        .map(|(_, t, s)| (t.to_string(), s.to_string())))
+}
+
+/// One line of `/proc/self/mountinfo`: the mount point, filesystem type and source.
+fn mountinfo_fields(line: &str) -> Option<(String, &str, &str)> {
+    let (pre, post) = line.split_once(" - ")?;
+    let mount_point = crate::util::unescape_mountinfo(pre.split(' ').nth(4)?);
+    let mut post = post.split(' ');
+    let fstype = post.next()?;
+    let source = post.next()?;
+    Some((mount_point, fstype, source))
 }
 
 /// What a driver must do. Paths given to the volume calls are absolute and inside [`Driver::path`].
@@ -246,6 +294,17 @@ impl Pool {
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn mountinfo_parsing() {
+        let l =
+            r"36 35 98:0 / /mnt/a\040b rw,noatime master:1 - btrfs /dev/loop3 rw,space_cache=v2";
+        assert_eq!(
+            mountinfo_fields(l),
+            Some(("/mnt/a b".to_string(), "btrfs", "/dev/loop3"))
+        );
+        assert_eq!(crate::util::unescape_mountinfo(r"a\134b\011c"), "a\\b\tc");
+    }
 
     #[test]
     fn send_receive_round_trip() {
