@@ -160,11 +160,7 @@ fn parts(ts: &str) -> Option<(i64, u32, u32, u32, u32)> {
     if ts.is_empty() || ts.starts_with("0001-01-01") || ts == crate::api::ZERO_TIME {
         return None;
     }
-    let t = util::time::parse(ts)?;
-    let secs = match t.duration_since(std::time::UNIX_EPOCH) {
-        Ok(d) => d.as_secs() as i64,
-        Err(e) => -(e.duration().as_secs() as i64),
-    };
+    let secs = util::time::parse_secs(ts)?;
     let (y, mo, d) = util::time::civil_from_days(secs.div_euclid(86_400));
     let sod = secs.rem_euclid(86_400);
     Some((y, mo, d, (sod / 3600) as u32, ((sod % 3600) / 60) as u32))

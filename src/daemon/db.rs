@@ -39,6 +39,18 @@ pub struct InstanceRecord {
     pub snapshots: Vec<SnapshotRecord>,
 }
 
+impl InstanceRecord {
+    /// The snapshot named `name`.
+    pub fn snapshot(&self, name: &str) -> Option<&SnapshotRecord> {
+        self.snapshots.iter().find(|s| s.name == name)
+    }
+
+    /// The snapshot named `name`, to change it.
+    pub fn snapshot_mut(&mut self, name: &str) -> Option<&mut SnapshotRecord> {
+        self.snapshots.iter_mut().find(|s| s.name == name)
+    }
+}
+
 fn default_pool() -> String {
     "default".into()
 }

@@ -269,7 +269,7 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
             // the rest, minus volatile keys other than the base image and the on-disk id shift.
             let (src_cfg, src_devs, src_profiles, src_arch) = match &snap {
                 Some(s) => {
-                    let sr = rec.snapshots.iter().find(|x| &x.name == s).ok_or_else(|| {
+                    let sr = rec.snapshot(s).ok_or_else(|| {
                         Error::NotFound(format!("Snapshot {:?} not found", source.source))
                     })?;
                     (
@@ -577,9 +577,7 @@ fn create_now(d: &Daemon, args: NewInstance<'_>, origin: Origin) -> Result<()> {
             match snapshot {
                 Some(s) => {
                     let sr = src
-                        .snapshots
-                        .iter()
-                        .find(|x| &x.name == s)
+                        .snapshot(s)
                         .ok_or_else(|| Error::NotFound(format!("Snapshot {s:?} not found")))?;
                     let path = src_pool.snapshot(&src.volume, &sr.volume);
                     clone_between(&src_pool, &path, &pool, &tmp, false)?;
@@ -1334,9 +1332,7 @@ pub fn publish(d: &Daemon, body: api::ImagesPost) -> Result<Response> {
     let (vol, architecture, shift) = match &snap {
         Some(s) => {
             let sr = rec
-                .snapshots
-                .iter()
-                .find(|x| &x.name == s)
+                .snapshot(s)
                 .ok_or_else(|| Error::NotFound(format!("Snapshot {:?} not found", src.name)))?;
             let pool = super::storage::usable_pool(d, &rec.pool)?;
             (
@@ -1389,9 +1385,7 @@ fn publish_now(
     op: &super::operations::Op,
 ) -> Result<()> {
     let mut meta = read_metadata(vol, architecture)?;
-    meta.creation_date = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |t| t.as_secs() as i64);
+    meta.creation_date = time::now_secs();
     meta.architecture = architecture.to_string();
     meta.properties.extend(body.put.properties.clone());
     let templates = vol.join("templates");

@@ -503,11 +503,7 @@ fn secs(t: &str) -> Option<i64> {
     if t.is_empty() || t == api::ZERO_TIME || t == api::GO_ZERO_TIME {
         return None;
     }
-    let st = time::parse(t)?;
-    Some(match st.duration_since(std::time::UNIX_EPOCH) {
-        Ok(d) => d.as_secs() as i64,
-        Err(_) => return None,
-    })
+    time::parse_secs(t).filter(|s| *s >= 0)
 }
 
 /// Whether a cached image is past `images.remote_cache_expiry` (`days`, 0 = never) at `now`

@@ -28,9 +28,7 @@ fn snap_url(name: &str, snap: &str) -> String {
 }
 
 fn find<'a>(rec: &'a InstanceRecord, snap: &str) -> Result<&'a SnapshotRecord> {
-    rec.snapshots
-        .iter()
-        .find(|s| s.name == snap)
+    rec.snapshot(snap)
         .ok_or_else(|| Error::NotFound("Snapshot not found".into()))
 }
 
@@ -118,7 +116,7 @@ fn create(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
     let rec = instances::record(d, name)?;
     if !body.name.is_empty() {
         schedule::validate_snapshot_name(&body.name).map_err(Error::BadRequest)?;
-        if rec.snapshots.iter().any(|s| s.name == body.name) {
+        if rec.snapshot(&body.name).is_some() {
             return Err(Error::Conflict(format!(
                 "Snapshot {:?} already exists",
                 body.name
@@ -143,18 +141,8 @@ fn parse_time(t: &str) -> Result<i64> {
     if t == api::GO_ZERO_TIME || t == api::ZERO_TIME {
         return Ok(0);
     }
-    time::parse(t)
-        .map(|st| match st.duration_since(std::time::UNIX_EPOCH) {
-            Ok(d) => d.as_secs() as i64,
-            Err(e) => -(e.duration().as_secs() as i64),
-        })
+    time::parse_secs(t)
         .ok_or_else(|| Error::BadRequest(format!("Invalid time {t:?}: expected RFC 3339")))
-}
-
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Take a snapshot (the caller holds the instance's busy mark). `name` empty picks one from
@@ -170,17 +158,15 @@ pub fn snapshot_now(
         let db = d.db.lock().expect("db lock");
         config::expand(&rec.profiles, &db.data.profiles, &rec.config, &rec.devices)
     };
-    let now = now_secs();
+    let now = time::now_secs();
     let snap = if snap.is_empty() {
         let pattern = ec.get("snapshots.pattern").map_or("snap%d", String::as_str);
         let existing: Vec<&str> = rec.snapshots.iter().map(|s| s.name.as_str()).collect();
-        let n = schedule::snapshot_name(pattern, &existing, now).map_err(Error::BadRequest)?;
-        schedule::validate_snapshot_name(&n).map_err(Error::BadRequest)?;
-        n
+        schedule::snapshot_name(pattern, &existing, now).map_err(Error::BadRequest)?
     } else {
         snap.to_string()
     };
-    if rec.snapshots.iter().any(|s| s.name == snap) {
+    if rec.snapshot(&snap).is_some() {
         return Err(Error::Conflict(format!("Snapshot {snap:?} already exists")));
     }
     let expires_at = match expires_at {
@@ -278,7 +264,7 @@ fn put(d: &Daemon, req: &mut Request, name: &str, snap: &str, patch: bool) -> Re
         if let Some(s) = data
             .instances
             .get_mut(name)
-            .and_then(|r| r.snapshots.iter_mut().find(|s| s.name == snap))
+            .and_then(|r| r.snapshot_mut(snap))
         {
             s.expires_at = expires;
         }
@@ -317,7 +303,7 @@ fn rename(d: &Daemon, req: &mut Request, name: &str, snap: &str) -> Result<Respo
             .cloned()
             .ok_or_else(|| Error::NotFound("Instance not found".into()))?;
         find(&rec, snap)?;
-        if rec.snapshots.iter().any(|s| s.name == new) {
+        if rec.snapshot(&new).is_some() {
             return Err(Error::Conflict(format!(
                 "Name of snapshot {new:?} already in use"
             )));
@@ -326,7 +312,7 @@ fn rename(d: &Daemon, req: &mut Request, name: &str, snap: &str) -> Result<Respo
             if let Some(s) = data
                 .instances
                 .get_mut(name)
-                .and_then(|r| r.snapshots.iter_mut().find(|s| s.name == snap))
+                .and_then(|r| r.snapshot_mut(snap))
             {
                 s.name = new.clone();
             }
@@ -506,15 +492,15 @@ pub fn spawn_scheduler(d: Arc<Daemon>) {
         .name("scheduler".into())
         .spawn(move || {
             // Expired cached images go at start too (as LXD's prune task), then hourly.
-            super::pull::prune_cached(&d, now_secs());
-            let mut minute = now_secs() / 60 * 60;
+            super::pull::prune_cached(&d, time::now_secs());
+            let mut minute = time::now_secs() / 60 * 60;
             loop {
                 // Sleep to the next minute boundary (or one short tick).
                 if tick == 60 {
                     let next = minute + 60;
-                    let wait = (next - now_secs()).clamp(1, 60) as u64;
+                    let wait = (next - time::now_secs()).clamp(1, 60) as u64;
                     std::thread::sleep(Duration::from_secs(wait));
-                    minute = now_secs() / 60 * 60;
+                    minute = time::now_secs() / 60 * 60;
                 } else {
                     std::thread::sleep(Duration::from_secs(tick));
                     minute += 60;
@@ -522,7 +508,7 @@ pub fn spawn_scheduler(d: Arc<Daemon>) {
                 if d.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
                     return;
                 }
-                run_once(&d, minute, now_secs());
+                run_once(&d, minute, time::now_secs());
             }
         });
 }

@@ -57,6 +57,24 @@ pub fn now() -> String {
     rfc3339(SystemTime::now())
 }
 
+/// Now in seconds since the epoch.
+pub fn now_secs() -> i64 {
+    secs_of(SystemTime::now())
+}
+
+/// Seconds since the epoch (negative before it) of a SystemTime.
+pub fn secs_of(t: SystemTime) -> i64 {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    }
+}
+
+/// Parse RFC 3339 to seconds since the epoch (negative before it).
+pub fn parse_secs(s: &str) -> Option<i64> {
+    parse(s).map(secs_of)
+}
+
 /// Parse RFC 3339 (`Z` or `±hh:mm` offsets, optional fraction) to a SystemTime.
 pub fn parse(s: &str) -> Option<SystemTime> {
     let b = s.as_bytes();
