@@ -468,7 +468,7 @@ impl Drop for VolumeRevert<'_> {
 /// within a pool, a file copy into a fresh volume across pools.
 pub fn clone_between(from: &Pool, src: &Path, to: &Pool, dst: &Path, readonly: bool) -> Result<()> {
     let err = |e: std::io::Error| Error::Internal(format!("copying {}: {e}", src.display()));
-    if std::ptr::eq(from, to) || from.name == to.name {
+    if from.name == to.name {
         return to.driver.clone_volume(src, dst, readonly).map_err(err);
     }
     to.driver.create_volume(dst).map_err(err)?;
@@ -1001,49 +1001,37 @@ fn state_put(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
         "freeze" => "Freezing instance",
         _ => "Unfreezing instance",
     };
-    d.busy_insert(name, what)?;
-    let d2 = d.self_arc();
     let n = name.to_string();
-    let op = d.ops.start(
-        Class::Task,
-        desc,
-        resources(name),
-        None,
-        vec![],
-        move |_| {
-            let timeout = if body.timeout < 0 {
-                STOP_TIMEOUT_MAX
-            } else {
-                Duration::from_secs(body.timeout as u64).min(STOP_TIMEOUT_MAX)
-            };
-            let r = match what {
-                "start" => start(&d2, &n),
-                "stop" => stop(&d2, &n, body.force, timeout).and_then(|()| {
-                    // An ephemeral instance is deleted when it stops (LXD semantics).
-                    if record(&d2, &n).is_ok_and(|r| r.ephemeral) {
-                        delete_now(&d2, &n)?;
-                    }
-                    Ok(())
+    d.busy_task(name, what, desc, move |d2, _| {
+        let timeout = if body.timeout < 0 {
+            STOP_TIMEOUT_MAX
+        } else {
+            Duration::from_secs(body.timeout as u64).min(STOP_TIMEOUT_MAX)
+        };
+        match what {
+            "start" => start(d2, &n),
+            "stop" => stop(d2, &n, body.force, timeout).and_then(|()| {
+                // An ephemeral instance is deleted when it stops (LXD semantics).
+                if record(d2, &n).is_ok_and(|r| r.ephemeral) {
+                    delete_now(d2, &n)?;
+                }
+                Ok(())
+            }),
+            "restart" => stop(d2, &n, body.force, timeout).and_then(|()| start(d2, &n)),
+            "freeze" => runtime::freeze(&d2.run_dir(&n))
+                .map_err(Error::from)
+                .map(|()| {
+                    d2.events
+                        .lifecycle("instance-paused", &url(&n), serde_json::json!({}));
                 }),
-                "restart" => stop(&d2, &n, body.force, timeout).and_then(|()| start(&d2, &n)),
-                "freeze" => runtime::freeze(&d2.run_dir(&n))
-                    .map_err(Error::from)
-                    .map(|()| {
-                        d2.events
-                            .lifecycle("instance-paused", &url(&n), serde_json::json!({}));
-                    }),
-                _ => runtime::unfreeze(&d2.run_dir(&n))
-                    .map_err(Error::from)
-                    .map(|()| {
-                        d2.events
-                            .lifecycle("instance-resumed", &url(&n), serde_json::json!({}));
-                    }),
-            };
-            d2.busy.lock().expect("busy lock").remove(&n);
-            r
-        },
-    );
-    Ok(response::operation(&op.to_api()))
+            _ => runtime::unfreeze(&d2.run_dir(&n))
+                .map_err(Error::from)
+                .map(|()| {
+                    d2.events
+                        .lifecycle("instance-resumed", &url(&n), serde_json::json!({}));
+                }),
+        }
+    })
 }
 
 /// Set `volatile.last_state.power` (and optionally other keys) without touching anything else.
