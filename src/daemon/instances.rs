@@ -61,7 +61,7 @@ pub fn record(d: &Daemon, name: &str) -> Result<InstanceRecord> {
         .ok_or_else(not_found)
 }
 
-fn expanded(d: &Daemon, rec: &InstanceRecord) -> (StringMap, Devices) {
+pub fn expanded(d: &Daemon, rec: &InstanceRecord) -> (StringMap, Devices) {
     let db = d.db.lock().expect("db lock");
     config::expand(&rec.profiles, &db.data.profiles, &rec.config, &rec.devices)
 }
@@ -644,6 +644,8 @@ fn create_now(d: &Daemon, args: NewInstance<'_>, origin: Origin) -> Result<()> {
             cfg.insert("volatile.last_state.idmap".into(), map.to_volatile());
         }
     }
+    crate::util::fs::ensure_mode(&tmp, crate::storage::instance_volume_mode(privileged))
+        .map_err(|e| Error::Internal(format!("{}: {e}", tmp.display())))?;
     std::fs::rename(&tmp, &final_dir)
         .map_err(|e| Error::Internal(format!("{}: {e}", final_dir.display())))?;
     revert.paths[0] = final_dir.clone();
@@ -1113,6 +1115,9 @@ pub fn start(d: &Daemon, name: &str) -> Result<()> {
         }
         RootfsMode::Shifted
     };
+    // security.privileged may have changed since the volume was made.
+    crate::util::fs::ensure_mode(&vol, crate::storage::instance_volume_mode(privileged))
+        .map_err(|e| Error::Internal(format!("{}: {e}", vol.display())))?;
     // Templates pending from create/copy/rename, then `start` templates.
     let meta_path = vol.join("metadata.json");
     if let Ok(bytes) = std::fs::read(&meta_path) {
@@ -1613,8 +1618,8 @@ pub fn recover(d: &Arc<Daemon>) -> std::io::Result<()> {
         }
     }
     super::storage::recover(d);
-    std::fs::create_dir_all(d.dir.join("run"))?;
-    std::fs::create_dir_all(d.dir.join("logs"))?;
+    crate::util::fs::create_dir_mode(&d.dir.join("run"), 0o711)?;
+    crate::util::fs::create_dir_mode(&d.dir.join("logs"), 0o700)?;
     let names: Vec<String> =
         d.db.lock()
             .expect("db lock")

@@ -250,6 +250,8 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
         .map_err(|e| format!("{}: {e}", dir.display()))?;
     let lock = take_lock(dir)?;
+    crate::util::fs::create_dir_mode(&dir.join("storage-pools"), 0o711)
+        .map_err(|e| format!("{}/storage-pools: {e}", dir.display()))?;
 
     let events = Arc::new(Events::default());
     let images = image::Store::open(&dir.join("images")).map_err(|e| e.to_string())?;
@@ -274,6 +276,7 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
     let _ = d.me.set(Arc::downgrade(&d));
     storage::open_all(&d).map_err(|e| format!("opening storage pools: {e}"))?;
     instances::recover(&d).map_err(|e| format!("recovering state: {e}"))?;
+    secure_tree(&d);
 
     let sock_path = dir.join("unix.socket");
     let _ = std::fs::remove_file(&sock_path); // we hold the lock: any socket file is stale
@@ -341,14 +344,63 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
     Ok(())
 }
 
+/// Close the daemon's tree to every host user but root (the README's threat model): the state
+/// directory 0711 (only `unix.socket`, 0660, is meant to be reached in it), `storage-pools`
+/// 0711, every other entry 0700 or group and other bits off; then each pool's layout and
+/// volumes. New files get these modes where they are made; this mends an older tree and logs
+/// each change.
+fn secure_tree(d: &Daemon) {
+    use crate::util::fs::mend_mode;
+    use std::os::unix::fs::MetadataExt;
+    mend_mode(&d.dir, 0o711, "state directory");
+    for e in std::fs::read_dir(&d.dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        let Ok(md) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        let name = e.file_name();
+        if md.file_type().is_symlink() || name == "unix.socket" {
+            continue;
+        }
+        if name == "storage-pools" {
+            mend_mode(&p, 0o711, "storage pools");
+        } else if name == "run" {
+            // Traversable down to each monitor's staging mount (see runtime::monitor).
+            mend_mode(&p, 0o711, "run directory");
+            let private_files = |dir: &Path| {
+                for f in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                    match std::fs::symlink_metadata(f.path()) {
+                        Ok(m) if m.is_file() => mend_mode(&f.path(), m.mode() & 0o700, "run file"),
+                        _ => {}
+                    }
+                }
+            };
+            private_files(&p);
+            for e in std::fs::read_dir(&p).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    mend_mode(&e.path(), 0o711, "run directory");
+                    private_files(&e.path());
+                }
+            }
+        } else if md.is_dir() {
+            mend_mode(&p, 0o700, "private directory");
+        } else {
+            mend_mode(&p, md.mode() & 0o700, "private file");
+        }
+    }
+    storage::mend_volume_modes(d);
+}
+
 /// The exclusive lock on `$BIVY_DIR/daemon.lock`, held for the daemon's life.
 fn take_lock(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, String> {
+    use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join("daemon.lock");
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o600)
         .open(&path)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {

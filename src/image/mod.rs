@@ -314,7 +314,7 @@ fn scan(path: &Path, kind: ScanKind, stop_at_metadata: bool) -> Result<(Option<V
 impl Store {
     /// Open (create) the store; removes leftovers of interrupted imports.
     pub fn open(dir: &Path) -> Result<Store> {
-        std::fs::create_dir_all(dir).map_err(|e| internal(dir.display(), e))?;
+        crate::util::fs::create_dir_mode(dir, 0o700).map_err(|e| internal(dir.display(), e))?;
         let rd = std::fs::read_dir(dir).map_err(|e| internal(dir.display(), e))?;
         for ent in rd.flatten() {
             let name = ent.file_name();

@@ -416,7 +416,7 @@ impl Btrfs {
 
         if let Some(parent) = image.parent() {
             if self.is_default_image(image) {
-                fs::create_dir_all(parent)
+                crate::util::fs::create_dir_mode(parent, 0o700)
                     .map_err(|e| annotate(e, format!("create {}", parent.display())))?;
             }
         }
@@ -647,7 +647,10 @@ impl Driver for Btrfs {
         }
         let (parent, name) = parent_and_name(path)?;
         sys::btrfs::subvol_create(parent.as_fd(), name)
-            .map_err(|e| annotate(e, format!("create subvolume {}", path.display())))
+            .map_err(|e| annotate(e, format!("create subvolume {}", path.display())))?;
+        crate::util::fs::ensure_mode(path, super::VOLUME_MODE)
+            .map(drop)
+            .map_err(|e| annotate(e, format!("chmod {}", path.display())))
     }
 
     fn clone_volume(&self, src: &Path, dst: &Path, readonly: bool) -> io::Result<()> {
@@ -674,7 +677,13 @@ impl Driver for Btrfs {
                 e,
                 format!("snapshot {} to {}", src.display(), dst.display()),
             )
-        })
+        })?;
+        // A read-only snapshot keeps its source's mode (a volume's, closed already).
+        if !readonly {
+            crate::util::fs::ensure_mode(dst, super::VOLUME_MODE)
+                .map_err(|e| annotate(e, format!("chmod {}", dst.display())))?;
+        }
+        Ok(())
     }
 
     fn atomic_clone(&self) -> bool {

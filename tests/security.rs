@@ -1,0 +1,257 @@
+//! Regression tests for the hostile review (issue 9): no host user but root reaches anything
+//! under the daemon's tree, whatever a container or an image put there.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::{Daemon, Lxc};
+
+/// Every path below `root` (not `root` itself), symlinks not followed.
+fn walk(root: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        out.push(p.clone());
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            walk(&p, out);
+        }
+    }
+}
+
+/// What uid 65534 (no groups) can do to `paths`, one line per thing it could do: list a
+/// directory, open a file for reading or writing, execute it, or write into it.
+const PROBE: &str = r#"
+import os, stat, sys
+bad = []
+for p in sys.stdin.buffer.read().split(b"\0"):
+    if not p:
+        continue
+    try:
+        st = os.lstat(p)
+    except OSError:
+        continue
+    if stat.S_ISLNK(st.st_mode):
+        continue
+    if stat.S_ISDIR(st.st_mode):
+        try:
+            os.listdir(p)
+            bad.append(("list", p))
+        except OSError:
+            pass
+    else:
+        for flag, what in ((os.O_RDONLY, "read"), (os.O_WRONLY, "write")):
+            try:
+                os.close(os.open(p, flag | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY))
+                bad.append((what, p))
+            except OSError:
+                pass
+        if os.access(p, os.X_OK):
+            bad.append(("execute", p))
+    if os.access(p, os.W_OK):
+        bad.append(("write into", p))
+for what, p in bad:
+    print(what, p.decode(errors="replace"))
+print("checked", os.getuid())
+"#;
+
+/// Run [`PROBE`] as nobody over every path below each of `roots`; returns what it could do.
+fn reachable_by_nobody(roots: &[&Path]) -> Vec<String> {
+    let mut paths = Vec::new();
+    for r in roots {
+        walk(r, &mut paths);
+    }
+    assert!(paths.len() > 50, "walked too little: {paths:?}");
+    let mut input = Vec::new();
+    for p in &paths {
+        input.extend_from_slice(p.as_os_str().as_encoded_bytes());
+        input.push(0);
+    }
+    let mut child = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(["/usr/bin/python3", "-c", PROBE])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("setpriv python3");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(&input)
+        .expect("write paths");
+    let out = child.wait_with_output().expect("probe");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && text.ends_with("checked 65534\n"),
+        "probe failed: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.lines()
+        .filter(|l| !l.starts_with("checked "))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Run `file` as nobody: it must not even start. (Through `sh`: setpriv itself keeps its
+/// capabilities until its own exec, so it would reach anything.)
+fn nobody_cannot_run(file: &Path) {
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(["/bin/sh", "-c", r#"exec "$0" id -u"#])
+        .arg(file)
+        .output()
+        .expect("setpriv");
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "nobody ran {}: {:?}",
+        file.display(),
+        out
+    );
+}
+
+/// The setuid-root files this test plants: (instance, path inside it).
+fn plant_setuid(l: &Lxc<'_>, ct: &str) {
+    let (rc, out) = l.sh(
+        ct,
+        "cp /bin/busybox /bin/hsuid && chmod 4755 /bin/hsuid && ls -l /bin/hsuid",
+    );
+    assert_eq!(rc, 0, "{out}");
+    assert!(out.starts_with("-rwsr-xr-x"), "{out}");
+}
+
+/// Every file named `hsuid` below `root`, with its on-disk owner and mode.
+fn planted(root: &Path) -> Vec<(PathBuf, u32, u32)> {
+    let mut all = Vec::new();
+    walk(root, &mut all);
+    all.into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == "hsuid"))
+        .filter_map(|p| {
+            let m = std::fs::symlink_metadata(&p).ok()?;
+            Some((p, m.uid(), m.mode() & 0o7777))
+        })
+        .collect()
+}
+
+#[test]
+fn no_host_user_reaches_the_daemons_tree() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    if !common::have_cmd("setpriv") || !Path::new("/usr/bin/python3").exists() {
+        common::skip(
+            "no_host_user_reaches_the_daemons_tree",
+            "needs setpriv (util-linux) and /usr/bin/python3",
+        );
+        return;
+    }
+    let mut d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    l.import_busybox();
+
+    // An instance with a setuid-root file, a snapshot of it, an image published from that
+    // snapshot and an instance of that image (its base volume holds the file too).
+    l.ok(&["launch", "busybox", "c1"]);
+    plant_setuid(&l, "c1");
+    l.ok(&["snapshot", "c1", "s0"]);
+    l.ok(&["publish", "c1/s0", "--alias", "suid"]);
+    l.ok(&["launch", "suid", "c2"]);
+    // A pool at a user-given source outside the daemon's directory.
+    let user_pool = d.tmp().join("user-pool");
+    l.ok(&[
+        "storage",
+        "create",
+        "upool",
+        "dir",
+        &format!("source={}", user_pool.display()),
+    ]);
+    l.ok(&["launch", "suid", "c3", "-s", "upool"]);
+    l.ok(&["snapshot", "c3", "s0"]);
+    // A btrfs pool on a loop file: its mount root is a separate filesystem.
+    let btrfs = common::btrfs_supported();
+    match &btrfs {
+        Ok(()) => {
+            l.ok(&["storage", "create", "bt", "btrfs", "size=300MiB"]);
+            l.ok(&["launch", "suid", "c4", "-s", "bt"]);
+            l.ok(&["snapshot", "c4", "s0"]);
+        }
+        Err(why) => common::skip("no_host_user_reaches_the_daemons_tree (btrfs part)", why),
+    }
+
+    // The files really are setuid root on disk: in c1, its snapshot, the image volume and c2.
+    let found = planted(d.dir());
+    let suid_root = found
+        .iter()
+        .filter(|(_, uid, mode)| *uid == 0 && mode & 0o4000 != 0)
+        .count();
+    let want = if btrfs.is_ok() { 7 } else { 4 };
+    assert!(suid_root >= want, "{found:?}");
+    assert!(!planted(&user_pool).is_empty());
+
+    let mut reached = reachable_by_nobody(&[d.dir(), &user_pool]);
+    assert!(reached.is_empty(), "nobody can reach: {reached:#?}");
+    for (p, _, _) in found.iter().chain(planted(&user_pool).iter()) {
+        nobody_cannot_run(p);
+    }
+
+    // An older tree (everything 0755) is mended at the next start, and the log says so.
+    drop(l);
+    d.stop();
+    let mut opened = Vec::new();
+    for p in [
+        d.dir().to_path_buf(),
+        d.dir().join("storage-pools"),
+        d.dir().join("storage-pools/default"),
+        d.dir().join("storage-pools/default/containers"),
+        d.dir().join("storage-pools/default/containers-snapshots"),
+        d.dir().join("storage-pools/default/images"),
+        d.dir().join("images"),
+        d.dir().join("logs"),
+        user_pool.join("containers-snapshots"),
+    ] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        opened.push(p);
+    }
+    for dir in [
+        "storage-pools/default/containers",
+        "storage-pools/default/images",
+    ] {
+        for e in std::fs::read_dir(d.dir().join(dir))
+            .expect("read")
+            .flatten()
+        {
+            std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(0o755))
+                .expect("chmod");
+            opened.push(e.path());
+        }
+    }
+    std::fs::set_permissions(
+        d.dir().join("database.json"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .expect("chmod");
+    reached = reachable_by_nobody(&[d.dir()]);
+    assert!(!reached.is_empty(), "the opened tree should be reachable");
+    d.restart().expect("restart");
+    reached = reachable_by_nobody(&[d.dir(), &user_pool]);
+    assert!(
+        reached.is_empty(),
+        "after the restart nobody can reach: {reached:#?}"
+    );
+    let log = d.log_text();
+    assert!(
+        log.contains("permissions of") && log.contains("mended"),
+        "{log}"
+    );
+    let l = Lxc::new(&d);
+    // And everything still works.
+    assert_eq!(l.sh("c1", "ls -l /bin/hsuid").0, 0);
+    l.ok(&["launch", "suid", "c5"]);
+    assert_eq!(l.sh("c5", "echo ok").1, "ok\n");
+}
