@@ -255,3 +255,94 @@ fn no_host_user_reaches_the_daemons_tree() {
     l.ok(&["launch", "suid", "c5"]);
     assert_eq!(l.sh("c5", "echo ok").1, "ok\n");
 }
+
+/// The instance's status as the API reports it (`Running`, `Frozen`, `Stopped`).
+fn status(d: &Daemon, name: &str) -> String {
+    let (_, v) = d
+        .api("GET", &format!("/1.0/instances/{name}/state"), None)
+        .expect("state");
+    v["metadata"]["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Poll until `name` shows `want` (true) or `limit` passed (false).
+fn wait_status(d: &Daemon, name: &str, want: &str, limit: std::time::Duration) -> bool {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < limit {
+        if status(d, name) == want {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    false
+}
+
+#[test]
+fn a_killed_operation_leaves_no_freeze_or_stop_behind() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let limit = std::time::Duration::from_secs(60);
+    let mut d = Daemon::start().expect("daemon");
+    {
+        let l = Lxc::new(&d);
+        l.import_busybox();
+        l.ok(&["launch", "busybox", "c1"]);
+        // Enough data that a copy on the dir pool (ext4 here: a real copy) takes a while.
+        let (rc, out) = l.sh("c1", "dd if=/dev/zero of=/root/big bs=1M count=400 2>&1");
+        assert_eq!(rc, 0, "{out}");
+        l.ok(&["snapshot", "c1", "base"]);
+        // A pause the user asked for survives everything below.
+        l.ok(&["launch", "busybox", "c2"]);
+        l.ok(&["pause", "c2"]);
+    }
+    assert_eq!(status(&d, "c1"), "Running");
+
+    // Killed during a snapshot, while the copy runs with c1 frozen.
+    let mut snap = d
+        .cli()
+        .args(["snapshot", "c1", "s1"])
+        .spawn()
+        .expect("snapshot");
+    assert!(
+        wait_status(&d, "c1", "Frozen", limit),
+        "never saw c1 frozen"
+    );
+    d.kill9();
+    let _ = snap.wait();
+    d.restart().expect("restart");
+    assert_eq!(status(&d, "c1"), "Running", "{}", d.log_text());
+    assert!(d.log_text().contains("c1: thawing"), "{}", d.log_text());
+    assert_eq!(Lxc::new(&d).sh("c1", "echo alive").1, "alive\n");
+    assert_eq!(status(&d, "c2"), "Frozen");
+
+    // Killed during a restore, while c1 is stopped for it.
+    let mut restore = d
+        .cli()
+        .args(["restore", "c1", "base"])
+        .spawn()
+        .expect("restore");
+    assert!(
+        wait_status(&d, "c1", "Stopped", limit),
+        "never saw c1 stopped"
+    );
+    d.kill9();
+    let _ = restore.wait();
+    d.restart().expect("restart");
+    assert_eq!(status(&d, "c1"), "Running", "{}", d.log_text());
+    assert!(
+        d.log_text().contains("c1: starting again"),
+        "{}",
+        d.log_text()
+    );
+    assert_eq!(Lxc::new(&d).sh("c1", "ls /root").1, "big\n");
+    assert_eq!(status(&d, "c2"), "Frozen");
+
+    // Nothing is undone twice: a third start leaves the user's pause alone too.
+    d.restart().expect("restart");
+    assert_eq!(status(&d, "c1"), "Running");
+    assert_eq!(status(&d, "c2"), "Frozen");
+    Lxc::new(&d).ok(&["start", "c2"]);
+}

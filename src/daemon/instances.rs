@@ -498,15 +498,81 @@ pub fn with_consistent<T>(
     let freeze = !pool.driver.atomic_clone()
         && matches!(state_of(d, name), State::Running { frozen: false, .. });
     if freeze {
-        runtime::freeze(&d.run_dir(name)).map_err(Error::from)?;
+        Interim::Frozen.begin(d, name)?;
+        if let Err(e) = runtime::freeze(&d.run_dir(name)) {
+            Interim::Frozen.end(d, name);
+            return Err(e.into());
+        }
     }
     let r = f();
     if freeze {
-        if let Err(e) = runtime::unfreeze(&d.run_dir(name)) {
-            eprintln!("bivy: {name}: unfreezing after a copy: {e}");
+        match runtime::unfreeze(&d.run_dir(name)) {
+            Ok(()) => Interim::Frozen.end(d, name),
+            // The record stays: the next daemon start thaws it.
+            Err(e) => eprintln!("bivy: {name}: unfreezing after a copy: {e}"),
         }
     }
     r
+}
+
+/// A temporary change an operation makes to a running instance: a freeze around a copy, a stop
+/// around a restore. It is recorded in the instance's run directory before it is made and the
+/// record is removed once it is undone, so a daemon killed in between undoes it at its next
+/// start ([`Interim::undo_all`]). A user's `pause` is not one: it survives restarts.
+#[derive(Clone, Copy, Debug)]
+pub enum Interim {
+    Frozen,
+    Stopped,
+}
+
+impl Interim {
+    fn path(self, d: &Daemon, name: &str) -> PathBuf {
+        d.run_dir(name).join(match self {
+            Interim::Frozen => "interim.frozen",
+            Interim::Stopped => "interim.stopped",
+        })
+    }
+
+    /// Record the change (durably) before making it.
+    pub fn begin(self, d: &Daemon, name: &str) -> Result<()> {
+        let dir = d.run_dir(name);
+        crate::util::fs::create_dir_mode(&dir, 0o711)
+            .and_then(|()| crate::util::fs::atomic_write(&self.path(d, name), b""))
+            .map_err(|e| Error::Internal(format!("{}: {e}", dir.display())))
+    }
+
+    /// The change was undone: forget it.
+    pub fn end(self, d: &Daemon, name: &str) {
+        let _ = std::fs::remove_file(self.path(d, name));
+    }
+
+    /// At daemon start: undo the changes that operations killed with the daemon left behind.
+    fn undo_all(d: &Arc<Daemon>, name: &str) {
+        if Interim::Frozen.path(d, name).exists() {
+            if let State::Running { frozen: true, .. } = state_of(d, name) {
+                eprintln!(
+                    "bivy: {name}: thawing (frozen by an operation the daemon did not finish)"
+                );
+                if let Err(e) = runtime::unfreeze(&d.run_dir(name)) {
+                    eprintln!("bivy: {name}: thawing: {e}");
+                    return;
+                }
+            }
+            Interim::Frozen.end(d, name);
+        }
+        if Interim::Stopped.path(d, name).exists() {
+            if let State::Stopped { .. } = state_of(d, name) {
+                eprintln!(
+                    "bivy: {name}: starting again (stopped by a restore the daemon did not finish)"
+                );
+                if let Err(e) = start(d, name) {
+                    eprintln!("bivy: {name}: starting: {e}");
+                    return;
+                }
+            }
+            Interim::Stopped.end(d, name);
+        }
+    }
 }
 
 fn create_now(d: &Daemon, args: NewInstance<'_>, origin: Origin) -> Result<()> {
@@ -1629,6 +1695,7 @@ pub fn recover(d: &Arc<Daemon>) -> std::io::Result<()> {
             .cloned()
             .collect();
     for n in names {
+        Interim::undo_all(d, &n);
         if matches!(state_of(d, &n), State::Running { .. }) {
             watch(d.clone(), n);
         }

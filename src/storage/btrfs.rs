@@ -642,8 +642,7 @@ impl Driver for Btrfs {
     fn create_volume(&self, path: &Path) -> io::Result<()> {
         self.check_volume_path(path)?;
         if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent)
-                .map_err(|e| annotate(e, format!("create {}", parent.display())))?;
+            super::make_volume_parent(parent)?;
         }
         let (parent, name) = parent_and_name(path)?;
         sys::btrfs::subvol_create(parent.as_fd(), name)
@@ -667,8 +666,7 @@ impl Driver for Btrfs {
             )));
         }
         if let Some(parent) = dst.parent() {
-            fs::create_dir_all(parent)
-                .map_err(|e| annotate(e, format!("create {}", parent.display())))?;
+            super::make_volume_parent(parent)?;
         }
         let src_fd = open_dir(src).map_err(|e| annotate(e, format!("open {}", src.display())))?;
         let (parent, name) = parent_and_name(dst)?;

@@ -116,7 +116,7 @@ impl Driver for Dir {
 
     fn create_volume(&self, path: &Path) -> io::Result<()> {
         if let Some(p) = path.parent() {
-            std::fs::create_dir_all(p)?;
+            super::make_volume_parent(p)?;
         }
         std::fs::create_dir(path)
             .and_then(|()| crate::util::fs::ensure_mode(path, super::VOLUME_MODE).map(drop))
@@ -125,7 +125,7 @@ impl Driver for Dir {
 
     fn clone_volume(&self, src: &Path, dst: &Path, _readonly: bool) -> io::Result<()> {
         if let Some(p) = dst.parent() {
-            std::fs::create_dir_all(p)?;
+            super::make_volume_parent(p)?;
         }
         super::copy::copy_tree(src, dst)?;
         crate::util::fs::ensure_mode(dst, super::VOLUME_MODE)

@@ -366,6 +366,16 @@ pub const LAYOUT_MODES: [(&str, u32); 3] = [
 /// Every volume a driver makes: only root.
 pub const VOLUME_MODE: u32 = 0o700;
 
+/// Make the missing directories above a volume (an instance's snapshot directory), closed
+/// like a volume; existing ones are left as they are.
+pub fn make_volume_parent(parent: &Path) -> io::Result<()> {
+    if parent.is_dir() {
+        return Ok(());
+    }
+    crate::util::fs::create_dir_mode(parent, VOLUME_MODE)
+        .map_err(|e| io::Error::new(e.kind(), format!("create {}: {e}", parent.display())))
+}
+
 /// An instance volume's mode: 0100 for an unprivileged instance, 0700 for a privileged one
 /// (as LXD). Either way only root gets through it.
 pub fn instance_volume_mode(privileged: bool) -> u32 {
