@@ -346,3 +346,85 @@ fn a_killed_operation_leaves_no_freeze_or_stop_behind() {
     assert_eq!(status(&d, "c2"), "Frozen");
     Lxc::new(&d).ok(&["start", "c2"]);
 }
+
+/// Held by nobody (uid 65534): 2,000 idle connections, then one request; prints that request's
+/// status line and body, then holds everything until stdin closes.
+const FLOOD: &str = r#"
+import resource, socket, sys
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+held = []
+for _ in range(2000):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sys.argv[1])
+    held.append(s)
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall(b"GET /1.0 HTTP/1.1\r\nHost: x\r\n\r\n")
+s.settimeout(20)
+data = b""
+while True:
+    c = s.recv(65536)
+    if not c:
+        break
+    data += c
+head, _, body = data.partition(b"\r\n\r\n")
+print(head.split(b"\r\n")[0].decode())
+print(body.decode())
+sys.stdout.flush()
+sys.stdin.read()
+"#;
+
+#[test]
+fn a_connection_flood_is_refused_clearly_and_root_gets_through() {
+    if !common::require_root() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    // Let nobody's group use the socket, as a daemon started with --group would.
+    std::os::unix::fs::chown(d.socket(), None, Some(65534)).expect("chgrp socket");
+    let mut flood = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(["/usr/bin/python3", "-c", FLOOD])
+        .arg(d.socket())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("flood");
+    let mut out = flood.stdout.take().expect("stdout");
+    let mut first = String::new();
+    {
+        use std::io::BufRead;
+        let mut r = std::io::BufReader::new(&mut out);
+        r.read_line(&mut first).expect("status line");
+        let mut body = String::new();
+        r.read_line(&mut body).expect("body");
+        first.push_str(&body);
+    }
+    // The over-limit request got a 503 in LXD's envelope, not a reset.
+    let mut lines = first.lines();
+    assert_eq!(
+        lines.next(),
+        Some("HTTP/1.1 503 Service Unavailable"),
+        "{first}"
+    );
+    let v: serde_json::Value = serde_json::from_str(lines.next().unwrap_or("")).expect("json");
+    assert_eq!(v["type"], "error", "{v}");
+    assert_eq!(v["error_code"], 503, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Too many connections"),
+        "{v}"
+    );
+    // Root's CLI works while nobody holds its connections.
+    let list = d.run(&["list", "--format", "csv"]);
+    assert!(list.status.success(), "{list:?}");
+    let (code, v) = d.api("GET", "/1.0", None).expect("api");
+    assert_eq!(code, 200, "{v}");
+    drop(flood.stdin.take());
+    let _ = flood.kill();
+    let _ = flood.wait();
+}

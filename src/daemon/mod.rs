@@ -6,6 +6,7 @@
 //! operations finish for a bounded time and exits; containers keep running under their monitors.
 
 mod config;
+mod conns;
 mod db;
 mod endpoints;
 mod events;
@@ -29,7 +30,7 @@ use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,9 +38,6 @@ pub use events::Events;
 pub use operations::Operations;
 
 use crate::image;
-
-/// Most connections served at once; past it new connections are closed at once.
-const MAX_CONNECTIONS: usize = 1024;
 
 /// Facts about the host, probed once at start.
 #[derive(Debug, Clone)]
@@ -109,7 +107,8 @@ pub struct Daemon {
     /// For a `$BIVY_DIR` other than the default, a short hash of it that keeps this daemon's
     /// cgroups (`bivy/<name>.<hash>`) apart from another daemon's.
     pub cgroup_suffix: Option<String>,
-    connections: AtomicUsize,
+    /// Open connections, in all and per peer (`conns`).
+    connections: Arc<conns::Limits>,
     /// A weak handle on ourselves, for handlers that hand work to operation threads.
     me: std::sync::OnceLock<std::sync::Weak<Daemon>>,
 }
@@ -270,7 +269,7 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
             let h = ring::digest::digest(&ring::digest::SHA256, dir.as_os_str().as_encoded_bytes());
             response::hex(&h.as_ref()[..4])
         }),
-        connections: AtomicUsize::new(0),
+        connections: Arc::default(),
         me: std::sync::OnceLock::new(),
     });
     let _ = d.me.set(Arc::downgrade(&d));
@@ -316,30 +315,33 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
     snapshots::spawn_scheduler(d.clone());
 
     let limits = crate::http::Limits::default();
+    let refuser = conns::Refuser::start().map_err(|e| format!("starting threads: {e}"))?;
     for conn in listener.incoming() {
         let Ok(stream) = conn else { continue };
         if d.shutting_down.load(Ordering::SeqCst) {
             break;
         }
-        if d.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-            d.connections.fetch_sub(1, Ordering::SeqCst);
+        let Ok(peer) = conns::Peer::of_unix(&stream) else {
             continue;
-        }
+        };
+        let slot = match d.connections.admit(peer) {
+            Ok(s) => s,
+            Err(why) => {
+                refuser.refuse(stream, &why);
+                continue;
+            }
+        };
         let dc = d.clone();
         let limits = limits.clone();
-        let spawned = std::thread::Builder::new()
+        // Out of threads: the closure (the stream and the slot with it) is dropped unrun.
+        let _ = std::thread::Builder::new()
             .name("conn".into())
             .spawn(move || {
-                let dd = dc.clone();
                 crate::http::serve_connection(Box::new(stream), &limits, &move |req| {
-                    routes::handle(&dd, req)
+                    routes::handle(&dc, req)
                 });
-                dc.connections.fetch_sub(1, Ordering::SeqCst);
+                drop(slot);
             });
-        if spawned.is_err() {
-            // Out of threads: the closure (and the stream) was dropped unrun, so give the slot back.
-            d.connections.fetch_sub(1, Ordering::SeqCst);
-        }
     }
     Ok(())
 }
