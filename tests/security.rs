@@ -428,3 +428,41 @@ fn a_connection_flood_is_refused_clearly_and_root_gets_through() {
     let _ = flood.kill();
     let _ = flood.wait();
 }
+
+/// The capability bounding set of `pid` (a line of /proc/PID/status), parsed.
+fn cap_bnd(status: &str) -> u64 {
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .expect("CapBnd line")
+        .trim();
+    u64::from_str_radix(hex, 16).expect("hex")
+}
+
+#[test]
+fn containers_lack_lxds_dropped_capabilities() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    l.import_busybox();
+    l.ok(&["launch", "busybox", "u"]);
+    l.ok(&["launch", "busybox", "p", "-c", "security.privileged=true"]);
+    // sys_module 16, sys_rawio 17, sys_time 25, mac_override 32, mac_admin 33.
+    let dropped: u64 = (1 << 16) | (1 << 17) | (1 << 25) | (1 << 32) | (1 << 33);
+    for ct in ["u", "p"] {
+        for (what, cmd) in [
+            ("init", "cat /proc/1/status"),
+            ("exec", "cat /proc/self/status"),
+        ] {
+            let (rc, out) = l.sh(ct, cmd);
+            assert_eq!(rc, 0, "{out}");
+            let bnd = cap_bnd(&out);
+            assert_eq!(bnd & dropped, 0, "{ct} {what}: CapBnd {bnd:x}");
+            // Everything else a container root has stays (sys_admin 21, net_admin 12).
+            assert_ne!(bnd & (1 << 21), 0, "{ct} {what}: CapBnd {bnd:x}");
+            assert_ne!(bnd & (1 << 12), 0, "{ct} {what}: CapBnd {bnd:x}");
+        }
+    }
+}

@@ -323,10 +323,8 @@ fn child(
     if let Err(x) = nix::unistd::chdir(req.cwd.as_str()) {
         return e(&format!("chdir {}", req.cwd), &x);
     }
-    if privileged {
-        if let Err(x) = init::drop_privileged_caps() {
-            return x;
-        }
+    if let Err(x) = init::drop_caps() {
+        return x;
     }
     if let Some(l) = label {
         if let Err(x) = confine::apparmor_set_exec_label(l.trim()) {
