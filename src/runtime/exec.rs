@@ -233,7 +233,7 @@ fn run(run_dir: &Path, js: &str, sock: OwnedFd) -> std::result::Result<i32, (Own
     // 5. Fork: the child is in the container's pid namespace.
     let pid = t!(sys::fork().map_err(|e| Error(format!("fork: {e}"))));
     if pid == 0 {
-        let e = child(&req, &sock, privileged, label.as_deref(), &seccomp);
+        let e = child(&req, &sock, label.as_deref(), &seccomp);
         let _ = chan::send(&sock, &Msg::Err(e.0), None);
         sys::exit_now(127);
     }
@@ -271,7 +271,6 @@ fn run(run_dir: &Path, js: &str, sock: OwnedFd) -> std::result::Result<i32, (Own
 fn child(
     req: &Req,
     sock: &OwnedFd,
-    privileged: bool,
     label: Option<&str>,
     seccomp: &confine::Seccomp,
 ) -> Error {

@@ -11,7 +11,7 @@ use nix::unistd::{Gid, Uid};
 
 use super::chan::{self, Msg};
 use super::confine::{self, CgroupLayout, Seccomp};
-use super::{rootfs, Error, RootfsMode, Spec};
+use super::{rootfs, Error, Spec};
 use crate::sys;
 
 /// What the monitor hands to the child (borrowed from the monitor's copy of memory).
@@ -48,7 +48,6 @@ pub enum Never {}
 
 fn setup(ctx: &Ctx<'_>, sock: &OwnedFd) -> Result<Never, Error> {
     let spec = ctx.spec;
-    let privileged = spec.rootfs_mode == RootfsMode::Privileged;
 
     super::monitor::trace(ctx.t0, "child step 1");
     // 1. Wait until the monitor wrote our id maps and put us into the container's cgroup.
