@@ -1,5 +1,7 @@
 //! Regression tests for the hostile review (issue 9): no host user but root reaches anything
-//! under the daemon's tree, whatever a container or an image put there.
+//! under the daemon's tree, whatever a container or an image put there; operations killed with
+//! the daemon leave nothing temporary behind; floods are refused clearly; capabilities; errors
+//! reach the user instead of a false success or a reset connection.
 
 mod common;
 
@@ -465,4 +467,117 @@ fn containers_lack_lxds_dropped_capabilities() {
             assert_ne!(bnd & (1 << 12), 0, "{ct} {what}: CapBnd {bnd:x}");
         }
     }
+}
+
+/// `bivy ARGS`: (exit success, stderr).
+fn bivy(d: &Daemon, args: &[&str]) -> (bool, String) {
+    let out = d.run(args);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn file_transfer_errors_reach_the_user() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    Lxc::new(&d).import_busybox();
+    d.ok(&["launch", "busybox", "c1"]);
+    let (rc, out) = Lxc::new(&d).sh(
+        "c1",
+        "echo hi > /root/f && ln -s /root/f /root/link && ln -s /nowhere /root/link2 && mkfifo /root/fifo",
+    );
+    assert_eq!(rc, 0, "{out}");
+    let local = d.tmp().join("pulled");
+    std::fs::create_dir(&local).expect("mkdir");
+
+    // A symlink pulled onto an existing regular file: refused, the file untouched.
+    let existing = local.join("existing");
+    std::fs::write(&existing, "mine").expect("write");
+    let (ok, err) = bivy(
+        &d,
+        &["file", "pull", "c1/root/link", existing.to_str().unwrap()],
+    );
+    assert!(!ok, "pull onto a regular file reported success");
+    assert!(err.contains("exists and is not a symlink"), "{err}");
+    assert_eq!(std::fs::read_to_string(&existing).unwrap(), "mine");
+    // Onto an existing symlink: replaced by the container's.
+    let link = local.join("link");
+    std::os::unix::fs::symlink("/old/target", &link).expect("symlink");
+    let (ok, err) = bivy(
+        &d,
+        &["file", "pull", "c1/root/link2", link.to_str().unwrap()],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("/nowhere"));
+    // Into a directory that cannot be written: an error, not success.
+    let ro = local.join("ro");
+    std::fs::create_dir(&ro).expect("mkdir");
+    let (ok, err) = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(common::bivy_bin())
+        .args([
+            "file",
+            "pull",
+            "c1/root/link",
+            ro.join("x").to_str().unwrap(),
+        ])
+        .env("BIVY_DIR", d.dir())
+        .output()
+        .map(|o| {
+            (
+                o.status.success(),
+                String::from_utf8_lossy(&o.stderr).into_owned(),
+            )
+        })
+        .expect("run");
+    assert!(!ok, "{err}");
+
+    // A push onto a FIFO, bigger than what the server drains: the server's reason, not EPIPE.
+    let big = d.tmp().join("big");
+    std::fs::write(&big, vec![7u8; 8 << 20]).expect("write");
+    let (ok, err) = bivy(&d, &["file", "push", big.to_str().unwrap(), "c1/root/fifo"]);
+    assert!(!ok, "push onto a FIFO reported success");
+    assert!(err.contains("not a regular file"), "{err}");
+    assert!(!err.contains("Broken pipe"), "{err}");
+}
+
+#[test]
+fn an_import_onto_a_full_disk_says_so() {
+    if !common::require_root() {
+        return;
+    }
+    let Some(img) = common::debian_image() else {
+        common::skip(
+            "an_import_onto_a_full_disk_says_so",
+            "no Debian image (cargo xtask test-image debian)",
+        );
+        return;
+    };
+    let d = Daemon::start().expect("daemon");
+    // The image store on a filesystem far smaller than the image (unmounted with the temp dir).
+    let store = d.dir().join("images");
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs"])
+        .arg(&store)
+        .status()
+        .expect("mount");
+    assert!(st.success());
+    let (ok, err) = bivy(
+        &d,
+        &["image", "import", img.to_str().unwrap(), "--alias", "big"],
+    );
+    let _ = Command::new("umount").arg(&store).status();
+    assert!(!ok, "import onto a full disk reported success");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(
+        !err.contains("reset by peer") && !err.contains("Broken pipe"),
+        "{err}"
+    );
+    // Nothing half-imported is listed.
+    let list = d.ok(&["image", "list", "--format", "csv"]);
+    assert!(list.trim().is_empty(), "{list}");
 }

@@ -268,12 +268,7 @@ fn run(run_dir: &Path, js: &str, sock: OwnedFd) -> std::result::Result<i32, (Own
     }
 }
 
-fn child(
-    req: &Req,
-    sock: &OwnedFd,
-    label: Option<&str>,
-    seccomp: &confine::Seccomp,
-) -> Error {
+fn child(req: &Req, sock: &OwnedFd, label: Option<&str>, seccomp: &confine::Seccomp) -> Error {
     let e = |step: &str, x: &dyn std::fmt::Display| Error(format!("{step}: {x}"));
     // 6. pty: allocated in the container's devpts (its /dev/ptmx, we are in its mount namespace),
     //    the master goes back to the caller.
