@@ -581,3 +581,50 @@ fn an_import_onto_a_full_disk_says_so() {
     let list = d.ok(&["image", "list", "--format", "csv"]);
     assert!(list.trim().is_empty(), "{list}");
 }
+
+#[test]
+fn image_data_no_record_owns_is_removed_not_adopted() {
+    if !common::require_root() {
+        return;
+    }
+    let mut d = Daemon::start().expect("daemon");
+    // What an import killed before its record leaves: the data of the very image imported next,
+    // plus a rootfs that would turn it into a (corrupt) split image if it were adopted.
+    let img = common::busybox_image();
+    let fp = {
+        let bytes = std::fs::read(&img).expect("read image");
+        let h = ring::digest::digest(&ring::digest::SHA256, &bytes);
+        h.as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    d.stop();
+    let store = d.dir().join("images");
+    for (name, data) in [
+        (fp.clone(), &b"not the image"[..]),
+        (format!("{fp}.rootfs"), &b"garbage rootfs"[..]),
+        (format!("{fp}.metadata.yaml"), &b"architecture: x"[..]),
+    ] {
+        std::fs::write(store.join(name), data).expect("plant");
+    }
+    d.restart().expect("restart");
+    let log = d.log_text();
+    assert!(log.contains("did not finish"), "{log}");
+    for name in [
+        fp.clone(),
+        format!("{fp}.rootfs"),
+        format!("{fp}.metadata.yaml"),
+    ] {
+        assert!(!store.join(&name).exists(), "{name} survived the restart");
+    }
+    // The same image imports, verified, and runs.
+    let l = Lxc::new(&d);
+    l.import_busybox();
+    assert_eq!(
+        std::fs::read(store.join(&fp)).expect("data"),
+        std::fs::read(&img).expect("image")
+    );
+    l.ok(&["launch", "busybox", "c1"]);
+    assert_eq!(l.sh("c1", "echo ok").1, "ok\n");
+}

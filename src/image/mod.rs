@@ -316,11 +316,29 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Store> {
         crate::util::fs::create_dir_mode(dir, 0o700).map_err(|e| internal(dir.display(), e))?;
         let rd = std::fs::read_dir(dir).map_err(|e| internal(dir.display(), e))?;
-        for ent in rd.flatten() {
-            let name = ent.file_name();
-            let name = name.to_string_lossy();
-            if name.starts_with('.') && name.contains(".tmp") && !owner_alive(&name) {
-                let _ = std::fs::remove_file(ent.path());
+        let names: Vec<String> = rd
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        for name in &names {
+            if name.starts_with('.') && name.contains(".tmp") && !owner_alive(name) {
+                let _ = std::fs::remove_file(dir.join(name));
+            }
+        }
+        // An import killed between moving its data into place and writing its record leaves
+        // data no record owns: never adopted by a later import, removed here.
+        for name in &names {
+            let fp = name
+                .strip_suffix(".rootfs")
+                .or_else(|| name.strip_suffix(".metadata.yaml"))
+                .unwrap_or(name);
+            let is_fp = fp.len() == 64 && fp.bytes().all(|b| b.is_ascii_hexdigit());
+            if is_fp && !names.iter().any(|n| *n == format!("{fp}.json")) {
+                eprintln!(
+                    "bivy: removing {} (image data of an import that did not finish)",
+                    dir.join(name).display()
+                );
+                let _ = std::fs::remove_file(dir.join(name));
             }
         }
         Ok(Store {
@@ -565,6 +583,10 @@ impl Store {
         if let Some(rootfs_tmp) = rootfs_tmp {
             let dst = self.rootfs_path(fp);
             std::fs::rename(rootfs_tmp, &dst).map_err(|e| internal(dst.display(), e))?;
+        } else {
+            // Whatever is there belongs to no record (checked above, under the lock); a unified
+            // image must not pick it up as its rootfs.
+            let _ = std::fs::remove_file(self.rootfs_path(fp));
         }
         let dst = self.data_path(fp);
         std::fs::rename(&meta_tmp, &dst).map_err(|e| internal(dst.display(), e))?;
