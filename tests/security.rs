@@ -628,3 +628,41 @@ fn image_data_no_record_owns_is_removed_not_adopted() {
     l.ok(&["launch", "busybox", "c1"]);
     assert_eq!(l.sh("c1", "echo ok").1, "ok\n");
 }
+
+#[test]
+fn the_unpacked_size_limit_is_configurable() {
+    if !common::require_root() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let img = common::busybox_image();
+    let img = img.to_str().expect("utf-8");
+    // Bad values are refused.
+    for bad in ["0", "lots", "1XB", "1.5GiB"] {
+        let (ok, err) = bivy(&d, &["config", "set", "images.max_unpacked_size", bad]);
+        assert!(
+            !ok && err.contains("images.max_unpacked_size"),
+            "{bad}: {err}"
+        );
+    }
+    // Below the busybox image's expanded size: its import is refused, and nothing is stored.
+    d.ok(&["config", "set", "images.max_unpacked_size", "512KiB"]);
+    let (ok, err) = bivy(&d, &["image", "import", img, "--alias", "bb"]);
+    assert!(!ok, "import over the limit reported success");
+    assert!(err.contains("too large") && err.contains("524288"), "{err}");
+    assert!(d
+        .ok(&["image", "list", "--format", "csv"])
+        .trim()
+        .is_empty());
+    // Unset: the default limit, and the import works; it holds across a restart too.
+    d.ok(&["config", "unset", "images.max_unpacked_size"]);
+    d.ok(&["image", "import", img, "--alias", "bb"]);
+    d.ok(&["config", "set", "images.max_unpacked_size", "64MiB"]);
+    let mut d = d;
+    d.restart().expect("restart");
+    assert_eq!(
+        d.ok(&["config", "get", "images.max_unpacked_size"]).trim(),
+        "64MiB"
+    );
+    d.ok(&["launch", "bb", "c1"]);
+}

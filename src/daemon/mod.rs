@@ -273,6 +273,7 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
         me: std::sync::OnceLock::new(),
     });
     let _ = d.me.set(Arc::downgrade(&d));
+    endpoints::apply_server_config(&d, &d.db.lock().expect("db lock").data.config);
     storage::open_all(&d).map_err(|e| format!("opening storage pools: {e}"))?;
     instances::recover(&d).map_err(|e| format!("recovering state: {e}"))?;
     secure_tree(&d);

@@ -189,7 +189,7 @@ pub fn image_volume(d: &Daemon, pool: &Pool, fingerprint: &str) -> Result<PathBu
             &tmp.join("templates"),
             &image::UnpackOpts {
                 skip_devices: true,
-                max_bytes: 64 << 30,
+                max_bytes: d.images.max_unpacked(),
             },
         )?;
         let m = serde_json::to_vec_pretty(&meta).map_err(|e| Error::Internal(e.to_string()))?;
