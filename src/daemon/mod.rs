@@ -280,8 +280,11 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
 
     let sock_path = dir.join("unix.socket");
     let _ = std::fs::remove_file(&sock_path); // we hold the lock: any socket file is stale
-    let listener =
-        UnixListener::bind(&sock_path).map_err(|e| format!("{}: {e}", sock_path.display()))?;
+    // Made 0600 by bind itself (never briefly open to everyone under a lax umask), then 0660.
+    let old_umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let listener = UnixListener::bind(&sock_path);
+    nix::sys::stat::umask(old_umask);
+    let listener = listener.map_err(|e| format!("{}: {e}", sock_path.display()))?;
     std::fs::set_permissions(&sock_path, std::fs::Permissions::from_mode(0o660))
         .map_err(|e| e.to_string())?;
     if let Some(g) = group {
