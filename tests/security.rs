@@ -352,7 +352,7 @@ fn a_killed_operation_leaves_no_freeze_or_stop_behind() {
 /// Held by nobody (uid 65534): 2,000 idle connections, then one request; prints that request's
 /// status line and body, then holds everything until stdin closes.
 const FLOOD: &str = r#"
-import resource, socket, sys
+import resource, socket, sys, time
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
 held = []
@@ -360,6 +360,9 @@ for _ in range(2000):
     s = socket.socket(socket.AF_UNIX)
     s.connect(sys.argv[1])
     held.append(s)
+# The daemon answers the refused idle ones within about a second (each waits at most 0.5 s for
+# a request); a refused client that sends one then gets its 503 after the request was read.
+time.sleep(2)
 s = socket.socket(socket.AF_UNIX)
 s.connect(sys.argv[1])
 s.sendall(b"GET /1.0 HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -10,12 +10,13 @@
 //!
 //! A refused client gets `503` in LXD's error envelope, not a dropped connection: one refusal
 //! thread reads the request head first (so the client's write does not fail on a closed socket),
-//! bounded in time and in how many wait, then answers; past its queue a connection is closed.
+//! bounded in time and in how many wait, then answers; past that bound the answer comes at once.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,10 +26,7 @@ pub const MAX_CONNECTIONS: usize = 1024;
 pub const PER_PEER: usize = 128;
 /// Slots only root may take.
 pub const ROOT_RESERVE: usize = 64;
-/// Refusals handed to the refusal thread and not yet taken; past it a refused connection is just
-/// closed.
-const REFUSE_QUEUE: usize = 1024;
-/// Refused connections waiting for their request at once; past it the oldest is answered now.
+/// Refused connections waiting for their request at once; past it a refusal is answered at once.
 const MAX_PENDING: usize = 256;
 /// Longest a refusal waits for the request it answers.
 const REFUSE_READ: Duration = Duration::from_millis(500);
@@ -140,9 +138,12 @@ impl Limits {
 }
 
 /// Answers refused connections with a 503 (see the module doc): one thread that waits (with
-/// poll) for each refused client's request head, up to [`REFUSE_READ`], then answers.
+/// poll) for each refused client's request head, up to [`REFUSE_READ`], then answers. Past
+/// [`MAX_PENDING`] waiting, a refused client is answered at once, without its request read.
 pub struct Refuser {
-    queue: SyncSender<(UnixStream, String)>,
+    queue: Sender<(UnixStream, String)>,
+    /// Refusals handed to the thread and not answered yet.
+    waiting: Arc<AtomicUsize>,
 }
 
 /// A refused connection waiting for its request head.
@@ -157,37 +158,48 @@ struct Pending {
 impl Refuser {
     /// Start the refusal thread.
     pub fn start() -> std::io::Result<Refuser> {
-        let (tx, rx) = sync_channel::<(UnixStream, String)>(REFUSE_QUEUE);
+        let (tx, rx) = channel::<(UnixStream, String)>();
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let w = waiting.clone();
         std::thread::Builder::new()
             .name("refuse".into())
             .stack_size(64 * 1024)
-            .spawn(move || refuse_loop(&rx))?;
-        Ok(Refuser { queue: tx })
+            .spawn(move || refuse_loop(&rx, &w))?;
+        Ok(Refuser { queue: tx, waiting })
     }
 
-    /// Refuse `s`: answered with a 503 when the queue has room, else closed at once.
+    /// Refuse `s` with a 503: after reading its request when fewer than [`MAX_PENDING`] wait,
+    /// at once otherwise.
     pub fn refuse(&self, s: UnixStream, why: &Refused) {
-        let _ = self.queue.try_send((s, why.to_string()));
+        if self.waiting.load(Ordering::Relaxed) >= MAX_PENDING {
+            answer_503(s, &why.to_string());
+            return;
+        }
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.queue.send((s, why.to_string())) {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            let (s, why) = e.0;
+            answer_503(s, &why);
+        }
     }
 }
 
-fn refuse_loop(rx: &Receiver<(UnixStream, String)>) {
+fn refuse_loop(rx: &Receiver<(UnixStream, String)>, waiting: &AtomicUsize) {
     use std::os::fd::AsFd;
     let mut pending: Vec<Pending> = Vec::new();
+    let add = |(s, why): (UnixStream, String), pending: &mut Vec<Pending>| {
+        if s.set_nonblocking(true).is_ok() {
+            pending.push(Pending {
+                s,
+                why,
+                until: Instant::now() + REFUSE_READ,
+                tail: Vec::new(),
+            });
+        } else {
+            waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+    };
     loop {
-        let add = |(s, why): (UnixStream, String), pending: &mut Vec<Pending>| {
-            if pending.len() >= MAX_PENDING {
-                answer_503(pending.remove(0));
-            }
-            if s.set_nonblocking(true).is_ok() {
-                pending.push(Pending {
-                    s,
-                    why,
-                    until: Instant::now() + REFUSE_READ,
-                    tail: Vec::new(),
-                });
-            }
-        };
         if pending.is_empty() {
             match rx.recv() {
                 Ok(p) => add(p, &mut pending),
@@ -228,16 +240,17 @@ fn refuse_loop(rx: &Receiver<(UnixStream, String)>) {
                 }
             }
             if done {
-                answer_503(pending.swap_remove(i));
+                let p = pending.swap_remove(i);
+                answer_503(p.s, &p.why);
+                waiting.fetch_sub(1, Ordering::Relaxed);
             }
         }
     }
 }
 
 /// Answer 503 in LXD's error envelope, then close.
-fn answer_503(p: Pending) {
-    let mut s = p.s;
-    let body = super::response::error_body(503, &p.why);
+fn answer_503(mut s: UnixStream, why: &str) {
+    let body = super::response::error_body(503, why);
     let mut out = format!(
         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
@@ -245,6 +258,7 @@ fn answer_503(p: Pending) {
     .into_bytes();
     out.extend_from_slice(&body);
     // A few hundred bytes fit any socket buffer; a client that reads nothing is not waited for.
+    let _ = s.set_nonblocking(true);
     let _ = s.write_all(&out);
     let _ = s.shutdown(std::net::Shutdown::Write);
 }

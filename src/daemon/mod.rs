@@ -245,6 +245,11 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
     // SIGPIPE is already ignored by the Rust runtime: writes to a vanished client fail with EPIPE.
 
     crate::sys::limit_malloc_arenas(2);
+    // Every connection (up to conns::MAX_CONNECTIONS), refusal, container log and image file
+    // is a descriptor: the usual soft limit of 1024 is too low; the hard limit is the bound.
+    if let Err(e) = raise_nofile(1 << 16) {
+        eprintln!("bivy: raising the open file limit: {e}");
+    }
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
         .map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -280,7 +285,7 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
 
     let sock_path = dir.join("unix.socket");
     let _ = std::fs::remove_file(&sock_path); // we hold the lock: any socket file is stale
-    // Made 0600 by bind itself (never briefly open to everyone under a lax umask), then 0660.
+                                              // Made 0600 by bind itself (never briefly open to everyone under a lax umask), then 0660.
     let old_umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
     let listener = UnixListener::bind(&sock_path);
     nix::sys::stat::umask(old_umask);
@@ -321,7 +326,21 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
     let limits = crate::http::Limits::default();
     let refuser = conns::Refuser::start().map_err(|e| format!("starting threads: {e}"))?;
     for conn in listener.incoming() {
-        let Ok(stream) = conn else { continue };
+        let stream = match conn {
+            Ok(s) => s,
+            // Out of descriptors (or memory): the pending connection stays queued and the
+            // listener readable, so wait a little instead of spinning on it.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS)
+                ) =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            Err(_) => continue,
+        };
         if d.shutting_down.load(Ordering::SeqCst) {
             break;
         }
@@ -395,6 +414,17 @@ fn secure_tree(d: &Daemon) {
         }
     }
     storage::mend_volume_modes(d);
+}
+
+/// Raise the soft limit of open files to `want`, or to the hard limit when that is lower.
+fn raise_nofile(want: u64) -> nix::Result<()> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    let target = want.min(hard);
+    if soft < target {
+        setrlimit(Resource::RLIMIT_NOFILE, target, hard)?;
+    }
+    Ok(())
 }
 
 /// The exclusive lock on `$BIVY_DIR/daemon.lock`, held for the daemon's life.
