@@ -125,6 +125,8 @@ fn state_api(d: &Daemon, name: &str, st: &State) -> api::InstanceState {
     };
     if let State::Running { init_pid, .. } = st {
         out.pid = i64::from(*init_pid);
+        // Read from the container's own network namespace (at least `lo`, as LXD reports).
+        out.network = super::netstate::of_pid(*init_pid).ok();
         if let Ok(stats) = runtime::stats(&d.run_dir(name)) {
             out.processes = stats.processes as i64;
             out.memory.usage = stats.memory_usage as i64;

@@ -16,6 +16,7 @@ mod filter;
 mod idmap;
 mod instances;
 mod multipart;
+mod netstate;
 mod operations;
 mod pull;
 mod resources;
