@@ -125,6 +125,8 @@ fn state_api(d: &Daemon, name: &str, st: &State) -> api::InstanceState {
     };
     if let State::Running { init_pid, .. } = st {
         out.pid = i64::from(*init_pid);
+        // Read from the container's own network namespace (at least `lo`, as LXD reports).
+        out.network = super::netstate::of_pid(*init_pid).ok();
         if let Ok(stats) = runtime::stats(&d.run_dir(name)) {
             out.processes = stats.processes as i64;
             out.memory.usage = stats.memory_usage as i64;
@@ -248,7 +250,8 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
             Origin::Remote(Box::new(source.clone()))
         }
         "image" => Origin::Image(Box::new(resolve_image(d, &source)?)),
-        "none" | "" => Origin::Empty,
+        // Only an explicit "none" makes an empty instance; a missing type is an error (LXD).
+        "none" => Origin::Empty,
         "copy" => {
             if !source.server.is_empty() || source.mode == "push" {
                 return Err(Error::not_yet("copies between servers (migration)"));
@@ -308,7 +311,8 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
             }
         }
         "migration" => return Err(Error::not_yet("migration")),
-        other => return Err(Error::BadRequest(format!("Unknown source type {other:?}"))),
+        // LXD's wording: "Unknown source type %s".
+        other => return Err(Error::BadRequest(format!("Unknown source type {other}"))),
     };
     let profiles = profiles.unwrap_or_else(|| vec!["default".into()]);
     // volatile keys in a create request (`lxc copy` sends volatile.base_image) are stored; the

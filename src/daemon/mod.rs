@@ -17,6 +17,7 @@ mod filter;
 mod idmap;
 mod instances;
 mod multipart;
+mod netstate;
 mod operations;
 mod pull;
 mod resources;
