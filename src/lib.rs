@@ -40,6 +40,7 @@ pub mod client;
 pub mod daemon;
 pub mod http;
 pub mod image;
+pub mod instance;
 pub mod runtime;
 pub mod storage;
 #[allow(unsafe_code)]

@@ -169,7 +169,7 @@ pub fn validate_key(key: &str, value: &str) -> Result<()> {
         }
         Kind::Allowance => parse_allowance(value).map(drop).or_else(|e| bad(&e.0)),
         Kind::Enforce if !matches!(value, "hard" | "soft") => bad("expected hard or soft"),
-        Kind::Idmap => super::idmap::parse_raw(value).map(drop),
+        Kind::Idmap => super::idmap::parse_raw(value).map(drop).map_err(Into::into),
         Kind::Seccomp => {
             crate::runtime::seccomp::validate_config_value(key, value).or_else(|e| bad(&e.0))
         }

@@ -6,15 +6,14 @@
 //! operations finish for a bounded time and exits; containers keep running under their monitors.
 
 mod config;
+use crate::instance::{db, idmap, schedule};
 mod conns;
-mod db;
 mod endpoints;
 mod events;
 mod exec;
 mod fetch;
 mod files;
 mod filter;
-mod idmap;
 mod instances;
 mod multipart;
 mod netstate;
@@ -23,7 +22,6 @@ mod pull;
 mod resources;
 mod response;
 mod routes;
-mod schedule;
 mod snapshots;
 mod storage;
 

@@ -73,6 +73,24 @@ impl From<crate::image::Error> for Error {
     }
 }
 
+/// The one mapping from the model's errors to LXD's status codes.
+impl From<crate::instance::Error> for Error {
+    fn from(e: crate::instance::Error) -> Error {
+        use crate::instance::Error as E;
+        let m = e.message();
+        match e {
+            E::Invalid(_) | E::InvalidConfig { .. } => Error::BadRequest(m),
+            E::NotFound(_) => Error::NotFound(m),
+            E::Conflict(_) | E::Busy { .. } => Error::Conflict(m),
+            E::PreconditionFailed(_) => Error::PreconditionFailed(m),
+            E::TooLarge(_) => Error::PayloadTooLarge(m),
+            E::Forbidden(_) => Error::Forbidden(m),
+            E::NotSupported(_) => Error::NotImplemented(m),
+            E::Host(_) => Error::Internal(m),
+        }
+    }
+}
+
 impl From<crate::runtime::Error> for Error {
     fn from(e: crate::runtime::Error) -> Error {
         if e.0.starts_with("not supported yet") {

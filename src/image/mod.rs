@@ -37,6 +37,7 @@ use ring::digest;
 
 use crate::api;
 use crate::util::fs::{atomic_write, sync_dir};
+use crate::util::revert::Revert;
 use crate::util::time;
 
 pub use compress::{sniff, Compression, Format};
@@ -136,21 +137,34 @@ pub struct Store {
 /// compression or sparse-file bomb claims.
 pub const DEFAULT_MAX_UNPACKED: u64 = 64 << 30;
 
-/// Removes the files it holds when dropped, unless `keep` was called (every early return of an
-/// import leaves nothing behind).
-struct TempFiles(Vec<PathBuf>);
-
-impl TempFiles {
-    fn keep(mut self) {
-        self.0.clear();
-    }
+/// The temp files of an import: removed when dropped unless the import committed (every early
+/// return of an import leaves nothing behind).
+struct TempFiles {
+    paths: Vec<PathBuf>,
+    revert: Revert,
 }
 
-impl Drop for TempFiles {
-    fn drop(&mut self) {
-        for p in &self.0 {
-            let _ = std::fs::remove_file(p);
+impl TempFiles {
+    fn new() -> TempFiles {
+        TempFiles {
+            paths: Vec::new(),
+            revert: Revert::new(),
         }
+    }
+
+    /// A new temp file name in `dir`, removed on failure.
+    fn add(&mut self, dir: &Path) -> PathBuf {
+        let p = dir.join(temp_name());
+        self.paths.push(p.clone());
+        let q = p.clone();
+        self.revert.add(move || {
+            let _ = std::fs::remove_file(q);
+        });
+        p
+    }
+
+    fn keep(self) {
+        self.revert.commit();
     }
 }
 
@@ -549,13 +563,12 @@ impl Store {
     /// An image that already exists is a Conflict naming its fingerprint.
     pub fn import(&self, upload: Upload<'_>, opts: &ImportOpts) -> Result<api::Image> {
         let mut ctx = digest::Context::new(&digest::SHA256);
-        let meta_tmp = self.dir.join(temp_name());
-        let mut temps = TempFiles(vec![meta_tmp.clone()]);
+        let mut temps = TempFiles::new();
+        let meta_tmp = temps.add(&self.dir);
         let (size, rootfs_tmp) = match upload {
             Upload::Unified(r) => (stage(r, &meta_tmp, &mut ctx)?, None),
             Upload::Split { metadata, rootfs } => {
-                let rootfs_tmp = self.dir.join(temp_name());
-                temps.0.push(rootfs_tmp.clone());
+                let rootfs_tmp = temps.add(&self.dir);
                 let a = stage(metadata, &meta_tmp, &mut ctx)?;
                 let b = stage(rootfs, &rootfs_tmp, &mut ctx)?;
                 (a + b, Some(rootfs_tmp))
@@ -574,7 +587,7 @@ impl Store {
         rootfs_tmp: Option<&Path>,
         opts: &ImportOpts,
     ) -> Result<api::Image> {
-        let meta_tmp = temps.0[0].clone();
+        let meta_tmp = temps.paths[0].clone();
         if let Some(want) = &opts.expected_fingerprint {
             if !want.is_empty() && want.to_ascii_lowercase() != fp {
                 return Err(Error::BadRequest(format!(
@@ -696,8 +709,8 @@ impl Store {
         compression: Compression,
         opts: &ImportOpts,
     ) -> Result<api::Image> {
-        let tmp = self.dir.join(temp_name());
-        let temps = TempFiles(vec![tmp.clone()]);
+        let mut temps = TempFiles::new();
+        let tmp = temps.add(&self.dir);
         let f = OpenOptions::new()
             .write(true)
             .create_new(true)

@@ -21,6 +21,7 @@ use rustix::fs::{
 use rustix::io::Errno;
 
 use super::{clean_path, open_tar, Error, Result, UnpackOpts};
+use crate::util::revert::Revert;
 
 /// Member metadata applied after the data is written.
 #[derive(Clone, Default)]
@@ -606,16 +607,17 @@ fn write_sparse(r: &mut dyn Read, f: &mut File) -> io::Result<()> {
     Ok(())
 }
 
-/// Removes the directories it holds unless disarmed (a failed unpack leaves nothing behind).
-struct RemoveDirs(Vec<std::path::PathBuf>);
-
-/// Create both unpack targets; they are removed again unless the guard is forgotten.
-fn targets(rootfs: &Path, templates: &Path) -> Result<RemoveDirs> {
-    create_target(rootfs)?;
-    let mut guard = RemoveDirs(vec![rootfs.to_path_buf()]);
-    create_target(templates)?;
-    guard.0.push(templates.to_path_buf());
-    Ok(guard)
+/// Create both unpack targets; they are removed again unless the returned revert is committed.
+fn targets(rootfs: &Path, templates: &Path) -> Result<Revert> {
+    let mut revert = Revert::new();
+    for dir in [rootfs, templates] {
+        create_target(dir)?;
+        let dir = dir.to_path_buf();
+        revert.add(move || {
+            let _ = std::fs::remove_dir_all(dir);
+        });
+    }
+    Ok(revert)
 }
 
 /// Templates never carry device nodes; the size limit is the rootfs one.
@@ -634,14 +636,6 @@ fn member_parts(raw: &[u8]) -> Result<Vec<&[u8]>> {
             String::from_utf8_lossy(raw)
         ))
     })
-}
-
-impl Drop for RemoveDirs {
-    fn drop(&mut self) {
-        for d in &self.0 {
-            let _ = std::fs::remove_dir_all(d);
-        }
-    }
 }
 
 /// Create the target directory (its parents as needed); it must not exist.
@@ -709,7 +703,7 @@ pub(crate) fn unpack_unified_meta(
     }
     root.finish()?;
     tpl.finish()?;
-    std::mem::forget(guard);
+    guard.commit();
     Ok(meta)
 }
 
@@ -764,7 +758,7 @@ pub(crate) fn unpack_split(
         }
         root.finish()?;
     }
-    std::mem::forget(guard);
+    guard.commit();
     Ok(())
 }
 

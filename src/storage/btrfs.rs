@@ -22,6 +22,7 @@ use super::{mounted_at, Driver, Usage};
 use crate::api::StringMap;
 use crate::sys;
 use crate::sys::btrfs::SUBVOL_ROOT_INO;
+use crate::util::revert::Revert;
 
 /// Loop file size when the config gives none (LXD's minimum default).
 pub const DEFAULT_SIZE: &str = "5GiB";
@@ -212,39 +213,6 @@ fn clear_dir(dir: &Path, dev: u64, remove: bool) -> io::Result<()> {
     Ok(())
 }
 
-/// Undoes a half-done `create` when dropped unless disarmed.
-#[derive(Default)]
-struct Undo {
-    image: Option<PathBuf>,
-    mount_dir: Option<PathBuf>,
-    mounted: Option<PathBuf>,
-}
-
-impl Undo {
-    /// The work is done: keep it.
-    fn disarm(mut self) {
-        self.image = None;
-        self.mount_dir = None;
-        self.mounted = None;
-    }
-}
-
-impl Drop for Undo {
-    fn drop(&mut self) {
-        if let Some(m) = self.mounted.take() {
-            if nix::mount::umount2(&m, MntFlags::empty()).is_err() {
-                let _ = nix::mount::umount2(&m, MntFlags::MNT_DETACH);
-            }
-        }
-        if let Some(d) = self.mount_dir.take() {
-            let _ = fs::remove_dir(d);
-        }
-        if let Some(i) = self.image.take() {
-            let _ = fs::remove_file(i);
-        }
-    }
-}
-
 impl Btrfs {
     /// A btrfs pool named `pool_name` with its (validated) config; `bivy_dir` holds the default
     /// loop file (`disks/`) and the mount point (`storage-pools/`). Touches nothing on disk.
@@ -412,7 +380,7 @@ impl Btrfs {
         }
         // Find the program before making anything, so a missing one leaves nothing behind.
         let mkfs = find_program(MKFS, &self.mkfs_dirs)?;
-        let mut undo = Undo::default();
+        let mut undo = Revert::new();
 
         if let Some(parent) = image.parent() {
             if self.is_default_image(image) {
@@ -427,7 +395,10 @@ impl Btrfs {
             .custom_flags(libc::O_CLOEXEC)
             .open(image)
             .map_err(|e| annotate(e, format!("create pool image {}", image.display())))?;
-        undo.image = Some(image.to_path_buf());
+        let made = image.to_path_buf();
+        undo.add(move || {
+            let _ = fs::remove_file(made);
+        });
         file.set_len(size)
             .map_err(|e| annotate(e, format!("size pool image {}", image.display())))?;
         drop(file);
@@ -453,7 +424,12 @@ impl Btrfs {
                 .map_err(|e| annotate(e, format!("create {}", parent.display())))?;
         }
         match fs::create_dir(mount) {
-            Ok(()) => undo.mount_dir = Some(mount.to_path_buf()),
+            Ok(()) => {
+                let made = mount.to_path_buf();
+                undo.add(move || {
+                    let _ = fs::remove_dir(made);
+                });
+            }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 if mounted_at(mount)?.is_some() {
                     return Err(io::Error::other(format!(
@@ -475,8 +451,7 @@ impl Btrfs {
             Err(e) => return Err(annotate(e, format!("create {}", mount.display()))),
         }
         self.attach_and_mount(image, mount)?;
-        undo.mounted = Some(mount.to_path_buf());
-        undo.disarm();
+        undo.commit();
         Ok(())
     }
 

@@ -1,6 +1,7 @@
 //! Small in-house helpers instead of helper crates.
 
 pub mod fs;
+pub mod revert;
 pub mod time;
 
 /// Undo the `\ooo` octal escapes (`\040` for a space) of paths in /proc/self/mountinfo.

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::response::{Error, Result};
+use super::{Error, Result};
 use crate::api::StringMap;
 use crate::runtime::IdMapEntry;
 
@@ -85,7 +85,12 @@ pub fn parse_raw(raw: &str) -> Result<Vec<(bool, bool, IdMapEntry)>> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let bad = || Error::BadRequest(format!("Invalid raw.idmap line {}: {line:?}", i + 1));
+        let bad = || {
+            Error::config(
+                "raw.idmap",
+                format!("Invalid raw.idmap line {}: {line:?}", i + 1),
+            )
+        };
         let f: Vec<&str> = line.split_whitespace().collect();
         if f.len() != 3 {
             return Err(bad());
@@ -162,18 +167,27 @@ pub fn compute(config: &StringMap, taken: &[u32]) -> Result<Map> {
     let (ubase, ucount, gbase, gcount) = (u.hostid, u.count, g.hostid, g.count);
     let get = |k: &str| config.get(k).map(String::as_str).filter(|v| !v.is_empty());
     let size: u32 = match get("security.idmap.size") {
-        Some(v) => v
-            .parse()
-            .map_err(|_| Error::BadRequest(format!("Invalid security.idmap.size {v:?}")))?,
+        Some(v) => v.parse().map_err(|_| {
+            Error::config(
+                "security.idmap.size",
+                format!("Invalid security.idmap.size {v:?}"),
+            )
+        })?,
         None => DEFAULT_SIZE,
     };
     let isolated = get("security.idmap.isolated").is_some_and(|v| v == "true");
     let offset: u32 = if let Some(b) = get("security.idmap.base") {
-        let b: u32 = b
-            .parse()
-            .map_err(|_| Error::BadRequest(format!("Invalid security.idmap.base {b:?}")))?;
+        let b: u32 = b.parse().map_err(|_| {
+            Error::config(
+                "security.idmap.base",
+                format!("Invalid security.idmap.base {b:?}"),
+            )
+        })?;
         b.checked_sub(ubase).ok_or_else(|| {
-            Error::BadRequest("security.idmap.base is below the host's range".into())
+            Error::config(
+                "security.idmap.base",
+                "security.idmap.base is below the host's range",
+            )
         })?
     } else if isolated {
         // First free slot of `size` ids after the shared range.
@@ -194,7 +208,7 @@ pub fn compute(config: &StringMap, taken: &[u32]) -> Result<Map> {
         .checked_add(size)
         .is_none_or(|end| end > ucount.min(gcount))
     {
-        return Err(Error::BadRequest(format!(
+        return Err(Error::Invalid(format!(
             "Not enough ids in the host range for a map of {size}"
         )));
     }

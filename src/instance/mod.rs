@@ -1,0 +1,13 @@
+//! The instance model and lifecycle, without HTTP: the state database, id maps, snapshot
+//! schedules and the typed errors the daemon's handlers map to LXD's responses.
+//!
+//! This module imports neither `crate::http` nor `crate::daemon` (`cargo xtask tidy` checks it):
+//! whatever drives an instance (a REST handler, a migration transfer, the scheduler) calls in
+//! here and renders the result itself.
+
+pub mod db;
+pub mod error;
+pub mod idmap;
+pub mod schedule;
+
+pub use error::{Error, Result};
