@@ -250,8 +250,39 @@ pub fn events(d: &Daemon, req: &mut Request) -> Result<Response> {
         return Ok(resp);
     }
     let events = d.events.clone();
-    resp.upgrade = Some(Box::new(move |stream| events.serve(stream, types)));
+    resp.upgrade = Some(Box::new(move |stream| serve_events(&events, stream, types)));
     Ok(resp)
+}
+
+/// Serve one websocket subscriber of `types` (empty: every type) until it goes away.
+fn serve_events(
+    events: &crate::instance::events::Events,
+    stream: Box<dyn crate::http::Stream>,
+    types: Vec<String>,
+) {
+    let Ok((sender, mut receiver)) = ws::split(stream, ws::Role::Server) else {
+        return;
+    };
+    let rx = events.subscribe(types);
+    // Reader: notices the client closing (or sending anything) and stops the writer.
+    let closer = sender.clone();
+    let reader = std::thread::spawn(move || {
+        while let Ok(msg) = receiver.recv() {
+            if let ws::Message::Close(_) = msg {
+                break;
+            }
+        }
+        closer.shutdown();
+    });
+    let _ = sender.ping();
+    // Writer: this thread; ends when the hub drops our queue or a send fails.
+    for text in rx {
+        if sender.send_text(&text).is_err() {
+            break;
+        }
+    }
+    sender.shutdown();
+    let _ = reader.join();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -591,7 +591,7 @@ pub fn console(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
                 tx.shutdown();
                 let _ = h.join();
             }
-            Ok(())
+            Ok::<(), Error>(())
         },
     );
     Ok(response::operation(&op.to_api()))

@@ -6,10 +6,9 @@
 //! operations finish for a bounded time and exits; containers keep running under their monitors.
 
 mod config;
-use crate::instance::{db, idmap, schedule};
+use crate::instance::{db, events, idmap, operations, schedule};
 mod conns;
 mod endpoints;
-mod events;
 mod exec;
 mod fetch;
 mod files;
@@ -17,7 +16,6 @@ mod filter;
 mod instances;
 mod multipart;
 mod netstate;
-mod operations;
 mod pull;
 mod resources;
 mod response;

@@ -459,7 +459,7 @@ pub(super) fn refresh(d: &Daemon, old: api::Image, src: api::ImageSource) -> Res
             let c = choose(d, &all, &src.alias, "")?;
             if c.fingerprint == old.fingerprint {
                 op.set_metadata("refreshed", serde_json::json!(false));
-                return Ok(());
+                return Ok::<(), Error>(());
             }
             let p = Pull {
                 server: src.server.clone(),

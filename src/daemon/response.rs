@@ -216,15 +216,7 @@ pub fn etag<T: Serialize>(v: &T) -> String {
 }
 
 /// Lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 15)] as char);
-    }
-    s
-}
+pub use crate::util::hex;
 
 /// Check `If-Match` against the current ETag: a mismatch is a 412.
 pub fn check_etag(if_match: Option<&str>, current: &str) -> Result<()> {

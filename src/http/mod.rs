@@ -16,45 +16,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// A bidirectional byte stream the HTTP layer can run on.
-pub trait Stream: Read + Write + Send + 'static {
-    /// A second handle on the same connection (for a reader thread and a writer thread).
-    fn try_clone_stream(&self) -> io::Result<Box<dyn Stream>>;
-    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()>;
-    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()>;
-    /// Shut down both directions (wakes a thread blocked reading on a clone).
-    fn shutdown_both(&self) -> io::Result<()>;
-}
-
-impl Stream for std::os::unix::net::UnixStream {
-    fn try_clone_stream(&self) -> io::Result<Box<dyn Stream>> {
-        Ok(Box::new(self.try_clone()?))
-    }
-    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        std::os::unix::net::UnixStream::set_read_timeout(self, t)
-    }
-    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        std::os::unix::net::UnixStream::set_write_timeout(self, t)
-    }
-    fn shutdown_both(&self) -> io::Result<()> {
-        self.shutdown(std::net::Shutdown::Both)
-    }
-}
-
-impl Stream for std::net::TcpStream {
-    fn try_clone_stream(&self) -> io::Result<Box<dyn Stream>> {
-        Ok(Box::new(self.try_clone()?))
-    }
-    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        std::net::TcpStream::set_read_timeout(self, t)
-    }
-    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        std::net::TcpStream::set_write_timeout(self, t)
-    }
-    fn shutdown_both(&self) -> io::Result<()> {
-        self.shutdown(std::net::Shutdown::Both)
-    }
-}
+pub use crate::util::stream::Stream;
 
 /// Server-side limits.
 #[derive(Debug, Clone)]

@@ -7,7 +7,9 @@
 
 pub mod db;
 pub mod error;
+pub mod events;
 pub mod idmap;
+pub mod operations;
 pub mod schedule;
 
 pub use error::{Error, Result};

@@ -2,6 +2,7 @@
 
 pub mod fs;
 pub mod revert;
+pub mod stream;
 pub mod time;
 
 /// Undo the `\ooo` octal escapes (`\040` for a space) of paths in /proc/self/mountinfo.
@@ -43,4 +44,15 @@ pub fn byte_unit(unit: &str) -> Option<u64> {
         "EiB" => 1 << 60,
         _ => return None,
     })
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    s
 }

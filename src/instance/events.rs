@@ -1,12 +1,11 @@
 //! The event hub behind `GET /1.0/events`: subscribers with type filters, each fed by its own
-//! bounded queue and writer thread, so that a slow client can never block the daemon.
-//! A subscriber whose queue overflows or whose connection fails is dropped.
+//! bounded queue (drained by its connection's writer thread), so that a slow client can never
+//! block the daemon. A subscriber whose queue overflows or whose connection fails is dropped.
 
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Mutex;
 
 use crate::api;
-use crate::http::ws;
 use crate::util::time;
 
 /// How many events may wait for one subscriber before it is dropped.
@@ -57,34 +56,14 @@ impl Events {
         );
     }
 
-    /// Serve one websocket subscriber until it goes away. `types` empty means every type.
-    pub fn serve(&self, stream: Box<dyn crate::http::Stream>, types: Vec<String>) {
+    /// A new subscriber to events of `types` (empty: every type). It is dropped (its receiver
+    /// sees the end) when it falls [`QUEUE`] events behind or the receiver goes.
+    pub fn subscribe(&self, types: Vec<String>) -> Receiver<String> {
         let (tx, rx) = sync_channel::<String>(QUEUE);
-        let Ok((sender, mut receiver)) = ws::split(stream, ws::Role::Server) else {
-            return;
-        };
         self.subs
             .lock()
             .expect("events lock")
             .push(Sub { types, tx });
-        // Reader: notices the client closing (or sending anything) and stops the writer.
-        let closer = sender.clone();
-        let reader = std::thread::spawn(move || {
-            while let Ok(msg) = receiver.recv() {
-                if let ws::Message::Close(_) = msg {
-                    break;
-                }
-            }
-            closer.shutdown();
-        });
-        let _ = sender.ping();
-        // Writer: this thread; ends when the hub drops our queue or a send fails.
-        for text in rx {
-            if sender.send_text(&text).is_err() {
-                break;
-            }
-        }
-        sender.shutdown();
-        let _ = reader.join();
+        rx
     }
 }

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use ring::rand::SecureRandom;
 
 use super::events::Events;
-use super::response::Error;
+use super::Error;
 use crate::api::{self, status};
-use crate::http::Stream;
+use crate::util::stream::Stream;
 use crate::util::time;
 
 /// How long a finished operation stays listed.
@@ -158,7 +158,7 @@ impl Op {
         let f = {
             let mut i = self.inner.lock().expect("op lock");
             if i.finished.is_some() {
-                return Err(Error::BadRequest("Operation is already done".into()));
+                return Err(Error::Invalid("Operation is already done".into()));
             }
             i.cancel.take()
         };
@@ -167,9 +167,7 @@ impl Op {
                 f();
                 Ok(())
             }
-            None => Err(Error::BadRequest(
-                "This operation can't be cancelled".into(),
-            )),
+            None => Err(Error::Invalid("This operation can't be cancelled".into())),
         }
     }
 
@@ -261,9 +259,6 @@ pub struct Operations {
     events: Arc<Events>,
 }
 
-/// What an operation's body returns: Ok (Success) or an error (Failure with the message).
-pub type OpResult = Result<(), Error>;
-
 impl Operations {
     pub fn new(events: Arc<Events>) -> Operations {
         Operations {
@@ -274,14 +269,15 @@ impl Operations {
 
     /// Create an operation (`resources`: e.g. `instances` -> URLs), optionally with websocket
     /// secrets (names -> secret) and initial metadata, and run `body` on its own thread.
-    pub fn start(
+    /// The body's error (any type that displays as the message users see) fails the operation.
+    pub fn start<E: std::fmt::Display>(
         &self,
         class: Class,
         description: &str,
         resources: BTreeMap<String, Vec<String>>,
         metadata: Option<serde_json::Value>,
         secrets: Vec<String>,
-        body: impl FnOnce(Arc<Op>) -> OpResult + Send + 'static,
+        body: impl FnOnce(Arc<Op>) -> Result<(), E> + Send + 'static,
     ) -> Arc<Op> {
         let op = self.create(class, description, resources, metadata, secrets);
         let run = op.clone();
@@ -290,7 +286,7 @@ impl Operations {
             let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(run.clone())));
             match res {
                 Ok(Ok(())) => run.set_status(status::SUCCESS, String::new()),
-                Ok(Err(e)) => run.set_status(status::FAILURE, e.message().to_string()),
+                Ok(Err(e)) => run.set_status(status::FAILURE, e.to_string()),
                 Err(_) => run.set_status(status::FAILURE, "internal error (panic)".into()),
             }
         });
@@ -311,7 +307,7 @@ impl Operations {
             resources,
             metadata,
             vec![],
-            |_| Ok(()),
+            |_| Ok::<(), Error>(()),
         )
     }
 
@@ -388,7 +384,7 @@ pub fn uuid() -> String {
         .expect("system randomness");
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h = super::response::hex(&b);
+    let h = crate::util::hex(&b);
     format!(
         "{}-{}-{}-{}-{}",
         &h[0..8],
@@ -405,7 +401,7 @@ pub fn secret() -> String {
     ring::rand::SystemRandom::new()
         .fill(&mut b)
         .expect("system randomness");
-    super::response::hex(&b)
+    crate::util::hex(&b)
 }
 
 #[cfg(test)]
@@ -417,14 +413,14 @@ mod tests {
         let ops = Operations::new(Arc::new(Events::default()));
         let ok = ops.start(Class::Task, "t", BTreeMap::new(), None, vec![], |op| {
             op.set_metadata("return", serde_json::json!(3));
-            Ok(())
+            Ok::<(), Error>(())
         });
         ok.wait(Some(Duration::from_secs(5)));
         let a = ok.to_api();
         assert_eq!(a.status, "Success");
         assert_eq!(a.metadata.unwrap()["return"], 3);
         let bad = ops.start(Class::Task, "t", BTreeMap::new(), None, vec![], |_| {
-            Err(Error::BadRequest("nope".into()))
+            Err(Error::Invalid("nope".into()))
         });
         bad.wait(Some(Duration::from_secs(5)));
         assert_eq!(bad.to_api().err, "nope");
