@@ -238,8 +238,25 @@ fn lxc_errors_are_clear() {
     );
     let out = l.run(&["launch", "no-such-image", "c1"]);
     assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not found"), "{err}");
+    // With the image present, only the name can make this create fail.
+    import_busybox(&l);
     let out = l.run(&["init", "busybox", "1bad"]);
     assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Invalid instance name \"1bad\": name may not start with a digit"),
+        "{err}"
+    );
+    assert_eq!(
+        l.ok(&["list", "--format", "csv", "-c", "n"]),
+        "",
+        "a bad name was created"
+    );
+    // And the same image with a good name works, so the failure above was the name.
+    l.ok(&["init", "busybox", "good1"]);
+    l.ok(&["delete", "good1"]);
 }
 
 #[test]
@@ -440,11 +457,30 @@ fn lxc_image_import_from_url() {
     assert_eq!(done["metadata"]["status"], "Success", "{done}");
     assert_eq!(done["metadata"]["metadata"]["fingerprint"], hash.as_str());
     let seen = server.join().expect("server");
-    assert!(
-        seen[0].contains("LXD-Server-Architectures: x86_64")
-            || seen[0].to_lowercase().contains("lxd-server-architectures"),
-        "{seen:?}"
+    // LXD's image download sends the server's architectures: the ones `GET /1.0` lists, this
+    // host's own first.
+    let (_, server) = d.api("GET", "/1.0", None).expect("GET /1.0");
+    let archs: Vec<&str> = server["metadata"]["environment"]["architectures"]
+        .as_array()
+        .expect("architectures")
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert_eq!(
+        archs.first().copied(),
+        Some(std::env::consts::ARCH),
+        "{server}"
     );
+    let header = seen[0]
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case("LXD-Server-Architectures")
+                .then(|| v.trim())
+        })
+        .unwrap_or_else(|| panic!("no LXD-Server-Architectures header: {seen:?}"));
+    assert_eq!(header, archs.join(","), "{seen:?}");
     l.ok(&["launch", "fromurl", "u1"]);
     l.ok(&["delete", "--force", "u1"]);
 
@@ -459,4 +495,33 @@ fn lxc_image_import_from_url() {
             .count(),
         1
     );
+}
+
+/// `lxc info --show-log` records how init ended: a clean stop is init powering off (in a pid
+/// namespace the kernel ends init with SIGINT for that), a forced stop our SIGKILL. The Debian
+/// test relies on this to tell a poweroff from a timed-out kill.
+#[test]
+fn lxc_show_log_records_how_init_ended() {
+    if !prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = setup(&d);
+    import_busybox(&l);
+    l.ok(&["launch", "busybox", "c1"]);
+    l.ok(&["stop", "c1"]);
+    let log = l.ok(&["info", "c1", "--show-log"]);
+    assert!(
+        log.contains("stopped by request (killed by signal 2) (code 130)"),
+        "{log}"
+    );
+    assert!(!log.contains("killed by request"), "{log}");
+    l.ok(&["start", "c1"]);
+    l.ok(&["stop", "c1", "--force"]);
+    let log = l.ok(&["info", "c1", "--show-log"]);
+    assert!(
+        log.contains("killed by request (killed by signal 9) (code 137)"),
+        "{log}"
+    );
+    l.ok(&["delete", "c1"]);
 }

@@ -1262,6 +1262,11 @@ fn watch(d: Arc<Daemon>, name: String) {
             State::Stopped { last_exit } => last_exit,
             State::Running { .. } => return, // restarted in the meantime; its own watcher follows it
         };
+        // How init ended, for `lxc info --show-log`: a clean stop reads "stopped by request
+        // (...)", a forced or timed-out one "killed by request (...)".
+        if let Some(e) = &last {
+            log_line(&d.log_dir(&name), &format!("{} (code {})", e.reason, e.code));
+        }
         d.events
             .lifecycle("instance-stopped", &url(&name), serde_json::json!({}));
         let Ok(rec) = record(&d, &name) else { return };
