@@ -29,6 +29,14 @@ fn skip_panics_with_must_work() {
 }
 
 #[test]
+fn kernel_lacks_declaration_is_an_exact_list() {
+    assert!(common::declared_lacking("apparmor", "apparmor"));
+    assert!(common::declared_lacking("idmap, apparmor", "apparmor"));
+    assert!(!common::declared_lacking("", "apparmor"));
+    assert!(!common::declared_lacking("apparmor2", "apparmor"));
+}
+
+#[test]
 fn skip_unless_returns_early() {
     fn body(reached: &mut bool) {
         // A true condition never skips, whatever BIVY_MUST_WORK says.
