@@ -50,5 +50,6 @@ pub mod util;
 /// The one skip mechanism of the test suite (`BIVY_MUST_WORK`, `BIVY_SKIP_LOG`), shared with
 /// `tests/common` and `xtask`.
 #[cfg(test)]
+#[allow(dead_code)] // each user needs a different part
 #[path = "../tests/common/skip.rs"]
 pub(crate) mod test_skip;
