@@ -328,3 +328,80 @@ fn autostart_after_host_boot_only() {
     }
     l.ok(&["delete", "--force", "auto", "manual"]);
 }
+
+/// `GET /1.0` reports what bivy does on this host: idmapped mounts as the same probe finds them
+/// on its directory, and no seccomp listener (bivy has no syscall interception).
+#[test]
+fn kernel_features_are_measured_not_promised() {
+    if !common::require_root() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let (code, body) = d.api("GET", "/1.0", None).expect("GET /1.0");
+    assert_eq!(code, 200, "{body}");
+    let f = &body["metadata"]["environment"]["kernel_features"];
+    let idmap = bivy::runtime::rootfs_supports_idmap(d.dir());
+    assert_eq!(
+        f["idmapped_mounts"],
+        if idmap { "true" } else { "false" },
+        "{f}"
+    );
+    assert_eq!(f["seccomp_listener"], "false", "{f}");
+}
+
+/// A running container's memory, CPU and process counts over the API are the kernel's: above
+/// zero, and they move when the container does something.
+#[test]
+fn state_usage_figures_are_real_and_move() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = common::Lxc::new(&d);
+    l.import_busybox();
+    l.ok(&["launch", "busybox", "u1"]);
+    let state = || {
+        let (code, body) = d
+            .api("GET", "/1.0/instances/u1/state", None)
+            .expect("state");
+        assert_eq!(code, 200, "{body}");
+        body["metadata"].clone()
+    };
+    let num = |v: &serde_json::Value, what: &str| -> i64 {
+        v.as_i64()
+            .unwrap_or_else(|| panic!("{what} missing or not a number: {v}"))
+    };
+    let s0 = state();
+    let (mem0, cpu0, procs0) = (
+        num(&s0["memory"]["usage"], "memory.usage"),
+        num(&s0["cpu"]["usage"], "cpu.usage"),
+        num(&s0["processes"], "processes"),
+    );
+    assert!(mem0 > 0 && cpu0 > 0 && procs0 > 0, "{s0}");
+    // Busy for a while, holding 32 MiB in a tmpfs file, with 3 more sleepers around.
+    let (rc, out) = l.sh(
+        "u1",
+        "mount -t tmpfs t /mnt && head -c 33554432 /dev/zero > /mnt/f && \
+         for i in 1 2 3; do sleep 60 </dev/null >/dev/null 2>&1 & done; \
+         i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; echo ok",
+    );
+    assert_eq!((rc, out.trim()), (0, "ok"));
+    let s1 = state();
+    let (mem1, cpu1, procs1) = (
+        num(&s1["memory"]["usage"], "memory.usage"),
+        num(&s1["cpu"]["usage"], "cpu.usage"),
+        num(&s1["processes"], "processes"),
+    );
+    assert!(mem1 >= mem0 + (30 << 20), "memory {mem0} -> {mem1}");
+    assert!(cpu1 > cpu0, "cpu {cpu0} -> {cpu1}");
+    assert!(procs1 >= procs0 + 3, "processes {procs0} -> {procs1}");
+    // Stopped: no figures at all rather than zeros.
+    l.ok(&["stop", "u1", "--force"]);
+    let s2 = state();
+    assert_eq!(s2["status"], "Stopped", "{s2}");
+    assert!(
+        s2["memory"].get("usage").is_none() && s2["cpu"].get("usage").is_none(),
+        "{s2}"
+    );
+    l.ok(&["delete", "u1"]);
+}

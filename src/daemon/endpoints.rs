@@ -33,10 +33,14 @@ fn server(d: &Daemon) -> api::Server {
             },
         );
     }
+    // What bivy does on this host, not what the kernel could: idmapped mounts as probed on
+    // `$BIVY_DIR` at start; no seccomp user notification (syscall interception) exists in bivy,
+    // and no shiftfs.
+    let flag = |b: bool| if b { "true" } else { "false" }.to_string();
     let mut kernel_features = api::StringMap::new();
-    kernel_features.insert("idmapped_mounts".into(), "true".into());
-    kernel_features.insert("seccomp_listener".into(), "true".into());
-    kernel_features.insert("shiftfs".into(), "false".into());
+    kernel_features.insert("idmapped_mounts".into(), flag(d.host.idmapped_mounts));
+    kernel_features.insert("seccomp_listener".into(), flag(false));
+    kernel_features.insert("shiftfs".into(), flag(false));
     api::Server {
         config,
         api_extensions: API_EXTENSIONS.iter().map(|s| s.to_string()).collect(),

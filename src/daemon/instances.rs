@@ -66,12 +66,16 @@ fn expanded(d: &Daemon, rec: &InstanceRecord) -> (StringMap, Devices) {
     config::expand(&rec.profiles, &db.data.profiles, &rec.config, &rec.devices)
 }
 
-pub fn state(d: &Daemon, name: &str) -> State {
+pub fn state(d: &Daemon, name: &str) -> Result<State> {
     state_of(d, name)
 }
 
-fn state_of(d: &Daemon, name: &str) -> State {
-    runtime::state(&d.run_dir(name)).unwrap_or(State::Stopped { last_exit: None })
+/// The instance's state from its run directory. A run directory that cannot be read is an
+/// error, not "Stopped": an instance whose state is unknown must not be reported as stopped
+/// (and then, say, started a second time).
+fn state_of(d: &Daemon, name: &str) -> Result<State> {
+    runtime::state(&d.run_dir(name))
+        .map_err(|e| Error::Internal(format!("state of instance {name:?}: {e}")))
 }
 
 fn status_of(s: &State) -> (&'static str, u16) {
@@ -116,7 +120,10 @@ fn etag_of(rec: &InstanceRecord) -> String {
     ))
 }
 
-fn state_api(d: &Daemon, name: &str, st: &State) -> api::InstanceState {
+/// The state as the API shows it. The usage figures of a running instance are the kernel's; one
+/// that cannot be read is an error (unless the instance stopped meanwhile: then it is shown
+/// stopped), and one the host does not count is left out.
+fn state_api(d: &Daemon, name: &str, st: &State) -> Result<api::InstanceState> {
     let (s, code) = status_of(st);
     let mut out = api::InstanceState {
         status: s.into(),
@@ -124,29 +131,37 @@ fn state_api(d: &Daemon, name: &str, st: &State) -> api::InstanceState {
         ..Default::default()
     };
     if let State::Running { init_pid, .. } = st {
+        let stats = match runtime::stats(&d.run_dir(name)) {
+            Ok(stats) => stats,
+            Err(e) => {
+                return match state_of(d, name)? {
+                    now @ State::Stopped { .. } => state_api(d, name, &now),
+                    State::Running { .. } => Err(Error::Internal(format!(
+                        "usage figures of instance {name:?}: {e}"
+                    ))),
+                };
+            }
+        };
+        let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         out.pid = i64::from(*init_pid);
-        if let Ok(stats) = runtime::stats(&d.run_dir(name)) {
-            out.processes = stats.processes as i64;
-            out.memory.usage = stats.memory_usage as i64;
-            out.memory.usage_peak = stats.memory_peak as i64;
-            out.memory.swap_usage = stats.swap_usage as i64;
-            out.memory.swap_usage_peak = stats.swap_peak as i64;
-            out.cpu.usage = stats.cpu_ns as i64;
-        }
-    } else {
-        out.processes = 0;
+        out.processes = i(stats.processes);
+        out.memory.usage = stats.memory_usage.map(i);
+        out.memory.usage_peak = stats.memory_peak.map(i);
+        out.memory.swap_usage = stats.swap_usage.map(i);
+        out.memory.swap_usage_peak = stats.swap_peak.map(i);
+        out.cpu.usage = stats.cpu_ns.map(i);
     }
-    out
+    Ok(out)
 }
 
-fn full(d: &Daemon, name: &str, rec: &InstanceRecord) -> api::InstanceFull {
-    let st = state_of(d, name);
-    api::InstanceFull {
+fn full(d: &Daemon, name: &str, rec: &InstanceRecord) -> Result<api::InstanceFull> {
+    let st = state_of(d, name)?;
+    Ok(api::InstanceFull {
         instance: to_api(d, name, rec, &st),
         backups: Some(vec![]),
-        state: Some(state_api(d, name, &st)),
+        state: Some(state_api(d, name, &st)?),
         snapshots: Some(super::snapshots::list_api(d, rec)),
-    }
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -165,7 +180,7 @@ pub fn list(d: &Daemon, req: &Request) -> Result<Response> {
             .collect();
     let mut out: Vec<serde_json::Value> = Vec::new();
     for (name, rec) in records {
-        let st = state_of(d, &name);
+        let st = state_of(d, &name)?;
         let inst = to_api(d, &name, &rec, &st);
         let v = serde_json::to_value(&inst).unwrap_or_default();
         if !filter.matches(&v) {
@@ -177,7 +192,7 @@ pub fn list(d: &Daemon, req: &Request) -> Result<Response> {
             _ => serde_json::to_value(api::InstanceFull {
                 instance: inst,
                 backups: Some(vec![]),
-                state: Some(state_api(d, &name, &st)),
+                state: Some(state_api(d, &name, &st)?),
                 snapshots: Some(super::snapshots::list_api(d, &rec)),
             })
             .unwrap_or_default(),
@@ -496,7 +511,7 @@ pub fn with_consistent<T>(
     f: impl FnOnce() -> Result<T>,
 ) -> Result<T> {
     let freeze = !pool.driver.atomic_clone()
-        && matches!(state_of(d, name), State::Running { frozen: false, .. });
+        && matches!(state_of(d, name)?, State::Running { frozen: false, .. });
     if freeze {
         runtime::freeze(&d.run_dir(name)).map_err(Error::from)?;
     }
@@ -709,7 +724,7 @@ pub fn route(d: &Daemon, req: &mut Request, name: &str, sub: &[&str]) -> Result<
         ([], "DELETE") => delete(d, name),
         (["state"], "GET") => {
             record(d, name)?;
-            Ok(response::sync(&state_api(d, name, &state_of(d, name))))
+            Ok(response::sync(&state_api(d, name, &state_of(d, name)?)?))
         }
         (["state"], "PUT") => state_put(d, req, name),
         (["exec"], "POST") => super::exec::exec(d, req, name),
@@ -754,9 +769,9 @@ fn get(d: &Daemon, req: &Request, name: &str) -> Result<Response> {
     let rec = record(d, name)?;
     let etag = etag_of(&rec);
     if recursion(req) > 0 {
-        Ok(response::sync_etag(&full(d, name, &rec), Some(etag)))
+        Ok(response::sync_etag(&full(d, name, &rec)?, Some(etag)))
     } else {
-        let st = state_of(d, name);
+        let st = state_of(d, name)?;
         Ok(response::sync_etag(&to_api(d, name, &rec, &st), Some(etag)))
     }
 }
@@ -848,7 +863,7 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
             cur.pool
         )));
     }
-    let running = matches!(state_of(d, name), State::Running { .. });
+    let running = matches!(state_of(d, name)?, State::Running { .. });
     if running {
         // Keys that only take effect at start are refused on a running instance when changed.
         let (oc, _) = config::expand(&cur.profiles, &db.data.profiles, &cur.config, &cur.devices);
@@ -886,8 +901,13 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
 /// Push the current limits to a running instance (after a config or profile change).
 pub fn apply_live_limits(d: &Daemon, name: &str) {
     let Ok(rec) = record(d, name) else { return };
-    if !matches!(state_of(d, name), State::Running { .. }) {
-        return;
+    match state_of(d, name) {
+        Ok(State::Running { .. }) => {}
+        Ok(State::Stopped { .. }) => return,
+        Err(e) => {
+            eprintln!("bivy: {name}: limits not applied live: {e}");
+            return;
+        }
     }
     let (ec, _) = expanded(d, &rec);
     if let Ok(l) = config::limits(&ec, d.host.total_memory, d.host.ncpus) {
@@ -906,7 +926,7 @@ fn rename(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
     record(d, name)?;
     let new = body.name.clone();
     let guard = d.claim(name, "rename")?;
-    if matches!(state_of(d, name), State::Running { .. }) {
+    if matches!(state_of(d, name)?, State::Running { .. }) {
         return Err(Error::BadRequest(
             "Renaming of running instance not allowed".into(),
         ));
@@ -948,7 +968,7 @@ fn delete(d: &Daemon, name: &str) -> Result<Response> {
     if config::flag(&rec.config, "security.protection.delete") {
         return Err(Error::BadRequest("Instance is protected".into()));
     }
-    if matches!(state_of(d, name), State::Running { .. }) {
+    if matches!(state_of(d, name)?, State::Running { .. }) {
         return Err(Error::BadRequest("Instance is running".into()));
     }
     let n = name.to_string();
@@ -958,7 +978,7 @@ fn delete(d: &Daemon, name: &str) -> Result<Response> {
 }
 
 fn delete_now(d: &Daemon, name: &str) -> Result<()> {
-    if matches!(state_of(d, name), State::Running { .. }) {
+    if matches!(state_of(d, name)?, State::Running { .. }) {
         return Err(Error::BadRequest("Instance is running".into()));
     }
     let rec = {
@@ -1059,7 +1079,7 @@ fn set_volatile(d: &Daemon, name: &str, kv: &[(&str, Option<String>)]) {
 /// Start an instance (the caller holds its busy mark).
 pub fn start(d: &Daemon, name: &str) -> Result<()> {
     let rec = record(d, name)?;
-    if let State::Running { frozen, .. } = state_of(d, name) {
+    if let State::Running { frozen, .. } = state_of(d, name)? {
         if frozen {
             return runtime::unfreeze(&d.run_dir(name)).map_err(Error::from);
         }
@@ -1223,7 +1243,7 @@ fn seccomp_policy(ec: &StringMap) -> Result<String> {
 
 /// Stop an instance (the caller holds its busy mark).
 pub fn stop(d: &Daemon, name: &str, force: bool, timeout: Duration) -> Result<()> {
-    if !matches!(state_of(d, name), State::Running { .. }) {
+    if !matches!(state_of(d, name)?, State::Running { .. }) {
         return Err(Error::BadRequest("The instance is already stopped".into()));
     }
     let mode = if force {
@@ -1259,13 +1279,20 @@ fn watch(d: Arc<Daemon>, name: String) {
             }
         }
         let last = match state_of(&d, &name) {
-            State::Stopped { last_exit } => last_exit,
-            State::Running { .. } => return, // restarted in the meantime; its own watcher follows it
+            Ok(State::Stopped { last_exit }) => last_exit,
+            Ok(State::Running { .. }) => return, // restarted in the meantime; its own watcher follows it
+            Err(e) => {
+                eprintln!("bivy: {name}: stopped, but its state cannot be read: {e}");
+                return;
+            }
         };
         // How init ended, for `lxc info --show-log`: a clean stop reads "stopped by request
         // (...)", a forced or timed-out one "killed by request (...)".
         if let Some(e) = &last {
-            log_line(&d.log_dir(&name), &format!("{} (code {})", e.reason, e.code));
+            log_line(
+                &d.log_dir(&name),
+                &format!("{} (code {})", e.reason, e.code),
+            );
         }
         d.events
             .lifecycle("instance-stopped", &url(&name), serde_json::json!({}));
@@ -1335,7 +1362,7 @@ pub fn publish(d: &Daemon, body: api::ImagesPost) -> Result<Response> {
             )
         }
         None => {
-            if matches!(state_of(d, &name), State::Running { .. }) {
+            if matches!(state_of(d, &name)?, State::Running { .. }) {
                 return Err(Error::BadRequest(
                     "The instance is running; stop it first (lxc publish --force does)".into(),
                 ));
@@ -1629,8 +1656,10 @@ pub fn recover(d: &Arc<Daemon>) -> std::io::Result<()> {
             .cloned()
             .collect();
     for n in names {
-        if matches!(state_of(d, &n), State::Running { .. }) {
-            watch(d.clone(), n);
+        match state_of(d, &n) {
+            Ok(State::Running { .. }) => watch(d.clone(), n),
+            Ok(State::Stopped { .. }) => {}
+            Err(e) => eprintln!("bivy: {e}"),
         }
     }
     Ok(())
@@ -1678,8 +1707,13 @@ pub fn autostart(d: &Arc<Daemon>) {
     let d = d.clone();
     std::thread::spawn(move || {
         for (_, name) in todo {
-            if matches!(state_of(&d, &name), State::Running { .. }) {
-                continue;
+            match state_of(&d, &name) {
+                Ok(State::Stopped { .. }) => {}
+                Ok(State::Running { .. }) => continue,
+                Err(e) => {
+                    eprintln!("bivy: autostart of {name} skipped: {e}");
+                    continue;
+                }
             }
             if d.busy_insert(&name, "start").is_ok() {
                 if let Err(e) = start(&d, &name) {

@@ -51,10 +51,14 @@ pub struct Host {
     pub ncpus: usize,
     pub os_name: String,
     pub os_version: String,
+    /// Whether an idmapped mount of `$BIVY_DIR` works (kernel and filesystem): then new
+    /// unprivileged volumes on it are idmapped at start instead of shifted on disk, as
+    /// `instances::create` decides per volume with the same probe.
+    pub idmapped_mounts: bool,
 }
 
 impl Host {
-    fn probe() -> Host {
+    fn probe(dir: &Path) -> Host {
         let uts = nix::sys::utsname::uname().ok();
         let s = |f: fn(&nix::sys::utsname::UtsName) -> &std::ffi::OsStr| {
             uts.as_ref()
@@ -85,6 +89,7 @@ impl Host {
             ncpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             os_name: osr("NAME"),
             os_version: osr("VERSION_ID"),
+            idmapped_mounts: crate::runtime::rootfs_supports_idmap(dir),
         }
     }
 }
@@ -262,7 +267,7 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
         ops: Operations::new(events.clone()),
         events,
         busy: Mutex::new(HashMap::new()),
-        host: Host::probe(),
+        host: Host::probe(dir),
         shutting_down: AtomicBool::new(false),
         cgroup_suffix: (dir != Path::new("/var/lib/bivy")).then(|| {
             let h = ring::digest::digest(&ring::digest::SHA256, dir.as_os_str().as_encoded_bytes());
