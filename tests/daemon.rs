@@ -405,3 +405,58 @@ fn state_usage_figures_are_real_and_move() {
     );
     l.ok(&["delete", "u1"]);
 }
+
+/// After a host boot, `boot.autostart.priority` orders the starts (highest first) and
+/// `boot.autostart.delay` is waited after an instance started before the next one.
+#[test]
+fn autostart_priority_and_delay() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let mut d = Daemon::start().expect("daemon");
+    let l = common::Lxc::new(&d);
+    l.import_busybox();
+    l.ok(&["init", "busybox", "late", "-c", "boot.autostart=true"]);
+    let first = [
+        "-c",
+        "boot.autostart=true",
+        "-c",
+        "boot.autostart.priority=10",
+    ];
+    l.ok(&[
+        &["init", "busybox", "first"][..],
+        &first,
+        &["-c", "boot.autostart.delay=4"],
+    ]
+    .concat());
+    drop(l);
+    std::fs::remove_file(d.dir().join("run/boot_id")).expect("boot marker");
+    d.restart().expect("restart");
+    let l = common::Lxc::new(&d);
+    let state = || l.ok(&["list", "--format", "csv", "-c", "ns"]);
+    let t = Instant::now();
+    let mut first_up = None;
+    loop {
+        let out = state();
+        if first_up.is_none() && out.contains("first,RUNNING") {
+            // The higher priority went first, and the other waits out the delay.
+            assert!(out.contains("late,STOPPED"), "{out}");
+            first_up = Some(Instant::now());
+        }
+        if out.contains("late,RUNNING") {
+            let first_up = first_up.unwrap_or_else(|| panic!("late started before first: {out}"));
+            let gap = first_up.elapsed();
+            assert!(
+                gap >= Duration::from_secs(3),
+                "boot.autostart.delay=4 not waited: {gap:?}"
+            );
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "autostart did not finish: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    l.ok(&["delete", "--force", "first", "late"]);
+}

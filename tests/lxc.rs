@@ -525,3 +525,86 @@ fn lxc_show_log_records_how_init_ended() {
     );
     l.ok(&["delete", "c1"]);
 }
+
+/// Config keys are kept or refused, never accepted and ignored: keys bivy does not implement
+/// yet answer "not supported yet: KEY"; LXD's value rules are enforced up front; and
+/// `linux.kernel_modules` loads (or finds) its modules before the start.
+#[test]
+fn lxc_config_keys_are_kept_or_refused() {
+    if !prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = setup(&d);
+    import_busybox(&l);
+    l.ok(&["init", "busybox", "k1"]);
+    let refused = |args: &[&str], want: &str| {
+        let out = l.run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(want),
+            "{args:?}: {err}"
+        );
+    };
+    for (key, value) in [
+        ("boot.host_shutdown_timeout", "30"),
+        ("boot.stop.priority", "5"),
+        ("limits.memory.swap.priority", "5"),
+        ("security.protection.shift", "true"),
+        ("cloud-init.user-data", "#cloud-config"),
+    ] {
+        refused(
+            &["config", "set", "k1", key, value],
+            &format!("not supported yet: {key}"),
+        );
+    }
+    for (key, value) in [
+        ("core.proxy_http", "http://proxy:3128"),
+        ("core.proxy_https", "http://proxy:3128"),
+        ("core.proxy_ignore_hosts", "localhost"),
+        ("core.shutdown_timeout", "5"),
+    ] {
+        refused(
+            &["config", "set", key, value],
+            &format!("not supported yet: {key}"),
+        );
+    }
+    refused(
+        &["config", "set", "k1", "limits.processes", "0"],
+        "expected a positive integer",
+    );
+    refused(
+        &["config", "set", "k1", "limits.cpu", "99999"],
+        "99999 CPUs requested",
+    );
+    refused(
+        &[
+            "config",
+            "set",
+            "k1",
+            "linux.kernel_modules",
+            "/lib/modules/evil.ko",
+        ],
+        "is not a module name",
+    );
+    // Nothing refused was stored.
+    assert_eq!(
+        l.ok(&["config", "get", "k1", "limits.processes"]).trim(),
+        ""
+    );
+    // A module the kernel has (built in or loaded: /sys/module/ext4 here) lets the start go on;
+    // one that neither exists nor can be loaded fails it, naming the module.
+    assert!(std::path::Path::new("/sys/module/ext4").exists());
+    l.ok(&["config", "set", "k1", "linux.kernel_modules", "ext4"]);
+    l.ok(&["start", "k1"]);
+    l.ok(&["stop", "k1", "--force"]);
+    l.ok(&[
+        "config",
+        "set",
+        "k1",
+        "linux.kernel_modules",
+        "ext4,bivy_no_such_module",
+    ]);
+    refused(&["start", "k1"], "cannot load \"bivy_no_such_module\"");
+    l.ok(&["delete", "k1"]);
+}

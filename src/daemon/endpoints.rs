@@ -310,7 +310,7 @@ pub fn profile_get(d: &Daemon, name: &str) -> Result<Response> {
 pub fn profile_create(d: &Daemon, req: &mut Request) -> Result<Response> {
     let body: api::ProfilesPost = json(req)?;
     config::validate_profile_name(&body.name)?;
-    config::validate_config(&body.put.config, &api::StringMap::new())?;
+    config::validate_config(&body.put.config, &api::StringMap::new(), d.host.ncpus)?;
     config::validate_devices(&body.put.devices)?;
     let mut db = d.db.lock().expect("db lock");
     if db.data.profiles.contains_key(&body.name) {
@@ -374,7 +374,7 @@ pub fn profile_put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Re
             devices: put.devices,
         };
     }
-    config::validate_config(&next.config, &api::StringMap::new())?;
+    config::validate_config(&next.config, &api::StringMap::new(), d.host.ncpus)?;
     config::validate_devices(&next.devices)?;
     // Every instance using the profile must still have a root disk.
     for (iname, inst) in &db.data.instances {

@@ -333,7 +333,7 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
         .filter(|(k, _)| !k.starts_with("volatile."))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    config::validate_config(&user_keys, &StringMap::new())?;
+    config::validate_config(&user_keys, &StringMap::new(), d.host.ncpus)?;
     config::validate_devices(&devices_in)?;
     let pool_name = {
         let db = d.db.lock().expect("db lock");
@@ -839,7 +839,7 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
             "The architecture of an instance cannot be changed".into(),
         ));
     }
-    config::validate_config(&next.config, &cur.config)?;
+    config::validate_config(&next.config, &cur.config, d.host.ncpus)?;
     config::validate_devices(&next.devices)?;
     for p in &next.profiles {
         if !db.data.profiles.contains_key(p) {
@@ -1177,6 +1177,16 @@ pub fn start(d: &Daemon, name: &str) -> Result<()> {
         console_log: log_dir.join("console.log"),
         cgroup: d.cgroup_suffix.as_ref().map(|sfx| format!("{name}.{sfx}")),
     };
+    // linux.kernel_modules: loaded on the host before the container starts, as LXD does.
+    if let Some(v) = ec.get("linux.kernel_modules") {
+        let modules = config::kernel_modules(v).map_err(Error::BadRequest)?;
+        for m in modules {
+            if let Err(e) = load_kernel_module(m) {
+                log_line(&log_dir, &format!("start failed: {e}"));
+                return Err(e);
+            }
+        }
+    }
     let run_dir = d.run_dir(name);
     if let Err(e) = runtime::start(&spec, &run_dir) {
         log_line(&log_dir, &format!("start failed: {e}"));
@@ -1209,6 +1219,33 @@ pub fn start(d: &Daemon, name: &str) -> Result<()> {
                 log_line(&log_dir, &format!("@startup snapshot failed: {e}"));
             }
         }
+    }
+    Ok(())
+}
+
+/// Make sure kernel module `name` is loaded on the host (LXD's `util.LoadModule`): present in
+/// `/sys/module` (loaded or built in), else `modprobe -b NAME`, whose failure fails the start.
+fn load_kernel_module(name: &str) -> Result<()> {
+    if std::path::Path::new("/sys/module")
+        .join(name.replace('-', "_"))
+        .exists()
+    {
+        return Ok(());
+    }
+    let out = std::process::Command::new("modprobe")
+        .args(["-b", name])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| {
+            Error::Internal(format!(
+                "linux.kernel_modules: cannot load {name:?}: running modprobe: {e}"
+            ))
+        })?;
+    if !out.status.success() {
+        return Err(Error::Internal(format!(
+            "linux.kernel_modules: cannot load {name:?}: modprobe: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
     Ok(())
 }
@@ -1682,7 +1719,8 @@ pub fn autostart(d: &Arc<Daemon>) {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-    let mut todo: Vec<(i64, String)> = Vec::new();
+    // (-priority, name, delay): highest boot.autostart.priority first, then by name.
+    let mut todo: Vec<(i64, String, u64)> = Vec::new();
     for (name, rec) in records {
         let (ec, _) = expanded(d, &rec);
         let auto = match ec.get("boot.autostart").map(String::as_str) {
@@ -1700,13 +1738,17 @@ pub fn autostart(d: &Arc<Daemon>) {
                 .get("boot.autostart.priority")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
-            todo.push((-prio, name));
+            let delay = ec
+                .get("boot.autostart.delay")
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            todo.push((-prio, name, delay));
         }
     }
     todo.sort();
     let d = d.clone();
     std::thread::spawn(move || {
-        for (_, name) in todo {
+        for (_, name, delay) in todo {
             match state_of(&d, &name) {
                 Ok(State::Stopped { .. }) => {}
                 Ok(State::Running { .. }) => continue,
@@ -1716,10 +1758,18 @@ pub fn autostart(d: &Arc<Daemon>) {
                 }
             }
             if d.busy_insert(&name, "start").is_ok() {
-                if let Err(e) = start(&d, &name) {
-                    eprintln!("bivy: autostart of {name} failed: {e}");
-                }
+                let started = start(&d, &name);
                 d.busy.lock().expect("busy lock").remove(&name);
+                match started {
+                    Err(e) => eprintln!("bivy: autostart of {name} failed: {e}"),
+                    // boot.autostart.delay: seconds to wait after this one started, before the
+                    // next (LXD's semantics).
+                    Ok(()) => {
+                        if delay > 0 {
+                            std::thread::sleep(std::time::Duration::from_secs(delay));
+                        }
+                    }
+                }
             }
         }
     });

@@ -115,10 +115,6 @@ fn read(path: &Path) -> Result<String> {
         .map_err(|e| io_err("reading", path, e))
 }
 
-fn read_u64(path: &Path) -> Option<u64> {
-    fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
 /// A counter file: `None` when it does not exist (the host does not count it), an error when it
 /// exists but cannot be read or parsed.
 fn stat_u64(path: &Path) -> Result<Option<u64>> {
