@@ -1764,7 +1764,10 @@ mod tests {
             let mut c = c.try_clone().unwrap();
             let gave_up = gave_up.clone();
             thread::spawn(move || {
-                for b in b"GET / HTTP/1.1\r\nX-Slow: ".iter().chain(std::iter::repeat(&b'a')) {
+                for b in b"GET / HTTP/1.1\r\nX-Slow: "
+                    .iter()
+                    .chain(std::iter::repeat(&b'a'))
+                {
                     if c.write_all(&[*b]).is_err() {
                         break;
                     }
