@@ -460,3 +460,186 @@ fn autostart_priority_and_delay() {
     }
     l.ok(&["delete", "--force", "first", "late"]);
 }
+
+/// Seconds since the epoch of an `lxc.log` line's RFC 3339 timestamp (`2026-12-03T07:14:09.97Z`).
+fn log_time(line: &str) -> f64 {
+    let ts = line.split_whitespace().next().expect("timestamp");
+    let (date, time) = ts.trim_end_matches('Z').split_once('T').expect("T");
+    let d: Vec<i64> = date.split('-').map(|x| x.parse().expect("date")).collect();
+    // Days from the civil date (Howard Hinnant's algorithm), enough to order lines.
+    let (y, m) = if d[1] <= 2 {
+        (d[0] - 1, d[1] + 9)
+    } else {
+        (d[0], d[1] - 3)
+    };
+    let days = 365 * y + y / 4 - y / 100 + y / 400 + (153 * m + 2) / 5 + d[2];
+    let t: Vec<f64> = time
+        .split(':')
+        .map(|x| x.parse().unwrap_or_else(|e| panic!("{line}: {e}")))
+        .collect();
+    days as f64 * 86400.0 + t[0] * 3600.0 + t[1] * 60.0 + t[2]
+}
+
+/// Is process `pid` gone or a zombie (exited, not yet reaped by the harness)?
+fn exited(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+        s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z'))
+    })
+}
+
+fn wait_exited(pid: u32, limit: Duration) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if exited(pid) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// SIGPWR to the daemon (the host shuts down, LXD's convention): running instances are stopped,
+/// higher `boot.stop.priority` first, one that does not stop cleanly within
+/// `boot.host_shutdown_timeout` is killed, and the next boot's autostart brings them all back.
+#[test]
+fn host_shutdown_stops_instances_by_priority() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let mut d = Daemon::start().expect("daemon");
+    let l = common::Lxc::new(&d);
+    l.import_busybox();
+    l.ok(&["launch", "busybox", "hi", "-c", "boot.stop.priority=10"]);
+    l.ok(&["launch", "busybox", "lo"]);
+    let stuck = [
+        "-c",
+        "boot.stop.priority=5",
+        "-c",
+        "boot.host_shutdown_timeout=2",
+    ];
+    l.ok(&[&["launch", "busybox", "stuck"][..], &stuck].concat());
+    // stuck's init becomes a plain sleep: no SIGPWR handler, so only the kill stops it.
+    let (rc, out) = l.sh(
+        "stuck",
+        "rm /sbin/init && printf '#!/bin/sh\\nexec sleep 1000000\\n' > /sbin/init && chmod 755 /sbin/init",
+    );
+    assert_eq!(rc, 0, "{out}");
+    l.ok(&["restart", "stuck", "--force"]);
+    l.ok(&["init", "busybox", "off"]);
+    let pid = d.pid().expect("pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGPWR,
+    )
+    .expect("SIGPWR");
+    assert!(
+        wait_exited(pid, Duration::from_secs(120)),
+        "daemon still running after SIGPWR"
+    );
+    let line = |name: &str| -> String {
+        let log = std::fs::read_to_string(d.dir().join(format!("logs/{name}/lxc.log")))
+            .unwrap_or_default();
+        log.lines()
+            .find(|l| l.contains("host shutdown"))
+            .unwrap_or_else(|| panic!("{name}: no host shutdown line in:\n{log}"))
+            .to_string()
+    };
+    let (hi, stuck, lo) = (line("hi"), line("stuck"), line("lo"));
+    assert!(
+        hi.contains("(boot.stop.priority 10): stopped by request"),
+        "{hi}"
+    );
+    assert!(
+        stuck.contains("(boot.stop.priority 5): killed by request"),
+        "{stuck}"
+    );
+    assert!(
+        lo.contains("(boot.stop.priority 0): stopped by request"),
+        "{lo}"
+    );
+    // In priority order; stuck was given its 2 s before the kill.
+    let (t_hi, t_stuck, t_lo) = (log_time(&hi), log_time(&stuck), log_time(&lo));
+    assert!(t_hi <= t_stuck && t_stuck <= t_lo, "{hi}\n{stuck}\n{lo}");
+    assert!(
+        std::fs::read_to_string(d.dir().join("logs/off/lxc.log")).is_err(),
+        "a stopped instance was touched"
+    );
+    d.kill9();
+    // No container survived the host shutdown; after the next boot they all start again.
+    std::fs::remove_file(d.dir().join("run/boot_id")).expect("boot marker");
+    d.restart().expect("restart");
+    let l = common::Lxc::new(&d);
+    let t = Instant::now();
+    loop {
+        let out = l.ok(&["list", "--format", "csv", "-c", "ns"]);
+        if out == "hi,RUNNING\nlo,RUNNING\noff,STOPPED\nstuck,RUNNING\n" {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "after the next boot: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    l.ok(&["delete", "--force", "hi", "lo", "off", "stuck"]);
+}
+
+/// `core.shutdown_timeout` (minutes): how long a stopping daemon waits for running operations.
+#[test]
+fn shutdown_timeout_bounds_the_wait_for_operations() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let mut d = Daemon::start().expect("daemon");
+    let l = common::Lxc::new(&d);
+    l.import_busybox();
+    l.ok(&["launch", "busybox", "c1"]);
+    let exec = r#"{"command":["sleep","25"],"wait-for-websocket":false,"interactive":false,"record-output":true,"environment":{}}"#;
+    let sleep_op = |d: &Daemon| {
+        let (code, body) = d
+            .api("POST", "/1.0/instances/c1/exec", Some(exec))
+            .expect("exec");
+        assert_eq!(code, 202, "{body}");
+    };
+    // 0 minutes: the daemon exits at once, the 25 s operation notwithstanding.
+    l.ok(&["config", "set", "core.shutdown_timeout", "0"]);
+    sleep_op(&d);
+    let pid = d.pid().expect("pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    assert!(
+        wait_exited(pid, Duration::from_secs(8)),
+        "waited for the operation"
+    );
+    d.kill9();
+    d.restart().expect("restart");
+    // 1 minute: it waits past bivy's 10 s default, until the operation is done.
+    let l = common::Lxc::new(&d);
+    l.ok(&["config", "set", "core.shutdown_timeout", "1"]);
+    sleep_op(&d);
+    let pid = d.pid().expect("pid");
+    let t = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    assert!(
+        !wait_exited(pid, Duration::from_secs(13)),
+        "did not wait for the operation"
+    );
+    assert!(
+        wait_exited(pid, Duration::from_secs(50)),
+        "still running after the operation"
+    );
+    assert!(
+        t.elapsed() >= Duration::from_secs(20),
+        "exited before the operation ended"
+    );
+    d.kill9();
+    d.restart().expect("restart");
+    common::Lxc::new(&d).ok(&["delete", "--force", "c1"]);
+}

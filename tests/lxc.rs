@@ -547,8 +547,6 @@ fn lxc_config_keys_are_kept_or_refused() {
         );
     };
     for (key, value) in [
-        ("boot.host_shutdown_timeout", "30"),
-        ("boot.stop.priority", "5"),
         ("limits.memory.swap.priority", "5"),
         ("security.protection.shift", "true"),
         ("cloud-init.user-data", "#cloud-config"),
@@ -562,13 +560,20 @@ fn lxc_config_keys_are_kept_or_refused() {
         ("core.proxy_http", "http://proxy:3128"),
         ("core.proxy_https", "http://proxy:3128"),
         ("core.proxy_ignore_hosts", "localhost"),
-        ("core.shutdown_timeout", "5"),
     ] {
         refused(
             &["config", "set", key, value],
             &format!("not supported yet: {key}"),
         );
     }
+    refused(
+        &["config", "set", "k1", "boot.stop.priority", "high"],
+        "expected an integer",
+    );
+    refused(
+        &["config", "set", "core.shutdown_timeout", "soon"],
+        "expected an integer",
+    );
     refused(
         &["config", "set", "k1", "limits.processes", "0"],
         "expected a positive integer",

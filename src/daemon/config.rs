@@ -84,9 +84,8 @@ fn kind_of(key: &str) -> Option<Kind> {
         "boot.autostart" => Bool,
         // Used by `instances::autostart`: order, then seconds to wait after starting.
         "boot.autostart.delay" | "boot.autostart.priority" => Int,
-        // Both are about stopping instances when the host shuts down; bivy leaves its
-        // containers running when the daemon stops and has no host-shutdown stop yet.
-        "boot.host_shutdown_timeout" | "boot.stop.priority" => NotYet,
+        // Used by `instances::host_shutdown` (SIGPWR): stop order and clean-stop seconds.
+        "boot.host_shutdown_timeout" | "boot.stop.priority" => Int,
         "limits.memory" => Memory,
         "limits.memory.enforce" => Enforce,
         "limits.memory.swap" => Bool,
@@ -300,13 +299,12 @@ pub fn validate_devices(devices: &Devices) -> Result<()> {
 pub fn validate_server_key(key: &str, value: &str) -> Result<()> {
     match key {
         "core.https_address" | "core.trust_password" => Ok(()),
-        // Image downloads do not go through a proxy yet, and the daemon leaves its containers
-        // running when it stops, so there is no shutdown to time out: refused, not ignored.
-        "core.proxy_http"
-        | "core.proxy_https"
-        | "core.proxy_ignore_hosts"
-        | "core.shutdown_timeout" => Err(Error::BadRequest(format!("not supported yet: {key}"))),
-        "images.remote_cache_expiry" | "images.auto_update_interval" => {
+        // Image downloads do not go through a proxy yet: refused, not ignored.
+        "core.proxy_http" | "core.proxy_https" | "core.proxy_ignore_hosts" => {
+            Err(Error::BadRequest(format!("not supported yet: {key}")))
+        }
+        // Minutes the daemon waits for running operations when it stops (daemon/mod.rs).
+        "core.shutdown_timeout" | "images.remote_cache_expiry" | "images.auto_update_interval" => {
             if value.is_empty() || value.parse::<u64>().is_ok() {
                 Ok(())
             } else {

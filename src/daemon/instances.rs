@@ -1258,7 +1258,10 @@ fn log_line(log_dir: &std::path::Path, msg: &str) {
         .append(true)
         .open(log_dir.join("lxc.log"))
     {
-        let _ = writeln!(f, "{} {msg}", time::now());
+        // One write per line: O_APPEND keeps concurrent writers' lines whole (writeln! would
+        // write the timestamp and the message separately, and lines interleaved).
+        let line = format!("{} {msg}\n", time::now());
+        let _ = f.write_all(line.as_bytes());
     }
 }
 
@@ -1295,6 +1298,60 @@ pub fn stop(d: &Daemon, name: &str, force: bool, timeout: Duration) -> Result<()
         &[("volatile.last_state.power", Some("STOPPED".into()))],
     );
     Ok(())
+}
+
+/// The host is shutting down (SIGPWR to the daemon, LXD's convention): stop every running
+/// instance, the highest `boot.stop.priority` first and those of one priority together, each
+/// given `boot.host_shutdown_timeout` seconds (default 30) to stop cleanly before it is killed.
+/// Each keeps its busy mark (the daemon exits next) so `volatile.last_state.power` stays
+/// `RUNNING` and the autostart of the next boot brings it back, as LXD does.
+pub fn host_shutdown(d: &Daemon) {
+    let names: Vec<String> =
+        d.db.lock()
+            .expect("db lock")
+            .data
+            .instances
+            .keys()
+            .cloned()
+            .collect();
+    let mut todo: Vec<(i64, String, u64)> = Vec::new();
+    for name in names {
+        if !matches!(state_of(d, &name), Ok(State::Running { .. })) {
+            continue;
+        }
+        let Ok(rec) = record(d, &name) else { continue };
+        let (ec, _) = expanded(d, &rec);
+        let int = |k: &str| ec.get(k).and_then(|v| v.parse::<i64>().ok());
+        let prio = int("boot.stop.priority").unwrap_or(0);
+        let timeout = int("boot.host_shutdown_timeout").map_or(30, |t| t.max(0).unsigned_abs());
+        todo.push((prio, name, timeout));
+    }
+    todo.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    for group in todo.chunk_by(|a, b| a.0 == b.0) {
+        std::thread::scope(|s| {
+            for (prio, name, timeout) in group {
+                s.spawn(move || {
+                    // A stop, delete or restart in flight owns the instance.
+                    if d.busy_insert(name, "host shutdown").is_err() {
+                        return;
+                    }
+                    let mode = runtime::StopMode::Clean(Duration::from_secs(*timeout));
+                    let how = match runtime::stop(&d.run_dir(name), mode) {
+                        Ok(()) => match state_of(d, name) {
+                            Ok(State::Stopped { last_exit: Some(e) }) => e.reason,
+                            Ok(other) => format!("{other:?}"),
+                            Err(e) => e.to_string(),
+                        },
+                        Err(e) => format!("stop failed: {e}"),
+                    };
+                    log_line(
+                        &d.log_dir(name),
+                        &format!("host shutdown (boot.stop.priority {prio}): {how}"),
+                    );
+                });
+            }
+        });
+    }
 }
 
 /// Follow a running container until it stops: record it, restart it after an in-container

@@ -246,6 +246,8 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
     sigs.add(Signal::SIGTERM);
     sigs.add(Signal::SIGINT);
     sigs.add(Signal::SIGHUP);
+    // The host is shutting down: stop the instances first (LXD's convention).
+    sigs.add(Signal::SIGPWR);
     sigs.thread_block()
         .map_err(|e| format!("blocking signals: {e}"))?;
     // SIGPIPE is already ignored by the Rust runtime: writes to a vanished client fail with EPIPE.
@@ -299,14 +301,25 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
         let d = d.clone();
         let sock_path = sock_path.clone();
         std::thread::spawn(move || {
-            let _ = sigs.wait();
+            let sig = sigs.wait();
             d.shutting_down.store(true, Ordering::SeqCst);
             let _ = std::fs::remove_file(&sock_path);
-            // Let running operations finish, bounded.
-            for _ in 0..100 {
-                if d.ops.list().iter().all(|o| o.is_final()) {
-                    break;
-                }
+            // Containers outlive the daemon, except when the host shuts down.
+            if sig == Ok(Signal::SIGPWR) {
+                instances::host_shutdown(&d);
+            }
+            // Let running operations finish for `core.shutdown_timeout` minutes (10 s unset).
+            let minutes =
+                d.db.lock()
+                    .expect("db lock")
+                    .data
+                    .config
+                    .get("core.shutdown_timeout")
+                    .and_then(|v| v.parse::<u64>().ok());
+            let limit = minutes.map_or(Duration::from_secs(10), |m| Duration::from_secs(m * 60));
+            let deadline = std::time::Instant::now() + limit;
+            while !d.ops.list().iter().all(|o| o.is_final()) && std::time::Instant::now() < deadline
+            {
                 std::thread::sleep(Duration::from_millis(100));
             }
             drop(lock);
