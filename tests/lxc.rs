@@ -556,16 +556,6 @@ fn lxc_config_keys_are_kept_or_refused() {
             &format!("not supported yet: {key}"),
         );
     }
-    for (key, value) in [
-        ("core.proxy_http", "http://proxy:3128"),
-        ("core.proxy_https", "http://proxy:3128"),
-        ("core.proxy_ignore_hosts", "localhost"),
-    ] {
-        refused(
-            &["config", "set", key, value],
-            &format!("not supported yet: {key}"),
-        );
-    }
     refused(
         &["config", "set", "k1", "boot.stop.priority", "high"],
         "expected an integer",
@@ -612,4 +602,139 @@ fn lxc_config_keys_are_kept_or_refused() {
     ]);
     refused(&["start", "k1"], "cannot load \"bivy_no_such_module\"");
     l.ok(&["delete", "k1"]);
+}
+
+/// A forward proxy on 127.0.0.1 for `n` connections: each absolute-form request
+/// (`GET http://host:port/path`) goes on to its origin in origin form and the answer comes back.
+/// Returns the port and, at the end, the request lines it forwarded.
+fn forward_proxy(n: usize) -> (u16, std::thread::JoinHandle<Vec<String>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let h = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for _ in 0..n {
+            let Ok((client, _)) = l.accept() else { break };
+            let mut r = BufReader::new(client.try_clone().expect("clone"));
+            let mut first = String::new();
+            r.read_line(&mut first).expect("request line");
+            let mut rest = String::new();
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                rest.push_str(&line);
+            }
+            let first = first.trim_end().to_string();
+            seen.push(first.clone());
+            let mut parts = first.split(' ');
+            let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let Some(hostpath) = target.strip_prefix("http://") else {
+                continue;
+            };
+            let (authority, path) = hostpath.split_at(hostpath.find('/').unwrap_or(hostpath.len()));
+            let mut origin = std::net::TcpStream::connect(authority).expect("origin");
+            write!(origin, "{method} {path} HTTP/1.1\r\n{rest}\r\n").expect("forward");
+            let mut client = client;
+            let _ = std::io::copy(&mut origin, &mut client);
+        }
+        seen
+    });
+    (port, h)
+}
+
+/// `core.proxy_http` carries image downloads, `core.proxy_ignore_hosts` bypasses it, and a
+/// proxy bivy cannot use is refused instead of ignored.
+#[test]
+fn lxc_image_import_through_proxy() {
+    if !prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = setup(&d);
+    let img = common::busybox_image();
+    let data = std::fs::read(&img).expect("image");
+    let hash: String = ring::digest::digest(&ring::digest::SHA256, &data)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let import = |origin: u16| {
+        let body = format!(
+            r#"{{"source":{{"type":"url","url":"http://127.0.0.1:{origin}/meta"}},"aliases":[{{"name":"viaproxy"}}]}}"#
+        );
+        let (code, resp) = d.api("POST", "/1.0/images", Some(&body)).expect("POST");
+        assert_eq!(code, 202, "{resp}");
+        d.wait_operation(&resp).expect("operation")
+    };
+    // Through the proxy: it sees both requests, in absolute form.
+    let (origin, server) = serve_image(img.clone(), hash.clone());
+    let (proxy, proxied) = forward_proxy(2);
+    l.ok(&[
+        "config",
+        "set",
+        "core.proxy_http",
+        &format!("http://127.0.0.1:{proxy}"),
+    ]);
+    let done = import(origin);
+    assert_eq!(done["metadata"]["status"], "Success", "{done}");
+    assert_eq!(
+        proxied.join().expect("proxy"),
+        [
+            format!("HEAD http://127.0.0.1:{origin}/meta HTTP/1.1"),
+            format!("GET http://127.0.0.1:{origin}/busybox.tar.gz HTTP/1.1"),
+        ]
+    );
+    let _ = server.join();
+    l.ok(&["image", "delete", "viaproxy"]);
+    // A proxy that is not there fails the download: the setting is used, not ignored...
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead_port = dead.local_addr().expect("addr").port();
+    drop(dead);
+    l.ok(&[
+        "config",
+        "set",
+        "core.proxy_http",
+        &format!("127.0.0.1:{dead_port}"),
+    ]);
+    let done = import(origin);
+    assert_eq!(done["metadata"]["status"], "Failure", "{done}");
+    assert!(
+        done["metadata"]["err"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&dead_port.to_string()),
+        "{done}"
+    );
+    // ...and a host in core.proxy_ignore_hosts is reached directly.
+    let (origin, server) = serve_image(img, hash.clone());
+    l.ok(&[
+        "config",
+        "set",
+        "core.proxy_ignore_hosts",
+        "example.org,127.0.0.0/8",
+    ]);
+    let done = import(origin);
+    assert_eq!(done["metadata"]["status"], "Success", "{done}");
+    assert_eq!(done["metadata"]["metadata"]["fingerprint"], hash.as_str());
+    let _ = server.join();
+    // What bivy cannot do is refused.
+    for (value, want) in [
+        (
+            "https://127.0.0.1:3128",
+            "not supported yet: core.proxy_http with an https:// proxy",
+        ),
+        (
+            "http://user:pw@127.0.0.1:3128",
+            "not supported yet: core.proxy_http with credentials",
+        ),
+    ] {
+        let out = l.run(&["config", "set", "core.proxy_http", value]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(want),
+            "{value}: {err}"
+        );
+    }
 }

@@ -299,10 +299,14 @@ pub fn validate_devices(devices: &Devices) -> Result<()> {
 pub fn validate_server_key(key: &str, value: &str) -> Result<()> {
     match key {
         "core.https_address" | "core.trust_password" => Ok(()),
-        // Image downloads do not go through a proxy yet: refused, not ignored.
-        "core.proxy_http" | "core.proxy_https" | "core.proxy_ignore_hosts" => {
-            Err(Error::BadRequest(format!("not supported yet: {key}")))
+        // Image downloads go through them (`fetch::Fetcher`).
+        "core.proxy_http" | "core.proxy_https" => {
+            if !value.trim().is_empty() {
+                super::fetch::parse_proxy(key, value.trim())?;
+            }
+            Ok(())
         }
+        "core.proxy_ignore_hosts" => Ok(()),
         // Minutes the daemon waits for running operations when it stops (daemon/mod.rs).
         "core.shutdown_timeout" | "images.remote_cache_expiry" | "images.auto_update_interval" => {
             if value.is_empty() || value.parse::<u64>().is_ok() {
