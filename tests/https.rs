@@ -307,17 +307,26 @@ fn lxc_image_import_https_url() {
     assert!(list.contains(&format!("vialxc,{hash}")), "{list}");
 }
 
-/// A CONNECT proxy on 127.0.0.1 for `n` tunnels: answers 200 and relays bytes both ways.
+/// A CONNECT proxy on 127.0.0.1 for `n` tunnels (or 60 s): answers 200 and relays bytes both
+/// ways.
 /// Returns the port and, at the end, the CONNECT lines it served.
 fn connect_proxy(n: usize) -> (u16, JoinHandle<Vec<String>>) {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = l.local_addr().expect("addr").port();
+    l.set_nonblocking(true).expect("nonblocking");
     let h = std::thread::spawn(move || {
         let mut seen = Vec::new();
-        for _ in 0..n {
-            let Ok((mut client, _)) = l.accept() else {
-                break;
+        let start = Instant::now();
+        while seen.len() < n && start.elapsed() < Duration::from_secs(60) {
+            let mut client = match l.accept() {
+                Ok((c, _)) => c,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+                Err(e) => panic!("accept: {e}"),
             };
+            client.set_nonblocking(false).expect("blocking");
             let head = read_head(&mut client).expect("CONNECT head");
             let first = head.lines().next().unwrap_or("").to_string();
             seen.push(first.clone());

@@ -604,17 +604,27 @@ fn lxc_config_keys_are_kept_or_refused() {
     l.ok(&["delete", "k1"]);
 }
 
-/// A forward proxy on 127.0.0.1 for `n` connections: each absolute-form request
+/// A forward proxy on 127.0.0.1 for `n` connections (or 60 s): each absolute-form request
 /// (`GET http://host:port/path`) goes on to its origin in origin form and the answer comes back.
 /// Returns the port and, at the end, the request lines it forwarded.
 fn forward_proxy(n: usize) -> (u16, std::thread::JoinHandle<Vec<String>>) {
     use std::io::{BufRead, BufReader, Write};
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = l.local_addr().expect("addr").port();
+    l.set_nonblocking(true).expect("nonblocking");
     let h = std::thread::spawn(move || {
         let mut seen = Vec::new();
-        for _ in 0..n {
-            let Ok((client, _)) = l.accept() else { break };
+        let start = std::time::Instant::now();
+        while seen.len() < n && start.elapsed() < std::time::Duration::from_secs(60) {
+            let client = match l.accept() {
+                Ok((c, _)) => c,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    continue;
+                }
+                Err(e) => panic!("accept: {e}"),
+            };
+            client.set_nonblocking(false).expect("blocking");
             let mut r = BufReader::new(client.try_clone().expect("clone"));
             let mut first = String::new();
             r.read_line(&mut first).expect("request line");
