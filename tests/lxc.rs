@@ -547,7 +547,6 @@ fn lxc_config_keys_are_kept_or_refused() {
         );
     };
     for (key, value) in [
-        ("limits.memory.swap.priority", "5"),
         ("security.protection.shift", "true"),
         ("cloud-init.user-data", "#cloud-config"),
     ] {
@@ -601,6 +600,29 @@ fn lxc_config_keys_are_kept_or_refused() {
         "ext4,bivy_no_such_module",
     ]);
     refused(&["start", "k1"], "cannot load \"bivy_no_such_module\"");
+    l.ok(&["config", "unset", "k1", "linux.kernel_modules"]);
+    // limits.memory.swap.priority: cgroup v1 memory.swappiness = 50 + priority (LXD's rule),
+    // live; unset gives back the parent's. cgroup2 has no swappiness: the start fails.
+    refused(
+        &["config", "set", "k1", "limits.memory.swap.priority", "11"],
+        "expected an integer from 0 to 10",
+    );
+    l.ok(&["config", "set", "k1", "limits.memory.swap.priority", "3"]);
+    match bivy::runtime::cgroup::Layout::probe().v1_mount("memory") {
+        Some(mem) => {
+            l.ok(&["start", "k1"]);
+            let inside = |l: &Lxc<'_>| l.sh("k1", "cat /sys/fs/cgroup/memory/memory.swappiness").1;
+            assert_eq!(inside(&l).trim(), "53");
+            l.ok(&["config", "set", "k1", "limits.memory.swap.priority", "9"]);
+            assert_eq!(inside(&l).trim(), "59");
+            l.ok(&["config", "unset", "k1", "limits.memory.swap.priority"]);
+            let parent =
+                std::fs::read_to_string(mem.join("bivy/memory.swappiness")).expect("parent");
+            assert_eq!(inside(&l).trim(), parent.trim());
+            l.ok(&["stop", "k1", "--force"]);
+        }
+        None => refused(&["start", "k1"], "cgroup2 has no per-cgroup swappiness"),
+    }
     l.ok(&["delete", "k1"]);
 }
 

@@ -89,8 +89,8 @@ fn kind_of(key: &str) -> Option<Kind> {
         "limits.memory" => Memory,
         "limits.memory.enforce" => Enforce,
         "limits.memory.swap" => Bool,
-        // Per-cgroup swappiness: cgroup2 has none, and bivy does not set v1's.
-        "limits.memory.swap.priority" => NotYet,
+        // cgroup v1 memory.swappiness (cgroup2 has none: the start or live update fails).
+        "limits.memory.swap.priority" => Priority,
         "limits.cpu" => Cpu,
         "limits.cpu.allowance" => Allowance,
         "limits.cpu.priority" => Priority,
@@ -374,6 +374,11 @@ pub fn limits(config: &StringMap, total_mem: u64, ncpus: usize) -> Result<Limits
     l.memory_swap = get("limits.memory.swap")
         .and_then(parse_bool)
         .unwrap_or(true);
+    if let Some(v) = get("limits.memory.swap.priority") {
+        l.swap_priority = Some(v.parse().ok().filter(|p| *p <= 10).ok_or_else(|| {
+            Error::BadRequest(format!("Invalid limits.memory.swap.priority {v:?}"))
+        })?);
+    }
     if let Some(v) = get("limits.cpu") {
         l.cpuset = Some(
             cpuset(v, ncpus)

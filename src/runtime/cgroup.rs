@@ -385,6 +385,13 @@ impl Cgroup {
     /// Apply limits now; a `None` removes the limit.
     pub fn set_limits(&self, lim: &Limits) -> Result<()> {
         if let Some((d, v2)) = self.ctrl("memory") {
+            if v2 && lim.swap_priority.is_some() {
+                return Err(Error(
+                    "cgroup: limits.memory.swap.priority needs cgroup v1 memory.swappiness; \
+                     cgroup2 has no per-cgroup swappiness"
+                        .into(),
+                ));
+            }
             if v2 {
                 let (max, high) = match (lim.memory, lim.memory_soft) {
                     (Some(m), false) => (m.to_string(), "max".to_string()),
@@ -421,8 +428,25 @@ impl Cgroup {
                         write(&memsw, &m.to_string())?;
                     }
                 }
+                // Unset: the parent's swappiness, which a new cgroup inherits (so unsetting the
+                // key live puts it back, and a container that never set it is not touched).
+                let swappiness = d.join("memory.swappiness");
+                if swappiness.exists() {
+                    let want = match lim.swap_priority {
+                        Some(p) => (50 + u64::from(p.min(10))).to_string(),
+                        None => read(&d.parent().expect("has parent").join("memory.swappiness"))?,
+                    };
+                    if read(&swappiness)?.trim() != want.trim() {
+                        write(&swappiness, want.trim())?;
+                    }
+                } else if lim.swap_priority.is_some() {
+                    return Err(Error(format!(
+                        "cgroup: limits.memory.swap.priority: no {}",
+                        swappiness.display()
+                    )));
+                }
             }
-        } else if lim.memory.is_some() {
+        } else if lim.memory.is_some() || lim.swap_priority.is_some() {
             return Err(Error(
                 "cgroup: limits.memory set but no memory controller is available".into(),
             ));

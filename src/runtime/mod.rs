@@ -63,6 +63,10 @@ pub struct Limits {
     pub memory_soft: bool,
     /// `limits.memory.swap=false` forbids swap (memsw limit = memory limit).
     pub memory_swap: bool,
+    /// `limits.memory.swap.priority` (0-10): cgroup v1 `memory.swappiness` = 50 + priority, as
+    /// LXD sets it (higher: swapped out sooner). cgroup2 has no per-cgroup swappiness.
+    #[serde(default)]
+    pub swap_priority: Option<u8>,
     /// `limits.cpu` resolved to a cpuset list such as `0-1` or `0,3`.
     pub cpuset: Option<String>,
     /// `limits.cpu.allowance` as a CFS quota: (quota_us, period_us).
