@@ -546,15 +546,11 @@ fn lxc_config_keys_are_kept_or_refused() {
             "{args:?}: {err}"
         );
     };
-    for (key, value) in [
-        ("security.protection.shift", "true"),
-        ("cloud-init.user-data", "#cloud-config"),
-    ] {
-        refused(
-            &["config", "set", "k1", key, value],
-            &format!("not supported yet: {key}"),
-        );
-    }
+    // The one key bivy does not implement yet.
+    refused(
+        &["config", "set", "k1", "security.protection.shift", "true"],
+        "not supported yet: security.protection.shift",
+    );
     refused(
         &["config", "set", "k1", "boot.stop.priority", "high"],
         "expected an integer",
@@ -769,4 +765,89 @@ fn lxc_image_import_through_proxy() {
             "{value}: {err}"
         );
     }
+}
+
+/// `cloud-init.*` keys reach the instance the way LXD's images take them: the image's templates
+/// read them with `config_get` and render cloud-init's NoCloud seed at create.
+#[test]
+fn lxc_cloud_init_keys_reach_the_seed_through_templates() {
+    if !prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = setup(&d);
+    // The busybox image plus LXD's cloud-init-user.tpl (from the images: remote's builds).
+    let work = common::TempDir::new().expect("tempdir");
+    let dir = work.path().join("img");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let tar = |args: &[&str]| {
+        let out = std::process::Command::new("tar")
+            .args(args)
+            .output()
+            .expect("tar");
+        assert!(
+            out.status.success(),
+            "tar {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let img = common::busybox_image();
+    tar(&[
+        "-C",
+        dir.to_str().expect("utf-8"),
+        "-xzf",
+        img.to_str().expect("utf-8"),
+    ]);
+    let meta = std::fs::read_to_string(dir.join("metadata.yaml")).expect("metadata");
+    std::fs::write(
+        dir.join("metadata.yaml"),
+        format!(
+            "{meta}  /var/lib/cloud/seed/nocloud-net/user-data:\n    when: [create, copy]\n    \
+             create_only: false\n    template: cloud-init-user.tpl\n    properties:\n      \
+             default: |\n        #cloud-config\n        {{}}\n"
+        ),
+    )
+    .expect("metadata");
+    std::fs::write(
+        dir.join("templates/cloud-init-user.tpl"),
+        "{% if config_get(\"cloud-init.user-data\", properties.default) == properties.default %}\
+         {{ config_get(\"user.user-data\", properties.default) }}{% else %}\
+         {{ config_get(\"cloud-init.user-data\", properties.default) }}{% endif %}\n",
+    )
+    .expect("template");
+    let tarball = work.path().join("ci.tar.gz");
+    tar(&[
+        "-C",
+        dir.to_str().expect("utf-8"),
+        "-czf",
+        tarball.to_str().expect("utf-8"),
+        "metadata.yaml",
+        "rootfs",
+        "templates",
+    ]);
+    l.ok(&[
+        "image",
+        "import",
+        tarball.to_str().expect("utf-8"),
+        "--alias",
+        "ci",
+    ]);
+    let user_data = "#cloud-config\nruncmd: [echo hi]";
+    l.ok(&[
+        "init",
+        "ci",
+        "c1",
+        "-c",
+        &format!("cloud-init.user-data={user_data}"),
+    ]);
+    l.ok(&["init", "ci", "c2"]);
+    l.ok(&["start", "c1", "c2"]);
+    let seed = |c: &str| l.sh(c, "cat /var/lib/cloud/seed/nocloud-net/user-data").1;
+    assert_eq!(seed("c1").trim_end(), user_data);
+    assert_eq!(
+        seed("c2").trim_end(),
+        "#cloud-config\n{}",
+        "the default without the key"
+    );
+    l.ok(&["delete", "--force", "c1", "c2"]);
 }

@@ -114,8 +114,9 @@ fn kind_of(key: &str) -> Option<Kind> {
         "snapshots.pattern" => Pattern,
         "snapshots.schedule.stopped" => Bool,
         "linux.kernel_modules" => KernelModules,
-        // No cloud-init seed (NoCloud files or devlxd) is given to the instance yet.
-        "cloud-init.user-data" | "cloud-init.vendor-data" | "cloud-init.network-config" => NotYet,
+        // Given to cloud-init by the image's templates (`config_get("cloud-init.user-data", ...)`
+        // into /var/lib/cloud/seed/nocloud-net/), as LXD's images do.
+        "cloud-init.user-data" | "cloud-init.vendor-data" | "cloud-init.network-config" => Str,
         _ if key.starts_with("environment.")
             || key.starts_with("user.")
             || key.starts_with("image.") =>
