@@ -10,22 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{Daemon, Lxc};
 
-fn btrfs_supported() -> Result<(), String> {
-    let fs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
-    if !fs
-        .lines()
-        .any(|l| l.split_whitespace().last() == Some("btrfs"))
-    {
-        return Err("the kernel has no btrfs".into());
-    }
-    if !common::have_cmd("mkfs.btrfs") && !Path::new("/usr/sbin/mkfs.btrfs").exists() {
-        return Err("needs mkfs.btrfs (apt-get install btrfs-progs)".into());
-    }
-    if !Path::new("/dev/loop-control").exists() {
-        return Err("no /dev/loop-control".into());
-    }
-    Ok(())
-}
+use common::btrfs_supported;
 
 /// Loop devices whose backing file is `image`.
 fn loops_backing(image: &Path) -> Vec<String> {

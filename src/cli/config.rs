@@ -247,9 +247,11 @@ pub fn edit_bytes(content: &[u8], ext: &str) -> Result<Vec<u8>, Fail> {
         nanos()
     ));
     {
+        use std::os::unix::fs::OpenOptionsExt;
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&path)?;
         f.write_all(content)?;
     }

@@ -332,6 +332,33 @@ pub fn open_pull_dest(path: &Path, mode: u32) -> io::Result<(File, bool)> {
     }
 }
 
+/// Make `dest` a symlink to `target`, as the server does on push: an existing symlink is
+/// replaced (through a rename, never half done), anything else there is an error.
+fn write_symlink(target: &str, dest: &Path) -> crate::client::Result<()> {
+    let fail = |e: &io::Error| crate::client::Error(super::io_error("symlink", dest, e));
+    match std::os::unix::fs::symlink(target, dest) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(fail(&e)),
+    }
+    let existing = fs::symlink_metadata(dest).map_err(|e| fail(&e))?;
+    if !existing.file_type().is_symlink() {
+        return Err(crate::client::Error(format!(
+            "{}: exists and is not a symlink",
+            dest.display()
+        )));
+    }
+    let name = dest.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dest.with_file_name(format!(".{name}.bivy-tmp{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp)
+        .and_then(|()| fs::rename(&tmp, dest))
+        .map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            fail(&e)
+        })
+}
+
 fn header_mode(r: &crate::http::client::ClientResponse<'_>) -> u32 {
     r.header("X-LXD-mode")
         .and_then(|m| u32::from_str_radix(m.trim(), 8).ok())
@@ -410,11 +437,7 @@ fn pull_one(c: &Client, name: &str, path: &str, dest: &Path, recursive: bool) ->
             "symlink" => {
                 let mut target = String::new();
                 r.body.read_to_string(&mut target)?;
-                match std::os::unix::fs::symlink(target.trim_end_matches('\n'), dest) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                    Err(e) => return Err(e.into()),
-                }
+                write_symlink(target.trim_end_matches('\n'), dest)?;
                 Ok(Got::Done)
             }
             _ => {

@@ -324,6 +324,15 @@ pub fn validate_server_key(key: &str, value: &str) -> Result<()> {
                 "Invalid value for {key:?}: expected true or false"
             ))),
         },
+        // bivy's own (LXD has no limit): the most an image may expand to, checked at import
+        // and unpack against compression and sparse-file bombs.
+        "images.max_unpacked_size" => match crate::storage::btrfs::parse_size(value) {
+            _ if value.is_empty() => Ok(()),
+            Ok(n) if n > 0 => Ok(()),
+            _ => Err(Error::BadRequest(format!(
+                "Invalid value for {key:?}: expected a size above zero (like 64GiB)"
+            ))),
+        },
         "images.compression_algorithm" => match value {
             "" | "gzip" | "xz" | "zstd" | "bzip2" | "none" => Ok(()),
             _ => Err(Error::BadRequest(format!(

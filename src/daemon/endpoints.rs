@@ -133,7 +133,17 @@ pub fn server_put(d: &Daemon, req: &mut Request, patch: bool) -> Result<Response
     }
     db.update(|data| data.config = next)
         .map_err(|e| Error::Internal(format!("saving config: {e}")))?;
+    apply_server_config(d, &db.data.config);
     Ok(response::empty())
+}
+
+/// Make the server config that takes effect without a restart take effect (at start too).
+pub fn apply_server_config(d: &Daemon, config: &api::StringMap) {
+    let max = config
+        .get("images.max_unpacked_size")
+        .and_then(|v| crate::storage::btrfs::parse_size(v).ok())
+        .unwrap_or(image::DEFAULT_MAX_UNPACKED);
+    d.images.set_max_unpacked(max);
 }
 
 fn server_config_view(c: &api::StringMap) -> api::StringMap {

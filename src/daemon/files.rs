@@ -10,7 +10,7 @@
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 
-use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
 
 use super::db::InstanceRecord;
 use super::idmap;
@@ -341,20 +341,32 @@ fn push(root: &OwnedFd, req: &mut Request, path: &str, ids: &Ids) -> Result<Resp
             ) {
                 Ok(fd) => (fd, true),
                 Err(rustix::io::Errno::EXIST) => {
+                    // What is there is checked before it is opened for writing (a FIFO or a
+                    // device node is never written to), and again on the descriptor (it may
+                    // have been swapped in between); truncated only once it is known regular.
+                    let not_regular = || Error::BadRequest(format!("{path}: not a regular file"));
+                    let st = rustix::fs::statat(&pfd, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+                        .map_err(|e| io_err(path, e))?;
+                    if rustix::fs::FileType::from_raw_mode(st.st_mode)
+                        != rustix::fs::FileType::RegularFile
+                    {
+                        return Err(not_regular());
+                    }
                     let mut flags =
                         OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
-                    flags |= if append {
-                        OFlags::APPEND
-                    } else {
-                        OFlags::TRUNC
-                    };
+                    if append {
+                        flags |= OFlags::APPEND;
+                    }
                     let fd = rustix::fs::openat(&pfd, name.as_str(), flags, Mode::empty())
                         .map_err(|e| io_err(path, e))?;
                     let st = rustix::fs::fstat(&fd).map_err(|e| io_err(path, e))?;
                     if rustix::fs::FileType::from_raw_mode(st.st_mode)
                         != rustix::fs::FileType::RegularFile
                     {
-                        return Err(Error::BadRequest(format!("{path}: not a regular file")));
+                        return Err(not_regular());
+                    }
+                    if !append {
+                        rustix::fs::ftruncate(&fd, 0).map_err(|e| io_err(path, e))?;
                     }
                     (fd, false)
                 }

@@ -61,7 +61,7 @@ pub fn record(d: &Daemon, name: &str) -> Result<InstanceRecord> {
         .ok_or_else(not_found)
 }
 
-fn expanded(d: &Daemon, rec: &InstanceRecord) -> (StringMap, Devices) {
+pub fn expanded(d: &Daemon, rec: &InstanceRecord) -> (StringMap, Devices) {
     let db = d.db.lock().expect("db lock");
     config::expand(&rec.profiles, &db.data.profiles, &rec.config, &rec.devices)
 }
@@ -144,6 +144,8 @@ fn state_api(d: &Daemon, name: &str, st: &State) -> Result<api::InstanceState> {
         };
         let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         out.pid = i64::from(*init_pid);
+        // Read from the container's own network namespace (at least `lo`, as LXD reports).
+        out.network = super::netstate::of_pid(*init_pid).ok();
         out.processes = i(stats.processes);
         out.memory.usage = stats.memory_usage.map(i);
         out.memory.usage_peak = stats.memory_peak.map(i);
@@ -263,7 +265,8 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
             Origin::Remote(Box::new(source.clone()))
         }
         "image" => Origin::Image(Box::new(resolve_image(d, &source)?)),
-        "none" | "" => Origin::Empty,
+        // Only an explicit "none" makes an empty instance; a missing type is an error (LXD).
+        "none" => Origin::Empty,
         "copy" => {
             if !source.server.is_empty() || source.mode == "push" {
                 return Err(Error::not_yet("copies between servers (migration)"));
@@ -323,7 +326,8 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
             }
         }
         "migration" => return Err(Error::not_yet("migration")),
-        other => return Err(Error::BadRequest(format!("Unknown source type {other:?}"))),
+        // LXD's wording: "Unknown source type %s".
+        other => return Err(Error::BadRequest(format!("Unknown source type {other}"))),
     };
     let profiles = profiles.unwrap_or_else(|| vec!["default".into()]);
     // volatile keys in a create request (`lxc copy` sends volatile.base_image) are stored; the
@@ -513,15 +517,96 @@ pub fn with_consistent<T>(
     let freeze = !pool.driver.atomic_clone()
         && matches!(state_of(d, name)?, State::Running { frozen: false, .. });
     if freeze {
-        runtime::freeze(&d.run_dir(name)).map_err(Error::from)?;
+        Interim::Frozen.begin(d, name)?;
+        if let Err(e) = runtime::freeze(&d.run_dir(name)) {
+            Interim::Frozen.end(d, name);
+            return Err(e.into());
+        }
     }
     let r = f();
     if freeze {
-        if let Err(e) = runtime::unfreeze(&d.run_dir(name)) {
-            eprintln!("bivy: {name}: unfreezing after a copy: {e}");
+        match runtime::unfreeze(&d.run_dir(name)) {
+            Ok(()) => Interim::Frozen.end(d, name),
+            // The record stays: the next daemon start thaws it.
+            Err(e) => eprintln!("bivy: {name}: unfreezing after a copy: {e}"),
         }
     }
     r
+}
+
+/// A temporary change an operation makes to a running instance: a freeze around a copy, a stop
+/// around a restore. It is recorded in the instance's run directory before it is made and the
+/// record is removed once it is undone, so a daemon killed in between undoes it at its next
+/// start ([`Interim::undo_all`]). A user's `pause` is not one: it survives restarts.
+#[derive(Clone, Copy, Debug)]
+pub enum Interim {
+    Frozen,
+    Stopped,
+}
+
+impl Interim {
+    fn path(self, d: &Daemon, name: &str) -> PathBuf {
+        d.run_dir(name).join(match self {
+            Interim::Frozen => "interim.frozen",
+            Interim::Stopped => "interim.stopped",
+        })
+    }
+
+    /// Record the change (durably) before making it.
+    pub fn begin(self, d: &Daemon, name: &str) -> Result<()> {
+        let dir = d.run_dir(name);
+        crate::util::fs::create_dir_mode(&dir, 0o711)
+            .and_then(|()| crate::util::fs::atomic_write(&self.path(d, name), b""))
+            .map_err(|e| Error::Internal(format!("{}: {e}", dir.display())))
+    }
+
+    /// The change was undone: forget it.
+    pub fn end(self, d: &Daemon, name: &str) {
+        let _ = std::fs::remove_file(self.path(d, name));
+    }
+
+    /// At daemon start: undo the changes that operations killed with the daemon left behind.
+    fn undo_all(d: &Arc<Daemon>, name: &str) {
+        if Interim::Frozen.path(d, name).exists() {
+            match state_of(d, name) {
+                Ok(State::Running { frozen: true, .. }) => {
+                    eprintln!(
+                        "bivy: {name}: thawing (frozen by an operation the daemon did not finish)"
+                    );
+                    if let Err(e) = runtime::unfreeze(&d.run_dir(name)) {
+                        eprintln!("bivy: {name}: thawing: {e}");
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                // Unknown state: keep the record and try again at the next start.
+                Err(e) => {
+                    eprintln!("bivy: {e}");
+                    return;
+                }
+            }
+            Interim::Frozen.end(d, name);
+        }
+        if Interim::Stopped.path(d, name).exists() {
+            match state_of(d, name) {
+                Ok(State::Stopped { .. }) => {
+                    eprintln!(
+                        "bivy: {name}: starting again (stopped by a restore the daemon did not finish)"
+                    );
+                    if let Err(e) = start(d, name) {
+                        eprintln!("bivy: {name}: starting: {e}");
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("bivy: {e}");
+                    return;
+                }
+            }
+            Interim::Stopped.end(d, name);
+        }
+    }
 }
 
 fn create_now(d: &Daemon, args: NewInstance<'_>, origin: Origin) -> Result<()> {
@@ -659,6 +744,8 @@ fn create_now(d: &Daemon, args: NewInstance<'_>, origin: Origin) -> Result<()> {
             cfg.insert("volatile.last_state.idmap".into(), map.to_volatile());
         }
     }
+    crate::util::fs::ensure_mode(&tmp, crate::storage::instance_volume_mode(privileged))
+        .map_err(|e| Error::Internal(format!("{}: {e}", tmp.display())))?;
     std::fs::rename(&tmp, &final_dir)
         .map_err(|e| Error::Internal(format!("{}: {e}", final_dir.display())))?;
     revert.paths[0] = final_dir.clone();
@@ -1133,6 +1220,9 @@ pub fn start(d: &Daemon, name: &str) -> Result<()> {
         }
         RootfsMode::Shifted
     };
+    // security.privileged may have changed since the volume was made.
+    crate::util::fs::ensure_mode(&vol, crate::storage::instance_volume_mode(privileged))
+        .map_err(|e| Error::Internal(format!("{}: {e}", vol.display())))?;
     // Templates pending from create/copy/rename, then `start` templates.
     let meta_path = vol.join("metadata.json");
     if let Ok(bytes) = std::fs::read(&meta_path) {
@@ -1739,8 +1829,8 @@ pub fn recover(d: &Arc<Daemon>) -> std::io::Result<()> {
         }
     }
     super::storage::recover(d);
-    std::fs::create_dir_all(d.dir.join("run"))?;
-    std::fs::create_dir_all(d.dir.join("logs"))?;
+    crate::util::fs::create_dir_mode(&d.dir.join("run"), 0o711)?;
+    crate::util::fs::create_dir_mode(&d.dir.join("logs"), 0o700)?;
     let names: Vec<String> =
         d.db.lock()
             .expect("db lock")
@@ -1750,6 +1840,7 @@ pub fn recover(d: &Arc<Daemon>) -> std::io::Result<()> {
             .cloned()
             .collect();
     for n in names {
+        Interim::undo_all(d, &n);
         match state_of(d, &n) {
             Ok(State::Running { .. }) => watch(d.clone(), n),
             Ok(State::Stopped { .. }) => {}

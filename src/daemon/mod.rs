@@ -6,6 +6,7 @@
 //! operations finish for a bounded time and exits; containers keep running under their monitors.
 
 mod config;
+mod conns;
 mod db;
 mod endpoints;
 mod events;
@@ -16,6 +17,7 @@ mod filter;
 mod idmap;
 mod instances;
 mod multipart;
+mod netstate;
 mod operations;
 mod pull;
 mod resources;
@@ -29,7 +31,7 @@ use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,9 +39,6 @@ pub use events::Events;
 pub use operations::Operations;
 
 use crate::image;
-
-/// Most connections served at once; past it new connections are closed at once.
-const MAX_CONNECTIONS: usize = 1024;
 
 /// Facts about the host, probed once at start.
 #[derive(Debug, Clone)]
@@ -114,7 +113,8 @@ pub struct Daemon {
     /// For a `$BIVY_DIR` other than the default, a short hash of it that keeps this daemon's
     /// cgroups (`bivy/<name>.<hash>`) apart from another daemon's.
     pub cgroup_suffix: Option<String>,
-    connections: AtomicUsize,
+    /// Open connections, in all and per peer (`conns`).
+    connections: Arc<conns::Limits>,
     /// A weak handle on ourselves, for handlers that hand work to operation threads.
     me: std::sync::OnceLock<std::sync::Weak<Daemon>>,
 }
@@ -253,10 +253,17 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
     // SIGPIPE is already ignored by the Rust runtime: writes to a vanished client fail with EPIPE.
 
     crate::sys::limit_malloc_arenas(2);
+    // Every connection (up to conns::MAX_CONNECTIONS), refusal, container log and image file
+    // is a descriptor: the usual soft limit of 1024 is too low; the hard limit is the bound.
+    if let Err(e) = raise_nofile(1 << 16) {
+        eprintln!("bivy: raising the open file limit: {e}");
+    }
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
         .map_err(|e| format!("{}: {e}", dir.display()))?;
     let lock = take_lock(dir)?;
+    crate::util::fs::create_dir_mode(&dir.join("storage-pools"), 0o711)
+        .map_err(|e| format!("{}/storage-pools: {e}", dir.display()))?;
 
     let events = Arc::new(Events::default());
     let images = image::Store::open(&dir.join("images")).map_err(|e| e.to_string())?;
@@ -275,17 +282,22 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
             let h = ring::digest::digest(&ring::digest::SHA256, dir.as_os_str().as_encoded_bytes());
             response::hex(&h.as_ref()[..4])
         }),
-        connections: AtomicUsize::new(0),
+        connections: Arc::default(),
         me: std::sync::OnceLock::new(),
     });
     let _ = d.me.set(Arc::downgrade(&d));
+    endpoints::apply_server_config(&d, &d.db.lock().expect("db lock").data.config);
     storage::open_all(&d).map_err(|e| format!("opening storage pools: {e}"))?;
     instances::recover(&d).map_err(|e| format!("recovering state: {e}"))?;
+    secure_tree(&d);
 
     let sock_path = dir.join("unix.socket");
     let _ = std::fs::remove_file(&sock_path); // we hold the lock: any socket file is stale
-    let listener =
-        UnixListener::bind(&sock_path).map_err(|e| format!("{}: {e}", sock_path.display()))?;
+                                              // Made 0600 by bind itself (never briefly open to everyone under a lax umask), then 0660.
+    let old_umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let listener = UnixListener::bind(&sock_path);
+    nix::sys::stat::umask(old_umask);
+    let listener = listener.map_err(|e| format!("{}: {e}", sock_path.display()))?;
     std::fs::set_permissions(&sock_path, std::fs::Permissions::from_mode(0o660))
         .map_err(|e| e.to_string())?;
     if let Some(g) = group {
@@ -331,42 +343,119 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
     snapshots::spawn_scheduler(d.clone());
 
     let limits = crate::http::Limits::default();
+    let refuser = conns::Refuser::start().map_err(|e| format!("starting threads: {e}"))?;
     for conn in listener.incoming() {
-        let Ok(stream) = conn else { continue };
+        let stream = match conn {
+            Ok(s) => s,
+            // Out of descriptors (or memory): the pending connection stays queued and the
+            // listener readable, so wait a little instead of spinning on it.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS)
+                ) =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            Err(_) => continue,
+        };
         if d.shutting_down.load(Ordering::SeqCst) {
             break;
         }
-        if d.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-            d.connections.fetch_sub(1, Ordering::SeqCst);
+        let Ok(peer) = conns::Peer::of_unix(&stream) else {
             continue;
-        }
+        };
+        let slot = match d.connections.admit(peer) {
+            Ok(s) => s,
+            Err(why) => {
+                refuser.refuse(stream, &why);
+                continue;
+            }
+        };
         let dc = d.clone();
         let limits = limits.clone();
-        let spawned = std::thread::Builder::new()
+        // Out of threads: the closure (the stream and the slot with it) is dropped unrun.
+        let _ = std::thread::Builder::new()
             .name("conn".into())
             .spawn(move || {
-                let dd = dc.clone();
                 crate::http::serve_connection(Box::new(stream), &limits, &move |req| {
-                    routes::handle(&dd, req)
+                    routes::handle(&dc, req)
                 });
-                dc.connections.fetch_sub(1, Ordering::SeqCst);
+                drop(slot);
             });
-        if spawned.is_err() {
-            // Out of threads: the closure (and the stream) was dropped unrun, so give the slot back.
-            d.connections.fetch_sub(1, Ordering::SeqCst);
+    }
+    Ok(())
+}
+
+/// Close the daemon's tree to every host user but root (the README's threat model): the state
+/// directory 0711 (only `unix.socket`, 0660, is meant to be reached in it), `storage-pools`
+/// 0711, every other entry 0700 or group and other bits off; then each pool's layout and
+/// volumes. New files get these modes where they are made; this mends an older tree and logs
+/// each change.
+fn secure_tree(d: &Daemon) {
+    use crate::util::fs::mend_mode;
+    use std::os::unix::fs::MetadataExt;
+    mend_mode(&d.dir, 0o711, "state directory");
+    for e in std::fs::read_dir(&d.dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        let Ok(md) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        let name = e.file_name();
+        if md.file_type().is_symlink() || name == "unix.socket" {
+            continue;
         }
+        if name == "storage-pools" {
+            mend_mode(&p, 0o711, "storage pools");
+        } else if name == "run" {
+            // Traversable down to each monitor's staging mount (see runtime::monitor).
+            mend_mode(&p, 0o711, "run directory");
+            let private_files = |dir: &Path| {
+                for f in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                    match std::fs::symlink_metadata(f.path()) {
+                        Ok(m) if m.is_file() => mend_mode(&f.path(), m.mode() & 0o700, "run file"),
+                        _ => {}
+                    }
+                }
+            };
+            private_files(&p);
+            for e in std::fs::read_dir(&p).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    mend_mode(&e.path(), 0o711, "run directory");
+                    private_files(&e.path());
+                }
+            }
+        } else if md.is_dir() {
+            mend_mode(&p, 0o700, "private directory");
+        } else {
+            mend_mode(&p, md.mode() & 0o700, "private file");
+        }
+    }
+    storage::mend_volume_modes(d);
+}
+
+/// Raise the soft limit of open files to `want`, or to the hard limit when that is lower.
+fn raise_nofile(want: u64) -> nix::Result<()> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    let target = want.min(hard);
+    if soft < target {
+        setrlimit(Resource::RLIMIT_NOFILE, target, hard)?;
     }
     Ok(())
 }
 
 /// The exclusive lock on `$BIVY_DIR/daemon.lock`, held for the daemon's life.
 fn take_lock(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, String> {
+    use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join("daemon.lock");
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o600)
         .open(&path)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {

@@ -4,6 +4,7 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
 
 use super::response::{Error, Result};
 use super::Daemon;
@@ -154,6 +155,7 @@ fn spool_parts(
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&path)
             .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))?;
         let mut spool = Spool { path, file };

@@ -165,6 +165,19 @@ pub fn operation(op: &api::Operation) -> Response {
     Response::json(202, body).header("Location", &url)
 }
 
+/// The body of an error response with `code` and `message`, for the few places that write a
+/// response without the HTTP layer (a connection refused past the limits).
+pub fn error_body(code: u16, message: &str) -> Vec<u8> {
+    envelope(
+        "error",
+        0,
+        String::new(),
+        code,
+        message.to_string(),
+        serde_json::Value::Null,
+    )
+}
+
 /// An error response.
 pub fn error(e: &Error) -> Response {
     let body = envelope(

@@ -57,6 +57,12 @@ fn route(d: &Daemon, req: &mut Request) -> Result<Response> {
         return Err(Error::NotFound("not found".into()));
     }
     let rest = &segs[1..];
+    // Server info is not project-scoped: clients read `api_extensions` there to learn that the
+    // server has no projects (pylxd's "Remote server doesn't handle projects", lxc likewise).
+    if !(rest.is_empty() && matches!(m, "GET" | "HEAD")) {
+        check_project(req)?;
+    }
+    check_target(req)?;
     match rest {
         [] => match m {
             "GET" | "HEAD" => endpoints::server_get(d),
@@ -85,6 +91,9 @@ fn route(d: &Daemon, req: &mut Request) -> Result<Response> {
         ["instances" | "containers"] => match m {
             "GET" => instances::list(d, req),
             "POST" => instances::create(d, req),
+            "PUT" => Err(Error::not_yet(
+                "changing the state of all instances at once (PUT /1.0/instances)",
+            )),
             _ => Err(not_allowed(m)),
         },
         ["instances" | "containers", name, sub @ ..] => {
@@ -131,6 +140,9 @@ fn route(d: &Daemon, req: &mut Request) -> Result<Response> {
         },
         ["images", fp, "export"] => match m {
             "GET" => endpoints::image_export(d, fp),
+            "POST" => Err(Error::not_yet(
+                "pushing an image to another server (POST /1.0/images/{fingerprint}/export)",
+            )),
             _ => Err(not_allowed(m)),
         },
         ["images", fp, "secret"] => match m {
@@ -187,11 +199,39 @@ fn route(d: &Daemon, req: &mut Request) -> Result<Response> {
             "GET" => endpoints::network_get(d, name),
             _ => Err(Error::not_yet("managed networks")),
         },
+        // bivy records no warnings, so the list is honestly empty and no warning exists.
+        ["warnings"] => match m {
+            "GET" => Ok(response::sync(&Vec::<String>::new())),
+            _ => Err(not_allowed(m)),
+        },
+        ["warnings", _] => match m {
+            "GET" | "PUT" | "PATCH" | "DELETE" => Err(Error::NotFound("Warning not found".into())),
+            _ => Err(not_allowed(m)),
+        },
         ["certificates"] => match m {
             "GET" => endpoints::certificates_list(),
             _ => Err(Error::not_yet("certificates and HTTPS remotes")),
         },
         _ => Err(Error::NotFound("not found".into())),
+    }
+}
+
+/// bivy has one project, `default`. Any other `?project=` is refused before anything is done,
+/// so a client set up for another project never reads or changes the default project's objects.
+fn check_project(req: &Request) -> Result<()> {
+    match req.query("project") {
+        None | Some("" | "default") => Ok(()),
+        Some(_) => Err(Error::NotFound("Project not found".into())),
+    }
+}
+
+/// `?target=` names a cluster member; a standalone server has none (LXD's wording).
+fn check_target(req: &Request) -> Result<()> {
+    match req.query("target") {
+        None | Some("") => Ok(()),
+        Some(_) => Err(Error::BadRequest(
+            "Target only allowed when clustered".into(),
+        )),
     }
 }
 

@@ -15,12 +15,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::db::{InstanceRecord, SnapshotRecord};
+use super::instances::Interim;
 use super::response::{self, Error, Result};
 use super::routes::{json, recursion};
 use super::{config, instances, schedule, Daemon};
 use crate::api::{self, StringMap};
 use crate::http::{Request, Response};
 use crate::runtime::State;
+use crate::storage::Pool;
 use crate::util::time;
 
 fn snap_url(name: &str, snap: &str) -> String {
@@ -403,8 +405,30 @@ fn restore_now(d: &Daemon, name: &str, snap: &str) -> Result<()> {
     // As LXD: a running instance is stopped (not cleanly), restored and started again.
     let was_running = matches!(instances::state(d, name)?, State::Running { .. });
     if was_running {
-        instances::stop(d, name, true, Duration::from_secs(0))?;
+        Interim::Stopped.begin(d, name)?;
+        if let Err(e) = instances::stop(d, name, true, Duration::from_secs(0)) {
+            Interim::Stopped.end(d, name);
+            return Err(e);
+        }
     }
+    let r = restore_stopped(d, name, &rec, &s, &pool, was_running);
+    if was_running {
+        // Started again (or, on failure, attempted): nothing for a restart to undo.
+        Interim::Stopped.end(d, name);
+    }
+    r
+}
+
+/// The restore proper, with the instance stopped; starts it again when it was running.
+fn restore_stopped(
+    d: &Daemon,
+    name: &str,
+    rec: &InstanceRecord,
+    s: &SnapshotRecord,
+    pool: &Pool,
+    was_running: bool,
+) -> Result<()> {
+    let snap = s.name.as_str();
     let cur = pool.container(&rec.volume);
     let new = pool.container(&format!("{}.restore", rec.volume));
     let old = pool.container(&format!("{}.old", rec.volume));

@@ -88,7 +88,7 @@ pub fn open_all(d: &Daemon) -> std::io::Result<()> {
                 continue;
             }
         };
-        if let Err(e) = pool.driver.mount().and_then(|()| pool.make_layout()) {
+        if let Err(e) = pool.driver.mount().and_then(|()| pool.make_layout(true)) {
             eprintln!("bivy: storage pool {name} is unavailable: {e}");
             d.pools
                 .unavailable
@@ -137,6 +137,20 @@ pub fn all(d: &Daemon) -> Vec<Arc<Pool>> {
         .collect()
 }
 
+/// Mend the modes of every usable pool's volumes (see [`Pool::mend_volume_modes`]).
+pub fn mend_volume_modes(d: &Daemon) {
+    let instances = d.db.lock().expect("db lock").data.instances.clone();
+    for p in all(d) {
+        p.mend_volume_modes(|vol| {
+            let rec = instances
+                .values()
+                .find(|r| r.pool == p.name && r.volume == vol)?;
+            let (cfg, _) = super::instances::expanded(d, rec);
+            Some(super::config::flag(&cfg, "security.privileged"))
+        });
+    }
+}
+
 /// An instance's volume directory (rootfs/, templates/, metadata.json).
 pub fn volume_dir(d: &Daemon, rec: &InstanceRecord) -> PathBuf {
     match pool(d, &rec.pool) {
@@ -175,7 +189,7 @@ pub fn image_volume(d: &Daemon, pool: &Pool, fingerprint: &str) -> Result<PathBu
             &tmp.join("templates"),
             &image::UnpackOpts {
                 skip_devices: true,
-                max_bytes: 64 << 30,
+                max_bytes: d.images.max_unpacked(),
             },
         )?;
         let m = serde_json::to_vec_pretty(&meta).map_err(|e| Error::Internal(e.to_string()))?;
@@ -401,7 +415,7 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
         let _ = pool.driver.delete();
         e
     };
-    pool.make_layout()
+    pool.make_layout(false)
         .map_err(io_err("making the pool layout"))
         .map_err(undo)?;
     let rec = PoolRecord {

@@ -143,7 +143,6 @@ pub fn request<'a, S: Read + Write + ?Sized + 'a>(
     if !has_host {
         head.push_str("Host: unix.socket\r\n");
     }
-    let mut chunked = false;
     match &body {
         Body::Empty => {
             if matches!(method, "POST" | "PUT" | "PATCH") {
@@ -152,12 +151,45 @@ pub fn request<'a, S: Read + Write + ?Sized + 'a>(
         }
         Body::Bytes(b) => head.push_str(&format!("Content-Length: {}\r\n", b.len())),
         Body::Reader(_, Some(n)) => head.push_str(&format!("Content-Length: {n}\r\n")),
-        Body::Reader(_, None) => {
-            head.push_str("Transfer-Encoding: chunked\r\n");
-            chunked = true;
-        }
+        Body::Reader(_, None) => head.push_str("Transfer-Encoding: chunked\r\n"),
     }
     head.push_str("\r\n");
+    // A server may answer before it read the whole body (an error) and close: the write then
+    // fails, but its answer is waiting to be read, and it is what the user must see.
+    let mut w = WriteTracker {
+        inner: &mut *stream,
+        failed: false,
+    };
+    if let Err(e) = send_body(&mut w, head, body) {
+        if !w.failed {
+            return Err(e);
+        }
+        return match read_response(stream, method) {
+            Ok(resp) => Ok(resp),
+            Err(_) => Err(e),
+        };
+    }
+    read_response(stream, method)
+}
+
+/// A writer that remembers whether a write to the peer failed (as opposed to the body's reader).
+struct WriteTracker<'s, S: ?Sized> {
+    inner: &'s mut S,
+    failed: bool,
+}
+
+impl<S: Write + ?Sized> Write for WriteTracker<'_, S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf).inspect_err(|_| self.failed = true)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush().inspect_err(|_| self.failed = true)
+    }
+}
+
+/// Write the request head and body.
+fn send_body(stream: &mut dyn Write, head: String, body: Body) -> io::Result<()> {
+    let chunked = matches!(body, Body::Reader(_, None));
     match body {
         Body::Empty => stream.write_all(head.as_bytes())?,
         Body::Bytes(b) => {
@@ -195,8 +227,14 @@ pub fn request<'a, S: Read + Write + ?Sized + 'a>(
             stream.write_all(b"0\r\n\r\n")?;
         }
     }
-    stream.flush()?;
+    stream.flush()
+}
 
+/// Read the response head (past interim 1xx responses) and set up its body.
+fn read_response<'a, S: Read + ?Sized + 'a>(
+    stream: &'a mut S,
+    method: &str,
+) -> io::Result<ClientResponse<'a>> {
     let mut r = BufReader::with_capacity(16 * 1024, stream);
     let mut interim = 0;
     let (status, headers) = loop {

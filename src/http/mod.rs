@@ -924,15 +924,31 @@ fn read_request_head(s: &mut Shared, limits: &Limits, first: bool) -> HeadOutcom
     }
 }
 
+/// The body of an error answer, in LXD's error envelope. Errors found below the handlers (a bad
+/// request line, an oversized head, a broken body) look to clients exactly like a handler's.
+pub fn error_envelope(status: u16, msg: &str) -> Vec<u8> {
+    let v = serde_json::json!({
+        "type": "error",
+        "status": "",
+        "status_code": 0,
+        "operation": "",
+        "error_code": status,
+        "error": msg,
+        "metadata": null,
+    });
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+/// Answer a request the server could not hand to the handler, then the caller closes.
 fn write_simple(w: &mut dyn Write, status: u16, msg: &str) -> io::Result<()> {
-    let body = format!("{status} {}: {msg}\n", reason_phrase(status));
+    let body = error_envelope(status, msg);
     let head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         reason_phrase(status),
         body.len()
     );
     w.write_all(head.as_bytes())?;
-    w.write_all(body.as_bytes())?;
+    w.write_all(&body)?;
     w.flush()
 }
 
@@ -1166,7 +1182,7 @@ fn serve_loop(
             Ok(r) => r,
             Err(_) => {
                 keep = false;
-                Response::json(500, br#"{"type":"error","status":"","status_code":0,"operation":"","error_code":500,"error":"internal server error","metadata":null}"#.to_vec())
+                Response::json(500, error_envelope(500, "internal server error"))
             }
         };
         if resp
@@ -1456,6 +1472,25 @@ mod tests {
         out.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0)
     }
 
+    /// An error answer carries LXD's JSON error envelope, whatever layer produced it.
+    fn assert_error_envelope(out: &str, status: u16) {
+        assert!(
+            out.contains("Content-Type: application/json\r\n"),
+            "error must be JSON: {out:?}"
+        );
+        let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        let v: serde_json::Value =
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+        assert_eq!(v["type"], "error", "{out:?}");
+        assert_eq!(v["error_code"], status, "{out:?}");
+        assert_eq!(v["status_code"], 0, "{out:?}");
+        assert_eq!(v["metadata"], serde_json::Value::Null, "{out:?}");
+        assert!(
+            v["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{out:?}"
+        );
+    }
+
     #[test]
     fn request_parsing_table() {
         let cases: &[(&[u8], u16)] = &[
@@ -1512,6 +1547,7 @@ mod tests {
                     out.contains("Connection: close\r\n"),
                     "error must close: {out:?}"
                 );
+                assert_error_envelope(&out, *want);
             }
         }
         // Nothing at all: silent close.
@@ -1556,9 +1592,11 @@ mod tests {
         big.extend_from_slice(b"\r\n\r\n");
         let out = run(&big);
         assert_eq!(status_of(&out), 431, "{out}");
+        assert_error_envelope(&out, 431);
         // A huge request line with no end at all.
         let out = run(&vec![b'A'; 100_000]);
         assert_eq!(status_of(&out), 431);
+        assert_error_envelope(&out, 431);
     }
 
     #[test]
@@ -1606,6 +1644,7 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
             assert!(out.contains("Connection: close"));
+            assert_error_envelope(&out, 400);
         }
         // A chunk-size line longer than allowed.
         let mut input = b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1;".to_vec();
@@ -1669,6 +1708,7 @@ mod tests {
         let out = run(b"GET /panic HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n");
         assert_eq!(status_of(&out), 500);
         assert!(out.contains("Connection: close"));
+        assert_error_envelope(&out, 500);
         assert_eq!(out.matches("HTTP/1.1").count(), 1);
     }
 
@@ -1820,6 +1860,7 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&out)
         );
+        assert_error_envelope(&String::from_utf8_lossy(&out), 408);
         t.join().unwrap();
     }
 

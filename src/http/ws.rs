@@ -107,12 +107,11 @@ pub fn accept_key(key: &str) -> String {
 }
 
 fn bad_request(msg: &str) -> Response {
-    Response::new(400)
-        .header("Content-Type", "text/plain; charset=utf-8")
-        .header("Sec-WebSocket-Version", "13")
-        .body(super::Body::Bytes(
-            format!("websocket handshake: {msg}\n").into_bytes(),
-        ))
+    Response::json(
+        400,
+        super::error_envelope(400, &format!("websocket handshake: {msg}")),
+    )
+    .header("Sec-WebSocket-Version", "13")
 }
 
 /// The 101 response for a valid upgrade request (`Sec-WebSocket-Accept` computed), or a 400.

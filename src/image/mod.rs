@@ -127,7 +127,14 @@ pub struct UnpackOpts {
 /// The store.
 pub struct Store {
     dir: PathBuf,
+    /// `images.max_unpacked_size`: the most an image may expand to (apparent sizes of its files),
+    /// checked at import and at unpack.
+    max_unpacked: std::sync::atomic::AtomicU64,
 }
+
+/// `images.max_unpacked_size` when unset: far above any real system image, far below what a
+/// compression or sparse-file bomb claims.
+pub const DEFAULT_MAX_UNPACKED: u64 = 64 << 30;
 
 /// Removes the files it holds when dropped, unless `keep` was called (every early return of an
 /// import leaves nothing behind).
@@ -221,12 +228,10 @@ enum ScanKind {
     Rootfs,
 }
 
-/// A member path split into its normal components, `.` dropped. None for an absolute path or
-/// one with `..` (such members are refused by unpack and not looked at by the scan).
+/// A member path's components: leading slashes are stripped (as GNU tar and LXD do: an
+/// absolute member lands under the root), `.` and empty components dropped; `None` when a
+/// component is `..`.
 pub(crate) fn clean_path(raw: &[u8]) -> Option<Vec<&[u8]>> {
-    if raw.starts_with(b"/") {
-        return None;
-    }
     let mut out = Vec::new();
     for c in raw.split(|&b| b == b'/') {
         match c {
@@ -261,23 +266,44 @@ fn file_format(path: &Path) -> Result<compress::Format> {
     Ok(compress::sniff(&head))
 }
 
+/// What [`scan`] found in a tarball.
+struct Scanned {
+    /// metadata.yaml, when there is one.
+    meta: Option<Vec<u8>>,
+    /// Whether a `rootfs/` member was seen.
+    has_rootfs: bool,
+    /// The rootfs as unpacking would make it (when `check` was given and the tarball has one).
+    rootfs: Option<unpack::Model>,
+}
+
 /// Read a whole tarball, checking it decodes to the end; returns metadata.yaml (when wanted) and
-/// whether a rootfs/ member was seen.
-fn scan(path: &Path, kind: ScanKind, stop_at_metadata: bool) -> Result<(Option<Vec<u8>>, bool)> {
+/// whether a rootfs/ member was seen. With `check`, every rootfs and templates member also goes
+/// through the unpack rules ([`unpack::Model`]), so what would fail to unpack fails here.
+fn scan(
+    path: &Path,
+    kind: ScanKind,
+    stop_at_metadata: bool,
+    check: Option<&UnpackOpts>,
+) -> Result<Scanned> {
     let bad = |e: io::Error| Error::BadRequest(format!("invalid image tarball: {e}"));
     let mut ar = open_tar(path)?;
     let mut meta = None;
     let mut rootfs = false;
+    let mut rootfs_model = check.map(unpack::Model::new);
+    let mut templates_model = check.map(unpack::Model::new);
     for entry in ar.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
         let raw = entry.path_bytes().into_owned();
         let Some(parts) = clean_path(&raw) else {
             return Err(Error::BadRequest(format!(
-                "invalid image tarball: unsafe member path {:?} (absolute or with \"..\")",
+                "invalid image tarball: unsafe member path {:?} (with \"..\")",
                 String::from_utf8_lossy(&raw)
             )));
         };
         if kind == ScanKind::Rootfs {
+            if let Some(m) = &mut rootfs_model {
+                m.member(&parts, &mut entry, None)?;
+            }
             continue;
         }
         match parts.as_slice() {
@@ -294,10 +320,25 @@ fn scan(path: &Path, kind: ScanKind, stop_at_metadata: bool) -> Result<(Option<V
                 }
                 meta = Some(buf);
                 if stop_at_metadata {
-                    return Ok((meta, rootfs));
+                    return Ok(Scanned {
+                        meta,
+                        has_rootfs: rootfs,
+                        rootfs: None,
+                    });
+                }
+            }
+            [b"rootfs", rest @ ..] if kind == ScanKind::Unified => {
+                rootfs = true;
+                if let Some(m) = &mut rootfs_model {
+                    m.member(rest, &mut entry, Some(b"rootfs"))?;
                 }
             }
             [b"rootfs", ..] => rootfs = true,
+            [b"templates", rest @ ..] => {
+                if let Some(m) = &mut templates_model {
+                    m.member(rest, &mut entry, Some(b"templates"))?;
+                }
+            }
             [b"rootfs.img"] => {
                 return Err(Error::BadRequest(
                     "not supported yet: virtual-machine images (rootfs.img)".into(),
@@ -308,27 +349,82 @@ fn scan(path: &Path, kind: ScanKind, stop_at_metadata: bool) -> Result<(Option<V
     }
     // Drain what follows the end-of-archive blocks so the decoder checks its trailer (crc, size).
     io::copy(ar.into_inner().by_ref(), &mut io::sink()).map_err(bad)?;
-    Ok((meta, rootfs))
+    Ok(Scanned {
+        meta,
+        has_rootfs: rootfs,
+        rootfs: if kind == ScanKind::Metadata {
+            None
+        } else {
+            rootfs_model
+        },
+    })
 }
 
 impl Store {
     /// Open (create) the store; removes leftovers of interrupted imports.
     pub fn open(dir: &Path) -> Result<Store> {
-        std::fs::create_dir_all(dir).map_err(|e| internal(dir.display(), e))?;
+        crate::util::fs::create_dir_mode(dir, 0o700).map_err(|e| internal(dir.display(), e))?;
         let rd = std::fs::read_dir(dir).map_err(|e| internal(dir.display(), e))?;
-        for ent in rd.flatten() {
-            let name = ent.file_name();
-            let name = name.to_string_lossy();
-            if name.starts_with('.') && name.contains(".tmp") && !owner_alive(&name) {
-                let _ = std::fs::remove_file(ent.path());
+        let names: Vec<String> = rd
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        for name in &names {
+            if name.starts_with('.') && name.contains(".tmp") && !owner_alive(name) {
+                let _ = std::fs::remove_file(dir.join(name));
             }
         }
-        Ok(Store {
+        let store = Store {
             dir: dir.to_path_buf(),
-        })
+            max_unpacked: DEFAULT_MAX_UNPACKED.into(),
+        };
+        // An import killed between moving its data into place and writing its record leaves
+        // data no record owns: never adopted by a later import, removed here (under the store
+        // lock, which a commit holds from its first rename to its record).
+        let _lock = store.lock()?;
+        let names: Vec<String> = std::fs::read_dir(dir)
+            .map_err(|e| internal(dir.display(), e))?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        for name in &names {
+            let fp = name
+                .strip_suffix(".rootfs")
+                .or_else(|| name.strip_suffix(".metadata.yaml"))
+                .unwrap_or(name);
+            let is_fp = fp.len() == 64 && fp.bytes().all(|b| b.is_ascii_hexdigit());
+            if is_fp && !names.iter().any(|n| *n == format!("{fp}.json")) {
+                eprintln!(
+                    "bivy: removing {} (image data of an import that did not finish)",
+                    dir.join(name).display()
+                );
+                let _ = std::fs::remove_file(dir.join(name));
+            }
+        }
+        drop(_lock);
+        Ok(store)
     }
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Set `images.max_unpacked_size` (bytes).
+    pub fn set_max_unpacked(&self, bytes: u64) {
+        self.max_unpacked
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `images.max_unpacked_size` (bytes).
+    pub fn max_unpacked(&self) -> u64 {
+        self.max_unpacked.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The rules an unpack of this store's images follows (see [`unpack::Model`]).
+    fn unpack_rules(&self) -> UnpackOpts {
+        UnpackOpts {
+            skip_devices: true,
+            max_bytes: self.max_unpacked(),
+        }
     }
 
     fn record_path(&self, fp: &str) -> PathBuf {
@@ -490,39 +586,45 @@ impl Store {
         if self.record_path(fp).exists() {
             return Err(dup());
         }
-        let meta_yaml = match rootfs_tmp {
+        let rules = self.unpack_rules();
+        let (meta_yaml, model) = match rootfs_tmp {
             None => {
-                let (meta, has_rootfs) = scan(&meta_tmp, ScanKind::Unified, false)?;
-                let meta = meta.ok_or_else(|| {
+                let sc = scan(&meta_tmp, ScanKind::Unified, false, Some(&rules))?;
+                let meta = sc.meta.ok_or_else(|| {
                     Error::BadRequest("invalid image tarball: metadata.yaml is missing".into())
                 })?;
-                if !has_rootfs {
+                if !sc.has_rootfs {
                     return Err(Error::BadRequest(
                         "invalid image tarball: rootfs/ is missing".into(),
                     ));
                 }
-                meta
+                (meta, sc.rootfs)
             }
             Some(rootfs_tmp) => {
-                let (meta, _) = scan(&meta_tmp, ScanKind::Metadata, false)?;
-                let meta = meta.ok_or_else(|| {
+                let sc = scan(&meta_tmp, ScanKind::Metadata, false, Some(&rules))?;
+                let meta = sc.meta.ok_or_else(|| {
                     Error::BadRequest("invalid metadata tarball: metadata.yaml is missing".into())
                 })?;
-                match file_format(rootfs_tmp)? {
-                    compress::Format::Squashfs => {}
+                let model = match file_format(rootfs_tmp)? {
+                    // unsquashfs unpacks it; its own checks apply then.
+                    compress::Format::Squashfs => None,
                     compress::Format::Qcow2 => {
                         return Err(Error::BadRequest(
                             "not supported yet: virtual-machine images (qcow2 rootfs)".into(),
                         ))
                     }
-                    _ => {
-                        scan(rootfs_tmp, ScanKind::Rootfs, false)?;
-                    }
-                }
-                meta
+                    _ => scan(rootfs_tmp, ScanKind::Rootfs, false, Some(&rules))?.rootfs,
+                };
+                (meta, model)
             }
         };
         let meta = metadata::parse(&meta_yaml)?;
+        // Every template must be writable at start, into the rootfs as it unpacks.
+        if let Some(model) = &model {
+            for path in meta.templates.keys() {
+                model.check_template_target(path)?;
+            }
+        }
 
         let now = time::now();
         let mut properties = meta.properties.clone();
@@ -565,6 +667,10 @@ impl Store {
         if let Some(rootfs_tmp) = rootfs_tmp {
             let dst = self.rootfs_path(fp);
             std::fs::rename(rootfs_tmp, &dst).map_err(|e| internal(dst.display(), e))?;
+        } else {
+            // Whatever is there belongs to no record (checked above, under the lock); a unified
+            // image must not pick it up as its rootfs.
+            let _ = std::fs::remove_file(self.rootfs_path(fp));
         }
         let dst = self.data_path(fp);
         std::fs::rename(&meta_tmp, &dst).map_err(|e| internal(dst.display(), e))?;
@@ -680,7 +786,7 @@ impl Store {
         } else {
             ScanKind::Unified
         };
-        let (meta, _) = scan(&self.data_path(&fp), kind, true)?;
+        let meta = scan(&self.data_path(&fp), kind, true, None)?.meta;
         let meta =
             meta.ok_or_else(|| Error::Internal(format!("image {fp}: metadata.yaml is missing")))?;
         metadata::parse(&meta)
@@ -977,7 +1083,12 @@ mod tests {
             (b"metadata.yaml", Some(&[b"metadata.yaml"])),
             (b"./", Some(&[])),
             (b"rootfs//x", Some(&[b"rootfs", b"x"])),
-            (b"/etc/passwd", None),
+            (b"/etc/passwd", Some(&[b"etc", b"passwd"])),
+            (
+                b"//rootfs/etc/inittab",
+                Some(&[b"rootfs", b"etc", b"inittab"]),
+            ),
+            (b"/rootfs/../x", None),
             (b"rootfs/../../evil", None),
             (b"..", None),
             (b"a/..b", Some(&[b"a", b"..b"])),

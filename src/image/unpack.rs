@@ -9,7 +9,7 @@
 //! extracted. Sizes are checked against `max_bytes` before anything is written.
 //! This module must not use path-based std::fs calls inside the target.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -45,9 +45,8 @@ fn bad(msg: String) -> Error {
 pub(crate) struct Extractor<'a> {
     root: OwnedFd,
     opts: &'a UnpackOpts,
-    total: u64,
-    /// Regular files extracted so far (relative paths), the only valid hard link targets.
-    files: HashSet<Vec<u8>>,
+    /// The rules, checked on each member before anything is written.
+    model: Model,
     /// Directories, fixed up (owner, mode, times, xattrs) once all members are written.
     dirs: Vec<(Vec<Vec<u8>>, Meta)>,
 }
@@ -185,13 +184,187 @@ fn member_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<(Meta, u64, boo
     Ok((m, apparent, pax_sparse))
 }
 
+/// What a path in the tree being unpacked is, as far as the unpack rules care.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Node {
+    Dir,
+    File,
+    Symlink,
+    Other,
+}
+
+/// The rules [`Extractor`] enforces on a tarball, kept on a model of the tree (no file written):
+/// parents must be directories (never a symlink a member planted), a directory is only replaced
+/// by a non-directory while empty, hard links point at regular files extracted before them, and
+/// the apparent size stays under the limit. The extractor consults it for every member, and an
+/// import runs the whole tarball through it, so an image that cannot unpack is refused at import
+/// rather than at its first launch.
+pub(crate) struct Model {
+    max_bytes: u64,
+    skip_devices: bool,
+    total: u64,
+    nodes: HashMap<Vec<u8>, Node>,
+}
+
+impl Model {
+    pub(crate) fn new(opts: &UnpackOpts) -> Model {
+        Model {
+            max_bytes: opts.max_bytes,
+            skip_devices: opts.skip_devices,
+            total: 0,
+            nodes: HashMap::new(),
+        }
+    }
+
+    /// Check one member (`rel` cleaned, relative to the tree) and record what it makes.
+    /// `link_prefix` is stripped from hard link targets (`rootfs/` in a unified tarball).
+    pub(crate) fn member<R: Read>(
+        &mut self,
+        rel: &[&[u8]],
+        entry: &mut tar::Entry<'_, R>,
+        link_prefix: Option<&[u8]>,
+    ) -> Result<()> {
+        use tar::EntryType as T;
+        let kind = entry.header().entry_type();
+        let rel_s = show(rel);
+        if kind.is_file() || kind == T::GNUSparse || kind == T::Continuous {
+            let (_, apparent, pax_sparse) = member_meta(entry)?;
+            self.total = self.total.saturating_add(apparent);
+            if self.max_bytes > 0 && self.total > self.max_bytes {
+                return Err(bad(format!(
+                    "image is too large: expanding {rel_s} passes the limit of {} bytes",
+                    self.max_bytes
+                )));
+            }
+            if pax_sparse {
+                return Err(bad(format!("not supported yet: PAX sparse file {rel_s}")));
+            }
+        }
+        let Some((_, parents)) = rel.split_last() else {
+            return if kind.is_dir() {
+                Ok(())
+            } else {
+                Err(bad(format!(
+                    "invalid image tarball: the root is a {kind:?}"
+                )))
+            };
+        };
+        self.check_parents(parents, rel)?;
+        let key = rel.join(&b'/');
+        let node = match kind {
+            T::Directory => Node::Dir,
+            T::Regular | T::Continuous | T::GNUSparse => Node::File,
+            T::Symlink => Node::Symlink,
+            T::Link => {
+                let raw = entry
+                    .link_name_bytes()
+                    .map(|l| l.into_owned())
+                    .unwrap_or_default();
+                let refuse = || {
+                    bad(format!(
+                        "unsafe hard link in image: {rel_s} -> {} (target must be a file extracted before it)",
+                        String::from_utf8_lossy(&raw)
+                    ))
+                };
+                let target = clean_path(&raw).ok_or_else(refuse)?;
+                let target: &[&[u8]] = match link_prefix {
+                    Some(p) => match target.split_first() {
+                        Some((first, rest)) if *first == p => rest,
+                        _ => return Err(refuse()),
+                    },
+                    None => &target,
+                };
+                if target.is_empty() || self.nodes.get(&target.join(&b'/')) != Some(&Node::File) {
+                    return Err(refuse());
+                }
+                Node::File
+            }
+            T::Char | T::Block if self.skip_devices => return Ok(()),
+            T::Char | T::Block | T::Fifo => Node::Other,
+            // Skipped by the extractor.
+            _ => return Ok(()),
+        };
+        match self.nodes.get(&key) {
+            Some(Node::Dir) if node == Node::Dir => return Ok(()),
+            Some(Node::Dir) => {
+                let mut prefix = key.clone();
+                prefix.push(b'/');
+                if self.nodes.keys().any(|k| k.starts_with(&prefix)) {
+                    return Err(bad(format!(
+                        "invalid image tarball: {rel_s} replaces a directory that is not empty"
+                    )));
+                }
+            }
+            _ => {}
+        }
+        self.nodes.insert(key, node);
+        Ok(())
+    }
+
+    /// Every parent of `whole` is a directory or is not there yet (then made as one).
+    fn check_parents(&mut self, parents: &[&[u8]], whole: &[&[u8]]) -> Result<()> {
+        for i in 1..=parents.len() {
+            let key = parents[..i].join(&b'/');
+            match self.nodes.get(&key) {
+                None => {
+                    self.nodes.insert(key, Node::Dir);
+                }
+                Some(Node::Dir) => {}
+                Some(n) => {
+                    return Err(bad(format!(
+                        "unsafe path in image: {} (its parent {} is a {})",
+                        show(whole),
+                        show(&parents[..i]),
+                        match n {
+                            Node::Symlink => "symlink",
+                            Node::File => "file",
+                            _ => "special file",
+                        }
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a template with target `path` can be written into the tree at start: a clean
+    /// absolute path whose parents are directories (or missing) and that is not a directory.
+    pub(crate) fn check_template_target(&self, path: &str) -> Result<()> {
+        let parts = clean_path(path.as_bytes())
+            .filter(|p| {
+                !p.is_empty() && path.starts_with('/') && !path.split('/').any(|c| c == "..")
+            })
+            .ok_or_else(|| {
+                bad(format!(
+                    "invalid metadata.yaml: template target {path:?} is not a clean absolute path"
+                ))
+            })?;
+        for i in 1..parts.len() {
+            match self.nodes.get(&parts[..i].join(&b'/')) {
+                None | Some(Node::Dir) => {}
+                Some(_) => {
+                    return Err(bad(format!(
+                        "invalid metadata.yaml: template target {path}: {} is not a directory in the image",
+                        show(&parts[..i])
+                    )))
+                }
+            }
+        }
+        if self.nodes.get(&parts.join(&b'/')) == Some(&Node::Dir) {
+            return Err(bad(format!(
+                "invalid metadata.yaml: template target {path} is a directory in the image"
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl<'a> Extractor<'a> {
     pub(crate) fn new(root: &Path, opts: &'a UnpackOpts) -> Result<Extractor<'a>> {
         Ok(Extractor {
             root: open_root(root)?,
             opts,
-            total: 0,
-            files: HashSet::new(),
+            model: Model::new(opts),
             dirs: Vec::new(),
         })
     }
@@ -212,28 +385,12 @@ impl<'a> Extractor<'a> {
         ) {
             return Ok(());
         }
-        let (meta, apparent, pax_sparse) = member_meta(entry)?;
+        self.model.member(rel, entry, link_prefix)?;
+        let (meta, _, _) = member_meta(entry)?;
         let rel_s = show(rel);
-        if kind.is_file() || kind == T::GNUSparse || kind == T::Continuous {
-            self.total = self.total.saturating_add(apparent);
-            if self.opts.max_bytes > 0 && self.total > self.opts.max_bytes {
-                return Err(bad(format!(
-                    "image is too large: expanding {rel_s} passes the limit of {} bytes",
-                    self.opts.max_bytes
-                )));
-            }
-            if pax_sparse {
-                return Err(bad(format!("not supported yet: PAX sparse file {rel_s}")));
-            }
-        }
         if rel.is_empty() {
-            if kind.is_dir() {
-                self.dirs.push((Vec::new(), meta));
-                return Ok(());
-            }
-            return Err(bad(format!(
-                "invalid image tarball: the root is a {kind:?}"
-            )));
+            self.dirs.push((Vec::new(), meta));
+            return Ok(());
         }
         let (name, parents) = rel.split_last().expect("non-empty path");
         let parent = walk(&self.root, parents, true, rel)?;
@@ -251,9 +408,6 @@ impl<'a> Extractor<'a> {
                     .map_err(|e| bad(format!("cannot replace {rel_s}: {e}")))?;
             }
         }
-        // Whatever was at this path is gone: it is no longer a valid hard link target.
-        let key = rel.join(&b'/');
-        self.files.remove(&key);
         let io_err = |e: &dyn std::fmt::Display| Error::Internal(format!("unpacking {rel_s}: {e}"));
         let owner = |m: &Meta| (Some(Uid::from_raw(m.uid)), Some(Gid::from_raw(m.gid)));
         match kind {
@@ -292,7 +446,6 @@ impl<'a> Extractor<'a> {
                 set_xattrs(&f, &meta, &rel_s)?;
                 rustix::fs::futimens(&f, &ts(meta.mtime, meta.mtime_nsec))
                     .map_err(|e| io_err(&e))?;
-                self.files.insert(key);
             }
             T::Symlink => {
                 let target = entry
@@ -317,36 +470,20 @@ impl<'a> Extractor<'a> {
                 .map_err(|e| io_err(&e))?;
             }
             T::Link => {
+                // The model checked it: a regular file extracted before, under the same root.
                 let raw = entry
                     .link_name_bytes()
-                    .ok_or_else(|| {
-                        bad(format!(
-                            "invalid image tarball: hard link {rel_s} has no target"
-                        ))
-                    })?
-                    .into_owned();
-                let refuse = || {
-                    bad(format!(
-                        "unsafe hard link in image: {rel_s} -> {} (target must be a file extracted before it)",
-                        String::from_utf8_lossy(&raw)
-                    ))
-                };
-                let target = clean_path(&raw).ok_or_else(refuse)?;
+                    .map(|l| l.into_owned())
+                    .unwrap_or_default();
+                let target = clean_path(&raw).unwrap_or_default();
                 let target: &[&[u8]] = match link_prefix {
-                    Some(p) => match target.split_first() {
-                        Some((first, rest)) if *first == p => rest,
-                        _ => return Err(refuse()),
-                    },
+                    Some(_) => &target[1..],
                     None => &target,
                 };
-                if target.is_empty() || !self.files.contains(&target.join(&b'/')) {
-                    return Err(refuse());
-                }
                 let (tname, tparents) = target.split_last().expect("non-empty target");
                 let tparent = walk(&self.root, tparents, false, target)?;
                 rustix::fs::linkat(&tparent, *tname, &parent, *name, AtFlags::empty())
                     .map_err(|e| io_err(&e))?;
-                self.files.insert(key);
             }
             T::Char | T::Block | T::Fifo => {
                 let ft = match kind {

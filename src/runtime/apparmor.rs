@@ -294,8 +294,18 @@ pub fn check(rendered: &str) -> Result<()> {
         std::thread::current().id()
     ));
     let path = PathBuf::from(path.to_string_lossy().replace(['(', ')'], ""));
-    let mut f = std::fs::File::create(&path)
-        .map_err(|e| Error(format!("apparmor: creating {}: {e}", path.display())))?;
+    // A new file only (O_EXCL: a planted symlink in the shared temp directory is refused, not
+    // followed), readable by root alone.
+    let _ = std::fs::remove_file(&path);
+    let mut f = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+    }
+    .map_err(|e| Error(format!("apparmor: creating {}: {e}", path.display())))?;
     f.write_all(rendered.as_bytes())
         .map_err(|e| Error(format!("apparmor: writing {}: {e}", path.display())))?;
     drop(f);

@@ -233,7 +233,7 @@ fn run(run_dir: &Path, js: &str, sock: OwnedFd) -> std::result::Result<i32, (Own
     // 5. Fork: the child is in the container's pid namespace.
     let pid = t!(sys::fork().map_err(|e| Error(format!("fork: {e}"))));
     if pid == 0 {
-        let e = child(&req, &sock, privileged, label.as_deref(), &seccomp);
+        let e = child(&req, &sock, label.as_deref(), &seccomp);
         let _ = chan::send(&sock, &Msg::Err(e.0), None);
         sys::exit_now(127);
     }
@@ -268,13 +268,7 @@ fn run(run_dir: &Path, js: &str, sock: OwnedFd) -> std::result::Result<i32, (Own
     }
 }
 
-fn child(
-    req: &Req,
-    sock: &OwnedFd,
-    privileged: bool,
-    label: Option<&str>,
-    seccomp: &confine::Seccomp,
-) -> Error {
+fn child(req: &Req, sock: &OwnedFd, label: Option<&str>, seccomp: &confine::Seccomp) -> Error {
     let e = |step: &str, x: &dyn std::fmt::Display| Error(format!("{step}: {x}"));
     // 6. pty: allocated in the container's devpts (its /dev/ptmx, we are in its mount namespace),
     //    the master goes back to the caller.
@@ -323,10 +317,8 @@ fn child(
     if let Err(x) = nix::unistd::chdir(req.cwd.as_str()) {
         return e(&format!("chdir {}", req.cwd), &x);
     }
-    if privileged {
-        if let Err(x) = init::drop_privileged_caps() {
-            return x;
-        }
+    if let Err(x) = init::drop_caps() {
+        return x;
     }
     if let Some(l) = label {
         if let Err(x) = confine::apparmor_set_exec_label(l.trim()) {

@@ -11,7 +11,7 @@ use nix::unistd::{Gid, Uid};
 
 use super::chan::{self, Msg};
 use super::confine::{self, CgroupLayout, Seccomp};
-use super::{rootfs, Error, RootfsMode, Spec};
+use super::{rootfs, Error, Spec};
 use crate::sys;
 
 /// What the monitor hands to the child (borrowed from the monitor's copy of memory).
@@ -48,7 +48,6 @@ pub enum Never {}
 
 fn setup(ctx: &Ctx<'_>, sock: &OwnedFd) -> Result<Never, Error> {
     let spec = ctx.spec;
-    let privileged = spec.rootfs_mode == RootfsMode::Privileged;
 
     super::monitor::trace(ctx.t0, "child step 1");
     // 1. Wait until the monitor wrote our id maps and put us into the container's cgroup.
@@ -99,11 +98,9 @@ fn setup(ctx: &Ctx<'_>, sock: &OwnedFd) -> Result<Never, Error> {
     nix::unistd::dup2_stderr(ctx.slave).map_err(|x| e("dup2 console", x))?;
 
     super::monitor::trace(ctx.t0, "child step 7");
-    // 7. Confinement: capability bounding set (privileged only; a userns already confines the rest),
-    //    AppArmor label for the exec, then every fd but stdio marked close-on-exec.
-    if privileged {
-        drop_privileged_caps()?;
-    }
+    // 7. Confinement: capability bounding set (LXD's default drops, privileged or not), AppArmor
+    //    label for the exec, then every fd but stdio marked close-on-exec.
+    drop_caps()?;
     if let Some(l) = ctx.label {
         confine::apparmor_set_exec_label(l)?;
     }
@@ -128,8 +125,11 @@ fn setup(ctx: &Ctx<'_>, sock: &OwnedFd) -> Result<Never, Error> {
     Err(e(&format!("execve {}", spec.init[0]), x))
 }
 
-/// Capabilities a privileged container must not have (as LXC/LXD drop them).
-pub const PRIVILEGED_DROP: [caps::Capability; 5] = [
+/// Capabilities no container has, privileged or not: LXD's default `lxc.cap.drop`. In an
+/// unprivileged container they grant nothing on the host either, but software inside decides by
+/// them: with CAP_SYS_RAWIO systemd mounts debugfs (`sys-kernel-debug.mount`), which the
+/// container may not do, and boots "degraded".
+pub const DROPPED_CAPS: [caps::Capability; 5] = [
     caps::Capability::CAP_SYS_TIME,
     caps::Capability::CAP_SYS_MODULE,
     caps::Capability::CAP_SYS_RAWIO,
@@ -137,8 +137,9 @@ pub const PRIVILEGED_DROP: [caps::Capability; 5] = [
     caps::Capability::CAP_MAC_OVERRIDE,
 ];
 
-pub fn drop_privileged_caps() -> Result<(), Error> {
-    for c in PRIVILEGED_DROP {
+/// Drop [`DROPPED_CAPS`] from the bounding set (so no later exec gets them back).
+pub fn drop_caps() -> Result<(), Error> {
+    for c in DROPPED_CAPS {
         caps::drop(None, caps::CapSet::Bounding, c)
             .map_err(|x| e(&format!("drop {c} from bounding set"), x))?;
     }

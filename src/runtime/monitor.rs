@@ -108,9 +108,18 @@ pub(crate) fn proc_starttime(pid: i32) -> Option<u64> {
 /// Replace `path` atomically (temp + rename) without fsync: for run-time files (pid files, the spec
 /// copy, the stop request) that mean nothing after a reboot. The exit record uses the fsync'ed
 /// `atomic_write` instead. Saves several ms per start on a busy disk.
+/// Replace `path` with `data` through a rename, readable by root alone (the spec holds the
+/// instance's environment).
 fn replace_file(path: &Path, data: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let res = fs::write(&tmp, data).and_then(|()| fs::rename(&tmp, path));
+    let res = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(data))
+        .and_then(|()| fs::rename(&tmp, path));
     if res.is_err() {
         let _ = fs::remove_file(&tmp);
     }
@@ -329,7 +338,9 @@ pub fn start(spec: &Spec, run_dir: &Path) -> Result<State> {
         }
     }
     // 1. Fresh run directory contents: the spec, nothing left from the previous run.
-    fs::create_dir_all(run_dir).map_err(|e| err("create", run_dir, e))?;
+    // Traversable (the container's child reaches the staged rootfs below it by path), not
+    // listable; every file in it is 0600.
+    crate::util::fs::create_dir_mode(run_dir, 0o711).map_err(|e| err("create", run_dir, e))?;
     // The monitor works from "/", so it gets the run directory as an absolute path.
     let run_dir = &fs::canonicalize(run_dir).map_err(|e| err("resolve", run_dir, e))?;
     for f in [
@@ -567,7 +578,7 @@ fn setup(run_dir: &Path, spec: &Spec, prep: &mut Prepared) -> Result<(i32, Owned
     //    userns; a tmpfs mounted inside the userns would be nodev). Host /dev nodes are never reused:
     //    their modes are whatever the host has (0644 /dev/null once broke containers).
     let stage = prep.stage.clone();
-    fs::create_dir_all(&stage).map_err(|e| err("create", &stage, e))?;
+    crate::util::fs::create_dir_mode(&stage, 0o711).map_err(|e| err("create", &stage, e))?;
     mount(
         Some("tmpfs"),
         &stage,
@@ -767,10 +778,13 @@ fn supervise(spec: &Spec, init_pid: i32, master: &OwnedFd, run_dir: &Path) -> Ex
     // The console socket (`lxc console`): one attached client owns the master until it goes.
     let console_path = run_dir.join(files::CONSOLE);
     let _ = fs::remove_file(&console_path);
+    // Made 0600 from the start (the monitor has one thread, so the umask change is its own):
+    // whoever connects gets the console, and the run directory is traversable.
+    let old_umask = nix::sys::stat::umask(Mode::from_bits_truncate(0o177));
     let console = std::os::unix::net::UnixListener::bind(&console_path).ok();
+    nix::sys::stat::umask(old_umask);
     if let Some(l) = &console {
         let _ = l.set_nonblocking(true);
-        let _ = fs::set_permissions(&console_path, fs::Permissions::from_mode(0o600));
     }
     let mut attached: Option<std::os::unix::net::UnixStream> = None;
     let status = loop {

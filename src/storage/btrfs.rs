@@ -416,7 +416,7 @@ impl Btrfs {
 
         if let Some(parent) = image.parent() {
             if self.is_default_image(image) {
-                fs::create_dir_all(parent)
+                crate::util::fs::create_dir_mode(parent, 0o700)
                     .map_err(|e| annotate(e, format!("create {}", parent.display())))?;
             }
         }
@@ -642,12 +642,14 @@ impl Driver for Btrfs {
     fn create_volume(&self, path: &Path) -> io::Result<()> {
         self.check_volume_path(path)?;
         if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent)
-                .map_err(|e| annotate(e, format!("create {}", parent.display())))?;
+            super::make_volume_parent(parent)?;
         }
         let (parent, name) = parent_and_name(path)?;
         sys::btrfs::subvol_create(parent.as_fd(), name)
-            .map_err(|e| annotate(e, format!("create subvolume {}", path.display())))
+            .map_err(|e| annotate(e, format!("create subvolume {}", path.display())))?;
+        crate::util::fs::ensure_mode(path, super::VOLUME_MODE)
+            .map(drop)
+            .map_err(|e| annotate(e, format!("chmod {}", path.display())))
     }
 
     fn clone_volume(&self, src: &Path, dst: &Path, readonly: bool) -> io::Result<()> {
@@ -664,8 +666,7 @@ impl Driver for Btrfs {
             )));
         }
         if let Some(parent) = dst.parent() {
-            fs::create_dir_all(parent)
-                .map_err(|e| annotate(e, format!("create {}", parent.display())))?;
+            super::make_volume_parent(parent)?;
         }
         let src_fd = open_dir(src).map_err(|e| annotate(e, format!("open {}", src.display())))?;
         let (parent, name) = parent_and_name(dst)?;
@@ -674,7 +675,13 @@ impl Driver for Btrfs {
                 e,
                 format!("snapshot {} to {}", src.display(), dst.display()),
             )
-        })
+        })?;
+        // A read-only snapshot keeps its source's mode (a volume's, closed already).
+        if !readonly {
+            crate::util::fs::ensure_mode(dst, super::VOLUME_MODE)
+                .map_err(|e| annotate(e, format!("chmod {}", dst.display())))?;
+        }
+        Ok(())
     }
 
     fn atomic_clone(&self) -> bool {

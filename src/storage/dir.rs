@@ -63,9 +63,9 @@ impl Driver for Dir {
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(&self.path).map_err(|e| {
-                    io::Error::new(e.kind(), format!("{}: {e}", self.path.display()))
-                })?;
+                crate::util::fs::create_dir_mode(&self.path, super::POOL_ROOT_MODE).map_err(
+                    |e| io::Error::new(e.kind(), format!("{}: {e}", self.path.display())),
+                )?;
             }
             Err(e) => {
                 return Err(io::Error::new(
@@ -79,7 +79,10 @@ impl Driver for Dir {
     }
 
     fn mount(&self) -> io::Result<()> {
-        std::fs::create_dir_all(&self.path)
+        if self.path.exists() {
+            return Ok(());
+        }
+        crate::util::fs::create_dir_mode(&self.path, super::POOL_ROOT_MODE)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.path.display())))
     }
 
@@ -113,17 +116,21 @@ impl Driver for Dir {
 
     fn create_volume(&self, path: &Path) -> io::Result<()> {
         if let Some(p) = path.parent() {
-            std::fs::create_dir_all(p)?;
+            super::make_volume_parent(p)?;
         }
         std::fs::create_dir(path)
+            .and_then(|()| crate::util::fs::ensure_mode(path, super::VOLUME_MODE).map(drop))
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
     }
 
     fn clone_volume(&self, src: &Path, dst: &Path, _readonly: bool) -> io::Result<()> {
         if let Some(p) = dst.parent() {
-            std::fs::create_dir_all(p)?;
+            super::make_volume_parent(p)?;
         }
-        super::copy::copy_tree(src, dst).map(|_| ())
+        super::copy::copy_tree(src, dst)?;
+        crate::util::fs::ensure_mode(dst, super::VOLUME_MODE)
+            .map(drop)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dst.display())))
     }
 
     fn set_readonly(&self, _path: &Path) -> io::Result<()> {

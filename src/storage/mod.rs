@@ -163,8 +163,16 @@ pub fn receive_volume<D: Driver + ?Sized>(
     input: &mut dyn Read,
 ) -> io::Result<()> {
     let spool = vol.with_extension("stream");
+    let _ = std::fs::remove_file(&spool); // a killed daemon's
     let res = (|| {
-        let mut f = std::fs::File::create(&spool)?;
+        let mut f = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&spool)?
+        };
         io::copy(input, &mut f)?;
         f.sync_all()?;
         driver.create_volume(vol)?;
@@ -281,12 +289,100 @@ impl Pool {
         self.driver.path().join("images").join(fingerprint)
     }
 
-    /// Make the layout's top directories.
-    pub fn make_layout(&self) -> io::Result<()> {
-        for d in ["containers", "containers-snapshots", "images"] {
-            std::fs::create_dir_all(self.driver.path().join(d))?;
+    /// Make the layout's top directories, and give them and the pool's root their modes
+    /// ([`POOL_ROOT_MODE`], [`LAYOUT_MODES`]). `mend` says the tree may be an older one: what
+    /// had other modes is then logged.
+    pub fn make_layout(&self, mend: bool) -> io::Result<()> {
+        let root = self.driver.path();
+        let set = |p: &Path, mode: u32, what: &str| -> io::Result<()> {
+            if mend {
+                crate::util::fs::mend_mode(p, mode, what);
+                Ok(())
+            } else {
+                crate::util::fs::ensure_mode(p, mode).map(drop)
+            }
+        };
+        set(&root, POOL_ROOT_MODE, "storage pool root")?;
+        for (d, mode) in LAYOUT_MODES {
+            let p = root.join(d);
+            match std::fs::create_dir(&p) {
+                Ok(()) => crate::util::fs::ensure_mode(&p, mode).map(drop)?,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    set(&p, mode, "storage pool layout")?
+                }
+                Err(e) => return Err(e),
+            };
         }
         Ok(())
+    }
+
+    /// Mend the modes of every volume on the pool (an older bivy made them 0755): instance
+    /// volumes get [`instance_volume_mode`] (`privileged` says, by volume name, whether its
+    /// instance is privileged; `None` for a volume no instance names), snapshot and image
+    /// volumes [`VOLUME_MODE`]. Read-only snapshots cannot change; their parents protect them.
+    pub fn mend_volume_modes(&self, privileged: impl Fn(&str) -> Option<bool>) {
+        let root = self.driver.path();
+        let entries = |d: &Path| -> Vec<PathBuf> {
+            std::fs::read_dir(d)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .collect()
+        };
+        for v in entries(&root.join("containers")) {
+            let name = v.file_name().map(|n| n.to_string_lossy().into_owned());
+            let mode = name
+                .as_deref()
+                .and_then(&privileged)
+                .map_or(VOLUME_MODE, instance_volume_mode);
+            crate::util::fs::mend_mode(&v, mode, "instance volume");
+        }
+        for parent in entries(&root.join("containers-snapshots")) {
+            crate::util::fs::mend_mode(&parent, VOLUME_MODE, "snapshots of an instance");
+            for v in entries(&parent) {
+                crate::util::fs::mend_mode(&v, VOLUME_MODE, "snapshot volume");
+            }
+        }
+        for v in entries(&root.join("images")) {
+            crate::util::fs::mend_mode(&v, VOLUME_MODE, "image volume");
+        }
+    }
+}
+
+// Who may reach what (the threat model in the README): with idmapped mounts, a file that a
+// container's root makes is owned by host uid 0 on disk, so a setuid file in a rootfs is a
+// setuid-root file on the host. No host user but root may reach any volume: LXD's modes.
+
+/// A pool's root: traversable, not listable.
+pub const POOL_ROOT_MODE: u32 = 0o711;
+/// The layout's top directories and their modes: instance volumes sit under a traversable
+/// directory and close themselves; snapshots and image volumes are closed at the top.
+pub const LAYOUT_MODES: [(&str, u32); 3] = [
+    ("containers", 0o711),
+    ("containers-snapshots", 0o700),
+    ("images", 0o700),
+];
+/// Every volume a driver makes: only root.
+pub const VOLUME_MODE: u32 = 0o700;
+
+/// Make the missing directories above a volume (an instance's snapshot directory), closed
+/// like a volume; existing ones are left as they are.
+pub fn make_volume_parent(parent: &Path) -> io::Result<()> {
+    if parent.is_dir() {
+        return Ok(());
+    }
+    crate::util::fs::create_dir_mode(parent, VOLUME_MODE)
+        .map_err(|e| io::Error::new(e.kind(), format!("create {}: {e}", parent.display())))
+}
+
+/// An instance volume's mode: 0100 for an unprivileged instance, 0700 for a privileged one
+/// (as LXD). Either way only root gets through it.
+pub fn instance_volume_mode(privileged: bool) -> u32 {
+    if privileged {
+        0o700
+    } else {
+        0o100
     }
 }
 

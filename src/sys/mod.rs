@@ -2,7 +2,7 @@
 //! Every `unsafe` block carries a `// SAFETY:` comment.
 //!
 //! Wrappers exist only where neither `nix` nor `rustix` offers a safe call (raw `clone` without a
-//! stack, `fork`, `close_range`, the new mount API, `SIOCSIFFLAGS`, and in [`btrfs`] and
+//! stack, `fork`, `close_range`, the new mount API, `SIOCSIFFLAGS`/`SIOCGIFMTU`, and in [`btrfs`] and
 //! [`loopdev`] the btrfs subvolume and loop-device ioctls). Callers of [`fork`] and
 //! [`clone_fork`] must be single-threaded (the runtime only calls them from its exec'd helpers).
 
@@ -172,6 +172,30 @@ pub fn link_up(name: &str) -> io::Result<()> {
     // SAFETY: SIOCSIFFLAGS reads the ifreq we own; the socket fd is open.
     check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) } as libc::c_long)?;
     Ok(())
+}
+
+/// The MTU of interface `name` in the calling thread's network namespace (`SIOCGIFMTU`).
+pub fn link_mtu(name: &str) -> io::Result<i32> {
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(io::Error::from)?;
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    let b = name.as_bytes();
+    if b.len() >= ifr.ifr_name.len() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    for (d, s) in ifr.ifr_name.iter_mut().zip(b) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFMTU writes into the ifreq we own; the socket fd is open.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut ifr) } as libc::c_long)?;
+    // SAFETY: after SIOCGIFMTU the union holds ifru_mtu.
+    Ok(unsafe { ifr.ifr_ifru.ifru_mtu })
 }
 
 /// Reset every signal disposition to default and unblock all signals (before exec'ing a command).

@@ -36,6 +36,45 @@ pub fn atomic_write(path: &Path, data: &[u8]) -> io::Result<()> {
     res
 }
 
+/// Set the permission bits of `path` to exactly `mode` when they differ, without following a
+/// final symlink (a symlink is left alone). Returns the old bits when it changed them.
+pub fn ensure_mode(path: &Path, mode: u32) -> io::Result<Option<u32>> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let md = fs::symlink_metadata(path)?;
+    if md.file_type().is_symlink() {
+        return Ok(None);
+    }
+    let old = md.mode() & 0o7777;
+    if old == mode {
+        return Ok(None);
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+    Ok(Some(old))
+}
+
+/// [`ensure_mode`] for the daemon's own tree: logs what it mended (`what` says why), and an
+/// error is logged too, not returned (a read-only snapshot cannot be changed: its parent
+/// directory is what protects it).
+pub fn mend_mode(path: &Path, mode: u32, what: &str) {
+    match ensure_mode(path, mode) {
+        Ok(Some(old)) => eprintln!(
+            "bivy: permissions of {} ({what}) mended: {old:04o} -> {mode:04o}",
+            path.display()
+        ),
+        Ok(None) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EROFS) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => eprintln!("bivy: setting the permissions of {}: {e}", path.display()),
+    }
+}
+
+/// `create_dir_all`, then the last directory's permission bits set to `mode` (whatever the
+/// umask made of it, and whether it existed or not).
+pub fn create_dir_mode(path: &Path, mode: u32) -> io::Result<()> {
+    fs::create_dir_all(path)?;
+    ensure_mode(path, mode).map(drop)
+}
+
 /// fsync a directory (after creating or removing entries in it).
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

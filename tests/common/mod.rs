@@ -741,3 +741,21 @@ pub fn lxc_prerequisites() -> bool {
     }
     true
 }
+
+/// Whether btrfs pools can be made here (kernel btrfs, mkfs.btrfs, loop devices), or why not.
+pub fn btrfs_supported() -> Result<(), String> {
+    let fs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    if !fs
+        .lines()
+        .any(|l| l.split_whitespace().last() == Some("btrfs"))
+    {
+        return Err("the kernel has no btrfs".into());
+    }
+    if !have_cmd("mkfs.btrfs") && !Path::new("/usr/sbin/mkfs.btrfs").exists() {
+        return Err("needs mkfs.btrfs (apt-get install btrfs-progs)".into());
+    }
+    if !Path::new("/dev/loop-control").exists() {
+        return Err("no /dev/loop-control".into());
+    }
+    Ok(())
+}

@@ -398,38 +398,37 @@ pub fn busybox() -> Result<PathBuf> {
 const DEBIAN_INCLUDE: &str = "systemd-sysv,dbus,iproute2,procps,netbase,less";
 const DEBIAN_SUITE: &str = "bookworm";
 
-/// Units that make no sense, or fail, in an unprivileged test container: kernel filesystems the
-/// container cannot mount, the audit socket it cannot open, first-boot prompts, VT gettys, and
-/// timers that would later start jobs needing the network or block devices (and turn
-/// `systemctl is-system-running` to "degraded" in the middle of a long test). Masked with a
-/// /dev/null link.
+/// What the linuxcontainers images (the ones `images:` remotes serve, which LXD users boot) do
+/// to every systemd container from their generator, and nothing more: the stock image otherwise.
+/// Units masked with a /dev/null link.
 const MASKED_UNITS: &[&str] = &[
-    "systemd-journald-audit.socket",
-    "sys-kernel-config.mount",
-    "sys-kernel-debug.mount",
-    "sys-kernel-tracing.mount",
-    "sys-fs-fuse-connections.mount",
     "dev-hugepages.mount",
-    "systemd-firstboot.service",
-    "getty-static.service",
-    "apt-daily.timer",
-    "apt-daily-upgrade.timer",
-    "e2scrub_all.timer",
-    "e2scrub_reap.service",
-    "fstrim.timer",
-    "proc-sys-fs-binfmt_misc.automount",
+    "run-ribchester-general.mount",
+    "systemd-hwdb-update.service",
+    "systemd-journald-audit.socket",
+    "systemd-modules-load.service",
+    "systemd-pstore.service",
 ];
 
-/// The same relaxations the linuxcontainers images apply to every service from their systemd
-/// generator (for systemd >= 244): these sandboxing options need mounts over /proc and /sys that
-/// an unprivileged container may not be allowed to make.
+/// The generator's override for every service (systemd 252 here): sandboxing options that need
+/// mounts over /proc and /sys an unprivileged container may not make.
 const SERVICE_DROPIN: &str = "\
-# Written by `cargo xtask test-image debian` for containers: like the linuxcontainers images'
-# generator, relax sandboxing that needs /proc or /sys remounts a container may be refused.
+# Written by `cargo xtask test-image debian`: what the linuxcontainers images' generator writes.
 [Service]
+ProcSubset=all
 ProtectProc=default
 ProtectControlGroups=no
 ProtectKernelTunables=no
+NoNewPrivileges=no
+LoadCredential=
+";
+
+/// The generator's `systemd-sysctl` override: a sysctl the container may not set is not a failure.
+const SYSCTL_DROPIN: &str = "\
+# Written by `cargo xtask test-image debian`: what the linuxcontainers images' generator writes.
+[Service]
+ExecStart=
+ExecStart=-/lib/systemd/systemd-sysctl
 ";
 
 fn mirror() -> String {
@@ -555,12 +554,14 @@ fn shape_debian(r: &Path) -> Result {
         remove_if_exists(&link)?;
         symlink("/dev/null", &link).map_err(|e| format!("mask {unit}: {e}"))?;
     }
-    // No VT gettys in a container (console-getty, started by systemd's getty generator when
-    // /dev/console exists, stays available).
-    remove_if_exists(&sysd.join("getty.target.wants/getty@tty1.service"))?;
     write_file(
-        &sysd.join("service.d/bivy-container.conf"),
+        &sysd.join("service.d/zzz-lxc-service.conf"),
         SERVICE_DROPIN,
+        0o644,
+    )?;
+    write_file(
+        &sysd.join("systemd-sysctl.service.d/zzz-lxc-override.conf"),
+        SYSCTL_DROPIN,
         0o644,
     )?;
 

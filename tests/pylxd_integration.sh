@@ -1,0 +1,140 @@
+#!/bin/bash
+# pylxd's own integration suite (integration/ in the pylxd 2.4.2 sdist), unmodified, against a
+# bivy daemon made for the run. Its authors wrote it against LXD; it is an outside check of wire
+# compatibility. Fails on any failure or error; pylxd's own skips (extensions bivy does not
+# claim) are fine.
+#
+#   tests/pylxd_integration.sh [BIVY_BINARY]      (default: target/debug/bivy), as root
+#
+# Setup as upstream's integration/run-integration-tests gives LXD: the client talks to the
+# daemon's unix socket through LXD_DIR; a `default` dir pool holds the default profile's root
+# disk (bivy makes both at start). Upstream also sets core.https_address 127.0.0.1:8443 and
+# core.trust_password `password`: bivy has no HTTPS listener yet (issue 11), so the tests that
+# need it are deselected by name below, as is the one custom-volume test (issue 14).
+#
+# Work files go to target/pylxd-integration/ (sdist, venv, daemon dir, junit report).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BIVY=$(realpath "${1:-target/debug/bivy}")
+PYLXD_VERSION=2.4.2
+PYTEST_VERSION=9.2.0
+WORK=$PWD/target/pylxd-integration
+PY=${PYLXD_PYTHON:-/usr/bin/python3}
+
+[ "$(id -u)" = 0 ] || { echo "pylxd_integration: must run as root (real containers)" >&2; exit 1; }
+[ -x "$BIVY" ] || { echo "pylxd_integration: no bivy binary at $BIVY" >&2; exit 1; }
+for tool in busybox xz curl; do
+  command -v "$tool" >/dev/null || { echo "pylxd_integration: needs $tool" >&2; exit 1; }
+done
+
+# The tests that need the HTTPS listener (issue 11). Each builds `Client("https://127.0.0.1:8443/")`
+# (in the test, or in setUp for the project tests) and fails to connect without it. Once the
+# listener exists, the project tests are skipped by pylxd itself ("Remote server doesn't handle
+# projects": bivy does not claim `projects`), and this list shrinks to nothing.
+DESELECT_HTTPS=(
+  integration/test_client.py::TestClient::test_authenticate
+  integration/test_client.py::TestClient::test_authenticate_with_project
+  integration/test_projects.py::TestProjects::test_get
+  integration/test_projects.py::TestProjects::test_all
+  integration/test_projects.py::TestProjects::test_create
+  integration/test_projects.py::TestProject::test_save
+  integration/test_projects.py::TestProject::test_rename
+  integration/test_projects.py::TestProject::test_delete
+)
+
+# Custom storage volumes are not built yet (issue 14): bivy answers 501 "not supported yet:
+# custom storage volumes". bivy claims `storage` for its pools (lxc's `storage` commands need the
+# name), so pylxd does not skip this one; it goes when custom volumes land.
+DESELECT_CUSTOM_VOLUMES=(
+  integration/test_storage.py::TestStorageVolume::test_create_and_get_and_delete
+)
+
+mkdir -p "$WORK"
+# A fresh daemon dir each run; anything left by an earlier run that was killed is cleaned first.
+DAEMON_DIR=$WORK/lxd
+LOG=$WORK/daemon.log
+DAEMON_PID=
+
+api() { # METHOD PATH [BODY]: one REST call on the daemon's socket, JSON out
+  curl -sS --max-time 120 --unix-socket "$DAEMON_DIR/unix.socket" -X "$1" \
+    ${3:+-H 'Content-Type: application/json' --data "$3"} "http://bivy$2"
+}
+
+cleanup() {
+  local rc=$?
+  if [ -n "$DAEMON_PID" ] && kill -0 "$DAEMON_PID" 2>/dev/null; then
+    # Containers outlive the daemon: stop and delete what the tests left, then extra pools.
+    for url in $(api GET /1.0/instances | jq -r '.metadata[]?' 2>/dev/null); do
+      api PUT "$url/state" '{"action":"stop","force":true,"timeout":-1}' | jq -r '.operation // empty' |
+        while read -r op; do [ -n "$op" ] && api GET "$op/wait?timeout=60" >/dev/null; done
+      api DELETE "$url" | jq -r '.operation // empty' |
+        while read -r op; do [ -n "$op" ] && api GET "$op/wait?timeout=60" >/dev/null; done
+    done
+    for url in $(api GET /1.0/storage-pools | jq -r '.metadata[]?' 2>/dev/null); do
+      [ "$url" = /1.0/storage-pools/default ] || api DELETE "$url" >/dev/null || true
+    done
+    kill -TERM "$DAEMON_PID" 2>/dev/null || true
+    for _ in $(seq 200); do kill -0 "$DAEMON_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$DAEMON_PID" 2>/dev/null || true
+    wait "$DAEMON_PID" 2>/dev/null || true
+  fi
+  if [ -d "$DAEMON_DIR" ]; then
+    # Deepest first: pool and rootfs mounts below the daemon dir.
+    awk -v d="$DAEMON_DIR" '$5 == d || index($5, d "/") == 1 { print $5 }' /proc/self/mountinfo |
+      sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+    rm -rf "$DAEMON_DIR"
+  fi
+  if [ "$rc" != 0 ] && [ -f "$LOG" ]; then
+    echo "--- bivy daemon log (last 100 lines) ---" >&2
+    tail -n 100 "$LOG" >&2
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+# Nothing may be left over from an interrupted run.
+if [ -d "$DAEMON_DIR" ]; then
+  awk -v d="$DAEMON_DIR" '$5 == d || index($5, d "/") == 1 { print $5 }' /proc/self/mountinfo |
+    sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  rm -rf "$DAEMON_DIR"
+fi
+
+# The sdist, as a new user would get it.
+VENV=$WORK/venv
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+fi
+# pylxd's dependencies come with its wheel; the tests import the sdist's own pylxd/ (same
+# version), as pytest puts the sdist root first on sys.path.
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+  "pylxd==$PYLXD_VERSION" "pytest==$PYTEST_VERSION"
+SDIST_DIR=$WORK/pylxd-$PYLXD_VERSION
+if [ ! -d "$SDIST_DIR/integration" ]; then
+  rm -rf "$SDIST_DIR" "$WORK"/pylxd-*.tar.gz
+  "$VENV/bin/python" -m pip download --quiet --disable-pip-version-check \
+    --no-deps --no-binary :all: "pylxd==$PYLXD_VERSION" -d "$WORK"
+  tar -xzf "$WORK/pylxd-$PYLXD_VERSION.tar.gz" -C "$WORK"
+fi
+
+# The daemon for the run.
+mkdir -p "$DAEMON_DIR"
+BIVY_DIR=$DAEMON_DIR "$BIVY" daemon </dev/null >"$LOG" 2>&1 &
+DAEMON_PID=$!
+for _ in $(seq 200); do
+  [ -S "$DAEMON_DIR/unix.socket" ] && api GET /1.0 >/dev/null 2>&1 && break
+  kill -0 "$DAEMON_PID" 2>/dev/null || { echo "pylxd_integration: bivy daemon exited" >&2; exit 1; }
+  sleep 0.1
+done
+api GET /1.0 | jq -e '.metadata.api_version == "1.0"' >/dev/null
+# Upstream's runner makes sure of a `default` pool holding the default profile's root disk.
+api GET /1.0/profiles/default | jq -e '.metadata.devices.root.pool == "default"' >/dev/null ||
+  { echo "pylxd_integration: the default profile has no root disk on pool default" >&2; exit 1; }
+
+deselect=()
+for t in "${DESELECT_HTTPS[@]}" "${DESELECT_CUSTOM_VOLUMES[@]}"; do deselect+=(--deselect "$t"); done
+# requests lets these override pylxd's pinned server certificate (see issue 20).
+cd "$SDIST_DIR"
+env -u REQUESTS_CA_BUNDLE -u CURL_CA_BUNDLE LXD_DIR="$DAEMON_DIR" \
+  "$VENV/bin/python" -m pytest integration -p no:cacheprovider -rA -v \
+  --junitxml="$WORK/junit.xml" "${deselect[@]}"

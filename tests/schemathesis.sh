@@ -1,0 +1,131 @@
+#!/bin/bash
+# LXD's own REST spec, fuzzed: schemathesis generates requests from LXD 5.0.2's swagger spec
+# (tests/schemathesis/lxd-5.0.2-rest-api.yaml, `doc/rest-api.yaml` at tag lxd-5.0.2, unmodified;
+# the small patch it needs is in tests/schemathesis/hooks.py) against a bivy daemon made for the
+# run. Fails on any 5xx other than 501, on a request that times out, or if the daemon dies.
+#
+#   tests/schemathesis.sh [BIVY_BINARY [SCHEMATHESIS_ARGS...]]   (default: target/debug/bivy), as root
+#
+# Extra arguments go to `schemathesis run` (e.g. `--include-path-regex '^/1.0/instances'`).
+# Work files go to target/schemathesis/ (venv, daemon dir and log, junit report).
+# SCHEMATHESIS_MAX_EXAMPLES (default 25) caps the examples per operation; SCHEMATHESIS_SEED
+# (default 1) makes a run repeatable.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BIVY=$(realpath "${1:-target/debug/bivy}")
+[ $# -gt 0 ] && shift
+HERE=$PWD/tests/schemathesis
+WORK=$PWD/target/schemathesis
+PY=${SCHEMATHESIS_PYTHON:-/usr/bin/python3}
+# schemathesis 3.x; hypothesis pinned to a version that works with it.
+SCHEMATHESIS_VERSION=3.39.16
+HYPOTHESIS_VERSION=6.129.0
+
+[ "$(id -u)" = 0 ] || { echo "schemathesis: must run as root (real containers)" >&2; exit 1; }
+[ -x "$BIVY" ] || { echo "schemathesis: no bivy binary at $BIVY" >&2; exit 1; }
+
+mkdir -p "$WORK"
+DAEMON_DIR=$WORK/bivy
+LOG=$WORK/daemon.log
+DAEMON_PID=
+FORWARD_PID=
+
+api() { # METHOD PATH [BODY]: one REST call on the daemon's socket, JSON out
+  curl -sS --max-time 120 --unix-socket "$DAEMON_DIR/unix.socket" -X "$1" \
+    ${3:+-H 'Content-Type: application/json' --data "$3"} "http://bivy$2"
+}
+
+unmount_below() {
+  awk -v d="$1" '$5 == d || index($5, d "/") == 1 { print $5 }' /proc/self/mountinfo |
+    sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+}
+
+cleanup() {
+  local rc=$?
+  if [ -n "$FORWARD_PID" ]; then
+    kill -TERM "$FORWARD_PID" 2>/dev/null || true
+    wait "$FORWARD_PID" 2>/dev/null || true
+  fi
+  if [ -n "$DAEMON_PID" ] && kill -0 "$DAEMON_PID" 2>/dev/null; then
+    # Containers outlive the daemon: stop and delete what the run made, then extra pools.
+    for url in $(api GET /1.0/instances | jq -r '.metadata[]?' 2>/dev/null); do
+      api PUT "$url/state" '{"action":"stop","force":true,"timeout":-1}' | jq -r '.operation // empty' |
+        while read -r op; do [ -n "$op" ] && api GET "$op/wait?timeout=60" >/dev/null; done
+      api DELETE "$url" | jq -r '.operation // empty' |
+        while read -r op; do [ -n "$op" ] && api GET "$op/wait?timeout=60" >/dev/null; done
+    done
+    for url in $(api GET /1.0/storage-pools | jq -r '.metadata[]?' 2>/dev/null); do
+      [ "$url" = /1.0/storage-pools/default ] || api DELETE "$url" >/dev/null || true
+    done
+    kill -TERM "$DAEMON_PID" 2>/dev/null || true
+    for _ in $(seq 200); do kill -0 "$DAEMON_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$DAEMON_PID" 2>/dev/null || true
+    wait "$DAEMON_PID" 2>/dev/null || true
+  fi
+  if [ -d "$DAEMON_DIR" ]; then
+    unmount_below "$DAEMON_DIR"
+    rm -rf "$DAEMON_DIR"
+  fi
+  if [ "$rc" != 0 ] && [ -f "$LOG" ]; then
+    echo "--- bivy daemon log (last 100 lines) ---" >&2
+    tail -n 100 "$LOG" >&2
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+if [ -d "$DAEMON_DIR" ]; then
+  unmount_below "$DAEMON_DIR"
+  rm -rf "$DAEMON_DIR"
+fi
+
+VENV=$WORK/venv
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+  "schemathesis==$SCHEMATHESIS_VERSION" "hypothesis==$HYPOTHESIS_VERSION"
+
+mkdir -p "$DAEMON_DIR"
+BIVY_DIR=$DAEMON_DIR "$BIVY" daemon </dev/null >"$LOG" 2>&1 &
+DAEMON_PID=$!
+for _ in $(seq 200); do
+  [ -S "$DAEMON_DIR/unix.socket" ] && api GET /1.0 >/dev/null 2>&1 && break
+  kill -0 "$DAEMON_PID" 2>/dev/null || { echo "schemathesis: bivy daemon exited" >&2; exit 1; }
+  sleep 0.1
+done
+api GET /1.0 | jq -e '.metadata.api_version == "1.0"' >/dev/null
+
+# schemathesis speaks TCP; the daemon listens on its unix socket only.
+rm -f "$WORK/port"
+PYTHONDONTWRITEBYTECODE=1 "$VENV/bin/python" "$HERE/unix_forward.py" "$DAEMON_DIR/unix.socket" "$WORK/port" &
+FORWARD_PID=$!
+for _ in $(seq 100); do [ -s "$WORK/port" ] && break; sleep 0.1; done
+PORT=$(cat "$WORK/port")
+
+rc=0
+(
+  # From the work dir: hypothesis and python leave their caches in the current directory.
+  cd "$WORK"
+  PYTHONPATH=$HERE PYTHONDONTWRITEBYTECODE=1 SCHEMATHESIS_HOOKS=hooks "$VENV/bin/schemathesis" run \
+    "$HERE/lxd-5.0.2-rest-api.yaml" \
+    --base-url "http://127.0.0.1:$PORT" \
+    --checks no_server_error_but_501 \
+    --validate-schema false \
+    --hypothesis-max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-25}" \
+    --hypothesis-seed "${SCHEMATHESIS_SEED:-1}" \
+    --hypothesis-database none \
+    --hypothesis-suppress-health-check all \
+    --request-timeout 60000 \
+    --no-color \
+    --junit-xml "$WORK/junit.xml" \
+    "$@"
+) || rc=$?
+
+# The daemon must have survived it all and still answer.
+if ! kill -0 "$DAEMON_PID" 2>/dev/null; then
+  echo "schemathesis: the bivy daemon died during the run" >&2
+  exit 1
+fi
+api GET /1.0 | jq -e '.metadata.api_version == "1.0"' >/dev/null ||
+  { echo "schemathesis: the bivy daemon no longer answers GET /1.0" >&2; exit 1; }
+exit "$rc"
