@@ -47,3 +47,10 @@ pub mod storage;
 pub mod sys;
 pub mod tls;
 pub mod util;
+
+/// The one skip mechanism of the test suite (`BIVY_MUST_WORK`, `BIVY_SKIP_LOG`), shared with
+/// `tests/common` and `xtask`.
+#[cfg(test)]
+#[allow(dead_code)] // each user needs a different part
+#[path = "../tests/common/skip.rs"]
+pub(crate) mod test_skip;

@@ -29,6 +29,14 @@ fn skip_panics_with_must_work() {
 }
 
 #[test]
+fn kernel_lacks_declaration_is_an_exact_list() {
+    assert!(common::declared_lacking("apparmor", "apparmor"));
+    assert!(common::declared_lacking("idmap, apparmor", "apparmor"));
+    assert!(!common::declared_lacking("", "apparmor"));
+    assert!(!common::declared_lacking("apparmor2", "apparmor"));
+}
+
+#[test]
 fn skip_unless_returns_early() {
     fn body(reached: &mut bool) {
         // A true condition never skips, whatever BIVY_MUST_WORK says.
@@ -136,36 +144,70 @@ fn busybox_image_is_available() {
     assert_eq!(&bytes[..2], b"\x1f\x8b", "gzip magic");
 }
 
-/// Start and stop a real `bivy daemon`. Until the daemon lands, starting fails: then we check
-/// the harness's failure path (the error carries the daemon log, nothing is left behind).
+/// Start, kill, restart and stop a real `bivy daemon`: the harness's happy path.
 #[test]
 fn daemon_start_and_stop() {
-    match common::Daemon::start() {
-        Ok(mut d) => {
-            let pid = d.pid().expect("pid");
-            let tmp = d.tmp().to_path_buf();
-            assert!(std::os::unix::net::UnixStream::connect(d.socket()).is_ok());
-            assert!(Path::new(&format!("/proc/{pid}")).exists());
-            d.kill9();
-            assert!(
-                !Path::new(&format!("/proc/{pid}")).exists(),
-                "killed and reaped"
-            );
-            d.restart().expect("restart");
-            let pid2 = d.pid().expect("pid");
-            assert_ne!(pid, pid2);
-            assert!(std::os::unix::net::UnixStream::connect(d.socket()).is_ok());
-            let st = d.stop().expect("exit status");
-            eprintln!("daemon exited: {st}");
-            drop(d);
-            assert!(!tmp.exists(), "temp dir removed");
-        }
-        Err(e) => {
-            let msg = e.to_string();
-            eprintln!("bivy daemon did not start (expected until it is implemented): {msg}");
-            assert!(msg.contains("log:"), "{msg}");
-        }
-    }
+    let mut d = common::Daemon::start().expect("bivy daemon starts");
+    let pid = d.pid().expect("pid");
+    let tmp = d.tmp().to_path_buf();
+    assert!(std::os::unix::net::UnixStream::connect(d.socket()).is_ok());
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    d.kill9();
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "killed and reaped"
+    );
+    d.restart().expect("restart");
+    let pid2 = d.pid().expect("pid");
+    assert_ne!(pid, pid2);
+    assert!(std::os::unix::net::UnixStream::connect(d.socket()).is_ok());
+    let st = d.stop().expect("exit status");
+    assert!(st.success(), "SIGTERM is a clean shutdown: {st}");
+    drop(d);
+    assert!(!tmp.exists(), "temp dir removed");
+}
+
+/// The harness's failure path: a daemon that cannot start (its `BIVY_DIR` is below a regular
+/// file) is an error that carries the daemon's log, and nothing is left behind.
+#[test]
+fn daemon_that_cannot_start_is_an_error_with_its_log() {
+    let t = common::TempDir::new().expect("tempdir");
+    let file = t.path().join("not-a-dir");
+    std::fs::write(&file, "").expect("file");
+    let bad = file.join("bivy");
+    let e = match common::Daemon::start_with(&[("BIVY_DIR", bad.to_str().expect("utf-8"))]) {
+        Ok(_) => panic!("a daemon started on a BIVY_DIR below a regular file"),
+        Err(e) => e,
+    };
+    let msg = e.to_string();
+    assert!(msg.contains("exited") && msg.contains("log:"), "{msg}");
+    assert!(
+        msg.contains("not-a-dir"),
+        "the log names the failing path: {msg}"
+    );
+    let left = tmp_dirs_mentioning(bad.to_str().expect("utf-8"));
+    assert!(
+        left.is_empty(),
+        "the failed start left its temp dir behind: {left:?}"
+    );
+}
+
+/// This process's `bivy-test-<pid>-*` directories in the temp base (see `TempDir::new`) whose
+/// daemon log mentions `needle`: other tests' directories (tests may run in parallel) are not
+/// counted.
+fn tmp_dirs_mentioning(needle: &str) -> Vec<std::path::PathBuf> {
+    let base = std::env::var_os("TMPDIR")
+        .filter(|d| !d.is_empty())
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/var/tmp".into());
+    let prefix = format!("bivy-test-{}-", std::process::id());
+    std::fs::read_dir(base)
+        .expect("temp base")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .filter(|p| std::fs::read_to_string(p.join("daemon.log")).is_ok_and(|l| l.contains(needle)))
+        .collect()
 }
 
 /// `http_unix` against a one-shot fake server: Content-Length and chunked bodies.

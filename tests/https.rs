@@ -306,3 +306,98 @@ fn lxc_image_import_https_url() {
     let list = l.ok(&["image", "list", "--format", "csv", "-c", "lF"]);
     assert!(list.contains(&format!("vialxc,{hash}")), "{list}");
 }
+
+/// A CONNECT proxy on 127.0.0.1 for `n` tunnels (or 60 s): answers 200 and relays bytes both
+/// ways.
+/// Returns the port and, at the end, the CONNECT lines it served.
+fn connect_proxy(n: usize) -> (u16, JoinHandle<Vec<String>>) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    l.set_nonblocking(true).expect("nonblocking");
+    let h = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let start = Instant::now();
+        while seen.len() < n && start.elapsed() < Duration::from_secs(60) {
+            let mut client = match l.accept() {
+                Ok((c, _)) => c,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+                Err(e) => panic!("accept: {e}"),
+            };
+            client.set_nonblocking(false).expect("blocking");
+            let head = read_head(&mut client).expect("CONNECT head");
+            let first = head.lines().next().unwrap_or("").to_string();
+            seen.push(first.clone());
+            let authority = first.split(' ').nth(1).unwrap_or("").to_string();
+            let origin = std::net::TcpStream::connect(&authority).expect("origin");
+            client
+                .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                .expect("200");
+            let (mut c2, mut o2) = (
+                client.try_clone().expect("clone"),
+                origin.try_clone().expect("clone"),
+            );
+            let up = std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c2, &mut o2);
+                let _ = o2.shutdown(std::net::Shutdown::Write);
+            });
+            let (mut origin, mut client) = (origin, client);
+            let _ = std::io::copy(&mut origin, &mut client);
+            let _ = client.shutdown(std::net::Shutdown::Both);
+            let _ = up.join();
+        }
+        seen
+    });
+    (port, h)
+}
+
+/// `core.proxy_https`: an `https://` download goes through a CONNECT tunnel, with TLS (and the
+/// certificate check) end to end with the origin.
+#[test]
+fn https_import_through_a_connect_proxy() {
+    let Some(dir) = setup() else { return };
+    let img = common::busybox_image();
+    let hash = sha256_hex(&img);
+    let d = start_daemon(&dir.path().join("ca.crt"));
+    let (tls_port, tls_server) = serve(
+        Some(server_config(dir.path())),
+        2,
+        lxd_direct(
+            img,
+            hash.clone(),
+            "https://127.0.0.1:{port}/busybox.tar.gz".into(),
+        ),
+    );
+    let (proxy, tunnels) = connect_proxy(2);
+    let (code, body) = d
+        .api(
+            "PATCH",
+            "/1.0",
+            Some(&format!(
+                r#"{{"config":{{"core.proxy_https":"http://127.0.0.1:{proxy}"}}}}"#
+            )),
+        )
+        .expect("PATCH /1.0");
+    assert_eq!(code, 200, "{body}");
+    let done = import_url(
+        &d,
+        &format!("https://127.0.0.1:{tls_port}/meta"),
+        "tunnelled",
+    );
+    assert_eq!(
+        done["metadata"]["status"],
+        "Success",
+        "{done}\n{}",
+        d.log_text()
+    );
+    assert_eq!(done["metadata"]["metadata"]["fingerprint"], hash.as_str());
+    let want = format!("CONNECT 127.0.0.1:{tls_port} HTTP/1.1");
+    assert_eq!(tunnels.join().expect("proxy"), [want.clone(), want]);
+    let seen = tls_server.join().expect("tls server");
+    assert!(
+        seen[0].starts_with("HEAD /meta ") && seen[1].starts_with("GET /busybox.tar.gz "),
+        "{seen:?}"
+    );
+}

@@ -109,9 +109,15 @@ fn busybox_container_is_confined() {
     );
     assert_eq!(rc, 0, "/dev/null or /dev/urandom unusable");
 
-    // Forced unmount is refused by seccomp.
-    let (rc, out) = l.sh("b1", "mount -t tmpfs tmpfs /mnt && umount -f /mnt");
+    // Forced unmount is refused by seccomp (EPERM), while the mount and a plain unmount work:
+    // so the refusal is about the force flag, not a mount that never happened.
+    let (rc, out) = l.sh("b1", "mount -t tmpfs tmpfs /mnt");
+    assert_eq!(rc, 0, "mount tmpfs: {out}");
+    let (rc, out) = l.sh("b1", "umount -f /mnt");
     assert_ne!(rc, 0, "umount -f worked: {out}");
+    assert!(out.contains("Operation not permitted"), "umount -f: {out}");
+    let (rc, out) = l.sh("b1", "umount /mnt && grep -c ' /mnt ' /proc/mounts");
+    assert_eq!((rc, out.trim()), (1, "0"), "plain umount: {out}");
 
     // Seccomp is on, without no_new_privs (setuid programs keep working).
     let (_, st) = l.sh("b1", "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status");
@@ -145,14 +151,22 @@ fn limits_contain_memory_hogs_and_fork_floods() {
         "lim",
         "head -c 200000000 /dev/zero | tail -c 200000000 > /dev/null",
     );
-    assert_ne!(rc, 0, "a 200 MB hog survived a 64 MiB limit: {out}");
+    // The OOM killer ends tail (SIGKILL: 128 + 9); any other failure is not the limit working.
+    assert_eq!(
+        rc, 137,
+        "a 200 MB hog under a 64 MiB limit was not OOM-killed: {out}"
+    );
+    // The pids controller refuses the 20-somethingth fork with EAGAIN, and the shell gives up
+    // before it gets to say it spawned all 40.
     let (rc, out) = l.sh(
         "lim",
         "i=0; while [ $i -lt 40 ]; do sleep 30 & i=$((i+1)); done 2>&1; echo spawned",
     );
     assert!(
-        out.contains("fork") || out.contains("Resource temporarily unavailable") || rc != 0,
-        "40 processes under limits.processes=20: {out}"
+        rc != 0
+            && out.contains("can't fork: Resource temporarily unavailable")
+            && !out.contains("spawned"),
+        "40 processes under limits.processes=20: rc {rc}: {out}"
     );
     // Limits change live: lift the process limit so the flood's sleepers can be cleared.
     l.ok(&["config", "set", "lim", "limits.processes", "200"]);
@@ -240,14 +254,12 @@ fn debian_with_systemd_boots_unprivileged() {
         );
     }
 
-    // A clean stop powers systemd off (SIGRTMIN+3), not a kill.
-    let t = Instant::now();
+    // A clean stop powers systemd off (SIGRTMIN+3), not a kill: the stop finishes (`l.ok` is
+    // bounded) and the log records init's own poweroff, not the kill that ends a timed-out stop.
     l.ok(&["stop", "deb"]);
-    eprintln!("clean stop took {:?}", t.elapsed());
-    assert!(t.elapsed() < Duration::from_secs(30));
-    let log = String::from_utf8_lossy(&l.run(&["info", "deb", "--show-log"]).stdout).into_owned();
+    let log = l.ok(&["info", "deb", "--show-log"]);
     assert!(
-        !log.contains("killed"),
+        log.contains("stopped by request") && !log.contains("killed by request"),
         "systemd was killed rather than powered off: {log}"
     );
     l.ok(&["delete", "deb"]);

@@ -98,7 +98,10 @@ fn exercise_pool(l: &Lxc<'_>, pool: &str) {
         )
         .expect("api");
     assert_eq!(code, 400, "{body}");
-    assert!(!l.run(&["start", &format!("{c1}/snap0")]).status.success());
+    let out = l.run(&["start", &format!("{c1}/snap0")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not found"), "{err}");
 
     // Copy with and without snapshots; the copy has its own volatile identity.
     l.ok(&["copy", &c1, &c3]);
@@ -350,17 +353,28 @@ fn killed_mid_copy_leaves_nothing_half_made() {
     while Instant::now() < deadline && volumes(&pool).len() == before.len() {
         std::thread::sleep(Duration::from_millis(5));
     }
+    let started = volumes(&pool).len() > before.len();
     d.kill9();
     let _ = child.kill();
     let _ = child.wait();
+    // Without this the test would pass on a daemon that never copies.
+    assert!(
+        started,
+        "the copy's volume never appeared: {:?}",
+        volumes(&pool)
+    );
     d.restart().expect("restart");
     let l = Lxc::new(&d);
     let list = l.ok(&["list", "--format", "csv", "-c", "n"]);
     let after = volumes(&pool);
-    if list.contains("half") {
-        // The copy finished before the kill: then it is whole.
-        assert_eq!(after.len(), before.len() + 1, "{after:?}");
+    if list.lines().any(|n| n == "half") {
+        // The copy finished before the kill: then it is whole, file for file, and it runs.
         eprintln!("note: the copy finished before the kill");
+        assert_eq!(after.len(), before.len() + 1, "{after:?}");
+        l.ok(&["start", "half"]);
+        let (code, out) = l.sh("half", "ls /root/many | wc -l; cat /root/many/f3999");
+        assert_eq!((code, out.as_str()), (0, "4000\n3999\n"));
+        l.ok(&["delete", "--force", "half"]);
     } else {
         assert_eq!(after, before, "no half-copied volume after restart");
     }
@@ -448,6 +462,13 @@ fn pool_api_errors() {
         "pool=nope",
     ]);
     assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            r#"Cannot update root disk device pool name to "nope" (the instance is on "default")"#
+        ),
+        "{err}"
+    );
 }
 
 fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {

@@ -341,17 +341,30 @@ pub struct InstanceStateDisk {
     pub usage: i64,
 }
 
+/// Memory figures of a running instance, bytes. A figure the host does not count is left out
+/// (never sent as 0). Example: `{"usage": 1753088, "usage_peak": 4063232}`.
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
 pub struct InstanceStateMemory {
-    pub usage: i64,
-    pub usage_peak: i64,
-    pub swap_usage: i64,
-    pub swap_usage_peak: i64,
+    /// Memory in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<i64>,
+    /// Highest memory use since start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_peak: Option<i64>,
+    /// Swap in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap_usage: Option<i64>,
+    /// Highest swap use since start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap_usage_peak: Option<i64>,
 }
 
+/// CPU figures of a running instance. Example: `{"usage": 112000000}`.
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
 pub struct InstanceStateCpu {
-    pub usage: i64,
+    /// CPU time used, nanoseconds; left out when the host does not count it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<i64>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]

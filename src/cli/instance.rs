@@ -627,13 +627,19 @@ fn cell(i: &InstanceFull, col: char) -> String {
             _ => String::new(),
         },
         'm' => match state {
-            Some(s) if is_active(i) && s.memory.usage > 0 => table::size_iec(s.memory.usage),
+            Some(s) if is_active(i) => s
+                .memory
+                .usage
+                .filter(|u| *u > 0)
+                .map_or_else(String::new, table::size_iec),
             _ => String::new(),
         },
         'u' => match state {
-            Some(s) if is_active(i) && s.cpu.usage > 0 => {
-                format!("{}s", s.cpu.usage / 1_000_000_000)
-            }
+            Some(s) if is_active(i) => s
+                .cpu
+                .usage
+                .filter(|u| *u > 0)
+                .map_or_else(String::new, |u| format!("{}s", u / 1_000_000_000)),
             _ => String::new(),
         },
         'D' => match state.and_then(|s| s.disk.get("root")) {
@@ -868,36 +874,23 @@ pub fn render_info(i: &InstanceFull) -> String {
                 o += &format!("    {name}: {}\n", table::size_iec(d.usage));
             }
         }
-        if s.cpu.usage != 0 {
+        // Like `lxc info`: a figure the server did not send (the host does not count it), or a
+        // zero, is not shown.
+        if let Some(cpu) = s.cpu.usage.filter(|u| *u > 0) {
             o += "  CPU usage:\n";
-            o += &format!(
-                "    CPU usage (in seconds): {}\n",
-                s.cpu.usage / 1_000_000_000
-            );
+            o += &format!("    CPU usage (in seconds): {}\n", cpu / 1_000_000_000);
         }
-        if s.memory.usage != 0 {
+        if let Some(mem) = s.memory.usage.filter(|u| *u > 0) {
             o += "  Memory usage:\n";
-            o += &format!(
-                "    Memory (current): {}\n",
-                table::size_iec(s.memory.usage)
-            );
-            if s.memory.usage_peak != 0 {
-                o += &format!(
-                    "    Memory (peak): {}\n",
-                    table::size_iec(s.memory.usage_peak)
-                );
+            o += &format!("    Memory (current): {}\n", table::size_iec(mem));
+            if let Some(peak) = s.memory.usage_peak.filter(|u| *u > 0) {
+                o += &format!("    Memory (peak): {}\n", table::size_iec(peak));
             }
-            if s.memory.swap_usage != 0 {
-                o += &format!(
-                    "    Swap (current): {}\n",
-                    table::size_iec(s.memory.swap_usage)
-                );
+            if let Some(swap) = s.memory.swap_usage.filter(|u| *u > 0) {
+                o += &format!("    Swap (current): {}\n", table::size_iec(swap));
             }
-            if s.memory.swap_usage_peak != 0 {
-                o += &format!(
-                    "    Swap (peak): {}\n",
-                    table::size_iec(s.memory.swap_usage_peak)
-                );
+            if let Some(swap_peak) = s.memory.swap_usage_peak.filter(|u| *u > 0) {
+                o += &format!("    Swap (peak): {}\n", table::size_iec(swap_peak));
             }
         }
         if let Some(net) = s.network.as_ref().filter(|n| !n.is_empty()) {

@@ -67,30 +67,41 @@ enum Kind {
     Expiry,
     /// A snapshot name pattern (`snap%d`, date templates).
     Pattern,
+    /// A positive integer (`limits.processes`: LXD refuses 0 and negatives).
+    PositiveInt,
+    /// `linux.kernel_modules`: comma-separated module names (never paths).
+    KernelModules,
     /// Refused outright.
     Unsupported(&'static str),
+    /// A key LXD has that bivy does not implement yet: refused with "not supported yet: KEY"
+    /// (and listed in the README's status table), never accepted and ignored.
+    NotYet,
 }
 
 fn kind_of(key: &str) -> Option<Kind> {
     use Kind::*;
     Some(match key {
         "boot.autostart" => Bool,
-        "boot.autostart.delay"
-        | "boot.autostart.priority"
-        | "boot.host_shutdown_timeout"
-        | "boot.stop.priority" => Int,
+        // Used by `instances::autostart`: order, then seconds to wait after starting.
+        "boot.autostart.delay" | "boot.autostart.priority" => Int,
+        // Used by `instances::host_shutdown` (SIGPWR): stop order and clean-stop seconds.
+        "boot.host_shutdown_timeout" | "boot.stop.priority" => Int,
         "limits.memory" => Memory,
         "limits.memory.enforce" => Enforce,
         "limits.memory.swap" => Bool,
+        // cgroup v1 memory.swappiness (cgroup2 has none: the start or live update fails).
         "limits.memory.swap.priority" => Priority,
         "limits.cpu" => Cpu,
         "limits.cpu.allowance" => Allowance,
         "limits.cpu.priority" => Priority,
-        "limits.processes" => Int,
+        "limits.processes" => PositiveInt,
         "security.privileged" | "security.nesting" | "security.idmap.isolated" => Bool,
         "security.idmap.base" => Int,
         "security.idmap.size" => IdmapSize,
-        "security.protection.delete" | "security.protection.shift" => Bool,
+        "security.protection.delete" => Bool,
+        // bivy shifts a rootfs only once, at create, where idmapped mounts are unavailable; a
+        // protection against shifting at start has nothing to act on yet.
+        "security.protection.shift" => NotYet,
         "security.syscalls.deny_default" | "security.syscalls.deny_compat" => Bool,
         "security.syscalls.deny" | "security.syscalls.allow" | "raw.seccomp" => Seccomp,
         "raw.idmap" => Idmap,
@@ -102,7 +113,9 @@ fn kind_of(key: &str) -> Option<Kind> {
         "snapshots.expiry" => Expiry,
         "snapshots.pattern" => Pattern,
         "snapshots.schedule.stopped" => Bool,
-        "linux.kernel_modules" => Str,
+        "linux.kernel_modules" => KernelModules,
+        // Given to cloud-init by the image's templates (`config_get("cloud-init.user-data", ...)`
+        // into /var/lib/cloud/seed/nocloud-net/), as LXD's images do.
         "cloud-init.user-data" | "cloud-init.vendor-data" | "cloud-init.network-config" => Str,
         _ if key.starts_with("environment.")
             || key.starts_with("user.")
@@ -137,7 +150,24 @@ fn cpuset(v: &str, ncpus: usize) -> Option<String> {
     parse_cpu(v, ncpus).ok()
 }
 
-/// Validate one instance config key and value.
+/// `linux.kernel_modules` as a list of module names: comma-separated, each of `[A-Za-z0-9_-]`.
+/// A path (`/lib/modules/x.ko`) is refused, as LXD's loader only takes names.
+pub fn kernel_modules(value: &str) -> std::result::Result<Vec<&str>, String> {
+    let mut out = Vec::new();
+    for m in value.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+        if !m
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(format!("{m:?} is not a module name (a name, not a path)"));
+        }
+        out.push(m);
+    }
+    Ok(out)
+}
+
+/// Validate one instance config key and value (the host's limits are checked by
+/// [`validate_config`]).
 pub fn validate_key(key: &str, value: &str) -> Result<()> {
     let bad = |why: &str| {
         Err(Error::BadRequest(format!(
@@ -155,6 +185,11 @@ pub fn validate_key(key: &str, value: &str) -> Result<()> {
     match kind {
         Kind::Bool if parse_bool(value).is_none() => bad("expected true or false"),
         Kind::Int if value.parse::<i64>().is_err() => bad("expected an integer"),
+        Kind::PositiveInt if value.parse::<u64>().map_or(true, |v| v == 0) => {
+            bad("expected a positive integer")
+        }
+        Kind::KernelModules => kernel_modules(value).map(drop).or_else(|e| bad(&e)),
+        Kind::NotYet => Err(Error::BadRequest(format!("not supported yet: {key}"))),
         Kind::IdmapSize if value.parse::<u32>().map_or(true, |v| v == 0) => {
             bad("expected a positive integer")
         }
@@ -186,7 +221,8 @@ pub fn validate_key(key: &str, value: &str) -> Result<()> {
 
 /// Validate a user-supplied config map against the current one: every key must be known and
 /// valid, and `volatile.*` keys may only be passed back unchanged (the daemon manages them).
-pub fn validate_config(new: &StringMap, current: &StringMap) -> Result<()> {
+/// `ncpus` is the host's CPU count: a `limits.cpu` count above it is refused.
+pub fn validate_config(new: &StringMap, current: &StringMap, ncpus: usize) -> Result<()> {
     for (k, v) in new {
         if k.starts_with("volatile.") {
             if current.get(k) != Some(v) {
@@ -197,8 +233,25 @@ pub fn validate_config(new: &StringMap, current: &StringMap) -> Result<()> {
             continue;
         }
         validate_key(k, v)?;
+        if k == "limits.cpu" {
+            check_cpu_count(v, ncpus)?;
+        }
     }
     Ok(())
+}
+
+/// A `limits.cpu` count must be one the host can give: from 1 to its number of CPUs.
+fn check_cpu_count(v: &str, ncpus: usize) -> Result<()> {
+    let v = v.trim();
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok(()); // a set such as 0-3 is checked by validate_key
+    }
+    match v.parse::<usize>() {
+        Ok(n) if (1..=ncpus).contains(&n) => Ok(()),
+        _ => Err(Error::BadRequest(format!(
+            "Invalid value for config key \"limits.cpu\": {v} CPUs requested, this host has {ncpus}"
+        ))),
+    }
 }
 
 /// Validate devices: a `type` each; known types only.
@@ -246,11 +299,16 @@ pub fn validate_devices(devices: &Devices) -> Result<()> {
 /// Server config keys we know (`core.*`, `images.*`).
 pub fn validate_server_key(key: &str, value: &str) -> Result<()> {
     match key {
-        "core.https_address"
-        | "core.trust_password"
-        | "core.proxy_http"
-        | "core.proxy_https"
-        | "core.proxy_ignore_hosts" => Ok(()),
+        "core.https_address" | "core.trust_password" => Ok(()),
+        // Image downloads go through them (`fetch::Fetcher`).
+        "core.proxy_http" | "core.proxy_https" => {
+            if !value.trim().is_empty() {
+                super::fetch::parse_proxy(key, value.trim())?;
+            }
+            Ok(())
+        }
+        "core.proxy_ignore_hosts" => Ok(()),
+        // Minutes the daemon waits for running operations when it stops (daemon/mod.rs).
         "core.shutdown_timeout" | "images.remote_cache_expiry" | "images.auto_update_interval" => {
             if value.is_empty() || value.parse::<u64>().is_ok() {
                 Ok(())
@@ -326,6 +384,11 @@ pub fn limits(config: &StringMap, total_mem: u64, ncpus: usize) -> Result<Limits
     l.memory_swap = get("limits.memory.swap")
         .and_then(parse_bool)
         .unwrap_or(true);
+    if let Some(v) = get("limits.memory.swap.priority") {
+        l.swap_priority = Some(v.parse().ok().filter(|p| *p <= 10).ok_or_else(|| {
+            Error::BadRequest(format!("Invalid limits.memory.swap.priority {v:?}"))
+        })?);
+    }
     if let Some(v) = get("limits.cpu") {
         l.cpuset = Some(
             cpuset(v, ncpus)
@@ -403,9 +466,9 @@ mod tests {
         assert!(validate_key("raw.lxc", "x").is_err());
         assert!(validate_key("security.privileged", "maybe").is_err());
         let cur: StringMap = [("volatile.uuid".to_string(), "u".to_string())].into();
-        assert!(validate_config(&cur, &cur).is_ok());
+        assert!(validate_config(&cur, &cur, 4).is_ok());
         let changed: StringMap = [("volatile.uuid".to_string(), "v".to_string())].into();
-        assert!(validate_config(&changed, &cur).is_err());
+        assert!(validate_config(&changed, &cur, 4).is_err());
     }
 
     #[test]

@@ -33,10 +33,14 @@ fn server(d: &Daemon) -> api::Server {
             },
         );
     }
+    // What bivy does on this host, not what the kernel could: idmapped mounts as probed on
+    // `$BIVY_DIR` at start; no seccomp user notification (syscall interception) exists in bivy,
+    // and no shiftfs.
+    let flag = |b: bool| if b { "true" } else { "false" }.to_string();
     let mut kernel_features = api::StringMap::new();
-    kernel_features.insert("idmapped_mounts".into(), "true".into());
-    kernel_features.insert("seccomp_listener".into(), "true".into());
-    kernel_features.insert("shiftfs".into(), "false".into());
+    kernel_features.insert("idmapped_mounts".into(), flag(d.host.idmapped_mounts));
+    kernel_features.insert("seccomp_listener".into(), flag(false));
+    kernel_features.insert("shiftfs".into(), flag(false));
     api::Server {
         config,
         api_extensions: API_EXTENSIONS.iter().map(|s| s.to_string()).collect(),
@@ -347,7 +351,7 @@ pub fn profile_get(d: &Daemon, name: &str) -> Result<Response> {
 pub fn profile_create(d: &Daemon, req: &mut Request) -> Result<Response> {
     let body: api::ProfilesPost = json(req)?;
     config::validate_profile_name(&body.name)?;
-    config::validate_config(&body.put.config, &api::StringMap::new())?;
+    config::validate_config(&body.put.config, &api::StringMap::new(), d.host.ncpus)?;
     config::validate_devices(&body.put.devices)?;
     let mut db = d.db.lock().expect("db lock");
     if db.data.profiles.contains_key(&body.name) {
@@ -411,7 +415,7 @@ pub fn profile_put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Re
             devices: put.devices,
         };
     }
-    config::validate_config(&next.config, &api::StringMap::new())?;
+    config::validate_config(&next.config, &api::StringMap::new(), d.host.ncpus)?;
     config::validate_devices(&next.devices)?;
     // Every instance using the profile must still have a root disk.
     for (iname, inst) in &db.data.instances {

@@ -5,6 +5,11 @@
 //! on another host or scheme). The image is then streamed into the store, which refuses it unless
 //! its sha256 is that hash. `http://` and `https://` (through [`crate::tls`], roots from the system
 //! trust store or `$SSL_CERT_FILE`).
+//!
+//! Every download (this and the simplestreams pulls) goes through a [`Fetcher`], which honours
+//! the server's `core.proxy_http` (for `http://` URLs: requests in absolute form to the proxy),
+//! `core.proxy_https` (for `https://` URLs: a `CONNECT` tunnel, TLS end to end with the origin)
+//! and `core.proxy_ignore_hosts`, as LXD does.
 
 use std::collections::BTreeMap;
 use std::net::{TcpStream, ToSocketAddrs};
@@ -23,7 +28,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const IO_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A parsed `http[s]://host[:port]/path`.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Url {
     pub(super) tls: bool,
     pub(super) host: String,
@@ -45,7 +50,8 @@ pub(super) fn parse(url: &str) -> Result<Url> {
         None => (rest, "/"),
     };
     let (host, port) = match hostport.rsplit_once(':') {
-        Some((h, p)) if !h.contains(']') || h.ends_with(']') => (
+        // `[v6]` alone has no port; `[v6]:port` and `host:port` have one.
+        Some((h, p)) if !hostport.ends_with(']') && (!h.starts_with('[') || h.ends_with(']')) => (
             h,
             p.parse::<u16>()
                 .map_err(|_| Error::BadRequest(format!("Bad port in image URL {url:?}")))?,
@@ -87,22 +93,210 @@ fn connect_tcp(u: &Url) -> Result<TcpStream> {
     )))
 }
 
-/// Connect to `u`'s host, over TLS for `https://` (the trust store loaded once per import, on
-/// first use, into `tls_client`).
-pub(super) fn connect(u: &Url, tls_client: &mut Option<tls::Client>) -> Result<Box<dyn Conn>> {
-    let tcp = connect_tcp(u)?;
-    if !u.tls {
-        return Ok(Box::new(tcp));
-    }
-    let c = match tls_client {
-        Some(c) => c,
-        None => tls_client
-            .insert(tls::Client::system().map_err(|e| Error::BadRequest(format!("TLS: {e}")))?),
+/// The proxy settings of the server config (`core.proxy_*`).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(super) struct Proxies {
+    /// `core.proxy_http`: the proxy for `http://` URLs.
+    pub(super) http: Option<Url>,
+    /// `core.proxy_https`: the proxy for `https://` URLs.
+    pub(super) https: Option<Url>,
+    /// `core.proxy_ignore_hosts`: hosts reached directly.
+    pub(super) ignore: Vec<String>,
+}
+
+/// A proxy address: `http://host:port` (or `host:port`). Credentials and `https://` proxies are
+/// refused: bivy cannot use them yet, and must not pretend to.
+pub(super) fn parse_proxy(key: &str, v: &str) -> Result<Url> {
+    let url = if v.contains("://") {
+        v.to_string()
+    } else {
+        format!("http://{v}")
     };
-    let s = c
-        .connect(&u.host, tcp)
-        .map_err(|e| Error::BadRequest(format!("{}:{}: {e}", u.host, u.port)))?;
-    Ok(Box::new(s))
+    if url.starts_with("https://") {
+        return Err(Error::BadRequest(format!(
+            "not supported yet: {key} with an https:// proxy"
+        )));
+    }
+    let u =
+        parse(&url).map_err(|_| Error::BadRequest(format!("Invalid proxy for {key}: {v:?}")))?;
+    if u.host.contains('@') {
+        return Err(Error::BadRequest(format!(
+            "not supported yet: {key} with credentials"
+        )));
+    }
+    Ok(u)
+}
+
+impl Proxies {
+    /// From the server config; values were checked when they were set.
+    pub(super) fn from_config(config: &api::StringMap) -> Proxies {
+        let get = |k: &str| config.get(k).filter(|v| !v.trim().is_empty());
+        Proxies {
+            http: get("core.proxy_http").and_then(|v| parse_proxy("core.proxy_http", v).ok()),
+            https: get("core.proxy_https").and_then(|v| parse_proxy("core.proxy_https", v).ok()),
+            ignore: get("core.proxy_ignore_hosts")
+                .map(|v| {
+                    v.split(',')
+                        .map(|h| h.trim().to_lowercase())
+                        .filter(|h| !h.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The proxy to reach `u` through, if any (`NO_PROXY` rules: `*`, a host or IP, a domain
+    /// and its subdomains, `.domain` for subdomains only, `host:port`, an IP network `a.b.c.d/n`).
+    pub(super) fn for_url(&self, u: &Url) -> Option<&Url> {
+        let proxy = if u.tls {
+            self.https.as_ref()
+        } else {
+            self.http.as_ref()
+        }?;
+        let host = u.host.to_lowercase();
+        let ignored = self.ignore.iter().any(|rule| {
+            let (rule_host, rule_port) = match rule.rsplit_once(':') {
+                Some((h, p)) if !h.contains(':') && p.parse::<u16>().is_ok() => {
+                    (h, p.parse::<u16>().ok())
+                }
+                _ => (rule.as_str(), None),
+            };
+            if rule_port.is_some_and(|p| p != u.port) {
+                return false;
+            }
+            let rule_host = rule_host.trim_start_matches('[').trim_end_matches(']');
+            rule_host == "*"
+                || host == rule_host
+                || rule_host
+                    .strip_prefix('.')
+                    .is_some_and(|d| host.ends_with(&format!(".{d}")))
+                || (!rule_host.starts_with('.') && host.ends_with(&format!(".{rule_host}")))
+                || in_network(&host, rule_host)
+        });
+        (!ignored).then_some(proxy)
+    }
+}
+
+/// Is `host` an IP address inside the network `rule` (`a.b.c.d/n` or `x::/n`)?
+fn in_network(host: &str, rule: &str) -> bool {
+    use std::net::IpAddr;
+    let Some((net, bits)) = rule.split_once('/') else {
+        return false;
+    };
+    let (Ok(ip), Ok(net), Ok(bits)) = (
+        host.parse::<IpAddr>(),
+        net.parse::<IpAddr>(),
+        bits.parse::<u32>(),
+    ) else {
+        return false;
+    };
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) if bits <= 32 => {
+            let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) if bits <= 128 => {
+            let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
+}
+
+/// Downloads for one task: the proxy settings and the TLS trust store (loaded on first use).
+pub(super) struct Fetcher {
+    tls: Option<tls::Client>,
+    proxies: Proxies,
+}
+
+impl Fetcher {
+    /// With the daemon's current `core.proxy_*` settings.
+    pub(super) fn new(d: &Daemon) -> Fetcher {
+        let config = d.db.lock().expect("db lock").data.config.clone();
+        Fetcher {
+            tls: None,
+            proxies: Proxies::from_config(&config),
+        }
+    }
+
+    /// Connect for a request to `u`: directly or through its proxy, over TLS for `https://`.
+    /// Returns the stream and the request target to use on it (the path, or the absolute URL
+    /// when an HTTP proxy forwards the request).
+    pub(super) fn connect(&mut self, u: &Url) -> Result<(Box<dyn Conn>, String)> {
+        let proxy = self.proxies.for_url(u);
+        let Some(proxy) = proxy else {
+            let tcp = connect_tcp(u)?;
+            return Ok((self.tls_over(u, tcp)?, u.path.clone()));
+        };
+        let mut tcp = connect_tcp(proxy)?;
+        if !u.tls {
+            let scheme_host = format!("http://{}", host_header(u));
+            return Ok((Box::new(tcp), format!("{scheme_host}{}", u.path)));
+        }
+        // https through the proxy: a CONNECT tunnel, then TLS with the origin inside it.
+        use std::io::{Read, Write};
+        let authority = format!("{}:{}", host_header_host(u), u.port);
+        write!(
+            tcp,
+            "CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n"
+        )
+        .map_err(|e| Error::BadRequest(format!("proxy {}: {e}", proxy.host)))?;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if head.len() > 16 * 1024 {
+                return Err(Error::BadRequest(format!(
+                    "proxy {}: response head too long",
+                    proxy.host
+                )));
+            }
+            match tcp.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                Ok(_) => {
+                    return Err(Error::BadRequest(format!(
+                        "proxy {}: closed during CONNECT",
+                        proxy.host
+                    )))
+                }
+                Err(e) => return Err(Error::BadRequest(format!("proxy {}: {e}", proxy.host))),
+            }
+        }
+        let head = String::from_utf8_lossy(&head);
+        let status = head.split_whitespace().nth(1).unwrap_or("");
+        if status != "200" {
+            let line = head.lines().next().unwrap_or("");
+            return Err(Error::BadRequest(format!(
+                "proxy {}: CONNECT {authority}: {line}",
+                proxy.host
+            )));
+        }
+        Ok((self.tls_over(u, tcp)?, u.path.clone()))
+    }
+
+    fn tls_over(&mut self, u: &Url, tcp: TcpStream) -> Result<Box<dyn Conn>> {
+        if !u.tls {
+            return Ok(Box::new(tcp));
+        }
+        let c = match &mut self.tls {
+            Some(c) => c,
+            None => self
+                .tls
+                .insert(tls::Client::system().map_err(|e| Error::BadRequest(format!("TLS: {e}")))?),
+        };
+        let s = c
+            .connect(&u.host, tcp)
+            .map_err(|e| Error::BadRequest(format!("{}:{}: {e}", u.host, u.port)))?;
+        Ok(Box::new(s))
+    }
+}
+
+/// `u`'s host as it goes in an authority (IPv6 in brackets).
+fn host_header_host(u: &Url) -> String {
+    if u.host.contains(':') {
+        format!("[{}]", u.host)
+    } else {
+        u.host.clone()
+    }
 }
 
 pub(super) fn host_header(u: &Url) -> String {
@@ -130,8 +324,8 @@ pub fn import_url(d: &Daemon, body: api::ImagesPost) -> Result<Response> {
         None,
         vec![],
         move |op| {
-            let mut tls_client = None;
-            let mut s = connect(&u, &mut tls_client)?;
+            let mut fetcher = Fetcher::new(&d2);
+            let (mut s, target) = fetcher.connect(&u)?;
             let headers = vec![
                 ("Host".to_string(), host_header(&u)),
                 (
@@ -146,7 +340,7 @@ pub fn import_url(d: &Daemon, body: api::ImagesPost) -> Result<Response> {
                 ("Connection".to_string(), "close".to_string()),
             ];
             let (hash, image_url) = {
-                let r = client::request(&mut *s, "HEAD", &u.path, &headers, Body::Empty)
+                let r = client::request(&mut *s, "HEAD", &target, &headers, Body::Empty)
                     .map_err(|e| Error::BadRequest(format!("{}: {e}", src.url)))?;
                 if r.status >= 400 {
                     return Err(Error::BadRequest(format!("{}: HTTP {}", src.url, r.status)));
@@ -172,10 +366,10 @@ pub fn import_url(d: &Daemon, body: api::ImagesPost) -> Result<Response> {
                 )));
             }
             let iu = parse(&image_url)?;
-            let mut s = connect(&iu, &mut tls_client)?;
+            let (mut s, target) = fetcher.connect(&iu)?;
             let mut h = headers.clone();
             h[0].1 = host_header(&iu);
-            let mut r = client::request(&mut *s, "GET", &iu.path, &h, Body::Empty)
+            let mut r = client::request(&mut *s, "GET", &target, &h, Body::Empty)
                 .map_err(|e| Error::BadRequest(format!("{image_url}: {e}")))?;
             if r.status >= 400 {
                 return Err(Error::BadRequest(format!("{image_url}: HTTP {}", r.status)));
@@ -203,6 +397,56 @@ pub fn import_url(d: &Daemon, body: api::ImagesPost) -> Result<Response> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proxy_choice_and_ignore_rules() {
+        let mut config = api::StringMap::new();
+        config.insert("core.proxy_http".into(), "127.0.0.1:3128".into());
+        config.insert(
+            "core.proxy_https".into(),
+            "http://proxy.example:8080".into(),
+        );
+        config.insert(
+            "core.proxy_ignore_hosts".into(),
+            "localhost, .internal,example.org,10.0.0.0/8,fd00::/8,mirror.net:8443".into(),
+        );
+        let p = Proxies::from_config(&config);
+        let via = |url: &str| {
+            p.for_url(&parse(url).unwrap())
+                .map(|u| format!("{}:{}", u.host, u.port))
+        };
+        assert_eq!(
+            via("http://images.net/x").as_deref(),
+            Some("127.0.0.1:3128")
+        );
+        assert_eq!(
+            via("https://images.net/x").as_deref(),
+            Some("proxy.example:8080")
+        );
+        for direct in [
+            "http://localhost/x",
+            "http://a.internal/x",
+            "http://example.org/x",
+            "https://www.example.org/x",
+            "http://10.1.2.3/x",
+            "http://[fd00::1]/x",
+            "https://mirror.net:8443/x",
+        ] {
+            assert_eq!(via(direct), None, "{direct}");
+        }
+        // `.internal` is for subdomains only; a port rule only for that port; no false suffix.
+        assert!(via("http://internal/x").is_some());
+        assert!(via("https://mirror.net/x").is_some());
+        assert!(via("http://notexample.org/x").is_some());
+        assert!(via("http://11.0.0.1/x").is_some());
+        // Nothing set: direct.
+        assert_eq!(
+            Proxies::default().for_url(&parse("http://a/").unwrap()),
+            None
+        );
+        assert!(parse_proxy("core.proxy_http", "https://p:1").is_err());
+        assert!(parse_proxy("core.proxy_http", "http://u:p@p:1").is_err());
+    }
 
     #[test]
     fn parses_urls() {

@@ -66,12 +66,16 @@ pub fn expanded(d: &Daemon, rec: &InstanceRecord) -> (StringMap, Devices) {
     config::expand(&rec.profiles, &db.data.profiles, &rec.config, &rec.devices)
 }
 
-pub fn state(d: &Daemon, name: &str) -> State {
+pub fn state(d: &Daemon, name: &str) -> Result<State> {
     state_of(d, name)
 }
 
-fn state_of(d: &Daemon, name: &str) -> State {
-    runtime::state(&d.run_dir(name)).unwrap_or(State::Stopped { last_exit: None })
+/// The instance's state from its run directory. A run directory that cannot be read is an
+/// error, not "Stopped": an instance whose state is unknown must not be reported as stopped
+/// (and then, say, started a second time).
+fn state_of(d: &Daemon, name: &str) -> Result<State> {
+    runtime::state(&d.run_dir(name))
+        .map_err(|e| Error::Internal(format!("state of instance {name:?}: {e}")))
 }
 
 fn status_of(s: &State) -> (&'static str, u16) {
@@ -116,7 +120,10 @@ fn etag_of(rec: &InstanceRecord) -> String {
     ))
 }
 
-fn state_api(d: &Daemon, name: &str, st: &State) -> api::InstanceState {
+/// The state as the API shows it. The usage figures of a running instance are the kernel's; one
+/// that cannot be read is an error (unless the instance stopped meanwhile: then it is shown
+/// stopped), and one the host does not count is left out.
+fn state_api(d: &Daemon, name: &str, st: &State) -> Result<api::InstanceState> {
     let (s, code) = status_of(st);
     let mut out = api::InstanceState {
         status: s.into(),
@@ -124,31 +131,39 @@ fn state_api(d: &Daemon, name: &str, st: &State) -> api::InstanceState {
         ..Default::default()
     };
     if let State::Running { init_pid, .. } = st {
+        let stats = match runtime::stats(&d.run_dir(name)) {
+            Ok(stats) => stats,
+            Err(e) => {
+                return match state_of(d, name)? {
+                    now @ State::Stopped { .. } => state_api(d, name, &now),
+                    State::Running { .. } => Err(Error::Internal(format!(
+                        "usage figures of instance {name:?}: {e}"
+                    ))),
+                };
+            }
+        };
+        let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         out.pid = i64::from(*init_pid);
         // Read from the container's own network namespace (at least `lo`, as LXD reports).
         out.network = super::netstate::of_pid(*init_pid).ok();
-        if let Ok(stats) = runtime::stats(&d.run_dir(name)) {
-            out.processes = stats.processes as i64;
-            out.memory.usage = stats.memory_usage as i64;
-            out.memory.usage_peak = stats.memory_peak as i64;
-            out.memory.swap_usage = stats.swap_usage as i64;
-            out.memory.swap_usage_peak = stats.swap_peak as i64;
-            out.cpu.usage = stats.cpu_ns as i64;
-        }
-    } else {
-        out.processes = 0;
+        out.processes = i(stats.processes);
+        out.memory.usage = stats.memory_usage.map(i);
+        out.memory.usage_peak = stats.memory_peak.map(i);
+        out.memory.swap_usage = stats.swap_usage.map(i);
+        out.memory.swap_usage_peak = stats.swap_peak.map(i);
+        out.cpu.usage = stats.cpu_ns.map(i);
     }
-    out
+    Ok(out)
 }
 
-fn full(d: &Daemon, name: &str, rec: &InstanceRecord) -> api::InstanceFull {
-    let st = state_of(d, name);
-    api::InstanceFull {
+fn full(d: &Daemon, name: &str, rec: &InstanceRecord) -> Result<api::InstanceFull> {
+    let st = state_of(d, name)?;
+    Ok(api::InstanceFull {
         instance: to_api(d, name, rec, &st),
         backups: Some(vec![]),
-        state: Some(state_api(d, name, &st)),
+        state: Some(state_api(d, name, &st)?),
         snapshots: Some(super::snapshots::list_api(d, rec)),
-    }
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -167,7 +182,7 @@ pub fn list(d: &Daemon, req: &Request) -> Result<Response> {
             .collect();
     let mut out: Vec<serde_json::Value> = Vec::new();
     for (name, rec) in records {
-        let st = state_of(d, &name);
+        let st = state_of(d, &name)?;
         let inst = to_api(d, &name, &rec, &st);
         let v = serde_json::to_value(&inst).unwrap_or_default();
         if !filter.matches(&v) {
@@ -179,7 +194,7 @@ pub fn list(d: &Daemon, req: &Request) -> Result<Response> {
             _ => serde_json::to_value(api::InstanceFull {
                 instance: inst,
                 backups: Some(vec![]),
-                state: Some(state_api(d, &name, &st)),
+                state: Some(state_api(d, &name, &st)?),
                 snapshots: Some(super::snapshots::list_api(d, &rec)),
             })
             .unwrap_or_default(),
@@ -322,7 +337,7 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
         .filter(|(k, _)| !k.starts_with("volatile."))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    config::validate_config(&user_keys, &StringMap::new())?;
+    config::validate_config(&user_keys, &StringMap::new(), d.host.ncpus)?;
     config::validate_devices(&devices_in)?;
     let pool_name = {
         let db = d.db.lock().expect("db lock");
@@ -500,7 +515,7 @@ pub fn with_consistent<T>(
     f: impl FnOnce() -> Result<T>,
 ) -> Result<T> {
     let freeze = !pool.driver.atomic_clone()
-        && matches!(state_of(d, name), State::Running { frozen: false, .. });
+        && matches!(state_of(d, name)?, State::Running { frozen: false, .. });
     if freeze {
         Interim::Frozen.begin(d, name)?;
         if let Err(e) = runtime::freeze(&d.run_dir(name)) {
@@ -553,24 +568,39 @@ impl Interim {
     /// At daemon start: undo the changes that operations killed with the daemon left behind.
     fn undo_all(d: &Arc<Daemon>, name: &str) {
         if Interim::Frozen.path(d, name).exists() {
-            if let State::Running { frozen: true, .. } = state_of(d, name) {
-                eprintln!(
-                    "bivy: {name}: thawing (frozen by an operation the daemon did not finish)"
-                );
-                if let Err(e) = runtime::unfreeze(&d.run_dir(name)) {
-                    eprintln!("bivy: {name}: thawing: {e}");
+            match state_of(d, name) {
+                Ok(State::Running { frozen: true, .. }) => {
+                    eprintln!(
+                        "bivy: {name}: thawing (frozen by an operation the daemon did not finish)"
+                    );
+                    if let Err(e) = runtime::unfreeze(&d.run_dir(name)) {
+                        eprintln!("bivy: {name}: thawing: {e}");
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                // Unknown state: keep the record and try again at the next start.
+                Err(e) => {
+                    eprintln!("bivy: {e}");
                     return;
                 }
             }
             Interim::Frozen.end(d, name);
         }
         if Interim::Stopped.path(d, name).exists() {
-            if let State::Stopped { .. } = state_of(d, name) {
-                eprintln!(
-                    "bivy: {name}: starting again (stopped by a restore the daemon did not finish)"
-                );
-                if let Err(e) = start(d, name) {
-                    eprintln!("bivy: {name}: starting: {e}");
+            match state_of(d, name) {
+                Ok(State::Stopped { .. }) => {
+                    eprintln!(
+                        "bivy: {name}: starting again (stopped by a restore the daemon did not finish)"
+                    );
+                    if let Err(e) = start(d, name) {
+                        eprintln!("bivy: {name}: starting: {e}");
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("bivy: {e}");
                     return;
                 }
             }
@@ -781,7 +811,7 @@ pub fn route(d: &Daemon, req: &mut Request, name: &str, sub: &[&str]) -> Result<
         ([], "DELETE") => delete(d, name),
         (["state"], "GET") => {
             record(d, name)?;
-            Ok(response::sync(&state_api(d, name, &state_of(d, name))))
+            Ok(response::sync(&state_api(d, name, &state_of(d, name)?)?))
         }
         (["state"], "PUT") => state_put(d, req, name),
         (["exec"], "POST") => super::exec::exec(d, req, name),
@@ -826,9 +856,9 @@ fn get(d: &Daemon, req: &Request, name: &str) -> Result<Response> {
     let rec = record(d, name)?;
     let etag = etag_of(&rec);
     if recursion(req) > 0 {
-        Ok(response::sync_etag(&full(d, name, &rec), Some(etag)))
+        Ok(response::sync_etag(&full(d, name, &rec)?, Some(etag)))
     } else {
-        let st = state_of(d, name);
+        let st = state_of(d, name)?;
         Ok(response::sync_etag(&to_api(d, name, &rec, &st), Some(etag)))
     }
 }
@@ -896,7 +926,7 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
             "The architecture of an instance cannot be changed".into(),
         ));
     }
-    config::validate_config(&next.config, &cur.config)?;
+    config::validate_config(&next.config, &cur.config, d.host.ncpus)?;
     config::validate_devices(&next.devices)?;
     for p in &next.profiles {
         if !db.data.profiles.contains_key(p) {
@@ -920,7 +950,7 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
             cur.pool
         )));
     }
-    let running = matches!(state_of(d, name), State::Running { .. });
+    let running = matches!(state_of(d, name)?, State::Running { .. });
     if running {
         // Keys that only take effect at start are refused on a running instance when changed.
         let (oc, _) = config::expand(&cur.profiles, &db.data.profiles, &cur.config, &cur.devices);
@@ -958,8 +988,13 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
 /// Push the current limits to a running instance (after a config or profile change).
 pub fn apply_live_limits(d: &Daemon, name: &str) {
     let Ok(rec) = record(d, name) else { return };
-    if !matches!(state_of(d, name), State::Running { .. }) {
-        return;
+    match state_of(d, name) {
+        Ok(State::Running { .. }) => {}
+        Ok(State::Stopped { .. }) => return,
+        Err(e) => {
+            eprintln!("bivy: {name}: limits not applied live: {e}");
+            return;
+        }
     }
     let (ec, _) = expanded(d, &rec);
     if let Ok(l) = config::limits(&ec, d.host.total_memory, d.host.ncpus) {
@@ -978,7 +1013,7 @@ fn rename(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
     record(d, name)?;
     let new = body.name.clone();
     let guard = d.claim(name, "rename")?;
-    if matches!(state_of(d, name), State::Running { .. }) {
+    if matches!(state_of(d, name)?, State::Running { .. }) {
         return Err(Error::BadRequest(
             "Renaming of running instance not allowed".into(),
         ));
@@ -1020,7 +1055,7 @@ fn delete(d: &Daemon, name: &str) -> Result<Response> {
     if config::flag(&rec.config, "security.protection.delete") {
         return Err(Error::BadRequest("Instance is protected".into()));
     }
-    if matches!(state_of(d, name), State::Running { .. }) {
+    if matches!(state_of(d, name)?, State::Running { .. }) {
         return Err(Error::BadRequest("Instance is running".into()));
     }
     let n = name.to_string();
@@ -1030,7 +1065,7 @@ fn delete(d: &Daemon, name: &str) -> Result<Response> {
 }
 
 fn delete_now(d: &Daemon, name: &str) -> Result<()> {
-    if matches!(state_of(d, name), State::Running { .. }) {
+    if matches!(state_of(d, name)?, State::Running { .. }) {
         return Err(Error::BadRequest("Instance is running".into()));
     }
     let rec = {
@@ -1131,7 +1166,7 @@ fn set_volatile(d: &Daemon, name: &str, kv: &[(&str, Option<String>)]) {
 /// Start an instance (the caller holds its busy mark).
 pub fn start(d: &Daemon, name: &str) -> Result<()> {
     let rec = record(d, name)?;
-    if let State::Running { frozen, .. } = state_of(d, name) {
+    if let State::Running { frozen, .. } = state_of(d, name)? {
         if frozen {
             return runtime::unfreeze(&d.run_dir(name)).map_err(Error::from);
         }
@@ -1232,6 +1267,16 @@ pub fn start(d: &Daemon, name: &str) -> Result<()> {
         console_log: log_dir.join("console.log"),
         cgroup: d.cgroup_suffix.as_ref().map(|sfx| format!("{name}.{sfx}")),
     };
+    // linux.kernel_modules: loaded on the host before the container starts, as LXD does.
+    if let Some(v) = ec.get("linux.kernel_modules") {
+        let modules = config::kernel_modules(v).map_err(Error::BadRequest)?;
+        for m in modules {
+            if let Err(e) = load_kernel_module(m) {
+                log_line(&log_dir, &format!("start failed: {e}"));
+                return Err(e);
+            }
+        }
+    }
     let run_dir = d.run_dir(name);
     if let Err(e) = runtime::start(&spec, &run_dir) {
         log_line(&log_dir, &format!("start failed: {e}"));
@@ -1268,6 +1313,33 @@ pub fn start(d: &Daemon, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Make sure kernel module `name` is loaded on the host (LXD's `util.LoadModule`): present in
+/// `/sys/module` (loaded or built in), else `modprobe -b NAME`, whose failure fails the start.
+fn load_kernel_module(name: &str) -> Result<()> {
+    if std::path::Path::new("/sys/module")
+        .join(name.replace('-', "_"))
+        .exists()
+    {
+        return Ok(());
+    }
+    let out = std::process::Command::new("modprobe")
+        .args(["-b", name])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| {
+            Error::Internal(format!(
+                "linux.kernel_modules: cannot load {name:?}: running modprobe: {e}"
+            ))
+        })?;
+    if !out.status.success() {
+        return Err(Error::Internal(format!(
+            "linux.kernel_modules: cannot load {name:?}: modprobe: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
 /// Append a timestamped line to the instance's `lxc.log` (what `lxc info --show-log` shows).
 fn log_line(log_dir: &std::path::Path, msg: &str) {
     use std::io::Write;
@@ -1276,7 +1348,10 @@ fn log_line(log_dir: &std::path::Path, msg: &str) {
         .append(true)
         .open(log_dir.join("lxc.log"))
     {
-        let _ = writeln!(f, "{} {msg}", time::now());
+        // One write per line: O_APPEND keeps concurrent writers' lines whole (writeln! would
+        // write the timestamp and the message separately, and lines interleaved).
+        let line = format!("{} {msg}\n", time::now());
+        let _ = f.write_all(line.as_bytes());
     }
 }
 
@@ -1298,7 +1373,7 @@ fn seccomp_policy(ec: &StringMap) -> Result<String> {
 
 /// Stop an instance (the caller holds its busy mark).
 pub fn stop(d: &Daemon, name: &str, force: bool, timeout: Duration) -> Result<()> {
-    if !matches!(state_of(d, name), State::Running { .. }) {
+    if !matches!(state_of(d, name)?, State::Running { .. }) {
         return Err(Error::BadRequest("The instance is already stopped".into()));
     }
     let mode = if force {
@@ -1313,6 +1388,60 @@ pub fn stop(d: &Daemon, name: &str, force: bool, timeout: Duration) -> Result<()
         &[("volatile.last_state.power", Some("STOPPED".into()))],
     );
     Ok(())
+}
+
+/// The host is shutting down (SIGPWR to the daemon, LXD's convention): stop every running
+/// instance, the highest `boot.stop.priority` first and those of one priority together, each
+/// given `boot.host_shutdown_timeout` seconds (default 30) to stop cleanly before it is killed.
+/// Each keeps its busy mark (the daemon exits next) so `volatile.last_state.power` stays
+/// `RUNNING` and the autostart of the next boot brings it back, as LXD does.
+pub fn host_shutdown(d: &Daemon) {
+    let names: Vec<String> =
+        d.db.lock()
+            .expect("db lock")
+            .data
+            .instances
+            .keys()
+            .cloned()
+            .collect();
+    let mut todo: Vec<(i64, String, u64)> = Vec::new();
+    for name in names {
+        if !matches!(state_of(d, &name), Ok(State::Running { .. })) {
+            continue;
+        }
+        let Ok(rec) = record(d, &name) else { continue };
+        let (ec, _) = expanded(d, &rec);
+        let int = |k: &str| ec.get(k).and_then(|v| v.parse::<i64>().ok());
+        let prio = int("boot.stop.priority").unwrap_or(0);
+        let timeout = int("boot.host_shutdown_timeout").map_or(30, |t| t.max(0).unsigned_abs());
+        todo.push((prio, name, timeout));
+    }
+    todo.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    for group in todo.chunk_by(|a, b| a.0 == b.0) {
+        std::thread::scope(|s| {
+            for (prio, name, timeout) in group {
+                s.spawn(move || {
+                    // A stop, delete or restart in flight owns the instance.
+                    if d.busy_insert(name, "host shutdown").is_err() {
+                        return;
+                    }
+                    let mode = runtime::StopMode::Clean(Duration::from_secs(*timeout));
+                    let how = match runtime::stop(&d.run_dir(name), mode) {
+                        Ok(()) => match state_of(d, name) {
+                            Ok(State::Stopped { last_exit: Some(e) }) => e.reason,
+                            Ok(other) => format!("{other:?}"),
+                            Err(e) => e.to_string(),
+                        },
+                        Err(e) => format!("stop failed: {e}"),
+                    };
+                    log_line(
+                        &d.log_dir(name),
+                        &format!("host shutdown (boot.stop.priority {prio}): {how}"),
+                    );
+                });
+            }
+        });
+    }
 }
 
 /// Follow a running container until it stops: record it, restart it after an in-container
@@ -1334,9 +1463,21 @@ fn watch(d: Arc<Daemon>, name: String) {
             }
         }
         let last = match state_of(&d, &name) {
-            State::Stopped { last_exit } => last_exit,
-            State::Running { .. } => return, // restarted in the meantime; its own watcher follows it
+            Ok(State::Stopped { last_exit }) => last_exit,
+            Ok(State::Running { .. }) => return, // restarted in the meantime; its own watcher follows it
+            Err(e) => {
+                eprintln!("bivy: {name}: stopped, but its state cannot be read: {e}");
+                return;
+            }
         };
+        // How init ended, for `lxc info --show-log`: a clean stop reads "stopped by request
+        // (...)", a forced or timed-out one "killed by request (...)".
+        if let Some(e) = &last {
+            log_line(
+                &d.log_dir(&name),
+                &format!("{} (code {})", e.reason, e.code),
+            );
+        }
         d.events
             .lifecycle("instance-stopped", &url(&name), serde_json::json!({}));
         let Ok(rec) = record(&d, &name) else { return };
@@ -1405,7 +1546,7 @@ pub fn publish(d: &Daemon, body: api::ImagesPost) -> Result<Response> {
             )
         }
         None => {
-            if matches!(state_of(d, &name), State::Running { .. }) {
+            if matches!(state_of(d, &name)?, State::Running { .. }) {
                 return Err(Error::BadRequest(
                     "The instance is running; stop it first (lxc publish --force does)".into(),
                 ));
@@ -1700,8 +1841,10 @@ pub fn recover(d: &Arc<Daemon>) -> std::io::Result<()> {
             .collect();
     for n in names {
         Interim::undo_all(d, &n);
-        if matches!(state_of(d, &n), State::Running { .. }) {
-            watch(d.clone(), n);
+        match state_of(d, &n) {
+            Ok(State::Running { .. }) => watch(d.clone(), n),
+            Ok(State::Stopped { .. }) => {}
+            Err(e) => eprintln!("bivy: {e}"),
         }
     }
     Ok(())
@@ -1724,7 +1867,8 @@ pub fn autostart(d: &Arc<Daemon>) {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-    let mut todo: Vec<(i64, String)> = Vec::new();
+    // (-priority, name, delay): highest boot.autostart.priority first, then by name.
+    let mut todo: Vec<(i64, String, u64)> = Vec::new();
     for (name, rec) in records {
         let (ec, _) = expanded(d, &rec);
         let auto = match ec.get("boot.autostart").map(String::as_str) {
@@ -1742,21 +1886,38 @@ pub fn autostart(d: &Arc<Daemon>) {
                 .get("boot.autostart.priority")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
-            todo.push((-prio, name));
+            let delay = ec
+                .get("boot.autostart.delay")
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            todo.push((-prio, name, delay));
         }
     }
     todo.sort();
     let d = d.clone();
     std::thread::spawn(move || {
-        for (_, name) in todo {
-            if matches!(state_of(&d, &name), State::Running { .. }) {
-                continue;
+        for (_, name, delay) in todo {
+            match state_of(&d, &name) {
+                Ok(State::Stopped { .. }) => {}
+                Ok(State::Running { .. }) => continue,
+                Err(e) => {
+                    eprintln!("bivy: autostart of {name} skipped: {e}");
+                    continue;
+                }
             }
             if d.busy_insert(&name, "start").is_ok() {
-                if let Err(e) = start(&d, &name) {
-                    eprintln!("bivy: autostart of {name} failed: {e}");
-                }
+                let started = start(&d, &name);
                 d.busy.lock().expect("busy lock").remove(&name);
+                match started {
+                    Err(e) => eprintln!("bivy: autostart of {name} failed: {e}"),
+                    // boot.autostart.delay: seconds to wait after this one started, before the
+                    // next (LXD's semantics).
+                    Ok(()) => {
+                        if delay > 0 {
+                            std::thread::sleep(std::time::Duration::from_secs(delay));
+                        }
+                    }
+                }
             }
         }
     });

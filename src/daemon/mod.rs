@@ -46,10 +46,14 @@ pub struct Host {
     pub ncpus: usize,
     pub os_name: String,
     pub os_version: String,
+    /// Whether an idmapped mount of `$BIVY_DIR` works (kernel and filesystem): then new
+    /// unprivileged volumes on it are idmapped at start instead of shifted on disk, as
+    /// `instances::create` decides per volume with the same probe.
+    pub idmapped_mounts: bool,
 }
 
 impl Host {
-    fn probe() -> Host {
+    fn probe(dir: &Path) -> Host {
         let uts = nix::sys::utsname::uname().ok();
         let s = |f: fn(&nix::sys::utsname::UtsName) -> &std::ffi::OsStr| {
             uts.as_ref()
@@ -80,6 +84,7 @@ impl Host {
             ncpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             os_name: osr("NAME"),
             os_version: osr("VERSION_ID"),
+            idmapped_mounts: crate::runtime::rootfs_supports_idmap(dir),
         }
     }
 }
@@ -237,6 +242,8 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
     sigs.add(Signal::SIGTERM);
     sigs.add(Signal::SIGINT);
     sigs.add(Signal::SIGHUP);
+    // The host is shutting down: stop the instances first (LXD's convention).
+    sigs.add(Signal::SIGPWR);
     sigs.thread_block()
         .map_err(|e| format!("blocking signals: {e}"))?;
     // SIGPIPE is already ignored by the Rust runtime: writes to a vanished client fail with EPIPE.
@@ -265,7 +272,7 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
         ops: Operations::new(events.clone()),
         events,
         busy: Mutex::new(HashMap::new()),
-        host: Host::probe(),
+        host: Host::probe(dir),
         shutting_down: AtomicBool::new(false),
         cgroup_suffix: (dir != Path::new("/var/lib/bivy")).then(|| {
             let h = ring::digest::digest(&ring::digest::SHA256, dir.as_os_str().as_encoded_bytes());
@@ -302,14 +309,25 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
         let d = d.clone();
         let sock_path = sock_path.clone();
         std::thread::spawn(move || {
-            let _ = sigs.wait();
+            let sig = sigs.wait();
             d.shutting_down.store(true, Ordering::SeqCst);
             let _ = std::fs::remove_file(&sock_path);
-            // Let running operations finish, bounded.
-            for _ in 0..100 {
-                if d.ops.list().iter().all(|o| o.is_final()) {
-                    break;
-                }
+            // Containers outlive the daemon, except when the host shuts down.
+            if sig == Ok(Signal::SIGPWR) {
+                instances::host_shutdown(&d);
+            }
+            // Let running operations finish for `core.shutdown_timeout` minutes (10 s unset).
+            let minutes =
+                d.db.lock()
+                    .expect("db lock")
+                    .data
+                    .config
+                    .get("core.shutdown_timeout")
+                    .and_then(|v| v.parse::<u64>().ok());
+            let limit = minutes.map_or(Duration::from_secs(10), |m| Duration::from_secs(m * 60));
+            let deadline = std::time::Instant::now() + limit;
+            while !d.ops.list().iter().all(|o| o.is_final()) && std::time::Instant::now() < deadline
+            {
                 std::thread::sleep(Duration::from_millis(100));
             }
             drop(lock);

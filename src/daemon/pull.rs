@@ -20,7 +20,6 @@ use crate::api;
 use crate::http::client;
 use crate::http::{Body, Response};
 use crate::image::{self, simplestreams as ss};
-use crate::tls;
 use crate::util::time;
 
 /// Largest index/products JSON accepted.
@@ -67,14 +66,14 @@ fn join(server: &str, path: &str) -> String {
 
 /// `GET url` (following up to 5 redirects), handing the body and its length to `f`.
 fn with_get<T>(
-    tls_client: &mut Option<tls::Client>,
+    fetcher: &mut fetch::Fetcher,
     url: &str,
     f: impl FnOnce(&mut dyn Read, Option<u64>) -> Result<T>,
 ) -> Result<T> {
     let mut url = url.to_string();
     for _ in 0..6 {
         let u = fetch::parse(&url)?;
-        let mut s = fetch::connect(&u, tls_client)?;
+        let (mut s, target) = fetcher.connect(&u)?;
         let headers = vec![
             ("Host".to_string(), fetch::host_header(&u)),
             (
@@ -83,7 +82,7 @@ fn with_get<T>(
             ),
             ("Connection".to_string(), "close".to_string()),
         ];
-        let mut r = client::request(&mut *s, "GET", &u.path, &headers, Body::Empty)
+        let mut r = client::request(&mut *s, "GET", &target, &headers, Body::Empty)
             .map_err(|e| Error::BadRequest(format!("{url}: {e}")))?;
         if (300..400).contains(&r.status) {
             if let Some(loc) = r.header("Location") {
@@ -121,18 +120,13 @@ fn read_capped(r: &mut dyn Read, cap: u64, what: &str) -> Result<Vec<u8>> {
 }
 
 /// Every container image the server offers.
-pub(super) fn catalog(
-    tls_client: &mut Option<tls::Client>,
-    server: &str,
-) -> Result<Vec<ss::Candidate>> {
+pub(super) fn catalog(fetcher: &mut fetch::Fetcher, server: &str) -> Result<Vec<ss::Candidate>> {
     let idx_url = join(server, "streams/v1/index.json");
-    let idx = with_get(tls_client, &idx_url, |r, _| {
-        read_capped(r, MAX_JSON, &idx_url)
-    })?;
+    let idx = with_get(fetcher, &idx_url, |r, _| read_capped(r, MAX_JSON, &idx_url))?;
     let mut all = Vec::new();
     for p in ss::products_paths(&idx).map_err(|e| Error::BadRequest(format!("{idx_url}: {e}")))? {
         let url = join(server, &p);
-        let data = with_get(tls_client, &url, |r, _| read_capped(r, MAX_JSON, &url))?;
+        let data = with_get(fetcher, &url, |r, _| read_capped(r, MAX_JSON, &url))?;
         all.extend(ss::candidates(&data).map_err(|e| Error::BadRequest(format!("{url}: {e}")))?);
     }
     Ok(all)
@@ -278,10 +272,10 @@ fn hex(b: &[u8]) -> String {
 
 /// Pull `p` into the store (or find it there): LXD's `ImageDownload` for simplestreams.
 pub(super) fn pull(d: &Daemon, op: Option<&Op>, p: &Pull) -> Result<api::Image> {
-    let mut tls_client = None;
-    let all = catalog(&mut tls_client, &p.server)?;
+    let mut fetcher = fetch::Fetcher::new(d);
+    let all = catalog(&mut fetcher, &p.server)?;
     let c = choose(d, &all, &p.alias, &p.fingerprint)?;
-    download(d, op, p, &c, &mut tls_client)
+    download(d, op, p, &c, &mut fetcher)
 }
 
 fn download(
@@ -289,7 +283,7 @@ fn download(
     op: Option<&Op>,
     p: &Pull,
     c: &ss::Candidate,
-    tls_client: &mut Option<tls::Client>,
+    fetcher: &mut fetch::Fetcher,
 ) -> Result<api::Image> {
     if let Ok(img) = d.images.get(&c.fingerprint) {
         if img.fingerprint == c.fingerprint {
@@ -304,7 +298,7 @@ fn download(
         op.set_metadata("download_progress", serde_json::json!("metadata: 0%"));
     }
     let meta_url = join(&p.server, &c.metadata.path);
-    let meta = with_get(tls_client, &meta_url, |r, len| {
+    let meta = with_get(fetcher, &meta_url, |r, len| {
         let mut v = Verify::new(r, &c.metadata.sha256, "metadata", len, op);
         read_capped(&mut v, MAX_METADATA, &meta_url)
     })?;
@@ -335,7 +329,7 @@ fn download(
         }),
     };
     let root_url = join(&p.server, &c.rootfs.path);
-    let res = with_get(tls_client, &root_url, |r, len| {
+    let res = with_get(fetcher, &root_url, |r, len| {
         let mut v = Verify::new(r, &c.rootfs.sha256, "rootfs", len, op);
         let mut m = io::Cursor::new(&meta[..]);
         d.images
@@ -454,8 +448,8 @@ pub(super) fn refresh(d: &Daemon, old: api::Image, src: api::ImageSource) -> Res
         vec![],
         move |op| {
             let d = &*d2;
-            let mut tls_client = None;
-            let all = catalog(&mut tls_client, &src.server)?;
+            let mut fetcher = fetch::Fetcher::new(d);
+            let all = catalog(&mut fetcher, &src.server)?;
             let c = choose(d, &all, &src.alias, "")?;
             if c.fingerprint == old.fingerprint {
                 op.set_metadata("refreshed", serde_json::json!(false));
@@ -471,7 +465,7 @@ pub(super) fn refresh(d: &Daemon, old: api::Image, src: api::ImageSource) -> Res
                 public: old.put.public,
                 profiles: old.put.profiles.clone(),
             };
-            let new = download(d, Some(&op), &p, &c, &mut tls_client)?;
+            let new = download(d, Some(&op), &p, &c, &mut fetcher)?;
             for a in d.images.alias_list()? {
                 if a.target == old.fingerprint {
                     d.images.alias_update(

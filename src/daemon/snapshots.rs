@@ -403,7 +403,7 @@ fn restore_now(d: &Daemon, name: &str, snap: &str) -> Result<()> {
     let s = find(&rec, snap)?.clone();
     let pool = super::storage::usable_pool(d, &rec.pool)?;
     // As LXD: a running instance is stopped (not cleanly), restored and started again.
-    let was_running = matches!(instances::state(d, name), State::Running { .. });
+    let was_running = matches!(instances::state(d, name)?, State::Running { .. });
     if was_running {
         Interim::Stopped.begin(d, name)?;
         if let Err(e) = instances::stop(d, name, true, Duration::from_secs(0)) {
@@ -586,7 +586,13 @@ fn run_once(d: &Daemon, minute: i64, now: i64) {
         if !sched.is_periodic() || !sched.matches_minute(minute) {
             continue;
         }
-        let running = matches!(instances::state(d, &name), State::Running { .. });
+        let running = match instances::state(d, &name) {
+            Ok(st) => matches!(st, State::Running { .. }),
+            Err(e) => {
+                eprintln!("bivy: scheduled snapshot of {name} skipped: {e}");
+                continue;
+            }
+        };
         if !running && !config::flag(&ec, "snapshots.schedule.stopped") {
             continue;
         }

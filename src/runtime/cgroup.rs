@@ -115,8 +115,18 @@ fn read(path: &Path) -> Result<String> {
         .map_err(|e| io_err("reading", path, e))
 }
 
-fn read_u64(path: &Path) -> Option<u64> {
-    fs::read_to_string(path).ok()?.trim().parse().ok()
+/// A counter file: `None` when it does not exist (the host does not count it), an error when it
+/// exists but cannot be read or parsed.
+fn stat_u64(path: &Path) -> Result<Option<u64>> {
+    match fs::read_to_string(path) {
+        Ok(t) => t
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|e| Error(format!("cgroup: parsing {}: {e}", path.display()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err("reading", path, e)),
+    }
 }
 
 /// `key value` lines (cpu.stat, memory.stat, cgroup.events).
@@ -375,6 +385,13 @@ impl Cgroup {
     /// Apply limits now; a `None` removes the limit.
     pub fn set_limits(&self, lim: &Limits) -> Result<()> {
         if let Some((d, v2)) = self.ctrl("memory") {
+            if v2 && lim.swap_priority.is_some() {
+                return Err(Error(
+                    "cgroup: limits.memory.swap.priority needs cgroup v1 memory.swappiness; \
+                     cgroup2 has no per-cgroup swappiness"
+                        .into(),
+                ));
+            }
             if v2 {
                 let (max, high) = match (lim.memory, lim.memory_soft) {
                     (Some(m), false) => (m.to_string(), "max".to_string()),
@@ -411,8 +428,25 @@ impl Cgroup {
                         write(&memsw, &m.to_string())?;
                     }
                 }
+                // Unset: the parent's swappiness, which a new cgroup inherits (so unsetting the
+                // key live puts it back, and a container that never set it is not touched).
+                let swappiness = d.join("memory.swappiness");
+                if swappiness.exists() {
+                    let want = match lim.swap_priority {
+                        Some(p) => (50 + u64::from(p.min(10))).to_string(),
+                        None => read(&d.parent().expect("has parent").join("memory.swappiness"))?,
+                    };
+                    if read(&swappiness)?.trim() != want.trim() {
+                        write(&swappiness, want.trim())?;
+                    }
+                } else if lim.swap_priority.is_some() {
+                    return Err(Error(format!(
+                        "cgroup: limits.memory.swap.priority: no {}",
+                        swappiness.display()
+                    )));
+                }
             }
-        } else if lim.memory.is_some() {
+        } else if lim.memory.is_some() || lim.swap_priority.is_some() {
             return Err(Error(
                 "cgroup: limits.memory set but no memory controller is available".into(),
             ));
@@ -616,37 +650,50 @@ impl Cgroup {
         out
     }
 
-    /// Usage figures (0 for what this host cannot measure).
-    pub fn stats(&self) -> Stats {
+    /// Usage figures: `None` for what this host does not count (the file does not exist); a
+    /// file that exists but cannot be read or parsed is an error, never a zero.
+    pub fn stats(&self) -> Result<Stats> {
         let mut s = Stats::default();
         if let Some((d, v2)) = self.ctrl("memory") {
             if v2 {
-                s.memory_usage = read_u64(&d.join("memory.current")).unwrap_or(0);
-                s.memory_peak = read_u64(&d.join("memory.peak")).unwrap_or(0);
-                s.swap_usage = read_u64(&d.join("memory.swap.current")).unwrap_or(0);
-                s.swap_peak = read_u64(&d.join("memory.swap.peak")).unwrap_or(0);
+                s.memory_usage = stat_u64(&d.join("memory.current"))?;
+                s.memory_peak = stat_u64(&d.join("memory.peak"))?;
+                s.swap_usage = stat_u64(&d.join("memory.swap.current"))?;
+                s.swap_peak = stat_u64(&d.join("memory.swap.peak"))?;
             } else {
-                s.memory_usage = read_u64(&d.join("memory.usage_in_bytes")).unwrap_or(0);
-                s.memory_peak = read_u64(&d.join("memory.max_usage_in_bytes")).unwrap_or(0);
+                s.memory_usage = stat_u64(&d.join("memory.usage_in_bytes"))?;
+                s.memory_peak = stat_u64(&d.join("memory.max_usage_in_bytes"))?;
                 // memsw counts memory + swap.
-                if let Some(sw) = read_u64(&d.join("memory.memsw.usage_in_bytes")) {
-                    s.swap_usage = sw.saturating_sub(s.memory_usage);
-                }
-                if let Some(sw) = read_u64(&d.join("memory.memsw.max_usage_in_bytes")) {
-                    s.swap_peak = sw.saturating_sub(s.memory_peak);
-                }
+                let memsw = stat_u64(&d.join("memory.memsw.usage_in_bytes"))?;
+                s.swap_usage = memsw
+                    .zip(s.memory_usage)
+                    .map(|(sw, m)| sw.saturating_sub(m));
+                let memsw_peak = stat_u64(&d.join("memory.memsw.max_usage_in_bytes"))?;
+                s.swap_peak = memsw_peak
+                    .zip(s.memory_peak)
+                    .map(|(sw, m)| sw.saturating_sub(m));
             }
         }
         if let Some(d) = self.v1_dir("cpuacct") {
-            s.cpu_ns = read_u64(&d.join("cpuacct.usage")).unwrap_or(0);
+            s.cpu_ns = stat_u64(&d.join("cpuacct.usage"))?;
         } else if let Some(d) = &self.unified {
-            s.cpu_ns = read_keyed(&d.join("cpu.stat"), "usage_usec").unwrap_or(0) * 1000;
+            let p = d.join("cpu.stat");
+            if p.exists() {
+                let usec = read_keyed(&p, "usage_usec")
+                    .ok_or_else(|| Error(format!("cgroup: no usage_usec in {}", p.display())))?;
+                s.cpu_ns = Some(usec * 1000);
+            }
         }
         s.processes = match self.ctrl("pids") {
-            Some((d, _)) => read_u64(&d.join("pids.current")).unwrap_or(0),
+            Some((d, _)) => stat_u64(&d.join("pids.current"))?.ok_or_else(|| {
+                Error(format!(
+                    "cgroup: {} missing",
+                    d.join("pids.current").display()
+                ))
+            })?,
             None => self.pids().len() as u64,
         };
-        s
+        Ok(s)
     }
 
     /// Remove the cgroup everywhere, sub-cgroups first (bottom-up). rmdir answers EBUSY while

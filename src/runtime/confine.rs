@@ -67,10 +67,8 @@ pub fn cgroup_set_limits(name: &str, limits: &Limits) -> Result<()> {
     cgroup::Cgroup::open(name)?.set_limits(limits)
 }
 
-pub fn cgroup_stats(name: &str) -> Stats {
-    cgroup::Cgroup::open(name)
-        .map(|c| c.stats())
-        .unwrap_or_default()
+pub fn cgroup_stats(name: &str) -> Result<Stats> {
+    cgroup::Cgroup::open(name)?.stats()
 }
 
 /// A compiled seccomp filter, ready to load right before execve.

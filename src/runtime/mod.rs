@@ -63,6 +63,10 @@ pub struct Limits {
     pub memory_soft: bool,
     /// `limits.memory.swap=false` forbids swap (memsw limit = memory limit).
     pub memory_swap: bool,
+    /// `limits.memory.swap.priority` (0-10): cgroup v1 `memory.swappiness` = 50 + priority, as
+    /// LXD sets it (higher: swapped out sooner). cgroup2 has no per-cgroup swappiness.
+    #[serde(default)]
+    pub swap_priority: Option<u8>,
     /// `limits.cpu` resolved to a cpuset list such as `0-1` or `0,3`.
     pub cpuset: Option<String>,
     /// `limits.cpu.allowance` as a CFS quota: (quota_us, period_us).
@@ -142,14 +146,21 @@ pub enum StopMode {
     Force,
 }
 
-/// Usage figures for `GET .../state`.
-#[derive(Debug, Clone, Default)]
+/// Usage figures for `GET .../state`, as the kernel counts them. `None` is "this host does not
+/// count it" (no such controller or file), never a read error: those fail [`stats`] instead, so
+/// no figure is ever made up.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Stats {
-    pub memory_usage: u64,
-    pub memory_peak: u64,
-    pub swap_usage: u64,
-    pub swap_peak: u64,
-    pub cpu_ns: u64,
+    /// Memory in use, bytes (`memory.current` / `memory.usage_in_bytes`).
+    pub memory_usage: Option<u64>,
+    /// Peak memory use, bytes (cgroup2 `memory.peak` exists since Linux 5.19).
+    pub memory_peak: Option<u64>,
+    /// Swap in use, bytes (needs swap accounting).
+    pub swap_usage: Option<u64>,
+    pub swap_peak: Option<u64>,
+    /// CPU time used, nanoseconds.
+    pub cpu_ns: Option<u64>,
+    /// Tasks in the container (`pids.current`, else the cgroup's task lists).
     pub processes: u64,
 }
 
@@ -285,11 +296,11 @@ pub fn set_limits(run_dir: &Path, limits: &Limits) -> Result<()> {
     confine::cgroup_set_limits(spec.cgroup_name(), limits)
 }
 
+/// Usage figures of the running container; an error when it is not running or its cgroup
+/// cannot be read.
 pub fn stats(run_dir: &Path) -> Result<Stats> {
-    match monitor::running_spec(run_dir) {
-        Ok(spec) => Ok(confine::cgroup_stats(spec.cgroup_name())),
-        Err(_) => Ok(Stats::default()),
-    }
+    let spec = monitor::running_spec(run_dir)?;
+    confine::cgroup_stats(spec.cgroup_name())
 }
 
 /// Run a command in the running container through a `bivy __exec` helper (a child of the caller).

@@ -1033,7 +1033,11 @@ mod tests {
     fn copy_tree_fixture() {
         let root = is_root();
         if !root {
-            println!("SKIP copy_tree_root: not root (owners, devices, security/trusted xattrs)");
+            // The rest of the test still runs without the root-only parts.
+            crate::test_skip::skip(
+                "copy_tree_fixture (root part)",
+                "not root (owners, devices, security/trusted xattrs)",
+            );
         }
         let base = scratch("fixture");
         let (src, dst) = (base.join("src"), base.join("dst"));
@@ -1178,15 +1182,60 @@ mod tests {
         );
         // The same copy without the injected error succeeds into the same place.
         copy_tree(&src, &dst).unwrap();
-        if !is_root() {
-            // A real error: an unreadable file.
-            fs::write(src.join("unreadable"), b"u").unwrap();
-            chmod(&src.join("unreadable"), 0);
-            let e = copy_tree(&src, &base.join("dst3")).unwrap_err();
-            assert!(e.to_string().contains("unreadable: open"), "{e}");
-            assert!(fs::symlink_metadata(base.join("dst3")).is_err());
-        }
         remove_path(&base).unwrap();
+    }
+
+    /// A real error, an unreadable file, fails the copy and leaves no partial destination.
+    /// Root reads any file, so as root (CI) the check runs in a re-run of this test as `nobody`
+    /// (`BIVY_COPY_AS_NOBODY` names its scratch directory, which root made and gave to nobody).
+    #[test]
+    fn copy_tree_unreadable_file_is_an_error() {
+        const NOBODY: u32 = 65534;
+        if is_root() {
+            use std::os::unix::process::CommandExt;
+            let base = scratch("unreadable");
+            fs::create_dir_all(&base).unwrap();
+            rustix::fs::chown(&base, Some(rustix::process::Uid::from_raw(NOBODY)), None).unwrap();
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "storage::copy::tests::copy_tree_unreadable_file_is_an_error",
+                ])
+                .args(["--nocapture", "--test-threads=1"])
+                .env("BIVY_COPY_AS_NOBODY", &base)
+                .uid(NOBODY)
+                .gid(NOBODY)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "as nobody: {stdout}\n{stderr}");
+            // The re-run really ran the check (a filter that matched nothing would pass too).
+            assert!(
+                stdout.contains("UNREADABLE-CHECKED") && stdout.contains("1 passed"),
+                "{stdout}"
+            );
+            remove_path(&base).unwrap();
+            return;
+        }
+        let base = match std::env::var_os("BIVY_COPY_AS_NOBODY") {
+            Some(b) => PathBuf::from(b),
+            None => scratch("unreadable"),
+        };
+        let (src, dst) = (base.join("src"), base.join("dst"));
+        fs::create_dir_all(src.join("dir")).unwrap();
+        fs::write(src.join("dir/readable"), b"r").unwrap();
+        fs::write(src.join("unreadable"), b"u").unwrap();
+        chmod(&src.join("unreadable"), 0);
+        let e = copy_tree(&src, &dst).unwrap_err();
+        assert!(e.to_string().contains("unreadable: open"), "{e}");
+        assert!(
+            fs::symlink_metadata(&dst).is_err(),
+            "partial copy left behind"
+        );
+        println!("UNREADABLE-CHECKED");
+        remove_path(&src).unwrap();
     }
 
     #[test]
@@ -1228,8 +1277,7 @@ mod tests {
 
     #[test]
     fn copy_tree_skip_devices() {
-        if !is_root() {
-            println!("SKIP copy_tree_root: not root");
+        if !crate::test_skip::require_root() {
             return;
         }
         let base = scratch("nodev");

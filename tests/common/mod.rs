@@ -1,8 +1,9 @@
 //! Shared harness for the integration tests (`tests/*.rs`, each starting with `mod common;`).
 //!
-//! - Skip policy (style.md): a test that lacks a host feature prints `SKIP <test>: <reason>` and
-//!   returns; with `BIVY_MUST_WORK=1` (CI) the skip panics instead. Skips are also appended to
-//!   `$BIVY_SKIP_LOG` so `cargo xtask test` can list them after cargo captured the output.
+//! - Skip policy (style.md, [`skip`]): a test that lacks a host feature prints
+//!   `SKIP <test>: <reason>` and returns; with `BIVY_MUST_WORK=1` (CI) the skip panics instead.
+//!   Skips are also appended to `$BIVY_SKIP_LOG` so `cargo xtask test` can list them after cargo
+//!   captured the output. The unit tests in `src/` and `xtask/` include the same file.
 //! - Test images: [`busybox_image`] builds `target/test-images/busybox.tar.gz` on demand (offline);
 //!   [`debian_image`] only finds the Debian image (`cargo xtask test-image debian` builds it).
 //! - [`TempDir`]: a unique directory, unmounted below and removed on drop.
@@ -38,39 +39,13 @@ pub fn target_dir() -> PathBuf {
 // -------------------------------------------------------------------------------------------
 // skip policy
 
-/// `BIVY_MUST_WORK=1`: every skip is a failure (set in CI).
-pub fn must_work() -> bool {
-    std::env::var("BIVY_MUST_WORK").is_ok_and(|v| v == "1")
-}
-
-/// The running test's name: libtest names each test's thread after the test.
-pub fn current_test_name() -> String {
-    std::thread::current()
-        .name()
-        .unwrap_or("<unknown test>")
-        .to_owned()
-}
-
-/// The skip decision, separated from the environment so it can be tested: prints
-/// `SKIP name: reason` and appends it to `log`, or panics when `must_work`.
-pub fn skip_with(must_work: bool, log: Option<&Path>, name: &str, reason: &str) {
-    if must_work {
-        panic!("SKIP not allowed (BIVY_MUST_WORK=1): {name}: {reason}");
-    }
-    eprintln!("SKIP {name}: {reason}");
-    if let Some(log) = log {
-        use std::io::Write;
-        if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(log) {
-            let _ = writeln!(f, "{name}: {reason}");
-        }
-    }
-}
-
-/// Record a skip of `name` (panics under `BIVY_MUST_WORK=1`). The caller returns afterwards.
-pub fn skip(name: &str, reason: &str) {
-    let log = std::env::var_os("BIVY_SKIP_LOG").map(PathBuf::from);
-    skip_with(must_work(), log.as_deref(), name, reason);
-}
+// The one skip mechanism, shared with the unit tests in `src/` and `xtask/`.
+pub mod skip;
+#[allow(unused_imports)] // each test binary uses a different part
+pub use skip::{
+    current_test_name, declared_lacking, euid, have_cmd, must_work, require_root, skip,
+    skip_kernel_lacks, skip_with,
+};
 
 /// `skip_unless!(condition, "reason {}", args)`: skip the current test (and return from it)
 /// unless `condition` holds.
@@ -95,35 +70,6 @@ macro_rules! require {
     (cmd $prog:expr) => {
         $crate::skip_unless!($crate::common::have_cmd($prog), "needs `{}` on PATH", $prog)
     };
-}
-
-/// The effective uid (from /proc, no unsafe).
-pub fn euid() -> u32 {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(u32::MAX)
-}
-
-/// True when running as root; otherwise records a skip of the current test (panics under
-/// `BIVY_MUST_WORK=1`) and returns false: `if !common::require_root() { return; }`.
-pub fn require_root() -> bool {
-    if euid() == 0 {
-        return true;
-    }
-    skip(&current_test_name(), "needs root");
-    false
-}
-
-/// Is `prog` on `$PATH`?
-pub fn have_cmd(prog: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
-        .unwrap_or(false)
 }
 
 // -------------------------------------------------------------------------------------------

@@ -219,7 +219,10 @@ mod tests {
     fn busybox_static_is_static() {
         let bb = Path::new("/bin/busybox");
         if !bb.exists() {
-            eprintln!("SKIP busybox_static_is_static: /bin/busybox absent");
+            crate::test_skip::skip(
+                "busybox_static_is_static",
+                "/bin/busybox absent (apt-get install busybox-static)",
+            );
             return;
         }
         let facts = check_static(bb).expect("busybox-static is static");

@@ -11,6 +11,12 @@ mod dist;
 mod elf;
 mod image;
 mod test;
+/// The one skip mechanism of the test suite, shared with `tests/common` and the crate's unit
+/// tests.
+#[cfg(test)]
+#[allow(dead_code)] // each user needs a different part
+#[path = "../../tests/common/skip.rs"]
+mod test_skip;
 mod util;
 
 use std::process::ExitCode;
