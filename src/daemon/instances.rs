@@ -371,7 +371,7 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
     if let Some(f) = &copy_from {
         if let Err(e) = d.busy_insert(f, "copy") {
             d.busy.lock().expect("busy lock").remove(&guard_name);
-            return Err(e);
+            return Err(e.into());
         }
     }
     let d2 = d.self_arc();
@@ -1059,7 +1059,7 @@ fn delete(d: &Daemon, name: &str) -> Result<Response> {
         return Err(Error::BadRequest("Instance is running".into()));
     }
     let n = name.to_string();
-    d.busy_task(name, "delete", "Deleting instance", move |d, _| {
+    super::busy_task(d, name, "delete", "Deleting instance", move |d, _| {
         delete_now(d, &n)
     })
 }
@@ -1109,7 +1109,7 @@ fn state_put(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
         _ => "Unfreezing instance",
     };
     let n = name.to_string();
-    d.busy_task(name, what, desc, move |d2, _| {
+    super::busy_task(d, name, what, desc, move |d2, _| {
         let timeout = if body.timeout < 0 {
             STOP_TIMEOUT_MAX
         } else {
@@ -1575,7 +1575,7 @@ pub fn publish(d: &Daemon, body: api::ImagesPost) -> Result<Response> {
         body.compression_algorithm.clone()
     };
     let compression = image::Compression::from_name(&algo)?;
-    d.busy_task(&name, "publish", "Publishing instance", move |d, op| {
+    super::busy_task(d, &name, "publish", "Publishing instance", move |d, op| {
         publish_now(d, &vol, &architecture, &body, compression, &op)
     })
 }

@@ -36,166 +36,21 @@ pub use operations::Operations;
 
 use crate::image;
 
-/// Facts about the host, probed once at start.
-#[derive(Debug, Clone)]
-pub struct Host {
-    pub hostname: String,
-    pub kernel_version: String,
-    pub architecture: String,
-    pub total_memory: u64,
-    pub ncpus: usize,
-    pub os_name: String,
-    pub os_version: String,
-    /// Whether an idmapped mount of `$BIVY_DIR` works (kernel and filesystem): then new
-    /// unprivileged volumes on it are idmapped at start instead of shifted on disk, as
-    /// `instances::create` decides per volume with the same probe.
-    pub idmapped_mounts: bool,
-}
+/// The daemon's shared state: the model's context (the daemon adds only its connections).
+pub type Daemon = crate::instance::Ctx;
+pub use crate::instance::Host;
 
-impl Host {
-    fn probe(dir: &Path) -> Host {
-        let uts = nix::sys::utsname::uname().ok();
-        let s = |f: fn(&nix::sys::utsname::UtsName) -> &std::ffi::OsStr| {
-            uts.as_ref()
-                .map(|u| f(u).to_string_lossy().into_owned())
-                .unwrap_or_default()
-        };
-        let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
-        let osr = |k: &str| {
-            os_release
-                .lines()
-                .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix('=')))
-                .map(|v| v.trim_matches('"').to_string())
-                .unwrap_or_default()
-        };
-        let total_memory = std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|m| {
-                m.lines()
-                    .find_map(|l| l.strip_prefix("MemTotal:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            })
-            .map_or(0, |kb| kb * 1024);
-        Host {
-            hostname: s(|u| u.nodename()),
-            kernel_version: s(|u| u.release()),
-            architecture: s(|u| u.machine()),
-            total_memory,
-            ncpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            os_name: osr("NAME"),
-            os_version: osr("VERSION_ID"),
-            idmapped_mounts: crate::runtime::rootfs_supports_idmap(dir),
-        }
-    }
-}
-
-/// The daemon's shared state. One per process, alive until exit.
-pub struct Daemon {
-    /// `$BIVY_DIR`: everything the daemon owns lives below it.
-    pub dir: PathBuf,
-    /// Instances, profiles and server config; the lock is held across read-modify-save.
-    pub db: Mutex<db::Db>,
-    /// The image store (`$BIVY_DIR/images`).
-    pub images: image::Store,
-    /// The storage pools, opened and mounted at start.
-    pub pools: storage::Pools,
-    pub ops: Operations,
-    pub events: Arc<Events>,
-    /// Instances with an operation in progress (name -> what), so that conflicting requests
-    /// (delete while starting) are refused instead of racing.
-    pub busy: Mutex<HashMap<String, &'static str>>,
-    pub host: Host,
-    pub shutting_down: AtomicBool,
-    /// For a `$BIVY_DIR` other than the default, a short hash of it that keeps this daemon's
-    /// cgroups (`bivy/<name>.<hash>`) apart from another daemon's.
-    pub cgroup_suffix: Option<String>,
-    /// Open connections, in all and per peer (`conns`).
-    connections: Arc<conns::Limits>,
-    /// A weak handle on ourselves, for handlers that hand work to operation threads.
-    me: std::sync::OnceLock<std::sync::Weak<Daemon>>,
-}
-
-/// Releases an instance's busy mark when dropped.
-pub struct BusyGuard<'a> {
-    d: &'a Daemon,
-    name: String,
-}
-
-impl Drop for BusyGuard<'_> {
-    fn drop(&mut self) {
-        self.d.busy.lock().expect("busy lock").remove(&self.name);
-    }
-}
-
-impl Daemon {
-    /// Mark `name` busy with `what`, or fail with a 409 naming what is in progress.
-    pub fn claim(&self, name: &str, what: &'static str) -> response::Result<BusyGuard<'_>> {
-        let mut b = self.busy.lock().expect("busy lock");
-        if let Some(other) = b.get(name) {
-            return Err(response::Error::Conflict(format!(
-                "Instance {name:?} is busy: {other} in progress"
-            )));
-        }
-        b.insert(name.to_string(), what);
-        Ok(BusyGuard {
-            d: self,
-            name: name.to_string(),
-        })
-    }
-
-    /// Mark `name` busy with `what` until the caller removes the mark (operation threads).
-    pub fn busy_insert(&self, name: &str, what: &'static str) -> response::Result<()> {
-        std::mem::forget(self.claim(name, what)?);
-        Ok(())
-    }
-
-    /// Start a task operation running `body` while instance `name` is marked busy with `what`
-    /// (a 409 if it already is); the mark goes when the operation ends.
-    pub fn busy_task(
-        &self,
-        name: &str,
-        what: &'static str,
-        description: &str,
-        body: impl FnOnce(&Daemon, Arc<operations::Op>) -> response::Result<()> + Send + 'static,
-    ) -> response::Result<crate::http::Response> {
-        self.busy_insert(name, what)?;
-        let d = self.self_arc();
-        let n = name.to_string();
-        let op = self.ops.start(
-            operations::Class::Task,
-            description,
-            instances::resources(name),
-            None,
-            vec![],
-            move |op| {
-                let r = body(&d, op);
-                d.busy.lock().expect("busy lock").remove(&n);
-                r
-            },
-        );
-        Ok(response::operation(&op.to_api()))
-    }
-
-    /// An owning handle on the daemon (for operation threads).
-    pub fn self_arc(&self) -> Arc<Daemon> {
-        self.me
-            .get()
-            .and_then(std::sync::Weak::upgrade)
-            .expect("daemon handle is set at start-up")
-    }
-
-    pub fn run_dir(&self, name: &str) -> PathBuf {
-        self.dir.join("run").join(name)
-    }
-
-    /// An instance's volume directory on its pool.
-    pub fn volume_dir(&self, rec: &db::InstanceRecord) -> PathBuf {
-        storage::volume_dir(self, rec)
-    }
-
-    pub fn log_dir(&self, name: &str) -> PathBuf {
-        self.dir.join("logs").join(name)
-    }
+/// Start a task operation running `body` while instance `name` is marked busy with `what`
+/// (a 409 if it already is): its operation response.
+pub fn busy_task<E: std::fmt::Display>(
+    d: &Daemon,
+    name: &str,
+    what: &'static str,
+    description: &str,
+    body: impl FnOnce(&Daemon, Arc<operations::Op>) -> Result<(), E> + Send + 'static,
+) -> response::Result<crate::http::Response> {
+    let op = d.busy_task(name, what, description, instances::resources(name), body)?;
+    Ok(response::operation(&op.to_api()))
 }
 
 fn usage() -> i32 {
@@ -268,7 +123,7 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
         dir: dir.to_path_buf(),
         db: Mutex::new(db),
         images,
-        pools: storage::Pools::default(),
+        pools: crate::storage::Pools::default(),
         ops: Operations::new(events.clone()),
         events,
         busy: Mutex::new(HashMap::new()),
@@ -278,7 +133,6 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
             let h = ring::digest::digest(&ring::digest::SHA256, dir.as_os_str().as_encoded_bytes());
             response::hex(&h.as_ref()[..4])
         }),
-        connections: Arc::default(),
         me: std::sync::OnceLock::new(),
     });
     let _ = d.me.set(Arc::downgrade(&d));
@@ -339,6 +193,7 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
     snapshots::spawn_scheduler(d.clone());
 
     let limits = crate::http::Limits::default();
+    let connections = Arc::new(conns::Limits::default());
     let refuser = conns::Refuser::start().map_err(|e| format!("starting threads: {e}"))?;
     for conn in listener.incoming() {
         let stream = match conn {
@@ -362,7 +217,7 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
         let Ok(peer) = conns::Peer::of_unix(&stream) else {
             continue;
         };
-        let slot = match d.connections.admit(peer) {
+        let slot = match connections.admit(peer) {
             Ok(s) => s,
             Err(why) => {
                 refuser.refuse(stream, &why);

@@ -133,7 +133,7 @@ fn create(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
         }
     };
     let n = name.to_string();
-    d.busy_task(name, "snapshot", "Snapshotting instance", move |d, _| {
+    super::busy_task(d, name, "snapshot", "Snapshotting instance", move |d, _| {
         snapshot_now(d, &n, &body.name, expires_at).map(|_| ())
     })
 }
@@ -336,9 +336,13 @@ fn delete(d: &Daemon, name: &str, snap: &str) -> Result<Response> {
     let rec = instances::record(d, name)?;
     find(&rec, snap)?;
     let (n, s) = (name.to_string(), snap.to_string());
-    d.busy_task(name, "snapshot delete", "Deleting snapshot", move |d, _| {
-        delete_now(d, &n, &s)
-    })
+    super::busy_task(
+        d,
+        name,
+        "snapshot delete",
+        "Deleting snapshot",
+        move |d, _| delete_now(d, &n, &s),
+    )
 }
 
 /// Delete a snapshot: the record first (the commit point), then its volume.
@@ -393,7 +397,7 @@ pub fn restore(d: &Daemon, name: &str, snap: &str, stateful: bool) -> Result<Res
     let rec = instances::record(d, name)?;
     find(&rec, &snap)?;
     let n = name.to_string();
-    d.busy_task(name, "restore", "Restoring snapshot", move |d, _| {
+    super::busy_task(d, name, "restore", "Restoring snapshot", move |d, _| {
         restore_now(d, &n, &snap)
     })
 }

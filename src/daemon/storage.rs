@@ -19,16 +19,6 @@ use crate::http::{Request, Response};
 use crate::image;
 use crate::storage::{self, Pool};
 
-/// The open pools, by name.
-#[derive(Default)]
-pub struct Pools {
-    pools: Mutex<BTreeMap<String, Arc<Pool>>>,
-    /// Pools whose `mount` failed at start-up, with the reason (their instances cannot start).
-    unavailable: Mutex<BTreeMap<String, String>>,
-    /// One lock per `pool/fingerprint`, so concurrent launches unpack an image once.
-    image_locks: Mutex<BTreeMap<String, Arc<Mutex<()>>>>,
-}
-
 fn pool_url(name: &str) -> String {
     format!("/1.0/storage-pools/{name}")
 }
@@ -148,20 +138,6 @@ pub fn mend_volume_modes(d: &Daemon) {
             let (cfg, _) = super::instances::expanded(d, rec);
             Some(super::config::flag(&cfg, "security.privileged"))
         });
-    }
-}
-
-/// An instance's volume directory (rootfs/, templates/, metadata.json).
-pub fn volume_dir(d: &Daemon, rec: &InstanceRecord) -> PathBuf {
-    match pool(d, &rec.pool) {
-        Ok(p) => p.container(&rec.volume),
-        // Only reachable for a pool that failed to open; callers then fail on the missing path.
-        Err(_) => d
-            .dir
-            .join("storage-pools")
-            .join(&rec.pool)
-            .join("containers")
-            .join(&rec.volume),
     }
 }
 

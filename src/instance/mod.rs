@@ -5,11 +5,15 @@
 //! whatever drives an instance (a REST handler, a migration transfer, the scheduler) calls in
 //! here and renders the result itself.
 
+pub mod ctx;
 pub mod db;
 pub mod error;
 pub mod events;
+pub mod host;
 pub mod idmap;
 pub mod operations;
 pub mod schedule;
 
+pub use ctx::Ctx;
 pub use error::{Error, Result};
+pub use host::Host;

@@ -244,6 +244,24 @@ pub fn validate_pool_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The open pools, by name (one registry per daemon).
+#[derive(Default)]
+pub struct Pools {
+    pub(crate) pools: std::sync::Mutex<std::collections::BTreeMap<String, std::sync::Arc<Pool>>>,
+    /// Pools whose `mount` failed at start-up, with the reason (their instances cannot start).
+    pub(crate) unavailable: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
+    /// One lock per `pool/fingerprint`, so concurrent launches unpack an image once.
+    pub(crate) image_locks:
+        std::sync::Mutex<std::collections::BTreeMap<String, std::sync::Arc<std::sync::Mutex<()>>>>,
+}
+
+impl Pools {
+    /// The open pool `name`.
+    pub fn get(&self, name: &str) -> Option<std::sync::Arc<Pool>> {
+        self.pools.lock().expect("pools lock").get(name).cloned()
+    }
+}
+
 /// A pool: its name and its driver, plus the layout below the driver's path.
 pub struct Pool {
     pub name: String,

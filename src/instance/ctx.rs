@@ -1,0 +1,130 @@
+//! The model's context ([`Ctx`]): the state database, the image store, the storage pools, the
+//! operations and events, the host facts, and the per-instance busy marks.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use super::events::Events;
+use super::operations::{self, Operations};
+use super::{db, Error, Host, Result};
+use crate::image;
+
+/// The model's context: everything the daemon's non-HTTP half holds. One per process, alive
+/// until exit.
+pub struct Ctx {
+    /// `$BIVY_DIR`: everything the daemon owns lives below it.
+    pub dir: PathBuf,
+    /// Instances, profiles and server config; the lock is held across read-modify-save.
+    pub db: Mutex<db::Db>,
+    /// The image store (`$BIVY_DIR/images`).
+    pub images: image::Store,
+    /// The storage pools, opened and mounted at start.
+    pub pools: crate::storage::Pools,
+    pub ops: Operations,
+    pub events: Arc<Events>,
+    /// Instances with an operation in progress (name -> what), so that conflicting requests
+    /// (delete while starting) are refused instead of racing.
+    pub busy: Mutex<HashMap<String, &'static str>>,
+    pub host: Host,
+    pub shutting_down: AtomicBool,
+    /// For a `$BIVY_DIR` other than the default, a short hash of it that keeps this daemon's
+    /// cgroups (`bivy/<name>.<hash>`) apart from another daemon's.
+    pub cgroup_suffix: Option<String>,
+    /// A weak handle on ourselves, for handlers that hand work to operation threads.
+    pub me: std::sync::OnceLock<std::sync::Weak<Ctx>>,
+}
+
+/// Releases an instance's busy mark when dropped.
+pub struct BusyGuard<'a> {
+    d: &'a Ctx,
+    name: String,
+}
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        self.d.busy.lock().expect("busy lock").remove(&self.name);
+    }
+}
+
+impl Ctx {
+    /// Mark `name` busy with `what`, or fail naming what is in progress.
+    pub fn claim(&self, name: &str, what: &'static str) -> Result<BusyGuard<'_>> {
+        let mut b = self.busy.lock().expect("busy lock");
+        if let Some(other) = b.get(name) {
+            return Err(Error::Busy {
+                name: name.to_string(),
+                what: (*other).to_string(),
+            });
+        }
+        b.insert(name.to_string(), what);
+        Ok(BusyGuard {
+            d: self,
+            name: name.to_string(),
+        })
+    }
+
+    /// Mark `name` busy with `what` until the caller removes the mark (operation threads).
+    pub fn busy_insert(&self, name: &str, what: &'static str) -> Result<()> {
+        std::mem::forget(self.claim(name, what)?);
+        Ok(())
+    }
+
+    /// Start a task operation (on `resources`) running `body` while instance `name` is marked
+    /// busy with `what` (refused if it already is); the mark goes when the operation ends.
+    pub fn busy_task<E: std::fmt::Display>(
+        &self,
+        name: &str,
+        what: &'static str,
+        description: &str,
+        resources: std::collections::BTreeMap<String, Vec<String>>,
+        body: impl FnOnce(&Ctx, Arc<operations::Op>) -> std::result::Result<(), E> + Send + 'static,
+    ) -> Result<Arc<operations::Op>> {
+        self.busy_insert(name, what)?;
+        let d = self.self_arc();
+        let n = name.to_string();
+        Ok(self.ops.start(
+            operations::Class::Task,
+            description,
+            resources,
+            None,
+            vec![],
+            move |op| {
+                let r = body(&d, op);
+                d.busy.lock().expect("busy lock").remove(&n);
+                r
+            },
+        ))
+    }
+
+    /// An owning handle on the daemon (for operation threads).
+    pub fn self_arc(&self) -> Arc<Ctx> {
+        self.me
+            .get()
+            .and_then(std::sync::Weak::upgrade)
+            .expect("daemon handle is set at start-up")
+    }
+
+    pub fn run_dir(&self, name: &str) -> PathBuf {
+        self.dir.join("run").join(name)
+    }
+
+    /// An instance's volume directory on its pool (where the pool would have it when the pool
+    /// failed to open: callers then fail on the missing path).
+    pub fn volume_dir(&self, rec: &db::InstanceRecord) -> PathBuf {
+        match self.pools.get(&rec.pool) {
+            Some(p) => p.container(&rec.volume),
+            None => self
+                .dir
+                .join("storage-pools")
+                .join(&rec.pool)
+                .join("containers")
+                .join(&rec.volume),
+        }
+    }
+
+    pub fn log_dir(&self, name: &str) -> PathBuf {
+        self.dir.join("logs").join(name)
+    }
+}
