@@ -5,12 +5,14 @@
 //! whatever drives an instance (a REST handler, a migration transfer, the scheduler) calls in
 //! here and renders the result itself.
 
+pub mod config;
 pub mod ctx;
 pub mod db;
 pub mod error;
 pub mod events;
 pub mod host;
 pub mod idmap;
+pub mod limits;
 pub mod operations;
 pub mod schedule;
 

@@ -1,0 +1,215 @@
+//! The `limits.*` config syntax, parsed once into the numbers the runtime applies
+//! (`runtime::Limits`): memory sizes, CPU counts and sets, CPU allowances.
+
+/// `limits.memory`: `512MiB`, `1GB`, `100kB`, `50%` (of `total_ram`), or plain bytes.
+/// Units as LXD (`units.ParseByteSizeString`): B, kB/KB, MB, GB, TB, PB, EB (powers of 1000) and
+/// KiB, MiB, GiB, TiB, PiB, EiB (powers of 1024).
+pub fn parse_memory(s: &str, total_ram: u64) -> Result<u64, String> {
+    let s = s.trim();
+    let bad = || format!("invalid memory size {s:?} (examples: 512MiB, 1GB, 50%)");
+    if let Some(p) = s.strip_suffix('%') {
+        let pct: f64 = p.trim().parse().map_err(|_| bad())?;
+        if !(pct > 0.0 && pct <= 100.0) {
+            return Err(format!(
+                "invalid memory percentage {s:?} (must be in (0, 100])"
+            ));
+        }
+        return Ok((total_ram as f64 * pct / 100.0) as u64);
+    }
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = (&s[..split], s[split..].trim());
+    let mult = crate::util::byte_unit(unit).ok_or_else(bad)?;
+    if num.is_empty() {
+        return Err(bad());
+    }
+    let v = if num.contains('.') {
+        let f: f64 = num.parse().map_err(|_| bad())?;
+        let v = f * mult as f64;
+        if !v.is_finite() || v >= u64::MAX as f64 {
+            return Err(bad());
+        }
+        v as u64
+    } else {
+        num.parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(mult))
+            .ok_or_else(bad)?
+    };
+    if v == 0 {
+        return Err(format!("invalid memory size {s:?}: must be more than 0"));
+    }
+    Ok(v)
+}
+
+/// `limits.cpu`: a count (`2` -> `0-1`) or a set of cpus (`0-3,7`), checked against `ncpus`.
+/// Returns the cpuset list.
+pub fn parse_cpu(s: &str, ncpus: usize) -> Result<String, String> {
+    let s = s.trim();
+    if !s.is_empty()
+        && s.bytes().all(|b| b.is_ascii_digit())
+        && !s.contains(',')
+        && !s.contains('-')
+    {
+        let n: usize = s.parse().map_err(|_| format!("invalid cpu count {s:?}"))?;
+        if n == 0 || n > ncpus {
+            return Err(format!("invalid cpu count {n}: the host has {ncpus} cpus"));
+        }
+        return Ok(if n == 1 {
+            "0".into()
+        } else {
+            format!("0-{}", n - 1)
+        });
+    }
+    let bad = |why: &str| format!("invalid cpu set {s:?}: {why}");
+    if s.is_empty() {
+        return Err(bad("empty"));
+    }
+    let mut parts = Vec::new();
+    for part in s.split(',') {
+        let part = part.trim();
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (part, part),
+        };
+        let a: usize = a.parse().map_err(|_| bad("not a number"))?;
+        let b: usize = b.parse().map_err(|_| bad("not a number"))?;
+        if a > b {
+            return Err(bad("range goes backwards"));
+        }
+        if b >= ncpus {
+            return Err(bad(&format!(
+                "cpu {b} does not exist (the host has cpus 0-{})",
+                ncpus.saturating_sub(1)
+            )));
+        }
+        parts.push(if a == b {
+            a.to_string()
+        } else {
+            format!("{a}-{b}")
+        });
+    }
+    Ok(parts.join(","))
+}
+
+/// A resolved `limits.cpu.allowance`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allowance {
+    /// Relative weight as v1 `cpu.shares` (1024 = 100%).
+    Shares(u64),
+    /// Hard cap: (quota_us, period_us).
+    Quota(u64, u64),
+}
+
+fn parse_duration_us(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1000.0)
+    } else if let Some(n) = s.strip_suffix("us") {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1_000_000.0)
+    } else {
+        return None;
+    };
+    let v: f64 = num.trim().parse().ok()?;
+    (v.is_finite() && v > 0.0).then_some((v * mult) as u64)
+}
+
+/// `limits.cpu.allowance`: `50%` -> [`Allowance::Shares`] (LXD: 1024 * pct / 100), or
+/// `25ms/100ms` -> [`Allowance::Quota`] (the kernel takes periods of 1 ms to 1 s, quotas >= 1 ms).
+pub fn parse_allowance(s: &str) -> Result<Allowance, String> {
+    let s = s.trim();
+    if let Some(p) = s.strip_suffix('%') {
+        let pct: u64 = p
+            .trim()
+            .parse()
+            .map_err(|_| format!("invalid cpu allowance {s:?} (examples: 50%, 25ms/100ms)"))?;
+        if pct == 0 {
+            return Err(format!("invalid cpu allowance {s:?}: must be more than 0%"));
+        }
+        return Ok(Allowance::Shares((1024 * pct / 100).max(2)));
+    }
+    let (q, p) = s
+        .split_once('/')
+        .ok_or_else(|| format!("invalid cpu allowance {s:?} (examples: 50%, 25ms/100ms)"))?;
+    let bad = || format!("invalid cpu allowance {s:?}: durations like 25ms/100ms");
+    let (q, p) = (
+        parse_duration_us(q).ok_or_else(bad)?,
+        parse_duration_us(p).ok_or_else(bad)?,
+    );
+    if !(1000..=1_000_000).contains(&p) {
+        return Err(format!(
+            "invalid cpu allowance {s:?}: the period must be between 1ms and 1s"
+        ));
+    }
+    if q < 1000 {
+        return Err(format!(
+            "invalid cpu allowance {s:?}: the quota must be at least 1ms"
+        ));
+    }
+    Ok(Allowance::Quota(q, p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes() {
+        let gib = 1u64 << 30;
+        assert_eq!(parse_memory("512MiB", gib).unwrap(), 512 << 20);
+        assert_eq!(parse_memory("1GB", gib).unwrap(), 1_000_000_000);
+        assert_eq!(parse_memory("1.5GiB", gib).unwrap(), 3 << 29);
+        assert_eq!(parse_memory("100kB", gib).unwrap(), 100_000);
+        assert_eq!(parse_memory("4096", gib).unwrap(), 4096);
+        assert_eq!(parse_memory("50%", 8 * gib).unwrap(), 4 * gib);
+        for bad in [
+            "",
+            "abc",
+            "10XB",
+            "0",
+            "-5MiB",
+            "150%",
+            "0%",
+            "MiB",
+            "99999999999999999999EiB",
+        ] {
+            assert!(parse_memory(bad, gib).is_err(), "{bad:?} should fail");
+        }
+    }
+
+    #[test]
+    fn cpu_sets() {
+        assert_eq!(parse_cpu("2", 4).unwrap(), "0-1");
+        assert_eq!(parse_cpu("1", 4).unwrap(), "0");
+        assert_eq!(parse_cpu("0-3,7", 8).unwrap(), "0-3,7");
+        assert_eq!(parse_cpu("1,3", 4).unwrap(), "1,3");
+        assert_eq!(parse_cpu("2-2", 4).unwrap(), "2");
+        assert!(parse_cpu("5", 4).unwrap_err().contains("host has 4"));
+        assert!(parse_cpu("0-7", 4)
+            .unwrap_err()
+            .contains("cpu 7 does not exist"));
+        for bad in ["0", "", "3-1", "a", "1,,2", "-1"] {
+            assert!(parse_cpu(bad, 4).is_err(), "{bad:?} should fail");
+        }
+    }
+
+    #[test]
+    fn allowances() {
+        assert_eq!(parse_allowance("50%").unwrap(), Allowance::Shares(512));
+        assert_eq!(parse_allowance("100%").unwrap(), Allowance::Shares(1024));
+        assert_eq!(
+            parse_allowance("25ms/100ms").unwrap(),
+            Allowance::Quota(25_000, 100_000)
+        );
+        assert_eq!(
+            parse_allowance("200ms/1s").unwrap(),
+            Allowance::Quota(200_000, 1_000_000)
+        );
+        for bad in ["", "0%", "x%", "25ms", "25/100", "500us/100ms", "1ms/2s"] {
+            assert!(parse_allowance(bad).is_err(), "{bad:?} should fail");
+        }
+    }
+}
