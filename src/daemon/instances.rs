@@ -6,7 +6,6 @@
 //! `<volume>.tmp` and renames it into place before the record is written; delete removes the
 //! record before the data. `recover` removes any volume no record names.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,53 +28,11 @@ use crate::util::time;
 /// sends -1 and LXD then waits forever; we cap at 10 minutes).
 const STOP_TIMEOUT_MAX: Duration = Duration::from_secs(600);
 
-pub fn url(name: &str) -> String {
-    format!("/1.0/instances/{name}")
-}
-
-pub fn resources(name: &str) -> BTreeMap<String, Vec<String>> {
-    let mut m = BTreeMap::new();
-    m.insert("containers".into(), vec![format!("/1.0/containers/{name}")]);
-    m.insert("instances".into(), vec![url(name)]);
-    m
-}
-
-pub fn has_root_disk(devices: &Devices) -> bool {
-    devices.values().any(|d| {
-        d.get("type").map(String::as_str) == Some("disk")
-            && d.get("path").map(String::as_str) == Some("/")
-    })
-}
+use crate::instance::view::state_of;
+pub use crate::instance::view::{expanded, has_root_disk, record, resources, state, url};
 
 fn not_found() -> Error {
-    Error::NotFound("Instance not found".into())
-}
-
-pub fn record(d: &Daemon, name: &str) -> Result<InstanceRecord> {
-    d.db.lock()
-        .expect("db lock")
-        .data
-        .instances
-        .get(name)
-        .cloned()
-        .ok_or_else(not_found)
-}
-
-pub fn expanded(d: &Daemon, rec: &InstanceRecord) -> (StringMap, Devices) {
-    let db = d.db.lock().expect("db lock");
-    config::expand(&rec.profiles, &db.data.profiles, &rec.config, &rec.devices)
-}
-
-pub fn state(d: &Daemon, name: &str) -> Result<State> {
-    state_of(d, name)
-}
-
-/// The instance's state from its run directory. A run directory that cannot be read is an
-/// error, not "Stopped": an instance whose state is unknown must not be reported as stopped
-/// (and then, say, started a second time).
-fn state_of(d: &Daemon, name: &str) -> Result<State> {
-    runtime::state(&d.run_dir(name))
-        .map_err(|e| Error::Internal(format!("state of instance {name:?}: {e}")))
+    crate::instance::view::not_found().into()
 }
 
 fn status_of(s: &State) -> (&'static str, u16) {

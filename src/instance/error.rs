@@ -72,6 +72,28 @@ impl std::error::Error for Error {}
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+impl From<crate::image::Error> for Error {
+    fn from(e: crate::image::Error) -> Error {
+        use crate::image::Error as I;
+        match e {
+            I::NotFound(m) => Error::NotFound(m),
+            I::Conflict(m) => Error::Conflict(m),
+            I::BadRequest(m) => Error::Invalid(m),
+            I::Internal(m) => Error::Host(m),
+        }
+    }
+}
+
+impl From<crate::runtime::Error> for Error {
+    fn from(e: crate::runtime::Error) -> Error {
+        if e.0.starts_with("not supported yet") {
+            Error::NotSupported(e.0)
+        } else {
+            Error::Host(e.0)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

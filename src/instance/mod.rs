@@ -14,7 +14,9 @@ pub mod host;
 pub mod idmap;
 pub mod limits;
 pub mod operations;
+pub mod pools;
 pub mod schedule;
+pub mod view;
 
 pub use ctx::Ctx;
 pub use error::{Error, Result};

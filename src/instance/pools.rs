@@ -1,0 +1,371 @@
+//! The storage pools as the model uses them: opening and mounting them at start, finding an
+//! instance's pool, unpacking an image once per pool, deleting volumes, and undoing what a
+//! killed daemon left on them.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use super::db::{InstanceRecord, PoolRecord};
+use super::{Ctx, Error, Result};
+use crate::api::{Devices, StringMap};
+use crate::image;
+use crate::storage::{self, Pool};
+
+fn io_err(what: &str) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |e| Error::Host(format!("{what}: {e}"))
+}
+
+/// The root disk's pool in a set of (expanded) devices.
+pub fn root_pool(devices: &Devices) -> Option<String> {
+    devices
+        .values()
+        .find(|d| {
+            d.get("type").map(String::as_str) == Some("disk")
+                && d.get("path").map(String::as_str) == Some("/")
+                && !d.contains_key("source")
+        })
+        .and_then(|d| d.get("pool").cloned())
+}
+
+/// Open every pool in the database (creating the `default` dir pool on first start) and mount it.
+/// A pool that fails to mount is logged and kept, marked unavailable.
+pub fn open_all(d: &Ctx) -> std::io::Result<()> {
+    let mut db = d.db.lock().expect("db lock");
+    if db.data.pools.is_empty() {
+        // First start (or a schema-1 state directory): the default dir pool, where bivy
+        // before storage pools kept its volumes.
+        let mut config = StringMap::new();
+        config.insert(
+            "source".into(),
+            d.dir.join("storage-pools/default").display().to_string(),
+        );
+        db.update(|data| {
+            data.pools.insert(
+                "default".into(),
+                PoolRecord {
+                    driver: "dir".into(),
+                    config,
+                    description: String::new(),
+                },
+            )
+        })?;
+    }
+    drop(db);
+    recover_pools(d);
+    let records = d.db.lock().expect("db lock").data.pools.clone();
+    for (name, rec) in records {
+        let pool = match Pool::new(&name, &rec.driver, &rec.config, &d.dir) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("bivy: storage pool {name}: {e}");
+                d.pools
+                    .unavailable
+                    .lock()
+                    .expect("pools lock")
+                    .insert(name.clone(), e.to_string());
+                continue;
+            }
+        };
+        if let Err(e) = pool.driver.mount().and_then(|()| pool.make_layout(true)) {
+            eprintln!("bivy: storage pool {name} is unavailable: {e}");
+            d.pools
+                .unavailable
+                .lock()
+                .expect("pools lock")
+                .insert(name.clone(), e.to_string());
+        }
+        d.pools
+            .pools
+            .lock()
+            .expect("pools lock")
+            .insert(name, Arc::new(pool));
+    }
+    Ok(())
+}
+
+/// The open pool `name`, or a 404.
+pub fn pool(d: &Ctx, name: &str) -> Result<Arc<Pool>> {
+    d.pools
+        .pools
+        .lock()
+        .expect("pools lock")
+        .get(name)
+        .cloned()
+        .ok_or_else(|| Error::NotFound(format!("Storage pool {name:?} not found")))
+}
+
+/// The open pool `name`, refusing one that failed to mount.
+pub fn usable_pool(d: &Ctx, name: &str) -> Result<Arc<Pool>> {
+    if let Some(why) = d.pools.unavailable.lock().expect("pools lock").get(name) {
+        return Err(Error::Host(format!(
+            "Storage pool {name:?} is unavailable: {why}"
+        )));
+    }
+    pool(d, name)
+}
+
+/// All open pools.
+pub fn all(d: &Ctx) -> Vec<Arc<Pool>> {
+    d.pools
+        .pools
+        .lock()
+        .expect("pools lock")
+        .values()
+        .cloned()
+        .collect()
+}
+
+/// Mend the modes of every usable pool's volumes (see [`Pool::mend_volume_modes`]).
+pub fn mend_volume_modes(d: &Ctx) {
+    let instances = d.db.lock().expect("db lock").data.instances.clone();
+    for p in all(d) {
+        p.mend_volume_modes(|vol| {
+            let rec = instances
+                .values()
+                .find(|r| r.pool == p.name && r.volume == vol)?;
+            let (cfg, _) = super::view::expanded(d, rec);
+            Some(super::config::flag(&cfg, "security.privileged"))
+        });
+    }
+}
+
+/// The image's base volume on `pool`, unpacking it first if this pool does not have it yet.
+/// Concurrent callers for the same image wait for one unpack.
+pub fn image_volume(d: &Ctx, pool: &Pool, fingerprint: &str) -> Result<PathBuf> {
+    let lock = image_lock(d, pool, fingerprint);
+    let _held = lock.lock().expect("image lock");
+    let path = pool.image(fingerprint);
+    if path.join("metadata.json").exists() {
+        return Ok(path);
+    }
+    let tmp = pool.image(&format!("{fingerprint}.tmp"));
+    let _ = pool.driver.delete_volume(&tmp);
+    pool.driver
+        .create_volume(&tmp)
+        .map_err(io_err("creating the image volume"))?;
+    let res = (|| -> Result<()> {
+        let meta = d.images.metadata(fingerprint)?;
+        // Device nodes are left out: unprivileged containers cannot use them and every
+        // container gets its /dev made at start.
+        d.images.unpack(
+            fingerprint,
+            &tmp.join("rootfs"),
+            &tmp.join("templates"),
+            &image::UnpackOpts {
+                skip_devices: true,
+                max_bytes: d.images.max_unpacked(),
+            },
+        )?;
+        let m = serde_json::to_vec_pretty(&meta).map_err(|e| Error::Host(e.to_string()))?;
+        crate::util::fs::atomic_write(&tmp.join("metadata.json"), &m)
+            .map_err(io_err("writing metadata.json"))?;
+        pool.driver
+            .set_readonly(&tmp)
+            .map_err(io_err("making the image volume read-only"))?;
+        std::fs::rename(&tmp, &path).map_err(io_err("renaming the image volume"))?;
+        Ok(())
+    })();
+    if let Err(e) = res {
+        let _ = pool.driver.delete_volume(&tmp);
+        return Err(e);
+    }
+    Ok(path)
+}
+
+fn image_lock(d: &Ctx, pool: &Pool, fingerprint: &str) -> Arc<Mutex<()>> {
+    d.pools
+        .image_locks
+        .lock()
+        .expect("pools lock")
+        .entry(format!("{}/{fingerprint}", pool.name))
+        .or_default()
+        .clone()
+}
+
+/// Delete an instance's volume and its snapshots' volumes (its record is already gone; what
+/// fails here is retried by `recover` at the next start).
+pub fn delete_instance_volumes(d: &Ctx, rec: &InstanceRecord) {
+    let Ok(p) = pool(d, &rec.pool) else { return };
+    let snaps = p.snapshots_of(&rec.volume);
+    let mut paths: Vec<PathBuf> = rec
+        .snapshots
+        .iter()
+        .map(|s| p.snapshot(&rec.volume, &s.volume))
+        .collect();
+    paths.push(p.container(&rec.volume));
+    for path in paths {
+        if let Err(e) = p.driver.delete_volume(&path) {
+            eprintln!("bivy: deleting volume {}: {e}", path.display());
+        }
+    }
+    match std::fs::remove_dir(&snaps) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => eprintln!("bivy: deleting {}: {e}", snaps.display()),
+    }
+}
+
+/// Drop an image's base volumes from every pool (the image was deleted).
+pub fn delete_image_volumes(d: &Ctx, fingerprint: &str) {
+    for p in all(d) {
+        let lock = image_lock(d, &p, fingerprint);
+        let _held = lock.lock().expect("image lock");
+        let path = p.image(fingerprint);
+        if path.exists() {
+            if let Err(e) = p.driver.delete_volume(&path) {
+                eprintln!("bivy: deleting image volume {}: {e}", path.display());
+            }
+        }
+    }
+}
+
+/// Undo a pool create that a killed daemon left between making the storage and writing the
+/// record: loop files in `$BIVY_DIR/disks` and directories in `$BIVY_DIR/storage-pools` that no
+/// pool names are unmounted and removed (a directory only when it holds nothing but the empty
+/// layout). Runs before the pools are opened.
+pub fn recover_pools(d: &Ctx) {
+    let records = d.db.lock().expect("db lock").data.pools.clone();
+    let pools_dir = d.dir.join("storage-pools");
+    let named = |n: &str| records.contains_key(n);
+    let mounted = |p: &std::path::Path| storage::mounted_at(p).is_ok_and(|m| m.is_some());
+    let unmount = |p: &std::path::Path| {
+        if mounted(p) {
+            eprintln!(
+                "bivy: unmounting {} (a pool create that did not finish)",
+                p.display()
+            );
+            if let Err(e) = nix::mount::umount(p) {
+                eprintln!("bivy: umount {}: {e}", p.display());
+            }
+        }
+    };
+    for e in std::fs::read_dir(d.dir.join("disks"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let path = e.path();
+        let Some(stem) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".img"))
+        else {
+            continue;
+        };
+        if named(stem) {
+            continue;
+        }
+        let mnt = pools_dir.join(stem);
+        unmount(&mnt);
+        if !mounted(&mnt) {
+            eprintln!("bivy: removing {} (no pool uses it)", path.display());
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+    for e in std::fs::read_dir(&pools_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if named(&n) {
+            continue;
+        }
+        let path = e.path();
+        unmount(&path);
+        if mounted(&path) {
+            continue;
+        }
+        for sub in ["containers", "containers-snapshots", "images"] {
+            let _ = std::fs::remove_dir(path.join(sub));
+        }
+        if std::fs::remove_dir(&path).is_ok() {
+            eprintln!("bivy: removed {} (no pool uses it)", path.display());
+        }
+    }
+}
+
+/// Undo what a killed daemon left on the pools: volumes no record names (half-made creates and
+/// copies, half-done deletes), snapshot volumes no snapshot names, a restore caught between its
+/// two renames, image volumes being unpacked or of deleted images.
+pub fn recover(d: &Ctx) {
+    let instances = d.db.lock().expect("db lock").data.instances.clone();
+    let images: std::collections::HashSet<String> = d
+        .images
+        .list()
+        .map(|l| l.into_iter().map(|i| i.fingerprint).collect())
+        .unwrap_or_default();
+    for p in all(d) {
+        if d.pools
+            .unavailable
+            .lock()
+            .expect("pools lock")
+            .contains_key(&p.name)
+        {
+            continue;
+        }
+        let mine: BTreeMap<&str, &InstanceRecord> = instances
+            .values()
+            .filter(|r| r.pool == p.name)
+            .map(|r| (r.volume.as_str(), r))
+            .collect();
+        let remove = |path: &std::path::Path| {
+            eprintln!("bivy: removing leftover volume {}", path.display());
+            if let Err(e) = p.driver.delete_volume(path) {
+                eprintln!("bivy: {e}");
+            }
+        };
+        let containers = p.driver.path().join("containers");
+        // A restore swaps `<vol>` for `<vol>.restore` by way of `<vol>.old`: if the daemon died
+        // between the renames, the old volume goes back (the restore did not happen).
+        for vol in mine.keys() {
+            let cur = containers.join(vol);
+            let old = containers.join(format!("{vol}.old"));
+            if !cur.exists() && old.exists() {
+                eprintln!("bivy: undoing an interrupted restore of volume {vol}");
+                let _ = std::fs::rename(&old, &cur);
+            }
+        }
+        for e in std::fs::read_dir(&containers)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if !mine.contains_key(n.as_str()) {
+                remove(&e.path());
+            }
+        }
+        let snaps = p.driver.path().join("containers-snapshots");
+        for e in std::fs::read_dir(&snaps).into_iter().flatten().flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            match mine.get(n.as_str()) {
+                None => {
+                    for s in std::fs::read_dir(e.path()).into_iter().flatten().flatten() {
+                        remove(&s.path());
+                    }
+                    let _ = std::fs::remove_dir(e.path());
+                }
+                Some(r) => {
+                    for s in std::fs::read_dir(e.path()).into_iter().flatten().flatten() {
+                        let sn = s.file_name().to_string_lossy().into_owned();
+                        if !r.snapshots.iter().any(|x| x.volume == sn) {
+                            remove(&s.path());
+                        }
+                    }
+                }
+            }
+        }
+        for e in std::fs::read_dir(p.driver.path().join("images"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if !images.contains(&n) {
+                remove(&e.path());
+            }
+        }
+    }
+}

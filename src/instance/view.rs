@@ -1,0 +1,65 @@
+//! The instance as the model sees it: its record, its expanded config and devices, its state,
+//! and the URLs that name it in events and operations.
+
+use std::collections::BTreeMap;
+
+use super::db::InstanceRecord;
+use super::{config, Ctx, Error, Result};
+use crate::api::{Devices, StringMap};
+use crate::runtime::{self, State};
+
+/// The instance's API URL (events, operation resources, `used_by`).
+pub fn url(name: &str) -> String {
+    format!("/1.0/instances/{name}")
+}
+
+/// An operation's resources for work on instance `name`.
+pub fn resources(name: &str) -> BTreeMap<String, Vec<String>> {
+    let mut m = BTreeMap::new();
+    m.insert("containers".into(), vec![format!("/1.0/containers/{name}")]);
+    m.insert("instances".into(), vec![url(name)]);
+    m
+}
+
+/// Whether `devices` include the root disk.
+pub fn has_root_disk(devices: &Devices) -> bool {
+    devices.values().any(|d| {
+        d.get("type").map(String::as_str) == Some("disk")
+            && d.get("path").map(String::as_str) == Some("/")
+    })
+}
+
+/// The error for a missing instance, in LXD's words.
+pub fn not_found() -> Error {
+    Error::NotFound("Instance not found".into())
+}
+
+/// The instance's stored record.
+pub fn record(d: &Ctx, name: &str) -> Result<InstanceRecord> {
+    d.db.lock()
+        .expect("db lock")
+        .data
+        .instances
+        .get(name)
+        .cloned()
+        .ok_or_else(not_found)
+}
+
+/// Its config and devices with its profiles applied.
+pub fn expanded(d: &Ctx, rec: &InstanceRecord) -> (StringMap, Devices) {
+    let db = d.db.lock().expect("db lock");
+    config::expand(&rec.profiles, &db.data.profiles, &rec.config, &rec.devices)
+}
+
+/// Its runtime state.
+pub fn state(d: &Ctx, name: &str) -> Result<State> {
+    state_of(d, name)
+}
+
+/// The instance's state from its run directory. A run directory that cannot be read is an
+/// error, not "Stopped": an instance whose state is unknown must not be reported as stopped
+/// (and then, say, started a second time).
+pub fn state_of(d: &Ctx, name: &str) -> Result<State> {
+    runtime::state(&d.run_dir(name))
+        .map_err(|e| Error::Host(format!("state of instance {name:?}: {e}")))
+}
