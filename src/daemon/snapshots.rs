@@ -15,24 +15,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::db::{InstanceRecord, SnapshotRecord};
-use super::instances::Interim;
 use super::response::{self, Error, Result};
 use super::routes::{json, recursion};
 use super::{config, instances, schedule, Daemon};
-use crate::api::{self, StringMap};
+use crate::api::{self};
 use crate::http::{Request, Response};
+pub use crate::instance::snapshots::{delete_now, snapshot_now};
+use crate::instance::snapshots::{find, parse_time, restore_now, snap_url};
 use crate::runtime::State;
-use crate::storage::Pool;
 use crate::util::time;
-
-fn snap_url(name: &str, snap: &str) -> String {
-    format!("{}/snapshots/{snap}", instances::url(name))
-}
-
-fn find<'a>(rec: &'a InstanceRecord, snap: &str) -> Result<&'a SnapshotRecord> {
-    rec.snapshot(snap)
-        .ok_or_else(|| Error::NotFound("Snapshot not found".into()))
-}
 
 fn to_api(d: &Daemon, s: &SnapshotRecord) -> api::InstanceSnapshot {
     let (ec, ed) = {
@@ -136,103 +127,6 @@ fn create(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
     super::busy_task(d, name, "snapshot", "Snapshotting instance", move |d, _| {
         snapshot_now(d, &n, &body.name, expires_at).map(|_| ())
     })
-}
-
-/// Seconds since the epoch of an RFC 3339 time (LXD's zero time is 0).
-fn parse_time(t: &str) -> Result<i64> {
-    if t == api::GO_ZERO_TIME || t == api::ZERO_TIME {
-        return Ok(0);
-    }
-    time::parse_secs(t)
-        .ok_or_else(|| Error::BadRequest(format!("Invalid time {t:?}: expected RFC 3339")))
-}
-
-/// Take a snapshot (the caller holds the instance's busy mark). `name` empty picks one from
-/// `snapshots.pattern`; `expires_at` None applies `snapshots.expiry`.
-pub fn snapshot_now(
-    d: &Daemon,
-    name: &str,
-    snap: &str,
-    expires_at: Option<String>,
-) -> Result<String> {
-    let rec = instances::record(d, name)?;
-    let (ec, _) = {
-        let db = d.db.lock().expect("db lock");
-        config::expand(&rec.profiles, &db.data.profiles, &rec.config, &rec.devices)
-    };
-    let now = time::now_secs();
-    let snap = if snap.is_empty() {
-        let pattern = ec.get("snapshots.pattern").map_or("snap%d", String::as_str);
-        let existing: Vec<&str> = rec.snapshots.iter().map(|s| s.name.as_str()).collect();
-        schedule::snapshot_name(pattern, &existing, now).map_err(Error::BadRequest)?
-    } else {
-        snap.to_string()
-    };
-    if rec.snapshot(&snap).is_some() {
-        return Err(Error::Conflict(format!("Snapshot {snap:?} already exists")));
-    }
-    let expires_at = match expires_at {
-        Some(t) => t,
-        None => match ec.get("snapshots.expiry").filter(|v| !v.is_empty()) {
-            Some(e) => match schedule::parse_expiry(e).map_err(Error::BadRequest)? {
-                Some(delta) => time::format(schedule::expires_at(now, delta), 0),
-                None => api::GO_ZERO_TIME.into(),
-            },
-            None => api::GO_ZERO_TIME.into(),
-        },
-    };
-    let pool = super::storage::usable_pool(d, &rec.pool)?;
-    let volume = super::operations::uuid();
-    let dst = pool.snapshot(&rec.volume, &volume);
-    let src = pool.container(&rec.volume);
-    instances::with_consistent(d, name, &pool, || {
-        pool.driver
-            .clone_volume(&src, &dst, true)
-            .map_err(|e| Error::Internal(format!("snapshotting {name}: {e}")))
-    })
-    .inspect_err(|_| {
-        let _ = pool.driver.delete_volume(&dst);
-    })?;
-    let s = SnapshotRecord {
-        name: snap.clone(),
-        architecture: rec.architecture.clone(),
-        config: rec.config.clone(),
-        devices: rec.devices.clone(),
-        ephemeral: rec.ephemeral,
-        profiles: rec.profiles.clone(),
-        description: rec.description.clone(),
-        created_at: time::now(),
-        expires_at,
-        stateful: false,
-        volume,
-    };
-    let saved = {
-        let mut db = d.db.lock().expect("db lock");
-        db.update(|data| match data.instances.get_mut(name) {
-            Some(r) if r.volume == rec.volume => {
-                r.snapshots.push(s);
-                true
-            }
-            _ => false,
-        })
-    };
-    match saved {
-        Ok(true) => {}
-        Ok(false) => {
-            let _ = pool.driver.delete_volume(&dst);
-            return Err(Error::NotFound("Instance not found".into()));
-        }
-        Err(e) => {
-            let _ = pool.driver.delete_volume(&dst);
-            return Err(Error::Internal(format!("saving the snapshot: {e}")));
-        }
-    }
-    d.events.lifecycle(
-        "instance-snapshot-created",
-        &snap_url(name, &snap),
-        serde_json::json!({}),
-    );
-    Ok(snap)
 }
 
 /// `PUT`/`PATCH` of a snapshot: only `expires_at` can change (snapshots are immutable).
@@ -345,39 +239,6 @@ fn delete(d: &Daemon, name: &str, snap: &str) -> Result<Response> {
     )
 }
 
-/// Delete a snapshot: the record first (the commit point), then its volume.
-pub fn delete_now(d: &Daemon, name: &str, snap: &str) -> Result<()> {
-    let (rec, s) = {
-        let mut db = d.db.lock().expect("db lock");
-        let rec = db
-            .data
-            .instances
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::NotFound("Instance not found".into()))?;
-        let s = find(&rec, snap)?.clone();
-        db.update(|data| {
-            if let Some(r) = data.instances.get_mut(name) {
-                r.snapshots.retain(|x| x.name != snap);
-            }
-        })
-        .map_err(|e| Error::Internal(e.to_string()))?;
-        (rec, s)
-    };
-    if let Ok(pool) = super::storage::pool(d, &rec.pool) {
-        let path = pool.snapshot(&rec.volume, &s.volume);
-        if let Err(e) = pool.driver.delete_volume(&path) {
-            eprintln!("bivy: deleting snapshot volume {}: {e}", path.display());
-        }
-    }
-    d.events.lifecycle(
-        "instance-snapshot-deleted",
-        &snap_url(name, snap),
-        serde_json::json!({}),
-    );
-    Ok(())
-}
-
 /// `PUT /1.0/instances/NAME {"restore": SNAP}` (SNAP may be `NAME/SNAP`).
 pub fn restore(d: &Daemon, name: &str, snap: &str, stateful: bool) -> Result<Response> {
     if stateful {
@@ -402,110 +263,11 @@ pub fn restore(d: &Daemon, name: &str, snap: &str, stateful: bool) -> Result<Res
     })
 }
 
-fn restore_now(d: &Daemon, name: &str, snap: &str) -> Result<()> {
-    let rec = instances::record(d, name)?;
-    let s = find(&rec, snap)?.clone();
-    let pool = super::storage::usable_pool(d, &rec.pool)?;
-    // As LXD: a running instance is stopped (not cleanly), restored and started again.
-    let was_running = matches!(instances::state(d, name)?, State::Running { .. });
-    if was_running {
-        Interim::Stopped.begin(d, name)?;
-        if let Err(e) = instances::stop(d, name, true, Duration::from_secs(0)) {
-            Interim::Stopped.end(d, name);
-            return Err(e);
-        }
-    }
-    let r = restore_stopped(d, name, &rec, &s, &pool, was_running);
-    if was_running {
-        // Started again (or, on failure, attempted): nothing for a restart to undo.
-        Interim::Stopped.end(d, name);
-    }
-    r
-}
-
-/// The restore proper, with the instance stopped; starts it again when it was running.
-fn restore_stopped(
-    d: &Daemon,
-    name: &str,
-    rec: &InstanceRecord,
-    s: &SnapshotRecord,
-    pool: &Pool,
-    was_running: bool,
-) -> Result<()> {
-    let snap = s.name.as_str();
-    let cur = pool.container(&rec.volume);
-    let new = pool.container(&format!("{}.restore", rec.volume));
-    let old = pool.container(&format!("{}.old", rec.volume));
-    let _ = pool.driver.delete_volume(&new);
-    let res = pool
-        .driver
-        .clone_volume(&pool.snapshot(&rec.volume, &s.volume), &new, false)
-        .map_err(|e| Error::Internal(format!("restoring {snap}: {e}")))
-        .and_then(|()| {
-            std::fs::rename(&cur, &old)
-                .map_err(|e| Error::Internal(format!("restoring {snap}: {e}")))
-        })
-        .and_then(|()| {
-            std::fs::rename(&new, &cur).map_err(|e| {
-                let _ = std::fs::rename(&old, &cur);
-                Error::Internal(format!("restoring {snap}: {e}"))
-            })
-        });
-    if let Err(e) = res {
-        let _ = pool.driver.delete_volume(&new);
-        if was_running {
-            let _ = instances::start(d, name);
-        }
-        return Err(e);
-    }
-    if let Err(e) = pool.driver.delete_volume(&old) {
-        eprintln!("bivy: deleting the pre-restore volume: {e}");
-    }
-    // The config comes back too: the snapshot's keys, with the instance's own volatile state
-    // except the on-disk id shift, which is the snapshot's.
-    let mut config: StringMap = s
-        .config
-        .iter()
-        .filter(|(k, _)| !k.starts_with("volatile.") || *k == "volatile.last_state.idmap")
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    for (k, v) in &rec.config {
-        if k.starts_with("volatile.") && k != "volatile.last_state.idmap" {
-            config.entry(k.clone()).or_insert_with(|| v.clone());
-        }
-    }
-    {
-        let mut db = d.db.lock().expect("db lock");
-        db.update(|data| {
-            if let Some(r) = data.instances.get_mut(name) {
-                r.config = config;
-                r.devices = s.devices.clone();
-                r.profiles = s
-                    .profiles
-                    .iter()
-                    .filter(|p| data.profiles.contains_key(*p))
-                    .cloned()
-                    .collect();
-                r.ephemeral = s.ephemeral;
-                r.architecture = s.architecture.clone();
-                r.description = s.description.clone();
-            }
-        })
-        .map_err(|e| Error::Internal(e.to_string()))?;
-    }
-    d.events.lifecycle(
-        "instance-restored",
-        &instances::url(name),
-        serde_json::json!({"snapshot": snap}),
-    );
-    if was_running {
-        instances::start(d, name)?;
-    }
-    Ok(())
-}
-
 // ---------------------------------------------------------------------------------------------
 // Expiry and schedule
+
+// ---------------------------------------------------------------------------------------------
+// The scheduler (it also runs the image cache expiry and auto-update, which are still here).
 
 /// The background task: once a minute (`BIVY_SCHEDULER_TICK_SECS` shortens the tick for tests;
 /// each tick then stands for the next minute of a virtual clock), remove expired snapshots and

@@ -16,8 +16,7 @@ use super::Daemon;
 use crate::api::{self, StringMap};
 use crate::http::{Request, Response};
 pub use crate::instance::pools::{
-    delete_image_volumes, delete_instance_volumes, image_volume, mend_volume_modes, open_all, pool,
-    recover, root_pool, usable_pool,
+    delete_image_volumes, mend_volume_modes, open_all, pool, root_pool, usable_pool,
 };
 use crate::storage::{self, Pool};
 

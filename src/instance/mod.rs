@@ -12,10 +12,12 @@ pub mod error;
 pub mod events;
 pub mod host;
 pub mod idmap;
+pub mod lifecycle;
 pub mod limits;
 pub mod operations;
 pub mod pools;
 pub mod schedule;
+pub mod snapshots;
 pub mod view;
 
 pub use ctx::Ctx;

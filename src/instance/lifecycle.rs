@@ -1,0 +1,936 @@
+//! The instance lifecycle: create (from an image, a copy, or empty), start, stop, delete, live
+//! limits, the temporary changes operations make (and their undo after a crash), watching
+//! running instances, recovery at start and autostart. No HTTP: handlers call in here.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::db::InstanceRecord;
+use super::view::{expanded, record, state_of, url};
+use super::{config, idmap, Ctx, Error, Result};
+use crate::api::{self, Devices, StringMap};
+use crate::image;
+use crate::runtime::{self, RootfsMode, State};
+use crate::storage::Pool;
+use crate::util::time;
+
+/// Where a new instance's volume comes from.
+/// Where a new instance's root filesystem comes from.
+pub enum Origin {
+    Empty,
+    Image(Box<api::Image>),
+    /// An image on a remote (simplestreams) server, pulled by the operation.
+    Remote(Box<api::InstanceSource>),
+    /// Another instance on this server, or one of its snapshots.
+    Copy {
+        from: String,
+        snapshot: Option<String>,
+        instance_only: bool,
+    },
+}
+
+/// A new instance's settings, resolved by `create`.
+pub struct NewInstance<'a> {
+    pub name: &'a str,
+    pub body: &'a api::InstancesPost,
+    pub profiles: Vec<String>,
+    pub config: StringMap,
+    pub devices: Devices,
+    /// The copy source's architecture; empty otherwise.
+    pub architecture: String,
+    pub pool: String,
+}
+
+/// The local image an instance source names (fingerprint, alias or properties).
+pub fn resolve_image(d: &Ctx, s: &api::InstanceSource) -> Result<api::Image> {
+    if !s.server.is_empty() {
+        return Err(Error::not_yet("images from remote servers"));
+    }
+    if !s.fingerprint.is_empty() {
+        return Ok(d.images.get(&s.fingerprint)?);
+    }
+    if !s.alias.is_empty() {
+        let a = d
+            .images
+            .alias_get(&s.alias)
+            .map_err(|_| Error::NotFound(format!("Image alias {:?} not found", s.alias)))?;
+        return Ok(d.images.get(&a.target)?);
+    }
+    if !s.properties.is_empty() {
+        let mut best: Option<api::Image> = None;
+        for img in d.images.list()? {
+            if s.properties
+                .iter()
+                .all(|(k, v)| img.put.properties.get(k) == Some(v))
+                && best.as_ref().is_none_or(|b| img.created_at > b.created_at)
+            {
+                best = Some(img);
+            }
+        }
+        return best
+            .ok_or_else(|| Error::NotFound("No image matches the requested properties".into()));
+    }
+    Err(Error::Invalid(
+        "Image source needs a fingerprint, an alias or properties".into(),
+    ))
+}
+
+/// Removes half-made volumes unless disarmed.
+struct VolumeRevert<'a> {
+    pool: &'a Pool,
+    paths: Vec<PathBuf>,
+}
+
+impl Drop for VolumeRevert<'_> {
+    fn drop(&mut self) {
+        for p in self.paths.drain(..).rev() {
+            if let Err(e) = self.pool.driver.delete_volume(&p) {
+                eprintln!("bivy: cleaning up {}: {e}", p.display());
+            }
+        }
+    }
+}
+
+/// Clone volume `src` (on `from`) to `dst` (on `to`, not existing yet): the driver's clone
+/// within a pool, a file copy into a fresh volume across pools.
+pub fn clone_between(from: &Pool, src: &Path, to: &Pool, dst: &Path, readonly: bool) -> Result<()> {
+    let err = |e: std::io::Error| Error::Host(format!("copying {}: {e}", src.display()));
+    if from.name == to.name {
+        return to.driver.clone_volume(src, dst, readonly).map_err(err);
+    }
+    to.driver.create_volume(dst).map_err(err)?;
+    for e in std::fs::read_dir(src).map_err(err)? {
+        let e = e.map_err(err)?;
+        let t = dst.join(e.file_name());
+        if e.file_type().map_err(err)?.is_dir() {
+            crate::storage::copy::copy_tree(&e.path(), &t).map_err(err)?;
+        } else {
+            std::fs::copy(e.path(), &t).map_err(err)?;
+        }
+    }
+    if readonly {
+        to.driver.set_readonly(dst).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Run `f` with the instance frozen when it runs on a driver whose clones are not atomic, so
+/// a copy or snapshot of a running container is consistent.
+pub fn with_consistent<T>(
+    d: &Ctx,
+    name: &str,
+    pool: &Pool,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let freeze = !pool.driver.atomic_clone()
+        && matches!(state_of(d, name)?, State::Running { frozen: false, .. });
+    if freeze {
+        Interim::Frozen.begin(d, name)?;
+        if let Err(e) = runtime::freeze(&d.run_dir(name)) {
+            Interim::Frozen.end(d, name);
+            return Err(e.into());
+        }
+    }
+    let r = f();
+    if freeze {
+        match runtime::unfreeze(&d.run_dir(name)) {
+            Ok(()) => Interim::Frozen.end(d, name),
+            // The record stays: the next daemon start thaws it.
+            Err(e) => eprintln!("bivy: {name}: unfreezing after a copy: {e}"),
+        }
+    }
+    r
+}
+
+/// A temporary change an operation makes to a running instance: a freeze around a copy, a stop
+/// around a restore. It is recorded in the instance's run directory before it is made and the
+/// record is removed once it is undone, so a daemon killed in between undoes it at its next
+/// start ([`Interim::undo_all`]). A user's `pause` is not one: it survives restarts.
+#[derive(Clone, Copy, Debug)]
+pub enum Interim {
+    Frozen,
+    Stopped,
+}
+
+impl Interim {
+    fn path(self, d: &Ctx, name: &str) -> PathBuf {
+        d.run_dir(name).join(match self {
+            Interim::Frozen => "interim.frozen",
+            Interim::Stopped => "interim.stopped",
+        })
+    }
+
+    /// Record the change (durably) before making it.
+    pub fn begin(self, d: &Ctx, name: &str) -> Result<()> {
+        let dir = d.run_dir(name);
+        crate::util::fs::create_dir_mode(&dir, 0o711)
+            .and_then(|()| crate::util::fs::atomic_write(&self.path(d, name), b""))
+            .map_err(|e| Error::Host(format!("{}: {e}", dir.display())))
+    }
+
+    /// The change was undone: forget it.
+    pub fn end(self, d: &Ctx, name: &str) {
+        let _ = std::fs::remove_file(self.path(d, name));
+    }
+
+    /// At daemon start: undo the changes that operations killed with the daemon left behind.
+    fn undo_all(d: &Arc<Ctx>, name: &str) {
+        if Interim::Frozen.path(d, name).exists() {
+            match state_of(d, name) {
+                Ok(State::Running { frozen: true, .. }) => {
+                    eprintln!(
+                        "bivy: {name}: thawing (frozen by an operation the daemon did not finish)"
+                    );
+                    if let Err(e) = runtime::unfreeze(&d.run_dir(name)) {
+                        eprintln!("bivy: {name}: thawing: {e}");
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                // Unknown state: keep the record and try again at the next start.
+                Err(e) => {
+                    eprintln!("bivy: {e}");
+                    return;
+                }
+            }
+            Interim::Frozen.end(d, name);
+        }
+        if Interim::Stopped.path(d, name).exists() {
+            match state_of(d, name) {
+                Ok(State::Stopped { .. }) => {
+                    eprintln!(
+                        "bivy: {name}: starting again (stopped by a restore the daemon did not finish)"
+                    );
+                    if let Err(e) = start(d, name) {
+                        eprintln!("bivy: {name}: starting: {e}");
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("bivy: {e}");
+                    return;
+                }
+            }
+            Interim::Stopped.end(d, name);
+        }
+    }
+}
+
+pub fn create_now(d: &Ctx, args: NewInstance<'_>, origin: Origin) -> Result<()> {
+    let NewInstance {
+        name,
+        body,
+        profiles,
+        config: mut cfg,
+        devices,
+        architecture: copy_arch,
+        pool: pool_name,
+    } = args;
+    let pool = super::pools::usable_pool(d, &pool_name)?;
+    let volume = super::operations::uuid();
+    let final_dir = pool.container(&volume);
+    let tmp = pool.container(&format!("{volume}.tmp"));
+    let mut revert = VolumeRevert {
+        pool: &pool,
+        paths: vec![tmp.clone()],
+    };
+    let mut architecture = d.host.architecture.clone();
+    let (expanded_cfg, _) = {
+        let db = d.db.lock().expect("db lock");
+        config::expand(&profiles, &db.data.profiles, &cfg, &devices)
+    };
+    let privileged = config::flag(&expanded_cfg, "security.privileged");
+    let mut snapshots = Vec::new();
+    match &origin {
+        Origin::Remote(_) => {
+            return Err(Error::Host("remote image not pulled before create".into()))
+        }
+        Origin::Empty => {
+            pool.driver
+                .create_volume(&tmp)
+                .map_err(|e| Error::Host(format!("creating the volume: {e}")))?;
+            std::fs::create_dir_all(tmp.join("rootfs")).map_err(|e| Error::Host(e.to_string()))?;
+        }
+        Origin::Image(img) => {
+            let base = super::pools::image_volume(d, &pool, &img.fingerprint)?;
+            pool.driver
+                .clone_volume(&base, &tmp, false)
+                .map_err(|e| Error::Host(format!("cloning the image volume: {e}")))?;
+            architecture = img.architecture.clone();
+            for (k, v) in &img.put.properties {
+                cfg.entry(format!("image.{k}")).or_insert_with(|| v.clone());
+            }
+            cfg.insert("volatile.base_image".into(), img.fingerprint.clone());
+            if tmp
+                .join("templates")
+                .read_dir()
+                .is_ok_and(|mut r| r.next().is_some())
+            {
+                cfg.insert("volatile.apply_template".into(), "create".into());
+            }
+            let _ = d.images.touch(&img.fingerprint);
+        }
+        Origin::Copy {
+            from,
+            snapshot,
+            instance_only,
+        } => {
+            let src = record(d, from)?;
+            let src_pool = super::pools::usable_pool(d, &src.pool)?;
+            architecture = copy_arch.clone();
+            match snapshot {
+                Some(s) => {
+                    let sr = src
+                        .snapshot(s)
+                        .ok_or_else(|| Error::NotFound(format!("Snapshot {s:?} not found")))?;
+                    let path = src_pool.snapshot(&src.volume, &sr.volume);
+                    clone_between(&src_pool, &path, &pool, &tmp, false)?;
+                }
+                None => {
+                    let path = src_pool.container(&src.volume);
+                    with_consistent(d, from, &src_pool, || {
+                        clone_between(&src_pool, &path, &pool, &tmp, false)
+                    })?;
+                    if !instance_only {
+                        for sr in &src.snapshots {
+                            let sv = super::operations::uuid();
+                            let dst = pool.snapshot(&volume, &sv);
+                            revert.paths.push(dst.clone());
+                            clone_between(
+                                &src_pool,
+                                &src_pool.snapshot(&src.volume, &sr.volume),
+                                &pool,
+                                &dst,
+                                true,
+                            )?;
+                            let mut rec = sr.clone();
+                            rec.volume = sv;
+                            snapshots.push(rec);
+                        }
+                    }
+                }
+            }
+            if cfg.contains_key("volatile.base_image") {
+                cfg.insert("volatile.apply_template".into(), "copy".into());
+            }
+        }
+    }
+    if !body.put.architecture.is_empty()
+        && matches!(origin, Origin::Empty)
+        && body.put.architecture.parse::<u32>().is_err()
+    {
+        architecture = body.put.architecture.clone();
+    }
+    cfg.insert("volatile.uuid".into(), super::operations::uuid());
+    // The id map this instance will use, and how its rootfs is stored.
+    let taken = isolated_bases(d);
+    let map = idmap::compute(&expanded_cfg, &taken)?;
+    let copied_shift = cfg
+        .get("volatile.last_state.idmap")
+        .is_some_and(|v| v != "[]");
+    if privileged {
+        cfg.insert("volatile.idmap.next".into(), "[]".into());
+        cfg.entry("volatile.last_state.idmap".into())
+            .or_insert_with(|| "[]".into());
+    } else {
+        cfg.insert(
+            "volatile.idmap.base".into(),
+            map.uid.first().map_or(0, |e| e.hostid).to_string(),
+        );
+        cfg.insert("volatile.idmap.next".into(), map.to_volatile());
+        // Idmapped mounts where the filesystem has them (no chown); otherwise shift the ids on
+        // disk once and record the map they were shifted to (LXD's volatile.last_state.idmap).
+        // A copy keeps its source's on-disk state.
+        if !copied_shift && runtime::rootfs_supports_idmap(&tmp) {
+            cfg.insert("volatile.last_state.idmap".into(), "[]".into());
+        } else if !copied_shift {
+            runtime::shift_rootfs(&tmp.join("rootfs"), &map.uid, &map.gid)?;
+            cfg.insert("volatile.last_state.idmap".into(), map.to_volatile());
+        }
+    }
+    crate::util::fs::ensure_mode(&tmp, crate::storage::instance_volume_mode(privileged))
+        .map_err(|e| Error::Host(format!("{}: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, &final_dir)
+        .map_err(|e| Error::Host(format!("{}: {e}", final_dir.display())))?;
+    revert.paths[0] = final_dir.clone();
+    if !snapshots.is_empty() {
+        revert.paths.push(pool.snapshots_of(&volume));
+    }
+    let now = time::now();
+    let rec = InstanceRecord {
+        architecture,
+        config: cfg,
+        devices,
+        ephemeral: body.put.ephemeral,
+        profiles,
+        description: body.put.description.clone(),
+        created_at: now,
+        last_used_at: api::ZERO_TIME.into(),
+        stateful: false,
+        volume,
+        pool: pool_name,
+        snapshots,
+    };
+    let mut db = d.db.lock().expect("db lock");
+    if db.data.instances.contains_key(name) {
+        return Err(Error::Conflict(format!("Instance {name:?} already exists")));
+    }
+    db.update(|data| data.instances.insert(name.to_string(), rec))
+        .map_err(|e| Error::Host(format!("saving instance: {e}")))?;
+    drop(db);
+    revert.paths.clear();
+    d.events
+        .lifecycle("instance-created", &url(name), serde_json::json!({}));
+    Ok(())
+}
+
+fn isolated_bases(d: &Ctx) -> Vec<u32> {
+    let db = d.db.lock().expect("db lock");
+    db.data
+        .instances
+        .values()
+        .filter(|r| {
+            r.config
+                .get("security.idmap.isolated")
+                .is_some_and(|v| v == "true")
+        })
+        .filter_map(|r| {
+            r.config
+                .get("volatile.idmap.base")
+                .and_then(|v| v.parse().ok())
+        })
+        .collect()
+}
+
+/// Push the current limits to a running instance (after a config or profile change).
+pub fn apply_live_limits(d: &Ctx, name: &str) {
+    let Ok(rec) = record(d, name) else { return };
+    match state_of(d, name) {
+        Ok(State::Running { .. }) => {}
+        Ok(State::Stopped { .. }) => return,
+        Err(e) => {
+            eprintln!("bivy: {name}: limits not applied live: {e}");
+            return;
+        }
+    }
+    let (ec, _) = expanded(d, &rec);
+    if let Ok(l) = config::limits(&ec, d.host.total_memory, d.host.ncpus) {
+        if let Err(e) = runtime::set_limits(&d.run_dir(name), &l) {
+            eprintln!("bivy: {name}: applying limits: {e}");
+        }
+    }
+}
+
+pub fn delete_now(d: &Ctx, name: &str) -> Result<()> {
+    if matches!(state_of(d, name)?, State::Running { .. }) {
+        return Err(Error::Invalid("Instance is running".into()));
+    }
+    let rec = {
+        let mut db = d.db.lock().expect("db lock");
+        let rec = db
+            .data
+            .instances
+            .get(name)
+            .cloned()
+            .ok_or_else(super::view::not_found)?;
+        db.update(|data| data.instances.remove(name))
+            .map_err(|e| Error::Host(e.to_string()))?;
+        rec
+    };
+    // The record is gone (commit point); data removal failures are retried by `recover`.
+    super::pools::delete_instance_volumes(d, &rec);
+    let _ = std::fs::remove_dir_all(d.log_dir(name));
+    let _ = std::fs::remove_dir_all(d.run_dir(name));
+    d.events
+        .lifecycle("instance-deleted", &url(name), serde_json::json!({}));
+    Ok(())
+}
+
+/// Set `volatile.last_state.power` (and optionally other keys) without touching anything else.
+pub fn set_volatile(d: &Ctx, name: &str, kv: &[(&str, Option<String>)]) {
+    let mut db = d.db.lock().expect("db lock");
+    if !db.data.instances.contains_key(name) {
+        return;
+    }
+    let _ = db.update(|data| {
+        if let Some(r) = data.instances.get_mut(name) {
+            for (k, v) in kv {
+                match v {
+                    Some(v) => {
+                        r.config.insert((*k).to_string(), v.clone());
+                    }
+                    None => {
+                        r.config.remove(*k);
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Start an instance (the caller holds its busy mark).
+pub fn start(d: &Ctx, name: &str) -> Result<()> {
+    let rec = record(d, name)?;
+    if let State::Running { frozen, .. } = state_of(d, name)? {
+        if frozen {
+            return runtime::unfreeze(&d.run_dir(name)).map_err(Error::from);
+        }
+        return Err(Error::Invalid("The instance is already running".into()));
+    }
+    let (ec, ed) = expanded(d, &rec);
+    for (dev, conf) in &ed {
+        let t = conf.get("type").map(String::as_str).unwrap_or("");
+        let is_root = t == "disk" && conf.get("path").map(String::as_str) == Some("/");
+        if !is_root && t != "none" {
+            return Err(Error::not_yet(&format!(
+                "device {dev:?} of type {t:?} (only the root disk is supported yet)"
+            )));
+        }
+    }
+    let privileged = config::flag(&ec, "security.privileged");
+    let vol = d.volume_dir(&rec);
+    let rootfs = vol.join("rootfs");
+    // Id map: next becomes current.
+    let map = if privileged {
+        None
+    } else {
+        let next = rec
+            .config
+            .get("volatile.idmap.next")
+            .cloned()
+            .unwrap_or_default();
+        let m = idmap::Map::from_volatile(&next)
+            .filter(|m| !m.uid.is_empty())
+            .map_or_else(|| idmap::compute(&ec, &isolated_bases(d)), Ok)?;
+        Some(m)
+    };
+    let last = rec
+        .config
+        .get("volatile.last_state.idmap")
+        .cloned()
+        .unwrap_or_else(|| "[]".into());
+    let mode = if privileged {
+        if last != "[]" {
+            return Err(Error::not_yet(
+                "making a shifted rootfs privileged (unshifting)",
+            ));
+        }
+        RootfsMode::Privileged
+    } else if last == "[]" {
+        RootfsMode::Idmapped
+    } else {
+        let m = map.as_ref().expect("unprivileged has a map");
+        if idmap::Map::from_volatile(&last).as_ref() != Some(m) {
+            return Err(Error::not_yet("re-shifting a rootfs to a changed id map"));
+        }
+        RootfsMode::Shifted
+    };
+    // security.privileged may have changed since the volume was made.
+    crate::util::fs::ensure_mode(&vol, crate::storage::instance_volume_mode(privileged))
+        .map_err(|e| Error::Host(format!("{}: {e}", vol.display())))?;
+    // Templates pending from create/copy/rename, then `start` templates.
+    let meta_path = vol.join("metadata.json");
+    if let Ok(bytes) = std::fs::read(&meta_path) {
+        if let Ok(meta) = serde_json::from_slice::<api::ImageMetadata>(&bytes) {
+            let ctx = image::template::Context {
+                name: name.to_string(),
+                architecture: rec.architecture.clone(),
+                privileged,
+                ephemeral: rec.ephemeral,
+                config: ec.clone(),
+                devices: ed.clone(),
+            };
+            if let Some(trigger) = rec.config.get("volatile.apply_template") {
+                image::apply_templates(&meta, &vol.join("templates"), &rootfs, trigger, &ctx)?;
+            }
+            image::apply_templates(&meta, &vol.join("templates"), &rootfs, "start", &ctx)?;
+        }
+    }
+    let limits = config::limits(&ec, d.host.total_memory, d.host.ncpus)?;
+    let mut env: Vec<(String, String)> = vec![("container".into(), "lxc".into())];
+    for (k, v) in &ec {
+        if let Some(var) = k.strip_prefix("environment.") {
+            env.push((var.to_string(), v.clone()));
+        }
+    }
+    let log_dir = d.log_dir(name);
+    std::fs::create_dir_all(&log_dir)
+        .map_err(|e| Error::Host(format!("{}: {e}", log_dir.display())))?;
+    let spec = runtime::Spec {
+        name: name.to_string(),
+        rootfs,
+        rootfs_mode: mode,
+        uid_map: map.as_ref().map(|m| m.uid.clone()).unwrap_or_default(),
+        gid_map: map.as_ref().map(|m| m.gid.clone()).unwrap_or_default(),
+        hostname: name.to_string(),
+        init: vec!["/sbin/init".into()],
+        env,
+        limits,
+        nesting: config::flag(&ec, "security.nesting"),
+        seccomp_policy: seccomp_policy(&ec)?,
+        apparmor_raw: ec.get("raw.apparmor").cloned().unwrap_or_default(),
+        console_log: log_dir.join("console.log"),
+        cgroup: d.cgroup_suffix.as_ref().map(|sfx| format!("{name}.{sfx}")),
+    };
+    // linux.kernel_modules: loaded on the host before the container starts, as LXD does.
+    if let Some(v) = ec.get("linux.kernel_modules") {
+        let modules =
+            config::kernel_modules(v).map_err(|e| Error::config("linux.kernel_modules", e))?;
+        for m in modules {
+            if let Err(e) = load_kernel_module(m) {
+                log_line(&log_dir, &format!("start failed: {e}"));
+                return Err(e);
+            }
+        }
+    }
+    let run_dir = d.run_dir(name);
+    if let Err(e) = runtime::start(&spec, &run_dir) {
+        log_line(&log_dir, &format!("start failed: {e}"));
+        return Err(e.into());
+    }
+    log_line(&log_dir, "started");
+    let mut kv: Vec<(&str, Option<String>)> = vec![
+        ("volatile.last_state.power", Some("RUNNING".into())),
+        ("volatile.apply_template", None),
+    ];
+    if let Some(m) = &map {
+        kv.push(("volatile.idmap.current", Some(m.to_volatile())));
+    }
+    set_volatile(d, name, &kv);
+    {
+        let mut db = d.db.lock().expect("db lock");
+        let now = time::now();
+        let _ = db.update(|data| {
+            if let Some(r) = data.instances.get_mut(name) {
+                r.last_used_at = now;
+            }
+        });
+    }
+    watch(d.self_arc(), name.to_string());
+    d.events
+        .lifecycle("instance-started", &url(name), serde_json::json!({}));
+    if let Some(spec) = ec.get("snapshots.schedule") {
+        if super::schedule::parse_schedule(spec).is_ok_and(|s| s.is_startup()) {
+            if let Err(e) = super::snapshots::snapshot_now(d, name, "", None) {
+                log_line(&log_dir, &format!("@startup snapshot failed: {e}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Make sure kernel module `name` is loaded on the host (LXD's `util.LoadModule`): present in
+/// `/sys/module` (loaded or built in), else `modprobe -b NAME`, whose failure fails the start.
+fn load_kernel_module(name: &str) -> Result<()> {
+    if std::path::Path::new("/sys/module")
+        .join(name.replace('-', "_"))
+        .exists()
+    {
+        return Ok(());
+    }
+    let out = std::process::Command::new("modprobe")
+        .args(["-b", name])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| {
+            Error::Host(format!(
+                "linux.kernel_modules: cannot load {name:?}: running modprobe: {e}"
+            ))
+        })?;
+    if !out.status.success() {
+        return Err(Error::Host(format!(
+            "linux.kernel_modules: cannot load {name:?}: modprobe: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Append a timestamped line to the instance's `lxc.log` (what `lxc info --show-log` shows).
+fn log_line(log_dir: &std::path::Path, msg: &str) {
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_dir.join("lxc.log"))
+    {
+        // One write per line: O_APPEND keeps concurrent writers' lines whole (writeln! would
+        // write the timestamp and the message separately, and lines interleaved).
+        let line = format!("{} {msg}\n", time::now());
+        let _ = f.write_all(line.as_bytes());
+    }
+}
+
+/// The seccomp policy text for an instance (`raw.seccomp`, `security.syscalls.*`).
+fn seccomp_policy(ec: &StringMap) -> Result<String> {
+    let get = |k: &str| ec.get(k).cloned().unwrap_or_default();
+    let cfg = runtime::seccomp::PolicyConfig {
+        raw: ec.get("raw.seccomp").filter(|v| !v.is_empty()).cloned(),
+        deny_default: ec
+            .get("security.syscalls.deny_default")
+            .is_none_or(|v| v != "false"),
+        deny: get("security.syscalls.deny"),
+        allow: get("security.syscalls.allow"),
+        deny_compat: config::flag(ec, "security.syscalls.deny_compat"),
+    };
+    runtime::seccomp::build_policy(&cfg).map_err(|e| Error::Invalid(format!("seccomp policy: {e}")))
+}
+
+/// Stop an instance (the caller holds its busy mark).
+pub fn stop(d: &Ctx, name: &str, force: bool, timeout: Duration) -> Result<()> {
+    if !matches!(state_of(d, name)?, State::Running { .. }) {
+        return Err(Error::Invalid("The instance is already stopped".into()));
+    }
+    let mode = if force {
+        runtime::StopMode::Force
+    } else {
+        runtime::StopMode::Clean(timeout)
+    };
+    runtime::stop(&d.run_dir(name), mode)?;
+    set_volatile(
+        d,
+        name,
+        &[("volatile.last_state.power", Some("STOPPED".into()))],
+    );
+    Ok(())
+}
+
+/// The host is shutting down (SIGPWR to the daemon, LXD's convention): stop every running
+/// instance, the highest `boot.stop.priority` first and those of one priority together, each
+/// given `boot.host_shutdown_timeout` seconds (default 30) to stop cleanly before it is killed.
+/// Each keeps its busy mark (the daemon exits next) so `volatile.last_state.power` stays
+/// `RUNNING` and the autostart of the next boot brings it back, as LXD does.
+pub fn host_shutdown(d: &Ctx) {
+    let names: Vec<String> =
+        d.db.lock()
+            .expect("db lock")
+            .data
+            .instances
+            .keys()
+            .cloned()
+            .collect();
+    let mut todo: Vec<(i64, String, u64)> = Vec::new();
+    for name in names {
+        if !matches!(state_of(d, &name), Ok(State::Running { .. })) {
+            continue;
+        }
+        let Ok(rec) = record(d, &name) else { continue };
+        let (ec, _) = expanded(d, &rec);
+        let int = |k: &str| ec.get(k).and_then(|v| v.parse::<i64>().ok());
+        let prio = int("boot.stop.priority").unwrap_or(0);
+        let timeout = int("boot.host_shutdown_timeout").map_or(30, |t| t.max(0).unsigned_abs());
+        todo.push((prio, name, timeout));
+    }
+    todo.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    for group in todo.chunk_by(|a, b| a.0 == b.0) {
+        std::thread::scope(|s| {
+            for (prio, name, timeout) in group {
+                s.spawn(move || {
+                    // A stop, delete or restart in flight owns the instance.
+                    if d.busy_insert(name, "host shutdown").is_err() {
+                        return;
+                    }
+                    let mode = runtime::StopMode::Clean(Duration::from_secs(*timeout));
+                    let how = match runtime::stop(&d.run_dir(name), mode) {
+                        Ok(()) => match state_of(d, name) {
+                            Ok(State::Stopped { last_exit: Some(e) }) => e.reason,
+                            Ok(other) => format!("{other:?}"),
+                            Err(e) => e.to_string(),
+                        },
+                        Err(e) => format!("stop failed: {e}"),
+                    };
+                    log_line(
+                        &d.log_dir(name),
+                        &format!("host shutdown (boot.stop.priority {prio}): {how}"),
+                    );
+                });
+            }
+        });
+    }
+}
+
+/// Follow a running container until it stops: record it, restart it after an in-container
+/// reboot, delete it when ephemeral.
+fn watch(d: Arc<Ctx>, name: String) {
+    let Ok(Some(fd)) = runtime::monitor_pidfd(&d.run_dir(&name)) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        loop {
+            let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(n) if n > 0 => break,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Ok(_) => continue,
+                Err(_) => return,
+            }
+        }
+        let last = match state_of(&d, &name) {
+            Ok(State::Stopped { last_exit }) => last_exit,
+            Ok(State::Running { .. }) => return, // restarted in the meantime; its own watcher follows it
+            Err(e) => {
+                eprintln!("bivy: {name}: stopped, but its state cannot be read: {e}");
+                return;
+            }
+        };
+        // How init ended, for `lxc info --show-log`: a clean stop reads "stopped by request
+        // (...)", a forced or timed-out one "killed by request (...)".
+        if let Some(e) = &last {
+            log_line(
+                &d.log_dir(&name),
+                &format!("{} (code {})", e.reason, e.code),
+            );
+        }
+        d.events
+            .lifecycle("instance-stopped", &url(&name), serde_json::json!({}));
+        let Ok(rec) = record(&d, &name) else { return };
+        // An explicit stop/restart/delete operation owns what happens next.
+        if d.busy.lock().expect("busy lock").contains_key(&name) {
+            return;
+        }
+        set_volatile(
+            &d,
+            &name,
+            &[("volatile.last_state.power", Some("STOPPED".into()))],
+        );
+        if rec.ephemeral {
+            if d.busy_insert(&name, "delete").is_ok() {
+                let _ = delete_now(&d, &name);
+                d.busy.lock().expect("busy lock").remove(&name);
+            }
+            return;
+        }
+        // `reboot` inside: the kernel ends init with SIGHUP; start it again like LXD does.
+        if last.is_some_and(|e| e.code == 128 + libc::SIGHUP)
+            && d.busy_insert(&name, "restart").is_ok()
+        {
+            if let Err(e) = start(&d, &name) {
+                eprintln!("bivy: {name}: restart after reboot failed: {e}");
+            }
+            d.busy.lock().expect("busy lock").remove(&name);
+        }
+    });
+}
+
+/// Finish or undo what a killed daemon left: volumes without a record (half-made creates,
+/// half-done deletes), a missing default profile, watchers for running containers.
+pub fn recover(d: &Arc<Ctx>) -> std::io::Result<()> {
+    {
+        let mut db = d.db.lock().expect("db lock");
+        if !db.data.profiles.contains_key("default") {
+            let mut root = StringMap::new();
+            root.insert("path".into(), "/".into());
+            root.insert("pool".into(), "default".into());
+            root.insert("type".into(), "disk".into());
+            let mut devices = Devices::new();
+            devices.insert("root".into(), root);
+            db.update(|data| {
+                data.profiles.insert(
+                    "default".into(),
+                    super::db::ProfileRecord {
+                        config: StringMap::new(),
+                        description: "Default bivy profile".into(),
+                        devices,
+                    },
+                )
+            })?;
+        }
+    }
+    super::pools::recover(d);
+    crate::util::fs::create_dir_mode(&d.dir.join("run"), 0o711)?;
+    crate::util::fs::create_dir_mode(&d.dir.join("logs"), 0o700)?;
+    let names: Vec<String> =
+        d.db.lock()
+            .expect("db lock")
+            .data
+            .instances
+            .keys()
+            .cloned()
+            .collect();
+    for n in names {
+        Interim::undo_all(d, &n);
+        match state_of(d, &n) {
+            Ok(State::Running { .. }) => watch(d.clone(), n),
+            Ok(State::Stopped { .. }) => {}
+            Err(e) => eprintln!("bivy: {e}"),
+        }
+    }
+    Ok(())
+}
+
+/// Start instances with `boot.autostart=true` (or unset and last running) on the first daemon
+/// start after a host boot; later daemon restarts leave stopped instances alone.
+pub fn autostart(d: &Arc<Ctx>) {
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let marker = d.dir.join("run").join("boot_id");
+    if std::fs::read_to_string(&marker).ok().as_deref() == Some(boot_id.as_str()) {
+        return;
+    }
+    let _ = crate::util::fs::atomic_write(&marker, boot_id.as_bytes());
+    let records: Vec<(String, InstanceRecord)> =
+        d.db.lock()
+            .expect("db lock")
+            .data
+            .instances
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+    // (-priority, name, delay): highest boot.autostart.priority first, then by name.
+    let mut todo: Vec<(i64, String, u64)> = Vec::new();
+    for (name, rec) in records {
+        let (ec, _) = expanded(d, &rec);
+        let auto = match ec.get("boot.autostart").map(String::as_str) {
+            Some("true") => true,
+            Some(_) => false,
+            None => {
+                rec.config
+                    .get("volatile.last_state.power")
+                    .map(String::as_str)
+                    == Some("RUNNING")
+            }
+        };
+        if auto {
+            let prio = ec
+                .get("boot.autostart.priority")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let delay = ec
+                .get("boot.autostart.delay")
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            todo.push((-prio, name, delay));
+        }
+    }
+    todo.sort();
+    let d = d.clone();
+    std::thread::spawn(move || {
+        for (_, name, delay) in todo {
+            match state_of(&d, &name) {
+                Ok(State::Stopped { .. }) => {}
+                Ok(State::Running { .. }) => continue,
+                Err(e) => {
+                    eprintln!("bivy: autostart of {name} skipped: {e}");
+                    continue;
+                }
+            }
+            if d.busy_insert(&name, "start").is_ok() {
+                let started = start(&d, &name);
+                d.busy.lock().expect("busy lock").remove(&name);
+                match started {
+                    Err(e) => eprintln!("bivy: autostart of {name} failed: {e}"),
+                    // boot.autostart.delay: seconds to wait after this one started, before the
+                    // next (LXD's semantics).
+                    Ok(()) => {
+                        if delay > 0 {
+                            std::thread::sleep(std::time::Duration::from_secs(delay));
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
