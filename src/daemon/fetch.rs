@@ -315,7 +315,7 @@ pub(super) fn host_header(u: &Url) -> String {
 pub fn import_url(d: &Daemon, body: api::ImagesPost) -> Result<Response> {
     let src = body.source.clone().unwrap_or_default();
     let u = parse(&src.url)?;
-    let archs = super::endpoints::architectures(&d.host.architecture).join(",");
+    let archs = crate::instance::host::architectures(&d.host.architecture).join(",");
     let d2 = d.self_arc();
     let op = d.ops.start(
         Class::Task,
@@ -388,7 +388,8 @@ pub fn import_url(d: &Daemon, body: api::ImagesPost) -> Result<Response> {
             let img = d2
                 .images
                 .import(image::Upload::Unified(&mut r.body), &opts)?;
-            super::endpoints::image_created(&d2, &op, &img, &body.aliases)
+            crate::instance::images::image_created(&d2, &op, &img, &body.aliases)
+                .map_err(Error::from)
         },
     );
     Ok(response::operation(&op.to_api()))

@@ -9,19 +9,15 @@ mod config;
 use crate::instance::{db, events, idmap, operations, schedule};
 mod conns;
 mod endpoints;
-mod exec;
+use endpoints::{instances, snapshots, storage};
 mod fetch;
-mod files;
 mod filter;
-mod instances;
 mod multipart;
 mod netstate;
 mod pull;
 mod resources;
 mod response;
 mod routes;
-mod snapshots;
-mod storage;
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -136,7 +132,7 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
         me: std::sync::OnceLock::new(),
     });
     let _ = d.me.set(Arc::downgrade(&d));
-    endpoints::apply_server_config(&d, &d.db.lock().expect("db lock").data.config);
+    endpoints::server::apply_server_config(&d, &d.db.lock().expect("db lock").data.config);
     storage::open_all(&d).map_err(|e| format!("opening storage pools: {e}"))?;
     instances::recover(&d).map_err(|e| format!("recovering state: {e}"))?;
     secure_tree(&d);

@@ -425,7 +425,8 @@ pub(super) fn images_post(d: &Daemon, body: api::ImagesPost) -> Result<Response>
                     },
                 },
             )?;
-            super::endpoints::image_created(&d2, &op, &img, &body.aliases)
+            crate::instance::images::image_created(&d2, &op, &img, &body.aliases)
+                .map_err(Error::from)
         },
     );
     Ok(response::operation(&op.to_api()))

@@ -54,3 +54,12 @@ impl Host {
         }
     }
 }
+
+/// The personalities this host runs (x86_64 also runs i686).
+pub fn architectures(machine: &str) -> Vec<String> {
+    match machine {
+        "x86_64" => vec!["x86_64".into(), "i686".into()],
+        "aarch64" => vec!["aarch64".into(), "armv7l".into()],
+        m => vec![m.to_string()],
+    }
+}

@@ -12,6 +12,7 @@ pub mod error;
 pub mod events;
 pub mod host;
 pub mod idmap;
+pub mod images;
 pub mod lifecycle;
 pub mod limits;
 pub mod operations;

@@ -250,3 +250,52 @@ fn restore_stopped(
     }
     Ok(())
 }
+
+/// A snapshot as the API shows it.
+pub fn to_api(d: &Ctx, s: &SnapshotRecord) -> api::InstanceSnapshot {
+    let (ec, ed) = {
+        let db = d.db.lock().expect("db lock");
+        config::expand(&s.profiles, &db.data.profiles, &s.config, &s.devices)
+    };
+    api::InstanceSnapshot {
+        architecture: s.architecture.clone(),
+        config: s.config.clone(),
+        devices: s.devices.clone(),
+        ephemeral: s.ephemeral,
+        profiles: s.profiles.clone(),
+        expires_at: s.expires_at.clone(),
+        created_at: s.created_at.clone(),
+        expanded_config: ec,
+        expanded_devices: ed,
+        last_used_at: api::GO_ZERO_TIME.into(),
+        name: s.name.clone(),
+        size: -1,
+        stateful: s.stateful,
+    }
+}
+
+/// The snapshots of an instance as `InstanceFull.snapshots` carries them.
+pub fn list_api(d: &Ctx, rec: &InstanceRecord) -> Vec<api::InstanceSnapshot> {
+    rec.snapshots.iter().map(|s| to_api(d, s)).collect()
+}
+
+/// Check a restore request; returns the snapshot's name within the instance.
+pub fn check_restore(d: &Ctx, name: &str, snap: &str, stateful: bool) -> Result<String> {
+    if stateful {
+        return Err(Error::not_yet(
+            "stateful restore (it needs CRIU, which bivy does not drive yet)",
+        ));
+    }
+    let snap = match snap.split_once('/') {
+        Some((inst, s)) if inst == name => s.to_string(),
+        Some(_) => {
+            return Err(Error::Invalid(format!(
+                "Snapshot {snap:?} does not belong to instance {name:?}"
+            )))
+        }
+        None => snap.to_string(),
+    };
+    let rec = record(d, name)?;
+    find(&rec, &snap)?;
+    Ok(snap)
+}

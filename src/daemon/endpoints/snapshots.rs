@@ -14,43 +14,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::db::{InstanceRecord, SnapshotRecord};
-use super::response::{self, Error, Result};
-use super::routes::{json, recursion};
-use super::{config, instances, schedule, Daemon};
+use super::super::response::{self, Error, Result};
+use super::super::routes::{json, recursion};
+use super::super::{config, instances, schedule, Daemon};
 use crate::api::{self};
 use crate::http::{Request, Response};
 pub use crate::instance::snapshots::{delete_now, snapshot_now};
-use crate::instance::snapshots::{find, parse_time, restore_now, snap_url};
+use crate::instance::snapshots::{find, parse_time, snap_url};
 use crate::runtime::State;
 use crate::util::time;
-
-fn to_api(d: &Daemon, s: &SnapshotRecord) -> api::InstanceSnapshot {
-    let (ec, ed) = {
-        let db = d.db.lock().expect("db lock");
-        config::expand(&s.profiles, &db.data.profiles, &s.config, &s.devices)
-    };
-    api::InstanceSnapshot {
-        architecture: s.architecture.clone(),
-        config: s.config.clone(),
-        devices: s.devices.clone(),
-        ephemeral: s.ephemeral,
-        profiles: s.profiles.clone(),
-        expires_at: s.expires_at.clone(),
-        created_at: s.created_at.clone(),
-        expanded_config: ec,
-        expanded_devices: ed,
-        last_used_at: api::GO_ZERO_TIME.into(),
-        name: s.name.clone(),
-        size: -1,
-        stateful: s.stateful,
-    }
-}
-
-/// The snapshots of an instance as `InstanceFull.snapshots` carries them.
-pub fn list_api(d: &Daemon, rec: &InstanceRecord) -> Vec<api::InstanceSnapshot> {
-    rec.snapshots.iter().map(|s| to_api(d, s)).collect()
-}
 
 pub fn route(d: &Daemon, req: &mut Request, name: &str, sub: &[&str]) -> Result<Response> {
     let m = req.method.clone();
@@ -70,7 +42,9 @@ pub fn route(d: &Daemon, req: &mut Request, name: &str, sub: &[&str]) -> Result<
 fn list(d: &Daemon, req: &Request, name: &str) -> Result<Response> {
     let rec = instances::record(d, name)?;
     if recursion(req) > 0 {
-        Ok(response::sync(&list_api(d, &rec)))
+        Ok(response::sync(&crate::instance::snapshots::list_api(
+            d, &rec,
+        )))
     } else {
         Ok(response::sync(
             &rec.snapshots
@@ -85,7 +59,7 @@ fn get(d: &Daemon, name: &str, snap: &str) -> Result<Response> {
     let rec = instances::record(d, name)?;
     let s = find(&rec, snap)?;
     Ok(response::sync_etag(
-        &to_api(d, s),
+        &crate::instance::snapshots::to_api(d, s),
         Some(response::etag(&s.expires_at)),
     ))
 }
@@ -124,7 +98,7 @@ fn create(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
         }
     };
     let n = name.to_string();
-    super::busy_task(d, name, "snapshot", "Snapshotting instance", move |d, _| {
+    super::super::busy_task(d, name, "snapshot", "Snapshotting instance", move |d, _| {
         snapshot_now(d, &n, &body.name, expires_at).map(|_| ())
     })
 }
@@ -230,37 +204,13 @@ fn delete(d: &Daemon, name: &str, snap: &str) -> Result<Response> {
     let rec = instances::record(d, name)?;
     find(&rec, snap)?;
     let (n, s) = (name.to_string(), snap.to_string());
-    super::busy_task(
+    super::super::busy_task(
         d,
         name,
         "snapshot delete",
         "Deleting snapshot",
         move |d, _| delete_now(d, &n, &s),
     )
-}
-
-/// `PUT /1.0/instances/NAME {"restore": SNAP}` (SNAP may be `NAME/SNAP`).
-pub fn restore(d: &Daemon, name: &str, snap: &str, stateful: bool) -> Result<Response> {
-    if stateful {
-        return Err(Error::not_yet(
-            "stateful restore (it needs CRIU, which bivy does not drive yet)",
-        ));
-    }
-    let snap = match snap.split_once('/') {
-        Some((inst, s)) if inst == name => s.to_string(),
-        Some(_) => {
-            return Err(Error::BadRequest(format!(
-                "Snapshot {snap:?} does not belong to instance {name:?}"
-            )))
-        }
-        None => snap.to_string(),
-    };
-    let rec = instances::record(d, name)?;
-    find(&rec, &snap)?;
-    let n = name.to_string();
-    super::busy_task(d, name, "restore", "Restoring snapshot", move |d, _| {
-        restore_now(d, &n, &snap)
-    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -282,7 +232,7 @@ pub fn spawn_scheduler(d: Arc<Daemon>) {
         .name("scheduler".into())
         .spawn(move || {
             // Expired cached images go at start too (as LXD's prune task), then hourly.
-            super::pull::prune_cached(&d, time::now_secs());
+            super::super::pull::prune_cached(&d, time::now_secs());
             let mut minute = time::now_secs() / 60 * 60;
             loop {
                 // Sleep to the next minute boundary (or one short tick).
@@ -307,7 +257,7 @@ pub fn spawn_scheduler(d: Arc<Daemon>) {
 fn run_once(d: &Daemon, minute: i64, now: i64) {
     // Hourly: cached images unused for `images.remote_cache_expiry` days.
     if minute % 3600 == 0 {
-        super::pull::prune_cached(d, now);
+        super::super::pull::prune_cached(d, now);
     }
     let interval =
         d.db.lock()
@@ -316,8 +266,8 @@ fn run_once(d: &Daemon, minute: i64, now: i64) {
             .config
             .get("images.auto_update_interval")
             .cloned();
-    if super::pull::auto_update_due(interval.as_deref(), minute) {
-        super::pull::auto_update(d);
+    if super::super::pull::auto_update_due(interval.as_deref(), minute) {
+        super::super::pull::auto_update(d);
     }
     let instances = d.db.lock().expect("db lock").data.instances.clone();
     for (name, rec) in instances {

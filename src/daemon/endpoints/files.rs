@@ -12,10 +12,10 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
 
-use super::db::InstanceRecord;
-use super::idmap;
-use super::response::{self, Error, Result};
-use super::Daemon;
+use super::super::db::InstanceRecord;
+use super::super::idmap;
+use super::super::response::{self, Error, Result};
+use super::super::Daemon;
 use crate::http::{Body, Request, Response};
 use crate::runtime::IdMapEntry;
 

@@ -9,14 +9,14 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::db::PoolRecord;
-use super::response::{self, Error, Result};
-use super::routes::{json, recursion};
-use super::Daemon;
+use super::super::db::PoolRecord;
+use super::super::response::{self, Error, Result};
+use super::super::routes::{json, recursion};
+use super::super::Daemon;
 use crate::api::{self, StringMap};
 use crate::http::{Request, Response};
 pub use crate::instance::pools::{
-    delete_image_volumes, mend_volume_modes, open_all, pool, root_pool, usable_pool,
+    delete_image_volumes, mend_volume_modes, open_all, pool, usable_pool,
 };
 use crate::storage::{self, Pool};
 
@@ -35,9 +35,13 @@ fn used_by(d: &Daemon, name: &str) -> Vec<String> {
     let mut out = Vec::new();
     for (n, r) in &db.data.instances {
         if r.pool == name {
-            out.push(super::instances::url(n));
+            out.push(crate::instance::view::url(n));
             for s in &r.snapshots {
-                out.push(format!("{}/snapshots/{}", super::instances::url(n), s.name));
+                out.push(format!(
+                    "{}/snapshots/{}",
+                    crate::instance::view::url(n),
+                    s.name
+                ));
             }
         }
     }
@@ -386,7 +390,7 @@ fn volumes(d: &Daemon, pool_name: &str) -> Vec<(String, String, serde_json::Valu
             volume_api(
                 n,
                 "container",
-                vec![super::instances::url(n)],
+                vec![crate::instance::view::url(n)],
                 &r.created_at,
             ),
         ));
@@ -398,7 +402,11 @@ fn volumes(d: &Daemon, pool_name: &str) -> Vec<(String, String, serde_json::Valu
                 volume_api(
                     &full,
                     "container",
-                    vec![format!("{}/snapshots/{}", super::instances::url(n), s.name)],
+                    vec![format!(
+                        "{}/snapshots/{}",
+                        crate::instance::view::url(n),
+                        s.name
+                    )],
                     &s.created_at,
                 ),
             ));

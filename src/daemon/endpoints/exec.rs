@@ -11,12 +11,12 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::operations::{secret, Class, Op};
-use super::response::{self, Error, Result};
-use super::routes::json;
-use super::{config, Daemon};
+use super::super::response::{self, Error, Result};
+use super::super::routes::json;
+use super::super::{config, Daemon};
 use crate::api::{self, StringMap};
 use crate::http::{ws, Request, Response, Stream};
+use crate::instance::operations::{secret, Class, Op};
 use crate::runtime::{self, State};
 
 /// Time the client has to connect the required websockets (LXD: 5 s).

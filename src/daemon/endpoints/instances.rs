@@ -6,20 +6,19 @@
 //! `<volume>.tmp` and renames it into place before the record is written; delete removes the
 //! record before the data. `recover` removes any volume no record names.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use super::db::InstanceRecord;
-use super::filter::Filter;
-use super::operations::Class;
-use super::response::{self, Error, Result};
-use super::routes::{json, recursion};
-use super::{config, Daemon};
+use super::super::db::InstanceRecord;
+use super::super::filter::Filter;
+use super::super::response::{self, Error, Result};
+use super::super::routes::{json, recursion};
+use super::super::{config, Daemon};
 use crate::api::{self, status, StringMap};
 use crate::http::{Request, Response};
 use crate::image;
+use crate::instance::operations::Class;
 use crate::runtime::{self, State};
-use crate::util::time;
 
 /// Default clean-stop timeout when the client gives none (LXD: 30 s for `lxc stop`... the client
 /// sends -1 and LXD then waits forever; we cap at 10 minutes).
@@ -103,7 +102,7 @@ fn state_api(d: &Daemon, name: &str, st: &State) -> Result<api::InstanceState> {
         let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         out.pid = i64::from(*init_pid);
         // Read from the container's own network namespace (at least `lo`, as LXD reports).
-        out.network = super::netstate::of_pid(*init_pid).ok();
+        out.network = super::super::netstate::of_pid(*init_pid).ok();
         out.processes = i(stats.processes);
         out.memory.usage = stats.memory_usage.map(i);
         out.memory.usage_peak = stats.memory_peak.map(i);
@@ -120,7 +119,7 @@ fn full(d: &Daemon, name: &str, rec: &InstanceRecord) -> Result<api::InstanceFul
         instance: to_api(d, name, rec, &st),
         backups: Some(vec![]),
         state: Some(state_api(d, name, &st)?),
-        snapshots: Some(super::snapshots::list_api(d, rec)),
+        snapshots: Some(crate::instance::snapshots::list_api(d, rec)),
     })
 }
 
@@ -153,7 +152,7 @@ pub fn list(d: &Daemon, req: &Request) -> Result<Response> {
                 instance: inst,
                 backups: Some(vec![]),
                 state: Some(state_api(d, &name, &st)?),
-                snapshots: Some(super::snapshots::list_api(d, &rec)),
+                snapshots: Some(crate::instance::snapshots::list_api(d, &rec)),
             })
             .unwrap_or_default(),
         });
@@ -172,7 +171,7 @@ fn generate_name(d: &Daemon) -> String {
         "raven", "seal", "tapir", "wren", "yak", "bison", "crane",
     ];
     loop {
-        let s = super::operations::secret();
+        let s = crate::instance::operations::secret();
         let b = s.as_bytes();
         let name = format!(
             "{}-{}",
@@ -219,7 +218,7 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
     let mut architecture = String::new();
     let origin = match source.kind.as_str() {
         "image" if !source.server.is_empty() => {
-            super::pull::check_protocol(&source.protocol)?;
+            super::super::pull::check_protocol(&source.protocol)?;
             Origin::Remote(Box::new(source.clone()))
         }
         "image" => Origin::Image(Box::new(resolve_image(d, &source)?)),
@@ -313,11 +312,11 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
         if !has_root_disk(&devs) {
             return Err(Error::BadRequest("No root device could be found".into()));
         }
-        super::storage::root_pool(&devs).ok_or_else(|| {
+        crate::instance::pools::root_pool(&devs).ok_or_else(|| {
             Error::BadRequest("The root disk device has no \"pool\" property".into())
         })?
     };
-    super::storage::usable_pool(d, &pool_name)?;
+    crate::instance::pools::usable_pool(d, &pool_name)?;
     let guard_name = name.clone();
     // Reserve the name now so two concurrent creates cannot both pass the check.
     d.busy_insert(&guard_name, "create")?;
@@ -351,9 +350,11 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
             };
             // An image on a simplestreams server is pulled first (cached), as LXD does.
             let res = match origin {
-                Origin::Remote(s) => super::pull::for_instance(&d2, &op, &s).and_then(|img| {
-                    create_now(&d2, args, Origin::Image(Box::new(img))).map_err(Error::from)
-                }),
+                Origin::Remote(s) => {
+                    super::super::pull::for_instance(&d2, &op, &s).and_then(|img| {
+                        create_now(&d2, args, Origin::Image(Box::new(img))).map_err(Error::from)
+                    })
+                }
                 o => create_now(&d2, args, o).map_err(Error::from),
             };
             let mut busy = d2.busy.lock().expect("busy lock");
@@ -383,16 +384,10 @@ pub fn route(d: &Daemon, req: &mut Request, name: &str, sub: &[&str]) -> Result<
             Ok(response::sync(&state_api(d, name, &state_of(d, name)?)?))
         }
         (["state"], "PUT") => state_put(d, req, name),
-        (["exec"], "POST") => super::exec::exec(d, req, name),
-        (["files"], "GET" | "HEAD" | "POST" | "DELETE") => {
-            let rec = record(d, name)?;
-            super::files::handle(d, req, &rec)
-        }
         (["logs"], "GET") => logs_list(d, name),
         (["logs", file], "GET") => log_get(d, name, file),
         (["logs", file], "DELETE") => log_delete(d, name, file),
         (["console"], "GET") => log_get(d, name, "console.log"),
-        (["console"], "POST") => super::exec::console(d, req, name),
         (["console"], "DELETE") => {
             record(d, name)?;
             let _ = std::fs::write(d.log_dir(name).join("console.log"), b"");
@@ -404,7 +399,6 @@ pub fn route(d: &Daemon, req: &mut Request, name: &str, sub: &[&str]) -> Result<
         (["metadata"], "PATCH") => metadata_put(d, req, name, true),
         (["metadata", "templates"], "POST" | "PUT") => template_put(d, req, name),
         (["metadata", "templates"], "DELETE") => template_delete(d, req, name),
-        (["snapshots", rest @ ..], _) => super::snapshots::route(d, req, name, rest),
         (["backups"], "GET") => {
             record(d, name)?;
             Ok(response::sync(&Vec::<String>::new()))
@@ -440,7 +434,11 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
         if patch {
             return Err(Error::BadRequest("Restore isn't allowed with PATCH".into()));
         }
-        return super::snapshots::restore(d, name, &put.restore, put.stateful);
+        let snap = crate::instance::snapshots::check_restore(d, name, &put.restore, put.stateful)?;
+        let n = name.to_string();
+        return super::super::busy_task(d, name, "restore", "Restoring snapshot", move |d, _| {
+            crate::instance::snapshots::restore_now(d, &n, &snap)
+        });
     }
     let _busy = d.claim(name, "update")?;
     let mut db = d.db.lock().expect("db lock");
@@ -513,7 +511,7 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
     if !has_root_disk(&ed) {
         return Err(Error::BadRequest("No root device could be found".into()));
     }
-    if let Some(p) = super::storage::root_pool(&ed).filter(|p| *p != cur.pool) {
+    if let Some(p) = crate::instance::pools::root_pool(&ed).filter(|p| *p != cur.pool) {
         return Err(Error::BadRequest(format!(
             "Cannot update root disk device pool name to {p:?} (the instance is on {:?})",
             cur.pool
@@ -609,7 +607,7 @@ fn delete(d: &Daemon, name: &str) -> Result<Response> {
         return Err(Error::BadRequest("Instance is running".into()));
     }
     let n = name.to_string();
-    super::busy_task(d, name, "delete", "Deleting instance", move |d, _| {
+    super::super::busy_task(d, name, "delete", "Deleting instance", move |d, _| {
         delete_now(d, &n)
     })
 }
@@ -639,7 +637,7 @@ fn state_put(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
         _ => "Unfreezing instance",
     };
     let n = name.to_string();
-    super::busy_task(d, name, what, desc, move |d2, _| {
+    super::super::busy_task(d, name, what, desc, move |d2, _| {
         let timeout = if body.timeout < 0 {
             STOP_TIMEOUT_MAX
         } else {
@@ -677,109 +675,6 @@ fn state_put(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
 
 // ---------------------------------------------------------------------------------------------
 // Publish
-
-/// `POST /1.0/images` with source `instance`: pack a stopped instance into a new image.
-pub fn publish(d: &Daemon, body: api::ImagesPost) -> Result<Response> {
-    let src = body.source.clone().unwrap_or_default();
-    let (name, snap) = match (src.kind.as_str(), src.name.split_once('/')) {
-        ("snapshot", Some((i, s))) => (i.to_string(), Some(s.to_string())),
-        ("snapshot", None) => {
-            return Err(Error::BadRequest(format!(
-                "Invalid snapshot name {:?}: expected INSTANCE/SNAPSHOT",
-                src.name
-            )))
-        }
-        (_, Some(_)) => {
-            return Err(Error::BadRequest(format!(
-                "Invalid instance name {:?} (use source type \"snapshot\" for a snapshot)",
-                src.name
-            )))
-        }
-        (_, None) => (src.name.clone(), None),
-    };
-    let rec = record(d, &name)?;
-    // What to publish: the instance's volume (stopped) or a snapshot's (immutable, any state).
-    let (vol, architecture, shift) = match &snap {
-        Some(s) => {
-            let sr = rec
-                .snapshot(s)
-                .ok_or_else(|| Error::NotFound(format!("Snapshot {:?} not found", src.name)))?;
-            let pool = super::storage::usable_pool(d, &rec.pool)?;
-            (
-                pool.snapshot(&rec.volume, &sr.volume),
-                sr.architecture.clone(),
-                sr.config.get("volatile.last_state.idmap").cloned(),
-            )
-        }
-        None => {
-            if matches!(state_of(d, &name)?, State::Running { .. }) {
-                return Err(Error::BadRequest(
-                    "The instance is running; stop it first (lxc publish --force does)".into(),
-                ));
-            }
-            (
-                d.volume_dir(&rec),
-                rec.architecture.clone(),
-                rec.config.get("volatile.last_state.idmap").cloned(),
-            )
-        }
-    };
-    if shift.is_some_and(|v| v != "[]") {
-        return Err(Error::not_yet(
-            "publishing an instance whose rootfs is shifted",
-        ));
-    }
-    let algo = if body.compression_algorithm.is_empty() {
-        d.db.lock()
-            .expect("db lock")
-            .data
-            .config
-            .get("images.compression_algorithm")
-            .cloned()
-            .unwrap_or_default()
-    } else {
-        body.compression_algorithm.clone()
-    };
-    let compression = image::Compression::from_name(&algo)?;
-    super::busy_task(d, &name, "publish", "Publishing instance", move |d, op| {
-        publish_now(d, &vol, &architecture, &body, compression, &op)
-    })
-}
-
-fn publish_now(
-    d: &Daemon,
-    vol: &Path,
-    architecture: &str,
-    body: &api::ImagesPost,
-    compression: image::Compression,
-    op: &super::operations::Op,
-) -> Result<()> {
-    let mut meta = read_metadata(vol, architecture)?;
-    meta.creation_date = time::now_secs();
-    meta.architecture = architecture.to_string();
-    meta.properties.extend(body.put.properties.clone());
-    let templates = vol.join("templates");
-    let opts = image::ImportOpts {
-        filename: body.filename.clone(),
-        public: body.put.public,
-        auto_update: false,
-        properties: body.put.properties.clone(),
-        profiles: if body.put.profiles.is_empty() {
-            vec!["default".into()]
-        } else {
-            body.put.profiles.clone()
-        },
-        ..Default::default()
-    };
-    let img = d.images.publish(
-        &vol.join("rootfs"),
-        &meta,
-        templates.is_dir().then_some(templates.as_path()),
-        compression,
-        &opts,
-    )?;
-    super::endpoints::image_created(d, op, &img, &body.aliases)
-}
 
 // ---------------------------------------------------------------------------------------------
 // Logs, metadata
@@ -846,20 +741,10 @@ fn log_delete(d: &Daemon, name: &str, file: &str) -> Result<Response> {
 fn metadata_of(d: &Daemon, name: &str) -> Result<(api::ImageMetadata, PathBuf)> {
     let rec = record(d, name)?;
     let vol = d.volume_dir(&rec);
-    Ok((read_metadata(&vol, &rec.architecture)?, vol))
-}
-
-/// A volume's `metadata.json` (from its image), or a bare one for an instance made empty.
-fn read_metadata(vol: &Path, architecture: &str) -> Result<api::ImageMetadata> {
-    match std::fs::read(vol.join("metadata.json")) {
-        Ok(b) => {
-            serde_json::from_slice(&b).map_err(|e| Error::Internal(format!("metadata.json: {e}")))
-        }
-        Err(_) => Ok(api::ImageMetadata {
-            architecture: architecture.to_string(),
-            ..Default::default()
-        }),
-    }
+    Ok((
+        crate::instance::images::read_metadata(&vol, &rec.architecture)?,
+        vol,
+    ))
 }
 
 fn metadata_get(d: &Daemon, name: &str) -> Result<Response> {
@@ -918,7 +803,7 @@ fn template_put(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
     let file = template_name(req)?;
     let (_, vol) = metadata_of(d, name)?;
     let data = req
-        .read_body(super::routes::MAX_JSON)
+        .read_body(super::super::routes::MAX_JSON)
         .map_err(|e| Error::BadRequest(format!("template body: {e}")))?;
     let dir = vol.join("templates");
     std::fs::create_dir_all(&dir)

@@ -1,0 +1,136 @@
+//! `/1.0/operations` and `/1.0/events`: listing, waiting on, cancelling and connecting to
+//! operations, and the event stream.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::super::response::{self, Error, Result};
+use super::super::routes::recursion;
+use super::super::Daemon;
+use crate::http::{ws, Request, Response};
+
+pub fn operations_list(d: &Daemon, req: &Request) -> Result<Response> {
+    let rec = recursion(req);
+    let mut by_status: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+    for op in d.ops.list() {
+        let a = op.to_api();
+        let key = a.status.to_lowercase();
+        let v = if rec > 0 {
+            serde_json::to_value(&a).unwrap_or_default()
+        } else {
+            serde_json::json!(format!("/1.0/operations/{}", a.id))
+        };
+        by_status.entry(key).or_default().push(v);
+    }
+    Ok(response::sync(&by_status))
+}
+
+fn find_op(d: &Daemon, id: &str) -> Result<Arc<crate::instance::operations::Op>> {
+    d.ops
+        .get(id)
+        .ok_or_else(|| Error::NotFound("Operation not found".into()))
+}
+
+pub fn operation_get(d: &Daemon, id: &str) -> Result<Response> {
+    Ok(response::sync(&find_op(d, id)?.to_api()))
+}
+
+pub fn operation_cancel(d: &Daemon, id: &str) -> Result<Response> {
+    find_op(d, id)?.cancel()?;
+    Ok(response::empty())
+}
+
+pub fn operation_wait(d: &Daemon, req: &Request, id: &str) -> Result<Response> {
+    let op = find_op(d, id)?;
+    let timeout = req
+        .query("timeout")
+        .and_then(|t| t.parse::<i64>().ok())
+        .unwrap_or(-1);
+    op.wait(if timeout < 0 {
+        None
+    } else {
+        Some(Duration::from_secs(timeout as u64))
+    });
+    Ok(response::sync(&op.to_api()))
+}
+
+pub fn operation_websocket(d: &Daemon, req: &mut Request, id: &str) -> Result<Response> {
+    let op = find_op(d, id)?;
+    let secret = req.query("secret").unwrap_or("").to_string();
+    if !op.has_secret(&secret) {
+        return Err(Error::Forbidden("Invalid websocket secret".into()));
+    }
+    let resp = ws::accept(req);
+    if resp.status != 101 {
+        return Ok(resp);
+    }
+    let mut resp = resp;
+    resp.upgrade = Some(Box::new(move |stream| {
+        if let Err(s) = op.connect(&secret, stream) {
+            let _ = s.shutdown_both();
+        }
+    }));
+    Ok(resp)
+}
+
+pub fn events(d: &Daemon, req: &mut Request) -> Result<Response> {
+    if !req.is_websocket() {
+        return Err(Error::BadRequest(
+            "The events endpoint needs a websocket upgrade".into(),
+        ));
+    }
+    let types: Vec<String> = req
+        .query("type")
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(String::from)
+        .collect();
+    for t in &types {
+        if !matches!(t.as_str(), "operation" | "logging" | "lifecycle") {
+            return Err(Error::BadRequest(format!(
+                "{t:?} isn't a supported event type"
+            )));
+        }
+    }
+    let mut resp = ws::accept(req);
+    if resp.status != 101 {
+        return Ok(resp);
+    }
+    let events = d.events.clone();
+    resp.upgrade = Some(Box::new(move |stream| serve_events(&events, stream, types)));
+    Ok(resp)
+}
+
+/// Serve one websocket subscriber of `types` (empty: every type) until it goes away.
+fn serve_events(
+    events: &crate::instance::events::Events,
+    stream: Box<dyn crate::http::Stream>,
+    types: Vec<String>,
+) {
+    let Ok((sender, mut receiver)) = ws::split(stream, ws::Role::Server) else {
+        return;
+    };
+    let rx = events.subscribe(types);
+    // Reader: notices the client closing (or sending anything) and stops the writer.
+    let closer = sender.clone();
+    let reader = std::thread::spawn(move || {
+        while let Ok(msg) = receiver.recv() {
+            if let ws::Message::Close(_) = msg {
+                break;
+            }
+        }
+        closer.shutdown();
+    });
+    let _ = sender.ping();
+    // Writer: this thread; ends when the hub drops our queue or a send fails.
+    for text in rx {
+        if sender.send_text(&text).is_err() {
+            break;
+        }
+    }
+    sender.shutdown();
+    let _ = reader.join();
+}

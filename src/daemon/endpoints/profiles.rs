@@ -1,0 +1,226 @@
+//! `/1.0/profiles`.
+
+use super::super::db::ProfileRecord;
+use super::super::response::{self, Error, Result};
+use super::super::routes::{json, recursion};
+use super::super::{config, Daemon};
+use crate::api::{self};
+use crate::http::{Request, Response};
+
+fn used_by(data: &super::super::db::Data, profile: &str) -> Vec<String> {
+    data.instances
+        .iter()
+        .filter(|(_, i)| i.profiles.iter().any(|p| p == profile))
+        .map(|(n, _)| format!("/1.0/instances/{n}"))
+        .collect()
+}
+
+fn profile_api(data: &super::super::db::Data, name: &str, p: &ProfileRecord) -> api::Profile {
+    api::Profile {
+        config: p.config.clone(),
+        description: p.description.clone(),
+        devices: p.devices.clone(),
+        name: name.to_string(),
+        used_by: used_by(data, name),
+    }
+}
+
+fn profile_etag(p: &ProfileRecord) -> String {
+    response::etag(&(&p.config, &p.description, &p.devices))
+}
+
+pub fn profiles_list(d: &Daemon, req: &Request) -> Result<Response> {
+    let db = d.db.lock().expect("db lock");
+    if recursion(req) > 0 {
+        let v: Vec<api::Profile> = db
+            .data
+            .profiles
+            .iter()
+            .map(|(n, p)| profile_api(&db.data, n, p))
+            .collect();
+        Ok(response::sync(&v))
+    } else {
+        let v: Vec<String> = db
+            .data
+            .profiles
+            .keys()
+            .map(|n| format!("/1.0/profiles/{n}"))
+            .collect();
+        Ok(response::sync(&v))
+    }
+}
+
+pub fn profile_get(d: &Daemon, name: &str) -> Result<Response> {
+    let db = d.db.lock().expect("db lock");
+    let p = db
+        .data
+        .profiles
+        .get(name)
+        .ok_or_else(|| Error::NotFound("Profile not found".into()))?;
+    Ok(response::sync_etag(
+        &profile_api(&db.data, name, p),
+        Some(profile_etag(p)),
+    ))
+}
+
+pub fn profile_create(d: &Daemon, req: &mut Request) -> Result<Response> {
+    let body: api::ProfilesPost = json(req)?;
+    config::validate_profile_name(&body.name)?;
+    config::validate_config(&body.put.config, &api::StringMap::new(), d.host.ncpus)?;
+    config::validate_devices(&body.put.devices)?;
+    let mut db = d.db.lock().expect("db lock");
+    if db.data.profiles.contains_key(&body.name) {
+        return Err(Error::Conflict(format!(
+            "Profile {:?} already exists",
+            body.name
+        )));
+    }
+    let rec = ProfileRecord {
+        config: body.put.config,
+        description: body.put.description,
+        devices: body.put.devices,
+    };
+    db.update(|data| data.profiles.insert(body.name.clone(), rec))
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    d.events.lifecycle(
+        "profile-created",
+        &format!("/1.0/profiles/{}", body.name),
+        serde_json::json!({}),
+    );
+    Ok(response::created(&format!("/1.0/profiles/{}", body.name)))
+}
+
+pub fn profile_put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Response> {
+    let body: serde_json::Value = json(req)?;
+    let mut db = d.db.lock().expect("db lock");
+    let cur = db
+        .data
+        .profiles
+        .get(name)
+        .cloned()
+        .ok_or_else(|| Error::NotFound("Profile not found".into()))?;
+    response::check_etag(req.header("If-Match"), &profile_etag(&cur))?;
+    let put: api::ProfilePut = serde_json::from_value(body.clone())
+        .map_err(|e| Error::BadRequest(format!("Failed to parse request: {e}")))?;
+    let mut next = if patch {
+        cur.clone()
+    } else {
+        ProfileRecord::default()
+    };
+    if patch {
+        if body.get("config").is_some() {
+            for (k, v) in put.config {
+                if v.is_empty() {
+                    next.config.remove(&k);
+                } else {
+                    next.config.insert(k, v);
+                }
+            }
+        }
+        if body.get("devices").is_some() {
+            next.devices.extend(put.devices);
+        }
+        if body.get("description").is_some() {
+            next.description = put.description;
+        }
+    } else {
+        next = ProfileRecord {
+            config: put.config,
+            description: put.description,
+            devices: put.devices,
+        };
+    }
+    config::validate_config(&next.config, &api::StringMap::new(), d.host.ncpus)?;
+    config::validate_devices(&next.devices)?;
+    // Every instance using the profile must still have a root disk.
+    for (iname, inst) in &db.data.instances {
+        if inst.profiles.iter().any(|p| p == name) {
+            let mut profiles = db.data.profiles.clone();
+            profiles.insert(name.to_string(), next.clone());
+            let (_, devs) = config::expand(&inst.profiles, &profiles, &inst.config, &inst.devices);
+            if !crate::instance::view::has_root_disk(&devs) {
+                return Err(Error::BadRequest(format!(
+                    "Instance {iname:?} would have no root disk device"
+                )));
+            }
+        }
+    }
+    db.update(|data| data.profiles.insert(name.to_string(), next))
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let affected: Vec<String> = db
+        .data
+        .instances
+        .iter()
+        .filter(|(_, i)| i.profiles.iter().any(|p| p == name))
+        .map(|(n, _)| n.clone())
+        .collect();
+    drop(db);
+    for n in affected {
+        crate::instance::lifecycle::apply_live_limits(d, &n);
+    }
+    d.events.lifecycle(
+        "profile-updated",
+        &format!("/1.0/profiles/{name}"),
+        serde_json::json!({}),
+    );
+    Ok(response::empty())
+}
+
+pub fn profile_rename(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
+    let body: api::ProfilePost = json(req)?;
+    config::validate_profile_name(&body.name)?;
+    if name == "default" {
+        return Err(Error::Forbidden(
+            "The \"default\" profile cannot be renamed".into(),
+        ));
+    }
+    let mut db = d.db.lock().expect("db lock");
+    let cur = db
+        .data
+        .profiles
+        .get(name)
+        .cloned()
+        .ok_or_else(|| Error::NotFound("Profile not found".into()))?;
+    if db.data.profiles.contains_key(&body.name) {
+        return Err(Error::Conflict(format!(
+            "Name {:?} already in use",
+            body.name
+        )));
+    }
+    db.update(|data| {
+        data.profiles.remove(name);
+        data.profiles.insert(body.name.clone(), cur);
+        for inst in data.instances.values_mut() {
+            for p in inst.profiles.iter_mut() {
+                if p == name {
+                    *p = body.name.clone();
+                }
+            }
+        }
+    })
+    .map_err(|e| Error::Internal(e.to_string()))?;
+    Ok(response::created(&format!("/1.0/profiles/{}", body.name)))
+}
+
+pub fn profile_delete(d: &Daemon, name: &str) -> Result<Response> {
+    if name == "default" {
+        return Err(Error::Forbidden(
+            "The \"default\" profile cannot be deleted".into(),
+        ));
+    }
+    let mut db = d.db.lock().expect("db lock");
+    if !db.data.profiles.contains_key(name) {
+        return Err(Error::NotFound("Profile not found".into()));
+    }
+    if !used_by(&db.data, name).is_empty() {
+        return Err(Error::BadRequest("Profile is currently in use".into()));
+    }
+    db.update(|data| data.profiles.remove(name))
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    d.events.lifecycle(
+        "profile-deleted",
+        &format!("/1.0/profiles/{name}"),
+        serde_json::json!({}),
+    );
+    Ok(response::empty())
+}
