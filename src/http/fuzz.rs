@@ -91,7 +91,7 @@ pub(crate) mod tests {
     use super::*;
 
     /// A tiny deterministic PRNG for the mutation test (no crate).
-    pub(crate) struct XorShift(pub u64);
+    struct XorShift(u64);
     impl XorShift {
         pub fn next(&mut self) -> u64 {
             self.0 ^= self.0 << 13;
@@ -106,7 +106,7 @@ pub(crate) mod tests {
 
     /// Mutate `seed` a few random ways (bit flips, byte insert/delete, splices of interesting
     /// tokens, truncation).
-    pub(crate) fn mutate(rng: &mut XorShift, seed: &[u8], tokens: &[&[u8]]) -> Vec<u8> {
+    fn mutate(rng: &mut XorShift, seed: &[u8], tokens: &[&[u8]]) -> Vec<u8> {
         let mut d = seed.to_vec();
         for _ in 0..1 + rng.below(6) {
             match rng.below(7) {
@@ -168,6 +168,29 @@ pub(crate) mod tests {
         out
     }
 
+    /// Run `target` on every seed, then on `$BIVY_FUZZ_ITERS` (default 3000) mutations of
+    /// random seeds, drawn from a PRNG started at `rng_seed` (so a failure replays exactly).
+    pub(crate) fn fuzz_corpus_and_mutations(
+        seeds: &[Vec<u8>],
+        rng_seed: u64,
+        tokens: &[&[u8]],
+        target: fn(&[u8]),
+    ) {
+        let mut rng = XorShift(rng_seed);
+        for s in seeds {
+            target(s);
+        }
+        let iters: usize = std::env::var("BIVY_FUZZ_ITERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3000);
+        for _ in 0..iters {
+            let seed = &seeds[rng.below(seeds.len())];
+            let input = mutate(&mut rng, seed, tokens);
+            target(&input);
+        }
+    }
+
     #[test]
     fn fuzz_http_request_deterministic() {
         let seeds = corpus("http_request");
@@ -198,18 +221,6 @@ pub(crate) mod tests {
             b"\x88\x80",
             b"GET /stream HTTP/1.1\r\n\r\n",
         ];
-        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
-        for s in &seeds {
-            fuzz_parse_request(s);
-        }
-        let iters: usize = std::env::var("BIVY_FUZZ_ITERS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(3000);
-        for _ in 0..iters {
-            let seed = &seeds[rng.below(seeds.len())];
-            let input = mutate(&mut rng, seed, tokens);
-            fuzz_parse_request(&input);
-        }
+        fuzz_corpus_and_mutations(&seeds, 0x9e37_79b9_7f4a_7c15, tokens, fuzz_parse_request);
     }
 }

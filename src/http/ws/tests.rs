@@ -366,17 +366,10 @@ fn fuzz_ws_frame_deterministic() {
         &[0x70],
         &[0x00, 0x00, 0x00, 0x00],
     ];
-    let mut rng = crate::http::fuzz::tests::XorShift(0x2545_f491_4f6c_dd1d);
-    for s in &seeds {
-        fuzz_ws_frames(s);
-    }
-    let iters: usize = std::env::var("BIVY_FUZZ_ITERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3000);
-    for _ in 0..iters {
-        let seed = &seeds[rng.below(seeds.len())];
-        let input = crate::http::fuzz::tests::mutate(&mut rng, seed, tokens);
-        fuzz_ws_frames(&input);
-    }
+    crate::http::fuzz::tests::fuzz_corpus_and_mutations(
+        &seeds,
+        0x2545_f491_4f6c_dd1d,
+        tokens,
+        fuzz_ws_frames,
+    );
 }
