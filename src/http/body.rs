@@ -1,10 +1,11 @@
 //! Message bodies on the wire: the framing a head announces ([`Framing`]: none, Content-Length,
-//! chunked, to EOF) and the incremental [`Decoder`] that reads a body in that framing, with
-//! bounded chunk lines and trailers, and drains what a handler left unread.
+//! chunked, to EOF), the incremental [`Decoder`] that reads a body in that framing, with
+//! bounded chunk lines and trailers, and drains what a handler left unread, and
+//! [`write_streamed`], which sends a body of unknown length.
 //!
-//! Shared by the server (request bodies) and the client (response bodies).
+//! Shared by the server and the client, for requests and responses alike.
 
-use std::io::{self, BufRead};
+use std::io::{self, BufRead, Read, Write};
 
 use super::parse::{hex_val, parse_header_lines, trim_ows};
 
@@ -263,4 +264,40 @@ impl Decoder {
             },
         }
     }
+}
+
+/// Copy `r` to `w` until `r` ends, as chunks ending with the last-chunk (`chunked`) or as is
+/// (a body delimited by closing the connection). `flush_each` pushes every piece out as soon as
+/// it is read, for bodies produced slowly.
+pub(super) fn write_streamed(
+    r: &mut dyn Read,
+    w: &mut dyn Write,
+    chunked: bool,
+    flush_each: bool,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if chunked {
+            let mut c = Vec::with_capacity(n + 16);
+            c.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+            c.extend_from_slice(&buf[..n]);
+            c.extend_from_slice(b"\r\n");
+            w.write_all(&c)?;
+        } else {
+            w.write_all(&buf[..n])?;
+        }
+        if flush_each {
+            w.flush()?;
+        }
+    }
+    if chunked {
+        w.write_all(b"0\r\n\r\n")?;
+    }
+    Ok(())
 }

@@ -3,7 +3,7 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 
-use super::body::{body_framing, Decoder, Framing};
+use super::body::{body_framing, write_streamed, Decoder, Framing};
 use super::parse::{head_lines, is_tchar, parse_header_lines, HeadScanner};
 use super::Body;
 
@@ -212,21 +212,7 @@ fn send_body(stream: &mut dyn Write, head: String, body: Body) -> io::Result<()>
         Body::Reader(mut r, None) => {
             debug_assert!(chunked);
             stream.write_all(head.as_bytes())?;
-            let mut buf = vec![0u8; 32 * 1024];
-            loop {
-                let n = match r.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
-                };
-                let mut c = Vec::with_capacity(n + 16);
-                c.extend_from_slice(format!("{n:x}\r\n").as_bytes());
-                c.extend_from_slice(&buf[..n]);
-                c.extend_from_slice(b"\r\n");
-                stream.write_all(&c)?;
-            }
-            stream.write_all(b"0\r\n\r\n")?;
+            write_streamed(&mut r, stream, true, false)?;
         }
     }
     stream.flush()

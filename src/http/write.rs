@@ -4,7 +4,7 @@
 
 use std::io::{self, Read, Write};
 
-use super::body::parse_decimal;
+use super::body::{parse_decimal, write_streamed};
 use super::parse::is_tchar;
 use super::{Body, Response};
 
@@ -184,30 +184,8 @@ pub(super) fn write_response(
                 return Ok(false);
             }
         }
-        Body::Reader(mut r, None) => {
-            let mut buf = vec![0u8; 32 * 1024];
-            loop {
-                let n = match r.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
-                };
-                if chunked {
-                    let mut c = Vec::with_capacity(n + 16);
-                    c.extend_from_slice(format!("{n:x}\r\n").as_bytes());
-                    c.extend_from_slice(&buf[..n]);
-                    c.extend_from_slice(b"\r\n");
-                    w.write_all(&c)?;
-                } else {
-                    w.write_all(&buf[..n])?;
-                }
-                w.flush()?;
-            }
-            if chunked {
-                w.write_all(b"0\r\n\r\n")?;
-            }
-        }
+        // Streamed as it is produced (a log, an export): every piece is flushed at once.
+        Body::Reader(mut r, None) => write_streamed(&mut r, w, chunked, true)?,
     }
     w.flush()?;
     Ok(keep)
