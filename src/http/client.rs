@@ -3,7 +3,9 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 
-use super::{body_framing, parse_header_lines, Body, Decoder, Framing, HeadScanner};
+use super::body::{body_framing, write_streamed, Decoder, Framing};
+use super::parse::{head_lines, is_tchar, parse_header_lines, HeadScanner};
+use super::Body;
 
 /// Any bidirectional byte stream a request can run on: every [`super::Stream`], a TLS stream,
 /// a boxed `dyn Conn` when the kind of connection is only known at run time.
@@ -70,7 +72,7 @@ pub(crate) fn parse_response_head(head: &[u8]) -> io::Result<(u16, Vec<(String, 
     if head.contains(&0) {
         return Err(bad_data("NUL in response head"));
     }
-    let lines = super::head_lines(head).map_err(bad_data)?;
+    let lines = head_lines(head).map_err(bad_data)?;
     let (first, rest) = lines
         .split_first()
         .ok_or_else(|| bad_data("empty response head"))?;
@@ -121,7 +123,7 @@ pub fn request<'a, S: Read + Write + ?Sized + 'a>(
     headers: &[(String, String)],
     body: Body,
 ) -> io::Result<ClientResponse<'a>> {
-    if method.is_empty() || !method.bytes().all(super::is_tchar) {
+    if method.is_empty() || !method.bytes().all(is_tchar) {
         return Err(invalid_input("invalid method"));
     }
     if path.is_empty() || path.bytes().any(|c| c <= 0x20 || c == 0x7f) {
@@ -130,7 +132,7 @@ pub fn request<'a, S: Read + Write + ?Sized + 'a>(
     let mut head = format!("{method} {path} HTTP/1.1\r\n");
     let mut has_host = false;
     for (k, v) in headers {
-        if k.is_empty() || !k.bytes().all(super::is_tchar) {
+        if k.is_empty() || !k.bytes().all(is_tchar) {
             return Err(invalid_input("invalid header name"));
         }
         check_field(v, "header value")?;
@@ -210,21 +212,7 @@ fn send_body(stream: &mut dyn Write, head: String, body: Body) -> io::Result<()>
         Body::Reader(mut r, None) => {
             debug_assert!(chunked);
             stream.write_all(head.as_bytes())?;
-            let mut buf = vec![0u8; 32 * 1024];
-            loop {
-                let n = match r.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
-                };
-                let mut c = Vec::with_capacity(n + 16);
-                c.extend_from_slice(format!("{n:x}\r\n").as_bytes());
-                c.extend_from_slice(&buf[..n]);
-                c.extend_from_slice(b"\r\n");
-                stream.write_all(&c)?;
-            }
-            stream.write_all(b"0\r\n\r\n")?;
+            write_streamed(&mut r, stream, true, false)?;
         }
     }
     stream.flush()
@@ -272,4 +260,27 @@ fn read_response<'a, S: Read + ?Sized + 'a>(
             dec: Decoder::new(framing),
         }),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+    use std::thread;
+
+    #[test]
+    fn client_reads_to_eof_and_skips_100() {
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        let t = thread::spawn(move || {
+            let mut buf = [0u8; 1024];
+            let _ = b.read(&mut buf).unwrap();
+            b.write_all(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 404 Not Found\r\nConnection: close\r\n\r\nrest of it").unwrap();
+        });
+        let mut r = request(&mut a, "GET", "/", &[], Body::Empty).unwrap();
+        assert_eq!(r.status, 404);
+        let mut s = String::new();
+        r.body.read_to_string(&mut s).unwrap();
+        assert_eq!(s, "rest of it");
+        t.join().unwrap();
+    }
 }

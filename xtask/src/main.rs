@@ -17,6 +17,7 @@ mod test;
 #[allow(dead_code)] // each user needs a different part
 #[path = "../../tests/common/skip.rs"]
 mod test_skip;
+mod tidy;
 mod util;
 
 use std::process::ExitCode;
@@ -29,6 +30,8 @@ tasks:
   test-image [busybox|debian|all]
                                build LXD unified test images under target/test-images/ (default: busybox)
   test [FILTER...]             cargo test --workspace --all-targets -- --test-threads=1, then a summary
+  tidy                         architecture invariants by text scan of src/: unsafe only in src/sys/ and
+                               with // SAFETY:, layering imports, //! docs, README dependency rows
   demo [stop]                  install what is missing, build, start a daemon, launch a busybox container
   bench [--runs N]             measure size, launch, start, exec, stop, list, memory -> target/bench/results.md
   check-elf FILE...            only the static-ELF check, on any file";
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         "dist" => dist::run(rest),
         "test-image" => image::run(rest),
         "test" => test::run(rest),
+        "tidy" => tidy::run(rest),
         "demo" => demo::run(rest),
         "bench" => bench::run(rest),
         "check-elf" => elf::run(rest),
