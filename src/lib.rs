@@ -8,27 +8,47 @@
 //!
 //! ## Code map (in reading order)
 //! - [`api`]: REST wire types, field for field as LXD 5.0.2 sends them. No I/O.
-//! - [`util`]: atomic file writes, RFC 3339 time, small helpers instead of helper crates.
-//! - [`http`]: our own HTTP/1.1 and WebSocket layer, server and client, with limits and timeouts.
+//! - [`util`]: atomic file writes, modes, RFC 3339 time, the [`util::revert::Revert`] undo list,
+//!   the [`util::stream::Stream`] byte-stream trait, small helpers instead of helper crates.
+//! - [`http`]: our own HTTP/1.1 and WebSocket layer, server and client, with limits and timeouts
+//!   (`stream`, `message`, `parse`, `body`, `write`, `server`, `client`, `ws`).
 //! - [`tls`]: the TLS client (rustls with ring, roots from the system trust store); the only
 //!   module that imports rustls. HTTP runs over it without knowing it.
 //! - [`sys`]: the only module with `unsafe`: thin syscall wrappers.
 //! - [`runtime`]: the privileged core: namespaces, id maps, idmapped rootfs, mounts, /dev, seccomp,
-//!   AppArmor, capabilities, cgroups, the monitor and exec helpers.
-//! - [`image`]: the image store: import, fingerprints, aliases, unpack, templates, publish, export.
-//! - [`storage`]: storage pools and drivers (dir, btrfs): volumes, clones, snapshots.
-//! - [`daemon`]: the REST server: routes, operations, events, instances, profiles, state on disk.
+//!   AppArmor, capabilities, cgroups, the monitor and exec helpers. It gets numbers and policies
+//!   (`runtime::Spec`, `runtime::Limits`), never LXD config keys.
+//! - [`image`]: the image store: import (with the unpack rules checked up front), fingerprints,
+//!   aliases, unpack, templates, publish, export.
+//! - [`storage`]: storage pools and drivers (dir, btrfs): volumes, clones, snapshots, the modes
+//!   that keep host users out, the pool registry.
+//! - [`instance`]: the model and lifecycle, without HTTP. [`instance::Ctx`] holds the state
+//!   database, images, pools, operations, events, host facts and busy marks; `view` (record,
+//!   expanded config, state), `config` and `limits` (LXD's keys, parsed once), `idmap`,
+//!   `lifecycle` (create, start, stop, delete, live limits, interim changes and their undo after a
+//!   crash, recovery, autostart), `snapshots`, `schedule`, `pools`, `images`, `operations`,
+//!   `events`; typed errors ([`instance::Error`], one variant per kind of failure).
+//! - [`daemon`]: the REST server, HTTP only: `routes` (the table of paths), `endpoints/` (one file
+//!   per resource: parse, call `instance`, render), `response` (the one mapping of errors to LXD's
+//!   status codes and envelope), connection limits, image downloads and simplestreams pulls
+//!   (`fetch`, `pull`, still here), `/1.0/resources`.
 //! - [`client`]: a typed client of the REST API over the unix socket.
 //! - [`cli`]: the `lxc`-style command line.
 //!
-//! ## Architecture invariants
+//! ## Architecture invariants (`cargo xtask tidy` checks the first four)
 //! - `unsafe` appears only under `src/sys/` (and each block has a `// SAFETY:` comment).
+//! - `instance` imports neither `http` nor `daemon`; no file of `daemon/endpoints/` imports
+//!   another.
 //! - `api` imports nothing from the crate; `client` and `cli` never import `daemon`, `runtime`,
-//!   `image` or `sys`.
+//!   `image`, `instance` or `sys`.
+//! - Every file under `src/` starts with a `//!` doc; every dependency has a row in the README.
 //! - The daemon process never changes namespace: namespace work happens in freshly exec'd,
 //!   single-threaded helpers (`bivy __monitor`, `bivy __exec`), matched first thing in `main`.
 //! - `runtime::Spec` is fully resolved: the runtime reads no instance config and makes no policy choice.
-//! - State on disk is replaced atomically (write, fsync, rename, fsync dir).
+//! - State on disk is replaced atomically (write, fsync, rename, fsync dir); a multi-step change
+//!   undoes its steps on failure ([`util::revert::Revert`]) and records a temporary change to a
+//!   running instance before making it (`instance::lifecycle::Interim`).
+//! - No host user but root reaches anything under `$BIVY_DIR` (see the README's threat model).
 //! - Nothing is loaded at run time: no shared library; external programs only where the kernel has
 //!   no interface (criu, apparmor_parser, nft), with an error naming the missing program.
 

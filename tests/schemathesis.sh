@@ -31,15 +31,8 @@ LOG=$WORK/daemon.log
 DAEMON_PID=
 FORWARD_PID=
 
-api() { # METHOD PATH [BODY]: one REST call on the daemon's socket, JSON out
-  curl -sS --max-time 120 --unix-socket "$DAEMON_DIR/unix.socket" -X "$1" \
-    ${3:+-H 'Content-Type: application/json' --data "$3"} "http://bivy$2"
-}
-
-unmount_below() {
-  awk -v d="$1" '$5 == d || index($5, d "/") == 1 { print $5 }' /proc/self/mountinfo |
-    sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
-}
+# shellcheck source=tests/lib/daemon.sh
+. tests/lib/daemon.sh # (the script runs from the repo root)
 
 cleanup() {
   local rc=$?
@@ -47,26 +40,7 @@ cleanup() {
     kill -TERM "$FORWARD_PID" 2>/dev/null || true
     wait "$FORWARD_PID" 2>/dev/null || true
   fi
-  if [ -n "$DAEMON_PID" ] && kill -0 "$DAEMON_PID" 2>/dev/null; then
-    # Containers outlive the daemon: stop and delete what the run made, then extra pools.
-    for url in $(api GET /1.0/instances | jq -r '.metadata[]?' 2>/dev/null); do
-      api PUT "$url/state" '{"action":"stop","force":true,"timeout":-1}' | jq -r '.operation // empty' |
-        while read -r op; do [ -n "$op" ] && api GET "$op/wait?timeout=60" >/dev/null; done
-      api DELETE "$url" | jq -r '.operation // empty' |
-        while read -r op; do [ -n "$op" ] && api GET "$op/wait?timeout=60" >/dev/null; done
-    done
-    for url in $(api GET /1.0/storage-pools | jq -r '.metadata[]?' 2>/dev/null); do
-      [ "$url" = /1.0/storage-pools/default ] || api DELETE "$url" >/dev/null || true
-    done
-    kill -TERM "$DAEMON_PID" 2>/dev/null || true
-    for _ in $(seq 200); do kill -0 "$DAEMON_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$DAEMON_PID" 2>/dev/null || true
-    wait "$DAEMON_PID" 2>/dev/null || true
-  fi
-  if [ -d "$DAEMON_DIR" ]; then
-    unmount_below "$DAEMON_DIR"
-    rm -rf "$DAEMON_DIR"
-  fi
+  daemon_teardown
   if [ "$rc" != 0 ] && [ -f "$LOG" ]; then
     echo "--- bivy daemon log (last 100 lines) ---" >&2
     tail -n 100 "$LOG" >&2

@@ -429,12 +429,7 @@ pub fn delete_now(d: &Ctx, name: &str) -> Result<()> {
     }
     let rec = {
         let mut db = d.db.lock().expect("db lock");
-        let rec = db
-            .data
-            .instances
-            .get(name)
-            .cloned()
-            .ok_or_else(super::view::not_found)?;
+        let rec = super::view::record_in(&db.data, name)?;
         db.update(|data| data.instances.remove(name))
             .map_err(|e| Error::Host(e.to_string()))?;
         rec
@@ -871,14 +866,7 @@ pub fn autostart(d: &Arc<Ctx>) {
         return;
     }
     let _ = crate::util::fs::atomic_write(&marker, boot_id.as_bytes());
-    let records: Vec<(String, InstanceRecord)> =
-        d.db.lock()
-            .expect("db lock")
-            .data
-            .instances
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+    let records = super::view::all_records(d);
     // (-priority, name, delay): highest boot.autostart.priority first, then by name.
     let mut todo: Vec<(i64, String, u64)> = Vec::new();
     for (name, rec) in records {

@@ -121,12 +121,7 @@ pub fn snapshot_now(d: &Ctx, name: &str, snap: &str, expires_at: Option<String>)
 pub fn delete_now(d: &Ctx, name: &str, snap: &str) -> Result<()> {
     let (rec, s) = {
         let mut db = d.db.lock().expect("db lock");
-        let rec = db
-            .data
-            .instances
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::NotFound("Instance not found".into()))?;
+        let rec = super::view::record_in(&db.data, name)?;
         let s = find(&rec, snap)?.clone();
         db.update(|data| {
             if let Some(r) = data.instances.get_mut(name) {

@@ -36,13 +36,23 @@ pub fn not_found() -> Error {
 
 /// The instance's stored record.
 pub fn record(d: &Ctx, name: &str) -> Result<InstanceRecord> {
+    record_in(&d.db.lock().expect("db lock").data, name)
+}
+
+/// The record of instance `name` in `data` (for callers that hold the database lock).
+pub fn record_in(data: &super::db::Data, name: &str) -> Result<InstanceRecord> {
+    data.instances.get(name).cloned().ok_or_else(not_found)
+}
+
+/// Every instance's record (a copy: the lock is not held afterwards).
+pub fn all_records(d: &Ctx) -> Vec<(String, InstanceRecord)> {
     d.db.lock()
         .expect("db lock")
         .data
         .instances
-        .get(name)
-        .cloned()
-        .ok_or_else(not_found)
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// Its config and devices with its profiles applied.

@@ -422,8 +422,7 @@ mod tests {
 
     #[test]
     fn send_receive_round_trip() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIP send_receive_round_trip: needs root (owners and xattrs)");
+        if !crate::test_skip::require_root() {
             return;
         }
         let base = PathBuf::from(env!("CARGO_MANIFEST_DIR"))

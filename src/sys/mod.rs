@@ -147,8 +147,8 @@ pub fn move_mount_to(mnt: BorrowedFd<'_>, dst: &Path) -> io::Result<()> {
     check(r).map(|_| ())
 }
 
-/// Set `IFF_UP` on the interface `name` in the current network namespace (used for `lo`).
-pub fn link_up(name: &str) -> io::Result<()> {
+/// A datagram socket for interface ioctls and an `ifreq` naming interface `name`.
+fn ifreq_for(name: &str) -> io::Result<(OwnedFd, libc::ifreq)> {
     let sock = nix::sys::socket::socket(
         nix::sys::socket::AddressFamily::Inet,
         nix::sys::socket::SockType::Datagram,
@@ -165,6 +165,12 @@ pub fn link_up(name: &str) -> io::Result<()> {
     for (d, s) in ifr.ifr_name.iter_mut().zip(b) {
         *d = *s as libc::c_char;
     }
+    Ok((sock, ifr))
+}
+
+/// Set `IFF_UP` on the interface `name` in the current network namespace (used for `lo`).
+pub fn link_up(name: &str) -> io::Result<()> {
+    let (sock, mut ifr) = ifreq_for(name)?;
     // SAFETY: SIOCGIFFLAGS reads into the ifreq we own; the socket fd is open.
     check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) } as libc::c_long)?;
     // SAFETY: after SIOCGIFFLAGS the union holds ifru_flags.
@@ -176,22 +182,7 @@ pub fn link_up(name: &str) -> io::Result<()> {
 
 /// The MTU of interface `name` in the calling thread's network namespace (`SIOCGIFMTU`).
 pub fn link_mtu(name: &str) -> io::Result<i32> {
-    let sock = nix::sys::socket::socket(
-        nix::sys::socket::AddressFamily::Inet,
-        nix::sys::socket::SockType::Datagram,
-        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(io::Error::from)?;
-    // SAFETY: ifreq is plain old data; all-zero is a valid value.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    let b = name.as_bytes();
-    if b.len() >= ifr.ifr_name.len() {
-        return Err(io::Error::from_raw_os_error(libc::EINVAL));
-    }
-    for (d, s) in ifr.ifr_name.iter_mut().zip(b) {
-        *d = *s as libc::c_char;
-    }
+    let (sock, mut ifr) = ifreq_for(name)?;
     // SAFETY: SIOCGIFMTU writes into the ifreq we own; the socket fd is open.
     check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut ifr) } as libc::c_long)?;
     // SAFETY: after SIOCGIFMTU the union holds ifru_mtu.

@@ -38,14 +38,7 @@ fn default_env(uid: u32) -> StringMap {
 
 pub fn exec(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
     let body: api::InstanceExecPost = json(req)?;
-    let rec =
-        d.db.lock()
-            .expect("db lock")
-            .data
-            .instances
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::NotFound("Instance not found".into()))?;
+    let rec = crate::instance::view::record(d, name)?;
     if body.command.is_empty() {
         return Err(Error::BadRequest("Command is empty".into()));
     }

@@ -31,10 +31,6 @@ use crate::instance::lifecycle::{create_now, delete_now, resolve_image, NewInsta
 use crate::instance::view::state_of;
 pub use crate::instance::view::{expanded, has_root_disk, record, resources, state, url};
 
-fn not_found() -> Error {
-    crate::instance::view::not_found().into()
-}
-
 fn status_of(s: &State) -> (&'static str, u16) {
     match s {
         State::Running { frozen: true, .. } => ("Frozen", status::FROZEN),
@@ -129,14 +125,7 @@ fn full(d: &Daemon, name: &str, rec: &InstanceRecord) -> Result<api::InstanceFul
 pub fn list(d: &Daemon, req: &Request) -> Result<Response> {
     let filter = Filter::parse(req.query("filter").unwrap_or(""))?;
     let rec_level = recursion(req);
-    let records: Vec<(String, InstanceRecord)> =
-        d.db.lock()
-            .expect("db lock")
-            .data
-            .instances
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+    let records = crate::instance::view::all_records(d);
     let mut out: Vec<serde_json::Value> = Vec::new();
     for (name, rec) in records {
         let st = state_of(d, &name)?;
@@ -442,7 +431,7 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
     }
     let _busy = d.claim(name, "update")?;
     let mut db = d.db.lock().expect("db lock");
-    let cur = db.data.instances.get(name).cloned().ok_or_else(not_found)?;
+    let cur = crate::instance::view::record_in(&db.data, name)?;
     response::check_etag(req.header("If-Match"), &etag_of(&cur))?;
     let mut next = cur.clone();
     if patch {

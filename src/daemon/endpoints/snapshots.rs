@@ -166,12 +166,7 @@ fn rename(d: &Daemon, req: &mut Request, name: &str, snap: &str) -> Result<Respo
     let _busy = d.claim(name, "snapshot rename")?;
     {
         let mut db = d.db.lock().expect("db lock");
-        let rec = db
-            .data
-            .instances
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::NotFound("Instance not found".into()))?;
+        let rec = crate::instance::view::record_in(&db.data, name)?;
         find(&rec, snap)?;
         if rec.snapshot(&new).is_some() {
             return Err(Error::Conflict(format!(
