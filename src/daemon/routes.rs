@@ -109,6 +109,25 @@ fn route(d: &Daemon, req: &mut Request) -> Result<Response> {
             let rec = crate::instance::view::record(d, name)?;
             endpoints::files::handle(d, req, &rec)
         }
+        ["instances" | "containers", name, sub @ ("logs" | "metadata" | "console"), rest @ ..]
+            if !(sub == &"console" && m != "GET") =>
+        {
+            use endpoints::instance_meta as im;
+            match (*sub, rest, m) {
+                ("logs", [], "GET") => im::logs_list(d, name),
+                ("logs", [file], "GET") => im::log_get(d, name, file),
+                ("logs", [file], "DELETE") => im::log_delete(d, name, file),
+                ("console", [], "GET") => im::log_get(d, name, "console.log"),
+                ("metadata", [], "GET") => im::metadata_get(d, name),
+                ("metadata", [], "PUT") => im::metadata_put(d, req, name, false),
+                ("metadata", [], "PATCH") => im::metadata_put(d, req, name, true),
+                ("metadata", ["templates"], "GET") => im::templates(d, req, name),
+                ("metadata", ["templates"], "POST" | "PUT") => im::template_put(d, req, name),
+                ("metadata", ["templates"], "DELETE") => im::template_delete(d, req, name),
+                ("logs" | "metadata", [], _) => Err(not_allowed(m)),
+                _ => Err(Error::NotFound("not found".into())),
+            }
+        }
         ["instances" | "containers", name, "snapshots", rest @ ..] => {
             let name = name.to_string();
             endpoints::snapshots::route(d, req, &name, rest)

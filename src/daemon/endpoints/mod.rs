@@ -5,6 +5,7 @@
 pub mod exec;
 pub mod files;
 pub mod images;
+pub mod instance_meta;
 pub mod instances;
 pub mod networks;
 pub mod operations;
