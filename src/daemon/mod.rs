@@ -6,7 +6,7 @@
 //! operations finish for a bounded time and exits; containers keep running under their monitors.
 
 mod config;
-use crate::instance::{db, events, idmap, operations, schedule};
+use crate::instance::{db, events, operations, schedule};
 mod conns;
 mod endpoints;
 use endpoints::{instances, snapshots, storage};
@@ -15,6 +15,7 @@ mod filter;
 mod multipart;
 mod netstate;
 mod pull;
+mod request;
 mod resources;
 mod response;
 mod routes;
@@ -35,19 +36,6 @@ use crate::image;
 /// The daemon's shared state: the model's context (the daemon adds only its connections).
 pub type Daemon = crate::instance::Ctx;
 pub use crate::instance::Host;
-
-/// Start a task operation running `body` while instance `name` is marked busy with `what`
-/// (a 409 if it already is): its operation response.
-pub fn busy_task<E: std::fmt::Display>(
-    d: &Daemon,
-    name: &str,
-    what: &'static str,
-    description: &str,
-    body: impl FnOnce(&Daemon, Arc<operations::Op>) -> Result<(), E> + Send + 'static,
-) -> response::Result<crate::http::Response> {
-    let op = d.busy_task(name, what, description, instances::resources(name), body)?;
-    Ok(response::operation(&op.to_api()))
-}
 
 fn usage() -> i32 {
     eprintln!("Usage: bivy daemon [--group GROUP]\n\nServes the LXD 1.0 REST API on $BIVY_DIR/unix.socket (default /var/lib/bivy).");
@@ -132,7 +120,7 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
         me: std::sync::OnceLock::new(),
     });
     let _ = d.me.set(Arc::downgrade(&d));
-    endpoints::server::apply_server_config(&d, &d.db.lock().expect("db lock").data.config);
+    d.apply_server_config(&d.db.lock().expect("db lock").data.config);
     storage::open_all(&d).map_err(|e| format!("opening storage pools: {e}"))?;
     instances::recover(&d).map_err(|e| format!("recovering state: {e}"))?;
     secure_tree(&d);

@@ -6,37 +6,12 @@ use super::response::{self, Error, Result};
 use super::{resources, Daemon};
 use crate::http::{Request, Response};
 
-/// Largest JSON body accepted (instance configs, profiles...).
-pub const MAX_JSON: usize = 8 << 20;
-
 /// Entry point for every request.
 pub fn handle(d: &Daemon, req: &mut Request) -> Response {
     match route(d, req) {
         Ok(r) => r,
         Err(e) => response::error(&e),
     }
-}
-
-/// Read and parse a JSON body.
-pub fn json<T: serde::de::DeserializeOwned>(req: &mut Request) -> Result<T> {
-    // Refuse a declared oversized body before reading any of it.
-    if req
-        .header("Content-Length")
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .is_some_and(|n| n > MAX_JSON as u64)
-    {
-        return Err(Error::PayloadTooLarge(format!(
-            "Request body larger than {MAX_JSON} bytes"
-        )));
-    }
-    let body = req.read_body(MAX_JSON).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::InvalidData {
-            Error::PayloadTooLarge(format!("Request body larger than {MAX_JSON} bytes"))
-        } else {
-            Error::BadRequest(format!("Failed to read request body: {e}"))
-        }
-    })?;
-    response::parse_json(&body)
 }
 
 fn not_allowed(method: &str) -> Error {
@@ -269,11 +244,4 @@ fn check_target(req: &Request) -> Result<()> {
             "Target only allowed when clustered".into(),
         )),
     }
-}
-
-/// `recursion` query value (0 when absent or invalid).
-pub fn recursion(req: &Request) -> u32 {
-    req.query("recursion")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }

@@ -174,6 +174,9 @@ fn lock(a: &Arc<Mutex<Shared>>) -> std::sync::MutexGuard<'_, Shared> {
     a.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// How long, and how much, a closing connection still reads (and drops) what the client sends.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+
 fn serve_loop(
     stream: Box<dyn Stream>,
     limits: &Limits,
@@ -185,19 +188,63 @@ fn serve_loop(
         continue_pending: false,
         body_err: None,
     }));
+    if serve_requests(&shared, limits, handler) == End::Close {
+        linger(&mut lock(&shared).r);
+    }
+}
+
+/// How a connection's request loop ended.
+#[derive(PartialEq, Eq)]
+enum End {
+    /// The server closes it (after its last answer).
+    Close,
+    /// A websocket took the stream over.
+    Upgraded,
+}
+
+/// A lingering close: we may have answered (an error, say) before the client finished sending
+/// its request. Closing at once would reset the connection and the client could lose our answer
+/// (over TCP, or through any proxy), so say we are done sending, then read and drop what still
+/// comes, bounded in time and size, before the socket goes.
+fn linger(r: &mut BufReader<Box<dyn Stream>>) {
+    let s = r.get_mut();
+    let _ = s.flush();
+    if s.shutdown_write().is_err() {
+        return;
+    }
+    let deadline = Instant::now() + LINGER_TIME;
+    let mut buf = [0u8; 8192];
+    let mut total = 0u64;
+    while total < MAX_DRAIN {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || s.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => total += n as u64,
+        }
+    }
+}
+
+fn serve_requests(
+    shared: &Arc<Mutex<Shared>>,
+    limits: &Limits,
+    handler: &(dyn Fn(&mut Request) -> Response + Sync),
+) -> End {
     let mut first = true;
     loop {
         let raw = {
             let mut s = lock(&shared);
             match read_request_head(&mut s, limits, first) {
                 HeadOutcome::Head(h) => h,
-                HeadOutcome::Idle => return,
+                HeadOutcome::Idle => return End::Close,
                 HeadOutcome::Fail(status, msg) => {
                     let _ =
                         s.r.get_ref()
                             .set_write_timeout(Some(Duration::from_secs(5)));
                     let _ = write_simple(s.r.get_mut(), status, msg);
-                    return;
+                    return End::Close;
                 }
             }
         };
@@ -212,7 +259,7 @@ fn serve_loop(
                     s.r.get_ref()
                         .set_write_timeout(Some(Duration::from_secs(5)));
                 let _ = write_simple(s.r.get_mut(), status, msg);
-                return;
+                return End::Close;
             }
         };
         let (head, framing) = head;
@@ -220,7 +267,7 @@ fn serve_loop(
             // Requests cannot be delimited by closing the connection.
             let mut s = lock(&shared);
             let _ = write_simple(s.r.get_mut(), 411, "request body length required");
-            return;
+            return End::Close;
         }
         let find = |name: &str| {
             head.headers
@@ -240,7 +287,7 @@ fn serve_loop(
             if !v.eq_ignore_ascii_case("100-continue") {
                 let mut s = lock(&shared);
                 let _ = write_simple(s.r.get_mut(), 417, "unsupported expectation");
-                return;
+                return End::Close;
             }
         }
         {
@@ -304,14 +351,14 @@ fn serve_loop(
             let status = match kind {
                 io::ErrorKind::InvalidData => 400,
                 io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => 408,
-                _ => return,
+                _ => return End::Close,
             };
             let _ = write_simple(
                 s.r.get_mut(),
                 status,
                 "malformed or incomplete request body",
             );
-            return;
+            return End::Close;
         }
         if resp.status == 101 {
             if let Some(up) = resp.upgrade.take() {
@@ -319,19 +366,20 @@ fn serve_loop(
                     .and_then(|_| s.r.get_mut().flush())
                     .is_err()
                 {
-                    return;
+                    return End::Close;
                 }
                 let leftover = s.r.buffer().to_vec();
+                // The websocket takes the connection; an empty stream stays behind.
+                let r = std::mem::replace(
+                    &mut s.r,
+                    BufReader::new(Box::new(super::stream::SliceStream::new(Vec::new()))),
+                );
                 drop(s);
-                let shared = match Arc::try_unwrap(shared) {
-                    Ok(m) => m.into_inner().unwrap_or_else(|e| e.into_inner()),
-                    Err(_) => return,
-                };
-                let stream = PrefixedStream::wrap(leftover, shared.r.into_inner());
+                let stream = PrefixedStream::wrap(leftover, r.into_inner());
                 let _ = stream.set_read_timeout(None);
                 let _ = stream.set_write_timeout(None);
                 let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || up(stream)));
-                return;
+                return End::Upgraded;
             }
             keep = false;
         }
@@ -341,7 +389,7 @@ fn serve_loop(
         }));
         match res {
             Ok(Ok(true)) => {}
-            _ => return,
+            _ => return End::Close,
         }
     }
 }

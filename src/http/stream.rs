@@ -67,6 +67,9 @@ impl Stream for PrefixedStream {
     fn shutdown_both(&self) -> io::Result<()> {
         self.inner.shutdown_both()
     }
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.inner.shutdown_write()
+    }
 }
 
 /// An in-memory [`Stream`]: reads come from a byte buffer (then EOF), writes are collected in a
@@ -127,6 +130,9 @@ impl Stream for SliceStream {
         Ok(())
     }
     fn shutdown_both(&self) -> io::Result<()> {
+        Ok(())
+    }
+    fn shutdown_write(&self) -> io::Result<()> {
         Ok(())
     }
 }

@@ -124,6 +124,15 @@ impl Ctx {
         }
     }
 
+    /// Make the server config that takes effect without a restart take effect (at start too).
+    pub fn apply_server_config(&self, config: &crate::api::StringMap) {
+        let max = config
+            .get("images.max_unpacked_size")
+            .and_then(|v| crate::storage::btrfs::parse_size(v).ok())
+            .unwrap_or(image::DEFAULT_MAX_UNPACKED);
+        self.images.set_max_unpacked(max);
+    }
+
     pub fn log_dir(&self, name: &str) -> PathBuf {
         self.dir.join("logs").join(name)
     }

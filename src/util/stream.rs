@@ -12,6 +12,8 @@ pub trait Stream: Read + Write + Send + 'static {
     fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()>;
     /// Shut down both directions (wakes a thread blocked reading on a clone).
     fn shutdown_both(&self) -> io::Result<()>;
+    /// Shut down our sending side only: the peer reads what we sent, then the end.
+    fn shutdown_write(&self) -> io::Result<()>;
 }
 
 impl Stream for std::os::unix::net::UnixStream {
@@ -27,6 +29,9 @@ impl Stream for std::os::unix::net::UnixStream {
     fn shutdown_both(&self) -> io::Result<()> {
         self.shutdown(std::net::Shutdown::Both)
     }
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
+    }
 }
 
 impl Stream for std::net::TcpStream {
@@ -41,5 +46,8 @@ impl Stream for std::net::TcpStream {
     }
     fn shutdown_both(&self) -> io::Result<()> {
         self.shutdown(std::net::Shutdown::Both)
+    }
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
     }
 }

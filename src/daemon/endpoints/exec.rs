@@ -11,8 +11,8 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::super::request::json;
 use super::super::response::{self, Error, Result};
-use super::super::routes::json;
 use super::super::{config, Daemon};
 use crate::api::{self, StringMap};
 use crate::http::{ws, Request, Response, Stream};

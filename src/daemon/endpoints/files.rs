@@ -12,11 +12,11 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
 
-use super::super::db::InstanceRecord;
-use super::super::idmap;
 use super::super::response::{self, Error, Result};
-use super::super::Daemon;
 use crate::http::{Body, Request, Response};
+use crate::instance::db::InstanceRecord;
+use crate::instance::idmap;
+use crate::instance::Ctx as Daemon;
 use crate::runtime::IdMapEntry;
 
 /// How on-disk ids relate to container ids.

@@ -5,13 +5,13 @@ use std::collections::BTreeMap;
 use std::io::Read;
 
 use super::super::filter::Filter;
+use super::super::request::{json, recursion};
 use super::super::response::{self, Error, Result};
-use super::super::routes::{json, recursion};
-use super::super::Daemon;
 use crate::api::{self};
 use crate::http::{Body, Request, Response};
 use crate::image;
 use crate::instance::operations::Class;
+use crate::instance::Ctx as Daemon;
 
 pub fn images_list(d: &Daemon, req: &Request) -> Result<Response> {
     let filter = Filter::parse(req.query("filter").unwrap_or(""))?;
@@ -373,7 +373,7 @@ pub fn publish(d: &Daemon, body: api::ImagesPost) -> Result<Response> {
         body.compression_algorithm.clone()
     };
     let compression = image::Compression::from_name(&algo)?;
-    super::super::busy_task(d, &name, "publish", "Publishing instance", move |d, op| {
+    super::super::request::busy_task(d, &name, "publish", "Publishing instance", move |d, op| {
         crate::instance::images::publish_now(d, &vol, &architecture, &body, compression, &op)
     })
 }

@@ -3,12 +3,12 @@
 
 use std::path::PathBuf;
 
+use super::super::request::json;
 use super::super::response::{self, Error, Result};
-use super::super::routes::json;
-use super::super::Daemon;
 use crate::api;
 use crate::http::{Request, Response};
 use crate::image;
+use crate::instance::Ctx as Daemon;
 
 use crate::instance::view::record;
 
@@ -136,7 +136,7 @@ pub fn template_put(d: &Daemon, req: &mut Request, name: &str) -> Result<Respons
     let file = template_name(req)?;
     let (_, vol) = metadata_of(d, name)?;
     let data = req
-        .read_body(super::super::routes::MAX_JSON)
+        .read_body(super::super::request::MAX_JSON)
         .map_err(|e| Error::BadRequest(format!("template body: {e}")))?;
     let dir = vol.join("templates");
     std::fs::create_dir_all(&dir)

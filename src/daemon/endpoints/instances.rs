@@ -8,13 +8,13 @@
 
 use std::time::Duration;
 
-use super::super::db::InstanceRecord;
 use super::super::filter::Filter;
+use super::super::request::{json, recursion};
 use super::super::response::{self, Error, Result};
-use super::super::routes::{json, recursion};
 use super::super::{config, Daemon};
 use crate::api::{self, status, StringMap};
 use crate::http::{Request, Response};
+use crate::instance::db::InstanceRecord;
 use crate::instance::operations::Class;
 use crate::runtime::{self, State};
 
@@ -413,9 +413,13 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
         }
         let snap = crate::instance::snapshots::check_restore(d, name, &put.restore, put.stateful)?;
         let n = name.to_string();
-        return super::super::busy_task(d, name, "restore", "Restoring snapshot", move |d, _| {
-            crate::instance::snapshots::restore_now(d, &n, &snap)
-        });
+        return super::super::request::busy_task(
+            d,
+            name,
+            "restore",
+            "Restoring snapshot",
+            move |d, _| crate::instance::snapshots::restore_now(d, &n, &snap),
+        );
     }
     let _busy = d.claim(name, "update")?;
     let mut db = d.db.lock().expect("db lock");
@@ -584,7 +588,7 @@ fn delete(d: &Daemon, name: &str) -> Result<Response> {
         return Err(Error::BadRequest("Instance is running".into()));
     }
     let n = name.to_string();
-    super::super::busy_task(d, name, "delete", "Deleting instance", move |d, _| {
+    super::super::request::busy_task(d, name, "delete", "Deleting instance", move |d, _| {
         delete_now(d, &n)
     })
 }
@@ -614,7 +618,7 @@ fn state_put(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
         _ => "Unfreezing instance",
     };
     let n = name.to_string();
-    super::super::busy_task(d, name, what, desc, move |d2, _| {
+    super::super::request::busy_task(d, name, what, desc, move |d2, _| {
         let timeout = if body.timeout < 0 {
             STOP_TIMEOUT_MAX
         } else {

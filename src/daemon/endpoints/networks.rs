@@ -1,10 +1,10 @@
 //! `/1.0/networks`: the host's interfaces, read-only (managed networks are not built yet).
 
+use super::super::request::recursion;
 use super::super::response::{self, Error, Result};
-use super::super::routes::recursion;
-use super::super::Daemon;
 use crate::api::{self};
 use crate::http::{Request, Response};
+use crate::instance::Ctx as Daemon;
 
 /// Host interfaces as unmanaged networks (what `lxc network list` shows for a host without
 /// managed networks).

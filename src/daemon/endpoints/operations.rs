@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::super::request::recursion;
 use super::super::response::{self, Error, Result};
-use super::super::routes::recursion;
-use super::super::Daemon;
 use crate::http::{ws, Request, Response};
+use crate::instance::Ctx as Daemon;
 
 pub fn operations_list(d: &Daemon, req: &Request) -> Result<Response> {
     let rec = recursion(req);

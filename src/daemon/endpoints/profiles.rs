@@ -1,13 +1,13 @@
 //! `/1.0/profiles`.
 
-use super::super::db::ProfileRecord;
+use super::super::request::{json, recursion};
 use super::super::response::{self, Error, Result};
-use super::super::routes::{json, recursion};
 use super::super::{config, Daemon};
 use crate::api::{self};
 use crate::http::{Request, Response};
+use crate::instance::db::ProfileRecord;
 
-fn used_by(data: &super::super::db::Data, profile: &str) -> Vec<String> {
+fn used_by(data: &crate::instance::db::Data, profile: &str) -> Vec<String> {
     data.instances
         .iter()
         .filter(|(_, i)| i.profiles.iter().any(|p| p == profile))
@@ -15,7 +15,7 @@ fn used_by(data: &super::super::db::Data, profile: &str) -> Vec<String> {
         .collect()
 }
 
-fn profile_api(data: &super::super::db::Data, name: &str, p: &ProfileRecord) -> api::Profile {
+fn profile_api(data: &crate::instance::db::Data, name: &str, p: &ProfileRecord) -> api::Profile {
     api::Profile {
         config: p.config.clone(),
         description: p.description.clone(),

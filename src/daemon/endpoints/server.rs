@@ -1,11 +1,10 @@
 //! `/1.0`: server info and config, and the (empty) certificate list.
 
+use super::super::request::json;
 use super::super::response::{self, Error, Result};
-use super::super::routes::json;
 use super::super::{config, Daemon};
 use crate::api::{self, extensions::API_EXTENSIONS};
 use crate::http::{Request, Response};
-use crate::image;
 
 fn server(d: &Daemon) -> api::Server {
     let cfg = d.db.lock().expect("db lock").data.config.clone();
@@ -112,17 +111,8 @@ pub fn server_put(d: &Daemon, req: &mut Request, patch: bool) -> Result<Response
     }
     db.update(|data| data.config = next)
         .map_err(|e| Error::Internal(format!("saving config: {e}")))?;
-    apply_server_config(d, &db.data.config);
+    d.apply_server_config(&db.data.config);
     Ok(response::empty())
-}
-
-/// Make the server config that takes effect without a restart take effect (at start too).
-pub fn apply_server_config(d: &Daemon, config: &api::StringMap) {
-    let max = config
-        .get("images.max_unpacked_size")
-        .and_then(|v| crate::storage::btrfs::parse_size(v).ok())
-        .unwrap_or(image::DEFAULT_MAX_UNPACKED);
-    d.images.set_max_unpacked(max);
 }
 
 fn server_config_view(c: &api::StringMap) -> api::StringMap {

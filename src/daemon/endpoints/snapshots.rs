@@ -14,8 +14,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::super::request::{json, recursion};
 use super::super::response::{self, Error, Result};
-use super::super::routes::{json, recursion};
 use super::super::{config, instances, schedule, Daemon};
 use crate::api::{self};
 use crate::http::{Request, Response};
@@ -98,7 +98,7 @@ fn create(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
         }
     };
     let n = name.to_string();
-    super::super::busy_task(d, name, "snapshot", "Snapshotting instance", move |d, _| {
+    super::super::request::busy_task(d, name, "snapshot", "Snapshotting instance", move |d, _| {
         snapshot_now(d, &n, &body.name, expires_at).map(|_| ())
     })
 }
@@ -199,7 +199,7 @@ fn delete(d: &Daemon, name: &str, snap: &str) -> Result<Response> {
     let rec = instances::record(d, name)?;
     find(&rec, snap)?;
     let (n, s) = (name.to_string(), snap.to_string());
-    super::super::busy_task(
+    super::super::request::busy_task(
         d,
         name,
         "snapshot delete",

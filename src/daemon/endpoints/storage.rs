@@ -9,15 +9,15 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::super::db::PoolRecord;
+use super::super::request::{json, recursion};
 use super::super::response::{self, Error, Result};
-use super::super::routes::{json, recursion};
-use super::super::Daemon;
 use crate::api::{self, StringMap};
 use crate::http::{Request, Response};
+use crate::instance::db::PoolRecord;
 pub use crate::instance::pools::{
     delete_image_volumes, mend_volume_modes, open_all, pool, usable_pool,
 };
+use crate::instance::Ctx as Daemon;
 use crate::storage::{self, Pool};
 
 fn pool_url(name: &str) -> String {

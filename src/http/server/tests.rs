@@ -441,3 +441,34 @@ fn expect_100_continue() {
     );
     t.join().unwrap();
 }
+
+/// An answer given before the request is whole (here a NUL in the path, refused from the head
+/// alone) leaves the connection open for the rest of the request: the server lingers, reading
+/// and dropping it, instead of closing at once. A client (or a proxy in front of the daemon)
+/// still sending its body would otherwise fail its write (EPIPE, or a TCP reset) and could lose
+/// the answer.
+#[test]
+fn an_early_error_reaches_a_client_still_sending() {
+    use std::io::{Read, Write};
+    let (server_end, mut c) = UnixStream::pair().expect("pair");
+    let server = thread::spawn(move || {
+        serve_connection(Box::new(server_end), &Limits::default(), &echo);
+    });
+    let body = vec![b'x'; 256 * 1024];
+    let head = format!(
+        "PUT /1.0/x%00y HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    c.write_all(head.as_bytes()).expect("head");
+    // The server answers from the head; the body comes after that answer was sent.
+    thread::sleep(Duration::from_millis(200));
+    c.write_all(&body).expect("the body after an early answer");
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut out = Vec::new();
+    c.read_to_end(&mut out).expect("read the answer");
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(text.contains("NUL in path"), "{text}");
+    server.join().expect("server");
+}
