@@ -235,7 +235,7 @@ fn serve_requests(
     let mut first = true;
     loop {
         let raw = {
-            let mut s = lock(&shared);
+            let mut s = lock(shared);
             match read_request_head(&mut s, limits, first) {
                 HeadOutcome::Head(h) => h,
                 HeadOutcome::Idle => return End::Close,
@@ -254,7 +254,7 @@ fn serve_requests(
         {
             Ok(h) => h,
             Err((status, msg)) => {
-                let mut s = lock(&shared);
+                let mut s = lock(shared);
                 let _ =
                     s.r.get_ref()
                         .set_write_timeout(Some(Duration::from_secs(5)));
@@ -265,7 +265,7 @@ fn serve_requests(
         let (head, framing) = head;
         if framing == Framing::Eof {
             // Requests cannot be delimited by closing the connection.
-            let mut s = lock(&shared);
+            let mut s = lock(shared);
             let _ = write_simple(s.r.get_mut(), 411, "request body length required");
             return End::Close;
         }
@@ -285,13 +285,13 @@ fn serve_requests(
             head.http11 && find("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
         if let Some(v) = find("expect") {
             if !v.eq_ignore_ascii_case("100-continue") {
-                let mut s = lock(&shared);
+                let mut s = lock(shared);
                 let _ = write_simple(s.r.get_mut(), 417, "unsupported expectation");
                 return End::Close;
             }
         }
         {
-            let mut s = lock(&shared);
+            let mut s = lock(shared);
             s.dec = Decoder::new(framing);
             s.continue_pending = expect_continue && !s.dec.is_done();
             s.body_err = None;
@@ -315,7 +315,7 @@ fn serve_requests(
         req.raw_target = head.target;
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(&mut req)));
         drop(req);
-        let mut s = lock(&shared);
+        let mut s = lock(shared);
         let mut resp = match result {
             Ok(r) => r,
             Err(_) => {
