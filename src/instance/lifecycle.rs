@@ -2,11 +2,10 @@
 //! limits, the temporary changes operations make (and their undo after a crash), watching
 //! running instances, recovery at start and autostart. No HTTP: handlers call in here.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::db::InstanceRecord;
 use super::view::{expanded, record, state_of, url};
 use super::{config, idmap, Ctx, Error, Result};
 use crate::api::{self, Devices, StringMap};
@@ -14,106 +13,6 @@ use crate::image;
 use crate::runtime::{self, RootfsMode, State};
 use crate::storage::Pool;
 use crate::util::time;
-
-/// Where a new instance's volume comes from.
-/// Where a new instance's root filesystem comes from.
-pub enum Origin {
-    Empty,
-    Image(Box<api::Image>),
-    /// An image on a remote (simplestreams) server, pulled by the operation.
-    Remote(Box<api::InstanceSource>),
-    /// Another instance on this server, or one of its snapshots.
-    Copy {
-        from: String,
-        snapshot: Option<String>,
-        instance_only: bool,
-    },
-}
-
-/// A new instance's settings, resolved by `create`.
-pub struct NewInstance<'a> {
-    pub name: &'a str,
-    pub body: &'a api::InstancesPost,
-    pub profiles: Vec<String>,
-    pub config: StringMap,
-    pub devices: Devices,
-    /// The copy source's architecture; empty otherwise.
-    pub architecture: String,
-    pub pool: String,
-}
-
-/// The local image an instance source names (fingerprint, alias or properties).
-pub fn resolve_image(d: &Ctx, s: &api::InstanceSource) -> Result<api::Image> {
-    if !s.server.is_empty() {
-        return Err(Error::not_yet("images from remote servers"));
-    }
-    if !s.fingerprint.is_empty() {
-        return Ok(d.images.get(&s.fingerprint)?);
-    }
-    if !s.alias.is_empty() {
-        let a = d
-            .images
-            .alias_get(&s.alias)
-            .map_err(|_| Error::NotFound(format!("Image alias {:?} not found", s.alias)))?;
-        return Ok(d.images.get(&a.target)?);
-    }
-    if !s.properties.is_empty() {
-        let mut best: Option<api::Image> = None;
-        for img in d.images.list()? {
-            if s.properties
-                .iter()
-                .all(|(k, v)| img.put.properties.get(k) == Some(v))
-                && best.as_ref().is_none_or(|b| img.created_at > b.created_at)
-            {
-                best = Some(img);
-            }
-        }
-        return best
-            .ok_or_else(|| Error::NotFound("No image matches the requested properties".into()));
-    }
-    Err(Error::Invalid(
-        "Image source needs a fingerprint, an alias or properties".into(),
-    ))
-}
-
-/// Removes half-made volumes unless disarmed.
-struct VolumeRevert<'a> {
-    pool: &'a Pool,
-    paths: Vec<PathBuf>,
-}
-
-impl Drop for VolumeRevert<'_> {
-    fn drop(&mut self) {
-        for p in self.paths.drain(..).rev() {
-            if let Err(e) = self.pool.driver.delete_volume(&p) {
-                eprintln!("bivy: cleaning up {}: {e}", p.display());
-            }
-        }
-    }
-}
-
-/// Clone volume `src` (on `from`) to `dst` (on `to`, not existing yet): the driver's clone
-/// within a pool, a file copy into a fresh volume across pools.
-pub fn clone_between(from: &Pool, src: &Path, to: &Pool, dst: &Path, readonly: bool) -> Result<()> {
-    let err = |e: std::io::Error| Error::Host(format!("copying {}: {e}", src.display()));
-    if from.name == to.name {
-        return to.driver.clone_volume(src, dst, readonly).map_err(err);
-    }
-    to.driver.create_volume(dst).map_err(err)?;
-    for e in std::fs::read_dir(src).map_err(err)? {
-        let e = e.map_err(err)?;
-        let t = dst.join(e.file_name());
-        if e.file_type().map_err(err)?.is_dir() {
-            crate::storage::copy::copy_tree(&e.path(), &t).map_err(err)?;
-        } else {
-            std::fs::copy(e.path(), &t).map_err(err)?;
-        }
-    }
-    if readonly {
-        to.driver.set_readonly(dst).map_err(err)?;
-    }
-    Ok(())
-}
 
 /// Run `f` with the instance frozen when it runs on a driver whose clones are not atomic, so
 /// a copy or snapshot of a running container is consistent.
@@ -218,192 +117,6 @@ impl Interim {
     }
 }
 
-pub fn create_now(d: &Ctx, args: NewInstance<'_>, origin: Origin) -> Result<()> {
-    let NewInstance {
-        name,
-        body,
-        profiles,
-        config: mut cfg,
-        devices,
-        architecture: copy_arch,
-        pool: pool_name,
-    } = args;
-    let pool = super::pools::usable_pool(d, &pool_name)?;
-    let volume = super::operations::uuid();
-    let final_dir = pool.container(&volume);
-    let tmp = pool.container(&format!("{volume}.tmp"));
-    let mut revert = VolumeRevert {
-        pool: &pool,
-        paths: vec![tmp.clone()],
-    };
-    let mut architecture = d.host.architecture.clone();
-    let (expanded_cfg, _) = {
-        let db = d.db.lock().expect("db lock");
-        config::expand(&profiles, &db.data.profiles, &cfg, &devices)
-    };
-    let privileged = config::flag(&expanded_cfg, "security.privileged");
-    let mut snapshots = Vec::new();
-    match &origin {
-        Origin::Remote(_) => {
-            return Err(Error::Host("remote image not pulled before create".into()))
-        }
-        Origin::Empty => {
-            pool.driver
-                .create_volume(&tmp)
-                .map_err(|e| Error::Host(format!("creating the volume: {e}")))?;
-            std::fs::create_dir_all(tmp.join("rootfs")).map_err(|e| Error::Host(e.to_string()))?;
-        }
-        Origin::Image(img) => {
-            let base = super::pools::image_volume(d, &pool, &img.fingerprint)?;
-            pool.driver
-                .clone_volume(&base, &tmp, false)
-                .map_err(|e| Error::Host(format!("cloning the image volume: {e}")))?;
-            architecture = img.architecture.clone();
-            for (k, v) in &img.put.properties {
-                cfg.entry(format!("image.{k}")).or_insert_with(|| v.clone());
-            }
-            cfg.insert("volatile.base_image".into(), img.fingerprint.clone());
-            if tmp
-                .join("templates")
-                .read_dir()
-                .is_ok_and(|mut r| r.next().is_some())
-            {
-                cfg.insert("volatile.apply_template".into(), "create".into());
-            }
-            let _ = d.images.touch(&img.fingerprint);
-        }
-        Origin::Copy {
-            from,
-            snapshot,
-            instance_only,
-        } => {
-            let src = record(d, from)?;
-            let src_pool = super::pools::usable_pool(d, &src.pool)?;
-            architecture = copy_arch.clone();
-            match snapshot {
-                Some(s) => {
-                    let sr = src
-                        .snapshot(s)
-                        .ok_or_else(|| Error::NotFound(format!("Snapshot {s:?} not found")))?;
-                    let path = src_pool.snapshot(&src.volume, &sr.volume);
-                    clone_between(&src_pool, &path, &pool, &tmp, false)?;
-                }
-                None => {
-                    let path = src_pool.container(&src.volume);
-                    with_consistent(d, from, &src_pool, || {
-                        clone_between(&src_pool, &path, &pool, &tmp, false)
-                    })?;
-                    if !instance_only {
-                        for sr in &src.snapshots {
-                            let sv = super::operations::uuid();
-                            let dst = pool.snapshot(&volume, &sv);
-                            revert.paths.push(dst.clone());
-                            clone_between(
-                                &src_pool,
-                                &src_pool.snapshot(&src.volume, &sr.volume),
-                                &pool,
-                                &dst,
-                                true,
-                            )?;
-                            let mut rec = sr.clone();
-                            rec.volume = sv;
-                            snapshots.push(rec);
-                        }
-                    }
-                }
-            }
-            if cfg.contains_key("volatile.base_image") {
-                cfg.insert("volatile.apply_template".into(), "copy".into());
-            }
-        }
-    }
-    if !body.put.architecture.is_empty()
-        && matches!(origin, Origin::Empty)
-        && body.put.architecture.parse::<u32>().is_err()
-    {
-        architecture = body.put.architecture.clone();
-    }
-    cfg.insert("volatile.uuid".into(), super::operations::uuid());
-    // The id map this instance will use, and how its rootfs is stored.
-    let taken = isolated_bases(d);
-    let map = idmap::compute(&expanded_cfg, &taken)?;
-    let copied_shift = cfg
-        .get("volatile.last_state.idmap")
-        .is_some_and(|v| v != "[]");
-    if privileged {
-        cfg.insert("volatile.idmap.next".into(), "[]".into());
-        cfg.entry("volatile.last_state.idmap".into())
-            .or_insert_with(|| "[]".into());
-    } else {
-        cfg.insert(
-            "volatile.idmap.base".into(),
-            map.uid.first().map_or(0, |e| e.hostid).to_string(),
-        );
-        cfg.insert("volatile.idmap.next".into(), map.to_volatile());
-        // Idmapped mounts where the filesystem has them (no chown); otherwise shift the ids on
-        // disk once and record the map they were shifted to (LXD's volatile.last_state.idmap).
-        // A copy keeps its source's on-disk state.
-        if !copied_shift && runtime::rootfs_supports_idmap(&tmp) {
-            cfg.insert("volatile.last_state.idmap".into(), "[]".into());
-        } else if !copied_shift {
-            runtime::shift_rootfs(&tmp.join("rootfs"), &map.uid, &map.gid)?;
-            cfg.insert("volatile.last_state.idmap".into(), map.to_volatile());
-        }
-    }
-    crate::util::fs::ensure_mode(&tmp, crate::storage::instance_volume_mode(privileged))
-        .map_err(|e| Error::Host(format!("{}: {e}", tmp.display())))?;
-    std::fs::rename(&tmp, &final_dir)
-        .map_err(|e| Error::Host(format!("{}: {e}", final_dir.display())))?;
-    revert.paths[0] = final_dir.clone();
-    if !snapshots.is_empty() {
-        revert.paths.push(pool.snapshots_of(&volume));
-    }
-    let now = time::now();
-    let rec = InstanceRecord {
-        architecture,
-        config: cfg,
-        devices,
-        ephemeral: body.put.ephemeral,
-        profiles,
-        description: body.put.description.clone(),
-        created_at: now,
-        last_used_at: api::ZERO_TIME.into(),
-        stateful: false,
-        volume,
-        pool: pool_name,
-        snapshots,
-    };
-    let mut db = d.db.lock().expect("db lock");
-    if db.data.instances.contains_key(name) {
-        return Err(Error::Conflict(format!("Instance {name:?} already exists")));
-    }
-    db.update(|data| data.instances.insert(name.to_string(), rec))
-        .map_err(|e| Error::Host(format!("saving instance: {e}")))?;
-    drop(db);
-    revert.paths.clear();
-    d.events
-        .lifecycle("instance-created", &url(name), serde_json::json!({}));
-    Ok(())
-}
-
-fn isolated_bases(d: &Ctx) -> Vec<u32> {
-    let db = d.db.lock().expect("db lock");
-    db.data
-        .instances
-        .values()
-        .filter(|r| {
-            r.config
-                .get("security.idmap.isolated")
-                .is_some_and(|v| v == "true")
-        })
-        .filter_map(|r| {
-            r.config
-                .get("volatile.idmap.base")
-                .and_then(|v| v.parse().ok())
-        })
-        .collect()
-}
-
 /// Push the current limits to a running instance (after a config or profile change).
 pub fn apply_live_limits(d: &Ctx, name: &str) {
     let Ok(rec) = record(d, name) else { return };
@@ -498,7 +211,10 @@ pub fn start(d: &Ctx, name: &str) -> Result<()> {
             .unwrap_or_default();
         let m = idmap::Map::from_volatile(&next)
             .filter(|m| !m.uid.is_empty())
-            .map_or_else(|| idmap::compute(&ec, &isolated_bases(d)), Ok)?;
+            .map_or_else(
+                || idmap::compute(&ec, &super::create::isolated_bases(d)),
+                Ok,
+            )?;
         Some(m)
     };
     let last = rec

@@ -6,6 +6,7 @@
 //! here and renders the result itself.
 
 pub mod config;
+pub mod create;
 pub mod ctx;
 pub mod db;
 pub mod error;

@@ -22,10 +22,11 @@ use crate::runtime::{self, State};
 /// sends -1 and LXD then waits forever; we cap at 10 minutes).
 const STOP_TIMEOUT_MAX: Duration = Duration::from_secs(600);
 
+use crate::instance::create::{create_now, resolve_image, NewInstance, Origin};
+use crate::instance::lifecycle::delete_now;
 pub use crate::instance::lifecycle::{
     apply_live_limits, autostart, host_shutdown, recover, start, stop,
 };
-use crate::instance::lifecycle::{create_now, delete_now, resolve_image, NewInstance, Origin};
 use crate::instance::view::state_of;
 pub use crate::instance::view::{expanded, has_root_disk, record, resources, state, url};
 
