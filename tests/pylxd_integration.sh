@@ -62,20 +62,13 @@ DAEMON_PID=
 cleanup() {
   local rc=$?
   daemon_teardown
-  if [ "$rc" != 0 ] && [ -f "$LOG" ]; then
-    echo "--- bivy daemon log (last 100 lines) ---" >&2
-    tail -n 100 "$LOG" >&2
-  fi
+  show_log_on_failure "$rc"
   exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-# Nothing may be left over from an interrupted run.
-if [ -d "$DAEMON_DIR" ]; then
-  awk -v d="$DAEMON_DIR" '$5 == d || index($5, d "/") == 1 { print $5 }' /proc/self/mountinfo |
-    sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
-  rm -rf "$DAEMON_DIR"
-fi
+# Nothing may be left over from an interrupted run (no daemon runs yet: only the directory).
+daemon_teardown
 
 # The sdist, as a new user would get it.
 VENV=$WORK/venv

@@ -41,18 +41,13 @@ cleanup() {
     wait "$FORWARD_PID" 2>/dev/null || true
   fi
   daemon_teardown
-  if [ "$rc" != 0 ] && [ -f "$LOG" ]; then
-    echo "--- bivy daemon log (last 100 lines) ---" >&2
-    tail -n 100 "$LOG" >&2
-  fi
+  show_log_on_failure "$rc"
   exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-if [ -d "$DAEMON_DIR" ]; then
-  unmount_below "$DAEMON_DIR"
-  rm -rf "$DAEMON_DIR"
-fi
+# Nothing may be left over from an interrupted run (no daemon runs yet: only the directory).
+daemon_teardown
 
 VENV=$WORK/venv
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"

@@ -1,6 +1,6 @@
 # Shared by tests/pylxd_integration.sh and tests/schemathesis.sh (sourced): talk to a bivy
 # daemon made for the run, and take it down with everything it made. The caller sets DAEMON_DIR
-# (the daemon's BIVY_DIR) and DAEMON_PID.
+# (the daemon's BIVY_DIR), DAEMON_PID (empty until it runs) and LOG (its log).
 
 api() { # METHOD PATH [BODY]: one REST call on the daemon's socket, JSON out
   curl -sS --max-time 120 --unix-socket "$DAEMON_DIR/unix.socket" -X "$1" \
@@ -32,5 +32,12 @@ daemon_teardown() { # stop and delete what the run made, stop the daemon, remove
   if [ -d "$DAEMON_DIR" ]; then
     unmount_below "$DAEMON_DIR"
     rm -rf "$DAEMON_DIR"
+  fi
+}
+
+show_log_on_failure() { # RC: the daemon's log tail when the run failed
+  if [ "$1" != 0 ] && [ -f "$LOG" ]; then
+    echo "--- bivy daemon log (last 100 lines) ---" >&2
+    tail -n 100 "$LOG" >&2
   fi
 }
