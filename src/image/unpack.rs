@@ -185,6 +185,20 @@ fn member_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<(Meta, u64, boo
     Ok((m, apparent, pax_sparse))
 }
 
+/// A hard link's target as a path under the tree: cleaned, with `link_prefix` (`rootfs/` in a
+/// unified tarball) stripped. `None` when it is unsafe, outside the prefix, or the root itself.
+fn link_target<'a>(raw: &'a [u8], link_prefix: Option<&[u8]>) -> Option<Vec<&'a [u8]>> {
+    let target = clean_path(raw)?;
+    let target = match link_prefix {
+        Some(p) => match target.split_first() {
+            Some((first, rest)) if *first == p => rest.to_vec(),
+            _ => return None,
+        },
+        None => target,
+    };
+    (!target.is_empty()).then_some(target)
+}
+
 /// What a path in the tree being unpacked is, as far as the unpack rules care.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Node {
@@ -267,15 +281,8 @@ impl Model {
                         String::from_utf8_lossy(&raw)
                     ))
                 };
-                let target = clean_path(&raw).ok_or_else(refuse)?;
-                let target: &[&[u8]] = match link_prefix {
-                    Some(p) => match target.split_first() {
-                        Some((first, rest)) if *first == p => rest,
-                        _ => return Err(refuse()),
-                    },
-                    None => &target,
-                };
-                if target.is_empty() || self.nodes.get(&target.join(&b'/')) != Some(&Node::File) {
+                let target = link_target(&raw, link_prefix).ok_or_else(refuse)?;
+                if self.nodes.get(&target.join(&b'/')) != Some(&Node::File) {
                     return Err(refuse());
                 }
                 Node::File
@@ -476,13 +483,9 @@ impl<'a> Extractor<'a> {
                     .link_name_bytes()
                     .map(|l| l.into_owned())
                     .unwrap_or_default();
-                let target = clean_path(&raw).unwrap_or_default();
-                let target: &[&[u8]] = match link_prefix {
-                    Some(_) => &target[1..],
-                    None => &target,
-                };
+                let target = link_target(&raw, link_prefix).expect("the model checked it");
                 let (tname, tparents) = target.split_last().expect("non-empty target");
-                let tparent = walk(&self.root, tparents, false, target)?;
+                let tparent = walk(&self.root, tparents, false, &target)?;
                 rustix::fs::linkat(&tparent, *tname, &parent, *name, AtFlags::empty())
                     .map_err(|e| io_err(&e))?;
             }
