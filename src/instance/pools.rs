@@ -118,15 +118,24 @@ pub fn all(d: &Ctx) -> Vec<Arc<Pool>> {
 
 /// Mend the modes of every usable pool's volumes (see [`Pool::mend_volume_modes`]).
 pub fn mend_volume_modes(d: &Ctx) {
-    let instances = d.db.lock().expect("db lock").data.instances.clone();
+    // (pool, volume) -> whether its instance is privileged, read once under one lock.
+    let privileged: BTreeMap<(String, String), bool> = {
+        let db = d.db.lock().expect("db lock");
+        db.data
+            .instances
+            .values()
+            .map(|r| {
+                let (cfg, _) =
+                    super::config::expand(&r.profiles, &db.data.profiles, &r.config, &r.devices);
+                (
+                    (r.pool.clone(), r.volume.clone()),
+                    super::config::flag(&cfg, "security.privileged"),
+                )
+            })
+            .collect()
+    };
     for p in all(d) {
-        p.mend_volume_modes(|vol| {
-            let rec = instances
-                .values()
-                .find(|r| r.pool == p.name && r.volume == vol)?;
-            let (cfg, _) = super::view::expanded(d, rec);
-            Some(super::config::flag(&cfg, "security.privileged"))
-        });
+        p.mend_volume_modes(|vol| privileged.get(&(p.name.clone(), vol.to_string())).copied());
     }
 }
 
