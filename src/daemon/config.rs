@@ -2,8 +2,7 @@
 //! Instance keys are the model's (`instance::config`).
 
 use super::response::{Error, Result};
-// The instance keys, for the handlers that validate and expand them.
-pub use crate::instance::config::*;
+use crate::instance::config::parse_bool;
 
 /// Server config keys we know (`core.*`, `images.*`).
 pub fn validate_server_key(key: &str, value: &str) -> Result<()> {

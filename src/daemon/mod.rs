@@ -9,7 +9,7 @@ mod config;
 use crate::instance::{db, events, operations, schedule};
 mod conns;
 mod endpoints;
-use endpoints::{instances, snapshots, storage};
+use endpoints::snapshots;
 mod fetch;
 mod filter;
 mod multipart;
@@ -121,8 +121,8 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
     });
     let _ = d.me.set(Arc::downgrade(&d));
     d.apply_server_config(&d.db.lock().expect("db lock").data.config);
-    storage::open_all(&d).map_err(|e| format!("opening storage pools: {e}"))?;
-    instances::recover(&d).map_err(|e| format!("recovering state: {e}"))?;
+    crate::instance::pools::open_all(&d).map_err(|e| format!("opening storage pools: {e}"))?;
+    crate::instance::lifecycle::recover(&d).map_err(|e| format!("recovering state: {e}"))?;
     secure_tree(&d);
 
     let sock_path = dir.join("unix.socket");
@@ -152,7 +152,7 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
             let _ = std::fs::remove_file(&sock_path);
             // Containers outlive the daemon, except when the host shuts down.
             if sig == Ok(Signal::SIGPWR) {
-                instances::host_shutdown(&d);
+                crate::instance::lifecycle::host_shutdown(&d);
             }
             // Let running operations finish for `core.shutdown_timeout` minutes (10 s unset).
             let minutes =
@@ -173,7 +173,7 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
         });
     }
 
-    instances::autostart(&d);
+    crate::instance::lifecycle::autostart(&d);
     snapshots::spawn_scheduler(d.clone());
 
     let limits = crate::http::Limits::default();
@@ -267,7 +267,7 @@ fn secure_tree(d: &Daemon) {
             mend_mode(&p, md.mode() & 0o700, "private file");
         }
     }
-    storage::mend_volume_modes(d);
+    crate::instance::pools::mend_volume_modes(d);
 }
 
 /// Raise the soft limit of open files to `want`, or to the hard limit when that is lower.

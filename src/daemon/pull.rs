@@ -479,7 +479,7 @@ pub(super) fn refresh(d: &Daemon, old: api::Image, src: api::ImageSource) -> Res
                 }
             }
             if d.images.delete(&old.fingerprint).is_ok() {
-                super::storage::delete_image_volumes(d, &old.fingerprint);
+                crate::instance::pools::delete_image_volumes(d, &old.fingerprint);
                 d.events.lifecycle(
                     "image-deleted",
                     &format!("/1.0/images/{}", old.fingerprint),
@@ -555,7 +555,7 @@ pub(super) fn prune_cached(d: &Daemon, now: i64) {
         }
         match d.images.delete(&img.fingerprint) {
             Ok(()) => {
-                super::storage::delete_image_volumes(d, &img.fingerprint);
+                crate::instance::pools::delete_image_volumes(d, &img.fingerprint);
                 eprintln!("bivy: deleted expired cached image {}", img.fingerprint);
                 d.events.lifecycle(
                     "image-deleted",

@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use super::super::request::json;
 use super::super::response::{self, Error, Result};
-use super::super::{config, Daemon};
+use super::super::Daemon;
 use crate::api::{self, StringMap};
 use crate::http::{ws, Request, Response, Stream};
+use crate::instance::config;
 use crate::instance::operations::{secret, Class, Op};
 use crate::runtime::{self, State};
 

@@ -11,9 +11,10 @@ use std::time::Duration;
 use super::super::filter::Filter;
 use super::super::request::{json, recursion};
 use super::super::response::{self, Error, Result};
-use super::super::{config, Daemon};
+use super::super::Daemon;
 use crate::api::{self, status, StringMap};
 use crate::http::{Request, Response};
+use crate::instance::config;
 use crate::instance::db::InstanceRecord;
 use crate::instance::operations::Class;
 use crate::runtime::{self, State};
@@ -24,11 +25,9 @@ const STOP_TIMEOUT_MAX: Duration = Duration::from_secs(600);
 
 use crate::instance::create::{create_now, resolve_image, NewInstance, Origin};
 use crate::instance::lifecycle::delete_now;
-pub use crate::instance::lifecycle::{
-    apply_live_limits, autostart, host_shutdown, recover, start, stop,
-};
+use crate::instance::lifecycle::{apply_live_limits, start, stop};
 use crate::instance::view::state_of;
-pub use crate::instance::view::{expanded, has_root_disk, record, resources, state, url};
+use crate::instance::view::{expanded, has_root_disk, record, resources, url};
 
 fn status_of(s: &State) -> (&'static str, u16) {
     match s {

@@ -2,9 +2,10 @@
 
 use super::super::request::{json, recursion};
 use super::super::response::{self, Error, Result};
-use super::super::{config, Daemon};
+use super::super::Daemon;
 use crate::api::{self};
 use crate::http::{Request, Response};
+use crate::instance::config;
 use crate::instance::db::ProfileRecord;
 
 fn used_by(data: &crate::instance::db::Data, profile: &str) -> Vec<String> {

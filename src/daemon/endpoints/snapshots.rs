@@ -16,11 +16,13 @@ use std::time::Duration;
 
 use super::super::request::{json, recursion};
 use super::super::response::{self, Error, Result};
-use super::super::{config, instances, schedule, Daemon};
+use super::super::{schedule, Daemon};
 use crate::api::{self};
 use crate::http::{Request, Response};
-pub use crate::instance::snapshots::{delete_now, snapshot_now};
+use crate::instance::config;
+use crate::instance::snapshots::{delete_now, snapshot_now};
 use crate::instance::snapshots::{find, parse_time, snap_url};
+use crate::instance::view as instances;
 use crate::runtime::State;
 use crate::util::time;
 

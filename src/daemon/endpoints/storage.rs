@@ -14,9 +14,7 @@ use super::super::response::{self, Error, Result};
 use crate::api::{self, StringMap};
 use crate::http::{Request, Response};
 use crate::instance::db::PoolRecord;
-pub use crate::instance::pools::{
-    delete_image_volumes, mend_volume_modes, open_all, pool, usable_pool,
-};
+use crate::instance::pools::{pool, usable_pool};
 use crate::instance::Ctx as Daemon;
 use crate::storage::{self, Pool};
 
