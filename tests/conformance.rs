@@ -115,6 +115,15 @@ const CLAIMS: &[(&str, &[Probe])] = &[
     ("server_supported_storage_drivers", &[("GET", "/1.0", None)]),
     ("resources", &[("GET", "/1.0/resources", None)]),
     ("resources_v2", &[("GET", "/1.0/resources", None)]),
+    (
+        "certificate_update",
+        &[
+            ("PUT", "/1.0/certificates/nosuch", Some("{}")),
+            ("PATCH", "/1.0/certificates/nosuch", Some("{}")),
+        ],
+    ),
+    ("certificate_token", &[("POST", "/1.0/certificates", Some("{\"token\":true}"))]),
+    ("remote_token_expiry", &[("PATCH", "/1.0", Some("{\"config\":{\"core.remote_token_expiry\":\"\"}}"))]),
 ];
 
 /// Extensions bivy must not claim while these requests are not served.

@@ -20,6 +20,7 @@ pub const API_EXTENSIONS: &[&str] = &[
     "entity_description",
     "storage",
     "profile_usedby",
+    "certificate_update",
     "container_exec_signal_handling",
     "container_exec_user_group_cwd",
     "id_map",
@@ -41,4 +42,6 @@ pub const API_EXTENSIONS: &[&str] = &[
     "server_supported_storage_drivers",
     "resources",
     "resources_v2",
+    "certificate_token",
+    "remote_token_expiry",
 ];

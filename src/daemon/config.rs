@@ -7,7 +7,20 @@ use crate::instance::config::parse_bool;
 /// Server config keys we know (`core.*`, `images.*`).
 pub fn validate_server_key(key: &str, value: &str) -> Result<()> {
     match key {
-        "core.https_address" | "core.trust_password" => Ok(()),
+        // The HTTPS listener (`daemon::https`) and the trust store (`instance::trust`).
+        "core.https_address" => match value {
+            "" => Ok(()),
+            v => super::https::parse_address(v)
+                .map(|_| ())
+                .map_err(|why| Error::BadRequest(format!("Invalid value for {key:?}: {why}"))),
+        },
+        "core.trust_password" => Ok(()),
+        "core.remote_token_expiry" => match value {
+            "" => Ok(()),
+            v => crate::instance::trust::parse_expiry(v)
+                .map(|_| ())
+                .map_err(|why| Error::BadRequest(format!("Invalid value for {key:?}: {why}"))),
+        },
         // Image downloads go through them (`fetch::Fetcher`).
         "core.proxy_http" | "core.proxy_https" => {
             if !value.trim().is_empty() {

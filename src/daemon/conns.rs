@@ -1,14 +1,15 @@
 //! Connection limits: how many connections the daemon serves at once, in all and per peer, and
 //! the clear refusal past them.
 //!
-//! A peer is the client's uid on the unix socket (an address once there is a network
-//! listener). Every connection counts, event streams included, so one user in the socket's group
-//! cannot take every slot: each non-root peer has [`PER_PEER`] of them, all non-root peers
+//! A peer is the client's uid on the unix socket, its IP address on the HTTPS listener. Every
+//! connection counts, event streams included, so one user in the socket's group (or one
+//! address) cannot take every slot: each non-root peer has [`PER_PEER`] of them, all non-root peers
 //! together leave [`ROOT_RESERVE`] slots that only root can use, and root's CLI keeps working
 //! under any other user's flood. The table holds one entry per peer with a connection open, so it
 //! is bounded by [`MAX_CONNECTIONS`].
 //!
-//! A refused client gets `503` in LXD's error envelope, not a dropped connection: one refusal
+//! A refused unix client gets `503` in LXD's error envelope, not a dropped connection (a refused
+//! network client is closed before the TLS handshake): one refusal
 //! thread reads the request head first (so the client's write does not fail on a closed socket),
 //! bounded in time and in how many wait, then answers; past that bound the answer comes at once.
 
@@ -35,6 +36,8 @@ const REFUSE_READ: Duration = Duration::from_millis(500);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Peer {
     Uid(u32),
+    /// A network client, by address.
+    Addr(std::net::IpAddr),
 }
 
 impl Peer {

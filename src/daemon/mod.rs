@@ -5,6 +5,7 @@
 //! autostart (first start after boot only), then listen. SIGTERM stops accepting, lets in-flight
 //! operations finish for a bounded time and exits; containers keep running under their monitors.
 
+pub mod access;
 mod config;
 use crate::instance::{db, events, operations, schedule};
 mod conns;
@@ -12,6 +13,7 @@ mod endpoints;
 use endpoints::snapshots;
 mod fetch;
 mod filter;
+mod https;
 mod multipart;
 mod netstate;
 mod pull;
@@ -123,6 +125,7 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
     d.apply_server_config(&d.db.lock().expect("db lock").data.config);
     crate::instance::pools::open_all(&d).map_err(|e| format!("opening storage pools: {e}"))?;
     crate::instance::lifecycle::recover(&d).map_err(|e| format!("recovering state: {e}"))?;
+    https::init(dir)?;
     secure_tree(&d);
 
     let sock_path = dir.join("unix.socket");
@@ -173,6 +176,20 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
         });
     }
 
+    // The HTTPS listener, when configured. A failure (the port taken) is logged and the unix
+    // socket serves on: `core.https_address` can be set again once the port is free.
+    let https_addr =
+        d.db.lock()
+            .expect("db lock")
+            .data
+            .config
+            .get("core.https_address")
+            .cloned();
+    if let Some(a) = https_addr.filter(|a| !a.is_empty()) {
+        if let Err(e) = https::get().set_address(&d, &a) {
+            eprintln!("bivy: HTTPS listener: {}", e.message());
+        }
+    }
     crate::instance::lifecycle::autostart(&d);
     snapshots::spawn_scheduler(d.clone());
 
@@ -238,7 +255,8 @@ fn secure_tree(d: &Daemon) {
             continue;
         };
         let name = e.file_name();
-        if md.file_type().is_symlink() || name == "unix.socket" {
+        // The server certificate is public (every client is shown it), 0644 as LXD's.
+        if md.file_type().is_symlink() || name == "unix.socket" || name == "server.crt" {
             continue;
         }
         if name == "storage-pools" {

@@ -1,14 +1,20 @@
 //! The endpoint table: path -> handler. Handlers parse the request, call the core and render;
 //! every error becomes LXD's error envelope in one place (`response::error`).
 
+use super::access::{self, Caller};
 use super::endpoints::{self, instances, storage};
 use super::response::{self, Error, Result};
 use super::{resources, Daemon};
 use crate::http::{Request, Response};
 
-/// Entry point for every request.
+/// Entry point for every request on the unix socket (trusted).
 pub fn handle(d: &Daemon, req: &mut Request) -> Response {
-    match route(d, req) {
+    handle_as(d, req, &Caller::Local)
+}
+
+/// Entry point for every request, from `caller`.
+pub fn handle_as(d: &Daemon, req: &mut Request, caller: &Caller) -> Response {
+    match route(d, req, caller) {
         Ok(r) => r,
         Err(e) => response::error(&e),
     }
@@ -18,7 +24,12 @@ fn not_allowed(method: &str) -> Error {
     Error::MethodNotAllowed(format!("method {method} not allowed"))
 }
 
-fn route(d: &Daemon, req: &mut Request) -> Result<Response> {
+fn route(d: &Daemon, req: &mut Request, caller: &Caller) -> Result<Response> {
+    let trusted = caller.trusted(d);
+    // An untrusted caller reaches only the routes the table opens to it (see `access`).
+    if !trusted && !access::untrusted_may(&req.method, &req.path) {
+        return Err(Error::Forbidden("not authorized".into()));
+    }
     let path = req.path.trim_end_matches('/').to_string();
     let segs: Vec<&str> = path.split('/').skip(1).collect();
     let method = req.method.clone();
@@ -41,7 +52,7 @@ fn route(d: &Daemon, req: &mut Request) -> Result<Response> {
     check_target(req)?;
     match rest {
         [] => match m {
-            "GET" | "HEAD" => endpoints::server::server_get(d),
+            "GET" | "HEAD" => endpoints::server::server_get(d, trusted),
             "PUT" => endpoints::server::server_put(d, req, false),
             "PATCH" => endpoints::server::server_put(d, req, true),
             _ => Err(not_allowed(m)),
@@ -52,12 +63,12 @@ fn route(d: &Daemon, req: &mut Request) -> Result<Response> {
             _ => Err(not_allowed(m)),
         },
         ["operations", id] => match m {
-            "GET" => endpoints::operations::operation_get(d, id),
+            "GET" => endpoints::operations::operation_get(d, req, id, trusted),
             "DELETE" => endpoints::operations::operation_cancel(d, id),
             _ => Err(not_allowed(m)),
         },
         ["operations", id, "wait"] => match m {
-            "GET" => endpoints::operations::operation_wait(d, req, id),
+            "GET" => endpoints::operations::operation_wait(d, req, id, trusted),
             _ => Err(not_allowed(m)),
         },
         ["operations", id, "websocket"] => match m {
@@ -125,17 +136,17 @@ fn route(d: &Daemon, req: &mut Request) -> Result<Response> {
             _ => Err(not_allowed(m)),
         },
         ["images"] => match m {
-            "GET" => endpoints::images::images_list(d, req),
+            "GET" => endpoints::images::images_list(d, req, trusted),
             "POST" => endpoints::images::image_create(d, req),
             _ => Err(not_allowed(m)),
         },
         ["images", "aliases"] => match m {
-            "GET" => endpoints::images::aliases_list(d, req),
+            "GET" => endpoints::images::aliases_list(d, req, trusted),
             "POST" => endpoints::images::alias_create(d, req),
             _ => Err(not_allowed(m)),
         },
         ["images", "aliases", name] => match m {
-            "GET" => endpoints::images::alias_get(d, name),
+            "GET" => endpoints::images::alias_get(d, name, trusted),
             "PUT" => endpoints::images::alias_put(d, req, name),
             "PATCH" => endpoints::images::alias_put(d, req, name),
             "POST" => endpoints::images::alias_rename(d, req, name),
@@ -143,14 +154,14 @@ fn route(d: &Daemon, req: &mut Request) -> Result<Response> {
             _ => Err(not_allowed(m)),
         },
         ["images", fp] => match m {
-            "GET" => endpoints::images::image_get(d, fp),
+            "GET" => endpoints::images::image_get(d, req, fp, trusted),
             "PUT" => endpoints::images::image_put(d, req, fp, false),
             "PATCH" => endpoints::images::image_put(d, req, fp, true),
             "DELETE" => endpoints::images::image_delete(d, fp),
             _ => Err(not_allowed(m)),
         },
         ["images", fp, "export"] => match m {
-            "GET" => endpoints::images::image_export(d, fp),
+            "GET" => endpoints::images::image_export(d, req, fp, trusted),
             "POST" => Err(Error::not_yet(
                 "pushing an image to another server (POST /1.0/images/{fingerprint}/export)",
             )),
@@ -220,8 +231,16 @@ fn route(d: &Daemon, req: &mut Request) -> Result<Response> {
             _ => Err(not_allowed(m)),
         },
         ["certificates"] => match m {
-            "GET" => endpoints::networks::certificates_list(),
-            _ => Err(Error::not_yet("certificates and HTTPS remotes")),
+            "GET" => endpoints::certificates::list(d, req),
+            "POST" => endpoints::certificates::create(d, req, caller),
+            _ => Err(not_allowed(m)),
+        },
+        ["certificates", fp] => match m {
+            "GET" => endpoints::certificates::get(d, fp),
+            "PUT" => endpoints::certificates::put(d, req, fp, false),
+            "PATCH" => endpoints::certificates::put(d, req, fp, true),
+            "DELETE" => endpoints::certificates::delete(d, fp),
+            _ => Err(not_allowed(m)),
         },
         _ => Err(Error::NotFound("not found".into())),
     }

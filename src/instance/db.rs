@@ -98,6 +98,22 @@ pub struct Data {
     pub profiles: BTreeMap<String, ProfileRecord>,
     #[serde(default)]
     pub pools: BTreeMap<String, PoolRecord>,
+    /// The trust store: fingerprint -> certificate (`instance::trust`).
+    #[serde(default)]
+    pub certificates: BTreeMap<String, CertRecord>,
+}
+
+/// One trusted certificate as stored (LXD's `api.Certificate` without the fingerprint, the key).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct CertRecord {
+    pub name: String,
+    /// `client` or `metrics`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub restricted: bool,
+    pub projects: Vec<String>,
+    /// PEM.
+    pub certificate: String,
 }
 
 /// Handle on the document; callers hold the daemon's state lock while they read-modify-save.

@@ -20,6 +20,7 @@ pub mod operations;
 pub mod pools;
 pub mod schedule;
 pub mod snapshots;
+pub mod trust;
 pub mod view;
 
 pub use ctx::Ctx;

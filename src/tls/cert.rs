@@ -129,7 +129,7 @@ pub fn der_to_pem(der: &[u8]) -> String {
 }
 
 fn pem(label: &str, der: &[u8]) -> String {
-    let b64 = crate::http::ws::base64_encode(der);
+    let b64 = crate::util::base64::encode(der);
     let mut out = format!("-----BEGIN {label}-----\n");
     for line in b64.as_bytes().chunks(64) {
         out.push_str(std::str::from_utf8(line).unwrap_or_default());

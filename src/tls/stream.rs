@@ -19,7 +19,16 @@ struct Shared {
     /// Held while records go onto the wire (taken before `conn`).
     wire: Mutex<()>,
     /// Held by the one reader pulling records off the wire.
-    reading: Mutex<()>,
+    reading: Mutex<ReadState>,
+}
+
+#[derive(Default)]
+struct ReadState {
+    /// Bytes off the wire not fed to rustls yet: it takes no more once it holds 16 KiB of
+    /// plaintext, so the rest of a read waits here until the plaintext is read.
+    pending: Vec<u8>,
+    /// The session's fatal error, once there is one (rustls must not be fed after it).
+    failed: Option<io::ErrorKind>,
 }
 
 /// A TLS connection: `Read + Write` of the plaintext; clones share the session.
@@ -51,7 +60,7 @@ impl TlsStream {
                 conn: Mutex::new(conn),
                 tcp,
                 wire: Mutex::new(()),
-                reading: Mutex::new(()),
+                reading: Mutex::new(ReadState::default()),
             }),
         })
     }
@@ -88,32 +97,61 @@ impl Read for TlsStream {
         if buf.is_empty() {
             return Ok(0);
         }
-        let _reading = lock(&self.inner.reading);
-        let mut raw = vec![0u8; 16 * 1024];
+        let mut st = lock(&self.inner.reading);
+        if let Some(kind) = st.failed {
+            return Err(io::Error::new(kind, "TLS session failed earlier"));
+        }
         loop {
             match lock(&self.inner.conn).reader().read(buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 other => return other,
             }
-            let n = (&self.inner.tcp).read(&mut raw)?;
-            let must_write = {
+            let eof = if st.pending.is_empty() {
+                let mut raw = vec![0u8; 16 * 1024];
+                let n = (&self.inner.tcp).read(&mut raw)?;
+                st.pending.extend_from_slice(&raw[..n]);
+                n == 0
+            } else {
+                false
+            };
+            let fed = {
                 let mut c = lock(&self.inner.conn);
-                let mut rest = &raw[..n];
-                loop {
-                    // `read_tls` of nothing records the end of the stream.
-                    c.read_tls(&mut rest)?;
-                    c.process_new_packets().map_err(tls_error)?;
-                    if rest.is_empty() {
-                        break;
+                feed(&mut c, &mut st.pending, eof).map(|()| c.wants_write())
+            };
+            match fed {
+                Ok(must_write) => {
+                    if must_write {
+                        self.flush_records()?;
                     }
                 }
-                c.wants_write()
-            };
-            if must_write {
-                self.flush_records()?;
+                Err(e) => {
+                    st.failed = Some(e.kind());
+                    // The alert rustls queued for the peer goes out, best effort.
+                    let _ = self.flush_records();
+                    return Err(e);
+                }
             }
         }
     }
+}
+
+/// Feed rustls the pending bytes until it has plaintext to give (or they run out); at the end
+/// of the stream, tell it so.
+fn feed(c: &mut Connection, pending: &mut Vec<u8>, eof: bool) -> io::Result<()> {
+    if eof {
+        c.read_tls(&mut io::empty())?;
+        c.process_new_packets().map_err(tls_error)?;
+        return Ok(());
+    }
+    while !pending.is_empty() {
+        let used = c.read_tls(&mut pending.as_slice())?;
+        pending.drain(..used);
+        let state = c.process_new_packets().map_err(tls_error)?;
+        if state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() || used == 0 {
+            break;
+        }
+    }
+    Ok(())
 }
 
 impl Write for TlsStream {

@@ -1,5 +1,6 @@
 //! Small in-house helpers instead of helper crates.
 
+pub mod base64;
 pub mod fs;
 pub mod revert;
 pub mod stream;
@@ -47,6 +48,17 @@ pub fn byte_unit(unit: &str) -> Option<u64> {
 }
 
 /// Lower-case hex of `bytes`.
+/// Whether two secrets are equal, compared in time that does not depend on where they differ
+/// (an empty secret never matches).
+pub fn same_secret(a: &str, b: &str) -> bool {
+    !a.is_empty()
+        && a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);

@@ -10,14 +10,54 @@ use super::super::response::{self, Error, Result};
 use crate::api::{self};
 use crate::http::{Body, Request, Response};
 use crate::image;
-use crate::instance::operations::Class;
+use crate::instance::operations::{Class, Op};
 use crate::instance::Ctx as Daemon;
 
-pub fn images_list(d: &Daemon, req: &Request) -> Result<Response> {
+/// The live image download token (`POST /1.0/images/FP/secret`) with this secret for this
+/// image, if any.
+fn secret_op(d: &Daemon, fp: &str, secret: &str) -> Option<std::sync::Arc<Op>> {
+    let url = format!("/1.0/images/{fp}");
+    d.ops.list().into_iter().find(|op| {
+        if op.class != Class::Token || op.is_final() {
+            return false;
+        }
+        let a = op.to_api();
+        let mine = a
+            .metadata
+            .as_ref()
+            .and_then(|m| m.get("secret"))
+            .and_then(|s| s.as_str())
+            .unwrap_or("");
+        crate::util::same_secret(mine, secret)
+            && a.resources
+                .as_ref()
+                .and_then(|r| r.get("images"))
+                .is_some_and(|v| v.contains(&url))
+    })
+}
+
+/// Whether the caller may see this image: trusted, or the image is public, or the request
+/// carries its download secret. Hidden images are "not found", as if they did not exist.
+fn visible(d: &Daemon, req: &Request, img: &api::Image, trusted: bool) -> bool {
+    trusted
+        || img.put.public
+        || req
+            .query("secret")
+            .is_some_and(|s| secret_op(d, &img.fingerprint, s).is_some())
+}
+
+fn hidden() -> Error {
+    Error::NotFound("Image not found".into())
+}
+
+pub fn images_list(d: &Daemon, req: &Request, trusted: bool) -> Result<Response> {
     let filter = Filter::parse(req.query("filter").unwrap_or(""))?;
     let rec = recursion(req);
     let mut out = Vec::new();
     for img in d.images.list()? {
+        if !trusted && !img.put.public {
+            continue;
+        }
         let v = serde_json::to_value(&img).unwrap_or_default();
         if !filter.matches(&v) {
             continue;
@@ -31,8 +71,11 @@ pub fn images_list(d: &Daemon, req: &Request) -> Result<Response> {
     Ok(response::sync(&out))
 }
 
-pub fn image_get(d: &Daemon, fp: &str) -> Result<Response> {
+pub fn image_get(d: &Daemon, req: &Request, fp: &str, trusted: bool) -> Result<Response> {
     let img = d.images.get(fp)?;
+    if !visible(d, req, &img, trusted) {
+        return Err(hidden());
+    }
     let etag = response::etag(&img.put);
     Ok(response::sync_etag(&img, Some(etag)))
 }
@@ -125,8 +168,20 @@ fn resources(kind: &str, url: &str) -> BTreeMap<String, Vec<String>> {
     m
 }
 
-pub fn image_export(d: &Daemon, fp: &str) -> Result<Response> {
+pub fn image_export(d: &Daemon, req: &Request, fp: &str, trusted: bool) -> Result<Response> {
     let img = d.images.get(fp)?;
+    if !visible(d, req, &img, trusted) {
+        return Err(hidden());
+    }
+    // A download secret is good for one export (LXD's one-time secret).
+    if !trusted && !img.put.public {
+        if let Some(op) = req
+            .query("secret")
+            .and_then(|s| secret_op(d, &img.fingerprint, s))
+        {
+            op.set_status(api::status::SUCCESS, String::new());
+        }
+    }
     let (main, rootfs) = d.images.files(&img.fingerprint)?;
     let open = |p: &std::path::Path| {
         std::fs::File::open(p).map_err(|e| Error::Internal(format!("{}: {e}", p.display())))
@@ -242,8 +297,14 @@ pub fn image_create(d: &Daemon, req: &mut Request) -> Result<Response> {
     Ok(response::operation(&op.to_api()))
 }
 
-pub fn aliases_list(d: &Daemon, req: &Request) -> Result<Response> {
-    let list = d.images.alias_list()?;
+/// Whether an alias points at an image the caller may see (untrusted: a public one).
+fn alias_visible(d: &Daemon, a: &api::ImageAliasesEntry, trusted: bool) -> bool {
+    trusted || d.images.get(&a.target).is_ok_and(|i| i.put.public)
+}
+
+pub fn aliases_list(d: &Daemon, req: &Request, trusted: bool) -> Result<Response> {
+    let mut list = d.images.alias_list()?;
+    list.retain(|a| alias_visible(d, a, trusted));
     if recursion(req) > 0 {
         Ok(response::sync(&list))
     } else {
@@ -256,8 +317,11 @@ pub fn aliases_list(d: &Daemon, req: &Request) -> Result<Response> {
     }
 }
 
-pub fn alias_get(d: &Daemon, name: &str) -> Result<Response> {
+pub fn alias_get(d: &Daemon, name: &str, trusted: bool) -> Result<Response> {
     let a = d.images.alias_get(name)?;
+    if !alias_visible(d, &a, trusted) {
+        return Err(Error::NotFound("Image alias not found".into()));
+    }
     let etag = response::etag(&(&a.description, &a.target));
     Ok(response::sync_etag(&a, Some(etag)))
 }

@@ -61,8 +61,3 @@ pub fn network_get(_d: &Daemon, name: &str) -> Result<Response> {
         .map(|n| response::sync(&n))
         .ok_or_else(|| Error::NotFound("Network not found".into()))
 }
-
-/// No trust store yet (HTTPS is not built): the list is empty at any recursion.
-pub fn certificates_list() -> Result<Response> {
-    Ok(response::sync(&Vec::<String>::new()))
-}

@@ -32,8 +32,36 @@ fn find_op(d: &Daemon, id: &str) -> Result<Arc<crate::instance::operations::Op>>
         .ok_or_else(|| Error::NotFound("Operation not found".into()))
 }
 
-pub fn operation_get(d: &Daemon, id: &str) -> Result<Response> {
-    Ok(response::sync(&find_op(d, id)?.to_api()))
+/// An operation an untrusted caller names with its secret (`?secret=`: the one in its
+/// metadata, as an image download token has); any other is 403 for it.
+fn check_untrusted(req: &Request, op: &crate::instance::operations::Op) -> Result<()> {
+    let a = op.to_api();
+    let mine = a
+        .metadata
+        .as_ref()
+        .and_then(|m| m.get("secret"))
+        .and_then(|s| s.as_str())
+        .unwrap_or("");
+    let given = req.query("secret").unwrap_or("");
+    let same = crate::util::same_secret(mine, given);
+    // Trust tokens are never shown to the untrusted: the secret is what lets a client in.
+    let trust_token = a
+        .metadata
+        .as_ref()
+        .is_some_and(|m| m.get("request").is_some());
+    if same && !trust_token {
+        Ok(())
+    } else {
+        Err(Error::Forbidden("not authorized".into()))
+    }
+}
+
+pub fn operation_get(d: &Daemon, req: &Request, id: &str, trusted: bool) -> Result<Response> {
+    let op = find_op(d, id)?;
+    if !trusted {
+        check_untrusted(req, &op)?;
+    }
+    Ok(response::sync(&op.to_api()))
 }
 
 pub fn operation_cancel(d: &Daemon, id: &str) -> Result<Response> {
@@ -41,8 +69,11 @@ pub fn operation_cancel(d: &Daemon, id: &str) -> Result<Response> {
     Ok(response::empty())
 }
 
-pub fn operation_wait(d: &Daemon, req: &Request, id: &str) -> Result<Response> {
+pub fn operation_wait(d: &Daemon, req: &Request, id: &str, trusted: bool) -> Result<Response> {
     let op = find_op(d, id)?;
+    if !trusted {
+        check_untrusted(req, &op)?;
+    }
     let timeout = req
         .query("timeout")
         .and_then(|t| t.parse::<i64>().ok())

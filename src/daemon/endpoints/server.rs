@@ -1,10 +1,13 @@
-//! `/1.0`: server info and config, and the (empty) certificate list.
+//! `/1.0`: server info (the trusted view and the untrusted one) and server config, with the
+//! HTTPS listener and the trust password applied live.
 
+use super::super::https;
 use super::super::request::json;
 use super::super::response::{self, Error, Result};
 use super::super::{config, Daemon};
 use crate::api::{self, extensions::API_EXTENSIONS};
 use crate::http::{Request, Response};
+use crate::instance::trust;
 
 fn server(d: &Daemon) -> api::Server {
     let cfg = d.db.lock().expect("db lock").data.config.clone();
@@ -37,10 +40,10 @@ fn server(d: &Daemon) -> api::Server {
         public: false,
         auth_methods: vec!["tls".into()],
         environment: api::ServerEnvironment {
-            addresses: vec![],
+            addresses: https::get().addresses(),
             architectures: crate::instance::host::architectures(&d.host.architecture),
-            certificate: String::new(),
-            certificate_fingerprint: String::new(),
+            certificate: https::get().identity.cert_pem(),
+            certificate_fingerprint: crate::tls::fingerprint(&https::get().identity.cert_der),
             driver: "bivy".into(),
             driver_version: env!("CARGO_PKG_VERSION").into(),
             firewall: String::new(),
@@ -72,7 +75,28 @@ fn server(d: &Daemon) -> api::Server {
     }
 }
 
-pub fn server_get(d: &Daemon) -> Result<Response> {
+/// LXD's `api.ServerUntrusted`: all an untrusted caller learns.
+#[derive(serde::Serialize)]
+struct Untrusted {
+    api_extensions: Vec<String>,
+    api_status: &'static str,
+    api_version: &'static str,
+    auth: &'static str,
+    public: bool,
+    auth_methods: Vec<&'static str>,
+}
+
+pub fn server_get(d: &Daemon, trusted: bool) -> Result<Response> {
+    if !trusted {
+        return Ok(response::sync(&Untrusted {
+            api_extensions: API_EXTENSIONS.iter().map(|s| s.to_string()).collect(),
+            api_status: "stable",
+            api_version: "1.0",
+            auth: "untrusted",
+            public: false,
+            auth_methods: vec!["tls"],
+        }));
+    }
     let s = server(d);
     let etag = response::etag(&s.config);
     Ok(response::sync_etag(&s, Some(etag)))
@@ -97,20 +121,37 @@ pub fn server_put(d: &Daemon, req: &mut Request, patch: bool) -> Result<Response
             other => other.to_string(),
         };
         config::validate_server_key(k, &v)?;
-        if k == "core.https_address" && !v.is_empty() {
-            return Err(Error::not_yet("core.https_address (the HTTPS listener)"));
-        }
-        if k == "core.trust_password" && !v.is_empty() {
-            return Err(Error::not_yet("core.trust_password (HTTPS remotes)"));
-        }
         if v.is_empty() {
             next.remove(k);
+        } else if k == trust::PASSWORD_KEY {
+            // Stored only as a salted hash. `true` is what GET shows for a set password, so a
+            // client sending the whole config back keeps the password it does not know.
+            match db.data.config.get(k) {
+                Some(old) if v == "true" => next.insert(k.clone(), old.clone()),
+                _ => next.insert(k.clone(), trust::hash_password(&v)),
+            };
         } else {
             next.insert(k.clone(), v);
         }
     }
-    db.update(|data| data.config = next)
-        .map_err(|e| Error::Internal(format!("saving config: {e}")))?;
+    // A new listen address is bound before the config is saved (a port in use changes
+    // nothing); it is let go again if saving fails.
+    const ADDR: &str = "core.https_address";
+    let old_addr = db.data.config.get(ADDR).cloned().unwrap_or_default();
+    let new_addr = next.get(ADDR).cloned().unwrap_or_default();
+    let h = https::get();
+    if new_addr != old_addr && !new_addr.is_empty() {
+        h.set_address(&d.self_arc(), &new_addr)?;
+    }
+    if let Err(e) = db.update(|data| data.config = next) {
+        if new_addr != old_addr && !new_addr.is_empty() {
+            let _ = h.set_address(&d.self_arc(), &old_addr);
+        }
+        return Err(Error::Internal(format!("saving config: {e}")));
+    }
+    if new_addr.is_empty() && !old_addr.is_empty() {
+        h.set_address(&d.self_arc(), "")?;
+    }
     d.apply_server_config(&db.data.config);
     Ok(response::empty())
 }
