@@ -62,13 +62,14 @@ const fn r(
 }
 
 const NONE: &[&str] = &[];
-const GET: &[&str] = &["GET", "HEAD"];
+/// `HEAD` goes wherever `GET` goes.
+const GET: &[&str] = &["GET"];
 const CRUD: &[&str] = &["GET", "PUT", "PATCH", "POST", "DELETE"];
 
 /// Every route the daemon serves (`/1.0/containers/…` is served as `/1.0/instances/…`).
 pub const ROUTES: &[Route] = &[
     r("/", GET, GET),
-    r("/1.0", &["GET", "HEAD", "PUT", "PATCH"], GET),
+    r("/1.0", &["GET", "PUT", "PATCH"], GET),
     r("/1.0/events", GET, NONE),
     r("/1.0/operations", GET, NONE),
     // Untrusted: only with the operation's image `?secret=` (the handler checks it).
@@ -171,6 +172,7 @@ pub fn find(path: &str) -> Option<&'static Route> {
 
 /// Whether an untrusted caller may make this request at all.
 pub fn untrusted_may(method: &str, path: &str) -> bool {
+    let method = if method == "HEAD" { "GET" } else { method };
     find(path).is_some_and(|r| r.untrusted.contains(&method))
 }
 
@@ -183,6 +185,8 @@ mod tests {
         assert!(untrusted_may("GET", "/"));
         assert!(untrusted_may("GET", "/1.0"));
         assert!(untrusted_may("GET", "/1.0/"));
+        assert!(untrusted_may("HEAD", "/1.0"));
+        assert!(!untrusted_may("HEAD", "/1.0/instances"));
         assert!(untrusted_may("POST", "/1.0/certificates"));
         assert!(untrusted_may("GET", "/1.0/images/abc/export"));
         assert!(untrusted_may("GET", "/1.0/images/aliases/x"));

@@ -100,7 +100,7 @@ pub fn init(dir: &Path) -> std::result::Result<(), String> {
 pub fn parse_address(s: &str) -> std::result::Result<SocketAddr, String> {
     let s = s.trim();
     let bad = || format!("Invalid address {s:?}: expected IP, IP:PORT, [IPv6]:PORT or :PORT");
-    if let Some(port) = s.strip_prefix(':') {
+    if let Some(port) = s.strip_prefix(':').filter(|p| !p.contains(':')) {
         let port: u16 = port.parse().map_err(|_| bad())?;
         return Ok(SocketAddr::new(IpAddr::from([0u16; 8]), port));
     }
