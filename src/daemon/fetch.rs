@@ -219,6 +219,19 @@ impl Fetcher {
         }
     }
 
+    /// For an LXD server: its certificate pinned (`None`: the system roots, for a server with a
+    /// CA-signed certificate).
+    pub(super) fn for_server(d: &Daemon, cert: Option<Vec<u8>>) -> Result<Fetcher> {
+        let mut f = Fetcher::new(d);
+        if let Some(c) = cert {
+            f.tls = Some(
+                tls::Client::pinned(Some(c), None)
+                    .map_err(|e| Error::BadRequest(format!("TLS: {e}")))?,
+            );
+        }
+        Ok(f)
+    }
+
     /// Connect for a request to `u`: directly or through its proxy, over TLS for `https://`.
     /// Returns the stream and the request target to use on it (the path, or the absolute URL
     /// when an HTTP proxy forwards the request).

@@ -17,6 +17,7 @@ mod https;
 mod multipart;
 mod netstate;
 mod pull;
+mod pull_lxd;
 mod request;
 mod resources;
 mod response;

@@ -1,4 +1,5 @@
-//! Pulling images from simplestreams servers (`images:` remotes), as LXD's `ImageDownload`:
+//! Pulling images from image servers, as LXD's `ImageDownload`. LXD-protocol servers (another
+//! bivy, LXD) are `pull_lxd`'s; this file does simplestreams servers (`images:` remotes):
 //! the client names the server and an alias or fingerprint; we read `streams/v1/index.json` and
 //! the products file(s) it lists ([`crate::image::simplestreams`]), pick the image for the host's
 //! architecture, download its metadata tarball and rootfs (squashfs only when `unsquashfs` is
@@ -29,7 +30,11 @@ const MAX_METADATA: u64 = 256 << 20;
 
 /// What to pull, and how to record it.
 pub(super) struct Pull {
+    /// `lxd` or `simplestreams`.
+    pub protocol: String,
     pub server: String,
+    /// The image's one-time download secret (LXD servers, private images).
+    pub secret: String,
     pub alias: String,
     pub fingerprint: String,
     pub certificate: String,
@@ -39,13 +44,11 @@ pub(super) struct Pull {
     pub profiles: Vec<String>,
 }
 
-/// The error for `protocol` values other than simplestreams.
-pub(super) fn check_protocol(protocol: &str) -> Result<()> {
+/// The protocol named, as stored (LXD's default when empty is `lxd`).
+pub(super) fn check_protocol(protocol: &str) -> Result<&'static str> {
     match protocol {
-        "simplestreams" => Ok(()),
-        "lxd" | "" => Err(Error::not_yet(
-            "pulling images from LXD servers (needs remotes)",
-        )),
+        "simplestreams" => Ok("simplestreams"),
+        "lxd" | "" => Ok("lxd"),
         other => Err(Error::BadRequest(format!(
             "Unsupported image server protocol {other:?}"
         ))),
@@ -174,7 +177,7 @@ fn choose(d: &Daemon, all: &[ss::Candidate], alias: &str, fp: &str) -> Result<ss
 
 /// Hashes what passes through; at the end of the stream, fails unless it is `want`. Reports
 /// progress into the operation's `download_progress` about once a second.
-struct Verify<'a> {
+pub(super) struct Verify<'a> {
     inner: &'a mut dyn Read,
     ctx: Option<digest::Context>,
     want: String,
@@ -194,11 +197,24 @@ impl<'a> Verify<'a> {
         total: Option<u64>,
         op: Option<&'a Op>,
     ) -> Verify<'a> {
+        let mut v = Verify::unchecked(inner, what, total, op);
+        v.ctx = Some(digest::Context::new(&digest::SHA256));
+        v.want = want.to_ascii_lowercase();
+        v
+    }
+
+    /// Progress reports only: no hash to check (the caller checks the fingerprint).
+    pub(super) fn unchecked(
+        inner: &'a mut dyn Read,
+        what: &'static str,
+        total: Option<u64>,
+        op: Option<&'a Op>,
+    ) -> Verify<'a> {
         let now = Instant::now();
         Verify {
             inner,
-            ctx: Some(digest::Context::new(&digest::SHA256)),
-            want: want.to_ascii_lowercase(),
+            ctx: None,
+            want: String::new(),
             what,
             n: 0,
             total,
@@ -249,6 +265,9 @@ impl Read for Verify<'_> {
             }
             return Ok(n);
         }
+        if self.ctx.is_none() && self.n > 0 {
+            self.progress();
+        }
         if let Some(c) = self.ctx.take() {
             let got = hex(c.finish().as_ref());
             if got != self.want {
@@ -270,8 +289,11 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Pull `p` into the store (or find it there): LXD's `ImageDownload` for simplestreams.
+/// Pull `p` into the store (or find it there): LXD's `ImageDownload`.
 pub(super) fn pull(d: &Daemon, op: Option<&Op>, p: &Pull) -> Result<api::Image> {
+    if p.protocol == "lxd" {
+        return super::pull_lxd::pull(d, op, p);
+    }
     let mut fetcher = fetch::Fetcher::new(d);
     let all = catalog(&mut fetcher, &p.server)?;
     let c = choose(d, &all, &p.alias, &p.fingerprint)?;
@@ -285,14 +307,8 @@ fn download(
     c: &ss::Candidate,
     fetcher: &mut fetch::Fetcher,
 ) -> Result<api::Image> {
-    if let Ok(img) = d.images.get(&c.fingerprint) {
-        if img.fingerprint == c.fingerprint {
-            if img.cached && !p.cached {
-                d.images.set_cached(&img.fingerprint, false)?;
-                return Ok(d.images.get(&img.fingerprint)?);
-            }
-            return Ok(img);
-        }
+    if let Some(img) = already_here(d, p, &c.fingerprint)? {
+        return Ok(img);
     }
     if let Some(op) = op {
         op.set_metadata("download_progress", serde_json::json!("metadata: 0%"));
@@ -317,10 +333,11 @@ fn download(
         expected_fingerprint: Some(c.fingerprint.clone()),
         cached: p.cached,
         update_source: Some(api::ImageSource {
-            alias: if p.fingerprint.is_empty() {
-                p.alias.clone()
-            } else {
+            // The alias, so that a refresh finds the newest image of it.
+            alias: if p.alias.is_empty() {
                 p.fingerprint.clone()
+            } else {
+                p.alias.clone()
             },
             certificate: p.certificate.clone(),
             protocol: "simplestreams".into(),
@@ -342,6 +359,25 @@ fn download(
             )
             .map_err(Error::from)
     });
+    imported(d, res, &c.fingerprint)
+}
+
+/// The image when the store has it already (a pull for an image asks for it uncached).
+pub(super) fn already_here(d: &Daemon, p: &Pull, fp: &str) -> Result<Option<api::Image>> {
+    match d.images.get(fp) {
+        Ok(img) if img.fingerprint == fp => {
+            if img.cached && !p.cached {
+                d.images.set_cached(&img.fingerprint, false)?;
+                return Ok(Some(d.images.get(&img.fingerprint)?));
+            }
+            Ok(Some(img))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The end of an import: its event, or the image another request pulled meanwhile.
+pub(super) fn imported(d: &Daemon, res: Result<api::Image>, fp: &str) -> Result<api::Image> {
     match res {
         Ok(img) => {
             d.events.lifecycle(
@@ -352,7 +388,7 @@ fn download(
             Ok(img)
         }
         // Pulled concurrently by another request.
-        Err(Error::Conflict(_)) => Ok(d.images.get(&c.fingerprint)?),
+        Err(Error::Conflict(_)) => Ok(d.images.get(fp)?),
         Err(e) => Err(e),
     }
 }
@@ -360,7 +396,7 @@ fn download(
 /// The instance-create pull (`source.server` set): a cached image, auto-updated per
 /// `images.auto_update_cached`; marked used.
 pub(super) fn for_instance(d: &Daemon, op: &Op, s: &api::InstanceSource) -> Result<api::Image> {
-    check_protocol(&s.protocol)?;
+    let protocol = check_protocol(&s.protocol)?;
     let auto_update =
         d.db.lock()
             .expect("db lock")
@@ -372,7 +408,9 @@ pub(super) fn for_instance(d: &Daemon, op: &Op, s: &api::InstanceSource) -> Resu
         d,
         Some(op),
         &Pull {
+            protocol: protocol.into(),
             server: s.server.clone(),
+            secret: s.secret.clone(),
             alias: s.alias.clone(),
             fingerprint: s.fingerprint.clone(),
             certificate: s.certificate.clone(),
@@ -398,7 +436,7 @@ pub(super) fn images_post(d: &Daemon, body: api::ImagesPost) -> Result<Response>
     if src.server.is_empty() {
         return Err(Error::BadRequest("Image source has no server".into()));
     }
-    check_protocol(&src.protocol)?;
+    let protocol = check_protocol(&src.protocol)?;
     let d2 = d.self_arc();
     let op = d.ops.start(
         Class::Task,
@@ -411,7 +449,9 @@ pub(super) fn images_post(d: &Daemon, body: api::ImagesPost) -> Result<Response>
                 &d2,
                 Some(&op),
                 &Pull {
+                    protocol: protocol.into(),
                     server: src.server.clone(),
+                    secret: src.secret.clone(),
                     alias: src.alias.clone(),
                     fingerprint: src.fingerprint.clone(),
                     certificate: src.certificate.clone(),
@@ -436,7 +476,7 @@ pub(super) fn images_post(d: &Daemon, body: api::ImagesPost) -> Result<Response>
 /// newest image of the same alias; when it differs, move the aliases to it and delete the old
 /// one (LXD's `autoUpdateImage`). Metadata `{"refreshed": bool}`.
 pub(super) fn refresh(d: &Daemon, old: api::Image, src: api::ImageSource) -> Result<Response> {
-    check_protocol(&src.protocol)?;
+    let protocol = check_protocol(&src.protocol)?;
     let d2 = d.self_arc();
     let url = format!("/1.0/images/{}", old.fingerprint);
     let mut res = BTreeMap::new();
@@ -449,15 +489,10 @@ pub(super) fn refresh(d: &Daemon, old: api::Image, src: api::ImageSource) -> Res
         vec![],
         move |op| {
             let d = &*d2;
-            let mut fetcher = fetch::Fetcher::new(d);
-            let all = catalog(&mut fetcher, &src.server)?;
-            let c = choose(d, &all, &src.alias, "")?;
-            if c.fingerprint == old.fingerprint {
-                op.set_metadata("refreshed", serde_json::json!(false));
-                return Ok::<(), Error>(());
-            }
-            let p = Pull {
+            let mut p = Pull {
+                protocol: protocol.into(),
                 server: src.server.clone(),
+                secret: String::new(),
                 alias: src.alias.clone(),
                 fingerprint: String::new(),
                 certificate: src.certificate.clone(),
@@ -466,7 +501,19 @@ pub(super) fn refresh(d: &Daemon, old: api::Image, src: api::ImageSource) -> Res
                 public: old.put.public,
                 profiles: old.put.profiles.clone(),
             };
-            let new = download(d, Some(&op), &p, &c, &mut fetcher)?;
+            let mut fetcher = fetch::Fetcher::new(d);
+            let newest = if protocol == "lxd" {
+                super::pull_lxd::latest(d, &p)?
+            } else {
+                let all = catalog(&mut fetcher, &src.server)?;
+                choose(d, &all, &src.alias, "")?.fingerprint
+            };
+            if newest == old.fingerprint {
+                op.set_metadata("refreshed", serde_json::json!(false));
+                return Ok::<(), Error>(());
+            }
+            p.fingerprint = newest;
+            let new = pull(d, Some(&op), &p)?;
             for a in d.images.alias_list()? {
                 if a.target == old.fingerprint {
                     d.images.alias_update(
@@ -622,11 +669,10 @@ mod tests {
         );
         assert_eq!(join("https://h", "/a/b"), "https://h/a/b");
         assert_eq!(join("https://h", "http://o/x"), "http://o/x");
-        assert!(check_protocol("simplestreams").is_ok());
-        assert!(check_protocol("lxd")
-            .unwrap_err()
-            .message()
-            .contains("not supported yet"));
+        assert_eq!(check_protocol("simplestreams").unwrap(), "simplestreams");
+        assert_eq!(check_protocol("lxd").unwrap(), "lxd");
+        assert_eq!(check_protocol("").unwrap(), "lxd");
+        assert!(check_protocol("ftp").is_err());
         assert_eq!(human(1234.0), "1.23kB");
     }
 }
