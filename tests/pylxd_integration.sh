@@ -8,9 +8,10 @@
 #
 # Setup as upstream's integration/run-integration-tests gives LXD: the client talks to the
 # daemon's unix socket through LXD_DIR; a `default` dir pool holds the default profile's root
-# disk (bivy makes both at start). Upstream also sets core.https_address 127.0.0.1:8443 and
-# core.trust_password `password`: bivy has no HTTPS listener yet (issue 11), so the tests that
-# need it are deselected by name below, as is the one custom-volume test (issue 14).
+# disk (bivy makes both at start). As upstream, the daemon listens on 127.0.0.1:8443 with
+# core.trust_password `password`, and the client's certificate and the server's pinned one are
+# where pylxd looks (~/.config/lxc, with HOME pointed into the work directory). The one
+# custom-volume test is deselected by name below (issue 14).
 #
 # Work files go to target/pylxd-integration/ (sdist, venv, daemon dir, junit report).
 set -euo pipefail
@@ -24,24 +25,9 @@ PY=${PYLXD_PYTHON:-/usr/bin/python3}
 
 [ "$(id -u)" = 0 ] || { echo "pylxd_integration: must run as root (real containers)" >&2; exit 1; }
 [ -x "$BIVY" ] || { echo "pylxd_integration: no bivy binary at $BIVY" >&2; exit 1; }
-for tool in busybox xz curl; do
+for tool in busybox xz curl openssl; do
   command -v "$tool" >/dev/null || { echo "pylxd_integration: needs $tool" >&2; exit 1; }
 done
-
-# The tests that need the HTTPS listener (issue 11). Each builds `Client("https://127.0.0.1:8443/")`
-# (in the test, or in setUp for the project tests) and fails to connect without it. Once the
-# listener exists, the project tests are skipped by pylxd itself ("Remote server doesn't handle
-# projects": bivy does not claim `projects`), and this list shrinks to nothing.
-DESELECT_HTTPS=(
-  integration/test_client.py::TestClient::test_authenticate
-  integration/test_client.py::TestClient::test_authenticate_with_project
-  integration/test_projects.py::TestProjects::test_get
-  integration/test_projects.py::TestProjects::test_all
-  integration/test_projects.py::TestProjects::test_create
-  integration/test_projects.py::TestProject::test_save
-  integration/test_projects.py::TestProject::test_rename
-  integration/test_projects.py::TestProject::test_delete
-)
 
 # Custom storage volumes are not built yet (issue 14): bivy answers 501 "not supported yet:
 # custom storage volumes". bivy claims `storage` for its pools (lxc's `storage` commands need the
@@ -101,8 +87,22 @@ api GET /1.0 | jq -e '.metadata.api_version == "1.0"' >/dev/null
 api GET /1.0/profiles/default | jq -e '.metadata.devices.root.pool == "default"' >/dev/null ||
   { echo "pylxd_integration: the default profile has no root disk on pool default" >&2; exit 1; }
 
+# The network side, as upstream's runner sets it up for LXD.
+api PATCH /1.0 '{"config":{"core.https_address":"127.0.0.1:8443","core.trust_password":"password"}}' |
+  jq -e '.type == "sync"' >/dev/null ||
+  { echo "pylxd_integration: could not listen on 127.0.0.1:8443" >&2; exit 1; }
+# pylxd reads its client certificate and the server's from ~/.config/lxc (a home of the run's
+# own, so the user's is never touched).
+export HOME=$WORK/home
+rm -rf "$HOME"
+mkdir -p "$HOME/.config/lxc/servercerts"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:secp384r1 -nodes -days 30 \
+  -subj /CN=pylxd-integration -keyout "$HOME/.config/lxc/client.key" \
+  -out "$HOME/.config/lxc/client.crt" 2>/dev/null
+cp "$DAEMON_DIR/server.crt" "$HOME/.config/lxc/servercerts/127.0.0.1.crt"
+
 deselect=()
-for t in "${DESELECT_HTTPS[@]}" "${DESELECT_CUSTOM_VOLUMES[@]}"; do deselect+=(--deselect "$t"); done
+for t in "${DESELECT_CUSTOM_VOLUMES[@]}"; do deselect+=(--deselect "$t"); done
 # requests lets these override pylxd's pinned server certificate (see issue 20).
 cd "$SDIST_DIR"
 env -u REQUESTS_CA_BUNDLE -u CURL_CA_BUNDLE LXD_DIR="$DAEMON_DIR" \
