@@ -312,6 +312,7 @@ pub fn run(args: &[String]) -> Result {
     memory_row(&mut t, "daemon idle memory, 0 containers", d.pid);
 
     let result = containers(&d, &mut t, &image, o.runs)
+        .and_then(|()| https(&d, &mut t, o.runs))
         .and_then(|()| storage(&d, &mut t, o.runs))
         .and_then(|()| scale(&d, &mut t, o.scale))
         .and_then(|()| cycles(&d, &mut t, o.cycles));
@@ -374,6 +375,146 @@ fn containers(d: &BgDaemon, t: &mut Table, image: &Path, runs: usize) -> Result 
     let r = time_runs(runs, |i| d.cli(&["delete", "--force", &format!("b{i}")]));
     t.stats("`bivy delete --force bN` (running)", &r, "");
     r.map(|_| ())
+}
+
+/// A port free on loopback now.
+fn free_port() -> Result<u16> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("finding a free port: {e}"))
+}
+
+/// The HTTPS listener: a remote on loopback driven by bivy's CLI and by the real `lxc`, the TLS
+/// handshake (curl's connect-to-handshake-done time), and the daemon's memory with 100 idle TLS
+/// connections open.
+fn https(d: &BgDaemon, t: &mut Table, runs: usize) -> Result {
+    let port = free_port()?;
+    let addr = format!("127.0.0.1:{port}");
+    must(d, &["config", "set", "core.https_address", &addr])?;
+    must(d, &["config", "set", "core.trust_password", "bench"])?;
+    must(d, &["launch", "busybox", "h0"])?;
+    let conf = d.dir.join("bench-remote-conf");
+    let _ = fs::remove_dir_all(&conf);
+    util::mkdirs(&conf)?;
+    let bivy_remote = d
+        .cli(&[
+            "remote",
+            "add",
+            "h",
+            &addr,
+            "--accept-certificate",
+            "--password",
+            "bench",
+        ])
+        .env("BIVY_CONF", &conf)
+        .output();
+    match bivy_remote {
+        Ok(o) if o.status.success() => {
+            let cli = |args: &[&str]| {
+                let mut c = d.cli(args);
+                c.env("BIVY_CONF", &conf);
+                c
+            };
+            let r = time_runs(runs * 3, |_| cli(&["exec", "h:h0", "--", "true"]));
+            t.stats("`bivy exec h:h0 -- true` over HTTPS (loopback)", &r, "");
+            let r = time_runs(runs * 3, |_| cli(&["list", "h:"]));
+            t.stats("`bivy list h:` over HTTPS, 1 running", &r, "");
+        }
+        Ok(o) => t.failed(
+            "bivy CLI over HTTPS",
+            &format!(
+                "bivy remote add: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+        ),
+        Err(e) => t.failed("bivy CLI over HTTPS", &e.to_string()),
+    }
+    if Command::new("lxc").arg("--version").output().is_ok() {
+        let lconf = d.dir.join("bench-lxc-conf");
+        let _ = fs::remove_dir_all(&lconf);
+        util::mkdirs(&lconf)?;
+        let lxc = |args: &[&str]| {
+            let mut c = Command::new("lxc");
+            c.args(args).env("LXD_CONF", &lconf).stdin(Stdio::null());
+            c
+        };
+        let added = lxc(&[
+            "remote",
+            "add",
+            "h",
+            &addr,
+            "--accept-certificate",
+            "--password",
+            "bench",
+        ])
+        .output();
+        if added.as_ref().is_ok_and(|o| o.status.success()) {
+            let r = time_runs(runs * 3, |_| lxc(&["exec", "h:h0", "--", "true"]));
+            t.stats("`lxc exec h:h0 -- true` (lxc 5.0.2) over HTTPS", &r, "");
+            let r = time_runs(runs * 3, |_| lxc(&["list", "h:"]));
+            t.stats("`lxc list h:` (lxc 5.0.2) over HTTPS, 1 running", &r, "");
+        } else {
+            t.failed("lxc over HTTPS", "lxc remote add failed");
+        }
+    }
+    // The handshake alone: curl's time from TCP connected to TLS done.
+    let url = format!("https://{addr}/1.0");
+    let mut samples = Vec::new();
+    for _ in 0..runs * 3 {
+        let out = Command::new("curl")
+            .args([
+                "-sk",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{time_connect} %{time_appconnect}",
+                &url,
+            ])
+            .output();
+        let Ok(out) = out else { break };
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let v: Vec<f64> = text
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        if let [c, a] = v[..] {
+            samples.push((a - c) * 1000.0);
+        }
+    }
+    match Stats::of(&samples) {
+        Some(st) => t.stats("TLS handshake (curl, TLS 1.3, ECDSA P-384)", &Ok(st), ""),
+        None => t.failed("TLS handshake", "curl gave no timings"),
+    }
+    // 100 idle TLS connections (openssl s_client, stdin held open), then the daemon's memory.
+    let mut clients = Vec::new();
+    for _ in 0..100 {
+        let c = Command::new("openssl")
+            .args(["s_client", "-quiet", "-connect", &addr])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        match c {
+            Ok(c) => clients.push(c),
+            Err(e) => {
+                t.failed("100 idle HTTPS connections", &format!("openssl: {e}"));
+                break;
+            }
+        }
+    }
+    if clients.len() == 100 {
+        std::thread::sleep(Duration::from_secs(2));
+        memory_row(t, "daemon memory, 100 idle HTTPS connections", d.pid);
+    }
+    for mut c in clients {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let _ = d.cli(&["delete", "--force", "h0"]).output();
+    let _ = d.cli(&["config", "unset", "core.https_address"]).output();
+    let _ = fs::remove_dir_all(&conf);
+    Ok(())
 }
 
 /// Bytes the daemon process has caused to be written to storage (`/proc/PID/io`).
