@@ -229,7 +229,7 @@ pub fn spawn_scheduler(d: Arc<Daemon>) {
         .name("scheduler".into())
         .spawn(move || {
             // Expired cached images go at start too (as LXD's prune task), then hourly.
-            super::super::pull::prune_cached(&d, time::now_secs());
+            crate::instance::images::prune_cached(&d, time::now_secs());
             let mut minute = time::now_secs() / 60 * 60;
             loop {
                 // Sleep to the next minute boundary (or one short tick).
@@ -254,7 +254,7 @@ pub fn spawn_scheduler(d: Arc<Daemon>) {
 fn run_once(d: &Daemon, minute: i64, now: i64) {
     // Hourly: cached images unused for `images.remote_cache_expiry` days.
     if minute % 3600 == 0 {
-        super::super::pull::prune_cached(d, now);
+        crate::instance::images::prune_cached(d, now);
     }
     let interval =
         d.db.lock()
@@ -263,7 +263,7 @@ fn run_once(d: &Daemon, minute: i64, now: i64) {
             .config
             .get("images.auto_update_interval")
             .cloned();
-    if super::super::pull::auto_update_due(interval.as_deref(), minute) {
+    if crate::instance::images::auto_update_due(interval.as_deref(), minute) {
         super::super::pull::auto_update(d);
     }
     let instances = d.db.lock().expect("db lock").data.instances.clone();
