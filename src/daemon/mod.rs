@@ -7,8 +7,10 @@
 
 pub mod access;
 mod config;
-use crate::instance::{db, events, operations, schedule};
+use crate::instance::{events, operations, schedule};
 mod conns;
+#[cfg(test)]
+mod contract_tests;
 mod endpoints;
 use endpoints::snapshots;
 mod fetch;
@@ -23,18 +25,15 @@ mod resources;
 mod response;
 mod routes;
 
-use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use events::Events;
 pub use operations::Operations;
-
-use crate::image;
 
 /// The daemon's shared state: the model's context (the daemon adds only its connections).
 pub type Daemon = crate::instance::Ctx;
@@ -103,26 +102,7 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
     crate::util::fs::create_dir_mode(&dir.join("storage-pools"), 0o711)
         .map_err(|e| format!("{}/storage-pools: {e}", dir.display()))?;
 
-    let events = Arc::new(Events::default());
-    let images = image::Store::open(&dir.join("images")).map_err(|e| e.to_string())?;
-    let db = db::Db::open(&dir.join("database.json")).map_err(|e| e.to_string())?;
-    let d = Arc::new(Daemon {
-        dir: dir.to_path_buf(),
-        db: Mutex::new(db),
-        images,
-        pools: crate::storage::Pools::default(),
-        ops: Operations::new(events.clone()),
-        events,
-        busy: Mutex::new(HashMap::new()),
-        host: Host::probe(dir),
-        shutting_down: AtomicBool::new(false),
-        cgroup_suffix: (dir != Path::new("/var/lib/bivy")).then(|| {
-            let h = ring::digest::digest(&ring::digest::SHA256, dir.as_os_str().as_encoded_bytes());
-            response::hex(&h.as_ref()[..4])
-        }),
-        me: std::sync::OnceLock::new(),
-    });
-    let _ = d.me.set(Arc::downgrade(&d));
+    let d = Daemon::open(dir, Host::probe(dir))?;
     d.apply_server_config(&d.db.lock().expect("db lock").data.config);
     crate::instance::pools::open_all(&d).map_err(|e| format!("opening storage pools: {e}"))?;
     crate::instance::lifecycle::recover(&d).map_err(|e| format!("recovering state: {e}"))?;

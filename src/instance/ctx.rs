@@ -2,7 +2,7 @@
 //! operations and events, the host facts, and the per-instance busy marks.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
@@ -49,6 +49,33 @@ impl Drop for BusyGuard<'_> {
 }
 
 impl Ctx {
+    /// The context for `dir`: the state database and image store opened there, with these host
+    /// facts (probed by the daemon at start, faked by tests). Pools are opened by the caller.
+    pub fn open(dir: &Path, host: Host) -> std::result::Result<Arc<Ctx>, String> {
+        let events = Arc::new(Events::default());
+        let images = image::Store::open(&dir.join("images")).map_err(|e| e.to_string())?;
+        let db = db::Db::open(&dir.join("database.json")).map_err(|e| e.to_string())?;
+        let d = Arc::new(Ctx {
+            dir: dir.to_path_buf(),
+            db: Mutex::new(db),
+            images,
+            pools: crate::storage::Pools::default(),
+            ops: Operations::new(events.clone()),
+            events,
+            busy: Mutex::new(HashMap::new()),
+            host,
+            shutting_down: AtomicBool::new(false),
+            cgroup_suffix: (dir != Path::new("/var/lib/bivy")).then(|| {
+                let h =
+                    ring::digest::digest(&ring::digest::SHA256, dir.as_os_str().as_encoded_bytes());
+                crate::util::hex(&h.as_ref()[..4])
+            }),
+            me: std::sync::OnceLock::new(),
+        });
+        let _ = d.me.set(Arc::downgrade(&d));
+        Ok(d)
+    }
+
     /// Mark `name` busy with `what`, or fail naming what is in progress.
     pub fn claim(&self, name: &str, what: &'static str) -> Result<BusyGuard<'_>> {
         let mut b = self.busy.lock().expect("busy lock");
