@@ -142,7 +142,12 @@ impl Https {
             Ok(l) => l,
             // The old listener may hold the port (same port, overlapping address): let it go
             // and try again, and take it back if that fails too.
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse && running.is_some() => {
+            Err(e)
+                if e.kind() == io::ErrorKind::AddrInUse
+                    && running
+                        .as_ref()
+                        .is_some_and(|r| r.addr.port() == addr.port()) =>
+            {
                 let old = running.take().expect("checked");
                 let (old_text, old_addr) = (old.text.clone(), old.addr);
                 old.stop();
