@@ -5,8 +5,14 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-/// Atomically replace `path` with `data` (mode 0600 for new files).
+/// Atomically replace `path` with `data` (mode 0600).
 pub fn atomic_write(path: &Path, data: &[u8]) -> io::Result<()> {
+    atomic_write_mode(path, data, 0o600)
+}
+
+/// Atomically replace `path` with `data`, the new file's permission bits exactly `mode` (set on
+/// the temp file before the rename, whatever the umask).
+pub fn atomic_write_mode(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::other("path has no parent"))?;
@@ -25,6 +31,10 @@ pub fn atomic_write(path: &Path, data: &[u8]) -> io::Result<()> {
             .truncate(true)
             .mode(0o600)
             .open(&tmp)?;
+        if mode != 0o600 {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(fs::Permissions::from_mode(mode))?;
+        }
         f.write_all(data)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;
