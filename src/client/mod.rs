@@ -1,15 +1,20 @@
-//! A typed client of the REST API over the unix socket.
+//! A typed client of the REST API, over the unix socket or HTTPS ([`Endpoint`]).
 //!
 //! One connection per request (the daemon may close after each response anyway); websockets get a
-//! connection of their own. Errors carry the envelope's `error` string unchanged, so that the CLI
-//! prints `Error: <message>` exactly like `lxc`.
+//! connection of their own. Every request, websocket, upload and download goes through
+//! [`Client::stream`], so they all work over both transports. Errors carry the envelope's `error`
+//! string unchanged, so that the CLI prints `Error: <message>` exactly like `lxc`; failures to
+//! reach a remote name it and its URL.
 
+pub mod addr;
 pub mod multipart;
 
 use std::fmt;
 use std::io::{self, Read};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -18,6 +23,7 @@ use crate::api::{self, Operation};
 use crate::http::client::request;
 use crate::http::ws::{self, Receiver, Sender};
 use crate::http::Body;
+use crate::util::stream::Stream;
 
 /// An error to show the user: the server's message, or what failed locally.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,10 +113,38 @@ impl Reply {
     }
 }
 
+/// Where a [`Client`] sends its requests.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    /// The daemon's unix socket: the peer is trusted by its uid, no TLS.
+    Unix(PathBuf),
+    /// A daemon's HTTPS listener (see [`Https`]).
+    Https(Box<Https>),
+}
+
+/// An HTTPS endpoint: where to connect and the TLS settings (pinned server certificate, client
+/// identity) made once for all its connections.
+#[derive(Debug, Clone)]
+pub struct Https {
+    /// DNS name or IP address, without brackets.
+    pub host: String,
+    pub port: u16,
+    pub tls: crate::tls::Client,
+    /// The SHA-256 fingerprint of the pinned server certificate, named when the server presents
+    /// another one.
+    pub pinned: Option<String>,
+}
+
+/// How long a TCP connect to a remote may take before it is given up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The typed API client.
 #[derive(Debug, Clone)]
 pub struct Client {
-    socket: PathBuf,
+    endpoint: Endpoint,
+    /// Names the server in connection errors: `remote NAME (https://…)`, or empty for the local
+    /// socket (whose errors name the socket path).
+    label: String,
 }
 
 /// Where the daemon's socket is: `$BIVY_SOCKET`, `$BIVY_DIR/unix.socket`, `/var/lib/bivy/unix.socket`.
@@ -165,31 +199,133 @@ pub fn operation_return(op: &Operation) -> Option<i32> {
         .map(|v| v as i32)
 }
 
+/// An OS error without Rust's ` (os error N)` suffix, lowercased like Go's.
+fn os_message(e: &io::Error) -> String {
+    let msg = e.to_string();
+    msg.split(" (os error").next().unwrap_or(&msg).to_lowercase()
+}
+
+/// The TLS handshake over `tcp` (the one call into the TLS client's connect).
+fn tls_handshake(h: &Https, tcp: TcpStream) -> io::Result<crate::tls::TlsStream> {
+    h.tls.connect(&h.host, tcp)
+}
+
+/// A TCP connection to `host:port`, trying each resolved address in turn.
+fn tcp_connect(host: &str, port: u16) -> io::Result<TcpStream> {
+    let mut last = None;
+    for a in (host, port).to_socket_addrs()? {
+        match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
+            Ok(s) => {
+                // Requests are small and answered at once: no Nagle delay.
+                let _ = s.set_nodelay(true);
+                return Ok(s);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        io::Error::new(io::ErrorKind::NotFound, format!("no address found for {host}"))
+    }))
+}
+
+/// The certificate a TLS server at `host:port` presents (DER), whatever it is: a handshake
+/// without pinning or client certificate, then the connection is closed with nothing sent. For
+/// first contact (`remote add`), where the user or a token vouches for the fingerprint.
+pub fn peer_certificate(host: &str, port: u16) -> io::Result<Vec<u8>> {
+    let tls = crate::tls::Client::pinned(None, None)?;
+    let tcp = tcp_connect(host, port)?;
+    let _ = tcp.set_read_timeout(Some(CONNECT_TIMEOUT));
+    let _ = tcp.set_write_timeout(Some(CONNECT_TIMEOUT));
+    let s = tls.connect(host, tcp)?;
+    let cert = s.peer_certificate();
+    let _ = s.shutdown_both();
+    cert.ok_or_else(|| io::Error::other("the server presented no certificate"))
+}
+
 impl Client {
     /// A client for the default socket. Nothing is connected until the first request.
     pub fn connect() -> Result<Client> {
-        Ok(Client {
-            socket: socket_path(),
-        })
+        Ok(Client::with_socket(socket_path()))
     }
 
     pub fn with_socket(socket: PathBuf) -> Client {
-        Client { socket }
+        Client {
+            endpoint: Endpoint::Unix(socket),
+            label: String::new(),
+        }
     }
 
-    fn stream(&self) -> Result<UnixStream> {
-        UnixStream::connect(&self.socket).map_err(|e| {
-            let msg = e.to_string();
-            let msg = msg
-                .split(" (os error")
-                .next()
-                .unwrap_or(&msg)
-                .to_lowercase();
-            Error(format!(
-                "cannot connect to the bivy daemon at {}: {msg}",
-                self.socket.display()
-            ))
-        })
+    /// A client for another unix socket; `label` names it in errors (`remote NAME (unix://…)`).
+    pub fn unix_labelled(socket: PathBuf, label: String) -> Client {
+        Client {
+            endpoint: Endpoint::Unix(socket),
+            label,
+        }
+    }
+
+    /// A client for an HTTPS endpoint; `label` names it in errors (`remote NAME (https://…)`).
+    pub fn https(label: String, https: Https) -> Client {
+        Client {
+            endpoint: Endpoint::Https(Box::new(https)),
+            label,
+        }
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// `Host` for requests: `host:port` (IPv6 in brackets) over HTTPS; none on the socket (the
+    /// HTTP layer fills in its placeholder).
+    fn host_header(&self) -> Option<(String, String)> {
+        match &self.endpoint {
+            Endpoint::Unix(_) => None,
+            Endpoint::Https(h) => Some(("Host".to_string(), addr::authority(&h.host, h.port))),
+        }
+    }
+
+    /// A fresh connection to the server: the socket, or TCP plus a completed TLS handshake.
+    pub fn stream(&self) -> Result<Box<dyn Stream>> {
+        match &self.endpoint {
+            Endpoint::Unix(path) => match UnixStream::connect(path) {
+                Ok(s) => Ok(Box::new(s)),
+                Err(e) if self.label.is_empty() => Err(Error(format!(
+                    "cannot connect to the bivy daemon at {}: {}",
+                    path.display(),
+                    os_message(&e)
+                ))),
+                Err(e) => Err(Error(format!(
+                    "cannot connect to {}: {}",
+                    self.label,
+                    os_message(&e)
+                ))),
+            },
+            Endpoint::Https(h) => {
+                let tcp = tcp_connect(&h.host, h.port).map_err(|e| {
+                    Error(format!("cannot connect to {}: {}", self.label, os_message(&e)))
+                })?;
+                match tls_handshake(h, tcp) {
+                    Ok(s) => Ok(Box::new(s)),
+                    Err(e) if e.to_string().contains("certificate mismatch") => {
+                        Err(Error(self.mismatch(h)))
+                    }
+                    Err(e) => Err(Error(format!("cannot connect to {}: {e}", self.label))),
+                }
+            }
+        }
+    }
+
+    /// The error for a server whose certificate is not the pinned one: both fingerprints, the
+    /// presented one learnt from a second, unpinned handshake (nothing is sent over it).
+    fn mismatch(&self, h: &Https) -> String {
+        let presented = peer_certificate(&h.host, h.port)
+            .map(|der| crate::tls::fingerprint(&der))
+            .unwrap_or_else(|_| "unknown".to_string());
+        format!(
+            "the certificate of {} changed: pinned {}, presented {presented}; if the change is expected, remove the remote and add it again",
+            self.label,
+            h.pinned.as_deref().unwrap_or("none"),
+        )
     }
 
     /// Send a request and hand the streamed response to `f`.
@@ -203,6 +339,9 @@ impl Client {
     ) -> Result<R> {
         let mut stream = self.stream()?;
         let mut all = headers.to_vec();
+        if let Some(h) = self.host_header() {
+            all.push(h);
+        }
         if !all
             .iter()
             .any(|(k, _)| k.eq_ignore_ascii_case("connection"))
@@ -338,7 +477,8 @@ impl Client {
     /// Open a websocket on `path` (with query) over a fresh connection.
     pub fn websocket(&self, path: &str) -> Result<(Sender, Receiver)> {
         let stream = self.stream()?;
-        Ok(ws::connect(Box::new(stream), path, &[])?)
+        let headers: Vec<(String, String)> = self.host_header().into_iter().collect();
+        Ok(ws::connect(stream, path, &headers)?)
     }
 
     /// Attach to one of an operation's websockets.
