@@ -9,7 +9,7 @@ use std::process::Command;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{client, fail, instance_path, is_tty, local, yaml, CmdResult, Fail};
+use super::{client, fail, instance_path, is_tty, target, yaml, CmdResult, Fail};
 use crate::api::{
     Devices, Instance, InstancePut, Profile, ProfilePut, Server, ServerPut, StringMap,
 };
@@ -59,6 +59,7 @@ pub fn run(args: &[String]) -> CmdResult {
         "show" => show(rest),
         "edit" => edit(rest),
         "device" => device(Target::Instance, rest),
+        "trust" => super::trust::run(rest),
         other => {
             eprint!("{USAGE}");
             fail(format!("unknown command \"{other}\" for \"bivy config\""))
@@ -66,7 +67,8 @@ pub fn run(args: &[String]) -> CmdResult {
     }
 }
 
-/// `config set` arguments: the instance (none for the server) and the pairs.
+/// `config set` arguments: `[remote:]instance` (none for the default remote's server; `remote:`
+/// for that remote's server) and the pairs.
 pub type SetArgs = (Option<String>, Vec<(String, String)>);
 
 /// Split `config set` arguments into (instance, pairs), following lxc: `set KEY VALUE` and
@@ -80,7 +82,7 @@ pub fn split_set(args: &[String]) -> Result<SetArgs, Fail> {
             Ok((None, vec![(k.clone(), v.clone())]))
         }
         [first, rest @ ..] if !first.contains('=') => {
-            let name = local(first)?.to_string();
+            let name = first.clone();
             if let [k, v] = rest {
                 if !k.contains('=') {
                     return Ok((Some(name), vec![(k.clone(), v.clone())]));
@@ -105,17 +107,35 @@ fn instance_put(i: &Instance) -> InstancePut {
     }
 }
 
+/// `[remote:][instance]`: the remote's client and the instance, `None` for the server itself.
+fn server_or_instance(arg: Option<&String>) -> Result<(Client, Option<String>), Fail> {
+    match arg {
+        None => Ok((client()?, None)),
+        Some(a) => {
+            let (c, n) = target(a)?;
+            Ok((c, (!n.is_empty()).then(|| n.to_string())))
+        }
+    }
+}
+
 fn get(args: &[String]) -> CmdResult {
     let (expanded, args) = take_flag(args, &["-e", "--expanded"]);
     check_unknown_flags(&args)?;
-    let c = client()?;
-    match args.as_slice() {
-        [key] => {
+    let (c, name, key) = match args.as_slice() {
+        [key] => (client()?, None, key),
+        [name, key] => {
+            let (c, n) = server_or_instance(Some(name))?;
+            (c, n, key)
+        }
+        _ => return fail("Usage: bivy config get [[remote:]NAME] KEY"),
+    };
+    match name {
+        None => {
             let s: Server = c.get("/1.0")?;
             println!("{}", s.config.get(key).cloned().unwrap_or_default());
         }
-        [name, key] => {
-            let i: Instance = c.get(&instance_path(local(name)?))?;
+        Some(name) => {
+            let i: Instance = c.get(&instance_path(&name))?;
             let cfg = if expanded {
                 &i.expanded_config
             } else {
@@ -123,7 +143,6 @@ fn get(args: &[String]) -> CmdResult {
             };
             println!("{}", cfg.get(key).cloned().unwrap_or_default());
         }
-        _ => return fail("Usage: bivy config get [NAME] KEY"),
     }
     Ok(0)
 }
@@ -160,7 +179,7 @@ fn update_instance(
 fn set(args: &[String]) -> CmdResult {
     check_unknown_flags(args)?;
     let (name, pairs) = split_set(args)?;
-    let c = client()?;
+    let (c, name) = server_or_instance(name.as_ref())?;
     match name {
         None => update_server(&c, |cfg| {
             for (k, v) in pairs {
@@ -180,21 +199,27 @@ fn set(args: &[String]) -> CmdResult {
 
 fn unset(args: &[String]) -> CmdResult {
     check_unknown_flags(args)?;
-    let c = client()?;
-    match args {
-        [key] => update_server(&c, |cfg| {
+    let (c, name, key) = match args {
+        [key] => (client()?, None, key),
+        [name, key] => {
+            let (c, n) = server_or_instance(Some(name))?;
+            (c, n, key)
+        }
+        _ => return fail("Usage: bivy config unset [[remote:]NAME] KEY"),
+    };
+    match name {
+        None => update_server(&c, |cfg| {
             if cfg.remove(key).is_none() {
                 return fail(format!("Can't unset key '{key}', it's not currently set"));
             }
             Ok(())
         })?,
-        [name, key] => update_instance(&c, local(name)?, |put, _| {
+        Some(name) => update_instance(&c, &name, |put, _| {
             if put.config.remove(key).is_none() {
                 return fail(format!("Can't unset key '{key}', it's not currently set"));
             }
             Ok(())
         })?,
-        _ => return fail("Usage: bivy config unset [NAME] KEY"),
     }
     Ok(0)
 }
@@ -202,16 +227,19 @@ fn unset(args: &[String]) -> CmdResult {
 fn show(args: &[String]) -> CmdResult {
     let (expanded, args) = take_flag(args, &["-e", "--expanded"]);
     check_unknown_flags(&args)?;
-    let c = client()?;
-    match args.as_slice() {
-        [] => {
+    if args.len() > 1 {
+        return fail("Usage: bivy config show [[remote:]NAME]");
+    }
+    let (c, name) = server_or_instance(args.first())?;
+    match name {
+        None => {
             let s: Server = c.get("/1.0")?;
             super::print_yaml(&ServerPut {
                 config: s.config.into_iter().map(|(k, v)| (k, v.into())).collect(),
             })?;
         }
-        [name] => {
-            let name = local(name)?;
+        Some(name) => {
+            let name = name.as_str();
             if let Some((inst, snap)) = name.split_once('/') {
                 let v: serde_json::Value = c.get(&format!(
                     "{}/snapshots/{}",
@@ -229,7 +257,6 @@ fn show(args: &[String]) -> CmdResult {
             }
             super::print_yaml(&put)?;
         }
-        _ => return fail("Usage: bivy config show [NAME]"),
     }
     Ok(0)
 }
@@ -308,9 +335,12 @@ const INSTANCE_HEADER: &str = "### This is a YAML representation of the configur
 
 fn edit(args: &[String]) -> CmdResult {
     check_unknown_flags(args)?;
-    let c = client()?;
-    match args {
-        [] => {
+    if args.len() > 1 {
+        return fail("Usage: bivy config edit [[remote:]NAME]");
+    }
+    let (c, name) = server_or_instance(args.first())?;
+    match name {
+        None => {
             let (s, etag): (Server, String) = c.get_etag("/1.0")?;
             let cur = ServerPut {
                 config: s.config.into_iter().map(|(k, v)| (k, v.into())).collect(),
@@ -318,13 +348,11 @@ fn edit(args: &[String]) -> CmdResult {
             let new: ServerPut = edit_yaml(&cur, "### This is a YAML representation of the server configuration.\n### Any line starting with a '# will be ignored.\n\n")?;
             c.put("/1.0", &new, Some(&etag))?;
         }
-        [name] => {
-            let name = local(name)?;
-            let (i, etag): (Instance, String) = c.get_etag(&instance_path(name))?;
+        Some(name) => {
+            let (i, etag): (Instance, String) = c.get_etag(&instance_path(&name))?;
             let new: InstancePut = edit_yaml(&instance_put(&i), INSTANCE_HEADER)?;
-            c.put(&instance_path(name), &new, Some(&etag))?;
+            c.put(&instance_path(&name), &new, Some(&etag))?;
         }
-        _ => return fail("Usage: bivy config edit [NAME]"),
     }
     Ok(0)
 }
@@ -351,7 +379,7 @@ impl Editable {
     fn load(c: &Client, target: Target, name: &str) -> Result<Editable, Fail> {
         match target {
             Target::Instance => {
-                let path = instance_path(local(name)?);
+                let path = instance_path(name);
                 let (i, etag): (Instance, String) = c.get_etag(&path)?;
                 Ok(Editable {
                     path,
@@ -361,7 +389,7 @@ impl Editable {
                 })
             }
             Target::Profile => {
-                let path = format!("/1.0/profiles/{}", urlencode(local(name)?, false));
+                let path = format!("/1.0/profiles/{}", urlencode(name, false));
                 let (p, etag): (Profile, String) = c.get_etag(&path)?;
                 let put = ProfilePut {
                     config: p.config,
@@ -412,7 +440,17 @@ pub fn device(target: Target, args: &[String]) -> CmdResult {
         return Ok(0);
     }
     check_unknown_flags(rest)?;
-    let c = client()?;
+    // The instance or profile (the first word) may be on another remote.
+    let (c, words) = match rest.split_first() {
+        Some((first, tail)) => {
+            let (c, n) = super::target(first)?;
+            let mut words = vec![n.to_string()];
+            words.extend(tail.iter().cloned());
+            (c, words)
+        }
+        None => (client()?, Vec::new()),
+    };
+    let rest = words.as_slice();
     let what = match target {
         Target::Instance => "instance",
         Target::Profile => "profile",
@@ -550,7 +588,15 @@ mod tests {
         let (n, p) = split_set(&s(&["core.a=1", "core.b=2"])).unwrap();
         assert_eq!((n, p), (None, pairs(&[("core.a", "1"), ("core.b", "2")])));
         let (n, p) = split_set(&s(&["local:c1", "user.x", "a=b"])).unwrap();
-        assert_eq!((n.as_deref(), p), (Some("c1"), pairs(&[("user.x", "a=b")])));
+        assert_eq!(
+            (n.as_deref(), p),
+            (Some("local:c1"), pairs(&[("user.x", "a=b")]))
+        );
+        let (n, p) = split_set(&s(&["b:", "core.https_address", ":8443"])).unwrap();
+        assert_eq!(
+            (n.as_deref(), p),
+            (Some("b:"), pairs(&[("core.https_address", ":8443")]))
+        );
         assert!(split_set(&s(&["c1"])).is_err());
         assert!(split_set(&s(&["c1", "k=v", "bad"])).is_err());
     }

@@ -8,7 +8,7 @@ use std::thread;
 
 use argh::FromArgs;
 
-use super::{client, fail, instance_path, local, parse, term, CmdResult};
+use super::{fail, instance_path, parse, term, CmdResult};
 use crate::api::StringMap;
 use crate::http::ws::Message;
 
@@ -47,8 +47,8 @@ fn scan_escape(buf: &[u8], mut pending: bool) -> (Vec<u8>, bool, bool) {
 
 pub fn run(args: &[String]) -> CmdResult {
     let a: ConsoleArgs = parse(&["bivy console"], args)?;
-    let name = local(&a.name)?.to_string();
-    let c = client()?;
+    let (c, name) = super::target(&a.name)?;
+    let name = name.to_string();
     if a.show_log {
         let log = c.download(&format!("{}/console", instance_path(&name)), |mut resp| {
             let mut buf = Vec::new();

@@ -12,7 +12,7 @@ use argh::FromArgs;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::SignalFd;
 
-use super::{client, fail, instance_path, local, parse, term, CmdResult, Fail};
+use super::{fail, instance_path, parse, term, CmdResult, Fail};
 use crate::api::{InstanceExecPost, StringMap};
 use crate::client::{operation_return, Client};
 use crate::http::ws::{Message, Receiver, Sender};
@@ -138,7 +138,8 @@ fn drain(mut rx: Receiver) {
 
 pub fn run(args: Vec<String>) -> CmdResult {
     let (a, name, command) = split(args)?;
-    let name = local(&name)?.to_string();
+    let (client, name) = super::target(&name)?;
+    let name = name.to_string();
     let interactive = match a.mode.as_deref() {
         Some("interactive") => true,
         Some("non-interactive") => false,
@@ -197,14 +198,12 @@ pub fn run(args: Vec<String>) -> CmdResult {
         Some(&mask),
         Some(&mut old_mask),
     );
-    let result = client().and_then(|c| {
-        let io = Io {
-            stdout: Box::new(std::io::stdout()),
-            stderr: Box::new(std::io::stderr()),
-            no_stdin: a.disable_stdin,
-        };
-        run_blocked(&c, &name, req, interactive, io, &mask)
-    });
+    let io = Io {
+        stdout: Box::new(std::io::stdout()),
+        stderr: Box::new(std::io::stderr()),
+        no_stdin: a.disable_stdin,
+    };
+    let result = run_blocked(&client, &name, req, interactive, io, &mask);
     let _ = nix::sys::signal::pthread_sigmask(
         nix::sys::signal::SigmaskHow::SIG_SETMASK,
         Some(&old_mask),

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use argh::FromArgs;
 
-use super::{client, fail, instance_path, local, parse, CmdResult, Fail, DASH};
+use super::{fail, instance_path, parse, target, CmdResult, Fail, DASH};
 use crate::client::{urlencode, Client};
 use crate::http::Body;
 
@@ -98,9 +98,15 @@ pub fn run(args: &[String]) -> CmdResult {
     }
 }
 
+/// `[remote:]NAME/path` -> (the remote's client, instance, absolute path).
+pub fn file_target(s: &str) -> Result<(Client, String, String), Fail> {
+    let (c, rest) = target(s)?;
+    let (name, path) = split_target(rest)?;
+    Ok((c, name, path))
+}
+
 /// `NAME/path` -> (instance, absolute path).
 pub fn split_target(s: &str) -> Result<(String, String), Fail> {
-    let s = local(s)?;
     match s.split_once('/') {
         Some((name, path)) if !name.is_empty() => Ok((
             name.to_string(),
@@ -184,7 +190,7 @@ fn push(args: &[String]) -> CmdResult {
         return fail("Missing source or target");
     }
     let (sources, target) = a.paths.split_at(a.paths.len() - 1);
-    let (name, tpath) = split_target(&target[0])?;
+    let (c, name, tpath) = file_target(&target[0])?;
     let to_dir = tpath.ends_with('/') || sources.len() > 1 || a.recursive;
     let forced_mode = match &a.mode {
         Some(m) => {
@@ -192,7 +198,6 @@ fn push(args: &[String]) -> CmdResult {
         }
         None => None,
     };
-    let c = client()?;
     for src in sources {
         if src == DASH {
             if a.create_dirs {
@@ -372,10 +377,9 @@ fn pull(args: &[String]) -> CmdResult {
     }
     let (sources, target) = a.paths.split_at(a.paths.len() - 1);
     let target = &target[0];
-    let c = client()?;
     if target == DASH {
         for s in sources {
-            let (name, path) = split_target(s)?;
+            let (c, name, path) = file_target(s)?;
             c.download(&files_path(&name, &path), |mut r| {
                 if r.header("X-LXD-type") == Some("directory") {
                     return Err(crate::client::Error(format!("{path} is a directory")));
@@ -399,7 +403,7 @@ fn pull(args: &[String]) -> CmdResult {
     }
     let into_dir = tpath.is_dir();
     for s in sources {
-        let (name, path) = split_target(s)?;
+        let (c, name, path) = file_target(s)?;
         let base = Path::new(&path)
             .file_name()
             .map(|b| b.to_os_string())
@@ -469,9 +473,8 @@ fn delete(args: &[String]) -> CmdResult {
     if a.paths.is_empty() {
         return fail("Missing target");
     }
-    let c = client()?;
     for p in &a.paths {
-        let (name, path) = split_target(p)?;
+        let (c, name, path) = file_target(p)?;
         c.delete(&files_path(&name, &path))?;
     }
     Ok(0)
@@ -479,8 +482,7 @@ fn delete(args: &[String]) -> CmdResult {
 
 fn edit(args: &[String]) -> CmdResult {
     let a: EditArgs = parse(&["bivy file edit"], args)?;
-    let (name, path) = split_target(&a.path)?;
-    let c = client()?;
+    let (c, name, path) = file_target(&a.path)?;
     let (content, mode, uid, gid) = c.download(&files_path(&name, &path), |mut r| {
         let mode = header_mode(&r);
         let uid = r
@@ -530,7 +532,7 @@ mod tests {
             ("c1".into(), "/etc/hosts".into())
         );
         assert_eq!(
-            split_target("local:c1//root/x").unwrap(),
+            split_target("c1//root/x").unwrap(),
             ("c1".into(), "/root/x".into())
         );
         assert!(split_target("c1").is_err());

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::config::edit_yaml;
 use super::table::{self, Format};
-use super::{client, fail, instance_path, local, parse, CmdResult, Fail};
+use super::{client, fail, instance_path, parse, split_remote, target, CmdResult, Fail};
 use crate::api::{
     Image, ImageAliasesEntry, ImageAliasesEntryPost, ImagePut, Instance, InstanceStatePut,
     Operation, StringMap,
@@ -66,6 +66,18 @@ pub struct Words {
     #[argh(option)]
     /// alias description
     description: Option<String>,
+    #[argh(switch, long = "copy-aliases")]
+    /// copy the source image aliases (copy)
+    copy_aliases: bool,
+    #[argh(switch, long = "auto-update")]
+    /// keep the image up to date after initial copy (copy)
+    auto_update: bool,
+    #[argh(switch)]
+    /// make the image public (copy)
+    public: bool,
+    #[argh(option)]
+    /// transfer mode: pull, the only one built (copy)
+    mode: Option<String>,
 }
 
 #[derive(FromArgs)]
@@ -97,7 +109,159 @@ pub struct PublishArgs {
 
 /// Resolve an alias or fingerprint prefix to a full fingerprint.
 fn resolve(c: &Client, name: &str) -> Result<String, Fail> {
-    super::instance::resolve_image(c, local(name)?)
+    super::instance::resolve_image(c, name)
+}
+
+/// Where a daemon pulls an image from another server: the `source` fields lxc sends for a launch
+/// from another remote's image (`CreateInstanceFromImage`) and for `image copy` (`CopyImage`).
+#[derive(Debug, Default)]
+pub struct PullSource {
+    /// The source server's URLs, tried in order.
+    pub servers: Vec<String>,
+    pub protocol: String,
+    /// The source server's certificate (PEM) the daemon pins.
+    pub certificate: String,
+    /// The alias to pull (a public image named by alias), else empty and `fingerprint` set.
+    pub alias: String,
+    pub fingerprint: String,
+    /// The one-time download secret of a private image.
+    pub secret: String,
+    /// The image as the source describes it (none for simplestreams, which is not asked).
+    pub image: Option<Image>,
+}
+
+/// What `GET /1.0` tells about a server, read leniently (an untrusted client gets no
+/// environment, LXD sends `null` for empty lists).
+#[derive(serde::Deserialize, Default, Debug)]
+pub struct ServerInfo {
+    #[serde(default)]
+    pub auth: String,
+    #[serde(default)]
+    pub public: bool,
+    #[serde(default, deserialize_with = "super::null_default")]
+    pub auth_methods: Vec<String>,
+    #[serde(default, deserialize_with = "super::null_default")]
+    pub environment: ServerInfoEnv,
+}
+
+/// The part of `environment` a client uses.
+#[derive(serde::Deserialize, Default, Debug)]
+pub struct ServerInfoEnv {
+    #[serde(default, deserialize_with = "super::null_default")]
+    pub addresses: Vec<String>,
+    #[serde(default, deserialize_with = "super::null_default")]
+    pub certificate: String,
+}
+
+/// The pull source for image `reference` (alias or fingerprint prefix) of `remote`.
+pub fn pull_source(remote: &str, reference: &str) -> Result<PullSource, Fail> {
+    let conf = super::conf()?;
+    let r = conf.remote(remote)?;
+    if r.is_simplestreams() {
+        // Simplestreams images are all public and named by alias; the daemon resolves it.
+        return Ok(PullSource {
+            servers: vec![r.addr.clone()],
+            protocol: "simplestreams".into(),
+            alias: reference.to_string(),
+            ..PullSource::default()
+        });
+    }
+    let c = conf.lxd_client(remote, r)?;
+    let (alias, fp) = match c.get::<ImageAliasesEntry>(&format!(
+        "/1.0/images/aliases/{}",
+        urlencode(reference, false)
+    )) {
+        Ok(a) => (reference.to_string(), a.target),
+        Err(_) => (String::new(), reference.to_string()),
+    };
+    let img: Image = c.get(&image_path(&fp))?;
+    let secret = if img.put.public {
+        String::new()
+    } else {
+        // A token operation whose metadata carries the secret; it stays until used or expired.
+        let reply = c.query::<()>(
+            "POST",
+            &format!("{}/secret", image_path(&img.fingerprint)),
+            None,
+            None,
+        )?;
+        reply
+            .envelope
+            .metadata
+            .get("metadata")
+            .and_then(|m| m.get("secret"))
+            .and_then(|s| s.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| Fail::Error("No secret provided by the image server".into()))?
+    };
+    let server: ServerInfo = c.get("/1.0")?;
+    // lxc's GetConnectionInfo: the remote's own URL (over HTTPS), then the addresses the server
+    // says it listens on.
+    let mut servers = Vec::new();
+    if r.addr.starts_with("https://") {
+        servers.push(r.addr.clone());
+    }
+    for a in &server.environment.addresses {
+        let url = format!("https://{a}");
+        if !a.starts_with(':') && !servers.contains(&url) {
+            servers.push(url);
+        }
+    }
+    if servers.is_empty() {
+        return fail("The source server isn't listening on the network");
+    }
+    let certificate = match conf.server_cert(remote)? {
+        Some(der) => crate::tls::der_to_pem(&der),
+        None => server.environment.certificate.clone(),
+    };
+    let (alias, fingerprint) = if !alias.is_empty() && img.put.public {
+        (alias, String::new())
+    } else {
+        (String::new(), img.fingerprint.clone())
+    };
+    Ok(PullSource {
+        servers,
+        protocol: "lxd".into(),
+        certificate,
+        alias,
+        fingerprint,
+        secret,
+        image: Some(img),
+    })
+}
+
+/// Run `f` with each server URL in turn until one works (lxc's `tryCreateInstance` and
+/// `tryCopyImage`): a failure to reach the server moves on to the next, any other failure stops.
+/// The errors are lxc's (`WHAT: ERR`, or one line per server when they differ).
+pub fn try_servers(
+    what: &str,
+    servers: &[String],
+    mut f: impl FnMut(&str) -> crate::client::Result<Option<Operation>>,
+) -> Result<Operation, Fail> {
+    let mut errors: Vec<(String, String)> = Vec::new();
+    for server in servers {
+        match f(server) {
+            Ok(Some(op)) => return Ok(op),
+            Ok(None) => return Ok(Operation::default()),
+            Err(e) => {
+                let unreachable = ["connect", "connection", "timed out", "unreachable", "no route"]
+                    .iter()
+                    .any(|w| e.0.to_lowercase().contains(w));
+                errors.push((server.clone(), e.0));
+                if !unreachable {
+                    break;
+                }
+            }
+        }
+    }
+    let Some((_, first)) = errors.first() else {
+        return fail(what.to_string());
+    };
+    if errors.iter().all(|(_, e)| e == first) {
+        return fail(format!("{what}: {first}"));
+    }
+    let lines: Vec<String> = errors.iter().map(|(u, e)| format!("{u}: {e}")).collect();
+    fail(format!("{what}:\n - {}", lines.join("\n - ")))
 }
 
 fn image_path(fp: &str) -> String {
@@ -216,8 +380,15 @@ pub fn run(args: &[String]) -> CmdResult {
 fn list(args: &[String]) -> CmdResult {
     let a: ListArgs = parse(&["bivy image list"], args)?;
     let format = Format::parse(a.format.as_deref().unwrap_or("table"))?;
-    let filters = super::local_filters(&a.filters)?;
-    let c = client()?;
+    if let Some(first) = a.filters.first() {
+        let (remote, _) = split_remote(first)?;
+        if super::conf()?.remote(&remote)?.is_simplestreams() {
+            return fail(format!(
+                "not supported yet: listing the images of simplestreams remote \"{remote}\""
+            ));
+        }
+    }
+    let (c, filters) = image_server_filters(&a.filters)?;
     let all: Vec<Image> = c.get("/1.0/images?recursion=1")?;
     let shown: Vec<Image> = all
         .into_iter()
@@ -238,7 +409,7 @@ fn create_aliases(c: &Client, fp: &str, aliases: &[String], reuse: bool) -> Resu
     let existing: Vec<ImageAliasesEntry> =
         c.get("/1.0/images/aliases?recursion=1").unwrap_or_default();
     for a in aliases {
-        let a = local(a)?;
+        let a = a.as_str();
         if existing.iter().any(|e| e.name == a) {
             if !reuse {
                 return fail(format!("Alias already exists: {a}"));
@@ -274,8 +445,12 @@ fn import(args: &[String]) -> CmdResult {
     };
     let mut rootfs: Option<String> = None;
     let mut props = Vec::new();
+    let mut remote: Option<String> = None;
     for x in &a.args[1..] {
-        if x.contains('=') && !Path::new(x).exists() {
+        if x.ends_with(':') && remote.is_none() && !Path::new(x).exists() {
+            // `image import FILE [ROOTFS] [remote:]`
+            remote = Some(split_remote(x)?.0);
+        } else if x.contains('=') && !Path::new(x).exists() {
             props.push(x.clone());
         } else if rootfs.is_none() {
             rootfs = Some(x.clone());
@@ -352,7 +527,10 @@ fn import(args: &[String]) -> CmdResult {
             )
         }
     };
-    let c = client()?;
+    let c = match &remote {
+        Some(r) => super::client_of(r)?,
+        None => client()?,
+    };
     let (env, op) = c.upload("POST", "/1.0/images", &headers, body)?;
     let Some(fp) = fingerprint_of(op.as_ref(), &env) else {
         return fail("the server did not report the image fingerprint");
@@ -368,14 +546,23 @@ fn alias(args: &[String]) -> CmdResult {
         &[&format!("bivy image alias {sub}")],
         args.get(1..).unwrap_or(&[]),
     )?;
-    let c = client()?;
-    match (sub, w.words.as_slice()) {
+    // The first word names the remote: `alias create [remote:]NAME FP`, `alias list [remote:]`.
+    let (c, words) = match w.words.split_first() {
+        Some((first, rest)) => {
+            let (c, first) = target(first)?;
+            let mut words = vec![first.to_string()];
+            words.extend(rest.iter().cloned());
+            (c, words)
+        }
+        None => (client()?, Vec::new()),
+    };
+    match (sub, words.as_slice()) {
         ("create", [name, target]) => {
             let fp = resolve(&c, target)?;
             let entry = ImageAliasesEntry {
                 description: w.description.clone().unwrap_or_default(),
                 target: fp,
-                name: local(name)?.to_string(),
+                name: name.clone(),
                 kind: String::new(),
             };
             c.post("/1.0/images/aliases", &entry)?;
@@ -383,15 +570,13 @@ fn alias(args: &[String]) -> CmdResult {
         ("delete" | "rm", [name]) => {
             c.delete(&format!(
                 "/1.0/images/aliases/{}",
-                urlencode(local(name)?, false)
+                urlencode(name, false)
             ))?;
         }
         ("rename" | "mv", [old, new]) => {
             c.post(
-                &format!("/1.0/images/aliases/{}", urlencode(local(old)?, false)),
-                &ImageAliasesEntryPost {
-                    name: local(new)?.to_string(),
-                },
+                &format!("/1.0/images/aliases/{}", urlencode(old, false)),
+                &ImageAliasesEntryPost { name: new.clone() },
             )?;
         }
         ("list" | "ls", filters) => {
@@ -400,8 +585,8 @@ fn alias(args: &[String]) -> CmdResult {
             let mut shown = Vec::new();
             for a in all {
                 let mut ok = true;
-                for f in filters {
-                    ok &= a.name.starts_with(local(f)?);
+                for f in filters.iter().filter(|f| !f.is_empty()) {
+                    ok &= a.name.starts_with(f.as_str());
                 }
                 if ok {
                     shown.push(a);
@@ -506,8 +691,27 @@ fn render_info(img: &Image) -> String {
 
 fn simple(sub: &str, args: &[String]) -> CmdResult {
     let w: Words = parse(&[&format!("bivy image {sub}")], args)?;
-    let c = client()?;
-    match (sub, w.words.as_slice()) {
+    if matches!(sub, "copy" | "cp") {
+        return copy(&w);
+    }
+    // Every image named may be on another remote (`image delete a:x b:y`); the first one's
+    // remote serves the commands with one image.
+    let images = match sub {
+        "delete" | "rm" | "refresh" => w.words.len(),
+        _ => w.words.len().min(1),
+    };
+    let mut named: Vec<(Client, String)> = Vec::new();
+    for word in &w.words[..images] {
+        let (c, n) = image_target(word)?;
+        named.push((c, n.to_string()));
+    }
+    let c = match named.first() {
+        Some((c, _)) => c.clone(),
+        None => client()?,
+    };
+    let mut bare: Vec<String> = named.iter().map(|(_, n)| n.clone()).collect();
+    bare.extend(w.words[images..].iter().cloned());
+    match (sub, bare.as_slice()) {
         ("info", [name]) => {
             let img: Image = c.get(&image_path(&resolve(&c, name)?))?;
             print!("{}", render_info(&img));
@@ -523,8 +727,8 @@ fn simple(sub: &str, args: &[String]) -> CmdResult {
             c.put(&p, &new, Some(&etag))?;
         }
         ("delete" | "rm", names) if !names.is_empty() => {
-            for n in names {
-                c.delete(&image_path(&resolve(&c, n)?))?;
+            for (c, n) in &named {
+                c.delete(&image_path(&resolve(c, n)?))?;
             }
         }
         ("export", [name, rest @ ..]) if rest.len() <= 1 => {
@@ -532,23 +736,9 @@ fn simple(sub: &str, args: &[String]) -> CmdResult {
             export(&c, &fp, rest.first().map(String::as_str))?;
             println!("Image exported successfully!");
         }
-        ("copy" | "cp", [src, dst]) => {
-            let (sr, dr) = (
-                src.split_once(':').map(|x| x.0),
-                dst.split_once(':').map(|x| x.0),
-            );
-            if sr.is_some_and(|r| r != "local" && !r.is_empty())
-                || dr.is_some_and(|r| r != "local" && !r.is_empty())
-            {
-                return fail("not supported yet: remote image copy");
-            }
-            let fp = resolve(&c, src)?;
-            create_aliases(&c, &fp, &w.alias, false)?;
-            println!("Image copied successfully!");
-        }
         ("refresh", names) => {
-            for n in names {
-                let fp = resolve(&c, n)?;
+            for (c, n) in names.iter().zip(&named).map(|(n, (c, _))| (c, n)) {
+                let fp = resolve(c, n)?;
                 c.post(&format!("{}/refresh", image_path(&fp)), &json!({}))?;
             }
         }
@@ -556,6 +746,116 @@ fn simple(sub: &str, args: &[String]) -> CmdResult {
             eprint!("{USAGE}");
             return fail(format!("invalid arguments for \"image {sub}\""));
         }
+    }
+    Ok(0)
+}
+
+/// The client of an LXD remote for image commands: public remotes too (their public images are
+/// readable without trust), simplestreams ones are not served here.
+fn image_client(remote: &str) -> Result<Client, Fail> {
+    let conf = super::conf()?;
+    let r = conf.remote(remote)?;
+    if r.public {
+        return Ok(conf.lxd_client(remote, r)?);
+    }
+    super::client_of(remote)
+}
+
+/// `[remote:]image`: its remote's client and the image name.
+fn image_target(s: &str) -> Result<(Client, &str), Fail> {
+    let (remote, name) = split_remote(s)?;
+    Ok((image_client(&remote)?, name))
+}
+
+/// [`super::target_filters`] for image servers.
+fn image_server_filters(filters: &[String]) -> Result<(Client, Vec<String>), Fail> {
+    let Some((first, rest)) = filters.split_first() else {
+        return Ok((client()?, Vec::new()));
+    };
+    let (c, first) = image_target(first)?;
+    let mut out: Vec<String> = Vec::new();
+    if !first.is_empty() {
+        out.push(first.to_string());
+    }
+    out.extend(rest.iter().cloned());
+    Ok((c, out))
+}
+
+/// `image copy [remote:]IMAGE remote: [--alias A] [--copy-aliases] [--auto-update] [--public]`:
+/// the target daemon pulls the image from the source server (lxc's `CopyImage` in pull mode),
+/// the transfer's progress shown; then the aliases are made to point at it.
+fn copy(w: &Words) -> CmdResult {
+    let [src, dst] = w.words.as_slice() else {
+        eprint!("{USAGE}");
+        return fail("invalid arguments for \"image copy\"");
+    };
+    if let Some(m) = w.mode.as_deref().filter(|m| *m != "pull") {
+        return fail(format!("not supported yet: image copy --mode {m} (only pull)"));
+    }
+    let (sremote, sname) = split_remote(src)?;
+    let (dremote, dname) = split_remote(dst)?;
+    if !dname.is_empty() {
+        return fail("Can't provide a name for the target image");
+    }
+    let dc = super::client_of(&dremote)?;
+    if sremote == dremote {
+        // lxc refuses a copy within one server; bivy makes the new aliases there.
+        let fp = resolve(&dc, sname)?;
+        create_aliases(&dc, &fp, &w.alias, false)?;
+        println!("Image copied successfully!");
+        return Ok(0);
+    }
+    let p = pull_source(&sremote, sname)?;
+    let mut aliases = w.alias.clone();
+    if w.copy_aliases {
+        match &p.image {
+            Some(img) => aliases.extend(img.aliases.iter().map(|a| a.name.clone())),
+            None => {
+                return fail(format!(
+                    "not supported yet: --copy-aliases from simplestreams remote \"{sremote}\""
+                ))
+            }
+        }
+    }
+    let mut body = json!({
+        "auto_update": w.auto_update,
+        "public": w.public,
+        "profiles": null,
+        "source": {
+            "type": "image",
+            "mode": "pull",
+            "server": "",
+            "protocol": p.protocol,
+            "certificate": p.certificate,
+            "alias": p.alias,
+            "fingerprint": p.fingerprint,
+            "secret": p.secret,
+        },
+    });
+    let op = try_servers("Failed remote image download", &p.servers, |server| {
+        body["source"]["server"] = json!(server);
+        let reply = dc.query("POST", "/1.0/images", Some(&body), None)?;
+        match reply.operation_id() {
+            Some(id) => super::wait_progress(&dc, &id, "Copying the image").map(Some),
+            None => Ok(None),
+        }
+    })?;
+    println!("Image copied successfully!");
+    let fp = op
+        .metadata
+        .as_ref()
+        .and_then(|m| m.get("fingerprint"))
+        .and_then(|f| f.as_str())
+        .map(str::to_string)
+        .or_else(|| p.image.as_ref().map(|i| i.fingerprint.clone()));
+    if !aliases.is_empty() {
+        let Some(fp) = fp else {
+            return fail("the server did not report the image fingerprint");
+        };
+        // As lxc's ensureImageAliases: an alias that exists is moved to the new image.
+        aliases.sort();
+        aliases.dedup();
+        create_aliases(&dc, &fp, &aliases, true)?;
     }
     Ok(0)
 }
@@ -667,9 +967,20 @@ pub fn publish(args: &[String]) -> CmdResult {
     let Some(src) = a.args.first() else {
         return fail("Missing instance name");
     };
-    let src = local(src)?;
-    let props: StringMap = super::key_values(&a.args[1..])?.into_iter().collect();
-    let c = client()?;
+    let (remote, src) = split_remote(src)?;
+    // `publish [remote:]NAME [remote:] [key=value...]`: the image is made where the instance is.
+    let mut rest = &a.args[1..];
+    if let Some(first) = rest.first().filter(|f| f.ends_with(':') && !f.contains('=')) {
+        let (dst, _) = split_remote(first)?;
+        if dst != remote {
+            return fail(format!(
+                "not supported yet: publishing to another remote ({remote} to {dst})"
+            ));
+        }
+        rest = &rest[1..];
+    }
+    let props: StringMap = super::key_values(rest)?.into_iter().collect();
+    let c = super::client_of(&remote)?;
     let (inst_name, kind) = match src.split_once('/') {
         Some((i, _)) => (i.to_string(), "snapshot"),
         None => (src.to_string(), "instance"),

@@ -5,7 +5,7 @@ use argh::FromArgs;
 use serde_json::json;
 
 use super::table::{self, Format};
-use super::{client, fail, instance_path, local, parse, CmdResult, Fail};
+use super::{client, fail, instance_path, parse, split_remote, target, CmdResult, Fail};
 use crate::api::{
     Devices, Image, ImageAliasesEntry, Instance, InstanceFull, InstancePost, InstanceSource,
     InstanceStatePut, InstancesPost, InstancesPostPut, StringMap,
@@ -81,7 +81,6 @@ pub fn launch(args: &[String], start: bool) -> CmdResult {
     if a.vm {
         return fail("not supported yet: virtual machines");
     }
-    let c = client()?;
     let mut config = StringMap::new();
     for kv in &a.config {
         match kv.split_once('=') {
@@ -111,27 +110,52 @@ pub fn launch(args: &[String], start: bool) -> CmdResult {
     } else {
         (Some(a.image.clone()), a.name.clone())
     };
-    let name = match name {
-        Some(n) => Some(local(&n)?.to_string()),
-        None => None,
+    // `launch [remote:]image [remote:][name]`: the instance goes to the remote its name gives
+    // (the default one without a name), the image comes from the remote the image gives.
+    let (remote, name) = match name {
+        Some(n) => {
+            let (r, n) = split_remote(&n)?;
+            (r, (!n.is_empty()).then(|| n.to_string()))
+        }
+        None => (super::conf()?.default_remote.clone(), None),
     };
+    let c = super::client_of(&remote)?;
     match &name {
         Some(n) => println!("Creating {n}"),
         None => println!("Creating the instance"),
     }
-    let source = match &image {
+    let (source, servers) = match &image {
         Some(img) => {
-            let img = local(img)?;
-            InstanceSource {
-                kind: "image".into(),
-                fingerprint: resolve_image(&c, img)?,
-                ..Default::default()
+            let (iremote, img) = split_remote(img)?;
+            if iremote == remote {
+                let source = InstanceSource {
+                    kind: "image".into(),
+                    fingerprint: resolve_image(&c, img)?,
+                    ..Default::default()
+                };
+                (source, Vec::new())
+            } else {
+                let p = super::image::pull_source(&iremote, img)?;
+                let source = InstanceSource {
+                    kind: "image".into(),
+                    mode: "pull".into(),
+                    protocol: p.protocol.clone(),
+                    certificate: p.certificate.clone(),
+                    alias: p.alias.clone(),
+                    fingerprint: p.fingerprint.clone(),
+                    secret: p.secret.clone(),
+                    ..Default::default()
+                };
+                (source, p.servers)
             }
         }
-        None => InstanceSource {
-            kind: "none".into(),
-            ..Default::default()
-        },
+        None => {
+            let source = InstanceSource {
+                kind: "none".into(),
+                ..Default::default()
+            };
+            (source, Vec::new())
+        }
     };
     let profiles = if a.no_profiles {
         Some(Vec::new())
@@ -140,7 +164,7 @@ pub fn launch(args: &[String], start: bool) -> CmdResult {
     } else {
         Some(a.profile.clone())
     };
-    let req = InstancesPost {
+    let mut req = InstancesPost {
         put: InstancesPostPut {
             config: Some(config),
             devices: Some(devices),
@@ -153,7 +177,21 @@ pub fn launch(args: &[String], start: bool) -> CmdResult {
         kind: "container".into(),
         ..Default::default()
     };
-    let op = c.post("/1.0/instances", &req)?;
+    let op = if servers.is_empty() {
+        c.post("/1.0/instances", &req)?
+    } else {
+        // The daemon pulls the image from another server: each of its addresses in turn, with
+        // the transfer's progress shown.
+        let op = super::image::try_servers("Failed instance creation", &servers, |server| {
+            req.source.server = server.to_string();
+            let reply = c.query("POST", "/1.0/instances", Some(&req), None)?;
+            match reply.operation_id() {
+                Some(id) => super::wait_progress(&c, &id, "Retrieving image").map(Some),
+                None => Ok(None),
+            }
+        })?;
+        Some(op)
+    };
     let name = match (name, op.as_ref().and_then(created_name)) {
         (Some(n), _) => n,
         (None, Some(n)) => {
@@ -218,6 +256,23 @@ fn change_state(c: &Client, name: &str, put: &InstanceStatePut) -> Result<(), Fa
     Ok(())
 }
 
+/// Source and target of `move`/`copy` on one remote: its client and both names. Across remotes
+/// that is a migration, which is not built.
+fn same_remote<'a>(
+    src: &'a str,
+    dst: &'a str,
+    what: &str,
+) -> Result<(Client, &'a str, &'a str), Fail> {
+    let (sr, src) = split_remote(src)?;
+    let (dr, dst) = split_remote(dst)?;
+    if sr != dr {
+        return fail(format!(
+            "not supported yet: {what} instances between remotes ({sr} to {dr}: migration)"
+        ));
+    }
+    Ok((super::client_of(&sr)?, src, dst))
+}
+
 pub fn state(args: &[String], action: &str) -> CmdResult {
     let a: StateArgs = parse(
         &[&format!(
@@ -226,13 +281,14 @@ pub fn state(args: &[String], action: &str) -> CmdResult {
         )],
         args,
     )?;
-    let c = client()?;
-    let mut names: Vec<String> = a
-        .names
-        .iter()
-        .map(|n| local(n).map(str::to_string))
-        .collect::<Result<_, _>>()?;
+    // Each name may be on another remote (`start a b:c`); `--all` means the default remote's.
+    let mut names: Vec<(Client, String)> = Vec::new();
+    for n in &a.names {
+        let (c, n) = target(n)?;
+        names.push((c, n.to_string()));
+    }
     if a.all {
+        let c = client()?;
         let all: Vec<Instance> = c.get("/1.0/instances?recursion=1")?;
         names.extend(
             all.into_iter()
@@ -240,13 +296,14 @@ pub fn state(args: &[String], action: &str) -> CmdResult {
                     "start" => i.status != "Running",
                     _ => i.status == "Running",
                 })
-                .map(|i| i.name),
+                .map(|i| (c.clone(), i.name)),
         );
     }
     if names.is_empty() {
         return fail("Missing instance name");
     }
-    for name in &names {
+    for (c, name) in &names {
+        let c = c.clone();
         let mut act = action.to_string();
         if action == "start" {
             let inst: Instance = c.get(&instance_path(name))?;
@@ -286,9 +343,8 @@ pub fn delete(args: &[String]) -> CmdResult {
     if a.names.is_empty() {
         return fail("Missing instance name");
     }
-    let c = client()?;
     for n in &a.names {
-        let n = local(n)?;
+        let (c, n) = target(n)?;
         if let Some((inst, snap)) = n.split_once('/') {
             c.delete(&format!(
                 "{}/snapshots/{}",
@@ -333,8 +389,7 @@ pub struct MoveArgs {
 
 pub fn rename(args: &[String]) -> CmdResult {
     let a: MoveArgs = parse(&["bivy move"], args)?;
-    let (src, dst) = (local(&a.source)?, local(&a.target)?);
-    let c = client()?;
+    let (c, src, dst) = same_remote(&a.source, &a.target, "moving")?;
     if let Some((inst, snap)) = src.split_once('/') {
         let new = dst.split_once('/').map_or(dst, |(_, s)| s);
         c.post(
@@ -383,8 +438,7 @@ pub struct CopyArgs {
 
 pub fn copy(args: &[String]) -> CmdResult {
     let a: CopyArgs = parse(&["bivy copy"], args)?;
-    let (src, dst) = (local(&a.source)?, local(&a.target)?);
-    let c = client()?;
+    let (c, src, dst) = same_remote(&a.source, &a.target, "copying")?;
     // Like lxc: the source's writable state (minus volatile keys), then the overrides.
     let source: Instance = match src.split_once('/') {
         Some((i, snap)) => {
@@ -460,8 +514,7 @@ pub struct SnapshotArgs {
 
 pub fn snapshot(args: &[String]) -> CmdResult {
     let a: SnapshotArgs = parse(&["bivy snapshot"], args)?;
-    let name = local(&a.name)?;
-    let c = client()?;
+    let (c, name) = target(&a.name)?;
     let mut body = json!({"name": a.snapshot.clone().unwrap_or_default(), "stateful": a.stateful, "expires_at": null});
     if a.no_expiry {
         body["expires_at"] = json!("0001-01-01T00:00:00Z");
@@ -487,13 +540,12 @@ pub struct RestoreArgs {
 
 pub fn restore(args: &[String]) -> CmdResult {
     let a: RestoreArgs = parse(&["bivy restore"], args)?;
-    let name = local(&a.name)?;
+    let (c, name) = target(&a.name)?;
     let snap = if a.snapshot.contains('/') {
         a.snapshot.clone()
     } else {
         format!("{name}/{}", a.snapshot)
     };
-    let c = client()?;
     // lxc sends a null-filled InstancePut; the whole current one with `restore` set is accepted
     // by LXD too, and by servers that want every field.
     let (inst, etag): (Instance, String) = c.get_etag(&instance_path(name))?;
@@ -805,8 +857,7 @@ pub fn list(args: &[String]) -> CmdResult {
         (None, true) => "nsacPt".to_string(),
         (None, false) => "ns46tS".to_string(),
     };
-    let filters = super::local_filters(&a.filters)?;
-    let c = client()?;
+    let (c, filters) = super::target_filters(&a.filters)?;
     let all: Vec<InstanceFull> = c.get("/1.0/instances?filter=&recursion=2")?;
     let shown: Vec<InstanceFull> = all
         .into_iter()
@@ -995,8 +1046,15 @@ pub fn render_server(server: &crate::api::Server) -> Result<String, Fail> {
 
 pub fn info(args: &[String]) -> CmdResult {
     let a: InfoArgs = parse(&["bivy info"], args)?;
-    let c = client()?;
-    match &a.name {
+    // `info`, `info remote:` (the server) or `info [remote:]name`.
+    let (c, name) = match &a.name {
+        Some(n) => {
+            let (c, n) = target(n)?;
+            (c, (!n.is_empty()).then(|| n.to_string()))
+        }
+        None => (client()?, None),
+    };
+    match &name {
         None => {
             if a.resources {
                 let v: serde_json::Value = c.get("/1.0/resources")?;
@@ -1007,7 +1065,7 @@ pub fn info(args: &[String]) -> CmdResult {
             print!("{}", render_server(&server)?);
         }
         Some(n) => {
-            let n = local(n)?;
+            let n = n.as_str();
             let full: InstanceFull = c.get(&format!("{}?recursion=1", instance_path(n)))?;
             print!("{}", render_info(&full));
             if a.show_log {

@@ -1,4 +1,4 @@
-//! `operation list|show|delete`, `monitor`, `version`, `network list|show`, `query`, `remote`.
+//! `operation list|show|delete`, `monitor`, `version`, `network list|show`, `query`.
 
 use std::collections::BTreeMap;
 
@@ -72,9 +72,15 @@ pub fn render_operations(ops: &[Operation], format: Format) -> Result<String, Fa
     ))
 }
 
+/// The first word may name a remote (`operation list b:`, `operation show b:ID`): its client
+/// and the words with the prefix removed (an empty one dropped).
+fn remote_words(w: &[String]) -> Result<(crate::client::Client, Vec<String>), Fail> {
+    super::target_filters(w)
+}
+
 pub fn operation(args: &[String]) -> CmdResult {
     let (sub, w, format) = words("operation", args)?;
-    let c = client()?;
+    let (c, w) = remote_words(&w)?;
     match (sub.as_str(), w.as_slice()) {
         ("list" | "ls", []) => {
             let by_status: BTreeMap<String, Vec<Operation>> =
@@ -97,8 +103,11 @@ pub fn operation(args: &[String]) -> CmdResult {
 
 #[derive(FromArgs)]
 #[argh(help_triggers("-h", "--help"))]
-/// Monitor a local server: print its events.
+/// Monitor a local or remote server: print its events.
 pub struct MonitorArgs {
+    #[argh(positional)]
+    /// remote (`remote:`)
+    remote: Option<String>,
     #[argh(option, long = "type")]
     /// event type to listen for (operation, logging, lifecycle); repeatable
     kind: Vec<String>,
@@ -141,7 +150,10 @@ pub fn monitor(args: &[String]) -> CmdResult {
     if !matches!(format.as_str(), "yaml" | "json" | "pretty") {
         return fail(format!("Invalid format \"{format}\""));
     }
-    let c = client()?;
+    let c = match &a.remote {
+        Some(r) => super::target(r)?.0,
+        None => client()?,
+    };
     let (_tx, mut rx) = c.events(&a.kind.join(","))?;
     loop {
         match rx.recv() {
@@ -162,11 +174,16 @@ pub fn monitor(args: &[String]) -> CmdResult {
 
 pub fn version(args: &[String]) -> CmdResult {
     if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("Usage:\n  bivy version\n\nShow local and remote versions");
+        println!("Usage:\n  bivy version [<remote>:]\n\nShow local and remote versions");
         return Ok(0);
     }
+    let c = match args {
+        [] => client(),
+        [r] => super::target(r).map(|(c, _)| c),
+        _ => return fail("Usage: bivy version [<remote>:]"),
+    };
     println!("Client version: {VERSION}");
-    let server = client().ok().and_then(|c| c.get::<Server>("/1.0").ok());
+    let server = c.ok().and_then(|c| c.get::<Server>("/1.0").ok());
     match server {
         Some(s) if !s.environment.server_version.is_empty() => {
             println!("Server version: {}", s.environment.server_version)
@@ -260,17 +277,14 @@ pub fn render_networks(nets: &[NetworkRow], format: Format) -> Result<String, Fa
 
 pub fn network(args: &[String]) -> CmdResult {
     let (sub, w, format) = words("network", args)?;
-    let c = client()?;
+    let (c, w) = remote_words(&w)?;
     match (sub.as_str(), w.as_slice()) {
         ("list" | "ls", []) => {
             let nets: Vec<NetworkRow> = c.get("/1.0/networks?recursion=1")?;
             print!("{}", render_networks(&nets, format)?);
         }
         ("show", [name]) => {
-            let n: NetworkRow = c.get(&format!(
-                "/1.0/networks/{}",
-                urlencode(super::local(name)?, false)
-            ))?;
+            let n: NetworkRow = c.get(&format!("/1.0/networks/{}", urlencode(name, false)))?;
             super::print_yaml(&n)?;
         }
         (other, _) => return fail(format!("not supported yet: network {other}")),
@@ -313,13 +327,12 @@ pub fn pretty_json(v: &serde_json::Value) -> String {
 
 pub fn query(args: &[String]) -> CmdResult {
     let a: QueryArgs = parse(&["bivy query"], args)?;
-    let path = super::local(&a.path)?;
+    let (c, path) = super::target(&a.path)?;
     let path = if path.starts_with('/') {
         path.to_string()
     } else {
         format!("/{path}")
     };
-    let c = client()?;
     let body: Option<serde_json::Value> = match &a.data {
         Some(d) => Some(
             serde_json::from_str(d)
@@ -352,47 +365,6 @@ pub fn query(args: &[String]) -> CmdResult {
         println!("{}\n", pretty_json(&meta));
     }
     Ok(0)
-}
-
-pub fn remote(args: &[String]) -> CmdResult {
-    match args.first().map(String::as_str) {
-        Some("list" | "ls") | None => {
-            let rows = vec![vec![
-                "local (current)".to_string(),
-                format!("unix://{}", crate::client::socket_path().display()),
-                "lxd".into(),
-                "file access".into(),
-                "NO".into(),
-                "YES".into(),
-                "NO".into(),
-            ]];
-            print!(
-                "{}",
-                table::render(
-                    &[
-                        "NAME",
-                        "URL",
-                        "PROTOCOL",
-                        "AUTH TYPE",
-                        "PUBLIC",
-                        "STATIC",
-                        "GLOBAL"
-                    ],
-                    &rows
-                )
-            );
-            Ok(0)
-        }
-        Some("-h" | "--help") => {
-            println!("Usage:\n  bivy remote [list|get-default]\n\nOnly the local server exists; other remotes are not supported yet.");
-            Ok(0)
-        }
-        Some("get-default") => {
-            println!("local");
-            Ok(0)
-        }
-        Some(other) => fail(format!("not supported yet: remote {other}")),
-    }
 }
 
 #[cfg(test)]

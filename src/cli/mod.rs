@@ -1,15 +1,19 @@
-//! The `lxc`-style command line. Depends only on `client`, `api`, `http` (through `client`) and `util`.
+//! The `lxc`-style command line. Depends only on `client`, `api`, `tls`, `http` (through `client`) and `util`.
 //!
 //! # Layout
-//! - this file: argv dispatch, global flags, errors, `remote:` parsing, shared helpers.
+//! - this file: argv dispatch, global flags, errors, `remote:` resolution (every verb takes
+//!   `[remote:]name`, resolved against `conf` to that remote's client), shared helpers.
 //! - `instance`: launch/init/start/stop/restart/pause/delete/move/copy/snapshot/restore/list/info.
-//! - `exec`, `file`, `config`, `profile`, `image`, `storage` (pools, volume list), `misc`
-//!   (operation, monitor, version, network, query, remote).
+//! - `exec`, `file`, `config` (with `trust`), `profile`, `image`, `storage` (pools, volume
+//!   list), `misc` (operation, monitor, version, network, query).
+//! - `conf`: the client configuration (`$BIVY_CONF`: remotes, client identity, pinned server
+//!   certificates); `remote`: the `remote` verbs, including `remote add`'s trust flow.
 //! - `table` and `yaml`: output the way lxc prints it.
 //!
 //! Argument parsing is `argh` per verb. Where lxc's syntax is beyond argh (`exec c1 -- cmd`,
 //! `config set c1 k=v k2=v2`, `--flag=value`, `-` for stdin), argv is pre-split here.
 
+pub mod conf;
 pub mod config;
 mod console;
 pub mod exec;
@@ -18,9 +22,11 @@ pub mod image;
 pub mod instance;
 pub mod misc;
 pub mod profile;
+pub mod remote;
 pub mod storage;
 pub mod table;
 mod term;
+pub mod trust;
 pub mod yaml;
 
 use argh::FromArgs;
@@ -87,7 +93,7 @@ Available Commands:
   profile     Manage profiles
   publish     Publish instances as images
   query       Send a raw query to the server
-  remote      Show the (local only) remotes
+  remote      Manage the list of remote servers
   restart     Restart instances
   restore     Restore instances from snapshots
   snapshot    Create instance snapshots
@@ -218,7 +224,7 @@ fn dispatch(verb: &str, rest: Vec<String>) -> CmdResult {
         "storage" => storage::run(&rest),
         "network" => misc::network(&rest),
         "query" => misc::query(&rest),
-        "remote" => misc::remote(&rest),
+        "remote" => remote::run(&rest),
         other => {
             eprint!("{USAGE}");
             eprintln!();
@@ -283,35 +289,61 @@ pub fn parse<T: FromArgs>(cmd: &[&str], args: &[String]) -> Result<T, Fail> {
     }
 }
 
-/// Strip an optional `remote:` prefix. Only `local` exists.
-/// `list` filters with an optional `local:` prefix removed (other remotes are refused).
-pub fn local_filters(filters: &[String]) -> Result<Vec<String>, Fail> {
-    let mut out = Vec::new();
-    for f in filters {
-        let f = local(f)?;
-        if !f.is_empty() {
-            out.push(f.to_string());
-        }
-    }
-    Ok(out)
+static CONF: std::sync::OnceLock<Result<conf::Config, String>> = std::sync::OnceLock::new();
+
+/// The client configuration (`$BIVY_CONF/config.yml`), read once per run.
+pub fn conf() -> Result<&'static conf::Config, Fail> {
+    CONF.get_or_init(|| conf::Config::load(&conf_dir()))
+        .as_ref()
+        .map_err(|e| Fail::Error(e.clone()))
 }
 
-pub fn local(s: &str) -> Result<&str, Fail> {
-    if let Some((remote, rest)) = s.split_once(':') {
-        // A ':' after a '/' belongs to the path (file paths, snapshot names).
-        if !remote.contains('/') {
-            if remote.is_empty() || remote == "local" {
-                return Ok(rest);
-            }
-            return fail(format!("not supported yet: remote \"{remote}\""));
-        }
-    }
-    Ok(s)
+/// `[remote:]rest` split against the configured remotes: (remote, rest). No prefix means the
+/// default remote; an unknown one is lxc's error.
+pub fn split_remote(s: &str) -> Result<(String, &str), Fail> {
+    Ok(conf()?.split(s)?)
 }
 
-/// The client for the local daemon.
+/// The clients made in this run, by remote (identity and pinned certificate read once).
+static CLIENTS: std::sync::Mutex<std::collections::BTreeMap<String, Client>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// The client of a remote's LXD API.
+pub fn client_of(remote: &str) -> Result<Client, Fail> {
+    let mut cache = CLIENTS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = cache.get(remote) {
+        return Ok(c.clone());
+    }
+    let c = conf()?.instance_client(remote)?;
+    cache.insert(remote.to_string(), c.clone());
+    Ok(c)
+}
+
+/// `[remote:]name`: the client of the remote it names and the rest.
+pub fn target(s: &str) -> Result<(Client, &str), Fail> {
+    let (remote, rest) = split_remote(s)?;
+    Ok((client_of(&remote)?, rest))
+}
+
+/// The first positional argument may name a remote (`list foo:`, `list foo:web`): its client,
+/// and the filters with the prefix removed (an empty one dropped).
+pub fn target_filters(filters: &[String]) -> Result<(Client, Vec<String>), Fail> {
+    let Some((first, rest)) = filters.split_first() else {
+        return Ok((client()?, Vec::new()));
+    };
+    let (c, first) = target(first)?;
+    let mut out: Vec<String> = Vec::with_capacity(filters.len());
+    if !first.is_empty() {
+        out.push(first.to_string());
+    }
+    out.extend(rest.iter().cloned());
+    Ok((c, out))
+}
+
+/// The client of the default remote (`local` unless switched).
 pub fn client() -> Result<Client, Fail> {
-    Ok(Client::connect()?)
+    let remote = conf()?.default_remote.clone();
+    client_of(&remote)
 }
 
 /// `/1.0/instances/<name>` with the name escaped.
@@ -387,6 +419,47 @@ pub fn progress(label: String, total: u64) -> Box<dyn FnMut(u64) + Send> {
     })
 }
 
+/// Wait for an operation, showing its `download_progress` as `LABEL: …` on a terminal (not with
+/// `-q`), the way lxc's progress renderer does; the line is cleared at the end. A failed
+/// operation is an error, as with [`Client::wait_operation`].
+pub fn wait_progress(c: &Client, id: &str, label: &str) -> client::Result<crate::api::Operation> {
+    use std::io::Write;
+    if quiet() || !is_tty(1) {
+        return c.wait_operation(id);
+    }
+    let path = format!("/1.0/operations/{}/wait?timeout=1", client::urlencode(id, false));
+    let mut width = 0;
+    let op = loop {
+        let op: crate::api::Operation = c.get(&path)?;
+        if op.status_code >= 200 {
+            break op;
+        }
+        let progress = op
+            .metadata
+            .as_ref()
+            .and_then(|m| m.get("download_progress"))
+            .and_then(|p| p.as_str());
+        if let Some(p) = progress {
+            let line = format!("{label}: {p}");
+            width = width.max(line.chars().count());
+            print!("\r{line:<width$}");
+            let _ = std::io::stdout().flush();
+        }
+    };
+    if width > 0 {
+        print!("\r{}\r", " ".repeat(width));
+        let _ = std::io::stdout().flush();
+    }
+    if op.status_code != crate::api::status::SUCCESS {
+        return client::err(if op.err.is_empty() {
+            format!("operation {}", op.status.to_lowercase())
+        } else {
+            op.err
+        });
+    }
+    Ok(op)
+}
+
 /// Whether a file descriptor is a terminal.
 pub fn is_tty(fd: i32) -> bool {
     use std::io::IsTerminal;
@@ -395,6 +468,16 @@ pub fn is_tty(fd: i32) -> bool {
         1 => std::io::stdout().is_terminal(),
         _ => std::io::stderr().is_terminal(),
     }
+}
+
+/// Deserialize `null` as the type's default (LXD sends `null` for empty lists and maps).
+pub fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + serde::Deserialize<'de>,
+{
+    use serde::Deserialize;
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 /// Print JSON (compact, as `lxc ... --format json`).
@@ -415,18 +498,6 @@ pub fn print_yaml<T: serde::Serialize + ?Sized>(v: &T) -> Result<(), Fail> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn remotes() {
-        assert_eq!(local("c1").unwrap(), "c1");
-        assert_eq!(local("local:c1").unwrap(), "c1");
-        assert_eq!(local(":c1").unwrap(), "c1");
-        assert_eq!(local("c1/etc/a:b").unwrap(), "c1/etc/a:b");
-        match local("images:debian") {
-            Err(Fail::Error(m)) => assert_eq!(m, "not supported yet: remote \"images\""),
-            _ => panic!("remote accepted"),
-        }
-    }
 
     #[test]
     fn go_style_io_errors() {

@@ -4,7 +4,7 @@ use argh::FromArgs;
 
 use super::config::{device, edit_yaml, Target};
 use super::table::{self, Format};
-use super::{client, fail, instance_path, local, parse, CmdResult, Fail};
+use super::{client, fail, instance_path, parse, target, CmdResult, Fail};
 use crate::api::{Instance, InstancePut, Profile, ProfilePost, ProfilePut, ProfilesPost};
 use crate::client::{urlencode, Client};
 
@@ -14,6 +14,9 @@ const USAGE: &str = "Usage:\n  bivy profile [command]\n\nAvailable Commands:\n  
 #[argh(help_triggers("-h", "--help"))]
 /// List profiles.
 pub struct ListArgs {
+    #[argh(positional)]
+    /// remote (`remote:`)
+    remote: Option<String>,
     #[argh(option, short = 'f')]
     /// format (table, csv, json, yaml, compact)
     format: Option<String>,
@@ -32,7 +35,7 @@ pub struct Words {
 }
 
 fn path(name: &str) -> Result<String, Fail> {
-    Ok(format!("/1.0/profiles/{}", urlencode(local(name)?, false)))
+    Ok(format!("/1.0/profiles/{}", urlencode(name, false)))
 }
 
 fn put_of(p: &Profile) -> ProfilePut {
@@ -61,7 +64,7 @@ fn with_instance(
     name: &str,
     f: impl FnOnce(&mut Vec<String>) -> Result<(), Fail>,
 ) -> Result<(), Fail> {
-    let p = instance_path(local(name)?);
+    let p = instance_path(name);
     let (i, etag): (Instance, String) = c.get_etag(&p)?;
     let mut put = instance_put(&i);
     f(&mut put.profiles)?;
@@ -125,20 +128,31 @@ pub fn run(args: &[String]) -> CmdResult {
     if sub == "list" || sub == "ls" {
         let a: ListArgs = parse(&["bivy profile list"], rest)?;
         let format = Format::parse(a.format.as_deref().unwrap_or("table"))?;
-        let c = client()?;
+        let c = match &a.remote {
+            Some(r) => target(r)?.0,
+            None => client()?,
+        };
         let list: Vec<Profile> = c.get("/1.0/profiles?recursion=1")?;
         print!("{}", render_list(&list, format)?);
         return Ok(0);
     }
     let w: Words = parse(&[&format!("bivy profile {sub}")], rest)?;
-    let c = client()?;
-    match (sub.as_str(), w.words.as_slice()) {
+    // The first word (a profile, or the instance of add/remove/assign) names the remote.
+    let (c, words) = match w.words.split_first() {
+        Some((first, tail)) => {
+            let (c, n) = target(first)?;
+            let mut words = vec![n.to_string()];
+            words.extend(tail.iter().cloned());
+            (c, words)
+        }
+        None => (client()?, Vec::new()),
+    };
+    match (sub.as_str(), words.as_slice()) {
         ("show", [name]) => {
             let p: Profile = c.get(&path(name)?)?;
             super::print_yaml(&p)?;
         }
         ("create", [name]) => {
-            let name = local(name)?;
             let body = ProfilesPost {
                 put: ProfilePut {
                     description: w.description.clone().unwrap_or_default(),
@@ -151,7 +165,7 @@ pub fn run(args: &[String]) -> CmdResult {
         }
         ("delete" | "rm", [name]) => {
             c.delete(&path(name)?)?;
-            println!("Profile {} deleted", local(name)?);
+            println!("Profile {name} deleted");
         }
         ("edit", [name]) => {
             let p = path(name)?;
@@ -187,7 +201,7 @@ pub fn run(args: &[String]) -> CmdResult {
                 ps.push(prof.clone());
                 Ok(())
             })?;
-            println!("Profile {prof} added to {}", local(inst)?);
+            println!("Profile {prof} added to {inst}");
         }
         ("remove", [inst, prof]) => {
             with_instance(&c, inst, |ps| {
@@ -198,7 +212,7 @@ pub fn run(args: &[String]) -> CmdResult {
                 }
                 Ok(())
             })?;
-            println!("Profile {prof} removed from {}", local(inst)?);
+            println!("Profile {prof} removed from {inst}");
         }
         ("assign" | "apply", [inst, list]) => {
             let new: Vec<String> = list
@@ -212,27 +226,28 @@ pub fn run(args: &[String]) -> CmdResult {
                 Ok(())
             })?;
             if empty {
-                println!("All profiles removed from {}", local(inst)?);
+                println!("All profiles removed from {inst}");
             } else {
-                println!("Profiles {list} applied to {}", local(inst)?);
+                println!("Profiles {list} applied to {inst}");
             }
         }
         ("rename" | "mv", [old, new]) => {
             c.post(
                 &path(old)?,
-                &ProfilePost {
-                    name: local(new)?.to_string(),
-                },
+                &ProfilePost { name: new.clone() },
             )?;
-            println!("Profile {} renamed to {}", local(old)?, local(new)?);
+            println!("Profile {old} renamed to {new}");
         }
         ("copy" | "cp", [src, dst]) => {
+            // The copy may go to another remote (`profile copy p b:p2`; `b:` keeps the name).
             let p: Profile = c.get(&path(src)?)?;
-            c.post(
+            let (dc, dst) = target(dst)?;
+            let name = if dst.is_empty() { src.as_str() } else { dst };
+            dc.post(
                 "/1.0/profiles",
                 &ProfilesPost {
                     put: put_of(&p),
-                    name: local(dst)?.to_string(),
+                    name: name.to_string(),
                 },
             )?;
         }

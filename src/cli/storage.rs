@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::edit_yaml;
 use super::table::{self, Format};
-use super::{client, fail, is_tty, local, parse, CmdResult, Fail, DASH};
+use super::{client, fail, is_tty, parse, CmdResult, Fail, DASH};
 use crate::api::{StoragePool, StringMap};
 use crate::client::{urlencode, Client};
 
@@ -203,13 +203,13 @@ fn pool_path(name: &str) -> String {
     format!("/1.0/storage-pools/{}", urlencode(name, false))
 }
 
-/// The pool name of an argument; lxc refuses an empty one (`local:`).
-fn pool_name(arg: &str) -> Result<&str, Fail> {
-    let name = local(arg)?;
+/// `[remote:]pool`: the remote's client and the pool name; lxc refuses an empty one (`local:`).
+fn pool_name(arg: &str) -> Result<(Client, &str), Fail> {
+    let (c, name) = super::target(arg)?;
     if name.is_empty() {
         return fail("Missing pool name");
     }
-    Ok(name)
+    Ok((c, name))
 }
 
 /// lxc's argument count check: the help, then (unless no argument was given at all) an error.
@@ -497,11 +497,12 @@ pub fn run(args: &[String]) -> CmdResult {
         "list" | "ls" => {
             let a: ListArgs = parse(&[&cmd], rest)?;
             check_args::<ListArgs>(&cmd, a.remote.len(), 0, Some(1))?;
-            if let Some(r) = a.remote.first() {
-                local(&format!("{}:", r.trim_end_matches(':')))?;
-            }
+            let c = match a.remote.first() {
+                Some(r) => super::target(&format!("{}:", r.trim_end_matches(':')))?.0,
+                None => client()?,
+            };
             let format = Format::parse(a.format.as_deref().unwrap_or("table"))?;
-            let pools: Vec<StoragePool> = client()?.get("/1.0/storage-pools?recursion=1")?;
+            let pools: Vec<StoragePool> = c.get("/1.0/storage-pools?recursion=1")?;
             print!("{}", render_pools(&pools, format)?);
             Ok(0)
         }
@@ -509,7 +510,8 @@ pub fn run(args: &[String]) -> CmdResult {
             let a: CreateArgs = parse(&[&cmd], rest)?;
             check_args::<CreateArgs>(&cmd, a.words.len(), 2, None)?;
             let words = undash(a.words);
-            let name = local(&words[0])?.to_string();
+            let (c, name) = super::target(&words[0])?;
+            let name = name.to_string();
             let mut config = StringMap::new();
             for kv in &words[2..] {
                 match kv.split_once('=') {
@@ -523,7 +525,7 @@ pub fn run(args: &[String]) -> CmdResult {
                 name: name.clone(),
                 driver: words[1].clone(),
             };
-            client()?.post("/1.0/storage-pools", &body)?;
+            c.post("/1.0/storage-pools", &body)?;
             if !super::quiet() {
                 println!("Storage pool {name} created");
             }
@@ -532,8 +534,7 @@ pub fn run(args: &[String]) -> CmdResult {
         "info" => {
             let a: InfoArgs = parse(&[&cmd], rest)?;
             check_args::<InfoArgs>(&cmd, a.words.len(), 1, Some(1))?;
-            let name = pool_name(&a.words[0])?;
-            let c = client()?;
+            let (c, name) = pool_name(&a.words[0])?;
             let pool: StoragePool = c.get(&pool_path(name))?;
             let res: PoolResources = c.get(&format!("{}/resources", pool_path(name)))?;
             print!("{}", render_info(&pool, &res, a.bytes)?);
@@ -567,8 +568,7 @@ fn pool_verb<T: FromArgs>(
         _ => (2, None),
     };
     check_args::<T>(cmd, words.len(), min, max)?;
-    let name = pool_name(&words[0])?;
-    let c = client()?;
+    let (c, name) = pool_name(&words[0])?;
     match sub {
         "show" => {
             let mut p: StoragePool = c.get(&pool_path(name))?;
@@ -646,10 +646,9 @@ fn volume(args: &[String]) -> CmdResult {
             let cmd = "bivy storage volume list";
             let a: VolumeListArgs = parse(&[cmd], rest)?;
             check_args::<VolumeListArgs>(cmd, a.words.len(), 1, Some(1))?;
-            let name = pool_name(&a.words[0])?;
+            let (c, name) = pool_name(&a.words[0])?;
             let format = Format::parse(a.format.as_deref().unwrap_or("table"))?;
-            let vols: Vec<Volume> =
-                client()?.get(&format!("{}/volumes?recursion=1", pool_path(name)))?;
+            let vols: Vec<Volume> = c.get(&format!("{}/volumes?recursion=1", pool_path(name)))?;
             print!(
                 "{}",
                 render_volumes(&vols, a.columns.as_deref().unwrap_or("tndcu"), format)?
