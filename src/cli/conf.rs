@@ -195,8 +195,14 @@ impl Config {
         if let Some(dir) = path.parent() {
             make_dir(dir).map_err(|_| "Could not create server cert dir".to_string())?;
         }
-        crate::util::fs::atomic_write_mode(&path, tls::der_to_pem(der).as_bytes(), 0o644)
-            .map_err(|e| format!("Could not write server cert file \"{}\": {e}", path.display()))
+        crate::util::fs::atomic_write_mode(&path, tls::der_to_pem(der).as_bytes(), 0o644).map_err(
+            |e| {
+                format!(
+                    "Could not write server cert file \"{}\": {e}",
+                    path.display()
+                )
+            },
+        )
     }
 
     pub fn client_cert_paths(&self) -> (PathBuf, PathBuf) {
@@ -277,7 +283,9 @@ impl Config {
         }
         let label = format!("remote {name} ({})", r.addr);
         match addr::parse(&r.addr)? {
-            Addr::Unix(path) if path.is_empty() => Ok(Client::with_socket(crate::client::socket_path())),
+            Addr::Unix(path) if path.is_empty() => {
+                Ok(Client::with_socket(crate::client::socket_path()))
+            }
             Addr::Unix(path) => Ok(Client::unix_labelled(PathBuf::from(path), label)),
             Addr::Https { host, port } => {
                 let pinned = self.server_cert(name)?;
@@ -372,7 +380,10 @@ aliases: {}
         let n = Config::parse(Path::new("/x"), "remotes:\naliases:\n").unwrap();
         assert_eq!(n.remotes.len(), 1);
         let bad = Config::parse(Path::new("/x"), "remotes: [").unwrap_err();
-        assert!(bad.starts_with("Unable to decode the configuration: "), "{bad}");
+        assert!(
+            bad.starts_with("Unable to decode the configuration: "),
+            "{bad}"
+        );
     }
 
     #[test]

@@ -244,9 +244,15 @@ pub fn try_servers(
             Ok(Some(op)) => return Ok(op),
             Ok(None) => return Ok(Operation::default()),
             Err(e) => {
-                let unreachable = ["connect", "connection", "timed out", "unreachable", "no route"]
-                    .iter()
-                    .any(|w| e.0.to_lowercase().contains(w));
+                let unreachable = [
+                    "connect",
+                    "connection",
+                    "timed out",
+                    "unreachable",
+                    "no route",
+                ]
+                .iter()
+                .any(|w| e.0.to_lowercase().contains(w));
                 errors.push((server.clone(), e.0));
                 if !unreachable {
                     break;
@@ -568,10 +574,7 @@ fn alias(args: &[String]) -> CmdResult {
             c.post("/1.0/images/aliases", &entry)?;
         }
         ("delete" | "rm", [name]) => {
-            c.delete(&format!(
-                "/1.0/images/aliases/{}",
-                urlencode(name, false)
-            ))?;
+            c.delete(&format!("/1.0/images/aliases/{}", urlencode(name, false)))?;
         }
         ("rename" | "mv", [old, new]) => {
             c.post(
@@ -790,7 +793,9 @@ fn copy(w: &Words) -> CmdResult {
         return fail("invalid arguments for \"image copy\"");
     };
     if let Some(m) = w.mode.as_deref().filter(|m| *m != "pull") {
-        return fail(format!("not supported yet: image copy --mode {m} (only pull)"));
+        return fail(format!(
+            "not supported yet: image copy --mode {m} (only pull)"
+        ));
     }
     let (sremote, sname) = split_remote(src)?;
     let (dremote, dname) = split_remote(dst)?;
@@ -970,7 +975,10 @@ pub fn publish(args: &[String]) -> CmdResult {
     let (remote, src) = split_remote(src)?;
     // `publish [remote:]NAME [remote:] [key=value...]`: the image is made where the instance is.
     let mut rest = &a.args[1..];
-    if let Some(first) = rest.first().filter(|f| f.ends_with(':') && !f.contains('=')) {
+    if let Some(first) = rest
+        .first()
+        .filter(|f| f.ends_with(':') && !f.contains('='))
+    {
         let (dst, _) = split_remote(first)?;
         if dst != remote {
             return fail(format!(

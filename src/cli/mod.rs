@@ -427,7 +427,10 @@ pub fn wait_progress(c: &Client, id: &str, label: &str) -> client::Result<crate:
     if quiet() || !is_tty(1) {
         return c.wait_operation(id);
     }
-    let path = format!("/1.0/operations/{}/wait?timeout=1", client::urlencode(id, false));
+    let path = format!(
+        "/1.0/operations/{}/wait?timeout=1",
+        client::urlencode(id, false)
+    );
     let mut width = 0;
     let op = loop {
         let op: crate::api::Operation = c.get(&path)?;

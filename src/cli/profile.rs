@@ -232,10 +232,7 @@ pub fn run(args: &[String]) -> CmdResult {
             }
         }
         ("rename" | "mv", [old, new]) => {
-            c.post(
-                &path(old)?,
-                &ProfilePost { name: new.clone() },
-            )?;
+            c.post(&path(old)?, &ProfilePost { name: new.clone() })?;
             println!("Profile {old} renamed to {new}");
         }
         ("copy" | "cp", [src, dst]) => {

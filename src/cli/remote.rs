@@ -107,7 +107,10 @@ impl Token {
                 .map(str::to_string)
                 .ok_or_else(|| format!("Failed to get {what}"))
         };
-        let client_name = text(meta.get("request").and_then(|r| r.get("name")), "client name")?;
+        let client_name = text(
+            meta.get("request").and_then(|r| r.get("name")),
+            "client name",
+        )?;
         let secret = text(meta.get("secret"), "operation secret")?;
         let fingerprint = text(meta.get("fingerprint"), "operation fingerprint")?;
         let addresses = meta
@@ -115,7 +118,11 @@ impl Token {
             .and_then(|a| a.as_array())
             .ok_or("Failed to get operation addresses")?
             .iter()
-            .map(|a| a.as_str().map(str::to_string).ok_or("Operation address is not a string"))
+            .map(|a| {
+                a.as_str()
+                    .map(str::to_string)
+                    .ok_or("Operation address is not a string")
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let expires_at = meta
             .get("expiresAt")
@@ -389,7 +396,15 @@ fn list(args: &[String]) -> CmdResult {
             "{}",
             table::render_rows(
                 format,
-                &["NAME", "URL", "PROTOCOL", "AUTH TYPE", "PUBLIC", "STATIC", "GLOBAL"],
+                &[
+                    "NAME",
+                    "URL",
+                    "PROTOCOL",
+                    "AUTH TYPE",
+                    "PUBLIC",
+                    "STATIC",
+                    "GLOBAL"
+                ],
                 &list_rows(&conf)
             )
         ),
@@ -558,8 +573,7 @@ fn add(args: &[String]) -> CmdResult {
                 ..Remote::default()
             };
             // Checked like lxc: the socket must answer.
-            conf.lxd_client(name, &remote)?
-                .get::<ServerInfo>("/1.0")?;
+            conf.lxd_client(name, &remote)?.get::<ServerInfo>("/1.0")?;
             conf.remotes.insert(name.clone(), remote);
             conf.save()?;
             Ok(0)
@@ -579,8 +593,12 @@ fn add_https(
     if !a.public {
         ensure_identity(conf)?;
     }
-    let der = crate::client::peer_certificate(host, port)
-        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    let der = crate::client::peer_certificate(host, port).map_err(|e| {
+        format!(
+            "cannot connect to {addr}: {}",
+            crate::client::os_message(&e)
+        )
+    })?;
     let fp = crate::tls::fingerprint(&der);
     confirm_certificate(a, &fp, addr)?;
     let mut revert = Revert::new();
@@ -610,8 +628,7 @@ fn add_https(
     };
     let c = conf.lxd_client(name, &remote)?;
     let srv: ServerInfo = c.get("/1.0")?;
-    if !srv.public && !srv.auth_methods.is_empty() && !srv.auth_methods.iter().any(|m| m == "tls")
-    {
+    if !srv.public && !srv.auth_methods.is_empty() && !srv.auth_methods.iter().any(|m| m == "tls") {
         return fail("Authentication type 'tls' not supported by server");
     }
     if srv.public {
@@ -687,14 +704,16 @@ fn add_from_token(
     let Addr::Https { host, port } = addr::parse(url).map_err(TokenFail::Other)? else {
         return Err(TokenFail::Other(format!("{url} is not an https address")));
     };
-    let der = crate::client::peer_certificate(&host, port).map_err(|e| unavailable(e.to_string()))?;
+    let der = crate::client::peer_certificate(&host, port)
+        .map_err(|e| unavailable(crate::client::os_message(&e)))?;
     if crate::tls::fingerprint(&der) != clean_fingerprint(fingerprint) {
         return Err(TokenFail::Other(format!(
             "Certificate fingerprint mismatch between certificate token and server \"{url}\""
         )));
     }
     let mut revert = Revert::new();
-    conf.save_server_cert(name, &der).map_err(TokenFail::Other)?;
+    conf.save_server_cert(name, &der)
+        .map_err(TokenFail::Other)?;
     let pinned = conf.server_cert_path(name);
     revert.add(move || {
         let _ = std::fs::remove_file(pinned);
@@ -746,19 +765,27 @@ mod tests {
         assert!(Token::decode("host").is_err());
         assert!(Token::decode(&enc("[]")).is_err());
         assert_eq!(
-            Token::decode(&enc(r#"{"fingerprint":"f","addresses":["a"],"secret":"s"}"#)),
+            Token::decode(&enc(
+                r#"{"fingerprint":"f","addresses":["a"],"secret":"s"}"#
+            )),
             Err("No client name in certificate add token".into())
         );
         assert_eq!(
-            Token::decode(&enc(r#"{"client_name":"c","fingerprint":"f","addresses":null,"secret":"s"}"#)),
+            Token::decode(&enc(
+                r#"{"client_name":"c","fingerprint":"f","addresses":null,"secret":"s"}"#
+            )),
             Err("No server addresses in certificate add token".into())
         );
         assert_eq!(
-            Token::decode(&enc(r#"{"client_name":"c","fingerprint":"f","addresses":["a"]}"#)),
+            Token::decode(&enc(
+                r#"{"client_name":"c","fingerprint":"f","addresses":["a"]}"#
+            )),
             Err("No secret in certificate add token".into())
         );
         assert_eq!(
-            Token::decode(&enc(r#"{"client_name":"c","addresses":["a"],"secret":"s"}"#)),
+            Token::decode(&enc(
+                r#"{"client_name":"c","addresses":["a"],"secret":"s"}"#
+            )),
             Err("No certificate fingerprint in certificate add token".into())
         );
     }

@@ -157,7 +157,9 @@ pub fn run(args: &[String]) -> CmdResult {
         }
         other => {
             eprint!("{USAGE}");
-            fail(format!("unknown command \"{other}\" for \"bivy config trust\""))
+            fail(format!(
+                "unknown command \"{other}\" for \"bivy config trust\""
+            ))
         }
     }
 }
@@ -187,10 +189,7 @@ pub fn list_rows(certs: &[Certificate]) -> Result<Vec<Vec<String>>, Fail> {
         let der = crate::tls::pem_to_der(&cert.certificate)
             .ok_or_else(|| Fail::Error("Invalid certificate".into()))?;
         let info = crate::tls::cert_info(&der).ok_or_else(|| {
-            Fail::Error(format!(
-                "cannot parse the certificate {}",
-                cert.fingerprint
-            ))
+            Fail::Error(format!("cannot parse the certificate {}", cert.fingerprint))
         })?;
         rows.push(vec![
             cert.kind.clone(),
@@ -425,7 +424,9 @@ fn add(args: &[String]) -> CmdResult {
 fn ask_name() -> Result<String, Fail> {
     use std::io::{BufRead, Write};
     if !super::is_tty(0) {
-        return fail("a client name is needed for the token: give it as an argument or with --name");
+        return fail(
+            "a client name is needed for the token: give it as an argument or with --name",
+        );
     }
     loop {
         print!("Please provide client name: ");

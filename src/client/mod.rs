@@ -199,10 +199,15 @@ pub fn operation_return(op: &Operation) -> Option<i32> {
         .map(|v| v as i32)
 }
 
-/// An OS error without Rust's ` (os error N)` suffix, lowercased like Go's.
-fn os_message(e: &io::Error) -> String {
+/// An I/O error without Rust's ` (os error N)` suffix, starting lowercase like Go's.
+pub fn os_message(e: &io::Error) -> String {
     let msg = e.to_string();
-    msg.split(" (os error").next().unwrap_or(&msg).to_lowercase()
+    let msg = msg.split(" (os error").next().unwrap_or(&msg);
+    let mut chars = msg.chars();
+    match chars.next() {
+        Some(c) => c.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
 }
 
 /// The TLS handshake over `tcp` (the one call into the TLS client's connect).
@@ -224,7 +229,10 @@ fn tcp_connect(host: &str, port: u16) -> io::Result<TcpStream> {
         }
     }
     Err(last.unwrap_or_else(|| {
-        io::Error::new(io::ErrorKind::NotFound, format!("no address found for {host}"))
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no address found for {host}"),
+        )
     }))
 }
 
@@ -302,7 +310,11 @@ impl Client {
             },
             Endpoint::Https(h) => {
                 let tcp = tcp_connect(&h.host, h.port).map_err(|e| {
-                    Error(format!("cannot connect to {}: {}", self.label, os_message(&e)))
+                    Error(format!(
+                        "cannot connect to {}: {}",
+                        self.label,
+                        os_message(&e)
+                    ))
                 })?;
                 match tls_handshake(h, tcp) {
                     Ok(s) => Ok(Box::new(s)),
