@@ -32,8 +32,10 @@
 //!   per resource: parse, call `instance`, render), `response` (the one mapping of errors to LXD's
 //!   status codes and envelope), connection limits, image downloads and simplestreams pulls
 //!   (`fetch`, `pull`, still here), `/1.0/resources`.
-//! - [`client`]: a typed client of the REST API over the unix socket.
-//! - [`cli`]: the `lxc`-style command line.
+//! - [`client`]: a typed client of the REST API over the unix socket or HTTPS (a pinned server
+//!   certificate, the client's own identity).
+//! - [`cli`]: the `lxc`-style command line; `conf` holds the client configuration (`$BIVY_CONF`,
+//!   lxc's `config.yml`), and every verb's `[remote:]` resolves to that remote's client.
 //!
 //! ## Architecture invariants (`cargo xtask tidy` checks the first four)
 //! - `unsafe` appears only under `src/sys/` (and each block has a `// SAFETY:` comment).
