@@ -280,10 +280,16 @@ fn bivy_cli_errors() {
         String::from_utf8_lossy(&out.stderr),
         "Error: Instance not found\n"
     );
+    // As lxc: a simplestreams remote has no instances, an unknown one is named.
     let out = d.run(&["list", "images:"]);
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
-        "Error: not supported yet: remote \"images\"\n"
+        "Error: The remote isn't a private LXD server\n"
+    );
+    let out = d.run(&["list", "nope:"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "Error: The remote \"nope\" doesn't exist\n"
     );
     let out = d.run(&["frobnicate"]);
     assert_eq!(out.status.code(), Some(1));

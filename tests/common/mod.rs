@@ -389,10 +389,14 @@ impl Daemon {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// `bivy <args>` as a client of this daemon (`BIVY_DIR` set), not yet run.
+    /// `bivy <args>` as a client of this daemon (`BIVY_DIR` set), not yet run. Its client
+    /// configuration is a directory of the test's own (`BIVY_CONF`, made only when a remote is
+    /// added), never the user's: a default remote switched there must not redirect a test.
     pub fn cli(&self) -> Command {
         let mut c = Command::new(bivy_bin());
-        c.env("BIVY_DIR", &self.bivy_dir).stdin(Stdio::null());
+        c.env("BIVY_DIR", &self.bivy_dir)
+            .env("BIVY_CONF", self.tmp.path().join("bivy-conf"))
+            .stdin(Stdio::null());
         c
     }
 
