@@ -462,3 +462,43 @@ fn lxc_launch_from_simplestreams_remote() {
     assert!(a.contains("copied"), "{a}");
     lxc(&["delete", "--force", "c2"]);
 }
+
+/// bivy's own client: a simplestreams remote, `bivy launch ss:bb` and `bivy image copy`; the
+/// daemon pulls, the client only names the server and the alias.
+#[test]
+fn bivy_launch_from_simplestreams_remote() {
+    if !common::require_root() {
+        return;
+    }
+    let Some(dir) = setup() else { return };
+    let (meta, root) = split_image(dir.path(), "");
+    let srv = serve(server_config(dir.path()));
+    let fps = publish(&srv, &[("20240101_0000", &meta, &root, None)]);
+    let d = start_daemon(dir.path());
+    let url = format!("https://127.0.0.1:{}", srv.port);
+    d.ok(&["remote", "add", "ss", &url, "--protocol", "simplestreams"]);
+    assert!(d
+        .ok(&["remote", "list", "-f", "csv"])
+        .contains(&format!("ss,{url},simplestreams,none,YES,NO,NO\n")));
+    let out = d.run(&["image", "list", "ss:"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not supported yet"),
+        "{out:?}"
+    );
+    d.ok(&["launch", "ss:bb", "c2"]);
+    assert_eq!(d.ok(&["list", "-c", "ns", "-f", "csv"]), "c2,RUNNING\n");
+    assert!(d
+        .ok(&["image", "list", "-c", "F", "-f", "csv"])
+        .contains(&fps[0]));
+    d.ok(&[
+        "image",
+        "copy",
+        "ss:busybox/1",
+        "local:",
+        "--alias",
+        "copied",
+    ]);
+    let a = d.ok(&["image", "alias", "list", "-f", "csv"]);
+    assert!(a.contains("copied"), "{a}");
+    d.ok(&["delete", "--force", "c2"]);
+}
