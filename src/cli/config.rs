@@ -15,7 +15,7 @@ use crate::api::{
 };
 use crate::client::{urlencode, Client};
 
-const USAGE: &str = "Usage:\n  bivy config [command]\n\nAvailable Commands:\n  device      Manage devices\n  edit        Edit instance or server configurations as YAML\n  get         Get values for instance or server configuration keys\n  set         Set instance or server configuration keys\n  show        Show instance or server configurations\n  unset       Unset instance or server configuration keys\n";
+const USAGE: &str = "Usage:\n  bivy config [command]\n\nAvailable Commands:\n  device      Manage devices\n  edit        Edit instance or server configurations as YAML\n  get         Get values for instance or server configuration keys\n  set         Set instance or server configuration keys\n  show        Show instance or server configurations\n  trust       Manage trusted clients\n  unset       Unset instance or server configuration keys\n";
 
 /// Strip the boolean flags this command family knows from `args`.
 fn take_flag(args: &[String], names: &[&str]) -> (bool, Vec<String>) {
@@ -48,6 +48,9 @@ pub fn run(args: &[String]) -> CmdResult {
         return Err(Fail::Exit(1));
     };
     let rest = &args[1..];
+    if sub == "trust" {
+        return super::trust::run(rest);
+    }
     if help_requested(rest) || sub == "-h" || sub == "--help" {
         print!("{USAGE}");
         return Ok(0);
@@ -59,7 +62,6 @@ pub fn run(args: &[String]) -> CmdResult {
         "show" => show(rest),
         "edit" => edit(rest),
         "device" => device(Target::Instance, rest),
-        "trust" => super::trust::run(rest),
         other => {
             eprint!("{USAGE}");
             fail(format!("unknown command \"{other}\" for \"bivy config\""))

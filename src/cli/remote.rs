@@ -205,21 +205,26 @@ pub fn run(args: &[String]) -> CmdResult {
         "add" => add(rest),
         "list" | "ls" => list(rest),
         other => {
-            let w: Words = parse(&[&cmd], rest)?;
-            let n = w.words.len();
-            let (lo, hi) = match other {
-                "get-default" => (0, 0),
-                "remove" | "rm" | "switch" | "set-default" => (1, 1),
-                "rename" | "mv" | "set-url" => (2, 2),
+            let (lo, hi, usage) = match other {
+                "get-default" => (0, 0, "get-default\n\nShow the default remote"),
+                "remove" | "rm" => (1, 1, "remove <remote>\n\nRemove remotes"),
+                "switch" | "set-default" => (1, 1, "switch <remote>\n\nSwitch the default remote"),
+                "rename" | "mv" => (2, 2, "rename <remote> <new-name>\n\nRename remotes"),
+                "set-url" => (2, 2, "set-url <remote> <URL>\n\nSet the URL for the remote"),
                 _ => {
                     eprint!("{USAGE}");
                     return fail(format!("unknown command \"{other}\" for \"bivy remote\""));
                 }
             };
+            let usage = format!("Usage:\n  bivy remote {usage}\n");
+            if rest.iter().any(|a| a == "-h" || a == "--help") {
+                print!("{usage}");
+                return Ok(0);
+            }
+            let w: Words = parse(&[&cmd], rest)?;
+            let n = w.words.len();
             if n < lo || n > hi {
-                if let Err(help) = Words::from_args(&[&cmd], &["--help"]) {
-                    eprint!("{}", help.output);
-                }
+                eprint!("{usage}");
                 if n == 0 {
                     return Err(Fail::Exit(1));
                 }
