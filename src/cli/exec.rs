@@ -249,19 +249,47 @@ fn run_blocked(
             .ok_or_else(|| Fail::Error(format!("the exec operation has no websocket \"{fd}\"")))
     };
 
-    // Control first (as lxc does), then the data sockets.
-    let control = match fds.get("control") {
-        Some(s) => Some(c.operation_websocket(&op_id, s)?),
-        None => None,
-    };
-    let (tx0, rx0) = c.operation_websocket(&op_id, &secret("0")?)?;
-    let outs = if interactive {
-        None
+    // The websockets (control, then the data sockets, as lxc names them) are opened at once:
+    // over HTTPS each is a TLS handshake, and the server does its half of them in parallel.
+    let mut names: Vec<&str> = fds
+        .contains_key("control")
+        .then_some("control")
+        .into_iter()
+        .collect();
+    names.push("0");
+    if !interactive {
+        names.extend(["1", "2"]);
+    }
+    let secrets: Vec<String> = names.iter().map(|n| secret(n)).collect::<Result<_, _>>()?;
+    let mut sockets = thread::scope(|scope| {
+        let handles: Vec<_> = secrets
+            .iter()
+            .map(|s| scope.spawn(|| c.operation_websocket(&op_id, s)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| crate::client::err("a websocket connection failed"))
+            })
+            .collect::<crate::client::Result<Vec<_>>>()
+    })?
+    .into_iter();
+    let control = if names[0] == "control" {
+        sockets.next()
     } else {
-        Some((
-            c.operation_websocket(&op_id, &secret("1")?)?,
-            c.operation_websocket(&op_id, &secret("2")?)?,
-        ))
+        None
+    };
+    let (tx0, rx0) = sockets.next().expect("fd 0 was asked for");
+    let outs = match (sockets.next(), sockets.next()) {
+        (Some(o), Some(e)) => Some((o, e)),
+        _ => None,
+    };
+    // Wait for the end of the operation from now on, over a connection of its own, so its
+    // handshake overlaps the command instead of following it.
+    let waiter = {
+        let (c, id) = (c.clone(), op_id.clone());
+        thread::spawn(move || c.wait_operation_final(&id))
     };
 
     // Signals -> control messages.
@@ -318,7 +346,9 @@ fn run_blocked(
             let _ = tx2.close(1000);
         }
     }
-    let done = c.wait_operation_final(&op_id);
+    let done = waiter
+        .join()
+        .unwrap_or_else(|_| crate::client::err("waiting for the exec operation failed"));
     drop(_raw);
     let _ = tx0.close(1000);
     let done = done?;
