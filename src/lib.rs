@@ -28,6 +28,9 @@
 //!   `lifecycle` (create, start, stop, delete, live limits, interim changes and their undo after a
 //!   crash, recovery, autostart), `snapshots`, `schedule`, `pools`, `images`, `operations`,
 //!   `events`; typed errors ([`instance::Error`], one variant per kind of failure).
+//! - [`migration`]: moving instances between servers with LXD's protocol (pull mode): the source's
+//!   websocket operation and the target's dial, the protobuf control messages, the rsync
+//!   transfer over the `fs` websocket (`bivy __netcat` relays rsync's remote shell).
 //! - [`daemon`]: the REST server, HTTP only: `routes` (the table of paths), `endpoints/` (one file
 //!   per resource: parse, call `instance`, render), `response` (the one mapping of errors to LXD's
 //!   status codes and envelope), connection limits, image downloads and simplestreams pulls
@@ -63,6 +66,7 @@ pub mod daemon;
 pub mod http;
 pub mod image;
 pub mod instance;
+pub mod migration;
 pub mod runtime;
 pub mod storage;
 #[allow(unsafe_code)]

@@ -3,6 +3,9 @@
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).is_some_and(|a| a == "__netcat") {
+        bivy::migration::rsync::netcat_main(&args[2..]);
+    }
     if args.get(1).is_some_and(|a| a.starts_with("__")) {
         bivy::runtime::helper_main(&args[1..]);
     }

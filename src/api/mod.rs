@@ -294,9 +294,13 @@ pub struct InstanceSource {
     pub project: String,
     #[serde(default, deserialize_with = "nullable")]
     pub allow_inconsistent: bool,
+    /// Migration (pull): the websocket secrets of the source's operation, by stream name.
+    /// Example: `{"control": "9f…", "fs": "3c…"}`.
+    #[serde(default, deserialize_with = "nullable")]
+    pub secrets: BTreeMap<String, String>,
 }
 
-/// `POST /1.0/instances/NAME` (rename or migrate).
+/// `POST /1.0/instances/NAME` (rename or migrate), and `POST …/snapshots/SNAP` with `migration`.
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
 pub struct InstancePost {
     #[serde(default, deserialize_with = "nullable")]
@@ -309,6 +313,14 @@ pub struct InstancePost {
     pub instance_only: bool,
     #[serde(default, deserialize_with = "nullable")]
     pub container_only: bool,
+    /// Migration: send a running instance's files without freezing it. Example: `false`.
+    #[serde(default, deserialize_with = "nullable")]
+    pub allow_inconsistent: bool,
+    /// Migration in push mode: the target's operation to dial (`null` in pull mode).
+    /// Example: `{"certificate": "-----BEGIN CERTIFICATE-----…", "operation":
+    /// "https://10.0.0.2:8443/1.0/operations/ID", "secrets": {"control": "…", "fs": "…"}}`.
+    #[serde(default)]
+    pub target: Option<serde_json::Value>,
 }
 
 /// `PUT /1.0/instances/NAME/state`.

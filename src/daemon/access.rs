@@ -10,6 +10,12 @@
 //! untrusted caller with 403 before any handler runs; the handlers of the public routes then
 //! show such a caller only public objects (`GET /1.0`'s untrusted view, public images and
 //! their aliases, an image or operation named by its one-time secret).
+//!
+//! An operation's websocket (`GET /1.0/operations/{id}/websocket?secret=S`) is open to untrusted
+//! callers as in LXD (`AllowUntrusted`): the secret is the credential. A migration target dials
+//! the source this way, with no client certificate. The handler admits a connection only with
+//! a secret that is live for that operation (issued, not used by an earlier connection, the
+//! operation still running); any other secret is 403.
 
 use std::net::IpAddr;
 
@@ -75,7 +81,8 @@ pub const ROUTES: &[Route] = &[
     // Untrusted: only with the operation's image `?secret=` (the handler checks it).
     r("/1.0/operations/{id}", &["GET", "DELETE"], &["GET"]),
     r("/1.0/operations/{id}/wait", GET, &["GET"]),
-    r("/1.0/operations/{id}/websocket", GET, NONE),
+    // Untrusted: only with a live websocket secret of that operation (the handler checks).
+    r("/1.0/operations/{id}/websocket", GET, GET),
     r("/1.0/instances", &["GET", "POST", "PUT"], NONE),
     r("/1.0/instances/{name}", CRUD, NONE),
     r("/1.0/instances/{name}/state", &["GET", "PUT"], NONE),
@@ -196,7 +203,8 @@ mod tests {
         assert!(!untrusted_may("GET", "/1.0/instances"));
         assert!(!untrusted_may("GET", "/1.0/containers/c1"));
         assert!(!untrusted_may("POST", "/1.0/images/abc/secret"));
-        assert!(!untrusted_may("GET", "/1.0/operations/x/websocket"));
+        assert!(untrusted_may("GET", "/1.0/operations/x/websocket"));
+        assert!(!untrusted_may("DELETE", "/1.0/operations/x"));
         assert!(!untrusted_may("DELETE", "/1.0/images/abc"));
         assert!(!untrusted_may("GET", "/1.0/nothing"));
         assert!(!untrusted_may("GET", "/1.0/images//export"));

@@ -72,7 +72,7 @@ fn route(d: &Daemon, req: &mut Request, caller: &Caller) -> Result<Response> {
             _ => Err(not_allowed(m)),
         },
         ["operations", id, "websocket"] => match m {
-            "GET" => endpoints::operations::operation_websocket(d, req, id),
+            "GET" => endpoints::operations::operation_websocket(d, req, id, trusted),
             _ => Err(not_allowed(m)),
         },
         ["instances" | "containers"] => match m {

@@ -15,9 +15,8 @@ use crate::storage::Pool;
 use crate::util::revert::Revert;
 use crate::util::time;
 
-/// Where a new instance's volume comes from.
 /// Where a new instance's root filesystem comes from.
-pub enum Origin {
+pub enum Origin<'a> {
     Empty,
     Image(Box<api::Image>),
     /// An image on a remote (simplestreams) server, pulled by the operation.
@@ -28,6 +27,24 @@ pub enum Origin {
         snapshot: Option<String>,
         instance_only: bool,
     },
+    /// From another server (`source.type: migration`): the transfer runs in the operation.
+    Migration(Box<api::InstanceSource>),
+    /// Filled by the caller (a migration's transfer) into the new, empty volume.
+    Received(Box<Fill<'a>>),
+}
+
+/// What fills a received instance's volume: given the pool, the new volume's directory (made,
+/// empty), its volume name (for snapshot paths) and the undo list, it writes the instance's
+/// files and makes one writable snapshot volume per received snapshot, and returns them.
+pub type Fill<'a> = dyn FnOnce(&Arc<Pool>, &Path, &str, &mut Revert) -> Result<Received> + Send + 'a;
+
+/// What a [`Fill`] made.
+pub struct Received {
+    /// The snapshots' records, oldest first, their volumes made (writable: `create_now` makes
+    /// them read-only once their ids are right).
+    pub snapshots: Vec<super::db::SnapshotRecord>,
+    /// The id map the files were written with (the source's `volatile.last_state.idmap`).
+    pub disk_idmap: String,
 }
 
 /// A new instance's settings, resolved by `create`.
@@ -99,7 +116,7 @@ pub fn clone_between(from: &Pool, src: &Path, to: &Pool, dst: &Path, readonly: b
     Ok(())
 }
 
-pub fn create_now(d: &Ctx, args: NewInstance<'_>, origin: Origin) -> Result<()> {
+pub fn create_now(d: &Ctx, args: NewInstance<'_>, origin: Origin<'_>) -> Result<()> {
     let NewInstance {
         name,
         body,
@@ -110,6 +127,7 @@ pub fn create_now(d: &Ctx, args: NewInstance<'_>, origin: Origin) -> Result<()> 
         pool: pool_name,
     } = args;
     let pool = super::pools::usable_pool(d, &pool_name)?;
+    let empty_origin = matches!(origin, Origin::Empty);
     let volume = super::operations::uuid();
     let final_dir = pool.container(&volume);
     let tmp = pool.container(&format!("{volume}.tmp"));
@@ -123,9 +141,35 @@ pub fn create_now(d: &Ctx, args: NewInstance<'_>, origin: Origin) -> Result<()> 
     };
     let privileged = config::flag(&expanded_cfg, "security.privileged");
     let mut snapshots = Vec::new();
-    match &origin {
-        Origin::Remote(_) => {
-            return Err(Error::Host("remote image not pulled before create".into()))
+    // A received volume's snapshots, to be made read-only once their ids are right.
+    let mut received_snaps = Vec::new();
+    match origin {
+        Origin::Remote(_) | Origin::Migration(_) => {
+            return Err(Error::Host("remote source not fetched before create".into()))
+        }
+        Origin::Received(fill) => {
+            pool.driver
+                .create_volume(&tmp)
+                .map_err(|e| Error::Host(format!("creating the volume: {e}")))?;
+            let got = fill(&pool, &tmp, &volume, &mut revert)?;
+            if !copy_arch.is_empty() {
+                architecture = copy_arch.clone();
+            }
+            // Files written with the source's map are brought back to container ids here;
+            // below they are idmapped or shifted as any new volume's are.
+            let paths: Vec<PathBuf> = std::iter::once(tmp.clone())
+                .chain(got.snapshots.iter().map(|s| pool.snapshot(&volume, &s.volume)))
+                .collect();
+            if let Some(m) = idmap::Map::from_volatile(&got.disk_idmap).filter(|m| !m.uid.is_empty())
+            {
+                let inv = m.inverse();
+                for p in &paths {
+                    runtime::shift_rootfs(&p.join("rootfs"), &inv.uid, &inv.gid)?;
+                }
+            }
+            cfg.remove("volatile.last_state.idmap");
+            received_snaps = paths[1..].to_vec();
+            snapshots = got.snapshots;
         }
         Origin::Empty => {
             pool.driver
@@ -133,7 +177,7 @@ pub fn create_now(d: &Ctx, args: NewInstance<'_>, origin: Origin) -> Result<()> 
                 .map_err(|e| Error::Host(format!("creating the volume: {e}")))?;
             std::fs::create_dir_all(tmp.join("rootfs")).map_err(|e| Error::Host(e.to_string()))?;
         }
-        Origin::Image(img) => {
+        Origin::Image(ref img) => {
             let base = super::pools::image_volume(d, &pool, &img.fingerprint)?;
             pool.driver
                 .clone_volume(&base, &tmp, false)
@@ -153,8 +197,8 @@ pub fn create_now(d: &Ctx, args: NewInstance<'_>, origin: Origin) -> Result<()> 
             let _ = d.images.touch(&img.fingerprint);
         }
         Origin::Copy {
-            from,
-            snapshot,
+            ref from,
+            ref snapshot,
             instance_only,
         } => {
             let src = record(d, from)?;
@@ -198,7 +242,7 @@ pub fn create_now(d: &Ctx, args: NewInstance<'_>, origin: Origin) -> Result<()> 
         }
     }
     if !body.put.architecture.is_empty()
-        && matches!(origin, Origin::Empty)
+        && empty_origin
         && body.put.architecture.parse::<u32>().is_err()
     {
         architecture = body.put.architecture.clone();
@@ -228,7 +272,18 @@ pub fn create_now(d: &Ctx, args: NewInstance<'_>, origin: Origin) -> Result<()> 
         } else if !copied_shift {
             runtime::shift_rootfs(&tmp.join("rootfs"), &map.uid, &map.gid)?;
             cfg.insert("volatile.last_state.idmap".into(), map.to_volatile());
+            for p in &received_snaps {
+                runtime::shift_rootfs(&p.join("rootfs"), &map.uid, &map.gid)?;
+            }
         }
+    }
+    // Received snapshots: their files are now as the instance's; say so, and freeze them.
+    let disk = cfg.get("volatile.last_state.idmap").cloned().unwrap_or_else(|| "[]".into());
+    for (s, p) in snapshots.iter_mut().zip(&received_snaps) {
+        s.config.insert("volatile.last_state.idmap".into(), disk.clone());
+        pool.driver
+            .set_readonly(p)
+            .map_err(|e| Error::Host(format!("{}: {e}", p.display())))?;
     }
     crate::util::fs::ensure_mode(&tmp, crate::storage::instance_volume_mode(privileged))
         .map_err(|e| Error::Host(format!("{}: {e}", tmp.display())))?;

@@ -54,6 +54,16 @@ impl Map {
         serde_json::to_string(&v).expect("idmap serializes")
     }
 
+    /// The map back: host ids to container ids (to unshift files shifted with `self`).
+    pub fn inverse(&self) -> Map {
+        let inv = |v: &[IdMapEntry]| {
+            v.iter()
+                .map(|e| IdMapEntry { nsid: e.hostid, hostid: e.nsid, count: e.count })
+                .collect()
+        };
+        Map { uid: inv(&self.uid), gid: inv(&self.gid) }
+    }
+
     pub fn from_volatile(s: &str) -> Option<Map> {
         let v: Vec<Entry> = serde_json::from_str(s).ok()?;
         let mut m = Map {

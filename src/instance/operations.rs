@@ -45,8 +45,35 @@ struct Inner {
     err: String,
     finished: Option<Instant>,
     cancel: Option<Box<dyn FnOnce() + Send>>,
-    /// secret -> connected stream (None until the client connects).
-    sockets: HashMap<String, Option<Box<dyn Stream>>>,
+    /// secret -> its websocket: each secret admits one connection, once.
+    sockets: HashMap<String, Slot>,
+}
+
+/// One websocket secret's state.
+enum Slot {
+    /// Not connected yet: the secret is live.
+    Waiting,
+    /// Connected; the operation has not taken the stream yet.
+    Connected(Box<dyn Stream>),
+    /// Taken by the operation: the secret is used up.
+    Taken,
+}
+
+impl Slot {
+    fn connected(&self) -> bool {
+        matches!(self, Slot::Connected(_))
+    }
+
+    /// The stream, if connected (the slot is then used up).
+    fn take(&mut self) -> Option<Box<dyn Stream>> {
+        match std::mem::replace(self, Slot::Taken) {
+            Slot::Connected(s) => Some(s),
+            other => {
+                *self = other;
+                None
+            }
+        }
+    }
 }
 
 /// One operation. Shared between the registry, the thread running it and websocket handlers.
@@ -171,21 +198,26 @@ impl Op {
         }
     }
 
-    /// Whether a websocket secret belongs to this operation.
+    /// Whether `secret` is a live websocket secret of this running operation: one that no
+    /// connection has used yet (compared in constant time).
     pub fn has_secret(&self, secret: &str) -> bool {
-        self.inner
-            .lock()
-            .expect("op lock")
-            .sockets
-            .contains_key(secret)
+        let i = self.inner.lock().expect("op lock");
+        i.finished.is_none()
+            && i.sockets.iter().any(|(k, v)| {
+                matches!(v, Slot::Waiting) && crate::util::same_secret(k, secret)
+            })
     }
 
-    /// Deposit a connected websocket stream for `secret`. Fails if unknown or already connected.
+    /// Deposit a connected websocket stream for `secret`. Fails if unknown, already used or the
+    /// operation has finished.
     pub fn connect(&self, secret: &str, stream: Box<dyn Stream>) -> Result<(), Box<dyn Stream>> {
         let mut i = self.inner.lock().expect("op lock");
+        if i.finished.is_some() {
+            return Err(stream);
+        }
         match i.sockets.get_mut(secret) {
-            Some(slot @ None) => {
-                *slot = Some(stream);
+            Some(slot @ Slot::Waiting) => {
+                *slot = Slot::Connected(stream);
                 self.cond.notify_all();
                 Ok(())
             }
@@ -205,7 +237,7 @@ impl Op {
         loop {
             if required
                 .iter()
-                .all(|s| i.sockets.get(s).is_some_and(|v| v.is_some()))
+                .all(|s| i.sockets.get(s).is_some_and(Slot::connected))
             {
                 break;
             }
@@ -334,7 +366,7 @@ impl Operations {
                 err: String::new(),
                 finished: None,
                 cancel: None,
-                sockets: secrets.into_iter().map(|s| (s, None)).collect(),
+                sockets: secrets.into_iter().map(|s| (s, Slot::Waiting)).collect(),
             }),
             cond: Condvar::new(),
             events: self.events.clone(),
@@ -426,6 +458,29 @@ mod tests {
         assert_eq!(bad.to_api().err, "nope");
         assert_eq!(bad.to_api().status_code, 400);
         assert_eq!(ops.list().len(), 2);
+    }
+
+    #[test]
+    fn each_websocket_secret_admits_one_connection_once() {
+        let ops = Operations::new(Arc::new(Events::default()));
+        let op = ops.create(Class::Websocket, "t", BTreeMap::new(), None, vec!["a".into()]);
+        let stream = || -> Box<dyn Stream> { Box::new(std::os::unix::net::UnixStream::pair().unwrap().0) };
+        assert!(op.has_secret("a"));
+        assert!(!op.has_secret("b") && !op.has_secret(""));
+        assert!(op.connect("b", stream()).is_err());
+        assert!(op.connect("a", stream()).is_ok());
+        // Connected: used, even before the operation takes it.
+        assert!(!op.has_secret("a"));
+        assert!(op.connect("a", stream()).is_err());
+        let got = op.take_sockets(&["a".into()], Duration::from_secs(1)).unwrap();
+        assert_eq!(got.len(), 1);
+        assert!(!op.has_secret("a"));
+        assert!(op.connect("a", stream()).is_err());
+        // A finished operation admits nothing.
+        let op2 = ops.create(Class::Websocket, "t", BTreeMap::new(), None, vec!["c".into()]);
+        op2.set_status(status::FAILURE, "gone".into());
+        assert!(!op2.has_secret("c"));
+        assert!(op2.connect("c", stream()).is_err());
     }
 
     #[test]

@@ -269,7 +269,14 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
                 instance_only: source.instance_only || source.container_only,
             }
         }
-        "migration" => return Err(Error::not_yet("migration")),
+        "migration" => {
+            crate::migration::sink::check(&source)?;
+            architecture = match body.put.architecture.parse::<i32>() {
+                Ok(n) => crate::migration::arch_name(n).to_string(),
+                Err(_) => body.put.architecture.clone(),
+            };
+            Origin::Migration(Box::new(source.clone()))
+        }
         // LXD's wording: "Unknown source type %s".
         other => return Err(Error::BadRequest(format!("Unknown source type {other}"))),
     };
@@ -341,6 +348,9 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
                     super::super::pull::for_instance(&d2, &op, &s).and_then(|img| {
                         create_now(&d2, args, Origin::Image(Box::new(img))).map_err(Error::from)
                     })
+                }
+                Origin::Migration(s) => {
+                    crate::migration::sink::receive(&d2, args, &s).map_err(Error::from)
                 }
                 o => create_now(&d2, args, o).map_err(Error::from),
             };
@@ -536,7 +546,8 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
 fn rename(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
     let body: api::InstancePost = json(req)?;
     if body.migration {
-        return Err(Error::not_yet("migration"));
+        let op = crate::migration::source::start(d, name, None, &body)?;
+        return Ok(response::operation(&op.to_api()));
     }
     config::validate_instance_name(&body.name)?;
     record(d, name)?;

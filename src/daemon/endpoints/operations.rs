@@ -86,9 +86,22 @@ pub fn operation_wait(d: &Daemon, req: &Request, id: &str, trusted: bool) -> Res
     Ok(response::sync(&op.to_api()))
 }
 
-pub fn operation_websocket(d: &Daemon, req: &mut Request, id: &str) -> Result<Response> {
-    let op = find_op(d, id)?;
+/// Connect to one of an operation's websockets. The secret is the credential (untrusted
+/// callers reach this route: a migration target dials its source without a certificate), so
+/// only a live secret of this operation is admitted; anything else, an unknown operation
+/// included for the untrusted, is 403.
+pub fn operation_websocket(
+    d: &Daemon,
+    req: &mut Request,
+    id: &str,
+    trusted: bool,
+) -> Result<Response> {
     let secret = req.query("secret").unwrap_or("").to_string();
+    let op = match find_op(d, id) {
+        Ok(op) => op,
+        Err(_) if !trusted => return Err(Error::Forbidden("Invalid websocket secret".into())),
+        Err(e) => return Err(e),
+    };
     if !op.has_secret(&secret) {
         return Err(Error::Forbidden("Invalid websocket secret".into()));
     }

@@ -157,7 +157,10 @@ fn put(d: &Daemon, req: &mut Request, name: &str, snap: &str, patch: bool) -> Re
 fn rename(d: &Daemon, req: &mut Request, name: &str, snap: &str) -> Result<Response> {
     let body: serde_json::Value = json(req)?;
     if body.get("migration").and_then(|v| v.as_bool()) == Some(true) {
-        return Err(Error::not_yet("snapshot migration"));
+        let post: api::InstancePost = serde_json::from_value(body)
+            .map_err(|e| Error::BadRequest(format!("Failed to parse request: {e}")))?;
+        let op = crate::migration::source::start(d, name, Some(snap), &post)?;
+        return Ok(response::operation(&op.to_api()));
     }
     let new = body
         .get("name")

@@ -1,0 +1,66 @@
+//! Moving instances between servers with LXD 5.0.2's migration protocol, in pull mode: the
+//! source serves a websocket operation (`POST /1.0/instances/NAME` with `migration: true`,
+//! [`source`]) and the target dials it (`POST /1.0/instances` with source type `migration`,
+//! [`sink`]). Two websockets: `control` carries the protobuf header exchange and the final
+//! result ([`proto`], framed by [`wire`]); `fs` carries the optional JSON index header and then
+//! one rsync session per snapshot, oldest first, and one for the instance ([`rsync`]).
+//!
+//! Not built yet, each refused with "not supported yet: …": push and relay modes, `--refresh`,
+//! live migration (CRIU), btrfs send/receive and other optimized transfers (rsync is always
+//! used, which LXD accepts from any driver).
+//!
+//! This module drives the model (`crate::instance`) and speaks HTTP only through the websocket
+//! layer; the REST handlers parse the requests and call [`source::start`] and [`sink::receive`].
+
+pub mod proto;
+pub mod rsync;
+pub mod sink;
+pub mod source;
+pub mod wire;
+
+/// LXD's architecture numbers (`shared/osarch`), as `Snapshot.architecture` carries them.
+const ARCHITECTURES: &[(i32, &str)] = &[
+    (1, "i686"),
+    (2, "x86_64"),
+    (3, "armv7l"),
+    (4, "aarch64"),
+    (5, "ppc"),
+    (6, "ppc64"),
+    (7, "ppc64le"),
+    (8, "s390x"),
+    (9, "mips"),
+    (10, "mips64"),
+    (11, "riscv32"),
+    (12, "riscv64"),
+    (13, "armv6l"),
+    (14, "armv8l"),
+];
+
+/// LXD's number of an architecture name (0: unknown).
+pub fn arch_id(name: &str) -> i32 {
+    ARCHITECTURES.iter().find(|(_, n)| *n == name).map_or(0, |(i, _)| *i)
+}
+
+/// The architecture name of LXD's number (empty: unknown).
+pub fn arch_name(id: i32) -> &'static str {
+    ARCHITECTURES.iter().find(|(i, _)| *i == id).map_or("", |(_, n)| n)
+}
+
+/// The index header version both sides speak (`lxd/migration/utils.go`).
+pub const INDEX_HEADER_VERSION: u32 = 1;
+
+/// How long the source waits for the target to connect both websockets (LXD: 10 s).
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn architecture_numbers() {
+        assert_eq!(arch_id("x86_64"), 2);
+        assert_eq!(arch_name(4), "aarch64");
+        assert_eq!(arch_id("vax"), 0);
+        assert_eq!(arch_name(99), "");
+    }
+}

@@ -1,0 +1,293 @@
+//! The target side (`POST /1.0/instances` with `source.type: migration`, `mode: pull`): dial the
+//! source operation's `control` and `fs` websockets (its certificate pinned, the secrets as the
+//! credential), answer its offer (rsync, the features both have, its snapshots, the index header
+//! version both speak), receive the index header, one rsync session per snapshot into the new
+//! volume (each then cloned into the snapshot's volume) and one for the instance (two when the
+//! source runs and sends a final sync), then make the record through `instance::create` (ids
+//! unshifted from the source's on-disk map, then idmapped or shifted as for any new volume;
+//! volatile keys regenerated) and tell the source `MigrationControl{success}`.
+//!
+//! On any failure the source is told why, and everything made here is removed (the create's
+//! undo list); the source is unchanged. A source that aborts (`MigrationControl{success:
+//! false}`) or goes away ends the transfer at once.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use super::proto::{self, MigrationControl, MigrationHeader};
+use super::rsync::{self, Features};
+use super::wire::{self, Ws};
+use crate::api;
+use crate::instance::create::{create_now, NewInstance, Origin, Received};
+use crate::instance::db::SnapshotRecord;
+use crate::instance::{Ctx, Error, Result};
+use crate::storage::Pool;
+use crate::util::revert::Revert;
+use crate::util::time;
+
+/// Checks made before the create operation starts (answered synchronously).
+pub fn check(src: &api::InstanceSource) -> Result<()> {
+    match src.mode.as_str() {
+        "" | "pull" => {}
+        "push" => {
+            return Err(Error::not_yet(
+                "push and relay migration (the source dialing the target: lxc copy --mode push \
+                 or relay); pull, the default, works",
+            ))
+        }
+        m => return Err(Error::Invalid(format!("Unknown migration mode {m:?}"))),
+    }
+    if src.refresh {
+        return Err(Error::not_yet("refreshing an existing copy (lxc copy --refresh)"));
+    }
+    if src.live || src.secrets.contains_key("criu") {
+        return Err(Error::not_yet("live migration (CRIU); use --stateless"));
+    }
+    for k in ["control", "fs"] {
+        if !src.secrets.contains_key(k) {
+            return Err(Error::Invalid(format!("Missing {k} secret")));
+        }
+    }
+    crate::tls::pem_to_der(&src.certificate)
+        .ok_or_else(|| Error::Invalid("Migration source certificate is not a PEM certificate".into()))?;
+    if !src.operation.starts_with("https://") {
+        return Err(Error::Invalid(format!(
+            "Invalid migration source operation URL {:?}",
+            src.operation
+        )));
+    }
+    rsync::program()?;
+    Ok(())
+}
+
+/// Receive the instance `args` describes from `src` (checked by [`check`]), in the create
+/// operation's thread.
+pub fn receive(d: &Ctx, mut args: NewInstance<'_>, src: &api::InstanceSource) -> Result<()> {
+    let cert = crate::tls::pem_to_der(&src.certificate)
+        .ok_or_else(|| Error::Invalid("Migration source certificate is not a PEM certificate".into()))?;
+    let mut ctl = wire::dial(&src.operation, &src.secrets["control"], &cert)?;
+    let fs = match wire::dial(&src.operation, &src.secrets["fs"], &cert) {
+        Ok(w) => w,
+        Err(e) => {
+            abort(&ctl, &e);
+            return Err(e);
+        }
+    };
+    // The keys this server computes for itself; the rest of a moved instance's volatile keys
+    // (its base image, its MAC addresses) stay as the source had them.
+    args.config.retain(|k, _| {
+        !(k.starts_with("volatile.idmap.") || k == "volatile.last_state.idmap" || k == "volatile.uuid")
+    });
+    let (offer, features) = match negotiate(&mut ctl) {
+        Ok(x) => x,
+        Err(e) => {
+            for tx in [&ctl.tx, &fs.tx] {
+                tx.shutdown();
+            }
+            return Err(e);
+        }
+    };
+    // From here the source may abort: a reader on `control` ends the transfer when it does.
+    let aborted = Arc::new(Mutex::new(None::<String>));
+    let fs_tx = fs.tx.clone();
+    let seen = aborted.clone();
+    let Ws { tx: ctl_tx, rx: mut ctl_rx } = ctl;
+    let reader = std::thread::spawn(move || {
+        let why = match wire::recv_msg(&mut ctl_rx).map(|b| MigrationControl::decode(&b)) {
+            Ok(Ok(c)) if !c.success => c.message.unwrap_or_else(|| "migration failed".into()),
+            Ok(_) => return,
+            Err(e) => e.to_string(),
+        };
+        *seen.lock().expect("abort lock") = Some(why);
+        fs_tx.shutdown();
+    });
+    let mut fs = fs;
+    let config = args.config.clone();
+    let fill = |pool: &Arc<Pool>, tmp: &Path, volume: &str, revert: &mut Revert| {
+        transfer(pool, tmp, volume, revert, &mut fs, &offer, features, &config)
+    };
+    let res = create_now(d, args, Origin::Received(Box::new(fill)));
+    let res = match (res, aborted.lock().expect("abort lock").take()) {
+        (Err(_), Some(why)) => Err(Error::Host(format!("the migration source failed: {why}"))),
+        (r, _) => r,
+    };
+    let m = match &res {
+        Ok(()) => MigrationControl { success: true, message: None },
+        Err(e) => MigrationControl { success: false, message: Some(e.to_string()) },
+    };
+    // On success the instance is complete here: a source gone since changes nothing.
+    let _ = wire::send_msg(&ctl_tx, &m.encode());
+    for tx in [&ctl_tx, &fs.tx] {
+        let _ = tx.close(1000);
+        tx.shutdown();
+    }
+    let _ = reader.join();
+    res
+}
+
+/// Tell the source why we stop (best effort).
+fn abort(ctl: &Ws, e: &Error) {
+    let m = MigrationControl { success: false, message: Some(e.to_string()) };
+    let _ = wire::send_msg(&ctl.tx, &m.encode());
+}
+
+/// Read the offer, answer it; the offer and the rsync features to use.
+fn negotiate(ctl: &mut Ws) -> Result<(MigrationHeader, Features)> {
+    let r = (|| {
+        let offer = MigrationHeader::decode(&wire::recv_msg(&mut ctl.rx)?)
+            .map_err(|e| Error::Host(e.to_string()))?;
+        if offer.criu == Some(proto::CRIU_RSYNC) {
+            return Err(Error::not_yet("live migration (CRIU); use --stateless"));
+        }
+        let has = |n: &str| offer.rsync_feature_names().contains(&n);
+        let resp = MigrationHeader {
+            // Whatever the source offered (btrfs, zfs…), rsync is the fallback both have.
+            fs: proto::FS_RSYNC,
+            criu: offer.criu.filter(|c| *c == proto::CRIU_NONE),
+            snapshot_names: offer.snapshot_names.clone(),
+            snapshots: offer.snapshots.clone(),
+            predump: Some(false),
+            rsync_features: Some(proto::RsyncFeatures {
+                xattrs: Some(has("xattrs")),
+                delete: Some(has("delete")),
+                compress: Some(has("compress")),
+                bidirectional: Some(has("bidirectional")),
+            }),
+            refresh: Some(false),
+            index_header_version: Some(
+                offer.index_header_version.unwrap_or(0).min(super::INDEX_HEADER_VERSION),
+            ),
+            ..Default::default()
+        };
+        wire::send_msg(&ctl.tx, &resp.encode())?;
+        let mut names = resp.rsync_feature_names();
+        if !names.contains(&"bidirectional") {
+            names = vec!["xattrs", "delete", "compress"];
+        }
+        Ok((offer, Features::from_names(&names)))
+    })();
+    if let Err(e) = &r {
+        abort(ctl, e);
+    }
+    r
+}
+
+/// The filesystem part, inside the create: index header, snapshots, the instance.
+#[allow(clippy::too_many_arguments)]
+fn transfer(
+    pool: &Arc<Pool>,
+    tmp: &Path,
+    volume: &str,
+    revert: &mut Revert,
+    fs: &mut Ws,
+    offer: &MigrationHeader,
+    features: Features,
+    config: &api::StringMap,
+) -> Result<Received> {
+    let mut info = serde_json::Value::Null;
+    if offer.index_header_version.unwrap_or(0) >= 1 {
+        let mut buf = Vec::new();
+        wire::read_stream(&mut fs.rx, &mut buf)
+            .map_err(|e| Error::Host(format!("reading the migration index header: {e}")))?;
+        info = serde_json::from_slice(&buf).map_err(|e| {
+            Error::Host(format!("decoding the migration index header: {e}"))
+        })?;
+        let answer = serde_json::json!({"StatusCode": 200, "Error": "", "Refresh": false});
+        let body = serde_json::to_vec(&answer).expect("JSON");
+        wire::write_stream(&fs.tx, &mut body.as_slice())
+            .map_err(|e| Error::Host(format!("answering the migration index header: {e}")))?;
+    }
+    let records = snapshot_records(offer, &info, config);
+    let mut snapshots = Vec::new();
+    for mut rec in records {
+        rsync::recv(tmp, fs, features)?;
+        rec.volume = crate::instance::operations::uuid();
+        let dst = pool.snapshot(volume, &rec.volume);
+        let p = pool.clone();
+        let undo = dst.clone();
+        revert.add(move || {
+            let _ = p.driver.delete_volume(&undo);
+        });
+        pool.driver
+            .clone_volume(tmp, &dst, false)
+            .map_err(|e| Error::Host(format!("making snapshot {:?}: {e}", rec.name)))?;
+        snapshots.push(rec);
+    }
+    rsync::recv(tmp, fs, features)?;
+    if offer.criu == Some(proto::CRIU_NONE) {
+        // The source runs: a final pass with it frozen follows.
+        rsync::recv(tmp, fs, features)?;
+    }
+    let disk_idmap = serde_json::to_string(
+        &offer
+            .idmap
+            .iter()
+            .map(|m| {
+                serde_json::json!({"Isuid": m.isuid, "Isgid": m.isgid, "Hostid": m.hostid,
+                    "Nsid": m.nsid, "Maprange": m.maprange})
+            })
+            .collect::<Vec<_>>(),
+    )
+    .expect("JSON");
+    Ok(Received { snapshots, disk_idmap })
+}
+
+/// The snapshots' records from the offer's protobufs, with the index header's description and
+/// exact creation time where it has them (an offer of names only, from an old LXD, gives each
+/// the instance's config, as LXD does).
+fn snapshot_records(
+    offer: &MigrationHeader,
+    info: &serde_json::Value,
+    config: &api::StringMap,
+) -> Vec<SnapshotRecord> {
+    let extra = |name: &str, key: &str| {
+        info["config"]["Snapshots"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["name"] == name))
+            .and_then(|s| s[key].as_str())
+            .map(String::from)
+    };
+    let date = |v: Option<i64>| match v {
+        Some(s) if s > 0 => time::format(s, 0),
+        _ => api::GO_ZERO_TIME.to_string(),
+    };
+    let legacy = offer.snapshots.len() != offer.snapshot_names.len();
+    offer
+        .snapshot_names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let p = if legacy { None } else { offer.snapshots.get(i) };
+            let mut rec = SnapshotRecord {
+                name: name.clone(),
+                description: extra(name, "description").unwrap_or_default(),
+                expires_at: api::GO_ZERO_TIME.into(),
+                ..Default::default()
+            };
+            match p {
+                Some(p) => {
+                    rec.architecture = super::arch_name(p.architecture).to_string();
+                    rec.config = p.local_config.iter().map(|c| (c.key.clone(), c.value.clone())).collect();
+                    rec.devices = p
+                        .local_devices
+                        .iter()
+                        .map(|d| {
+                            let c = d.config.iter().map(|c| (c.key.clone(), c.value.clone()));
+                            (d.name.clone(), c.collect())
+                        })
+                        .collect();
+                    rec.profiles = p.profiles.clone();
+                    rec.ephemeral = p.ephemeral;
+                    rec.stateful = p.stateful;
+                    rec.created_at = extra(name, "created_at").unwrap_or_else(|| date(p.creation_date));
+                    rec.expires_at = date(p.expiry_date);
+                }
+                None => {
+                    rec.config = config.clone();
+                    rec.created_at = time::now();
+                }
+            }
+            rec
+        })
+        .collect()
+}

@@ -1,0 +1,351 @@
+//! The source side (`POST /1.0/instances/NAME` or `…/snapshots/SNAP` with `migration: true`): a
+//! websocket operation whose metadata holds one secret per stream (`control`, `fs`). Each secret
+//! admits one websocket, once (`instance::operations`); the operation fails when the target has
+//! not connected both within 10 s, and can be cancelled (lxc cancels it when the target fails).
+//!
+//! Then, as LXD's `migrationSourceWs.Do`: send the offer (rsync, the on-disk id map, the
+//! snapshots and their records, index header version 1), read the target's answer, send the
+//! index header on `fs` when the target asked for it, one rsync session per snapshot and one for
+//! the instance (two for a running instance copied `--stateless`: the second one frozen), then
+//! wait for the target's `MigrationControl`. Nothing on this side changes; the instance's busy
+//! mark (no delete or restore underneath the transfer) ends once its files are sent, so that
+//! `lxc move` can delete it as soon as the target reports success.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use super::proto::{self, MigrationControl, MigrationHeader};
+use super::rsync::{self, Features};
+use super::wire::{self, Ws};
+use crate::api::{self, status};
+use crate::instance::db::{InstanceRecord, SnapshotRecord};
+use crate::instance::idmap;
+use crate::instance::lifecycle::with_consistent;
+use crate::instance::operations::{self, Class, Op};
+use crate::instance::view::{record, resources, state_of};
+use crate::instance::{Ctx, Error, Result};
+use crate::runtime::State;
+use crate::util::time;
+
+/// LXD's answer when a running container is to be moved with its state, plus what to do instead.
+pub const LIVE_REFUSED: &str = "Unable to perform container live migration. CRIU isn't installed \
+     on the source server (not supported yet: live migration; copy or move it with --stateless, \
+     or stop it first)";
+
+/// Start serving `name` (or its snapshot `snap`) to a target. The operation to answer with.
+pub fn start(d: &Ctx, name: &str, snap: Option<&str>, req: &api::InstancePost) -> Result<Arc<Op>> {
+    if req.target.as_ref().is_some_and(|t| !t.is_null()) {
+        return Err(Error::not_yet(
+            "push migration (the source dialing the target: lxc copy --mode push or relay)",
+        ));
+    }
+    let rec = record(d, name)?;
+    let snapshot = match snap {
+        Some(s) => Some(
+            rec.snapshot(s)
+                .cloned()
+                .ok_or_else(|| Error::NotFound("Snapshot not found".into()))?,
+        ),
+        None => None,
+    };
+    let running = snap.is_none() && matches!(state_of(d, name)?, State::Running { .. });
+    if req.live && running {
+        return Err(Error::Invalid(LIVE_REFUSED.into()));
+    }
+    rsync::program()?;
+    let secrets: BTreeMap<String, String> =
+        ["control", "fs"].iter().map(|k| (k.to_string(), operations::secret())).collect();
+    d.busy_insert(name, "migrate")?;
+    let job = Job {
+        d: d.self_arc(),
+        name: name.to_string(),
+        rec,
+        snapshot,
+        running,
+        instance_only: req.instance_only || req.container_only || snap.is_some(),
+        allow_inconsistent: req.allow_inconsistent,
+        busy: true,
+        streams: Arc::new(Mutex::new(Vec::new())),
+    };
+    let streams = job.streams.clone();
+    let control = secrets["control"].clone();
+    let fs = secrets["fs"].clone();
+    let op = d.ops.start(
+        Class::Websocket,
+        "Migrating instance",
+        resources(name),
+        Some(serde_json::to_value(&secrets).unwrap_or_default()),
+        vec![control.clone(), fs.clone()],
+        move |op| job.run(&op, &control, &fs),
+    );
+    // Cancelling (lxc does when the target failed) fails the operation and ends the transfer.
+    let weak = Arc::downgrade(&op);
+    op.set_cancel(Box::new(move || {
+        for s in streams.lock().expect("streams lock").iter() {
+            s.shutdown();
+        }
+        if let Some(op) = weak.upgrade() {
+            op.set_status(status::CANCELLED, "Operation cancelled".into());
+        }
+    }));
+    Ok(op)
+}
+
+/// One migration's state on the source.
+struct Job {
+    d: Arc<Ctx>,
+    name: String,
+    rec: InstanceRecord,
+    /// The snapshot being sent as an instance, if that is what the target asked for.
+    snapshot: Option<SnapshotRecord>,
+    running: bool,
+    instance_only: bool,
+    allow_inconsistent: bool,
+    /// Whether this job still holds the instance's busy mark.
+    busy: bool,
+    /// The websockets' senders, for the cancel hook.
+    streams: Arc<Mutex<Vec<crate::http::ws::Sender>>>,
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+impl Job {
+    fn release(&mut self) {
+        if std::mem::take(&mut self.busy) {
+            self.d.busy.lock().expect("busy lock").remove(&self.name);
+        }
+    }
+
+    fn run(mut self, op: &Op, control: &str, fs: &str) -> Result<()> {
+        let mut socks = op
+            .take_sockets(&[control.to_string(), fs.to_string()], super::CONNECT_TIMEOUT)
+            .ok_or_else(|| Error::Host("Timed out waiting for migration connections".into()))?;
+        let mut ctl = wire::accepted(socks.remove(control).expect("required socket"))?;
+        let mut fsw = wire::accepted(socks.remove(fs).expect("required socket"))?;
+        self.streams.lock().expect("streams lock").extend([ctl.tx.clone(), fsw.tx.clone()]);
+        let r = self.transfer(&mut ctl, &mut fsw);
+        if let Err(e) = &r {
+            let abort = MigrationControl { success: false, message: Some(e.to_string()) };
+            let _ = wire::send_msg(&ctl.tx, &abort.encode());
+        }
+        for w in [&ctl, &fsw] {
+            let _ = w.tx.close(1000);
+            w.tx.shutdown();
+        }
+        r
+    }
+
+    fn config(&self) -> &api::StringMap {
+        self.snapshot.as_ref().map_or(&self.rec.config, |s| &s.config)
+    }
+
+    fn pool(&self) -> Result<Arc<crate::storage::Pool>> {
+        crate::instance::pools::usable_pool(&self.d, &self.rec.pool)
+    }
+
+    /// The offer: rsync with every feature, the on-disk id map, the snapshots.
+    fn offer(&self) -> MigrationHeader {
+        let disk = self.config().get("volatile.last_state.idmap").map_or("[]", String::as_str);
+        let mut idmap = Vec::new();
+        if let Some(m) = idmap::Map::from_volatile(disk) {
+            for (isuid, list) in [(true, &m.uid), (false, &m.gid)] {
+                for e in list {
+                    idmap.push(proto::IdMap {
+                        isuid,
+                        isgid: !isuid,
+                        hostid: e.hostid as i32,
+                        nsid: e.nsid as i32,
+                        maprange: e.count as i32,
+                    });
+                }
+            }
+        }
+        let snaps: &[SnapshotRecord] = if self.instance_only { &[] } else { &self.rec.snapshots };
+        MigrationHeader {
+            fs: proto::FS_RSYNC,
+            criu: self.running.then_some(proto::CRIU_NONE),
+            idmap,
+            snapshot_names: snaps.iter().map(|s| s.name.clone()).collect(),
+            snapshots: snaps.iter().map(snapshot_proto).collect(),
+            predump: Some(false),
+            rsync_features: Some(proto::RsyncFeatures {
+                xattrs: Some(true),
+                delete: Some(true),
+                compress: Some(true),
+                bidirectional: Some(true),
+            }),
+            index_header_version: Some(super::INDEX_HEADER_VERSION),
+            ..Default::default()
+        }
+    }
+
+    /// LXD's index header: `{"config": {"Container": …, "Snapshots": […]}}` (backup.yaml's
+    /// fields, Go names).
+    fn index_header(&self, sent: &[String]) -> serde_json::Value {
+        let (arch, config, devices, profiles, ephemeral, description, created) =
+            match &self.snapshot {
+                Some(s) => (
+                    &s.architecture,
+                    &s.config,
+                    &s.devices,
+                    &s.profiles,
+                    s.ephemeral,
+                    &s.description,
+                    &s.created_at,
+                ),
+                None => (
+                    &self.rec.architecture,
+                    &self.rec.config,
+                    &self.rec.devices,
+                    &self.rec.profiles,
+                    self.rec.ephemeral,
+                    &self.rec.description,
+                    &self.rec.created_at,
+                ),
+            };
+        let snaps: Vec<serde_json::Value> = self
+            .rec
+            .snapshots
+            .iter()
+            .filter(|s| sent.contains(&s.name))
+            .map(|s| {
+                serde_json::json!({
+                    "name": s.name, "architecture": s.architecture, "config": s.config,
+                    "devices": s.devices, "profiles": s.profiles, "ephemeral": s.ephemeral,
+                    "description": s.description, "created_at": s.created_at,
+                    "expires_at": s.expires_at, "stateful": s.stateful,
+                    "last_used_at": api::GO_ZERO_TIME,
+                })
+            })
+            .collect();
+        serde_json::json!({"config": {
+            "Container": {
+                "name": self.name, "architecture": arch, "config": config, "devices": devices,
+                "profiles": profiles, "ephemeral": ephemeral, "description": description,
+                "created_at": created, "type": "container", "stateful": false,
+            },
+            "Snapshots": snaps,
+        }})
+    }
+
+    fn transfer(&mut self, ctl: &mut Ws, fs: &mut Ws) -> Result<()> {
+        let offer = self.offer();
+        wire::send_msg(&ctl.tx, &offer.encode())?;
+        let resp = MigrationHeader::decode(&wire::recv_msg(&mut ctl.rx)?)
+            .map_err(|e| Error::Host(e.to_string()))?;
+        if resp.fs != proto::FS_RSYNC {
+            return Err(Error::not_yet(&format!(
+                "migration type {} (bivy sends only rsync)",
+                resp.fs
+            )));
+        }
+        let mut names = resp.rsync_feature_names();
+        if !names.contains(&"bidirectional") {
+            // LXD 3.7's set, which an older peer expects without saying so.
+            names = vec!["xattrs", "delete", "compress"];
+        }
+        let features = Features::from_names(&names);
+        let send: Vec<String> = if resp.refresh == Some(true) {
+            let want: Vec<String> = resp
+                .snapshot_names
+                .iter()
+                .filter(|n| offer.snapshot_names.contains(n))
+                .cloned()
+                .collect();
+            want
+        } else {
+            offer.snapshot_names.clone()
+        };
+        if resp.index_header_version.unwrap_or(0) >= 1 {
+            let body = serde_json::to_vec(&self.index_header(&send)).expect("JSON");
+            wire::write_stream(&fs.tx, &mut body.as_slice())
+                .map_err(|e| Error::Host(format!("sending the migration index header: {e}")))?;
+            let mut answer = Vec::new();
+            wire::read_stream(&mut fs.rx, &mut answer)
+                .map_err(|e| Error::Host(format!("reading the index header answer: {e}")))?;
+            let a: serde_json::Value = serde_json::from_slice(&answer).map_err(|e| {
+                Error::Host(format!("decoding the migration index header answer: {e}"))
+            })?;
+            if a["StatusCode"].as_i64() != Some(200) {
+                return Err(Error::Host(format!(
+                    "the target refused the migration: {}",
+                    a["Error"].as_str().unwrap_or("")
+                )));
+            }
+        }
+        let pool = self.pool()?;
+        for n in &send {
+            let s = self
+                .rec
+                .snapshot(n)
+                .ok_or_else(|| Error::NotFound(format!("Snapshot {n:?} not found")))?;
+            rsync::send(&pool.snapshot(&self.rec.volume, &s.volume), fs, features)?;
+        }
+        let main: PathBuf = match &self.snapshot {
+            Some(s) => pool.snapshot(&self.rec.volume, &s.volume),
+            None => pool.container(&self.rec.volume),
+        };
+        let final_sync = resp.criu == Some(proto::CRIU_NONE);
+        let consistent = |fs: &mut Ws| {
+            if self.allow_inconsistent || self.snapshot.is_some() {
+                rsync::send(&main, fs, features)
+            } else {
+                with_consistent(&self.d, &self.name, &pool, || rsync::send(&main, fs, features))
+            }
+        };
+        if final_sync {
+            // The first pass with the instance running, the second (small) one frozen.
+            rsync::send(&main, fs, features)?;
+        }
+        consistent(fs)?;
+        self.release();
+        let done = MigrationControl::decode(&wire::recv_msg(&mut ctl.rx)?)
+            .map_err(|e| Error::Host(e.to_string()))?;
+        if !done.success {
+            return Err(Error::Host(done.message.unwrap_or_else(|| "migration failed".into())));
+        }
+        Ok(())
+    }
+}
+
+/// A snapshot's record as LXD's protobuf carries it.
+fn snapshot_proto(s: &SnapshotRecord) -> proto::Snapshot {
+    let secs = |t: &str| {
+        if t == api::ZERO_TIME || t.is_empty() {
+            time::parse_secs(api::GO_ZERO_TIME)
+        } else {
+            time::parse_secs(t)
+        }
+    };
+    proto::Snapshot {
+        name: s.name.clone(),
+        local_config: s
+            .config
+            .iter()
+            .map(|(k, v)| proto::Config { key: k.clone(), value: v.clone() })
+            .collect(),
+        profiles: s.profiles.clone(),
+        ephemeral: s.ephemeral,
+        local_devices: s
+            .devices
+            .iter()
+            .map(|(n, c)| proto::Device {
+                name: n.clone(),
+                config: c
+                    .iter()
+                    .map(|(k, v)| proto::Config { key: k.clone(), value: v.clone() })
+                    .collect(),
+            })
+            .collect(),
+        architecture: super::arch_id(&s.architecture),
+        stateful: s.stateful,
+        creation_date: secs(&s.created_at),
+        last_used_date: secs(api::GO_ZERO_TIME),
+        expiry_date: secs(&s.expires_at),
+    }
+}
