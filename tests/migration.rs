@@ -26,7 +26,11 @@ struct Pair {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn setup() -> Option<Pair> {
@@ -34,7 +38,10 @@ fn setup() -> Option<Pair> {
         return None;
     }
     if !common::have_cmd("rsync") {
-        common::skip(&common::current_test_name(), "needs rsync (apt-get install rsync)");
+        common::skip(
+            &common::current_test_name(),
+            "needs rsync (apt-get install rsync)",
+        );
         return None;
     }
     let a = Daemon::start().expect("daemon a");
@@ -48,9 +55,17 @@ fn setup() -> Option<Pair> {
             port_a = port;
         }
         let l = Lxc::new(d);
-        l.ok(&["config", "set", "core.https_address", &format!("127.0.0.1:{port}")]);
+        l.ok(&[
+            "config",
+            "set",
+            "core.https_address",
+            &format!("127.0.0.1:{port}"),
+        ]);
         l.ok(&["config", "set", "core.trust_password", PASSWORD]);
-        let r = Lxc { d, conf: conf.clone() };
+        let r = Lxc {
+            d,
+            conf: conf.clone(),
+        };
         r.ok(&[
             "remote",
             "add",
@@ -68,7 +83,10 @@ fn setup() -> Option<Pair> {
 impl Pair {
     /// lxc with both remotes.
     fn lxc(&self) -> Lxc<'_> {
-        Lxc { d: &self.a, conf: self.conf.clone() }
+        Lxc {
+            d: &self.a,
+            conf: self.conf.clone(),
+        }
     }
     fn la(&self) -> Lxc<'_> {
         Lxc::new(&self.a)
@@ -91,7 +109,9 @@ fn pool_dir(d: &Daemon) -> PathBuf {
 fn rootfs(d: &Daemon, name: &str, snap: Option<&str>) -> PathBuf {
     let v = db(d);
     let rec = &v["instances"][name];
-    let vol = rec["volume"].as_str().unwrap_or_else(|| panic!("no instance {name}: {v}"));
+    let vol = rec["volume"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no instance {name}: {v}"));
     match snap {
         None => pool_dir(d).join("containers").join(vol).join("rootfs"),
         Some(s) => {
@@ -104,7 +124,11 @@ fn rootfs(d: &Daemon, name: &str, snap: Option<&str>) -> PathBuf {
                 .as_str()
                 .unwrap()
                 .to_string();
-            pool_dir(d).join("containers-snapshots").join(vol).join(sv).join("rootfs")
+            pool_dir(d)
+                .join("containers-snapshots")
+                .join(vol)
+                .join(sv)
+                .join("rootfs")
         }
     }
 }
@@ -116,21 +140,32 @@ fn read(p: &Path) -> String {
 fn snapshot_names(d: &Daemon, name: &str) -> Vec<String> {
     db(d)["instances"][name]["snapshots"]
         .as_array()
-        .map(|a| a.iter().map(|s| s["name"].as_str().unwrap().to_string()).collect())
+        .map(|a| {
+            a.iter()
+                .map(|s| s["name"].as_str().unwrap().to_string())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 /// Names of the volumes in a pool directory (`containers`, `containers-snapshots`).
 fn volumes(d: &Daemon, sub: &str) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(pool_dir(d).join(sub))
-        .map(|r| r.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+        .map(|r| {
+            r.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
 }
 
 fn failed(out: &Output) -> String {
-    assert!(!out.status.success(), "expected a failure: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "expected a failure: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
@@ -156,11 +191,20 @@ fn copy_with_snapshots_instance_only_and_from_a_snapshot() {
     assert_eq!(snapshot_names(&p.b, "c2"), ["snap0"]);
     assert_eq!(read(&rootfs(&p.b, "c2", None).join("data")), "two\n");
     assert_eq!(read(&rootfs(&p.b, "c2", None).join("same")), "same2\n");
-    assert_eq!(read(&rootfs(&p.b, "c2", Some("snap0")).join("data")), "one\n");
-    assert_eq!(read(&rootfs(&p.b, "c2", Some("snap0")).join("same")), "same1\n");
+    assert_eq!(
+        read(&rootfs(&p.b, "c2", Some("snap0")).join("data")),
+        "one\n"
+    );
+    assert_eq!(
+        read(&rootfs(&p.b, "c2", Some("snap0")).join("same")),
+        "same1\n"
+    );
     // Volatile keys are the target's own; the snapshot's record came along.
     let (va, vb) = (db(&p.a), db(&p.b));
-    let (ca, cb) = (&va["instances"]["c1"]["config"], &vb["instances"]["c2"]["config"]);
+    let (ca, cb) = (
+        &va["instances"]["c1"]["config"],
+        &vb["instances"]["c2"]["config"],
+    );
     assert_ne!(ca["volatile.uuid"], cb["volatile.uuid"]);
     assert_eq!(ca["volatile.base_image"], cb["volatile.base_image"]);
     assert_eq!(
@@ -189,7 +233,10 @@ fn copy_with_snapshots_instance_only_and_from_a_snapshot() {
     // The source is as it was.
     assert_eq!(snapshot_names(&p.a, "c1"), ["snap0"]);
     assert_eq!(read(&rootfs(&p.a, "c1", None).join("data")), "two\n");
-    assert!(p.la().ok(&["list", "c1", "-c", "s", "--format", "csv"]).contains("STOPPED"));
+    assert!(p
+        .la()
+        .ok(&["list", "c1", "-c", "s", "--format", "csv"])
+        .contains("STOPPED"));
 }
 
 #[test]
@@ -200,7 +247,10 @@ fn move_of_a_stopped_instance_and_refusals() {
     // Running, without --stateless: LXD's refusal, nothing changes on either side.
     p.la().ok(&["start", "c1"]);
     let err = failed(&l.run(&["move", "a:c1", "b:c1"]));
-    assert!(err.contains("live migration") && err.contains("--stateless"), "{err}");
+    assert!(
+        err.contains("live migration") && err.contains("--stateless"),
+        "{err}"
+    );
     assert!(db(&p.b)["instances"].as_object().unwrap().is_empty());
     p.la().ok(&["stop", "c1", "--force"]);
 
@@ -220,15 +270,36 @@ fn move_of_a_stopped_instance_and_refusals() {
     assert!(db(&p.a)["instances"].get("c1").is_none());
     assert_eq!(snapshot_names(&p.b, "c1"), ["snap0"]);
     assert_eq!(read(&rootfs(&p.b, "c1", None).join("data")), "two\n");
-    assert_eq!(read(&rootfs(&p.b, "c1", Some("snap0")).join("data")), "one\n");
+    assert_eq!(
+        read(&rootfs(&p.b, "c1", Some("snap0")).join("data")),
+        "one\n"
+    );
     let lb = p.lb();
     lb.ok(&["start", "c1"]);
     let (rc, out) = lb.sh("c1", "cat /data");
     assert_eq!((rc, out.as_str()), (0, "two\n"));
     lb.ok(&["stop", "c1", "--force"]);
-    // Push mode is not built: a clear answer.
+    // Push and relay are not built: lxc refuses them itself (bivy does not claim
+    // `container_push`), and the API answers 501 on both sides.
     let err = failed(&l.run(&["copy", "b:c1", "a:c9", "--mode", "push"]));
-    assert!(err.contains("not supported yet"), "{err}");
+    assert!(err.contains("container_push"), "{err}");
+    let push = r#"{"name": "c9", "source": {"type": "migration", "mode": "push"}}"#;
+    let (st, v) = p.a.api("POST", "/1.0/instances", Some(push)).unwrap();
+    assert_eq!(st, 501, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("not supported yet: push"),
+        "{v}"
+    );
+    let target = r#"{"migration": true, "target": {"operation": "https://x/1.0/operations/y"}}"#;
+    let (st, v) = p.b.api("POST", "/1.0/instances/c1", Some(target)).unwrap();
+    assert_eq!(st, 501, "{v}");
+    let refresh =
+        r#"{"name": "c8", "source": {"type": "migration", "mode": "pull", "refresh": true}}"#;
+    let (st, v) = p.b.api("POST", "/1.0/instances", Some(refresh)).unwrap();
+    assert_eq!(st, 501, "{v}");
 }
 
 /// `GET /1.0/operations/ID/websocket?secret=S` over HTTPS without a client certificate: the
@@ -251,14 +322,19 @@ fn ws_status(port: u16, path: &str) -> u16 {
         head.push(b[0]);
     }
     let text = String::from_utf8_lossy(&head);
-    text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }
 
 #[test]
 fn websocket_secrets_are_single_use_and_checked() {
     let Some(p) = setup() else { return };
     p.la().ok(&["init", "busybox", "c1"]);
-    let (st, resp) = p.a.api("POST", "/1.0/instances/c1", Some(r#"{"migration": true}"#)).unwrap();
+    let (st, resp) =
+        p.a.api("POST", "/1.0/instances/c1", Some(r#"{"migration": true}"#))
+            .unwrap();
     assert_eq!(st, 202, "{resp}");
     let op = resp["operation"].as_str().unwrap().to_string();
     let secrets = &resp["metadata"]["metadata"];
@@ -267,7 +343,10 @@ fn websocket_secrets_are_single_use_and_checked() {
     let ws = |secret: &str| ws_status(p.port_a, &format!("{op}/websocket?secret={secret}"));
     assert_eq!(ws("0000"), 403);
     assert_eq!(ws(""), 403);
-    assert_eq!(ws_status(p.port_a, "/1.0/operations/nope/websocket?secret=x"), 403);
+    assert_eq!(
+        ws_status(p.port_a, "/1.0/operations/nope/websocket?secret=x"),
+        403
+    );
     assert_eq!(ws(fs), 101);
     assert_eq!(ws(fs), 403, "a used secret");
     // The other routes stay closed to the untrusted caller.
@@ -275,7 +354,13 @@ fn websocket_secrets_are_single_use_and_checked() {
     // The target never connects the control socket: the operation fails on its own.
     let done = p.a.wait_operation(&resp).unwrap();
     assert_eq!(done["metadata"]["status"], "Failure", "{done}");
-    assert!(done["metadata"]["err"].as_str().unwrap().contains("Timed out"), "{done}");
+    assert!(
+        done["metadata"]["err"]
+            .as_str()
+            .unwrap()
+            .contains("Timed out"),
+        "{done}"
+    );
     // The instance is free again.
     p.la().ok(&["delete", "c1"]);
 }
@@ -310,19 +395,30 @@ fn source_killed_mid_transfer_leaves_nothing_on_the_target() {
     // Mid-transfer: the target's new volume has some of the data.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let mid = volumes(&p.b, "containers").into_iter().filter(|v| v.ends_with(".tmp")).any(|v| {
-            std::fs::read_dir(pool_dir(&p.b).join("containers").join(v).join("rootfs"))
-                .is_ok_and(|mut r| r.next().is_some())
-        });
+        let mid = volumes(&p.b, "containers")
+            .into_iter()
+            .filter(|v| v.ends_with(".tmp"))
+            .any(|v| {
+                std::fs::read_dir(pool_dir(&p.b).join("containers").join(v).join("rootfs"))
+                    .is_ok_and(|mut r| r.next().is_some())
+            });
         if mid {
             break;
         }
-        assert!(Instant::now() < deadline, "the transfer never started:\n{}", p.b.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "the transfer never started:\n{}",
+            p.b.log_text()
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     p.a.kill9();
     let out = child.wait_with_output().unwrap();
-    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     // The target's operation has ended; nothing of c5 is left.
     let deadline = Instant::now() + Duration::from_secs(30);
     while volumes(&p.b, "containers") != before_c && Instant::now() < deadline {

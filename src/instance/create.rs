@@ -36,7 +36,8 @@ pub enum Origin<'a> {
 /// What fills a received instance's volume: given the pool, the new volume's directory (made,
 /// empty), its volume name (for snapshot paths) and the undo list, it writes the instance's
 /// files and makes one writable snapshot volume per received snapshot, and returns them.
-pub type Fill<'a> = dyn FnOnce(&Arc<Pool>, &Path, &str, &mut Revert) -> Result<Received> + Send + 'a;
+pub type Fill<'a> =
+    dyn FnOnce(&Arc<Pool>, &Path, &str, &mut Revert) -> Result<Received> + Send + 'a;
 
 /// What a [`Fill`] made.
 pub struct Received {
@@ -145,7 +146,9 @@ pub fn create_now(d: &Ctx, args: NewInstance<'_>, origin: Origin<'_>) -> Result<
     let mut received_snaps = Vec::new();
     match origin {
         Origin::Remote(_) | Origin::Migration(_) => {
-            return Err(Error::Host("remote source not fetched before create".into()))
+            return Err(Error::Host(
+                "remote source not fetched before create".into(),
+            ))
         }
         Origin::Received(fill) => {
             pool.driver
@@ -158,9 +161,14 @@ pub fn create_now(d: &Ctx, args: NewInstance<'_>, origin: Origin<'_>) -> Result<
             // Files written with the source's map are brought back to container ids here;
             // below they are idmapped or shifted as any new volume's are.
             let paths: Vec<PathBuf> = std::iter::once(tmp.clone())
-                .chain(got.snapshots.iter().map(|s| pool.snapshot(&volume, &s.volume)))
+                .chain(
+                    got.snapshots
+                        .iter()
+                        .map(|s| pool.snapshot(&volume, &s.volume)),
+                )
                 .collect();
-            if let Some(m) = idmap::Map::from_volatile(&got.disk_idmap).filter(|m| !m.uid.is_empty())
+            if let Some(m) =
+                idmap::Map::from_volatile(&got.disk_idmap).filter(|m| !m.uid.is_empty())
             {
                 let inv = m.inverse();
                 for p in &paths {
@@ -278,9 +286,13 @@ pub fn create_now(d: &Ctx, args: NewInstance<'_>, origin: Origin<'_>) -> Result<
         }
     }
     // Received snapshots: their files are now as the instance's; say so, and freeze them.
-    let disk = cfg.get("volatile.last_state.idmap").cloned().unwrap_or_else(|| "[]".into());
+    let disk = cfg
+        .get("volatile.last_state.idmap")
+        .cloned()
+        .unwrap_or_else(|| "[]".into());
     for (s, p) in snapshots.iter_mut().zip(&received_snaps) {
-        s.config.insert("volatile.last_state.idmap".into(), disk.clone());
+        s.config
+            .insert("volatile.last_state.idmap".into(), disk.clone());
         pool.driver
             .set_readonly(p)
             .map_err(|e| Error::Host(format!("{}: {e}", p.display())))?;

@@ -58,10 +58,17 @@ impl Map {
     pub fn inverse(&self) -> Map {
         let inv = |v: &[IdMapEntry]| {
             v.iter()
-                .map(|e| IdMapEntry { nsid: e.hostid, hostid: e.nsid, count: e.count })
+                .map(|e| IdMapEntry {
+                    nsid: e.hostid,
+                    hostid: e.nsid,
+                    count: e.count,
+                })
                 .collect()
         };
-        Map { uid: inv(&self.uid), gid: inv(&self.gid) }
+        Map {
+            uid: inv(&self.uid),
+            gid: inv(&self.gid),
+        }
     }
 
     pub fn from_volatile(s: &str) -> Option<Map> {

@@ -203,9 +203,9 @@ impl Op {
     pub fn has_secret(&self, secret: &str) -> bool {
         let i = self.inner.lock().expect("op lock");
         i.finished.is_none()
-            && i.sockets.iter().any(|(k, v)| {
-                matches!(v, Slot::Waiting) && crate::util::same_secret(k, secret)
-            })
+            && i.sockets
+                .iter()
+                .any(|(k, v)| matches!(v, Slot::Waiting) && crate::util::same_secret(k, secret))
     }
 
     /// Deposit a connected websocket stream for `secret`. Fails if unknown, already used or the
@@ -463,8 +463,15 @@ mod tests {
     #[test]
     fn each_websocket_secret_admits_one_connection_once() {
         let ops = Operations::new(Arc::new(Events::default()));
-        let op = ops.create(Class::Websocket, "t", BTreeMap::new(), None, vec!["a".into()]);
-        let stream = || -> Box<dyn Stream> { Box::new(std::os::unix::net::UnixStream::pair().unwrap().0) };
+        let op = ops.create(
+            Class::Websocket,
+            "t",
+            BTreeMap::new(),
+            None,
+            vec!["a".into()],
+        );
+        let stream =
+            || -> Box<dyn Stream> { Box::new(std::os::unix::net::UnixStream::pair().unwrap().0) };
         assert!(op.has_secret("a"));
         assert!(!op.has_secret("b") && !op.has_secret(""));
         assert!(op.connect("b", stream()).is_err());
@@ -472,12 +479,20 @@ mod tests {
         // Connected: used, even before the operation takes it.
         assert!(!op.has_secret("a"));
         assert!(op.connect("a", stream()).is_err());
-        let got = op.take_sockets(&["a".into()], Duration::from_secs(1)).unwrap();
+        let got = op
+            .take_sockets(&["a".into()], Duration::from_secs(1))
+            .unwrap();
         assert_eq!(got.len(), 1);
         assert!(!op.has_secret("a"));
         assert!(op.connect("a", stream()).is_err());
         // A finished operation admits nothing.
-        let op2 = ops.create(Class::Websocket, "t", BTreeMap::new(), None, vec!["c".into()]);
+        let op2 = ops.create(
+            Class::Websocket,
+            "t",
+            BTreeMap::new(),
+            None,
+            vec!["c".into()],
+        );
         op2.set_status(status::FAILURE, "gone".into());
         assert!(!op2.has_secret("c"));
         assert!(op2.connect("c", stream()).is_err());

@@ -38,12 +38,18 @@ const ARCHITECTURES: &[(i32, &str)] = &[
 
 /// LXD's number of an architecture name (0: unknown).
 pub fn arch_id(name: &str) -> i32 {
-    ARCHITECTURES.iter().find(|(_, n)| *n == name).map_or(0, |(i, _)| *i)
+    ARCHITECTURES
+        .iter()
+        .find(|(_, n)| *n == name)
+        .map_or(0, |(i, _)| *i)
 }
 
 /// The architecture name of LXD's number (empty: unknown).
 pub fn arch_name(id: i32) -> &'static str {
-    ARCHITECTURES.iter().find(|(i, _)| *i == id).map_or("", |(_, n)| n)
+    ARCHITECTURES
+        .iter()
+        .find(|(i, _)| *i == id)
+        .map_or("", |(_, n)| n)
 }
 
 /// The index header version both sides speak (`lxd/migration/utils.go`).

@@ -391,7 +391,10 @@ impl<'a> R<'a> {
     fn varint(&mut self) -> Result<u64> {
         let mut v: u64 = 0;
         for i in 0..10 {
-            let byte = *self.b.get(self.pos).ok_or(DecodeError("truncated varint"))?;
+            let byte = *self
+                .b
+                .get(self.pos)
+                .ok_or(DecodeError("truncated varint"))?;
             self.pos += 1;
             v |= u64::from(byte & 0x7f) << (7 * i);
             if byte & 0x80 == 0 {
@@ -589,7 +592,10 @@ mod tests {
             MigrationHeader::decode(&MigrationHeader::default().encode()).unwrap(),
             MigrationHeader::default()
         );
-        assert_eq!(h.rsync_feature_names(), ["xattrs", "delete", "bidirectional"]);
+        assert_eq!(
+            h.rsync_feature_names(),
+            ["xattrs", "delete", "bidirectional"]
+        );
     }
 
     #[test]
@@ -621,7 +627,10 @@ mod tests {
             index_header_version: Some(1),
             ..Default::default()
         };
-        assert_eq!(h.encode(), [0x08, 0x00, 0x10, 0x02, 0x42, 0x02, 0x08, 0x01, 0x68, 0x01]);
+        assert_eq!(
+            h.encode(),
+            [0x08, 0x00, 0x10, 0x02, 0x42, 0x02, 0x08, 0x01, 0x68, 0x01]
+        );
         // A negative int32 is ten bytes on the wire and comes back as itself.
         let neg = IdMap {
             hostid: -1,
@@ -640,13 +649,15 @@ mod tests {
         b.extend([0x08, 0x01]);
         assert_eq!(MigrationHeader::decode(&b).unwrap().fs, 1);
         for bad in [
-            &[0x08][..],                        // key without value
-            &[0x12, 0x05, b'a'][..],            // length past the end
-            &[0x0b][..],                        // group start
-            &[0x00, 0x01][..],                  // field 0
-            &[0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01][..],
-            &[0x22, 0x01, 0xff][..],            // snapshot name not UTF-8
-            &[0x0a, 0x00][..],                  // fs as bytes
+            &[0x08][..],             // key without value
+            &[0x12, 0x05, b'a'][..], // length past the end
+            &[0x0b][..],             // group start
+            &[0x00, 0x01][..],       // field 0
+            &[
+                0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+            ][..],
+            &[0x22, 0x01, 0xff][..], // snapshot name not UTF-8
+            &[0x0a, 0x00][..],       // fs as bytes
         ] {
             assert!(MigrationHeader::decode(bad).is_err(), "{bad:?}");
         }

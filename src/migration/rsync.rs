@@ -74,19 +74,22 @@ impl Features {
 
 /// The `rsync` program, or an error that names it.
 pub fn program() -> Result<PathBuf> {
-    let mut dirs: Vec<PathBuf> =
-        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
     dirs.push("/usr/bin".into());
     dirs.push("/bin".into());
-    dirs.iter().filter(|d| d.is_absolute()).map(|d| d.join("rsync")).find(|p| p.is_file()).ok_or_else(
-        || {
+    dirs.iter()
+        .filter(|d| d.is_absolute())
+        .map(|d| d.join("rsync"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
             Error::Host(
                 "moving instances between servers needs rsync on the host (apt-get install rsync): \
                  rsync not found on PATH"
                     .into(),
             )
-        },
-    )
+        })
 }
 
 /// Whether the local rsync is 3.1.3 or newer (LXD's `rsync.AtLeast("3.1.3")`), read once.
@@ -94,11 +97,19 @@ fn at_least_3_1_3() -> bool {
     static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *V.get_or_init(|| {
         let Ok(p) = program() else { return false };
-        let Ok(out) = Command::new(p).arg("--version").stdin(Stdio::null()).output() else {
+        let Ok(out) = Command::new(p)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+        else {
             return false;
         };
         let text = String::from_utf8_lossy(&out.stdout);
-        let ver = text.split_whitespace().skip_while(|w| *w != "version").nth(1).unwrap_or("");
+        let ver = text
+            .split_whitespace()
+            .skip_while(|w| *w != "version")
+            .nth(1)
+            .unwrap_or("");
         let nums: Vec<u32> = ver.split('.').map_while(|p| p.parse().ok()).collect();
         nums >= vec![3, 1, 3]
     })
@@ -116,7 +127,10 @@ fn drain(r: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Strin
 }
 
 fn failed(what: &str, path: &Path, status: impl std::fmt::Display, stderr: &str) -> Error {
-    Error::Host(format!("rsync {what} of {} failed ({status}): {stderr}", path.display()))
+    Error::Host(format!(
+        "rsync {what} of {} failed ({status}): {stderr}",
+        path.display()
+    ))
 }
 
 /// Send the tree at `path` (its content, not the directory itself) as one session.
@@ -147,7 +161,9 @@ pub fn send(path: &Path, ws: &mut Ws, f: Features) -> Result<()> {
             let _ = child.kill();
             let _ = child.wait();
             let msg = stderr.join().unwrap_or_default();
-            return Err(Error::Host(format!("rsync failed to start its transfer: {e} {msg}")));
+            return Err(Error::Host(format!(
+                "rsync failed to start its transfer: {e} {msg}"
+            )));
         }
     };
     drop(listener);
@@ -206,7 +222,9 @@ fn relay(conn: UnixStream, ws: &mut Ws) -> io::Result<()> {
             let _ = conn.shutdown(std::net::Shutdown::Both);
         }
     }
-    let w = t.join().map_err(|_| io::Error::other("relay thread panicked"))?;
+    let w = t
+        .join()
+        .map_err(|_| io::Error::other("relay thread panicked"))?;
     r?;
     w.map(|_| ())
 }
@@ -215,7 +233,14 @@ fn relay(conn: UnixStream, ws: &mut Ws) -> io::Result<()> {
 pub fn recv(path: &Path, ws: &mut Ws, f: Features) -> Result<()> {
     let rsync = program()?;
     let mut child = Command::new(rsync)
-        .args(["--server", "-vlogDtpre.iLsfx", "--numeric-ids", "--devices", "--partial", "--sparse"])
+        .args([
+            "--server",
+            "-vlogDtpre.iLsfx",
+            "--numeric-ids",
+            "--devices",
+            "--partial",
+            "--sparse",
+        ])
         .args(f.args())
         .arg("--ignore-times")
         .arg(".")
@@ -236,7 +261,9 @@ pub fn recv(path: &Path, ws: &mut Ws, f: Features) -> Result<()> {
         let _ = child.kill();
     }
     let status = child.wait();
-    let w = t.join().map_err(|_| Error::Host("relay thread panicked".into()))?;
+    let w = t
+        .join()
+        .map_err(|_| Error::Host("relay thread panicked".into()))?;
     let msg = stderr.join().unwrap_or_default();
     match status {
         Ok(s) if s.success() => {}
@@ -256,8 +283,8 @@ pub fn netcat_main(args: &[String]) -> ! {
         eprintln!("bivy __netcat: usage: __netcat NAME");
         std::process::exit(2)
     };
-    let conn = SocketAddr::from_abstract_name(name.as_bytes())
-        .and_then(|a| UnixStream::connect_addr(&a));
+    let conn =
+        SocketAddr::from_abstract_name(name.as_bytes()).and_then(|a| UnixStream::connect_addr(&a));
     let conn = match conn {
         Ok(c) => c,
         Err(e) => {
@@ -304,12 +331,20 @@ mod tests {
         let all = Features::from_names(&["xattrs", "delete", "compress", "bidirectional"]);
         let a = all.args();
         assert_eq!(a[0], "--xattrs");
-        assert!(a.ends_with(&["--delete".into(), "--compress".into(), "--compress-level=2".into()]));
+        assert!(a.ends_with(&[
+            "--delete".into(),
+            "--compress".into(),
+            "--compress-level=2".into()
+        ]));
         let none = Features::from_names(&[]);
         assert!(none.args().is_empty());
         assert_eq!(
             Features::from_names(&["delete"]),
-            Features { xattrs: false, delete: true, compress: false }
+            Features {
+                xattrs: false,
+                delete: true,
+                compress: false
+            }
         );
     }
 }

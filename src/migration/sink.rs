@@ -38,7 +38,9 @@ pub fn check(src: &api::InstanceSource) -> Result<()> {
         m => return Err(Error::Invalid(format!("Unknown migration mode {m:?}"))),
     }
     if src.refresh {
-        return Err(Error::not_yet("refreshing an existing copy (lxc copy --refresh)"));
+        return Err(Error::not_yet(
+            "refreshing an existing copy (lxc copy --refresh)",
+        ));
     }
     if src.live || src.secrets.contains_key("criu") {
         return Err(Error::not_yet("live migration (CRIU); use --stateless"));
@@ -48,8 +50,9 @@ pub fn check(src: &api::InstanceSource) -> Result<()> {
             return Err(Error::Invalid(format!("Missing {k} secret")));
         }
     }
-    crate::tls::pem_to_der(&src.certificate)
-        .ok_or_else(|| Error::Invalid("Migration source certificate is not a PEM certificate".into()))?;
+    crate::tls::pem_to_der(&src.certificate).ok_or_else(|| {
+        Error::Invalid("Migration source certificate is not a PEM certificate".into())
+    })?;
     if !src.operation.starts_with("https://") {
         return Err(Error::Invalid(format!(
             "Invalid migration source operation URL {:?}",
@@ -63,8 +66,9 @@ pub fn check(src: &api::InstanceSource) -> Result<()> {
 /// Receive the instance `args` describes from `src` (checked by [`check`]), in the create
 /// operation's thread.
 pub fn receive(d: &Ctx, mut args: NewInstance<'_>, src: &api::InstanceSource) -> Result<()> {
-    let cert = crate::tls::pem_to_der(&src.certificate)
-        .ok_or_else(|| Error::Invalid("Migration source certificate is not a PEM certificate".into()))?;
+    let cert = crate::tls::pem_to_der(&src.certificate).ok_or_else(|| {
+        Error::Invalid("Migration source certificate is not a PEM certificate".into())
+    })?;
     let mut ctl = wire::dial(&src.operation, &src.secrets["control"], &cert)?;
     let fs = match wire::dial(&src.operation, &src.secrets["fs"], &cert) {
         Ok(w) => w,
@@ -76,7 +80,9 @@ pub fn receive(d: &Ctx, mut args: NewInstance<'_>, src: &api::InstanceSource) ->
     // The keys this server computes for itself; the rest of a moved instance's volatile keys
     // (its base image, its MAC addresses) stay as the source had them.
     args.config.retain(|k, _| {
-        !(k.starts_with("volatile.idmap.") || k == "volatile.last_state.idmap" || k == "volatile.uuid")
+        !(k.starts_with("volatile.idmap.")
+            || k == "volatile.last_state.idmap"
+            || k == "volatile.uuid")
     });
     let (offer, features) = match negotiate(&mut ctl) {
         Ok(x) => x,
@@ -91,7 +97,10 @@ pub fn receive(d: &Ctx, mut args: NewInstance<'_>, src: &api::InstanceSource) ->
     let aborted = Arc::new(Mutex::new(None::<String>));
     let fs_tx = fs.tx.clone();
     let seen = aborted.clone();
-    let Ws { tx: ctl_tx, rx: mut ctl_rx } = ctl;
+    let Ws {
+        tx: ctl_tx,
+        rx: mut ctl_rx,
+    } = ctl;
     let reader = std::thread::spawn(move || {
         let why = match wire::recv_msg(&mut ctl_rx).map(|b| MigrationControl::decode(&b)) {
             Ok(Ok(c)) if !c.success => c.message.unwrap_or_else(|| "migration failed".into()),
@@ -104,7 +113,9 @@ pub fn receive(d: &Ctx, mut args: NewInstance<'_>, src: &api::InstanceSource) ->
     let mut fs = fs;
     let config = args.config.clone();
     let fill = |pool: &Arc<Pool>, tmp: &Path, volume: &str, revert: &mut Revert| {
-        transfer(pool, tmp, volume, revert, &mut fs, &offer, features, &config)
+        transfer(
+            pool, tmp, volume, revert, &mut fs, &offer, features, &config,
+        )
     };
     let res = create_now(d, args, Origin::Received(Box::new(fill)));
     let res = match (res, aborted.lock().expect("abort lock").take()) {
@@ -112,8 +123,14 @@ pub fn receive(d: &Ctx, mut args: NewInstance<'_>, src: &api::InstanceSource) ->
         (r, _) => r,
     };
     let m = match &res {
-        Ok(()) => MigrationControl { success: true, message: None },
-        Err(e) => MigrationControl { success: false, message: Some(e.to_string()) },
+        Ok(()) => MigrationControl {
+            success: true,
+            message: None,
+        },
+        Err(e) => MigrationControl {
+            success: false,
+            message: Some(e.to_string()),
+        },
     };
     // On success the instance is complete here: a source gone since changes nothing.
     let _ = wire::send_msg(&ctl_tx, &m.encode());
@@ -127,7 +144,10 @@ pub fn receive(d: &Ctx, mut args: NewInstance<'_>, src: &api::InstanceSource) ->
 
 /// Tell the source why we stop (best effort).
 fn abort(ctl: &Ws, e: &Error) {
-    let m = MigrationControl { success: false, message: Some(e.to_string()) };
+    let m = MigrationControl {
+        success: false,
+        message: Some(e.to_string()),
+    };
     let _ = wire::send_msg(&ctl.tx, &m.encode());
 }
 
@@ -155,7 +175,10 @@ fn negotiate(ctl: &mut Ws) -> Result<(MigrationHeader, Features)> {
             }),
             refresh: Some(false),
             index_header_version: Some(
-                offer.index_header_version.unwrap_or(0).min(super::INDEX_HEADER_VERSION),
+                offer
+                    .index_header_version
+                    .unwrap_or(0)
+                    .min(super::INDEX_HEADER_VERSION),
             ),
             ..Default::default()
         };
@@ -189,9 +212,8 @@ fn transfer(
         let mut buf = Vec::new();
         wire::read_stream(&mut fs.rx, &mut buf)
             .map_err(|e| Error::Host(format!("reading the migration index header: {e}")))?;
-        info = serde_json::from_slice(&buf).map_err(|e| {
-            Error::Host(format!("decoding the migration index header: {e}"))
-        })?;
+        info = serde_json::from_slice(&buf)
+            .map_err(|e| Error::Host(format!("decoding the migration index header: {e}")))?;
         let answer = serde_json::json!({"StatusCode": 200, "Error": "", "Refresh": false});
         let body = serde_json::to_vec(&answer).expect("JSON");
         wire::write_stream(&fs.tx, &mut body.as_slice())
@@ -229,7 +251,10 @@ fn transfer(
             .collect::<Vec<_>>(),
     )
     .expect("JSON");
-    Ok(Received { snapshots, disk_idmap })
+    Ok(Received {
+        snapshots,
+        disk_idmap,
+    })
 }
 
 /// The snapshots' records from the offer's protobufs, with the index header's description and
@@ -267,7 +292,11 @@ fn snapshot_records(
             match p {
                 Some(p) => {
                     rec.architecture = super::arch_name(p.architecture).to_string();
-                    rec.config = p.local_config.iter().map(|c| (c.key.clone(), c.value.clone())).collect();
+                    rec.config = p
+                        .local_config
+                        .iter()
+                        .map(|c| (c.key.clone(), c.value.clone()))
+                        .collect();
                     rec.devices = p
                         .local_devices
                         .iter()
@@ -279,7 +308,8 @@ fn snapshot_records(
                     rec.profiles = p.profiles.clone();
                     rec.ephemeral = p.ephemeral;
                     rec.stateful = p.stateful;
-                    rec.created_at = extra(name, "created_at").unwrap_or_else(|| date(p.creation_date));
+                    rec.created_at =
+                        extra(name, "created_at").unwrap_or_else(|| date(p.creation_date));
                     rec.expires_at = date(p.expiry_date);
                 }
                 None => {

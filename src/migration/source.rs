@@ -54,8 +54,10 @@ pub fn start(d: &Ctx, name: &str, snap: Option<&str>, req: &api::InstancePost) -
         return Err(Error::Invalid(LIVE_REFUSED.into()));
     }
     rsync::program()?;
-    let secrets: BTreeMap<String, String> =
-        ["control", "fs"].iter().map(|k| (k.to_string(), operations::secret())).collect();
+    let secrets: BTreeMap<String, String> = ["control", "fs"]
+        .iter()
+        .map(|k| (k.to_string(), operations::secret()))
+        .collect();
     d.busy_insert(name, "migrate")?;
     let job = Job {
         d: d.self_arc(),
@@ -123,14 +125,23 @@ impl Job {
 
     fn run(mut self, op: &Op, control: &str, fs: &str) -> Result<()> {
         let mut socks = op
-            .take_sockets(&[control.to_string(), fs.to_string()], super::CONNECT_TIMEOUT)
+            .take_sockets(
+                &[control.to_string(), fs.to_string()],
+                super::CONNECT_TIMEOUT,
+            )
             .ok_or_else(|| Error::Host("Timed out waiting for migration connections".into()))?;
         let mut ctl = wire::accepted(socks.remove(control).expect("required socket"))?;
         let mut fsw = wire::accepted(socks.remove(fs).expect("required socket"))?;
-        self.streams.lock().expect("streams lock").extend([ctl.tx.clone(), fsw.tx.clone()]);
+        self.streams
+            .lock()
+            .expect("streams lock")
+            .extend([ctl.tx.clone(), fsw.tx.clone()]);
         let r = self.transfer(&mut ctl, &mut fsw);
         if let Err(e) = &r {
-            let abort = MigrationControl { success: false, message: Some(e.to_string()) };
+            let abort = MigrationControl {
+                success: false,
+                message: Some(e.to_string()),
+            };
             let _ = wire::send_msg(&ctl.tx, &abort.encode());
         }
         for w in [&ctl, &fsw] {
@@ -141,7 +152,9 @@ impl Job {
     }
 
     fn config(&self) -> &api::StringMap {
-        self.snapshot.as_ref().map_or(&self.rec.config, |s| &s.config)
+        self.snapshot
+            .as_ref()
+            .map_or(&self.rec.config, |s| &s.config)
     }
 
     fn pool(&self) -> Result<Arc<crate::storage::Pool>> {
@@ -150,7 +163,10 @@ impl Job {
 
     /// The offer: rsync with every feature, the on-disk id map, the snapshots.
     fn offer(&self) -> MigrationHeader {
-        let disk = self.config().get("volatile.last_state.idmap").map_or("[]", String::as_str);
+        let disk = self
+            .config()
+            .get("volatile.last_state.idmap")
+            .map_or("[]", String::as_str);
         let mut idmap = Vec::new();
         if let Some(m) = idmap::Map::from_volatile(disk) {
             for (isuid, list) in [(true, &m.uid), (false, &m.gid)] {
@@ -165,7 +181,11 @@ impl Job {
                 }
             }
         }
-        let snaps: &[SnapshotRecord] = if self.instance_only { &[] } else { &self.rec.snapshots };
+        let snaps: &[SnapshotRecord] = if self.instance_only {
+            &[]
+        } else {
+            &self.rec.snapshots
+        };
         MigrationHeader {
             fs: proto::FS_RSYNC,
             criu: self.running.then_some(proto::CRIU_NONE),
@@ -295,7 +315,9 @@ impl Job {
             if self.allow_inconsistent || self.snapshot.is_some() {
                 rsync::send(&main, fs, features)
             } else {
-                with_consistent(&self.d, &self.name, &pool, || rsync::send(&main, fs, features))
+                with_consistent(&self.d, &self.name, &pool, || {
+                    rsync::send(&main, fs, features)
+                })
             }
         };
         if final_sync {
@@ -307,7 +329,9 @@ impl Job {
         let done = MigrationControl::decode(&wire::recv_msg(&mut ctl.rx)?)
             .map_err(|e| Error::Host(e.to_string()))?;
         if !done.success {
-            return Err(Error::Host(done.message.unwrap_or_else(|| "migration failed".into())));
+            return Err(Error::Host(
+                done.message.unwrap_or_else(|| "migration failed".into()),
+            ));
         }
         Ok(())
     }
@@ -327,7 +351,10 @@ fn snapshot_proto(s: &SnapshotRecord) -> proto::Snapshot {
         local_config: s
             .config
             .iter()
-            .map(|(k, v)| proto::Config { key: k.clone(), value: v.clone() })
+            .map(|(k, v)| proto::Config {
+                key: k.clone(),
+                value: v.clone(),
+            })
             .collect(),
         profiles: s.profiles.clone(),
         ephemeral: s.ephemeral,
@@ -338,7 +365,10 @@ fn snapshot_proto(s: &SnapshotRecord) -> proto::Snapshot {
                 name: n.clone(),
                 config: c
                     .iter()
-                    .map(|(k, v)| proto::Config { key: k.clone(), value: v.clone() })
+                    .map(|(k, v)| proto::Config {
+                        key: k.clone(),
+                        value: v.clone(),
+                    })
                     .collect(),
             })
             .collect(),

@@ -37,20 +37,31 @@ fn split_url(url: &str) -> Result<(String, String, u16, String)> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty()
         || !path.starts_with("/1.0/operations/")
-        || path.bytes().any(|c| c <= 0x20 || c == 0x7f || c == b'?' || c == b'#')
+        || path
+            .bytes()
+            .any(|c| c <= 0x20 || c == 0x7f || c == b'?' || c == b'#')
     {
         return Err(bad());
     }
-    Ok((host.to_string(), hostport.to_string(), port, path.to_string()))
+    Ok((
+        host.to_string(),
+        hostport.to_string(),
+        port,
+        path.to_string(),
+    ))
 }
 
 /// Dial the source operation's websocket for `secret`, pinning `cert` (DER).
 pub fn dial(op_url: &str, secret: &str, cert: &[u8]) -> Result<Ws> {
     let (host, host_header, port, path) = split_url(op_url)?;
     let fail = |e: &dyn std::fmt::Display| {
-        Error::Host(format!("Failed connecting to the migration source {op_url}: {e}"))
+        Error::Host(format!(
+            "Failed connecting to the migration source {op_url}: {e}"
+        ))
     };
-    let addrs = (host.as_str(), port).to_socket_addrs().map_err(|e| fail(&e))?;
+    let addrs = (host.as_str(), port)
+        .to_socket_addrs()
+        .map_err(|e| fail(&e))?;
     let mut last: Option<io::Error> = None;
     let mut tcp = None;
     for a in addrs {
@@ -62,19 +73,26 @@ pub fn dial(op_url: &str, secret: &str, cert: &[u8]) -> Result<Ws> {
             Err(e) => last = Some(e),
         }
     }
-    let tcp = tcp.ok_or_else(|| {
-        fail(&last.map_or_else(|| "no address".to_string(), |e| e.to_string()))
-    })?;
-    tcp.set_read_timeout(Some(DIAL_TIMEOUT)).map_err(|e| fail(&e))?;
-    tcp.set_write_timeout(Some(DIAL_TIMEOUT)).map_err(|e| fail(&e))?;
+    let tcp =
+        tcp.ok_or_else(|| fail(&last.map_or_else(|| "no address".to_string(), |e| e.to_string())))?;
+    tcp.set_read_timeout(Some(DIAL_TIMEOUT))
+        .map_err(|e| fail(&e))?;
+    tcp.set_write_timeout(Some(DIAL_TIMEOUT))
+        .map_err(|e| fail(&e))?;
     let _ = tcp.set_nodelay(true);
     let raw = tcp.try_clone().map_err(|e| fail(&e))?;
     let client = crate::tls::Client::pinned(Some(cert.to_vec()), None).map_err(|e| fail(&e))?;
     let tls = client.connect(&host, tcp).map_err(|e| fail(&e))?;
-    let target = format!("{path}/websocket?secret={}", crate::http::percent_encode(secret, false));
+    let target = format!(
+        "{path}/websocket?secret={}",
+        crate::http::percent_encode(secret, false)
+    );
     let headers = vec![
         ("Host".to_string(), host_header),
-        ("User-Agent".to_string(), format!("LXD 5.0.2 (bivy {})", env!("CARGO_PKG_VERSION"))),
+        (
+            "User-Agent".to_string(),
+            format!("LXD 5.0.2 (bivy {})", env!("CARGO_PKG_VERSION")),
+        ),
     ];
     let (tx, rx) = ws::connect(Box::new(tls), &target, &headers).map_err(|e| fail(&e))?;
     // Transfers may be quiet for long stretches (rsync checksumming a large file): no read
@@ -101,12 +119,12 @@ pub fn send_msg(tx: &Sender, bytes: &[u8]) -> Result<()> {
 pub fn recv_msg(rx: &mut Receiver) -> Result<Vec<u8>> {
     match rx.recv() {
         Ok(Message::Binary(b)) => Ok(b),
-        Ok(Message::Text(_)) => {
-            Err(Error::Host("migration control: a text frame where a message was due".into()))
-        }
-        Ok(Message::Close(_)) => {
-            Err(Error::Host("migration control: the peer closed the connection".into()))
-        }
+        Ok(Message::Text(_)) => Err(Error::Host(
+            "migration control: a text frame where a message was due".into(),
+        )),
+        Ok(Message::Close(_)) => Err(Error::Host(
+            "migration control: the peer closed the connection".into(),
+        )),
         Err(e) => Err(Error::Host(format!("migration control: {e}"))),
     }
 }
@@ -160,12 +178,10 @@ mod tests {
     #[test]
     fn operation_urls() {
         let (h, hh, p, path) = split_url("https://127.0.0.1:8443/1.0/operations/abc").unwrap();
-        assert_eq!((h.as_str(), hh.as_str(), p, path.as_str()), (
-            "127.0.0.1",
-            "127.0.0.1:8443",
-            8443,
-            "/1.0/operations/abc"
-        ));
+        assert_eq!(
+            (h.as_str(), hh.as_str(), p, path.as_str()),
+            ("127.0.0.1", "127.0.0.1:8443", 8443, "/1.0/operations/abc")
+        );
         let (h, _, p, _) = split_url("https://[::1]:9/1.0/operations/x").unwrap();
         assert_eq!((h.as_str(), p), ("::1", 9));
         let (h, _, p, _) = split_url("https://example.org/1.0/operations/x").unwrap();
