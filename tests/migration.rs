@@ -230,6 +230,17 @@ fn copy_with_snapshots_instance_only_and_from_a_snapshot() {
     assert_eq!((rc, out.as_str()), (0, "one\n"));
     lb.ok(&["stop", "c4", "--force"]);
 
+    // A running source, --stateless: sent while it runs, then again frozen; it keeps running.
+    p.la().ok(&["start", "c1"]);
+    l.ok(&["copy", "a:c1", "b:c5", "--stateless"]);
+    assert_eq!(snapshot_names(&p.b, "c5"), ["snap0"]);
+    assert_eq!(read(&rootfs(&p.b, "c5", None).join("data")), "two\n");
+    assert!(p
+        .la()
+        .ok(&["list", "c1", "-c", "s", "--format", "csv"])
+        .contains("RUNNING"));
+    p.la().ok(&["stop", "c1", "--force"]);
+
     // The source is as it was.
     assert_eq!(snapshot_names(&p.a, "c1"), ["snap0"]);
     assert_eq!(read(&rootfs(&p.a, "c1", None).join("data")), "two\n");
