@@ -235,10 +235,16 @@ fn copy_with_snapshots_instance_only_and_from_a_snapshot() {
     l.ok(&["copy", "a:c1", "b:c5", "--stateless"]);
     assert_eq!(snapshot_names(&p.b, "c5"), ["snap0"]);
     assert_eq!(read(&rootfs(&p.b, "c5", None).join("data")), "two\n");
-    assert!(p
-        .la()
-        .ok(&["list", "c1", "-c", "s", "--format", "csv"])
-        .contains("RUNNING"));
+    // The source thaws once its rsync has exited, which may be just after the target is done.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = p.la().ok(&["list", "c1", "-c", "s", "--format", "csv"]);
+        if state.contains("RUNNING") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "c1 is {state}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     p.la().ok(&["stop", "c1", "--force"]);
 
     // The source is as it was.

@@ -684,6 +684,8 @@ fn expected_untrusted(pattern: &str, method: &str) -> u16 {
         }
         // Without the operation's secret.
         ("/1.0/operations/{id}" | "/1.0/operations/{id}/wait", "GET") => 403,
+        // Without a live websocket secret of a migration source (tests/migration.rs has one).
+        ("/1.0/operations/{id}/websocket", "GET") => 403,
         // Without a password or token.
         ("/1.0/certificates", "POST") => 403,
         _ => panic!(

@@ -13,9 +13,10 @@
 //!
 //! An operation's websocket (`GET /1.0/operations/{id}/websocket?secret=S`) is open to untrusted
 //! callers as in LXD (`AllowUntrusted`): the secret is the credential. A migration target dials
-//! the source this way, with no client certificate. The handler admits a connection only with
-//! a secret that is live for that operation (issued, not used by an earlier connection, the
-//! operation still running); any other secret is 403.
+//! the source this way, with no client certificate. The handler admits an untrusted connection
+//! only on an operation opened to it (a migration source's: exec and console websockets stay
+//! closed, narrower than LXD) and only with a secret that is live for that operation (issued,
+//! not used by an earlier connection, the operation still running); anything else is 403.
 
 use std::net::IpAddr;
 

@@ -47,6 +47,9 @@ struct Inner {
     cancel: Option<Box<dyn FnOnce() + Send>>,
     /// secret -> its websocket: each secret admits one connection, once.
     sockets: HashMap<String, Slot>,
+    /// Whether a caller without a trusted certificate may connect with a secret (a migration
+    /// source's operation, which the target server dials); exec and console operations: no.
+    untrusted_sockets: bool,
 }
 
 /// One websocket secret's state.
@@ -198,11 +201,18 @@ impl Op {
         }
     }
 
+    /// Let callers without a trusted certificate connect with a secret (migration sources).
+    pub fn open_to_untrusted(&self) {
+        self.inner.lock().expect("op lock").untrusted_sockets = true;
+    }
+
     /// Whether `secret` is a live websocket secret of this running operation: one that no
-    /// connection has used yet (compared in constant time).
-    pub fn has_secret(&self, secret: &str) -> bool {
+    /// connection has used yet (compared in constant time). An untrusted caller's secret counts
+    /// only on an operation opened to it.
+    pub fn has_secret(&self, secret: &str, trusted: bool) -> bool {
         let i = self.inner.lock().expect("op lock");
         i.finished.is_none()
+            && (trusted || i.untrusted_sockets)
             && i.sockets
                 .iter()
                 .any(|(k, v)| matches!(v, Slot::Waiting) && crate::util::same_secret(k, secret))
@@ -367,6 +377,7 @@ impl Operations {
                 finished: None,
                 cancel: None,
                 sockets: secrets.into_iter().map(|s| (s, Slot::Waiting)).collect(),
+                untrusted_sockets: false,
             }),
             cond: Condvar::new(),
             events: self.events.clone(),
@@ -472,18 +483,19 @@ mod tests {
         );
         let stream =
             || -> Box<dyn Stream> { Box::new(std::os::unix::net::UnixStream::pair().unwrap().0) };
-        assert!(op.has_secret("a"));
-        assert!(!op.has_secret("b") && !op.has_secret(""));
+        assert!(op.has_secret("a", true));
+        assert!(!op.has_secret("a", false), "not opened to the untrusted");
+        assert!(!op.has_secret("b", true) && !op.has_secret("", true));
         assert!(op.connect("b", stream()).is_err());
         assert!(op.connect("a", stream()).is_ok());
         // Connected: used, even before the operation takes it.
-        assert!(!op.has_secret("a"));
+        assert!(!op.has_secret("a", true));
         assert!(op.connect("a", stream()).is_err());
         let got = op
             .take_sockets(&["a".into()], Duration::from_secs(1))
             .unwrap();
         assert_eq!(got.len(), 1);
-        assert!(!op.has_secret("a"));
+        assert!(!op.has_secret("a", true));
         assert!(op.connect("a", stream()).is_err());
         // A finished operation admits nothing.
         let op2 = ops.create(
@@ -494,7 +506,7 @@ mod tests {
             vec!["c".into()],
         );
         op2.set_status(status::FAILURE, "gone".into());
-        assert!(!op2.has_secret("c"));
+        assert!(!op2.has_secret("c", true));
         assert!(op2.connect("c", stream()).is_err());
     }
 

@@ -81,6 +81,8 @@ pub fn start(d: &Ctx, name: &str, snap: Option<&str>, req: &api::InstancePost) -
         vec![control.clone(), fs.clone()],
         move |op| job.run(&op, &control, &fs),
     );
+    // The target server dials in without a client certificate: the secrets are its credential.
+    op.open_to_untrusted();
     // Cancelling (lxc does when the target failed) fails the operation and ends the transfer.
     let weak = Arc::downgrade(&op);
     op.set_cancel(Box::new(move || {

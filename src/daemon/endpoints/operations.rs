@@ -88,8 +88,9 @@ pub fn operation_wait(d: &Daemon, req: &Request, id: &str, trusted: bool) -> Res
 
 /// Connect to one of an operation's websockets. The secret is the credential (untrusted
 /// callers reach this route: a migration target dials its source without a certificate), so
-/// only a live secret of this operation is admitted; anything else, an unknown operation
-/// included for the untrusted, is 403.
+/// only a live secret of this operation is admitted, and from an untrusted caller only on an
+/// operation opened to it (a migration source); anything else, an unknown operation included
+/// for the untrusted, is 403.
 pub fn operation_websocket(
     d: &Daemon,
     req: &mut Request,
@@ -102,7 +103,7 @@ pub fn operation_websocket(
         Err(_) if !trusted => return Err(Error::Forbidden("Invalid websocket secret".into())),
         Err(e) => return Err(e),
     };
-    if !op.has_secret(&secret) {
+    if !op.has_secret(&secret, trusted) {
         return Err(Error::Forbidden("Invalid websocket secret".into()));
     }
     let resp = ws::accept(req);
