@@ -95,8 +95,13 @@ fn reachable_by_nobody(roots: &[&Path]) -> Vec<String> {
         "probe failed: {text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The daemon's certificate is public (every HTTPS client is shown it), 0644 as LXD's.
+    let public: Vec<String> = roots
+        .iter()
+        .map(|r| format!("read {}", r.join("server.crt").display()))
+        .collect();
     text.lines()
-        .filter(|l| !l.starts_with("checked "))
+        .filter(|l| !l.starts_with("checked ") && !public.iter().any(|p| p == l))
         .map(str::to_owned)
         .collect()
 }

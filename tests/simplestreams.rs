@@ -400,12 +400,19 @@ fn simplestreams_pull_launch_copy_refresh() {
     }
     assert!(images(&d).is_empty(), "{:?}\n{}", images(&d), d.log_text());
 
-    // LXD servers are not supported yet.
+    // A protocol no image server speaks is refused before anything is done.
     let body = format!(
-        r#"{{"source":{{"type":"image","mode":"pull","server":"{server}","protocol":"lxd","alias":"bb"}}}}"#
+        r#"{{"source":{{"type":"image","mode":"pull","server":"{server}","protocol":"ftp","alias":"bb"}}}}"#
     );
     let (status, resp) = d.api("POST", "/1.0/images", Some(&body)).expect("POST");
-    assert_eq!(status, 501, "{resp}");
+    assert_eq!(status, 400, "{resp}");
+    assert!(
+        resp["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Unsupported image server protocol"),
+        "{resp}"
+    );
 }
 
 /// The unmodified `lxc` client: a simplestreams remote and `lxc launch ss:bb`.

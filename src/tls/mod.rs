@@ -278,9 +278,13 @@ impl Server {
             .with_client_cert_verifier(verifier)
             .with_single_cert(identity.chain(), identity.key())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("server key: {e}")))?;
-        // No session resumption state kept per client: a handshake is cheap, memory is not.
+        // Resumption by stateless tickets (encrypted with a key that rotates every 6 hours):
+        // a client's next connection skips the P-384 signature, and the server keeps nothing
+        // per client. A resumed session carries the client certificate it was made with, so
+        // trust is still decided by that certificate's fingerprint on every request.
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-        config.send_tls13_tickets = 0;
+        config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(setup_error)?;
+        config.send_tls13_tickets = 1;
         Ok(Server {
             config: Arc::new(config),
         })
@@ -492,6 +496,14 @@ mod tests {
         writer.join().unwrap();
         assert!(got == payload, "echo differs");
         s.shutdown_write().unwrap();
+
+        // The next connection of the same client resumes its session, and the server still
+        // knows its certificate.
+        let s = c.connect("127.0.0.1", TcpStream::connect(addr).unwrap()).unwrap();
+        assert!(s.resumed(), "the second handshake resumes");
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), fingerprint(&cid.cert_der));
 
         // No client certificate: still served, as an anonymous client.
         let c = Client::pinned(Some(sid.cert_der.clone()), None).unwrap();

@@ -73,6 +73,11 @@ impl TlsStream {
             .map(|c| c.to_vec())
     }
 
+    /// Whether the handshake resumed an earlier session (no certificate signature was made).
+    pub fn resumed(&self) -> bool {
+        lock(&self.inner.conn).handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+    }
+
     /// The TCP socket under the session (for its addresses).
     pub fn tcp(&self) -> &TcpStream {
         &self.inner.tcp
