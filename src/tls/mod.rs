@@ -499,7 +499,9 @@ mod tests {
 
         // The next connection of the same client resumes its session, and the server still
         // knows its certificate.
-        let s = c.connect("127.0.0.1", TcpStream::connect(addr).unwrap()).unwrap();
+        let s = c
+            .connect("127.0.0.1", TcpStream::connect(addr).unwrap())
+            .unwrap();
         assert!(s.resumed(), "the second handshake resumes");
         let mut line = String::new();
         BufReader::new(s).read_line(&mut line).unwrap();
