@@ -451,3 +451,57 @@ fn source_killed_mid_transfer_leaves_nothing_on_the_target() {
     assert!(db(&p.a)["instances"].get("c1").is_some());
     assert_eq!(std::fs::metadata(&big).unwrap().len(), 256 << 20);
 }
+
+/// bivy's own CLI drives the same migration (`copy`/`move` between remotes, pull mode), with
+/// lxc's configuration directory as its own.
+#[test]
+fn bivy_copy_and_move_between_remotes() {
+    let Some(p) = setup() else { return };
+    make_source(&p);
+    let bivy = |args: &[&str]| {
+        let out =
+            p.a.cli()
+                .env("BIVY_CONF", &p.conf)
+                .args(args)
+                .output()
+                .unwrap();
+        assert!(
+            out.status.success(),
+            "bivy {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    bivy(&["copy", "a:c1", "b:c9"]);
+    assert_eq!(snapshot_names(&p.b, "c9"), ["snap0"]);
+    assert_eq!(read(&rootfs(&p.b, "c9", None).join("data")), "two\n");
+    assert_eq!(read(&rootfs(&p.b, "c9", None).join("same")), "same2\n");
+    assert_eq!(
+        read(&rootfs(&p.b, "c9", Some("snap0")).join("data")),
+        "one\n"
+    );
+    bivy(&["copy", "a:c1/snap0", "b:c10"]);
+    assert!(snapshot_names(&p.b, "c10").is_empty());
+    assert_eq!(read(&rootfs(&p.b, "c10", None).join("data")), "one\n");
+    bivy(&["move", "a:c1", "b:c11", "--instance-only"]);
+    assert!(db(&p.a)["instances"].get("c1").is_none(), "c1 left on a");
+    assert!(snapshot_names(&p.b, "c11").is_empty());
+    assert_eq!(read(&rootfs(&p.b, "c11", None).join("data")), "two\n");
+    let lb = p.lb();
+    lb.ok(&["start", "c11"]);
+    assert_eq!(lb.sh("c11", "cat /data").1, "two\n");
+    // A name taken on the target: refused, the source untouched.
+    p.la().ok(&["launch", "busybox", "c12"]);
+    p.la().ok(&["stop", "c12", "--force"]);
+    let out =
+        p.a.cli()
+            .env("BIVY_CONF", &p.conf)
+            .args(["move", "a:c12", "b:c9"])
+            .output()
+            .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        db(&p.a)["instances"].get("c12").is_some(),
+        "c12 must stay on a"
+    );
+}

@@ -294,10 +294,10 @@ fn remote_add_with_password_and_verbs_on_the_remote() {
         err.contains("Can't provide a name for the target image"),
         "{err}"
     );
-    // Migration between remotes is not built and says so.
-    let err = cli.fails(&["copy", "b:c1", "c3"]);
-    assert!(err.contains("not supported yet"), "{err}");
-    cli.ok(&["delete", "--force", "b:c1", "c2"]);
+    // An instance copied from the remote here (a migration, pulled by this daemon).
+    cli.ok(&["copy", "b:c1", "c3", "--stateless"]);
+    assert!(cli.ok(&["list", "-c", "n", "-f", "csv"]).contains("c3"));
+    cli.ok(&["delete", "--force", "b:c1", "c2", "c3"]);
     assert_eq!(cli.ok(&["list", "b:", "-f", "csv"]), "");
 
     // The default remote: commands without a prefix go there.

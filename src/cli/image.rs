@@ -153,6 +153,34 @@ pub struct ServerInfoEnv {
     pub certificate: String,
 }
 
+/// How another server reaches `remote` (an LXD-protocol remote): lxc's `GetConnectionInfo`, the
+/// remote's own URL (over HTTPS) then the addresses the server says it listens on; and the
+/// certificate to pin (the one pinned here, else the one the server shows).
+pub fn connection_info(remote: &str) -> Result<(Vec<String>, String), Fail> {
+    let conf = super::conf()?;
+    let r = conf.remote(remote)?;
+    let c = conf.lxd_client(remote, r)?;
+    let server: ServerInfo = c.get("/1.0")?;
+    let mut servers = Vec::new();
+    if r.addr.starts_with("https://") {
+        servers.push(r.addr.clone());
+    }
+    for a in &server.environment.addresses {
+        let url = format!("https://{a}");
+        if !a.starts_with(':') && !servers.contains(&url) {
+            servers.push(url);
+        }
+    }
+    if servers.is_empty() {
+        return fail("The source server isn't listening on the network");
+    }
+    let certificate = match conf.server_cert(remote)? {
+        Some(der) => crate::tls::der_to_pem(&der),
+        None => server.environment.certificate.clone(),
+    };
+    Ok((servers, certificate))
+}
+
 /// The pull source for image `reference` (alias or fingerprint prefix) of `remote`.
 pub fn pull_source(remote: &str, reference: &str) -> Result<PullSource, Fail> {
     let conf = super::conf()?;
@@ -194,26 +222,7 @@ pub fn pull_source(remote: &str, reference: &str) -> Result<PullSource, Fail> {
             .map(str::to_string)
             .ok_or_else(|| Fail::Error("No secret provided by the image server".into()))?
     };
-    let server: ServerInfo = c.get("/1.0")?;
-    // lxc's GetConnectionInfo: the remote's own URL (over HTTPS), then the addresses the server
-    // says it listens on.
-    let mut servers = Vec::new();
-    if r.addr.starts_with("https://") {
-        servers.push(r.addr.clone());
-    }
-    for a in &server.environment.addresses {
-        let url = format!("https://{a}");
-        if !a.starts_with(':') && !servers.contains(&url) {
-            servers.push(url);
-        }
-    }
-    if servers.is_empty() {
-        return fail("The source server isn't listening on the network");
-    }
-    let certificate = match conf.server_cert(remote)? {
-        Some(der) => crate::tls::der_to_pem(&der),
-        None => server.environment.certificate.clone(),
-    };
+    let (servers, certificate) = connection_info(remote)?;
     let (alias, fingerprint) = if !alias.is_empty() && img.put.public {
         (alias, String::new())
     } else {

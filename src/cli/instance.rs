@@ -256,21 +256,130 @@ fn change_state(c: &Client, name: &str, put: &InstanceStatePut) -> Result<(), Fa
     Ok(())
 }
 
-/// Source and target of `move`/`copy` on one remote: its client and both names. Across remotes
-/// that is a migration, which is not built.
-fn same_remote<'a>(
-    src: &'a str,
-    dst: &'a str,
-    what: &str,
-) -> Result<(Client, &'a str, &'a str), Fail> {
-    let (sr, src) = split_remote(src)?;
-    let (dr, dst) = split_remote(dst)?;
-    if sr != dr {
-        return fail(format!(
-            "not supported yet: {what} instances between remotes ({sr} to {dr}: migration)"
-        ));
+/// The writable state of `src` (an instance, or `NAME/SNAPSHOT`) on `c`, as a copy starts from
+/// it (lxc's): architecture, config, devices, profiles, description; and whether it runs.
+fn copy_source(c: &Client, src: &str) -> Result<(Instance, bool), Fail> {
+    Ok(match src.split_once('/') {
+        Some((i, snap)) => {
+            let s: crate::api::InstanceSnapshot = c.get(&format!(
+                "{}/snapshots/{}",
+                instance_path(i),
+                urlencode(snap, false)
+            ))?;
+            let inst = Instance {
+                architecture: s.architecture,
+                config: s.config,
+                devices: s.devices,
+                profiles: s.profiles,
+                ..Default::default()
+            };
+            (inst, false)
+        }
+        None => {
+            let inst: Instance = c.get(&instance_path(src))?;
+            let running = inst.status == "Running";
+            (inst, running)
+        }
+    })
+}
+
+/// What a copy between remotes carries over.
+struct Migrate<'a> {
+    instance_only: bool,
+    stateless: bool,
+    ephemeral: bool,
+    config: &'a [String],
+    profiles: &'a [String],
+}
+
+/// `copy`/`move` between remotes, as lxc 5.0.2 drives it (pull mode): the source makes a
+/// websocket operation with one-time secrets; the target, given its address, certificate and
+/// secrets, dials it and pulls the instance. A failure on the target cancels the source's
+/// operation.
+fn migrate(sr: &str, src: &str, dr: &str, dst: &str, m: &Migrate) -> Result<(), Fail> {
+    let sc = super::client_of(sr)?;
+    let dc = super::client_of(dr)?;
+    let (source, running) = copy_source(&sc, src)?;
+    let (servers, certificate) = super::image::connection_info(sr)?;
+    let path = match src.split_once('/') {
+        Some((i, snap)) => format!("{}/snapshots/{}", instance_path(i), urlencode(snap, false)),
+        None => instance_path(src),
+    };
+    let base_image = source
+        .config
+        .get("volatile.base_image")
+        .cloned()
+        .unwrap_or_default();
+    let live = running && !m.stateless;
+    let post = crate::api::InstancePost {
+        name: dst.to_string(),
+        migration: true,
+        live,
+        instance_only: m.instance_only,
+        container_only: m.instance_only,
+        ..Default::default()
+    };
+    let reply = sc.query("POST", &path, Some(&post), None)?;
+    let op = reply
+        .operation_id()
+        .ok_or_else(|| Fail::Error("The source server made no migration operation".into()))?;
+    let secrets: std::collections::BTreeMap<String, String> = reply
+        .envelope
+        .metadata
+        .get("metadata")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default();
+    let mut config: StringMap = source
+        .config
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("volatile."))
+        .collect();
+    for (k, v) in super::key_values(m.config)? {
+        config.insert(k, v);
     }
-    Ok((super::client_of(&sr)?, src, dst))
+    let req = InstancesPost {
+        put: InstancesPostPut {
+            architecture: source.architecture,
+            config: Some(config),
+            devices: Some(source.devices),
+            ephemeral: m.ephemeral,
+            profiles: Some(if m.profiles.is_empty() {
+                source.profiles
+            } else {
+                m.profiles.to_vec()
+            }),
+            description: source.description,
+            ..Default::default()
+        },
+        name: dst.to_string(),
+        source: InstanceSource {
+            kind: "migration".into(),
+            mode: "pull".into(),
+            operation: format!("{}/1.0/operations/{op}", servers[0].trim_end_matches('/')),
+            certificate,
+            secrets,
+            base_image,
+            live,
+            instance_only: m.instance_only,
+            container_only: m.instance_only,
+            ..Default::default()
+        },
+        kind: "container".into(),
+        ..Default::default()
+    };
+    let target = dc
+        .query("POST", "/1.0/instances", Some(&req), None)
+        .map_err(Fail::from)
+        .and_then(|r| match r.operation_id() {
+            Some(id) => dc.wait_operation(&id).map(|_| ()).map_err(Fail::from),
+            None => Ok(()),
+        });
+    if let Err(e) = target {
+        let _ = sc.delete(&format!("/1.0/operations/{op}"));
+        return Err(e);
+    }
+    sc.wait_operation(&op)?;
+    Ok(())
 }
 
 pub fn state(args: &[String], action: &str) -> CmdResult {
@@ -383,13 +492,54 @@ pub struct MoveArgs {
     /// source (NAME or NAME/SNAPSHOT)
     source: String,
     #[argh(positional)]
-    /// new name
+    /// new name, or [remote:][name] on another server
     target: String,
+    #[argh(switch, long = "instance-only")]
+    /// between servers: move the instance without its snapshots
+    instance_only: bool,
+    #[argh(switch)]
+    /// between servers: move a running instance without its state (stopped after the copy)
+    stateless: bool,
 }
 
 pub fn rename(args: &[String]) -> CmdResult {
     let a: MoveArgs = parse(&["bivy move"], args)?;
-    let (c, src, dst) = same_remote(&a.source, &a.target, "moving")?;
+    let (sr, src) = split_remote(&a.source)?;
+    let (dr, dst) = split_remote(&a.target)?;
+    if sr != dr {
+        // Between servers: a copy, then the source goes (lxc's move).
+        let dst = if dst.is_empty() { src } else { dst };
+        if src.contains('/') {
+            return fail("Snapshots can't be moved between servers: copy them instead");
+        }
+        migrate(
+            &sr,
+            src,
+            &dr,
+            dst,
+            &Migrate {
+                instance_only: a.instance_only,
+                stateless: a.stateless,
+                ephemeral: false,
+                config: &[],
+                profiles: &[],
+            },
+        )?;
+        let sc = super::client_of(&sr)?;
+        let (inst, _) = copy_source(&sc, src)?;
+        if inst.status == "Running" {
+            let put = InstanceStatePut {
+                action: "stop".into(),
+                timeout: -1,
+                force: true,
+                stateful: false,
+            };
+            change_state(&sc, src, &put)?;
+        }
+        sc.delete(&instance_path(src))?;
+        return Ok(0);
+    }
+    let c = super::client_of(&sr)?;
     if let Some((inst, snap)) = src.split_once('/') {
         let new = dst.split_once('/').map_or(dst, |(_, s)| s);
         c.post(
@@ -434,29 +584,39 @@ pub struct CopyArgs {
     #[argh(option, short = 'p')]
     /// profile to apply to the new instance
     profile: Vec<String>,
+    #[argh(switch)]
+    /// between servers: copy a running instance without its state
+    stateless: bool,
 }
 
 pub fn copy(args: &[String]) -> CmdResult {
     let a: CopyArgs = parse(&["bivy copy"], args)?;
-    let (c, src, dst) = same_remote(&a.source, &a.target, "copying")?;
+    let (sr, src) = split_remote(&a.source)?;
+    let (dr, dst) = split_remote(&a.target)?;
+    if sr != dr {
+        let dst = if dst.is_empty() {
+            src.split('/').next().unwrap_or(src)
+        } else {
+            dst
+        };
+        migrate(
+            &sr,
+            src,
+            &dr,
+            dst,
+            &Migrate {
+                instance_only: a.instance_only,
+                stateless: a.stateless,
+                ephemeral: a.ephemeral,
+                config: &a.config,
+                profiles: &a.profile,
+            },
+        )?;
+        return Ok(0);
+    }
+    let c = super::client_of(&sr)?;
     // Like lxc: the source's writable state (minus volatile keys), then the overrides.
-    let source: Instance = match src.split_once('/') {
-        Some((i, snap)) => {
-            let s: crate::api::InstanceSnapshot = c.get(&format!(
-                "{}/snapshots/{}",
-                instance_path(i),
-                urlencode(snap, false)
-            ))?;
-            Instance {
-                architecture: s.architecture,
-                config: s.config,
-                devices: s.devices,
-                profiles: s.profiles,
-                ..Default::default()
-            }
-        }
-        None => c.get(&instance_path(src))?,
-    };
+    let (source, _) = copy_source(&c, src)?;
     let mut config: StringMap = source
         .config
         .into_iter()
