@@ -308,7 +308,7 @@ fn accept_loop(d: &Arc<Daemon>, listener: &TcpListener, stop: &AtomicBool) {
         let _ = std::thread::Builder::new()
             .name("https-conn".into())
             .spawn(move || {
-                serve(&dc, tcp, ip);
+                serve(&dc, tcp, SocketAddr::new(ip, peer.port()));
                 drop(slot);
             });
     }
@@ -322,7 +322,7 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-fn serve(d: &Arc<Daemon>, tcp: TcpStream, ip: IpAddr) {
+fn serve(d: &Arc<Daemon>, tcp: TcpStream, peer: SocketAddr) {
     let h = get();
     let _ = tcp.set_nodelay(true);
     if tcp.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).is_err()
@@ -344,8 +344,13 @@ fn serve(d: &Arc<Daemon>, tcp: TcpStream, ip: IpAddr) {
         }
         Err(_) => return,
     }
+    crate::instance::events::set_requestor(Some(crate::instance::events::Requestor {
+        username: fingerprint.clone().unwrap_or_default(),
+        protocol: "tls".into(),
+        address: peer.to_string(),
+    }));
     let caller = Caller::Remote {
-        addr: ip,
+        addr: peer.ip(),
         cert,
         fingerprint,
     };

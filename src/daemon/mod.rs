@@ -212,6 +212,16 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
         let _ = std::thread::Builder::new()
             .name("conn".into())
             .spawn(move || {
+                let conns::Peer::Uid(uid) = peer else { return };
+                let username = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                    .ok()
+                    .flatten()
+                    .map_or_else(|| uid.to_string(), |u| u.name);
+                crate::instance::events::set_requestor(Some(crate::instance::events::Requestor {
+                    username,
+                    protocol: "unix".into(),
+                    address: "@".into(),
+                }));
                 crate::http::serve_connection(Box::new(stream), &limits, &move |req| {
                     routes::handle(&dc, req)
                 });

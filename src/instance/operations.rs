@@ -323,7 +323,9 @@ impl Operations {
     ) -> Arc<Op> {
         let op = self.create(class, description, resources, metadata, secrets);
         let run = op.clone();
+        let who = super::events::requestor();
         std::thread::spawn(move || {
+            super::events::set_requestor(who);
             run.set_status(status::RUNNING, String::new());
             let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(run.clone())));
             match res {
