@@ -711,6 +711,93 @@ pub struct StoragePoolPut {
     pub description: String,
 }
 
+/// A storage volume (`api.StorageVolume` of LXD 5.0.2, field for field).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct StorageVolume {
+    /// The volume's config (`size`, `security.shifted`, ...).
+    #[serde(default, deserialize_with = "nullable")]
+    pub config: StringMap,
+    #[serde(default, deserialize_with = "nullable")]
+    pub description: String,
+    /// Its name, e.g. `vol1` (`c1/snap0` for an instance snapshot's volume).
+    pub name: String,
+    /// `custom`, `container` or `image`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// What uses it: `/1.0/instances/c1`, `/1.0/profiles/p1`, `/1.0/images/FP`.
+    #[serde(default, deserialize_with = "nullable")]
+    pub used_by: Vec<String>,
+    /// `none` on a standalone server.
+    #[serde(default)]
+    pub location: String,
+    /// `filesystem` (or `block`, which bivy does not make).
+    #[serde(default)]
+    pub content_type: String,
+    /// Always `default`.
+    #[serde(default)]
+    pub project: String,
+    /// RFC 3339, e.g. `2024-01-02T03:04:05Z`.
+    #[serde(default)]
+    pub created_at: String,
+}
+
+/// `PUT`/`PATCH /1.0/storage-pools/POOL/volumes/custom/NAME`.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct StorageVolumePut {
+    #[serde(default, deserialize_with = "nullable")]
+    pub config: StringMap,
+    #[serde(default, deserialize_with = "nullable")]
+    pub description: String,
+    /// A snapshot to restore first (volume snapshots are not built: refused when set).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub restore: String,
+}
+
+/// Where a new volume comes from (`api.StorageVolumeSource`); only an empty `type` (a new,
+/// empty volume) is built.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct StorageVolumeSource {
+    #[serde(default, deserialize_with = "nullable")]
+    pub name: String,
+    /// `""` (empty volume), `copy` or `migration`.
+    #[serde(default, rename = "type", deserialize_with = "nullable")]
+    pub kind: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub pool: String,
+}
+
+/// `POST /1.0/storage-pools/POOL/volumes[/custom]`.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct StorageVolumesPost {
+    #[serde(default, deserialize_with = "nullable")]
+    pub config: StringMap,
+    #[serde(default, deserialize_with = "nullable")]
+    pub description: String,
+    pub name: String,
+    /// `custom` (the only type a client can create).
+    #[serde(default, rename = "type", deserialize_with = "nullable")]
+    pub kind: String,
+    #[serde(default)]
+    pub source: StorageVolumeSource,
+    /// `filesystem` (the default) or `block`.
+    #[serde(default, deserialize_with = "nullable")]
+    pub content_type: String,
+}
+
+/// `POST /1.0/storage-pools/POOL/volumes/custom/NAME`: rename (or move, migrate: not built).
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct StorageVolumePost {
+    pub name: String,
+    /// Another pool to move the volume to (not built).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pool: String,
+    #[serde(default)]
+    pub migration: bool,
+    /// Another project (bivy has one).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub project: String,
+}
+
 /// LXD's zero `time.Time` ("0001-01-01T00:00:00Z"): a snapshot's `expires_at` when it never expires.
 pub const GO_ZERO_TIME: &str = "0001-01-01T00:00:00Z";
 
