@@ -6,8 +6,11 @@
 //! Left out on purpose: `network` (only unmanaged host interfaces are listed; creating, changing
 //! and deleting networks is not built), `projects` (one project, `default`), `warnings` (the
 //! list is served, but bivy does not record warnings), `instance_bulk_state_change`.
-//! `storage` is claimed for pools and volume listing; writing custom volumes answers 501
-//! "not supported yet" until that lands. `tests/daemon.rs` checks each claim against the routes.
+//! `storage` is claimed for pools and volumes (custom filesystem volumes on `dir` and `btrfs`:
+//! create, show, edit, rename, delete, attach as disk devices); `storage_api_volume_rename` for
+//! renaming them. Not claimed: `storage_api_volume_snapshots`, `storage_api_local_volume_handling`
+//! (copy/move between pools), `custom_volume_backup`. `tests/conformance.rs` checks each claim
+//! against the routes.
 
 /// Extensions in LXD's order.
 pub const API_EXTENSIONS: &[&str] = &[
@@ -41,6 +44,7 @@ pub const API_EXTENSIONS: &[&str] = &[
     "snapshot_expiry_creation",
     "server_supported_storage_drivers",
     "resources",
+    "storage_api_volume_rename",
     "resources_v2",
     "certificate_token",
     "remote_token_expiry",

@@ -2,7 +2,7 @@
 //! every error becomes LXD's error envelope in one place (`response::error`).
 
 use super::access::{self, Caller};
-use super::endpoints::{self, instances, storage};
+use super::endpoints::{self, instances, storage, volumes};
 use super::response::{self, Error, Result};
 use super::{resources, Daemon};
 use crate::http::{Request, Response};
@@ -196,16 +196,22 @@ fn route(d: &Daemon, req: &mut Request, caller: &Caller) -> Result<Response> {
             _ => Err(not_allowed(m)),
         },
         ["storage-pools", name, "volumes"] => match m {
-            "GET" => storage::volumes_list(d, req, name, None),
-            _ => Err(Error::not_yet("custom storage volumes")),
+            "GET" => volumes::list(d, req, name, None),
+            "POST" => volumes::create(d, req, name, None),
+            _ => Err(not_allowed(m)),
         },
         ["storage-pools", name, "volumes", kind] => match m {
-            "GET" => storage::volumes_list(d, req, name, Some(kind)),
-            _ => Err(Error::not_yet("custom storage volumes")),
+            "GET" => volumes::list(d, req, name, Some(kind)),
+            "POST" => volumes::create(d, req, name, Some(kind)),
+            _ => Err(not_allowed(m)),
         },
         ["storage-pools", name, "volumes", kind, vol] => match m {
-            "GET" => storage::volume_get(d, name, kind, vol),
-            _ => Err(Error::not_yet("changing storage volumes")),
+            "GET" => volumes::get(d, name, kind, vol),
+            "PUT" => volumes::put(d, req, name, kind, vol, false),
+            "PATCH" => volumes::put(d, req, name, kind, vol, true),
+            "POST" => volumes::rename(d, req, name, kind, vol),
+            "DELETE" => volumes::delete(d, name, kind, vol),
+            _ => Err(not_allowed(m)),
         },
         ["storage-pools", name, "volumes", kind, inst, "snapshots" | "state" | "backups", ..] => {
             let _ = (name, kind, inst);

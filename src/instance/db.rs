@@ -12,10 +12,12 @@ use crate::api::{Devices, StringMap};
 use crate::util::fs::atomic_write;
 
 /// The on-disk format version; bumped with an upgrade step when the layout changes.
-pub const SCHEMA: u32 = 2;
+pub const SCHEMA: u32 = 3;
 
 // Schema history: 1 = instances, profiles, config. 2 = storage pools, each instance's pool and
 // its snapshots (a schema-1 document loads as instances on the `default` pool with no snapshots).
+// 3 = custom storage volumes (`volumes`; an older document loads with none). The bump keeps an
+// older bivy, which would drop them on its next save, from opening the document.
 
 /// One instance as stored.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
@@ -81,6 +83,18 @@ pub struct PoolRecord {
     pub description: String,
 }
 
+/// One custom storage volume as stored (`volumes[pool][name]`).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct VolumeRecord {
+    pub config: StringMap,
+    pub description: String,
+    /// `filesystem` (the only content type bivy makes).
+    pub content_type: String,
+    pub created_at: String,
+    /// The volume directory name under `custom/` on the pool (a UUID, so renames move no data).
+    pub volume: String,
+}
+
 /// One profile as stored.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
 pub struct ProfileRecord {
@@ -98,6 +112,9 @@ pub struct Data {
     pub profiles: BTreeMap<String, ProfileRecord>,
     #[serde(default)]
     pub pools: BTreeMap<String, PoolRecord>,
+    /// Custom storage volumes: pool -> volume name -> record (`instance::volumes`).
+    #[serde(default)]
+    pub volumes: BTreeMap<String, BTreeMap<String, VolumeRecord>>,
     /// The trust store: fingerprint -> certificate (`instance::trust`).
     #[serde(default)]
     pub certificates: BTreeMap<String, CertRecord>,
@@ -127,7 +144,7 @@ impl Db {
     pub fn open(path: &Path) -> std::io::Result<Db> {
         let data = match std::fs::read(path) {
             Ok(bytes) => {
-                let d: Data = serde_json::from_slice(&bytes).map_err(|e| {
+                let mut d: Data = serde_json::from_slice(&bytes).map_err(|e| {
                     std::io::Error::other(format!("{}: corrupt database: {e}", path.display()))
                 })?;
                 if d.schema > SCHEMA {
@@ -137,6 +154,9 @@ impl Db {
                         d.schema
                     )));
                 }
+                // Older documents load as they are (new fields default to empty); the next
+                // save writes them as this schema.
+                d.schema = SCHEMA;
                 d
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Data {

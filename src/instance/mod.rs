@@ -22,6 +22,7 @@ pub mod schedule;
 pub mod snapshots;
 pub mod trust;
 pub mod view;
+pub mod volumes;
 
 pub use ctx::Ctx;
 pub use error::{Error, Result};

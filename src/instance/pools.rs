@@ -105,6 +105,19 @@ pub fn usable_pool(d: &Ctx, name: &str) -> Result<Arc<Pool>> {
     pool(d, name)
 }
 
+/// The fingerprints of the images unpacked on `pool` (finished ones, not `.tmp`), sorted.
+pub fn image_volumes(pool: &Pool) -> Vec<String> {
+    let mut fps: Vec<String> = std::fs::read_dir(pool.driver.path().join("images"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".tmp"))
+        .collect();
+    fps.sort();
+    fps
+}
+
 /// All open pools.
 pub fn all(d: &Ctx) -> Vec<Arc<Pool>> {
     d.pools
@@ -286,7 +299,7 @@ pub fn recover_pools(d: &Ctx) {
         if mounted(&path) {
             continue;
         }
-        for sub in ["containers", "containers-snapshots", "images"] {
+        for sub in storage::LAYOUT_DIRS {
             let _ = std::fs::remove_dir(path.join(sub));
         }
         if std::fs::remove_dir(&path).is_ok() {
@@ -297,9 +310,10 @@ pub fn recover_pools(d: &Ctx) {
 
 /// Undo what a killed daemon left on the pools: volumes no record names (half-made creates and
 /// copies, half-done deletes), snapshot volumes no snapshot names, a restore caught between its
-/// two renames, image volumes being unpacked or of deleted images.
+/// two renames, image volumes being unpacked or of deleted images, custom volumes no record names.
 pub fn recover(d: &Ctx) {
-    let instances = d.db.lock().expect("db lock").data.instances.clone();
+    let data = d.db.lock().expect("db lock").data.clone();
+    let instances = &data.instances;
     let images: std::collections::HashSet<String> = d
         .images
         .list()
@@ -364,6 +378,17 @@ pub fn recover(d: &Ctx) {
                         }
                     }
                 }
+            }
+        }
+        let customs = super::volumes::volume_dirs(&data, &p.name);
+        for e in std::fs::read_dir(p.driver.path().join("custom"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if !customs.contains(&n) {
+                remove(&e.path());
             }
         }
         for e in std::fs::read_dir(p.driver.path().join("images"))

@@ -92,7 +92,7 @@ impl Driver for Dir {
 
     fn delete(&self) -> io::Result<()> {
         // Only what the layout made; a user's data under a custom source is never removed.
-        for d in ["containers", "containers-snapshots", "images"] {
+        for d in super::LAYOUT_DIRS {
             match std::fs::remove_dir(self.path.join(d)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}

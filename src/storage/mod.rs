@@ -8,6 +8,7 @@
 //! <pool>/containers/<volume>/               one instance: rootfs/, templates/, metadata.json
 //! <pool>/containers-snapshots/<volume>/<s>/ its snapshots (read-only where the driver can)
 //! <pool>/images/<fingerprint>/              an image unpacked once, read-only; instances clone it
+//! <pool>/custom/<volume>/                   a custom volume (its files, directly)
 //! ```
 //!
 //! Volume directory names are UUIDs, so renames never move data. A driver only knows how to make,
@@ -302,6 +303,11 @@ impl Pool {
         self.snapshots_of(volume).join(snap_volume)
     }
 
+    /// A custom volume (`volume` is its directory name, a UUID).
+    pub fn custom(&self, volume: &str) -> PathBuf {
+        self.driver.path().join("custom").join(volume)
+    }
+
     /// An image's base volume (unpacked once, read-only).
     pub fn image(&self, fingerprint: &str) -> PathBuf {
         self.driver.path().join("images").join(fingerprint)
@@ -376,11 +382,18 @@ impl Pool {
 pub const POOL_ROOT_MODE: u32 = 0o711;
 /// The layout's top directories and their modes: instance volumes sit under a traversable
 /// directory and close themselves; snapshots and image volumes are closed at the top.
-pub const LAYOUT_MODES: [(&str, u32); 3] = [
+pub const LAYOUT_MODES: [(&str, u32); 4] = [
     ("containers", 0o711),
     ("containers-snapshots", 0o700),
     ("images", 0o700),
+    ("custom", 0o700),
 ];
+/// The layout's top directories (the names of [`LAYOUT_MODES`]).
+pub const LAYOUT_DIRS: [&str; 4] = ["containers", "containers-snapshots", "images", "custom"];
+/// A custom volume's own directory: its files belong to the containers that mount it (through
+/// an idmapped mount), and a non-root user of a container must be able to reach into it, as on
+/// LXD; `custom/` above it keeps host users out.
+pub const CUSTOM_VOLUME_MODE: u32 = 0o711;
 /// Every volume a driver makes: only root.
 pub const VOLUME_MODE: u32 = 0o700;
 

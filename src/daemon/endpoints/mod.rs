@@ -14,3 +14,4 @@ pub mod profiles;
 pub mod server;
 pub mod snapshots;
 pub mod storage;
+pub mod volumes;

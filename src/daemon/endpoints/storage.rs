@@ -26,8 +26,8 @@ fn io_err(what: &str) -> impl Fn(std::io::Error) -> Error + '_ {
     move |e| Error::Internal(format!("{what}: {e}"))
 }
 
-/// What uses a pool: instances and their snapshots, profiles whose root disk names it, and the
-/// images unpacked on it (LXD lists the same).
+/// What uses a pool: instances and their snapshots, profiles with a disk on it, its custom
+/// volumes, and the images unpacked on it (LXD lists the same).
 fn used_by(d: &Daemon, name: &str) -> Vec<String> {
     let db = d.db.lock().expect("db lock");
     let mut out = Vec::new();
@@ -51,28 +51,18 @@ fn used_by(d: &Daemon, name: &str) -> Vec<String> {
             out.push(format!("/1.0/profiles/{n}"));
         }
     }
+    if let Some(vols) = db.data.volumes.get(name) {
+        out.extend(vols.keys().map(|v| crate::instance::volumes::url(name, v)));
+    }
     drop(db);
     if let Ok(p) = pool(d, name) {
         out.extend(
-            image_volumes(&p)
+            crate::instance::pools::image_volumes(&p)
                 .into_iter()
                 .map(|f| format!("/1.0/images/{f}")),
         );
     }
     out
-}
-
-/// The fingerprints of the images unpacked on `pool` (finished ones, not `.tmp`), sorted.
-fn image_volumes(pool: &Pool) -> Vec<String> {
-    let mut fps: Vec<String> = std::fs::read_dir(pool.driver.path().join("images"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.ends_with(".tmp"))
-        .collect();
-    fps.sort();
-    fps
 }
 
 fn to_api(d: &Daemon, name: &str, rec: &PoolRecord) -> api::StoragePool {
@@ -358,108 +348,6 @@ pub fn resources(d: &Daemon, name: &str) -> Result<Response> {
         "space": {"used": u.used, "total": u.total},
         "inodes": {"used": u.inodes_used, "total": u.inodes_total}
     })))
-}
-
-/// One volume as `/1.0/storage-pools/NAME/volumes` lists it.
-fn volume_api(name: &str, kind: &str, used_by: Vec<String>, created_at: &str) -> serde_json::Value {
-    serde_json::json!({
-        "config": {},
-        "description": "",
-        "name": name,
-        "type": kind,
-        "used_by": used_by,
-        "location": "none",
-        "content_type": "filesystem",
-        "project": "default",
-        "created_at": created_at,
-    })
-}
-
-fn volumes(d: &Daemon, pool_name: &str) -> Vec<(String, String, serde_json::Value)> {
-    let mut out = Vec::new();
-    let db = d.db.lock().expect("db lock");
-    for (n, r) in &db.data.instances {
-        if r.pool != pool_name {
-            continue;
-        }
-        out.push((
-            "container".to_string(),
-            n.clone(),
-            volume_api(
-                n,
-                "container",
-                vec![crate::instance::view::url(n)],
-                &r.created_at,
-            ),
-        ));
-        for s in &r.snapshots {
-            let full = format!("{n}/{}", s.name);
-            out.push((
-                "container".to_string(),
-                full.clone(),
-                volume_api(
-                    &full,
-                    "container",
-                    vec![format!(
-                        "{}/snapshots/{}",
-                        crate::instance::view::url(n),
-                        s.name
-                    )],
-                    &s.created_at,
-                ),
-            ));
-        }
-    }
-    drop(db);
-    if let Ok(p) = pool(d, pool_name) {
-        for f in image_volumes(&p) {
-            let v = volume_api(
-                &f,
-                "image",
-                vec![format!("/1.0/images/{f}")],
-                api::ZERO_TIME,
-            );
-            out.push(("image".to_string(), f, v));
-        }
-    }
-    out
-}
-
-pub fn volumes_list(
-    d: &Daemon,
-    req: &Request,
-    pool_name: &str,
-    kind: Option<&str>,
-) -> Result<Response> {
-    record(d, pool_name)?;
-    let vols: Vec<_> = volumes(d, pool_name)
-        .into_iter()
-        .filter(|(k, _, _)| kind.is_none_or(|t| t == k))
-        .collect();
-    if recursion(req) > 0 {
-        Ok(response::sync(
-            &vols.into_iter().map(|(_, _, v)| v).collect::<Vec<_>>(),
-        ))
-    } else {
-        Ok(response::sync(
-            &vols
-                .iter()
-                .map(|(k, n, _)| format!("{}/volumes/{k}/{n}", pool_url(pool_name)))
-                .collect::<Vec<_>>(),
-        ))
-    }
-}
-
-pub fn volume_get(d: &Daemon, pool_name: &str, kind: &str, name: &str) -> Result<Response> {
-    record(d, pool_name)?;
-    if kind == "custom" {
-        return Err(Error::not_yet("custom storage volumes"));
-    }
-    volumes(d, pool_name)
-        .into_iter()
-        .find(|(k, n, _)| k == kind && n == name)
-        .map(|(_, _, v)| response::sync(&v))
-        .ok_or_else(|| Error::NotFound("Storage volume not found".into()))
 }
 
 #[cfg(test)]

@@ -1,0 +1,428 @@
+//! Custom storage volumes (`/1.0/storage-pools/<pool>/volumes/custom/<name>`): the records,
+//! their config, what uses them, and create, update, rename and delete with LXD 5.0.2's rules
+//! and messages (`lxd/storage_volumes.go`).
+//!
+//! A volume's data is a directory (dir) or subvolume (btrfs) at `<pool>/custom/<uuid>`, made by
+//! the pool's driver; its files are kept in the containers' id space (a file container root owns
+//! is owned by uid 0 on disk) and every container mounts it idmapped with its own map, so one
+//! volume can be shared by containers with different maps (LXD's `security.shifted=true`).
+//!
+//! Crash consistency: the data is made before the record is written and removed after the record
+//! is gone; a rename only changes records (the instance and profile devices naming the volume
+//! change in the same write). What a killed daemon leaves is removed by `pools::recover`.
+
+use std::sync::Arc;
+
+use super::db::{Data, VolumeRecord};
+use super::{Ctx, Error, Result};
+use crate::api::{self, StringMap};
+use crate::runtime::State;
+use crate::storage::Pool;
+use crate::util::revert::Revert;
+
+/// The one volume type a client creates.
+pub const CUSTOM: &str = "custom";
+/// The one content type bivy makes.
+pub const FILESYSTEM: &str = "filesystem";
+
+/// The API URL of a custom volume.
+pub fn url(pool: &str, name: &str) -> String {
+    format!("/1.0/storage-pools/{pool}/volumes/custom/{name}")
+}
+
+/// LXD's checks on a new name.
+pub fn validate_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::Invalid("No name provided".into()));
+    }
+    if name.contains('/') {
+        return Err(Error::Invalid(
+            "Storage volume names may not contain slashes".into(),
+        ));
+    }
+    if name == "." || name == ".." || name.chars().any(|c| c.is_control()) {
+        return Err(Error::Invalid(format!(
+            "Invalid storage volume name {name:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// Check a custom volume's config for a pool with driver `driver`. Every key is either kept or
+/// refused: `size` needs quotas bivy does not set up yet, and the keys of volume snapshots wait
+/// for those.
+pub fn validate_config(driver: &str, name: &str, config: &StringMap) -> Result<()> {
+    for (k, v) in config {
+        match k.as_str() {
+            "size" if v.is_empty() => {}
+            "size" => {
+                crate::storage::btrfs::parse_size(v)
+                    .map_err(|e| Error::config("size", format!("Invalid value for \"size\": {e}")))?;
+                return Err(match driver {
+                    "dir" => Error::not_yet(
+                        "\"size\" on a custom volume of a dir pool (needs filesystem project quotas, which bivy does not set up)",
+                    ),
+                    _ => Error::not_yet(&format!(
+                        "\"size\" on a custom volume of a {driver} pool (quotas)"
+                    )),
+                });
+            }
+            // bivy always mounts a custom volume idmapped, which is what this key asks for.
+            "security.shifted" => match super::config::parse_bool(v) {
+                Some(true) => {}
+                Some(false) => {
+                    return Err(Error::not_yet(
+                        "security.shifted=false on custom volumes (bivy always attaches them through idmapped mounts, which is security.shifted=true)",
+                    ))
+                }
+                None => {
+                    return Err(Error::config(
+                        k,
+                        format!("Invalid value for \"security.shifted\": {v:?} is not a boolean"),
+                    ))
+                }
+            },
+            "security.unmapped" | "snapshots.expiry" | "snapshots.pattern"
+            | "snapshots.schedule" => {
+                return Err(Error::not_yet(&format!("storage volume config key {k:?}")))
+            }
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "Invalid option for volume {name:?} option {k:?}"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The record of volume `name` on `pool`, or LXD's 404.
+pub fn record(d: &Ctx, pool: &str, name: &str) -> Result<VolumeRecord> {
+    record_in(&d.db.lock().expect("db lock").data, pool, name).cloned()
+}
+
+fn record_in<'a>(data: &'a Data, pool: &str, name: &str) -> Result<&'a VolumeRecord> {
+    data.volumes
+        .get(pool)
+        .and_then(|v| v.get(name))
+        .ok_or_else(|| Error::NotFound("Storage volume not found".into()))
+}
+
+/// Whether device `dev` is a disk naming custom volume `name` on `pool`.
+pub fn names_volume(dev: &StringMap, pool: &str, name: &str) -> bool {
+    dev.get("type").map(String::as_str) == Some("disk")
+        && dev.get("pool").map(String::as_str) == Some(pool)
+        && dev.get("source").map(String::as_str) == Some(name)
+        && dev.get("path").map(String::as_str) != Some("/")
+}
+
+/// What uses a volume, as LXD lists it: instances whose own devices name it, then profiles.
+pub fn used_by(data: &Data, pool: &str, name: &str) -> Vec<String> {
+    let mut out: Vec<String> = data
+        .instances
+        .iter()
+        .filter(|(_, r)| r.devices.values().any(|dev| names_volume(dev, pool, name)))
+        .map(|(n, _)| super::view::url(n))
+        .collect();
+    out.extend(
+        data.profiles
+            .iter()
+            .filter(|(_, p)| p.devices.values().any(|dev| names_volume(dev, pool, name)))
+            .map(|(n, _)| format!("/1.0/profiles/{n}")),
+    );
+    out
+}
+
+/// Instances whose expanded devices (profiles included) name the volume.
+fn instances_using(data: &Data, pool: &str, name: &str) -> Vec<String> {
+    data.instances
+        .iter()
+        .filter(|(_, r)| {
+            let (_, ed) = super::config::expand(&r.profiles, &data.profiles, &r.config, &r.devices);
+            ed.values().any(|dev| names_volume(dev, pool, name))
+        })
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+/// The API view of a record.
+pub fn to_api(data: &Data, pool: &str, name: &str, rec: &VolumeRecord) -> api::StorageVolume {
+    api::StorageVolume {
+        config: rec.config.clone(),
+        description: rec.description.clone(),
+        name: name.to_string(),
+        kind: CUSTOM.into(),
+        used_by: used_by(data, pool, name),
+        location: "none".into(),
+        content_type: rec.content_type.clone(),
+        project: "default".into(),
+        created_at: rec.created_at.clone(),
+    }
+}
+
+/// Every custom volume on `pool`, by name.
+pub fn list(d: &Ctx, pool: &str) -> Vec<api::StorageVolume> {
+    let db = d.db.lock().expect("db lock");
+    db.data
+        .volumes
+        .get(pool)
+        .map(|vols| {
+            vols.iter()
+                .map(|(n, r)| to_api(&db.data, pool, n, r))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// One custom volume.
+pub fn get(d: &Ctx, pool: &str, name: &str) -> Result<api::StorageVolume> {
+    let db = d.db.lock().expect("db lock");
+    let rec = record_in(&db.data, pool, name)?;
+    Ok(to_api(&db.data, pool, name, rec))
+}
+
+/// What a volume's ETag covers (LXD: name, type, config).
+pub fn etag_source(name: &str, rec: &VolumeRecord) -> serde_json::Value {
+    serde_json::json!([name, CUSTOM, rec.config])
+}
+
+/// Create an empty custom volume (`POST .../volumes/custom` without a source).
+pub fn create(d: &Ctx, pool_name: &str, req: &api::StorageVolumesPost) -> Result<()> {
+    validate_name(&req.name)?;
+    let content_type = match req.content_type.as_str() {
+        "" | FILESYSTEM => FILESYSTEM,
+        "block" => {
+            return Err(Error::not_yet(
+                "block custom volumes (content_type \"block\" is for virtual machines, which bivy does not run)",
+            ))
+        }
+        _ => return Err(Error::Invalid("Invalid volume content type name".into())),
+    };
+    if !req.kind.is_empty() && req.kind != CUSTOM {
+        return Err(Error::Invalid(format!(
+            "Currently not allowed to create storage volumes of type {:?}",
+            req.kind
+        )));
+    }
+    match req.source.kind.as_str() {
+        "" => {}
+        "copy" => return Err(Error::not_yet("copying storage volumes")),
+        "migration" => return Err(Error::not_yet("storage volume migration")),
+        other => return Err(Error::Invalid(format!("Unknown source type {other:?}"))),
+    }
+    let pool = super::pools::usable_pool(d, pool_name)?;
+    validate_config(pool.driver.name(), &req.name, &req.config)?;
+    // The database lock is held from the name check to the record, so two creates of one name
+    // cannot both make data.
+    let mut db = d.db.lock().expect("db lock");
+    if !db.data.pools.contains_key(pool_name) {
+        return Err(Error::NotFound("Storage pool not found".into()));
+    }
+    if record_in(&db.data, pool_name, &req.name).is_ok() {
+        return Err(Error::Conflict("Volume by that name already exists".into()));
+    }
+    let volume = super::operations::uuid();
+    let path = pool.custom(&volume);
+    let mut revert = Revert::new();
+    pool.driver
+        .create_volume(&path)
+        .map_err(|e| Error::Host(format!("Failed to create storage volume: {e}")))?;
+    {
+        let (pool, path) = (Arc::clone(&pool), path.clone());
+        revert.add(move || {
+            let _ = pool.driver.delete_volume(&path);
+        });
+    }
+    crate::util::fs::ensure_mode(&path, crate::storage::CUSTOM_VOLUME_MODE)
+        .map_err(|e| Error::Host(format!("{}: {e}", path.display())))?;
+    let rec = VolumeRecord {
+        config: req.config.clone(),
+        description: req.description.clone(),
+        content_type: content_type.into(),
+        created_at: crate::util::time::now(),
+        volume,
+    };
+    db.update(|data| {
+        data.volumes
+            .entry(pool_name.to_string())
+            .or_default()
+            .insert(req.name.clone(), rec)
+    })
+    .map_err(|e| Error::Host(format!("saving the volume: {e}")))?;
+    revert.commit();
+    drop(db);
+    d.events.lifecycle(
+        "storage-volume-created",
+        &url(pool_name, &req.name),
+        serde_json::json!({"type": CUSTOM}),
+    );
+    Ok(())
+}
+
+/// `PUT` (all of it) or `PATCH` (the keys given) of a volume's config and description.
+/// `check` sees the current record first (the caller's ETag check).
+pub fn update(
+    d: &Ctx,
+    pool_name: &str,
+    name: &str,
+    put: &api::StorageVolumePut,
+    description_given: bool,
+    patch: bool,
+    check: impl FnOnce(&VolumeRecord) -> Result<()>,
+) -> Result<()> {
+    if !put.restore.is_empty() {
+        return Err(Error::not_yet("restoring storage volume snapshots"));
+    }
+    let pool = super::pools::pool(d, pool_name)?;
+    let mut db = d.db.lock().expect("db lock");
+    let cur = record_in(&db.data, pool_name, name)?.clone();
+    check(&cur)?;
+    let mut next = cur.clone();
+    if patch {
+        for (k, v) in &put.config {
+            next.config.insert(k.clone(), v.clone());
+        }
+        if description_given {
+            next.description = put.description.clone();
+        }
+    } else {
+        next.config = put.config.clone();
+        next.description = put.description.clone();
+    }
+    next.config.retain(|_, v| !v.is_empty());
+    validate_config(pool.driver.name(), name, &next.config)?;
+    if next == cur {
+        return Ok(());
+    }
+    db.update(|data| {
+        data.volumes
+            .entry(pool_name.to_string())
+            .or_default()
+            .insert(name.to_string(), next)
+    })
+    .map_err(|e| Error::Host(format!("saving the volume: {e}")))?;
+    drop(db);
+    d.events.lifecycle(
+        "storage-volume-updated",
+        &url(pool_name, name),
+        serde_json::json!({"type": CUSTOM}),
+    );
+    Ok(())
+}
+
+/// Rename a volume on its pool; the instance and profile devices naming it follow (as LXD).
+/// Refused while a running instance uses it.
+pub fn rename(d: &Ctx, pool_name: &str, name: &str, req: &api::StorageVolumePost) -> Result<()> {
+    if req.migration {
+        return Err(Error::not_yet("storage volume migration"));
+    }
+    if req.name.is_empty() {
+        return Err(Error::Invalid("No name provided".into()));
+    }
+    validate_name(&req.name)?;
+    if !req.pool.is_empty() && req.pool != pool_name {
+        return Err(Error::not_yet("moving storage volumes between pools"));
+    }
+    if !req.project.is_empty() && req.project != "default" {
+        return Err(Error::NotFound("Project not found".into()));
+    }
+    let mut db = d.db.lock().expect("db lock");
+    let rec = record_in(&db.data, pool_name, name)?.clone();
+    if record_in(&db.data, pool_name, &req.name).is_ok() {
+        return Err(Error::Conflict("Volume by that name already exists".into()));
+    }
+    for inst in instances_using(&db.data, pool_name, name) {
+        if matches!(super::view::state_of(d, &inst)?, State::Running { .. }) {
+            return Err(Error::Invalid(
+                "Volume is still in use by running instances".into(),
+            ));
+        }
+    }
+    let new = req.name.clone();
+    db.update(|data| {
+        if let Some(vols) = data.volumes.get_mut(pool_name) {
+            vols.remove(name);
+            vols.insert(new.clone(), rec);
+        }
+        let devices = data
+            .instances
+            .values_mut()
+            .map(|r| &mut r.devices)
+            .chain(data.profiles.values_mut().map(|p| &mut p.devices));
+        for devs in devices {
+            for dev in devs.values_mut() {
+                if names_volume(dev, pool_name, name) {
+                    dev.insert("source".into(), new.clone());
+                }
+            }
+        }
+    })
+    .map_err(|e| Error::Host(format!("saving the volume: {e}")))?;
+    drop(db);
+    d.events.lifecycle(
+        "storage-volume-renamed",
+        &url(pool_name, &req.name),
+        serde_json::json!({"old_name": name}),
+    );
+    Ok(())
+}
+
+/// Delete a volume and its data; refused while anything uses it.
+pub fn delete(d: &Ctx, pool_name: &str, name: &str) -> Result<()> {
+    let pool = super::pools::pool(d, pool_name)?;
+    let mut db = d.db.lock().expect("db lock");
+    let rec = record_in(&db.data, pool_name, name)?.clone();
+    if !used_by(&db.data, pool_name, name).is_empty()
+        || !instances_using(&db.data, pool_name, name).is_empty()
+    {
+        return Err(Error::Invalid("The storage volume is still in use".into()));
+    }
+    db.update(|data| {
+        if let Some(vols) = data.volumes.get_mut(pool_name) {
+            vols.remove(name);
+            if vols.is_empty() {
+                data.volumes.remove(pool_name);
+            }
+        }
+    })
+    .map_err(|e| Error::Host(format!("saving: {e}")))?;
+    drop(db);
+    // The record is gone (commit point); data that cannot go now is removed by `recover`.
+    let path = pool.custom(&rec.volume);
+    if let Err(e) = pool.driver.delete_volume(&path) {
+        eprintln!("bivy: deleting volume {}: {e}", path.display());
+    }
+    d.events.lifecycle(
+        "storage-volume-deleted",
+        &url(pool_name, name),
+        serde_json::json!({"type": CUSTOM}),
+    );
+    Ok(())
+}
+
+/// The volume directories on `pool` that records name (for `pools::recover`).
+pub fn volume_dirs(data: &Data, pool: &str) -> std::collections::HashSet<String> {
+    data.volumes
+        .get(pool)
+        .map(|v| v.values().map(|r| r.volume.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// The host path of custom volume `name` on `pool` for a disk device, or why it cannot be used.
+pub fn path_for_disk(
+    d: &Ctx,
+    pool_name: &str,
+    name: &str,
+) -> Result<(Arc<Pool>, std::path::PathBuf)> {
+    let rec = record(d, pool_name, name).map_err(|_| {
+        Error::NotFound(format!(
+            "Storage volume {name:?} not found on storage pool {pool_name:?}"
+        ))
+    })?;
+    if rec.content_type != FILESYSTEM {
+        return Err(Error::not_yet("block custom volumes"));
+    }
+    let pool = super::pools::usable_pool(d, pool_name)?;
+    let path = pool.custom(&rec.volume);
+    Ok((pool, path))
+}
