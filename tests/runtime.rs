@@ -131,6 +131,7 @@ impl Ct {
             apparmor_raw: String::new(),
             console_log: dir.join("console.log"),
             cgroup: None,
+            disks: Vec::new(),
         };
         Ct {
             dir,

@@ -29,6 +29,8 @@ pub struct Ctx<'a> {
     pub seccomp: &'a Seccomp,
     pub label: Option<&'a str>,
     pub layout: &'a CgroupLayout,
+    /// Disk devices the monitor staged, to mount inside the rootfs.
+    pub disks: &'a [super::disks::Staged],
 }
 
 fn e(step: &str, x: impl std::fmt::Display) -> Error {

@@ -23,7 +23,7 @@
 //! INTERFACE CONTRACT (the daemon relies on exactly these items; keep their signatures):
 //! `Spec`, `IdMapEntry`, `RootfsMode`, `Limits`, `start`, `state`, `State`, `ExitInfo`, `stop`,
 //! `StopMode`, `freeze`, `unfreeze`, `set_limits`, `stats`, `Stats`, `exec`, `ExecSpec`, `ExecStdio`,
-//! `ExecProcess`, `monitor_pidfd`, `helper_main`, `Error`.
+//! `ExecProcess`, `monitor_pidfd`, `helper_main`, `Error`, `DiskMount`.
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -77,6 +77,26 @@ pub struct Limits {
     pub pids: Option<u64>,
 }
 
+/// A disk device other than the root disk: a host directory or file (or a custom volume's
+/// directory) bind-mounted into the container. Resolved by the daemon; the runtime opens the
+/// source without following any symlink and resolves `path` inside the container's root.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct DiskMount {
+    /// The device's name, for messages.
+    pub name: String,
+    /// Absolute host path (no `.` or `..`; any symlink on it is refused when it is opened).
+    pub source: PathBuf,
+    /// Absolute path inside the container (no `.` or `..`; not `/`).
+    pub path: String,
+    pub readonly: bool,
+    /// Mount it idmapped with the container's map (on-disk id 0 is container root).
+    pub idmap: bool,
+    /// Bind the mounts below the source too.
+    pub recursive: bool,
+    /// `false`: a source missing at start is skipped.
+    pub required: bool,
+}
+
 /// Everything needed to start a container, fully resolved (profiles expanded, ids mapped, paths checked).
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct Spec {
@@ -106,6 +126,9 @@ pub struct Spec {
     /// e.g. tests, must not share cgroups).
     #[serde(default)]
     pub cgroup: Option<String>,
+    /// Disk devices, in mount order (parents before what is mounted below them).
+    #[serde(default)]
+    pub disks: Vec<DiskMount>,
 }
 
 impl Spec {
@@ -207,6 +230,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 mod chan;
 mod confine;
+mod disks;
 mod exec;
 pub mod host;
 mod init;

@@ -28,7 +28,7 @@ use nix::unistd::Pid;
 
 use super::chan::{self, Msg};
 use super::{
-    confine, files, init, userns, Error, ExitInfo, Result, RootfsMode, Spec, State, StopMode,
+    confine, disks, files, init, userns, Error, ExitInfo, Result, RootfsMode, Spec, State, StopMode,
 };
 use crate::sys;
 use crate::util::fs::atomic_write;
@@ -638,6 +638,11 @@ fn setup(run_dir: &Path, spec: &Spec, prep: &mut Prepared) -> Result<(i32, Owned
         }
     }
 
+    trace(t0, "before step 4b");
+    // 4b. Disk devices: each source opened without following symlinks, copied, idmapped and made
+    //     read-only as asked, attached below the staging tmpfs (see disks.rs).
+    let staged = disks::stage(spec, &stage)?;
+
     trace(t0, "before step 5");
     // 5. Confinement prepared before the clone, so the child only has to apply it.
     let seccomp = confine::seccomp_compile(&spec.seccomp_policy)?;
@@ -714,6 +719,7 @@ fn setup(run_dir: &Path, spec: &Spec, prep: &mut Prepared) -> Result<(i32, Owned
             seccomp: &seccomp,
             label: label.as_deref(),
             layout: &layout,
+            disks: &staged,
         };
         let e = init::child(&ctx, &csock);
         let _ = chan::send(&csock, &Msg::Err(e.0), None);

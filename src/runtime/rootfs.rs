@@ -14,6 +14,7 @@
 //!   pty slave), `shm` and `mqueue`, `fd stdin stdout stderr` symlinks.
 //! - `security.nesting`: a fresh rw proc and sysfs at `/dev/.lxc/proc` and `/dev/.lxc/sys` (as LXD
 //!   does), so a nested container manager can mount proc/sysfs (the kernel's "fully visible" rule).
+//! - Disk devices last, at their paths (`disks.rs`).
 
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
@@ -85,7 +86,7 @@ fn touch(p: &Path) -> Result<(), Error> {
     fs::File::create(p).map(drop).map_err(|x| e("create", p, x))
 }
 
-/// Steps 4a-4f of the child setup.
+/// Steps 4a-4g of the child setup.
 pub fn setup(ctx: &Ctx<'_>) -> Result<(), Error> {
     let root = ctx.root;
     super::monitor::trace(ctx.t0, "child step 4a0");
@@ -153,6 +154,10 @@ pub fn setup(ctx: &Ctx<'_>) -> Result<(), Error> {
             mnt(fstype, &p, fstype, NOSUID_NODEV_NOEXEC, None)?;
         }
     }
+
+    super::monitor::trace(ctx.t0, "child step 4g");
+    // 4g. Disk devices, at their paths resolved inside the rootfs (see disks.rs).
+    super::disks::mount_all(root, ctx.disks)?;
     Ok(())
 }
 

@@ -89,6 +89,71 @@ pub fn open_tree_clone(path: &Path, recursive: bool) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// `open_tree(fd, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH [| AT_RECURSIVE])`: a
+/// detached copy of the mount at an already opened path (an `O_PATH` fd), so nothing is looked
+/// up by name again between the check and the mount.
+pub fn open_tree_clone_fd(fd: BorrowedFd<'_>, recursive: bool) -> io::Result<OwnedFd> {
+    let mut flags: libc::c_uint = libc::OPEN_TREE_CLONE
+        | libc::OPEN_TREE_CLOEXEC as libc::c_uint
+        | libc::AT_EMPTY_PATH as libc::c_uint;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    // SAFETY: the path is a static empty C string; the fd is a borrowed open fd.
+    let r = unsafe { libc::syscall(libc::SYS_open_tree, fd.as_raw_fd(), c"".as_ptr(), flags) };
+    let fd = check(r)? as RawFd;
+    // SAFETY: the kernel just returned this new fd and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `MOUNT_ATTR_RDONLY` for [`mount_setattr_flags`].
+pub const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
+
+/// `mount_setattr(fd, "", AT_EMPTY_PATH [| AT_RECURSIVE], {attr_set: set})`: set per-mount flags
+/// (e.g. [`MOUNT_ATTR_RDONLY`]) on a (detached) mount.
+pub fn mount_setattr_flags(mnt: BorrowedFd<'_>, set: u64, recursive: bool) -> io::Result<()> {
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let mut flags = libc::AT_EMPTY_PATH as libc::c_uint;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    // SAFETY: the path is a static empty C string, `attr` is a valid repr(C) mount_attr (the
+    // size passed matches the struct) that lives across the call; the fd is a borrowed open fd.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            mnt.as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    check(r).map(|_| ())
+}
+
+/// `move_mount(from, "", to, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH)`: attach a
+/// detached mount on an opened mount point (an `O_PATH` fd), with no path lookup.
+pub fn move_mount_fd(from: BorrowedFd<'_>, to: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: both paths are static empty C strings; both fds are borrowed open fds.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            from.as_raw_fd(),
+            c"".as_ptr(),
+            to.as_raw_fd(),
+            c"".as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH | libc::MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    check(r).map(|_| ())
+}
+
 #[repr(C)]
 struct MountAttr {
     attr_set: u64,

@@ -1,0 +1,239 @@
+//! Disk devices (other than the root disk): host directories and files, and custom volumes,
+//! bind-mounted into the container at start. Two halves:
+//!
+//! - [`stage`] runs in the monitor (host root, in its private mount namespace): each source is
+//!   opened with `openat2(O_PATH, RESOLVE_NO_SYMLINKS)`, so a symlink anywhere on the path (one
+//!   swapped in mid-start included) is refused rather than followed; a detached copy of it is
+//!   made from that fd (`open_tree`), idmapped and made read-only as asked (`mount_setattr`), and
+//!   attached below the staging tmpfs (`<stage>/disks/<n>`). Nothing reaches the host's mount
+//!   table: the staging tmpfs lives in the monitor's namespace only.
+//! - [`mount_all`] runs in the container child (container root, its own user and mount
+//!   namespace, before pivot_root): each target path is resolved inside the rootfs with
+//!   `RESOLVE_IN_ROOT` (a symlink in the container cannot point it at the host), missing parts
+//!   are made as container root, and the staged mount is cloned and moved onto the opened target.
+//!   The child's mount namespace was copied from the monitor's across a user namespace, so the
+//!   kernel locks the staged mounts' flags: the container cannot remount a read-only disk
+//!   read-write.
+//!
+//! The mounts go when the container's namespaces go: stopping leaves nothing on the host.
+
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+
+use super::{userns, DiskMount, Error, Result, Spec};
+use crate::sys;
+
+/// A disk staged by the monitor, ready for the child to mount.
+#[derive(Debug, Clone)]
+pub struct Staged {
+    pub name: String,
+    /// Where it is attached below the staging tmpfs.
+    pub staged: PathBuf,
+    /// A directory (else a file).
+    pub dir: bool,
+    pub path: String,
+    pub recursive: bool,
+}
+
+fn err(d: &DiskMount, what: impl std::fmt::Display) -> Error {
+    Error(format!("disk device {:?}: {what}", d.name))
+}
+
+fn symlink_refused(d: &DiskMount) -> Error {
+    err(
+        d,
+        format!(
+            "source path {:?} goes through a symlink, which is not followed (name the real path)",
+            d.source.display().to_string()
+        ),
+    )
+}
+
+/// Open `source` as an `O_PATH` fd without following any symlink on it.
+fn open_source(d: &DiskMount) -> Result<Option<OwnedFd>> {
+    let how = ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+    match rustix::fs::openat2(
+        rustix::fs::CWD,
+        &d.source,
+        OFlags::PATH | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+        how,
+    ) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(rustix::io::Errno::NOENT) if !d.required => Ok(None),
+        Err(rustix::io::Errno::NOENT) => Err(err(
+            d,
+            format!("Missing source path {:?}", d.source.display().to_string()),
+        )),
+        Err(rustix::io::Errno::LOOP) => Err(symlink_refused(d)),
+        Err(e) => Err(err(d, format!("open source {}: {e}", d.source.display()))),
+    }
+}
+
+/// Monitor side: open, copy, idmap and attach every disk below `stage` (in the monitor's private
+/// mount namespace). Sources missing with `required=false` are left out (and logged).
+pub fn stage(spec: &Spec, stage: &Path) -> Result<Vec<Staged>> {
+    if spec.disks.is_empty() {
+        return Ok(Vec::new());
+    }
+    let base = stage.join("disks");
+    fs::create_dir(&base).map_err(|e| Error(format!("create {}: {e}", base.display())))?;
+    let mut ns: Option<OwnedFd> = None;
+    let mut out = Vec::new();
+    for (i, d) in spec.disks.iter().enumerate() {
+        let Some(fd) = open_source(d)? else {
+            eprintln!(
+                "bivy monitor: disk device {:?}: source {} is missing, skipped (required=false)",
+                d.name,
+                d.source.display()
+            );
+            continue;
+        };
+        let st = rustix::fs::fstat(&fd).map_err(|e| err(d, format!("stat source: {e}")))?;
+        let ft = rustix::fs::FileType::from_raw_mode(st.st_mode);
+        let dir = match ft {
+            rustix::fs::FileType::Directory => true,
+            rustix::fs::FileType::RegularFile => false,
+            rustix::fs::FileType::Symlink => return Err(symlink_refused(d)),
+            rustix::fs::FileType::BlockDevice => {
+                return Err(err(d, "not supported yet: block device disk sources"))
+            }
+            other => {
+                return Err(err(
+                    d,
+                    format!(
+                        "source {} is a {other:?}, not a directory or file",
+                        d.source.display()
+                    ),
+                ))
+            }
+        };
+        let tree = sys::open_tree_clone_fd(fd.as_fd(), d.recursive)
+            .map_err(|e| err(d, format!("open_tree {}: {e}", d.source.display())))?;
+        if d.idmap && !spec.uid_map.is_empty() {
+            if ns.is_none() {
+                ns = Some(userns::userns_fd(&spec.uid_map, &spec.gid_map)?);
+            }
+            let ns = ns.as_ref().expect("just made");
+            sys::mount_setattr_idmap(tree.as_fd(), ns.as_fd(), d.recursive).map_err(|e| {
+                err(
+                    d,
+                    format!(
+                        "idmapped mount of {} (the filesystem must support idmapped mounts): {e}",
+                        d.source.display()
+                    ),
+                )
+            })?;
+        }
+        if d.readonly {
+            sys::mount_setattr_flags(tree.as_fd(), sys::MOUNT_ATTR_RDONLY, d.recursive)
+                .map_err(|e| err(d, format!("make read-only: {e}")))?;
+        }
+        let at = base.join(i.to_string());
+        if dir {
+            fs::create_dir(&at)
+        } else {
+            fs::File::create(&at).map(drop)
+        }
+        .map_err(|e| Error(format!("create {}: {e}", at.display())))?;
+        sys::move_mount_to(tree.as_fd(), &at)
+            .map_err(|e| err(d, format!("attach at {}: {e}", at.display())))?;
+        out.push(Staged {
+            name: d.name.clone(),
+            staged: at,
+            dir,
+            path: d.path.clone(),
+            recursive: d.recursive,
+        });
+    }
+    Ok(out)
+}
+
+/// Resolve `path` inside `root` (symlinks stay inside it), making what is missing as the caller
+/// (container root): directories on the way, and the last part as a directory or an empty file.
+fn resolve_target(root: &Path, path: &str, dir: bool) -> io::Result<OwnedFd> {
+    let rootfd = rustix::fs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let how = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
+    let open = |rel: &str| {
+        rustix::fs::openat2(
+            &rootfd,
+            rel,
+            OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+            how,
+        )
+    };
+    let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+    if comps.is_empty() || comps.iter().any(|c| *c == "." || *c == "..") {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a plain absolute path",
+        ));
+    }
+    let mut cur = rustix::io::dup(&rootfd)?;
+    for (i, c) in comps.iter().enumerate() {
+        let last = i + 1 == comps.len();
+        let sofar = comps[..=i].join("/");
+        cur = match open(&sofar) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => {
+                // `cur` is the parent, already resolved inside the root; `c` has no slash.
+                if !last || dir {
+                    match rustix::fs::mkdirat(&cur, *c, Mode::from_raw_mode(0o755)) {
+                        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                } else {
+                    let f = rustix::fs::openat(
+                        &cur,
+                        *c,
+                        OFlags::CREATE
+                            | OFlags::EXCL
+                            | OFlags::WRONLY
+                            | OFlags::CLOEXEC
+                            | OFlags::NOFOLLOW,
+                        Mode::from_raw_mode(0o644),
+                    );
+                    match f {
+                        Ok(_) | Err(rustix::io::Errno::EXIST) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                open(&sofar)?
+            }
+            Err(e) => return Err(e.into()),
+        };
+    }
+    let st = rustix::fs::fstat(&cur)?;
+    let is_dir = rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory;
+    if is_dir != dir {
+        return Err(io::Error::other(if dir {
+            "exists and is not a directory"
+        } else {
+            "exists and is a directory (the source is a file)"
+        }));
+    }
+    Ok(cur)
+}
+
+/// Child side: mount every staged disk at its path inside `root` (before pivot_root).
+pub fn mount_all(root: &Path, staged: &[Staged]) -> Result<()> {
+    for s in staged {
+        let e = |what: &str, x: &dyn std::fmt::Display| {
+            Error(format!("disk device {:?}: {what} {}: {x}", s.name, s.path))
+        };
+        let target = resolve_target(root, &s.path, s.dir).map_err(|x| e("path", &x))?;
+        let tree =
+            sys::open_tree_clone(&s.staged, s.recursive).map_err(|x| e("open_tree for", &x))?;
+        sys::move_mount_fd(tree.as_fd(), target.as_fd()).map_err(|x| e("mount on", &x))?;
+    }
+    Ok(())
+}
