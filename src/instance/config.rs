@@ -259,12 +259,10 @@ pub fn validate_devices(devices: &Devices) -> Result<()> {
             return Err(Error::Invalid(format!("Invalid device name {name:?}")));
         }
         match d.get("type").map(String::as_str) {
+            Some("disk") if d.get("path").map(String::as_str) != Some("/") => {
+                super::devices::validate_disk(name, d)?;
+            }
             Some("disk") => {
-                if !d.contains_key("path") {
-                    return Err(Error::Invalid(format!(
-                        "Device {name:?}: disk devices need a \"path\""
-                    )));
-                }
                 // Quotas need btrfs qgroups or project quotas, which bivy does not set up; a
                 // silently ignored size would be a promise not kept.
                 if d.get("path").map(String::as_str) == Some("/")

@@ -190,14 +190,14 @@ pub fn start(d: &Ctx, name: &str) -> Result<()> {
     let (ec, ed) = expanded(d, &rec);
     for (dev, conf) in &ed {
         let t = conf.get("type").map(String::as_str).unwrap_or("");
-        let is_root = t == "disk" && conf.get("path").map(String::as_str) == Some("/");
-        if !is_root && t != "none" {
+        if !matches!(t, "disk" | "none") {
             return Err(Error::not_yet(&format!(
-                "device {dev:?} of type {t:?} (only the root disk is supported yet)"
+                "device {dev:?} of type {t:?} (only disk devices are supported yet)"
             )));
         }
     }
     let privileged = config::flag(&ec, "security.privileged");
+    let disks = super::devices::resolve_disks(d, &ed, privileged)?;
     let vol = d.volume_dir(&rec);
     let rootfs = vol.join("rootfs");
     // Id map: next becomes current.
@@ -284,6 +284,7 @@ pub fn start(d: &Ctx, name: &str) -> Result<()> {
         apparmor_raw: ec.get("raw.apparmor").cloned().unwrap_or_default(),
         console_log: log_dir.join("console.log"),
         cgroup: d.cgroup_suffix.as_ref().map(|sfx| format!("{name}.{sfx}")),
+        disks,
     };
     // linux.kernel_modules: loaded on the host before the container starts, as LXD does.
     if let Some(v) = ec.get("linux.kernel_modules") {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod create;
 pub mod ctx;
 pub mod db;
+pub mod devices;
 pub mod error;
 pub mod events;
 pub mod host;

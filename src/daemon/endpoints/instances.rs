@@ -511,7 +511,8 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
     let running = matches!(state_of(d, name)?, State::Running { .. });
     if running {
         // Keys that only take effect at start are refused on a running instance when changed.
-        let (oc, _) = config::expand(&cur.profiles, &db.data.profiles, &cur.config, &cur.devices);
+        let (oc, od) = config::expand(&cur.profiles, &db.data.profiles, &cur.config, &cur.devices);
+        crate::instance::devices::check_live_change(&od, &ed)?;
         for k in [
             "security.privileged",
             "security.idmap.isolated",

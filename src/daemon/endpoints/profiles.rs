@@ -144,6 +144,19 @@ pub fn profile_put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Re
                     "Instance {iname:?} would have no root disk device"
                 )));
             }
+            let running = matches!(
+                crate::instance::view::state_of(d, iname)?,
+                crate::runtime::State::Running { .. }
+            );
+            if running {
+                let (_, old) = config::expand(
+                    &inst.profiles,
+                    &db.data.profiles,
+                    &inst.config,
+                    &inst.devices,
+                );
+                crate::instance::devices::check_live_change(&old, &devs)?;
+            }
         }
     }
     db.update(|data| data.profiles.insert(name.to_string(), next))
