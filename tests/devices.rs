@@ -1,0 +1,454 @@
+//! Disk devices and custom storage volumes, driven by the unmodified `lxc` 5.0.2 client and
+//! bivy's own CLI: volume create/list/show/set/rename/delete (refused while attached), a volume
+//! shared by two containers with different id maps, host directories and files bound in
+//! (read-only enforced, `required=false` skipped, a missing source or a symlink refused at
+//! start), device changes on a running container refused, and nothing left mounted on the host.
+//! Real containers, as root.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use common::{Daemon, Lxc};
+
+fn err_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `lxc ARGS` must fail with a message containing `want`.
+fn fails_with(l: &Lxc<'_>, args: &[&str], want: &str) {
+    let out = l.run(args);
+    let text = err_text(&out);
+    assert!(!out.status.success(), "lxc {args:?} succeeded: {text}");
+    assert!(
+        text.contains(want),
+        "lxc {args:?}: want {want:?} in {text:?}"
+    );
+}
+
+fn no_mounts_below(p: &Path) {
+    let m = common::mounts_below(p);
+    assert!(m.is_empty(), "still mounted below {}: {m:?}", p.display());
+}
+
+#[test]
+fn custom_volume_lifecycle_with_lxc() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    l.import_busybox();
+    assert_eq!(
+        l.ok(&["storage", "volume", "create", "default", "vol1"]),
+        "Storage volume vol1 created\n"
+    );
+    fails_with(
+        &l,
+        &["storage", "volume", "create", "default", "vol1"],
+        "Volume by that name already exists",
+    );
+    fails_with(
+        &l,
+        &["storage", "volume", "create", "default", "big", "size=1GiB"],
+        "not supported yet",
+    );
+    fails_with(
+        &l,
+        &[
+            "storage",
+            "volume",
+            "create",
+            "default",
+            "blk",
+            "--type=block",
+        ],
+        "not supported yet",
+    );
+    fails_with(
+        &l,
+        &[
+            "storage",
+            "volume",
+            "create",
+            "default",
+            "bad",
+            "nosuch.key=1",
+        ],
+        "Invalid option for volume \"bad\" option \"nosuch.key\"",
+    );
+    let list = l.ok(&["storage", "volume", "list", "default", "--format=csv"]);
+    assert!(list.contains("custom,vol1,,filesystem,0"), "{list}");
+    // Description and config through the REST API, with an ETag.
+    let (st, v) = d
+        .api(
+            "GET",
+            "/1.0/storage-pools/default/volumes/custom/vol1",
+            None,
+        )
+        .expect("api");
+    assert_eq!(st, 200, "{v}");
+    let m = &v["metadata"];
+    assert_eq!(m["type"], "custom");
+    assert_eq!(m["content_type"], "filesystem");
+    assert_eq!(m["location"], "none");
+    assert_eq!(m["project"], "default");
+    assert!(
+        m["created_at"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("20")),
+        "{m}"
+    );
+    let (st, v) = d
+        .api(
+            "PATCH",
+            "/1.0/storage-pools/default/volumes/custom/vol1",
+            Some(r#"{"description":"data"}"#),
+        )
+        .expect("api");
+    assert_eq!(st, 200, "{v}");
+    l.ok(&[
+        "storage",
+        "volume",
+        "set",
+        "default",
+        "vol1",
+        "security.shifted",
+        "true",
+    ]);
+    assert_eq!(
+        l.ok(&[
+            "storage",
+            "volume",
+            "get",
+            "default",
+            "vol1",
+            "security.shifted"
+        ]),
+        "true\n"
+    );
+    let show = l.ok(&["storage", "volume", "show", "default", "vol1"]);
+    assert!(show.contains("description: data"), "{show}");
+    assert!(show.contains("security.shifted: \"true\""), "{show}");
+    l.ok(&[
+        "storage",
+        "volume",
+        "unset",
+        "default",
+        "vol1",
+        "security.shifted",
+    ]);
+    let recursive = l.ok(&[
+        "query",
+        "/1.0/storage-pools/default/volumes/custom?recursion=1",
+    ]);
+    assert!(recursive.contains("\"name\": \"vol1\""), "{recursive}");
+
+    // Attached to a stopped container: delete refused, rename carries the device along.
+    l.ok(&["init", "busybox", "c1"]);
+    l.ok(&[
+        "storage", "volume", "attach", "default", "vol1", "c1", "/data",
+    ]);
+    let show = l.ok(&["storage", "volume", "show", "default", "vol1"]);
+    assert!(show.contains("- /1.0/instances/c1"), "{show}");
+    fails_with(
+        &l,
+        &["storage", "volume", "delete", "default", "vol1"],
+        "The storage volume is still in use",
+    );
+    fails_with(&l, &["storage", "delete", "default"], "currently in use");
+    assert_eq!(
+        l.ok(&["storage", "volume", "rename", "default", "vol1", "vol2"]),
+        "Renamed storage volume from \"vol1\" to \"vol2\"\n"
+    );
+    let dev = l.ok(&["config", "device", "get", "c1", "vol1", "source"]);
+    assert_eq!(dev, "vol2\n");
+    // Running: rename refused, device changes refused.
+    l.ok(&["start", "c1"]);
+    fails_with(
+        &l,
+        &["storage", "volume", "rename", "default", "vol2", "vol3"],
+        "Volume is still in use by running instances",
+    );
+    l.ok(&["storage", "volume", "create", "default", "other"]);
+    fails_with(
+        &l,
+        &[
+            "storage", "volume", "attach", "default", "other", "c1", "/other",
+        ],
+        "not supported yet: adding disk devices to a running instance",
+    );
+    let (code, out) = l.sh(
+        "c1",
+        "echo hi > /data/f && cat /data/f && stat -c %u:%g /data/f",
+    );
+    assert_eq!((code, out.as_str()), (0, "hi\n0:0\n"));
+    l.ok(&["stop", "c1", "--force"]);
+    l.ok(&["storage", "volume", "detach", "default", "vol2", "c1"]);
+    assert_eq!(
+        l.ok(&["storage", "volume", "delete", "default", "vol2"]),
+        "Storage volume vol2 deleted\n"
+    );
+    l.ok(&["storage", "volume", "delete", "default", "other"]);
+    fails_with(
+        &l,
+        &["storage", "volume", "show", "default", "vol2"],
+        "Storage volume not found",
+    );
+    let left: Vec<_> = std::fs::read_dir(d.dir().join("storage-pools/default/custom"))
+        .expect("custom dir")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    no_mounts_below(d.tmp());
+}
+
+#[test]
+fn volume_shared_by_two_containers_with_different_maps() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    l.import_busybox();
+    l.ok(&["storage", "volume", "create", "default", "shared"]);
+    l.ok(&["init", "busybox", "a"]);
+    l.ok(&["init", "busybox", "b", "-c", "security.idmap.isolated=true"]);
+    l.ok(&[
+        "storage",
+        "volume",
+        "attach",
+        "default",
+        "shared",
+        "a",
+        "/srv/shared",
+    ]);
+    l.ok(&[
+        "storage", "volume", "attach", "default", "shared", "b", "shr", "/mnt/s",
+    ]);
+    l.ok(&["start", "a", "b"]);
+    let map = |c: &str| l.ok(&["config", "get", c, "volatile.idmap.current"]);
+    assert_ne!(
+        map("a"),
+        map("b"),
+        "the two containers should have different maps"
+    );
+    let (code, out) = l.sh(
+        "a",
+        "echo from-a > /srv/shared/note && chmod 600 /srv/shared/note",
+    );
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = l.sh("b", "cat /mnt/s/note && stat -c %u:%g:%a /mnt/s/note");
+    assert_eq!((code, out.as_str()), (0, "from-a\n0:0:600\n"));
+    // On disk the file belongs to uid 0 (container ids), below a directory only root reaches.
+    let pool = d.dir().join("storage-pools/default/custom");
+    assert_eq!(
+        std::fs::metadata(&pool).expect("custom").mode() & 0o777,
+        0o700
+    );
+    // Nothing of it is mounted on the host, running or stopped.
+    no_mounts_below(&pool);
+    l.ok(&["stop", "a", "b", "--force"]);
+    no_mounts_below(d.tmp());
+    l.ok(&["delete", "a", "b"]);
+    l.ok(&["storage", "volume", "delete", "default", "shared"]);
+}
+
+#[test]
+fn host_directory_and_file_devices() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    l.import_busybox();
+    let host = d.tmp().join("host");
+    std::fs::create_dir_all(host.join("data")).expect("mkdir");
+    std::fs::write(host.join("data/hello"), "hello\n").expect("write");
+    std::fs::write(host.join("single"), "one file\n").expect("write");
+    let p = |s: &str| host.join(s).display().to_string();
+    l.ok(&["init", "busybox", "c1"]);
+    let add = |name: &str, kv: &[String]| {
+        let mut args: Vec<String> = vec![
+            "config".into(),
+            "device".into(),
+            "add".into(),
+            "c1".into(),
+            name.into(),
+            "disk".into(),
+        ];
+        args.extend(kv.iter().cloned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        l.ok(&args)
+    };
+    add(
+        "ro",
+        &[
+            format!("source={}", p("data")),
+            "path=/ro".into(),
+            "readonly=true".into(),
+        ],
+    );
+    add(
+        "rw",
+        &[
+            format!("source={}", p("data")),
+            "path=/rw".into(),
+            "shift=true".into(),
+        ],
+    );
+    add(
+        "file",
+        &[format!("source={}", p("single")), "path=/etc/single".into()],
+    );
+    add(
+        "opt",
+        &[
+            format!("source={}", p("nosuch")),
+            "path=/opt/x".into(),
+            "required=false".into(),
+        ],
+    );
+    fails_with(
+        &l,
+        &[
+            "config",
+            "device",
+            "add",
+            "c1",
+            "rel",
+            "disk",
+            "source=../etc",
+            "path=/x",
+        ],
+        "Source path must be absolute",
+    );
+    fails_with(
+        &l,
+        &[
+            "config",
+            "device",
+            "add",
+            "c1",
+            "dots",
+            "disk",
+            "source=/srv/../etc",
+            "path=/x",
+        ],
+        "Source path must be absolute",
+    );
+    l.ok(&["start", "c1"]);
+    let (code, out) = l.sh(
+        "c1",
+        "cat /ro/hello /etc/single; test -e /opt/x; echo opt=$?",
+    );
+    assert_eq!((code, out.as_str()), (0, "hello\none file\nopt=1\n"));
+    let (code, out) = l.sh("c1", "touch /ro/new 2>&1");
+    assert_ne!(code, 0, "writing a readonly disk worked: {out}");
+    assert!(out.contains("Read-only file system"), "{out}");
+    let (code, out) = l.sh("c1", "mount -o remount,rw /ro 2>&1; touch /ro/new2 2>&1");
+    assert_ne!(
+        code, 0,
+        "the container made its readonly disk writable: {out}"
+    );
+    // shift=true: container root is host root on that directory.
+    let (code, out) = l.sh("c1", "echo w > /rw/written && stat -c %u /rw/written");
+    assert_eq!((code, out.as_str()), (0, "0\n"));
+    assert_eq!(
+        std::fs::metadata(host.join("data/written"))
+            .expect("written")
+            .uid(),
+        0
+    );
+    // Nothing on the host's mount table while running, nor after stop.
+    no_mounts_below(&host);
+    no_mounts_below(d.tmp());
+    l.ok(&["stop", "c1", "--force"]);
+    no_mounts_below(d.tmp());
+
+    // A required source that is gone is a clear start error; nothing is left half-started.
+    std::fs::rename(host.join("single"), host.join("single.moved")).expect("rename");
+    fails_with(&l, &["start", "c1"], "Missing source path");
+    // A symlink on the source path is refused, not followed.
+    std::os::unix::fs::symlink("/etc", host.join("single")).expect("symlink");
+    fails_with(&l, &["start", "c1"], "symlink");
+    std::fs::remove_file(host.join("single")).expect("rm");
+    std::fs::create_dir(host.join("real")).expect("mkdir");
+    std::fs::rename(host.join("single.moved"), host.join("real/single")).expect("rename");
+    std::os::unix::fs::symlink("real", host.join("via")).expect("symlink");
+    l.ok(&[
+        "config",
+        "device",
+        "set",
+        "c1",
+        "file",
+        "source",
+        &p("via/single"),
+    ]);
+    fails_with(&l, &["start", "c1"], "symlink");
+    l.ok(&[
+        "config",
+        "device",
+        "set",
+        "c1",
+        "file",
+        "source",
+        &p("real/single"),
+    ]);
+    // A target path that is a symlink inside the container stays inside it.
+    l.ok(&["config", "device", "remove", "c1", "rw"]);
+    l.ok(&["start", "c1"]);
+    l.sh("c1", "ln -s /etc /escape");
+    l.ok(&["stop", "c1", "--force"]);
+    add(
+        "esc",
+        &[
+            format!("source={}", p("data")),
+            "path=/escape/inside".into(),
+        ],
+    );
+    l.ok(&["start", "c1"]);
+    let (code, out) = l.sh("c1", "cat /etc/inside/hello");
+    assert_eq!((code, out.as_str()), (0, "hello\n"));
+    assert!(
+        !Path::new("/etc/inside").exists(),
+        "a mount point was made on the host"
+    );
+    fails_with(
+        &l,
+        &["config", "device", "remove", "c1", "esc"],
+        "not supported yet: removing disk devices from a running instance",
+    );
+    no_mounts_below(d.tmp());
+    l.ok(&["delete", "c1", "--force"]);
+    no_mounts_below(d.tmp());
+}
+
+#[test]
+fn other_device_types_are_refused_at_start() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    l.import_busybox();
+    l.ok(&["init", "busybox", "c1"]);
+    l.ok(&[
+        "config",
+        "device",
+        "add",
+        "c1",
+        "tty",
+        "unix-char",
+        "path=/dev/ttyS0",
+    ]);
+    fails_with(
+        &l,
+        &["start", "c1"],
+        "not supported yet: device \"tty\" of type \"unix-char\"",
+    );
+}
