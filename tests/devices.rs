@@ -452,3 +452,97 @@ fn other_device_types_are_refused_at_start() {
         "not supported yet: device \"tty\" of type \"unix-char\"",
     );
 }
+
+#[test]
+fn bivy_storage_volume_commands() {
+    if !common::require_root() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let img = common::busybox_image();
+    d.ok(&[
+        "image",
+        "import",
+        img.to_str().expect("utf-8"),
+        "--alias",
+        "busybox",
+    ]);
+    assert_eq!(
+        d.ok(&[
+            "storage",
+            "volume",
+            "create",
+            "default",
+            "v1",
+            "security.shifted=true"
+        ]),
+        "Storage volume v1 created\n"
+    );
+    let out = d.run(&["storage", "volume", "create", "default", "v1"]);
+    assert!(!out.status.success());
+    assert!(
+        err_text(&out).contains("Volume by that name already exists"),
+        "{}",
+        err_text(&out)
+    );
+    let csv = d.ok(&[
+        "storage", "volume", "list", "default", "-f", "csv", "-c", "tn",
+    ]);
+    assert!(csv.contains("custom,v1\n"), "{csv}");
+    d.ok(&[
+        "storage",
+        "volume",
+        "set",
+        "default",
+        "v1",
+        "security.shifted=true",
+    ]);
+    assert_eq!(
+        d.ok(&[
+            "storage",
+            "volume",
+            "get",
+            "default",
+            "v1",
+            "security.shifted"
+        ]),
+        "true\n"
+    );
+    d.ok(&[
+        "storage",
+        "volume",
+        "unset",
+        "default",
+        "v1",
+        "security.shifted",
+    ]);
+    let show = d.ok(&["storage", "volume", "show", "default", "custom/v1"]);
+    assert!(
+        show.contains("name: v1") && show.contains("type: custom"),
+        "{show}"
+    );
+    assert_eq!(
+        d.ok(&["storage", "volume", "rename", "default", "v1", "v2"]),
+        "Renamed storage volume from \"v1\" to \"v2\"\n"
+    );
+    d.ok(&["init", "busybox", "c1"]);
+    d.ok(&[
+        "storage", "volume", "attach", "default", "v2", "c1", "data", "/data",
+    ]);
+    let out = d.run(&["storage", "volume", "delete", "default", "v2"]);
+    assert!(
+        err_text(&out).contains("The storage volume is still in use"),
+        "{}",
+        err_text(&out)
+    );
+    d.ok(&["start", "c1"]);
+    let out = d.ok(&["exec", "c1", "--", "sh", "-c", "touch /data/x && ls /data"]);
+    assert_eq!(out, "x\n");
+    d.ok(&["stop", "c1", "--force"]);
+    d.ok(&["storage", "volume", "detach", "default", "v2", "c1"]);
+    assert_eq!(
+        d.ok(&["storage", "volume", "delete", "default", "v2"]),
+        "Storage volume v2 deleted\n"
+    );
+    no_mounts_below(d.tmp());
+}

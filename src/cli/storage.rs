@@ -1,4 +1,5 @@
-//! `storage list|show|create|delete|edit|get|set|unset|info` and `storage volume list`, after
+//! `storage list|show|create|delete|edit|get|set|unset|info` and `storage volume
+//! list|create|delete|show|edit|get|set|unset|rename|attach|detach`, after
 //! `lxc storage` (lxc/storage.go, lxc/storage_volume.go) of LXD 5.0.2.
 
 use std::collections::BTreeMap;
@@ -15,7 +16,9 @@ use crate::client::{urlencode, Client};
 
 const USAGE: &str = "Usage:\n  bivy storage [command]\n\nAvailable Commands:\n  create      Create storage pools\n  delete      Delete storage pools\n  edit        Edit storage pool configurations as YAML\n  get         Get values for storage pool configuration keys\n  info        Show useful information about storage pools\n  list        List available storage pools\n  set         Set storage pool configuration keys\n  show        Show storage pool configurations and resources\n  unset       Unset storage pool configuration keys\n  volume      Manage storage volumes\n";
 
-const VOLUME_USAGE: &str = "Usage:\n  bivy storage volume [command]\n\nAvailable Commands:\n  list        List storage volumes\n\nOther lxc storage volume commands are not supported yet.\n";
+const VOLUME_USAGE: &str = "Usage:\n  bivy storage volume [command]\n\nAvailable Commands:\n  attach      Attach new storage volumes to instances\n  create      Create new custom storage volumes\n  delete      Delete storage volumes\n  detach      Detach storage volumes from instances\n  edit        Edit storage volume configurations as YAML\n  get         Get values for storage volume configuration keys\n  list        List storage volumes\n  rename      Rename storage volumes\n  set         Set storage volume configuration keys\n  show        Show storage volume configurations\n  unset       Unset storage volume configuration keys\n\nOther lxc storage volume commands (copy, move, snapshot, restore, export, import, info, attach-profile, detach-profile) are not supported yet.\n";
+
+const VOLUME_EDIT_HEADER: &str = "### This is a YAML representation of a storage volume.\n### Any line starting with a '# will be ignored.\n###\n### A storage volume consists of a set of configuration items.\n###\n### name: vol1\n### type: custom\n### used_by: []\n### config:\n###   size: \"61203283968\"\n";
 
 const EDIT_HEADER: &str = "### This is a YAML representation of a storage pool.\n### Any line starting with a '#' will be ignored.\n###\n### A storage pool consists of a set of configuration items.\n###\n### An example would look like:\n### name: default\n### driver: zfs\n### used_by: []\n### config:\n###   size: \"61203283968\"\n###   source: /home/chb/mnt/lxd_test/default.img\n###   zfs.pool_name: default\n\n";
 
@@ -113,6 +116,73 @@ pub struct VolumeListArgs {
     #[argh(option, short = 'c')]
     /// columns (t: type, n: name, d: description, c: content type, u: used by)
     columns: Option<String>,
+}
+
+#[derive(FromArgs)]
+#[argh(help_triggers("-h", "--help"))]
+/// Create new custom storage volumes: <pool> <volume> [key=value...]
+pub struct VolumeCreateArgs {
+    #[argh(positional)]
+    /// pool, volume and key=value pairs
+    words: Vec<String>,
+    #[argh(option, long = "type")]
+    /// content type, block or filesystem (default filesystem)
+    content_type: Option<String>,
+}
+
+words_command!(
+    VolumeDeleteArgs,
+    "Delete storage volumes.",
+    "the pool and the volume (<pool> <volume>)"
+);
+words_command!(
+    VolumeShowArgs,
+    "Show storage volume configurations.",
+    "the pool and the volume (<pool> <volume>)"
+);
+words_command!(
+    VolumeEditArgs,
+    "Edit storage volume configurations as YAML (from stdin when it is not a terminal).",
+    "the pool and the volume (<pool> <volume>)"
+);
+words_command!(
+    VolumeGetArgs,
+    "Get values for storage volume configuration keys.",
+    "the pool, the volume and the key (<pool> <volume> <key>)"
+);
+words_command!(
+    VolumeSetArgs,
+    "Set storage volume configuration keys: <pool> <volume> <key>=<value>...",
+    "the pool, the volume and key=value pairs"
+);
+words_command!(
+    VolumeUnsetArgs,
+    "Unset storage volume configuration keys.",
+    "the pool, the volume and the key (<pool> <volume> <key>)"
+);
+words_command!(
+    VolumeRenameArgs,
+    "Rename storage volumes.",
+    "the pool, the volume and its new name (<pool> <old name> <new name>)"
+);
+words_command!(
+    VolumeAttachArgs,
+    "Attach new storage volumes to instances: <pool> <volume> <instance> [<device name>] <path>.",
+    "the pool, the volume, the instance, the device name and the path"
+);
+words_command!(
+    VolumeDetachArgs,
+    "Detach storage volumes from instances: <pool> <volume> <instance> [<device name>].",
+    "the pool, the volume, the instance and the device name"
+);
+
+/// The writable part of a volume (`api.StorageVolumePut`).
+#[derive(Serialize, Deserialize, Debug, Default, Clone)]
+pub struct VolumePut {
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub config: StringMap,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub description: String,
 }
 
 /// `POST /1.0/storage-pools`.
@@ -631,19 +701,86 @@ fn pool_verb<T: FromArgs>(
     Ok(0)
 }
 
+/// A volume argument as lxc parses it (`parseVolume("custom", arg)`): `TYPE/NAME` or `NAME`.
+fn parse_volume(arg: &str) -> (String, String) {
+    match arg.split_once('/') {
+        Some((t @ ("custom" | "image" | "container" | "virtual-machine"), n)) => {
+            (n.to_string(), t.to_string())
+        }
+        _ => (arg.to_string(), "custom".to_string()),
+    }
+}
+
+fn volume_path(pool: &str, kind: &str, name: &str) -> String {
+    format!(
+        "{}/volumes/{}/{}",
+        pool_path(pool),
+        urlencode(kind, false),
+        urlencode(name, false)
+    )
+}
+
+/// Read a volume, change its writable part, and PUT it back with the volume's ETag.
+fn update_volume(c: &Client, path: &str, f: impl FnOnce(&mut VolumePut)) -> Result<(), Fail> {
+    let (vol, etag): (Volume, String) = c.get_etag(path)?;
+    let mut put = VolumePut {
+        config: vol.config,
+        description: vol.description,
+    };
+    f(&mut put);
+    c.put(path, &put, Some(&etag))?;
+    Ok(())
+}
+
+/// Change an instance's own devices (GET, change, PUT with its ETag, wait), as lxc's
+/// `instanceDeviceAdd` and `storage volume detach` do.
+fn update_instance_devices(
+    c: &Client,
+    instance: &str,
+    f: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>) -> Result<(), Fail>,
+) -> Result<(), Fail> {
+    let path = super::instance_path(instance);
+    let (inst, etag): (serde_json::Value, String) = c.get_etag(&path)?;
+    let mut put = serde_json::Map::new();
+    for k in [
+        "architecture",
+        "config",
+        "devices",
+        "ephemeral",
+        "profiles",
+        "stateful",
+        "description",
+    ] {
+        if let Some(v) = inst.get(k) {
+            put.insert(k.to_string(), v.clone());
+        }
+    }
+    let devices = put
+        .entry("devices")
+        .or_insert_with(|| serde_json::json!({}));
+    if devices.is_null() {
+        *devices = serde_json::json!({});
+    }
+    let devices = devices.as_object_mut().expect("devices is an object");
+    f(devices)?;
+    c.put(&path, &serde_json::Value::Object(put), Some(&etag))?;
+    Ok(())
+}
+
 fn volume(args: &[String]) -> CmdResult {
     let Some(sub) = args.first() else {
         eprint!("{VOLUME_USAGE}");
         return Err(Fail::Exit(1));
     };
     let rest = &args[1..];
+    let cmd = format!("bivy storage volume {sub}");
+    let cmd = cmd.as_str();
     match sub.as_str() {
         "-h" | "--help" => {
             print!("{VOLUME_USAGE}");
             Ok(0)
         }
         "list" | "ls" => {
-            let cmd = "bivy storage volume list";
             let a: VolumeListArgs = parse(&[cmd], rest)?;
             check_args::<VolumeListArgs>(cmd, a.words.len(), 1, Some(1))?;
             let (c, name) = pool_name(&a.words[0])?;
@@ -653,6 +790,188 @@ fn volume(args: &[String]) -> CmdResult {
                 "{}",
                 render_volumes(&vols, a.columns.as_deref().unwrap_or("tndcu"), format)?
             );
+            Ok(0)
+        }
+        "create" => {
+            let a: VolumeCreateArgs = parse(&[cmd], rest)?;
+            check_args::<VolumeCreateArgs>(cmd, a.words.len(), 2, None)?;
+            let words = undash(a.words);
+            let (c, pool) = pool_name(&words[0])?;
+            let mut config = StringMap::new();
+            for kv in &words[2..] {
+                match kv.split_once('=') {
+                    Some((k, v)) => config.insert(k.to_string(), v.to_string()),
+                    None => return fail(format!("Bad key=value pair: {kv}")),
+                };
+            }
+            let body = serde_json::json!({
+                "config": config,
+                "description": "",
+                "name": words[1],
+                "type": "custom",
+                "content_type": a.content_type.unwrap_or_else(|| "filesystem".into()),
+            });
+            c.post(&format!("{}/volumes/custom", pool_path(pool)), &body)?;
+            if !super::quiet() {
+                println!("Storage volume {} created", words[1]);
+            }
+            Ok(0)
+        }
+        "delete" | "rm" => {
+            let words = undash(parse::<VolumeDeleteArgs>(&[cmd], rest)?.words);
+            check_args::<VolumeDeleteArgs>(cmd, words.len(), 2, Some(2))?;
+            let (c, pool) = pool_name(&words[0])?;
+            let (name, kind) = parse_volume(&words[1]);
+            c.delete(&volume_path(pool, &kind, &name))?;
+            if !super::quiet() {
+                println!("Storage volume {} deleted", words[1]);
+            }
+            Ok(0)
+        }
+        "show" => {
+            let words = undash(parse::<VolumeShowArgs>(&[cmd], rest)?.words);
+            check_args::<VolumeShowArgs>(cmd, words.len(), 2, Some(2))?;
+            let (c, pool) = pool_name(&words[0])?;
+            let (name, kind) = parse_volume(&words[1]);
+            let mut v: Volume = c.get(&volume_path(pool, &kind, &name))?;
+            v.used_by.sort();
+            super::print_yaml(&v)?;
+            Ok(0)
+        }
+        "get" => {
+            let words = undash(parse::<VolumeGetArgs>(&[cmd], rest)?.words);
+            check_args::<VolumeGetArgs>(cmd, words.len(), 3, Some(3))?;
+            let (c, pool) = pool_name(&words[0])?;
+            let (name, kind) = parse_volume(&words[1]);
+            let v: Volume = c.get(&volume_path(pool, &kind, &name))?;
+            if let Some(val) = v.config.get(&words[2]) {
+                println!("{val}");
+            }
+            Ok(0)
+        }
+        "set" => {
+            let words = undash(parse::<VolumeSetArgs>(&[cmd], rest)?.words);
+            check_args::<VolumeSetArgs>(cmd, words.len(), 3, None)?;
+            let (c, pool) = pool_name(&words[0])?;
+            let (name, kind) = parse_volume(&words[1]);
+            let pairs = config_pairs(&words[2..])?;
+            update_volume(&c, &volume_path(pool, &kind, &name), |p| {
+                for (k, v) in pairs {
+                    p.config.insert(k, v);
+                }
+            })?;
+            Ok(0)
+        }
+        "unset" => {
+            let words = undash(parse::<VolumeUnsetArgs>(&[cmd], rest)?.words);
+            check_args::<VolumeUnsetArgs>(cmd, words.len(), 3, Some(3))?;
+            let (c, pool) = pool_name(&words[0])?;
+            let (name, kind) = parse_volume(&words[1]);
+            let key = words[2].clone();
+            update_volume(&c, &volume_path(pool, &kind, &name), |p| {
+                p.config.remove(&key);
+            })?;
+            Ok(0)
+        }
+        "edit" => {
+            let words = undash(parse::<VolumeEditArgs>(&[cmd], rest)?.words);
+            check_args::<VolumeEditArgs>(cmd, words.len(), 2, Some(2))?;
+            let (c, pool) = pool_name(&words[0])?;
+            let (name, kind) = parse_volume(&words[1]);
+            let path = volume_path(pool, &kind, &name);
+            if !is_tty(0) {
+                // lxc sends what stdin holds, without an ETag.
+                let new: VolumePut = edit_yaml(&VolumePut::default(), "")?;
+                c.put(&path, &new, None)?;
+                return Ok(0);
+            }
+            let (vol, etag): (Volume, String) = c.get_etag(&path)?;
+            let new: Volume = edit_yaml(&vol, VOLUME_EDIT_HEADER)?;
+            let put = VolumePut {
+                config: new.config,
+                description: new.description,
+            };
+            c.put(&path, &put, Some(&etag))?;
+            Ok(0)
+        }
+        "rename" => {
+            let words = undash(parse::<VolumeRenameArgs>(&[cmd], rest)?.words);
+            check_args::<VolumeRenameArgs>(cmd, words.len(), 3, Some(3))?;
+            let (c, pool) = pool_name(&words[0])?;
+            let (name, kind) = parse_volume(&words[1]);
+            c.post(
+                &volume_path(pool, &kind, &name),
+                &serde_json::json!({"name": words[2]}),
+            )?;
+            if !super::quiet() {
+                println!("Renamed storage volume from \"{name}\" to \"{}\"", words[2]);
+            }
+            Ok(0)
+        }
+        "attach" => {
+            let words = undash(parse::<VolumeAttachArgs>(&[cmd], rest)?.words);
+            check_args::<VolumeAttachArgs>(cmd, words.len(), 3, Some(5))?;
+            let (c, pool) = pool_name(&words[0])?;
+            let pool = pool.to_string();
+            // lxc: 3 words name the device after the volume, a 4th is the path, with 5 the
+            // 4th is the device name and the 5th the path.
+            let (dev_name, dev_path) = match words.len() {
+                3 => (words[1].clone(), String::new()),
+                4 => (words[1].clone(), words[3].clone()),
+                _ => (words[3].clone(), words[4].clone()),
+            };
+            let (name, kind) = parse_volume(&words[1]);
+            if kind != "custom" {
+                return fail("Only \"custom\" volumes can be attached to instances");
+            }
+            update_instance_devices(&c, &words[2], |devs| {
+                if devs.contains_key(&dev_name) {
+                    return fail("The device already exists");
+                }
+                devs.insert(
+                    dev_name,
+                    serde_json::json!({"type": "disk", "pool": pool, "source": name, "path": dev_path}),
+                );
+                Ok(())
+            })?;
+            Ok(0)
+        }
+        "detach" => {
+            let words = undash(parse::<VolumeDetachArgs>(&[cmd], rest)?.words);
+            check_args::<VolumeDetachArgs>(cmd, words.len(), 3, Some(4))?;
+            let (c, pool) = pool_name(&words[0])?;
+            let pool = pool.to_string();
+            let vol = words[1].clone();
+            let wanted = words.get(3).cloned();
+            update_instance_devices(&c, &words[2], |devs| {
+                let name = match wanted {
+                    Some(n) => n,
+                    None => {
+                        let mut found = None;
+                        for (n, d) in devs.iter() {
+                            if d["type"] == "disk"
+                                && d["pool"] == pool.as_str()
+                                && d["source"] == vol.as_str()
+                            {
+                                if found.is_some() {
+                                    return fail(
+                                        "More than one device matches, specify the device name",
+                                    );
+                                }
+                                found = Some(n.clone());
+                            }
+                        }
+                        match found {
+                            Some(n) => n,
+                            None => return fail("No device found for this storage volume"),
+                        }
+                    }
+                };
+                if devs.remove(&name).is_none() {
+                    return fail("The specified device doesn't exist");
+                }
+                Ok(())
+            })?;
             Ok(0)
         }
         other => fail(format!("not supported yet: storage volume {other}")),
