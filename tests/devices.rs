@@ -546,3 +546,46 @@ fn bivy_storage_volume_commands() {
     );
     no_mounts_below(d.tmp());
 }
+
+#[test]
+fn btrfs_custom_volume_is_a_subvolume() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    if let Err(why) = common::btrfs_supported() {
+        common::skip("btrfs_custom_volume_is_a_subvolume", &why);
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    l.import_busybox();
+    l.ok(&["storage", "create", "bt", "btrfs", "size=1GiB"]);
+    l.ok(&["storage", "volume", "create", "bt", "bv"]);
+    fails_with(
+        &l,
+        &["storage", "volume", "set", "bt", "bv", "size", "100MiB"],
+        "not supported yet",
+    );
+    let dir = d.dir().join("storage-pools/bt/custom");
+    // (Paths, not DirEntries: those keep the directory open, and the pool busy.)
+    let vols: Vec<_> = std::fs::read_dir(&dir)
+        .expect("custom")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(vols.len(), 1);
+    // A btrfs subvolume's root has inode 256.
+    assert_eq!(std::fs::metadata(&vols[0]).expect("stat").ino(), 256);
+    l.ok(&["init", "busybox", "c1"]);
+    l.ok(&["storage", "volume", "attach", "bt", "bv", "c1", "/bv"]);
+    l.ok(&["start", "c1"]);
+    let (code, out) = l.sh("c1", "echo b > /bv/f && stat -c %u /bv/f");
+    assert_eq!((code, out.as_str()), (0, "0\n"));
+    l.ok(&["stop", "c1", "--force"]);
+    fails_with(&l, &["storage", "delete", "bt"], "currently in use");
+    l.ok(&["delete", "c1"]);
+    l.ok(&["storage", "volume", "delete", "bt", "bv"]);
+    assert_eq!(std::fs::read_dir(&dir).expect("custom").count(), 0);
+    l.ok(&["storage", "delete", "bt"]);
+    no_mounts_below(d.tmp());
+}
