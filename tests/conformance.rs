@@ -58,8 +58,7 @@ const CLAIMS: &[(&str, &[Probe])] = &[
     ("entity_description", &[("GET", "/1.0/profiles/default", None)]),
     (
         "storage",
-        // Pools and the instance volumes on them. Custom volumes answer 501 "not supported
-        // yet" until they land (pylxd's custom volume test is deselected for it).
+        // Pools, the volumes on them, and custom volumes (tests/devices.rs exercises them).
         &[
             ("GET", "/1.0/storage-pools", None),
             ("POST", "/1.0/storage-pools", Some("{}")),
@@ -70,7 +69,20 @@ const CLAIMS: &[(&str, &[Probe])] = &[
             ("GET", "/1.0/storage-pools/default/volumes", None),
             ("GET", "/1.0/storage-pools/default/volumes/custom", None),
             ("GET", "/1.0/storage-pools/default/volumes/container/nosuch", None),
+            ("POST", "/1.0/storage-pools/nosuch/volumes/custom", Some("{\"name\":\"v\"}")),
+            ("GET", "/1.0/storage-pools/default/volumes/custom/nosuch", None),
+            ("PUT", "/1.0/storage-pools/default/volumes/custom/nosuch", Some("{}")),
+            ("PATCH", "/1.0/storage-pools/default/volumes/custom/nosuch", Some("{}")),
+            ("DELETE", "/1.0/storage-pools/default/volumes/custom/nosuch", None),
         ],
+    ),
+    (
+        "storage_api_volume_rename",
+        &[(
+            "POST",
+            "/1.0/storage-pools/default/volumes/custom/nosuch",
+            Some("{\"name\":\"other\"}"),
+        )],
     ),
     ("profile_usedby", &[("GET", "/1.0/profiles/default", None)]),
     ("container_exec_signal_handling", &[("POST", "/1.0/instances/nosuch/exec", Some("{}"))]),

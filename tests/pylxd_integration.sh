@@ -10,8 +10,8 @@
 # daemon's unix socket through LXD_DIR; a `default` dir pool holds the default profile's root
 # disk (bivy makes both at start). As upstream, the daemon listens on 127.0.0.1:8443 with
 # core.trust_password `password`, and the client's certificate and the server's pinned one are
-# where pylxd looks (~/.config/lxc, with HOME pointed into the work directory). The one
-# custom-volume test is deselected by name below (issue 14).
+# where pylxd looks (~/.config/lxc, with HOME pointed into the work directory). Nothing is
+# deselected.
 #
 # Work files go to target/pylxd-integration/ (sdist, venv, daemon dir, junit report).
 set -euo pipefail
@@ -29,12 +29,6 @@ for tool in busybox xz curl openssl; do
   command -v "$tool" >/dev/null || { echo "pylxd_integration: needs $tool" >&2; exit 1; }
 done
 
-# Custom storage volumes are not built yet (issue 14): bivy answers 501 "not supported yet:
-# custom storage volumes". bivy claims `storage` for its pools (lxc's `storage` commands need the
-# name), so pylxd does not skip this one; it goes when custom volumes land.
-DESELECT_CUSTOM_VOLUMES=(
-  integration/test_storage.py::TestStorageVolume::test_create_and_get_and_delete
-)
 
 mkdir -p "$WORK"
 # A fresh daemon dir each run; anything left by an earlier run that was killed is cleaned first.
@@ -101,10 +95,8 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:secp384r1 -nodes -days 3
   -out "$HOME/.config/lxc/client.crt" 2>/dev/null
 cp "$DAEMON_DIR/server.crt" "$HOME/.config/lxc/servercerts/127.0.0.1.crt"
 
-deselect=()
-for t in "${DESELECT_CUSTOM_VOLUMES[@]}"; do deselect+=(--deselect "$t"); done
 # requests lets these override pylxd's pinned server certificate (see issue 20).
 cd "$SDIST_DIR"
 env -u REQUESTS_CA_BUNDLE -u CURL_CA_BUNDLE LXD_DIR="$DAEMON_DIR" \
   "$VENV/bin/python" -m pytest integration -p no:cacheprovider -rA -v \
-  --junitxml="$WORK/junit.xml" "${deselect[@]}"
+  --junitxml="$WORK/junit.xml"
