@@ -26,7 +26,8 @@
 //!   database, images, pools, operations, events, host facts and busy marks; `view` (record,
 //!   expanded config, state), `config` and `limits` (LXD's keys, parsed once), `idmap`,
 //!   `lifecycle` (create, start, stop, delete, live limits, interim changes and their undo after a
-//!   crash, recovery, autostart), `snapshots`, `schedule`, `pools`, `images`, `operations`,
+//!   crash, recovery, autostart), `snapshots`, `schedule`, `pools`, `volumes` (custom storage
+//!   volumes), `devices` (disk devices resolved for the runtime at start), `images`, `operations`,
 //!   `events`; typed errors ([`instance::Error`], one variant per kind of failure).
 //! - [`migration`]: moving instances between servers with LXD's protocol (pull mode): the source's
 //!   websocket operation and the target's dial, the protobuf control messages, the rsync
