@@ -21,6 +21,24 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The connection an accept loop got, or `None` after a failed accept. Out of descriptors (or
+/// memory), the pending connection stays queued and the listener readable, so this waits a
+/// little instead of letting the loop spin on it.
+pub fn accepted<S>(conn: std::io::Result<S>) -> Option<S> {
+    match conn {
+        Ok(s) => Some(s),
+        Err(e) => {
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS)
+            ) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            None
+        }
+    }
+}
+
 /// Connections served at once, in all.
 pub const MAX_CONNECTIONS: usize = 1024;
 /// Connections one non-root peer may hold at once.

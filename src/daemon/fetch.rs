@@ -312,6 +312,19 @@ fn host_header_host(u: &Url) -> String {
     }
 }
 
+/// The headers of a one-shot `GET` from an image server: its `Host`, our user agent (LXD's form,
+/// which servers may key on), and `Connection: close`.
+pub(super) fn get_headers(u: &Url) -> Vec<(String, String)> {
+    vec![
+        ("Host".to_string(), host_header(u)),
+        (
+            "User-Agent".to_string(),
+            format!("LXD 5.0.2 (bivy {})", env!("CARGO_PKG_VERSION")),
+        ),
+        ("Connection".to_string(), "close".to_string()),
+    ]
+}
+
 pub(super) fn host_header(u: &Url) -> String {
     let host = if u.host.contains(':') {
         format!("[{}]", u.host)

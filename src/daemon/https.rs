@@ -285,18 +285,8 @@ fn accept_loop(d: &Arc<Daemon>, listener: &TcpListener, stop: &AtomicBool) {
         if stop.load(Ordering::SeqCst) || d.shutting_down.load(Ordering::SeqCst) {
             break;
         }
-        let tcp = match conn {
-            Ok(t) => t,
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS)
-                ) =>
-            {
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-            Err(_) => continue,
+        let Some(tcp) = conns::accepted(conn) else {
+            continue;
         };
         let Ok(peer) = tcp.peer_addr() else { continue };
         let ip = canonical(peer.ip());

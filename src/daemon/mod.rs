@@ -178,20 +178,8 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
     let connections = Arc::new(conns::Limits::default());
     let refuser = conns::Refuser::start().map_err(|e| format!("starting threads: {e}"))?;
     for conn in listener.incoming() {
-        let stream = match conn {
-            Ok(s) => s,
-            // Out of descriptors (or memory): the pending connection stays queued and the
-            // listener readable, so wait a little instead of spinning on it.
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS)
-                ) =>
-            {
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-            Err(_) => continue,
+        let Some(stream) = conns::accepted(conn) else {
+            continue;
         };
         if d.shutting_down.load(Ordering::SeqCst) {
             break;

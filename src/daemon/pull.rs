@@ -76,14 +76,7 @@ fn with_get<T>(
     for _ in 0..6 {
         let u = fetch::parse(&url)?;
         let (mut s, target) = fetcher.connect(&u)?;
-        let headers = vec![
-            ("Host".to_string(), fetch::host_header(&u)),
-            (
-                "User-Agent".to_string(),
-                format!("LXD 5.0.2 (bivy {})", env!("CARGO_PKG_VERSION")),
-            ),
-            ("Connection".to_string(), "close".to_string()),
-        ];
+        let headers = fetch::get_headers(&u);
         let mut r = client::request(&mut *s, "GET", &target, &headers, Body::Empty)
             .map_err(|e| Error::BadRequest(format!("{url}: {e}")))?;
         if (300..400).contains(&r.status) {

@@ -67,14 +67,7 @@ impl Server {
             ));
         }
         let (mut s, target) = self.fetcher.connect(&u)?;
-        let headers = vec![
-            ("Host".to_string(), fetch::host_header(&u)),
-            (
-                "User-Agent".to_string(),
-                format!("LXD 5.0.2 (bivy {})", env!("CARGO_PKG_VERSION")),
-            ),
-            ("Connection".to_string(), "close".to_string()),
-        ];
+        let headers = fetch::get_headers(&u);
         let mut r = client::request(&mut *s, "GET", &target, &headers, Body::Empty)
             .map_err(|e| Error::BadRequest(format!("{}{path}: {e}", self.origin())))?;
         then(&mut r)

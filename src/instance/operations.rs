@@ -206,6 +206,18 @@ impl Op {
         self.inner.lock().expect("op lock").untrusted_sockets = true;
     }
 
+    /// Whether `secret` is the one in this operation's metadata (`metadata.secret`, as image
+    /// download tokens and trust tokens hold it), compared in constant time.
+    pub fn metadata_secret_is(&self, secret: &str) -> bool {
+        let inner = self.inner.lock().expect("op lock");
+        inner
+            .metadata
+            .as_ref()
+            .and_then(|m| m.get("secret"))
+            .and_then(|s| s.as_str())
+            .is_some_and(|mine| crate::util::same_secret(mine, secret))
+    }
+
     /// Whether `secret` is a live websocket secret of this running operation: one that no
     /// connection has used yet (compared in constant time). An untrusted caller's secret counts
     /// only on an operation opened to it.

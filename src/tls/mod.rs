@@ -50,11 +50,18 @@ pub struct Client {
     config: Arc<ClientConfig>,
 }
 
-impl fmt::Debug for Client {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Client").finish_non_exhaustive()
-    }
+/// `Debug` without the rustls config (keys, tickets) in it.
+macro_rules! opaque_debug {
+    ($t:ident) => {
+        impl fmt::Debug for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($t)).finish_non_exhaustive()
+            }
+        }
+    };
 }
+
+opaque_debug!(Client);
 
 impl Client {
     /// Roots from the system trust store (see the module doc).
@@ -262,11 +269,7 @@ pub struct Server {
     config: Arc<ServerConfig>,
 }
 
-impl fmt::Debug for Server {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Server").finish_non_exhaustive()
-    }
-}
+opaque_debug!(Server);
 
 impl Server {
     pub fn new(identity: &Identity) -> io::Result<Server> {

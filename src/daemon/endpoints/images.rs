@@ -21,15 +21,10 @@ fn secret_op(d: &Daemon, fp: &str, secret: &str) -> Option<std::sync::Arc<Op>> {
         if op.class != Class::Token || op.is_final() {
             return false;
         }
-        let a = op.to_api();
-        let mine = a
-            .metadata
-            .as_ref()
-            .and_then(|m| m.get("secret"))
-            .and_then(|s| s.as_str())
-            .unwrap_or("");
-        crate::util::same_secret(mine, secret)
-            && a.resources
+        op.metadata_secret_is(secret)
+            && op
+                .to_api()
+                .resources
                 .as_ref()
                 .and_then(|r| r.get("images"))
                 .is_some_and(|v| v.contains(&url))

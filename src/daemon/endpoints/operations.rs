@@ -36,14 +36,7 @@ fn find_op(d: &Daemon, id: &str) -> Result<Arc<crate::instance::operations::Op>>
 /// metadata, as an image download token has); any other is 403 for it.
 fn check_untrusted(req: &Request, op: &crate::instance::operations::Op) -> Result<()> {
     let a = op.to_api();
-    let mine = a
-        .metadata
-        .as_ref()
-        .and_then(|m| m.get("secret"))
-        .and_then(|s| s.as_str())
-        .unwrap_or("");
-    let given = req.query("secret").unwrap_or("");
-    let same = crate::util::same_secret(mine, given);
+    let same = op.metadata_secret_is(req.query("secret").unwrap_or(""));
     // Trust tokens are never shown to the untrusted: the secret is what lets a client in.
     let trust_token = a
         .metadata
