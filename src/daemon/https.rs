@@ -38,8 +38,9 @@ const MAX_FAILING_ADDRESSES: usize = 4096;
 
 /// The listener's state: one per daemon.
 pub struct Https {
-    pub identity: Identity,
-    server: tls::Server,
+    /// The daemon's key pair and TLS settings, loaded (or made, on the first start) by a thread
+    /// of its own so that start-up does not wait on key generation and two fsyncs.
+    tls: OnceLock<std::result::Result<(Identity, tls::Server), String>>,
     running: Mutex<Option<Running>>,
     limits: Arc<conns::Limits>,
     open: Mutex<HashMap<u64, OpenConn>>,
@@ -74,24 +75,36 @@ pub fn get() -> &'static Arc<Https> {
 }
 
 /// Load the daemon's key pair (`server.crt`/`server.key` in its directory), making it on the
-/// first start, or use the pair the administrator put there.
+/// first start, or use the pair the administrator put there. This happens on a thread of its
+/// own; what needs the pair waits for it ([`Https::identity`]). A pair that cannot be loaded is
+/// logged, and the listener and tokens then answer with that error.
 pub fn init(dir: &Path) -> std::result::Result<(), String> {
-    let identity = Identity::load_or_make(
-        &dir.join("server.crt"),
-        &dir.join("server.key"),
-        CertKind::Server,
-    )
-    .map_err(|e| format!("server certificate: {e}"))?;
-    let server = tls::Server::new(&identity).map_err(|e| format!("server certificate: {e}"))?;
-    let _ = HTTPS.set(Arc::new(Https {
-        identity,
-        server,
+    let h = Arc::new(Https {
+        tls: OnceLock::new(),
         running: Mutex::new(None),
         limits: Arc::new(conns::Limits::default()),
         open: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(0),
         failures: Mutex::new(HashMap::new()),
-    }));
+    });
+    let _ = HTTPS.set(h.clone());
+    let dir = dir.to_path_buf();
+    std::thread::Builder::new()
+        .name("identity".into())
+        .spawn(move || {
+            let made = Identity::load_or_make(
+                &dir.join("server.crt"),
+                &dir.join("server.key"),
+                CertKind::Server,
+            )
+            .and_then(|id| tls::Server::new(&id).map(|s| (id, s)))
+            .map_err(|e| format!("server certificate: {e}"));
+            if let Err(e) = &made {
+                eprintln!("bivy: {e}");
+            }
+            let _ = h.tls.set(made);
+        })
+        .map_err(|e| format!("starting threads: {e}"))?;
     Ok(())
 }
 
@@ -121,6 +134,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Https {
+    /// The daemon's key pair and TLS settings (waiting for them at start).
+    fn tls(&self) -> std::result::Result<&(Identity, tls::Server), String> {
+        self.tls.wait().as_ref().map_err(Clone::clone)
+    }
+
+    /// The daemon's certificate and key, when they could be loaded or made.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.tls().ok().map(|(id, _)| id)
+    }
+
     /// Serve on `text` from now on (`""`: stop listening). A new address is bound before the old
     /// one is let go, so a failure (a port in use) leaves the old listener serving.
     pub fn set_address(&self, d: &Arc<Daemon>, text: &str) -> Result<()> {
@@ -132,6 +155,7 @@ impl Https {
             return Ok(());
         }
         let addr = parse_address(text).map_err(Error::BadRequest)?;
+        self.tls().map_err(Error::Internal)?;
         if running.as_ref().is_some_and(|r| r.addr == addr) {
             if let Some(r) = running.as_mut() {
                 r.text = text.to_string();
@@ -320,7 +344,8 @@ fn serve(d: &Arc<Daemon>, tcp: TcpStream, peer: SocketAddr) {
     {
         return;
     }
-    let Ok(s) = h.server.accept(tcp) else {
+    let Ok((_, server)) = h.tls() else { return };
+    let Ok(s) = server.accept(tcp) else {
         return;
     };
     let _ = s.tcp().set_read_timeout(None);

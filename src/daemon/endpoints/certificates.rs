@@ -189,7 +189,10 @@ fn make_token(d: &Daemon, body: &Post) -> Result<Response> {
         "password": "",
         "token": true,
     });
-    let fp = crate::tls::fingerprint(&h.identity.cert_der);
+    let id = h
+        .identity()
+        .ok_or_else(|| Error::Internal("the server certificate could not be loaded".into()))?;
+    let fp = crate::tls::fingerprint(&id.cert_der);
     let op = trust::create_token(d, request, &fp, addresses)?;
     Ok(response::operation(&op.to_api()))
 }

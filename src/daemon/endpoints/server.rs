@@ -42,8 +42,14 @@ fn server(d: &Daemon) -> api::Server {
         environment: api::ServerEnvironment {
             addresses: https::get().addresses(),
             architectures: crate::instance::host::architectures(&d.host.architecture),
-            certificate: https::get().identity.cert_pem(),
-            certificate_fingerprint: crate::tls::fingerprint(&https::get().identity.cert_der),
+            certificate: https::get()
+                .identity()
+                .map(|i| i.cert_pem())
+                .unwrap_or_default(),
+            certificate_fingerprint: https::get()
+                .identity()
+                .map(|i| crate::tls::fingerprint(&i.cert_der))
+                .unwrap_or_default(),
             driver: "bivy".into(),
             driver_version: env!("CARGO_PKG_VERSION").into(),
             firewall: String::new(),
