@@ -77,7 +77,7 @@ fn route(d: &Daemon, req: &mut Request, caller: &Caller) -> Result<Response> {
         },
         ["instances" | "containers"] => match m {
             "GET" => instances::list(d, req),
-            "POST" => instances::create(d, req),
+            "POST" => endpoints::instance_create::create(d, req),
             "PUT" => Err(Error::not_yet(
                 "changing the state of all instances at once (PUT /1.0/instances)",
             )),

@@ -1,10 +1,6 @@
-//! Instances: the model (records + expansion + runtime state), the REST handlers for
-//! `/1.0/instances[/NAME[/state|/logs|/console|/metadata]]`, the lifecycle (create, start, stop,
-//! restart, freeze, rename, delete), recovery after a crash and autostart.
-//!
-//! Crash consistency: the database record is the commit point. Create unpacks into
-//! `<volume>.tmp` and renames it into place before the record is written; delete removes the
-//! record before the data. `recover` removes any volume no record names.
+//! `/1.0/instances` (list) and `/1.0/instances/NAME[/state]`: show, edit (PUT/PATCH, live
+//! limits applied), rename (or serialise for a migration), delete, and state changes. The model
+//! and lifecycle are `crate::instance`'s; creation is `instance_create`'s.
 
 use std::time::Duration;
 
@@ -16,14 +12,12 @@ use crate::api::{self, status, StringMap};
 use crate::http::{Request, Response};
 use crate::instance::config;
 use crate::instance::db::InstanceRecord;
-use crate::instance::operations::Class;
 use crate::runtime::{self, State};
 
 /// Default clean-stop timeout when the client gives none (LXD: 30 s for `lxc stop`... the client
 /// sends -1 and LXD then waits forever; we cap at 10 minutes).
 const STOP_TIMEOUT_MAX: Duration = Duration::from_secs(600);
 
-use crate::instance::create::{create_now, resolve_image, NewInstance, Origin};
 use crate::instance::lifecycle::delete_now;
 use crate::instance::lifecycle::{apply_live_limits, start, stop};
 use crate::instance::view::state_of;
@@ -145,224 +139,6 @@ pub fn list(d: &Daemon, req: &Request) -> Result<Response> {
         });
     }
     Ok(response::sync(&out))
-}
-
-/// A generated name (`lxc launch img` without a name).
-fn generate_name(d: &Daemon) -> String {
-    const ADJ: &[&str] = &[
-        "brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "keen", "lively", "merry",
-        "nimble", "proud", "quick", "sunny", "witty", "bold",
-    ];
-    const NOUN: &[&str] = &[
-        "otter", "falcon", "badger", "heron", "lynx", "marten", "osprey", "panda", "quail",
-        "raven", "seal", "tapir", "wren", "yak", "bison", "crane",
-    ];
-    loop {
-        let s = crate::instance::operations::secret();
-        let b = s.as_bytes();
-        let name = format!(
-            "{}-{}",
-            ADJ[usize::from(b[0]) % ADJ.len()],
-            NOUN[usize::from(b[1]) % NOUN.len()]
-        );
-        if !d
-            .db
-            .lock()
-            .expect("db lock")
-            .data
-            .instances
-            .contains_key(&name)
-        {
-            return name;
-        }
-    }
-}
-
-pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
-    if req
-        .header("Content-Type")
-        .is_some_and(|c| c.starts_with("application/octet-stream"))
-    {
-        return Err(Error::not_yet("creating instances from backups"));
-    }
-    let body: api::InstancesPost = json(req)?;
-    if !body.kind.is_empty() && body.kind != "container" {
-        return Err(Error::BadRequest(format!(
-            "Instance type {:?} is not supported (containers only)",
-            body.kind
-        )));
-    }
-    let name = if body.name.is_empty() {
-        generate_name(d)
-    } else {
-        body.name.clone()
-    };
-    config::validate_instance_name(&name)?;
-    let source = body.source.clone();
-    let mut profiles = body.put.profiles.clone();
-    let mut config_in = body.put.config.clone().unwrap_or_default();
-    let mut devices_in = body.put.devices.clone().unwrap_or_default();
-    let mut architecture = String::new();
-    let origin = match source.kind.as_str() {
-        "image" if !source.server.is_empty() => {
-            super::super::pull::check_protocol(&source.protocol)?;
-            Origin::Remote(Box::new(source.clone()))
-        }
-        "image" => Origin::Image(Box::new(resolve_image(d, &source)?)),
-        // Only an explicit "none" makes an empty instance; a missing type is an error (LXD).
-        "none" => Origin::Empty,
-        "copy" => {
-            if !source.server.is_empty() || source.mode == "push" {
-                return Err(Error::not_yet("copies between servers (migration)"));
-            }
-            if body.put.stateful {
-                return Err(Error::not_yet(
-                    "stateful copies (they need CRIU, which bivy does not drive yet)",
-                ));
-            }
-            let (from, snap) = match source.source.split_once('/') {
-                Some((i, s)) => (i.to_string(), Some(s.to_string())),
-                None => (source.source.clone(), None),
-            };
-            let rec = record(d, &from).map_err(|_| {
-                Error::NotFound(format!("Source instance {:?} not found", source.source))
-            })?;
-            // LXD's merge: the request's config, devices and profiles win; the source fills in
-            // the rest, minus volatile keys other than the base image and the on-disk id shift.
-            let (src_cfg, src_devs, src_profiles, src_arch) = match &snap {
-                Some(s) => {
-                    let sr = rec.snapshot(s).ok_or_else(|| {
-                        Error::NotFound(format!("Snapshot {:?} not found", source.source))
-                    })?;
-                    (
-                        sr.config.clone(),
-                        sr.devices.clone(),
-                        sr.profiles.clone(),
-                        sr.architecture.clone(),
-                    )
-                }
-                None => (
-                    rec.config.clone(),
-                    rec.devices.clone(),
-                    rec.profiles.clone(),
-                    rec.architecture.clone(),
-                ),
-            };
-            for (k, v) in src_cfg {
-                let keep = !k.starts_with("volatile.")
-                    || k == "volatile.base_image"
-                    || k == "volatile.last_state.idmap";
-                if keep && !config_in.contains_key(&k) {
-                    config_in.insert(k, v);
-                }
-            }
-            for (k, v) in src_devs {
-                devices_in.entry(k).or_insert(v);
-            }
-            if profiles.is_none() {
-                profiles = Some(src_profiles);
-            }
-            architecture = src_arch;
-            Origin::Copy {
-                from,
-                snapshot: snap,
-                instance_only: source.instance_only || source.container_only,
-            }
-        }
-        "migration" => {
-            crate::migration::sink::check(&source)?;
-            architecture = match body.put.architecture.parse::<i32>() {
-                Ok(n) => crate::migration::arch_name(n).to_string(),
-                Err(_) => body.put.architecture.clone(),
-            };
-            Origin::Migration(Box::new(source.clone()))
-        }
-        // LXD's wording: "Unknown source type %s".
-        other => return Err(Error::BadRequest(format!("Unknown source type {other}"))),
-    };
-    let profiles = profiles.unwrap_or_else(|| vec!["default".into()]);
-    // volatile keys in a create request (`lxc copy` sends volatile.base_image) are stored; the
-    // ones the daemon computes are overwritten.
-    let user_keys: StringMap = config_in
-        .iter()
-        .filter(|(k, _)| !k.starts_with("volatile."))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    config::validate_config(&user_keys, &StringMap::new(), d.host.ncpus)?;
-    config::validate_devices(&devices_in)?;
-    let pool_name = {
-        let db = d.db.lock().expect("db lock");
-        if db.data.instances.contains_key(&name) {
-            return Err(Error::Conflict(format!("Instance {name:?} already exists")));
-        }
-        for p in &profiles {
-            if !db.data.profiles.contains_key(p) {
-                return Err(Error::BadRequest(format!(
-                    "Requested profile {p:?} doesn't exist"
-                )));
-            }
-        }
-        let (_, devs) = config::expand(&profiles, &db.data.profiles, &config_in, &devices_in);
-        if !has_root_disk(&devs) {
-            return Err(Error::BadRequest("No root device could be found".into()));
-        }
-        crate::instance::pools::root_pool(&devs).ok_or_else(|| {
-            Error::BadRequest("The root disk device has no \"pool\" property".into())
-        })?
-    };
-    crate::instance::pools::usable_pool(d, &pool_name)?;
-    let guard_name = name.clone();
-    // Reserve the name now so two concurrent creates cannot both pass the check.
-    d.busy_insert(&guard_name, "create")?;
-    let copy_from = match &origin {
-        Origin::Copy { from, .. } => Some(from.clone()),
-        _ => None,
-    };
-    // A copy's source must not be deleted or restored underneath it.
-    if let Some(f) = &copy_from {
-        if let Err(e) = d.busy_insert(f, "copy") {
-            d.busy.lock().expect("busy lock").remove(&guard_name);
-            return Err(e.into());
-        }
-    }
-    let d2 = d.self_arc();
-    let op = d.ops.start(
-        Class::Task,
-        "Creating instance",
-        resources(&name),
-        None,
-        vec![],
-        move |op| {
-            let args = NewInstance {
-                name: &name,
-                body: &body,
-                profiles,
-                config: config_in,
-                devices: devices_in,
-                architecture,
-                pool: pool_name,
-            };
-            // An image on a simplestreams server is pulled first (cached), as LXD does.
-            let res = match origin {
-                Origin::Remote(s) => {
-                    super::super::pull::for_instance(&d2, &op, &s).and_then(|img| {
-                        create_now(&d2, args, Origin::Image(Box::new(img))).map_err(Error::from)
-                    })
-                }
-                Origin::Migration(s) => {
-                    crate::migration::sink::receive(&d2, args, &s).map_err(Error::from)
-                }
-                o => create_now(&d2, args, o).map_err(Error::from),
-            };
-            let mut busy = d2.busy.lock().expect("busy lock");
-            busy.remove(&name);
-            if let Some(f) = &copy_from {
-                busy.remove(f);
-            }
-            res
-        },
-    );
-    Ok(response::operation(&op.to_api()))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ pub mod certificates;
 pub mod exec;
 pub mod files;
 pub mod images;
+pub mod instance_create;
 pub mod instance_meta;
 pub mod instances;
 pub mod networks;
