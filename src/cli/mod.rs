@@ -6,6 +6,7 @@
 //! - `instance`: launch/init/start/stop/restart/pause/delete/move/copy/snapshot/restore/list/info.
 //! - `exec`, `file`, `config` (with `trust`), `profile`, `image`, `storage` (pools, volume
 //!   list), `misc` (operation, monitor, version, network, query).
+//! - `alias`: the `alias` verbs and alias expansion (before anything else in [`main`]).
 //! - `conf`: the client configuration (`$BIVY_CONF`: remotes, client identity, pinned server
 //!   certificates); `remote`: the `remote` verbs, including `remote add`'s trust flow.
 //! - `table` and `yaml`: output the way lxc prints it.
@@ -13,6 +14,7 @@
 //! Argument parsing is `argh` per verb. Where lxc's syntax is beyond argh (`exec c1 -- cmd`,
 //! `config set c1 k=v k2=v2`, `--flag=value`, `-` for stdin), argv is pre-split here.
 
+pub mod alias;
 pub mod conf;
 pub mod config;
 mod console;
@@ -74,6 +76,7 @@ Usage:
   bivy [command]
 
 Available Commands:
+  alias       Manage command aliases
   config      Manage instance and server configuration options
   console     Attach to instance consoles
   copy        Copy instances within the server
@@ -140,9 +143,13 @@ pub fn conf_dir() -> std::path::PathBuf {
     std::path::Path::new(&home).join(".config").join("bivy")
 }
 
-/// Run the CLI; returns the process exit code.
+/// Run the CLI (after alias expansion); returns the process exit code.
 pub fn main(args: Vec<String>) -> i32 {
     quiet_broken_pipe();
+    let args = match alias::expand_argv(args) {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
     let mut rest: Vec<String> = Vec::new();
     let mut verb: Option<String> = None;
     let mut quiet = false;
@@ -225,6 +232,7 @@ fn dispatch(verb: &str, rest: Vec<String>) -> CmdResult {
         "network" => misc::network(&rest),
         "query" => misc::query(&rest),
         "remote" => remote::run(&rest),
+        "alias" => alias::run(&rest),
         other => {
             eprint!("{USAGE}");
             eprintln!();
