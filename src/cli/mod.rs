@@ -6,7 +6,8 @@
 //! - `instance`: launch/init/start/stop/restart/pause/delete/move/copy/snapshot/restore/list/info.
 //! - `exec`, `file`, `config` (with `trust`), `profile`, `image`, `storage` (pools, volume
 //!   list), `misc` (operation, monitor, version, network, query).
-//! - `alias`: the `alias` verbs and alias expansion (before anything else in [`main`]).
+//! - `alias`: the `alias` verbs and alias expansion (before anything else in [`main`]);
+//!   `admin`: `admin waitready|shutdown` for the local daemon.
 //! - `conf`: the client configuration (`$BIVY_CONF`: remotes, client identity, pinned server
 //!   certificates); `remote`: the `remote` verbs, including `remote add`'s trust flow.
 //! - `table` and `yaml`: output the way lxc prints it.
@@ -14,6 +15,7 @@
 //! Argument parsing is `argh` per verb. Where lxc's syntax is beyond argh (`exec c1 -- cmd`,
 //! `config set c1 k=v k2=v2`, `--flag=value`, `-` for stdin), argv is pre-split here.
 
+pub mod admin;
 pub mod alias;
 pub mod conf;
 pub mod config;
@@ -76,6 +78,7 @@ Usage:
   bivy [command]
 
 Available Commands:
+  admin       Manage the daemon (waitready, shutdown)
   alias       Manage command aliases
   config      Manage instance and server configuration options
   console     Attach to instance consoles
@@ -233,6 +236,7 @@ fn dispatch(verb: &str, rest: Vec<String>) -> CmdResult {
         "query" => misc::query(&rest),
         "remote" => remote::run(&rest),
         "alias" => alias::run(&rest),
+        "admin" => admin::run(&rest),
         other => {
             eprint!("{USAGE}");
             eprintln!();

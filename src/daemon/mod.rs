@@ -4,6 +4,7 @@
 //! finish or undo anything a killed daemon left half-made, reattach to running containers,
 //! autostart (first start after boot only), then listen. SIGTERM stops accepting, lets in-flight
 //! operations finish for a bounded time and exits; containers keep running under their monitors.
+//! A second signal while stopping exits at once (`bivy admin shutdown --force`).
 
 pub mod access;
 mod config;
@@ -132,6 +133,13 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
         let sock_path = sock_path.clone();
         std::thread::spawn(move || {
             let sig = sigs.wait();
+            // A second signal while stopping (`bivy admin shutdown --force`, a second Ctrl-C)
+            // exits at once, without waiting for operations; the lock goes with the process.
+            std::thread::spawn(move || {
+                if sigs.wait().is_ok() {
+                    std::process::exit(0);
+                }
+            });
             d.shutting_down.store(true, Ordering::SeqCst);
             let _ = std::fs::remove_file(&sock_path);
             // Containers outlive the daemon, except when the host shuts down.
