@@ -371,7 +371,9 @@ fn migrate(sr: &str, src: &str, dr: &str, dst: &str, m: &Migrate) -> Result<(), 
         .query("POST", "/1.0/instances", Some(&req), None)
         .map_err(Fail::from)
         .and_then(|r| match r.operation_id() {
-            Some(id) => dc.wait_operation(&id).map(|_| ()).map_err(Fail::from),
+            Some(id) => super::wait_progress(&dc, &id, "Transferring instance")
+                .map(|_| ())
+                .map_err(Fail::from),
             None => Ok(()),
         });
     if let Err(e) = target {

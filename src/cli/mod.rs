@@ -431,7 +431,7 @@ pub fn progress(label: String, total: u64) -> Box<dyn FnMut(u64) + Send> {
     })
 }
 
-/// Wait for an operation, showing its `download_progress` as `LABEL: …` on a terminal (not with
+/// Wait for an operation, showing its progress (`download_progress`, `fs_progress`) as `LABEL: …` on a terminal (not with
 /// `-q`), the way lxc's progress renderer does; the line is cleared at the end. A failed
 /// operation is an error, as with [`Client::wait_operation`].
 pub fn wait_progress(c: &Client, id: &str, label: &str) -> client::Result<crate::api::Operation> {
@@ -449,11 +449,16 @@ pub fn wait_progress(c: &Client, id: &str, label: &str) -> client::Result<crate:
         if op.status_code >= 200 {
             break op;
         }
+        // Any `*_progress` key, as lxc's renderer takes (`download_progress`, `fs_progress`).
         let progress = op
             .metadata
             .as_ref()
-            .and_then(|m| m.get("download_progress"))
-            .and_then(|p| p.as_str());
+            .and_then(|m| m.as_object())
+            .and_then(|m| {
+                m.iter()
+                    .find(|(k, v)| k.ends_with("_progress") && v.is_string())
+            })
+            .and_then(|(_, p)| p.as_str());
         if let Some(p) = progress {
             let line = format!("{label}: {p}");
             width = width.max(line.chars().count());

@@ -232,16 +232,7 @@ impl<'a> Verify<'a> {
     }
 }
 
-fn human(b: f64) -> String {
-    const U: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = b;
-    let mut i = 0;
-    while v >= 1000.0 && i < U.len() - 1 {
-        v /= 1000.0;
-        i += 1;
-    }
-    format!("{v:.2}{}", U[i])
-}
+use crate::util::human_bytes as human;
 
 impl Read for Verify<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {

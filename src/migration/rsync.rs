@@ -229,8 +229,25 @@ fn relay(conn: UnixStream, ws: &mut Ws) -> io::Result<()> {
     w.map(|_| ())
 }
 
-/// Receive one session into `path` (made by the caller).
-pub fn recv(path: &Path, ws: &mut Ws, f: Features) -> Result<()> {
+/// A writer that reports how many bytes went through it.
+struct Counted<'a, W: Write> {
+    inner: W,
+    seen: &'a dyn Fn(u64),
+}
+
+impl<W: Write> Write for Counted<'_, W> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(b)?;
+        (self.seen)(n as u64);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Receive one session into `path` (made by the caller); `seen` is told of every byte received.
+pub fn recv(path: &Path, ws: &mut Ws, f: Features, seen: &dyn Fn(u64)) -> Result<()> {
     let rsync = program()?;
     let mut child = Command::new(rsync)
         .args([
@@ -254,7 +271,10 @@ pub fn recv(path: &Path, ws: &mut Ws, f: Features) -> Result<()> {
     let mut out = child.stdout.take().expect("piped stdout");
     let tx = ws.tx.clone();
     let t = std::thread::spawn(move || wire::write_stream(&tx, &mut out));
-    let mut stdin = child.stdin.take().expect("piped stdin");
+    let mut stdin = Counted {
+        inner: child.stdin.take().expect("piped stdin"),
+        seen,
+    };
     let r = wire::read_stream(&mut ws.rx, &mut stdin);
     drop(stdin);
     if r.is_err() {

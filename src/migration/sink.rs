@@ -63,9 +63,60 @@ pub fn check(src: &api::InstanceSource) -> Result<()> {
     Ok(())
 }
 
+/// Transfer progress as LXD reports it in the operation (`fs_progress`: bytes received so far
+/// and the rate), at most once a second.
+pub struct Progress<'a> {
+    report: &'a (dyn Fn(String) + Sync),
+    total: std::sync::atomic::AtomicU64,
+    start: std::time::Instant,
+    last: Mutex<std::time::Instant>,
+}
+
+impl<'a> Progress<'a> {
+    pub fn new(report: &'a (dyn Fn(String) + Sync)) -> Progress<'a> {
+        let now = std::time::Instant::now();
+        Progress {
+            report,
+            total: 0.into(),
+            start: now,
+            last: Mutex::new(now),
+        }
+    }
+
+    fn add(&self, n: u64) {
+        use std::sync::atomic::Ordering;
+        let total = self.total.fetch_add(n, Ordering::Relaxed) + n;
+        let mut last = self.last.lock().expect("progress lock");
+        if last.elapsed() >= std::time::Duration::from_secs(1) {
+            *last = std::time::Instant::now();
+            self.show(total);
+        }
+    }
+
+    /// The final figure, whenever the transfer ends.
+    fn finish(&self) {
+        self.show(self.total.load(std::sync::atomic::Ordering::Relaxed));
+    }
+
+    fn show(&self, total: u64) {
+        let secs = self.start.elapsed().as_secs_f64().max(0.001);
+        let h = crate::util::human_bytes;
+        (self.report)(format!(
+            "{} ({}/s)",
+            h(total as f64),
+            h(total as f64 / secs)
+        ));
+    }
+}
+
 /// Receive the instance `args` describes from `src` (checked by [`check`]), in the create
-/// operation's thread.
-pub fn receive(d: &Ctx, mut args: NewInstance<'_>, src: &api::InstanceSource) -> Result<()> {
+/// operation's thread; `progress` is told how the transfer goes.
+pub fn receive(
+    d: &Ctx,
+    mut args: NewInstance<'_>,
+    src: &api::InstanceSource,
+    progress: &Progress<'_>,
+) -> Result<()> {
     let cert = crate::tls::pem_to_der(&src.certificate).ok_or_else(|| {
         Error::Invalid("Migration source certificate is not a PEM certificate".into())
     })?;
@@ -114,10 +165,11 @@ pub fn receive(d: &Ctx, mut args: NewInstance<'_>, src: &api::InstanceSource) ->
     let config = args.config.clone();
     let fill = |pool: &Arc<Pool>, tmp: &Path, volume: &str, revert: &mut Revert| {
         transfer(
-            pool, tmp, volume, revert, &mut fs, &offer, features, &config,
+            pool, tmp, volume, revert, &mut fs, &offer, features, &config, progress,
         )
     };
     let res = create_now(d, args, Origin::Received(Box::new(fill)));
+    progress.finish();
     let res = match (res, aborted.lock().expect("abort lock").take()) {
         (Err(_), Some(why)) => Err(Error::Host(format!("the migration source failed: {why}"))),
         (r, _) => r,
@@ -206,7 +258,9 @@ fn transfer(
     offer: &MigrationHeader,
     features: Features,
     config: &api::StringMap,
+    progress: &Progress<'_>,
 ) -> Result<Received> {
+    let seen = |n: u64| progress.add(n);
     let mut info = serde_json::Value::Null;
     if offer.index_header_version.unwrap_or(0) >= 1 {
         let mut buf = Vec::new();
@@ -222,7 +276,7 @@ fn transfer(
     let records = snapshot_records(offer, &info, config);
     let mut snapshots = Vec::new();
     for mut rec in records {
-        rsync::recv(tmp, fs, features)?;
+        rsync::recv(tmp, fs, features, &seen)?;
         rec.volume = crate::instance::operations::uuid();
         let dst = pool.snapshot(volume, &rec.volume);
         let p = pool.clone();
@@ -235,10 +289,10 @@ fn transfer(
             .map_err(|e| Error::Host(format!("making snapshot {:?}: {e}", rec.name)))?;
         snapshots.push(rec);
     }
-    rsync::recv(tmp, fs, features)?;
+    rsync::recv(tmp, fs, features, &seen)?;
     if offer.criu == Some(proto::CRIU_NONE) {
         // The source runs: a final pass with it frozen follows.
-        rsync::recv(tmp, fs, features)?;
+        rsync::recv(tmp, fs, features, &seen)?;
     }
     let disk_idmap = serde_json::to_string(
         &offer
@@ -320,4 +374,27 @@ fn snapshot_records(
             rec
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_reports_at_most_once_a_second_and_at_the_end() {
+        let seen = Mutex::new(Vec::<String>::new());
+        let report = |s: String| seen.lock().unwrap().push(s);
+        let p = Progress::new(&report);
+        p.add(1500);
+        p.add(500);
+        assert!(
+            seen.lock().unwrap().is_empty(),
+            "not within the first second"
+        );
+        p.finish();
+        let got = seen.lock().unwrap().clone();
+        assert_eq!(got.len(), 1);
+        assert!(got[0].starts_with("2.00kB ("), "{got:?}");
+        assert!(got[0].ends_with("/s)"), "{got:?}");
+    }
 }

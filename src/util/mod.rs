@@ -59,6 +59,18 @@ pub fn same_secret(a: &str, b: &str) -> bool {
             == 0
 }
 
+/// A byte count or rate as lxc prints progress: `1.23MB` (decimal units, two decimals).
+pub fn human_bytes(b: f64) -> String {
+    const U: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = b;
+    let mut i = 0;
+    while v >= 1000.0 && i < U.len() - 1 {
+        v /= 1000.0;
+        i += 1;
+    }
+    format!("{v:.2}{}", U[i])
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);

@@ -215,7 +215,9 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
                     })
                 }
                 Origin::Migration(s) => {
-                    crate::migration::sink::receive(&d2, args, &s).map_err(Error::from)
+                    let report = |p: String| op.set_metadata("fs_progress", serde_json::json!(p));
+                    let progress = crate::migration::sink::Progress::new(&report);
+                    crate::migration::sink::receive(&d2, args, &s, &progress).map_err(Error::from)
                 }
                 o => create_now(&d2, args, o).map_err(Error::from),
             };
