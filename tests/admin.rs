@@ -12,11 +12,13 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+#[track_caller]
 fn failed(out: &Output) -> String {
     assert!(
         !out.status.success(),
-        "unexpected success: {}",
-        text(&out.stdout)
+        "unexpected success: stdout {:?}, stderr {:?}",
+        text(&out.stdout),
+        text(&out.stderr)
     );
     assert_eq!(out.status.code(), Some(1));
     text(&out.stderr)
@@ -68,10 +70,11 @@ fn running_exec(d: &Daemon, name: &str) -> Bg {
         .expect("spawn exec"));
     let out = child.0.stdout.take().expect("stdout");
     let mut line = String::new();
-    std::io::BufReader::new(out)
-        .read_line(&mut line)
-        .expect("read exec output");
+    let mut reader = std::io::BufReader::new(out);
+    reader.read_line(&mut line).expect("read exec output");
     assert_eq!(line, "started\n");
+    // The pipe stays open while the exec runs: a closed stdout must not end it early.
+    child.0.stdout = Some(reader.into_inner());
     let (_, v) = d
         .api("GET", "/1.0/operations?recursion=1", None)
         .expect("ops");
