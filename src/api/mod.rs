@@ -814,6 +814,100 @@ pub struct Network {
     pub locations: Vec<String>,
 }
 
+/// A trusted certificate as `/1.0/certificates` returns it (LXD's `api.Certificate`), fields in
+/// lxc's YAML order.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct Certificate {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub restricted: bool,
+    #[serde(default, deserialize_with = "nullable")]
+    pub projects: Vec<String>,
+    #[serde(default)]
+    pub certificate: String,
+    #[serde(default)]
+    pub fingerprint: String,
+}
+
+/// Its writable part (`api.CertificatePut`).
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct CertificatePut {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub restricted: bool,
+    #[serde(default, deserialize_with = "nullable")]
+    pub projects: Vec<String>,
+    #[serde(default)]
+    pub certificate: String,
+}
+
+/// A certificate add token (LXD's `api.CertificateAddToken`): what `config trust add` prints,
+/// base64 (standard, padded) of this JSON, field order as LXD marshals it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct CertificateAddToken {
+    pub client_name: String,
+    pub fingerprint: String,
+    pub addresses: Vec<String>,
+    pub secret: String,
+    /// RFC 3339; `0001-01-01T00:00:00Z` for a token that does not expire.
+    pub expires_at: String,
+}
+
+/// Go's zero `time.Time`, as a token without expiry carries it.
+pub const NO_EXPIRY: &str = "0001-01-01T00:00:00Z";
+
+impl CertificateAddToken {
+    /// Decode a token string, with LXD's checks (`shared.CertificateTokenDecode`).
+    pub fn decode(s: &str) -> Result<CertificateAddToken, String> {
+        let json = crate::util::base64::decode(s.trim()).ok_or("not base64")?;
+        #[derive(Deserialize)]
+        struct Raw {
+            #[serde(default)]
+            client_name: String,
+            #[serde(default)]
+            fingerprint: String,
+            #[serde(default, deserialize_with = "nullable")]
+            addresses: Vec<String>,
+            #[serde(default)]
+            secret: String,
+            #[serde(default)]
+            expires_at: Option<String>,
+        }
+        let r: Raw = serde_json::from_slice(&json).map_err(|e| e.to_string())?;
+        if r.client_name.is_empty() {
+            return Err("No client name in certificate add token".into());
+        }
+        if r.addresses.is_empty() {
+            return Err("No server addresses in certificate add token".into());
+        }
+        if r.secret.is_empty() {
+            return Err("No secret in certificate add token".into());
+        }
+        if r.fingerprint.is_empty() {
+            return Err("No certificate fingerprint in certificate add token".into());
+        }
+        Ok(CertificateAddToken {
+            client_name: r.client_name,
+            fingerprint: r.fingerprint,
+            addresses: r.addresses,
+            secret: r.secret,
+            expires_at: r.expires_at.unwrap_or_else(|| NO_EXPIRY.to_string()),
+        })
+    }
+
+    /// The token string.
+    pub fn encode(&self) -> String {
+        let json = serde_json::to_vec(self).expect("a token always serializes");
+        crate::util::base64::encode(&json)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,12 +9,12 @@
 use std::io::Read;
 
 use argh::FromArgs;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::remote::Token;
 use super::table::{self, Format};
 use super::{client, fail, parse, split_remote, CmdResult, Fail, DASH};
-use crate::api::Operation;
+use crate::api::{Certificate, CertificatePut, Operation};
 use crate::client::{urlencode, Client};
 
 const USAGE: &str = "Description:
@@ -32,39 +32,6 @@ Available Commands:
   revoke-token Revoke certificate add token
   show         Show trust configurations
 ";
-
-/// A trusted certificate as `/1.0/certificates` returns it (LXD's `api.Certificate`), fields in
-/// lxc's YAML order.
-#[derive(Serialize, Deserialize, Debug, Clone, Default)]
-pub struct Certificate {
-    #[serde(default)]
-    pub name: String,
-    #[serde(default, rename = "type")]
-    pub kind: String,
-    #[serde(default)]
-    pub restricted: bool,
-    #[serde(default, deserialize_with = "super::null_default")]
-    pub projects: Vec<String>,
-    #[serde(default)]
-    pub certificate: String,
-    #[serde(default)]
-    pub fingerprint: String,
-}
-
-/// Its writable part (`api.CertificatePut`).
-#[derive(Serialize, Deserialize, Debug, Clone, Default)]
-pub struct CertificatePut {
-    #[serde(default)]
-    pub name: String,
-    #[serde(default, rename = "type")]
-    pub kind: String,
-    #[serde(default)]
-    pub restricted: bool,
-    #[serde(default, deserialize_with = "super::null_default")]
-    pub projects: Vec<String>,
-    #[serde(default)]
-    pub certificate: String,
-}
 
 #[derive(FromArgs)]
 #[argh(help_triggers("-h", "--help"))]

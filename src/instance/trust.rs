@@ -278,27 +278,6 @@ pub fn create_token(
     Ok(op)
 }
 
-/// The trust token string a client is given: base64 of the JSON LXD's client decodes.
-#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct Token {
-    pub client_name: String,
-    pub fingerprint: String,
-    pub addresses: Vec<String>,
-    pub secret: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expires_at: Option<String>,
-}
-
-impl Token {
-    pub fn decode(s: &str) -> Option<Token> {
-        let bytes = crate::util::base64::decode(s.trim())?;
-        serde_json::from_slice(&bytes).ok()
-    }
-    pub fn encode(&self) -> String {
-        crate::util::base64::encode(&serde_json::to_vec(self).unwrap_or_default())
-    }
-}
-
 /// Use up the token with this secret: its request (the name and settings of the certificate
 /// to add). An expired token ends, and is refused like an unknown one.
 pub fn take_token(ctx: &Ctx, secret: &str) -> Option<serde_json::Value> {
@@ -373,21 +352,23 @@ mod tests {
     #[test]
     fn token_string_is_lxds() {
         // A token as LXD 5.0 prints it (base64 of the JSON), decoded and re-encoded.
-        let t = Token {
+        let t = crate::api::CertificateAddToken {
             client_name: "c".into(),
             fingerprint: "ab".into(),
             addresses: vec!["127.0.0.1:8443".into()],
             secret: "s".into(),
-            expires_at: None,
+            expires_at: crate::api::NO_EXPIRY.into(),
         };
         let enc = t.encode();
         let json = String::from_utf8(crate::util::base64::decode(&enc).unwrap()).unwrap();
         assert_eq!(
             json,
-            r#"{"client_name":"c","fingerprint":"ab","addresses":["127.0.0.1:8443"],"secret":"s"}"#
+            r#"{"client_name":"c","fingerprint":"ab","addresses":["127.0.0.1:8443"],"secret":"s","expires_at":"0001-01-01T00:00:00Z"}"#
         );
-        assert_eq!(Token::decode(&enc), Some(t));
-        assert_eq!(Token::decode("not base64!"), None);
-        assert_eq!(Token::decode(&crate::util::base64::encode(b"[1]")), None);
+        assert_eq!(crate::api::CertificateAddToken::decode(&enc), Ok(t));
+        assert!(crate::api::CertificateAddToken::decode("not base64!").is_err());
+        assert!(
+            crate::api::CertificateAddToken::decode(&crate::util::base64::encode(b"[1]")).is_err()
+        );
     }
 }

@@ -1,28 +1,17 @@
 //! `/1.0/certificates`: the trust store (list, add, show, edit, delete) and trust tokens, and
 //! how an untrusted HTTPS client adds itself (the trust password or a token).
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::super::access::Caller;
 use super::super::https;
 use super::super::request::{json, recursion};
 use super::super::response::{self, Error, Result};
+use crate::api::{Certificate, CertificateAddToken as Token};
 use crate::http::{Request, Response};
 use crate::instance::db::CertRecord;
-use crate::instance::trust::{self, NewCert, Token};
+use crate::instance::trust::{self, NewCert};
 use crate::instance::Ctx as Daemon;
-
-/// LXD's `api.Certificate`.
-#[derive(Serialize, Debug)]
-struct Certificate {
-    name: String,
-    #[serde(rename = "type")]
-    kind: String,
-    restricted: bool,
-    projects: Vec<String>,
-    certificate: String,
-    fingerprint: String,
-}
 
 fn render(fp: &str, rec: &CertRecord) -> Certificate {
     Certificate {
@@ -113,9 +102,9 @@ pub fn create(d: &Daemon, req: &mut Request, caller: &Caller) -> Result<Response
         return refused();
     };
     let secret = if !body.trust_token.is_empty() {
-        Token::decode(&body.trust_token).map(|t| t.secret)
+        Token::decode(&body.trust_token).ok().map(|t| t.secret)
     } else {
-        Token::decode(&body.password).map(|t| t.secret)
+        Token::decode(&body.password).ok().map(|t| t.secret)
     };
     let mut body = body;
     if let Some(secret) = secret {
