@@ -93,7 +93,7 @@ impl Client {
         let provider = provider();
         let verifier = Arc::new(Pinned {
             cert: server_cert,
-            provider: provider.clone(),
+            sigs: Signatures(provider.clone()),
         });
         let builder = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -174,7 +174,7 @@ impl Signatures {
 #[derive(Debug)]
 struct Pinned {
     cert: Option<Vec<u8>>,
-    provider: Arc<CryptoProvider>,
+    sigs: Signatures,
 }
 
 impl ServerCertVerifier for Pinned {
@@ -203,7 +203,7 @@ impl ServerCertVerifier for Pinned {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Signatures(self.provider.clone()).tls12(message, cert, dss)
+        self.sigs.tls12(message, cert, dss)
     }
     fn verify_tls13_signature(
         &self,
@@ -211,10 +211,10 @@ impl ServerCertVerifier for Pinned {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Signatures(self.provider.clone()).tls13(message, cert, dss)
+        self.sigs.tls13(message, cert, dss)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        Signatures(self.provider.clone()).schemes()
+        self.sigs.schemes()
     }
 }
 
