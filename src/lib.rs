@@ -29,6 +29,8 @@
 //!   crash, recovery, autostart), `snapshots`, `schedule`, `pools`, `volumes` (custom storage
 //!   volumes), `devices` (disk devices resolved for the runtime at start), `images`, `operations`,
 //!   `events`; typed errors ([`instance::Error`], one variant per kind of failure).
+//! - [`net`]: host networking without HTTP or config keys: netlink, nftables rules (`nft`), the
+//!   daemon's own DHCPv4 and DNS servers and their lease store.
 //! - [`migration`]: moving instances between servers with LXD's protocol (pull mode): the source's
 //!   websocket operation and the target's dial, the protobuf control messages, the rsync
 //!   transfer over the `fs` websocket (`bivy __netcat` relays rsync's remote shell).
@@ -68,6 +70,7 @@ pub mod http;
 pub mod image;
 pub mod instance;
 pub mod migration;
+pub mod net;
 pub mod runtime;
 pub mod storage;
 #[allow(unsafe_code)]

@@ -6,7 +6,13 @@
 //! Split types follow LXD: `Foo` (GET), `FooPut` (PUT/PATCH body), `FooPost` (POST body).
 
 pub mod extensions;
+pub mod network;
 pub mod resources;
+
+pub use network::{
+    Network, NetworkLease, NetworkPost, NetworkPut, NetworkState, NetworkStateAddress,
+    NetworkStateBridge, NetworkStateCounters, NetworksPost,
+};
 
 use std::collections::BTreeMap;
 
@@ -801,18 +807,6 @@ pub struct StorageVolumePost {
 /// LXD's zero `time.Time` ("0001-01-01T00:00:00Z"): a snapshot's `expires_at` when it never expires.
 pub const GO_ZERO_TIME: &str = "0001-01-01T00:00:00Z";
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default)]
-pub struct Network {
-    pub config: StringMap,
-    pub description: String,
-    pub name: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub used_by: Vec<String>,
-    pub managed: bool,
-    pub status: String,
-    pub locations: Vec<String>,
-}
 
 /// A trusted certificate as `/1.0/certificates` returns it (LXD's `api.Certificate`), fields in
 /// lxc's YAML order.

@@ -1,0 +1,1 @@
+//! (being written) see src/net/mod.rs.
