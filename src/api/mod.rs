@@ -807,7 +807,6 @@ pub struct StorageVolumePost {
 /// LXD's zero `time.Time` ("0001-01-01T00:00:00Z"): a snapshot's `expires_at` when it never expires.
 pub const GO_ZERO_TIME: &str = "0001-01-01T00:00:00Z";
 
-
 /// A trusted certificate as `/1.0/certificates` returns it (LXD's `api.Certificate`), fields in
 /// lxc's YAML order.
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]

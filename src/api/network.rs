@@ -6,23 +6,23 @@ use serde::{Deserialize, Serialize};
 use super::StringMap;
 
 /// A network as `GET /1.0/networks/NAME` returns it. Unmanaged host interfaces have
-/// `managed: false` and an empty config.
+/// `managed: false` and an empty config (LXD sends `null` for their `used_by` and `locations`).
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
 pub struct Network {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::nullable")]
     pub config: StringMap,
     #[serde(default)]
     pub description: String,
     pub name: String,
     #[serde(rename = "type")]
     pub kind: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::nullable")]
     pub used_by: Vec<String>,
     #[serde(default)]
     pub managed: bool,
     #[serde(default)]
     pub status: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::nullable")]
     pub locations: Vec<String>,
 }
 
@@ -68,6 +68,7 @@ pub struct NetworkLease {
 /// `GET /1.0/networks/NAME/state`.
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
 pub struct NetworkState {
+    #[serde(default, deserialize_with = "super::nullable")]
     pub addresses: Vec<NetworkStateAddress>,
     pub counters: NetworkStateCounters,
     pub hwaddr: String,

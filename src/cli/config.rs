@@ -96,7 +96,8 @@ pub fn split_set(args: &[String]) -> Result<SetArgs, Fail> {
     }
 }
 
-fn instance_put(i: &Instance) -> InstancePut {
+/// The writable part of an instance, for a GET-then-PUT.
+pub fn instance_put(i: &Instance) -> InstancePut {
     InstancePut {
         architecture: i.architecture.clone(),
         config: i.config.clone(),

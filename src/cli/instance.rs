@@ -98,13 +98,6 @@ pub fn launch(args: &[String], start: bool) -> CmdResult {
         d.insert("pool".into(), pool.clone());
         devices.insert("root".into(), d);
     }
-    if let Some(net) = &a.network {
-        let mut d = StringMap::new();
-        d.insert("type".into(), "nic".into());
-        d.insert("name".into(), "eth0".into());
-        d.insert("network".into(), net.clone());
-        devices.insert("eth0".into(), d);
-    }
     let (image, name) = if a.empty {
         (None, Some(a.image.clone()))
     } else {
@@ -123,6 +116,11 @@ pub fn launch(args: &[String], start: bool) -> CmdResult {
     match &name {
         Some(n) => println!("Creating {n}"),
         None => println!("Creating the instance"),
+    }
+    if let Some(net) = &a.network {
+        // As lxc (after `Creating`): `network=NET` for a managed network when the server knows
+        // `instance_nic_network`, else a bridged or macvlan nic with `parent=NET`.
+        devices.insert("eth0".into(), super::network::launch_nic(&c, net)?);
     }
     let (source, servers) = match &image {
         Some(img) => {

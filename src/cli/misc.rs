@@ -1,4 +1,4 @@
-//! `operation list|show|delete`, `monitor`, `version`, `network list|show`, `query`.
+//! `operation list|show|delete`, `monitor`, `version`, `query`.
 
 use std::collections::BTreeMap;
 
@@ -6,7 +6,7 @@ use argh::FromArgs;
 
 use super::table::{self, Format};
 use super::{client, fail, parse, CmdResult, Fail, VERSION};
-use crate::api::{Event, Network, Operation, Server};
+use crate::api::{Event, Operation, Server};
 use crate::client::urlencode;
 use crate::http::ws::Message;
 
@@ -193,105 +193,6 @@ pub fn version(args: &[String]) -> CmdResult {
     Ok(0)
 }
 
-/// A network as listed: LXD sends `null` for the lists of unmanaged interfaces, which
-/// `api::Network` does not accept, so the list is read through this lenient copy.
-#[derive(serde::Deserialize, serde::Serialize, Default)]
-pub struct NetworkRow {
-    #[serde(default)]
-    pub config: crate::api::StringMap,
-    #[serde(default)]
-    pub description: String,
-    pub name: String,
-    #[serde(default, rename = "type")]
-    pub kind: String,
-    #[serde(default, deserialize_with = "null_as_empty")]
-    pub used_by: Vec<String>,
-    #[serde(default)]
-    pub managed: bool,
-    #[serde(default)]
-    pub status: String,
-    #[serde(default, deserialize_with = "null_as_empty")]
-    pub locations: Vec<String>,
-}
-
-fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    use serde::Deserialize;
-    Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
-}
-
-impl From<Network> for NetworkRow {
-    fn from(n: Network) -> NetworkRow {
-        NetworkRow {
-            config: n.config,
-            description: n.description,
-            name: n.name,
-            kind: n.kind,
-            used_by: n.used_by,
-            managed: n.managed,
-            status: n.status,
-            locations: n.locations,
-        }
-    }
-}
-
-/// Render `network list` rows.
-pub fn render_networks(nets: &[NetworkRow], format: Format) -> Result<String, Fail> {
-    match format {
-        Format::Json => return Ok(serde_json::to_string(nets).map_err(|e| e.to_string())? + "\n"),
-        Format::Yaml => return Ok(super::yaml::to_string(nets)?),
-        _ => {}
-    }
-    // lxc hides loopback and unknown interfaces.
-    let mut rows: Vec<Vec<String>> = nets
-        .iter()
-        .filter(|n| n.kind != "loopback" && n.kind != "unknown")
-        .map(|n| {
-            vec![
-                n.name.clone(),
-                n.kind.clone(),
-                if n.managed { "YES" } else { "NO" }.to_string(),
-                n.config.get("ipv4.address").cloned().unwrap_or_default(),
-                n.config.get("ipv6.address").cloned().unwrap_or_default(),
-                n.description.clone(),
-                n.used_by.len().to_string(),
-                n.status.to_uppercase(),
-            ]
-        })
-        .collect();
-    rows.sort();
-    Ok(table::render_rows(
-        format,
-        &[
-            "NAME",
-            "TYPE",
-            "MANAGED",
-            "IPV4",
-            "IPV6",
-            "DESCRIPTION",
-            "USED BY",
-            "STATE",
-        ],
-        &rows,
-    ))
-}
-
-pub fn network(args: &[String]) -> CmdResult {
-    let (sub, w, format) = words("network", args)?;
-    let (c, w) = remote_words(&w)?;
-    match (sub.as_str(), w.as_slice()) {
-        ("list" | "ls", []) => {
-            let nets: Vec<NetworkRow> = c.get("/1.0/networks?recursion=1")?;
-            print!("{}", render_networks(&nets, format)?);
-        }
-        ("show", [name]) => {
-            let n: NetworkRow = c.get(&format!("/1.0/networks/{}", urlencode(name, false)))?;
-            super::print_yaml(&n)?;
-        }
-        (other, _) => return fail(format!("not supported yet: network {other}")),
-    }
-    Ok(0)
-}
-
 #[derive(FromArgs)]
 #[argh(help_triggers("-h", "--help"))]
 /// Send a raw query to the server: bivy query [-X METHOD] [-d DATA] [--wait] PATH
@@ -370,32 +271,6 @@ pub fn query(args: &[String]) -> CmdResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn network_list_like_lxc() {
-        let v: serde_json::Value =
-            serde_json::from_str(include_str!("../../tests/cli_unit/networks_lxdbr0.json"))
-                .unwrap();
-        let br: Network = serde_json::from_value(v["metadata"].clone()).unwrap();
-        let eth = Network {
-            name: "eth0".into(),
-            kind: "physical".into(),
-            ..Default::default()
-        };
-        let want = "\
-+--------+----------+---------+----------------+------+-------------+---------+---------+
-|  NAME  |   TYPE   | MANAGED |      IPV4      | IPV6 | DESCRIPTION | USED BY |  STATE  |
-+--------+----------+---------+----------------+------+-------------+---------+---------+
-| eth0   | physical | NO      |                |      |             | 0       |         |
-+--------+----------+---------+----------------+------+-------------+---------+---------+
-| lxdbr0 | bridge   | YES     | 10.203.77.1/24 | none |             | 3       | CREATED |
-+--------+----------+---------+----------------+------+-------------+---------+---------+
-";
-        assert_eq!(
-            render_networks(&[br.into(), eth.into()], Format::Table).unwrap(),
-            want
-        );
-    }
 
     #[test]
     fn operation_rows() {

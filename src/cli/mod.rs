@@ -5,7 +5,7 @@
 //!   `[remote:]name`, resolved against `conf` to that remote's client), shared helpers.
 //! - `instance`: launch/init/start/stop/restart/pause/delete/move/copy/snapshot/restore/list/info.
 //! - `exec`, `file`, `config` (with `trust`), `profile`, `image`, `storage` (pools, volume
-//!   list), `misc` (operation, monitor, version, network, query).
+//!   list), `network`, `misc` (operation, monitor, version, query).
 //! - `alias`: the `alias` verbs and alias expansion (before anything else in [`main`]);
 //!   `admin`: `admin waitready|shutdown` for the local daemon.
 //! - `conf`: the client configuration (`$BIVY_CONF`: remotes, client identity, pinned server
@@ -25,6 +25,7 @@ pub mod file;
 pub mod image;
 pub mod instance;
 pub mod misc;
+pub mod network;
 pub mod profile;
 pub mod remote;
 pub mod storage;
@@ -232,7 +233,7 @@ fn dispatch(verb: &str, rest: Vec<String>) -> CmdResult {
         "monitor" => misc::monitor(&rest),
         "version" => misc::version(&rest),
         "storage" => storage::run(&rest),
-        "network" => misc::network(&rest),
+        "network" => network::run(&rest),
         "query" => misc::query(&rest),
         "remote" => remote::run(&rest),
         "alias" => alias::run(&rest),
@@ -299,6 +300,27 @@ pub fn parse<T: FromArgs>(cmd: &[&str], args: &[String]) -> Result<T, Fail> {
             }
         },
     }
+}
+
+/// lxc's argument count check (`CheckArgs`): outside `min..=max` the verb's help goes to stdout,
+/// then it is `Error: Invalid number of arguments` (exit 1), except when no argument was given at
+/// all: then the help alone, exit 0, as lxc does.
+pub fn check_args<T: FromArgs>(
+    cmd: &str,
+    n: usize,
+    min: usize,
+    max: Option<usize>,
+) -> Result<(), Fail> {
+    if n >= min && max.is_none_or(|m| n <= m) {
+        return Ok(());
+    }
+    if let Err(help) = T::from_args(&[cmd], &["--help"]) {
+        print!("{}", help.output);
+    }
+    if n == 0 {
+        return Err(Fail::Exit(0));
+    }
+    fail("Invalid number of arguments")
 }
 
 static CONF: std::sync::OnceLock<Result<conf::Config, String>> = std::sync::OnceLock::new();

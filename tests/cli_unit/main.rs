@@ -303,3 +303,114 @@ fn bivy_cli_errors() {
     );
     assert!(d.run(&["launch", "--help"]).status.success());
 }
+
+/// `bivy network` as lxc 5.0.2 behaves, on what works with any server: argument-count errors,
+/// read-only unmanaged interfaces, and the nic devices `network attach/detach`,
+/// `attach-profile/detach-profile` and `init --network` write (`lo` as the parent: the instances
+/// are never started, so nothing touches a host interface).
+#[test]
+fn bivy_network_cli() {
+    if !common::require_root() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let err = |args: &[&str]| {
+        let out = d.run(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+
+    // As lxc: no verb is the usage on stderr, exit 0; no argument is the verb's help on stdout,
+    // exit 0; a wrong count is the help and `Invalid number of arguments`, exit 1.
+    let out = d.run(&["network"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("list-leases"));
+    let out = d.run(&["network", "create"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: bivy network create"));
+    assert_eq!(
+        err(&["network", "get", "lo"]),
+        "Error: Invalid number of arguments\n"
+    );
+    assert_eq!(
+        err(&["network", "frob"]),
+        "Error: unknown command \"frob\" for \"bivy network\"\n"
+    );
+    assert_eq!(
+        err(&["network", "list", "local:lo"]),
+        "Error: Filtering isn't supported yet\n"
+    );
+
+    // Unmanaged interfaces: listed and shown, never changed.
+    assert!(!d.ok(&["network", "list"]).contains("| lo "));
+    let show = d.ok(&["network", "show", "lo"]);
+    assert!(
+        show.contains("name: lo\ntype: loopback\n") && show.contains("managed: false\n"),
+        "{show}"
+    );
+    assert_eq!(
+        err(&["network", "set", "lo", "mtu=1400"]),
+        "Error: Only managed networks can be modified\n"
+    );
+
+    // attach/detach: lxc's device for an unmanaged interface, named after the network.
+    let img = common::busybox_image();
+    d.ok(&[
+        "image",
+        "import",
+        img.to_str().expect("utf-8"),
+        "--alias",
+        "busybox",
+    ]);
+    d.ok(&["init", "busybox", "c1"]);
+    assert_eq!(d.ok(&["network", "attach", "lo", "c1"]), "");
+    assert_eq!(
+        d.ok(&["config", "device", "show", "c1"]),
+        "lo:\n  nictype: macvlan\n  parent: lo\n  type: nic\n"
+    );
+    assert_eq!(
+        err(&["network", "attach", "lo", "c1"]),
+        "Error: Device already exists: lo\n"
+    );
+    d.ok(&["network", "attach", "lo", "c1", "second", "eth5"]);
+    assert_eq!(
+        d.ok(&["config", "device", "get", "c1", "second", "name"]),
+        "eth5\n"
+    );
+    assert_eq!(
+        err(&["network", "detach", "lo", "c1"]),
+        "Error: More than one device matches, specify the device name\n"
+    );
+    d.ok(&["network", "detach", "lo", "c1", "second"]);
+    d.ok(&["network", "detach", "lo", "c1"]);
+    assert_eq!(d.ok(&["config", "device", "list", "c1"]), "");
+    assert_eq!(
+        err(&["network", "detach", "lo", "c1"]),
+        "Error: No device found for this network\n"
+    );
+
+    d.ok(&["network", "attach-profile", "lo", "default", "n0"]);
+    assert!(d
+        .ok(&["profile", "device", "show", "default"])
+        .contains("n0:\n  nictype: macvlan\n  parent: lo\n  type: nic\n"));
+    d.ok(&["network", "detach-profile", "lo", "default"]);
+    assert!(!d
+        .ok(&["profile", "device", "show", "default"])
+        .contains("n0:"));
+
+    // init --network: eth0 on the network (an unmanaged interface: a macvlan on it).
+    d.ok(&["init", "busybox", "c2", "--network", "lo"]);
+    assert_eq!(
+        d.ok(&["config", "device", "show", "c2"]),
+        "eth0:\n  name: eth0\n  nictype: macvlan\n  parent: lo\n  type: nic\n"
+    );
+    let out = d.run(&["init", "busybox", "c3", "--network", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Creating c3\n");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .starts_with("Error: Failed loading network \"nope\": "),
+        "{out:?}"
+    );
+    d.ok(&["delete", "c1", "c2"]);
+}
