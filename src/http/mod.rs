@@ -20,7 +20,7 @@
 
 mod body;
 pub mod client;
-mod fuzz;
+pub(crate) mod fuzz;
 mod message;
 mod parse;
 mod server;
