@@ -2,7 +2,8 @@
 //! Every `unsafe` block carries a `// SAFETY:` comment.
 //!
 //! Wrappers exist only where neither `nix` nor `rustix` offers a safe call (raw `clone` without a
-//! stack, `fork`, `close_range`, the new mount API, `SIOCSIFFLAGS`/`SIOCGIFMTU`, and in [`btrfs`] and
+//! stack, `fork`, `close_range`, the new mount API, `SIOCSIFFLAGS`/`SIOCGIFMTU`, integer socket
+//! options nix lacks (`NETLINK_EXT_ACK`), and in [`btrfs`] and
 //! [`loopdev`] the btrfs subvolume and loop-device ioctls). Callers of [`fork`] and
 //! [`clone_fork`] must be single-threaded (the runtime only calls them from its exec'd helpers).
 
@@ -252,6 +253,28 @@ pub fn link_mtu(name: &str) -> io::Result<i32> {
     check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut ifr) } as libc::c_long)?;
     // SAFETY: after SIOCGIFMTU the union holds ifru_mtu.
     Ok(unsafe { ifr.ifr_ifru.ifru_mtu })
+}
+
+/// `setsockopt(fd, level, name, &val, sizeof(int))` for an integer option that neither nix nor
+/// rustix names (netlink's `SOL_NETLINK`/`NETLINK_EXT_ACK`).
+pub fn set_sockopt_int(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    val: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: the pointer and length describe `val`, a c_int that lives across the call; the fd
+    // is borrowed, so open.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&val as *const libc::c_int).cast::<libc::c_void>(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    check(r as libc::c_long).map(|_| ())
 }
 
 /// Reset every signal disposition to default and unblock all signals (before exec'ing a command).
