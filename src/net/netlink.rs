@@ -763,6 +763,9 @@ pub fn request_error(what: &str, errno: i32, ext: Option<&str>) -> io::Error {
 
 // ---- the socket ----
 
+/// The data messages of a reply: (type, payload).
+type Reply = Vec<(u16, Vec<u8>)>;
+
 /// A `NETLINK_ROUTE` socket of the opening thread's network namespace.
 #[derive(Debug)]
 pub struct Netlink {
@@ -841,7 +844,7 @@ impl Netlink {
 
     /// Sends `b` and collects the payloads of the reply's data messages until the ack, the
     /// error or `NLMSG_DONE`. `Ok(None)`: a dump the kernel marked interrupted (retry).
-    fn exchange(&self, b: MsgBuilder, what: &str) -> io::Result<Option<Vec<(u16, Vec<u8>)>>> {
+    fn exchange(&self, b: MsgBuilder, what: &str) -> io::Result<Option<Reply>> {
         let seq = self.next_seq();
         let msg = b.finish(seq, self.pid);
         loop {
