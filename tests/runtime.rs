@@ -132,6 +132,7 @@ impl Ct {
             console_log: dir.join("console.log"),
             cgroup: None,
             disks: Vec::new(),
+            nics: Vec::new(),
         };
         Ct {
             dir,

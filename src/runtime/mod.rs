@@ -97,6 +97,30 @@ pub struct DiskMount {
     pub required: bool,
 }
 
+/// A network interface the monitor makes for the container before init runs (in the
+/// container's network namespace, named, addressed by MAC and up). Resolved by the daemon.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Nic {
+    /// The device's name, for messages.
+    pub device: String,
+    /// The interface name inside the container (`eth0`).
+    pub name: String,
+    pub mac: [u8; 6],
+    pub mtu: Option<u32>,
+    pub kind: NicKind,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum NicKind {
+    /// A veth pair whose host end `host_name` joins `bridge` (none: a point-to-point link).
+    Veth {
+        host_name: String,
+        bridge: Option<String>,
+    },
+    /// A macvlan (bridge mode) on host link `parent`.
+    Macvlan { parent: String },
+}
+
 /// Everything needed to start a container, fully resolved (profiles expanded, ids mapped, paths checked).
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct Spec {
@@ -129,6 +153,9 @@ pub struct Spec {
     /// Disk devices, in mount order (parents before what is mounted below them).
     #[serde(default)]
     pub disks: Vec<DiskMount>,
+    /// Network interfaces, made in this order.
+    #[serde(default)]
+    pub nics: Vec<Nic>,
 }
 
 impl Spec {
@@ -235,11 +262,13 @@ mod exec;
 pub mod host;
 mod init;
 mod monitor;
+mod nics;
 mod rootfs;
 mod userns;
 
 pub use exec::resize_pty;
 pub use host::host_id_range;
+pub use nics::{plug as plug_nic, unplug as unplug_nic};
 pub use userns::{rootfs_supports_idmap, shift_rootfs};
 
 /// The run directory's files (all owned by the runtime).

@@ -738,6 +738,8 @@ fn setup(run_dir: &Path, spec: &Spec, prep: &mut Prepared) -> Result<(i32, Owned
         userns::write_maps(pid, &spec.uid_map, &spec.gid_map).map_err(kill_child)?;
     }
     confine::cgroup_add_pid(spec.cgroup_name(), pid).map_err(kill_child)?;
+    super::nics::plug_all(pid, &spec.nics).map_err(kill_child)?;
+    trace(t0, "step 9: nics plugged");
     chan::send(&psock, &Msg::Go, None).map_err(kill_child)?;
     match chan::recv(&psock).map_err(kill_child)? {
         None => {}
