@@ -72,7 +72,7 @@ impl Lab {
         ip_cmd(&["-n", &s, "link", "set", "vh0", "master", "br0", "up"]);
         ip_cmd(&["-n", &s, "addr", "add", "10.77.0.1/24", "dev", "br0"]);
         ip_cmd(&["-n", &s, "link", "set", "br0", "up"]);
-        let mac = bivy::net::leases::format_mac(&CLIENT_MAC);
+        let mac = bivy::net::netlink::format_mac(CLIENT_MAC);
         ip_cmd(&["-n", &c, "link", "set", "vc0", "address", &mac, "up"]);
         (s, c)
     }

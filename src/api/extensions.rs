@@ -3,8 +3,10 @@
 //! `shared/version/api.go`). Clients gate on these names: pylxd skips its network, project and
 //! cluster tests, and lxc refuses `network`/`project` commands, when a name is missing.
 //!
-//! Left out on purpose: `network` (only unmanaged host interfaces are listed; creating, changing
-//! and deleting networks is not built), `projects` (one project, `default`), `warnings` (the
+//! `network` is claimed for managed bridges (`instance::networks`, `instance::bridges`) with
+//! `network_leases`, `network_state`, `network_hwaddr`, `network_dhcp_expiry` and
+//! `instance_nic_network` (`nic` devices with `network=`).
+//! Left out on purpose: `projects` (one project, `default`), `warnings` (the
 //! list is served, but bivy does not record warnings), `instance_bulk_state_change`.
 //! `storage` is claimed for pools and volumes (custom filesystem volumes on `dir` and `btrfs`:
 //! create, show, edit, rename, delete, attach as disk devices); `storage_api_volume_rename` for
@@ -19,9 +21,11 @@ pub const API_EXTENSIONS: &[&str] = &[
     "directory_manipulation",
     "file_delete",
     "file_append",
+    "network_dhcp_expiry",
     "file_symlinks",
     "entity_description",
     "storage",
+    "network",
     "profile_usedby",
     "certificate_update",
     "container_exec_signal_handling",
@@ -47,5 +51,9 @@ pub const API_EXTENSIONS: &[&str] = &[
     "storage_api_volume_rename",
     "resources_v2",
     "certificate_token",
+    "network_leases",
+    "network_state",
+    "network_hwaddr",
+    "instance_nic_network",
     "remote_token_expiry",
 ];

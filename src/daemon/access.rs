@@ -138,8 +138,14 @@ pub const ROUTES: &[Route] = &[
     r("/1.0/storage-pools/{pool}/volumes", GET, NONE),
     r("/1.0/storage-pools/{pool}/volumes/{type}", GET, NONE),
     r("/1.0/storage-pools/{pool}/volumes/{type}/{vol}", GET, NONE),
-    r("/1.0/networks", GET, NONE),
-    r("/1.0/networks/{name}", GET, NONE),
+    r("/1.0/networks", &["GET", "POST"], NONE),
+    r(
+        "/1.0/networks/{name}",
+        &["GET", "PUT", "PATCH", "POST", "DELETE"],
+        NONE,
+    ),
+    r("/1.0/networks/{name}/leases", GET, NONE),
+    r("/1.0/networks/{name}/state", GET, NONE),
     r("/1.0/warnings", GET, NONE),
     r(
         "/1.0/warnings/{id}",

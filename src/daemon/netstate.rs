@@ -34,12 +34,25 @@ pub fn of_pid(pid: i32) -> io::Result<BTreeMap<String, InstanceStateNetwork>> {
         )?
         .join()
         .map_err(|_| io::Error::other("reading the network namespace panicked"))??;
-    let dev = std::fs::read_to_string(format!("/proc/{pid}/net/dev"))?;
+    add_counters(&mut out, &format!("/proc/{pid}/net/dev"))?;
+    Ok(out)
+}
+
+/// Fill in the counters of `out`'s interfaces from a `net/dev` file.
+fn add_counters(out: &mut BTreeMap<String, InstanceStateNetwork>, path: &str) -> io::Result<()> {
+    let dev = std::fs::read_to_string(path)?;
     for (name, c) in parse_net_dev(&dev) {
         if let Some(n) = out.get_mut(&name) {
             n.counters = c;
         }
     }
+    Ok(())
+}
+
+/// The interfaces of the daemon's own network namespace (the host's), with counters.
+pub fn host_interfaces() -> io::Result<BTreeMap<String, InstanceStateNetwork>> {
+    let mut out = interfaces()?;
+    add_counters(&mut out, "/proc/self/net/dev")?;
     Ok(out)
 }
 

@@ -220,12 +220,25 @@ fn route(d: &Daemon, req: &mut Request, caller: &Caller) -> Result<Response> {
             ))
         }
         ["networks"] => match m {
-            "GET" => endpoints::networks::networks_list(d, req),
-            _ => Err(Error::not_yet("managed networks")),
+            "GET" => endpoints::networks::list(d, req),
+            "POST" => endpoints::networks::create(d, req),
+            _ => Err(not_allowed(m)),
         },
         ["networks", name] => match m {
-            "GET" => endpoints::networks::network_get(d, name),
-            _ => Err(Error::not_yet("managed networks")),
+            "GET" => endpoints::networks::get(d, name),
+            "PUT" => endpoints::networks::put(d, req, name, false),
+            "PATCH" => endpoints::networks::put(d, req, name, true),
+            "POST" => endpoints::networks::rename(d, req, name),
+            "DELETE" => endpoints::networks::delete(d, name),
+            _ => Err(not_allowed(m)),
+        },
+        ["networks", name, "leases"] => match m {
+            "GET" => endpoints::networks::leases(d, name),
+            _ => Err(not_allowed(m)),
+        },
+        ["networks", name, "state"] => match m {
+            "GET" => endpoints::networks::state(d, name),
+            _ => Err(not_allowed(m)),
         },
         // bivy records no warnings, so the list is honestly empty and no warning exists.
         ["warnings"] => match m {

@@ -252,8 +252,9 @@ fn check_cpu_count(v: &str, ncpus: usize) -> Result<()> {
     }
 }
 
-/// Validate devices: a `type` each; known types only.
-pub fn validate_devices(devices: &Devices) -> Result<()> {
+/// Validate devices: a `type` each; known types only; disk and nic keys (a nic's network must
+/// exist in `data`).
+pub fn validate_devices(devices: &Devices, data: &super::db::Data) -> Result<()> {
     for (name, d) in devices {
         if name.is_empty() || name.contains('/') {
             return Err(Error::Invalid(format!("Invalid device name {name:?}")));
@@ -273,9 +274,12 @@ pub fn validate_devices(devices: &Devices) -> Result<()> {
                     )));
                 }
             }
+            Some("nic") => {
+                super::nics::validate(data, name, d)?;
+            }
             Some(
-                "none" | "nic" | "unix-char" | "unix-block" | "proxy" | "gpu" | "usb"
-                | "infiniband" | "tpm" | "pci" | "unix-hotplug",
+                "none" | "unix-char" | "unix-block" | "proxy" | "gpu" | "usb" | "infiniband"
+                | "tpm" | "pci" | "unix-hotplug",
             ) => {}
             Some(t) => {
                 return Err(Error::Invalid(format!(

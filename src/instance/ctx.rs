@@ -22,6 +22,8 @@ pub struct Ctx {
     pub images: image::Store,
     /// The storage pools, opened and mounted at start.
     pub pools: crate::storage::Pools,
+    /// The managed bridges being served (DHCP, DNS, lease stores).
+    pub bridges: super::bridges::Bridges,
     pub ops: Operations,
     pub events: Arc<Events>,
     /// Instances with an operation in progress (name -> what), so that conflicting requests
@@ -60,6 +62,7 @@ impl Ctx {
             db: Mutex::new(db),
             images,
             pools: crate::storage::Pools::default(),
+            bridges: Default::default(),
             ops: Operations::new(events.clone()),
             events,
             busy: Mutex::new(HashMap::new()),

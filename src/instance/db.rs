@@ -12,12 +12,13 @@ use crate::api::{Devices, StringMap};
 use crate::util::fs::atomic_write;
 
 /// The on-disk format version; bumped with an upgrade step when the layout changes.
-pub const SCHEMA: u32 = 3;
+pub const SCHEMA: u32 = 4;
 
 // Schema history: 1 = instances, profiles, config. 2 = storage pools, each instance's pool and
 // its snapshots (a schema-1 document loads as instances on the `default` pool with no snapshots).
 // 3 = custom storage volumes (`volumes`; an older document loads with none). The bump keeps an
 // older bivy, which would drop them on its next save, from opening the document.
+// 4 = managed networks (`networks`; an older document loads with none).
 
 /// One instance as stored.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
@@ -95,6 +96,16 @@ pub struct VolumeRecord {
     pub volume: String,
 }
 
+/// One managed network as stored (`networks[name]`).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct NetworkRecord {
+    /// `bridge` (the one type bivy manages).
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub config: StringMap,
+    pub description: String,
+}
+
 /// One profile as stored.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
 pub struct ProfileRecord {
@@ -118,6 +129,9 @@ pub struct Data {
     /// The trust store: fingerprint -> certificate (`instance::trust`).
     #[serde(default)]
     pub certificates: BTreeMap<String, CertRecord>,
+    /// Managed networks: name -> record (`instance::networks`).
+    #[serde(default)]
+    pub networks: BTreeMap<String, NetworkRecord>,
 }
 
 /// One trusted certificate as stored (LXD's `api.Certificate` without the fingerprint, the key).

@@ -173,13 +173,19 @@ pub fn resolve_disks(d: &Ctx, devices: &Devices, privileged: bool) -> Result<Vec
     Ok(out)
 }
 
-/// Refuse a change of the (expanded) devices of a running instance other than its root disk:
-/// adding, removing or changing a device takes effect only at start, and hot-plug is not built.
-pub fn check_live_change(old: &Devices, new: &Devices) -> Result<()> {
+/// Refuse a change of the (expanded) devices of a running instance other than its root disk
+/// (and, with `nics_live`, its NICs, which are hot-plugged: `nics::hotplug`): adding, removing or
+/// changing another device takes effect only at start, and its hot-plug is not built.
+pub fn check_live_change(old: &Devices, new: &Devices, nics_live: bool) -> Result<()> {
     let names: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    let is_nic =
+        |d: Option<&StringMap>| d.is_none_or(|d| d.get("type").map(String::as_str) == Some("nic"));
     for n in names {
         let (o, w) = (old.get(n), new.get(n));
         if o == w || o.is_some_and(is_root_disk) || w.is_some_and(is_root_disk) {
+            continue;
+        }
+        if nics_live && is_nic(o) && is_nic(w) {
             continue;
         }
         let kind =
@@ -264,17 +270,17 @@ mod tests {
             dev(&[("type", "disk"), ("path", "/"), ("pool", "default")]),
         );
         let mut b = a.clone();
-        assert!(check_live_change(&a, &b).is_ok());
+        assert!(check_live_change(&a, &b, true).is_ok());
         b.insert(
             "data".into(),
             dev(&[("type", "disk"), ("source", "/srv"), ("path", "/srv")]),
         );
-        let e = check_live_change(&a, &b).unwrap_err().to_string();
+        let e = check_live_change(&a, &b, true).unwrap_err().to_string();
         assert!(
             e.starts_with("not supported yet: adding disk devices to a running instance"),
             "{e}"
         );
-        let e = check_live_change(&b, &a).unwrap_err().to_string();
+        let e = check_live_change(&b, &a, true).unwrap_err().to_string();
         assert!(e.contains("removing disk devices"), "{e}");
     }
 }

