@@ -68,9 +68,7 @@ if [ ! -d "$SDIST_DIR/integration" ]; then
 fi
 
 # The daemon for the run.
-mkdir -p "$DAEMON_DIR"
-BIVY_DIR=$DAEMON_DIR "$BIVY" daemon </dev/null >"$LOG" 2>&1 &
-DAEMON_PID=$!
+daemon_spawn
 for _ in $(seq 200); do
   [ -S "$DAEMON_DIR/unix.socket" ] && api GET /1.0 >/dev/null 2>&1 && break
   kill -0 "$DAEMON_PID" 2>/dev/null || { echo "pylxd_integration: bivy daemon exited" >&2; exit 1; }
@@ -97,6 +95,7 @@ cp "$DAEMON_DIR/server.crt" "$HOME/.config/lxc/servercerts/127.0.0.1.crt"
 
 # requests lets these override pylxd's pinned server certificate (see issue 20).
 cd "$SDIST_DIR"
-env -u REQUESTS_CA_BUNDLE -u CURL_CA_BUNDLE LXD_DIR="$DAEMON_DIR" \
+# In the daemon's network namespace: 127.0.0.1:8443 is its listener there.
+in_daemon_netns env -u REQUESTS_CA_BUNDLE -u CURL_CA_BUNDLE LXD_DIR="$DAEMON_DIR" \
   "$VENV/bin/python" -m pytest integration -p no:cacheprovider -rA -v \
   --junitxml="$WORK/junit.xml"

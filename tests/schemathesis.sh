@@ -54,9 +54,7 @@ VENV=$WORK/venv
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
   "schemathesis==$SCHEMATHESIS_VERSION" "hypothesis==$HYPOTHESIS_VERSION"
 
-mkdir -p "$DAEMON_DIR"
-BIVY_DIR=$DAEMON_DIR "$BIVY" daemon </dev/null >"$LOG" 2>&1 &
-DAEMON_PID=$!
+daemon_spawn
 for _ in $(seq 200); do
   [ -S "$DAEMON_DIR/unix.socket" ] && api GET /1.0 >/dev/null 2>&1 && break
   kill -0 "$DAEMON_PID" 2>/dev/null || { echo "schemathesis: bivy daemon exited" >&2; exit 1; }

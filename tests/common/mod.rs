@@ -252,11 +252,82 @@ type CleanupHook = Box<dyn FnOnce(&Daemon)>;
 
 /// `bivy daemon` with `BIVY_DIR=<tmp>/bivy`, its output in `<tmp>/daemon.log`.
 ///
+/// A network namespace of the test's own, held by a `sleep` it started (killed by PID on drop,
+/// which takes every link, address and nftables rule made in it along), with `lo` up.
+pub struct Netns {
+    holder: Child,
+}
+
+impl Netns {
+    pub fn new() -> io::Result<Netns> {
+        let holder = Command::new("unshare")
+            .args(["--net", "--", "sleep", "86400"])
+            .stdin(Stdio::null())
+            .spawn()?;
+        let ns = Netns { holder };
+        // unshare execs sleep in the same process once the namespace is made.
+        let own = fs::read_link("/proc/self/ns/net")?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while fs::read_link(format!("/proc/{}/ns/net", ns.pid()))? == own {
+            if Instant::now() > deadline {
+                return Err(io::Error::other("unshare --net did not make a namespace"));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let out = ns.cmd("ip").args(["link", "set", "lo", "up"]).output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "ip link set lo up: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(ns)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.holder.id()
+    }
+
+    /// `program` to run inside the namespace (through `nsenter`).
+    pub fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/proc/{}/ns/net", self.pid()))
+            .arg("--")
+            .arg(program)
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Run `program args` in the namespace; (success, stdout + stderr).
+    pub fn run(&self, program: &str, args: &[&str]) -> (bool, String) {
+        match self.cmd(program).args(args).output() {
+            Ok(o) => (
+                o.status.success(),
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                ),
+            ),
+            Err(e) => (false, format!("{program}: {e}")),
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
 /// Drop order: cleanup hooks (last added first, daemon still running, so they can use the CLI),
 /// then SIGTERM to exactly this pid (SIGKILL after [`DAEMON_STOP_TIMEOUT`]), then the temp dir
 /// is unmounted below and removed.
 pub struct Daemon {
     child: Option<Child>,
+    /// The network namespace the daemon runs in (a holder process's), when not the host's.
+    netns: Option<u32>,
     bivy_dir: PathBuf,
     log: PathBuf,
     env: Vec<(String, String)>,
@@ -273,6 +344,16 @@ impl Daemon {
 
     /// Same, with extra environment variables for the daemon (kept for [`Daemon::restart`]).
     pub fn start_with(env: &[(&str, &str)]) -> io::Result<Daemon> {
+        Self::start_full(env, None)
+    }
+
+    /// Start a daemon in the network namespace of `netns` (see [`Netns`]): the bridges, rules and
+    /// containers' links it makes stay there, and go when the namespace does.
+    pub fn start_in(netns: &Netns, env: &[(&str, &str)]) -> io::Result<Daemon> {
+        Self::start_full(env, Some(netns.pid()))
+    }
+
+    fn start_full(env: &[(&str, &str)], netns: Option<u32>) -> io::Result<Daemon> {
         let tmp = TempDir::new()?;
         let bivy_dir = tmp.path().join("bivy");
         fs::create_dir(&bivy_dir)?;
@@ -282,6 +363,7 @@ impl Daemon {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         let mut d = Daemon {
+            netns,
             child: None,
             bivy_dir,
             log,
@@ -303,7 +385,17 @@ impl Daemon {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = Command::new(bivy_bin())
+        let mut cmd = match self.netns {
+            Some(pid) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/proc/{pid}/ns/net"))
+                    .arg("--")
+                    .arg(bivy_bin());
+                c
+            }
+            None => Command::new(bivy_bin()),
+        };
+        let child = cmd
             .arg("daemon")
             .env("BIVY_DIR", &self.bivy_dir)
             .envs(self.env.iter().map(|(k, v)| (k, v)))

@@ -2,6 +2,19 @@
 # daemon made for the run, and take it down with everything it made. The caller sets DAEMON_DIR
 # (the daemon's BIVY_DIR), DAEMON_PID (empty until it runs) and LOG (its log).
 
+daemon_spawn() { # start "$BIVY daemon" on DAEMON_DIR in a network namespace of its own, so the
+  # networks a run makes (bridges, nftables rules, DHCP and DNS) never touch the host's; sets
+  # DAEMON_PID (unshare execs the shell, which execs the daemon: one pid)
+  mkdir -p "$DAEMON_DIR"
+  BIVY_DIR=$DAEMON_DIR unshare --net -- sh -c 'ip link set lo up && exec "$0" daemon' "$BIVY" \
+    </dev/null >"$LOG" 2>&1 &
+  DAEMON_PID=$!
+}
+
+in_daemon_netns() { # CMD...: run CMD in the daemon's network namespace (to reach its HTTPS port)
+  nsenter --net="/proc/$DAEMON_PID/ns/net" -- "$@"
+}
+
 api() { # METHOD PATH [BODY]: one REST call on the daemon's socket, JSON out
   curl -sS --max-time 120 --unix-socket "$DAEMON_DIR/unix.socket" -X "$1" \
     ${3:+-H 'Content-Type: application/json' --data "$3"} "http://bivy$2"

@@ -354,10 +354,22 @@ pub fn busybox() -> Result<PathBuf> {
     write_file(&etc.join("shadow"), "root::0:0:99999:7:::\n", 0o640)?;
     // busybox init: no getty; one respawned long sleep so init blocks in wait() instead of
     // waking every second. SIGPWR (what LXD sends on a clean stop) makes busybox init halt.
+    // rcS: the hostname, then a DHCP client on every interface but lo (as LXD's images get an
+    // address on eth0 at boot); udhcpc stays in the background and renews.
     write_file(
         &etc.join("inittab"),
-        "::sysinit:/bin/hostname -F /etc/hostname\n::respawn:/bin/sleep 2147483647\n::shutdown:/bin/sync\n",
+        "::sysinit:/etc/init.d/rcS\n::respawn:/bin/sleep 2147483647\n::shutdown:/bin/sync\n",
         0o644,
+    )?;
+    mkdir_mode(&etc.join("init.d"), 0o755)?;
+    write_file(&etc.join("init.d/rcS"), BUSYBOX_RCS, 0o755)?;
+    for d in ["usr/share", "usr/share/udhcpc"] {
+        mkdir_mode(&r.join(d), 0o755)?;
+    }
+    write_file(
+        &r.join("usr/share/udhcpc/default.script"),
+        UDHCPC_SCRIPT,
+        0o755,
     )?;
     write_file(&etc.join("hostname"), "busybox\n", 0o644)?;
     write_file(
@@ -388,6 +400,46 @@ pub fn busybox() -> Result<PathBuf> {
     report(&out)?;
     Ok(out)
 }
+
+/// The busybox image's boot script.
+const BUSYBOX_RCS: &str = r#"#!/bin/sh
+# bivy test image: set the hostname, then run a DHCP client on each interface but lo.
+/bin/hostname -F /etc/hostname
+for i in /sys/class/net/*; do
+  n=${i##*/}
+  [ "$n" = lo ] && continue
+  udhcpc -f -S -i "$n" -x "hostname:$(hostname)" -s /usr/share/udhcpc/default.script >/dev/null 2>&1 &
+done
+"#;
+
+/// udhcpc's event script: apply a lease to the interface, the default route and resolv.conf.
+const UDHCPC_SCRIPT: &str = r#"#!/bin/sh
+# bivy test image: udhcpc event script ($1: deconfig, bound, renew, nak, leasefail).
+case "$1" in
+  deconfig)
+    ip -4 addr flush dev "$interface"
+    ip link set "$interface" up
+    ;;
+  bound|renew)
+    if ! ip -4 addr show dev "$interface" | grep -q "inet $ip/"; then
+      ip -4 addr flush dev "$interface"
+      ip addr add "$ip/${mask:-24}" ${broadcast:+broadcast "$broadcast"} dev "$interface"
+    fi
+    if [ -n "$router" ]; then
+      ip route del default dev "$interface" 2>/dev/null
+      for r in $router; do ip route add default via "$r" dev "$interface" && break; done
+    fi
+    {
+      [ -n "$domain" ] && echo "search $domain"
+      for d in $dns; do echo "nameserver $d"; done
+    } >/etc/resolv.conf
+    ;;
+esac
+exit 0
+"#;
+
+/// systemd-networkd's config for eth0 in the Debian image (as LXD's images have it).
+const NETWORKD_ETH0: &str = "[Match]\nName=eth0\n\n[Network]\nDHCP=ipv4\nLinkLocalAddressing=ipv6\n\n[DHCPv4]\nUseDomains=true\n";
 
 // ---------------------------------------------------------------------------------------------
 // debian
@@ -564,6 +616,28 @@ fn shape_debian(r: &Path) -> Result {
         SYSCTL_DROPIN,
         0o644,
     )?;
+
+    // eth0 by DHCP through systemd-networkd, enabled as `systemctl enable` would.
+    write_file(
+        &etc.join("systemd/network/eth0.network"),
+        NETWORKD_ETH0,
+        0o644,
+    )?;
+    for (wants, unit) in [
+        ("multi-user.target.wants", "systemd-networkd.service"),
+        ("sockets.target.wants", "systemd-networkd.socket"),
+        (
+            "network-online.target.wants",
+            "systemd-networkd-wait-online.service",
+        ),
+    ] {
+        let dir = sysd.join(wants);
+        util::mkdirs(&dir)?;
+        let link = dir.join(unit);
+        remove_if_exists(&link)?;
+        symlink(format!("/lib/systemd/system/{unit}"), &link)
+            .map_err(|e| format!("enable {unit}: {e}"))?;
+    }
 
     // Device nodes come from the runtime, never from an image; caches and logs are not content.
     empty_dir(&r.join("dev"))?;
