@@ -459,3 +459,94 @@ fn the_unmodified_lxc_drives_networks() {
         "Network bvt7 deleted\n"
     );
 }
+
+#[test]
+fn nics_are_hot_plugged_and_unplugged_on_a_running_container() {
+    let Some((ns, d)) = setup() else { return };
+    d.ok(&["network", "create", "bvt8", "ipv4.address=10.201.13.1/24"]);
+    launch_on(&d, "h1", "bvt8", &[]);
+    wait_ipv4(&d, "h1", "eth0");
+    d.ok(&[
+        "config",
+        "device",
+        "add",
+        "h1",
+        "eth1",
+        "nic",
+        "network=bvt8",
+        "name=eth1",
+    ]);
+    let (_, v) = d.api("GET", "/1.0/instances/h1", None).expect("get");
+    let cfg = &v["metadata"]["config"];
+    let host = cfg["volatile.eth1.host_name"]
+        .as_str()
+        .expect("host_name")
+        .to_string();
+    let mac = cfg["volatile.eth1.hwaddr"]
+        .as_str()
+        .expect("hwaddr")
+        .to_string();
+    let out = d.ok(&["exec", "h1", "--", "cat", "/sys/class/net/eth1/address"]);
+    assert_eq!(out.trim(), mac);
+    let (ok, out) = ns.run("ip", &["link", "show", "dev", &host]);
+    assert!(ok && out.contains("master bvt8"), "{out}");
+    // From inside, the new interface reaches the bridge once it has an address.
+    d.ok(&[
+        "exec",
+        "h1",
+        "--",
+        "udhcpc",
+        "-q",
+        "-n",
+        "-i",
+        "eth1",
+        "-s",
+        "/usr/share/udhcpc/default.script",
+    ]);
+    d.ok(&[
+        "exec",
+        "h1",
+        "--",
+        "ping",
+        "-c1",
+        "-W2",
+        "-I",
+        "eth1",
+        "10.201.13.1",
+    ]);
+    // A NIC that cannot be made is refused and changes nothing.
+    fails(
+        &d,
+        &[
+            "config",
+            "device",
+            "add",
+            "h1",
+            "bad",
+            "nic",
+            "nictype=macvlan",
+            "parent=nosuch0",
+            "name=eth2",
+        ],
+        "nosuch0",
+    );
+    let (_, v) = d.api("GET", "/1.0/instances/h1", None).expect("get");
+    assert!(v["metadata"]["devices"]["bad"].is_null(), "{v}");
+    // Unplugged: gone inside and on the host, and forgotten.
+    d.ok(&["config", "device", "remove", "h1", "eth1"]);
+    let out = d.run(&["exec", "h1", "--", "cat", "/sys/class/net/eth1/address"]);
+    assert!(!out.status.success(), "eth1 still in the container");
+    let (ok, _) = ns.run("ip", &["link", "show", "dev", &host]);
+    assert!(!ok, "{host} still on the host");
+    let (_, v) = d.api("GET", "/1.0/instances/h1", None).expect("get");
+    assert!(
+        v["metadata"]["config"]["volatile.eth1.hwaddr"].is_null(),
+        "{v}"
+    );
+    assert!(
+        v["metadata"]["config"]["volatile.eth1.host_name"].is_null(),
+        "{v}"
+    );
+    d.ok(&["delete", "-f", "h1"]);
+    d.ok(&["network", "delete", "bvt8"]);
+}
