@@ -550,3 +550,46 @@ fn nics_are_hot_plugged_and_unplugged_on_a_running_container() {
     d.ok(&["delete", "-f", "h1"]);
     d.ok(&["network", "delete", "bvt8"]);
 }
+
+#[test]
+fn debian_gets_an_address_through_systemd_networkd() {
+    let Some(img) = common::debian_image() else {
+        common::skip(
+            &common::current_test_name(),
+            "no Debian image (cargo xtask test-image debian)",
+        );
+        return;
+    };
+    let Some((ns, d)) = setup() else { return };
+    d.ok(&[
+        "image",
+        "import",
+        img.to_str().expect("utf-8"),
+        "--alias",
+        "debian",
+    ]);
+    d.ok(&["network", "create", "bvt9", "ipv4.address=10.201.14.1/24"]);
+    d.ok(&["init", "debian", "deb"]);
+    d.ok(&[
+        "config",
+        "device",
+        "add",
+        "deb",
+        "eth0",
+        "nic",
+        "network=bvt9",
+        "name=eth0",
+    ]);
+    let t = Instant::now();
+    d.ok(&["start", "deb"]);
+    let ip = wait_ipv4(&d, "deb", "eth0");
+    eprintln!("debian: {ip} on eth0 {:?} after start", t.elapsed());
+    assert!(ip.starts_with("10.201.14."), "{ip}");
+    let (ok, out) = ns.run("busybox", &["ping", "-c1", "-W2", &ip]);
+    assert!(ok, "{out}");
+    // networkd sent the container's name, which DNS now answers.
+    let (ok, out) = ns.run("busybox", &["nslookup", "deb.bivy", "10.201.14.1"]);
+    assert!(ok && out.contains(&ip), "{out}");
+    d.ok(&["delete", "-f", "deb"]);
+    d.ok(&["network", "delete", "bvt9"]);
+}

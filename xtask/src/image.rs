@@ -617,7 +617,8 @@ fn shape_debian(r: &Path) -> Result {
         0o644,
     )?;
 
-    // eth0 by DHCP through systemd-networkd, enabled as `systemctl enable` would.
+    // eth0 by DHCP through systemd-networkd, enabled as `systemctl enable` would (not
+    // systemd-networkd-wait-online: a container without eth0 would wait two minutes for it).
     write_file(
         &etc.join("systemd/network/eth0.network"),
         NETWORKD_ETH0,
@@ -626,10 +627,6 @@ fn shape_debian(r: &Path) -> Result {
     for (wants, unit) in [
         ("multi-user.target.wants", "systemd-networkd.service"),
         ("sockets.target.wants", "systemd-networkd.socket"),
-        (
-            "network-online.target.wants",
-            "systemd-networkd-wait-online.service",
-        ),
     ] {
         let dir = sysd.join(wants);
         util::mkdirs(&dir)?;
