@@ -593,3 +593,47 @@ fn debian_gets_an_address_through_systemd_networkd() {
     d.ok(&["delete", "-f", "deb"]);
     d.ok(&["network", "delete", "bvt9"]);
 }
+
+#[test]
+fn ipv6_addresses_by_slaac_from_bivy_router_advertisements() {
+    let Some((ns, d)) = setup() else { return };
+    d.ok(&[
+        "network",
+        "create",
+        "bvt10",
+        "ipv4.address=10.201.15.1/24",
+        "ipv6.address=fd42:b1:0:7::1/64",
+        "ipv6.nat=true",
+    ]);
+    launch_on(&d, "v6", "bvt10", &[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let addr = loop {
+        let (_, v) = d
+            .api("GET", "/1.0/instances/v6/state", None)
+            .expect("state");
+        let found = v["metadata"]["network"]["eth0"]["addresses"]
+            .as_array()
+            .and_then(|a| {
+                a.iter()
+                    .find(|a| a["family"] == "inet6" && a["scope"] == "global")
+                    .and_then(|a| a["address"].as_str().map(str::to_string))
+            });
+        if let Some(a) = found {
+            break a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no SLAAC address: {v}\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(addr.starts_with("fd42:b1:0:7:"), "{addr}");
+    // Duplicate address detection keeps a new address tentative for about a second.
+    let (ok, out) = ns.run("busybox", &["ping", "-6", "-c1", "-w5", &addr]);
+    assert!(ok, "ping {addr}: {out}\n{}", nft_ruleset(&ns));
+    let rules = nft_ruleset(&ns);
+    assert!(rules.contains("fd42:b1:0:7::/64"), "{rules}");
+    d.ok(&["delete", "-f", "v6"]);
+    d.ok(&["network", "delete", "bvt10"]);
+}

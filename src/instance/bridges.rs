@@ -33,6 +33,7 @@ pub struct Live {
     pub store: Arc<Mutex<LeaseStore>>,
     dhcp: Option<DhcpServer>,
     dns: Option<DnsServer>,
+    ra: Option<crate::net::ra::RaServer>,
     /// Why the DNS server is not running, when it should be (port 53 taken).
     pub dns_error: Option<String>,
 }
@@ -237,6 +238,7 @@ fn up_inner(d: &Ctx, data: &Data, name: &str, c: &BridgeConfig) -> Result<()> {
         Some(old) => {
             drop(old.dhcp);
             drop(old.dns);
+            drop(old.ra);
             old.store
         }
         None => Arc::new(Mutex::new(
@@ -254,8 +256,21 @@ fn up_inner(d: &Ctx, data: &Data, name: &str, c: &BridgeConfig) -> Result<()> {
         store: Arc::clone(&store),
         dhcp: None,
         dns: None,
+        ra: None,
         dns_error: None,
     };
+    if let Some(v6) = c.ipv6 {
+        let cfg = crate::net::ra::RaConfig {
+            ifname: name.to_string(),
+            prefix: v6.addr,
+            mac,
+            mtu: c.mtu,
+        };
+        live.ra = Some(
+            crate::net::ra::RaServer::start(cfg)
+                .map_err(|e| nle("starting its router advertisements", e))?,
+        );
+    }
     if let Some(v4) = c.ipv4 {
         if c.ipv4_dhcp {
             let cfg = DhcpConfig {

@@ -8,9 +8,11 @@
 //! - `dhcp`: DHCPv4 packets and the per-bridge server.
 //! - `dns`: DNS packets and the per-bridge resolver (instance names, forwarding upstream).
 //! - `leases`: the lease store shared by both, persisted atomically.
+//! - `ra`: IPv6 router advertisements (SLAAC) for a bridge with an IPv6 /64.
 
 pub mod dhcp;
 pub mod dns;
 pub mod leases;
 pub mod netlink;
 pub mod nft;
+pub mod ra;
