@@ -320,7 +320,169 @@ pub fn run(args: &[String]) -> Result {
         eprintln!("xtask: bench stopped early: {e}");
     }
     cleanup(&d, o.runs);
+    if let Err(e) = network(&bin, &image, &run_dir, &mut t, o.runs, o.scale) {
+        eprintln!("xtask: network bench stopped early: {e}");
+    }
     finish(&t, &out_dir, &before, Some(&run_dir))
+}
+
+/// The IPv4 address `ct`'s eth0 has (global scope), if any, from its state (the daemon writes
+/// compact JSON with the fields in a fixed order; xtask has no JSON parser).
+fn eth0_ipv4(d: &BgDaemon, ct: &str) -> Option<String> {
+    let body = d.get(&format!("/1.0/instances/{ct}/state")).ok()?;
+    first_global_inet(&body, "eth0")
+}
+
+fn first_global_inet(body: &str, iface: &str) -> Option<String> {
+    let start = body.find(&format!("\"{iface}\":{{\"addresses\":["))?;
+    let rest = &body[start..];
+    let addrs = &rest[..rest.find(']')?];
+    addrs.split('}').find_map(|a| {
+        if !a.contains("\"family\":\"inet\"") || !a.contains("\"scope\":\"global\"") {
+            return None;
+        }
+        let v = &a[a.find("\"address\":\"")? + 11..];
+        Some(v[..v.find('"')?].to_string())
+    })
+}
+
+/// Launch `ct` from `image` on the bench's bridge; the time until eth0 has an IPv4 address.
+fn launch_to_address(d: &BgDaemon, image: &str, ct: &str) -> Result<Duration> {
+    let t0 = std::time::Instant::now();
+    must(d, &["launch", image, ct, "--network", "bvbench0"])?;
+    let deadline = t0 + Duration::from_secs(60);
+    loop {
+        if eth0_ipv4(d, ct).is_some() {
+            return Ok(t0.elapsed());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!("{ct}: no IPv4 address on eth0 after 60 s"));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Managed bridge figures, with a daemon of its own in a new network namespace: `launch` to an
+/// address on eth0 (busybox's udhcpc; Debian's networkd), and the daemon's memory with `n`
+/// leases served.
+fn network(
+    bin: &Path,
+    image: &Path,
+    run_dir: &Path,
+    t: &mut Table,
+    runs: usize,
+    n: usize,
+) -> Result {
+    let d = match daemon::start_in_new_netns(
+        bin,
+        &run_dir.join("net/bivy"),
+        &run_dir.join("net/daemon.log"),
+    ) {
+        Ok(d) => d,
+        Err(e) => {
+            t.failed("daemon in a network namespace", &e);
+            return Err(e);
+        }
+    };
+    let result = (|| -> Result {
+        must(
+            &d,
+            &[
+                "image",
+                "import",
+                &image.to_string_lossy(),
+                "--alias",
+                "busybox",
+            ],
+        )?;
+        must(
+            &d,
+            &[
+                "network",
+                "create",
+                "bvbench0",
+                "ipv4.address=10.203.0.1/22",
+            ],
+        )?;
+        memory_row(
+            t,
+            "daemon memory, one bridge with DHCP and DNS, 0 leases",
+            d.pid,
+        );
+        let mut samples = Vec::new();
+        for i in 0..runs {
+            samples.push(launch_to_address(&d, "busybox", &format!("a{i}"))?);
+        }
+        let ms: Vec<f64> = samples.iter().map(|d| util::ms(*d)).collect();
+        t.stats(
+            "`bivy launch` to an IPv4 address on eth0 (busybox, udhcpc)",
+            &Stats::of(&ms).ok_or_else(|| "no samples".to_string()),
+            "daemon's own DHCP on a managed bridge",
+        );
+        if let Some(deb) = ["debian12.tar.zst", "debian12.tar.gz"]
+            .iter()
+            .map(|f| util::target_dir().join("test-images").join(f))
+            .find(|p| p.is_file())
+        {
+            must(
+                &d,
+                &[
+                    "image",
+                    "import",
+                    &deb.to_string_lossy(),
+                    "--alias",
+                    "debian",
+                ],
+            )?;
+            let mut samples = Vec::new();
+            for i in 0..3 {
+                samples.push(launch_to_address(&d, "debian", &format!("deb{i}"))?);
+            }
+            let ms: Vec<f64> = samples.iter().map(|d| util::ms(*d)).collect();
+            t.stats(
+                "`bivy launch` to an IPv4 address on eth0 (Debian 12, systemd-networkd)",
+                &Stats::of(&ms).ok_or_else(|| "no samples".to_string()),
+                "3 runs",
+            );
+            for i in 0..3 {
+                must(&d, &["delete", "--force", &format!("deb{i}")])?;
+            }
+        }
+        for i in runs..n {
+            must(
+                &d,
+                &[
+                    "launch",
+                    "busybox",
+                    &format!("a{i}"),
+                    "--network",
+                    "bvbench0",
+                ],
+            )?;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while (0..n.max(runs)).any(|i| eth0_ipv4(&d, &format!("a{i}")).is_none()) {
+            if std::time::Instant::now() > deadline {
+                return Err(format!("not all {n} containers got an address in 120 s"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        memory_row(
+            t,
+            &format!("daemon memory, {} containers with DHCP leases", n.max(runs)),
+            d.pid,
+        );
+        for i in 0..n.max(runs) {
+            must(&d, &["delete", "--force", &format!("a{i}")])?;
+        }
+        must(&d, &["network", "delete", "bvbench0"])
+    })();
+    if let Err(e) = &result {
+        t.failed("network figures", e);
+    }
+    d.stop();
+    result
 }
 
 /// The container steps; returns Err when a step that the rest needs failed (already in the table).
@@ -794,6 +956,17 @@ fn finish(t: &Table, out_dir: &Path, before: &str, run_dir: Option<&Path>) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn global_inet_is_found_in_a_state() {
+        let body = r#"{"metadata":{"network":{"eth0":{"addresses":[{"family":"inet6","address":"fe80::1","netmask":"64","scope":"link"},{"family":"inet","address":"10.203.0.7","netmask":"22","scope":"global"}],"counters":{}},"lo":{"addresses":[{"family":"inet","address":"127.0.0.1","netmask":"8","scope":"local"}]}}}}"#;
+        assert_eq!(
+            first_global_inet(body, "eth0").as_deref(),
+            Some("10.203.0.7")
+        );
+        assert_eq!(first_global_inet(body, "lo"), None);
+        assert_eq!(first_global_inet(body, "eth1"), None);
+    }
 
     #[test]
     fn stats_median() {

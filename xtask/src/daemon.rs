@@ -27,11 +27,31 @@ pub fn socket(dir: &Path) -> PathBuf {
 
 /// Start `bin daemon` with `BIVY_DIR=dir`; the process outlives xtask unless stopped.
 pub fn start(bin: &Path, dir: &Path, log: &Path) -> Result<BgDaemon> {
+    let mut cmd = Command::new(bin);
+    cmd.arg("daemon");
+    spawn(cmd, bin, dir, log)
+}
+
+/// Same, in a new network namespace with only `lo` up (`unshare` execs the shell, which execs
+/// the daemon: one pid): the bridges and rules it makes never touch the host's.
+pub fn start_in_new_netns(bin: &Path, dir: &Path, log: &Path) -> Result<BgDaemon> {
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--net",
+        "--",
+        "sh",
+        "-c",
+        "ip link set lo up && exec \"$0\" daemon",
+    ])
+    .arg(bin);
+    spawn(cmd, bin, dir, log)
+}
+
+fn spawn(mut cmd: Command, bin: &Path, dir: &Path, log: &Path) -> Result<BgDaemon> {
     util::mkdirs(dir)?;
     let logf = fs::File::create(log).map_err(|e| format!("create {}: {e}", log.display()))?;
     let t = Instant::now();
-    let mut child = Command::new(bin)
-        .arg("daemon")
+    let mut child = cmd
         .env("BIVY_DIR", dir)
         .stdin(Stdio::null())
         .stdout(logf.try_clone().map_err(|e| e.to_string())?)
