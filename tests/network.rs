@@ -236,6 +236,21 @@ fn static_address_p2p_and_macvlan_nics() {
         "{v}"
     );
 
+    // Another instance cannot take the same static address.
+    d.ok(&["init", "bb", "s2"]);
+    d.ok(&[
+        "config",
+        "device",
+        "add",
+        "s2",
+        "eth0",
+        "nic",
+        "network=bvt2",
+        "ipv4.address=10.201.9.77",
+    ]);
+    fails(&d, &["start", "s2"], "already reserved");
+    d.ok(&["delete", "s2"]);
+
     // p2p: the host end is named and joins nothing; macvlan on a parent of the test's own (a
     // veth end: this kernel has no dummy driver).
     for args in [

@@ -246,11 +246,14 @@ fn up_inner(d: &Ctx, data: &Data, name: &str, c: &BridgeConfig) -> Result<()> {
                 .map_err(|e| nle("opening its leases", e))?,
         )),
     };
-    store
-        .lock()
-        .expect("lease lock")
-        .set_static(static_leases(data, name))
-        .map_err(|e| nle("saving its static leases", e))?;
+    {
+        let mut st = store.lock().expect("lease lock");
+        st.set_static(static_leases(data, name))
+            .map_err(|e| nle("saving its static leases", e))?;
+        // Leases from a subnet the bridge no longer has go (a changed ipv4.address).
+        st.retain_addresses(|ip| c.ipv4.is_some_and(|a| a.contains(ip)))
+            .map_err(|e| nle("saving its leases", e))?;
+    }
     let mut live = Live {
         config: c.clone(),
         store: Arc::clone(&store),

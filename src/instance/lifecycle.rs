@@ -200,7 +200,7 @@ pub fn start(d: &Ctx, name: &str) -> Result<()> {
     let disks = super::devices::resolve_disks(d, &ed, privileged)?;
     let nics = {
         let data = d.db.lock().expect("db lock").data.clone();
-        super::nics::resolve(&data, &rec.config, &ed)?
+        super::nics::resolve(&data, name, &rec.config, &ed)?
     };
     let vol = d.volume_dir(&rec);
     let rootfs = vol.join("rootfs");

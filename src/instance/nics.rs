@@ -257,8 +257,9 @@ pub struct Resolved {
 }
 
 /// Resolve instance `inst`'s expanded NICs for a start (`config` is its own config, where the
-/// volatile keys live).
-pub fn resolve(data: &Data, config: &StringMap, ed: &Devices) -> Result<Resolved> {
+/// volatile keys live). A static address another instance reserved on the same network is
+/// refused.
+pub fn resolve(data: &Data, inst: &str, config: &StringMap, ed: &Devices) -> Result<Resolved> {
     let mut out = Resolved {
         nics: Vec::new(),
         volatile: Vec::new(),
@@ -309,6 +310,17 @@ pub fn resolve(data: &Data, config: &StringMap, ed: &Devices) -> Result<Resolved
         };
         let kind = match &attach {
             Attach::Managed(net) => {
+                if let Some(ip) = conf.get("ipv4.address").and_then(|v| v.parse().ok()) {
+                    if let Some(o) = on_network(data, net)
+                        .into_iter()
+                        .find(|n| n.instance != inst && n.ipv4 == Some(ip))
+                    {
+                        return Err(Error::Invalid(format!(
+                            "Device {dev:?}: IP address {ip} is already reserved on network {net:?} by instance {:?}",
+                            o.instance
+                        )));
+                    }
+                }
                 out.networks.insert(net.clone());
                 if mtu.is_none() {
                     mtu = data
@@ -430,6 +442,7 @@ fn running_nic(config: &StringMap, dev: &str, conf: &StringMap) -> Option<Nic> {
 /// `bridges::refresh`).
 pub fn hotplug(
     data: &Data,
+    inst: &str,
     config: &StringMap,
     pid: i32,
     old: &Devices,
@@ -459,7 +472,7 @@ pub fn hotplug(
             cfg.remove(&format!("volatile.{n}.hwaddr"));
         }
     }
-    let resolved = resolve(data, &cfg, &added)?;
+    let resolved = resolve(data, inst, &cfg, &added)?;
     for nic in &resolved.nics {
         if staying.contains(&nic.name) {
             return Err(Error::Invalid(format!(
@@ -629,7 +642,7 @@ mod tests {
         ed.insert("x".into(), m(&[("type", "nic"), ("nictype", "p2p")]));
         ed.insert("root".into(), m(&[("type", "disk"), ("path", "/")]));
         let config = m(&[("volatile.eth0.hwaddr", "00:16:3e:aa:bb:cc")]);
-        let r = resolve(&d, &config, &ed).unwrap();
+        let r = resolve(&d, "c1", &config, &ed).unwrap();
         assert_eq!(r.nics.len(), 2);
         assert_eq!(r.nics[0].mac, [0, 0x16, 0x3e, 0xaa, 0xbb, 0xcc]);
         assert_eq!(r.nics[0].mtu, Some(1400));

@@ -317,7 +317,8 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
         config::limits(&ec, d.host.total_memory, d.host.ncpus)?;
         // NICs are hot-plugged; their volatile keys are recorded with the new config.
         if let State::Running { init_pid, .. } = state_of(d, name)? {
-            let kv = crate::instance::nics::hotplug(&db.data, &cur.config, init_pid, &od, &ed)?;
+            let kv =
+                crate::instance::nics::hotplug(&db.data, name, &cur.config, init_pid, &od, &ed)?;
             for (k, v) in kv {
                 match v {
                     Some(v) => next.config.insert(k, v),
