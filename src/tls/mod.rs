@@ -287,7 +287,10 @@ impl Server {
         // trust is still decided by that certificate's fingerprint on every request.
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(setup_error)?;
-        config.send_tls13_tickets = 1;
+        // Enough tickets from one full handshake for every connection a client opens next:
+        // `exec` opens four websockets at once plus one to wait for the end, each of which
+        // resumes (0.35 ms) instead of signing again (2.9 ms). A ticket is used once.
+        config.send_tls13_tickets = 6;
         Ok(Server {
             config: Arc::new(config),
         })
