@@ -7,7 +7,8 @@
 //! - `exec`, `file`, `config` (with `trust`), `profile`, `image`, `storage` (pools, volume
 //!   list), `network`, `misc` (operation, monitor, version, query).
 //! - `alias`: the `alias` verbs and alias expansion (before anything else in [`main`]);
-//!   `admin`: `admin waitready|shutdown` for the local daemon.
+//!   `admin`: `admin waitready|shutdown` for the local daemon; `install`: the binary and the
+//!   service file of the host's init system.
 //! - `conf`: the client configuration (`$BIVY_CONF`: remotes, client identity, pinned server
 //!   certificates); `remote`: the `remote` verbs, including `remote add`'s trust flow.
 //! - `table` and `yaml`: output the way lxc prints it.
@@ -23,6 +24,7 @@ mod console;
 pub mod exec;
 pub mod file;
 pub mod image;
+pub mod install;
 pub mod instance;
 pub mod misc;
 pub mod network;
@@ -90,6 +92,7 @@ Available Commands:
   image       Manage images
   info        Show instance or server information
   init        Create instances from images
+  install     Install this binary and the host's service file
   launch      Create and start instances from images
   list        List instances
   monitor     Monitor a local or remote server
@@ -238,6 +241,7 @@ fn dispatch(verb: &str, rest: Vec<String>) -> CmdResult {
         "remote" => remote::run(&rest),
         "alias" => alias::run(&rest),
         "admin" => admin::run(&rest),
+        "install" => install::run(&rest),
         other => {
             eprint!("{USAGE}");
             eprintln!();
