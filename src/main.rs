@@ -6,6 +6,9 @@ fn main() {
     if args.get(1).is_some_and(|a| a == "__netcat") {
         bivy::migration::rsync::netcat_main(&args[2..]);
     }
+    if args.get(1).is_some_and(|a| a == "__complete") {
+        std::process::exit(bivy::cli::completion::complete_main(&args[2..]));
+    }
     if args.get(1).is_some_and(|a| a.starts_with("__")) {
         bivy::runtime::helper_main(&args[1..]);
     }

@@ -51,6 +51,9 @@ pub fn run(args: &[String]) -> CmdResult {
     if sub == "trust" {
         return super::trust::run(rest);
     }
+    if sub == "device" {
+        return device(Target::Instance, rest);
+    }
     if help_requested(rest) || sub == "-h" || sub == "--help" {
         print!("{USAGE}");
         return Ok(0);
@@ -61,7 +64,6 @@ pub fn run(args: &[String]) -> CmdResult {
         "unset" => unset(rest),
         "show" => show(rest),
         "edit" => edit(rest),
-        "device" => device(Target::Instance, rest),
         other => {
             eprint!("{USAGE}");
             fail(format!("unknown command \"{other}\" for \"bivy config\""))
@@ -438,7 +440,7 @@ pub fn device(target: Target, args: &[String]) -> CmdResult {
         return Err(Fail::Exit(1));
     };
     let rest = &args[1..];
-    if help_requested(rest) {
+    if sub == "-h" || sub == "--help" || help_requested(rest) {
         print!("{DEVICE_USAGE}");
         return Ok(0);
     }

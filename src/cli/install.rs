@@ -636,11 +636,13 @@ fn uninstall(
         let dest = under(root, path);
         match state_of(&dest, service_text(init, params).as_bytes())? {
             State::Missing => println!("No {}", dest.display()),
-            State::Differs if !a.force => return fail(format!(
+            State::Differs if !a.force => {
+                return fail(format!(
                 "{} differs from bivy's {} service file; nothing was removed (--force removes it)",
                 dest.display(),
                 init.name()
-            )),
+            ))
+            }
             _ => remove.push(dest),
         }
     }

@@ -8,7 +8,8 @@
 //!   list), `network`, `misc` (operation, monitor, version, query).
 //! - `alias`: the `alias` verbs and alias expansion (before anything else in [`main`]);
 //!   `admin`: `admin waitready|shutdown` for the local daemon; `install`: the binary and the
-//!   service file of the host's init system.
+//!   service file of the host's init system; `completion`: the command table, the shell
+//!   completion scripts and `__complete` (names from the daemon).
 //! - `conf`: the client configuration (`$BIVY_CONF`: remotes, client identity, pinned server
 //!   certificates); `remote`: the `remote` verbs, including `remote add`'s trust flow.
 //! - `table` and `yaml`: output the way lxc prints it.
@@ -18,6 +19,7 @@
 
 pub mod admin;
 pub mod alias;
+pub mod completion;
 pub mod conf;
 pub mod config;
 mod console;
@@ -83,6 +85,7 @@ Usage:
 Available Commands:
   admin       Manage the daemon (waitready, shutdown)
   alias       Manage command aliases
+  completion  Print the shell completion script (bash, zsh, fish)
   config      Manage instance and server configuration options
   console     Attach to instance consoles
   copy        Copy instances within the server
@@ -242,6 +245,7 @@ fn dispatch(verb: &str, rest: Vec<String>) -> CmdResult {
         "alias" => alias::run(&rest),
         "admin" => admin::run(&rest),
         "install" => install::run(&rest),
+        "completion" => completion::run(&rest),
         other => {
             eprint!("{USAGE}");
             eprintln!();
