@@ -351,3 +351,60 @@ whence -w _bivy"#);
     );
     assert_eq!(complete("bivy start "), ["images:", "local:"]);
 }
+
+#[test]
+fn manpages_render_without_warnings() {
+    require!(cmd "man");
+    let tmp = TempDir::new().expect("tmp");
+    let dir = tmp.path().join("man1");
+    let out = bivy(&["manpage", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    // bivy.1, one page per verb of the table, and the daemon's.
+    let mut want: Vec<String> = children("").iter().map(|v| format!("bivy-{v}.1")).collect();
+    want.push("bivy-daemon.1".into());
+    want.push("bivy.1".into());
+    want.sort();
+    assert_eq!(names, want);
+    assert_eq!(
+        text(&out.stdout),
+        format!("Wrote {} manual pages into {}\n", want.len(), dir.display())
+    );
+    for name in &names {
+        let out = Command::new("man")
+            .args(["--warnings", "-l"])
+            .arg(dir.join(name))
+            .env("MANWIDTH", "80")
+            .env("LANG", "C.UTF-8")
+            .output()
+            .expect("run man");
+        let page = text(&out.stdout);
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "{name}: {}",
+            text(&out.stderr)
+        );
+        let stem = name.trim_end_matches(".1");
+        assert!(
+            page.contains(&format!("NAME\n       {stem} - ")),
+            "{name}:\n{page}"
+        );
+    }
+    // The text is each command's help.
+    let page = std::fs::read_to_string(dir.join("bivy-launch.1")).unwrap();
+    assert!(
+        page.contains("\n  \\-s, \\-\\-storage     storage pool name\n"),
+        "{page}"
+    );
+    let page = std::fs::read_to_string(dir.join("bivy-storage.1")).unwrap();
+    assert!(
+        page.contains("\n.SS \"bivy storage volume list\"\n"),
+        "{page}"
+    );
+    // A usage error.
+    assert_eq!(bivy(&["manpage"]).status.code(), Some(1));
+}

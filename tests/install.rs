@@ -218,10 +218,22 @@ fn systemd_unit_passes_systemd_analyze_verify() {
         "systemd",
     ]));
     let unit = etc.join("systemd/system/bivy.service");
-    // The man pages it names are not installed here: `--man=no`.
-    let out = Command::new("systemd-analyze")
-        .args(["verify", "--man=no"])
+    // The man pages it names (Documentation=man:bivy(1) ...), as `bivy manpage` writes them:
+    // systemd-analyze looks each one up with `man`.
+    let man = tmp.path().join("man");
+    ok(Command::new(bivy_bin())
+        .arg("manpage")
+        .arg(man.join("man1"))
+        .output()
+        .expect("run bivy manpage"));
+    let mut verify = Command::new("systemd-analyze");
+    verify.arg("verify");
+    if !common::have_cmd("man") {
+        verify.arg("--man=no"); // (man-db absent: nothing to look the pages up with)
+    }
+    let out = verify
         .arg(&unit)
+        .env("MANPATH", &man)
         .output()
         .expect("run systemd-analyze");
     // systemd-analyze reports a bad setting on stderr and still exits 0: both must be clean.

@@ -128,6 +128,7 @@ pub const TABLE: &[Cmd] = &[
     c("install", "--prefix --init --sysconfdir --root --group --dry-run --force --uninstall", No),
     c("launch", LAUNCH_FLAGS, Image),
     c("list", "-c --columns -f --format --fast --all-projects", Remote),
+    c("manpage", "", File),
     c("monitor", "--type -f --format --pretty --loglevel", Remote),
     c("move", "--instance-only --stateless", Instance),
     c("network", "", No),

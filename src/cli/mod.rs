@@ -9,7 +9,7 @@
 //! - `alias`: the `alias` verbs and alias expansion (before anything else in [`main`]);
 //!   `admin`: `admin waitready|shutdown` for the local daemon; `install`: the binary and the
 //!   service file of the host's init system; `completion`: the command table, the shell
-//!   completion scripts and `__complete` (names from the daemon).
+//!   completion scripts and `__complete` (names from the daemon); `manpage`: the manual.
 //! - `conf`: the client configuration (`$BIVY_CONF`: remotes, client identity, pinned server
 //!   certificates); `remote`: the `remote` verbs, including `remote add`'s trust flow.
 //! - `table` and `yaml`: output the way lxc prints it.
@@ -28,6 +28,7 @@ pub mod file;
 pub mod image;
 pub mod install;
 pub mod instance;
+pub mod manpage;
 pub mod misc;
 pub mod network;
 pub mod profile;
@@ -98,6 +99,7 @@ Available Commands:
   install     Install this binary and the host's service file
   launch      Create and start instances from images
   list        List instances
+  manpage     Write the manual pages into a directory
   monitor     Monitor a local or remote server
   move        Move or rename instances (alias: rename)
   network     Manage and attach instances to networks
@@ -246,6 +248,7 @@ fn dispatch(verb: &str, rest: Vec<String>) -> CmdResult {
         "admin" => admin::run(&rest),
         "install" => install::run(&rest),
         "completion" => completion::run(&rest),
+        "manpage" => manpage::run(&rest),
         other => {
             eprint!("{USAGE}");
             eprintln!();
