@@ -6,6 +6,7 @@
 
 mod bench;
 mod daemon;
+mod deb;
 mod demo;
 mod dist;
 mod elf;
@@ -27,6 +28,9 @@ usage: cargo xtask <task> [args]
 
 tasks:
   dist                         static release build -> target/dist/bivy, ELF checked (no PT_INTERP, no DT_NEEDED)
+  deb [--bin FILE] [--out DIR] [--fast]
+                               Debian package of the static binary (service files, man pages,
+                               completions, the bivy group) -> target/deb/, checked by lintian
   test-image [busybox|debian|all]
                                build LXD unified test images under target/test-images/ (default: busybox)
   test [FILTER...]             cargo test --workspace --all-targets -- --test-threads=1, then a summary
@@ -45,6 +49,7 @@ fn main() -> ExitCode {
     let rest = &args[1..];
     let result = match task.as_str() {
         "dist" => dist::run(rest),
+        "deb" => deb::run(rest),
         "test-image" => image::run(rest),
         "test" => test::run(rest),
         "tidy" => tidy::run(rest),
