@@ -2,7 +2,9 @@
 //! to replace a changed service file, `--dry-run`, `--uninstall`; the systemd unit through
 //! `systemd-analyze verify`; the sysvinit script run with the real `start-stop-daemon` (start,
 //! status, stop, restart) against a `BIVY_DIR` of its own, a container started through that
-//! daemon surviving the service restart; the runit `run` script starting a daemon.
+//! daemon surviving the service restart; the same with the OpenRC script run by Debian's
+//! `openrc-run` (unpacked, not installed, in a private mount namespace); the runit `run` script
+//! starting a daemon.
 
 mod common;
 
@@ -533,4 +535,202 @@ fn runit_run_script_starts_the_daemon_in_the_foreground() {
     .unwrap();
     let st = child.wait().unwrap();
     assert!(st.success(), "{st}");
+}
+
+/// OpenRC's `openrc-run` from Debian's packages (openrc, librc1, libeinfo1), downloaded with
+/// `apt-get download` and unpacked into `target/openrc/root` once (not installed: that would
+/// change this host's init tooling). `None` (with the reason) when that is not possible.
+fn openrc_root() -> Result<PathBuf, String> {
+    let dir = common::target_dir().join("openrc");
+    let root = dir.join("root");
+    if root.join("sbin/openrc-run").is_file() {
+        return Ok(root);
+    }
+    if !common::have_cmd("apt-get") || !common::have_cmd("dpkg-deb") {
+        return Err("needs apt-get and dpkg-deb to fetch OpenRC's openrc-run".into());
+    }
+    let debs = dir.join("debs");
+    fs::create_dir_all(&debs).map_err(|e| e.to_string())?;
+    let out = Command::new("apt-get")
+        .args(["download", "openrc", "librc1", "libeinfo1"])
+        .current_dir(&debs)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "apt-get download openrc librc1 libeinfo1 failed: {}",
+            text(&out.stderr)
+        ));
+    }
+    let tmp = dir.join("root.tmp");
+    let _ = fs::remove_dir_all(&tmp);
+    for e in fs::read_dir(&debs).map_err(|e| e.to_string())?.flatten() {
+        let st = Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(e.path())
+            .arg(&tmp)
+            .status()
+            .map_err(|e| e.to_string())?;
+        if !st.success() {
+            return Err(format!("dpkg-deb -x {} failed", e.path().display()));
+        }
+    }
+    fs::rename(&tmp, &root).map_err(|e| e.to_string())?;
+    Ok(root)
+}
+
+/// A process holding a private mount namespace in which OpenRC is "installed" (read-only
+/// overlays over /usr/lib, /usr/sbin and /etc, a tmpfs on /run with OpenRC's state): the host
+/// sees none of it. Killed (by its pid) on drop.
+struct OpenrcNs(std::process::Child);
+
+impl OpenrcNs {
+    fn start(openrc: &Path, etc_extra: &Path) -> OpenrcNs {
+        let lib = fs::canonicalize("/lib").unwrap();
+        let sbin = fs::canonicalize("/sbin").unwrap();
+        let script = format!(
+            r#"set -e
+mount -t overlay overlay -o lowerdir={o}/lib:{lib} {lib}
+mount -t overlay overlay -o lowerdir={o}/sbin:{sbin} {sbin}
+mount -t overlay overlay -o lowerdir={e}:/etc /etc
+mount -t tmpfs tmpfs /run
+for d in started starting stopping inactive wasinactive failed hotplugged daemons options exclusive scheduled tmp; do
+	mkdir -p /run/openrc/$d
+done
+touch /run/openrc/softlevel
+echo ready
+exec sleep 600"#,
+            o = openrc.display(),
+            e = etc_extra.display(),
+            lib = lib.display(),
+            sbin = sbin.display(),
+        );
+        let mut child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("unshare");
+        let mut line = String::new();
+        use std::io::BufRead;
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let ns = OpenrcNs(child);
+        assert_eq!(line, "ready\n", "the OpenRC namespace did not come up");
+        ns
+    }
+
+    /// Run a command in the namespace: exit code and output.
+    fn run(&self, args: &[&Path]) -> (i32, String) {
+        let out = Command::new("nsenter")
+            .arg(format!("--mount=/proc/{}/ns/mnt", self.0.id()))
+            .arg("--")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("nsenter");
+        (
+            out.status.code().unwrap_or(-1),
+            text(&out.stdout) + &text(&out.stderr),
+        )
+    }
+
+    /// The pid in the service's pid file (/run/bivy.pid, seen through the namespace's root).
+    fn pid(&self) -> Option<i32> {
+        fs::read_to_string(format!("/proc/{}/root/run/bivy.pid", self.0.id()))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for OpenrcNs {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn openrc_script_runs_the_daemon_and_containers_survive_a_restart() {
+    require!(root);
+    require!(cmd "unshare");
+    require!(cmd "nsenter");
+    let openrc = match openrc_root() {
+        Ok(r) => r,
+        Err(reason) => {
+            common::skip(&common::current_test_name(), &reason);
+            return;
+        }
+    };
+    let svc = Service::new();
+    let t = svc.tmp.path();
+    let etc = t.join("etc");
+    ok(install(&[
+        "--prefix",
+        t.join("usr").to_str().unwrap(),
+        "--sysconfdir",
+        etc.to_str().unwrap(),
+        "--init",
+        "openrc",
+    ]));
+    fs::create_dir_all(etc.join("conf.d")).unwrap();
+    fs::write(
+        etc.join("conf.d/bivy"),
+        format!("BIVY_DIR={}\n", svc.bivy_dir.display()),
+    )
+    .unwrap();
+    // What OpenRC's dependency code reads from /etc (Debian's openrc reads insserv.conf).
+    let etc_extra = t.join("etc-extra");
+    for d in ["sysinit", "boot", "default", "shutdown"] {
+        fs::create_dir_all(etc_extra.join("runlevels").join(d)).unwrap();
+    }
+    fs::write(etc_extra.join("insserv.conf"), "").unwrap();
+    let ns = OpenrcNs::start(&openrc, &etc_extra);
+    let s = etc.join("init.d/bivy");
+    let rc = |verb: &str| ns.run(&[&s, Path::new(verb)]);
+
+    let (code, out) = rc("status");
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("status: stopped"), "{out}");
+    let (code, out) = rc("start");
+    assert_eq!(code, 0, "{out}");
+    // Ready when start returns (start_post waits for the API).
+    assert_eq!(svc.api("GET", "/1.0", None).0, 200);
+    let pid = ns.pid().expect("pid file");
+    assert!(is_bivy(pid));
+    // The daemon is not in the cgroup of bivy's containers.
+    let cg = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(!cg.lines().any(|l| l.ends_with(":/bivy")), "{cg}");
+    let (code, out) = rc("status");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("status: started"), "{out}");
+
+    let img = common::busybox_image();
+    ok(svc.cli(&[
+        "image",
+        "import",
+        img.to_str().unwrap(),
+        "--alias",
+        "busybox",
+    ]));
+    ok(svc.cli(&["launch", "busybox", "c1"]));
+    let init = svc.init_pid("c1");
+    let (code, out) = rc("restart");
+    assert_eq!(code, 0, "{out}");
+    let pid2 = ns.pid().expect("pid file");
+    assert_ne!(pid2, pid);
+    assert!(!is_bivy(pid), "the old daemon is still running");
+    assert!(alive(init), "the container died with the service restart");
+    assert_eq!(svc.init_pid("c1"), init);
+    assert_eq!(ok(svc.cli(&["exec", "c1", "--", "echo", "hi"])), "hi\n");
+
+    ok(svc.cli(&["delete", "--force", "c1"]));
+    let (code, out) = rc("stop");
+    assert_eq!(code, 0, "{out}");
+    assert!(!is_bivy(pid2));
+    let (code, out) = rc("status");
+    assert_eq!(code, 3, "{out}");
 }

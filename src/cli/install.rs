@@ -163,7 +163,8 @@ WantedBy=multi-user.target
 pub const OPENRC_SCRIPT: &str = "\
 #!/sbin/openrc-run
 # bivy system-container daemon (LXD API). Settings in @SYSCONFDIR@/conf.d/bivy: BIVY_DIR
-# (default /var/lib/bivy), DAEMON_ARGS (more arguments of `bivy daemon`).
+# (default /var/lib/bivy), DAEMON_ARGS (more arguments of `bivy daemon`), BIVY_LOG, rc_ulimit
+# (the daemon raises its soft open-file limit to the hard one; e.g. rc_ulimit=\"-n 1048576\").
 # Stopping sends SIGTERM to the daemon alone: the containers keep running under their monitors
 # and the next daemon reattaches to them (so no cgroup cleanup either).
 
@@ -172,17 +173,27 @@ command=\"@BIN@\"
 command_args=\"daemon@ARGS@ ${DAEMON_ARGS}\"
 command_background=\"yes\"
 pidfile=\"/run/${RC_SVCNAME}.pid\"
-output_log=\"/var/log/${RC_SVCNAME}.log\"
-error_log=\"/var/log/${RC_SVCNAME}.log\"
 retry=\"TERM/30/KILL/5\"
 rc_cgroup_cleanup=\"no\"
-rc_ulimit=\"${rc_ulimit:--n 1048576}\"
+# OpenRC's own start-stop-daemon keeps the output (--stdout); Debian's (dpkg's) has no such
+# option, and there the output goes nowhere.
+if start-stop-daemon --help 2>&1 | grep -q -- --stdout; then
+\toutput_log=\"${BIVY_LOG:-/var/log/${RC_SVCNAME}.log}\"
+\terror_log=\"${output_log}\"
+fi
 export BIVY_DIR=\"${BIVY_DIR:-/var/lib/bivy}\"
 
 depend() {
 \tneed localmount
 \tafter net
 }
+
+# On cgroup2, OpenRC moves a service into the cgroup named after it, /sys/fs/cgroup/bivy (or
+# unified/bivy): the very cgroup that holds bivy's containers (bivy/NAME), where cgroup2 allows
+# no process beside its children. The daemon stays in the cgroup it was started in instead (and
+# rc_cgroup_settings does not apply to it).
+cgroup2_set_limits() { :; }
+cgroup2_remove() { :; }
 
 start_post() {
 \t\"${command}\" admin waitready --timeout=600
@@ -755,6 +766,7 @@ mod tests {
         assert!(rc.contains("command_args=\"daemon --group bivy ${DAEMON_ARGS}\"\n"));
         assert!(rc.contains("rc_cgroup_cleanup=\"no\"\n"));
         assert!(rc.contains("\t\"${command}\" admin waitready --timeout=600\n"));
+        assert!(rc.contains("\ncgroup2_set_limits() { :; }\n"));
         let run = service_text(Init::Runit, &p);
         assert!(run.ends_with("exec 2>&1\nexec /usr/local/bin/bivy daemon $DAEMON_ARGS\n"));
         assert_eq!(
