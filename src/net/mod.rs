@@ -9,10 +9,12 @@
 //! - `dns`: DNS packets and the per-bridge resolver (instance names, forwarding upstream).
 //! - `leases`: the lease store shared by both, persisted atomically.
 //! - `ra`: IPv6 router advertisements (SLAAC) for a bridge with an IPv6 /64.
+//! - `proxy`: proxy devices' listeners and relays, in the daemon's or a container's namespace.
 
 pub mod dhcp;
 pub mod dns;
 pub mod leases;
 pub mod netlink;
 pub mod nft;
+pub mod proxy;
 pub mod ra;
