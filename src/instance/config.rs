@@ -252,8 +252,8 @@ fn check_cpu_count(v: &str, ncpus: usize) -> Result<()> {
     }
 }
 
-/// Validate devices: a `type` each; known types only; disk and nic keys (a nic's network must
-/// exist in `data`).
+/// Validate devices: a `type` each; known types only; disk, nic and proxy keys (a nic's network
+/// must exist in `data`).
 pub fn validate_devices(devices: &Devices, data: &super::db::Data) -> Result<()> {
     for (name, d) in devices {
         if name.is_empty() || name.contains('/') {
@@ -277,9 +277,12 @@ pub fn validate_devices(devices: &Devices, data: &super::db::Data) -> Result<()>
             Some("nic") => {
                 super::nics::validate(data, name, d)?;
             }
+            Some("proxy") => {
+                super::proxy::validate(name, d)?;
+            }
             Some(
-                "none" | "unix-char" | "unix-block" | "proxy" | "gpu" | "usb" | "infiniband"
-                | "tpm" | "pci" | "unix-hotplug",
+                "none" | "unix-char" | "unix-block" | "gpu" | "usb" | "infiniband" | "tpm" | "pci"
+                | "unix-hotplug",
             ) => {}
             Some(t) => {
                 return Err(Error::Invalid(format!(

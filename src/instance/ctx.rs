@@ -24,6 +24,8 @@ pub struct Ctx {
     pub pools: crate::storage::Pools,
     /// The managed bridges being served (DHCP, DNS, lease stores).
     pub bridges: super::bridges::Bridges,
+    /// The proxy devices of running instances (their listeners and relays).
+    pub proxies: super::proxy::Proxies,
     pub ops: Operations,
     pub events: Arc<Events>,
     /// Instances with an operation in progress (name -> what), so that conflicting requests
@@ -63,6 +65,7 @@ impl Ctx {
             images,
             pools: crate::storage::Pools::default(),
             bridges: Default::default(),
+            proxies: Default::default(),
             ops: Operations::new(events.clone()),
             events,
             busy: Mutex::new(HashMap::new()),

@@ -1,7 +1,7 @@
 //! Devices other than the root disk: which keys a `disk` device takes (LXD 5.0.2's, each either
 //! kept or refused), turning an instance's expanded disk devices into the runtime's
-//! [`DiskMount`]s at start, and refusing device changes on a running instance (hot-plug is not
-//! built). Other device types are refused at start (`lifecycle::start`).
+//! [`DiskMount`]s at start, and refusing device changes on a running instance (other than NICs
+//! and proxies, hot-plugged). Other device types are refused at start (`lifecycle::start`).
 
 use std::path::{Component, Path, PathBuf};
 
@@ -174,18 +174,20 @@ pub fn resolve_disks(d: &Ctx, devices: &Devices, privileged: bool) -> Result<Vec
 }
 
 /// Refuse a change of the (expanded) devices of a running instance other than its root disk
-/// (and, with `nics_live`, its NICs, which are hot-plugged: `nics::hotplug`): adding, removing or
-/// changing another device takes effect only at start, and its hot-plug is not built.
-pub fn check_live_change(old: &Devices, new: &Devices, nics_live: bool) -> Result<()> {
+/// (and, with `hotplug`, its NICs and proxies, which are hot-plugged: `nics::hotplug`,
+/// `proxy::hotplug`): adding, removing or changing another device takes effect only at start,
+/// and its hot-plug is not built.
+pub fn check_live_change(old: &Devices, new: &Devices, hotplug: bool) -> Result<()> {
     let names: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
-    let is_nic =
-        |d: Option<&StringMap>| d.is_none_or(|d| d.get("type").map(String::as_str) == Some("nic"));
+    let live = |d: Option<&StringMap>| {
+        d.is_none_or(|d| matches!(d.get("type").map(String::as_str), Some("nic" | "proxy")))
+    };
     for n in names {
         let (o, w) = (old.get(n), new.get(n));
         if o == w || o.is_some_and(is_root_disk) || w.is_some_and(is_root_disk) {
             continue;
         }
-        if nics_live && is_nic(o) && is_nic(w) {
+        if hotplug && live(o) && live(w) {
             continue;
         }
         let kind =

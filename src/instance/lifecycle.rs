@@ -190,9 +190,9 @@ pub fn start(d: &Ctx, name: &str) -> Result<()> {
     let (ec, ed) = expanded(d, &rec);
     for (dev, conf) in &ed {
         let t = conf.get("type").map(String::as_str).unwrap_or("");
-        if !matches!(t, "disk" | "none" | "nic") {
+        if !matches!(t, "disk" | "none" | "nic" | "proxy") {
             return Err(Error::not_yet(&format!(
-                "device {dev:?} of type {t:?} (only disk and nic devices are supported yet)"
+                "device {dev:?} of type {t:?} (only disk, nic and proxy devices are supported yet)"
             )));
         }
     }
@@ -317,6 +317,15 @@ pub fn start(d: &Ctx, name: &str) -> Result<()> {
         return Err(e.into());
     }
     super::bridges::refresh(d, nics.networks);
+    // Proxy devices listen once the container runs; one that cannot fails the start.
+    if let Err(e) = super::proxy::start_all(d, name, &ed) {
+        log_line(&log_dir, &format!("start failed: {e}"));
+        if let Err(e2) = runtime::stop(&run_dir, runtime::StopMode::Force) {
+            log_line(&log_dir, &format!("stopping after the failed start: {e2}"));
+        }
+        nics_stopped(d, name);
+        return Err(e);
+    }
     log_line(&log_dir, "started");
     let mut kv: Vec<(&str, Option<String>)> = vec![
         ("volatile.last_state.power", Some("RUNNING".into())),
@@ -416,6 +425,7 @@ pub fn stop(d: &Ctx, name: &str, force: bool, timeout: Duration) -> Result<()> {
         runtime::StopMode::Clean(timeout)
     };
     runtime::stop(&d.run_dir(name), mode)?;
+    super::proxy::stopped(d, name);
     set_volatile(
         d,
         name,
@@ -478,9 +488,10 @@ pub fn host_shutdown(d: &Ctx) {
     }
 }
 
-/// A stopped instance's NICs are gone with its network namespace: forget their host ends and
-/// bring its bridges' rules in line.
+/// A stopped instance's NICs are gone with its network namespace: close its proxy devices,
+/// forget the NICs' host ends and bring its bridges' rules in line.
 fn nics_stopped(d: &Ctx, name: &str) {
+    super::proxy::stopped(d, name);
     let Ok(rec) = record(d, name) else { return };
     let (_, ed) = expanded(d, &rec);
     let keys = super::nics::stopped_volatile(&rec.config);
@@ -569,7 +580,8 @@ fn watch(d: Arc<Ctx>, name: String) {
 }
 
 /// Finish or undo what a killed daemon left: volumes without a record (half-made creates,
-/// half-done deletes), a missing default profile, watchers for running containers.
+/// half-done deletes), a missing default profile, watchers and proxy devices for running
+/// containers.
 pub fn recover(d: &Arc<Ctx>) -> std::io::Result<()> {
     {
         let mut db = d.db.lock().expect("db lock");
@@ -607,7 +619,17 @@ pub fn recover(d: &Arc<Ctx>) -> std::io::Result<()> {
     for n in names {
         Interim::undo_all(d, &n);
         match state_of(d, &n) {
-            Ok(State::Running { .. }) => watch(d.clone(), n),
+            Ok(State::Running { .. }) => {
+                // Proxy devices live in the daemon: a new daemon listens again.
+                if let Ok(rec) = record(d, &n) {
+                    let (_, ed) = expanded(d, &rec);
+                    if let Err(e) = super::proxy::start_all(d, &n, &ed) {
+                        eprintln!("bivy: {n}: {e}");
+                        log_line(&d.log_dir(&n), &format!("proxy devices not restarted: {e}"));
+                    }
+                }
+                watch(d.clone(), n)
+            }
             Ok(State::Stopped { .. }) => {}
             Err(e) => eprintln!("bivy: {e}"),
         }

@@ -22,6 +22,7 @@ pub mod networks;
 pub mod nics;
 pub mod operations;
 pub mod pools;
+pub mod proxy;
 pub mod schedule;
 pub mod snapshots;
 pub mod trust;
