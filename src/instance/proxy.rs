@@ -346,8 +346,9 @@ fn start_devices(inst: &str, pid: i32, devs: &Devices) -> Result<BTreeMap<String
     if proxy_devices(devs).next().is_none() {
         return Ok(out);
     }
-    let place =
-        Place::of_pid(pid).map_err(|e| Error::Host(format!("proxy devices of {inst:?}: {e}")))?;
+    let maker = (host_id(pid, "uid", 0)?, host_id(pid, "gid", 0)?);
+    let place = Place::of_pid(pid, maker)
+        .map_err(|e| Error::Host(format!("proxy devices of {inst:?}: {e}")))?;
     for (dev, conf) in proxy_devices(devs) {
         let proxy = start_one(inst, pid, &place, dev, conf)?;
         out.insert(dev.clone(), Running { pid, proxy });

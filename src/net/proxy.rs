@@ -71,6 +71,9 @@ impl std::fmt::Display for Addr {
 pub struct Ns {
     net: OwnedFd,
     root: OwnedFd,
+    /// The host ids of the container's root, which makes its socket files (the daemon's root
+    /// cannot create files on an idmapped rootfs that does not map it).
+    maker: (u32, u32),
 }
 
 /// Where sockets are made.
@@ -83,8 +86,9 @@ pub enum Place {
 }
 
 impl Place {
-    /// The namespaces of process `pid` (a container's init), opened now.
-    pub fn of_pid(pid: i32) -> io::Result<Place> {
+    /// The namespaces of process `pid` (a container's init), opened now; `maker` are the host
+    /// uid and gid of the container's root.
+    pub fn of_pid(pid: i32, maker: (u32, u32)) -> io::Result<Place> {
         let open = |what: &str, flags: OFlags| {
             let p = format!("/proc/{pid}/{what}");
             rustix::fs::open(&p, flags | OFlags::CLOEXEC, Mode::empty())
@@ -93,6 +97,7 @@ impl Place {
         Ok(Place::Container(Arc::new(Ns {
             net: open("ns/net", OFlags::RDONLY)?,
             root: open("root", OFlags::PATH | OFlags::DIRECTORY)?,
+            maker,
         })))
     }
 
@@ -101,17 +106,41 @@ impl Place {
     /// container's root).
     fn run<T: Send + 'static>(
         &self,
-        f: impl FnOnce(Option<BorrowedFd<'_>>) -> io::Result<T> + Send + 'static,
+        f: impl FnOnce(Option<InRoot<'_>>) -> io::Result<T> + Send + 'static,
     ) -> io::Result<T> {
         match self {
             Place::Host => f(None),
             Place::Container(ns) => {
                 let ns = ns.clone();
                 let net = ns.net.try_clone()?;
-                super::netlink::in_netns_fd(net, move || f(Some(ns.root.as_fd())))
+                super::netlink::in_netns_fd(net, move || {
+                    f(Some(InRoot {
+                        root: ns.root.as_fd(),
+                        maker: ns.maker,
+                    }))
+                })
             }
         }
     }
+}
+
+/// A container's root, seen from a thread in its network namespace.
+#[derive(Clone, Copy)]
+struct InRoot<'a> {
+    root: BorrowedFd<'a>,
+    maker: (u32, u32),
+}
+
+/// Run `f` with this thread's filesystem ids set to `ids` (a short-lived thread's only: the
+/// ids are per thread), then back to root's.
+fn as_ids<T>(ids: (u32, u32), f: impl FnOnce() -> T) -> T {
+    use nix::unistd::{setfsgid, setfsuid, Gid, Uid};
+    setfsgid(Gid::from_raw(ids.1));
+    setfsuid(Uid::from_raw(ids.0));
+    let r = f();
+    setfsuid(Uid::from_raw(0));
+    setfsgid(Gid::from_raw(0));
+    r
 }
 
 /// Owner and mode of a listening unix socket's file (host ids).
@@ -145,7 +174,7 @@ fn errno(what: &str, e: rustix::io::Errno) -> io::Error {
 
 /// The parent directory of `path` (opened `O_PATH`, inside `root` when given) and the last
 /// component.
-fn open_parent(root: Option<BorrowedFd<'_>>, path: &str) -> io::Result<(OwnedFd, String)> {
+fn open_parent(root: Option<InRoot<'_>>, path: &str) -> io::Result<(OwnedFd, String)> {
     let (parent, name) = path.rsplit_once('/').ok_or_else(|| {
         io::Error::new(io::ErrorKind::InvalidInput, format!("{path}: not absolute"))
     })?;
@@ -159,7 +188,7 @@ fn open_parent(root: Option<BorrowedFd<'_>>, path: &str) -> io::Result<(OwnedFd,
     let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let dir = match root {
         None => rustix::fs::open(parent, flags, Mode::empty()),
-        Some(r) => rustix::fs::openat2(r, parent, flags, Mode::empty(), RESOLVE),
+        Some(r) => rustix::fs::openat2(r.root, parent, flags, Mode::empty(), RESOLVE),
     }
     .map_err(|e| errno(parent, e))?;
     Ok((dir, name.to_string()))
@@ -183,7 +212,7 @@ impl Drop for Node {
 }
 
 fn bind_unix_path(
-    root: Option<BorrowedFd<'_>>,
+    root: Option<InRoot<'_>>,
     path: &str,
     owner: UnixOwner,
 ) -> io::Result<(UnixListener, Node)> {
@@ -203,7 +232,11 @@ fn bind_unix_path(
         Err(e) => return Err(errno(path, e)),
     }
     let via = format!("/proc/self/fd/{}/{name}", dir.as_raw_fd());
-    let l = UnixListener::bind(&via).map_err(|e| annotate(path, e))?;
+    let l = match root {
+        None => UnixListener::bind(&via),
+        Some(r) => as_ids(r.maker, || UnixListener::bind(&via)),
+    }
+    .map_err(|e| annotate(path, e))?;
     let node = rustix::fs::openat(
         &dir,
         &name,
@@ -316,7 +349,7 @@ fn connect(place: &Place, addr: &Addr) -> io::Result<Stream> {
             None => Ok(Stream::Unix(UnixStream::connect(&p)?)),
             Some(r) => {
                 let node = rustix::fs::openat2(
-                    r,
+                    r.root,
                     &p,
                     OFlags::PATH | OFlags::CLOEXEC,
                     Mode::empty(),
