@@ -27,10 +27,11 @@
 //!   expanded config, state), `config` and `limits` (LXD's keys, parsed once), `idmap`,
 //!   `lifecycle` (create, start, stop, delete, live limits, interim changes and their undo after a
 //!   crash, recovery, autostart), `snapshots`, `schedule`, `pools`, `volumes` (custom storage
-//!   volumes), `devices` (disk devices resolved for the runtime at start), `images`, `operations`,
-//!   `events`; typed errors ([`instance::Error`], one variant per kind of failure).
+//!   volumes), `devices` (disk devices resolved for the runtime at start), `nics`, `proxy` (proxy
+//!   devices and their running listeners), `images`, `operations`, `events`; typed errors
+//!   ([`instance::Error`], one variant per kind of failure).
 //! - [`net`]: host networking without HTTP or config keys: netlink, nftables rules (`nft`), the
-//!   daemon's own DHCPv4 and DNS servers and their lease store.
+//!   daemon's own DHCPv4 and DNS servers and their lease store, proxy devices' relays.
 //! - [`migration`]: moving instances between servers with LXD's protocol (pull mode): the source's
 //!   websocket operation and the target's dial, the protobuf control messages, the rsync
 //!   transfer over the `fs` websocket (`bivy __netcat` relays rsync's remote shell).

@@ -284,5 +284,19 @@ mod tests {
         );
         let e = check_live_change(&b, &a, true).unwrap_err().to_string();
         assert!(e.contains("removing disk devices"), "{e}");
+        // NICs and proxies are hot-plugged through the instance, not through a profile.
+        let mut c = a.clone();
+        c.insert(
+            "web".into(),
+            dev(&[
+                ("type", "proxy"),
+                ("listen", "tcp:127.0.0.1:80"),
+                ("connect", "tcp:127.0.0.1:80"),
+            ]),
+        );
+        assert!(check_live_change(&a, &c, true).is_ok());
+        assert!(check_live_change(&c, &a, true).is_ok());
+        let e = check_live_change(&a, &c, false).unwrap_err().to_string();
+        assert!(e.contains("adding proxy devices"), "{e}");
     }
 }
