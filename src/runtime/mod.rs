@@ -23,7 +23,8 @@
 //! INTERFACE CONTRACT (the daemon relies on exactly these items; keep their signatures):
 //! `Spec`, `IdMapEntry`, `RootfsMode`, `Limits`, `start`, `state`, `State`, `ExitInfo`, `stop`,
 //! `StopMode`, `freeze`, `unfreeze`, `set_limits`, `stats`, `Stats`, `exec`, `ExecSpec`, `ExecStdio`,
-//! `ExecProcess`, `monitor_pidfd`, `helper_main`, `Error`, `DiskMount`.
+//! `ExecProcess`, `monitor_pidfd`, `helper_main`, `Error`, `DiskMount`, `criu_check`, `checkpoint`,
+//! `restore`.
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -257,6 +258,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 mod chan;
 mod confine;
+pub mod criu;
 mod disks;
 mod exec;
 pub mod host;
@@ -290,6 +292,9 @@ pub(crate) mod files {
     /// The monitor's console socket: a client that connects gets the console pty master
     /// (SCM_RIGHTS) and owns the console until it disconnects; the log pauses meanwhile.
     pub const CONSOLE: &str = "console.sock";
+    /// A restore request ([`criu::RestoreReq`](super::criu::RestoreReq), JSON) for the monitor
+    /// that `restore()` spawns; the monitor reads and removes it.
+    pub const RESTORE: &str = "restore.json";
     /// Mount point of the monitor's staging tmpfs (only in the monitor's private mount namespace).
     pub const STAGE: &str = "stage";
 }
@@ -321,6 +326,34 @@ pub fn console_attach(run_dir: &Path) -> Result<ConsoleAttach> {
 /// per process into a sealed memfd.
 pub fn start(spec: &Spec, run_dir: &Path) -> Result<State> {
     monitor::start(spec, run_dir)
+}
+
+/// Check that CRIU is here and works (`$BIVY_CRIU`, else PATH; version 4.0 or newer; `criu
+/// check`), once per process; returns its version.
+pub fn criu_check() -> Result<String> {
+    criu::find().map(|c| c.version.clone())
+}
+
+/// Checkpoint the running container into `images` (an existing, empty directory), with CRIU's
+/// log at `log`. `leave_running`: it keeps running; else it is stopped once the dump is complete
+/// (this returns after its monitor has recorded the end). A failed dump leaves it running as it
+/// was; the error carries the last lines of CRIU's log.
+pub fn checkpoint(run_dir: &Path, images: &Path, log: &Path, leave_running: bool) -> Result<()> {
+    criu::dump(run_dir, images, log, leave_running)
+}
+
+/// Start the container from the checkpoint in `images` (made by [`checkpoint`] of a container
+/// with the same spec): a monitor sets up as for [`start`] and CRIU restores the tree as its
+/// child, with the processes' pids (in the container) and memory. The images are left as they
+/// are; CRIU's log goes to `log`.
+pub fn restore(spec: &Spec, run_dir: &Path, images: &Path, log: &Path) -> Result<State> {
+    let criu = criu::find()?;
+    let req = criu::RestoreReq {
+        criu: criu.path.clone(),
+        images: images.to_path_buf(),
+        log: log.to_path_buf(),
+    };
+    monitor::restore(spec, run_dir, &req)
 }
 
 /// Current state, from the run directory (monitor alive?) and the kernel.

@@ -28,7 +28,8 @@ use nix::unistd::Pid;
 
 use super::chan::{self, Msg};
 use super::{
-    confine, disks, files, init, userns, Error, ExitInfo, Result, RootfsMode, Spec, State, StopMode,
+    confine, criu, disks, files, init, userns, Error, ExitInfo, Result, RootfsMode, Spec, State,
+    StopMode,
 };
 use crate::sys;
 use crate::util::fs::atomic_write;
@@ -201,7 +202,7 @@ pub fn monitor_pidfd(run_dir: &Path) -> Result<Option<OwnedFd>> {
 }
 
 /// Wait until a pidfd is readable (its process exited), up to `timeout`.
-fn wait_pidfd(fd: &OwnedFd, timeout: Duration) -> bool {
+pub(crate) fn wait_pidfd(fd: &OwnedFd, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -326,6 +327,15 @@ pub fn stop(run_dir: &Path, mode: StopMode) -> Result<()> {
 }
 
 pub fn start(spec: &Spec, run_dir: &Path) -> Result<State> {
+    start_inner(spec, run_dir, None)
+}
+
+/// Start a monitor that restores the container from a CRIU checkpoint instead of starting init.
+pub fn restore(spec: &Spec, run_dir: &Path, req: &criu::RestoreReq) -> Result<State> {
+    start_inner(spec, run_dir, Some(req))
+}
+
+fn start_inner(spec: &Spec, run_dir: &Path, restore: Option<&criu::RestoreReq>) -> Result<State> {
     if let State::Running { .. } = state(run_dir)? {
         return Err(Error(format!("container {} is already running", spec.name)));
     }
@@ -349,12 +359,17 @@ pub fn start(spec: &Spec, run_dir: &Path) -> Result<State> {
         files::INIT_PID,
         files::MONITOR_PID,
         files::LABEL,
+        files::RESTORE,
     ] {
         let _ = fs::remove_file(run_dir.join(f));
     }
     let sp = run_dir.join(files::SPEC);
     let js = serde_json::to_vec_pretty(spec).map_err(|e| Error(format!("encode spec: {e}")))?;
     replace_file(&sp, &js)?;
+    if let Some(req) = restore {
+        let js = serde_json::to_vec(req).map_err(|e| Error(format!("encode restore: {e}")))?;
+        replace_file(&run_dir.join(files::RESTORE), &js)?;
+    }
 
     // 2. Spawn the monitor. Its status socket end is the only fd it keeps (dup'd without CLOEXEC so it
     //    survives exec; its number goes on the command line).
@@ -477,13 +492,20 @@ fn teardown(spec: &Spec, p: &Prepared) {
 
 fn run(run_dir: &Path, status: OwnedFd) -> Result<()> {
     let spec = read_spec(run_dir)?;
+    // A restore request (from `restore()`): criu restores the tree instead of a new init.
+    let rp = run_dir.join(files::RESTORE);
+    let restore: Option<criu::RestoreReq> = match fs::read(&rp) {
+        Ok(b) => Some(serde_json::from_slice(&b).map_err(|e| err("parse", &rp, e))?),
+        Err(_) => None,
+    };
+    let _ = fs::remove_file(&rp);
     let me = std::process::id() as i32;
     write_pidfile(&run_dir.join(files::MONITOR_PID), me)?;
     let mut prep = Prepared {
         cgroup: false,
         stage: run_dir.join(files::STAGE),
     };
-    match setup(run_dir, &spec, &mut prep) {
+    match setup(run_dir, &spec, &mut prep, restore.as_ref()) {
         Ok((init_pid, master, slave)) => {
             let _ = chan::send(&status, &Msg::Started(init_pid, me), None);
             drop(status);
@@ -540,7 +562,12 @@ pub(crate) const DEV_NODES: &[(&str, u64, u64)] = &[
 ];
 
 /// Monitor setup: returns init's host pid, the console master and the monitor's slave fd.
-fn setup(run_dir: &Path, spec: &Spec, prep: &mut Prepared) -> Result<(i32, OwnedFd, OwnedFd)> {
+fn setup(
+    run_dir: &Path,
+    spec: &Spec,
+    prep: &mut Prepared,
+    restore: Option<&criu::RestoreReq>,
+) -> Result<(i32, OwnedFd, OwnedFd)> {
     let t0 = Instant::now();
     let privileged = spec.rootfs_mode == RootfsMode::Privileged;
     let owner = if privileged {
@@ -692,6 +719,21 @@ fn setup(run_dir: &Path, spec: &Spec, prep: &mut Prepared) -> Result<(i32, Owned
         Some(rustix::fs::Gid::from_raw(owner.1)),
     )
     .map_err(|e| err("chown", &pts, e))?;
+
+    // 8'. A restore: criu rebuilds the namespaces and the tree from the checkpoint, as our child
+    //     (--restore-sibling), in the cgroup just made, on the staged rootfs and mounts.
+    if let Some(req) = restore {
+        trace(t0, "before criu restore");
+        let pid = criu::restore_in_monitor(req, spec, run_dir, &root, &dev, &pts, &slave, &staged)?;
+        let kill = |e: Error| {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = waitpid(Pid::from_raw(pid), None);
+            e
+        };
+        write_pidfile(&run_dir.join(files::INIT_PID), pid).map_err(kill)?;
+        trace(t0, "restored");
+        return Ok((pid, master, slave));
+    }
 
     trace(t0, "before step 8");
     // 8. Clone init into new namespaces (user unless privileged, mount, pid, uts, ipc, net). The
@@ -909,6 +951,7 @@ fn supervise(spec: &Spec, init_pid: i32, master: &OwnedFd, run_dir: &Path) -> Ex
     let reason = match requested.trim() {
         "clean" => format!("stopped by request ({})", status.1),
         "force" => format!("killed by request ({})", status.1),
+        "checkpoint" => "checkpointed (stateful stop)".to_string(),
         _ => status.1,
     };
     ExitInfo {
