@@ -227,8 +227,11 @@ pub struct StateArgs {
     /// run against all instances
     all: bool,
     #[argh(switch)]
-    /// store the instance state (not supported)
+    /// store the instance state (stop: checkpoint with CRIU; needs migration.stateful=true)
     stateful: bool,
+    #[argh(switch)]
+    /// ignore the instance state (start: discard a saved state instead of restoring it)
+    stateless: bool,
 }
 
 /// `PUT .../state` and wait. Like lxc, a start that fails while running (not one the server
@@ -414,17 +417,22 @@ pub fn state(args: &[String], action: &str) -> CmdResult {
     for (c, name) in &names {
         let c = c.clone();
         let mut act = action.to_string();
+        let mut stateful = a.stateful;
         if action == "start" {
             let inst: Instance = c.get(&instance_path(name))?;
             if inst.status == "Frozen" {
                 act = "unfreeze".into();
+            }
+            // As lxc: a saved state is restored unless --stateless says to discard it.
+            if inst.stateful && !a.stateless {
+                stateful = true;
             }
         }
         let put = InstanceStatePut {
             action: act,
             timeout: a.timeout.unwrap_or(-1),
             force: a.force,
-            stateful: a.stateful,
+            stateful,
         };
         change_state(&c, name, &put)?;
     }

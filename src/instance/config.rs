@@ -114,6 +114,9 @@ fn kind_of(key: &str) -> Option<Kind> {
         "snapshots.pattern" => Pattern,
         "snapshots.schedule.stopped" => Bool,
         "linux.kernel_modules" => KernelModules,
+        // Incus' key (a VM-only one in LXD 5.0): stateful stop, stateful snapshots and their
+        // restore (CRIU) are refused on an instance without it (`instance::stateful`).
+        "migration.stateful" => Bool,
         // Given to cloud-init by the image's templates (`config_get("cloud-init.user-data", ...)`
         // into /var/lib/cloud/seed/nocloud-net/), as LXD's images do.
         "cloud-init.user-data" | "cloud-init.vendor-data" | "cloud-init.network-config" => Str,

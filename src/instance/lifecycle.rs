@@ -178,14 +178,25 @@ pub fn set_volatile(d: &Ctx, name: &str, kv: &[(&str, Option<String>)]) {
     });
 }
 
-/// Start an instance (the caller holds its busy mark).
+/// Start an instance (the caller holds its busy mark). A saved state (stateful stop) is
+/// discarded, as LXD's stateless start does.
 pub fn start(d: &Ctx, name: &str) -> Result<()> {
+    start_with(d, name, false)
+}
+
+/// Start an instance; `stateful`: from its saved state (CRIU restore, see `stateful`).
+pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
     let rec = record(d, name)?;
     if let State::Running { frozen, .. } = state_of(d, name)? {
         if frozen {
             return runtime::unfreeze(&d.run_dir(name)).map_err(Error::from);
         }
         return Err(Error::Invalid("The instance is already running".into()));
+    }
+    if stateful {
+        super::stateful::check_restorable(d, name, &rec)?;
+    } else {
+        super::stateful::discard(d, name, &rec)?;
     }
     let (ec, ed) = expanded(d, &rec);
     for (dev, conf) in &ed {
@@ -311,10 +322,17 @@ pub fn start(d: &Ctx, name: &str) -> Result<()> {
         .map(|(k, v)| (k.as_str(), v.clone()))
         .collect();
     set_volatile(d, name, &nic_keys);
-    if let Err(e) = runtime::start(&spec, &run_dir) {
+    let started = if stateful {
+        super::stateful::restore(d, name, &rec, &spec, &run_dir)
+    } else {
+        runtime::start(&spec, &run_dir)
+            .map(drop)
+            .map_err(Error::from)
+    };
+    if let Err(e) = started {
         log_line(&log_dir, &format!("start failed: {e}"));
         nics_stopped(d, name);
-        return Err(e.into());
+        return Err(e);
     }
     super::bridges::refresh(d, nics.networks);
     // Proxy devices listen once the container runs; one that cannot fails the start.
@@ -385,7 +403,7 @@ fn load_kernel_module(name: &str) -> Result<()> {
 }
 
 /// Append a timestamped line to the instance's `lxc.log` (what `lxc info --show-log` shows).
-fn log_line(log_dir: &std::path::Path, msg: &str) {
+pub(super) fn log_line(log_dir: &std::path::Path, msg: &str) {
     use std::io::Write;
     if let Ok(mut f) = std::fs::OpenOptions::new()
         .create(true)

@@ -25,6 +25,7 @@ pub mod pools;
 pub mod proxy;
 pub mod schedule;
 pub mod snapshots;
+pub mod stateful;
 pub mod trust;
 pub mod view;
 pub mod volumes;

@@ -418,9 +418,6 @@ fn delete(d: &Daemon, name: &str) -> Result<Response> {
 fn state_put(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
     let body: api::InstanceStatePut = json(req)?;
     record(d, name)?;
-    if body.stateful {
-        return Err(Error::not_yet("stateful stop/start (needs CRIU)"));
-    }
     let what: &'static str = match body.action.as_str() {
         "start" => "start",
         "stop" => "stop",
@@ -444,7 +441,14 @@ fn state_put(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
             Duration::from_secs(body.timeout as u64).min(STOP_TIMEOUT_MAX)
         };
         match what {
-            "start" => start(d2, &n).map_err(Error::from),
+            "start" => {
+                crate::instance::lifecycle::start_with(d2, &n, body.stateful).map_err(Error::from)
+            }
+            // Stateful: dump (CRIU) and stop; the instance keeps its state (`stateful: true`).
+            "stop" if body.stateful => crate::instance::stateful::stop(d2, &n).map_err(Error::from),
+            "restart" if body.stateful => crate::instance::stateful::stop(d2, &n)
+                .and_then(|()| crate::instance::lifecycle::start_with(d2, &n, true))
+                .map_err(Error::from),
             "stop" => stop(d2, &n, body.force, timeout)
                 .map_err(Error::from)
                 .and_then(|()| {
