@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::db::{InstanceRecord, SnapshotRecord};
 use super::lifecycle::{self, Interim};
 use super::view::{record, state, url};
-use super::{config, schedule, Ctx, Error, Result};
+use super::{config, schedule, stateful, Ctx, Error, Result};
 use crate::api::{self, StringMap};
 use crate::runtime::State;
 use crate::storage::Pool;
@@ -37,7 +37,27 @@ pub fn parse_time(t: &str) -> Result<i64> {
 /// Take a snapshot (the caller holds the instance's busy mark). `name` empty picks one from
 /// `snapshots.pattern`; `expires_at` None applies `snapshots.expiry`.
 pub fn snapshot_now(d: &Ctx, name: &str, snap: &str, expires_at: Option<String>) -> Result<String> {
+    snapshot_now_with(d, name, snap, expires_at, false)
+}
+
+/// [`snapshot_now`]; `stateful`: the running instance's state is dumped too (it keeps running),
+/// into `<volume>/state/` just before the volume is snapshotted, so the snapshot carries it.
+pub fn snapshot_now_with(
+    d: &Ctx,
+    name: &str,
+    snap: &str,
+    expires_at: Option<String>,
+    stateful: bool,
+) -> Result<String> {
     let rec = record(d, name)?;
+    if stateful {
+        if !matches!(state(d, name)?, State::Running { .. }) {
+            return Err(Error::Invalid(
+                "Unable to create a stateful snapshot. The instance isn't running".into(),
+            ));
+        }
+        stateful::check(d, name, &rec, "Stateful snapshot")?;
+    }
     let (ec, _) = {
         let db = d.db.lock().expect("db lock");
         config::expand(&rec.profiles, &db.data.profiles, &rec.config, &rec.devices)
@@ -67,12 +87,20 @@ pub fn snapshot_now(d: &Ctx, name: &str, snap: &str, expires_at: Option<String>)
     let volume = super::operations::uuid();
     let dst = pool.snapshot(&rec.volume, &volume);
     let src = pool.container(&rec.volume);
-    lifecycle::with_consistent(d, name, &pool, || {
+    let state_dir = src.join(stateful::STATE_DIR);
+    if stateful {
+        stateful::dump_running(d, name, &state_dir)?;
+    }
+    let cloned = lifecycle::with_consistent(d, name, &pool, || {
         pool.driver
             .clone_volume(&src, &dst, true)
             .map_err(|e| Error::Host(format!("snapshotting {name}: {e}")))
-    })
-    .inspect_err(|_| {
+    });
+    if stateful {
+        // The snapshot has it; the running instance has no saved state.
+        let _ = std::fs::remove_dir_all(&state_dir);
+    }
+    cloned.inspect_err(|_| {
         let _ = pool.driver.delete_volume(&dst);
     })?;
     let s = SnapshotRecord {
@@ -85,7 +113,7 @@ pub fn snapshot_now(d: &Ctx, name: &str, snap: &str, expires_at: Option<String>)
         description: rec.description.clone(),
         created_at: time::now(),
         expires_at,
-        stateful: false,
+        stateful,
         volume,
     };
     let saved = {
@@ -146,6 +174,12 @@ pub fn delete_now(d: &Ctx, name: &str, snap: &str) -> Result<()> {
 }
 
 pub fn restore_now(d: &Ctx, name: &str, snap: &str) -> Result<()> {
+    restore_now_with(d, name, snap, false)
+}
+
+/// [`restore_now`]; `stateful`: the snapshot's saved state is restored too (the instance then
+/// runs, its processes as they were when the snapshot was taken).
+pub fn restore_now_with(d: &Ctx, name: &str, snap: &str, stateful: bool) -> Result<()> {
     let rec = record(d, name)?;
     let s = find(&rec, snap)?.clone();
     let pool = super::pools::usable_pool(d, &rec.pool)?;
@@ -158,7 +192,7 @@ pub fn restore_now(d: &Ctx, name: &str, snap: &str) -> Result<()> {
             return Err(e);
         }
     }
-    let r = restore_stopped(d, name, &rec, &s, &pool, was_running);
+    let r = restore_stopped(d, name, &rec, &s, &pool, was_running, stateful);
     if was_running {
         // Started again (or, on failure, attempted): nothing for a restart to undo.
         Interim::Stopped.end(d, name);
@@ -174,6 +208,7 @@ fn restore_stopped(
     s: &SnapshotRecord,
     pool: &Pool,
     was_running: bool,
+    stateful: bool,
 ) -> Result<()> {
     let snap = s.name.as_str();
     let cur = pool.container(&rec.volume);
@@ -203,6 +238,13 @@ fn restore_stopped(
     if let Err(e) = pool.driver.delete_volume(&old) {
         eprintln!("bivy: deleting the pre-restore volume: {e}");
     }
+    // A stateful snapshot's volume carries its state; kept only for a stateful restore.
+    let state_dir = cur.join(stateful::STATE_DIR);
+    if !stateful && state_dir.exists() {
+        if let Err(e) = std::fs::remove_dir_all(&state_dir) {
+            eprintln!("bivy: {name}: removing the snapshot's saved state: {e}");
+        }
+    }
     // The config comes back too: the snapshot's keys, with the instance's own volatile state
     // except the on-disk id shift, which is the snapshot's.
     let mut config: StringMap = s
@@ -231,6 +273,7 @@ fn restore_stopped(
                 r.ephemeral = s.ephemeral;
                 r.architecture = s.architecture.clone();
                 r.description = s.description.clone();
+                r.stateful = stateful;
             }
         })
         .map_err(|e| Error::Host(e.to_string()))?;
@@ -240,7 +283,10 @@ fn restore_stopped(
         &url(name),
         serde_json::json!({"snapshot": snap}),
     );
-    if was_running {
+    if stateful {
+        // Stopped with the snapshot's state until this succeeds (a failed restore keeps it).
+        lifecycle::start_with(d, name, true)?;
+    } else if was_running {
         lifecycle::start(d, name)?;
     }
     Ok(())
@@ -276,11 +322,6 @@ pub fn list_api(d: &Ctx, rec: &InstanceRecord) -> Vec<api::InstanceSnapshot> {
 
 /// Check a restore request; returns the snapshot's name within the instance.
 pub fn check_restore(d: &Ctx, name: &str, snap: &str, stateful: bool) -> Result<String> {
-    if stateful {
-        return Err(Error::not_yet(
-            "stateful restore (it needs CRIU, which bivy does not drive yet)",
-        ));
-    }
     let snap = match snap.split_once('/') {
         Some((inst, s)) if inst == name => s.to_string(),
         Some(_) => {
@@ -291,6 +332,14 @@ pub fn check_restore(d: &Ctx, name: &str, snap: &str, stateful: bool) -> Result<
         None => snap.to_string(),
     };
     let rec = record(d, name)?;
-    find(&rec, &snap)?;
+    let s = find(&rec, &snap)?;
+    if stateful {
+        if !s.stateful {
+            return Err(Error::Invalid(
+                "Stateful snapshot restore requested by snapshot is stateless".into(),
+            ));
+        }
+        stateful::check(d, name, &rec, "Stateful restore")?;
+    }
     Ok(snap)
 }

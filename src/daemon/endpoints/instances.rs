@@ -216,7 +216,7 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
             name,
             "restore",
             "Restoring snapshot",
-            move |d, _| crate::instance::snapshots::restore_now(d, &n, &snap),
+            move |d, _| crate::instance::snapshots::restore_now_with(d, &n, &snap, put.stateful),
         );
     }
     let _busy = d.claim(name, "update")?;

@@ -77,12 +77,11 @@ struct SnapshotsPost {
 /// `POST /1.0/instances/NAME/snapshots`.
 fn create(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
     let body: SnapshotsPost = json(req)?;
-    if body.stateful {
-        return Err(Error::not_yet(
-            "stateful snapshots (they need CRIU, which bivy does not drive yet)",
-        ));
-    }
     let rec = instances::record(d, name)?;
+    if body.stateful {
+        // Refused up front (no operation) when the key or CRIU is missing.
+        crate::instance::stateful::check(d, name, &rec, "Stateful snapshot")?;
+    }
     if !body.name.is_empty() {
         schedule::validate_snapshot_name(&body.name).map_err(Error::BadRequest)?;
         if rec.snapshot(&body.name).is_some() {
@@ -101,7 +100,8 @@ fn create(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
     };
     let n = name.to_string();
     super::super::request::busy_task(d, name, "snapshot", "Snapshotting instance", move |d, _| {
-        snapshot_now(d, &n, &body.name, expires_at).map(|_| ())
+        crate::instance::snapshots::snapshot_now_with(d, &n, &body.name, expires_at, body.stateful)
+            .map(|_| ())
     })
 }
 
