@@ -103,10 +103,11 @@ pub fn log_tail(log: &Path) -> String {
             || l.contains("ip6tables")
             || l.contains("RLIMIT_NOFILE")
             || l.contains("execvp(\"ip")
+            || l.contains("cgroupd: recv req error")
     };
     let errors: Vec<&str> = text
         .lines()
-        .filter(|l| l.starts_with("Error") && !noise(l))
+        .filter(|l| l.contains("Error (") && !noise(l))
         .collect();
     let pick: Vec<&str> = if errors.is_empty() {
         let all: Vec<&str> = text.lines().collect();
