@@ -209,6 +209,28 @@ fn check_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Give one cgroup directory to the container root: the directory and the files that move
+/// processes and enable controllers (those that exist: v1 and v2 have different ones).
+fn delegate_dir(dir: &Path, uid: u32, gid: u32) -> Result<()> {
+    let chown = |p: &Path| {
+        std::os::unix::fs::chown(p, Some(uid), Some(gid))
+            .map_err(|e| io_err("chown (delegation)", p, e))
+    };
+    chown(dir)?;
+    for f in [
+        "cgroup.procs",
+        "tasks",
+        "cgroup.clone_children",
+        "cgroup.subtree_control",
+        "cgroup.threads",
+    ] {
+        if dir.join(f).exists() {
+            chown(&dir.join(f))?;
+        }
+    }
+    Ok(())
+}
+
 impl Cgroup {
     fn paths(name: &str) -> Result<Cgroup> {
         check_name(name)?;
@@ -343,22 +365,59 @@ impl Cgroup {
     }
 
     fn delegate(&self, uid: u32, gid: u32) -> Result<()> {
-        let chown = |p: &Path| {
-            std::os::unix::fs::chown(p, Some(uid), Some(gid))
-                .map_err(|e| io_err("chown (delegation)", p, e))
-        };
-        for (dir, _) in &self.v1 {
-            chown(dir)?;
-            for f in ["cgroup.procs", "tasks", "cgroup.clone_children"] {
-                if dir.join(f).exists() {
-                    chown(&dir.join(f))?;
-                }
+        for dir in self.dirs() {
+            delegate_dir(dir, uid, gid)?;
+        }
+        Ok(())
+    }
+
+    /// Every directory below this cgroup, in every hierarchy, parents before children (what a
+    /// delegated manager such as systemd made in it).
+    pub fn subdirs(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            let Ok(rd) = fs::read_dir(dir) else { return };
+            let mut subs: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .collect();
+            subs.sort();
+            for s in subs {
+                out.push(s.clone());
+                walk(&s, out);
             }
         }
-        if let Some(dir) = &self.unified {
-            chown(dir)?;
-            for f in ["cgroup.procs", "cgroup.subtree_control", "cgroup.threads"] {
-                chown(&dir.join(f))?;
+        let mut out = Vec::new();
+        for d in self.dirs() {
+            walk(d, &mut out);
+        }
+        out
+    }
+
+    /// Make again directories [`Cgroup::subdirs`] listed (each must lie below one of this
+    /// cgroup's directories), delegated to `owner` like the cgroup itself.
+    pub fn make_subdirs(&self, dirs: &[PathBuf], owner: Option<(u32, u32)>) -> Result<()> {
+        for d in dirs {
+            let inside = self.dirs().iter().any(|top| {
+                d.strip_prefix(top).is_ok_and(|rel| {
+                    rel.components()
+                        .all(|c| matches!(c, std::path::Component::Normal(_)))
+                })
+            });
+            if !inside {
+                return Err(Error(format!(
+                    "cgroup: {} is not below bivy/{}",
+                    d.display(),
+                    self.name
+                )));
+            }
+            match fs::create_dir(d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err("create", d, e)),
+            }
+            if let Some((uid, gid)) = owner {
+                delegate_dir(d, uid, gid)?;
             }
         }
         Ok(())

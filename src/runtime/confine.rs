@@ -33,6 +33,16 @@ pub fn cgroup_create(name: &str, limits: &Limits, owner: Option<(u32, u32)>) -> 
     cgroup::Cgroup::create(name, limits, owner).map(|_| ())
 }
 
+/// The sub-cgroups below a container's cgroup (every hierarchy), parents first.
+pub fn cgroup_subdirs(name: &str) -> Result<Vec<PathBuf>> {
+    Ok(cgroup::Cgroup::open(name)?.subdirs())
+}
+
+/// Make sub-cgroups listed by [`cgroup_subdirs`] again, delegated to `owner`.
+pub fn cgroup_make_subdirs(name: &str, dirs: &[PathBuf], owner: Option<(u32, u32)>) -> Result<()> {
+    cgroup::Cgroup::open(name)?.make_subdirs(dirs, owner)
+}
+
 pub fn cgroup_add_pid(name: &str, pid: i32) -> Result<()> {
     cgroup::Cgroup::open(name)?.add_pid(pid)
 }

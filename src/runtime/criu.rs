@@ -15,7 +15,8 @@
 //! - the console is a pty of the host's devpts whose master the monitor holds: declared an
 //!   external tty on dump, and the new monitor's slave is handed in with `--inherit-fd`;
 //! - the restore runs with `--root` on the staged (idmapped) rootfs, `--restore-sibling` so the
-//!   restored init is the monitor's child, and `--cgroup-root` on the cgroup the monitor made.
+//!   restored init is the monitor's child, into the cgroup the monitor made (same name, so
+//!   CRIU's paths hold; the empty sub-cgroups it does not restore are made first).
 //!
 //! What the caller sees as the images directory holds CRIU's images plus [`META`], the list of
 //! externals the restore must provide. CRIU's logs are written where the caller says and kept.
@@ -210,6 +211,13 @@ pub struct Meta {
     /// `rdev:dev` (hex) of the console pty slave at dump time (CRIU's external tty id).
     pub console_tty: Option<String>,
     pub externals: Vec<External>,
+    /// The container's cgroup name (below `bivy/`): CRIU puts the tasks back into the same one.
+    pub cgroup: String,
+    /// The sub-cgroups the container had made (host paths). CRIU restores only those that hold
+    /// tasks, but systemd watches empty ones too (inotify on `cgroup.events`): they are made
+    /// again before the restore.
+    #[serde(default)]
+    pub sub_cgroups: Vec<PathBuf>,
 }
 
 /// The request the caller leaves in the run directory for a monitor that restores.
@@ -285,6 +293,8 @@ pub fn dump(run_dir: &Path, images: &Path, log: &Path, leave_running: bool) -> R
         criu_version: criu.version.clone(),
         console_tty: console_tty.clone(),
         externals: ext.clone(),
+        cgroup: spec.cgroup_name().to_string(),
+        sub_cgroups: super::confine::cgroup_subdirs(spec.cgroup_name())?,
     };
     let mp = images.join(META);
     let js = serde_json::to_vec_pretty(&meta).map_err(|e| Error(format!("encode {META}: {e}")))?;
@@ -364,6 +374,7 @@ pub(crate) fn restore_in_monitor(
     console: &Path,
     slave: &OwnedFd,
     staged: &[super::disks::Staged],
+    owner: Option<(u32, u32)>,
 ) -> Result<i32> {
     let mp = req.images.join(META);
     let meta: Meta = fs::read(&mp)
@@ -371,6 +382,13 @@ pub(crate) fn restore_in_monitor(
         .and_then(|b| {
             serde_json::from_slice(&b).map_err(|e| Error(format!("parse {}: {e}", mp.display())))
         })?;
+    if meta.cgroup != spec.cgroup_name() {
+        return Err(Error(format!(
+            "not supported yet: restoring a checkpoint under another name (it was made as {:?}; start it --stateless)",
+            meta.cgroup
+        )));
+    }
+    super::confine::cgroup_make_subdirs(spec.cgroup_name(), &meta.sub_cgroups, owner)?;
     // The restored tasks open some images themselves (through CRIU's directory fd), partly
     // before their credentials are set up in their user namespace: the directory must be
     // searchable by anyone (CRIU makes the images 0644). The volume above stays closed.
@@ -392,8 +410,6 @@ pub(crate) fn restore_in_monitor(
         "--pidfile".into(),
         pidfile.display().to_string(),
         "--file-locks".into(),
-        "--cgroup-root".into(),
-        format!("/bivy/{}", spec.cgroup_name()),
     ];
     for e in &meta.externals {
         let src = if e.key == "dev-console" {

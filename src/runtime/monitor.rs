@@ -724,7 +724,17 @@ fn setup(
     //     (--restore-sibling), in the cgroup just made, on the staged rootfs and mounts.
     if let Some(req) = restore {
         trace(t0, "before criu restore");
-        let pid = criu::restore_in_monitor(req, spec, run_dir, &root, &dev, &pts, &slave, &staged)?;
+        let pid = criu::restore_in_monitor(
+            req,
+            spec,
+            run_dir,
+            &root,
+            &dev,
+            &pts,
+            &slave,
+            &staged,
+            (!privileged).then_some(owner),
+        )?;
         let kill = |e: Error| {
             let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
             let _ = waitpid(Pid::from_raw(pid), None);
