@@ -141,11 +141,11 @@ fn exercise_pool(l: &Lxc<'_>, pool: &str) {
     l.ok(&["launch", &c("img"), &c("c6"), "-s", pool]);
     assert_eq!(l.sh(&c("c6"), "cat /root/b").1, "two\n");
 
-    // Stateful snapshots are refused, naming CRIU.
+    // Stateful snapshots need migration.stateful (tests/criu.rs has them working).
     let out = l.run(&["snapshot", &c1, "st", "--stateful"]);
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("CRIU"),
+        String::from_utf8_lossy(&out.stderr).contains("requires migration.stateful"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

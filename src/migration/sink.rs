@@ -43,7 +43,9 @@ pub fn check(src: &api::InstanceSource) -> Result<()> {
         ));
     }
     if src.live || src.secrets.contains_key("criu") {
-        return Err(Error::not_yet("live migration (CRIU); use --stateless"));
+        return Err(Error::not_yet(
+            "live migration between servers (CRIU); use --stateless",
+        ));
     }
     for k in ["control", "fs"] {
         if !src.secrets.contains_key(k) {
@@ -209,7 +211,9 @@ fn negotiate(ctl: &mut Ws) -> Result<(MigrationHeader, Features)> {
         let offer = MigrationHeader::decode(&wire::recv_msg(&mut ctl.rx)?)
             .map_err(|e| Error::Host(e.to_string()))?;
         if offer.criu == Some(proto::CRIU_RSYNC) {
-            return Err(Error::not_yet("live migration (CRIU); use --stateless"));
+            return Err(Error::not_yet(
+                "live migration between servers (CRIU); use --stateless",
+            ));
         }
         let has = |n: &str| offer.rsync_feature_names().contains(&n);
         let resp = MigrationHeader {

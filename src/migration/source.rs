@@ -28,10 +28,11 @@ use crate::instance::{Ctx, Error, Result};
 use crate::runtime::State;
 use crate::util::time;
 
-/// LXD's answer when a running container is to be moved with its state, plus what to do instead.
-pub const LIVE_REFUSED: &str = "Unable to perform container live migration. CRIU isn't installed \
-     on the source server (not supported yet: live migration; copy or move it with --stateless, \
-     or stop it first)";
+/// The answer when a running container is to be moved with its state (LXD's opening words),
+/// plus what to do instead. CRIU checkpoints work on one server (stateful stop/start and
+/// snapshots); sending the state over the protocol's `criu` websocket is not built.
+pub const LIVE_REFUSED: &str = "Unable to perform container live migration (not supported yet: \
+     live migration between servers; copy or move it with --stateless, or stop it first)";
 
 /// Start serving `name` (or its snapshot `snap`) to a target. The operation to answer with.
 pub fn start(d: &Ctx, name: &str, snap: Option<&str>, req: &api::InstancePost) -> Result<Arc<Op>> {

@@ -82,7 +82,7 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
             }
             if body.put.stateful {
                 return Err(Error::not_yet(
-                    "stateful copies (they need CRIU, which bivy does not drive yet)",
+                    "stateful copies (a copy of a running instance with its state); copy it without --stateful, or take a stateful snapshot",
                 ));
             }
             let (from, snap) = match source.source.split_once('/') {
