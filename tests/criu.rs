@@ -344,6 +344,54 @@ fn failed_dump_leaves_the_container_running() {
 }
 
 #[test]
+fn failed_restore_keeps_the_state_for_another_try() {
+    let Some(criu) = criu() else { return };
+    let d = daemon_with(&criu);
+    launch(&d, "c1", true);
+    start_counter(&d, "c1");
+    // A process holding a file of the rootfs open: the restore needs that file back.
+    d.ok(&[
+        "exec",
+        "c1",
+        "--",
+        "sh",
+        "-c",
+        "echo kept > /keep; setsid sh -c 'exec sleep 1000 </keep' </dev/null >/dev/null 2>&1 &",
+    ]);
+    let before = read_count(&d, "c1");
+    d.ok(&["stop", "c1", "--stateful"]);
+    let vol = state_dirs(&d)[0].parent().expect("volume").to_path_buf();
+    let keep = vol.join("rootfs/keep");
+    let saved = std::fs::read(&keep).expect("read /keep");
+    std::fs::remove_file(&keep).expect("remove /keep");
+    fails_with(&d, &["start", "c1"], "keep");
+    // Stopped, still stateful, the state kept, no cgroup or mount left behind.
+    assert_eq!(status(&d, "c1"), "Stopped");
+    assert!(stateful(&d, "c1"));
+    assert_eq!(state_dirs(&d).len(), 1);
+    let log = std::fs::read_to_string(d.dir().join("logs/c1/criu-restore.log")).expect("log");
+    assert!(log.contains("Restoring FAILED"), "{log}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        !mounts.contains(d.dir().to_str().expect("utf-8")),
+        "mounts left below {}: {mounts}",
+        d.dir().display()
+    );
+    // The file back (same content, owner and size), the next try restores the processes.
+    std::fs::write(&keep, &saved).expect("write /keep");
+    let owner = std::fs::metadata(vol.join("rootfs/bin")).expect("stat /bin");
+    std::os::unix::fs::chown(
+        &keep,
+        Some(std::os::unix::fs::MetadataExt::uid(&owner)),
+        Some(std::os::unix::fs::MetadataExt::gid(&owner)),
+    )
+    .expect("chown /keep");
+    d.ok(&["start", "c1"]);
+    assert_resumed(&d, "c1", &before);
+    assert!(!stateful(&d, "c1"));
+}
+
+#[test]
 fn without_criu_stateful_verbs_fail_and_change_nothing() {
     let Some(criu) = criu() else { return };
     // BIVY_CRIU names a link we remove later, so the same instances meet a daemon without CRIU.

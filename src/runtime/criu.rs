@@ -493,6 +493,31 @@ mod tests {
     }
 
     #[test]
+    fn log_tail_shows_the_errors_without_the_noise() {
+        let dir = std::env::temp_dir().join(format!("bivy-criu-log-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("dump.log");
+        fs::write(
+            &p,
+            "(00.01) Error (criu/util.c:1533): rlimit: Can't setup RLIMIT_NOFILE for self\n\
+             (00.02) Dumping ghost file for fd 13\n\
+             Error (criu/util.c:641): execvp(\"iptables-save\", ...) failed\n\
+             (00.03) Error (criu/files-reg.c:1031): Can't dump ghost file /tmp/big of 2097152 size\n\
+             (00.04) Error (criu/cr-dump.c:2111): Dumping FAILED.\n",
+        )
+        .unwrap();
+        assert_eq!(
+            log_tail(&p),
+            "(00.03) Error (criu/files-reg.c:1031): Can't dump ghost file /tmp/big of 2097152 size\n\
+             (00.04) Error (criu/cr-dump.c:2111): Dumping FAILED."
+        );
+        // No error line: the last lines.
+        fs::write(&p, "a\nb\nc\nd\ne\nf\n").unwrap();
+        assert_eq!(log_tail(&p), "b\nc\nd\ne\nf");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn external_mounts_of_a_container() {
         let spec: Spec = serde_json::from_value(serde_json::json!({
             "name": "c", "rootfs": "/r", "rootfs_mode": "Idmapped", "uid_map": [], "gid_map": [],
