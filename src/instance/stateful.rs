@@ -49,9 +49,23 @@ pub fn require_criu() -> Result<()> {
         .map_err(|e| Error::Host(e.0))
 }
 
-/// Everything a stateful operation on `rec` needs: the key, then CRIU.
+/// Everything a stateful operation on `rec` needs: the key, no network device, then CRIU.
 pub fn check(d: &Ctx, name: &str, rec: &InstanceRecord, what: &str) -> Result<()> {
     require_key(d, name, rec, what)?;
+    let (_, ed) = expanded(d, rec);
+    let mut nics: Vec<&str> = ed
+        .iter()
+        .filter(|(_, c)| c.get("type").is_some_and(|t| t == "nic"))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if !nics.is_empty() {
+        nics.sort_unstable();
+        return Err(Error::not_yet(&format!(
+            "{what} of an instance with nic devices ({}): the restore does not plug them back, \
+             and CRIU 4.1.1 cannot dump IPv4/IPv6 sockets on kernels from 6.16",
+            nics.join(", ")
+        )));
+    }
     require_criu()
 }
 
