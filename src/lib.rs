@@ -16,7 +16,8 @@
 //!   module that imports rustls. HTTP runs over it without knowing it.
 //! - [`sys`]: the only module with `unsafe`: thin syscall wrappers.
 //! - [`runtime`]: the privileged core: namespaces, id maps, idmapped rootfs, mounts, /dev, seccomp,
-//!   AppArmor, capabilities, cgroups, the monitor and exec helpers. It gets numbers and policies
+//!   AppArmor, capabilities, cgroups, the monitor and exec helpers, CRIU checkpoints (`criu`: the
+//!   dump from the caller, the restore by a new monitor). It gets numbers and policies
 //!   (`runtime::Spec`, `runtime::Limits`), never LXD config keys.
 //! - [`image`]: the image store: import (with the unpack rules checked up front), fingerprints,
 //!   aliases, unpack, templates, publish, export.
@@ -26,9 +27,10 @@
 //!   database, images, pools, operations, events, host facts and busy marks; `view` (record,
 //!   expanded config, state), `config` and `limits` (LXD's keys, parsed once), `idmap`,
 //!   `lifecycle` (create, start, stop, delete, live limits, interim changes and their undo after a
-//!   crash, recovery, autostart), `snapshots`, `schedule`, `pools`, `volumes` (custom storage
-//!   volumes), `devices` (disk devices resolved for the runtime at start), `nics`, `proxy` (proxy
-//!   devices and their running listeners), `images`, `operations`, `events`; typed errors
+//!   crash, recovery, autostart), `snapshots`, `stateful` (CRIU: stateful stop/start and
+//!   snapshots), `schedule`, `pools`, `volumes` (custom storage volumes), `devices` (disk devices
+//!   resolved for the runtime at start), `nics`, `proxy` (proxy devices and their running
+//!   listeners), `images`, `operations`, `events`; typed errors
 //!   ([`instance::Error`], one variant per kind of failure).
 //! - [`net`]: host networking without HTTP or config keys: netlink, nftables rules (`nft`), the
 //!   daemon's own DHCPv4 and DNS servers and their lease store, proxy devices' relays.
