@@ -636,6 +636,7 @@ pub fn recover(d: &Arc<Ctx>) -> std::io::Result<()> {
             .collect();
     for n in names {
         Interim::undo_all(d, &n);
+        super::stateful::recover(d, &n);
         match state_of(d, &n) {
             Ok(State::Running { .. }) => {
                 // Proxy devices live in the daemon: a new daemon listens again.

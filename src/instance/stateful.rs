@@ -42,11 +42,12 @@ pub fn require_key(d: &Ctx, name: &str, rec: &InstanceRecord, what: &str) -> Res
     )))
 }
 
-/// CRIU found and working, else an error naming what is missing.
+/// CRIU found and working, else an error naming what is missing (501: this server cannot do
+/// it, as for anything it does not implement).
 pub fn require_criu() -> Result<()> {
     runtime::criu_check()
         .map(drop)
-        .map_err(|e| Error::Host(e.0))
+        .map_err(|e| Error::NotSupported(e.0))
 }
 
 /// Everything a stateful operation on `rec` needs: the key, no network device, then CRIU.
@@ -117,18 +118,21 @@ pub fn stop(d: &Ctx, name: &str) -> Result<()> {
     let dir = state_dir(d, &rec);
     fresh_dir(&dir)?;
     let log = log_path(d, name, DUMP_LOG)?;
+    // Recorded before the dump (which stops the container once it is complete), so a daemon
+    // killed meanwhile finds the instance stopped with its state; `recover` mends the rest.
+    set_stateful(d, name, true)?;
     if let Err(e) = runtime::checkpoint(&d.run_dir(name), &dir, &log, false) {
         let dumped = std::fs::read_to_string(&log)
             .is_ok_and(|l| l.contains("Dumping finished successfully"));
         let running = matches!(state_of(d, name), Ok(State::Running { .. }));
         if running || !dumped {
             let _ = std::fs::remove_dir_all(&dir);
+            let _ = set_stateful(d, name, false);
             return Err(e.into());
         }
         // Dumped and stopped, only the wait for the monitor failed: the state is good.
         eprintln!("bivy: {name}: {e}");
     }
-    set_stateful(d, name, true)?;
     lifecycle::set_volatile(
         d,
         name,
@@ -190,4 +194,25 @@ pub fn restore(
     set_stateful(d, name, false)?;
     lifecycle::log_line(&d.log_dir(name), "restored from its saved state");
     Ok(())
+}
+
+/// At daemon start: mend what a daemon killed during a stateful stop left. A running instance
+/// has no saved state (the dump failed or never finished: CRIU resumed it), and a stopped one
+/// marked stateful without a checkpoint has nothing to restore.
+pub fn recover(d: &Ctx, name: &str) {
+    let Ok(rec) = record(d, name) else { return };
+    if !rec.stateful {
+        return;
+    }
+    let dir = state_dir(d, &rec);
+    let stale = match state_of(d, name) {
+        Ok(State::Running { .. }) => true,
+        Ok(State::Stopped { .. }) => !dir.join(runtime::criu::META).exists(),
+        Err(_) => false,
+    };
+    if stale {
+        eprintln!("bivy: {name}: no usable saved state (a stateful stop did not finish): cleared");
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = set_stateful(d, name, false);
+    }
 }
