@@ -312,6 +312,12 @@ pub fn run(args: &[String]) -> Result {
     memory_row(&mut t, "daemon idle memory, 0 containers", d.pid);
 
     let result = containers(&d, &mut t, &image, o.runs)
+        .map(|()| {
+            // Not fatal: without CRIU the row says why.
+            if let Err(e) = criu(&d, &mut t, o.runs) {
+                t.failed("CRIU stateful stop/start", &e);
+            }
+        })
         .and_then(|()| https(&d, &mut t, o.runs))
         .and_then(|()| storage(&d, &mut t, o.runs))
         .and_then(|()| scale(&d, &mut t, o.scale))
@@ -537,6 +543,49 @@ fn containers(d: &BgDaemon, t: &mut Table, image: &Path, runs: usize) -> Result 
     let r = time_runs(runs, |i| d.cli(&["delete", "--force", &format!("b{i}")]));
     t.stats("`bivy delete --force bN` (running)", &r, "");
     r.map(|_| ())
+}
+
+/// Stateful stop and start (CRIU) of a busybox container running a counter, alternately;
+/// needs CRIU in the daemon's environment (`$BIVY_CRIU`, `target/criu`, or PATH).
+fn criu(d: &BgDaemon, t: &mut Table, runs: usize) -> Result {
+    must(
+        d,
+        &["launch", "busybox", "cs", "-c", "migration.stateful=true"],
+    )?;
+    let r = must(
+        d,
+        &[
+            "exec",
+            "cs",
+            "--",
+            "sh",
+            "-c",
+            "setsid sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/c; sleep 0.1; done' \
+             </dev/null >/dev/null 2>&1 &",
+        ],
+    )
+    .and_then(|()| {
+        let (mut stops, mut starts) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            stops.push(time_runs(1, |_| d.cli(&["stop", "cs", "--stateful"]))?.median);
+            starts.push(time_runs(1, |_| d.cli(&["start", "cs"]))?.median);
+        }
+        Ok((stops, starts))
+    });
+    let _ = d.cli(&["delete", "--force", "cs"]).output();
+    let (stops, starts) = r?;
+    let no_runs = || "no runs".to_string();
+    t.stats(
+        "`bivy stop --stateful cs` (busybox + counter, CRIU dump)",
+        &Stats::of(&stops).ok_or_else(no_runs),
+        "",
+    );
+    t.stats(
+        "`bivy start cs` from the saved state (CRIU restore)",
+        &Stats::of(&starts).ok_or_else(no_runs),
+        "pids and memory kept",
+    );
+    Ok(())
 }
 
 /// A port free on loopback now.

@@ -29,6 +29,12 @@ pub fn socket(dir: &Path) -> PathBuf {
 pub fn start(bin: &Path, dir: &Path, log: &Path) -> Result<BgDaemon> {
     let mut cmd = Command::new(bin);
     cmd.arg("daemon");
+    // CRIU where CI and the tests install it (`.ci/install-criu.sh target/criu`), unless the
+    // environment names one.
+    let criu = util::target_dir().join("criu/bin/criu");
+    if std::env::var_os("BIVY_CRIU").is_none() && criu.is_file() {
+        cmd.env("BIVY_CRIU", criu);
+    }
     spawn(cmd, bin, dir, log)
 }
 
