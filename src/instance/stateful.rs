@@ -133,6 +133,8 @@ pub fn stop(d: &Ctx, name: &str) -> Result<()> {
         // Dumped and stopped, only the wait for the monitor failed: the state is good.
         eprintln!("bivy: {name}: {e}");
     }
+    // As for any stop: the proxy devices' listeners close (the restore starts them again).
+    super::proxy::stopped(d, name);
     lifecycle::set_volatile(
         d,
         name,
