@@ -10,7 +10,8 @@
 //!   compression pointers that must point strictly backwards (so a loop cannot exist) and at most
 //!   255 bytes long; [`build_reply`] writes answers (A, AAAA) and errors (NXDOMAIN, SERVFAIL,
 //!   REFUSED, FORMERR, NOTIMP), echoing the question and an EDNS OPT record when the query had
-//!   one. Nothing panics on any input.
+//!   one. Nothing panics on any input. The client side ([`build_query`], [`labels_of`],
+//!   [`Record::rdata_name`]) serves bivy's own resolver, [`super::resolve`].
 //! - [`decide`]: answer locally or forward; [`Inflight`]: the forwarded UDP queries, each sent
 //!   upstream under a fresh random id (so concurrent clients with equal ids do not collide) and
 //!   matched back by id, upstream address and question; a query unanswered after
@@ -39,6 +40,7 @@ use std::time::{Duration, Instant};
 use super::leases::LeaseStore;
 
 pub const TYPE_A: u16 = 1;
+pub const TYPE_CNAME: u16 = 5;
 pub const TYPE_AAAA: u16 = 28;
 pub const TYPE_OPT: u16 = 41;
 pub const TYPE_ANY: u16 = 255;
@@ -147,15 +149,9 @@ impl Question {
         name_string(&self.labels)
     }
 
-    fn same(&self, o: &Question) -> bool {
-        self.qtype == o.qtype
-            && self.qclass == o.qclass
-            && self.labels.len() == o.labels.len()
-            && self
-                .labels
-                .iter()
-                .zip(&o.labels)
-                .all(|(a, b)| a.eq_ignore_ascii_case(b))
+    /// The same question: type, class and name (ASCII case ignored).
+    pub fn same(&self, o: &Question) -> bool {
+        self.qtype == o.qtype && self.qclass == o.qclass && same_name(&self.labels, &o.labels)
     }
 }
 
@@ -167,6 +163,20 @@ pub struct Record {
     pub class: u16,
     pub ttl: u32,
     pub rdata: Vec<u8>,
+    /// Where `rdata` starts in the message (a name in it may point back into the message).
+    pub rdata_at: usize,
+}
+
+impl Record {
+    /// The name in this record's data (a CNAME's target), read from `msg`, the message the
+    /// record was parsed from.
+    pub fn rdata_name(&self, msg: &[u8]) -> Result<Vec<Vec<u8>>, DnsError> {
+        let (labels, end) = read_name(msg, self.rdata_at)?;
+        if end != self.rdata_at + self.rdata.len() {
+            return Err(DnsError::Truncated);
+        }
+        Ok(labels)
+    }
 }
 
 /// A whole message.
@@ -179,7 +189,8 @@ pub struct Message {
     pub additional: Vec<Record>,
 }
 
-fn name_string(labels: &[Vec<u8>]) -> String {
+/// A name, dotted, lowercased (non-printable bytes escaped as `\DDD`).
+pub fn name_string(labels: &[Vec<u8>]) -> String {
     let mut s = String::new();
     for (i, l) in labels.iter().enumerate() {
         if i > 0 {
@@ -266,6 +277,7 @@ fn read_records(b: &[u8], pos: &mut usize, n: u16) -> Result<Vec<Record>, DnsErr
             class,
             ttl,
             rdata,
+            rdata_at: p + 10,
         });
     }
     Ok(out)
@@ -377,6 +389,44 @@ pub fn build_reply(q: &Message, rcode: u8, aa: bool, answers: &[Answer]) -> Vec<
         out.push(0);
         out.extend_from_slice(&TYPE_OPT.to_be_bytes());
         out.extend_from_slice(&4096u16.to_be_bytes());
+        out.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    }
+    out
+}
+
+/// Two names are the same: equal labels, ASCII case ignored.
+pub fn same_name(a: &[Vec<u8>], b: &[Vec<u8>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.eq_ignore_ascii_case(y))
+}
+
+/// The labels of dotted name `name` (one trailing dot allowed), or None when it is no name:
+/// empty, an empty label, a label over 63 bytes, over 255 bytes in all.
+pub fn labels_of(name: &str) -> Option<Vec<Vec<u8>>> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_empty() || name.len() + 2 > MAX_NAME {
+        return None;
+    }
+    name.split('.')
+        .map(|l| (!l.is_empty() && l.len() <= 63).then(|| l.as_bytes().to_vec()))
+        .collect()
+}
+
+/// A standard query (RD set) with id `id` for `labels`, type `qtype`, class IN; with an EDNS
+/// OPT record advertising `edns` bytes of UDP payload when given.
+pub fn build_query(id: u16, labels: &[Vec<u8>], qtype: u16, edns: Option<u16>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(&0x0100u16.to_be_bytes());
+    out.extend_from_slice(&1u16.to_be_bytes());
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    out.extend_from_slice(&u16::from(edns.is_some()).to_be_bytes());
+    write_labels(&mut out, labels);
+    out.extend_from_slice(&qtype.to_be_bytes());
+    out.extend_from_slice(&CLASS_IN.to_be_bytes());
+    if let Some(size) = edns {
+        out.push(0);
+        out.extend_from_slice(&TYPE_OPT.to_be_bytes());
+        out.extend_from_slice(&size.to_be_bytes());
         out.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
     }
     out
@@ -508,20 +558,7 @@ pub fn upstreams_from_resolv_conf(text: &str, resolved: &Path) -> Vec<SocketAddr
 }
 
 fn nameservers(text: &str) -> Vec<SocketAddr> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let mut w = line.split_whitespace();
-        if w.next() != Some("nameserver") {
-            continue;
-        }
-        if let Some(Ok(ip)) = w.next().map(str::parse::<IpAddr>) {
-            let a = SocketAddr::new(ip, 53);
-            if !ip.is_unspecified() && !out.contains(&a) {
-                out.push(a);
-            }
-        }
-    }
-    out
+    super::resolve::ResolvConf::parse(text, "").nameservers
 }
 
 /// The host's upstream servers: [`upstreams_from_resolv_conf`] of `/etc/resolv.conf` (a missing
@@ -882,7 +919,8 @@ pub struct DnsServer {
     threads: Vec<JoinHandle<()>>,
 }
 
-fn random_id() -> u16 {
+/// A random 16-bit query id.
+pub fn random_id() -> u16 {
     use ring::rand::SecureRandom;
     let mut b = [0u8; 2];
     if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
@@ -1155,7 +1193,8 @@ fn tcp_loop(s: &Arc<Shared>, listener: TcpListener) {
     }
 }
 
-fn read_framed(r: &mut impl Read) -> io::Result<Vec<u8>> {
+/// One TCP-framed message (a 2-byte length, then the message).
+pub fn read_framed(r: &mut impl Read) -> io::Result<Vec<u8>> {
     let mut len = [0u8; 2];
     r.read_exact(&mut len)?;
     let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
@@ -1163,7 +1202,8 @@ fn read_framed(r: &mut impl Read) -> io::Result<Vec<u8>> {
     Ok(msg)
 }
 
-fn write_framed(w: &mut impl Write, msg: &[u8]) -> io::Result<()> {
+/// Write `msg` TCP-framed.
+pub fn write_framed(w: &mut impl Write, msg: &[u8]) -> io::Result<()> {
     let len = u16::try_from(msg.len()).map_err(|_| io::Error::other("message too long"))?;
     let mut out = Vec::with_capacity(msg.len() + 2);
     out.extend_from_slice(&len.to_be_bytes());

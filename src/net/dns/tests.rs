@@ -382,3 +382,59 @@ fn fuzz_dns_packet_deterministic() {
         fuzz_packet,
     );
 }
+
+#[test]
+fn client_queries_and_names() {
+    let labels = labels_of("Www.Example.org.").unwrap();
+    assert_eq!(
+        labels,
+        [b"Www".to_vec(), b"Example".to_vec(), b"org".to_vec()]
+    );
+    assert_eq!(
+        build_query(0x1234, &labels, TYPE_AAAA, None),
+        query(0x1234, "Www.Example.org", TYPE_AAAA, false)
+    );
+    // With EDNS: the OPT record advertises the size given (the helper's is 4096).
+    assert_eq!(
+        build_query(7, &labels, TYPE_A, Some(4096)),
+        query(7, "Www.Example.org", TYPE_A, true)
+    );
+    let m = Message::parse(&build_query(7, &labels, TYPE_A, Some(1232))).unwrap();
+    assert_eq!((m.edns_size(), m.header.is_response()), (Some(1232), false));
+    assert!(same_name(&labels, &labels_of("www.EXAMPLE.org").unwrap()));
+    assert!(!same_name(&labels, &labels_of("www.example").unwrap()));
+    for bad in [
+        "",
+        ".",
+        "a..b",
+        ".a",
+        "a.b..",
+        &"x".repeat(64),
+        &format!("{}x", "x.".repeat(127)),
+    ] {
+        assert_eq!(labels_of(bad), None, "{bad:?}");
+    }
+    // 253 characters: the longest name (255 bytes on the wire).
+    let long = format!("{}{}", "x.".repeat(126), "x");
+    assert_eq!(long.len(), 253);
+    assert_eq!(labels_of(&long).map(|l| l.len()), Some(127));
+}
+
+#[test]
+fn cname_targets_are_read_with_compression() {
+    // A reply for a.test with CNAME -> "b" + pointer to the question name (offset 12).
+    let mut b = query(1, "a.test", TYPE_A, false);
+    b[2] |= 0x80;
+    b[7] = 1;
+    b.extend_from_slice(&[0xc0, 12, 0, 5, 0, 1, 0, 0, 0, 60, 0, 4, 1, b'b', 0xc0, 12]);
+    let m = Message::parse(&b).unwrap();
+    let r = &m.answers[0];
+    assert_eq!(name_string(&r.rdata_name(&b).unwrap()), "b.a.test");
+    // rdata longer than the name in it: refused.
+    let mut longer = b.clone();
+    let n = longer.len();
+    longer[n - 5] = 5;
+    longer.push(0);
+    let m = Message::parse(&longer).unwrap();
+    assert_eq!(m.answers[0].rdata_name(&longer), Err(DnsError::Truncated));
+}
