@@ -9,7 +9,8 @@
 //! ## Code map (in reading order)
 //! - [`api`]: REST wire types, field for field as LXD 5.0.2 sends them. No I/O.
 //! - [`util`]: atomic file writes, modes, RFC 3339 time, the [`util::revert::Revert`] undo list,
-//!   the [`util::stream::Stream`] byte-stream trait, small helpers instead of helper crates.
+//!   the [`util::stream::Stream`] byte-stream trait, user and group names from `/etc/passwd` and
+//!   `/etc/group` (`passwd`), small helpers instead of helper crates.
 //! - [`http`]: our own HTTP/1.1 and WebSocket layer, server and client, with limits and timeouts
 //!   (`stream`, `message`, `parse`, `body`, `write`, `server`, `client`, `ws`).
 //! - [`tls`]: the TLS client (rustls with ring, roots from the system trust store); the only
@@ -33,7 +34,9 @@
 //!   listeners), `images`, `operations`, `events`; typed errors
 //!   ([`instance::Error`], one variant per kind of failure).
 //! - [`net`]: host networking without HTTP or config keys: netlink, nftables rules (`nft`), the
-//!   daemon's own DHCPv4 and DNS servers and their lease store, proxy devices' relays.
+//!   daemon's own DHCPv4 and DNS servers and their lease store, proxy devices' relays, and the
+//!   host name resolver (`resolve`: `/etc/hosts` and DNS, and `connect_tcp`, the one connect by
+//!   host name).
 //! - [`migration`]: moving instances between servers with LXD's protocol (pull mode): the source's
 //!   websocket operation and the target's dial, the protobuf control messages, the rsync
 //!   transfer over the `fs` websocket (`bivy __netcat` relays rsync's remote shell).
@@ -60,8 +63,10 @@
 //!   undoes its steps on failure ([`util::revert::Revert`]) and records a temporary change to a
 //!   running instance before making it (`instance::lifecycle::Interim`).
 //! - No host user but root reaches anything under `$BIVY_DIR` (see the README's threat model).
-//! - Nothing is loaded at run time: no shared library; external programs only where the kernel has
-//!   no interface (criu, apparmor_parser, nft), with an error naming the missing program.
+//! - Nothing is loaded at run time: no shared library (so no glibc NSS: host names go through
+//!   `net::resolve`, users and groups through `util::passwd`); external programs only where the
+//!   kernel has no interface (criu, apparmor_parser, nft), with an error naming the missing
+//!   program.
 
 #![deny(unsafe_code)]
 

@@ -11,7 +11,7 @@ pub mod multipart;
 
 use std::fmt;
 use std::io::{self, Read};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -215,25 +215,13 @@ fn tls_handshake(h: &Https, tcp: TcpStream) -> io::Result<crate::tls::TlsStream>
     h.tls.connect(&h.host, tcp)
 }
 
-/// A TCP connection to `host:port`, trying each resolved address in turn.
+/// A TCP connection to `host:port`, trying each resolved address in turn
+/// ([`crate::net::resolve::connect_tcp`]: no NSS).
 fn tcp_connect(host: &str, port: u16) -> io::Result<TcpStream> {
-    let mut last = None;
-    for a in (host, port).to_socket_addrs()? {
-        match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
-            Ok(s) => {
-                // Requests are small and answered at once: no Nagle delay.
-                let _ = s.set_nodelay(true);
-                return Ok(s);
-            }
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("no address found for {host}"),
-        )
-    }))
+    let s = crate::net::resolve::connect_tcp(host, port, CONNECT_TIMEOUT)?;
+    // Requests are small and answered at once: no Nagle delay.
+    let _ = s.set_nodelay(true);
+    Ok(s)
 }
 
 /// The certificate a TLS server at `host:port` presents (DER), whatever it is: a handshake

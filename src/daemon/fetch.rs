@@ -12,7 +12,7 @@
 //! and `core.proxy_ignore_hosts`, as LXD does.
 
 use std::collections::BTreeMap;
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 use std::time::Duration;
 
 use super::operations::Class;
@@ -70,27 +70,13 @@ pub(super) fn parse(url: &str) -> Result<Url> {
     })
 }
 
+/// A TCP connection to `u`'s host and port ([`crate::net::resolve::connect_tcp`]: no NSS).
 fn connect_tcp(u: &Url) -> Result<TcpStream> {
-    let addrs = (u.host.as_str(), u.port)
-        .to_socket_addrs()
-        .map_err(|e| Error::BadRequest(format!("Cannot resolve {}: {e}", u.host)))?;
-    let mut last = None;
-    for a in addrs {
-        match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
-            Ok(s) => {
-                let _ = s.set_read_timeout(Some(IO_TIMEOUT));
-                let _ = s.set_write_timeout(Some(IO_TIMEOUT));
-                return Ok(s);
-            }
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(Error::BadRequest(format!(
-        "Cannot connect to {}:{}: {}",
-        u.host,
-        u.port,
-        last.map_or_else(|| "no address".to_string(), |e| e.to_string())
-    )))
+    let s = crate::net::resolve::connect_tcp(&u.host, u.port, CONNECT_TIMEOUT)
+        .map_err(|e| Error::BadRequest(format!("Cannot connect to {}:{}: {e}", u.host, u.port)))?;
+    let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+    let _ = s.set_write_timeout(Some(IO_TIMEOUT));
+    Ok(s)
 }
 
 /// The proxy settings of the server config (`core.proxy_*`).

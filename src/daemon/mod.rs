@@ -120,10 +120,10 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
     std::fs::set_permissions(&sock_path, std::fs::Permissions::from_mode(0o660))
         .map_err(|e| e.to_string())?;
     if let Some(g) = group {
-        let grp = nix::unistd::Group::from_name(g)
+        let gid = crate::util::passwd::group_id(g)
             .map_err(|e| format!("group {g}: {e}"))?
-            .ok_or_else(|| format!("group {g:?} not found"))?;
-        nix::unistd::chown(&sock_path, None, Some(grp.gid))
+            .ok_or_else(|| format!("group {g:?} not found in {}", crate::util::passwd::GROUP))?;
+        nix::unistd::chown(&sock_path, None, Some(nix::unistd::Gid::from_raw(gid)))
             .map_err(|e| format!("chown socket: {e}"))?;
     }
 
@@ -209,10 +209,10 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
             .name("conn".into())
             .spawn(move || {
                 let conns::Peer::Uid(uid) = peer else { return };
-                let username = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                let username = crate::util::passwd::user_name(uid)
                     .ok()
                     .flatten()
-                    .map_or_else(|| uid.to_string(), |u| u.name);
+                    .unwrap_or_else(|| uid.to_string());
                 crate::instance::events::set_requestor(Some(crate::instance::events::Requestor {
                     username,
                     protocol: "unix".into(),

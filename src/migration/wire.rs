@@ -5,7 +5,7 @@
 //! source's certificate pinned, no client certificate (the secret is the credential).
 
 use std::io::{self, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+
 use std::time::Duration;
 
 use crate::http::ws::{self, Message, Receiver, Sender};
@@ -59,22 +59,7 @@ pub fn dial(op_url: &str, secret: &str, cert: &[u8]) -> Result<Ws> {
             "Failed connecting to the migration source {op_url}: {e}"
         ))
     };
-    let addrs = (host.as_str(), port)
-        .to_socket_addrs()
-        .map_err(|e| fail(&e))?;
-    let mut last: Option<io::Error> = None;
-    let mut tcp = None;
-    for a in addrs {
-        match TcpStream::connect_timeout(&a, DIAL_TIMEOUT) {
-            Ok(s) => {
-                tcp = Some(s);
-                break;
-            }
-            Err(e) => last = Some(e),
-        }
-    }
-    let tcp =
-        tcp.ok_or_else(|| fail(&last.map_or_else(|| "no address".to_string(), |e| e.to_string())))?;
+    let tcp = crate::net::resolve::connect_tcp(&host, port, DIAL_TIMEOUT).map_err(|e| fail(&e))?;
     tcp.set_read_timeout(Some(DIAL_TIMEOUT))
         .map_err(|e| fail(&e))?;
     tcp.set_write_timeout(Some(DIAL_TIMEOUT))

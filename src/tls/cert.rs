@@ -187,10 +187,9 @@ pub fn generate(kind: CertKind) -> io::Result<(String, String)> {
         .and_then(|h| h.into_string().ok())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into());
-    let user = nix::unistd::User::from_uid(nix::unistd::getuid())
+    let user = crate::util::passwd::user_name(nix::unistd::getuid().as_raw())
         .ok()
         .flatten()
-        .map(|u| u.name)
         .unwrap_or_else(|| "root".into());
     let ips: Vec<IpAddr> = match kind {
         CertKind::Server => vec![IpAddr::from([127, 0, 0, 1]), "::1".parse().expect("::1")],
