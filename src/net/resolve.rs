@@ -17,7 +17,8 @@
 //!   A and then AAAA are asked over UDP from a fresh socket connected to the server (so a random
 //!   port), each query with a random id; a reply counts only when it comes from that server and
 //!   carries that id and the same question. A truncated reply is asked again over TCP.
-//!   SERVFAIL, REFUSED, FORMERR, NOTIMP or silence moves to the next server. Answers are taken
+//!   SERVFAIL, REFUSED, FORMERR, NOTIMP or silence moves to the next server; when no server
+//!   replies at all, the lookup ends there (as glibc's does). Answers are taken
 //!   only for the asked name or the names its CNAME chain leads to (at most [`MAX_CNAMES`]
 //!   links; a chain the reply does not finish is asked for again).
 //!
@@ -348,6 +349,23 @@ enum Outcome {
     NoName { server: SocketAddr },
 }
 
+/// Why a query got no answer; `unreachable` when no server replied at all (silence or a
+/// refused connection), so asking for other names or types is pointless.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Failure {
+    why: String,
+    unreachable: bool,
+}
+
+impl Failure {
+    fn answered(why: String) -> Failure {
+        Failure {
+            why,
+            unreachable: false,
+        }
+    }
+}
+
 /// A server named in messages: its address, with the port when not 53.
 fn server_name(s: SocketAddr) -> String {
     if s.port() == 53 {
@@ -381,10 +399,12 @@ fn lookup_name(hosts: &Hosts, conf: &ResolvConf, host: &str) -> io::Result<Vec<I
     // What went wrong: a server failure outweighs an answer that there is no such name.
     let mut failure: Option<String> = None;
     let mut negative: Option<String> = None;
-    for name in &names {
+    let mut tried = Vec::new();
+    'names: for name in &names {
         let Some(labels) = dns::labels_of(name) else {
             continue;
         };
+        tried.push(name.as_str());
         let mut addrs = Vec::new();
         for qtype in [TYPE_A, TYPE_AAAA] {
             match resolve_type(conf, &labels, qtype) {
@@ -404,7 +424,13 @@ fn lookup_name(hosts: &Hosts, conf: &ResolvConf, host: &str) -> io::Result<Vec<I
                     // No such name: no AAAA either.
                     break;
                 }
-                Err(e) => failure = Some(e),
+                Err(e) if e.unreachable => {
+                    // As glibc: no server answers, so the other names would not be answered
+                    // either.
+                    failure = Some(e.why);
+                    break 'names;
+                }
+                Err(e) => failure = Some(e.why),
             }
         }
         if !addrs.is_empty() {
@@ -414,15 +440,15 @@ fn lookup_name(hosts: &Hosts, conf: &ResolvConf, host: &str) -> io::Result<Vec<I
     let mut why = failure
         .or(negative)
         .unwrap_or_else(|| "no name to ask".into());
-    if names.len() > 1 {
-        why.push_str(&format!(" (names tried: {})", names.join(", ")));
+    if tried.len() > 1 {
+        why.push_str(&format!(" (names tried: {})", tried.join(", ")));
     }
     Err(not_found(why))
 }
 
 /// Ask for `labels`/`qtype`, following the CNAME chain into further queries when a reply does
 /// not finish it; at most [`MAX_CNAMES`] links in all.
-fn resolve_type(conf: &ResolvConf, labels: &[Vec<u8>], qtype: u16) -> Result<Outcome, String> {
+fn resolve_type(conf: &ResolvConf, labels: &[Vec<u8>], qtype: u16) -> Result<Outcome, Failure> {
     let mut name = labels.to_vec();
     let mut links = MAX_CNAMES;
     loop {
@@ -443,16 +469,23 @@ fn query(
     labels: &[Vec<u8>],
     qtype: u16,
     links: &mut usize,
-) -> Result<Outcome, String> {
+) -> Result<Outcome, Failure> {
     let mut last = String::from("no server to ask");
     let mut silent = Vec::new();
+    let mut unreachable = true;
     for _ in 0..conf.attempts {
         for server in conf.servers() {
             match exchange(conf, server, labels, qtype) {
                 Ok((m, raw)) => match m.header.rcode() {
-                    dns::RCODE_NOERROR => return answer(&m, &raw, labels, qtype, server, links),
+                    dns::RCODE_NOERROR => {
+                        return answer(&m, &raw, labels, qtype, server, links)
+                            .map_err(Failure::answered)
+                    }
                     dns::RCODE_NXDOMAIN => return Ok(Outcome::NoName { server }),
-                    rcode => last = format!("{} from {}", rcode_name(rcode), server_name(server)),
+                    rcode => {
+                        unreachable = false;
+                        last = format!("{} from {}", rcode_name(rcode), server_name(server));
+                    }
                 },
                 Err(e)
                     if e.kind() == io::ErrorKind::WouldBlock
@@ -462,21 +495,29 @@ fn query(
                         silent.push(server);
                     }
                     last = format!(
-                        "no answer from {} within {} s ({} attempts)",
+                        "no answer from {} within {} s ({} attempt{})",
                         silent
                             .iter()
                             .map(|s| server_name(*s))
                             .collect::<Vec<_>>()
                             .join(", "),
                         conf.timeout.as_secs(),
-                        conf.attempts
+                        conf.attempts,
+                        if conf.attempts == 1 { "" } else { "s" }
                     );
                 }
-                Err(e) => last = format!("asking {}: {}", server_name(server), short(&e)),
+                Err(e) => {
+                    // A reply that does not parse or match is an answer of sorts.
+                    unreachable &= e.kind() != io::ErrorKind::InvalidData;
+                    last = format!("asking {}: {}", server_name(server), short(&e));
+                }
             }
         }
     }
-    Err(last)
+    Err(Failure {
+        why: last,
+        unreachable,
+    })
 }
 
 fn rcode_name(rcode: u8) -> String {
