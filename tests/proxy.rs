@@ -18,33 +18,7 @@ use std::time::{Duration, Instant};
 use common::{Daemon, Netns};
 
 fn setup() -> Option<(Netns, Daemon)> {
-    if !common::require_root() {
-        return None;
-    }
-    for tool in ["nsenter", "unshare", "ip"] {
-        if !std::process::Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
-            common::skip::skip(
-                &common::skip::current_test_name(),
-                &format!("{tool} is not installed"),
-            );
-            return None;
-        }
-    }
-    let ns = Netns::new().expect("network namespace");
-    let d = Daemon::start_in(&ns, &[]).expect("daemon");
-    let img = common::busybox_image();
-    d.ok(&[
-        "image",
-        "import",
-        img.to_str().expect("utf-8"),
-        "--alias",
-        "bb",
-    ]);
-    Some((ns, d))
+    common::netns_daemon(&[])
 }
 
 /// Run `f` on a thread that joined the network namespace of `pid` (sockets made there stay

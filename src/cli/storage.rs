@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::edit_yaml;
 use super::table::{self, Format};
-use super::{client, fail, is_tty, parse, CmdResult, Fail, DASH};
+use super::{check_args, client, fail, is_tty, parse, CmdResult, Fail, DASH};
 use crate::api::{StoragePool, StringMap};
 use crate::client::{urlencode, Client};
 
@@ -280,25 +280,6 @@ fn pool_name(arg: &str) -> Result<(Client, &str), Fail> {
         return fail("Missing pool name");
     }
     Ok((c, name))
-}
-
-/// lxc's argument count check: the help, then (unless no argument was given at all) an error.
-fn check_args<T: FromArgs>(
-    cmd: &str,
-    n: usize,
-    min: usize,
-    max: Option<usize>,
-) -> Result<(), Fail> {
-    if n >= min && max.is_none_or(|m| n <= m) {
-        return Ok(());
-    }
-    if let Err(help) = T::from_args(&[cmd], &["--help"]) {
-        print!("{}", help.output);
-    }
-    if n == 0 {
-        return Err(Fail::Exit(0));
-    }
-    fail("Invalid number of arguments")
 }
 
 /// Undo the `-` placeholder of `parse`.

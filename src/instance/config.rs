@@ -255,6 +255,29 @@ fn check_cpu_count(v: &str, ncpus: usize) -> Result<()> {
     }
 }
 
+/// LXD's `PUT` (all of it) or `PATCH` (the keys given, the description only when the body had
+/// one) of a record's config and description; an empty value removes its key.
+pub fn merge_put(
+    config: &mut StringMap,
+    description: &mut String,
+    put: (&StringMap, &str),
+    description_given: bool,
+    patch: bool,
+) {
+    if patch {
+        for (k, v) in put.0 {
+            config.insert(k.clone(), v.clone());
+        }
+        if description_given {
+            *description = put.1.to_string();
+        }
+    } else {
+        *config = put.0.clone();
+        *description = put.1.to_string();
+    }
+    config.retain(|_, v| !v.is_empty());
+}
+
 /// Validate devices: a `type` each; known types only; disk, nic and proxy keys (a nic's network
 /// must exist in `data`).
 pub fn validate_devices(devices: &Devices, data: &super::db::Data) -> Result<()> {

@@ -278,18 +278,13 @@ pub fn update(
     let cur = record_in(&db.data, pool_name, name)?.clone();
     check(&cur)?;
     let mut next = cur.clone();
-    if patch {
-        for (k, v) in &put.config {
-            next.config.insert(k.clone(), v.clone());
-        }
-        if description_given {
-            next.description = put.description.clone();
-        }
-    } else {
-        next.config = put.config.clone();
-        next.description = put.description.clone();
-    }
-    next.config.retain(|_, v| !v.is_empty());
+    super::config::merge_put(
+        &mut next.config,
+        &mut next.description,
+        (&put.config, &put.description),
+        description_given,
+        patch,
+    );
     validate_config(pool.driver.name(), name, &next.config)?;
     if next == cur {
         return Ok(());

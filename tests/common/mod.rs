@@ -321,6 +321,32 @@ impl Drop for Netns {
     }
 }
 
+/// A daemon in a network namespace of the test's own with the busybox image imported as `bb`,
+/// or `None` after recording a skip (not root, or one of `tools` missing).
+#[allow(dead_code)]
+pub fn netns_daemon(tools: &[&str]) -> Option<(Netns, Daemon)> {
+    if !require_root() {
+        return None;
+    }
+    for tool in tools.iter().chain(&["nsenter", "unshare", "ip"]) {
+        if !have_cmd(tool) {
+            skip(&current_test_name(), &format!("{tool} is not installed"));
+            return None;
+        }
+    }
+    let ns = Netns::new().expect("network namespace");
+    let d = Daemon::start_in(&ns, &[]).expect("daemon");
+    let img = busybox_image();
+    d.ok(&[
+        "image",
+        "import",
+        img.to_str().expect("utf-8"),
+        "--alias",
+        "bb",
+    ]);
+    Some((ns, d))
+}
+
 /// Drop order: cleanup hooks (last added first, daemon still running, so they can use the CLI),
 /// then SIGTERM to exactly this pid (SIGKILL after [`DAEMON_STOP_TIMEOUT`]), then the temp dir
 /// is unmounted below and removed.
