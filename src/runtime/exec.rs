@@ -201,6 +201,9 @@ fn run(run_dir: &Path, js: &str, sock: OwnedFd) -> std::result::Result<i32, (Own
             Error(format!("container {} is not running", spec.name)),
         ));
     };
+    // 1b. A session keyring of the command's own, not the daemon's (see the monitor's step 8).
+    t!(sys::join_new_session_keyring()
+        .map_err(|e| Error(format!("join a new session keyring: {e}"))));
     // 2. Join the cgroup while the host's cgroupfs is still visible.
     t!(confine::cgroup_add_pid(
         spec.cgroup_name(),

@@ -720,6 +720,14 @@ fn setup(
     )
     .map_err(|e| err("chown", &pts, e))?;
 
+    // A session keyring of the container's own (as LXC's `lxc.keyring.session`): init (or the
+    // tree criu restores) would otherwise inherit the daemon's, and possessing a keyring grants
+    // its possessor rights on every key in it, across user namespaces. Joined here as host root,
+    // so it is charged to root's key quota and not to the container's uid, which all containers
+    // share (200 keys by default).
+    sys::join_new_session_keyring()
+        .map_err(|e| Error(format!("join a new session keyring: {e}")))?;
+
     // 8'. A restore: criu rebuilds the namespaces and the tree from the checkpoint, as our child
     //     (--restore-sibling), in the cgroup just made, on the staged rootfs and mounts.
     if let Some(req) = restore {

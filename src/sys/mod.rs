@@ -3,7 +3,7 @@
 //!
 //! Wrappers exist only where neither `nix` nor `rustix` offers a safe call (raw `clone` without a
 //! stack, `fork`, `close_range`, the new mount API, `SIOCSIFFLAGS`/`SIOCGIFMTU`, integer socket
-//! options nix lacks (`NETLINK_EXT_ACK`), and in [`btrfs`] and
+//! options nix lacks (`NETLINK_EXT_ACK`), the session keyring `keyctl`, and in [`btrfs`] and
 //! [`loopdev`] the btrfs subvolume and loop-device ioctls). Callers of [`fork`] and
 //! [`clone_fork`] must be single-threaded (the runtime only calls them from its exec'd helpers).
 
@@ -275,6 +275,25 @@ pub fn set_sockopt_int(
         )
     };
     check(r as libc::c_long).map(|_| ())
+}
+
+/// Replace this process's session keyring with a new, empty, anonymous one
+/// (`keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL)`), owned by the caller's uid. A kernel without
+/// keyrings (ENOSYS) has nothing to share, so that is success too.
+pub fn join_new_session_keyring() -> io::Result<()> {
+    // SAFETY: KEYCTL_JOIN_SESSION_KEYRING with a NULL name reads no memory of ours; the remaining
+    // keyctl arguments are unused by this operation.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            libc::KEYCTL_JOIN_SESSION_KEYRING as libc::c_long,
+            std::ptr::null::<libc::c_char>(),
+        )
+    };
+    match check(r) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => Ok(()),
+        r => r.map(|_| ()),
+    }
 }
 
 /// Reset every signal disposition to default and unblock all signals (before exec'ing a command).
