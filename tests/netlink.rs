@@ -7,7 +7,6 @@ mod common;
 
 use std::io;
 use std::net::IpAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bivy::net::netlink::{self, LinkSpec, MacvlanMode, Netlink, Netns};
@@ -23,42 +22,8 @@ fn in_own_netns(f: impl FnOnce() + Send + 'static) {
     }
 }
 
-/// A process holding a second network namespace; killed and reaped on drop.
-struct NsHolder {
-    child: Child,
-}
-
-impl NsHolder {
-    /// Spawned from the calling thread (so its namespace is a child of the thread's).
-    fn start() -> NsHolder {
-        let child = Command::new("unshare")
-            .args(["-n", "sleep", "1000"])
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn unshare -n sleep");
-        let h = NsHolder { child };
-        // `unshare` execs `sleep` once the namespace exists.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::fs::read_to_string(format!("/proc/{}/comm", h.pid())).unwrap_or_default()
-            != "sleep\n"
-        {
-            assert!(Instant::now() < deadline, "unshare -n did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        h
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-}
-
-impl Drop for NsHolder {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// A process holding a second network namespace (`common::Netns`: killed and reaped on drop).
+use common::Netns as NsHolder;
 
 fn root() -> bool {
     common::require_root()
@@ -152,8 +117,8 @@ fn veth_peer_created_in_another_netns_and_links_moved() {
     }
     in_own_netns(|| {
         let nl = Netlink::open().unwrap();
-        let other = NsHolder::start();
-        let pid = other.pid();
+        let other = NsHolder::new().expect("network namespace");
+        let pid = other.pid() as i32;
         let mac = [0x00, 0x16, 0x3e, 0x12, 0x34, 0x56];
         nl.create_veth(
             &LinkSpec {

@@ -8,8 +8,7 @@ mod common;
 
 use std::io;
 use std::net::IpAddr;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use bivy::net::netlink::{self, LinkSpec, Netlink, Netns};
 use bivy::net::nft::{BridgeRules, ForeignChain, Nft, NicFilter};
@@ -220,40 +219,8 @@ fn docker_forward_drop_is_found_and_opened() {
     });
 }
 
-/// A process holding a container-like network namespace; killed and reaped on drop.
-struct NsHolder {
-    child: Child,
-}
-
-impl NsHolder {
-    fn start() -> NsHolder {
-        let child = Command::new("unshare")
-            .args(["-n", "sleep", "1000"])
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn unshare -n sleep");
-        let h = NsHolder { child };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::fs::read_to_string(format!("/proc/{}/comm", h.pid())).unwrap_or_default()
-            != "sleep\n"
-        {
-            assert!(Instant::now() < deadline, "unshare -n did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        h
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-}
-
-impl Drop for NsHolder {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// A process holding a second network namespace (`common::Netns`: killed and reaped on drop).
+use common::Netns as NsHolder;
 
 /// A "container" on bridge `br`: veth `host` in this namespace, `eth0` with `addr/24` and a
 /// default route via `gw` in the holder's.
@@ -268,14 +235,14 @@ fn attach(nl: &Netlink, ns: &NsHolder, br: &str, host: &str, mac: [u8; 6], addr:
             mac: Some(mac),
             mtu: None,
             up: true,
-            netns: Some(Netns::Pid(ns.pid())),
+            netns: Some(Netns::Pid(ns.pid() as i32)),
         },
     )
     .unwrap();
     nl.set_master(host, Some(br)).unwrap();
     let addr: IpAddr = addr.parse().unwrap();
     let gw: IpAddr = gw.parse().unwrap();
-    netlink::in_netns(ns.pid(), move || {
+    netlink::in_netns(ns.pid() as i32, move || {
         let nl = Netlink::open()?;
         nl.set_up("lo", true)?;
         nl.add_addr("eth0", addr, 24)?;
@@ -286,7 +253,7 @@ fn attach(nl: &Netlink, ns: &NsHolder, br: &str, host: &str, mac: [u8; 6], addr:
 
 /// `busybox ping` from the holder's namespace; true when a reply came.
 fn ping(ns: &NsHolder, dst: &'static str, src: Option<&'static str>) -> bool {
-    netlink::in_netns(ns.pid(), move || {
+    netlink::in_netns(ns.pid() as i32, move || {
         let mut c = Command::new("busybox");
         c.args(["ping", "-c", "1", "-W", "2"]);
         if let Some(s) = src {
@@ -311,7 +278,10 @@ fn traffic_passes_a_foreign_drop_only_after_accept_in_foreign() {
     in_own_netns(move || {
         let nl = Netlink::open().unwrap();
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap();
-        let (a, b) = (NsHolder::start(), NsHolder::start());
+        let (a, b) = (
+            NsHolder::new().expect("network namespace"),
+            NsHolder::new().expect("network namespace"),
+        );
         let mac_a = [0x00, 0x16, 0x3e, 0, 0, 0xa];
         for (br, addr) in [("tbr0", "10.99.0.1"), ("tbr1", "10.98.0.1")] {
             nl.create_bridge(&LinkSpec {
@@ -373,7 +343,7 @@ fn traffic_passes_a_foreign_drop_only_after_accept_in_foreign() {
         );
 
         // The NIC filter: a second address on a's eth0 is a spoofed source, dropped by the bridge.
-        netlink::in_netns(a.pid(), || {
+        netlink::in_netns(a.pid() as i32, || {
             Netlink::open()?.add_addr("eth0", "10.99.0.50".parse().unwrap(), 24)
         })
         .unwrap();
@@ -393,7 +363,7 @@ fn traffic_passes_a_foreign_drop_only_after_accept_in_foreign() {
                 .unwrap();
             assert!(st.success(), "ip neigh replace on the host");
             let br_mac = netlink::format_mac(br_mac);
-            netlink::in_netns(a.pid(), move || {
+            netlink::in_netns(a.pid() as i32, move || {
                 let st = Command::new("ip")
                     .args(["neigh", "replace", "10.99.0.1", "lladdr", &br_mac])
                     .args(["dev", "eth0", "nud", "permanent"])
