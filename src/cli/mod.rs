@@ -313,6 +313,14 @@ pub fn parse<T: FromArgs>(cmd: &[&str], args: &[String]) -> Result<T, Fail> {
     }
 }
 
+/// Undo the `-` placeholder of `parse` (`set NAME key -` reads the value from stdin).
+pub fn undash(words: Vec<String>) -> Vec<String> {
+    words
+        .into_iter()
+        .map(|w| if w == DASH { "-".to_string() } else { w })
+        .collect()
+}
+
 /// lxc's argument count check (`CheckArgs`): outside `min..=max` the verb's help goes to stdout,
 /// then it is `Error: Invalid number of arguments` (exit 1), except when no argument was given at
 /// all: then the help alone, exit 0, as lxc does.

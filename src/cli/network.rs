@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::config::{edit_yaml, instance_put};
 use super::storage::config_pairs;
 use super::table::{self, Format};
-use super::{check_args, client, fail, instance_path, is_tty, parse, CmdResult, Fail, DASH};
+use super::{check_args, client, fail, instance_path, is_tty, parse, undash, CmdResult, Fail};
 use crate::api::{
     Instance, Network, NetworkLease, NetworkPost, NetworkPut, NetworkState, NetworksPost, Profile,
     ProfilePut, Server, StringMap,
@@ -251,14 +251,6 @@ fn network_name(arg: &str) -> Result<(Client, &str), Fail> {
         return fail("Missing network name");
     }
     Ok((c, name))
-}
-
-/// Undo the `-` placeholder of `parse` (`network set br0 key -` reads stdin).
-fn undash(words: Vec<String>) -> Vec<String> {
-    words
-        .into_iter()
-        .map(|w| if w == DASH { "-".to_string() } else { w })
-        .collect()
 }
 
 /// Whether the server advertises an API extension.

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::edit_yaml;
 use super::table::{self, Format};
-use super::{check_args, client, fail, is_tty, parse, CmdResult, Fail, DASH};
+use super::{check_args, client, fail, is_tty, parse, undash, CmdResult, Fail};
 use crate::api::{StoragePool, StringMap};
 use crate::client::{urlencode, Client};
 
@@ -280,14 +280,6 @@ fn pool_name(arg: &str) -> Result<(Client, &str), Fail> {
         return fail("Missing pool name");
     }
     Ok((c, name))
-}
-
-/// Undo the `-` placeholder of `parse`.
-fn undash(words: Vec<String>) -> Vec<String> {
-    words
-        .into_iter()
-        .map(|w| if w == DASH { "-".to_string() } else { w })
-        .collect()
 }
 
 /// A value of `-` reads stdin when it is not a terminal, as lxc's `getConfig` does.
