@@ -352,6 +352,11 @@ pub fn down(d: &Ctx, name: &str) {
 /// Bring the rules and static leases of the bridges in `names` in line with the records (an
 /// instance on them started, stopped or changed its NICs).
 pub fn refresh(d: &Ctx, names: impl IntoIterator<Item = String>) {
+    let mut names = names.into_iter().peekable();
+    // Most instances have no NIC on a managed network: nothing to read or apply then.
+    if names.peek().is_none() {
+        return;
+    }
     let data = d.db.lock().expect("db lock").data.clone();
     for name in names {
         let Some(rec) = data.networks.get(&name) else {

@@ -209,10 +209,7 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
     }
     let privileged = config::flag(&ec, "security.privileged");
     let disks = super::devices::resolve_disks(d, &ed, privileged)?;
-    let nics = {
-        let data = d.db.lock().expect("db lock").data.clone();
-        super::nics::resolve(&data, name, &rec.config, &ed)?
-    };
+    let nics = super::nics::resolve(&d.db.lock().expect("db lock").data, name, &rec.config, &ed)?;
     let vol = d.volume_dir(&rec);
     let rootfs = vol.join("rootfs");
     // Id map: next becomes current.
@@ -518,16 +515,7 @@ fn nics_stopped(d: &Ctx, name: &str) {
             keys.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
         set_volatile(d, name, &kv);
     }
-    let nets: Vec<String> = {
-        let data = &d.db.lock().expect("db lock").data;
-        data.networks
-            .keys()
-            .filter(|n| {
-                super::nics::nic_devices(&ed).any(|(_, c)| super::networks::uses_network(c, n))
-            })
-            .cloned()
-            .collect()
-    };
+    let nets = super::nics::networks_of(&d.db.lock().expect("db lock").data, &ed);
     super::bridges::refresh(d, nets);
 }
 

@@ -247,6 +247,15 @@ pub fn nic_devices(ed: &Devices) -> impl Iterator<Item = (&String, &StringMap)> 
         .filter(|(_, d)| d.get("type").map(String::as_str) == Some("nic"))
 }
 
+/// The managed networks the NICs among `devs` attach to.
+pub fn networks_of(data: &Data, devs: &Devices) -> BTreeSet<String> {
+    data.networks
+        .keys()
+        .filter(|n| nic_devices(devs).any(|(_, c)| networks::uses_network(c, n)))
+        .cloned()
+        .collect()
+}
+
 /// A started instance's NICs: what the runtime makes, the volatile keys to set first
 /// (`hwaddr` made once and kept; `host_name` chosen for this run), and the managed networks
 /// they join.

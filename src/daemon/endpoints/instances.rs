@@ -297,9 +297,13 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
         )));
     }
     let running = matches!(state_of(d, name)?, State::Running { .. });
+    // The managed networks whose rules and leases follow this instance's NICs, before or after.
+    let mut nets = std::collections::BTreeSet::new();
     if running {
         // Keys that only take effect at start are refused on a running instance when changed.
         let (oc, od) = config::expand(&cur.profiles, &db.data.profiles, &cur.config, &cur.devices);
+        nets.extend(crate::instance::nics::networks_of(&db.data, &od));
+        nets.extend(crate::instance::nics::networks_of(&db.data, &ed));
         crate::instance::devices::check_live_change(&od, &ed, true)?;
         for k in [
             "security.privileged",
@@ -333,13 +337,12 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
             }
         }
     }
-    let nets_before: Vec<String> = db.data.networks.keys().cloned().collect();
     db.update(|data| data.instances.insert(name.to_string(), next))
         .map_err(|e| Error::Internal(e.to_string()))?;
     drop(db);
     if running {
         apply_live_limits(d, name);
-        crate::instance::bridges::refresh(d, nets_before);
+        crate::instance::bridges::refresh(d, nets);
     }
     d.events
         .lifecycle("instance-updated", &url(name), serde_json::json!({}));
