@@ -101,32 +101,31 @@ fn write_sysctl(path: &str) -> Result<()> {
 }
 
 /// The DHCP entries the bridge's instance NICs pin: their MAC, static address and name.
-fn static_leases(data: &Data, name: &str) -> Vec<StaticLease> {
-    nics::on_network(data, name)
-        .into_iter()
+fn static_leases(on: &[nics::OnNetwork]) -> Vec<StaticLease> {
+    on.iter()
         .filter_map(|n| {
             Some(StaticLease {
                 mac: n.mac?,
                 ip: n.ipv4,
-                hostname: n.instance,
+                hostname: n.instance.clone(),
             })
         })
         .collect()
 }
 
-fn rules(data: &Data, name: &str, c: &BridgeConfig) -> BridgeRules {
+fn rules(on: &[nics::OnNetwork], name: &str, c: &BridgeConfig) -> BridgeRules {
     BridgeRules {
         bridge: name.to_string(),
         ipv4: c.ipv4.map(|a| (a.addr, a.prefix)),
         ipv4_nat: c.ipv4_nat,
         ipv6: c.ipv6.map(|a| (a.addr, a.prefix)),
         ipv6_nat: c.ipv6_nat,
-        filters: nics::on_network(data, name)
-            .into_iter()
+        filters: on
+            .iter()
             .filter(|n| n.mac_filtering)
             .filter_map(|n| {
                 Some(NicFilter {
-                    host_veth: n.host_name?,
+                    host_veth: n.host_name.clone()?,
                     mac: n.mac?,
                     ipv4: None,
                     ipv6: None,
@@ -211,8 +210,9 @@ fn up_inner(d: &Ctx, data: &Data, name: &str, c: &BridgeConfig) -> Result<()> {
         write_sysctl("/proc/sys/net/ipv6/conf/all/forwarding")?;
     }
     // Firewall: bivy's chains, and a way through another ruleset's forward drop policy.
+    let on = nics::on_network(data, name);
     let nft = Nft::find().map_err(|e| host(format!("network {name:?}: {e}")))?;
-    nft.apply_bridge(&rules(data, name, c))
+    nft.apply_bridge(&rules(&on, name, c))
         .map_err(|e| nle("applying its nftables rules", e))?;
     for chain in nft
         .foreign_forward_drops()
@@ -248,7 +248,7 @@ fn up_inner(d: &Ctx, data: &Data, name: &str, c: &BridgeConfig) -> Result<()> {
     };
     {
         let mut st = store.lock().expect("lease lock");
-        st.set_static(static_leases(data, name))
+        st.set_static(static_leases(&on))
             .map_err(|e| nle("saving its static leases", e))?;
         // Leases from a subnet the bridge no longer has go (a changed ipv4.address).
         st.retain_addresses(|ip| c.ipv4.is_some_and(|a| a.contains(ip)))
@@ -365,7 +365,8 @@ pub fn refresh(d: &Ctx, names: impl IntoIterator<Item = String>) {
         let Ok(c) = parse_config(&rec.config) else {
             continue;
         };
-        let r = Nft::find().and_then(|nft| nft.apply_bridge(&rules(&data, &name, &c)));
+        let on = nics::on_network(&data, &name);
+        let r = Nft::find().and_then(|nft| nft.apply_bridge(&rules(&on, &name, &c)));
         if let Err(e) = r {
             eprintln!("bivy: network {name}: applying its nftables rules: {e}");
         }
@@ -373,7 +374,7 @@ pub fn refresh(d: &Ctx, names: impl IntoIterator<Item = String>) {
             if let Err(e) = store
                 .lock()
                 .expect("lease lock")
-                .set_static(static_leases(&data, &name))
+                .set_static(static_leases(&on))
             {
                 eprintln!("bivy: network {name}: saving its static leases: {e}");
             }
