@@ -189,8 +189,11 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
         let Some(stream) = conns::accepted(conn) else {
             continue;
         };
+        // Stopping: refuse what was queued before the socket went away (the signal thread
+        // owns the exit, after the running operations; returning from here would end the
+        // process without waiting for them).
         if d.shutting_down.load(Ordering::SeqCst) {
-            break;
+            continue;
         }
         let Ok(peer) = conns::Peer::of_unix(&stream) else {
             continue;
