@@ -159,24 +159,33 @@ pub fn create_now(d: &Ctx, args: NewInstance<'_>, origin: Origin<'_>) -> Result<
                 architecture = copy_arch.clone();
             }
             // Files written with the source's map are brought back to container ids here;
-            // below they are idmapped or shifted as any new volume's are.
-            let paths: Vec<PathBuf> = std::iter::once(tmp.clone())
-                .chain(
-                    got.snapshots
-                        .iter()
-                        .map(|s| pool.snapshot(&volume, &s.volume)),
-                )
-                .collect();
-            if let Some(m) =
-                idmap::Map::from_volatile(&got.disk_idmap).filter(|m| !m.uid.is_empty())
-            {
-                let inv = m.inverse();
-                for p in &paths {
-                    runtime::shift_rootfs(&p.join("rootfs"), &inv.uid, &inv.gid)?;
+            // below they are idmapped or shifted as any new volume's are. Each snapshot is in
+            // the map its own record names: LXD shifts an instance's files at a start with a
+            // new map but leaves its snapshots as they were taken.
+            let unshift = |path: &Path, disk: &str| -> Result<()> {
+                match idmap::Map::from_volatile(disk).filter(|m| !m.uid.is_empty()) {
+                    Some(m) => {
+                        let inv = m.inverse();
+                        Ok(runtime::shift_rootfs(
+                            &path.join("rootfs"),
+                            &inv.uid,
+                            &inv.gid,
+                        )?)
+                    }
+                    None => Ok(()),
                 }
+            };
+            unshift(&tmp, &got.disk_idmap)?;
+            for s in &got.snapshots {
+                let path = pool.snapshot(&volume, &s.volume);
+                let disk = s
+                    .config
+                    .get("volatile.last_state.idmap")
+                    .unwrap_or(&got.disk_idmap);
+                unshift(&path, disk)?;
+                received_snaps.push(path);
             }
             cfg.remove("volatile.last_state.idmap");
-            received_snaps = paths[1..].to_vec();
             snapshots = got.snapshots;
         }
         Origin::Empty => {
@@ -291,6 +300,13 @@ pub fn create_now(d: &Ctx, args: NewInstance<'_>, origin: Origin<'_>) -> Result<
         .cloned()
         .unwrap_or_else(|| "[]".into());
     for (s, p) in snapshots.iter_mut().zip(&received_snaps) {
+        // The source's id keys describe its own map, not this server's.
+        s.config.retain(|k, _| !k.starts_with("volatile.idmap."));
+        for k in ["volatile.idmap.base", "volatile.idmap.next"] {
+            if let Some(v) = cfg.get(k) {
+                s.config.insert(k.into(), v.clone());
+            }
+        }
         s.config
             .insert("volatile.last_state.idmap".into(), disk.clone());
         pool.driver
