@@ -1,8 +1,8 @@
 //! Migration between two bivy daemons on loopback, driven by the unmodified `lxc` 5.0.2 with
 //! both daemons as HTTPS remotes (`a` the source, `b` the target; pull mode, as lxc does by
-//! default): copy with snapshots, `--instance-only`, a copy of a snapshot, move of a stopped
-//! instance, and the faults (a name clash on the target, a running source without `--stateless`,
-//! a wrong or reused websocket secret, the source daemon killed mid-transfer). Real containers,
+//! default; push and relay): copy with snapshots, `--instance-only`, a copy of a snapshot, move
+//! of a stopped instance, and the faults (a name clash on the target, a running source without
+//! `--stateless`, a wrong or reused websocket secret, the source daemon killed mid-transfer). Real containers,
 //! as root; needs `lxc` and `rsync` (a skip, a failure under `BIVY_MUST_WORK=1`).
 
 mod common;
@@ -257,6 +257,48 @@ fn copy_with_snapshots_instance_only_and_from_a_snapshot() {
 }
 
 #[test]
+fn push_and_relay_modes() {
+    let Some(p) = setup() else { return };
+    make_source(&p);
+    let l = p.lxc();
+    // Push: the target serves the websockets and the source dials them.
+    l.ok(&["copy", "a:c1", "b:c2", "--mode", "push"]);
+    assert_eq!(snapshot_names(&p.b, "c2"), ["snap0"]);
+    assert_eq!(read(&rootfs(&p.b, "c2", None).join("data")), "two\n");
+    assert_eq!(
+        read(&rootfs(&p.b, "c2", Some("snap0")).join("data")),
+        "one\n"
+    );
+    // Relay: both serve them and lxc joins the two.
+    l.ok(&["copy", "a:c1", "b:c3", "--mode", "relay"]);
+    assert_eq!(snapshot_names(&p.b, "c3"), ["snap0"]);
+    assert_eq!(read(&rootfs(&p.b, "c3", None).join("same")), "same2\n");
+    assert_eq!(
+        read(&rootfs(&p.b, "c3", Some("snap0")).join("same")),
+        "same1\n"
+    );
+    let lb = p.lb();
+    lb.ok(&["start", "c3"]);
+    let (rc, out) = lb.sh("c3", "cat /data");
+    assert_eq!((rc, out.as_str()), (0, "two\n"));
+    lb.ok(&["stop", "c3", "--force"]);
+    // A move in push mode, back the other way.
+    l.ok(&["move", "b:c2", "a:c4", "--mode", "push"]);
+    assert!(!db(&p.b)["instances"]
+        .as_object()
+        .unwrap()
+        .contains_key("c2"));
+    assert_eq!(snapshot_names(&p.a, "c4"), ["snap0"]);
+    assert_eq!(read(&rootfs(&p.a, "c4", None).join("data")), "two\n");
+    // A name taken on the target: refused before anything moves, in either mode.
+    for mode in ["push", "relay"] {
+        let err = failed(&l.run(&["copy", "a:c1", "b:c3", "--mode", mode]));
+        assert!(err.contains("already exists"), "{mode}: {err}");
+    }
+    assert_eq!(read(&rootfs(&p.b, "c3", None).join("data")), "two\n");
+}
+
+#[test]
 fn move_of_a_stopped_instance_and_refusals() {
     let Some(p) = setup() else { return };
     make_source(&p);
@@ -296,23 +338,51 @@ fn move_of_a_stopped_instance_and_refusals() {
     let (rc, out) = lb.sh("c1", "cat /data");
     assert_eq!((rc, out.as_str()), (0, "two\n"));
     lb.ok(&["stop", "c1", "--force"]);
-    // Push and relay are not built: lxc refuses them itself (bivy does not claim
-    // `container_push`), and the API answers 501 on both sides.
-    let err = failed(&l.run(&["copy", "b:c1", "a:c9", "--mode", "push"]));
-    assert!(err.contains("container_push"), "{err}");
+    // A pushed migration whose source never connects: the target's operation (websocket
+    // class, the secrets in its metadata) gives up after 10 s and leaves nothing.
+    let before = volumes(&p.a, "containers");
     let push = r#"{"name": "c9", "source": {"type": "migration", "mode": "push"}}"#;
     let (st, v) = p.a.api("POST", "/1.0/instances", Some(push)).unwrap();
-    assert_eq!(st, 501, "{v}");
+    assert_eq!(st, 202, "{v}");
+    assert_eq!(v["metadata"]["class"], "websocket", "{v}");
+    assert!(v["metadata"]["metadata"]["control"].is_string(), "{v}");
+    let id = v["metadata"]["id"].as_str().unwrap();
+    let wait = format!("/1.0/operations/{id}/wait?timeout=30");
+    let (_, w) = p.a.api("GET", &wait, None).unwrap();
+    assert_eq!(w["metadata"]["status"], "Failure", "{w}");
     assert!(
-        v["error"]
+        w["metadata"]["err"].as_str().unwrap().contains("Timed out"),
+        "{w}"
+    );
+    assert!(db(&p.a)["instances"].get("c9").is_none());
+    assert_eq!(volumes(&p.a, "containers"), before);
+    // A source told to push to a target that is not there: its task fails, nothing changes.
+    let cert = std::fs::read_to_string(p.a.dir().join("server.crt")).unwrap();
+    let target = serde_json::json!({"migration": true, "target": {"certificate": cert,
+        "operation": "https://127.0.0.1:1/1.0/operations/nope",
+        "secrets": {"control": "a", "fs": "b"}}});
+    let (st, v) =
+        p.b.api("POST", "/1.0/instances/c1", Some(&target.to_string()))
+            .unwrap();
+    assert_eq!(st, 202, "{v}");
+    let id = v["metadata"]["id"].as_str().unwrap();
+    let wait = format!("/1.0/operations/{id}/wait?timeout=30");
+    let (_, w) = p.b.api("GET", &wait, None).unwrap();
+    assert_eq!(w["metadata"]["status"], "Failure", "{w}");
+    assert!(
+        w["metadata"]["err"]
             .as_str()
             .unwrap()
-            .starts_with("not supported yet: push"),
-        "{v}"
+            .contains("Failed connecting"),
+        "{w}"
     );
-    let target = r#"{"migration": true, "target": {"operation": "https://x/1.0/operations/y"}}"#;
+    lb.ok(&["start", "c1"]);
+    assert_eq!(lb.sh("c1", "cat /data").1, "two\n");
+    lb.ok(&["stop", "c1", "--force"]);
+    // A bad target is refused before anything starts.
+    let target = r#"{"migration": true, "target": {"certificate": "x", "operation": "https://x/1.0/operations/y", "secrets": {"control": "a", "fs": "b"}}}"#;
     let (st, v) = p.b.api("POST", "/1.0/instances/c1", Some(target)).unwrap();
-    assert_eq!(st, 501, "{v}");
+    assert_eq!(st, 400, "{v}");
     let refresh =
         r#"{"name": "c8", "source": {"type": "migration", "mode": "pull", "refresh": true}}"#;
     let (st, v) = p.b.api("POST", "/1.0/instances", Some(refresh)).unwrap();
@@ -480,6 +550,16 @@ fn bivy_copy_and_move_between_remotes() {
         read(&rootfs(&p.b, "c9", Some("snap0")).join("data")),
         "one\n"
     );
+    // The same through push and relay.
+    for (mode, name) in [("push", "c9p"), ("relay", "c9r")] {
+        bivy(&["copy", "a:c1", &format!("b:{name}"), "--mode", mode]);
+        assert_eq!(snapshot_names(&p.b, name), ["snap0"], "{mode}");
+        assert_eq!(read(&rootfs(&p.b, name, None).join("same")), "same2\n");
+        assert_eq!(
+            read(&rootfs(&p.b, name, Some("snap0")).join("same")),
+            "same1\n"
+        );
+    }
     bivy(&["copy", "a:c1/snap0", "b:c10"]);
     assert!(snapshot_names(&p.b, "c10").is_empty());
     assert_eq!(read(&rootfs(&p.b, "c10", None).join("data")), "one\n");

@@ -291,17 +291,42 @@ struct Migrate<'a> {
     ephemeral: bool,
     config: &'a [String],
     profiles: &'a [String],
+    /// `pull` (the default), `push` or `relay`, as lxc's `--mode`.
+    mode: &'a str,
 }
 
-/// `copy`/`move` between remotes, as lxc 5.0.2 drives it (pull mode): the source makes a
-/// websocket operation with one-time secrets; the target, given its address, certificate and
-/// secrets, dials it and pulls the instance. A failure on the target cancels the source's
-/// operation.
+/// A new operation's id and the websocket secrets in its metadata.
+fn op_secrets(
+    reply: &crate::client::Reply,
+    who: &str,
+) -> Result<(String, std::collections::BTreeMap<String, String>), Fail> {
+    let id = reply
+        .operation_id()
+        .ok_or_else(|| Fail::Error(format!("The {who} server made no migration operation")))?;
+    let secrets = reply
+        .envelope
+        .metadata
+        .get("metadata")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default();
+    Ok((id, secrets))
+}
+
+/// `copy`/`move` between remotes, as lxc 5.0.2 drives it. Pull (the default): the source makes
+/// a websocket operation with one-time secrets; the target, given its address, certificate and
+/// secrets, dials it and pulls the instance. Push: the target makes the websocket operation and
+/// the source dials it. Relay: both make one and this client joins their websockets. A failure
+/// on one side cancels the other's operation.
 fn migrate(sr: &str, src: &str, dr: &str, dst: &str, m: &Migrate) -> Result<(), Fail> {
+    if !matches!(m.mode, "pull" | "push" | "relay") {
+        return fail(format!(
+            "Invalid migration mode {:?}: pull, push or relay",
+            m.mode
+        ));
+    }
     let sc = super::client_of(sr)?;
     let dc = super::client_of(dr)?;
     let (source, running) = copy_source(&sc, src)?;
-    let (servers, certificate) = super::image::connection_info(sr)?;
     let path = match src.split_once('/') {
         Some((i, snap)) => format!("{}/snapshots/{}", instance_path(i), urlencode(snap, false)),
         None => instance_path(src),
@@ -312,7 +337,7 @@ fn migrate(sr: &str, src: &str, dr: &str, dst: &str, m: &Migrate) -> Result<(), 
         .cloned()
         .unwrap_or_default();
     let live = running && !m.stateless;
-    let post = crate::api::InstancePost {
+    let mut post = crate::api::InstancePost {
         name: dst.to_string(),
         migration: true,
         live,
@@ -320,16 +345,6 @@ fn migrate(sr: &str, src: &str, dr: &str, dst: &str, m: &Migrate) -> Result<(), 
         container_only: m.instance_only,
         ..Default::default()
     };
-    let reply = sc.query("POST", &path, Some(&post), None)?;
-    let op = reply
-        .operation_id()
-        .ok_or_else(|| Fail::Error("The source server made no migration operation".into()))?;
-    let secrets: std::collections::BTreeMap<String, String> = reply
-        .envelope
-        .metadata
-        .get("metadata")
-        .and_then(|v| serde_json::from_value(v.clone()).ok())
-        .unwrap_or_default();
     let mut config: StringMap = source
         .config
         .into_iter()
@@ -338,7 +353,7 @@ fn migrate(sr: &str, src: &str, dr: &str, dst: &str, m: &Migrate) -> Result<(), 
     for (k, v) in super::key_values(m.config)? {
         config.insert(k, v);
     }
-    let req = InstancesPost {
+    let mut req = InstancesPost {
         put: InstancesPostPut {
             architecture: source.architecture,
             config: Some(config),
@@ -355,10 +370,7 @@ fn migrate(sr: &str, src: &str, dr: &str, dst: &str, m: &Migrate) -> Result<(), 
         name: dst.to_string(),
         source: InstanceSource {
             kind: "migration".into(),
-            mode: "pull".into(),
-            operation: format!("{}/1.0/operations/{op}", servers[0].trim_end_matches('/')),
-            certificate,
-            secrets,
+            mode: if m.mode == "pull" { "pull" } else { "push" }.into(),
             base_image,
             live,
             instance_only: m.instance_only,
@@ -368,21 +380,113 @@ fn migrate(sr: &str, src: &str, dr: &str, dst: &str, m: &Migrate) -> Result<(), 
         kind: "container".into(),
         ..Default::default()
     };
-    let target = dc
-        .query("POST", "/1.0/instances", Some(&req), None)
-        .map_err(Fail::from)
-        .and_then(|r| match r.operation_id() {
-            Some(id) => super::wait_progress(&dc, &id, "Transferring instance")
-                .map(|_| ())
-                .map_err(Fail::from),
-            None => Ok(()),
-        });
-    if let Err(e) = target {
-        let _ = sc.delete(&format!("/1.0/operations/{op}"));
-        return Err(e);
+    let wait_target = |id: &str| {
+        super::wait_progress(&dc, id, "Transferring instance")
+            .map(|_| ())
+            .map_err(Fail::from)
+    };
+    if m.mode == "pull" {
+        let (servers, certificate) = super::image::connection_info(sr)?;
+        let (op, secrets) = op_secrets(&sc.query("POST", &path, Some(&post), None)?, "source")?;
+        req.source.operation = format!("{}/1.0/operations/{op}", servers[0].trim_end_matches('/'));
+        req.source.certificate = certificate;
+        req.source.secrets = secrets;
+        let target = dc
+            .query("POST", "/1.0/instances", Some(&req), None)
+            .map_err(Fail::from)
+            .and_then(|r| r.operation_id().map_or(Ok(()), |id| wait_target(&id)));
+        if let Err(e) = target {
+            let _ = sc.delete(&format!("/1.0/operations/{op}"));
+            return Err(e);
+        }
+        sc.wait_operation(&op)?;
+        return Ok(());
     }
-    sc.wait_operation(&op)?;
-    Ok(())
+    // Push and relay: the target's operation first, waiting for the source's streams.
+    let (top, tsecrets) = op_secrets(
+        &dc.query("POST", "/1.0/instances", Some(&req), None)?,
+        "target",
+    )?;
+    let cancel_target = || {
+        let _ = dc.delete(&format!("/1.0/operations/{top}"));
+    };
+    if m.mode == "push" {
+        let (servers, certificate) = super::image::connection_info(dr)?;
+        post.target = Some(json!({
+            "certificate": certificate,
+            "operation": format!("{}/1.0/operations/{top}", servers[0].trim_end_matches('/')),
+            "secrets": tsecrets,
+        }));
+        let sop = match sc.query("POST", &path, Some(&post), None) {
+            Ok(r) => r.operation_id(),
+            Err(e) => {
+                cancel_target();
+                return Err(e.into());
+            }
+        };
+        wait_target(&top)?;
+        if let Some(sop) = sop {
+            sc.wait_operation(&sop)?;
+        }
+        return Ok(());
+    }
+    // Relay: the source's operation as in pull mode, and each stream joined to the target's.
+    let (sop, ssecrets) = match sc.query("POST", &path, Some(&post), None) {
+        Ok(r) => op_secrets(&r, "source")?,
+        Err(e) => {
+            cancel_target();
+            return Err(e.into());
+        }
+    };
+    let mut pipes = Vec::new();
+    for k in ["control", "fs"] {
+        let (Some(ss), Some(ts)) = (ssecrets.get(k), tsecrets.get(k)) else {
+            cancel_target();
+            let _ = sc.delete(&format!("/1.0/operations/{sop}"));
+            return fail(format!("Missing {k} secret in a migration operation"));
+        };
+        let joined = sc
+            .operation_websocket(&sop, ss)
+            .and_then(|a| dc.operation_websocket(&top, ts).map(|b| (a, b)));
+        match joined {
+            Ok(((s_tx, s_rx), (t_tx, t_rx))) => {
+                pipes.push(std::thread::spawn(move || relay_frames(s_rx, t_tx)));
+                pipes.push(std::thread::spawn(move || relay_frames(t_rx, s_tx)));
+            }
+            Err(e) => {
+                cancel_target();
+                let _ = sc.delete(&format!("/1.0/operations/{sop}"));
+                return Err(e.into());
+            }
+        }
+    }
+    let target = wait_target(&top);
+    if target.is_err() {
+        let _ = sc.delete(&format!("/1.0/operations/{sop}"));
+    }
+    let source = sc.wait_operation(&sop).map(|_| ()).map_err(Fail::from);
+    for p in pipes {
+        let _ = p.join();
+    }
+    target.and(source)
+}
+
+/// Copy one websocket's frames to another as they come (binary, text and the close), until
+/// either side ends.
+fn relay_frames(mut from: crate::http::ws::Receiver, to: crate::http::ws::Sender) {
+    use crate::http::ws::Message;
+    loop {
+        let sent = match from.recv() {
+            Ok(Message::Binary(b)) => to.send_binary(&b),
+            Ok(Message::Text(t)) => to.send_text(&t),
+            Ok(Message::Close(_)) | Err(_) => break,
+        };
+        if sent.is_err() {
+            break;
+        }
+    }
+    let _ = to.close(1000);
+    to.shutdown();
 }
 
 pub fn state(args: &[String], action: &str) -> CmdResult {
@@ -508,6 +612,10 @@ pub struct MoveArgs {
     #[argh(switch)]
     /// between servers: move a running instance without its state (stopped after the copy)
     stateless: bool,
+    #[argh(option, default = "String::from(\"pull\")")]
+    /// between servers: transfer mode, pull (the target fetches), push (the source sends) or
+    /// relay (this client passes the data on)
+    mode: String,
 }
 
 pub fn rename(args: &[String]) -> CmdResult {
@@ -531,6 +639,7 @@ pub fn rename(args: &[String]) -> CmdResult {
                 ephemeral: false,
                 config: &[],
                 profiles: &[],
+                mode: &a.mode,
             },
         )?;
         let sc = super::client_of(&sr)?;
@@ -595,6 +704,10 @@ pub struct CopyArgs {
     #[argh(switch)]
     /// between servers: copy a running instance without its state
     stateless: bool,
+    #[argh(option, default = "String::from(\"pull\")")]
+    /// between servers: transfer mode, pull (the target fetches), push (the source sends) or
+    /// relay (this client passes the data on)
+    mode: String,
 }
 
 pub fn copy(args: &[String]) -> CmdResult {
@@ -618,6 +731,7 @@ pub fn copy(args: &[String]) -> CmdResult {
                 ephemeral: a.ephemeral,
                 config: &a.config,
                 profiles: &a.profile,
+                mode: &a.mode,
             },
         )?;
         return Ok(0);

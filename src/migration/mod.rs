@@ -1,11 +1,13 @@
-//! Moving instances between servers with LXD 5.0.2's migration protocol, in pull mode: the
-//! source serves a websocket operation (`POST /1.0/instances/NAME` with `migration: true`,
-//! [`source`]) and the target dials it (`POST /1.0/instances` with source type `migration`,
-//! [`sink`]). Two websockets: `control` carries the protobuf header exchange and the final
+//! Moving instances between servers with LXD 5.0.2's migration protocol. Pull mode (lxc's
+//! default): the source serves a websocket operation (`POST /1.0/instances/NAME` with
+//! `migration: true`, [`source`]) and the target dials it (`POST /1.0/instances` with source type
+//! `migration`, [`sink`]). Push mode: the target serves the websocket operation (source mode
+//! `push`) and the source dials it (`target` in its request). Relay: both serve one and the
+//! client joins them. Whoever dials, the roles on the streams are the same. Two websockets: `control` carries the protobuf header exchange and the final
 //! result ([`proto`], framed by [`wire`]); `fs` carries the optional JSON index header and then
 //! one rsync session per snapshot, oldest first, and one for the instance ([`rsync`]).
 //!
-//! Not built yet, each refused with "not supported yet: …": push and relay modes, `--refresh`,
+//! Not built yet, each refused with "not supported yet: …": `--refresh`,
 //! live migration (CRIU), btrfs send/receive and other optimized transfers (rsync is always
 //! used, which LXD accepts from any driver).
 //!
@@ -50,6 +52,15 @@ pub fn arch_name(id: i32) -> &'static str {
         .iter()
         .find(|(i, _)| *i == id)
         .map_or("", |(_, n)| n)
+}
+
+/// New one-time secrets for an operation's `control` and `fs` websockets (the operation's
+/// metadata, as LXD's).
+pub fn secrets() -> std::collections::BTreeMap<String, String> {
+    ["control", "fs"]
+        .iter()
+        .map(|k| (k.to_string(), crate::instance::operations::secret()))
+        .collect()
 }
 
 /// The index header version both sides speak (`lxd/migration/utils.go`).

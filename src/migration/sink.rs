@@ -1,7 +1,8 @@
-//! The target side (`POST /1.0/instances` with `source.type: migration`, `mode: pull`): dial the
+//! The target side (`POST /1.0/instances` with `source.type: migration`). `mode: pull`: dial the
 //! source operation's `control` and `fs` websockets (its certificate pinned, the secrets as the
-//! credential), answer its offer (rsync, the features both have, its snapshots, the index header
-//! version both speak), receive the index header, one rsync session per snapshot into the new
+//! credential); `mode: push`: serve them in this create operation, for the source (or the client
+//! relaying) to connect to. Then answer its offer (rsync, the features both have, its
+//! snapshots, the index header version both speak), receive the index header, one rsync session per snapshot into the new
 //! volume (each then cloned into the snapshot's volume) and one for the instance (two when the
 //! source runs and sends a final sync), then make the record through `instance::create` (ids
 //! unshifted from the source's on-disk map, then idmapped or shifted as for any new volume;
@@ -27,16 +28,11 @@ use crate::util::time;
 
 /// Checks made before the create operation starts (answered synchronously).
 pub fn check(src: &api::InstanceSource) -> Result<()> {
-    match src.mode.as_str() {
-        "" | "pull" => {}
-        "push" => {
-            return Err(Error::not_yet(
-                "push and relay migration (the source dialing the target: lxc copy --mode push \
-                 or relay); pull, the default, works",
-            ))
-        }
+    let push = match src.mode.as_str() {
+        "" | "pull" => false,
+        "push" => true,
         m => return Err(Error::Invalid(format!("Unknown migration mode {m:?}"))),
-    }
+    };
     if src.refresh {
         return Err(Error::not_yet(
             "refreshing an existing copy (lxc copy --refresh)",
@@ -47,6 +43,11 @@ pub fn check(src: &api::InstanceSource) -> Result<()> {
             "live migration between servers (CRIU); use --stateless",
         ));
     }
+    rsync::program()?;
+    if push {
+        // The source dials this server's operation: nothing of its own to check.
+        return Ok(());
+    }
     for k in ["control", "fs"] {
         if !src.secrets.contains_key(k) {
             return Err(Error::Invalid(format!("Missing {k} secret")));
@@ -55,14 +56,7 @@ pub fn check(src: &api::InstanceSource) -> Result<()> {
     crate::tls::pem_to_der(&src.certificate).ok_or_else(|| {
         Error::Invalid("Migration source certificate is not a PEM certificate".into())
     })?;
-    if !src.operation.starts_with("https://") {
-        return Err(Error::Invalid(format!(
-            "Invalid migration source operation URL {:?}",
-            src.operation
-        )));
-    }
-    rsync::program()?;
-    Ok(())
+    wire::check_url(&src.operation)
 }
 
 /// Transfer progress as LXD reports it in the operation (`fs_progress`: bytes received so far
@@ -112,17 +106,18 @@ impl<'a> Progress<'a> {
 }
 
 /// Receive the instance `args` describes from `src` (checked by [`check`]), in the create
-/// operation's thread; `progress` is told how the transfer goes.
+/// operation's thread; `progress` is told how the transfer goes. Pull mode: dial the source's
+/// operation.
 pub fn receive(
     d: &Ctx,
-    mut args: NewInstance<'_>,
+    args: NewInstance<'_>,
     src: &api::InstanceSource,
     progress: &Progress<'_>,
 ) -> Result<()> {
     let cert = crate::tls::pem_to_der(&src.certificate).ok_or_else(|| {
         Error::Invalid("Migration source certificate is not a PEM certificate".into())
     })?;
-    let mut ctl = wire::dial(&src.operation, &src.secrets["control"], &cert)?;
+    let ctl = wire::dial(&src.operation, &src.secrets["control"], &cert)?;
     let fs = match wire::dial(&src.operation, &src.secrets["fs"], &cert) {
         Ok(w) => w,
         Err(e) => {
@@ -130,6 +125,30 @@ pub fn receive(
             return Err(e);
         }
     };
+    receive_on(d, args, ctl, fs, progress)
+}
+
+/// Push mode (and relay): the source, or the client relaying for it, connects to this
+/// operation's websockets, whose `secrets` are in its metadata ([`super::secrets`]).
+pub fn receive_pushed(
+    d: &Ctx,
+    args: NewInstance<'_>,
+    op: &crate::instance::operations::Op,
+    secrets: &std::collections::BTreeMap<String, String>,
+    progress: &Progress<'_>,
+) -> Result<()> {
+    let (ctl, fs) = wire::wait_for(op, &secrets["control"], &secrets["fs"])?;
+    receive_on(d, args, ctl, fs, progress)
+}
+
+/// The transfer on connected websockets, whoever dialed.
+fn receive_on(
+    d: &Ctx,
+    mut args: NewInstance<'_>,
+    mut ctl: Ws,
+    fs: Ws,
+    progress: &Progress<'_>,
+) -> Result<()> {
     // The keys this server computes for itself; the rest of a moved instance's volatile keys
     // (its base image, its MAC addresses) stay as the source had them.
     args.config.retain(|k, _| {

@@ -11,7 +11,6 @@
 //! mark (no delete or restore underneath the transfer) ends once its files are sent, so that
 //! `lxc move` can delete it as soon as the target reports success.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -22,7 +21,7 @@ use crate::api::{self, status};
 use crate::instance::db::{InstanceRecord, SnapshotRecord};
 use crate::instance::idmap;
 use crate::instance::lifecycle::with_consistent;
-use crate::instance::operations::{self, Class, Op};
+use crate::instance::operations::{Class, Op};
 use crate::instance::view::{record, resources, state_of};
 use crate::instance::{Ctx, Error, Result};
 use crate::runtime::State;
@@ -36,12 +35,11 @@ pub const LIVE_REFUSED: &str = "Unable to perform container live migration (not 
 
 /// Start serving `name` (or its snapshot `snap`) to a target. The operation to answer with.
 pub fn start(d: &Ctx, name: &str, snap: Option<&str>, req: &api::InstancePost) -> Result<Arc<Op>> {
-    if req.target.as_ref().is_some_and(|t| !t.is_null()) {
-        return Err(Error::not_yet(
-            "push migration (the source dialing the target: lxc copy --mode push or relay)",
-        ));
-    }
     let rec = record(d, name)?;
+    let target = match req.target.as_ref().filter(|t| !t.is_null()) {
+        Some(t) => Some(Target::parse(t)?),
+        None => None,
+    };
     let snapshot = match snap {
         Some(s) => Some(
             rec.snapshot(s)
@@ -55,10 +53,6 @@ pub fn start(d: &Ctx, name: &str, snap: Option<&str>, req: &api::InstancePost) -
         return Err(Error::Invalid(LIVE_REFUSED.into()));
     }
     rsync::program()?;
-    let secrets: BTreeMap<String, String> = ["control", "fs"]
-        .iter()
-        .map(|k| (k.to_string(), operations::secret()))
-        .collect();
     d.busy_insert(name, "migrate")?;
     let job = Job {
         d: d.self_arc(),
@@ -72,18 +66,34 @@ pub fn start(d: &Ctx, name: &str, snap: Option<&str>, req: &api::InstancePost) -
         streams: Arc::new(Mutex::new(Vec::new())),
     };
     let streams = job.streams.clone();
-    let control = secrets["control"].clone();
-    let fs = secrets["fs"].clone();
-    let op = d.ops.start(
-        Class::Websocket,
-        "Migrating instance",
-        resources(name),
-        Some(serde_json::to_value(&secrets).unwrap_or_default()),
-        vec![control.clone(), fs.clone()],
-        move |op| job.run(&op, &control, &fs),
-    );
-    // The target server dials in without a client certificate: the secrets are its credential.
-    op.open_to_untrusted();
+    let op = match target {
+        // Push: this server dials the target's operation, in a task the client waits for.
+        Some(t) => d.ops.start(
+            Class::Task,
+            "Migrating instance",
+            resources(name),
+            None,
+            vec![],
+            move |_| job.push(&t),
+        ),
+        None => {
+            let secrets = super::secrets();
+            let control = secrets["control"].clone();
+            let fs = secrets["fs"].clone();
+            let op = d.ops.start(
+                Class::Websocket,
+                "Migrating instance",
+                resources(name),
+                Some(serde_json::to_value(&secrets).unwrap_or_default()),
+                vec![control.clone(), fs.clone()],
+                move |op| job.run(&op, &control, &fs),
+            );
+            // The target server dials in without a client certificate: the secrets are its
+            // credential.
+            op.open_to_untrusted();
+            op
+        }
+    };
     // Cancelling (lxc does when the target failed) fails the operation and ends the transfer.
     let weak = Arc::downgrade(&op);
     op.set_cancel(Box::new(move || {
@@ -95,6 +105,35 @@ pub fn start(d: &Ctx, name: &str, snap: Option<&str>, req: &api::InstancePost) -
         }
     }));
     Ok(op)
+}
+
+/// Push mode's `target`: the target's operation, its certificate and its secrets
+/// (`{"certificate": PEM, "operation": "https://…/1.0/operations/ID", "secrets": {…}}`).
+struct Target {
+    operation: String,
+    cert: Vec<u8>,
+    control: String,
+    fs: String,
+}
+
+impl Target {
+    fn parse(v: &serde_json::Value) -> Result<Target> {
+        let bad = |what: &str| Error::Invalid(format!("Invalid migration target: {what}"));
+        let field = |k: &str| v[k].as_str().unwrap_or_default();
+        let secret = |k: &str| v["secrets"][k].as_str().map(String::from);
+        if secret("criu").is_some() {
+            return Err(Error::Invalid(LIVE_REFUSED.into()));
+        }
+        let cert = crate::tls::pem_to_der(field("certificate"))
+            .ok_or_else(|| bad("the certificate is not a PEM certificate"))?;
+        wire::check_url(field("operation"))?;
+        Ok(Target {
+            operation: field("operation").to_string(),
+            cert,
+            control: secret("control").ok_or_else(|| bad("missing control secret"))?,
+            fs: secret("fs").ok_or_else(|| bad("missing fs secret"))?,
+        })
+    }
 }
 
 /// One migration's state on the source.
@@ -126,15 +165,20 @@ impl Job {
         }
     }
 
-    fn run(mut self, op: &Op, control: &str, fs: &str) -> Result<()> {
-        let mut socks = op
-            .take_sockets(
-                &[control.to_string(), fs.to_string()],
-                super::CONNECT_TIMEOUT,
-            )
-            .ok_or_else(|| Error::Host("Timed out waiting for migration connections".into()))?;
-        let mut ctl = wire::accepted(socks.remove(control).expect("required socket"))?;
-        let mut fsw = wire::accepted(socks.remove(fs).expect("required socket"))?;
+    /// Pull: the target (or the client relaying) connects to this operation's websockets.
+    fn run(self, op: &Op, control: &str, fs: &str) -> Result<()> {
+        let (ctl, fsw) = wire::wait_for(op, control, fs)?;
+        self.drive(ctl, fsw)
+    }
+
+    /// Push: dial the target's operation.
+    fn push(self, t: &Target) -> Result<()> {
+        let ctl = wire::dial(&t.operation, &t.control, &t.cert)?;
+        let fsw = wire::dial(&t.operation, &t.fs, &t.cert)?;
+        self.drive(ctl, fsw)
+    }
+
+    fn drive(mut self, mut ctl: Ws, mut fsw: Ws) -> Result<()> {
         self.streams
             .lock()
             .expect("streams lock")

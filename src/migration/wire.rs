@@ -1,8 +1,9 @@
 //! The migration websockets as LXD frames them: on `control`, one protobuf message per binary
 //! frame (anything else is an error); on `fs`, byte streams in binary frames, each stream ended
-//! by an empty text frame (LXD's `WebsocketIO.Close`, "the barrier"). And the target's dial of
-//! the source's operation websocket: `wss://HOST/1.0/operations/ID/websocket?secret=S`, the
-//! source's certificate pinned, no client certificate (the secret is the credential).
+//! by an empty text frame (LXD's `WebsocketIO.Close`, "the barrier"). And the dial of the other
+//! server's operation websocket (the target dials the source in pull mode, the source the target
+//! in push mode): `wss://HOST/1.0/operations/ID/websocket?secret=S`, the peer's certificate
+//! pinned, no client certificate (the secret is the credential).
 
 use std::io::{self, Read, Write};
 
@@ -25,7 +26,7 @@ pub struct Ws {
 /// `https://HOST[:PORT]/1.0/operations/ID` split into the host (for TLS, no brackets), the
 /// `Host` header value, the port and the path.
 fn split_url(url: &str) -> Result<(String, String, u16, String)> {
-    let bad = || Error::Invalid(format!("Invalid migration source operation URL {url:?}"));
+    let bad = || Error::Invalid(format!("Invalid migration operation URL {url:?}"));
     let rest = url.strip_prefix("https://").ok_or_else(bad)?;
     let (hostport, path) = rest.split_at(rest.find('/').ok_or_else(bad)?);
     let (host, port) = match hostport.rsplit_once(':') {
@@ -51,12 +52,17 @@ fn split_url(url: &str) -> Result<(String, String, u16, String)> {
     ))
 }
 
-/// Dial the source operation's websocket for `secret`, pinning `cert` (DER).
+/// Check an operation URL as [`dial`] takes it (`https://HOST[:PORT]/1.0/operations/ID`).
+pub fn check_url(url: &str) -> Result<()> {
+    split_url(url).map(|_| ())
+}
+
+/// Dial the other server's operation websocket for `secret`, pinning `cert` (DER).
 pub fn dial(op_url: &str, secret: &str, cert: &[u8]) -> Result<Ws> {
     let (host, host_header, port, path) = split_url(op_url)?;
     let fail = |e: &dyn std::fmt::Display| {
         Error::Host(format!(
-            "Failed connecting to the migration source {op_url}: {e}"
+            "Failed connecting to the migration operation {op_url}: {e}"
         ))
     };
     let tcp = crate::net::resolve::connect_tcp(&host, port, DIAL_TIMEOUT).map_err(|e| fail(&e))?;
@@ -85,6 +91,20 @@ pub fn dial(op_url: &str, secret: &str, cert: &[u8]) -> Result<Ws> {
     raw.set_read_timeout(None).map_err(|e| fail(&e))?;
     raw.set_write_timeout(None).map_err(|e| fail(&e))?;
     Ok(Ws { tx, rx })
+}
+
+/// Wait for the peer (or the client relaying) to connect this operation's `control` and `fs`
+/// websockets, at most [`super::CONNECT_TIMEOUT`].
+pub fn wait_for(op: &crate::instance::operations::Op, control: &str, fs: &str) -> Result<(Ws, Ws)> {
+    let mut socks = op
+        .take_sockets(
+            &[control.to_string(), fs.to_string()],
+            super::CONNECT_TIMEOUT,
+        )
+        .ok_or_else(|| Error::Host("Timed out waiting for migration connections".into()))?;
+    let ctl = accepted(socks.remove(control).expect("required socket"))?;
+    let fsw = accepted(socks.remove(fs).expect("required socket"))?;
+    Ok((ctl, fsw))
 }
 
 /// The websocket of an accepted (server side) connection.

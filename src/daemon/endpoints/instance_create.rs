@@ -191,12 +191,25 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
         }
     }
     let d2 = d.self_arc();
+    // A pushed migration: the source (or the client relaying) connects to this operation's
+    // websockets with the secrets in its metadata, as LXD's.
+    let push = matches!(&origin, Origin::Migration(s) if s.mode == "push");
+    let secrets = if push {
+        crate::migration::secrets()
+    } else {
+        Default::default()
+    };
+    let (class, metadata) = if push {
+        (Class::Websocket, serde_json::to_value(&secrets).ok())
+    } else {
+        (Class::Task, None)
+    };
     let op = d.ops.start(
-        Class::Task,
+        class,
         "Creating instance",
         resources(&name),
-        None,
-        vec![],
+        metadata,
+        secrets.values().cloned().collect(),
         move |op| {
             let args = NewInstance {
                 name: &name,
@@ -217,7 +230,12 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
                 Origin::Migration(s) => {
                     let report = |p: String| op.set_metadata("fs_progress", serde_json::json!(p));
                     let progress = crate::migration::sink::Progress::new(&report);
-                    crate::migration::sink::receive(&d2, args, &s, &progress).map_err(Error::from)
+                    if push {
+                        crate::migration::sink::receive_pushed(&d2, args, &op, &secrets, &progress)
+                    } else {
+                        crate::migration::sink::receive(&d2, args, &s, &progress)
+                    }
+                    .map_err(Error::from)
                 }
                 o => create_now(&d2, args, o).map_err(Error::from),
             };
@@ -229,5 +247,10 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
             res
         },
     );
+    if push {
+        // The source server connects without a client certificate: the secrets are its
+        // credential.
+        op.open_to_untrusted();
+    }
     Ok(response::operation(&op.to_api()))
 }
