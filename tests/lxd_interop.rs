@@ -1,0 +1,372 @@
+//! Migration between bivy and a real LXD 5.0.2 on this machine, both ways, driven by the
+//! unmodified `lxc` 5.0.2 with both daemons as HTTPS remotes on loopback: `lxc copy lxd:c
+//! bivy:c` and `lxc move bivy:c lxd:c` with snapshots, of stopped and (`--stateless`) running
+//! containers, in pull (lxc's default), push and relay modes; a copy of a received snapshot, file
+//! ownership inside the container kept, a same-size write made after a snapshot in the same
+//! second kept on bivy's side, and images copied each way with their fingerprint.
+//!
+//! LXD runs from its Debian package (`apt-get install lxd`; `.ci/run` installs it) with its own
+//! `LXD_DIR` in a temporary directory, initialised by `lxd init --preseed` (a `dir` pool, no
+//! network: nothing leaves loopback; never `lxd init --auto`), and is stopped by its PID and
+//! its directory removed at the end. A missing `lxd` or `rsync` is a skip (a failure under
+//! `BIVY_MUST_WORK=1`).
+
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{Daemon, Lxc};
+
+const PASSWORD: &str = "interop";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An LXD daemon of our own: its directory, the process we started.
+struct Lxd {
+    dir: PathBuf,
+    child: Child,
+    /// The `lxc.pivot` cgroups liblxc leaves behind that were not there before it started.
+    pivots: Vec<PathBuf>,
+}
+
+/// Where liblxc makes its `lxc.pivot` cgroup (in each hierarchy) when it starts a container.
+fn lxc_pivots() -> Vec<PathBuf> {
+    std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .chain(std::iter::once(PathBuf::from("/sys/fs/cgroup")))
+        .map(|p| p.join("lxc.pivot"))
+        .collect()
+}
+
+impl Lxd {
+    fn start(port: u16) -> Lxd {
+        // Container roots (uid 100000 and up) must traverse the path down to their rootfs.
+        let dir = std::env::temp_dir().join(format!("bivy-lxd-interop-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Those there already are someone else's.
+        let pivots = lxc_pivots().into_iter().filter(|p| !p.is_dir()).collect();
+        let child = Command::new("lxd")
+            .args(["--group", "root", "--logfile"])
+            .arg(dir.join("lxd.log"))
+            .env("LXD_DIR", &dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("spawn lxd");
+        let lxd = Lxd { dir, child, pivots };
+        let out = common::run_bounded(
+            lxd.cmd("lxd").args(["waitready", "--timeout=60"]),
+            Duration::from_secs(70),
+        )
+        .expect("lxd waitready");
+        assert!(out.status.success(), "lxd did not start: {}", lxd.log());
+        let preseed = format!(
+            "config:\n  core.https_address: 127.0.0.1:{port}\n  core.trust_password: {PASSWORD}\n\
+             storage_pools:\n- name: default\n  driver: dir\n\
+             profiles:\n- name: default\n  devices:\n    root:\n      path: /\n      pool: default\n      type: disk\n"
+        );
+        let mut init = lxd
+            .cmd("lxd")
+            .args(["init", "--preseed"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("lxd init");
+        use std::io::Write;
+        init.stdin
+            .take()
+            .unwrap()
+            .write_all(preseed.as_bytes())
+            .unwrap();
+        let out = init.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "lxd init --preseed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        lxd
+    }
+
+    /// `lxd …` or `lxc …` against this daemon's own socket.
+    fn cmd(&self, prog: &str) -> Command {
+        let mut c = Command::new(prog);
+        c.env("LXD_DIR", &self.dir)
+            .env("LXD_SOCKET", self.dir.join("unix.socket"))
+            .env("LXD_CONF", self.dir.join("client"))
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("lxd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Lxd {
+    fn drop(&mut self) {
+        let bounded = |c: &mut Command| common::run_bounded(c, Duration::from_secs(120));
+        if let Ok(out) = bounded(self.cmd("lxc").args(["list", "-c", "n", "--format", "csv"])) {
+            for name in String::from_utf8_lossy(&out.stdout).lines() {
+                let _ = bounded(self.cmd("lxc").args(["delete", "--force", name]));
+            }
+        }
+        let _ = bounded(self.cmd("lxd").args(["shutdown", "--timeout=60"]));
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        // What LXD mounted under its directory (its shmounts and devlxd tmpfs), deepest first.
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut under: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| Path::new(m).starts_with(&self.dir))
+            .collect();
+        under.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in under {
+            let _ = Command::new("umount").args(["-l", m]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        for p in &self.pivots {
+            let _ = std::fs::remove_dir(p);
+        }
+    }
+}
+
+/// Both daemons and an lxc config with `lxd:` and `bivy:` as HTTPS remotes.
+struct Pair {
+    bivy: Daemon,
+    /// Stopped and removed when the test ends.
+    _lxd: Lxd,
+    conf: PathBuf,
+}
+
+impl Pair {
+    fn lxc(&self) -> Lxc<'_> {
+        Lxc {
+            d: &self.bivy,
+            conf: self.conf.clone(),
+        }
+    }
+
+    /// `sh -c SCRIPT` in `remote:ct`, which must succeed; its output.
+    fn sh(&self, ct: &str, script: &str) -> String {
+        let (code, out) = self.lxc().sh(ct, script);
+        assert_eq!(code, 0, "{ct}: {script}: {out}");
+        out
+    }
+
+    /// The instance names on a remote.
+    fn names(&self, remote: &str) -> Vec<String> {
+        self.lxc()
+            .ok(&["list", remote, "-c", "n", "--format", "csv"])
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+
+    fn status(&self, ct: &str) -> String {
+        let (remote, name) = ct.split_once(':').unwrap();
+        let v: serde_json::Value = serde_json::from_str(
+            &self
+                .lxc()
+                .ok(&["query", &format!("{remote}:/1.0/instances/{name}")]),
+        )
+        .unwrap();
+        v["status"].as_str().unwrap_or_default().to_string()
+    }
+
+    fn fingerprint(&self, remote: &str, alias: &str) -> String {
+        let v: serde_json::Value = serde_json::from_str(
+            &self
+                .lxc()
+                .ok(&["query", &format!("{remote}:/1.0/images/aliases/{alias}")]),
+        )
+        .unwrap();
+        v["target"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+fn setup() -> Option<Pair> {
+    if !common::lxc_prerequisites() {
+        return None;
+    }
+    for (prog, pkg) in [("lxd", "lxd"), ("rsync", "rsync")] {
+        if !common::have_cmd(prog) {
+            common::skip(
+                &common::current_test_name(),
+                &format!("needs {prog} (apt-get install {pkg})"),
+            );
+            return None;
+        }
+    }
+    let lxd_port = free_port();
+    let lxd = Lxd::start(lxd_port);
+    let bivy = Daemon::start().expect("bivy daemon");
+    let bivy_port = free_port();
+    let l = Lxc::new(&bivy);
+    l.ok(&[
+        "config",
+        "set",
+        "core.https_address",
+        &format!("127.0.0.1:{bivy_port}"),
+    ]);
+    l.ok(&["config", "set", "core.trust_password", PASSWORD]);
+    let conf = bivy.tmp().join("lxc-interop");
+    std::fs::create_dir_all(&conf).unwrap();
+    let pair = Pair {
+        bivy,
+        _lxd: lxd,
+        conf,
+    };
+    for (name, port) in [("lxd", lxd_port), ("bivy", bivy_port)] {
+        pair.lxc().ok(&[
+            "remote",
+            "add",
+            name,
+            &format!("127.0.0.1:{port}"),
+            "--accept-certificate",
+            "--password",
+            PASSWORD,
+        ]);
+    }
+    Some(pair)
+}
+
+/// What each side must find in the container first made on LXD (see the test).
+fn check_common(p: &Pair, ct: &str) {
+    assert_eq!(p.sh(ct, "cat /root/mark"), "hello\n");
+    assert_eq!(p.sh(ct, "stat -c %u:%g /home/u/f"), "1000:1000\n");
+}
+
+#[test]
+fn lxc_copies_and_moves_containers_between_lxd_and_bivy() {
+    let Some(p) = setup() else { return };
+    let lxc = p.lxc();
+
+    // An image made on LXD and copied to bivy keeps its fingerprint.
+    let img = common::busybox_image();
+    lxc.ok(&[
+        "image",
+        "import",
+        img.to_str().unwrap(),
+        "lxd:",
+        "--alias",
+        "busybox",
+    ]);
+    let fp = p.fingerprint("lxd", "busybox");
+    lxc.ok(&[
+        "image",
+        "copy",
+        "lxd:busybox",
+        "bivy:",
+        "--alias",
+        "busybox",
+    ]);
+    assert_eq!(p.fingerprint("bivy", "busybox"), fp);
+
+    // A container on LXD: a file, a non-root owner, a snapshot, then changes after it. The
+    // last change has the same size and mtime as what the snapshot holds.
+    lxc.ok(&["launch", "lxd:busybox", "lxd:c1"]);
+    p.sh(
+        "lxd:c1",
+        "echo hello > /root/mark && mkdir -p /home/u && echo u > /home/u/f && \
+         chown -R 1000:1000 /home/u && printf aaaa > /same && \
+         touch -d '2020-01-01 00:00:00' /same",
+    );
+    lxc.ok(&["snapshot", "lxd:c1", "s0"]);
+    p.sh(
+        "lxd:c1",
+        "echo after > /root/after && printf bbbb > /same && \
+         touch -d '2020-01-01 00:00:00' /same",
+    );
+    lxc.ok(&["stop", "lxd:c1"]);
+
+    // LXD to bivy, stopped, with its snapshot.
+    lxc.ok(&["copy", "lxd:c1", "bivy:c1"]);
+    lxc.ok(&["start", "bivy:c1"]);
+    check_common(&p, "bivy:c1");
+    assert_eq!(p.sh("bivy:c1", "cat /root/after"), "after\n");
+    assert_eq!(
+        p.sh("bivy:c1", "cat /same"),
+        "bbbb",
+        "the write after the snapshot was lost"
+    );
+    lxc.ok(&["copy", "bivy:c1/s0", "bivy:c1s"]);
+    lxc.ok(&["start", "bivy:c1s"]);
+    check_common(&p, "bivy:c1s");
+    assert_eq!(p.sh("bivy:c1s", "cat /same; ls /root"), "aaaamark\n");
+    // The source is untouched by a copy.
+    assert!(p.names("lxd:").contains(&"c1".to_string()));
+
+    // bivy to LXD, a move of a stopped container with its snapshot.
+    p.sh("bivy:c1", "echo written-on-bivy > /root/bivy");
+    lxc.ok(&["stop", "bivy:c1"]);
+    lxc.ok(&["move", "bivy:c1", "lxd:c2"]);
+    assert!(!p.names("bivy:").contains(&"c1".to_string()));
+    lxc.ok(&["start", "lxd:c2"]);
+    check_common(&p, "lxd:c2");
+    assert_eq!(p.sh("lxd:c2", "cat /root/bivy"), "written-on-bivy\n");
+    let snaps = lxc.ok(&["query", "lxd:/1.0/instances/c2/snapshots"]);
+    assert!(snaps.contains("/1.0/instances/c2/snapshots/s0"), "{snaps}");
+
+    // LXD to bivy, a running container moved --stateless. LXD shifted the running
+    // container's files on disk at its start but not its snapshot's: each is unshifted with
+    // its own map.
+    p.sh("lxd:c2", "echo running > /root/running");
+    lxc.ok(&["move", "lxd:c2", "bivy:c3", "--stateless"]);
+    assert!(!p.names("lxd:").contains(&"c2".to_string()));
+    assert_eq!(p.status("bivy:c3"), "Running");
+    check_common(&p, "bivy:c3");
+    assert_eq!(p.sh("bivy:c3", "cat /root/running"), "running\n");
+    lxc.ok(&["copy", "bivy:c3/s0", "bivy:c3s"]);
+    lxc.ok(&["start", "bivy:c3s"]);
+    check_common(&p, "bivy:c3s");
+    assert_eq!(p.sh("bivy:c3s", "ls /root"), "mark\n");
+
+    // bivy to LXD, a running container moved --stateless.
+    p.sh("bivy:c3", "echo back > /root/back");
+    lxc.ok(&["move", "bivy:c3", "lxd:c4", "--stateless"]);
+    assert!(!p.names("bivy:").contains(&"c3".to_string()));
+    assert_eq!(p.status("lxd:c4"), "Running");
+    check_common(&p, "lxd:c4");
+    assert_eq!(
+        p.sh("lxd:c4", "cat /root/back /root/running"),
+        "back\nrunning\n"
+    );
+
+    // Push (the source dials the target) and relay (lxc joins the two), both ways.
+    lxc.ok(&["stop", "lxd:c4", "--force"]);
+    lxc.ok(&["copy", "lxd:c4", "bivy:p1", "--mode", "push"]);
+    lxc.ok(&["copy", "bivy:p1", "lxd:p2", "--mode", "push"]);
+    lxc.ok(&["copy", "lxd:c4", "bivy:p3", "--mode", "relay"]);
+    lxc.ok(&["copy", "bivy:p3", "lxd:p4", "--mode", "relay"]);
+    for ct in ["bivy:p1", "lxd:p2", "bivy:p3", "lxd:p4"] {
+        lxc.ok(&["start", ct]);
+        check_common(&p, ct);
+        assert_eq!(p.sh(ct, "cat /root/back"), "back\n", "{ct}");
+    }
+
+    // An image made on bivy and copied to LXD keeps its fingerprint too.
+    lxc.ok(&["image", "delete", "lxd:busybox"]);
+    lxc.ok(&["image", "copy", "bivy:busybox", "lxd:", "--alias", "back"]);
+    assert_eq!(p.fingerprint("lxd", "back"), fp);
+    lxc.ok(&["launch", "lxd:back", "lxd:c5"]);
+    assert_eq!(p.sh("lxd:c5", "echo ok"), "ok\n");
+}
