@@ -709,7 +709,7 @@ pub struct StoragePool {
 }
 
 /// `PUT`/`PATCH /1.0/storage-pools/NAME`.
-#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
 pub struct StoragePoolPut {
     #[serde(default, deserialize_with = "nullable")]
     pub config: StringMap,

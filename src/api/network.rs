@@ -39,7 +39,7 @@ pub struct NetworksPost {
 }
 
 /// `PUT`/`PATCH /1.0/networks/NAME`.
-#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
 pub struct NetworkPut {
     #[serde(default)]
     pub config: StringMap,
