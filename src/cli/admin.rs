@@ -1,5 +1,6 @@
 //! `admin waitready` and `admin shutdown`: `lxd waitready` and `lxd shutdown` (5.0.2) for the
-//! daemon on the local socket (`$BIVY_SOCKET`, `$BIVY_DIR/unix.socket`, ...).
+//! daemon on the local socket (`$BIVY_SOCKET`, `$BIVY_DIR/unix.socket`, ...). `admin init`
+//! (`lxd init`) is in [`super::admin_init`].
 //!
 //! - `waitready [--timeout N]`: poll `GET /1.0` every half second until it succeeds; past the
 //!   timeout (none by default) fail with LXD's message and the last error.
@@ -29,6 +30,7 @@ Usage:
   bivy admin [command]
 
 Available Commands:
+  init        Configure the daemon: storage pool, network bridge, default profile, listener
   shutdown    Tell the daemon to stop and wait until it is gone
   waitready   Wait for the daemon to be ready to process requests
 ";
@@ -65,6 +67,7 @@ pub fn run(args: &[String]) -> CmdResult {
             print!("{USAGE}");
             Ok(0)
         }
+        Some("init") => super::admin_init::run(&args[1..]),
         Some("waitready") => waitready(&args[1..]),
         Some("shutdown") => shutdown(&args[1..]),
         Some(other) => {

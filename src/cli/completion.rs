@@ -66,6 +66,7 @@ const LAUNCH_FLAGS: &str = "-c --config -p --profile --no-profiles -e --ephemera
 /// The CLI's commands (see the module doc). Kept sorted by path.
 pub const TABLE: &[Cmd] = &[
     c("admin", "", No),
+    c("admin init", "--auto --preseed --dump --network-address --network-port --storage-backend --storage-create-device --storage-create-loop --storage-pool --trust-password", No),
     c("admin shutdown", "-t --timeout -f --force", No),
     c("admin waitready", "-t --timeout", No),
     c("alias", "", No),

@@ -7,7 +7,8 @@
 //! - `exec`, `file`, `config` (with `trust`), `profile`, `image`, `storage` (pools, volume
 //!   list), `network`, `misc` (operation, monitor, version, query).
 //! - `alias`: the `alias` verbs and alias expansion (before anything else in [`main`]);
-//!   `admin`: `admin waitready|shutdown` for the local daemon; `install`: the binary and the
+//!   `admin`: `admin waitready|shutdown` for the local daemon, `admin_init` its `admin init`
+//!   (lxd init) and `preseed` the preseed documents it applies; `install`: the binary and the
 //!   service file of the host's init system; `completion`: the command table, the shell
 //!   completion scripts and `__complete` (names from the daemon); `manpage`: the manual.
 //! - `conf`: the client configuration (`$BIVY_CONF`: remotes, client identity, pinned server
@@ -18,6 +19,7 @@
 //! `config set c1 k=v k2=v2`, `--flag=value`, `-` for stdin), argv is pre-split here.
 
 pub mod admin;
+pub mod admin_init;
 pub mod alias;
 pub mod completion;
 pub mod conf;
@@ -31,6 +33,7 @@ pub mod instance;
 pub mod manpage;
 pub mod misc;
 pub mod network;
+pub mod preseed;
 pub mod profile;
 pub mod remote;
 pub mod storage;
@@ -84,7 +87,7 @@ Usage:
   bivy [command]
 
 Available Commands:
-  admin       Manage the daemon (waitready, shutdown)
+  admin       Manage the daemon (init, waitready, shutdown)
   alias       Manage command aliases
   completion  Print the shell completion script (bash, zsh, fish)
   config      Manage instance and server configuration options
