@@ -285,6 +285,15 @@ pub fn validate_devices(devices: &Devices, data: &super::db::Data) -> Result<()>
         if name.is_empty() || name.contains('/') {
             return Err(Error::Invalid(format!("Invalid device name {name:?}")));
         }
+        if d.get("type").map(String::as_str) == Some("disk") {
+            if let Some(pool) = d.get("pool").filter(|p| !p.is_empty()) {
+                if !data.pools.contains_key(pool) {
+                    return Err(Error::Invalid(format!(
+                        "Device {name:?}: storage pool {pool:?} not found"
+                    )));
+                }
+            }
+        }
         match d.get("type").map(String::as_str) {
             Some("disk") if d.get("path").map(String::as_str) != Some("/") => {
                 super::devices::validate_disk(name, d)?;
@@ -411,6 +420,23 @@ pub fn limits(config: &StringMap, total_mem: u64, ncpus: usize) -> Result<Limits
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn disk_devices_name_existing_pools() {
+        let mut data = super::super::db::Data::default();
+        data.pools.insert("default".into(), Default::default());
+        let dev = |pool: &str, path: &str| {
+            let d: StringMap = [("type", "disk"), ("pool", pool), ("path", path)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            Devices::from([("root".to_string(), d)])
+        };
+        assert!(validate_devices(&dev("default", "/"), &data).is_ok());
+        let err = validate_devices(&dev("nosuch", "/"), &data).unwrap_err();
+        assert!(err.to_string().contains("\"nosuch\" not found"), "{err}");
+        assert!(validate_devices(&dev("nosuch", "/mnt"), &data).is_err());
+    }
 
     #[test]
     fn snapshot_keys() {

@@ -273,7 +273,6 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
         ));
     }
     config::validate_config(&next.config, &cur.config, d.host.ncpus)?;
-    config::validate_devices(&next.devices, &db.data)?;
     for p in &next.profiles {
         if !db.data.profiles.contains_key(p) {
             return Err(Error::BadRequest(format!(
@@ -296,6 +295,7 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
             cur.pool
         )));
     }
+    config::validate_devices(&next.devices, &db.data)?;
     let running = matches!(state_of(d, name)?, State::Running { .. });
     // The managed networks whose rules and leases follow this instance's NICs, before or after.
     let mut nets = std::collections::BTreeSet::new();
