@@ -121,6 +121,7 @@ const CLAIMS: &[(&str, &[Probe])] = &[
     ),
     ("container_push", &[("POST", "/1.0/instances", Some("{\"name\":\"pushed\",\"source\":{\"type\":\"migration\",\"mode\":\"push\"}}"))]),
     ("container_push_target", &[("POST", "/1.0/instances/nosuch", Some("{\"migration\":true,\"target\":{\"certificate\":\"x\",\"operation\":\"https://h/1.0/operations/x\",\"secrets\":{\"control\":\"a\",\"fs\":\"b\"}}}"))]),
+    ("container_incremental_copy", &[("POST", "/1.0/instances", Some("{\"name\":\"refreshed\",\"source\":{\"type\":\"migration\",\"mode\":\"pull\",\"refresh\":true,\"operation\":\"https://127.0.0.1:1/1.0/operations/x\",\"certificate\":\"x\",\"secrets\":{\"control\":\"a\",\"fs\":\"b\"}}}"))]),
     ("container_only_migration", &[("POST", "/1.0/instances", Some("{\"name\":\"x1\",\"source\":{\"type\":\"copy\",\"source\":\"nosuch\",\"container_only\":true}}"))]),
     ("snapshot_scheduling", &[("PATCH", "/1.0/instances/nosuch", Some("{}"))]),
     ("snapshot_schedule_aliases", &[("PATCH", "/1.0/instances/nosuch", Some("{}"))]),

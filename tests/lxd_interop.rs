@@ -1,9 +1,10 @@
 //! Migration between bivy and a real LXD 5.0.2 on this machine, both ways, driven by the
 //! unmodified `lxc` 5.0.2 with both daemons as HTTPS remotes on loopback: `lxc copy lxd:c
 //! bivy:c` and `lxc move bivy:c lxd:c` with snapshots, of stopped and (`--stateless`) running
-//! containers, in pull (lxc's default), push and relay modes; a copy of a received snapshot, file
-//! ownership inside the container kept, a same-size write made after a snapshot in the same
-//! second kept on bivy's side, and images copied each way with their fingerprint.
+//! containers, in pull (lxc's default), push and relay modes, `--refresh` each way; a copy of a
+//! received snapshot, file ownership inside the container kept, a same-size write made after a
+//! snapshot in the same second kept on bivy's side, and images copied each way with their
+//! fingerprint.
 //!
 //! LXD runs from its Debian package (`apt-get install lxd`; `.ci/run` installs it) with its own
 //! `LXD_DIR` in a temporary directory, initialised by `lxd init --preseed` (a `dir` pool, no
@@ -362,6 +363,32 @@ fn lxc_copies_and_moves_containers_between_lxd_and_bivy() {
         check_common(&p, ct);
         assert_eq!(p.sh(ct, "cat /root/back"), "back\n", "{ct}");
     }
+
+    // --refresh both ways: only what changed moves; the new snapshot comes along.
+    lxc.ok(&["start", "lxd:c4"]);
+    p.sh(
+        "lxd:c4",
+        "echo refreshed > /root/refreshed && chown 1000 /root/refreshed",
+    );
+    lxc.ok(&["snapshot", "lxd:c4", "s1"]);
+    lxc.ok(&["stop", "lxd:c4", "--force"]);
+    lxc.ok(&["stop", "bivy:p1", "--force"]);
+    lxc.ok(&["copy", "lxd:c4", "bivy:p1", "--refresh"]);
+    lxc.ok(&["start", "bivy:p1"]);
+    assert_eq!(
+        p.sh("bivy:p1", "cat /root/refreshed; stat -c %u /root/refreshed"),
+        "refreshed\n1000\n"
+    );
+    check_common(&p, "bivy:p1");
+    let snaps = lxc.ok(&["query", "bivy:/1.0/instances/p1/snapshots"]);
+    assert!(snaps.contains("/snapshots/s1"), "{snaps}");
+    p.sh("bivy:p1", "echo from-bivy > /root/refreshed");
+    lxc.ok(&["stop", "bivy:p1", "--force"]);
+    lxc.ok(&["stop", "lxd:p2", "--force"]);
+    lxc.ok(&["copy", "bivy:p1", "lxd:p2", "--refresh"]);
+    lxc.ok(&["start", "lxd:p2"]);
+    assert_eq!(p.sh("lxd:p2", "cat /root/refreshed"), "from-bivy\n");
+    check_common(&p, "lxd:p2");
 
     // An image made on bivy and copied to LXD keeps its fingerprint too.
     lxc.ok(&["image", "delete", "lxd:busybox"]);

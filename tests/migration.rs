@@ -383,10 +383,106 @@ fn move_of_a_stopped_instance_and_refusals() {
     let target = r#"{"migration": true, "target": {"certificate": "x", "operation": "https://x/1.0/operations/y", "secrets": {"control": "a", "fs": "b"}}}"#;
     let (st, v) = p.b.api("POST", "/1.0/instances/c1", Some(target)).unwrap();
     assert_eq!(st, 400, "{v}");
-    let refresh =
-        r#"{"name": "c8", "source": {"type": "migration", "mode": "pull", "refresh": true}}"#;
-    let (st, v) = p.b.api("POST", "/1.0/instances", Some(refresh)).unwrap();
-    assert_eq!(st, 501, "{v}");
+}
+
+/// A snapshot's volume directory name on `d`.
+fn snapshot_volume(d: &Daemon, name: &str, snap: &str) -> String {
+    let v = db(d);
+    let snaps = v["instances"][name]["snapshots"]
+        .as_array()
+        .unwrap()
+        .clone();
+    snaps
+        .iter()
+        .find(|s| s["name"] == snap)
+        .and_then(|s| s["volume"].as_str())
+        .unwrap_or_else(|| panic!("no snapshot {name}/{snap}: {v}"))
+        .to_string()
+}
+
+#[test]
+fn refresh_sends_only_what_changed() {
+    let Some(p) = setup() else { return };
+    make_source(&p);
+    let l = p.lxc();
+    l.ok(&["copy", "a:c1", "b:c1"]);
+    let snap0 = snapshot_volume(&p.b, "c1", "snap0");
+    // Changes on both sides: on the source a new snapshot between changes, a file added, one
+    // removed, an owner changed; on the target a snapshot and a file of its own.
+    let la = p.la();
+    la.ok(&["start", "c1"]);
+    let (rc, out) = la.sh(
+        "c1",
+        "echo three > /data && echo added > /added && rm /same && \
+         mkdir -p /home/u && echo u > /home/u/f && chown -R 1000:1000 /home/u && sync",
+    );
+    assert_eq!(rc, 0, "{out}");
+    la.ok(&["snapshot", "c1", "snap1"]);
+    let (rc, out) = la.sh("c1", "echo four > /data && sync");
+    assert_eq!(rc, 0, "{out}");
+    la.ok(&["stop", "c1", "--force"]);
+    let lb = p.lb();
+    lb.ok(&["snapshot", "c1", "extra"]);
+    std::fs::write(rootfs(&p.b, "c1", None).join("local"), "mine\n").unwrap();
+    // A running target is refused, and nothing moves.
+    lb.ok(&["start", "c1"]);
+    let err = failed(&l.run(&["copy", "a:c1", "b:c1", "--refresh"]));
+    assert!(err.contains("Cannot refresh a running instance"), "{err}");
+    lb.ok(&["stop", "c1", "--force"]);
+    assert_eq!(snapshot_names(&p.b, "c1"), ["snap0", "extra"]);
+
+    l.ok(&["copy", "a:c1", "b:c1", "--refresh"]);
+    // The snapshots are the source's: snap0 kept as it was (not sent again), snap1 received,
+    // the target's own one deleted.
+    assert_eq!(snapshot_names(&p.b, "c1"), ["snap0", "snap1"]);
+    assert_eq!(snapshot_volume(&p.b, "c1", "snap0"), snap0);
+    let main = rootfs(&p.b, "c1", None);
+    assert_eq!(read(&main.join("data")), "four\n");
+    assert_eq!(read(&main.join("added")), "added\n");
+    assert!(!main.join("same").exists(), "a file the source removed");
+    assert!(!main.join("local").exists(), "a file only the target had");
+    let s1 = rootfs(&p.b, "c1", Some("snap1"));
+    assert_eq!(read(&s1.join("data")), "three\n");
+    assert_eq!(
+        read(&rootfs(&p.b, "c1", Some("snap0")).join("data")),
+        "one\n"
+    );
+    // It starts, with the source's owners inside.
+    lb.ok(&["start", "c1"]);
+    let (rc, out) = lb.sh("c1", "cat /data; stat -c %u:%g /home/u/f");
+    assert_eq!((rc, out.as_str()), (0, "four\n1000:1000\n"));
+    lb.ok(&["stop", "c1", "--force"]);
+    // Nothing changed: a second refresh keeps every snapshot volume.
+    let snap1 = snapshot_volume(&p.b, "c1", "snap1");
+    l.ok(&["copy", "a:c1", "b:c1", "--refresh"]);
+    assert_eq!(snapshot_volume(&p.b, "c1", "snap0"), snap0);
+    assert_eq!(snapshot_volume(&p.b, "c1", "snap1"), snap1);
+
+    // The source prunes snap0. With --refresh-exclude-older (bivy's CLI) the target keeps its
+    // history; a plain --refresh deletes it.
+    la.ok(&["delete", "c1/snap0"]);
+    let bivy = |args: &[&str]| {
+        let out =
+            p.a.cli()
+                .env("BIVY_CONF", &p.conf)
+                .args(args)
+                .output()
+                .unwrap();
+        assert!(
+            out.status.success(),
+            "bivy {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    bivy(&["copy", "a:c1", "b:c1", "--refresh-exclude-older"]);
+    assert_eq!(snapshot_names(&p.b, "c1"), ["snap0", "snap1"]);
+    bivy(&["copy", "a:c1", "b:c1", "--refresh", "--mode", "push"]);
+    assert_eq!(snapshot_names(&p.b, "c1"), ["snap1"]);
+    // A refresh onto a missing instance is a plain copy.
+    bivy(&["copy", "a:c1", "b:c7", "--refresh"]);
+    assert_eq!(snapshot_names(&p.b, "c7"), ["snap1"]);
+    assert_eq!(read(&rootfs(&p.b, "c7", None).join("data")), "four\n");
 }
 
 /// `GET /1.0/operations/ID/websocket?secret=S` over HTTPS without a client certificate: the

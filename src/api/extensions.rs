@@ -24,6 +24,7 @@ pub const API_EXTENSIONS: &[&str] = &[
     "network_dhcp_expiry",
     "file_symlinks",
     "container_push_target",
+    "container_incremental_copy",
     "entity_description",
     "storage",
     "network",

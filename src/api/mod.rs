@@ -296,6 +296,10 @@ pub struct InstanceSource {
     pub container_only: bool,
     #[serde(default, deserialize_with = "nullable")]
     pub refresh: bool,
+    /// Migration with `refresh`: source snapshots older than the target's newest are not sent
+    /// and the target's own are kept (Incus's `--refresh-exclude-older`). Example: `false`.
+    #[serde(default, deserialize_with = "nullable")]
+    pub refresh_exclude_older: bool,
     #[serde(default, deserialize_with = "nullable")]
     pub project: String,
     #[serde(default, deserialize_with = "nullable")]

@@ -293,6 +293,10 @@ struct Migrate<'a> {
     profiles: &'a [String],
     /// `pull` (the default), `push` or `relay`, as lxc's `--mode`.
     mode: &'a str,
+    /// `--refresh`: update the target if it exists (a plain copy if not).
+    refresh: bool,
+    /// `--refresh-exclude-older` (Incus's).
+    exclude_older: bool,
 }
 
 /// A new operation's id and the websocket secrets in its metadata.
@@ -336,8 +340,20 @@ fn migrate(sr: &str, src: &str, dr: &str, dst: &str, m: &Migrate) -> Result<(), 
         .get("volatile.base_image")
         .cloned()
         .unwrap_or_default();
-    let live = running && !m.stateless;
-    let mut post = crate::api::InstancePost {
+    if m.refresh && src.contains('/') {
+        return fail("--refresh can only be used with instances");
+    }
+    // As lxc: a refresh is never live, and it updates the target only if it exists.
+    let live = running && !m.stateless && !m.refresh;
+    let refreshing = m.refresh && dc.get::<serde_json::Value>(&instance_path(dst)).is_ok();
+    let writable = (
+        source.config.clone(),
+        source.devices.clone(),
+        source.profiles.clone(),
+        source.description.clone(),
+        source.ephemeral,
+    );
+    let post = crate::api::InstancePost {
         name: dst.to_string(),
         migration: true,
         live,
@@ -353,7 +369,7 @@ fn migrate(sr: &str, src: &str, dr: &str, dst: &str, m: &Migrate) -> Result<(), 
     for (k, v) in super::key_values(m.config)? {
         config.insert(k, v);
     }
-    let mut req = InstancesPost {
+    let req = InstancesPost {
         put: InstancesPostPut {
             architecture: source.architecture,
             config: Some(config),
@@ -375,19 +391,55 @@ fn migrate(sr: &str, src: &str, dr: &str, dst: &str, m: &Migrate) -> Result<(), 
             live,
             instance_only: m.instance_only,
             container_only: m.instance_only,
+            refresh: m.refresh,
+            refresh_exclude_older: m.exclude_older,
             ..Default::default()
         },
         kind: "container".into(),
         ..Default::default()
     };
+    let transfer = transfer_by_mode(&sc, &dc, sr, dr, &path, post, req, m.mode);
+    if refreshing && transfer.is_ok() {
+        // As lxc: the source's writable config onto the refreshed target, whose own volatile
+        // keys stay.
+        let (config, devices, profiles, description, ephemeral) = writable;
+        let cur: Instance = dc.get(&instance_path(dst))?;
+        let mut cfg: StringMap = config
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("volatile."))
+            .collect();
+        cfg.extend(
+            cur.config
+                .into_iter()
+                .filter(|(k, _)| k.starts_with("volatile.")),
+        );
+        let put = json!({"architecture": cur.architecture, "config": cfg, "devices": devices,
+            "profiles": profiles, "description": description, "ephemeral": ephemeral});
+        dc.query("PUT", &instance_path(dst), Some(&put), None)?;
+    }
+    transfer
+}
+
+/// The transfer of [`migrate`] in `mode`: the source's request `post`, the target's `req`.
+#[allow(clippy::too_many_arguments)]
+fn transfer_by_mode(
+    sc: &Client,
+    dc: &Client,
+    sr: &str,
+    dr: &str,
+    path: &str,
+    mut post: crate::api::InstancePost,
+    mut req: InstancesPost,
+    mode: &str,
+) -> Result<(), Fail> {
     let wait_target = |id: &str| {
-        super::wait_progress(&dc, id, "Transferring instance")
+        super::wait_progress(dc, id, "Transferring instance")
             .map(|_| ())
             .map_err(Fail::from)
     };
-    if m.mode == "pull" {
+    if mode == "pull" {
         let (servers, certificate) = super::image::connection_info(sr)?;
-        let (op, secrets) = op_secrets(&sc.query("POST", &path, Some(&post), None)?, "source")?;
+        let (op, secrets) = op_secrets(&sc.query("POST", path, Some(&post), None)?, "source")?;
         req.source.operation = format!("{}/1.0/operations/{op}", servers[0].trim_end_matches('/'));
         req.source.certificate = certificate;
         req.source.secrets = secrets;
@@ -410,14 +462,14 @@ fn migrate(sr: &str, src: &str, dr: &str, dst: &str, m: &Migrate) -> Result<(), 
     let cancel_target = || {
         let _ = dc.delete(&format!("/1.0/operations/{top}"));
     };
-    if m.mode == "push" {
+    if mode == "push" {
         let (servers, certificate) = super::image::connection_info(dr)?;
         post.target = Some(json!({
             "certificate": certificate,
             "operation": format!("{}/1.0/operations/{top}", servers[0].trim_end_matches('/')),
             "secrets": tsecrets,
         }));
-        let sop = match sc.query("POST", &path, Some(&post), None) {
+        let sop = match sc.query("POST", path, Some(&post), None) {
             Ok(r) => r.operation_id(),
             Err(e) => {
                 cancel_target();
@@ -431,7 +483,7 @@ fn migrate(sr: &str, src: &str, dr: &str, dst: &str, m: &Migrate) -> Result<(), 
         return Ok(());
     }
     // Relay: the source's operation as in pull mode, and each stream joined to the target's.
-    let (sop, ssecrets) = match sc.query("POST", &path, Some(&post), None) {
+    let (sop, ssecrets) = match sc.query("POST", path, Some(&post), None) {
         Ok(r) => op_secrets(&r, "source")?,
         Err(e) => {
             cancel_target();
@@ -640,6 +692,8 @@ pub fn rename(args: &[String]) -> CmdResult {
                 config: &[],
                 profiles: &[],
                 mode: &a.mode,
+                refresh: false,
+                exclude_older: false,
             },
         )?;
         let sc = super::client_of(&sr)?;
@@ -708,6 +762,14 @@ pub struct CopyArgs {
     /// between servers: transfer mode, pull (the target fetches), push (the source sends) or
     /// relay (this client passes the data on)
     mode: String,
+    #[argh(switch)]
+    /// update an existing copy: only missing snapshots and changed files are sent, and the
+    /// target's snapshots the source lacks are deleted
+    refresh: bool,
+    #[argh(switch, long = "refresh-exclude-older")]
+    /// with --refresh: skip source snapshots older than the target's newest and keep the
+    /// target's own
+    refresh_exclude_older: bool,
 }
 
 pub fn copy(args: &[String]) -> CmdResult {
@@ -732,9 +794,14 @@ pub fn copy(args: &[String]) -> CmdResult {
                 config: &a.config,
                 profiles: &a.profile,
                 mode: &a.mode,
+                refresh: a.refresh || a.refresh_exclude_older,
+                exclude_older: a.refresh_exclude_older,
             },
         )?;
         return Ok(0);
+    }
+    if a.refresh || a.refresh_exclude_older {
+        return fail("not supported yet: --refresh between two instances of one server");
     }
     let c = super::client_of(&sr)?;
     // Like lxc: the source's writable state (minus volatile keys), then the overrides.

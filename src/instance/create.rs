@@ -159,32 +159,8 @@ pub fn create_now(d: &Ctx, args: NewInstance<'_>, origin: Origin<'_>) -> Result<
                 architecture = copy_arch.clone();
             }
             // Files written with the source's map are brought back to container ids here;
-            // below they are idmapped or shifted as any new volume's are. Each snapshot is in
-            // the map its own record names: LXD shifts an instance's files at a start with a
-            // new map but leaves its snapshots as they were taken.
-            let unshift = |path: &Path, disk: &str| -> Result<()> {
-                match idmap::Map::from_volatile(disk).filter(|m| !m.uid.is_empty()) {
-                    Some(m) => {
-                        let inv = m.inverse();
-                        Ok(runtime::shift_rootfs(
-                            &path.join("rootfs"),
-                            &inv.uid,
-                            &inv.gid,
-                        )?)
-                    }
-                    None => Ok(()),
-                }
-            };
-            unshift(&tmp, &got.disk_idmap)?;
-            for s in &got.snapshots {
-                let path = pool.snapshot(&volume, &s.volume);
-                let disk = s
-                    .config
-                    .get("volatile.last_state.idmap")
-                    .unwrap_or(&got.disk_idmap);
-                unshift(&path, disk)?;
-                received_snaps.push(path);
-            }
+            // below they are idmapped or shifted as any new volume's are.
+            received_snaps = unshift_received(&pool, &volume, &tmp, &got)?;
             cfg.remove("volatile.last_state.idmap");
             snapshots = got.snapshots;
         }
@@ -299,20 +275,12 @@ pub fn create_now(d: &Ctx, args: NewInstance<'_>, origin: Origin<'_>) -> Result<
         .get("volatile.last_state.idmap")
         .cloned()
         .unwrap_or_else(|| "[]".into());
-    for (s, p) in snapshots.iter_mut().zip(&received_snaps) {
-        // The source's id keys describe its own map, not this server's.
-        s.config.retain(|k, _| !k.starts_with("volatile.idmap."));
-        for k in ["volatile.idmap.base", "volatile.idmap.next"] {
-            if let Some(v) = cfg.get(k) {
-                s.config.insert(k.into(), v.clone());
-            }
-        }
-        s.config
-            .insert("volatile.last_state.idmap".into(), disk.clone());
-        pool.driver
-            .set_readonly(p)
-            .map_err(|e| Error::Host(format!("{}: {e}", p.display())))?;
-    }
+    seal_received(
+        &pool,
+        &cfg,
+        &disk,
+        snapshots.iter_mut().zip(&received_snaps),
+    )?;
     crate::util::fs::ensure_mode(&tmp, crate::storage::instance_volume_mode(privileged))
         .map_err(|e| Error::Host(format!("{}: {e}", tmp.display())))?;
     std::fs::rename(&tmp, &final_dir)
@@ -345,6 +313,68 @@ pub fn create_now(d: &Ctx, args: NewInstance<'_>, origin: Origin<'_>) -> Result<
     revert.commit();
     d.events
         .lifecycle("instance-created", &url(name), serde_json::json!({}));
+    Ok(())
+}
+
+/// Bring received files back to container ids: the instance's volume at `main` with the map
+/// the transfer's header names, each received snapshot with the map its own record names (LXD
+/// shifts an instance's files at a start with a new map but leaves its snapshots as they were
+/// taken). The snapshots' volumes, in order.
+pub(super) fn unshift_received(
+    pool: &Pool,
+    volume: &str,
+    main: &Path,
+    got: &Received,
+) -> Result<Vec<PathBuf>> {
+    let unshift = |path: &Path, disk: &str| -> Result<()> {
+        match idmap::Map::from_volatile(disk).filter(|m| !m.uid.is_empty()) {
+            Some(m) => {
+                let inv = m.inverse();
+                Ok(runtime::shift_rootfs(
+                    &path.join("rootfs"),
+                    &inv.uid,
+                    &inv.gid,
+                )?)
+            }
+            None => Ok(()),
+        }
+    };
+    unshift(main, &got.disk_idmap)?;
+    let mut paths = Vec::new();
+    for s in &got.snapshots {
+        let path = pool.snapshot(volume, &s.volume);
+        let disk = s
+            .config
+            .get("volatile.last_state.idmap")
+            .unwrap_or(&got.disk_idmap);
+        unshift(&path, disk)?;
+        paths.push(path);
+    }
+    Ok(paths)
+}
+
+/// Received snapshots, their files now as the instance's (`disk`, its on-disk map): their
+/// records say so and carry this server's id keys from the instance's config `cfg`, not the
+/// source's; their volumes become read-only.
+pub(super) fn seal_received<'a>(
+    pool: &Pool,
+    cfg: &StringMap,
+    disk: &str,
+    snaps: impl Iterator<Item = (&'a mut super::db::SnapshotRecord, &'a PathBuf)>,
+) -> Result<()> {
+    for (s, p) in snaps {
+        s.config.retain(|k, _| !k.starts_with("volatile.idmap."));
+        for k in ["volatile.idmap.base", "volatile.idmap.next"] {
+            if let Some(v) = cfg.get(k) {
+                s.config.insert(k.into(), v.clone());
+            }
+        }
+        s.config
+            .insert("volatile.last_state.idmap".into(), disk.to_string());
+        pool.driver
+            .set_readonly(p)
+            .map_err(|e| Error::Host(format!("{}: {e}", p.display())))?;
+    }
     Ok(())
 }
 

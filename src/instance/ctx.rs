@@ -31,6 +31,10 @@ pub struct Ctx {
     /// Instances with an operation in progress (name -> what), so that conflicting requests
     /// (delete while starting) are refused instead of racing.
     pub busy: Mutex<HashMap<String, &'static str>>,
+    /// The source's volatile keys a refresh received, by instance: `lxc copy --refresh` ends
+    /// with a PUT of the source's config, volatile keys included, and those values are the
+    /// source's state, not settings for this instance (taken by that PUT).
+    pub refreshed: Mutex<HashMap<String, crate::api::StringMap>>,
     pub host: Host,
     pub shutting_down: AtomicBool,
     /// For a `$BIVY_DIR` other than the default, a short hash of it that keeps this daemon's
@@ -69,6 +73,7 @@ impl Ctx {
             ops: Operations::new(events.clone()),
             events,
             busy: Mutex::new(HashMap::new()),
+            refreshed: Mutex::new(HashMap::new()),
             host,
             shutting_down: AtomicBool::new(false),
             cgroup_suffix: (dir != Path::new("/var/lib/bivy")).then(|| {

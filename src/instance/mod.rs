@@ -23,6 +23,7 @@ pub mod nics;
 pub mod operations;
 pub mod pools;
 pub mod proxy;
+pub mod refresh;
 pub mod schedule;
 pub mod snapshots;
 pub mod stateful;

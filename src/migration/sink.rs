@@ -33,11 +33,6 @@ pub fn check(src: &api::InstanceSource) -> Result<()> {
         "push" => true,
         m => return Err(Error::Invalid(format!("Unknown migration mode {m:?}"))),
     };
-    if src.refresh {
-        return Err(Error::not_yet(
-            "refreshing an existing copy (lxc copy --refresh)",
-        ));
-    }
     if src.live || src.secrets.contains_key("criu") {
         return Err(Error::not_yet(
             "live migration between servers (CRIU); use --stateless",
@@ -105,12 +100,26 @@ impl<'a> Progress<'a> {
     }
 }
 
-/// Receive the instance `args` describes from `src` (checked by [`check`]), in the create
-/// operation's thread; `progress` is told how the transfer goes. Pull mode: dial the source's
-/// operation.
+/// What a transfer makes on this server.
+pub enum Goal<'a> {
+    /// A new instance, as `args` describes it.
+    Create(NewInstance<'a>),
+    /// An existing, stopped instance brought up to date (`--refresh`): only the snapshots it
+    /// lacks and the files that differ move; its snapshots the source does not have (or has
+    /// from another time) are deleted first, unless `exclude_older` keeps them, and `deleted`
+    /// is told their names before.
+    Refresh {
+        name: &'a str,
+        exclude_older: bool,
+        deleted: &'a dyn Fn(&[String]),
+    },
+}
+
+/// Receive what `goal` says from `src` (checked by [`check`]), in the operation's thread;
+/// `progress` is told how the transfer goes. Pull mode: dial the source's operation.
 pub fn receive(
     d: &Ctx,
-    args: NewInstance<'_>,
+    goal: Goal<'_>,
     src: &api::InstanceSource,
     progress: &Progress<'_>,
 ) -> Result<()> {
@@ -125,38 +134,78 @@ pub fn receive(
             return Err(e);
         }
     };
-    receive_on(d, args, ctl, fs, progress)
+    receive_on(d, goal, ctl, fs, progress)
+}
+
+/// [`receive`] or [`receive_pushed`], as `src.mode` says (`op` and its `secrets` for push).
+pub fn receive_by(
+    d: &Ctx,
+    goal: Goal<'_>,
+    src: &api::InstanceSource,
+    op: &crate::instance::operations::Op,
+    secrets: &std::collections::BTreeMap<String, String>,
+    progress: &Progress<'_>,
+) -> Result<()> {
+    if src.mode == "push" {
+        receive_pushed(d, goal, op, secrets, progress)
+    } else {
+        receive(d, goal, src, progress)
+    }
 }
 
 /// Push mode (and relay): the source, or the client relaying for it, connects to this
 /// operation's websockets, whose `secrets` are in its metadata ([`super::secrets`]).
 pub fn receive_pushed(
     d: &Ctx,
-    args: NewInstance<'_>,
+    goal: Goal<'_>,
     op: &crate::instance::operations::Op,
     secrets: &std::collections::BTreeMap<String, String>,
     progress: &Progress<'_>,
 ) -> Result<()> {
     let (ctl, fs) = wire::wait_for(op, &secrets["control"], &secrets["fs"])?;
-    receive_on(d, args, ctl, fs, progress)
+    receive_on(d, goal, ctl, fs, progress)
 }
 
 /// The transfer on connected websockets, whoever dialed.
 fn receive_on(
     d: &Ctx,
-    mut args: NewInstance<'_>,
+    mut goal: Goal<'_>,
     mut ctl: Ws,
     fs: Ws,
     progress: &Progress<'_>,
 ) -> Result<()> {
-    // The keys this server computes for itself; the rest of a moved instance's volatile keys
-    // (its base image, its MAC addresses) stay as the source had them.
-    args.config.retain(|k, _| {
-        !(k.starts_with("volatile.idmap.")
-            || k == "volatile.last_state.idmap"
-            || k == "volatile.uuid")
-    });
-    let (offer, features) = match negotiate(&mut ctl) {
+    // The snapshots this server has (a refresh compares them with the source's), and the
+    // config a snapshot record takes when an old source sends names only.
+    let (have, config) = match &mut goal {
+        Goal::Create(args) => {
+            // The keys this server computes for itself; the rest of a moved instance's
+            // volatile keys (its base image, its MAC addresses) stay as the source had them.
+            args.config.retain(|k, _| {
+                !(k.starts_with("volatile.idmap.")
+                    || k == "volatile.last_state.idmap"
+                    || k == "volatile.uuid")
+            });
+            (None, args.config.clone())
+        }
+        Goal::Refresh {
+            name,
+            exclude_older,
+            ..
+        } => match crate::instance::view::record(d, name) {
+            Ok(rec) => (
+                Some((
+                    crate::instance::refresh::stamps(&rec.snapshots),
+                    *exclude_older,
+                )),
+                rec.config,
+            ),
+            Err(e) => {
+                abort(&ctl, &e);
+                return Err(e);
+            }
+        },
+    };
+    let (offer, features, delete) = match negotiate(&mut ctl, have) {
         Ok(x) => x,
         Err(e) => {
             for tx in [&ctl.tx, &fs.tx] {
@@ -165,6 +214,16 @@ fn receive_on(
             return Err(e);
         }
     };
+    if let Goal::Refresh { name, deleted, .. } = &goal {
+        // As LXD: the target's snapshots that differ from the source's go before the transfer.
+        deleted(&delete);
+        for s in &delete {
+            if let Err(e) = crate::instance::snapshots::delete_now(d, name, s) {
+                abort(&ctl, &e);
+                return Err(e);
+            }
+        }
+    }
     // From here the source may abort: a reader on `control` ends the transfer when it does.
     let aborted = Arc::new(Mutex::new(None::<String>));
     let fs_tx = fs.tx.clone();
@@ -183,13 +242,21 @@ fn receive_on(
         fs_tx.shutdown();
     });
     let mut fs = fs;
-    let config = args.config.clone();
+    let refresh = matches!(goal, Goal::Refresh { .. });
     let fill = |pool: &Arc<Pool>, tmp: &Path, volume: &str, revert: &mut Revert| {
-        transfer(
-            pool, tmp, volume, revert, &mut fs, &offer, features, &config, progress,
-        )
+        let t = Transfer {
+            offer: &offer,
+            features,
+            config: &config,
+            refresh,
+            progress,
+        };
+        t.run(pool, tmp, volume, revert, &mut fs)
     };
-    let res = create_now(d, args, Origin::Received(Box::new(fill)));
+    let res = match goal {
+        Goal::Create(args) => create_now(d, args, Origin::Received(Box::new(fill))),
+        Goal::Refresh { name, .. } => crate::instance::refresh::apply(d, name, Box::new(fill)),
+    };
     progress.finish();
     let res = match (res, aborted.lock().expect("abort lock").take()) {
         (Err(_), Some(why)) => Err(Error::Host(format!("the migration source failed: {why}"))),
@@ -207,6 +274,13 @@ fn receive_on(
     };
     // On success the instance is complete here: a source gone since changes nothing.
     let _ = wire::send_msg(&ctl_tx, &m.encode());
+    // The source closes the stream once it has the result, its instance let go by then: wait
+    // for that a little, so that a client told the copy is done finds the source free (lxc
+    // waits for this operation only).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !reader.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     for tx in [&ctl_tx, &fs.tx] {
         let _ = tx.close(1000);
         tx.shutdown();
@@ -224,17 +298,63 @@ fn abort(ctl: &Ws, e: &Error) {
     let _ = wire::send_msg(&ctl.tx, &m.encode());
 }
 
-/// Read the offer, answer it; the offer and the rsync features to use.
-fn negotiate(ctl: &mut Ws) -> Result<(MigrationHeader, Features)> {
+/// Read the offer, answer it; the offer (its snapshots cut to those to receive), the rsync
+/// features to use, and the target's snapshots to delete. `have`: for a refresh, the
+/// snapshots this server has and whether older source ones are left out.
+fn negotiate(
+    ctl: &mut Ws,
+    have: Option<(Vec<crate::instance::refresh::Stamp>, bool)>,
+) -> Result<(MigrationHeader, Features, Vec<String>)> {
     let r = (|| {
-        let offer = MigrationHeader::decode(&wire::recv_msg(&mut ctl.rx)?)
+        let mut offer = MigrationHeader::decode(&wire::recv_msg(&mut ctl.rx)?)
             .map_err(|e| Error::Host(e.to_string()))?;
         if offer.criu == Some(proto::CRIU_RSYNC) {
             return Err(Error::not_yet(
                 "live migration between servers (CRIU); use --stateless",
             ));
         }
-        let has = |n: &str| offer.rsync_feature_names().contains(&n);
+        let offered: Vec<String> = offer
+            .rsync_feature_names()
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        let has = |n: &str| offered.iter().any(|o| o == n);
+        let mut delete = Vec::new();
+        if let Some((have, exclude_older)) = &have {
+            if !has("delete") {
+                return Err(Error::not_yet(
+                    "refreshing from a source whose rsync does not delete (no \"delete\" feature)",
+                ));
+            }
+            // An old source sends names only: without dates every snapshot is sent again.
+            let legacy = offer.snapshots.len() != offer.snapshot_names.len();
+            let stamps: Vec<crate::instance::refresh::Stamp> = offer
+                .snapshot_names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    let t = if legacy {
+                        i64::MIN
+                    } else {
+                        offer.snapshots[i].creation_date.unwrap_or(i64::MIN)
+                    };
+                    (n.clone(), t)
+                })
+                .collect();
+            let plan = crate::instance::refresh::compare(&stamps, have, *exclude_older);
+            let keep = |n: &String| plan.sync.contains(n);
+            if !legacy {
+                let names = offer.snapshot_names.clone();
+                offer.snapshots = names
+                    .iter()
+                    .zip(std::mem::take(&mut offer.snapshots))
+                    .filter(|(n, _)| keep(n))
+                    .map(|(_, s)| s)
+                    .collect();
+            }
+            offer.snapshot_names.retain(keep);
+            delete = plan.delete;
+        }
         let resp = MigrationHeader {
             // Whatever the source offered (btrfs, zfs…), rsync is the fallback both have.
             fs: proto::FS_RSYNC,
@@ -248,7 +368,7 @@ fn negotiate(ctl: &mut Ws) -> Result<(MigrationHeader, Features)> {
                 compress: Some(has("compress")),
                 bidirectional: Some(has("bidirectional")),
             }),
-            refresh: Some(false),
+            refresh: Some(have.is_some()),
             index_header_version: Some(
                 offer
                     .index_header_version
@@ -262,7 +382,7 @@ fn negotiate(ctl: &mut Ws) -> Result<(MigrationHeader, Features)> {
         if !names.contains(&"bidirectional") {
             names = vec!["xattrs", "delete", "compress"];
         }
-        Ok((offer, Features::from_names(&names)))
+        Ok((offer, Features::from_names(&names), delete))
     })();
     if let Err(e) = &r {
         abort(ctl, e);
@@ -270,68 +390,84 @@ fn negotiate(ctl: &mut Ws) -> Result<(MigrationHeader, Features)> {
     r
 }
 
-/// The filesystem part, inside the create: index header, snapshots, the instance.
-#[allow(clippy::too_many_arguments)]
-fn transfer(
-    pool: &Arc<Pool>,
-    tmp: &Path,
-    volume: &str,
-    revert: &mut Revert,
-    fs: &mut Ws,
-    offer: &MigrationHeader,
+/// The filesystem part, inside the create or the refresh: index header, snapshots, the
+/// instance.
+struct Transfer<'a> {
+    /// The offer, its snapshots those to receive.
+    offer: &'a MigrationHeader,
     features: Features,
-    config: &api::StringMap,
-    progress: &Progress<'_>,
-) -> Result<Received> {
-    let seen = |n: u64| progress.add(n);
-    let mut info = serde_json::Value::Null;
-    if offer.index_header_version.unwrap_or(0) >= 1 {
-        let mut buf = Vec::new();
-        wire::read_stream(&mut fs.rx, &mut buf)
-            .map_err(|e| Error::Host(format!("reading the migration index header: {e}")))?;
-        info = serde_json::from_slice(&buf)
-            .map_err(|e| Error::Host(format!("decoding the migration index header: {e}")))?;
-        let answer = serde_json::json!({"StatusCode": 200, "Error": "", "Refresh": false});
-        let body = serde_json::to_vec(&answer).expect("JSON");
-        wire::write_stream(&fs.tx, &mut body.as_slice())
-            .map_err(|e| Error::Host(format!("answering the migration index header: {e}")))?;
-    }
-    let records = snapshot_records(offer, &info, config);
-    let mut snapshots = Vec::new();
-    for mut rec in records {
+    /// What a snapshot record takes when the source sends names only.
+    config: &'a api::StringMap,
+    refresh: bool,
+    progress: &'a Progress<'a>,
+}
+
+impl Transfer<'_> {
+    fn run(
+        &self,
+        pool: &Arc<Pool>,
+        tmp: &Path,
+        volume: &str,
+        revert: &mut Revert,
+        fs: &mut Ws,
+    ) -> Result<Received> {
+        let Transfer {
+            offer,
+            features,
+            config,
+            refresh,
+            progress,
+        } = *self;
+        let seen = |n: u64| progress.add(n);
+        let mut info = serde_json::Value::Null;
+        if offer.index_header_version.unwrap_or(0) >= 1 {
+            let mut buf = Vec::new();
+            wire::read_stream(&mut fs.rx, &mut buf)
+                .map_err(|e| Error::Host(format!("reading the migration index header: {e}")))?;
+            info = serde_json::from_slice(&buf)
+                .map_err(|e| Error::Host(format!("decoding the migration index header: {e}")))?;
+            let answer = serde_json::json!({"StatusCode": 200, "Error": "", "Refresh": refresh});
+            let body = serde_json::to_vec(&answer).expect("JSON");
+            wire::write_stream(&fs.tx, &mut body.as_slice())
+                .map_err(|e| Error::Host(format!("answering the migration index header: {e}")))?;
+        }
+        let records = snapshot_records(offer, &info, config);
+        let mut snapshots = Vec::new();
+        for mut rec in records {
+            rsync::recv(tmp, fs, features, &seen)?;
+            rec.volume = crate::instance::operations::uuid();
+            let dst = pool.snapshot(volume, &rec.volume);
+            let p = pool.clone();
+            let undo = dst.clone();
+            revert.add(move || {
+                let _ = p.driver.delete_volume(&undo);
+            });
+            pool.driver
+                .clone_volume(tmp, &dst, false)
+                .map_err(|e| Error::Host(format!("making snapshot {:?}: {e}", rec.name)))?;
+            snapshots.push(rec);
+        }
         rsync::recv(tmp, fs, features, &seen)?;
-        rec.volume = crate::instance::operations::uuid();
-        let dst = pool.snapshot(volume, &rec.volume);
-        let p = pool.clone();
-        let undo = dst.clone();
-        revert.add(move || {
-            let _ = p.driver.delete_volume(&undo);
-        });
-        pool.driver
-            .clone_volume(tmp, &dst, false)
-            .map_err(|e| Error::Host(format!("making snapshot {:?}: {e}", rec.name)))?;
-        snapshots.push(rec);
-    }
-    rsync::recv(tmp, fs, features, &seen)?;
-    if offer.criu == Some(proto::CRIU_NONE) {
-        // The source runs: a final pass with it frozen follows.
-        rsync::recv(tmp, fs, features, &seen)?;
-    }
-    let disk_idmap = serde_json::to_string(
-        &offer
-            .idmap
-            .iter()
-            .map(|m| {
-                serde_json::json!({"Isuid": m.isuid, "Isgid": m.isgid, "Hostid": m.hostid,
+        if offer.criu == Some(proto::CRIU_NONE) {
+            // The source runs: a final pass with it frozen follows.
+            rsync::recv(tmp, fs, features, &seen)?;
+        }
+        let disk_idmap = serde_json::to_string(
+            &offer
+                .idmap
+                .iter()
+                .map(|m| {
+                    serde_json::json!({"Isuid": m.isuid, "Isgid": m.isgid, "Hostid": m.hostid,
                     "Nsid": m.nsid, "Maprange": m.maprange})
-            })
-            .collect::<Vec<_>>(),
-    )
-    .expect("JSON");
-    Ok(Received {
-        snapshots,
-        disk_idmap,
-    })
+                })
+                .collect::<Vec<_>>(),
+        )
+        .expect("JSON");
+        Ok(Received {
+            snapshots,
+            disk_idmap,
+        })
+    }
 }
 
 /// The snapshots' records from the offer's protobufs, with the index header's description and

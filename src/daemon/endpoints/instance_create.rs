@@ -9,8 +9,10 @@ use crate::api::{self, StringMap};
 use crate::http::{Request, Response};
 use crate::instance::config;
 use crate::instance::create::{create_now, resolve_image, NewInstance, Origin};
-use crate::instance::operations::Class;
+use crate::instance::operations::{Class, Op};
 use crate::instance::view::{has_root_disk, record, resources};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// A generated name (`lxc launch img` without a name).
 fn generate_name(d: &Daemon) -> String {
@@ -64,6 +66,17 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
     };
     config::validate_instance_name(&name)?;
     let source = body.source.clone();
+    if source.kind == "migration"
+        && source.refresh
+        && d.db
+            .lock()
+            .expect("db lock")
+            .data
+            .instances
+            .contains_key(&name)
+    {
+        return refresh(d, &name, &source, body.put.config.as_ref());
+    }
     let mut profiles = body.put.profiles.clone();
     let mut config_in = body.put.config.clone().unwrap_or_default();
     let mut devices_in = body.put.devices.clone().unwrap_or_default();
@@ -79,6 +92,11 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
         "copy" => {
             if !source.server.is_empty() || source.mode == "push" {
                 return Err(Error::not_yet("copies between servers (migration)"));
+            }
+            if source.refresh {
+                return Err(Error::not_yet(
+                    "refreshing a copy on the same server (copy --refresh between two instances of one server)",
+                ));
             }
             if body.put.stateful {
                 return Err(Error::not_yet(
@@ -191,66 +209,119 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
         }
     }
     let d2 = d.self_arc();
-    // A pushed migration: the source (or the client relaying) connects to this operation's
-    // websockets with the secrets in its metadata, as LXD's.
     let push = matches!(&origin, Origin::Migration(s) if s.mode == "push");
+    let op = create_op(d, &name.clone(), push, move |op, secrets| {
+        let args = NewInstance {
+            name: &name,
+            body: &body,
+            profiles,
+            config: config_in,
+            devices: devices_in,
+            architecture,
+            pool: pool_name,
+        };
+        // An image on a simplestreams server is pulled first (cached), as LXD does.
+        let res = match origin {
+            Origin::Remote(s) => super::super::pull::for_instance(&d2, &op, &s).and_then(|img| {
+                create_now(&d2, args, Origin::Image(Box::new(img))).map_err(Error::from)
+            }),
+            Origin::Migration(s) => {
+                let report = |p: String| op.set_metadata("fs_progress", serde_json::json!(p));
+                let progress = crate::migration::sink::Progress::new(&report);
+                let goal = crate::migration::sink::Goal::Create(args);
+                crate::migration::sink::receive_by(&d2, goal, &s, &op, &secrets, &progress)
+                    .map_err(Error::from)
+            }
+            o => create_now(&d2, args, o).map_err(Error::from),
+        };
+        let mut busy = d2.busy.lock().expect("busy lock");
+        busy.remove(&name);
+        if let Some(f) = &copy_from {
+            busy.remove(f);
+        }
+        res
+    });
+    Ok(response::operation(&op.to_api()))
+}
+
+/// A create's operation. For a pushed migration (push and relay modes) a websocket operation
+/// whose metadata holds the secrets the source, or the client relaying for it, connects with,
+/// open to callers without a trusted certificate (the secrets are their credential), as LXD's;
+/// otherwise a task. `run` gets the operation and those secrets.
+fn create_op(
+    d: &Daemon,
+    name: &str,
+    push: bool,
+    run: impl FnOnce(Arc<Op>, BTreeMap<String, String>) -> Result<()> + Send + 'static,
+) -> Arc<Op> {
     let secrets = if push {
         crate::migration::secrets()
     } else {
-        Default::default()
+        BTreeMap::new()
     };
     let (class, metadata) = if push {
         (Class::Websocket, serde_json::to_value(&secrets).ok())
     } else {
         (Class::Task, None)
     };
+    let list = secrets.values().cloned().collect();
     let op = d.ops.start(
         class,
         "Creating instance",
-        resources(&name),
+        resources(name),
         metadata,
-        secrets.values().cloned().collect(),
-        move |op| {
-            let args = NewInstance {
-                name: &name,
-                body: &body,
-                profiles,
-                config: config_in,
-                devices: devices_in,
-                architecture,
-                pool: pool_name,
-            };
-            // An image on a simplestreams server is pulled first (cached), as LXD does.
-            let res = match origin {
-                Origin::Remote(s) => {
-                    super::super::pull::for_instance(&d2, &op, &s).and_then(|img| {
-                        create_now(&d2, args, Origin::Image(Box::new(img))).map_err(Error::from)
-                    })
-                }
-                Origin::Migration(s) => {
-                    let report = |p: String| op.set_metadata("fs_progress", serde_json::json!(p));
-                    let progress = crate::migration::sink::Progress::new(&report);
-                    if push {
-                        crate::migration::sink::receive_pushed(&d2, args, &op, &secrets, &progress)
-                    } else {
-                        crate::migration::sink::receive(&d2, args, &s, &progress)
-                    }
-                    .map_err(Error::from)
-                }
-                o => create_now(&d2, args, o).map_err(Error::from),
-            };
-            let mut busy = d2.busy.lock().expect("busy lock");
-            busy.remove(&name);
-            if let Some(f) = &copy_from {
-                busy.remove(f);
-            }
-            res
-        },
+        list,
+        move |op| run(op, secrets),
     );
     if push {
-        // The source server connects without a client certificate: the secrets are its
-        // credential.
         op.open_to_untrusted();
     }
+    op
+}
+
+/// `--refresh` onto an existing instance (a missing one is a plain copy, as LXD's): stopped,
+/// marked busy for the transfer; the target snapshots the refresh deletes are named in the
+/// operation's metadata (`deleted_snapshots`) before they go.
+fn refresh(
+    d: &Daemon,
+    name: &str,
+    source: &api::InstanceSource,
+    config: Option<&StringMap>,
+) -> Result<Response> {
+    let echo: StringMap = config
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| k.starts_with("volatile."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    crate::migration::sink::check(source)?;
+    d.busy_insert(name, "refresh")?;
+    if let Err(e) = crate::instance::refresh::check(d, name) {
+        d.busy.lock().expect("busy lock").remove(name);
+        return Err(e.into());
+    }
+    let d2 = d.self_arc();
+    let name = name.to_string();
+    let s = source.clone();
+    let op = create_op(d, &name.clone(), s.mode == "push", move |op, secrets| {
+        let report = |p: String| op.set_metadata("fs_progress", serde_json::json!(p));
+        let progress = crate::migration::sink::Progress::new(&report);
+        let deleted =
+            |names: &[String]| op.set_metadata("deleted_snapshots", serde_json::json!(names));
+        let goal = crate::migration::sink::Goal::Refresh {
+            name: &name,
+            exclude_older: s.refresh_exclude_older,
+            deleted: &deleted,
+        };
+        let r = crate::migration::sink::receive_by(&d2, goal, &s, &op, &secrets, &progress);
+        if r.is_ok() {
+            d2.refreshed
+                .lock()
+                .expect("refreshed lock")
+                .insert(name.clone(), echo);
+        }
+        d2.busy.lock().expect("busy lock").remove(&name);
+        r.map_err(Error::from)
+    });
     Ok(response::operation(&op.to_api()))
 }

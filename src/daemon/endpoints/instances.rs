@@ -203,7 +203,7 @@ fn get(d: &Daemon, req: &Request, name: &str) -> Result<Response> {
 
 fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Response> {
     let body: serde_json::Value = json(req)?;
-    let put: api::InstancePut = serde_json::from_value(body.clone())
+    let mut put: api::InstancePut = serde_json::from_value(body.clone())
         .map_err(|e| Error::BadRequest(format!("Failed to parse request: {e}")))?;
     if !put.restore.is_empty() {
         if patch {
@@ -223,6 +223,14 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
     let mut db = d.db.lock().expect("db lock");
     let cur = crate::instance::view::record_in(&db.data, name)?;
     response::check_etag(req.header("If-Match"), &etag_of(&cur))?;
+    // After `lxc copy --refresh` its PUT of the source's config carries the source's volatile
+    // keys: where they are what the refresh received, this instance's own values stay.
+    let echo = d.refreshed.lock().expect("refreshed lock").remove(name);
+    if let Some(echo) = echo.filter(|_| !patch) {
+        put.config.retain(|k, v| {
+            !(k.starts_with("volatile.") && cur.config.get(k) != Some(v) && echo.get(k) == Some(v))
+        });
+    }
     let mut next = cur.clone();
     if patch {
         if body.get("config").is_some() {
