@@ -681,3 +681,76 @@ fn bivy_copy_and_move_between_remotes() {
         "c12 must stay on a"
     );
 }
+
+/// A tmpfs of `size` mounted at `dir`, unmounted (lazily) when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: PathBuf, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(&dir).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs on {}", dir.display());
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn target_disk_full_mid_transfer_leaves_nothing() {
+    let Some(p) = setup() else { return };
+    // The target's pool on an 8 MiB tmpfs; the source holds 24 MiB that do not compress.
+    let tiny = Tmpfs::mount(p.b.tmp().join("tiny"), "8m");
+    let lb = p.lb();
+    let source = tiny.0.join("pool");
+    lb.ok(&[
+        "storage",
+        "create",
+        "tiny",
+        "dir",
+        &format!("source={}", source.display()),
+    ]);
+    p.la().ok(&["init", "busybox", "c1"]);
+    let big = rootfs(&p.a, "c1", None).join("big");
+    let mut f = std::fs::File::create(&big).unwrap();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut buf = vec![0u8; 1 << 20];
+    for _ in 0..24 {
+        for c in buf.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            c.copy_from_slice(&x.to_le_bytes());
+        }
+        f.write_all(&buf).unwrap();
+    }
+    drop(f);
+    let l = p.lxc();
+    let err = failed(&l.run(&["copy", "a:c1", "b:c2", "--storage", "tiny"]));
+    assert!(err.contains("No space left on device"), "{err}");
+    // Nothing of c2 on the target, the pool's space back; the source as it was.
+    assert!(db(&p.b)["instances"].get("c2").is_none());
+    let left: Vec<_> = std::fs::read_dir(source.join("containers"))
+        .map(|r| r.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left on the target: {left:?}");
+    assert_eq!(std::fs::metadata(&big).unwrap().len(), 24 << 20);
+    // Once it fits, the same copy works.
+    std::fs::remove_file(&big).unwrap();
+    l.ok(&["copy", "a:c1", "b:c2", "--storage", "tiny"]);
+    lb.ok(&["start", "c2"]);
+    lb.ok(&["delete", "--force", "c2"]);
+    lb.ok(&["storage", "delete", "tiny"]);
+    drop(tiny);
+}
