@@ -591,7 +591,7 @@ pub fn interactive(p: &mut dyn Prompt, st: &State, loop_gib: u64) -> Result<(Pre
             .map(String::as_str)
             .filter(|d| matches!(*d, "btrfs" | "dir"))
             .collect();
-        backends.sort_unstable();
+        crate::util::sort::sort(&mut backends);
         let driver = match backends.as_slice() {
             [] => return fail("No storage backends available"),
             [one] => one.to_string(),
@@ -746,7 +746,10 @@ pub fn interactive(p: &mut dyn Prompt, st: &State, loop_gib: u64) -> Result<(Pre
             if current.as_deref() == Some(a.as_str()) {
                 return Ok(()); // already ours
             }
-            std::net::TcpListener::bind(a.as_str())
+            // A parsed address: a string would pull in the C resolver (getaddrinfo).
+            let sa: std::net::SocketAddr =
+                a.parse().map_err(|_| format!("Invalid address {a:?}"))?;
+            std::net::TcpListener::bind(sa)
                 .map(drop)
                 .map_err(|e| format!("Can't bind address {a:?}: {e}"))
         };

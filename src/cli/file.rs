@@ -296,7 +296,7 @@ fn push_tree(
         Body::Empty,
     )?;
     let mut entries: Vec<_> = fs::read_dir(src)?.collect::<Result<_, _>>()?;
-    entries.sort_by_key(|e| e.file_name());
+    crate::util::sort::sort_by_key(&mut entries, |e| e.file_name());
     for e in entries {
         let p = e.path();
         let m = fs::symlink_metadata(&p)?;

@@ -287,7 +287,7 @@ fn column(img: &Image, col: char) -> Option<String> {
     Some(match col {
         'l' => {
             let mut names: Vec<&str> = img.aliases.iter().map(|a| a.name.as_str()).collect();
-            names.sort();
+            crate::util::sort::sort(&mut names);
             match names.len() {
                 0 => String::new(),
                 1 => names[0].to_string(),
@@ -296,7 +296,7 @@ fn column(img: &Image, col: char) -> Option<String> {
         }
         'L' => {
             let mut names: Vec<&str> = img.aliases.iter().map(|a| a.name.as_str()).collect();
-            names.sort();
+            crate::util::sort::sort(&mut names);
             names.join("\n")
         }
         'f' => img.fingerprint.chars().take(12).collect(),
@@ -370,7 +370,7 @@ pub fn render_list(images: &[Image], columns: &str, format: Format) -> Result<St
                 .collect()
         })
         .collect();
-    rows.sort();
+    crate::util::sort::sort(&mut rows);
     Ok(table::render_rows(format, &headers, &rows))
 }
 
@@ -624,7 +624,7 @@ fn alias(args: &[String]) -> CmdResult {
                             ]
                         })
                         .collect();
-                    rows.sort();
+                    crate::util::sort::sort(&mut rows);
                     print!(
                         "{}",
                         table::render_rows(
@@ -867,7 +867,7 @@ fn copy(w: &Words) -> CmdResult {
             return fail("the server did not report the image fingerprint");
         };
         // As lxc's ensureImageAliases: an alias that exists is moved to the new image.
-        aliases.sort();
+        crate::util::sort::sort(&mut aliases);
         aliases.dedup();
         create_aliases(&dc, &fp, &aliases, true)?;
     }

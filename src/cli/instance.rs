@@ -989,7 +989,7 @@ fn addresses(i: &InstanceFull, family: &str) -> String {
             }
         }
     }
-    out.sort();
+    crate::util::sort::sort(&mut out);
     out.reverse();
     out.join("\n")
 }
@@ -1189,7 +1189,7 @@ pub fn render_list(
         }
     }
     let mut sorted: Vec<&InstanceFull> = instances.iter().collect();
-    sorted.sort_by(|a, b| a.instance.name.cmp(&b.instance.name));
+    crate::util::sort::sort_by(&mut sorted, |a, b| a.instance.name.cmp(&b.instance.name));
     let rows: Vec<Vec<String>> = sorted
         .iter()
         .map(|i| cols.iter().map(|c| cell(i, *c)).collect())
@@ -1297,7 +1297,9 @@ pub fn render_info(i: &InstanceFull) -> String {
             o += "  Network usage:\n";
             // Loopback first, then the rest by name.
             let mut names: Vec<&String> = net.keys().collect();
-            names.sort_by_key(|n| (net[*n].kind != "loopback", (*n).clone()));
+            crate::util::sort::sort_by_key(&mut names, |n| {
+                (net[*n].kind != "loopback", (*n).clone())
+            });
             for name in names {
                 let n = &net[name];
                 o += &format!("    {name}:\n");

@@ -44,7 +44,9 @@ pub fn render_operations(ops: &[Operation], format: Format) -> Result<String, Fa
         _ => {}
     }
     let mut sorted: Vec<&Operation> = ops.iter().collect();
-    sorted.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
+    crate::util::sort::sort_by(&mut sorted, |a, b| {
+        (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id))
+    });
     let rows: Vec<Vec<String>> = sorted
         .iter()
         .map(|o| {

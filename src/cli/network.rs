@@ -346,7 +346,7 @@ pub fn render_list(nets: &[Network], format: Format) -> Result<String, Fail> {
             ]
         })
         .collect();
-    rows.sort();
+    crate::util::sort::sort(&mut rows);
     Ok(table::render_rows(
         format,
         &[
@@ -381,7 +381,7 @@ pub fn render_leases(leases: &[NetworkLease], format: Format) -> Result<String, 
             ]
         })
         .collect();
-    rows.sort();
+    crate::util::sort::sort(&mut rows);
     Ok(table::render_rows(
         format,
         &["HOSTNAME", "MAC ADDRESS", "IP ADDRESS", "TYPE"],
@@ -612,7 +612,7 @@ pub fn run(args: &[String]) -> CmdResult {
             let (w, target) = words::<ShowArgs>(&cmd, rest, 1, Some(1), ShowArgs::split)?;
             let (c, name) = network_name(&w[0])?;
             let mut n: Network = c.get(&targeted(net_path(name), &target))?;
-            n.used_by.sort();
+            crate::util::sort::sort(&mut n.used_by);
             super::print_yaml(&n)?;
         }
         "info" => {

@@ -104,7 +104,7 @@ pub fn render_list(profiles: &[Profile], format: Format) -> Result<String, Fail>
             ]
         })
         .collect();
-    rows.sort();
+    crate::util::sort::sort(&mut rows);
     Ok(table::render_rows(
         format,
         &["NAME", "DESCRIPTION", "USED BY"],

@@ -307,7 +307,7 @@ pub fn list_rows(conf: &Config) -> Vec<Vec<String>> {
             ]
         })
         .collect();
-    rows.sort();
+    crate::util::sort::sort(&mut rows);
     rows
 }
 

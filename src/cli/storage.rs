@@ -329,7 +329,7 @@ pub fn render_pools(pools: &[StoragePool], format: Format) -> Result<String, Fai
             ]
         })
         .collect();
-    rows.sort();
+    crate::util::sort::sort(&mut rows);
     Ok(table::render_rows(
         format,
         &[
@@ -444,7 +444,7 @@ pub fn render_info(pool: &StoragePool, res: &PoolResources, bytes: bool) -> Resu
 
 /// lxc's volume sort (`byNameAndType`): by the first column's text, then the second, empty last.
 fn sort_volume_rows(rows: &mut [Vec<String>]) {
-    rows.sort_by(|a, b| {
+    crate::util::sort::sort_by(rows, |a, b| {
         let (a0, b0) = (a.first(), b.first());
         if a0 != b0 {
             return a0.cmp(&b0);
@@ -615,7 +615,7 @@ fn pool_verb<T: FromArgs>(
     match sub {
         "show" => {
             let mut p: StoragePool = c.get(&pool_path(name))?;
-            p.used_by.sort();
+            crate::util::sort::sort(&mut p.used_by);
             super::print_yaml(&p)?;
         }
         "delete" | "rm" => {
@@ -807,7 +807,7 @@ fn volume(args: &[String]) -> CmdResult {
             let (c, pool) = pool_name(&words[0])?;
             let (name, kind) = parse_volume(&words[1]);
             let mut v: Volume = c.get(&volume_path(pool, &kind, &name))?;
-            v.used_by.sort();
+            crate::util::sort::sort(&mut v.used_by);
             super::print_yaml(&v)?;
             Ok(0)
         }

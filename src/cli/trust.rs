@@ -167,7 +167,7 @@ pub fn list_rows(certs: &[Certificate]) -> Result<Vec<Vec<String>>, Fail> {
             cert_date(info.not_after),
         ]);
     }
-    rows.sort();
+    crate::util::sort::sort(&mut rows);
     Ok(rows)
 }
 
@@ -236,7 +236,7 @@ fn list_tokens(c: &Client, format: Format) -> CmdResult {
                 .iter()
                 .map(|t| vec![t.client_name.clone(), t.token.clone(), t.expires_at.clone()])
                 .collect();
-            rows.sort();
+            crate::util::sort::sort(&mut rows);
             print!(
                 "{}",
                 table::render_rows(format, &["NAME", "TOKEN", "EXPIRES AT"], &rows)

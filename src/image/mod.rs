@@ -501,7 +501,7 @@ impl Store {
                 is_fingerprint(fp).then(|| fp.to_string())
             })
             .collect();
-        out.sort();
+        crate::util::sort::sort(&mut out);
         Ok(out)
     }
 
@@ -872,7 +872,7 @@ impl Store {
 
     pub fn alias_list(&self) -> Result<Vec<api::ImageAliasesEntry>> {
         let mut a = self.read_aliases()?;
-        a.sort_by(|x, y| x.name.cmp(&y.name));
+        crate::util::sort::sort_by(&mut a, |x, y| x.name.cmp(&y.name));
         Ok(a)
     }
     pub fn alias_get(&self, name: &str) -> Result<api::ImageAliasesEntry> {

@@ -89,7 +89,7 @@ fn add_tree<W: Write>(
         .map(|e| e.map(|e| e.file_name()))
         .collect::<io::Result<_>>()
         .map_err(|e| ioe(dir, e))?;
-    kids.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    crate::util::sort::sort_by(&mut kids, |a, b| a.as_bytes().cmp(b.as_bytes()));
     for k in kids {
         let path = dir.join(&k);
         let child = format!("{name}/{}", k.to_string_lossy());

@@ -539,7 +539,7 @@ impl<'a> Extractor<'a> {
     /// Apply directory owners, modes, xattrs and times, deepest first (so a parent's mtime is
     /// not bumped by its children afterwards).
     pub(crate) fn finish(mut self) -> Result<()> {
-        self.dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        crate::util::sort::sort_by_key(&mut self.dirs, |(p, _)| std::cmp::Reverse(p.len()));
         for (path, meta) in &self.dirs {
             let rel: Vec<&[u8]> = path.iter().map(|c| c.as_slice()).collect();
             let rel_s = show(&rel);

@@ -169,7 +169,9 @@ pub fn resolve_disks(d: &Ctx, devices: &Devices, privileged: bool) -> Result<Vec
             required,
         });
     }
-    out.sort_by_key(|m| (Path::new(&m.path).components().count(), m.path.clone()));
+    crate::util::sort::sort_by_key(&mut out, |m| {
+        (Path::new(&m.path).components().count(), m.path.clone())
+    });
     Ok(out)
 }
 

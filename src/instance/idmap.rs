@@ -151,7 +151,7 @@ fn build(base: u32, size: u32, raw: &[IdMapEntry]) -> Vec<IdMapEntry> {
         .iter()
         .map(|e| (e.nsid, e.nsid.saturating_add(e.count)))
         .collect();
-    holes.sort();
+    crate::util::sort::sort(&mut holes);
     let mut out = Vec::new();
     let mut cur = 0u32;
     for (a, b) in holes {
@@ -173,7 +173,7 @@ fn build(base: u32, size: u32, raw: &[IdMapEntry]) -> Vec<IdMapEntry> {
         });
     }
     out.extend_from_slice(raw);
-    out.sort_by_key(|e| e.nsid);
+    crate::util::sort::sort_by_key(&mut out, |e| e.nsid);
     out
 }
 

@@ -475,7 +475,7 @@ pub fn host_shutdown(d: &Ctx) {
         let timeout = int("boot.host_shutdown_timeout").map_or(30, |t| t.max(0).unsigned_abs());
         todo.push((prio, name, timeout));
     }
-    todo.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    crate::util::sort::sort_by(&mut todo, |a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
     for group in todo.chunk_by(|a, b| a.0 == b.0) {
         std::thread::scope(|s| {
             for (prio, name, timeout) in group {
@@ -680,7 +680,7 @@ pub fn autostart(d: &Arc<Ctx>) {
             todo.push((-prio, name, delay));
         }
     }
-    todo.sort();
+    crate::util::sort::sort(&mut todo);
     let d = d.clone();
     std::thread::spawn(move || {
         for (_, name, delay) in todo {

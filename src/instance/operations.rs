@@ -423,7 +423,7 @@ impl Operations {
             .values()
             .cloned()
             .collect();
-        v.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+        crate::util::sort::sort_by(&mut v, |a, b| a.created_at.cmp(&b.created_at));
         v
     }
 

@@ -114,7 +114,7 @@ pub fn image_volumes(pool: &Pool) -> Vec<String> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| !n.ends_with(".tmp"))
         .collect();
-    fps.sort();
+    crate::util::sort::sort(&mut fps);
     fps
 }
 

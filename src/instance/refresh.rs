@@ -114,8 +114,9 @@ pub fn apply(d: &Ctx, name: &str, fill: Box<Fill<'_>>) -> Result<()> {
             r.snapshots
                 .retain(|s| !got.snapshots.iter().any(|g| g.name == s.name));
             r.snapshots.append(&mut got.snapshots);
-            r.snapshots
-                .sort_by_key(|s| time::parse_secs(&s.created_at).unwrap_or(0));
+            crate::util::sort::sort_by_key(&mut r.snapshots, |s| {
+                time::parse_secs(&s.created_at).unwrap_or(0)
+            });
         }
     })
     .map_err(|e| Error::Host(format!("saving instance: {e}")))?;

@@ -60,7 +60,7 @@ pub fn check(d: &Ctx, name: &str, rec: &InstanceRecord, what: &str) -> Result<()
         .map(|(n, _)| n.as_str())
         .collect();
     if !nics.is_empty() {
-        nics.sort_unstable();
+        crate::util::sort::sort(&mut nics);
         return Err(Error::not_yet(&format!(
             "{what} of an instance with nic devices ({}): the restore does not plug them back, \
              and CRIU 4.1.1 cannot dump IPv4/IPv6 sockets on kernels from 6.16",

@@ -123,7 +123,7 @@ fn walk(dir: &str, prefix: &str, tree: &Tree, out: &mut Vec<String>) {
         .iter()
         .filter_map(|(n, _, _)| n[prefix.len()..].chars().next())
         .collect();
-    next.sort_unstable();
+    crate::util::sort::sort(&mut next);
     next.dedup();
     if next.is_empty() {
         out.push(format!("{dir}{prefix}?*{{,/**}}"));

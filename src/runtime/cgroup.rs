@@ -381,7 +381,7 @@ impl Cgroup {
                 .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
                 .map(|e| e.path())
                 .collect();
-            subs.sort();
+            crate::util::sort::sort(&mut subs);
             for s in subs {
                 out.push(s.clone());
                 walk(&s, out);
@@ -703,7 +703,7 @@ impl Cgroup {
         for d in self.dirs() {
             collect_pids(d, &mut out);
         }
-        out.sort_unstable();
+        crate::util::sort::sort(&mut out);
         out.dedup();
         out
     }

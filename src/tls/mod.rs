@@ -366,7 +366,7 @@ fn roots_from(files: &[PathBuf], dirs: &[PathBuf]) -> io::Result<RootCertStore> 
             continue;
         };
         let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-        paths.sort();
+        crate::util::sort::sort(&mut paths);
         for p in paths.iter().filter(|p| p.is_file()) {
             if let Ok(certs) = read_pem(p) {
                 roots.add_parsable_certificates(certs);

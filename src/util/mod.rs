@@ -4,6 +4,7 @@ pub mod base64;
 pub mod fs;
 pub mod passwd;
 pub mod revert;
+pub mod sort;
 pub mod stream;
 pub mod time;
 

@@ -180,7 +180,7 @@ fn pull(root: &OwnedFd, path: &str, ids: &Ids, head: bool) -> Result<Response> {
                     names.push(n);
                 }
             }
-            names.sort();
+            crate::util::sort::sort(&mut names);
             let r = if head {
                 Response::new(200)
             } else {

@@ -23,7 +23,7 @@ pub fn logs_list(d: &Daemon, name: &str) -> Result<Response> {
             ));
         }
     }
-    out.sort();
+    crate::util::sort::sort(&mut out);
     Ok(response::sync(&out))
 }
 
@@ -166,7 +166,7 @@ pub fn templates(d: &Daemon, req: &Request, name: &str) -> Result<Response> {
                         .collect()
                 })
                 .unwrap_or_default();
-            names.sort();
+            crate::util::sort::sort(&mut names);
             Ok(response::sync(&names))
         }
         Some(p) => {

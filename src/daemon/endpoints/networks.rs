@@ -211,7 +211,7 @@ pub fn state(d: &Daemon, name: &str) -> Result<Response> {
             .filter(|l| l.master == Some(link.index))
             .map(|l| l.name.clone())
             .collect();
-        upper.sort();
+        crate::util::sort::sort(&mut upper);
         let mac = link.mac.map(networks::format_mac).unwrap_or_default();
         api::NetworkStateBridge {
             id: sys(

@@ -187,7 +187,7 @@ pub(super) fn cpu(root: &Path, machine: &str) -> io::Result<ResourcesCpu> {
     };
     for (_, (mut socket, cores)) in sockets {
         let mut cores: Vec<ResourcesCpuCore> = cores.into_values().collect();
-        cores.sort_by_key(|c| (c.core, c.die));
+        crate::util::sort::sort_by_key(&mut cores, |c| (c.core, c.die));
         let freqs: Vec<u64> = cores
             .iter()
             .map(|c| c.frequency)

@@ -114,7 +114,7 @@ pub(super) fn list(dir: &Path) -> Vec<String> {
             .collect(),
         Err(_) => Vec::new(),
     };
-    v.sort_by_key(|a| natural_key(a));
+    crate::util::sort::sort_by_key(&mut v, |a| natural_key(a));
     v
 }
 
