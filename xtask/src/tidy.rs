@@ -9,6 +9,8 @@
 //! - Every `.rs` file under `src/` starts with a `//!` doc.
 //! - Every crate in `Cargo.toml` `[dependencies]` has a row in the README's `## Dependencies`
 //!   table.
+//! - No `.sort*(` call in `src/` outside its tests: `crate::util::sort` sorts through one
+//!   instantiation of the standard sort (each call site's own costs about 4.5 KB of binary).
 //!
 //! No parser crate: comments and string literals are blanked out first (so a word in a message
 //! or a doc is never code), then `crate::`, `super::` and `self::` paths, `use` groups included,
@@ -115,6 +117,32 @@ pub fn check_file(rel: &str, text: &str) -> Vec<(usize, String)> {
             out.push((
                 i + 1,
                 "`unsafe` without a `// SAFETY:` comment just above".to_string(),
+            ));
+        }
+    }
+    // The tests at the end of a file (`#[cfg(test)]` onwards) and tests.rs are not shipped.
+    let shipped = if rel.ends_with("/tests.rs") || rel == "src/util/sort.rs" {
+        0
+    } else {
+        lines
+            .iter()
+            .position(|l| l.code.contains("#[cfg(test)]"))
+            .unwrap_or(lines.len())
+    };
+    for (i, l) in lines[..shipped].iter().enumerate() {
+        const SORTS: &[&str] = &[
+            ".sort(",
+            ".sort_by(",
+            ".sort_by_key(",
+            ".sort_by_cached_key(",
+            ".sort_unstable",
+        ];
+        if SORTS.iter().any(|m| l.code.contains(m)) {
+            out.push((
+                i + 1,
+                "a slice sort here instantiates the whole sort again (~4.5 KB): use \
+                 crate::util::sort"
+                    .to_string(),
             ));
         }
     }
@@ -619,6 +647,23 @@ mod tests {
         );
         let words = "//! unsafe\n// unsafe\nlet s = \"unsafe\";\n#![deny(unsafe_code)]\n";
         assert!(msgs("src/runtime/x.rs", words).is_empty());
+    }
+
+    #[test]
+    fn sort_rule() {
+        let m = msgs("src/a.rs", "//! d\nfn f(v: &mut Vec<u8>) { v.sort(); }\n");
+        assert_eq!(m.len(), 1, "{m:?}");
+        assert!(m[0].contains("crate::util::sort"), "{m:?}");
+        assert!(msgs(
+            "src/a.rs",
+            "//! d\nfn f() {}\n#[cfg(test)]\nmod t { fn g(v: &mut Vec<u8>) { v.sort(); } }\n"
+        )
+        .is_empty());
+        assert!(msgs(
+            "src/a/tests.rs",
+            "//! d\nfn g(v: &mut Vec<u8>) { v.sort(); }\n"
+        )
+        .is_empty());
     }
 
     #[test]
