@@ -99,9 +99,7 @@ fn build_rootfs(root: &Path) {
 impl Ct {
     fn new(tag: &str, mode: RootfsMode) -> Ct {
         // `BIVY_TEST_EXE` runs the helpers from another build (e.g. the static release binary).
-        let exe = std::env::var("BIVY_TEST_EXE")
-            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_bivy").to_string());
-        std::env::set_var("BIVY_EXE", exe);
+        std::env::set_var("BIVY_EXE", common::bivy_bin());
         let name = format!("t{}-{tag}", std::process::id());
         let dir = PathBuf::from(format!("/var/tmp/bivy-test-{name}"));
         let _ = fs::remove_dir_all(&dir);
@@ -549,7 +547,7 @@ fn container_survives_its_starter() {
         .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
         .env("BIVY_TEST_STARTER", &sp)
         .env("BIVY_TEST_RUN", &ct.run)
-        .env("BIVY_EXE", env!("CARGO_BIN_EXE_bivy"))
+        .env("BIVY_EXE", common::bivy_bin())
         .spawn()
         .unwrap();
     let flag = ct.dir.join("spec.json.started");

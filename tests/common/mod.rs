@@ -75,9 +75,13 @@ macro_rules! require {
 // -------------------------------------------------------------------------------------------
 // binaries and images
 
-/// The `bivy` binary cargo built for this test run.
+/// The `bivy` binary cargo built for this test run, or `$BIVY_TEST_EXE` to run the suite
+/// against another build (`BIVY_TEST_EXE=target/dist/bivy cargo xtask test` tests what ships).
 pub fn bivy_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_bivy"))
+    std::env::var_os("BIVY_TEST_EXE")
+        .map(PathBuf::from)
+        .map(|p| std::fs::canonicalize(&p).unwrap_or(p))
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_bivy")))
 }
 
 /// A python with pylxd, when the CI set one up: `$BIVY_PYTHON`, else `target/pyvenv/bin/python`.
