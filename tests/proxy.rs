@@ -525,3 +525,57 @@ fn a_taken_port_fails_the_start_and_bad_keys_make_nothing() {
     let out = d.ok(&["config", "device", "list", "t1"]);
     assert!(!out.lines().any(|l| l.trim() == "q"), "{out}");
 }
+
+#[test]
+fn a_profile_change_hot_plugs_into_its_running_instances() {
+    let Some((ns, d)) = setup() else { return };
+    d.ok(&["profile", "create", "web"]);
+    web_container(&d, "w1", &[8080]);
+    web_container(&d, "w2", &[8080]);
+    for ct in ["w1", "w2"] {
+        d.ok(&["profile", "add", ct, "web"]);
+    }
+    // A proxy added to the profile is plugged into each running instance at once: both want
+    // the same host port, so the second listener fails and the change is undone everywhere
+    // (nothing listens, the profile is as it was).
+    fails(
+        &d,
+        &[
+            "profile",
+            "device",
+            "add",
+            "web",
+            "http",
+            "proxy",
+            "listen=tcp:127.0.0.1:18080",
+            "connect=tcp:127.0.0.1:8080",
+        ],
+        "Address already in use",
+    );
+    wait_refused(&ns, "127.0.0.1:18080");
+    let (_, v) = d.api("GET", "/1.0/profiles/web", None).expect("profile");
+    assert!(
+        v["metadata"]["devices"]
+            .as_object()
+            .is_some_and(|m| m.is_empty()),
+        "{v}"
+    );
+    // With one instance on the profile it works, and removing it from the profile unplugs it.
+    d.ok(&["profile", "remove", "w2", "web"]);
+    d.ok(&[
+        "profile",
+        "device",
+        "add",
+        "web",
+        "http",
+        "proxy",
+        "listen=tcp:127.0.0.1:18080",
+        "connect=tcp:127.0.0.1:8080",
+    ]);
+    assert_eq!(
+        wget(&ns, "http://127.0.0.1:18080/").as_deref(),
+        Some("hello from w1\n")
+    );
+    d.ok(&["profile", "device", "remove", "web", "http"]);
+    wait_refused(&ns, "127.0.0.1:18080");
+}

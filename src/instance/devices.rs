@@ -206,6 +206,28 @@ pub fn check_live_change(old: &Devices, new: &Devices, hotplug: bool) -> Result<
     Ok(())
 }
 
+/// Volatile keys to set (`Some`) or remove (`None`) in an instance's config.
+pub type VolatileChanges = Vec<(String, Option<String>)>;
+
+/// Hot-plug a running instance's device changes from `old` to `new` (its expanded devices):
+/// proxies, then NICs in its network namespace (`pid`'s); a NIC failure puts the proxies back.
+/// The NICs' volatile keys to record in the instance's config (`None`: remove the key).
+pub fn hotplug(
+    d: &Ctx,
+    data: &super::db::Data,
+    name: &str,
+    config: &StringMap,
+    pid: i32,
+    old: &Devices,
+    new: &Devices,
+) -> Result<VolatileChanges> {
+    super::proxy::hotplug(d, name, old, new)?;
+    super::nics::hotplug(data, name, config, pid, old, new).inspect_err(|_| {
+        // The proxies go back as they were (best effort).
+        let _ = super::proxy::hotplug(d, name, new, old);
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -330,13 +330,15 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
         // NICs and proxies are hot-plugged; the NICs' volatile keys are recorded with the new
         // config.
         if let State::Running { init_pid, .. } = state_of(d, name)? {
-            crate::instance::proxy::hotplug(d, name, &od, &ed)?;
-            let kv =
-                crate::instance::nics::hotplug(&db.data, name, &cur.config, init_pid, &od, &ed)
-                    .inspect_err(|_| {
-                        // The proxies go back as they were (best effort).
-                        let _ = crate::instance::proxy::hotplug(d, name, &ed, &od);
-                    })?;
+            let kv = crate::instance::devices::hotplug(
+                d,
+                &db.data,
+                name,
+                &cur.config,
+                init_pid,
+                &od,
+                &ed,
+            )?;
             for (k, v) in kv {
                 match v {
                     Some(v) => next.config.insert(k, v),

@@ -133,6 +133,8 @@ pub fn profile_put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Re
     }
     config::validate_config(&next.config, &api::StringMap::new(), d.host.ncpus)?;
     config::validate_devices(&next.devices, &db.data)?;
+    // Running instances using the profile: their expanded devices before and after.
+    let mut live: Vec<(String, i32, api::Devices, api::Devices)> = Vec::new();
     // Every instance using the profile must still have a root disk.
     for (iname, inst) in &db.data.instances {
         if inst.profiles.iter().any(|p| p == name) {
@@ -144,23 +146,67 @@ pub fn profile_put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Re
                     "Instance {iname:?} would have no root disk device"
                 )));
             }
-            let running = matches!(
-                crate::instance::view::state_of(d, iname)?,
-                crate::runtime::State::Running { .. }
-            );
-            if running {
+            if let crate::runtime::State::Running { init_pid, .. } =
+                crate::instance::view::state_of(d, iname)?
+            {
                 let (_, old) = config::expand(
                     &inst.profiles,
                     &db.data.profiles,
                     &inst.config,
                     &inst.devices,
                 );
-                crate::instance::devices::check_live_change(&old, &devs, false)?;
+                crate::instance::devices::check_live_change(&old, &devs, true)?;
+                if old != devs {
+                    live.push((iname.clone(), init_pid, old, devs));
+                }
             }
         }
     }
-    db.update(|data| data.profiles.insert(name.to_string(), next))
-        .map_err(|e| Error::Internal(e.to_string()))?;
+    // NIC and proxy changes are hot-plugged into each of them, all or none.
+    let mut done: Vec<(usize, crate::instance::devices::VolatileChanges)> = Vec::new();
+    let mut nets = std::collections::BTreeSet::new();
+    let undo = |data: &crate::instance::db::Data, done: &[(usize, Vec<_>)]| {
+        for (j, _) in done.iter().rev() {
+            let (n, p, o, w) = &live[*j];
+            let cfg = &data.instances[n].config;
+            if let Err(u) = crate::instance::devices::hotplug(d, data, n, cfg, *p, w, o) {
+                eprintln!("bivy: {n}: undoing a profile's device change: {u}");
+            }
+        }
+    };
+    for (i, (iname, pid, old, new)) in live.iter().enumerate() {
+        let cfg = &db.data.instances[iname].config;
+        match crate::instance::devices::hotplug(d, &db.data, iname, cfg, *pid, old, new) {
+            Ok(kv) => done.push((i, kv)),
+            Err(e) => {
+                undo(&db.data, &done);
+                return Err(e.into());
+            }
+        }
+        nets.extend(crate::instance::nics::networks_of(&db.data, old));
+        nets.extend(crate::instance::nics::networks_of(&db.data, new));
+    }
+    // What the undo needs if saving fails (only when something was plugged).
+    let before = (!done.is_empty()).then(|| (db.data.clone(), done.clone()));
+    db.update(|data| {
+        data.profiles.insert(name.to_string(), next);
+        for (i, kv) in done {
+            if let Some(inst) = data.instances.get_mut(&live[i].0) {
+                for (k, v) in kv {
+                    match v {
+                        Some(v) => inst.config.insert(k, v),
+                        None => inst.config.remove(&k),
+                    };
+                }
+            }
+        }
+    })
+    .map_err(|e| {
+        if let Some((data, done)) = &before {
+            undo(data, done);
+        }
+        Error::Internal(e.to_string())
+    })?;
     let affected: Vec<String> = db
         .data
         .instances
@@ -172,6 +218,7 @@ pub fn profile_put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Re
     for n in affected {
         crate::instance::lifecycle::apply_live_limits(d, &n);
     }
+    crate::instance::bridges::refresh(d, nets);
     d.events.lifecycle(
         "profile-updated",
         &format!("/1.0/profiles/{name}"),
