@@ -96,6 +96,23 @@ impl Pair {
     }
 }
 
+/// `mib` MiB of pseudo-random bytes (incompressible, so rsync's compression cannot shrink the
+/// transfer) at `path`.
+fn write_random(path: &Path, mib: usize) {
+    let mut f = std::fs::File::create(path).unwrap();
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut buf = vec![0u8; 1 << 20];
+    for _ in 0..mib {
+        for c in buf.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            c.copy_from_slice(&x.to_le_bytes());
+        }
+        f.write_all(&buf).unwrap();
+    }
+}
+
 /// The daemon's database document.
 fn db(d: &Daemon) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(d.dir().join("database.json")).unwrap()).unwrap()
@@ -554,19 +571,7 @@ fn source_killed_mid_transfer_leaves_nothing_on_the_target() {
     p.la().ok(&["init", "busybox", "c1"]);
     // Enough incompressible data that the transfer takes a while.
     let big = rootfs(&p.a, "c1", None).join("big");
-    let mut f = std::fs::File::create(&big).unwrap();
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut buf = vec![0u8; 1 << 20];
-    for _ in 0..256 {
-        for c in buf.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            c.copy_from_slice(&x.to_le_bytes());
-        }
-        f.write_all(&buf).unwrap();
-    }
-    drop(f);
+    write_random(&big, 256);
     let before_c = volumes(&p.b, "containers");
     let before_s = volumes(&p.b, "containers-snapshots");
     let mut copy = p.lxc().cmd(&["copy", "a:c1", "b:c5"]);
@@ -723,19 +728,7 @@ fn target_disk_full_mid_transfer_leaves_nothing() {
     ]);
     p.la().ok(&["init", "busybox", "c1"]);
     let big = rootfs(&p.a, "c1", None).join("big");
-    let mut f = std::fs::File::create(&big).unwrap();
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut buf = vec![0u8; 1 << 20];
-    for _ in 0..24 {
-        for c in buf.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            c.copy_from_slice(&x.to_le_bytes());
-        }
-        f.write_all(&buf).unwrap();
-    }
-    drop(f);
+    write_random(&big, 24);
     let l = p.lxc();
     let err = failed(&l.run(&["copy", "a:c1", "b:c2", "--storage", "tiny"]));
     assert!(err.contains("No space left on device"), "{err}");
