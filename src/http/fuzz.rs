@@ -168,32 +168,84 @@ pub(crate) mod tests {
         out
     }
 
-    /// Run `target` on every seed, then on `$BIVY_FUZZ_ITERS` (default 3000) mutations of
-    /// random seeds, drawn from a PRNG started at `rng_seed` (so a failure replays exactly).
+    /// Where a failing input of the mutation tests is saved: `$BIVY_FUZZ_ARTIFACTS` or
+    /// `target/fuzz-artifacts`, in a directory named after the target.
+    fn artifact_dir(target: &str) -> std::path::PathBuf {
+        std::env::var_os("BIVY_FUZZ_ARTIFACTS")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fuzz-artifacts")
+            })
+            .join(target)
+    }
+
+    /// Run `target` on one input; if it panics, save the input (its path is printed) and let
+    /// the panic go on.
+    fn run_one(name: &str, what: &str, input: &[u8], target: fn(&[u8])) {
+        let r = std::panic::catch_unwind(|| target(input));
+        if let Err(panic) = r {
+            let dir = artifact_dir(name);
+            let path = dir.join(format!("stable-crash-{what}"));
+            match std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, input)) {
+                Ok(()) => eprintln!(
+                    "fuzz {name}: input {what} panics; reproducer saved in {} \
+                     (BIVY_FUZZ_INPUT={} cargo test --lib fuzz_{name}_deterministic)",
+                    path.display(),
+                    path.display()
+                ),
+                Err(e) => eprintln!("fuzz {name}: input {what} panics; cannot save it: {e}"),
+            }
+            std::panic::resume_unwind(panic);
+        }
+    }
+
+    /// The mutation test of fuzz target `name` (its seeds in `tests/fuzz/corpus/NAME`): `target`
+    /// on every seed, then on mutations of random seeds drawn from a PRNG started at `rng_seed`
+    /// (so a failure replays exactly): `$BIVY_FUZZ_ITERS` of them (default 3000), or as many as
+    /// fit in `$BIVY_FUZZ_SECONDS` when that is set (`cargo xtask fuzz` without nightly).
+    /// `$BIVY_FUZZ_INPUT=FILE` runs only that file (a reproducer, from here or from libFuzzer).
+    /// A panicking input is saved (see [`artifact_dir`]); the count of inputs run is printed.
     pub(crate) fn fuzz_corpus_and_mutations(
-        seeds: &[Vec<u8>],
+        name: &str,
         rng_seed: u64,
         tokens: &[&[u8]],
         target: fn(&[u8]),
     ) {
-        let mut rng = XorShift(rng_seed);
-        for s in seeds {
-            target(s);
+        if let Some(file) = std::env::var_os("BIVY_FUZZ_INPUT") {
+            let input = std::fs::read(&file).unwrap_or_else(|e| panic!("{file:?}: {e}"));
+            target(&input);
+            return;
         }
-        let iters: usize = std::env::var("BIVY_FUZZ_ITERS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(3000);
-        for _ in 0..iters {
+        let seeds = corpus(name);
+        let t = std::time::Instant::now();
+        let mut rng = XorShift(rng_seed);
+        for (i, s) in seeds.iter().enumerate() {
+            run_one(name, &format!("seed{i}"), s, target);
+        }
+        let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+        let seconds = env("BIVY_FUZZ_SECONDS");
+        let iters =
+            env("BIVY_FUZZ_ITERS").unwrap_or(if seconds.is_some() { u64::MAX } else { 3000 });
+        let mut n = 0u64;
+        while n < iters {
+            if seconds.is_some_and(|s| n.is_multiple_of(64) && t.elapsed().as_secs() >= s) {
+                break;
+            }
             let seed = &seeds[rng.below(seeds.len())];
             let input = mutate(&mut rng, seed, tokens);
-            target(&input);
+            run_one(name, &format!("mutation{n}"), &input, target);
+            n += 1;
         }
+        eprintln!(
+            "fuzz {name}: {} inputs ({} seeds, {n} mutations) in {:.1}s",
+            seeds.len() as u64 + n,
+            seeds.len(),
+            t.elapsed().as_secs_f64()
+        );
     }
 
     #[test]
     fn fuzz_http_request_deterministic() {
-        let seeds = corpus("http_request");
         let tokens: &[&[u8]] = &[
             b"\r\n",
             b"\n",
@@ -221,6 +273,11 @@ pub(crate) mod tests {
             b"\x88\x80",
             b"GET /stream HTTP/1.1\r\n\r\n",
         ];
-        fuzz_corpus_and_mutations(&seeds, 0x9e37_79b9_7f4a_7c15, tokens, fuzz_parse_request);
+        fuzz_corpus_and_mutations(
+            "http_request",
+            0x9e37_79b9_7f4a_7c15,
+            tokens,
+            fuzz_parse_request,
+        );
     }
 }

@@ -350,7 +350,6 @@ fn shutdown_wakes_blocked_receiver_and_senders_do_not_interleave() {
 
 #[test]
 fn fuzz_ws_frame_deterministic() {
-    let seeds = crate::http::fuzz::tests::corpus("ws_frame");
     let tokens: &[&[u8]] = &[
         &[0x81],
         &[0x01],
@@ -367,7 +366,7 @@ fn fuzz_ws_frame_deterministic() {
         &[0x00, 0x00, 0x00, 0x00],
     ];
     crate::http::fuzz::tests::fuzz_corpus_and_mutations(
-        &seeds,
+        "ws_frame",
         0x2545_f491_4f6c_dd1d,
         tokens,
         fuzz_ws_frames,

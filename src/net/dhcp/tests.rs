@@ -409,7 +409,6 @@ fn persist_failure_means_no_ack() {
 
 #[test]
 fn fuzz_dhcp_packet_deterministic() {
-    let seeds = crate::http::fuzz::tests::corpus("dhcp_packet");
     let tokens: &[&[u8]] = &[
         &[99, 130, 83, 99],
         &[53, 1, 1],
@@ -428,7 +427,7 @@ fn fuzz_dhcp_packet_deterministic() {
         &[53, 255],
     ];
     crate::http::fuzz::tests::fuzz_corpus_and_mutations(
-        &seeds,
+        "dhcp_packet",
         0x5851_f42d_4c95_7f2d,
         tokens,
         fuzz_packet,

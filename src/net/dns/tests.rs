@@ -361,7 +361,6 @@ fn port_holder_finds_this_process() {
 
 #[test]
 fn fuzz_dns_packet_deterministic() {
-    let seeds = crate::http::fuzz::tests::corpus("dns_packet");
     let tokens: &[&[u8]] = &[
         &[0xc0, 12],
         &[0xc0, 0],
@@ -376,7 +375,7 @@ fn fuzz_dns_packet_deterministic() {
         &[0x80],
     ];
     crate::http::fuzz::tests::fuzz_corpus_and_mutations(
-        &seeds,
+        "dns_packet",
         0x2f69_3d5b_9a1c_7e35,
         tokens,
         fuzz_packet,
