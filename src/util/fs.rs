@@ -1,4 +1,5 @@
 //! Atomic file replacement: write a temp file, fsync it, rename over the target, fsync the directory.
+//! Also the private scratch directories of the fuzzing entry points ([`fuzz_scratch_dir`]).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -88,6 +89,48 @@ pub fn create_dir_mode(path: &Path, mode: u32) -> io::Result<()> {
 /// fsync a directory (after creating or removing entries in it).
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// A directory of this thread's own, `$TMPDIR/bivy-fuzz-TAG-PID-N` (mode 0700), made on first
+/// use and removed with its contents when the thread ends: the scratch space of a fuzzing entry
+/// point (libFuzzer runs one thread; `cargo test` runs tests on several).
+#[doc(hidden)]
+pub fn fuzz_scratch_dir(tag: &'static str) -> std::path::PathBuf {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::os::unix::fs::DirBuilderExt;
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    struct Dirs(HashMap<&'static str, PathBuf>);
+    impl Drop for Dirs {
+        fn drop(&mut self) {
+            for d in self.0.values() {
+                let _ = fs::remove_dir_all(d);
+            }
+        }
+    }
+    thread_local! {
+        static DIRS: RefCell<Dirs> = RefCell::new(Dirs(HashMap::new()));
+    }
+    static N: AtomicU64 = AtomicU64::new(0);
+    DIRS.with(|d| {
+        d.borrow_mut()
+            .0
+            .entry(tag)
+            .or_insert_with(|| {
+                let n = N.fetch_add(1, Ordering::Relaxed);
+                let dir = std::env::temp_dir()
+                    .join(format!("bivy-fuzz-{tag}-{}-{n}", std::process::id()));
+                let _ = fs::remove_dir_all(&dir);
+                fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&dir)
+                    .unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+                dir
+            })
+            .clone()
+    })
 }
 
 #[cfg(test)]
