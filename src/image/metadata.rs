@@ -104,6 +104,21 @@ pub fn parse(data: &[u8]) -> Result<api::ImageMetadata> {
     Ok(meta)
 }
 
+/// Fuzzing entry point (`tests/fuzz` target `image_metadata`, and the deterministic test): the
+/// bytes as an image's metadata.yaml. What parses is valid by the rules above, and written back
+/// as YAML it parses to the same metadata. Must never panic.
+#[doc(hidden)]
+pub fn fuzz_metadata(data: &[u8]) {
+    let Ok(meta) = parse(data) else { return };
+    assert!(known_architecture(&meta.architecture));
+    assert!(meta.creation_date > 0);
+    assert!(meta.templates.keys().all(|p| p.starts_with('/')));
+    let yaml = serde_norway::to_string(&meta).expect("metadata serializes");
+    let again = parse(yaml.as_bytes())
+        .unwrap_or_else(|e| panic!("metadata written back does not parse: {e}\n{yaml}"));
+    assert_eq!(again, meta, "metadata changed when written back:\n{yaml}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,5 +176,45 @@ mod tests {
             let y = format!("architecture: {a}\ncreation_date: 5\n");
             assert_eq!(parse(y.as_bytes()).unwrap().architecture, a);
         }
+    }
+
+    #[test]
+    fn fuzz_image_metadata_deterministic() {
+        let tokens: &[&[u8]] = &[
+            b"\n",
+            b": ",
+            b"- ",
+            b"  ",
+            b"\t",
+            b"architecture: x86_64\n",
+            b"creation_date: 1700000000\n",
+            b"expiry_date: ~\n",
+            b"templates:\n  /etc/x:\n    template: x.tpl\n",
+            b"when: [create, copy]",
+            b"create_only: yes",
+            b"properties: {a: b}",
+            b"&a ",
+            b"*a",
+            b"!!binary ",
+            b"!!str ",
+            b"{",
+            b"[",
+            b"'",
+            b"\"",
+            b"---\n",
+            b"...\n",
+            b"? ",
+            b"<<: *a\n",
+            b"-9223372036854775808",
+            b"0x7f",
+            b"1e9",
+            b".nan",
+        ];
+        crate::http::fuzz::tests::fuzz_corpus_and_mutations(
+            "image_metadata",
+            0x3c6e_f372_fe94_f82b,
+            tokens,
+            fuzz_metadata,
+        );
     }
 }

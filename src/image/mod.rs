@@ -15,12 +15,14 @@
 //! record is the commit point, so `list` never shows an image whose files are missing. Any early
 //! return removes the temp files (a drop guard).
 //!
-//! Unpack and templates never write outside their target directory: see `unpack.rs`.
+//! Unpack and templates never write outside their target directory: see `unpack.rs`. `fuzz`
+//! holds the fuzzing entry point of the tarball path (import checks, unpack, templates).
 //!
 //! INTERFACE CONTRACT (the daemon relies on these; keep the signatures): `Store` and its methods,
 //! `Upload`, `ImportOpts`, `UnpackOpts`, `Error`, `template::Context`, `apply_templates`.
 
 mod compress;
+mod fuzz;
 mod metadata;
 mod pack;
 pub mod simplestreams;
@@ -41,6 +43,10 @@ use crate::util::revert::Revert;
 use crate::util::time;
 
 pub use compress::{sniff, Compression, Format};
+#[doc(hidden)]
+pub use fuzz::fuzz_unpack;
+#[doc(hidden)]
+pub use metadata::fuzz_metadata;
 pub use metadata::{known_architecture, parse as parse_metadata};
 pub use pack::pack;
 
@@ -374,6 +380,55 @@ fn scan(
     })
 }
 
+/// The checks of an import on the staged file(s): the tarball(s) decode to their end, every
+/// member passes the unpack rules, metadata.yaml is there and valid, and every template target
+/// can be written into the rootfs. Returns metadata.yaml, raw and parsed.
+fn check_staged(
+    meta_tmp: &Path,
+    rootfs_tmp: Option<&Path>,
+    rules: &UnpackOpts,
+) -> Result<(Vec<u8>, api::ImageMetadata)> {
+    let (meta_yaml, model) = match rootfs_tmp {
+        None => {
+            let sc = scan(meta_tmp, ScanKind::Unified, false, Some(rules))?;
+            let meta = sc.meta.ok_or_else(|| {
+                Error::BadRequest("invalid image tarball: metadata.yaml is missing".into())
+            })?;
+            if !sc.has_rootfs {
+                return Err(Error::BadRequest(
+                    "invalid image tarball: rootfs/ is missing".into(),
+                ));
+            }
+            (meta, sc.rootfs)
+        }
+        Some(rootfs_tmp) => {
+            let sc = scan(meta_tmp, ScanKind::Metadata, false, Some(rules))?;
+            let meta = sc.meta.ok_or_else(|| {
+                Error::BadRequest("invalid metadata tarball: metadata.yaml is missing".into())
+            })?;
+            let model = match file_format(rootfs_tmp)? {
+                // unsquashfs unpacks it; its own checks apply then.
+                compress::Format::Squashfs => None,
+                compress::Format::Qcow2 => {
+                    return Err(Error::BadRequest(
+                        "not supported yet: virtual-machine images (qcow2 rootfs)".into(),
+                    ))
+                }
+                _ => scan(rootfs_tmp, ScanKind::Rootfs, false, Some(rules))?.rootfs,
+            };
+            (meta, model)
+        }
+    };
+    let meta = metadata::parse(&meta_yaml)?;
+    // Every template must be writable at start, into the rootfs as it unpacks.
+    if let Some(model) = &model {
+        for path in meta.templates.keys() {
+            model.check_template_target(path)?;
+        }
+    }
+    Ok((meta_yaml, meta))
+}
+
 impl Store {
     /// Open (create) the store; removes leftovers of interrupted imports.
     pub fn open(dir: &Path) -> Result<Store> {
@@ -599,45 +654,7 @@ impl Store {
         if self.record_path(fp).exists() {
             return Err(dup());
         }
-        let rules = self.unpack_rules();
-        let (meta_yaml, model) = match rootfs_tmp {
-            None => {
-                let sc = scan(&meta_tmp, ScanKind::Unified, false, Some(&rules))?;
-                let meta = sc.meta.ok_or_else(|| {
-                    Error::BadRequest("invalid image tarball: metadata.yaml is missing".into())
-                })?;
-                if !sc.has_rootfs {
-                    return Err(Error::BadRequest(
-                        "invalid image tarball: rootfs/ is missing".into(),
-                    ));
-                }
-                (meta, sc.rootfs)
-            }
-            Some(rootfs_tmp) => {
-                let sc = scan(&meta_tmp, ScanKind::Metadata, false, Some(&rules))?;
-                let meta = sc.meta.ok_or_else(|| {
-                    Error::BadRequest("invalid metadata tarball: metadata.yaml is missing".into())
-                })?;
-                let model = match file_format(rootfs_tmp)? {
-                    // unsquashfs unpacks it; its own checks apply then.
-                    compress::Format::Squashfs => None,
-                    compress::Format::Qcow2 => {
-                        return Err(Error::BadRequest(
-                            "not supported yet: virtual-machine images (qcow2 rootfs)".into(),
-                        ))
-                    }
-                    _ => scan(rootfs_tmp, ScanKind::Rootfs, false, Some(&rules))?.rootfs,
-                };
-                (meta, model)
-            }
-        };
-        let meta = metadata::parse(&meta_yaml)?;
-        // Every template must be writable at start, into the rootfs as it unpacks.
-        if let Some(model) = &model {
-            for path in meta.templates.keys() {
-                model.check_template_target(path)?;
-            }
-        }
+        let (meta_yaml, meta) = check_staged(&meta_tmp, rootfs_tmp, &self.unpack_rules())?;
 
         let now = time::now();
         let mut properties = meta.properties.clone();

@@ -260,6 +260,34 @@ pub fn find_fingerprint<'a>(all: &'a [Candidate], prefix: &str) -> Result<&'a Ca
     Ok(first)
 }
 
+/// Fuzzing entry point (`tests/fuzz` target `simplestreams`, and the deterministic test): the
+/// bytes as a server's `index.json` and as a products file. Every image found has a sha256
+/// fingerprint and both files, and is found again by each of its aliases and by a prefix of
+/// its fingerprint. Must never panic.
+#[doc(hidden)]
+pub fn fuzz_streams(data: &[u8]) {
+    if let Ok(paths) = products_paths(data) {
+        assert!(!paths.is_empty() && paths.iter().all(|p| !p.is_empty()));
+    }
+    let Ok(all) = candidates(data) else { return };
+    for c in &all {
+        assert!(is_hex64(&c.fingerprint) && c.fingerprint == c.fingerprint.to_ascii_lowercase());
+        assert!(!c.metadata.path.is_empty() && !c.rootfs.path.is_empty());
+        let hit = find_fingerprint(&all, &c.fingerprint[..12]);
+        assert!(hit
+            .as_ref()
+            .map_or(true, |h| h.fingerprint == c.fingerprint));
+        for alias in &c.aliases {
+            assert!(
+                find_alias(&all, alias, &c.architecture, c.squashfs).is_some(),
+                "an image is found by its alias"
+            );
+            let by_arch = format!("{alias}/{}", c.stream_arch);
+            let _ = find_alias(&all, &by_arch, "s390x", true);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,5 +376,37 @@ mod tests {
         assert!(find_fingerprint(&all, "0").is_err());
         assert_eq!(lxd_arch("amd64"), "x86_64");
         assert_eq!(lxd_arch("ppc64el"), "ppc64le");
+    }
+
+    #[test]
+    fn fuzz_simplestreams_deterministic() {
+        let tokens: &[&[u8]] = &[
+            b"{",
+            b"}",
+            b"[",
+            b"]",
+            b",",
+            b":",
+            b"\"",
+            b"\\u0000",
+            b"\\ud800",
+            b"null",
+            b"1e999",
+            b"-1",
+            b"18446744073709551616",
+            b"\"ftype\":\"lxd.tar.xz\"",
+            b"\"ftype\":\"squashfs\"",
+            b"\"ftype\":\"root.tar.xz\"",
+            b"\"aliases\":\"a,b/c, ,\"",
+            b"\"arch\":\"amd64\"",
+            b"\"datatype\":\"image-downloads\"",
+            b"\"combined_sha256\":\"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\"",
+        ];
+        crate::http::fuzz::tests::fuzz_corpus_and_mutations(
+            "simplestreams",
+            0xa54f_f53a_5f1d_36f1,
+            tokens,
+            fuzz_streams,
+        );
     }
 }

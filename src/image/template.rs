@@ -990,6 +990,56 @@ fn filter(v: Value, name: &str, arg: Option<Value>) -> std::result::Result<Value
     })
 }
 
+/// The context the fuzz target renders with: an instance with config keys, a nic and a disk.
+fn fuzz_vars() -> Value {
+    let config: api::StringMap = [
+        ("user.meta-data", "#cloud-config\nlocal-hostname: c1\n"),
+        ("user.network_mode", "link-local"),
+        ("limits.cpu", "2"),
+        ("security.nesting", "true"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let dev = |kv: &[(&str, &str)]| -> api::StringMap {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let mut devices = api::Devices::new();
+    devices.insert(
+        "eth0".into(),
+        dev(&[("type", "nic"), ("network", "lxdbr0"), ("name", "eth0")]),
+    );
+    devices.insert(
+        "root".into(),
+        dev(&[("type", "disk"), ("path", "/"), ("pool", "default")]),
+    );
+    let ctx = Context {
+        name: "c1".into(),
+        architecture: "x86_64".into(),
+        privileged: false,
+        ephemeral: false,
+        config,
+        devices,
+    };
+    let props = [("default".to_string(), "#cloud-config\n{}".to_string())]
+        .into_iter()
+        .collect();
+    variables(&ctx, "create", "/etc/hostname", &props)
+}
+
+/// Fuzzing entry point (`tests/fuzz` target `template`, and the deterministic test): the bytes as
+/// an image's template file (invalid UTF-8 replaced, as the file must be text), compiled and
+/// rendered for a container. Must never panic.
+#[doc(hidden)]
+pub fn fuzz_template(data: &[u8]) {
+    let src = String::from_utf8_lossy(data);
+    if let Ok(t) = Template::compile("fuzz.tpl", &src) {
+        let _ = t.render(&fuzz_vars());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1081,5 +1131,50 @@ mod tests {
                 .to_string()
                 .starts_with(&format!("template broken.tpl line {line}: ")));
         }
+    }
+
+    #[test]
+    fn fuzz_template_deterministic() {
+        let tokens: &[&[u8]] = &[
+            b"{{",
+            b"}}",
+            b"{%",
+            b"%}",
+            b"{#",
+            b"#}",
+            b"-",
+            b"{{ container.name }}",
+            b"{% if x %}",
+            b"{% elif y %}",
+            b"{% else %}",
+            b"{% endif %}",
+            b"{% for k, v in devices %}",
+            b"{% for c in \"abc\" %}",
+            b"{% empty %}",
+            b"{% endfor %}",
+            b"{% autoescape off %}",
+            b"{% endautoescape %}",
+            b"config_get(\"user.meta-data\", \"\")",
+            b"|default:\"x\"",
+            b"|title",
+            b"|join:\",\"",
+            b"|integer",
+            b"forloop.Counter",
+            b"[\"eth0\"]",
+            b" not in ",
+            b" and ",
+            b" or ",
+            b"((((",
+            b"9223372036854775807",
+            b"-",
+            b"\"\\",
+            b"\xc3\xa9",
+        ];
+        crate::http::fuzz::tests::fuzz_corpus_and_mutations(
+            "template",
+            0xbb67_ae85_84ca_a73b,
+            tokens,
+            fuzz_template,
+        );
     }
 }
