@@ -4,6 +4,16 @@
 use super::response::{Error, Result};
 use crate::instance::config::parse_bool;
 
+/// A config value of `PUT /1.0` as text: LXD's clients send strings, some tools numbers or
+/// booleans; `null` removes the key.
+pub fn server_value(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
 /// Server config keys we know (`core.*`, `images.*`).
 pub fn validate_server_key(key: &str, value: &str) -> Result<()> {
     match key {

@@ -16,6 +16,7 @@ mod endpoints;
 use endpoints::snapshots;
 mod fetch;
 mod filter;
+mod fuzz;
 mod https;
 mod multipart;
 mod netstate;
@@ -34,6 +35,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use events::Events;
+#[doc(hidden)]
+pub use fuzz::fuzz_rest_json;
+#[doc(hidden)]
+pub use multipart::fuzz_multipart;
 pub use operations::Operations;
 
 /// The daemon's shared state: the model's context (the daemon adds only its connections).

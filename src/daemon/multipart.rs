@@ -92,6 +92,20 @@ impl Buf<'_> {
     }
 }
 
+/// The boundary of a `multipart/form-data` Content-Type (`None`: not multipart/form-data).
+/// `Err`: multipart without a boundary.
+pub fn boundary(ctype: &str) -> Option<std::result::Result<String, ()>> {
+    let params = ctype.strip_prefix("multipart/form-data")?;
+    Some(
+        params
+            .split(';')
+            .filter_map(|p| p.trim().strip_prefix("boundary="))
+            .next()
+            .map(|s| s.trim_matches('"').to_string())
+            .ok_or(()),
+    )
+}
+
 /// Read the parts of a multipart body; returns (name, spooled file) in order.
 fn spool_parts(
     dir: &std::path::Path,
@@ -183,6 +197,17 @@ fn spool_parts(
     Ok(parts)
 }
 
+/// The indexes of the `metadata` and `rootfs` parts.
+fn pick(parts: &[(String, Spool)]) -> Result<(usize, usize)> {
+    let get = |n: &str| parts.iter().position(|(name, _)| name == n);
+    match (get("metadata"), get("rootfs").or_else(|| get("rootfs.img"))) {
+        (Some(mi), Some(ri)) => Ok((mi, ri)),
+        _ => Err(Error::BadRequest(
+            "Invalid multipart image: need a \"metadata\" and a \"rootfs\" part".into(),
+        )),
+    }
+}
+
 /// Import a split image from a multipart body.
 pub fn import_split(
     d: &Daemon,
@@ -191,13 +216,7 @@ pub fn import_split(
     opts: &image::ImportOpts,
 ) -> Result<api::Image> {
     let parts = spool_parts(d.images.dir(), body, boundary)?;
-    let get = |n: &str| parts.iter().position(|(name, _)| name == n);
-    let (Some(mi), Some(ri)) = (get("metadata"), get("rootfs").or_else(|| get("rootfs.img")))
-    else {
-        return Err(Error::BadRequest(
-            "Invalid multipart image: need a \"metadata\" and a \"rootfs\" part".into(),
-        ));
-    };
+    let (mi, ri) = pick(&parts)?;
     let mut meta = parts[mi]
         .1
         .file
@@ -215,6 +234,49 @@ pub fn import_split(
         },
         opts,
     )?)
+}
+
+/// Fuzzing entry point (`tests/fuzz` target `multipart`, and the deterministic test): the first
+/// line of `data` is the request's Content-Type, the rest its body, which arrives in reads of 1
+/// to 7 bytes (so that delimiters straddle reads). The parts are spooled into a private
+/// directory: together they never hold more than the body, and once they are dropped (or the
+/// body is refused) nothing is left there. Must never panic.
+#[doc(hidden)]
+pub fn fuzz_multipart(data: &[u8]) {
+    struct Pieces<'a>(&'a [u8], usize);
+    impl Read for Pieces<'_> {
+        fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.0.len().min(b.len()).min(1 + self.1 % 7);
+            self.1 += 1;
+            b[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+    let (ctype, body) = match data.iter().position(|&b| b == b'\n') {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &[][..]),
+    };
+    let ctype = String::from_utf8_lossy(ctype);
+    let Some(Ok(boundary)) = boundary(ctype.trim_end_matches('\r')) else {
+        return;
+    };
+    let dir = crate::util::fs::fuzz_scratch_dir("multipart");
+    if let Ok(parts) = spool_parts(&dir, &mut Pieces(body, 0), &boundary) {
+        assert!((1..=4).contains(&parts.len()), "{} parts", parts.len());
+        let total: u64 = parts
+            .iter()
+            .map(|(_, s)| s.file.metadata().expect("spool file").len())
+            .sum();
+        assert!(total <= body.len() as u64, "parts larger than the body");
+        let _ = pick(&parts);
+    }
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .expect("the spool directory")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "spool files left behind: {left:?}");
 }
 
 #[cfg(test)]
@@ -250,5 +312,41 @@ mod tests {
         assert!(paths.iter().all(|p| !p.exists()));
         let truncated = b"--XX\r\nContent-Disposition: form-data; name=\"metadata\"\r\n\r\nmeta";
         assert!(spool_parts(&dir, &mut Slow(truncated), "XX").is_err());
+    }
+
+    #[test]
+    fn boundary_of_content_type() {
+        assert_eq!(boundary("application/json"), None);
+        assert_eq!(
+            boundary("multipart/form-data; boundary=\"ab c\"; x=y"),
+            Some(Ok("ab c".into()))
+        );
+        assert_eq!(boundary("multipart/form-data"), Some(Err(())));
+    }
+
+    #[test]
+    fn fuzz_multipart_deterministic() {
+        let tokens: &[&[u8]] = &[
+            b"\r\n",
+            b"\n",
+            b"--",
+            b"\r\n--",
+            b"--\r\n",
+            b"Content-Disposition: form-data; name=\"metadata\"\r\n",
+            b"Content-Disposition: form-data; name=\"rootfs\"\r\n",
+            b"name=\"rootfs.img\"",
+            b"Content-Type: application/octet-stream\r\n",
+            b"boundary=",
+            b"boundary=\"\"",
+            b";",
+            b"\"",
+            b":",
+        ];
+        crate::http::fuzz::tests::fuzz_corpus_and_mutations(
+            "multipart",
+            0x9b05_688c_2b3e_6c1f,
+            tokens,
+            fuzz_multipart,
+        );
     }
 }

@@ -172,13 +172,9 @@ pub(super) fn pull(d: &Daemon, op: Option<&Op>, p: &Pull) -> Result<api::Image> 
             .and_then(|v| v.trim().parse().ok());
         let ctype = r.header("Content-Type").unwrap_or("").to_string();
         let mut prog = Verify::unchecked(&mut r.body, "image", len, op);
-        if let Some(b) = ctype.strip_prefix("multipart/form-data") {
-            let boundary = b
-                .split(';')
-                .filter_map(|p| p.trim().strip_prefix("boundary="))
-                .next()
-                .map(|s| s.trim_matches('"').to_string())
-                .ok_or_else(|| Error::BadRequest(format!("{at}: no multipart boundary")))?;
+        if let Some(b) = multipart::boundary(&ctype) {
+            let boundary =
+                b.map_err(|()| Error::BadRequest(format!("{at}: no multipart boundary")))?;
             multipart::import_split(d, &mut prog, &boundary, &opts)
         } else {
             d.images

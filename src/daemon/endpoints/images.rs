@@ -271,13 +271,9 @@ pub fn image_create(d: &Daemon, req: &mut Request) -> Result<Response> {
             .ok_or_else(|| Error::BadRequest("Invalid X-LXD-profiles header".into()))?;
         opts.profiles = p.into_iter().map(|(_, v)| v).collect();
     }
-    let img = if let Some(b) = ctype.strip_prefix("multipart/form-data") {
-        let boundary = b
-            .split(';')
-            .filter_map(|p| p.trim().strip_prefix("boundary="))
-            .next()
-            .map(|s| s.trim_matches('"').to_string())
-            .ok_or_else(|| Error::BadRequest("multipart upload without a boundary".into()))?;
+    let img = if let Some(b) = super::super::multipart::boundary(&ctype) {
+        let boundary =
+            b.map_err(|()| Error::BadRequest("multipart upload without a boundary".into()))?;
         super::super::multipart::import_split(d, req.body(), &boundary, &opts)?
     } else {
         d.images.import(image::Upload::Unified(req.body()), &opts)?

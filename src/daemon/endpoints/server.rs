@@ -121,11 +121,7 @@ pub fn server_put(d: &Daemon, req: &mut Request, patch: bool) -> Result<Response
         api::StringMap::new()
     };
     for (k, v) in &body.config {
-        let v = match v {
-            serde_json::Value::String(s) => s.clone(),
-            serde_json::Value::Null => String::new(),
-            other => other.to_string(),
-        };
+        let v = config::server_value(v);
         config::validate_server_key(k, &v)?;
         if v.is_empty() {
             next.remove(k);
