@@ -337,6 +337,27 @@ impl MigrationControl {
     }
 }
 
+/// Fuzzing entry point (`tests/fuzz` target `migration_proto`, and the deterministic test): the
+/// bytes as a [`MigrationHeader`] and as a [`MigrationControl`], as the other side's websocket
+/// frames arrive. Where they decode, encoding the message and decoding it again gives the same
+/// message (and the same bytes once more). Must never panic.
+#[doc(hidden)]
+pub fn fuzz_decode(data: &[u8]) {
+    if let Ok(h) = MigrationHeader::decode(data) {
+        let bytes = h.encode();
+        let again = MigrationHeader::decode(&bytes).expect("a re-encoded header decodes");
+        assert_eq!(again, h, "header changed in a round trip");
+        assert_eq!(again.encode(), bytes, "header encodes differently");
+        let _ = h.rsync_feature_names();
+    }
+    if let Ok(c) = MigrationControl::decode(data) {
+        let bytes = c.encode();
+        let again = MigrationControl::decode(&bytes).expect("a re-encoded control decodes");
+        assert_eq!(again, c, "control message changed in a round trip");
+        assert_eq!(again.encode(), bytes, "control message encodes differently");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Decoding
 
@@ -690,5 +711,173 @@ mod tests {
             let _ = MigrationHeader::decode(&buf);
             let _ = MigrationControl::decode(&buf);
         }
+    }
+
+    /// The seeds of the `migration_proto` fuzz target (`tests/fuzz/corpus/migration_proto`),
+    /// made by this encoder: what bivy's source offers (a stopped instance with an id map and a
+    /// snapshot; a running one, stateless), the sink's answer, LXD's offer from a btrfs pool, and
+    /// the two control messages.
+    fn seeds() -> Vec<(&'static str, Vec<u8>)> {
+        let features = |all: bool| RsyncFeatures {
+            xattrs: Some(true),
+            delete: Some(true),
+            compress: Some(all),
+            bidirectional: Some(all),
+        };
+        let idmap = |isuid: bool| IdMap {
+            isuid,
+            isgid: !isuid,
+            hostid: 1_000_000,
+            nsid: 0,
+            maprange: 1_000_000_000,
+        };
+        let snap = Snapshot {
+            name: "snap0".into(),
+            local_config: vec![
+                Config {
+                    key: "image.os".into(),
+                    value: "busybox".into(),
+                },
+                Config {
+                    key: "volatile.base_image".into(),
+                    value: "52736835c351dd5dc062a05312c0eb10c6558d3e0cef33967ccc418c983a87c6"
+                        .into(),
+                },
+            ],
+            profiles: vec!["default".into()],
+            ephemeral: false,
+            local_devices: vec![Device {
+                name: "root".into(),
+                config: vec![
+                    Config {
+                        key: "path".into(),
+                        value: "/".into(),
+                    },
+                    Config {
+                        key: "pool".into(),
+                        value: "default".into(),
+                    },
+                    Config {
+                        key: "type".into(),
+                        value: "disk".into(),
+                    },
+                ],
+            }],
+            architecture: 2,
+            stateful: false,
+            creation_date: Some(1_795_000_000),
+            last_used_date: Some(-62_135_596_800),
+            expiry_date: Some(-62_135_596_800),
+        };
+        let offer = MigrationHeader {
+            fs: FS_RSYNC,
+            criu: None,
+            idmap: vec![idmap(true), idmap(false)],
+            snapshot_names: vec!["snap0".into()],
+            snapshots: vec![snap.clone()],
+            predump: Some(false),
+            rsync_features: Some(features(true)),
+            index_header_version: Some(1),
+            ..Default::default()
+        };
+        let running = MigrationHeader {
+            criu: Some(CRIU_NONE),
+            snapshot_names: vec![],
+            snapshots: vec![],
+            ..offer.clone()
+        };
+        let answer = MigrationHeader {
+            fs: FS_RSYNC,
+            criu: None,
+            snapshot_names: vec!["snap0".into()],
+            snapshots: vec![snap.clone()],
+            predump: Some(false),
+            rsync_features: Some(features(true)),
+            refresh: Some(false),
+            index_header_version: Some(1),
+            ..Default::default()
+        };
+        // LXD 5.0.2 from a btrfs pool: its fs type, no rsync compress/bidirectional without
+        // the extension, the btrfs features message (field 1: "migration_header_subvolumes").
+        let mut btrfs_features = vec![0x0a, 27];
+        btrfs_features.extend_from_slice(b"migration_header_subvolumes");
+        let lxd_btrfs = MigrationHeader {
+            fs: FS_BTRFS,
+            criu: Some(CRIU_RSYNC),
+            idmap: vec![idmap(true), idmap(false)],
+            snapshot_names: vec!["snap0".into()],
+            snapshots: vec![snap],
+            predump: Some(false),
+            rsync_features: Some(features(false)),
+            refresh: Some(false),
+            volume_size: Some(10 << 30),
+            btrfs_features: Some(btrfs_features),
+            index_header_version: Some(1),
+            ..Default::default()
+        };
+        let ok = MigrationControl {
+            success: true,
+            message: None,
+        };
+        let failed = MigrationControl {
+            success: false,
+            message: Some("Failed to create instance: Instance \"c1\" already exists".into()),
+        };
+        vec![
+            ("bivy_offer_stopped", offer.encode()),
+            ("bivy_offer_running", running.encode()),
+            ("bivy_answer", answer.encode()),
+            ("lxd_offer_btrfs", lxd_btrfs.encode()),
+            ("control_success", ok.encode()),
+            ("control_failure", failed.encode()),
+        ]
+    }
+
+    /// The committed seeds are what this encoder makes (`BIVY_WRITE_FUZZ_SEEDS=1` rewrites them).
+    #[test]
+    fn fuzz_seeds_are_the_encoders() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fuzz/corpus/migration_proto");
+        for (name, bytes) in seeds() {
+            let path = dir.join(name);
+            if std::env::var_os("BIVY_WRITE_FUZZ_SEEDS").is_some() {
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(&path, &bytes).unwrap();
+            }
+            let committed = std::fs::read(&path).unwrap_or_else(|e| {
+                panic!(
+                    "{}: {e} (BIVY_WRITE_FUZZ_SEEDS=1 writes it)",
+                    path.display()
+                )
+            });
+            assert_eq!(committed, bytes, "{name} differs from the encoder's");
+        }
+    }
+
+    #[test]
+    fn fuzz_migration_proto_deterministic() {
+        let tokens: &[&[u8]] = &[
+            &[0x08, 0x01],
+            &[0x10, 0x02],
+            &[0x12, 0x00],
+            &[0x1a, 0x02, 0x08, 0x01],
+            &[0x2a, 0x7f],
+            &[0x42, 0x02, 0x08, 0x01],
+            &[
+                0x58, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+            ],
+            &[0x62, 0x80, 0x80, 0x80, 0x80, 0x10],
+            &[0x68, 0x80, 0x80, 0x80, 0x80, 0x10],
+            &[0x75, 1, 2, 3, 4],
+            &[0x79, 0, 0, 0, 0, 0, 0, 0, 0],
+            &[0x0b],
+            &[0xc3, 0x28],
+        ];
+        crate::http::fuzz::tests::fuzz_corpus_and_mutations(
+            "migration_proto",
+            0x6a09_e667_f3bc_c908,
+            tokens,
+            fuzz_decode,
+        );
     }
 }
