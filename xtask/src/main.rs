@@ -1,4 +1,4 @@
-//! `cargo xtask <task>`: the project's build, image, test, demo and bench tooling.
+//! `cargo xtask <task>`: the project's build, image, test, demo, bench and fuzz tooling.
 //!
 //! Tasks run host tools (`cargo`, `tar`, `gzip`, `debootstrap`, `apt-get`) through
 //! `std::process::Command`; xtask itself has no crate dependencies, so it builds in seconds.
@@ -10,6 +10,7 @@ mod deb;
 mod demo;
 mod dist;
 mod elf;
+mod fuzz;
 mod image;
 mod test;
 /// The one skip mechanism of the test suite, shared with `tests/common` and the crate's unit
@@ -38,6 +39,10 @@ tasks:
                                with // SAFETY:, layering imports, //! docs, README dependency rows
   demo [stop]                  install what is missing, build, start a daemon, launch a busybox container
   bench [--runs N]             measure size, launch, start, exec, stop, list, memory -> target/bench/results.md
+  fuzz [--seconds N] [--stable] [--no-build] [TARGET...]
+                               run the tests/fuzz targets (all, or those named) N seconds each (60) with
+                               libFuzzer (nightly + cargo-fuzz, installed if missing), else the stable
+                               mutation tests; a summary of executions and coverage, reproducers of crashes
   check-elf FILE...            only the static-ELF check, on any file";
 
 fn main() -> ExitCode {
@@ -55,6 +60,7 @@ fn main() -> ExitCode {
         "tidy" => tidy::run(rest),
         "demo" => demo::run(rest),
         "bench" => bench::run(rest),
+        "fuzz" => fuzz::run(rest),
         "check-elf" => elf::run(rest),
         "help" | "-h" | "--help" => {
             println!("{USAGE}");
