@@ -249,13 +249,17 @@ fn tokenize(s: &str, line: usize) -> R<Vec<Tok>> {
                     None => return Err((line, format!("unterminated string in {s:?}"))),
                     Some(&q) if q == c => break,
                     Some(b'\\') => {
-                        let e = *b.get(j + 1).ok_or((line, "bad escape".to_string()))?;
+                        // The escaped character may be any one, several bytes long.
+                        let e = s[j + 1..]
+                            .chars()
+                            .next()
+                            .ok_or((line, "bad escape".to_string()))?;
                         v.push(match e {
-                            b'n' => '\n',
-                            b't' => '\t',
-                            other => other as char,
+                            'n' => '\n',
+                            't' => '\t',
+                            other => other,
                         });
-                        j += 2;
+                        j += 1 + e.len_utf8();
                         continue;
                     }
                     Some(_) => {
@@ -1131,6 +1135,21 @@ mod tests {
                 .to_string()
                 .starts_with(&format!("template broken.tpl line {line}: ")));
         }
+    }
+
+    #[test]
+    fn escapes_any_character() {
+        // A backslash before a character of several bytes: the tokenizer stepped into the middle
+        // of it and panicked (found by the `template` fuzz target; an image's template could
+        // abort the daemon).
+        let got = render("t.tpl", "{{ \"\\é\\n\\\"x\" }}|{{ 'a\\€' }}", &ctx()).unwrap();
+        assert_eq!(got, "é\n\"x|a€");
+        let crash = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fuzz/corpus/template/crash_escaped_multibyte"),
+        )
+        .unwrap();
+        fuzz_template(&crash);
     }
 
     #[test]
