@@ -28,18 +28,20 @@ struct Buf<'a> {
     inner: &'a mut dyn Read,
     buf: Vec<u8>,
     eof: bool,
+    /// What each read goes into (allocated once: a body arriving in small reads must not cost
+    /// an allocation per read).
+    chunk: Vec<u8>,
 }
 
 impl Buf<'_> {
     /// Make sure at least `n` bytes are buffered (fewer only at EOF).
     fn fill(&mut self, n: usize) -> std::io::Result<()> {
-        let mut chunk = vec![0u8; 256 * 1024];
         while self.buf.len() < n && !self.eof {
-            let k = self.inner.read(&mut chunk)?;
+            let k = self.inner.read(&mut self.chunk)?;
             if k == 0 {
                 self.eof = true;
             }
-            self.buf.extend_from_slice(&chunk[..k]);
+            self.buf.extend_from_slice(&self.chunk[..k]);
         }
         Ok(())
     }
@@ -118,6 +120,7 @@ fn spool_parts(
         inner: body,
         buf: Vec::new(),
         eof: false,
+        chunk: vec![0u8; 256 * 1024],
     };
     let delim = format!("--{boundary}");
     let mut preamble = 0;
