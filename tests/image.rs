@@ -1360,6 +1360,19 @@ fn images_that_cannot_work_are_refused_at_import() {
         tb.file("rootfs/lnk/passwd", b"x", 0o644, 0, 0);
         bad_request_in(&store, &tb.gz(), "its parent lnk is a symlink");
     }
+    // A symlink with no target (the import took it, the unpack could not make it; found by
+    // the tar_unpack fuzz target).
+    let mut tb = base(meta);
+    tb.raw(
+        b"rootfs/etc/nothing",
+        tar::EntryType::Symlink,
+        b"",
+        None,
+        0o777,
+        0,
+        0,
+    );
+    bad_request_in(&store, &tb.gz(), "symlink etc/nothing has no target");
     // A hard link out of the rootfs (to metadata.yaml, to a template) or to a later file.
     for target in [&b"metadata.yaml"[..], b"templates/t.tpl", b"rootfs/later"] {
         let mut tb = base(meta);

@@ -269,6 +269,12 @@ impl Model {
         let node = match kind {
             T::Directory => Node::Dir,
             T::Regular | T::Continuous | T::GNUSparse => Node::File,
+            // The extractor cannot make a symlink to nothing: refused here, so at import too.
+            T::Symlink if entry.link_name_bytes().is_none_or(|l| l.is_empty()) => {
+                return Err(bad(format!(
+                    "invalid image tarball: symlink {rel_s} has no target"
+                )));
+            }
             T::Symlink => Node::Symlink,
             T::Link => {
                 let raw = entry
