@@ -156,6 +156,20 @@ impl fmt::Display for TemplateError {
 
 type R<T> = std::result::Result<T, (usize, String)>;
 
+/// Bounds on what an image's template may make the daemon do (a real one needs a few tokens per
+/// expression, a few levels of nesting and a few hundred steps): the parser, the evaluator and
+/// the drop of an expression recurse once per level, and the daemon renders on a thread with a
+/// 2 MiB stack; loops multiply.
+const MAX_EXPR_TOKENS: usize = 256;
+/// Parentheses, `not`, `[...]` and call arguments nested in one expression.
+const MAX_EXPR_DEPTH: usize = 32;
+/// `{% if %}`, `{% for %}` and `{% autoescape %}` blocks nested.
+const MAX_BLOCK_DEPTH: usize = 32;
+/// Nodes rendered and loop turns taken, in all.
+const MAX_STEPS: u64 = 1_000_000;
+/// Bytes of output (and of any one value).
+const MAX_OUTPUT: usize = 16 << 20;
+
 // ---------------------------------------------------------------------------------------------
 // Lexing the template into text, `{{ }}` and `{% %}` pieces.
 
@@ -172,7 +186,12 @@ fn lex(src: &str) -> R<Vec<Piece>> {
     let mut line = 1usize;
     let mut trim_next = false;
     loop {
-        let next = ["{{", "{%", "{#"].iter().filter_map(|m| rest.find(m)).min();
+        // One scan to the next tag (not one per kind of tag over the whole rest: that made a
+        // template with many tags take quadratic time).
+        let next = rest
+            .as_bytes()
+            .windows(2)
+            .position(|w| w[0] == b'{' && matches!(w[1], b'{' | b'%' | b'#'));
         let Some(at) = next else {
             push_text(&mut out, rest, trim_next);
             return Ok(out);
@@ -195,7 +214,7 @@ fn lex(src: &str) -> R<Vec<Piece>> {
         let end = rest[inner_start..]
             .find(close)
             .map(|i| i + inner_start)
-            .ok_or((line, format!("unterminated {open}")))?;
+            .ok_or_else(|| (line, format!("unterminated {open}")))?;
         let mut inner = &rest[inner_start..end];
         trim_next = inner.ends_with('-');
         if trim_next {
@@ -291,10 +310,17 @@ fn tokenize(s: &str, line: usize) -> R<Vec<Tok>> {
             out.push(Tok::Ident(s[i..j].to_string()));
             i = j;
         } else {
-            let op = OPS.iter().find(|op| s[i..].starts_with(**op)).ok_or((
-                line,
-                format!("unexpected character {:?} in {s:?}", c as char),
-            ))?;
+            // ok_or_else: the message quotes the whole expression, which must not be formatted
+            // for every operator (that made a long expression take quadratic time).
+            let op = OPS
+                .iter()
+                .find(|op| s[i..].starts_with(**op))
+                .ok_or_else(|| {
+                    (
+                        line,
+                        format!("unexpected character {:?} in {s:?}", c as char),
+                    )
+                })?;
             out.push(Tok::Op(op));
             i += op.len();
         }
@@ -318,15 +344,37 @@ struct Parser {
     toks: Vec<Tok>,
     pos: usize,
     line: usize,
+    /// Levels of `expr` and `not` being parsed.
+    depth: usize,
 }
 
 impl Parser {
     fn new(s: &str, line: usize) -> R<Parser> {
+        let toks = tokenize(s, line)?;
+        if toks.len() > MAX_EXPR_TOKENS {
+            return Err((
+                line,
+                format!("expression longer than {MAX_EXPR_TOKENS} tokens"),
+            ));
+        }
         Ok(Parser {
-            toks: tokenize(s, line)?,
+            toks,
             pos: 0,
             line,
+            depth: 0,
         })
+    }
+    /// Run `f` one level deeper, refusing more than [`MAX_EXPR_DEPTH`] levels.
+    fn nested(&mut self, f: impl FnOnce(&mut Parser) -> R<Expr>) -> R<Expr> {
+        if self.depth >= MAX_EXPR_DEPTH {
+            return self.err(format!(
+                "expression nested deeper than {MAX_EXPR_DEPTH} levels"
+            ));
+        }
+        self.depth += 1;
+        let r = f(self);
+        self.depth -= 1;
+        r
     }
     fn peek(&self) -> Option<&Tok> {
         self.toks.get(self.pos)
@@ -373,6 +421,9 @@ impl Parser {
         }
     }
     fn expr(&mut self) -> R<Expr> {
+        self.nested(Parser::or)
+    }
+    fn or(&mut self) -> R<Expr> {
         let mut l = self.and()?;
         while self.eat_word("or") || self.eat_op("||") {
             let r = self.and()?;
@@ -390,7 +441,7 @@ impl Parser {
     }
     fn not(&mut self) -> R<Expr> {
         if self.eat_word("not") || self.eat_op("!") {
-            return Ok(Expr::Not(Box::new(self.not()?)));
+            return Ok(Expr::Not(Box::new(self.nested(Parser::not)?)));
         }
         self.cmp()
     }
@@ -567,9 +618,11 @@ fn keyword(tag: &str) -> (&str, &str) {
 type StopTag = (String, String, usize);
 
 /// Parse nodes until one of `stops` (a tag keyword); returns the nodes and the stop tag met.
+/// `depth`: the blocks around these nodes.
 fn parse_nodes(
     pieces: &mut std::iter::Peekable<std::vec::IntoIter<Piece>>,
     stops: &[&str],
+    depth: usize,
 ) -> R<(Vec<Node>, Option<StopTag>)> {
     let mut nodes = Vec::new();
     while let Some(p) = pieces.next() {
@@ -581,6 +634,12 @@ fn parse_nodes(
                 if stops.contains(&kw) {
                     return Ok((nodes, Some((kw.to_string(), rest.to_string(), line))));
                 }
+                if depth >= MAX_BLOCK_DEPTH && matches!(kw, "if" | "for" | "autoescape") {
+                    return Err((
+                        line,
+                        format!("blocks nested deeper than {MAX_BLOCK_DEPTH} levels"),
+                    ));
+                }
                 match kw {
                     "if" => {
                         let mut branches = Vec::new();
@@ -588,7 +647,8 @@ fn parse_nodes(
                         let mut cond_line = line;
                         let mut otherwise = Vec::new();
                         loop {
-                            let (body, stop) = parse_nodes(pieces, &["elif", "else", "endif"])?;
+                            let (body, stop) =
+                                parse_nodes(pieces, &["elif", "else", "endif"], depth + 1)?;
                             let Some((kw, rest, l)) = stop else {
                                 return Err((line, "{% if %} without {% endif %}".into()));
                             };
@@ -599,7 +659,7 @@ fn parse_nodes(
                                     cond_line = l;
                                 }
                                 "else" => {
-                                    let (body, stop) = parse_nodes(pieces, &["endif"])?;
+                                    let (body, stop) = parse_nodes(pieces, &["endif"], depth + 1)?;
                                     if stop.is_none() {
                                         return Err((line, "{% if %} without {% endif %}".into()));
                                     }
@@ -612,10 +672,12 @@ fn parse_nodes(
                         nodes.push(Node::If(branches, otherwise));
                     }
                     "for" => {
-                        let (vars, iter) = rest.split_once(" in ").ok_or((
-                            line,
-                            format!("bad for loop {tag:?}: expected 'for x in list'"),
-                        ))?;
+                        let (vars, iter) = rest.split_once(" in ").ok_or_else(|| {
+                            (
+                                line,
+                                format!("bad for loop {tag:?}: expected 'for x in list'"),
+                            )
+                        })?;
                         let names: Vec<String> =
                             vars.split(',').map(|v| v.trim().to_string()).collect();
                         let valid = |n: &String| {
@@ -627,12 +689,12 @@ fn parse_nodes(
                             _ => return Err((line, format!("bad loop variables {vars:?}"))),
                         };
                         let iter = parse_expr(iter, line)?;
-                        let (body, stop) = parse_nodes(pieces, &["empty", "endfor"])?;
+                        let (body, stop) = parse_nodes(pieces, &["empty", "endfor"], depth + 1)?;
                         let mut empty = Vec::new();
                         match stop {
                             None => return Err((line, "{% for %} without {% endfor %}".into())),
                             Some((kw, _, _)) if kw == "empty" => {
-                                let (b, stop) = parse_nodes(pieces, &["endfor"])?;
+                                let (b, stop) = parse_nodes(pieces, &["endfor"], depth + 1)?;
                                 if stop.is_none() {
                                     return Err((line, "{% for %} without {% endfor %}".into()));
                                 }
@@ -650,7 +712,7 @@ fn parse_nodes(
                         });
                     }
                     "autoescape" => {
-                        let (body, stop) = parse_nodes(pieces, &["endautoescape"])?;
+                        let (body, stop) = parse_nodes(pieces, &["endautoescape"], depth + 1)?;
                         if stop.is_none() {
                             return Err((
                                 line,
@@ -677,7 +739,7 @@ impl Template {
         };
         let pieces = lex(src).map_err(err)?;
         let mut it = pieces.into_iter().peekable();
-        let (nodes, stop) = parse_nodes(&mut it, &[]).map_err(err)?;
+        let (nodes, stop) = parse_nodes(&mut it, &[], 0).map_err(err)?;
         debug_assert!(stop.is_none());
         Ok(Template {
             name: name.to_string(),
@@ -689,6 +751,7 @@ impl Template {
     pub fn render(&self, vars: &Value) -> Result<String, TemplateError> {
         let mut scope = Scope {
             frames: vec![vars.clone()],
+            steps: 0,
         };
         let mut out = String::new();
         render_nodes(&self.nodes, &mut scope, &mut out).map_err(|(line, msg)| TemplateError {
@@ -707,9 +770,28 @@ pub fn render(name: &str, src: &str, vars: &Value) -> Result<String, TemplateErr
 
 struct Scope {
     frames: Vec<Value>,
+    /// Nodes rendered and loop turns taken so far.
+    steps: u64,
 }
 
 impl Scope {
+    /// Count `n` steps, refusing more than [`MAX_STEPS`] in all or an output past [`MAX_OUTPUT`].
+    fn step(&mut self, n: u64, line: usize, out: &str) -> R<()> {
+        self.steps = self.steps.saturating_add(n);
+        if self.steps > MAX_STEPS {
+            return Err((
+                line,
+                format!("the template takes more than {MAX_STEPS} steps to render"),
+            ));
+        }
+        if out.len() > MAX_OUTPUT {
+            return Err((
+                line,
+                format!("the template renders more than {} MiB", MAX_OUTPUT >> 20),
+            ));
+        }
+        Ok(())
+    }
     fn get(&self, name: &str) -> Value {
         for f in self.frames.iter().rev() {
             if let Value::Map(m) = f {
@@ -726,8 +808,15 @@ fn render_nodes(nodes: &[Node], scope: &mut Scope, out: &mut String) -> R<()> {
     for n in nodes {
         match n {
             Node::Text(t) => out.push_str(t),
-            Node::Out(e, line) => out.push_str(&eval(e, scope, *line)?.to_string()),
+            Node::Out(e, line) => {
+                scope.step(1, *line, out)?;
+                out.push_str(&eval(e, scope, *line)?.to_string());
+                scope.step(0, *line, out)?;
+            }
             Node::If(branches, otherwise) => {
+                if let Some((_, line, _)) = branches.first() {
+                    scope.step(1, *line, out)?;
+                }
                 let mut done = false;
                 for (cond, line, body) in branches {
                     if eval(cond, scope, *line)?.truthy() {
@@ -748,7 +837,15 @@ fn render_nodes(nodes: &[Node], scope: &mut Scope, out: &mut String) -> R<()> {
                 empty,
                 line,
             } => {
-                let items: Vec<(Value, Value)> = match eval(iter, scope, *line)? {
+                let seq = eval(iter, scope, *line)?;
+                // Every turn is a step: refuse a loop that would pass the budget before making
+                // its items.
+                let turns = match &seq {
+                    Value::List(_) | Value::Map(_) | Value::Str(_) => seq.len(),
+                    _ => 0,
+                };
+                scope.step(turns as u64, *line, out)?;
+                let items: Vec<(Value, Value)> = match seq {
                     Value::List(l) => l.into_iter().map(|v| (v.clone(), v)).collect(),
                     Value::Map(m) => m.into_iter().map(|(k, v)| (Value::Str(k), v)).collect(),
                     Value::Str(s) => s
@@ -787,6 +884,7 @@ fn render_nodes(nodes: &[Node], scope: &mut Scope, out: &mut String) -> R<()> {
                     let r = render_nodes(body, scope, out);
                     scope.frames.pop();
                     r?;
+                    scope.step(0, *line, out)?;
                 }
             }
         }
@@ -901,7 +999,16 @@ fn eval(e: &Expr, scope: &Scope, line: usize) -> R<Value> {
                 }),
                 "+" => match (&a, &b) {
                     (Value::Int(x), Value::Int(y)) => Value::Int(x.wrapping_add(*y)),
-                    _ => Value::Str(format!("{a}{b}")),
+                    _ => {
+                        let s = format!("{a}{b}");
+                        if s.len() > MAX_OUTPUT {
+                            return Err((
+                                line,
+                                format!("a value longer than {} MiB", MAX_OUTPUT >> 20),
+                            ));
+                        }
+                        Value::Str(s)
+                    }
                 },
                 "-" => match (as_int(&a), as_int(&b)) {
                     (Some(x), Some(y)) => Value::Int(x.wrapping_sub(y)),
@@ -1150,6 +1257,75 @@ mod tests {
         )
         .unwrap();
         fuzz_template(&crash);
+    }
+
+    /// Render `src` on a thread with the stack the daemon's operations get (2 MiB): a stack
+    /// overflow would abort the test binary.
+    fn render_on_small_stack(src: String) -> Result<String, TemplateError> {
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || render("big.tpl", &src, &ctx()))
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    #[test]
+    fn hostile_templates_are_bounded() {
+        let long = "x".repeat(100);
+        let cases: Vec<(String, &str)> = vec![
+            // Recursion in the parser, the evaluator and the drop of an expression.
+            (
+                format!("{{{{ {}1{} }}}}", "(".repeat(50_000), ")".repeat(50_000)),
+                "longer than 256 tokens",
+            ),
+            (
+                format!("{{{{ {}1{} }}}}", "(".repeat(40), ")".repeat(40)),
+                "nested deeper than 32 levels",
+            ),
+            (
+                format!("{{{{ {}true }}}}", "not ".repeat(40)),
+                "nested deeper than 32 levels",
+            ),
+            (
+                format!("{{{{ 1{} }}}}", " + 1".repeat(50_000)),
+                "longer than 256 tokens",
+            ),
+            (
+                format!(
+                    "{}x{}",
+                    "{% if 1 %}".repeat(50_000),
+                    "{% endif %}".repeat(50_000)
+                ),
+                "blocks nested deeper than 32 levels",
+            ),
+            // Loops that multiply: 100^4 turns, and 100^3 turns of 100 bytes.
+            (
+                format!(
+                    "{}{}",
+                    "{% for c in \"LONG\" %}".repeat(4).replace("LONG", &long),
+                    "{% endfor %}".repeat(4)
+                ),
+                "more than 1000000 steps",
+            ),
+            (
+                format!(
+                    "{}{long}{}",
+                    "{% for c in \"LONG\" %}".repeat(3).replace("LONG", &long),
+                    "{% endfor %}".repeat(3)
+                ),
+                "renders more than 16 MiB",
+            ),
+        ];
+        for (src, want) in cases {
+            let t = std::time::Instant::now();
+            let e = render_on_small_stack(src.clone()).expect_err(&src[..80.min(src.len())]);
+            assert!(e.msg.contains(want), "{e}");
+            assert!(t.elapsed().as_secs() < 10, "{want}: {:?}", t.elapsed());
+        }
+        // What real templates do stays well inside: nested loops over the devices and config.
+        let ok = "{% for k, v in devices %}{% for c in k %}{% if c == \"e\" %}{{ (k|upper) + v.type }}{% endif %}{% endfor %}{% endfor %}";
+        assert_eq!(render_on_small_stack(ok.into()).unwrap(), "ETH0nic");
     }
 
     #[test]
