@@ -1373,6 +1373,29 @@ fn images_that_cannot_work_are_refused_at_import() {
         0,
     );
     bad_request_in(&store, &tb.gz(), "symlink etc/nothing has no target");
+    // A malformed PAX record on a directory (the import read PAX records of files only; every
+    // unpack failed on it), and a name longer than the kernel takes (found by fuzzing too).
+    let mut tb = base(meta);
+    tb.raw(
+        b"././@PaxHeader",
+        tar::EntryType::XHeader,
+        b"99 mtime=1\n",
+        None,
+        0o644,
+        0,
+        0,
+    );
+    tb.dir("rootfs/etc/d/", 0o755);
+    bad_request_in(&store, &tb.gz(), "malformed pax extension");
+    let mut tb = base(meta);
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(1);
+    h.set_mode(0o644);
+    h.set_mtime(1_234_567_890);
+    tb.0.append_data(&mut h, format!("rootfs/etc/{}", "n".repeat(256)), &b"x"[..])
+        .unwrap();
+    bad_request_in(&store, &tb.gz(), "a file name is longer than 255 bytes");
     // A hard link out of the rootfs (to metadata.yaml, to a template) or to a later file.
     for target in [&b"metadata.yaml"[..], b"templates/t.tpl", b"rootfs/later"] {
         let mut tb = base(meta);

@@ -241,9 +241,23 @@ impl Model {
     ) -> Result<()> {
         use tar::EntryType as T;
         let kind = entry.header().entry_type();
+        // The extractor skips these (tar applies them to the member that follows).
+        if matches!(
+            kind,
+            T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink
+        ) {
+            return Ok(());
+        }
         let rel_s = show(rel);
+        // The extractor reads every member's metadata: a malformed PAX record fails here first.
+        let (_, apparent, pax_sparse) = member_meta(entry)?;
+        // Nor can it make a name the kernel refuses.
+        if rel.iter().any(|c| c.len() > 255 || c.contains(&0)) {
+            return Err(bad(format!(
+                "invalid image tarball: {rel_s}: a file name is longer than 255 bytes or holds a NUL"
+            )));
+        }
         if kind.is_file() || kind == T::GNUSparse || kind == T::Continuous {
-            let (_, apparent, pax_sparse) = member_meta(entry)?;
             self.total = self.total.saturating_add(apparent);
             if self.max_bytes > 0 && self.total > self.max_bytes {
                 return Err(bad(format!(
