@@ -1,6 +1,8 @@
-//! `cargo xtask bench [--runs N] [--bin PATH]`: the numbers we compare with LXD
-//! (`/work/shared/reference/lxd-bench.md`): static binary size, daemon start and idle memory,
-//! image import, launch, exec, list, stop --force, start, and a container's monitor memory.
+//! `cargo xtask bench [--runs N] [--bin PATH] [--scale N] [--cycles N] [--only cycles]`: the
+//! numbers we compare with LXD (`/work/shared/reference/lxd-bench.md`): static binary size,
+//! daemon start and idle memory, image import, launch, exec, list, stop --force, start, and a
+//! container's monitor memory. `--only cycles` runs the create/start/stop/delete cycles alone
+//! on a fresh daemon, each phase timed.
 //!
 //! A daemon is started with a temporary `BIVY_DIR` under `target/bench/`, driven through the
 //! CLI (`bivy launch|exec|stop --force|start|list|delete`), and stopped at the end. A step that
@@ -225,6 +227,8 @@ struct Opts {
     scale: usize,
     /// create/start/stop/delete cycles before the daemon's memory is read again.
     cycles: usize,
+    /// `--only cycles`: the daemon start and the cycles alone (a quick churn figure).
+    only_cycles: bool,
 }
 
 fn parse_opts(args: &[String]) -> Result<Opts> {
@@ -233,6 +237,7 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
         bin: None,
         scale: 50,
         cycles: 1000,
+        only_cycles: false,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -247,9 +252,13 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
             "--bin" => o.bin = Some(PathBuf::from(it.next().ok_or("--bin PATH")?)),
             "--scale" => o.scale = it.next().and_then(|v| v.parse().ok()).ok_or("--scale N")?,
             "--cycles" => o.cycles = it.next().and_then(|v| v.parse().ok()).ok_or("--cycles N")?,
+            "--only" => match it.next().map(String::as_str) {
+                Some("cycles") => o.only_cycles = true,
+                _ => return Err("--only cycles (the one part that runs alone)".into()),
+            },
             other => {
                 return Err(format!(
-                    "unknown argument `{other}` (--runs N, --bin PATH, --scale N, --cycles N)"
+                    "unknown argument `{other}` (--runs N, --bin PATH, --scale N, --cycles N, --only cycles)"
                 ))
             }
         }
@@ -310,6 +319,18 @@ pub fn run(args: &[String]) -> Result {
     );
     std::thread::sleep(Duration::from_secs(1));
     memory_row(&mut t, "daemon idle memory, 0 containers", d.pid);
+
+    if o.only_cycles {
+        let img = image.to_string_lossy().into_owned();
+        let r = must(&d, &["image", "import", &img, "--alias", "busybox"])
+            .and_then(|()| cycles(&d, &mut t, o.cycles));
+        if let Err(e) = r {
+            eprintln!("xtask: bench stopped early: {e}");
+        }
+        let _ = d.cli(&["delete", "--force", "cyc"]).output();
+        d.stop();
+        return finish(&t, &out_dir, &before, Some(&run_dir));
+    }
 
     let result = containers(&d, &mut t, &image, o.runs)
         .map(|()| {
@@ -917,24 +938,58 @@ fn scale(d: &BgDaemon, t: &mut Table, n: usize) -> Result {
     r.map(|_| ())
 }
 
-/// Daemon memory after `n` create/start/stop/delete cycles (it must stay flat).
+/// Open fds and threads of `pid` (`/proc/PID/fd`, `Threads:` of `/proc/PID/status`).
+fn fds_threads(pid: u32) -> Result<(usize, u64)> {
+    let fds = fs::read_dir(format!("/proc/{pid}/fd"))
+        .map_err(|e| format!("fds of {pid}: {e}"))?
+        .count();
+    let text = fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("status of {pid}: {e}"))?;
+    let threads = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| format!("no Threads: in the status of {pid}"))?;
+    Ok((fds, threads))
+}
+
+fn fds_threads_row(t: &mut Table, what: &str, pid: u32) {
+    match fds_threads(pid) {
+        Ok((fds, threads)) => t.value(
+            what,
+            format!("{fds} fds, {threads} threads"),
+            &format!("pid {pid}"),
+        ),
+        Err(e) => t.failed(what, &e),
+    }
+}
+
+/// `n` create/start/stop/delete cycles, each phase timed (the CLI's run included); the
+/// daemon's memory, fds and threads before and after (they must stay flat).
 fn cycles(d: &BgDaemon, t: &mut Table, n: usize) -> Result {
     if n == 0 {
         return Ok(());
     }
     memory_row(t, "daemon memory before the cycles", d.pid);
-    let started = std::time::Instant::now();
+    fds_threads_row(t, "daemon fds and threads before the cycles", d.pid);
+    const PHASES: [(&str, &[&str]); 4] = [
+        ("create", &["init", "busybox", "cyc"]),
+        ("start", &["start", "cyc"]),
+        ("stop --force", &["stop", "--force", "cyc"]),
+        ("delete", &["delete", "cyc"]),
+    ];
+    let mut samples: [Vec<f64>; 4] = Default::default();
+    let mut per_cycle = Vec::with_capacity(n);
+    let started = Instant::now();
     for i in 0..n {
-        for args in [
-            &["init", "busybox", "cyc"][..],
-            &["start", "cyc"][..],
-            &["stop", "--force", "cyc"][..],
-            &["delete", "cyc"][..],
-        ] {
+        let c0 = Instant::now();
+        for (k, (_, args)) in PHASES.iter().enumerate() {
+            let t0 = Instant::now();
             let out = d
                 .cli(args)
                 .output()
                 .map_err(|e| format!("bivy {args:?}: {e}"))?;
+            samples[k].push(util::ms(t0.elapsed()));
             if !out.status.success() {
                 let e = format!(
                     "cycle {i}: bivy {args:?}: {}",
@@ -944,14 +999,30 @@ fn cycles(d: &BgDaemon, t: &mut Table, n: usize) -> Result {
                 return Err(e);
             }
         }
+        per_cycle.push(util::ms(c0.elapsed()));
     }
+    let total = started.elapsed();
     t.value(
         &format!("{n} create/start/stop/delete cycles"),
-        format!("{:.1} s", started.elapsed().as_secs_f64()),
-        &format!("{:.1} ms per cycle", util::ms(started.elapsed()) / n as f64),
+        format!("{:.1} s", total.as_secs_f64()),
+        &format!("{:.1} ms per cycle", util::ms(total) / n as f64),
     );
+    let no_runs = || "no runs".to_string();
+    t.stats("one cycle", &Stats::of(&per_cycle).ok_or_else(no_runs), "");
+    for (k, (phase, args)) in PHASES.iter().enumerate() {
+        t.stats(
+            &format!("cycle phase: `bivy {}`", args.join(" ")),
+            &Stats::of(&samples[k]).ok_or_else(no_runs),
+            phase,
+        );
+    }
     std::thread::sleep(Duration::from_secs(1));
     memory_row(t, &format!("daemon memory after {n} cycles"), d.pid);
+    fds_threads_row(
+        t,
+        &format!("daemon fds and threads after {n} cycles"),
+        d.pid,
+    );
     Ok(())
 }
 

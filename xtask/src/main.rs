@@ -38,7 +38,9 @@ tasks:
   tidy                         architecture invariants by text scan of src/: unsafe only in src/sys/ and
                                with // SAFETY:, layering imports, //! docs, README dependency rows
   demo [stop]                  install what is missing, build, start a daemon, launch a busybox container
-  bench [--runs N]             measure size, launch, start, exec, stop, list, memory -> target/bench/results.md
+  bench [--runs N] [--cycles N] [--only cycles]
+                               measure size, launch, start, exec, stop, list, memory -> target/bench/results.md
+                               (--only cycles: the create/start/stop/delete churn alone, per phase)
   fuzz [--seconds N] [--stable] [--no-build] [TARGET...]
                                run the tests/fuzz targets (all, or those named) N seconds each (60) with
                                libFuzzer (nightly + cargo-fuzz, installed if missing), else the stable
