@@ -176,6 +176,61 @@ fn dir_pool_snapshots_restore_copy_move() {
     assert!(snaps.is_empty(), "{snaps:?}");
 }
 
+/// Volumes, and the instances' run and log directories, are trees of their own, made and
+/// deleted as instances come and go: their parents carry the top-directory flag, so ext4
+/// spreads them over its block groups (see `util::fs::spread_subdirs`), and a tree that lost
+/// it (an older bivy's) gets it back at the next start.
+#[test]
+fn volume_run_and_log_parents_spread_their_children() {
+    let mut d = Daemon::start().expect("daemon");
+    let probe = d.dir().join("probe");
+    std::fs::create_dir(&probe).expect("mkdir");
+    let supported = bivy::util::fs::spread_subdirs(&probe).expect("spread_subdirs");
+    std::fs::remove_dir(&probe).expect("rmdir");
+    if !supported {
+        common::skip(
+            &common::current_test_name(),
+            "the daemon's filesystem has no top-directory flag (not ext2/3/4)",
+        );
+        return;
+    }
+    let flags = |p: &Path| {
+        let f = std::fs::File::open(p).expect("open");
+        rustix::fs::ioctl_getflags(&f).expect("FS_IOC_GETFLAGS")
+    };
+    let parents: Vec<PathBuf> = ["run", "logs"]
+        .iter()
+        .map(|p| d.dir().join(p))
+        .chain(
+            ["containers", "containers-snapshots", "images", "custom"]
+                .iter()
+                .map(|p| d.dir().join("storage-pools/default").join(p)),
+        )
+        .collect();
+    for p in &parents {
+        assert!(
+            flags(p).contains(rustix::fs::IFlags::TOPDIR),
+            "{} has no top-directory flag",
+            p.display()
+        );
+    }
+    // An older tree: the flags cleared while the daemon is down come back at the start.
+    d.stop();
+    for p in &parents {
+        let f = std::fs::File::open(p).expect("open");
+        rustix::fs::ioctl_setflags(&f, flags(p) - rustix::fs::IFlags::TOPDIR).expect("clear");
+        assert!(!flags(p).contains(rustix::fs::IFlags::TOPDIR));
+    }
+    d.restart().expect("restart");
+    for p in &parents {
+        assert!(
+            flags(p).contains(rustix::fs::IFlags::TOPDIR),
+            "{} did not get its top-directory flag back",
+            p.display()
+        );
+    }
+}
+
 #[test]
 fn btrfs_pool_on_a_loop_file() {
     if !common::lxc_prerequisites() {

@@ -614,6 +614,9 @@ pub fn recover(d: &Arc<Ctx>) -> std::io::Result<()> {
     super::bridges::recover(d);
     crate::util::fs::create_dir_mode(&d.dir.join("run"), 0o711)?;
     crate::util::fs::create_dir_mode(&d.dir.join("logs"), 0o700)?;
+    // An instance's run and log directories come and go with it (see spread_subdirs).
+    crate::util::fs::spread_subdirs_or_log(&d.dir.join("run"), "run directories");
+    crate::util::fs::spread_subdirs_or_log(&d.dir.join("logs"), "log directories");
     let names: Vec<String> =
         d.db.lock()
             .expect("db lock")

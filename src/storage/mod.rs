@@ -314,8 +314,9 @@ impl Pool {
     }
 
     /// Make the layout's top directories, and give them and the pool's root their modes
-    /// ([`POOL_ROOT_MODE`], [`LAYOUT_MODES`]). `mend` says the tree may be an older one: what
-    /// had other modes is then logged.
+    /// ([`POOL_ROOT_MODE`], [`LAYOUT_MODES`]) and the top-directory flag, so the volumes made
+    /// in them are spread over the filesystem ([`crate::util::fs::spread_subdirs`]). `mend` says
+    /// the tree may be an older one: what had other modes is then logged.
     pub fn make_layout(&self, mend: bool) -> io::Result<()> {
         let root = self.driver.path();
         let set = |p: &Path, mode: u32, what: &str| -> io::Result<()> {
@@ -336,6 +337,8 @@ impl Pool {
                 }
                 Err(e) => return Err(e),
             };
+            // Each volume is a tree of its own, made and deleted as instances come and go.
+            crate::util::fs::spread_subdirs_or_log(&p, "storage pool layout");
         }
         Ok(())
     }
