@@ -157,9 +157,19 @@ pub fn delete_now(d: &Ctx, name: &str) -> Result<()> {
 }
 
 /// Set `volatile.last_state.power` (and optionally other keys) without touching anything else.
+/// Keys that already have these values write nothing (a stop and the watcher that sees the
+/// monitor end both record `STOPPED`).
 pub fn set_volatile(d: &Ctx, name: &str, kv: &[(&str, Option<String>)]) {
+    update_volatile(d, name, kv, None);
+}
+
+/// [`set_volatile`], and `last_used_at` too when given, in one write of the database.
+fn update_volatile(d: &Ctx, name: &str, kv: &[(&str, Option<String>)], used: Option<String>) {
     let mut db = d.db.lock().expect("db lock");
-    if !db.data.instances.contains_key(name) {
+    let Some(r) = db.data.instances.get(name) else {
+        return;
+    };
+    if used.is_none() && kv.iter().all(|(k, v)| r.config.get(*k) == v.as_ref()) {
         return;
     }
     let _ = db.update(|data| {
@@ -173,6 +183,9 @@ pub fn set_volatile(d: &Ctx, name: &str, kv: &[(&str, Option<String>)]) {
                         r.config.remove(*k);
                     }
                 }
+            }
+            if let Some(t) = used {
+                r.last_used_at = t;
             }
         }
     });
@@ -349,16 +362,7 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
     if let Some(m) = &map {
         kv.push(("volatile.idmap.current", Some(m.to_volatile())));
     }
-    set_volatile(d, name, &kv);
-    {
-        let mut db = d.db.lock().expect("db lock");
-        let now = time::now();
-        let _ = db.update(|data| {
-            if let Some(r) = data.instances.get_mut(name) {
-                r.last_used_at = now;
-            }
-        });
-    }
+    update_volatile(d, name, &kv, Some(time::now()));
     watch(d.self_arc(), name.to_string());
     d.events
         .lifecycle("instance-started", &url(name), serde_json::json!({}));
