@@ -10,7 +10,8 @@
 //! - [`api`]: REST wire types, field for field as LXD 5.0.2 sends them. No I/O.
 //! - [`util`]: atomic file writes, modes, RFC 3339 time, the [`util::revert::Revert`] undo list,
 //!   the [`util::stream::Stream`] byte-stream trait, user and group names from `/etc/passwd` and
-//!   `/etc/group` (`passwd`), small helpers instead of helper crates.
+//!   `/etc/group` (`passwd`), the `BIVY_TRACE=1` step timings of lifecycle operations (`trace`),
+//!   small helpers instead of helper crates.
 //! - [`http`]: our own HTTP/1.1 and WebSocket layer, server and client, with limits and timeouts
 //!   (`stream`, `message`, `parse`, `body`, `write`, `server`, `client`, `ws`).
 //! - [`tls`]: the TLS client (rustls with ring, roots from the system trust store); the only

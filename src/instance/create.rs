@@ -127,6 +127,7 @@ pub fn create_now(d: &Ctx, args: NewInstance<'_>, origin: Origin<'_>) -> Result<
         architecture: copy_arch,
         pool: pool_name,
     } = args;
+    let trace = crate::util::trace::Steps::new("create", name);
     let pool = super::pools::usable_pool(d, &pool_name)?;
     let empty_origin = matches!(origin, Origin::Empty);
     let volume = super::operations::uuid();
@@ -240,6 +241,7 @@ pub fn create_now(d: &Ctx, args: NewInstance<'_>, origin: Origin<'_>) -> Result<
     {
         architecture = body.put.architecture.clone();
     }
+    trace.step("volume made");
     cfg.insert("volatile.uuid".into(), super::operations::uuid());
     // The id map this instance will use, and how its rootfs is stored.
     let taken = isolated_bases(d);
@@ -283,6 +285,7 @@ pub fn create_now(d: &Ctx, args: NewInstance<'_>, origin: Origin<'_>) -> Result<
     )?;
     crate::util::fs::ensure_mode(&tmp, crate::storage::instance_volume_mode(privileged))
         .map_err(|e| Error::Host(format!("{}: {e}", tmp.display())))?;
+    trace.step("id map chosen");
     std::fs::rename(&tmp, &final_dir)
         .map_err(|e| Error::Host(format!("{}: {e}", final_dir.display())))?;
     if !snapshots.is_empty() {
@@ -310,6 +313,7 @@ pub fn create_now(d: &Ctx, args: NewInstance<'_>, origin: Origin<'_>) -> Result<
     db.update(|data| data.instances.insert(name.to_string(), rec))
         .map_err(|e| Error::Host(format!("saving instance: {e}")))?;
     drop(db);
+    trace.step("recorded");
     revert.commit();
     d.events
         .lifecycle("instance-created", &url(name), serde_json::json!({}));

@@ -137,6 +137,7 @@ pub fn apply_live_limits(d: &Ctx, name: &str) {
 }
 
 pub fn delete_now(d: &Ctx, name: &str) -> Result<()> {
+    let trace = crate::util::trace::Steps::new("delete", name);
     if matches!(state_of(d, name)?, State::Running { .. }) {
         return Err(Error::Invalid("Instance is running".into()));
     }
@@ -147,10 +148,13 @@ pub fn delete_now(d: &Ctx, name: &str) -> Result<()> {
             .map_err(|e| Error::Host(e.to_string()))?;
         rec
     };
+    trace.step("record removed");
     // The record is gone (commit point); data removal failures are retried by `recover`.
     super::pools::delete_instance_volumes(d, &rec);
+    trace.step("volumes deleted");
     let _ = std::fs::remove_dir_all(d.log_dir(name));
     let _ = std::fs::remove_dir_all(d.run_dir(name));
+    trace.step("log and run directories removed");
     d.events
         .lifecycle("instance-deleted", &url(name), serde_json::json!({}));
     Ok(())
@@ -199,6 +203,7 @@ pub fn start(d: &Ctx, name: &str) -> Result<()> {
 
 /// Start an instance; `stateful`: from its saved state (CRIU restore, see `stateful`).
 pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
+    let trace = crate::util::trace::Steps::new("start", name);
     let rec = record(d, name)?;
     if let State::Running { frozen, .. } = state_of(d, name)? {
         if frozen {
@@ -211,6 +216,7 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
     } else {
         super::stateful::discard(d, name, &rec)?;
     }
+    trace.step("state checked");
     let (ec, ed) = expanded(d, &rec);
     for (dev, conf) in &ed {
         let t = conf.get("type").map(String::as_str).unwrap_or("");
@@ -223,6 +229,7 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
     let privileged = config::flag(&ec, "security.privileged");
     let disks = super::devices::resolve_disks(d, &ed, privileged)?;
     let nics = super::nics::resolve(&d.db.lock().expect("db lock").data, name, &rec.config, &ed)?;
+    trace.step("devices resolved");
     let vol = d.volume_dir(&rec);
     let rootfs = vol.join("rootfs");
     // Id map: next becomes current.
@@ -284,6 +291,7 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
             image::apply_templates(&meta, &vol.join("templates"), &rootfs, "start", &ctx)?;
         }
     }
+    trace.step("id map and templates");
     let limits = config::limits(&ec, d.host.total_memory, d.host.ncpus)?;
     let mut env: Vec<(String, String)> = vec![("container".into(), "lxc".into())];
     for (k, v) in &ec {
@@ -332,6 +340,7 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
         .map(|(k, v)| (k.as_str(), v.clone()))
         .collect();
     set_volatile(d, name, &nic_keys);
+    trace.step("spec ready");
     let started = if stateful {
         super::stateful::restore(d, name, &rec, &spec, &run_dir)
     } else {
@@ -344,6 +353,7 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
         nics_stopped(d, name);
         return Err(e);
     }
+    trace.step("runtime started");
     super::bridges::refresh(d, nics.networks);
     // Proxy devices listen once the container runs; one that cannot fails the start.
     if let Err(e) = super::proxy::start_all(d, name, &ed) {
@@ -354,6 +364,7 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
         nics_stopped(d, name);
         return Err(e);
     }
+    trace.step("networks and proxies");
     log_line(&log_dir, "started");
     let mut kv: Vec<(&str, Option<String>)> = vec![
         ("volatile.last_state.power", Some("RUNNING".into())),
@@ -363,9 +374,11 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
         kv.push(("volatile.idmap.current", Some(m.to_volatile())));
     }
     update_volatile(d, name, &kv, Some(time::now()));
+    trace.step("recorded");
     watch(d.self_arc(), name.to_string());
     d.events
         .lifecycle("instance-started", &url(name), serde_json::json!({}));
+    trace.step("watched");
     if let Some(spec) = ec.get("snapshots.schedule") {
         if super::schedule::parse_schedule(spec).is_ok_and(|s| s.is_startup()) {
             if let Err(e) = super::snapshots::snapshot_now(d, name, "", None) {
@@ -435,6 +448,7 @@ fn seccomp_policy(ec: &StringMap) -> Result<String> {
 
 /// Stop an instance (the caller holds its busy mark).
 pub fn stop(d: &Ctx, name: &str, force: bool, timeout: Duration) -> Result<()> {
+    let trace = crate::util::trace::Steps::new("stop", name);
     if !matches!(state_of(d, name)?, State::Running { .. }) {
         return Err(Error::Invalid("The instance is already stopped".into()));
     }
@@ -444,12 +458,14 @@ pub fn stop(d: &Ctx, name: &str, force: bool, timeout: Duration) -> Result<()> {
         runtime::StopMode::Clean(timeout)
     };
     runtime::stop(&d.run_dir(name), mode)?;
+    trace.step("runtime stopped");
     super::proxy::stopped(d, name);
     set_volatile(
         d,
         name,
         &[("volatile.last_state.power", Some("STOPPED".into()))],
     );
+    trace.step("recorded");
     Ok(())
 }
 

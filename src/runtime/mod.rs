@@ -18,7 +18,8 @@
 //!   for force, kills the cgroup and init; SIGTERM to the monitor also kills the container.
 //! - `exec()` runs `bivy __exec` (same sealed binary) as a child of the caller; the request goes over
 //!   a socketpair, the pty master comes back over it.
-//! - `BIVY_TRACE=1` makes the monitor log each setup step's time to `monitor.log` in the run dir.
+//! - `BIVY_TRACE=1` makes the monitor log each setup step's time to `monitor.log` in the run dir,
+//!   and `start()` its own steps (spawn, the monitor's reply) on the caller's stderr.
 //!
 //! INTERFACE CONTRACT (the daemon relies on exactly these items; keep their signatures):
 //! `Spec`, `IdMapEntry`, `RootfsMode`, `Limits`, `start`, `state`, `State`, `ExitInfo`, `stop`,

@@ -336,6 +336,7 @@ pub fn restore(spec: &Spec, run_dir: &Path, req: &criu::RestoreReq) -> Result<St
 }
 
 fn start_inner(spec: &Spec, run_dir: &Path, restore: Option<&criu::RestoreReq>) -> Result<State> {
+    let trace = crate::util::trace::Steps::new("runtime start", &spec.name);
     if let State::Running { .. } = state(run_dir)? {
         return Err(Error(format!("container {} is already running", spec.name)));
     }
@@ -385,6 +386,7 @@ fn start_inner(spec: &Spec, run_dir: &Path, restore: Option<&criu::RestoreReq>) 
         .open(&lp)
         .map_err(|e| err("open", &lp, e))?;
     let log2 = log.try_clone().map_err(|e| err("dup", &lp, e))?;
+    trace.step("run directory ready");
     let mut cmd = helper_command("bivy-monitor")?;
     cmd.arg("__monitor")
         .arg(run_dir)
@@ -394,8 +396,10 @@ fn start_inner(spec: &Spec, run_dir: &Path, restore: Option<&criu::RestoreReq>) 
         .spawn()
         .map_err(|e| Error(format!("spawn monitor: {e}")))?;
     drop(inherit);
+    trace.step("monitor spawned");
     // The first-level process exits as soon as it forked the real (daemonized) monitor.
     let _ = child.wait();
+    trace.step("first-level monitor process reaped");
 
     // 3. Wait for its verdict: Started after init exec'd, or the setup error.
     let _ = nix::sys::socket::setsockopt(
@@ -403,7 +407,9 @@ fn start_inner(spec: &Spec, run_dir: &Path, restore: Option<&criu::RestoreReq>) 
         nix::sys::socket::sockopt::ReceiveTimeout,
         &nix::sys::time::TimeVal::new(60, 0),
     );
-    match chan::recv(&ours)? {
+    let reply = chan::recv(&ours)?;
+    trace.step("monitor replied");
+    match reply {
         Some((Msg::Started(init_pid, monitor_pid), _)) => Ok(State::Running {
             init_pid,
             monitor_pid,
@@ -797,7 +803,9 @@ fn setup(
     if !privileged {
         userns::write_maps(pid, &spec.uid_map, &spec.gid_map).map_err(kill_child)?;
     }
+    trace(t0, "step 9: maps written");
     confine::cgroup_add_pid(spec.cgroup_name(), pid).map_err(kill_child)?;
+    trace(t0, "step 9: in the cgroup");
     super::nics::plug_all(pid, &spec.nics).map_err(kill_child)?;
     trace(t0, "step 9: nics plugged");
     chan::send(&psock, &Msg::Go, None).map_err(kill_child)?;

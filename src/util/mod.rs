@@ -7,6 +7,7 @@ pub mod revert;
 pub mod sort;
 pub mod stream;
 pub mod time;
+pub mod trace;
 
 /// Undo the `\ooo` octal escapes (`\040` for a space) of paths in /proc/self/mountinfo.
 pub fn unescape_mountinfo(s: &str) -> String {

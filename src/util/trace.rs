@@ -1,0 +1,30 @@
+//! `BIVY_TRACE=1`: the daemon's lifecycle operations (create, start, stop, delete) log the time
+//! of each of their steps on its stderr, as the monitor logs its own setup steps (see
+//! `runtime`). Off, a step costs one branch: the environment is read once per process.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+fn on() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("BIVY_TRACE").is_some())
+}
+
+/// The step timer of one operation (`start c1`): each [`Steps::step`] logs the time since it
+/// began.
+pub struct Steps(Option<(String, Instant)>);
+
+impl Steps {
+    pub fn new(op: &str, name: &str) -> Steps {
+        Steps(on().then(|| (format!("{op} {name}"), Instant::now())))
+    }
+
+    pub fn step(&self, step: &str) {
+        if let Some((what, t0)) = &self.0 {
+            eprintln!(
+                "bivy trace: {what}: {:>8.3} ms  {step}",
+                t0.elapsed().as_secs_f64() * 1000.0
+            );
+        }
+    }
+}
