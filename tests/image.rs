@@ -1396,6 +1396,32 @@ fn images_that_cannot_work_are_refused_at_import() {
     tb.0.append_data(&mut h, format!("rootfs/etc/{}", "n".repeat(256)), &b"x"[..])
         .unwrap();
     bad_request_in(&store, &tb.gz(), "a file name is longer than 255 bytes");
+    // Owners that are no id: -1 (chown's "no change": the file stayed the unpacker's, found
+    // by fuzzing) and 2^32, in the header and in a PAX record (it was cut to 0, root).
+    for (uid, pax, want) in [
+        (u32::MAX as u64, None, "uid 4294967295 is not a valid id"),
+        (1u64 << 32, None, "uid 4294967296 is not a valid id"),
+        (
+            0,
+            Some(&b"18 gid=4294967296\n"[..]),
+            "gid 4294967296 is not a valid id",
+        ),
+    ] {
+        let mut tb = base(meta);
+        if let Some(p) = pax {
+            tb.raw(
+                b"././@PaxHeader",
+                tar::EntryType::XHeader,
+                p,
+                None,
+                0o644,
+                0,
+                0,
+            );
+        }
+        tb.file("rootfs/etc/owned", b"x", 0o644, uid, 0);
+        bad_request_in(&store, &tb.gz(), want);
+    }
     // A hard link out of the rootfs (to metadata.yaml, to a template) or to a later file.
     for target in [&b"metadata.yaml"[..], b"templates/t.tpl", b"rootfs/later"] {
         let mut tb = base(meta);

@@ -136,9 +136,9 @@ fn ts(sec: i64, nsec: u32) -> Timestamps {
 /// Member metadata from the header and its PAX records.
 fn member_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<(Meta, u64, bool)> {
     let h = entry.header();
+    // Owners as the header and the PAX records give them, checked once both are read.
+    let (mut uid, mut gid) = (h.uid().unwrap_or(0), h.gid().unwrap_or(0));
     let mut m = Meta {
-        uid: h.uid().unwrap_or(0) as u32,
-        gid: h.gid().unwrap_or(0) as u32,
         mode: h.mode().unwrap_or(0o644) & 0o7777,
         mtime: h.mtime().unwrap_or(0) as i64,
         ..Meta::default()
@@ -162,9 +162,9 @@ fn member_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<(Meta, u64, boo
             if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
                 m.xattrs.push((name.to_string(), val.to_vec()));
             } else if key == "uid" {
-                m.uid = num().unwrap_or(m.uid as u64) as u32;
+                uid = num().unwrap_or(uid);
             } else if key == "gid" {
-                m.gid = num().unwrap_or(m.gid as u64) as u32;
+                gid = num().unwrap_or(gid);
             } else if key == "mtime" {
                 let s = String::from_utf8_lossy(val);
                 let (sec, frac) = s.split_once('.').unwrap_or((&s, ""));
@@ -182,6 +182,21 @@ fn member_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<(Meta, u64, boo
             }
         }
     }
+    // An id is 32 bits and -1 means "no change" to chown: a larger one was cut to its low bits
+    // (2^32 became root), -1 left the unpacker's own.
+    let id = |v: u64, what: &str| {
+        u32::try_from(v)
+            .ok()
+            .filter(|v| *v != u32::MAX)
+            .ok_or_else(|| {
+                bad(format!(
+                    "invalid image tarball: {}: {what} {v} is not a valid id",
+                    String::from_utf8_lossy(&entry.path_bytes())
+                ))
+            })
+    };
+    m.uid = id(uid, "uid")?;
+    m.gid = id(gid, "gid")?;
     Ok((m, apparent, pax_sparse))
 }
 
