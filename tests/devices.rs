@@ -2,7 +2,8 @@
 //! bivy's own CLI: volume create/list/show/set/rename/delete (refused while attached), a volume
 //! shared by two containers with different id maps, host directories and files bound in
 //! (read-only enforced, `required=false` skipped, a missing source or a symlink refused at
-//! start), device changes on a running container refused, and nothing left mounted on the host.
+//! start), disks and unix devices hot-plugged into running containers (read-only locked, the
+//! device cgroup following), and nothing left mounted on the host.
 //! Real containers, as root.
 
 mod common;
@@ -175,14 +176,16 @@ fn custom_volume_lifecycle_with_lxc() {
         &["storage", "volume", "rename", "default", "vol2", "vol3"],
         "Volume is still in use by running instances",
     );
+    // A volume attached and detached while running: hot-plugged.
     l.ok(&["storage", "volume", "create", "default", "other"]);
-    fails_with(
-        &l,
-        &[
-            "storage", "volume", "attach", "default", "other", "c1", "/other",
-        ],
-        "not supported yet: adding disk devices to a running instance",
-    );
+    l.ok(&[
+        "storage", "volume", "attach", "default", "other", "c1", "/other",
+    ]);
+    let (code, out) = l.sh("c1", "echo o > /other/f && cat /other/f");
+    assert_eq!((code, out.as_str()), (0, "o\n"));
+    l.ok(&["storage", "volume", "detach", "default", "other", "c1"]);
+    let (code, _) = l.sh("c1", "test -e /other/f");
+    assert_eq!(code, 1, "the detached volume is still mounted");
     let (code, out) = l.sh(
         "c1",
         "echo hi > /data/f && cat /data/f && stat -c %u:%g /data/f",
@@ -291,6 +294,7 @@ fn host_directory_and_file_devices() {
             format!("source={}", p("data")),
             "path=/ro".into(),
             "readonly=true".into(),
+            "shift=true".into(),
         ],
     );
     add(
@@ -350,7 +354,10 @@ fn host_directory_and_file_devices() {
     let (code, out) = l.sh("c1", "touch /ro/new 2>&1");
     assert_ne!(code, 0, "writing a readonly disk worked: {out}");
     assert!(out.contains("Read-only file system"), "{out}");
-    let (code, out) = l.sh("c1", "mount -o remount,rw /ro 2>&1; touch /ro/new2 2>&1");
+    let (code, out) = l.sh(
+        "c1",
+        "mount -o remount,rw /ro 2>&1; mount -o remount,bind,rw /ro 2>&1; touch /ro/new2 2>&1",
+    );
     assert_ne!(
         code, 0,
         "the container made its readonly disk writable: {out}"
@@ -418,39 +425,274 @@ fn host_directory_and_file_devices() {
         !Path::new("/etc/inside").exists(),
         "a mount point was made on the host"
     );
-    fails_with(
-        &l,
-        &["config", "device", "remove", "c1", "esc"],
-        "not supported yet: removing disk devices from a running instance",
-    );
+    // Removed while running: unmounted in the container.
+    l.ok(&["config", "device", "remove", "c1", "esc"]);
+    let (code, _) = l.sh("c1", "test -e /etc/inside/hello");
+    assert_eq!(code, 1, "the removed disk is still mounted");
     no_mounts_below(d.tmp());
     l.ok(&["delete", "c1", "--force"]);
     no_mounts_below(d.tmp());
 }
 
+/// Host-side path of the root filesystem of the only container on the default (dir) pool
+/// (volumes are named by uuid).
+fn only_rootfs(l: &Lxc<'_>) -> std::path::PathBuf {
+    let pool = l.ok(&["storage", "get", "default", "source"]);
+    let base = Path::new(pool.trim()).join("containers");
+    let vols: Vec<_> = std::fs::read_dir(&base)
+        .expect("containers dir")
+        .flatten()
+        .map(|e| e.path().join("rootfs"))
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(vols.len(), 1, "{vols:?}");
+    vols[0].clone()
+}
+
+/// The device cgroup rules of a running container (v1 `devices.list`), when there is one.
+fn devices_list(c: &str) -> Option<String> {
+    let base = Path::new("/sys/fs/cgroup/devices/bivy");
+    let rd = std::fs::read_dir(base).ok()?;
+    for e in rd.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n == c || n.starts_with(&format!("{c}.")) {
+            return std::fs::read_to_string(e.path().join("devices.list")).ok();
+        }
+    }
+    None
+}
+
 #[test]
-fn other_device_types_are_refused_at_start() {
+fn disks_hot_plug_into_a_running_container() {
     if !common::lxc_prerequisites() {
         return;
     }
     let d = Daemon::start().expect("daemon");
     let l = Lxc::new(&d);
     l.import_busybox();
-    l.ok(&["init", "busybox", "c1"]);
+    let host = d.tmp().join("hp");
+    std::fs::create_dir_all(host.join("data")).expect("mkdir");
+    std::fs::write(host.join("data/hello"), "hello\n").expect("write");
+    let src = host.join("data").display().to_string();
+    l.ok(&["launch", "busybox", "c1"]);
+    let add = |args: &[&str]| {
+        let mut v = vec!["config", "device", "add", "c1"];
+        v.extend_from_slice(args);
+        l.run(&v)
+    };
+    // Read-only, and locked so: container root cannot remount it writable.
+    let out = add(&[
+        "ro",
+        "disk",
+        &format!("source={src}"),
+        "path=/mnt/ro",
+        "readonly=true",
+        "shift=true",
+    ]);
+    assert!(out.status.success(), "{}", err_text(&out));
+    let (code, out) = l.sh("c1", "cat /mnt/ro/hello");
+    assert_eq!((code, out.as_str()), (0, "hello\n"));
+    let (code, out) = l.sh("c1", "touch /mnt/ro/new 2>&1");
+    assert_ne!(code, 0, "wrote to a read-only hot-plugged disk: {out}");
+    assert!(out.contains("Read-only file system"), "{out}");
+    let (code, out) = l.sh(
+        "c1",
+        "mount -o remount,rw /mnt/ro 2>&1; mount -o remount,bind,rw /mnt/ro 2>&1; touch /mnt/ro/new2 2>&1",
+    );
+    assert_ne!(
+        code, 0,
+        "the container made its read-only disk writable: {out}"
+    );
+    // Writable and shifted: container root writes as host root there.
+    let out = add(&[
+        "rw",
+        "disk",
+        &format!("source={src}"),
+        "path=/mnt/rw",
+        "shift=true",
+    ]);
+    assert!(out.status.success(), "{}", err_text(&out));
+    let (code, out) = l.sh("c1", "echo w > /mnt/rw/w && stat -c %u /mnt/rw/w");
+    assert_eq!((code, out.as_str()), (0, "0\n"));
+    assert_eq!(std::fs::metadata(host.join("data/w")).expect("w").uid(), 0);
+    // A source through a symlink is refused and the container and its config stay as they were.
+    std::os::unix::fs::symlink(host.join("data"), host.join("link")).expect("symlink");
+    let link = host.join("link").display().to_string();
+    let out = add(&["bad", "disk", &format!("source={link}"), "path=/mnt/bad"]);
+    assert!(!out.status.success(), "a symlink source was mounted");
+    assert!(err_text(&out).contains("symlink"), "{}", err_text(&out));
+    let (code, _) = l.sh("c1", "test -e /mnt/bad");
+    assert_eq!(code, 1, "a refused device left its mount point");
+    let show = l.ok(&["config", "device", "show", "c1"]);
+    assert!(!show.contains("bad:"), "{show}");
+    // A missing source: refused unless required=false (then skipped).
+    let gone = host.join("gone").display().to_string();
+    let out = add(&["gone", "disk", &format!("source={gone}"), "path=/mnt/gone"]);
+    assert!(
+        err_text(&out).contains("Missing source path"),
+        "{}",
+        err_text(&out)
+    );
+    let out = add(&[
+        "opt",
+        "disk",
+        &format!("source={gone}"),
+        "path=/mnt/opt",
+        "required=false",
+    ]);
+    assert!(out.status.success(), "{}", err_text(&out));
+    // Two devices on one path: refused.
+    let out = add(&["twice", "disk", &format!("source={src}"), "path=/mnt/ro"]);
+    assert!(!out.status.success(), "two disks on one path");
+    // A changed device is remounted with its new settings.
+    l.ok(&["config", "device", "set", "c1", "ro", "path", "/mnt/ro2"]);
+    let (code, out) = l.sh("c1", "cat /mnt/ro2/hello; test -e /mnt/ro/hello; echo $?");
+    assert_eq!((code, out.as_str()), (0, "hello\n1\n"));
+    // Removed: gone from the container; nothing ever reached the host's mount table.
+    l.ok(&["config", "device", "remove", "c1", "ro", "rw", "opt"]);
+    let (code, out) = l.sh(
+        "c1",
+        "test -e /mnt/ro2/hello; echo $?; test -e /mnt/rw/w; echo $?",
+    );
+    assert_eq!((code, out.as_str()), (0, "1\n1\n"));
+    no_mounts_below(d.tmp());
+    // A restart mounts what the config says (the hot-plugged device included).
+    add(&["again", "disk", &format!("source={src}"), "path=/mnt/again"]);
+    l.ok(&["restart", "c1", "--force"]);
+    let (code, out) = l.sh("c1", "cat /mnt/again/hello");
+    assert_eq!((code, out.as_str()), (0, "hello\n"));
+    l.ok(&["delete", "c1", "--force"]);
+    no_mounts_below(d.tmp());
+}
+
+#[test]
+fn unix_devices_cold_and_hot_with_the_device_cgroup() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    if !Path::new("/sys/fs/cgroup/devices").is_dir() {
+        common::skip(
+            "unix_devices_cold_and_hot_with_the_device_cgroup",
+            "no cgroup v1 devices controller",
+        );
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    l.import_busybox();
+    // (Started once: the volume is made by then.)
+    l.ok(&["launch", "busybox", "c1"]);
+    l.ok(&["stop", "c1", "--force"]);
+    // A node put in the rootfs from the host side (a hostile migration peer, say), owned by
+    // container root: the device cgroup refuses to open it.
+    let lc = only_rootfs(&l).join("lc");
+    let out = std::process::Command::new("mknod")
+        .args([lc.to_str().unwrap(), "c", "10", "237"])
+        .output()
+        .expect("mknod");
+    assert!(out.status.success(), "{}", err_text(&out));
+    // Cold: a unix-char device with its numbers from the host's node, and one that is missing
+    // but not required.
     l.ok(&[
         "config",
         "device",
         "add",
         "c1",
-        "tty",
+        "null2",
         "unix-char",
-        "path=/dev/ttyS0",
+        "source=/dev/null",
+        "path=/dev/null2",
+        "mode=0600",
+        "uid=1000",
     ]);
+    l.ok(&[
+        "config",
+        "device",
+        "add",
+        "c1",
+        "nope",
+        "unix-char",
+        "source=/dev/bivy-nope",
+        "required=false",
+    ]);
+    l.ok(&["start", "c1"]);
+    let (code, out) = l.sh("c1", "stat -c '%t:%T %a %u' /dev/null2; echo x > /dev/null2 && echo ok; test -e /dev/bivy-nope; echo $?");
+    assert_eq!((code, out.as_str()), (0, "1:3 600 1000\nok\n1\n"));
+    let (code, out) = l.sh("c1", "exec 3</lc 2>&1; echo opened");
+    assert_ne!(
+        code, 0,
+        "a node the cgroup does not allow was opened: {out}"
+    );
+    assert!(out.contains("not permitted"), "{out}");
+    // Hot: the same device numbers, now allowed, and the node made in /dev.
+    l.ok(&[
+        "config",
+        "device",
+        "add",
+        "c1",
+        "lc",
+        "unix-char",
+        "source=/dev/loop-control",
+    ]);
+    let (code, out) = l.sh(
+        "c1",
+        "stat -c '%t:%T %a %u:%g' /dev/loop-control && exec 3</dev/loop-control && echo opened",
+    );
+    assert_eq!((code, out.as_str()), (0, "a:ed 660 0:0\nopened\n"));
+    let list = devices_list("c1").expect("devices.list");
+    assert!(list.contains("c 10:237 rwm"), "{list}");
+    // Removed hot: node gone, cgroup rule gone.
+    l.ok(&["config", "device", "remove", "c1", "lc"]);
+    let (code, out) = l.sh("c1", "test -e /dev/loop-control; echo $?; exec 3</lc 2>&1");
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.starts_with("1\n") && out.contains("not permitted"),
+        "{out}"
+    );
+    let list = devices_list("c1").expect("devices.list");
+    assert!(!list.contains("c 10:237"), "{list}");
+    // Types bivy does not build are refused when configured.
     fails_with(
         &l,
-        &["start", "c1"],
-        "not supported yet: device \"tty\" of type \"unix-char\"",
+        &[
+            "config",
+            "device",
+            "add",
+            "c1",
+            "t",
+            "tpm",
+            "path=/dev/tpm0",
+        ],
+        "not supported yet: tpm devices",
     );
+    // A GPU that is not there is a clear error, and nothing changes.
+    fails_with(
+        &l,
+        &["config", "device", "add", "c1", "g", "gpu", "vendorid=ffff"],
+        "Failed to detect requested GPU device",
+    );
+    // `none` masks a profile's device.
+    let src = d.tmp().display().to_string();
+    l.ok(&["profile", "create", "withdisk"]);
+    l.ok(&[
+        "profile",
+        "device",
+        "add",
+        "withdisk",
+        "pd",
+        "disk",
+        &format!("source={src}"),
+        "path=/mnt/pd",
+    ]);
+    l.ok(&["profile", "add", "c1", "withdisk"]);
+    let (code, _) = l.sh("c1", "test -d /mnt/pd");
+    assert_eq!(code, 0, "the profile's disk was not hot-plugged");
+    l.ok(&["config", "device", "add", "c1", "pd", "none"]);
+    let (code, _) = l.sh("c1", "test -d /mnt/pd && mountpoint -q /mnt/pd");
+    assert_ne!(code, 0, "the masked device is still mounted");
+    l.ok(&["delete", "c1", "--force"]);
+    l.ok(&["profile", "delete", "withdisk"]);
+    no_mounts_below(d.tmp());
 }
 
 #[test]

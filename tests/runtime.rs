@@ -131,6 +131,7 @@ impl Ct {
             cgroup: None,
             disks: Vec::new(),
             nics: Vec::new(),
+            unix_devices: Vec::new(),
         };
         Ct {
             dir,

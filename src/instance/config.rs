@@ -315,10 +315,12 @@ pub fn validate_devices(devices: &Devices, data: &super::db::Data) -> Result<()>
             Some("proxy") => {
                 super::proxy::validate(name, d)?;
             }
-            Some(
-                "none" | "unix-char" | "unix-block" | "gpu" | "usb" | "infiniband" | "tpm" | "pci"
-                | "unix-hotplug",
-            ) => {}
+            Some("none" | "unix-char" | "unix-block" | "gpu" | "usb") => {
+                super::devices::validate_node_device(name, d)?;
+            }
+            Some(t @ ("infiniband" | "tpm" | "pci" | "unix-hotplug")) => {
+                return Err(Error::not_yet(&format!("{t} devices (device {name:?})")))
+            }
             Some(t) => {
                 return Err(Error::Invalid(format!(
                     "Device {name:?}: unknown device type {t:?}"

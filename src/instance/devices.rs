@@ -1,14 +1,15 @@
-//! Devices other than the root disk: which keys a `disk` device takes (LXD 5.0.2's, each either
-//! kept or refused), turning an instance's expanded disk devices into the runtime's
-//! [`DiskMount`]s at start, and refusing device changes on a running instance (other than NICs
-//! and proxies, hot-plugged). Other device types are refused at start (`lifecycle::start`).
+//! Devices other than the root disk and NICs: which keys `disk`, `unix-char`, `unix-block`,
+//! `gpu`, `usb` and `none` devices take (LXD 5.0.2's, each either kept or refused), turning an
+//! instance's expanded devices into the runtime's [`DiskMount`]s and [`UnixDev`]s at start, and
+//! hot-plugging changes into a running instance: disks and nodes through the runtime
+//! ([`runtime::hotplug`](crate::runtime::hotplug)), proxies and NICs through their modules.
 
 use std::path::{Component, Path, PathBuf};
 
 use super::config::parse_bool;
 use super::{Ctx, Error, Result};
 use crate::api::{Devices, StringMap};
-use crate::runtime::DiskMount;
+use crate::runtime::{DiskMount, UnixDev};
 
 /// Whether `dev` is the root disk.
 pub fn is_root_disk(dev: &StringMap) -> bool {
@@ -123,7 +124,12 @@ pub fn validate_disk(name: &str, dev: &StringMap) -> Result<()> {
 /// The expanded disk devices other than root, resolved for the runtime, in mount order
 /// (shallower paths first). `privileged` instances get no idmap. A custom volume must exist;
 /// a host source is checked by the runtime when it opens it.
-pub fn resolve_disks(d: &Ctx, devices: &Devices, privileged: bool) -> Result<Vec<DiskMount>> {
+pub fn resolve_disks(
+    d: &Ctx,
+    data: &super::db::Data,
+    devices: &Devices,
+    privileged: bool,
+) -> Result<Vec<DiskMount>> {
     let mut out: Vec<DiskMount> = Vec::new();
     for (name, dev) in devices {
         if dev.get("type").map(String::as_str) != Some("disk") || is_root_disk(dev) {
@@ -137,7 +143,7 @@ pub fn resolve_disks(d: &Ctx, devices: &Devices, privileged: bool) -> Result<Vec
         let recursive = bool_key(name, dev, "recursive", false)?;
         let (source, idmap) = match dev.get("pool").filter(|p| !p.is_empty()) {
             Some(pool) => {
-                let (_, p) = super::volumes::path_for_disk(d, pool, source)?;
+                let (_, p) = super::volumes::path_for_disk(d, data, pool, source)?;
                 // The pool's own path is the admin's, the volume below it root's alone: resolve
                 // any symlink in the former now, so the runtime can refuse every symlink.
                 let p = std::fs::canonicalize(&p).map_err(|e| {
@@ -175,14 +181,296 @@ pub fn resolve_disks(d: &Ctx, devices: &Devices, privileged: bool) -> Result<Vec
     Ok(out)
 }
 
+fn parse_key<T: std::str::FromStr>(name: &str, dev: &StringMap, key: &str) -> Result<Option<T>> {
+    match dev.get(key).map(String::as_str) {
+        None | Some("") => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| {
+            Error::Invalid(format!(
+                "Device {name:?}: Invalid value for device option {key:?}: {v:?}"
+            ))
+        }),
+    }
+}
+
+/// The octal `mode` of a node (`0660` when unset, as LXD).
+fn mode_key(name: &str, dev: &StringMap) -> Result<u32> {
+    match dev.get("mode").map(String::as_str) {
+        None | Some("") => Ok(0o660),
+        Some(v) => u32::from_str_radix(v, 8)
+            .ok()
+            .filter(|m| *m <= 0o7777)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "Device {name:?}: Invalid value for device option \"mode\": {v:?} is not an octal file mode"
+                ))
+            }),
+    }
+}
+
+/// A USB or PCI id: four hex digits.
+fn hex4(name: &str, dev: &StringMap, key: &str) -> Result<()> {
+    match dev.get(key).map(String::as_str) {
+        None | Some("") => Ok(()),
+        Some(v) if v.len() == 4 && v.chars().all(|c| c.is_ascii_hexdigit()) => Ok(()),
+        Some(v) => Err(Error::Invalid(format!(
+            "Device {name:?}: Invalid value for device option {key:?}: {v:?} is not a 4-digit hex id"
+        ))),
+    }
+}
+
+/// Check a `unix-char`, `unix-block`, `gpu`, `usb` or `none` device's keys (the host is looked
+/// at when it starts or is hot-plugged).
+pub fn validate_node_device(name: &str, dev: &StringMap) -> Result<()> {
+    let t = dev.get("type").map(String::as_str).unwrap_or("");
+    let keys: &[&str] = match t {
+        "unix-char" | "unix-block" => &[
+            "source", "path", "major", "minor", "uid", "gid", "mode", "required",
+        ],
+        "gpu" => &[
+            "gputype",
+            "vendorid",
+            "productid",
+            "id",
+            "pci",
+            "uid",
+            "gid",
+            "mode",
+        ],
+        "usb" => &[
+            "vendorid",
+            "productid",
+            "serial",
+            "uid",
+            "gid",
+            "mode",
+            "required",
+        ],
+        _ => &[],
+    };
+    for k in dev.keys() {
+        if k != "type" && !keys.contains(&k.as_str()) {
+            return Err(Error::Invalid(format!(
+                "Device {name:?}: Invalid device option {k:?}"
+            )));
+        }
+    }
+    parse_key::<u32>(name, dev, "uid")?;
+    parse_key::<u32>(name, dev, "gid")?;
+    parse_key::<u32>(name, dev, "major")?;
+    parse_key::<u32>(name, dev, "minor")?;
+    mode_key(name, dev)?;
+    bool_key(name, dev, "required", true)?;
+    hex4(name, dev, "vendorid")?;
+    hex4(name, dev, "productid")?;
+    match t {
+        "unix-char" | "unix-block" => {
+            let source = dev.get("source").map(String::as_str).unwrap_or("");
+            let path = dev.get("path").map(String::as_str).unwrap_or("");
+            if source.is_empty() && path.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "Device {name:?}: Unix device entry is missing the required \"source\" or \"path\" property"
+                )));
+            }
+            for p in [source, path].into_iter().filter(|p| !p.is_empty()) {
+                if !plain_absolute(p) || p == "/" {
+                    return Err(Error::Invalid(format!(
+                        "Device {name:?}: the path {p:?} must be absolute, without \".\" or \"..\""
+                    )));
+                }
+            }
+        }
+        "gpu" => match dev.get("gputype").map(String::as_str) {
+            None | Some("") | Some("physical") => {}
+            Some(g @ ("mdev" | "mig" | "sriov")) => {
+                return Err(Error::not_yet(&format!(
+                    "gpu devices with gputype {g:?} (device {name:?})"
+                )))
+            }
+            Some(g) => {
+                return Err(Error::Invalid(format!(
+                    "Device {name:?}: Invalid value for device option \"gputype\": {g:?}"
+                )))
+            }
+        },
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The expanded `unix-char`, `unix-block`, `gpu` and `usb` devices as device nodes, looking at
+/// the host now (a unix device's numbers come from its source unless given; a missing source
+/// with `required=false`, and a `usb` device matching nothing, are left out).
+pub fn resolve_nodes(devices: &Devices) -> Result<Vec<UnixDev>> {
+    resolve_nodes_in(Path::new("/"), devices)
+}
+
+fn resolve_nodes_in(root: &Path, devices: &Devices) -> Result<Vec<UnixDev>> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut out: Vec<UnixDev> = Vec::new();
+    for (name, dev) in devices {
+        let t = dev.get("type").map(String::as_str).unwrap_or("");
+        if !matches!(t, "unix-char" | "unix-block" | "gpu" | "usb") {
+            continue;
+        }
+        validate_node_device(name, dev)?;
+        let uid = parse_key::<u32>(name, dev, "uid")?.unwrap_or(0);
+        let gid = parse_key::<u32>(name, dev, "gid")?.unwrap_or(0);
+        let mode = mode_key(name, dev)?;
+        let get = |k: &str| dev.get(k).filter(|v| !v.is_empty()).cloned();
+        let node = |path: String, block: bool, major: u32, minor: u32| UnixDev {
+            name: name.clone(),
+            path,
+            block,
+            major,
+            minor,
+            uid,
+            gid,
+            mode,
+        };
+        match t {
+            "unix-char" | "unix-block" => {
+                let block = t == "unix-block";
+                let source = get("source").or_else(|| get("path")).unwrap_or_default();
+                let path = get("path").unwrap_or_else(|| source.clone());
+                let (major, minor) = (
+                    parse_key::<u32>(name, dev, "major")?,
+                    parse_key::<u32>(name, dev, "minor")?,
+                );
+                let (major, minor) = match (major, minor) {
+                    (Some(a), Some(b)) => (a, b),
+                    _ => match std::fs::metadata(&source) {
+                        Ok(m) => {
+                            let ft = m.file_type();
+                            if (block && !ft.is_block_device()) || (!block && !ft.is_char_device())
+                            {
+                                return Err(Error::Invalid(format!(
+                                    "Device {name:?}: {source:?} is not a {} device",
+                                    if block { "block" } else { "character" }
+                                )));
+                            }
+                            let r = m.rdev();
+                            (
+                                major.unwrap_or(rustix::fs::major(r)),
+                                minor.unwrap_or(rustix::fs::minor(r)),
+                            )
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                            if bool_key(name, dev, "required", true)? {
+                                return Err(Error::Invalid(format!(
+                                    "Device {name:?}: Missing source path {source:?} (major and minor are not given; required=false skips a missing device)"
+                                )));
+                            }
+                            continue;
+                        }
+                        Err(e) => {
+                            return Err(Error::Host(format!("Device {name:?}: {source}: {e}")))
+                        }
+                    },
+                };
+                out.push(node(path, block, major, minor));
+            }
+            "gpu" => {
+                let m = super::hostdev::GpuMatch {
+                    vendorid: get("vendorid"),
+                    productid: get("productid"),
+                    id: get("id"),
+                    pci: get("pci"),
+                };
+                let found = super::hostdev::gpu_nodes(root, &m);
+                if found.is_empty() {
+                    return Err(Error::Invalid(format!(
+                        "Device {name:?}: Failed to detect requested GPU device"
+                    )));
+                }
+                out.extend(
+                    found
+                        .into_iter()
+                        .map(|n| node(n.path, false, n.major, n.minor)),
+                );
+            }
+            _ => {
+                let m = super::hostdev::UsbMatch {
+                    vendorid: get("vendorid"),
+                    productid: get("productid"),
+                    serial: get("serial"),
+                };
+                let found = super::hostdev::usb_nodes(root, &m);
+                if found.is_empty() && bool_key(name, dev, "required", false)? {
+                    return Err(Error::Invalid(format!(
+                        "Device {name:?}: no USB device matches (required=true)"
+                    )));
+                }
+                out.extend(
+                    found
+                        .into_iter()
+                        .map(|n| node(n.path, false, n.major, n.minor)),
+                );
+            }
+        }
+    }
+    for (i, a) in out.iter().enumerate() {
+        if let Some(b) = out[..i].iter().find(|b| b.path == a.path) {
+            return Err(Error::Invalid(format!(
+                "More than one device uses the path {:?} ({:?} and {:?})",
+                a.path, b.name, a.name
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// Device types hot-plugged through the runtime: mounts and nodes (`none` masks one).
+fn is_local(dev: &StringMap) -> bool {
+    !is_root_disk(dev)
+        && matches!(
+            dev.get("type").map(String::as_str),
+            Some("disk" | "unix-char" | "unix-block" | "gpu" | "usb" | "none")
+        )
+}
+
+/// Hot-plug a running instance's disk and node changes from `old` to `new` (expanded devices),
+/// all or none (see `runtime::hotplug`).
+fn hotplug_local(
+    d: &Ctx,
+    data: &super::db::Data,
+    inst: &str,
+    old: &Devices,
+    new: &Devices,
+) -> Result<()> {
+    let names: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    let mut remove = Vec::new();
+    let mut added = Devices::new();
+    for n in names {
+        let (o, w) = (old.get(n), new.get(n));
+        if o == w {
+            continue;
+        }
+        if o.is_some_and(is_local) {
+            remove.push(n.clone());
+        }
+        if let Some(w) = w.filter(|w| is_local(w)) {
+            added.insert(n.clone(), w.clone());
+        }
+    }
+    if remove.is_empty() && added.is_empty() {
+        return Ok(());
+    }
+    // The runtime idmaps only what a container with an id map mounts: `privileged` changes
+    // nothing for a privileged one, whose spec has no map.
+    let disks = resolve_disks(d, data, &added, false)?;
+    let nodes = resolve_nodes(&added)?;
+    crate::runtime::hotplug(&d.run_dir(inst), &remove, disks, nodes).map_err(Error::from)
+}
+
 /// Refuse a change of the (expanded) devices of a running instance other than its root disk
-/// (and, with `hotplug`, its NICs and proxies, which are hot-plugged: `nics::hotplug`,
-/// `proxy::hotplug`): adding, removing or changing another device takes effect only at start,
-/// and its hot-plug is not built.
+/// (and, with `hotplug`, the devices [`hotplug`] plugs: disks, unix devices, GPUs, USB
+/// devices, `none`, NICs and proxies). Without `hotplug`, every change is refused.
 pub fn check_live_change(old: &Devices, new: &Devices, hotplug: bool) -> Result<()> {
     let names: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
     let live = |d: Option<&StringMap>| {
-        d.is_none_or(|d| matches!(d.get("type").map(String::as_str), Some("nic" | "proxy")))
+        d.is_none_or(|d| {
+            is_local(d) || matches!(d.get("type").map(String::as_str), Some("nic" | "proxy"))
+        })
     };
     for n in names {
         let (o, w) = (old.get(n), new.get(n));
@@ -210,7 +498,8 @@ pub fn check_live_change(old: &Devices, new: &Devices, hotplug: bool) -> Result<
 pub type VolatileChanges = Vec<(String, Option<String>)>;
 
 /// Hot-plug a running instance's device changes from `old` to `new` (its expanded devices):
-/// proxies, then NICs in its network namespace (`pid`'s); a NIC failure puts the proxies back.
+/// disks and nodes, proxies, then NICs in its network namespace (`pid`'s); a failure puts back
+/// what the earlier steps changed.
 /// The NICs' volatile keys to record in the instance's config (`None`: remove the key).
 pub fn hotplug(
     d: &Ctx,
@@ -221,10 +510,17 @@ pub fn hotplug(
     old: &Devices,
     new: &Devices,
 ) -> Result<VolatileChanges> {
-    super::proxy::hotplug(d, name, old, new)?;
+    hotplug_local(d, data, name, old, new)?;
+    let undo_local = || {
+        if let Err(e) = hotplug_local(d, data, name, new, old) {
+            eprintln!("bivy: {name}: undoing a device hot-plug: {e}");
+        }
+    };
+    super::proxy::hotplug(d, name, old, new).inspect_err(|_| undo_local())?;
     super::nics::hotplug(data, name, config, pid, old, new).inspect_err(|_| {
-        // The proxies go back as they were (best effort).
+        // The proxies and mounts go back as they were (best effort).
         let _ = super::proxy::hotplug(d, name, new, old);
+        undo_local();
     })
 }
 
@@ -289,6 +585,104 @@ mod tests {
     }
 
     #[test]
+    fn node_device_keys() {
+        let ok = |kv: &[(&str, &str)]| validate_node_device("d", &dev(kv));
+        assert!(ok(&[("type", "unix-char"), ("source", "/dev/ttyS0")]).is_ok());
+        assert!(ok(&[
+            ("type", "unix-block"),
+            ("path", "/dev/sdb"),
+            ("major", "8"),
+            ("minor", "16"),
+            ("mode", "0600"),
+            ("uid", "1000")
+        ])
+        .is_ok());
+        assert!(ok(&[("type", "unix-char")]).is_err());
+        assert!(ok(&[("type", "unix-char"), ("source", "dev/ttyS0")]).is_err());
+        assert!(ok(&[("type", "unix-char"), ("path", "/dev/../etc/x")]).is_err());
+        assert!(ok(&[("type", "unix-char"), ("path", "/dev/x"), ("mode", "0999")]).is_err());
+        assert!(ok(&[("type", "unix-char"), ("path", "/dev/x"), ("uid", "-1")]).is_err());
+        assert!(ok(&[("type", "unix-char"), ("path", "/dev/x"), ("nosuch", "1")]).is_err());
+        assert!(ok(&[("type", "usb"), ("vendorid", "1a86"), ("productid", "7523")]).is_ok());
+        assert!(ok(&[("type", "usb"), ("vendorid", "1a8")]).is_err());
+        assert!(ok(&[("type", "gpu"), ("id", "0")]).is_ok());
+        assert!(matches!(
+            ok(&[("type", "gpu"), ("gputype", "mdev")]),
+            Err(Error::NotSupported(_))
+        ));
+        assert!(ok(&[("type", "none")]).is_ok());
+        assert!(ok(&[("type", "none"), ("path", "/x")]).is_err());
+    }
+
+    #[test]
+    fn unix_devices_resolve_from_their_source() {
+        let mut ds = Devices::new();
+        ds.insert(
+            "null".into(),
+            dev(&[
+                ("type", "unix-char"),
+                ("source", "/dev/null"),
+                ("path", "/dev/n2"),
+            ]),
+        );
+        ds.insert(
+            "fixed".into(),
+            dev(&[
+                ("type", "unix-block"),
+                ("path", "/dev/fake"),
+                ("major", "7"),
+                ("minor", "200"),
+                ("mode", "0600"),
+                ("gid", "5"),
+            ]),
+        );
+        ds.insert(
+            "gone".into(),
+            dev(&[
+                ("type", "unix-char"),
+                ("source", "/dev/bivy-no-such-device"),
+                ("required", "false"),
+            ]),
+        );
+        let n = resolve_nodes(&ds).unwrap();
+        assert_eq!(n.len(), 2, "{n:?}");
+        assert_eq!(
+            (n[0].name.as_str(), n[0].block, n[0].major, n[0].minor),
+            ("fixed", true, 7, 200)
+        );
+        assert_eq!((n[0].mode, n[0].gid, n[0].uid), (0o600, 5, 0));
+        assert_eq!(
+            (n[1].path.as_str(), n[1].major, n[1].minor, n[1].mode),
+            ("/dev/n2", 1, 3, 0o660)
+        );
+        // Required and missing: refused. A char source for a block device: refused.
+        ds.get_mut("gone").unwrap().remove("required");
+        assert!(resolve_nodes(&ds)
+            .unwrap_err()
+            .to_string()
+            .contains("Missing source path"));
+        ds.remove("gone");
+        ds.get_mut("null")
+            .unwrap()
+            .insert("type".into(), "unix-block".into());
+        assert!(resolve_nodes(&ds)
+            .unwrap_err()
+            .to_string()
+            .contains("not a block device"));
+        // Two devices on one path.
+        ds.get_mut("null")
+            .unwrap()
+            .insert("type".into(), "unix-char".into());
+        ds.get_mut("null")
+            .unwrap()
+            .insert("path".into(), "/dev/fake".into());
+        assert!(resolve_nodes(&ds)
+            .unwrap_err()
+            .to_string()
+            .contains("More than one device"));
+    }
+
+    #[test]
     fn live_changes_are_refused_but_root_and_equal_pass() {
         let mut a = Devices::new();
         a.insert(
@@ -301,13 +695,22 @@ mod tests {
             "data".into(),
             dev(&[("type", "disk"), ("source", "/srv"), ("path", "/srv")]),
         );
-        let e = check_live_change(&a, &b, true).unwrap_err().to_string();
+        // Disks are hot-plugged; without hot-plug every change is refused.
+        assert!(check_live_change(&a, &b, true).is_ok());
+        assert!(check_live_change(&b, &a, true).is_ok());
+        let e = check_live_change(&a, &b, false).unwrap_err().to_string();
         assert!(
             e.starts_with("not supported yet: adding disk devices to a running instance"),
             "{e}"
         );
-        let e = check_live_change(&b, &a, true).unwrap_err().to_string();
+        let e = check_live_change(&b, &a, false).unwrap_err().to_string();
         assert!(e.contains("removing disk devices"), "{e}");
+        // A root disk change is never refused here (its pool is checked elsewhere).
+        let mut r = a.clone();
+        r.get_mut("root")
+            .unwrap()
+            .insert("size".into(), "1GiB".into());
+        assert!(check_live_change(&a, &r, false).is_ok());
         // NICs and proxies are hot-plugged through the instance, not through a profile.
         let mut c = a.clone();
         c.insert(

@@ -220,14 +220,17 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
     let (ec, ed) = expanded(d, &rec);
     for (dev, conf) in &ed {
         let t = conf.get("type").map(String::as_str).unwrap_or("");
-        if !matches!(t, "disk" | "none" | "nic" | "proxy") {
-            return Err(Error::not_yet(&format!(
-                "device {dev:?} of type {t:?} (only disk, nic and proxy devices are supported yet)"
-            )));
+        if !matches!(
+            t,
+            "disk" | "none" | "nic" | "proxy" | "unix-char" | "unix-block" | "gpu" | "usb"
+        ) {
+            return Err(Error::not_yet(&format!("device {dev:?} of type {t:?}")));
         }
     }
     let privileged = config::flag(&ec, "security.privileged");
-    let disks = super::devices::resolve_disks(d, &ed, privileged)?;
+    let disks =
+        super::devices::resolve_disks(d, &d.db.lock().expect("db lock").data, &ed, privileged)?;
+    let unix_devices = super::devices::resolve_nodes(&ed)?;
     let nics = super::nics::resolve(&d.db.lock().expect("db lock").data, name, &rec.config, &ed)?;
     trace.step("devices resolved");
     let vol = d.volume_dir(&rec);
@@ -319,6 +322,7 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
         cgroup: d.cgroup_suffix.as_ref().map(|sfx| format!("{name}.{sfx}")),
         disks,
         nics: nics.nics,
+        unix_devices,
     };
     // linux.kernel_modules: loaded on the host before the container starts, as LXD does.
     if let Some(v) = ec.get("linux.kernel_modules") {

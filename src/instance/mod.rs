@@ -14,6 +14,7 @@ pub mod devices;
 pub mod error;
 pub mod events;
 pub mod host;
+pub mod hostdev;
 pub mod idmap;
 pub mod images;
 pub mod lifecycle;

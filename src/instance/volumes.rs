@@ -406,10 +406,11 @@ pub fn volume_dirs(data: &Data, pool: &str) -> std::collections::HashSet<String>
 /// The host path of custom volume `name` on `pool` for a disk device, or why it cannot be used.
 pub fn path_for_disk(
     d: &Ctx,
+    data: &Data,
     pool_name: &str,
     name: &str,
 ) -> Result<(Arc<Pool>, std::path::PathBuf)> {
-    let rec = record(d, pool_name, name).map_err(|_| {
+    let rec = record_in(data, pool_name, name).map_err(|_| {
         Error::NotFound(format!(
             "Storage volume {name:?} not found on storage pool {pool_name:?}"
         ))

@@ -575,22 +575,35 @@ impl Cgroup {
 
     /// Restrict device access (v1 `devices` controller) to LXD's default list plus `extra`
     /// (entries in `devices.allow` syntax, e.g. `c 10:232 rwm` for a `unix-char` device).
-    /// Meant for privileged containers: in a user namespace the kernel already refuses mknod,
-    /// but a privileged container could otherwise open any device node it creates.
-    /// On cgroup2 this needs a BPF_PROG_TYPE_CGROUP_DEVICE program: not supported yet.
-    pub fn restrict_devices(&self, extra: &[&str]) -> Result<()> {
+    /// For every container: a node that reaches its rootfs from the host side (a migration
+    /// peer's rsync, a privileged container's mknod) opens nothing else.
+    /// On pure cgroup2 this needs a BPF_PROG_TYPE_CGROUP_DEVICE program, not built yet: the
+    /// restriction is then the kernel's own (no mknod in a user namespace, so an unprivileged
+    /// container reaches only the nodes bivy binds in and those of its rootfs); privileged
+    /// containers there are not restricted (README, Status).
+    pub fn restrict_devices(&self, extra: &[String]) -> Result<()> {
         let Some(d) = self.v1_dir("devices") else {
-            return Err(Error(
-                "not supported yet: device restrictions on cgroup2 (needs a cgroup device BPF program)".into(),
-            ));
+            return Ok(());
         };
         write(&d.join("devices.deny"), "a")?;
         for rule in DEFAULT_DEVICES
             .iter()
             .map(|(r, _why)| *r)
-            .chain(extra.iter().copied())
+            .chain(extra.iter().map(String::as_str))
         {
             write(&d.join("devices.allow"), rule)?;
+        }
+        Ok(())
+    }
+
+    /// Write each of `rules` to the v1 devices controller's `file` (`devices.allow` or
+    /// `devices.deny`); nothing to do without one (see [`Self::restrict_devices`]).
+    pub fn device_rules(&self, file: &str, rules: &[String]) -> Result<()> {
+        let Some(d) = self.v1_dir("devices") else {
+            return Ok(());
+        };
+        for rule in rules {
+            write(&d.join(file), rule)?;
         }
         Ok(())
     }

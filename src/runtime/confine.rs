@@ -43,6 +43,28 @@ pub fn cgroup_make_subdirs(name: &str, dirs: &[PathBuf], owner: Option<(u32, u32
     cgroup::Cgroup::open(name)?.make_subdirs(dirs, owner)
 }
 
+/// Restrict the container's devices to LXD's default list plus `extra` (`devices.allow`
+/// entries). See [`cgroup::Cgroup::restrict_devices`] for cgroup2.
+pub fn cgroup_restrict_devices(name: &str, extra: &[String]) -> Result<()> {
+    cgroup::Cgroup::open(name)?.restrict_devices(extra)
+}
+
+/// Allow more devices to a running container (hot-plug).
+pub fn cgroup_allow_devices(name: &str, rules: &[String]) -> Result<()> {
+    cgroup::Cgroup::open(name)?.device_rules("devices.allow", rules)
+}
+
+/// Take devices away from a running container (hot-unplug).
+pub fn cgroup_deny_devices(name: &str, rules: &[String]) -> Result<()> {
+    cgroup::Cgroup::open(name)?.device_rules("devices.deny", rules)
+}
+
+/// Whether LXD's default list allows `rule` exactly (such a device stays allowed when a device
+/// naming it goes).
+pub fn device_allowed_by_default(rule: &str) -> bool {
+    cgroup::DEFAULT_DEVICES.iter().any(|(r, _)| *r == rule)
+}
+
 pub fn cgroup_add_pid(name: &str, pid: i32) -> Result<()> {
     cgroup::Cgroup::open(name)?.add_pid(pid)
 }

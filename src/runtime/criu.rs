@@ -229,7 +229,7 @@ pub struct RestoreReq {
 }
 
 /// The external mounts of a running container: its device nodes and console (bound from the
-/// monitor's staging tmpfs and the host's devpts) and its disk devices.
+/// monitor's staging tmpfs and the host's devpts), its disk devices and its unix devices' nodes.
 fn externals(spec: &Spec, mountinfo: &str) -> Vec<External> {
     let mut out = Vec::new();
     for line in mountinfo.lines() {
@@ -250,6 +250,12 @@ fn externals(spec: &Spec, mountinfo: &str) -> Vec<External> {
                 .iter()
                 .position(|d| d.path == mp)
                 .map(|i| format!("disk{i}"))
+                .or_else(|| {
+                    spec.unix_devices
+                        .iter()
+                        .position(|u| u.path == mp)
+                        .map(|i| format!("unix{i}"))
+                })
         };
         if let Some(key) = key {
             out.push(External { path: mp, key });

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 
-use super::{userns, DiskMount, Error, Result, Spec};
+use super::{userns, DiskMount, Error, Result, Spec, UnixDev};
 use crate::sys;
 
 /// A disk staged by the monitor, ready for the child to mount.
@@ -74,10 +74,11 @@ fn open_source(d: &DiskMount) -> Result<Option<OwnedFd>> {
     }
 }
 
-/// Monitor side: open, copy, idmap and attach every disk below `stage` (in the monitor's private
-/// mount namespace). Sources missing with `required=false` are left out (and logged).
+/// Monitor side: open, copy, idmap and attach every disk below `stage`, then make the device
+/// nodes there (in the monitor's private mount namespace). Sources missing with
+/// `required=false` are left out (and logged).
 pub fn stage(spec: &Spec, stage: &Path) -> Result<Vec<Staged>> {
-    if spec.disks.is_empty() {
+    if spec.disks.is_empty() && spec.unix_devices.is_empty() {
         return Ok(Vec::new());
     }
     let base = stage.join("disks");
@@ -85,77 +86,135 @@ pub fn stage(spec: &Spec, stage: &Path) -> Result<Vec<Staged>> {
     let mut ns: Option<OwnedFd> = None;
     let mut out = Vec::new();
     for (i, d) in spec.disks.iter().enumerate() {
-        let Some(fd) = open_source(d)? else {
-            eprintln!(
-                "bivy monitor: disk device {:?}: source {} is missing, skipped (required=false)",
-                d.name,
-                d.source.display()
-            );
-            continue;
-        };
-        let st = rustix::fs::fstat(&fd).map_err(|e| err(d, format!("stat source: {e}")))?;
-        let ft = rustix::fs::FileType::from_raw_mode(st.st_mode);
-        let dir = match ft {
-            rustix::fs::FileType::Directory => true,
-            rustix::fs::FileType::RegularFile => false,
-            rustix::fs::FileType::Symlink => return Err(symlink_refused(d)),
-            rustix::fs::FileType::BlockDevice => {
-                return Err(err(d, "not supported yet: block device disk sources"))
-            }
-            other => {
-                return Err(err(
-                    d,
-                    format!(
-                        "source {} is a {other:?}, not a directory or file",
-                        d.source.display()
-                    ),
-                ))
-            }
-        };
-        let tree = sys::open_tree_clone_fd(fd.as_fd(), d.recursive)
-            .map_err(|e| err(d, format!("open_tree {}: {e}", d.source.display())))?;
-        if d.idmap && !spec.uid_map.is_empty() {
-            if ns.is_none() {
-                ns = Some(userns::userns_fd(&spec.uid_map, &spec.gid_map)?);
-            }
-            let ns = ns.as_ref().expect("just made");
-            sys::mount_setattr_idmap(tree.as_fd(), ns.as_fd(), d.recursive).map_err(|e| {
-                err(
-                    d,
-                    format!(
-                        "idmapped mount of {} (the filesystem must support idmapped mounts): {e}",
-                        d.source.display()
-                    ),
-                )
-            })?;
+        if let Some(s) = stage_disk(spec, d, &mut ns, &base.join(i.to_string()))? {
+            out.push(s);
         }
-        if d.readonly {
-            sys::mount_setattr_flags(tree.as_fd(), sys::MOUNT_ATTR_RDONLY, d.recursive)
-                .map_err(|e| err(d, format!("make read-only: {e}")))?;
-        }
-        let at = base.join(i.to_string());
-        if dir {
-            fs::create_dir(&at)
-        } else {
-            fs::File::create(&at).map(drop)
-        }
-        .map_err(|e| Error(format!("create {}: {e}", at.display())))?;
-        sys::move_mount_to(tree.as_fd(), &at)
-            .map_err(|e| err(d, format!("attach at {}: {e}", at.display())))?;
-        out.push(Staged {
-            name: d.name.clone(),
-            staged: at,
-            dir,
-            path: d.path.clone(),
-            recursive: d.recursive,
-        });
+    }
+    for (i, u) in spec.unix_devices.iter().enumerate() {
+        out.push(stage_node(spec, u, &base.join(format!("u{i}")))?);
     }
     Ok(out)
 }
 
+/// Open, copy, idmap (with the user namespace `ns`, made on first use) and make read-only one
+/// disk, attached at `at` (which must not exist). `None`: the source is missing and not required.
+pub(crate) fn stage_disk(
+    spec: &Spec,
+    d: &DiskMount,
+    ns: &mut Option<OwnedFd>,
+    at: &Path,
+) -> Result<Option<Staged>> {
+    let Some(fd) = open_source(d)? else {
+        eprintln!(
+            "bivy: disk device {:?}: source {} is missing, skipped (required=false)",
+            d.name,
+            d.source.display()
+        );
+        return Ok(None);
+    };
+    let st = rustix::fs::fstat(&fd).map_err(|e| err(d, format!("stat source: {e}")))?;
+    let ft = rustix::fs::FileType::from_raw_mode(st.st_mode);
+    let dir = match ft {
+        rustix::fs::FileType::Directory => true,
+        rustix::fs::FileType::RegularFile => false,
+        rustix::fs::FileType::Symlink => return Err(symlink_refused(d)),
+        rustix::fs::FileType::BlockDevice => {
+            return Err(err(d, "not supported yet: block device disk sources"))
+        }
+        other => {
+            return Err(err(
+                d,
+                format!(
+                    "source {} is a {other:?}, not a directory or file",
+                    d.source.display()
+                ),
+            ))
+        }
+    };
+    let tree = sys::open_tree_clone_fd(fd.as_fd(), d.recursive)
+        .map_err(|e| err(d, format!("open_tree {}: {e}", d.source.display())))?;
+    if d.idmap && !spec.uid_map.is_empty() {
+        if ns.is_none() {
+            *ns = Some(userns::userns_fd(&spec.uid_map, &spec.gid_map)?);
+        }
+        let ns = ns.as_ref().expect("just made");
+        sys::mount_setattr_idmap(tree.as_fd(), ns.as_fd(), d.recursive).map_err(|e| {
+            err(
+                d,
+                format!(
+                    "idmapped mount of {} (the filesystem must support idmapped mounts): {e}",
+                    d.source.display()
+                ),
+            )
+        })?;
+    }
+    if d.readonly {
+        sys::mount_setattr_flags(tree.as_fd(), sys::MOUNT_ATTR_RDONLY, d.recursive)
+            .map_err(|e| err(d, format!("make read-only: {e}")))?;
+    }
+    if dir {
+        fs::create_dir(at)
+    } else {
+        fs::File::create(at).map(drop)
+    }
+    .map_err(|e| Error(format!("create {}: {e}", at.display())))?;
+    sys::move_mount_to(tree.as_fd(), at)
+        .map_err(|e| err(d, format!("attach at {}: {e}", at.display())))?;
+    Ok(Some(Staged {
+        name: d.name.clone(),
+        staged: at.to_path_buf(),
+        dir,
+        path: d.path.clone(),
+        recursive: d.recursive,
+    }))
+}
+
+/// Make the device node `u` at `at` (host root, on a tmpfs without `nodev`), owned by the
+/// container's `uid`/`gid` (mapped to the host) with its mode.
+pub(crate) fn stage_node(spec: &Spec, u: &UnixDev, at: &Path) -> Result<Staged> {
+    let e = |what: &str, x: &dyn std::fmt::Display| {
+        Error(format!(
+            "unix device {:?} ({}): {what}: {x}",
+            u.name, u.path
+        ))
+    };
+    let (uid, gid) = if spec.uid_map.is_empty() {
+        (u.uid, u.gid)
+    } else {
+        (
+            userns::to_host(&spec.uid_map, u.uid)
+                .ok_or_else(|| e("uid", &format!("{} is not mapped in the container", u.uid)))?,
+            userns::to_host(&spec.gid_map, u.gid)
+                .ok_or_else(|| e("gid", &format!("{} is not mapped in the container", u.gid)))?,
+        )
+    };
+    let ft = if u.block {
+        rustix::fs::FileType::BlockDevice
+    } else {
+        rustix::fs::FileType::CharacterDevice
+    };
+    let dev = rustix::fs::makedev(u.major, u.minor);
+    rustix::fs::mknodat(rustix::fs::CWD, at, ft, Mode::from_raw_mode(0), dev)
+        .map_err(|x| e("mknod", &x))?;
+    rustix::fs::chown(
+        at,
+        Some(rustix::fs::Uid::from_raw(uid)),
+        Some(rustix::fs::Gid::from_raw(gid)),
+    )
+    .map_err(|x| e("chown", &x))?;
+    rustix::fs::chmod(at, Mode::from_raw_mode(u.mode & 0o7777)).map_err(|x| e("chmod", &x))?;
+    Ok(Staged {
+        name: u.name.clone(),
+        staged: at.to_path_buf(),
+        dir: false,
+        path: u.path.clone(),
+        recursive: false,
+    })
+}
+
 /// Resolve `path` inside `root` (symlinks stay inside it), making what is missing as the caller
 /// (container root): directories on the way, and the last part as a directory or an empty file.
-fn resolve_target(root: &Path, path: &str, dir: bool) -> io::Result<OwnedFd> {
+pub(crate) fn resolve_target(root: &Path, path: &str, dir: bool) -> io::Result<OwnedFd> {
     let rootfd = rustix::fs::open(
         root,
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,

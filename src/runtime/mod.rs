@@ -99,6 +99,33 @@ pub struct DiskMount {
     pub required: bool,
 }
 
+/// A `unix-char` or `unix-block` device node (also what `gpu` and `usb` devices become): made by
+/// host root on the monitor's staging tmpfs (mknod is refused in a user namespace), owned by the
+/// container's `uid`/`gid`, and bind-mounted at `path`. The device cgroup allows it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct UnixDev {
+    /// The device's name (several nodes may share one: a GPU's card and render nodes).
+    pub name: String,
+    /// Absolute path inside the container (no `.` or `..`).
+    pub path: String,
+    pub block: bool,
+    pub major: u32,
+    pub minor: u32,
+    /// Owner inside the container.
+    pub uid: u32,
+    pub gid: u32,
+    /// Permission bits (`0660` by default, as LXD).
+    pub mode: u32,
+}
+
+impl UnixDev {
+    /// The device cgroup rule allowing it (`devices.allow` syntax).
+    pub fn cgroup_rule(&self) -> String {
+        let t = if self.block { 'b' } else { 'c' };
+        format!("{t} {}:{} rwm", self.major, self.minor)
+    }
+}
+
 /// A network interface the monitor makes for the container before init runs (in the
 /// container's network namespace, named, addressed by MAC and up). Resolved by the daemon.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -158,6 +185,9 @@ pub struct Spec {
     /// Network interfaces, made in this order.
     #[serde(default)]
     pub nics: Vec<Nic>,
+    /// Device nodes (`unix-char`, `unix-block`, `gpu`, `usb`), made after the disks.
+    #[serde(default)]
+    pub unix_devices: Vec<UnixDev>,
 }
 
 impl Spec {
@@ -263,6 +293,7 @@ pub mod criu;
 mod disks;
 mod exec;
 pub mod host;
+mod hotplug;
 mod init;
 mod monitor;
 mod nics;
@@ -398,6 +429,20 @@ pub fn exec(run_dir: &Path, spec: &ExecSpec, stdio: Option<ExecStdio>) -> Result
     exec::exec(run_dir, spec, stdio)
 }
 
+/// Hot-plug devices into a running container, all or none: the disks and nodes of the devices
+/// named in `remove` are unmounted (and their nodes removed), then `disks` and `nodes` are
+/// mounted, exactly as a start would have (sources opened without following symlinks, targets
+/// resolved inside the container, read-only locked). The device cgroup follows; the running
+/// spec records the result (for CRIU and exec).
+pub fn hotplug(
+    run_dir: &Path,
+    remove: &[String],
+    disks: Vec<DiskMount>,
+    nodes: Vec<UnixDev>,
+) -> Result<()> {
+    hotplug::apply(run_dir, remove, disks, nodes)
+}
+
 /// A pidfd for the container's monitor (readable when the container has stopped), or None when stopped.
 pub fn monitor_pidfd(run_dir: &Path) -> Result<Option<OwnedFd>> {
     monitor::monitor_pidfd(run_dir)
@@ -409,6 +454,7 @@ pub fn helper_main(args: &[String]) -> ! {
     match args.first().map(String::as_str) {
         Some("__monitor") => monitor::helper(&args[1..]),
         Some("__exec") => exec::helper(&args[1..]),
+        Some("__hotplug") => hotplug::helper(&args[1..]),
         _ => {
             eprintln!("bivy: unknown helper {:?}", args.first());
             std::process::exit(127)

@@ -111,7 +111,7 @@ pub(crate) fn proc_starttime(pid: i32) -> Option<u64> {
 /// `atomic_write` instead. Saves several ms per start on a busy disk.
 /// Replace `path` with `data` through a rename, readable by root alone (the spec holds the
 /// instance's environment).
-fn replace_file(path: &Path, data: &[u8]) -> Result<()> {
+pub(crate) fn replace_file(path: &Path, data: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let res = OpenOptions::new()
         .write(true)
@@ -694,6 +694,13 @@ fn setup(
         (!privileged).then_some(owner),
     )?;
     prep.cgroup = true;
+    // The device cgroup: LXD's default list plus the instance's device nodes.
+    let rules: Vec<String> = spec
+        .unix_devices
+        .iter()
+        .map(super::UnixDev::cgroup_rule)
+        .collect();
+    confine::cgroup_restrict_devices(spec.cgroup_name(), &rules)?;
 
     trace(t0, "before step 7");
     // 7. Console pty on the host devpts: the monitor keeps the master (and a slave fd, so reading the

@@ -6,6 +6,8 @@ pub mod passwd;
 pub mod revert;
 pub mod sort;
 pub mod stream;
+#[cfg(test)]
+pub mod tempdir;
 pub mod time;
 pub mod trace;
 
