@@ -831,3 +831,138 @@ fn btrfs_custom_volume_is_a_subvolume() {
     l.ok(&["storage", "delete", "bt"]);
     no_mounts_below(d.tmp());
 }
+
+/// A loop device over a file, detached on drop.
+struct Loop(String);
+
+impl Loop {
+    fn new(file: &Path) -> Loop {
+        let out = std::process::Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(file)
+            .output()
+            .expect("losetup");
+        assert!(out.status.success(), "{}", err_text(&out));
+        Loop(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn block_device_disks_cold_and_hot() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    for tool in ["mkfs.ext4", "losetup"] {
+        if !common::have_cmd(tool) {
+            common::skip("block_device_disks_cold_and_hot", &format!("needs {tool}"));
+            return;
+        }
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    l.import_busybox();
+    let content = d.tmp().join("blk-content");
+    std::fs::create_dir_all(&content).expect("mkdir");
+    std::fs::write(content.join("hello"), "from ext4\n").expect("write");
+    let img = d.tmp().join("blk.img");
+    let out = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&content)
+        .arg(&img)
+        .arg("16M")
+        .output()
+        .expect("mkfs.ext4");
+    assert!(out.status.success(), "{}", err_text(&out));
+    let blank = d.tmp().join("blank.img");
+    std::fs::write(&blank, vec![0u8; 1 << 20]).expect("blank");
+    let (dev, zero) = (Loop::new(&img), Loop::new(&blank));
+    l.ok(&["launch", "busybox", "c1"]);
+    // Hot: the filesystem is probed and mounted, options passed through.
+    l.ok(&[
+        "config",
+        "device",
+        "add",
+        "c1",
+        "blk",
+        "disk",
+        &format!("source={}", dev.0),
+        "path=/mnt/blk",
+        "shift=true",
+        "raw.mount.options=noatime,commit=7",
+    ]);
+    let (code, out) = l.sh(
+        "c1",
+        "cat /mnt/blk/hello && echo w > /mnt/blk/w && grep ' /mnt/blk ' /proc/self/mountinfo",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("from ext4\n"), "{out}");
+    assert!(out.contains("noatime") && out.contains("commit=7"), "{out}");
+    assert!(out.contains(" - ext4 "), "{out}");
+    l.ok(&["config", "device", "remove", "c1", "blk"]);
+    let (code, _) = l.sh("c1", "test -e /mnt/blk/hello");
+    assert_eq!(code, 1, "the removed block disk is still mounted");
+    // Not a filesystem bivy knows: refused, naming the device.
+    let out = l.run(&[
+        "config",
+        "device",
+        "add",
+        "c1",
+        "z",
+        "disk",
+        &format!("source={}", zero.0),
+        "path=/mnt/z",
+    ]);
+    assert!(
+        err_text(&out).contains("no filesystem bivy knows"),
+        "{}",
+        err_text(&out)
+    );
+    // raw.mount.options on a directory: refused rather than ignored.
+    let out = l.run(&[
+        "config",
+        "device",
+        "add",
+        "c1",
+        "diropt",
+        "disk",
+        &format!("source={}", content.display()),
+        "path=/mnt/d",
+        "raw.mount.options=noatime",
+    ]);
+    assert!(
+        err_text(&out).contains("block device sources only"),
+        "{}",
+        err_text(&out)
+    );
+    // Cold and read-only: what was written is there, and nothing more can be.
+    l.ok(&["stop", "c1", "--force"]);
+    l.ok(&[
+        "config",
+        "device",
+        "add",
+        "c1",
+        "blk",
+        "disk",
+        &format!("source={}", dev.0),
+        "path=/mnt/blk",
+        "readonly=true",
+    ]);
+    l.ok(&["start", "c1"]);
+    let (code, out) = l.sh("c1", "cat /mnt/blk/w; touch /mnt/blk/x 2>&1");
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.starts_with("w\n") && out.contains("Read-only file system"),
+        "{out}"
+    );
+    l.ok(&["delete", "c1", "--force"]);
+    no_mounts_below(d.tmp());
+    drop((dev, zero));
+}

@@ -53,9 +53,11 @@ pub fn validate_disk(name: &str, dev: &StringMap) -> Result<()> {
                 )))
             }
             "size" | "size.state" => {}
+            "raw.mount.options" => {}
+            // Private is what every disk is (nothing propagates between host and container).
+            "propagation" if matches!(v.as_str(), "" | "private" | "rprivate") => {}
             "optional" | "propagation" | "limits.read" | "limits.write" | "limits.max"
-            | "raw.mount.options" | "ceph.cluster_name" | "ceph.user_name" | "boot.priority"
-            | "io.cache" => {
+            | "ceph.cluster_name" | "ceph.user_name" | "boot.priority" | "io.cache" => {
                 return Err(Error::not_yet(&format!(
                     "disk device option {k:?} (device {name:?})"
                 )))
@@ -173,6 +175,7 @@ pub fn resolve_disks(
             idmap,
             recursive,
             required,
+            mount_options: dev.get("raw.mount.options").cloned().unwrap_or_default(),
         });
     }
     crate::util::sort::sort_by_key(&mut out, |m| {

@@ -118,9 +118,7 @@ pub(crate) fn stage_disk(
         rustix::fs::FileType::Directory => true,
         rustix::fs::FileType::RegularFile => false,
         rustix::fs::FileType::Symlink => return Err(symlink_refused(d)),
-        rustix::fs::FileType::BlockDevice => {
-            return Err(err(d, "not supported yet: block device disk sources"))
-        }
+        rustix::fs::FileType::BlockDevice => false,
         other => {
             return Err(err(
                 d,
@@ -131,8 +129,20 @@ pub(crate) fn stage_disk(
             ))
         }
     };
-    let tree = sys::open_tree_clone_fd(fd.as_fd(), d.recursive)
-        .map_err(|e| err(d, format!("open_tree {}: {e}", d.source.display())))?;
+    let block = ft == rustix::fs::FileType::BlockDevice;
+    let dir = dir || block;
+    if !block && !d.mount_options.is_empty() {
+        return Err(err(
+            d,
+            "raw.mount.options applies to block device sources only (a bind mount has no filesystem options)",
+        ));
+    }
+    let tree = if block {
+        mount_block(d, &fd)?
+    } else {
+        sys::open_tree_clone_fd(fd.as_fd(), d.recursive)
+            .map_err(|e| err(d, format!("open_tree {}: {e}", d.source.display())))?
+    };
     if d.idmap && !spec.uid_map.is_empty() {
         if ns.is_none() {
             *ns = Some(userns::userns_fd(&spec.uid_map, &spec.gid_map)?);
@@ -167,6 +177,101 @@ pub(crate) fn stage_disk(
         path: d.path.clone(),
         recursive: d.recursive,
     }))
+}
+
+/// Filesystems a block device source may hold: the magic that identifies each (offset, bytes)
+/// and the kernel's name for it.
+const FS_MAGIC: &[(usize, &[u8], &str)] = &[
+    (0x438, &[0x53, 0xef], "ext4"),
+    (0, b"XFSB", "xfs"),
+    (0x10040, b"_BHRfS_M", "btrfs"),
+    (3, b"EXFAT   ", "exfat"),
+    (0x36, b"FAT", "vfat"),
+    (0x52, b"FAT32", "vfat"),
+    (0x8001, b"CD001", "iso9660"),
+    (0, b"hsqs", "squashfs"),
+    (0x400, &[0x10, 0x20, 0xf5, 0xf2], "f2fs"),
+];
+
+/// The filesystem type of a block device, from its superblock magic (no blkid to run).
+fn probe_fs(dev: &mut impl std::io::Read) -> io::Result<Option<&'static str>> {
+    let mut buf = vec![0u8; 0x10048];
+    let mut n = 0;
+    while n < buf.len() {
+        match dev.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    buf.truncate(n);
+    Ok(FS_MAGIC
+        .iter()
+        .find(|(off, magic, _)| buf.get(*off..off + magic.len()) == Some(*magic))
+        .map(|(_, _, fs)| *fs))
+}
+
+/// Mount options that are mount attributes rather than filesystem parameters.
+fn mount_attr(opt: &str) -> Option<rustix::mount::MountAttrFlags> {
+    use rustix::mount::MountAttrFlags as A;
+    Some(match opt {
+        "nosuid" => A::MOUNT_ATTR_NOSUID,
+        "nodev" => A::MOUNT_ATTR_NODEV,
+        "noexec" => A::MOUNT_ATTR_NOEXEC,
+        "noatime" => A::MOUNT_ATTR_NOATIME,
+        "nodiratime" => A::MOUNT_ATTR_NODIRATIME,
+        "relatime" => A::MOUNT_ATTR_RELATIME,
+        "strictatime" => A::MOUNT_ATTR_STRICTATIME,
+        _ => return None,
+    })
+}
+
+/// Mount the filesystem of the block device opened (`O_PATH`, no symlink followed) as `fd`: a
+/// detached mount (`fsopen`/`fsmount`), its type probed, `raw.mount.options` passed as
+/// filesystem parameters (mount attributes such as `noatime` set on the mount).
+fn mount_block(d: &DiskMount, fd: &OwnedFd) -> Result<OwnedFd> {
+    use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags};
+    // The device through the very inode opened, never through its path again.
+    let by_fd = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd));
+    let mut dev = fs::File::open(&by_fd).map_err(|e| err(d, format!("open {by_fd}: {e}")))?;
+    let fstype = probe_fs(&mut dev)
+        .map_err(|e| err(d, format!("read {}: {e}", d.source.display())))?
+        .ok_or_else(|| {
+            err(
+                d,
+                format!(
+                    "no filesystem bivy knows on {} (ext4, xfs, btrfs, vfat, exfat, iso9660, squashfs, f2fs)",
+                    d.source.display()
+                ),
+            )
+        })?;
+    let fsfd = rustix::mount::fsopen(fstype, FsOpenFlags::FSOPEN_CLOEXEC)
+        .map_err(|e| err(d, format!("fsopen {fstype}: {e}")))?;
+    rustix::mount::fsconfig_set_string(&fsfd, "source", by_fd.as_str())
+        .map_err(|e| err(d, format!("source {}: {e}", d.source.display())))?;
+    if d.readonly {
+        rustix::mount::fsconfig_set_flag(&fsfd, "ro")
+            .map_err(|e| err(d, format!("read-only: {e}")))?;
+    }
+    let mut attrs = MountAttrFlags::empty();
+    for opt in d.mount_options.split(',').filter(|o| !o.is_empty()) {
+        if let Some(a) = mount_attr(opt) {
+            attrs |= a;
+            continue;
+        }
+        let r = match opt.split_once('=') {
+            Some((k, v)) => rustix::mount::fsconfig_set_string(&fsfd, k, v),
+            None => rustix::mount::fsconfig_set_flag(&fsfd, opt),
+        };
+        r.map_err(|e| err(d, format!("mount option {opt:?} of {fstype}: {e}")))?;
+    }
+    rustix::mount::fsconfig_create(&fsfd).map_err(|e| {
+        err(
+            d,
+            format!("mount {fstype} from {}: {e}", d.source.display()),
+        )
+    })?;
+    rustix::mount::fsmount(&fsfd, FsMountFlags::FSMOUNT_CLOEXEC, attrs)
+        .map_err(|e| err(d, format!("fsmount {fstype}: {e}")))
 }
 
 /// Make the device node `u` at `at` (host root, on a tmpfs without `nodev`), owned by the

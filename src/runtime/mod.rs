@@ -80,7 +80,7 @@ pub struct Limits {
 }
 
 /// A disk device other than the root disk: a host directory or file (or a custom volume's
-/// directory) bind-mounted into the container. Resolved by the daemon; the runtime opens the
+/// directory) bind-mounted into the container, or a block device whose filesystem is mounted. Resolved by the daemon; the runtime opens the
 /// source without following any symlink and resolves `path` inside the container's root.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct DiskMount {
@@ -97,6 +97,9 @@ pub struct DiskMount {
     pub recursive: bool,
     /// `false`: a source missing at start is skipped.
     pub required: bool,
+    /// `raw.mount.options` (comma-separated), for a block device source only.
+    #[serde(default)]
+    pub mount_options: String,
 }
 
 /// A `unix-char` or `unix-block` device node (also what `gpu` and `usb` devices become): made by
