@@ -449,17 +449,25 @@ fn only_rootfs(l: &Lxc<'_>) -> std::path::PathBuf {
     vols[0].clone()
 }
 
-/// The device cgroup rules of a running container (v1 `devices.list`), when there is one.
-fn devices_list(c: &str) -> Option<String> {
-    let base = Path::new("/sys/fs/cgroup/devices/bivy");
-    let rd = std::fs::read_dir(base).ok()?;
-    for e in rd.flatten() {
-        let n = e.file_name().to_string_lossy().into_owned();
-        if n == c || n.starts_with(&format!("{c}.")) {
-            return std::fs::read_to_string(e.path().join("devices.list")).ok();
-        }
-    }
-    None
+/// A file of a running container's v1 cgroup in `controller`, found through its init's
+/// `/proc/PID/cgroup` (several daemons' containers may share a name).
+fn cgroup_file(l: &Lxc<'_>, c: &str, controller: &str, file: &str) -> Option<String> {
+    let st = l.ok(&["query", &format!("/1.0/instances/{c}/state")]);
+    let v: serde_json::Value = serde_json::from_str(&st).ok()?;
+    let pid = v["pid"].as_i64()?;
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let rel = cg.lines().find_map(|line| {
+        let mut it = line.splitn(3, ':');
+        let (_, ctrls, path) = (it.next()?, it.next()?, it.next()?);
+        ctrls
+            .split(',')
+            .any(|x| x == controller)
+            .then(|| path.to_string())
+    })?;
+    let dir = Path::new("/sys/fs/cgroup")
+        .join(controller)
+        .join(rel.trim_start_matches('/'));
+    std::fs::read_to_string(dir.join(file)).ok()
 }
 
 #[test]
@@ -639,7 +647,7 @@ fn unix_devices_cold_and_hot_with_the_device_cgroup() {
         "stat -c '%t:%T %a %u:%g' /dev/loop-control && exec 3</dev/loop-control && echo opened",
     );
     assert_eq!((code, out.as_str()), (0, "a:ed 660 0:0\nopened\n"));
-    let list = devices_list("c1").expect("devices.list");
+    let list = cgroup_file(&l, "c1", "devices", "devices.list").expect("devices.list");
     assert!(list.contains("c 10:237 rwm"), "{list}");
     // Removed hot: node gone, cgroup rule gone.
     l.ok(&["config", "device", "remove", "c1", "lc"]);
@@ -649,7 +657,7 @@ fn unix_devices_cold_and_hot_with_the_device_cgroup() {
         out.starts_with("1\n") && out.contains("not permitted"),
         "{out}"
     );
-    let list = devices_list("c1").expect("devices.list");
+    let list = cgroup_file(&l, "c1", "devices", "devices.list").expect("devices.list");
     assert!(!list.contains("c 10:237"), "{list}");
     // Types bivy does not build are refused when configured.
     fails_with(
@@ -965,4 +973,93 @@ fn block_device_disks_cold_and_hot() {
     l.ok(&["delete", "c1", "--force"]);
     no_mounts_below(d.tmp());
     drop((dev, zero));
+}
+
+#[test]
+fn disk_io_limits_follow_the_config() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    if !Path::new("/sys/fs/cgroup/blkio").is_dir() {
+        common::skip(
+            "disk_io_limits_follow_the_config",
+            "no cgroup v1 blkio controller",
+        );
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    l.import_busybox();
+    l.ok(&["launch", "busybox", "c1"]);
+    let read_bps =
+        || cgroup_file(&l, "c1", "blkio", "blkio.throttle.read_bps_device").expect("blkio");
+    assert_eq!(read_bps().trim(), "", "throttled before any limit");
+    // The root disk, live: its pool's disk is throttled.
+    l.ok(&[
+        "config",
+        "device",
+        "override",
+        "c1",
+        "root",
+        "limits.read=10MB",
+    ]);
+    let r = read_bps();
+    assert!(r.trim().ends_with(" 10000000"), "{r:?}\n{}", d.log_text());
+    // A host directory's disk, in operations per second, both ways (the same disk: the lower
+    // limit wins for reads).
+    let src = d.tmp().join("iodata");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    l.ok(&[
+        "config",
+        "device",
+        "add",
+        "c1",
+        "data",
+        "disk",
+        &format!("source={}", src.display()),
+        "path=/mnt/data",
+        "limits.max=200iops",
+    ]);
+    let riops = cgroup_file(&l, "c1", "blkio", "blkio.throttle.read_iops_device").expect("blkio");
+    let wiops = cgroup_file(&l, "c1", "blkio", "blkio.throttle.write_iops_device").expect("blkio");
+    assert!(riops.trim().ends_with(" 200"), "{riops:?}");
+    assert!(wiops.trim().ends_with(" 200"), "{wiops:?}");
+    // Survives a restart (applied at start), and goes when unset.
+    l.ok(&["restart", "c1", "--force"]);
+    assert!(read_bps().trim().ends_with(" 10000000"));
+    l.ok(&["config", "device", "unset", "c1", "root", "limits.read"]);
+    l.ok(&["config", "device", "remove", "c1", "data"]);
+    assert_eq!(read_bps().trim(), "");
+    let riops = cgroup_file(&l, "c1", "blkio", "blkio.throttle.read_iops_device").expect("blkio");
+    assert_eq!(riops.trim(), "");
+    // Bad values, and a source on no block device: refused, not ignored.
+    fails_with(
+        &l,
+        &[
+            "config",
+            "device",
+            "set",
+            "c1",
+            "root",
+            "limits.write",
+            "10 potatoes",
+        ],
+        "Invalid value for device option \"limits.write\"",
+    );
+    fails_with(
+        &l,
+        &[
+            "config",
+            "device",
+            "add",
+            "c1",
+            "shm",
+            "disk",
+            "source=/dev/shm",
+            "path=/mnt/shm",
+            "limits.read=1MB",
+        ],
+        "not on a block device",
+    );
+    l.ok(&["delete", "c1", "--force"]);
 }

@@ -299,6 +299,7 @@ pub fn validate_devices(devices: &Devices, data: &super::db::Data) -> Result<()>
                 super::devices::validate_disk(name, d)?;
             }
             Some("disk") => {
+                super::devices::validate_root_disk(name, d)?;
                 // Quotas need btrfs qgroups or project quotas, which bivy does not set up; a
                 // silently ignored size would be a promise not kept.
                 if d.get("path").map(String::as_str) == Some("/")

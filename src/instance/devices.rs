@@ -54,10 +54,13 @@ pub fn validate_disk(name: &str, dev: &StringMap) -> Result<()> {
             }
             "size" | "size.state" => {}
             "raw.mount.options" => {}
+            "limits.read" | "limits.write" | "limits.max" => {
+                io_rate(name, k, v)?;
+            }
             // Private is what every disk is (nothing propagates between host and container).
             "propagation" if matches!(v.as_str(), "" | "private" | "rprivate") => {}
-            "optional" | "propagation" | "limits.read" | "limits.write" | "limits.max"
-            | "ceph.cluster_name" | "ceph.user_name" | "boot.priority" | "io.cache" => {
+            "optional" | "propagation" | "ceph.cluster_name" | "ceph.user_name"
+            | "boot.priority" | "io.cache" => {
                 return Err(Error::not_yet(&format!(
                     "disk device option {k:?} (device {name:?})"
                 )))
@@ -463,6 +466,172 @@ fn hotplug_local(
     let disks = resolve_disks(d, data, &added, false)?;
     let nodes = resolve_nodes(&added)?;
     crate::runtime::hotplug(&d.run_dir(inst), &remove, disks, nodes).map_err(Error::from)
+}
+
+/// A disk's I/O limit: bytes per second (`10MB`, `1GiB`: LXD's units) or operations per second
+/// (`100iops`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IoRate {
+    Bps(u64),
+    Iops(u64),
+}
+
+fn io_rate(name: &str, key: &str, v: &str) -> Result<Option<IoRate>> {
+    let v = v.trim();
+    if v.is_empty() {
+        return Ok(None);
+    }
+    let bad = || {
+        Error::Invalid(format!(
+            "Device {name:?}: Invalid value for device option {key:?}: {v:?} (bytes per second such as 10MB, or 100iops)"
+        ))
+    };
+    let lower = v.to_ascii_lowercase();
+    if let Some(n) = lower.strip_suffix("iops") {
+        return n
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .map(|n| Some(IoRate::Iops(n)))
+            .ok_or_else(bad);
+    }
+    if v.ends_with('%') {
+        return Err(bad());
+    }
+    super::limits::parse_memory(v, 0)
+        .ok()
+        .filter(|n| *n > 0)
+        .map(|n| Some(IoRate::Bps(n)))
+        .ok_or_else(bad)
+}
+
+/// Check the root disk's keys: LXD's, each kept or refused.
+pub fn validate_root_disk(name: &str, dev: &StringMap) -> Result<()> {
+    for (k, v) in dev {
+        match k.as_str() {
+            "type" | "path" | "pool" | "size" => {}
+            "limits.read" | "limits.write" | "limits.max" => {
+                io_rate(name, k, v)?;
+            }
+            "size.state" | "raw.mount.options" | "boot.priority" | "io.cache" | "readonly"
+            | "recursive" | "propagation" | "shift" | "required" | "optional" | "source" => {
+                return Err(Error::not_yet(&format!(
+                    "root disk option {k:?} (device {name:?})"
+                )))
+            }
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "Device {name:?}: Invalid device option {k:?}"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The whole disk (`MAJ:MIN`) under `path`: the block device itself for a device node, else
+/// the one holding its filesystem; a partition's parent disk (the kernel throttles disks).
+fn backing_disk(path: &Path) -> std::result::Result<(u32, u32), String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let m = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let dev = if m.file_type().is_block_device() {
+        m.rdev()
+    } else {
+        m.dev()
+    };
+    let (ma, mi) = (rustix::fs::major(dev), rustix::fs::minor(dev));
+    let sys = PathBuf::from(format!("/sys/dev/block/{ma}:{mi}"));
+    if !sys.exists() {
+        return Err(format!(
+            "{} is not on a block device bivy can throttle (its filesystem is on {ma}:{mi})",
+            path.display()
+        ));
+    }
+    if !sys.join("partition").exists() {
+        return Ok((ma, mi));
+    }
+    let parent = std::fs::canonicalize(&sys)
+        .ok()
+        .and_then(|p| p.parent().map(|p| p.join("dev")))
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .ok_or_else(|| format!("the disk of partition {ma}:{mi} not found"))?;
+    let (a, b) = parent
+        .trim()
+        .split_once(':')
+        .ok_or_else(|| format!("bad dev {parent:?}"))?;
+    Ok((
+        a.parse().map_err(|_| format!("bad dev {parent:?}"))?,
+        b.parse().map_err(|_| format!("bad dev {parent:?}"))?,
+    ))
+}
+
+/// The block I/O limits of an instance's disks (`limits.read`, `limits.write`, `limits.max`),
+/// per disk holding their sources (the root disk's: `root`, its volume); disks sharing one
+/// get the lowest of their limits.
+pub fn io_limits(
+    d: &Ctx,
+    data: &super::db::Data,
+    devices: &Devices,
+    root: &Path,
+) -> Result<Vec<crate::runtime::IoLimit>> {
+    let mut out: Vec<crate::runtime::IoLimit> = Vec::new();
+    for (name, dev) in devices {
+        if dev.get("type").map(String::as_str) != Some("disk") {
+            continue;
+        }
+        let rate = |k: &str| io_rate(name, k, dev.get(k).map(String::as_str).unwrap_or(""));
+        let max = rate("limits.max")?;
+        let (read, write) = (rate("limits.read")?.or(max), rate("limits.write")?.or(max));
+        if read.is_none() && write.is_none() {
+            continue;
+        }
+        let path = if is_root_disk(dev) {
+            root.to_path_buf()
+        } else if let Some(pool) = dev.get("pool").filter(|p| !p.is_empty()) {
+            super::volumes::path_for_disk(d, data, pool, &dev["source"])?.1
+        } else {
+            PathBuf::from(dev.get("source").cloned().unwrap_or_default())
+        };
+        let (major, minor) = match backing_disk(&path) {
+            Ok(x) => x,
+            Err(_) if !bool_key(name, dev, "required", true)? && !path.exists() => continue,
+            Err(e) => {
+                return Err(Error::not_yet(&format!(
+                    "disk limits of device {name:?}: {e}"
+                )))
+            }
+        };
+        let i = match out
+            .iter()
+            .position(|l| (l.major, l.minor) == (major, minor))
+        {
+            Some(i) => i,
+            None => {
+                out.push(crate::runtime::IoLimit {
+                    major,
+                    minor,
+                    ..Default::default()
+                });
+                out.len() - 1
+            }
+        };
+        let l = &mut out[i];
+        let lower = |slot: &mut Option<u64>, v: u64| {
+            *slot = Some(slot.map_or(v, |o| o.min(v)));
+        };
+        match read {
+            Some(IoRate::Bps(n)) => lower(&mut l.read_bps, n),
+            Some(IoRate::Iops(n)) => lower(&mut l.read_iops, n),
+            None => {}
+        }
+        match write {
+            Some(IoRate::Bps(n)) => lower(&mut l.write_bps, n),
+            Some(IoRate::Iops(n)) => lower(&mut l.write_iops, n),
+            None => {}
+        }
+    }
+    Ok(out)
 }
 
 /// Refuse a change of the (expanded) devices of a running instance other than its root disk

@@ -128,11 +128,17 @@ pub fn apply_live_limits(d: &Ctx, name: &str) {
             return;
         }
     }
-    let (ec, _) = expanded(d, &rec);
-    if let Ok(l) = config::limits(&ec, d.host.total_memory, d.host.ncpus) {
-        if let Err(e) = runtime::set_limits(&d.run_dir(name), &l) {
-            eprintln!("bivy: {name}: applying limits: {e}");
+    let (ec, ed) = expanded(d, &rec);
+    let root = d.volume_dir(&rec).join("rootfs");
+    let io = super::devices::io_limits(d, &d.db.lock().expect("db lock").data, &ed, &root);
+    match (config::limits(&ec, d.host.total_memory, d.host.ncpus), io) {
+        (Ok(mut l), Ok(io)) => {
+            l.io = io;
+            if let Err(e) = runtime::set_limits(&d.run_dir(name), &l) {
+                eprintln!("bivy: {name}: applying limits: {e}");
+            }
         }
+        (Err(e), _) | (_, Err(e)) => eprintln!("bivy: {name}: limits not applied live: {e}"),
     }
 }
 
@@ -295,7 +301,8 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
         }
     }
     trace.step("id map and templates");
-    let limits = config::limits(&ec, d.host.total_memory, d.host.ncpus)?;
+    let mut limits = config::limits(&ec, d.host.total_memory, d.host.ncpus)?;
+    limits.io = super::devices::io_limits(d, &d.db.lock().expect("db lock").data, &ed, &rootfs)?;
     let mut env: Vec<(String, String)> = vec![("container".into(), "lxc".into())];
     for (k, v) in &ec {
         if let Some(var) = k.strip_prefix("environment.") {

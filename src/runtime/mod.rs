@@ -77,6 +77,20 @@ pub struct Limits {
     pub cpu_shares: Option<u64>,
     /// `limits.processes`.
     pub pids: Option<u64>,
+    /// Disk devices' `limits.read`/`limits.write`/`limits.max`, per backing block device.
+    #[serde(default)]
+    pub io: Vec<IoLimit>,
+}
+
+/// I/O throttling of one block device (v1 `blkio.throttle.*`, v2 `io.max`); `None`: unlimited.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct IoLimit {
+    pub major: u32,
+    pub minor: u32,
+    pub read_bps: Option<u64>,
+    pub write_bps: Option<u64>,
+    pub read_iops: Option<u64>,
+    pub write_iops: Option<u64>,
 }
 
 /// A disk device other than the root disk: a host directory or file (or a custom volume's

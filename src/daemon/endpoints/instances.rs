@@ -327,6 +327,8 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
             }
         }
         config::limits(&ec, d.host.total_memory, d.host.ncpus)?;
+        let root = d.volume_dir(&cur).join("rootfs");
+        crate::instance::devices::io_limits(d, &db.data, &ed, &root)?;
         // NICs and proxies are hot-plugged; the NICs' volatile keys are recorded with the new
         // config.
         if let State::Running { init_pid, .. } = state_of(d, name)? {
