@@ -186,6 +186,7 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
     }
     crate::instance::lifecycle::autostart(&d);
     snapshots::spawn_scheduler(d.clone());
+    crate::instance::uevents::spawn(d.clone());
 
     let limits = crate::http::Limits::default();
     let connections = Arc::new(conns::Limits::default());

@@ -316,10 +316,10 @@ pub fn validate_devices(devices: &Devices, data: &super::db::Data) -> Result<()>
             Some("proxy") => {
                 super::proxy::validate(name, d)?;
             }
-            Some("none" | "unix-char" | "unix-block" | "gpu" | "usb") => {
+            Some("none" | "unix-char" | "unix-block" | "gpu" | "usb" | "unix-hotplug") => {
                 super::devices::validate_node_device(name, d)?;
             }
-            Some(t @ ("infiniband" | "tpm" | "pci" | "unix-hotplug")) => {
+            Some(t @ ("infiniband" | "tpm" | "pci")) => {
                 return Err(Error::not_yet(&format!("{t} devices (device {name:?})")))
             }
             Some(t) => {

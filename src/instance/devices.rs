@@ -242,6 +242,7 @@ pub fn validate_node_device(name: &str, dev: &StringMap) -> Result<()> {
             "gid",
             "mode",
         ],
+        "unix-hotplug" => &["vendorid", "productid", "uid", "gid", "mode", "required"],
         "usb" => &[
             "vendorid",
             "productid",
@@ -414,6 +415,19 @@ fn resolve_nodes_in(root: &Path, devices: &Devices) -> Result<Vec<UnixDev>> {
             }
         }
     }
+    // unix-hotplug: what matches now (the rest as it comes, see `uevents`).
+    let hotplug = super::uevents::present(devices, &root.join("sys"));
+    for (name, dev) in devices {
+        if dev.get("type").map(String::as_str) == Some("unix-hotplug")
+            && bool_key(name, dev, "required", false)?
+            && !hotplug.iter().any(|h| h.name == *name)
+        {
+            return Err(Error::Invalid(format!(
+                "Device {name:?}: no device matches (required=true)"
+            )));
+        }
+    }
+    out.extend(hotplug);
     for (i, a) in out.iter().enumerate() {
         if let Some(b) = out[..i].iter().find(|b| b.path == a.path) {
             return Err(Error::Invalid(format!(
@@ -430,7 +444,7 @@ fn is_local(dev: &StringMap) -> bool {
     !is_root_disk(dev)
         && matches!(
             dev.get("type").map(String::as_str),
-            Some("disk" | "unix-char" | "unix-block" | "gpu" | "usb" | "none")
+            Some("disk" | "unix-char" | "unix-block" | "gpu" | "usb" | "unix-hotplug" | "none")
         )
 }
 

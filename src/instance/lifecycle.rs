@@ -228,7 +228,15 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
         let t = conf.get("type").map(String::as_str).unwrap_or("");
         if !matches!(
             t,
-            "disk" | "none" | "nic" | "proxy" | "unix-char" | "unix-block" | "gpu" | "usb"
+            "disk"
+                | "none"
+                | "nic"
+                | "proxy"
+                | "unix-char"
+                | "unix-block"
+                | "gpu"
+                | "usb"
+                | "unix-hotplug"
         ) {
             return Err(Error::not_yet(&format!("device {dev:?} of type {t:?}")));
         }

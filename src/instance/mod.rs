@@ -29,6 +29,7 @@ pub mod schedule;
 pub mod snapshots;
 pub mod stateful;
 pub mod trust;
+pub mod uevents;
 pub mod view;
 pub mod volumes;
 

@@ -64,12 +64,55 @@ pub fn apply(
     disks: Vec<DiskMount>,
     nodes: Vec<UnixDev>,
 ) -> Result<()> {
+    apply_with(
+        run_dir,
+        &|name, _| remove.iter().any(|r| r == name),
+        disks,
+        nodes,
+    )
+}
+
+/// Plug one node (a USB device that appeared); one already there is left as it is.
+pub fn plug_node(run_dir: &Path, node: UnixDev) -> Result<()> {
+    let spec = running_spec(run_dir)?;
+    if spec.unix_devices.contains(&node) {
+        return Ok(());
+    }
+    apply_with(run_dir, &|_, _| false, Vec::new(), vec![node])
+}
+
+/// Unplug the node of device `name` at `path` (a USB device that went), if it has one.
+pub fn unplug_node(run_dir: &Path, name: &str, path: &str) -> Result<()> {
+    let spec = running_spec(run_dir)?;
+    if !spec
+        .unix_devices
+        .iter()
+        .any(|u| u.name == name && u.path == path)
+    {
+        return Ok(());
+    }
+    apply_with(
+        run_dir,
+        &|n, p| n == name && p == path,
+        Vec::new(),
+        Vec::new(),
+    )
+}
+
+/// [`apply`] with the mounts to take away chosen by `gone(device name, path)`.
+fn apply_with(
+    run_dir: &Path,
+    gone: &dyn Fn(&str, &str) -> bool,
+    disks: Vec<DiskMount>,
+    nodes: Vec<UnixDev>,
+) -> Result<()> {
     let mut spec = running_spec(run_dir)?;
-    let gone_named = |n: &String| remove.contains(n);
+    let gone_d = |d: &DiskMount| gone(&d.name, &d.path);
+    let gone_u = |u: &UnixDev| gone(&u.name, &u.path);
     let gone: Vec<Gone> = spec
         .disks
         .iter()
-        .filter(|d| gone_named(&d.name))
+        .filter(|d| gone_d(d))
         .map(|d| Gone {
             path: d.path.clone(),
             node: false,
@@ -77,7 +120,7 @@ pub fn apply(
         .chain(
             spec.unix_devices
                 .iter()
-                .filter(|u| gone_named(&u.name))
+                .filter(|u| gone_u(u))
                 .map(|u| Gone {
                     path: u.path.clone(),
                     node: true,
@@ -91,12 +134,12 @@ pub fn apply(
     let mut taken: Vec<(String, String)> = spec
         .disks
         .iter()
-        .filter(|d| !gone_named(&d.name))
+        .filter(|d| !gone_d(d))
         .map(|d| (d.name.clone(), d.path.clone()))
         .chain(
             spec.unix_devices
                 .iter()
-                .filter(|u| !gone_named(&u.name))
+                .filter(|u| !gone_u(u))
                 .map(|u| (u.name.clone(), u.path.clone())),
         )
         .collect();
@@ -130,11 +173,11 @@ pub fn apply(
     let old_rules: Vec<String> = spec
         .unix_devices
         .iter()
-        .filter(|u| gone_named(&u.name))
+        .filter(|u| gone_u(u))
         .map(UnixDev::cgroup_rule)
         .collect();
-    spec.disks.retain(|d| !gone_named(&d.name));
-    spec.unix_devices.retain(|u| !gone_named(&u.name));
+    spec.disks.retain(|d| !gone_d(d));
+    spec.unix_devices.retain(|u| !gone_u(u));
     spec.disks.extend(disks);
     spec.unix_devices.extend(nodes);
     let still: Vec<String> = spec.unix_devices.iter().map(UnixDev::cgroup_rule).collect();

@@ -460,6 +460,17 @@ pub fn hotplug(
     hotplug::apply(run_dir, remove, disks, nodes)
 }
 
+/// Plug one device node into a running container (a USB device that appeared); idempotent.
+pub fn plug_node(run_dir: &Path, node: UnixDev) -> Result<()> {
+    hotplug::plug_node(run_dir, node)
+}
+
+/// Unplug device `name`'s node at `path` from a running container (a USB device that went);
+/// nothing to do when it has none there.
+pub fn unplug_node(run_dir: &Path, name: &str, path: &str) -> Result<()> {
+    hotplug::unplug_node(run_dir, name, path)
+}
+
 /// A pidfd for the container's monitor (readable when the container has stopped), or None when stopped.
 pub fn monitor_pidfd(run_dir: &Path) -> Result<Option<OwnedFd>> {
     monitor::monitor_pidfd(run_dir)
