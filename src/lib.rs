@@ -18,7 +18,7 @@
 //!   module that imports rustls. HTTP runs over it without knowing it.
 //! - [`sys`]: the only module with `unsafe`: thin syscall wrappers.
 //! - [`runtime`]: the privileged core: namespaces, id maps, idmapped rootfs, mounts, /dev, seccomp,
-//!   AppArmor, capabilities, cgroups, the monitor and exec helpers, CRIU checkpoints (`criu`: the
+//!   AppArmor, capabilities, cgroups, the monitor, exec and hot-plug helpers, CRIU checkpoints (`criu`: the
 //!   dump from the caller, the restore by a new monitor). It gets numbers and policies
 //!   (`runtime::Spec`, `runtime::Limits`), never LXD config keys.
 //! - [`image`]: the image store: import (with the unpack rules checked up front), fingerprints,
@@ -30,8 +30,9 @@
 //!   expanded config, state), `config` and `limits` (LXD's keys, parsed once), `idmap`,
 //!   `lifecycle` (create, start, stop, delete, live limits, interim changes and their undo after a
 //!   crash, recovery, autostart), `snapshots`, `stateful` (CRIU: stateful stop/start and
-//!   snapshots), `schedule`, `pools`, `volumes` (custom storage volumes), `devices` (disk devices
-//!   resolved for the runtime at start), `nics`, `proxy` (proxy devices and their running
+//!   snapshots), `schedule`, `pools`, `volumes` (custom storage volumes), `devices` (disk, unix,
+//!   GPU and USB devices resolved for the runtime, and their hot-plug), `hostdev` (the host's
+//!   GPUs and USB devices), `uevents` (USB devices coming and going), `nics`, `proxy` (proxy devices and their running
 //!   listeners), `images`, `operations`, `events`; typed errors
 //!   ([`instance::Error`], one variant per kind of failure).
 //! - [`net`]: host networking without HTTP or config keys: netlink, nftables rules (`nft`), the
