@@ -358,6 +358,9 @@ pub struct Daemon {
     child: Option<Child>,
     /// The network namespace the daemon runs in (a holder process's), when not the host's.
     netns: Option<u32>,
+    /// A command the daemon runs under (`WRAPPER... bivy daemon`), e.g. one that gives it a
+    /// mount namespace of its own; it must exec the daemon in its own pid.
+    wrapper: Vec<String>,
     bivy_dir: PathBuf,
     log: PathBuf,
     env: Vec<(String, String)>,
@@ -383,7 +386,21 @@ impl Daemon {
         Self::start_full(env, Some(netns.pid()))
     }
 
+    /// Start a daemon run as `wrapper... bivy daemon` (see [`Daemon::wrapper`]).
+    #[allow(dead_code)]
+    pub fn start_wrapped(wrapper: &[&str], env: &[(&str, &str)]) -> io::Result<Daemon> {
+        Self::start_full_with(env, None, wrapper.iter().map(|s| s.to_string()).collect())
+    }
+
     fn start_full(env: &[(&str, &str)], netns: Option<u32>) -> io::Result<Daemon> {
+        Self::start_full_with(env, netns, Vec::new())
+    }
+
+    fn start_full_with(
+        env: &[(&str, &str)],
+        netns: Option<u32>,
+        wrapper: Vec<String>,
+    ) -> io::Result<Daemon> {
         let tmp = TempDir::new()?;
         let bivy_dir = tmp.path().join("bivy");
         fs::create_dir(&bivy_dir)?;
@@ -394,6 +411,7 @@ impl Daemon {
             .collect();
         let mut d = Daemon {
             netns,
+            wrapper,
             child: None,
             bivy_dir,
             log,
@@ -415,15 +433,20 @@ impl Daemon {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let mut cmd = match self.netns {
-            Some(pid) => {
+        let mut cmd = match (self.netns, self.wrapper.split_first()) {
+            (Some(pid), _) => {
                 let mut c = Command::new("nsenter");
                 c.arg(format!("--net=/proc/{pid}/ns/net"))
                     .arg("--")
                     .arg(bivy_bin());
                 c
             }
-            None => Command::new(bivy_bin()),
+            (None, Some((prog, args))) => {
+                let mut c = Command::new(prog);
+                c.args(args).arg(bivy_bin());
+                c
+            }
+            (None, None) => Command::new(bivy_bin()),
         };
         let child = cmd
             .arg("daemon")

@@ -1,0 +1,83 @@
+//! bivy on hosts unlike this one, made from this one: a daemon in a mount namespace of its own
+//! that sees only a cgroup2 hierarchy at /sys/fs/cgroup (a pure cgroup2 host) and an
+//! /etc/subuid and /etc/subgid without root's entries (a host without subordinate ids). The
+//! daemon, its containers' monitors and their children inherit that view. Real containers, as
+//! root.
+
+mod common;
+
+use common::{Daemon, Lxc};
+
+#[test]
+fn pure_cgroup2_host_without_subuid() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    for tool in ["unshare", "mount"] {
+        if !common::have_cmd(tool) {
+            common::skip(
+                "pure_cgroup2_host_without_subuid",
+                &format!("{tool} is not installed"),
+            );
+            return;
+        }
+    }
+    // The wrapper execs the daemon in its own pid, so the test stops exactly that process.
+    let script = "umount -R /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup \
+                  && mount --bind /dev/null /etc/subuid \
+                  && mount --bind /dev/null /etc/subgid \
+                  && exec \"$0\" \"$@\"";
+    let d = Daemon::start_wrapped(
+        &[
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+        &[],
+    )
+    .expect("daemon");
+    let l = Lxc::new(&d);
+    l.import_busybox();
+    l.ok(&["launch", "busybox", "c1"]);
+    // cgroup2 only: the container's own cgroup namespace root, one cgroup2 mount, no v1 one.
+    let (code, out) = l.sh(
+        "c1",
+        "grep '^0::' /proc/self/cgroup; grep -c ' - cgroup2 ' /proc/self/mountinfo; \
+         grep -c ' - cgroup ' /proc/self/mountinfo; test -e /sys/fs/cgroup/cgroup.controllers && echo unified",
+    );
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "0::/\n1\n0\nunified\n"),
+        "{}",
+        d.log_text()
+    );
+    // On the host the container's cgroup lives in the unified hierarchy alone.
+    let st = l.ok(&["query", "/1.0/instances/c1/state"]);
+    let v: serde_json::Value = serde_json::from_str(&st).expect("state");
+    let pid = v["pid"].as_i64().expect("pid");
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+    let unified = cg
+        .lines()
+        .find(|l| l.starts_with("0::"))
+        .expect("a cgroup2 line");
+    assert!(unified.contains("/bivy/c1"), "{cg}");
+    // No subordinate ids for root: the default range, 1000000 up.
+    let base = l.ok(&["config", "get", "c1", "volatile.idmap.base"]);
+    assert_eq!(base.trim(), "1000000");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let uid = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .expect("Uid line");
+    assert!(uid.contains("1000000"), "{uid}");
+    // Exec, stop, start and delete work the same.
+    let (code, out) = l.sh("c1", "id -u");
+    assert_eq!((code, out.as_str()), (0, "0\n"));
+    l.ok(&["restart", "c1", "--force"]);
+    l.ok(&["delete", "c1", "--force"]);
+}
