@@ -623,6 +623,13 @@ fn ipv6_addresses_by_slaac_from_bivy_router_advertisements() {
     assert!(ok, "ping {addr}: {out}\n{}", nft_ruleset(&ns));
     let rules = nft_ruleset(&ns);
     assert!(rules.contains("fd42:b1:0:7::/64"), "{rules}");
+    // The bridge's DNS answers AAAA with it (read from the instance's own namespace), and A
+    // with its lease.
+    let (ok, out) = ns.run(
+        "busybox",
+        &["nslookup", "-type=aaaa", "v6.bivy", "10.201.15.1"],
+    );
+    assert!(ok && out.contains(&addr), "{out}");
     d.ok(&["delete", "-f", "v6"]);
     d.ok(&["network", "delete", "bvt10"]);
 }

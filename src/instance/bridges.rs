@@ -304,7 +304,7 @@ fn up_inner(d: &Ctx, data: &Data, name: &str, c: &BridgeConfig) -> Result<()> {
                     Vec::new()
                 }),
             };
-            match DnsServer::start(cfg, Arc::clone(&store)) {
+            match DnsServer::start(cfg, Arc::clone(&store), v6_lookup(d, c)) {
                 Ok(s) => live.dns = Some(s),
                 Err(e) => {
                     // DNS alone fails; DHCP keeps working (LXD's dnsmasq would fail both).
@@ -321,6 +321,42 @@ fn up_inner(d: &Ctx, data: &Data, name: &str, c: &BridgeConfig) -> Result<()> {
 
 /// Take bridge `name` down and remove everything bivy made for it: servers, rules, the link,
 /// its leases. Failures are logged (the next start retries what is left).
+/// AAAA records for a bridge with IPv6: an instance's global addresses in the bridge's subnet,
+/// read from its own network namespace (`/proc/<init>/net/if_inet6`) when asked, so they are
+/// whatever SLAAC (or the instance's own configuration) gave it. Tentative addresses are left
+/// out.
+fn v6_lookup(d: &Ctx, c: &BridgeConfig) -> Option<crate::net::dns::V6Lookup> {
+    let subnet = c.ipv6?;
+    let me = d.me.get()?.clone();
+    Some(Arc::new(move |name: &str| {
+        let Some(d) = me.upgrade() else {
+            return Vec::new();
+        };
+        let inst = {
+            let db = d.db.lock().expect("db lock");
+            db.data
+                .instances
+                .keys()
+                .find(|n| n.eq_ignore_ascii_case(name))
+                .cloned()
+        };
+        let Some(inst) = inst else {
+            return Vec::new();
+        };
+        let Ok(crate::runtime::State::Running { init_pid, .. }) = super::view::state_of(&d, &inst)
+        else {
+            return Vec::new();
+        };
+        let text =
+            std::fs::read_to_string(format!("/proc/{init_pid}/net/if_inet6")).unwrap_or_default();
+        crate::net::parse_if_inet6(&text)
+            .into_iter()
+            .filter(|a| a.usable() && crate::net::in_subnet6(a.addr, subnet.addr, subnet.prefix))
+            .map(|a| a.addr)
+            .collect()
+    }))
+}
+
 pub fn down(d: &Ctx, name: &str) {
     if let Some(live) = d.bridges.0.lock().expect("bridges lock").remove(name) {
         drop(live);

@@ -464,7 +464,7 @@ pub fn decide(
     b: &[u8],
     domain: &str,
     gateway: Ipv4Addr,
-    lookup: &dyn Fn(&str) -> Vec<Ipv4Addr>,
+    lookup: &dyn Fn(&str) -> Vec<IpAddr>,
 ) -> Decision {
     let m = match Message::parse(b) {
         Ok(m) => m,
@@ -506,7 +506,7 @@ pub fn decide(
     };
     if let Some(host) = host {
         let addrs = match std::str::from_utf8(host) {
-            Ok("_gateway") => vec![gateway],
+            Ok("_gateway") => vec![IpAddr::V4(gateway)],
             Ok(h) if !h.is_empty() => lookup(h),
             _ => Vec::new(),
         };
@@ -518,20 +518,25 @@ pub fn decide(
     Decision::Forward(Box::new(m))
 }
 
-/// A local answer for `q`: None is NXDOMAIN; otherwise the A records when asked for A or ANY
-/// (class IN or ANY), an empty NOERROR for other types.
-fn local_reply(m: &Message, q: &Question, addrs: Option<Vec<Ipv4Addr>>) -> Vec<u8> {
+/// A local answer for `q`: None is NXDOMAIN; otherwise the A records when asked for A, the
+/// AAAA records when asked for AAAA, both for ANY (class IN or ANY), an empty NOERROR for other
+/// types.
+fn local_reply(m: &Message, q: &Question, addrs: Option<Vec<IpAddr>>) -> Vec<u8> {
     if q.qclass != CLASS_IN && q.qclass != CLASS_ANY {
         return build_reply(m, RCODE_REFUSED, false, &[]);
     }
     match addrs {
         None => build_reply(m, RCODE_NXDOMAIN, true, &[]),
         Some(addrs) => {
-            let answers: Vec<Answer> = if q.qtype == TYPE_A || q.qtype == TYPE_ANY {
-                addrs.into_iter().map(Answer::a).collect()
-            } else {
-                Vec::new()
-            };
+            let any = q.qtype == TYPE_ANY;
+            let answers: Vec<Answer> = addrs
+                .into_iter()
+                .filter_map(|a| match a {
+                    IpAddr::V4(v4) if any || q.qtype == TYPE_A => Some(Answer::a(v4)),
+                    IpAddr::V6(v6) if any || q.qtype == TYPE_AAAA => Some(Answer::aaaa(v6)),
+                    _ => None,
+                })
+                .collect();
             build_reply(m, RCODE_NOERROR, true, &answers)
         }
     }
@@ -898,16 +903,28 @@ struct Shared {
     client_udp: UdpSocket,
     tcp_conns: AtomicUsize,
     tcp_streams: Mutex<HashMap<u64, TcpStream>>,
+    v6: Option<V6Lookup>,
 }
+
+/// A host's IPv6 addresses, by name (the instance layer reads them from the instance's own
+/// network namespace: SLAAC leaves no lease to read them from).
+pub type V6Lookup = Arc<dyn Fn(&str) -> Vec<Ipv6Addr> + Send + Sync>;
 
 impl Shared {
     fn decide(&self, msg: &[u8]) -> Decision {
         let store = &self.store;
         let lookup = |name: &str| {
-            store
+            let mut out: Vec<IpAddr> = store
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .lookup_name(name)
+                .into_iter()
+                .map(IpAddr::V4)
+                .collect();
+            if let Some(v6) = &self.v6 {
+                out.extend(v6(name).into_iter().map(IpAddr::V6));
+            }
+            out
         };
         decide(msg, &self.cfg.domain, self.cfg.gateway, &lookup)
     }
@@ -944,7 +961,11 @@ fn is_timeout(e: &io::Error) -> bool {
 impl DnsServer {
     /// Serve DNS on `cfg.listen:cfg.port` (UDP and TCP). A port already taken is an
     /// `AddrInUse` error naming the address, the port and, when found, the process holding it.
-    pub fn start(cfg: DnsConfig, store: Arc<Mutex<LeaseStore>>) -> io::Result<DnsServer> {
+    pub fn start(
+        cfg: DnsConfig,
+        store: Arc<Mutex<LeaseStore>>,
+        v6: Option<V6Lookup>,
+    ) -> io::Result<DnsServer> {
         let mut cfg = cfg;
         let me = SocketAddr::new(cfg.listen, cfg.port);
         // Never forward to ourselves.
@@ -955,7 +976,7 @@ impl DnsServer {
         udp.set_read_timeout(Some(TICK))?;
         let v4 = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
         v4.set_read_timeout(Some(TICK))?;
-        let v6 = if cfg.upstreams.iter().any(SocketAddr::is_ipv6) {
+        let up6 = if cfg.upstreams.iter().any(SocketAddr::is_ipv6) {
             let s = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0))?;
             s.set_read_timeout(Some(TICK))?;
             Some(s)
@@ -967,7 +988,7 @@ impl DnsServer {
             upstreams: Upstreams {
                 addrs: cfg.upstreams.clone(),
                 v4,
-                v6,
+                v6: up6,
             },
             client_udp: udp,
             cfg,
@@ -975,6 +996,7 @@ impl DnsServer {
             stop: AtomicBool::new(false),
             tcp_conns: AtomicUsize::new(0),
             tcp_streams: Mutex::new(HashMap::new()),
+            v6,
         });
         let mut server = DnsServer {
             shared: shared.clone(),
@@ -1270,7 +1292,11 @@ fn forward_tcp(upstreams: &[SocketAddr], msg: &[u8]) -> Option<Vec<u8>> {
 pub fn fuzz_packet(data: &[u8]) {
     let lookup = |n: &str| {
         if n == "c1" {
-            vec![Ipv4Addr::new(10, 9, 0, 5), Ipv4Addr::new(10, 9, 0, 6)]
+            vec![
+                IpAddr::V4(Ipv4Addr::new(10, 9, 0, 5)),
+                IpAddr::V4(Ipv4Addr::new(10, 9, 0, 6)),
+                IpAddr::V6(Ipv6Addr::new(0xfd42, 0, 0, 7, 0x216, 0x3eff, 0xfe00, 5)),
+            ]
         } else {
             Vec::new()
         }

@@ -21,9 +21,13 @@ pub fn query(id: u16, name: &str, qtype: u16, edns: bool) -> Vec<u8> {
     b
 }
 
-fn lookup(n: &str) -> Vec<Ipv4Addr> {
+fn lookup(n: &str) -> Vec<IpAddr> {
     match n {
-        "c1" => vec![Ipv4Addr::new(10, 9, 0, 5)],
+        "c1" => vec![IpAddr::V4(Ipv4Addr::new(10, 9, 0, 5))],
+        "v6" => vec![
+            IpAddr::V4(Ipv4Addr::new(10, 9, 0, 7)),
+            IpAddr::V6("fd42:b1:0:7:216:3eff:fe00:7".parse().unwrap()),
+        ],
         _ => Vec::new(),
     }
 }
@@ -130,10 +134,21 @@ fn local_answers() {
     let m = reply_of(&query(8, "_gateway.bivy", TYPE_A, false));
     assert_eq!(m.answers[0].rdata, GW.octets());
     assert!(m.additional.is_empty());
-    // AAAA for a known name: NOERROR, no answer.
+    // AAAA for a known name without IPv6: NOERROR, no answer.
     let m = reply_of(&query(9, "c1.bivy", TYPE_AAAA, false));
     assert_eq!(m.header.rcode(), RCODE_NOERROR);
     assert!(m.answers.is_empty());
+    // A name with both: A answers A, AAAA answers AAAA, ANY both.
+    let m = reply_of(&query(9, "v6.bivy", TYPE_AAAA, false));
+    assert_eq!(m.answers.len(), 1);
+    assert_eq!(m.answers[0].rtype, TYPE_AAAA);
+    let want: Ipv6Addr = "fd42:b1:0:7:216:3eff:fe00:7".parse().unwrap();
+    assert_eq!(m.answers[0].rdata, want.octets());
+    let m = reply_of(&query(9, "v6.bivy", TYPE_A, false));
+    assert_eq!(m.answers.len(), 1);
+    assert_eq!(m.answers[0].rdata, [10, 9, 0, 7]);
+    let m = reply_of(&query(9, "v6.bivy", TYPE_ANY, false));
+    assert_eq!(m.answers.len(), 2);
     // Unknown names in our domain: NXDOMAIN, also deeper ones.
     for n in ["nope.bivy", "a.c1.bivy"] {
         let m = reply_of(&query(10, n, TYPE_A, false));
