@@ -461,7 +461,7 @@ fn dns_answers_and_forwards() {
             // Our own address is dropped from the upstreams (no loop).
             upstreams: vec![dead_addr, stub.addr, dns],
         };
-        let server = DnsServer::start(cfg, st).unwrap();
+        let server = DnsServer::start(cfg, st, None).unwrap();
         assert_eq!(server.upstreams(), &[dead_addr, stub.addr]);
         (server, stub)
     });
@@ -538,6 +538,7 @@ fn dns_answers_and_forwards() {
                 upstreams: vec![],
             },
             st,
+            None,
         )
         .err()
         .unwrap()
