@@ -747,3 +747,37 @@ fn target_disk_full_mid_transfer_leaves_nothing() {
     lb.ok(&["storage", "delete", "tiny"]);
     drop(tiny);
 }
+
+#[test]
+fn the_receiving_rsync_can_write_only_into_the_volume() {
+    // The jail the target's rsync runs in (whatever a hostile peer's stream says, it cannot
+    // create anything outside the volume it receives into), checked with a shell in its place.
+    if !common::require_root() {
+        return;
+    }
+    let tmp = common::TempDir::new().expect("tmp");
+    let vol = tmp.path().join("vol");
+    std::fs::create_dir(&vol).expect("mkdir");
+    let outside = tmp.path().join("outside");
+    let script = format!(
+        "echo in > {v}/inside && ln -s {o} {v}/link && echo out > {v}/link/x; echo out > {o}.file",
+        v = vol.display(),
+        o = outside.display()
+    );
+    std::fs::create_dir(&outside).expect("mkdir");
+    let out = std::process::Command::new(common::bivy_bin())
+        .args(["__write-only-below"])
+        .arg(&vol)
+        .args(["/bin/sh", "-c", &script])
+        .output()
+        .expect("run");
+    let text = failed(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("Read-only file system"), "{text}");
+    assert_eq!(read(&vol.join("inside")), "in\n");
+    assert!(vol.join("link").symlink_metadata().is_ok(), "{text}");
+    assert!(!outside.join("x").exists(), "written through a symlink: {text}");
+    assert!(!tmp.path().join("outside.file").exists(), "written outside: {text}");
+    // Nothing of it stays mounted on the host.
+    assert!(common::mounts_below(tmp.path()).is_empty());
+}

@@ -249,7 +249,9 @@ impl<W: Write> Write for Counted<'_, W> {
 /// Receive one session into `path` (made by the caller); `seen` is told of every byte received.
 pub fn recv(path: &Path, ws: &mut Ws, f: Features, seen: &dyn Fn(u64)) -> Result<()> {
     let rsync = program()?;
-    let mut child = Command::new(rsync)
+    // What the peer sends is not trusted: rsync may write below `path` and nowhere else.
+    let mut child = crate::runtime::write_only_below(path, &rsync)
+        .map_err(|e| Error::Host(format!("rsync receiver: {e}")))?
         .args([
             "--server",
             "-vlogDtpre.iLsfx",

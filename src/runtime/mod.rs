@@ -311,6 +311,7 @@ mod disks;
 mod exec;
 pub mod host;
 mod hotplug;
+mod jail;
 mod init;
 mod monitor;
 mod nics;
@@ -460,6 +461,12 @@ pub fn hotplug(
     hotplug::apply(run_dir, remove, disks, nodes)
 }
 
+/// A command running `program` (a host tool fed by a remote peer, such as the rsync receiving a
+/// migration) that can write only below `dir`: every other mount is read-only for it.
+pub fn write_only_below(dir: &Path, program: &Path) -> Result<std::process::Command> {
+    jail::command(dir, program)
+}
+
 /// Plug one device node into a running container (a USB device that appeared); idempotent.
 pub fn plug_node(run_dir: &Path, node: UnixDev) -> Result<()> {
     hotplug::plug_node(run_dir, node)
@@ -483,6 +490,7 @@ pub fn helper_main(args: &[String]) -> ! {
         Some("__monitor") => monitor::helper(&args[1..]),
         Some("__exec") => exec::helper(&args[1..]),
         Some("__hotplug") => hotplug::helper(&args[1..]),
+        Some("__write-only-below") => jail::helper(&args[1..]),
         _ => {
             eprintln!("bivy: unknown helper {:?}", args.first());
             std::process::exit(127)
