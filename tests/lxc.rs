@@ -551,6 +551,25 @@ fn lxc_config_keys_are_kept_or_refused() {
         &["config", "set", "k1", "security.protection.shift", "true"],
         "not supported yet: security.protection.shift",
     );
+    // LXD's docker profile keys: interception is not built (docker runs without it, see
+    // nesting_docker); `false` is what bivy does.
+    refused(
+        &[
+            "config",
+            "set",
+            "k1",
+            "security.syscalls.intercept.mknod",
+            "true",
+        ],
+        "not supported yet: security.syscalls.intercept.mknod",
+    );
+    l.ok(&[
+        "config",
+        "set",
+        "k1",
+        "security.syscalls.intercept.setxattr",
+        "false",
+    ]);
     refused(
         &["config", "set", "k1", "boot.stop.priority", "high"],
         "expected an integer",

@@ -76,6 +76,9 @@ enum Kind {
     /// A key LXD has that bivy does not implement yet: refused with "not supported yet: KEY"
     /// (and listed in the README's status table), never accepted and ignored.
     NotYet,
+    /// A `security.syscalls.intercept.*` switch (seccomp user notification, not built): `false`
+    /// is what bivy does, `true` is refused with "not supported yet".
+    Intercept,
 }
 
 fn kind_of(key: &str) -> Option<Kind> {
@@ -104,6 +107,18 @@ fn kind_of(key: &str) -> Option<Kind> {
         "security.protection.shift" => NotYet,
         "security.syscalls.deny_default" | "security.syscalls.deny_compat" => Bool,
         "security.syscalls.deny" | "security.syscalls.allow" | "raw.seccomp" => Seccomp,
+        // LXD 5.0.2's interception switches (its docker profile sets mknod and setxattr; bivy's
+        // README, "Docker inside a container", says why docker runs here without them).
+        "security.syscalls.intercept.bpf"
+        | "security.syscalls.intercept.bpf.devices"
+        | "security.syscalls.intercept.mknod"
+        | "security.syscalls.intercept.mount"
+        | "security.syscalls.intercept.mount.shift"
+        | "security.syscalls.intercept.sched_setscheduler"
+        | "security.syscalls.intercept.setxattr" => Intercept,
+        "security.syscalls.intercept.mount.allowed" | "security.syscalls.intercept.mount.fuse" => {
+            NotYet
+        }
         "raw.idmap" => Idmap,
         "raw.apparmor" => Str,
         "raw.lxc" => {
@@ -192,6 +207,14 @@ pub fn validate_key(key: &str, value: &str) -> Result<()> {
         }
         Kind::KernelModules => kernel_modules(value).map(drop).or_else(|e| bad(&e)),
         Kind::NotYet => Err(Error::config(key, format!("not supported yet: {key}"))),
+        Kind::Intercept => match parse_bool(value) {
+            None => bad("expected true or false"),
+            Some(false) => Ok(()),
+            Some(true) => Err(Error::config(
+                key,
+                format!("not supported yet: {key} (seccomp user notification)"),
+            )),
+        },
         Kind::IdmapSize if value.parse::<u32>().map_or(true, |v| v == 0) => {
             bad("expected a positive integer")
         }
@@ -484,6 +507,15 @@ mod tests {
         );
         assert!(validate_key("raw.lxc", "x").is_err());
         assert!(validate_key("security.privileged", "maybe").is_err());
+        // LXD's docker profile keys: `false` is bivy's behaviour, `true` is not built.
+        assert!(validate_key("security.syscalls.intercept.mknod", "false").is_ok());
+        assert_eq!(
+            validate_key("security.syscalls.intercept.setxattr", "true")
+                .unwrap_err()
+                .message(),
+            "not supported yet: security.syscalls.intercept.setxattr (seccomp user notification)"
+        );
+        assert!(validate_key("security.syscalls.intercept.mount.allowed", "ext4").is_err());
         let cur: StringMap = [("volatile.uuid".to_string(), "u".to_string())].into();
         assert!(validate_config(&cur, &cur, 4).is_ok());
         let changed: StringMap = [("volatile.uuid".to_string(), "v".to_string())].into();
