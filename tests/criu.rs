@@ -466,3 +466,33 @@ fn lxc_stateful_stop_start_snapshot_restore() {
     assert_resumed(&d, "c1", &back);
     l.ok(&["stop", "c1", "--force"]);
 }
+
+#[test]
+fn a_checkpoint_restores_after_a_rename() {
+    let Some(criu) = criu() else { return };
+    let d = daemon_with(&criu);
+    launch(&d, "c1", false);
+    d.ok(&["config", "set", "c1", "migration.stateful=true"]);
+    start_counter(&d, "c1");
+    let before = read_count(&d, "c1");
+    d.ok(&["stop", "c1", "--stateful"]);
+    d.ok(&["rename", "c1", "c2"]);
+    assert!(stateful(&d, "c2"), "the state goes with the rename");
+    // Restored into the new name's cgroup: the same process, counting on.
+    d.ok(&["start", "c2"]);
+    assert_eq!(status(&d, "c2"), "Running");
+    assert_resumed(&d, "c2", &before);
+    let (_, v) = d
+        .api("GET", "/1.0/instances/c2/state", None)
+        .expect("state");
+    let pid = v["metadata"]["pid"].as_i64().expect("pid");
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+    for line in cg.lines().filter(|l| l.contains("/bivy/")) {
+        assert!(
+            line.contains("/bivy/c2") && !line.contains("/bivy/c1"),
+            "restored outside the new name's cgroup:\n{cg}"
+        );
+    }
+    assert!(cg.contains("/bivy/c2"), "{cg}");
+    d.ok(&["delete", "c2", "--force"]);
+}

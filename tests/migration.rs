@@ -776,8 +776,14 @@ fn the_receiving_rsync_can_write_only_into_the_volume() {
     assert!(text.contains("Read-only file system"), "{text}");
     assert_eq!(read(&vol.join("inside")), "in\n");
     assert!(vol.join("link").symlink_metadata().is_ok(), "{text}");
-    assert!(!outside.join("x").exists(), "written through a symlink: {text}");
-    assert!(!tmp.path().join("outside.file").exists(), "written outside: {text}");
+    assert!(
+        !outside.join("x").exists(),
+        "written through a symlink: {text}"
+    );
+    assert!(
+        !tmp.path().join("outside.file").exists(),
+        "written outside: {text}"
+    );
     // Nothing of it stays mounted on the host.
     assert!(common::mounts_below(tmp.path()).is_empty());
 }

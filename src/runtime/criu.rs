@@ -228,6 +228,22 @@ pub struct RestoreReq {
     pub log: PathBuf,
 }
 
+/// `path` (a cgroup directory below `bivy/<old>` in some hierarchy) below `bivy/<new>` instead.
+fn rebase_cgroup(path: &Path, old: &str, new: &str) -> PathBuf {
+    let parts: Vec<&std::ffi::OsStr> = path.iter().collect();
+    let mut out = PathBuf::new();
+    let mut i = 0;
+    while i < parts.len() {
+        out.push(parts[i]);
+        if parts[i] == "bivy" && parts.get(i + 1).is_some_and(|n| *n == old) {
+            out.push(new);
+            i += 1;
+        }
+        i += 1;
+    }
+    out
+}
+
 /// The external mounts of a running container: its device nodes and console (bound from the
 /// monitor's staging tmpfs and the host's devpts), its disk devices and its unix devices' nodes.
 fn externals(spec: &Spec, mountinfo: &str) -> Vec<External> {
@@ -388,13 +404,15 @@ pub(crate) fn restore_in_monitor(
         .and_then(|b| {
             serde_json::from_slice(&b).map_err(|e| Error(format!("parse {}: {e}", mp.display())))
         })?;
-    if meta.cgroup != spec.cgroup_name() {
-        return Err(Error(format!(
-            "not supported yet: restoring a checkpoint under another name (it was made as {:?}; start it --stateless)",
-            meta.cgroup
-        )));
-    }
-    super::confine::cgroup_make_subdirs(spec.cgroup_name(), &meta.sub_cgroups, owner)?;
+    // Renamed since the dump: the tree goes into the new name's cgroup (CRIU's root cgroup
+    // replaced), its sub-cgroups made there.
+    let renamed = meta.cgroup != spec.cgroup_name();
+    let subs: Vec<PathBuf> = meta
+        .sub_cgroups
+        .iter()
+        .map(|p| rebase_cgroup(p, &meta.cgroup, spec.cgroup_name()))
+        .collect();
+    super::confine::cgroup_make_subdirs(spec.cgroup_name(), &subs, owner)?;
     // The restored tasks open some images themselves (through CRIU's directory fd), partly
     // before their credentials are set up in their user namespace: the directory must be
     // searchable by anyone (CRIU makes the images 0644). The volume above stays closed.
@@ -417,6 +435,10 @@ pub(crate) fn restore_in_monitor(
         pidfile.display().to_string(),
         "--file-locks".into(),
     ];
+    if renamed {
+        args.push("--cgroup-root".into());
+        args.push(format!("/bivy/{}", spec.cgroup_name()));
+    }
     for e in &meta.externals {
         let src = if e.key == "dev-console" {
             console.to_path_buf()

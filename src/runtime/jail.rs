@@ -62,6 +62,7 @@ fn confine(dir: &Path) -> Result<()> {
     .map_err(|x| e("open /", &x))?;
     sys::mount_setattr_flags(root.as_fd(), sys::MOUNT_ATTR_RDONLY, true)
         .map_err(|x| e("make every mount read-only", &x))?;
-    sys::move_mount_to(rw.as_fd(), dir).map_err(|x| e(&format!("mount on {}", dir.display()), &x))?;
+    sys::move_mount_to(rw.as_fd(), dir)
+        .map_err(|x| e(&format!("mount on {}", dir.display()), &x))?;
     Ok(())
 }
