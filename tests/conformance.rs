@@ -158,6 +158,19 @@ const CLAIMS: &[(&str, &[Probe])] = &[
     ("network_dhcp_expiry", &[("PATCH", "/1.0/networks/nosuch", Some("{}"))]),
     ("instance_nic_network", &[("PATCH", "/1.0/instances/nosuch", Some("{}"))]),
     ("remote_token_expiry", &[("PATCH", "/1.0", Some("{\"config\":{\"core.remote_token_expiry\":\"\"}}"))]),
+    (
+        "container_backup",
+        // tests/backups.rs exercises them with containers.
+        &[
+            ("GET", "/1.0/instances/nosuch/backups", None),
+            ("POST", "/1.0/instances/nosuch/backups", Some("{}")),
+            ("GET", "/1.0/instances/nosuch/backups/b", None),
+            ("POST", "/1.0/instances/nosuch/backups/b", Some("{\"name\":\"c\"}")),
+            ("DELETE", "/1.0/instances/nosuch/backups/b", None),
+            ("GET", "/1.0/instances/nosuch/backups/b/export", None),
+        ],
+    ),
+    ("backup_compression_algorithm", &[("POST", "/1.0/instances/nosuch/backups", Some("{\"compression_algorithm\":\"xz\"}"))]),
 ];
 
 /// Extensions bivy must not claim while these requests are not served.

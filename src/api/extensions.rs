@@ -11,8 +11,11 @@
 //! `storage` is claimed for pools and volumes (custom filesystem volumes on `dir` and `btrfs`:
 //! create, show, edit, rename, delete, attach as disk devices); `storage_api_volume_rename` for
 //! renaming them. Not claimed: `storage_api_volume_snapshots`, `storage_api_local_volume_handling`
-//! (copy/move between pools), `custom_volume_backup`. `tests/conformance.rs` checks each claim
-//! against the routes.
+//! (copy/move between pools), `custom_volume_backup`. `container_backup` is claimed for
+//! instance backups in LXD's tarball format (`instance::backups`) with
+//! `backup_compression_algorithm` (the request's `compression_algorithm`); not
+//! `backup_compression` (the server key `backups.compression_algorithm`) nor optimized
+//! (driver-specific) backups. `tests/conformance.rs` checks each claim against the routes.
 
 /// Extensions in LXD's order.
 pub const API_EXTENSIONS: &[&str] = &[
@@ -37,6 +40,7 @@ pub const API_EXTENSIONS: &[&str] = &[
     "id_map_base",
     "instances",
     "api_filtering",
+    "container_backup",
     "container_full",
     "instance_get_full",
     "file_get_symlink",
@@ -53,6 +57,7 @@ pub const API_EXTENSIONS: &[&str] = &[
     "resources",
     "storage_api_volume_rename",
     "resources_v2",
+    "backup_compression_algorithm",
     "certificate_token",
     "network_leases",
     "network_state",

@@ -439,6 +439,37 @@ pub struct InstanceSnapshot {
     pub stateful: bool,
 }
 
+/// One instance backup (`shared/api/instance_backup.go`).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct InstanceBackup {
+    pub name: String,
+    pub created_at: String,
+    pub expires_at: String,
+    pub instance_only: bool,
+    pub container_only: bool,
+    pub optimized_storage: bool,
+}
+
+/// `POST /1.0/instances/NAME/backups`.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+#[serde(default)]
+pub struct InstanceBackupsPost {
+    pub name: String,
+    #[serde(deserialize_with = "nullable")]
+    pub expires_at: String,
+    pub instance_only: bool,
+    pub container_only: bool,
+    pub optimized_storage: bool,
+    pub compression_algorithm: String,
+}
+
+/// `POST /1.0/instances/NAME/backups/BACKUP` (rename).
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+#[serde(default)]
+pub struct InstanceBackupPost {
+    pub name: String,
+}
+
 /// `POST /1.0/instances/NAME/exec`.
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
 pub struct InstanceExecPost {

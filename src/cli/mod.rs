@@ -21,6 +21,7 @@
 pub mod admin;
 pub mod admin_init;
 pub mod alias;
+pub mod backup;
 pub mod completion;
 pub mod conf;
 pub mod config;
@@ -95,8 +96,10 @@ Available Commands:
   copy        Copy instances within the server
   delete      Delete instances and snapshots
   exec        Execute commands in instances
+  export      Export instance backups
   file        Manage files in instances
   image       Manage images
+  import      Import instance backups
   info        Show instance or server information
   init        Create instances from images
   install     Install this binary and the host's service file
@@ -240,6 +243,8 @@ fn dispatch(verb: &str, rest: Vec<String>) -> CmdResult {
         "profile" => profile::run(&rest),
         "image" => image::run(&rest),
         "publish" => image::publish(&rest),
+        "export" => backup::export(&rest),
+        "import" => backup::import(&rest),
         "operation" => misc::operation(&rest),
         "monitor" => misc::monitor(&rest),
         "version" => misc::version(&rest),

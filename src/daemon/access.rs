@@ -116,7 +116,13 @@ pub const ROUTES: &[Route] = &[
     ),
     r("/1.0/instances/{name}/snapshots", &["GET", "POST"], NONE),
     r("/1.0/instances/{name}/snapshots/{snap}", CRUD, NONE),
-    r("/1.0/instances/{name}/backups", GET, NONE),
+    r("/1.0/instances/{name}/backups", &["GET", "POST"], NONE),
+    r(
+        "/1.0/instances/{name}/backups/{backup}",
+        &["GET", "POST", "DELETE"],
+        NONE,
+    ),
+    r("/1.0/instances/{name}/backups/{backup}/export", GET, NONE),
     r("/1.0/profiles", &["GET", "POST"], NONE),
     r("/1.0/profiles/{name}", CRUD, NONE),
     // Untrusted: public images only (the handlers filter).

@@ -77,6 +77,14 @@ fn route(d: &Daemon, req: &mut Request, caller: &Caller) -> Result<Response> {
         },
         ["instances" | "containers"] => match m {
             "GET" => instances::list(d, req),
+            // LXD: a binary body is a backup tarball to restore.
+            "POST"
+                if req
+                    .header("Content-Type")
+                    .is_some_and(|c| c.starts_with("application/octet-stream")) =>
+            {
+                endpoints::backups::import(d, req)
+            }
             "POST" => endpoints::instance_create::create(d, req),
             "PUT" => Err(Error::not_yet(
                 "changing the state of all instances at once (PUT /1.0/instances)",
@@ -113,6 +121,10 @@ fn route(d: &Daemon, req: &mut Request, caller: &Caller) -> Result<Response> {
                 ("logs" | "metadata", [], _) => Err(not_allowed(m)),
                 _ => Err(Error::NotFound("not found".into())),
             }
+        }
+        ["instances" | "containers", name, "backups", rest @ ..] => {
+            let name = name.to_string();
+            endpoints::backups::route(d, req, &name, rest)
         }
         ["instances" | "containers", name, "snapshots", rest @ ..] => {
             let name = name.to_string();

@@ -42,13 +42,13 @@ use crate::util::fs::{atomic_write, sync_dir};
 use crate::util::revert::Revert;
 use crate::util::time;
 
-pub use compress::{sniff, Compression, Format};
+pub use compress::{sniff, Compression, Encoder, Format};
 #[doc(hidden)]
 pub use fuzz::fuzz_unpack;
 #[doc(hidden)]
 pub use metadata::fuzz_metadata;
 pub use metadata::{known_architecture, parse as parse_metadata};
-pub use pack::pack;
+pub use pack::{add_tree, pack, Adjust, Links};
 
 /// Whether squashfs rootfs images can be unpacked here (`unsquashfs` on PATH).
 pub fn have_unsquashfs() -> bool {
@@ -66,6 +66,23 @@ pub fn unpack_tarball(
     let meta = unpack::unpack_unified_meta(tarball, rootfs, templates, opts)?
         .ok_or_else(|| Error::BadRequest("the stream has no metadata.yaml".into()))?;
     metadata::parse(&meta)
+}
+
+/// Unpack the volumes of an instance backup tarball (LXD's layout: `backup/container/`,
+/// `backup/snapshots/<name>/`) with the image unpack rules: for each `(prefix, dir)` the
+/// volume's `rootfs/` and `templates/` into `dir` (both made here), returning each volume's
+/// `metadata.yaml` when it has one.
+pub fn unpack_backup(
+    tarball: &std::path::Path,
+    volumes: &[(String, std::path::PathBuf)],
+    opts: &UnpackOpts,
+) -> Result<Vec<Option<Vec<u8>>>> {
+    unpack::unpack_backup(tarball, volumes, opts)
+}
+
+/// The first member named `name` of a tarball (any compression), refused past `limit` bytes.
+pub fn read_member(tarball: &std::path::Path, name: &str, limit: u64) -> Result<Option<Vec<u8>>> {
+    unpack::read_member(tarball, name, limit)
 }
 
 /// Errors, by the HTTP status the daemon maps them to.

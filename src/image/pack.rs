@@ -41,16 +41,28 @@ pub fn pack(
         b.append_data(&mut h, "metadata.yaml", yaml.as_bytes())
             .map_err(|e| ioe(Path::new("metadata.yaml"), e))?;
         let mut links = HashMap::new();
-        add_tree(&mut b, rootfs, "rootfs", &mut links)?;
+        add_tree(&mut b, rootfs, "rootfs", &mut links, &keep)?;
         if let Some(t) = templates {
             if t.exists() {
-                add_tree(&mut b, t, "templates", &mut links)?;
+                add_tree(&mut b, t, "templates", &mut links, &keep)?;
             }
         }
         b.finish().map_err(|e| ioe(rootfs, e))?;
     }
     enc.finish().map_err(|e| ioe(rootfs, e))
 }
+
+/// What [`add_tree`] lets its caller change in each member before it is written: the header
+/// (owner) and the xattrs; `false` leaves the member out.
+pub type Adjust<'a> = dyn Fn(&mut tar::Header, &mut Vec<(String, Vec<u8>)>) -> bool + 'a;
+
+/// Keep every member as it is on disk.
+fn keep(_: &mut tar::Header, _: &mut Vec<(String, Vec<u8>)>) -> bool {
+    true
+}
+
+/// Hard links already written: (device, inode) to the member name.
+pub type Links = HashMap<(u64, u64), String>;
 
 /// The xattrs of `path` (not following a final symlink).
 fn xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
@@ -77,13 +89,16 @@ fn xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     Ok(out)
 }
 
-fn add_tree<W: Write>(
+/// Add `dir` and everything below it as `name/...`, read without following any symlink in it,
+/// each member through `adjust`.
+pub fn add_tree<W: Write>(
     b: &mut tar::Builder<W>,
     dir: &Path,
     name: &str,
-    links: &mut HashMap<(u64, u64), String>,
+    links: &mut Links,
+    adjust: &Adjust<'_>,
 ) -> Result<()> {
-    add_one(b, dir, name, links)?;
+    add_one(b, dir, name, links, adjust)?;
     let mut kids: Vec<_> = fs::read_dir(dir)
         .map_err(|e| ioe(dir, e))?
         .map(|e| e.map(|e| e.file_name()))
@@ -97,9 +112,9 @@ fn add_tree<W: Write>(
             .map_err(|e| ioe(&path, e))?
             .is_dir()
         {
-            add_tree(b, &path, &child, links)?;
+            add_tree(b, &path, &child, links, adjust)?;
         } else {
-            add_one(b, &path, &child, links)?;
+            add_one(b, &path, &child, links, adjust)?;
         }
     }
     Ok(())
@@ -109,7 +124,8 @@ fn add_one<W: Write>(
     b: &mut tar::Builder<W>,
     path: &Path,
     name: &str,
-    links: &mut HashMap<(u64, u64), String>,
+    links: &mut Links,
+    adjust: &Adjust<'_>,
 ) -> Result<()> {
     use tar::EntryType as T;
     let md = fs::symlink_metadata(path).map_err(|e| ioe(path, e))?;
@@ -123,7 +139,10 @@ fn add_one<W: Write>(
     h.set_gid(md.gid().into());
     h.set_mtime(md.mtime().max(0) as u64);
     h.set_size(0);
-    let x = xattrs(path)?;
+    let mut x = xattrs(path)?;
+    if !adjust(&mut h, &mut x) {
+        return Ok(());
+    }
     if !x.is_empty() {
         let keys: Vec<(String, &[u8])> = x
             .iter()

@@ -201,14 +201,17 @@ fn member_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<(Meta, u64, boo
 }
 
 /// A hard link's target as a path under the tree: cleaned, with `link_prefix` (`rootfs/` in a
-/// unified tarball) stripped. `None` when it is unsafe, outside the prefix, or the root itself.
+/// unified tarball, `backup/container/rootfs` in a backup; any number of components) stripped. `None` when it is unsafe, outside the prefix, or the root itself.
 fn link_target<'a>(raw: &'a [u8], link_prefix: Option<&[u8]>) -> Option<Vec<&'a [u8]>> {
     let target = clean_path(raw)?;
     let target = match link_prefix {
-        Some(p) => match target.split_first() {
-            Some((first, rest)) if *first == p => rest.to_vec(),
-            _ => return None,
-        },
+        Some(p) => {
+            let pre = clean_path(p)?;
+            if target.len() < pre.len() || target[..pre.len()] != pre[..] {
+                return None;
+            }
+            target[pre.len()..].to_vec()
+        }
         None => target,
     };
     (!target.is_empty()).then_some(target)
@@ -743,6 +746,101 @@ pub(crate) fn unpack_unified_meta(
     tpl.finish()?;
     guard.commit();
     Ok(meta)
+}
+
+/// Unpack the volumes of an instance backup tarball (LXD's layout) in one pass: for each
+/// `(prefix, dir)`, the members under `prefix/rootfs/` into `dir/rootfs` and those under
+/// `prefix/templates/` into `dir/templates` (both created), with the same rules as an image;
+/// each volume's `prefix/metadata.yaml` is returned. Other members are left alone.
+pub(crate) fn unpack_backup(
+    tarball: &Path,
+    volumes: &[(String, std::path::PathBuf)],
+    opts: &UnpackOpts,
+) -> Result<Vec<Option<Vec<u8>>>> {
+    let mut guards = Vec::new();
+    let tpl_opts = template_opts(opts);
+    let mut ex = Vec::new();
+    let mut prefixes = Vec::new();
+    for (prefix, dir) in volumes {
+        let (rootfs, templates) = (dir.join("rootfs"), dir.join("templates"));
+        guards.push(targets(&rootfs, &templates)?);
+        ex.push((
+            Extractor::new(&rootfs, opts)?,
+            Extractor::new(&templates, &tpl_opts)?,
+        ));
+        let pre = member_parts(prefix.as_bytes())?
+            .iter()
+            .map(|c| c.to_vec())
+            .collect::<Vec<_>>();
+        prefixes.push((
+            pre,
+            format!("{prefix}/rootfs").into_bytes(),
+            format!("{prefix}/templates").into_bytes(),
+        ));
+    }
+    let mut metas = vec![None; volumes.len()];
+    let mut ar = open_tar(tarball)?;
+    for entry in ar.entries().map_err(tar_err)? {
+        let mut entry = entry.map_err(tar_err)?;
+        let raw = entry.path_bytes().into_owned();
+        let parts = member_parts(&raw)?;
+        let Some(i) = prefixes.iter().position(|(pre, _, _)| {
+            parts.len() > pre.len() && parts[..pre.len()].iter().zip(pre).all(|(a, b)| *a == b)
+        }) else {
+            continue;
+        };
+        let (pre, root_link, tpl_link) = &prefixes[i];
+        let rest = &parts[pre.len()..];
+        let (root, tpl) = &mut ex[i];
+        match rest.split_first() {
+            Some((first, rest)) if *first == b"rootfs" => {
+                root.extract(rest, &mut entry, Some(root_link))?
+            }
+            Some((first, rest)) if *first == b"templates" => {
+                tpl.extract(rest, &mut entry, Some(tpl_link))?
+            }
+            Some((first, [])) if *first == b"metadata.yaml" => {
+                let mut buf = Vec::new();
+                (&mut entry)
+                    .take(1 << 20)
+                    .read_to_end(&mut buf)
+                    .map_err(tar_err)?;
+                metas[i] = Some(buf);
+            }
+            _ => {}
+        }
+    }
+    for (root, tpl) in ex {
+        root.finish()?;
+        tpl.finish()?;
+    }
+    for g in guards {
+        g.commit();
+    }
+    Ok(metas)
+}
+
+/// The first member named `name` of a (possibly compressed) tarball, at most `limit` bytes;
+/// `None` when there is none.
+pub(crate) fn read_member(tarball: &Path, name: &str, limit: u64) -> Result<Option<Vec<u8>>> {
+    let want = member_parts(name.as_bytes())?;
+    let mut ar = open_tar(tarball)?;
+    for entry in ar.entries().map_err(tar_err)? {
+        let mut entry = entry.map_err(tar_err)?;
+        let raw = entry.path_bytes().into_owned();
+        if clean_path(&raw).is_some_and(|p| p == want) {
+            if entry.header().entry_type() != tar::EntryType::Regular {
+                return Err(bad(format!("{name} is not a regular file")));
+            }
+            if entry.size() > limit {
+                return Err(bad(format!("{name} is larger than {limit} bytes")));
+            }
+            let mut buf = Vec::new();
+            (&mut entry).read_to_end(&mut buf).map_err(tar_err)?;
+            return Ok(Some(buf));
+        }
+    }
+    Ok(None)
 }
 
 /// Unpack a split image: the rootfs tarball (or squashfs) is the filesystem itself; the

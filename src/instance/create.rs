@@ -305,6 +305,7 @@ pub fn create_now(d: &Ctx, args: NewInstance<'_>, origin: Origin<'_>) -> Result<
         volume,
         pool: pool_name,
         snapshots,
+        backups: Vec::new(),
     };
     let mut db = d.db.lock().expect("db lock");
     if db.data.instances.contains_key(name) {

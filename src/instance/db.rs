@@ -12,13 +12,14 @@ use crate::api::{Devices, StringMap};
 use crate::util::fs::atomic_write;
 
 /// The on-disk format version; bumped with an upgrade step when the layout changes.
-pub const SCHEMA: u32 = 4;
+pub const SCHEMA: u32 = 5;
 
 // Schema history: 1 = instances, profiles, config. 2 = storage pools, each instance's pool and
 // its snapshots (a schema-1 document loads as instances on the `default` pool with no snapshots).
 // 3 = custom storage volumes (`volumes`; an older document loads with none). The bump keeps an
 // older bivy, which would drop them on its next save, from opening the document.
 // 4 = managed networks (`networks`; an older document loads with none).
+// 5 = instance backups (`instances.*.backups`; an older document loads with none).
 
 /// One instance as stored.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
@@ -40,6 +41,10 @@ pub struct InstanceRecord {
     /// Snapshots, oldest first.
     #[serde(default)]
     pub snapshots: Vec<SnapshotRecord>,
+    /// Backups (`/1.0/instances/NAME/backups`), oldest first; each one's tarball is
+    /// `$BIVY_DIR/backups/<file>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backups: Vec<BackupRecord>,
 }
 
 impl InstanceRecord {
@@ -74,6 +79,20 @@ pub struct SnapshotRecord {
     pub stateful: bool,
     /// The snapshot's volume directory name under `containers-snapshots/<instance volume>/`.
     pub volume: String,
+}
+
+/// One instance backup as stored: what LXD's `instances_backups` row holds, and the name of its
+/// tarball under `$BIVY_DIR/backups/` (a UUID, so renames never move it).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct BackupRecord {
+    pub name: String,
+    pub created_at: String,
+    /// RFC 3339, or LXD's zero time for "never".
+    pub expires_at: String,
+    pub instance_only: bool,
+    pub optimized_storage: bool,
+    pub compression_algorithm: String,
+    pub file: String,
 }
 
 /// One storage pool as stored.

@@ -157,6 +157,7 @@ pub fn delete_now(d: &Ctx, name: &str) -> Result<()> {
     trace.step("record removed");
     // The record is gone (commit point); data removal failures are retried by `recover`.
     super::pools::delete_instance_volumes(d, &rec);
+    super::backups::delete_files(d, &rec);
     trace.step("volumes deleted");
     let _ = std::fs::remove_dir_all(d.log_dir(name));
     let _ = std::fs::remove_dir_all(d.run_dir(name));
@@ -650,6 +651,7 @@ pub fn recover(d: &Arc<Ctx>) -> std::io::Result<()> {
         }
     }
     super::pools::recover(d);
+    super::backups::remove_orphans(d);
     super::bridges::recover(d);
     crate::util::fs::create_dir_mode(&d.dir.join("run"), 0o711)?;
     crate::util::fs::create_dir_mode(&d.dir.join("logs"), 0o700)?;

@@ -5,6 +5,7 @@
 //! whatever drives an instance (a REST handler, a migration transfer, the scheduler) calls in
 //! here and renders the result itself.
 
+pub mod backups;
 pub mod bridges;
 pub mod config;
 pub mod create;

@@ -321,7 +321,7 @@ mod userns;
 pub use exec::resize_pty;
 pub use host::host_id_range;
 pub use nics::{plug as plug_nic, unplug as unplug_nic};
-pub use userns::{rootfs_supports_idmap, shift_rootfs};
+pub use userns::{rootfs_supports_idmap, shift_acl, shift_fscaps, shift_rootfs, to_host};
 
 /// The run directory's files (all owned by the runtime).
 pub(crate) mod files {

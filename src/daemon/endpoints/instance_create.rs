@@ -46,12 +46,6 @@ fn generate_name(d: &Daemon) -> String {
 }
 
 pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
-    if req
-        .header("Content-Type")
-        .is_some_and(|c| c.starts_with("application/octet-stream"))
-    {
-        return Err(Error::not_yet("creating instances from backups"));
-    }
     let body: api::InstancesPost = json(req)?;
     if !body.kind.is_empty() && body.kind != "container" {
         return Err(Error::BadRequest(format!(

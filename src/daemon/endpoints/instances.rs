@@ -113,11 +113,19 @@ fn state_api(d: &Daemon, name: &str, st: &State) -> Result<api::InstanceState> {
     Ok(out)
 }
 
+/// `InstanceFull.backups`.
+fn backups_api(rec: &InstanceRecord) -> Vec<serde_json::Value> {
+    rec.backups
+        .iter()
+        .map(|b| serde_json::to_value(crate::instance::backups::to_api(b)).unwrap_or_default())
+        .collect()
+}
+
 fn full(d: &Daemon, name: &str, rec: &InstanceRecord) -> Result<api::InstanceFull> {
     let st = state_of(d, name)?;
     Ok(api::InstanceFull {
         instance: to_api(d, name, rec, &st),
-        backups: Some(vec![]),
+        backups: Some(backups_api(rec)),
         state: Some(state_api(d, name, &st)?),
         snapshots: Some(crate::instance::snapshots::list_api(d, rec)),
     })
@@ -143,7 +151,7 @@ pub fn list(d: &Daemon, req: &Request) -> Result<Response> {
             1 => v,
             _ => serde_json::to_value(api::InstanceFull {
                 instance: inst,
-                backups: Some(vec![]),
+                backups: Some(backups_api(&rec)),
                 state: Some(state_api(d, &name, &st)?),
                 snapshots: Some(crate::instance::snapshots::list_api(d, &rec)),
             })
@@ -174,11 +182,6 @@ pub fn route(d: &Daemon, req: &mut Request, name: &str, sub: &[&str]) -> Result<
             let _ = std::fs::write(d.log_dir(name).join("console.log"), b"");
             Ok(response::empty())
         }
-        (["backups"], "GET") => {
-            record(d, name)?;
-            Ok(response::sync(&Vec::<String>::new()))
-        }
-        (["backups", ..], _) => Err(Error::not_yet("instance backups")),
         (["sftp"], _) => Err(Error::not_yet("sftp (lxc file mount)")),
         ([], _)
         | (["state"], _)

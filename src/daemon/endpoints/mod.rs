@@ -2,6 +2,7 @@
 //! (`crate::instance`) and renders LXD's responses; none imports another (the routes table in
 //! `routes.rs` is the only place that knows them all).
 
+pub mod backups;
 pub mod certificates;
 pub mod exec;
 pub mod files;

@@ -221,7 +221,7 @@ fn delete(d: &Daemon, name: &str, snap: &str) -> Result<Response> {
 
 /// The background task: once a minute (`BIVY_SCHEDULER_TICK_SECS` shortens the tick for tests;
 /// each tick then stands for the next minute of a virtual clock), remove expired snapshots and
-/// take the ones `snapshots.schedule` asks for this minute.
+/// backups and take the snapshots `snapshots.schedule` asks for this minute.
 pub fn spawn_scheduler(d: Arc<Daemon>) {
     let tick: u64 = std::env::var("BIVY_SCHEDULER_TICK_SECS")
         .ok()
@@ -269,6 +269,7 @@ fn run_once(d: &Daemon, minute: i64, now: i64) {
     if crate::instance::images::auto_update_due(interval.as_deref(), minute) {
         super::super::pull::auto_update(d);
     }
+    crate::instance::backups::prune_expired(d, now);
     let instances = d.db.lock().expect("db lock").data.instances.clone();
     for (name, rec) in instances {
         for s in &rec.snapshots {
