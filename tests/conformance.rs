@@ -170,6 +170,7 @@ const CLAIMS: &[(&str, &[Probe])] = &[
             ("GET", "/1.0/instances/nosuch/backups/b/export", None),
         ],
     ),
+    ("backup_override_name", &[("POST", "/1.0/instances", Some("{}"))]),
     ("backup_compression_algorithm", &[("POST", "/1.0/instances/nosuch/backups", Some("{\"compression_algorithm\":\"xz\"}"))]),
 ];
 

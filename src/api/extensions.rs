@@ -13,7 +13,8 @@
 //! renaming them. Not claimed: `storage_api_volume_snapshots`, `storage_api_local_volume_handling`
 //! (copy/move between pools), `custom_volume_backup`. `container_backup` is claimed for
 //! instance backups in LXD's tarball format (`instance::backups`) with
-//! `backup_compression_algorithm` (the request's `compression_algorithm`); not
+//! `backup_compression_algorithm` (the request's `compression_algorithm`) and
+//! `backup_override_name` (`X-LXD-name` on a restore); not
 //! `backup_compression` (the server key `backups.compression_algorithm`) nor optimized
 //! (driver-specific) backups. `tests/conformance.rs` checks each claim against the routes.
 
@@ -58,6 +59,7 @@ pub const API_EXTENSIONS: &[&str] = &[
     "storage_api_volume_rename",
     "resources_v2",
     "backup_compression_algorithm",
+    "backup_override_name",
     "certificate_token",
     "network_leases",
     "network_state",

@@ -1,0 +1,334 @@
+//! Instance backups with real containers: `lxc export`/`lxc import` (the unmodified `lxc`
+//! 5.0.2) and `bivy export`/`bivy import` round trips with a snapshot and files whose owner is
+//! not root, `--instance-only`, the tarball's layout and owners (the container's own ids), the
+//! backup API (create, list, rename, delete, `lxc info`), and hostile tarballs refused with
+//! nothing left behind.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{Daemon, Lxc};
+
+/// `tar -tv --numeric-owner` of a tarball: one line per member.
+fn listing(tarball: &Path) -> String {
+    let out = Command::new("tar")
+        .arg("-tvf")
+        .arg(tarball)
+        .arg("--numeric-owner")
+        .output()
+        .expect("tar");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn line_of<'a>(list: &'a str, member: &str) -> &'a str {
+    list.lines()
+        .find(|l| l.ends_with(&format!(" {member}")))
+        .unwrap_or_else(|| panic!("no member {member} in:\n{list}"))
+}
+
+/// Instance volumes on the default pool.
+fn volumes(d: &Daemon) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(d.dir().join("storage-pools/default/containers"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn api(d: &Daemon, m: &str, p: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+    d.api(m, p, body).expect("api call")
+}
+
+fn backup_files(d: &Daemon) -> Vec<String> {
+    std::fs::read_dir(d.dir().join("backups"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn export_and_import_round_trip_with_lxc_and_bivy() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    l.import_busybox();
+    l.ok(&["launch", "busybox", "c1"]);
+    let (rc, out) = l.sh("c1", "echo one > /root/f && chown 1000:1001 /root/f");
+    assert_eq!(rc, 0, "{out}");
+    l.ok(&["snapshot", "c1", "snap0"]);
+    let (rc, out) = l.sh("c1", "echo two > /root/f");
+    assert_eq!(rc, 0, "{out}");
+
+    // lxc export of a running container; the backup is deleted after the download.
+    let tarball = d.tmp().join("c1.tar.gz");
+    let out = l.ok(&["export", "c1", tarball.to_str().unwrap()]);
+    assert!(out.contains("Backup exported successfully!"), "{out}");
+    let list = listing(&tarball);
+    assert!(list.lines().next().unwrap().ends_with(" backup/index.yaml"), "{list}");
+    for m in [
+        "backup/container/backup.yaml",
+        "backup/container/metadata.yaml",
+        "backup/snapshots/snap0/rootfs/root/f",
+    ] {
+        line_of(&list, m);
+    }
+    // The container's own ids, whatever the ids on disk.
+    let f = line_of(&list, "backup/container/rootfs/root/f");
+    assert!(f.contains(" 1000/1001 "), "{f}");
+    let sh = line_of(&list, "backup/container/rootfs/bin/busybox");
+    assert!(sh.contains(" 0/0 "), "{sh}");
+    let backups = l.ok(&["query", "/1.0/instances/c1/backups"]);
+    assert!(!backups.contains("backup0"), "{backups}");
+
+    // Restore it under another name, and over the original after its delete.
+    l.ok(&["import", tarball.to_str().unwrap(), "c2"]);
+    l.ok(&["delete", "-f", "c1"]);
+    l.ok(&["import", tarball.to_str().unwrap()]);
+    for c in ["c1", "c2"] {
+        l.ok(&["start", c]);
+        let (rc, out) = l.sh(c, "cat /root/f; stat -c %u:%g /root/f");
+        assert_eq!((rc, out.as_str()), (0, "two\n1000:1001\n"), "{c}");
+        let info = l.ok(&["info", c]);
+        assert!(info.contains("snap0"), "{info}");
+    }
+    l.ok(&["restore", "c2", "snap0"]);
+    let (_, out) = l.sh("c2", "cat /root/f");
+    assert_eq!(out, "one\n");
+
+    // bivy's own client: --instance-only, xz.
+    let only = d.tmp().join("c1-only.tar.xz");
+    d.ok(&[
+        "export",
+        "c1",
+        only.to_str().unwrap(),
+        "--instance-only",
+        "--compression",
+        "xz",
+    ]);
+    let list = listing(&only);
+    assert!(!list.contains("backup/snapshots/"), "{list}");
+    d.ok(&["import", only.to_str().unwrap(), "c3"]);
+    l.ok(&["start", "c3"]);
+    let (_, out) = l.sh("c3", "cat /root/f");
+    assert_eq!(out, "two\n");
+    let snaps = l.ok(&["query", "/1.0/instances/c3/snapshots"]);
+    assert!(!snaps.contains("snap0"), "{snaps}");
+    for c in ["c1", "c2", "c3"] {
+        l.ok(&["delete", "-f", c]);
+    }
+    assert!(volumes(&d).is_empty(), "{:?}", volumes(&d));
+}
+
+#[test]
+fn backup_api_create_rename_delete_and_expiry() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let d = Daemon::start_with(&[("BIVY_SCHEDULER_TICK_SECS", "1")]).expect("daemon");
+    let l = Lxc::new(&d);
+    l.import_busybox();
+    l.ok(&["init", "busybox", "b1"]);
+    let create = |body: &str| {
+        let (s, v) = api(&d, "POST", "/1.0/instances/b1/backups", Some(body));
+        assert_eq!(s, 202, "{v}");
+        let op = d.wait_operation(&v).expect("operation")["metadata"].clone();
+        assert_eq!(op["status"], "Success", "{op}");
+        op
+    };
+    let op = create("{}");
+    assert_eq!(op["resources"]["backups"][0], "/1.0/backups/backup0", "{op}");
+    create(r#"{"name":"keep","compression_algorithm":"none"}"#);
+    let (s, v) = api(&d, "POST", "/1.0/instances/b1/backups", Some(r#"{"name":"keep"}"#));
+    assert_eq!(s, 409, "{v}");
+    let (s, v) = api(&d, "POST", "/1.0/instances/b1/backups", Some(r#"{"name":"a/b"}"#));
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = api(&d, 
+        "POST",
+        "/1.0/instances/b1/backups",
+        Some(r#"{"compression_algorithm":"nosuch"}"#),
+    );
+    assert_eq!(s, 400, "{v}");
+    let (_, v) = api(&d, "GET", "/1.0/instances/b1/backups?recursion=1", None);
+    let names: Vec<&str> = v["metadata"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["backup0", "keep"], "{v}");
+    let info = l.ok(&["info", "b1"]);
+    assert!(info.contains("keep"), "{info}");
+    let (s, v) = api(&d, 
+        "POST",
+        "/1.0/instances/b1/backups/backup0",
+        Some(r#"{"name":"renamed"}"#),
+    );
+    assert_eq!(s, 202, "{v}");
+    d.wait_operation(&v);
+    let (s, v) = api(&d, "GET", "/1.0/instances/b1/backups/renamed", None);
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = api(&d, "GET", "/1.0/instances/b1/backups/renamed/export", None);
+    assert_eq!(s, 200);
+    let (s, v) = api(&d, "DELETE", "/1.0/instances/b1/backups/renamed", None);
+    assert_eq!(s, 202, "{v}");
+    d.wait_operation(&v);
+    assert_eq!(backup_files(&d).len(), 1, "{:?}", backup_files(&d));
+    // An expired backup goes with the scheduler's next pass.
+    create(r#"{"name":"short","expires_at":"2000-01-01T00:00:00Z"}"#);
+    let mut gone = false;
+    for _ in 0..50 {
+        let (s, _) = api(&d, "GET", "/1.0/instances/b1/backups/short", None);
+        if s == 404 {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(gone, "the expired backup is still there");
+    // The rest go with the instance.
+    l.ok(&["delete", "b1"]);
+    assert!(backup_files(&d).is_empty(), "{:?}", backup_files(&d));
+}
+
+/// A gzip'd tarball with a valid index.yaml for instance `name` and the given extra members.
+fn hostile(path: &Path, name: &str, build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) {
+    let index = format!(
+        "name: {name}\nbackend: dir\npool: default\noptimized: false\ntype: container\n\
+         config:\n  container:\n    name: {name}\n    architecture: x86_64\n    profiles:\n    \
+         - default\n    config: {{}}\n    devices: {{}}\n"
+    );
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(index.len() as u64);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    b.append_data(&mut h, "backup/index.yaml", index.as_bytes())
+        .unwrap();
+    build(&mut b);
+    let data = b.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &data).unwrap();
+    std::fs::write(path, gz.finish().unwrap()).unwrap();
+}
+
+fn raw_header(name: &[u8], kind: tar::EntryType, size: u64, link: Option<&str>) -> tar::Header {
+    let mut h = tar::Header::new_old();
+    h.as_old_mut().name[..name.len()].copy_from_slice(name);
+    h.set_entry_type(kind);
+    h.set_size(size);
+    h.set_mode(0o644);
+    if let Some(l) = link {
+        h.set_link_name(l).unwrap();
+    }
+    h.set_cksum();
+    h
+}
+
+#[test]
+fn hostile_backup_tarballs_are_refused_with_nothing_left() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    l.import_busybox();
+    let outside = d.tmp().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let cases: Vec<(&str, Box<dyn FnOnce(&mut tar::Builder<Vec<u8>>)>, &str)> = vec![
+        (
+            "dotdot",
+            Box::new(|b| {
+                let h = raw_header(
+                    b"backup/container/rootfs/../../../../evil",
+                    tar::EntryType::Regular,
+                    1,
+                    None,
+                );
+                b.append(&h, &b"x"[..]).unwrap();
+            }),
+            "unsafe path",
+        ),
+        (
+            "symlink",
+            Box::new({
+                let target = outside.to_str().unwrap().to_string();
+                move |b| {
+                    let h = raw_header(
+                        b"backup/container/rootfs/etc",
+                        tar::EntryType::Symlink,
+                        0,
+                        Some(&target),
+                    );
+                    b.append(&h, &b""[..]).unwrap();
+                    let h = raw_header(
+                        b"backup/container/rootfs/etc/passwd",
+                        tar::EntryType::Regular,
+                        1,
+                        None,
+                    );
+                    b.append(&h, &b"x"[..]).unwrap();
+                }
+            }),
+            "unsafe path",
+        ),
+        (
+            "hardlink",
+            Box::new(|b| {
+                let h = raw_header(
+                    b"backup/container/rootfs/shadow",
+                    tar::EntryType::Link,
+                    0,
+                    Some("/etc/shadow"),
+                );
+                b.append(&h, &b""[..]).unwrap();
+            }),
+            "",
+        ),
+        (
+            "noindex",
+            Box::new(|_| {}),
+            "",
+        ),
+    ];
+    let before = volumes(&d);
+    for (name, build, want) in cases {
+        let path = d.tmp().join(format!("{name}.tar.gz"));
+        if name == "noindex" {
+            let mut gz =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            let mut b = tar::Builder::new(Vec::new());
+            let h = raw_header(b"backup/container/rootfs/x", tar::EntryType::Regular, 1, None);
+            b.append(&h, &b"x"[..]).unwrap();
+            std::io::Write::write_all(&mut gz, &b.into_inner().unwrap()).unwrap();
+            std::fs::write(&path, gz.finish().unwrap()).unwrap();
+        } else {
+            hostile(&path, name, build);
+        }
+        let out = l.run(&["import", path.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: imported");
+        assert!(err.contains(want), "{name}: {err}");
+        if name == "noindex" {
+            assert!(err.contains("Backup is missing index.yaml"), "{err}");
+        }
+        let (s, _) = api(&d, "GET", &format!("/1.0/instances/{name}"), None);
+        assert_eq!(s, 404, "{name}: the instance exists");
+        assert_eq!(volumes(&d), before, "{name}: a volume is left");
+        assert!(backup_files(&d).is_empty(), "{name}: {:?}", backup_files(&d));
+    }
+    assert!(
+        std::fs::read_dir(&outside).unwrap().next().is_none(),
+        "a file was written outside"
+    );
+    assert!(!d.tmp().join("evil").exists());
+}
