@@ -397,3 +397,55 @@ fn lxc_copies_and_moves_containers_between_lxd_and_bivy() {
     lxc.ok(&["launch", "lxd:back", "lxd:c5"]);
     assert_eq!(p.sh("lxd:c5", "echo ok"), "ok\n");
 }
+
+/// Instance backups both ways with the unmodified `lxc`: `lxc export lxd:c` then `lxc import
+/// bivy:`, and `lxc export bivy:c` then `lxc import lxd:`, each with a snapshot and files of a
+/// non-root owner. LXD's tarball holds the ids LXD shifted on disk with the map that says so;
+/// bivy's holds the container's own.
+#[test]
+fn lxc_export_and_import_move_backups_between_lxd_and_bivy() {
+    let Some(p) = setup() else { return };
+    let lxc = p.lxc();
+    let img = common::busybox_image();
+    lxc.ok(&[
+        "image",
+        "import",
+        img.to_str().unwrap(),
+        "lxd:",
+        "--alias",
+        "busybox",
+    ]);
+    lxc.ok(&["launch", "lxd:busybox", "lxd:b1"]);
+    p.sh(
+        "lxd:b1",
+        "echo hello > /root/mark && mkdir -p /home/u && echo u > /home/u/f && \
+         chown -R 1000:1000 /home/u",
+    );
+    lxc.ok(&["snapshot", "lxd:b1", "s0"]);
+    p.sh("lxd:b1", "echo after > /root/after");
+    let from_lxd = p.bivy.tmp().join("from-lxd.tar.gz");
+    lxc.ok(&["export", "lxd:b1", from_lxd.to_str().unwrap()]);
+
+    lxc.ok(&["import", "bivy:", from_lxd.to_str().unwrap()]);
+    lxc.ok(&["start", "bivy:b1"]);
+    check_common(&p, "bivy:b1");
+    assert_eq!(p.sh("bivy:b1", "cat /root/after"), "after\n");
+    lxc.ok(&["copy", "bivy:b1/s0", "bivy:b1s"]);
+    lxc.ok(&["start", "bivy:b1s"]);
+    check_common(&p, "bivy:b1s");
+    assert_eq!(p.sh("bivy:b1s", "ls /root"), "mark\n");
+
+    p.sh("bivy:b1", "echo from-bivy > /root/bivy");
+    let from_bivy = p.bivy.tmp().join("from-bivy.tar.gz");
+    lxc.ok(&["export", "bivy:b1", from_bivy.to_str().unwrap()]);
+    lxc.ok(&["import", "lxd:", from_bivy.to_str().unwrap(), "b2"]);
+    lxc.ok(&["start", "lxd:b2"]);
+    check_common(&p, "lxd:b2");
+    assert_eq!(p.sh("lxd:b2", "cat /root/bivy"), "from-bivy\n");
+    let snaps = lxc.ok(&["query", "lxd:/1.0/instances/b2/snapshots"]);
+    assert!(snaps.contains("/1.0/instances/b2/snapshots/s0"), "{snaps}");
+    lxc.ok(&["copy", "lxd:b2/s0", "lxd:b2s"]);
+    lxc.ok(&["start", "lxd:b2s"]);
+    check_common(&p, "lxd:b2s");
+    assert_eq!(p.sh("lxd:b2s", "ls /root"), "mark\n");
+}

@@ -379,6 +379,8 @@ fn add_file<W: Write>(b: &mut tar::Builder<W>, name: &str, data: &[u8]) -> io::R
     h.set_entry_type(tar::EntryType::Regular);
     h.set_size(data.len() as u64);
     h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
     h.set_mtime(time::now_secs().max(0) as u64);
     b.append_data(&mut h, name, data)
 }
@@ -397,6 +399,8 @@ fn add_volume<W: Write>(
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(tar::EntryType::Directory);
     h.set_mode(0o711);
+    h.set_uid(0);
+    h.set_gid(0);
     h.set_size(0);
     h.set_mtime(time::now_secs().max(0) as u64);
     b.append_data(&mut h, format!("{prefix}/"), io::empty())
@@ -1073,6 +1077,49 @@ mod tests {
             api::GO_ZERO_TIME
         );
         assert!(expiry("tomorrow").is_err());
+    }
+
+    /// Files shifted on disk go into the tarball with the container's ids: the volume's map
+    /// sends container 1000/1001 to this process's own uid/gid, which own the files.
+    #[test]
+    fn shifted_files_are_written_with_container_ids() {
+        let tmp = std::env::temp_dir().join(format!("bivy-backup-unit-{}", std::process::id()));
+        let vol = tmp.join("vol");
+        std::fs::create_dir_all(vol.join("rootfs/root")).unwrap();
+        std::fs::write(vol.join("rootfs/root/f"), b"x").unwrap();
+        let (uid, gid) = (rustix::process::getuid().as_raw(), rustix::process::getgid().as_raw());
+        let disk = format!(
+            r#"[{{"Isuid":true,"Isgid":false,"Hostid":{uid},"Nsid":1000,"Maprange":1}},{{"Isuid":false,"Isgid":true,"Hostid":{gid},"Nsid":1001,"Maprange":1}}]"#
+        );
+        let map = disk_map(Some(&disk)).unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        add_volume(&mut b, &vol, "backup/container", Some("x: 1\n"), "x86_64", Some(&map)).unwrap();
+        let data = b.into_inner().unwrap();
+        let _ = std::fs::remove_dir_all(&tmp);
+        let mut ar = tar::Archive::new(&data[..]);
+        let mut seen = Vec::new();
+        for e in ar.entries().unwrap() {
+            let e = e.unwrap();
+            let h = e.header();
+            seen.push((
+                e.path().unwrap().display().to_string(),
+                h.uid().unwrap(),
+                h.gid().unwrap(),
+            ));
+        }
+        assert!(
+            seen.contains(&("backup/container/rootfs/root/f".into(), 1000, 1001)),
+            "{seen:?}"
+        );
+        for m in ["backup/container/backup.yaml", "backup/container/metadata.yaml"] {
+            assert!(seen.iter().any(|(p, _, _)| p == m), "{m}: {seen:?}");
+        }
+        // Nothing of another owner than the mapped one was in the volume: every member of the
+        // rootfs came out in container ids.
+        assert!(seen
+            .iter()
+            .filter(|(p, _, _)| p.starts_with("backup/container/rootfs"))
+            .all(|(_, u, g)| (*u, *g) == (1000, 1001)));
     }
 
     #[test]
