@@ -295,11 +295,22 @@ fn hostile_backup_tarballs_are_refused_with_nothing_left() {
             "",
         ),
         (
-            "noindex",
-            Box::new(|_| {}),
-            "",
+            "huge",
+            Box::new(|b| {
+                let h = raw_header(
+                    b"backup/container/rootfs/big",
+                    tar::EntryType::Regular,
+                    2 << 20,
+                    None,
+                );
+                b.append(&h, &vec![0u8; 2 << 20][..]).unwrap();
+            }),
+            "passes the limit of 1048576 bytes",
         ),
+        ("noindex", Box::new(|_| {}), ""),
     ];
+    // The unpack limit, for the huge member.
+    l.ok(&["config", "set", "images.max_unpacked_size", "1MiB"]);
     let before = volumes(&d);
     for (name, build, want) in cases {
         let path = d.tmp().join(format!("{name}.tar.gz"));
