@@ -343,3 +343,64 @@ fn hostile_backup_tarballs_are_refused_with_nothing_left() {
     );
     assert!(!d.tmp().join("evil").exists());
 }
+
+/// On a btrfs pool: a running container's backup is packed from an atomic snapshot, restored
+/// onto the other pool and back; `--optimized-storage` (btrfs send streams) is refused as not
+/// built, and on `dir` it makes a plain backup, as LXD does on drivers without one.
+#[test]
+fn backups_on_a_btrfs_pool_and_across_pools() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    if let Err(why) = common::btrfs_supported() {
+        common::skip("backups_on_a_btrfs_pool_and_across_pools", &why);
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    l.import_busybox();
+    l.ok(&["storage", "create", "bt", "btrfs", "size=1GiB"]);
+    l.ok(&["launch", "busybox", "k1", "-s", "bt"]);
+    let (rc, out) = l.sh("k1", "echo on-btrfs > /root/f && chown 1000 /root/f");
+    assert_eq!(rc, 0, "{out}");
+    l.ok(&["snapshot", "k1", "s0"]);
+    let out = l.run(&["export", "k1", "/dev/null", "--optimized-storage"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not supported yet: optimized_storage"), "{err}");
+
+    let t = d.tmp().join("k1.tar.gz");
+    l.ok(&["export", "k1", t.to_str().unwrap()]);
+    let list = listing(&t);
+    assert!(line_of(&list, "backup/container/rootfs/root/f").contains(" 1000/0 "), "{list}");
+    line_of(&list, "backup/snapshots/s0/rootfs/root/f");
+    let index = Command::new("tar")
+        .args(["-xzOf", t.to_str().unwrap(), "backup/index.yaml"])
+        .output()
+        .unwrap();
+    let index = String::from_utf8_lossy(&index.stdout);
+    assert!(index.contains("backend: btrfs") && index.contains("pool: bt"), "{index}");
+    // The backup's pool is used when there is one of that name; -s picks another.
+    l.ok(&["import", t.to_str().unwrap(), "k2", "-s", "default"]);
+    l.ok(&["import", t.to_str().unwrap(), "k3"]);
+    let pool_of = |c: &str| {
+        let v: serde_json::Value =
+            serde_json::from_str(&l.ok(&["query", &format!("/1.0/instances/{c}")])).unwrap();
+        v["expanded_devices"]["root"]["pool"].as_str().unwrap().to_string()
+    };
+    assert_eq!(pool_of("k2"), "default");
+    assert_eq!(pool_of("k3"), "bt");
+    for c in ["k2", "k3"] {
+        l.ok(&["start", c]);
+        let (_, out) = l.sh(c, "cat /root/f; stat -c %u /root/f");
+        assert_eq!(out, "on-btrfs\n1000\n", "{c}");
+    }
+    // On dir, an optimized backup is a plain one.
+    let t2 = d.tmp().join("k2.tar.gz");
+    l.ok(&["export", "k2", t2.to_str().unwrap(), "--optimized-storage"]);
+    line_of(&listing(&t2), "backup/container/rootfs/root/f");
+    for c in ["k1", "k2", "k3"] {
+        l.ok(&["delete", "-f", c]);
+    }
+    l.ok(&["storage", "delete", "bt"]);
+}

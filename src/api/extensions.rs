@@ -14,7 +14,8 @@
 //! (copy/move between pools), `custom_volume_backup`. `container_backup` is claimed for
 //! instance backups in LXD's tarball format (`instance::backups`) with
 //! `backup_compression_algorithm` (the request's `compression_algorithm`) and
-//! `backup_override_name` (`X-LXD-name` on a restore); not
+//! `backup_override_name` and `container_backup_override_pool` (`X-LXD-name` and `X-LXD-pool`
+//! on a restore); not
 //! `backup_compression` (the server key `backups.compression_algorithm`) nor optimized
 //! (driver-specific) backups. `tests/conformance.rs` checks each claim against the routes.
 
@@ -42,6 +43,7 @@ pub const API_EXTENSIONS: &[&str] = &[
     "instances",
     "api_filtering",
     "container_backup",
+    "container_backup_override_pool",
     "container_full",
     "instance_get_full",
     "file_get_symlink",
