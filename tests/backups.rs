@@ -19,7 +19,11 @@ fn listing(tarball: &Path) -> String {
         .arg("--numeric-owner")
         .output()
         .expect("tar");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -74,7 +78,10 @@ fn export_and_import_round_trip_with_lxc_and_bivy() {
     let out = l.ok(&["export", "c1", tarball.to_str().unwrap()]);
     assert!(out.contains("Backup exported successfully!"), "{out}");
     let list = listing(&tarball);
-    assert!(list.lines().next().unwrap().ends_with(" backup/index.yaml"), "{list}");
+    assert!(
+        list.lines().next().unwrap().ends_with(" backup/index.yaml"),
+        "{list}"
+    );
     for m in [
         "backup/container/backup.yaml",
         "backup/container/metadata.yaml",
@@ -146,13 +153,27 @@ fn backup_api_create_rename_delete_and_expiry() {
         op
     };
     let op = create("{}");
-    assert_eq!(op["resources"]["backups"][0], "/1.0/backups/backup0", "{op}");
+    assert_eq!(
+        op["resources"]["backups"][0], "/1.0/backups/backup0",
+        "{op}"
+    );
     create(r#"{"name":"keep","compression_algorithm":"none"}"#);
-    let (s, v) = api(&d, "POST", "/1.0/instances/b1/backups", Some(r#"{"name":"keep"}"#));
+    let (s, v) = api(
+        &d,
+        "POST",
+        "/1.0/instances/b1/backups",
+        Some(r#"{"name":"keep"}"#),
+    );
     assert_eq!(s, 409, "{v}");
-    let (s, v) = api(&d, "POST", "/1.0/instances/b1/backups", Some(r#"{"name":"a/b"}"#));
+    let (s, v) = api(
+        &d,
+        "POST",
+        "/1.0/instances/b1/backups",
+        Some(r#"{"name":"a/b"}"#),
+    );
     assert_eq!(s, 400, "{v}");
-    let (s, v) = api(&d, 
+    let (s, v) = api(
+        &d,
         "POST",
         "/1.0/instances/b1/backups",
         Some(r#"{"compression_algorithm":"nosuch"}"#),
@@ -168,7 +189,8 @@ fn backup_api_create_rename_delete_and_expiry() {
     assert_eq!(names, ["backup0", "keep"], "{v}");
     let info = l.ok(&["info", "b1"]);
     assert!(info.contains("keep"), "{info}");
-    let (s, v) = api(&d, 
+    let (s, v) = api(
+        &d,
         "POST",
         "/1.0/instances/b1/backups/backup0",
         Some(r#"{"name":"renamed"}"#),
@@ -234,6 +256,9 @@ fn raw_header(name: &[u8], kind: tar::EntryType, size: u64, link: Option<&str>) 
     h
 }
 
+/// What a hostile case adds to its tarball.
+type Build = Box<dyn FnOnce(&mut tar::Builder<Vec<u8>>)>;
+
 #[test]
 fn hostile_backup_tarballs_are_refused_with_nothing_left() {
     if !common::lxc_prerequisites() {
@@ -244,7 +269,7 @@ fn hostile_backup_tarballs_are_refused_with_nothing_left() {
     l.import_busybox();
     let outside = d.tmp().join("outside");
     std::fs::create_dir_all(&outside).unwrap();
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut tar::Builder<Vec<u8>>)>, &str)> = vec![
+    let cases: Vec<(&str, Build, &str)> = vec![
         (
             "dotdot",
             Box::new(|b| {
@@ -315,10 +340,14 @@ fn hostile_backup_tarballs_are_refused_with_nothing_left() {
     for (name, build, want) in cases {
         let path = d.tmp().join(format!("{name}.tar.gz"));
         if name == "noindex" {
-            let mut gz =
-                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
             let mut b = tar::Builder::new(Vec::new());
-            let h = raw_header(b"backup/container/rootfs/x", tar::EntryType::Regular, 1, None);
+            let h = raw_header(
+                b"backup/container/rootfs/x",
+                tar::EntryType::Regular,
+                1,
+                None,
+            );
             b.append(&h, &b"x"[..]).unwrap();
             std::io::Write::write_all(&mut gz, &b.into_inner().unwrap()).unwrap();
             std::fs::write(&path, gz.finish().unwrap()).unwrap();
@@ -335,7 +364,11 @@ fn hostile_backup_tarballs_are_refused_with_nothing_left() {
         let (s, _) = api(&d, "GET", &format!("/1.0/instances/{name}"), None);
         assert_eq!(s, 404, "{name}: the instance exists");
         assert_eq!(volumes(&d), before, "{name}: a volume is left");
-        assert!(backup_files(&d).is_empty(), "{name}: {:?}", backup_files(&d));
+        assert!(
+            backup_files(&d).is_empty(),
+            "{name}: {:?}",
+            backup_files(&d)
+        );
     }
     assert!(
         std::fs::read_dir(&outside).unwrap().next().is_none(),
@@ -367,26 +400,38 @@ fn backups_on_a_btrfs_pool_and_across_pools() {
     let out = l.run(&["export", "k1", "/dev/null", "--optimized-storage"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("not supported yet: optimized_storage"), "{err}");
+    assert!(
+        err.contains("not supported yet: optimized_storage"),
+        "{err}"
+    );
 
     let t = d.tmp().join("k1.tar.gz");
     l.ok(&["export", "k1", t.to_str().unwrap()]);
     let list = listing(&t);
-    assert!(line_of(&list, "backup/container/rootfs/root/f").contains(" 1000/0 "), "{list}");
+    assert!(
+        line_of(&list, "backup/container/rootfs/root/f").contains(" 1000/0 "),
+        "{list}"
+    );
     line_of(&list, "backup/snapshots/s0/rootfs/root/f");
     let index = Command::new("tar")
         .args(["-xzOf", t.to_str().unwrap(), "backup/index.yaml"])
         .output()
         .unwrap();
     let index = String::from_utf8_lossy(&index.stdout);
-    assert!(index.contains("backend: btrfs") && index.contains("pool: bt"), "{index}");
+    assert!(
+        index.contains("backend: btrfs") && index.contains("pool: bt"),
+        "{index}"
+    );
     // The backup's pool is used when there is one of that name; -s picks another.
     l.ok(&["import", t.to_str().unwrap(), "k2", "-s", "default"]);
     l.ok(&["import", t.to_str().unwrap(), "k3"]);
     let pool_of = |c: &str| {
         let v: serde_json::Value =
             serde_json::from_str(&l.ok(&["query", &format!("/1.0/instances/{c}")])).unwrap();
-        v["expanded_devices"]["root"]["pool"].as_str().unwrap().to_string()
+        v["expanded_devices"]["root"]["pool"]
+            .as_str()
+            .unwrap()
+            .to_string()
     };
     assert_eq!(pool_of("k2"), "default");
     assert_eq!(pool_of("k3"), "bt");

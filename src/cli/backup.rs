@@ -76,7 +76,11 @@ pub fn export(args: &[String]) -> CmdResult {
         .map(|b| b.trim_start_matches("/1.0/backups/").to_string())
         .ok_or_else(|| Fail::Error("the server did not name the backup".into()))?;
     let bpath = format!("{base}/{}", urlencode(&backup, false));
-    let target = a.args.get(1).cloned().unwrap_or_else(|| "backup.tar.gz".into());
+    let target = a
+        .args
+        .get(1)
+        .cloned()
+        .unwrap_or_else(|| "backup.tar.gz".into());
     let res = (|| -> Result<(), Fail> {
         let to_stdout = target == "-";
         c.download(&format!("{bpath}/export"), |mut r| {
@@ -149,7 +153,8 @@ pub fn import(args: &[String]) -> CmdResult {
     let body = if file == "-" {
         Body::Reader(Box::new(io::stdin()), None)
     } else {
-        let f = File::open(file).map_err(|e| Fail::Error(super::io_error("open", file.as_ref(), &e)))?;
+        let f = File::open(file)
+            .map_err(|e| Fail::Error(super::io_error("open", file.as_ref(), &e)))?;
         let len = f.metadata().map(|m| m.len()).unwrap_or(0);
         Body::Reader(
             Box::new(ProgressReader::new(

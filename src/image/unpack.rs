@@ -836,7 +836,7 @@ pub(crate) fn read_member(tarball: &Path, name: &str, limit: u64) -> Result<Opti
                 return Err(bad(format!("{name} is larger than {limit} bytes")));
             }
             let mut buf = Vec::new();
-            (&mut entry).read_to_end(&mut buf).map_err(tar_err)?;
+            entry.read_to_end(&mut buf).map_err(tar_err)?;
             return Ok(Some(buf));
         }
     }

@@ -91,7 +91,9 @@ pub fn check_name(name: &str) -> Result<()> {
         return Err(Error::Invalid("Backup name cannot be empty".into()));
     }
     if name.contains('/') {
-        return Err(Error::Invalid("Backup names may not contain slashes".into()));
+        return Err(Error::Invalid(
+            "Backup names may not contain slashes".into(),
+        ));
     }
     Ok(())
 }
@@ -444,8 +446,14 @@ fn add_volume<W: Write>(
         true
     };
     let mut links = image::Links::new();
-    image::add_tree(b, &vol.join("rootfs"), &format!("{prefix}/rootfs"), &mut links, &adjust)
-        .map_err(Error::from)?;
+    image::add_tree(
+        b,
+        &vol.join("rootfs"),
+        &format!("{prefix}/rootfs"),
+        &mut links,
+        &adjust,
+    )
+    .map_err(Error::from)?;
     let templates = vol.join("templates");
     if templates.is_dir() {
         image::add_tree(
@@ -802,15 +810,27 @@ pub fn read_info(tarball: &Path) -> Result<Info> {
             "not supported yet: optimized_storage backups (a storage driver's own stream)".into(),
         ));
     }
-    if info.config.as_ref().and_then(|c| c.container.as_ref()).is_none() {
+    if info
+        .config
+        .as_ref()
+        .and_then(|c| c.container.as_ref())
+        .is_none()
+    {
         let raw = image::read_member(tarball, "backup/container/backup.yaml", 16 << 20)?
-            .ok_or_else(|| bad("Backup has neither a config in index.yaml nor backup.yaml".into()))?;
+            .ok_or_else(|| {
+                bad("Backup has neither a config in index.yaml nor backup.yaml".into())
+            })?;
         info.config = Some(
             serde_norway::from_slice(&raw)
                 .map_err(|e| bad(format!("Backup backup.yaml is invalid: {e}")))?,
         );
     }
-    if info.config.as_ref().and_then(|c| c.container.as_ref()).is_none() {
+    if info
+        .config
+        .as_ref()
+        .and_then(|c| c.container.as_ref())
+        .is_none()
+    {
         return Err(bad("No instance config in backup config".into()));
     }
     for s in &info.snapshots {
@@ -958,9 +978,9 @@ pub fn import(d: &Ctx, tarball: &Path, info: &Info, plan: Plan) -> Result<()> {
         info.snapshots
             .iter()
             .map(|n| {
-                all.iter()
-                    .find(|s| &s.name == n)
-                    .ok_or_else(|| Error::Invalid(format!("Backup has no config for snapshot {n:?}")))
+                all.iter().find(|s| &s.name == n).ok_or_else(|| {
+                    Error::Invalid(format!("Backup has no config for snapshot {n:?}"))
+                })
             })
             .collect::<Result<_>>()?
     };
@@ -1072,10 +1092,7 @@ mod tests {
     #[test]
     fn expiry_is_normalised() {
         assert_eq!(expiry("").unwrap(), api::GO_ZERO_TIME);
-        assert_eq!(
-            expiry("0001-01-01T00:00:00Z").unwrap(),
-            api::GO_ZERO_TIME
-        );
+        assert_eq!(expiry("0001-01-01T00:00:00Z").unwrap(), api::GO_ZERO_TIME);
         assert!(expiry("tomorrow").is_err());
     }
 
@@ -1087,13 +1104,24 @@ mod tests {
         let vol = tmp.join("vol");
         std::fs::create_dir_all(vol.join("rootfs/root")).unwrap();
         std::fs::write(vol.join("rootfs/root/f"), b"x").unwrap();
-        let (uid, gid) = (rustix::process::getuid().as_raw(), rustix::process::getgid().as_raw());
+        let (uid, gid) = (
+            rustix::process::getuid().as_raw(),
+            rustix::process::getgid().as_raw(),
+        );
         let disk = format!(
             r#"[{{"Isuid":true,"Isgid":false,"Hostid":{uid},"Nsid":1000,"Maprange":1}},{{"Isuid":false,"Isgid":true,"Hostid":{gid},"Nsid":1001,"Maprange":1}}]"#
         );
         let map = disk_map(Some(&disk)).unwrap();
         let mut b = tar::Builder::new(Vec::new());
-        add_volume(&mut b, &vol, "backup/container", Some("x: 1\n"), "x86_64", Some(&map)).unwrap();
+        add_volume(
+            &mut b,
+            &vol,
+            "backup/container",
+            Some("x: 1\n"),
+            "x86_64",
+            Some(&map),
+        )
+        .unwrap();
         let data = b.into_inner().unwrap();
         let _ = std::fs::remove_dir_all(&tmp);
         let mut ar = tar::Archive::new(&data[..]);
@@ -1111,7 +1139,10 @@ mod tests {
             seen.contains(&("backup/container/rootfs/root/f".into(), 1000, 1001)),
             "{seen:?}"
         );
-        for m in ["backup/container/backup.yaml", "backup/container/metadata.yaml"] {
+        for m in [
+            "backup/container/backup.yaml",
+            "backup/container/metadata.yaml",
+        ] {
             assert!(seen.iter().any(|(p, _, _)| p == m), "{m}: {seen:?}");
         }
         // Nothing of another owner than the mapped one was in the volume: every member of the

@@ -138,7 +138,8 @@ pub fn import(d: &Daemon, req: &mut Request) -> Result<Response> {
     let name = req.header("X-LXD-name").unwrap_or("").to_string();
     let pool = req.header("X-LXD-pool").unwrap_or("").to_string();
     let dir = model::dir(d);
-    std::fs::create_dir_all(&dir).map_err(|e| Error::Internal(format!("{}: {e}", dir.display())))?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::Internal(format!("{}: {e}", dir.display())))?;
     let spool = Spool(dir.join(format!(
         "{}.import.tmp",
         crate::instance::operations::uuid()
