@@ -879,8 +879,7 @@ pub fn plan(d: &Ctx, info: &Info, name: Option<&str>, pool: Option<&str>) -> Res
         !(k.starts_with("volatile.idmap.")
             || k == "volatile.last_state.idmap"
             || k == "volatile.uuid"
-            || k == "volatile.last_state.power"
-            || k == "volatile.apply_template")
+            || k == "volatile.last_state.power")
     });
     let user: StringMap = cfg
         .iter()
@@ -1040,7 +1039,11 @@ pub fn import(d: &Ctx, tarball: &Path, info: &Info, plan: Plan) -> Result<()> {
                 skip_devices: true,
                 max_bytes,
             },
-        )?;
+        )
+        .map_err(|e| match e {
+            image::Error::BadRequest(m) => Error::Invalid(format!("Invalid backup tarball: {m}")),
+            e => e.into(),
+        })?;
         for ((_, dir), meta) in vols.iter().zip(metas) {
             let Some(meta) = meta else { continue };
             let m = image::parse_metadata(&meta)?;
