@@ -232,10 +232,15 @@ fn backup_api_create_rename_delete_and_expiry() {
 
 /// A gzip'd tarball with a valid index.yaml for instance `name` and the given extra members.
 fn hostile(path: &Path, name: &str, build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) {
+    let snaps = if name == "many" {
+        "snapshots: [s0, s1]\n"
+    } else {
+        ""
+    };
     let index = format!(
-        "name: {name}\nbackend: dir\npool: default\noptimized: false\ntype: container\n\
+        "name: {name}\nbackend: dir\npool: default\n{snaps}optimized: false\ntype: container\n\
          config:\n  container:\n    name: {name}\n    architecture: x86_64\n    profiles:\n    \
-         - default\n    config: {{}}\n    devices: {{}}\n"
+         - default\n    config: {{}}\n    devices: {{}}\n  snapshots:\n  - name: s0\n  - name: s1\n"
     );
     let mut b = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_gnu();
@@ -339,6 +344,18 @@ fn hostile_backup_tarballs_are_refused_with_nothing_left() {
                 b.append(&h, &vec![0u8; 2 << 20][..]).unwrap();
             }),
             "passes the limit of 1048576 bytes",
+        ),
+        (
+            // Each volume under the limit, the backup over it.
+            "many",
+            Box::new(|b| {
+                for v in ["snapshots/s0", "snapshots/s1", "container"] {
+                    let name = format!("backup/{v}/rootfs/part");
+                    let h = raw_header(name.as_bytes(), tar::EntryType::Regular, 600 << 10, None);
+                    b.append(&h, &vec![0u8; 600 << 10][..]).unwrap();
+                }
+            }),
+            "backup is too large",
         ),
         ("noindex", Box::new(|_| {}), ""),
     ];

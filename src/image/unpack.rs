@@ -750,8 +750,9 @@ pub(crate) fn unpack_unified_meta(
 
 /// Unpack the volumes of an instance backup tarball (LXD's layout) in one pass: for each
 /// `(prefix, dir)`, the members under `prefix/rootfs/` into `dir/rootfs` and those under
-/// `prefix/templates/` into `dir/templates` (both created), with the same rules as an image;
-/// each volume's `prefix/metadata.yaml` is returned. Other members are left alone.
+/// `prefix/templates/` into `dir/templates` (both created), with the same rules as an image
+/// (`max_bytes` for each volume and for all of them together); each volume's
+/// `prefix/metadata.yaml` is returned. Other members are left alone.
 pub(crate) fn unpack_backup(
     tarball: &Path,
     volumes: &[(String, std::path::PathBuf)],
@@ -779,6 +780,7 @@ pub(crate) fn unpack_backup(
         ));
     }
     let mut metas = vec![None; volumes.len()];
+    let mut total = 0u64;
     let mut ar = open_tar(tarball)?;
     for entry in ar.entries().map_err(tar_err)? {
         let mut entry = entry.map_err(tar_err)?;
@@ -791,6 +793,17 @@ pub(crate) fn unpack_backup(
         };
         let (pre, root_link, tpl_link) = &prefixes[i];
         let rest = &parts[pre.len()..];
+        // The limit holds for the whole backup too, not only for each volume.
+        if entry.header().entry_type().is_file() {
+            total = total.saturating_add(entry.size());
+            if opts.max_bytes > 0 && total > opts.max_bytes {
+                return Err(bad(format!(
+                    "backup is too large: expanding {} passes the limit of {} bytes",
+                    String::from_utf8_lossy(&raw),
+                    opts.max_bytes
+                )));
+            }
+        }
         let (root, tpl) = &mut ex[i];
         match rest.split_first() {
             Some((first, rest)) if *first == b"rootfs" => {
