@@ -126,7 +126,7 @@ fn export(d: &Daemon, name: &str, backup: &str) -> Result<Response> {
         .header("Content-Type", "application/octet-stream")
         .header(
             "Content-Disposition",
-            &format!("attachment; filename={}", b.file),
+            &format!("attachment; filename={}", b.name),
         )
         .body(Body::Reader(Box::new(f), len)))
 }
