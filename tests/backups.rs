@@ -112,6 +112,15 @@ fn export_and_import_round_trip_with_lxc_and_bivy() {
     let (_, out) = l.sh("c2", "cat /root/f");
     assert_eq!(out, "one\n");
 
+    // The server's default compression.
+    l.ok(&["config", "set", "backups.compression_algorithm", "zstd"]);
+    let z = d.tmp().join("c1.tar.zst");
+    d.ok(&["export", "c1", z.to_str().unwrap()]);
+    let magic = std::fs::read(&z).unwrap();
+    assert_eq!(&magic[..4], &[0x28, 0xb5, 0x2f, 0xfd], "not zstd");
+    let out = l.run(&["config", "set", "backups.compression_algorithm", "lz4"]);
+    assert!(!out.status.success());
+
     // bivy's own client: --instance-only, xz.
     let only = d.tmp().join("c1-only.tar.xz");
     d.ok(&[

@@ -171,6 +171,7 @@ const CLAIMS: &[(&str, &[Probe])] = &[
         ],
     ),
     ("backup_override_name", &[("POST", "/1.0/instances", Some("{}"))]),
+    ("backup_compression", &[("PATCH", "/1.0", Some("{\"config\":{\"backups.compression_algorithm\":\"\"}}"))]),
     ("container_backup_override_pool", &[("POST", "/1.0/instances", Some("{}"))]),
     ("backup_compression_algorithm", &[("POST", "/1.0/instances/nosuch/backups", Some("{\"compression_algorithm\":\"xz\"}"))]),
 ];

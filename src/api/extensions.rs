@@ -15,9 +15,8 @@
 //! instance backups in LXD's tarball format (`instance::backups`) with
 //! `backup_compression_algorithm` (the request's `compression_algorithm`) and
 //! `backup_override_name` and `container_backup_override_pool` (`X-LXD-name` and `X-LXD-pool`
-//! on a restore); not
-//! `backup_compression` (the server key `backups.compression_algorithm`) nor optimized
-//! (driver-specific) backups. `tests/conformance.rs` checks each claim against the routes.
+//! on a restore), `backup_compression` (the server key `backups.compression_algorithm`); not
+//! optimized (driver-specific) backups. `tests/conformance.rs` checks each claim against the routes.
 
 /// Extensions in LXD's order.
 pub const API_EXTENSIONS: &[&str] = &[
@@ -45,6 +44,7 @@ pub const API_EXTENSIONS: &[&str] = &[
     "container_backup",
     "container_backup_override_pool",
     "container_full",
+    "backup_compression",
     "instance_get_full",
     "file_get_symlink",
     "image_compression_algorithm",

@@ -1,4 +1,4 @@
-//! Server config keys (`core.*`, `images.*`): what the daemon accepts in `PUT /1.0`.
+//! Server config keys (`core.*`, `images.*`, `backups.*`): what the daemon accepts in `PUT /1.0`.
 //! Instance keys are the model's (`instance::config`).
 
 use super::response::{Error, Result};
@@ -14,7 +14,7 @@ pub fn server_value(v: &serde_json::Value) -> String {
     }
 }
 
-/// Server config keys we know (`core.*`, `images.*`).
+/// Server config keys we know (`core.*`, `images.*`, `backups.*`).
 pub fn validate_server_key(key: &str, value: &str) -> Result<()> {
     match key {
         // The HTTPS listener (`daemon::https`) and the trust store (`instance::trust`).
@@ -64,7 +64,8 @@ pub fn validate_server_key(key: &str, value: &str) -> Result<()> {
                 "Invalid value for {key:?}: expected a size above zero (like 64GiB)"
             ))),
         },
-        "images.compression_algorithm" => match value {
+        // Publish (`images.*`) and backups (`instance::backups`) without their own.
+        "images.compression_algorithm" | "backups.compression_algorithm" => match value {
             "" | "gzip" | "xz" | "zstd" | "bzip2" | "none" => Ok(()),
             _ => Err(Error::BadRequest(format!(
                 "Invalid value for {key:?}: unsupported compression {value:?}"

@@ -7,7 +7,7 @@
 //! unless instance-only), then `backup/container/` (`backup.yaml`, `metadata.yaml`, `rootfs/`,
 //! `templates/`). Members keep numeric owners, modes, times, xattrs (PAX `SCHILY.xattr.*`), hard
 //! links, symlinks and fifos; compression is the request's `compression_algorithm` (gzip by
-//! default). Owners are the container's own ids: files shifted on disk are unshifted as they are
+//! default, or the server's `backups.compression_algorithm`). Owners are the container's own ids: files shifted on disk are unshifted as they are
 //! written (file capabilities and ACLs too) and the config says `volatile.last_state.idmap: []`.
 //! LXD 5.0.2 writes on-disk ids (its tar writer's unshift looks for names starting with
 //! `rootfs`, which backup members never do) with the map they are in as the config's
@@ -115,7 +115,7 @@ pub fn check_create(
     if rec.backups.iter().any(|b| b.name == bname) {
         return Err(Error::Conflict(format!("Backup {bname:?} already exists")));
     }
-    let compression = image::Compression::from_name(&algorithm(req))?;
+    let compression = image::Compression::from_name(&algorithm(d, req))?;
     if req.optimized_storage {
         let pool = super::pools::usable_pool(d, &rec.pool)?;
         // As LXD: a pool without an optimized format (dir) makes a plain backup.
@@ -132,13 +132,20 @@ pub fn check_create(
     Ok((bname, compression))
 }
 
-/// The compression a request asks for, else gzip (LXD's default).
-fn algorithm(req: &api::InstanceBackupsPost) -> String {
-    if req.compression_algorithm.is_empty() {
-        "gzip".into()
-    } else {
-        req.compression_algorithm.clone()
+/// The compression a request asks for, else the server's `backups.compression_algorithm`,
+/// else gzip (LXD's default).
+fn algorithm(d: &Ctx, req: &api::InstanceBackupsPost) -> String {
+    if !req.compression_algorithm.is_empty() {
+        return req.compression_algorithm.clone();
     }
+    d.db.lock()
+        .expect("db lock")
+        .data
+        .config
+        .get("backups.compression_algorithm")
+        .filter(|v| !v.is_empty())
+        .cloned()
+        .unwrap_or_else(|| "gzip".into())
 }
 
 /// `expires_at` as stored: RFC 3339 in UTC, or LXD's zero time for never.
