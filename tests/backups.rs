@@ -77,6 +77,13 @@ fn export_and_import_round_trip_with_lxc_and_bivy() {
     let tarball = d.tmp().join("c1.tar.gz");
     let out = l.ok(&["export", "c1", tarball.to_str().unwrap()]);
     assert!(out.contains("Backup exported successfully!"), "{out}");
+    // Root's alone, as everything under the daemon's directory.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(d.dir().join("backups"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
     let list = listing(&tarball);
     assert!(
         list.lines().next().unwrap().ends_with(" backup/index.yaml"),
@@ -407,6 +414,12 @@ fn hostile_backup_tarballs_are_refused_with_nothing_left() {
             backup_files(&d)
         );
     }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(d.dir().join("backups"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700, "the spool directory is root's alone");
     assert!(
         std::fs::read_dir(&outside).unwrap().next().is_none(),
         "a file was written outside"

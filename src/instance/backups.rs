@@ -44,6 +44,14 @@ pub fn dir(d: &Ctx) -> PathBuf {
     d.dir.join("backups")
 }
 
+/// [`dir`], made (root's alone) if it is not there.
+pub fn ensure_dir(d: &Ctx) -> Result<PathBuf> {
+    let dir = dir(d);
+    crate::util::fs::create_dir_mode(&dir, 0o700)
+        .map_err(|e| Error::Host(format!("{}: {e}", dir.display())))?;
+    Ok(dir)
+}
+
 /// A backup's tarball.
 pub fn file(d: &Ctx, b: &BackupRecord) -> PathBuf {
     dir(d).join(&b.file)
@@ -207,10 +215,7 @@ pub fn create_backup(
     let rec = record(d, name)?;
     let pool = super::pools::usable_pool(d, &rec.pool)?;
     let instance_only = req.instance_only || req.container_only;
-    let dir = dir(d);
-    std::fs::create_dir_all(&dir).map_err(|e| Error::Host(format!("{}: {e}", dir.display())))?;
-    crate::util::fs::ensure_mode(&dir, 0o700)
-        .map_err(|e| Error::Host(format!("{}: {e}", dir.display())))?;
+    let dir = ensure_dir(d)?;
     let uuid = super::operations::uuid();
     let final_path = dir.join(&uuid);
     let tmp = dir.join(format!("{uuid}.tmp"));

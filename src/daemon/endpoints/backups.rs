@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 
 use super::super::request::{json, recursion};
 use super::super::response::{self, Error, Result};
@@ -137,9 +138,7 @@ fn export(d: &Daemon, name: &str, backup: &str) -> Result<Response> {
 pub fn import(d: &Daemon, req: &mut Request) -> Result<Response> {
     let name = req.header("X-LXD-name").unwrap_or("").to_string();
     let pool = req.header("X-LXD-pool").unwrap_or("").to_string();
-    let dir = model::dir(d);
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| Error::Internal(format!("{}: {e}", dir.display())))?;
+    let dir = model::ensure_dir(d)?;
     let spool = Spool(dir.join(format!(
         "{}.import.tmp",
         crate::instance::operations::uuid()
@@ -148,6 +147,7 @@ pub fn import(d: &Daemon, req: &mut Request) -> Result<Response> {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&spool.0)
             .map_err(|e| Error::Internal(format!("{}: {e}", spool.0.display())))?;
         std::io::copy(req.body(), &mut f)
