@@ -428,8 +428,8 @@ fn hostile_backup_tarballs_are_refused_with_nothing_left() {
 }
 
 /// On a btrfs pool: a running container's backup is packed from an atomic snapshot, restored
-/// onto the other pool and back; `--optimized-storage` (btrfs send streams) is refused as not
-/// built, and on `dir` it makes a plain backup, as LXD does on drivers without one.
+/// onto the other pool and back; `--optimized-storage` sends btrfs streams, restored on a btrfs
+/// pool only; on `dir` it makes a plain backup, as LXD does on drivers without one.
 #[test]
 fn backups_on_a_btrfs_pool_and_across_pools() {
     if !common::lxc_prerequisites() {
@@ -447,13 +447,41 @@ fn backups_on_a_btrfs_pool_and_across_pools() {
     let (rc, out) = l.sh("k1", "echo on-btrfs > /root/f && chown 1000 /root/f");
     assert_eq!(rc, 0, "{out}");
     l.ok(&["snapshot", "k1", "s0"]);
-    let out = l.run(&["export", "k1", "/dev/null", "--optimized-storage"]);
+    // Optimized: btrfs send streams, restored with btrfs receive on a btrfs pool only.
+    let opt = d.tmp().join("k1-opt.tar.gz");
+    l.ok(&["export", "k1", opt.to_str().unwrap(), "--optimized-storage"]);
+    let list = listing(&opt);
+    for m in [
+        "backup/index.yaml",
+        "backup/snapshots/s0.bin",
+        "backup/container.bin",
+    ] {
+        line_of(&list, m);
+    }
+    assert!(!list.contains("rootfs"), "{list}");
+    let out = l.run(&["import", opt.to_str().unwrap(), "k4", "-s", "default"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("not supported yet: optimized_storage"),
+        err.contains("differs from the target storage pool driver"),
         "{err}"
     );
+    l.ok(&["import", opt.to_str().unwrap(), "k4"]);
+    l.ok(&["start", "k4"]);
+    let (_, out) = l.sh("k4", "cat /root/f; stat -c %u /root/f");
+    assert_eq!(out, "on-btrfs\n1000\n");
+    l.ok(&["copy", "k4/s0", "k5"]);
+    l.ok(&["start", "k5"]);
+    let (_, out) = l.sh("k5", "cat /root/f");
+    assert_eq!(out, "on-btrfs\n");
+    let mnt = d.dir().join("storage-pools/bt/containers");
+    let left: Vec<_> = std::fs::read_dir(&mnt)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains('.'))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 
     let t = d.tmp().join("k1.tar.gz");
     l.ok(&["export", "k1", t.to_str().unwrap()]);
@@ -494,7 +522,7 @@ fn backups_on_a_btrfs_pool_and_across_pools() {
     let t2 = d.tmp().join("k2.tar.gz");
     l.ok(&["export", "k2", t2.to_str().unwrap(), "--optimized-storage"]);
     line_of(&listing(&t2), "backup/container/rootfs/root/f");
-    for c in ["k1", "k2", "k3"] {
+    for c in ["k1", "k2", "k3", "k4", "k5"] {
         l.ok(&["delete", "-f", c]);
     }
     l.ok(&["storage", "delete", "bt"]);

@@ -80,6 +80,17 @@ pub fn unpack_backup(
     unpack::unpack_backup(tarball, volumes, opts)
 }
 
+/// Hand the member `name` of a tarball (any compression) to `f`, refused past `limit` bytes (0:
+/// no limit); `false` when there is none.
+pub fn with_member(
+    tarball: &std::path::Path,
+    name: &str,
+    limit: u64,
+    f: &mut dyn FnMut(&mut dyn Read) -> Result<()>,
+) -> Result<bool> {
+    unpack::with_member(tarball, name, limit, f)
+}
+
 /// The first member named `name` of a tarball (any compression), refused past `limit` bytes.
 pub fn read_member(tarball: &std::path::Path, name: &str, limit: u64) -> Result<Option<Vec<u8>>> {
     unpack::read_member(tarball, name, limit)

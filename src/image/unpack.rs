@@ -833,6 +833,36 @@ pub(crate) fn unpack_backup(
     Ok(metas)
 }
 
+/// Hand the first regular member named `name` of a (possibly compressed) tarball to `f`, after
+/// checking its size against `limit`; `false` when there is none.
+pub(crate) fn with_member(
+    tarball: &Path,
+    name: &str,
+    limit: u64,
+    f: &mut dyn FnMut(&mut dyn Read) -> Result<()>,
+) -> Result<bool> {
+    let want = member_parts(name.as_bytes())?;
+    let mut ar = open_tar(tarball)?;
+    for entry in ar.entries().map_err(tar_err)? {
+        let mut entry = entry.map_err(tar_err)?;
+        let raw = entry.path_bytes().into_owned();
+        if clean_path(&raw).is_some_and(|p| p == want) {
+            if entry.header().entry_type() != tar::EntryType::Regular {
+                return Err(bad(format!("{name} is not a regular file")));
+            }
+            if limit > 0 && entry.size() > limit {
+                return Err(bad(format!(
+                    "{name} is too large: {} bytes pass the limit of {limit} bytes",
+                    entry.size()
+                )));
+            }
+            f(&mut entry)?;
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// The first member named `name` of a (possibly compressed) tarball, at most `limit` bytes;
 /// `None` when there is none.
 pub(crate) fn read_member(tarball: &Path, name: &str, limit: u64) -> Result<Option<Vec<u8>>> {

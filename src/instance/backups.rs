@@ -127,11 +127,8 @@ pub fn check_create(
     if req.optimized_storage {
         let pool = super::pools::usable_pool(d, &rec.pool)?;
         // As LXD: a pool without an optimized format (dir) makes a plain backup.
-        if pool.driver.name() != "dir" {
-            return Err(Error::Invalid(
-                "not supported yet: optimized_storage backups (btrfs send streams); make a plain backup"
-                    .into(),
-            ));
+        if pool.driver.name() == "btrfs" {
+            btrfs_program()?;
         }
     }
     if !req.expires_at.is_empty() {
@@ -230,7 +227,10 @@ pub fn create_backup(
     // A running instance is copied first (an atomic snapshot on btrfs, a copy with it frozen
     // on dir) and the copy packed, as LXD packs a stopped one's volume.
     let running = matches!(state_of(d, name)?, State::Running { .. });
-    let main = if running {
+    let optimized = req.optimized_storage && pool.driver.name() == "btrfs";
+    // An optimized backup sends a snapshot of the volume with backup.yaml and metadata.yaml
+    // added, as LXD's volumes hold them.
+    let main = if running || optimized {
         let copy = pool.container(&format!("{}.backup-{uuid}", rec.volume));
         let p = pool.clone();
         let undo = copy.clone();
@@ -247,17 +247,16 @@ pub fn create_backup(
     } else {
         None
     };
-    let res = write_tarball(
+    let target = Target {
         d,
         name,
-        &rec,
-        &pool,
-        main.as_deref(),
+        rec: &rec,
+        pool: &pool,
+        main: main.as_deref(),
         instance_only,
-        compression,
-        &tmp,
-        report,
-    );
+        optimized,
+    };
+    let res = write_tarball(&target, compression, &tmp, report);
     if let Some(copy) = &main {
         let _ = pool.driver.delete_volume(copy);
     }
@@ -270,7 +269,7 @@ pub fn create_backup(
         created_at: time::now(),
         expires_at: expiry(&req.expires_at)?,
         instance_only,
-        optimized_storage: false,
+        optimized_storage: optimized,
         compression_algorithm: compression.name().into(),
         file: uuid,
     };
@@ -298,21 +297,38 @@ pub fn create_backup(
     Ok(())
 }
 
-/// The tarball itself, into `out` (synced).
-#[allow(clippy::too_many_arguments)]
-fn write_tarball(
-    d: &Ctx,
-    name: &str,
-    rec: &InstanceRecord,
-    pool: &Arc<Pool>,
-    main: Option<&Path>,
+/// What a backup packs.
+struct Target<'a> {
+    d: &'a Ctx,
+    name: &'a str,
+    rec: &'a InstanceRecord,
+    pool: &'a Arc<Pool>,
+    /// The copy to pack instead of the instance's volume (a running instance's, an optimized
+    /// backup's).
+    main: Option<&'a Path>,
     instance_only: bool,
+    /// btrfs send streams instead of files.
+    optimized: bool,
+}
+
+/// The tarball itself, into `out` (synced).
+fn write_tarball(
+    t: &Target<'_>,
     compression: image::Compression,
     out: &Path,
     report: &dyn Fn(String),
 ) -> Result<()> {
+    let Target {
+        d,
+        name,
+        rec,
+        pool,
+        main,
+        instance_only,
+        optimized,
+    } = *t;
     let err = |e: &dyn std::fmt::Display| Error::Host(format!("writing the backup: {e}"));
-    let index = index_yaml(d, name, rec, pool, instance_only)?;
+    let index = index_yaml(d, name, rec, pool, instance_only, optimized)?;
     let backup_yaml = serde_norway::to_string(&index["config"]).map_err(|e| err(&e))?;
     let index = serde_norway::to_string(&index).map_err(|e| err(&e))?;
     let f = std::fs::OpenOptions::new()
@@ -335,32 +351,50 @@ fn write_tarball(
             let mut b = tar::Builder::new(&mut enc);
             b.mode(tar::HeaderMode::Complete);
             add_file(&mut b, "backup/index.yaml", index.as_bytes()).map_err(|e| err(&e))?;
-            if !instance_only {
-                for s in &rec.snapshots {
-                    let vol = pool.snapshot(&rec.volume, &s.volume);
+            let snaps: &[SnapshotRecord] = if instance_only { &[] } else { &rec.snapshots };
+            let vol = main
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| pool.container(&rec.volume));
+            if optimized {
+                let meta = super::images::read_metadata(&vol, &rec.architecture)?;
+                let meta = serde_norway::to_string(&meta).map_err(|e| err(&e))?;
+                std::fs::write(vol.join("backup.yaml"), &backup_yaml).map_err(|e| err(&e))?;
+                std::fs::write(vol.join("metadata.yaml"), meta).map_err(|e| err(&e))?;
+                pool.driver.set_readonly(&vol).map_err(|e| err(&e))?;
+                let spool = out.with_extension("send");
+                for s in snaps {
+                    let sv = pool.snapshot(&rec.volume, &s.volume);
+                    add_stream(
+                        &mut b,
+                        &sv,
+                        &format!("backup/snapshots/{}.bin", s.name),
+                        &spool,
+                    )?;
+                }
+                add_stream(&mut b, &vol, "backup/container.bin", &spool)?;
+            } else {
+                for s in snaps {
+                    let sv = pool.snapshot(&rec.volume, &s.volume);
                     let map = disk_map(s.config.get("volatile.last_state.idmap"));
                     add_volume(
                         &mut b,
-                        &vol,
+                        &sv,
                         &format!("backup/snapshots/{}", s.name),
                         None,
                         &rec.architecture,
                         map.as_ref(),
                     )?;
                 }
+                let map = disk_map(rec.config.get("volatile.last_state.idmap"));
+                add_volume(
+                    &mut b,
+                    &vol,
+                    "backup/container",
+                    Some(&backup_yaml),
+                    &rec.architecture,
+                    map.as_ref(),
+                )?;
             }
-            let vol = main
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| pool.container(&rec.volume));
-            let map = disk_map(rec.config.get("volatile.last_state.idmap"));
-            add_volume(
-                &mut b,
-                &vol,
-                "backup/container",
-                Some(&backup_yaml),
-                &rec.architecture,
-                map.as_ref(),
-            )?;
             b.finish().map_err(|e| err(&e))?;
         }
         enc.finish().map_err(|e| err(&e))?;
@@ -369,6 +403,60 @@ fn write_tarball(
     w.show();
     let f = w.inner.into_inner().map_err(|e| err(&e.error()))?;
     f.sync_all().map_err(|e| err(&e))
+}
+
+/// `btrfs` (btrfs-progs): `$PATH`, then `/sbin` and `/usr/sbin`.
+fn btrfs_program() -> Result<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.extend(["/sbin", "/usr/sbin"].map(PathBuf::from));
+    dirs.iter()
+        .filter(|d| d.is_absolute())
+        .map(|d| d.join("btrfs"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            Error::Host(
+                "optimized backups on btrfs need the btrfs program (btrfs-progs): not found".into(),
+            )
+        })
+}
+
+/// `btrfs send` of the read-only subvolume `subvol` (through the file `spool`, removed after)
+/// as the member `name`.
+fn add_stream<W: Write>(
+    b: &mut tar::Builder<W>,
+    subvol: &Path,
+    name: &str,
+    spool: &Path,
+) -> Result<()> {
+    let err =
+        |e: &dyn std::fmt::Display| Error::Host(format!("btrfs send of {}: {e}", subvol.display()));
+    let _ = std::fs::remove_file(spool);
+    let out = std::process::Command::new(btrfs_program()?)
+        .args(["send", "-q", "-f"])
+        .arg(spool)
+        .arg(subvol)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| err(&e))?;
+    let res = (|| {
+        if !out.status.success() {
+            return Err(err(&String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        let f = std::fs::File::open(spool).map_err(|e| err(&e))?;
+        let len = f.metadata().map_err(|e| err(&e))?.len();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(len);
+        h.set_mode(0o600);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(time::now_secs().max(0) as u64);
+        b.append_data(&mut h, name, f).map_err(|e| err(&e))
+    })();
+    let _ = std::fs::remove_file(spool);
+    res
 }
 
 trait Mode0600 {
@@ -487,6 +575,7 @@ fn index_yaml(
     rec: &InstanceRecord,
     pool: &Pool,
     instance_only: bool,
+    optimized: bool,
 ) -> Result<serde_json::Value> {
     let (ec, ed) = {
         let db = d.db.lock().expect("db lock");
@@ -500,10 +589,13 @@ fn index_yaml(
             .map(|p| (p.config.clone(), p.description.clone()))
             .unwrap_or_default()
     };
-    // The files are written in container ids, whatever the volume's on-disk state.
+    // The files are written in container ids, whatever the volume's on-disk state; a send
+    // stream carries them as they are on disk, and the map says which those are.
     let unshifted = |c: &StringMap| {
         let mut c = c.clone();
-        c.insert("volatile.last_state.idmap".into(), "[]".into());
+        if !optimized {
+            c.insert("volatile.last_state.idmap".into(), "[]".into());
+        }
         c
     };
     let snaps: &[SnapshotRecord] = if instance_only { &[] } else { &rec.snapshots };
@@ -604,7 +696,7 @@ fn index_yaml(
         "name": name,
         "backend": pool.driver.name(),
         "pool": rec.pool,
-        "optimized": false,
+        "optimized": optimized,
         "optimized_header": false,
         "type": "container",
         "config": cfg,
@@ -817,9 +909,16 @@ pub fn read_info(tarball: &Path) -> Result<Info> {
             info.kind
         )));
     }
-    if info.optimized == Some(true) {
+    if info.optimized == Some(true) && info.backend != "btrfs" {
+        return Err(Error::Invalid(format!(
+            "not supported yet: optimized backups of the {:?} storage driver",
+            info.backend
+        )));
+    }
+    if info.optimized == Some(true) && info.optimized_header == Some(true) {
         return Err(Error::Invalid(
-            "not supported yet: optimized_storage backups (a storage driver's own stream)".into(),
+            "not supported yet: optimized btrfs backups with sub-subvolumes (optimized_header)"
+                .into(),
         ));
     }
     if info
@@ -960,6 +1059,16 @@ pub fn plan(d: &Ctx, info: &Info, name: Option<&str>, pool: Option<&str>) -> Res
         }
     }
     config::validate_devices(&devices, &db.data)?;
+    if info.optimized == Some(true) {
+        let driver = db.data.pools.get(&pool).map(|p| p.driver.clone());
+        if driver.as_deref() != Some("btrfs") {
+            return Err(Error::Invalid(format!(
+                "Optimized backup storage driver {:?} differs from the target storage pool driver {:?}",
+                info.backend,
+                driver.unwrap_or_default()
+            )));
+        }
+    }
     drop(db);
     Ok(Plan {
         name,
@@ -996,6 +1105,7 @@ pub fn import(d: &Ctx, tarball: &Path, info: &Info, plan: Plan) -> Result<()> {
             .collect::<Result<_>>()?
     };
     let max_bytes = d.images.max_unpacked();
+    let optimized = info.optimized == Some(true);
     let disk_idmap = plan.disk_idmap.clone();
     let arch = plan.architecture.clone();
     let fill = move |pool: &Arc<Pool>, tmp: &Path, volume: &str, revert: &mut Revert| {
@@ -1044,6 +1154,22 @@ pub fn import(d: &Ctx, tarball: &Path, info: &Info, plan: Plan) -> Result<()> {
             });
         }
         vols.push(("backup/container".to_string(), tmp.to_path_buf()));
+        if optimized {
+            receive_streams(pool, volume, &vols, tarball, max_bytes, revert)?;
+            for (_, dir) in &vols {
+                if let Ok(meta) = std::fs::read(dir.join("metadata.yaml")) {
+                    let m = image::parse_metadata(&meta)?;
+                    let m =
+                        serde_json::to_vec_pretty(&m).map_err(|e| Error::Host(e.to_string()))?;
+                    crate::util::fs::atomic_write(&dir.join("metadata.json"), &m)
+                        .map_err(|e| Error::Host(format!("writing metadata.json: {e}")))?;
+                }
+            }
+            return Ok(Received {
+                snapshots: records,
+                disk_idmap,
+            });
+        }
         let metas = image::unpack_backup(
             tarball,
             &vols,
@@ -1078,6 +1204,87 @@ pub fn import(d: &Ctx, tarball: &Path, info: &Info, plan: Plan) -> Result<()> {
         pool: plan.pool.clone(),
     };
     create_now(d, args, Origin::Received(Box::new(fill)))
+}
+
+/// An optimized (btrfs) backup's volumes: each `<prefix>.bin` stream received with `btrfs
+/// receive` (confined to a directory of the pool's) and a writable snapshot of it put where
+/// `vols` says, replacing the empty volume there (the instance's, made by the create). Every
+/// subvolume made goes on `revert`.
+fn receive_streams(
+    pool: &Arc<Pool>,
+    volume: &str,
+    vols: &[(String, PathBuf)],
+    tarball: &Path,
+    max_bytes: u64,
+    revert: &mut Revert,
+) -> Result<()> {
+    let btrfs = btrfs_program()?;
+    let recv = pool.container(&format!("{volume}.receive"));
+    crate::util::fs::create_dir_mode(&recv, 0o700)
+        .map_err(|e| Error::Host(format!("{}: {e}", recv.display())))?;
+    let res = (|| -> Result<()> {
+        for (prefix, dst) in vols {
+            let member = format!("{prefix}.bin");
+            let mut got = None;
+            let mut recv_one = |r: &mut dyn io::Read| -> image::Result<()> {
+                let mut child = std::process::Command::new(&btrfs)
+                    .args(["receive", "-q", "-e", "-C"])
+                    .arg(&recv)
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .map_err(|e| image::Error::Internal(format!("btrfs receive: {e}")))?;
+                let mut stdin = child.stdin.take().expect("piped stdin");
+                let copied = io::copy(r, &mut stdin);
+                drop(stdin);
+                let out = child
+                    .wait_with_output()
+                    .map_err(|e| image::Error::Internal(format!("btrfs receive: {e}")))?;
+                if !out.status.success() {
+                    return Err(image::Error::BadRequest(format!(
+                        "btrfs receive of {member}: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    )));
+                }
+                copied.map_err(|e| image::Error::Internal(format!("btrfs receive: {e}")))?;
+                got = Some(());
+                Ok(())
+            };
+            if !image::with_member(tarball, &member, max_bytes, &mut recv_one)? || got.is_none() {
+                return Err(Error::Invalid(format!("Backup has no {member}")));
+            }
+            // What the stream made: the one entry in the receive directory.
+            let made: Vec<PathBuf> = std::fs::read_dir(&recv)
+                .map_err(|e| Error::Host(format!("{}: {e}", recv.display())))?
+                .flatten()
+                .map(|e| e.path())
+                .collect();
+            let [sub] = &made[..] else {
+                return Err(Error::Invalid(format!(
+                    "btrfs receive of {member} made {} subvolumes, not one",
+                    made.len()
+                )));
+            };
+            // The snapshot volumes were made empty by the caller; the instance's by the create.
+            let _ = pool.driver.delete_volume(dst);
+            let p = pool.clone();
+            let undo = dst.clone();
+            revert.add(move || {
+                let _ = p.driver.delete_volume(&undo);
+            });
+            let r = pool.driver.clone_volume(sub, dst, false);
+            let _ = pool.driver.delete_volume(sub);
+            r.map_err(|e| Error::Host(format!("{}: {e}", dst.display())))?;
+        }
+        Ok(())
+    })();
+    // Whatever a failed receive left in it.
+    for e in std::fs::read_dir(&recv).into_iter().flatten().flatten() {
+        let _ = pool.driver.delete_volume(&e.path());
+    }
+    let _ = std::fs::remove_dir(&recv);
+    res
 }
 
 #[cfg(test)]
