@@ -449,3 +449,71 @@ fn lxc_export_and_import_move_backups_between_lxd_and_bivy() {
     check_common(&p, "lxd:b2s");
     assert_eq!(p.sh("lxd:b2s", "ls /root"), "mark\n");
 }
+
+/// Optimized backups (btrfs send streams) both ways between btrfs pools on LXD and bivy.
+#[test]
+fn lxc_export_and_import_optimized_backups_between_lxd_and_bivy() {
+    let Some(p) = setup() else { return };
+    if let Err(why) = common::btrfs_supported() {
+        common::skip(
+            "lxc_export_and_import_optimized_backups_between_lxd_and_bivy",
+            &why,
+        );
+        return;
+    }
+    let lxc = p.lxc();
+    let img = common::busybox_image();
+    lxc.ok(&[
+        "image",
+        "import",
+        img.to_str().unwrap(),
+        "lxd:",
+        "--alias",
+        "busybox",
+    ]);
+    lxc.ok(&["storage", "create", "lxd:bt", "btrfs", "size=1GiB"]);
+    lxc.ok(&["storage", "create", "bivy:bt", "btrfs", "size=1GiB"]);
+    lxc.ok(&["launch", "lxd:busybox", "lxd:o1", "-s", "bt"]);
+    p.sh(
+        "lxd:o1",
+        "echo hello > /root/mark && mkdir -p /home/u && echo u > /home/u/f && \
+         chown -R 1000:1000 /home/u",
+    );
+    lxc.ok(&["snapshot", "lxd:o1", "s0"]);
+    p.sh("lxd:o1", "echo after > /root/after");
+    let from_lxd = p.bivy.tmp().join("opt-from-lxd.tar.gz");
+    lxc.ok(&[
+        "export",
+        "lxd:o1",
+        from_lxd.to_str().unwrap(),
+        "--optimized-storage",
+    ]);
+    lxc.ok(&["import", "bivy:", from_lxd.to_str().unwrap()]);
+    lxc.ok(&["start", "bivy:o1"]);
+    check_common(&p, "bivy:o1");
+    assert_eq!(p.sh("bivy:o1", "cat /root/after"), "after\n");
+    lxc.ok(&["copy", "bivy:o1/s0", "bivy:o1s"]);
+    lxc.ok(&["start", "bivy:o1s"]);
+    check_common(&p, "bivy:o1s");
+    assert_eq!(p.sh("bivy:o1s", "ls /root"), "mark\n");
+
+    p.sh("bivy:o1", "echo from-bivy > /root/bivy");
+    let from_bivy = p.bivy.tmp().join("opt-from-bivy.tar.gz");
+    lxc.ok(&[
+        "export",
+        "bivy:o1",
+        from_bivy.to_str().unwrap(),
+        "--optimized-storage",
+    ]);
+    lxc.ok(&["import", "lxd:", from_bivy.to_str().unwrap(), "o2"]);
+    lxc.ok(&["start", "lxd:o2"]);
+    check_common(&p, "lxd:o2");
+    assert_eq!(p.sh("lxd:o2", "cat /root/bivy"), "from-bivy\n");
+    lxc.ok(&["copy", "lxd:o2/s0", "lxd:o2s"]);
+    lxc.ok(&["start", "lxd:o2s"]);
+    check_common(&p, "lxd:o2s");
+    for c in ["bivy:o1", "bivy:o1s"] {
+        lxc.ok(&["delete", "-f", c]);
+    }
+    lxc.ok(&["storage", "delete", "bivy:bt"]);
+}

@@ -916,10 +916,28 @@ pub fn read_info(tarball: &Path) -> Result<Info> {
         )));
     }
     if info.optimized == Some(true) && info.optimized_header == Some(true) {
-        return Err(Error::Invalid(
-            "not supported yet: optimized btrfs backups with sub-subvolumes (optimized_header)"
-                .into(),
-        ));
+        // LXD's list of the subvolumes sent: only each volume's own is restored here.
+        #[derive(serde::Deserialize, Default)]
+        #[serde(default)]
+        struct Header {
+            #[serde(deserialize_with = "api::nullable")]
+            subvolumes: Vec<Sub>,
+        }
+        #[derive(serde::Deserialize, Default)]
+        #[serde(default)]
+        struct Sub {
+            path: String,
+        }
+        let raw = image::read_member(tarball, "backup/optimized_header.yaml", 16 << 20)?
+            .ok_or_else(|| bad("Backup is missing optimized_header.yaml".into()))?;
+        let h: Header = serde_norway::from_slice(&raw)
+            .map_err(|e| bad(format!("Backup optimized_header.yaml is invalid: {e}")))?;
+        if let Some(s) = h.subvolumes.iter().find(|s| s.path != "/") {
+            return Err(Error::Invalid(format!(
+                "not supported yet: optimized btrfs backups with subvolumes inside a volume ({:?})",
+                s.path
+            )));
+        }
     }
     if info
         .config
@@ -1222,6 +1240,7 @@ fn receive_streams(
     let recv = pool.container(&format!("{volume}.receive"));
     crate::util::fs::create_dir_mode(&recv, 0o700)
         .map_err(|e| Error::Host(format!("{}: {e}", recv.display())))?;
+    let mut seen: Vec<PathBuf> = Vec::new();
     let res = (|| -> Result<()> {
         for (prefix, dst) in vols {
             let member = format!("{prefix}.bin");
@@ -1254,11 +1273,13 @@ fn receive_streams(
             if !image::with_member(tarball, &member, max_bytes, &mut recv_one)? || got.is_none() {
                 return Err(Error::Invalid(format!("Backup has no {member}")));
             }
-            // What the stream made: the one entry in the receive directory.
+            // What the stream made: the one new entry in the receive directory (the ones before
+            // stay until the end: a later stream may name one as its parent).
             let made: Vec<PathBuf> = std::fs::read_dir(&recv)
                 .map_err(|e| Error::Host(format!("{}: {e}", recv.display())))?
                 .flatten()
                 .map(|e| e.path())
+                .filter(|p| !seen.contains(p))
                 .collect();
             let [sub] = &made[..] else {
                 return Err(Error::Invalid(format!(
@@ -1266,6 +1287,7 @@ fn receive_streams(
                     made.len()
                 )));
             };
+            seen.push(sub.clone());
             // The snapshot volumes were made empty by the caller; the instance's by the create.
             let _ = pool.driver.delete_volume(dst);
             let p = pool.clone();
@@ -1273,9 +1295,9 @@ fn receive_streams(
             revert.add(move || {
                 let _ = p.driver.delete_volume(&undo);
             });
-            let r = pool.driver.clone_volume(sub, dst, false);
-            let _ = pool.driver.delete_volume(sub);
-            r.map_err(|e| Error::Host(format!("{}: {e}", dst.display())))?;
+            pool.driver
+                .clone_volume(sub, dst, false)
+                .map_err(|e| Error::Host(format!("{}: {e}", dst.display())))?;
         }
         Ok(())
     })();
