@@ -474,6 +474,36 @@ fn backups_on_a_btrfs_pool_and_across_pools() {
     l.ok(&["start", "k5"]);
     let (_, out) = l.sh("k5", "cat /root/f");
     assert_eq!(out, "on-btrfs\n");
+    // A stream btrfs receive refuses: nothing is left of the attempt.
+    let junk = d.tmp().join("junk.tar.gz");
+    {
+        let index = "name: j1\nbackend: btrfs\npool: bt\noptimized: true\n\
+                     optimized_header: false\ntype: container\nconfig:\n  container:\n    \
+                     name: j1\n    architecture: x86_64\n    profiles: [default]\n";
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in [
+            ("backup/index.yaml", index.as_bytes()),
+            ("backup/container.bin", &b"btrfs-stream\0not really"[..]),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_entry_type(tar::EntryType::Regular);
+            b.append_data(&mut h, name, data).unwrap();
+        }
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut gz, &b.into_inner().unwrap()).unwrap();
+        std::fs::write(&junk, gz.finish().unwrap()).unwrap();
+    }
+    let out = l.run(&["import", junk.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("btrfs receive of backup/container.bin"),
+        "{err}"
+    );
+    let (s, _) = api(&d, "GET", "/1.0/instances/j1", None);
+    assert_eq!(s, 404);
     let mnt = d.dir().join("storage-pools/bt/containers");
     let left: Vec<_> = std::fs::read_dir(&mnt)
         .unwrap()
