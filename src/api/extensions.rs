@@ -15,8 +15,9 @@
 //! instance backups in LXD's tarball format (`instance::backups`) with
 //! `backup_compression_algorithm` (the request's `compression_algorithm`) and
 //! `backup_override_name` and `container_backup_override_pool` (`X-LXD-name` and `X-LXD-pool`
-//! on a restore), `backup_compression` (the server key `backups.compression_algorithm`); not
-//! optimized (driver-specific) backups. `tests/conformance.rs` checks each claim against the routes.
+//! on a restore), `backup_compression` (the server key `backups.compression_algorithm`);
+//! optimized backups are btrfs send streams on btrfs pools. `tests/conformance.rs` checks each
+//! claim against the routes.
 
 /// Extensions in LXD's order.
 pub const API_EXTENSIONS: &[&str] = &[

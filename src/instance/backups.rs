@@ -19,6 +19,11 @@
 //! when it expires (`expires_at`, checked by the daemon's minute task), and at start when no
 //! record names it (a crash between the rename and the record).
 //!
+//! Optimized backups (btrfs pools only, as LXD's other drivers make plain ones): each volume a
+//! full `btrfs send` stream (`backup/snapshots/<name>.bin`, `backup/container.bin`) with its
+//! files as on disk and the config's map saying which ids those are; restored with
+//! `btrfs receive -C` into a directory of the pool.
+//!
 //! An import unpacks with the image unpacker's rules (no path outside the volume, no symlink
 //! followed, hard links only to files already unpacked, the unpack size limit) into new volumes
 //! made through `create::create_now`, whose undo list removes everything on any failure.
