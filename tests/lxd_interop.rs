@@ -55,7 +55,9 @@ fn lxc_pivots() -> Vec<PathBuf> {
 impl Lxd {
     fn start(port: u16) -> Lxd {
         // Container roots (uid 100000 and up) must traverse the path down to their rootfs.
-        let dir = std::env::temp_dir().join(format!("bivy-lxd-interop-{}", std::process::id()));
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("bivy-lxd-interop-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         // Those there already are someone else's.
         let pivots = lxc_pivots().into_iter().filter(|p| !p.is_dir()).collect();
@@ -156,7 +158,11 @@ struct Pair {
     /// Stopped and removed when the test ends.
     _lxd: Lxd,
     conf: PathBuf,
+    /// One LXD at a time: liblxc's cgroups and the machine's two cores are shared.
+    _one: std::sync::MutexGuard<'static, ()>,
 }
+
+static ONE_LXD: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Pair {
     fn lxc(&self) -> Lxc<'_> {
@@ -217,6 +223,7 @@ fn setup() -> Option<Pair> {
             return None;
         }
     }
+    let one = ONE_LXD.lock().unwrap_or_else(|e| e.into_inner());
     let lxd_port = free_port();
     let lxd = Lxd::start(lxd_port);
     let bivy = Daemon::start().expect("bivy daemon");
@@ -235,6 +242,7 @@ fn setup() -> Option<Pair> {
         bivy,
         _lxd: lxd,
         conf,
+        _one: one,
     };
     for (name, port) in [("lxd", lxd_port), ("bivy", bivy_port)] {
         pair.lxc().ok(&[
