@@ -30,7 +30,8 @@
 //!   expanded config, state), `config` and `limits` (LXD's keys, parsed once), `idmap`,
 //!   `lifecycle` (create, start, stop, delete, live limits, interim changes and their undo after a
 //!   crash, recovery, autostart), `snapshots`, `stateful` (CRIU: stateful stop/start and
-//!   snapshots), `schedule`, `pools`, `volumes` (custom storage volumes), `devices` (disk, unix,
+//!   snapshots), `schedule`, `backups` (instance backups in LXD's tarball format, and restoring
+//!   them), `pools`, `volumes` (custom storage volumes), `devices` (disk, unix,
 //!   GPU and USB devices resolved for the runtime, and their hot-plug), `hostdev` (the host's
 //!   GPUs and USB devices), `uevents` (USB devices coming and going), `nics`, `proxy` (proxy devices and their running
 //!   listeners), `images`, `operations`, `events`; typed errors
