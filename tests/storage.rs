@@ -202,9 +202,15 @@ fn volume_run_and_log_parents_spread_their_children() {
         .iter()
         .map(|p| d.dir().join(p))
         .chain(
-            ["containers", "containers-snapshots", "images", "custom"]
-                .iter()
-                .map(|p| d.dir().join("storage-pools/default").join(p)),
+            [
+                "containers",
+                "containers-snapshots",
+                "images",
+                "custom",
+                "custom-snapshots",
+            ]
+            .iter()
+            .map(|p| d.dir().join("storage-pools/default").join(p)),
         )
         .collect();
     for p in &parents {

@@ -10,14 +10,17 @@
 //! list is served, but bivy does not record warnings), `instance_bulk_state_change`.
 //! `storage` is claimed for pools and volumes (custom filesystem volumes on `dir` and `btrfs`:
 //! create, show, edit, rename, delete, attach as disk devices); `storage_api_volume_rename` for
-//! renaming them. Not claimed: `storage_api_volume_snapshots`, `storage_api_local_volume_handling`
-//! (copy/move between pools), `custom_volume_backup`. `container_backup` is claimed for
-//! instance backups in LXD's tarball format (`instance::backups`) with
-//! `backup_compression_algorithm` (the request's `compression_algorithm`) and
-//! `backup_override_name` and `container_backup_override_pool` (`X-LXD-name` and `X-LXD-pool`
-//! on a restore), `backup_compression` (the server key `backups.compression_algorithm`);
-//! optimized backups are btrfs send streams on btrfs pools. `tests/conformance.rs` checks each
-//! claim against the routes.
+//! renaming them; `storage_api_local_volume_handling` for copies and moves on this server
+//! (within a pool and between pools); `storage_api_volume_snapshots`,
+//! `custom_volume_snapshot_expiry` and `volume_snapshot_scheduling` for custom volume
+//! snapshots; `storage_volume_state` (and `_total`) for a custom volume's usage. Not claimed:
+//! `storage_api_remote_volume_handling` (copies between servers), `custom_volume_backup`.
+//! `container_backup` is claimed for instance backups in LXD's tarball format
+//! (`instance::backups`) with `backup_compression_algorithm` (the request's
+//! `compression_algorithm`) and `backup_override_name` and `container_backup_override_pool`
+//! (`X-LXD-name` and `X-LXD-pool` on a restore), `backup_compression` (the server key
+//! `backups.compression_algorithm`); optimized backups are btrfs send streams on btrfs pools.
+//! `tests/conformance.rs` checks each claim against the routes.
 
 /// Extensions in LXD's order.
 pub const API_EXTENSIONS: &[&str] = &[
@@ -60,6 +63,12 @@ pub const API_EXTENSIONS: &[&str] = &[
     "server_supported_storage_drivers",
     "resources",
     "storage_api_volume_rename",
+    "storage_api_local_volume_handling",
+    "storage_api_volume_snapshots",
+    "custom_volume_snapshot_expiry",
+    "volume_snapshot_scheduling",
+    "storage_volume_state",
+    "storage_volume_state_total",
     "resources_v2",
     "backup_compression_algorithm",
     "backup_override_name",

@@ -789,13 +789,13 @@ pub struct StorageVolumePut {
     pub config: StringMap,
     #[serde(default, deserialize_with = "nullable")]
     pub description: String,
-    /// A snapshot to restore first (volume snapshots are not built: refused when set).
+    /// A snapshot of the volume to restore (its name within the volume).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub restore: String,
 }
 
-/// Where a new volume comes from (`api.StorageVolumeSource`); only an empty `type` (a new,
-/// empty volume) is built.
+/// Where a new volume comes from (`api.StorageVolumeSource`): an empty `type` (a new, empty
+/// volume) or `copy` of a volume on this server.
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
 pub struct StorageVolumeSource {
     #[serde(default, deserialize_with = "nullable")]
@@ -805,6 +805,12 @@ pub struct StorageVolumeSource {
     pub kind: String,
     #[serde(default, deserialize_with = "nullable")]
     pub pool: String,
+    /// Copy without the source's snapshots.
+    #[serde(default)]
+    pub volume_only: bool,
+    /// Update an existing copy (not built).
+    #[serde(default)]
+    pub refresh: bool,
 }
 
 /// `POST /1.0/storage-pools/POOL/volumes[/custom]`.
@@ -825,11 +831,41 @@ pub struct StorageVolumesPost {
     pub content_type: String,
 }
 
+/// A custom volume's snapshot (`api.StorageVolumeSnapshot` of LXD 5.0.2, field for field).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct StorageVolumeSnapshot {
+    #[serde(default, deserialize_with = "nullable")]
+    pub description: String,
+    /// RFC 3339; LXD's zero time when it never expires.
+    #[serde(default, deserialize_with = "nullable")]
+    pub expires_at: String,
+    /// The volume's config when the snapshot was taken.
+    #[serde(default, deserialize_with = "nullable")]
+    pub config: StringMap,
+    /// `snap0` (one snapshot) or `vol1/snap0` (in a list).
+    pub name: String,
+    #[serde(default)]
+    pub content_type: String,
+    #[serde(default)]
+    pub created_at: String,
+}
+
+/// `POST /1.0/storage-pools/POOL/volumes/custom/NAME/snapshots`.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct StorageVolumeSnapshotsPost {
+    /// Empty: named after the volume's `snapshots.pattern`.
+    #[serde(default, deserialize_with = "nullable")]
+    pub name: String,
+    /// None: the volume's `snapshots.expiry` applies.
+    #[serde(default)]
+    pub expires_at: Option<String>,
+}
+
 /// `POST /1.0/storage-pools/POOL/volumes/custom/NAME`: rename (or move, migrate: not built).
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
 pub struct StorageVolumePost {
     pub name: String,
-    /// Another pool to move the volume to (not built).
+    /// Another pool to move the volume to.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub pool: String,
     #[serde(default)]

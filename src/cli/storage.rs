@@ -1,6 +1,7 @@
 //! `storage list|show|create|delete|edit|get|set|unset|info` and `storage volume
-//! list|create|delete|show|edit|get|set|unset|rename|attach|detach`, after
-//! `lxc storage` (lxc/storage.go, lxc/storage_volume.go) of LXD 5.0.2.
+//! list|create|delete|show|edit|get|set|unset|rename|attach|detach|attach-profile|
+//! detach-profile|snapshot|restore|copy|move|info`, after `lxc storage` (lxc/storage.go,
+//! lxc/storage_volume.go) of LXD 5.0.2.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -16,7 +17,7 @@ use crate::client::{urlencode, Client};
 
 const USAGE: &str = "Usage:\n  bivy storage [command]\n\nAvailable Commands:\n  create      Create storage pools\n  delete      Delete storage pools\n  edit        Edit storage pool configurations as YAML\n  get         Get values for storage pool configuration keys\n  info        Show useful information about storage pools\n  list        List available storage pools\n  set         Set storage pool configuration keys\n  show        Show storage pool configurations and resources\n  unset       Unset storage pool configuration keys\n  volume      Manage storage volumes\n";
 
-const VOLUME_USAGE: &str = "Usage:\n  bivy storage volume [command]\n\nAvailable Commands:\n  attach      Attach new storage volumes to instances\n  create      Create new custom storage volumes\n  delete      Delete storage volumes\n  detach      Detach storage volumes from instances\n  edit        Edit storage volume configurations as YAML\n  get         Get values for storage volume configuration keys\n  list        List storage volumes\n  rename      Rename storage volumes\n  set         Set storage volume configuration keys\n  show        Show storage volume configurations\n  unset       Unset storage volume configuration keys\n\nOther lxc storage volume commands (copy, move, snapshot, restore, export, import, info, attach-profile, detach-profile) are not supported yet.\n";
+const VOLUME_USAGE: &str = "Usage:\n  bivy storage volume [command]\n\nAvailable Commands:\n  attach         Attach new storage volumes to instances\n  attach-profile Attach new storage volumes to profiles\n  copy           Copy storage volumes\n  create         Create new custom storage volumes\n  delete         Delete storage volumes\n  detach         Detach storage volumes from instances\n  detach-profile Detach storage volumes from profiles\n  edit           Edit storage volume configurations as YAML\n  get            Get values for storage volume configuration keys\n  info           Show storage volume state information\n  list           List storage volumes\n  move           Move storage volumes between pools\n  rename         Rename storage volumes\n  restore        Restore storage volume snapshots\n  set            Set storage volume configuration keys\n  show           Show storage volume configurations\n  snapshot       Snapshot storage volumes\n  unset          Unset storage volume configuration keys\n\nOther lxc storage volume commands (export, import) are not supported yet.\n";
 
 const VOLUME_EDIT_HEADER: &str = "### This is a YAML representation of a storage volume.\n### Any line starting with a '# will be ignored.\n###\n### A storage volume consists of a set of configuration items.\n###\n### name: vol1\n### type: custom\n### used_by: []\n### config:\n###   size: \"61203283968\"\n";
 
@@ -170,6 +171,72 @@ words_command!(
     "Attach new storage volumes to instances: <pool> <volume> <instance> [<device name>] <path>.",
     "the pool, the volume, the instance, the device name and the path"
 );
+words_command!(
+    VolumeAttachProfileArgs,
+    "Attach new storage volumes to profiles: <pool> <volume> <profile> [<device name>] [<path>].",
+    "the pool, the volume, the profile, the device name and the path"
+);
+words_command!(
+    VolumeDetachProfileArgs,
+    "Detach storage volumes from profiles: <pool> <volume> <profile> [<device name>].",
+    "the pool, the volume, the profile and the device name"
+);
+words_command!(
+    VolumeRestoreArgs,
+    "Restore storage volume snapshots.",
+    "the pool, the volume and the snapshot (<pool> <volume> <snapshot>)"
+);
+words_command!(
+    VolumeInfoArgs,
+    "Show storage volume state information.",
+    "the pool and the volume (<pool> <volume>)"
+);
+
+#[derive(FromArgs)]
+#[argh(help_triggers("-h", "--help"))]
+/// Snapshot storage volumes: <pool> <volume> [<snapshot>].
+pub struct VolumeSnapshotArgs {
+    #[argh(positional)]
+    /// the pool, the volume and the snapshot's name
+    words: Vec<String>,
+    #[argh(switch)]
+    /// ignore any configured auto-expiry for the storage volume
+    no_expiry: bool,
+    #[argh(switch)]
+    /// if the snapshot name already exists, delete and create a new one
+    reuse: bool,
+}
+
+#[derive(FromArgs)]
+#[argh(help_triggers("-h", "--help"))]
+/// Copy storage volumes: <pool>/<volume> <pool>/<volume>.
+pub struct VolumeCopyArgs {
+    #[argh(positional)]
+    /// the source and the target ([<remote>:]<pool>/<volume>)
+    words: Vec<String>,
+    #[argh(switch)]
+    /// copy the volume without its snapshots
+    volume_only: bool,
+    #[argh(switch)]
+    /// refresh and update the existing storage volume copies (not supported yet)
+    refresh: bool,
+    #[argh(option)]
+    /// transfer mode, one of pull (default), push or relay (only local copies are built)
+    mode: Option<String>,
+}
+
+#[derive(FromArgs)]
+#[argh(help_triggers("-h", "--help"))]
+/// Move storage volumes between pools: <pool>/<volume> <pool>/<volume>.
+pub struct VolumeMoveArgs {
+    #[argh(positional)]
+    /// the source and the target ([<remote>:]<pool>/<volume>)
+    words: Vec<String>,
+    #[argh(option)]
+    /// transfer mode, one of pull (default), push or relay (only local moves are built)
+    mode: Option<String>,
+}
+
 words_command!(
     VolumeDetachArgs,
     "Detach storage volumes from instances: <pool> <volume> <instance> [<device name>].",
@@ -705,6 +772,128 @@ fn update_volume(c: &Client, path: &str, f: impl FnOnce(&mut VolumePut)) -> Resu
     Ok(())
 }
 
+/// Change a profile's devices (GET, change, PUT with its ETag), as lxc's `profileDeviceAdd`.
+fn update_profile_devices(
+    c: &Client,
+    profile: &str,
+    f: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>) -> Result<(), Fail>,
+) -> Result<(), Fail> {
+    let path = format!("/1.0/profiles/{}", urlencode(profile, false));
+    let (p, etag): (serde_json::Value, String) = c.get_etag(&path)?;
+    let mut put = serde_json::Map::new();
+    for k in ["config", "description", "devices"] {
+        if let Some(v) = p.get(k) {
+            put.insert(k.to_string(), v.clone());
+        }
+    }
+    let devices = put
+        .entry("devices")
+        .or_insert_with(|| serde_json::json!({}));
+    if devices.is_null() {
+        *devices = serde_json::json!({});
+    }
+    let devices = devices.as_object_mut().expect("devices is an object");
+    f(devices)?;
+    c.put(&path, &serde_json::Value::Object(put), Some(&etag))?;
+    Ok(())
+}
+
+/// `[remote:]pool/volume` of `copy` and `move`: the remote's client, the pool and the volume.
+fn pool_volume(arg: &str) -> Result<(Client, String, String, String), Fail> {
+    let (remote, rest) = super::split_remote(arg)?;
+    let c = super::target(arg)?.0;
+    match rest.split_once('/') {
+        Some((p, v)) if !p.is_empty() && !v.is_empty() => {
+            Ok((c, remote, p.to_string(), v.to_string()))
+        }
+        _ => fail(format!(
+            "Invalid argument {arg:?}: expected <pool>/<volume>"
+        )),
+    }
+}
+
+/// The device that `detach` removes: the one named, or the one disk naming the volume.
+fn volume_device(
+    devs: &serde_json::Map<String, serde_json::Value>,
+    pool: &str,
+    vol: &str,
+    wanted: Option<String>,
+) -> Result<String, Fail> {
+    if let Some(n) = wanted {
+        return Ok(n);
+    }
+    let mut found = None;
+    for (n, d) in devs {
+        if d["type"] == "disk" && d["pool"] == pool && d["source"] == vol {
+            if found.is_some() {
+                return fail("More than one device matches, specify the device name");
+            }
+            found = Some(n.clone());
+        }
+    }
+    match found {
+        Some(n) => Ok(n),
+        None => fail("No device found for this storage volume"),
+    }
+}
+
+/// A volume snapshot as listed (`api.StorageVolumeSnapshot`).
+#[derive(Serialize, Deserialize, Debug, Default, Clone)]
+pub struct VolumeSnapshot {
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub description: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub expires_at: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub config: StringMap,
+    pub name: String,
+    #[serde(default)]
+    pub content_type: String,
+    #[serde(default)]
+    pub created_at: String,
+}
+
+/// `storage volume info` as lxc prints it: the volume, its usage (when the server reports
+/// one), then its snapshots.
+pub fn render_volume_info(
+    vol: &Volume,
+    kind: &str,
+    used: Option<i64>,
+    snaps: &[VolumeSnapshot],
+) -> String {
+    let mut o = format!("Name: {}\n", vol.name);
+    if !vol.description.is_empty() {
+        o += &format!("Description: {}\n", vol.description);
+    }
+    o += &format!("Type: {kind}\n");
+    if !vol.content_type.is_empty() {
+        o += &format!("Content type: {}\n", vol.content_type);
+    }
+    if let Some(u) = used {
+        o += &format!("Usage: {}\n", table::size_iec(u));
+    }
+    if !snaps.is_empty() {
+        o += "\nSnapshots:\n";
+        let rows: Vec<Vec<String>> = snaps
+            .iter()
+            .map(|s| {
+                // lxc prints Go's zero time for a snapshot that never expires.
+                let exp = match table::date(&s.expires_at) {
+                    e if e.is_empty() => "0001/01/01 00:00 UTC".to_string(),
+                    e => e,
+                };
+                vec![
+                    s.name.rsplit('/').next().unwrap_or(&s.name).to_string(),
+                    s.description.clone(),
+                    exp,
+                ]
+            })
+            .collect();
+        o += &table::render(&["NAME", "DESCRIPTION", "EXPIRES AT"], &rows);
+    }
+    o
+}
+
 /// Change an instance's own devices (GET, change, PUT with its ETag, wait), as lxc's
 /// `instanceDeviceAdd` and `storage volume detach` do.
 fn update_instance_devices(
@@ -909,42 +1098,176 @@ fn volume(args: &[String]) -> CmdResult {
             })?;
             Ok(0)
         }
-        "detach" => {
-            let words = undash(parse::<VolumeDetachArgs>(&[cmd], rest)?.words);
+        "detach" | "detach-profile" => {
+            let words = if sub == "detach" {
+                undash(parse::<VolumeDetachArgs>(&[cmd], rest)?.words)
+            } else {
+                undash(parse::<VolumeDetachProfileArgs>(&[cmd], rest)?.words)
+            };
             check_args::<VolumeDetachArgs>(cmd, words.len(), 3, Some(4))?;
             let (c, pool) = pool_name(&words[0])?;
             let pool = pool.to_string();
             let vol = words[1].clone();
             let wanted = words.get(3).cloned();
-            update_instance_devices(&c, &words[2], |devs| {
-                let name = match wanted {
-                    Some(n) => n,
-                    None => {
-                        let mut found = None;
-                        for (n, d) in devs.iter() {
-                            if d["type"] == "disk"
-                                && d["pool"] == pool.as_str()
-                                && d["source"] == vol.as_str()
-                            {
-                                if found.is_some() {
-                                    return fail(
-                                        "More than one device matches, specify the device name",
-                                    );
-                                }
-                                found = Some(n.clone());
-                            }
-                        }
-                        match found {
-                            Some(n) => n,
-                            None => return fail("No device found for this storage volume"),
-                        }
-                    }
-                };
+            let remove = |devs: &mut serde_json::Map<String, serde_json::Value>| {
+                let name = volume_device(devs, &pool, &vol, wanted)?;
                 if devs.remove(&name).is_none() {
                     return fail("The specified device doesn't exist");
                 }
                 Ok(())
+            };
+            if sub == "detach" {
+                update_instance_devices(&c, &words[2], remove)?;
+            } else {
+                update_profile_devices(&c, &words[2], remove)?;
+            }
+            Ok(0)
+        }
+        "attach-profile" => {
+            let words = undash(parse::<VolumeAttachProfileArgs>(&[cmd], rest)?.words);
+            check_args::<VolumeAttachProfileArgs>(cmd, words.len(), 3, Some(5))?;
+            let (c, pool) = pool_name(&words[0])?;
+            let pool = pool.to_string();
+            let (dev_name, dev_path) = match words.len() {
+                3 => (words[1].clone(), String::new()),
+                4 => (words[1].clone(), words[3].clone()),
+                _ => (words[3].clone(), words[4].clone()),
+            };
+            let (name, kind) = parse_volume(&words[1]);
+            // lxc checks that the volume exists first.
+            let vol: Volume = c.get(&volume_path(&pool, &kind, &name))?;
+            update_profile_devices(&c, &words[2], |devs| {
+                if devs.contains_key(&dev_name) {
+                    return fail("The device already exists");
+                }
+                let mut dev = serde_json::json!({"type": "disk", "pool": pool, "source": vol.name});
+                if vol.content_type != "block" {
+                    dev["path"] = serde_json::Value::String(dev_path);
+                }
+                devs.insert(dev_name, dev);
+                Ok(())
             })?;
+            Ok(0)
+        }
+        "snapshot" => {
+            let a: VolumeSnapshotArgs = parse(&[cmd], rest)?;
+            let words = undash(a.words);
+            check_args::<VolumeSnapshotArgs>(cmd, words.len(), 2, Some(3))?;
+            let (c, pool) = pool_name(&words[0])?;
+            let (name, kind) = parse_volume(&words[1]);
+            let path = volume_path(pool, &kind, &name);
+            let snap = words.get(2).cloned().unwrap_or_default();
+            if a.reuse && !snap.is_empty() {
+                let snap_path = format!("{path}/snapshots/{}", urlencode(&snap, false));
+                if c.get::<VolumeSnapshot>(&snap_path).is_ok() {
+                    c.delete(&snap_path)?;
+                }
+            }
+            let mut body = serde_json::json!({"name": snap});
+            if a.no_expiry {
+                body["expires_at"] = serde_json::Value::String(crate::api::GO_ZERO_TIME.into());
+            }
+            c.post(&format!("{path}/snapshots"), &body)?;
+            Ok(0)
+        }
+        "restore" => {
+            let words = undash(parse::<VolumeRestoreArgs>(&[cmd], rest)?.words);
+            check_args::<VolumeRestoreArgs>(cmd, words.len(), 3, Some(3))?;
+            let (c, pool) = pool_name(&words[0])?;
+            let (name, kind) = parse_volume(&words[1]);
+            let path = volume_path(pool, &kind, &name);
+            let (vol, etag): (Volume, String) = c.get_etag(&path)?;
+            let body = serde_json::json!({
+                "config": vol.config,
+                "description": vol.description,
+                "restore": words[2],
+            });
+            c.put(&path, &body, Some(&etag))?;
+            Ok(0)
+        }
+        "info" => {
+            let words = undash(parse::<VolumeInfoArgs>(&[cmd], rest)?.words);
+            check_args::<VolumeInfoArgs>(cmd, words.len(), 2, Some(2))?;
+            let (c, pool) = pool_name(&words[0])?;
+            let (name, kind) = parse_volume(&words[1]);
+            let path = volume_path(pool, &kind, &name);
+            let vol: Volume = c.get(&path)?;
+            let (snaps, used): (Vec<VolumeSnapshot>, Option<i64>) = if kind == "custom" {
+                // As lxc: the usage is left out when the server cannot tell it.
+                let state: Option<serde_json::Value> = c.get(&format!("{path}/state")).ok();
+                (
+                    c.get(&format!("{path}/snapshots?recursion=1"))?,
+                    state.and_then(|s| s["usage"]["used"].as_i64()),
+                )
+            } else {
+                (Vec::new(), None)
+            };
+            print!("{}", render_volume_info(&vol, &kind, used, &snaps));
+            Ok(0)
+        }
+        "copy" | "cp" | "move" | "mv" => {
+            let moving = matches!(sub.as_str(), "move" | "mv");
+            let (words, mode, volume_only, refresh) = if moving {
+                let a: VolumeMoveArgs = parse(&[cmd], rest)?;
+                (undash(a.words), a.mode, false, false)
+            } else {
+                let a: VolumeCopyArgs = parse(&[cmd], rest)?;
+                (undash(a.words), a.mode, a.volume_only, a.refresh)
+            };
+            check_args::<VolumeCopyArgs>(cmd, words.len(), 2, Some(2))?;
+            if let Some(m) = mode.filter(|m| m != "pull") {
+                return fail(format!(
+                    "not supported yet: storage volume {sub} --mode={m} (copies between servers)"
+                ));
+            }
+            if refresh {
+                return fail("not supported yet: storage volume copy --refresh");
+            }
+            let (c, src_remote, src_pool, src_vol) = pool_volume(&words[0])?;
+            let (_, dst_remote, dst_pool, dst_vol) = pool_volume(&words[1])?;
+            if src_remote != dst_remote {
+                return fail(format!(
+                    "not supported yet: storage volume {sub} between servers ({src_remote} to {dst_remote})"
+                ));
+            }
+            if moving && src_pool == dst_pool {
+                c.post(
+                    &volume_path(&src_pool, "custom", &src_vol),
+                    &serde_json::json!({"name": dst_vol}),
+                )?;
+                if !super::quiet() {
+                    println!("Renamed storage volume from \"{src_vol}\" to \"{dst_vol}\"");
+                }
+                return Ok(0);
+            }
+            if moving {
+                c.post(
+                    &volume_path(&src_pool, "custom", &src_vol),
+                    &serde_json::json!({"name": dst_vol, "pool": dst_pool}),
+                )?;
+                if !super::quiet() {
+                    println!("Storage volume moved successfully!");
+                }
+                return Ok(0);
+            }
+            let src: Volume = c.get(&volume_path(&src_pool, "custom", &src_vol))?;
+            let body = serde_json::json!({
+                "config": src.config,
+                "description": src.description,
+                "name": dst_vol,
+                "type": "custom",
+                "content_type": src.content_type,
+                "source": {
+                    "name": src_vol,
+                    "type": "copy",
+                    "pool": src_pool,
+                    "volume_only": volume_only,
+                },
+            });
+            c.post(&format!("{}/volumes/custom", pool_path(&dst_pool)), &body)?;
+            if !super::quiet() {
+                println!("Storage volume copied successfully!");
+            }
             Ok(0)
         }
         other => fail(format!("not supported yet: storage volume {other}")),

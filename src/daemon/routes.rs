@@ -225,11 +225,26 @@ fn route(d: &Daemon, req: &mut Request, caller: &Caller) -> Result<Response> {
             "DELETE" => volumes::delete(d, name, kind, vol),
             _ => Err(not_allowed(m)),
         },
-        ["storage-pools", name, "volumes", kind, inst, "snapshots" | "state" | "backups", ..] => {
+        ["storage-pools", name, "volumes", kind, vol, "snapshots"] => match m {
+            "GET" => volumes::snapshots(d, req, name, kind, vol),
+            "POST" => volumes::snapshot_create(d, req, name, kind, vol),
+            _ => Err(not_allowed(m)),
+        },
+        ["storage-pools", name, "volumes", kind, vol, "snapshots", snap] => match m {
+            "GET" => volumes::snapshot_get(d, name, kind, vol, snap),
+            "PUT" => volumes::snapshot_put(d, req, name, kind, vol, snap, false),
+            "PATCH" => volumes::snapshot_put(d, req, name, kind, vol, snap, true),
+            "POST" => volumes::snapshot_rename(d, req, name, kind, vol, snap),
+            "DELETE" => volumes::snapshot_delete(d, name, kind, vol, snap),
+            _ => Err(not_allowed(m)),
+        },
+        ["storage-pools", name, "volumes", kind, vol, "state"] => match m {
+            "GET" => volumes::state(d, name, kind, vol),
+            _ => Err(not_allowed(m)),
+        },
+        ["storage-pools", name, "volumes", kind, inst, "backups", ..] => {
             let _ = (name, kind, inst);
-            Err(Error::not_yet(
-                "storage volume snapshots, state and backups",
-            ))
+            Err(Error::not_yet("storage volume backups"))
         }
         ["networks"] => match m {
             "GET" => endpoints::networks::list(d, req),
@@ -286,10 +301,12 @@ fn check_project(req: &Request) -> Result<()> {
     }
 }
 
-/// `?target=` names a cluster member; a standalone server has none (LXD's wording).
+/// `?target=` names a cluster member; a standalone server has none (LXD's wording). `none` is
+/// the `location` a standalone server gives its volumes, which `lxc storage volume copy` sends
+/// back as the target.
 fn check_target(req: &Request) -> Result<()> {
     match req.query("target") {
-        None | Some("") => Ok(()),
+        None | Some("" | "none") => Ok(()),
         Some(_) => Err(Error::BadRequest(
             "Target only allowed when clustered".into(),
         )),

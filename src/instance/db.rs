@@ -12,7 +12,7 @@ use crate::api::{Devices, StringMap};
 use crate::util::fs::atomic_write;
 
 /// The on-disk format version; bumped with an upgrade step when the layout changes.
-pub const SCHEMA: u32 = 5;
+pub const SCHEMA: u32 = 6;
 
 // Schema history: 1 = instances, profiles, config. 2 = storage pools, each instance's pool and
 // its snapshots (a schema-1 document loads as instances on the `default` pool with no snapshots).
@@ -20,6 +20,7 @@ pub const SCHEMA: u32 = 5;
 // older bivy, which would drop them on its next save, from opening the document.
 // 4 = managed networks (`networks`; an older document loads with none).
 // 5 = instance backups (`instances.*.backups`; an older document loads with none).
+// 6 = custom volume snapshots (`volumes[pool][name].snapshots`; an older document loads with none).
 
 /// One instance as stored.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
@@ -112,6 +113,30 @@ pub struct VolumeRecord {
     pub content_type: String,
     pub created_at: String,
     /// The volume directory name under `custom/` on the pool (a UUID, so renames move no data).
+    pub volume: String,
+    /// Snapshots, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<VolumeSnapshotRecord>,
+}
+
+impl VolumeRecord {
+    /// The snapshot named `name`.
+    pub fn snapshot(&self, name: &str) -> Option<&VolumeSnapshotRecord> {
+        self.snapshots.iter().find(|s| s.name == name)
+    }
+}
+
+/// One snapshot of a custom volume as stored (`volumes[pool][name].snapshots`).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct VolumeSnapshotRecord {
+    pub name: String,
+    pub description: String,
+    /// The volume's config when the snapshot was taken.
+    pub config: StringMap,
+    pub created_at: String,
+    /// RFC 3339, or LXD's zero time for "never".
+    pub expires_at: String,
+    /// The snapshot's directory name under `custom-snapshots/<volume>/` (a UUID).
     pub volume: String,
 }
 

@@ -32,6 +32,7 @@ pub mod stateful;
 pub mod trust;
 pub mod uevents;
 pub mod view;
+pub mod volume_snapshots;
 pub mod volumes;
 
 pub use ctx::Ctx;

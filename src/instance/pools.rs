@@ -310,7 +310,8 @@ pub fn recover_pools(d: &Ctx) {
 
 /// Undo what a killed daemon left on the pools: volumes no record names (half-made creates and
 /// copies, half-done deletes), snapshot volumes no snapshot names, a restore caught between its
-/// two renames, image volumes being unpacked or of deleted images, custom volumes no record names.
+/// two renames, image volumes being unpacked or of deleted images, custom volumes and custom
+/// volume snapshots no record names.
 pub fn recover(d: &Ctx) {
     let data = d.db.lock().expect("db lock").data.clone();
     let instances = &data.instances;
@@ -381,6 +382,14 @@ pub fn recover(d: &Ctx) {
             }
         }
         let customs = super::volumes::volume_dirs(&data, &p.name);
+        // A custom volume's restore swaps it the same way.
+        for vol in &customs {
+            let (cur, old) = (p.custom(vol), p.custom(&format!("{vol}.old")));
+            if !cur.exists() && old.exists() {
+                eprintln!("bivy: undoing an interrupted restore of custom volume {vol}");
+                let _ = std::fs::rename(&old, &cur);
+            }
+        }
         for e in std::fs::read_dir(p.driver.path().join("custom"))
             .into_iter()
             .flatten()
@@ -389,6 +398,24 @@ pub fn recover(d: &Ctx) {
             let n = e.file_name().to_string_lossy().into_owned();
             if !customs.contains(&n) {
                 remove(&e.path());
+            }
+        }
+        let custom_snaps = super::volume_snapshots::snapshot_dirs(&data, &p.name);
+        for e in std::fs::read_dir(p.driver.path().join("custom-snapshots"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let n = e.file_name().to_string_lossy().into_owned();
+            let named = custom_snaps.get(&n);
+            for s in std::fs::read_dir(e.path()).into_iter().flatten().flatten() {
+                let sn = s.file_name().to_string_lossy().into_owned();
+                if !named.is_some_and(|v| v.contains(&sn)) {
+                    remove(&s.path());
+                }
+            }
+            if named.is_none_or(|v| v.is_empty()) {
+                let _ = std::fs::remove_dir(e.path());
             }
         }
         for e in std::fs::read_dir(p.driver.path().join("images"))

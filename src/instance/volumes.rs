@@ -49,8 +49,7 @@ pub fn validate_name(name: &str) -> Result<()> {
 }
 
 /// Check a custom volume's config for a pool with driver `driver`. Every key is either kept or
-/// refused: `size` needs quotas bivy does not set up yet, and the keys of volume snapshots wait
-/// for those.
+/// refused: `size` needs quotas bivy does not set up yet.
 pub fn validate_config(driver: &str, name: &str, config: &StringMap) -> Result<()> {
     for (k, v) in config {
         match k.as_str() {
@@ -82,8 +81,10 @@ pub fn validate_config(driver: &str, name: &str, config: &StringMap) -> Result<(
                     ))
                 }
             },
-            "security.unmapped" | "snapshots.expiry" | "snapshots.pattern"
-            | "snapshots.schedule" => {
+            "snapshots.expiry" | "snapshots.pattern" | "snapshots.schedule" => {
+                super::volume_snapshots::validate_key(k, v)?
+            }
+            "security.unmapped" => {
                 return Err(Error::not_yet(&format!("storage volume config key {k:?}")))
             }
             _ => {
@@ -134,7 +135,7 @@ pub fn used_by(data: &Data, pool: &str, name: &str) -> Vec<String> {
 }
 
 /// Instances whose expanded devices (profiles included) name the volume.
-fn instances_using(data: &Data, pool: &str, name: &str) -> Vec<String> {
+pub fn instances_using(data: &Data, pool: &str, name: &str) -> Vec<String> {
     data.instances
         .iter()
         .filter(|(_, r)| {
@@ -206,7 +207,7 @@ pub fn create(d: &Ctx, pool_name: &str, req: &api::StorageVolumesPost) -> Result
     }
     match req.source.kind.as_str() {
         "" => {}
-        "copy" => return Err(Error::not_yet("copying storage volumes")),
+        "copy" => return copy(d, pool_name, req),
         "migration" => return Err(Error::not_yet("storage volume migration")),
         other => return Err(Error::Invalid(format!("Unknown source type {other:?}"))),
     }
@@ -235,12 +236,15 @@ pub fn create(d: &Ctx, pool_name: &str, req: &api::StorageVolumesPost) -> Result
     }
     crate::util::fs::ensure_mode(&path, crate::storage::CUSTOM_VOLUME_MODE)
         .map_err(|e| Error::Host(format!("{}: {e}", path.display())))?;
+    apply_size(&pool, &path, req.config.get("size"))
+        .map_err(|e| Error::Host(format!("Failed to set the volume's size: {e}")))?;
     let rec = VolumeRecord {
         config: req.config.clone(),
         description: req.description.clone(),
         content_type: content_type.into(),
         created_at: crate::util::time::now(),
         volume,
+        snapshots: Vec::new(),
     };
     db.update(|data| {
         data.volumes
@@ -271,7 +275,11 @@ pub fn update(
     check: impl FnOnce(&VolumeRecord) -> Result<()>,
 ) -> Result<()> {
     if !put.restore.is_empty() {
-        return Err(Error::not_yet("restoring storage volume snapshots"));
+        // As LXD: a restore request restores and changes nothing else.
+        if let Ok(cur) = record(d, pool_name, name) {
+            check(&cur)?;
+        }
+        return super::volume_snapshots::restore(d, pool_name, name, &put.restore);
     }
     let pool = super::pools::pool(d, pool_name)?;
     let mut db = d.db.lock().expect("db lock");
@@ -288,6 +296,10 @@ pub fn update(
     validate_config(pool.driver.name(), name, &next.config)?;
     if next == cur {
         return Ok(());
+    }
+    if next.config.get("size") != cur.config.get("size") {
+        apply_size(&pool, &pool.custom(&cur.volume), next.config.get("size"))
+            .map_err(|e| Error::Host(format!("Failed to set the volume's size: {e}")))?;
     }
     db.update(|data| {
         data.volumes
@@ -315,12 +327,13 @@ pub fn rename(d: &Ctx, pool_name: &str, name: &str, req: &api::StorageVolumePost
         return Err(Error::Invalid("No name provided".into()));
     }
     validate_name(&req.name)?;
-    if !req.pool.is_empty() && req.pool != pool_name {
-        return Err(Error::not_yet("moving storage volumes between pools"));
-    }
     if !req.project.is_empty() && req.project != "default" {
         return Err(Error::NotFound("Project not found".into()));
     }
+    if !req.pool.is_empty() && req.pool != pool_name {
+        return move_to_pool(d, pool_name, name, req);
+    }
+    let _busy = super::volume_snapshots::claim(d, pool_name, name, "rename")?;
     let mut db = d.db.lock().expect("db lock");
     let rec = record_in(&db.data, pool_name, name)?.clone();
     if record_in(&db.data, pool_name, &req.name).is_ok() {
@@ -362,9 +375,10 @@ pub fn rename(d: &Ctx, pool_name: &str, name: &str, req: &api::StorageVolumePost
     Ok(())
 }
 
-/// Delete a volume and its data; refused while anything uses it.
+/// Delete a volume, its snapshots and their data; refused while anything uses it.
 pub fn delete(d: &Ctx, pool_name: &str, name: &str) -> Result<()> {
     let pool = super::pools::pool(d, pool_name)?;
+    let _busy = super::volume_snapshots::claim(d, pool_name, name, "delete")?;
     let mut db = d.db.lock().expect("db lock");
     let rec = record_in(&db.data, pool_name, name)?.clone();
     if !used_by(&db.data, pool_name, name).is_empty()
@@ -387,6 +401,7 @@ pub fn delete(d: &Ctx, pool_name: &str, name: &str) -> Result<()> {
     if let Err(e) = pool.driver.delete_volume(&path) {
         eprintln!("bivy: deleting volume {}: {e}", path.display());
     }
+    super::volume_snapshots::delete_all_data(&pool, &rec);
     d.events.lifecycle(
         "storage-volume-deleted",
         &url(pool_name, name),
@@ -421,4 +436,332 @@ pub fn path_for_disk(
     let pool = super::pools::usable_pool(d, pool_name)?;
     let path = pool.custom(&rec.volume);
     Ok((pool, path))
+}
+
+/// Make `dst` (on `to`, not existing yet) a copy of volume directory `src` (on `from`): the
+/// driver's clone within a pool (a btrfs snapshot, a reflink copy), a fresh volume filled by
+/// [`crate::storage::copy::copy_tree`] across pools. Owners stay as they are (the containers'
+/// id space), symlinks are copied, never followed. `readonly` makes the copy read-only where
+/// the driver can. On error nothing is left at `dst`.
+pub fn copy_volume(
+    from: &Pool,
+    src: &std::path::Path,
+    to: &Pool,
+    dst: &std::path::Path,
+    readonly: bool,
+) -> Result<()> {
+    let err = |e: std::io::Error| Error::Host(format!("copying {}: {e}", src.display()));
+    if from.name == to.name {
+        return to
+            .driver
+            .clone_volume(src, dst, readonly)
+            .inspect_err(|_| {
+                let _ = to.driver.delete_volume(dst);
+            })
+            .map_err(err);
+    }
+    let res = (|| -> std::io::Result<()> {
+        to.driver.create_volume(dst)?;
+        // copy_tree makes its destination: copy into a fresh directory inside the new volume,
+        // then move its entries up (renames within one filesystem).
+        let tmp = dst.join(format!(".bivy-copy-{}", super::operations::uuid()));
+        crate::storage::copy::copy_tree(src, &tmp)?;
+        for e in std::fs::read_dir(&tmp)? {
+            let e = e?;
+            std::fs::rename(e.path(), dst.join(e.file_name()))?;
+        }
+        let md = std::fs::symlink_metadata(&tmp)?;
+        std::fs::remove_dir(&tmp)?;
+        {
+            use std::os::unix::fs::MetadataExt;
+            std::os::unix::fs::lchown(dst, Some(md.uid()), Some(md.gid()))?;
+        }
+        if readonly {
+            to.driver.set_readonly(dst)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = res {
+        let _ = to.driver.delete_volume(dst);
+        return Err(err(e));
+    }
+    Ok(())
+}
+
+/// Give volume `path` on `pool` the size limit `size` (None or empty: no limit).
+pub fn apply_size(
+    pool: &Pool,
+    path: &std::path::Path,
+    size: Option<&String>,
+) -> std::io::Result<()> {
+    let _ = (pool, path);
+    match size.filter(|s| !s.is_empty()) {
+        None => Ok(()),
+        Some(s) => Err(std::io::Error::other(format!(
+            "not supported yet: size {s:?} on custom volumes"
+        ))),
+    }
+}
+
+/// Make the volume data of a copy of `src` (data at `src_path`, on `from`) on pool `to`, with
+/// its snapshots unless `volume_only`; returns the new record's volume directory and snapshots.
+/// On error nothing is left behind.
+fn copy_data(
+    from: &Arc<Pool>,
+    src: &VolumeRecord,
+    src_path: &std::path::Path,
+    to: &Arc<Pool>,
+    size: Option<&String>,
+    volume_only: bool,
+) -> Result<(String, Vec<super::db::VolumeSnapshotRecord>)> {
+    let volume = super::operations::uuid();
+    let dst = to.custom(&volume);
+    let mut revert = Revert::new();
+    copy_volume(from, src_path, to, &dst, false)?;
+    {
+        let (to, dst) = (Arc::clone(to), dst.clone());
+        revert.add(move || {
+            let _ = to.driver.delete_volume(&dst);
+        });
+    }
+    crate::util::fs::ensure_mode(&dst, crate::storage::CUSTOM_VOLUME_MODE)
+        .map_err(|e| Error::Host(format!("{}: {e}", dst.display())))?;
+    apply_size(to, &dst, size)
+        .map_err(|e| Error::Host(format!("Failed to set the volume's size: {e}")))?;
+    let snapshots = if volume_only {
+        Vec::new()
+    } else {
+        super::volume_snapshots::copy_all(from, src, to, &volume)?
+    };
+    revert.commit();
+    Ok((volume, snapshots))
+}
+
+/// `POST .../volumes/custom` with `source: {type: copy}`: a copy of a volume on this server,
+/// on the same pool or another, with its snapshots unless `volume_only` (LXD's
+/// `CreateCustomVolumeFromCopy`). The source's config and description apply unless given.
+fn copy(d: &Ctx, pool_name: &str, req: &api::StorageVolumesPost) -> Result<()> {
+    if req.source.refresh {
+        return Err(Error::not_yet("refreshing a storage volume copy"));
+    }
+    if req.source.name.is_empty() {
+        return Err(Error::Invalid("No source volume name supplied".into()));
+    }
+    let src_pool_name = if req.source.pool.is_empty() {
+        pool_name
+    } else {
+        req.source.pool.as_str()
+    };
+    let (src_name, from_snap) = match req.source.name.split_once('/') {
+        Some((v, s)) => (v, Some(s)),
+        None => (req.source.name.as_str(), None),
+    };
+    let from = super::pools::usable_pool(d, src_pool_name)?;
+    let to = super::pools::usable_pool(d, pool_name)?;
+    let _busy = super::volume_snapshots::claim(d, src_pool_name, src_name, "copy")?;
+    let mut src = record(d, src_pool_name, src_name)?;
+    let mut src_path = from.custom(&src.volume);
+    if let Some(snap) = from_snap {
+        // A copy of one snapshot: a new volume with the snapshot's data, without snapshots.
+        let s = src
+            .snapshot(snap)
+            .cloned()
+            .ok_or_else(|| Error::NotFound("Storage volume snapshot not found".into()))?;
+        src_path = from.custom_snapshot(&src.volume, &s.volume);
+        src.config = s.config;
+        src.description = s.description;
+        src.snapshots.clear();
+    }
+    let config = if req.config.is_empty() {
+        src.config.clone()
+    } else {
+        req.config.clone()
+    };
+    let description = if req.description.is_empty() {
+        src.description.clone()
+    } else {
+        req.description.clone()
+    };
+    validate_config(to.driver.name(), &req.name, &config)?;
+    if record(d, pool_name, &req.name).is_ok() {
+        return Err(Error::Conflict("Volume by that name already exists".into()));
+    }
+    let (volume, snapshots) = copy_data(
+        &from,
+        &src,
+        &src_path,
+        &to,
+        config.get("size"),
+        req.source.volume_only,
+    )?;
+    let rec = VolumeRecord {
+        config,
+        description,
+        content_type: src.content_type.clone(),
+        created_at: crate::util::time::now(),
+        volume,
+        snapshots,
+    };
+    let remove = |rec: &VolumeRecord| {
+        let _ = to.driver.delete_volume(&to.custom(&rec.volume));
+        super::volume_snapshots::delete_all_data(&to, rec);
+    };
+    let mut db = d.db.lock().expect("db lock");
+    if record_in(&db.data, pool_name, &req.name).is_ok() {
+        drop(db);
+        remove(&rec);
+        return Err(Error::Conflict("Volume by that name already exists".into()));
+    }
+    if let Err(e) = db.update(|data| {
+        data.volumes
+            .entry(pool_name.to_string())
+            .or_default()
+            .insert(req.name.clone(), rec.clone())
+    }) {
+        drop(db);
+        remove(&rec);
+        return Err(Error::Host(format!("saving the volume: {e}")));
+    }
+    drop(db);
+    d.events.lifecycle(
+        "storage-volume-created",
+        &url(pool_name, &req.name),
+        serde_json::json!({"type": CUSTOM}),
+    );
+    Ok(())
+}
+
+/// Move volume `name` from `pool_name` to `req.pool` (as `req.name`), with its snapshots: a
+/// copy, then one write that swaps the records and points the devices naming it at the new
+/// pool and name, then the old data goes. Refused while a running instance uses it, as LXD.
+fn move_to_pool(d: &Ctx, pool_name: &str, name: &str, req: &api::StorageVolumePost) -> Result<()> {
+    let from = super::pools::usable_pool(d, pool_name)?;
+    let to = super::pools::usable_pool(d, &req.pool)?;
+    let _busy = super::volume_snapshots::claim(d, pool_name, name, "move")?;
+    let src = record(d, pool_name, name)?;
+    validate_config(to.driver.name(), &req.name, &src.config)?;
+    if record(d, &req.pool, &req.name).is_ok() {
+        return Err(Error::Conflict("Volume by that name already exists".into()));
+    }
+    let users = {
+        let db = d.db.lock().expect("db lock");
+        instances_using(&db.data, pool_name, name)
+    };
+    for inst in users {
+        if matches!(super::view::state_of(d, &inst)?, State::Running { .. }) {
+            return Err(Error::Invalid(
+                "Volume is still in use by running instances".into(),
+            ));
+        }
+    }
+    let src_path = from.custom(&src.volume);
+    let (volume, snapshots) =
+        copy_data(&from, &src, &src_path, &to, src.config.get("size"), false)?;
+    let moved = VolumeRecord {
+        volume,
+        snapshots,
+        ..src.clone()
+    };
+    let remove_new = || {
+        let _ = to.driver.delete_volume(&to.custom(&moved.volume));
+        super::volume_snapshots::delete_all_data(&to, &moved);
+    };
+    let (new_pool, new_name) = (req.pool.clone(), req.name.clone());
+    let mut db = d.db.lock().expect("db lock");
+    let still = record_in(&db.data, pool_name, name).is_ok_and(|r| r.volume == src.volume);
+    if !still || record_in(&db.data, &new_pool, &new_name).is_ok() {
+        drop(db);
+        remove_new();
+        return Err(Error::Conflict(
+            "The storage volume changed while it was being moved".into(),
+        ));
+    }
+    let saved = db.update(|data| {
+        if let Some(vols) = data.volumes.get_mut(pool_name) {
+            vols.remove(name);
+            if vols.is_empty() {
+                data.volumes.remove(pool_name);
+            }
+        }
+        data.volumes
+            .entry(new_pool.clone())
+            .or_default()
+            .insert(new_name.clone(), moved.clone());
+        let devices = data
+            .instances
+            .values_mut()
+            .map(|r| &mut r.devices)
+            .chain(data.profiles.values_mut().map(|p| &mut p.devices));
+        for devs in devices {
+            for dev in devs.values_mut() {
+                if names_volume(dev, pool_name, name) {
+                    dev.insert("pool".into(), new_pool.clone());
+                    dev.insert("source".into(), new_name.clone());
+                }
+            }
+        }
+    });
+    drop(db);
+    if let Err(e) = saved {
+        remove_new();
+        return Err(Error::Host(format!("saving the volume: {e}")));
+    }
+    // The records point at the copy (commit point); what cannot go now is removed by `recover`.
+    if let Err(e) = from.driver.delete_volume(&from.custom(&src.volume)) {
+        eprintln!("bivy: deleting moved volume {}: {e}", src.volume);
+    }
+    super::volume_snapshots::delete_all_data(&from, &src);
+    d.events.lifecycle(
+        "storage-volume-deleted",
+        &url(pool_name, name),
+        serde_json::json!({"type": CUSTOM}),
+    );
+    d.events.lifecycle(
+        "storage-volume-created",
+        &url(&new_pool, &new_name),
+        serde_json::json!({"type": CUSTOM}),
+    );
+    Ok(())
+}
+
+/// Bytes used by a directory tree (allocated blocks, each hard-linked inode once), never
+/// following symlinks or crossing into another filesystem.
+fn tree_usage(root: &std::path::Path) -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let top = std::fs::symlink_metadata(root)?;
+    let mut seen = std::collections::HashSet::new();
+    let mut total = top.blocks() * 512;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir)? {
+            let e = e?;
+            let md = e.metadata()?;
+            if md.dev() != top.dev() {
+                continue;
+            }
+            if md.nlink() > 1 && !md.is_dir() && !seen.insert(md.ino()) {
+                continue;
+            }
+            total += md.blocks() * 512;
+            if md.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// A volume's state (`GET .../volumes/custom/NAME/state`): the space its files use and its
+/// `size` limit (-1 without one).
+pub fn state(d: &Ctx, pool_name: &str, name: &str) -> Result<serde_json::Value> {
+    let rec = record(d, pool_name, name)?;
+    let pool = super::pools::usable_pool(d, pool_name)?;
+    let path = pool.custom(&rec.volume);
+    let used = tree_usage(&path)
+        .map_err(|e| Error::Host(format!("Failed to get the volume's usage: {e}")))?;
+    let total = match rec.config.get("size").filter(|s| !s.is_empty()) {
+        Some(s) => crate::storage::btrfs::parse_size(s).map_or(-1, |n| n as i64),
+        None => -1,
+    };
+    Ok(serde_json::json!({"usage": {"used": used, "total": total}}))
 }

@@ -33,7 +33,7 @@ pub const DEFAULT_MOUNT_OPTIONS: &str = "user_subvol_rm_allowed";
 /// The only external program the driver runs.
 const MKFS: &str = "mkfs.btrfs";
 /// The layout directories bivy makes in a pool (see the module docs of [`super`]).
-const LAYOUT: [&str; 4] = super::LAYOUT_DIRS;
+const LAYOUT: [&str; 5] = super::LAYOUT_DIRS;
 /// How long `delete` waits for the kernel to release the loop device after the unmount.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -9,6 +9,7 @@
 //! <pool>/containers-snapshots/<volume>/<s>/ its snapshots (read-only where the driver can)
 //! <pool>/images/<fingerprint>/              an image unpacked once, read-only; instances clone it
 //! <pool>/custom/<volume>/                   a custom volume (its files, directly)
+//! <pool>/custom-snapshots/<volume>/<s>/      its snapshots (read-only where the driver can)
 //! ```
 //!
 //! Volume directory names are UUIDs, so renames never move data. A driver only knows how to make,
@@ -308,6 +309,16 @@ impl Pool {
         self.driver.path().join("custom").join(volume)
     }
 
+    /// The directory holding a custom volume's snapshots.
+    pub fn custom_snapshots_of(&self, volume: &str) -> PathBuf {
+        self.driver.path().join("custom-snapshots").join(volume)
+    }
+
+    /// One snapshot of a custom volume.
+    pub fn custom_snapshot(&self, volume: &str, snap_volume: &str) -> PathBuf {
+        self.custom_snapshots_of(volume).join(snap_volume)
+    }
+
     /// An image's base volume (unpacked once, read-only).
     pub fn image(&self, fingerprint: &str) -> PathBuf {
         self.driver.path().join("images").join(fingerprint)
@@ -385,14 +396,21 @@ impl Pool {
 pub const POOL_ROOT_MODE: u32 = 0o711;
 /// The layout's top directories and their modes: instance volumes sit under a traversable
 /// directory and close themselves; snapshots and image volumes are closed at the top.
-pub const LAYOUT_MODES: [(&str, u32); 4] = [
+pub const LAYOUT_MODES: [(&str, u32); 5] = [
     ("containers", 0o711),
     ("containers-snapshots", 0o700),
     ("images", 0o700),
     ("custom", 0o700),
+    ("custom-snapshots", 0o700),
 ];
 /// The layout's top directories (the names of [`LAYOUT_MODES`]).
-pub const LAYOUT_DIRS: [&str; 4] = ["containers", "containers-snapshots", "images", "custom"];
+pub const LAYOUT_DIRS: [&str; 5] = [
+    "containers",
+    "containers-snapshots",
+    "images",
+    "custom",
+    "custom-snapshots",
+];
 /// A custom volume's own directory: its files belong to the containers that mount it (through
 /// an idmapped mount), and a non-root user of a container must be able to reach into it, as on
 /// LXD; `custom/` above it keeps host users out.

@@ -1,12 +1,15 @@
-//! `/1.0/storage-pools/<pool>/volumes[/<type>[/<name>]]`: the volumes on a pool (instance,
-//! image and custom volumes) and the custom volumes' create, show, edit, rename and delete.
-//! Parse, call `instance::volumes`, render; LXD 5.0.2's shapes (`lxd/storage_volumes.go`).
+//! `/1.0/storage-pools/<pool>/volumes[/<type>[/<name>[/snapshots[/<snap>]]]]`: the volumes on a
+//! pool (instance, image and custom volumes), the custom volumes' create (empty or a copy),
+//! show, edit, restore, rename, move to another pool and delete, and their snapshots.
+//! Parse, call `instance::volumes` and `instance::volume_snapshots`, render; LXD 5.0.2's shapes
+//! (`lxd/storage_volumes.go`, `lxd/storage_volumes_snapshot.go`).
 
 use super::super::request::{json, recursion};
 use super::super::response::{self, Error, Result};
 use crate::api;
 use crate::http::{Request, Response};
 use crate::instance::pools::{image_volumes, pool};
+use crate::instance::volume_snapshots as vsnaps;
 use crate::instance::volumes::{self, CUSTOM};
 use crate::instance::Ctx as Daemon;
 
@@ -82,8 +85,50 @@ fn all_volumes(d: &Daemon, pool_name: &str) -> Vec<api::StorageVolume> {
             out.push(plain_volume(&f, "image", used_by, api::ZERO_TIME));
         }
     }
-    out.extend(volumes::list(d, pool_name));
+    for v in volumes::list(d, pool_name) {
+        let snaps = vsnaps::list(d, pool_name, &v.name).unwrap_or_default();
+        let base = v.clone();
+        out.push(v);
+        // LXD lists a custom volume's snapshots as volumes named `volume/snap`.
+        for s in snaps {
+            out.push(api::StorageVolume {
+                name: s.name,
+                description: s.description,
+                config: s.config,
+                used_by: Vec::new(),
+                created_at: s.created_at,
+                ..base.clone()
+            });
+        }
+    }
     out
+}
+
+/// The operation resources of a custom volume.
+fn resources(pool_name: &str, name: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+    std::collections::BTreeMap::from([(
+        "storage_volumes".to_string(),
+        vec![volumes::url(pool_name, name)],
+    )])
+}
+
+/// Run `body` as a task operation (LXD answers copies, moves and snapshot changes with one).
+fn task(
+    d: &Daemon,
+    description: &str,
+    resources: std::collections::BTreeMap<String, Vec<String>>,
+    body: impl FnOnce(&Daemon) -> crate::instance::Result<()> + Send + 'static,
+) -> Result<Response> {
+    let ctx = d.self_arc();
+    let op = d.ops.start(
+        crate::instance::operations::Class::Task,
+        description,
+        resources,
+        None,
+        vec![],
+        move |_| body(&ctx),
+    );
+    Ok(response::operation(&op.to_api()))
 }
 
 /// `GET /1.0/storage-pools/POOL/volumes[/TYPE]`.
@@ -101,11 +146,13 @@ pub fn list(d: &Daemon, req: &Request, pool_name: &str, kind: Option<&str>) -> R
     } else {
         let urls: Vec<String> = vols
             .iter()
-            .map(|v| {
-                format!(
+            .map(|v| match v.name.split_once('/') {
+                // A custom volume's snapshot (LXD's `StorageVolume.URL`).
+                Some((vol, snap)) if v.kind == CUSTOM => vsnaps::url(pool_name, vol, snap),
+                _ => format!(
                     "/1.0/storage-pools/{pool_name}/volumes/{}/{}",
                     v.kind, v.name
-                )
+                ),
             })
             .collect();
         Ok(response::sync(&urls))
@@ -159,6 +206,30 @@ pub fn create(
         )));
     }
     check_pool(d, pool_name)?;
+    if body.source.kind == "copy" {
+        // Checked up front where cheap; the copy itself runs as an operation.
+        if body.source.name.is_empty() {
+            return Err(Error::BadRequest("No source volume name supplied".into()));
+        }
+        let src_pool = if body.source.pool.is_empty() {
+            pool_name.to_string()
+        } else {
+            body.source.pool.clone()
+        };
+        check_pool(d, &src_pool)?;
+        let src_name = body.source.name.split('/').next().unwrap_or_default();
+        volumes::record(d, &src_pool, src_name)?;
+        if volumes::record(d, pool_name, &body.name).is_ok() {
+            return Err(Error::Conflict("Volume by that name already exists".into()));
+        }
+        let p = pool_name.to_string();
+        return task(
+            d,
+            "Copying storage volume",
+            resources(pool_name, &body.name),
+            move |d| volumes::create(d, &p, &body),
+        );
+    }
     volumes::create(d, pool_name, &body)?;
     Ok(response::empty())
 }
@@ -219,6 +290,17 @@ pub fn rename(
     }
     custom_only(kind, "Renaming")?;
     check_pool(d, pool_name)?;
+    if !body.pool.is_empty() && body.pool != pool_name && !body.migration {
+        check_pool(d, &body.pool)?;
+        volumes::record(d, pool_name, name)?;
+        let (p, n) = (pool_name.to_string(), name.to_string());
+        return task(
+            d,
+            "Moving storage volume",
+            resources(pool_name, name),
+            move |d| volumes::rename(d, &p, &n, &body),
+        );
+    }
     volumes::rename(d, pool_name, name, &body)?;
     Ok(response::created(&volumes::url(pool_name, &body.name)))
 }
@@ -239,4 +321,167 @@ pub fn delete(d: &Daemon, pool_name: &str, kind: &str, name: &str) -> Result<Res
     }
     volumes::delete(d, pool_name, name)?;
     Ok(response::empty())
+}
+
+/// The snapshot routes take custom volumes only.
+fn snapshot_kind(d: &Daemon, pool_name: &str, kind: &str) -> Result<()> {
+    check_pool(d, pool_name)?;
+    check_type(kind)?;
+    if kind != CUSTOM {
+        return Err(Error::not_yet(&format!(
+            "snapshots of storage volumes of type {kind:?} through the storage API"
+        )));
+    }
+    Ok(())
+}
+
+/// `GET /1.0/storage-pools/POOL/volumes/custom/NAME/snapshots`.
+pub fn snapshots(
+    d: &Daemon,
+    req: &Request,
+    pool_name: &str,
+    kind: &str,
+    name: &str,
+) -> Result<Response> {
+    snapshot_kind(d, pool_name, kind)?;
+    if recursion(req) > 0 {
+        return Ok(response::sync(&vsnaps::list(d, pool_name, name)?));
+    }
+    let urls: Vec<String> = vsnaps::names(d, pool_name, name)?
+        .iter()
+        .map(|s| vsnaps::url(pool_name, name, s))
+        .collect();
+    Ok(response::sync(&urls))
+}
+
+/// `POST /1.0/storage-pools/POOL/volumes/custom/NAME/snapshots`: an operation.
+pub fn snapshot_create(
+    d: &Daemon,
+    req: &mut Request,
+    pool_name: &str,
+    kind: &str,
+    name: &str,
+) -> Result<Response> {
+    snapshot_kind(d, pool_name, kind)?;
+    let body: api::StorageVolumeSnapshotsPost = json(req)?;
+    vsnaps::check_create(d, pool_name, name, &body)?;
+    let (p, n) = (pool_name.to_string(), name.to_string());
+    task(
+        d,
+        "Creating storage volume snapshot",
+        resources(pool_name, name),
+        move |d| vsnaps::create(d, &p, &n, &body.name, body.expires_at).map(drop),
+    )
+}
+
+/// `GET /1.0/storage-pools/POOL/volumes/custom/NAME/snapshots/SNAP`.
+pub fn snapshot_get(
+    d: &Daemon,
+    pool_name: &str,
+    kind: &str,
+    name: &str,
+    snap: &str,
+) -> Result<Response> {
+    snapshot_kind(d, pool_name, kind)?;
+    let (s, etag) = vsnaps::get(d, pool_name, name, snap)?;
+    Ok(response::sync_etag(&s, Some(response::etag(&etag))))
+}
+
+/// `PUT`/`PATCH` of a volume snapshot: `description` and `expires_at` (the rest is immutable).
+pub fn snapshot_put(
+    d: &Daemon,
+    req: &mut Request,
+    pool_name: &str,
+    kind: &str,
+    name: &str,
+    snap: &str,
+    patch: bool,
+) -> Result<Response> {
+    snapshot_kind(d, pool_name, kind)?;
+    let if_match = req.header("If-Match").map(str::to_string);
+    let body: serde_json::Value = json(req)?;
+    let description = match body.get("description") {
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(serde_json::Value::Null) | None if patch => None,
+        Some(serde_json::Value::Null) | None => Some(String::new()),
+        Some(other) => {
+            return Err(Error::BadRequest(format!(
+                "Invalid description {other}: expected a string"
+            )))
+        }
+    };
+    let expires_at = match body.get("expires_at") {
+        Some(serde_json::Value::String(t)) => Some(t.clone()),
+        Some(serde_json::Value::Null) | None if patch => None,
+        Some(serde_json::Value::Null) | None => Some(api::GO_ZERO_TIME.to_string()),
+        Some(other) => {
+            return Err(Error::BadRequest(format!(
+                "Invalid expires_at {other}: expected an RFC 3339 time"
+            )))
+        }
+    };
+    vsnaps::update(d, pool_name, name, snap, description, expires_at, |cur| {
+        response::check_etag(
+            if_match.as_deref(),
+            &response::etag(&vsnaps::etag_source(cur)),
+        )
+        .map_err(|e| crate::instance::Error::PreconditionFailed(e.message().to_string()))
+    })?;
+    Ok(response::empty())
+}
+
+/// `POST /1.0/storage-pools/POOL/volumes/custom/NAME/snapshots/SNAP`: rename, an operation.
+pub fn snapshot_rename(
+    d: &Daemon,
+    req: &mut Request,
+    pool_name: &str,
+    kind: &str,
+    name: &str,
+    snap: &str,
+) -> Result<Response> {
+    snapshot_kind(d, pool_name, kind)?;
+    let body: serde_json::Value = json(req)?;
+    if body.get("migration").and_then(|v| v.as_bool()) == Some(true) {
+        return Err(Error::not_yet("storage volume snapshot migration"));
+    }
+    let new = body
+        .get("name")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_string();
+    if new.is_empty() {
+        return Err(Error::BadRequest("No name provided".into()));
+    }
+    vsnaps::rename(d, pool_name, name, snap, &new)?;
+    let op = d.ops.done(
+        "Renaming storage volume snapshot",
+        resources(pool_name, name),
+        None,
+    );
+    Ok(response::operation(&op.to_api()))
+}
+
+/// `DELETE /1.0/storage-pools/POOL/volumes/custom/NAME/snapshots/SNAP`: an operation.
+pub fn snapshot_delete(
+    d: &Daemon,
+    pool_name: &str,
+    kind: &str,
+    name: &str,
+    snap: &str,
+) -> Result<Response> {
+    snapshot_kind(d, pool_name, kind)?;
+    vsnaps::get(d, pool_name, name, snap)?;
+    let (p, n, s) = (pool_name.to_string(), name.to_string(), snap.to_string());
+    task(
+        d,
+        "Deleting storage volume snapshot",
+        resources(pool_name, name),
+        move |d| vsnaps::delete(d, &p, &n, &s),
+    )
+}
+
+/// `GET /1.0/storage-pools/POOL/volumes/custom/NAME/state`.
+pub fn state(d: &Daemon, pool_name: &str, kind: &str, name: &str) -> Result<Response> {
+    snapshot_kind(d, pool_name, kind)?;
+    Ok(response::sync(&volumes::state(d, pool_name, name)?))
 }

@@ -1,0 +1,465 @@
+//! Custom storage volumes beyond create/attach (tests/devices.rs has those): snapshots and
+//! restore on `dir` and `btrfs`, copy and move within and between pools (with and without
+//! snapshots), the snapshot keys (`snapshots.expiry`, `snapshots.schedule`), size quotas, and
+//! `attach-profile`/`detach-profile`; driven by the unmodified `lxc` 5.0.2 client and bivy's CLI.
+//! Real containers, as root.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{btrfs_supported, Daemon, Lxc};
+
+/// The one directory under `dir` (a pool's `custom/`), or panic.
+fn only_entry(dir: &Path) -> PathBuf {
+    let v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(v.len(), 1, "{}: {v:?}", dir.display());
+    v.into_iter().next().expect("one")
+}
+
+/// Entries under `dir` (empty when it is missing).
+fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The snapshot names of a custom volume, from the API's URL list.
+fn snaps(l: &Lxc<'_>, pool: &str, vol: &str) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_str(&l.ok(&[
+        "query",
+        &format!("/1.0/storage-pools/{pool}/volumes/custom/{vol}/snapshots"),
+    ]))
+    .expect("json");
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|u| {
+            u.as_str()
+                .expect("url")
+                .rsplit('/')
+                .next()
+                .expect("name")
+                .to_string()
+        })
+        .collect()
+}
+
+fn err_of(out: &std::process::Output) -> String {
+    assert!(!out.status.success(), "expected a failure");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Snapshot, change, restore, rename and delete on one pool.
+fn snapshots_on(d: &Daemon, l: &Lxc<'_>, pool: &str) {
+    let v = format!("{pool}-v");
+    let ct = format!("{pool}-c");
+    let root = d.dir().join("storage-pools").join(pool);
+    l.ok(&["storage", "volume", "create", pool, &v]);
+    l.ok(&["init", "busybox", &ct]);
+    l.ok(&["storage", "volume", "attach", pool, &v, &ct, "/data"]);
+    l.ok(&["start", &ct]);
+    assert_eq!(
+        l.sh(&ct, "echo one > /data/a && chown 1000:1000 /data/a").0,
+        0
+    );
+    // Named by snapshots.pattern (snap%d), then by hand.
+    l.ok(&["storage", "volume", "snapshot", pool, &v]);
+    assert_eq!(l.sh(&ct, "echo two > /data/a && echo new > /data/b").0, 0);
+    l.ok(&["storage", "volume", "snapshot", pool, &v, "named"]);
+    assert_eq!(snaps(l, pool, &v), vec!["snap0", "named"]);
+    let out = l.run(&["storage", "volume", "snapshot", pool, &v, "named"]);
+    assert!(err_of(&out).contains("already in use"), "{out:?}");
+    assert_eq!(l.sh(&ct, "echo later > /data/a").0, 0);
+
+    // The snapshots' data is apart from the volume and, on btrfs, read-only.
+    let vol_dir = only_entry(&root.join("custom"));
+    let snap_parent = root
+        .join("custom-snapshots")
+        .join(vol_dir.file_name().expect("name"));
+    assert_eq!(entries(&snap_parent).len(), 2);
+    if pool != "default" {
+        let s = snap_parent.join(&entries(&snap_parent)[0]);
+        let e = std::fs::write(s.join("x"), b"x").expect_err("read-only snapshot");
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    }
+
+    // Restore: refused while a running instance uses the volume, as LXD.
+    let out = l.run(&["storage", "volume", "restore", pool, &v, "snap0"]);
+    assert!(
+        err_of(&out).contains("Cannot restore custom volume used by running instances"),
+        "{out:?}"
+    );
+    l.ok(&["stop", &ct, "--force"]);
+    l.ok(&["storage", "volume", "restore", pool, &v, "snap0"]);
+    l.ok(&["start", &ct]);
+    assert_eq!(
+        l.sh(&ct, "cat /data/a; ls /data; stat -c %u /data/a").1,
+        "one\na\n1000\n"
+    );
+    // The snapshot is unchanged by the restore and later writes.
+    assert_eq!(l.sh(&ct, "echo three > /data/a").0, 0);
+    l.ok(&["stop", &ct, "--force"]);
+    d.ok(&["storage", "volume", "restore", pool, &v, "named"]);
+    l.ok(&["start", &ct]);
+    assert_eq!(l.sh(&ct, "cat /data/a /data/b").1, "two\nnew\n");
+
+    // Listed as lxc does: info's table, `vol/snap` among the pool's volumes.
+    let info = l.ok(&["storage", "volume", "info", pool, &v]);
+    assert!(info.contains("snap0") && info.contains("named"), "{info}");
+    let info = d.ok(&["storage", "volume", "info", pool, &v]);
+    assert!(
+        info.contains("Snapshots:") && info.contains("snap0") && info.contains("named"),
+        "{info}"
+    );
+    let list = l.ok(&["storage", "volume", "list", pool, "--format=csv"]);
+    assert!(list.contains(&format!("{v}/snap0")), "{list}");
+
+    // Edit (description, expiry), rename and delete a snapshot.
+    let snap_url = format!("/1.0/storage-pools/{pool}/volumes/custom/{v}/snapshots");
+    let (code, body) = d
+        .api(
+            "PATCH",
+            &format!("{snap_url}/named"),
+            Some(r#"{"description":"kept"}"#),
+        )
+        .expect("api");
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = d
+        .api(
+            "POST",
+            &format!("{snap_url}/named"),
+            Some(r#"{"name":"kept"}"#),
+        )
+        .expect("api");
+    assert_eq!(code, 202, "{body}");
+    d.wait_operation(&body);
+    assert_eq!(snaps(l, pool, &v), vec!["snap0", "kept"]);
+    let (code, body) = d
+        .api("GET", &format!("{snap_url}/kept"), None)
+        .expect("api");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["metadata"]["description"], "kept", "{body}");
+    assert_eq!(body["metadata"]["name"], "kept", "{body}");
+    l.ok(&["storage", "volume", "delete", pool, &format!("{v}/snap0")]);
+    assert_eq!(snaps(l, pool, &v), vec!["kept"]);
+    assert_eq!(entries(&snap_parent).len(), 1);
+
+    // `snapshots.expiry` sets a new snapshot's expiry; --no-expiry overrides it.
+    l.ok(&["storage", "volume", "set", pool, &v, "snapshots.expiry=1d"]);
+    d.ok(&["storage", "volume", "snapshot", pool, &v, "exp"]);
+    d.ok(&[
+        "storage",
+        "volume",
+        "snapshot",
+        pool,
+        &v,
+        "never",
+        "--no-expiry",
+    ]);
+    let (_, body) = d.api("GET", &format!("{snap_url}/exp"), None).expect("api");
+    let exp = body["metadata"]["expires_at"].as_str().expect("expires_at");
+    assert!(exp.starts_with("20"), "{body}");
+    let (_, body) = d
+        .api("GET", &format!("{snap_url}/never"), None)
+        .expect("api");
+    assert_eq!(body["metadata"]["expires_at"], "0001-01-01T00:00:00Z");
+    let out = l.run(&[
+        "storage",
+        "volume",
+        "set",
+        pool,
+        &v,
+        "snapshots.expiry=soon",
+    ]);
+    assert!(err_of(&out).contains("snapshots.expiry"), "{out:?}");
+
+    // The snapshots follow a rename of the volume and go with its delete.
+    l.ok(&["stop", &ct, "--force"]);
+    l.ok(&["storage", "volume", "detach", pool, &v, &ct]);
+    l.ok(&["storage", "volume", "rename", pool, &v, "renamed"]);
+    assert_eq!(snaps(l, pool, "renamed"), vec!["kept", "exp", "never"]);
+    l.ok(&["storage", "volume", "delete", pool, "renamed"]);
+    assert!(entries(&root.join("custom")).is_empty());
+    assert!(entries(&root.join("custom-snapshots")).is_empty());
+    l.ok(&["delete", "--force", &ct]);
+}
+
+#[test]
+fn volume_snapshots_and_restore_on_dir_and_btrfs() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    l.import_busybox();
+    snapshots_on(&d, &l, "default");
+    match btrfs_supported() {
+        Err(why) => common::skip(
+            "volume_snapshots_and_restore_on_dir_and_btrfs (btrfs)",
+            &why,
+        ),
+        Ok(()) => {
+            l.ok(&["storage", "create", "bt", "btrfs", "size=1GiB"]);
+            snapshots_on(&d, &l, "bt");
+            l.ok(&["storage", "delete", "bt"]);
+        }
+    }
+}
+
+#[test]
+fn volume_snapshot_schedule_and_expiry() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    // Each scheduler tick stands for a minute.
+    let d = Daemon::start_with(&[("BIVY_SCHEDULER_TICK_SECS", "1")]).expect("daemon");
+    let l = Lxc::new(&d);
+    l.ok(&["storage", "volume", "create", "default", "v"]);
+    l.ok(&[
+        "storage",
+        "volume",
+        "set",
+        "default",
+        "v",
+        "snapshots.schedule=* * * * *",
+        "snapshots.pattern=auto-%d",
+    ]);
+    let t = Instant::now();
+    while snaps(&l, "default", "v").is_empty() && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    l.ok(&[
+        "storage",
+        "volume",
+        "unset",
+        "default",
+        "v",
+        "snapshots.schedule",
+    ]);
+    let taken = snaps(&l, "default", "v");
+    assert!(
+        !taken.is_empty() && taken.iter().all(|s| s.starts_with("auto-")),
+        "{taken:?}"
+    );
+    // An expiry in the past: removed at the next pass.
+    let url = format!(
+        "/1.0/storage-pools/default/volumes/custom/v/snapshots/{}",
+        taken[0]
+    );
+    let (code, body) = d
+        .api(
+            "PUT",
+            &url,
+            Some(r#"{"expires_at":"2001-01-01T00:00:00Z"}"#),
+        )
+        .expect("api");
+    assert_eq!(code, 200, "{body}");
+    let t = Instant::now();
+    while snaps(&l, "default", "v").contains(&taken[0]) && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!snaps(&l, "default", "v").contains(&taken[0]));
+    l.ok(&["storage", "volume", "delete", "default", "v"]);
+}
+
+#[test]
+fn volume_copy_and_move_between_dir_and_btrfs() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    if let Err(why) = btrfs_supported() {
+        common::skip("volume_copy_and_move_between_dir_and_btrfs", &why);
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    l.import_busybox();
+    l.ok(&["storage", "create", "bt", "btrfs", "size=1GiB"]);
+    let bt = d.dir().join("storage-pools/bt");
+    l.ok(&["storage", "volume", "create", "default", "src"]);
+    l.ok(&["init", "busybox", "c"]);
+    l.ok(&["storage", "volume", "attach", "default", "src", "c", "/src"]);
+    l.ok(&["start", "c"]);
+    assert_eq!(
+        l.sh(
+            "c",
+            "echo one > /src/a && chown 1000:1000 /src/a && ln -s /etc/hostname /src/link"
+        )
+        .0,
+        0
+    );
+    l.ok(&["storage", "volume", "snapshot", "default", "src", "s0"]);
+    assert_eq!(l.sh("c", "echo two > /src/a").0, 0);
+
+    // dir -> btrfs with snapshots (lxc), while the source is attached to a running container.
+    let out = l.ok(&["storage", "volume", "copy", "default/src", "bt/dst"]);
+    assert!(out.contains("Storage volume copied successfully!"), "{out}");
+    assert_eq!(snaps(&l, "bt", "dst"), vec!["s0"]);
+    let dst_dir = only_entry(&bt.join("custom"));
+    // Copied, not followed: the link is still a link.
+    assert_eq!(
+        std::fs::read_link(dst_dir.join("link")).expect("symlink"),
+        Path::new("/etc/hostname")
+    );
+    // Without snapshots, and within one pool (bivy's CLI).
+    d.ok(&[
+        "storage",
+        "volume",
+        "copy",
+        "default/src",
+        "default/only",
+        "--volume-only",
+    ]);
+    assert!(snaps(&l, "default", "only").is_empty());
+    let out = l.run(&["storage", "volume", "copy", "default/src", "bt/dst"]);
+    assert!(err_of(&out).contains("already exists"), "{out:?}");
+
+    l.ok(&["stop", "c", "--force"]);
+    l.ok(&["storage", "volume", "attach", "bt", "dst", "c", "/dst"]);
+    l.ok(&[
+        "storage", "volume", "attach", "default", "only", "c", "/only",
+    ]);
+    l.ok(&["start", "c"]);
+    assert_eq!(
+        l.sh("c", "cat /dst/a /only/a; stat -c %u /dst/a").1,
+        "two\ntwo\n1000\n"
+    );
+    // The copy's snapshot is the source's: restored, it has the old content.
+    l.ok(&["stop", "c", "--force"]);
+    l.ok(&["storage", "volume", "restore", "bt", "dst", "s0"]);
+
+    // Move btrfs -> dir (bivy's CLI: the server moves it): refused while a running instance
+    // uses it; the devices naming it follow.
+    l.ok(&["start", "c"]);
+    let out = d.run(&["storage", "volume", "move", "bt/dst", "default/moved"]);
+    assert!(
+        err_of(&out).contains("Volume is still in use by running instances"),
+        "{out:?}"
+    );
+    l.ok(&["stop", "c", "--force"]);
+    let out = d.ok(&["storage", "volume", "move", "bt/dst", "default/moved"]);
+    assert!(out.contains("Storage volume moved successfully!"), "{out}");
+    assert!(entries(&bt.join("custom")).is_empty());
+    assert!(entries(&bt.join("custom-snapshots")).is_empty());
+    assert_eq!(snaps(&l, "default", "moved"), vec!["s0"]);
+    let inst: serde_json::Value =
+        serde_json::from_str(&l.ok(&["query", "/1.0/instances/c"])).expect("json");
+    let moved = inst["devices"]
+        .as_object()
+        .expect("devices")
+        .values()
+        .find(|v| v["path"] == "/dst")
+        .expect("the /dst device")
+        .clone();
+    assert_eq!(moved["pool"], "default", "{inst}");
+    assert_eq!(moved["source"], "moved", "{inst}");
+    l.ok(&["start", "c"]);
+    assert_eq!(l.sh("c", "cat /dst/a").1, "one\n");
+
+    // lxc moves between pools as a copy and a delete of the source; a new volume from a
+    // snapshot.
+    l.ok(&["storage", "volume", "create", "default", "loose"]);
+    l.ok(&["storage", "volume", "snapshot", "default", "loose", "s"]);
+    l.ok(&["storage", "volume", "move", "default/loose", "bt/loose"]);
+    assert_eq!(snaps(&l, "bt", "loose"), vec!["s"]);
+    l.ok(&[
+        "storage",
+        "volume",
+        "copy",
+        "bt/loose/s",
+        "default/fromsnap",
+    ]);
+    assert!(snaps(&l, "default", "fromsnap").is_empty());
+    l.ok(&["storage", "volume", "delete", "default", "fromsnap"]);
+    l.ok(&["storage", "volume", "delete", "bt", "loose"]);
+
+    // Back to btrfs with bivy's CLI; a move within a pool is a rename.
+    l.ok(&["stop", "c", "--force"]);
+    let out = d.ok(&["storage", "volume", "move", "default/moved", "bt/back"]);
+    assert!(out.contains("Storage volume moved successfully!"), "{out}");
+    let out = d.ok(&["storage", "volume", "move", "bt/back", "bt/again"]);
+    assert!(out.contains("Renamed storage volume"), "{out}");
+    assert_eq!(snaps(&l, "bt", "again"), vec!["s0"]);
+
+    l.ok(&["delete", "--force", "c"]);
+    for (p, v) in [("default", "src"), ("default", "only"), ("bt", "again")] {
+        l.ok(&["storage", "volume", "delete", p, v]);
+    }
+    l.ok(&["storage", "delete", "bt"]);
+}
+
+#[test]
+fn volume_attach_and_detach_profile() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    l.ok(&["storage", "volume", "create", "default", "v"]);
+    l.ok(&["profile", "create", "p"]);
+    d.ok(&[
+        "storage",
+        "volume",
+        "attach-profile",
+        "default",
+        "v",
+        "p",
+        "data",
+        "/data",
+    ]);
+    let p: serde_json::Value =
+        serde_json::from_str(&l.ok(&["query", "/1.0/profiles/p"])).expect("json");
+    assert_eq!(
+        p["devices"]["data"],
+        serde_json::json!({"type": "disk", "pool": "default", "source": "v", "path": "/data"}),
+        "{p}"
+    );
+    let out = d.run(&[
+        "storage",
+        "volume",
+        "attach-profile",
+        "default",
+        "v",
+        "p",
+        "data",
+        "/x",
+    ]);
+    assert!(
+        err_of(&out).contains("The device already exists"),
+        "{out:?}"
+    );
+    let out = d.run(&[
+        "storage",
+        "volume",
+        "attach-profile",
+        "default",
+        "nosuch",
+        "p",
+        "/x",
+    ]);
+    assert!(err_of(&out).contains("not found"), "{out:?}");
+    let out = l.run(&["storage", "volume", "delete", "default", "v"]);
+    assert!(err_of(&out).contains("still in use"), "{out:?}");
+    d.ok(&["storage", "volume", "detach-profile", "default", "v", "p"]);
+    let p: serde_json::Value =
+        serde_json::from_str(&l.ok(&["query", "/1.0/profiles/p"])).expect("json");
+    assert!(p["devices"].get("data").is_none(), "{p}");
+    let out = d.run(&["storage", "volume", "detach-profile", "default", "v", "p"]);
+    assert!(
+        err_of(&out).contains("No device found for this storage volume"),
+        "{out:?}"
+    );
+    l.ok(&["profile", "delete", "p"]);
+    l.ok(&["storage", "volume", "delete", "default", "v"]);
+}
