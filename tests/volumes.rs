@@ -463,3 +463,87 @@ fn volume_attach_and_detach_profile() {
     l.ok(&["profile", "delete", "p"]);
     l.ok(&["storage", "volume", "delete", "default", "v"]);
 }
+
+/// Write `mib` MiB of zeros to `path`, syncing; the error if it fails.
+fn write_mib(path: &Path, mib: usize) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    let buf = vec![0u8; 1 << 20];
+    for _ in 0..mib {
+        f.write_all(&buf)?;
+    }
+    f.sync_all()
+}
+
+#[test]
+fn volume_size_is_enforced_on_btrfs_and_refused_on_dir() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    if let Err(why) = btrfs_supported() {
+        common::skip("volume_size_is_enforced_on_btrfs_and_refused_on_dir", &why);
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    l.import_busybox();
+    l.ok(&["storage", "create", "bt", "btrfs", "size=1GiB"]);
+    let bt = d.dir().join("storage-pools/bt");
+    l.ok(&["storage", "volume", "create", "bt", "q", "size=20MiB"]);
+    let vol = only_entry(&bt.join("custom"));
+    // Past the limit: the filesystem refuses the write.
+    let e = write_mib(&vol.join("big"), 40).expect_err("a write past the size limit");
+    assert_eq!(e.raw_os_error(), Some(libc::EDQUOT), "{e}");
+    std::fs::remove_file(vol.join("big")).expect("rm");
+    // From a container too.
+    l.ok(&["init", "busybox", "c"]);
+    l.ok(&["storage", "volume", "attach", "bt", "q", "c", "/q"]);
+    l.ok(&["start", "c"]);
+    let (code, out) = l.sh("c", "dd if=/dev/zero of=/q/f bs=1M count=40 && sync");
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("quota"), "{out}");
+    assert_eq!(l.sh("c", "rm /q/f && sync").0, 0);
+    // Under the limit: fine. Raised: more fits.
+    assert_eq!(
+        l.sh("c", "dd if=/dev/zero of=/q/f bs=1M count=10 && sync")
+            .0,
+        0
+    );
+    l.ok(&["stop", "c", "--force"]);
+    d.ok(&["storage", "volume", "set", "bt", "q", "size=100MiB"]);
+    write_mib(&vol.join("big"), 40).expect("under the raised limit");
+    std::fs::remove_file(vol.join("big")).expect("rm");
+    // A restored or copied volume keeps its limit.
+    l.ok(&["storage", "volume", "snapshot", "bt", "q", "s"]);
+    l.ok(&["storage", "volume", "set", "bt", "q", "size=20MiB"]);
+    l.ok(&["storage", "volume", "restore", "bt", "q", "s"]);
+    let vol = only_entry(&bt.join("custom"));
+    let e = write_mib(&vol.join("big"), 40).expect_err("the limit after a restore");
+    assert_eq!(e.raw_os_error(), Some(libc::EDQUOT), "{e}");
+    std::fs::remove_file(vol.join("big")).expect("rm");
+    l.ok(&["storage", "volume", "copy", "bt/q", "bt/q2"]);
+    let q2 = std::fs::read_dir(bt.join("custom"))
+        .expect("custom")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p != &vol)
+        .expect("the copy");
+    let e = write_mib(&q2.join("big"), 40).expect_err("the limit on a copy");
+    assert_eq!(e.raw_os_error(), Some(libc::EDQUOT), "{e}");
+    std::fs::remove_file(q2.join("big")).expect("rm");
+    // Unset: no limit.
+    l.ok(&["storage", "volume", "unset", "bt", "q2", "size"]);
+    write_mib(&q2.join("big"), 40).expect("no limit");
+
+    // dir: a clear error, never a silently unlimited volume; nothing made.
+    let out = l.run(&["storage", "volume", "create", "default", "dq", "size=20MiB"]);
+    assert!(err_of(&out).contains("project quotas"), "{out:?}");
+    let out = l.run(&["storage", "volume", "copy", "bt/q", "default/dq"]);
+    assert!(err_of(&out).contains("project quotas"), "{out:?}");
+    assert!(entries(&d.dir().join("storage-pools/default/custom")).is_empty());
+
+    l.ok(&["delete", "--force", "c"]);
+    l.ok(&["storage", "volume", "delete", "bt", "q"]);
+    l.ok(&["storage", "volume", "delete", "bt", "q2"]);
+    l.ok(&["storage", "delete", "bt"]);
+}

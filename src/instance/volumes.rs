@@ -49,7 +49,8 @@ pub fn validate_name(name: &str) -> Result<()> {
 }
 
 /// Check a custom volume's config for a pool with driver `driver`. Every key is either kept or
-/// refused: `size` needs quotas bivy does not set up yet.
+/// refused: `size` is a btrfs qgroup limit; on `dir` it needs project quotas bivy does not set
+/// up yet.
 pub fn validate_config(driver: &str, name: &str, config: &StringMap) -> Result<()> {
     for (k, v) in config {
         match k.as_str() {
@@ -57,14 +58,16 @@ pub fn validate_config(driver: &str, name: &str, config: &StringMap) -> Result<(
             "size" => {
                 crate::storage::btrfs::parse_size(v)
                     .map_err(|e| Error::config("size", format!("Invalid value for \"size\": {e}")))?;
-                return Err(match driver {
-                    "dir" => Error::not_yet(
-                        "\"size\" on a custom volume of a dir pool (needs filesystem project quotas, which bivy does not set up)",
-                    ),
-                    _ => Error::not_yet(&format!(
-                        "\"size\" on a custom volume of a {driver} pool (quotas)"
+                match driver {
+                    // A qgroup limit (`Driver::set_size`).
+                    "btrfs" => {}
+                    "dir" => return Err(Error::not_yet(
+                        "\"size\" on a custom volume of a dir pool (needs filesystem project quotas, which bivy does not set up; btrfs pools have size limits)",
                     )),
-                });
+                    _ => return Err(Error::not_yet(&format!(
+                        "\"size\" on a custom volume of a {driver} pool (quotas)"
+                    ))),
+                }
             }
             // bivy always mounts a custom volume idmapped, which is what this key asks for.
             "security.shifted" => match super::config::parse_bool(v) {
@@ -494,13 +497,11 @@ pub fn apply_size(
     path: &std::path::Path,
     size: Option<&String>,
 ) -> std::io::Result<()> {
-    let _ = (pool, path);
-    match size.filter(|s| !s.is_empty()) {
-        None => Ok(()),
-        Some(s) => Err(std::io::Error::other(format!(
-            "not supported yet: size {s:?} on custom volumes"
-        ))),
-    }
+    let bytes = match size.filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => Some(crate::storage::btrfs::parse_size(s)?),
+    };
+    pool.driver.set_size(path, bytes)
 }
 
 /// Make the volume data of a copy of `src` (data at `src_path`, on `from`) on pool `to`, with

@@ -698,6 +698,34 @@ impl Driver for Btrfs {
     fn usage(&self) -> io::Result<Usage> {
         super::statvfs_usage(&self.path())
     }
+
+    /// A qgroup limit on the bytes the subvolume references (its files, shared extents
+    /// included), after turning quota groups on for the pool's filesystem the first time.
+    fn set_size(&self, path: &Path, size: Option<u64>) -> io::Result<()> {
+        self.check_volume_path(path)?;
+        if !is_subvolume(path).map_err(|e| annotate(e, format!("stat {}", path.display())))? {
+            return Err(invalid(format!(
+                "size limit on {}: not a btrfs subvolume",
+                path.display()
+            )));
+        }
+        let vol = open_dir(path).map_err(|e| annotate(e, format!("open {}", path.display())))?;
+        if size.is_some() {
+            let root = open_dir(&self.path())
+                .map_err(|e| annotate(e, format!("open {}", self.path().display())))?;
+            sys::btrfs::quota_enable(root.as_fd()).map_err(|e| {
+                annotate(
+                    e,
+                    format!("enable btrfs quotas on {}", self.path().display()),
+                )
+            })?;
+        }
+        match sys::btrfs::qgroup_limit(vol.as_fd(), size) {
+            // Quotas were never turned on: there is no limit to remove.
+            Err(e) if size.is_none() && e.raw_os_error() == Some(libc::ENOTCONN) => Ok(()),
+            r => r.map_err(|e| annotate(e, format!("btrfs qgroup limit on {}", path.display()))),
+        }
+    }
 }
 
 #[cfg(test)]

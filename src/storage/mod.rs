@@ -121,6 +121,22 @@ pub trait Driver: Send + Sync {
     /// Space used and total on the pool.
     fn usage(&self) -> io::Result<Usage>;
 
+    /// Limit the bytes volume `path` may hold to `size` (None: no limit), enforced by the
+    /// filesystem (writes past it fail with EDQUOT). A driver without quotas refuses a limit.
+    fn set_size(&self, path: &Path, size: Option<u64>) -> io::Result<()> {
+        match size {
+            None => Ok(()),
+            Some(_) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "not supported yet: size limits on {} volumes ({})",
+                    self.name(),
+                    path.display()
+                ),
+            )),
+        }
+    }
+
     /// Write volume `path` to `out` as a stream another pool (or host) can [`Driver::receive`].
     fn send(&self, path: &Path, out: &mut dyn Write) -> io::Result<()> {
         send_volume(path, out)

@@ -1,4 +1,5 @@
-//! btrfs subvolume ioctls (`linux/btrfs.h`): create, snapshot, destroy, read-only flag.
+//! btrfs subvolume ioctls (`linux/btrfs.h`): create, snapshot, destroy, read-only flag, quota
+//! groups (enable, limit).
 //!
 //! Each call takes a directory fd (the parent for create/snapshot/destroy, the subvolume itself for
 //! the flags) opened by the caller, so a path can be checked and then acted on without a race on
@@ -158,5 +159,88 @@ pub fn set_readonly(subvol: BorrowedFd<'_>, readonly: bool) -> io::Result<()> {
     }
     // SAFETY: the kernel reads one u64 from `new`, which lives across the call; the fd is open.
     let r = unsafe { libc::ioctl(subvol.as_raw_fd(), IOC_SUBVOL_SETFLAGS, &new as *const u64) };
+    check(r as libc::c_long).map(|_| ())
+}
+
+/// `struct btrfs_ioctl_quota_ctl_args`.
+#[repr(C)]
+struct QuotaCtlArgs {
+    cmd: u64,
+    status: u64,
+}
+
+/// `struct btrfs_qgroup_limit`.
+#[repr(C)]
+struct QgroupLimit {
+    flags: u64,
+    max_rfer: u64,
+    max_excl: u64,
+    rsv_rfer: u64,
+    rsv_excl: u64,
+}
+
+/// `struct btrfs_ioctl_qgroup_limit_args`.
+#[repr(C)]
+struct QgroupLimitArgs {
+    qgroupid: u64,
+    lim: QgroupLimit,
+}
+
+const _: () = assert!(std::mem::size_of::<QuotaCtlArgs>() == 16);
+const _: () = assert!(std::mem::size_of::<QgroupLimitArgs>() == 48);
+
+const IOC_QUOTA_CTL: libc::Ioctl =
+    nix::request_code_readwrite!(IOCTL_MAGIC, 40, std::mem::size_of::<QuotaCtlArgs>())
+        as libc::Ioctl;
+const IOC_QGROUP_LIMIT: libc::Ioctl =
+    nix::request_code_read!(IOCTL_MAGIC, 43, std::mem::size_of::<QgroupLimitArgs>()) as libc::Ioctl;
+/// `BTRFS_QUOTA_CTL_ENABLE`.
+const QUOTA_CTL_ENABLE: u64 = 1;
+/// `BTRFS_QGROUP_LIMIT_MAX_RFER`.
+const QGROUP_LIMIT_MAX_RFER: u64 = 1 << 0;
+/// `CLEAR_VALUE`: a limit of this value removes the limit.
+const QGROUP_LIMIT_CLEAR: u64 = u64::MAX;
+
+/// `BTRFS_IOC_QUOTA_CTL` with `BTRFS_QUOTA_CTL_ENABLE` on the filesystem holding `fd`: turn
+/// quota groups on (a no-op when they are on; every subvolume then has a qgroup).
+pub fn quota_enable(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let mut args = QuotaCtlArgs {
+        cmd: QUOTA_CTL_ENABLE,
+        status: 0,
+    };
+    // SAFETY: `args` is a valid btrfs_ioctl_quota_ctl_args the kernel reads and writes, alive
+    // across the call; the fd is open.
+    let r = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            IOC_QUOTA_CTL,
+            &mut args as *mut QuotaCtlArgs,
+        )
+    };
+    check(r as libc::c_long).map(|_| ())
+}
+
+/// `BTRFS_IOC_QGROUP_LIMIT` on the qgroup of the subvolume open as `subvol` (qgroupid 0 means
+/// that one): limit the bytes it references to `max` (None: no limit).
+pub fn qgroup_limit(subvol: BorrowedFd<'_>, max: Option<u64>) -> io::Result<()> {
+    let args = QgroupLimitArgs {
+        qgroupid: 0,
+        lim: QgroupLimit {
+            flags: QGROUP_LIMIT_MAX_RFER,
+            max_rfer: max.unwrap_or(QGROUP_LIMIT_CLEAR),
+            max_excl: 0,
+            rsv_rfer: 0,
+            rsv_excl: 0,
+        },
+    };
+    // SAFETY: the kernel reads one btrfs_ioctl_qgroup_limit_args from `args`, which lives
+    // across the call; the fd is open.
+    let r = unsafe {
+        libc::ioctl(
+            subvol.as_raw_fd(),
+            IOC_QGROUP_LIMIT,
+            &args as *const QgroupLimitArgs,
+        )
+    };
     check(r as libc::c_long).map(|_| ())
 }
