@@ -547,3 +547,59 @@ fn volume_size_is_enforced_on_btrfs_and_refused_on_dir() {
     l.ok(&["storage", "volume", "delete", "bt", "q2"]);
     l.ok(&["storage", "delete", "bt"]);
 }
+
+#[test]
+fn root_disk_size_is_enforced_on_btrfs_and_refused_on_dir() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    if let Err(why) = btrfs_supported() {
+        common::skip(
+            "root_disk_size_is_enforced_on_btrfs_and_refused_on_dir",
+            &why,
+        );
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    l.import_busybox();
+    // dir: refused, naming why.
+    l.ok(&["init", "busybox", "dc"]);
+    let out = l.run(&["config", "device", "override", "dc", "root", "size=50MiB"]);
+    assert!(err_of(&out).contains("project quotas"), "{out:?}");
+    l.ok(&["delete", "dc"]);
+
+    l.ok(&["storage", "create", "bt", "btrfs", "size=1GiB"]);
+    l.ok(&["profile", "create", "small"]);
+    l.ok(&[
+        "profile",
+        "device",
+        "add",
+        "small",
+        "root",
+        "disk",
+        "path=/",
+        "pool=bt",
+        "size=30MiB",
+    ]);
+    l.ok(&["launch", "busybox", "c", "-p", "small"]);
+    let (code, out) = l.sh("c", "dd if=/dev/zero of=/root/f bs=1M count=60 && sync");
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("quota"), "{out}");
+    assert_eq!(l.sh("c", "rm /root/f && sync").0, 0);
+    // Raised on the instance (override), live.
+    l.ok(&["config", "device", "override", "c", "root", "size=200MiB"]);
+    let (code, out) = l.sh("c", "dd if=/dev/zero of=/root/f bs=1M count=60 && sync");
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(l.sh("c", "rm /root/f && sync").0, 0);
+    // Back to the profile's limit; a restore (a new volume) keeps it from the next start.
+    l.ok(&["config", "device", "remove", "c", "root"]);
+    l.ok(&["snapshot", "c", "s"]);
+    l.ok(&["restore", "c", "s"]);
+    let (code, out) = l.sh("c", "dd if=/dev/zero of=/root/f bs=1M count=60 && sync");
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("quota"), "{out}");
+    l.ok(&["delete", "--force", "c"]);
+    l.ok(&["profile", "delete", "small"]);
+    l.ok(&["storage", "delete", "bt"]);
+}

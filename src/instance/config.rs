@@ -323,14 +323,27 @@ pub fn validate_devices(devices: &Devices, data: &super::db::Data) -> Result<()>
             }
             Some("disk") => {
                 super::devices::validate_root_disk(name, d)?;
-                // Quotas need btrfs qgroups or project quotas, which bivy does not set up; a
-                // silently ignored size would be a promise not kept.
-                if d.get("path").map(String::as_str) == Some("/")
-                    && d.get("size").is_some_and(|v| !v.is_empty())
-                {
-                    return Err(Error::not_yet(&format!(
-                        "device {name:?}: root disk \"size\" (storage quotas)"
-                    )));
+                // A root disk's size is a btrfs qgroup limit on the instance's volume
+                // (`volumes::apply_root_size`); dir pools would need project quotas, which bivy
+                // does not set up: a silently ignored size would be a promise not kept.
+                if let Some(size) = d.get("size").filter(|v| !v.is_empty()) {
+                    crate::storage::btrfs::parse_size(size).map_err(|e| {
+                        Error::Invalid(format!("Device {name:?}: invalid size {size:?}: {e}"))
+                    })?;
+                    let pool = d.get("pool").map_or("", String::as_str);
+                    match data.pools.get(pool).map(|p| p.driver.as_str()) {
+                        Some("btrfs") => {}
+                        Some(driver) => {
+                            return Err(Error::not_yet(&format!(
+                                "device {name:?}: root disk \"size\" on a {driver} pool (needs filesystem project quotas, which bivy does not set up; btrfs pools have size limits)"
+                            )))
+                        }
+                        None => {
+                            return Err(Error::not_yet(&format!(
+                                "device {name:?}: root disk \"size\" without a btrfs \"pool\""
+                            )))
+                        }
+                    }
                 }
             }
             Some("nic") => {

@@ -288,6 +288,14 @@ pub fn create_now(d: &Ctx, args: NewInstance<'_>, origin: Origin<'_>) -> Result<
     trace.step("id map chosen");
     std::fs::rename(&tmp, &final_dir)
         .map_err(|e| Error::Host(format!("{}: {e}", final_dir.display())))?;
+    let (_, expanded_devs) = {
+        let db = d.db.lock().expect("db lock");
+        config::expand(&profiles, &db.data.profiles, &cfg, &devices)
+    };
+    if let Some(size) = super::volumes::root_size(&expanded_devs) {
+        super::volumes::apply_size(&pool, &final_dir, Some(&size))
+            .map_err(|e| Error::Host(format!("Failed to set the root disk size: {e}")))?;
+    }
     if !snapshots.is_empty() {
         revert.add(remove_volumes(&pool, vec![pool.snapshots_of(&volume)]));
     }

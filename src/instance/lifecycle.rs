@@ -247,6 +247,7 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
         super::devices::resolve_disks(d, &d.db.lock().expect("db lock").data, &ed, privileged)?;
     let unix_devices = super::devices::resolve_nodes(&ed)?;
     let nics = super::nics::resolve(&d.db.lock().expect("db lock").data, name, &rec.config, &ed)?;
+    super::volumes::apply_root_size(d, name)?;
     trace.step("devices resolved");
     let vol = d.volume_dir(&rec);
     let rootfs = vol.join("rootfs");

@@ -766,3 +766,30 @@ pub fn state(d: &Ctx, pool_name: &str, name: &str) -> Result<serde_json::Value> 
     };
     Ok(serde_json::json!({"usage": {"used": used, "total": total}}))
 }
+
+/// The `size` of the root disk among expanded devices `ed`, if any.
+pub fn root_size(ed: &crate::api::Devices) -> Option<String> {
+    ed.values()
+        .find(|dev| super::devices::is_root_disk(dev))
+        .and_then(|dev| dev.get("size"))
+        .filter(|s| !s.is_empty())
+        .cloned()
+}
+
+/// Give instance `name`'s volume the size limit its root disk asks for (or none). Done at
+/// create, at every start (so restores, copies and moves, which make new volumes, get it) and
+/// after a change of the instance or a profile.
+pub fn apply_root_size(d: &Ctx, name: &str) -> Result<()> {
+    let rec = super::view::record(d, name)?;
+    let (_, ed) = {
+        let db = d.db.lock().expect("db lock");
+        super::config::expand(&rec.profiles, &db.data.profiles, &rec.config, &rec.devices)
+    };
+    let size = root_size(&ed);
+    let pool = super::pools::usable_pool(d, &rec.pool)?;
+    if size.is_none() && pool.driver.name() != "btrfs" {
+        return Ok(());
+    }
+    apply_size(&pool, &pool.container(&rec.volume), size.as_ref())
+        .map_err(|e| Error::Host(format!("Failed to set the root disk size of {name:?}: {e}")))
+}

@@ -359,6 +359,8 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
         apply_live_limits(d, name);
         crate::instance::bridges::refresh(d, nets);
     }
+    // The root disk's size (a qgroup limit), also applied at every start.
+    crate::instance::volumes::apply_root_size(d, name)?;
     d.events
         .lifecycle("instance-updated", &url(name), serde_json::json!({}));
     if patch {

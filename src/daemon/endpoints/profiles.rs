@@ -215,8 +215,15 @@ pub fn profile_put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Re
         .map(|(n, _)| n.clone())
         .collect();
     drop(db);
+    // Root disk sizes (qgroup limits) follow too; a failure is reported after all are tried
+    // (each start applies them again).
+    let mut size_err = None;
     for n in affected {
         crate::instance::lifecycle::apply_live_limits(d, &n);
+        if let Err(e) = crate::instance::volumes::apply_root_size(d, &n) {
+            eprintln!("bivy: {n}: {e}");
+            size_err.get_or_insert(e);
+        }
     }
     crate::instance::bridges::refresh(d, nets);
     d.events.lifecycle(
@@ -224,6 +231,9 @@ pub fn profile_put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Re
         &format!("/1.0/profiles/{name}"),
         serde_json::json!({}),
     );
+    if let Some(e) = size_err {
+        return Err(e.into());
+    }
     Ok(response::empty())
 }
 
