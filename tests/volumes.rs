@@ -270,6 +270,38 @@ fn volume_snapshot_schedule_and_expiry() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(!snaps(&l, "default", "v").contains(&taken[0]));
+
+    // What a killed daemon leaves: snapshot data no record names goes, a restore caught
+    // between its renames is undone; recorded snapshots stay.
+    l.ok(&["storage", "volume", "snapshot", "default", "v", "keep"]);
+    let kept = snaps(&l, "default", "v");
+    assert!(kept.contains(&"keep".to_string()), "{kept:?}");
+    let root = d.dir().join("storage-pools/default");
+    let vol = only_entry(&root.join("custom"));
+    let snap_parent = root
+        .join("custom-snapshots")
+        .join(vol.file_name().expect("name"));
+    std::fs::create_dir_all(snap_parent.join("stray")).expect("stray snapshot");
+    std::fs::create_dir_all(root.join("custom-snapshots/novolume/x")).expect("stray parent");
+    std::fs::write(vol.join("f"), b"kept").expect("write");
+    let old = vol.with_file_name(format!(
+        "{}.old",
+        vol.file_name().expect("name").to_string_lossy()
+    ));
+    let mut d = d;
+    d.kill9();
+    std::fs::rename(&vol, &old).expect("half a restore");
+    d.restart().expect("restart");
+    let l = Lxc::new(&d);
+    assert_eq!(
+        std::fs::read(vol.join("f")).expect("the volume is back"),
+        b"kept"
+    );
+    assert!(!old.exists());
+    assert!(!snap_parent.join("stray").exists());
+    assert!(!root.join("custom-snapshots/novolume").exists());
+    assert_eq!(snaps(&l, "default", "v"), kept);
+    assert_eq!(entries(&snap_parent).len(), kept.len());
     l.ok(&["storage", "volume", "delete", "default", "v"]);
 }
 

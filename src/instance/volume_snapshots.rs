@@ -128,29 +128,35 @@ fn parse_expiry_time(t: &str) -> Result<i64> {
     super::snapshots::parse_time(t)
 }
 
-/// Check a snapshot request before the operation starts: the volume exists, the name (when
-/// given) is good and free, `expires_at` (when given) is a time.
+/// Check a snapshot request before the operation starts, as LXD: the volume exists, the name
+/// (given, or the next one `snapshots.pattern` gives) is good and free, `expires_at` (when
+/// given) is a time. Returns the snapshot's name.
 pub fn check_create(
     d: &Ctx,
     pool: &str,
     name: &str,
     req: &api::StorageVolumeSnapshotsPost,
-) -> Result<()> {
+) -> Result<String> {
     let db = d.db.lock().expect("db lock");
     let rec = record_in(&db.data, pool, name)?;
-    if !req.name.is_empty() {
+    let snap = if req.name.is_empty() {
+        let pattern = rec
+            .config
+            .get("snapshots.pattern")
+            .map_or("snap%d", String::as_str);
+        let existing: Vec<&str> = rec.snapshots.iter().map(|s| s.name.as_str()).collect();
+        schedule::snapshot_name(pattern, &existing, time::now_secs()).map_err(Error::Invalid)?
+    } else {
         schedule::validate_snapshot_name(&req.name).map_err(Error::Invalid)?;
-        if rec.snapshot(&req.name).is_some() {
-            return Err(Error::Conflict(format!(
-                "Snapshot {:?} already in use",
-                req.name
-            )));
-        }
+        req.name.clone()
+    };
+    if rec.snapshot(&snap).is_some() {
+        return Err(Error::Conflict(format!("Snapshot {snap:?} already in use")));
     }
     if let Some(t) = &req.expires_at {
         parse_expiry_time(t)?;
     }
-    Ok(())
+    Ok(snap)
 }
 
 /// Take a snapshot of volume `name` on `pool`. `snap` empty picks a name from

@@ -364,14 +364,16 @@ pub fn snapshot_create(
 ) -> Result<Response> {
     snapshot_kind(d, pool_name, kind)?;
     let body: api::StorageVolumeSnapshotsPost = json(req)?;
-    vsnaps::check_create(d, pool_name, name, &body)?;
+    let snap = vsnaps::check_create(d, pool_name, name, &body)?;
+    let mut res = resources(pool_name, name);
+    res.insert(
+        "storage_volume_snapshots".into(),
+        vec![vsnaps::url(pool_name, name, &snap)],
+    );
     let (p, n) = (pool_name.to_string(), name.to_string());
-    task(
-        d,
-        "Creating storage volume snapshot",
-        resources(pool_name, name),
-        move |d| vsnaps::create(d, &p, &n, &body.name, body.expires_at).map(drop),
-    )
+    task(d, "Creating storage volume snapshot", res, move |d| {
+        vsnaps::create(d, &p, &n, &snap, body.expires_at).map(drop)
+    })
 }
 
 /// `GET /1.0/storage-pools/POOL/volumes/custom/NAME/snapshots/SNAP`.
