@@ -1368,6 +1368,37 @@ used by:
         assert_eq!(g[""], vec!["weird"]);
     }
 
+    #[test]
+    fn volume_info_like_lxc() {
+        // lxc 5.0.2's `storage volume info default a` against bivy, verbatim.
+        let want =
+            "Name: a\nType: custom\nContent type: filesystem\nUsage: 4.00KiB\n\nSnapshots:\n\
++-------+-------------+----------------------+\n\
+| NAME  | DESCRIPTION |      EXPIRES AT      |\n\
++-------+-------------+----------------------+\n\
+| snap0 |             | 0001/01/01 00:00 UTC |\n\
++-------+-------------+----------------------+\n\
+| two   |             | 2026/12/04 19:33 UTC |\n\
++-------+-------------+----------------------+\n";
+        let v = Volume {
+            name: "a".into(),
+            kind: "custom".into(),
+            content_type: "filesystem".into(),
+            ..Default::default()
+        };
+        let snap = |name: &str, exp: &str| VolumeSnapshot {
+            name: name.into(),
+            expires_at: exp.into(),
+            created_at: "2026-12-03T19:33:31Z".into(),
+            ..Default::default()
+        };
+        let snaps = [
+            snap("a/snap0", "0001-01-01T00:00:00Z"),
+            snap("a/two", "2026-12-04T19:33:31.5Z"),
+        ];
+        assert_eq!(render_volume_info(&v, "custom", Some(4096), &snaps), want);
+    }
+
     fn vol(name: &str, kind: &str, used: usize) -> Volume {
         Volume {
             name: name.into(),
