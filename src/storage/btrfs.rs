@@ -704,6 +704,9 @@ impl Driver for Btrfs {
     fn set_size(&self, path: &Path, size: Option<u64>) -> io::Result<()> {
         self.check_volume_path(path)?;
         if !is_subvolume(path).map_err(|e| annotate(e, format!("stat {}", path.display())))? {
+            if size.is_none() {
+                return Ok(()); // no limit to remove
+            }
             return Err(invalid(format!(
                 "size limit on {}: not a btrfs subvolume",
                 path.display()

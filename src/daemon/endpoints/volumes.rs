@@ -208,6 +208,12 @@ pub fn create(
     check_pool(d, pool_name)?;
     if body.source.kind == "copy" {
         // Checked up front where cheap; the copy itself runs as an operation.
+        volumes::validate_name(&body.name)?;
+        if !matches!(body.content_type.as_str(), "" | volumes::FILESYSTEM) {
+            return Err(Error::not_yet(
+                "copies of block custom volumes (content_type \"block\" is for virtual machines)",
+            ));
+        }
         if body.source.name.is_empty() {
             return Err(Error::BadRequest("No source volume name supplied".into()));
         }
