@@ -405,6 +405,18 @@ fn volume_copy_and_move_between_dir_and_btrfs() {
     l.ok(&["storage", "volume", "snapshot", "default", "loose", "s"]);
     l.ok(&["storage", "volume", "move", "default/loose", "bt/loose"]);
     assert_eq!(snaps(&l, "bt", "loose"), vec!["s"]);
+    // Within the btrfs pool: subvolume snapshots, the copy's snapshots read-only too.
+    l.ok(&["storage", "volume", "copy", "bt/loose", "bt/loose2"]);
+    assert_eq!(snaps(&l, "bt", "loose2"), vec!["s"]);
+    for p in std::fs::read_dir(bt.join("custom-snapshots"))
+        .expect("dir")
+        .flatten()
+    {
+        let s = only_entry(&p.path());
+        let e = std::fs::write(s.join("x"), b"x").expect_err("read-only snapshot");
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    }
+    l.ok(&["storage", "volume", "delete", "bt", "loose2"]);
     l.ok(&[
         "storage",
         "volume",
