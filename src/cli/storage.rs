@@ -772,17 +772,15 @@ fn update_volume(c: &Client, path: &str, f: impl FnOnce(&mut VolumePut)) -> Resu
     Ok(())
 }
 
-/// Change a profile's devices (GET, change, PUT with its ETag), as lxc's `profileDeviceAdd`.
-fn update_profile_devices(
-    c: &Client,
-    profile: &str,
-    f: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>) -> Result<(), Fail>,
-) -> Result<(), Fail> {
-    let path = format!("/1.0/profiles/{}", urlencode(profile, false));
-    let (p, etag): (serde_json::Value, String) = c.get_etag(&path)?;
+type DevicesEdit<'a> =
+    Box<dyn FnOnce(&mut serde_json::Map<String, serde_json::Value>) -> Result<(), Fail> + 'a>;
+
+/// Change the devices of the object at `path` (GET, change, PUT of its `keys` with its ETag).
+fn update_devices(c: &Client, path: &str, keys: &[&str], f: DevicesEdit<'_>) -> Result<(), Fail> {
+    let (obj, etag): (serde_json::Value, String) = c.get_etag(path)?;
     let mut put = serde_json::Map::new();
-    for k in ["config", "description", "devices"] {
-        if let Some(v) = p.get(k) {
+    for k in keys {
+        if let Some(v) = obj.get(*k) {
             put.insert(k.to_string(), v.clone());
         }
     }
@@ -792,10 +790,19 @@ fn update_profile_devices(
     if devices.is_null() {
         *devices = serde_json::json!({});
     }
-    let devices = devices.as_object_mut().expect("devices is an object");
-    f(devices)?;
-    c.put(&path, &serde_json::Value::Object(put), Some(&etag))?;
+    f(devices.as_object_mut().expect("devices is an object"))?;
+    c.put(path, &serde_json::Value::Object(put), Some(&etag))?;
     Ok(())
+}
+
+/// Change a profile's devices, as lxc's `profileDeviceAdd`.
+fn update_profile_devices(
+    c: &Client,
+    profile: &str,
+    f: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>) -> Result<(), Fail>,
+) -> Result<(), Fail> {
+    let path = format!("/1.0/profiles/{}", urlencode(profile, false));
+    update_devices(c, &path, &["config", "description", "devices"], Box::new(f))
 }
 
 /// `[remote:]pool/volume` of `copy` and `move`: the remote's client, the pool and the volume.
@@ -894,17 +901,14 @@ pub fn render_volume_info(
     o
 }
 
-/// Change an instance's own devices (GET, change, PUT with its ETag, wait), as lxc's
-/// `instanceDeviceAdd` and `storage volume detach` do.
+/// Change an instance's own devices (and wait), as lxc's `instanceDeviceAdd` and `storage
+/// volume detach` do.
 fn update_instance_devices(
     c: &Client,
     instance: &str,
     f: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>) -> Result<(), Fail>,
 ) -> Result<(), Fail> {
-    let path = super::instance_path(instance);
-    let (inst, etag): (serde_json::Value, String) = c.get_etag(&path)?;
-    let mut put = serde_json::Map::new();
-    for k in [
+    let keys = [
         "architecture",
         "config",
         "devices",
@@ -912,21 +916,8 @@ fn update_instance_devices(
         "profiles",
         "stateful",
         "description",
-    ] {
-        if let Some(v) = inst.get(k) {
-            put.insert(k.to_string(), v.clone());
-        }
-    }
-    let devices = put
-        .entry("devices")
-        .or_insert_with(|| serde_json::json!({}));
-    if devices.is_null() {
-        *devices = serde_json::json!({});
-    }
-    let devices = devices.as_object_mut().expect("devices is an object");
-    f(devices)?;
-    c.put(&path, &serde_json::Value::Object(put), Some(&etag))?;
-    Ok(())
+    ];
+    update_devices(c, &super::instance_path(instance), &keys, Box::new(f))
 }
 
 fn volume(args: &[String]) -> CmdResult {

@@ -126,17 +126,7 @@ pub fn snapshot_now_with(
             _ => false,
         })
     };
-    match saved {
-        Ok(true) => {}
-        Ok(false) => {
-            let _ = pool.driver.delete_volume(&dst);
-            return Err(Error::NotFound("Instance not found".into()));
-        }
-        Err(e) => {
-            let _ = pool.driver.delete_volume(&dst);
-            return Err(Error::Host(format!("saving the snapshot: {e}")));
-        }
-    }
+    keep_if_saved(&pool, &dst, saved, "Instance not found")?;
     d.events.lifecycle(
         "instance-snapshot-created",
         &snap_url(name, &snap),
@@ -342,4 +332,26 @@ pub fn check_restore(d: &Ctx, name: &str, snap: &str, stateful: bool) -> Result<
         stateful::check(d, name, &rec, "Stateful restore")?;
     }
     Ok(snap)
+}
+
+/// After a snapshot volume `dst` was made and its record saved (`Ok(true)`), or not because its
+/// owner went meanwhile (`Ok(false)`: `gone` is the error) or the save failed: the volume is
+/// deleted unless the record holds it.
+pub(super) fn keep_if_saved<E: std::fmt::Display>(
+    pool: &crate::storage::Pool,
+    dst: &std::path::Path,
+    saved: std::result::Result<bool, E>,
+    gone: &str,
+) -> Result<()> {
+    match saved {
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            let _ = pool.driver.delete_volume(dst);
+            Err(Error::NotFound(gone.into()))
+        }
+        Err(e) => {
+            let _ = pool.driver.delete_volume(dst);
+            Err(Error::Host(format!("saving the snapshot: {e}")))
+        }
+    }
 }

@@ -230,17 +230,7 @@ pub fn create(
             }
         })
     };
-    match saved {
-        Ok(true) => {}
-        Ok(false) => {
-            let _ = pool.driver.delete_volume(&dst);
-            return Err(Error::NotFound("Storage volume not found".into()));
-        }
-        Err(e) => {
-            let _ = pool.driver.delete_volume(&dst);
-            return Err(Error::Host(format!("saving the snapshot: {e}")));
-        }
-    }
+    super::snapshots::keep_if_saved(&pool, &dst, saved, "Storage volume not found")?;
     d.events.lifecycle(
         "storage-volume-snapshot-created",
         &url(pool_name, name, &snap),
