@@ -666,13 +666,14 @@ impl Cgroup {
     /// Restrict device access (v1 `devices` controller) to LXD's default list plus `extra`
     /// (entries in `devices.allow` syntax, e.g. `c 10:232 rwm` for a `unix-char` device).
     /// For every container: a node that reaches its rootfs from the host side (a migration
-    /// peer's rsync, a privileged container's mknod) opens nothing else.
+    /// peer's rsync, a privileged container's mknod) opens nothing else. Not in a nested bivy
+    /// (see `devices_dir`).
     /// On pure cgroup2 this needs a BPF_PROG_TYPE_CGROUP_DEVICE program, not built yet: the
     /// restriction is then the kernel's own (no mknod in a user namespace, so an unprivileged
     /// container reaches only the nodes bivy binds in and those of its rootfs); privileged
     /// containers there are not restricted (README, Status).
     pub fn restrict_devices(&self, extra: &[String]) -> Result<()> {
-        let Some(d) = self.v1_dir("devices") else {
+        let Some(d) = self.devices_dir() else {
             return Ok(());
         };
         write(&d.join("devices.deny"), "a")?;
@@ -686,10 +687,21 @@ impl Cgroup {
         Ok(())
     }
 
+    /// The v1 devices controller's directory, when this bivy may use it: the kernel takes
+    /// device rules only from its initial user namespace, so a nested bivy (in a container)
+    /// leaves them to the outer container's cgroup, which holds for everything inside it (and
+    /// mknod is refused in a user namespace anyway).
+    fn devices_dir(&self) -> Option<&Path> {
+        if super::host::host().nested {
+            return None;
+        }
+        self.v1_dir("devices")
+    }
+
     /// Write each of `rules` to the v1 devices controller's `file` (`devices.allow` or
     /// `devices.deny`); nothing to do without one (see [`Self::restrict_devices`]).
     pub fn device_rules(&self, file: &str, rules: &[String]) -> Result<()> {
-        let Some(d) = self.v1_dir("devices") else {
+        let Some(d) = self.devices_dir() else {
             return Ok(());
         };
         for rule in rules {
