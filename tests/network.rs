@@ -633,3 +633,117 @@ fn ipv6_addresses_by_slaac_from_bivy_router_advertisements() {
     d.ok(&["delete", "-f", "v6"]);
     d.ok(&["network", "delete", "bvt10"]);
 }
+
+#[test]
+fn physical_nic_moves_in_and_back_out() {
+    let Some((ns, d)) = setup() else { return };
+    // The "physical" link: one end of a veth pair of the test's own (no dummy driver here); the
+    // other end stays on the host to talk to the container through it.
+    for args in [
+        vec![
+            "link", "add", "phy0", "mtu", "1400", "type", "veth", "peer", "name", "phy0p",
+        ],
+        vec!["addr", "add", "10.250.0.1/24", "dev", "phy0p"],
+        vec!["link", "set", "phy0p", "up"],
+    ] {
+        let (ok, out) = ns.run("ip", &args);
+        assert!(ok, "ip {args:?}: {out}");
+    }
+    // (`ip`, not /sys/class/net: the test's sysfs shows the host's namespace.)
+    let link_field = |link: &str, key: &str| {
+        let (_, out) = ns.run("ip", &["-o", "link", "show", "dev", link]);
+        let words: Vec<&str> = out.split_whitespace().collect();
+        words
+            .iter()
+            .position(|w| *w == key)
+            .and_then(|i| words.get(i + 1))
+            .map(|w| w.to_string())
+            .unwrap_or_default()
+    };
+    let mac_of = |link: &str| link_field(link, "link/ether");
+    let host_mac = mac_of("phy0");
+    d.ok(&["init", "bb", "ph"]);
+    d.ok(&[
+        "config",
+        "device",
+        "add",
+        "ph",
+        "wan",
+        "nic",
+        "nictype=physical",
+        "parent=phy0",
+        "name=wan0",
+        "mtu=1300",
+    ]);
+    d.ok(&["start", "ph"]);
+    // In the container under its name, with its MTU and its own MAC; gone from the host.
+    let out = d.ok(&[
+        "exec",
+        "ph",
+        "--",
+        "cat",
+        "/sys/class/net/wan0/mtu",
+        "/sys/class/net/wan0/address",
+    ]);
+    assert_eq!(out, format!("1300\n{host_mac}\n"));
+    assert!(
+        !ns.run("ip", &["link", "show", "dev", "phy0"]).0,
+        "phy0 still on the host"
+    );
+    // It carries traffic.
+    d.ok(&[
+        "exec",
+        "ph",
+        "--",
+        "ip",
+        "addr",
+        "add",
+        "10.250.0.2/24",
+        "dev",
+        "wan0",
+    ]);
+    let (ok, out) = ns.run("busybox", &["ping", "-c1", "-w5", "10.250.0.2"]);
+    assert!(ok, "{out}");
+    // Stopped: back on the host under its name, with its MTU.
+    d.ok(&["stop", "-f", "ph"]);
+    assert_eq!(
+        link_field("phy0", "mtu"),
+        "1400",
+        "phy0 not given back as it was"
+    );
+    assert_eq!(mac_of("phy0"), host_mac);
+    // A parent that is not there: the start is refused, naming it.
+    d.ok(&["config", "device", "set", "ph", "wan", "parent", "nosuch0"]);
+    fails(
+        &d,
+        &["start", "ph"],
+        "Parent device \"nosuch0\" doesn't exist on the host",
+    );
+    // Hot-plugged into a running container and removed again.
+    d.ok(&["config", "device", "remove", "ph", "wan"]);
+    d.ok(&["start", "ph"]);
+    d.ok(&[
+        "config",
+        "device",
+        "add",
+        "ph",
+        "wan",
+        "nic",
+        "nictype=physical",
+        "parent=phy0",
+        "name=wan0",
+        "hwaddr=00:16:3e:12:34:56",
+    ]);
+    let out = d.ok(&["exec", "ph", "--", "cat", "/sys/class/net/wan0/address"]);
+    assert_eq!(out, "00:16:3e:12:34:56\n");
+    assert!(!ns.run("ip", &["link", "show", "dev", "phy0"]).0);
+    d.ok(&["config", "device", "remove", "ph", "wan"]);
+    assert!(
+        ns.run("ip", &["link", "show", "dev", "phy0"]).0,
+        "not given back on removal"
+    );
+    assert_eq!(mac_of("phy0"), host_mac, "its MAC not restored");
+    d.ok(&["delete", "-f", "ph"]);
+    let (ok, _) = ns.run("ip", &["link", "del", "phy0"]);
+    assert!(ok);
+}

@@ -703,7 +703,8 @@ pub fn hotplug(
         }
     };
     super::proxy::hotplug(d, name, old, new).inspect_err(|_| undo_local())?;
-    super::nics::hotplug(data, name, config, pid, old, new).inspect_err(|_| {
+    let run_dir = d.run_dir(name);
+    super::nics::hotplug(data, name, config, &run_dir, pid, old, new).inspect_err(|_| {
         // The proxies and mounts go back as they were (best effort).
         let _ = super::proxy::hotplug(d, name, new, old);
         undo_local();

@@ -41,6 +41,8 @@ pub enum Attach {
     Bridge(String),
     P2p,
     Macvlan(String),
+    /// A host link moved into the container.
+    Physical(String),
 }
 
 /// Check a `nic` device's keys against the records (no host access; parents are checked at
@@ -163,7 +165,17 @@ pub fn validate(data: &Data, name: &str, dev: &StringMap) -> Result<Attach> {
                     "Missing device option \"nictype\" or \"network\"".into(),
                 ))
             }
-            "physical" | "ipvlan" | "routed" | "sriov" | "ovn" => {
+            "physical" if get("parent").is_empty() => {
+                return Err(invalid("Missing device option \"parent\"".into()))
+            }
+            "physical" if data.networks.contains_key(get("parent")) => {
+                return Err(invalid(format!(
+                    "{:?} is a managed network: a physical nic takes a host link of its own",
+                    get("parent")
+                )))
+            }
+            "physical" => Attach::Physical(get("parent").to_string()),
+            "ipvlan" | "routed" | "sriov" | "ovn" => {
                 return Err(Error::not_yet(&format!(
                     "nic devices of nictype {:?} (device {name:?})",
                     get("nictype")
@@ -200,9 +212,9 @@ pub fn validate(data: &Data, name: &str, dev: &StringMap) -> Result<Attach> {
             )));
         }
     }
-    if matches!(attach, Attach::Macvlan(_)) && !get("host_name").is_empty() {
+    if matches!(attach, Attach::Macvlan(_) | Attach::Physical(_)) && !get("host_name").is_empty() {
         return Err(invalid(
-            "\"host_name\" applies to veth pairs (bridged, p2p), not macvlan".into(),
+            "\"host_name\" applies to veth pairs (bridged, p2p), not macvlan or physical".into(),
         ));
     }
     Ok(attach)
@@ -293,8 +305,14 @@ pub fn resolve(data: &Data, inst: &str, config: &StringMap, ed: &Devices) -> Res
             n => n.to_string(),
         };
         let hw_key = format!("volatile.{dev}.hwaddr");
+        // A physical NIC keeps its own MAC unless given one.
+        let physical = match &attach {
+            Attach::Physical(parent) => Some(host_link(parent, dev)?),
+            _ => None,
+        };
         let mac = match parse_mac(get("hwaddr")) {
             Some(m) => m,
+            None if physical.is_some() => physical.as_ref().and_then(|l| l.mac).unwrap_or([0; 6]),
             None => match config.get(&hw_key).and_then(|v| parse_mac(v)) {
                 Some(m) => m,
                 None => {
@@ -354,6 +372,14 @@ pub fn resolve(data: &Data, inst: &str, config: &StringMap, ed: &Devices) -> Res
             Attach::Macvlan(parent) => NicKind::Macvlan {
                 parent: parent.clone(),
             },
+            Attach::Physical(parent) => {
+                let l = physical.as_ref().expect("read above");
+                NicKind::Physical {
+                    parent: parent.clone(),
+                    host_mtu: l.mtu,
+                    host_mac: l.mac,
+                }
+            }
         };
         if let NicKind::Veth { host_name, .. } = &kind {
             out.volatile
@@ -368,6 +394,27 @@ pub fn resolve(data: &Data, inst: &str, config: &StringMap, ed: &Devices) -> Res
         });
     }
     Ok(out)
+}
+
+/// Host link `parent` for a physical nic: it must exist and be free (no bridge or bond holds
+/// it, and it is not one of bivy's own bridges' or a container's veth).
+fn host_link(parent: &str, dev: &str) -> Result<crate::net::netlink::Link> {
+    let nl =
+        crate::net::netlink::Netlink::open().map_err(|e| Error::Host(format!("netlink: {e}")))?;
+    let l = nl
+        .link(parent)
+        .map_err(|e| Error::Host(format!("Device {dev:?}: {parent}: {e}")))?
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "Device {dev:?}: Parent device {parent:?} doesn't exist on the host"
+            ))
+        })?;
+    if l.master.is_some() || l.kind == "bridge" || l.name == "lo" {
+        return Err(Error::Invalid(format!(
+            "Device {dev:?}: {parent:?} is a bridge, loopback or held by one: a physical nic takes a free host link"
+        )));
+    }
+    Ok(l)
 }
 
 /// The volatile keys a stopped instance no longer has (`volatile.<dev>.host_name`).
@@ -453,14 +500,24 @@ pub fn hotplug(
     data: &Data,
     inst: &str,
     config: &StringMap,
+    run_dir: &std::path::Path,
     pid: i32,
     old: &Devices,
     new: &Devices,
 ) -> Result<Vec<(String, Option<String>)>> {
     let changed = |n: &String| old.get(n) != new.get(n);
+    // What the runtime recorded it made (a physical NIC's host state is only there), else what
+    // the config says.
+    let running: Vec<Nic> = crate::runtime::running_nics(run_dir).unwrap_or_default();
     let gone: Vec<Nic> = nic_devices(old)
         .filter(|(n, _)| changed(n))
-        .filter_map(|(n, c)| running_nic(config, n, c))
+        .filter_map(|(n, c)| {
+            running
+                .iter()
+                .find(|r| r.device == **n)
+                .cloned()
+                .or_else(|| running_nic(config, n, c))
+        })
         .collect();
     let added: Devices = nic_devices(new)
         .filter(|(n, _)| changed(n))
@@ -519,6 +576,10 @@ pub fn hotplug(
         });
     }
     revert.commit();
+    let gone_devices: Vec<String> = gone.iter().map(|n| n.device.clone()).collect();
+    if let Err(e) = crate::runtime::record_nics(run_dir, &gone_devices, &resolved.nics) {
+        eprintln!("bivy: {inst}: recording its NICs: {e}");
+    }
     // Clear what the removed devices had, then set what the plugged ones have (a changed
     // device's new host name replaces its cleared one: the later entry wins).
     let mut all: Vec<(String, Option<String>)> = Vec::new();
@@ -595,6 +656,18 @@ mod tests {
         assert!(v(&[("type", "nic")]).is_err());
         assert!(matches!(
             v(&[("type", "nic"), ("nictype", "physical"), ("parent", "x")]),
+            Ok(Attach::Physical(p)) if p == "x"
+        ));
+        assert!(v(&[("type", "nic"), ("nictype", "physical")]).is_err());
+        assert!(v(&[
+            ("type", "nic"),
+            ("nictype", "physical"),
+            ("parent", "x"),
+            ("host_name", "h")
+        ])
+        .is_err());
+        assert!(matches!(
+            v(&[("type", "nic"), ("nictype", "ipvlan"), ("parent", "x")]),
             Err(Error::NotSupported(_))
         ));
         assert!(matches!(

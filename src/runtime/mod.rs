@@ -165,6 +165,13 @@ pub enum NicKind {
     },
     /// A macvlan (bridge mode) on host link `parent`.
     Macvlan { parent: String },
+    /// The host link `parent` itself, moved into the container (renamed there) and given back
+    /// with its name, MTU and MAC when the container stops or the device is removed.
+    Physical {
+        parent: String,
+        host_mtu: u32,
+        host_mac: Option<[u8; 6]>,
+    },
 }
 
 /// Everything needed to start a container, fully resolved (profiles expanded, ids mapped, paths checked).
@@ -320,7 +327,7 @@ mod userns;
 
 pub use exec::resize_pty;
 pub use host::host_id_range;
-pub use nics::{plug as plug_nic, unplug as unplug_nic};
+pub use nics::{plug as plug_nic, record as record_nics, unplug as unplug_nic};
 pub use userns::{rootfs_supports_idmap, shift_acl, shift_fscaps, shift_rootfs, to_host};
 
 /// The run directory's files (all owned by the runtime).
@@ -465,6 +472,11 @@ pub fn hotplug(
 /// migration) that can write only below `dir`: every other mount is read-only for it.
 pub fn write_only_below(dir: &Path, program: &Path) -> Result<std::process::Command> {
     jail::command(dir, program)
+}
+
+/// The NICs a running container has (as started and hot-plugged since).
+pub fn running_nics(run_dir: &Path) -> Result<Vec<Nic>> {
+    Ok(monitor::running_spec(run_dir)?.nics)
 }
 
 /// Plug one device node into a running container (a USB device that appeared); idempotent.

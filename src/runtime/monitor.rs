@@ -515,7 +515,18 @@ fn run(run_dir: &Path, status: OwnedFd) -> Result<()> {
         Ok((init_pid, master, slave)) => {
             let _ = chan::send(&status, &Msg::Started(init_pid, me), None);
             drop(status);
+            // The network namespace outlives init while physical NICs are in it: they go back
+            // to the host (a virtual one would die with the namespace).
+            let netns = fs::File::open(format!("/proc/{init_pid}/ns/net"))
+                .ok()
+                .map(OwnedFd::from);
             let exit = supervise(&spec, init_pid, &master, run_dir);
+            if let Some(ns) = netns {
+                let nics = read_spec(run_dir)
+                    .map(|s| s.nics)
+                    .unwrap_or(spec.nics.clone());
+                super::nics::give_back_all(&ns, &nics);
+            }
             drop(slave);
             teardown(&spec, &prep);
             let p = run_dir.join(files::EXIT);

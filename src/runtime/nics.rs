@@ -3,7 +3,9 @@
 //! from the host's network namespace, over netlink: the container end is created directly in the
 //! container's namespace (by init's pid) with its name, MAC, MTU and up, so nothing ever enters
 //! the container's namespace to set it up. The kernel deletes a veth pair and a macvlan when the
-//! container's namespace goes, so a stopped container leaves nothing behind.
+//! container's namespace goes, so a stopped container leaves nothing behind. A physical NIC (a
+//! host link moved in) is given back, renamed and reset as it was, by the monitor when the
+//! container stops (it holds the namespace until then) or by [`unplug`] when it is removed.
 
 use super::{Error, Nic, NicKind, Result};
 use crate::net::netlink::{LinkSpec, MacvlanMode, Netlink, Netns};
@@ -59,12 +61,137 @@ pub fn plug(nl: &Netlink, pid: i32, nic: &Nic) -> Result<()> {
             nl.create_macvlan(&peer, parent, MacvlanMode::Bridge)
                 .map_err(|x| e(nic, &format!("create macvlan on {parent}"), x))?;
         }
+        NicKind::Physical {
+            parent,
+            host_mtu,
+            host_mac,
+        } => plug_physical(nl, pid, nic, parent, *host_mtu, *host_mac)?,
     }
     Ok(())
 }
 
+/// Move host link `parent` into the container as `nic.name`, with `nic`'s MAC and MTU, up. On
+/// failure it is left on the host as it was.
+fn plug_physical(
+    nl: &Netlink,
+    pid: i32,
+    nic: &Nic,
+    parent: &str,
+    host_mtu: u32,
+    host_mac: Option<[u8; 6]>,
+) -> Result<()> {
+    let reset = |nl: &Netlink| {
+        let _ = nl.set_mtu(parent, host_mtu);
+        if let Some(m) = host_mac {
+            let _ = nl.set_mac(parent, m);
+        }
+    };
+    let prepare = || -> std::io::Result<()> {
+        nl.set_up(parent, false)?;
+        if Some(nic.mac) != host_mac {
+            nl.set_mac(parent, nic.mac)?;
+        }
+        if let Some(m) = nic.mtu {
+            nl.set_mtu(parent, m)?;
+        }
+        nl.move_to(parent, Netns::Pid(pid), Some(&nic.name))
+    };
+    if let Err(x) = prepare() {
+        reset(nl);
+        return Err(e(nic, &format!("move {parent} into the container"), x));
+    }
+    let name = nic.name.clone();
+    if let Err(x) = crate::net::netlink::in_netns(pid, move || Netlink::open()?.set_up(&name, true))
+    {
+        let _ = give_back(pid, nic, parent, host_mtu, host_mac);
+        return Err(e(nic, "set it up in the container", x));
+    }
+    Ok(())
+}
+
+/// Move a physical NIC out of the namespace of `pid` (or of the namespace file `ns`) back to
+/// ours under its host name, reset to its MTU and MAC.
+fn give_back(
+    pid: i32,
+    nic: &Nic,
+    parent: &str,
+    host_mtu: u32,
+    host_mac: Option<[u8; 6]>,
+) -> Result<()> {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
+        .map_err(|x| e(nic, "open the container's network namespace", x))?;
+    give_back_from(
+        std::os::fd::OwnedFd::from(ns),
+        nic,
+        parent,
+        host_mtu,
+        host_mac,
+    )
+}
+
+/// [`give_back`] from an open network namespace file.
+pub(crate) fn give_back_from(
+    ns: std::os::fd::OwnedFd,
+    nic: &Nic,
+    parent: &str,
+    host_mtu: u32,
+    host_mac: Option<[u8; 6]>,
+) -> Result<()> {
+    let home = std::fs::File::open("/proc/thread-self/ns/net")
+        .map_err(|x| e(nic, "open our network namespace", x))?;
+    let (name, host) = (nic.name.clone(), parent.to_string());
+    crate::net::netlink::in_netns_fd(ns, move || {
+        let nl = Netlink::open()?;
+        let _ = nl.set_up(&name, false);
+        nl.move_to(
+            &name,
+            Netns::Fd(std::os::fd::AsFd::as_fd(&home)),
+            Some(&host),
+        )
+    })
+    .map_err(|x| e(nic, &format!("give {parent} back to the host"), x))?;
+    let nl = Netlink::open().map_err(|x| e(nic, "netlink", x))?;
+    let _ = nl.set_mtu(parent, host_mtu);
+    if let Some(m) = host_mac {
+        let _ = nl.set_mac(parent, m);
+    }
+    Ok(())
+}
+
+/// Give every physical NIC of `nics` back from the namespace file `ns` (the monitor, once the
+/// container has stopped; what cannot be given back is reported and the rest still done).
+pub(crate) fn give_back_all(ns: &std::os::fd::OwnedFd, nics: &[Nic]) {
+    for nic in nics {
+        if let NicKind::Physical {
+            parent,
+            host_mtu,
+            host_mac,
+        } = &nic.kind
+        {
+            let r = ns
+                .try_clone()
+                .map_err(|x| e(nic, "dup", x))
+                .and_then(|ns| give_back_from(ns, nic, parent, *host_mtu, *host_mac));
+            if let Err(x) = r {
+                eprintln!("bivy monitor: {x}");
+            }
+        }
+    }
+}
+
+/// Record a running container's NICs after a hot-plug (`gone` device names removed, `added`
+/// appended), so the monitor gives its physical NICs back when it stops.
+pub fn record(run_dir: &std::path::Path, gone: &[String], added: &[Nic]) -> Result<()> {
+    let mut spec = super::monitor::running_spec(run_dir)?;
+    spec.nics.retain(|n| !gone.contains(&n.device));
+    spec.nics.extend(added.iter().cloned());
+    let js = serde_json::to_vec_pretty(&spec).map_err(|x| Error(format!("encode spec: {x}")))?;
+    super::monitor::replace_file(&run_dir.join(super::files::SPEC), &js)
+}
+
 /// Remove `nic` from a running container (hot-unplug): deleting the host end of a veth pair
-/// deletes both ends; a macvlan is deleted inside the container's namespace.
+/// deletes both ends; a macvlan is deleted inside the container's namespace; a physical NIC is
+/// given back to the host.
 pub fn unplug(nl: &Netlink, pid: i32, nic: &Nic) -> Result<()> {
     match &nic.kind {
         NicKind::Veth { host_name, .. } => nl
@@ -75,6 +202,11 @@ pub fn unplug(nl: &Netlink, pid: i32, nic: &Nic) -> Result<()> {
             crate::net::netlink::in_netns(pid, move || Netlink::open()?.delete_link(&name))
                 .map_err(|x| e(nic, "delete the macvlan", x))
         }
+        NicKind::Physical {
+            parent,
+            host_mtu,
+            host_mac,
+        } => give_back(pid, nic, parent, *host_mtu, *host_mac),
     }
 }
 
