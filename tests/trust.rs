@@ -661,6 +661,8 @@ fn fill(pattern: &str, n: &Names) -> String {
             ("{name}", "networks") => n.network.clone(),
             ("{file}", "logs") => "lxc.log".into(),
             ("{snap}", "snapshots") => n.snapshot.clone(),
+            // A backup that does not exist: the untrusted caller must be refused before that matters.
+            ("{backup}", "backups") => "backup0".into(),
             ("{fp}", "images") => n.image.clone(),
             ("{fp}", "certificates") => n.cert.clone(),
             ("{pool}", "storage-pools") => "default".into(),
