@@ -162,10 +162,13 @@ pub fn changes(ev: &Uevent, devices: &Devices, sysfs: &Path) -> Vec<Change> {
 /// device is added): every char and block device whose USB ancestor matches.
 pub fn present(devices: &Devices, sysfs: &Path) -> Vec<UnixDev> {
     let mut out = Vec::new();
-    let wanted = devices
+    // The unix-hotplug devices alone: a usb device is matched on its own uevents only.
+    let only: Devices = devices
         .iter()
-        .any(|(_, d)| d.get("type").map(String::as_str) == Some("unix-hotplug"));
-    if !wanted {
+        .filter(|(_, d)| d.get("type").map(String::as_str) == Some("unix-hotplug"))
+        .map(|(n, d)| (n.clone(), d.clone()))
+        .collect();
+    if only.is_empty() {
         return out;
     }
     for (kind, block) in [("char", false), ("block", true)] {
@@ -195,11 +198,6 @@ pub fn present(devices: &Devices, sysfs: &Path) -> Vec<UnixDev> {
                         .map(|p| format!("/{}", p.display()))
                 })
                 .unwrap_or_default();
-            let only: Devices = devices
-                .iter()
-                .filter(|(_, d)| d.get("type").map(String::as_str) == Some("unix-hotplug"))
-                .map(|(n, d)| (n.clone(), d.clone()))
-                .collect();
             for c in changes(&ev, &only, sysfs) {
                 if let Change::Plug(n) = c {
                     out.push(n);

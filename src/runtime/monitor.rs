@@ -524,7 +524,7 @@ fn run(run_dir: &Path, status: OwnedFd) -> Result<()> {
             if let Some(ns) = netns {
                 let nics = read_spec(run_dir)
                     .map(|s| s.nics)
-                    .unwrap_or(spec.nics.clone());
+                    .unwrap_or_else(|_| spec.nics.clone());
                 super::nics::give_back_all(&ns, &nics);
             }
             drop(slave);
