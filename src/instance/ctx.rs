@@ -62,7 +62,8 @@ impl Ctx {
     pub fn open(dir: &Path, host: Host) -> std::result::Result<Arc<Ctx>, String> {
         let events = Arc::new(Events::default());
         let images = image::Store::open(&dir.join("images")).map_err(|e| e.to_string())?;
-        let db = db::Db::open(&dir.join("database.json")).map_err(|e| e.to_string())?;
+        let mut db = db::Db::open(&dir.join("database.json")).map_err(|e| e.to_string())?;
+        db.keep_markers(dir);
         let d = Arc::new(Ctx {
             dir: dir.to_path_buf(),
             db: Mutex::new(db),

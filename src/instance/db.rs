@@ -195,6 +195,9 @@ pub struct CertRecord {
 pub struct Db {
     path: PathBuf,
     pub data: Data,
+    /// The daemon's directory when each change is also written beside the data
+    /// (`instance::markers`); `None` for a bare document.
+    markers: Option<PathBuf>,
 }
 
 impl Db {
@@ -226,7 +229,14 @@ impl Db {
         Ok(Db {
             path: path.to_path_buf(),
             data,
+            markers: None,
         })
+    }
+
+    /// Keep the pools' record files (`instance::markers`) in step with every change from now on;
+    /// `bivy_dir` places the pools that have no `source`.
+    pub fn keep_markers(&mut self, bivy_dir: &Path) {
+        self.markers = Some(bivy_dir.to_path_buf());
     }
 
     /// Persist the current document atomically.
@@ -240,10 +250,19 @@ impl Db {
     pub fn update<T>(&mut self, f: impl FnOnce(&mut Data) -> T) -> std::io::Result<T> {
         let mut next = self.data.clone();
         let out = f(&mut next);
+        if let Some(dir) = &self.markers {
+            super::markers::before_save(dir, &self.data, &next);
+        }
         let old = std::mem::replace(&mut self.data, next);
         if let Err(e) = self.save() {
+            if let Some(dir) = &self.markers {
+                super::markers::after_save(dir, &self.data, &old);
+            }
             self.data = old;
             return Err(e);
+        }
+        if let Some(dir) = &self.markers {
+            super::markers::after_save(dir, &old, &self.data);
         }
         Ok(out)
     }
@@ -274,6 +293,7 @@ mod tests {
         let mut db = Db {
             path: PathBuf::from("/nonexistent-dir/x/database.json"),
             data: Data::default(),
+            markers: None,
         };
         assert!(db
             .update(|d| d.config.insert("a".into(), "b".into()))

@@ -20,6 +20,7 @@ pub mod idmap;
 pub mod images;
 pub mod lifecycle;
 pub mod limits;
+pub mod markers;
 pub mod networks;
 pub mod nics;
 pub mod operations;

@@ -249,6 +249,12 @@ pub fn delete_image_volumes(d: &Ctx, fingerprint: &str) {
 pub fn recover_pools(d: &Ctx) {
     let records = d.db.lock().expect("db lock").data.pools.clone();
     let pools_dir = d.dir.join("storage-pools");
+    let creating: std::collections::HashSet<String> = std::fs::read_dir(creating_dir(d))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     let named = |n: &str| records.contains_key(n);
     let mounted = |p: &std::path::Path| storage::mounted_at(p).is_ok_and(|m| m.is_some());
     let unmount = |p: &std::path::Path| {
@@ -280,6 +286,15 @@ pub fn recover_pools(d: &Ctx) {
         }
         let mnt = pools_dir.join(stem);
         unmount(&mnt);
+        if !creating.contains(stem) {
+            // A finished pool whose record is gone (a lost or older database): kept for
+            // `bivy admin recover`.
+            eprintln!(
+                "bivy: keeping {}: no storage pool record names it (`bivy admin recover` finds it)",
+                path.display()
+            );
+            continue;
+        }
         if !mounted(&mnt) {
             eprintln!("bivy: removing {} (no pool uses it)", path.display());
             let _ = std::fs::remove_file(&path);
@@ -299,6 +314,15 @@ pub fn recover_pools(d: &Ctx) {
         if mounted(&path) {
             continue;
         }
+        if !creating.contains(&n) && super::markers::pool_file(&path).exists() {
+            eprintln!(
+                "bivy: keeping {}: no storage pool record names it (`bivy admin recover` finds it)",
+                path.display()
+            );
+            continue;
+        }
+        let _ = std::fs::remove_file(super::markers::pool_file(&path));
+        let _ = std::fs::remove_dir(path.join(super::markers::DIR));
         for sub in storage::LAYOUT_DIRS {
             let _ = std::fs::remove_dir(path.join(sub));
         }
@@ -306,6 +330,16 @@ pub fn recover_pools(d: &Ctx) {
             eprintln!("bivy: removed {} (no pool uses it)", path.display());
         }
     }
+    for n in &creating {
+        let _ = std::fs::remove_file(creating_dir(d).join(n));
+    }
+}
+
+/// Where a pool create notes that it has begun (`<name>`, empty), from before it makes any
+/// storage until its record is saved: what a killed create left is removed at the next start
+/// only when noted there, so a pool whose record was lost is never taken for one.
+pub fn creating_dir(d: &Ctx) -> PathBuf {
+    d.dir.join("pools-creating")
 }
 
 /// Undo what a killed daemon left on the pools: volumes no record names (half-made creates and
@@ -314,6 +348,7 @@ pub fn recover_pools(d: &Ctx) {
 /// volume snapshots no record names.
 pub fn recover(d: &Ctx) {
     let data = d.db.lock().expect("db lock").data.clone();
+    super::markers::ensure_all(&d.dir, &data);
     let instances = &data.instances;
     let images: std::collections::HashSet<String> = d
         .images
@@ -351,13 +386,28 @@ pub fn recover(d: &Ctx) {
                 let _ = std::fs::rename(&old, &cur);
             }
         }
+        let root = p.driver.path();
+        // A volume whose record file is there lost its database record (`bivy admin recover`
+        // brings it back); one without was being made or deleted.
+        let keep = |path: &std::path::Path, what: &str| {
+            let kept = path.exists();
+            if kept {
+                eprintln!(
+                    "bivy: keeping {what} {}: the database has no record of it (`bivy admin recover` finds it)",
+                    path.display()
+                );
+            }
+            kept
+        };
         for e in std::fs::read_dir(&containers)
             .into_iter()
             .flatten()
             .flatten()
         {
             let n = e.file_name().to_string_lossy().into_owned();
-            if !mine.contains_key(n.as_str()) {
+            if !mine.contains_key(n.as_str())
+                && !keep(&super::markers::instance_file(&root, &n), "instance volume")
+            {
                 remove(&e.path());
             }
         }
@@ -365,6 +415,7 @@ pub fn recover(d: &Ctx) {
         for e in std::fs::read_dir(&snaps).into_iter().flatten().flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
             match mine.get(n.as_str()) {
+                None if super::markers::instance_file(&root, &n).exists() => {}
                 None => {
                     for s in std::fs::read_dir(e.path()).into_iter().flatten().flatten() {
                         remove(&s.path());
@@ -396,7 +447,9 @@ pub fn recover(d: &Ctx) {
             .flatten()
         {
             let n = e.file_name().to_string_lossy().into_owned();
-            if !customs.contains(&n) {
+            if !customs.contains(&n)
+                && !keep(&super::markers::volume_file(&root, &n), "custom volume")
+            {
                 remove(&e.path());
             }
         }
@@ -408,6 +461,9 @@ pub fn recover(d: &Ctx) {
         {
             let n = e.file_name().to_string_lossy().into_owned();
             let named = custom_snaps.get(&n);
+            if !customs.contains(&n) && super::markers::volume_file(&root, &n).exists() {
+                continue;
+            }
             for s in std::fs::read_dir(e.path()).into_iter().flatten().flatten() {
                 let sn = s.file_name().to_string_lossy().into_owned();
                 if !named.is_some_and(|v| v.contains(&sn)) {

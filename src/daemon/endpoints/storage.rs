@@ -172,12 +172,25 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
         .map_err(|e| Error::BadRequest(e.to_string()))?;
     let others: Vec<PathBuf> = pools.values().map(|p| p.driver.path()).collect();
     check_placement(&pool.driver.path(), &body.name, &d.dir, &others)?;
+    // Noted before any storage is made, cleared once the record is saved (or undone): a killed
+    // create's leftovers are told from a pool whose record was lost (`pools::creating_dir`).
+    let intent = crate::instance::pools::creating_dir(d).join(&body.name);
+    std::fs::create_dir_all(crate::instance::pools::creating_dir(d))
+        .and_then(|()| crate::util::fs::atomic_write(&intent, b""))
+        .map_err(io_err("noting the pool create"))?;
+    let clear = || {
+        let _ = std::fs::remove_file(&intent);
+    };
     let mut config = body.config.clone();
-    pool.driver
-        .create(&mut config)
-        .map_err(|e| Error::BadRequest(format!("Failed to create storage pool: {e}")))?;
+    if let Err(e) = pool.driver.create(&mut config) {
+        clear();
+        return Err(Error::BadRequest(format!(
+            "Failed to create storage pool: {e}"
+        )));
+    }
     let undo = |e: Error| {
         let _ = pool.driver.delete();
+        clear();
         e
     };
     pool.make_layout(false)
@@ -193,6 +206,7 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
         .update(|data| data.pools.insert(body.name.clone(), rec))
         .map_err(io_err("saving the pool"))
         .map_err(undo)?;
+    clear();
     pools.insert(body.name.clone(), Arc::new(pool));
     drop(pools);
     d.events.lifecycle(
@@ -321,6 +335,7 @@ pub fn delete(d: &Daemon, name: &str) -> Result<Response> {
                 let _ = p.driver.delete_volume(&e.path());
             }
         }
+        crate::instance::markers::remove_pool_files(&p.driver.path());
         p.driver.delete().map_err(|e| {
             Error::BadRequest(format!("Failed to delete storage pool {name:?}: {e}"))
         })?;
