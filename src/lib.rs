@@ -31,7 +31,9 @@
 //!   `lifecycle` (create, start, stop, delete, live limits, interim changes and their undo after a
 //!   crash, recovery, autostart), `snapshots`, `stateful` (CRIU: stateful stop/start and
 //!   snapshots), `schedule`, `backups` (instance backups in LXD's tarball format, and restoring
-//!   them), `pools`, `volumes` (custom storage volumes: create, copy, move, state),
+//!   them), `pools`, `markers` (each pool's record files, kept in step with the database),
+//!   `recover` (`admin recover`: records rebuilt from them), `volumes` (custom storage volumes:
+//!   create, copy, move, state),
 //!   `volume_snapshots` (their snapshots, restore and schedule), `devices` (disk, unix,
 //!   GPU and USB devices resolved for the runtime, and their hot-plug), `hostdev` (the host's
 //!   GPUs and USB devices), `uevents` (USB devices coming and going), `nics`, `proxy` (proxy devices and their running

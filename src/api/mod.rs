@@ -752,6 +752,49 @@ pub struct StoragePoolPut {
     pub description: String,
 }
 
+/// `POST /internal/recover/validate` and `/internal/recover/import` (LXD's
+/// `internalRecoverValidatePost`): the pools to scan besides those the server has.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct RecoverPost {
+    #[serde(default, deserialize_with = "nullable")]
+    pub pools: Vec<RecoverPool>,
+}
+
+/// One pool to scan that the server has no record of (LXD's `api.StoragePoolsPost`).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct RecoverPool {
+    pub name: String,
+    pub driver: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub config: StringMap,
+    #[serde(default, deserialize_with = "nullable")]
+    pub description: String,
+}
+
+/// What `POST /internal/recover/validate` found (LXD's `internalRecoverValidateResult`), and
+/// (bivy's addition) the pools on the daemon's own disk that no record names.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct RecoverValidateResult {
+    #[serde(default, deserialize_with = "nullable")]
+    pub unknown_volumes: Vec<RecoverVolume>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub dependency_errors: Vec<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub unknown_pools: Vec<RecoverPool>,
+}
+
+/// One volume found on a pool without a record (LXD's `internalRecoverValidateVolume`).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct RecoverVolume {
+    pub name: String,
+    /// `container` or `custom`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub snapshot_count: usize,
+    pub pool: String,
+    pub project: String,
+}
+
 /// A storage volume (`api.StorageVolume` of LXD 5.0.2, field for field).
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
 pub struct StorageVolume {

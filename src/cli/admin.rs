@@ -1,6 +1,7 @@
 //! `admin waitready` and `admin shutdown`: `lxd waitready` and `lxd shutdown` (5.0.2) for the
 //! daemon on the local socket (`$BIVY_SOCKET`, `$BIVY_DIR/unix.socket`, ...). `admin init`
-//! (`lxd init`) is in [`super::admin_init`].
+//! (`lxd init`) is in [`super::admin_init`], `admin recover` (`lxd recover`) in
+//! [`super::admin_recover`].
 //!
 //! - `waitready [--timeout N]`: poll `GET /1.0` every half second until it succeeds; past the
 //!   timeout (none by default) fail with LXD's message and the last error.
@@ -31,6 +32,7 @@ Usage:
 
 Available Commands:
   init        Configure the daemon: storage pool, network bridge, default profile, listener
+  recover     Recover missing instances and volumes from existing and unknown storage pools
   shutdown    Tell the daemon to stop and wait until it is gone
   waitready   Wait for the daemon to be ready to process requests
 ";
@@ -68,6 +70,7 @@ pub fn run(args: &[String]) -> CmdResult {
             Ok(0)
         }
         Some("init") => super::admin_init::run(&args[1..]),
+        Some("recover") => super::admin_recover::run(&args[1..]),
         Some("waitready") => waitready(&args[1..]),
         Some("shutdown") => shutdown(&args[1..]),
         Some(other) => {

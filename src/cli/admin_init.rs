@@ -360,7 +360,7 @@ pub trait Prompt {
 }
 
 /// The terminal on stdin and stdout.
-struct Terminal;
+pub(super) struct Terminal;
 
 impl Prompt for Terminal {
     fn line(&mut self, question: &str) -> io::Result<Option<String>> {
@@ -392,13 +392,13 @@ impl Prompt for Terminal {
 }
 
 /// lxd's `cli.Ask*` helpers over a [`Prompt`].
-struct Ask<'a>(&'a mut dyn Prompt);
+pub(super) struct Ask<'a>(pub(super) &'a mut dyn Prompt);
 
 type Check<'a> = &'a dyn Fn(&str) -> Result<(), String>;
 
 impl Ask<'_> {
     /// An answer, the default for an empty one; the end of input is an error.
-    fn answer(&mut self, question: &str, default: &str) -> Result<String, Fail> {
+    pub(super) fn answer(&mut self, question: &str, default: &str) -> Result<String, Fail> {
         match self.0.line(question)? {
             None => fail(format!(
                 "no answer to {:?} (end of input)",
@@ -413,7 +413,7 @@ impl Ask<'_> {
         self.0.err("Invalid input, try again.\n\n");
     }
 
-    fn bool(&mut self, question: &str, default: bool) -> Result<bool, Fail> {
+    pub(super) fn bool(&mut self, question: &str, default: bool) -> Result<bool, Fail> {
         let def = if default { "yes" } else { "no" };
         loop {
             match self.answer(question, def)?.to_lowercase().as_str() {
@@ -424,7 +424,7 @@ impl Ask<'_> {
         }
     }
 
-    fn string(
+    pub(super) fn string(
         &mut self,
         question: &str,
         default: &str,
@@ -443,7 +443,12 @@ impl Ask<'_> {
         }
     }
 
-    fn choice(&mut self, question: &str, choices: &[&str], default: &str) -> Result<String, Fail> {
+    pub(super) fn choice(
+        &mut self,
+        question: &str,
+        choices: &[&str],
+        default: &str,
+    ) -> Result<String, Fail> {
         loop {
             let a = self.answer(question, default)?;
             if choices.contains(&a.as_str()) {

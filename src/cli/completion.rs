@@ -67,6 +67,7 @@ const LAUNCH_FLAGS: &str = "-c --config -p --profile --no-profiles -e --ephemera
 pub const TABLE: &[Cmd] = &[
     c("admin", "", No),
     c("admin init", "--auto --preseed --dump --network-address --network-port --storage-backend --storage-create-device --storage-create-loop --storage-pool --trust-password", No),
+    c("admin recover", "", No),
     c("admin shutdown", "-t --timeout -f --force", No),
     c("admin waitready", "-t --timeout", No),
     c("alias", "", No),

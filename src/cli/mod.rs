@@ -8,7 +8,8 @@
 //!   list), `network`, `misc` (operation, monitor, version, query).
 //! - `alias`: the `alias` verbs and alias expansion (before anything else in [`main`]);
 //!   `admin`: `admin waitready|shutdown` for the local daemon, `admin_init` its `admin init`
-//!   (lxd init) and `preseed` the preseed documents it applies; `install`: the binary and the
+//!   (lxd init) and `preseed` the preseed documents it applies, `admin_recover` its
+//!   `admin recover` (lxd recover); `install`: the binary and the
 //!   service file of the host's init system; `completion`: the command table, the shell
 //!   completion scripts and `__complete` (names from the daemon); `manpage`: the manual.
 //! - `conf`: the client configuration (`$BIVY_CONF`: remotes, client identity, pinned server
@@ -20,6 +21,7 @@
 
 pub mod admin;
 pub mod admin_init;
+pub mod admin_recover;
 pub mod alias;
 pub mod backup;
 pub mod completion;
@@ -88,7 +90,7 @@ Usage:
   bivy [command]
 
 Available Commands:
-  admin       Manage the daemon (init, waitready, shutdown)
+  admin       Manage the daemon (init, recover, waitready, shutdown)
   alias       Manage command aliases
   completion  Print the shell completion script (bash, zsh, fish)
   config      Manage instance and server configuration options

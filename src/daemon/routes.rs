@@ -40,6 +40,15 @@ fn route(d: &Daemon, req: &mut Request, caller: &Caller) -> Result<Response> {
             _ => Err(not_allowed(m)),
         };
     }
+    if let ["internal", "recover", step] = segs.as_slice() {
+        // LXD's `lxd recover` endpoints (trusted callers only, as every non-public route).
+        return match (m, *step) {
+            ("POST", "validate") => endpoints::server::recover_validate(d, req),
+            ("POST", "import") => endpoints::server::recover_import(d, req),
+            (_, "validate" | "import") => Err(not_allowed(m)),
+            _ => Err(Error::NotFound("not found".into())),
+        };
+    }
     if segs[0] != "1.0" {
         return Err(Error::NotFound("not found".into()));
     }

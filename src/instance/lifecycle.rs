@@ -668,25 +668,32 @@ pub fn recover(d: &Arc<Ctx>) -> std::io::Result<()> {
             .cloned()
             .collect();
     for n in names {
-        Interim::undo_all(d, &n);
-        super::stateful::recover(d, &n);
-        match state_of(d, &n) {
-            Ok(State::Running { .. }) => {
-                // Proxy devices live in the daemon: a new daemon listens again.
-                if let Ok(rec) = record(d, &n) {
-                    let (_, ed) = expanded(d, &rec);
-                    if let Err(e) = super::proxy::start_all(d, &n, &ed) {
-                        eprintln!("bivy: {n}: {e}");
-                        log_line(&d.log_dir(&n), &format!("proxy devices not restarted: {e}"));
-                    }
-                }
-                watch(d.clone(), n)
-            }
-            Ok(State::Stopped { .. }) => {}
-            Err(e) => eprintln!("bivy: {e}"),
-        }
+        adopt(d, n);
     }
     Ok(())
+}
+
+/// Take up an instance this daemon did not start: finish or undo what a killed daemon left
+/// half-done on it and, when it runs, listen for its proxy devices and watch it (at start, and
+/// for an instance `recover` brings back).
+pub fn adopt(d: &Arc<Ctx>, n: String) {
+    Interim::undo_all(d, &n);
+    super::stateful::recover(d, &n);
+    match state_of(d, &n) {
+        Ok(State::Running { .. }) => {
+            // Proxy devices live in the daemon: a new daemon listens again.
+            if let Ok(rec) = record(d, &n) {
+                let (_, ed) = expanded(d, &rec);
+                if let Err(e) = super::proxy::start_all(d, &n, &ed) {
+                    eprintln!("bivy: {n}: {e}");
+                    log_line(&d.log_dir(&n), &format!("proxy devices not restarted: {e}"));
+                }
+            }
+            watch(d.clone(), n)
+        }
+        Ok(State::Stopped { .. }) => {}
+        Err(e) => eprintln!("bivy: {e}"),
+    }
 }
 
 /// Start instances with `boot.autostart=true` (or unset and last running) on the first daemon

@@ -26,6 +26,7 @@ pub mod nics;
 pub mod operations;
 pub mod pools;
 pub mod proxy;
+pub mod recover;
 pub mod refresh;
 pub mod schedule;
 pub mod snapshots;

@@ -172,3 +172,19 @@ fn server_config_view(c: &api::StringMap) -> api::StringMap {
         })
         .collect()
 }
+
+/// `POST /internal/recover/validate` (`lxd recover`'s scan): the instances and custom volumes
+/// on the pools that the database lacks, and what must exist before they can come back.
+pub fn recover_validate(d: &Daemon, req: &mut Request) -> Result<Response> {
+    let body: api::RecoverPost = json(req)?;
+    Ok(response::sync(&crate::instance::recover::validate(
+        d, &body,
+    )?))
+}
+
+/// `POST /internal/recover/import`: record what the scan finds and take up its instances.
+pub fn recover_import(d: &Daemon, req: &mut Request) -> Result<Response> {
+    let body: api::RecoverPost = json(req)?;
+    crate::instance::recover::import(d, &body)?;
+    Ok(response::empty())
+}

@@ -1,0 +1,365 @@
+//! Disaster recovery (`bivy admin recover`, LXD's `lxd recover`): bring back the instances and
+//! custom volumes that are on the pools but not in the state database (it was lost, corrupted or
+//! replaced by an older copy), from the record files each pool keeps beside its data
+//! (`markers`). Pools the database lacks are named by the caller (LXD's
+//! `/internal/recover/validate` body) or found on the daemon's own disk ([`discover`]).
+//!
+//! `validate` scans and reports; it changes nothing (a pool it had to mount is unmounted again).
+//! `import` scans again, refuses while anything is missing or clashes (a profile or network the
+//! instances use, a name taken), then records the pools, instances and volumes in one database
+//! change and takes up the instances, running ones included: a container that kept running under
+//! its monitor while the database was gone is watched again with its init PID unchanged.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use super::db::{Data, InstanceRecord, PoolRecord, VolumeRecord};
+use super::markers::{self, InstanceMarker, PoolMarker, VolumeMarker};
+use super::{Ctx, Error, Result};
+use crate::api::{RecoverPool, RecoverPost, RecoverValidateResult, RecoverVolume};
+use crate::storage::{self, Pool};
+
+/// One pool to scan: a recorded one, or one the caller named (opened here).
+struct Scanned {
+    pool: Arc<Pool>,
+    /// The record to save for a pool the database lacks; `None` for a recorded pool.
+    new: Option<PoolRecord>,
+    /// Whether this scan mounted it (and must unmount it unless it is imported).
+    mounted_here: bool,
+}
+
+/// What a scan found.
+#[derive(Default)]
+struct Found {
+    result: RecoverValidateResult,
+    instances: Vec<(String, InstanceRecord)>,
+    volumes: Vec<(String, String, VolumeRecord)>,
+}
+
+/// Pools on the daemon's own disk (`storage-pools/NAME` with its record file, `disks/NAME.img`)
+/// that no record names.
+pub fn discover(d: &Ctx) -> Vec<RecoverPool> {
+    let recorded = d.db.lock().expect("db lock").data.pools.clone();
+    let mut out: BTreeMap<String, RecoverPool> = BTreeMap::new();
+    for e in std::fs::read_dir(d.dir.join("storage-pools"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if recorded.contains_key(&n) {
+            continue;
+        }
+        if let Ok(Some(m)) = markers::read::<PoolMarker>(&markers::pool_file(&e.path())) {
+            out.insert(
+                n.clone(),
+                RecoverPool {
+                    name: n,
+                    driver: m.record.driver,
+                    config: m.record.config,
+                    description: m.record.description,
+                },
+            );
+        }
+    }
+    for e in std::fs::read_dir(d.dir.join("disks"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let n = e.file_name().to_string_lossy().into_owned();
+        let Some(stem) = n.strip_suffix(".img") else {
+            continue;
+        };
+        if recorded.contains_key(stem) || out.contains_key(stem) {
+            continue;
+        }
+        let mut config = crate::api::StringMap::new();
+        config.insert("source".into(), e.path().display().to_string());
+        out.insert(
+            stem.to_string(),
+            RecoverPool {
+                name: stem.to_string(),
+                driver: "btrfs".into(),
+                config,
+                description: String::new(),
+            },
+        );
+    }
+    out.into_values().collect()
+}
+
+/// Open (and mount) a pool the database lacks, checking that it is a bivy pool of that name.
+fn open_new(d: &Ctx, data: &Data, spec: &RecoverPool) -> Result<Scanned> {
+    storage::validate_pool_name(&spec.name).map_err(Error::Invalid)?;
+    if data.pools.contains_key(&spec.name) {
+        return Err(Error::Conflict(format!(
+            "Storage pool {:?} already exists",
+            spec.name
+        )));
+    }
+    let pool = Pool::new(&spec.name, &spec.driver, &spec.config, &d.dir)
+        .map_err(|e| Error::Invalid(format!("Storage pool {:?}: {e}", spec.name)))?;
+    let root = pool.driver.path();
+    let mounted_before = storage::mounted_at(&root).is_ok_and(|m| m.is_some());
+    if spec.driver == "dir" && !root.is_dir() {
+        return Err(Error::NotFound(format!(
+            "Storage pool {:?}: {} does not exist",
+            spec.name,
+            root.display()
+        )));
+    }
+    pool.driver
+        .mount()
+        .map_err(|e| Error::Host(format!("mounting storage pool {:?}: {e}", spec.name)))?;
+    let mounted_here = !mounted_before && storage::mounted_at(&root).is_ok_and(|m| m.is_some());
+    let fail = |e: Error| {
+        if mounted_here {
+            let _ = pool.driver.unmount();
+        }
+        Err(e)
+    };
+    let marker = match markers::read::<PoolMarker>(&markers::pool_file(&root)) {
+        Ok(Some(m)) => m,
+        Ok(None) => {
+            return fail(Error::NotFound(format!(
+                "Storage pool {:?}: {} holds no bivy storage pool (no {})",
+                spec.name,
+                root.display(),
+                markers::pool_file(&root).display()
+            )))
+        }
+        Err(e) => return fail(Error::Host(e)),
+    };
+    if marker.name != spec.name || marker.record.driver != spec.driver {
+        return fail(Error::Invalid(format!(
+            "Storage pool {:?}: {} is the {} pool {:?}; recover it under that name and driver",
+            spec.name,
+            root.display(),
+            marker.record.driver,
+            marker.name
+        )));
+    }
+    Ok(Scanned {
+        pool: Arc::new(pool),
+        new: Some(marker.record),
+        mounted_here,
+    })
+}
+
+/// The recorded pools (usable ones) and the caller's new ones, opened.
+fn open_pools(
+    d: &Ctx,
+    recorded: Vec<Arc<Pool>>,
+    data: &Data,
+    req: &RecoverPost,
+) -> Result<Vec<Scanned>> {
+    let unavailable = d.pools.unavailable.lock().expect("pools lock").clone();
+    let mut out: Vec<Scanned> = recorded
+        .into_iter()
+        .filter(|p| !unavailable.contains_key(&p.name))
+        .map(|pool| Scanned {
+            pool,
+            new: None,
+            mounted_here: false,
+        })
+        .collect();
+    let mut names = BTreeSet::new();
+    for spec in &req.pools {
+        if !names.insert(spec.name.clone()) {
+            close(&out);
+            return Err(Error::Invalid(format!(
+                "Storage pool {:?} is named twice",
+                spec.name
+            )));
+        }
+        match open_new(d, data, spec) {
+            Ok(s) => out.push(s),
+            Err(e) => {
+                close(&out);
+                return Err(e);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Unmount what the scan mounted.
+fn close(pools: &[Scanned]) {
+    for s in pools.iter().filter(|s| s.mounted_here) {
+        if let Err(e) = s.pool.driver.unmount() {
+            eprintln!("bivy: unmounting storage pool {}: {e}", s.pool.name);
+        }
+    }
+}
+
+/// The instances and custom volumes on `pools` that `data` has no record of, and what keeps
+/// them from being imported.
+fn scan(data: &Data, pools: &[Scanned]) -> Found {
+    let mut found = Found::default();
+    let project = || "default".to_string();
+    let known_vols: BTreeSet<(&str, &str)> = data
+        .instances
+        .values()
+        .map(|r| (r.pool.as_str(), r.volume.as_str()))
+        .collect();
+    let mut missing = BTreeSet::new();
+    let mut names: BTreeSet<String> = data.instances.keys().cloned().collect();
+    for s in pools {
+        let p = &s.pool;
+        let root = p.driver.path();
+        for (vol, m) in markers::read_all::<InstanceMarker>(&root, "instances") {
+            if known_vols.contains(&(p.name.as_str(), vol.as_str())) || !p.container(&vol).is_dir()
+            {
+                continue;
+            }
+            let mut rec = m.record;
+            rec.pool = p.name.clone();
+            rec.volume = vol.clone();
+            rec.backups.clear();
+            rec.snapshots
+                .retain(|sn| p.snapshot(&vol, &sn.volume).is_dir());
+            if !names.insert(m.name.clone()) {
+                found.result.dependency_errors.push(format!(
+                    "Instance {:?} in project \"default\" already exists (the one on storage pool {:?} cannot take its name)",
+                    m.name, p.name
+                ));
+            }
+            for prof in &rec.profiles {
+                if !data.profiles.contains_key(prof) {
+                    missing.insert(format!("Profile {prof:?} in project \"default\""));
+                }
+            }
+            for dev in rec.devices.values() {
+                if let Some(net) = dev
+                    .get("network")
+                    .filter(|_| dev.get("type").map(String::as_str) == Some("nic"))
+                {
+                    if !data.networks.contains_key(net) {
+                        missing.insert(format!("Network {net:?} in project \"default\""));
+                    }
+                }
+            }
+            found.result.unknown_volumes.push(RecoverVolume {
+                name: m.name.clone(),
+                kind: "container".into(),
+                snapshot_count: rec.snapshots.len(),
+                pool: p.name.clone(),
+                project: project(),
+            });
+            found.instances.push((m.name, rec));
+        }
+        let recorded = data.volumes.get(&p.name);
+        let mut vol_names: BTreeSet<String> = recorded
+            .map(|v| v.keys().cloned().collect())
+            .unwrap_or_default();
+        for (vol, m) in markers::read_all::<VolumeMarker>(&root, "volumes") {
+            if recorded.is_some_and(|v| v.values().any(|r| r.volume == vol))
+                || !p.custom(&vol).is_dir()
+            {
+                continue;
+            }
+            let mut rec = m.record;
+            rec.volume = vol.clone();
+            rec.snapshots
+                .retain(|sn| p.custom_snapshot(&vol, &sn.volume).is_dir());
+            if !vol_names.insert(m.name.clone()) {
+                found.result.dependency_errors.push(format!(
+                    "Storage volume {:?} on storage pool {:?} already exists",
+                    m.name, p.name
+                ));
+            }
+            found.result.unknown_volumes.push(RecoverVolume {
+                name: m.name.clone(),
+                kind: "custom".into(),
+                snapshot_count: rec.snapshots.len(),
+                pool: p.name.clone(),
+                project: project(),
+            });
+            found.volumes.push((p.name.clone(), m.name, rec));
+        }
+    }
+    found.result.dependency_errors.extend(missing);
+    found
+}
+
+/// `POST /internal/recover/validate`: what would be recovered, and what is missing first.
+pub fn validate(d: &Ctx, req: &RecoverPost) -> Result<RecoverValidateResult> {
+    let data = d.db.lock().expect("db lock").data.clone();
+    let pools = open_pools(d, super::pools::all(d), &data, req)?;
+    let mut found = scan(&data, &pools);
+    close(&pools);
+    let asked: BTreeSet<&str> = req.pools.iter().map(|p| p.name.as_str()).collect();
+    found.result.unknown_pools = discover(d)
+        .into_iter()
+        .filter(|p| !asked.contains(p.name.as_str()))
+        .collect();
+    Ok(found.result)
+}
+
+/// `POST /internal/recover/import`: record the pools, instances and custom volumes found (one
+/// database change), then take up the instances. The names of the instances recovered.
+pub fn import(d: &Ctx, req: &RecoverPost) -> Result<Vec<String>> {
+    // The pools map first, then the database, as pool creates take them.
+    let mut open = d.pools.pools.lock().expect("pools lock");
+    let data = d.db.lock().expect("db lock").data.clone();
+    let pools = open_pools(d, open.values().cloned().collect(), &data, req)?;
+    let found = scan(&data, &pools);
+    if !found.result.dependency_errors.is_empty() {
+        close(&pools);
+        return Err(Error::Conflict(format!(
+            "Cannot recover until these are fixed: {}",
+            found.result.dependency_errors.join("; ")
+        )));
+    }
+    for s in pools.iter().filter(|s| s.new.is_some()) {
+        if let Err(e) = s.pool.make_layout(true) {
+            close(&pools);
+            return Err(Error::Host(format!(
+                "storage pool {:?}: making its layout: {e}",
+                s.pool.name
+            )));
+        }
+    }
+    let saved = d.db.lock().expect("db lock").update(|data| {
+        for s in &pools {
+            if let Some(rec) = &s.new {
+                data.pools.insert(s.pool.name.clone(), rec.clone());
+            }
+        }
+        for (name, rec) in &found.instances {
+            data.instances.insert(name.clone(), rec.clone());
+        }
+        for (pool, name, rec) in &found.volumes {
+            data.volumes
+                .entry(pool.clone())
+                .or_default()
+                .insert(name.clone(), rec.clone());
+        }
+    });
+    if let Err(e) = saved {
+        close(&pools);
+        return Err(Error::Host(format!("saving the recovered records: {e}")));
+    }
+    for s in pools.iter().filter(|s| s.new.is_some()) {
+        d.pools
+            .unavailable
+            .lock()
+            .expect("pools lock")
+            .remove(&s.pool.name);
+        open.insert(s.pool.name.clone(), s.pool.clone());
+    }
+    drop(open);
+    let names: Vec<String> = found.instances.into_iter().map(|(n, _)| n).collect();
+    let me = d.me.get().and_then(std::sync::Weak::upgrade);
+    for n in &names {
+        eprintln!("bivy: recovered instance {n}");
+        if let Some(me) = &me {
+            super::lifecycle::adopt(me, n.clone());
+        }
+    }
+    for (pool, name, _) in &found.volumes {
+        eprintln!("bivy: recovered custom volume {name} on storage pool {pool}");
+    }
+    Ok(names)
+}
