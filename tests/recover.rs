@@ -186,6 +186,42 @@ fn a_pool_without_a_record_is_kept_and_recovered() {
         "{v}"
     );
 
+    // A record whose snapshot names a path outside its volume is refused, not followed.
+    let default = d.dir().join("storage-pools/default");
+    let hostile_vol = default.join("containers/0badc0de");
+    std::fs::create_dir_all(hostile_vol.join("rootfs")).expect("volume");
+    let hostile_rec = default.join("bivy-records/instances/0badc0de.json");
+    std::fs::create_dir_all(hostile_rec.parent().expect("parent")).expect("records dir");
+    let rec = serde_json::json!({"name": "evil", "record": {
+        "architecture": "x86_64", "config": {}, "devices": {}, "ephemeral": false,
+        "profiles": [], "description": "", "created_at": "", "last_used_at": "",
+        "stateful": false, "volume": "0badc0de", "pool": "default",
+        "snapshots": [{"name": "s", "architecture": "x86_64", "config": {}, "devices": {},
+            "ephemeral": false, "profiles": [], "description": "", "created_at": "",
+            "expires_at": "", "stateful": false, "volume": "../../../etc"}]}});
+    std::fs::write(&hostile_rec, rec.to_string()).expect("record");
+    let (status, v) = d
+        .api(
+            "POST",
+            "/internal/recover/validate",
+            Some(r#"{"pools":[]}"#),
+        )
+        .expect("validate");
+    assert_eq!(status, 200, "{v}");
+    let errors = v["metadata"]["dependency_errors"].to_string();
+    assert!(
+        errors.contains(r#"Instance \"evil\" on storage pool \"default\" cannot be recovered"#)
+            && errors.contains("is not a volume name"),
+        "{v}"
+    );
+    let (status, v) = d
+        .api("POST", "/internal/recover/import", Some(r#"{"pools":[]}"#))
+        .expect("import");
+    assert_eq!(status, 409, "{v}");
+    assert!(std::path::Path::new("/etc/passwd").is_file());
+    std::fs::remove_file(&hostile_rec).expect("remove record");
+    std::fs::remove_dir_all(&hostile_vol).expect("remove volume");
+
     let out = recover(&d, "yes\nno\nyes\nyes\n");
     let stdout = text(&out.stdout);
     assert!(

@@ -120,11 +120,13 @@ fn dialog(c: &Client, p: &mut dyn Prompt) -> CmdResult {
     p.out("Scanning for unknown volumes...\n");
     let result = loop {
         let r = validate(c, &req)?;
-        if r.unknown_volumes.is_empty() {
+        if r.unknown_volumes.is_empty() && r.dependency_errors.is_empty() {
             p.out("No unknown volumes found. Nothing to do.\n");
             return Ok(0);
         }
-        p.out("The following unknown volumes have been found:\n");
+        if !r.unknown_volumes.is_empty() {
+            p.out("The following unknown volumes have been found:\n");
+        }
         for v in &r.unknown_volumes {
             let what = if v.kind == "custom" {
                 "Volume"

@@ -195,8 +195,16 @@ fn close(pools: &[Scanned]) {
 
 /// The instances and custom volumes on `pools` that `data` has no record of, and what keeps
 /// them from being imported.
-fn scan(data: &Data, pools: &[Scanned]) -> Found {
+fn scan(data: &Data, pools: &[Scanned], ncpus: usize) -> Found {
     let mut found = Found::default();
+    // Devices are checked against the pools as they will be: the new ones included.
+    let mut with_new = data.clone();
+    for s in pools {
+        if let Some(rec) = &s.new {
+            with_new.pools.insert(s.pool.name.clone(), rec.clone());
+        }
+    }
+    let data = &with_new;
     let project = || "default".to_string();
     let known_vols: BTreeSet<(&str, &str)> = data
         .instances
@@ -217,6 +225,25 @@ fn scan(data: &Data, pools: &[Scanned]) -> Found {
             rec.pool = p.name.clone();
             rec.volume = vol.clone();
             rec.backups.clear();
+            // A pool from elsewhere is input like any other: what names a path must be a plain
+            // name, and the config must pass the checks a PUT gets.
+            let checked = plain(&vol)
+                .and_then(|()| super::config::validate_instance_name(&m.name))
+                .and_then(|()| {
+                    rec.snapshots.iter().try_for_each(|sn| {
+                        plain(&sn.volume)?;
+                        super::schedule::validate_snapshot_name(&sn.name).map_err(Error::Invalid)
+                    })
+                })
+                .and_then(|()| super::config::validate_config(&rec.config, &rec.config, ncpus))
+                .and_then(|()| super::config::validate_devices(&rec.devices, data));
+            if let Err(e) = checked {
+                found.result.dependency_errors.push(format!(
+                    "Instance {:?} on storage pool {:?} cannot be recovered: {e}",
+                    m.name, p.name
+                ));
+                continue;
+            }
             rec.snapshots
                 .retain(|sn| p.snapshot(&vol, &sn.volume).is_dir());
             if !names.insert(m.name.clone()) {
@@ -261,6 +288,16 @@ fn scan(data: &Data, pools: &[Scanned]) -> Found {
             }
             let mut rec = m.record;
             rec.volume = vol.clone();
+            let checked = plain(&vol)
+                .and_then(|()| super::volumes::validate_name(&m.name))
+                .and_then(|()| rec.snapshots.iter().try_for_each(|sn| plain(&sn.volume)));
+            if let Err(e) = checked {
+                found.result.dependency_errors.push(format!(
+                    "Storage volume {:?} on storage pool {:?} cannot be recovered: {e}",
+                    m.name, p.name
+                ));
+                continue;
+            }
             rec.snapshots
                 .retain(|sn| p.custom_snapshot(&vol, &sn.volume).is_dir());
             if !vol_names.insert(m.name.clone()) {
@@ -283,11 +320,26 @@ fn scan(data: &Data, pools: &[Scanned]) -> Found {
     found
 }
 
+/// A volume directory's name as bivy makes them (a UUID): nothing that could leave its parent.
+fn plain(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!("{name:?} is not a volume name")))
+    }
+}
+
 /// `POST /internal/recover/validate`: what would be recovered, and what is missing first.
 pub fn validate(d: &Ctx, req: &RecoverPost) -> Result<RecoverValidateResult> {
     let data = d.db.lock().expect("db lock").data.clone();
     let pools = open_pools(d, super::pools::all(d), &data, req)?;
-    let mut found = scan(&data, &pools);
+    let mut found = scan(&data, &pools, d.host.ncpus);
     close(&pools);
     let asked: BTreeSet<&str> = req.pools.iter().map(|p| p.name.as_str()).collect();
     found.result.unknown_pools = discover(d)
@@ -304,7 +356,7 @@ pub fn import(d: &Ctx, req: &RecoverPost) -> Result<Vec<String>> {
     let mut open = d.pools.pools.lock().expect("pools lock");
     let data = d.db.lock().expect("db lock").data.clone();
     let pools = open_pools(d, open.values().cloned().collect(), &data, req)?;
-    let found = scan(&data, &pools);
+    let found = scan(&data, &pools, d.host.ncpus);
     if !found.result.dependency_errors.is_empty() {
         close(&pools);
         return Err(Error::Conflict(format!(
@@ -362,4 +414,28 @@ pub fn import(d: &Ctx, req: &RecoverPost) -> Result<Vec<String>> {
         eprintln!("bivy: recovered custom volume {name} on storage pool {pool}");
     }
     Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volume_names_stay_in_their_parent() {
+        for ok in ["0b9c1a2e-7f3d-4c8e-9a1b-2c3d4e5f6a7b", "v_1"] {
+            assert!(plain(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "a/b",
+            ".hidden",
+            "a\0b",
+            &"x".repeat(129),
+        ] {
+            assert!(plain(bad).is_err(), "{bad:?}");
+        }
+    }
 }
