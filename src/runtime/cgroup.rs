@@ -15,12 +15,17 @@
 //! `instance::limits`. No unsafe here: only file I/O under /sys/fs/cgroup and `kill(2)` through nix.
 
 use std::fs;
-use std::io;
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::runtime::{Error, IoLimit, Limits, Result, Stats};
+use crate::runtime::{Error, Limits, Result, Stats};
+
+mod devices;
+mod io;
+
+pub use devices::DEFAULT_DEVICES;
 
 /// The cgroup mounts of this host, as seen in /proc/self/mountinfo.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -95,7 +100,7 @@ impl Layout {
     }
 }
 
-fn io_err(what: &str, path: &Path, e: io::Error) -> Error {
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> Error {
     Error(format!("cgroup: {what} {}: {e}", path.display()))
 }
 
@@ -123,7 +128,7 @@ fn stat_u64(path: &Path) -> Result<Option<u64>> {
             .parse()
             .map(Some)
             .map_err(|e| Error(format!("cgroup: parsing {}: {e}", path.display()))),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_err("reading", path, e)),
     }
 }
@@ -151,39 +156,6 @@ fn poll(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
         wait = (wait * 2).min(Duration::from_millis(5));
     }
 }
-
-/// Devices a container may use after [`Cgroup::restrict_devices`] (LXD's default list), each with
-/// the reason it is allowed.
-pub const DEFAULT_DEVICES: &[(&str, &str)] = &[
-    (
-        "c *:* m",
-        "mknod of any char device: creating a node is harmless, opening it is checked",
-    ),
-    ("b *:* m", "mknod of any block device, same reason"),
-    ("c 1:3 rwm", "/dev/null"),
-    ("c 1:5 rwm", "/dev/zero"),
-    ("c 1:7 rwm", "/dev/full"),
-    ("c 1:8 rwm", "/dev/random"),
-    ("c 1:9 rwm", "/dev/urandom"),
-    ("c 5:0 rwm", "/dev/tty"),
-    (
-        "c 5:1 rwm",
-        "/dev/console (the container's console pty is bind-mounted there)",
-    ),
-    (
-        "c 5:2 rwm",
-        "/dev/ptmx (the container's own devpts instance)",
-    ),
-    ("c 136:* rwm", "/dev/pts/* (pseudo-terminals)"),
-    (
-        "c 10:200 rwm",
-        "/dev/net/tun (VPNs in the container's own network namespace)",
-    ),
-    (
-        "c 10:229 rwm",
-        "/dev/fuse (FUSE mounts, which AppArmor's fstype=fuse rule allows)",
-    ),
-];
 
 /// The controllers this code drives.
 const CONTROLLERS: &[&str] = &["memory", "pids", "cpu", "cpuset"];
@@ -413,7 +385,7 @@ impl Cgroup {
             }
             match fs::create_dir(d) {
                 Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(io_err("create", d, e)),
             }
             if let Some((uid, gid)) = owner {
@@ -571,143 +543,6 @@ impl Cgroup {
             ));
         }
         self.set_io(&lim.io)
-    }
-
-    /// Throttle block I/O to exactly `io` (devices throttled before and not in `io` are
-    /// unthrottled).
-    fn set_io(&self, io: &[IoLimit]) -> Result<()> {
-        let (d, v2) = if let Some(d) = self.v1_dir("blkio") {
-            (d, false)
-        } else if let Some(x) = self.ctrl("io") {
-            x
-        } else if io.is_empty() {
-            return Ok(());
-        } else {
-            return Err(Error(
-                "cgroup: disk limits set but no blkio/io controller is available".into(),
-            ));
-        };
-        // The devices throttled now, from the files' "MAJ:MIN ..." lines.
-        let throttled = |file: &str| -> Result<Vec<(u32, u32)>> {
-            let p = d.join(file);
-            if !p.exists() {
-                return Ok(Vec::new());
-            }
-            Ok(read(&p)?
-                .lines()
-                .filter_map(|l| {
-                    let (a, b) = l.split_whitespace().next()?.split_once(':')?;
-                    Some((a.parse().ok()?, b.parse().ok()?))
-                })
-                .collect())
-        };
-        if v2 {
-            if io.iter().any(|l| {
-                l.read_bps.is_some()
-                    || l.write_bps.is_some()
-                    || l.read_iops.is_some()
-                    || l.write_iops.is_some()
-            }) && !d.join("io.max").exists()
-            {
-                return Err(Error(format!("cgroup: no io.max in {}", d.display())));
-            }
-            let v = |x: Option<u64>| x.map_or("max".to_string(), |n| n.to_string());
-            for (ma, mi) in throttled("io.max")? {
-                if !io.iter().any(|l| (l.major, l.minor) == (ma, mi)) {
-                    write(
-                        &d.join("io.max"),
-                        &format!("{ma}:{mi} rbps=max wbps=max riops=max wiops=max"),
-                    )?;
-                }
-            }
-            for l in io {
-                write(
-                    &d.join("io.max"),
-                    &format!(
-                        "{}:{} rbps={} wbps={} riops={} wiops={}",
-                        l.major,
-                        l.minor,
-                        v(l.read_bps),
-                        v(l.write_bps),
-                        v(l.read_iops),
-                        v(l.write_iops)
-                    ),
-                )?;
-            }
-            return Ok(());
-        }
-        type Field = fn(&IoLimit) -> Option<u64>;
-        let files: [(&str, Field); 4] = [
-            ("blkio.throttle.read_bps_device", |l| l.read_bps),
-            ("blkio.throttle.write_bps_device", |l| l.write_bps),
-            ("blkio.throttle.read_iops_device", |l| l.read_iops),
-            ("blkio.throttle.write_iops_device", |l| l.write_iops),
-        ];
-        for (file, field) in files {
-            let p = d.join(file);
-            // 0 removes a device's rule.
-            for (ma, mi) in throttled(file)? {
-                if !io
-                    .iter()
-                    .any(|l| (l.major, l.minor) == (ma, mi) && field(l).is_some())
-                {
-                    write(&p, &format!("{ma}:{mi} 0"))?;
-                }
-            }
-            for l in io {
-                if let Some(n) = field(l) {
-                    write(&p, &format!("{}:{} {n}", l.major, l.minor))?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Restrict device access (v1 `devices` controller) to LXD's default list plus `extra`
-    /// (entries in `devices.allow` syntax, e.g. `c 10:232 rwm` for a `unix-char` device).
-    /// For every container: a node that reaches its rootfs from the host side (a migration
-    /// peer's rsync, a privileged container's mknod) opens nothing else. Not in a nested bivy
-    /// (see `devices_dir`).
-    /// On pure cgroup2 this needs a BPF_PROG_TYPE_CGROUP_DEVICE program, not built yet: the
-    /// restriction is then the kernel's own (no mknod in a user namespace, so an unprivileged
-    /// container reaches only the nodes bivy binds in and those of its rootfs); privileged
-    /// containers there are not restricted (README, Status).
-    pub fn restrict_devices(&self, extra: &[String]) -> Result<()> {
-        let Some(d) = self.devices_dir() else {
-            return Ok(());
-        };
-        write(&d.join("devices.deny"), "a")?;
-        for rule in DEFAULT_DEVICES
-            .iter()
-            .map(|(r, _why)| *r)
-            .chain(extra.iter().map(String::as_str))
-        {
-            write(&d.join("devices.allow"), rule)?;
-        }
-        Ok(())
-    }
-
-    /// The v1 devices controller's directory, when this bivy may use it: the kernel takes
-    /// device rules only from its initial user namespace, so a nested bivy (in a container)
-    /// leaves them to the outer container's cgroup, which holds for everything inside it (and
-    /// mknod is refused in a user namespace anyway).
-    fn devices_dir(&self) -> Option<&Path> {
-        if super::host::host().nested {
-            return None;
-        }
-        self.v1_dir("devices")
-    }
-
-    /// Write each of `rules` to the v1 devices controller's `file` (`devices.allow` or
-    /// `devices.deny`); nothing to do without one (see [`Self::restrict_devices`]).
-    pub fn device_rules(&self, file: &str, rules: &[String]) -> Result<()> {
-        let Some(d) = self.devices_dir() else {
-            return Ok(());
-        };
-        for rule in rules {
-            write(&d.join(file), rule)?;
-        }
-        Ok(())
     }
 
     /// The v2 freeze file when the unified dir has core freezer support.
@@ -886,7 +721,7 @@ impl Cgroup {
 fn mkdir(p: &Path) -> Result<()> {
     match fs::create_dir(p) {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(io_err("creating", p, e)),
     }
 }
@@ -924,7 +759,7 @@ fn collect_pids(dir: &Path, out: &mut Vec<i32>) {
 fn rmdir_tree(dir: &Path) -> Result<()> {
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(io_err("listing", dir, e)),
     };
     for e in rd.flatten() {
@@ -935,7 +770,7 @@ fn rmdir_tree(dir: &Path) -> Result<()> {
     let mut last = None;
     let gone = poll(Duration::from_secs(2), || match fs::remove_dir(dir) {
         Ok(()) => true,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => true,
+        Err(e) if e.kind() == ErrorKind::NotFound => true,
         Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
             last = Some(e);
             false
