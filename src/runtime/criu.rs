@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{files, monitor, Error, Result, Spec};
+use super::{control, files, helper, monitor, Error, Result, Spec};
 
 /// The description of a checkpoint bivy keeps next to CRIU's images.
 pub const META: &str = "bivy-checkpoint.json";
@@ -287,10 +287,10 @@ fn externals(spec: &Spec, mountinfo: &str) -> Vec<External> {
 /// error returned.
 pub fn dump(run_dir: &Path, images: &Path, log: &Path, leave_running: bool) -> Result<()> {
     let criu = find()?;
-    let spec = monitor::running_spec(run_dir)?;
-    let (init_pid, _init_fd) = monitor::live_pidfd(&run_dir.join(files::INIT_PID))
+    let spec = control::running_spec(run_dir)?;
+    let (init_pid, _init_fd) = helper::live_pidfd(&run_dir.join(files::INIT_PID))
         .ok_or_else(|| Error(format!("container {} is not running", spec.name)))?;
-    let Some((_, monitor_fd)) = monitor::live_pidfd(&run_dir.join(files::MONITOR_PID)) else {
+    let Some((_, monitor_fd)) = helper::live_pidfd(&run_dir.join(files::MONITOR_PID)) else {
         return Err(Error(format!("container {} is not running", spec.name)));
     };
     if super::confine::cgroup_is_frozen(spec.cgroup_name()) {
@@ -355,7 +355,7 @@ pub fn dump(run_dir: &Path, images: &Path, log: &Path, leave_running: bool) -> R
     let res = run(&criu.path, &args, Duration::from_secs(600));
     let ok = matches!(res, Ok((true, _)));
     if !ok {
-        if !leave_running && monitor::live_pid(&run_dir.join(files::INIT_PID)).is_some() {
+        if !leave_running && helper::live_pid(&run_dir.join(files::INIT_PID)).is_some() {
             let _ = fs::remove_file(&req);
         }
         let why = match res {
@@ -375,7 +375,7 @@ pub fn dump(run_dir: &Path, images: &Path, log: &Path, leave_running: bool) -> R
             log.display()
         )));
     }
-    if !leave_running && !monitor::wait_pidfd(&monitor_fd, Duration::from_secs(30)) {
+    if !leave_running && !helper::wait_pidfd(&monitor_fd, Duration::from_secs(30)) {
         return Err(Error(format!(
             "checkpoint of {} written, but its monitor did not exit",
             spec.name
@@ -462,7 +462,7 @@ pub(crate) fn restore_in_monitor(
     // The console slave, inherited by criu under its number, stands for the dumped one.
     let inherited = match &meta.console_tty {
         Some(t) => {
-            let fd = monitor::dup_inheritable(slave)?;
+            let fd = helper::dup_inheritable(slave)?;
             args.push("--inherit-fd".into());
             args.push(format!("fd[{}]:tty[{t}]", fd.as_raw_fd()));
             Some(fd)

@@ -16,7 +16,8 @@ use nix::unistd::{Gid, Pid, Uid};
 use serde::{Deserialize, Serialize};
 
 use super::chan::{self, Msg};
-use super::monitor::{dup_inheritable, helper_command, live_pidfd, read_spec};
+use super::control::read_spec;
+use super::helper::{dup_inheritable, helper_command, live_pidfd};
 use super::{
     confine, files, init, Error, ExecProcess, ExecSpec, ExecStdio, Result, RootfsMode, State,
 };

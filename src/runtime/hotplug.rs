@@ -32,8 +32,9 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::CloneFlags;
 use serde::{Deserialize, Serialize};
 
+use super::control::{read_spec, running_spec};
 use super::disks::{self, Staged};
-use super::monitor::{helper_command, live_pidfd, read_spec, replace_file, running_spec};
+use super::helper::{helper_command, live_pidfd, replace_file};
 use super::{confine, files, DiskMount, Error, Result, RootfsMode, UnixDev};
 use crate::sys;
 

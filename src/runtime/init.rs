@@ -51,7 +51,7 @@ pub enum Never {}
 fn setup(ctx: &Ctx<'_>, sock: &OwnedFd) -> Result<Never, Error> {
     let spec = ctx.spec;
 
-    super::monitor::trace(ctx.t0, "child step 1");
+    super::helper::trace(ctx.t0, "child step 1");
     // 1. Wait until the monitor wrote our id maps and put us into the container's cgroup.
     match chan::recv(sock)? {
         Some((Msg::Go, _)) => {}
@@ -62,13 +62,13 @@ fn setup(ctx: &Ctx<'_>, sock: &OwnedFd) -> Result<Never, Error> {
         }
     }
 
-    super::monitor::trace(ctx.t0, "child step 2");
+    super::helper::trace(ctx.t0, "child step 2");
     // 2. Cgroup namespace only now, after the cgroup join, so its root is the container's cgroup
     //    (in the same clone it would be rooted at the monitor's cgroup: host.md 7c).
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
         .map_err(|x| e("unshare(CLONE_NEWCGROUP)", x))?;
 
-    super::monitor::trace(ctx.t0, "child step 3");
+    super::helper::trace(ctx.t0, "child step 3");
     // 3. Become root of the user namespace before touching the rootfs: on an idmapped mount only
     //    mapped fsuids can create files, and host uid 0 is not mapped. Caps stay (root of the ns).
     nix::unistd::setgroups(&[]).map_err(|x| e("setgroups", x))?;
@@ -81,17 +81,17 @@ fn setup(ctx: &Ctx<'_>, sock: &OwnedFd) -> Result<Never, Error> {
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
         .map_err(|x| e("PR_SET_PDEATHSIG", x))?;
 
-    super::monitor::trace(ctx.t0, "child step 4");
+    super::helper::trace(ctx.t0, "child step 4");
     // 4. Mounts inside the rootfs (proc, sys, cgroup view, dev, masks), then pivot_root into it.
     rootfs::setup(ctx)?;
     rootfs::pivot(ctx.root)?;
 
-    super::monitor::trace(ctx.t0, "child step 5");
+    super::helper::trace(ctx.t0, "child step 5");
     // 5. Identity and network: hostname in the new UTS ns; loopback up in the empty netns.
     nix::unistd::sethostname(&spec.hostname).map_err(|x| e("sethostname", x))?;
     sys::link_up("lo").map_err(|x| e("bring lo up", x))?;
 
-    super::monitor::trace(ctx.t0, "child step 6");
+    super::helper::trace(ctx.t0, "child step 6");
     // 6. Console: new session with the pty slave as controlling terminal and stdio.
     nix::unistd::setsid().map_err(|x| e("setsid", x))?;
     rustix::process::ioctl_tiocsctty(ctx.slave).map_err(|x| e("TIOCSCTTY on console", x))?;
@@ -99,7 +99,7 @@ fn setup(ctx: &Ctx<'_>, sock: &OwnedFd) -> Result<Never, Error> {
     nix::unistd::dup2_stdout(ctx.slave).map_err(|x| e("dup2 console", x))?;
     nix::unistd::dup2_stderr(ctx.slave).map_err(|x| e("dup2 console", x))?;
 
-    super::monitor::trace(ctx.t0, "child step 7");
+    super::helper::trace(ctx.t0, "child step 7");
     // 7. Confinement: capability bounding set (LXD's default drops, privileged or not), AppArmor
     //    label for the exec, then every fd but stdio marked close-on-exec.
     drop_caps()?;
@@ -120,7 +120,7 @@ fn setup(ctx: &Ctx<'_>, sock: &OwnedFd) -> Result<Never, Error> {
     }
     sys::reset_signals();
 
-    super::monitor::trace(ctx.t0, "child step 8");
+    super::helper::trace(ctx.t0, "child step 8");
     // 8. seccomp last: after it only execve runs.
     confine::seccomp_load(ctx.seccomp)?;
     let Err(x) = nix::unistd::execve(&argv[0], &argv, &env);

@@ -12,7 +12,7 @@ use std::process::Command;
 
 use nix::mount::{mount, MsFlags};
 
-use super::monitor::helper_command;
+use super::helper::helper_command;
 use super::{Error, Result};
 use crate::sys;
 

@@ -313,9 +313,11 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 mod chan;
 mod confine;
+mod control;
 pub mod criu;
 mod disks;
 mod exec;
+mod helper;
 pub mod host;
 mod hotplug;
 mod init;
@@ -382,7 +384,7 @@ pub fn console_attach(run_dir: &Path) -> Result<ConsoleAttach> {
 /// The binary re-executed for the monitor is `$BIVY_EXE` if set, else `/proc/self/exe`, copied once
 /// per process into a sealed memfd.
 pub fn start(spec: &Spec, run_dir: &Path) -> Result<State> {
-    monitor::start(spec, run_dir)
+    control::start(spec, run_dir)
 }
 
 /// Check that CRIU is here and works (`$BIVY_CRIU`, else PATH; version 4.0 or newer; `criu
@@ -410,39 +412,39 @@ pub fn restore(spec: &Spec, run_dir: &Path, images: &Path, log: &Path) -> Result
         images: images.to_path_buf(),
         log: log.to_path_buf(),
     };
-    monitor::restore(spec, run_dir, &req)
+    control::restore(spec, run_dir, &req)
 }
 
 /// Current state, from the run directory (monitor alive?) and the kernel.
 pub fn state(run_dir: &Path) -> Result<State> {
-    monitor::state(run_dir)
+    control::state(run_dir)
 }
 
 /// Stop the container; returns when it is stopped and its cgroup is gone.
 pub fn stop(run_dir: &Path, mode: StopMode) -> Result<()> {
-    monitor::stop(run_dir, mode)
+    control::stop(run_dir, mode)
 }
 
 pub fn freeze(run_dir: &Path) -> Result<()> {
-    let spec = monitor::running_spec(run_dir)?;
+    let spec = control::running_spec(run_dir)?;
     confine::cgroup_freeze(spec.cgroup_name())
 }
 
 pub fn unfreeze(run_dir: &Path) -> Result<()> {
-    let spec = monitor::running_spec(run_dir)?;
+    let spec = control::running_spec(run_dir)?;
     confine::cgroup_thaw(spec.cgroup_name())
 }
 
 /// Apply new limits to a running container.
 pub fn set_limits(run_dir: &Path, limits: &Limits) -> Result<()> {
-    let spec = monitor::running_spec(run_dir)?;
+    let spec = control::running_spec(run_dir)?;
     confine::cgroup_set_limits(spec.cgroup_name(), limits)
 }
 
 /// Usage figures of the running container; an error when it is not running or its cgroup
 /// cannot be read.
 pub fn stats(run_dir: &Path) -> Result<Stats> {
-    let spec = monitor::running_spec(run_dir)?;
+    let spec = control::running_spec(run_dir)?;
     confine::cgroup_stats(spec.cgroup_name())
 }
 
@@ -476,7 +478,7 @@ pub fn write_only_below(dir: &Path, program: &Path) -> Result<std::process::Comm
 
 /// The NICs a running container has (as started and hot-plugged since).
 pub fn running_nics(run_dir: &Path) -> Result<Vec<Nic>> {
-    Ok(monitor::running_spec(run_dir)?.nics)
+    Ok(control::running_spec(run_dir)?.nics)
 }
 
 /// Plug one device node into a running container (a USB device that appeared); idempotent.
@@ -492,7 +494,7 @@ pub fn unplug_node(run_dir: &Path, name: &str, path: &str) -> Result<()> {
 
 /// A pidfd for the container's monitor (readable when the container has stopped), or None when stopped.
 pub fn monitor_pidfd(run_dir: &Path) -> Result<Option<OwnedFd>> {
-    monitor::monitor_pidfd(run_dir)
+    control::monitor_pidfd(run_dir)
 }
 
 /// Entry for the hidden helper verbs (`__monitor`, `__exec`, ...). `main` calls this before anything

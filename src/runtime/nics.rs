@@ -182,11 +182,11 @@ pub(crate) fn give_back_all(ns: &std::os::fd::OwnedFd, nics: &[Nic]) {
 /// Record a running container's NICs after a hot-plug (`gone` device names removed, `added`
 /// appended), so the monitor gives its physical NICs back when it stops.
 pub fn record(run_dir: &std::path::Path, gone: &[String], added: &[Nic]) -> Result<()> {
-    let mut spec = super::monitor::running_spec(run_dir)?;
+    let mut spec = super::control::running_spec(run_dir)?;
     spec.nics.retain(|n| !gone.contains(&n.device));
     spec.nics.extend(added.iter().cloned());
     let js = serde_json::to_vec_pretty(&spec).map_err(|x| Error(format!("encode spec: {x}")))?;
-    super::monitor::replace_file(&run_dir.join(super::files::SPEC), &js)
+    super::helper::replace_file(&run_dir.join(super::files::SPEC), &js)
 }
 
 /// Remove `nic` from a running container (hot-unplug): deleting the host end of a veth pair

@@ -89,17 +89,17 @@ fn touch(p: &Path) -> Result<(), Error> {
 /// Steps 4a-4g of the child setup.
 pub fn setup(ctx: &Ctx<'_>) -> Result<(), Error> {
     let root = ctx.root;
-    super::monitor::trace(ctx.t0, "child step 4a0");
+    super::helper::trace(ctx.t0, "child step 4a0");
     // 4a0. Re-bind the rootfs onto itself: the copy inherited from the monitor's namespace is locked
     //      in our user namespace, and pivot_root refuses a locked new root (EINVAL).
     bind(root, root, true)?;
-    super::monitor::trace(ctx.t0, "child step 4a");
+    super::helper::trace(ctx.t0, "child step 4a");
     // 4a. /proc: a new instance for the new pid namespace.
     let proc_ = root.join("proc");
     mkdir(&proc_)?;
     mnt("proc", &proc_, "proc", NOSUID_NODEV_NOEXEC, None)?;
 
-    super::monitor::trace(ctx.t0, "child step 4b");
+    super::helper::trace(ctx.t0, "child step 4b");
     // 4b. /sys read-only, network devices writable (they belong to our netns).
     let sys = root.join("sys");
     mkdir(&sys)?;
@@ -133,19 +133,19 @@ pub fn setup(ctx: &Ctx<'_>) -> Result<(), Error> {
         }
     }
 
-    super::monitor::trace(ctx.t0, "child step 4c");
+    super::helper::trace(ctx.t0, "child step 4c");
     // 4c. The cgroup view for systemd and nested managers (needs the cgroup namespace from step 2).
     cgroup_view(ctx, &sys.join("fs/cgroup"))?;
 
-    super::monitor::trace(ctx.t0, "child step 4d");
+    super::helper::trace(ctx.t0, "child step 4d");
     // 4d. /dev.
     dev(ctx)?;
 
-    super::monitor::trace(ctx.t0, "child step 4e");
+    super::helper::trace(ctx.t0, "child step 4e");
     // 4e. /proc masks and read-only parts (after /dev: the masks bind /dev/null).
     proc_masks(root)?;
 
-    super::monitor::trace(ctx.t0, "child step 4f");
+    super::helper::trace(ctx.t0, "child step 4f");
     // 4f. Nesting: fully visible proc and sysfs instances for a nested manager.
     if ctx.spec.nesting {
         for (name, fstype) in [("proc", "proc"), ("sys", "sysfs")] {
@@ -155,7 +155,7 @@ pub fn setup(ctx: &Ctx<'_>) -> Result<(), Error> {
         }
     }
 
-    super::monitor::trace(ctx.t0, "child step 4g");
+    super::helper::trace(ctx.t0, "child step 4g");
     // 4g. Disk devices, at their paths resolved inside the rootfs (see disks.rs).
     super::disks::mount_all(root, ctx.disks)?;
     Ok(())

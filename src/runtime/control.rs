@@ -1,0 +1,264 @@
+//! The caller's side of a container's lifecycle, through its run directory: start (or restore
+//! from a checkpoint) by spawning a monitor and waiting for its verdict, the state read from
+//! the pidfiles and the exit record, and stop (a clean signal to init, then the kill), cleaning
+//! up after a monitor that was killed. The monitor itself is `monitor.rs`.
+
+use std::fs::{self, OpenOptions};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use super::chan::{self, Msg};
+use super::helper::{
+    dup_inheritable, err, helper_command, live_pid, live_pidfd, replace_file, wait_pidfd,
+};
+use super::{confine, criu, files, Error, ExitInfo, Result, Spec, State, StopMode};
+use crate::sys;
+use crate::util::fs::atomic_write;
+
+pub(crate) fn read_spec(run_dir: &Path) -> Result<Spec> {
+    let p = run_dir.join(files::SPEC);
+    let b = fs::read(&p).map_err(|e| err("read", &p, e))?;
+    serde_json::from_slice(&b).map_err(|e| err("parse", &p, e))
+}
+
+/// The spec of a running container, or an error saying it is not running.
+pub(crate) fn running_spec(run_dir: &Path) -> Result<Spec> {
+    match state(run_dir)? {
+        State::Running { .. } => read_spec(run_dir),
+        State::Stopped { .. } => Err(Error(format!(
+            "container in {} is not running",
+            run_dir.display()
+        ))),
+    }
+}
+
+pub fn state(run_dir: &Path) -> Result<State> {
+    let monitor = live_pid(&run_dir.join(files::MONITOR_PID));
+    let init = live_pid(&run_dir.join(files::INIT_PID));
+    if let (Some(monitor_pid), Some(init_pid)) = (monitor, init) {
+        let frozen = read_spec(run_dir)
+            .map(|s| confine::cgroup_is_frozen(s.cgroup_name()))
+            .unwrap_or(false);
+        return Ok(State::Running {
+            init_pid,
+            monitor_pid,
+            frozen,
+        });
+    }
+    let p = run_dir.join(files::EXIT);
+    let last_exit = match fs::read(&p) {
+        Ok(b) => Some(serde_json::from_slice(&b).map_err(|e| err("parse", &p, e))?),
+        Err(_) => None,
+    };
+    Ok(State::Stopped { last_exit })
+}
+
+pub fn monitor_pidfd(run_dir: &Path) -> Result<Option<OwnedFd>> {
+    Ok(live_pidfd(&run_dir.join(files::MONITOR_PID)).map(|(_, fd)| fd))
+}
+
+fn is_systemd(init_pid: i32) -> bool {
+    let comm = fs::read_to_string(format!("/proc/{init_pid}/comm")).unwrap_or_default();
+    let exe = fs::read_link(format!("/proc/{init_pid}/exe")).unwrap_or_default();
+    comm.trim() == "systemd" || exe.file_name().is_some_and(|n| n == "systemd")
+}
+
+/// The monitor is gone but did not finish its teardown (it was killed): kill what is left in the
+/// cgroup, remove it, and record the end.
+fn cleanup_dead_monitor(run_dir: &Path) {
+    let mp = run_dir.join(files::MONITOR_PID);
+    if !mp.exists() {
+        return;
+    }
+    if let Ok(spec) = read_spec(run_dir) {
+        let _ = confine::cgroup_thaw(spec.cgroup_name());
+        let _ = confine::cgroup_kill_all(spec.cgroup_name());
+        for _ in 0..100 {
+            if confine::cgroup_remove(spec.cgroup_name()).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let ep = run_dir.join(files::EXIT);
+    if !ep.exists() {
+        let exit = ExitInfo {
+            code: 137,
+            reason: "monitor died".into(),
+        };
+        if let Ok(js) = serde_json::to_vec(&exit) {
+            let _ = atomic_write(&ep, &js);
+        }
+    }
+    let _ = fs::remove_file(run_dir.join(files::INIT_PID));
+    let _ = fs::remove_file(mp);
+}
+
+/// How often a clean stop repeats SIGRTMIN+3 to a systemd init that has not reacted yet.
+const SYSTEMD_RESEND: Duration = Duration::from_secs(2);
+
+pub fn stop(run_dir: &Path, mode: StopMode) -> Result<()> {
+    let Some((_, mon)) = live_pidfd(&run_dir.join(files::MONITOR_PID)) else {
+        cleanup_dead_monitor(run_dir);
+        return Ok(());
+    };
+    let spec = read_spec(run_dir)?;
+    let init = live_pidfd(&run_dir.join(files::INIT_PID));
+    let req = run_dir.join(files::STOP_REQUEST);
+    // A frozen container can neither handle a signal nor die: thaw it first (no-op otherwise).
+    if confine::cgroup_is_frozen(spec.cgroup_name()) {
+        let _ = confine::cgroup_thaw(spec.cgroup_name());
+    }
+    if let StopMode::Clean(timeout) = mode {
+        replace_file(&req, b"clean")?;
+        let mut systemd = false;
+        if let Some((pid, fd)) = &init {
+            // systemd halts on SIGRTMIN+3; sysvinit, busybox-style and LXC convention is SIGPWR.
+            systemd = is_systemd(*pid);
+            let sig = if systemd {
+                sys::sigrtmin() + 3
+            } else {
+                libc::SIGPWR
+            };
+            sys::pidfd_send_raw(fd.as_fd(), sig)
+                .map_err(|e| Error(format!("signal init {pid}: {e}")))?;
+        }
+        // systemd ignores SIGRTMIN+3 until it has set up its handlers early in boot, so a stop
+        // right after a start would be lost: repeat it (starting halt.target again is a no-op).
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let step = if systemd {
+                left.min(SYSTEMD_RESEND)
+            } else {
+                left
+            };
+            if wait_pidfd(&mon, step) {
+                return Ok(());
+            }
+            if left <= step {
+                break;
+            }
+            if let Some((_, fd)) = &init {
+                let _ = sys::pidfd_send_raw(fd.as_fd(), sys::sigrtmin() + 3);
+            }
+        }
+    }
+    replace_file(&req, b"force")?;
+    // Kill everything in the cgroup (also exec'd processes), and init itself: its death tears down
+    // the whole pid namespace even if the cgroup kill missed something.
+    let cg = confine::cgroup_kill_all(spec.cgroup_name());
+    if let Some((_, fd)) = &init {
+        let _ = sys::pidfd_send_raw(fd.as_fd(), libc::SIGKILL);
+    }
+    // Frozen meanwhile (or kill_all froze it): pending SIGKILLs act only once thawed.
+    let _ = confine::cgroup_thaw(spec.cgroup_name());
+    if !wait_pidfd(&mon, Duration::from_secs(30)) {
+        return Err(Error(format!(
+            "monitor of {} did not exit after the kill ({cg:?})",
+            spec.name
+        )));
+    }
+    Ok(())
+}
+
+pub fn start(spec: &Spec, run_dir: &Path) -> Result<State> {
+    start_inner(spec, run_dir, None)
+}
+
+/// Start a monitor that restores the container from a CRIU checkpoint instead of starting init.
+pub fn restore(spec: &Spec, run_dir: &Path, req: &criu::RestoreReq) -> Result<State> {
+    start_inner(spec, run_dir, Some(req))
+}
+
+fn start_inner(spec: &Spec, run_dir: &Path, restore: Option<&criu::RestoreReq>) -> Result<State> {
+    let trace = crate::util::trace::Steps::new("runtime start", &spec.name);
+    if let State::Running { .. } = state(run_dir)? {
+        return Err(Error(format!("container {} is already running", spec.name)));
+    }
+    for (what, p) in [("rootfs", &spec.rootfs), ("console_log", &spec.console_log)] {
+        if !p.is_absolute() {
+            return Err(Error(format!(
+                "spec.{what} must be an absolute path, got {}",
+                p.display()
+            )));
+        }
+    }
+    // 1. Fresh run directory contents: the spec, nothing left from the previous run.
+    // Traversable (the container's child reaches the staged rootfs below it by path), not
+    // listable; every file in it is 0600.
+    crate::util::fs::create_dir_mode(run_dir, 0o711).map_err(|e| err("create", run_dir, e))?;
+    // The monitor works from "/", so it gets the run directory as an absolute path.
+    let run_dir = &fs::canonicalize(run_dir).map_err(|e| err("resolve", run_dir, e))?;
+    for f in [
+        files::EXIT,
+        files::STOP_REQUEST,
+        files::INIT_PID,
+        files::MONITOR_PID,
+        files::LABEL,
+        files::RESTORE,
+    ] {
+        let _ = fs::remove_file(run_dir.join(f));
+    }
+    let sp = run_dir.join(files::SPEC);
+    let js = serde_json::to_vec_pretty(spec).map_err(|e| Error(format!("encode spec: {e}")))?;
+    replace_file(&sp, &js)?;
+    if let Some(req) = restore {
+        let js = serde_json::to_vec(req).map_err(|e| Error(format!("encode restore: {e}")))?;
+        replace_file(&run_dir.join(files::RESTORE), &js)?;
+    }
+
+    // 2. Spawn the monitor. Its status socket end is the only fd it keeps (dup'd without CLOEXEC so it
+    //    survives exec; its number goes on the command line).
+    let (ours, theirs) = chan::pair()?;
+    // dup() gives a copy without CLOEXEC; the original is closed now so only the child holds an end.
+    let inherit = dup_inheritable(&theirs)?;
+    drop(theirs);
+    let lp = run_dir.join(files::MONITOR_LOG);
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&lp)
+        .map_err(|e| err("open", &lp, e))?;
+    let log2 = log.try_clone().map_err(|e| err("dup", &lp, e))?;
+    trace.step("run directory ready");
+    let mut cmd = helper_command("bivy-monitor")?;
+    cmd.arg("__monitor")
+        .arg(run_dir)
+        .arg(inherit.as_raw_fd().to_string());
+    cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error(format!("spawn monitor: {e}")))?;
+    drop(inherit);
+    trace.step("monitor spawned");
+    // The first-level process exits as soon as it forked the real (daemonized) monitor.
+    let _ = child.wait();
+    trace.step("first-level monitor process reaped");
+
+    // 3. Wait for its verdict: Started after init exec'd, or the setup error.
+    let _ = nix::sys::socket::setsockopt(
+        &ours,
+        nix::sys::socket::sockopt::ReceiveTimeout,
+        &nix::sys::time::TimeVal::new(60, 0),
+    );
+    let reply = chan::recv(&ours)?;
+    trace.step("monitor replied");
+    match reply {
+        Some((Msg::Started(init_pid, monitor_pid), _)) => Ok(State::Running {
+            init_pid,
+            monitor_pid,
+            frozen: false,
+        }),
+        Some((Msg::Err(e), _)) => Err(Error(e)),
+        Some((m, _)) => Err(Error(format!("unexpected message from monitor: {m:?}"))),
+        None => Err(Error(format!(
+            "monitor exited without reporting; see {}",
+            lp.display()
+        ))),
+    }
+}
