@@ -1,0 +1,319 @@
+//! LXD's description of a backup: `backup/index.yaml` (`backup.Info`: name, backend, pool,
+//! snapshots, optimized) with backup.yaml's content (`backup/config.Config`: the instance and
+//! its snapshots as `api.Instance` and `api.InstanceSnapshot`) as its `config`; written for an
+//! export, read and checked for an import.
+
+use std::path::Path;
+
+use crate::api::{self, Devices, StringMap};
+use crate::image;
+use crate::instance::config;
+use crate::instance::db::{InstanceRecord, SnapshotRecord};
+use crate::instance::{Ctx, Error, Result};
+use crate::storage::Pool;
+
+/// index.yaml as LXD writes it (`backup.Info`), its `config` being backup.yaml's content.
+pub(super) fn index_yaml(
+    d: &Ctx,
+    name: &str,
+    rec: &InstanceRecord,
+    pool: &Pool,
+    instance_only: bool,
+    optimized: bool,
+) -> Result<serde_json::Value> {
+    let (ec, ed) = {
+        let db = d.db.lock().expect("db lock");
+        config::expand(&rec.profiles, &db.data.profiles, &rec.config, &rec.devices)
+    };
+    let (pool_cfg, pool_desc) = {
+        let db = d.db.lock().expect("db lock");
+        db.data
+            .pools
+            .get(&rec.pool)
+            .map(|p| (p.config.clone(), p.description.clone()))
+            .unwrap_or_default()
+    };
+    // The files are written in container ids, whatever the volume's on-disk state; a send
+    // stream carries them as they are on disk, and the map says which those are.
+    let unshifted = |c: &StringMap| {
+        let mut c = c.clone();
+        if !optimized {
+            c.insert("volatile.last_state.idmap".into(), "[]".into());
+        }
+        c
+    };
+    let snaps: &[SnapshotRecord] = if instance_only { &[] } else { &rec.snapshots };
+    let time_or_zero = |t: &str| {
+        if t.is_empty() || t == api::ZERO_TIME {
+            api::GO_ZERO_TIME.to_string()
+        } else {
+            t.to_string()
+        }
+    };
+    let container = serde_json::json!({
+        "architecture": rec.architecture,
+        "config": unshifted(&rec.config),
+        "devices": rec.devices,
+        "ephemeral": rec.ephemeral,
+        "profiles": rec.profiles,
+        "stateful": rec.stateful,
+        "description": rec.description,
+        "created_at": time_or_zero(&rec.created_at),
+        "expanded_config": unshifted(&ec),
+        "expanded_devices": ed,
+        "name": name,
+        "status": "Stopped",
+        "status_code": api::status::STOPPED,
+        "last_used_at": time_or_zero(&rec.last_used_at),
+        "location": "none",
+        "type": "container",
+        "project": "default",
+    });
+    let snapshots: Vec<serde_json::Value> = snaps
+        .iter()
+        .map(|s| {
+            let (ec, ed) = {
+                let db = d.db.lock().expect("db lock");
+                config::expand(&s.profiles, &db.data.profiles, &s.config, &s.devices)
+            };
+            serde_json::json!({
+                "architecture": s.architecture,
+                "config": unshifted(&s.config),
+                "devices": s.devices,
+                "ephemeral": s.ephemeral,
+                "profiles": s.profiles,
+                "expires_at": time_or_zero(&s.expires_at),
+                "created_at": time_or_zero(&s.created_at),
+                "expanded_config": unshifted(&ec),
+                "expanded_devices": ed,
+                "last_used_at": api::GO_ZERO_TIME,
+                "name": s.name,
+                "size": -1,
+                "stateful": s.stateful,
+            })
+        })
+        .collect();
+    let volume_snapshots: Vec<serde_json::Value> = snaps
+        .iter()
+        .map(|s| {
+            let mut v = serde_json::json!({
+                "name": s.name,
+                "description": s.description,
+                "config": {},
+                "content_type": "filesystem",
+                "created_at": time_or_zero(&s.created_at),
+            });
+            if !s.expires_at.is_empty() && !s.expires_at.starts_with("0001-") {
+                v["expires_at"] = serde_json::json!(s.expires_at);
+            }
+            v
+        })
+        .collect();
+    let mut cfg = serde_json::json!({
+        "container": container,
+        "pool": {
+            "name": rec.pool,
+            "driver": pool.driver.name(),
+            "description": pool_desc,
+            "config": pool_cfg,
+            "status": "Created",
+            "locations": ["none"],
+            "used_by": [],
+        },
+        "volume": {
+            "name": name,
+            "type": "container",
+            "content_type": "filesystem",
+            "description": "",
+            "config": {},
+            "used_by": [],
+            "location": "none",
+            "project": "default",
+            "created_at": time_or_zero(&rec.created_at),
+        },
+    });
+    if !snaps.is_empty() {
+        cfg["snapshots"] = serde_json::json!(snapshots);
+        cfg["volume_snapshots"] = serde_json::json!(volume_snapshots);
+    }
+    let mut index = serde_json::json!({
+        "name": name,
+        "backend": pool.driver.name(),
+        "pool": rec.pool,
+        "optimized": optimized,
+        "optimized_header": false,
+        "type": "container",
+        "config": cfg,
+    });
+    if !snaps.is_empty() {
+        index["snapshots"] = serde_json::json!(snaps.iter().map(|s| &s.name).collect::<Vec<_>>());
+    }
+    Ok(index)
+}
+
+/// What index.yaml says (LXD's `backup.Info`), as far as an import needs it.
+#[derive(serde::Deserialize, Default, Debug)]
+#[serde(default)]
+pub struct Info {
+    pub name: String,
+    pub backend: String,
+    pub pool: String,
+    #[serde(deserialize_with = "api::nullable")]
+    pub snapshots: Vec<String>,
+    pub optimized: Option<bool>,
+    pub optimized_header: Option<bool>,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub config: Option<BackupConfig>,
+}
+
+/// backup.yaml (`backup/config.Config`).
+#[derive(serde::Deserialize, Default, Debug)]
+#[serde(default)]
+pub struct BackupConfig {
+    pub container: Option<Container>,
+    #[serde(deserialize_with = "api::nullable")]
+    pub snapshots: Vec<Snapshot>,
+}
+
+/// The instance in backup.yaml (`api.Instance`), what an import takes of it.
+#[derive(serde::Deserialize, Default, Debug)]
+#[serde(default)]
+pub struct Container {
+    pub name: String,
+    pub architecture: String,
+    #[serde(deserialize_with = "api::nullable")]
+    pub config: StringMap,
+    #[serde(deserialize_with = "api::nullable")]
+    pub devices: Devices,
+    #[serde(deserialize_with = "api::nullable")]
+    pub ephemeral: bool,
+    #[serde(deserialize_with = "api::nullable")]
+    pub profiles: Vec<String>,
+    #[serde(deserialize_with = "api::nullable")]
+    pub description: String,
+    #[serde(rename = "type", deserialize_with = "api::nullable")]
+    pub kind: String,
+}
+
+/// One snapshot in backup.yaml (`api.InstanceSnapshot`).
+#[derive(serde::Deserialize, Default, Debug)]
+#[serde(default)]
+pub struct Snapshot {
+    pub name: String,
+    pub architecture: String,
+    #[serde(deserialize_with = "api::nullable")]
+    pub config: StringMap,
+    #[serde(deserialize_with = "api::nullable")]
+    pub devices: Devices,
+    #[serde(deserialize_with = "api::nullable")]
+    pub ephemeral: bool,
+    #[serde(deserialize_with = "api::nullable")]
+    pub profiles: Vec<String>,
+    #[serde(deserialize_with = "api::nullable")]
+    pub description: String,
+    #[serde(deserialize_with = "api::nullable")]
+    pub created_at: String,
+    #[serde(deserialize_with = "api::nullable")]
+    pub expires_at: String,
+    #[serde(deserialize_with = "api::nullable")]
+    pub stateful: bool,
+}
+
+/// Read and check a backup tarball's index (and backup.yaml when the index has no config).
+pub fn read_info(tarball: &Path) -> Result<Info> {
+    let bad = |m: String| Error::Invalid(m);
+    let raw = image::read_member(tarball, "backup/index.yaml", 16 << 20)?
+        .ok_or_else(|| bad("Backup is missing index.yaml".into()))?;
+    let mut info: Info = serde_norway::from_slice(&raw)
+        .map_err(|e| bad(format!("Backup index.yaml is invalid: {e}")))?;
+    if info.kind.is_empty() {
+        info.kind = "container".into();
+    }
+    if info.kind != "container" {
+        return Err(Error::not_yet(&format!(
+            "importing {:?} backups (containers only)",
+            info.kind
+        )));
+    }
+    if info.optimized == Some(true) && info.backend != "btrfs" {
+        return Err(Error::Invalid(format!(
+            "not supported yet: optimized backups of the {:?} storage driver",
+            info.backend
+        )));
+    }
+    if info.optimized == Some(true) && info.optimized_header == Some(true) {
+        // LXD's list of the subvolumes sent: only each volume's own is restored here.
+        #[derive(serde::Deserialize, Default)]
+        #[serde(default)]
+        struct Header {
+            #[serde(deserialize_with = "api::nullable")]
+            subvolumes: Vec<Sub>,
+        }
+        #[derive(serde::Deserialize, Default)]
+        #[serde(default)]
+        struct Sub {
+            path: String,
+        }
+        let raw = image::read_member(tarball, "backup/optimized_header.yaml", 16 << 20)?
+            .ok_or_else(|| bad("Backup is missing optimized_header.yaml".into()))?;
+        let h: Header = serde_norway::from_slice(&raw)
+            .map_err(|e| bad(format!("Backup optimized_header.yaml is invalid: {e}")))?;
+        if let Some(s) = h.subvolumes.iter().find(|s| s.path != "/") {
+            return Err(Error::Invalid(format!(
+                "not supported yet: optimized btrfs backups with subvolumes inside a volume ({:?})",
+                s.path
+            )));
+        }
+    }
+    if info
+        .config
+        .as_ref()
+        .and_then(|c| c.container.as_ref())
+        .is_none()
+    {
+        let raw = image::read_member(tarball, "backup/container/backup.yaml", 16 << 20)?
+            .ok_or_else(|| {
+                bad("Backup has neither a config in index.yaml nor backup.yaml".into())
+            })?;
+        info.config = Some(
+            serde_norway::from_slice(&raw)
+                .map_err(|e| bad(format!("Backup backup.yaml is invalid: {e}")))?,
+        );
+    }
+    if info
+        .config
+        .as_ref()
+        .and_then(|c| c.container.as_ref())
+        .is_none()
+    {
+        return Err(bad("No instance config in backup config".into()));
+    }
+    for s in &info.snapshots {
+        if s.is_empty() || s.contains('/') || s == "." || s == ".." {
+            return Err(bad(format!("Backup names an invalid snapshot {s:?}")));
+        }
+    }
+    Ok(info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lxd_index_yaml_parses() {
+        let y = "name: c1\nbackend: dir\npool: default\nsnapshots:\n- snap0\noptimized: false\n\
+                 optimized_header: false\ntype: container\nconfig:\n  container:\n    \
+                 architecture: x86_64\n    config:\n      volatile.last_state.idmap: '[]'\n    \
+                 devices: {}\n    ephemeral: false\n    profiles:\n    - default\n    \
+                 created_at: 2026-12-03T19:00:00.123456789Z\n    name: c1\n  snapshots:\n  \
+                 - name: snap0\n    created_at: 2026-12-03T19:00:01Z\n    expires_at: \
+                 0001-01-01T00:00:00Z\n    config: {}\n";
+        let info: Info = serde_norway::from_str(y).unwrap();
+        assert_eq!(info.snapshots, vec!["snap0"]);
+        let c = info.config.unwrap();
+        assert_eq!(c.container.unwrap().profiles, vec!["default"]);
+        assert_eq!(c.snapshots[0].created_at, "2026-12-03T19:00:01Z");
+    }
+}
