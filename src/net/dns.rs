@@ -6,13 +6,14 @@
 //! `/etc/resolv.conf`: [`upstreams_from_resolv_conf`]). No cache.
 //!
 //! Layers, the first two pure and tested without sockets:
-//! - wire: [`Message::parse`] reads a whole message (header, questions, records), names with
+//! - wire (`dns/wire.rs`): [`Message::parse`] reads a whole message (header, questions, records), names with
 //!   compression pointers that must point strictly backwards (so a loop cannot exist) and at most
 //!   255 bytes long; [`build_reply`] writes answers (A, AAAA) and errors (NXDOMAIN, SERVFAIL,
 //!   REFUSED, FORMERR, NOTIMP), echoing the question and an EDNS OPT record when the query had
 //!   one. Nothing panics on any input. The client side ([`build_query`], [`labels_of`],
 //!   [`Record::rdata_name`]) serves bivy's own resolver, [`super::resolve`].
-//! - [`decide`]: answer locally or forward; [`Inflight`]: the forwarded UDP queries, each sent
+//! - [`decide`] (here): answer locally or forward; [`Inflight`] (`dns/forward.rs`, with the
+//!   upstream servers of the host): the forwarded UDP queries, each sent
 //!   upstream under a fresh random id (so concurrent clients with equal ids do not collide) and
 //!   matched back by id, upstream address and question; a query unanswered after
 //!   [`UPSTREAM_TIMEOUT`] is retried once on the next upstream, then gets SERVFAIL.
@@ -28,10 +29,9 @@
 //! validation (replies are passed through), no PTR records for the leases.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsFd;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -39,27 +39,24 @@ use std::time::{Duration, Instant};
 
 use super::leases::LeaseStore;
 
-pub const TYPE_A: u16 = 1;
-pub const TYPE_CNAME: u16 = 5;
-pub const TYPE_AAAA: u16 = 28;
-pub const TYPE_OPT: u16 = 41;
-pub const TYPE_ANY: u16 = 255;
-pub const CLASS_IN: u16 = 1;
-pub const CLASS_ANY: u16 = 255;
+mod forward;
+mod wire;
 
-pub const RCODE_NOERROR: u8 = 0;
-pub const RCODE_FORMERR: u8 = 1;
-pub const RCODE_SERVFAIL: u8 = 2;
-pub const RCODE_NXDOMAIN: u8 = 3;
-pub const RCODE_NOTIMP: u8 = 4;
-pub const RCODE_REFUSED: u8 = 5;
+pub use forward::{
+    host_upstreams, random_id, upstreams_from_resolv_conf, Expired, Inflight, MAX_INFLIGHT,
+    UPSTREAM_TIMEOUT,
+};
+pub use wire::{
+    build_query, build_reply, error_header, labels_of, name_string, read_framed, read_name,
+    same_name, write_framed, Answer, DnsError, Header, Message, Question, Record, CLASS_ANY,
+    CLASS_IN, LOCAL_TTL, RCODE_FORMERR, RCODE_NOERROR, RCODE_NOTIMP, RCODE_NXDOMAIN, RCODE_REFUSED,
+    RCODE_SERVFAIL, TYPE_A, TYPE_AAAA, TYPE_ANY, TYPE_CNAME, TYPE_OPT,
+};
 
 /// Largest UDP query read from a client.
 pub const MAX_UDP_QUERY: usize = 4096;
 /// Largest message (TCP, and upstream UDP replies).
 pub const MAX_MESSAGE: usize = 65535;
-/// Forwarded UDP queries waiting for an upstream at once.
-pub const MAX_INFLIGHT: usize = 512;
 /// Per-source rate: tokens per second and bucket size.
 pub const RATE_PER_SEC: f64 = 200.0;
 pub const RATE_BURST: f64 = 400.0;
@@ -69,383 +66,8 @@ pub const MAX_SOURCES: usize = 4096;
 pub const MAX_TCP_CONNS: usize = 32;
 /// A TCP connection idle (or a message not arriving) this long is closed.
 pub const TCP_IDLE: Duration = Duration::from_secs(10);
-/// How long one upstream gets to answer.
-pub const UPSTREAM_TIMEOUT: Duration = Duration::from_millis(2000);
-/// TTL of local answers (dnsmasq's default for DHCP names: 0, never cached).
-pub const LOCAL_TTL: u32 = 0;
 
 const TICK: Duration = Duration::from_millis(200);
-const MAX_NAME: usize = 255;
-const MAX_JUMPS: usize = 64;
-
-/// Why a message was not parsed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DnsError {
-    Truncated,
-    BadLabel,
-    NameTooLong,
-    BadPointer,
-}
-
-impl std::fmt::Display for DnsError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            DnsError::Truncated => "message truncated",
-            DnsError::BadLabel => "bad label type",
-            DnsError::NameTooLong => "name over 255 bytes",
-            DnsError::BadPointer => "compression pointer not pointing backwards",
-        })
-    }
-}
-
-impl std::error::Error for DnsError {}
-
-/// The fixed header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Header {
-    pub id: u16,
-    pub flags: u16,
-    pub qdcount: u16,
-    pub ancount: u16,
-    pub nscount: u16,
-    pub arcount: u16,
-}
-
-impl Header {
-    pub fn parse(b: &[u8]) -> Option<Header> {
-        let w = |i: usize| Some(u16::from_be_bytes([*b.get(i)?, *b.get(i + 1)?]));
-        Some(Header {
-            id: w(0)?,
-            flags: w(2)?,
-            qdcount: w(4)?,
-            ancount: w(6)?,
-            nscount: w(8)?,
-            arcount: w(10)?,
-        })
-    }
-    pub fn is_response(&self) -> bool {
-        self.flags & 0x8000 != 0
-    }
-    pub fn opcode(&self) -> u8 {
-        ((self.flags >> 11) & 0xf) as u8
-    }
-    pub fn rcode(&self) -> u8 {
-        (self.flags & 0xf) as u8
-    }
-}
-
-/// A question.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Question {
-    /// Labels as sent (case kept).
-    pub labels: Vec<Vec<u8>>,
-    pub qtype: u16,
-    pub qclass: u16,
-}
-
-impl Question {
-    /// The name, dotted, lowercased (non-printable bytes escaped as `\DDD`).
-    pub fn name(&self) -> String {
-        name_string(&self.labels)
-    }
-
-    /// The same question: type, class and name (ASCII case ignored).
-    pub fn same(&self, o: &Question) -> bool {
-        self.qtype == o.qtype && self.qclass == o.qclass && same_name(&self.labels, &o.labels)
-    }
-}
-
-/// A resource record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    pub labels: Vec<Vec<u8>>,
-    pub rtype: u16,
-    pub class: u16,
-    pub ttl: u32,
-    pub rdata: Vec<u8>,
-    /// Where `rdata` starts in the message (a name in it may point back into the message).
-    pub rdata_at: usize,
-}
-
-impl Record {
-    /// The name in this record's data (a CNAME's target), read from `msg`, the message the
-    /// record was parsed from.
-    pub fn rdata_name(&self, msg: &[u8]) -> Result<Vec<Vec<u8>>, DnsError> {
-        let (labels, end) = read_name(msg, self.rdata_at)?;
-        if end != self.rdata_at + self.rdata.len() {
-            return Err(DnsError::Truncated);
-        }
-        Ok(labels)
-    }
-}
-
-/// A whole message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
-    pub header: Header,
-    pub questions: Vec<Question>,
-    pub answers: Vec<Record>,
-    pub authority: Vec<Record>,
-    pub additional: Vec<Record>,
-}
-
-/// A name, dotted, lowercased (non-printable bytes escaped as `\DDD`).
-pub fn name_string(labels: &[Vec<u8>]) -> String {
-    let mut s = String::new();
-    for (i, l) in labels.iter().enumerate() {
-        if i > 0 {
-            s.push('.');
-        }
-        for &c in l {
-            let c = c.to_ascii_lowercase();
-            if c.is_ascii_graphic() && c != b'.' && c != b'\\' {
-                s.push(c as char);
-            } else {
-                s.push_str(&format!("\\{c:03}"));
-            }
-        }
-    }
-    s
-}
-
-/// Read a (possibly compressed) name at `pos`: its labels and the position after it.
-pub fn read_name(b: &[u8], pos: usize) -> Result<(Vec<Vec<u8>>, usize), DnsError> {
-    let mut labels = Vec::new();
-    let mut at = pos;
-    let mut end = None;
-    let mut total = 1;
-    let mut jumps = 0;
-    loop {
-        let len = *b.get(at).ok_or(DnsError::Truncated)?;
-        match len & 0xc0 {
-            0x00 => {
-                if len == 0 {
-                    return Ok((labels, end.unwrap_or(at + 1)));
-                }
-                let l = b
-                    .get(at + 1..at + 1 + len as usize)
-                    .ok_or(DnsError::Truncated)?;
-                total += len as usize + 1;
-                if total > MAX_NAME {
-                    return Err(DnsError::NameTooLong);
-                }
-                labels.push(l.to_vec());
-                at += 1 + len as usize;
-            }
-            0xc0 => {
-                let lo = *b.get(at + 1).ok_or(DnsError::Truncated)?;
-                let target = (usize::from(len & 0x3f) << 8) | usize::from(lo);
-                // Strictly backwards: every jump lowers the position, so no loop.
-                if target >= at {
-                    return Err(DnsError::BadPointer);
-                }
-                jumps += 1;
-                if jumps > MAX_JUMPS {
-                    return Err(DnsError::BadPointer);
-                }
-                end.get_or_insert(at + 2);
-                at = target;
-            }
-            _ => return Err(DnsError::BadLabel),
-        }
-    }
-}
-
-fn u16_at(b: &[u8], i: usize) -> Result<u16, DnsError> {
-    Ok(u16::from_be_bytes([
-        *b.get(i).ok_or(DnsError::Truncated)?,
-        *b.get(i + 1).ok_or(DnsError::Truncated)?,
-    ]))
-}
-
-fn read_records(b: &[u8], pos: &mut usize, n: u16) -> Result<Vec<Record>, DnsError> {
-    let mut out = Vec::new();
-    for _ in 0..n {
-        let (labels, p) = read_name(b, *pos)?;
-        let rtype = u16_at(b, p)?;
-        let class = u16_at(b, p + 2)?;
-        let ttl = (u32::from(u16_at(b, p + 4)?) << 16) | u32::from(u16_at(b, p + 6)?);
-        let rdlen = u16_at(b, p + 8)? as usize;
-        let rdata = b
-            .get(p + 10..p + 10 + rdlen)
-            .ok_or(DnsError::Truncated)?
-            .to_vec();
-        *pos = p + 10 + rdlen;
-        out.push(Record {
-            labels,
-            rtype,
-            class,
-            ttl,
-            rdata,
-            rdata_at: p + 10,
-        });
-    }
-    Ok(out)
-}
-
-impl Message {
-    /// Parse a whole message; never panics. Trailing bytes are ignored.
-    pub fn parse(b: &[u8]) -> Result<Message, DnsError> {
-        let header = Header::parse(b).ok_or(DnsError::Truncated)?;
-        let mut pos = 12;
-        let mut questions = Vec::new();
-        for _ in 0..header.qdcount {
-            let (labels, p) = read_name(b, pos)?;
-            questions.push(Question {
-                labels,
-                qtype: u16_at(b, p)?,
-                qclass: u16_at(b, p + 2)?,
-            });
-            pos = p + 4;
-        }
-        let answers = read_records(b, &mut pos, header.ancount)?;
-        let authority = read_records(b, &mut pos, header.nscount)?;
-        let additional = read_records(b, &mut pos, header.arcount)?;
-        Ok(Message {
-            header,
-            questions,
-            answers,
-            authority,
-            additional,
-        })
-    }
-
-    /// The EDNS UDP payload size of the OPT record, when there is one.
-    pub fn edns_size(&self) -> Option<u16> {
-        self.additional
-            .iter()
-            .find(|r| r.rtype == TYPE_OPT)
-            .map(|r| r.class)
-    }
-}
-
-/// An answer record for the question's name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Answer {
-    pub rtype: u16,
-    pub ttl: u32,
-    pub rdata: Vec<u8>,
-}
-
-impl Answer {
-    pub fn a(ip: Ipv4Addr) -> Answer {
-        Answer {
-            rtype: TYPE_A,
-            ttl: LOCAL_TTL,
-            rdata: ip.octets().to_vec(),
-        }
-    }
-    pub fn aaaa(ip: Ipv6Addr) -> Answer {
-        Answer {
-            rtype: TYPE_AAAA,
-            ttl: LOCAL_TTL,
-            rdata: ip.octets().to_vec(),
-        }
-    }
-}
-
-fn write_labels(out: &mut Vec<u8>, labels: &[Vec<u8>]) {
-    for l in labels {
-        out.push(l.len() as u8);
-        out.extend_from_slice(l);
-    }
-    out.push(0);
-}
-
-/// A reply to `q`: its id, opcode and RD echoed, RA set, AA as given, the first question echoed,
-/// `answers` for that name (compressed to point at the question), an OPT record (4096) when the
-/// query had one.
-pub fn build_reply(q: &Message, rcode: u8, aa: bool, answers: &[Answer]) -> Vec<u8> {
-    let question = q.questions.first();
-    let answers = if question.is_some() { answers } else { &[] };
-    let edns = q.edns_size().is_some();
-    let flags = 0x8000
-        | (u16::from(q.header.opcode()) << 11)
-        | if aa { 0x0400 } else { 0 }
-        | (q.header.flags & 0x0100)
-        | 0x0080
-        | u16::from(rcode & 0xf);
-    let mut out = Vec::with_capacity(64);
-    out.extend_from_slice(&q.header.id.to_be_bytes());
-    out.extend_from_slice(&flags.to_be_bytes());
-    out.extend_from_slice(&u16::from(question.is_some()).to_be_bytes());
-    out.extend_from_slice(&(answers.len().min(u16::MAX as usize) as u16).to_be_bytes());
-    out.extend_from_slice(&0u16.to_be_bytes());
-    out.extend_from_slice(&u16::from(edns).to_be_bytes());
-    if let Some(qu) = question {
-        write_labels(&mut out, &qu.labels);
-        out.extend_from_slice(&qu.qtype.to_be_bytes());
-        out.extend_from_slice(&qu.qclass.to_be_bytes());
-    }
-    for a in answers {
-        out.extend_from_slice(&[0xc0, 12]);
-        out.extend_from_slice(&a.rtype.to_be_bytes());
-        out.extend_from_slice(&CLASS_IN.to_be_bytes());
-        out.extend_from_slice(&a.ttl.to_be_bytes());
-        out.extend_from_slice(&(a.rdata.len() as u16).to_be_bytes());
-        out.extend_from_slice(&a.rdata);
-    }
-    if edns {
-        out.push(0);
-        out.extend_from_slice(&TYPE_OPT.to_be_bytes());
-        out.extend_from_slice(&4096u16.to_be_bytes());
-        out.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
-    }
-    out
-}
-
-/// Two names are the same: equal labels, ASCII case ignored.
-pub fn same_name(a: &[Vec<u8>], b: &[Vec<u8>]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.eq_ignore_ascii_case(y))
-}
-
-/// The labels of dotted name `name` (one trailing dot allowed), or None when it is no name:
-/// empty, an empty label, a label over 63 bytes, over 255 bytes in all.
-pub fn labels_of(name: &str) -> Option<Vec<Vec<u8>>> {
-    let name = name.strip_suffix('.').unwrap_or(name);
-    if name.is_empty() || name.len() + 2 > MAX_NAME {
-        return None;
-    }
-    name.split('.')
-        .map(|l| (!l.is_empty() && l.len() <= 63).then(|| l.as_bytes().to_vec()))
-        .collect()
-}
-
-/// A standard query (RD set) with id `id` for `labels`, type `qtype`, class IN; with an EDNS
-/// OPT record advertising `edns` bytes of UDP payload when given.
-pub fn build_query(id: u16, labels: &[Vec<u8>], qtype: u16, edns: Option<u16>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64);
-    out.extend_from_slice(&id.to_be_bytes());
-    out.extend_from_slice(&0x0100u16.to_be_bytes());
-    out.extend_from_slice(&1u16.to_be_bytes());
-    out.extend_from_slice(&[0, 0, 0, 0]);
-    out.extend_from_slice(&u16::from(edns.is_some()).to_be_bytes());
-    write_labels(&mut out, labels);
-    out.extend_from_slice(&qtype.to_be_bytes());
-    out.extend_from_slice(&CLASS_IN.to_be_bytes());
-    if let Some(size) = edns {
-        out.push(0);
-        out.extend_from_slice(&TYPE_OPT.to_be_bytes());
-        out.extend_from_slice(&size.to_be_bytes());
-        out.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
-    }
-    out
-}
-
-/// A header-only error reply to a query whose body did not parse (None: not even a query
-/// header, or a response: dropped).
-pub fn error_header(b: &[u8], rcode: u8) -> Option<Vec<u8>> {
-    let h = Header::parse(b)?;
-    if h.is_response() {
-        return None;
-    }
-    let flags = 0x8000 | (h.flags & 0x7900) | 0x0080 | u16::from(rcode);
-    let mut out = Vec::with_capacity(12);
-    out.extend_from_slice(&h.id.to_be_bytes());
-    out.extend_from_slice(&flags.to_be_bytes());
-    out.extend_from_slice(&[0; 8]);
-    Some(out)
-}
 
 /// What to do with a client's message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -539,195 +161,6 @@ fn local_reply(m: &Message, q: &Question, addrs: Option<Vec<IpAddr>>) -> Vec<u8>
                 .collect();
             build_reply(m, RCODE_NOERROR, true, &answers)
         }
-    }
-}
-
-/// The upstream servers of a `resolv.conf` text: its `nameserver` lines (port 53; scoped IPv6
-/// addresses skipped). When the only one is systemd-resolved's stub `127.0.0.53`, the servers of
-/// `resolved` (`/run/systemd/resolve/resolv.conf`) instead, if it has any.
-pub fn upstreams_from_resolv_conf(text: &str, resolved: &Path) -> Vec<SocketAddr> {
-    let list = nameservers(text);
-    let stub = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 53));
-    if list.len() == 1 && list[0].ip() == stub {
-        if let Ok(t) = std::fs::read_to_string(resolved) {
-            let real: Vec<SocketAddr> = nameservers(&t)
-                .into_iter()
-                .filter(|a| a.ip() != stub)
-                .collect();
-            if !real.is_empty() {
-                return real;
-            }
-        }
-    }
-    list
-}
-
-fn nameservers(text: &str) -> Vec<SocketAddr> {
-    super::resolve::ResolvConf::parse(text, "").nameservers
-}
-
-/// The host's upstream servers: [`upstreams_from_resolv_conf`] of `/etc/resolv.conf` (a missing
-/// file: none, queries outside the domain are then refused).
-pub fn host_upstreams() -> io::Result<Vec<SocketAddr>> {
-    match std::fs::read_to_string("/etc/resolv.conf") {
-        Ok(t) => Ok(upstreams_from_resolv_conf(
-            &t,
-            Path::new("/run/systemd/resolve/resolv.conf"),
-        )),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(io::Error::new(
-            e.kind(),
-            format!("reading /etc/resolv.conf: {e}"),
-        )),
-    }
-}
-
-/// One forwarded UDP query.
-#[derive(Debug, Clone)]
-struct Pending {
-    client: SocketAddr,
-    orig_id: u16,
-    query: Vec<u8>,
-    question: Question,
-    upstream: usize,
-    retried: bool,
-    deadline: Instant,
-}
-
-/// What [`Inflight::expire`] asks the caller to do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Expired {
-    /// Send `query` (id already rewritten) to upstream number `upstream`.
-    Retry { upstream: usize, query: Vec<u8> },
-    /// Answer `client` with `reply` (SERVFAIL).
-    Fail { client: SocketAddr, reply: Vec<u8> },
-}
-
-/// The forwarded UDP queries, keyed by the id they were sent upstream with.
-#[derive(Debug)]
-pub struct Inflight {
-    map: HashMap<u16, Pending>,
-    n_upstreams: usize,
-}
-
-impl Inflight {
-    pub fn new(n_upstreams: usize) -> Inflight {
-        Inflight {
-            map: HashMap::new(),
-            n_upstreams,
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-
-    /// Register query `m` (raw bytes `raw`) of `client` for forwarding with a fresh id from
-    /// `random_id` (called until it gives an unused one); returns the bytes to send to upstream
-    /// 0, or None when full (or no upstream).
-    pub fn add(
-        &mut self,
-        client: SocketAddr,
-        m: &Message,
-        raw: &[u8],
-        now: Instant,
-        random_id: &mut dyn FnMut() -> u16,
-    ) -> Option<Vec<u8>> {
-        if self.map.len() >= MAX_INFLIGHT || self.n_upstreams == 0 || raw.len() < 12 {
-            return None;
-        }
-        let question = m.questions.first()?.clone();
-        let mut id = random_id();
-        let mut tries = 0;
-        while self.map.contains_key(&id) {
-            tries += 1;
-            if tries > 1000 {
-                return None;
-            }
-            id = random_id();
-        }
-        let mut query = raw.to_vec();
-        query[..2].copy_from_slice(&id.to_be_bytes());
-        self.map.insert(
-            id,
-            Pending {
-                client,
-                orig_id: m.header.id,
-                query: query.clone(),
-                question,
-                upstream: 0,
-                retried: false,
-                deadline: now + UPSTREAM_TIMEOUT,
-            },
-        );
-        Some(query)
-    }
-
-    /// An upstream's reply `reply` from `from`: when it matches a pending query (id, the
-    /// upstream it was sent to, the question), the client to send it to, with the client's id
-    /// put back in `reply`.
-    pub fn take_reply(
-        &mut self,
-        from: SocketAddr,
-        reply: &mut [u8],
-        upstreams: &[SocketAddr],
-    ) -> Option<SocketAddr> {
-        let m = Message::parse(reply).ok()?;
-        if !m.header.is_response() {
-            return None;
-        }
-        let p = self.map.get(&m.header.id)?;
-        if upstreams.get(p.upstream) != Some(&from) {
-            return None;
-        }
-        if !m.questions.first().is_some_and(|q| q.same(&p.question)) {
-            return None;
-        }
-        let p = self.map.remove(&m.header.id)?;
-        reply[..2].copy_from_slice(&p.orig_id.to_be_bytes());
-        Some(p.client)
-    }
-
-    /// Queries past their deadline at `now`: retried once on the next upstream, then failed.
-    pub fn expire(&mut self, now: Instant) -> Vec<Expired> {
-        let mut out = Vec::new();
-        let late: Vec<u16> = self
-            .map
-            .iter()
-            .filter(|(_, p)| p.deadline <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in late {
-            let Some(p) = self.map.get_mut(&id) else {
-                continue;
-            };
-            if !p.retried {
-                p.retried = true;
-                p.upstream = (p.upstream + 1) % self.n_upstreams.max(1);
-                p.deadline = now + UPSTREAM_TIMEOUT;
-                out.push(Expired::Retry {
-                    upstream: p.upstream,
-                    query: p.query.clone(),
-                });
-            } else if let Some(p) = self.map.remove(&id) {
-                let reply = match Message::parse(&p.query) {
-                    Ok(mut m) => {
-                        m.header.id = p.orig_id;
-                        build_reply(&m, RCODE_SERVFAIL, false, &[])
-                    }
-                    Err(_) => continue,
-                };
-                out.push(Expired::Fail {
-                    client: p.client,
-                    reply,
-                });
-            }
-        }
-        out
     }
 }
 
@@ -934,21 +367,6 @@ impl Shared {
 pub struct DnsServer {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
-}
-
-/// A random 16-bit query id.
-pub fn random_id() -> u16 {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; 2];
-    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
-        // Never expected; fall back on the clock's low bits.
-        let n = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        return n as u16;
-    }
-    u16::from_ne_bytes(b)
 }
 
 fn is_timeout(e: &io::Error) -> bool {
@@ -1213,24 +631,6 @@ fn tcp_loop(s: &Arc<Shared>, listener: TcpListener) {
             s.tcp_conns.fetch_sub(1, Ordering::SeqCst);
         }
     }
-}
-
-/// One TCP-framed message (a 2-byte length, then the message).
-pub fn read_framed(r: &mut impl Read) -> io::Result<Vec<u8>> {
-    let mut len = [0u8; 2];
-    r.read_exact(&mut len)?;
-    let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
-    r.read_exact(&mut msg)?;
-    Ok(msg)
-}
-
-/// Write `msg` TCP-framed.
-pub fn write_framed(w: &mut impl Write, msg: &[u8]) -> io::Result<()> {
-    let len = u16::try_from(msg.len()).map_err(|_| io::Error::other("message too long"))?;
-    let mut out = Vec::with_capacity(msg.len() + 2);
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(msg);
-    w.write_all(&out)
 }
 
 fn tcp_conn(s: &Shared, mut stream: TcpStream) {
