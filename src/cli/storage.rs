@@ -920,6 +920,44 @@ fn update_instance_devices(
     update_devices(c, &super::instance_path(instance), &keys, Box::new(f))
 }
 
+/// What `attach` and `attach-profile` name: `<pool> <volume> <instance or profile> [<device>]
+/// [<path>]`.
+struct Attach {
+    c: Client,
+    pool: String,
+    /// The instance or the profile.
+    target: String,
+    /// The volume's name and type (`parse_volume`).
+    name: String,
+    kind: String,
+    dev_name: String,
+    dev_path: String,
+}
+
+/// The words of `attach` and `attach-profile`, parsed as lxc parses both: 3 words name the
+/// device after the volume, a 4th is the path, with 5 the 4th is the device name and the 5th the
+/// path.
+fn attach_words<T: FromArgs>(cmd: &str, words: Vec<String>) -> Result<Attach, Fail> {
+    check_args::<T>(cmd, words.len(), 3, Some(5))?;
+    let (c, pool) = pool_name(&words[0])?;
+    let pool = pool.to_string();
+    let (dev_name, dev_path) = match words.len() {
+        3 => (words[1].clone(), String::new()),
+        4 => (words[1].clone(), words[3].clone()),
+        _ => (words[3].clone(), words[4].clone()),
+    };
+    let (name, kind) = parse_volume(&words[1]);
+    Ok(Attach {
+        c,
+        pool,
+        target: words[2].clone(),
+        name,
+        kind,
+        dev_name,
+        dev_path,
+    })
+}
+
 fn volume(args: &[String]) -> CmdResult {
     let Some(sub) = args.first() else {
         eprint!("{VOLUME_USAGE}");
@@ -1061,32 +1099,53 @@ fn volume(args: &[String]) -> CmdResult {
             }
             Ok(0)
         }
-        "attach" => {
-            let words = undash(parse::<VolumeAttachArgs>(&[cmd], rest)?.words);
-            check_args::<VolumeAttachArgs>(cmd, words.len(), 3, Some(5))?;
-            let (c, pool) = pool_name(&words[0])?;
-            let pool = pool.to_string();
-            // lxc: 3 words name the device after the volume, a 4th is the path, with 5 the
-            // 4th is the device name and the 5th the path.
-            let (dev_name, dev_path) = match words.len() {
-                3 => (words[1].clone(), String::new()),
-                4 => (words[1].clone(), words[3].clone()),
-                _ => (words[3].clone(), words[4].clone()),
+        "attach" | "attach-profile" => {
+            let a = if sub == "attach" {
+                let words = undash(parse::<VolumeAttachArgs>(&[cmd], rest)?.words);
+                attach_words::<VolumeAttachArgs>(cmd, words)?
+            } else {
+                let words = undash(parse::<VolumeAttachProfileArgs>(&[cmd], rest)?.words);
+                attach_words::<VolumeAttachProfileArgs>(cmd, words)?
             };
-            let (name, kind) = parse_volume(&words[1]);
-            if kind != "custom" {
-                return fail("Only \"custom\" volumes can be attached to instances");
-            }
-            update_instance_devices(&c, &words[2], |devs| {
-                if devs.contains_key(&dev_name) {
-                    return fail("The device already exists");
+            let Attach {
+                c,
+                pool,
+                target,
+                name,
+                kind,
+                dev_name,
+                dev_path,
+            } = a;
+            if sub == "attach" {
+                if kind != "custom" {
+                    return fail("Only \"custom\" volumes can be attached to instances");
                 }
-                devs.insert(
-                    dev_name,
-                    serde_json::json!({"type": "disk", "pool": pool, "source": name, "path": dev_path}),
-                );
-                Ok(())
-            })?;
+                update_instance_devices(&c, &target, |devs| {
+                    if devs.contains_key(&dev_name) {
+                        return fail("The device already exists");
+                    }
+                    devs.insert(
+                        dev_name,
+                        serde_json::json!({"type": "disk", "pool": pool, "source": name, "path": dev_path}),
+                    );
+                    Ok(())
+                })?;
+            } else {
+                // lxc checks that the volume exists first.
+                let vol: Volume = c.get(&volume_path(&pool, &kind, &name))?;
+                update_profile_devices(&c, &target, |devs| {
+                    if devs.contains_key(&dev_name) {
+                        return fail("The device already exists");
+                    }
+                    let mut dev =
+                        serde_json::json!({"type": "disk", "pool": pool, "source": vol.name});
+                    if vol.content_type != "block" {
+                        dev["path"] = serde_json::Value::String(dev_path);
+                    }
+                    devs.insert(dev_name, dev);
+                    Ok(())
+                })?;
+            }
             Ok(0)
         }
         "detach" | "detach-profile" => {
@@ -1112,32 +1171,6 @@ fn volume(args: &[String]) -> CmdResult {
             } else {
                 update_profile_devices(&c, &words[2], remove)?;
             }
-            Ok(0)
-        }
-        "attach-profile" => {
-            let words = undash(parse::<VolumeAttachProfileArgs>(&[cmd], rest)?.words);
-            check_args::<VolumeAttachProfileArgs>(cmd, words.len(), 3, Some(5))?;
-            let (c, pool) = pool_name(&words[0])?;
-            let pool = pool.to_string();
-            let (dev_name, dev_path) = match words.len() {
-                3 => (words[1].clone(), String::new()),
-                4 => (words[1].clone(), words[3].clone()),
-                _ => (words[3].clone(), words[4].clone()),
-            };
-            let (name, kind) = parse_volume(&words[1]);
-            // lxc checks that the volume exists first.
-            let vol: Volume = c.get(&volume_path(&pool, &kind, &name))?;
-            update_profile_devices(&c, &words[2], |devs| {
-                if devs.contains_key(&dev_name) {
-                    return fail("The device already exists");
-                }
-                let mut dev = serde_json::json!({"type": "disk", "pool": pool, "source": vol.name});
-                if vol.content_type != "block" {
-                    dev["path"] = serde_json::Value::String(dev_path);
-                }
-                devs.insert(dev_name, dev);
-                Ok(())
-            })?;
             Ok(0)
         }
         "snapshot" => {
