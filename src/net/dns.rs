@@ -6,8 +6,8 @@
 //! `/etc/resolv.conf`: [`upstreams_from_resolv_conf`]). No cache.
 //!
 //! Layers, the first two pure and tested without sockets:
-//! - wire (`dns/wire.rs`): [`Message::parse`] reads a whole message (header, questions, records), names with
-//!   compression pointers that must point strictly backwards (so a loop cannot exist) and at most
+//! - wire (`dns/wire.rs`): [`Message::parse`] reads a whole message (header, questions,
+//!   records), names with compression pointers that must point strictly backwards (so a loop cannot exist) and at most
 //!   255 bytes long; [`build_reply`] writes answers (A, AAAA) and errors (NXDOMAIN, SERVFAIL,
 //!   REFUSED, FORMERR, NOTIMP), echoing the question and an EDNS OPT record when the query had
 //!   one. Nothing panics on any input. The client side ([`build_query`], [`labels_of`],

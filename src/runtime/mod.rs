@@ -9,7 +9,8 @@
 //! the spec the container was started with, the monitor's pid and control socket, the console log
 //! and the recorded exit status. Everything the daemon needs after a restart can be read back from it.
 //!
-//! Processes (see `control.rs` for the caller's side, `monitor.rs`, `helper.rs`, `init.rs`, `exec.rs`):
+//! Processes (see `control.rs` for the caller's side, `monitor.rs`, `helper.rs`, `init.rs`,
+//! `exec.rs`):
 //! - `start()` copies the binary (`$BIVY_EXE`, default `/proc/self/exe`) once per calling process into
 //!   a sealed memfd and runs it as `bivy __monitor <run_dir> <fd>`; the monitor daemonizes, makes a
 //!   private mount namespace, stages the rootfs (idmapped or bound) and device nodes there, creates
