@@ -21,6 +21,7 @@ pub mod images;
 pub mod lifecycle;
 pub mod limits;
 pub mod markers;
+pub mod network_config;
 pub mod networks;
 pub mod nics;
 pub mod operations;
