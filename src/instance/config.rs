@@ -234,7 +234,7 @@ pub fn validate_key(key: &str, value: &str) -> Result<()> {
         Kind::Schedule => super::schedule::validate_schedule(value).or_else(|e| bad(&e)),
         Kind::Expiry => super::schedule::validate_expiry(value).or_else(|e| bad(&e)),
         // snapshot_name checks every name it makes.
-        Kind::Pattern => super::schedule::snapshot_name(value, &[], 0)
+        Kind::Pattern => super::snapshot_names::snapshot_name(value, &[], 0)
             .map(drop)
             .or_else(|e| bad(&e)),
         Kind::Unsupported(why) => Err(Error::config(key, format!("not supported: {why}"))),

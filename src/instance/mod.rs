@@ -30,6 +30,7 @@ pub mod proxy;
 pub mod recover;
 pub mod refresh;
 pub mod schedule;
+pub mod snapshot_names;
 pub mod snapshots;
 pub mod stateful;
 pub mod trust;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::db::{InstanceRecord, SnapshotRecord};
 use super::lifecycle::{self, Interim};
 use super::view::{record, state, url};
-use super::{config, schedule, stateful, Ctx, Error, Result};
+use super::{config, schedule, snapshot_names, stateful, Ctx, Error, Result};
 use crate::api::{self, StringMap};
 use crate::runtime::State;
 use crate::storage::Pool;
@@ -66,7 +66,7 @@ pub fn snapshot_now_with(
     let snap = if snap.is_empty() {
         let pattern = ec.get("snapshots.pattern").map_or("snap%d", String::as_str);
         let existing: Vec<&str> = rec.snapshots.iter().map(|s| s.name.as_str()).collect();
-        schedule::snapshot_name(pattern, &existing, now).map_err(Error::Invalid)?
+        snapshot_names::snapshot_name(pattern, &existing, now).map_err(Error::Invalid)?
     } else {
         snap.to_string()
     };

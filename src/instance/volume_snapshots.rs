@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use super::db::{Data, VolumeRecord, VolumeSnapshotRecord};
 use super::volumes::{self, CUSTOM};
-use super::{schedule, Ctx, Error, Result};
+use super::{schedule, snapshot_names, Ctx, Error, Result};
 use crate::api;
 use crate::runtime::State;
 use crate::storage::Pool;
@@ -145,9 +145,10 @@ pub fn check_create(
             .get("snapshots.pattern")
             .map_or("snap%d", String::as_str);
         let existing: Vec<&str> = rec.snapshots.iter().map(|s| s.name.as_str()).collect();
-        schedule::snapshot_name(pattern, &existing, time::now_secs()).map_err(Error::Invalid)?
+        snapshot_names::snapshot_name(pattern, &existing, time::now_secs())
+            .map_err(Error::Invalid)?
     } else {
-        schedule::validate_snapshot_name(&req.name).map_err(Error::Invalid)?;
+        snapshot_names::validate_snapshot_name(&req.name).map_err(Error::Invalid)?;
         req.name.clone()
     };
     if rec.snapshot(&snap).is_some() {
@@ -177,9 +178,9 @@ pub fn create(
             .get("snapshots.pattern")
             .map_or("snap%d", String::as_str);
         let existing: Vec<&str> = rec.snapshots.iter().map(|s| s.name.as_str()).collect();
-        schedule::snapshot_name(pattern, &existing, now).map_err(Error::Invalid)?
+        snapshot_names::snapshot_name(pattern, &existing, now).map_err(Error::Invalid)?
     } else {
-        schedule::validate_snapshot_name(snap).map_err(Error::Invalid)?;
+        snapshot_names::validate_snapshot_name(snap).map_err(Error::Invalid)?;
         snap.to_string()
     };
     if rec.snapshot(&snap).is_some() {
@@ -283,7 +284,7 @@ pub fn update(
 
 /// Rename a snapshot (records only).
 pub fn rename(d: &Ctx, pool_name: &str, name: &str, snap: &str, new: &str) -> Result<()> {
-    schedule::validate_snapshot_name(new).map_err(Error::Invalid)?;
+    snapshot_names::validate_snapshot_name(new).map_err(Error::Invalid)?;
     let mut db = d.db.lock().expect("db lock");
     let rec = record_in(&db.data, pool_name, name)?;
     find(rec, snap)?;
@@ -424,7 +425,7 @@ pub fn validate_key(key: &str, value: &str) -> Result<()> {
     let r = match key {
         "snapshots.expiry" => schedule::validate_expiry(value),
         "snapshots.schedule" => schedule::validate_schedule(value),
-        "snapshots.pattern" => schedule::snapshot_name(value, &[], 0).map(drop),
+        "snapshots.pattern" => snapshot_names::snapshot_name(value, &[], 0).map(drop),
         _ => Ok(()),
     };
     r.map_err(|e| Error::config(key, format!("Invalid value for {key:?}: {e}")))

@@ -27,6 +27,11 @@ pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// The day of the week of a day since 1970-01-01: 0 = Sunday (1970-01-01 was a Thursday).
+pub fn weekday(day: i64) -> u32 {
+    (day + 4).rem_euclid(7) as u32
+}
+
 /// Unix seconds plus nanoseconds to RFC 3339 in UTC; nanoseconds are printed like Go does
 /// (trailing zeros dropped, none when zero).
 pub fn format(secs: i64, nanos: u32) -> String {
