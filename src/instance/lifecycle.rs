@@ -243,14 +243,25 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
         }
     }
     let privileged = config::flag(&ec, "security.privileged");
-    let disks =
-        super::devices::resolve_disks(d, &d.db.lock().expect("db lock").data, &ed, privileged)?;
-    let unix_devices = super::devices::resolve_nodes(&ed)?;
-    let nics = super::nics::resolve(&d.db.lock().expect("db lock").data, name, &rec.config, &ed)?;
-    super::volumes::apply_root_size(d, name)?;
-    trace.step("devices resolved");
     let vol = d.volume_dir(&rec);
     let rootfs = vol.join("rootfs");
+    // One look at the database for what the devices resolve against (custom volumes, networks).
+    // Nothing in here locks it again (the pools have locks of their own) or waits long: stats,
+    // sysfs, a netlink query for a physical NIC. Their errors are taken in the order they were
+    // before: disks, unix devices, NICs, and the I/O limits after the id map and templates.
+    let (disks, nics, io) = {
+        let db = d.db.lock().expect("db lock");
+        (
+            super::devices::resolve_disks(d, &db.data, &ed, privileged),
+            super::nics::resolve(&db.data, name, &rec.config, &ed),
+            super::devices::io_limits(d, &db.data, &ed, &rootfs),
+        )
+    };
+    let disks = disks?;
+    let unix_devices = super::devices::resolve_nodes(&ed)?;
+    let nics = nics?;
+    super::volumes::apply_root_size(d, name)?;
+    trace.step("devices resolved");
     // Id map: next becomes current.
     let map = if privileged {
         None
@@ -312,7 +323,7 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
     }
     trace.step("id map and templates");
     let mut limits = config::limits(&ec, d.host.total_memory, d.host.ncpus)?;
-    limits.io = super::devices::io_limits(d, &d.db.lock().expect("db lock").data, &ed, &rootfs)?;
+    limits.io = io?;
     let mut env: Vec<(String, String)> = vec![("container".into(), "lxc".into())];
     for (k, v) in &ec {
         if let Some(var) = k.strip_prefix("environment.") {
