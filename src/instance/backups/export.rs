@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::index::index_yaml;
-use super::{btrfs_program, ensure_dir, expiry, url};
+use super::records::{btrfs_program, ensure_dir, expiry, url};
 use crate::api;
 use crate::image;
 use crate::instance::db::{BackupRecord, InstanceRecord, SnapshotRecord};
@@ -55,7 +55,7 @@ impl<W: Write> Write for Counting<'_, W> {
     }
 }
 
-/// Make backup `bname` of instance `name` (checked by [`check_create`]); `report` is told the
+/// Make backup `bname` of instance `name` (checked by [`super::check_create`]); `report` is told the
 /// progress (LXD's `create_backup_progress`).
 pub fn create_backup(
     d: &Ctx,

@@ -7,8 +7,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::btrfs_program;
 use super::index::{Info, Snapshot};
+use super::records::btrfs_program;
 use crate::api::{self, Devices, StringMap};
 use crate::image;
 use crate::instance::config;
@@ -150,7 +150,7 @@ pub fn plan(d: &Ctx, info: &Info, name: Option<&str>, pool: Option<&str>) -> Res
     })
 }
 
-/// Make the instance `plan` describes from `tarball` ([`read_info`]'s `info`).
+/// Make the instance `plan` describes from `tarball` ([`super::read_info`]'s `info`).
 pub fn import(d: &Ctx, tarball: &Path, info: &Info, plan: Plan) -> Result<()> {
     let body = api::InstancesPost {
         put: api::InstancesPostPut {
