@@ -5,6 +5,7 @@
 //! Every path is relative to the workspace root, whatever the caller's working directory.
 
 mod bench;
+mod cycles;
 mod daemon;
 mod deb;
 mod demo;
@@ -37,6 +38,8 @@ tasks:
   test [FILTER...]             cargo test --workspace --all-targets -- --test-threads=1, then a summary
   tidy                         architecture invariants by text scan of src/: unsafe only in src/sys/ and
                                with // SAFETY:, layering imports, //! docs, README dependency rows
+  cycles [--root DIR] [DIR...] import cycles between the files of src/daemon and src/instance (or of the
+                               directories named, `src` for all), each with a closed path and its lines
   demo [stop]                  install what is missing, build, start a daemon, launch a busybox container
   bench [--runs N] [--cycles N] [--only cycles]
                                measure size, launch, start, exec, stop, list, memory -> target/bench/results.md
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         "test-image" => image::run(rest),
         "test" => test::run(rest),
         "tidy" => tidy::run(rest),
+        "cycles" => cycles::run(rest),
         "demo" => demo::run(rest),
         "bench" => bench::run(rest),
         "fuzz" => fuzz::run(rest),

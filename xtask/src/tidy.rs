@@ -72,7 +72,7 @@ fn read(path: &Path) -> Result<String> {
     fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
-fn rs_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result {
+pub fn rs_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result {
     let rd = fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
     for e in rd {
         let e = e.map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
@@ -498,7 +498,7 @@ fn parse_tree(code: &str, at: usize) -> (Vec<Vec<String>>, usize) {
 }
 
 /// `path` as seen from `module`, made absolute (`["crate", ...]`); `None` above the root.
-fn resolve(module: &[String], path: &[String]) -> Option<Vec<String>> {
+pub fn resolve(module: &[String], path: &[String]) -> Option<Vec<String>> {
     let mut base: Vec<String> = module.to_vec();
     let mut rest = path;
     match rest.first().map(String::as_str) {
