@@ -432,11 +432,7 @@ fn hostile_backup_tarballs_are_refused_with_nothing_left() {
 /// pool only; on `dir` it makes a plain backup, as LXD does on drivers without one.
 #[test]
 fn backups_on_a_btrfs_pool_and_across_pools() {
-    if !common::lxc_prerequisites() {
-        return;
-    }
-    if let Err(why) = common::btrfs_supported() {
-        common::skip("backups_on_a_btrfs_pool_and_across_pools", &why);
+    if !common::btrfs_prerequisites() {
         return;
     }
     let d = Daemon::start().expect("daemon");

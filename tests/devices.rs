@@ -799,11 +799,7 @@ fn bivy_storage_volume_commands() {
 
 #[test]
 fn btrfs_custom_volume_is_a_subvolume() {
-    if !common::lxc_prerequisites() {
-        return;
-    }
-    if let Err(why) = common::btrfs_supported() {
-        common::skip("btrfs_custom_volume_is_a_subvolume", &why);
+    if !common::btrfs_prerequisites() {
         return;
     }
     let d = Daemon::start().expect("daemon");

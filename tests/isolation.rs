@@ -188,11 +188,7 @@ fn debian_with_systemd_boots_unprivileged() {
     if !prerequisites() {
         return;
     }
-    let Some(img) = common::debian_image() else {
-        common::skip(
-            &common::current_test_name(),
-            "no Debian image (cargo xtask test-image debian)",
-        );
+    let Some(img) = common::debian_image_or_skip() else {
         return;
     };
     let d = Daemon::start().expect("daemon");

@@ -166,11 +166,7 @@ fn docker_runs_a_container_inside_a_nesting_container() {
     if !common::require_root() {
         return;
     }
-    let Some(img) = common::debian_image() else {
-        common::skip(
-            &common::current_test_name(),
-            "no Debian image (cargo xtask test-image debian)",
-        );
+    let Some(img) = common::debian_image_or_skip() else {
         return;
     };
     let d = Daemon::start().expect("daemon");

@@ -542,11 +542,7 @@ fn nics_are_hot_plugged_and_unplugged_on_a_running_container() {
 
 #[test]
 fn debian_gets_an_address_through_systemd_networkd() {
-    let Some(img) = common::debian_image() else {
-        common::skip(
-            &common::current_test_name(),
-            "no Debian image (cargo xtask test-image debian)",
-        );
+    let Some(img) = common::debian_image_or_skip() else {
         return;
     };
     let Some((ns, d)) = setup() else { return };

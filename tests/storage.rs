@@ -10,8 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::{Daemon, Lxc};
 
-use common::btrfs_supported;
-
 /// Loop devices whose backing file is `image`.
 fn loops_backing(image: &Path) -> Vec<String> {
     let mut out = Vec::new();
@@ -239,11 +237,7 @@ fn volume_run_and_log_parents_spread_their_children() {
 
 #[test]
 fn btrfs_pool_on_a_loop_file() {
-    if !common::lxc_prerequisites() {
-        return;
-    }
-    if let Err(why) = btrfs_supported() {
-        common::skip("btrfs_pool_on_a_loop_file", &why);
+    if !common::btrfs_prerequisites() {
         return;
     }
     let d = Daemon::start().expect("daemon");
@@ -633,11 +627,7 @@ fn snapshot_of_an_instance_being_deleted_is_refused() {
 
 #[test]
 fn pool_storage_without_a_record_is_removed_at_start() {
-    if !common::lxc_prerequisites() {
-        return;
-    }
-    if let Err(why) = btrfs_supported() {
-        common::skip("pool_storage_without_a_record_is_removed_at_start", &why);
+    if !common::btrfs_prerequisites() {
         return;
     }
     let mut d = Daemon::start().expect("daemon");

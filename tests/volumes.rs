@@ -307,11 +307,7 @@ fn volume_snapshot_schedule_and_expiry() {
 
 #[test]
 fn volume_copy_and_move_between_dir_and_btrfs() {
-    if !common::lxc_prerequisites() {
-        return;
-    }
-    if let Err(why) = btrfs_supported() {
-        common::skip("volume_copy_and_move_between_dir_and_btrfs", &why);
+    if !common::btrfs_prerequisites() {
         return;
     }
     let d = Daemon::start().expect("daemon");
@@ -521,11 +517,7 @@ fn write_mib(path: &Path, mib: usize) -> std::io::Result<()> {
 
 #[test]
 fn volume_size_is_enforced_on_btrfs_and_refused_on_dir() {
-    if !common::lxc_prerequisites() {
-        return;
-    }
-    if let Err(why) = btrfs_supported() {
-        common::skip("volume_size_is_enforced_on_btrfs_and_refused_on_dir", &why);
+    if !common::btrfs_prerequisites() {
         return;
     }
     let d = Daemon::start().expect("daemon");
@@ -594,14 +586,7 @@ fn volume_size_is_enforced_on_btrfs_and_refused_on_dir() {
 
 #[test]
 fn root_disk_size_is_enforced_on_btrfs_and_refused_on_dir() {
-    if !common::lxc_prerequisites() {
-        return;
-    }
-    if let Err(why) = btrfs_supported() {
-        common::skip(
-            "root_disk_size_is_enforced_on_btrfs_and_refused_on_dir",
-            &why,
-        );
+    if !common::btrfs_prerequisites() {
         return;
     }
     let d = Daemon::start().expect("daemon");

@@ -130,6 +130,18 @@ pub fn busybox_image() -> PathBuf {
     img
 }
 
+/// [`debian_image`], or `None` with the running test skipped, saying how to build it.
+pub fn debian_image_or_skip() -> Option<PathBuf> {
+    let img = debian_image();
+    if img.is_none() {
+        skip(
+            &current_test_name(),
+            "no Debian image (cargo xtask test-image debian)",
+        );
+    }
+    img
+}
+
 /// `target/test-images/debian12.tar.zst` (Debian 12 with systemd) if it was built: it needs root
 /// and Debian's mirror (`cargo xtask test-image debian`), so it is never built implicitly.
 pub fn debian_image() -> Option<PathBuf> {
@@ -886,6 +898,19 @@ pub fn lxc_prerequisites() -> bool {
             &current_test_name(),
             "needs the lxc client (apt-get install lxd-client)",
         );
+        return false;
+    }
+    true
+}
+
+/// [`lxc_prerequisites`], and btrfs pools can be made here ([`btrfs_supported`]); else the
+/// running test is skipped, saying why.
+pub fn btrfs_prerequisites() -> bool {
+    if !lxc_prerequisites() {
+        return false;
+    }
+    if let Err(why) = btrfs_supported() {
+        skip(&current_test_name(), &why);
         return false;
     }
     true
