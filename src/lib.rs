@@ -18,7 +18,10 @@
 //!   module that imports rustls. HTTP runs over it without knowing it.
 //! - [`sys`]: the only module with `unsafe`: thin syscall wrappers.
 //! - [`runtime`]: the privileged core: namespaces, id maps, idmapped rootfs, mounts, /dev, seccomp,
-//!   AppArmor, capabilities, cgroups, the monitor, exec and hot-plug helpers, CRIU checkpoints (`criu`: the
+//!   AppArmor, capabilities, cgroups (`cgroup`, with `cgroup/devices` the v1 device rules and
+//!   `cgroup/io` the block I/O limits), the monitor (`monitor`; `control` is the caller's side:
+//!   start, state, stop; `helper` the sealed binary, pidfiles and pidfds all helpers share),
+//!   exec and hot-plug helpers, CRIU checkpoints (`criu`: the
 //!   dump from the caller, the restore by a new monitor). It gets numbers and policies
 //!   (`runtime::Spec`, `runtime::Limits`), never LXD config keys.
 //! - [`image`]: the image store: import (with the unpack rules checked up front), fingerprints,
@@ -27,22 +30,26 @@
 //!   that keep host users out, the pool registry.
 //! - [`instance`]: the model and lifecycle, without HTTP. [`instance::Ctx`] holds the state
 //!   database, images, pools, operations, events, host facts and busy marks; `view` (record,
-//!   expanded config, state), `config` and `limits` (LXD's keys, parsed once), `idmap`,
-//!   `lifecycle` (create, start, stop, delete, live limits, interim changes and their undo after a
-//!   crash, recovery, autostart), `snapshots`, `stateful` (CRIU: stateful stop/start and
-//!   snapshots), `schedule`, `backups` (instance backups in LXD's tarball format, and restoring
-//!   them), `pools`, `markers` (each pool's record files, kept in step with the database),
-//!   `recover` (`admin recover`: records rebuilt from them), `volumes` (custom storage volumes:
-//!   create, copy, move, state),
-//!   `volume_snapshots` (their snapshots, restore and schedule), `devices` (disk, unix,
-//!   GPU and USB devices resolved for the runtime, and their hot-plug), `hostdev` (the host's
-//!   GPUs and USB devices), `uevents` (USB devices coming and going), `nics`, `proxy` (proxy devices and their running
-//!   listeners), `images`, `operations`, `events`; typed errors
-//!   ([`instance::Error`], one variant per kind of failure).
-//! - [`net`]: host networking without HTTP or config keys: netlink, nftables rules (`nft`), the
-//!   daemon's own DHCPv4 and DNS servers and their lease store, proxy devices' relays, and the
-//!   host name resolver (`resolve`: `/etc/hosts` and DNS, and `connect_tcp`, the one connect by
-//!   host name).
+//!   expanded config, state), `config` and `limits` (LXD's keys, parsed once), `idmap`, `lifecycle`
+//!   (create, start, stop, delete, live limits, interim changes and their undo after a crash,
+//!   recovery, autostart), `snapshots`, `stateful` (CRIU: stateful stop/start and snapshots),
+//!   `schedule` (`snapshots.expiry` and `snapshots.schedule`), `snapshot_names`
+//!   (`snapshots.pattern` and the names a snapshot may take), `backups` (instance backups in LXD's
+//!   tarball format, and restoring them: `backups/records`, `export`, `index` for LXD's index.yaml
+//!   and backup.yaml, `import`), `pools`, `markers` (each pool's record files, kept in step with
+//!   the database), `recover` (`admin recover`: records rebuilt from them), `volumes` (custom
+//!   storage volumes: create, copy, move, state), `volume_snapshots` (their snapshots, restore and
+//!   schedule), `devices` (disk, unix, GPU and USB devices resolved for the runtime, and their
+//!   hot-plug), `hostdev` (the host's GPUs and USB devices), `uevents` (USB devices coming and
+//!   going), `nics`, `networks` (managed bridges' records and lifecycle) and `network_config`
+//!   (their config keys), `bridges` (a bridge on the host), `proxy` (proxy devices and their
+//!   running listeners), `images`, `operations`, `events`; typed errors ([`instance::Error`], one
+//!   variant per kind of failure).
+//! - [`net`]: host networking without HTTP or config keys: netlink (`netlink/wire` the message
+//!   format, `netlink/ip` addresses and routes), nftables rules (`nft`), the daemon's own DHCPv4
+//!   and DNS servers (`dns/wire` the packet format, `dns/forward` forwarding) and their lease
+//!   store, proxy devices' relays, and the host name resolver (`resolve`: `/etc/hosts` and DNS, and
+//!   `connect_tcp`, the one connect by host name).
 //! - [`migration`]: moving instances between servers with LXD's protocol (pull mode): the source's
 //!   websocket operation and the target's dial, the protobuf control messages, the rsync
 //!   transfer over the `fs` websocket (`bivy __netcat` relays rsync's remote shell).
@@ -52,10 +59,12 @@
 //!   (`fetch`, `pull`, still here), `/1.0/resources`.
 //! - [`client`]: a typed client of the REST API over the unix socket or HTTPS (a pinned server
 //!   certificate, the client's own identity).
-//! - [`cli`]: the `lxc`-style command line; `conf` holds the client configuration (`$BIVY_CONF`,
-//!   lxc's `config.yml`), and every verb's `[remote:]` resolves to that remote's client.
+//! - [`cli`]: the `lxc`-style command line, one file per noun (`storage/volume` for `storage
+//!   volume`); `conf` holds the client configuration (`$BIVY_CONF`, lxc's `config.yml`), and
+//!   every verb's `[remote:]` resolves to that remote's client.
 //!
-//! ## Architecture invariants (`cargo xtask tidy` checks the first four)
+//! ## Architecture invariants (`cargo xtask tidy` checks the first four; `cargo xtask cycles`
+//! lists the import cycles between files of `daemon/` and `instance/`)
 //! - `unsafe` appears only under `src/sys/` (and each block has a `// SAFETY:` comment).
 //! - `instance` imports neither `http` nor `daemon`; no file of `daemon/endpoints/` imports
 //!   another.
