@@ -23,7 +23,8 @@
 //!   [`parse_messages`], [`parse_attrs`]); a truncated or malformed reply is an `InvalidData`
 //!   error, never a panic.
 //! - Interface names are checked before anything is sent (1 to 15 bytes, no `/`, no whitespace,
-//!   not `.` or `..`, the kernel's own rule in `dev_valid_name`).//!
+//!   not `.` or `..`, the kernel's own rule in `dev_valid_name`).
+//!
 //! The files: this one the socket, the public types and the link operations; `wire` the message
 //! format (constants, building, parsing); `ip` addresses and routes.
 
