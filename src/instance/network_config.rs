@@ -596,11 +596,12 @@ pub fn fill_defaults(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::instance::db::NetworkRecord;
 
-    fn cfg(kv: &[(&str, &str)]) -> StringMap {
+    /// A config or device from its key/value pairs.
+    pub(crate) fn cfg(kv: &[(&str, &str)]) -> StringMap {
         kv.iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()

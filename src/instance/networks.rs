@@ -268,12 +268,7 @@ pub fn delete(d: &Ctx, name: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn cfg(kv: &[(&str, &str)]) -> StringMap {
-        kv.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::instance::network_config::tests::cfg;
 
     #[test]
     fn used_by_lists_profiles_then_instances() {
