@@ -54,31 +54,36 @@ impl Stats {
 pub fn time_runs(n: usize, mut make: impl FnMut(usize) -> Command) -> Result<Stats> {
     let mut samples = Vec::with_capacity(n);
     for i in 0..n {
-        let mut cmd = make(i);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let t = Instant::now();
-        let out = cmd
-            .output()
-            .map_err(|e| format!("run {}: {e}", util::show(&cmd)))?;
-        let el = t.elapsed();
-        if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr);
-            let first = err
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("")
-                .trim();
-            return Err(format!(
-                "`{}` failed ({}): {first}",
-                util::show(&cmd),
-                out.status
-            ));
-        }
-        samples.push(util::ms(el));
+        samples.push(time_one(&mut make(i))?);
     }
     Stats::of(&samples).ok_or_else(|| "no runs".into())
+}
+
+/// Run `cmd` once (stdin and stdout discarded), its wall time in ms; an error with the first
+/// line of its stderr when it fails.
+pub(crate) fn time_one(cmd: &mut Command) -> Result<f64> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let t = Instant::now();
+    let out = cmd
+        .output()
+        .map_err(|e| format!("run {}: {e}", util::show(cmd)))?;
+    let el = t.elapsed();
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let first = err
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim();
+        return Err(format!(
+            "`{}` failed ({}): {first}",
+            util::show(cmd),
+            out.status
+        ));
+    }
+    Ok(util::ms(el))
 }
 
 /// Fields of /proc/PID/smaps_rollup (kB): Rss, Pss, Private_Clean, Private_Dirty, ...
@@ -209,7 +214,7 @@ fn memory_row(t: &mut Table, what: &str, pid: u32) {
     }
 }
 
-fn load_note() -> String {
+pub(crate) fn load_note() -> String {
     let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
     format!(
         "loadavg {}",
@@ -266,23 +271,29 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
     Ok(o)
 }
 
+/// The bivy binary to measure: `--bin PATH`, else `target/dist/bivy` (built when absent).
+pub(crate) fn bivy_bin(bin: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(b) = bin {
+        return Ok(b);
+    }
+    let b = util::target_dir().join("dist/bivy");
+    if b.is_file() {
+        eprintln!(
+            "xtask: using existing {} (run `cargo xtask dist` to rebuild)",
+            util::rel(&b)
+        );
+        Ok(b)
+    } else {
+        crate::dist::build(&[])
+    }
+}
+
 pub fn run(args: &[String]) -> Result {
+    if args.iter().any(|a| a == "--against") {
+        return crate::bench_lxd::run(args);
+    }
     let o = parse_opts(args)?;
-    let bin = match o.bin {
-        Some(b) => b,
-        None => {
-            let b = util::target_dir().join("dist/bivy");
-            if b.is_file() {
-                eprintln!(
-                    "xtask: using existing {} (run `cargo xtask dist` to rebuild)",
-                    util::rel(&b)
-                );
-                b
-            } else {
-                crate::dist::build(&[])?
-            }
-        }
-    };
+    let bin = bivy_bin(o.bin)?;
     let image = crate::image::busybox()?;
     let out_dir = util::target_dir().join("bench");
     util::mkdirs(&out_dir)?;
@@ -1038,39 +1049,94 @@ fn cleanup(d: &BgDaemon, runs: usize) {
     d.stop();
 }
 
+/// The current time as `2026-12-03 15:14 UTC` (from `date`).
+pub(crate) fn utc_now() -> String {
+    Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
 fn finish(t: &Table, out_dir: &Path, before: &str, run_dir: Option<&Path>) -> Result {
     let header = format!(
-        "## bivy bench ({}; {before} before, {} after; times in ms)",
-        Command::new("date")
-            .arg("-u")
-            .arg("+%Y-%m-%d %H:%M UTC")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .unwrap_or_default(),
+        "{BIVY_SECTION}{}; {before} before, {} after; times in ms)",
+        utc_now(),
         load_note()
     );
     let md = t.markdown(&header);
     print!("{md}");
-    let path = out_dir.join("results.md");
-    util::write_atomic(&path, &md)?;
-    eprintln!("xtask: wrote {}", util::rel(&path));
+    write_section(out_dir, BIVY_SECTION, &md)?;
     if let Some(run_dir) = run_dir {
-        // Leave the dir if anything is still mounted below it (a container that did not stop).
-        let still = fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .any(|m| Path::new(m).starts_with(run_dir));
-        if still {
-            eprintln!("xtask: leaving {} (still mounted below)", run_dir.display());
-        } else {
-            let _ = Command::new("rm")
-                .args(["-rf", "--one-file-system"])
-                .arg(run_dir)
-                .status();
-        }
+        remove_run_dir(run_dir);
     }
     Ok(())
+}
+
+/// How the section of `cargo xtask bench` starts in `results.md`.
+const BIVY_SECTION: &str = "## bivy bench (";
+
+/// Put `section` (a markdown `## ` section starting with `prefix`) into
+/// `out_dir/results.md` in place of the previous one, keeping the other sections (`bench` and
+/// `bench --against lxd` each write their own).
+pub(crate) fn write_section(out_dir: &Path, prefix: &str, section: &str) -> Result {
+    let path = out_dir.join("results.md");
+    let old = fs::read_to_string(&path).unwrap_or_default();
+    util::write_atomic(&path, replace_section(&old, prefix, section))?;
+    eprintln!("xtask: wrote {}", util::rel(&path));
+    Ok(())
+}
+
+/// `doc` with the `## ` section whose heading starts with `prefix` replaced by `section` (or
+/// `section` appended when there is none).
+pub(crate) fn replace_section(doc: &str, prefix: &str, section: &str) -> String {
+    let mut kept: Vec<&str> = Vec::new();
+    let mut skipping = false;
+    let mut placed = false;
+    let section = section.trim_end();
+    for line in doc.lines() {
+        if line.starts_with("## ") {
+            skipping = line.starts_with(prefix);
+            if skipping && !placed {
+                kept.extend([section, ""]);
+                placed = true;
+            }
+        }
+        if !skipping {
+            kept.push(line);
+        }
+    }
+    while kept.last().is_some_and(|l| l.trim().is_empty()) {
+        kept.pop();
+    }
+    if !placed {
+        if !kept.is_empty() {
+            kept.push("");
+        }
+        kept.push(section);
+    }
+    let mut out = kept.join("\n");
+    out.push('\n');
+    out
+}
+
+/// Remove a run's directory, unless something is still mounted below it (a container that did
+/// not stop).
+pub(crate) fn remove_run_dir(run_dir: &Path) {
+    let still = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|m| Path::new(m).starts_with(run_dir));
+    if still {
+        eprintln!("xtask: leaving {} (still mounted below)", run_dir.display());
+    } else {
+        let _ = Command::new("rm")
+            .args(["-rf", "--one-file-system"])
+            .arg(run_dir)
+            .status();
+    }
 }
 
 #[cfg(test)]
@@ -1123,6 +1189,28 @@ mod tests {
         );
         assert_eq!(json_pid(r#"{"pid":0}"#), None);
         assert_eq!(json_pid("{}"), None);
+    }
+
+    #[test]
+    fn sections_are_replaced_in_place_or_appended() {
+        let a = "## bivy bench (1)\n\n| a |\n";
+        let b = "## bivy vs LXD (2)\n\n| b |\n";
+        // Into an empty file.
+        assert_eq!(replace_section("", "## bivy bench (", a), a);
+        // Appended after another section, blank line between.
+        let both = replace_section(a, "## bivy vs LXD (", b);
+        assert_eq!(both, format!("{a}\n{b}"));
+        // Replaced in place, the other kept.
+        let a2 = "## bivy bench (3)\n\n| a2 |\n";
+        assert_eq!(
+            replace_section(&both, "## bivy bench (", a2),
+            format!("{a2}\n{b}")
+        );
+        let b2 = "## bivy vs LXD (4)\n\n| b2 |\n";
+        assert_eq!(
+            replace_section(&both, "## bivy vs LXD (", b2),
+            format!("{a}\n{b2}")
+        );
     }
 
     #[test]

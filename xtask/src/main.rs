@@ -5,6 +5,7 @@
 //! Every path is relative to the workspace root, whatever the caller's working directory.
 
 mod bench;
+mod bench_lxd;
 mod cycles;
 mod daemon;
 mod deb;
@@ -44,6 +45,9 @@ tasks:
   bench [--runs N] [--cycles N] [--only cycles]
                                measure size, launch, start, exec, stop, list, memory -> target/bench/results.md
                                (--only cycles: the create/start/stop/delete churn alone, per phase)
+  bench --against lxd [--runs N] [--running N]
+                               the same operations on bivy and a private LXD 5.0.2, interleaved;
+                               medians and LXD/bivy ratios -> its section of target/bench/results.md
   fuzz [--seconds N] [--stable] [--no-build] [TARGET...]
                                run the tests/fuzz targets (all, or those named) N seconds each (60) with
                                libFuzzer (nightly + cargo-fuzz, installed if missing), else the stable
