@@ -106,7 +106,7 @@ enum Side {
 
 /// Round `i`'s order: bivy first in even rounds, LXD first in odd ones.
 fn order(i: usize) -> [Side; 2] {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         [Side::Bivy, Side::Lxd]
     } else {
         [Side::Lxd, Side::Bivy]
@@ -430,7 +430,10 @@ impl Host {
         let file = run_dir.join("guard.nft");
         util::write_atomic(&file, &rules)?;
         h.guard = true;
-        util::run("loading the egress guard", Command::new("nft").arg("-f").arg(&file))?;
+        util::run(
+            "loading the egress guard",
+            Command::new("nft").arg("-f").arg(&file),
+        )?;
         Ok(h)
     }
 
@@ -460,8 +463,12 @@ impl Host {
                 .status();
         }
         if link_exists(LXD_BRIDGE) {
-            notes.push(format!("{LXD_BRIDGE} was still there after LXD stopped; removed"));
-            let _ = Command::new("ip").args(["link", "del", LXD_BRIDGE]).status();
+            notes.push(format!(
+                "{LXD_BRIDGE} was still there after LXD stopped; removed"
+            ));
+            let _ = Command::new("ip")
+                .args(["link", "del", LXD_BRIDGE])
+                .status();
         }
         for (p, before) in &self.forwarding {
             let now = fs::read_to_string(p).unwrap_or_default().trim().to_owned();
@@ -519,7 +526,11 @@ fn pids_mentioning(needle: &str) -> Vec<u32> {
         .filter(|&p| p != me)
         .filter(|p| {
             fs::read(format!("/proc/{p}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(needle))
+                .map(|c| {
+                    String::from_utf8_lossy(&c)
+                        .replace('\0', " ")
+                        .contains(needle)
+                })
                 .unwrap_or(false)
         })
         .collect()
@@ -645,7 +656,10 @@ impl Drop for Lxd {
                 std::thread::sleep(Duration::from_millis(50));
             }
             if self.child.try_wait().ok().flatten().is_none() {
-                eprintln!("xtask: lxd {} still running after shutdown; SIGKILL", self.pid());
+                eprintln!(
+                    "xtask: lxd {} still running after shutdown; SIGKILL",
+                    self.pid()
+                );
                 let _ = self.child.kill();
             }
         }
@@ -656,11 +670,15 @@ impl Drop for Lxd {
         if !left.is_empty() {
             eprintln!("xtask: stopping what lxd left running: {left:?}");
             for p in &left {
-                let _ = Command::new("kill").args(["-TERM", &p.to_string()]).status();
+                let _ = Command::new("kill")
+                    .args(["-TERM", &p.to_string()])
+                    .status();
             }
             std::thread::sleep(Duration::from_millis(500));
             for p in pids_mentioning(&dir) {
-                let _ = Command::new("kill").args(["-KILL", &p.to_string()]).status();
+                let _ = Command::new("kill")
+                    .args(["-KILL", &p.to_string()])
+                    .status();
             }
         }
         // What LXD mounted under its directory (shmounts, devlxd), deepest first.
@@ -711,6 +729,15 @@ impl Drop for Bivy {
             Duration::from_secs(60),
         );
         d.stop();
+    }
+}
+
+/// The run's directory (bivy's state, client configs), removed on drop.
+struct RunDir(PathBuf);
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        bench::remove_run_dir(&self.0);
     }
 }
 
@@ -884,11 +911,7 @@ fn containers(c: &Ctx, t: &mut AbTable, o: &Opts, image: &Path) -> Result {
     let r = c.time(runs, |i| v(&["start", &cp(i)]));
     t.add("start (stopped container)", r, "")?;
     let r = c.time(runs, |i| v(&["stop", &cp(i), "--timeout", "30"]));
-    t.add(
-        "stop (clean)",
-        r,
-        "SIGPWR, busybox init halts",
-    )?;
+    t.add("stop (clean)", r, "SIGPWR, busybox init halts")?;
     let r = c.time(runs, |i| v(&["delete", &cp(i)]));
     t.add("delete (stopped)", r, "")?;
     let r = c.time(runs, |i| v(&["delete", &l(i)]));
@@ -945,7 +968,9 @@ fn network(
         let n = name(i);
         match side {
             Side::Bivy => launch_to_address(
-                &mut bivy.0.cli(&["launch", "busybox", &n, "--network", BIVY_BRIDGE]),
+                &mut bivy
+                    .0
+                    .cli(&["launch", "busybox", &n, "--network", BIVY_BRIDGE]),
                 "bivy",
                 &n,
             ),
@@ -1027,7 +1052,10 @@ fn prerequisites() -> Result {
     }
     let v = util::output("lxd --version", Command::new("lxd").arg("--version"))?;
     if !v.trim().starts_with("5.0.") {
-        eprintln!("xtask: lxd {} (this bench was written against 5.0.2)", v.trim());
+        eprintln!(
+            "xtask: lxd {} (this bench was written against 5.0.2)",
+            v.trim()
+        );
     }
     Ok(())
 }
@@ -1040,6 +1068,8 @@ pub fn run(args: &[String]) -> Result {
     let out_dir = util::target_dir().join("bench");
     let run_dir = out_dir.join(format!("lxd-run-{}", std::process::id()));
     util::mkdirs(&run_dir)?;
+    // Removed last, after the daemons using it have stopped.
+    let _run_dir = RunDir(run_dir.clone());
     let before = bench::load_note();
     let mut t = AbTable::default();
 
@@ -1064,8 +1094,16 @@ pub fn run(args: &[String]) -> Result {
             "bivy: socket accepts; LXD: `lxd waitready`",
         )?;
         let bivy_addr = format!("127.0.0.1:{bivy_port}");
-        must(&mut bivy.0.cli(&["config", "set", "core.https_address", &bivy_addr]))?;
-        must(&mut bivy.0.cli(&["config", "set", "core.trust_password", PASSWORD]))?;
+        must(
+            &mut bivy
+                .0
+                .cli(&["config", "set", "core.https_address", &bivy_addr]),
+        )?;
+        must(
+            &mut bivy
+                .0
+                .cli(&["config", "set", "core.trust_password", PASSWORD]),
+        )?;
         let c = Ctx {
             bivy: &bivy.0,
             lxd: &lxd,
@@ -1076,6 +1114,14 @@ pub fn run(args: &[String]) -> Result {
         containers(&c, &mut t, &o, &image)?;
         network(&c, &mut t, &bin, &image, &run_dir, o.runs)
     })();
+    if let Err(e) = &result {
+        if !matches!(t.rows.last(), Some(Row::Failed { .. })) {
+            t.rows.push(Row::Failed {
+                what: "setup".into(),
+                error: e.clone(),
+            });
+        }
+    }
     let cleanup_start = Instant::now();
     // The daemons are gone (dropped in the closure); now the host.
     t.notes.extend(host.restore());
@@ -1083,8 +1129,8 @@ pub fn run(args: &[String]) -> Result {
         "xtask: cleaned up in {:.1} s",
         cleanup_start.elapsed().as_secs_f64()
     );
-    let lxd_version = util::output("lxd --version", Command::new("lxd").arg("--version"))
-        .unwrap_or_default();
+    let lxd_version =
+        util::output("lxd --version", Command::new("lxd").arg("--version")).unwrap_or_default();
     t.notes.insert(
         0,
         format!(
@@ -1104,7 +1150,6 @@ pub fn run(args: &[String]) -> Result {
     let md = t.markdown(&header);
     print!("{md}");
     bench::write_section(&out_dir, SECTION, &md)?;
-    bench::remove_run_dir(&run_dir);
     result.map_err(|e| format!("bench stopped early: {e}"))
 }
 
@@ -1127,7 +1172,15 @@ mod tests {
             }
         );
         assert_eq!(
-            parse_opts(&args(&["--runs", "3", "--against", "lxd", "--running", "20"])).unwrap(),
+            parse_opts(&args(&[
+                "--runs",
+                "3",
+                "--against",
+                "lxd",
+                "--running",
+                "20"
+            ]))
+            .unwrap(),
             Opts {
                 runs: 3,
                 running: 20,
@@ -1189,7 +1242,9 @@ mod tests {
             "a | b",
         )
         .unwrap();
-        let e = t.add("copy", Err("`lxc copy` failed".into()), "").unwrap_err();
+        let e = t
+            .add("copy", Err("`lxc copy` failed".into()), "")
+            .unwrap_err();
         assert!(e.starts_with("copy: "), "{e}");
         t.notes.push("ip_forward 0 before and after".into());
         let md = t.markdown("## bivy vs LXD (x)");
@@ -1252,7 +1307,9 @@ mod tests {
         );
         let route = "Iface\tDestination\tGateway\nlo\t0000007F\t00000000\n";
         assert!(!eth0_routed(route));
-        assert!(eth0_routed(&format!("{route}eth0\t0058CB0A\t00000000\t0001\n")));
+        assert!(eth0_routed(&format!(
+            "{route}eth0\t0058CB0A\t00000000\t0001\n"
+        )));
         assert!(!eth0_routed("Iface\tDestination\n"));
     }
 
@@ -1261,7 +1318,8 @@ mod tests {
         let out = run_bounded(Command::new("true").arg("x"), Duration::from_secs(5)).unwrap();
         assert!(out.status.success());
         let t = Instant::now();
-        let e = run_bounded(Command::new("sleep").arg("30"), Duration::from_millis(200)).unwrap_err();
+        let e =
+            run_bounded(Command::new("sleep").arg("30"), Duration::from_millis(200)).unwrap_err();
         assert!(e.contains("killed"), "{e}");
         assert!(t.elapsed() < Duration::from_secs(5));
     }
