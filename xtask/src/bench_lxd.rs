@@ -343,7 +343,7 @@ fn resolvers(resolv_conf: &str) -> Vec<String> {
 
 /// The LXD anchor's `guard.nft` as a table of our own: DNS to the host's resolvers passes,
 /// other traffic to private ranges leaving through an uplink is dropped (counted), and nothing
-/// is forwarded from LXD's bridge.
+/// is forwarded from LXD's bridge to an uplink.
 fn guard_rules(uplinks: &[String], resolvers: &[String], bridge: &str) -> String {
     let mut s = format!(
         "table inet {GUARD_TABLE} {{\n  chain outguard {{\n    type filter hook output priority 0; policy accept;\n"
@@ -360,10 +360,15 @@ fn guard_rules(uplinks: &[String], resolvers: &[String], bridge: &str) -> String
         let _ = writeln!(s, "    oifname \"{u}\" ip6 daddr fd00::/64 accept");
         let _ = writeln!(s, "    oifname \"{u}\" ip6 daddr fc00::/7 counter drop");
     }
-    let _ = write!(
-        s,
-        "  }}\n  chain forwardguard {{\n    type filter hook forward priority 0; policy accept;\n    iifname \"{bridge}\" counter drop\n  }}\n}}\n"
+    // Only towards an uplink: frames bridged between containers also pass this hook (with
+    // br_netfilter), and they stay on the machine.
+    s.push_str(
+        "  }\n  chain forwardguard {\n    type filter hook forward priority 0; policy accept;\n",
     );
+    for u in uplinks {
+        let _ = writeln!(s, "    iifname \"{bridge}\" oifname \"{u}\" counter drop");
+    }
+    s.push_str("  }\n}\n");
     s
 }
 
@@ -1285,7 +1290,7 @@ mod tests {
         assert!(g.contains(
             "oifname \"eth0\" ip daddr { 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16 } counter drop"
         ));
-        assert!(g.contains("iifname \"lxbbench0\" counter drop"));
+        assert!(g.contains("iifname \"lxbbench0\" oifname \"eth0\" counter drop"));
         // The resolver is let through before the drop.
         assert!(g.find("dport 53 accept").unwrap() < g.find("counter drop").unwrap());
         assert_eq!(g.matches('{').count(), g.matches('}').count());
