@@ -7,8 +7,8 @@
 //! A daemon is started with a temporary `BIVY_DIR` under `target/bench/`, driven through the
 //! CLI (`bivy launch|exec|stop --force|start|list|delete`), and stopped at the end. A step that
 //! fails is reported in the table with its error and the steps that need it are skipped, so a
-//! partial daemon still gives partial numbers. The table goes to stdout and
-//! `target/bench/results.md`.
+//! partial daemon still gives partial numbers. The table goes to stdout and its own section of
+//! `target/bench/results.md`. `--against lxd` is the side-by-side run with LXD (`bench_lxd.rs`).
 
 use std::fmt::Write as _;
 use std::fs;
