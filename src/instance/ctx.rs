@@ -63,7 +63,7 @@ impl Ctx {
         let events = Arc::new(Events::default());
         let images = image::Store::open(&dir.join("images")).map_err(|e| e.to_string())?;
         let mut db = db::Db::open(&dir.join("database.json")).map_err(|e| e.to_string())?;
-        db.keep_markers(dir);
+        db.watch(Box::new(super::markers::Keeper(dir.to_path_buf())));
         let d = Arc::new(Ctx {
             dir: dir.to_path_buf(),
             db: Mutex::new(db),

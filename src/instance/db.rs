@@ -195,9 +195,18 @@ pub struct CertRecord {
 pub struct Db {
     path: PathBuf,
     pub data: Data,
-    /// The daemon's directory when each change is also written beside the data
-    /// (`instance::markers`); `None` for a bare document.
-    markers: Option<PathBuf>,
+    /// Told of each change around its save (`instance::markers` keeps the pools' record files
+    /// with it); none for a bare document.
+    watcher: Option<Box<dyn Watcher>>,
+}
+
+/// What follows the document's changes (set with [`Db::watch`]).
+pub trait Watcher: Send {
+    /// Before `next` is saved over `cur`.
+    fn before_save(&self, cur: &Data, next: &Data);
+    /// After `next` was saved over `prev` (called with the two swapped when the save failed,
+    /// to put back what `before_save` undid).
+    fn after_save(&self, prev: &Data, next: &Data);
 }
 
 impl Db {
@@ -229,14 +238,13 @@ impl Db {
         Ok(Db {
             path: path.to_path_buf(),
             data,
-            markers: None,
+            watcher: None,
         })
     }
 
-    /// Keep the pools' record files (`instance::markers`) in step with every change from now on;
-    /// `bivy_dir` places the pools that have no `source`.
-    pub fn keep_markers(&mut self, bivy_dir: &Path) {
-        self.markers = Some(bivy_dir.to_path_buf());
+    /// Tell `w` of every change from now on.
+    pub fn watch(&mut self, w: Box<dyn Watcher>) {
+        self.watcher = Some(w);
     }
 
     /// Persist the current document atomically.
@@ -250,19 +258,19 @@ impl Db {
     pub fn update<T>(&mut self, f: impl FnOnce(&mut Data) -> T) -> std::io::Result<T> {
         let mut next = self.data.clone();
         let out = f(&mut next);
-        if let Some(dir) = &self.markers {
-            super::markers::before_save(dir, &self.data, &next);
+        if let Some(w) = &self.watcher {
+            w.before_save(&self.data, &next);
         }
         let old = std::mem::replace(&mut self.data, next);
         if let Err(e) = self.save() {
-            if let Some(dir) = &self.markers {
-                super::markers::after_save(dir, &self.data, &old);
+            if let Some(w) = &self.watcher {
+                w.after_save(&self.data, &old);
             }
             self.data = old;
             return Err(e);
         }
-        if let Some(dir) = &self.markers {
-            super::markers::after_save(dir, &old, &self.data);
+        if let Some(w) = &self.watcher {
+            w.after_save(&old, &self.data);
         }
         Ok(out)
     }
@@ -293,7 +301,7 @@ mod tests {
         let mut db = Db {
             path: PathBuf::from("/nonexistent-dir/x/database.json"),
             data: Data::default(),
-            markers: None,
+            watcher: None,
         };
         assert!(db
             .update(|d| d.config.insert("a".into(), "b".into()))

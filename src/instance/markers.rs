@@ -5,7 +5,7 @@
 //! Each pool's root holds `bivy-records/`: `pool.json` (the pool's record and name),
 //! `instances/<volume>.json` (the record and name of the instance whose volume that is, its
 //! snapshots included) and `volumes/<volume>.json` (the same for a custom volume). They follow
-//! the database: [`Db::update`](super::db::Db::update) removes the files of records it drops
+//! the database: [`Keeper`], the database's watcher, removes the files of records it drops
 //! before it saves, and writes those of records it adds or changes after, so a crash between the
 //! two leaves a record without its file (rewritten at the next start by [`ensure_all`]), never a
 //! file for data already given up. They are not synced: the database is the truth.
@@ -169,6 +169,20 @@ fn volumes(d: &Data) -> BTreeMap<Key<'_>, (&String, &VolumeRecord)> {
                 .map(move |(n, r)| ((pool.as_str(), r.volume.as_str()), (n, r)))
         })
         .collect()
+}
+
+/// The database's [`Watcher`](super::db::Watcher) that keeps the files (the daemon's directory,
+/// which places the pools that have no `source`).
+pub struct Keeper(pub PathBuf);
+
+impl super::db::Watcher for Keeper {
+    fn before_save(&self, cur: &Data, next: &Data) {
+        before_save(&self.0, cur, next);
+    }
+
+    fn after_save(&self, prev: &Data, next: &Data) {
+        after_save(&self.0, prev, next);
+    }
 }
 
 /// Before `next` is saved over `cur`: remove the files of the records `next` drops.
