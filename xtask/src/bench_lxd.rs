@@ -997,6 +997,68 @@ fn network(
         must(&mut bivy.0.cli(&["delete", "--force", &name(i)]))?;
         must(&mut c.lxd.lxc(&["delete", "--force", &name(i)]))?;
     }
+    // Debian 12 with systemd-networkd, when its test image was built (`cargo xtask test-image
+    // debian`); each container deleted (untimed) once it has its address, so the next round
+    // starts on a quiet machine.
+    let debian = util::target_dir().join("test-images/debian12.tar.zst");
+    if debian.is_file() {
+        let deb = debian.to_string_lossy().into_owned();
+        must(&mut bivy.0.cli(&["image", "import", &deb, "--alias", "debian"]))?;
+        must(&mut c.lxd.lxc(&["image", "import", &deb, "--alias", "debian"]))?;
+        // Each side unpacks the image into its pool at its first launch: not measured.
+        for side in [Side::Bivy, Side::Lxd] {
+            let (mut launch, mut delete) = match side {
+                Side::Bivy => (
+                    bivy.0.cli(&["launch", "debian", "ab-dw"]),
+                    bivy.0.cli(&["delete", "--force", "ab-dw"]),
+                ),
+                Side::Lxd => (
+                    c.lxd.lxc(&["launch", "debian", "ab-dw"]),
+                    c.lxd.lxc(&["delete", "--force", "ab-dw"]),
+                ),
+            };
+            must(&mut launch)?;
+            must(&mut delete)?;
+        }
+        let dname = |i: usize| format!("ab-d{i}");
+        let r = ab(runs, |side, i| {
+            let n = dname(i);
+            let (took, mut delete) = match side {
+                Side::Bivy => (
+                    launch_to_address(
+                        &mut bivy
+                            .0
+                            .cli(&["launch", "debian", &n, "--network", BIVY_BRIDGE]),
+                        "bivy",
+                        &n,
+                    ),
+                    bivy.0.cli(&["delete", "--force", &n]),
+                ),
+                Side::Lxd => (
+                    launch_to_address(
+                        &mut c
+                            .lxd
+                            .lxc(&["launch", "debian", &n, "--network", LXD_BRIDGE]),
+                        "",
+                        &format!("lxc.payload.{n}"),
+                    ),
+                    c.lxd.lxc(&["delete", "--force", &n]),
+                ),
+            };
+            must(&mut delete)?;
+            took
+        });
+        t.add(
+            "launch to an IPv4 address on eth0 (Debian 12, systemd-networkd)",
+            r,
+            "bivy's DHCP vs dnsmasq; image already unpacked on each side",
+        )?;
+    } else {
+        t.notes.push(format!(
+            "Debian row left out: {} is not built (`cargo xtask test-image debian`)",
+            util::rel(&debian)
+        ));
+    }
     must(&mut c.lxd.lxc(&["network", "delete", LXD_BRIDGE]))?;
     Ok(())
 }
