@@ -924,6 +924,13 @@ fn containers(c: &Ctx, t: &mut AbTable, o: &Opts, image: &Path) -> Result {
     Ok(())
 }
 
+/// The Debian test image has no udev (debootstrap's minbase): systemd-networkd leaves links
+/// "pending" for udev unless /sys is read-only, as bivy mounts it and LXD (`sys:rw` for
+/// unprivileged containers) does not. So LXD's Debian containers get bivy's /sys, through
+/// liblxc's own key (the first line clears LXD's list).
+const LXD_SYS_RO: &str =
+    "raw.lxc=lxc.mount.auto =\nlxc.mount.auto = proc:mixed sys:ro cgroup:mixed";
+
 /// Launch to an IPv4 address on eth0 on a managed bridge: bivy in a daemon of its own in a new
 /// network namespace, LXD on a bridge on the host.
 fn network(
@@ -1013,7 +1020,7 @@ fn network(
                     bivy.0.cli(&["delete", "--force", "ab-dw"]),
                 ),
                 Side::Lxd => (
-                    c.lxd.lxc(&["launch", "debian", "ab-dw"]),
+                    c.lxd.lxc(&["launch", "debian", "ab-dw", "-c", LXD_SYS_RO]),
                     c.lxd.lxc(&["delete", "--force", "ab-dw"]),
                 ),
             };
@@ -1036,9 +1043,15 @@ fn network(
                 ),
                 Side::Lxd => (
                     launch_to_address(
-                        &mut c
-                            .lxd
-                            .lxc(&["launch", "debian", &n, "--network", LXD_BRIDGE]),
+                        &mut c.lxd.lxc(&[
+                            "launch",
+                            "debian",
+                            &n,
+                            "--network",
+                            LXD_BRIDGE,
+                            "-c",
+                            LXD_SYS_RO,
+                        ]),
                         "",
                         &format!("lxc.payload.{n}"),
                     ),
@@ -1051,7 +1064,7 @@ fn network(
         t.add(
             "launch to an IPv4 address on eth0 (Debian 12, systemd-networkd)",
             r,
-            "bivy's DHCP vs dnsmasq; image already unpacked on each side",
+            "bivy's DHCP vs dnsmasq; image already unpacked on each side; LXD with /sys read-only",
         )?;
     } else {
         t.notes.push(format!(
