@@ -149,14 +149,7 @@ fn shutdown_stops_the_daemon_and_leaves_containers_running() {
 }
 
 fn shutdown_checks(d: &mut Daemon) {
-    let img = common::busybox_image();
-    d.ok(&[
-        "image",
-        "import",
-        img.to_str().expect("utf-8"),
-        "--alias",
-        "busybox",
-    ]);
+    d.import_busybox();
     d.ok(&["launch", "busybox", "c1"]);
     let init = init_pid(d, "c1");
     assert!(alive(init));
@@ -246,14 +239,7 @@ fn aliases_are_stored_listed_and_expanded() {
 
     // Expanded runs: the alias's words, then the remaining arguments.
     assert_eq!(d.ok(&["ver"]), d.ok(&["version"]));
-    let img = common::busybox_image();
-    d.ok(&[
-        "image",
-        "import",
-        img.to_str().expect("utf-8"),
-        "--alias",
-        "busybox",
-    ]);
+    d.import_busybox();
     assert_eq!(
         d.ok(&["img", "ls", "-c", "l"]),
         d.ok(&["image", "list", "-f", "csv", "-c", "l"])

@@ -44,21 +44,7 @@ fn setup() -> Option<(Netns, Daemon)> {
 
 /// `bivy admin init --preseed` with `yaml` on stdin.
 fn preseed(d: &Daemon, yaml: &str) -> Output {
-    let mut child = d
-        .cli()
-        .args(["admin", "init", "--preseed"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn bivy");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(yaml.as_bytes())
-        .expect("write preseed");
-    child.wait_with_output().expect("wait bivy")
+    d.with_stdin(&["admin", "init", "--preseed"], yaml.as_bytes())
 }
 
 #[track_caller]

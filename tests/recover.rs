@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Output, Stdio};
+use std::process::Output;
 
 use common::{btrfs_supported, Daemon};
 
@@ -16,21 +15,7 @@ fn text(b: &[u8]) -> String {
 
 /// `bivy admin recover` with `answers` on its stdin, one per line.
 fn recover(d: &Daemon, answers: &str) -> Output {
-    let mut child = d
-        .cli()
-        .args(["admin", "recover"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("bivy admin recover");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(answers.as_bytes())
-        .expect("answers");
-    child.wait_with_output().expect("wait")
+    d.with_stdin(&["admin", "recover"], answers.as_bytes())
 }
 
 fn init_pid(d: &Daemon, name: &str) -> i64 {
@@ -48,17 +33,6 @@ fn lose_database(d: &mut Daemon) {
     d.restart().expect("restart");
 }
 
-fn import_busybox(d: &Daemon) {
-    let img = common::busybox_image();
-    d.ok(&[
-        "image",
-        "import",
-        img.to_str().expect("utf-8"),
-        "--alias",
-        "busybox",
-    ]);
-}
-
 fn entries(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir).map(|r| r.count()).unwrap_or(0)
 }
@@ -66,7 +40,7 @@ fn entries(dir: &std::path::Path) -> usize {
 #[test]
 fn a_lost_database_loses_nothing_and_recover_brings_it_back() {
     let mut d = Daemon::start().expect("daemon");
-    import_busybox(&d);
+    d.import_busybox();
     d.ok(&["profile", "create", "extra"]);
     d.ok(&["launch", "busybox", "c1"]);
     d.ok(&["exec", "c1", "--", "sh", "-c", "echo kept > /root/mark"]);
@@ -160,7 +134,7 @@ fn a_pool_without_a_record_is_kept_and_recovered() {
         return;
     }
     let mut d = Daemon::start().expect("daemon");
-    import_busybox(&d);
+    d.import_busybox();
     d.ok(&["storage", "create", "bp", "btrfs", "size=512MiB"]);
     d.ok(&["init", "busybox", "c3", "-s", "bp"]);
     let image = d.dir().join("disks/bp.img");

@@ -41,8 +41,10 @@ pub fn run(args: &[String]) -> CmdResult {
     dialog(&c, &mut Terminal)
 }
 
-fn source(config: &api::StringMap) -> String {
-    config.get("source").cloned().unwrap_or_default()
+/// ` - PREFIXname (backend="dir", source="/path")` as lxd recover lists pools.
+fn pool_line(prefix: &str, name: &str, driver: &str, config: &api::StringMap) -> String {
+    let source = config.get("source").map(String::as_str).unwrap_or("");
+    format!(" - {prefix}{name} (backend={driver:?}, source={source:?})\n")
 }
 
 fn validate(c: &Client, req: &RecoverPost) -> Result<RecoverValidateResult, Fail> {
@@ -60,12 +62,7 @@ fn dialog(c: &Client, p: &mut dyn Prompt) -> CmdResult {
     } else {
         p.out("This bivy server currently has the following storage pools:\n");
         for e in &existing {
-            p.out(&format!(
-                " - {} (backend={:?}, source={:?})\n",
-                e.name,
-                e.driver,
-                source(&e.config)
-            ));
+            p.out(&pool_line("", &e.name, &e.driver, &e.config));
         }
     }
     let found = validate(c, &req)?.unknown_pools;
@@ -74,12 +71,7 @@ fn dialog(c: &Client, p: &mut dyn Prompt) -> CmdResult {
             "These storage pools are on this host's disk but the database has no record of them:\n",
         );
         for f in &found {
-            p.out(&format!(
-                " - {} (backend={:?}, source={:?})\n",
-                f.name,
-                f.driver,
-                source(&f.config)
-            ));
+            p.out(&pool_line("", &f.name, &f.driver, &f.config));
         }
         if Ask(p).bool(
             "Would you like to recover those storage pools? (yes/no) [default=yes]: ",
@@ -96,19 +88,19 @@ fn dialog(c: &Client, p: &mut dyn Prompt) -> CmdResult {
     }
     p.out("The recovery process will be scanning the following storage pools:\n");
     for e in &existing {
-        p.out(&format!(
-            " - EXISTING: {:?} (backend={:?}, source={:?})\n",
-            e.name,
-            e.driver,
-            source(&e.config)
+        p.out(&pool_line(
+            "EXISTING: ",
+            &format!("{:?}", e.name),
+            &e.driver,
+            &e.config,
         ));
     }
     for n in &req.pools {
-        p.out(&format!(
-            " - NEW: {:?} (backend={:?}, source={:?})\n",
-            n.name,
-            n.driver,
-            source(&n.config)
+        p.out(&pool_line(
+            "NEW: ",
+            &format!("{:?}", n.name),
+            &n.driver,
+            &n.config,
         ));
     }
     if !Ask(p).bool(

@@ -205,7 +205,6 @@ fn scan(data: &Data, pools: &[Scanned], ncpus: usize) -> Found {
         }
     }
     let data = &with_new;
-    let project = || "default".to_string();
     let known_vols: BTreeSet<(&str, &str)> = data
         .instances
         .values()
@@ -267,13 +266,12 @@ fn scan(data: &Data, pools: &[Scanned], ncpus: usize) -> Found {
                     }
                 }
             }
-            found.result.unknown_volumes.push(RecoverVolume {
-                name: m.name.clone(),
-                kind: "container".into(),
-                snapshot_count: rec.snapshots.len(),
-                pool: p.name.clone(),
-                project: project(),
-            });
+            found.result.unknown_volumes.push(unknown(
+                &m.name,
+                "container",
+                rec.snapshots.len(),
+                &p.name,
+            ));
             found.instances.push((m.name, rec));
         }
         let recorded = data.volumes.get(&p.name);
@@ -306,18 +304,28 @@ fn scan(data: &Data, pools: &[Scanned], ncpus: usize) -> Found {
                     m.name, p.name
                 ));
             }
-            found.result.unknown_volumes.push(RecoverVolume {
-                name: m.name.clone(),
-                kind: "custom".into(),
-                snapshot_count: rec.snapshots.len(),
-                pool: p.name.clone(),
-                project: project(),
-            });
+            found.result.unknown_volumes.push(unknown(
+                &m.name,
+                "custom",
+                rec.snapshots.len(),
+                &p.name,
+            ));
             found.volumes.push((p.name.clone(), m.name, rec));
         }
     }
     found.result.dependency_errors.extend(missing);
     found
+}
+
+/// One volume found, as validate lists it.
+fn unknown(name: &str, kind: &str, snapshots: usize, pool: &str) -> RecoverVolume {
+    RecoverVolume {
+        name: name.to_string(),
+        kind: kind.to_string(),
+        snapshot_count: snapshots,
+        pool: pool.to_string(),
+        project: "default".into(),
+    }
 }
 
 /// A volume directory's name as bivy makes them (a UUID): nothing that could leave its parent.

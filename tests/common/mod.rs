@@ -576,6 +576,25 @@ impl Daemon {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Run `bivy <args>` with `input` on its stdin; its output.
+    pub fn with_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        let mut c = self.cli();
+        c.args(args);
+        run_with_stdin(c, input)
+    }
+
+    /// Import the busybox test image as `busybox` with `bivy image import`.
+    pub fn import_busybox(&self) {
+        let img = busybox_image();
+        self.ok(&[
+            "image",
+            "import",
+            img.to_str().expect("utf-8 path"),
+            "--alias",
+            "busybox",
+        ]);
+    }
+
     /// Add work to do on drop while the daemon still runs (last added runs first).
     pub fn on_cleanup(&mut self, f: impl FnOnce(&Daemon) + 'static) {
         self.hooks.push(Box::new(f));
@@ -747,6 +766,22 @@ impl Daemon {
     }
 }
 
+/// Run `cmd` with `input` on its stdin, capturing its output.
+pub fn run_with_stdin(mut cmd: Command, input: &[u8]) -> Output {
+    use std::io::Write;
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write stdin");
+    child.wait_with_output().expect("output")
+}
+
 /// Run a command with a time limit (SIGKILL on expiry), capturing output.
 pub fn run_bounded(cmd: &mut Command, limit: Duration) -> io::Result<Output> {
     use std::io::Read;
@@ -853,19 +888,7 @@ impl Lxc<'_> {
     }
     /// Run with `input` on stdin.
     pub fn with_stdin(&self, args: &[&str], input: &[u8]) -> Output {
-        use std::io::Write;
-        let mut c = self.cmd(args);
-        c.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = c.spawn().expect("spawn lxc");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(input)
-            .expect("write stdin");
-        child.wait_with_output().expect("lxc output")
+        run_with_stdin(self.cmd(args), input)
     }
     /// `sh -c SCRIPT` in a container: (exit code, stdout + stderr).
     pub fn sh(&self, ct: &str, script: &str) -> (i32, String) {
