@@ -175,7 +175,7 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
     // Noted before any storage is made, cleared once the record is saved (or undone): a killed
     // create's leftovers are told from a pool whose record was lost (`pools::creating_dir`).
     let intent = crate::instance::pools::creating_dir(d).join(&body.name);
-    std::fs::create_dir_all(crate::instance::pools::creating_dir(d))
+    crate::util::fs::create_dir_mode(&crate::instance::pools::creating_dir(d), 0o700)
         .and_then(|()| crate::util::fs::atomic_write(&intent, b""))
         .map_err(io_err("noting the pool create"))?;
     let clear = || {
