@@ -406,6 +406,11 @@ pub fn paths(lines: &[Line], module: &[String]) -> Vec<(usize, Vec<String>)> {
             continue;
         }
         let (trees, end) = parse_tree(&code, i);
+        if restricts_visibility(&code[..i]) {
+            // `pub(in crate::a::b)` names where an item is seen, not what it uses.
+            i = end.max(i + 1);
+            continue;
+        }
         for t in trees {
             if let Some(abs) = resolve(module, &t) {
                 out.push((line_of[i], abs));
@@ -414,6 +419,16 @@ pub fn paths(lines: &[Line], module: &[String]) -> Vec<(usize, Vec<String>)> {
         i = end.max(i + 1);
     }
     out
+}
+
+/// Whether the code before a path ends with `pub(in`: the path is a visibility restriction.
+fn restricts_visibility(before: &str) -> bool {
+    let Some(b) = before.trim_end().strip_suffix("in") else {
+        return false;
+    };
+    b.trim_end()
+        .strip_suffix('(')
+        .is_some_and(|b| b.trim_end().ends_with("pub"))
 }
 
 /// Parse a path or `use` tree starting at `at`: `a::b::{c, d::{e as f}, self}` gives
@@ -718,6 +733,11 @@ mod tests {
         );
         // Not paths: a field named crate_x, a string, `bivy::` from the binary.
         assert_eq!(p("x.crate_x::y; \"crate::http\"; bivy::daemon::run();"), []);
+        // A visibility restriction is no import; what follows it may be.
+        assert_eq!(
+            p("pub(in crate::daemon) fn f() -> self::X {}\npub ( in super::super ) struct S;"),
+            [(1, "crate::instance::create::X".to_string())]
+        );
     }
 
     #[test]
