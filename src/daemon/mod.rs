@@ -12,6 +12,7 @@ use crate::instance::{events, operations, schedule};
 mod conns;
 #[cfg(test)]
 mod contract_tests;
+mod download;
 mod endpoints;
 use endpoints::snapshots;
 mod fetch;
@@ -42,7 +43,8 @@ pub use multipart::fuzz_multipart;
 pub use operations::Operations;
 
 /// The daemon's shared state: the model's context (the daemon adds only its connections).
-pub type Daemon = crate::instance::Ctx;
+/// A re-export, not an item of this file: what uses it depends on `instance::Ctx` alone.
+pub use crate::instance::Ctx as Daemon;
 pub use crate::instance::Host;
 
 fn usage() -> i32 {

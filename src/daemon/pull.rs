@@ -1,5 +1,6 @@
 //! Pulling images from image servers, as LXD's `ImageDownload`. LXD-protocol servers (another
-//! bivy, LXD) are `pull_lxd`'s; this file does simplestreams servers (`images:` remotes):
+//! bivy, LXD) are `pull_lxd`'s, what both protocols share is `download`'s; this file does
+//! simplestreams servers (`images:` remotes):
 //! the client names the server and an alias or fingerprint; we read `streams/v1/index.json` and
 //! the products file(s) it lists ([`crate::image::simplestreams`]), pick the image for the host's
 //! architecture, download its metadata tarball and rootfs (squashfs only when `unsquashfs` is
@@ -9,10 +10,8 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Read};
-use std::time::Instant;
 
-use ring::digest;
-
+use super::download::{already_here, imported, Pull, Verify};
 use super::fetch;
 use super::operations::{Class, Op};
 use super::response::{self, Error, Result};
@@ -26,22 +25,6 @@ use crate::image::{self, simplestreams as ss};
 const MAX_JSON: u64 = 256 << 20;
 /// Largest metadata tarball accepted (it is held in memory).
 const MAX_METADATA: u64 = 256 << 20;
-
-/// What to pull, and how to record it.
-pub(super) struct Pull {
-    /// `lxd` or `simplestreams`.
-    pub protocol: String,
-    pub server: String,
-    /// The image's one-time download secret (LXD servers, private images).
-    pub secret: String,
-    pub alias: String,
-    pub fingerprint: String,
-    pub certificate: String,
-    pub cached: bool,
-    pub auto_update: bool,
-    pub public: bool,
-    pub profiles: Vec<String>,
-}
 
 /// The protocol named, as stored (LXD's default when empty is `lxd`).
 pub(super) fn check_protocol(protocol: &str) -> Result<&'static str> {
@@ -167,111 +150,6 @@ fn choose(d: &Daemon, all: &[ss::Candidate], alias: &str, fp: &str) -> Result<ss
     Ok(c.clone())
 }
 
-/// Hashes what passes through; at the end of the stream, fails unless it is `want`. Reports
-/// progress into the operation's `download_progress` about once a second.
-pub(super) struct Verify<'a> {
-    inner: &'a mut dyn Read,
-    ctx: Option<digest::Context>,
-    want: String,
-    what: &'static str,
-    n: u64,
-    total: Option<u64>,
-    op: Option<&'a Op>,
-    start: Instant,
-    last: Instant,
-}
-
-impl<'a> Verify<'a> {
-    fn new(
-        inner: &'a mut dyn Read,
-        want: &str,
-        what: &'static str,
-        total: Option<u64>,
-        op: Option<&'a Op>,
-    ) -> Verify<'a> {
-        let mut v = Verify::unchecked(inner, what, total, op);
-        v.ctx = Some(digest::Context::new(&digest::SHA256));
-        v.want = want.to_ascii_lowercase();
-        v
-    }
-
-    /// Progress reports only: no hash to check (the caller checks the fingerprint).
-    pub(super) fn unchecked(
-        inner: &'a mut dyn Read,
-        what: &'static str,
-        total: Option<u64>,
-        op: Option<&'a Op>,
-    ) -> Verify<'a> {
-        let now = Instant::now();
-        Verify {
-            inner,
-            ctx: None,
-            want: String::new(),
-            what,
-            n: 0,
-            total,
-            op,
-            start: now,
-            last: now,
-        }
-    }
-
-    fn progress(&mut self) {
-        let Some(op) = self.op else { return };
-        let secs = self.start.elapsed().as_secs_f64().max(0.001);
-        let speed = human(self.n as f64 / secs);
-        let text = match self.total.filter(|t| *t > 0) {
-            Some(t) => format!(
-                "{}: {}% ({speed}/s)",
-                self.what,
-                (self.n * 100 / t).min(100)
-            ),
-            None => format!("{}: {} ({speed}/s)", self.what, human(self.n as f64)),
-        };
-        op.set_metadata("download_progress", serde_json::json!(text));
-    }
-}
-
-use crate::util::human_bytes as human;
-
-impl Read for Verify<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if n > 0 {
-            if let Some(c) = &mut self.ctx {
-                c.update(&buf[..n]);
-            }
-            self.n += n as u64;
-            if self.last.elapsed().as_millis() >= 1000 {
-                self.last = Instant::now();
-                self.progress();
-            }
-            return Ok(n);
-        }
-        if self.ctx.is_none() && self.n > 0 {
-            self.progress();
-        }
-        if let Some(c) = self.ctx.take() {
-            let got = hex(c.finish().as_ref());
-            if got != self.want {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "{}: sha256 mismatch (expected {}, got {got})",
-                        self.what, self.want
-                    ),
-                ));
-            }
-            self.progress();
-        }
-        Ok(0)
-    }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// Pull `p` into the store (or find it there): LXD's `ImageDownload`.
 pub(super) fn pull(d: &Daemon, op: Option<&Op>, p: &Pull) -> Result<api::Image> {
     if p.protocol == "lxd" {
@@ -343,37 +221,6 @@ fn download(
             .map_err(Error::from)
     });
     imported(d, res, &c.fingerprint)
-}
-
-/// The image when the store has it already (a pull for an image asks for it uncached).
-pub(super) fn already_here(d: &Daemon, p: &Pull, fp: &str) -> Result<Option<api::Image>> {
-    match d.images.get(fp) {
-        Ok(img) if img.fingerprint == fp => {
-            if img.cached && !p.cached {
-                d.images.set_cached(&img.fingerprint, false)?;
-                return Ok(Some(d.images.get(&img.fingerprint)?));
-            }
-            Ok(Some(img))
-        }
-        _ => Ok(None),
-    }
-}
-
-/// The end of an import: its event, or the image another request pulled meanwhile.
-pub(super) fn imported(d: &Daemon, res: Result<api::Image>, fp: &str) -> Result<api::Image> {
-    match res {
-        Ok(img) => {
-            d.events.lifecycle(
-                "image-created",
-                &format!("/1.0/images/{}", img.fingerprint),
-                serde_json::json!({}),
-            );
-            Ok(img)
-        }
-        // Pulled concurrently by another request.
-        Err(Error::Conflict(_)) => Ok(d.images.get(fp)?),
-        Err(e) => Err(e),
-    }
 }
 
 /// The instance-create pull (`source.server` set): a cached image, auto-updated per
@@ -545,6 +392,7 @@ pub(super) fn auto_update(d: &Daemon) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::util::human_bytes as human;
 
     #[test]
     fn urls_and_protocols() {

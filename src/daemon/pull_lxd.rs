@@ -7,10 +7,10 @@
 
 use std::io::Read;
 
+use super::download::{already_here, imported, Pull, Verify};
 use super::fetch;
 use super::multipart;
 use super::operations::Op;
-use super::pull::{Pull, Verify};
 use super::response::{Error, Result};
 use super::Daemon;
 use crate::api;
@@ -130,7 +130,7 @@ pub(super) fn pull(d: &Daemon, op: Option<&Op>, p: &Pull) -> Result<api::Image> 
             p.server
         )));
     }
-    if let Some(img) = super::pull::already_here(d, p, &fp)? {
+    if let Some(img) = already_here(d, p, &fp)? {
         return Ok(img);
     }
     let opts = image::ImportOpts {
@@ -182,5 +182,5 @@ pub(super) fn pull(d: &Daemon, op: Option<&Op>, p: &Pull) -> Result<api::Image> 
                 .map_err(Error::from)
         }
     });
-    super::pull::imported(d, res, &fp)
+    imported(d, res, &fp)
 }
