@@ -6,6 +6,7 @@
 use crate::api;
 use crate::instance::config;
 use crate::instance::db::{Data, NetworkRecord, ProfileRecord};
+use crate::instance::devices;
 
 use super::response::parse_json;
 
@@ -54,7 +55,7 @@ fn instance_checks(data: &Data, profiles: &[String], cfg: &api::StringMap, devs:
     if config::validate_config(cfg, &current, 2).is_err() {
         return;
     }
-    if config::validate_devices(devs, data).is_err() {
+    if devices::validate_devices(devs, data).is_err() {
         return;
     }
     let (expanded, _) = config::expand(profiles, &data.profiles, cfg, devs);

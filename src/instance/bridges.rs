@@ -12,12 +12,12 @@
 //! A bridge being made is marked by its directory before anything is made, so a daemon killed
 //! half-way removes the rest at its next start (`recover`).
 
-use std::collections::BTreeMap;
 use std::io;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use super::bridge_state::Live;
 use super::db::Data;
 use super::networks::{parse_config, BridgeConfig};
 use super::{nics, Ctx, Error, Result};
@@ -26,41 +26,6 @@ use crate::net::dns::{DnsConfig, DnsServer};
 use crate::net::leases::{LeaseStore, StaticLease};
 use crate::net::netlink::{LinkSpec, Netlink};
 use crate::net::nft::{BridgeRules, Nft, NicFilter};
-
-/// A managed bridge the daemon serves.
-pub struct Live {
-    pub config: BridgeConfig,
-    pub store: Arc<Mutex<LeaseStore>>,
-    dhcp: Option<DhcpServer>,
-    dns: Option<DnsServer>,
-    ra: Option<crate::net::ra::RaServer>,
-    /// Why the DNS server is not running, when it should be (port 53 taken).
-    pub dns_error: Option<String>,
-}
-
-/// The bridges the daemon serves, by network name.
-#[derive(Default)]
-pub struct Bridges(Mutex<BTreeMap<String, Live>>);
-
-impl Bridges {
-    /// The lease store of bridge `name`, if it is up.
-    pub fn store(&self, name: &str) -> Option<Arc<Mutex<LeaseStore>>> {
-        self.0
-            .lock()
-            .expect("bridges lock")
-            .get(name)
-            .map(|l| Arc::clone(&l.store))
-    }
-
-    /// Why bridge `name`'s DNS server is not running, if it is not.
-    pub fn dns_error(&self, name: &str) -> Option<String> {
-        self.0
-            .lock()
-            .expect("bridges lock")
-            .get(name)
-            .and_then(|l| l.dns_error.clone())
-    }
-}
 
 fn dir(d: &Ctx, name: &str) -> PathBuf {
     d.dir.join("networks").join(name)

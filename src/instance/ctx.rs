@@ -23,9 +23,9 @@ pub struct Ctx {
     /// The storage pools, opened and mounted at start.
     pub pools: crate::storage::Pools,
     /// The managed bridges being served (DHCP, DNS, lease stores).
-    pub bridges: super::bridges::Bridges,
+    pub bridges: super::bridge_state::Bridges,
     /// The proxy devices of running instances (their listeners and relays).
-    pub proxies: super::proxy::Proxies,
+    pub proxies: super::proxy_state::Proxies,
     pub ops: Operations,
     pub events: Arc<Events>,
     /// Instances with an operation in progress (name -> what), so that conflicting requests

@@ -6,6 +6,7 @@
 //! here and renders the result itself.
 
 pub mod backups;
+pub mod bridge_state;
 pub mod bridges;
 pub mod config;
 pub mod create;
@@ -27,6 +28,7 @@ pub mod nics;
 pub mod operations;
 pub mod pools;
 pub mod proxy;
+pub mod proxy_state;
 pub mod recover;
 pub mod refresh;
 pub mod schedule;

@@ -1,6 +1,6 @@
-//! `proxy` devices: LXD 5.0.2's keys (each kept or refused), parsed once, and the registry of
-//! the running ones ([`Proxies`], in [`super::Ctx`]). The sockets and relays are
-//! `crate::net::proxy`'s.
+//! `proxy` devices: LXD 5.0.2's keys (each kept or refused), parsed once, and starting and
+//! stopping the running ones (their registry, in [`super::Ctx`], is `proxy_state`'s
+//! [`Proxies`](super::proxy_state::Proxies)). The sockets and relays are `crate::net::proxy`'s.
 //!
 //! - `listen` and `connect`: `tcp:ADDR:PORTS`, `udp:ADDR:PORTS` (ports `80`, `8000-8002`,
 //!   `80,443`; an IPv6 address in brackets; an empty address is `0.0.0.0` to listen on and
@@ -19,9 +19,9 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Mutex;
 
 use super::config::parse_bool;
+use super::proxy_state::Running;
 use super::{Ctx, Error, Result};
 use crate::api::{Devices, StringMap};
 use crate::net::proxy::{Addr, Place, Proxy, Spec, UnixOwner, UnixPath};
@@ -282,34 +282,6 @@ fn host_id(pid: i32, which: &str, id: u32) -> Result<u32> {
     Err(Error::Invalid(format!(
         "{which} {id} is not mapped in the instance"
     )))
-}
-
-/// A running device: the proxy and the init it serves.
-struct Running {
-    pid: i32,
-    proxy: Proxy,
-}
-
-/// The running proxy devices, by instance and device.
-#[derive(Default)]
-pub struct Proxies {
-    live: Mutex<BTreeMap<String, BTreeMap<String, Running>>>,
-}
-
-impl Proxies {
-    /// Device names running for `inst`, with their connection counts.
-    pub fn running(&self, inst: &str) -> Vec<(String, usize)> {
-        self.live
-            .lock()
-            .expect("proxies lock")
-            .get(inst)
-            .map(|m| {
-                m.iter()
-                    .map(|(n, r)| (n.clone(), r.proxy.connections()))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
 }
 
 fn start_one(inst: &str, pid: i32, place: &Place, dev: &str, conf: &StringMap) -> Result<Proxy> {

@@ -235,7 +235,7 @@ fn scan(data: &Data, pools: &[Scanned], ncpus: usize) -> Found {
                     })
                 })
                 .and_then(|()| super::config::validate_config(&rec.config, &rec.config, ncpus))
-                .and_then(|()| super::config::validate_devices(&rec.devices, data));
+                .and_then(|()| super::devices::validate_devices(&rec.devices, data));
             if let Err(e) = checked {
                 found.result.dependency_errors.push(format!(
                     "Instance {:?} on storage pool {:?} cannot be recovered: {e}",

@@ -9,6 +9,7 @@ use crate::api::{self, StringMap};
 use crate::http::{Request, Response};
 use crate::instance::config;
 use crate::instance::create::{create_now, resolve_image, NewInstance, Origin};
+use crate::instance::devices;
 use crate::instance::operations::{Class, Op};
 use crate::instance::view::{has_root_disk, record, resources};
 use std::collections::BTreeMap;
@@ -166,7 +167,7 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     config::validate_config(&user_keys, &StringMap::new(), d.host.ncpus)?;
-    config::validate_devices(&devices_in, &d.db.lock().expect("db lock").data)?;
+    devices::validate_devices(&devices_in, &d.db.lock().expect("db lock").data)?;
     let pool_name = {
         let db = d.db.lock().expect("db lock");
         if db.data.instances.contains_key(&name) {

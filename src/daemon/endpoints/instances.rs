@@ -12,6 +12,7 @@ use crate::api::{self, status, StringMap};
 use crate::http::{Request, Response};
 use crate::instance::config;
 use crate::instance::db::InstanceRecord;
+use crate::instance::devices;
 use crate::runtime::{self, State};
 
 /// Default clean-stop timeout when the client gives none (LXD: 30 s for `lxc stop`... the client
@@ -306,7 +307,7 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
             cur.pool
         )));
     }
-    config::validate_devices(&next.devices, &db.data)?;
+    devices::validate_devices(&next.devices, &db.data)?;
     let running = matches!(state_of(d, name)?, State::Running { .. });
     // The managed networks whose rules and leases follow this instance's NICs, before or after.
     let mut nets = std::collections::BTreeSet::new();

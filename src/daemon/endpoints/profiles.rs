@@ -7,6 +7,7 @@ use crate::api::{self};
 use crate::http::{Request, Response};
 use crate::instance::config;
 use crate::instance::db::ProfileRecord;
+use crate::instance::devices;
 
 fn used_by(data: &crate::instance::db::Data, profile: &str) -> Vec<String> {
     data.instances
@@ -68,7 +69,7 @@ pub fn profile_create(d: &Daemon, req: &mut Request) -> Result<Response> {
     let body: api::ProfilesPost = json(req)?;
     config::validate_profile_name(&body.name)?;
     config::validate_config(&body.put.config, &api::StringMap::new(), d.host.ncpus)?;
-    config::validate_devices(&body.put.devices, &d.db.lock().expect("db lock").data)?;
+    devices::validate_devices(&body.put.devices, &d.db.lock().expect("db lock").data)?;
     let mut db = d.db.lock().expect("db lock");
     if db.data.profiles.contains_key(&body.name) {
         return Err(Error::Conflict(format!(
@@ -132,7 +133,7 @@ pub fn profile_put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Re
         };
     }
     config::validate_config(&next.config, &api::StringMap::new(), d.host.ncpus)?;
-    config::validate_devices(&next.devices, &db.data)?;
+    devices::validate_devices(&next.devices, &db.data)?;
     // Running instances using the profile: their expanded devices before and after.
     let mut live: Vec<(String, i32, api::Devices, api::Devices)> = Vec::new();
     // Every instance using the profile must still have a root disk.

@@ -14,6 +14,7 @@ use crate::image;
 use crate::instance::config;
 use crate::instance::create::{create_now, NewInstance, Origin, Received};
 use crate::instance::db::SnapshotRecord;
+use crate::instance::devices;
 use crate::instance::{Ctx, Error, Result};
 use crate::storage::Pool;
 use crate::util::revert::Revert;
@@ -125,7 +126,7 @@ pub fn plan(d: &Ctx, info: &Info, name: Option<&str>, pool: Option<&str>) -> Res
             }
         }
     }
-    config::validate_devices(&devices, &db.data)?;
+    devices::validate_devices(&devices, &db.data)?;
     if info.optimized == Some(true) {
         let driver = db.data.pools.get(&pool).map(|p| p.driver.clone());
         if driver.as_deref() != Some("btrfs") {
