@@ -1,8 +1,8 @@
 //! A managed bridge's config: LXD 5.0.2's bridge keys (`lxd/network/driver_bridge.go`), each
 //! kept or refused, parsed once into a [`BridgeConfig`]; the names a network may take; LXD's
 //! defaults for a new bridge, with a free IPv4 subnet chosen against the host's routes and the
-//! other bridges. Pure but for reading `/proc/net/route` and `/dev/urandom`; the records and
-//! their lifecycle are `networks`.
+//! other bridges; whether a NIC device attaches to a network. Pure but for reading
+//! `/proc/net/route` and `/dev/urandom`; the records and their lifecycle are `networks`.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -214,6 +214,15 @@ fn valid_domain(v: &str) -> bool {
                 && !l.ends_with('-')
                 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
+}
+
+/// Whether device `dev` attaches to network `name` (`network=NAME`, or a bridged NIC with
+/// `parent=NAME`).
+pub fn uses_network(dev: &StringMap, name: &str) -> bool {
+    dev.get("type").map(String::as_str) == Some("nic")
+        && (dev.get("network").map(String::as_str) == Some(name)
+            || (dev.get("network").is_none_or(|n| n.is_empty())
+                && dev.get("parent").map(String::as_str) == Some(name)))
 }
 
 /// Parse and check a bridge's config (after `fill_defaults`). Every key is kept or refused.

@@ -8,25 +8,16 @@
 use super::db::{Data, NetworkRecord};
 use super::network_config::check_clashes;
 pub use super::network_config::{
-    fill_defaults, host_routes4, parse_config, parse_expiry, validate_name, BridgeConfig, Cidr4,
-    Cidr6, BRIDGE, DEFAULT_DOMAIN, DEFAULT_EXPIRY,
+    fill_defaults, host_routes4, parse_config, parse_expiry, uses_network, validate_name,
+    BridgeConfig, Cidr4, Cidr6, BRIDGE, DEFAULT_DOMAIN, DEFAULT_EXPIRY,
 };
 use super::{Ctx, Error, Result};
-use crate::api::{self, StringMap};
+use crate::api;
 pub use crate::net::netlink::{format_mac, parse_mac};
 
 /// The API URL of a network.
 pub fn url(name: &str) -> String {
     format!("/1.0/networks/{name}")
-}
-
-/// Whether device `dev` attaches to network `name` (`network=NAME`, or a bridged NIC with
-/// `parent=NAME`).
-pub fn uses_network(dev: &StringMap, name: &str) -> bool {
-    dev.get("type").map(String::as_str) == Some("nic")
-        && (dev.get("network").map(String::as_str) == Some(name)
-            || (dev.get("network").is_none_or(|n| n.is_empty())
-                && dev.get("parent").map(String::as_str) == Some(name)))
 }
 
 /// What uses a network, as LXD lists it: profiles whose devices name it, then instances whose

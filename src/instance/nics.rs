@@ -13,9 +13,10 @@ use std::collections::BTreeSet;
 
 use super::config::parse_bool;
 use super::db::Data;
-use super::networks::{self, parse_mac, Cidr4};
+use super::network_config::{parse_config, uses_network, Cidr4};
 use super::{Error, Result};
 use crate::api::{Devices, StringMap};
+use crate::net::netlink::{format_mac, parse_mac};
 use crate::runtime::{Nic, NicKind};
 
 /// LXD's MAC prefix for instances.
@@ -221,9 +222,7 @@ pub fn validate(data: &Data, name: &str, dev: &StringMap) -> Result<Attach> {
 }
 
 fn bridge_subnet(data: &Data, net: &str) -> Option<Cidr4> {
-    networks::parse_config(&data.networks.get(net)?.config)
-        .ok()?
-        .ipv4
+    parse_config(&data.networks.get(net)?.config).ok()?.ipv4
 }
 
 fn random_bytes<const N: usize>() -> Result<[u8; N]> {
@@ -263,7 +262,7 @@ pub fn nic_devices(ed: &Devices) -> impl Iterator<Item = (&String, &StringMap)> 
 pub fn networks_of(data: &Data, devs: &Devices) -> BTreeSet<String> {
     data.networks
         .keys()
-        .filter(|n| nic_devices(devs).any(|(_, c)| networks::uses_network(c, n)))
+        .filter(|n| nic_devices(devs).any(|(_, c)| uses_network(c, n)))
         .cloned()
         .collect()
 }
@@ -317,7 +316,7 @@ pub fn resolve(data: &Data, inst: &str, config: &StringMap, ed: &Devices) -> Res
                 Some(m) => m,
                 None => {
                     let m = new_mac()?;
-                    out.volatile.push((hw_key, Some(networks::format_mac(m))));
+                    out.volatile.push((hw_key, Some(format_mac(m))));
                     m
                 }
             },
@@ -325,7 +324,7 @@ pub fn resolve(data: &Data, inst: &str, config: &StringMap, ed: &Devices) -> Res
         if !macs.insert(mac) {
             return Err(Error::Invalid(format!(
                 "Device {dev:?}: MAC address {} is used by another nic of the instance",
-                networks::format_mac(mac)
+                format_mac(mac)
             )));
         }
         let mut mtu = get("mtu").parse::<u32>().ok();
@@ -353,7 +352,7 @@ pub fn resolve(data: &Data, inst: &str, config: &StringMap, ed: &Devices) -> Res
                     mtu = data
                         .networks
                         .get(net)
-                        .and_then(|r| networks::parse_config(&r.config).ok())
+                        .and_then(|r| parse_config(&r.config).ok())
                         .and_then(|c| c.mtu);
                 }
                 NicKind::Veth {
@@ -442,7 +441,7 @@ pub fn on_network(data: &Data, net: &str) -> Vec<OnNetwork> {
     for (inst, r) in &data.instances {
         let (_, ed) = super::config::expand(&r.profiles, &data.profiles, &r.config, &r.devices);
         for (dev, conf) in nic_devices(&ed) {
-            if !networks::uses_network(conf, net) {
+            if !uses_network(conf, net) {
                 continue;
             }
             let mac = conf.get("hwaddr").and_then(|v| parse_mac(v)).or_else(|| {
