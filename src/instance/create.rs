@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::db::InstanceRecord;
-use super::lifecycle::with_consistent;
+use super::interim::with_consistent;
 use super::view::{record, url};
 use super::{config, idmap, Ctx, Error, Result};
 use crate::api::{self, Devices, StringMap};

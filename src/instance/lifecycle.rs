@@ -1,119 +1,62 @@
-//! The instance lifecycle: create (from an image, a copy, or empty), start, stop, delete, live
-//! limits, the temporary changes operations make (and their undo after a crash), watching
-//! running instances, recovery at start and autostart. No HTTP: handlers call in here.
+//! The instance lifecycle: start, stop, delete, live limits, undoing after a crash the temporary
+//! changes operations make (`interim`), watching running instances, recovery at start and
+//! autostart. Creating is `create`'s, restoring a snapshot `restore`'s. No HTTP: handlers call
+//! in here.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::interim::Interim;
+use super::lxc_log::log_line;
 use super::view::{expanded, record, state_of, url};
+use super::volatile::{set_volatile, update_volatile};
 use super::{config, idmap, Ctx, Error, Result};
 use crate::api::{self, Devices, StringMap};
 use crate::image;
 use crate::runtime::{self, RootfsMode, State};
-use crate::storage::Pool;
 use crate::util::time;
 
-/// Run `f` with the instance frozen when it runs on a driver whose clones are not atomic, so
-/// a copy or snapshot of a running container is consistent.
-pub fn with_consistent<T>(
-    d: &Ctx,
-    name: &str,
-    pool: &Pool,
-    f: impl FnOnce() -> Result<T>,
-) -> Result<T> {
-    let freeze = !pool.driver.atomic_clone()
-        && matches!(state_of(d, name)?, State::Running { frozen: false, .. });
-    if freeze {
-        Interim::Frozen.begin(d, name)?;
-        if let Err(e) = runtime::freeze(&d.run_dir(name)) {
-            Interim::Frozen.end(d, name);
-            return Err(e.into());
-        }
-    }
-    let r = f();
-    if freeze {
-        match runtime::unfreeze(&d.run_dir(name)) {
-            Ok(()) => Interim::Frozen.end(d, name),
-            // The record stays: the next daemon start thaws it.
-            Err(e) => eprintln!("bivy: {name}: unfreezing after a copy: {e}"),
-        }
-    }
-    r
-}
-
-/// A temporary change an operation makes to a running instance: a freeze around a copy, a stop
-/// around a restore. It is recorded in the instance's run directory before it is made and the
-/// record is removed once it is undone, so a daemon killed in between undoes it at its next
-/// start ([`Interim::undo_all`]). A user's `pause` is not one: it survives restarts.
-#[derive(Clone, Copy, Debug)]
-pub enum Interim {
-    Frozen,
-    Stopped,
-}
-
-impl Interim {
-    fn path(self, d: &Ctx, name: &str) -> PathBuf {
-        d.run_dir(name).join(match self {
-            Interim::Frozen => "interim.frozen",
-            Interim::Stopped => "interim.stopped",
-        })
-    }
-
-    /// Record the change (durably) before making it.
-    pub fn begin(self, d: &Ctx, name: &str) -> Result<()> {
-        let dir = d.run_dir(name);
-        crate::util::fs::create_dir_mode(&dir, 0o711)
-            .and_then(|()| crate::util::fs::atomic_write(&self.path(d, name), b""))
-            .map_err(|e| Error::Host(format!("{}: {e}", dir.display())))
-    }
-
-    /// The change was undone: forget it.
-    pub fn end(self, d: &Ctx, name: &str) {
-        let _ = std::fs::remove_file(self.path(d, name));
-    }
-
-    /// At daemon start: undo the changes that operations killed with the daemon left behind.
-    fn undo_all(d: &Arc<Ctx>, name: &str) {
-        if Interim::Frozen.path(d, name).exists() {
-            match state_of(d, name) {
-                Ok(State::Running { frozen: true, .. }) => {
-                    eprintln!(
-                        "bivy: {name}: thawing (frozen by an operation the daemon did not finish)"
-                    );
-                    if let Err(e) = runtime::unfreeze(&d.run_dir(name)) {
-                        eprintln!("bivy: {name}: thawing: {e}");
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                // Unknown state: keep the record and try again at the next start.
-                Err(e) => {
-                    eprintln!("bivy: {e}");
+/// At daemon start: undo the changes ([`Interim`]) that operations killed with the daemon left
+/// behind.
+fn undo_interim(d: &Arc<Ctx>, name: &str) {
+    if Interim::Frozen.path(d, name).exists() {
+        match state_of(d, name) {
+            Ok(State::Running { frozen: true, .. }) => {
+                eprintln!(
+                    "bivy: {name}: thawing (frozen by an operation the daemon did not finish)"
+                );
+                if let Err(e) = runtime::unfreeze(&d.run_dir(name)) {
+                    eprintln!("bivy: {name}: thawing: {e}");
                     return;
                 }
             }
-            Interim::Frozen.end(d, name);
+            Ok(_) => {}
+            // Unknown state: keep the record and try again at the next start.
+            Err(e) => {
+                eprintln!("bivy: {e}");
+                return;
+            }
         }
-        if Interim::Stopped.path(d, name).exists() {
-            match state_of(d, name) {
-                Ok(State::Stopped { .. }) => {
-                    eprintln!(
-                        "bivy: {name}: starting again (stopped by a restore the daemon did not finish)"
-                    );
-                    if let Err(e) = start(d, name) {
-                        eprintln!("bivy: {name}: starting: {e}");
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    eprintln!("bivy: {e}");
+        Interim::Frozen.end(d, name);
+    }
+    if Interim::Stopped.path(d, name).exists() {
+        match state_of(d, name) {
+            Ok(State::Stopped { .. }) => {
+                eprintln!(
+                    "bivy: {name}: starting again (stopped by a restore the daemon did not finish)"
+                );
+                if let Err(e) = start(d, name) {
+                    eprintln!("bivy: {name}: starting: {e}");
                     return;
                 }
             }
-            Interim::Stopped.end(d, name);
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("bivy: {e}");
+                return;
+            }
         }
+        Interim::Stopped.end(d, name);
     }
 }
 
@@ -165,41 +108,6 @@ pub fn delete_now(d: &Ctx, name: &str) -> Result<()> {
     d.events
         .lifecycle("instance-deleted", &url(name), serde_json::json!({}));
     Ok(())
-}
-
-/// Set `volatile.last_state.power` (and optionally other keys) without touching anything else.
-/// Keys that already have these values write nothing (a stop and the watcher that sees the
-/// monitor end both record `STOPPED`).
-pub fn set_volatile(d: &Ctx, name: &str, kv: &[(&str, Option<String>)]) {
-    update_volatile(d, name, kv, None);
-}
-
-/// [`set_volatile`], and `last_used_at` too when given, in one write of the database.
-fn update_volatile(d: &Ctx, name: &str, kv: &[(&str, Option<String>)], used: Option<String>) {
-    let mut db = d.db.lock().expect("db lock");
-    let Some(r) = db.data.instances.get(name) else {
-        return;
-    };
-    if used.is_none() && kv.iter().all(|(k, v)| r.config.get(*k) == v.as_ref()) {
-        return;
-    }
-    let _ = db.update(|data| {
-        if let Some(r) = data.instances.get_mut(name) {
-            for (k, v) in kv {
-                match v {
-                    Some(v) => {
-                        r.config.insert((*k).to_string(), v.clone());
-                    }
-                    None => {
-                        r.config.remove(*k);
-                    }
-                }
-            }
-            if let Some(t) = used {
-                r.last_used_at = t;
-            }
-        }
-    });
 }
 
 /// Start an instance (the caller holds its busy mark). A saved state (stateful stop) is
@@ -448,21 +356,6 @@ fn load_kernel_module(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Append a timestamped line to the instance's `lxc.log` (what `lxc info --show-log` shows).
-pub(super) fn log_line(log_dir: &std::path::Path, msg: &str) {
-    use std::io::Write;
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log_dir.join("lxc.log"))
-    {
-        // One write per line: O_APPEND keeps concurrent writers' lines whole (writeln! would
-        // write the timestamp and the message separately, and lines interleaved).
-        let line = format!("{} {msg}\n", time::now());
-        let _ = f.write_all(line.as_bytes());
-    }
-}
-
 /// The seccomp policy text for an instance (`raw.seccomp`, `security.syscalls.*`).
 fn seccomp_policy(ec: &StringMap) -> Result<String> {
     let get = |k: &str| ec.get(k).cloned().unwrap_or_default();
@@ -688,7 +581,7 @@ pub fn recover(d: &Arc<Ctx>) -> std::io::Result<()> {
 /// half-done on it and, when it runs, listen for its proxy devices and watch it (at start, and
 /// for an instance `recover` brings back).
 pub fn adopt(d: &Arc<Ctx>, n: String) {
-    Interim::undo_all(d, &n);
+    undo_interim(d, &n);
     super::stateful::recover(d, &n);
     match state_of(d, &n) {
         Ok(State::Running { .. }) => {

@@ -1,19 +1,16 @@
 //! Snapshots in the model: take one (frozen around the copy where the driver cannot snapshot
-//! atomically), delete, restore (stopped around it), and the scheduler that takes scheduled
-//! snapshots and removes expired ones. Handlers in the daemon call in here.
+//! atomically), delete, and the scheduler that takes scheduled snapshots and removes expired
+//! ones. Restoring one is `restore`'s. Handlers in the daemon call in here.
 //!
 //! Crash consistency: the snapshot volume is made first and the record written after it (a
 //! volume without a record is removed by recovery); delete removes the record first.
 
-use std::time::Duration;
-
 use super::db::{InstanceRecord, SnapshotRecord};
-use super::lifecycle::{self, Interim};
+use super::interim::with_consistent;
 use super::view::{record, state, url};
 use super::{config, schedule, snapshot_names, stateful, Ctx, Error, Result};
-use crate::api::{self, StringMap};
+use crate::api;
 use crate::runtime::State;
-use crate::storage::Pool;
 use crate::util::time;
 
 pub fn snap_url(name: &str, snap: &str) -> String {
@@ -91,7 +88,7 @@ pub fn snapshot_now_with(
     if stateful {
         stateful::dump_running(d, name, &state_dir)?;
     }
-    let cloned = lifecycle::with_consistent(d, name, &pool, || {
+    let cloned = with_consistent(d, name, &pool, || {
         pool.driver
             .clone_volume(&src, &dst, true)
             .map_err(|e| Error::Host(format!("snapshotting {name}: {e}")))
@@ -163,125 +160,6 @@ pub fn delete_now(d: &Ctx, name: &str, snap: &str) -> Result<()> {
     Ok(())
 }
 
-pub fn restore_now(d: &Ctx, name: &str, snap: &str) -> Result<()> {
-    restore_now_with(d, name, snap, false)
-}
-
-/// [`restore_now`]; `stateful`: the snapshot's saved state is restored too (the instance then
-/// runs, its processes as they were when the snapshot was taken).
-pub fn restore_now_with(d: &Ctx, name: &str, snap: &str, stateful: bool) -> Result<()> {
-    let rec = record(d, name)?;
-    let s = find(&rec, snap)?.clone();
-    let pool = super::pools::usable_pool(d, &rec.pool)?;
-    // As LXD: a running instance is stopped (not cleanly), restored and started again.
-    let was_running = matches!(state(d, name)?, State::Running { .. });
-    if was_running {
-        Interim::Stopped.begin(d, name)?;
-        if let Err(e) = lifecycle::stop(d, name, true, Duration::from_secs(0)) {
-            Interim::Stopped.end(d, name);
-            return Err(e);
-        }
-    }
-    let r = restore_stopped(d, name, &rec, &s, &pool, was_running, stateful);
-    if was_running {
-        // Started again (or, on failure, attempted): nothing for a restart to undo.
-        Interim::Stopped.end(d, name);
-    }
-    r
-}
-
-/// The restore proper, with the instance stopped; starts it again when it was running.
-fn restore_stopped(
-    d: &Ctx,
-    name: &str,
-    rec: &InstanceRecord,
-    s: &SnapshotRecord,
-    pool: &Pool,
-    was_running: bool,
-    stateful: bool,
-) -> Result<()> {
-    let snap = s.name.as_str();
-    let cur = pool.container(&rec.volume);
-    let new = pool.container(&format!("{}.restore", rec.volume));
-    let old = pool.container(&format!("{}.old", rec.volume));
-    let _ = pool.driver.delete_volume(&new);
-    let res = pool
-        .driver
-        .clone_volume(&pool.snapshot(&rec.volume, &s.volume), &new, false)
-        .map_err(|e| Error::Host(format!("restoring {snap}: {e}")))
-        .and_then(|()| {
-            std::fs::rename(&cur, &old).map_err(|e| Error::Host(format!("restoring {snap}: {e}")))
-        })
-        .and_then(|()| {
-            std::fs::rename(&new, &cur).map_err(|e| {
-                let _ = std::fs::rename(&old, &cur);
-                Error::Host(format!("restoring {snap}: {e}"))
-            })
-        });
-    if let Err(e) = res {
-        let _ = pool.driver.delete_volume(&new);
-        if was_running {
-            let _ = lifecycle::start(d, name);
-        }
-        return Err(e);
-    }
-    if let Err(e) = pool.driver.delete_volume(&old) {
-        eprintln!("bivy: deleting the pre-restore volume: {e}");
-    }
-    // A stateful snapshot's volume carries its state; kept only for a stateful restore.
-    let state_dir = cur.join(stateful::STATE_DIR);
-    if !stateful && state_dir.exists() {
-        if let Err(e) = std::fs::remove_dir_all(&state_dir) {
-            eprintln!("bivy: {name}: removing the snapshot's saved state: {e}");
-        }
-    }
-    // The config comes back too: the snapshot's keys, with the instance's own volatile state
-    // except the on-disk id shift, which is the snapshot's.
-    let mut config: StringMap = s
-        .config
-        .iter()
-        .filter(|(k, _)| !k.starts_with("volatile.") || *k == "volatile.last_state.idmap")
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    for (k, v) in &rec.config {
-        if k.starts_with("volatile.") && k != "volatile.last_state.idmap" {
-            config.entry(k.clone()).or_insert_with(|| v.clone());
-        }
-    }
-    {
-        let mut db = d.db.lock().expect("db lock");
-        db.update(|data| {
-            if let Some(r) = data.instances.get_mut(name) {
-                r.config = config;
-                r.devices = s.devices.clone();
-                r.profiles = s
-                    .profiles
-                    .iter()
-                    .filter(|p| data.profiles.contains_key(*p))
-                    .cloned()
-                    .collect();
-                r.ephemeral = s.ephemeral;
-                r.architecture = s.architecture.clone();
-                r.description = s.description.clone();
-                r.stateful = stateful;
-            }
-        })
-        .map_err(|e| Error::Host(e.to_string()))?;
-    }
-    d.events.lifecycle(
-        "instance-restored",
-        &url(name),
-        serde_json::json!({"snapshot": snap}),
-    );
-    if stateful {
-        // Stopped with the snapshot's state until this succeeds (a failed restore keeps it).
-        lifecycle::start_with(d, name, true)?;
-    } else if was_running {
-        lifecycle::start(d, name)?;
-    }
-    Ok(())
-}
-
 /// A snapshot as the API shows it.
 pub fn to_api(d: &Ctx, s: &SnapshotRecord) -> api::InstanceSnapshot {
     let (ec, ed) = {
@@ -308,30 +186,6 @@ pub fn to_api(d: &Ctx, s: &SnapshotRecord) -> api::InstanceSnapshot {
 /// The snapshots of an instance as `InstanceFull.snapshots` carries them.
 pub fn list_api(d: &Ctx, rec: &InstanceRecord) -> Vec<api::InstanceSnapshot> {
     rec.snapshots.iter().map(|s| to_api(d, s)).collect()
-}
-
-/// Check a restore request; returns the snapshot's name within the instance.
-pub fn check_restore(d: &Ctx, name: &str, snap: &str, stateful: bool) -> Result<String> {
-    let snap = match snap.split_once('/') {
-        Some((inst, s)) if inst == name => s.to_string(),
-        Some(_) => {
-            return Err(Error::Invalid(format!(
-                "Snapshot {snap:?} does not belong to instance {name:?}"
-            )))
-        }
-        None => snap.to_string(),
-    };
-    let rec = record(d, name)?;
-    let s = find(&rec, &snap)?;
-    if stateful {
-        if !s.stateful {
-            return Err(Error::Invalid(
-                "Stateful snapshot restore requested by snapshot is stateless".into(),
-            ));
-        }
-        stateful::check(d, name, &rec, "Stateful restore")?;
-    }
-    Ok(snap)
 }
 
 /// After a snapshot volume `dst` was made and its record saved (`Ok(true)`), or not because its

@@ -15,8 +15,10 @@
 use std::path::{Path, PathBuf};
 
 use super::db::InstanceRecord;
+use super::lxc_log::log_line;
 use super::view::{expanded, record, state_of};
-use super::{config, lifecycle, Ctx, Error, Result};
+use super::volatile::set_volatile;
+use super::{config, Ctx, Error, Result};
 use crate::runtime::{self, State};
 
 /// The state directory below an instance's (or snapshot's) volume.
@@ -135,12 +137,12 @@ pub fn stop(d: &Ctx, name: &str) -> Result<()> {
     }
     // As for any stop: the proxy devices' listeners close (the restore starts them again).
     super::proxy::stopped(d, name);
-    lifecycle::set_volatile(
+    set_volatile(
         d,
         name,
         &[("volatile.last_state.power", Some("STOPPED".into()))],
     );
-    lifecycle::log_line(
+    log_line(
         &d.log_dir(name),
         "stopped with its state saved (stateful stop)",
     );
@@ -169,7 +171,7 @@ pub fn discard(d: &Ctx, name: &str, rec: &InstanceRecord) -> Result<()> {
     }
     if rec.stateful {
         set_stateful(d, name, false)?;
-        lifecycle::log_line(&d.log_dir(name), "saved state discarded (stateless start)");
+        log_line(&d.log_dir(name), "saved state discarded (stateless start)");
     }
     Ok(())
 }
@@ -194,7 +196,7 @@ pub fn restore(
         );
     }
     set_stateful(d, name, false)?;
-    lifecycle::log_line(&d.log_dir(name), "restored from its saved state");
+    log_line(&d.log_dir(name), "restored from its saved state");
     Ok(())
 }
 

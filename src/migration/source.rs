@@ -20,7 +20,7 @@ use super::wire::{self, Ws};
 use crate::api::{self, status};
 use crate::instance::db::{InstanceRecord, SnapshotRecord};
 use crate::instance::idmap;
-use crate::instance::lifecycle::with_consistent;
+use crate::instance::interim::with_consistent;
 use crate::instance::operations::{Class, Op};
 use crate::instance::view::{record, resources, state_of};
 use crate::instance::{Ctx, Error, Result};

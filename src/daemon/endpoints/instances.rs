@@ -213,14 +213,14 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
         if patch {
             return Err(Error::BadRequest("Restore isn't allowed with PATCH".into()));
         }
-        let snap = crate::instance::snapshots::check_restore(d, name, &put.restore, put.stateful)?;
+        let snap = crate::instance::restore::check_restore(d, name, &put.restore, put.stateful)?;
         let n = name.to_string();
         return super::super::request::busy_task(
             d,
             name,
             "restore",
             "Restoring snapshot",
-            move |d, _| crate::instance::snapshots::restore_now_with(d, &n, &snap, put.stateful),
+            move |d, _| crate::instance::restore::restore_now_with(d, &n, &snap, put.stateful),
         );
     }
     let _busy = d.claim(name, "update")?;

@@ -11,7 +11,7 @@ use super::records::{btrfs_program, ensure_dir, expiry, url};
 use crate::api;
 use crate::image;
 use crate::instance::db::{BackupRecord, InstanceRecord, SnapshotRecord};
-use crate::instance::lifecycle::with_consistent;
+use crate::instance::interim::with_consistent;
 use crate::instance::view::{record, state_of};
 use crate::instance::{Ctx, Error, Result};
 use crate::runtime::{self, State};
