@@ -301,6 +301,12 @@ pub fn merge_put(
     config.retain(|_, v| !v.is_empty());
 }
 
+/// Whether `dev` is the root disk.
+pub fn is_root_disk(dev: &StringMap) -> bool {
+    dev.get("type").map(String::as_str) == Some("disk")
+        && dev.get("path").map(String::as_str) == Some("/")
+}
+
 /// Expand profiles (in order) then the instance's own config and devices.
 pub fn expand(
     profiles: &[String],

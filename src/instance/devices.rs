@@ -6,16 +6,11 @@
 
 use std::path::{Component, Path, PathBuf};
 
+pub use super::config::is_root_disk;
 use super::config::parse_bool;
 use super::{Ctx, Error, Result};
 use crate::api::{Devices, StringMap};
 use crate::runtime::{DiskMount, UnixDev};
-
-/// Whether `dev` is the root disk.
-pub fn is_root_disk(dev: &StringMap) -> bool {
-    dev.get("type").map(String::as_str) == Some("disk")
-        && dev.get("path").map(String::as_str) == Some("/")
-}
 
 /// A plain absolute path: starts with `/`, no `.` or `..` parts.
 fn plain_absolute(p: &str) -> bool {

@@ -42,6 +42,8 @@ pub mod trust;
 pub mod uevents;
 pub mod view;
 pub mod volatile;
+pub mod volume_data;
+pub mod volume_records;
 pub mod volume_snapshots;
 pub mod volumes;
 

@@ -432,7 +432,7 @@ pub fn recover(d: &Ctx) {
                 }
             }
         }
-        let customs = super::volumes::volume_dirs(&data, &p.name);
+        let customs = volume_dirs(&data, &p.name);
         // A custom volume's restore swaps it the same way.
         for vol in &customs {
             let (cur, old) = (p.custom(vol), p.custom(&format!("{vol}.old")));
@@ -453,7 +453,7 @@ pub fn recover(d: &Ctx) {
                 remove(&e.path());
             }
         }
-        let custom_snaps = super::volume_snapshots::snapshot_dirs(&data, &p.name);
+        let custom_snaps = snapshot_dirs(&data, &p.name);
         for e in std::fs::read_dir(p.driver.path().join("custom-snapshots"))
             .into_iter()
             .flatten()
@@ -485,4 +485,33 @@ pub fn recover(d: &Ctx) {
             }
         }
     }
+}
+
+/// The volume directories on `pool` that records name (for [`recover`]).
+fn volume_dirs(data: &super::db::Data, pool: &str) -> std::collections::HashSet<String> {
+    data.volumes
+        .get(pool)
+        .map(|v| v.values().map(|r| r.volume.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// The snapshot directories of volume records on `pool`, by volume directory (for
+/// [`recover`]).
+fn snapshot_dirs(
+    data: &super::db::Data,
+    pool: &str,
+) -> std::collections::HashMap<String, Vec<String>> {
+    data.volumes
+        .get(pool)
+        .map(|v| {
+            v.values()
+                .map(|r| {
+                    (
+                        r.volume.clone(),
+                        r.snapshots.iter().map(|s| s.volume.clone()).collect(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -18,7 +18,8 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
 use super::db::{Data, VolumeRecord, VolumeSnapshotRecord};
-use super::volumes::{self, CUSTOM};
+use super::volume_data::{apply_size, copy_volume};
+use super::volume_records::{self, CUSTOM};
 use super::{schedule, snapshot_names, Ctx, Error, Result};
 use crate::api;
 use crate::runtime::State;
@@ -27,7 +28,7 @@ use crate::util::time;
 
 /// The API URL of a volume snapshot.
 pub fn url(pool: &str, volume: &str, snap: &str) -> String {
-    format!("{}/snapshots/{snap}", volumes::url(pool, volume))
+    format!("{}/snapshots/{snap}", volume_records::url(pool, volume))
 }
 
 /// Volumes with a snapshot, restore, copy or move in progress (`<bivy dir>\0<pool>/<volume>`),
@@ -170,7 +171,7 @@ pub fn create(
     expires_at: Option<String>,
 ) -> Result<String> {
     let _busy = claim(d, pool_name, name, "snapshot")?;
-    let rec = volumes::record(d, pool_name, name)?;
+    let rec = volume_records::record(d, pool_name, name)?;
     let now = time::now_secs();
     let snap = if snap.is_empty() {
         let pattern = rec
@@ -363,11 +364,11 @@ pub fn delete_all_data(pool: &Pool, rec: &VolumeRecord) {
 pub fn restore(d: &Ctx, pool_name: &str, name: &str, snap: &str) -> Result<()> {
     let _busy = claim(d, pool_name, name, "restore")?;
     let pool = super::pools::usable_pool(d, pool_name)?;
-    let rec = volumes::record(d, pool_name, name)?;
+    let rec = volume_records::record(d, pool_name, name)?;
     let s = find(&rec, snap)?.clone();
     let users = {
         let db = d.db.lock().expect("db lock");
-        volumes::instances_using(&db.data, pool_name, name)
+        volume_records::instances_using(&db.data, pool_name, name)
     };
     for inst in users {
         if matches!(super::view::state_of(d, &inst)?, State::Running { .. }) {
@@ -387,7 +388,7 @@ pub fn restore(d: &Ctx, pool_name: &str, name: &str, snap: &str) -> Result<()> {
         .and_then(|()| {
             crate::util::fs::ensure_mode(&new, crate::storage::CUSTOM_VOLUME_MODE).map(drop)
         })
-        .and_then(|()| volumes::apply_size(&pool, &new, rec.config.get("size")))
+        .and_then(|()| apply_size(&pool, &new, rec.config.get("size")))
         .map_err(err);
     if let Err(e) = made {
         let _ = pool.driver.delete_volume(&new);
@@ -410,25 +411,10 @@ pub fn restore(d: &Ctx, pool_name: &str, name: &str, snap: &str) -> Result<()> {
     }
     d.events.lifecycle(
         "storage-volume-restored",
-        &volumes::url(pool_name, name),
+        &volume_records::url(pool_name, name),
         serde_json::json!({"snapshot": snap}),
     );
     Ok(())
-}
-
-/// Check the volume keys of snapshots: `snapshots.expiry`, `snapshots.pattern`,
-/// `snapshots.schedule`. Errors name the key.
-pub fn validate_key(key: &str, value: &str) -> Result<()> {
-    if value.is_empty() {
-        return Ok(());
-    }
-    let r = match key {
-        "snapshots.expiry" => schedule::validate_expiry(value),
-        "snapshots.schedule" => schedule::validate_schedule(value),
-        "snapshots.pattern" => snapshot_names::snapshot_name(value, &[], 0).map(drop),
-        _ => Ok(()),
-    };
-    r.map_err(|e| Error::config(key, format!("Invalid value for {key:?}: {e}")))
 }
 
 /// One scheduler pass over custom volumes: remove expired snapshots (`now`), take the
@@ -485,24 +471,6 @@ pub fn run_scheduled(d: &Ctx, minute: i64, now: i64) {
     }
 }
 
-/// The snapshot directories of volume records on `pool`, by volume directory (for
-/// `pools::recover`).
-pub fn snapshot_dirs(data: &Data, pool: &str) -> std::collections::HashMap<String, Vec<String>> {
-    data.volumes
-        .get(pool)
-        .map(|v| {
-            v.values()
-                .map(|r| {
-                    (
-                        r.volume.clone(),
-                        r.snapshots.iter().map(|s| s.volume.clone()).collect(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Copy the snapshots of `rec` (on `from`) to volume directory `volume` on `to`, read-only.
 /// Returns the new records (same names, times and expiry); on error what it made is removed.
 pub fn copy_all(
@@ -516,7 +484,7 @@ pub fn copy_all(
         let id = super::operations::uuid();
         let src = from.custom_snapshot(&rec.volume, &s.volume);
         let dst = to.custom_snapshot(volume, &id);
-        if let Err(e) = volumes::copy_volume(from, &src, to, &dst, true) {
+        if let Err(e) = copy_volume(from, &src, to, &dst, true) {
             for m in &out {
                 let _ = to
                     .driver

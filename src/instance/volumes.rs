@@ -1,6 +1,7 @@
-//! Custom storage volumes (`/1.0/storage-pools/<pool>/volumes/custom/<name>`): the records,
-//! their config, what uses them, and create, update, rename and delete with LXD 5.0.2's rules
-//! and messages (`lxd/storage_volumes.go`).
+//! Custom storage volumes (`/1.0/storage-pools/<pool>/volumes/custom/<name>`): their config,
+//! and create, update, rename and delete with LXD 5.0.2's rules and messages
+//! (`lxd/storage_volumes.go`). The records and what uses them are `volume_records`' and copying
+//! a volume's data `volume_data`'s (both re-exported here).
 //!
 //! A volume's data is a directory (dir) or subvolume (btrfs) at `<pool>/custom/<uuid>`, made by
 //! the pool's driver; its files are kept in the containers' id space (a file container root owns
@@ -14,21 +15,16 @@
 use std::sync::Arc;
 
 use super::db::{Data, VolumeRecord};
+pub use super::volume_data::{apply_size, copy_volume};
+use super::volume_records::record_in;
+pub use super::volume_records::{
+    instances_using, names_volume, record, url, used_by, CUSTOM, FILESYSTEM,
+};
 use super::{Ctx, Error, Result};
 use crate::api::{self, StringMap};
 use crate::runtime::State;
 use crate::storage::Pool;
 use crate::util::revert::Revert;
-
-/// The one volume type a client creates.
-pub const CUSTOM: &str = "custom";
-/// The one content type bivy makes.
-pub const FILESYSTEM: &str = "filesystem";
-
-/// The API URL of a custom volume.
-pub fn url(pool: &str, name: &str) -> String {
-    format!("/1.0/storage-pools/{pool}/volumes/custom/{name}")
-}
 
 /// LXD's checks on a new name.
 pub fn validate_name(name: &str) -> Result<()> {
@@ -85,7 +81,7 @@ pub fn validate_config(driver: &str, name: &str, config: &StringMap) -> Result<(
                 }
             },
             "snapshots.expiry" | "snapshots.pattern" | "snapshots.schedule" => {
-                super::volume_snapshots::validate_key(k, v)?
+                validate_snapshots_key(k, v)?
             }
             "security.unmapped" => {
                 return Err(Error::not_yet(&format!("storage volume config key {k:?}")))
@@ -98,55 +94,6 @@ pub fn validate_config(driver: &str, name: &str, config: &StringMap) -> Result<(
         }
     }
     Ok(())
-}
-
-/// The record of volume `name` on `pool`, or LXD's 404.
-pub fn record(d: &Ctx, pool: &str, name: &str) -> Result<VolumeRecord> {
-    record_in(&d.db.lock().expect("db lock").data, pool, name).cloned()
-}
-
-fn record_in<'a>(data: &'a Data, pool: &str, name: &str) -> Result<&'a VolumeRecord> {
-    data.volumes
-        .get(pool)
-        .and_then(|v| v.get(name))
-        .ok_or_else(|| Error::NotFound("Storage volume not found".into()))
-}
-
-/// Whether device `dev` is a disk naming custom volume `name` on `pool`.
-pub fn names_volume(dev: &StringMap, pool: &str, name: &str) -> bool {
-    dev.get("type").map(String::as_str) == Some("disk")
-        && dev.get("pool").map(String::as_str) == Some(pool)
-        && dev.get("source").map(String::as_str) == Some(name)
-        && dev.get("path").map(String::as_str) != Some("/")
-}
-
-/// What uses a volume, as LXD lists it: instances whose own devices name it, then profiles.
-pub fn used_by(data: &Data, pool: &str, name: &str) -> Vec<String> {
-    let mut out: Vec<String> = data
-        .instances
-        .iter()
-        .filter(|(_, r)| r.devices.values().any(|dev| names_volume(dev, pool, name)))
-        .map(|(n, _)| super::view::url(n))
-        .collect();
-    out.extend(
-        data.profiles
-            .iter()
-            .filter(|(_, p)| p.devices.values().any(|dev| names_volume(dev, pool, name)))
-            .map(|(n, _)| format!("/1.0/profiles/{n}")),
-    );
-    out
-}
-
-/// Instances whose expanded devices (profiles included) name the volume.
-pub fn instances_using(data: &Data, pool: &str, name: &str) -> Vec<String> {
-    data.instances
-        .iter()
-        .filter(|(_, r)| {
-            let (_, ed) = super::config::expand(&r.profiles, &data.profiles, &r.config, &r.devices);
-            ed.values().any(|dev| names_volume(dev, pool, name))
-        })
-        .map(|(n, _)| n.clone())
-        .collect()
 }
 
 /// The API view of a record.
@@ -413,12 +360,19 @@ pub fn delete(d: &Ctx, pool_name: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// The volume directories on `pool` that records name (for `pools::recover`).
-pub fn volume_dirs(data: &Data, pool: &str) -> std::collections::HashSet<String> {
-    data.volumes
-        .get(pool)
-        .map(|v| v.values().map(|r| r.volume.clone()).collect())
-        .unwrap_or_default()
+/// Check the volume keys of snapshots: `snapshots.expiry`, `snapshots.pattern`,
+/// `snapshots.schedule`. Errors name the key.
+fn validate_snapshots_key(key: &str, value: &str) -> Result<()> {
+    if value.is_empty() {
+        return Ok(());
+    }
+    let r = match key {
+        "snapshots.expiry" => super::schedule::validate_expiry(value),
+        "snapshots.schedule" => super::schedule::validate_schedule(value),
+        "snapshots.pattern" => super::snapshot_names::snapshot_name(value, &[], 0).map(drop),
+        _ => Ok(()),
+    };
+    r.map_err(|e| Error::config(key, format!("Invalid value for {key:?}: {e}")))
 }
 
 /// The host path of custom volume `name` on `pool` for a disk device, or why it cannot be used.
@@ -439,69 +393,6 @@ pub fn path_for_disk(
     let pool = super::pools::usable_pool(d, pool_name)?;
     let path = pool.custom(&rec.volume);
     Ok((pool, path))
-}
-
-/// Make `dst` (on `to`, not existing yet) a copy of volume directory `src` (on `from`): the
-/// driver's clone within a pool (a btrfs snapshot, a reflink copy), a fresh volume filled by
-/// [`crate::storage::copy::copy_tree`] across pools. Owners stay as they are (the containers'
-/// id space), symlinks are copied, never followed. `readonly` makes the copy read-only where
-/// the driver can. On error nothing is left at `dst`.
-pub fn copy_volume(
-    from: &Pool,
-    src: &std::path::Path,
-    to: &Pool,
-    dst: &std::path::Path,
-    readonly: bool,
-) -> Result<()> {
-    let err = |e: std::io::Error| Error::Host(format!("copying {}: {e}", src.display()));
-    if from.name == to.name {
-        return to
-            .driver
-            .clone_volume(src, dst, readonly)
-            .inspect_err(|_| {
-                let _ = to.driver.delete_volume(dst);
-            })
-            .map_err(err);
-    }
-    let res = (|| -> std::io::Result<()> {
-        to.driver.create_volume(dst)?;
-        // copy_tree makes its destination: copy into a fresh directory inside the new volume,
-        // then move its entries up (renames within one filesystem).
-        let tmp = dst.join(format!(".bivy-copy-{}", super::operations::uuid()));
-        crate::storage::copy::copy_tree(src, &tmp)?;
-        for e in std::fs::read_dir(&tmp)? {
-            let e = e?;
-            std::fs::rename(e.path(), dst.join(e.file_name()))?;
-        }
-        let md = std::fs::symlink_metadata(&tmp)?;
-        std::fs::remove_dir(&tmp)?;
-        {
-            use std::os::unix::fs::MetadataExt;
-            std::os::unix::fs::lchown(dst, Some(md.uid()), Some(md.gid()))?;
-        }
-        if readonly {
-            to.driver.set_readonly(dst)?;
-        }
-        Ok(())
-    })();
-    if let Err(e) = res {
-        let _ = to.driver.delete_volume(dst);
-        return Err(err(e));
-    }
-    Ok(())
-}
-
-/// Give volume `path` on `pool` the size limit `size` (None or empty: no limit).
-pub fn apply_size(
-    pool: &Pool,
-    path: &std::path::Path,
-    size: Option<&String>,
-) -> std::io::Result<()> {
-    let bytes = match size.filter(|s| !s.is_empty()) {
-        None => None,
-        Some(s) => Some(crate::storage::btrfs::parse_size(s)?),
-    };
-    pool.driver.set_size(path, bytes)
 }
 
 /// Make the volume data of a copy of `src` (data at `src_path`, on `from`) on pool `to`, with
@@ -770,7 +661,7 @@ pub fn state(d: &Ctx, pool_name: &str, name: &str) -> Result<serde_json::Value> 
 /// The `size` of the root disk among expanded devices `ed`, if any.
 pub fn root_size(ed: &crate::api::Devices) -> Option<String> {
     ed.values()
-        .find(|dev| super::devices::is_root_disk(dev))
+        .find(|dev| super::config::is_root_disk(dev))
         .and_then(|dev| dev.get("size"))
         .filter(|s| !s.is_empty())
         .cloned()
