@@ -8,7 +8,8 @@
 //! (`mod tests { use super::*; }`) resolved from their own module, and a path is taken to point
 //! at the file of its longest module prefix. Edges between files of the directories asked about
 //! are kept; every strongly connected set of two or more files is a cycle, printed with one
-//! closed path through it and the line of each edge. Fails when there is one.
+//! closed path through it and the line of each edge. Fails when there is one; `tidy` fails too
+//! (through [`violations`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -22,7 +23,7 @@ pub fn run(args: &[String]) -> Result {
         _ => (util::root(), args),
     };
     let dirs: Vec<String> = if args.is_empty() {
-        vec!["src/daemon".into(), "src/instance".into()]
+        DIRS.iter().map(|d| d.to_string()).collect()
     } else {
         args.iter()
             .map(|a| a.trim_end_matches('/').to_string())
@@ -53,6 +54,32 @@ pub fn run(args: &[String]) -> Result {
     } else {
         Err(format!("{} import cycle(s)", cycles.len()))
     }
+}
+
+/// The directories whose files must import each other without a cycle (`tidy` checks them).
+pub const DIRS: [&str; 2] = ["src/daemon", "src/instance"];
+
+/// The cycles among the files of [`DIRS`] in the workspace at `root`, each as one line: its
+/// files, then a closed path through them with the line of each edge.
+pub fn violations(root: &Path) -> Result<Vec<String>> {
+    let graph = graph(root)?;
+    let dirs: Vec<String> = DIRS.iter().map(|d| d.to_string()).collect();
+    Ok(cycles(&graph, &dirs)
+        .iter()
+        .map(|c| {
+            let path: Vec<String> = c
+                .path
+                .windows(2)
+                .map(|w| format!("{}:{} -> {}", w[0], graph[&w[0]][&w[1]], w[1]))
+                .collect();
+            format!(
+                "import cycle between {} files ({}): {} (`cargo xtask cycles` shows it)",
+                c.files.len(),
+                c.files.join(" "),
+                path.join(", ")
+            )
+        })
+        .collect())
 }
 
 /// File (`src/...`) -> the files it imports from, each with the first line that does.
@@ -498,6 +525,36 @@ mod tests {
                     vec!["crate".to_string(), "a".into(), "d".into(), "e".into()]
                 ),
             ]
+        );
+    }
+
+    #[test]
+    fn violations_name_each_cycle_of_the_checked_directories() {
+        let root = std::env::temp_dir().join(format!("xtask-cycles-{}", std::process::id()));
+        let write = |rel: &str, text: &str| {
+            let p = root.join(rel);
+            std::fs::create_dir_all(p.parent().expect("has a parent")).expect("mkdir");
+            std::fs::write(p, text).expect("write");
+        };
+        write("src/lib.rs", "//! r\npub mod daemon;\npub mod other;\n");
+        write("src/daemon/mod.rs", "//! d\nmod a;\nmod b;\n");
+        write(
+            "src/daemon/a.rs",
+            "//! a\nuse super::b::B;\npub struct A;\n",
+        );
+        write(
+            "src/daemon/b.rs",
+            "//! b\nuse super::a::A;\npub struct B;\n",
+        );
+        // A cycle outside the checked directories is not one of theirs.
+        write("src/other/mod.rs", "//! o\nmod c;\nmod e;\n");
+        write("src/other/c.rs", "//! c\nuse super::e::E;\npub struct C;\n");
+        write("src/other/e.rs", "//! e\nuse super::c::C;\npub struct E;\n");
+        let v = violations(&root);
+        let _ = std::fs::remove_dir_all(&root);
+        assert_eq!(
+            v.expect("tree readable"),
+            ["import cycle between 2 files (src/daemon/a.rs src/daemon/b.rs): src/daemon/a.rs:2 -> src/daemon/b.rs, src/daemon/b.rs:2 -> src/daemon/a.rs (`cargo xtask cycles` shows it)"]
         );
     }
 

@@ -38,7 +38,8 @@ tasks:
                                build LXD unified test images under target/test-images/ (default: busybox)
   test [FILTER...]             cargo test --workspace --all-targets -- --test-threads=1, then a summary
   tidy                         architecture invariants by text scan of src/: unsafe only in src/sys/ and
-                               with // SAFETY:, layering imports, //! docs, README dependency rows
+                               with // SAFETY:, layering imports, //! docs, README dependency rows, no
+                               import cycle between the files of src/daemon or src/instance (cycles)
   cycles [--root DIR] [DIR...] import cycles between the files of src/daemon and src/instance (or of the
                                directories named, `src` for all), each with a closed path and its lines
   demo [stop]                  install what is missing, build, start a daemon, launch a busybox container

@@ -11,6 +11,8 @@
 //!   table.
 //! - No `.sort*(` call in `src/` outside its tests: `crate::util::sort` sorts through one
 //!   instantiation of the standard sort (each call site's own costs about 4.5 KB of binary).
+//! - No import cycle between the files of `src/daemon/` or of `src/instance/` (`cycles`, which
+//!   `cargo xtask cycles` prints with each edge's line).
 //!
 //! No parser crate: comments and string literals are blanked out first (so a word in a message
 //! or a doc is never code), then `crate::`, `super::` and `self::` paths, `use` groups included,
@@ -55,6 +57,7 @@ pub fn check_tree(root: &Path) -> Result<Vec<String>> {
             out.push(format!("{rel}:{line}: {msg}"));
         }
     }
+    out.extend(crate::cycles::violations(root)?);
     let cargo = read(&root.join("Cargo.toml"))?;
     let readme = read(&root.join("README.md"))?;
     let listed = readme_dependencies(&readme);
