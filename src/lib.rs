@@ -30,21 +30,25 @@
 //!   that keep host users out, the pool registry.
 //! - [`instance`]: the model and lifecycle, without HTTP. [`instance::Ctx`] holds the state
 //!   database, images, pools, operations, events, host facts and busy marks; `view` (record,
-//!   expanded config, state), `config` and `limits` (LXD's keys, parsed once), `idmap`, `lifecycle`
-//!   (create, start, stop, delete, live limits, interim changes and their undo after a crash,
-//!   recovery, autostart), `snapshots`, `stateful` (CRIU: stateful stop/start and snapshots),
-//!   `schedule` (`snapshots.expiry` and `snapshots.schedule`), `snapshot_names`
-//!   (`snapshots.pattern` and the names a snapshot may take), `backups` (instance backups in LXD's
-//!   tarball format, and restoring them: `backups/records`, `export`, `index` for LXD's index.yaml
-//!   and backup.yaml, `import`), `pools`, `markers` (each pool's record files, kept in step with
-//!   the database), `recover` (`admin recover`: records rebuilt from them), `volumes` (custom
-//!   storage volumes: create, copy, move, state), `volume_snapshots` (their snapshots, restore and
-//!   schedule), `devices` (disk, unix, GPU and USB devices resolved for the runtime, and their
-//!   hot-plug), `hostdev` (the host's GPUs and USB devices), `uevents` (USB devices coming and
-//!   going), `nics`, `networks` (managed bridges' records and lifecycle) and `network_config`
-//!   (their config keys), `bridges` (a bridge on the host), `proxy` (proxy devices and their
-//!   running listeners), `images`, `operations`, `events`; typed errors ([`instance::Error`], one
-//!   variant per kind of failure).
+//!   expanded config, state), `config` and `limits` (LXD's keys, parsed once), `idmap`, `create`,
+//!   `lifecycle` (start, stop, delete, live limits, undoing interim changes after a crash,
+//!   recovery, autostart) over `interim` (the temporary changes operations make: a freeze around a
+//!   copy, a stop around a restore), `volatile` (volatile-key writes) and `lxc_log` (the instance's
+//!   log lines), `snapshots`, `restore` (an instance back to a snapshot), `stateful` (CRIU:
+//!   stateful stop/start and snapshots), `schedule` (`snapshots.expiry` and `snapshots.schedule`),
+//!   `snapshot_names` (`snapshots.pattern` and the names a snapshot may take), `backups` (instance
+//!   backups in LXD's tarball format, and restoring them: `backups/records`, `export`, `index` for
+//!   LXD's index.yaml and backup.yaml, `import`), `pools`, `markers` (each pool's record files,
+//!   kept in step with the database), `recover` (`admin recover`: records rebuilt from them),
+//!   `volumes` (custom storage volumes: create, copy, move, state) over `volume_records` (their
+//!   records and users) and `volume_data` (copying and sizing their data), `volume_snapshots`
+//!   (their snapshots, restore and schedule), `devices` (disk, unix, GPU and USB devices resolved
+//!   for the runtime, and their hot-plug), `hostdev` (the host's GPUs and USB devices), `uevents`
+//!   (USB devices coming and going), `nics`, `networks` (managed bridges' records and lifecycle)
+//!   and `network_config` (their config keys), `bridges` (a bridge on the host), `proxy` (proxy
+//!   devices), with the state `Ctx` holds for them in `bridge_state` (the bridges being served) and
+//!   `proxy_state` (the running relays), `images`, `operations`, `events`; typed errors
+//!   ([`instance::Error`], one variant per kind of failure).
 //! - [`net`]: host networking without HTTP or config keys: netlink (`netlink/wire` the message
 //!   format, `netlink/ip` addresses and routes), nftables rules (`nft`), the daemon's own DHCPv4
 //!   and DNS servers (`dns/wire` the packet format, `dns/forward` forwarding) and their lease
@@ -55,22 +59,24 @@
 //!   transfer over the `fs` websocket (`bivy __netcat` relays rsync's remote shell).
 //! - [`daemon`]: the REST server, HTTP only: `routes` (the table of paths), `endpoints/` (one file
 //!   per resource: parse, call `instance`, render), `response` (the one mapping of errors to LXD's
-//!   status codes and envelope), connection limits, image downloads and simplestreams pulls
-//!   (`fetch`, `pull`, still here), `/1.0/resources`.
+//!   status codes and envelope), connection limits, image downloads and pulls (`fetch`, `pull`
+//!   for simplestreams, `pull_lxd` for LXD servers, `download` what both share; still here),
+//!   `/1.0/resources`.
 //! - [`client`]: a typed client of the REST API over the unix socket or HTTPS (a pinned server
 //!   certificate, the client's own identity).
 //! - [`cli`]: the `lxc`-style command line, one file per noun (`storage/volume` for `storage
 //!   volume`); `conf` holds the client configuration (`$BIVY_CONF`, lxc's `config.yml`), and
 //!   every verb's `[remote:]` resolves to that remote's client.
 //!
-//! ## Architecture invariants (`cargo xtask tidy` checks the first four; `cargo xtask cycles`
-//! lists the import cycles between files of `daemon/` and `instance/`)
+//! ## Architecture invariants (`cargo xtask tidy` checks the first five)
 //! - `unsafe` appears only under `src/sys/` (and each block has a `// SAFETY:` comment).
 //! - `instance` imports neither `http` nor `daemon`; no file of `daemon/endpoints/` imports
 //!   another.
 //! - `api` imports nothing from the crate; `client` and `cli` never import `daemon`, `runtime`,
 //!   `image`, `instance` or `sys`.
 //! - Every file under `src/` starts with a `//!` doc; every dependency has a row in the README.
+//! - No import cycle between files of `daemon/` or of `instance/` (`cargo xtask cycles`, run by
+//!   tidy, prints each with its edges' lines): a file imports only from files below it.
 //! - The daemon process never changes namespace: namespace work happens in freshly exec'd,
 //!   single-threaded helpers (`bivy __monitor`, `bivy __exec`), matched first thing in `main`.
 //! - `runtime::Spec` is fully resolved: the runtime reads no instance config and makes no policy choice.
