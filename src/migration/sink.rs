@@ -259,7 +259,11 @@ fn receive_on(
     };
     progress.finish();
     let res = match (res, aborted.lock().expect("abort lock").take()) {
-        (Err(_), Some(why)) => Err(Error::Host(format!("the migration source failed: {why}"))),
+        // Both sides' reasons: which failed first is a race (a full disk here breaks the
+        // source's pipe, and its abort can arrive before this side's own error is read).
+        (Err(e), Some(why)) => Err(Error::Host(format!(
+            "{e} (the migration source failed: {why})"
+        ))),
         (r, _) => r,
     };
     let m = match &res {
