@@ -48,7 +48,7 @@ fn fix_checksums(data: &[u8]) -> Vec<u8> {
         return d;
     }
     let mut off = 0usize;
-    while off + 512 <= d.len() {
+    while off.checked_add(512).is_some_and(|end| end <= d.len()) {
         let h = &mut d[off..off + 512];
         if h.iter().all(|&b| b == 0) {
             break;
@@ -71,7 +71,7 @@ fn fix_checksums(data: &[u8]) -> Vec<u8> {
         };
         let Some(next) = usize::try_from(size.div_ceil(512).saturating_mul(512))
             .ok()
-            .and_then(|n| (off + 512).checked_add(n))
+            .and_then(|n| off.checked_add(512)?.checked_add(n))
         else {
             break;
         };

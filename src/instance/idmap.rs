@@ -122,7 +122,8 @@ pub fn parse_raw(raw: &str) -> Result<Vec<(bool, bool, IdMapEntry)>> {
             match s.split_once('-') {
                 Some((a, b)) => {
                     let (a, b) = (a.parse::<u32>().ok()?, b.parse::<u32>().ok()?);
-                    (a <= b).then_some((a, b - a + 1))
+                    // `0-4294967295` is 2^32 ids: more than a count can say, refused.
+                    Some((a, b.checked_sub(a)?.checked_add(1)?))
                 }
                 None => Some((s.parse().ok()?, 1)),
             }
@@ -241,6 +242,14 @@ pub fn compute(config: &StringMap, taken: &[u32]) -> Result<Map> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn raw_ranges_past_u32_are_refused() {
+        // Found by the rest_json fuzz target: the count of `0-4294967295` overflowed.
+        assert!(parse_raw("both 0-4294967295 0-4294967295").is_err());
+        assert!(parse_raw("both 5-3 5-3").is_err());
+        assert_eq!(parse_raw("both 1000-1001 0-1").unwrap().len(), 1);
+    }
 
     #[test]
     fn raw_punches_holes() {
