@@ -34,6 +34,11 @@ fn free_port() -> u16 {
 }
 
 fn setup() -> Option<Pair> {
+    setup_with(&[])
+}
+
+/// Two daemons started with `env`.
+fn setup_with(env: &[(&str, &str)]) -> Option<Pair> {
     if !common::lxc_prerequisites() {
         return None;
     }
@@ -44,8 +49,8 @@ fn setup() -> Option<Pair> {
         );
         return None;
     }
-    let a = Daemon::start().expect("daemon a");
-    let b = Daemon::start().expect("daemon b");
+    let a = Daemon::start_with(env).expect("daemon a");
+    let b = Daemon::start_with(env).expect("daemon b");
     let conf = a.tmp().join("lxc-remotes");
     std::fs::create_dir_all(&conf).unwrap();
     let mut port_a = 0;
@@ -129,8 +134,12 @@ fn rootfs(d: &Daemon, name: &str, snap: Option<&str>) -> PathBuf {
     let vol = rec["volume"]
         .as_str()
         .unwrap_or_else(|| panic!("no instance {name}: {v}"));
+    let pool = d
+        .dir()
+        .join("storage-pools")
+        .join(rec["pool"].as_str().unwrap_or("default"));
     match snap {
-        None => pool_dir(d).join("containers").join(vol).join("rootfs"),
+        None => pool.join("containers").join(vol).join("rootfs"),
         Some(s) => {
             let sv = rec["snapshots"]
                 .as_array()
@@ -141,8 +150,7 @@ fn rootfs(d: &Daemon, name: &str, snap: Option<&str>) -> PathBuf {
                 .as_str()
                 .unwrap()
                 .to_string();
-            pool_dir(d)
-                .join("containers-snapshots")
+            pool.join("containers-snapshots")
                 .join(vol)
                 .join(sv)
                 .join("rootfs")
@@ -201,8 +209,126 @@ fn make_source(p: &Pair) {
 
 #[test]
 fn copy_with_snapshots_instance_only_and_from_a_snapshot() {
+    // Between two bivy daemons: bivy's byte streams, no rsync.
     let Some(p) = setup() else { return };
-    make_source(&p);
+    copy_cases(&p);
+    let log = p.b.log_text();
+    assert!(log.contains("by bivy's byte-stream transfer"), "{log}");
+    assert!(!log.contains("by rsync"), "{log}");
+    // The source said how much it sends: the target's progress is a percentage.
+    let progress = transfer_progress(&p.b);
+    assert!(
+        progress.iter().any(|s| s.starts_with("100% (")),
+        "{progress:?}"
+    );
+}
+
+/// The `fs_progress` of the target's finished create operations (kept readable for a minute).
+fn transfer_progress(d: &Daemon) -> Vec<String> {
+    let (_, v) = d
+        .api("GET", "/1.0/operations?recursion=1", None)
+        .expect("operations");
+    v["metadata"]["success"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o["metadata"]["fs_progress"].as_str().map(String::from))
+        .collect()
+}
+
+#[test]
+fn copy_between_btrfs_pools_by_btrfs_send() {
+    if !common::btrfs_prerequisites() || !common::have_cmd("btrfs") {
+        return;
+    }
+    let Some(p) = setup() else { return };
+    let (la, lb, l) = (p.la(), p.lb(), p.lxc());
+    for x in [&la, &lb] {
+        x.ok(&["storage", "create", "bt", "btrfs", "size=1GiB"]);
+    }
+    la.ok(&["launch", "busybox", "k1", "-s", "bt"]);
+    let (rc, out) = la.sh("k1", "echo one > /data && chown 1000:1000 /data && sync");
+    assert_eq!(rc, 0, "{out}");
+    la.ok(&["snapshot", "k1", "s0"]);
+    let (rc, out) = la.sh("k1", "echo two > /data && echo new > /added && sync");
+    assert_eq!(rc, 0, "{out}");
+    la.ok(&["snapshot", "k1", "s1"]);
+    let (rc, out) = la.sh("k1", "echo three > /data && rm /added && sync");
+    assert_eq!(rc, 0, "{out}");
+    // Running, so the instance goes from a read-only snapshot of it, taken at once.
+    l.ok(&["copy", "a:k1", "b:k2", "-s", "bt", "--stateless"]);
+    let log = p.b.log_text();
+    assert!(
+        log.contains("receiving an instance by btrfs send/receive"),
+        "{log}"
+    );
+    assert_eq!(snapshot_names(&p.b, "k2"), ["s0", "s1"]);
+    assert_eq!(read(&rootfs(&p.b, "k2", Some("s0")).join("data")), "one\n");
+    assert_eq!(read(&rootfs(&p.b, "k2", Some("s1")).join("added")), "new\n");
+    assert_eq!(read(&rootfs(&p.b, "k2", None).join("data")), "three\n");
+    assert!(!rootfs(&p.b, "k2", None).join("added").exists());
+    // Nothing of the transfer is left: no receive directory, no view snapshot on the source.
+    let left = |d: &Daemon, sub: &str| -> Vec<String> {
+        std::fs::read_dir(d.dir().join("storage-pools/bt").join(sub))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains('.') || n.starts_with("migration-"))
+            .collect()
+    };
+    assert!(left(&p.b, "containers").is_empty());
+    for e in std::fs::read_dir(p.a.dir().join("storage-pools/bt/containers-snapshots"))
+        .unwrap()
+        .flatten()
+    {
+        assert!(left(
+            &p.a,
+            &format!("containers-snapshots/{}", e.file_name().to_string_lossy())
+        )
+        .is_empty());
+    }
+    // The percentage reached its end.
+    assert!(
+        transfer_progress(&p.b)
+            .iter()
+            .any(|s| s.starts_with("100% (")),
+        "{:?}",
+        transfer_progress(&p.b)
+    );
+    lb.ok(&["start", "k2"]);
+    let (rc, out) = lb.sh("k2", "cat /data; stat -c %u /data");
+    assert_eq!((rc, out.as_str()), (0, "three\n1000\n"));
+    lb.ok(&["restore", "k2", "s0"]);
+    let (rc, out) = lb.sh("k2", "cat /data");
+    assert_eq!((rc, out.as_str()), (0, "one\n"));
+    // To a dir pool: byte streams.
+    l.ok(&["copy", "a:k1", "b:k3", "-s", "default", "--stateless"]);
+    assert!(p.b.log_text().contains("by bivy's byte-stream transfer"));
+    assert_eq!(read(&rootfs(&p.b, "k3", Some("s1")).join("data")), "two\n");
+    for (x, names) in [(&la, &["k1"][..]), (&lb, &["k2", "k3"][..])] {
+        for n in names {
+            x.ok(&["delete", n, "--force"]);
+        }
+    }
+    for x in [&la, &lb] {
+        x.ok(&["storage", "delete", "bt"]);
+    }
+}
+
+#[test]
+fn copy_with_snapshots_instance_only_and_from_a_snapshot_by_rsync() {
+    // The same with LXD's transfer, which bivy daemons speak to each other when told to.
+    let Some(p) = setup_with(&[("BIVY_MIGRATION_TRANSFER", "rsync")]) else {
+        return;
+    };
+    copy_cases(&p);
+    let log = p.b.log_text();
+    assert!(log.contains("by rsync (LXD's transfer)"), "{log}");
+    assert!(!log.contains("byte-stream"), "{log}");
+}
+
+fn copy_cases(p: &Pair) {
+    make_source(p);
     let l = p.lxc();
     l.ok(&["copy", "a:c1", "b:c2"]);
     assert_eq!(snapshot_names(&p.b, "c2"), ["snap0"]);

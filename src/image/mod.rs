@@ -68,6 +68,19 @@ pub fn unpack_tarball(
     metadata::parse(&meta)
 }
 
+/// [`unpack_tarball`] from an uncompressed tar stream read once, front to back (a volume sent
+/// by another server), with the same rules.
+pub fn unpack_stream(
+    stream: &mut dyn Read,
+    rootfs: &std::path::Path,
+    templates: &std::path::Path,
+    opts: &UnpackOpts,
+) -> Result<api::ImageMetadata> {
+    let meta = unpack::unpack_unified_from(tar::Archive::new(stream), rootfs, templates, opts)?
+        .ok_or_else(|| Error::BadRequest("the stream has no metadata.yaml".into()))?;
+    metadata::parse(&meta)
+}
+
 /// Unpack the volumes of an instance backup tarball (LXD's layout: `backup/container/`,
 /// `backup/snapshots/<name>/`) with the image unpack rules: for each `(prefix, dir)` the
 /// volume's `rootfs/` and `templates/` into `dir` (both made here), returning each volume's

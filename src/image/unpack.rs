@@ -714,12 +714,21 @@ pub(crate) fn unpack_unified_meta(
     templates: &Path,
     opts: &UnpackOpts,
 ) -> Result<Option<Vec<u8>>> {
+    unpack_unified_from(open_tar(tarball)?, rootfs, templates, opts)
+}
+
+/// [`unpack_unified_meta`] from a tar stream read once, front to back.
+pub(crate) fn unpack_unified_from<R: Read>(
+    mut ar: tar::Archive<R>,
+    rootfs: &Path,
+    templates: &Path,
+    opts: &UnpackOpts,
+) -> Result<Option<Vec<u8>>> {
     let guard = targets(rootfs, templates)?;
     let mut meta = None;
     let mut root = Extractor::new(rootfs, opts)?;
     let tpl_opts = template_opts(opts);
     let mut tpl = Extractor::new(templates, &tpl_opts)?;
-    let mut ar = open_tar(tarball)?;
     for entry in ar.entries().map_err(tar_err)? {
         let mut entry = entry.map_err(tar_err)?;
         let raw = entry.path_bytes().into_owned();

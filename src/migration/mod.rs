@@ -7,9 +7,11 @@
 //! result ([`proto`], framed by [`wire`]); `fs` carries the optional JSON index header and then
 //! one rsync session per snapshot, oldest first, and one for the instance ([`rsync`]).
 //!
-//! Not built yet, each refused with "not supported yet: …": `--refresh`,
-//! live migration (CRIU), btrfs send/receive and other optimized transfers (rsync is always
-//! used, which LXD accepts from any driver).
+//! Between two bivy daemons the volumes travel as plain byte streams instead of rsync sessions
+//! (bivy's own transfer, offered in a header field LXD ignores and chosen by the target:
+//! `proto::XFER_STREAM`), so no external program is needed, or, between two btrfs pools, as
+//! `btrfs send` streams, each snapshot incremental from the one before (`proto::XFER_BTRFS`); a
+//! refresh, and any transfer with LXD, uses LXD's rsync. Not built yet: live migration (CRIU) between servers.
 //!
 //! This module drives the model (`crate::instance`) and speaks HTTP only through the websocket
 //! layer; the REST handlers parse the requests and call [`source::start`] and [`sink::receive`].
@@ -61,6 +63,20 @@ pub fn secrets() -> std::collections::BTreeMap<String, String> {
         .iter()
         .map(|k| (k.to_string(), crate::instance::operations::secret()))
         .collect()
+}
+
+/// The transfers of bivy's own this daemon may use besides LXD's rsync ([`proto::XFER_BTRFS`]
+/// where the pools allow, [`proto::XFER_STREAM`]), best first. `BIVY_MIGRATION_TRANSFER` in the
+/// daemon's environment narrows them: `rsync` (LXD's transfer to bivy peers too) or `stream`
+/// (no btrfs send); the tests of each path use it.
+pub fn offered_transfers() -> Vec<String> {
+    let all = [proto::XFER_BTRFS, proto::XFER_STREAM];
+    let keep: &[&str] = match std::env::var("BIVY_MIGRATION_TRANSFER").as_deref() {
+        Ok("rsync") => &[],
+        Ok("stream") => &[proto::XFER_STREAM],
+        _ => &all,
+    };
+    keep.iter().map(|t| t.to_string()).collect()
 }
 
 /// The index header version both sides speak (`lxd/migration/utils.go`).

@@ -12,6 +12,12 @@ use std::fmt;
 pub const FS_RSYNC: i32 = 0;
 /// `MigrationFSType.BTRFS` (named in errors).
 pub const FS_BTRFS: i32 = 1;
+/// bivy's transfer without an external program: each volume as an uncompressed unified image
+/// tarball (`storage::send_volume`), unpacked by the image unpacker's rules on the target.
+pub const XFER_STREAM: &str = "stream";
+/// bivy's btrfs transfer: `btrfs send` of each read-only subvolume, incremental from the
+/// snapshot sent before it, and `btrfs receive` on the target.
+pub const XFER_BTRFS: &str = "btrfs";
 /// `CRIUType.CRIU_RSYNC`: a live migration (the CRIU images rsynced on their own stream).
 pub const CRIU_RSYNC: i32 = 0;
 /// `CRIUType.NONE`: the source runs, but its state is not sent (a final sync follows).
@@ -96,6 +102,13 @@ pub struct MigrationHeader {
     pub volume_size: Option<i64>,
     pub btrfs_features: Option<Vec<u8>>,
     pub index_header_version: Option<u32>,
+    /// bivy's own transfers (field 1001, unknown to LXD, which ignores it): in an offer the
+    /// ones the source can send, in an answer the one the target chose ([`XFER_STREAM`],
+    /// [`XFER_BTRFS`]). An answer without it means LXD's transfer (`fs`, rsync).
+    pub bivy_transfer: Vec<String>,
+    /// bivy's own (field 1002): the bytes the source expects to send with a bivy transfer, for
+    /// the target's progress percentage.
+    pub bivy_size: Option<i64>,
 }
 
 /// `MigrationControl`: the end of a migration, or an abort with its reason.
@@ -269,6 +282,12 @@ impl MigrationHeader {
         if let Some(v) = self.index_header_version {
             w.uint32(13, v);
         }
+        for t in &self.bivy_transfer {
+            w.string(1001, t);
+        }
+        if let Some(v) = self.bivy_size {
+            w.int64(1002, v);
+        }
         w.0
     }
 
@@ -289,6 +308,8 @@ impl MigrationHeader {
                 11 => h.volume_size = Some(v.int64()?),
                 12 => h.btrfs_features = Some(v.bytes()?.to_vec()),
                 13 => h.index_header_version = Some(v.uint32()?),
+                1001 => h.bivy_transfer.push(v.string()?),
+                1002 => h.bivy_size = Some(v.int64()?),
                 _ => {}
             }
         }
@@ -602,6 +623,8 @@ mod tests {
             volume_size: None,
             btrfs_features: Some(vec![0x08, 0x01]),
             index_header_version: Some(1),
+            bivy_transfer: vec![XFER_STREAM.into(), XFER_BTRFS.into()],
+            bivy_size: Some(1 << 33),
         }
     }
 
@@ -617,6 +640,28 @@ mod tests {
             h.rsync_feature_names(),
             ["xattrs", "delete", "bidirectional"]
         );
+    }
+
+    #[test]
+    fn bivy_fields_are_unknown_fields_to_lxd() {
+        // Field 1001 (length-delimited) and 1002 (varint): keys of two bytes each, which a
+        // decoder that knows only LXD's fields 1 to 13 skips.
+        let h = MigrationHeader {
+            bivy_transfer: vec!["stream".into()],
+            bivy_size: Some(5),
+            ..Default::default()
+        };
+        let b = h.encode();
+        assert_eq!(
+            &b[2..],
+            [0xca, 0x3e, 6, b's', b't', b'r', b'e', b'a', b'm', 0xd0, 0x3e, 5]
+        );
+        let mut lxd_view = R::new(&b);
+        let mut fields = Vec::new();
+        while let Some((f, _)) = lxd_view.next().unwrap() {
+            fields.push(f);
+        }
+        assert_eq!(fields, [1, 1001, 1002]);
     }
 
     #[test]

@@ -38,7 +38,6 @@ pub fn check(src: &api::InstanceSource) -> Result<()> {
             "live migration between servers (CRIU); use --stateless",
         ));
     }
-    rsync::program()?;
     if push {
         // The source dials this server's operation: nothing of its own to check.
         return Ok(());
@@ -55,10 +54,13 @@ pub fn check(src: &api::InstanceSource) -> Result<()> {
 }
 
 /// Transfer progress as LXD reports it in the operation (`fs_progress`: bytes received so far
-/// and the rate), at most once a second.
+/// and the rate, or the percentage and the rate when the source said how much it sends), at
+/// most once a second.
 pub struct Progress<'a> {
     report: &'a (dyn Fn(String) + Sync),
     total: std::sync::atomic::AtomicU64,
+    /// The bytes the source expects to send (0: not known).
+    expected: std::sync::atomic::AtomicU64,
     start: std::time::Instant,
     last: Mutex<std::time::Instant>,
 }
@@ -69,6 +71,7 @@ impl<'a> Progress<'a> {
         Progress {
             report,
             total: 0.into(),
+            expected: 0.into(),
             start: now,
             last: Mutex::new(now),
         }
@@ -80,23 +83,33 @@ impl<'a> Progress<'a> {
         let mut last = self.last.lock().expect("progress lock");
         if last.elapsed() >= std::time::Duration::from_secs(1) {
             *last = std::time::Instant::now();
-            self.show(total);
+            self.show(total, false);
         }
+    }
+
+    /// The source's estimate of what it sends, for a percentage (an estimate: shown at most
+    /// 99% until the end).
+    fn expect(&self, bytes: u64) {
+        self.expected
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The final figure, whenever the transfer ends.
     fn finish(&self) {
-        self.show(self.total.load(std::sync::atomic::Ordering::Relaxed));
+        self.show(self.total.load(std::sync::atomic::Ordering::Relaxed), true);
     }
 
-    fn show(&self, total: u64) {
+    fn show(&self, total: u64, done: bool) {
         let secs = self.start.elapsed().as_secs_f64().max(0.001);
         let h = crate::util::human_bytes;
-        (self.report)(format!(
-            "{} ({}/s)",
-            h(total as f64),
-            h(total as f64 / secs)
-        ));
+        let rate = h(total as f64 / secs);
+        let expected = self.expected.load(std::sync::atomic::Ordering::Relaxed);
+        let pct = total.saturating_mul(100).checked_div(expected);
+        (self.report)(match pct {
+            Some(_) if done => format!("100% ({rate}/s)"),
+            Some(p) => format!("{}% ({rate}/s)", p.min(99)),
+            None => format!("{} ({rate}/s)", h(total as f64)),
+        });
     }
 }
 
@@ -205,7 +218,12 @@ fn receive_on(
             }
         },
     };
-    let (offer, features, delete) = match negotiate(&mut ctl, have) {
+    let target_btrfs = match &goal {
+        Goal::Create(args) => crate::instance::pools::usable_pool(d, &args.pool)
+            .is_ok_and(|p| p.driver.name() == "btrfs"),
+        Goal::Refresh { .. } => false,
+    };
+    let (offer, features, delete, xfer) = match negotiate(&mut ctl, have, target_btrfs) {
         Ok(x) => x,
         Err(e) => {
             for tx in [&ctl.tx, &fs.tx] {
@@ -247,6 +265,7 @@ fn receive_on(
         let t = Transfer {
             offer: &offer,
             features,
+            xfer,
             config: &config,
             refresh,
             progress,
@@ -303,12 +322,16 @@ fn abort(ctl: &Ws, e: &Error) {
 }
 
 /// Read the offer, answer it; the offer (its snapshots cut to those to receive), the rsync
-/// features to use, and the target's snapshots to delete. `have`: for a refresh, the
-/// snapshots this server has and whether older source ones are left out.
+/// features to use, the target's snapshots to delete, and bivy's transfer the volumes come by
+/// instead of rsync, if any: one a bivy source offered (btrfs send when the new instance's pool
+/// is btrfs too, else byte streams), unless this is a refresh, whose point is rsync's moving
+/// only what changed. `have`: for a refresh, the snapshots this server has and whether older
+/// source ones are left out.
 fn negotiate(
     ctl: &mut Ws,
     have: Option<(Vec<crate::instance::refresh::Stamp>, bool)>,
-) -> Result<(MigrationHeader, Features, Vec<String>)> {
+    target_btrfs: bool,
+) -> Result<(MigrationHeader, Features, Vec<String>, Option<&'static str>)> {
     let r = (|| {
         let mut offer = MigrationHeader::decode(&wire::recv_msg(&mut ctl.rx)?)
             .map_err(|e| Error::Host(e.to_string()))?;
@@ -359,9 +382,36 @@ fn negotiate(
             offer.snapshot_names.retain(keep);
             delete = plan.delete;
         }
+        let mine = super::offered_transfers();
+        let both =
+            |t: &str| offer.bivy_transfer.iter().any(|o| o == t) && mine.iter().any(|m| m == t);
+        let xfer = if have.is_some() {
+            None
+        } else if both(proto::XFER_BTRFS)
+            && target_btrfs
+            && crate::storage::btrfs::program("").is_ok()
+        {
+            Some(proto::XFER_BTRFS)
+        } else if both(proto::XFER_STREAM) {
+            Some(proto::XFER_STREAM)
+        } else {
+            None
+        };
+        if xfer.is_none() {
+            rsync::program()?;
+        }
+        eprintln!(
+            "bivy: receiving an instance by {}",
+            match xfer {
+                Some(proto::XFER_BTRFS) => "btrfs send/receive",
+                Some(_) => "bivy's byte-stream transfer",
+                None => "rsync (LXD's transfer)",
+            }
+        );
         let resp = MigrationHeader {
             // Whatever the source offered (btrfs, zfs…), rsync is the fallback both have.
             fs: proto::FS_RSYNC,
+            bivy_transfer: xfer.iter().map(|t| t.to_string()).collect(),
             criu: offer.criu.filter(|c| *c == proto::CRIU_NONE),
             snapshot_names: offer.snapshot_names.clone(),
             snapshots: offer.snapshots.clone(),
@@ -386,7 +436,7 @@ fn negotiate(
         if !names.contains(&"bidirectional") {
             names = vec!["xattrs", "delete", "compress"];
         }
-        Ok((offer, Features::from_names(&names), delete))
+        Ok((offer, Features::from_names(&names), delete, xfer))
     })();
     if let Err(e) = &r {
         abort(ctl, e);
@@ -400,6 +450,8 @@ struct Transfer<'a> {
     /// The offer, its snapshots those to receive.
     offer: &'a MigrationHeader,
     features: Features,
+    /// bivy's transfer the volumes come by (`proto::XFER_*`); none: rsync sessions.
+    xfer: Option<&'static str>,
     /// What a snapshot record takes when the source sends names only.
     config: &'a api::StringMap,
     refresh: bool,
@@ -418,6 +470,7 @@ impl Transfer<'_> {
         let Transfer {
             offer,
             features,
+            xfer,
             config,
             refresh,
             progress,
@@ -436,9 +489,8 @@ impl Transfer<'_> {
                 .map_err(|e| Error::Host(format!("answering the migration index header: {e}")))?;
         }
         let records = snapshot_records(offer, &info, config);
-        let mut snapshots = Vec::new();
-        for mut rec in records {
-            rsync::recv(tmp, fs, features, &seen)?;
+        // Each received snapshot gets a volume of its own (writable until `create_now` is done).
+        let snapshot_volume = |revert: &mut Revert, rec: &mut SnapshotRecord| {
             rec.volume = crate::instance::operations::uuid();
             let dst = pool.snapshot(volume, &rec.volume);
             let p = pool.clone();
@@ -446,15 +498,79 @@ impl Transfer<'_> {
             revert.add(move || {
                 let _ = p.driver.delete_volume(&undo);
             });
-            pool.driver
-                .clone_volume(tmp, &dst, false)
-                .map_err(|e| Error::Host(format!("making snapshot {:?}: {e}", rec.name)))?;
-            snapshots.push(rec);
+            dst
+        };
+        let mut snapshots = Vec::new();
+        if xfer.is_some() {
+            if let Some(n) = offer.bivy_size.filter(|n| *n > 0) {
+                progress.expect(n as u64);
+            }
         }
-        rsync::recv(tmp, fs, features, &seen)?;
-        if offer.criu == Some(proto::CRIU_NONE) {
-            // The source runs: a final pass with it frozen follows.
-            rsync::recv(tmp, fs, features, &seen)?;
+        match xfer {
+            Some(proto::XFER_STREAM) => {
+                for mut rec in records {
+                    let dst = snapshot_volume(revert, &mut rec);
+                    let mut r = wire::StreamReader::new(&mut fs.rx, &seen);
+                    pool.driver
+                        .receive(&dst, &mut r)
+                        .and_then(|()| r.finish())
+                        .map_err(|e| {
+                            Error::Host(format!("receiving snapshot {:?}: {e}", rec.name))
+                        })?;
+                    snapshots.push(rec);
+                }
+                let mut r = wire::StreamReader::new(&mut fs.rx, &seen);
+                crate::storage::unpack_volume(tmp, &mut r)
+                    .and_then(|()| r.finish())
+                    .map_err(|e| Error::Host(format!("receiving the instance: {e}")))?;
+            }
+            Some(_) => {
+                // btrfs: each stream received read-only into a directory of the pool's (kept
+                // until the end: the next stream names the one before as its parent), then a
+                // writable snapshot of it where the volume goes.
+                let recv = pool.container(&format!("{volume}.receive"));
+                crate::util::fs::create_dir_mode(&recv, 0o700)
+                    .map_err(|e| Error::Host(format!("{}: {e}", recv.display())))?;
+                let res = (|| -> Result<()> {
+                    let mut receive = |dst: &Path, what: &str| -> Result<()> {
+                        let mut r = wire::StreamReader::new(&mut fs.rx, &seen);
+                        let sub = crate::storage::btrfs::receive(&recv, &mut r)
+                            .and_then(|sub| r.finish().map(|()| sub))
+                            .map_err(|e| Error::Host(format!("receiving {what}: {e}")))?;
+                        // The instance's volume was made empty by the create.
+                        let _ = pool.driver.delete_volume(dst);
+                        pool.driver
+                            .clone_volume(&sub, dst, false)
+                            .map_err(|e| Error::Host(format!("{}: {e}", dst.display())))
+                    };
+                    for mut rec in records {
+                        let dst = snapshot_volume(revert, &mut rec);
+                        receive(&dst, &format!("snapshot {:?}", rec.name))?;
+                        snapshots.push(rec);
+                    }
+                    receive(tmp, "the instance")
+                })();
+                for e in std::fs::read_dir(&recv).into_iter().flatten().flatten() {
+                    let _ = pool.driver.delete_volume(&e.path());
+                }
+                let _ = std::fs::remove_dir(&recv);
+                res?;
+            }
+            None => {
+                for mut rec in records {
+                    rsync::recv(tmp, fs, features, &seen)?;
+                    let dst = snapshot_volume(revert, &mut rec);
+                    pool.driver
+                        .clone_volume(tmp, &dst, false)
+                        .map_err(|e| Error::Host(format!("making snapshot {:?}: {e}", rec.name)))?;
+                    snapshots.push(rec);
+                }
+                rsync::recv(tmp, fs, features, &seen)?;
+                if offer.criu == Some(proto::CRIU_NONE) {
+                    // The source runs: a final pass with it frozen follows.
+                    rsync::recv(tmp, fs, features, &seen)?;
+                }
+            }
         }
         let disk_idmap = serde_json::to_string(
             &offer
@@ -542,6 +658,27 @@ fn snapshot_records(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_shows_a_percentage_when_the_size_is_known() {
+        let seen = Mutex::new(Vec::<String>::new());
+        let report = |s: String| seen.lock().unwrap().push(s);
+        let p = Progress::new(&report);
+        p.expect(1000);
+        p.add(420);
+        p.show(420, false);
+        p.add(700); // past the estimate: still not done
+        p.show(1120, false);
+        p.finish();
+        let got = seen.lock().unwrap().clone();
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(got[0].starts_with("42% ("), "{got:?}");
+        assert!(got[1].starts_with("99% ("), "{got:?}");
+        assert!(
+            got[2].starts_with("100% (") && got[2].ends_with("/s)"),
+            "{got:?}"
+        );
+    }
 
     #[test]
     fn progress_reports_at_most_once_a_second_and_at_the_end() {

@@ -52,7 +52,6 @@ pub fn start(d: &Ctx, name: &str, snap: Option<&str>, req: &api::InstancePost) -
     if req.live && running {
         return Err(Error::Invalid(LIVE_REFUSED.into()));
     }
-    rsync::program()?;
     d.busy_insert(name, "migrate")?;
     let job = Job {
         d: d.self_arc(),
@@ -247,8 +246,88 @@ impl Job {
                 bidirectional: Some(true),
             }),
             index_header_version: Some(super::INDEX_HEADER_VERSION),
+            bivy_transfer: super::offered_transfers(),
             ..Default::default()
         }
+    }
+
+    /// The volumes to send, oldest snapshot first, the instance (or the snapshot sent as one)
+    /// last.
+    fn volumes(&self, pool: &crate::storage::Pool, send: &[String]) -> Result<Vec<PathBuf>> {
+        let mut v = Vec::new();
+        for n in send {
+            let s = self
+                .rec
+                .snapshot(n)
+                .ok_or_else(|| Error::NotFound(format!("Snapshot {n:?} not found")))?;
+            v.push(pool.snapshot(&self.rec.volume, &s.volume));
+        }
+        v.push(match &self.snapshot {
+            Some(s) => pool.snapshot(&self.rec.volume, &s.volume),
+            None => pool.container(&self.rec.volume),
+        });
+        Ok(v)
+    }
+
+    /// Whether the volumes can go as btrfs send streams: a btrfs pool, the `btrfs` program, files
+    /// in container ids (the target's unshift would have to write into read-only subvolumes),
+    /// no subvolume nested in them (send leaves those out).
+    fn btrfs_sendable(&self, pool: &crate::storage::Pool, vols: &[PathBuf]) -> bool {
+        let plain = |c: &api::StringMap| {
+            idmap::Map::from_volatile(
+                c.get("volatile.last_state.idmap")
+                    .map_or("[]", String::as_str),
+            )
+            .is_none_or(|m| m.uid.is_empty() && m.gid.is_empty())
+        };
+        pool.driver.name() == "btrfs"
+            && crate::storage::btrfs::program("").is_ok()
+            && plain(self.config())
+            && self.rec.snapshots.iter().all(|s| plain(&s.config))
+            && vols
+                .iter()
+                .all(|v| matches!(crate::storage::btrfs::has_nested_subvolume(v), Ok(false)))
+    }
+
+    /// Run `f` on a read-only snapshot of the instance's volume `main` (taken atomically; removed
+    /// after, and a killed daemon's at its next start, as any snapshot volume no record names).
+    fn readonly_view(
+        &self,
+        pool: &crate::storage::Pool,
+        main: &std::path::Path,
+        f: impl FnOnce(&std::path::Path) -> Result<()>,
+    ) -> Result<()> {
+        let view = pool.snapshot(
+            &self.rec.volume,
+            &format!("migration-{}", crate::instance::operations::uuid()),
+        );
+        pool.driver
+            .clone_volume(main, &view, true)
+            .map_err(|e| Error::Host(format!("snapshotting {}: {e}", main.display())))?;
+        let r = f(&view);
+        if let Err(e) = pool.driver.delete_volume(&view) {
+            eprintln!("bivy: {}: {e}", view.display());
+        }
+        r
+    }
+
+    /// Run `f` on a consistent view of the instance's volume `main`: itself when the instance is
+    /// stopped (or `allow_inconsistent`), else a read-only snapshot of it where the pool makes
+    /// them atomically (removed after; a killed daemon's is removed at its next start, as any
+    /// snapshot volume no record names), else itself with the instance frozen.
+    fn consistent_view(
+        &self,
+        pool: &crate::storage::Pool,
+        main: &std::path::Path,
+        f: impl FnOnce(&std::path::Path) -> Result<()>,
+    ) -> Result<()> {
+        if self.allow_inconsistent || self.snapshot.is_some() {
+            return f(main);
+        }
+        if self.running && pool.driver.atomic_clone() {
+            return self.readonly_view(pool, main, f);
+        }
+        with_consistent(&self.d, &self.name, pool, || f(main))
     }
 
     /// LXD's index header: `{"config": {"Container": …, "Snapshots": […]}}` (backup.yaml's
@@ -301,11 +380,33 @@ impl Job {
     }
 
     fn transfer(&mut self, ctl: &mut Ws, fs: &mut Ws) -> Result<()> {
-        let offer = self.offer();
+        let pool = self.pool()?;
+        let mut offer = self.offer();
+        if !offer.bivy_transfer.is_empty() {
+            let all = self.volumes(&pool, &offer.snapshot_names)?;
+            if !self.btrfs_sendable(&pool, &all) {
+                offer.bivy_transfer.retain(|t| t != proto::XFER_BTRFS);
+            }
+            // For the target's percentage: what a stream of every volume weighs.
+            offer.bivy_size = Some(
+                all.iter()
+                    .map(|v| crate::storage::stream_size(v))
+                    .sum::<u64>() as i64,
+            );
+        }
         wire::send_msg(&ctl.tx, &offer.encode())?;
         let resp = MigrationHeader::decode(&wire::recv_msg(&mut ctl.rx)?)
             .map_err(|e| Error::Host(e.to_string()))?;
-        if resp.fs != proto::FS_RSYNC {
+        let bivy = match resp.bivy_transfer.first() {
+            Some(t) if offer.bivy_transfer.contains(t) => Some(t.as_str()),
+            Some(t) => {
+                return Err(Error::Host(format!(
+                    "the target chose a transfer that was not offered: {t:?}"
+                )))
+            }
+            None => None,
+        };
+        if bivy.is_none() && resp.fs != proto::FS_RSYNC {
             return Err(Error::not_yet(&format!(
                 "migration type {} (bivy sends only rsync)",
                 resp.fs
@@ -317,6 +418,9 @@ impl Job {
             names = vec!["xattrs", "delete", "compress"];
         }
         let features = Features::from_names(&names);
+        if bivy.is_none() {
+            rsync::program()?;
+        }
         let send: Vec<String> = if resp.refresh == Some(true) {
             let want: Vec<String> = resp
                 .snapshot_names
@@ -345,33 +449,49 @@ impl Job {
                 )));
             }
         }
-        let pool = self.pool()?;
-        for n in &send {
-            let s = self
-                .rec
-                .snapshot(n)
-                .ok_or_else(|| Error::NotFound(format!("Snapshot {n:?} not found")))?;
-            rsync::send(&pool.snapshot(&self.rec.volume, &s.volume), fs, features)?;
-        }
-        let main: PathBuf = match &self.snapshot {
-            Some(s) => pool.snapshot(&self.rec.volume, &s.volume),
-            None => pool.container(&self.rec.volume),
-        };
-        let final_sync = resp.criu == Some(proto::CRIU_NONE);
-        let consistent = |fs: &mut Ws| {
-            if self.allow_inconsistent || self.snapshot.is_some() {
-                rsync::send(&main, fs, features)
-            } else {
-                with_consistent(&self.d, &self.name, &pool, || {
-                    rsync::send(&main, fs, features)
-                })
+        let mut vols = self.volumes(&pool, &send)?;
+        let main = vols.pop().expect("the instance's volume");
+        match bivy {
+            Some(proto::XFER_STREAM) => {
+                for v in &vols {
+                    send_stream(v, fs)?;
+                }
+                // One pass, consistent: from an atomic snapshot, or frozen.
+                self.consistent_view(&pool, &main, |v| send_stream(v, fs))?;
             }
-        };
-        if final_sync {
-            // The first pass with the instance running, the second (small) one frozen.
-            rsync::send(&main, fs, features)?;
+            Some(proto::XFER_BTRFS) => {
+                // Each snapshot from the one before it; the instance from the newest.
+                let mut parent: Option<&std::path::Path> = None;
+                for v in &vols {
+                    send_btrfs(v, parent, fs)?;
+                    parent = Some(v);
+                }
+                if self.snapshot.is_some() {
+                    send_btrfs(&main, parent, fs)?;
+                } else {
+                    // `btrfs send` takes read-only subvolumes: a snapshot of the instance's.
+                    self.readonly_view(&pool, &main, |v| send_btrfs(v, parent, fs))?;
+                }
+            }
+            Some(t) => return Err(Error::Host(format!("unknown transfer {t:?}"))),
+            None => {
+                for v in &vols {
+                    rsync::send(v, fs, features)?;
+                }
+                let final_sync = resp.criu == Some(proto::CRIU_NONE);
+                if final_sync {
+                    // The first pass with the instance running, the second (small) one frozen.
+                    rsync::send(&main, fs, features)?;
+                }
+                if self.allow_inconsistent || self.snapshot.is_some() {
+                    rsync::send(&main, fs, features)?;
+                } else {
+                    with_consistent(&self.d, &self.name, &pool, || {
+                        rsync::send(&main, fs, features)
+                    })?;
+                }
+            }
         }
-        consistent(fs)?;
         self.release();
         let done = MigrationControl::decode(&wire::recv_msg(&mut ctl.rx)?)
             .map_err(|e| Error::Host(e.to_string()))?;
@@ -382,6 +502,24 @@ impl Job {
         }
         Ok(())
     }
+}
+
+/// Send volume `vol` on `fs` as one byte stream ([`proto::XFER_STREAM`]). A failure sends no
+/// barrier: the target never takes a partial volume for a whole one.
+fn send_stream(vol: &std::path::Path, fs: &mut Ws) -> Result<()> {
+    let mut w = wire::StreamWriter::new(&fs.tx);
+    crate::storage::send_volume(vol, &mut w)
+        .and_then(|()| w.finish())
+        .map_err(|e| Error::Host(format!("sending {}: {e}", vol.display())))
+}
+
+/// Send the read-only subvolume `vol` on `fs` as one `btrfs send` stream
+/// ([`proto::XFER_BTRFS`]), incremental from `parent` when given; no barrier on failure.
+fn send_btrfs(vol: &std::path::Path, parent: Option<&std::path::Path>, fs: &mut Ws) -> Result<()> {
+    let mut w = wire::StreamWriter::new(&fs.tx);
+    crate::storage::btrfs::send(vol, parent, &mut w)
+        .and_then(|()| w.finish())
+        .map_err(|e| Error::Host(e.to_string()))
 }
 
 /// A snapshot's record as LXD's protobuf carries it.

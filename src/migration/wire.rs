@@ -176,9 +176,161 @@ pub fn write_stream(tx: &Sender, r: &mut dyn Read) -> io::Result<u64> {
     Ok(n)
 }
 
+/// One byte stream on `fs` as a reader: the binary frames' bytes, then the end at the barrier.
+/// A close or a broken connection is an error, so a stream that was cut never reads as whole.
+pub struct StreamReader<'a> {
+    rx: &'a mut Receiver,
+    buf: Vec<u8>,
+    pos: usize,
+    ended: bool,
+    /// Called with the size of each frame received.
+    seen: &'a dyn Fn(u64),
+}
+
+impl<'a> StreamReader<'a> {
+    pub fn new(rx: &'a mut Receiver, seen: &'a dyn Fn(u64)) -> StreamReader<'a> {
+        StreamReader {
+            rx,
+            buf: Vec::new(),
+            pos: 0,
+            ended: false,
+            seen,
+        }
+    }
+
+    /// Read and drop what is left up to the barrier (a tar reader stops at its end marker and
+    /// leaves the padding that follows).
+    pub fn finish(mut self) -> io::Result<()> {
+        io::copy(&mut self, &mut io::sink()).map(drop)
+    }
+}
+
+impl Read for StreamReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.buf.len() {
+            if self.ended {
+                return Ok(0);
+            }
+            match self.rx.recv()? {
+                Message::Binary(b) => {
+                    (self.seen)(b.len() as u64);
+                    self.buf = b;
+                    self.pos = 0;
+                }
+                Message::Text(_) => self.ended = true,
+                Message::Close(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the peer closed the migration stream",
+                    ))
+                }
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// One byte stream on `fs` as a writer: binary frames of up to [`CHUNK`] bytes; [`finish`]
+/// sends the rest and the barrier. Dropped without `finish` (the sender failed), no barrier is
+/// sent, so the peer never takes a partial stream for a whole one.
+///
+/// [`finish`]: StreamWriter::finish
+pub struct StreamWriter<'a> {
+    tx: &'a Sender,
+    buf: Vec<u8>,
+}
+
+impl<'a> StreamWriter<'a> {
+    pub fn new(tx: &'a Sender) -> StreamWriter<'a> {
+        StreamWriter {
+            tx,
+            buf: Vec::with_capacity(CHUNK),
+        }
+    }
+
+    pub fn finish(mut self) -> io::Result<()> {
+        self.flush()?;
+        self.tx.send_text("")
+    }
+}
+
+impl Write for StreamWriter<'_> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        if self.buf.len() + b.len() > CHUNK && !self.buf.is_empty() {
+            self.flush()?;
+        }
+        if b.len() >= CHUNK {
+            self.tx.send_binary(&b[..CHUNK])?;
+            return Ok(CHUNK);
+        }
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.tx.send_binary(&self.buf)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_streams_end_at_the_barrier_and_never_when_cut() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (tx, _arx) = ws::split(Box::new(a), ws::Role::Client).unwrap();
+        let (_btx, mut rx) = ws::split(Box::new(b), ws::Role::Server).unwrap();
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let t = std::thread::spawn(move || {
+            let mut w = StreamWriter::new(&tx);
+            w.write_all(&big[..10]).unwrap();
+            w.write_all(&big[10..]).unwrap();
+            w.finish().unwrap();
+            let mut w = StreamWriter::new(&tx);
+            w.write_all(b"second").unwrap();
+            w.finish().unwrap();
+            // A third one, cut: its writer is dropped without the barrier, then the connection
+            // closes.
+            let mut w = StreamWriter::new(&tx);
+            w.write_all(b"partial").unwrap();
+            w.flush().unwrap();
+            drop(w);
+            tx.shutdown();
+            big
+        });
+        let seen = std::sync::atomic::AtomicU64::new(0);
+        let count = |n: u64| {
+            seen.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        };
+        let mut first = Vec::new();
+        StreamReader::new(&mut rx, &count)
+            .read_to_end(&mut first)
+            .unwrap();
+        // Read only the start of the second, the rest is dropped up to its barrier.
+        let mut r = StreamReader::new(&mut rx, &count);
+        let mut head = [0u8; 3];
+        r.read_exact(&mut head).unwrap();
+        r.finish().unwrap();
+        assert_eq!(&head, b"sec");
+        let mut third = Vec::new();
+        assert!(StreamReader::new(&mut rx, &count)
+            .read_to_end(&mut third)
+            .is_err());
+        let big = t.join().unwrap();
+        assert_eq!(first, big);
+        assert_eq!(
+            seen.load(std::sync::atomic::Ordering::Relaxed),
+            300_000 + 6 + 7
+        );
+    }
 
     #[test]
     fn operation_urls() {

@@ -132,6 +132,132 @@ fn find_program(name: &str, dirs: &[PathBuf]) -> io::Result<PathBuf> {
         })
 }
 
+/// The `btrfs` program (btrfs-progs) for `send` and `receive`: applying a send stream has no
+/// kernel interface of its own. Its absence is an error naming it and `what` needs it.
+pub fn program(what: &str) -> io::Result<PathBuf> {
+    find_program("btrfs", &default_program_dirs()).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{what} needs the btrfs program (btrfs-progs): not found"),
+        )
+    })
+}
+
+/// `btrfs send` of the read-only subvolume `subvol` to `out`, incremental from `parent` (a
+/// read-only subvolume the receiver has) when given.
+pub fn send(subvol: &Path, parent: Option<&Path>, out: &mut dyn io::Write) -> io::Result<()> {
+    let err = |e: &dyn std::fmt::Display| {
+        io::Error::other(format!("btrfs send of {}: {e}", subvol.display()))
+    };
+    let mut cmd = Command::new(program("sending a btrfs volume")?);
+    cmd.args(["send", "-q"]);
+    if let Some(p) = parent {
+        cmd.arg("-p").arg(p);
+    }
+    let mut child = cmd
+        .arg(subvol)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| err(&e))?;
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let errs = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let copied = io::copy(&mut stdout, out);
+    if copied.is_err() {
+        let _ = child.kill();
+    }
+    drop(stdout);
+    let status = child.wait().map_err(|e| err(&e))?;
+    let msg = errs.join().unwrap_or_default();
+    copied.map_err(|e| err(&e))?;
+    if !status.success() {
+        return Err(err(&msg.trim()));
+    }
+    Ok(())
+}
+
+/// `btrfs receive` of one send stream from `input` into the directory `recv` (confined to it:
+/// `-C`), which it must leave with exactly one new subvolume: that subvolume (read-only, as
+/// received; a later stream may name it as its parent).
+pub fn receive(recv: &Path, input: &mut dyn io::Read) -> io::Result<PathBuf> {
+    let err = |e: &dyn std::fmt::Display| io::Error::other(format!("btrfs receive: {e}"));
+    let list = || -> io::Result<Vec<PathBuf>> {
+        Ok(fs::read_dir(recv)?.flatten().map(|e| e.path()).collect())
+    };
+    let before = list()?;
+    let mut child = Command::new(program("receiving a btrfs volume")?)
+        .args(["receive", "-q", "-e", "-C"])
+        .arg(recv)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| err(&e))?;
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let errs = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let copied = io::copy(input, &mut stdin);
+    drop(stdin);
+    if copied.is_err() {
+        let _ = child.kill();
+    }
+    let status = child.wait().map_err(|e| err(&e))?;
+    let msg = errs.join().unwrap_or_default();
+    let made: Vec<PathBuf> = list()?
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
+    let fail = |why: String| {
+        for p in &made {
+            let _ = destroy_subvolume(p);
+        }
+        Err(err(&why))
+    };
+    if let Err(e) = copied {
+        return fail(format!("{e} ({})", msg.trim()));
+    }
+    if !status.success() {
+        return fail(msg.trim().to_string());
+    }
+    match &made[..] {
+        [sub] if is_subvolume(sub).unwrap_or(false) => Ok(sub.clone()),
+        _ => fail(format!(
+            "the stream made {} entries, not one subvolume",
+            made.len()
+        )),
+    }
+}
+
+/// Whether any directory below `vol` is the root of another subvolume (which `btrfs send`
+/// would leave out).
+pub fn has_nested_subvolume(vol: &Path) -> io::Result<bool> {
+    let dev = fs::symlink_metadata(vol)?.dev();
+    let mut dirs = vec![vol.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in fs::read_dir(&d)?.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if !m.is_dir() {
+                continue;
+            }
+            if m.ino() == SUBVOL_ROOT_INO || m.dev() != dev {
+                return Ok(true);
+            }
+            dirs.push(e.path());
+        }
+    }
+    Ok(false)
+}
+
 fn open_dir(path: &Path) -> io::Result<File> {
     OpenOptions::new()
         .read(true)

@@ -173,45 +173,58 @@ pub fn send_volume(vol: &Path, out: &mut dyn Write) -> io::Result<()> {
     .map_err(|e| io::Error::other(format!("sending {}: {e}", vol.display())))
 }
 
-/// Receive a [`send_volume`] stream into a new volume at `vol`, through a spool file beside it
-/// (the unpacker reads a file). On error nothing is left behind.
+/// Receive a [`send_volume`] stream into a new volume at `vol`. On error nothing is left behind.
 pub fn receive_volume<D: Driver + ?Sized>(
     driver: &D,
     vol: &Path,
     input: &mut dyn Read,
 ) -> io::Result<()> {
-    let spool = vol.with_extension("stream");
-    let _ = std::fs::remove_file(&spool); // a killed daemon's
-    let res = (|| {
-        let mut f = {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&spool)?
-        };
-        io::copy(input, &mut f)?;
-        f.sync_all()?;
-        driver.create_volume(vol)?;
-        let meta = crate::image::unpack_tarball(
-            &spool,
-            &vol.join("rootfs"),
-            &vol.join("templates"),
-            &crate::image::UnpackOpts {
-                skip_devices: false,
-                max_bytes: 0,
-            },
-        )
-        .map_err(|e| io::Error::other(format!("receiving {}: {e}", vol.display())))?;
-        let m = serde_json::to_vec_pretty(&meta).map_err(io::Error::other)?;
-        crate::util::fs::atomic_write(&vol.join("metadata.json"), &m)
-    })();
-    let _ = std::fs::remove_file(&spool);
+    driver.create_volume(vol)?;
+    let res = unpack_volume(vol, input);
     if res.is_err() {
         let _ = driver.delete_volume(vol);
     }
     res
+}
+
+/// Unpack a [`send_volume`] stream, read once front to back, into the existing empty volume
+/// `vol`, with the image unpacker's rules (no member lands outside `rootfs/` or `templates/`,
+/// whatever its path or the links before it). On error what it made is removed.
+pub fn unpack_volume(vol: &Path, input: &mut dyn Read) -> io::Result<()> {
+    let meta = crate::image::unpack_stream(
+        input,
+        &vol.join("rootfs"),
+        &vol.join("templates"),
+        &crate::image::UnpackOpts {
+            skip_devices: false,
+            max_bytes: 0,
+        },
+    )
+    .map_err(|e| io::Error::other(format!("receiving {}: {e}", vol.display())))?;
+    let m = serde_json::to_vec_pretty(&meta).map_err(io::Error::other)?;
+    crate::util::fs::atomic_write(&vol.join("metadata.json"), &m)
+}
+
+/// About how many bytes [`send_volume`] writes for `vol` (a header per entry, file data padded
+/// to 512 bytes; long names and xattrs not counted), for a progress percentage.
+pub fn stream_size(vol: &Path) -> u64 {
+    let mut total = 1024;
+    let mut dirs = vec![vol.join("rootfs"), vol.join("templates")];
+    while let Some(dir) = dirs.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            total += 512;
+            if m.is_file() {
+                total += m.len().div_ceil(512) * 512;
+            } else if m.is_dir() {
+                dirs.push(e.path());
+            }
+        }
+    }
+    total
 }
 
 pub mod btrfs;
@@ -471,6 +484,39 @@ mod tests {
     }
 
     #[test]
+    fn a_hostile_volume_stream_writes_nothing_outside_the_volume() {
+        let tmp = crate::util::tempdir::TempDir::new("bivy-hostile-stream");
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let meta = b"architecture: x86_64\ncreation_date: 1\n";
+        let mut add = |h: &mut tar::Header, name: &str, data: &[u8]| {
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            // Raw names: the builder itself refuses `..`.
+            let raw = name.as_bytes();
+            h.as_old_mut().name[..raw.len()].copy_from_slice(raw);
+            h.set_cksum();
+            b.append(h, data).unwrap();
+        };
+        add(&mut tar::Header::new_gnu(), "metadata.yaml", meta);
+        let mut l = tar::Header::new_gnu();
+        l.set_entry_type(tar::EntryType::Symlink);
+        l.set_link_name(&outside).unwrap();
+        add(&mut l, "rootfs/x", b"");
+        add(&mut tar::Header::new_gnu(), "rootfs/x/evil", b"evil");
+        add(&mut tar::Header::new_gnu(), "rootfs/../../escape", b"evil");
+        let stream = b.into_inner().unwrap();
+        let vol = tmp.path().join("vol");
+        std::fs::create_dir(&vol).unwrap();
+        let r = unpack_volume(&vol, &mut &stream[..]);
+        assert!(r.is_err(), "a hostile stream was taken");
+        assert!(!outside.join("evil").exists(), "written through a symlink");
+        assert!(!tmp.path().join("escape").exists() && !vol.join("escape").exists());
+        assert_eq!(std::fs::read_dir(&vol).unwrap().count(), 0, "left behind");
+    }
+
+    #[test]
     fn send_receive_round_trip() {
         if !crate::test_skip::require_root() {
             return;
@@ -503,6 +549,12 @@ mod tests {
         .unwrap();
         let mut stream = Vec::new();
         d.send(&src, &mut stream).expect("send");
+        let est = stream_size(&src);
+        assert!(
+            est * 2 >= stream.len() as u64 && est <= stream.len() as u64 * 2,
+            "estimate {est} for {} bytes",
+            stream.len()
+        );
         let dst = d.path().join("containers/b");
         d.receive(&dst, &mut &stream[..]).expect("receive");
         let f = dst.join("rootfs/etc/hostname");

@@ -286,58 +286,28 @@ fn receive_streams(
     max_bytes: u64,
     revert: &mut Revert,
 ) -> Result<()> {
-    let btrfs = btrfs_program()?;
+    btrfs_program()?;
     let recv = pool.container(&format!("{volume}.receive"));
     crate::util::fs::create_dir_mode(&recv, 0o700)
         .map_err(|e| Error::Host(format!("{}: {e}", recv.display())))?;
-    let mut seen: Vec<PathBuf> = Vec::new();
     let res = (|| -> Result<()> {
         for (prefix, dst) in vols {
             let member = format!("{prefix}.bin");
             let mut got = None;
             let mut recv_one = |r: &mut dyn io::Read| -> image::Result<()> {
-                let mut child = std::process::Command::new(&btrfs)
-                    .args(["receive", "-q", "-e", "-C"])
-                    .arg(&recv)
-                    .stdin(std::process::Stdio::piped())
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::piped())
-                    .spawn()
-                    .map_err(|e| image::Error::Internal(format!("btrfs receive: {e}")))?;
-                let mut stdin = child.stdin.take().expect("piped stdin");
-                let copied = io::copy(r, &mut stdin);
-                drop(stdin);
-                let out = child
-                    .wait_with_output()
-                    .map_err(|e| image::Error::Internal(format!("btrfs receive: {e}")))?;
-                if !out.status.success() {
-                    return Err(image::Error::BadRequest(format!(
-                        "btrfs receive of {member}: {}",
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    )));
-                }
-                copied.map_err(|e| image::Error::Internal(format!("btrfs receive: {e}")))?;
-                got = Some(());
+                let sub = crate::storage::btrfs::receive(&recv, r).map_err(|e| {
+                    let e = e.to_string();
+                    let why = e.strip_prefix("btrfs receive: ").unwrap_or(&e);
+                    image::Error::BadRequest(format!("btrfs receive of {member}: {why}"))
+                })?;
+                got = Some(sub);
                 Ok(())
             };
-            if !image::with_member(tarball, &member, max_bytes, &mut recv_one)? || got.is_none() {
+            let found = image::with_member(tarball, &member, max_bytes, &mut recv_one)?;
+            let Some(sub) = got.filter(|_| found) else {
                 return Err(Error::Invalid(format!("Backup has no {member}")));
-            }
-            // What the stream made: the one new entry in the receive directory (the ones before
-            // stay until the end: a later stream may name one as its parent).
-            let made: Vec<PathBuf> = std::fs::read_dir(&recv)
-                .map_err(|e| Error::Host(format!("{}: {e}", recv.display())))?
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| !seen.contains(p))
-                .collect();
-            let [sub] = &made[..] else {
-                return Err(Error::Invalid(format!(
-                    "btrfs receive of {member} made {} subvolumes, not one",
-                    made.len()
-                )));
             };
-            seen.push(sub.clone());
+            let sub = &sub;
             // The snapshot volumes were made empty by the caller; the instance's by the create.
             let _ = pool.driver.delete_volume(dst);
             let p = pool.clone();

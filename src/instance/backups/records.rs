@@ -138,19 +138,8 @@ pub(super) fn expiry(v: &str) -> Result<String> {
 
 /// `btrfs` (btrfs-progs): `$PATH`, then `/sbin` and `/usr/sbin`.
 pub(super) fn btrfs_program() -> Result<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    dirs.extend(["/sbin", "/usr/sbin"].map(PathBuf::from));
-    dirs.iter()
-        .filter(|d| d.is_absolute())
-        .map(|d| d.join("btrfs"))
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            Error::Host(
-                "optimized backups on btrfs need the btrfs program (btrfs-progs): not found".into(),
-            )
-        })
+    crate::storage::btrfs::program("optimized backups on btrfs")
+        .map_err(|e| Error::Host(e.to_string()))
 }
 
 /// Rename backup `old` of instance `name` to `new`.
