@@ -913,3 +913,79 @@ fn the_receiving_rsync_can_write_only_into_the_volume() {
     // Nothing of it stays mounted on the host.
     assert!(common::mounts_below(tmp.path()).is_empty());
 }
+
+#[test]
+fn copy_refresh_between_two_instances_of_one_server() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    l.import_busybox();
+    l.ok(&["launch", "busybox", "c1"]);
+    let (rc, out) = l.sh("c1", "echo one > /data && sync");
+    assert_eq!(rc, 0, "{out}");
+    l.ok(&["snapshot", "c1", "s0"]);
+    l.ok(&["stop", "c1", "--force"]);
+    // A missing target: a plain copy.
+    l.ok(&["copy", "c1", "c2", "--refresh"]);
+    let uuid2 = db(&d)["instances"]["c2"]["config"]["volatile.uuid"].clone();
+    l.ok(&["snapshot", "c2", "only-here"]);
+    // The source moves on: new files, a new snapshot, a config key.
+    l.ok(&["start", "c1"]);
+    let (rc, out) = l.sh("c1", "echo two > /data && echo new > /new && sync");
+    assert_eq!(rc, 0, "{out}");
+    l.ok(&["snapshot", "c1", "s1"]);
+    let (rc, out) = l.sh("c1", "echo three > /data && sync");
+    assert_eq!(rc, 0, "{out}");
+    l.ok(&["config", "set", "c1", "user.refreshed", "yes"]);
+    l.ok(&["stop", "c1", "--force"]);
+    // A running target is refused, and nothing changes.
+    l.ok(&["start", "c2"]);
+    let out = l.run(&["copy", "c1", "c2", "--refresh"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Cannot refresh a running instance"),
+        "{}",
+        failed(&out)
+    );
+    l.ok(&["stop", "c2", "--force"]);
+    assert_eq!(read(&rootfs(&d, "c2", None).join("data")), "one\n");
+
+    l.ok(&["copy", "c1", "c2", "--refresh"]);
+    // LXD's snapshot comparison: the target-only one is gone, the missing one came.
+    assert_eq!(snapshot_names(&d, "c2"), ["s0", "s1"]);
+    assert_eq!(read(&rootfs(&d, "c2", None).join("data")), "three\n");
+    assert_eq!(read(&rootfs(&d, "c2", Some("s1")).join("data")), "two\n");
+    assert_eq!(read(&rootfs(&d, "c2", Some("s0")).join("data")), "one\n");
+    let v = db(&d);
+    let cfg = &v["instances"]["c2"]["config"];
+    assert_eq!(
+        cfg["user.refreshed"], "yes",
+        "lxc's PUT of the source's config"
+    );
+    assert_eq!(
+        cfg["volatile.uuid"], uuid2,
+        "the target keeps its own volatile keys"
+    );
+    // Nothing of the swap is left in the pool.
+    let left: Vec<String> = volumes(&d, "containers")
+        .into_iter()
+        .filter(|n| n.contains('.'))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    l.ok(&["start", "c2"]);
+    let (rc, out) = l.sh("c2", "cat /data /new");
+    assert_eq!((rc, out.as_str()), (0, "three\nnew\n"));
+    l.ok(&["stop", "c2", "--force"]);
+
+    // bivy's CLI does the same; a snapshot source is refused.
+    l.ok(&["start", "c1"]);
+    let (rc, out) = l.sh("c1", "echo four > /data && sync");
+    assert_eq!(rc, 0, "{out}");
+    l.ok(&["stop", "c1", "--force"]);
+    d.ok(&["copy", "c1", "c2", "--refresh"]);
+    assert_eq!(read(&rootfs(&d, "c2", None).join("data")), "four\n");
+    let out = d.run(&["copy", "c1/s0", "c2", "--refresh"]);
+    assert!(!out.status.success());
+}

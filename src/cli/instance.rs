@@ -400,24 +400,33 @@ fn migrate(sr: &str, src: &str, dr: &str, dst: &str, m: &Migrate) -> Result<(), 
     };
     let transfer = transfer_by_mode(&sc, &dc, sr, dr, &path, post, req, m.mode);
     if refreshing && transfer.is_ok() {
-        // As lxc: the source's writable config onto the refreshed target, whose own volatile
-        // keys stay.
-        let (config, devices, profiles, description, ephemeral) = writable;
-        let cur: Instance = dc.get(&instance_path(dst))?;
-        let mut cfg: StringMap = config
-            .into_iter()
-            .filter(|(k, _)| !k.starts_with("volatile."))
-            .collect();
-        cfg.extend(
-            cur.config
-                .into_iter()
-                .filter(|(k, _)| k.starts_with("volatile.")),
-        );
-        let put = json!({"architecture": cur.architecture, "config": cfg, "devices": devices,
-            "profiles": profiles, "description": description, "ephemeral": ephemeral});
-        dc.query("PUT", &instance_path(dst), Some(&put), None)?;
+        put_refreshed_config(&dc, dst, writable)?;
     }
     transfer
+}
+
+/// As lxc after a refresh: the source's writable config (config, devices, profiles,
+/// description, ephemeral) onto the refreshed target `dst`, whose own volatile keys stay.
+fn put_refreshed_config(
+    dc: &Client,
+    dst: &str,
+    writable: (StringMap, crate::api::Devices, Vec<String>, String, bool),
+) -> Result<(), Fail> {
+    let (config, devices, profiles, description, ephemeral) = writable;
+    let cur: Instance = dc.get(&instance_path(dst))?;
+    let mut cfg: StringMap = config
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("volatile."))
+        .collect();
+    cfg.extend(
+        cur.config
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("volatile.")),
+    );
+    let put = json!({"architecture": cur.architecture, "config": cfg, "devices": devices,
+        "profiles": profiles, "description": description, "ephemeral": ephemeral});
+    dc.query("PUT", &instance_path(dst), Some(&put), None)?;
+    Ok(())
 }
 
 /// The transfer of [`migrate`] in `mode`: the source's request `post`, the target's `req`.
@@ -800,12 +809,21 @@ pub fn copy(args: &[String]) -> CmdResult {
         )?;
         return Ok(0);
     }
-    if a.refresh || a.refresh_exclude_older {
-        return fail("not supported yet: --refresh between two instances of one server");
+    let refresh = a.refresh || a.refresh_exclude_older;
+    if refresh && src.contains('/') {
+        return fail("--refresh can only be used with instances");
     }
     let c = super::client_of(&sr)?;
     // Like lxc: the source's writable state (minus volatile keys), then the overrides.
     let (source, _) = copy_source(&c, src)?;
+    let refreshing = refresh && c.get::<serde_json::Value>(&instance_path(dst)).is_ok();
+    let writable = (
+        source.config.clone(),
+        source.devices.clone(),
+        source.profiles.clone(),
+        source.description.clone(),
+        source.ephemeral,
+    );
     let mut config: StringMap = source
         .config
         .into_iter()
@@ -834,12 +852,17 @@ pub fn copy(args: &[String]) -> CmdResult {
             kind: "copy".into(),
             source: src.to_string(),
             instance_only: a.instance_only,
+            refresh,
+            refresh_exclude_older: a.refresh_exclude_older,
             ..Default::default()
         },
         kind: "container".into(),
         ..Default::default()
     };
     c.post("/1.0/instances", &req)?;
+    if refreshing {
+        put_refreshed_config(&c, dst, writable)?;
+    }
     Ok(0)
 }
 

@@ -10,6 +10,11 @@
 //! instance's record as it was, and a rerun converges (rsync sets every file's owner to the
 //! source's, so the whole tree is brought back to container ids with the source's map whatever
 //! state a previous run left it in). Received snapshots are new volumes, removed on failure.
+//!
+//! Between two instances of this server ([`local`]) the same plan applies; the missing
+//! snapshots are cloned from the source's volumes and the instance's volume is replaced by a
+//! clone of the source's (a snapshot on btrfs, a reflinked or plain copy on dir), swapped in
+//! by the renames a restore makes, so a daemon killed in between finds the old volume back.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -80,6 +85,97 @@ pub fn check(d: &Ctx, name: &str) -> Result<()> {
 /// snapshot volume per received snapshot, and returns them.
 pub type Fill<'a> =
     dyn FnOnce(&Arc<Pool>, &std::path::Path, &str, &mut Revert) -> Result<Received> + 'a;
+
+/// `copy --refresh` from `from` onto `name`, both on this server (`name` stopped and marked
+/// busy by the caller): its snapshots compared as with another server's (the ones to delete
+/// named to `deleted` before they go), the missing ones cloned, its files replaced by the
+/// source's (a running source frozen or snapshotted atomically for the copy).
+pub fn local(
+    d: &Ctx,
+    name: &str,
+    from: &str,
+    exclude_older: bool,
+    deleted: &dyn Fn(&[String]),
+) -> Result<()> {
+    if from == name {
+        return Err(Error::Invalid(
+            "Cannot refresh an instance from itself".into(),
+        ));
+    }
+    check(d, name)?;
+    let src = record(d, from)
+        .map_err(|_| Error::NotFound(format!("Source instance {from:?} not found")))?;
+    let plan = compare(
+        &stamps(&src.snapshots),
+        &stamps(&record(d, name)?.snapshots),
+        exclude_older,
+    );
+    deleted(&plan.delete);
+    for s in &plan.delete {
+        super::snapshots::delete_now(d, name, s)?;
+    }
+    let src_pool = super::pools::usable_pool(d, &src.pool)?;
+    let disk_idmap = src
+        .config
+        .get("volatile.last_state.idmap")
+        .cloned()
+        .unwrap_or_else(|| "[]".into());
+    let fill = move |pool: &Arc<Pool>,
+                     main: &std::path::Path,
+                     volume: &str,
+                     revert: &mut Revert|
+          -> Result<Received> {
+        let mut snapshots = Vec::new();
+        for n in &plan.sync {
+            let sr = src
+                .snapshot(n)
+                .ok_or_else(|| Error::NotFound(format!("Snapshot {n:?} not found")))?;
+            let mut rec = sr.clone();
+            rec.volume = super::operations::uuid();
+            let dst = pool.snapshot(volume, &rec.volume);
+            let (p, undo) = (pool.clone(), dst.clone());
+            revert.add(move || {
+                let _ = p.driver.delete_volume(&undo);
+            });
+            super::create::clone_between(
+                &src_pool,
+                &src_pool.snapshot(&src.volume, &sr.volume),
+                pool,
+                &dst,
+                false,
+            )?;
+            snapshots.push(rec);
+        }
+        let new = pool.container(&format!("{volume}.restore"));
+        let old = pool.container(&format!("{volume}.old"));
+        let _ = pool.driver.delete_volume(&new);
+        let src_main = src_pool.container(&src.volume);
+        let res = super::interim::with_consistent(d, from, &src_pool, || {
+            super::create::clone_between(&src_pool, &src_main, pool, &new, false)
+        })
+        .and_then(|()| {
+            std::fs::rename(main, &old).map_err(|e| Error::Host(format!("refreshing: {e}")))
+        })
+        .and_then(|()| {
+            std::fs::rename(&new, main).map_err(|e| {
+                let _ = std::fs::rename(&old, main);
+                Error::Host(format!("refreshing: {e}"))
+            })
+        });
+        if let Err(e) = res {
+            let _ = pool.driver.delete_volume(&new);
+            return Err(e);
+        }
+        if let Err(e) = pool.driver.delete_volume(&old) {
+            eprintln!("bivy: deleting the volume a refresh replaced: {e}");
+        }
+        Ok(Received {
+            snapshots,
+            disk_idmap,
+        })
+    };
+    apply(d, name, Box::new(fill))
+}
 
 /// Refresh `name` (stopped, marked busy by the caller) from what `fill` writes, then record the
 /// received snapshots with the instance's own ones, oldest first.

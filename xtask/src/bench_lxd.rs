@@ -1,4 +1,5 @@
-//! `cargo xtask bench --against lxd [--runs N] [--running N] [--bin PATH]`: the same operations
+//! `cargo xtask bench --against lxd [--runs N] [--running N] [--bin PATH] [--big-mib N]
+//! [--only migration]`: the same operations
 //! timed on bivy and on a real LXD 5.0.2 (Debian's `lxd` and `lxc`) in one run, interleaved:
 //! each round runs the operation on one daemon and then on the other, the order alternating
 //! from round to round, so both see the same disk and CPU noise. Medians, min/max and the ratio
@@ -8,7 +9,9 @@
 //! busybox test image (the same unified tarball, `lxc image import`ed into LXD): launch from
 //! the cached image, `exec -- true`, `list` with N running, the same two over an HTTPS remote on
 //! loopback, snapshot and restore of a running container, `stop --force`, copy of a stopped
-//! container, start, clean stop, delete; and launch to an IPv4 address on eth0 on a managed
+//! container, start, clean stop, delete; copies to a second server of the same kind (`lxc copy
+//! s:c t:c` for both pairs: `dir` and `btrfs`, `--refresh`, a large container's throughput);
+//! and launch to an IPv4 address on eth0 on a managed
 //! bridge: bivy's own DHCP server (its daemon in a network namespace of its own, as `bench`
 //! does) against LXD's dnsmasq (a bridge on the host with `ipv4.nat` and `ipv4.routing` off,
 //! which keeps LXD from enabling forwarding). The address is seen the same way on both sides:
@@ -60,6 +63,10 @@ pub(crate) struct Opts {
     /// Containers running during `list`.
     pub running: usize,
     pub bin: Option<PathBuf>,
+    /// `--only migration`: the copies between two servers of a kind alone.
+    pub only_migration: bool,
+    /// MiB of the large container whose copy gives the throughput.
+    pub big_mib: usize,
 }
 
 fn positive(v: Option<&String>, what: &str) -> Result<usize> {
@@ -73,6 +80,8 @@ pub(crate) fn parse_opts(args: &[String]) -> Result<Opts> {
         runs: 5,
         running: 10,
         bin: None,
+        only_migration: false,
+        big_mib: 256,
     };
     let mut against = None;
     let mut it = args.iter();
@@ -82,9 +91,14 @@ pub(crate) fn parse_opts(args: &[String]) -> Result<Opts> {
             "--runs" => o.runs = positive(it.next(), "--runs N")?,
             "--running" => o.running = positive(it.next(), "--running N")?,
             "--bin" => o.bin = Some(PathBuf::from(it.next().ok_or("--bin PATH")?)),
+            "--big-mib" => o.big_mib = positive(it.next(), "--big-mib N")?,
+            "--only" => match it.next().map(String::as_str) {
+                Some("migration") => o.only_migration = true,
+                _ => return Err("--only migration (the one part that runs alone here)".into()),
+            },
             other => {
                 return Err(format!(
-                    "unknown argument `{other}` for `bench --against lxd` (--runs N, --running N, --bin PATH)"
+                    "unknown argument `{other}` for `bench --against lxd` (--runs N, --running N, --bin PATH, --big-mib N, --only migration)"
                 ))
             }
         }
@@ -924,6 +938,210 @@ fn containers(c: &Ctx, t: &mut AbTable, o: &Opts, image: &Path) -> Result {
     Ok(())
 }
 
+/// A second server of each kind, and one `lxc` client config per kind naming the first server
+/// `s:` and the second `t:`: the unmodified `lxc` drives both pairs' copies.
+struct Pair {
+    /// The second servers, held until the pair is dropped (instances deleted, stopped).
+    _bivy: Bivy,
+    _lxd: Lxd,
+    run_dir: PathBuf,
+}
+
+impl Pair {
+    fn start(bin: &Path, run_dir: &Path, bivy_addr: &str, lxd_addr: &str) -> Result<Pair> {
+        let lxd_dir = std::env::temp_dir().join(format!("bivy-bench-lxd2-{}", std::process::id()));
+        let (bport, lport) = (free_port()?, free_port()?);
+        let lxd = Lxd::start(&lxd_dir, lport)?;
+        let bivy = Bivy(daemon::start(
+            bin,
+            &run_dir.join("bivy2"),
+            &run_dir.join("daemon2.log"),
+        )?);
+        let b2 = format!("127.0.0.1:{bport}");
+        must(&mut bivy.0.cli(&["config", "set", "core.https_address", &b2]))?;
+        must(
+            &mut bivy
+                .0
+                .cli(&["config", "set", "core.trust_password", PASSWORD]),
+        )?;
+        let p = Pair {
+            _bivy: bivy,
+            _lxd: lxd,
+            run_dir: run_dir.to_path_buf(),
+        };
+        let l2 = format!("127.0.0.1:{lport}");
+        for (side, src, dst) in [(Side::Bivy, bivy_addr, &b2), (Side::Lxd, lxd_addr, &l2)] {
+            util::mkdirs(&p.conf(side))?;
+            for (name, addr) in [("s", src), ("t", dst.as_str())] {
+                must(&mut p.lxc(
+                    side,
+                    &[
+                        "remote",
+                        "add",
+                        name,
+                        addr,
+                        "--accept-certificate",
+                        "--password",
+                        PASSWORD,
+                    ],
+                ))?;
+            }
+            must(&mut p.lxc(side, &["list", "t:"]))?;
+        }
+        Ok(p)
+    }
+
+    fn conf(&self, side: Side) -> PathBuf {
+        self.run_dir.join(match side {
+            Side::Bivy => "lxc-pair-bivy",
+            Side::Lxd => "lxc-pair-lxd",
+        })
+    }
+
+    /// `lxc ARGS` with this kind's pair as `s:` and `t:`.
+    fn lxc(&self, side: Side, args: &[&str]) -> Command {
+        let mut c = Command::new("lxc");
+        c.args(args)
+            .env("LXD_CONF", self.conf(side))
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn both(&self, args: &[&str]) -> Result {
+        for side in [Side::Bivy, Side::Lxd] {
+            must(&mut self.lxc(side, args)).map_err(|e| format!("{side:?}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// `lxc ARGS` on both kinds, best effort (cleanup).
+    fn both_quietly(&self, args: &[&str]) {
+        for side in [Side::Bivy, Side::Lxd] {
+            let _ = run_bounded(&mut self.lxc(side, args), Duration::from_secs(120));
+        }
+    }
+}
+
+/// Copies between two servers of a kind on loopback, each pair driven by the unmodified `lxc`
+/// (pull mode, its default): a stopped busybox container with one snapshot, on `dir` and on
+/// `btrfs` loop pools; `--refresh` after one changed file; a container holding `big_mib` MiB of
+/// random data, for the throughput. bivy's pair uses its own transfers (byte streams on dir,
+/// btrfs send on btrfs; rsync for the refresh), LXD's rsync (dir) and btrfs send (btrfs).
+fn migration(p: &Pair, t: &mut AbTable, o: &Opts) -> Result {
+    let runs = o.runs;
+    p.both(&["launch", "s:busybox", "s:mg-src"])?;
+    p.both(&[
+        "exec",
+        "s:mg-src",
+        "--",
+        "sh",
+        "-c",
+        "echo one > /data && sync",
+    ])?;
+    p.both(&["snapshot", "s:mg-src", "s0"])?;
+    p.both(&[
+        "exec",
+        "s:mg-src",
+        "--",
+        "sh",
+        "-c",
+        "echo two > /data && sync",
+    ])?;
+    p.both(&["stop", "s:mg-src", "--force"])?;
+    let r = ab(runs, |side, i| {
+        bench::time_one(&mut p.lxc(side, &["copy", "s:mg-src", &format!("t:mg-c{i}")]))
+    });
+    t.add(
+        "copy to another server: busybox, stopped, 1 snapshot (dir)",
+        r,
+        "`lxc copy s:c t:c` on loopback, pull mode",
+    )?;
+    let r = ab(runs, |side, i| {
+        let change = format!("echo {i} > /data && sync");
+        for args in [
+            &["start", "s:mg-src"][..],
+            &["exec", "s:mg-src", "--", "sh", "-c", &change],
+            &["stop", "s:mg-src", "--force"],
+        ] {
+            must(&mut p.lxc(side, args))?;
+        }
+        bench::time_one(&mut p.lxc(
+            side,
+            &["copy", "s:mg-src", &format!("t:mg-c{i}"), "--refresh"],
+        ))
+    });
+    t.add(
+        "copy --refresh to another server after one changed file (dir)",
+        r,
+        "rsync on both sides",
+    )?;
+    for i in 0..runs {
+        p.both_quietly(&["delete", &format!("t:mg-c{i}")]);
+    }
+
+    let mib = o.big_mib;
+    p.both(&["launch", "s:busybox", "s:mg-big"])?;
+    let fill = format!("dd if=/dev/urandom of=/big bs=1M count={mib} 2>/dev/null && sync");
+    p.both(&["exec", "s:mg-big", "--", "sh", "-c", &fill])?;
+    p.both(&["stop", "s:mg-big", "--force"])?;
+    let big_runs = runs.min(3);
+    let r = ab(big_runs, |side, i| {
+        let name = format!("t:mg-b{i}");
+        let ms = bench::time_one(&mut p.lxc(side, &["copy", "s:mg-big", &name]))?;
+        must(&mut p.lxc(side, &["delete", &name]))?;
+        Ok(ms)
+    });
+    let note = match &r {
+        Ok(ab) => {
+            let rate = |v: &[f64]| {
+                Stats::of(v).map_or(0.0, |s| mib as f64 * 1.048_576 / (s.median / 1000.0))
+            };
+            format!(
+                "{mib} MiB of random data: bivy {:.0} MB/s, LXD {:.0} MB/s",
+                rate(&ab.bivy),
+                rate(&ab.lxd)
+            )
+        }
+        Err(_) => String::new(),
+    };
+    t.add("copy to another server: a large container (dir)", r, &note)?;
+    p.both_quietly(&["delete", "s:mg-big"]);
+
+    // btrfs loop pools on all four; removed whatever happens.
+    let res = (|| -> Result {
+        for r in ["s:", "t:"] {
+            p.both(&["storage", "create", &format!("{r}bt"), "btrfs", "size=1GiB"])?;
+        }
+        p.both(&["launch", "s:busybox", "s:mg-bt", "-s", "bt"])?;
+        p.both(&[
+            "exec",
+            "s:mg-bt",
+            "--",
+            "sh",
+            "-c",
+            "echo one > /data && sync",
+        ])?;
+        p.both(&["snapshot", "s:mg-bt", "s0"])?;
+        p.both(&["stop", "s:mg-bt", "--force"])?;
+        let r = ab(runs, |side, i| {
+            let name = format!("t:mg-bt{i}");
+            let ms = bench::time_one(&mut p.lxc(side, &["copy", "s:mg-bt", &name, "-s", "bt"]))?;
+            must(&mut p.lxc(side, &["delete", &name]))?;
+            Ok(ms)
+        });
+        t.add(
+            "copy to another server: busybox, stopped, 1 snapshot (btrfs)",
+            r,
+            "both sides' btrfs send/receive",
+        )
+    })();
+    p.both_quietly(&["delete", "s:mg-bt", "--force"]);
+    for r in ["s:", "t:"] {
+        p.both_quietly(&["storage", "delete", &format!("{r}bt")]);
+    }
+    res
+}
+
 /// The Debian test image has no udev (debootstrap's minbase): systemd-networkd leaves links
 /// "pending" for udev unless /sys is read-only, as bivy mounts it and LXD (`sys:rw` for
 /// unprivileged containers) does not. So LXD's Debian containers get bivy's /sys, through
@@ -1190,8 +1408,20 @@ pub fn run(args: &[String]) -> Result {
             bivy_conf: run_dir.join("bivy-remote-conf"),
             lxc_conf: run_dir.join("lxc-remote-conf"),
         };
-        add_remotes(&c, &bivy_addr, &format!("127.0.0.1:{lxd_port}"))?;
-        containers(&c, &mut t, &o, &image)?;
+        let lxd_addr = format!("127.0.0.1:{lxd_port}");
+        add_remotes(&c, &bivy_addr, &lxd_addr)?;
+        if o.only_migration {
+            let img = image.to_string_lossy().into_owned();
+            c.both(&["image", "import", &img, "--alias", "busybox"])?;
+        } else {
+            containers(&c, &mut t, &o, &image)?;
+        }
+        let pair = Pair::start(&bin, &run_dir, &bivy_addr, &lxd_addr)?;
+        migration(&pair, &mut t, &o)?;
+        drop(pair);
+        if o.only_migration {
+            return Ok(());
+        }
         network(&c, &mut t, &bin, &image, &run_dir, o.runs)
     })();
     if let Err(e) = &result {
@@ -1248,7 +1478,9 @@ mod tests {
             Opts {
                 runs: 5,
                 running: 10,
-                bin: None
+                bin: None,
+                only_migration: false,
+                big_mib: 256,
             }
         );
         assert_eq!(
@@ -1264,7 +1496,9 @@ mod tests {
             Opts {
                 runs: 3,
                 running: 20,
-                bin: None
+                bin: None,
+                only_migration: false,
+                big_mib: 256,
             }
         );
         let e = parse_opts(&args(&["--against", "docker"])).unwrap_err();

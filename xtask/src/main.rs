@@ -46,7 +46,7 @@ tasks:
   bench [--runs N] [--cycles N] [--only cycles]
                                measure size, launch, start, exec, stop, list, memory -> target/bench/results.md
                                (--only cycles: the create/start/stop/delete churn alone, per phase)
-  bench --against lxd [--runs N] [--running N]
+  bench --against lxd [--runs N] [--running N] [--big-mib N] [--only migration]
                                the same operations on bivy and a private LXD 5.0.2, interleaved;
                                medians and LXD/bivy ratios -> its section of target/bench/results.md
   fuzz [--seconds N] [--stable] [--no-build] [TARGET...]

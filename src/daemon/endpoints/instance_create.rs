@@ -61,16 +61,22 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
     };
     config::validate_instance_name(&name)?;
     let source = body.source.clone();
-    if source.kind == "migration"
-        && source.refresh
-        && d.db
-            .lock()
+    let exists =
+        d.db.lock()
             .expect("db lock")
             .data
             .instances
-            .contains_key(&name)
-    {
+            .contains_key(&name);
+    if source.kind == "migration" && source.refresh && exists {
         return refresh(d, &name, &source, body.put.config.as_ref());
+    }
+    if source.kind == "copy"
+        && source.refresh
+        && exists
+        && source.server.is_empty()
+        && source.mode != "push"
+    {
+        return refresh_local(d, &name, &source);
     }
     let mut profiles = body.put.profiles.clone();
     let mut config_in = body.put.config.clone().unwrap_or_default();
@@ -88,11 +94,6 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
             if !source.server.is_empty() || source.mode == "push" {
                 return Err(Error::not_yet("copies between servers (migration)"));
             }
-            if source.refresh {
-                return Err(Error::not_yet(
-                    "refreshing a copy on the same server (copy --refresh between two instances of one server)",
-                ));
-            }
             if body.put.stateful {
                 return Err(Error::not_yet(
                     "stateful copies (a copy of a running instance with its state); copy it without --stateful, or take a stateful snapshot",
@@ -105,6 +106,20 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
             let rec = record(d, &from).map_err(|_| {
                 Error::NotFound(format!("Source instance {:?} not found", source.source))
             })?;
+            if source.refresh {
+                // A refresh onto a missing instance is a plain copy; lxc's PUT of the source's
+                // config follows, its volatile keys the source's: this instance keeps its own.
+                let echo: StringMap = rec
+                    .config
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("volatile."))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                d.refreshed
+                    .lock()
+                    .expect("refreshed lock")
+                    .insert(name.clone(), echo);
+            }
             // LXD's merge: the request's config, devices and profiles win; the source fills in
             // the rest, minus volatile keys other than the base image and the on-disk id shift.
             let (src_cfg, src_devs, src_profiles, src_arch) = match &snap {
@@ -272,6 +287,48 @@ fn create_op(
         op.open_to_untrusted();
     }
     op
+}
+
+/// `copy --refresh` between two instances of this server, onto an existing one (a missing one
+/// is a plain copy, as LXD's): stopped, marked busy; the target snapshots the refresh deletes
+/// are named in the operation's metadata (`deleted_snapshots`) before they go.
+fn refresh_local(d: &Daemon, name: &str, source: &api::InstanceSource) -> Result<Response> {
+    if source.source.contains('/') {
+        return Err(Error::BadRequest(
+            "Refreshing from a snapshot is not supported: copy the snapshot to a new instance"
+                .into(),
+        ));
+    }
+    let src = record(d, &source.source)
+        .map_err(|_| Error::NotFound(format!("Source instance {:?} not found", source.source)))?;
+    // lxc's PUT after the refresh carries the source's volatile keys: this instance keeps its own.
+    let echo: StringMap = src
+        .config
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("volatile."))
+        .collect();
+    d.busy_insert(name, "refresh")?;
+    if let Err(e) = crate::instance::refresh::check(d, name) {
+        d.busy.lock().expect("busy lock").remove(name);
+        return Err(e.into());
+    }
+    let d2 = d.self_arc();
+    let name = name.to_string();
+    let (from, exclude_older) = (source.source.clone(), source.refresh_exclude_older);
+    let op = create_op(d, &name.clone(), false, move |op, _| {
+        let deleted =
+            |names: &[String]| op.set_metadata("deleted_snapshots", serde_json::json!(names));
+        let r = crate::instance::refresh::local(&d2, &name, &from, exclude_older, &deleted);
+        if r.is_ok() {
+            d2.refreshed
+                .lock()
+                .expect("refreshed lock")
+                .insert(name.clone(), echo);
+        }
+        d2.busy.lock().expect("busy lock").remove(&name);
+        r.map_err(Error::from)
+    });
+    Ok(response::operation(&op.to_api()))
 }
 
 /// `--refresh` onto an existing instance (a missing one is a plain copy, as LXD's): stopped,
