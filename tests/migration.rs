@@ -267,6 +267,18 @@ fn copy_between_btrfs_pools_by_btrfs_send() {
     assert_eq!(read(&rootfs(&p.b, "k2", Some("s1")).join("added")), "new\n");
     assert_eq!(read(&rootfs(&p.b, "k2", None).join("data")), "three\n");
     assert!(!rootfs(&p.b, "k2", None).join("added").exists());
+    // Snapshots read-only again, the instance writable.
+    let ro = |path: PathBuf| {
+        let out = std::process::Command::new("btrfs")
+            .args(["property", "get", "-ts"])
+            .arg(path.parent().unwrap())
+            .arg("ro")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(ro(rootfs(&p.b, "k2", Some("s0"))), "ro=true");
+    assert_eq!(ro(rootfs(&p.b, "k2", None)), "ro=false");
     // Nothing of the transfer is left: no receive directory, no view snapshot on the source.
     let left = |d: &Daemon, sub: &str| -> Vec<String> {
         std::fs::read_dir(d.dir().join("storage-pools/bt").join(sub))

@@ -525,30 +525,45 @@ impl Transfer<'_> {
                     .map_err(|e| Error::Host(format!("receiving the instance: {e}")))?;
             }
             Some(_) => {
-                // btrfs: each stream received read-only into a directory of the pool's (kept
-                // until the end: the next stream names the one before as its parent), then a
-                // writable snapshot of it where the volume goes.
+                // btrfs: every stream received read-only into a directory of the pool's (each
+                // names the one before as its parent, which `btrfs receive -C` finds only
+                // there), then each made writable and moved into place.
                 let recv = pool.container(&format!("{volume}.receive"));
                 crate::util::fs::create_dir_mode(&recv, 0o700)
                     .map_err(|e| Error::Host(format!("{}: {e}", recv.display())))?;
                 let res = (|| -> Result<()> {
-                    let mut receive = |dst: &Path, what: &str| -> Result<()> {
+                    let mut receive = |what: &str| -> Result<std::path::PathBuf> {
                         let mut r = wire::StreamReader::new(&mut fs.rx, &seen);
-                        let sub = crate::storage::btrfs::receive(&recv, &mut r)
+                        crate::storage::btrfs::receive(&recv, &mut r)
                             .and_then(|sub| r.finish().map(|()| sub))
-                            .map_err(|e| Error::Host(format!("receiving {what}: {e}")))?;
-                        // The instance's volume was made empty by the create.
-                        let _ = pool.driver.delete_volume(dst);
-                        pool.driver
-                            .clone_volume(&sub, dst, false)
-                            .map_err(|e| Error::Host(format!("{}: {e}", dst.display())))
+                            .map_err(|e| Error::Host(format!("receiving {what}: {e}")))
                     };
-                    for mut rec in records {
+                    let mut got = Vec::new();
+                    for rec in &records {
+                        got.push(receive(&format!("snapshot {:?}", rec.name))?);
+                    }
+                    let main = receive("the instance")?;
+                    // Writable (a read-only subvolume cannot move to another directory: its
+                    // `..` changes); `create_now` makes the snapshots read-only again.
+                    let place = |sub: &Path, dst: &Path| -> Result<()> {
+                        let err =
+                            |e: std::io::Error| Error::Host(format!("{}: {e}", dst.display()));
+                        crate::storage::btrfs::make_writable(sub).map_err(err)?;
+                        if let Some(parent) = dst.parent() {
+                            crate::storage::make_volume_parent(parent).map_err(err)?;
+                        }
+                        std::fs::rename(sub, dst).map_err(err)
+                    };
+                    for (mut rec, sub) in records.into_iter().zip(got) {
                         let dst = snapshot_volume(revert, &mut rec);
-                        receive(&dst, &format!("snapshot {:?}", rec.name))?;
+                        place(&sub, &dst)?;
                         snapshots.push(rec);
                     }
-                    receive(tmp, "the instance")
+                    // The instance's volume was made empty by the create.
+                    pool.driver
+                        .delete_volume(tmp)
+                        .map_err(|e| Error::Host(format!("{}: {e}", tmp.display())))?;
+                    place(&main, tmp)
                 })();
                 for e in std::fs::read_dir(&recv).into_iter().flatten().flatten() {
                     let _ = pool.driver.delete_volume(&e.path());

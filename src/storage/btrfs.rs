@@ -238,6 +238,13 @@ pub fn receive(recv: &Path, input: &mut dyn io::Read) -> io::Result<PathBuf> {
     }
 }
 
+/// Make the read-only subvolume `subvol` (a received one) writable in place.
+pub fn make_writable(subvol: &Path) -> io::Result<()> {
+    let f = open_dir(subvol).map_err(|e| annotate(e, format!("open {}", subvol.display())))?;
+    sys::btrfs::set_readonly(f.as_fd(), false)
+        .map_err(|e| annotate(e, format!("make {} writable", subvol.display())))
+}
+
 /// Whether any directory below `vol` is the root of another subvolume (which `btrfs send`
 /// would leave out).
 pub fn has_nested_subvolume(vol: &Path) -> io::Result<bool> {
