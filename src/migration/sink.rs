@@ -587,6 +587,10 @@ impl Transfer<'_> {
                 }
             }
         }
+        // On disk before the source is told of success: `move` deletes the source then.
+        std::fs::File::open(tmp)
+            .and_then(|f| rustix::fs::syncfs(&f).map_err(std::io::Error::from))
+            .map_err(|e| Error::Host(format!("syncing the received volumes: {e}")))?;
         let disk_idmap = serde_json::to_string(
             &offer
                 .idmap

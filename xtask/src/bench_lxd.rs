@@ -1107,6 +1107,26 @@ fn migration(p: &Pair, t: &mut AbTable, o: &Opts) -> Result {
     t.add("copy to another server: a large container (dir)", r, &note)?;
     p.both_quietly(&["delete", "s:mg-big"]);
 
+    // The Debian test image's container (systemd, about 10,000 files), when the image is built.
+    let debian = util::target_dir().join("test-images/debian12.tar.zst");
+    if debian.is_file() {
+        let deb = debian.to_string_lossy().into_owned();
+        p.both(&["image", "import", &deb, "s:", "--alias", "debian"])?;
+        p.both(&["init", "s:debian", "s:mg-deb"])?;
+        let r = ab(runs.min(3), |side, i| {
+            let name = format!("t:mg-d{i}");
+            let ms = bench::time_one(&mut p.lxc(side, &["copy", "s:mg-deb", &name]))?;
+            must(&mut p.lxc(side, &["delete", &name]))?;
+            Ok(ms)
+        });
+        t.add(
+            "copy to another server: Debian 12 container, stopped (dir)",
+            r,
+            "`lxc init` from the Debian test image",
+        )?;
+        p.both_quietly(&["delete", "s:mg-deb"]);
+    }
+
     // btrfs loop pools on all four; removed whatever happens.
     let res = (|| -> Result {
         for r in ["s:", "t:"] {
