@@ -333,10 +333,25 @@ fn copy_with_snapshots_instance_only_and_from_a_snapshot_by_rsync() {
     let Some(p) = setup_with(&[("BIVY_MIGRATION_TRANSFER", "rsync")]) else {
         return;
     };
+    // The target has the base image: the transfer starts from its files.
+    p.lb().import_busybox();
     copy_cases(&p);
     let log = p.b.log_text();
     assert!(log.contains("by rsync (LXD's transfer)"), "{log}");
     assert!(!log.contains("byte-stream"), "{log}");
+    assert!(
+        log.contains("receiving onto a clone of base image"),
+        "{log}"
+    );
+    // What the source removed from the image's files is not there either.
+    let la = p.la();
+    la.ok(&["launch", "busybox", "g1"]);
+    let (rc, out) = la.sh("g1", "rm /etc/passwd && sync");
+    assert_eq!(rc, 0, "{out}");
+    la.ok(&["stop", "g1", "--force"]);
+    p.lxc().ok(&["copy", "a:g1", "b:g2"]);
+    assert!(!rootfs(&p.b, "g2", None).join("etc/passwd").exists());
+    assert!(rootfs(&p.b, "g2", None).join("etc/group").exists());
 }
 
 fn copy_cases(p: &Pair) {

@@ -218,6 +218,14 @@ fn receive_on(
             }
         },
     };
+    // The base image, when this server has it: an rsync transfer then starts from its files, so
+    // only what differs from them travels.
+    let base = match &goal {
+        Goal::Create(args) => Some(args.body.source.base_image.as_str())
+            .filter(|fp| !fp.is_empty() && d.images.get(fp).is_ok())
+            .map(String::from),
+        Goal::Refresh { .. } => None,
+    };
     let target_btrfs = match &goal {
         Goal::Create(args) => crate::instance::pools::usable_pool(d, &args.pool)
             .is_ok_and(|p| p.driver.name() == "btrfs"),
@@ -263,6 +271,8 @@ fn receive_on(
     let refresh = matches!(goal, Goal::Refresh { .. });
     let fill = |pool: &Arc<Pool>, tmp: &Path, volume: &str, revert: &mut Revert| {
         let t = Transfer {
+            d,
+            base: base.as_deref(),
             offer: &offer,
             features,
             xfer,
@@ -447,6 +457,9 @@ fn negotiate(
 /// The filesystem part, inside the create or the refresh: index header, snapshots, the
 /// instance.
 struct Transfer<'a> {
+    d: &'a Ctx,
+    /// The base image's fingerprint, when this server has it.
+    base: Option<&'a str>,
     /// The offer, its snapshots those to receive.
     offer: &'a MigrationHeader,
     features: Features,
@@ -468,6 +481,8 @@ impl Transfer<'_> {
         fs: &mut Ws,
     ) -> Result<Received> {
         let Transfer {
+            d,
+            base,
             offer,
             features,
             xfer,
@@ -572,6 +587,17 @@ impl Transfer<'_> {
                 res?;
             }
             None => {
+                if let Some(fp) = base.filter(|_| features.delete) {
+                    // The new volume starts as a clone of the image's (made empty by the
+                    // create): rsync sends what differs from it (and deletes what the source
+                    // does not have, hence only with the `delete` feature).
+                    eprintln!("bivy: receiving onto a clone of base image {fp}");
+                    let image = crate::instance::pools::image_volume(d, pool, fp)?;
+                    pool.driver
+                        .delete_volume(tmp)
+                        .and_then(|()| pool.driver.clone_volume(&image, tmp, false))
+                        .map_err(|e| Error::Host(format!("seeding from the base image: {e}")))?;
+                }
                 for mut rec in records {
                     rsync::recv(tmp, fs, features, &seen)?;
                     let dst = snapshot_volume(revert, &mut rec);
