@@ -1,8 +1,10 @@
-//! `cargo xtask bench [--runs N] [--bin PATH] [--scale N] [--cycles N] [--only cycles]`: the
-//! numbers we compare with LXD (`/work/shared/reference/lxd-bench.md`): static binary size,
+//! `cargo xtask bench [--runs N] [--bin PATH] [--scale N] [--cycles N] [--only cycles]
+//! [--only density [--density N]]`: the
+//! numbers we compare with LXD (`../shared/reference/lxd-bench.md`): static binary size,
 //! daemon start and idle memory, image import, launch, exec, list, stop --force, start, and a
 //! container's monitor memory. `--only cycles` runs the create/start/stop/delete cycles alone
-//! on a fresh daemon, each phase timed.
+//! on a fresh daemon, each phase timed; `--only density` launches `--density N` (1000) busybox
+//! containers, lists them, execs in each, reads what each costs the host, stops and deletes them.
 //!
 //! A daemon is started with a temporary `BIVY_DIR` under `target/bench/`, driven through the
 //! CLI (`bivy launch|exec|stop --force|start|list|delete`), and stopped at the end. A step that
@@ -234,6 +236,10 @@ struct Opts {
     cycles: usize,
     /// `--only cycles`: the daemon start and the cycles alone (a quick churn figure).
     only_cycles: bool,
+    /// `--only density`: `density` busybox containers running at once, alone.
+    only_density: bool,
+    /// Containers for `--only density`.
+    density: usize,
 }
 
 fn parse_opts(args: &[String]) -> Result<Opts> {
@@ -243,6 +249,8 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
         scale: 50,
         cycles: 1000,
         only_cycles: false,
+        only_density: false,
+        density: 1000,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -257,13 +265,21 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
             "--bin" => o.bin = Some(PathBuf::from(it.next().ok_or("--bin PATH")?)),
             "--scale" => o.scale = it.next().and_then(|v| v.parse().ok()).ok_or("--scale N")?,
             "--cycles" => o.cycles = it.next().and_then(|v| v.parse().ok()).ok_or("--cycles N")?,
+            "--density" => {
+                o.density = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|&n| n > 0)
+                    .ok_or("--density N (N > 0)")?
+            }
             "--only" => match it.next().map(String::as_str) {
                 Some("cycles") => o.only_cycles = true,
-                _ => return Err("--only cycles (the one part that runs alone)".into()),
+                Some("density") => o.only_density = true,
+                _ => return Err("--only cycles|density (the parts that run alone)".into()),
             },
             other => {
                 return Err(format!(
-                    "unknown argument `{other}` (--runs N, --bin PATH, --scale N, --cycles N, --only cycles)"
+                    "unknown argument `{other}` (--runs N, --bin PATH, --scale N, --cycles N, --density N, --only cycles|density)"
                 ))
             }
         }
@@ -331,6 +347,19 @@ pub fn run(args: &[String]) -> Result {
     std::thread::sleep(Duration::from_secs(1));
     memory_row(&mut t, "daemon idle memory, 0 containers", d.pid);
 
+    if o.only_density {
+        let img = image.to_string_lossy().into_owned();
+        let r = must(&d, &["image", "import", &img, "--alias", "busybox"])
+            .and_then(|()| density(&d, &mut t, o.density));
+        if let Err(e) = r {
+            eprintln!("xtask: bench stopped early: {e}");
+        }
+        for i in 0..o.density {
+            let _ = d.cli(&["delete", "--force", &format!("dn{i}")]).output();
+        }
+        d.stop();
+        return finish(&t, &out_dir, &before, Some(&run_dir));
+    }
     if o.only_cycles {
         let img = image.to_string_lossy().into_owned();
         let r = must(&d, &["image", "import", &img, "--alias", "busybox"])
@@ -946,6 +975,86 @@ fn scale(d: &BgDaemon, t: &mut Table, n: usize) -> Result {
     memory_row(t, &format!("daemon memory, {n} containers"), d.pid);
     let r = time_runs(n, |i| d.cli(&["delete", "--force", &format!("s{i}")]));
     t.stats(&format!("`bivy delete --force` x{n}"), &r, "");
+    r.map(|_| ())
+}
+
+/// A `/proc/meminfo` field in kB.
+fn meminfo_kb(name: &str) -> u64 {
+    let text = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    field(&parse_kb_fields(&text), name).unwrap_or(0)
+}
+
+/// The kernel's own memory: slab, page tables, kernel stacks (kB).
+fn kernel_kb() -> u64 {
+    ["Slab", "PageTables", "KernelStack"]
+        .iter()
+        .map(|f| meminfo_kb(f))
+        .sum()
+}
+
+/// Density: `n` busybox containers running at once (launched one after another), listed, an
+/// exec in each, then stopped and deleted; the memory each takes on the host: its monitor's
+/// and its init's Pss (summed over all), and the kernel's share (the growth of its slab, page
+/// tables and kernel stacks: namespaces, cgroups, mounts, sockets, tasks).
+fn density(d: &BgDaemon, t: &mut Table, n: usize) -> Result {
+    let avail0 = meminfo_kb("MemAvailable");
+    let kernel0 = kernel_kb();
+    let started = Instant::now();
+    let r = time_runs(n, |i| d.cli(&["launch", "busybox", &format!("dn{i}")]));
+    t.stats(&format!("`bivy launch` x{n}, sequential"), &r, "");
+    r?;
+    t.value(
+        &format!("{n} containers running after"),
+        format!("{:.1} s", started.elapsed().as_secs_f64()),
+        "launches one after another",
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let r = time_runs(3, |_| d.cli(&["list"]));
+    t.stats(&format!("`bivy list` with {n} running"), &r, "");
+    let r = time_runs(n, |i| d.cli(&["exec", &format!("dn{i}"), "--", "true"]));
+    t.stats(&format!("`bivy exec dnI -- true` in each of {n}"), &r, "");
+    r?;
+    let (mut mon_pss, mut init_pss, mut seen) = (0u64, 0u64, 0usize);
+    for i in 0..n {
+        let pid = d
+            .get(&format!("/1.0/instances/dn{i}/state"))
+            .ok()
+            .as_deref()
+            .and_then(json_pid);
+        let Some(init) = pid else { continue };
+        let pss = |p: u32| smaps_rollup(p).ok().and_then(|f| field(&f, "Pss"));
+        if let (Some(ip), Some(mp)) = (pss(init), ppid(init).and_then(pss)) {
+            init_pss += ip;
+            mon_pss += mp;
+            seen += 1;
+        }
+    }
+    let avail1 = meminfo_kb("MemAvailable");
+    let kernel1 = kernel_kb();
+    memory_row(t, &format!("daemon memory, {n} containers"), d.pid);
+    let per = |kb: u64| format!("{:.0} kB", kb as f64 / seen.max(1) as f64);
+    t.value(
+        "per container: monitor Pss",
+        per(mon_pss),
+        &format!("mean over {seen} containers"),
+    );
+    t.value("per container: init (busybox) Pss", per(init_pss), "");
+    t.value(
+        "per container: the kernel's share",
+        per(kernel1.saturating_sub(kernel0)),
+        "growth of Slab + PageTables + KernelStack in /proc/meminfo (namespaces, cgroups, mounts, page tables, task structs)",
+    );
+    t.value(
+        "host memory available before / after",
+        format!("{} / {} MB", avail0 / 1000, avail1 / 1000),
+        "MemAvailable (other processes of the machine move it too)",
+    );
+    fds_threads_row(t, &format!("daemon fds and threads, {n} containers"), d.pid);
+    let r = time_runs(n, |i| d.cli(&["stop", "--force", &format!("dn{i}")]));
+    t.stats(&format!("`bivy stop --force` x{n}"), &r, "");
+    r?;
+    let r = time_runs(n, |i| d.cli(&["delete", &format!("dn{i}")]));
+    t.stats(&format!("`bivy delete` x{n}"), &r, "");
     r.map(|_| ())
 }
 

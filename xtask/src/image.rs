@@ -1,7 +1,7 @@
 //! `cargo xtask test-image [busybox|debian|all]`: LXD unified test images, built offline.
 //!
 //! - `target/test-images/busybox.tar.gz`: Debian's busybox-static plus applet links, shaped like
-//!   `/work/shared/tools/lxd-anchor/make-busybox-image.sh` (the image LXD was benchmarked with), so
+//!   the LXD anchor's `make-busybox-image.sh` (`../shared/tools/lxd-anchor/`) (the image LXD was benchmarked with), so
 //!   both daemons boot the same thing.
 //! - `target/test-images/debian12.tar.zst`: Debian 12 with systemd as init, from debootstrap
 //!   (the only network use: Debian's package mirror), cached under `target/debootstrap-cache/`.
