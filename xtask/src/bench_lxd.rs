@@ -971,7 +971,7 @@ impl Pair {
         };
         let l2 = format!("127.0.0.1:{lport}");
         for (side, src, dst) in [(Side::Bivy, bivy_addr, &b2), (Side::Lxd, lxd_addr, &l2)] {
-            util::mkdirs(&p.conf(side))?;
+            util::mkdirs(p.conf(side))?;
             for (name, addr) in [("s", src), ("t", dst.as_str())] {
                 must(&mut p.lxc(
                     side,
