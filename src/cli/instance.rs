@@ -346,13 +346,7 @@ fn migrate(sr: &str, src: &str, dr: &str, dst: &str, m: &Migrate) -> Result<(), 
     // As lxc: a refresh is never live, and it updates the target only if it exists.
     let live = running && !m.stateless && !m.refresh;
     let refreshing = m.refresh && dc.get::<serde_json::Value>(&instance_path(dst)).is_ok();
-    let writable = (
-        source.config.clone(),
-        source.devices.clone(),
-        source.profiles.clone(),
-        source.description.clone(),
-        source.ephemeral,
-    );
+    let writable = writable_of(&source);
     let post = crate::api::InstancePost {
         name: dst.to_string(),
         migration: true,
@@ -405,13 +399,23 @@ fn migrate(sr: &str, src: &str, dr: &str, dst: &str, m: &Migrate) -> Result<(), 
     transfer
 }
 
+/// What lxc's PUT after a refresh takes from the source: config, devices, profiles,
+/// description, ephemeral.
+type Writable = (StringMap, crate::api::Devices, Vec<String>, String, bool);
+
+fn writable_of(i: &Instance) -> Writable {
+    (
+        i.config.clone(),
+        i.devices.clone(),
+        i.profiles.clone(),
+        i.description.clone(),
+        i.ephemeral,
+    )
+}
+
 /// As lxc after a refresh: the source's writable config (config, devices, profiles,
 /// description, ephemeral) onto the refreshed target `dst`, whose own volatile keys stay.
-fn put_refreshed_config(
-    dc: &Client,
-    dst: &str,
-    writable: (StringMap, crate::api::Devices, Vec<String>, String, bool),
-) -> Result<(), Fail> {
+fn put_refreshed_config(dc: &Client, dst: &str, writable: Writable) -> Result<(), Fail> {
     let (config, devices, profiles, description, ephemeral) = writable;
     let cur: Instance = dc.get(&instance_path(dst))?;
     let mut cfg: StringMap = config
@@ -817,13 +821,7 @@ pub fn copy(args: &[String]) -> CmdResult {
     // Like lxc: the source's writable state (minus volatile keys), then the overrides.
     let (source, _) = copy_source(&c, src)?;
     let refreshing = refresh && c.get::<serde_json::Value>(&instance_path(dst)).is_ok();
-    let writable = (
-        source.config.clone(),
-        source.devices.clone(),
-        source.profiles.clone(),
-        source.description.clone(),
-        source.ephemeral,
-    );
+    let writable = writable_of(&source);
     let mut config: StringMap = source
         .config
         .into_iter()

@@ -143,6 +143,15 @@ pub fn program(what: &str) -> io::Result<PathBuf> {
     })
 }
 
+/// A child's stderr read to the end on a thread of its own (it never blocks on a full pipe).
+fn collect_stderr(mut stderr: std::process::ChildStderr) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    })
+}
+
 /// `btrfs send` of the read-only subvolume `subvol` to `out`, incremental from `parent` (a
 /// read-only subvolume the receiver has) when given.
 pub fn send(subvol: &Path, parent: Option<&Path>, out: &mut dyn io::Write) -> io::Result<()> {
@@ -162,12 +171,7 @@ pub fn send(subvol: &Path, parent: Option<&Path>, out: &mut dyn io::Write) -> io
         .spawn()
         .map_err(|e| err(&e))?;
     let mut stdout = child.stdout.take().expect("piped stdout");
-    let mut stderr = child.stderr.take().expect("piped stderr");
-    let errs = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = io::Read::read_to_string(&mut stderr, &mut s);
-        s
-    });
+    let errs = collect_stderr(child.stderr.take().expect("piped stderr"));
     let copied = io::copy(&mut stdout, out);
     if copied.is_err() {
         let _ = child.kill();
@@ -200,12 +204,7 @@ pub fn receive(recv: &Path, input: &mut dyn io::Read) -> io::Result<PathBuf> {
         .spawn()
         .map_err(|e| err(&e))?;
     let mut stdin = child.stdin.take().expect("piped stdin");
-    let mut stderr = child.stderr.take().expect("piped stderr");
-    let errs = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = io::Read::read_to_string(&mut stderr, &mut s);
-        s
-    });
+    let errs = collect_stderr(child.stderr.take().expect("piped stderr"));
     let copied = io::copy(input, &mut stdin);
     drop(stdin);
     if copied.is_err() {

@@ -1014,6 +1014,11 @@ impl Pair {
         Ok(())
     }
 
+    /// `sh -c SCRIPT` in instance `ct` on both kinds.
+    fn sh(&self, ct: &str, script: &str) -> Result {
+        self.both(&["exec", ct, "--", "sh", "-c", script])
+    }
+
     /// `lxc ARGS` on both kinds, best effort (cleanup).
     fn both_quietly(&self, args: &[&str]) {
         for side in [Side::Bivy, Side::Lxd] {
@@ -1030,23 +1035,9 @@ impl Pair {
 fn migration(p: &Pair, t: &mut AbTable, o: &Opts) -> Result {
     let runs = o.runs;
     p.both(&["launch", "s:busybox", "s:mg-src"])?;
-    p.both(&[
-        "exec",
-        "s:mg-src",
-        "--",
-        "sh",
-        "-c",
-        "echo one > /data && sync",
-    ])?;
+    p.sh("s:mg-src", "echo one > /data && sync")?;
     p.both(&["snapshot", "s:mg-src", "s0"])?;
-    p.both(&[
-        "exec",
-        "s:mg-src",
-        "--",
-        "sh",
-        "-c",
-        "echo two > /data && sync",
-    ])?;
+    p.sh("s:mg-src", "echo two > /data && sync")?;
     p.both(&["stop", "s:mg-src", "--force"])?;
     let r = ab(runs, |side, i| {
         bench::time_one(&mut p.lxc(side, &["copy", "s:mg-src", &format!("t:mg-c{i}")]))
@@ -1082,7 +1073,7 @@ fn migration(p: &Pair, t: &mut AbTable, o: &Opts) -> Result {
     let mib = o.big_mib;
     p.both(&["launch", "s:busybox", "s:mg-big"])?;
     let fill = format!("dd if=/dev/urandom of=/big bs=1M count={mib} 2>/dev/null && sync");
-    p.both(&["exec", "s:mg-big", "--", "sh", "-c", &fill])?;
+    p.sh("s:mg-big", &fill)?;
     p.both(&["stop", "s:mg-big", "--force"])?;
     let big_runs = runs.min(3);
     let r = ab(big_runs, |side, i| {
@@ -1133,14 +1124,7 @@ fn migration(p: &Pair, t: &mut AbTable, o: &Opts) -> Result {
             p.both(&["storage", "create", &format!("{r}bt"), "btrfs", "size=1GiB"])?;
         }
         p.both(&["launch", "s:busybox", "s:mg-bt", "-s", "bt"])?;
-        p.both(&[
-            "exec",
-            "s:mg-bt",
-            "--",
-            "sh",
-            "-c",
-            "echo one > /data && sync",
-        ])?;
+        p.sh("s:mg-bt", "echo one > /data && sync")?;
         p.both(&["snapshot", "s:mg-bt", "s0"])?;
         p.both(&["stop", "s:mg-bt", "--force"])?;
         let r = ab(runs, |side, i| {

@@ -109,16 +109,10 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
             if source.refresh {
                 // A refresh onto a missing instance is a plain copy; lxc's PUT of the source's
                 // config follows, its volatile keys the source's: this instance keeps its own.
-                let echo: StringMap = rec
-                    .config
-                    .iter()
-                    .filter(|(k, _)| k.starts_with("volatile."))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
                 d.refreshed
                     .lock()
                     .expect("refreshed lock")
-                    .insert(name.clone(), echo);
+                    .insert(name.clone(), volatile_of(&rec.config));
             }
             // LXD's merge: the request's config, devices and profiles win; the source fills in
             // the rest, minus volatile keys other than the base image and the on-disk id shift.
@@ -289,6 +283,44 @@ fn create_op(
     op
 }
 
+/// The start of a refresh of `name`: marked busy, then checked (stopped); unmarked if not.
+fn begin_refresh(d: &Daemon, name: &str) -> Result<()> {
+    d.busy_insert(name, "refresh")?;
+    if let Err(e) = crate::instance::refresh::check(d, name) {
+        d.busy.lock().expect("busy lock").remove(name);
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+/// The end of a refresh's operation: on success the source's volatile keys `echo` are kept for
+/// lxc's PUT of the source's config that follows (this instance keeps its own); the instance's
+/// busy mark goes either way.
+fn end_refresh(
+    d: &Daemon,
+    name: &str,
+    echo: StringMap,
+    r: crate::instance::Result<()>,
+) -> Result<()> {
+    if r.is_ok() {
+        d.refreshed
+            .lock()
+            .expect("refreshed lock")
+            .insert(name.to_string(), echo);
+    }
+    d.busy.lock().expect("busy lock").remove(name);
+    r.map_err(Error::from)
+}
+
+/// The `volatile.*` keys of `config`.
+fn volatile_of(config: &StringMap) -> StringMap {
+    config
+        .iter()
+        .filter(|(k, _)| k.starts_with("volatile."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// `copy --refresh` between two instances of this server, onto an existing one (a missing one
 /// is a plain copy, as LXD's): stopped, marked busy; the target snapshots the refresh deletes
 /// are named in the operation's metadata (`deleted_snapshots`) before they go.
@@ -302,16 +334,8 @@ fn refresh_local(d: &Daemon, name: &str, source: &api::InstanceSource) -> Result
     let src = record(d, &source.source)
         .map_err(|_| Error::NotFound(format!("Source instance {:?} not found", source.source)))?;
     // lxc's PUT after the refresh carries the source's volatile keys: this instance keeps its own.
-    let echo: StringMap = src
-        .config
-        .into_iter()
-        .filter(|(k, _)| k.starts_with("volatile."))
-        .collect();
-    d.busy_insert(name, "refresh")?;
-    if let Err(e) = crate::instance::refresh::check(d, name) {
-        d.busy.lock().expect("busy lock").remove(name);
-        return Err(e.into());
-    }
+    let echo = volatile_of(&src.config);
+    begin_refresh(d, name)?;
     let d2 = d.self_arc();
     let name = name.to_string();
     let (from, exclude_older) = (source.source.clone(), source.refresh_exclude_older);
@@ -319,14 +343,7 @@ fn refresh_local(d: &Daemon, name: &str, source: &api::InstanceSource) -> Result
         let deleted =
             |names: &[String]| op.set_metadata("deleted_snapshots", serde_json::json!(names));
         let r = crate::instance::refresh::local(&d2, &name, &from, exclude_older, &deleted);
-        if r.is_ok() {
-            d2.refreshed
-                .lock()
-                .expect("refreshed lock")
-                .insert(name.clone(), echo);
-        }
-        d2.busy.lock().expect("busy lock").remove(&name);
-        r.map_err(Error::from)
+        end_refresh(&d2, &name, echo, r)
     });
     Ok(response::operation(&op.to_api()))
 }
@@ -340,18 +357,9 @@ fn refresh(
     source: &api::InstanceSource,
     config: Option<&StringMap>,
 ) -> Result<Response> {
-    let echo: StringMap = config
-        .into_iter()
-        .flatten()
-        .filter(|(k, _)| k.starts_with("volatile."))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let echo = config.map(volatile_of).unwrap_or_default();
     crate::migration::sink::check(source)?;
-    d.busy_insert(name, "refresh")?;
-    if let Err(e) = crate::instance::refresh::check(d, name) {
-        d.busy.lock().expect("busy lock").remove(name);
-        return Err(e.into());
-    }
+    begin_refresh(d, name)?;
     let d2 = d.self_arc();
     let name = name.to_string();
     let s = source.clone();
@@ -366,14 +374,7 @@ fn refresh(
             deleted: &deleted,
         };
         let r = crate::migration::sink::receive_by(&d2, goal, &s, &op, &secrets, &progress);
-        if r.is_ok() {
-            d2.refreshed
-                .lock()
-                .expect("refreshed lock")
-                .insert(name.clone(), echo);
-        }
-        d2.busy.lock().expect("busy lock").remove(&name);
-        r.map_err(Error::from)
+        end_refresh(&d2, &name, echo, r)
     });
     Ok(response::operation(&op.to_api()))
 }
