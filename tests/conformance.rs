@@ -170,6 +170,18 @@ const CLAIMS: &[(&str, &[Probe])] = &[
             ("GET", "/1.0/instances/nosuch/backups/b/export", None),
         ],
     ),
+    (
+        "custom_volume_backup",
+        // tests/volumes.rs exercises them with volumes.
+        &[
+            ("GET", "/1.0/storage-pools/default/volumes/custom/nosuch/backups", None),
+            ("POST", "/1.0/storage-pools/default/volumes/custom/nosuch/backups", Some("{}")),
+            ("GET", "/1.0/storage-pools/default/volumes/custom/nosuch/backups/b", None),
+            ("POST", "/1.0/storage-pools/default/volumes/custom/nosuch/backups/b", Some("{\"name\":\"c\"}")),
+            ("DELETE", "/1.0/storage-pools/default/volumes/custom/nosuch/backups/b", None),
+            ("GET", "/1.0/storage-pools/default/volumes/custom/nosuch/backups/b/export", None),
+        ],
+    ),
     ("backup_override_name", &[("POST", "/1.0/instances", Some("{}"))]),
     ("backup_compression", &[("PATCH", "/1.0", Some("{\"config\":{\"backups.compression_algorithm\":\"\"}}"))]),
     ("container_backup_override_pool", &[("POST", "/1.0/instances", Some("{}"))]),

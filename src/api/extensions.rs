@@ -13,8 +13,10 @@
 //! renaming them; `storage_api_local_volume_handling` for copies and moves on this server
 //! (within a pool and between pools); `storage_api_volume_snapshots`,
 //! `custom_volume_snapshot_expiry` and `volume_snapshot_scheduling` for custom volume
-//! snapshots; `storage_volume_state` (and `_total`) for a custom volume's usage. Not claimed:
-//! `storage_api_remote_volume_handling` (copies between servers), `custom_volume_backup`.
+//! snapshots; `storage_volume_state` (and `_total`) for a custom volume's usage;
+//! `custom_volume_backup` for custom volume backups in LXD's tarball format (plain ones: an
+//! optimized one is refused as not supported yet). Not claimed:
+//! `storage_api_remote_volume_handling` (copies between servers).
 //! `container_backup` is claimed for instance backups in LXD's tarball format
 //! (`instance::backups`) with `backup_compression_algorithm` (the request's
 //! `compression_algorithm`) and `backup_override_name` and `container_backup_override_pool`
@@ -47,6 +49,7 @@ pub const API_EXTENSIONS: &[&str] = &[
     "api_filtering",
     "container_backup",
     "container_backup_override_pool",
+    "custom_volume_backup",
     "container_full",
     "backup_compression",
     "instance_get_full",

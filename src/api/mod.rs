@@ -463,6 +463,18 @@ pub struct InstanceBackupsPost {
     pub compression_algorithm: String,
 }
 
+/// `POST /1.0/storage-pools/POOL/volumes/custom/VOL/backups`.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+#[serde(default)]
+pub struct StorageVolumeBackupsPost {
+    pub name: String,
+    #[serde(deserialize_with = "nullable")]
+    pub expires_at: String,
+    pub volume_only: bool,
+    pub optimized_storage: bool,
+    pub compression_algorithm: String,
+}
+
 /// `POST /1.0/instances/NAME/backups/BACKUP` (rename).
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
 #[serde(default)]

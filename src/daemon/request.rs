@@ -34,6 +34,32 @@ pub fn json<T: serde::de::DeserializeOwned>(req: &mut Request) -> Result<T> {
     response::parse_json(&body)
 }
 
+/// An uploaded body spooled to a file, removed when dropped.
+pub struct Spool(pub std::path::PathBuf);
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Spool the request's body (a backup tarball) to a new file in `dir`.
+pub fn spool_body(req: &mut Request, dir: &std::path::Path) -> Result<Spool> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let spool = Spool(dir.join(format!("{}.import.tmp", operations::uuid())));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&spool.0)
+        .map_err(|e| Error::Internal(format!("{}: {e}", spool.0.display())))?;
+    std::io::copy(req.body(), &mut f)
+        .and_then(|_| f.flush())
+        .map_err(|e| Error::BadRequest(format!("reading the backup upload: {e}")))?;
+    Ok(spool)
+}
+
 /// `recursion` query value (0 when absent or invalid).
 pub fn recursion(req: &Request) -> u32 {
     req.query("recursion")

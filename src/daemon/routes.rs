@@ -216,6 +216,14 @@ fn route(d: &Daemon, req: &mut Request, caller: &Caller) -> Result<Response> {
             "GET" => storage::resources(d, name),
             _ => Err(not_allowed(m)),
         },
+        ["storage-pools", name, "volumes"] | ["storage-pools", name, "volumes", "custom"]
+            if m == "POST"
+                && req
+                    .header("Content-Type")
+                    .is_some_and(|c| c.starts_with("application/octet-stream")) =>
+        {
+            endpoints::volume_backups::import(d, req, name)
+        }
         ["storage-pools", name, "volumes"] => match m {
             "GET" => volumes::list(d, req, name, None),
             "POST" => volumes::create(d, req, name, None),
@@ -251,9 +259,8 @@ fn route(d: &Daemon, req: &mut Request, caller: &Caller) -> Result<Response> {
             "GET" => volumes::state(d, name, kind, vol),
             _ => Err(not_allowed(m)),
         },
-        ["storage-pools", name, "volumes", kind, inst, "backups", ..] => {
-            let _ = (name, kind, inst);
-            Err(Error::not_yet("storage volume backups"))
+        ["storage-pools", name, "volumes", kind, vol, "backups", rest @ ..] => {
+            endpoints::volume_backups::route(d, req, name, kind, vol, rest)
         }
         ["networks"] => match m {
             "GET" => endpoints::networks::list(d, req),

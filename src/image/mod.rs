@@ -93,6 +93,16 @@ pub fn unpack_backup(
     unpack::unpack_backup(tarball, volumes, opts)
 }
 
+/// Unpack the trees of a tarball under each `(prefix, dir)`'s `prefix/` into the existing empty
+/// directory `dir`, with the image unpack rules.
+pub fn unpack_trees(
+    tarball: &std::path::Path,
+    trees: &[(String, std::path::PathBuf)],
+    opts: &UnpackOpts,
+) -> Result<()> {
+    unpack::unpack_trees(tarball, trees, opts)
+}
+
 /// Hand the member `name` of a tarball (any compression) to `f`, refused past `limit` bytes (0:
 /// no limit); `false` when there is none.
 pub fn with_member(

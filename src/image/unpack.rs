@@ -842,6 +842,54 @@ pub(crate) fn unpack_backup(
     Ok(metas)
 }
 
+/// Unpack trees of a tarball in one pass: for each `(prefix, dir)`, the members under `prefix/`
+/// into the existing empty directory `dir` (the caller removes it on error), with the image rules (`max_bytes` for all of them together); other
+/// members are left alone. A custom volume's backup (`backup/volume/`, its snapshots').
+pub(crate) fn unpack_trees(
+    tarball: &Path,
+    trees: &[(String, std::path::PathBuf)],
+    opts: &UnpackOpts,
+) -> Result<()> {
+    let mut ex = Vec::new();
+    let mut prefixes = Vec::new();
+    for (prefix, dir) in trees {
+        ex.push(Extractor::new(dir, opts)?);
+        let pre = member_parts(prefix.as_bytes())?
+            .iter()
+            .map(|c| c.to_vec())
+            .collect::<Vec<_>>();
+        prefixes.push((pre, prefix.clone().into_bytes()));
+    }
+    let mut total = 0u64;
+    let mut ar = open_tar(tarball)?;
+    for entry in ar.entries().map_err(tar_err)? {
+        let mut entry = entry.map_err(tar_err)?;
+        let raw = entry.path_bytes().into_owned();
+        let parts = member_parts(&raw)?;
+        let Some(i) = prefixes.iter().position(|(pre, _)| {
+            parts.len() > pre.len() && parts[..pre.len()].iter().zip(pre).all(|(a, b)| *a == b)
+        }) else {
+            continue;
+        };
+        if entry.header().entry_type().is_file() {
+            total = total.saturating_add(entry.size());
+            if opts.max_bytes > 0 && total > opts.max_bytes {
+                return Err(bad(format!(
+                    "backup is too large: expanding {} passes the limit of {} bytes",
+                    String::from_utf8_lossy(&raw),
+                    opts.max_bytes
+                )));
+            }
+        }
+        let (pre, link) = &prefixes[i];
+        ex[i].extract(&parts[pre.len()..], &mut entry, Some(link))?;
+    }
+    for e in ex {
+        e.finish()?;
+    }
+    Ok(())
+}
+
 /// Hand the first regular member named `name` of a (possibly compressed) tarball to `f`, after
 /// checking its size against `limit`; `false` when there is none.
 pub(crate) fn with_member(

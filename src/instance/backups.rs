@@ -36,6 +36,7 @@ mod export;
 mod import;
 mod index;
 mod records;
+mod volume;
 
 pub use export::create_backup;
 pub use import::{import, plan, Plan};
@@ -43,4 +44,8 @@ pub use index::{read_info, BackupConfig, Container, Info, Snapshot};
 pub use records::{
     check_create, check_name, delete, delete_files, dir, ensure_dir, file, find, next_name,
     prune_expired, remove_orphans, rename, to_api, url,
+};
+pub use volume::{
+    volume_check_create, volume_create, volume_delete, volume_find, volume_import,
+    volume_read_info, volume_rename, volume_to_api, volume_url, VolumeInfo,
 };

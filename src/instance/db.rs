@@ -117,6 +117,9 @@ pub struct VolumeRecord {
     /// Snapshots, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub snapshots: Vec<VolumeSnapshotRecord>,
+    /// Backups (`instance_only` is the backup's `volume_only`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backups: Vec<BackupRecord>,
 }
 
 impl VolumeRecord {

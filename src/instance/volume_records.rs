@@ -22,7 +22,7 @@ pub fn record(d: &Ctx, pool: &str, name: &str) -> Result<VolumeRecord> {
     record_in(&d.db.lock().expect("db lock").data, pool, name).cloned()
 }
 
-pub(super) fn record_in<'a>(data: &'a Data, pool: &str, name: &str) -> Result<&'a VolumeRecord> {
+pub(crate) fn record_in<'a>(data: &'a Data, pool: &str, name: &str) -> Result<&'a VolumeRecord> {
     data.volumes
         .get(pool)
         .and_then(|v| v.get(name))

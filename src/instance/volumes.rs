@@ -86,6 +86,8 @@ pub fn validate_config(driver: &str, name: &str, config: &StringMap) -> Result<(
             "security.unmapped" => {
                 return Err(Error::not_yet(&format!("storage volume config key {k:?}")))
             }
+            // Free-form keys for the user, as LXD's (`user.*`).
+            _ if k.starts_with("user.") && k.len() > 5 => {}
             _ => {
                 return Err(Error::Invalid(format!(
                     "Invalid option for volume {name:?} option {k:?}"
@@ -195,6 +197,7 @@ pub fn create(d: &Ctx, pool_name: &str, req: &api::StorageVolumesPost) -> Result
         created_at: crate::util::time::now(),
         volume,
         snapshots: Vec::new(),
+        backups: Vec::new(),
     };
     db.update(|data| {
         data.volumes
@@ -352,6 +355,9 @@ pub fn delete(d: &Ctx, pool_name: &str, name: &str) -> Result<()> {
         eprintln!("bivy: deleting volume {}: {e}", path.display());
     }
     super::volume_snapshots::delete_all_data(&pool, &rec);
+    for b in &rec.backups {
+        let _ = std::fs::remove_file(super::backups::file(d, b));
+    }
     d.events.lifecycle(
         "storage-volume-deleted",
         &url(pool_name, name),
@@ -493,6 +499,7 @@ fn copy(d: &Ctx, pool_name: &str, req: &api::StorageVolumesPost) -> Result<()> {
         created_at: crate::util::time::now(),
         volume,
         snapshots,
+        backups: Vec::new(),
     };
     let remove = |rec: &VolumeRecord| {
         let _ = to.driver.delete_volume(&to.custom(&rec.volume));

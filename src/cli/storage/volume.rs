@@ -12,7 +12,7 @@ use crate::cli::table::{self, Format};
 use crate::cli::{check_args, fail, is_tty, parse, undash, CmdResult, Fail};
 use crate::client::{urlencode, Client};
 
-const VOLUME_USAGE: &str = "Usage:\n  bivy storage volume [command]\n\nAvailable Commands:\n  attach         Attach new storage volumes to instances\n  attach-profile Attach new storage volumes to profiles\n  copy           Copy storage volumes\n  create         Create new custom storage volumes\n  delete         Delete storage volumes\n  detach         Detach storage volumes from instances\n  detach-profile Detach storage volumes from profiles\n  edit           Edit storage volume configurations as YAML\n  get            Get values for storage volume configuration keys\n  info           Show storage volume state information\n  list           List storage volumes\n  move           Move storage volumes between pools\n  rename         Rename storage volumes\n  restore        Restore storage volume snapshots\n  set            Set storage volume configuration keys\n  show           Show storage volume configurations\n  snapshot       Snapshot storage volumes\n  unset          Unset storage volume configuration keys\n\nOther lxc storage volume commands (export, import) are not supported yet.\n";
+const VOLUME_USAGE: &str = "Usage:\n  bivy storage volume [command]\n\nAvailable Commands:\n  attach         Attach new storage volumes to instances\n  attach-profile Attach new storage volumes to profiles\n  copy           Copy storage volumes\n  create         Create new custom storage volumes\n  delete         Delete storage volumes\n  detach         Detach storage volumes from instances\n  detach-profile Detach storage volumes from profiles\n  edit           Edit storage volume configurations as YAML\n  export         Export custom storage volume\n  get            Get values for storage volume configuration keys\n  import         Import custom storage volumes\n  info           Show storage volume state information\n  list           List storage volumes\n  move           Move storage volumes between pools\n  rename         Rename storage volumes\n  restore        Restore storage volume snapshots\n  set            Set storage volume configuration keys\n  show           Show storage volume configurations\n  snapshot       Snapshot storage volumes\n  unset          Unset storage volume configuration keys\n";
 
 const VOLUME_EDIT_HEADER: &str = "### This is a YAML representation of a storage volume.\n### Any line starting with a '# will be ignored.\n###\n### A storage volume consists of a set of configuration items.\n###\n### name: vol1\n### type: custom\n### used_by: []\n### config:\n###   size: \"61203283968\"\n";
 
@@ -486,6 +486,8 @@ pub(super) fn run(args: &[String]) -> CmdResult {
             print!("{VOLUME_USAGE}");
             Ok(0)
         }
+        "export" => crate::cli::backup::volume_export(rest),
+        "import" => crate::cli::backup::volume_import(rest),
         "list" | "ls" => {
             let a: VolumeListArgs = parse(&[cmd], rest)?;
             check_args::<VolumeListArgs>(cmd, a.words.len(), 1, Some(1))?;

@@ -4,10 +4,8 @@
 //! backup's). The model and the tarball format are `crate::instance::backups`'s.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 
-use super::super::request::{json, recursion};
+use super::super::request::{json, recursion, spool_body};
 use super::super::response::{self, Error, Result};
 use super::super::Daemon;
 use crate::api;
@@ -138,22 +136,7 @@ fn export(d: &Daemon, name: &str, backup: &str) -> Result<Response> {
 pub fn import(d: &Daemon, req: &mut Request) -> Result<Response> {
     let name = req.header("X-LXD-name").unwrap_or("").to_string();
     let pool = req.header("X-LXD-pool").unwrap_or("").to_string();
-    let dir = model::ensure_dir(d)?;
-    let spool = Spool(dir.join(format!(
-        "{}.import.tmp",
-        crate::instance::operations::uuid()
-    )));
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&spool.0)
-            .map_err(|e| Error::Internal(format!("{}: {e}", spool.0.display())))?;
-        std::io::copy(req.body(), &mut f)
-            .and_then(|_| f.flush())
-            .map_err(|e| Error::BadRequest(format!("reading the backup upload: {e}")))?;
-    }
+    let spool = spool_body(req, &model::ensure_dir(d)?)?;
     let info = model::read_info(&spool.0)?;
     let plan = model::plan(
         d,
@@ -179,13 +162,4 @@ pub fn import(d: &Daemon, req: &mut Request) -> Result<Response> {
         },
     );
     Ok(response::operation(&op.to_api()))
-}
-
-/// The uploaded tarball, removed when dropped.
-struct Spool(std::path::PathBuf);
-
-impl Drop for Spool {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }

@@ -16,4 +16,5 @@ pub mod profiles;
 pub mod server;
 pub mod snapshots;
 pub mod storage;
+pub mod volume_backups;
 pub mod volumes;

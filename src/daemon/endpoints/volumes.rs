@@ -183,9 +183,6 @@ pub fn create(
     pool_name: &str,
     kind: Option<&str>,
 ) -> Result<Response> {
-    if req.header("Content-Type") == Some("application/octet-stream") {
-        return Err(Error::not_yet("importing storage volume backups"));
-    }
     let mut body: api::StorageVolumesPost = json(req)?;
     if body.name.is_empty() {
         return Err(Error::BadRequest("No name provided".into()));

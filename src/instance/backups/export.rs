@@ -20,7 +20,7 @@ use crate::util::revert::Revert;
 use crate::util::time;
 
 /// Counts bytes written and reports `"<size> (<rate>/s)"` at most once a second.
-struct Counting<'a, W: Write> {
+pub(super) struct Counting<'a, W: Write> {
     inner: W,
     n: u64,
     start: std::time::Instant,
@@ -28,8 +28,23 @@ struct Counting<'a, W: Write> {
     report: &'a dyn Fn(String),
 }
 
-impl<W: Write> Counting<'_, W> {
-    fn show(&self) {
+impl<'a, W: Write> Counting<'a, W> {
+    pub(super) fn new(inner: W, report: &'a dyn Fn(String)) -> Counting<'a, W> {
+        let now = std::time::Instant::now();
+        Counting {
+            inner,
+            n: 0,
+            start: now,
+            last: now,
+            report,
+        }
+    }
+
+    pub(super) fn into_inner(self) -> W {
+        self.inner
+    }
+
+    pub(super) fn show(&self) {
         let secs = self.start.elapsed().as_secs_f64().max(0.001);
         let h = crate::util::human_bytes;
         (self.report)(format!(
@@ -315,7 +330,11 @@ fn disk_map(v: Option<&String>) -> Option<crate::instance::idmap::Map> {
     (!m.uid.is_empty() || !m.gid.is_empty()).then(|| m.inverse())
 }
 
-fn add_file<W: Write>(b: &mut tar::Builder<W>, name: &str, data: &[u8]) -> io::Result<()> {
+pub(super) fn add_file<W: Write>(
+    b: &mut tar::Builder<W>,
+    name: &str,
+    data: &[u8],
+) -> io::Result<()> {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(tar::EntryType::Regular);
     h.set_size(data.len() as u64);

@@ -56,10 +56,13 @@ pub fn find(d: &Ctx, name: &str, backup: &str) -> Result<BackupRecord> {
 
 /// LXD's generated name: `backup<N>`, N one more than the highest taken (0 when none).
 pub fn next_name(rec: &InstanceRecord) -> String {
-    let n = rec
-        .backups
-        .iter()
-        .filter_map(|b| b.name.strip_prefix("backup")?.parse::<u64>().ok())
+    next_of(rec.backups.iter().map(|b| b.name.as_str()))
+}
+
+/// `backupN`, N one past the highest of `names`.
+pub(super) fn next_of<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let n = names
+        .filter_map(|b| b.strip_prefix("backup")?.parse::<u64>().ok())
         .map(|n| n + 1)
         .max()
         .unwrap_or(0);
@@ -113,8 +116,13 @@ pub fn check_create(
 /// The compression a request asks for, else the server's `backups.compression_algorithm`,
 /// else gzip (LXD's default).
 fn algorithm(d: &Ctx, req: &api::InstanceBackupsPost) -> String {
-    if !req.compression_algorithm.is_empty() {
-        return req.compression_algorithm.clone();
+    algorithm_of(d, &req.compression_algorithm)
+}
+
+/// `asked`, else the server's `backups.compression_algorithm`, else gzip.
+pub(super) fn algorithm_of(d: &Ctx, asked: &str) -> String {
+    if !asked.is_empty() {
+        return asked.to_string();
     }
     d.db.lock()
         .expect("db lock")
@@ -243,6 +251,13 @@ pub fn remove_orphans(d: &Ctx) {
             .instances
             .values()
             .flat_map(|r| r.backups.iter().map(|b| b.file.clone()))
+            .chain(
+                db.data
+                    .volumes
+                    .values()
+                    .flat_map(|m| m.values())
+                    .flat_map(|v| v.backups.iter().map(|b| b.file.clone())),
+            )
             .collect()
     };
     let Ok(rd) = std::fs::read_dir(dir(d)) else {
