@@ -670,7 +670,7 @@ fn volume_export_and_import_in_lxds_format() {
     if !common::lxc_prerequisites() {
         return;
     }
-    let d = Daemon::start().expect("daemon");
+    let d = Daemon::start_with(&[("BIVY_SCHEDULER_TICK_SECS", "1")]).expect("daemon");
     let l = Lxc::new(&d);
     // lxc's first run prints its greeting and fails the command; have it before.
     let _ = l.run(&["storage", "list"]);
@@ -859,6 +859,31 @@ fn volume_export_and_import_in_lxds_format() {
     d.wait_operation(&op);
     let files = entries(&d.dir().join("backups"));
     assert_eq!(files.len(), 1, "{files:?}");
+    // An expired one goes with the scheduler's next pass.
+    let (s, op) = d
+        .api(
+            "POST",
+            "/1.0/storage-pools/default/volumes/custom/v3/backups",
+            Some(r#"{"name": "short", "expires_at": "2000-01-01T00:00:00Z"}"#),
+        )
+        .unwrap();
+    assert_eq!(s, 202, "{op}");
+    d.wait_operation(&op);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d
+        .api(
+            "GET",
+            "/1.0/storage-pools/default/volumes/custom/v3/backups/short",
+            None,
+        )
+        .unwrap()
+        .0
+        != 404
+    {
+        assert!(Instant::now() < deadline, "the expired backup is still there");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(entries(&d.dir().join("backups")), files);
     l.ok(&["storage", "volume", "delete", "default", "v3"]);
     assert!(entries(&d.dir().join("backups")).is_empty());
 }
