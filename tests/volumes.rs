@@ -880,7 +880,10 @@ fn volume_export_and_import_in_lxds_format() {
         .0
         != 404
     {
-        assert!(Instant::now() < deadline, "the expired backup is still there");
+        assert!(
+            Instant::now() < deadline,
+            "the expired backup is still there"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(entries(&d.dir().join("backups")), files);
