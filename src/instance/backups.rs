@@ -47,5 +47,5 @@ pub use records::{
 };
 pub use volume::{
     volume_check_create, volume_create, volume_delete, volume_find, volume_import,
-    volume_read_info, volume_rename, volume_to_api, volume_url, VolumeInfo,
+    volume_prune_expired, volume_read_info, volume_rename, volume_to_api, volume_url, VolumeInfo,
 };

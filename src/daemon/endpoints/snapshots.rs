@@ -270,6 +270,7 @@ fn run_once(d: &Daemon, minute: i64, now: i64) {
         super::super::pull::auto_update(d);
     }
     crate::instance::backups::prune_expired(d, now);
+    crate::instance::backups::volume_prune_expired(d, now);
     crate::instance::volume_snapshots::run_scheduled(d, minute, now);
     let instances = d.db.lock().expect("db lock").data.instances.clone();
     for (name, rec) in instances {

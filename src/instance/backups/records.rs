@@ -238,28 +238,10 @@ pub fn prune_expired(d: &Ctx, now: i64) {
             Err(e) => eprintln!("bivy: deleting expired backup {n}/{b}: {e}"),
         }
     }
-    // Custom volumes' backups likewise.
-    let due: Vec<(String, String, String)> = {
-        let db = d.db.lock().expect("db lock");
-        db.data
-            .volumes
-            .iter()
-            .flat_map(|(p, m)| m.iter().map(move |(v, r)| (p, v, r)))
-            .flat_map(|(p, v, r)| r.backups.iter().map(move |b| (p, v, b)))
-            .filter(|(_, _, b)| expired(b, now))
-            .map(|(p, v, b)| (p.clone(), v.clone(), b.name.clone()))
-            .collect()
-    };
-    for (p, v, b) in due {
-        match super::volume::volume_delete(d, &p, &v, &b) {
-            Ok(()) => eprintln!("bivy: deleted expired backup {p}/{v}/{b}"),
-            Err(e) => eprintln!("bivy: deleting expired backup {p}/{v}/{b}: {e}"),
-        }
-    }
 }
 
 /// Whether backup `b` has expired by `now`.
-fn expired(b: &BackupRecord, now: i64) -> bool {
+pub(super) fn expired(b: &BackupRecord, now: i64) -> bool {
     !b.expires_at.starts_with("0001-") && time::parse_secs(&b.expires_at).is_some_and(|t| t <= now)
 }
 

@@ -443,3 +443,24 @@ pub fn volume_delete(d: &Ctx, pool: &str, vol: &str, backup: &str) -> Result<()>
     let _ = std::fs::remove_file(super::file(d, &b));
     Ok(())
 }
+
+/// Delete the custom volume backups whose `expires_at` is past `now` (unix seconds).
+pub fn volume_prune_expired(d: &Ctx, now: i64) {
+    let due: Vec<(String, String, String)> = {
+        let db = d.db.lock().expect("db lock");
+        db.data
+            .volumes
+            .iter()
+            .flat_map(|(p, m)| m.iter().map(move |(v, r)| (p, v, r)))
+            .flat_map(|(p, v, r)| r.backups.iter().map(move |b| (p, v, b)))
+            .filter(|(_, _, b)| super::records::expired(b, now))
+            .map(|(p, v, b)| (p.clone(), v.clone(), b.name.clone()))
+            .collect()
+    };
+    for (p, v, b) in due {
+        match volume_delete(d, &p, &v, &b) {
+            Ok(()) => eprintln!("bivy: deleted expired backup {p}/{v}/{b}"),
+            Err(e) => eprintln!("bivy: deleting expired backup {p}/{v}/{b}: {e}"),
+        }
+    }
+}
