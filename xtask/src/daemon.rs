@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::util::{self, Result};
@@ -53,9 +53,39 @@ pub fn start_in_new_netns(bin: &Path, dir: &Path, log: &Path) -> Result<BgDaemon
     spawn(cmd, bin, dir, log)
 }
 
-fn spawn(mut cmd: Command, bin: &Path, dir: &Path, log: &Path) -> Result<BgDaemon> {
+/// Start `bin daemon` in the network namespace `holder` (a process's pid) holds, through
+/// `nsenter` (which execs the daemon: one pid). The caller keeps the [`Child`], so it can
+/// SIGKILL and reap exactly this daemon (`chaos` does), and restart one in the same namespace:
+/// the links and rules the first made are still there for the second.
+pub fn start_in_netns(
+    bin: &Path,
+    dir: &Path,
+    log: &Path,
+    holder: u32,
+    env: &[(&str, &str)],
+) -> Result<(BgDaemon, Child)> {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/proc/{holder}/ns/net"))
+        .arg("--")
+        .arg(bin)
+        .arg("daemon")
+        .envs(env.iter().copied());
+    spawn_child(cmd, bin, dir, log)
+}
+
+fn spawn(cmd: Command, bin: &Path, dir: &Path, log: &Path) -> Result<BgDaemon> {
+    let (d, child) = spawn_child(cmd, bin, dir, log)?;
+    // Dropping `child` does not kill or reap it; the daemon keeps running on its own.
+    std::mem::forget(child);
+    Ok(d)
+}
+
+fn spawn_child(mut cmd: Command, bin: &Path, dir: &Path, log: &Path) -> Result<(BgDaemon, Child)> {
     util::mkdirs(dir)?;
-    let logf = fs::File::create(log).map_err(|e| format!("create {}: {e}", log.display()))?;
+    let logf = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log).map_err(|e| format!("create {}: {e}", log.display()))?;
     let t = Instant::now();
     let mut child = cmd
         .env("BIVY_DIR", dir)
@@ -93,17 +123,18 @@ fn spawn(mut cmd: Command, bin: &Path, dir: &Path, log: &Path) -> Result<BgDaemo
         std::thread::sleep(Duration::from_millis(5));
     }
     let ready_after = t.elapsed();
-    // Dropping `child` does not kill or reap it; the daemon keeps running on its own.
-    std::mem::forget(child);
     fs::write(dir.join("../daemon.pid"), format!("{pid}\n"))
         .map_err(|e| format!("write pid file: {e}"))?;
-    Ok(BgDaemon {
-        bin: bin.to_path_buf(),
-        dir: dir.to_path_buf(),
-        pid,
-        log: log.to_path_buf(),
-        ready_after,
-    })
+    Ok((
+        BgDaemon {
+            bin: bin.to_path_buf(),
+            dir: dir.to_path_buf(),
+            pid,
+            log: log.to_path_buf(),
+            ready_after,
+        },
+        child,
+    ))
 }
 
 fn alive(pid: u32) -> bool {

@@ -6,6 +6,8 @@
 
 mod bench;
 mod bench_lxd;
+mod chaos;
+mod chaos_check;
 mod cycles;
 mod daemon;
 mod deb;
@@ -14,6 +16,7 @@ mod dist;
 mod elf;
 mod fuzz;
 mod image;
+mod json;
 mod test;
 /// The one skip mechanism of the test suite, shared with `tests/common` and the crate's unit
 /// tests.
@@ -53,6 +56,11 @@ tasks:
                                run the tests/fuzz targets (all, or those named) N seconds each (60) with
                                libFuzzer (nightly + cargo-fuzz, installed if missing), else the stable
                                mutation tests; a summary of executions and coverage, reproducers of crashes
+  chaos [--trials N] [--seed S] [--trial I] [--kind K]... [--bin PATH] [--round-robin]
+                               random operations with the daemon killed (kill -9) at a random moment,
+                               container monitors and inits killed, a full disk and inode table;
+                               then the invariants (nothing acknowledged lost, nothing left without
+                               a record, the long-running container's init kept); a summary
   check-elf FILE...            only the static-ELF check, on any file";
 
 fn main() -> ExitCode {
@@ -72,6 +80,7 @@ fn main() -> ExitCode {
         "demo" => demo::run(rest),
         "bench" => bench::run(rest),
         "fuzz" => fuzz::run(rest),
+        "chaos" => chaos::run(rest),
         "check-elf" => elf::run(rest),
         "help" | "-h" | "--help" => {
             println!("{USAGE}");
