@@ -506,6 +506,12 @@ fn watch(d: Arc<Ctx>, name: String) {
         if d.busy.lock().expect("busy lock").contains_key(&name) {
             return;
         }
+        // A killed monitor left the container's cgroup behind: remove it now (marked busy, so
+        // no start runs meanwhile), not at the next start.
+        if d.busy_insert(&name, "stop").is_ok() {
+            runtime::reap_dead_monitor(&d.run_dir(&name));
+            d.busy.lock().expect("busy lock").remove(&name);
+        }
         set_volatile(
             &d,
             &name,
@@ -595,7 +601,8 @@ pub fn adopt(d: &Arc<Ctx>, n: String) {
             }
             watch(d.clone(), n)
         }
-        Ok(State::Stopped { .. }) => {}
+        // Its monitor may have been killed while no daemon ran.
+        Ok(State::Stopped { .. }) => runtime::reap_dead_monitor(&d.run_dir(&n)),
         Err(e) => eprintln!("bivy: {e}"),
     }
 }

@@ -66,6 +66,16 @@ fn is_systemd(init_pid: i32) -> bool {
     comm.trim() == "systemd" || exe.file_name().is_some_and(|n| n == "systemd")
 }
 
+/// A monitor that was killed (SIGKILL, the OOM killer) leaves its container's cgroup, its
+/// pidfiles and no exit record: tear that down as [`stop`] would. Nothing while the monitor
+/// runs, or after it ended cleanly (it removes its pidfile). The caller makes sure no start of
+/// the same instance runs meanwhile.
+pub fn reap_dead_monitor(run_dir: &Path) {
+    if live_pid(&run_dir.join(files::MONITOR_PID)).is_none() {
+        cleanup_dead_monitor(run_dir);
+    }
+}
+
 /// The monitor is gone but did not finish its teardown (it was killed): kill what is left in the
 /// cgroup, remove it, and record the end.
 fn cleanup_dead_monitor(run_dir: &Path) {

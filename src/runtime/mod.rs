@@ -421,6 +421,12 @@ pub fn state(run_dir: &Path) -> Result<State> {
     control::state(run_dir)
 }
 
+/// Tear down what a killed monitor left (its container's cgroup, pidfiles), recording the end;
+/// nothing while the monitor runs or after it ended cleanly.
+pub fn reap_dead_monitor(run_dir: &Path) {
+    control::reap_dead_monitor(run_dir)
+}
+
 /// Stop the container; returns when it is stopped and its cgroup is gone.
 pub fn stop(run_dir: &Path, mode: StopMode) -> Result<()> {
     control::stop(run_dir, mode)

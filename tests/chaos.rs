@@ -1,0 +1,150 @@
+//! Chaos (issue 16): the short version of `cargo xtask chaos`, and what its trials found.
+//!
+//! `short_chaos_run_finds_no_violation` runs the harness itself (`xtask/src/chaos.rs`, through
+//! `cargo run -p xtask` with a target directory of its own, as `busybox_image` builds the image)
+//! against this build of bivy: a fixed seed, each trial kind once, round robin. The harness
+//! removes everything each trial makes (its daemon by pid, containers, mounts, loop devices,
+//! cgroups, the namespace holder). The other tests are the violations its trials found, each
+//! reproduced directly.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::Daemon;
+
+#[test]
+fn short_chaos_run_finds_no_violation() {
+    if !common::require_root() {
+        return;
+    }
+    for tool in ["unshare", "nsenter", "ip", "nft", "sha256sum"] {
+        if !common::have_cmd(tool) {
+            common::skip(
+                &common::current_test_name(),
+                &format!("{tool} is not installed"),
+            );
+            return;
+        }
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let t = Instant::now();
+    let out = Command::new(cargo)
+        .current_dir(common::root())
+        .args(["run", "--quiet", "--package", "xtask", "--target-dir"])
+        .arg(common::target_dir().join("harness-xtask"))
+        .args(["--", "chaos", "--trials", "24", "--seed", "16", "--round-robin"])
+        .arg("--bin")
+        .arg(common::bivy_bin())
+        .output()
+        .expect("run cargo xtask chaos");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}\n{stdout}\n({:?})", t.elapsed());
+    assert!(
+        out.status.success(),
+        "cargo xtask chaos failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(stdout.contains("24 trials"), "{stdout}");
+    assert!(stdout.contains(" 0 violation(s)"), "{stdout}");
+}
+
+/// The cgroup directories of instance `name` of daemon `d` (`<name>.<sha256(BIVY_DIR)[..4]>`
+/// under each hierarchy's `bivy/`).
+fn cgroups_of(d: &Daemon, name: &str) -> Vec<std::path::PathBuf> {
+    let mut sh = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("sha256sum");
+    {
+        use std::io::Write;
+        sh.stdin
+            .take()
+            .expect("stdin")
+            .write_all(d.dir().as_os_str().as_encoded_bytes())
+            .expect("write");
+    }
+    let out = sh.wait_with_output().expect("sha256sum");
+    let leaf = format!("{name}.{}", &String::from_utf8_lossy(&out.stdout)[..8]);
+    let root = Path::new("/sys/fs/cgroup");
+    let mut v = Vec::new();
+    let mut hier: Vec<_> = std::fs::read_dir(root)
+        .map(|r| r.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    hier.push(root.to_path_buf());
+    for h in hier {
+        let p = h.join("bivy").join(&leaf);
+        if p.is_dir() {
+            v.push(p);
+        }
+    }
+    v
+}
+
+fn status(d: &Daemon, name: &str) -> String {
+    let (_, v) = d
+        .api("GET", &format!("/1.0/instances/{name}/state"), None)
+        .expect("state");
+    v["metadata"]["status"].as_str().unwrap_or("").to_owned()
+}
+
+fn wait_stopped(d: &Daemon, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while status(d, name) != "Stopped" {
+        assert!(Instant::now() < deadline, "{name} not Stopped after 15 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn monitor_pid(d: &Daemon, name: &str) -> i32 {
+    let text = std::fs::read_to_string(d.dir().join(format!("run/{name}/monitor.pid")))
+        .expect("monitor.pid");
+    text.split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a pid")
+}
+
+fn sigkill(pid: i32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+}
+
+/// Found by chaos (kill-monitor): a container whose monitor was SIGKILLed was reported
+/// Stopped, but its cgroups stayed until the next start, owned by nothing.
+#[test]
+fn a_killed_monitor_leaves_no_cgroup() {
+    if !common::require_root() {
+        return;
+    }
+    let mut d = Daemon::start().expect("daemon");
+    d.import_busybox();
+    d.ok(&["launch", "busybox", "m1"]);
+    d.ok(&["launch", "busybox", "m2"]);
+    assert!(!cgroups_of(&d, "m1").is_empty(), "no cgroup found for m1");
+    // While the daemon runs: it sees the monitor go.
+    sigkill(monitor_pid(&d, "m1"));
+    wait_stopped(&d, "m1");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cgroups_of(&d, "m1").is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(cgroups_of(&d, "m1"), Vec::<std::path::PathBuf>::new());
+    // While no daemon runs: the next one finds it at start.
+    d.kill9();
+    sigkill(monitor_pid(&d, "m2"));
+    std::thread::sleep(Duration::from_millis(300));
+    d.restart().expect("restart");
+    wait_stopped(&d, "m2");
+    assert_eq!(cgroups_of(&d, "m2"), Vec::<std::path::PathBuf>::new());
+    // And both start again.
+    d.ok(&["start", "m1", "m2"]);
+    d.ok(&["delete", "--force", "m1", "m2"]);
+}
