@@ -171,30 +171,32 @@ impl Kind {
         }
     }
 
-    /// The typical duration of the operation (ms, debug build, this 2-core VM): the kill delay
-    /// is uniform in 0..this.
+    /// The typical duration of the operation through the CLI (ms, debug build, this 2-core VM,
+    /// as the summary's "op median" column measures it; a btrfs pool's create and delete, a
+    /// publish's compression and a first launch's unpack are the slow ones): the kill delay is
+    /// uniform in 0..this, so it lands before, in and (sometimes) after the operation.
     fn typical_ms(self) -> u64 {
         match self {
-            Kind::Launch => 250,
-            Kind::Snapshot => 90,
-            Kind::Copy => 160,
-            Kind::Rename => 50,
-            Kind::Restore => 260,
+            Kind::Launch => 60,
+            Kind::Snapshot => 12,
+            Kind::Copy => 15,
+            Kind::Rename => 8,
+            Kind::Restore => 45,
             Kind::ImageImport => 60,
-            Kind::ImageDelete => 40,
-            Kind::Publish => 300,
-            Kind::Profile => 50,
-            Kind::Config => 40,
-            Kind::PoolCreate => 200,
-            Kind::PoolDelete => 150,
-            Kind::VolumeCreate => 35,
-            Kind::VolumeSnapshot => 25,
-            Kind::VolumeCopy => 30,
-            Kind::VolumeDelete => 25,
-            Kind::NetworkCreate => 170,
-            Kind::NetworkDelete => 100,
-            Kind::Delete => 60,
-            Kind::StartStop => 180,
+            Kind::ImageDelete => 10,
+            Kind::Publish => 450,
+            Kind::Profile => 7,
+            Kind::Config => 7,
+            Kind::PoolCreate => 150,
+            Kind::PoolDelete => 100,
+            Kind::VolumeCreate => 6,
+            Kind::VolumeSnapshot => 7,
+            Kind::VolumeCopy => 7,
+            Kind::VolumeDelete => 6,
+            Kind::NetworkCreate => 70,
+            Kind::NetworkDelete => 40,
+            Kind::Delete => 25,
+            Kind::StartStop => 35,
             Kind::KillMonitor | Kind::KillInit | Kind::DiskFull | Kind::InodesFull => 0,
         }
     }
@@ -280,6 +282,8 @@ pub struct Outcome {
     /// (a clear error: disk full), `done` (monitor and init kinds).
     pub result: &'static str,
     pub op_ms: Option<u64>,
+    /// When the daemon was killed (ms after the operation started), in kill kinds.
+    pub delay_ms: Option<u64>,
     pub violations: Vec<String>,
 }
 
@@ -381,9 +385,15 @@ pub fn run(args: &[String]) -> Result {
         let t = Instant::now();
         let out = run_trial(&env, o.seed, i, kind, &mut rng);
         eprintln!(
-            "chaos: trial {i} {}: {} ({:.1}s){}",
+            "chaos: trial {i} {}: {}{}{} ({:.1}s){}",
             kind.name(),
             out.result,
+            out.delay_ms
+                .map(|d| format!(", killed at {d} ms"))
+                .unwrap_or_default(),
+            out.op_ms
+                .map(|d| format!(", done in {d} ms"))
+                .unwrap_or_default(),
             t.elapsed().as_secs_f64(),
             if out.violations.is_empty() {
                 String::new()
@@ -553,6 +563,7 @@ fn run_trial(env: &Env, seed: u64, n: u64, kind: Kind, rng: &mut Rng) -> Outcome
         kind,
         result: "setup failed",
         op_ms: None,
+        delay_ms: None,
         violations: Vec::new(),
     };
     let mut t = match Trial::new(env, seed, n, kind, rng) {
@@ -573,6 +584,7 @@ fn run_trial(env: &Env, seed: u64, n: u64, kind: Kind, rng: &mut Rng) -> Outcome
         Err(e) => t.violation(&format!("the trial could not go on: {e}")),
     }
     t.finish();
+    out.delay_ms = t.delay_ms;
     out.violations = std::mem::take(&mut t.violations);
     out
 }
@@ -838,10 +850,23 @@ impl<'a> Trial<'a> {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("spawn bivy {}: {e}", op.args.join(" ")))?;
-        std::thread::sleep(Duration::from_millis(delay));
-        // Did it finish before the kill? Then its answer is what it acknowledged.
-        let before = child.try_wait().map_err(|e| e.to_string())?;
-        let finished_ms = before.map(|_| t0.elapsed().as_millis() as u64);
+        // Until the kill, watch for the end of the operation (its duration, for the summary).
+        let kill_at = t0 + Duration::from_millis(delay);
+        let mut before = None;
+        let mut finished_ms = None;
+        while Instant::now() < kill_at {
+            if before.is_none() {
+                before = child.try_wait().map_err(|e| e.to_string())?;
+                if before.is_some() {
+                    finished_ms = Some(t0.elapsed().as_millis() as u64);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1).min(kill_at - Instant::now().min(kill_at)));
+        }
+        if before.is_none() {
+            before = child.try_wait().map_err(|e| e.to_string())?;
+        }
+        let status_at = t0.elapsed().as_millis() as u64;
         self.kill_daemon();
         let status = wait_bounded(&mut child, Duration::from_secs(30))?;
         let mut stderr = String::new();
@@ -863,7 +888,7 @@ impl<'a> Trial<'a> {
         }
         self.start_daemon()?;
         check::after(self, &op.checks, acked);
-        Ok((result, finished_ms.filter(|_| acked)))
+        Ok((result, finished_ms.or(Some(status_at)).filter(|_| acked)))
     }
 
     /// kill -9 a container's monitor or init; the instance must end stopped or running, its

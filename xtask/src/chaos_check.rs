@@ -108,10 +108,6 @@ pub fn plan(t: &mut Trial, rng: &mut Rng) -> Result<Op> {
             if rng.chance(1, 2) {
                 a.push("--instance-only".into());
             }
-            let p = pool(t, rng);
-            if p != "default" {
-                a.extend(s(&["-s", p]));
-            }
             let mark = if src.contains('/') { BEFORE } else { AFTER };
             Op {
                 args: a,
