@@ -35,7 +35,15 @@ fn short_chaos_run_finds_no_violation() {
         .current_dir(common::root())
         .args(["run", "--quiet", "--package", "xtask", "--target-dir"])
         .arg(common::target_dir().join("harness-xtask"))
-        .args(["--", "chaos", "--trials", "24", "--seed", "16", "--round-robin"])
+        .args([
+            "--",
+            "chaos",
+            "--trials",
+            "24",
+            "--seed",
+            "16",
+            "--round-robin",
+        ])
         .arg("--bin")
         .arg(common::bivy_bin())
         .output()

@@ -14,7 +14,8 @@
 //!   publish, profile and config changes, pool create and delete, custom volume create,
 //!   snapshot, copy and delete, network create and delete, instance delete, start and stop):
 //!   the operation is started through the CLI, the daemon is SIGKILLed after a random delay
-//!   from 0 to the operation's typical duration, and restarted;
+//!   from 0 to the operation's typical duration, and restarted (one trial in four kills the
+//!   new daemon too, 0..50 ms into its start, while it recovers, and starts another);
 //! - `kill-monitor` and `kill-init`: a container's monitor or init is SIGKILLed;
 //! - `disk-full` and `inodes-full`: `BIVY_DIR` is on a small ext4 loop filesystem whose blocks
 //!   (or inodes) a file of ours fills before an operation; it must succeed or fail with an
@@ -300,7 +301,10 @@ fn bivy_bin(bin: Option<PathBuf>) -> Result<PathBuf> {
 
 fn btrfs_supported() -> Option<String> {
     let fs = fs::read_to_string("/proc/filesystems").unwrap_or_default();
-    if !fs.lines().any(|l| l.split_whitespace().last() == Some("btrfs")) {
+    if !fs
+        .lines()
+        .any(|l| l.split_whitespace().last() == Some("btrfs"))
+    {
         return Some("the kernel has no btrfs".into());
     }
     if !util::have("mkfs.btrfs") && !Path::new("/usr/sbin/mkfs.btrfs").exists() {
@@ -314,7 +318,10 @@ fn btrfs_supported() -> Option<String> {
 
 fn ext4_supported() -> Option<String> {
     let fs = fs::read_to_string("/proc/filesystems").unwrap_or_default();
-    if !fs.lines().any(|l| l.split_whitespace().last() == Some("ext4")) {
+    if !fs
+        .lines()
+        .any(|l| l.split_whitespace().last() == Some("ext4"))
+    {
         return Some("the kernel has no ext4".into());
     }
     if !util::have("mkfs.ext4") && !Path::new("/usr/sbin/mkfs.ext4").exists() {
@@ -419,6 +426,9 @@ pub fn run(args: &[String]) -> Result {
     }
 }
 
+/// Per kind: trials, outcomes by name, the operation's times, violations.
+type KindTally = (usize, BTreeMap<&'static str, usize>, Vec<u64>, usize);
+
 fn summary(
     outcomes: &[Outcome],
     seed: u64,
@@ -426,7 +436,7 @@ fn summary(
     skipped: &BTreeMap<&'static str, String>,
 ) -> String {
     use std::fmt::Write as _;
-    let mut per: BTreeMap<Kind, (usize, BTreeMap<&str, usize>, Vec<u64>, usize)> = BTreeMap::new();
+    let mut per: BTreeMap<Kind, KindTally> = BTreeMap::new();
     for o in outcomes {
         let e = per.entry(o.kind).or_default();
         e.0 += 1;
@@ -538,6 +548,8 @@ pub struct Trial<'a> {
     pub n: u64,
     pub kind: Kind,
     pub delay_ms: Option<u64>,
+    /// When the daemon started after the kill was killed too (ms after its spawn), if it was.
+    pub restart_kill_ms: Option<u64>,
     pub dir: PathBuf,
     pub bivy: PathBuf,
     log: PathBuf,
@@ -606,6 +618,7 @@ impl<'a> Trial<'a> {
             n,
             kind,
             delay_ms: None,
+            restart_kill_ms: None,
             bivy: dir.join("bivy"),
             log: dir.join("daemon.log"),
             dir,
@@ -641,7 +654,10 @@ impl<'a> Trial<'a> {
         util::output("mkfs.ext4", mkfs.arg(&img))?;
         util::output(
             "mount the trial's ext4",
-            Command::new("mount").args(["-o", "loop"]).arg(&img).arg(&mnt),
+            Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(&img)
+                .arg(&mnt),
         )?;
         self.bivy = mnt.join("bivy");
         self.fs = Some((mnt, img));
@@ -649,13 +665,8 @@ impl<'a> Trial<'a> {
     }
 
     fn start_daemon(&mut self) -> Result {
-        let (d, child) = daemon::start_in_netns(
-            &self.env.bin,
-            &self.bivy,
-            &self.log,
-            self.netns.pid(),
-            &[],
-        )?;
+        let (d, child) =
+            daemon::start_in_netns(&self.env.bin, &self.bivy, &self.log, self.netns.pid(), &[])?;
         self.daemon = Some((d, child));
         Ok(())
     }
@@ -668,6 +679,31 @@ impl<'a> Trial<'a> {
         }
     }
 
+    /// Spawn a daemon on our `BIVY_DIR` and SIGKILL it `ms` later, whether it is ready or not.
+    fn kill_while_starting(&mut self, ms: u64) -> Result {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(|e| format!("{}: {e}", self.log.display()))?;
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net=/proc/{}/ns/net", self.netns.pid()))
+            .arg("--")
+            .arg(&self.env.bin)
+            .arg("daemon")
+            .env("BIVY_DIR", &self.bivy)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("spawn a daemon: {e}"))?;
+        std::thread::sleep(Duration::from_millis(ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        self.restart_kill_ms = Some(ms);
+        Ok(())
+    }
+
     /// kill -9 and a new daemon on the same `BIVY_DIR`, in the same namespace.
     pub fn restart(&mut self) -> Result {
         self.kill_daemon();
@@ -675,10 +711,13 @@ impl<'a> Trial<'a> {
     }
 
     pub fn violation(&mut self, what: &str) {
-        let delay = self
+        let mut delay = self
             .delay_ms
             .map(|d| format!(" delay={d}ms"))
             .unwrap_or_default();
+        if let Some(ms) = self.restart_kill_ms {
+            delay.push_str(&format!(" restart-killed-at={ms}ms"));
+        }
         let v = format!(
             "VIOLATION seed={} trial={} kind={}{delay}: {what}",
             self.seed,
@@ -771,16 +810,17 @@ impl<'a> Trial<'a> {
 
     pub fn init_pid(&self, name: &str) -> Result<Option<u32>> {
         let st = self.get(&format!("/1.0/instances/{name}/state"))?;
-        Ok(st
-            .get("pid")
-            .as_i64()
-            .filter(|&p| p > 0)
-            .map(|p| p as u32))
+        Ok(st.get("pid").as_i64().filter(|&p| p > 0).map(|p| p as u32))
     }
 
     /// The world every trial starts from.
     fn world(&mut self, rng: &mut Rng) -> Result {
-        let img = self.env.image.to_str().ok_or("utf-8 image path")?.to_owned();
+        let img = self
+            .env
+            .image
+            .to_str()
+            .ok_or("utf-8 image path")?
+            .to_owned();
         self.ok(&["image", "import", &img, "--alias", "bb"])?;
         if self.env.no_btrfs.is_none() && self.fs.is_none() && rng.chance(1, 3) {
             self.ok(&["storage", "create", "bt", "btrfs", "size=512MiB"])?;
@@ -886,6 +926,12 @@ impl<'a> Trial<'a> {
                 stderr.trim()
             ));
         }
+        // One trial in four kills the next daemon too, while it starts (its recovery of what
+        // the first left), 0..50 ms after it was spawned.
+        if rng.chance(1, 4) {
+            let d2 = rng.below(50);
+            self.kill_while_starting(d2)?;
+        }
         self.start_daemon()?;
         check::after(self, &op.checks, acked);
         Ok((result, finished_ms.or(Some(status_at)).filter(|_| acked)))
@@ -938,9 +984,17 @@ impl<'a> Trial<'a> {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        check::after(self, &[Check::Mark(name.into(), AFTER.into(), vec![])], true);
+        check::after(
+            self,
+            &[Check::Mark(name.into(), AFTER.into(), vec![])],
+            true,
+        );
         self.restart()?;
-        check::after(self, &[Check::Mark(name.into(), AFTER.into(), vec![])], true);
+        check::after(
+            self,
+            &[Check::Mark(name.into(), AFTER.into(), vec![])],
+            true,
+        );
         Ok("done")
     }
 
@@ -986,7 +1040,11 @@ impl<'a> Trial<'a> {
         let (ok, _, stderr) = self.run(&args)?;
         let ms = t0.elapsed().as_millis() as u64;
         let lower = stderr.to_ascii_lowercase();
-        if !ok && !["space", "quota", "inode"].iter().any(|w| lower.contains(w)) {
+        if !ok
+            && !["space", "quota", "inode"]
+                .iter()
+                .any(|w| lower.contains(w))
+        {
             self.violation(&format!(
                 "bivy {} failed on a full disk without saying so: {}",
                 op.args.join(" "),
@@ -1035,7 +1093,9 @@ impl<'a> Trial<'a> {
             let _ = child.wait();
         }
         for pid in check::own_processes(&self.bivy, &self.suffix) {
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
         }
         std::thread::sleep(Duration::from_millis(100));
         check::remove_own_cgroups(&self.suffix);

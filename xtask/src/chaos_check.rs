@@ -92,7 +92,10 @@ pub fn plan(t: &mut Trial, rng: &mut Rng) -> Result<Op> {
             }
             Op {
                 args: a,
-                checks: vec![Check::Instance("n1".into(), true), Check::Running("n1".into())],
+                checks: vec![
+                    Check::Instance("n1".into(), true),
+                    Check::Running("n1".into()),
+                ],
             }
         }
         Kind::Snapshot => {
@@ -164,7 +167,11 @@ pub fn plan(t: &mut Trial, rng: &mut Rng) -> Result<Op> {
         Kind::Profile => match rng.below(4) {
             0 => Op {
                 args: s(&["profile", "set", "pr1", "user.k", "v1"]),
-                checks: vec![Check::ProfileKey("pr1".into(), "user.k".into(), "v1".into())],
+                checks: vec![Check::ProfileKey(
+                    "pr1".into(),
+                    "user.k".into(),
+                    "v1".into(),
+                )],
             },
             1 => Op {
                 // Applies to every instance, running ones live.
@@ -299,7 +306,11 @@ pub fn after(t: &mut Trial, checks: &[Check], acked: bool) {
         match promised(t, c, acked) {
             Ok(Some(v)) => t.violation(&format!(
                 "{} ({c:?}): {v}",
-                if acked { "acknowledged" } else { "not acknowledged" }
+                if acked {
+                    "acknowledged"
+                } else {
+                    "not acknowledged"
+                }
             )),
             Ok(None) => {}
             Err(e) => t.violation(&format!("checking {c:?}: {e}")),
@@ -311,8 +322,7 @@ pub fn after(t: &mut Trial, checks: &[Check], acked: bool) {
 }
 
 fn status(t: &Trial, name: &str) -> Result<String> {
-    Ok(t
-        .get(&format!("/1.0/instances/{name}/state"))?
+    Ok(t.get(&format!("/1.0/instances/{name}/state"))?
         .get("status")
         .as_str()
         .unwrap_or("")
@@ -345,7 +355,10 @@ fn promised(t: &Trial, c: &Check, acked: bool) -> Result<Option<String>> {
         }
         Check::AlwaysRunning(n) => {
             let st = status(t, n)?;
-            want(st == "Running", format!("{n} is {st}, not Running as before"))
+            want(
+                st == "Running",
+                format!("{n} is {st}, not Running as before"),
+            )
         }
         Check::Renamed(from, to) => {
             let (a, b) = (inst(from)?, inst(to)?);
@@ -397,7 +410,10 @@ fn promised(t: &Trial, c: &Check, acked: bool) -> Result<Option<String>> {
             }
             let got = t.get(&format!("/1.0/profiles/{p}"))?;
             let got = got.get("config").get(k).as_str().map(str::to_owned);
-            want(got.as_deref() == Some(v), format!("profile {p} {k}={got:?}"))
+            want(
+                got.as_deref() == Some(v),
+                format!("profile {p} {k}={got:?}"),
+            )
         }
         Check::InstanceKey(n, k, v) => {
             if !acked {
@@ -723,12 +739,7 @@ fn invariants_into(t: &Trial, v: &mut Vec<String>) -> Result {
                 v.push(format!("{pool}/containers/{vol}: recorded, but no rootfs"));
             }
             for s in *snaps {
-                if !root
-                    .join("containers-snapshots")
-                    .join(vol)
-                    .join(s)
-                    .is_dir()
-                {
+                if !root.join("containers-snapshots").join(vol).join(s).is_dir() {
                     v.push(format!(
                         "{pool}/containers-snapshots/{vol}/{s}: recorded, missing"
                     ));
@@ -758,7 +769,9 @@ fn invariants_into(t: &Trial, v: &mut Vec<String>) -> Result {
             }
             for s in snaps {
                 if !root.join("custom-snapshots").join(vol).join(s).is_dir() {
-                    v.push(format!("{pool}/custom-snapshots/{vol}/{s}: recorded, missing"));
+                    v.push(format!(
+                        "{pool}/custom-snapshots/{vol}/{s}: recorded, missing"
+                    ));
                 }
             }
         }
@@ -842,11 +855,18 @@ fn invariants_into(t: &Trial, v: &mut Vec<String>) -> Result {
         }
         let state = fs::read_to_string(path.join("freezer.state")).unwrap_or_default();
         if !state.trim().is_empty() && state.trim() != "THAWED" {
-            v.push(format!("{name} is frozen ({}: {})", h.display(), state.trim()));
+            v.push(format!(
+                "{name} is frozen ({}: {})",
+                h.display(),
+                state.trim()
+            ));
         }
         let freeze = fs::read_to_string(path.join("cgroup.freeze")).unwrap_or_default();
         if freeze.trim() == "1" {
-            v.push(format!("{name} is frozen (cgroup.freeze in {})", h.display()));
+            v.push(format!(
+                "{name} is frozen (cgroup.freeze in {})",
+                h.display()
+            ));
         }
     }
     // The trial's network namespace: bridges, veths and nftables rules.
@@ -870,7 +890,9 @@ fn invariants_into(t: &Trial, v: &mut Vec<String>) -> Result {
     let veths = link_names("veth")?;
     for (name, master) in &veths {
         if !master.as_ref().is_some_and(|m| rec.networks.contains(m)) {
-            v.push(format!("veth {name} is on no managed network (master {master:?})"));
+            v.push(format!(
+                "veth {name} is on no managed network (master {master:?})"
+            ));
         }
     }
     let veths = veths.len();
@@ -1008,9 +1030,17 @@ pub fn teardown(t: &mut Trial) -> Result {
         t.violation(&format!("after deleting everything: {v}"));
     }
     let default = t.bivy.join("storage-pools/default");
-    for sub in ["containers", "containers-snapshots", "custom", "custom-snapshots", "images"] {
+    for sub in [
+        "containers",
+        "containers-snapshots",
+        "custom",
+        "custom-snapshots",
+        "images",
+    ] {
         for e in entries(&default.join(sub)) {
-            t.violation(&format!("after deleting everything: default/{sub}/{e} remains"));
+            t.violation(&format!(
+                "after deleting everything: default/{sub}/{e} remains"
+            ));
         }
     }
     Ok(())

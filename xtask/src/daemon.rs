@@ -85,7 +85,8 @@ fn spawn_child(mut cmd: Command, bin: &Path, dir: &Path, log: &Path) -> Result<(
     let logf = fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(log).map_err(|e| format!("create {}: {e}", log.display()))?;
+        .open(log)
+        .map_err(|e| format!("create {}: {e}", log.display()))?;
     let t = Instant::now();
     let mut child = cmd
         .env("BIVY_DIR", dir)
