@@ -24,7 +24,8 @@
 //! Then the invariants ([`chaos_check`](crate::chaos_check)): what the CLI acknowledged is
 //! there, nothing half-made, frozen, mounted, looped, cgrouped, bridged or in nftables without a
 //! record, the long-running container kept its init, and every instance starts, stops and is
-//! deleted, every image launches and every pool, volume, profile and network is deleted. A
+//! deleted, every image launches and every pool, volume, profile and network is deleted, and
+//! no daemon of the trial panicked (its log). A
 //! violation is printed with the seed, trial, kind and kill delay (reproduce with
 //! `--seed S --trial I`) and fails the run; the trial's daemon log is kept in `target/chaos/`.
 //!
@@ -1025,7 +1026,13 @@ impl<'a> Trial<'a> {
                 .stderr(Stdio::null())
                 .status();
             let len = fs::metadata(&filler).map(|m| m.len()).unwrap_or(0);
-            let give = rng.below(3 << 20);
+            // Mostly too little for a container's rootfs (about 2 MiB): the failures are where
+            // a half-done change would be left.
+            let give = if rng.chance(2, 3) {
+                rng.below(1 << 20)
+            } else {
+                rng.below(3 << 20)
+            };
             let f = fs::OpenOptions::new()
                 .write(true)
                 .open(&filler)
@@ -1072,6 +1079,10 @@ impl<'a> Trial<'a> {
             if let Err(e) = check::teardown(self) {
                 self.violation(&format!("teardown: {e}"));
             }
+        }
+        let log = fs::read_to_string(&self.log).unwrap_or_default();
+        if let Some(l) = log.lines().find(|l| l.contains("panicked")) {
+            self.violation(&format!("the daemon panicked: {l}"));
         }
         if !self.violations.is_empty() {
             let keep = self
