@@ -181,7 +181,7 @@ impl Kind {
         match self {
             Kind::Launch => 60,
             Kind::Snapshot => 12,
-            Kind::Copy => 15,
+            Kind::Copy => 40,
             Kind::Rename => 8,
             Kind::Restore => 45,
             Kind::ImageImport => 60,
@@ -193,10 +193,10 @@ impl Kind {
             Kind::PoolDelete => 100,
             Kind::VolumeCreate => 6,
             Kind::VolumeSnapshot => 7,
-            Kind::VolumeCopy => 7,
+            Kind::VolumeCopy => 10,
             Kind::VolumeDelete => 6,
             Kind::NetworkCreate => 70,
-            Kind::NetworkDelete => 40,
+            Kind::NetworkDelete => 60,
             Kind::Delete => 25,
             Kind::StartStop => 35,
             Kind::KillMonitor | Kind::KillInit | Kind::DiskFull | Kind::InodesFull => 0,
@@ -1004,6 +1004,8 @@ impl<'a> Trial<'a> {
     /// restart, and check again.
     fn full_disk(&mut self, rng: &mut Rng) -> Result<(&'static str, Option<u64>)> {
         let (mnt, _) = self.fs.clone().ok_or("no small filesystem")?;
+        // What the operation needs first is made before the disk fills.
+        let op = check::plan(self, rng)?;
         let filler = mnt.join("filler");
         if self.kind == Kind::InodesFull {
             util::mkdirs(&filler)?;
@@ -1041,7 +1043,6 @@ impl<'a> Trial<'a> {
                 .map_err(|e| e.to_string())?;
             drop(f);
         }
-        let op = check::plan(self, rng)?;
         let args: Vec<&str> = op.args.iter().map(String::as_str).collect();
         let t0 = Instant::now();
         let (ok, _, stderr) = self.run(&args)?;
