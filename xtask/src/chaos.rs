@@ -1,4 +1,5 @@
-//! `cargo xtask chaos [--trials N] [--seed S] [--trial I] [--kind K]... [--bin PATH] [--round-robin]`:
+//! `cargo xtask chaos [--trials N] [--seed S] [--trial I] [--kind K]... [--bin PATH] [--round-robin]
+//! [--btrfs]`:
 //! kill -9 at any moment, then check that nothing acknowledged was lost and nothing is left
 //! that no record owns (issue 16).
 //!
@@ -8,7 +9,7 @@
 //! container whose init PID is recorded, a stopped and a running instance with a snapshot and a
 //! marker file that differs from the snapshot's, a profile, a custom volume with a snapshot, a
 //! managed bridge with an explicit 10.x subnet, and (one trial in three, where btrfs pools can
-//! be made) a btrfs pool on a loop file. Then one operation of the trial's kind:
+//! be made; every trial with `--btrfs`) a btrfs pool on a loop file. Then one operation of the trial's kind:
 //!
 //! - a daemon kill kind (launch, snapshot, copy, rename, restore, image import and delete,
 //!   publish, profile and config changes, pool create and delete, custom volume create,
@@ -218,6 +219,7 @@ struct Opts {
     kinds: Vec<Kind>,
     bin: Option<PathBuf>,
     round_robin: bool,
+    btrfs: bool,
 }
 
 fn parse_opts(args: &[String]) -> Result<Opts> {
@@ -231,6 +233,7 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
         kinds: Vec::new(),
         bin: None,
         round_robin: false,
+        btrfs: false,
     };
     let mut it = args.iter();
     let num = |v: Option<&String>, what: &str| -> Result<u64> {
@@ -253,9 +256,10 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
             }
             "--bin" => o.bin = Some(PathBuf::from(it.next().ok_or("--bin PATH")?)),
             "--round-robin" => o.round_robin = true,
+            "--btrfs" => o.btrfs = true,
             other => {
                 return Err(format!(
-                    "unknown argument `{other}` (--trials N, --seed S, --trial I, --kind K, --bin PATH, --round-robin)"
+                    "unknown argument `{other}` (--trials N, --seed S, --trial I, --kind K, --bin PATH, --round-robin, --btrfs)"
                 ))
             }
         }
@@ -274,6 +278,8 @@ pub struct Env {
     pub no_btrfs: Option<String>,
     /// Why disk-full trials cannot run here, if they cannot.
     pub no_ext4: Option<String>,
+    /// `--btrfs`: every world has the btrfs pool (else one in three).
+    pub always_btrfs: bool,
     pub logs: PathBuf,
 }
 
@@ -358,6 +364,7 @@ pub fn run(args: &[String]) -> Result {
         image,
         no_btrfs: btrfs_supported(),
         no_ext4: ext4_supported(),
+        always_btrfs: o.btrfs,
         logs,
     };
     if let Some(why) = &env.no_btrfs {
@@ -823,7 +830,8 @@ impl<'a> Trial<'a> {
             .ok_or("utf-8 image path")?
             .to_owned();
         self.ok(&["image", "import", &img, "--alias", "bb"])?;
-        if self.env.no_btrfs.is_none() && self.fs.is_none() && rng.chance(1, 3) {
+        let btrfs = rng.chance(1, 3) || self.env.always_btrfs;
+        if self.env.no_btrfs.is_none() && self.fs.is_none() && btrfs {
             self.ok(&["storage", "create", "bt", "btrfs", "size=512MiB"])?;
             self.btrfs = true;
         }

@@ -56,7 +56,7 @@ tasks:
                                run the tests/fuzz targets (all, or those named) N seconds each (60) with
                                libFuzzer (nightly + cargo-fuzz, installed if missing), else the stable
                                mutation tests; a summary of executions and coverage, reproducers of crashes
-  chaos [--trials N] [--seed S] [--trial I] [--kind K]... [--bin PATH] [--round-robin]
+  chaos [--trials N] [--seed S] [--trial I] [--kind K]... [--bin PATH] [--round-robin] [--btrfs]
                                random operations with the daemon killed (kill -9) at a random moment,
                                container monitors and inits killed, a full disk and inode table;
                                then the invariants (nothing acknowledged lost, nothing left without
