@@ -384,6 +384,9 @@ pub fn run(args: &[String]) -> Result {
     let t0 = Instant::now();
     let mut outcomes = Vec::new();
     let mut skipped: BTreeMap<&'static str, String> = BTreeMap::new();
+    if let Some(why) = &env.no_btrfs {
+        skipped.insert("btrfs pools", why.clone());
+    }
     for &i in &trials {
         let mut rng = Rng::new(o.seed ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let kind = if o.round_robin {
