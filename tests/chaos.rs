@@ -39,7 +39,7 @@ fn short_chaos_run_finds_no_violation() {
             "--",
             "chaos",
             "--trials",
-            "24",
+            "25",
             "--seed",
             "16",
             "--round-robin",

@@ -13,7 +13,9 @@
 //!
 //! - a daemon kill kind (launch, snapshot, copy, rename, restore, image import and delete,
 //!   publish, profile and config changes, pool create and delete, custom volume create,
-//!   snapshot, copy and delete, network create and delete, instance delete, start and stop):
+//!   snapshot, copy and delete, network create and delete, instance delete, start and stop;
+//!   `concurrent`: three of launch, snapshot, config, profile, pool, volume and network
+//!   creation at once, each on its own objects):
 //!   the operation is started through the CLI, the daemon is SIGKILLed after a random delay
 //!   from 0 to the operation's typical duration, and restarted (one trial in four kills the
 //!   new daemon too, 0..50 ms into its start, while it recovers, and starts another);
@@ -111,13 +113,14 @@ pub enum Kind {
     NetworkDelete,
     Delete,
     StartStop,
+    Concurrent,
     KillMonitor,
     KillInit,
     DiskFull,
     InodesFull,
 }
 
-pub const KINDS: [Kind; 24] = [
+pub const KINDS: [Kind; 25] = [
     Kind::Launch,
     Kind::Snapshot,
     Kind::Copy,
@@ -138,6 +141,7 @@ pub const KINDS: [Kind; 24] = [
     Kind::NetworkDelete,
     Kind::Delete,
     Kind::StartStop,
+    Kind::Concurrent,
     Kind::KillMonitor,
     Kind::KillInit,
     Kind::DiskFull,
@@ -167,6 +171,7 @@ impl Kind {
             Kind::NetworkDelete => "network-delete",
             Kind::Delete => "delete",
             Kind::StartStop => "start-stop",
+            Kind::Concurrent => "concurrent",
             Kind::KillMonitor => "kill-monitor",
             Kind::KillInit => "kill-init",
             Kind::DiskFull => "disk-full",
@@ -200,6 +205,7 @@ impl Kind {
             Kind::NetworkDelete => 60,
             Kind::Delete => 25,
             Kind::StartStop => 35,
+            Kind::Concurrent => 60,
             Kind::KillMonitor | Kind::KillInit | Kind::DiskFull | Kind::InodesFull => 0,
         }
     }
@@ -891,52 +897,72 @@ impl<'a> Trial<'a> {
 
     /// Start the trial's operation, kill -9 the daemon at a random moment, restart, check.
     fn kill_during(&mut self, rng: &mut Rng) -> Result<(&'static str, Option<u64>)> {
-        let op = check::plan(self, rng)?;
+        let ops = if self.kind == Kind::Concurrent {
+            check::plan_concurrent(self, rng)?
+        } else {
+            vec![check::plan(self, rng)?]
+        };
         let delay = rng.below(self.kind.typical_ms().max(1));
         self.delay_ms = Some(delay);
-        let args: Vec<&str> = op.args.iter().map(String::as_str).collect();
-        let mut cmd = self.cli(&args)?;
         let t0 = Instant::now();
-        let mut child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("spawn bivy {}: {e}", op.args.join(" ")))?;
-        // Until the kill, watch for the end of the operation (its duration, for the summary).
+        let mut children = Vec::new();
+        for op in &ops {
+            let args: Vec<&str> = op.args.iter().map(String::as_str).collect();
+            let child = self
+                .cli(&args)?
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(|e| format!("spawn bivy {}: {e}", op.args.join(" ")))?;
+            children.push((child, None, None));
+        }
+        // Until the kill, watch for the ends of the operations (their durations, for the
+        // summary).
         let kill_at = t0 + Duration::from_millis(delay);
-        let mut before = None;
-        let mut finished_ms = None;
-        while Instant::now() < kill_at {
-            if before.is_none() {
-                before = child.try_wait().map_err(|e| e.to_string())?;
-                if before.is_some() {
-                    finished_ms = Some(t0.elapsed().as_millis() as u64);
+        loop {
+            for (child, before, ms) in children.iter_mut() {
+                if before.is_none() {
+                    *before = child.try_wait().map_err(|e| e.to_string())?;
+                    if before.is_some() {
+                        *ms = Some(t0.elapsed().as_millis() as u64);
+                    }
                 }
             }
-            std::thread::sleep(Duration::from_millis(1).min(kill_at - Instant::now().min(kill_at)));
+            let now = Instant::now();
+            if now >= kill_at {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1).min(kill_at - now));
         }
-        if before.is_none() {
-            before = child.try_wait().map_err(|e| e.to_string())?;
-        }
-        let status_at = t0.elapsed().as_millis() as u64;
         self.kill_daemon();
-        let status = wait_bounded(&mut child, Duration::from_secs(30))?;
-        let mut stderr = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            let _ = e.read_to_string(&mut stderr);
-        }
-        let acked = status.success();
-        let result = match (acked, before.is_some()) {
-            (true, _) => "acked",
-            (false, true) => "refused",
-            (false, false) => "cut",
-        };
-        if result == "refused" {
-            self.violation(&format!(
-                "bivy {} failed before the kill (a harness setup problem?): {}",
-                op.args.join(" "),
-                stderr.trim()
-            ));
+        let mut results = Vec::new();
+        let mut all_acked = true;
+        let mut finished = None;
+        for ((child, before, ms), op) in children.iter_mut().zip(&ops) {
+            let status = wait_bounded(child, Duration::from_secs(30))?;
+            let mut stderr = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut stderr);
+            }
+            let acked = status.success();
+            all_acked &= acked;
+            if acked {
+                finished = finished.max(*ms);
+            }
+            if !acked && before.is_some() {
+                self.violation(&format!(
+                    "bivy {} failed before the kill (a harness setup problem?): {}",
+                    op.args.join(" "),
+                    stderr.trim()
+                ));
+            }
+            results.push(if acked {
+                "acked"
+            } else if before.is_some() {
+                "refused"
+            } else {
+                "cut"
+            });
         }
         // One trial in four kills the next daemon too, while it starts (its recovery of what
         // the first left), 0..50 ms after it was spawned.
@@ -945,8 +971,19 @@ impl<'a> Trial<'a> {
             self.kill_while_starting(d2)?;
         }
         self.start_daemon()?;
-        check::after(self, &op.checks, acked);
-        Ok((result, finished_ms.or(Some(status_at)).filter(|_| acked)))
+        for (op, r) in ops.iter().zip(&results) {
+            check::after(self, &op.checks, *r == "acked");
+        }
+        let result = if results.contains(&"refused") {
+            "refused"
+        } else if all_acked {
+            "acked"
+        } else if results.contains(&"acked") {
+            "some acked"
+        } else {
+            "cut"
+        };
+        Ok((result, finished.filter(|_| all_acked)))
     }
 
     /// kill -9 a container's monitor or init; the instance must end stopped or running, its

@@ -64,6 +64,35 @@ const DISK_OPS: [Kind; 12] = [
     Kind::NetworkCreate,
 ];
 
+/// The operations a `concurrent` trial runs three of at once: none touches what another does
+/// (snapshots `sx` of keep, r1 or s1; config of keep, r1 or s1 is only checked as a key).
+const CONCURRENT_OPS: [Kind; 7] = [
+    Kind::Launch,
+    Kind::Snapshot,
+    Kind::Profile,
+    Kind::PoolCreate,
+    Kind::VolumeCreate,
+    Kind::VolumeSnapshot,
+    Kind::NetworkCreate,
+];
+
+/// Three different operations of [`CONCURRENT_OPS`], to run at once.
+pub fn plan_concurrent(t: &mut Trial, rng: &mut Rng) -> Result<Vec<Op>> {
+    let mut kinds: Vec<Kind> = Vec::new();
+    while kinds.len() < 3 {
+        let k = *rng.pick(&CONCURRENT_OPS);
+        if !kinds.contains(&k) {
+            kinds.push(k);
+        }
+    }
+    eprintln!(
+        "chaos: trial {} concurrent: {}",
+        t.n,
+        kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
+    );
+    kinds.into_iter().map(|k| plan_kind(t, k, rng)).collect()
+}
+
 /// Choose the trial's operation (details by `rng`) and make what it needs first.
 pub fn plan(t: &mut Trial, rng: &mut Rng) -> Result<Op> {
     let kind = match t.kind {
@@ -74,6 +103,10 @@ pub fn plan(t: &mut Trial, rng: &mut Rng) -> Result<Op> {
         }
         k => k,
     };
+    plan_kind(t, kind, rng)
+}
+
+fn plan_kind(t: &mut Trial, kind: Kind, rng: &mut Rng) -> Result<Op> {
     let pool = |t: &Trial, rng: &mut Rng| -> &'static str {
         if t.btrfs && rng.chance(1, 2) {
             "bt"
@@ -291,9 +324,11 @@ pub fn plan(t: &mut Trial, rng: &mut Rng) -> Result<Op> {
                 }
             }
         }
-        Kind::KillMonitor | Kind::KillInit | Kind::DiskFull | Kind::InodesFull => {
-            return Err(format!("{} is not an operation", kind.name()))
-        }
+        Kind::Concurrent
+        | Kind::KillMonitor
+        | Kind::KillInit
+        | Kind::DiskFull
+        | Kind::InodesFull => return Err(format!("{} is not an operation", kind.name())),
     };
     Ok(op)
 }
