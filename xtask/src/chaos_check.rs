@@ -88,7 +88,11 @@ pub fn plan_concurrent(t: &mut Trial, rng: &mut Rng) -> Result<Vec<Op>> {
     eprintln!(
         "chaos: trial {} concurrent: {}",
         t.n,
-        kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
+        kinds
+            .iter()
+            .map(|k| k.name())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     kinds.into_iter().map(|k| plan_kind(t, k, rng)).collect()
 }
