@@ -496,3 +496,150 @@ fn a_checkpoint_restores_after_a_rename() {
     assert!(cg.contains("/bivy/c2"), "{cg}");
     d.ok(&["delete", "c2", "--force"]);
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Two daemons with CRIU (`a` with the busybox image), each listening on a loopback port with a
+/// trust password, and a client configuration (bivy's, in lxc's layout: lxc reads it too) with
+/// both as remotes `a` and `b`.
+fn remote_pair(criu: &Path) -> (Daemon, Daemon, PathBuf) {
+    let a = daemon_with(criu);
+    let b = Daemon::start_with(&[("BIVY_CRIU", criu.to_str().expect("utf-8"))]).expect("daemon");
+    let conf = a.tmp().join("remotes");
+    std::fs::create_dir_all(&conf).expect("mkdir");
+    for (d, name) in [(&a, "a"), (&b, "b")] {
+        let addr = format!("127.0.0.1:{}", free_port());
+        d.ok(&["config", "set", "core.https_address", &addr]);
+        d.ok(&["config", "set", "core.trust_password", "live-pw"]);
+        let out = d
+            .cli()
+            .env("BIVY_CONF", &conf)
+            .args(["remote", "add", name, &addr, "--accept-certificate"])
+            .args(["--password", "live-pw"])
+            .output()
+            .expect("bivy remote add");
+        assert!(out.status.success(), "remote add {name}: {}", text(&out));
+    }
+    (a, b, conf)
+}
+
+fn has_instance(d: &Daemon, ct: &str) -> bool {
+    d.api("GET", &format!("/1.0/instances/{ct}"), None)
+        .expect("GET")
+        .0
+        == 200
+}
+
+/// Wait (up to 10 s) for `ct` to be Running: a source resumes after the failed migration's
+/// operation has ended.
+fn wait_running(d: &Daemon, ct: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(d, ct) != "Running" {
+        assert!(Instant::now() < deadline, "{ct} did not come back running");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn live_migration_between_two_daemons_keeps_the_process() {
+    let Some(criu) = criu() else { return };
+    let (a, b, conf) = remote_pair(&criu);
+    let bivy = |args: &[&str]| {
+        a.cli()
+            .env("BIVY_CONF", &conf)
+            .args(args)
+            .output()
+            .expect("bivy")
+    };
+    let ok = |args: &[&str]| {
+        let out = bivy(args);
+        assert!(out.status.success(), "bivy {args:?}: {}", text(&out));
+    };
+    launch(&a, "c1", true);
+    a.ok(&["snapshot", "c1", "snap0"]);
+    let before = start_counter(&a, "c1");
+
+    // A live move (pull): the counter runs on in b as the same process with the same memory,
+    // the snapshot came along, and nothing is left on a.
+    ok(&["move", "a:c1", "b:c1"]);
+    assert!(!has_instance(&a, "c1"), "c1 left on a");
+    assert_eq!(status(&b, "c1"), "Running");
+    assert!(!stateful(&b, "c1"), "the used checkpoint is gone");
+    let on_b = assert_resumed(&b, "c1", &before);
+    let snaps = instance_json(&b, "/1.0/instances/c1/snapshots");
+    assert_eq!(snaps.as_array().map(Vec::len), Some(1), "{snaps}");
+
+    // Back in push mode.
+    ok(&["move", "b:c1", "a:c1", "--mode", "push"]);
+    assert!(!has_instance(&b, "c1"));
+    let on_a = assert_resumed(&a, "c1", &on_b);
+
+    // A live copy in relay mode: the copy runs from the checkpoint, the source resumes.
+    ok(&["copy", "a:c1", "b:c2", "--mode", "relay"]);
+    assert_resumed(&b, "c2", &on_a);
+    let on_a = assert_resumed(&a, "c1", &on_a);
+    b.ok(&["delete", "c2", "--force"]);
+
+    // The unmodified lxc asks for a live move of every running source.
+    if common::have_cmd("lxc") {
+        let l = Lxc {
+            d: &a,
+            conf: conf.clone(),
+        };
+        l.ok(&["move", "a:c1", "b:c1"]);
+        let on_b = assert_resumed(&b, "c1", &on_a);
+        l.ok(&["move", "b:c1", "a:c1"]);
+        assert_resumed(&a, "c1", &on_b);
+    } else {
+        common::skip(
+            &common::current_test_name(),
+            "lxc is not installed: the move by the unmodified lxc was not tried",
+        );
+    }
+
+    // The restore fails on the target (its copy gets an isolated id map, unlike the one the
+    // checkpoint was taken with): nothing is left on b, the source resumes its processes.
+    let now = read_count(&a, "c1");
+    let out = bivy(&["copy", "a:c1", "b:c3", "-c", "security.idmap.isolated=true"]);
+    assert!(!out.status.success(), "the copy must fail: {}", text(&out));
+    assert!(text(&out).contains("uid map"), "{}", text(&out));
+    assert!(!has_instance(&b, "c3"), "a half-made c3 on b");
+    wait_running(&a, "c1");
+    let now = assert_resumed(&a, "c1", &now);
+
+    // Without migration.stateful: refused before anything moves, naming --stateless.
+    launch(&a, "c4", false);
+    let out = bivy(&["move", "a:c4", "b:c4"]);
+    assert!(!out.status.success());
+    let t = text(&out);
+    assert!(
+        t.contains("--stateless") && t.contains("migration.stateful"),
+        "{t}"
+    );
+    assert_eq!(status(&a, "c4"), "Running");
+    assert!(!has_instance(&b, "c4"));
+
+    // A dump that cannot be done: the source keeps running, the target has nothing.
+    a.ok(&[
+        "exec",
+        "c1",
+        "--",
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/big bs=1M count=2 2>/dev/null; \
+         setsid sh -c 'exec sleep 1000 </big' </dev/null >/dev/null 2>&1 & sleep 0.5; rm /big",
+    ]);
+    let out = bivy(&["move", "a:c1", "b:c5"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("ghost file"), "{}", text(&out));
+    assert_eq!(status(&a, "c1"), "Running");
+    assert!(!stateful(&a, "c1"));
+    assert!(!has_instance(&b, "c5"));
+    assert_resumed(&a, "c1", &now);
+}

@@ -321,7 +321,10 @@ fn op_secrets(
 /// secrets, dials it and pulls the instance. Push: the target makes the websocket operation and
 /// the source dials it. Relay: both make one and this client joins their websockets. A failure
 /// on one side cancels the other's operation.
-fn migrate(sr: &str, src: &str, dr: &str, dst: &str, m: &Migrate) -> Result<(), Fail> {
+///
+/// Whether the transfer was live (the source, running, was checkpointed: it is now stopped with
+/// its state saved).
+fn migrate(sr: &str, src: &str, dr: &str, dst: &str, m: &Migrate) -> Result<bool, Fail> {
     if !matches!(m.mode, "pull" | "push" | "relay") {
         return fail(format!(
             "Invalid migration mode {:?}: pull, push or relay",
@@ -396,7 +399,7 @@ fn migrate(sr: &str, src: &str, dr: &str, dst: &str, m: &Migrate) -> Result<(), 
     if refreshing && transfer.is_ok() {
         put_refreshed_config(&dc, dst, writable)?;
     }
-    transfer
+    transfer.map(|()| live)
 }
 
 /// What lxc's PUT after a refresh takes from the source: config, devices, profiles,
@@ -504,7 +507,11 @@ fn transfer_by_mode(
         }
     };
     let mut pipes = Vec::new();
-    for k in ["control", "fs"] {
+    let live = post.live;
+    for k in ["control", "fs", "criu"] {
+        if k == "criu" && !live {
+            break;
+        }
         let (Some(ss), Some(ts)) = (ssecrets.get(k), tsecrets.get(k)) else {
             cancel_target();
             let _ = sc.delete(&format!("/1.0/operations/{sop}"));
@@ -795,7 +802,7 @@ pub fn copy(args: &[String]) -> CmdResult {
         } else {
             dst
         };
-        migrate(
+        let live = migrate(
             &sr,
             src,
             &dr,
@@ -811,6 +818,17 @@ pub fn copy(args: &[String]) -> CmdResult {
                 exclude_older: a.refresh_exclude_older,
             },
         )?;
+        if live {
+            // A live copy leaves the source stopped with its state saved (as LXD's): a copy
+            // keeps it running, so it resumes from that state.
+            let put = InstanceStatePut {
+                action: "start".into(),
+                timeout: -1,
+                force: false,
+                stateful: true,
+            };
+            change_state(&super::client_of(&sr)?, src, &put)?;
+        }
         return Ok(0);
     }
     let refresh = a.refresh || a.refresh_exclude_older;

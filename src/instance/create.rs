@@ -46,6 +46,8 @@ pub struct Received {
     pub snapshots: Vec<super::db::SnapshotRecord>,
     /// The id map the files were written with (the source's `volatile.last_state.idmap`).
     pub disk_idmap: String,
+    /// A live migration's: the volume holds the checkpoint the instance is to start from.
+    pub stateful: bool,
 }
 
 /// A new instance's settings, resolved by `create`.
@@ -145,6 +147,7 @@ pub fn create_now(d: &Ctx, args: NewInstance<'_>, origin: Origin<'_>) -> Result<
     let mut snapshots = Vec::new();
     // A received volume's snapshots, to be made read-only once their ids are right.
     let mut received_snaps = Vec::new();
+    let mut stateful = false;
     match origin {
         Origin::Remote(_) | Origin::Migration(_) => {
             return Err(Error::Host(
@@ -163,6 +166,7 @@ pub fn create_now(d: &Ctx, args: NewInstance<'_>, origin: Origin<'_>) -> Result<
             // below they are idmapped or shifted as any new volume's are.
             received_snaps = unshift_received(&pool, &volume, &tmp, &got)?;
             cfg.remove("volatile.last_state.idmap");
+            stateful = got.stateful;
             snapshots = got.snapshots;
         }
         Origin::Empty => {
@@ -309,7 +313,7 @@ pub fn create_now(d: &Ctx, args: NewInstance<'_>, origin: Origin<'_>) -> Result<
         description: body.put.description.clone(),
         created_at: now,
         last_used_at: api::ZERO_TIME.into(),
-        stateful: false,
+        stateful,
         volume,
         pool: pool_name,
         snapshots,

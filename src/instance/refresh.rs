@@ -172,6 +172,7 @@ pub fn local(
         Ok(Received {
             snapshots,
             disk_idmap,
+            stateful: false,
         })
     };
     apply(d, name, Box::new(fill))

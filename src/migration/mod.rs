@@ -11,7 +11,15 @@
 //! (bivy's own transfer, offered in a header field LXD ignores and chosen by the target:
 //! `proto::XFER_STREAM`), so no external program is needed, or, between two btrfs pools, as
 //! `btrfs send` streams, each snapshot incremental from the one before (`proto::XFER_BTRFS`); a
-//! refresh, and any transfer with LXD, uses LXD's rsync. Not built yet: live migration (CRIU) between servers.
+//! refresh, and any transfer with LXD, uses LXD's rsync.
+//!
+//! Live migration (a running instance with `migration.stateful=true`, between two bivy daemons
+//! with CRIU): a third websocket, `criu`, and `criu: CRIU_RSYNC` in both headers. The source
+//! sends the snapshots, then dumps the instance (`stop --stateful`: its processes stop), sends
+//! its volume and then the checkpoint on `criu` as a byte stream; the target makes the instance
+//! and restores it from the checkpoint before it reports success. A failure anywhere after the
+//! dump starts the source again from its checkpoint. One-shot: this kernel has no soft-dirty
+//! tracking, so no iterative pre-copy.
 //!
 //! This module drives the model (`crate::instance`) and speaks HTTP only through the websocket
 //! layer; the REST handlers parse the requests and call [`source::start`] and [`sink::receive`].
@@ -56,10 +64,15 @@ pub fn arch_name(id: i32) -> &'static str {
         .map_or("", |(_, n)| n)
 }
 
-/// New one-time secrets for an operation's `control` and `fs` websockets (the operation's
-/// metadata, as LXD's).
-pub fn secrets() -> std::collections::BTreeMap<String, String> {
-    ["control", "fs"]
+/// New one-time secrets for an operation's `control` and `fs` websockets, and `criu` for a
+/// live migration (the operation's metadata, as LXD's).
+pub fn secrets(live: bool) -> std::collections::BTreeMap<String, String> {
+    let names: &[&str] = if live {
+        &["control", "fs", "criu"]
+    } else {
+        &["control", "fs"]
+    };
+    names
         .iter()
         .map(|k| (k.to_string(), crate::instance::operations::secret()))
         .collect()

@@ -8,6 +8,10 @@
 //! unshifted from the source's on-disk map, then idmapped or shifted as for any new volume;
 //! volatile keys regenerated) and tell the source `MigrationControl{success}`.
 //!
+//! Live (`source.live`, a third stream `criu`): the checkpoint is received into the new
+//! instance's state directory and the instance is started from it before success is reported;
+//! a restore that fails deletes the instance again (the source then resumes its own).
+//!
 //! On any failure the source is told why, and everything made here is removed (the create's
 //! undo list); the source is unchanged. A source that aborts (`MigrationControl{success:
 //! false}`) or goes away ends the transfer at once.
@@ -33,17 +37,31 @@ pub fn check(src: &api::InstanceSource) -> Result<()> {
         "push" => true,
         m => return Err(Error::Invalid(format!("Unknown migration mode {m:?}"))),
     };
-    if src.live || src.secrets.contains_key("criu") {
-        return Err(Error::not_yet(
-            "live migration between servers (CRIU); use --stateless",
+    if src.live && src.refresh {
+        return Err(Error::Invalid(
+            "A refresh is never live: refresh from a stopped or --stateless source".into(),
         ));
+    }
+    if src.live {
+        // Restoring needs CRIU here: refused before anything moves.
+        crate::instance::stateful::require_criu().map_err(|e| {
+            Error::NotSupported(format!(
+                "Unable to perform container live migration: {e} (on the target; or copy or \
+                 move it with --stateless)"
+            ))
+        })?;
     }
     if push {
         // The source dials this server's operation: nothing of its own to check.
         return Ok(());
     }
-    for k in ["control", "fs"] {
-        if !src.secrets.contains_key(k) {
+    let keys: &[&str] = if src.live {
+        &["control", "fs", "criu"]
+    } else {
+        &["control", "fs"]
+    };
+    for k in keys {
+        if !src.secrets.contains_key(*k) {
             return Err(Error::Invalid(format!("Missing {k} secret")));
         }
     }
@@ -140,14 +158,15 @@ pub fn receive(
         Error::Invalid("Migration source certificate is not a PEM certificate".into())
     })?;
     let ctl = wire::dial(&src.operation, &src.secrets["control"], &cert)?;
-    let fs = match wire::dial(&src.operation, &src.secrets["fs"], &cert) {
-        Ok(w) => w,
-        Err(e) => {
-            abort(&ctl, &e);
-            return Err(e);
-        }
+    let dial = |k: &str| {
+        wire::dial(&src.operation, &src.secrets[k], &cert).inspect_err(|e| abort(&ctl, e))
     };
-    receive_on(d, goal, ctl, fs, progress)
+    let fs = dial("fs")?;
+    let criu = match src.live {
+        true => Some(dial("criu")?),
+        false => None,
+    };
+    receive_on(d, goal, ctl, fs, criu, progress)
 }
 
 /// [`receive`] or [`receive_pushed`], as `src.mode` says (`op` and its `secrets` for push).
@@ -175,8 +194,11 @@ pub fn receive_pushed(
     secrets: &std::collections::BTreeMap<String, String>,
     progress: &Progress<'_>,
 ) -> Result<()> {
-    let (ctl, fs) = wire::wait_for(op, &secrets["control"], &secrets["fs"])?;
-    receive_on(d, goal, ctl, fs, progress)
+    let mut list = vec![secrets["control"].as_str(), secrets["fs"].as_str()];
+    list.extend(secrets.get("criu").map(String::as_str));
+    let mut socks = wire::wait_for(op, &list)?.into_iter();
+    let (ctl, fs) = (socks.next().expect("control"), socks.next().expect("fs"));
+    receive_on(d, goal, ctl, fs, socks.next(), progress)
 }
 
 /// The transfer on connected websockets, whoever dialed.
@@ -185,8 +207,10 @@ fn receive_on(
     mut goal: Goal<'_>,
     mut ctl: Ws,
     fs: Ws,
+    criu: Option<Ws>,
     progress: &Progress<'_>,
 ) -> Result<()> {
+    let live = criu.is_some();
     // The snapshots this server has (a refresh compares them with the source's), and the
     // config a snapshot record takes when an old source sends names only.
     let (have, config) = match &mut goal {
@@ -231,10 +255,39 @@ fn receive_on(
             .is_ok_and(|p| p.driver.name() == "btrfs"),
         Goal::Refresh { .. } => false,
     };
-    let (offer, features, delete, xfer) = match negotiate(&mut ctl, have, target_btrfs) {
+    // A live migration restores the instance here: it must have migration.stateful.
+    let stateful_key = match &goal {
+        Goal::Create(args) if live => {
+            let db = d.db.lock().expect("db lock");
+            let (ec, _) = crate::instance::config::expand(
+                &args.profiles,
+                &db.data.profiles,
+                &args.config,
+                &args.devices,
+            );
+            crate::instance::config::flag(&ec, "migration.stateful")
+        }
+        _ => true,
+    };
+    let negotiated = if stateful_key {
+        negotiate(&mut ctl, have, target_btrfs, live)
+    } else {
+        let e = Error::Invalid(
+            "Unable to perform container live migration: the instance would not have \
+             migration.stateful=true here (set it in its own config, not only in a profile of \
+             the source's)"
+                .into(),
+        );
+        abort(&ctl, &e);
+        Err(e)
+    };
+    let (offer, features, delete, xfer) = match negotiated {
         Ok(x) => x,
         Err(e) => {
-            for tx in [&ctl.tx, &fs.tx] {
+            for tx in [Some(&ctl.tx), Some(&fs.tx), criu.as_ref().map(|w| &w.tx)]
+                .into_iter()
+                .flatten()
+            {
                 tx.shutdown();
             }
             return Err(e);
@@ -253,6 +306,7 @@ fn receive_on(
     // From here the source may abort: a reader on `control` ends the transfer when it does.
     let aborted = Arc::new(Mutex::new(None::<String>));
     let fs_tx = fs.tx.clone();
+    let criu_tx = criu.as_ref().map(|w| w.tx.clone());
     let seen = aborted.clone();
     let Ws {
         tx: ctl_tx,
@@ -266,8 +320,13 @@ fn receive_on(
         };
         *seen.lock().expect("abort lock") = Some(why);
         fs_tx.shutdown();
+        if let Some(tx) = criu_tx {
+            tx.shutdown();
+        }
     });
     let mut fs = fs;
+    let mut criu = criu;
+    let criu_close = criu.as_ref().map(|w| w.tx.clone());
     let refresh = matches!(goal, Goal::Refresh { .. });
     let fill = |pool: &Arc<Pool>, tmp: &Path, volume: &str, revert: &mut Revert| {
         let t = Transfer {
@@ -280,9 +339,13 @@ fn receive_on(
             refresh,
             progress,
         };
-        t.run(pool, tmp, volume, revert, &mut fs)
+        t.run(pool, tmp, volume, revert, &mut fs, criu.as_mut())
     };
     let res = match goal {
+        Goal::Create(args) if live => {
+            let name = args.name;
+            create_now(d, args, Origin::Received(Box::new(fill))).and_then(|()| restore(d, name))
+        }
         Goal::Create(args) => create_now(d, args, Origin::Received(Box::new(fill))),
         Goal::Refresh { name, .. } => crate::instance::refresh::apply(d, name, Box::new(fill)),
     };
@@ -318,8 +381,35 @@ fn receive_on(
         let _ = tx.close(1000);
         tx.shutdown();
     }
+    if let Some(tx) = &criu_close {
+        let _ = tx.close(1000);
+        tx.shutdown();
+    }
     let _ = reader.join();
     res
+}
+
+/// A live migration's last step here: start the new instance `name` from the checkpoint it
+/// received. If that fails, the instance is deleted again (the source then resumes its own).
+fn restore(d: &Ctx, name: &str) -> Result<()> {
+    let t = std::time::Instant::now();
+    match crate::instance::lifecycle::start_with(d, name, true) {
+        Ok(()) => {
+            eprintln!(
+                "bivy: {name}: restored from the migrated checkpoint in {} ms",
+                t.elapsed().as_millis()
+            );
+            Ok(())
+        }
+        Err(e) => {
+            if let Err(x) = crate::instance::lifecycle::delete_now(d, name) {
+                eprintln!("bivy: {name}: removing the instance whose restore failed: {x}");
+            }
+            Err(Error::Host(format!(
+                "restoring the migrated instance from its checkpoint: {e}"
+            )))
+        }
+    }
 }
 
 /// Tell the source why we stop (best effort).
@@ -341,13 +431,16 @@ fn negotiate(
     ctl: &mut Ws,
     have: Option<(Vec<crate::instance::refresh::Stamp>, bool)>,
     target_btrfs: bool,
+    live: bool,
 ) -> Result<(MigrationHeader, Features, Vec<String>, Option<&'static str>)> {
     let r = (|| {
         let mut offer = MigrationHeader::decode(&wire::recv_msg(&mut ctl.rx)?)
             .map_err(|e| Error::Host(e.to_string()))?;
-        if offer.criu == Some(proto::CRIU_RSYNC) {
-            return Err(Error::not_yet(
-                "live migration between servers (CRIU); use --stateless",
+        if (offer.criu == Some(proto::CRIU_RSYNC)) != live {
+            return Err(Error::Invalid(
+                "Unable to perform container live migration: the source's offer and the \
+                 request disagree on whether it is live"
+                    .into(),
             ));
         }
         let offered: Vec<String> = offer
@@ -407,6 +500,13 @@ fn negotiate(
         } else {
             None
         };
+        if xfer.is_none() && live {
+            // bivy's checkpoint travels on the criu stream with bivy's transfers only.
+            return Err(Error::not_yet(
+                "live migration from a server other than bivy (its CRIU images over rsync); \
+                 copy or move it with --stateless",
+            ));
+        }
         if xfer.is_none() {
             rsync::program()?;
         }
@@ -422,7 +522,7 @@ fn negotiate(
             // Whatever the source offered (btrfs, zfs…), rsync is the fallback both have.
             fs: proto::FS_RSYNC,
             bivy_transfer: xfer.iter().map(|t| t.to_string()).collect(),
-            criu: offer.criu.filter(|c| *c == proto::CRIU_NONE),
+            criu: offer.criu,
             snapshot_names: offer.snapshot_names.clone(),
             snapshots: offer.snapshots.clone(),
             predump: Some(false),
@@ -479,6 +579,7 @@ impl Transfer<'_> {
         volume: &str,
         revert: &mut Revert,
         fs: &mut Ws,
+        criu: Option<&mut Ws>,
     ) -> Result<Received> {
         let Transfer {
             d,
@@ -613,6 +714,20 @@ impl Transfer<'_> {
                 }
             }
         }
+        let criu_received = criu.is_some();
+        if let Some(criu) = criu {
+            // The checkpoint, into the instance's state directory (a btrfs stream brought the
+            // source's along: this one replaces it).
+            let state = tmp.join(crate::instance::stateful::STATE_DIR);
+            if state.exists() {
+                std::fs::remove_dir_all(&state)
+                    .map_err(|e| Error::Host(format!("{}: {e}", state.display())))?;
+            }
+            let mut r = wire::StreamReader::new(&mut criu.rx, &seen);
+            crate::storage::receive_tree(&state, &mut r)
+                .and_then(|()| r.finish())
+                .map_err(|e| Error::Host(format!("receiving the checkpoint: {e}")))?;
+        }
         // On disk before the source is told of success: `move` deletes the source then.
         std::fs::File::open(tmp)
             .and_then(|f| rustix::fs::syncfs(&f).map_err(std::io::Error::from))
@@ -631,6 +746,7 @@ impl Transfer<'_> {
         Ok(Received {
             snapshots,
             disk_idmap,
+            stateful: criu_received,
         })
     }
 }

@@ -93,18 +93,18 @@ pub fn dial(op_url: &str, secret: &str, cert: &[u8]) -> Result<Ws> {
     Ok(Ws { tx, rx })
 }
 
-/// Wait for the peer (or the client relaying) to connect this operation's `control` and `fs`
-/// websockets, at most [`super::CONNECT_TIMEOUT`].
-pub fn wait_for(op: &crate::instance::operations::Op, control: &str, fs: &str) -> Result<(Ws, Ws)> {
+/// Wait for the peer (or the client relaying) to connect this operation's websockets, one per
+/// secret (`control`, `fs`, and `criu` when live), at most [`super::CONNECT_TIMEOUT`]; in that
+/// order.
+pub fn wait_for(op: &crate::instance::operations::Op, secrets: &[&str]) -> Result<Vec<Ws>> {
+    let list: Vec<String> = secrets.iter().map(|s| s.to_string()).collect();
     let mut socks = op
-        .take_sockets(
-            &[control.to_string(), fs.to_string()],
-            super::CONNECT_TIMEOUT,
-        )
+        .take_sockets(&list, super::CONNECT_TIMEOUT)
         .ok_or_else(|| Error::Host("Timed out waiting for migration connections".into()))?;
-    let ctl = accepted(socks.remove(control).expect("required socket"))?;
-    let fsw = accepted(socks.remove(fs).expect("required socket"))?;
-    Ok((ctl, fsw))
+    secrets
+        .iter()
+        .map(|s| accepted(socks.remove(*s).expect("required socket")))
+        .collect()
 }
 
 /// The websocket of an accepted (server side) connection.

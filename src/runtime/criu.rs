@@ -218,6 +218,42 @@ pub struct Meta {
     /// again before the restore.
     #[serde(default)]
     pub sub_cgroups: Vec<PathBuf>,
+    /// The container's uid and gid maps at dump time: CRIU restores its user namespace with
+    /// them, so the instance must still have them (its rootfs is idmapped with its own map).
+    /// None in checkpoints made before bivy recorded them.
+    #[serde(default)]
+    pub id_maps: Option<(Vec<super::IdMapEntry>, Vec<super::IdMapEntry>)>,
+}
+
+/// Refuse to restore the checkpoint in `images` into a container started with `spec` when its
+/// id maps differ from the ones it was dumped with (restored processes would own nothing in
+/// the rootfs).
+pub fn check_maps(spec: &Spec, images: &Path) -> Result<()> {
+    let mp = images.join(META);
+    let meta: Meta = fs::read(&mp)
+        .map_err(|e| Error(format!("read {}: {e}", mp.display())))
+        .and_then(|b| {
+            serde_json::from_slice(&b).map_err(|e| Error(format!("parse {}: {e}", mp.display())))
+        })?;
+    let show = |m: &[super::IdMapEntry]| {
+        m.iter()
+            .map(|e| format!("{}:{}:{}", e.nsid, e.hostid, e.count))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    match meta.id_maps {
+        Some((u, g)) if u != spec.uid_map || g != spec.gid_map => Err(Error(format!(
+            "the saved state of {} was taken with uid map [{}] and gid map [{}], but the instance \
+             now has [{}] and [{}]: a checkpoint restores its user namespace as it was (start it \
+             with --stateless, or give it its old map back)",
+            spec.name,
+            show(&u),
+            show(&g),
+            show(&spec.uid_map),
+            show(&spec.gid_map)
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// The request the caller leaves in the run directory for a monitor that restores.
@@ -317,6 +353,7 @@ pub fn dump(run_dir: &Path, images: &Path, log: &Path, leave_running: bool) -> R
         externals: ext.clone(),
         cgroup: spec.cgroup_name().to_string(),
         sub_cgroups: super::confine::cgroup_subdirs(spec.cgroup_name())?,
+        id_maps: Some((spec.uid_map.clone(), spec.gid_map.clone())),
     };
     let mp = images.join(META);
     let js = serde_json::to_vec_pretty(&meta).map_err(|e| Error(format!("encode {META}: {e}")))?;

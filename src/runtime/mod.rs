@@ -408,6 +408,7 @@ pub fn checkpoint(run_dir: &Path, images: &Path, log: &Path, leave_running: bool
 /// are; CRIU's log goes to `log`.
 pub fn restore(spec: &Spec, run_dir: &Path, images: &Path, log: &Path) -> Result<State> {
     let criu = criu::find()?;
+    criu::check_maps(spec, images)?;
     let req = criu::RestoreReq {
         criu: criu.path.clone(),
         images: images.to_path_buf(),

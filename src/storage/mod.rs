@@ -205,6 +205,42 @@ pub fn unpack_volume(vol: &Path, input: &mut dyn Read) -> io::Result<()> {
     crate::util::fs::atomic_write(&vol.join("metadata.json"), &m)
 }
 
+/// Send the directory tree `dir` (a checkpoint's images) as one stream, in [`send_volume`]'s
+/// format (the tree as its rootfs).
+pub fn send_tree(dir: &Path, out: &mut dyn Write) -> io::Result<()> {
+    let meta = crate::api::ImageMetadata {
+        architecture: std::env::consts::ARCH.to_string(),
+        creation_date: 1,
+        ..Default::default()
+    };
+    crate::image::pack(dir, &meta, None, crate::image::Compression::None, out)
+        .map_err(|e| io::Error::other(format!("sending {}: {e}", dir.display())))
+}
+
+/// Receive a [`send_tree`] stream into the new directory `dir`, unpacked as safely as an image
+/// (no device nodes, nothing outside `dir`); on error nothing is left.
+pub fn receive_tree(dir: &Path, input: &mut dyn Read) -> io::Result<()> {
+    let name = dir
+        .file_name()
+        .map_or_else(Default::default, |n| n.to_os_string());
+    let mut scratch = std::ffi::OsString::from(".");
+    scratch.push(&name);
+    scratch.push(".templates");
+    let scratch = dir.with_file_name(scratch);
+    let r = crate::image::unpack_stream(
+        input,
+        dir,
+        &scratch,
+        &crate::image::UnpackOpts {
+            skip_devices: true,
+            max_bytes: 0,
+        },
+    );
+    let _ = std::fs::remove_dir_all(&scratch);
+    r.map(drop)
+        .map_err(|e| io::Error::other(format!("receiving {}: {e}", dir.display())))
+}
+
 /// About how many bytes [`send_volume`] writes for `vol` (a header per entry, file data padded
 /// to 512 bytes; long names and xattrs not counted), for a progress percentage.
 pub fn stream_size(vol: &Path) -> u64 {

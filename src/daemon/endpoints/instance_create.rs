@@ -213,7 +213,10 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
         }
     }
     let d2 = d.self_arc();
-    let push = matches!(&origin, Origin::Migration(s) if s.mode == "push");
+    let push = match &origin {
+        Origin::Migration(s) if s.mode == "push" => Some(s.live),
+        _ => None,
+    };
     let op = create_op(d, &name.clone(), push, move |op, secrets| {
         let args = NewInstance {
             name: &name,
@@ -248,21 +251,22 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
     Ok(response::operation(&op.to_api()))
 }
 
-/// A create's operation. For a pushed migration (push and relay modes) a websocket operation
-/// whose metadata holds the secrets the source, or the client relaying for it, connects with,
-/// open to callers without a trusted certificate (the secrets are their credential), as LXD's;
-/// otherwise a task. `run` gets the operation and those secrets.
+/// A create's operation. For a pushed migration (push and relay modes; `push` says whether it
+/// is live) a websocket operation whose metadata holds the secrets the source, or the client
+/// relaying for it, connects with, open to callers without a trusted certificate (the secrets
+/// are their credential), as LXD's; otherwise a task. `run` gets the operation and those
+/// secrets.
 fn create_op(
     d: &Daemon,
     name: &str,
-    push: bool,
+    push: Option<bool>,
     run: impl FnOnce(Arc<Op>, BTreeMap<String, String>) -> Result<()> + Send + 'static,
 ) -> Arc<Op> {
-    let secrets = if push {
-        crate::migration::secrets()
-    } else {
-        BTreeMap::new()
+    let secrets = match push {
+        Some(live) => crate::migration::secrets(live),
+        None => BTreeMap::new(),
     };
+    let push = push.is_some();
     let (class, metadata) = if push {
         (Class::Websocket, serde_json::to_value(&secrets).ok())
     } else {
@@ -339,7 +343,7 @@ fn refresh_local(d: &Daemon, name: &str, source: &api::InstanceSource) -> Result
     let d2 = d.self_arc();
     let name = name.to_string();
     let (from, exclude_older) = (source.source.clone(), source.refresh_exclude_older);
-    let op = create_op(d, &name.clone(), false, move |op, _| {
+    let op = create_op(d, &name.clone(), None, move |op, _| {
         let deleted =
             |names: &[String]| op.set_metadata("deleted_snapshots", serde_json::json!(names));
         let r = crate::instance::refresh::local(&d2, &name, &from, exclude_older, &deleted);
@@ -363,7 +367,8 @@ fn refresh(
     let d2 = d.self_arc();
     let name = name.to_string();
     let s = source.clone();
-    let op = create_op(d, &name.clone(), s.mode == "push", move |op, secrets| {
+    let push = (s.mode == "push").then_some(s.live);
+    let op = create_op(d, &name.clone(), push, move |op, secrets| {
         let report = |p: String| op.set_metadata("fs_progress", serde_json::json!(p));
         let progress = crate::migration::sink::Progress::new(&report);
         let deleted =

@@ -236,6 +236,7 @@ pub fn import(d: &Ctx, tarball: &Path, info: &Info, plan: Plan) -> Result<()> {
             return Ok(Received {
                 snapshots: records,
                 disk_idmap,
+                stateful: false,
             });
         }
         let metas = image::unpack_backup(
@@ -260,6 +261,7 @@ pub fn import(d: &Ctx, tarball: &Path, info: &Info, plan: Plan) -> Result<()> {
         Ok(Received {
             snapshots: records,
             disk_idmap,
+            stateful: false,
         })
     };
     let args = NewInstance {
