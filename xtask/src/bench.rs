@@ -240,6 +240,8 @@ struct Opts {
     only_density: bool,
     /// Containers for `--only density`.
     density: usize,
+    /// `--only criu`: stateful stop/start and live moves alone.
+    only_criu: bool,
 }
 
 fn parse_opts(args: &[String]) -> Result<Opts> {
@@ -251,6 +253,7 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
         only_cycles: false,
         only_density: false,
         density: 1000,
+        only_criu: false,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -275,11 +278,12 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
             "--only" => match it.next().map(String::as_str) {
                 Some("cycles") => o.only_cycles = true,
                 Some("density") => o.only_density = true,
-                _ => return Err("--only cycles|density (the parts that run alone)".into()),
+                Some("criu") => o.only_criu = true,
+                _ => return Err("--only cycles|density|criu (the parts that run alone)".into()),
             },
             other => {
                 return Err(format!(
-                    "unknown argument `{other}` (--runs N, --bin PATH, --scale N, --cycles N, --density N, --only cycles|density)"
+                    "unknown argument `{other}` (--runs N, --bin PATH, --scale N, --cycles N, --density N, --only cycles|density|criu)"
                 ))
             }
         }
@@ -360,6 +364,17 @@ pub fn run(args: &[String]) -> Result {
         d.stop();
         return finish(&t, &out_dir, &before, Some(&run_dir));
     }
+    if o.only_criu {
+        let img = image.to_string_lossy().into_owned();
+        let r = must(&d, &["image", "import", &img, "--alias", "busybox"])
+            .and_then(|()| criu(&d, &mut t, o.runs))
+            .and_then(|()| live_move(&d, &mut t, o.runs));
+        if let Err(e) = r {
+            eprintln!("xtask: bench stopped early: {e}");
+        }
+        d.stop();
+        return finish(&t, &out_dir, &before, Some(&run_dir));
+    }
     if o.only_cycles {
         let img = image.to_string_lossy().into_owned();
         let r = must(&d, &["image", "import", &img, "--alias", "busybox"])
@@ -377,6 +392,8 @@ pub fn run(args: &[String]) -> Result {
             // Not fatal: without CRIU the row says why.
             if let Err(e) = criu(&d, &mut t, o.runs) {
                 t.failed("CRIU stateful stop/start", &e);
+            } else if let Err(e) = live_move(&d, &mut t, o.runs) {
+                t.failed("live move between two daemons (CRIU)", &e);
             }
         })
         .and_then(|()| https(&d, &mut t, o.runs))
@@ -645,6 +662,98 @@ fn criu(d: &BgDaemon, t: &mut Table, runs: usize) -> Result {
         "`bivy start cs` from the saved state (CRIU restore)",
         &Stats::of(&starts).ok_or_else(no_runs),
         "pids and memory kept",
+    );
+    Ok(())
+}
+
+/// Live moves of a busybox container running a counter between `d` and a second daemon on
+/// loopback, back and forth: the whole `bivy move`, and the downtime (from the start of the
+/// source's dump until the target has restored it, as the source daemon logs it).
+fn live_move(d: &BgDaemon, t: &mut Table, runs: usize) -> Result {
+    let base = d.dir.parent().unwrap_or(&d.dir).join("live-b");
+    let _ = fs::remove_dir_all(&base);
+    util::mkdirs(&base)?;
+    let b = daemon::start(&d.bin, &base.join("bivy"), &base.join("daemon.log"))?;
+    let conf = base.join("conf");
+    util::mkdirs(&conf)?;
+    let cli = |args: &[&str]| {
+        let mut c = d.cli(args);
+        c.env("BIVY_CONF", &conf);
+        c
+    };
+    let r = (|| -> Result<Vec<f64>> {
+        for (x, name) in [(d, "la"), (&b, "lb")] {
+            let addr = format!("127.0.0.1:{}", free_port()?);
+            must(x, &["config", "set", "core.https_address", &addr])?;
+            must(x, &["config", "set", "core.trust_password", "bench"])?;
+            let add = [
+                "remote",
+                "add",
+                name,
+                &addr,
+                "--accept-certificate",
+                "--password",
+                "bench",
+            ];
+            time_one(&mut cli(&add))?;
+        }
+        must(
+            d,
+            &["launch", "busybox", "lm", "-c", "migration.stateful=true"],
+        )?;
+        must(
+            d,
+            &[
+                "exec",
+                "lm",
+                "--",
+                "sh",
+                "-c",
+                "setsid sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/c; sleep 0.1; done' \
+                 </dev/null >/dev/null 2>&1 &",
+            ],
+        )?;
+        let mut moves = Vec::new();
+        for i in 0..runs * 2 {
+            let (from, to) = if i % 2 == 0 {
+                ("la", "lb")
+            } else {
+                ("lb", "la")
+            };
+            moves.push(time_one(&mut cli(&[
+                "move",
+                &format!("{from}:lm"),
+                &format!("{to}:lm"),
+            ]))?);
+        }
+        Ok(moves)
+    })();
+    let _ = d.cli(&["delete", "--force", "lm"]).output();
+    let _ = b.cli(&["delete", "--force", "lm"]).output();
+    b.stop();
+    let moves = r?;
+    // "bivy: lm: live migration done, N ms after the dump began", in both daemons' logs.
+    let mut downtime = Vec::new();
+    for log in [&d.log, &b.log] {
+        let text = fs::read_to_string(log).unwrap_or_default();
+        for l in text.lines() {
+            if let Some(rest) = l.split("lm: live migration done, ").nth(1) {
+                if let Some(ms) = rest.split(" ms").next().and_then(|n| n.parse::<f64>().ok()) {
+                    downtime.push(ms);
+                }
+            }
+        }
+    }
+    let _ = fs::remove_dir_all(&base);
+    t.stats(
+        "`bivy move a:lm b:lm` of a running busybox + counter (live, CRIU)",
+        &Stats::of(&moves).ok_or_else(|| "no runs".to_string()),
+        "two daemons on loopback, back and forth",
+    );
+    t.stats(
+        "live move downtime: the source's dump until the target restored it",
+        &Stats::of(&downtime).ok_or_else(|| "no downtime in the daemons' logs".to_string()),
+        "as the source daemon logs it",
     );
     Ok(())
 }
