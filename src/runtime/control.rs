@@ -66,6 +66,13 @@ fn is_systemd(init_pid: i32) -> bool {
     comm.trim() == "systemd" || exe.file_name().is_some_and(|n| n == "systemd")
 }
 
+/// Whether the monitor of `run_dir` is gone without its teardown (killed): what
+/// [`reap_dead_monitor`] would clean up. False while it runs and after a clean end.
+pub fn monitor_left_remains(run_dir: &Path) -> bool {
+    let mp = run_dir.join(files::MONITOR_PID);
+    mp.exists() && live_pid(&mp).is_none()
+}
+
 /// A monitor that was killed (SIGKILL, the OOM killer) leaves its container's cgroup, its
 /// pidfiles and no exit record: tear that down as [`stop`] would. Nothing while the monitor
 /// runs, or after it ended cleanly (it removes its pidfile). The caller makes sure no start of

@@ -422,6 +422,12 @@ pub fn state(run_dir: &Path) -> Result<State> {
     control::state(run_dir)
 }
 
+/// Whether a killed monitor left its container's cgroup and pidfiles behind (see
+/// [`reap_dead_monitor`]).
+pub fn monitor_left_remains(run_dir: &Path) -> bool {
+    control::monitor_left_remains(run_dir)
+}
+
 /// Tear down what a killed monitor left (its container's cgroup, pidfiles), recording the end;
 /// nothing while the monitor runs or after it ended cleanly.
 pub fn reap_dead_monitor(run_dir: &Path) {

@@ -268,6 +268,15 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
             "--bin" => o.bin = Some(PathBuf::from(it.next().ok_or("--bin PATH")?)),
             "--scale" => o.scale = it.next().and_then(|v| v.parse().ok()).ok_or("--scale N")?,
             "--cycles" => o.cycles = it.next().and_then(|v| v.parse().ok()).ok_or("--cycles N")?,
+            // The name for the churn alone: `--only cycles --cycles N`.
+            "--churn" => {
+                o.cycles = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|&n| n > 0)
+                    .ok_or("--churn N (N > 0)")?;
+                o.only_cycles = true;
+            }
             "--density" => {
                 o.density = it
                     .next()
@@ -283,7 +292,7 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
             },
             other => {
                 return Err(format!(
-                    "unknown argument `{other}` (--runs N, --bin PATH, --scale N, --cycles N, --density N, --only cycles|density|criu)"
+                    "unknown argument `{other}` (--runs N, --bin PATH, --scale N, --cycles N, --churn N, --density N, --only cycles|density|criu)"
                 ))
             }
         }
@@ -1194,7 +1203,9 @@ fn fds_threads_row(t: &mut Table, what: &str, pid: u32) {
 }
 
 /// `n` create/start/stop/delete cycles, each phase timed (the CLI's run included); the
-/// daemon's memory, fds and threads before and after (they must stay flat).
+/// daemon's memory, fds and threads before and after (they must stay flat), and sampled every
+/// 100 cycles into `churn.csv` beside the results (cycle, Pss kB, VmRSS kB, fds, threads), with
+/// the samples at 1,000 and at the end compared in the table.
 fn cycles(d: &BgDaemon, t: &mut Table, n: usize) -> Result {
     if n == 0 {
         return Ok(());
@@ -1209,8 +1220,12 @@ fn cycles(d: &BgDaemon, t: &mut Table, n: usize) -> Result {
     ];
     let mut samples: [Vec<f64>; 4] = Default::default();
     let mut per_cycle = Vec::with_capacity(n);
+    let mut series = vec![churn_sample(d.pid, 0)];
     let started = Instant::now();
     for i in 0..n {
+        if i > 0 && i % 100 == 0 {
+            series.push(churn_sample(d.pid, i));
+        }
         let c0 = Instant::now();
         for (k, (_, args)) in PHASES.iter().enumerate() {
             let t0 = Instant::now();
@@ -1246,6 +1261,39 @@ fn cycles(d: &BgDaemon, t: &mut Table, n: usize) -> Result {
         );
     }
     std::thread::sleep(Duration::from_secs(1));
+    series.push(churn_sample(d.pid, n));
+    let csv: String = std::iter::once("cycle,pss_kb,rss_kb,fds,threads\n".to_string())
+        .chain(series.iter().map(|s| {
+            format!(
+                "{},{},{},{},{}\n",
+                s.cycle, s.pss_kb, s.rss_kb, s.fds, s.threads
+            )
+        }))
+        .collect();
+    let path = util::target_dir().join("bench/churn.csv");
+    if let Some(dir) = path.parent() {
+        util::mkdirs(dir)?;
+    }
+    fs::write(&path, csv).map_err(|e| format!("{}: {e}", path.display()))?;
+    if let (Some(at1k), Some(end)) = (series.iter().find(|s| s.cycle == 1000), series.last()) {
+        if end.cycle > 1000 && at1k.pss_kb > 0 {
+            let pct = (end.pss_kb as f64 - at1k.pss_kb as f64) * 100.0 / at1k.pss_kb as f64;
+            t.value(
+                &format!("daemon Pss after {} cycles against after 1000", end.cycle),
+                format!("{pct:+.1}%"),
+                &format!(
+                    "{} -> {}; fds {} -> {}, threads {} -> {}; every 100 cycles in {}",
+                    kb_to_mb(at1k.pss_kb),
+                    kb_to_mb(end.pss_kb),
+                    at1k.fds,
+                    end.fds,
+                    at1k.threads,
+                    end.threads,
+                    util::rel(&path)
+                ),
+            );
+        }
+    }
     memory_row(t, &format!("daemon memory after {n} cycles"), d.pid);
     fds_threads_row(
         t,
@@ -1253,6 +1301,34 @@ fn cycles(d: &BgDaemon, t: &mut Table, n: usize) -> Result {
         d.pid,
     );
     Ok(())
+}
+
+/// The daemon's memory, fds and threads after `cycle` churn cycles.
+struct ChurnSample {
+    cycle: usize,
+    pss_kb: u64,
+    rss_kb: u64,
+    fds: usize,
+    threads: u64,
+}
+
+fn churn_sample(pid: u32, cycle: usize) -> ChurnSample {
+    let pss_kb = smaps_rollup(pid)
+        .ok()
+        .and_then(|f| field(&f, "Pss"))
+        .unwrap_or(0);
+    let rss_kb = status_kb(pid)
+        .ok()
+        .and_then(|f| field(&f, "VmRSS"))
+        .unwrap_or(0);
+    let (fds, threads) = fds_threads(pid).unwrap_or((0, 0));
+    ChurnSample {
+        cycle,
+        pss_kb,
+        rss_kb,
+        fds,
+        threads,
+    }
 }
 
 /// Best effort: remove what the bench created, then stop the daemon.
