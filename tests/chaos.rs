@@ -162,3 +162,130 @@ fn a_killed_monitor_leaves_no_cgroup() {
     d.ok(&["start", "m1", "m2"]);
     d.ok(&["delete", "--force", "m1", "m2"]);
 }
+
+/// The mount points in the mount namespace of `name`'s init (as the container sees them).
+fn container_mounts(d: &Daemon, name: &str) -> Vec<String> {
+    let (_, v) = d
+        .api("GET", &format!("/1.0/instances/{name}/state"), None)
+        .expect("state");
+    let pid = v["metadata"]["pid"].as_i64().expect("an init pid");
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .expect("mountinfo")
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+        .collect()
+}
+
+/// Rewrite the record of instance `name` in the database of a daemon that is not running.
+fn edit_record(d: &Daemon, name: &str, f: impl FnOnce(&mut serde_json::Value)) {
+    let p = d.dir().join("database.json");
+    let mut db: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).expect("database")).expect("json");
+    f(&mut db["instances"][name]);
+    std::fs::write(&p, serde_json::to_vec(&db).expect("json")).expect("write database");
+}
+
+/// Found by chaos (device): a daemon killed during a device hot-plug left the container's
+/// mounts and its record apart, since the helper plugs (it runs on) before the record is
+/// written: a device plugged that no record has, or one recorded and unplugged. A new daemon
+/// now makes a running container's disks and nodes what its record says: from the running
+/// spec, and for the paths of a hot-plug it died in (`run/<name>/hotplug.pending`) afresh.
+#[test]
+fn a_killed_hot_plug_is_reconciled_with_the_record_at_restart() {
+    if !common::require_root() {
+        return;
+    }
+    let mut d = Daemon::start().expect("daemon");
+    d.import_busybox();
+    d.ok(&["launch", "busybox", "h1"]);
+    let src = d.tmp().join("hostdir");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    let source = format!("source={}", src.display());
+    d.ok(&[
+        "config",
+        "device",
+        "add",
+        "h1",
+        "hx",
+        "disk",
+        &source,
+        "path=/mnt/x",
+    ]);
+    d.ok(&[
+        "config",
+        "device",
+        "add",
+        "h1",
+        "nul",
+        "unix-char",
+        "source=/dev/null",
+        "path=/dev/chaosnull",
+    ]);
+    let has = |d: &Daemon, p: &str| container_mounts(d, "h1").iter().any(|m| m == p);
+    assert!(has(&d, "/mnt/x") && has(&d, "/dev/chaosnull"));
+    // Plugged, then killed before the record was written: the record lacks both.
+    d.kill9();
+    edit_record(&d, "h1", |r| {
+        let devs = r["devices"].as_object_mut().expect("devices");
+        devs.remove("hx");
+        devs.remove("nul");
+    });
+    d.restart().expect("restart");
+    assert!(!has(&d, "/mnt/x"), "{:?}", container_mounts(&d, "h1"));
+    assert!(
+        !has(&d, "/dev/chaosnull"),
+        "{:?}",
+        container_mounts(&d, "h1")
+    );
+    // Recorded again, then a removal killed while its helper ran: unmounted in the container,
+    // the running spec not yet written, the request left behind.
+    d.ok(&[
+        "config",
+        "device",
+        "add",
+        "h1",
+        "hx",
+        "disk",
+        &source,
+        "path=/mnt/x",
+    ]);
+    assert!(has(&d, "/mnt/x"));
+    d.kill9();
+    let out = Command::new("nsenter")
+        .args([
+            "-m",
+            "-t",
+            &init_pid_on_disk(&d, "h1").to_string(),
+            "umount",
+            "/mnt/x",
+        ])
+        .output()
+        .expect("nsenter");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(
+        d.dir().join("run/h1/hotplug.pending"),
+        r#"{"disks":[],"nodes":[],"remove":[{"path":"/mnt/x","node":false}]}"#,
+    )
+    .expect("write the request");
+    d.restart().expect("restart");
+    assert!(has(&d, "/mnt/x"), "{:?}", container_mounts(&d, "h1"));
+    assert!(!d.dir().join("run/h1/hotplug.pending").exists());
+    // And the device still goes.
+    d.ok(&["config", "device", "remove", "h1", "hx"]);
+    assert!(!has(&d, "/mnt/x"));
+    d.ok(&["delete", "--force", "h1"]);
+}
+
+/// The init pid of `name` from its run directory (no daemon needed).
+fn init_pid_on_disk(d: &Daemon, name: &str) -> i32 {
+    let text =
+        std::fs::read_to_string(d.dir().join(format!("run/{name}/init.pid"))).expect("init.pid");
+    text.split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a pid")
+}

@@ -477,6 +477,30 @@ fn hotplug_local(
     crate::runtime::hotplug(&d.run_dir(inst), &remove, disks, nodes).map_err(Error::from)
 }
 
+/// After a daemon restart: make a running instance's disks and `unix-char`/`unix-block` nodes
+/// what its record's expanded devices `ed` say. A daemon killed in a hot-plug may have plugged
+/// or unplugged them without recording it (the helper runs on), or recorded nothing of a change
+/// it half made. GPU and USB devices are left as they are (their nodes follow the host's).
+pub fn reconcile(d: &Ctx, inst: &str, ed: &Devices) -> Result<()> {
+    let plain = |dev: &StringMap| {
+        !is_root_disk(dev)
+            && matches!(
+                dev.get("type").map(String::as_str),
+                Some("disk" | "unix-char" | "unix-block")
+            )
+    };
+    let wanted: Devices = ed
+        .iter()
+        .filter(|(_, v)| plain(v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    // As a hot-plug resolves them (see `hotplug_local`); the database only names the pools.
+    let disks = resolve_disks(d, &d.db.lock().expect("db lock").data, &wanted, false)?;
+    let nodes = resolve_nodes(&wanted)?;
+    let managed = |name: &str| ed.get(name).is_none_or(plain);
+    crate::runtime::hotplug_reconcile(&d.run_dir(inst), disks, nodes, &managed).map_err(Error::from)
+}
+
 /// A disk's I/O limit: bytes per second (`10MB`, `1GiB`: LXD's units) or operations per second
 /// (`100iops`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

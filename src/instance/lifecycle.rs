@@ -597,6 +597,11 @@ pub fn adopt(d: &Arc<Ctx>, n: String) {
             // Proxy devices live in the daemon: a new daemon listens again.
             if let Ok(rec) = record(d, &n) {
                 let (_, ed) = expanded(d, &rec);
+                // Disks and nodes as recorded, whatever a killed daemon's hot-plug left.
+                if let Err(e) = super::devices::reconcile(d, &n, &ed) {
+                    eprintln!("bivy: {n}: {e}");
+                    log_line(&d.log_dir(&n), &format!("devices not reconciled: {e}"));
+                }
                 if let Err(e) = super::proxy::start_all(d, &n, &ed) {
                     eprintln!("bivy: {n}: {e}");
                     log_line(&d.log_dir(&n), &format!("proxy devices not restarted: {e}"));

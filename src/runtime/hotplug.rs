@@ -65,12 +65,109 @@ pub fn apply(
     disks: Vec<DiskMount>,
     nodes: Vec<UnixDev>,
 ) -> Result<()> {
+    let gone = |name: &str| remove.iter().any(|r| r == name);
     apply_with(
         run_dir,
-        &|name, _| remove.iter().any(|r| r == name),
+        &|d| gone(&d.name),
+        &|u| gone(&u.name),
         disks,
         nodes,
+        Vec::new(),
     )
+}
+
+/// Where the daemon writes a hot-plug request before its helper runs; removed once the running
+/// spec records the result. A daemon killed in between leaves it (and the helper, which runs on,
+/// holds a lock on it until it exits): [`reconcile`] then takes every path it names as unknown.
+const PENDING: &str = "hotplug.pending";
+
+/// The disk fields a user sets (`idmap` follows the instance's map, fixed while it runs).
+fn same_disk(a: &DiskMount, b: &DiskMount) -> bool {
+    a.name == b.name
+        && a.source == b.source
+        && same_path(&a.path, &b.path)
+        && a.readonly == b.readonly
+        && a.recursive == b.recursive
+        && a.required == b.required
+        && a.mount_options == b.mount_options
+}
+
+/// After a daemon restart: make the disks and nodes of a running container `disks` and `nodes`
+/// (what its record says), for the devices `managed` names (the others, such as USB devices
+/// that come and go with the host's, are left alone). A killed daemon may have hot-plugged a
+/// change it never recorded, or recorded in the running spec a change whose record it never
+/// wrote, or died while its helper ran (the [`PENDING`] request's paths are then unplugged and
+/// plugged again as the record says).
+pub fn reconcile(
+    run_dir: &Path,
+    disks: Vec<DiskMount>,
+    nodes: Vec<UnixDev>,
+    managed: &dyn Fn(&str) -> bool,
+) -> Result<()> {
+    let pending_path = run_dir.join(PENDING);
+    // Wait for a helper the killed daemon started: it holds the lock until it exits.
+    let pending: Option<Req> = match fs::File::open(&pending_path) {
+        Ok(f) => {
+            let mut f = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+                .map_err(|(_, e)| Error(format!("lock {}: {e}", pending_path.display())))?;
+            let mut js = String::new();
+            let _ = f.read_to_string(&mut js);
+            serde_json::from_str(&js).ok()
+        }
+        Err(_) => None,
+    };
+    let spec = running_spec(run_dir)?;
+    let unsure: Vec<&str> = pending
+        .iter()
+        .flat_map(|r| {
+            r.disks
+                .iter()
+                .map(|d| d.path.as_str())
+                .chain(r.nodes.iter().map(|u| u.path.as_str()))
+                .chain(r.remove.iter().map(|g| g.path.as_str()))
+        })
+        .collect();
+    let is_unsure = |p: &str| unsure.iter().any(|u| same_path(u, p));
+    let gone_d = |d: &DiskMount| {
+        managed(&d.name) && (is_unsure(&d.path) || !disks.iter().any(|w| same_disk(w, d)))
+    };
+    let gone_u = |u: &UnixDev| managed(&u.name) && (is_unsure(&u.path) || !nodes.contains(u));
+    let add_disks: Vec<DiskMount> = disks
+        .iter()
+        .filter(|w| !spec.disks.iter().any(|d| !gone_d(d) && same_disk(w, d)))
+        .cloned()
+        .collect();
+    let add_nodes: Vec<UnixDev> = nodes
+        .iter()
+        .filter(|w| !spec.unix_devices.iter().any(|u| !gone_u(u) && u == *w))
+        .cloned()
+        .collect();
+    // What the helper may have mounted without the spec knowing.
+    let known = |p: &str| {
+        spec.disks.iter().any(|d| same_path(&d.path, p))
+            || spec.unix_devices.iter().any(|u| same_path(&u.path, p))
+    };
+    let extra: Vec<Gone> = pending
+        .iter()
+        .flat_map(|r| {
+            r.disks
+                .iter()
+                .map(|d| (d.path.clone(), false))
+                .chain(r.nodes.iter().map(|u| (u.path.clone(), true)))
+        })
+        .filter(|(p, _)| !known(p))
+        .map(|(path, node)| Gone { path, node })
+        .collect();
+    let changes = !add_disks.is_empty()
+        || !add_nodes.is_empty()
+        || !extra.is_empty()
+        || spec.disks.iter().any(gone_d)
+        || spec.unix_devices.iter().any(gone_u);
+    if changes {
+        apply_with(run_dir, &gone_d, &gone_u, add_disks, add_nodes, extra)?;
+    }
+    let _ = fs::remove_file(&pending_path);
+    Ok(())
 }
 
 /// Plug one node (a USB device that appeared); one already there is left as it is.
@@ -79,7 +176,14 @@ pub fn plug_node(run_dir: &Path, node: UnixDev) -> Result<()> {
     if spec.unix_devices.contains(&node) {
         return Ok(());
     }
-    apply_with(run_dir, &|_, _| false, Vec::new(), vec![node])
+    apply_with(
+        run_dir,
+        &|_| false,
+        &|_| false,
+        Vec::new(),
+        vec![node],
+        Vec::new(),
+    )
 }
 
 /// Unplug the node of device `name` at `path` (a USB device that went), if it has one.
@@ -94,22 +198,25 @@ pub fn unplug_node(run_dir: &Path, name: &str, path: &str) -> Result<()> {
     }
     apply_with(
         run_dir,
-        &|n, p| n == name && p == path,
+        &|_| false,
+        &|u| u.name == name && u.path == path,
+        Vec::new(),
         Vec::new(),
         Vec::new(),
     )
 }
 
-/// [`apply`] with the mounts to take away chosen by `gone(device name, path)`.
+/// [`apply`] with the mounts to take away chosen by `gone_d` and `gone_u`, and `extra` paths
+/// to unmount that the spec does not list.
 fn apply_with(
     run_dir: &Path,
-    gone: &dyn Fn(&str, &str) -> bool,
+    gone_d: &dyn Fn(&DiskMount) -> bool,
+    gone_u: &dyn Fn(&UnixDev) -> bool,
     disks: Vec<DiskMount>,
     nodes: Vec<UnixDev>,
+    extra: Vec<Gone>,
 ) -> Result<()> {
     let mut spec = running_spec(run_dir)?;
-    let gone_d = |d: &DiskMount| gone(&d.name, &d.path);
-    let gone_u = |u: &UnixDev| gone(&u.name, &u.path);
     let gone: Vec<Gone> = spec
         .disks
         .iter()
@@ -127,6 +234,7 @@ fn apply_with(
                     node: true,
                 }),
         )
+        .chain(extra)
         .collect();
     if gone.is_empty() && disks.is_empty() && nodes.is_empty() {
         return Ok(());
@@ -164,7 +272,12 @@ fn apply_with(
         nodes: nodes.clone(),
         remove: gone,
     };
+    // What a daemon killed from here until the spec is written leaves for the next one.
+    let pending = run_dir.join(PENDING);
+    let js = serde_json::to_vec(&req).map_err(|e| Error(format!("encode hotplug request: {e}")))?;
+    replace_file(&pending, &js)?;
     if let Err(e) = run_helper(run_dir, &req) {
+        let _ = fs::remove_file(&pending);
         let keep: Vec<String> = spec.unix_devices.iter().map(UnixDev::cgroup_rule).collect();
         let undo: Vec<String> = rules.into_iter().filter(|r| !keep.contains(r)).collect();
         let _ = confine::cgroup_deny_devices(spec.cgroup_name(), &undo);
@@ -188,7 +301,9 @@ fn apply_with(
         .collect();
     confine::cgroup_deny_devices(spec.cgroup_name(), &deny)?;
     let js = serde_json::to_vec_pretty(&spec).map_err(|e| Error(format!("encode spec: {e}")))?;
-    replace_file(&run_dir.join(files::SPEC), &js)
+    replace_file(&run_dir.join(files::SPEC), &js)?;
+    let _ = fs::remove_file(&pending);
+    Ok(())
 }
 
 fn run_helper(run_dir: &Path, req: &Req) -> Result<()> {
@@ -253,6 +368,11 @@ fn ns_err(what: &str) -> impl Fn(nix::errno::Errno) -> Error + '_ {
 fn run(run_dir: &Path, js: &str) -> Result<()> {
     let req: Req =
         serde_json::from_str(js).map_err(|e| Error(format!("hot-plug: parse the request: {e}")))?;
+    // Held until the helper exits: a daemon started after the one that spawned it was killed
+    // waits for it before it reconciles (see `reconcile`).
+    let _lock = fs::File::open(run_dir.join(PENDING))
+        .ok()
+        .and_then(|f| nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).ok());
     let spec = read_spec(run_dir)?;
     let privileged = spec.rootfs_mode == RootfsMode::Privileged;
     let Some((_, pidfd)) = live_pidfd(&run_dir.join(files::INIT_PID)) else {

@@ -484,6 +484,18 @@ pub fn hotplug(
     hotplug::apply(run_dir, remove, disks, nodes)
 }
 
+/// After a daemon restart: make a running container's disks and nodes of the devices `managed`
+/// names exactly `disks` and `nodes` (its record's), whatever a killed daemon's hot-plug left
+/// half-recorded (see `hotplug::reconcile`).
+pub fn hotplug_reconcile(
+    run_dir: &Path,
+    disks: Vec<DiskMount>,
+    nodes: Vec<UnixDev>,
+    managed: &dyn Fn(&str) -> bool,
+) -> Result<()> {
+    hotplug::reconcile(run_dir, disks, nodes, managed)
+}
+
 /// A command running `program` (a host tool fed by a remote peer, such as the rsync receiving a
 /// migration) that can write only below `dir`: every other mount is read-only for it.
 pub fn write_only_below(dir: &Path, program: &Path) -> Result<std::process::Command> {
