@@ -39,7 +39,7 @@ fn short_chaos_run_finds_no_violation() {
             "--",
             "chaos",
             "--trials",
-            "25",
+            "27",
             "--seed",
             "16",
             "--round-robin",

@@ -14,6 +14,12 @@
 //! - a daemon kill kind (launch, snapshot, copy, rename, restore, image import and delete,
 //!   publish, profile and config changes, pool create and delete, custom volume create,
 //!   snapshot, copy and delete, network create and delete, instance delete, start and stop;
+//!   `device`: a `disk` (a host directory of the trial's at `/mnt/x`) or `unix-char`
+//!   (`/dev/null` at `/dev/chaosnull`) device hot-plugged into or out of a running instance,
+//!   or a profile's disk device added or removed while running instances use the profile;
+//!   `migration`: `bivy copy` or `bivy move` of the stopped instance with a snapshot from the
+//!   remote `self:` (the trial's daemon over HTTPS) to `local:` (the same daemon through its
+//!   socket), so the daemon is both the migration's source and its target;
 //!   `concurrent`: three of launch, snapshot, config, profile, pool, volume and network
 //!   creation at once, each on its own objects):
 //!   the operation is started through the CLI, the daemon is SIGKILLed after a random delay
@@ -113,6 +119,8 @@ pub enum Kind {
     NetworkDelete,
     Delete,
     StartStop,
+    Device,
+    Migration,
     Concurrent,
     KillMonitor,
     KillInit,
@@ -120,7 +128,7 @@ pub enum Kind {
     InodesFull,
 }
 
-pub const KINDS: [Kind; 25] = [
+pub const KINDS: [Kind; 27] = [
     Kind::Launch,
     Kind::Snapshot,
     Kind::Copy,
@@ -141,6 +149,8 @@ pub const KINDS: [Kind; 25] = [
     Kind::NetworkDelete,
     Kind::Delete,
     Kind::StartStop,
+    Kind::Device,
+    Kind::Migration,
     Kind::Concurrent,
     Kind::KillMonitor,
     Kind::KillInit,
@@ -171,6 +181,8 @@ impl Kind {
             Kind::NetworkDelete => "network-delete",
             Kind::Delete => "delete",
             Kind::StartStop => "start-stop",
+            Kind::Device => "device",
+            Kind::Migration => "migration",
             Kind::Concurrent => "concurrent",
             Kind::KillMonitor => "kill-monitor",
             Kind::KillInit => "kill-init",
@@ -205,6 +217,8 @@ impl Kind {
             Kind::NetworkDelete => 60,
             Kind::Delete => 25,
             Kind::StartStop => 35,
+            Kind::Device => 45,
+            Kind::Migration => 600,
             Kind::Concurrent => 60,
             Kind::KillMonitor | Kind::KillInit | Kind::DiskFull | Kind::InodesFull => 0,
         }
@@ -752,9 +766,23 @@ impl<'a> Trial<'a> {
             .ok_or_else(|| "no daemon running".into())
     }
 
-    /// `bivy <args>` against our daemon, not yet run.
+    /// `bivy <args>` against our daemon, not yet run. A command naming the remote `self` (our
+    /// daemon's HTTPS address, 127.0.0.1 in its network namespace: `migration` trials) runs in
+    /// that namespace.
     pub fn cli(&self, args: &[&str]) -> Result<Command> {
-        let mut c = self.d()?.cli(args);
+        let d = self.d()?;
+        let mut c = if args.iter().any(|a| *a == "self" || a.starts_with("self:")) {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/proc/{}/ns/net", self.netns.pid()))
+                .arg("--")
+                .arg(&d.bin)
+                .args(args)
+                .env("BIVY_DIR", &d.dir)
+                .stdin(Stdio::null());
+            c
+        } else {
+            d.cli(args)
+        };
         c.env("BIVY_CONF", self.dir.join("conf"));
         Ok(c)
     }

@@ -36,6 +36,20 @@ pub enum Check {
     Volume(String, String, bool),
     VolumeSnapshot(String, String, String),
     Network(String, bool),
+    /// An instance's own device exists (true) or not.
+    Device(String, String, bool),
+    /// A profile's device exists (true) or not.
+    ProfileDevice(String, String, bool),
+    /// `bivy copy` (false) or `move` (true) of the first instance to the second, with its
+    /// snapshot `snap0` (true) or without: acknowledged, the copy is there and the source is
+    /// (copy) or is not (move); either way each of the two that exists is whole (its mark, its
+    /// snapshot) and at least one does.
+    Migrated {
+        src: String,
+        dst: String,
+        moved: bool,
+        snapshots: bool,
+    },
 }
 
 /// An operation to run: the CLI's arguments, and what its acknowledgement promises.
@@ -328,6 +342,37 @@ fn plan_kind(t: &mut Trial, kind: Kind, rng: &mut Rng) -> Result<Op> {
                 }
             }
         }
+        Kind::Device => plan_device(t, rng)?,
+        Kind::Migration => {
+            // The trial's daemon as a remote of its own (see `Trial::cli`): its HTTPS address
+            // is in the trial's network namespace, where any port is free.
+            t.ok(&["config", "set", "core.https_address", "127.0.0.1:8443"])?;
+            t.ok(&["config", "set", "core.trust_password", "chaos"])?;
+            t.ok(&[
+                "remote",
+                "add",
+                "self",
+                "127.0.0.1:8443",
+                "--accept-certificate",
+                "--password",
+                "chaos",
+            ])?;
+            let moved = rng.chance(1, 2);
+            let mut a = s(&[if moved { "move" } else { "copy" }, "self:s1", "local:m2"]);
+            let snapshots = rng.chance(2, 3);
+            if !snapshots {
+                a.push("--instance-only".into());
+            }
+            Op {
+                args: a,
+                checks: vec![Check::Migrated {
+                    src: "s1".into(),
+                    dst: "m2".into(),
+                    moved,
+                    snapshots,
+                }],
+            }
+        }
         Kind::Concurrent
         | Kind::KillMonitor
         | Kind::KillInit
@@ -335,6 +380,92 @@ fn plan_kind(t: &mut Trial, kind: Kind, rng: &mut Rng) -> Result<Op> {
         | Kind::InodesFull => return Err(format!("{} is not an operation", kind.name())),
     };
     Ok(op)
+}
+
+/// The host directory `device` trials plug in (below the trial's directory).
+pub fn device_source(t: &Trial) -> Result<String> {
+    let host = t.dir.join("hostdir");
+    fs::create_dir_all(&host).map_err(|e| format!("{}: {e}", host.display()))?;
+    fs::write(host.join("hello"), "hello\n").map_err(|e| e.to_string())?;
+    host.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| "utf-8 trial directory".into())
+}
+
+/// A `device` trial's operation: a disk or unix-char device added to or removed from a running
+/// instance (`keep` or `r1`), or a profile's disk device added or removed while `keep` and `r1`
+/// use the profile. A removal's device is added first.
+fn plan_device(t: &mut Trial, rng: &mut Rng) -> Result<Op> {
+    let src = format!("source={}", device_source(t)?);
+    let name = *rng.pick(&["keep", "r1"]);
+    let remove = rng.chance(1, 2);
+    let (add, dev): (Vec<String>, &str) = match rng.below(3) {
+        0 => (
+            s(&[
+                "config",
+                "device",
+                "add",
+                name,
+                "hx",
+                "disk",
+                &src,
+                "path=/mnt/x",
+            ]),
+            "hx",
+        ),
+        1 => (
+            s(&[
+                "config",
+                "device",
+                "add",
+                name,
+                "nul",
+                "unix-char",
+                "source=/dev/null",
+                "path=/dev/chaosnull",
+            ]),
+            "nul",
+        ),
+        _ => {
+            for i in ["keep", "r1"] {
+                t.ok(&["profile", "add", i, "pr1"])?;
+            }
+            let a = s(&[
+                "profile",
+                "device",
+                "add",
+                "pr1",
+                "px",
+                "disk",
+                &src,
+                "path=/mnt/p",
+            ]);
+            if remove {
+                let a: Vec<&str> = a.iter().map(String::as_str).collect();
+                t.ok(&a)?;
+                return Ok(Op {
+                    args: s(&["profile", "device", "remove", "pr1", "px"]),
+                    checks: vec![Check::ProfileDevice("pr1".into(), "px".into(), false)],
+                });
+            }
+            return Ok(Op {
+                args: a,
+                checks: vec![Check::ProfileDevice("pr1".into(), "px".into(), true)],
+            });
+        }
+    };
+    if remove {
+        let a: Vec<&str> = add.iter().map(String::as_str).collect();
+        t.ok(&a)?;
+        return Ok(Op {
+            args: s(&["config", "device", "remove", name, dev]),
+            checks: vec![Check::Device(name.into(), dev.into(), false)],
+        });
+    }
+    Ok(Op {
+        args: add,
+        checks: vec![Check::Device(name.into(), dev.into(), true)],
+    })
 }
 
 /// After the kill (or the fault): the operation's promises, then the invariants.
@@ -491,6 +622,65 @@ fn promised(t: &Trial, c: &Check, acked: bool) -> Result<Option<String>> {
             }
             let e = t.exists(&format!("/1.0/networks/{n}"))?;
             want(e == *present, format!("network {n} exists: {e}"))
+        }
+        Check::Device(n, dev, present) => {
+            if !acked {
+                return Ok(None);
+            }
+            let got = t.get(&format!("/1.0/instances/{n}"))?;
+            let e = !got.get("devices").get(dev).is_null();
+            want(e == *present, format!("device {dev} of {n} exists: {e}"))
+        }
+        Check::ProfileDevice(p, dev, present) => {
+            if !acked {
+                return Ok(None);
+            }
+            let got = t.get(&format!("/1.0/profiles/{p}"))?;
+            let e = !got.get("devices").get(dev).is_null();
+            want(
+                e == *present,
+                format!("device {dev} of profile {p} exists: {e}"),
+            )
+        }
+        Check::Migrated {
+            src,
+            dst,
+            moved,
+            snapshots,
+        } => {
+            let (a, b) = (inst(src)?, inst(dst)?);
+            eprintln!(
+                "chaos: trial {} {}: {src} exists: {a}, {dst} exists: {b}",
+                t.n,
+                if *moved { "move" } else { "copy" }
+            );
+            let mut bad = Vec::new();
+            match (acked, *moved) {
+                (true, false) if !(a && b) => bad.push("a copy, not both there".to_owned()),
+                (true, true) if a || !b => bad.push("a move, not only the target there".into()),
+                (false, false) if !a => bad.push("a copy, the source gone".into()),
+                (false, true) if !a && !b => bad.push("a move, neither there".into()),
+                _ => {}
+            }
+            // Each that exists is whole: its marker file, and its snapshot (the source's
+            // always, the target's unless --instance-only).
+            for (n, there, snap) in [(src, a, true), (dst, b, *snapshots)] {
+                if !there {
+                    continue;
+                }
+                let m = t.mark(n)?;
+                if m != AFTER {
+                    bad.push(format!("{n}:/root/mark is {m:?}"));
+                }
+                let has = t.exists(&format!("/1.0/instances/{n}/snapshots/snap0"))?;
+                if has != snap {
+                    bad.push(format!("{n} has snapshot snap0: {has}"));
+                }
+            }
+            want(
+                bad.is_empty(),
+                format!("{src} exists: {a}, {dst} exists: {b}: {}", bad.join("; ")),
+            )
         }
     }
 }
@@ -693,6 +883,40 @@ pub fn remove_own_cgroups(suffix: &str) {
     }
 }
 
+/// The paths `device` trials plug devices at, in a container.
+fn is_trial_device_path(p: &str) -> bool {
+    p.starts_with("/mnt/") || p.starts_with("/dev/chaos")
+}
+
+/// The container paths of an instance's (API view) expanded disk and unix devices, root disk
+/// aside: what its mount namespace must show.
+fn mounted_devices(inst: &Json) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for (_, d) in inst.get("expanded_devices").members() {
+        let ty = d.get("type").as_str().unwrap_or("");
+        if !matches!(ty, "disk" | "unix-char" | "unix-block") {
+            continue;
+        }
+        let path = d.get("path").as_str().filter(|p| !p.is_empty());
+        let path = path.or_else(|| d.get("source").as_str()).unwrap_or("");
+        if !path.is_empty() && path != "/" {
+            out.insert(path.trim_end_matches('/').to_owned());
+        }
+    }
+    out
+}
+
+/// The mount points of process `pid`'s mount namespace, as its root sees them.
+pub fn mount_points_of(pid: i64) -> Result<BTreeSet<String>> {
+    let f = format!("/proc/{pid}/mountinfo");
+    let info = fs::read_to_string(&f).map_err(|e| format!("{f}: {e}"))?;
+    Ok(info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape)
+        .collect())
+}
+
 // ------------------------------------------------------------------------------------------
 // the invariants
 
@@ -715,6 +939,7 @@ fn invariants_into(t: &Trial, v: &mut Vec<String>) -> Result {
     let rec = records(&t.bivy)?;
     let mut running = BTreeSet::new();
     let mut nics = 0usize;
+    let mut device_paths: Vec<(String, i64, BTreeSet<String>)> = Vec::new();
     let api_names: BTreeSet<String> = list
         .items()
         .iter()
@@ -742,6 +967,7 @@ fn invariants_into(t: &Trial, v: &mut Vec<String>) -> Result {
                         nics += 1;
                     }
                 }
+                device_paths.push((name.to_owned(), pid, mounted_devices(i)));
             }
             "Stopped" => {}
             other => v.push(format!("{name} is {other:?} (half-made, frozen or stuck)")),
@@ -751,6 +977,31 @@ fn invariants_into(t: &Trial, v: &mut Vec<String>) -> Result {
         let got = t.init_pid("keep")?;
         if got != Some(want) {
             v.push(format!("keep's init was {want}, now {got:?}"));
+        }
+    }
+    // Devices: what the record says a running container has is what its mount namespace
+    // shows, at the paths `device` trials use.
+    for (name, pid, want) in &device_paths {
+        let Ok(points) = mount_points_of(*pid) else {
+            continue; // it stopped since
+        };
+        for p in want {
+            if !points.contains(p) {
+                v.push(format!("{name}: a device at {p} is recorded, not mounted"));
+            }
+        }
+        for p in points.iter().filter(|p| is_trial_device_path(p)) {
+            if !want.contains(p) {
+                v.push(format!("{name}: {p} is mounted, no device records it"));
+            }
+        }
+    }
+    // No hot-plug helper of ours still runs (it stages in a mount namespace of its own).
+    for pid in entries(Path::new("/proc")) {
+        let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains("__hotplug") && cmd.contains(&*t.bivy.to_string_lossy()) {
+            v.push(format!("a hot-plug helper still runs: {pid} {cmd}"));
         }
     }
     // Volumes, per pool.
@@ -985,6 +1236,67 @@ pub fn teardown(t: &mut Trial) -> Result {
         .filter_map(|u| u.as_str())
         .filter_map(|u| u.rsplit('/').next().map(str::to_owned))
         .collect();
+    // The `device` trials' devices are removed (hot-unplugged from running instances) and
+    // are gone from the containers' mount namespaces.
+    let mut unplug: Vec<Vec<String>> = Vec::new();
+    for n in &names {
+        for (dev, d) in t
+            .get(&format!("/1.0/instances/{n}"))?
+            .get("devices")
+            .members()
+        {
+            if is_trial_device_path(d.get("path").as_str().unwrap_or("")) {
+                unplug.push(vec![
+                    "config".into(),
+                    "device".into(),
+                    "remove".into(),
+                    n.clone(),
+                    dev.to_owned(),
+                ]);
+            }
+        }
+    }
+    for u in t.get("/1.0/profiles")?.items() {
+        let Some(p) = u.as_str().and_then(|u| u.rsplit('/').next()) else {
+            continue;
+        };
+        for (dev, d) in t
+            .get(&format!("/1.0/profiles/{p}"))?
+            .get("devices")
+            .members()
+        {
+            if is_trial_device_path(d.get("path").as_str().unwrap_or("")) {
+                unplug.push(vec![
+                    "profile".into(),
+                    "device".into(),
+                    "remove".into(),
+                    p.to_owned(),
+                    dev.to_owned(),
+                ]);
+            }
+        }
+    }
+    for a in &unplug {
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        if let Err(e) = t.ok(&a) {
+            bad.push(format!("cannot remove a device: {e}"));
+        }
+    }
+    if !unplug.is_empty() {
+        for n in &names {
+            let Some(pid) = t.init_pid(n)? else { continue };
+            let left: Vec<String> = mount_points_of(i64::from(pid))
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|p| is_trial_device_path(p))
+                .collect();
+            if !left.is_empty() {
+                bad.push(format!(
+                    "{n}: {left:?} still mounted after its devices were removed"
+                ));
+            }
+        }
+    }
     for n in &names {
         if status(t, n)? == "Stopped" {
             if let Err(e) = t.ok(&["start", n]) {
