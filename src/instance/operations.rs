@@ -471,7 +471,7 @@ fn prune_finished(map: &mut HashMap<String, Arc<Op>>) {
         .filter_map(|(id, o)| finished_at(o).map(|t| (t, id.clone())))
         .collect();
     if done.len() > MAX_FINISHED {
-        done.sort();
+        crate::util::sort::sort(&mut done);
         for (_, id) in &done[..done.len() - MAX_FINISHED] {
             map.remove(id);
         }
