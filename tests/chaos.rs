@@ -201,16 +201,19 @@ fn a_killed_hot_plug_is_reconciled_with_the_record_at_restart() {
     let src = d.tmp().join("hostdir");
     std::fs::create_dir_all(&src).expect("mkdir");
     let source = format!("source={}", src.display());
-    d.ok(&[
-        "config",
-        "device",
-        "add",
-        "h1",
-        "hx",
-        "disk",
-        &source,
-        "path=/mnt/x",
-    ]);
+    let add_disk = |d: &Daemon| {
+        d.ok(&[
+            "config",
+            "device",
+            "add",
+            "h1",
+            "hx",
+            "disk",
+            &source,
+            "path=/mnt/x",
+        ])
+    };
+    add_disk(&d);
     d.ok(&[
         "config",
         "device",
@@ -239,16 +242,7 @@ fn a_killed_hot_plug_is_reconciled_with_the_record_at_restart() {
     );
     // Recorded again, then a removal killed while its helper ran: unmounted in the container,
     // the running spec not yet written, the request left behind.
-    d.ok(&[
-        "config",
-        "device",
-        "add",
-        "h1",
-        "hx",
-        "disk",
-        &source,
-        "path=/mnt/x",
-    ]);
+    add_disk(&d);
     assert!(has(&d, "/mnt/x"));
     d.kill9();
     let out = Command::new("nsenter")

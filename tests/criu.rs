@@ -308,6 +308,20 @@ fn stateful_snapshot_restores_earlier_memory() {
     );
 }
 
+/// Make `ct` undumpable: a process holds open a deleted file larger than CRIU's ghost-file
+/// limit (1 MiB).
+fn hold_a_big_deleted_file(d: &Daemon, ct: &str) {
+    d.ok(&[
+        "exec",
+        ct,
+        "--",
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/big bs=1M count=2 2>/dev/null; \
+         setsid sh -c 'exec sleep 1000 </big' </dev/null >/dev/null 2>&1 & sleep 0.5; rm /big",
+    ]);
+}
+
 #[test]
 fn failed_dump_leaves_the_container_running() {
     let Some(criu) = criu() else { return };
@@ -316,15 +330,7 @@ fn failed_dump_leaves_the_container_running() {
     let before = start_counter(&d, "c1");
     // A deleted file held open that is larger than CRIU's ghost-file limit (1 MiB) cannot be
     // dumped.
-    d.ok(&[
-        "exec",
-        "c1",
-        "--",
-        "sh",
-        "-c",
-        "dd if=/dev/zero of=/big bs=1M count=2 2>/dev/null; \
-         setsid sh -c 'exec sleep 1000 </big' </dev/null >/dev/null 2>&1 & sleep 0.5; rm /big",
-    ]);
+    hold_a_big_deleted_file(&d, "c1");
     fails_with(&d, &["stop", "c1", "--stateful"], "Can't dump ghost file");
     assert_eq!(status(&d, "c1"), "Running");
     assert!(!stateful(&d, "c1"));
@@ -626,15 +632,7 @@ fn live_migration_between_two_daemons_keeps_the_process() {
     assert!(!has_instance(&b, "c4"));
 
     // A dump that cannot be done: the source keeps running, the target has nothing.
-    a.ok(&[
-        "exec",
-        "c1",
-        "--",
-        "sh",
-        "-c",
-        "dd if=/dev/zero of=/big bs=1M count=2 2>/dev/null; \
-         setsid sh -c 'exec sleep 1000 </big' </dev/null >/dev/null 2>&1 & sleep 0.5; rm /big",
-    ]);
+    hold_a_big_deleted_file(&a, "c1");
     let out = bivy(&["move", "a:c1", "b:c5"]);
     assert!(!out.status.success());
     assert!(text(&out).contains("ghost file"), "{}", text(&out));

@@ -583,6 +583,40 @@ mod tests {
     }
 
     #[test]
+    fn a_checkpoint_restores_only_into_the_maps_it_was_taken_with() {
+        let map = |host: u32| serde_json::json!([{"nsid": 0, "hostid": host, "count": 65536}]);
+        let spec = |host: u32| -> Spec {
+            serde_json::from_value(serde_json::json!({
+                "name": "c", "rootfs": "/r", "rootfs_mode": "Idmapped",
+                "uid_map": map(host), "gid_map": map(host),
+                "hostname": "c", "init": ["/sbin/init"], "env": [], "limits": {
+                    "memory": null, "memory_soft": false, "memory_swap": false, "cpuset": null,
+                    "cpu_quota": null, "cpu_shares": null, "pids": null},
+                "nesting": false, "seccomp_policy": "", "apparmor_raw": "", "console_log": "/l"
+            }))
+            .unwrap()
+        };
+        let dir = std::env::temp_dir().join(format!("bivy-criu-maps-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let meta = |maps: serde_json::Value| {
+            let m = serde_json::json!({"criu_version": "4.1.1", "console_tty": null,
+                "externals": [], "cgroup": "c", "id_maps": maps});
+            fs::write(dir.join(META), m.to_string()).unwrap();
+        };
+        meta(serde_json::json!([map(1000000), map(1000000)]));
+        assert!(check_maps(&spec(1000000), &dir).is_ok());
+        let e = check_maps(&spec(1065536), &dir).unwrap_err().0;
+        assert!(
+            e.contains("uid map [0:1000000:65536]") && e.contains("[0:1065536:65536]"),
+            "{e}"
+        );
+        // A checkpoint from before the maps were recorded is taken as it is.
+        meta(serde_json::Value::Null);
+        assert!(check_maps(&spec(1065536), &dir).is_ok());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn external_mounts_of_a_container() {
         let spec: Spec = serde_json::from_value(serde_json::json!({
             "name": "c", "rootfs": "/r", "rootfs_mode": "Idmapped", "uid_map": [], "gid_map": [],
