@@ -507,11 +507,7 @@ fn transfer_by_mode(
         }
     };
     let mut pipes = Vec::new();
-    let live = post.live;
-    for k in ["control", "fs", "criu"] {
-        if k == "criu" && !live {
-            break;
-        }
+    for &k in crate::migration::streams(post.live) {
         let (Some(ss), Some(ts)) = (ssecrets.get(k), tsecrets.get(k)) else {
             cancel_target();
             let _ = sc.delete(&format!("/1.0/operations/{sop}"));

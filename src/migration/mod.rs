@@ -64,15 +64,15 @@ pub fn arch_name(id: i32) -> &'static str {
         .map_or("", |(_, n)| n)
 }
 
-/// New one-time secrets for an operation's `control` and `fs` websockets, and `criu` for a
-/// live migration (the operation's metadata, as LXD's).
+/// A migration's websockets, in the order they are used: `control`, `fs`, and `criu` when live.
+pub fn streams(live: bool) -> &'static [&'static str] {
+    const ALL: [&str; 3] = ["control", "fs", "criu"];
+    &ALL[..if live { 3 } else { 2 }]
+}
+
+/// New one-time secrets for an operation's [`streams`] (the operation's metadata, as LXD's).
 pub fn secrets(live: bool) -> std::collections::BTreeMap<String, String> {
-    let names: &[&str] = if live {
-        &["control", "fs", "criu"]
-    } else {
-        &["control", "fs"]
-    };
-    names
+    streams(live)
         .iter()
         .map(|k| (k.to_string(), crate::instance::operations::secret()))
         .collect()

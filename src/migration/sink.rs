@@ -55,12 +55,7 @@ pub fn check(src: &api::InstanceSource) -> Result<()> {
         // The source dials this server's operation: nothing of its own to check.
         return Ok(());
     }
-    let keys: &[&str] = if src.live {
-        &["control", "fs", "criu"]
-    } else {
-        &["control", "fs"]
-    };
-    for k in keys {
+    for k in super::streams(src.live) {
         if !src.secrets.contains_key(*k) {
             return Err(Error::Invalid(format!("Missing {k} secret")));
         }
@@ -194,8 +189,10 @@ pub fn receive_pushed(
     secrets: &std::collections::BTreeMap<String, String>,
     progress: &Progress<'_>,
 ) -> Result<()> {
-    let mut list = vec![secrets["control"].as_str(), secrets["fs"].as_str()];
-    list.extend(secrets.get("criu").map(String::as_str));
+    let list: Vec<String> = super::streams(secrets.contains_key("criu"))
+        .iter()
+        .map(|k| secrets[*k].clone())
+        .collect();
     let mut socks = wire::wait_for(op, &list)?.into_iter();
     let (ctl, fs) = (socks.next().expect("control"), socks.next().expect("fs"));
     receive_on(d, goal, ctl, fs, socks.next(), progress)
@@ -377,11 +374,10 @@ fn receive_on(
     while !reader.is_finished() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    for tx in [&ctl_tx, &fs.tx] {
-        let _ = tx.close(1000);
-        tx.shutdown();
-    }
-    if let Some(tx) = &criu_close {
+    for tx in [Some(&ctl_tx), Some(&fs.tx), criu_close.as_ref()]
+        .into_iter()
+        .flatten()
+    {
         let _ = tx.close(1000);
         tx.shutdown();
     }

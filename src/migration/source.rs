@@ -83,7 +83,7 @@ pub fn start(d: &Ctx, name: &str, snap: Option<&str>, req: &api::InstancePost) -
         snapshot,
         running,
         live,
-        dumped: false,
+        dumped_at: None,
         instance_only: req.instance_only || req.container_only || snap.is_some(),
         allow_inconsistent: req.allow_inconsistent,
         busy: true,
@@ -102,10 +102,9 @@ pub fn start(d: &Ctx, name: &str, snap: Option<&str>, req: &api::InstancePost) -
         ),
         None => {
             let secrets = super::secrets(live);
-            // control, fs, then criu when live.
-            let order: Vec<String> = ["control", "fs", "criu"]
+            let order: Vec<String> = super::streams(live)
                 .iter()
-                .filter_map(|k| secrets.get(*k).cloned())
+                .map(|k| secrets[*k].clone())
                 .collect();
             let op = d.ops.start(
                 Class::Websocket,
@@ -174,9 +173,9 @@ struct Job {
     /// A live migration: the instance is dumped (and stops) before its volume is sent, its
     /// checkpoint goes on the `criu` stream.
     live: bool,
-    /// Whether this job has dumped the instance (stopped with its state): any failure from then
+    /// When this job dumped the instance (it is stopped with its state): any failure from then
     /// on starts it again from that state.
-    dumped: bool,
+    dumped_at: Option<std::time::Instant>,
     instance_only: bool,
     allow_inconsistent: bool,
     /// Whether this job still holds the instance's busy mark.
@@ -201,8 +200,7 @@ impl Job {
     /// Pull: the target (or the client relaying) connects to this operation's websockets
     /// (`secrets`: control, fs, and criu when live).
     fn run(self, op: &Op, secrets: &[String]) -> Result<()> {
-        let list: Vec<&str> = secrets.iter().map(String::as_str).collect();
-        let mut socks = wire::wait_for(op, &list)?.into_iter();
+        let mut socks = wire::wait_for(op, secrets)?.into_iter();
         let (ctl, fsw) = (socks.next().expect("control"), socks.next().expect("fs"));
         self.drive(ctl, fsw, socks.next())
     }
@@ -244,26 +242,15 @@ impl Job {
             w.tx.shutdown();
         }
         match r {
-            Err(e) if self.dumped => Err(self.resume(e)),
+            Err(e) if self.dumped_at.is_some() => Err(self.resume(e)),
             r => r,
         }
     }
 
     /// After a failure past the dump: start the instance again from its checkpoint, so that it
-    /// runs on as before; `e` and what became of the instance.
+    /// runs on as before; `e` and what became of the instance. The job still holds the busy
+    /// mark (a live migration keeps it until the target has answered).
     fn resume(&mut self, e: Error) -> Error {
-        // The busy mark is held again for the start (the transfer may have let it go).
-        if !self.busy {
-            match self.d.busy_insert(&self.name, "migrate") {
-                Ok(()) => self.busy = true,
-                Err(b) => {
-                    return Error::Host(format!(
-                        "{e}; the instance is stopped with its state saved ({b}): start it to \
-                         resume it"
-                    ))
-                }
-            }
-        }
         let r = crate::instance::lifecycle::start_with(&self.d, &self.name, true);
         self.release();
         match r {
@@ -539,18 +526,26 @@ impl Job {
                 )));
             }
         }
+        let criu = match (self.live, criu) {
+            (true, None) => return Err(Error::Host("live migration without a criu stream".into())),
+            (_, criu) => criu,
+        };
         let mut vols = self.volumes(&pool, &send)?;
         let main = vols.pop().expect("the instance's volume");
-        if self.live {
-            return self.transfer_live(&pool, bivy, &vols, &main, ctl, fs, criu);
-        }
+        // Live: the snapshots go while the instance runs, then it is dumped and its volume,
+        // stopped, goes as it is.
         match bivy {
             Some(proto::XFER_STREAM) => {
                 for v in &vols {
                     send_stream(v, fs)?;
                 }
-                // One pass, consistent: from an atomic snapshot, or frozen.
-                self.consistent_view(&pool, &main, |v| send_stream(v, fs))?;
+                if self.live {
+                    self.dump()?;
+                    send_stream(&main, fs)?;
+                } else {
+                    // One pass, consistent: from an atomic snapshot, or frozen.
+                    self.consistent_view(&pool, &main, |v| send_stream(v, fs))?;
+                }
             }
             Some(proto::XFER_BTRFS) => {
                 // Each snapshot from the one before it; the instance from the newest.
@@ -562,6 +557,9 @@ impl Job {
                 if self.snapshot.is_some() {
                     send_btrfs(&main, parent, fs)?;
                 } else {
+                    if self.live {
+                        self.dump()?;
+                    }
                     // `btrfs send` takes read-only subvolumes: a snapshot of the instance's.
                     self.readonly_view(&pool, &main, |v| send_btrfs(v, parent, fs))?;
                 }
@@ -585,67 +583,43 @@ impl Job {
                 }
             }
         }
+        if let Some(criu) = criu {
+            // The checkpoint; the target restores it before it answers, and until then the
+            // instance stays here, busy, stopped with its state (a failure resumes it:
+            // [`Job::resume`]).
+            let state = main.join(crate::instance::stateful::STATE_DIR);
+            let mut w = wire::StreamWriter::new(&criu.tx);
+            crate::storage::send_tree(&state, &mut w)
+                .and_then(|()| w.finish())
+                .map_err(|e| Error::Host(format!("sending the checkpoint: {e}")))?;
+            wait_result(ctl)?;
+            // Moved: it runs on the target. Here it stays stopped with its saved state (lxc move
+            // deletes it next; after a copy, `start` resumes this one too).
+            if let Some(t) = self.dumped_at.take() {
+                eprintln!(
+                    "bivy: {}: live migration done, {} ms after the dump began",
+                    self.name,
+                    t.elapsed().as_millis()
+                );
+            }
+            return Ok(());
+        }
         self.release();
         wait_result(ctl)
     }
 
-    /// A live migration's volumes and checkpoint: the snapshots while the instance runs, then
-    /// the dump (the instance stops with its state saved in its volume), its volume and the
-    /// checkpoint on `criu`. The target restores it before it reports success; until then the
-    /// instance stays here, stopped with its state (a failure starts it again: [`Job::resume`]).
-    #[allow(clippy::too_many_arguments)]
-    fn transfer_live(
-        &mut self,
-        pool: &crate::storage::Pool,
-        bivy: Option<&str>,
-        snaps: &[PathBuf],
-        main: &std::path::Path,
-        ctl: &mut Ws,
-        fs: &mut Ws,
-        criu: Option<&mut Ws>,
-    ) -> Result<()> {
-        let criu =
-            criu.ok_or_else(|| Error::Host("live migration without a criu stream".into()))?;
-        let btrfs = bivy == Some(proto::XFER_BTRFS);
-        let mut parent: Option<&std::path::Path> = None;
-        for v in snaps {
-            if btrfs {
-                send_btrfs(v, parent, fs)?;
-                parent = Some(v);
-            } else {
-                send_stream(v, fs)?;
-            }
-        }
+    /// A live migration's dump: the instance stops with its state saved in its volume
+    /// (`stop --stateful`); from now on a failure resumes it.
+    fn dump(&mut self) -> Result<()> {
         let t = std::time::Instant::now();
         crate::instance::stateful::stop(&self.d, &self.name)?;
-        self.dumped = true;
+        self.dumped_at = Some(t);
         eprintln!(
             "bivy: {}: dumped for a live migration in {} ms",
             self.name,
             t.elapsed().as_millis()
         );
-        if btrfs {
-            self.readonly_view(pool, main, |v| send_btrfs(v, parent, fs))?;
-        } else {
-            send_stream(main, fs)?;
-        }
-        let state = main.join(crate::instance::stateful::STATE_DIR);
-        let mut w = wire::StreamWriter::new(&criu.tx);
-        crate::storage::send_tree(&state, &mut w)
-            .and_then(|()| w.finish())
-            .map_err(|e| Error::Host(format!("sending the checkpoint: {e}")))?;
-        let r = wait_result(ctl);
-        if r.is_ok() {
-            // Moved: it runs on the target. Here it stays stopped with its saved state (lxc
-            // move deletes it next; after a copy, `start` resumes this one too).
-            eprintln!(
-                "bivy: {}: live migration done, {} ms after the dump began",
-                self.name,
-                t.elapsed().as_millis()
-            );
-            self.dumped = false;
-        }
-        r
+        Ok(())
     }
 }
 

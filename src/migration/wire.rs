@@ -96,14 +96,13 @@ pub fn dial(op_url: &str, secret: &str, cert: &[u8]) -> Result<Ws> {
 /// Wait for the peer (or the client relaying) to connect this operation's websockets, one per
 /// secret (`control`, `fs`, and `criu` when live), at most [`super::CONNECT_TIMEOUT`]; in that
 /// order.
-pub fn wait_for(op: &crate::instance::operations::Op, secrets: &[&str]) -> Result<Vec<Ws>> {
-    let list: Vec<String> = secrets.iter().map(|s| s.to_string()).collect();
+pub fn wait_for(op: &crate::instance::operations::Op, secrets: &[String]) -> Result<Vec<Ws>> {
     let mut socks = op
-        .take_sockets(&list, super::CONNECT_TIMEOUT)
+        .take_sockets(secrets, super::CONNECT_TIMEOUT)
         .ok_or_else(|| Error::Host("Timed out waiting for migration connections".into()))?;
     secrets
         .iter()
-        .map(|s| accepted(socks.remove(*s).expect("required socket")))
+        .map(|s| accepted(socks.remove(s).expect("required socket")))
         .collect()
 }
 

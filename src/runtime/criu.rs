@@ -225,16 +225,21 @@ pub struct Meta {
     pub id_maps: Option<(Vec<super::IdMapEntry>, Vec<super::IdMapEntry>)>,
 }
 
+/// bivy's description of the checkpoint in `images` ([`META`]).
+fn read_meta(images: &Path) -> Result<Meta> {
+    let mp = images.join(META);
+    fs::read(&mp)
+        .map_err(|e| Error(format!("read {}: {e}", mp.display())))
+        .and_then(|b| {
+            serde_json::from_slice(&b).map_err(|e| Error(format!("parse {}: {e}", mp.display())))
+        })
+}
+
 /// Refuse to restore the checkpoint in `images` into a container started with `spec` when its
 /// id maps differ from the ones it was dumped with (restored processes would own nothing in
 /// the rootfs).
 pub fn check_maps(spec: &Spec, images: &Path) -> Result<()> {
-    let mp = images.join(META);
-    let meta: Meta = fs::read(&mp)
-        .map_err(|e| Error(format!("read {}: {e}", mp.display())))
-        .and_then(|b| {
-            serde_json::from_slice(&b).map_err(|e| Error(format!("parse {}: {e}", mp.display())))
-        })?;
+    let meta = read_meta(images)?;
     let show = |m: &[super::IdMapEntry]| {
         m.iter()
             .map(|e| format!("{}:{}:{}", e.nsid, e.hostid, e.count))
@@ -435,12 +440,7 @@ pub(crate) fn restore_in_monitor(
     staged: &[super::disks::Staged],
     owner: Option<(u32, u32)>,
 ) -> Result<i32> {
-    let mp = req.images.join(META);
-    let meta: Meta = fs::read(&mp)
-        .map_err(|e| Error(format!("read {}: {e}", mp.display())))
-        .and_then(|b| {
-            serde_json::from_slice(&b).map_err(|e| Error(format!("parse {}: {e}", mp.display())))
-        })?;
+    let meta = read_meta(&req.images)?;
     // Renamed since the dump: the tree goes into the new name's cgroup (CRIU's root cgroup
     // replaced), its sub-cgroups made there.
     let renamed = meta.cgroup != spec.cgroup_name();

@@ -156,11 +156,7 @@ pub fn send_volume(vol: &Path, out: &mut dyn Write) -> io::Result<()> {
         Ok(b) => serde_json::from_slice(&b)
             .map_err(|e| io::Error::other(format!("{}/metadata.json: {e}", vol.display())))?,
         // An instance created empty: the stream still needs metadata.yaml's required keys.
-        Err(_) => crate::api::ImageMetadata {
-            architecture: std::env::consts::ARCH.to_string(),
-            creation_date: 1,
-            ..Default::default()
-        },
+        Err(_) => bare_metadata(),
     };
     let templates = vol.join("templates");
     crate::image::pack(
@@ -171,6 +167,15 @@ pub fn send_volume(vol: &Path, out: &mut dyn Write) -> io::Result<()> {
         out,
     )
     .map_err(|e| io::Error::other(format!("sending {}: {e}", vol.display())))
+}
+
+/// The `metadata.yaml` of a stream that has none of its own: only the keys an unpack requires.
+fn bare_metadata() -> crate::api::ImageMetadata {
+    crate::api::ImageMetadata {
+        architecture: std::env::consts::ARCH.to_string(),
+        creation_date: 1,
+        ..Default::default()
+    }
 }
 
 /// Receive a [`send_volume`] stream into a new volume at `vol`. On error nothing is left behind.
@@ -208,13 +213,14 @@ pub fn unpack_volume(vol: &Path, input: &mut dyn Read) -> io::Result<()> {
 /// Send the directory tree `dir` (a checkpoint's images) as one stream, in [`send_volume`]'s
 /// format (the tree as its rootfs).
 pub fn send_tree(dir: &Path, out: &mut dyn Write) -> io::Result<()> {
-    let meta = crate::api::ImageMetadata {
-        architecture: std::env::consts::ARCH.to_string(),
-        creation_date: 1,
-        ..Default::default()
-    };
-    crate::image::pack(dir, &meta, None, crate::image::Compression::None, out)
-        .map_err(|e| io::Error::other(format!("sending {}: {e}", dir.display())))
+    crate::image::pack(
+        dir,
+        &bare_metadata(),
+        None,
+        crate::image::Compression::None,
+        out,
+    )
+    .map_err(|e| io::Error::other(format!("sending {}: {e}", dir.display())))
 }
 
 /// Receive a [`send_tree`] stream into the new directory `dir`, unpacked as safely as an image
