@@ -360,38 +360,34 @@ pub fn run(args: &[String]) -> Result {
     std::thread::sleep(Duration::from_secs(1));
     memory_row(&mut t, "daemon idle memory, 0 containers", d.pid);
 
-    if o.only_density {
+    // A part that runs alone on this daemon: the busybox image, the part, then the instances
+    // it leaves deleted.
+    type Part<'a> = Box<dyn Fn(&BgDaemon, &mut Table) -> Result + 'a>;
+    let alone: Option<(Part, Vec<String>)> = if o.only_density {
+        let leftovers = (0..o.density).map(|i| format!("dn{i}")).collect();
+        Some((Box::new(|d, t| density(d, t, o.density)), leftovers))
+    } else if o.only_criu {
+        let part =
+            |d: &BgDaemon, t: &mut Table| criu(d, t, o.runs).and_then(|()| live_move(d, t, o.runs));
+        Some((Box::new(part), Vec::new()))
+    } else if o.only_cycles {
+        Some((
+            Box::new(|d, t| cycles(d, t, o.cycles)),
+            vec!["cyc".to_string()],
+        ))
+    } else {
+        None
+    };
+    if let Some((part, leftovers)) = alone {
         let img = image.to_string_lossy().into_owned();
         let r = must(&d, &["image", "import", &img, "--alias", "busybox"])
-            .and_then(|()| density(&d, &mut t, o.density));
+            .and_then(|()| part(&d, &mut t));
         if let Err(e) = r {
             eprintln!("xtask: bench stopped early: {e}");
         }
-        for i in 0..o.density {
-            let _ = d.cli(&["delete", "--force", &format!("dn{i}")]).output();
+        for name in &leftovers {
+            let _ = d.cli(&["delete", "--force", name]).output();
         }
-        d.stop();
-        return finish(&t, &out_dir, &before, Some(&run_dir));
-    }
-    if o.only_criu {
-        let img = image.to_string_lossy().into_owned();
-        let r = must(&d, &["image", "import", &img, "--alias", "busybox"])
-            .and_then(|()| criu(&d, &mut t, o.runs))
-            .and_then(|()| live_move(&d, &mut t, o.runs));
-        if let Err(e) = r {
-            eprintln!("xtask: bench stopped early: {e}");
-        }
-        d.stop();
-        return finish(&t, &out_dir, &before, Some(&run_dir));
-    }
-    if o.only_cycles {
-        let img = image.to_string_lossy().into_owned();
-        let r = must(&d, &["image", "import", &img, "--alias", "busybox"])
-            .and_then(|()| cycles(&d, &mut t, o.cycles));
-        if let Err(e) = r {
-            eprintln!("xtask: bench stopped early: {e}");
-        }
-        let _ = d.cli(&["delete", "--force", "cyc"]).output();
         d.stop();
         return finish(&t, &out_dir, &before, Some(&run_dir));
     }
@@ -635,23 +631,7 @@ fn containers(d: &BgDaemon, t: &mut Table, image: &Path, runs: usize) -> Result 
 /// Stateful stop and start (CRIU) of a busybox container running a counter, alternately;
 /// needs CRIU in the daemon's environment (`$BIVY_CRIU`, `target/criu`, or PATH).
 fn criu(d: &BgDaemon, t: &mut Table, runs: usize) -> Result {
-    must(
-        d,
-        &["launch", "busybox", "cs", "-c", "migration.stateful=true"],
-    )?;
-    let r = must(
-        d,
-        &[
-            "exec",
-            "cs",
-            "--",
-            "sh",
-            "-c",
-            "setsid sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/c; sleep 0.1; done' \
-             </dev/null >/dev/null 2>&1 &",
-        ],
-    )
-    .and_then(|()| {
+    let r = launch_counter(d, "cs").and_then(|()| {
         let (mut stops, mut starts) = (Vec::new(), Vec::new());
         for _ in 0..runs {
             stops.push(time_runs(1, |_| d.cli(&["stop", "cs", "--stateful"]))?.median);
@@ -673,6 +653,27 @@ fn criu(d: &BgDaemon, t: &mut Table, runs: usize) -> Result {
         "pids and memory kept",
     );
     Ok(())
+}
+
+/// Launch busybox container `name` with `migration.stateful=true`, running a detached counter
+/// (a process that checkpoints well: no sockets, no open files).
+fn launch_counter(d: &BgDaemon, name: &str) -> Result {
+    must(
+        d,
+        &["launch", "busybox", name, "-c", "migration.stateful=true"],
+    )?;
+    must(
+        d,
+        &[
+            "exec",
+            name,
+            "--",
+            "sh",
+            "-c",
+            "setsid sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/c; sleep 0.1; done' \
+             </dev/null >/dev/null 2>&1 &",
+        ],
+    )
 }
 
 /// Live moves of a busybox container running a counter between `d` and a second daemon on
@@ -706,22 +707,7 @@ fn live_move(d: &BgDaemon, t: &mut Table, runs: usize) -> Result {
             ];
             time_one(&mut cli(&add))?;
         }
-        must(
-            d,
-            &["launch", "busybox", "lm", "-c", "migration.stateful=true"],
-        )?;
-        must(
-            d,
-            &[
-                "exec",
-                "lm",
-                "--",
-                "sh",
-                "-c",
-                "setsid sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/c; sleep 0.1; done' \
-                 </dev/null >/dev/null 2>&1 &",
-            ],
-        )?;
+        launch_counter(d, "lm")?;
         let mut moves = Vec::new();
         for i in 0..runs * 2 {
             let (from, to) = if i % 2 == 0 {
