@@ -16,8 +16,12 @@ use crate::sys;
 /// One message.
 #[derive(Debug)]
 pub enum Msg {
-    /// Parent to container child: maps written, cgroup joined, go on.
+    /// Parent to container child: maps written, cgroup joined, go on (and again once the
+    /// monitor has made the host-side mounts).
     Go,
+    /// Container child to monitor: in its namespaces (cgroup one included), ready for the
+    /// host-side mounts (see `rootfs::host_side`).
+    Ready,
     /// A setup step failed (the text names the step and path).
     Err(String),
     /// Monitor to start(): init exec'd (init host pid, monitor pid).
@@ -33,6 +37,7 @@ impl Msg {
     fn encode(&self) -> Vec<u8> {
         match self {
             Msg::Go => b"G".to_vec(),
+            Msg::Ready => b"Y".to_vec(),
             Msg::Err(e) => format!("E{e}").into_bytes(),
             Msg::Started(i, m) => format!("S{i} {m}").into_bytes(),
             Msg::PtyMaster => b"M".to_vec(),
@@ -50,6 +55,7 @@ impl Msg {
         let rest = std::str::from_utf8(b.get(1..).unwrap_or_default()).map_err(|_| bad())?;
         match b.first() {
             Some(b'G') => Ok(Msg::Go),
+            Some(b'Y') => Ok(Msg::Ready),
             Some(b'E') => Ok(Msg::Err(rest.to_string())),
             Some(b'M') => Ok(Msg::PtyMaster),
             Some(b'R') => Ok(Msg::Request(rest.to_string())),

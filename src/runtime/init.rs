@@ -1,5 +1,5 @@
 //! The container child, between clone and execve of init, as numbered steps. Runs in the cloned
-//! process (new user/mount/pid/uts/ipc/net namespaces, pid 1), single-threaded, and reports the
+//! process (new user/pid/uts/ipc/net namespaces, pid 1; its mount namespace comes at step 4), single-threaded, and reports the
 //! first failure to the monitor (which undoes everything). Nothing here returns on success: the
 //! last step is execve.
 
@@ -82,8 +82,26 @@ fn setup(ctx: &Ctx<'_>, sock: &OwnedFd) -> Result<Never, Error> {
         .map_err(|x| e("PR_SET_PDEATHSIG", x))?;
 
     super::helper::trace(ctx.t0, "child step 4");
-    // 4. Mounts inside the rootfs (proc, sys, cgroup view, dev, masks), then pivot_root into it.
-    rootfs::setup(ctx)?;
+    // 4. Mounts inside the rootfs, then pivot_root into it. Unprivileged: we were cloned into the
+    //    monitor's mount namespace; the monitor makes proc, sys, the cgroup view, /dev and the
+    //    masks there (as host root: `rootfs::host_side`), then our own mount namespace is copied
+    //    from it, which locks them. Privileged: we make them in the namespace we were cloned with.
+    if spec.rootfs_mode == super::RootfsMode::Privileged {
+        rootfs::host_side(ctx)?;
+    } else {
+        chan::send(sock, &Msg::Ready, None)?;
+        match chan::recv(sock)? {
+            Some((Msg::Go, _)) => {}
+            other => {
+                return Err(Error(format!(
+                    "monitor did not make the host-side mounts: {other:?}"
+                )))
+            }
+        }
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+            .map_err(|x| e("unshare(CLONE_NEWNS)", x))?;
+    }
+    rootfs::container_side(ctx)?;
     rootfs::pivot(ctx.root)?;
 
     super::helper::trace(ctx.t0, "child step 5");

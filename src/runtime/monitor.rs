@@ -29,7 +29,9 @@ use nix::unistd::Pid;
 use super::chan::{self, Msg};
 use super::control::read_spec;
 use super::helper::{err, replace_file, trace, write_pidfile};
-use super::{confine, criu, disks, files, init, userns, Error, ExitInfo, Result, RootfsMode, Spec};
+use super::{
+    confine, criu, disks, files, init, rootfs, userns, Error, ExitInfo, Result, RootfsMode, Spec,
+};
 use crate::sys;
 use crate::util::fs::atomic_write;
 
@@ -242,7 +244,9 @@ fn setup(
     .map_err(|e| err("mount tmpfs on", &stage, e))?;
     let dev = stage.join("dev");
     let root = stage.join("root");
-    for d in [&dev, &root] {
+    // `nest`: where the nesting instances of proc and sysfs are made (see rootfs::host_side).
+    let nest = stage.join("nest");
+    for d in [&dev, &root, &nest] {
         fs::create_dir(d).map_err(|e| err("create", d, e))?;
     }
     for (name, maj, min) in DEV_NODES {
@@ -387,33 +391,34 @@ fn setup(
     }
 
     trace(t0, "before step 8");
-    // 8. Clone init into new namespaces (user unless privileged, mount, pid, uts, ipc, net). The
-    //    cgroup namespace comes later, from the child, once we have put it into its cgroup.
+    // 8. Clone init into new namespaces (user unless privileged, pid, uts, ipc, net; mount when
+    //    privileged). The cgroup namespace comes later, from the child, once we have put it into
+    //    its cgroup; an unprivileged child's mount namespace later still, copied from ours once
+    //    the host-side mounts are made (see init.rs step 4).
     let (psock, csock) = chan::pair()?;
-    let mut flags = libc::CLONE_NEWNS
-        | libc::CLONE_NEWPID
-        | libc::CLONE_NEWUTS
-        | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWNET;
-    if !privileged {
+    let mut flags =
+        libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWNET;
+    if privileged {
+        flags |= libc::CLONE_NEWNS;
+    } else {
         flags |= libc::CLONE_NEWUSER;
     }
     let layout = confine::cgroup_layout();
+    let ctx = init::Ctx {
+        t0,
+        spec,
+        root: &root,
+        dev: &dev,
+        console: &pts,
+        slave: &slave,
+        seccomp: &seccomp,
+        label: label.as_deref(),
+        layout: &layout,
+        disks: &staged,
+    };
     let pid = sys::clone_fork(flags).map_err(|e| Error(format!("clone container init: {e}")))?;
     if pid == 0 {
         drop(psock);
-        let ctx = init::Ctx {
-            t0,
-            spec,
-            root: &root,
-            dev: &dev,
-            console: &pts,
-            slave: &slave,
-            seccomp: &seccomp,
-            label: label.as_deref(),
-            layout: &layout,
-            disks: &staged,
-        };
         let e = init::child(&ctx, &csock);
         let _ = chan::send(&csock, &Msg::Err(e.0), None);
         sys::exit_now(1);
@@ -436,6 +441,21 @@ fn setup(
     super::nics::plug_all(pid, &spec.nics).map_err(kill_child)?;
     trace(t0, "step 9: nics plugged");
     chan::send(&psock, &Msg::Go, None).map_err(kill_child)?;
+    if !privileged {
+        // 9b. The child is in its namespaces: the host-side mounts, in ours, then go on.
+        match chan::recv(&psock).map_err(kill_child)? {
+            Some((Msg::Ready, _)) => {}
+            Some((Msg::Err(e), _)) => return Err(kill_child(Error(e))),
+            other => {
+                return Err(kill_child(Error(format!(
+                    "unexpected message from init: {other:?}"
+                ))))
+            }
+        }
+        rootfs::host_side_for(pid, &ctx, owner).map_err(kill_child)?;
+        trace(t0, "step 9b: host-side mounts made");
+        chan::send(&psock, &Msg::Go, None).map_err(kill_child)?;
+    }
     match chan::recv(&psock).map_err(kill_child)? {
         None => {}
         Some((Msg::Err(e), _)) => return Err(kill_child(Error(e))),

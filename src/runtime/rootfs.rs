@@ -1,12 +1,17 @@
-//! The container's mount table, built by the container child inside its own mount namespace
-//! (LXC-like `proc:mixed sys:mixed cgroup:mixed`), then pivot_root. Paths inside the rootfs are
-//! created by container root (fsuid mapped), so they land with the container's ids on disk.
+//! The container's mount table (LXC-like `proc:mixed sys:mixed cgroup:mixed`), then pivot_root.
+//!
+//! Two sides. [`host_side`]: proc, sysfs, the cgroup view and the masks, made as host root in the
+//! monitor's mount namespace, which the container's is then copied from: the copy into a
+//! namespace of the container's user namespace locks them, so container root can neither lift a
+//! mask nor mount a fresh proc or sysfs (the kernel's "fully visible" rule). [`container_side`]:
+//! /dev and the disk devices, made by container root in its own namespace. Paths inside the
+//! rootfs are created with container root's fsuid, so they land with the container's ids on disk.
 //!
 //! Resulting layout:
 //! - `/proc` (nosuid,nodev,noexec). Masked by a read-only `/dev/null` bind: kcore, keys,
 //!   timer_list, latency_stats, sched_debug, sysrq-trigger; empty read-only tmpfs over acpi and scsi.
 //!   Read-only: `/proc/sys` (except `/proc/sys/net`, left writable), `/proc/bus`, `/proc/fs`, `/proc/irq`.
-//! - `/sys` sysfs read-only (allowed because the netns belongs to the container's userns), with
+//! - `/sys` sysfs read-only (of the container's network namespace), with
 //!   `/sys/devices/virtual/net` writable; `/sys/fs/cgroup`: tmpfs plus each v1 hierarchy and the
 //!   unified one, or just cgroup2 on a pure v2 host. The cgroup namespace roots them at the container.
 //! - `/dev` tmpfs (0755): null zero full random urandom tty bound from nodes the monitor made (0666),
@@ -23,9 +28,14 @@ use std::path::Path;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::statvfs::{statvfs, FsFlags};
 
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+
+use super::chan::{self, Msg};
 use super::init::Ctx;
 use super::monitor::DEV_NODES;
 use super::Error;
+use crate::sys;
 
 fn e(step: &str, p: &Path, x: impl std::fmt::Display) -> Error {
     Error(format!("{step} {}: {x}", p.display()))
@@ -86,21 +96,25 @@ fn touch(p: &Path) -> Result<(), Error> {
     fs::File::create(p).map(drop).map_err(|x| e("create", p, x))
 }
 
-/// Steps 4a-4g of the child setup.
-pub fn setup(ctx: &Ctx<'_>) -> Result<(), Error> {
+/// Step 4h (host side): the mounts made as host root in the monitor's mount namespace. For an
+/// unprivileged container a helper of the monitor makes them, in the container's pid, network and
+/// cgroup namespaces and with the container root's fsuid (so what it creates belongs to the
+/// container), before the container child copies that namespace into one of its own user
+/// namespace: the copy locks them (MNT_LOCKED, and their read-only, nosuid, nodev, noexec and
+/// atime flags), so container root can neither unmount a mask nor mount a fresh proc or sysfs
+/// beside them (the kernel lets a proc or sysfs be mounted only where one is fully visible). A
+/// privileged container makes them itself.
+pub fn host_side(ctx: &Ctx<'_>) -> Result<(), Error> {
     let root = ctx.root;
-    super::helper::trace(ctx.t0, "child step 4a0");
-    // 4a0. Re-bind the rootfs onto itself: the copy inherited from the monitor's namespace is locked
-    //      in our user namespace, and pivot_root refuses a locked new root (EINVAL).
-    bind(root, root, true)?;
-    super::helper::trace(ctx.t0, "child step 4a");
-    // 4a. /proc: a new instance for the new pid namespace.
+    super::helper::trace(ctx.t0, "host side: proc");
+    // /proc: a new instance for the container's pid namespace.
     let proc_ = root.join("proc");
     mkdir(&proc_)?;
     mnt("proc", &proc_, "proc", NOSUID_NODEV_NOEXEC, None)?;
 
-    super::helper::trace(ctx.t0, "child step 4b");
-    // 4b. /sys read-only, network devices writable (they belong to our netns).
+    super::helper::trace(ctx.t0, "host side: sys");
+    // /sys read-only (of the container's network namespace), network devices writable (they
+    // belong to its netns).
     let sys = root.join("sys");
     mkdir(&sys)?;
     mnt(
@@ -122,7 +136,7 @@ pub fn setup(ctx: &Ctx<'_>) -> Result<(), Error> {
         ) {
             Ok(()) => {}
             // Nested inside another container the kernel refuses this remount; the net devices
-            // then stay read-only in sysfs (bivy configures no NIC in the container yet).
+            // then stay read-only in sysfs.
             Err(nix::errno::Errno::EPERM) if super::host::host().nested => {
                 eprintln!(
                     "bivy: nested: {} stays read-only (remount refused)",
@@ -133,30 +147,143 @@ pub fn setup(ctx: &Ctx<'_>) -> Result<(), Error> {
         }
     }
 
-    super::helper::trace(ctx.t0, "child step 4c");
-    // 4c. The cgroup view for systemd and nested managers (needs the cgroup namespace from step 2).
+    super::helper::trace(ctx.t0, "host side: cgroup view");
+    // The cgroup view for systemd and nested managers (of the container's cgroup namespace).
     cgroup_view(ctx, &sys.join("fs/cgroup"))?;
 
-    super::helper::trace(ctx.t0, "child step 4d");
-    // 4d. /dev.
-    dev(ctx)?;
+    super::helper::trace(ctx.t0, "host side: proc masks");
+    // /proc masks and read-only parts.
+    proc_masks(root, &ctx.dev.join("null"))?;
 
-    super::helper::trace(ctx.t0, "child step 4e");
-    // 4e. /proc masks and read-only parts (after /dev: the masks bind /dev/null).
-    proc_masks(root)?;
-
-    super::helper::trace(ctx.t0, "child step 4f");
-    // 4f. Nesting: fully visible proc and sysfs instances for a nested manager.
+    // Nesting: fully visible proc and sysfs instances for a nested manager (nothing mounted on
+    // them, so the kernel lets it mount its own), made on a small tmpfs of the staging area
+    // that the container side moves to /dev/.lxc once its /dev is mounted.
     if ctx.spec.nesting {
+        let nest = nest_dir(ctx);
+        mnt(
+            "tmpfs",
+            &nest,
+            "tmpfs",
+            NOSUID_NODEV_NOEXEC,
+            Some("mode=0755,size=16k"),
+        )?;
         for (name, fstype) in [("proc", "proc"), ("sys", "sysfs")] {
-            let p = root.join("dev/.lxc").join(name);
+            let p = nest.join(name);
             mkdir(&p)?;
             mnt(fstype, &p, fstype, NOSUID_NODEV_NOEXEC, None)?;
         }
     }
+    Ok(())
+}
 
-    super::helper::trace(ctx.t0, "child step 4g");
-    // 4g. Disk devices, at their paths resolved inside the rootfs (see disks.rs).
+/// Where [`host_side`] makes the nesting instances (`<stage>/nest`, made by the monitor).
+pub fn nest_dir(ctx: &Ctx<'_>) -> std::path::PathBuf {
+    ctx.dev.with_file_name("nest")
+}
+
+/// Run [`host_side`] for the unprivileged container whose init (`init_pid`, our child, waiting
+/// in its namespaces but still sharing our mount namespace) is ready: a child of ours joins its
+/// pid, network and cgroup namespaces, and that child's own child (a member of the container's pid
+/// namespace, as proc needs) makes the mounts as host root with container root's fsuid and fsgid
+/// (`owner`, host ids). Called by the single-threaded monitor; returns when they are made.
+pub fn host_side_for(init_pid: i32, ctx: &Ctx<'_>, owner: (u32, u32)) -> Result<(), Error> {
+    let fail =
+        |step: &str, x: &dyn std::fmt::Display| Error(format!("host-side mounts: {step}: {x}"));
+    let pidfd = rustix::process::Pid::from_raw(init_pid)
+        .ok_or_else(|| fail("init pid", &init_pid))
+        .and_then(|p| {
+            rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
+                .map_err(|x| fail("pidfd_open", &x))
+        })?;
+    let (ours, theirs) = chan::pair()?;
+    let pid = sys::fork().map_err(|x| fail("fork", &x))?;
+    if pid == 0 {
+        drop(ours);
+        let code = match join_and_mount(&pidfd, ctx, owner) {
+            Ok(code) => code,
+            Err(x) => {
+                let _ = chan::send(&theirs, &Msg::Err(x.0), None);
+                1
+            }
+        };
+        sys::exit_now(code);
+    }
+    drop(theirs);
+    // An error, or the end of the stream once both helpers are gone.
+    let msg = chan::recv(&ours);
+    let status = waitpid(Pid::from_raw(pid), None).map_err(|x| fail("wait", &x))?;
+    match (msg, status) {
+        (Ok(Some((Msg::Err(x), _))), _) => Err(Error(x)),
+        (Ok(None), WaitStatus::Exited(_, 0)) => Ok(()),
+        (Err(x), _) => Err(x),
+        (_, st) => Err(fail("helper ended", &format!("{st:?}"))),
+    }
+}
+
+/// The first helper of [`host_side_for`]: joins the namespaces, forks the second, which mounts.
+fn join_and_mount(
+    pidfd: &std::os::fd::OwnedFd,
+    ctx: &Ctx<'_>,
+    owner: (u32, u32),
+) -> Result<i32, Error> {
+    use nix::sched::CloneFlags as C;
+    nix::sched::setns(
+        pidfd,
+        C::CLONE_NEWPID | C::CLONE_NEWNET | C::CLONE_NEWCGROUP,
+    )
+    .map_err(|x| {
+        Error(format!(
+            "host-side mounts: join the container's namespaces: {x}"
+        ))
+    })?;
+    let pid = sys::fork().map_err(|x| Error(format!("host-side mounts: fork: {x}")))?;
+    if pid == 0 {
+        nix::unistd::setfsgid(nix::unistd::Gid::from_raw(owner.1));
+        nix::unistd::setfsuid(nix::unistd::Uid::from_raw(owner.0));
+        return host_side(ctx).map(|()| 0);
+    }
+    match waitpid(Pid::from_raw(pid), None) {
+        Ok(WaitStatus::Exited(_, code)) => Ok(code),
+        Ok(st) => Err(Error(format!(
+            "host-side mounts: the mounting helper ended: {st:?}"
+        ))),
+        Err(x) => Err(Error(format!("host-side mounts: wait: {x}"))),
+    }
+}
+
+/// Step 4 (container side), in the child's own mount namespace after [`host_side`]: the rootfs
+/// re-bound onto itself (so pivot_root takes it), /dev (a tmpfs of the container's, whose device
+/// nodes are binds: CRIU dumps and restores its content, which it cannot do below locked
+/// mounts), the nesting instances at /dev/.lxc, and the disk devices (left unlocked, so a
+/// hot-unplug can take them away).
+pub fn container_side(ctx: &Ctx<'_>) -> Result<(), Error> {
+    let root = ctx.root;
+    super::helper::trace(ctx.t0, "child step 4a");
+    // 4a. Re-bind the rootfs onto itself: the copy inherited from the monitor's namespace is locked
+    //     in our user namespace, and pivot_root refuses a locked new root (EINVAL). The mounts
+    //     below it stay locked in the copy.
+    bind(root, root, true)?;
+
+    // The nesting instances: a copy of the staged tree (its proc and sysfs stay locked in it).
+    let nest = if ctx.spec.nesting {
+        let p = nest_dir(ctx);
+        Some(sys::open_tree_clone(&p, true).map_err(|x| e("open_tree", &p, x))?)
+    } else {
+        None
+    };
+
+    super::helper::trace(ctx.t0, "child step 4b");
+    // 4b. /dev.
+    dev(ctx)?;
+    if let Some(t) = nest {
+        let p = root.join("dev/.lxc");
+        mkdir(&p)?;
+        sys::move_mount_to(std::os::fd::AsFd::as_fd(&t), &p)
+            .map_err(|x| e("move_mount to", &p, x))?;
+    }
+
+    super::helper::trace(ctx.t0, "child step 4c");
+    // 4c. Disk devices, at their paths resolved inside the rootfs (see disks.rs).
     super::disks::mount_all(root, ctx.disks)?;
     Ok(())
 }
@@ -269,13 +396,12 @@ const PROC_MASK_DIRS: &[&str] = &["acpi", "scsi"];
 /// Directories under /proc made read-only.
 const PROC_RO: &[&str] = &["sys", "bus", "fs", "irq"];
 
-fn proc_masks(root: &Path) -> Result<(), Error> {
+fn proc_masks(root: &Path, null: &Path) -> Result<(), Error> {
     let p = root.join("proc");
-    let null = root.join("dev/null");
     for f in PROC_MASK_FILES {
         let t = p.join(f);
         if t.exists() {
-            bind(&null, &t, false)?;
+            bind(null, &t, false)?;
             remount_ro(&t)?;
         }
     }

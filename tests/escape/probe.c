@@ -230,10 +230,10 @@ static void try_cgroup_files(void) {
         info("cgroup_v1_notify_on_release", "no v1 hierarchy");
 }
 
-/* Enter a private mount namespace and take bivy's masks away there: umount the read-only binds
- * over /proc/sys and /proc/sysrq-trigger and the /dev/null over /proc/kcore, remount /sys
- * read-write. Container root may (the masks belong to its own namespace); what then stops it is
- * the kernel's own checks on host-global files. */
+/* Enter a private mount namespace and try to take bivy's masks away there: umount the read-only
+ * binds over /proc/sys and /proc/sysrq-trigger and the /dev/null over /proc/kcore, remount /sys
+ * read-write. bivy locks them, so this should take nothing off; whatever it does take off, the
+ * kernel's own checks on host-global files must still stop what follows. */
 static int unmask(void) {
     if (unshare(CLONE_NEWNS) < 0) {
         printf("unmask INFO unshare(CLONE_NEWNS): %s\n", strerror(errno));
