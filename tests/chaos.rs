@@ -274,6 +274,100 @@ fn a_killed_hot_plug_is_reconciled_with_the_record_at_restart() {
     d.ok(&["delete", "--force", "h1"]);
 }
 
+/// The same for NICs, which the daemon plugs itself (over netlink) before it writes the record:
+/// a NIC plugged that no record has goes, one recorded whose unplug was under way (the intent
+/// `run/<name>/nics.pending` left behind) comes back with the record's host end.
+#[test]
+fn a_killed_nic_hot_plug_is_reconciled_with_the_record_at_restart() {
+    if !common::require_root() {
+        return;
+    }
+    let mut d = Daemon::start().expect("daemon");
+    d.import_busybox();
+    d.ok(&["launch", "busybox", "h2"]);
+    let add_nic = |d: &Daemon| {
+        d.ok(&[
+            "config",
+            "device",
+            "add",
+            "h2",
+            "n1",
+            "nic",
+            "nictype=p2p",
+            "name=eth5",
+        ])
+    };
+    let inside = |d: &Daemon| {
+        d.cli()
+            .args(["exec", "h2", "--", "test", "-e", "/sys/class/net/eth5"])
+            .status()
+            .expect("exec")
+            .success()
+    };
+    let host_end = |d: &Daemon| -> String {
+        let db: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(d.dir().join("database.json")).expect("database"),
+        )
+        .expect("json");
+        db["instances"]["h2"]["config"]["volatile.n1.host_name"]
+            .as_str()
+            .expect("volatile.n1.host_name")
+            .to_string()
+    };
+    let on_host = |h: &str| Path::new("/sys/class/net").join(h).exists();
+    add_nic(&d);
+    let h = host_end(&d);
+    assert!(inside(&d) && on_host(&h));
+    // Plugged, then killed before the record was written: the record lacks it.
+    d.kill9();
+    edit_record(&d, "h2", |r| {
+        r["devices"].as_object_mut().expect("devices").remove("n1");
+        let c = r["config"].as_object_mut().expect("config");
+        c.retain(|k, _| !k.starts_with("volatile.n1."));
+    });
+    d.restart().expect("restart");
+    assert!(!inside(&d), "eth5 is still in h2");
+    assert!(!on_host(&h), "{h} is still on the host");
+    // Recorded again, then a removal killed after the unplug, before the running spec and the
+    // record followed: the intent says what was under way.
+    add_nic(&d);
+    let h = host_end(&d);
+    assert!(inside(&d) && on_host(&h));
+    d.kill9();
+    let spec: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(d.dir().join("run/h2/spec.json")).expect("spec"),
+    )
+    .expect("json");
+    let nic = spec["nics"]
+        .as_array()
+        .and_then(|a| a.iter().find(|n| n["device"] == "n1"))
+        .expect("n1 in the running spec")
+        .clone();
+    std::fs::write(
+        d.dir().join("run/h2/nics.pending"),
+        serde_json::to_vec(&serde_json::json!({"gone": [nic], "added": []})).expect("json"),
+    )
+    .expect("write the intent");
+    let out = Command::new("ip")
+        .args(["link", "del", &h])
+        .output()
+        .expect("ip");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!on_host(&h));
+    d.restart().expect("restart");
+    assert!(inside(&d), "eth5 did not come back");
+    assert!(on_host(&h), "{h} did not come back");
+    assert!(!d.dir().join("run/h2/nics.pending").exists());
+    // And the device still goes.
+    d.ok(&["config", "device", "remove", "h2", "n1"]);
+    assert!(!inside(&d) && !on_host(&h));
+    d.ok(&["delete", "--force", "h2"]);
+}
+
 /// The init pid of `name` from its run directory (no daemon needed).
 fn init_pid_on_disk(d: &Daemon, name: &str) -> i32 {
     let text =

@@ -602,6 +602,17 @@ pub fn adopt(d: &Arc<Ctx>, n: String) {
                     eprintln!("bivy: {n}: {e}");
                     log_line(&d.log_dir(&n), &format!("devices not reconciled: {e}"));
                 }
+                // NICs too (a hot-plug's veth, macvlan or physical NIC).
+                let run_dir = d.run_dir(&n);
+                let nics_ok = super::nics::consistent(&rec.config, &run_dir, &ed);
+                if let (false, Ok(State::Running { init_pid, .. })) = (nics_ok, state_of(d, &n)) {
+                    let data = d.db.lock().expect("db lock").data.clone();
+                    let r = super::nics::reconcile(&data, &n, &rec.config, &run_dir, init_pid, &ed);
+                    if let Err(e) = r {
+                        eprintln!("bivy: {n}: {e}");
+                        log_line(&d.log_dir(&n), &format!("NICs not reconciled: {e}"));
+                    }
+                }
                 if let Err(e) = super::proxy::start_all(d, &n, &ed) {
                     eprintln!("bivy: {n}: {e}");
                     log_line(&d.log_dir(&n), &format!("proxy devices not restarted: {e}"));

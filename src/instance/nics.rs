@@ -468,6 +468,77 @@ pub fn on_network(data: &Data, net: &str) -> Vec<OnNetwork> {
     out
 }
 
+/// Whether a running instance's NICs are as recorded without looking further (the usual case
+/// after a restart): no hot-plug pending, and the running spec has exactly the record's NIC
+/// devices, each veth with the record's host end.
+pub fn consistent(config: &StringMap, run_dir: &std::path::Path, ed: &Devices) -> bool {
+    let made = crate::runtime::running_nics(run_dir).unwrap_or_default();
+    crate::runtime::pending_nics(run_dir).is_empty()
+        && made.len() == nic_devices(ed).count()
+        && made.iter().all(|m| {
+            ed.contains_key(&m.device)
+                && match &m.kind {
+                    NicKind::Veth { host_name, .. } => {
+                        config.get(&format!("volatile.{}.host_name", m.device)) == Some(host_name)
+                    }
+                    _ => true,
+                }
+        })
+}
+
+/// After a daemon restart: make the running instance's NICs (init `pid`) what its record's
+/// expanded devices `ed` and `config` say, whatever a killed daemon's hot-plug left (see
+/// `runtime::reconcile_nics`). Each recorded NIC is what it was made as when the running spec
+/// or a pending hot-plug has it with the record's host end and MAC; otherwise it is resolved
+/// afresh from the record (a veth keeps the record's host end name).
+pub fn reconcile(
+    data: &Data,
+    inst: &str,
+    config: &StringMap,
+    run_dir: &std::path::Path,
+    pid: i32,
+    ed: &Devices,
+) -> Result<()> {
+    let mut made = crate::runtime::running_nics(run_dir).unwrap_or_default();
+    made.extend(crate::runtime::pending_nics(run_dir));
+    let mut want: Vec<Nic> = Vec::new();
+    for (dev, conf) in nic_devices(ed) {
+        let one: Devices = [(dev.clone(), conf.clone())].into_iter().collect();
+        let fresh = resolve(data, inst, config, &one).map(|r| r.nics.into_iter().next());
+        let mut fresh = match fresh {
+            Ok(Some(n)) => n,
+            Ok(None) => continue,
+            // A physical NIC already in the container is not on the host to be read again.
+            Err(e) => match made
+                .iter()
+                .find(|m| m.device == *dev && matches!(m.kind, NicKind::Physical { .. }))
+            {
+                Some(m) => m.clone(),
+                None => return Err(e),
+            },
+        };
+        if let (NicKind::Veth { host_name, .. }, Some(h)) = (
+            &mut fresh.kind,
+            config.get(&format!("volatile.{dev}.host_name")),
+        ) {
+            *host_name = h.clone();
+        }
+        let same = |m: &&Nic| {
+            m.device == *dev && m.kind == fresh.kind && m.mac == fresh.mac && m.mtu == fresh.mtu
+        };
+        let mut nic = made.iter().find(same).cloned().unwrap_or(fresh);
+        // An unnamed NIC resolved alone may take a name another one has.
+        if want.iter().any(|w| w.name == nic.name) {
+            nic.name = (0..)
+                .map(|i| format!("eth{i}"))
+                .find(|n| !want.iter().any(|w| w.name == *n))
+                .expect("a free name");
+        }
+        want.push(nic);
+    }
+    crate::runtime::reconcile_nics(run_dir, pid, &want).map_err(Error::from)
+}
+
 /// The runtime's view of a NIC a running instance has now (its `volatile` host end), to
 /// unplug it.
 fn running_nic(config: &StringMap, dev: &str, conf: &StringMap) -> Option<Nic> {
@@ -548,15 +619,28 @@ pub fn hotplug(
     }
     let nl =
         crate::net::netlink::Netlink::open().map_err(|e| Error::Host(format!("netlink: {e}")))?;
+    // What it is about to change, first: a daemon killed from here on is reconciled at restart.
+    crate::runtime::intend_nics(run_dir, &gone, &resolved.nics)?;
+    let settle = |unplugged: &[Nic]| {
+        let devices: Vec<String> = unplugged.iter().map(|n| n.device.clone()).collect();
+        if let Err(e) = crate::runtime::record_nics(run_dir, &devices, &[]) {
+            eprintln!("bivy: {inst}: recording its NICs: {e}");
+        }
+        crate::runtime::nics_settled(run_dir);
+    };
     let mut revert = crate::util::revert::Revert::new();
-    for nic in &gone {
-        crate::runtime::unplug_nic(&nl, pid, nic)?;
+    for (i, nic) in gone.iter().enumerate() {
+        if let Err(e) = crate::runtime::unplug_nic(&nl, pid, nic) {
+            settle(&gone[..i]);
+            return Err(e.into());
+        }
     }
     // What was unplugged cannot be put back as it was (its MAC and peer are gone with it); a
     // failed plug below still leaves the removed ones removed and says so.
     for nic in &resolved.nics {
         if let Err(e) = crate::runtime::plug_nic(&nl, pid, nic) {
             drop(revert);
+            settle(&gone);
             return Err(Error::Host(format!(
                 "{e}{}",
                 if gone.is_empty() {
@@ -579,6 +663,7 @@ pub fn hotplug(
     if let Err(e) = crate::runtime::record_nics(run_dir, &gone_devices, &resolved.nics) {
         eprintln!("bivy: {inst}: recording its NICs: {e}");
     }
+    crate::runtime::nics_settled(run_dir);
     // Clear what the removed devices had, then set what the plugged ones have (a changed
     // device's new host name replaces its cleared one: the later entry wins).
     let mut all: Vec<(String, Option<String>)> = Vec::new();

@@ -330,7 +330,10 @@ mod userns;
 
 pub use exec::resize_pty;
 pub use host::host_id_range;
-pub use nics::{plug as plug_nic, record as record_nics, unplug as unplug_nic};
+pub use nics::{
+    intend as intend_nics, pending as pending_nics, plug as plug_nic, reconcile as reconcile_nics,
+    record as record_nics, settled as nics_settled, unplug as unplug_nic,
+};
 pub use userns::{rootfs_supports_idmap, shift_acl, shift_fscaps, shift_rootfs, to_host};
 
 /// The run directory's files (all owned by the runtime).

@@ -189,6 +189,104 @@ pub fn record(run_dir: &std::path::Path, gone: &[String], added: &[Nic]) -> Resu
     super::helper::replace_file(&run_dir.join(super::files::SPEC), &js)
 }
 
+/// The NICs a hot-plug is about to unplug and plug (`run/<name>/nics.pending`, written before it
+/// touches anything and removed once the running spec records the result), so that a daemon
+/// killed in between leaves a trace of what it may have changed.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct Pending {
+    gone: Vec<Nic>,
+    added: Vec<Nic>,
+}
+
+const PENDING: &str = "nics.pending";
+
+/// Write the intent of a NIC hot-plug (see [`Pending`]).
+pub fn intend(run_dir: &std::path::Path, gone: &[Nic], added: &[Nic]) -> Result<()> {
+    let p = Pending {
+        gone: gone.to_vec(),
+        added: added.to_vec(),
+    };
+    let js = serde_json::to_vec(&p).map_err(|x| Error(format!("encode {PENDING}: {x}")))?;
+    super::helper::replace_file(&run_dir.join(PENDING), &js)
+}
+
+/// The hot-plug is recorded (or undone): its intent goes.
+pub fn settled(run_dir: &std::path::Path) {
+    let _ = std::fs::remove_file(run_dir.join(PENDING));
+}
+
+/// The NICs a pending hot-plug (one a killed daemon left) was plugging and unplugging.
+pub fn pending(run_dir: &std::path::Path) -> Vec<Nic> {
+    let p: Pending = std::fs::read(run_dir.join(PENDING))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    p.added.into_iter().chain(p.gone).collect()
+}
+
+/// Whether `nic` is in the container of init `pid` now.
+fn present(nl: &Netlink, pid: i32, nic: &Nic) -> Result<bool> {
+    let inside = |name: &str| {
+        let name = name.to_string();
+        crate::net::netlink::in_netns(pid, move || Ok(Netlink::open()?.link(&name)?.is_some()))
+            .map_err(|x| e(nic, "look in the container", x))
+    };
+    match &nic.kind {
+        NicKind::Veth { host_name, .. } => nl
+            .link(host_name)
+            .map(|l| l.is_some())
+            .map_err(|x| e(nic, &format!("look for {host_name}"), x)),
+        NicKind::Macvlan { .. } => inside(&nic.name),
+        NicKind::Physical { parent, .. } => {
+            let on_host = nl
+                .link(parent)
+                .map_err(|x| e(nic, &format!("look for {parent}"), x))?
+                .is_some();
+            Ok(!on_host && inside(&nic.name)?)
+        }
+    }
+}
+
+/// After a daemon restart: make the NICs of the running container (init `pid`) exactly `want`
+/// (its record's, in order), whatever a killed daemon's hot-plug left: every NIC it may have
+/// made (the running spec's and a pending hot-plug's) that is not wanted is removed when
+/// present, every wanted one missing is made, and the running spec then records `want`.
+pub fn reconcile(run_dir: &std::path::Path, pid: i32, want: &[Nic]) -> Result<()> {
+    let pending: Option<Pending> = std::fs::read(run_dir.join(PENDING))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let mut spec = super::control::running_spec(run_dir)?;
+    if pending.is_none() && spec.nics == want {
+        return Ok(());
+    }
+    let nl = Netlink::open().map_err(|x| Error(format!("netlink: {x}")))?;
+    let mut known: Vec<Nic> = spec.nics.clone();
+    if let Some(p) = &pending {
+        known.extend(p.added.iter().cloned());
+        known.extend(p.gone.iter().cloned());
+    }
+    let mut seen: Vec<&Nic> = Vec::new();
+    for nic in &known {
+        if want.contains(nic) || seen.contains(&nic) {
+            continue;
+        }
+        seen.push(nic);
+        if present(&nl, pid, nic)? {
+            unplug(&nl, pid, nic)?;
+        }
+    }
+    for nic in want {
+        if !present(&nl, pid, nic)? {
+            plug(&nl, pid, nic)?;
+        }
+    }
+    spec.nics = want.to_vec();
+    let js = serde_json::to_vec_pretty(&spec).map_err(|x| Error(format!("encode spec: {x}")))?;
+    super::helper::replace_file(&run_dir.join(super::files::SPEC), &js)?;
+    settled(run_dir);
+    Ok(())
+}
+
 /// Remove `nic` from a running container (hot-unplug): deleting the host end of a veth pair
 /// deletes both ends; a macvlan is deleted inside the container's namespace; a physical NIC is
 /// given back to the host.
