@@ -143,10 +143,14 @@ mod tests {
     #[test]
     fn messages_round_trip_with_an_fd() {
         let (a, b) = pair().unwrap();
+        send(&a, &Msg::Ready, None).unwrap();
+        send(&a, &Msg::Go, None).unwrap();
         send(&a, &Msg::Started(12, 34), None).unwrap();
         send(&a, &Msg::Err("mount proc on /x: EPERM".into()), None).unwrap();
         let f = std::fs::File::open("/proc/self/stat").unwrap();
         send(&a, &Msg::PtyMaster, Some(f.as_raw_fd())).unwrap();
+        assert!(matches!(recv(&b).unwrap(), Some((Msg::Ready, None))));
+        assert!(matches!(recv(&b).unwrap(), Some((Msg::Go, None))));
         assert!(matches!(
             recv(&b).unwrap(),
             Some((Msg::Started(12, 34), None))
