@@ -131,17 +131,27 @@ fn sigkill(pid: i32) {
     .expect("kill");
 }
 
+/// As root, a daemon with the busybox image and `names` launched from it; `None` (skipped) when
+/// not root.
+fn daemon_with(names: &[&str]) -> Option<Daemon> {
+    if !common::require_root() {
+        return None;
+    }
+    let d = Daemon::start().expect("daemon");
+    d.import_busybox();
+    for n in names {
+        d.ok(&["launch", "busybox", n]);
+    }
+    Some(d)
+}
+
 /// Found by chaos (kill-monitor): a container whose monitor was SIGKILLed was reported
 /// Stopped, but its cgroups stayed until the next start, owned by nothing.
 #[test]
 fn a_killed_monitor_leaves_no_cgroup() {
-    if !common::require_root() {
+    let Some(mut d) = daemon_with(&["m1", "m2"]) else {
         return;
-    }
-    let mut d = Daemon::start().expect("daemon");
-    d.import_busybox();
-    d.ok(&["launch", "busybox", "m1"]);
-    d.ok(&["launch", "busybox", "m2"]);
+    };
     assert!(!cgroups_of(&d, "m1").is_empty(), "no cgroup found for m1");
     // While the daemon runs: it sees the monitor go.
     sigkill(monitor_pid(&d, "m1"));
@@ -192,12 +202,9 @@ fn edit_record(d: &Daemon, name: &str, f: impl FnOnce(&mut serde_json::Value)) {
 /// spec, and for the paths of a hot-plug it died in (`run/<name>/hotplug.pending`) afresh.
 #[test]
 fn a_killed_hot_plug_is_reconciled_with_the_record_at_restart() {
-    if !common::require_root() {
+    let Some(mut d) = daemon_with(&["h1"]) else {
         return;
-    }
-    let mut d = Daemon::start().expect("daemon");
-    d.import_busybox();
-    d.ok(&["launch", "busybox", "h1"]);
+    };
     let src = d.tmp().join("hostdir");
     std::fs::create_dir_all(&src).expect("mkdir");
     let source = format!("source={}", src.display());
@@ -279,12 +286,9 @@ fn a_killed_hot_plug_is_reconciled_with_the_record_at_restart() {
 /// `run/<name>/nics.pending` left behind) comes back with the record's host end.
 #[test]
 fn a_killed_nic_hot_plug_is_reconciled_with_the_record_at_restart() {
-    if !common::require_root() {
+    let Some(mut d) = daemon_with(&["h2"]) else {
         return;
-    }
-    let mut d = Daemon::start().expect("daemon");
-    d.import_busybox();
-    d.ok(&["launch", "busybox", "h2"]);
+    };
     let add_nic = |d: &Daemon| {
         d.ok(&[
             "config",
