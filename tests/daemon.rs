@@ -643,3 +643,60 @@ fn shutdown_timeout_bounds_the_wait_for_operations() {
     d.restart().expect("restart");
     common::Lxc::new(&d).ok(&["delete", "--force", "c1"]);
 }
+
+/// `core.cgroup_favordynmods`: the daemon remounts the host's cgroup2 hierarchy with the kernel's
+/// `favordynmods` (its other options kept) when set, drops it when set false or unset after
+/// true, refuses a value that is not a boolean, and containers start either way. The host's
+/// state is put back as it was at the end.
+#[test]
+fn cgroup_favordynmods_is_applied_to_the_host_hierarchy() {
+    if !common::require_root() {
+        return;
+    }
+    let opts = || -> Option<String> {
+        let mi = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        mi.lines()
+            .filter_map(|l| l.split_once(" - "))
+            .find(|(_, a)| a.starts_with("cgroup2 "))
+            .map(|(_, a)| a.split(' ').nth(2).unwrap_or("").to_string())
+    };
+    let Some(before) = opts() else {
+        common::skip(
+            "cgroup_favordynmods_is_applied_to_the_host_hierarchy",
+            "no cgroup2 hierarchy on this host",
+        );
+        return;
+    };
+    let has = || opts().is_some_and(|o| o.split(',').any(|x| x == "favordynmods"));
+    let was_on = has();
+    let d = Daemon::start().expect("daemon");
+    d.import_busybox();
+    let key = "core.cgroup_favordynmods";
+    d.ok(&["config", "set", key, "true"]);
+    assert!(has(), "{:?}", opts());
+    // The other options stay (a cgroup2 remount sets them all).
+    let others = |o: &str| -> Vec<String> {
+        o.split(',')
+            .filter(|x| !matches!(*x, "favordynmods" | "rw" | "ro"))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(others(&opts().unwrap()), others(&before));
+    d.ok(&["launch", "busybox", "f1"]);
+    d.ok(&["config", "set", key, "false"]);
+    assert!(!has(), "{:?}", opts());
+    d.ok(&["config", "set", key, "true"]);
+    d.ok(&["config", "unset", key]);
+    assert!(!has(), "unset after true: {:?}", opts());
+    let out = d.run(&["config", "set", key, "maybe"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(key), "{err}");
+    d.ok(&["restart", "f1"]);
+    d.ok(&["delete", "--force", "f1"]);
+    d.ok(&["config", "set", key, if was_on { "true" } else { "false" }]);
+    d.ok(&["config", "unset", key]);
+    if was_on {
+        d.ok(&["config", "set", key, "true"]);
+    }
+    assert_eq!(has(), was_on);
+}

@@ -14,6 +14,23 @@ pub fn server_value(v: &serde_json::Value) -> String {
     }
 }
 
+/// bivy's own (LXD has none): the kernel's `favordynmods` for the host's cgroup2 hierarchy,
+/// applied when set (`true` on, `false` off) and when it changes; unset leaves the host as it
+/// is (see `runtime::set_cgroup_favor_dynmods`).
+pub const FAVOR_DYNMODS: &str = "core.cgroup_favordynmods";
+
+/// Apply [`FAVOR_DYNMODS`] going from `old` to `new` (values as stored, `None` unset): `true`
+/// turns it on, `false` off, and unsetting a `true` turns it off.
+pub fn apply_favor_dynmods(old: Option<&str>, new: Option<&str>) -> Result<()> {
+    let want = match (new.and_then(parse_bool), old.and_then(parse_bool)) {
+        (Some(v), _) => v,
+        (None, Some(true)) => false,
+        (None, _) => return Ok(()),
+    };
+    crate::runtime::set_cgroup_favor_dynmods(want)
+        .map_err(|e| Error::BadRequest(format!("{FAVOR_DYNMODS}: {e}")))
+}
+
 /// Server config keys we know (`core.*`, `images.*`, `backups.*`).
 pub fn validate_server_key(key: &str, value: &str) -> Result<()> {
     match key {
@@ -49,7 +66,7 @@ pub fn validate_server_key(key: &str, value: &str) -> Result<()> {
                 )))
             }
         }
-        "images.auto_update_cached" => match parse_bool(value) {
+        "images.auto_update_cached" | FAVOR_DYNMODS => match parse_bool(value) {
             Some(_) => Ok(()),
             None => Err(Error::BadRequest(format!(
                 "Invalid value for {key:?}: expected true or false"

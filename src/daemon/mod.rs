@@ -112,6 +112,16 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
 
     let d = Daemon::open(dir, Host::probe(dir))?;
     d.apply_server_config(&d.db.lock().expect("db lock").data.config);
+    let favor =
+        d.db.lock()
+            .expect("db lock")
+            .data
+            .config
+            .get(config::FAVOR_DYNMODS)
+            .cloned();
+    if let Err(e) = config::apply_favor_dynmods(None, favor.as_deref()) {
+        eprintln!("bivy: {e}");
+    }
     crate::instance::pools::open_all(&d).map_err(|e| format!("opening storage pools: {e}"))?;
     crate::instance::lifecycle::recover(&d).map_err(|e| format!("recovering state: {e}"))?;
     https::init(dir)?;

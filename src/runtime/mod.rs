@@ -420,6 +420,12 @@ pub fn restore(spec: &Spec, run_dir: &Path, images: &Path, log: &Path) -> Result
     control::restore(spec, run_dir, &req)
 }
 
+/// `core.cgroup_favordynmods`: the kernel's `favordynmods` on or off for the host's cgroup2
+/// hierarchy (see `cgroup::set_favor_dynmods`).
+pub fn set_cgroup_favor_dynmods(on: bool) -> Result<()> {
+    cgroup::set_favor_dynmods(on)
+}
+
 /// Current state, from the run directory (monitor alive?) and the kernel.
 pub fn state(run_dir: &Path) -> Result<State> {
     control::state(run_dir)

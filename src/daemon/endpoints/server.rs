@@ -136,6 +136,14 @@ pub fn server_put(d: &Daemon, req: &mut Request, patch: bool) -> Result<Response
             next.insert(k.clone(), v);
         }
     }
+    // The host's cgroup2 option is changed before the config is saved (a kernel without it
+    // changes nothing), and put back if saving fails.
+    let favor_old = db.data.config.get(config::FAVOR_DYNMODS).cloned();
+    let favor_new = next.get(config::FAVOR_DYNMODS).cloned();
+    let favor_changed = favor_old != favor_new;
+    if favor_changed {
+        config::apply_favor_dynmods(favor_old.as_deref(), favor_new.as_deref())?;
+    }
     // A new listen address is bound before the config is saved (a port in use changes
     // nothing); it is let go again if saving fails.
     const ADDR: &str = "core.https_address";
@@ -148,6 +156,9 @@ pub fn server_put(d: &Daemon, req: &mut Request, patch: bool) -> Result<Response
     if let Err(e) = db.update(|data| data.config = next) {
         if new_addr != old_addr && !new_addr.is_empty() {
             let _ = h.set_address(&d.self_arc(), &old_addr);
+        }
+        if favor_changed {
+            let _ = config::apply_favor_dynmods(favor_new.as_deref(), favor_old.as_deref());
         }
         return Err(Error::Internal(format!("saving config: {e}")));
     }
