@@ -2,9 +2,8 @@
 //! (`network`): read from the container's own network namespace, never made up.
 //!
 //! - counters from `/proc/PID/net/dev`, which shows the namespace of PID;
-//! - names, flags, addresses and MAC addresses from `getifaddrs`, and the MTU from `SIOCGIFMTU`,
-//!   both in a short-lived thread that joins the namespace with `setns` (only that thread moves;
-//!   it ends right after).
+//! - names, flags, MTU, MAC addresses and addresses from netlink dumps that name the namespace
+//!   by its id in ours (`net::netlink` peer ids): nothing enters the namespace.
 //!
 //! Field values follow LXD (`lxd/instance/drivers/driver_lxc.go` networkState): `state` is
 //! `up`/`down` from `IFF_UP`; `type` is `loopback`, `point-to-point`, `broadcast` or `unknown`
@@ -18,29 +17,21 @@ use std::net::IpAddr;
 use nix::net::if_::InterfaceFlags;
 
 use crate::api::{InstanceStateNetwork, InstanceStateNetworkAddress, InstanceStateNetworkCounters};
-use crate::sys;
+use crate::net::netlink::{Addr, Link, Netlink};
 
 /// The interfaces in the network namespace of `pid`, by name.
 pub fn of_pid(pid: i32) -> io::Result<BTreeMap<String, InstanceStateNetwork>> {
     let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
-    let mut out = std::thread::Builder::new()
-        .name("netns-state".into())
-        .spawn(
-            move || -> io::Result<BTreeMap<String, InstanceStateNetwork>> {
-                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(io::Error::from)?;
-                interfaces()
-            },
-        )?
-        .join()
-        .map_err(|_| io::Error::other("reading the network namespace panicked"))??;
+    let nl = Netlink::open_strict()?;
+    let id = nl.nsid(std::os::fd::AsFd::as_fd(&ns))?;
+    let mut out = from_netlink(&nl.links_of(id)?, &nl.addrs_of(id)?);
     add_counters(&mut out, &format!("/proc/{pid}/net/dev"))?;
     Ok(out)
 }
 
 /// Fill in the counters of `out`'s interfaces from a `net/dev` file.
 fn add_counters(out: &mut BTreeMap<String, InstanceStateNetwork>, path: &str) -> io::Result<()> {
-    let dev = std::fs::read_to_string(path)?;
+    let dev = crate::util::fs::read_small(std::path::Path::new(path))?;
     for (name, c) in parse_net_dev(&dev) {
         if let Some(n) = out.get_mut(&name) {
             n.counters = c;
@@ -51,70 +42,38 @@ fn add_counters(out: &mut BTreeMap<String, InstanceStateNetwork>, path: &str) ->
 
 /// The interfaces of the daemon's own network namespace (the host's), with counters.
 pub fn host_interfaces() -> io::Result<BTreeMap<String, InstanceStateNetwork>> {
-    let mut out = interfaces()?;
+    let nl = Netlink::open()?;
+    let mut out = from_netlink(&nl.links()?, &nl.addrs()?);
     add_counters(&mut out, "/proc/self/net/dev")?;
     Ok(out)
 }
 
-/// Every interface of the calling thread's network namespace, without counters.
-fn interfaces() -> io::Result<BTreeMap<String, InstanceStateNetwork>> {
+/// Every interface of a namespace from its links and addresses, without counters.
+fn from_netlink(links: &[Link], addrs: &[Addr]) -> BTreeMap<String, InstanceStateNetwork> {
     let mut out: BTreeMap<String, InstanceStateNetwork> = BTreeMap::new();
-    let mut v4: BTreeMap<String, Vec<InstanceStateNetworkAddress>> = BTreeMap::new();
-    let mut v6: BTreeMap<String, Vec<InstanceStateNetworkAddress>> = BTreeMap::new();
-    for ifa in nix::ifaddrs::getifaddrs().map_err(io::Error::from)? {
-        let name = ifa.interface_name.clone();
-        let n = out
-            .entry(name.clone())
-            .or_insert_with(|| InstanceStateNetwork {
-                state: if ifa.flags.contains(InterfaceFlags::IFF_UP) {
-                    "up"
-                } else {
-                    "down"
-                }
-                .into(),
-                kind: kind_of(ifa.flags).into(),
-                mtu: sys::link_mtu(&name).map(i64::from).unwrap_or(0),
-                ..Default::default()
-            });
-        let Some(addr) = ifa.address.as_ref() else {
-            continue;
+    for l in links {
+        let flags = InterfaceFlags::from_bits_truncate(l.flags as _);
+        let mut n = InstanceStateNetwork {
+            state: if l.up { "up" } else { "down" }.into(),
+            kind: kind_of(flags).into(),
+            mtu: i64::from(l.mtu),
+            ..Default::default()
         };
-        if let Some(link) = addr.as_link_addr() {
-            if let Some(mac) = link.addr().filter(|m| m.iter().any(|b| *b != 0)) {
-                n.hwaddr = mac
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<Vec<_>>()
-                    .join(":");
-            }
-        } else if let Some(a) = addr.as_sockaddr_in() {
-            let mask = ifa
-                .netmask
-                .as_ref()
-                .and_then(|m| m.as_sockaddr_in())
-                .map(|m| m.ip().to_bits().count_ones())
-                .unwrap_or(32);
-            v4.entry(name)
-                .or_default()
-                .push(address(IpAddr::V4(a.ip()), mask));
-        } else if let Some(a) = addr.as_sockaddr_in6() {
-            let mask = ifa
-                .netmask
-                .as_ref()
-                .and_then(|m| m.as_sockaddr_in6())
-                .map(|m| m.ip().to_bits().count_ones())
-                .unwrap_or(128);
-            v6.entry(name)
-                .or_default()
-                .push(address(IpAddr::V6(a.ip()), mask));
+        if let Some(mac) = l.mac.filter(|m| m.iter().any(|b| *b != 0)) {
+            n.hwaddr = crate::net::netlink::format_mac(mac);
         }
+        // IPv4 first, then IPv6, as LXD lists them; each in the kernel's order.
+        for v6 in [false, true] {
+            n.addresses.extend(
+                addrs
+                    .iter()
+                    .filter(|a| a.index == l.index && a.addr.is_ipv6() == v6)
+                    .map(|a| address(a.addr, u32::from(a.prefix))),
+            );
+        }
+        out.insert(l.name.clone(), n);
     }
-    // IPv4 first, then IPv6, as LXD lists them.
-    for (name, n) in out.iter_mut() {
-        n.addresses.extend(v4.remove(name).unwrap_or_default());
-        n.addresses.extend(v6.remove(name).unwrap_or_default());
-    }
-    Ok(out)
+    out
 }
 
 fn kind_of(flags: InterfaceFlags) -> &'static str {
@@ -227,6 +186,65 @@ mod tests {
         );
         assert_eq!(v[1].0, "eth0");
         assert_eq!(v[1].1.bytes_sent, 2000);
+    }
+
+    #[test]
+    fn interfaces_from_links_and_addresses() {
+        use std::net::IpAddr;
+        let link = |index: u32, name: &str, flags: u32, mac: Option<[u8; 6]>| Link {
+            index,
+            name: name.into(),
+            kind: String::new(),
+            master: None,
+            mtu: if index == 1 { 65536 } else { 1500 },
+            mac,
+            up: flags & 1 != 0,
+            oper_up: false,
+            flags,
+        };
+        let addr = |index: u32, a: &str, prefix: u8| Addr {
+            index,
+            addr: a.parse::<IpAddr>().unwrap(),
+            prefix,
+            scope: 0,
+        };
+        let links = [
+            link(1, "lo", 0x1 | 0x8, Some([0; 6])),
+            link(2, "eth0", 0x2, Some([0, 0x16, 0x3e, 1, 2, 3])),
+        ];
+        let addrs = [
+            addr(2, "fe80::216:3eff:fe01:203", 64),
+            addr(1, "127.0.0.1", 8),
+            addr(2, "10.0.0.2", 24),
+            addr(2, "fd00::2", 64),
+        ];
+        let out = from_netlink(&links, &addrs);
+        let lo = &out["lo"];
+        assert_eq!(
+            (lo.state.as_str(), lo.kind.as_str(), lo.mtu),
+            ("up", "loopback", 65536)
+        );
+        assert_eq!(lo.hwaddr, "", "an all-zero MAC is none");
+        let eth = &out["eth0"];
+        assert_eq!(
+            (eth.state.as_str(), eth.kind.as_str()),
+            ("down", "broadcast")
+        );
+        assert_eq!(eth.hwaddr, "00:16:3e:01:02:03");
+        let got: Vec<(&str, &str, &str)> = eth
+            .addresses
+            .iter()
+            .map(|a| (a.address.as_str(), a.netmask.as_str(), a.scope.as_str()))
+            .collect();
+        // IPv4 first, then IPv6 in the kernel's order.
+        assert_eq!(
+            got,
+            [
+                ("10.0.0.2", "24", "global"),
+                ("fe80::216:3eff:fe01:203", "64", "link"),
+                ("fd00::2", "64", "global"),
+            ]
+        );
     }
 
     #[test]

@@ -38,6 +38,7 @@ use nix::sys::socket::{
 };
 
 mod ip;
+mod peer;
 mod wire;
 
 use wire::*;

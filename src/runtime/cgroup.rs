@@ -194,7 +194,7 @@ fn read(path: &Path) -> Result<String> {
 /// A counter file: `None` when it does not exist (the host does not count it), an error when it
 /// exists but cannot be read or parsed.
 fn stat_u64(path: &Path) -> Result<Option<u64>> {
-    match fs::read_to_string(path) {
+    match crate::util::fs::read_small(path) {
         Ok(t) => t
             .trim()
             .parse()
@@ -207,10 +207,13 @@ fn stat_u64(path: &Path) -> Result<Option<u64>> {
 
 /// `key value` lines (cpu.stat, memory.stat, cgroup.events).
 fn read_keyed(path: &Path, key: &str) -> Option<u64> {
-    fs::read_to_string(path).ok()?.lines().find_map(|l| {
-        let (k, v) = l.split_once(' ')?;
-        (k == key).then(|| v.trim().parse().ok()).flatten()
-    })
+    crate::util::fs::read_small(path)
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == key).then(|| v.trim().parse().ok()).flatten()
+        })
 }
 
 /// Poll `done` with a short, growing interval (50 µs doubling to 5 ms) until it holds or `limit` passes.
@@ -297,7 +300,11 @@ impl Cgroup {
             v2_core: true,
         };
         if let Some(u) = &l.unified {
-            let avail = fs::read_to_string(u.join("cgroup.controllers")).unwrap_or_default();
+            // The root's controllers are fixed for the boot (those bound to v1 stay there).
+            static AVAIL: OnceLock<String> = OnceLock::new();
+            let avail = AVAIL.get_or_init(|| {
+                fs::read_to_string(u.join("cgroup.controllers")).unwrap_or_default()
+            });
             cg.v2 = avail
                 .split_whitespace()
                 .filter(|c| CONTROLLERS.contains(c) && l.v1_mount(c).is_none())

@@ -81,7 +81,7 @@ pub(crate) fn helper_command(arg0: &str) -> Result<Command> {
 /// Field 22 of /proc/PID/stat (start time in clock ticks since boot): with the pid it names one
 /// process for the lifetime of the system (pid reuse gives another start time).
 pub(crate) fn proc_starttime(pid: i32) -> Option<u64> {
-    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let s = crate::util::fs::read_small(Path::new(&format!("/proc/{pid}/stat"))).ok()?;
     let after = &s[s.rfind(')')? + 2..];
     // A zombie (exited, not yet reaped by its parent) counts as gone.
     if after.starts_with('Z') || after.starts_with('X') {
@@ -124,7 +124,7 @@ pub(crate) fn write_pidfile(path: &Path, pid: i32) -> Result<()> {
 
 /// The pid in a pidfile if that very process (same start time) is still alive.
 pub(crate) fn live_pid(path: &Path) -> Option<i32> {
-    let s = fs::read_to_string(path).ok()?;
+    let s = crate::util::fs::read_small(path).ok()?;
     let mut it = s.split_whitespace();
     let pid: i32 = it.next()?.parse().ok()?;
     let st: u64 = it.next()?.parse().ok()?;

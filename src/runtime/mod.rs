@@ -464,10 +464,10 @@ pub fn set_limits(run_dir: &Path, limits: &Limits) -> Result<()> {
     confine::cgroup_set_limits(spec.cgroup_name(), limits)
 }
 
-/// Usage figures of the running container; an error when it is not running or its cgroup
-/// cannot be read.
+/// Usage figures of the container the caller found running (by [`state`]); an error when its
+/// cgroup cannot be read (it stopped meanwhile, say: the caller asks [`state`] again).
 pub fn stats(run_dir: &Path) -> Result<Stats> {
-    let spec = control::running_spec(run_dir)?;
+    let spec = control::read_spec(run_dir)?;
     confine::cgroup_stats(spec.cgroup_name())
 }
 

@@ -246,15 +246,6 @@ pub fn link_up(name: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// The MTU of interface `name` in the calling thread's network namespace (`SIOCGIFMTU`).
-pub fn link_mtu(name: &str) -> io::Result<i32> {
-    let (sock, mut ifr) = ifreq_for(name)?;
-    // SAFETY: SIOCGIFMTU writes into the ifreq we own; the socket fd is open.
-    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut ifr) } as libc::c_long)?;
-    // SAFETY: after SIOCGIFMTU the union holds ifru_mtu.
-    Ok(unsafe { ifr.ifr_ifru.ifru_mtu })
-}
-
 /// `setsockopt(fd, level, name, &val, sizeof(int))` for an integer option that neither nix nor
 /// rustix names (netlink's `SOL_NETLINK`/`NETLINK_EXT_ACK`).
 pub fn set_sockopt_int(

@@ -6,6 +6,24 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+/// Read a small text file (procfs, cgroupfs, pid files) without the size probe `fs::read_to_string`
+/// makes first: one open and a read or two, where the list of many containers reads thousands.
+pub fn read_small(path: &Path) -> io::Result<String> {
+    use std::io::Read;
+    let mut f = File::open(path)?;
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 4096];
+    loop {
+        match f.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
 /// Atomically replace `path` with `data` (mode 0600).
 pub fn atomic_write(path: &Path, data: &[u8]) -> io::Result<()> {
     atomic_write_mode(path, data, 0o600)
@@ -186,6 +204,23 @@ pub fn fuzz_scratch_dir(tag: &'static str) -> std::path::PathBuf {
 mod tests {
     use super::*;
     use std::path::PathBuf;
+
+    #[test]
+    fn read_small_reads_whole_files_of_any_size() {
+        let dir = std::env::temp_dir().join(format!("bivy-fs-small-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("f");
+        for n in [0, 1, 4095, 4096, 4097, 20_000] {
+            let text: String = (0..n).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+            fs::write(&p, &text).unwrap();
+            assert_eq!(read_small(&p).unwrap(), text, "{n} bytes");
+        }
+        // procfs files report size 0: read to their end all the same.
+        let stat = read_small(Path::new("/proc/self/stat")).unwrap();
+        assert!(stat.contains(')') && stat.ends_with('\n'), "{stat}");
+        assert!(read_small(&dir.join("missing")).is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn atomic_write_replaces_and_leaves_no_temp() {
