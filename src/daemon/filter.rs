@@ -113,6 +113,11 @@ impl Filter {
     }
 
     /// Whether `obj` (the recursion=1 JSON of the object) matches.
+    /// Whether it matches everything (no clause).
+    pub fn is_empty(&self) -> bool {
+        self.clauses.is_empty()
+    }
+
     pub fn matches(&self, obj: &Value) -> bool {
         if self.clauses.is_empty() {
             return true;
@@ -165,6 +170,8 @@ mod tests {
         let o = serde_json::json!({"name":"c1","status":"Running","config":{"image.os":"busybox"},"devices":{"root":{"pool":"default"}}});
         let t = |s: &str| Filter::parse(s).unwrap().matches(&o);
         assert!(t(""));
+        assert!(Filter::parse("").unwrap().is_empty());
+        assert!(!Filter::parse("name eq c1").unwrap().is_empty());
         assert!(t("name eq c1"));
         assert!(!t("name eq c2"));
         assert!(t("name ne c2"));

@@ -69,7 +69,14 @@ fn etag_of(rec: &InstanceRecord) -> String {
 /// The state as the API shows it. The usage figures of a running instance are the kernel's; one
 /// that cannot be read is an error (unless the instance stopped meanwhile: then it is shown
 /// stopped), and one the host does not count is left out.
-fn state_api(d: &Daemon, name: &str, st: &State) -> Result<api::InstanceState> {
+/// `rec` and `ed` (its expanded devices) name the host end of each NIC.
+fn state_api(
+    d: &Daemon,
+    name: &str,
+    rec: &InstanceRecord,
+    ed: &api::Devices,
+    st: &State,
+) -> Result<api::InstanceState> {
     let (s, code) = status_of(st);
     let mut out = api::InstanceState {
         status: s.into(),
@@ -81,7 +88,7 @@ fn state_api(d: &Daemon, name: &str, st: &State) -> Result<api::InstanceState> {
             Ok(stats) => stats,
             Err(e) => {
                 return match state_of(d, name)? {
-                    now @ State::Stopped { .. } => state_api(d, name, &now),
+                    now @ State::Stopped { .. } => state_api(d, name, rec, ed, &now),
                     State::Running { .. } => Err(Error::Internal(format!(
                         "usage figures of instance {name:?}: {e}"
                     ))),
@@ -93,10 +100,8 @@ fn state_api(d: &Daemon, name: &str, st: &State) -> Result<api::InstanceState> {
         // Read from the container's own network namespace (at least `lo`, as LXD reports).
         out.network = super::super::netstate::of_pid(*init_pid).ok();
         // The host end of each veth, from the NIC's `volatile.<dev>.host_name`.
-        if let (Some(net), Ok(rec)) = (out.network.as_mut(), crate::instance::view::record(d, name))
-        {
-            let (_, ed) = crate::instance::view::expanded(d, &rec);
-            for (dev, conf) in crate::instance::nics::nic_devices(&ed) {
+        if let Some(net) = out.network.as_mut() {
+            for (dev, conf) in crate::instance::nics::nic_devices(ed) {
                 let host = rec.config.get(&format!("volatile.{dev}.host_name"));
                 let inside = conf.get("name").cloned().unwrap_or_else(|| dev.clone());
                 if let (Some(h), Some(n)) = (host, net.get_mut(&inside)) {
@@ -124,10 +129,12 @@ fn backups_api(rec: &InstanceRecord) -> Vec<serde_json::Value> {
 
 fn full(d: &Daemon, name: &str, rec: &InstanceRecord) -> Result<api::InstanceFull> {
     let st = state_of(d, name)?;
+    let instance = to_api(d, name, rec, &st);
+    let state = state_api(d, name, rec, &instance.expanded_devices, &st)?;
     Ok(api::InstanceFull {
-        instance: to_api(d, name, rec, &st),
+        instance,
         backups: Some(backups_api(rec)),
-        state: Some(state_api(d, name, &st)?),
+        state: Some(state),
         snapshots: Some(crate::instance::snapshots::list_api(d, rec)),
     })
 }
@@ -143,20 +150,28 @@ pub fn list(d: &Daemon, req: &Request) -> Result<Response> {
     for (name, rec) in records {
         let st = state_of(d, &name)?;
         let inst = to_api(d, &name, &rec, &st);
-        let v = serde_json::to_value(&inst).unwrap_or_default();
-        if !filter.matches(&v) {
+        // The document is made once for the filter only when there is one.
+        let v = if filter.is_empty() && rec_level != 1 {
+            serde_json::Value::Null
+        } else {
+            serde_json::to_value(&inst).unwrap_or_default()
+        };
+        if !filter.is_empty() && !filter.matches(&v) {
             continue;
         }
         out.push(match rec_level {
             0 => serde_json::json!(url(&name)),
             1 => v,
-            _ => serde_json::to_value(api::InstanceFull {
-                instance: inst,
-                backups: Some(backups_api(&rec)),
-                state: Some(state_api(d, &name, &st)?),
-                snapshots: Some(crate::instance::snapshots::list_api(d, &rec)),
-            })
-            .unwrap_or_default(),
+            _ => {
+                let state = state_api(d, &name, &rec, &inst.expanded_devices, &st)?;
+                serde_json::to_value(api::InstanceFull {
+                    instance: inst,
+                    backups: Some(backups_api(&rec)),
+                    state: Some(state),
+                    snapshots: Some(crate::instance::snapshots::list_api(d, &rec)),
+                })
+                .unwrap_or_default()
+            }
         });
     }
     Ok(response::sync(&out))
@@ -174,8 +189,15 @@ pub fn route(d: &Daemon, req: &mut Request, name: &str, sub: &[&str]) -> Result<
         ([], "POST") => rename(d, req, name),
         ([], "DELETE") => delete(d, name),
         (["state"], "GET") => {
-            record(d, name)?;
-            Ok(response::sync(&state_api(d, name, &state_of(d, name)?)?))
+            let rec = record(d, name)?;
+            let (_, ed) = expanded(d, &rec);
+            Ok(response::sync(&state_api(
+                d,
+                name,
+                &rec,
+                &ed,
+                &state_of(d, name)?,
+            )?))
         }
         (["state"], "PUT") => state_put(d, req, name),
         (["console"], "DELETE") => {
