@@ -185,7 +185,12 @@ pub fn record(run_dir: &std::path::Path, gone: &[String], added: &[Nic]) -> Resu
     let mut spec = super::control::running_spec(run_dir)?;
     spec.nics.retain(|n| !gone.contains(&n.device));
     spec.nics.extend(added.iter().cloned());
-    let js = serde_json::to_vec_pretty(&spec).map_err(|x| Error(format!("encode spec: {x}")))?;
+    write_spec(run_dir, &spec)
+}
+
+/// Replace the running spec (after a hot-plug or a reconcile changed its NICs).
+fn write_spec(run_dir: &std::path::Path, spec: &super::Spec) -> Result<()> {
+    let js = serde_json::to_vec_pretty(spec).map_err(|x| Error(format!("encode spec: {x}")))?;
     super::helper::replace_file(&run_dir.join(super::files::SPEC), &js)
 }
 
@@ -215,12 +220,16 @@ pub fn settled(run_dir: &std::path::Path) {
     let _ = std::fs::remove_file(run_dir.join(PENDING));
 }
 
-/// The NICs a pending hot-plug (one a killed daemon left) was plugging and unplugging.
-pub fn pending(run_dir: &std::path::Path) -> Vec<Nic> {
-    let p: Pending = std::fs::read(run_dir.join(PENDING))
+/// The intent a hot-plug left, if any.
+fn read_pending(run_dir: &std::path::Path) -> Option<Pending> {
+    std::fs::read(run_dir.join(PENDING))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
+}
+
+/// The NICs a pending hot-plug (one a killed daemon left) was plugging and unplugging.
+pub fn pending(run_dir: &std::path::Path) -> Vec<Nic> {
+    let p = read_pending(run_dir).unwrap_or_default();
     p.added.into_iter().chain(p.gone).collect()
 }
 
@@ -252,9 +261,7 @@ fn present(nl: &Netlink, pid: i32, nic: &Nic) -> Result<bool> {
 /// made (the running spec's and a pending hot-plug's) that is not wanted is removed when
 /// present, every wanted one missing is made, and the running spec then records `want`.
 pub fn reconcile(run_dir: &std::path::Path, pid: i32, want: &[Nic]) -> Result<()> {
-    let pending: Option<Pending> = std::fs::read(run_dir.join(PENDING))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
+    let pending = read_pending(run_dir);
     let mut spec = super::control::running_spec(run_dir)?;
     if pending.is_none() && spec.nics == want {
         return Ok(());
@@ -281,8 +288,7 @@ pub fn reconcile(run_dir: &std::path::Path, pid: i32, want: &[Nic]) -> Result<()
         }
     }
     spec.nics = want.to_vec();
-    let js = serde_json::to_vec_pretty(&spec).map_err(|x| Error(format!("encode spec: {x}")))?;
-    super::helper::replace_file(&run_dir.join(super::files::SPEC), &js)?;
+    write_spec(run_dir, &spec)?;
     settled(run_dir);
     Ok(())
 }
