@@ -111,15 +111,12 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
         .map_err(|e| format!("{}/storage-pools: {e}", dir.display()))?;
 
     let d = Daemon::open(dir, Host::probe(dir))?;
-    d.apply_server_config(&d.db.lock().expect("db lock").data.config);
-    let favor =
-        d.db.lock()
-            .expect("db lock")
-            .data
-            .config
-            .get(config::FAVOR_DYNMODS)
-            .cloned();
-    if let Err(e) = config::apply_favor_dynmods(None, favor.as_deref()) {
+    let server_config = d.db.lock().expect("db lock").data.config.clone();
+    d.apply_server_config(&server_config);
+    if let Err(e) = config::apply_favor_dynmods(
+        None,
+        server_config.get(config::FAVOR_DYNMODS).map(String::as_str),
+    ) {
         eprintln!("bivy: {e}");
     }
     crate::instance::pools::open_all(&d).map_err(|e| format!("opening storage pools: {e}"))?;
