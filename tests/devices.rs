@@ -434,21 +434,6 @@ fn host_directory_and_file_devices() {
     no_mounts_below(d.tmp());
 }
 
-/// Host-side path of the root filesystem of the only container on the default (dir) pool
-/// (volumes are named by uuid).
-fn only_rootfs(l: &Lxc<'_>) -> std::path::PathBuf {
-    let pool = l.ok(&["storage", "get", "default", "source"]);
-    let base = Path::new(pool.trim()).join("containers");
-    let vols: Vec<_> = std::fs::read_dir(&base)
-        .expect("containers dir")
-        .flatten()
-        .map(|e| e.path().join("rootfs"))
-        .filter(|p| p.is_dir())
-        .collect();
-    assert_eq!(vols.len(), 1, "{vols:?}");
-    vols[0].clone()
-}
-
 /// A file of a running container's v1 cgroup in `controller`, found through its init's
 /// `/proc/PID/cgroup` (several daemons' containers may share a name).
 fn cgroup_file(l: &Lxc<'_>, c: &str, controller: &str, file: &str) -> Option<String> {
@@ -593,7 +578,7 @@ fn unix_devices_cold_and_hot_with_the_device_cgroup() {
     l.ok(&["stop", "c1", "--force"]);
     // A node put in the rootfs from the host side (a hostile migration peer, say), owned by
     // container root: the device cgroup refuses to open it.
-    let lc = only_rootfs(&l).join("lc");
+    let lc = l.only_rootfs().join("lc");
     let out = std::process::Command::new("mknod")
         .args([lc.to_str().unwrap(), "c", "10", "237"])
         .output()

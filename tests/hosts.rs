@@ -79,5 +79,43 @@ fn pure_cgroup2_host_without_subuid() {
     let (code, out) = l.sh("c1", "id -u");
     assert_eq!((code, out.as_str()), (0, "0\n"));
     l.ok(&["restart", "c1", "--force"]);
+    device_program(&l);
     l.ok(&["delete", "c1", "--force"]);
+}
+
+/// The device cgroup on cgroup2 is a BPF program on the container's cgroup: a node put in the
+/// rootfs from the host side (a hostile migration peer, say) opens nothing, a hot-plugged
+/// `unix-char` device opens at once and not after its removal.
+fn device_program(l: &Lxc<'_>) {
+    l.ok(&["stop", "c1", "--force"]);
+    let lc = l.only_rootfs().join("lc");
+    let out = std::process::Command::new("mknod")
+        .args([lc.to_str().unwrap(), "c", "10", "237"])
+        .output()
+        .expect("mknod");
+    assert!(out.status.success(), "{out:?}");
+    l.ok(&["start", "c1"]);
+    let (code, out) = l.sh("c1", "exec 3</lc 2>&1; echo opened");
+    assert_ne!(code, 0, "a node no rule allows was opened: {out}");
+    assert!(out.contains("not permitted"), "{out}");
+    l.ok(&[
+        "config",
+        "device",
+        "add",
+        "c1",
+        "lc",
+        "unix-char",
+        "source=/dev/loop-control",
+    ]);
+    let (code, out) = l.sh(
+        "c1",
+        "exec 3</dev/loop-control && exec 4</lc && echo opened",
+    );
+    assert_eq!((code, out.as_str()), (0, "opened\n"));
+    l.ok(&["config", "device", "remove", "c1", "lc"]);
+    let (code, out) = l.sh("c1", "exec 3</lc 2>&1; echo opened");
+    assert_ne!(code, 0, "a removed device still opens: {out}");
+    assert!(out.contains("not permitted"), "{out}");
+    l.ok(&["stop", "c1", "--force"]);
+    std::fs::remove_file(&lc).expect("remove the node");
 }

@@ -94,6 +94,7 @@ pub fn set_favor_dynmods(on: bool) -> Result<()> {
     Ok(())
 }
 
+mod bpf;
 mod devices;
 mod io;
 

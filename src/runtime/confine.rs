@@ -44,19 +44,21 @@ pub fn cgroup_make_subdirs(name: &str, dirs: &[PathBuf], owner: Option<(u32, u32
 }
 
 /// Restrict the container's devices to LXD's default list plus `extra` (`devices.allow`
-/// entries). See [`cgroup::Cgroup::restrict_devices`] for cgroup2.
+/// entries), with the v1 controller and the cgroup2 device program where each exists.
 pub fn cgroup_restrict_devices(name: &str, extra: &[String]) -> Result<()> {
     cgroup::Cgroup::open(name)?.restrict_devices(extra)
 }
 
-/// Allow more devices to a running container (hot-plug).
-pub fn cgroup_allow_devices(name: &str, rules: &[String]) -> Result<()> {
-    cgroup::Cgroup::open(name)?.device_rules("devices.allow", rules)
+/// Allow more devices to a running container (hot-plug); `all` is every rule of the
+/// instance's own devices once they are allowed.
+pub fn cgroup_allow_devices(name: &str, rules: &[String], all: &[String]) -> Result<()> {
+    cgroup::Cgroup::open(name)?.device_rules("devices.allow", rules, all)
 }
 
-/// Take devices away from a running container (hot-unplug).
-pub fn cgroup_deny_devices(name: &str, rules: &[String]) -> Result<()> {
-    cgroup::Cgroup::open(name)?.device_rules("devices.deny", rules)
+/// Take devices away from a running container (hot-unplug); `all` is every rule of the
+/// instance's own devices that stays.
+pub fn cgroup_deny_devices(name: &str, rules: &[String], all: &[String]) -> Result<()> {
+    cgroup::Cgroup::open(name)?.device_rules("devices.deny", rules, all)
 }
 
 /// Whether LXD's default list allows `rule` exactly (such a device stays allowed when a device

@@ -266,7 +266,9 @@ fn apply_with(
     }
     // The device cgroup allows the new nodes before they appear.
     let rules: Vec<String> = nodes.iter().map(UnixDev::cgroup_rule).collect();
-    confine::cgroup_allow_devices(spec.cgroup_name(), &rules)?;
+    let before: Vec<String> = spec.unix_devices.iter().map(UnixDev::cgroup_rule).collect();
+    let during: Vec<String> = before.iter().chain(&rules).cloned().collect();
+    confine::cgroup_allow_devices(spec.cgroup_name(), &rules, &during)?;
     let req = Req {
         disks: disks.clone(),
         nodes: nodes.clone(),
@@ -278,9 +280,8 @@ fn apply_with(
     replace_file(&pending, &js)?;
     if let Err(e) = run_helper(run_dir, &req) {
         let _ = fs::remove_file(&pending);
-        let keep: Vec<String> = spec.unix_devices.iter().map(UnixDev::cgroup_rule).collect();
-        let undo: Vec<String> = rules.into_iter().filter(|r| !keep.contains(r)).collect();
-        let _ = confine::cgroup_deny_devices(spec.cgroup_name(), &undo);
+        let undo: Vec<String> = rules.into_iter().filter(|r| !before.contains(r)).collect();
+        let _ = confine::cgroup_deny_devices(spec.cgroup_name(), &undo, &before);
         return Err(e);
     }
     // Record what the container now has, then deny the nodes no device allows any more.
@@ -299,7 +300,7 @@ fn apply_with(
         .into_iter()
         .filter(|r| !still.contains(r) && !confine::device_allowed_by_default(r))
         .collect();
-    confine::cgroup_deny_devices(spec.cgroup_name(), &deny)?;
+    confine::cgroup_deny_devices(spec.cgroup_name(), &deny, &still)?;
     let js = serde_json::to_vec_pretty(&spec).map_err(|e| Error(format!("encode spec: {e}")))?;
     replace_file(&run_dir.join(files::SPEC), &js)?;
     let _ = fs::remove_file(&pending);

@@ -345,6 +345,7 @@ pub fn pidfd_send_raw(pidfd: BorrowedFd<'_>, sig: libc::c_int) -> io::Result<()>
     check(r).map(|_| ())
 }
 
+pub mod bpf;
 pub mod btrfs;
 pub mod loopdev;
 pub mod seccomp;

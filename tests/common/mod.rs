@@ -855,6 +855,20 @@ pub struct Lxc<'a> {
 }
 
 impl Lxc<'_> {
+    /// Host-side path of the root filesystem of the only container on the default (dir) pool
+    /// (volumes are named by uuid).
+    pub fn only_rootfs(&self) -> PathBuf {
+        let pool = self.ok(&["storage", "get", "default", "source"]);
+        let base = Path::new(pool.trim()).join("containers");
+        let vols: Vec<_> = fs::read_dir(&base)
+            .expect("containers dir")
+            .flatten()
+            .map(|e| e.path().join("rootfs"))
+            .filter(|p| p.is_dir())
+            .collect();
+        assert_eq!(vols.len(), 1, "{vols:?}");
+        vols[0].clone()
+    }
     pub fn new(d: &Daemon) -> Lxc<'_> {
         let conf = d.tmp().join("lxc-conf");
         fs::create_dir_all(&conf).expect("lxc conf dir");

@@ -1,13 +1,19 @@
-//! The v1 `devices` controller: LXD's default allow list ([`DEFAULT_DEVICES`]), the
-//! deny-all-then-allow restriction every container starts with, and the allow/deny rules that
-//! `unix-char`, `unix-block`, GPU and USB devices add and remove while it runs.
+//! The device cgroup: LXD's default allow list ([`DEFAULT_DEVICES`]), the deny-all-then-allow
+//! restriction every container starts with, and the allow/deny rules that `unix-char`,
+//! `unix-block`, GPU and USB devices add and remove while it runs.
 //!
-//! Not on pure cgroup2 (that needs a BPF device program, not built yet) and not in a nested bivy
-//! (the kernel takes device rules only from its initial user namespace).
+//! Two mechanisms, each used where the host has it, both on a hybrid host (a request must pass
+//! both): the v1 `devices` controller, and on the cgroup2 hierarchy a BPF device program built
+//! from the same rules ([`super::bpf`]). Neither in a nested bivy (the kernel takes device rules
+//! and programs only from its initial user namespace; the outer container's hold for everything
+//! inside it). A kernel that cannot run device programs is logged once and left to the v1
+//! controller, or on a pure cgroup2 host to the kernel's own rule (no mknod in a user
+//! namespace), as LXD does.
 
 use std::path::Path;
+use std::sync::OnceLock;
 
-use super::{write, Cgroup};
+use super::{bpf, write, Cgroup};
 use crate::runtime::Result;
 
 /// Devices a container may use after [`Cgroup::restrict_devices`] (LXD's default list), each with
@@ -44,28 +50,61 @@ pub const DEFAULT_DEVICES: &[(&str, &str)] = &[
 ];
 
 impl Cgroup {
-    /// Restrict device access (v1 `devices` controller) to LXD's default list plus `extra`
-    /// (entries in `devices.allow` syntax, e.g. `c 10:232 rwm` for a `unix-char` device).
-    /// For every container: a node that reaches its rootfs from the host side (a migration
-    /// peer's rsync, a privileged container's mknod) opens nothing else. Not in a nested bivy
-    /// (see `devices_dir`).
-    /// On pure cgroup2 this needs a BPF_PROG_TYPE_CGROUP_DEVICE program, not built yet: the
-    /// restriction is then the kernel's own (no mknod in a user namespace, so an unprivileged
-    /// container reaches only the nodes bivy binds in and those of its rootfs); privileged
-    /// containers there are not restricted (README, Status).
+    /// Restrict device access to LXD's default list plus `extra` (entries in `devices.allow`
+    /// syntax, e.g. `c 10:232 rwm` for a `unix-char` device), with the v1 controller and the
+    /// cgroup2 program. For every container: a node that reaches its rootfs from the host side
+    /// (a migration peer's rsync, a privileged container's mknod) opens nothing else.
     pub fn restrict_devices(&self, extra: &[String]) -> Result<()> {
-        let Some(d) = self.devices_dir() else {
+        if let Some(d) = self.devices_dir() {
+            write(&d.join("devices.deny"), "a")?;
+            for rule in DEFAULT_DEVICES
+                .iter()
+                .map(|(r, _why)| *r)
+                .chain(extra.iter().map(String::as_str))
+            {
+                write(&d.join("devices.allow"), rule)?;
+            }
+        }
+        self.device_program(extra)
+    }
+
+    /// The cgroup2 device program allowing LXD's default list plus `extra`, replacing the
+    /// one attached before (see [`super::bpf`]). Nothing to do where there is none to make.
+    fn device_program(&self, extra: &[String]) -> Result<()> {
+        let Some(dir) = self.bpf_dir() else {
             return Ok(());
         };
-        write(&d.join("devices.deny"), "a")?;
-        for rule in DEFAULT_DEVICES
+        let rules = DEFAULT_DEVICES
             .iter()
             .map(|(r, _why)| *r)
             .chain(extra.iter().map(String::as_str))
-        {
-            write(&d.join("devices.allow"), rule)?;
+            .map(bpf::parse_rule)
+            .collect::<Result<Vec<_>>>()?;
+        bpf::install(dir, &rules)
+    }
+
+    /// The cgroup2 directory to attach the device program to: not in a nested bivy, and only
+    /// where the kernel runs device programs (probed once per process, logged when not).
+    fn bpf_dir(&self) -> Option<&Path> {
+        if crate::runtime::host::host().nested {
+            return None;
         }
-        Ok(())
+        let dir = self.unified.as_deref()?;
+        static SUPPORTED: OnceLock<bool> = OnceLock::new();
+        let ok = *SUPPORTED.get_or_init(|| match bpf::supported() {
+            Ok(()) => true,
+            Err(e) => {
+                let rest = if self.devices_dir().is_some() {
+                    "device access is restricted by the v1 devices controller alone"
+                } else {
+                    "containers' device access is not restricted by a device cgroup (an \
+                     unprivileged container still cannot make device nodes; a privileged one can)"
+                };
+                eprintln!("bivy: this kernel does not run cgroup device programs ({e}): {rest}");
+                false
+            }
+        });
+        ok.then_some(dir)
     }
 
     /// The v1 devices controller's directory, when this bivy may use it: the kernel takes
@@ -79,15 +118,15 @@ impl Cgroup {
         self.v1_dir("devices")
     }
 
-    /// Write each of `rules` to the v1 devices controller's `file` (`devices.allow` or
-    /// `devices.deny`); nothing to do without one (see [`Self::restrict_devices`]).
-    pub fn device_rules(&self, file: &str, rules: &[String]) -> Result<()> {
-        let Some(d) = self.devices_dir() else {
-            return Ok(());
-        };
-        for rule in rules {
-            write(&d.join(file), rule)?;
+    /// A running container's device rules change (hot-plug): each of `rules` is written to the
+    /// v1 controller's `file` (`devices.allow` or `devices.deny`), and the cgroup2 program is
+    /// rebuilt from `extra`, the instance's whole list after the change.
+    pub fn device_rules(&self, file: &str, rules: &[String], extra: &[String]) -> Result<()> {
+        if let Some(d) = self.devices_dir() {
+            for rule in rules {
+                write(&d.join(file), rule)?;
+            }
         }
-        Ok(())
+        self.device_program(extra)
     }
 }
