@@ -289,6 +289,55 @@ fn ephemeral_instances_go_away_when_stopped() {
     assert_eq!(count(), 0, "volumes of deleted ephemeral instances");
 }
 
+/// Running containers are followed by one daemon thread, not one each: seven running add no
+/// lasting thread over one running (short-lived request threads allowed to finish).
+#[test]
+fn running_containers_hold_no_daemon_thread_each() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let pid = d.pid().expect("daemon pid");
+    let l = common::Lxc::new(&d);
+    l.import_busybox();
+    l.ok(&["launch", "busybox", "t0"]);
+    let settled = |most: u64| {
+        let t = Instant::now();
+        let mut n = common::proc_status(pid, "Threads");
+        while n > most && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(100));
+            n = common::proc_status(pid, "Threads");
+        }
+        n
+    };
+    let one = settled(0);
+    for i in 1..7 {
+        l.ok(&["launch", "busybox", &format!("t{i}")]);
+    }
+    let seven = settled(one);
+    assert!(
+        seven <= one,
+        "{one} daemon threads with one container running, {seven} with seven"
+    );
+    // And each is still followed: a stop from inside is noticed.
+    l.sh("t3", "poweroff -f");
+    let t = Instant::now();
+    while !l
+        .ok(&["list", "t3", "--format", "csv", "-c", "s"])
+        .contains("STOPPED")
+        && t.elapsed() < Duration::from_secs(20)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        l.ok(&["list", "t3", "--format", "csv", "-c", "s"]).trim(),
+        "STOPPED"
+    );
+    for i in 0..7 {
+        l.ok(&["delete", "--force", &format!("t{i}")]);
+    }
+}
+
 #[test]
 fn autostart_after_host_boot_only() {
     if !common::lxc_prerequisites() {

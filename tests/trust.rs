@@ -367,16 +367,6 @@ fn listener_inode(port: u16) -> Option<String> {
         .map(|f| f[9].to_string())
 }
 
-/// A value from /proc/PID/status (`VmRSS` in kB, `Threads`).
-fn proc_status(pid: u32, key: &str) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
-    s.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}:")))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
-}
-
 /// The websocket handshake on a TLS connection: Ok, or the refusal.
 fn websocket(s: TlsStream, path: &str) -> io::Result<(ws::Sender, ws::Receiver)> {
     ws::connect(Box::new(s), path, &[("Host".into(), "127.0.0.1".into())])
@@ -1197,8 +1187,8 @@ fn connection_flood_from_one_address() {
     // Warm up: the listener has served once.
     let (code, _) = r.call(Some(&id), "GET", "/1.0", None);
     assert_eq!(code, 200);
-    let rss_before = proc_status(pid, "VmRSS");
-    let threads_before = proc_status(pid, "Threads");
+    let rss_before = common::proc_status(pid, "VmRSS");
+    let threads_before = common::proc_status(pid, "Threads");
 
     let flooder = Ipv4Addr::new(127, 0, 0, 2);
     let flood_start = Instant::now();
@@ -1229,8 +1219,8 @@ fn connection_flood_from_one_address() {
     let (code, v) = r.call(Some(&id), "GET", "/1.0", None);
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["metadata"]["auth"], "trusted", "{v}");
-    let threads_during = proc_status(pid, "Threads");
-    let rss_during = proc_status(pid, "VmRSS");
+    let threads_during = common::proc_status(pid, "Threads");
+    let rss_during = common::proc_status(pid, "VmRSS");
     eprintln!(
         "flood: {} connections held, {failed} failed; daemon threads {threads_before} -> \
          {threads_during}, VmRSS {rss_before} kB -> {rss_during} kB",
@@ -1259,7 +1249,7 @@ fn connection_flood_from_one_address() {
             _ => std::thread::sleep(Duration::from_millis(200)),
         }
     }
-    let rss_after = proc_status(pid, "VmRSS");
+    let rss_after = common::proc_status(pid, "VmRSS");
     assert!(
         rss_after < rss_before + 200 * 1024,
         "VmRSS grew from {rss_before} kB to {rss_after} kB"

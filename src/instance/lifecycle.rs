@@ -464,79 +464,73 @@ fn nics_stopped(d: &Ctx, name: &str) {
     super::bridges::refresh(d, nets);
 }
 
-/// Follow a running container until it stops: record it, restart it after an in-container
-/// reboot, delete it when ephemeral.
+/// Follow a running container until it stops (one thread follows them all: `watch.rs`), then
+/// [`stopped`].
 fn watch(d: Arc<Ctx>, name: String) {
     let Ok(Some(fd)) = runtime::monitor_pidfd(&d.run_dir(&name)) else {
         return;
     };
-    std::thread::spawn(move || {
-        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-        use std::os::fd::AsFd;
-        loop {
-            let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-            match poll(&mut fds, PollTimeout::NONE) {
-                Ok(n) if n > 0 => break,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Ok(_) => continue,
-                Err(_) => return,
-            }
-        }
-        let last = match state_of(&d, &name) {
-            Ok(State::Stopped { last_exit }) => last_exit,
-            Ok(State::Running { .. }) => return, // restarted in the meantime; its own watcher follows it
-            Err(e) => {
-                eprintln!("bivy: {name}: stopped, but its state cannot be read: {e}");
-                return;
-            }
-        };
-        // How init ended, for `lxc info --show-log`: a clean stop reads "stopped by request
-        // (...)", a forced or timed-out one "killed by request (...)".
-        if let Some(e) = &last {
-            log_line(
-                &d.log_dir(&name),
-                &format!("{} (code {})", e.reason, e.code),
-            );
-        }
-        d.events
-            .lifecycle("instance-stopped", &url(&name), serde_json::json!({}));
-        nics_stopped(&d, &name);
-        let Ok(rec) = record(&d, &name) else { return };
-        // An explicit stop/restart/delete operation owns what happens next.
-        if d.busy.lock().expect("busy lock").contains_key(&name) {
+    let n = name.clone();
+    if let Err(e) = super::watch::follow(fd, Box::new(move || stopped(d, name))) {
+        eprintln!("bivy: {n}: its stop will not be noticed: {e}");
+    }
+}
+
+/// A followed container's monitor ended: record it, restart it after an in-container reboot,
+/// delete it when ephemeral.
+fn stopped(d: Arc<Ctx>, name: String) {
+    let last = match state_of(&d, &name) {
+        Ok(State::Stopped { last_exit }) => last_exit,
+        Ok(State::Running { .. }) => return, // restarted in the meantime; its own watcher follows it
+        Err(e) => {
+            eprintln!("bivy: {name}: stopped, but its state cannot be read: {e}");
             return;
         }
-        // A killed monitor left the container's cgroup behind: remove it now (marked busy, so
-        // no start runs meanwhile), not at the next start. Only then: after a clean end the
-        // mark would race with the user's next step (a delete right after `stop` found the
-        // instance "busy: stop in progress" in 1 of ~900 churn cycles).
-        if runtime::monitor_left_remains(&d.run_dir(&name)) && d.busy_insert(&name, "stop").is_ok()
-        {
-            runtime::reap_dead_monitor(&d.run_dir(&name));
-            d.busy.lock().expect("busy lock").remove(&name);
-        }
-        set_volatile(
-            &d,
-            &name,
-            &[("volatile.last_state.power", Some("STOPPED".into()))],
+    };
+    // How init ended, for `lxc info --show-log`: a clean stop reads "stopped by request
+    // (...)", a forced or timed-out one "killed by request (...)".
+    if let Some(e) = &last {
+        log_line(
+            &d.log_dir(&name),
+            &format!("{} (code {})", e.reason, e.code),
         );
-        if rec.ephemeral {
-            if d.busy_insert(&name, "delete").is_ok() {
-                let _ = delete_now(&d, &name);
-                d.busy.lock().expect("busy lock").remove(&name);
-            }
-            return;
-        }
-        // `reboot` inside: the kernel ends init with SIGHUP; start it again like LXD does.
-        if last.is_some_and(|e| e.code == 128 + libc::SIGHUP)
-            && d.busy_insert(&name, "restart").is_ok()
-        {
-            if let Err(e) = start(&d, &name) {
-                eprintln!("bivy: {name}: restart after reboot failed: {e}");
-            }
+    }
+    d.events
+        .lifecycle("instance-stopped", &url(&name), serde_json::json!({}));
+    nics_stopped(&d, &name);
+    let Ok(rec) = record(&d, &name) else { return };
+    // An explicit stop/restart/delete operation owns what happens next.
+    if d.busy.lock().expect("busy lock").contains_key(&name) {
+        return;
+    }
+    // A killed monitor left the container's cgroup behind: remove it now (marked busy, so
+    // no start runs meanwhile), not at the next start. Only then: after a clean end the
+    // mark would race with the user's next step (a delete right after `stop` found the
+    // instance "busy: stop in progress" in 1 of ~900 churn cycles).
+    if runtime::monitor_left_remains(&d.run_dir(&name)) && d.busy_insert(&name, "stop").is_ok() {
+        runtime::reap_dead_monitor(&d.run_dir(&name));
+        d.busy.lock().expect("busy lock").remove(&name);
+    }
+    set_volatile(
+        &d,
+        &name,
+        &[("volatile.last_state.power", Some("STOPPED".into()))],
+    );
+    if rec.ephemeral {
+        if d.busy_insert(&name, "delete").is_ok() {
+            let _ = delete_now(&d, &name);
             d.busy.lock().expect("busy lock").remove(&name);
         }
-    });
+        return;
+    }
+    // `reboot` inside: the kernel ends init with SIGHUP; start it again like LXD does.
+    if last.is_some_and(|e| e.code == 128 + libc::SIGHUP) && d.busy_insert(&name, "restart").is_ok()
+    {
+        if let Err(e) = start(&d, &name) {
+            eprintln!("bivy: {name}: restart after reboot failed: {e}");
+        }
+        d.busy.lock().expect("busy lock").remove(&name);
+    }
 }
 
 /// Finish or undo what a killed daemon left: volumes without a record (half-made creates,

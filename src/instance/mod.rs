@@ -46,6 +46,7 @@ pub mod volume_data;
 pub mod volume_records;
 pub mod volume_snapshots;
 pub mod volumes;
+pub mod watch;
 
 pub use ctx::Ctx;
 pub use error::{Error, Result};

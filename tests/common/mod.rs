@@ -926,6 +926,16 @@ impl Lxc<'_> {
 }
 
 /// Root and the `lxc` client, or a recorded skip.
+/// A value from /proc/PID/status (`VmRSS` in kB, `Threads`).
+pub fn proc_status(pid: u32, key: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    s.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+}
+
 pub fn lxc_prerequisites() -> bool {
     if !require_root() {
         return false;
