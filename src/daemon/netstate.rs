@@ -1,9 +1,10 @@
 //! A running container's network interfaces, as `/1.0/instances/NAME/state` reports them
 //! (`network`): read from the container's own network namespace, never made up.
 //!
-//! - counters from `/proc/PID/net/dev`, which shows the namespace of PID;
-//! - names, flags, MTU, MAC addresses and addresses from netlink dumps that name the namespace
-//!   by its id in ours (`net::netlink` peer ids): nothing enters the namespace.
+//! - names, flags, MTU, MAC addresses, counters (`IFLA_STATS64`, as `/proc/net/dev` shows them)
+//!   and addresses from netlink dumps that name the namespace by its id in ours
+//!   (`net::netlink` peer ids): nothing enters the namespace. One netlink socket per thread
+//!   serves every container a listing reads.
 //!
 //! Field values follow LXD (`lxd/instance/drivers/driver_lxc.go` networkState): `state` is
 //! `up`/`down` from `IFF_UP`; `type` is `loopback`, `point-to-point`, `broadcast` or `unknown`
@@ -21,34 +22,30 @@ use crate::net::netlink::{Addr, Link, Netlink};
 
 /// The interfaces in the network namespace of `pid`, by name.
 pub fn of_pid(pid: i32) -> io::Result<BTreeMap<String, InstanceStateNetwork>> {
-    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
-    let nl = Netlink::open_strict()?;
-    let id = nl.nsid(std::os::fd::AsFd::as_fd(&ns))?;
-    let mut out = from_netlink(&nl.links_of(id)?, &nl.addrs_of(id)?);
-    add_counters(&mut out, &format!("/proc/{pid}/net/dev"))?;
-    Ok(out)
-}
-
-/// Fill in the counters of `out`'s interfaces from a `net/dev` file.
-fn add_counters(out: &mut BTreeMap<String, InstanceStateNetwork>, path: &str) -> io::Result<()> {
-    let dev = crate::util::fs::read_small(std::path::Path::new(path))?;
-    for (name, c) in parse_net_dev(&dev) {
-        if let Some(n) = out.get_mut(&name) {
-            n.counters = c;
-        }
+    thread_local! {
+        static NL: std::cell::OnceCell<Netlink> = const { std::cell::OnceCell::new() };
     }
-    Ok(())
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    NL.with(|cell| {
+        let nl = match cell.get() {
+            Some(nl) => nl,
+            None => {
+                let _ = cell.set(Netlink::open_strict()?);
+                cell.get().expect("just set")
+            }
+        };
+        let id = nl.nsid(std::os::fd::AsFd::as_fd(&ns))?;
+        Ok(from_netlink(&nl.links_of(id)?, &nl.addrs_of(id)?))
+    })
 }
 
 /// The interfaces of the daemon's own network namespace (the host's), with counters.
 pub fn host_interfaces() -> io::Result<BTreeMap<String, InstanceStateNetwork>> {
     let nl = Netlink::open()?;
-    let mut out = from_netlink(&nl.links()?, &nl.addrs()?);
-    add_counters(&mut out, "/proc/self/net/dev")?;
-    Ok(out)
+    Ok(from_netlink(&nl.links()?, &nl.addrs()?))
 }
 
-/// Every interface of a namespace from its links and addresses, without counters.
+/// Every interface of a namespace from its links and addresses.
 fn from_netlink(links: &[Link], addrs: &[Addr]) -> BTreeMap<String, InstanceStateNetwork> {
     let mut out: BTreeMap<String, InstanceStateNetwork> = BTreeMap::new();
     for l in links {
@@ -61,6 +58,19 @@ fn from_netlink(links: &[Link], addrs: &[Addr]) -> BTreeMap<String, InstanceStat
         };
         if let Some(mac) = l.mac.filter(|m| m.iter().any(|b| *b != 0)) {
             n.hwaddr = crate::net::netlink::format_mac(mac);
+        }
+        if let Some(c) = l.stats {
+            let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            n.counters = InstanceStateNetworkCounters {
+                bytes_received: i(c.rx_bytes),
+                packets_received: i(c.rx_packets),
+                errors_received: i(c.rx_errors),
+                packets_dropped_inbound: i(c.rx_dropped),
+                bytes_sent: i(c.tx_bytes),
+                packets_sent: i(c.tx_packets),
+                errors_sent: i(c.tx_errors),
+                packets_dropped_outbound: i(c.tx_dropped),
+            };
         }
         // IPv4 first, then IPv6, as LXD lists them; each in the kernel's order.
         for v6 in [false, true] {
@@ -119,41 +129,77 @@ fn address(ip: IpAddr, prefix: u32) -> InstanceStateNetworkAddress {
     }
 }
 
-/// `/proc/PID/net/dev`: per interface, receive then transmit columns
-/// (bytes packets errs drop fifo frame compressed multicast | bytes packets errs drop ...).
-fn parse_net_dev(text: &str) -> Vec<(String, InstanceStateNetworkCounters)> {
-    let mut out = Vec::new();
-    for line in text.lines().skip(2) {
-        let Some((name, rest)) = line.split_once(':') else {
-            continue;
-        };
-        let f: Vec<i64> = rest
-            .split_whitespace()
-            .map(|v| v.parse().unwrap_or(0))
-            .collect();
-        if f.len() < 12 {
-            continue;
-        }
-        out.push((
-            name.trim().to_string(),
-            InstanceStateNetworkCounters {
-                bytes_received: f[0],
-                packets_received: f[1],
-                errors_received: f[2],
-                packets_dropped_inbound: f[3],
-                bytes_sent: f[8],
-                packets_sent: f[9],
-                errors_sent: f[10],
-                packets_dropped_outbound: f[11],
-            },
-        ));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `/proc/PID/net/dev`: per interface, receive then transmit columns
+    /// (bytes packets errs drop fifo frame compressed multicast | bytes packets errs drop ...).
+    fn parse_net_dev(text: &str) -> Vec<(String, InstanceStateNetworkCounters)> {
+        let mut out = Vec::new();
+        for line in text.lines().skip(2) {
+            let Some((name, rest)) = line.split_once(':') else {
+                continue;
+            };
+            let f: Vec<i64> = rest
+                .split_whitespace()
+                .map(|v| v.parse().unwrap_or(0))
+                .collect();
+            if f.len() < 12 {
+                continue;
+            }
+            out.push((
+                name.trim().to_string(),
+                InstanceStateNetworkCounters {
+                    bytes_received: f[0],
+                    packets_received: f[1],
+                    errors_received: f[2],
+                    packets_dropped_inbound: f[3],
+                    bytes_sent: f[8],
+                    packets_sent: f[9],
+                    errors_sent: f[10],
+                    packets_dropped_outbound: f[11],
+                },
+            ));
+        }
+        out
+    }
+
+    /// The counters netlink gives are those `/proc/net/dev` shows: read between two reads of
+    /// the file, each lies between its two values (they only grow).
+    #[test]
+    fn netlink_counters_are_net_dev_s() {
+        let proc_dev = || {
+            let text = std::fs::read_to_string("/proc/self/net/dev").expect("net/dev");
+            parse_net_dev(&text)
+        };
+        let before = proc_dev();
+        let now = host_interfaces().expect("host interfaces");
+        let after = proc_dev();
+        assert!(!before.is_empty());
+        let fields = |c: &InstanceStateNetworkCounters| {
+            [
+                c.bytes_received,
+                c.packets_received,
+                c.errors_received,
+                c.packets_dropped_inbound,
+                c.bytes_sent,
+                c.packets_sent,
+                c.errors_sent,
+                c.packets_dropped_outbound,
+            ]
+        };
+        let mut nonzero = false;
+        for ((name, lo), (_, hi)) in before.iter().zip(&after) {
+            let Some(n) = now.get(name) else { continue };
+            let got = fields(&n.counters);
+            nonzero |= got.iter().any(|v| *v > 0);
+            for ((l, g), h) in fields(lo).iter().zip(got).zip(fields(hi)) {
+                assert!(*l <= g && g <= h, "{name}: {l} <= {g} <= {h}");
+            }
+        }
+        assert!(nonzero, "no counter read: {now:?}");
+    }
 
     #[test]
     fn net_dev_columns() {
@@ -201,6 +247,7 @@ mod tests {
             up: flags & 1 != 0,
             oper_up: false,
             flags,
+            stats: None,
         };
         let addr = |index: u32, a: &str, prefix: u8| Addr {
             index,

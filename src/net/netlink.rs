@@ -103,6 +103,22 @@ pub struct Link {
     /// Operational state is `UP` (carrier and lower layers up).
     pub oper_up: bool,
     pub flags: u32,
+    /// Its counters (`IFLA_STATS64`), when the kernel sent them.
+    pub stats: Option<LinkStats>,
+}
+
+/// A link's counters, as `/proc/net/dev` shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LinkStats {
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_errors: u64,
+    /// Dropped and missed.
+    pub rx_dropped: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_errors: u64,
+    pub tx_dropped: u64,
 }
 
 /// One address of a link.

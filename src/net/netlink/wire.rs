@@ -8,7 +8,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 
-use super::{Addr, Link, LinkSpec, MacvlanMode, Netns, Route};
+use super::{Addr, Link, LinkSpec, LinkStats, MacvlanMode, Netns, Route};
 
 // ---- constants (linux/netlink.h, linux/rtnetlink.h, linux/if_link.h, linux/if_addr.h) ----
 
@@ -63,6 +63,8 @@ pub(super) const IFLA_MTU: u16 = 4;
 pub(super) const IFLA_LINK: u16 = 5;
 pub(super) const IFLA_MASTER: u16 = 10;
 pub(super) const IFLA_OPERSTATE: u16 = 16;
+/// `struct rtnl_link_stats64`: u64 counters, rx/tx packets, bytes, errors, dropped first.
+pub(super) const IFLA_STATS64: u16 = 23;
 pub(super) const IFLA_LINKINFO: u16 = 18;
 pub(super) const IFLA_NET_NS_PID: u16 = 19;
 pub(super) const IFLA_NET_NS_FD: u16 = 28;
@@ -465,6 +467,7 @@ pub fn parse_link(payload: &[u8]) -> io::Result<Link> {
         Some(v) => v.first() == Some(&IF_OPER_UP),
         None => false,
     };
+    let stats = attr(&attrs, IFLA_STATS64).and_then(parse_stats64);
     Ok(Link {
         index,
         name,
@@ -475,6 +478,27 @@ pub fn parse_link(payload: &[u8]) -> io::Result<Link> {
         up: flags & IFF_UP != 0,
         oper_up,
         flags,
+        stats,
+    })
+}
+
+/// The counters of a `struct rtnl_link_stats64` (None when shorter than its first 16 fields).
+fn parse_stats64(v: &[u8]) -> Option<LinkStats> {
+    let f = |i: usize| -> Option<u64> {
+        Some(u64::from_ne_bytes(
+            v.get(i * 8..i * 8 + 8)?.try_into().ok()?,
+        ))
+    };
+    Some(LinkStats {
+        rx_packets: f(0)?,
+        tx_packets: f(1)?,
+        rx_bytes: f(2)?,
+        tx_bytes: f(3)?,
+        rx_errors: f(4)?,
+        tx_errors: f(5)?,
+        // As /proc/net/dev counts them: missed packets are dropped ones.
+        rx_dropped: f(6)?.saturating_add(f(15)?),
+        tx_dropped: f(7)?,
     })
 }
 
@@ -639,6 +663,7 @@ mod tests {
                 up: true,
                 oper_up: false,
                 flags: IFF_UP,
+                stats: None,
             }
         );
         // The nested attribute carries NLA_F_NESTED on the wire, stripped by the parser.
