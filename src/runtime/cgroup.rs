@@ -475,6 +475,11 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Whether the cgroup of container `name` is frozen (false when it does not exist).
+    pub fn is_frozen_named(name: &str) -> bool {
+        Cgroup::paths(name).is_ok_and(|c| c.is_frozen())
+    }
+
     /// The cgroup of an existing container; fails when no hierarchy has `bivy/<name>`.
     pub fn open(name: &str) -> Result<Cgroup> {
         let cg = Cgroup::paths(name)?;
@@ -670,8 +675,11 @@ impl Cgroup {
 
     /// Whether the cgroup is (completely) frozen.
     pub fn is_frozen(&self) -> bool {
-        if let Some(d) = self.unified.as_ref().filter(|_| self.v2_freeze().is_some()) {
-            return read_keyed(&d.join("cgroup.events"), "frozen") == Some(1);
+        // `frozen` is in cgroup.events on the kernels with cgroup.freeze (5.2+).
+        if let Some(d) = self.unified.as_ref().filter(|_| self.v2_core) {
+            if let Some(v) = read_keyed(&d.join("cgroup.events"), "frozen") {
+                return v == 1;
+            }
         }
         self.v1_dir("freezer")
             .and_then(|d| fs::read_to_string(d.join("freezer.state")).ok())

@@ -94,7 +94,7 @@ pub fn cgroup_thaw(name: &str) -> Result<()> {
 }
 
 pub fn cgroup_is_frozen(name: &str) -> bool {
-    cgroup::Cgroup::open(name).is_ok_and(|c| c.is_frozen())
+    cgroup::Cgroup::is_frozen_named(name)
 }
 
 pub fn cgroup_set_limits(name: &str, limits: &Limits) -> Result<()> {

@@ -6,7 +6,7 @@
 use std::fs::{self, OpenOptions};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -39,9 +39,8 @@ pub fn state(run_dir: &Path) -> Result<State> {
     let monitor = live_pid(&run_dir.join(files::MONITOR_PID));
     let init = live_pid(&run_dir.join(files::INIT_PID));
     if let (Some(monitor_pid), Some(init_pid)) = (monitor, init) {
-        let frozen = read_spec(run_dir)
-            .map(|s| confine::cgroup_is_frozen(s.cgroup_name()))
-            .unwrap_or(false);
+        let frozen =
+            cgroup_of(run_dir, monitor_pid).is_some_and(|name| confine::cgroup_is_frozen(&name));
         return Ok(State::Running {
             init_pid,
             monitor_pid,
@@ -54,6 +53,29 @@ pub fn state(run_dir: &Path) -> Result<State> {
         Err(_) => None,
     };
     Ok(State::Stopped { last_exit })
+}
+
+/// The cgroup name of the container whose monitor is `monitor_pid` (found running): from its
+/// running spec, read once per monitor (a monitor's container keeps its cgroup for the
+/// monitor's life; listings ask for every running container each time).
+pub fn cgroup_of(run_dir: &Path, monitor_pid: i32) -> Option<String> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static CACHE: Mutex<Option<HashMap<PathBuf, (i32, String)>>> = Mutex::new(None);
+    let mut c = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    let map = c.get_or_insert_with(HashMap::new);
+    if let Some((pid, name)) = map.get(run_dir) {
+        if *pid == monitor_pid {
+            return Some(name.clone());
+        }
+    }
+    let name = read_spec(run_dir).ok()?.cgroup_name().to_string();
+    // Bounded: entries of instances long gone go with the rest now and then.
+    if map.len() >= 4096 {
+        map.clear();
+    }
+    map.insert(run_dir.to_path_buf(), (monitor_pid, name.clone()));
+    Some(name)
 }
 
 pub fn monitor_pidfd(run_dir: &Path) -> Result<Option<OwnedFd>> {

@@ -464,11 +464,13 @@ pub fn set_limits(run_dir: &Path, limits: &Limits) -> Result<()> {
     confine::cgroup_set_limits(spec.cgroup_name(), limits)
 }
 
-/// Usage figures of the container the caller found running (by [`state`]); an error when its
+/// Usage figures of the container the caller found running (by [`state`], whose monitor is
+/// `monitor_pid`); an error when its
 /// cgroup cannot be read (it stopped meanwhile, say: the caller asks [`state`] again).
-pub fn stats(run_dir: &Path) -> Result<Stats> {
-    let spec = control::read_spec(run_dir)?;
-    confine::cgroup_stats(spec.cgroup_name())
+pub fn stats(run_dir: &Path, monitor_pid: i32) -> Result<Stats> {
+    let name = control::cgroup_of(run_dir, monitor_pid)
+        .ok_or_else(|| Error(format!("no running spec in {}", run_dir.display())))?;
+    confine::cgroup_stats(&name)
 }
 
 /// Run a command in the running container through a `bivy __exec` helper (a child of the caller).

@@ -83,8 +83,13 @@ fn state_api(
         status_code: code,
         ..Default::default()
     };
-    if let State::Running { init_pid, .. } = st {
-        let stats = match runtime::stats(&d.run_dir(name)) {
+    if let State::Running {
+        init_pid,
+        monitor_pid,
+        ..
+    } = st
+    {
+        let stats = match runtime::stats(&d.run_dir(name), *monitor_pid) {
             Ok(stats) => stats,
             Err(e) => {
                 return match state_of(d, name)? {
