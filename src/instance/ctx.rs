@@ -90,14 +90,7 @@ impl Ctx {
 
     /// Mark `name` busy with `what`, or fail naming what is in progress.
     pub fn claim(&self, name: &str, what: &'static str) -> Result<BusyGuard<'_>> {
-        let mut b = self.busy.lock().expect("busy lock");
-        if let Some(other) = b.get(name) {
-            return Err(Error::Busy {
-                name: name.to_string(),
-                what: (*other).to_string(),
-            });
-        }
-        b.insert(name.to_string(), what);
+        self.busy_insert(name, what)?;
         Ok(BusyGuard {
             d: self,
             name: name.to_string(),
@@ -106,7 +99,14 @@ impl Ctx {
 
     /// Mark `name` busy with `what` until the caller removes the mark (operation threads).
     pub fn busy_insert(&self, name: &str, what: &'static str) -> Result<()> {
-        std::mem::forget(self.claim(name, what)?);
+        let mut b = self.busy.lock().expect("busy lock");
+        if let Some(other) = b.get(name) {
+            return Err(Error::Busy {
+                name: name.to_string(),
+                what: (*other).to_string(),
+            });
+        }
+        b.insert(name.to_string(), what);
         Ok(())
     }
 
