@@ -869,6 +869,24 @@ impl Lxc<'_> {
         assert_eq!(vols.len(), 1, "{vols:?}");
         vols[0].clone()
     }
+    /// A character device node `name` (`major`:`minor`) made in the only container's rootfs
+    /// from the host side, as a hostile migration peer could; its host path.
+    pub fn mknod_in_rootfs(&self, name: &str, major: u32, minor: u32) -> PathBuf {
+        let node = self.only_rootfs().join(name);
+        let out = Command::new("mknod")
+            .arg(&node)
+            .args(["c", &major.to_string(), &minor.to_string()])
+            .output()
+            .expect("mknod");
+        assert!(out.status.success(), "{out:?}");
+        node
+    }
+    /// Opening `path` in container `c` is refused by the device cgroup.
+    pub fn assert_open_refused(&self, c: &str, path: &str) {
+        let (code, out) = self.sh(c, &format!("exec 3<{path} 2>&1; echo opened"));
+        assert_ne!(code, 0, "{path} opened in {c}, no rule allows it: {out}");
+        assert!(out.contains("not permitted"), "{out}");
+    }
     pub fn new(d: &Daemon) -> Lxc<'_> {
         let conf = d.tmp().join("lxc-conf");
         fs::create_dir_all(&conf).expect("lxc conf dir");
