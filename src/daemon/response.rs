@@ -111,20 +111,58 @@ fn envelope(
     error: String,
     metadata: serde_json::Value,
 ) -> Vec<u8> {
-    let r = api::Response {
-        kind: kind.to_string(),
-        status: if kind == "error" {
-            String::new()
+    envelope_of(kind, status, &operation, error_code, &error, &metadata)
+}
+
+/// LXD's envelope (`api.ResponseRaw`, its fields in Go's order) around `metadata`, serialized
+/// straight from its type: no intermediate `Value` tree (a listing's documents are large).
+fn envelope_of<T: Serialize + ?Sized>(
+    kind: &str,
+    status: u16,
+    operation: &str,
+    error_code: u16,
+    error: &str,
+    metadata: &T,
+) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Envelope<'a, T: Serialize + ?Sized> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        status: &'a str,
+        status_code: u16,
+        operation: &'a str,
+        error_code: u16,
+        error: &'a str,
+        metadata: &'a T,
+    }
+    let is_error = kind == "error";
+    let e = Envelope {
+        kind,
+        status: if is_error {
+            ""
         } else {
-            api::status::name(status).to_string()
+            api::status::name(status)
         },
-        status_code: if kind == "error" { 0 } else { status },
+        status_code: if is_error { 0 } else { status },
         operation,
         error_code,
         error,
         metadata,
     };
-    serde_json::to_vec(&r).expect("an envelope always serializes")
+    serde_json::to_vec(&e).unwrap_or_else(|err| {
+        // A document that cannot be serialized (never expected): the envelope without it.
+        eprintln!("bivy: a response could not be serialized: {err}");
+        let e = Envelope {
+            metadata: &serde_json::Value::Null,
+            kind: e.kind,
+            status: e.status,
+            status_code: e.status_code,
+            operation: e.operation,
+            error_code: e.error_code,
+            error: e.error,
+        };
+        serde_json::to_vec(&e).expect("an envelope always serializes")
+    })
 }
 
 /// A sync 200 response.
@@ -134,15 +172,7 @@ pub fn sync<T: Serialize>(metadata: &T) -> Response {
 
 /// A sync 200 response with an ETag header.
 pub fn sync_etag<T: Serialize>(metadata: &T, etag: Option<String>) -> Response {
-    let value = serde_json::to_value(metadata).unwrap_or(serde_json::Value::Null);
-    let body = envelope(
-        "sync",
-        api::status::SUCCESS,
-        String::new(),
-        0,
-        String::new(),
-        value,
-    );
+    let body = envelope_of("sync", api::status::SUCCESS, "", 0, "", metadata);
     let mut r = Response::json(200, body);
     if let Some(e) = etag {
         r = r.header("ETag", &format!("\"{e}\""));

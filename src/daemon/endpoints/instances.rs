@@ -148,34 +148,36 @@ fn full(d: &Daemon, name: &str, rec: &InstanceRecord) -> Result<api::InstanceFul
 // Collection
 
 pub fn list(d: &Daemon, req: &Request) -> Result<Response> {
+    /// One entry of the listing, serialized as it is (no `Value` tree per document).
+    #[derive(serde::Serialize)]
+    #[serde(untagged)]
+    enum Entry {
+        Url(String),
+        Instance(Box<api::Instance>),
+        Full(Box<api::InstanceFull>),
+    }
     let filter = Filter::parse(req.query("filter").unwrap_or(""))?;
     let rec_level = recursion(req);
     let records = crate::instance::view::all_records(d);
-    let mut out: Vec<serde_json::Value> = Vec::new();
+    let mut out: Vec<Entry> = Vec::new();
     for (name, rec) in records {
         let st = state_of(d, &name)?;
         let inst = to_api(d, &name, &rec, &st);
-        // The document is made once for the filter only when there is one.
-        let v = if filter.is_empty() && rec_level != 1 {
-            serde_json::Value::Null
-        } else {
-            serde_json::to_value(&inst).unwrap_or_default()
-        };
-        if !filter.is_empty() && !filter.matches(&v) {
+        // The filter reads the document as JSON; only made when there is one.
+        if !filter.is_empty() && !filter.matches(&serde_json::to_value(&inst).unwrap_or_default()) {
             continue;
         }
         out.push(match rec_level {
-            0 => serde_json::json!(url(&name)),
-            1 => v,
+            0 => Entry::Url(url(&name)),
+            1 => Entry::Instance(Box::new(inst)),
             _ => {
                 let state = state_api(d, &name, &rec, &inst.expanded_devices, &st)?;
-                serde_json::to_value(api::InstanceFull {
+                Entry::Full(Box::new(api::InstanceFull {
                     instance: inst,
                     backups: Some(backups_api(&rec)),
                     state: Some(state),
                     snapshots: Some(crate::instance::snapshots::list_api(d, &rec)),
-                })
-                .unwrap_or_default()
+                }))
             }
         });
     }
