@@ -107,9 +107,9 @@ impl Reply {
         let op = op.split('?').next().unwrap_or(op);
         (!op.is_empty()).then(|| op.to_string())
     }
-    /// `metadata` decoded as `T`.
-    pub fn metadata<T: DeserializeOwned>(&self) -> Result<T> {
-        Ok(serde_json::from_value(self.envelope.metadata.clone())?)
+    /// `metadata` decoded as `T` (taken, not copied: a listing's is large).
+    pub fn metadata<T: DeserializeOwned>(self) -> Result<T> {
+        Ok(serde_json::from_value(self.envelope.metadata)?)
     }
 }
 
@@ -401,13 +401,38 @@ impl Client {
 
     /// `GET` and decode `metadata`.
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        self.query::<()>("GET", path, None, None)?.metadata()
+        self.get_etag(path).map(|(v, _)| v)
     }
 
     /// `GET` and decode `metadata`, also returning the ETag (empty when the server sent none).
+    /// A success is decoded straight from the body as `T` (no `Value` tree: a listing's
+    /// documents are large); anything else is [`parse_envelope`]'s error.
     pub fn get_etag<T: DeserializeOwned>(&self, path: &str) -> Result<(T, String)> {
-        let r = self.query::<()>("GET", path, None, None)?;
-        Ok((r.metadata()?, r.etag.unwrap_or_default()))
+        #[derive(serde::Deserialize)]
+        struct Head {
+            #[serde(rename = "type", default)]
+            kind: String,
+            #[serde(default)]
+            error: String,
+        }
+        #[derive(serde::Deserialize)]
+        struct Typed<T> {
+            metadata: T,
+        }
+        let resp = self.raw("GET", path, &[], Body::Empty)?;
+        let etag = resp
+            .header("etag")
+            .map(|e| e.trim_matches('"').to_string())
+            .unwrap_or_default();
+        let ok = resp.status < 400
+            && serde_json::from_slice::<Head>(&resp.body)
+                .is_ok_and(|h| h.kind != "error" && h.error.is_empty());
+        if !ok {
+            let env = parse_envelope(resp.status, &resp.body)?;
+            return Ok((serde_json::from_value(env.metadata)?, etag));
+        }
+        let t: Typed<T> = serde_json::from_slice(&resp.body)?;
+        Ok((t.metadata, etag))
     }
 
     /// Send a request and, when the reply is an operation, wait for it. Returns the final
