@@ -1242,7 +1242,7 @@ pub fn list(args: &[String]) -> CmdResult {
         (None, false) => "ns46tS".to_string(),
     };
     let (c, filters) = super::target_filters(&a.filters)?;
-    let all: Vec<InstanceFull> = c.get("/1.0/instances?filter=&recursion=2")?;
+    let all: Vec<InstanceFull> = c.get_large("/1.0/instances?filter=&recursion=2")?;
     let shown: Vec<InstanceFull> = all
         .into_iter()
         .filter(|i| matches_filters(i, &filters))

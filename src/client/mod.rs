@@ -401,13 +401,20 @@ impl Client {
 
     /// `GET` and decode `metadata`.
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        self.get_etag(path).map(|(v, _)| v)
+        self.query::<()>("GET", path, None, None)?.metadata()
     }
 
     /// `GET` and decode `metadata`, also returning the ETag (empty when the server sent none).
-    /// A success is decoded straight from the body as `T` (no `Value` tree: a listing's
-    /// documents are large); anything else is [`parse_envelope`]'s error.
     pub fn get_etag<T: DeserializeOwned>(&self, path: &str) -> Result<(T, String)> {
+        let mut r = self.query::<()>("GET", path, None, None)?;
+        let etag = r.etag.take().unwrap_or_default();
+        Ok((r.metadata()?, etag))
+    }
+
+    /// [`Self::get`] for large documents (listings): a success is decoded straight from the
+    /// body as `T`, with no `Value` tree; anything else is [`parse_envelope`]'s error. (Not
+    /// for every `GET`: each `T` decoded this way costs the binary its own decoder.)
+    pub fn get_large<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         #[derive(serde::Deserialize)]
         struct Head {
             #[serde(rename = "type", default)]
@@ -420,19 +427,15 @@ impl Client {
             metadata: T,
         }
         let resp = self.raw("GET", path, &[], Body::Empty)?;
-        let etag = resp
-            .header("etag")
-            .map(|e| e.trim_matches('"').to_string())
-            .unwrap_or_default();
         let ok = resp.status < 400
             && serde_json::from_slice::<Head>(&resp.body)
                 .is_ok_and(|h| h.kind != "error" && h.error.is_empty());
         if !ok {
             let env = parse_envelope(resp.status, &resp.body)?;
-            return Ok((serde_json::from_value(env.metadata)?, etag));
+            return Ok(serde_json::from_value(env.metadata)?);
         }
         let t: Typed<T> = serde_json::from_slice(&resp.body)?;
-        Ok((t.metadata, etag))
+        Ok(t.metadata)
     }
 
     /// Send a request and, when the reply is an operation, wait for it. Returns the final
