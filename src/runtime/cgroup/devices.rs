@@ -49,6 +49,14 @@ pub const DEFAULT_DEVICES: &[(&str, &str)] = &[
     ),
 ];
 
+/// Every rule a container is allowed: LXD's default list, then `extra`.
+fn allowed(extra: &[String]) -> impl Iterator<Item = &str> {
+    DEFAULT_DEVICES
+        .iter()
+        .map(|(r, _why)| *r)
+        .chain(extra.iter().map(String::as_str))
+}
+
 impl Cgroup {
     /// Restrict device access to LXD's default list plus `extra` (entries in `devices.allow`
     /// syntax, e.g. `c 10:232 rwm` for a `unix-char` device), with the v1 controller and the
@@ -57,11 +65,7 @@ impl Cgroup {
     pub fn restrict_devices(&self, extra: &[String]) -> Result<()> {
         if let Some(d) = self.devices_dir() {
             write(&d.join("devices.deny"), "a")?;
-            for rule in DEFAULT_DEVICES
-                .iter()
-                .map(|(r, _why)| *r)
-                .chain(extra.iter().map(String::as_str))
-            {
+            for rule in allowed(extra) {
                 write(&d.join("devices.allow"), rule)?;
             }
         }
@@ -74,10 +78,7 @@ impl Cgroup {
         let Some(dir) = self.bpf_dir() else {
             return Ok(());
         };
-        let rules = DEFAULT_DEVICES
-            .iter()
-            .map(|(r, _why)| *r)
-            .chain(extra.iter().map(String::as_str))
+        let rules = allowed(extra)
             .map(bpf::parse_rule)
             .collect::<Result<Vec<_>>>()?;
         bpf::install(dir, &rules)
