@@ -283,9 +283,17 @@ pub fn validate_node_device(name: &str, dev: &StringMap) -> Result<()> {
         }
         "gpu" => match dev.get("gputype").map(String::as_str) {
             None | Some("") | Some("physical") => {}
-            Some(g @ ("mdev" | "mig" | "sriov")) => {
+            // LXD's: a virtual GPU or an SR-IOV function is for virtual machines only.
+            Some(g @ ("mdev" | "sriov")) => {
+                return Err(Error::Invalid(format!(
+                    "Device validation failed for {name:?}: Unsupported device type (gputype \
+                     {g:?} is for virtual machines)"
+                )))
+            }
+            // NVIDIA's multi-instance GPUs need its container runtime (`nvidia.runtime`).
+            Some("mig") => {
                 return Err(Error::not_yet(&format!(
-                    "gpu devices with gputype {g:?} (device {name:?})"
+                    "gpu devices with gputype \"mig\" (device {name:?})"
                 )))
             }
             Some(g) => {
@@ -902,9 +910,15 @@ mod tests {
         assert!(ok(&[("type", "usb"), ("vendorid", "1a8")]).is_err());
         assert!(ok(&[("type", "gpu"), ("id", "0")]).is_ok());
         assert!(matches!(
-            ok(&[("type", "gpu"), ("gputype", "mdev")]),
+            ok(&[("type", "gpu"), ("gputype", "mig")]),
             Err(Error::NotSupported(_))
         ));
+        for vm_only in ["mdev", "sriov"] {
+            assert!(matches!(
+                ok(&[("type", "gpu"), ("gputype", vm_only)]),
+                Err(Error::Invalid(m)) if m.contains("Unsupported device type")
+            ));
+        }
         assert!(ok(&[("type", "none")]).is_ok());
         assert!(ok(&[("type", "none"), ("path", "/x")]).is_err());
     }
