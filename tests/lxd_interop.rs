@@ -525,3 +525,120 @@ fn lxc_export_and_import_optimized_backups_between_lxd_and_bivy() {
     }
     lxc.ok(&["storage", "delete", "bivy:bt"]);
 }
+
+#[test]
+fn lxc_copies_custom_volumes_between_lxd_and_bivy() {
+    let Some(p) = setup() else { return };
+    let lxc = p.lxc();
+    let img = common::busybox_image();
+    lxc.ok(&[
+        "image",
+        "import",
+        img.to_str().unwrap(),
+        "lxd:",
+        "--alias",
+        "busybox",
+    ]);
+    lxc.ok(&[
+        "image",
+        "copy",
+        "lxd:busybox",
+        "bivy:",
+        "--alias",
+        "busybox",
+    ]);
+    // A volume on LXD written through an unprivileged container: LXD shifts its files on disk
+    // to the container's map (and says so in volatile.idmap.last); a snapshot, then a change.
+    lxc.ok(&["storage", "volume", "create", "lxd:default", "v1"]);
+    lxc.ok(&["launch", "lxd:busybox", "lxd:c1"]);
+    lxc.ok(&[
+        "storage",
+        "volume",
+        "attach",
+        "lxd:default",
+        "v1",
+        "c1",
+        "/mnt",
+    ]);
+    p.sh(
+        "lxd:c1",
+        "echo one > /mnt/f && mkdir /mnt/u && echo u > /mnt/u/g && chown -R 1000:1000 /mnt/u",
+    );
+    lxc.ok(&["storage", "volume", "snapshot", "lxd:default", "v1", "s0"]);
+    p.sh("lxd:c1", "echo two > /mnt/f && sync");
+    // LXD to bivy (pull: bivy dials LXD's operation), then used by a container on bivy.
+    lxc.ok(&[
+        "storage",
+        "volume",
+        "copy",
+        "lxd:default/v1",
+        "bivy:default/v1",
+    ]);
+    let snaps = lxc.ok(&[
+        "query",
+        "bivy:/1.0/storage-pools/default/volumes/custom/v1/snapshots",
+    ]);
+    assert!(snaps.contains("/v1/snapshots/s0"), "{snaps}");
+    let cfg = lxc.ok(&["storage", "volume", "show", "bivy:default", "v1"]);
+    assert!(
+        !cfg.contains("volatile.idmap"),
+        "LXD's disk keys kept: {cfg}"
+    );
+    lxc.ok(&["launch", "bivy:busybox", "bivy:c2"]);
+    lxc.ok(&[
+        "storage",
+        "volume",
+        "attach",
+        "bivy:default",
+        "v1",
+        "c2",
+        "/mnt",
+    ]);
+    assert_eq!(p.sh("bivy:c2", "cat /mnt/f"), "two\n");
+    assert_eq!(p.sh("bivy:c2", "stat -c %u:%g /mnt/u/g"), "1000:1000\n");
+    // The snapshot's own data, through a copy of it on bivy.
+    lxc.ok(&[
+        "storage",
+        "volume",
+        "copy",
+        "bivy:default/v1/s0",
+        "bivy:default/v1s",
+    ]);
+    lxc.ok(&[
+        "storage",
+        "volume",
+        "attach",
+        "bivy:default",
+        "v1s",
+        "c2",
+        "/snap",
+    ]);
+    assert_eq!(p.sh("bivy:c2", "cat /snap/f"), "one\n");
+    // bivy to LXD, pull (LXD dials bivy's operation) and push, then used by LXD's container.
+    p.sh("bivy:c2", "echo three > /mnt/f && sync");
+    for (mode, name, at) in [("pull", "v2", "/m2"), ("push", "v3", "/m3")] {
+        lxc.ok(&[
+            "storage",
+            "volume",
+            "copy",
+            "bivy:default/v1",
+            &format!("lxd:default/{name}"),
+            "--mode",
+            mode,
+        ]);
+        lxc.ok(&["storage", "volume", "attach", "lxd:default", name, "c1", at]);
+        assert_eq!(p.sh("lxd:c1", &format!("cat {at}/f")), "three\n", "{mode}");
+        assert_eq!(
+            p.sh("lxd:c1", &format!("stat -c %u:%g {at}/u/g")),
+            "1000:1000\n",
+            "{mode}"
+        );
+        let snaps = lxc.ok(&[
+            "query",
+            &format!("lxd:/1.0/storage-pools/default/volumes/custom/{name}/snapshots"),
+        ]);
+        assert!(snaps.contains("/snapshots/s0"), "{mode}: {snaps}");
+    }
+    lxc.ok(&["delete", "--force", "bivy:c2"]);
+    lxc.ok(&["delete", "--force", "lxd:c1"]);
+}

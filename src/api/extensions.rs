@@ -15,8 +15,9 @@
 //! `custom_volume_snapshot_expiry` and `volume_snapshot_scheduling` for custom volume
 //! snapshots; `storage_volume_state` (and `_total`) for a custom volume's usage;
 //! `custom_volume_backup` for custom volume backups in LXD's tarball format (plain ones: an
-//! optimized one is refused as not supported yet). Not claimed:
-//! `storage_api_remote_volume_handling` (copies between servers).
+//! optimized one is refused as not supported yet);
+//! `storage_api_remote_volume_handling` for copies and moves between servers
+//! (`migration::volume`, pull and push; a refresh into this server is not supported yet).
 //! `container_backup` is claimed for instance backups in LXD's tarball format
 //! (`instance::backups`) with `backup_compression_algorithm` (the request's
 //! `compression_algorithm`) and `backup_override_name` and `container_backup_override_pool`
@@ -67,6 +68,7 @@ pub const API_EXTENSIONS: &[&str] = &[
     "resources",
     "storage_api_volume_rename",
     "storage_api_local_volume_handling",
+    "storage_api_remote_volume_handling",
     "storage_api_volume_snapshots",
     "custom_volume_snapshot_expiry",
     "volume_snapshot_scheduling",

@@ -850,7 +850,7 @@ pub struct StorageVolumePut {
 }
 
 /// Where a new volume comes from (`api.StorageVolumeSource`): an empty `type` (a new, empty
-/// volume) or `copy` of a volume on this server.
+/// volume), `copy` of a volume on this server, or `migration` from another server.
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
 pub struct StorageVolumeSource {
     #[serde(default, deserialize_with = "nullable")]
@@ -866,6 +866,31 @@ pub struct StorageVolumeSource {
     /// Update an existing copy (not built).
     #[serde(default)]
     pub refresh: bool,
+    /// Migration: `pull` (this server dials the source's operation) or `push` (the source, or
+    /// the client relaying, dials this one's).
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub mode: String,
+    /// Migration (pull): the source's operation URL.
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub operation: String,
+    /// Migration (pull): the source server's certificate (PEM), pinned when dialing it.
+    #[serde(default, deserialize_with = "nullable")]
+    pub certificate: String,
+    /// Migration (pull): the websocket secrets of the source's operation, by stream name.
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub secrets: BTreeMap<String, String>,
 }
 
 /// `POST /1.0/storage-pools/POOL/volumes[/custom]`.
@@ -928,6 +953,12 @@ pub struct StorageVolumePost {
     /// Another project (bivy has one).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub project: String,
+    /// Migration in push mode: the target's operation, certificate and secrets.
+    #[serde(default)]
+    pub target: Option<serde_json::Value>,
+    /// Migration: the volume without its snapshots.
+    #[serde(default)]
+    pub volume_only: bool,
 }
 
 /// LXD's zero `time.Time` ("0001-01-01T00:00:00Z"): a snapshot's `expires_at` when it never expires.

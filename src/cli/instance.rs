@@ -395,7 +395,21 @@ fn migrate(sr: &str, src: &str, dr: &str, dst: &str, m: &Migrate) -> Result<bool
         kind: "container".into(),
         ..Default::default()
     };
-    let transfer = transfer_by_mode(&sc, &dc, sr, dr, &path, post, req, m.mode);
+    let transfer = transfer_by_mode(
+        Transfer {
+            sc: &sc,
+            dc: &dc,
+            sr,
+            dr,
+            source: &path,
+            target: "/1.0/instances",
+            post: serde_json::to_value(&post).expect("JSON"),
+            req: serde_json::to_value(&req).expect("JSON"),
+            live: post.live,
+            label: "Transferring instance",
+        },
+        m.mode,
+    );
     if refreshing && transfer.is_ok() {
         put_refreshed_config(&dc, dst, writable)?;
     }
@@ -436,31 +450,55 @@ fn put_refreshed_config(dc: &Client, dst: &str, writable: Writable) -> Result<()
     Ok(())
 }
 
-/// The transfer of [`migrate`] in `mode`: the source's request `post`, the target's `req`.
-#[allow(clippy::too_many_arguments)]
-fn transfer_by_mode(
-    sc: &Client,
-    dc: &Client,
-    sr: &str,
-    dr: &str,
-    path: &str,
-    mut post: crate::api::InstancePost,
-    mut req: InstancesPost,
-    mode: &str,
-) -> Result<(), Fail> {
+/// One transfer between two servers, as lxc drives it (an instance's or a custom volume's).
+pub(super) struct Transfer<'a> {
+    pub sc: &'a Client,
+    pub dc: &'a Client,
+    /// The source's and the target's remote names.
+    pub sr: &'a str,
+    pub dr: &'a str,
+    /// Where the source's request `post` and the target's `req` go.
+    pub source: &'a str,
+    pub target: &'a str,
+    pub post: serde_json::Value,
+    pub req: serde_json::Value,
+    /// A live migration (a third stream, `criu`).
+    pub live: bool,
+    /// The progress line's words.
+    pub label: &'a str,
+}
+
+/// Transfer `t` in `mode`: pull (the target dials the source's operation), push (the source
+/// dials the target's) or relay (this client joins the two operations' websockets).
+pub(super) fn transfer_by_mode(t: Transfer<'_>, mode: &str) -> Result<(), Fail> {
+    let Transfer {
+        sc,
+        dc,
+        sr,
+        dr,
+        source: path,
+        target,
+        mut post,
+        mut req,
+        live,
+        label,
+    } = t;
     let wait_target = |id: &str| {
-        super::wait_progress(dc, id, "Transferring instance")
+        super::wait_progress(dc, id, label)
             .map(|_| ())
             .map_err(Fail::from)
     };
     if mode == "pull" {
         let (servers, certificate) = super::image::connection_info(sr)?;
         let (op, secrets) = op_secrets(&sc.query("POST", path, Some(&post), None)?, "source")?;
-        req.source.operation = format!("{}/1.0/operations/{op}", servers[0].trim_end_matches('/'));
-        req.source.certificate = certificate;
-        req.source.secrets = secrets;
+        req["source"]["operation"] = json!(format!(
+            "{}/1.0/operations/{op}",
+            servers[0].trim_end_matches('/')
+        ));
+        req["source"]["certificate"] = json!(certificate);
+        req["source"]["secrets"] = json!(secrets);
         let target = dc
-            .query("POST", "/1.0/instances", Some(&req), None)
+            .query("POST", target, Some(&req), None)
             .map_err(Fail::from)
             .and_then(|r| r.operation_id().map_or(Ok(()), |id| wait_target(&id)));
         if let Err(e) = target {
@@ -471,20 +509,17 @@ fn transfer_by_mode(
         return Ok(());
     }
     // Push and relay: the target's operation first, waiting for the source's streams.
-    let (top, tsecrets) = op_secrets(
-        &dc.query("POST", "/1.0/instances", Some(&req), None)?,
-        "target",
-    )?;
+    let (top, tsecrets) = op_secrets(&dc.query("POST", target, Some(&req), None)?, "target")?;
     let cancel_target = || {
         let _ = dc.delete(&format!("/1.0/operations/{top}"));
     };
     if mode == "push" {
         let (servers, certificate) = super::image::connection_info(dr)?;
-        post.target = Some(json!({
+        post["target"] = json!({
             "certificate": certificate,
             "operation": format!("{}/1.0/operations/{top}", servers[0].trim_end_matches('/')),
             "secrets": tsecrets,
-        }));
+        });
         let sop = match sc.query("POST", path, Some(&post), None) {
             Ok(r) => r.operation_id(),
             Err(e) => {
@@ -507,7 +542,7 @@ fn transfer_by_mode(
         }
     };
     let mut pipes = Vec::new();
-    for &k in crate::migration::streams(post.live) {
+    for &k in crate::migration::streams(live) {
         let (Some(ss), Some(ts)) = (ssecrets.get(k), tsecrets.get(k)) else {
             cancel_target();
             let _ = sc.delete(&format!("/1.0/operations/{sop}"));

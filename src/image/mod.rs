@@ -103,6 +103,15 @@ pub fn unpack_trees(
     unpack::unpack_trees(tarball, trees, opts)
 }
 
+/// [`unpack_trees`] from an uncompressed tar stream read once, front to back.
+pub fn unpack_trees_stream(
+    stream: &mut dyn Read,
+    trees: &[(String, std::path::PathBuf)],
+    opts: &UnpackOpts,
+) -> Result<()> {
+    unpack::unpack_trees_from(tar::Archive::new(stream), trees, opts)
+}
+
 /// Hand the member `name` of a tarball (any compression) to `f`, refused past `limit` bytes (0:
 /// no limit); `false` when there is none.
 pub fn with_member(

@@ -850,6 +850,16 @@ pub(crate) fn unpack_trees(
     trees: &[(String, std::path::PathBuf)],
     opts: &UnpackOpts,
 ) -> Result<()> {
+    unpack_trees_from(open_tar(tarball)?, trees, opts)
+}
+
+/// [`unpack_trees`] from a tar stream read once, front to back (a volume sent by another
+/// server).
+pub(crate) fn unpack_trees_from<R: Read>(
+    mut ar: tar::Archive<R>,
+    trees: &[(String, std::path::PathBuf)],
+    opts: &UnpackOpts,
+) -> Result<()> {
     let mut ex = Vec::new();
     let mut prefixes = Vec::new();
     for (prefix, dir) in trees {
@@ -861,7 +871,6 @@ pub(crate) fn unpack_trees(
         prefixes.push((pre, prefix.clone().into_bytes()));
     }
     let mut total = 0u64;
-    let mut ar = open_tar(tarball)?;
     for entry in ar.entries().map_err(tar_err)? {
         let mut entry = entry.map_err(tar_err)?;
         let raw = entry.path_bytes().into_owned();

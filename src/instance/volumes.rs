@@ -160,7 +160,12 @@ pub fn create(d: &Ctx, pool_name: &str, req: &api::StorageVolumesPost) -> Result
     match req.source.kind.as_str() {
         "" => {}
         "copy" => return copy(d, pool_name, req),
-        "migration" => return Err(Error::not_yet("storage volume migration")),
+        // Received in an operation (`migration::volume::receive`), not here.
+        "migration" => {
+            return Err(Error::Invalid(
+                "A migration source is received in an operation".into(),
+            ))
+        }
         other => return Err(Error::Invalid(format!("Unknown source type {other:?}"))),
     }
     let pool = super::pools::usable_pool(d, pool_name)?;
@@ -274,7 +279,10 @@ pub fn update(
 /// Refused while a running instance uses it.
 pub fn rename(d: &Ctx, pool_name: &str, name: &str, req: &api::StorageVolumePost) -> Result<()> {
     if req.migration {
-        return Err(Error::not_yet("storage volume migration"));
+        // Served as an operation (`migration::volume::start`), not here.
+        return Err(Error::Invalid(
+            "A migration is served as an operation".into(),
+        ));
     }
     if req.name.is_empty() {
         return Err(Error::Invalid("No name provided".into()));
@@ -501,32 +509,33 @@ fn copy(d: &Ctx, pool_name: &str, req: &api::StorageVolumesPost) -> Result<()> {
         snapshots,
         backups: Vec::new(),
     };
-    let remove = |rec: &VolumeRecord| {
+    if let Err(e) = insert_new(d, pool_name, &req.name, rec.clone()) {
         let _ = to.driver.delete_volume(&to.custom(&rec.volume));
-        super::volume_snapshots::delete_all_data(&to, rec);
-    };
-    let mut db = d.db.lock().expect("db lock");
-    if record_in(&db.data, pool_name, &req.name).is_ok() {
-        drop(db);
-        remove(&rec);
-        return Err(Error::Conflict("Volume by that name already exists".into()));
+        super::volume_snapshots::delete_all_data(&to, &rec);
+        return Err(e);
     }
-    if let Err(e) = db.update(|data| {
-        data.volumes
-            .entry(pool_name.to_string())
-            .or_default()
-            .insert(req.name.clone(), rec.clone())
-    }) {
-        drop(db);
-        remove(&rec);
-        return Err(Error::Host(format!("saving the volume: {e}")));
-    }
-    drop(db);
     d.events.lifecycle(
         "storage-volume-created",
         &url(pool_name, &req.name),
         serde_json::json!({"type": CUSTOM}),
     );
+    Ok(())
+}
+
+/// Record the new volume `name` on `pool_name` (its data made), unless the name was taken in
+/// the meantime. On error the caller removes the data.
+pub(crate) fn insert_new(d: &Ctx, pool_name: &str, name: &str, rec: VolumeRecord) -> Result<()> {
+    let mut db = d.db.lock().expect("db lock");
+    if record_in(&db.data, pool_name, name).is_ok() {
+        return Err(Error::Conflict("Volume by that name already exists".into()));
+    }
+    db.update(|data| {
+        data.volumes
+            .entry(pool_name.to_string())
+            .or_default()
+            .insert(name.to_string(), rec)
+    })
+    .map_err(|e| Error::Host(format!("saving the volume: {e}")))?;
     Ok(())
 }
 
@@ -625,7 +634,7 @@ fn move_to_pool(d: &Ctx, pool_name: &str, name: &str, req: &api::StorageVolumePo
 
 /// Bytes used by a directory tree (allocated blocks, each hard-linked inode once), never
 /// following symlinks or crossing into another filesystem.
-fn tree_usage(root: &std::path::Path) -> std::io::Result<u64> {
+pub(crate) fn tree_usage(root: &std::path::Path) -> std::io::Result<u64> {
     use std::os::unix::fs::MetadataExt;
     let top = std::fs::symlink_metadata(root)?;
     let mut seen = std::collections::HashSet::new();

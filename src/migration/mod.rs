@@ -21,6 +21,9 @@
 //! dump starts the source again from its checkpoint. One-shot: this kernel has no soft-dirty
 //! tracking, so no iterative pre-copy.
 //!
+//! Custom storage volumes travel the same way with fewer parts ([`volume`]: no id map, no
+//! CRIU, byte streams or rsync).
+//!
 //! This module drives the model (`crate::instance`) and speaks HTTP only through the websocket
 //! layer; the REST handlers parse the requests and call [`source::start`] and [`sink::receive`].
 
@@ -28,6 +31,7 @@ pub mod proto;
 pub mod rsync;
 pub mod sink;
 pub mod source;
+pub mod volume;
 pub mod wire;
 
 /// LXD's architecture numbers (`shared/osarch`), as `Snapshot.architecture` carries them.

@@ -53,6 +53,16 @@ impl Features {
         }
     }
 
+    /// The features an answer `resp` agreed on: those it names, or LXD 3.7's set when it does
+    /// not say `bidirectional` (an older peer expects that set without saying so).
+    pub fn agreed(resp: &super::proto::MigrationHeader) -> Features {
+        let mut names = resp.rsync_feature_names();
+        if !names.contains(&"bidirectional") {
+            names = vec!["xattrs", "delete", "compress"];
+        }
+        Features::from_names(&names)
+    }
+
     fn args(&self) -> Vec<String> {
         let mut a = Vec::new();
         if self.xattrs {

@@ -90,7 +90,7 @@ impl<'a> Progress<'a> {
         }
     }
 
-    fn add(&self, n: u64) {
+    pub(super) fn add(&self, n: u64) {
         use std::sync::atomic::Ordering;
         let total = self.total.fetch_add(n, Ordering::Relaxed) + n;
         let mut last = self.last.lock().expect("progress lock");
@@ -102,13 +102,13 @@ impl<'a> Progress<'a> {
 
     /// The source's estimate of what it sends, for a percentage (an estimate: shown at most
     /// 99% until the end).
-    fn expect(&self, bytes: u64) {
+    pub(super) fn expect(&self, bytes: u64) {
         self.expected
             .store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The final figure, whenever the transfer ends.
-    fn finish(&self) {
+    pub(super) fn finish(&self) {
         self.show(self.total.load(std::sync::atomic::Ordering::Relaxed), true);
     }
 
@@ -267,7 +267,7 @@ fn receive_on(
         _ => true,
     };
     let negotiated = if stateful_key {
-        negotiate(&mut ctl, have, target_btrfs, live)
+        negotiate(&mut ctl, "an instance", have, target_btrfs, live)
     } else {
         let e = Error::Invalid(
             "Unable to perform container live migration: the instance would not have \
@@ -301,29 +301,11 @@ fn receive_on(
         }
     }
     // From here the source may abort: a reader on `control` ends the transfer when it does.
-    let aborted = Arc::new(Mutex::new(None::<String>));
-    let fs_tx = fs.tx.clone();
-    let criu_tx = criu.as_ref().map(|w| w.tx.clone());
-    let seen = aborted.clone();
-    let Ws {
-        tx: ctl_tx,
-        rx: mut ctl_rx,
-    } = ctl;
-    let reader = std::thread::spawn(move || {
-        let why = match wire::recv_msg(&mut ctl_rx).map(|b| MigrationControl::decode(&b)) {
-            Ok(Ok(c)) if !c.success => c.message.unwrap_or_else(|| "migration failed".into()),
-            Ok(_) => return,
-            Err(e) => e.to_string(),
-        };
-        *seen.lock().expect("abort lock") = Some(why);
-        fs_tx.shutdown();
-        if let Some(tx) = criu_tx {
-            tx.shutdown();
-        }
-    });
+    let mut data = vec![fs.tx.clone()];
+    data.extend(criu.as_ref().map(|w| w.tx.clone()));
+    let watch = Watch::start(ctl, data);
     let mut fs = fs;
     let mut criu = criu;
-    let criu_close = criu.as_ref().map(|w| w.tx.clone());
     let refresh = matches!(goal, Goal::Refresh { .. });
     let fill = |pool: &Arc<Pool>, tmp: &Path, volume: &str, revert: &mut Revert| {
         let t = Transfer {
@@ -347,42 +329,83 @@ fn receive_on(
         Goal::Refresh { name, .. } => crate::instance::refresh::apply(d, name, Box::new(fill)),
     };
     progress.finish();
-    let res = match (res, aborted.lock().expect("abort lock").take()) {
-        // Both sides' reasons: which failed first is a race (a full disk here breaks the
-        // source's pipe, and its abort can arrive before this side's own error is read).
-        (Err(e), Some(why)) => Err(Error::Host(format!(
-            "{e} (the migration source failed: {why})"
-        ))),
-        (r, _) => r,
-    };
-    let m = match &res {
-        Ok(()) => MigrationControl {
-            success: true,
-            message: None,
-        },
-        Err(e) => MigrationControl {
-            success: false,
-            message: Some(e.to_string()),
-        },
-    };
-    // On success the instance is complete here: a source gone since changes nothing.
-    let _ = wire::send_msg(&ctl_tx, &m.encode());
-    // The source closes the stream once it has the result, its instance let go by then: wait
-    // for that a little, so that a client told the copy is done finds the source free (lxc
-    // waits for this operation only).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !reader.is_finished() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(5));
+    watch.finish(res)
+}
+
+/// The source's abort, watched on `control` while a transfer runs: a `MigrationControl{success:
+/// false}`, or the source going away, shuts the data streams so the transfer ends at once.
+pub(super) struct Watch {
+    ctl_tx: crate::http::ws::Sender,
+    reader: std::thread::JoinHandle<()>,
+    aborted: Arc<Mutex<Option<String>>>,
+    data: Vec<crate::http::ws::Sender>,
+}
+
+impl Watch {
+    pub(super) fn start(ctl: Ws, data: Vec<crate::http::ws::Sender>) -> Watch {
+        let aborted = Arc::new(Mutex::new(None::<String>));
+        let seen = aborted.clone();
+        let Ws {
+            tx: ctl_tx,
+            rx: mut ctl_rx,
+        } = ctl;
+        let shut = data.clone();
+        let reader = std::thread::spawn(move || {
+            let why = match wire::recv_msg(&mut ctl_rx).map(|b| MigrationControl::decode(&b)) {
+                Ok(Ok(c)) if !c.success => c.message.unwrap_or_else(|| "migration failed".into()),
+                Ok(_) => return,
+                Err(e) => e.to_string(),
+            };
+            *seen.lock().expect("abort lock") = Some(why);
+            for tx in shut {
+                tx.shutdown();
+            }
+        });
+        Watch {
+            ctl_tx,
+            reader,
+            aborted,
+            data,
+        }
     }
-    for tx in [Some(&ctl_tx), Some(&fs.tx), criu_close.as_ref()]
-        .into_iter()
-        .flatten()
-    {
-        let _ = tx.close(1000);
-        tx.shutdown();
+
+    /// Tell the source how the transfer `res` ended (with the source's own reason when it
+    /// aborted too), let it close first, then close every stream. `res`, as the client sees it.
+    pub(super) fn finish(self, res: Result<()>) -> Result<()> {
+        let res = match (res, self.aborted.lock().expect("abort lock").take()) {
+            // Both sides' reasons: which failed first is a race (a full disk here breaks the
+            // source's pipe, and its abort can arrive before this side's own error is read).
+            (Err(e), Some(why)) => Err(Error::Host(format!(
+                "{e} (the migration source failed: {why})"
+            ))),
+            (r, _) => r,
+        };
+        let m = match &res {
+            Ok(()) => MigrationControl {
+                success: true,
+                message: None,
+            },
+            Err(e) => MigrationControl {
+                success: false,
+                message: Some(e.to_string()),
+            },
+        };
+        // On success the data is complete here: a source gone since changes nothing.
+        let _ = wire::send_msg(&self.ctl_tx, &m.encode());
+        // The source closes the stream once it has the result, its instance or volume let go
+        // by then: wait for that a little, so that a client told the copy is done finds the
+        // source free (lxc waits for this operation only).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !self.reader.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        for tx in std::iter::once(&self.ctl_tx).chain(&self.data) {
+            let _ = tx.close(1000);
+            tx.shutdown();
+        }
+        let _ = self.reader.join();
+        res
     }
-    let _ = reader.join();
-    res
 }
 
 /// A live migration's last step here: start the new instance `name` from the checkpoint it
@@ -409,7 +432,7 @@ fn restore(d: &Ctx, name: &str) -> Result<()> {
 }
 
 /// Tell the source why we stop (best effort).
-fn abort(ctl: &Ws, e: &Error) {
+pub(super) fn abort(ctl: &Ws, e: &Error) {
     let m = MigrationControl {
         success: false,
         message: Some(e.to_string()),
@@ -423,8 +446,9 @@ fn abort(ctl: &Ws, e: &Error) {
 /// is btrfs too, else byte streams), unless this is a refresh, whose point is rsync's moving
 /// only what changed. `have`: for a refresh, the snapshots this server has and whether older
 /// source ones are left out.
-fn negotiate(
+pub(super) fn negotiate(
     ctl: &mut Ws,
+    what: &str,
     have: Option<(Vec<crate::instance::refresh::Stamp>, bool)>,
     target_btrfs: bool,
     live: bool,
@@ -507,7 +531,7 @@ fn negotiate(
             rsync::program()?;
         }
         eprintln!(
-            "bivy: receiving an instance by {}",
+            "bivy: receiving {what} by {}",
             match xfer {
                 Some(proto::XFER_BTRFS) => "btrfs send/receive",
                 Some(_) => "bivy's byte-stream transfer",
@@ -538,11 +562,7 @@ fn negotiate(
             ..Default::default()
         };
         wire::send_msg(&ctl.tx, &resp.encode())?;
-        let mut names = resp.rsync_feature_names();
-        if !names.contains(&"bidirectional") {
-            names = vec!["xattrs", "delete", "compress"];
-        }
-        Ok((offer, Features::from_names(&names), delete, xfer))
+        Ok((offer, Features::agreed(&resp), delete, xfer))
     })();
     if let Err(e) = &r {
         abort(ctl, e);
@@ -588,18 +608,7 @@ impl Transfer<'_> {
             progress,
         } = *self;
         let seen = |n: u64| progress.add(n);
-        let mut info = serde_json::Value::Null;
-        if offer.index_header_version.unwrap_or(0) >= 1 {
-            let mut buf = Vec::new();
-            wire::read_stream(&mut fs.rx, &mut buf)
-                .map_err(|e| Error::Host(format!("reading the migration index header: {e}")))?;
-            info = serde_json::from_slice(&buf)
-                .map_err(|e| Error::Host(format!("decoding the migration index header: {e}")))?;
-            let answer = serde_json::json!({"StatusCode": 200, "Error": "", "Refresh": refresh});
-            let body = serde_json::to_vec(&answer).expect("JSON");
-            wire::write_stream(&fs.tx, &mut body.as_slice())
-                .map_err(|e| Error::Host(format!("answering the migration index header: {e}")))?;
-        }
+        let info = receive_index_header(offer, fs, refresh)?;
         let records = snapshot_records(offer, &info, config);
         // Each received snapshot gets a volume of its own (writable until `create_now` is done).
         let snapshot_volume = |revert: &mut Revert, rec: &mut SnapshotRecord| {
@@ -745,6 +754,27 @@ impl Transfer<'_> {
             stateful: criu_received,
         })
     }
+}
+
+/// LXD's index header, when both speak it (else `Null`), answered with `refresh`.
+pub(super) fn receive_index_header(
+    offer: &MigrationHeader,
+    fs: &mut Ws,
+    refresh: bool,
+) -> Result<serde_json::Value> {
+    if offer.index_header_version.unwrap_or(0) < 1 {
+        return Ok(serde_json::Value::Null);
+    }
+    let mut buf = Vec::new();
+    wire::read_stream(&mut fs.rx, &mut buf)
+        .map_err(|e| Error::Host(format!("reading the migration index header: {e}")))?;
+    let info = serde_json::from_slice(&buf)
+        .map_err(|e| Error::Host(format!("decoding the migration index header: {e}")))?;
+    let answer = serde_json::json!({"StatusCode": 200, "Error": "", "Refresh": refresh});
+    let body = serde_json::to_vec(&answer).expect("JSON");
+    wire::write_stream(&fs.tx, &mut body.as_slice())
+        .map_err(|e| Error::Host(format!("answering the migration index header: {e}")))?;
+    Ok(info)
 }
 
 /// The snapshots' records from the offer's protobufs, with the index header's description and

@@ -135,17 +135,17 @@ pub fn start(d: &Ctx, name: &str, snap: Option<&str>, req: &api::InstancePost) -
 
 /// Push mode's `target`: the target's operation, its certificate and its secrets
 /// (`{"certificate": PEM, "operation": "https://…/1.0/operations/ID", "secrets": {…}}`).
-struct Target {
-    operation: String,
-    cert: Vec<u8>,
-    control: String,
-    fs: String,
+pub(super) struct Target {
+    pub operation: String,
+    pub cert: Vec<u8>,
+    pub control: String,
+    pub fs: String,
     /// Live migration's third stream.
-    criu: Option<String>,
+    pub criu: Option<String>,
 }
 
 impl Target {
-    fn parse(v: &serde_json::Value) -> Result<Target> {
+    pub(super) fn parse(v: &serde_json::Value) -> Result<Target> {
         let bad = |what: &str| Error::Invalid(format!("Invalid migration target: {what}"));
         let field = |k: &str| v[k].as_str().unwrap_or_default();
         let secret = |k: &str| v["secrets"][k].as_str().map(String::from);
@@ -489,12 +489,7 @@ impl Job {
                 resp.fs
             )));
         }
-        let mut names = resp.rsync_feature_names();
-        if !names.contains(&"bidirectional") {
-            // LXD 3.7's set, which an older peer expects without saying so.
-            names = vec!["xattrs", "delete", "compress"];
-        }
-        let features = Features::from_names(&names);
+        let features = Features::agreed(&resp);
         if bivy.is_none() {
             rsync::program()?;
         }
@@ -510,21 +505,7 @@ impl Job {
             offer.snapshot_names.clone()
         };
         if resp.index_header_version.unwrap_or(0) >= 1 {
-            let body = serde_json::to_vec(&self.index_header(&send)).expect("JSON");
-            wire::write_stream(&fs.tx, &mut body.as_slice())
-                .map_err(|e| Error::Host(format!("sending the migration index header: {e}")))?;
-            let mut answer = Vec::new();
-            wire::read_stream(&mut fs.rx, &mut answer)
-                .map_err(|e| Error::Host(format!("reading the index header answer: {e}")))?;
-            let a: serde_json::Value = serde_json::from_slice(&answer).map_err(|e| {
-                Error::Host(format!("decoding the migration index header answer: {e}"))
-            })?;
-            if a["StatusCode"].as_i64() != Some(200) {
-                return Err(Error::Host(format!(
-                    "the target refused the migration: {}",
-                    a["Error"].as_str().unwrap_or("")
-                )));
-            }
+            send_index_header(fs, &self.index_header(&send))?;
         }
         let criu = match (self.live, criu) {
             (true, None) => return Err(Error::Host("live migration without a criu stream".into())),
@@ -623,8 +604,27 @@ impl Job {
     }
 }
 
+/// Send LXD's index header on `fs` and check the target's answer (`StatusCode` 200).
+pub(super) fn send_index_header(fs: &mut Ws, header: &serde_json::Value) -> Result<()> {
+    let body = serde_json::to_vec(header).expect("JSON");
+    wire::write_stream(&fs.tx, &mut body.as_slice())
+        .map_err(|e| Error::Host(format!("sending the migration index header: {e}")))?;
+    let mut answer = Vec::new();
+    wire::read_stream(&mut fs.rx, &mut answer)
+        .map_err(|e| Error::Host(format!("reading the index header answer: {e}")))?;
+    let a: serde_json::Value = serde_json::from_slice(&answer)
+        .map_err(|e| Error::Host(format!("decoding the migration index header answer: {e}")))?;
+    if a["StatusCode"].as_i64() != Some(200) {
+        return Err(Error::Host(format!(
+            "the target refused the migration: {}",
+            a["Error"].as_str().unwrap_or("")
+        )));
+    }
+    Ok(())
+}
+
 /// The target's `MigrationControl` at the end: its success, or its error.
-fn wait_result(ctl: &mut Ws) -> Result<()> {
+pub(super) fn wait_result(ctl: &mut Ws) -> Result<()> {
     let done = MigrationControl::decode(&wire::recv_msg(&mut ctl.rx)?)
         .map_err(|e| Error::Host(e.to_string()))?;
     if !done.success {
@@ -638,10 +638,19 @@ fn wait_result(ctl: &mut Ws) -> Result<()> {
 /// Send volume `vol` on `fs` as one byte stream ([`proto::XFER_STREAM`]). A failure sends no
 /// barrier: the target never takes a partial volume for a whole one.
 fn send_stream(vol: &std::path::Path, fs: &mut Ws) -> Result<()> {
+    send_by(fs, vol, |w| crate::storage::send_volume(vol, w))
+}
+
+/// Send what `f` writes about `what` on `fs` as one byte stream; no barrier on failure.
+pub(super) fn send_by(
+    fs: &mut Ws,
+    what: &std::path::Path,
+    f: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> Result<()> {
     let mut w = wire::StreamWriter::new(&fs.tx);
-    crate::storage::send_volume(vol, &mut w)
+    f(&mut w)
         .and_then(|()| w.finish())
-        .map_err(|e| Error::Host(format!("sending {}: {e}", vol.display())))
+        .map_err(|e| Error::Host(format!("sending {}: {e}", what.display())))
 }
 
 /// Send the read-only subvolume `vol` on `fs` as one `btrfs send` stream

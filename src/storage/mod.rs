@@ -247,6 +247,21 @@ pub fn receive_tree(dir: &Path, input: &mut dyn Read) -> io::Result<()> {
         .map_err(|e| io::Error::other(format!("receiving {}: {e}", dir.display())))
 }
 
+/// Receive a [`send_tree`] stream into the existing empty directory `dir` (a custom volume's
+/// root), unpacked as safely as an image (no device nodes, nothing outside `dir`). On error
+/// the caller removes `dir`.
+pub fn receive_tree_into(dir: &Path, input: &mut dyn Read) -> io::Result<()> {
+    crate::image::unpack_trees_stream(
+        input,
+        &[("rootfs".to_string(), dir.to_path_buf())],
+        &crate::image::UnpackOpts {
+            skip_devices: true,
+            max_bytes: 0,
+        },
+    )
+    .map_err(|e| io::Error::other(format!("receiving {}: {e}", dir.display())))
+}
+
 /// About how many bytes [`send_volume`] writes for `vol` (a header per entry, file data padded
 /// to 512 bytes; long names and xattrs not counted), for a progress percentage.
 pub fn stream_size(vol: &Path) -> u64 {

@@ -133,7 +133,7 @@ pub struct VolumeCopyArgs {
     /// refresh and update the existing storage volume copies (not supported yet)
     refresh: bool,
     #[argh(option)]
-    /// transfer mode, one of pull (default), push or relay (only local copies are built)
+    /// transfer mode, one of pull (default), push or relay
     mode: Option<String>,
 }
 
@@ -145,7 +145,7 @@ pub struct VolumeMoveArgs {
     /// the source and the target ([<remote>:]<pool>/<volume>)
     words: Vec<String>,
     #[argh(option)]
-    /// transfer mode, one of pull (default), push or relay (only local moves are built)
+    /// transfer mode, one of pull (default), push or relay
     mode: Option<String>,
 }
 
@@ -331,6 +331,61 @@ fn pool_volume(arg: &str) -> Result<(Client, String, String, String), Fail> {
         _ => fail(format!(
             "Invalid argument {arg:?}: expected <pool>/<volume>"
         )),
+    }
+}
+
+/// A custom volume copied between two servers (`storage volume copy|move a:P/V b:P/V`), as lxc
+/// 5.0.2 drives it: the source serves the volume as a migration, the target receives it.
+struct Between<'a> {
+    sc: &'a Client,
+    dc: &'a Client,
+    sr: &'a str,
+    dr: &'a str,
+    /// (pool, volume) on each side.
+    src: (&'a str, &'a str),
+    dst: (&'a str, &'a str),
+}
+
+impl Between<'_> {
+    fn copy(&self, mode: &str, volume_only: bool) -> Result<(), Fail> {
+        let (sp, sv) = self.src;
+        let (dp, dv) = self.dst;
+        if sv.contains('/') {
+            return fail(
+                "not supported yet: copying a volume snapshot between servers (copy the volume)",
+            );
+        }
+        let source = volume_path(sp, "custom", sv);
+        let vol: Volume = self.sc.get(&source)?;
+        let post = serde_json::json!({
+            "name": sv, "pool": sp, "migration": true, "target": null,
+            "volume_only": volume_only,
+        });
+        let req = serde_json::json!({
+            "config": vol.config, "description": vol.description, "name": dv,
+            "type": "custom", "content_type": vol.content_type,
+            "source": {
+                "name": sv, "type": "migration", "pool": sp, "certificate": "",
+                "mode": if mode == "pull" { "pull" } else { "push" },
+                "volume_only": volume_only, "refresh": false,
+            },
+        });
+        let target = format!("{}/volumes/custom", pool_path(dp));
+        crate::cli::instance::transfer_by_mode(
+            crate::cli::instance::Transfer {
+                sc: self.sc,
+                dc: self.dc,
+                sr: self.sr,
+                dr: self.dr,
+                source: &source,
+                target: &target,
+                post,
+                req,
+                live: false,
+                label: "Copying the storage volume",
+            },
+            mode,
+        )
     }
 }
 
@@ -756,20 +811,40 @@ pub(super) fn run(args: &[String]) -> CmdResult {
                 (undash(a.words), a.mode, a.volume_only, a.refresh)
             };
             check_args::<VolumeCopyArgs>(cmd, words.len(), 2, Some(2))?;
-            if let Some(m) = mode.filter(|m| m != "pull") {
+            let mode = mode.unwrap_or_else(|| "pull".into());
+            if !matches!(mode.as_str(), "pull" | "push" | "relay") {
                 return fail(format!(
-                    "not supported yet: storage volume {sub} --mode={m} (copies between servers)"
+                    "Invalid migration mode {mode:?}: pull, push or relay"
                 ));
             }
             if refresh {
                 return fail("not supported yet: storage volume copy --refresh");
             }
             let (c, src_remote, src_pool, src_vol) = pool_volume(&words[0])?;
-            let (_, dst_remote, dst_pool, dst_vol) = pool_volume(&words[1])?;
+            let (dc, dst_remote, dst_pool, dst_vol) = pool_volume(&words[1])?;
             if src_remote != dst_remote {
-                return fail(format!(
-                    "not supported yet: storage volume {sub} between servers ({src_remote} to {dst_remote})"
-                ));
+                let v = Between {
+                    sc: &c,
+                    dc: &dc,
+                    sr: &src_remote,
+                    dr: &dst_remote,
+                    src: (&src_pool, &src_vol),
+                    dst: (&dst_pool, &dst_vol),
+                };
+                v.copy(&mode, volume_only)?;
+                if moving {
+                    c.delete(&volume_path(&src_pool, "custom", &src_vol))
+                        .map_err(|e| {
+                            Fail::Error(format!("Failed deleting source volume after copy: {e}"))
+                        })?;
+                }
+                if !crate::cli::quiet() {
+                    println!(
+                        "Storage volume {} successfully!",
+                        if moving { "moved" } else { "copied" }
+                    );
+                }
+                return Ok(0);
             }
             if moving && src_pool == dst_pool {
                 c.post(

@@ -203,6 +203,9 @@ pub fn create(
         )));
     }
     check_pool(d, pool_name)?;
+    if body.source.kind == "migration" {
+        return receive(d, pool_name, body);
+    }
     if body.source.kind == "copy" {
         // Checked up front where cheap; the copy itself runs as an operation.
         volumes::validate_name(&body.name)?;
@@ -235,6 +238,52 @@ pub fn create(
     }
     volumes::create(d, pool_name, &body)?;
     Ok(response::empty())
+}
+
+/// A volume from another server (`source.type: migration`): in pull mode a task that dials
+/// the source's operation; in push mode (and relay) a websocket operation whose secrets the
+/// source, or the client relaying, connects with (open to callers without a trusted
+/// certificate: the secrets are their credential), as LXD's.
+fn receive(d: &Daemon, pool_name: &str, body: api::StorageVolumesPost) -> Result<Response> {
+    crate::migration::volume::check(d, pool_name, &body)?;
+    let push = body.source.mode == "push";
+    let secrets = if push {
+        crate::migration::secrets(false)
+    } else {
+        Default::default()
+    };
+    let (class, description, metadata) = if push {
+        (
+            crate::instance::operations::Class::Websocket,
+            "Creating storage volume",
+            serde_json::to_value(&secrets).ok(),
+        )
+    } else {
+        (
+            crate::instance::operations::Class::Task,
+            "Copying storage volume",
+            None,
+        )
+    };
+    let ctx = d.self_arc();
+    let p = pool_name.to_string();
+    let list = secrets.values().cloned().collect();
+    let op = d.ops.start(
+        class,
+        description,
+        resources(pool_name, &body.name),
+        metadata,
+        list,
+        move |op| {
+            let report = |m: String| op.set_metadata("fs_progress", serde_json::json!(m));
+            let progress = crate::migration::sink::Progress::new(&report);
+            crate::migration::volume::receive(&ctx, &p, &body, &op, &secrets, &progress)
+        },
+    );
+    if push {
+        op.open_to_untrusted();
+    }
+    Ok(response::operation(&op.to_api()))
 }
 
 fn custom_only(kind: &str, what: &str) -> Result<()> {
@@ -293,6 +342,10 @@ pub fn rename(
     }
     custom_only(kind, "Renaming")?;
     check_pool(d, pool_name)?;
+    if body.migration {
+        let op = crate::migration::volume::start(d, pool_name, name, &body)?;
+        return Ok(response::operation(&op.to_api()));
+    }
     if !body.pool.is_empty() && body.pool != pool_name && !body.migration {
         check_pool(d, &body.pool)?;
         volumes::record(d, pool_name, name)?;
