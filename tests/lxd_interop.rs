@@ -526,6 +526,8 @@ fn lxc_export_and_import_optimized_backups_between_lxd_and_bivy() {
     lxc.ok(&["storage", "delete", "bivy:bt"]);
 }
 
+/// Custom volumes both ways: `storage volume copy` (pull and push) and LXD's volume backup
+/// imported, a volume LXD shifted on disk for its container read with the right owners.
 #[test]
 fn lxc_copies_custom_volumes_between_lxd_and_bivy() {
     let Some(p) = setup() else { return };
@@ -596,6 +598,35 @@ fn lxc_copies_custom_volumes_between_lxd_and_bivy() {
     ]);
     assert_eq!(p.sh("bivy:c2", "cat /mnt/f"), "two\n");
     assert_eq!(p.sh("bivy:c2", "stat -c %u:%g /mnt/u/g"), "1000:1000\n");
+    // LXD's backup of that volume (its files with the ids on LXD's disk, shifted) imported.
+    let t = p.bivy.tmp().join("lxd-v1.tar.gz");
+    lxc.ok(&[
+        "storage",
+        "volume",
+        "export",
+        "lxd:default",
+        "v1",
+        t.to_str().unwrap(),
+    ]);
+    lxc.ok(&[
+        "storage",
+        "volume",
+        "import",
+        "bivy:default",
+        t.to_str().unwrap(),
+        "vb",
+    ]);
+    lxc.ok(&[
+        "storage",
+        "volume",
+        "attach",
+        "bivy:default",
+        "vb",
+        "c2",
+        "/b",
+    ]);
+    assert_eq!(p.sh("bivy:c2", "cat /b/f"), "two\n");
+    assert_eq!(p.sh("bivy:c2", "stat -c %u:%g /b/u/g"), "1000:1000\n");
     // The snapshot's own data, through a copy of it on bivy.
     lxc.ok(&[
         "storage",

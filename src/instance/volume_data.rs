@@ -67,3 +67,33 @@ pub fn apply_size(
     };
     pool.driver.set_size(path, bytes)
 }
+
+/// Bring the files of a volume directory LXD shifted on disk for an unprivileged container (the
+/// map in `volatile.idmap.last` of its `config`, as a migration or a backup from LXD carries
+/// it) back to the containers' ids, where bivy keeps a volume's files. Nothing to do without
+/// that key.
+pub fn unshift_lxd(dir: &std::path::Path, config: &crate::api::StringMap) -> Result<()> {
+    let Some(m) = config
+        .get("volatile.idmap.last")
+        .and_then(|v| super::idmap::Map::from_volatile(v))
+        .filter(|m| !m.uid.is_empty())
+    else {
+        return Ok(());
+    };
+    let inv = m.inverse();
+    let err = |e: &dyn std::fmt::Display| Error::Host(format!("unshifting {}: {e}", dir.display()));
+    // The volume's root directory was made here (a backup or a stream does not carry it): it
+    // becomes the containers' root's, as it was on LXD's disk.
+    {
+        use std::os::unix::fs::MetadataExt;
+        let md = std::fs::symlink_metadata(dir).map_err(|e| err(&e))?;
+        let covered = crate::runtime::to_host(&inv.uid, md.uid()).is_some()
+            && crate::runtime::to_host(&inv.gid, md.gid()).is_some();
+        if !covered {
+            let uid = crate::runtime::to_host(&m.uid, 0);
+            let gid = crate::runtime::to_host(&m.gid, 0);
+            std::os::unix::fs::lchown(dir, uid, gid).map_err(|e| err(&e))?;
+        }
+    }
+    crate::runtime::shift_rootfs(dir, &inv.uid, &inv.gid).map_err(|e| err(&e))
+}

@@ -526,6 +526,9 @@ fn copy(d: &Ctx, pool_name: &str, req: &api::StorageVolumesPost) -> Result<()> {
 /// the meantime. On error the caller removes the data.
 pub(crate) fn insert_new(d: &Ctx, pool_name: &str, name: &str, rec: VolumeRecord) -> Result<()> {
     let mut db = d.db.lock().expect("db lock");
+    if !db.data.pools.contains_key(pool_name) {
+        return Err(Error::NotFound("Storage pool not found".into()));
+    }
     if record_in(&db.data, pool_name, name).is_ok() {
         return Err(Error::Conflict("Volume by that name already exists".into()));
     }

@@ -32,8 +32,9 @@ use super::wire::{self, Ws};
 use crate::api::{self, StringMap};
 use crate::instance::db::{VolumeRecord, VolumeSnapshotRecord};
 use crate::instance::operations::{Class, Op};
+use crate::instance::volume_data::unshift_lxd;
 use crate::instance::volume_snapshots::{claim, VolumeBusy};
-use crate::instance::{idmap, volumes, Ctx, Error, Result};
+use crate::instance::{volumes, Ctx, Error, Result};
 use crate::storage::Pool;
 use crate::util::revert::Revert;
 use crate::util::time;
@@ -478,11 +479,11 @@ impl Sink<'_> {
             }
             if self.stream {
                 self.receive_tree(fs, &dst, &what, &seen)?;
-                unshift(&dst, &rec.config)?;
+                unshift_lxd(&dst, &rec.config)?;
                 pool.driver.set_readonly(&dst).map_err(host)?;
             } else {
                 rsync::recv(&main, fs, self.features, &seen)?;
-                unshift(&main, &rec.config)?;
+                unshift_lxd(&main, &rec.config)?;
                 pool.driver
                     .clone_volume(&main, &dst, true)
                     .map_err(|e| Error::Host(format!("making {what}: {e}")))?;
@@ -495,7 +496,7 @@ impl Sink<'_> {
         } else {
             rsync::recv(&main, fs, self.features, &seen)?;
         }
-        unshift(&main, &self.req.config)?;
+        unshift_lxd(&main, &self.req.config)?;
         crate::util::fs::ensure_mode(&main, crate::storage::CUSTOM_VOLUME_MODE).map_err(host)?;
         let config = new_config(&self.req.config);
         crate::instance::volume_data::apply_size(&pool, &main, config.get("size"))
@@ -525,21 +526,6 @@ impl Sink<'_> {
             .and_then(|()| r.finish())
             .map_err(|e| Error::Host(format!("receiving {what}: {e}")))
     }
-}
-
-/// Bring files LXD shifted on disk (the map in `volatile.idmap.last` of `config`) back to the
-/// containers' ids.
-fn unshift(dir: &Path, config: &StringMap) -> Result<()> {
-    let Some(m) = config
-        .get("volatile.idmap.last")
-        .and_then(|v| idmap::Map::from_volatile(v))
-        .filter(|m| !m.uid.is_empty())
-    else {
-        return Ok(());
-    };
-    let inv = m.inverse();
-    crate::runtime::shift_rootfs(dir, &inv.uid, &inv.gid)
-        .map_err(|e| Error::Host(format!("unshifting {}: {e}", dir.display())))
 }
 
 /// What a source says of the snapshots is checked as a client's request would be: valid and

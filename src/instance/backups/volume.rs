@@ -14,6 +14,7 @@ use super::records::{ensure_dir, expiry};
 use crate::api::{self, StringMap};
 use crate::image;
 use crate::instance::db::{BackupRecord, VolumeRecord, VolumeSnapshotRecord};
+use crate::instance::volume_data::unshift_lxd;
 use crate::instance::volume_records::record;
 use crate::instance::{Ctx, Error, Result};
 use crate::util::revert::Revert;
@@ -355,6 +356,12 @@ pub fn volume_import(
             max_bytes: 0,
         },
     )?;
+    // LXD writes a volume's files with the ids they have on its disk, shifted for an
+    // unprivileged container if one used it (its volatile.idmap.last says so).
+    for ((_, p), s) in trees.iter().zip(snaps) {
+        unshift_lxd(p, &s.config)?;
+    }
+    unshift_lxd(&path, &main.config)?;
     crate::util::fs::ensure_mode(&path, crate::storage::CUSTOM_VOLUME_MODE)
         .map_err(|e| Error::Host(format!("{}: {e}", path.display())))?;
     for (_, p) in &trees[..trees.len() - 1] {
@@ -373,22 +380,7 @@ pub fn volume_import(
         snapshots: records,
         backups: Vec::new(),
     };
-    {
-        let mut db = d.db.lock().expect("db lock");
-        if !db.data.pools.contains_key(pool_name) {
-            return Err(Error::NotFound("Storage pool not found".into()));
-        }
-        if crate::instance::volume_records::record_in(&db.data, pool_name, name).is_ok() {
-            return Err(Error::Conflict("Volume by that name already exists".into()));
-        }
-        db.update(|data| {
-            data.volumes
-                .entry(pool_name.to_string())
-                .or_default()
-                .insert(name.to_string(), rec)
-        })
-        .map_err(|e| Error::Host(format!("saving the volume: {e}")))?;
-    }
+    crate::instance::volumes::insert_new(d, pool_name, name, rec)?;
     revert.commit();
     d.events.lifecycle(
         "storage-volume-created",
