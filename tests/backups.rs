@@ -553,3 +553,80 @@ fn backups_on_a_btrfs_pool_and_across_pools() {
     }
     l.ok(&["storage", "delete", "bt"]);
 }
+
+/// A custom volume's optimized backup on a btrfs pool: `btrfs send` streams (LXD's
+/// `backup/volume.bin`, `backup/volume-snapshots/NAME.bin`), imported with `btrfs receive` on a
+/// btrfs pool only, its snapshot and owners kept.
+#[test]
+fn optimized_custom_volume_backups_on_btrfs() {
+    if !common::btrfs_prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    l.import_busybox();
+    l.ok(&["storage", "create", "bt", "btrfs", "size=1GiB"]);
+    l.ok(&["storage", "volume", "create", "bt", "v1"]);
+    l.ok(&["launch", "busybox", "k1", "-s", "bt"]);
+    l.ok(&["storage", "volume", "attach", "bt", "v1", "k1", "/m1"]);
+    let (rc, out) = l.sh("k1", "echo one > /m1/f && chown 1000:1001 /m1/f && sync");
+    assert_eq!(rc, 0, "{out}");
+    l.ok(&["storage", "volume", "snapshot", "bt", "v1", "s0"]);
+    let (rc, out) = l.sh("k1", "echo two > /m1/f && sync");
+    assert_eq!(rc, 0, "{out}");
+    let t = d.tmp().join("v1-opt.tar.gz");
+    l.ok(&[
+        "storage",
+        "volume",
+        "export",
+        "bt",
+        "v1",
+        t.to_str().unwrap(),
+        "--optimized-storage",
+    ]);
+    let list = listing(&t);
+    for m in [
+        "backup/index.yaml",
+        "backup/volume-snapshots/s0.bin",
+        "backup/volume.bin",
+    ] {
+        line_of(&list, m);
+    }
+    assert!(!list.contains("backup/volume/"), "{list}");
+    // Only a btrfs pool takes btrfs streams.
+    let out = l.run(&[
+        "storage",
+        "volume",
+        "import",
+        "default",
+        t.to_str().unwrap(),
+        "v2",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("differs from the target storage pool driver"),
+        "{err}"
+    );
+    l.ok(&[
+        "storage",
+        "volume",
+        "import",
+        "bt",
+        t.to_str().unwrap(),
+        "v2",
+    ]);
+    l.ok(&["storage", "volume", "copy", "bt/v2/s0", "bt/v3"]);
+    l.ok(&["storage", "volume", "attach", "bt", "v2", "k1", "/m2"]);
+    l.ok(&["storage", "volume", "attach", "bt", "v3", "k1", "/m3"]);
+    let (_, out) = l.sh("k1", "cat /m2/f /m3/f; stat -c %u:%g /m2/f /m3/f");
+    assert_eq!(out, "two\none\n1000:1001\n1000:1001\n");
+    // The imported volume is writable, its snapshot a snapshot.
+    let (rc, out) = l.sh("k1", "echo three > /m2/f && cat /m2/f");
+    assert_eq!((rc, out.as_str()), (0, "three\n"));
+    l.ok(&["delete", "-f", "k1"]);
+    for v in ["v1", "v2", "v3"] {
+        l.ok(&["storage", "volume", "delete", "bt", v]);
+    }
+    l.ok(&["storage", "delete", "bt"]);
+}

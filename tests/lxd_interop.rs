@@ -520,8 +520,65 @@ fn lxc_export_and_import_optimized_backups_between_lxd_and_bivy() {
     lxc.ok(&["copy", "lxd:o2/s0", "lxd:o2s"]);
     lxc.ok(&["start", "lxd:o2s"]);
     check_common(&p, "lxd:o2s");
+
+    // A custom volume's optimized backup, both ways (LXD's files shifted for its container).
+    lxc.ok(&["storage", "volume", "create", "lxd:bt", "ov"]);
+    lxc.ok(&["storage", "volume", "attach", "lxd:bt", "ov", "o1", "/ov"]);
+    p.sh(
+        "lxd:o1",
+        "echo vol-one > /ov/f && chown 1000:1000 /ov/f && sync",
+    );
+    lxc.ok(&["storage", "volume", "snapshot", "lxd:bt", "ov", "vs0"]);
+    p.sh("lxd:o1", "echo vol-two > /ov/f && sync");
+    let vol_lxd = p.bivy.tmp().join("vol-from-lxd.tar.gz");
+    let vol_bivy = p.bivy.tmp().join("vol-from-bivy.tar.gz");
+    let (vl, vb) = (vol_lxd.to_str().unwrap(), vol_bivy.to_str().unwrap());
+    lxc.ok(&[
+        "storage",
+        "volume",
+        "export",
+        "lxd:bt",
+        "ov",
+        vl,
+        "--optimized-storage",
+    ]);
+    lxc.ok(&["storage", "volume", "import", "bivy:bt", vl, "ov"]);
+    lxc.ok(&["storage", "volume", "copy", "bivy:bt/ov/vs0", "bivy:bt/ovs"]);
+    lxc.ok(&["storage", "volume", "attach", "bivy:bt", "ov", "o1", "/ov"]);
+    lxc.ok(&[
+        "storage", "volume", "attach", "bivy:bt", "ovs", "o1", "/ovs",
+    ]);
+    assert_eq!(
+        p.sh("bivy:o1", "cat /ov/f /ovs/f; stat -c %u:%g /ov/f /ovs/f"),
+        "vol-two\nvol-one\n1000:1000\n1000:1000\n"
+    );
+    p.sh("bivy:o1", "echo vol-three > /ov/f && sync");
+    lxc.ok(&[
+        "storage",
+        "volume",
+        "export",
+        "bivy:bt",
+        "ov",
+        vb,
+        "--optimized-storage",
+    ]);
+    lxc.ok(&["storage", "volume", "import", "lxd:bt", vb, "ov2"]);
+    lxc.ok(&["storage", "volume", "attach", "lxd:bt", "ov2", "o2", "/ov2"]);
+    assert_eq!(
+        p.sh("lxd:o2", "cat /ov2/f; stat -c %u:%g /ov2/f"),
+        "vol-three\n1000:1000\n"
+    );
+    let snaps = lxc.ok(&[
+        "query",
+        "lxd:/1.0/storage-pools/bt/volumes/custom/ov2/snapshots",
+    ]);
+    assert!(snaps.contains("/snapshots/vs0"), "{snaps}");
+
     for c in ["bivy:o1", "bivy:o1s"] {
         lxc.ok(&["delete", "-f", c]);
+    }
+    for v in ["ov", "ovs"] {
+        lxc.ok(&["storage", "volume", "delete", "bivy:bt", v]);
     }
     lxc.ok(&["storage", "delete", "bivy:bt"]);
 }

@@ -14,8 +14,8 @@
 //! (within a pool and between pools); `storage_api_volume_snapshots`,
 //! `custom_volume_snapshot_expiry` and `volume_snapshot_scheduling` for custom volume
 //! snapshots; `storage_volume_state` (and `_total`) for a custom volume's usage;
-//! `custom_volume_backup` for custom volume backups in LXD's tarball format (plain ones: an
-//! optimized one is refused as not supported yet);
+//! `custom_volume_backup` for custom volume backups in LXD's tarball format (plain ones, and
+//! optimized ones of btrfs send streams on btrfs pools);
 //! `storage_api_remote_volume_handling` for copies and moves between servers
 //! (`migration::volume`, pull and push; a refresh into this server is not supported yet).
 //! `container_backup` is claimed for instance backups in LXD's tarball format

@@ -278,7 +278,7 @@ fn write_tarball(
 
 /// `btrfs send` of the read-only subvolume `subvol` (through the file `spool`, removed after)
 /// as the member `name`.
-fn add_stream<W: Write>(
+pub(super) fn add_stream<W: Write>(
     b: &mut tar::Builder<W>,
     subvol: &Path,
     name: &str,

@@ -280,7 +280,7 @@ pub fn import(d: &Ctx, tarball: &Path, info: &Info, plan: Plan) -> Result<()> {
 /// receive` (confined to a directory of the pool's) and a writable snapshot of it put where
 /// `vols` says, replacing the empty volume there (the instance's, made by the create). Every
 /// subvolume made goes on `revert`.
-fn receive_streams(
+pub(super) fn receive_streams(
     pool: &Arc<Pool>,
     volume: &str,
     vols: &[(String, PathBuf)],

@@ -243,28 +243,7 @@ pub fn read_info(tarball: &Path) -> Result<Info> {
         )));
     }
     if info.optimized == Some(true) && info.optimized_header == Some(true) {
-        // LXD's list of the subvolumes sent: only each volume's own is restored here.
-        #[derive(serde::Deserialize, Default)]
-        #[serde(default)]
-        struct Header {
-            #[serde(deserialize_with = "api::nullable")]
-            subvolumes: Vec<Sub>,
-        }
-        #[derive(serde::Deserialize, Default)]
-        #[serde(default)]
-        struct Sub {
-            path: String,
-        }
-        let raw = image::read_member(tarball, "backup/optimized_header.yaml", 16 << 20)?
-            .ok_or_else(|| bad("Backup is missing optimized_header.yaml".into()))?;
-        let h: Header = serde_norway::from_slice(&raw)
-            .map_err(|e| bad(format!("Backup optimized_header.yaml is invalid: {e}")))?;
-        if let Some(s) = h.subvolumes.iter().find(|s| s.path != "/") {
-            return Err(Error::Invalid(format!(
-                "not supported yet: optimized btrfs backups with subvolumes inside a volume ({:?})",
-                s.path
-            )));
-        }
+        check_optimized_header(tarball)?;
     }
     if info
         .config
@@ -295,6 +274,34 @@ pub fn read_info(tarball: &Path) -> Result<Info> {
         }
     }
     Ok(info)
+}
+
+/// LXD's list of the subvolumes an optimized backup sent (`backup/optimized_header.yaml`):
+/// only each volume's own is restored here, a subvolume inside one is refused.
+pub(super) fn check_optimized_header(tarball: &std::path::Path) -> Result<()> {
+    let bad = |m: String| Error::Invalid(m);
+    #[derive(serde::Deserialize, Default)]
+    #[serde(default)]
+    struct Header {
+        #[serde(deserialize_with = "api::nullable")]
+        subvolumes: Vec<Sub>,
+    }
+    #[derive(serde::Deserialize, Default)]
+    #[serde(default)]
+    struct Sub {
+        path: String,
+    }
+    let raw = image::read_member(tarball, "backup/optimized_header.yaml", 16 << 20)?
+        .ok_or_else(|| bad("Backup is missing optimized_header.yaml".into()))?;
+    let h: Header = serde_norway::from_slice(&raw)
+        .map_err(|e| bad(format!("Backup optimized_header.yaml is invalid: {e}")))?;
+    if let Some(s) = h.subvolumes.iter().find(|s| s.path != "/") {
+        return Err(Error::Invalid(format!(
+            "not supported yet: optimized btrfs backups with subvolumes inside a volume ({:?})",
+            s.path
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

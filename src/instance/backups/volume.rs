@@ -4,7 +4,9 @@
 //! volume's files under `backup/volume/`, each snapshot's under `backup/volume-snapshots/NAME/`
 //! (unless volume-only). Files keep the ids they have on disk, the containers' own (custom
 //! volumes are mounted idmapped). The tarballs live beside the instance backups' and are
-//! recorded on the volume; optimized (btrfs send) volume backups are not built.
+//! recorded on the volume. An optimized backup (`--optimized-storage`, on a btrfs pool) holds
+//! `btrfs send` streams instead of the trees: `backup/volume.bin` and
+//! `backup/volume-snapshots/NAME.bin`, as LXD's.
 
 use std::io::{self, Write};
 use std::path::Path;
@@ -44,7 +46,8 @@ pub fn volume_find(d: &Ctx, pool: &str, vol: &str, backup: &str) -> Result<Backu
 }
 
 /// Checks before a volume backup is made: its name (given, or `backupN` after the highest),
-/// free; the compression; the expiry. Optimized ones are refused (not built).
+/// free; the compression; the expiry; for an optimized one on a btrfs pool, the `btrfs` program
+/// (on another pool, as LXD, a plain backup is made).
 pub fn volume_check_create(
     d: &Ctx,
     pool: &str,
@@ -61,10 +64,10 @@ pub fn volume_check_create(
     if rec.backups.iter().any(|b| b.name == bname) {
         return Err(Error::Conflict(format!("Backup {bname:?} already exists")));
     }
-    if req.optimized_storage {
-        return Err(Error::not_yet(
-            "optimized custom volume backups (btrfs send); make a plain one",
-        ));
+    if req.optimized_storage
+        && crate::instance::pools::usable_pool(d, pool)?.driver.name() == "btrfs"
+    {
+        super::records::btrfs_program()?;
     }
     let compression = image::Compression::from_name(&super::records::algorithm_of(
         d,
@@ -99,7 +102,8 @@ pub fn volume_create(
         });
     }
     let snaps: &[VolumeSnapshotRecord] = if req.volume_only { &[] } else { &rec.snapshots };
-    let index = index_yaml(pool_name, pool.driver.name(), vol, &rec, snaps)?;
+    let optimized = req.optimized_storage && pool.driver.name() == "btrfs";
+    let index = index_yaml(pool_name, pool.driver.name(), vol, &rec, snaps, optimized)?;
     let mut trees = Vec::new();
     for s in snaps {
         trees.push((
@@ -107,8 +111,24 @@ pub fn volume_create(
             format!("backup/volume-snapshots/{}", s.name),
         ));
     }
-    trees.push((pool.custom(&rec.volume), "backup/volume".to_string()));
-    write_tarball(&tmp, compression, &index, &trees, report)?;
+    let main = pool.custom(&rec.volume);
+    if optimized {
+        // `btrfs send` takes read-only subvolumes: a snapshot of the volume's, removed after
+        // (a killed daemon's at its next start, as any volume no record names).
+        let view = pool.custom(&format!("{}.backup-{uuid}", rec.volume));
+        pool.driver
+            .clone_volume(&main, &view, true)
+            .map_err(|e| Error::Host(format!("snapshotting {}: {e}", main.display())))?;
+        trees.push((view.clone(), "backup/volume".to_string()));
+        let r = write_tarball(&tmp, compression, &index, &trees, true, report);
+        if let Err(e) = pool.driver.delete_volume(&view) {
+            eprintln!("bivy: {}: {e}", view.display());
+        }
+        r?;
+    } else {
+        trees.push((main, "backup/volume".to_string()));
+        write_tarball(&tmp, compression, &index, &trees, false, report)?;
+    }
     std::fs::rename(&tmp, &final_path)
         .map_err(|e| Error::Host(format!("{}: {e}", final_path.display())))?;
     let _ = crate::util::fs::sync_dir(&dir);
@@ -117,7 +137,7 @@ pub fn volume_create(
         created_at: time::now(),
         expires_at: expiry(&req.expires_at)?,
         instance_only: req.volume_only,
-        optimized_storage: false,
+        optimized_storage: optimized,
         compression_algorithm: compression.name().into(),
         file: uuid,
     };
@@ -151,11 +171,12 @@ fn index_yaml(
     vol: &str,
     rec: &VolumeRecord,
     snaps: &[VolumeSnapshotRecord],
+    optimized: bool,
 ) -> Result<String> {
     let v = serde_json::json!({
         "name": vol, "backend": driver, "pool": pool,
         "snapshots": snaps.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
-        "optimized": false, "optimized_header": false, "type": "custom",
+        "optimized": optimized, "optimized_header": false, "type": "custom",
         "config": {
             "volume": {
                 "config": rec.config, "description": rec.description, "name": vol,
@@ -173,12 +194,14 @@ fn index_yaml(
     serde_norway::to_string(&v).map_err(|e| Error::Host(format!("writing index.yaml: {e}")))
 }
 
-/// The tarball into `out` (synced): index.yaml, then each `(dir, member prefix)`.
+/// The tarball into `out` (synced): index.yaml, then each `(dir, member prefix)`: its tree, or
+/// (`optimized`) its `btrfs send` stream as `<prefix>.bin`.
 fn write_tarball(
     out: &Path,
     compression: image::Compression,
     index: &str,
     trees: &[(std::path::PathBuf, String)],
+    optimized: bool,
     report: &dyn Fn(String),
 ) -> Result<()> {
     let err = |e: &dyn std::fmt::Display| Error::Host(format!("writing the backup: {e}"));
@@ -199,10 +222,16 @@ fn write_tarball(
             b.mode(tar::HeaderMode::Complete);
             add_file(&mut b, "backup/index.yaml", index.as_bytes()).map_err(|e| err(&e))?;
             let mut links = image::Links::new();
+            let spool = out.with_extension("send");
             for (dir, prefix) in trees {
-                image::add_tree(&mut b, dir, prefix, &mut links, &|_, _| true)
-                    .map_err(Error::from)?;
+                if optimized {
+                    super::export::add_stream(&mut b, dir, &format!("{prefix}.bin"), &spool)?;
+                } else {
+                    image::add_tree(&mut b, dir, prefix, &mut links, &|_, _| true)
+                        .map_err(Error::from)?;
+                }
             }
+            let _ = std::fs::remove_file(&spool);
             b.finish().map_err(|e| err(&e))?;
         }
         enc.finish().map_err(|e| err(&e))?;
@@ -218,7 +247,9 @@ fn write_tarball(
 #[serde(default)]
 pub struct VolumeInfo {
     pub name: String,
+    pub backend: String,
     pub optimized: Option<bool>,
+    pub optimized_header: Option<bool>,
     #[serde(rename = "type")]
     pub kind: String,
     pub config: Option<VolumeConfig>,
@@ -264,9 +295,15 @@ pub fn volume_read_info(tarball: &Path) -> Result<VolumeInfo> {
         )));
     }
     if info.optimized == Some(true) {
-        return Err(Error::not_yet(
-            "importing optimized (btrfs send) custom volume backups",
-        ));
+        if info.backend != "btrfs" {
+            return Err(Error::Invalid(format!(
+                "not supported yet: optimized backups of the {:?} storage driver",
+                info.backend
+            )));
+        }
+        if info.optimized_header == Some(true) {
+            super::index::check_optimized_header(tarball)?;
+        }
     }
     let ct = info
         .config
@@ -297,6 +334,14 @@ pub fn volume_import(
     };
     crate::instance::volumes::validate_name(name)?;
     let pool = crate::instance::pools::usable_pool(d, pool_name)?;
+    let optimized = info.optimized == Some(true);
+    if optimized && pool.driver.name() != "btrfs" {
+        return Err(Error::Invalid(format!(
+            "Optimized backup storage driver {:?} differs from the target storage pool driver {:?}",
+            info.backend,
+            pool.driver.name()
+        )));
+    }
     let empty = IndexVolume::default();
     let cfg = info.config.as_ref();
     let main = cfg.and_then(|c| c.volume.as_ref()).unwrap_or(&empty);
@@ -348,14 +393,18 @@ pub fn volume_import(
     let path = pool.custom(&volume);
     made(path.clone(), &mut revert)?;
     trees.push(("backup/volume".to_string(), path.clone()));
-    image::unpack_trees(
-        tarball,
-        &trees,
-        &image::UnpackOpts {
-            skip_devices: false,
-            max_bytes: 0,
-        },
-    )?;
+    if optimized {
+        super::import::receive_streams(&pool, &volume, &trees, tarball, 0, &mut revert)?;
+    } else {
+        image::unpack_trees(
+            tarball,
+            &trees,
+            &image::UnpackOpts {
+                skip_devices: false,
+                max_bytes: 0,
+            },
+        )?;
+    }
     // LXD writes a volume's files with the ids they have on its disk, shifted for an
     // unprivileged container if one used it (its volatile.idmap.last says so).
     for ((_, p), s) in trees.iter().zip(snaps) {
