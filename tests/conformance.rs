@@ -220,6 +220,14 @@ const CLAIMS: &[(&str, &[Probe])] = &[
             ("POST", "/1.0/storage-pools/default/volumes/custom/nosuch", Some("{\"name\":\"v\",\"migration\":true}")),
         ],
     ),
+    (
+        "custom_volume_refresh",
+        &[(
+            "POST",
+            "/1.0/storage-pools/default/volumes/custom",
+            Some("{\"name\":\"v\",\"source\":{\"type\":\"copy\",\"name\":\"nosuch\",\"refresh\":true}}"),
+        )],
+    ),
     ("custom_volume_snapshot_expiry", &[("PUT", "/1.0/storage-pools/default/volumes/custom/nosuch/snapshots/s", Some("{}"))]),
     ("volume_snapshot_scheduling", &[("PATCH", "/1.0/storage-pools/default/volumes/custom/nosuch", Some("{}"))]),
     ("storage_volume_state", &[("GET", "/1.0/storage-pools/default/volumes/custom/nosuch/state", None)]),

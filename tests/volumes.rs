@@ -890,3 +890,98 @@ fn volume_export_and_import_in_lxds_format() {
     l.ok(&["storage", "volume", "delete", "default", "v3"]);
     assert!(entries(&d.dir().join("backups")).is_empty());
 }
+
+/// `storage volume copy --refresh` on one server: the target's snapshots the source lacks go,
+/// the source's it lacks come, its data becomes the source's; a missing target is a plain
+/// copy; `--volume-only` leaves the snapshots alone.
+#[test]
+fn volume_copy_refresh() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    let _ = l.run(&["storage", "list"]);
+    l.ok(&["storage", "volume", "create", "default", "v1"]);
+    let src = volume_dir(&d, "v1");
+    std::fs::write(src.join("f"), "one\n").unwrap();
+    l.ok(&["storage", "volume", "snapshot", "default", "v1", "s0"]);
+    l.ok(&["storage", "volume", "snapshot", "default", "v1", "s1"]);
+    l.ok(&["storage", "volume", "copy", "default/v1", "default/v2"]);
+    assert_eq!(snaps(&l, "default", "v2"), ["s0", "s1"]);
+    // The source moves on; the copy gets changes of its own.
+    l.ok(&["storage", "volume", "delete", "default", "v1/s0"]);
+    std::fs::write(src.join("f"), "two\n").unwrap();
+    std::fs::write(src.join("g"), "new\n").unwrap();
+    l.ok(&["storage", "volume", "snapshot", "default", "v1", "s2"]);
+    let dst = volume_dir(&d, "v2");
+    std::fs::write(dst.join("extra"), "mine\n").unwrap();
+    l.ok(&["storage", "volume", "snapshot", "default", "v2", "mine"]);
+    // --volume-only: the data only.
+    l.ok(&[
+        "storage",
+        "volume",
+        "copy",
+        "default/v1",
+        "default/v2",
+        "--refresh",
+        "--volume-only",
+    ]);
+    assert_eq!(snaps(&l, "default", "v2"), ["s0", "s1", "mine"]);
+    let dst = volume_dir(&d, "v2");
+    assert_eq!(std::fs::read_to_string(dst.join("f")).unwrap(), "two\n");
+    assert!(!dst.join("extra").exists(), "the target's own file stayed");
+    std::fs::write(dst.join("extra"), "mine\n").unwrap();
+    l.ok(&[
+        "storage",
+        "volume",
+        "copy",
+        "default/v1",
+        "default/v2",
+        "--refresh",
+    ]);
+    assert_eq!(snaps(&l, "default", "v2"), ["s1", "s2"]);
+    let dst = volume_dir(&d, "v2");
+    assert_eq!(std::fs::read_to_string(dst.join("f")).unwrap(), "two\n");
+    assert_eq!(std::fs::read_to_string(dst.join("g")).unwrap(), "new\n");
+    assert!(!dst.join("extra").exists());
+    // The new snapshot's own data came: restoring it keeps "two", the old one brings "one".
+    l.ok(&["storage", "volume", "restore", "default", "v2", "s1"]);
+    assert_eq!(
+        std::fs::read_to_string(volume_dir(&d, "v2").join("f")).unwrap(),
+        "one\n"
+    );
+    l.ok(&["storage", "volume", "restore", "default", "v2", "s2"]);
+    assert_eq!(
+        std::fs::read_to_string(volume_dir(&d, "v2").join("g")).unwrap(),
+        "new\n"
+    );
+    // No target yet: a plain copy.
+    l.ok(&[
+        "storage",
+        "volume",
+        "copy",
+        "default/v1",
+        "default/v3",
+        "--refresh",
+    ]);
+    assert_eq!(snaps(&l, "default", "v3"), ["s1", "s2"]);
+    // From itself: refused, nothing changed.
+    let out = l.run(&[
+        "storage",
+        "volume",
+        "copy",
+        "default/v1",
+        "default/v1",
+        "--refresh",
+    ]);
+    assert!(!out.status.success());
+    assert_eq!(snaps(&l, "default", "v1"), ["s1", "s2"]);
+    // Nothing left beside the volumes (no `.restore`/`.old`).
+    let left: Vec<String> = std::fs::read_dir(d.dir().join("storage-pools/default/custom"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains('.'))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

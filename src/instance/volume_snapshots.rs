@@ -366,30 +366,61 @@ pub fn restore(d: &Ctx, pool_name: &str, name: &str, snap: &str) -> Result<()> {
     let pool = super::pools::usable_pool(d, pool_name)?;
     let rec = volume_records::record(d, pool_name, name)?;
     let s = find(&rec, snap)?.clone();
+    refuse_if_running(
+        d,
+        pool_name,
+        name,
+        "Cannot restore custom volume used by running instances",
+    )?;
+    let src = pool.custom_snapshot(&rec.volume, &s.volume);
+    replace_data(&pool, &rec, &pool, &src).map_err(|e| {
+        Error::Host(format!(
+            "Failed to restore snapshot {snap:?}: {}",
+            e.message()
+        ))
+    })?;
+    d.events.lifecycle(
+        "storage-volume-restored",
+        &volume_records::url(pool_name, name),
+        serde_json::json!({"snapshot": snap}),
+    );
+    Ok(())
+}
+
+/// Refused (`why`) while a running instance uses volume `name` on `pool_name`.
+pub(crate) fn refuse_if_running(d: &Ctx, pool_name: &str, name: &str, why: &str) -> Result<()> {
     let users = {
         let db = d.db.lock().expect("db lock");
         volume_records::instances_using(&db.data, pool_name, name)
     };
     for inst in users {
         if matches!(super::view::state_of(d, &inst)?, State::Running { .. }) {
-            return Err(Error::Invalid(
-                "Cannot restore custom volume used by running instances".into(),
-            ));
+            return Err(Error::Invalid(why.into()));
         }
     }
+    Ok(())
+}
+
+/// Replace the data of volume `rec` (on `pool`) with a copy of the directory `src` (on `from`):
+/// the copy is made beside it (`<vol>.restore`), then two renames swap them (a crash between
+/// the two is undone at the next start), then the old data goes. Its snapshots stay.
+pub(crate) fn replace_data(
+    pool: &Arc<Pool>,
+    rec: &VolumeRecord,
+    from: &Pool,
+    src: &std::path::Path,
+) -> Result<()> {
     let cur = pool.custom(&rec.volume);
     let new = pool.custom(&format!("{}.restore", rec.volume));
     let old = pool.custom(&format!("{}.old", rec.volume));
     let _ = pool.driver.delete_volume(&new);
-    let err = |e: std::io::Error| Error::Host(format!("Failed to restore snapshot {snap:?}: {e}"));
-    let made = pool
-        .driver
-        .clone_volume(&pool.custom_snapshot(&rec.volume, &s.volume), &new, false)
-        .and_then(|()| {
-            crate::util::fs::ensure_mode(&new, crate::storage::CUSTOM_VOLUME_MODE).map(drop)
-        })
-        .and_then(|()| apply_size(&pool, &new, rec.config.get("size")))
-        .map_err(err);
+    let err = |e: std::io::Error| Error::Host(e.to_string());
+    let made = copy_volume(from, src, pool, &new, false).and_then(|()| {
+        crate::util::fs::ensure_mode(&new, crate::storage::CUSTOM_VOLUME_MODE)
+            .map(drop)
+            .and_then(|()| apply_size(pool, &new, rec.config.get("size")))
+            .map_err(err)
+    });
     if let Err(e) = made {
         let _ = pool.driver.delete_volume(&new);
         return Err(e);
@@ -404,16 +435,8 @@ pub fn restore(d: &Ctx, pool_name: &str, name: &str, snap: &str) -> Result<()> {
         return Err(err(e));
     }
     if let Err(e) = pool.driver.delete_volume(&old) {
-        eprintln!(
-            "bivy: deleting the pre-restore volume {}: {e}",
-            old.display()
-        );
+        eprintln!("bivy: deleting the replaced volume {}: {e}", old.display());
     }
-    d.events.lifecycle(
-        "storage-volume-restored",
-        &volume_records::url(pool_name, name),
-        serde_json::json!({"snapshot": snap}),
-    );
     Ok(())
 }
 

@@ -447,11 +447,11 @@ fn copy_data(
 /// on the same pool or another, with its snapshots unless `volume_only` (LXD's
 /// `CreateCustomVolumeFromCopy`). The source's config and description apply unless given.
 fn copy(d: &Ctx, pool_name: &str, req: &api::StorageVolumesPost) -> Result<()> {
-    if req.source.refresh {
-        return Err(Error::not_yet("refreshing a storage volume copy"));
-    }
     if req.source.name.is_empty() {
         return Err(Error::Invalid("No source volume name supplied".into()));
+    }
+    if req.source.refresh && record(d, pool_name, &req.name).is_ok() {
+        return refresh(d, pool_name, req);
     }
     let src_pool_name = if req.source.pool.is_empty() {
         pool_name
@@ -516,6 +516,112 @@ fn copy(d: &Ctx, pool_name: &str, req: &api::StorageVolumesPost) -> Result<()> {
     }
     d.events.lifecycle(
         "storage-volume-created",
+        &url(pool_name, &req.name),
+        serde_json::json!({"type": CUSTOM}),
+    );
+    Ok(())
+}
+
+/// `source: {type: copy, refresh: true}` onto an existing volume (LXD's `RefreshCustomVolume`,
+/// `lxc storage volume copy --refresh`): unless `volume_only`, its snapshots the source does
+/// not have (by name, as LXD 5.0.2 compares them) go and the source's it lacks are copied in;
+/// then its data becomes a copy of the source's; its config and description the request's, or
+/// the source's. Refused while a running instance uses it.
+fn refresh(d: &Ctx, pool_name: &str, req: &api::StorageVolumesPost) -> Result<()> {
+    let src_pool_name = if req.source.pool.is_empty() {
+        pool_name
+    } else {
+        req.source.pool.as_str()
+    };
+    let src_name = req.source.name.as_str();
+    if src_name.contains('/') {
+        return Err(Error::Invalid(
+            "A refresh copies from a volume, not from a snapshot".into(),
+        ));
+    }
+    if src_pool_name == pool_name && src_name == req.name {
+        return Err(Error::Invalid(
+            "A volume cannot be refreshed from itself".into(),
+        ));
+    }
+    let from = super::pools::usable_pool(d, src_pool_name)?;
+    let to = super::pools::usable_pool(d, pool_name)?;
+    let _src_busy = super::volume_snapshots::claim(d, src_pool_name, src_name, "copy")?;
+    let _busy = super::volume_snapshots::claim(d, pool_name, &req.name, "refresh")?;
+    super::volume_snapshots::refuse_if_running(
+        d,
+        pool_name,
+        &req.name,
+        "Cannot refresh custom volume used by running instances",
+    )?;
+    let src = record(d, src_pool_name, src_name)?;
+    let cur = record(d, pool_name, &req.name)?;
+    let config = if req.config.is_empty() {
+        src.config.clone()
+    } else {
+        req.config.clone()
+    };
+    validate_config(to.driver.name(), &req.name, &config)?;
+    let mut added = Vec::new();
+    if !req.source.volume_only {
+        for s in cur
+            .snapshots
+            .iter()
+            .filter(|s| src.snapshot(&s.name).is_none())
+        {
+            super::volume_snapshots::delete(d, pool_name, &req.name, &s.name)?;
+        }
+        let missing: Vec<_> = src
+            .snapshots
+            .iter()
+            .filter(|s| cur.snapshot(&s.name).is_none())
+            .cloned()
+            .collect();
+        let only = VolumeRecord {
+            snapshots: missing,
+            ..src.clone()
+        };
+        added = super::volume_snapshots::copy_all(&from, &only, &to, &cur.volume)?;
+    }
+    let remove_added = |added: &[super::db::VolumeSnapshotRecord]| {
+        for s in added {
+            let _ = to
+                .driver
+                .delete_volume(&to.custom_snapshot(&cur.volume, &s.volume));
+        }
+    };
+    let next_size = VolumeRecord {
+        config: config.clone(),
+        ..cur.clone()
+    };
+    if let Err(e) =
+        super::volume_snapshots::replace_data(&to, &next_size, &from, &from.custom(&src.volume))
+    {
+        remove_added(&added);
+        return Err(e);
+    }
+    let description = if req.description.is_empty() {
+        src.description.clone()
+    } else {
+        req.description.clone()
+    };
+    let saved = d.db.lock().expect("db lock").update(|data| {
+        if let Some(r) = data
+            .volumes
+            .get_mut(pool_name)
+            .and_then(|v| v.get_mut(&req.name))
+        {
+            r.config = config;
+            r.description = description;
+            r.snapshots.extend(added.iter().cloned());
+        }
+    });
+    if let Err(e) = saved {
+        remove_added(&added);
+        return Err(Error::Host(format!("saving the volume: {e}")));
+    }
+    d.events.lifecycle(
+        "storage-volume-updated",
         &url(pool_name, &req.name),
         serde_json::json!({"type": CUSTOM}),
     );

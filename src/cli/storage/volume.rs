@@ -130,7 +130,7 @@ pub struct VolumeCopyArgs {
     /// copy the volume without its snapshots
     volume_only: bool,
     #[argh(switch)]
-    /// refresh and update the existing storage volume copies (not supported yet)
+    /// refresh and update the existing storage volume copies (on one server)
     refresh: bool,
     #[argh(option)]
     /// transfer mode, one of pull (default), push or relay
@@ -817,12 +817,14 @@ pub(super) fn run(args: &[String]) -> CmdResult {
                     "Invalid migration mode {mode:?}: pull, push or relay"
                 ));
             }
-            if refresh {
-                return fail("not supported yet: storage volume copy --refresh");
-            }
             let (c, src_remote, src_pool, src_vol) = pool_volume(&words[0])?;
             let (dc, dst_remote, dst_pool, dst_vol) = pool_volume(&words[1])?;
             if src_remote != dst_remote {
+                if refresh {
+                    return fail(
+                        "not supported yet: storage volume copy --refresh between servers",
+                    );
+                }
                 let v = Between {
                     sc: &c,
                     dc: &dc,
@@ -878,6 +880,7 @@ pub(super) fn run(args: &[String]) -> CmdResult {
                     "type": "copy",
                     "pool": src_pool,
                     "volume_only": volume_only,
+                    "refresh": refresh,
                 },
             });
             c.post(&format!("{}/volumes/custom", pool_path(&dst_pool)), &body)?;

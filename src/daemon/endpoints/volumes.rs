@@ -225,7 +225,7 @@ pub fn create(
         check_pool(d, &src_pool)?;
         let src_name = body.source.name.split('/').next().unwrap_or_default();
         volumes::record(d, &src_pool, src_name)?;
-        if volumes::record(d, pool_name, &body.name).is_ok() {
+        if !body.source.refresh && volumes::record(d, pool_name, &body.name).is_ok() {
             return Err(Error::Conflict("Volume by that name already exists".into()));
         }
         let p = pool_name.to_string();
