@@ -728,5 +728,39 @@ fn lxc_copies_custom_volumes_between_lxd_and_bivy() {
         assert!(snaps.contains("/snapshots/s0"), "{mode}: {snaps}");
     }
     lxc.ok(&["delete", "--force", "bivy:c2"]);
+    // A refresh from LXD (its snapshots carry no dates: compared by name).
+    p.sh("lxd:c1", "echo four > /mnt/f && sync");
+    lxc.ok(&["storage", "volume", "snapshot", "lxd:default", "v1", "s1"]);
+    lxc.ok(&[
+        "storage",
+        "volume",
+        "copy",
+        "lxd:default/v1",
+        "bivy:default/v1",
+        "--refresh",
+    ]);
+    let snaps = lxc.ok(&[
+        "query",
+        "bivy:/1.0/storage-pools/default/volumes/custom/v1/snapshots",
+    ]);
+    assert!(
+        snaps.contains("/v1/snapshots/s0") && snaps.contains("/v1/snapshots/s1"),
+        "{snaps}"
+    );
+    lxc.ok(&["launch", "bivy:busybox", "bivy:c3"]);
+    lxc.ok(&[
+        "storage",
+        "volume",
+        "attach",
+        "bivy:default",
+        "v1",
+        "c3",
+        "/mnt",
+    ]);
+    assert_eq!(
+        p.sh("bivy:c3", "cat /mnt/f; stat -c %u:%g /mnt/u/g"),
+        "four\n1000:1000\n"
+    );
+    lxc.ok(&["delete", "--force", "bivy:c3"]);
     lxc.ok(&["delete", "--force", "lxd:c1"]);
 }

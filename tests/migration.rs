@@ -1185,3 +1185,71 @@ fn custom_volume_copy_by_rsync() {
     ]);
     assert_volume_copy(&p.b, "v3", true);
 }
+
+#[test]
+fn custom_volume_refresh_between_servers() {
+    let Some(p) = setup() else { return };
+    make_source_volume(&p);
+    let l = p.lxc();
+    l.ok(&["storage", "volume", "copy", "a:default/v1", "b:default/v2"]);
+    // The source moves on; the copy gets changes of its own.
+    let la = p.la();
+    std::fs::write(custom_volume(&p.a, "v1", None).join("sub/data"), "three\n").unwrap();
+    la.ok(&["storage", "volume", "snapshot", "default", "v1", "s1"]);
+    la.ok(&["storage", "volume", "delete", "default", "v1/snap0"]);
+    std::fs::write(custom_volume(&p.b, "v2", None).join("extra"), "mine\n").unwrap();
+    p.lb()
+        .ok(&["storage", "volume", "snapshot", "default", "v2", "mine"]);
+    // --volume-only: the data only, the copy's snapshots kept.
+    l.ok(&[
+        "storage",
+        "volume",
+        "copy",
+        "a:default/v1",
+        "b:default/v2",
+        "--refresh",
+        "--volume-only",
+    ]);
+    assert_eq!(volume_snapshot_names(&p.b, "v2"), ["snap0", "mine"]);
+    let dir = custom_volume(&p.b, "v2", None);
+    assert_eq!(read(&dir.join("sub/data")), "three\n");
+    assert!(!dir.join("extra").exists(), "the copy's own file stayed");
+    std::fs::write(dir.join("extra"), "mine\n").unwrap();
+    l.ok(&[
+        "storage",
+        "volume",
+        "copy",
+        "a:default/v1",
+        "b:default/v2",
+        "--refresh",
+    ]);
+    assert_eq!(volume_snapshot_names(&p.b, "v2"), ["s1"]);
+    let dir = custom_volume(&p.b, "v2", None);
+    assert_eq!(read(&dir.join("sub/data")), "three\n");
+    assert!(!dir.join("extra").exists());
+    assert_eq!(
+        read(&custom_volume(&p.b, "v2", Some("s1")).join("sub/data")),
+        "three\n"
+    );
+    {
+        use std::os::unix::fs::MetadataExt;
+        let md = std::fs::symlink_metadata(dir.join("sub/data")).unwrap();
+        assert_eq!((md.uid(), md.gid()), (1000, 1001));
+    }
+    // A target not there yet: a plain copy. Nothing is left beside the volumes.
+    l.ok(&[
+        "storage",
+        "volume",
+        "copy",
+        "a:default/v1",
+        "b:default/v3",
+        "--refresh",
+    ]);
+    assert_eq!(volume_snapshot_names(&p.b, "v3"), ["s1"]);
+    let left: Vec<String> = std::fs::read_dir(pool_dir(&p.b).join("custom"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains('.'))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -17,8 +17,8 @@
 //! `custom_volume_backup` for custom volume backups in LXD's tarball format (plain ones, and
 //! optimized ones of btrfs send streams on btrfs pools);
 //! `storage_api_remote_volume_handling` for copies and moves between servers
-//! (`migration::volume`, pull and push; a refresh into this server is not supported yet);
-//! `custom_volume_refresh` for `copy --refresh` of a volume on this server.
+//! (`migration::volume`, pull and push); `custom_volume_refresh` for `copy --refresh` of a
+//! volume, on this server and between servers.
 //! `container_backup` is claimed for instance backups in LXD's tarball format
 //! (`instance::backups`) with `backup_compression_algorithm` (the request's
 //! `compression_algorithm`) and `backup_override_name` and `container_backup_override_pool`

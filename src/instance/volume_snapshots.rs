@@ -410,9 +410,7 @@ pub(crate) fn replace_data(
     from: &Pool,
     src: &std::path::Path,
 ) -> Result<()> {
-    let cur = pool.custom(&rec.volume);
     let new = pool.custom(&format!("{}.restore", rec.volume));
-    let old = pool.custom(&format!("{}.old", rec.volume));
     let _ = pool.driver.delete_volume(&new);
     let err = |e: std::io::Error| Error::Host(e.to_string());
     let made = copy_volume(from, src, pool, &new, false).and_then(|()| {
@@ -425,13 +423,24 @@ pub(crate) fn replace_data(
         let _ = pool.driver.delete_volume(&new);
         return Err(e);
     }
-    if let Err(e) = std::fs::rename(&cur, &old) {
+    let r = swap_in(pool, &rec.volume);
+    if r.is_err() {
         let _ = pool.driver.delete_volume(&new);
-        return Err(err(e));
     }
+    r
+}
+
+/// The data made beside volume directory `volume` (`<volume>.restore`, complete and synced)
+/// takes its place: two renames (a crash between them is undone at the next start), then the
+/// old data goes.
+pub(crate) fn swap_in(pool: &Pool, volume: &str) -> Result<()> {
+    let cur = pool.custom(volume);
+    let new = pool.custom(&format!("{volume}.restore"));
+    let old = pool.custom(&format!("{volume}.old"));
+    let err = |e: std::io::Error| Error::Host(e.to_string());
+    std::fs::rename(&cur, &old).map_err(err)?;
     if let Err(e) = std::fs::rename(&new, &cur) {
         let _ = std::fs::rename(&old, &cur);
-        let _ = pool.driver.delete_volume(&new);
         return Err(err(e));
     }
     if let Err(e) = pool.driver.delete_volume(&old) {

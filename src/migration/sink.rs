@@ -227,10 +227,11 @@ fn receive_on(
             ..
         } => match crate::instance::view::record(d, name) {
             Ok(rec) => (
-                Some((
-                    crate::instance::refresh::stamps(&rec.snapshots),
-                    *exclude_older,
-                )),
+                Some(Have {
+                    stamps: crate::instance::refresh::stamps(&rec.snapshots),
+                    exclude_older: *exclude_older,
+                    by_name: false,
+                }),
                 rec.config,
             ),
             Err(e) => {
@@ -444,12 +445,11 @@ pub(super) fn abort(ctl: &Ws, e: &Error) {
 /// features to use, the target's snapshots to delete, and bivy's transfer the volumes come by
 /// instead of rsync, if any: one a bivy source offered (btrfs send when the new instance's pool
 /// is btrfs too, else byte streams), unless this is a refresh, whose point is rsync's moving
-/// only what changed. `have`: for a refresh, the snapshots this server has and whether older
-/// source ones are left out.
+/// only what changed. `have`: for a refresh, the snapshots this server has.
 pub(super) fn negotiate(
     ctl: &mut Ws,
     what: &str,
-    have: Option<(Vec<crate::instance::refresh::Stamp>, bool)>,
+    have: Option<Have>,
     target_btrfs: bool,
     live: bool,
 ) -> Result<(MigrationHeader, Features, Vec<String>, Option<&'static str>)> {
@@ -470,7 +470,12 @@ pub(super) fn negotiate(
             .collect();
         let has = |n: &str| offered.iter().any(|o| o == n);
         let mut delete = Vec::new();
-        if let Some((have, exclude_older)) = &have {
+        if let Some(Have {
+            stamps: have,
+            exclude_older,
+            by_name,
+        }) = &have
+        {
             if !has("delete") {
                 return Err(Error::not_yet(
                     "refreshing from a source whose rsync does not delete (no \"delete\" feature)",
@@ -483,7 +488,9 @@ pub(super) fn negotiate(
                 .iter()
                 .enumerate()
                 .map(|(i, n)| {
-                    let t = if legacy {
+                    let t = if *by_name {
+                        0
+                    } else if legacy {
                         i64::MIN
                     } else {
                         offer.snapshots[i].creation_date.unwrap_or(i64::MIN)
@@ -568,6 +575,16 @@ pub(super) fn negotiate(
         abort(ctl, e);
     }
     r
+}
+
+/// What a refresh target has: its snapshots' names and creation times (`stamps`), whether the
+/// source's older than its newest are left out (`exclude_older`, its own then kept), and
+/// whether they are compared by name only (`by_name`: LXD's volume snapshots carry no dates;
+/// `stamps` then have 0 for each).
+pub(super) struct Have {
+    pub stamps: Vec<crate::instance::refresh::Stamp>,
+    pub exclude_older: bool,
+    pub by_name: bool,
 }
 
 /// The filesystem part, inside the create or the refresh: index header, snapshots, the

@@ -18,15 +18,17 @@
 //! A volume's files are kept in the containers' id space, as LXD keeps a volume never attached
 //! (or `security.shifted`); a volume LXD shifted on disk for an unprivileged container says so
 //! in `volatile.idmap.last`, and its files are brought back to container ids here.
-//! Refresh (`--refresh`) is answered on the source side (LXD's target asks for the snapshots it
-//! lacks, rsync deletes what went); a refresh into this server is not supported yet.
+//! Refresh (`--refresh`, the target there already): the target asks for the snapshots it lacks
+//! (by name, as LXD 5.0.2), deletes its own the source does not have (all kept with
+//! `volume_only`), and rsync brings the volume up to date, here into a copy of it that is
+//! swapped in at the end (a failure leaves the volume as it was).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::proto::{self, MigrationControl, MigrationHeader};
 use super::rsync::{self, Features};
-use super::sink::{Progress, Watch};
+use super::sink::{Have, Progress, Watch};
 use super::source::{send_by, send_index_header, wait_result, Target};
 use super::wire::{self, Ws};
 use crate::api::{self, StringMap};
@@ -338,11 +340,6 @@ pub fn check(d: &Ctx, pool: &str, req: &api::StorageVolumesPost) -> Result<()> {
         "push" => {}
         m => return Err(Error::not_yet(&format!("Mode '{m}' not implemented"))),
     }
-    if src.refresh {
-        return Err(Error::not_yet(
-            "refreshing a storage volume copy (copy it without --refresh)",
-        ));
-    }
     volumes::validate_name(&req.name)?;
     if !matches!(req.content_type.as_str(), "" | volumes::FILESYSTEM) {
         return Err(Error::not_yet(
@@ -352,7 +349,17 @@ pub fn check(d: &Ctx, pool: &str, req: &api::StorageVolumesPost) -> Result<()> {
     let p = crate::instance::pools::usable_pool(d, pool)?;
     volumes::validate_config(p.driver.name(), &req.name, &new_config(&req.config))?;
     if volumes::record(d, pool, &req.name).is_ok() {
-        return Err(Error::Conflict("Volume by that name already exists".into()));
+        if !src.refresh {
+            return Err(Error::Conflict("Volume by that name already exists".into()));
+        }
+        // A refresh moves only what changed: rsync's job.
+        rsync::program()?;
+        crate::instance::volume_snapshots::refuse_if_running(
+            d,
+            pool,
+            &req.name,
+            "Cannot refresh custom volume used by running instances",
+        )?;
     }
     Ok(())
 }
@@ -391,8 +398,24 @@ pub fn receive(
             .inspect_err(|e| super::sink::abort(&ctl, e))?;
         (ctl, fs)
     };
-    let (offer, features, _, xfer) =
-        match super::sink::negotiate(&mut ctl, "a storage volume", None, false, false) {
+    // A refresh: the volume is there (a missing one makes a plain copy, as LXD).
+    let existing = match req.source.refresh {
+        true => volumes::record(d, pool, &req.name).ok(),
+        false => None,
+    };
+    let busy = match &existing {
+        Some(_) => Some(claim(d, pool, &req.name, "refresh").inspect_err(|e| {
+            super::sink::abort(&ctl, e);
+        })?),
+        None => None,
+    };
+    let have = existing.as_ref().map(|r| Have {
+        stamps: r.snapshots.iter().map(|s| (s.name.clone(), 0)).collect(),
+        exclude_older: false,
+        by_name: true,
+    });
+    let (offer, features, delete, xfer) =
+        match super::sink::negotiate(&mut ctl, "a storage volume", have, false, false) {
             Ok(x) => x,
             Err(e) => {
                 ctl.tx.shutdown();
@@ -400,6 +423,15 @@ pub fn receive(
                 return Err(e);
             }
         };
+    if existing.is_some() && !req.source.volume_only {
+        // As LXD: the target's snapshots the source does not have go first.
+        for s in &delete {
+            if let Err(e) = crate::instance::volume_snapshots::delete(d, pool, &req.name, s) {
+                super::sink::abort(&ctl, &e);
+                return Err(e);
+            }
+        }
+    }
     let watch = Watch::start(ctl, vec![fs.tx.clone()]);
     let mut fs = fs;
     let sink = Sink {
@@ -409,14 +441,20 @@ pub fn receive(
         offer: &offer,
         features,
         stream: xfer.is_some(),
+        existing: existing.as_ref(),
         progress,
     };
     let res = sink.run(&mut fs);
     progress.finish();
     let res = watch.finish(res);
+    drop(busy);
     if res.is_ok() {
         d.events.lifecycle(
-            "storage-volume-created",
+            if existing.is_some() {
+                "storage-volume-updated"
+            } else {
+                "storage-volume-created"
+            },
             &volumes::url(pool, &req.name),
             serde_json::json!({"type": volumes::CUSTOM}),
         );
@@ -434,32 +472,51 @@ struct Sink<'a> {
     features: Features,
     /// bivy's byte streams (else rsync sessions).
     stream: bool,
+    /// A refresh: the volume as it is here.
+    existing: Option<&'a VolumeRecord>,
     progress: &'a Progress<'a>,
 }
 
 impl Sink<'_> {
     fn run(&self, fs: &mut Ws) -> Result<()> {
         let pool = crate::instance::pools::usable_pool(self.d, self.pool)?;
-        let info = super::sink::receive_index_header(self.offer, fs, false)?;
+        let info = super::sink::receive_index_header(self.offer, fs, self.existing.is_some())?;
         if self.stream {
             if let Some(n) = self.offer.bivy_size.filter(|n| *n > 0) {
                 self.progress.expect(n as u64);
             }
         }
         let seen = |n: u64| self.progress.add(n);
-        let volume = crate::instance::operations::uuid();
-        let main = pool.custom(&volume);
         let mut revert = Revert::new();
-        pool.driver
-            .create_volume(&main)
-            .map_err(|e| Error::Host(format!("Failed to create storage volume: {e}")))?;
-        {
-            let (p, m, v) = (Arc::clone(&pool), main.clone(), volume.clone());
-            revert.add(move || {
-                let _ = p.driver.delete_volume(&m);
-                let _ = std::fs::remove_dir(p.custom_snapshots_of(&v));
-            });
-        }
+        let (volume, main) = match self.existing {
+            // Received into a copy of the volume (rsync moves what differs), swapped in at the
+            // end.
+            Some(cur) => {
+                let work = pool.custom(&format!("{}.restore", cur.volume));
+                let _ = pool.driver.delete_volume(&work);
+                pool.driver
+                    .clone_volume(&pool.custom(&cur.volume), &work, false)
+                    .map_err(|e| Error::Host(format!("copying the volume to refresh: {e}")))?;
+                let (p, w) = (Arc::clone(&pool), work.clone());
+                revert.add(move || {
+                    let _ = p.driver.delete_volume(&w);
+                });
+                (cur.volume.clone(), work)
+            }
+            None => {
+                let volume = crate::instance::operations::uuid();
+                let main = pool.custom(&volume);
+                pool.driver
+                    .create_volume(&main)
+                    .map_err(|e| Error::Host(format!("Failed to create storage volume: {e}")))?;
+                let (p, m, v) = (Arc::clone(&pool), main.clone(), volume.clone());
+                revert.add(move || {
+                    let _ = p.driver.delete_volume(&m);
+                    let _ = std::fs::remove_dir(p.custom_snapshots_of(&v));
+                });
+                (volume, main)
+            }
+        };
         let host = |e: std::io::Error| Error::Host(format!("{}: {e}", main.display()));
         let mut snapshots = Vec::new();
         let records = snapshot_records(self.offer, &info, &self.req.config);
@@ -505,6 +562,24 @@ impl Sink<'_> {
         std::fs::File::open(&main)
             .and_then(|f| rustix::fs::syncfs(&f).map_err(std::io::Error::from))
             .map_err(|e| Error::Host(format!("syncing the received volume: {e}")))?;
+        if self.existing.is_some() {
+            crate::instance::volume_snapshots::swap_in(&pool, &volume)?;
+            let name = &self.req.name;
+            let saved = self.d.db.lock().expect("db lock").update(|data| {
+                if let Some(r) = data
+                    .volumes
+                    .get_mut(self.pool)
+                    .and_then(|v| v.get_mut(name))
+                {
+                    r.config = config;
+                    r.description = self.req.description.clone();
+                    r.snapshots.extend(snapshots);
+                }
+            });
+            saved.map_err(|e| Error::Host(format!("saving the volume: {e}")))?;
+            revert.commit();
+            return Ok(());
+        }
         let rec = VolumeRecord {
             config,
             description: self.req.description.clone(),

@@ -130,7 +130,7 @@ pub struct VolumeCopyArgs {
     /// copy the volume without its snapshots
     volume_only: bool,
     #[argh(switch)]
-    /// refresh and update the existing storage volume copies (on one server)
+    /// refresh and update the existing storage volume copies
     refresh: bool,
     #[argh(option)]
     /// transfer mode, one of pull (default), push or relay
@@ -347,7 +347,7 @@ struct Between<'a> {
 }
 
 impl Between<'_> {
-    fn copy(&self, mode: &str, volume_only: bool) -> Result<(), Fail> {
+    fn copy(&self, mode: &str, volume_only: bool, refresh: bool) -> Result<(), Fail> {
         let (sp, sv) = self.src;
         let (dp, dv) = self.dst;
         if sv.contains('/') {
@@ -367,7 +367,7 @@ impl Between<'_> {
             "source": {
                 "name": sv, "type": "migration", "pool": sp, "certificate": "",
                 "mode": if mode == "pull" { "pull" } else { "push" },
-                "volume_only": volume_only, "refresh": false,
+                "volume_only": volume_only, "refresh": refresh,
             },
         });
         let target = format!("{}/volumes/custom", pool_path(dp));
@@ -820,11 +820,6 @@ pub(super) fn run(args: &[String]) -> CmdResult {
             let (c, src_remote, src_pool, src_vol) = pool_volume(&words[0])?;
             let (dc, dst_remote, dst_pool, dst_vol) = pool_volume(&words[1])?;
             if src_remote != dst_remote {
-                if refresh {
-                    return fail(
-                        "not supported yet: storage volume copy --refresh between servers",
-                    );
-                }
                 let v = Between {
                     sc: &c,
                     dc: &dc,
@@ -833,7 +828,7 @@ pub(super) fn run(args: &[String]) -> CmdResult {
                     src: (&src_pool, &src_vol),
                     dst: (&dst_pool, &dst_vol),
                 };
-                v.copy(&mode, volume_only)?;
+                v.copy(&mode, volume_only, refresh)?;
                 if moving {
                     c.delete(&volume_path(&src_pool, "custom", &src_vol))
                         .map_err(|e| {
