@@ -199,6 +199,19 @@ impl Pair {
         v["status"].as_str().unwrap_or_default().to_string()
     }
 
+    /// The busybox test image imported on LXD, as `busybox`.
+    fn busybox_on_lxd(&self) {
+        let img = common::busybox_image();
+        self.lxc().ok(&[
+            "image",
+            "import",
+            img.to_str().unwrap(),
+            "lxd:",
+            "--alias",
+            "busybox",
+        ]);
+    }
+
     fn fingerprint(&self, remote: &str, alias: &str) -> String {
         let v: serde_json::Value = serde_json::from_str(
             &self
@@ -270,15 +283,7 @@ fn lxc_copies_and_moves_containers_between_lxd_and_bivy() {
     let lxc = p.lxc();
 
     // An image made on LXD and copied to bivy keeps its fingerprint.
-    let img = common::busybox_image();
-    lxc.ok(&[
-        "image",
-        "import",
-        img.to_str().unwrap(),
-        "lxd:",
-        "--alias",
-        "busybox",
-    ]);
+    p.busybox_on_lxd();
     let fp = p.fingerprint("lxd", "busybox");
     lxc.ok(&[
         "image",
@@ -414,15 +419,7 @@ fn lxc_copies_and_moves_containers_between_lxd_and_bivy() {
 fn lxc_export_and_import_move_backups_between_lxd_and_bivy() {
     let Some(p) = setup() else { return };
     let lxc = p.lxc();
-    let img = common::busybox_image();
-    lxc.ok(&[
-        "image",
-        "import",
-        img.to_str().unwrap(),
-        "lxd:",
-        "--alias",
-        "busybox",
-    ]);
+    p.busybox_on_lxd();
     lxc.ok(&["launch", "lxd:busybox", "lxd:b1"]);
     p.sh(
         "lxd:b1",
@@ -470,15 +467,7 @@ fn lxc_export_and_import_optimized_backups_between_lxd_and_bivy() {
         return;
     }
     let lxc = p.lxc();
-    let img = common::busybox_image();
-    lxc.ok(&[
-        "image",
-        "import",
-        img.to_str().unwrap(),
-        "lxd:",
-        "--alias",
-        "busybox",
-    ]);
+    p.busybox_on_lxd();
     lxc.ok(&["storage", "create", "lxd:bt", "btrfs", "size=1GiB"]);
     lxc.ok(&["storage", "create", "bivy:bt", "btrfs", "size=1GiB"]);
     lxc.ok(&["launch", "lxd:busybox", "lxd:o1", "-s", "bt"]);
@@ -589,15 +578,7 @@ fn lxc_export_and_import_optimized_backups_between_lxd_and_bivy() {
 fn lxc_copies_custom_volumes_between_lxd_and_bivy() {
     let Some(p) = setup() else { return };
     let lxc = p.lxc();
-    let img = common::busybox_image();
-    lxc.ok(&[
-        "image",
-        "import",
-        img.to_str().unwrap(),
-        "lxd:",
-        "--alias",
-        "busybox",
-    ]);
+    p.busybox_on_lxd();
     lxc.ok(&[
         "image",
         "copy",

@@ -1097,35 +1097,33 @@ fn assert_volume_copy(d: &Daemon, name: &str, with_snapshot: bool) {
     }
 }
 
+/// v1 copied from a to b with lxc as each `(name, extra arguments, with its snapshot)`, each
+/// checked.
+fn copy_volume_as(p: &Pair, copies: &[(&str, &[&str], bool)]) {
+    for (name, extra, with_snapshot) in copies {
+        let dst = format!("b:default/{name}");
+        let mut args = vec!["storage", "volume", "copy", "a:default/v1", dst.as_str()];
+        args.extend_from_slice(extra);
+        p.lxc().ok(&args);
+        assert_volume_copy(&p.b, name, *with_snapshot);
+    }
+}
+
 #[test]
 fn custom_volume_copy_and_move_between_servers() {
     let Some(p) = setup() else { return };
     make_source_volume(&p);
     let l = p.lxc();
-    // lxc's default, pull: the target dials the source's operation.
-    l.ok(&["storage", "volume", "copy", "a:default/v1", "b:default/v2"]);
-    assert_volume_copy(&p.b, "v2", true);
-    l.ok(&[
-        "storage",
-        "volume",
-        "copy",
-        "a:default/v1",
-        "b:default/v3",
-        "--volume-only",
-    ]);
-    assert_volume_copy(&p.b, "v3", false);
-    for (mode, name) in [("push", "v4"), ("relay", "v5")] {
-        l.ok(&[
-            "storage",
-            "volume",
-            "copy",
-            "a:default/v1",
-            &format!("b:default/{name}"),
-            "--mode",
-            mode,
-        ]);
-        assert_volume_copy(&p.b, name, true);
-    }
+    // lxc's default, pull (the target dials the source's operation), push and relay.
+    copy_volume_as(
+        &p,
+        &[
+            ("v2", &[], true),
+            ("v3", &["--volume-only"], false),
+            ("v4", &["--mode", "push"], true),
+            ("v5", &["--mode", "relay"], true),
+        ],
+    );
     // A name taken on the target: refused, nothing changed there.
     let err = failed(&l.run(&["storage", "volume", "copy", "a:default/v1", "b:default/v2"]));
     assert!(err.contains("already exists"), "{err}");
@@ -1171,19 +1169,7 @@ fn custom_volume_copy_by_rsync() {
         return;
     };
     make_source_volume(&p);
-    let l = p.lxc();
-    l.ok(&["storage", "volume", "copy", "a:default/v1", "b:default/v2"]);
-    assert_volume_copy(&p.b, "v2", true);
-    l.ok(&[
-        "storage",
-        "volume",
-        "copy",
-        "a:default/v1",
-        "b:default/v3",
-        "--mode",
-        "push",
-    ]);
-    assert_volume_copy(&p.b, "v3", true);
+    copy_volume_as(&p, &[("v2", &[], true), ("v3", &["--mode", "push"], true)]);
 }
 
 #[test]

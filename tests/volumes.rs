@@ -917,29 +917,26 @@ fn volume_copy_refresh() {
     let dst = volume_dir(&d, "v2");
     std::fs::write(dst.join("extra"), "mine\n").unwrap();
     l.ok(&["storage", "volume", "snapshot", "default", "v2", "mine"]);
+    let refresh = |extra: &[&str]| {
+        let mut args = vec![
+            "storage",
+            "volume",
+            "copy",
+            "default/v1",
+            "default/v2",
+            "--refresh",
+        ];
+        args.extend_from_slice(extra);
+        l.ok(&args);
+    };
     // --volume-only: the data only.
-    l.ok(&[
-        "storage",
-        "volume",
-        "copy",
-        "default/v1",
-        "default/v2",
-        "--refresh",
-        "--volume-only",
-    ]);
+    refresh(&["--volume-only"]);
     assert_eq!(snaps(&l, "default", "v2"), ["s0", "s1", "mine"]);
     let dst = volume_dir(&d, "v2");
     assert_eq!(std::fs::read_to_string(dst.join("f")).unwrap(), "two\n");
     assert!(!dst.join("extra").exists(), "the target's own file stayed");
     std::fs::write(dst.join("extra"), "mine\n").unwrap();
-    l.ok(&[
-        "storage",
-        "volume",
-        "copy",
-        "default/v1",
-        "default/v2",
-        "--refresh",
-    ]);
+    refresh(&[]);
     assert_eq!(snaps(&l, "default", "v2"), ["s1", "s2"]);
     let dst = volume_dir(&d, "v2");
     assert_eq!(std::fs::read_to_string(dst.join("f")).unwrap(), "two\n");

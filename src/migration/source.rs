@@ -90,37 +90,61 @@ pub fn start(d: &Ctx, name: &str, snap: Option<&str>, req: &api::InstancePost) -
         streams: Arc::new(Mutex::new(Vec::new())),
     };
     let streams = job.streams.clone();
-    let op = match target {
-        // Push: this server dials the target's operation, in a task the client waits for.
-        Some(t) => d.ops.start(
+    let push = target.is_some();
+    Ok(serve(
+        d,
+        "Migrating instance",
+        resources(name),
+        (live, push),
+        streams,
+        move |op, secrets| match target {
+            Some(t) => job.push(&t),
+            None => job.run(op, secrets),
+        },
+    ))
+}
+
+/// A source's operation. Push (`how.1`): a task the client waits for, in which `run` dials the
+/// target's operation. Pull: a websocket operation whose metadata holds one secret per stream
+/// (`control`, `fs`, and `criu` when live: `how.0`), open to callers without a trusted
+/// certificate (the target dials in without one: the secrets are its credential), `run` given
+/// the secrets in stream order. Cancelling it (lxc does when the target failed) fails it and
+/// shuts the websockets in `streams`.
+pub(super) fn serve(
+    d: &Ctx,
+    description: &str,
+    resources: std::collections::BTreeMap<String, Vec<String>>,
+    how: (bool, bool),
+    streams: Arc<Mutex<Vec<crate::http::ws::Sender>>>,
+    run: impl FnOnce(&Op, &[String]) -> Result<()> + Send + 'static,
+) -> Arc<Op> {
+    let (live, push) = how;
+    let op = if push {
+        d.ops.start(
             Class::Task,
-            "Migrating instance",
-            resources(name),
+            description,
+            resources,
             None,
             vec![],
-            move |_| job.push(&t),
-        ),
-        None => {
-            let secrets = super::secrets(live);
-            let order: Vec<String> = super::streams(live)
-                .iter()
-                .map(|k| secrets[*k].clone())
-                .collect();
-            let op = d.ops.start(
-                Class::Websocket,
-                "Migrating instance",
-                resources(name),
-                Some(serde_json::to_value(&secrets).unwrap_or_default()),
-                order.clone(),
-                move |op| job.run(&op, &order),
-            );
-            // The target server dials in without a client certificate: the secrets are its
-            // credential.
-            op.open_to_untrusted();
-            op
-        }
+            move |op| run(&op, &[]),
+        )
+    } else {
+        let secrets = super::secrets(live);
+        let order: Vec<String> = super::streams(live)
+            .iter()
+            .map(|k| secrets[*k].clone())
+            .collect();
+        let op = d.ops.start(
+            Class::Websocket,
+            description,
+            resources,
+            Some(serde_json::to_value(&secrets).unwrap_or_default()),
+            order.clone(),
+            move |op| run(&op, &order),
+        );
+        op.open_to_untrusted();
+        op
     };
-    // Cancelling (lxc does when the target failed) fails the operation and ends the transfer.
     let weak = Arc::downgrade(&op);
     op.set_cancel(Box::new(move || {
         for s in streams.lock().expect("streams lock").iter() {
@@ -130,7 +154,7 @@ pub fn start(d: &Ctx, name: &str, snap: Option<&str>, req: &api::InstancePost) -
             op.set_status(status::CANCELLED, "Operation cancelled".into());
         }
     }));
-    Ok(op)
+    op
 }
 
 /// Push mode's `target`: the target's operation, its certificate and its secrets

@@ -29,11 +29,11 @@ use std::sync::{Arc, Mutex};
 use super::proto::{self, MigrationControl, MigrationHeader};
 use super::rsync::{self, Features};
 use super::sink::{Have, Progress, Watch};
-use super::source::{send_by, send_index_header, wait_result, Target};
+use super::source::{send_by, send_index_header, serve, wait_result, Target};
 use super::wire::{self, Ws};
 use crate::api::{self, StringMap};
 use crate::instance::db::{VolumeRecord, VolumeSnapshotRecord};
-use crate::instance::operations::{Class, Op};
+use crate::instance::operations::Op;
 use crate::instance::volume_data::unshift_lxd;
 use crate::instance::volume_snapshots::{claim, VolumeBusy};
 use crate::instance::{volumes, Ctx, Error, Result};
@@ -76,44 +76,18 @@ pub fn start(d: &Ctx, pool: &str, name: &str, req: &api::StorageVolumePost) -> R
         streams: Arc::new(Mutex::new(Vec::new())),
     };
     let streams = job.streams.clone();
-    let op = match target {
-        Some(t) => d.ops.start(
-            Class::Task,
-            "Migrating storage volume",
-            resources(pool, name),
-            None,
-            vec![],
-            move |_| job.push(&t),
-        ),
-        None => {
-            let secrets = super::secrets(false);
-            let order: Vec<String> = super::streams(false)
-                .iter()
-                .map(|k| secrets[*k].clone())
-                .collect();
-            let op = d.ops.start(
-                Class::Websocket,
-                "Migrating storage volume",
-                resources(pool, name),
-                Some(serde_json::to_value(&secrets).unwrap_or_default()),
-                order.clone(),
-                move |op| job.run(&op, &order),
-            );
-            // The target dials in without a client certificate: the secrets are its credential.
-            op.open_to_untrusted();
-            op
-        }
-    };
-    let weak = Arc::downgrade(&op);
-    op.set_cancel(Box::new(move || {
-        for s in streams.lock().expect("streams lock").iter() {
-            s.shutdown();
-        }
-        if let Some(op) = weak.upgrade() {
-            op.set_status(api::status::CANCELLED, "Operation cancelled".into());
-        }
-    }));
-    Ok(op)
+    let push = target.is_some();
+    Ok(serve(
+        d,
+        "Migrating storage volume",
+        resources(pool, name),
+        (false, push),
+        streams,
+        move |op, secrets| match target {
+            Some(t) => job.push(&t),
+            None => job.run(op, secrets),
+        },
+    ))
 }
 
 /// One volume to send.
