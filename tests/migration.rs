@@ -141,15 +141,7 @@ fn rootfs(d: &Daemon, name: &str, snap: Option<&str>) -> PathBuf {
     match snap {
         None => pool.join("containers").join(vol).join("rootfs"),
         Some(s) => {
-            let sv = rec["snapshots"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|x| x["name"] == s)
-                .unwrap_or_else(|| panic!("no snapshot {s}"))["volume"]
-                .as_str()
-                .unwrap()
-                .to_string();
+            let sv = snapshot_volume_in(rec, s);
             pool.join("containers-snapshots")
                 .join(vol)
                 .join(sv)
@@ -557,16 +549,16 @@ fn move_of_a_stopped_instance_and_refusals() {
 
 /// A snapshot's volume directory name on `d`.
 fn snapshot_volume(d: &Daemon, name: &str, snap: &str) -> String {
-    let v = db(d);
-    let snaps = v["instances"][name]["snapshots"]
+    snapshot_volume_in(&db(d)["instances"][name], snap)
+}
+
+/// The volume directory name of snapshot `snap` in an instance's or a volume's record.
+fn snapshot_volume_in(rec: &serde_json::Value, snap: &str) -> String {
+    rec["snapshots"]
         .as_array()
-        .unwrap()
-        .clone();
-    snaps
-        .iter()
-        .find(|s| s["name"] == snap)
+        .and_then(|a| a.iter().find(|s| s["name"] == snap))
         .and_then(|s| s["volume"].as_str())
-        .unwrap_or_else(|| panic!("no snapshot {name}/{snap}: {v}"))
+        .unwrap_or_else(|| panic!("no snapshot {snap}: {rec}"))
         .to_string()
 }
 
@@ -1026,18 +1018,10 @@ fn custom_volume(d: &Daemon, name: &str, snap: Option<&str>) -> PathBuf {
         .unwrap_or_else(|| panic!("no volume {name}: {v}"));
     match snap {
         None => pool_dir(d).join("custom").join(vol),
-        Some(s) => {
-            let sv = rec["snapshots"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|x| x["name"] == s)
-                .unwrap_or_else(|| panic!("no snapshot {s}"))["volume"]
-                .as_str()
-                .unwrap()
-                .to_string();
-            pool_dir(d).join("custom-snapshots").join(vol).join(sv)
-        }
+        Some(s) => pool_dir(d)
+            .join("custom-snapshots")
+            .join(vol)
+            .join(snapshot_volume_in(rec, s)),
     }
 }
 

@@ -54,6 +54,16 @@ pub struct Config {
     pub value: String,
 }
 
+/// A map as LXD's repeated `Config` entries.
+pub fn configs(m: &std::collections::BTreeMap<String, String>) -> Vec<Config> {
+    m.iter()
+        .map(|(k, v)| Config {
+            key: k.clone(),
+            value: v.clone(),
+        })
+        .collect()
+}
+
 /// `Device`: a named device and its settings.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Device {

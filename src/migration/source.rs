@@ -697,14 +697,7 @@ fn snapshot_proto(s: &SnapshotRecord) -> proto::Snapshot {
     };
     proto::Snapshot {
         name: s.name.clone(),
-        local_config: s
-            .config
-            .iter()
-            .map(|(k, v)| proto::Config {
-                key: k.clone(),
-                value: v.clone(),
-            })
-            .collect(),
+        local_config: proto::configs(&s.config),
         profiles: s.profiles.clone(),
         ephemeral: s.ephemeral,
         local_devices: s
@@ -712,13 +705,7 @@ fn snapshot_proto(s: &SnapshotRecord) -> proto::Snapshot {
             .iter()
             .map(|(n, c)| proto::Device {
                 name: n.clone(),
-                config: c
-                    .iter()
-                    .map(|(k, v)| proto::Config {
-                        key: k.clone(),
-                        value: v.clone(),
-                    })
-                    .collect(),
+                config: proto::configs(c),
             })
             .collect(),
         architecture: super::arch_id(&s.architecture),

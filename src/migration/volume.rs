@@ -282,14 +282,7 @@ fn snapshot_proto(s: &VolumeSnapshotRecord) -> proto::Snapshot {
     };
     proto::Snapshot {
         name: s.name.clone(),
-        local_config: s
-            .config
-            .iter()
-            .map(|(k, v)| proto::Config {
-                key: k.clone(),
-                value: v.clone(),
-            })
-            .collect(),
+        local_config: proto::configs(&s.config),
         creation_date: secs(&s.created_at),
         expiry_date: secs(&s.expires_at),
         ..Default::default()
