@@ -155,7 +155,12 @@ fn read(p: &Path) -> String {
 }
 
 fn snapshot_names(d: &Daemon, name: &str) -> Vec<String> {
-    db(d)["instances"][name]["snapshots"]
+    names_in(&db(d)["instances"][name])
+}
+
+/// The snapshot names in an instance's or a volume's record.
+fn names_in(rec: &serde_json::Value) -> Vec<String> {
+    rec["snapshots"]
         .as_array()
         .map(|a| {
             a.iter()
@@ -1026,14 +1031,7 @@ fn custom_volume(d: &Daemon, name: &str, snap: Option<&str>) -> PathBuf {
 }
 
 fn volume_snapshot_names(d: &Daemon, name: &str) -> Vec<String> {
-    db(d)["volumes"]["default"][name]["snapshots"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|s| s["name"].as_str().unwrap().to_string())
-                .collect()
-        })
-        .unwrap_or_default()
+    names_in(&db(d)["volumes"]["default"][name])
 }
 
 /// v1 on a: files with an owner, a symlink and a subdirectory, snapshot `snap0`, then the data

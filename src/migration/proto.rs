@@ -96,6 +96,18 @@ pub struct RsyncFeatures {
     pub bidirectional: Option<bool>,
 }
 
+impl RsyncFeatures {
+    /// Every feature: what a source offers.
+    pub fn all() -> RsyncFeatures {
+        RsyncFeatures {
+            xattrs: Some(true),
+            delete: Some(true),
+            compress: Some(true),
+            bidirectional: Some(true),
+        }
+    }
+}
+
 /// `MigrationHeader`: the source's offer and the sink's answer. The zfs and btrfs feature
 /// messages are kept as raw bytes (bivy never uses them, but echoes nothing it did not get).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -334,12 +334,7 @@ impl Job {
             snapshot_names: snaps.iter().map(|s| s.name.clone()).collect(),
             snapshots: snaps.iter().map(snapshot_proto).collect(),
             predump: Some(false),
-            rsync_features: Some(proto::RsyncFeatures {
-                xattrs: Some(true),
-                delete: Some(true),
-                compress: Some(true),
-                bidirectional: Some(true),
-            }),
+            rsync_features: Some(proto::RsyncFeatures::all()),
             index_header_version: Some(super::INDEX_HEADER_VERSION),
             bivy_transfer: super::offered_transfers(),
             ..Default::default()

@@ -174,12 +174,7 @@ impl Sending<'_> {
             fs: proto::FS_RSYNC,
             snapshot_names: snaps.iter().map(|s| s.name.clone()).collect(),
             snapshots: snaps.iter().map(snapshot_proto).collect(),
-            rsync_features: Some(proto::RsyncFeatures {
-                xattrs: Some(true),
-                delete: Some(true),
-                compress: Some(true),
-                bidirectional: Some(true),
-            }),
+            rsync_features: Some(proto::RsyncFeatures::all()),
             index_header_version: Some(super::INDEX_HEADER_VERSION),
             bivy_size: (!transfers.is_empty()).then_some(size as i64),
             bivy_transfer: transfers,
