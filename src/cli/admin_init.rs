@@ -134,18 +134,17 @@ pub fn run(args: &[String]) -> CmdResult {
 
 /// The `root` disk device on `pool`.
 fn root_disk(pool: &str) -> StringMap {
-    [("path", "/"), ("pool", pool), ("type", "disk")]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    strings([("path", "/"), ("pool", pool), ("type", "disk")])
+}
+
+/// A map of owned strings.
+fn strings<const N: usize>(pairs: [(&str, &str); N]) -> StringMap {
+    crate::util::sort::map(pairs.map(|(k, v)| (k.to_string(), v.to_string())))
 }
 
 /// The `eth0` nic device on managed network `net`.
 fn eth0(net: &str) -> StringMap {
-    [("name", "eth0"), ("network", net), ("type", "nic")]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    strings([("name", "eth0"), ("network", net), ("type", "nic")])
 }
 
 /// `core.https_address` for an address and port (IPv6 in brackets).
@@ -711,15 +710,12 @@ pub fn interactive(p: &mut dyn Prompt, st: &State, loop_gib: u64) -> Result<(Pre
             }
         };
         let nictype = if net.kind == "bridge" { "bridged" } else { "macvlan" };
-        let dev: StringMap = [
+        let dev = strings([
             ("name", "eth0"),
             ("nictype", nictype),
             ("parent", net.name.as_str()),
             ("type", "nic"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+        ]);
         devices.insert("eth0".into(), dev);
     }
 

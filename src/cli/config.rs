@@ -152,18 +152,20 @@ fn get(args: &[String]) -> CmdResult {
     Ok(0)
 }
 
+/// The server's config as `PUT /1.0` takes it.
+fn server_put(s: Server) -> ServerPut {
+    let config = s.config.into_iter().map(|(k, v)| (k, v.into()));
+    ServerPut {
+        config: crate::util::sort::map(config),
+    }
+}
+
 fn update_server(
     c: &Client,
     f: impl FnOnce(&mut std::collections::BTreeMap<String, serde_json::Value>) -> Result<(), Fail>,
 ) -> Result<(), Fail> {
     let (s, etag): (Server, String) = c.get_etag("/1.0")?;
-    let mut put = ServerPut {
-        config: s
-            .config
-            .into_iter()
-            .map(|(k, v)| (k, serde_json::Value::String(v)))
-            .collect(),
-    };
+    let mut put = server_put(s);
     f(&mut put.config)?;
     c.put("/1.0", &put, Some(&etag))?;
     Ok(())
@@ -239,9 +241,7 @@ fn show(args: &[String]) -> CmdResult {
     match name {
         None => {
             let s: Server = c.get("/1.0")?;
-            super::print_yaml(&ServerPut {
-                config: s.config.into_iter().map(|(k, v)| (k, v.into())).collect(),
-            })?;
+            super::print_yaml(&server_put(s))?;
         }
         Some(name) => {
             let name = name.as_str();
@@ -347,9 +347,7 @@ fn edit(args: &[String]) -> CmdResult {
     match name {
         None => {
             let (s, etag): (Server, String) = c.get_etag("/1.0")?;
-            let cur = ServerPut {
-                config: s.config.into_iter().map(|(k, v)| (k, v.into())).collect(),
-            };
+            let cur = server_put(s);
             let new: ServerPut = edit_yaml(&cur, "### This is a YAML representation of the server configuration.\n### Any line starting with a '# will be ignored.\n\n")?;
             c.put("/1.0", &new, Some(&etag))?;
         }

@@ -12,7 +12,7 @@ use super::table::{self, Format};
 use super::{client, fail, instance_path, parse, split_remote, target, CmdResult, Fail};
 use crate::api::{
     Image, ImageAliasesEntry, ImageAliasesEntryPost, ImagePut, Instance, InstanceStatePut,
-    Operation, StringMap,
+    Operation,
 };
 use crate::client::multipart::{Multipart, Part};
 use crate::client::{urlencode, Client, ProgressReader};
@@ -996,7 +996,7 @@ pub fn publish(args: &[String]) -> CmdResult {
         }
         rest = &rest[1..];
     }
-    let props: StringMap = super::key_values(rest)?.into_iter().collect();
+    let props = crate::util::sort::map(super::key_values(rest)?);
     let c = super::client_of(&remote)?;
     let (inst_name, kind) = match src.split_once('/') {
         Some((i, _)) => (i.to_string(), "snapshot"),

@@ -358,11 +358,8 @@ fn migrate(sr: &str, src: &str, dr: &str, dst: &str, m: &Migrate) -> Result<bool
         container_only: m.instance_only,
         ..Default::default()
     };
-    let mut config: StringMap = source
-        .config
-        .into_iter()
-        .filter(|(k, _)| !k.starts_with("volatile."))
-        .collect();
+    let mut config = source.config;
+    config.retain(|k, _| !k.starts_with("volatile."));
     for (k, v) in super::key_values(m.config)? {
         config.insert(k, v);
     }
@@ -435,10 +432,8 @@ fn writable_of(i: &Instance) -> Writable {
 fn put_refreshed_config(dc: &Client, dst: &str, writable: Writable) -> Result<(), Fail> {
     let (config, devices, profiles, description, ephemeral) = writable;
     let cur: Instance = dc.get(&instance_path(dst))?;
-    let mut cfg: StringMap = config
-        .into_iter()
-        .filter(|(k, _)| !k.starts_with("volatile."))
-        .collect();
+    let mut cfg = config;
+    cfg.retain(|k, _| !k.starts_with("volatile."));
     cfg.extend(
         cur.config
             .into_iter()
@@ -871,11 +866,8 @@ pub fn copy(args: &[String]) -> CmdResult {
     let (source, _) = copy_source(&c, src)?;
     let refreshing = refresh && c.get::<serde_json::Value>(&instance_path(dst)).is_ok();
     let writable = writable_of(&source);
-    let mut config: StringMap = source
-        .config
-        .into_iter()
-        .filter(|(k, _)| !k.starts_with("volatile."))
-        .collect();
+    let mut config = source.config;
+    config.retain(|k, _| !k.starts_with("volatile."));
     for (k, v) in super::key_values(&a.config)? {
         config.insert(k, v);
     }
@@ -1487,7 +1479,8 @@ pub fn info(args: &[String]) -> CmdResult {
         }
         Some(n) => {
             let n = n.as_str();
-            let full: InstanceFull = c.get(&format!("{}?recursion=1", instance_path(n)))?;
+            // Decoded from the body as `list` decodes its entries: one decoder for both.
+            let full: InstanceFull = c.get_large(&format!("{}?recursion=1", instance_path(n)))?;
             print!("{}", render_info(&full));
             if a.show_log {
                 let resp = c.raw(

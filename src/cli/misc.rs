@@ -160,7 +160,7 @@ pub fn monitor(args: &[String]) -> CmdResult {
     loop {
         match rx.recv() {
             Ok(Message::Text(t)) => {
-                let Ok(ev) = serde_json::from_str::<Event>(&t) else {
+                let Ok(ev) = serde_json::from_slice::<Event>(t.as_bytes()) else {
                     continue;
                 };
                 print!("{}", render_event(&ev, &format)?);
@@ -238,7 +238,7 @@ pub fn query(args: &[String]) -> CmdResult {
     };
     let body: Option<serde_json::Value> = match &a.data {
         Some(d) => Some(
-            serde_json::from_str(d)
+            serde_json::from_slice(d.as_bytes())
                 .map_err(|e| Fail::Error(format!("invalid JSON in --data: {e}")))?,
         ),
         None => None,

@@ -469,13 +469,10 @@ fn size(n: i64) -> String {
 
 /// `create`'s `key=value` pairs, with lxc's error for anything else.
 fn create_config(words: &[String]) -> Result<StringMap, Fail> {
-    words
-        .iter()
-        .map(|kv| match kv.split_once('=') {
-            Some((k, v)) => Ok((k.to_string(), v.to_string())),
-            None => fail(format!("Bad key/value pair: {kv}")),
-        })
-        .collect()
+    crate::util::sort::try_map(words.iter().map(|kv| match kv.split_once('=') {
+        Some((k, v)) => Ok((k.to_string(), v.to_string())),
+        None => fail(format!("Bad key/value pair: {kv}")),
+    }))
 }
 
 /// Read a managed network, change its writable part and PUT it back with its ETag.

@@ -148,22 +148,18 @@ fn scalar<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 
 fn strings<'de, D: Deserializer<'de>>(d: D) -> Result<StringMap, D::Error> {
     let m = Option::<BTreeMap<Scalar, Scalar>>::deserialize(d)?.unwrap_or_default();
-    Ok(m.into_iter().map(|(k, v)| (k.0, v.0)).collect())
+    Ok(crate::util::sort::map(
+        m.into_iter().map(|(k, v)| (k.0, v.0)),
+    ))
 }
 
 fn devices<'de, D: Deserializer<'de>>(d: D) -> Result<Devices, D::Error> {
     type Raw = BTreeMap<Scalar, Option<BTreeMap<Scalar, Scalar>>>;
     let m = Option::<Raw>::deserialize(d)?.unwrap_or_default();
-    Ok(m.into_iter()
-        .map(|(k, v)| {
-            let dev = v
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k.0, v.0))
-                .collect();
-            (k.0, dev)
-        })
-        .collect())
+    Ok(crate::util::sort::map(m.into_iter().map(|(k, v)| {
+        let dev = v.unwrap_or_default().into_iter().map(|(k, v)| (k.0, v.0));
+        (k.0, crate::util::sort::map(dev))
+    })))
 }
 
 /// Whether a section's value asks for nothing (`null`, `[]`, `{}`).
@@ -220,11 +216,9 @@ pub fn parse(text: &str) -> Result<Preseed, String> {
             "config" => {
                 let m: Option<BTreeMap<Scalar, Scalar>> =
                     serde_norway::from_value(v).map_err(|e| format!("config: {e}"))?;
-                doc.config = m
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k.0, v.0))
-                    .collect();
+                doc.config = crate::util::sort::map(
+                    m.unwrap_or_default().into_iter().map(|(k, v)| (k.0, v.0)),
+                );
             }
             "networks" => doc.networks = items("networks", v)?,
             "storage_pools" => doc.storage_pools = items("storage_pools", v)?,

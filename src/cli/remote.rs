@@ -320,23 +320,19 @@ fn list(args: &[String]) -> CmdResult {
     let conf = Config::load(&conf_dir())?;
     match format {
         Format::Json => {
-            let raw: std::collections::BTreeMap<&str, RemoteJson> = conf
-                .remotes
-                .iter()
-                .map(|(n, r)| {
-                    let j = RemoteJson {
-                        addr: &r.addr,
-                        auth_type: &r.auth_type,
-                        domain: &r.domain,
-                        project: &r.project,
-                        protocol: &r.protocol,
-                        public: r.public,
-                        global: false,
-                        is_static: r.is_static,
-                    };
-                    (n.as_str(), j)
-                })
-                .collect();
+            let raw = crate::util::sort::map(conf.remotes.iter().map(|(n, r)| {
+                let j = RemoteJson {
+                    addr: &r.addr,
+                    auth_type: &r.auth_type,
+                    domain: &r.domain,
+                    project: &r.project,
+                    protocol: &r.protocol,
+                    public: r.public,
+                    global: false,
+                    is_static: r.is_static,
+                };
+                (n.as_str(), j)
+            }));
             super::print_json(&raw)?;
         }
         Format::Yaml => super::print_yaml(&conf.remotes)?,

@@ -331,8 +331,8 @@ pub fn render_info(pool: &StoragePool, res: &PoolResources, bytes: bool) -> Resu
     info.insert("description", pool.description.clone());
     info.insert("total space", size(res.space.total));
     info.insert("space used", size(res.space.used));
-    let info = BTreeMap::from([("info", info)]);
-    let used = BTreeMap::from([("used by", used_by_groups(&pool.used_by))]);
+    let info = crate::util::sort::map([("info", info)]);
+    let used = crate::util::sort::map([("used by", used_by_groups(&pool.used_by))]);
     Ok(super::yaml::to_string_generic(&info)? + &super::yaml::to_string_generic(&used)?)
 }
 

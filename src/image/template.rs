@@ -49,11 +49,9 @@ impl Value {
         }
     }
     fn from_map(m: &api::StringMap) -> Value {
-        Value::Map(
-            m.iter()
-                .map(|(k, v)| (k.clone(), Value::Str(v.clone())))
-                .collect(),
-        )
+        Value::Map(crate::util::sort::map(
+            m.iter().map(|(k, v)| (k.clone(), Value::Str(v.clone()))),
+        ))
     }
     fn len(&self) -> i64 {
         match self {
@@ -107,25 +105,26 @@ impl fmt::Display for Value {
 }
 
 /// The variables LXD gives a template (`templateApplyNow` in LXD's driver_lxc.go).
+/// A map of template values under static names.
+fn named<const N: usize>(pairs: [(&str, Value); N]) -> BTreeMap<String, Value> {
+    crate::util::sort::map(pairs.into_iter().map(|(k, v)| (k.to_string(), v)))
+}
+
 pub fn variables(ctx: &Context, trigger: &str, path: &str, properties: &api::StringMap) -> Value {
     let b = |v: bool| Value::Str(if v { "true" } else { "false" }.into());
-    let inst: BTreeMap<String, Value> = [
+    let inst = named([
         ("name", Value::Str(ctx.name.clone())),
         ("type", Value::Str("container".into())),
         ("architecture", Value::Str(ctx.architecture.clone())),
         ("privileged", b(ctx.privileged)),
         ("ephemeral", b(ctx.ephemeral)),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    let devices = Value::Map(
+    ]);
+    let devices = Value::Map(crate::util::sort::map(
         ctx.devices
             .iter()
-            .map(|(k, v)| (k.clone(), Value::from_map(v)))
-            .collect(),
-    );
-    let vars: BTreeMap<String, Value> = [
+            .map(|(k, v)| (k.clone(), Value::from_map(v))),
+    ));
+    let vars = named([
         ("trigger", Value::Str(trigger.into())),
         ("path", Value::Str(path.into())),
         ("container", Value::Map(inst.clone())),
@@ -133,10 +132,7 @@ pub fn variables(ctx: &Context, trigger: &str, path: &str, properties: &api::Str
         ("config", Value::from_map(&ctx.config)),
         ("devices", devices),
         ("properties", Value::from_map(properties)),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    ]);
     Value::Map(vars)
 }
 
@@ -870,15 +866,12 @@ fn render_nodes(nodes: &[Node], scope: &mut Scope, out: &mut String) -> R<()> {
                             frame.insert(var.clone(), v);
                         }
                     }
-                    let fl: BTreeMap<String, Value> = [
+                    let fl = named([
                         ("Counter", Value::Int(i as i64 + 1)),
                         ("Counter0", Value::Int(i as i64)),
                         ("First", Value::Bool(i == 0)),
                         ("Last", Value::Bool(i + 1 == n)),
-                    ]
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v))
-                    .collect();
+                    ]);
                     frame.insert("forloop".into(), Value::Map(fl));
                     scope.frames.push(Value::Map(frame));
                     let r = render_nodes(body, scope, out);

@@ -460,7 +460,7 @@ fn hotplug_local(
     old: &Devices,
     new: &Devices,
 ) -> Result<()> {
-    let names: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    let names = crate::util::sort::set(old.keys().chain(new.keys()));
     let mut remove = Vec::new();
     let mut added = Devices::new();
     for n in names {
@@ -497,11 +497,7 @@ pub fn reconcile(d: &Ctx, inst: &str, ed: &Devices) -> Result<()> {
                 Some("disk" | "unix-char" | "unix-block")
             )
     };
-    let wanted: Devices = ed
-        .iter()
-        .filter(|(_, v)| plain(v))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let wanted = crate::util::sort::entries_where(ed, |_, v| plain(v));
     // As a hot-plug resolves them (see `hotplug_local`); the database only names the pools.
     let disks = resolve_disks(d, &d.db.lock().expect("db lock").data, &wanted, false)?;
     let nodes = resolve_nodes(&wanted)?;
@@ -679,7 +675,7 @@ pub fn io_limits(
 /// (and, with `hotplug`, the devices [`hotplug`] plugs: disks, unix devices, GPUs, USB
 /// devices, `none`, NICs and proxies). Without `hotplug`, every change is refused.
 pub fn check_live_change(old: &Devices, new: &Devices, hotplug: bool) -> Result<()> {
-    let names: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    let names = crate::util::sort::set(old.keys().chain(new.keys()));
     let live = |d: Option<&StringMap>| {
         d.is_none_or(|d| {
             is_local(d) || matches!(d.get("type").map(String::as_str), Some("nic" | "proxy"))

@@ -72,7 +72,7 @@ impl Map {
     }
 
     pub fn from_volatile(s: &str) -> Option<Map> {
-        let v: Vec<Entry> = serde_json::from_str(s).ok()?;
+        let v: Vec<Entry> = serde_json::from_slice(s.as_bytes()).ok()?;
         let mut m = Map {
             uid: vec![],
             gid: vec![],

@@ -138,37 +138,32 @@ fn remove(path: &Path) {
 /// The roots of `data`'s pools that are there to write in (mounted, with their layout): a pool
 /// that is not mounted gets its files at the next start instead of its empty mount point.
 fn roots(bivy_dir: &Path, data: &Data) -> BTreeMap<String, PathBuf> {
-    data.pools
-        .iter()
-        .filter_map(|(name, rec)| {
-            let root = Pool::new(name, &rec.driver, &rec.config, bivy_dir)
-                .ok()?
-                .driver
-                .path();
-            root.join("containers")
-                .is_dir()
-                .then_some((name.clone(), root))
-        })
-        .collect()
+    crate::util::sort::map(data.pools.iter().filter_map(|(name, rec)| {
+        let root = Pool::new(name, &rec.driver, &rec.config, bivy_dir)
+            .ok()?
+            .driver
+            .path();
+        root.join("containers")
+            .is_dir()
+            .then_some((name.clone(), root))
+    }))
 }
 
 type Key<'a> = (&'a str, &'a str);
 
 fn instances(d: &Data) -> BTreeMap<Key<'_>, (&String, &InstanceRecord)> {
-    d.instances
-        .iter()
-        .map(|(n, r)| ((r.pool.as_str(), r.volume.as_str()), (n, r)))
-        .collect()
+    crate::util::sort::map(
+        d.instances
+            .iter()
+            .map(|(n, r)| ((r.pool.as_str(), r.volume.as_str()), (n, r))),
+    )
 }
 
 fn volumes(d: &Data) -> BTreeMap<Key<'_>, (&String, &VolumeRecord)> {
-    d.volumes
-        .iter()
-        .flat_map(|(pool, vols)| {
-            vols.iter()
-                .map(move |(n, r)| ((pool.as_str(), r.volume.as_str()), (n, r)))
-        })
-        .collect()
+    crate::util::sort::map(d.volumes.iter().flat_map(|(pool, vols)| {
+        vols.iter()
+            .map(move |(n, r)| ((pool.as_str(), r.volume.as_str()), (n, r)))
+    }))
 }
 
 /// The database's [`Watcher`](super::db::Watcher) that keeps the files (the daemon's directory,

@@ -260,11 +260,12 @@ pub fn nic_devices(ed: &Devices) -> impl Iterator<Item = (&String, &StringMap)> 
 
 /// The managed networks the NICs among `devs` attach to.
 pub fn networks_of(data: &Data, devs: &Devices) -> BTreeSet<String> {
-    data.networks
-        .keys()
-        .filter(|n| nic_devices(devs).any(|(_, c)| uses_network(c, n)))
-        .cloned()
-        .collect()
+    crate::util::sort::set(
+        data.networks
+            .keys()
+            .filter(|n| nic_devices(devs).any(|(_, c)| uses_network(c, n)))
+            .cloned(),
+    )
 }
 
 /// A started instance's NICs: what the runtime makes, the volatile keys to set first
@@ -285,9 +286,9 @@ pub fn resolve(data: &Data, inst: &str, config: &StringMap, ed: &Devices) -> Res
         volatile: Vec::new(),
         networks: BTreeSet::new(),
     };
-    let mut names: BTreeSet<String> = nic_devices(ed)
-        .filter_map(|(_, d)| d.get("name").filter(|n| !n.is_empty()).cloned())
-        .collect();
+    let mut names: BTreeSet<String> = crate::util::sort::set(
+        nic_devices(ed).filter_map(|(_, d)| d.get("name").filter(|n| !n.is_empty()).cloned()),
+    );
     let mut macs: BTreeSet<[u8; 6]> = BTreeSet::new();
     for (dev, conf) in nic_devices(ed) {
         let attach = validate(data, dev, conf)?;
@@ -503,7 +504,7 @@ pub fn reconcile(
     made.extend(crate::runtime::pending_nics(run_dir));
     let mut want: Vec<Nic> = Vec::new();
     for (dev, conf) in nic_devices(ed) {
-        let one: Devices = [(dev.clone(), conf.clone())].into_iter().collect();
+        let one: Devices = crate::util::sort::map([(dev.clone(), conf.clone())]);
         let fresh = resolve(data, inst, config, &one).map(|r| r.nics.into_iter().next());
         let mut fresh = match fresh {
             Ok(Some(n)) => n,
@@ -589,18 +590,20 @@ pub fn hotplug(
                 .or_else(|| running_nic(config, n, c))
         })
         .collect();
-    let added: Devices = nic_devices(new)
-        .filter(|(n, _)| changed(n))
-        .map(|(n, c)| (n.clone(), c.clone()))
-        .collect();
+    let added: Devices = crate::util::sort::map(
+        nic_devices(new)
+            .filter(|(n, _)| changed(n))
+            .map(|(n, c)| (n.clone(), c.clone())),
+    );
     if gone.is_empty() && added.is_empty() {
         return Ok(Vec::new());
     }
     // New NICs' names must not clash with the ones staying.
-    let staying: BTreeSet<String> = nic_devices(new)
-        .filter(|(n, _)| !changed(n))
-        .map(|(n, c)| c.get("name").cloned().unwrap_or_else(|| n.clone()))
-        .collect();
+    let staying: BTreeSet<String> = crate::util::sort::set(
+        nic_devices(new)
+            .filter(|(n, _)| !changed(n))
+            .map(|(n, c)| c.get("name").cloned().unwrap_or_else(|| n.clone())),
+    );
     // A changed device keeps its MAC unless the change set one.
     let mut cfg = config.clone();
     for (n, c) in &added {

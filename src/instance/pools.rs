@@ -134,18 +134,14 @@ pub fn mend_volume_modes(d: &Ctx) {
     // (pool, volume) -> whether its instance is privileged, read once under one lock.
     let privileged: BTreeMap<(String, String), bool> = {
         let db = d.db.lock().expect("db lock");
-        db.data
-            .instances
-            .values()
-            .map(|r| {
-                let (cfg, _) =
-                    super::config::expand(&r.profiles, &db.data.profiles, &r.config, &r.devices);
-                (
-                    (r.pool.clone(), r.volume.clone()),
-                    super::config::flag(&cfg, "security.privileged"),
-                )
-            })
-            .collect()
+        crate::util::sort::map(db.data.instances.values().map(|r| {
+            let (cfg, _) =
+                super::config::expand(&r.profiles, &db.data.profiles, &r.config, &r.devices);
+            (
+                (r.pool.clone(), r.volume.clone()),
+                super::config::flag(&cfg, "security.privileged"),
+            )
+        }))
     };
     for p in all(d) {
         p.mend_volume_modes(|vol| privileged.get(&(p.name.clone(), vol.to_string())).copied());
@@ -364,11 +360,12 @@ pub fn recover(d: &Ctx) {
         {
             continue;
         }
-        let mine: BTreeMap<&str, &InstanceRecord> = instances
-            .values()
-            .filter(|r| r.pool == p.name)
-            .map(|r| (r.volume.as_str(), r))
-            .collect();
+        let mine: BTreeMap<&str, &InstanceRecord> = crate::util::sort::map(
+            instances
+                .values()
+                .filter(|r| r.pool == p.name)
+                .map(|r| (r.volume.as_str(), r)),
+        );
         let remove = |path: &std::path::Path| {
             eprintln!("bivy: removing leftover volume {}", path.display());
             if let Err(e) = p.driver.delete_volume(path) {

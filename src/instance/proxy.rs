@@ -383,14 +383,12 @@ pub fn stopped(d: &Ctx, inst: &str) {
 /// started are closed and the closed ones started again, and the error says what failed.
 pub fn hotplug(d: &Ctx, inst: &str, old: &Devices, new: &Devices) -> Result<()> {
     let changed = |n: &String| old.get(n) != new.get(n);
-    let gone: Devices = proxy_devices(old)
-        .filter(|(n, _)| changed(n))
-        .map(|(n, c)| (n.clone(), c.clone()))
-        .collect();
-    let added: Devices = proxy_devices(new)
-        .filter(|(n, _)| changed(n))
-        .map(|(n, c)| (n.clone(), c.clone()))
-        .collect();
+    let changed_in = |ds: &Devices| -> Devices {
+        let kept = proxy_devices(ds).filter(|(n, _)| changed(n));
+        crate::util::sort::map(kept.map(|(n, c)| (n.clone(), c.clone())))
+    };
+    let gone = changed_in(old);
+    let added = changed_in(new);
     if gone.is_empty() && added.is_empty() {
         return Ok(());
     }

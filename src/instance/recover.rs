@@ -205,13 +205,13 @@ fn scan(data: &Data, pools: &[Scanned], ncpus: usize) -> Found {
         }
     }
     let data = &with_new;
-    let known_vols: BTreeSet<(&str, &str)> = data
-        .instances
-        .values()
-        .map(|r| (r.pool.as_str(), r.volume.as_str()))
-        .collect();
+    let known_vols: BTreeSet<(&str, &str)> = crate::util::sort::set(
+        data.instances
+            .values()
+            .map(|r| (r.pool.as_str(), r.volume.as_str())),
+    );
     let mut missing = BTreeSet::new();
-    let mut names: BTreeSet<String> = data.instances.keys().cloned().collect();
+    let mut names: BTreeSet<String> = crate::util::sort::set(data.instances.keys().cloned());
     for s in pools {
         let p = &s.pool;
         let root = p.driver.path();
@@ -276,7 +276,7 @@ fn scan(data: &Data, pools: &[Scanned], ncpus: usize) -> Found {
         }
         let recorded = data.volumes.get(&p.name);
         let mut vol_names: BTreeSet<String> = recorded
-            .map(|v| v.keys().cloned().collect())
+            .map(|v| crate::util::sort::set(v.keys().cloned()))
             .unwrap_or_default();
         for (vol, m) in markers::read_all::<VolumeMarker>(&root, "volumes") {
             if recorded.is_some_and(|v| v.values().any(|r| r.volume == vol))
@@ -349,7 +349,7 @@ pub fn validate(d: &Ctx, req: &RecoverPost) -> Result<RecoverValidateResult> {
     let pools = open_pools(d, super::pools::all(d), &data, req)?;
     let mut found = scan(&data, &pools, d.host.ncpus);
     close(&pools);
-    let asked: BTreeSet<&str> = req.pools.iter().map(|p| p.name.as_str()).collect();
+    let asked: BTreeSet<&str> = crate::util::sort::set(req.pools.iter().map(|p| p.name.as_str()));
     found.result.unknown_pools = discover(d)
         .into_iter()
         .filter(|p| !asked.contains(p.name.as_str()))

@@ -11,7 +11,6 @@ use super::lifecycle;
 use super::snapshots::find;
 use super::view::{record, state, url};
 use super::{stateful, Ctx, Error, Result};
-use crate::api::StringMap;
 use crate::runtime::State;
 use crate::storage::Pool;
 
@@ -113,12 +112,9 @@ fn restore_stopped(
     }
     // The config comes back too: the snapshot's keys, with the instance's own volatile state
     // except the on-disk id shift, which is the snapshot's.
-    let mut config: StringMap = s
-        .config
-        .iter()
-        .filter(|(k, _)| !k.starts_with("volatile.") || *k == "volatile.last_state.idmap")
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let mut config = crate::util::sort::entries_where(&s.config, |k, _| {
+        !k.starts_with("volatile.") || k == "volatile.last_state.idmap"
+    });
     for (k, v) in &rec.config {
         if k.starts_with("volatile.") && k != "volatile.last_state.idmap" {
             config.entry(k.clone()).or_insert_with(|| v.clone());

@@ -163,11 +163,9 @@ pub fn changes(ev: &Uevent, devices: &Devices, sysfs: &Path) -> Vec<Change> {
 pub fn present(devices: &Devices, sysfs: &Path) -> Vec<UnixDev> {
     let mut out = Vec::new();
     // The unix-hotplug devices alone: a usb device is matched on its own uevents only.
-    let only: Devices = devices
-        .iter()
-        .filter(|(_, d)| d.get("type").map(String::as_str) == Some("unix-hotplug"))
-        .map(|(n, d)| (n.clone(), d.clone()))
-        .collect();
+    let only = crate::util::sort::entries_where(devices, |_, d| {
+        d.get("type").map(String::as_str) == Some("unix-hotplug")
+    });
     if only.is_empty() {
         return out;
     }

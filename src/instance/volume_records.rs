@@ -17,6 +17,11 @@ pub fn url(pool: &str, name: &str) -> String {
     format!("/1.0/storage-pools/{pool}/volumes/custom/{name}")
 }
 
+/// An operation's `resources` for custom volume `name` on `pool` (LXD's spelling).
+pub fn resources(pool: &str, name: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+    crate::util::sort::map([("storage_volumes".to_string(), vec![url(pool, name)])])
+}
+
 /// The record of volume `name` on `pool`, or LXD's 404.
 pub fn record(d: &Ctx, pool: &str, name: &str) -> Result<VolumeRecord> {
     record_in(&d.db.lock().expect("db lock").data, pool, name).cloned()

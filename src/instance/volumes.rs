@@ -18,7 +18,7 @@ use super::db::{Data, VolumeRecord};
 pub use super::volume_data::{apply_size, copy_volume};
 use super::volume_records::record_in;
 pub use super::volume_records::{
-    instances_using, names_volume, record, url, used_by, CUSTOM, FILESYSTEM,
+    instances_using, names_volume, record, resources, url, used_by, CUSTOM, FILESYSTEM,
 };
 use super::{Ctx, Error, Result};
 use crate::api::{self, StringMap};

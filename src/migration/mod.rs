@@ -76,10 +76,11 @@ pub fn streams(live: bool) -> &'static [&'static str] {
 
 /// New one-time secrets for an operation's [`streams`] (the operation's metadata, as LXD's).
 pub fn secrets(live: bool) -> std::collections::BTreeMap<String, String> {
-    streams(live)
-        .iter()
-        .map(|k| (k.to_string(), crate::instance::operations::secret()))
-        .collect()
+    crate::util::sort::map(
+        streams(live)
+            .iter()
+            .map(|k| (k.to_string(), crate::instance::operations::secret())),
+    )
 }
 
 /// The transfers of bivy's own this daemon may use besides LXD's rsync ([`proto::XFER_BTRFS`]

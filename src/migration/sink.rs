@@ -829,19 +829,16 @@ fn snapshot_records(
             match p {
                 Some(p) => {
                     rec.architecture = super::arch_name(p.architecture).to_string();
-                    rec.config = p
-                        .local_config
-                        .iter()
-                        .map(|c| (c.key.clone(), c.value.clone()))
-                        .collect();
-                    rec.devices = p
-                        .local_devices
-                        .iter()
-                        .map(|d| {
-                            let c = d.config.iter().map(|c| (c.key.clone(), c.value.clone()));
-                            (d.name.clone(), c.collect())
-                        })
-                        .collect();
+                    let pairs = |cs: &[super::proto::Config]| {
+                        let kv = cs.iter().map(|c| (c.key.clone(), c.value.clone()));
+                        crate::util::sort::map(kv)
+                    };
+                    rec.config = pairs(&p.local_config);
+                    rec.devices = crate::util::sort::map(
+                        p.local_devices
+                            .iter()
+                            .map(|d| (d.name.clone(), pairs(&d.config))),
+                    );
                     rec.profiles = p.profiles.clone();
                     rec.ephemeral = p.ephemeral;
                     rec.stateful = p.stateful;

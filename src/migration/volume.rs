@@ -47,14 +47,6 @@ fn disk_key(k: &str) -> bool {
     k.starts_with("volatile.idmap.")
 }
 
-/// An operation's `resources` for volume `name` on `pool` (LXD's spelling).
-fn resources(pool: &str, name: &str) -> std::collections::BTreeMap<String, Vec<String>> {
-    std::collections::BTreeMap::from([(
-        "storage_volumes".to_string(),
-        vec![volumes::url(pool, name)],
-    )])
-}
-
 /// Start serving volume `name` on `pool` to a target (`req.migration`). The operation.
 pub fn start(d: &Ctx, pool: &str, name: &str, req: &api::StorageVolumePost) -> Result<Arc<Op>> {
     let target = match req.target.as_ref().filter(|t| !t.is_null()) {
@@ -80,7 +72,7 @@ pub fn start(d: &Ctx, pool: &str, name: &str, req: &api::StorageVolumePost) -> R
     Ok(serve(
         d,
         "Migrating storage volume",
-        resources(pool, name),
+        volumes::resources(pool, name),
         (false, push),
         streams,
         move |op, secrets| match target {
@@ -328,10 +320,7 @@ pub fn check(d: &Ctx, pool: &str, req: &api::StorageVolumesPost) -> Result<()> {
 
 /// A received volume's config: the request's, without the keys about the source's disk.
 fn new_config(c: &StringMap) -> StringMap {
-    c.iter()
-        .filter(|(k, _)| !disk_key(k))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
+    crate::util::sort::entries_where(c, |k, _| !disk_key(k))
 }
 
 /// Receive volume `req.name` on `pool` (checked by [`check`]) in the operation `op`: pull

@@ -447,7 +447,8 @@ pub fn parse_ruleset(json: &str) -> io::Result<Ruleset> {
             format!("nft -j list ruleset: unexpected output: {why}"),
         )
     };
-    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| bad(&e.to_string()))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(json.as_bytes()).map_err(|e| bad(&e.to_string()))?;
     let items = v
         .get("nftables")
         .and_then(|n| n.as_array())

@@ -189,8 +189,8 @@ fn run(run_dir: &Path, js: &str, sock: OwnedFd) -> std::result::Result<i32, (Own
             }
         };
     }
-    let req: Req =
-        t!(serde_json::from_str(js).map_err(|e| Error(format!("parse exec request: {e}"))));
+    let req: Req = t!(serde_json::from_slice(js.as_bytes())
+        .map_err(|e| Error(format!("parse exec request: {e}"))));
     let spec = t!(read_spec(run_dir));
     let privileged = spec.rootfs_mode == RootfsMode::Privileged;
     let label = std::fs::read_to_string(run_dir.join(files::LABEL)).ok();

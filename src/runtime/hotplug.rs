@@ -112,7 +112,7 @@ pub fn reconcile(
                 .map_err(|(_, e)| Error(format!("lock {}: {e}", pending_path.display())))?;
             let mut js = String::new();
             let _ = f.read_to_string(&mut js);
-            serde_json::from_str(&js).ok()
+            serde_json::from_slice(js.as_bytes()).ok()
         }
         Err(_) => None,
     };
@@ -367,8 +367,8 @@ fn ns_err(what: &str) -> impl Fn(nix::errno::Errno) -> Error + '_ {
 }
 
 fn run(run_dir: &Path, js: &str) -> Result<()> {
-    let req: Req =
-        serde_json::from_str(js).map_err(|e| Error(format!("hot-plug: parse the request: {e}")))?;
+    let req: Req = serde_json::from_slice(js.as_bytes())
+        .map_err(|e| Error(format!("hot-plug: parse the request: {e}")))?;
     // Held until the helper exits: a daemon started after the one that spawned it was killed
     // waits for it before it reconciles (see `reconcile`).
     let _lock = fs::File::open(run_dir.join(PENDING))

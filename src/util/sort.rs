@@ -6,8 +6,53 @@
 //!
 //! The sorts are stable (equal elements keep their order), as `slice::sort_by` is. `xtask tidy`
 //! refuses `.sort*(` calls elsewhere in the daemon's code.
+//!
+//! Collecting into a `BTreeMap` is a sort too: its `FromIterator` gathers the pairs in a vector
+//! and sorts it with a comparison closure that is generic over the iterator, so each `.collect()`
+//! into a map made its own copy of the sort, 2–4 KB each (41 of them, about 100 KB of the
+//! binary). [`map`] builds the map by inserting instead.
 
 use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The map of `pairs`, as `.collect::<BTreeMap<_, _>>()` makes it (a later pair replaces an
+/// earlier one with the same key), without a sort instantiated for the call site.
+pub fn map<K: Ord, V>(pairs: impl IntoIterator<Item = (K, V)>) -> BTreeMap<K, V> {
+    let mut m = BTreeMap::new();
+    m.extend(pairs);
+    m
+}
+
+/// The set of `items`, as `.collect::<BTreeSet<_>>()` makes it, without its sort (one copy per
+/// element type).
+pub fn set<T: Ord>(items: impl IntoIterator<Item = T>) -> BTreeSet<T> {
+    let mut s = BTreeSet::new();
+    s.extend(items);
+    s
+}
+
+/// The entries of `m` that `keep` accepts, copied (a `.filter().map(clone).collect()`, see [`map`]).
+pub fn entries_where<V: Clone>(
+    m: &BTreeMap<String, V>,
+    keep: impl Fn(&str, &V) -> bool,
+) -> BTreeMap<String, V> {
+    map(m
+        .iter()
+        .filter(|(k, v)| keep(k, v))
+        .map(|(k, v)| (k.clone(), v.clone())))
+}
+
+/// [`map`] of fallible pairs: the first error, or the map of them all.
+pub fn try_map<K: Ord, V, E>(
+    pairs: impl IntoIterator<Item = Result<(K, V), E>>,
+) -> Result<BTreeMap<K, V>, E> {
+    let mut m = BTreeMap::new();
+    for p in pairs {
+        let (k, v) = p?;
+        m.insert(k, v);
+    }
+    Ok(m)
+}
 
 /// Sort `v` by `cmp`, stably.
 pub fn sort_by<T>(v: &mut [T], cmp: impl Fn(&T, &T) -> Ordering) {
@@ -85,5 +130,21 @@ mod tests {
         let mut none: Vec<u8> = vec![];
         sort(&mut none);
         assert_eq!((one, none), (vec![1], vec![]));
+    }
+
+    #[test]
+    fn maps_as_collect_does() {
+        let pairs = [("b", 1), ("a", 2), ("b", 3)];
+        let want: BTreeMap<_, _> = pairs.into_iter().collect();
+        assert_eq!(map(pairs), want);
+        assert_eq!(map(pairs)["b"], 3);
+        let ok: Result<BTreeMap<_, _>, ()> = try_map(pairs.map(Ok));
+        assert_eq!(ok, Ok(want));
+        let bad = try_map([Ok(("a", 1)), Err("no"), Err("later")]);
+        assert_eq!(bad, Err("no"));
+        assert_eq!(set([3, 1, 3]), BTreeSet::from_iter([1, 3]));
+        let m = map([("a".to_string(), 1), ("b".into(), 2), ("c".into(), 3)]);
+        let odd = entries_where(&m, |k, v| k != "c" && v % 2 == 1);
+        assert_eq!(odd, map([("a".to_string(), 1)]));
     }
 }

@@ -11,6 +11,9 @@
 //!   table.
 //! - No `.sort*(` call in `src/` outside its tests: `crate::util::sort` sorts through one
 //!   instantiation of the standard sort (each call site's own costs about 4.5 KB of binary).
+//! - No `serde_json::from_str` (`from_slice` of the bytes: one deserializer per type instead of
+//!   two, the same checks) and no `Map::from([...])` (`crate::util::sort::map`: its sort is
+//!   instantiated per call site) in `src/` outside its tests.
 //! - No import cycle between the files of `src/daemon/` or of `src/instance/` (`cycles`, which
 //!   `cargo xtask cycles` prints with each edge's line).
 //!
@@ -145,6 +148,22 @@ pub fn check_file(rel: &str, text: &str) -> Vec<(usize, String)> {
                 i + 1,
                 "a slice sort here instantiates the whole sort again (~4.5 KB): use \
                  crate::util::sort"
+                    .to_string(),
+            ));
+        }
+        if l.code.contains("serde_json::from_str") {
+            out.push((
+                i + 1,
+                "serde_json::from_str instantiates each type's deserializer again for &str: use \
+                 serde_json::from_slice(s.as_bytes())"
+                    .to_string(),
+            ));
+        }
+        if l.code.contains("Map::from([") || l.code.contains("Set::from([") {
+            out.push((
+                i + 1,
+                "a map made from an array sorts it with its own copy of the sort: use \
+                 crate::util::sort::map"
                     .to_string(),
             ));
         }
@@ -680,6 +699,24 @@ mod tests {
         assert!(msgs(
             "src/a/tests.rs",
             "//! d\nfn g(v: &mut Vec<u8>) { v.sort(); }\n"
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn instantiation_rules() {
+        let m = msgs(
+            "src/a.rs",
+            "//! d\nfn f(s: &str) { let v: V = serde_json::from_str(s); let m = BTreeMap::from([(1, 2)]); }\n",
+        );
+        assert_eq!(m.len(), 2, "{m:?}");
+        assert!(
+            m[0].contains("from_slice") && m[1].contains("util::sort::map"),
+            "{m:?}"
+        );
+        assert!(msgs(
+            "src/a.rs",
+            "//! d\nfn f() {}\n#[cfg(test)]\nmod t { fn g() { serde_json::from_str(\"1\"); } }\n"
         )
         .is_empty());
     }

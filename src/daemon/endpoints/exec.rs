@@ -398,7 +398,8 @@ fn control_loop(
         loop {
             match rx.recv() {
                 Ok(ws::Message::Text(t)) if !t.is_empty() => {
-                    let Ok(c) = serde_json::from_str::<api::InstanceExecControl>(&t) else {
+                    let Ok(c) = serde_json::from_slice::<api::InstanceExecControl>(t.as_bytes())
+                    else {
                         continue;
                     };
                     match c.command.as_str() {
@@ -551,7 +552,9 @@ pub fn console(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
                     let end = tx0.clone();
                     let h = std::thread::spawn(move || {
                         while let Ok(ws::Message::Text(t)) = crx.recv() {
-                            let Ok(c) = serde_json::from_str::<api::InstanceExecControl>(&t) else {
+                            let Ok(c) =
+                                serde_json::from_slice::<api::InstanceExecControl>(t.as_bytes())
+                            else {
                                 continue;
                             };
                             if c.command == "window-resize" {

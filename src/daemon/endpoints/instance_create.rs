@@ -170,11 +170,8 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
     let profiles = profiles.unwrap_or_else(|| vec!["default".into()]);
     // volatile keys in a create request (`lxc copy` sends volatile.base_image) are stored; the
     // ones the daemon computes are overwritten.
-    let user_keys: StringMap = config_in
-        .iter()
-        .filter(|(k, _)| !k.starts_with("volatile."))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let user_keys =
+        crate::util::sort::entries_where(&config_in, |k, _| !k.starts_with("volatile."));
     config::validate_config(&user_keys, &StringMap::new(), d.host.ncpus)?;
     devices::validate_devices(&devices_in, &d.db.lock().expect("db lock").data)?;
     let pool_name = {
@@ -318,11 +315,7 @@ fn end_refresh(
 
 /// The `volatile.*` keys of `config`.
 fn volatile_of(config: &StringMap) -> StringMap {
-    config
-        .iter()
-        .filter(|(k, _)| k.starts_with("volatile."))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
+    crate::util::sort::entries_where(config, |k, _| k.starts_with("volatile."))
 }
 
 /// `copy --refresh` between two instances of this server, onto an existing one (a missing one

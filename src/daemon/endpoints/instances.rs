@@ -8,7 +8,7 @@ use super::super::filter::Filter;
 use super::super::request::{json, recursion};
 use super::super::response::{self, Error, Result};
 use super::super::Daemon;
-use crate::api::{self, status, StringMap};
+use crate::api::{self, status};
 use crate::http::{Request, Response};
 use crate::instance::config;
 use crate::instance::db::InstanceRecord;
@@ -291,12 +291,7 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
         }
     } else {
         // PUT replaces the user keys; volatile keys the client left out are kept.
-        let mut c: StringMap = put
-            .config
-            .clone()
-            .into_iter()
-            .filter(|(_, v)| !v.is_empty())
-            .collect();
+        let mut c = crate::util::sort::entries_where(&put.config, |_, v| !v.is_empty());
         for (k, v) in &cur.config {
             if k.starts_with("volatile.") && !put.config.contains_key(k) {
                 c.insert(k.clone(), v.clone());

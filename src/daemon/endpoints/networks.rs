@@ -20,7 +20,9 @@ fn host_links() -> Result<BTreeMap<String, Link>> {
     let links = nl
         .links()
         .map_err(|e| Error::Internal(format!("reading the host's links: {e}")))?;
-    Ok(links.into_iter().map(|l| (l.name.clone(), l)).collect())
+    Ok(crate::util::sort::map(
+        links.into_iter().map(|l| (l.name.clone(), l)),
+    ))
 }
 
 /// The kind of a host interface as LXD names it: a link without a driver kind is a real device.
@@ -51,10 +53,8 @@ fn host_network(d: &Daemon, l: &Link) -> api::Network {
 
 /// Managed networks, then host interfaces that are not one of them, by name.
 fn all(d: &Daemon) -> Result<Vec<api::Network>> {
-    let mut out: BTreeMap<String, api::Network> = networks::list(d)
-        .into_iter()
-        .map(|n| (n.name.clone(), n))
-        .collect();
+    let mut out =
+        crate::util::sort::map(networks::list(d).into_iter().map(|n| (n.name.clone(), n)));
     for (n, l) in host_links()? {
         if let std::collections::btree_map::Entry::Vacant(e) = out.entry(n) {
             e.insert(host_network(d, &l));

@@ -170,18 +170,11 @@ pub fn server_put(d: &Daemon, req: &mut Request, patch: bool) -> Result<Response
 }
 
 fn server_config_view(c: &api::StringMap) -> api::StringMap {
-    c.iter()
-        .map(|(k, v)| {
-            (
-                k.clone(),
-                if k == "core.trust_password" {
-                    "true".into()
-                } else {
-                    v.clone()
-                },
-            )
-        })
-        .collect()
+    let mut view = c.clone();
+    if let Some(v) = view.get_mut("core.trust_password") {
+        *v = "true".into();
+    }
+    view
 }
 
 /// `POST /internal/recover/validate` (`lxd recover`'s scan): the instances and custom volumes

@@ -104,14 +104,6 @@ fn all_volumes(d: &Daemon, pool_name: &str) -> Vec<api::StorageVolume> {
     out
 }
 
-/// The operation resources of a custom volume.
-fn resources(pool_name: &str, name: &str) -> std::collections::BTreeMap<String, Vec<String>> {
-    std::collections::BTreeMap::from([(
-        "storage_volumes".to_string(),
-        vec![volumes::url(pool_name, name)],
-    )])
-}
-
 /// Run `body` as a task operation (LXD answers copies, moves and snapshot changes with one).
 fn task(
     d: &Daemon,
@@ -232,7 +224,7 @@ pub fn create(
         return task(
             d,
             "Copying storage volume",
-            resources(pool_name, &body.name),
+            volumes::resources(pool_name, &body.name),
             move |d| volumes::create(d, &p, &body),
         );
     }
@@ -271,7 +263,7 @@ fn receive(d: &Daemon, pool_name: &str, body: api::StorageVolumesPost) -> Result
     let op = d.ops.start(
         class,
         description,
-        resources(pool_name, &body.name),
+        volumes::resources(pool_name, &body.name),
         metadata,
         list,
         move |op| {
@@ -353,7 +345,7 @@ pub fn rename(
         return task(
             d,
             "Moving storage volume",
-            resources(pool_name, name),
+            volumes::resources(pool_name, name),
             move |d| volumes::rename(d, &p, &n, &body),
         );
     }
@@ -421,7 +413,7 @@ pub fn snapshot_create(
     snapshot_kind(d, pool_name, kind)?;
     let body: api::StorageVolumeSnapshotsPost = json(req)?;
     let snap = vsnaps::check_create(d, pool_name, name, &body)?;
-    let mut res = resources(pool_name, name);
+    let mut res = volumes::resources(pool_name, name);
     res.insert(
         "storage_volume_snapshots".into(),
         vec![vsnaps::url(pool_name, name, &snap)],
@@ -513,7 +505,7 @@ pub fn snapshot_rename(
     vsnaps::rename(d, pool_name, name, snap, &new)?;
     let op = d.ops.done(
         "Renaming storage volume snapshot",
-        resources(pool_name, name),
+        volumes::resources(pool_name, name),
         None,
     );
     Ok(response::operation(&op.to_api()))
@@ -533,7 +525,7 @@ pub fn snapshot_delete(
     task(
         d,
         "Deleting storage volume snapshot",
-        resources(pool_name, name),
+        volumes::resources(pool_name, name),
         move |d| vsnaps::delete(d, &p, &n, &s),
     )
 }

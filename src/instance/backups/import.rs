@@ -60,11 +60,7 @@ pub fn plan(d: &Ctx, info: &Info, name: Option<&str>, pool: Option<&str>) -> Res
             || k == "volatile.uuid"
             || k == "volatile.last_state.power")
     });
-    let user: StringMap = cfg
-        .iter()
-        .filter(|(k, _)| !k.starts_with("volatile."))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let user = crate::util::sort::entries_where(&cfg, |k, _| !k.starts_with("volatile."));
     config::validate_config(&user, &StringMap::new(), d.host.ncpus)?;
     let mut devices = c.devices.clone();
     let profiles = if c.profiles.is_empty() {

@@ -346,12 +346,7 @@ pub fn volume_import(
     let cfg = info.config.as_ref();
     let main = cfg.and_then(|c| c.volume.as_ref()).unwrap_or(&empty);
     let snaps: &[IndexVolume] = cfg.map_or(&[], |c| &c.volume_snapshots);
-    let config: StringMap = main
-        .config
-        .iter()
-        .filter(|(k, _)| !k.starts_with("volatile."))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let config = crate::util::sort::entries_where(&main.config, |k, _| !k.starts_with("volatile."));
     crate::instance::volumes::validate_config(pool.driver.name(), name, &config)?;
     if crate::instance::volume_records::record(d, pool_name, name).is_ok() {
         return Err(Error::Conflict("Volume by that name already exists".into()));
@@ -379,12 +374,7 @@ pub fn volume_import(
         records.push(VolumeSnapshotRecord {
             name: s.name.clone(),
             description: s.description.clone(),
-            config: s
-                .config
-                .iter()
-                .filter(|(k, _)| !k.starts_with("volatile."))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            config: crate::util::sort::entries_where(&s.config, |k, _| !k.starts_with("volatile.")),
             created_at: zero_or(&s.created_at),
             expires_at: zero_or(&s.expires_at),
             volume: sv,
