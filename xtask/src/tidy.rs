@@ -710,10 +710,8 @@ mod tests {
             "//! d\nfn f(s: &str) { let v: V = serde_json::from_str(s); let m = BTreeMap::from([(1, 2)]); }\n",
         );
         assert_eq!(m.len(), 2, "{m:?}");
-        assert!(
-            m[0].contains("from_slice") && m[1].contains("util::sort::map"),
-            "{m:?}"
-        );
+        assert!(m.iter().any(|s| s.contains("from_slice")), "{m:?}");
+        assert!(m.iter().any(|s| s.contains("util::sort::map")), "{m:?}");
         assert!(msgs(
             "src/a.rs",
             "//! d\nfn f() {}\n#[cfg(test)]\nmod t { fn g() { serde_json::from_str(\"1\"); } }\n"
