@@ -242,6 +242,11 @@ pub fn validate_key(key: &str, value: &str) -> Result<()> {
     }
 }
 
+/// The keys of `config` a user sets: all but the `volatile.*` ones the daemon keeps.
+pub fn user_keys(config: &StringMap) -> StringMap {
+    crate::util::sort::entries_where(config, |k, _| !k.starts_with("volatile."))
+}
+
 /// Validate a user-supplied config map against the current one: every key must be known and
 /// valid, and `volatile.*` keys may only be passed back unchanged (the daemon manages them).
 /// `ncpus` is the host's CPU count: a `limits.cpu` count above it is refused.

@@ -170,8 +170,7 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
     let profiles = profiles.unwrap_or_else(|| vec!["default".into()]);
     // volatile keys in a create request (`lxc copy` sends volatile.base_image) are stored; the
     // ones the daemon computes are overwritten.
-    let user_keys =
-        crate::util::sort::entries_where(&config_in, |k, _| !k.starts_with("volatile."));
+    let user_keys = config::user_keys(&config_in);
     config::validate_config(&user_keys, &StringMap::new(), d.host.ncpus)?;
     devices::validate_devices(&devices_in, &d.db.lock().expect("db lock").data)?;
     let pool_name = {

@@ -60,7 +60,7 @@ pub fn plan(d: &Ctx, info: &Info, name: Option<&str>, pool: Option<&str>) -> Res
             || k == "volatile.uuid"
             || k == "volatile.last_state.power")
     });
-    let user = crate::util::sort::entries_where(&cfg, |k, _| !k.starts_with("volatile."));
+    let user = config::user_keys(&cfg);
     config::validate_config(&user, &StringMap::new(), d.host.ncpus)?;
     let mut devices = c.devices.clone();
     let profiles = if c.profiles.is_empty() {

@@ -346,7 +346,7 @@ pub fn volume_import(
     let cfg = info.config.as_ref();
     let main = cfg.and_then(|c| c.volume.as_ref()).unwrap_or(&empty);
     let snaps: &[IndexVolume] = cfg.map_or(&[], |c| &c.volume_snapshots);
-    let config = crate::util::sort::entries_where(&main.config, |k, _| !k.starts_with("volatile."));
+    let config = crate::instance::config::user_keys(&main.config);
     crate::instance::volumes::validate_config(pool.driver.name(), name, &config)?;
     if crate::instance::volume_records::record(d, pool_name, name).is_ok() {
         return Err(Error::Conflict("Volume by that name already exists".into()));
@@ -374,7 +374,7 @@ pub fn volume_import(
         records.push(VolumeSnapshotRecord {
             name: s.name.clone(),
             description: s.description.clone(),
-            config: crate::util::sort::entries_where(&s.config, |k, _| !k.starts_with("volatile.")),
+            config: crate::instance::config::user_keys(&s.config),
             created_at: zero_or(&s.created_at),
             expires_at: zero_or(&s.expires_at),
             volume: sv,
