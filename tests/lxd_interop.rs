@@ -607,17 +607,23 @@ fn lxc_copies_custom_volumes_between_lxd_and_bivy() {
     lxc.ok(&["storage", "volume", "snapshot", "lxd:default", "v1", "s0"]);
     p.sh("lxd:c1", "echo two > /mnt/f && sync");
     // LXD to bivy (pull: bivy dials LXD's operation), then used by a container on bivy.
-    lxc.ok(&[
-        "storage",
-        "volume",
-        "copy",
-        "lxd:default/v1",
-        "bivy:default/v1",
-    ]);
-    let snaps = lxc.ok(&[
-        "query",
-        "bivy:/1.0/storage-pools/default/volumes/custom/v1/snapshots",
-    ]);
+    // Copy v1 from LXD to bivy (with `extra` arguments), then bivy's list of its snapshots.
+    let copy_from_lxd = |extra: &[&str]| {
+        let mut args = vec![
+            "storage",
+            "volume",
+            "copy",
+            "lxd:default/v1",
+            "bivy:default/v1",
+        ];
+        args.extend_from_slice(extra);
+        lxc.ok(&args);
+        lxc.ok(&[
+            "query",
+            "bivy:/1.0/storage-pools/default/volumes/custom/v1/snapshots",
+        ])
+    };
+    let snaps = copy_from_lxd(&[]);
     assert!(snaps.contains("/v1/snapshots/s0"), "{snaps}");
     let cfg = lxc.ok(&["storage", "volume", "show", "bivy:default", "v1"]);
     assert!(
@@ -712,18 +718,7 @@ fn lxc_copies_custom_volumes_between_lxd_and_bivy() {
     // A refresh from LXD (its snapshots carry no dates: compared by name).
     p.sh("lxd:c1", "echo four > /mnt/f && sync");
     lxc.ok(&["storage", "volume", "snapshot", "lxd:default", "v1", "s1"]);
-    lxc.ok(&[
-        "storage",
-        "volume",
-        "copy",
-        "lxd:default/v1",
-        "bivy:default/v1",
-        "--refresh",
-    ]);
-    let snaps = lxc.ok(&[
-        "query",
-        "bivy:/1.0/storage-pools/default/volumes/custom/v1/snapshots",
-    ]);
+    let snaps = copy_from_lxd(&["--refresh"]);
     assert!(
         snaps.contains("/v1/snapshots/s0") && snaps.contains("/v1/snapshots/s1"),
         "{snaps}"

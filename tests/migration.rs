@@ -1168,29 +1168,20 @@ fn custom_volume_refresh_between_servers() {
     std::fs::write(custom_volume(&p.b, "v2", None).join("extra"), "mine\n").unwrap();
     p.lb()
         .ok(&["storage", "volume", "snapshot", "default", "v2", "mine"]);
+    let refresh = |extra: &[&str]| {
+        let mut args = vec!["storage", "volume", "copy", "a:default/v1", "b:default/v2"];
+        args.push("--refresh");
+        args.extend_from_slice(extra);
+        l.ok(&args);
+    };
     // --volume-only: the data only, the copy's snapshots kept.
-    l.ok(&[
-        "storage",
-        "volume",
-        "copy",
-        "a:default/v1",
-        "b:default/v2",
-        "--refresh",
-        "--volume-only",
-    ]);
+    refresh(&["--volume-only"]);
     assert_eq!(volume_snapshot_names(&p.b, "v2"), ["snap0", "mine"]);
     let dir = custom_volume(&p.b, "v2", None);
     assert_eq!(read(&dir.join("sub/data")), "three\n");
     assert!(!dir.join("extra").exists(), "the copy's own file stayed");
     std::fs::write(dir.join("extra"), "mine\n").unwrap();
-    l.ok(&[
-        "storage",
-        "volume",
-        "copy",
-        "a:default/v1",
-        "b:default/v2",
-        "--refresh",
-    ]);
+    refresh(&[]);
     assert_eq!(volume_snapshot_names(&p.b, "v2"), ["s1"]);
     let dir = custom_volume(&p.b, "v2", None);
     assert_eq!(read(&dir.join("sub/data")), "three\n");
