@@ -1035,3 +1035,165 @@ fn disk_io_limits_follow_the_config() {
     );
     l.ok(&["delete", "c1", "--force"]);
 }
+
+/// Mounts this test made on the host, unmounted (newest first) on drop.
+struct HostMounts(Vec<std::path::PathBuf>);
+
+impl HostMounts {
+    fn run(args: &[&str]) {
+        let out = std::process::Command::new("mount")
+            .args(args)
+            .output()
+            .expect("mount");
+        assert!(out.status.success(), "mount {args:?}: {}", err_text(&out));
+    }
+
+    /// `mount -t tmpfs` at `at`, with a file `mark` holding `text`.
+    fn tmpfs(&mut self, at: &Path, text: &str) {
+        std::fs::create_dir_all(at).expect("mkdir");
+        Self::run(&["-t", "tmpfs", "tmpfs", &at.display().to_string()]);
+        self.0.push(at.to_path_buf());
+        std::fs::write(at.join("mark"), text).expect("mark");
+    }
+
+    fn umount(&mut self, at: &Path) {
+        let st = std::process::Command::new("umount")
+            .arg(at)
+            .status()
+            .expect("umount");
+        assert!(st.success(), "umount {}", at.display());
+        self.0.retain(|p| p != at);
+    }
+}
+
+impl Drop for HostMounts {
+    fn drop(&mut self) {
+        for p in self.0.iter().rev() {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(p)
+                .status();
+        }
+    }
+}
+
+/// The propagation line of the mount at `path` in the container's `/proc/self/mountinfo`
+/// (its optional fields: `shared:N`, `master:N`, ...).
+fn propagation_in(l: &Lxc<'_>, c: &str, path: &str) -> String {
+    let (code, out) = l.sh(
+        c,
+        &format!("awk '$5 == \"{path}\" {{ for (i = 7; $i != \"-\"; i++) printf \"%s \", $i; print \"\" }}' /proc/self/mountinfo"),
+    );
+    assert_eq!(code, 0, "{out}");
+    out.trim().to_string()
+}
+
+#[test]
+fn disk_propagation_follows_the_host_one_way() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    l.import_busybox();
+    // The source, a shared mount on the host (as on a systemd host's /).
+    let src = d.tmp().join("prop");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    let mut host = HostMounts(Vec::new());
+    let s = src.display().to_string();
+    HostMounts::run(&["--bind", &s, &s]);
+    host.0.push(src.clone());
+    HostMounts::run(&["--make-shared", &s]);
+    l.ok(&["init", "busybox", "c1"]);
+    for (name, prop) in [
+        ("priv", "private"),
+        ("slave", "rslave"),
+        ("shared", "shared"),
+    ] {
+        l.ok(&[
+            "config",
+            "device",
+            "add",
+            "c1",
+            name,
+            "disk",
+            &format!("source={s}"),
+            &format!("path=/mnt/{name}"),
+            &format!("propagation={prop}"),
+        ]);
+    }
+    fails_with(
+        &l,
+        &[
+            "config",
+            "device",
+            "add",
+            "c1",
+            "bad",
+            "disk",
+            &format!("source={s}"),
+            "path=/mnt/bad",
+            "propagation=rbind",
+        ],
+        "Invalid value for device option \"propagation\"",
+    );
+    l.ok(&["start", "c1"]);
+    // A mount the host makes below the source after the start: seen by slave and shared only.
+    host.tmpfs(&src.join("sub"), "from the host\n");
+    let (code, out) = l.sh(
+        "c1",
+        "cat /mnt/slave/sub/mark /mnt/shared/sub/mark; test -e /mnt/priv/sub/mark; echo $?",
+    );
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "from the host\nfrom the host\n1\n")
+    );
+    let slave = propagation_in(&l, "c1", "/mnt/slave");
+    assert!(
+        slave.contains("master:") && !slave.contains("shared:"),
+        "{slave}"
+    );
+    let shared = propagation_in(&l, "c1", "/mnt/shared");
+    assert!(
+        shared.contains("master:") && shared.contains("shared:"),
+        "{shared}"
+    );
+    assert_eq!(propagation_in(&l, "c1", "/mnt/priv"), "");
+    // The container's own mounts never reach the host.
+    for d in ["in", "in2"] {
+        std::fs::create_dir(src.join(d)).expect("mkdir");
+    }
+    let (code, out) = l.sh(
+        "c1",
+        "mount -t tmpfs none /mnt/shared/in && mount -t tmpfs none /mnt/slave/in2 && echo ok",
+    );
+    assert_eq!((code, out.as_str()), (0, "ok\n"), "{out}");
+    let below = common::mounts_below(&src);
+    assert_eq!(below, vec![src.join("sub"), src.clone()], "{below:?}");
+    // The host's unmount reaches the container too.
+    host.umount(&src.join("sub"));
+    let (code, out) = l.sh("c1", "test -e /mnt/slave/sub/mark; echo $?");
+    assert_eq!((code, out.as_str()), (0, "1\n"));
+    // Hot-plugged: the same.
+    l.ok(&[
+        "config",
+        "device",
+        "add",
+        "c1",
+        "hot",
+        "disk",
+        &format!("source={s}"),
+        "path=/mnt/hot",
+        "propagation=slave",
+    ]);
+    host.tmpfs(&src.join("later"), "later\n");
+    let (code, out) = l.sh(
+        "c1",
+        "cat /mnt/hot/later/mark; test -e /mnt/priv/later/mark; echo $?",
+    );
+    assert_eq!((code, out.as_str()), (0, "later\n1\n"));
+    host.umount(&src.join("later"));
+    l.ok(&["delete", "c1", "--force"]);
+    host.umount(&src);
+    no_mounts_below(d.tmp());
+}

@@ -52,9 +52,13 @@ pub fn validate_disk(name: &str, dev: &StringMap) -> Result<()> {
             "limits.read" | "limits.write" | "limits.max" => {
                 io_rate(name, k, v)?;
             }
-            // Private is what every disk is (nothing propagates between host and container).
-            "propagation" if matches!(v.as_str(), "" | "private" | "rprivate") => {}
-            "optional" | "propagation" | "ceph.cluster_name" | "ceph.user_name"
+            "propagation" if crate::runtime::Propagation::parse(v).is_some() => {}
+            "propagation" => {
+                return Err(Error::Invalid(format!(
+                    "Device {name:?}: Invalid value for device option \"propagation\": {v:?} (private, shared, slave, unbindable, rprivate, rshared, rslave or runbindable)"
+                )))
+            }
+            "optional" | "ceph.cluster_name" | "ceph.user_name"
             | "boot.priority" | "io.cache" => {
                 return Err(Error::not_yet(&format!(
                     "disk device option {k:?} (device {name:?})"
@@ -174,6 +178,10 @@ pub fn resolve_disks(
             recursive,
             required,
             mount_options: dev.get("raw.mount.options").cloned().unwrap_or_default(),
+            propagation: dev
+                .get("propagation")
+                .and_then(|p| crate::runtime::Propagation::parse(p))
+                .unwrap_or_default(),
         });
     }
     crate::util::sort::sort_by_key(&mut out, |m| {
@@ -857,14 +865,23 @@ mod tests {
             ("readonly", "maybe")
         ])
         .is_err());
+        for p in ["shared", "rslave", "private", "runbindable"] {
+            assert!(ok(&[
+                ("type", "disk"),
+                ("source", "/srv/a"),
+                ("path", "/a"),
+                ("propagation", p)
+            ])
+            .is_ok());
+        }
         assert!(matches!(
             ok(&[
                 ("type", "disk"),
                 ("source", "/srv/a"),
                 ("path", "/a"),
-                ("propagation", "shared")
+                ("propagation", "rbind")
             ]),
-            Err(Error::NotSupported(_))
+            Err(Error::Invalid(_))
         ));
         assert!(ok(&[
             ("type", "disk"),

@@ -15,6 +15,10 @@
 //!   kernel locks the staged mounts' flags: the container cannot remount a read-only disk
 //!   read-write.
 //!
+//! A disk whose `propagation` follows the host's (slave, shared) is copied earlier, by
+//! [`staging_namespace`], while the new namespace is still the host's slave: its copy stays a
+//! slave of the host's mount, and so do the clones made from it down to the container's.
+//!
 //! The mounts go when the container's namespaces go: stopping leaves nothing on the host.
 
 use std::fs;
@@ -24,7 +28,9 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 
-use super::{userns, DiskMount, Error, Result, Spec, UnixDev};
+use nix::mount::MsFlags;
+
+use super::{userns, DiskMount, Error, Propagation, Result, Spec, UnixDev};
 use crate::sys;
 
 /// A disk staged by the monitor, ready for the child to mount.
@@ -37,6 +43,66 @@ pub struct Staged {
     pub dir: bool,
     pub path: String,
     pub recursive: bool,
+    pub propagation: Propagation,
+}
+
+/// A source opened (`O_PATH`) and its detached copy, taken while the staging namespace was the
+/// host's slave (see [`staging_namespace`]).
+pub struct Linked {
+    source: OwnedFd,
+    tree: OwnedFd,
+}
+
+/// Enter a mount namespace of our own for staging (the monitor at start, the hot-plug helper):
+/// a copy of the host's, made its slave (nothing mounted here reaches the host) while the
+/// sources of `disks` whose propagation follows the host's are copied, then private. Returns
+/// those copies, indexed like `disks` (`None` for the others and for missing optional sources).
+pub fn staging_namespace(disks: &[DiskMount]) -> Result<Vec<Option<Linked>>> {
+    let ns_err = |what: &str, e: nix::errno::Errno| Error(format!("{what}: {e}"));
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(|e| ns_err("unshare(CLONE_NEWNS)", e))?;
+    let make = |flag: MsFlags, what: &str| {
+        nix::mount::mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | flag,
+            None::<&str>,
+        )
+        .map_err(|e| ns_err(what, e))
+    };
+    let mut linked = Vec::with_capacity(disks.len());
+    if disks.iter().any(|d| d.propagation.follows_host()) {
+        make(
+            MsFlags::MS_SLAVE,
+            "make the staging namespace the host's slave",
+        )?;
+        for d in disks {
+            linked.push(if d.propagation.follows_host() {
+                link(d)?
+            } else {
+                None
+            });
+        }
+    }
+    make(MsFlags::MS_PRIVATE, "make the staging namespace private")?;
+    linked.resize_with(disks.len(), || None);
+    Ok(linked)
+}
+
+/// Open the source of `d` and copy its mount (a block device's filesystem is mounted afresh
+/// later: nothing to follow).
+fn link(d: &DiskMount) -> Result<Option<Linked>> {
+    let Some(source) = open_source(d)? else {
+        return Ok(None);
+    };
+    let st = rustix::fs::fstat(&source).map_err(|e| err(d, format!("stat source: {e}")))?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::BlockDevice {
+        return Ok(None);
+    }
+    let tree = sys::open_tree_clone_fd(source.as_fd(), d.recursive)
+        .map_err(|e| err(d, format!("open_tree {}: {e}", d.source.display())))?;
+    Ok(Some(Linked { source, tree }))
 }
 
 fn err(d: &DiskMount, what: impl std::fmt::Display) -> Error {
@@ -75,9 +141,9 @@ fn open_source(d: &DiskMount) -> Result<Option<OwnedFd>> {
 }
 
 /// Monitor side: open, copy, idmap and attach every disk below `stage`, then make the device
-/// nodes there (in the monitor's private mount namespace). Sources missing with
-/// `required=false` are left out (and logged).
-pub fn stage(spec: &Spec, stage: &Path) -> Result<Vec<Staged>> {
+/// nodes there (in the monitor's private mount namespace; `linked` from [`staging_namespace`]).
+/// Sources missing with `required=false` are left out (and logged).
+pub fn stage(spec: &Spec, stage: &Path, linked: Vec<Option<Linked>>) -> Result<Vec<Staged>> {
     if spec.disks.is_empty() && spec.unix_devices.is_empty() {
         return Ok(Vec::new());
     }
@@ -85,8 +151,8 @@ pub fn stage(spec: &Spec, stage: &Path) -> Result<Vec<Staged>> {
     fs::create_dir(&base).map_err(|e| Error(format!("create {}: {e}", base.display())))?;
     let mut ns: Option<OwnedFd> = None;
     let mut out = Vec::new();
-    for (i, d) in spec.disks.iter().enumerate() {
-        if let Some(s) = stage_disk(spec, d, &mut ns, &base.join(i.to_string()))? {
+    for ((i, d), l) in spec.disks.iter().enumerate().zip(linked) {
+        if let Some(s) = stage_disk(spec, d, &mut ns, &base.join(i.to_string()), l)? {
             out.push(s);
         }
     }
@@ -98,13 +164,19 @@ pub fn stage(spec: &Spec, stage: &Path) -> Result<Vec<Staged>> {
 
 /// Open, copy, idmap (with the user namespace `ns`, made on first use) and make read-only one
 /// disk, attached at `at` (which must not exist). `None`: the source is missing and not required.
+/// `linked`: the source and its copy, already taken by [`staging_namespace`].
 pub(crate) fn stage_disk(
     spec: &Spec,
     d: &DiskMount,
     ns: &mut Option<OwnedFd>,
     at: &Path,
+    linked: Option<Linked>,
 ) -> Result<Option<Staged>> {
-    let Some(fd) = open_source(d)? else {
+    let (fd, linked) = match linked {
+        Some(l) => (Some(l.source), Some(l.tree)),
+        None => (open_source(d)?, None),
+    };
+    let Some(fd) = fd else {
         eprintln!(
             "bivy: disk device {:?}: source {} is missing, skipped (required=false)",
             d.name,
@@ -137,11 +209,11 @@ pub(crate) fn stage_disk(
             "raw.mount.options applies to block device sources only (a bind mount has no filesystem options)",
         ));
     }
-    let tree = if block {
-        mount_block(d, &fd)?
-    } else {
-        sys::open_tree_clone_fd(fd.as_fd(), d.recursive)
-            .map_err(|e| err(d, format!("open_tree {}: {e}", d.source.display())))?
+    let tree = match linked {
+        Some(tree) => tree,
+        None if block => mount_block(d, &fd)?,
+        None => sys::open_tree_clone_fd(fd.as_fd(), d.recursive)
+            .map_err(|e| err(d, format!("open_tree {}: {e}", d.source.display())))?,
     };
     if d.idmap && !spec.uid_map.is_empty() {
         if ns.is_none() {
@@ -176,6 +248,7 @@ pub(crate) fn stage_disk(
         dir,
         path: d.path.clone(),
         recursive: d.recursive,
+        propagation: d.propagation,
     }))
 }
 
@@ -314,6 +387,7 @@ pub(crate) fn stage_node(spec: &Spec, u: &UnixDev, at: &Path) -> Result<Staged> 
         dir: false,
         path: u.path.clone(),
         recursive: false,
+        propagation: Propagation::Private,
     })
 }
 
@@ -395,9 +469,17 @@ pub fn mount_all(root: &Path, staged: &[Staged]) -> Result<()> {
             Error(format!("disk device {:?}: {what} {}: {x}", s.name, s.path))
         };
         let target = resolve_target(root, &s.path, s.dir).map_err(|x| e("path", &x))?;
-        let tree =
-            sys::open_tree_clone(&s.staged, s.recursive).map_err(|x| e("open_tree for", &x))?;
+        let tree = clone_staged(s).map_err(|x| e("open_tree for", &x))?;
         sys::move_mount_fd(tree.as_fd(), target.as_fd()).map_err(|x| e("mount on", &x))?;
     }
     Ok(())
+}
+
+/// The container's copy of a staged mount, with the propagation type it must have there.
+pub(crate) fn clone_staged(s: &Staged) -> io::Result<OwnedFd> {
+    let tree = sys::open_tree_clone(&s.staged, s.recursive)?;
+    if let Some((kind, recursive)) = s.propagation.in_container() {
+        sys::mount_setattr_propagation(tree.as_fd(), kind, recursive)?;
+    }
+    Ok(tree)
 }

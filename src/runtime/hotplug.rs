@@ -90,6 +90,7 @@ fn same_disk(a: &DiskMount, b: &DiskMount) -> bool {
         && a.recursive == b.recursive
         && a.required == b.required
         && a.mount_options == b.mount_options
+        && a.propagation == b.propagation
 }
 
 /// After a daemon restart: make the disks and nodes of a running container `disks` and `nodes`
@@ -383,15 +384,8 @@ fn run(run_dir: &Path, js: &str) -> Result<()> {
     let mut staged: Vec<Staged> = Vec::new();
     let adding = !req.disks.is_empty() || !req.nodes.is_empty();
     if adding {
-        nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(ns_err("unshare(CLONE_NEWNS)"))?;
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-            None::<&str>,
-        )
-        .map_err(ns_err("make / private"))?;
+        let linked =
+            disks::staging_namespace(&req.disks).map_err(|e| Error(format!("hot-plug: {e}")))?;
         let stage = run_dir.join(HOTPLUG_STAGE);
         match crate::util::fs::create_dir_mode(&stage, 0o711) {
             Ok(()) => {}
@@ -407,8 +401,8 @@ fn run(run_dir: &Path, js: &str) -> Result<()> {
         )
         .map_err(ns_err("mount the staging tmpfs"))?;
         let mut ns: Option<OwnedFd> = None;
-        for (i, d) in req.disks.iter().enumerate() {
-            if let Some(s) = disks::stage_disk(&spec, d, &mut ns, &stage.join(i.to_string()))? {
+        for ((i, d), l) in req.disks.iter().enumerate().zip(linked) {
+            if let Some(s) = disks::stage_disk(&spec, d, &mut ns, &stage.join(i.to_string()), l)? {
                 staged.push(s);
             }
         }
@@ -428,7 +422,7 @@ fn run(run_dir: &Path, js: &str) -> Result<()> {
     // 3. Detached clones, then the container's mount namespace (and its root).
     let mut trees: Vec<(Staged, OwnedFd)> = Vec::new();
     for s in staged {
-        let t = sys::open_tree_clone(&s.staged, s.recursive)
+        let t = disks::clone_staged(&s)
             .map_err(|e| Error(format!("device {:?}: open_tree: {e}", s.name)))?;
         trees.push((s, t));
     }

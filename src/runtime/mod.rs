@@ -115,6 +115,68 @@ pub struct DiskMount {
     /// `raw.mount.options` (comma-separated), for a block device source only.
     #[serde(default)]
     pub mount_options: String,
+    /// LXD's `propagation`.
+    #[serde(default)]
+    pub propagation: Propagation,
+}
+
+/// How a disk's mount is tied to the host's (LXD's `propagation`, the kernel's shared subtrees).
+/// `Private` (the default) and `Unbindable` receive nothing from the host. `Slave` and `Shared`
+/// receive what the host mounts and unmounts below the source, when the host's mount holding the
+/// source is itself shared; `Shared` is also shared inside the container (its bind copies there
+/// follow it). Nothing a container mounts ever reaches the host: the staging namespace that
+/// links the mount is the host's slave, as LXC makes a container's.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Propagation {
+    #[default]
+    Private,
+    Rprivate,
+    Slave,
+    Rslave,
+    Shared,
+    Rshared,
+    Unbindable,
+    Runbindable,
+}
+
+impl Propagation {
+    /// LXD's value (empty: the default).
+    pub fn parse(s: &str) -> Option<Self> {
+        use Propagation::*;
+        Some(match s {
+            "" | "private" => Private,
+            "rprivate" => Rprivate,
+            "slave" => Slave,
+            "rslave" => Rslave,
+            "shared" => Shared,
+            "rshared" => Rshared,
+            "unbindable" => Unbindable,
+            "runbindable" => Runbindable,
+            _ => return None,
+        })
+    }
+
+    /// The mount must receive the host's mount events: copied while the staging namespace is
+    /// still the host's slave.
+    pub fn follows_host(self) -> bool {
+        use Propagation::*;
+        matches!(self, Slave | Rslave | Shared | Rshared)
+    }
+
+    /// The propagation type set on the container's mount (`MS_SHARED`, `MS_UNBINDABLE`), and
+    /// whether on each mount of a recursive bind: private and slave mounts are already what they
+    /// must be when they are copied.
+    pub fn in_container(self) -> Option<(u64, bool)> {
+        use Propagation::*;
+        match self {
+            Shared => Some((crate::sys::MS_SHARED, false)),
+            Rshared => Some((crate::sys::MS_SHARED, true)),
+            Unbindable => Some((crate::sys::MS_UNBINDABLE, false)),
+            Runbindable => Some((crate::sys::MS_UNBINDABLE, true)),
+            Private | Rprivate | Slave | Rslave => None,
+        }
+    }
 }
 
 /// A `unix-char` or `unix-block` device node (also what `gpu` and `usb` devices become): made by

@@ -217,16 +217,8 @@ fn setup(
 
     trace(t0, "before step 2");
     // 2. A private mount namespace for the monitor: the staging mounts below never reach the host.
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
-        .map_err(|e| Error(format!("unshare(CLONE_NEWNS): {e}")))?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(|e| Error(format!("make / private in the monitor: {e}")))?;
+    //    Disks whose propagation follows the host's are copied on the way (see disks.rs).
+    let linked = disks::staging_namespace(&spec.disks)?;
 
     trace(t0, "before step 3");
     // 3. Staging tmpfs (mounted by host root, so device nodes on it work when bind-mounted into the
@@ -298,7 +290,7 @@ fn setup(
     trace(t0, "before step 4b");
     // 4b. Disk devices: each source opened without following symlinks, copied, idmapped and made
     //     read-only as asked, attached below the staging tmpfs (see disks.rs).
-    let staged = disks::stage(spec, &stage)?;
+    let staged = disks::stage(spec, &stage, linked)?;
 
     trace(t0, "before step 5");
     // 5. Confinement prepared before the clone, so the child only has to apply it.

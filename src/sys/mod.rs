@@ -110,8 +110,46 @@ pub fn open_tree_clone_fd(fd: BorrowedFd<'_>, recursive: bool) -> io::Result<Own
 /// `MOUNT_ATTR_RDONLY` for [`mount_setattr_flags`].
 pub const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
 
-/// `mount_setattr(fd, "", AT_EMPTY_PATH [| AT_RECURSIVE], {attr_set: set})`: set per-mount flags
-/// (e.g. [`MOUNT_ATTR_RDONLY`]) on a (detached) mount.
+/// Propagation types for [`mount_setattr_propagation`] (`MS_SHARED`, `MS_SLAVE`, ...).
+pub const MS_PRIVATE: u64 = libc::MS_PRIVATE;
+pub const MS_SLAVE: u64 = libc::MS_SLAVE;
+pub const MS_SHARED: u64 = libc::MS_SHARED;
+pub const MS_UNBINDABLE: u64 = libc::MS_UNBINDABLE;
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+
+/// `mount_setattr(fd, "", AT_EMPTY_PATH [| AT_RECURSIVE], attr)` on the mount `mnt` (an open
+/// tree, detached or attached).
+fn mount_setattr(mnt: BorrowedFd<'_>, attr: &MountAttr, recursive: bool) -> io::Result<()> {
+    let mut flags = libc::AT_EMPTY_PATH as libc::c_uint;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    // SAFETY: the path is a static empty C string, `attr` is a valid repr(C) mount_attr (the
+    // size passed matches the struct) that lives across the call; the fds in it and `mnt` are
+    // borrowed open fds.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            mnt.as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+            attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    check(r).map(|_| ())
+}
+
+/// Set per-mount flags (e.g. [`MOUNT_ATTR_RDONLY`]) on a mount.
 pub fn mount_setattr_flags(mnt: BorrowedFd<'_>, set: u64, recursive: bool) -> io::Result<()> {
     let attr = MountAttr {
         attr_set: set,
@@ -119,23 +157,38 @@ pub fn mount_setattr_flags(mnt: BorrowedFd<'_>, set: u64, recursive: bool) -> io
         propagation: 0,
         userns_fd: 0,
     };
-    let mut flags = libc::AT_EMPTY_PATH as libc::c_uint;
-    if recursive {
-        flags |= libc::AT_RECURSIVE as libc::c_uint;
-    }
-    // SAFETY: the path is a static empty C string, `attr` is a valid repr(C) mount_attr (the
-    // size passed matches the struct) that lives across the call; the fd is a borrowed open fd.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            mnt.as_raw_fd(),
-            c"".as_ptr(),
-            flags,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
+    mount_setattr(mnt, &attr, recursive)
+}
+
+/// Set a mount's propagation type ([`MS_SHARED`], [`MS_SLAVE`], [`MS_PRIVATE`] or
+/// [`MS_UNBINDABLE`]).
+pub fn mount_setattr_propagation(
+    mnt: BorrowedFd<'_>,
+    propagation: u64,
+    recursive: bool,
+) -> io::Result<()> {
+    let attr = MountAttr {
+        attr_set: 0,
+        attr_clr: 0,
+        propagation,
+        userns_fd: 0,
     };
-    check(r).map(|_| ())
+    mount_setattr(mnt, &attr, recursive)
+}
+
+/// Idmap a detached mount with the user namespace `userns` (`MOUNT_ATTR_IDMAP`).
+pub fn mount_setattr_idmap(
+    mnt: BorrowedFd<'_>,
+    userns: BorrowedFd<'_>,
+    recursive: bool,
+) -> io::Result<()> {
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    mount_setattr(mnt, &attr, recursive)
 }
 
 /// `move_mount(from, "", to, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH)`: attach a
@@ -150,47 +203,6 @@ pub fn move_mount_fd(from: BorrowedFd<'_>, to: BorrowedFd<'_>) -> io::Result<()>
             to.as_raw_fd(),
             c"".as_ptr(),
             libc::MOVE_MOUNT_F_EMPTY_PATH | libc::MOVE_MOUNT_T_EMPTY_PATH,
-        )
-    };
-    check(r).map(|_| ())
-}
-
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-
-const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
-
-/// `mount_setattr(fd, "", AT_EMPTY_PATH [| AT_RECURSIVE], {MOUNT_ATTR_IDMAP, userns_fd})`.
-pub fn mount_setattr_idmap(
-    mnt: BorrowedFd<'_>,
-    userns: BorrowedFd<'_>,
-    recursive: bool,
-) -> io::Result<()> {
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: userns.as_raw_fd() as u64,
-    };
-    let mut flags = libc::AT_EMPTY_PATH as libc::c_uint;
-    if recursive {
-        flags |= libc::AT_RECURSIVE as libc::c_uint;
-    }
-    // SAFETY: the path is a static empty C string, `attr` is a valid repr(C) mount_attr (the
-    // size passed matches the struct) that lives across the call; both fds are borrowed open fds.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            mnt.as_raw_fd(),
-            c"".as_ptr(),
-            flags,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
         )
     };
     check(r).map(|_| ())
