@@ -361,6 +361,7 @@ pub mod bpf;
 pub mod btrfs;
 pub mod loopdev;
 pub mod seccomp;
+mod static_libc;
 
 /// Cap glibc's malloc arenas (`M_ARENA_MAX`): the daemon runs a thread per connection and per
 /// watched container, and glibc would otherwise give busy threads arenas of their own, which
