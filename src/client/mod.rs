@@ -431,8 +431,9 @@ impl Client {
             && serde_json::from_slice::<Head>(&resp.body)
                 .is_ok_and(|h| h.kind != "error" && h.error.is_empty());
         if !ok {
-            let env = parse_envelope(resp.status, &resp.body)?;
-            return Ok(serde_json::from_value(env.metadata)?);
+            // An error's envelope is the error; anything [`parse_envelope`] lets through is
+            // decoded as below (never through a `Value`: a second decoder of `T`).
+            parse_envelope(resp.status, &resp.body)?;
         }
         let t: Typed<T> = serde_json::from_slice(&resp.body)?;
         Ok(t.metadata)
