@@ -272,8 +272,8 @@ fn deb_passes_lintian() {
         .output()
         .expect("run lintian");
     let report = text(&out.stdout);
-    // No error and no warning (the two false positives of a static-pie binary are overridden
-    // in the package, with their reasons).
+    // No error and no warning (the false positive of a static-pie binary is overridden in the
+    // package, with its reason).
     let bad: Vec<&str> = report
         .lines()
         .filter(|l| l.starts_with("E: ") || l.starts_with("W: "))

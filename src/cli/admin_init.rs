@@ -110,7 +110,7 @@ pub fn run(args: &[String]) -> CmdResult {
     let mut st = State::read(&c)?;
     if a.dump {
         // `lxd init --dump` prints the YAML and a blank line.
-        println!("{}", super::yaml::to_string(&preseed::dump(&st))?);
+        println!("{}", crate::util::yaml::to_string(&preseed::dump(&st))?);
         return Ok(0);
     }
     let (doc, mut steps) = if a.preseed {
@@ -123,7 +123,7 @@ pub fn run(args: &[String]) -> CmdResult {
     } else {
         let (doc, print) = interactive(&mut Terminal, &st, loop_default_gib())?;
         if print {
-            println!("{}", super::yaml::to_string(&doc)?);
+            println!("{}", crate::util::yaml::to_string(&doc)?);
         }
         (doc, Vec::new())
     };

@@ -131,7 +131,7 @@ impl Config {
         let mut c: Config = if text.trim().is_empty() {
             Config::default()
         } else {
-            serde_norway::from_str(text)
+            crate::util::yaml::from_str(text)
                 .map_err(|e| format!("Unable to decode the configuration: {e}"))?
         };
         c.dir = dir.to_path_buf();
@@ -153,7 +153,7 @@ impl Config {
 
     /// The text of `config.yml` (yaml.v2's layout, as lxc writes it).
     pub fn to_yaml(&self) -> Result<String, String> {
-        super::yaml::to_string(self)
+        crate::util::yaml::to_string(self)
     }
 
     /// Write `config.yml` atomically (mode 0644), making the directory (0700) when missing.

@@ -9,11 +9,12 @@ use std::process::Command;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{client, fail, instance_path, is_tty, target, yaml, CmdResult, Fail};
+use super::{client, fail, instance_path, is_tty, target, CmdResult, Fail};
 use crate::api::{
     Devices, Instance, InstancePut, Profile, ProfilePut, Server, ServerPut, StringMap,
 };
 use crate::client::{urlencode, Client};
+use crate::util::yaml;
 
 const USAGE: &str = "Usage:\n  bivy config [command]\n\nAvailable Commands:\n  device      Manage devices\n  edit        Edit instance or server configurations as YAML\n  get         Get values for instance or server configuration keys\n  set         Set instance or server configuration keys\n  show        Show instance or server configurations\n  trust       Manage trusted clients\n  unset       Unset instance or server configuration keys\n";
 

@@ -349,7 +349,7 @@ fn image_matches(img: &Image, filters: &[String]) -> bool {
 pub fn render_list(images: &[Image], columns: &str, format: Format) -> Result<String, Fail> {
     match format {
         Format::Json => return Ok(serde_json::to_string(images).map_err(|e| e.to_string())? + "\n"),
-        Format::Yaml => return Ok(super::yaml::to_string(images)?),
+        Format::Yaml => return Ok(crate::util::yaml::to_string(images)?),
         _ => {}
     }
     let cols: Vec<char> = columns.chars().filter(|c| *c != ',').collect();

@@ -1230,7 +1230,7 @@ pub fn render_list(
                     i
                 })
                 .collect();
-            return Ok(super::yaml::to_string(&v)?);
+            return Ok(crate::util::yaml::to_string(&v)?);
         }
         _ => {}
     }
@@ -1433,28 +1433,25 @@ pub fn render_info(i: &InstanceFull) -> String {
 /// `info` for the server: its YAML, with Go's lowercase field names for the storage drivers
 /// (their JSON names are capitalized, their YAML names are not).
 pub fn render_server(server: &crate::api::Server) -> Result<String, Fail> {
-    use serde_norway::Value;
-    let mut v = serde_norway::to_value(server).map_err(|e| e.to_string())?;
-    if let Some(Value::Sequence(drivers)) = v
-        .get_mut("environment")
-        .and_then(|e| e.get_mut("storage_supported_drivers"))
-    {
-        for d in drivers.iter_mut() {
-            if let Value::Mapping(m) = d {
-                let lower: serde_norway::Mapping = m
-                    .iter()
-                    .map(|(k, v)| {
-                        (
-                            Value::String(k.as_str().unwrap_or_default().to_lowercase()),
-                            v.clone(),
-                        )
-                    })
-                    .collect();
-                *m = lower;
+    use crate::util::yaml::{self, Node};
+    let mut v = yaml::to_node(server)?;
+    if let Node::Map(top) = &mut v {
+        if let Some((_, Node::Map(env))) = top.iter_mut().find(|(k, _)| k == "environment") {
+            if let Some((_, Node::Seq(drivers))) = env
+                .iter_mut()
+                .find(|(k, _)| k == "storage_supported_drivers")
+            {
+                for d in drivers.iter_mut() {
+                    if let Node::Map(m) = d {
+                        for (k, _) in m.iter_mut() {
+                            *k = k.to_lowercase();
+                        }
+                    }
+                }
             }
         }
     }
-    Ok(super::yaml::to_string(&v)?)
+    Ok(yaml::emit(&v, false))
 }
 
 pub fn info(args: &[String]) -> CmdResult {

@@ -40,7 +40,7 @@ fn words(cmd: &str, args: &[String]) -> Result<(String, Vec<String>, Format), Fa
 pub fn render_operations(ops: &[Operation], format: Format) -> Result<String, Fail> {
     match format {
         Format::Json => return Ok(serde_json::to_string(ops).map_err(|e| e.to_string())? + "\n"),
-        Format::Yaml => return Ok(super::yaml::to_string(ops)?),
+        Format::Yaml => return Ok(crate::util::yaml::to_string(ops)?),
         _ => {}
     }
     let mut sorted: Vec<&Operation> = ops.iter().collect();
@@ -138,7 +138,7 @@ pub fn render_event(ev: &Event, format: &str) -> Result<String, Fail> {
             format!("{} {} {}\n", ev.timestamp, ev.kind, what)
         }
         // lxc prints the event as a generic map (sorted keys), then two newlines.
-        _ => super::yaml::to_string_generic(ev)? + "\n\n",
+        _ => crate::util::yaml::to_string_generic(ev)? + "\n\n",
     })
 }
 

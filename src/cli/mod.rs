@@ -43,7 +43,6 @@ pub mod storage;
 pub mod table;
 mod term;
 pub mod trust;
-pub mod yaml;
 
 use argh::FromArgs;
 
@@ -562,7 +561,7 @@ pub fn print_json<T: serde::Serialize + ?Sized>(v: &T) -> Result<(), Fail> {
 
 /// Print YAML the way lxc does.
 pub fn print_yaml<T: serde::Serialize + ?Sized>(v: &T) -> Result<(), Fail> {
-    print!("{}", yaml::to_string(v)?);
+    print!("{}", crate::util::yaml::to_string(v)?);
     Ok(())
 }
 

@@ -327,7 +327,7 @@ pub fn find_nic(
 pub fn render_list(nets: &[Network], format: Format) -> Result<String, Fail> {
     match format {
         Format::Json => return Ok(serde_json::to_string(nets).map_err(|e| e.to_string())? + "\n"),
-        Format::Yaml => return Ok(super::yaml::to_string(nets)?),
+        Format::Yaml => return Ok(crate::util::yaml::to_string(nets)?),
         _ => {}
     }
     let mut rows: Vec<Vec<String>> = nets
@@ -367,7 +367,7 @@ pub fn render_list(nets: &[Network], format: Format) -> Result<String, Fail> {
 pub fn render_leases(leases: &[NetworkLease], format: Format) -> Result<String, Fail> {
     match format {
         Format::Json => return Ok(serde_json::to_string(leases).map_err(|e| e.to_string())? + "\n"),
-        Format::Yaml => return Ok(super::yaml::to_string(leases)?),
+        Format::Yaml => return Ok(crate::util::yaml::to_string(leases)?),
         _ => {}
     }
     let mut rows: Vec<Vec<String>> = leases
@@ -798,7 +798,7 @@ mod tests {
         let mut n = lxdbr0();
         n.used_by.sort();
         assert_eq!(
-            super::super::yaml::to_string(&n).unwrap(),
+            crate::util::yaml::to_string(&n).unwrap(),
             "config:\n  ipv4.address: 10.203.77.1/24\n  ipv4.nat: \"false\"\n  ipv6.address: none\ndescription: \"\"\nname: lxdbr0\ntype: bridge\nused_by:\n- /1.0/instances/cX\n- /1.0/instances/cY\n- /1.0/profiles/default\nmanaged: true\nstatus: Created\nlocations:\n- none\n"
         );
     }

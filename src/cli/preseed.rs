@@ -26,9 +26,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use crate::util::yaml::{self, Node};
 use serde::de::{Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
-use serde_norway::Value;
 
 use crate::api::{
     Devices, Network, NetworkPut, NetworksPost, Profile, ProfilePut, ProfilesPost, Server,
@@ -104,7 +104,8 @@ pub struct ProfileSeed {
     pub name: String,
 }
 
-/// A YAML scalar as Go's yaml.v2 reads it into a `string` (`true`, `8443`); `null` is "".
+/// A YAML scalar as Go's yaml.v2 reads it into a `string` (`true`, `8443`, as written); `null`
+/// is "".
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
 struct Scalar(String);
 
@@ -138,7 +139,7 @@ impl<'de> Deserialize<'de> for Scalar {
                 Ok(Scalar::default())
             }
         }
-        d.deserialize_any(V)
+        d.deserialize_str(V)
     }
 }
 
@@ -163,21 +164,20 @@ fn devices<'de, D: Deserializer<'de>>(d: D) -> Result<Devices, D::Error> {
 }
 
 /// Whether a section's value asks for nothing (`null`, `[]`, `{}`).
-fn is_empty(v: &Value) -> bool {
+fn is_empty(v: &Node) -> bool {
     match v {
-        Value::Null => true,
-        Value::Sequence(s) => s.is_empty(),
-        Value::Mapping(m) => m.is_empty(),
-        Value::Tagged(t) => is_empty(&t.value),
+        Node::Null => true,
+        Node::Seq(s) => s.is_empty(),
+        Node::Map(m) => m.is_empty(),
         _ => false,
     }
 }
 
 /// The items of a list section, each with its place named in errors.
-fn items<T: serde::de::DeserializeOwned>(section: &str, v: Value) -> Result<Vec<T>, String> {
+fn items<T: serde::de::DeserializeOwned>(section: &str, v: Node) -> Result<Vec<T>, String> {
     let list = match v {
-        Value::Null => return Ok(Vec::new()),
-        Value::Sequence(s) => s,
+        Node::Null => return Ok(Vec::new()),
+        Node::Seq(s) => s,
         _ => return Err(format!("{section}: expected a list")),
     };
     list.into_iter()
@@ -185,37 +185,32 @@ fn items<T: serde::de::DeserializeOwned>(section: &str, v: Value) -> Result<Vec<
         .map(|(i, item)| {
             let name = item
                 .get("name")
-                .and_then(Value::as_str)
+                .and_then(Node::as_str)
                 .map(|n| format!(" ({n:?})"))
                 .unwrap_or_default();
-            serde_norway::from_value(item)
-                .map_err(|e| format!("{section} item {}{name}: {e}", i + 1))
+            yaml::from_node(&item).map_err(|e| format!("{section} item {}{name}: {e}", i + 1))
         })
         .collect()
 }
 
 /// Read a preseed document and check it on its own (see [`validate`]).
 pub fn parse(text: &str) -> Result<Preseed, String> {
-    let v: Value =
-        serde_norway::from_str(text).map_err(|e| format!("Failed to parse the preseed: {e}"))?;
+    let v = yaml::parse(text).map_err(|e| format!("Failed to parse the preseed: {e}"))?;
     let map =
         match v {
-            Value::Null => return Ok(Preseed::default()),
-            Value::Mapping(m) => m,
+            Node::Null => return Ok(Preseed::default()),
+            Node::Map(m) => m,
             _ => return Err(
                 "the preseed must be a YAML mapping (config, networks, storage_pools, profiles)"
                     .into(),
             ),
         };
     let mut doc = Preseed::default();
-    for (k, v) in map {
-        let Some(key) = k.as_str() else {
-            return Err(format!("preseed key {k:?} is not a string"));
-        };
-        match key {
+    for (key, v) in map {
+        match key.as_str() {
             "config" => {
                 let m: Option<BTreeMap<Scalar, Scalar>> =
-                    serde_norway::from_value(v).map_err(|e| format!("config: {e}"))?;
+                    yaml::from_node(&v).map_err(|e| format!("config: {e}"))?;
                 doc.config = crate::util::sort::map(
                     m.unwrap_or_default().into_iter().map(|(k, v)| (k.0, v.0)),
                 );
@@ -1068,7 +1063,7 @@ profiles:
         assert!(dumped.networks.iter().all(|n| n.name != "lo"));
         assert_eq!(plan(&dumped, &st).unwrap(), Vec::new());
         // And it reads back as it was written.
-        let text = super::super::yaml::to_string(&dumped).unwrap();
+        let text = crate::util::yaml::to_string(&dumped).unwrap();
         assert_eq!(parse(&text).unwrap(), dumped);
     }
 

@@ -91,7 +91,7 @@ pub fn render_list(profiles: &[Profile], format: Format) -> Result<String, Fail>
         Format::Json => {
             return Ok(serde_json::to_string(profiles).map_err(|e| e.to_string())? + "\n")
         }
-        Format::Yaml => return Ok(super::yaml::to_string(profiles)?),
+        Format::Yaml => return Ok(crate::util::yaml::to_string(profiles)?),
         _ => {}
     }
     let mut rows: Vec<Vec<String>> = profiles

@@ -207,7 +207,7 @@ pub fn config_pairs(args: &[String]) -> Result<Vec<(String, String)>, Fail> {
 pub fn render_pools(pools: &[StoragePool], format: Format) -> Result<String, Fail> {
     match format {
         Format::Json => return Ok(serde_json::to_string(pools).map_err(|e| e.to_string())? + "\n"),
-        Format::Yaml => return Ok(super::yaml::to_string(pools)?),
+        Format::Yaml => return Ok(crate::util::yaml::to_string(pools)?),
         _ => {}
     }
     let mut rows: Vec<Vec<String>> = pools
@@ -333,7 +333,10 @@ pub fn render_info(pool: &StoragePool, res: &PoolResources, bytes: bool) -> Resu
     info.insert("space used", size(res.space.used));
     let info = crate::util::sort::map([("info", info)]);
     let used = crate::util::sort::map([("used by", used_by_groups(&pool.used_by))]);
-    Ok(super::yaml::to_string_generic(&info)? + &super::yaml::to_string_generic(&used)?)
+    Ok(
+        crate::util::yaml::to_string_generic(&info)?
+            + &crate::util::yaml::to_string_generic(&used)?,
+    )
 }
 
 /// Read a pool, change its writable part, and PUT it back with the pool's ETag.

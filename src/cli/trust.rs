@@ -271,7 +271,7 @@ fn edit(c: &Client, fp: &str) -> CmdResult {
         // lxc sends what stdin holds, without an ETag.
         let mut text = String::new();
         std::io::stdin().read_to_string(&mut text)?;
-        let new: CertificatePut = super::yaml::from_str(&text)?;
+        let new: CertificatePut = crate::util::yaml::from_str(&text)?;
         c.put(&cert_path(fp), &new, None)?;
         return Ok(0);
     }
@@ -429,7 +429,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            super::super::yaml::to_string(&c).unwrap(),
+            crate::util::yaml::to_string(&c).unwrap(),
             "name: laptop\ntype: client\nrestricted: false\nprojects: []\ncertificate: PEM\nfingerprint: ab\n"
         );
         let back: Certificate =

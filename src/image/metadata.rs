@@ -1,6 +1,7 @@
 //! metadata.yaml: parsing and validation (`architecture` and `creation_date` are required).
 
 use crate::api;
+use crate::util::yaml;
 
 use super::{Error, Result};
 
@@ -56,12 +57,16 @@ pub fn known_architecture(arch: &str) -> bool {
 
 /// Parse and validate metadata.yaml.
 pub fn parse(data: &[u8]) -> Result<api::ImageMetadata> {
-    let value: serde_norway::Value = serde_norway::from_slice(data)
-        .map_err(|e| Error::BadRequest(format!("invalid metadata.yaml: {e}")))?;
-    let map = value
-        .as_mapping()
-        .ok_or_else(|| Error::BadRequest("invalid metadata.yaml: not a mapping".into()))?;
-    let has = |k: &str| map.get(k).is_some_and(|v| !v.is_null());
+    let text = std::str::from_utf8(data)
+        .map_err(|e| Error::BadRequest(format!("invalid metadata.yaml: not UTF-8: {e}")))?;
+    let value =
+        yaml::parse(text).map_err(|e| Error::BadRequest(format!("invalid metadata.yaml: {e}")))?;
+    if !matches!(value, yaml::Node::Map(_)) {
+        return Err(Error::BadRequest(
+            "invalid metadata.yaml: not a mapping".into(),
+        ));
+    }
+    let has = |k: &str| value.get(k).is_some_and(|v| !v.is_null());
     if !has("architecture") {
         return Err(Error::BadRequest(
             "invalid metadata.yaml: missing required field \"architecture\"".into(),
@@ -72,7 +77,7 @@ pub fn parse(data: &[u8]) -> Result<api::ImageMetadata> {
             "invalid metadata.yaml: missing required field \"creation_date\"".into(),
         ));
     }
-    let meta: api::ImageMetadata = serde_norway::from_value(value)
+    let meta: api::ImageMetadata = yaml::from_node(&value)
         .map_err(|e| Error::BadRequest(format!("invalid metadata.yaml: {e}")))?;
     if !known_architecture(&meta.architecture) {
         return Err(Error::BadRequest(format!(
@@ -113,7 +118,7 @@ pub fn fuzz_metadata(data: &[u8]) {
     assert!(known_architecture(&meta.architecture));
     assert!(meta.creation_date > 0);
     assert!(meta.templates.keys().all(|p| p.starts_with('/')));
-    let yaml = serde_norway::to_string(&meta).expect("metadata serializes");
+    let yaml = yaml::to_string(&meta).expect("metadata serializes");
     let again = parse(yaml.as_bytes())
         .unwrap_or_else(|e| panic!("metadata written back does not parse: {e}\n{yaml}"));
     assert_eq!(again, meta, "metadata changed when written back:\n{yaml}");

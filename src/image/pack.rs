@@ -27,7 +27,7 @@ pub fn pack(
     compression: Compression,
     out: &mut dyn Write,
 ) -> Result<()> {
-    let yaml = serde_norway::to_string(metadata)
+    let yaml = crate::util::yaml::to_string(metadata)
         .map_err(|e| Error::Internal(format!("metadata.yaml: {e}")))?;
     let mut enc =
         Encoder::new(compression, out).map_err(|e| Error::Internal(format!("compressor: {e}")))?;

@@ -10,6 +10,7 @@ pub mod stream;
 pub mod tempdir;
 pub mod time;
 pub mod trace;
+pub mod yaml;
 
 /// Undo the `\ooo` octal escapes (`\040` for a space) of paths in /proc/self/mountinfo.
 pub fn unescape_mountinfo(s: &str) -> String {

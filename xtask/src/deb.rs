@@ -116,9 +116,6 @@ exit 0
 "#;
 
 const LINTIAN_OVERRIDES: &str = "\
-# unsafe-libyaml-norway (libyaml translated to Rust, under serde_norway) is compiled into the
-# static binary: there is no C libyaml in it to link against instead.
-bivy: embedded-library libyaml [usr/bin/bivy]
 # /usr/bin/bivy is a static-pie executable (ELF type DYN with no DT_NEEDED, by design), not a
 # shared library.
 bivy: shared-library-lacks-prerequisites [usr/bin/bivy]

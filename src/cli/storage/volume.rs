@@ -206,7 +206,7 @@ fn sort_volume_rows(rows: &mut [Vec<String>]) {
 pub fn render_volumes(vols: &[Volume], columns: &str, format: Format) -> Result<String, Fail> {
     match format {
         Format::Json => return Ok(serde_json::to_string(vols).map_err(|e| e.to_string())? + "\n"),
-        Format::Yaml => return Ok(crate::cli::yaml::to_string(vols)?),
+        Format::Yaml => return Ok(crate::util::yaml::to_string(vols)?),
         _ => {}
     }
     let mut headers = Vec::new();

@@ -200,8 +200,8 @@ fn write_tarball(
     } = *t;
     let err = |e: &dyn std::fmt::Display| Error::Host(format!("writing the backup: {e}"));
     let index = index_yaml(d, name, rec, pool, instance_only, optimized)?;
-    let backup_yaml = serde_norway::to_string(&index["config"]).map_err(|e| err(&e))?;
-    let index = serde_norway::to_string(&index).map_err(|e| err(&e))?;
+    let backup_yaml = crate::util::yaml::to_string(&index["config"]).map_err(|e| err(&e))?;
+    let index = crate::util::yaml::to_string(&index).map_err(|e| err(&e))?;
     let f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -228,7 +228,7 @@ fn write_tarball(
                 .unwrap_or_else(|| pool.container(&rec.volume));
             if optimized {
                 let meta = crate::instance::images::read_metadata(&vol, &rec.architecture)?;
-                let meta = serde_norway::to_string(&meta).map_err(|e| err(&e))?;
+                let meta = crate::util::yaml::to_string(&meta).map_err(|e| err(&e))?;
                 std::fs::write(vol.join("backup.yaml"), &backup_yaml).map_err(|e| err(&e))?;
                 std::fs::write(vol.join("metadata.yaml"), meta).map_err(|e| err(&e))?;
                 pool.driver.set_readonly(&vol).map_err(|e| err(&e))?;
@@ -369,7 +369,7 @@ fn add_volume<W: Write>(
         add_file(b, &format!("{prefix}/backup.yaml"), y.as_bytes()).map_err(|e| err(&e))?;
     }
     let meta = crate::instance::images::read_metadata(vol, architecture)?;
-    let meta = serde_norway::to_string(&meta).map_err(|e| err(&e))?;
+    let meta = crate::util::yaml::to_string(&meta).map_err(|e| err(&e))?;
     add_file(b, &format!("{prefix}/metadata.yaml"), meta.as_bytes()).map_err(|e| err(&e))?;
     let adjust = |h: &mut tar::Header, x: &mut Vec<(String, Vec<u8>)>| -> bool {
         let Some(m) = unshift else { return true };

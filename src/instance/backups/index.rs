@@ -225,7 +225,7 @@ pub fn read_info(tarball: &Path) -> Result<Info> {
     let bad = |m: String| Error::Invalid(m);
     let raw = image::read_member(tarball, "backup/index.yaml", 16 << 20)?
         .ok_or_else(|| bad("Backup is missing index.yaml".into()))?;
-    let mut info: Info = serde_norway::from_slice(&raw)
+    let mut info: Info = crate::util::yaml::from_slice(&raw)
         .map_err(|e| bad(format!("Backup index.yaml is invalid: {e}")))?;
     if info.kind.is_empty() {
         info.kind = "container".into();
@@ -256,7 +256,7 @@ pub fn read_info(tarball: &Path) -> Result<Info> {
                 bad("Backup has neither a config in index.yaml nor backup.yaml".into())
             })?;
         info.config = Some(
-            serde_norway::from_slice(&raw)
+            crate::util::yaml::from_slice(&raw)
                 .map_err(|e| bad(format!("Backup backup.yaml is invalid: {e}")))?,
         );
     }
@@ -293,7 +293,7 @@ pub(super) fn check_optimized_header(tarball: &std::path::Path) -> Result<()> {
     }
     let raw = image::read_member(tarball, "backup/optimized_header.yaml", 16 << 20)?
         .ok_or_else(|| bad("Backup is missing optimized_header.yaml".into()))?;
-    let h: Header = serde_norway::from_slice(&raw)
+    let h: Header = crate::util::yaml::from_slice(&raw)
         .map_err(|e| bad(format!("Backup optimized_header.yaml is invalid: {e}")))?;
     if let Some(s) = h.subvolumes.iter().find(|s| s.path != "/") {
         return Err(Error::Invalid(format!(
@@ -317,7 +317,7 @@ mod tests {
                  created_at: 2026-12-03T19:00:00.123456789Z\n    name: c1\n  snapshots:\n  \
                  - name: snap0\n    created_at: 2026-12-03T19:00:01Z\n    expires_at: \
                  0001-01-01T00:00:00Z\n    config: {}\n";
-        let info: Info = serde_norway::from_str(y).unwrap();
+        let info: Info = crate::util::yaml::from_str(y).unwrap();
         assert_eq!(info.snapshots, vec!["snap0"]);
         let c = info.config.unwrap();
         assert_eq!(c.container.unwrap().profiles, vec!["default"]);

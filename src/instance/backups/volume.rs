@@ -191,7 +191,7 @@ fn index_yaml(
             })).collect::<Vec<_>>(),
         },
     });
-    serde_norway::to_string(&v).map_err(|e| Error::Host(format!("writing index.yaml: {e}")))
+    crate::util::yaml::to_string(&v).map_err(|e| Error::Host(format!("writing index.yaml: {e}")))
 }
 
 /// The tarball into `out` (synced): index.yaml, then each `(dir, member prefix)`: its tree, or
@@ -286,7 +286,7 @@ pub fn volume_read_info(tarball: &Path) -> Result<VolumeInfo> {
     let bad = |m: String| Error::Invalid(m);
     let raw = image::read_member(tarball, "backup/index.yaml", 16 << 20)?
         .ok_or_else(|| bad("Backup is missing index.yaml".into()))?;
-    let info: VolumeInfo = serde_norway::from_slice(&raw)
+    let info: VolumeInfo = crate::util::yaml::from_slice(&raw)
         .map_err(|e| bad(format!("Backup index.yaml is invalid: {e}")))?;
     if info.kind != "custom" {
         return Err(bad(format!(
