@@ -225,6 +225,58 @@ pub fn move_mount_to(mnt: BorrowedFd<'_>, dst: &Path) -> io::Result<()> {
     check(r).map(|_| ())
 }
 
+/// For a long-running process that runs a small part of this large binary (the daemon): every
+/// mapping of the executable gets `MADV_RANDOM` (a page fault there maps the page touched, not
+/// the sixteen around it, and reads nothing ahead), and the code pages mapped so far are let go
+/// (`MADV_DONTNEED` on the executable, never-written mappings only: they come back from the page
+/// cache when run again). Returns the bytes of code mappings advised.
+pub fn trim_own_code() -> io::Result<usize> {
+    // The mappings are found first and the advice given last, so that little code runs (and
+    // is mapped again) after it.
+    let mut ranges: Vec<(usize, usize, bool)> = Vec::with_capacity(8);
+    {
+        let maps = std::fs::read_to_string("/proc/self/maps")?;
+        let exe = std::fs::read_link("/proc/self/exe")?;
+        let exe = exe.to_string_lossy();
+        for line in maps.lines() {
+            // `start-end perms offset dev inode path`
+            let mut f = line.splitn(6, ' ');
+            let (Some(range), Some(perms), Some(path)) = (f.next(), f.next(), f.nth(3)) else {
+                continue;
+            };
+            if path.trim_start() != exe {
+                continue;
+            }
+            let Some((a, b)) = range.split_once('-') else {
+                continue;
+            };
+            let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+            else {
+                continue;
+            };
+            ranges.push((a, b.saturating_sub(a), perms == "r-xp"));
+        }
+    }
+    let mut code = 0;
+    for (a, len, text) in ranges.iter().copied() {
+        // SAFETY: advice on a whole mapping of our own executable: MADV_RANDOM changes no
+        // contents; MADV_DONTNEED only on a read-only executable mapping, which is never written
+        // (no copy-on-write page to lose), so its pages read back the same from the file.
+        unsafe {
+            if libc::madvise(a as *mut libc::c_void, len, libc::MADV_RANDOM) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if text {
+                code += len;
+                if libc::madvise(a as *mut libc::c_void, len, libc::MADV_DONTNEED) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+        }
+    }
+    Ok(code)
+}
+
 /// A datagram socket for interface ioctls and an `ifreq` naming interface `name`.
 fn ifreq_for(name: &str) -> io::Result<(OwnedFd, libc::ifreq)> {
     let sock = nix::sys::socket::socket(

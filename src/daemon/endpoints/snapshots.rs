@@ -233,6 +233,13 @@ pub fn spawn_scheduler(d: Arc<Daemon>) {
         .spawn(move || {
             // Expired cached images go at start too (as LXD's prune task), then hourly.
             crate::instance::images::prune_cached(&d, time::now_secs());
+            // Most of the code the start ran (opening the state, recovery, pools) is not run
+            // again: its pages go once the daemon's threads have settled, from this thread,
+            // which then sleeps (see `sys::trim_own_code`).
+            std::thread::sleep(Duration::from_millis(250));
+            if let Err(e) = crate::sys::trim_own_code() {
+                eprintln!("bivy: releasing start-up code pages: {e}");
+            }
             let mut minute = time::now_secs() / 60 * 60;
             loop {
                 // Sleep to the next minute boundary (or one short tick).
