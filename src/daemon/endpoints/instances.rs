@@ -159,27 +159,42 @@ pub fn list(d: &Daemon, req: &Request) -> Result<Response> {
     let filter = Filter::parse(req.query("filter").unwrap_or(""))?;
     let rec_level = recursion(req);
     let records = crate::instance::view::all_records(d);
-    let mut out: Vec<Entry> = Vec::new();
-    for (name, rec) in records {
-        let st = state_of(d, &name)?;
-        let inst = to_api(d, &name, &rec, &st);
+    if rec_level == 0 && filter.is_empty() {
+        let urls: Vec<String> = records.iter().map(|(name, _)| url(name)).collect();
+        return Ok(response::sync(&urls));
+    }
+    let entry = |(name, rec): &(String, InstanceRecord)| -> Result<Option<Entry>> {
+        let st = state_of(d, name)?;
+        let inst = to_api(d, name, rec, &st);
         // The filter reads the document as JSON; only made when there is one.
         if !filter.is_empty() && !filter.matches(&serde_json::to_value(&inst).unwrap_or_default()) {
-            continue;
+            return Ok(None);
         }
-        out.push(match rec_level {
-            0 => Entry::Url(url(&name)),
+        Ok(Some(match rec_level {
+            0 => Entry::Url(url(name)),
             1 => Entry::Instance(Box::new(inst)),
             _ => {
-                let state = state_api(d, &name, &rec, &inst.expanded_devices, &st)?;
+                let state = state_api(d, name, rec, &inst.expanded_devices, &st)?;
                 Entry::Full(Box::new(api::InstanceFull {
                     instance: inst,
-                    backups: Some(backups_api(&rec)),
+                    backups: Some(backups_api(rec)),
                     state: Some(state),
-                    snapshots: Some(crate::instance::snapshots::list_api(d, &rec)),
+                    snapshots: Some(crate::instance::snapshots::list_api(d, rec)),
                 }))
             }
-        });
+        }))
+    };
+    // Each entry reads the instance's run state from its files, and with states its usage
+    // figures and interfaces from the kernel (0.05 to 0.15 ms each): on a few threads once
+    // there are several.
+    let workers = if records.len() >= 8 {
+        crate::util::par::workers()
+    } else {
+        1
+    };
+    let mut out: Vec<Entry> = Vec::with_capacity(records.len());
+    for e in crate::util::par::map(&records, workers, entry) {
+        out.extend(e?);
     }
     Ok(response::sync(&out))
 }
