@@ -70,7 +70,11 @@ pub unsafe extern "C" fn pthread_getattr_np(
     if !main {
         return libc::ENOSYS;
     }
-    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+    // /proc files have no size: a buffer big enough for most processes' maps at once.
+    let mut maps = Vec::with_capacity(16 << 10);
+    let read = std::fs::File::open("/proc/self/maps")
+        .and_then(|mut f| std::io::Read::read_to_end(&mut f, &mut maps));
+    let (Ok(_), Ok(maps)) = (read, std::str::from_utf8(&maps)) else {
         return libc::ENOSYS;
     };
     // SAFETY: sysconf takes a plain integer.
@@ -80,7 +84,7 @@ pub unsafe extern "C" fn pthread_getattr_np(
         .unwrap_or(u64::MAX);
     // SAFETY: glibc sets this variable before any Rust code runs and never changes it.
     let stack_end = unsafe { __libc_stack_end } as usize;
-    let Some((low, size)) = main_stack(&maps, stack_end, page, rlimit) else {
+    let Some((low, size)) = main_stack(maps, stack_end, page, rlimit) else {
         return libc::ENOSYS;
     };
     // SAFETY: `attr` is valid for writes (the caller's contract); it is initialized before the
