@@ -83,6 +83,19 @@ fn resolve_float(s: &str) -> Option<f64> {
     t.parse().ok()
 }
 
+/// The `Deserializer` methods of the number types, each reading the node as an integer or a
+/// float.
+macro_rules! numbers {
+    (int: $($i:ident)*; float: $($f:ident)*) => {
+        $(fn $i<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {
+            self.int(v)
+        })*
+        $(fn $f<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {
+            self.float(v)
+        })*
+    };
+}
+
 /// Reads one node.
 pub struct De<'a>(pub &'a Node);
 
@@ -170,41 +183,10 @@ impl<'de, 'a> de::Deserializer<'de> for De<'a> {
         }
     }
 
-    fn deserialize_i8<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {
-        self.int(v)
-    }
-    fn deserialize_i16<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {
-        self.int(v)
-    }
-    fn deserialize_i32<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {
-        self.int(v)
-    }
-    fn deserialize_i64<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {
-        self.int(v)
-    }
-    fn deserialize_i128<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {
-        self.int(v)
-    }
-    fn deserialize_u8<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {
-        self.int(v)
-    }
-    fn deserialize_u16<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {
-        self.int(v)
-    }
-    fn deserialize_u32<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {
-        self.int(v)
-    }
-    fn deserialize_u64<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {
-        self.int(v)
-    }
-    fn deserialize_u128<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {
-        self.int(v)
-    }
-    fn deserialize_f32<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {
-        self.float(v)
-    }
-    fn deserialize_f64<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {
-        self.float(v)
+    numbers! {
+        int: deserialize_i8 deserialize_i16 deserialize_i32 deserialize_i64 deserialize_i128
+        deserialize_u8 deserialize_u16 deserialize_u32 deserialize_u64 deserialize_u128;
+        float: deserialize_f32 deserialize_f64
     }
 
     fn deserialize_char<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {

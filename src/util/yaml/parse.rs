@@ -654,6 +654,16 @@ impl<'a> Parser<'a> {
         Ok(())
     }
 
+    /// Move the character here (not at the end) to `out`.
+    fn take_char(&mut self, out: &mut String) {
+        let c = self.text[self.pos..]
+            .chars()
+            .next()
+            .expect("not at the end");
+        out.push(c);
+        self.pos += c.len_utf8();
+    }
+
     fn single_quoted(&mut self) -> Result<String, String> {
         self.pos += 1;
         let mut out = String::new();
@@ -669,14 +679,7 @@ impl<'a> Parser<'a> {
                     return Ok(out);
                 }
                 Some(b'\n') => self.fold_break(&mut out)?,
-                Some(_) => {
-                    let c = self.text[self.pos..]
-                        .chars()
-                        .next()
-                        .expect("not at the end");
-                    out.push(c);
-                    self.pos += c.len_utf8();
-                }
+                Some(_) => self.take_char(&mut out),
             }
         }
     }
@@ -752,14 +755,7 @@ impl<'a> Parser<'a> {
                     out.push(c);
                     self.pos += len;
                 }
-                Some(_) => {
-                    let c = self.text[self.pos..]
-                        .chars()
-                        .next()
-                        .expect("not at the end");
-                    out.push(c);
-                    self.pos += c.len_utf8();
-                }
+                Some(_) => self.take_char(&mut out),
             }
         }
     }
@@ -899,6 +895,35 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// Before a flow collection's entry: `true` at its closing `close` (consumed).
+    fn flow_closed(&mut self, close: u8) -> Result<bool, String> {
+        self.flow_space();
+        match self.peek() {
+            Some(c) if c == close => {
+                self.pos += 1;
+                Ok(true)
+            }
+            None => self.err(format!("did not find expected ',' or '{}'", close as char)),
+            _ => Ok(false),
+        }
+    }
+
+    /// After a flow collection's entry: its `,`, or the closing `close` (left in place).
+    fn flow_separator(&mut self, close: u8) -> Result<(), String> {
+        self.flow_space();
+        match self.peek() {
+            Some(b',') => {
+                self.pos += 1;
+                Ok(())
+            }
+            Some(c) if c == close => Ok(()),
+            Some(b':') if close == b']' => {
+                self.err("single-pair mappings in a flow sequence are not supported")
+            }
+            _ => self.err(format!("did not find expected ',' or '{}'", close as char)),
+        }
+    }
+
     fn flow_node(&mut self) -> Result<Node, String> {
         self.flow_space();
         let (anchor, string) = self.properties()?;
@@ -908,27 +933,9 @@ impl<'a> Parser<'a> {
                 self.enter()?;
                 self.pos += 1;
                 let mut items = Vec::new();
-                loop {
-                    self.flow_space();
-                    match self.peek() {
-                        Some(b']') => {
-                            self.pos += 1;
-                            break;
-                        }
-                        None => return self.err("did not find expected ',' or ']'"),
-                        _ => {}
-                    }
+                while !self.flow_closed(b']')? {
                     items.push(self.flow_node()?);
-                    self.flow_space();
-                    match self.peek() {
-                        Some(b',') => self.pos += 1,
-                        Some(b']') => {}
-                        Some(b':') => {
-                            return self
-                                .err("single-pair mappings in a flow sequence are not supported")
-                        }
-                        _ => return self.err("did not find expected ',' or ']'"),
-                    }
+                    self.flow_separator(b']')?;
                 }
                 self.depth -= 1;
                 Node::Seq(items)
@@ -938,16 +945,7 @@ impl<'a> Parser<'a> {
                 self.pos += 1;
                 let mut pairs: Vec<(String, Node)> = Vec::new();
                 let mut seen = std::collections::BTreeSet::new();
-                loop {
-                    self.flow_space();
-                    match self.peek() {
-                        Some(b'}') => {
-                            self.pos += 1;
-                            break;
-                        }
-                        None => return self.err("did not find expected ',' or '}'"),
-                        _ => {}
-                    }
+                while !self.flow_closed(b'}')? {
                     let key = match self.flow_node()? {
                         Node::Str(s) | Node::Plain(s) => s,
                         Node::Null => String::new(),
@@ -969,12 +967,7 @@ impl<'a> Parser<'a> {
                         Node::Null
                     };
                     pairs.push((key, value));
-                    self.flow_space();
-                    match self.peek() {
-                        Some(b',') => self.pos += 1,
-                        Some(b'}') => {}
-                        _ => return self.err("did not find expected ',' or '}'"),
-                    }
+                    self.flow_separator(b'}')?;
                 }
                 self.depth -= 1;
                 Node::Map(pairs)
@@ -1004,14 +997,7 @@ impl<'a> Parser<'a> {
                                 out.push(' ');
                             }
                         }
-                        Some(_) => {
-                            let c = self.text[self.pos..]
-                                .chars()
-                                .next()
-                                .expect("not at the end");
-                            out.push(c);
-                            self.pos += c.len_utf8();
-                        }
+                        Some(_) => self.take_char(&mut out),
                     }
                 }
                 let s = out.trim_matches([' ', '\t']).to_string();
