@@ -100,9 +100,14 @@ fn link(d: &DiskMount) -> Result<Option<Linked>> {
     if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::BlockDevice {
         return Ok(None);
     }
-    let tree = sys::open_tree_clone_fd(source.as_fd(), d.recursive)
-        .map_err(|e| err(d, format!("open_tree {}: {e}", d.source.display())))?;
+    let tree = clone_source(d, &source)?;
     Ok(Some(Linked { source, tree }))
+}
+
+/// A detached copy of the mount at the opened source (recursive as asked).
+fn clone_source(d: &DiskMount, source: &OwnedFd) -> Result<OwnedFd> {
+    sys::open_tree_clone_fd(source.as_fd(), d.recursive)
+        .map_err(|e| err(d, format!("open_tree {}: {e}", d.source.display())))
 }
 
 fn err(d: &DiskMount, what: impl std::fmt::Display) -> Error {
@@ -212,8 +217,7 @@ pub(crate) fn stage_disk(
     let tree = match linked {
         Some(tree) => tree,
         None if block => mount_block(d, &fd)?,
-        None => sys::open_tree_clone_fd(fd.as_fd(), d.recursive)
-            .map_err(|e| err(d, format!("open_tree {}: {e}", d.source.display())))?,
+        None => clone_source(d, &fd)?,
     };
     if d.idmap && !spec.uid_map.is_empty() {
         if ns.is_none() {

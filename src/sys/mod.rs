@@ -110,9 +110,8 @@ pub fn open_tree_clone_fd(fd: BorrowedFd<'_>, recursive: bool) -> io::Result<Own
 /// `MOUNT_ATTR_RDONLY` for [`mount_setattr_flags`].
 pub const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
 
-/// Propagation types for [`mount_setattr_propagation`] (`MS_SHARED`, `MS_SLAVE`, ...).
-pub const MS_PRIVATE: u64 = libc::MS_PRIVATE;
-pub const MS_SLAVE: u64 = libc::MS_SLAVE;
+/// Propagation types for [`mount_setattr_propagation`] set on a container's mount (private
+/// and slave mounts are made so by how they are copied).
 pub const MS_SHARED: u64 = libc::MS_SHARED;
 pub const MS_UNBINDABLE: u64 = libc::MS_UNBINDABLE;
 
@@ -160,8 +159,7 @@ pub fn mount_setattr_flags(mnt: BorrowedFd<'_>, set: u64, recursive: bool) -> io
     mount_setattr(mnt, &attr, recursive)
 }
 
-/// Set a mount's propagation type ([`MS_SHARED`], [`MS_SLAVE`], [`MS_PRIVATE`] or
-/// [`MS_UNBINDABLE`]).
+/// Set a mount's propagation type ([`MS_SHARED`] or [`MS_UNBINDABLE`]).
 pub fn mount_setattr_propagation(
     mnt: BorrowedFd<'_>,
     propagation: u64,
@@ -225,6 +223,20 @@ pub fn move_mount_to(mnt: BorrowedFd<'_>, dst: &Path) -> io::Result<()> {
     check(r).map(|_| ())
 }
 
+/// One line of `/proc/PID/maps` (`start-end perms offset dev inode path`): the mapping's start
+/// and end, its permissions and its path (empty for an anonymous mapping).
+fn maps_line(line: &str) -> Option<(usize, usize, &str, &str)> {
+    let mut f = line.splitn(6, ' ');
+    let (range, perms) = (f.next()?, f.next()?);
+    let path = f.nth(3).unwrap_or("").trim_start();
+    let (a, b) = range.split_once('-')?;
+    let (a, b) = (
+        usize::from_str_radix(a, 16).ok()?,
+        usize::from_str_radix(b, 16).ok()?,
+    );
+    Some((a, b, perms, path))
+}
+
 /// For a long-running process that runs a small part of this large binary (the daemon): every
 /// mapping of the executable gets `MADV_RANDOM` (a page fault there maps the page touched, not
 /// the sixteen around it, and reads nothing ahead), and the code pages mapped so far are let go
@@ -238,23 +250,10 @@ pub fn trim_own_code() -> io::Result<usize> {
         let maps = std::fs::read_to_string("/proc/self/maps")?;
         let exe = std::fs::read_link("/proc/self/exe")?;
         let exe = exe.to_string_lossy();
-        for line in maps.lines() {
-            // `start-end perms offset dev inode path`
-            let mut f = line.splitn(6, ' ');
-            let (Some(range), Some(perms), Some(path)) = (f.next(), f.next(), f.nth(3)) else {
-                continue;
-            };
-            if path.trim_start() != exe {
-                continue;
+        for (a, b, perms, path) in maps.lines().filter_map(maps_line) {
+            if path == exe {
+                ranges.push((a, b.saturating_sub(a), perms == "r-xp"));
             }
-            let Some((a, b)) = range.split_once('-') else {
-                continue;
-            };
-            let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
-            else {
-                continue;
-            };
-            ranges.push((a, b.saturating_sub(a), perms == "r-xp"));
         }
     }
     let mut code = 0;
@@ -422,5 +421,23 @@ pub fn limit_malloc_arenas(n: i32) {
     // SAFETY: mallopt only adjusts allocator tunables; M_ARENA_MAX (-8) takes any positive int.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn maps_lines_with_and_without_a_path() {
+        assert_eq!(
+            super::maps_line(
+                "55d0c0000000-55d0c0100000 r-xp 00001000 fe:00 123        /usr/bin/bivy (deleted)"
+            ),
+            Some((0x55d0_c000_0000, 0x55d0_c010_0000, "r-xp", "/usr/bin/bivy (deleted)"))
+        );
+        assert_eq!(
+            super::maps_line("7ffc00000000-7ffc00010000 rw-p 00000000 00:00 0"),
+            Some((0x7ffc_0000_0000, 0x7ffc_0001_0000, "rw-p", ""))
+        );
+        assert_eq!(super::maps_line("garbage"), None);
     }
 }

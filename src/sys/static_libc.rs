@@ -27,19 +27,7 @@ unsafe extern "C" {
 fn main_stack(maps: &str, stack_end: usize, page: usize, rlimit: u64) -> Option<(usize, usize)> {
     let top = (stack_end & !(page - 1)) + page;
     let mut last_to = 0usize;
-    for line in maps.lines() {
-        let Some((range, _)) = line.split_once(' ') else {
-            continue;
-        };
-        let Some((from, to)) = range.split_once('-') else {
-            continue;
-        };
-        let (Ok(from), Ok(to)) = (
-            usize::from_str_radix(from, 16),
-            usize::from_str_radix(to, 16),
-        ) else {
-            continue;
-        };
+    for (from, to, _, _) in maps.lines().filter_map(super::maps_line) {
         if from <= stack_end && stack_end < to {
             let limit = usize::try_from(rlimit).unwrap_or(usize::MAX);
             let size = limit.saturating_sub(to - top) & !(page - 1);
