@@ -432,7 +432,12 @@ mod tests {
             super::maps_line(
                 "55d0c0000000-55d0c0100000 r-xp 00001000 fe:00 123        /usr/bin/bivy (deleted)"
             ),
-            Some((0x55d0_c000_0000, 0x55d0_c010_0000, "r-xp", "/usr/bin/bivy (deleted)"))
+            Some((
+                0x55d0_c000_0000,
+                0x55d0_c010_0000,
+                "r-xp",
+                "/usr/bin/bivy (deleted)"
+            ))
         );
         assert_eq!(
             super::maps_line("7ffc00000000-7ffc00010000 rw-p 00000000 00:00 0"),
