@@ -668,3 +668,97 @@ fn pool_storage_without_a_record_is_removed_at_start() {
     l.ok(&["storage", "delete", "orphan"]);
     assert!(loops_backing(&image).is_empty());
 }
+
+/// A `dir` pool copies an image's volume for each new instance, so it keeps one spare copy made
+/// in the background: a launch takes it with a rename (the copy's own files, not a second copy)
+/// and a new spare is made. The instance is as independent as a copied one; the spare goes with
+/// the image, stays across a restart, and a half-made one is removed at the start.
+#[test]
+fn dir_pool_launches_take_a_spare_copy_of_the_image() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let mut d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    l.import_busybox();
+    let fp = l.ok(&["image", "list", "--format", "csv", "-c", "F"]);
+    let fp = fp.trim().to_string();
+    assert_eq!(fp.len(), 64, "{fp}");
+    let pool = d.dir().join("storage-pools/default");
+    let spare = pool.join("images").join(format!("{fp}.spare"));
+    let busybox_inode = |vol: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::symlink_metadata(vol.join("rootfs/bin/busybox"))
+            .map(|m| m.ino())
+            .ok()
+    };
+    // The first launch copies the image's volume and leaves a spare behind.
+    l.ok(&["init", "busybox", "s1"]);
+    assert!(
+        wait_for(Duration::from_secs(20), || spare
+            .join("metadata.json")
+            .exists()),
+        "no spare at {}",
+        spare.display()
+    );
+    let taken = busybox_inode(&spare).expect("spare rootfs");
+    l.ok(&["init", "busybox", "s2"]);
+    let v: serde_json::Value =
+        serde_json::from_str(&l.ok(&["query", "/1.0/instances/s2"])).expect("json");
+    assert_eq!(v["config"]["volatile.base_image"], fp.as_str(), "{v}");
+    let vols = volumes(&pool);
+    let s2_vol = vols
+        .iter()
+        .map(|v| pool.join("containers").join(v))
+        .find(|p| busybox_inode(p) == Some(taken))
+        .unwrap_or_else(|| panic!("no volume holds the spare's files: {vols:?}"));
+    // A new spare is made, with files of its own.
+    assert!(
+        wait_for(Duration::from_secs(20), || busybox_inode(&spare)
+            .is_some_and(|i| i != taken)),
+        "no new spare"
+    );
+    // Independent: a file written in s2's rootfs is in neither s1, the spare nor the image.
+    std::fs::write(s2_vol.join("rootfs/etc/only-s2"), b"x").expect("write");
+    l.ok(&["start", "s1"]);
+    let out = l.ok(&[
+        "exec",
+        "s1",
+        "--",
+        "sh",
+        "-c",
+        "ls /etc/only-s2 2>&1 || true",
+    ]);
+    assert!(out.contains("No such file"), "{out}");
+    assert!(!spare.join("rootfs/etc/only-s2").exists());
+    assert!(!pool
+        .join("images")
+        .join(&fp)
+        .join("rootfs/etc/only-s2")
+        .exists());
+    l.ok(&["start", "s2"]);
+    assert_eq!(
+        l.ok(&["exec", "s2", "--", "cat", "/etc/only-s2"]).trim(),
+        "x"
+    );
+
+    // Kept across a restart; a half-made spare is removed.
+    drop(l);
+    d.stop();
+    let half = pool.join("images").join(format!("{fp}.spare.tmp"));
+    std::fs::create_dir(&half).expect("mkdir");
+    d.restart().expect("restart");
+    assert!(!half.exists(), "{}", d.log_text());
+    assert!(spare.join("metadata.json").exists(), "{}", d.log_text());
+    let l = Lxc::new(&d);
+    // The pool's image volumes do not list the spare.
+    let used = l.ok(&["storage", "show", "default"]);
+    assert_eq!(used.matches("/1.0/images/").count(), 1, "{used}");
+
+    // The spare goes with the image.
+    l.ok(&["delete", "--force", "s1"]);
+    l.ok(&["delete", "--force", "s2"]);
+    l.ok(&["image", "delete", &fp]);
+    assert!(!spare.exists());
+    assert!(!pool.join("images").join(&fp).exists());
+}

@@ -177,9 +177,13 @@ pub fn create_now(d: &Ctx, args: NewInstance<'_>, origin: Origin<'_>) -> Result<
         }
         Origin::Image(ref img) => {
             let base = super::pools::image_volume(d, &pool, &img.fingerprint)?;
-            pool.driver
-                .clone_volume(&base, &tmp, false)
-                .map_err(|e| Error::Host(format!("cloning the image volume: {e}")))?;
+            trace.step("image volume ready");
+            if !super::pools::take_spare(d, &pool, &img.fingerprint, &tmp) {
+                pool.driver
+                    .clone_volume(&base, &tmp, false)
+                    .map_err(|e| Error::Host(format!("cloning the image volume: {e}")))?;
+            }
+            super::pools::refill_spare(d, &pool, &img.fingerprint);
             architecture = img.architecture.clone();
             for (k, v) in &img.put.properties {
                 cfg.entry(format!("image.{k}")).or_insert_with(|| v.clone());
@@ -192,7 +196,12 @@ pub fn create_now(d: &Ctx, args: NewInstance<'_>, origin: Origin<'_>) -> Result<
             {
                 cfg.insert("volatile.apply_template".into(), "create".into());
             }
-            let _ = d.images.touch(&img.fingerprint);
+            // The image's last use is bookkeeping (cache expiry): written durably, but off the
+            // launch's path.
+            let (d2, fp) = (d.self_arc(), img.fingerprint.clone());
+            let _ = std::thread::Builder::new()
+                .name("bivy-touch".into())
+                .spawn(move || d2.images.touch(&fp));
         }
         Origin::Copy {
             ref from,

@@ -112,7 +112,7 @@ pub fn image_volumes(pool: &Pool) -> Vec<String> {
         .flatten()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.ends_with(".tmp"))
+        .filter(|n| is_image_volume_name(n))
         .collect();
     crate::util::sort::sort(&mut fps);
     fps
@@ -191,6 +191,68 @@ pub fn image_volume(d: &Ctx, pool: &Pool, fingerprint: &str) -> Result<PathBuf> 
     Ok(path)
 }
 
+/// Where a pool whose clones are copies keeps a spare clone of an image's volume: a launch
+/// takes it with a rename instead of copying the image, and a new one is made in the
+/// background ([`refill_spare`]). Written as `<fp>.spare.tmp` and renamed when complete.
+fn spare_path(pool: &Pool, fingerprint: &str) -> PathBuf {
+    pool.image(&format!("{fingerprint}.spare"))
+}
+
+/// Whether a name in a pool's `images/` is an image's volume (not a spare, not a volume being
+/// made).
+fn is_image_volume_name(n: &str) -> bool {
+    !n.contains('.')
+}
+
+/// Move the spare clone of the image `fingerprint` (see [`spare_path`]) to `dst`: whether
+/// there was one. It waits for a spare being made.
+pub fn take_spare(d: &Ctx, pool: &Pool, fingerprint: &str, dst: &std::path::Path) -> bool {
+    if pool.driver.atomic_clone() {
+        return false;
+    }
+    let lock = image_lock(d, pool, fingerprint);
+    let _held = lock.lock().expect("image lock");
+    std::fs::rename(spare_path(pool, fingerprint), dst).is_ok()
+}
+
+/// Make a new spare clone of the image `fingerprint` on `pool` on a background thread that
+/// runs only on otherwise idle CPUs and disks ([`crate::sys::run_when_idle`]), unless the pool's clones are snapshots or a spare is there. The image
+/// lock is held while it is made, so a launch arriving meanwhile waits for it and takes it,
+/// and deleting the image or the pool waits for it too. Nothing is left behind on failure.
+pub fn refill_spare(d: &Ctx, pool: &Arc<Pool>, fingerprint: &str) {
+    if pool.driver.atomic_clone() {
+        return;
+    }
+    let (d, pool, fp) = (d.self_arc(), pool.clone(), fingerprint.to_string());
+    let r = std::thread::Builder::new()
+        .name("bivy-spare".into())
+        .spawn(move || {
+            crate::sys::run_when_idle();
+            let lock = image_lock(&d, &pool, &fp);
+            let _held = lock.lock().expect("image lock");
+            let (base, spare) = (pool.image(&fp), spare_path(&pool, &fp));
+            if spare.exists() || !base.join("metadata.json").exists() {
+                return;
+            }
+            let tmp = pool.image(&format!("{fp}.spare.tmp"));
+            let _ = pool.driver.delete_volume(&tmp);
+            let made = pool
+                .driver
+                .clone_volume(&base, &tmp, false)
+                .and_then(|()| std::fs::rename(&tmp, &spare));
+            if let Err(e) = made {
+                eprintln!(
+                    "bivy: making a spare copy of image {fp} on pool {}: {e}",
+                    pool.name
+                );
+                let _ = pool.driver.delete_volume(&tmp);
+            }
+        });
+    if let Err(e) = r {
+        eprintln!("bivy: making a spare copy of image {fingerprint}: {e}");
+    }
+}
+
 fn image_lock(d: &Ctx, pool: &Pool, fingerprint: &str) -> Arc<Mutex<()>> {
     d.pools
         .image_locks
@@ -229,11 +291,30 @@ pub fn delete_image_volumes(d: &Ctx, fingerprint: &str) {
     for p in all(d) {
         let lock = image_lock(d, &p, fingerprint);
         let _held = lock.lock().expect("image lock");
-        let path = p.image(fingerprint);
-        if path.exists() {
-            if let Err(e) = p.driver.delete_volume(&path) {
-                eprintln!("bivy: deleting image volume {}: {e}", path.display());
+        for path in [spare_path(&p, fingerprint), p.image(fingerprint)] {
+            if path.exists() {
+                if let Err(e) = p.driver.delete_volume(&path) {
+                    eprintln!("bivy: deleting image volume {}: {e}", path.display());
+                }
             }
+        }
+    }
+}
+
+/// Drop every image volume and spare from `pool` (it is being deleted), each under its image's
+/// lock so that a spare being made is finished first.
+pub fn delete_pool_image_volumes(d: &Ctx, pool: &Pool) {
+    let Ok(rd) = std::fs::read_dir(pool.driver.path().join("images")) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        let fp = n.split('.').next().unwrap_or_default();
+        let lock = image_lock(d, pool, fp);
+        let _held = lock.lock().expect("image lock");
+        let path = e.path();
+        if let Err(e) = pool.driver.delete_volume(&path) {
+            eprintln!("bivy: deleting image volume {}: {e}", path.display());
         }
     }
 }
@@ -477,7 +558,9 @@ pub fn recover(d: &Ctx) {
             .flatten()
         {
             let n = e.file_name().to_string_lossy().into_owned();
-            if !images.contains(&n) {
+            // A complete spare of a known image stays (a launch can take it).
+            let fp = n.strip_suffix(".spare").unwrap_or(&n);
+            if !images.contains(fp) {
                 remove(&e.path());
             }
         }

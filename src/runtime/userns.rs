@@ -78,9 +78,41 @@ pub fn idmapped_tree(src: &Path, userns: &OwnedFd) -> Result<OwnedFd> {
 }
 
 /// Whether the filesystem holding `path` can be idmapped (tried for real on a detached copy).
+/// The answer is kept per mount where the kernel names mounts uniquely (Linux 6.8+: a mount's
+/// unique id is never reused until reboot), so a launch does not make a user namespace for it.
 pub fn rootfs_supports_idmap(path: &Path) -> bool {
+    type Known = std::sync::Mutex<Vec<(u64, bool)>>;
+    static KNOWN: Known = Known::new(Vec::new());
+    let mount = unique_mount_id(path);
+    if let Some(m) = mount {
+        let known = KNOWN.lock().expect("idmap probe cache");
+        if let Some(&(_, yes)) = known.iter().find(|(k, _)| *k == m) {
+            return yes;
+        }
+    }
     let (u, _) = super::host::host_id_range();
-    rootfs_supports_idmap_with(path, &u)
+    let yes = rootfs_supports_idmap_with(path, &u);
+    if let Some(m) = mount {
+        let mut known = KNOWN.lock().expect("idmap probe cache");
+        if known.len() >= 64 {
+            known.remove(0);
+        }
+        known.push((m, yes));
+    }
+    yes
+}
+
+/// The unique id of the mount holding `path` (`STATX_MNT_ID_UNIQUE`), where the kernel has it.
+fn unique_mount_id(path: &Path) -> Option<u64> {
+    const STATX_MNT_ID_UNIQUE: u32 = 0x4000;
+    let st = rustix::fs::statx(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::AtFlags::empty(),
+        rustix::fs::StatxFlags::from_bits_retain(STATX_MNT_ID_UNIQUE),
+    )
+    .ok()?;
+    (st.stx_mask & STATX_MNT_ID_UNIQUE != 0).then_some(st.stx_mnt_id)
 }
 
 /// [`rootfs_supports_idmap`] with an explicit range (used by the host probe itself).
@@ -222,6 +254,18 @@ mod tests {
         hostid: 1_000_000,
         count: 65536,
     };
+
+    #[test]
+    fn mounts_have_unique_ids_here() {
+        // Linux 6.8+ names each mount with an id never reused; the idmap probe's cache relies
+        // on it and does without it on older kernels.
+        let root = unique_mount_id(Path::new("/"));
+        let proc = unique_mount_id(Path::new("/proc"));
+        if let (Some(r), Some(p)) = (root, proc) {
+            assert_ne!(r, p);
+            assert_eq!(unique_mount_id(Path::new("/proc/self")), Some(p));
+        }
+    }
 
     #[test]
     fn map_text_and_lookup() {

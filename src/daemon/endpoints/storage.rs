@@ -330,11 +330,7 @@ pub fn delete(d: &Daemon, name: &str) -> Result<Response> {
     // that pool shows as unavailable and deleting it again finishes the job.
     let mut pools = d.pools.pools.lock().expect("pools lock");
     if let Some(p) = pools.get(name).cloned() {
-        if let Ok(rd) = std::fs::read_dir(p.driver.path().join("images")) {
-            for e in rd.flatten() {
-                let _ = p.driver.delete_volume(&e.path());
-            }
-        }
+        crate::instance::pools::delete_pool_image_volumes(d, &p);
         crate::instance::markers::remove_pool_files(&p.driver.path());
         p.driver.delete().map_err(|e| {
             Error::BadRequest(format!("Failed to delete storage pool {name:?}: {e}"))
