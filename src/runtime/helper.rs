@@ -21,10 +21,7 @@ use crate::sys;
 /// With `BIVY_TRACE=1` (passed through to the helpers), the monitor logs each setup step's time.
 pub(crate) fn trace(t0: Instant, step: &str) {
     if std::env::var_os("BIVY_TRACE").is_some() {
-        eprintln!(
-            "bivy monitor: {:>8.3} ms  {step}",
-            t0.elapsed().as_secs_f64() * 1000.0
-        );
+        crate::util::trace::line("bivy monitor:", t0, step);
     }
 }
 

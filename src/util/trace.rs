@@ -21,10 +21,18 @@ impl Steps {
 
     pub fn step(&self, step: &str) {
         if let Some((what, t0)) = &self.0 {
-            eprintln!(
-                "bivy trace: {what}: {:>8.3} ms  {step}",
-                t0.elapsed().as_secs_f64() * 1000.0
-            );
+            line(&format!("bivy trace: {what}:"), *t0, step);
         }
     }
+}
+
+/// Log `prefix`, the time since `t0` and `step` on stderr as one line in one write, so that the
+/// lines of processes sharing a log (the monitor and its child) never interleave.
+pub fn line(prefix: &str, t0: Instant, step: &str) {
+    use std::io::Write;
+    let l = format!(
+        "{prefix} {:>8.3} ms  {step}\n",
+        t0.elapsed().as_secs_f64() * 1000.0
+    );
+    let _ = std::io::stderr().write_all(l.as_bytes());
 }

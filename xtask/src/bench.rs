@@ -135,12 +135,12 @@ fn json_pid(body: &str) -> Option<u32> {
 
 /// The result table.
 #[derive(Default)]
-struct Table {
+pub(crate) struct Table {
     rows: Vec<[String; 6]>,
 }
 
 impl Table {
-    fn stats(&mut self, what: &str, r: &Result<Stats>, note: &str) {
+    pub(crate) fn stats(&mut self, what: &str, r: &Result<Stats>, note: &str) {
         match r {
             Ok(s) => self.rows.push([
                 what.into(),
@@ -242,6 +242,8 @@ struct Opts {
     density: usize,
     /// `--only criu`: stateful stop/start and live moves alone.
     only_criu: bool,
+    /// `--only breakdown`: the per-step breakdown of a launch and an exec alone.
+    only_breakdown: bool,
 }
 
 fn parse_opts(args: &[String]) -> Result<Opts> {
@@ -254,6 +256,7 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
         only_density: false,
         density: 1000,
         only_criu: false,
+        only_breakdown: false,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -288,11 +291,16 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
                 Some("cycles") => o.only_cycles = true,
                 Some("density") => o.only_density = true,
                 Some("criu") => o.only_criu = true,
-                _ => return Err("--only cycles|density|criu (the parts that run alone)".into()),
+                Some("breakdown") => o.only_breakdown = true,
+                _ => {
+                    return Err(
+                        "--only cycles|density|criu|breakdown (the parts that run alone)".into(),
+                    )
+                }
             },
             other => {
                 return Err(format!(
-                    "unknown argument `{other}` (--runs N, --bin PATH, --scale N, --cycles N, --churn N, --density N, --only cycles|density|criu)"
+                    "unknown argument `{other}` (--runs N, --bin PATH, --scale N, --cycles N, --churn N, --density N, --only cycles|density|criu|breakdown)"
                 ))
             }
         }
@@ -370,6 +378,10 @@ pub fn run(args: &[String]) -> Result {
         let part =
             |d: &BgDaemon, t: &mut Table| criu(d, t, o.runs).and_then(|()| live_move(d, t, o.runs));
         Some((Box::new(part), Vec::new()))
+    } else if o.only_breakdown {
+        let part =
+            |_: &BgDaemon, t: &mut Table| crate::breakdown::run(&bin, &image, &run_dir, t, o.runs);
+        Some((Box::new(part), Vec::new()))
     } else if o.only_cycles {
         Some((
             Box::new(|d, t| cycles(d, t, o.cycles)),
@@ -409,6 +421,9 @@ pub fn run(args: &[String]) -> Result {
         eprintln!("xtask: bench stopped early: {e}");
     }
     cleanup(&d, o.runs);
+    if let Err(e) = crate::breakdown::run(&bin, &image, &run_dir, &mut t, o.runs) {
+        t.failed("per-step breakdown of a launch and an exec", &e);
+    }
     if let Err(e) = network(&bin, &image, &run_dir, &mut t, o.runs, o.scale) {
         eprintln!("xtask: network bench stopped early: {e}");
     }
@@ -902,7 +917,7 @@ fn write_bytes(pid: u32) -> Option<u64> {
 }
 
 /// Run `bivy ARGS`, failing with its stderr.
-fn must(d: &BgDaemon, args: &[&str]) -> Result {
+pub(crate) fn must(d: &BgDaemon, args: &[&str]) -> Result {
     let out = d
         .cli(args)
         .output()

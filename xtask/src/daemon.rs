@@ -38,6 +38,13 @@ pub fn start(bin: &Path, dir: &Path, log: &Path) -> Result<BgDaemon> {
     spawn(cmd, bin, dir, log)
 }
 
+/// [`start`] with more environment for the daemon (`BIVY_TRACE=1`).
+pub fn start_env(bin: &Path, dir: &Path, log: &Path, env: &[(&str, &str)]) -> Result<BgDaemon> {
+    let mut cmd = Command::new(bin);
+    cmd.arg("daemon").envs(env.iter().copied());
+    spawn(cmd, bin, dir, log)
+}
+
 /// Same, in a new network namespace with only `lo` up (`unshare` execs the shell, which execs
 /// the daemon: one pid): the bridges and rules it makes never touch the host's.
 pub fn start_in_new_netns(bin: &Path, dir: &Path, log: &Path) -> Result<BgDaemon> {

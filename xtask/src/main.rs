@@ -6,6 +6,7 @@
 
 mod bench;
 mod bench_lxd;
+mod breakdown;
 mod chaos;
 mod chaos_check;
 mod cycles;

@@ -39,6 +39,7 @@ fn default_env(uid: u32) -> StringMap {
 
 pub fn exec(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
     let body: api::InstanceExecPost = json(req)?;
+    let trace = crate::util::trace::Steps::new("exec", name);
     let rec = crate::instance::view::record(d, name)?;
     if body.command.is_empty() {
         return Err(Error::BadRequest("Command is empty".into()));
@@ -110,13 +111,18 @@ pub fn exec(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
     }
     let meta = serde_json::json!({"fds": fds, "command": body.command, "environment": env, "interactive": body.interactive});
     let all: Vec<String> = secrets.values().cloned().collect();
+    trace.step("request checked");
     let op = d.ops.start(
         Class::Websocket,
         "Executing command",
         resources,
         Some(meta),
         all,
-        move |op| run_attached(&op, &run_dir, &spec, &secrets),
+        move |op| {
+            let r = run_attached(&op, &run_dir, &spec, &secrets, &trace);
+            trace.step("done");
+            r
+        },
     );
     Ok(response::operation(&op.to_api()))
 }
@@ -276,6 +282,7 @@ fn run_attached(
     run_dir: &std::path::Path,
     spec: &runtime::ExecSpec,
     secrets: &BTreeMap<String, String>,
+    trace: &crate::util::trace::Steps,
 ) -> Result<()> {
     let interactive = spec.pty.is_some();
     let required: Vec<String> = if interactive {
@@ -289,6 +296,7 @@ fn run_attached(
     let mut socks = op
         .take_sockets(&required, CONNECT_TIMEOUT)
         .ok_or_else(|| Error::Internal("Timed out waiting for websockets to connect".into()))?;
+    trace.step("websockets connected");
     let control = socks
         .remove(&secrets["control"])
         .or_else(|| op.take_late_socket(&secrets["control"], Duration::from_millis(100)));
@@ -351,6 +359,7 @@ fn run_attached(
         ),
     )?;
     let pid = p.pid;
+    trace.step("command started");
     let killer = Killer::new(pid)?;
     let o1 = pump_out(std::fs::File::from(out_r), tx1.clone());
     let o2 = pump_out(std::fs::File::from(err_r), tx2.clone());
@@ -368,8 +377,10 @@ fn run_attached(
     let w2 = watch(rx2, killer.clone());
     let ctl = control.and_then(|c| control_loop(c, Some(killer), None));
     let code = waitpid_code(pid)?;
+    trace.step("command exited");
     let _ = o1.join();
     let _ = o2.join();
+    trace.step("output sent");
     op.set_metadata("return", serde_json::json!(code));
     for tx in [&tx0, &tx1, &tx2] {
         let _ = tx.close(1000);
