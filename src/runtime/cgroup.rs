@@ -187,7 +187,7 @@ fn write(path: &Path, value: &str) -> Result<()> {
 }
 
 fn read(path: &Path) -> Result<String> {
-    fs::read_to_string(path)
+    crate::util::fs::read_small(path)
         .map(|s| s.trim().to_string())
         .map_err(|e| io_err("reading", path, e))
 }
@@ -265,6 +265,7 @@ fn delegate_dir(dir: &Path, uid: u32, gid: u32) -> Result<()> {
             .map_err(|e| io_err("chown (delegation)", p, e))
     };
     chown(dir)?;
+    // Each file the hierarchy has (v1 and v2 differ); a missing one is skipped.
     for f in [
         "cgroup.procs",
         "tasks",
@@ -272,8 +273,10 @@ fn delegate_dir(dir: &Path, uid: u32, gid: u32) -> Result<()> {
         "cgroup.subtree_control",
         "cgroup.threads",
     ] {
-        if dir.join(f).exists() {
-            chown(&dir.join(f))?;
+        let p = dir.join(f);
+        match std::os::unix::fs::chown(&p, Some(uid), Some(gid)) {
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            r => r.map_err(|e| io_err("chown (delegation)", &p, e))?,
         }
     }
     Ok(())

@@ -310,6 +310,7 @@ fn setup(
         (!privileged).then_some(owner),
     )?;
     prep.cgroup = true;
+    trace(t0, "step 6: cgroup made");
     // The device cgroup: LXD's default list plus the instance's device nodes.
     let rules: Vec<String> = spec
         .unix_devices

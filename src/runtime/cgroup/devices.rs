@@ -57,6 +57,29 @@ fn allowed(extra: &[String]) -> impl Iterator<Item = &str> {
         .chain(extra.iter().map(String::as_str))
 }
 
+/// Write each rule to the v1 `file` (`devices.allow` or `devices.deny`) through one open
+/// file: the controller takes one rule per write.
+fn write_each<'a>(file: &Path, rules: impl Iterator<Item = &'a str>) -> Result<()> {
+    use std::io::Write;
+    let fail = |rule: &str, e: std::io::Error| {
+        crate::runtime::Error(format!(
+            "cgroup: writing {rule:?} to {}: {e}",
+            file.display()
+        ))
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(file)
+        .map_err(|e| fail("", e))?;
+    for rule in rules {
+        let n = f.write(rule.as_bytes()).map_err(|e| fail(rule, e))?;
+        if n != rule.len() {
+            return Err(fail(rule, std::io::Error::other("short write")));
+        }
+    }
+    Ok(())
+}
+
 impl Cgroup {
     /// Restrict device access to LXD's default list plus `extra` (entries in `devices.allow`
     /// syntax, e.g. `c 10:232 rwm` for a `unix-char` device), with the v1 controller and the
@@ -65,9 +88,7 @@ impl Cgroup {
     pub fn restrict_devices(&self, extra: &[String]) -> Result<()> {
         if let Some(d) = self.devices_dir() {
             write(&d.join("devices.deny"), "a")?;
-            for rule in allowed(extra) {
-                write(&d.join("devices.allow"), rule)?;
-            }
+            write_each(&d.join("devices.allow"), allowed(extra))?;
         }
         self.device_program(extra)
     }
@@ -124,9 +145,7 @@ impl Cgroup {
     /// rebuilt from `extra`, the instance's whole list after the change.
     pub fn device_rules(&self, file: &str, rules: &[String], extra: &[String]) -> Result<()> {
         if let Some(d) = self.devices_dir() {
-            for rule in rules {
-                write(&d.join(file), rule)?;
-            }
+            write_each(&d.join(file), rules.iter().map(String::as_str))?;
         }
         self.device_program(extra)
     }
