@@ -205,7 +205,7 @@ fn is_image_volume_name(n: &str) -> bool {
 }
 
 /// Move the spare clone of the image `fingerprint` (see [`spare_path`]) to `dst`: whether
-/// there was one. It waits for a spare being made.
+/// there was one. A spare still being made is not waited for.
 pub fn take_spare(d: &Ctx, pool: &Pool, fingerprint: &str, dst: &std::path::Path) -> bool {
     if pool.driver.atomic_clone() {
         return false;
@@ -215,40 +215,59 @@ pub fn take_spare(d: &Ctx, pool: &Pool, fingerprint: &str, dst: &std::path::Path
     std::fs::rename(spare_path(pool, fingerprint), dst).is_ok()
 }
 
+/// The spares being made, by `pool/fingerprint`: one at a time for each.
+static REFILLING: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
 /// Make a new spare clone of the image `fingerprint` on `pool` on a background thread that
-/// runs only on otherwise idle CPUs and disks ([`crate::sys::run_when_idle`]), unless the pool's clones are snapshots or a spare is there. The image
-/// lock is held while it is made, so a launch arriving meanwhile waits for it and takes it,
-/// and deleting the image or the pool waits for it too. Nothing is left behind on failure.
+/// runs only on otherwise idle CPUs ([`crate::sys::run_when_idle`]), unless the pool's clones
+/// are snapshots, a spare is there or one is being made. It is copied to `<fp>.spare.tmp`
+/// without holding the image's lock (a launch meanwhile copies the image itself) and renamed
+/// under it, if the image is still there. Nothing is left behind on failure; a daemon killed
+/// meanwhile leaves the `.tmp`, which the next start removes.
 pub fn refill_spare(d: &Ctx, pool: &Arc<Pool>, fingerprint: &str) {
-    if pool.driver.atomic_clone() {
+    if pool.driver.atomic_clone() || spare_path(pool, fingerprint).exists() {
         return;
     }
+    let key = format!("{}/{fingerprint}", pool.name);
+    {
+        let mut busy = REFILLING.lock().expect("spare lock");
+        if busy.contains(&key) {
+            return;
+        }
+        busy.push(key.clone());
+    }
     let (d, pool, fp) = (d.self_arc(), pool.clone(), fingerprint.to_string());
+    let made = move || {
+        crate::sys::run_when_idle();
+        let (base, spare) = (pool.image(&fp), spare_path(&pool, &fp));
+        let tmp = pool.image(&format!("{fp}.spare.tmp"));
+        let _ = pool.driver.delete_volume(&tmp);
+        let r = pool.driver.clone_volume(&base, &tmp, false).and_then(|()| {
+            let lock = image_lock(&d, &pool, &fp);
+            let _held = lock.lock().expect("image lock");
+            if base.join("metadata.json").exists() && !spare.exists() {
+                std::fs::rename(&tmp, &spare)
+            } else {
+                pool.driver.delete_volume(&tmp)
+            }
+        });
+        if let Err(e) = r {
+            eprintln!(
+                "bivy: making a spare copy of image {fp} on pool {}: {e}",
+                pool.name
+            );
+            let _ = pool.driver.delete_volume(&tmp);
+        }
+    };
+    let done = key.clone();
     let r = std::thread::Builder::new()
         .name("bivy-spare".into())
         .spawn(move || {
-            crate::sys::run_when_idle();
-            let lock = image_lock(&d, &pool, &fp);
-            let _held = lock.lock().expect("image lock");
-            let (base, spare) = (pool.image(&fp), spare_path(&pool, &fp));
-            if spare.exists() || !base.join("metadata.json").exists() {
-                return;
-            }
-            let tmp = pool.image(&format!("{fp}.spare.tmp"));
-            let _ = pool.driver.delete_volume(&tmp);
-            let made = pool
-                .driver
-                .clone_volume(&base, &tmp, false)
-                .and_then(|()| std::fs::rename(&tmp, &spare));
-            if let Err(e) = made {
-                eprintln!(
-                    "bivy: making a spare copy of image {fp} on pool {}: {e}",
-                    pool.name
-                );
-                let _ = pool.driver.delete_volume(&tmp);
-            }
+            made();
+            REFILLING.lock().expect("spare lock").retain(|k| *k != done);
         });
     if let Err(e) = r {
+        REFILLING.lock().expect("spare lock").retain(|k| *k != key);
         eprintln!("bivy: making a spare copy of image {fingerprint}: {e}");
     }
 }
@@ -302,7 +321,7 @@ pub fn delete_image_volumes(d: &Ctx, fingerprint: &str) {
 }
 
 /// Drop every image volume and spare from `pool` (it is being deleted), each under its image's
-/// lock so that a spare being made is finished first.
+/// lock (a spare being made fails and is removed by its maker).
 pub fn delete_pool_image_volumes(d: &Ctx, pool: &Pool) {
     let Ok(rd) = std::fs::read_dir(pool.driver.path().join("images")) else {
         return;

@@ -350,24 +350,15 @@ pub fn join_new_session_keyring() -> io::Result<()> {
     }
 }
 
-/// Let the calling thread run only when a CPU would otherwise be idle (`SCHED_IDLE`) and do its
-/// disk I/O in the idle class (where the I/O scheduler has classes): for background work that
-/// must not slow what users wait for. Failures leave the thread as it was.
+/// Let the calling thread run only when a CPU would otherwise be idle (`SCHED_IDLE`): for
+/// background work that must not slow what users wait for. It must not hold a lock others
+/// wait on while it works (it may not run for a long time). Its disk I/O keeps its class: the
+/// idle I/O class waits for the disk to have been idle for a while (BFQ: 200 ms) before each
+/// request. A failure leaves the thread as it was.
 pub fn run_when_idle() {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param for SCHED_IDLE.
     unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
-    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
-    const IOPRIO_CLASS_IDLE: libc::c_long = 3;
-    // SAFETY: ioprio_set takes three integers; who 0 is the calling thread.
-    unsafe {
-        libc::syscall(
-            libc::SYS_ioprio_set,
-            IOPRIO_WHO_PROCESS,
-            0 as libc::c_long,
-            IOPRIO_CLASS_IDLE << 13,
-        )
-    };
 }
 
 /// Reset every signal disposition to default and unblock all signals (before exec'ing a command).
