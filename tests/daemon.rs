@@ -749,3 +749,62 @@ fn cgroup_favordynmods_is_applied_to_the_host_hierarchy() {
     }
     assert_eq!(has(), was_on);
 }
+
+/// Twenty launches at once from one image: every one succeeds and runs, each on a volume of its
+/// own (at most one of them takes the pool's spare copy of the image), and the state lists all
+/// of them with their own records (no lost update).
+#[test]
+fn twenty_parallel_launches_all_run() {
+    if !common::require_root() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    d.import_busybox();
+    let cmds: Vec<(String, std::process::Command)> = (0..20)
+        .map(|i| {
+            let n = format!("p{i}");
+            let mut c = d.cli();
+            c.args(["launch", "busybox", &n]);
+            (n, c)
+        })
+        .collect();
+    let outs: Vec<(String, std::process::Output)> = std::thread::scope(|s| {
+        let hs: Vec<_> = cmds
+            .into_iter()
+            .map(|(n, mut c)| s.spawn(move || (n, c.output().expect("run bivy"))))
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("join")).collect()
+    });
+    for (n, out) in &outs {
+        assert!(
+            out.status.success(),
+            "launch {n}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            d.log_text()
+        );
+    }
+    let listed = d.ok(&["list", "--format", "csv", "-c", "ns"]);
+    for (n, _) in &outs {
+        assert!(
+            listed.lines().any(|l| l == format!("{n},RUNNING")),
+            "{n} not running: {listed}"
+        );
+    }
+    let db: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.dir().join("database.json")).expect("database"))
+            .expect("json");
+    let vols: std::collections::BTreeSet<&str> = db["instances"]
+        .as_object()
+        .expect("instances")
+        .values()
+        .map(|r| r["volume"].as_str().expect("volume"))
+        .collect();
+    assert_eq!(vols.len(), 20, "{vols:?}");
+    let pool = d.dir().join("storage-pools/default/containers");
+    for v in &vols {
+        assert!(pool.join(v).join("rootfs/bin/busybox").exists(), "{v}");
+    }
+    for (n, _) in &outs {
+        d.ok(&["delete", "--force", n]);
+    }
+}
