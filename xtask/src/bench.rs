@@ -353,7 +353,7 @@ pub fn run(args: &[String]) -> Result {
     // 2. daemon start + idle memory
     let run_dir = out_dir.join(format!("run-{}", std::process::id()));
     let dir = run_dir.join("bivy");
-    let d = match daemon::start(&bin, &dir, &run_dir.join("daemon.log")) {
+    let mut d = match daemon::start(&bin, &dir, &run_dir.join("daemon.log")) {
         Ok(d) => d,
         Err(e) => {
             t.failed("daemon start", &e);
@@ -370,17 +370,19 @@ pub fn run(args: &[String]) -> Result {
 
     // A part that runs alone on this daemon: the busybox image, the part, then the instances
     // it leaves deleted.
-    type Part<'a> = Box<dyn Fn(&BgDaemon, &mut Table) -> Result + 'a>;
+    type Part<'a> = Box<dyn Fn(&mut BgDaemon, &mut Table) -> Result + 'a>;
     let alone: Option<(Part, Vec<String>)> = if o.only_density {
         let leftovers = (0..o.density).map(|i| format!("dn{i}")).collect();
         Some((Box::new(|d, t| density(d, t, o.density)), leftovers))
     } else if o.only_criu {
-        let part =
-            |d: &BgDaemon, t: &mut Table| criu(d, t, o.runs).and_then(|()| live_move(d, t, o.runs));
+        let part = |d: &mut BgDaemon, t: &mut Table| {
+            criu(d, t, o.runs).and_then(|()| live_move(d, t, o.runs))
+        };
         Some((Box::new(part), Vec::new()))
     } else if o.only_breakdown {
-        let part =
-            |_: &BgDaemon, t: &mut Table| crate::breakdown::run(&bin, &image, &run_dir, t, o.runs);
+        let part = |_: &mut BgDaemon, t: &mut Table| {
+            crate::breakdown::run(&bin, &image, &run_dir, t, o.runs)
+        };
         Some((Box::new(part), Vec::new()))
     } else if o.only_cycles {
         Some((
@@ -393,7 +395,7 @@ pub fn run(args: &[String]) -> Result {
     if let Some((part, leftovers)) = alone {
         let img = image.to_string_lossy().into_owned();
         let r = must(&d, &["image", "import", &img, "--alias", "busybox"])
-            .and_then(|()| part(&d, &mut t));
+            .and_then(|()| part(&mut d, &mut t));
         if let Err(e) = r {
             eprintln!("xtask: bench stopped early: {e}");
         }
@@ -1111,11 +1113,25 @@ fn kernel_kb() -> u64 {
         .sum()
 }
 
+/// Restart the daemon on its directory: a row with the time from the spawn until its socket
+/// accepts, and the first `bivy list` after that (the daemon's recovery and adoption of the
+/// running containers are done by then).
+fn cold_start(d: &mut BgDaemon, t: &mut Table, what: &str) -> Result {
+    d.restart()?;
+    let list = time_one(&mut d.cli(&["list", "--format", "csv"]))?;
+    t.value(
+        what,
+        format!("{:.1} ms", util::ms(d.ready_after)),
+        &format!("spawn -> socket accepts; the first `bivy list` after it {list:.1} ms"),
+    );
+    Ok(())
+}
+
 /// Density: `n` busybox containers running at once (launched one after another), listed, an
 /// exec in each, then stopped and deleted; the memory each takes on the host: its monitor's
 /// and its init's Pss (summed over all), and the kernel's share (the growth of its slab, page
 /// tables and kernel stacks: namespaces, cgroups, mounts, sockets, tasks).
-fn density(d: &BgDaemon, t: &mut Table, n: usize) -> Result {
+fn density(d: &mut BgDaemon, t: &mut Table, n: usize) -> Result {
     let avail0 = meminfo_kb("MemAvailable");
     let kernel0 = kernel_kb();
     let started = Instant::now();
@@ -1169,9 +1185,15 @@ fn density(d: &BgDaemon, t: &mut Table, n: usize) -> Result {
         "MemAvailable (other processes of the machine move it too)",
     );
     fds_threads_row(t, &format!("daemon fds and threads, {n} containers"), d.pid);
+    cold_start(d, t, &format!("daemon cold start with {n} running"))?;
     let r = time_runs(n, |i| d.cli(&["stop", "--force", &format!("dn{i}")]));
     t.stats(&format!("`bivy stop --force` x{n}"), &r, "");
     r?;
+    cold_start(
+        d,
+        t,
+        &format!("daemon cold start with {n} defined, stopped"),
+    )?;
     let r = time_runs(n, |i| d.cli(&["delete", &format!("dn{i}")]));
     t.stats(&format!("`bivy delete` x{n}"), &r, "");
     r.map(|_| ())

@@ -219,4 +219,13 @@ impl BgDaemon {
     pub fn stop(&self) {
         stop_pid(self.pid);
     }
+
+    /// Stop this daemon and start `bivy daemon` again on the same directory, as [`start`]
+    /// does; `pid` and `ready_after` are then the new start's.
+    pub fn restart(&mut self) -> Result {
+        self.stop();
+        let (bin, dir, log) = (self.bin.clone(), self.dir.clone(), self.log.clone());
+        *self = start(&bin, &dir, &log)?;
+        Ok(())
+    }
 }
