@@ -207,9 +207,16 @@ fn no_host_user_reaches_the_daemons_tree() {
         nobody_cannot_run(p);
     }
 
-    // An older tree (everything 0755) is mended at the next start, and the log says so.
+    // An older tree (everything 0755) is mended at the next start, and the log says so. An
+    // older bivy left no note that its pools' volume modes were mended.
     drop(l);
     d.stop();
+    // (The default pool was mended at the first start; the user's pool, made since, was not.)
+    let stamp = d
+        .dir()
+        .join("storage-pools/default/bivy-records/volume-modes");
+    std::fs::remove_file(&stamp).unwrap_or_else(|e| panic!("{}: {e}", stamp.display()));
+    let _ = std::fs::remove_file(user_pool.join("bivy-records/volume-modes"));
     let mut opened = Vec::new();
     for p in [
         d.dir().to_path_buf(),

@@ -574,8 +574,15 @@ pub fn recover(d: &Arc<Ctx>) -> std::io::Result<()> {
             .keys()
             .cloned()
             .collect();
+    // An instance without a run directory has never run since the host booted (or was
+    // deleted): no monitor, no interim changes, nothing to take up but a stateful stop's
+    // leftovers. One directory read instead of a look at each one's run files.
+    let with_run_dir = crate::util::fs::names_in(&d.dir.join("run"));
     for n in names {
-        adopt(d, n);
+        let stateful = || record(d, &n).is_ok_and(|r| r.stateful);
+        if with_run_dir.contains(std::ffi::OsStr::new(&n)) || stateful() {
+            adopt(d, n);
+        }
     }
     Ok(())
 }

@@ -10,7 +10,8 @@
 //! two leaves a record without its file (rewritten at the next start by [`ensure_all`]), never a
 //! file for data already given up. They are not synced: the database is the truth.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -45,6 +46,12 @@ pub struct VolumeMarker {
 /// A pool's record file under its root.
 pub fn pool_file(root: &Path) -> PathBuf {
     root.join(DIR).join("pool.json")
+}
+
+/// `bivy-records/volume-modes`: the note that the modes of a pool's volumes were mended (see
+/// `pools::mend_volume_modes`).
+pub fn modes_file(root: &Path) -> PathBuf {
+    root.join(DIR).join("volume-modes")
 }
 
 /// The record file of the instance volume `volume` under a pool's root.
@@ -270,6 +277,7 @@ fn pool_marker(name: &str, rec: &PoolRecord) -> PoolMarker {
 /// all that is left). Its volumes are gone already; their files went with their records.
 pub fn remove_pool_files(root: &Path) {
     remove(&pool_file(root));
+    remove(&modes_file(root));
     for d in ["instances", "volumes"] {
         let _ = std::fs::remove_dir(root.join(DIR).join(d));
     }
@@ -287,17 +295,28 @@ pub fn ensure_all(bivy_dir: &Path, data: &Data) {
             }
         }
     }
+    // Each pool's record directories are read once (not a lookup per record).
+    let mut present: HashMap<PathBuf, HashSet<OsString>> = HashMap::new();
+    let mut missing = |file: &Path| {
+        let dir = file.parent().unwrap_or(file).to_path_buf();
+        let names = present
+            .entry(dir)
+            .or_insert_with_key(|d| crate::util::fs::names_in(d));
+        !file.file_name().is_some_and(|n| names.contains(n))
+    };
     for ((pool, vol), (name, rec)) in instances(data) {
         if let Some(root) = roots.get(pool) {
-            if !instance_file(root, vol).exists() {
-                write(&instance_file(root, vol), &marker_of(name, rec));
+            let f = instance_file(root, vol);
+            if missing(&f) {
+                write(&f, &marker_of(name, rec));
             }
         }
     }
     for ((pool, vol), (name, rec)) in volumes(data) {
         if let Some(root) = roots.get(pool) {
-            if !volume_file(root, vol).exists() {
-                write(&volume_file(root, vol), &volume_marker(name, rec));
+            let f = volume_file(root, vol);
+            if missing(&f) {
+                write(&f, &volume_marker(name, rec));
             }
         }
     }

@@ -129,8 +129,22 @@ pub fn all(d: &Ctx) -> Vec<Arc<Pool>> {
         .collect()
 }
 
-/// Mend the modes of every usable pool's volumes (see [`Pool::mend_volume_modes`]).
+/// Where a pool notes that its volumes' modes were mended: volumes made since get their modes
+/// when they are made (and an instance's at each start), so only an older tree needs the pass.
+fn modes_stamp(pool: &Pool) -> PathBuf {
+    super::markers::modes_file(&pool.driver.path())
+}
+
+/// Mend the modes of every usable pool's volumes (see [`Pool::mend_volume_modes`]) once per
+/// pool (see [`modes_stamp`]): a start then does not look at each volume.
 pub fn mend_volume_modes(d: &Ctx) {
+    let todo: Vec<Arc<Pool>> = all(d)
+        .into_iter()
+        .filter(|p| !modes_stamp(p).exists())
+        .collect();
+    if todo.is_empty() {
+        return;
+    }
     // (pool, volume) -> whether its instance is privileged, read once under one lock.
     let privileged: BTreeMap<(String, String), bool> = {
         let db = d.db.lock().expect("db lock");
@@ -143,8 +157,12 @@ pub fn mend_volume_modes(d: &Ctx) {
             )
         }))
     };
-    for p in all(d) {
+    for p in todo {
         p.mend_volume_modes(|vol| privileged.get(&(p.name.clone(), vol.to_string())).copied());
+        let note = b"the modes of this pool's volumes were mended; volumes made since get theirs when made\n";
+        if let Err(e) = crate::util::fs::atomic_write(&modes_stamp(&p), note) {
+            eprintln!("bivy: {}: {e}", modes_stamp(&p).display());
+        }
     }
 }
 
@@ -475,10 +493,13 @@ pub fn recover(d: &Ctx) {
         let containers = p.driver.path().join("containers");
         // A restore swaps `<vol>` for `<vol>.restore` by way of `<vol>.old`: if the daemon died
         // between the renames, the old volume goes back (the restore did not happen).
+        let present = crate::util::fs::names_in(&containers);
         for vol in mine.keys() {
             let cur = containers.join(vol);
             let old = containers.join(format!("{vol}.old"));
-            if !cur.exists() && old.exists() {
+            if !present.contains(std::ffi::OsStr::new(vol))
+                && present.contains(old.file_name().unwrap_or_default())
+            {
                 eprintln!("bivy: undoing an interrupted restore of volume {vol}");
                 let _ = std::fs::rename(&old, &cur);
             }

@@ -24,6 +24,17 @@ pub fn read_small(path: &Path) -> io::Result<String> {
     String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
+/// The names of the entries of `dir` (none when it cannot be read): one directory read where a
+/// loop would otherwise look each name up (the daemon's start goes over every instance).
+pub fn names_in(dir: &Path) -> std::collections::HashSet<std::ffi::OsString> {
+    fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect()
+}
+
 /// Atomically replace `path` with `data` (mode 0600).
 pub fn atomic_write(path: &Path, data: &[u8]) -> io::Result<()> {
     atomic_write_mode(path, data, 0o600)
