@@ -256,19 +256,28 @@ pub fn refill_spare(d: &Ctx, pool: &Arc<Pool>, fingerprint: &str) {
     }
     let (d, pool, fp) = (d.self_arc(), pool.clone(), fingerprint.to_string());
     let made = move || {
-        crate::sys::run_when_idle();
         let (base, spare) = (pool.image(&fp), spare_path(&pool, &fp));
+        // The copy goes into a directory of its own below `images/`, made and left at the
+        // normal priority: at idle priority the thread may wait long for a CPU, and it must not
+        // hold `images/` (the directory a launch renames the spare out of) meanwhile.
         let tmp = pool.image(&format!("{fp}.spare.tmp"));
+        let copy = tmp.join("v");
         let _ = pool.driver.delete_volume(&tmp);
-        let r = pool.driver.clone_volume(&base, &tmp, false).and_then(|()| {
-            let lock = image_lock(&d, &pool, &fp);
-            let _held = lock.lock().expect("image lock");
-            if base.join("metadata.json").exists() && !spare.exists() {
-                std::fs::rename(&tmp, &spare)
-            } else {
+        let r = crate::storage::make_volume_parent(&tmp)
+            .and_then(|()| {
+                crate::sys::run_when_idle(true);
+                let r = pool.driver.clone_volume(&base, &copy, false);
+                crate::sys::run_when_idle(false);
+                r
+            })
+            .and_then(|()| {
+                let lock = image_lock(&d, &pool, &fp);
+                let _held = lock.lock().expect("image lock");
+                if base.join("metadata.json").exists() && !spare.exists() {
+                    std::fs::rename(&copy, &spare)?;
+                }
                 pool.driver.delete_volume(&tmp)
-            }
-        });
+            });
         if let Err(e) = r {
             eprintln!(
                 "bivy: making a spare copy of image {fp} on pool {}: {e}",

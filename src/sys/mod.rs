@@ -350,15 +350,21 @@ pub fn join_new_session_keyring() -> io::Result<()> {
     }
 }
 
-/// Let the calling thread run only when a CPU would otherwise be idle (`SCHED_IDLE`): for
-/// background work that must not slow what users wait for. It must not hold a lock others
-/// wait on while it works (it may not run for a long time). Its disk I/O keeps its class: the
-/// idle I/O class waits for the disk to have been idle for a while (BFQ: 200 ms) before each
+/// Let the calling thread run only when a CPU would otherwise be idle (`SCHED_IDLE`, `on`), or
+/// as other threads again (`SCHED_OTHER`): for background work that must not slow what users
+/// wait for. While idle it must not hold a lock others wait on (it may not run for a long
+/// time), nor make entries in a directory others use. Its disk I/O keeps its class: the idle
+/// I/O class waits for the disk to have been idle for a while (BFQ: 200 ms) before each
 /// request. A failure leaves the thread as it was.
-pub fn run_when_idle() {
+pub fn run_when_idle(on: bool) {
     let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param for SCHED_IDLE.
-    unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    let policy = if on {
+        libc::SCHED_IDLE
+    } else {
+        libc::SCHED_OTHER
+    };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param for both policies.
+    unsafe { libc::sched_setscheduler(0, policy, &param) };
 }
 
 /// Reset every signal disposition to default and unblock all signals (before exec'ing a command).
