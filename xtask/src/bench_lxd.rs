@@ -1232,8 +1232,14 @@ fn network(
     let debian = util::target_dir().join("test-images/debian12.tar.zst");
     if debian.is_file() {
         let deb = debian.to_string_lossy().into_owned();
-        must(&mut bivy.0.cli(&["image", "import", &deb, "--alias", "debian"]))?;
-        must(&mut c.lxd.lxc(&["image", "import", &deb, "--alias", "debian"]))?;
+        // The migration part may have imported it already (into the same daemon as `s:`).
+        let imported = |c: &mut Command| c.output().is_ok_and(|o| o.status.success());
+        if !imported(&mut bivy.0.cli(&["image", "info", "debian"])) {
+            must(&mut bivy.0.cli(&["image", "import", &deb, "--alias", "debian"]))?;
+        }
+        if !imported(&mut c.lxd.lxc(&["image", "info", "debian"])) {
+            must(&mut c.lxd.lxc(&["image", "import", &deb, "--alias", "debian"]))?;
+        }
         // Each side unpacks the image into its pool at its first launch: not measured.
         for side in [Side::Bivy, Side::Lxd] {
             let (mut launch, mut delete) = match side {
