@@ -566,23 +566,21 @@ pub fn recover(d: &Arc<Ctx>) -> std::io::Result<()> {
     // An instance's run and log directories come and go with it (see spread_subdirs).
     crate::util::fs::spread_subdirs_or_log(&d.dir.join("run"), "run directories");
     crate::util::fs::spread_subdirs_or_log(&d.dir.join("logs"), "log directories");
+    // An instance without a run directory has never run since the host booted (or was
+    // deleted): no monitor, no interim changes, nothing to take up but a stateful stop's
+    // leftovers. One directory read instead of a look at each one's run files.
+    let with_run_dir = crate::util::fs::names_in(&d.dir.join("run"));
     let names: Vec<String> =
         d.db.lock()
             .expect("db lock")
             .data
             .instances
-            .keys()
-            .cloned()
+            .iter()
+            .filter(|(n, r)| r.stateful || with_run_dir.contains(std::ffi::OsStr::new(n.as_str())))
+            .map(|(n, _)| n.clone())
             .collect();
-    // An instance without a run directory has never run since the host booted (or was
-    // deleted): no monitor, no interim changes, nothing to take up but a stateful stop's
-    // leftovers. One directory read instead of a look at each one's run files.
-    let with_run_dir = crate::util::fs::names_in(&d.dir.join("run"));
     for n in names {
-        let stateful = || record(d, &n).is_ok_and(|r| r.stateful);
-        if with_run_dir.contains(std::ffi::OsStr::new(&n)) || stateful() {
-            adopt(d, n);
-        }
+        adopt(d, n);
     }
     Ok(())
 }

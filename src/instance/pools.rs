@@ -211,7 +211,7 @@ pub fn image_volume(d: &Ctx, pool: &Pool, fingerprint: &str) -> Result<PathBuf> 
 
 /// Where a pool whose clones are copies keeps a spare clone of an image's volume: a launch
 /// takes it with a rename instead of copying the image, and a new one is made in the
-/// background ([`refill_spare`]). Written as `<fp>.spare.tmp` and renamed when complete.
+/// background ([`refill_spare`]), below `<fp>.spare.tmp` and renamed here when complete.
 fn spare_path(pool: &Pool, fingerprint: &str) -> PathBuf {
     pool.image(&format!("{fingerprint}.spare"))
 }
@@ -238,7 +238,7 @@ static REFILLING: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 /// Make a new spare clone of the image `fingerprint` on `pool` on a background thread that
 /// runs only on otherwise idle CPUs ([`crate::sys::run_when_idle`]), unless the pool's clones
-/// are snapshots, a spare is there or one is being made. It is copied to `<fp>.spare.tmp`
+/// are snapshots, a spare is there or one is being made. It is copied to `<fp>.spare.tmp/v`
 /// without holding the image's lock (a launch meanwhile copies the image itself) and renamed
 /// under it, if the image is still there. Nothing is left behind on failure; a daemon killed
 /// meanwhile leaves the `.tmp`, which the next start removes.
@@ -286,15 +286,16 @@ pub fn refill_spare(d: &Ctx, pool: &Arc<Pool>, fingerprint: &str) {
             let _ = pool.driver.delete_volume(&tmp);
         }
     };
+    let unmark = |key: &str| REFILLING.lock().expect("spare lock").retain(|k| k != key);
     let done = key.clone();
     let r = std::thread::Builder::new()
         .name("bivy-spare".into())
         .spawn(move || {
             made();
-            REFILLING.lock().expect("spare lock").retain(|k| *k != done);
+            unmark(&done);
         });
     if let Err(e) = r {
-        REFILLING.lock().expect("spare lock").retain(|k| *k != key);
+        unmark(&key);
         eprintln!("bivy: making a spare copy of image {fingerprint}: {e}");
     }
 }
