@@ -195,7 +195,7 @@ fn read(path: &Path) -> Result<String> {
 /// A counter file: `None` when it does not exist (the host does not count it), an error when it
 /// exists but cannot be read or parsed.
 fn stat_u64(path: &Path) -> Result<Option<u64>> {
-    match crate::util::fs::read_small(path) {
+    match crate::util::fs::read_one_piece(path) {
         Ok(t) => t
             .trim()
             .parse()
@@ -208,7 +208,7 @@ fn stat_u64(path: &Path) -> Result<Option<u64>> {
 
 /// `key value` lines (cpu.stat, memory.stat, cgroup.events).
 fn read_keyed(path: &Path, key: &str) -> Option<u64> {
-    crate::util::fs::read_small(path)
+    crate::util::fs::read_one_piece(path)
         .ok()?
         .lines()
         .find_map(|l| {
@@ -481,6 +481,19 @@ impl Cgroup {
     /// Whether the cgroup of container `name` is frozen (false when it does not exist).
     pub fn is_frozen_named(name: &str) -> bool {
         Cgroup::paths(name).is_ok_and(|c| c.is_frozen())
+    }
+
+    /// The usage figures of an existing container's cgroup; an error when it is gone. Its files
+    /// are read without a look at its directories first (listings read every running
+    /// container's); only figures that all came back missing send a look whether it is there.
+    pub fn stats_named(name: &str) -> Result<Stats> {
+        let cg = Cgroup::paths(name)?;
+        let s = cg.stats()?;
+        let none = s.memory_usage.is_none() && s.cpu_ns.is_none() && s.processes == 0;
+        if none && !cg.dirs().iter().any(|d| d.is_dir()) {
+            return Err(Error(format!("cgroup bivy/{name} does not exist")));
+        }
+        Ok(s)
     }
 
     /// The cgroup of an existing container; fails when no hierarchy has `bivy/<name>`.

@@ -102,7 +102,7 @@ pub fn cgroup_set_limits(name: &str, limits: &Limits) -> Result<()> {
 }
 
 pub fn cgroup_stats(name: &str) -> Result<Stats> {
-    cgroup::Cgroup::open(name)?.stats()
+    cgroup::Cgroup::stats_named(name)
 }
 
 /// A compiled seccomp filter, ready to load right before execve.

@@ -78,7 +78,7 @@ pub(crate) fn helper_command(arg0: &str) -> Result<Command> {
 /// Field 22 of /proc/PID/stat (start time in clock ticks since boot): with the pid it names one
 /// process for the lifetime of the system (pid reuse gives another start time).
 pub(crate) fn proc_starttime(pid: i32) -> Option<u64> {
-    let s = crate::util::fs::read_small(Path::new(&format!("/proc/{pid}/stat"))).ok()?;
+    let s = crate::util::fs::read_one_piece(Path::new(&format!("/proc/{pid}/stat"))).ok()?;
     let after = &s[s.rfind(')')? + 2..];
     // A zombie (exited, not yet reaped by its parent) counts as gone.
     if after.starts_with('Z') || after.starts_with('X') {
@@ -121,11 +121,60 @@ pub(crate) fn write_pidfile(path: &Path, pid: i32) -> Result<()> {
 
 /// The pid in a pidfile if that very process (same start time) is still alive.
 pub(crate) fn live_pid(path: &Path) -> Option<i32> {
-    let s = crate::util::fs::read_small(path).ok()?;
+    let s = crate::util::fs::read_one_piece(path).ok()?;
     let mut it = s.split_whitespace();
     let pid: i32 = it.next()?.parse().ok()?;
     let st: u64 = it.next()?.parse().ok()?;
-    (proc_starttime(pid) == Some(st)).then_some(pid)
+    alive(pid, st).then_some(pid)
+}
+
+/// Whether the process `pid` that started at `st` (clock ticks since boot) is alive, a zombie
+/// counting as gone. The first answer for a process is its `/proc/PID/stat`; a pidfd opened on
+/// it then (checked against the start time once more, so it is that very process) is kept, and
+/// later answers are a poll of it: no path walk and no `/proc` rendering, where a listing asks
+/// for every running container's monitor and init each time. A pidfd is readable once its
+/// process has ended (zombies too); ended ones leave the table when seen and in sweeps, so the
+/// table holds about two fds per running container. Without a pidfd (the fd limit, say) the
+/// answer is `/proc`'s, as before.
+fn alive(pid: i32, st: u64) -> bool {
+    use std::collections::HashMap;
+    use std::sync::{LazyLock, Mutex};
+    /// The pinned processes, and the size at which the table is next swept of ended ones.
+    type Pinned = (HashMap<(i32, u64), OwnedFd>, usize);
+    static PINNED: LazyLock<Mutex<Pinned>> = LazyLock::new(|| Mutex::new((HashMap::new(), 0)));
+    let ended = |fd: &OwnedFd| {
+        let mut p = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        matches!(poll(&mut p, PollTimeout::ZERO), Ok(n) if n > 0)
+    };
+    {
+        let mut g = PINNED.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(fd) = g.0.get(&(pid, st)) {
+            if !ended(fd) {
+                return true;
+            }
+            g.0.remove(&(pid, st));
+            return false;
+        }
+    }
+    if proc_starttime(pid) != Some(st) {
+        return false;
+    }
+    let Some(fd) = rustix::process::Pid::from_raw(pid)
+        .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok())
+    else {
+        return proc_starttime(pid) == Some(st);
+    };
+    if proc_starttime(pid) != Some(st) {
+        return false;
+    }
+    let mut g = PINNED.lock().unwrap_or_else(|p| p.into_inner());
+    let (table, sweep_at) = &mut *g;
+    if table.len() >= *sweep_at {
+        table.retain(|_, fd| !ended(fd));
+        *sweep_at = (table.len() * 2).max(64);
+    }
+    table.insert((pid, st), fd);
+    true
 }
 
 /// A pidfd for the process in a pidfile, verified to be that very process after opening.
@@ -176,6 +225,32 @@ mod tests {
         // Same pid, another start time: a different process.
         let st = proc_starttime(me).unwrap();
         fs::write(&p, format!("{me} {}\n", st + 1)).unwrap();
+        assert_eq!(live_pid(&p), None);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_pinned_process_is_seen_ending() {
+        let dir = std::env::temp_dir().join(format!("bivy-pidfile-end-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("child.pid");
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        write_pidfile(&p, pid).unwrap();
+        // Twice: the second answer comes from the pinned pidfd.
+        assert_eq!(live_pid(&p), Some(pid));
+        assert_eq!(live_pid(&p), Some(pid));
+        child.kill().unwrap();
+        // Killed but not reaped: a zombie is gone.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while live_pid(&p).is_some() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(live_pid(&p), None, "a zombie counts as gone");
+        child.wait().unwrap();
         assert_eq!(live_pid(&p), None);
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -9,14 +9,33 @@ use std::path::Path;
 /// Read a small text file (procfs, cgroupfs, pid files) without the size probe `fs::read_to_string`
 /// makes first: one open and a read or two, where the list of many containers reads thousands.
 pub fn read_small(path: &Path) -> io::Result<String> {
+    read_text(path, false)
+}
+
+/// [`read_small`] for a file the kernel renders in one piece: a single-value cgroup file,
+/// `cgroup.events`, `/proc/PID/stat`, or a small regular file such as a pid file. One read
+/// that leaves room in the buffer is then the whole file (a regular file's short read is its
+/// end, and a one-record seq_file is rendered whole before it is copied out), so the read at
+/// the end that returns nothing is not made. Not for files of many records (`cgroup.procs`,
+/// `mountinfo`): seq_file ends a read early where the next record does not fit its page.
+pub fn read_one_piece(path: &Path) -> io::Result<String> {
+    read_text(path, true)
+}
+
+fn read_text(path: &Path, one_piece: bool) -> io::Result<String> {
     use std::io::Read;
     let mut f = File::open(path)?;
-    let mut buf = Vec::with_capacity(512);
+    let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
         match f.read(&mut chunk) {
             Ok(0) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                if one_piece && n < chunk.len() {
+                    break;
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
@@ -221,14 +240,22 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("bivy-fs-small-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         let p = dir.join("f");
-        for n in [0, 1, 4095, 4096, 4097, 20_000] {
+        for n in [0, 1, 4095, 4096, 4097, 8192, 20_000] {
             let text: String = (0..n).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
             fs::write(&p, &text).unwrap();
             assert_eq!(read_small(&p).unwrap(), text, "{n} bytes");
+            assert_eq!(read_one_piece(&p).unwrap(), text, "{n} bytes, one piece");
         }
         // procfs files report size 0: read to their end all the same.
-        let stat = read_small(Path::new("/proc/self/stat")).unwrap();
-        assert!(stat.contains(')') && stat.ends_with('\n'), "{stat}");
+        for stat in [
+            read_small(Path::new("/proc/self/stat")).unwrap(),
+            read_one_piece(Path::new("/proc/self/stat")).unwrap(),
+        ] {
+            assert!(stat.contains(')') && stat.ends_with('\n'), "{stat}");
+        }
+        // A file of many records longer than a page comes whole from read_small.
+        let maps = read_small(Path::new("/proc/self/maps")).unwrap();
+        assert!(maps.ends_with('\n'), "{maps}");
         assert!(read_small(&dir.join("missing")).is_err());
         fs::remove_dir_all(&dir).unwrap();
     }
