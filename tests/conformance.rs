@@ -99,6 +99,13 @@ const CLAIMS: &[(&str, &[Probe])] = &[
     ),
     ("api_filtering", &[("GET", "/1.0/instances?filter=name+eq+x", None), ("GET", "/1.0/images?filter=public+eq+true", None)]),
     ("container_full", &[("GET", "/1.0/instances?recursion=2", None)]),
+    (
+        "instances_state_selective_recursion",
+        &[
+            ("GET", "/1.0/instances?recursion=2%3Bfields%3Dstate.network", None),
+            ("GET", "/1.0/instances?recursion=2&fields=state.disk", None),
+        ],
+    ),
     ("instance_get_full", &[("GET", "/1.0/instances/nosuch?recursion=1", None)]),
     ("file_get_symlink", &[("GET", "/1.0/instances/nosuch/files?path=/l", None)]),
     ("image_compression_algorithm", &[("POST", "/1.0/images", Some("{\"source\":{\"type\":\"instance\",\"name\":\"nosuch\"},\"compression_algorithm\":\"gzip\"}"))]),

@@ -19,6 +19,8 @@
 //! `storage_api_remote_volume_handling` for copies and moves between servers
 //! (`migration::volume`, pull and push); `custom_volume_refresh` for `copy --refresh` of a
 //! volume, on this server and between servers.
+//! `instances_state_selective_recursion` (from LXD 6.7): `recursion=2;fields=state.disk,...`
+//! and `&fields=` leave the state's disk and network out unless named.
 //! `container_backup` is claimed for instance backups in LXD's tarball format
 //! (`instance::backups`) with `backup_compression_algorithm` (the request's
 //! `compression_algorithm`) and `backup_override_name` and `container_backup_override_pool`
@@ -85,4 +87,5 @@ pub const API_EXTENSIONS: &[&str] = &[
     "instance_nic_network",
     "remote_token_expiry",
     "custom_volume_refresh",
+    "instances_state_selective_recursion",
 ];

@@ -350,7 +350,9 @@ pub struct InstanceStatePut {
 pub struct InstanceState {
     pub status: String,
     pub status_code: u16,
-    pub disk: BTreeMap<String, InstanceStateDisk>,
+    /// `null` when selective recursion leaves it out (and from servers that send `null`).
+    #[serde(default)]
+    pub disk: Option<BTreeMap<String, InstanceStateDisk>>,
     pub memory: InstanceStateMemory,
     pub network: Option<BTreeMap<String, InstanceStateNetwork>>,
     pub pid: i64,

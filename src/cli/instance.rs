@@ -1105,7 +1105,7 @@ fn cell(i: &InstanceFull, col: char) -> String {
                 .map_or_else(String::new, |u| format!("{}s", u / 1_000_000_000)),
             _ => String::new(),
         },
-        'D' => match state.and_then(|s| s.disk.get("root")) {
+        'D' => match state.and_then(|s| s.disk.as_ref()?.get("root")) {
             Some(d) if d.usage > 0 => table::size_iec(d.usage),
             _ => String::new(),
         },
@@ -1269,13 +1269,34 @@ pub fn list(args: &[String]) -> CmdResult {
         (None, false) => "ns46tS".to_string(),
     };
     let (c, filters) = super::target_filters(&a.filters)?;
-    let all: Vec<InstanceFull> = c.get_large("/1.0/instances?filter=&recursion=2")?;
+    // JSON and YAML print whole documents: everything, as before.
+    let path = match format {
+        Format::Json | Format::Yaml => "/1.0/instances?filter=&recursion=2".to_string(),
+        _ => list_path(&columns),
+    };
+    let all: Vec<InstanceFull> = c.get_large(&path)?;
     let shown: Vec<InstanceFull> = all
         .into_iter()
         .filter(|i| matches_filters(i, &filters))
         .collect();
     print!("{}", render_list(&shown, &columns, format)?);
     Ok(0)
+}
+
+/// The listing's request: the state's costly parts (interfaces, disk usage) only when a column
+/// shows them, by selective recursion's `fields` parameter (LXD 6's `lxc list` does the same).
+/// A server without `instances_state_selective_recursion` ignores the parameter and sends all.
+/// With neither shown, `state.disk` is asked for: an empty `fields` may be refused by LXD, and
+/// disk usage costs bivy nothing.
+fn list_path(columns: &str) -> String {
+    let network = columns.contains(['4', '6']);
+    let disk = columns.contains('D');
+    let fields = match (network, disk) {
+        (true, true) => return "/1.0/instances?filter=&recursion=2".to_string(),
+        (true, false) => "state.network",
+        (false, _) => "state.disk",
+    };
+    format!("/1.0/instances?filter=&recursion=2&fields={fields}")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1329,7 +1350,12 @@ pub fn render_info(i: &InstanceFull) -> String {
     if let Some(s) = i.state.as_ref().filter(|s| s.pid != 0 || s.processes > 0) {
         o += "\nResources:\n";
         o += &format!("  Processes: {}\n", s.processes);
-        let disks: Vec<_> = s.disk.iter().filter(|(_, d)| d.usage != 0).collect();
+        let disks: Vec<_> = s
+            .disk
+            .iter()
+            .flatten()
+            .filter(|(_, d)| d.usage != 0)
+            .collect();
         if !disks.is_empty() {
             o += "  Disk usage:\n";
             for (name, d) in disks {
@@ -1550,6 +1576,16 @@ mod tests {
             }
         }
         Some(serde_json::from_str(&out).expect("session list parses"))
+    }
+
+    #[test]
+    fn list_asks_for_the_state_parts_its_columns_show() {
+        let q = |cols| list_path(cols).split_once('?').unwrap().1.to_string();
+        assert_eq!(q("ns46tS"), "filter=&recursion=2&fields=state.network");
+        assert_eq!(q("n,s,4"), "filter=&recursion=2&fields=state.network");
+        assert_eq!(q("nsacPt"), "filter=&recursion=2&fields=state.disk");
+        assert_eq!(q("nsD"), "filter=&recursion=2&fields=state.disk");
+        assert_eq!(q("ns6D"), "filter=&recursion=2");
     }
 
     #[test]

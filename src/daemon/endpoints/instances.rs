@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::super::filter::Filter;
-use super::super::request::{json, recursion};
+use super::super::request::{json, recursion, recursion_fields};
 use super::super::response::{self, Error, Result};
 use super::super::Daemon;
 use crate::api::{self, status};
@@ -66,6 +66,44 @@ fn etag_of(rec: &InstanceRecord) -> String {
     ))
 }
 
+/// The costly parts of an instance's state a request wants: both unless it names fields by
+/// selective recursion (LXD's `instances_state_selective_recursion`: `state.disk` and
+/// `state.network`; a part not named is `null`, the rest of the state is always there).
+#[derive(Clone, Copy)]
+struct Parts {
+    disk: bool,
+    network: bool,
+}
+
+impl Parts {
+    const ALL: Parts = Parts {
+        disk: true,
+        network: true,
+    };
+
+    fn of(req: &Request) -> Result<Parts> {
+        let Some(fields) = recursion_fields(req) else {
+            return Ok(Parts::ALL);
+        };
+        let mut p = Parts {
+            disk: false,
+            network: false,
+        };
+        for f in &fields {
+            match f.as_str() {
+                "state.disk" => p.disk = true,
+                "state.network" => p.network = true,
+                other => {
+                    return Err(Error::BadRequest(format!(
+                        "Invalid recursion field {other:?} (fields: state.disk, state.network)"
+                    )))
+                }
+            }
+        }
+        Ok(p)
+    }
+}
+
 /// The state as the API shows it. The usage figures of a running instance are the kernel's; one
 /// that cannot be read is an error (unless the instance stopped meanwhile: then it is shown
 /// stopped), and one the host does not count is left out.
@@ -76,11 +114,14 @@ fn state_api(
     rec: &InstanceRecord,
     ed: &api::Devices,
     st: &State,
+    parts: Parts,
 ) -> Result<api::InstanceState> {
     let (s, code) = status_of(st);
+    // Disk usage is not counted on bivy's pools (as LXD on `dir` without quotas): `{}`.
     let mut out = api::InstanceState {
         status: s.into(),
         status_code: code,
+        disk: parts.disk.then(Default::default),
         ..Default::default()
     };
     if let State::Running {
@@ -93,7 +134,7 @@ fn state_api(
             Ok(stats) => stats,
             Err(e) => {
                 return match state_of(d, name)? {
-                    now @ State::Stopped { .. } => state_api(d, name, rec, ed, &now),
+                    now @ State::Stopped { .. } => state_api(d, name, rec, ed, &now, parts),
                     State::Running { .. } => Err(Error::Internal(format!(
                         "usage figures of instance {name:?}: {e}"
                     ))),
@@ -103,7 +144,9 @@ fn state_api(
         let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         out.pid = i64::from(*init_pid);
         // Read from the container's own network namespace (at least `lo`, as LXD reports).
-        out.network = super::super::netstate::of_pid(*init_pid).ok();
+        if parts.network {
+            out.network = super::super::netstate::of_pid(*init_pid).ok();
+        }
         // The host end of each veth, from the NIC's `volatile.<dev>.host_name`.
         if let Some(net) = out.network.as_mut() {
             for (dev, conf) in crate::instance::nics::nic_devices(ed) {
@@ -132,10 +175,10 @@ fn backups_api(rec: &InstanceRecord) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn full(d: &Daemon, name: &str, rec: &InstanceRecord) -> Result<api::InstanceFull> {
+fn full(d: &Daemon, name: &str, rec: &InstanceRecord, parts: Parts) -> Result<api::InstanceFull> {
     let st = state_of(d, name)?;
     let instance = to_api(d, name, rec, &st);
-    let state = state_api(d, name, rec, &instance.expanded_devices, &st)?;
+    let state = state_api(d, name, rec, &instance.expanded_devices, &st, parts)?;
     Ok(api::InstanceFull {
         instance,
         backups: Some(backups_api(rec)),
@@ -158,6 +201,7 @@ pub fn list(d: &Daemon, req: &Request) -> Result<Response> {
     }
     let filter = Filter::parse(req.query("filter").unwrap_or(""))?;
     let rec_level = recursion(req);
+    let parts = Parts::of(req)?;
     let records = crate::instance::view::all_records(d);
     if rec_level == 0 && filter.is_empty() {
         let urls: Vec<String> = records.iter().map(|(name, _)| url(name)).collect();
@@ -174,7 +218,7 @@ pub fn list(d: &Daemon, req: &Request) -> Result<Response> {
             0 => Entry::Url(url(name)),
             1 => Entry::Instance(Box::new(inst)),
             _ => {
-                let state = state_api(d, name, rec, &inst.expanded_devices, &st)?;
+                let state = state_api(d, name, rec, &inst.expanded_devices, &st, parts)?;
                 Entry::Full(Box::new(api::InstanceFull {
                     instance: inst,
                     backups: Some(backups_api(rec)),
@@ -219,6 +263,7 @@ pub fn route(d: &Daemon, req: &mut Request, name: &str, sub: &[&str]) -> Result<
                 &rec,
                 &ed,
                 &state_of(d, name)?,
+                Parts::ALL,
             )?))
         }
         (["state"], "PUT") => state_put(d, req, name),
@@ -242,7 +287,11 @@ fn get(d: &Daemon, req: &Request, name: &str) -> Result<Response> {
     let rec = record(d, name)?;
     let etag = etag_of(&rec);
     if recursion(req) > 0 {
-        Ok(response::sync_etag(&full(d, name, &rec)?, Some(etag)))
+        let parts = Parts::of(req)?;
+        Ok(response::sync_etag(
+            &full(d, name, &rec, parts)?,
+            Some(etag),
+        ))
     } else {
         let st = state_of(d, name)?;
         Ok(response::sync_etag(&to_api(d, name, &rec, &st), Some(etag)))
