@@ -137,7 +137,13 @@ mod tests {
 
     #[test]
     fn selective_recursion_is_read_as_lxd_reads_it() {
-        let cases: &[(&[(&str, &str)], u32, Option<&[&str]>)] = &[
+        /// The query, the level, the fields.
+        type Case = (
+            &'static [(&'static str, &'static str)],
+            u32,
+            Option<&'static [&'static str]>,
+        );
+        let cases: &[Case] = &[
             (&[], 0, None),
             (&[("recursion", "1")], 1, None),
             (&[("recursion", "2")], 2, None),
