@@ -99,6 +99,7 @@ const CLAIMS: &[(&str, &[Probe])] = &[
     ),
     ("api_filtering", &[("GET", "/1.0/instances?filter=name+eq+x", None), ("GET", "/1.0/images?filter=public+eq+true", None)]),
     ("container_full", &[("GET", "/1.0/instances?recursion=2", None)]),
+    ("instance_create_start", &[("POST", "/1.0/instances", Some("{\"start\":true}"))]),
     (
         "instances_state_selective_recursion",
         &[

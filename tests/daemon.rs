@@ -545,18 +545,102 @@ fn selective_recursion_leaves_out_what_is_not_named() {
             .is_some_and(|a| a.iter().any(|e| e == "instances_state_selective_recursion")),
         "{server}"
     );
-    // The CLI's columns: an address shown where its column is, the usage figures without it.
+    // bivy's CLI, which asks only for the state parts its columns show.
     let (rc, out) = l.sh(
         "sr1",
         "ip link add v0 type veth && ip addr add 10.9.9.9/24 dev v0",
     );
     assert_eq!(rc, 0, "{out}");
-    let csv = l.ok(&["list", "-c", "ns4", "--format", "csv"]);
+    let csv = d.ok(&["list", "-c", "ns4", "--format", "csv"]);
     assert_eq!(csv.trim(), "sr1,RUNNING,10.9.9.9 (v0)", "{csv}");
-    let csv = l.ok(&["list", "-c", "n,N", "--format", "csv"]);
+    let csv = d.ok(&["list", "-c", "nN", "--format", "csv"]);
     let procs = csv.trim().strip_prefix("sr1,").unwrap_or("");
     assert!(procs.parse::<u32>().is_ok_and(|n| n >= 1), "{csv}");
     l.ok(&["delete", "--force", "sr1"]);
+}
+
+/// `instance_create_start`: `start: true` in the create starts the instance in the same
+/// operation; a start that fails fails the operation and leaves the instance created and
+/// stopped; with a refresh it is refused, not ignored; `bivy launch` uses it.
+#[test]
+fn create_with_start_starts_in_the_same_operation() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = common::Lxc::new(&d);
+    l.import_busybox();
+    let create = |body: &str| {
+        let (code, resp) = d.api("POST", "/1.0/instances", Some(body)).expect("post");
+        assert_eq!(code, 202, "{resp}");
+        d.wait_operation(&resp).expect("operation")
+    };
+    let status = |name: &str| {
+        let (_, v) = d
+            .api("GET", &format!("/1.0/instances/{name}"), None)
+            .expect("get");
+        v["metadata"]["status"].as_str().unwrap_or("").to_string()
+    };
+    let op = create(r#"{"name":"cs1","source":{"type":"image","alias":"busybox"},"start":true}"#);
+    assert_eq!(op["metadata"]["status"], "Success", "{op}");
+    assert_eq!(status("cs1"), "Running");
+    // Without it, created and stopped as before.
+    let op = create(r#"{"name":"cs2","source":{"type":"image","alias":"busybox"}}"#);
+    assert_eq!(op["metadata"]["status"], "Success", "{op}");
+    assert_eq!(status("cs2"), "Stopped");
+    // A start that cannot work (a disk whose source is missing): the operation fails with the
+    // start's error, the instance stays, stopped.
+    let op = create(
+        r#"{"name":"cs3","source":{"type":"image","alias":"busybox"},"start":true,
+            "devices":{"d":{"type":"disk","source":"/nonexistent-bivy-test","path":"/mnt"}}}"#,
+    );
+    assert_eq!(op["metadata"]["status"], "Failure", "{op}");
+    assert!(
+        op["metadata"]["err"]
+            .as_str()
+            .unwrap_or("")
+            .contains("nonexistent-bivy-test"),
+        "{op}"
+    );
+    assert_eq!(status("cs3"), "Stopped");
+    // A refresh with start: refused before anything is done.
+    let (code, resp) = d
+        .api(
+            "POST",
+            "/1.0/instances",
+            Some(r#"{"name":"cs2","source":{"type":"copy","source":"cs1","refresh":true},"start":true}"#),
+        )
+        .expect("post");
+    assert_eq!(code, 501, "{resp}");
+    // bivy's CLI: one operation, lxc 5.0.2's output.
+    let out = d.ok(&["launch", "busybox", "cs4"]);
+    assert_eq!(out, "Creating cs4\nStarting cs4\n");
+    assert_eq!(status("cs4"), "Running");
+    // A failed start through the CLI: told as a start's failure, the instance kept.
+    l.ok(&["profile", "create", "badp"]);
+    l.ok(&[
+        "profile",
+        "device",
+        "add",
+        "badp",
+        "d",
+        "disk",
+        "source=/nonexistent-bivy-test",
+        "path=/mnt",
+    ]);
+    let out = d.run(&["launch", "busybox", "cs5", "-p", "default", "-p", "badp"]);
+    assert!(!out.status.success());
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(stdout, "Creating cs5\nStarting cs5\n", "{stderr}");
+    assert!(stderr.contains("bivy info --show-log cs5"), "{stderr}");
+    assert_eq!(status("cs5"), "Stopped");
+    for n in ["cs1", "cs2", "cs3", "cs4", "cs5"] {
+        l.ok(&["delete", "--force", n]);
+    }
+    l.ok(&["profile", "delete", "badp"]);
 }
 
 /// After a host boot, `boot.autostart.priority` orders the starts (highest first) and

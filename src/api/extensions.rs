@@ -21,6 +21,8 @@
 //! volume, on this server and between servers.
 //! `instances_state_selective_recursion` (from LXD 6.7): `recursion=2;fields=state.disk,...`
 //! and `&fields=` leave the state's disk and network out unless named.
+//! `instance_create_start`: `start: true` in `POST /1.0/instances` starts the new instance in
+//! the create's operation (`bivy launch` and newer `lxc launch` send it: one operation, not two).
 //! `container_backup` is claimed for instance backups in LXD's tarball format
 //! (`instance::backups`) with `backup_compression_algorithm` (the request's
 //! `compression_algorithm`) and `backup_override_name` and `container_backup_override_pool`
@@ -87,5 +89,6 @@ pub const API_EXTENSIONS: &[&str] = &[
     "instance_nic_network",
     "remote_token_expiry",
     "custom_volume_refresh",
+    "instance_create_start",
     "instances_state_selective_recursion",
 ];

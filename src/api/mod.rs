@@ -221,6 +221,13 @@ pub struct InstancesPost {
     pub instance_type: String,
     #[serde(default, rename = "type")]
     pub kind: String,
+    /// Start the new instance in the create's operation (`instance_create_start`).
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub start: bool,
 }
 
 /// The `InstancePut` part of `InstancesPost`; `profiles` may be `null` (then the server applies `default`).

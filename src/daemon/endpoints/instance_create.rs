@@ -11,7 +11,8 @@ use crate::instance::config;
 use crate::instance::create::{create_now, resolve_image, NewInstance, Origin};
 use crate::instance::devices;
 use crate::instance::operations::{Class, Op};
-use crate::instance::view::{has_root_disk, record, resources};
+use crate::instance::view::{has_root_disk, record, resources, state_of};
+use crate::runtime;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -61,12 +62,18 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
     };
     config::validate_instance_name(&name)?;
     let source = body.source.clone();
+    let start = body.start;
     let exists =
         d.db.lock()
             .expect("db lock")
             .data
             .instances
             .contains_key(&name);
+    if start && source.refresh && exists {
+        return Err(Error::not_yet(
+            "start with a refresh (refresh, then start the instance)",
+        ));
+    }
     if source.kind == "migration" && source.refresh && exists {
         return refresh(d, &name, &source, body.put.config.as_ref());
     }
@@ -237,6 +244,10 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
             }
             o => create_now(&d2, args, o).map_err(Error::from),
         };
+        // `start` (instance_create_start): the new instance starts in this operation, still
+        // marked busy; one that arrived running (a live migration) is left as it is. A failed
+        // start leaves it created, as a failed `PUT .../state` would.
+        let res = res.and_then(|()| if start { start_new(&d2, &name) } else { Ok(()) });
         let mut busy = d2.busy.lock().expect("busy lock");
         busy.remove(&name);
         if let Some(f) = &copy_from {
@@ -245,6 +256,14 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
         res
     });
     Ok(response::operation(&op.to_api()))
+}
+
+/// The start a create with `start` asks for, unless the instance is running already.
+fn start_new(d: &Daemon, name: &str) -> Result<()> {
+    if let runtime::State::Running { .. } = state_of(d, name)? {
+        return Ok(());
+    }
+    crate::instance::lifecycle::start(d, name).map_err(Error::from)
 }
 
 /// A create's operation. For a pushed migration (push and relay modes; `push` says whether it
