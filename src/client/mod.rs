@@ -1,7 +1,9 @@
 //! A typed client of the REST API, over the unix socket or HTTPS ([`Endpoint`]).
 //!
-//! One connection per request (the daemon may close after each response anyway); websockets get a
-//! connection of their own. Every request, websocket, upload and download goes through
+//! Plain requests share a kept-alive connection (one per client, reused within
+//! [`REUSE_WITHIN`] of its last response, so a command's requests do not each connect, and over
+//! HTTPS do not each make a TLS handshake); streamed requests and websockets get a connection of
+//! their own. Every request, websocket, upload and download goes through
 //! [`Client::stream`], so they all work over both transports. Errors carry the envelope's `error`
 //! string unchanged, so that the CLI prints `Error: <message>` exactly like `lxc`; failures to
 //! reach a remote name it and its URL.
@@ -145,6 +147,60 @@ pub struct Client {
     /// Names the server in connection errors: `remote NAME (https://…)`, or empty for the local
     /// socket (whose errors name the socket path).
     label: String,
+    /// The connection the last plain request left open (shared by the client's clones).
+    idle: Idle,
+}
+
+/// How soon after its last response an idle connection is used again; an older one is closed
+/// and a new one made. Far below the daemon's idle timeout (120 s), so a connection the server
+/// closed for being idle is never picked.
+const REUSE_WITHIN: Duration = Duration::from_secs(2);
+
+/// A kept-alive connection and when its last response ended.
+type Kept = Option<(Box<dyn Stream>, std::time::Instant)>;
+
+/// The client's kept-alive connection, shared by its clones.
+#[derive(Clone, Default)]
+struct Idle(std::sync::Arc<std::sync::Mutex<Kept>>);
+
+impl fmt::Debug for Idle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Idle")
+    }
+}
+
+impl Idle {
+    fn take(&self) -> Option<Box<dyn Stream>> {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        g.take()
+            .filter(|(_, at)| at.elapsed() < REUSE_WITHIN)
+            .map(|(s, _)| s)
+    }
+    fn put(&self, s: Box<dyn Stream>) {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *g = Some((s, std::time::Instant::now()));
+    }
+}
+
+/// Whether the connection a response came on can carry the next request: the server did not
+/// say it closes, and the body's end is known without the connection's (a length, chunks, or
+/// no body), so it was read to its end.
+fn reusable(method: &str, status: u16, headers: &[(String, String)]) -> bool {
+    let has = |name: &str, f: &dyn Fn(&str) -> bool| {
+        headers
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case(name) && f(v))
+    };
+    if status == 101 || has("connection", &|v| v.to_ascii_lowercase().contains("close")) {
+        return false;
+    }
+    method == "HEAD"
+        || status == 204
+        || status == 304
+        || has("content-length", &|_| true)
+        || has("transfer-encoding", &|v| {
+            v.to_ascii_lowercase().contains("chunked")
+        })
 }
 
 /// Where the daemon's socket is: `$BIVY_SOCKET`, `$BIVY_DIR/unix.socket`, `/var/lib/bivy/unix.socket`.
@@ -248,6 +304,7 @@ impl Client {
         Client {
             endpoint: Endpoint::Unix(socket),
             label: String::new(),
+            idle: Idle::default(),
         }
     }
 
@@ -256,6 +313,7 @@ impl Client {
         Client {
             endpoint: Endpoint::Unix(socket),
             label,
+            idle: Idle::default(),
         }
     }
 
@@ -264,6 +322,7 @@ impl Client {
         Client {
             endpoint: Endpoint::Https(Box::new(https)),
             label,
+            idle: Idle::default(),
         }
     }
 
@@ -352,7 +411,9 @@ impl Client {
         f(resp)
     }
 
-    /// Send a request and read the whole response body.
+    /// Send a request and read the whole response body, on the kept-alive connection when
+    /// there is one (a `GET` that finds it closed is sent again on a new one), which is kept for
+    /// the next request when the response allows.
     pub fn raw(
         &self,
         method: &str,
@@ -360,15 +421,39 @@ impl Client {
         headers: &[(String, String)],
         body: Body,
     ) -> Result<RawResponse> {
-        self.with_response(method, path, headers, body, |mut resp| {
+        let mut all = headers.to_vec();
+        if let Some(h) = self.host_header() {
+            all.push(h);
+        }
+        all.push(("Connection".into(), "keep-alive".into()));
+        let exchange = |stream: &mut Box<dyn Stream>, body: Body| -> io::Result<RawResponse> {
+            let mut resp = request(stream, method, path, &all, body)?;
             let mut buf = Vec::new();
             resp.body.read_to_end(&mut buf)?;
             Ok(RawResponse {
                 status: resp.status,
-                headers: resp.headers.clone(),
+                headers: std::mem::take(&mut resp.headers),
                 body: buf,
             })
-        })
+        };
+        let (mut stream, reused) = match self.idle.take() {
+            Some(s) => (s, true),
+            None => (self.stream()?, false),
+        };
+        let resp = match exchange(&mut stream, body) {
+            Ok(r) => r,
+            // Closed while idle (the daemon restarted, say): nothing was done; only a GET, which
+            // changes nothing, is sent again.
+            Err(_) if reused && method == "GET" => {
+                stream = self.stream()?;
+                exchange(&mut stream, Body::Empty)?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if reusable(method, resp.status, &resp.headers) {
+            self.idle.put(stream);
+        }
+        Ok(resp)
     }
 
     /// A JSON request (`body` serialized when given), `If-Match` sent when `etag` is given.
@@ -596,6 +681,73 @@ impl<R: Read> Read for ProgressReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server on a fresh socket serving each connection with the HTTP layer (keep-alive
+    /// honoured) on a thread of its own; the count of connections it accepted.
+    fn counting_server(tag: &str) -> (Client, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = std::env::temp_dir().join(format!("bivy-client-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("s");
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                count.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    let limits = crate::http::Limits::default();
+                    crate::http::serve_connection(Box::new(conn), &limits, &|req| {
+                        let close = req.path == "/close";
+                        let r = crate::http::Response::json(200, br#"{"type":"sync","status":"Success","status_code":200,"operation":"","error_code":0,"error":"","metadata":{}}"#.to_vec());
+                        if close {
+                            r.header("Connection", "close")
+                        } else {
+                            r
+                        }
+                    });
+                });
+            }
+        });
+        (Client::with_socket(sock), accepted)
+    }
+
+    #[test]
+    fn requests_share_a_kept_alive_connection() {
+        use std::sync::atomic::Ordering;
+        let (c, accepted) = counting_server("reuse");
+        for _ in 0..3 {
+            assert_eq!(c.raw("GET", "/a", &[], Body::Empty).unwrap().status, 200);
+        }
+        assert_eq!(c.raw("POST", "/b", &[], Body::Empty).unwrap().status, 200);
+        // A clone shares it.
+        assert_eq!(
+            c.clone().raw("GET", "/a", &[], Body::Empty).unwrap().status,
+            200
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        // The server closes after this one: the next request connects again.
+        c.raw("GET", "/close", &[], Body::Empty).unwrap();
+        c.raw("GET", "/a", &[], Body::Empty).unwrap();
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        // A connection the server closed while it was idle: a GET is sent again, on a new one.
+        if let Some(s) = c.idle.take() {
+            let _ = s.shutdown_both();
+            c.idle.put(s);
+        }
+        assert_eq!(c.raw("GET", "/a", &[], Body::Empty).unwrap().status, 200);
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        // An idle one older than REUSE_WITHIN is not used.
+        {
+            let mut g = c.idle.0.lock().unwrap();
+            let (_, at) = g.as_mut().expect("an idle connection");
+            *at -= REUSE_WITHIN;
+        }
+        c.raw("GET", "/a", &[], Body::Empty).unwrap();
+        assert_eq!(accepted.load(Ordering::SeqCst), 4);
+    }
 
     #[test]
     fn envelope_error_message_is_kept() {
