@@ -160,7 +160,9 @@ impl Layout {
     pub fn probe() -> &'static Layout {
         static LAYOUT: OnceLock<Layout> = OnceLock::new();
         LAYOUT.get_or_init(|| {
-            Layout::from_mountinfo(&fs::read_to_string("/proc/self/mountinfo").unwrap_or_default())
+            // Page-sized reads (std's reader probes a size-0 procfs file from 32 bytes up).
+            let text = crate::util::fs::read_small(Path::new("/proc/self/mountinfo"));
+            Layout::from_mountinfo(&text.unwrap_or_default())
         })
     }
 
@@ -307,7 +309,7 @@ impl Cgroup {
             // The root's controllers are fixed for the boot (those bound to v1 stay there).
             static AVAIL: OnceLock<String> = OnceLock::new();
             let avail = AVAIL.get_or_init(|| {
-                fs::read_to_string(u.join("cgroup.controllers")).unwrap_or_default()
+                crate::util::fs::read_one_piece(&u.join("cgroup.controllers")).unwrap_or_default()
             });
             cg.v2 = avail
                 .split_whitespace()
