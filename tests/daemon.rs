@@ -300,6 +300,8 @@ fn running_containers_hold_no_daemon_thread_each() {
     let pid = d.pid().expect("daemon pid");
     let l = common::Lxc::new(&d);
     l.import_busybox();
+    let fds = || std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |r| r.count());
+    let fds_before = fds();
     l.ok(&["launch", "busybox", "t0"]);
     let settled = |most: u64| {
         let t = Instant::now();
@@ -333,9 +335,21 @@ fn running_containers_hold_no_daemon_thread_each() {
         l.ok(&["list", "t3", "--format", "csv", "-c", "s"]).trim(),
         "STOPPED"
     );
+    // Listed (each one's monitor and init are then answered from pidfds the daemon keeps),
+    // then all gone: the daemon keeps no fd of any of them.
+    assert!(fds() > fds_before, "{} fds, {fds_before} before", fds());
     for i in 0..7 {
         l.ok(&["delete", "--force", &format!("t{i}")]);
     }
+    let t = Instant::now();
+    while fds() > fds_before + 2 && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        fds() <= fds_before + 2,
+        "{} daemon fds after the containers went, {fds_before} before",
+        fds()
+    );
 }
 
 #[test]

@@ -68,6 +68,8 @@ fn run(w: &'static Watcher) {
                 eprintln!("bivy: a container stopped, but its follow-up could not start: {e}");
             }
         }
+        // The ended monitors' (and their inits') pinned pidfds go now, not at the next sweep.
+        crate::runtime::release_ended();
     }
 }
 

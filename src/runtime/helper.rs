@@ -128,26 +128,35 @@ pub(crate) fn live_pid(path: &Path) -> Option<i32> {
     alive(pid, st).then_some(pid)
 }
 
+/// Processes pinned by a pidfd (see [`alive`]), and the table's size at which it is next swept
+/// of ended ones.
+type Pinned = (std::collections::HashMap<(i32, u64), OwnedFd>, usize);
+
+fn pinned() -> std::sync::MutexGuard<'static, Pinned> {
+    use std::sync::{LazyLock, Mutex};
+    static PINNED: LazyLock<Mutex<Pinned>> =
+        LazyLock::new(|| Mutex::new((std::collections::HashMap::new(), 0)));
+    PINNED.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether the process behind a pidfd has ended (a zombie has).
+fn ended(fd: &OwnedFd) -> bool {
+    let mut p = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    matches!(poll(&mut p, PollTimeout::ZERO), Ok(n) if n > 0)
+}
+
 /// Whether the process `pid` that started at `st` (clock ticks since boot) is alive, a zombie
 /// counting as gone. The first answer for a process is its `/proc/PID/stat`; a pidfd opened on
 /// it then (checked against the start time once more, so it is that very process) is kept, and
 /// later answers are a poll of it: no path walk and no `/proc` rendering, where a listing asks
 /// for every running container's monitor and init each time. A pidfd is readable once its
-/// process has ended (zombies too); ended ones leave the table when seen and in sweeps, so the
-/// table holds about two fds per running container. Without a pidfd (the fd limit, say) the
-/// answer is `/proc`'s, as before.
+/// process has ended (zombies too); ended ones leave the table when seen, in sweeps as it grows
+/// and at [`release_ended`] (the daemon's, each time a container's monitor ends), so the table
+/// holds about two fds per running container. Without a pidfd (the fd limit, say) the answer
+/// is `/proc`'s, as before.
 fn alive(pid: i32, st: u64) -> bool {
-    use std::collections::HashMap;
-    use std::sync::{LazyLock, Mutex};
-    /// The pinned processes, and the size at which the table is next swept of ended ones.
-    type Pinned = (HashMap<(i32, u64), OwnedFd>, usize);
-    static PINNED: LazyLock<Mutex<Pinned>> = LazyLock::new(|| Mutex::new((HashMap::new(), 0)));
-    let ended = |fd: &OwnedFd| {
-        let mut p = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-        matches!(poll(&mut p, PollTimeout::ZERO), Ok(n) if n > 0)
-    };
     {
-        let mut g = PINNED.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = pinned();
         if let Some(fd) = g.0.get(&(pid, st)) {
             if !ended(fd) {
                 return true;
@@ -167,7 +176,7 @@ fn alive(pid: i32, st: u64) -> bool {
     if proc_starttime(pid) != Some(st) {
         return false;
     }
-    let mut g = PINNED.lock().unwrap_or_else(|p| p.into_inner());
+    let mut g = pinned();
     let (table, sweep_at) = &mut *g;
     if table.len() >= *sweep_at {
         table.retain(|_, fd| !ended(fd));
@@ -175,6 +184,11 @@ fn alive(pid: i32, st: u64) -> bool {
     }
     table.insert((pid, st), fd);
     true
+}
+
+/// Let go of the pidfds of pinned processes that have ended.
+pub(crate) fn release_ended() {
+    pinned().0.retain(|_, fd| !ended(fd));
 }
 
 /// A pidfd for the process in a pidfile, verified to be that very process after opening.
@@ -252,6 +266,19 @@ mod tests {
         assert_eq!(live_pid(&p), None, "a zombie counts as gone");
         child.wait().unwrap();
         assert_eq!(live_pid(&p), None);
+        // Pinned again by another process, ended, then let go of without being asked about.
+        let mut other = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let opid = other.id() as i32;
+        let ost = proc_starttime(opid).unwrap();
+        assert!(alive(opid, ost));
+        assert!(pinned().0.contains_key(&(opid, ost)));
+        other.kill().unwrap();
+        other.wait().unwrap();
+        release_ended();
+        assert!(!pinned().0.contains_key(&(opid, ost)));
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -493,6 +493,12 @@ pub fn state(run_dir: &Path) -> Result<State> {
     control::state(run_dir)
 }
 
+/// Let go of what the runtime keeps of processes that have ended (the pidfds that answer
+/// whether a container's monitor and init are alive): called as a container's monitor ends.
+pub fn release_ended() {
+    helper::release_ended()
+}
+
 /// Whether a killed monitor left its container's cgroup and pidfiles behind (see
 /// [`reap_dead_monitor`]).
 pub fn monitor_left_remains(run_dir: &Path) -> bool {
