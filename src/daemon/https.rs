@@ -319,12 +319,11 @@ fn accept_loop(d: &Arc<Daemon>, listener: &TcpListener, stop: &AtomicBool) {
             continue;
         };
         let dc = d.clone();
-        let _ = std::thread::Builder::new()
-            .name("https-conn".into())
-            .spawn(move || {
-                serve(&dc, tcp, SocketAddr::new(ip, peer.port()));
-                drop(slot);
-            });
+        let _ = crate::util::pool::spawn("https-conn", move || {
+            serve(&dc, tcp, SocketAddr::new(ip, peer.port()));
+            drop(slot);
+            crate::instance::events::set_requestor(None);
+        });
     }
 }
 

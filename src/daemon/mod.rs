@@ -222,25 +222,25 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
         };
         let dc = d.clone();
         let limits = limits.clone();
-        // Out of threads: the closure (the stream and the slot with it) is dropped unrun.
-        let _ = std::thread::Builder::new()
-            .name("conn".into())
-            .spawn(move || {
-                let conns::Peer::Uid(uid) = peer else { return };
-                let username = crate::util::passwd::user_name(uid)
-                    .ok()
-                    .flatten()
-                    .unwrap_or_else(|| uid.to_string());
-                crate::instance::events::set_requestor(Some(crate::instance::events::Requestor {
-                    username,
-                    protocol: "unix".into(),
-                    address: "@".into(),
-                }));
-                crate::http::serve_connection(Box::new(stream), &limits, &move |req| {
-                    routes::handle(&dc, req)
-                });
-                drop(slot);
+        // On a thread that waits for the next connection after this one (`util::pool`). Out
+        // of threads: the closure (the stream and the slot with it) is dropped unrun.
+        let _ = crate::util::pool::spawn("conn", move || {
+            let conns::Peer::Uid(uid) = peer else { return };
+            let username = crate::util::passwd::user_name(uid)
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| uid.to_string());
+            crate::instance::events::set_requestor(Some(crate::instance::events::Requestor {
+                username,
+                protocol: "unix".into(),
+                address: "@".into(),
+            }));
+            crate::http::serve_connection(Box::new(stream), &limits, &move |req| {
+                routes::handle(&dc, req)
             });
+            drop(slot);
+            crate::instance::events::set_requestor(None);
+        });
     }
     Ok(())
 }

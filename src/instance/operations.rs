@@ -342,7 +342,7 @@ impl Operations {
         let op = self.create(class, description, resources, metadata, secrets);
         let run = op.clone();
         let who = super::events::requestor();
-        std::thread::spawn(move || {
+        let job = move || {
             super::events::set_requestor(who);
             run.set_status(status::RUNNING, String::new());
             let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(run.clone())));
@@ -351,7 +351,12 @@ impl Operations {
                 Ok(Err(e)) => run.set_status(status::FAILURE, e.to_string()),
                 Err(_) => run.set_status(status::FAILURE, "internal error (panic)".into()),
             }
-        });
+            super::events::set_requestor(None);
+        };
+        if let Err(e) = crate::util::pool::spawn("operation", job) {
+            // The job (and the operation's handle in it) is gone unrun: the operation fails.
+            op.set_status(status::FAILURE, format!("starting its thread: {e}"));
+        }
         op
     }
 

@@ -4,6 +4,7 @@ pub mod base64;
 pub mod fs;
 pub mod par;
 pub mod passwd;
+pub mod pool;
 pub mod revert;
 pub mod sort;
 pub mod stream;

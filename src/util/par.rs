@@ -38,9 +38,11 @@ pub fn map<T: Sync, R: Send>(items: &[T], workers: usize, f: impl Fn(&T) -> R + 
         .collect()
 }
 
-/// How many threads a listing's per-item work may use: the CPUs, at most four.
+/// How many threads a listing's per-item work may use: the CPUs, at most four (asked once:
+/// std reads the process's cgroup files to answer).
 pub fn workers() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(4)))
 }
 
 #[cfg(test)]
