@@ -167,6 +167,56 @@ fn daemon_start_and_stop() {
     assert!(!tmp.exists(), "temp dir removed");
 }
 
+/// A test that stops the daemon and fails before starting it again: dropping the harness stops
+/// the containers the daemon left running (their monitors outlive it) and leaves no cgroup.
+#[test]
+fn containers_left_by_a_stopped_daemon_are_stopped_on_drop() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let mut d = common::Daemon::start().expect("bivy daemon starts");
+    let l = common::Lxc::new(&d);
+    l.import_busybox();
+    l.ok(&["launch", "busybox", "left"]);
+    let pidfile = std::fs::read_to_string(d.dir().join("run/left/monitor.pid")).expect("pidfile");
+    let monitor: i32 = pidfile
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("monitor pid");
+    let cgroups: Vec<_> = std::fs::read_dir("/sys/fs/cgroup/pids/bivy")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("left."))
+        .collect();
+    drop(l);
+    d.stop().expect("stopped");
+    assert!(
+        Path::new(&format!("/proc/{monitor}")).exists(),
+        "the container outlives the daemon"
+    );
+    drop(d);
+    let gone = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        })
+    };
+    assert!(
+        gone(monitor),
+        "monitor {monitor} still running after the harness dropped"
+    );
+    for c in cgroups {
+        assert!(
+            !Path::new("/sys/fs/cgroup/pids/bivy").join(&c).exists(),
+            "cgroup {c} left"
+        );
+    }
+}
+
 /// The harness's failure path: a daemon that cannot start (its `BIVY_DIR` is below a regular
 /// file) is an error that carries the daemon's log, and nothing is left behind.
 #[test]

@@ -629,8 +629,7 @@ impl Daemon {
 /// Default cleanup hook: force-stop and delete every instance the daemon still lists, through
 /// the REST API (the LXD 1.0 contract, so it does not depend on CLI flags), so containers
 /// (whose monitors outlive the daemon) do not leak into the next test.
-/// TODO(daemon, runtime): once the on-disk layout is settled, also kill leftover monitors found
-/// under `$BIVY_DIR` after the daemon is gone.
+/// Containers left after the daemon is gone are stopped by [`stop_leftover_containers`].
 fn delete_all_instances(d: &Daemon) {
     let Ok((200, list)) = d.api("GET", "/1.0/instances", None) else {
         return;
@@ -841,7 +840,64 @@ impl Drop for Daemon {
             }
         }
         self.stop();
+        // A test that stopped the daemon and failed before starting it again leaves its
+        // containers running (their monitors outlive the daemon): stop them by their pid files.
+        stop_leftover_containers(&self.bivy_dir);
         // self.tmp drops next: unmount below, then remove.
+    }
+}
+
+/// Field 22 of /proc/PID/stat: with the pid, one process for the system's lifetime.
+fn proc_starttime(pid: i32) -> Option<u64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &s[s.rfind(')')? + 2..];
+    // A zombie (ended, not yet reaped) is gone.
+    if after.starts_with('Z') || after.starts_with('X') {
+        return None;
+    }
+    after.split(' ').nth(19)?.parse().ok()
+}
+
+/// After the daemon is gone: the containers it left running, found by the pid files under
+/// `$BIVY_DIR/run` (a pid and its start time, checked, so only this test's processes are
+/// touched), are stopped by killing their init; their monitors then remove the cgroup and the
+/// mounts and end (waited for, killed after 10 s).
+fn stop_leftover_containers(bivy_dir: &Path) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let Ok(entries) = fs::read_dir(bivy_dir.join("run")) else {
+        return;
+    };
+    let mut monitors = Vec::new();
+    for e in entries.flatten() {
+        let dir = e.path();
+        let live = |file: &str| -> Option<(i32, u64)> {
+            let s = fs::read_to_string(dir.join(file)).ok()?;
+            let mut it = s.split_whitespace();
+            let pid: i32 = it.next()?.parse().ok()?;
+            let st: u64 = it.next()?.parse().ok()?;
+            (proc_starttime(pid) == Some(st)).then_some((pid, st))
+        };
+        if let Some(m) = live("monitor.pid") {
+            if let Some((init, _)) = live("init.pid") {
+                eprintln!(
+                    "test cleanup: stopping the container left in {}",
+                    dir.display()
+                );
+                let _ = kill(Pid::from_raw(init), Signal::SIGKILL);
+            }
+            monitors.push(m);
+        }
+    }
+    for (pid, st) in monitors {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while proc_starttime(pid) == Some(st) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if proc_starttime(pid) == Some(st) {
+            eprintln!("test cleanup: monitor {pid} still there after 10 s; SIGKILL");
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
     }
 }
 
