@@ -250,6 +250,9 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
 /// 0711, every other entry 0700 or group and other bits off; then each pool's layout and
 /// volumes. New files get these modes where they are made; this mends an older tree and logs
 /// each change.
+/// The note in the state directory that the run directory's modes were mended once.
+pub const RUN_MODES_NOTE: &str = "run-modes";
+
 fn secure_tree(d: &Daemon) {
     use crate::util::fs::mend_mode;
     use std::os::unix::fs::MetadataExt;
@@ -269,6 +272,13 @@ fn secure_tree(d: &Daemon) {
         } else if name == "run" {
             // Traversable down to each monitor's staging mount (see runtime::monitor).
             mend_mode(&p, 0o711, "run directory");
+            // Its files and directories are made with these modes; the walk below mends a tree
+            // an older bivy made, once (`run-modes` notes it was done: the walk costs a start
+            // about 0.1 ms per instance that has run since boot).
+            let note = d.dir.join(RUN_MODES_NOTE);
+            if note.exists() {
+                continue;
+            }
             let private_files = |dir: &Path| {
                 for f in std::fs::read_dir(dir).into_iter().flatten().flatten() {
                     match std::fs::symlink_metadata(f.path()) {
@@ -283,6 +293,9 @@ fn secure_tree(d: &Daemon) {
                     mend_mode(&e.path(), 0o711, "run directory");
                     private_files(&e.path());
                 }
+            }
+            if let Err(e) = crate::util::fs::atomic_write(&note, b"run files' modes mended\n") {
+                eprintln!("bivy: {}: {e}", note.display());
             }
         } else if md.is_dir() {
             mend_mode(&p, 0o700, "private directory");
