@@ -591,6 +591,12 @@ pub fn recover(d: &Arc<Ctx>) -> std::io::Result<()> {
 pub fn adopt(d: &Arc<Ctx>, n: String) {
     undo_interim(d, &n);
     super::stateful::recover(d, &n);
+    // Stopped: its monitor may have been killed while no daemon ran. (A daemon's start takes
+    // up every instance that ran since boot: no exit record is read for the stopped ones.)
+    if !runtime::is_running(&d.run_dir(&n)) {
+        runtime::reap_dead_monitor(&d.run_dir(&n));
+        return;
+    }
     match state_of(d, &n) {
         Ok(State::Running { .. }) => {
             // Proxy devices live in the daemon: a new daemon listens again.

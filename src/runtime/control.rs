@@ -55,6 +55,12 @@ pub fn state(run_dir: &Path) -> Result<State> {
     Ok(State::Stopped { last_exit })
 }
 
+/// Whether the container runs (its monitor and init alive): [`state`] without its exit record.
+pub fn is_running(run_dir: &Path) -> bool {
+    live_pid(&run_dir.join(files::MONITOR_PID)).is_some()
+        && live_pid(&run_dir.join(files::INIT_PID)).is_some()
+}
+
 /// The cgroup name of the container whose monitor is `monitor_pid` (found running): from its
 /// running spec, read once per monitor (a monitor's container keeps its cgroup for the
 /// monitor's life; listings ask for every running container each time).

@@ -493,6 +493,11 @@ pub fn state(run_dir: &Path) -> Result<State> {
     control::state(run_dir)
 }
 
+/// Whether the container runs: [`state`]'s answer without reading its last exit record.
+pub fn is_running(run_dir: &Path) -> bool {
+    control::is_running(run_dir)
+}
+
 /// Let go of what the runtime keeps of processes that have ended (the pidfds that answer
 /// whether a container's monitor and init are alive): called as a container's monitor ends.
 pub fn release_ended() {
