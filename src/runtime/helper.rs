@@ -152,8 +152,8 @@ fn ended(fd: &OwnedFd) -> bool {
 /// for every running container's monitor and init each time. A pidfd is readable once its
 /// process has ended (zombies too); ended ones leave the table when seen, in sweeps as it grows
 /// and at [`release_ended`] (the daemon's, each time a container's monitor ends), so the table
-/// holds about two fds per running container. Without a pidfd (the fd limit, say) the answer
-/// is `/proc`'s, as before.
+/// holds about two fds per running container, and never more than a quarter of the fd limit.
+/// Without a pidfd (past that, or at the fd limit) the answer is `/proc`'s, as before.
 fn alive(pid: i32, st: u64) -> bool {
     {
         let mut g = pinned();
@@ -182,8 +182,24 @@ fn alive(pid: i32, st: u64) -> bool {
         table.retain(|_, fd| !ended(fd));
         *sweep_at = (table.len() * 2).max(64);
     }
-    table.insert((pid, st), fd);
+    // A quarter of the fd limit at most: the rest stays for connections, monitors' pidfds
+    // and files (past it, answers come from `/proc` as before pinning).
+    if table.len() < pin_limit() {
+        table.insert((pid, st), fd);
+    }
     true
+}
+
+/// How many processes may be pinned: a quarter of the soft limit of open files (read once;
+/// the daemon raises it to the hard limit at its start, before any is pinned).
+fn pin_limit() -> usize {
+    static LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map_or(256, |(soft, _)| {
+                usize::try_from(soft / 4).unwrap_or(usize::MAX)
+            })
+    })
 }
 
 /// Let go of the pidfds of pinned processes that have ended.
