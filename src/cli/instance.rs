@@ -188,10 +188,7 @@ pub fn launch(args: &[String], start: bool) -> CmdResult {
                 Err(e) if start_in_create && instance_exists(&c, name.as_deref()) => {
                     let n = name.as_deref().unwrap_or_default();
                     println!("Starting {n}");
-                    return fail(format!(
-                        "{}\nTry `bivy info --show-log {n}` for more info",
-                        e.0
-                    ));
+                    return start_failed(n, e);
                 }
                 Err(e) => return Err(e.into()),
             },
@@ -218,10 +215,10 @@ pub fn launch(args: &[String], start: bool) -> CmdResult {
         }
         (None, None) => return fail("Failed to get the new instance name"),
     };
-    if start_in_create {
+    if start {
         println!("Starting {name}");
-    } else if start {
-        println!("Starting {name}");
+    }
+    if start && !start_in_create {
         let put = InstanceStatePut {
             action: "start".into(),
             timeout: -1,
@@ -273,15 +270,20 @@ fn change_state(c: &Client, name: &str, put: &InstanceStatePut) -> Result<(), Fa
     if let Some(id) = reply.operation_id() {
         if let Err(e) = c.wait_operation(&id) {
             if put.action == "start" {
-                return fail(format!(
-                    "{}\nTry `bivy info --show-log {name}` for more info",
-                    e.0
-                ));
+                return start_failed(name, e);
             }
             return fail(e.0);
         }
     }
     Ok(())
+}
+
+/// A start that failed while running: its error, pointing at the instance log as lxc does.
+fn start_failed<T>(name: &str, e: crate::client::Error) -> Result<T, Fail> {
+    fail(format!(
+        "{}\nTry `bivy info --show-log {name}` for more info",
+        e.0
+    ))
 }
 
 /// The writable state of `src` (an instance, or `NAME/SNAPSHOT`) on `c`, as a copy starts from
@@ -1298,7 +1300,7 @@ pub fn list(args: &[String]) -> CmdResult {
     let (c, filters) = super::target_filters(&a.filters)?;
     // JSON and YAML print whole documents: everything, as before.
     let path = match format {
-        Format::Json | Format::Yaml => "/1.0/instances?filter=&recursion=2".to_string(),
+        Format::Json | Format::Yaml => LIST_FULL.to_string(),
         _ => list_path(&columns),
     };
     let all: Vec<InstanceFull> = c.get_large(&path)?;
@@ -1319,12 +1321,15 @@ fn list_path(columns: &str) -> String {
     let network = columns.contains(['4', '6']);
     let disk = columns.contains('D');
     let fields = match (network, disk) {
-        (true, true) => return "/1.0/instances?filter=&recursion=2".to_string(),
+        (true, true) => return LIST_FULL.to_string(),
         (true, false) => "state.network",
         (false, _) => "state.disk",
     };
-    format!("/1.0/instances?filter=&recursion=2&fields={fields}")
+    format!("{LIST_FULL}&fields={fields}")
 }
+
+/// Every instance with its whole state.
+const LIST_FULL: &str = "/1.0/instances?filter=&recursion=2";
 
 // ---------------------------------------------------------------------------------------------
 // info

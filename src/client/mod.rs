@@ -397,6 +397,18 @@ impl Client {
         f: impl FnOnce(crate::http::client::ClientResponse<'_>) -> Result<R>,
     ) -> Result<R> {
         let mut stream = self.stream()?;
+        let all = self.headers_with(headers, "close");
+        let resp = request(&mut stream, method, path, &all, body)?;
+        f(resp)
+    }
+
+    /// `headers` with this server's `Host` and, unless the caller set one, `Connection:
+    /// connection`.
+    fn headers_with(
+        &self,
+        headers: &[(String, String)],
+        connection: &str,
+    ) -> Vec<(String, String)> {
         let mut all = headers.to_vec();
         if let Some(h) = self.host_header() {
             all.push(h);
@@ -405,10 +417,9 @@ impl Client {
             .iter()
             .any(|(k, _)| k.eq_ignore_ascii_case("connection"))
         {
-            all.push(("Connection".into(), "close".into()));
+            all.push(("Connection".into(), connection.into()));
         }
-        let resp = request(&mut stream, method, path, &all, body)?;
-        f(resp)
+        all
     }
 
     /// Send a request and read the whole response body, on the kept-alive connection when
@@ -421,11 +432,7 @@ impl Client {
         headers: &[(String, String)],
         body: Body,
     ) -> Result<RawResponse> {
-        let mut all = headers.to_vec();
-        if let Some(h) = self.host_header() {
-            all.push(h);
-        }
-        all.push(("Connection".into(), "keep-alive".into()));
+        let all = self.headers_with(headers, "keep-alive");
         let exchange = |stream: &mut Box<dyn Stream>, body: Body| -> io::Result<RawResponse> {
             let mut resp = request(stream, method, path, &all, body)?;
             let mut buf = Vec::new();

@@ -492,8 +492,8 @@ impl Cgroup {
         let cg = Cgroup::paths(name)?;
         let s = cg.stats()?;
         let none = s.memory_usage.is_none() && s.cpu_ns.is_none() && s.processes == 0;
-        if none && !cg.dirs().iter().any(|d| d.is_dir()) {
-            return Err(Error(format!("cgroup bivy/{name} does not exist")));
+        if none {
+            cg.must_exist(name)?;
         }
         Ok(s)
     }
@@ -501,10 +501,17 @@ impl Cgroup {
     /// The cgroup of an existing container; fails when no hierarchy has `bivy/<name>`.
     pub fn open(name: &str) -> Result<Cgroup> {
         let cg = Cgroup::paths(name)?;
-        if !cg.dirs().iter().any(|d| d.is_dir()) {
-            return Err(Error(format!("cgroup bivy/{name} does not exist")));
-        }
+        cg.must_exist(name)?;
         Ok(cg)
+    }
+
+    /// An error unless some hierarchy has this cgroup's directory.
+    fn must_exist(&self, name: &str) -> Result<()> {
+        if self.dirs().iter().any(|d| d.is_dir()) {
+            Ok(())
+        } else {
+            Err(Error(format!("cgroup bivy/{name} does not exist")))
+        }
     }
 
     /// Move process `pid` (and so its future children) into the cgroup, in every hierarchy.

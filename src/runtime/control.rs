@@ -36,9 +36,7 @@ pub(crate) fn running_spec(run_dir: &Path) -> Result<Spec> {
 }
 
 pub fn state(run_dir: &Path) -> Result<State> {
-    let monitor = live_pid(&run_dir.join(files::MONITOR_PID));
-    let init = live_pid(&run_dir.join(files::INIT_PID));
-    if let (Some(monitor_pid), Some(init_pid)) = (monitor, init) {
+    if let Some((monitor_pid, init_pid)) = running_pids(run_dir) {
         let frozen =
             cgroup_of(run_dir, monitor_pid).is_some_and(|name| confine::cgroup_is_frozen(&name));
         return Ok(State::Running {
@@ -57,8 +55,14 @@ pub fn state(run_dir: &Path) -> Result<State> {
 
 /// Whether the container runs (its monitor and init alive): [`state`] without its exit record.
 pub fn is_running(run_dir: &Path) -> bool {
-    live_pid(&run_dir.join(files::MONITOR_PID)).is_some()
-        && live_pid(&run_dir.join(files::INIT_PID)).is_some()
+    running_pids(run_dir).is_some()
+}
+
+/// The monitor's and init's pids when both are alive (the container runs).
+fn running_pids(run_dir: &Path) -> Option<(i32, i32)> {
+    let monitor = live_pid(&run_dir.join(files::MONITOR_PID))?;
+    let init = live_pid(&run_dir.join(files::INIT_PID))?;
+    Some((monitor, init))
 }
 
 /// The cgroup name of the container whose monitor is `monitor_pid` (found running): from its

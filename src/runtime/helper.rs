@@ -139,10 +139,9 @@ fn pinned() -> std::sync::MutexGuard<'static, Pinned> {
     PINNED.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Whether the process behind a pidfd has ended (a zombie has).
+/// Whether the process behind a pidfd has ended (a zombie has): readable without waiting.
 fn ended(fd: &OwnedFd) -> bool {
-    let mut p = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-    matches!(poll(&mut p, PollTimeout::ZERO), Ok(n) if n > 0)
+    wait_pidfd(fd, Duration::ZERO)
 }
 
 /// Whether the process `pid` that started at `st` (clock ticks since boot) is alive, a zombie
