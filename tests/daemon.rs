@@ -6,6 +6,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::Daemon;
@@ -1009,4 +1010,98 @@ fn twenty_parallel_launches_all_run() {
     for (n, _) in &outs {
         d.ok(&["delete", "--force", n]);
     }
+}
+
+/// The parent pid of each host process named `comm`.
+fn parents_of(comm: &str) -> Vec<u32> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        if head.split_once(" (").map(|(_, c)| c) == Some(comm) {
+            if let Some(pp) = rest.split(' ').nth(1).and_then(|p| p.parse().ok()) {
+                v.push(pp);
+            }
+        }
+    }
+    v
+}
+
+/// `exec` is served by the container's monitor (a waiter it forks; no process made from the
+/// binary), or, for a monitor without `exec.sock` (one an older bivy started), by a helper the
+/// daemon spawns. Either way a command whose client goes away (`lxc exec` killed: its
+/// websockets close) is killed itself, not only the process waiting for it.
+#[test]
+fn exec_commands_are_served_by_the_monitor_and_die_with_their_client() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let daemon_pid = d.pid().expect("daemon pid");
+    let l = common::Lxc::new(&d);
+    l.import_busybox();
+    l.ok(&["launch", "busybox", "ex"]);
+    let run = d.dir().join("run/ex");
+    let sock = run.join("exec.sock");
+    assert!(sock.exists(), "the monitor's exec socket");
+    let monitor: u32 = std::fs::read_to_string(run.join("monitor.pid"))
+        .expect("monitor.pid")
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("monitor pid");
+    let sleepers = || {
+        // (init has a `sleep` of its own)
+        let (code, out) = l.sh(
+            "ex",
+            "for f in /proc/[0-9]*/cmdline; do \
+               [ \"$(tr '\\0' ' ' < $f)\" = 'sleep 1234 ' ] && echo found; done; true",
+        );
+        assert_eq!(code, 0, "{out}");
+        out.lines().filter(|l| *l == "found").count()
+    };
+    for (path, waiter_parent) in [("monitor", monitor), ("helper", daemon_pid)] {
+        if path == "helper" {
+            std::fs::rename(&sock, run.join("exec.sock.away")).expect("move the socket away");
+        }
+        let (code, out) = l.sh("ex", "echo out; echo err >&2; exit 7");
+        assert_eq!((code, out.as_str()), (7, "out\nerr\n"), "{path}");
+        let mut client = d
+            .cli()
+            .args(["exec", "ex", "--", "sleep", "1234"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("bivy exec");
+        let t = Instant::now();
+        while sleepers() == 0 {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "{path}: sleep never ran"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            parents_of("bivy-exec").contains(&waiter_parent),
+            "{path}: no waiter whose parent is {waiter_parent}: {:?}",
+            parents_of("bivy-exec")
+        );
+        client.kill().expect("kill the client");
+        let _ = client.wait();
+        let t = Instant::now();
+        while sleepers() > 0 {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "{path}: the command outlived its client"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    std::fs::rename(run.join("exec.sock.away"), &sock).expect("put the socket back");
+    l.ok(&["delete", "--force", "ex"]);
+    assert!(!sock.exists(), "the exec socket outlived its monitor");
 }

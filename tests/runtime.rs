@@ -24,7 +24,6 @@ use bivy::runtime::cgroup::Layout;
 use bivy::runtime::{
     self, ExecSpec, ExecStdio, IdMapEntry, Limits, RootfsMode, Spec, State, StopMode,
 };
-use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 
 /// Containers are started one at a time: the timings are cleaner and the shared `bivy` cgroup
@@ -190,7 +189,7 @@ impl Ct {
         .unwrap();
         let mut out = String::new();
         fs::File::from(r).read_to_string(&mut out).unwrap();
-        (wait_code(p.pid), out)
+        (p.wait().unwrap(), out)
     }
 
     fn sh(&self, script: &str) -> (i32, String) {
@@ -224,14 +223,6 @@ impl Drop for Ct {
         if let Err(e) = fs::remove_dir_all(&self.dir) {
             eprintln!("cleanup {}: {e}", self.dir.display());
         }
-    }
-}
-
-fn wait_code(pid: i32) -> i32 {
-    match waitpid(Pid::from_raw(pid), None).unwrap() {
-        WaitStatus::Exited(_, c) => c,
-        WaitStatus::Signaled(_, s, _) => 128 + s as i32,
-        s => panic!("unexpected {s:?}"),
     }
 }
 
@@ -378,8 +369,8 @@ fn unprivileged_container_is_isolated() {
         gid: 0,
         pty: Some((100, 30)),
     };
-    let p = runtime::exec(&ct.run, &spec, None).unwrap();
-    let master = p.pty_master.expect("pty master");
+    let mut p = runtime::exec(&ct.run, &spec, None).unwrap();
+    let master = p.pty_master.take().expect("pty master");
     let mut out = Vec::new();
     let mut f = fs::File::from(master);
     let mut buf = [0u8; 1024];
@@ -390,13 +381,13 @@ fn unprivileged_container_is_isolated() {
         out.extend_from_slice(&buf[..n]);
     }
     let out = String::from_utf8_lossy(&out);
-    assert_eq!(wait_code(p.pid), 0);
+    assert_eq!(p.wait().unwrap(), 0);
     assert!(
         out.contains("/dev/pts/0") && out.contains("30 100") && out.contains("done"),
         "pty output: {out:?}"
     );
 
-    // Signals sent to the helper reach the command; its exit code comes back.
+    // Signals reach the command; its exit code comes back.
     let spec = ExecSpec {
         argv: vec![
             "sh".into(),
@@ -425,8 +416,8 @@ fn unprivileged_container_is_isolated() {
     let mut rf = fs::File::from(r);
     let mut b = [0u8; 6];
     rf.read_exact(&mut b).unwrap();
-    nix::sys::signal::kill(Pid::from_raw(p.pid), nix::sys::signal::Signal::SIGTERM).unwrap();
-    assert_eq!(wait_code(p.pid), 3, "SIGTERM was not forwarded");
+    p.signaller().send(libc::SIGTERM);
+    assert_eq!(p.wait().unwrap(), 3, "SIGTERM did not reach the command");
 
     // Freeze and thaw through the cgroup.
     runtime::freeze(&ct.run).unwrap();

@@ -1,6 +1,6 @@
 //! Typed messages over SOCK_SEQPACKET socketpairs between the runtime's processes (start() and
-//! the monitor, the monitor and the container child, exec() and the exec helper), optionally
-//! carrying one fd (SCM_RIGHTS). A closed peer (EOF) means "the other side exec'd or died".
+//! the monitor, the monitor and the container child, exec() and the command's waiter), optionally
+//! carrying fds (SCM_RIGHTS). A closed peer (EOF) means "the other side exec'd or died".
 
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -28,9 +28,14 @@ pub enum Msg {
     Started(i32, i32),
     /// Exec child to exec(): the pty master (the fd rides along).
     PtyMaster,
-    /// exec() to the exec helper: the request (JSON), kept off the command line because the
-    /// environment may hold secrets and /proc/PID/cmdline is world-readable.
+    /// exec() to the command's waiter: the request (JSON; kept off any command line because the
+    /// environment may hold secrets and /proc/PID/cmdline is world-readable), with the command's
+    /// stdin, stdout and stderr unless it gets a pty.
     Request(String),
+    /// Waiter to exec(): the command is exec'd; the waiter's host pid (its pidfd rides along).
+    Running(i32),
+    /// Waiter to exec(): the command ended with this code (128+N when killed by signal N).
+    Exit(i32),
 }
 
 impl Msg {
@@ -42,6 +47,8 @@ impl Msg {
             Msg::Started(i, m) => format!("S{i} {m}").into_bytes(),
             Msg::PtyMaster => b"M".to_vec(),
             Msg::Request(r) => format!("R{r}").into_bytes(),
+            Msg::Running(p) => format!("P{p}").into_bytes(),
+            Msg::Exit(c) => format!("X{c}").into_bytes(),
         }
     }
 
@@ -59,6 +66,8 @@ impl Msg {
             Some(b'E') => Ok(Msg::Err(rest.to_string())),
             Some(b'M') => Ok(Msg::PtyMaster),
             Some(b'R') => Ok(Msg::Request(rest.to_string())),
+            Some(b'P') => Ok(Msg::Running(rest.parse().map_err(|_| bad())?)),
+            Some(b'X') => Ok(Msg::Exit(rest.parse().map_err(|_| bad())?)),
             Some(b'S') => {
                 let (i, m) = rest.split_once(' ').ok_or_else(bad)?;
                 Ok(Msg::Started(
@@ -83,26 +92,47 @@ pub fn pair() -> Result<(OwnedFd, OwnedFd)> {
 }
 
 pub fn send(sock: &OwnedFd, m: &Msg, fd: Option<RawFd>) -> Result<()> {
+    send_fds(sock, m, fd.as_slice())
+}
+
+/// Send `m` with `fds` (at most [`MAX_FDS`]).
+pub fn send_fds(sock: &OwnedFd, m: &Msg, fds: &[RawFd]) -> Result<()> {
     let data = m.encode();
     let iov = [IoSlice::new(&data)];
-    let fds;
-    let cmsgs: Vec<ControlMessage<'_>> = match fd {
-        Some(f) => {
-            fds = [f];
-            vec![ControlMessage::ScmRights(&fds)]
-        }
-        None => vec![],
+    let cmsgs: Vec<ControlMessage<'_>> = if fds.is_empty() {
+        vec![]
+    } else {
+        vec![ControlMessage::ScmRights(fds)]
     };
     sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None)
         .map(|_| ())
         .map_err(|e| Error(format!("send runtime message: {e}")))
 }
 
-/// The next message and the fd it carried, or None at EOF.
+/// The most fds one message carries.
+pub const MAX_FDS: usize = 3;
+
+/// The next message and the first fd it carried, or None at EOF.
 pub fn recv(sock: &OwnedFd) -> Result<Option<(Msg, Option<OwnedFd>)>> {
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+    Ok(recv_fds(sock)?.map(|(m, fds)| (m, fds.into_iter().next())))
+}
+
+/// The next message and the fds it carried (close-on-exec), or None at EOF.
+pub fn recv_fds(sock: &OwnedFd) -> Result<Option<(Msg, Vec<OwnedFd>)>> {
+    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
     loop {
+        // The message's length first (a peek with MSG_TRUNC gives a whole SEQPACKET message's),
+        // so that the buffer is no bigger than it: a large one is a fresh mapping to fault in.
+        let len = match nix::sys::socket::recv(
+            sock.as_raw_fd(),
+            &mut [],
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_TRUNC,
+        ) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(Error(format!("receive runtime message: {e}"))),
+            Ok(n) => n,
+        };
+        let mut buf = vec![0u8; len.max(1)];
         let mut iov = [IoSliceMut::new(&mut buf)];
         let r = recvmsg::<()>(
             sock.as_raw_fd(),
@@ -115,7 +145,7 @@ pub fn recv(sock: &OwnedFd) -> Result<Option<(Msg, Option<OwnedFd>)>> {
             Err(e) => return Err(Error(format!("receive runtime message: {e}"))),
             Ok(r) => r,
         };
-        let mut fd = None;
+        let mut fds = Vec::new();
         for c in r
             .cmsgs()
             .map_err(|e| Error(format!("receive runtime message: {e}")))?
@@ -124,7 +154,7 @@ pub fn recv(sock: &OwnedFd) -> Result<Option<(Msg, Option<OwnedFd>)>> {
                 for f in v {
                     let o =
                         sys::own_inherited_fd(f).map_err(|e| Error(format!("received fd: {e}")))?;
-                    fd.get_or_insert(o);
+                    fds.push(o);
                 }
             }
         }
@@ -132,7 +162,7 @@ pub fn recv(sock: &OwnedFd) -> Result<Option<(Msg, Option<OwnedFd>)>> {
         if n == 0 {
             return Ok(None);
         }
-        return Ok(Some((Msg::decode(&buf[..n])?, fd)));
+        return Ok(Some((Msg::decode(&buf[..n])?, fds)));
     }
 }
 
@@ -159,6 +189,21 @@ mod tests {
             matches!(recv(&b).unwrap(), Some((Msg::Err(e), None)) if e == "mount proc on /x: EPERM")
         );
         assert!(matches!(recv(&b).unwrap(), Some((Msg::PtyMaster, Some(_)))));
+        let g = std::fs::File::open("/proc/self/status").unwrap();
+        let fds = [f.as_raw_fd(), g.as_raw_fd(), f.as_raw_fd()];
+        send_fds(&a, &Msg::Request("{}".into()), &fds).unwrap();
+        send(&a, &Msg::Running(77), None).unwrap();
+        send(&a, &Msg::Exit(-3), None).unwrap();
+        match recv_fds(&b).unwrap() {
+            Some((Msg::Request(r), got)) => assert_eq!((r.as_str(), got.len()), ("{}", 3)),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(recv(&b).unwrap(), Some((Msg::Running(77), None))));
+        assert!(matches!(recv(&b).unwrap(), Some((Msg::Exit(-3), None))));
+        // A large message arrives whole (the buffer is sized by a peek).
+        let big = "x".repeat(150_000);
+        send(&a, &Msg::Request(big.clone()), None).unwrap();
+        assert!(matches!(recv(&b).unwrap(), Some((Msg::Request(r), None)) if r == big));
         drop(a);
         assert!(recv(&b).unwrap().is_none(), "EOF after the peer closed");
         assert!(Msg::decode(b"Sx").is_err());

@@ -1,16 +1,19 @@
-//! exec into a running container: the caller side (`exec`, `resize_pty`) and the `bivy __exec`
-//! helper, a child of the caller spawned from the sealed binary. The helper joins the container's
-//! cgroup, then all of init's namespaces through a pidfd, forks (to really be in the pid namespace),
-//! and the grandchild applies the same confinement as init and execs the command. The helper stays
-//! outside as the waiter: it forwards signals to the command and exits with its status.
+//! exec into a running container. The caller's side ([`exec`], [`ExecProcess`], [`resize_pty`])
+//! asks the container's monitor on `exec.sock` in the run directory, and the monitor forks a
+//! waiter for the request ([`serve_from_monitor`]): no process is made from the binary for an
+//! exec. A monitor started by an older bivy has no such socket; a `bivy __exec` helper, a child
+//! of the caller spawned from the sealed binary, is the waiter then ([`helper`]).
+//!
+//! The waiter joins the container's cgroup, then all of init's namespaces through a pidfd, and
+//! forks (to really be in the pid namespace); the grandchild applies the same confinement as
+//! init and execs the command. The waiter stays outside: it tells the caller the command runs
+//! (with a pidfd of it: the caller signals the command directly) and then its exit status.
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::sync::Arc;
 
-use nix::sys::signal::{SigSet, SigmaskHow, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{Gid, Pid, Uid};
 use serde::{Deserialize, Serialize};
@@ -18,12 +21,10 @@ use serde::{Deserialize, Serialize};
 use super::chan::{self, Msg};
 use super::control::read_spec;
 use super::helper::{dup_inheritable, helper_command, live_pidfd};
-use super::{
-    confine, files, init, Error, ExecProcess, ExecSpec, ExecStdio, Result, RootfsMode, State,
-};
+use super::{confine, files, init, Error, ExecSpec, ExecStdio, Result, RootfsMode, State};
 use crate::sys;
 
-/// [`ExecSpec`] as it travels to the helper (JSON on its command line).
+/// [`ExecSpec`] as it travels to the waiter (JSON in a [`Msg::Request`]).
 #[derive(Serialize, Deserialize)]
 struct Req {
     argv: Vec<String>,
@@ -45,6 +46,60 @@ pub fn resize_pty(master: &OwnedFd, w: u16, h: u16) -> Result<()> {
     rustix::termios::tcsetwinsize(master, ws).map_err(|e| Error(format!("resize pty: {e}")))
 }
 
+/// A running exec'd command.
+pub struct ExecProcess {
+    /// Host pid of the command.
+    pub pid: i32,
+    /// The pty master when `ExecSpec::pty` was set.
+    pub pty_master: Option<OwnedFd>,
+    command: Arc<OwnedFd>,
+    waiter: OwnedFd,
+    /// The `bivy __exec` helper, our child, when the monitor did not serve the request.
+    helper: Option<i32>,
+}
+
+/// Sends signals to an exec'd command (through a pidfd: never a recycled pid).
+#[derive(Clone)]
+pub struct Signaller(Arc<OwnedFd>);
+
+impl Signaller {
+    /// Send signal number `sig`; a command that has ended is left alone.
+    pub fn send(&self, sig: i32) {
+        let _ = sys::pidfd_send_raw(self.0.as_fd(), sig);
+    }
+}
+
+impl ExecProcess {
+    pub fn signaller(&self) -> Signaller {
+        Signaller(self.command.clone())
+    }
+
+    /// Wait for the command's end: its exit code, 128+N when killed by signal N.
+    pub fn wait(self) -> Result<i32> {
+        let r = match chan::recv(&self.waiter) {
+            Ok(Some((Msg::Exit(c), _))) => Ok(c),
+            Ok(Some((Msg::Err(e), _))) => Err(Error(e)),
+            Ok(Some((m, _))) => Err(Error(format!(
+                "unexpected message from the exec waiter: {m:?}"
+            ))),
+            Ok(None) => Err(Error(
+                "the exec waiter ended without the command's exit status".into(),
+            )),
+            Err(e) => Err(e),
+        };
+        reap(self.helper);
+        r
+    }
+}
+
+fn reap(helper: Option<i32>) {
+    if let Some(pid) = helper {
+        let _ = waitpid(Pid::from_raw(pid), None);
+    }
+}
+
+/// Run `spec` in the container of `run_dir`. Without `stdio` (and without a pty) the command
+/// gets the caller's stdio.
 pub fn exec(run_dir: &Path, spec: &ExecSpec, stdio: Option<ExecStdio>) -> Result<ExecProcess> {
     match super::state(run_dir)? {
         State::Running { frozen: false, .. } => {}
@@ -73,6 +128,138 @@ pub fn exec(run_dir: &Path, spec: &ExecSpec, stdio: Option<ExecStdio>) -> Result
         pty: spec.pty,
     };
     let js = serde_json::to_string(&req).map_err(|e| Error(format!("encode exec request: {e}")))?;
+    let (waiter, helper) = match connect(run_dir)? {
+        Some(c) => (c, None),
+        None => spawn_helper(run_dir)?,
+    };
+    let fds: Vec<RawFd> = match (spec.pty, &stdio) {
+        (Some(_), _) => vec![],
+        (None, Some(s)) => vec![
+            s.stdin.as_raw_fd(),
+            s.stdout.as_raw_fd(),
+            s.stderr.as_raw_fd(),
+        ],
+        (None, None) => vec![0, 1, 2],
+    };
+    // On failure our end closes first, so that a helper still waiting for its request ends.
+    let fail = |waiter: OwnedFd, e: Error| {
+        drop(waiter);
+        reap(helper);
+        e
+    };
+    if let Err(e) = chan::send_fds(&waiter, &Msg::Request(js), &fds) {
+        return Err(fail(waiter, e));
+    }
+    drop(stdio);
+    let mut pty_master = None;
+    loop {
+        let e = match chan::recv(&waiter) {
+            Ok(Some((Msg::PtyMaster, Some(fd)))) => {
+                pty_master = Some(fd);
+                continue;
+            }
+            Ok(Some((Msg::Running(pid), Some(fd)))) => {
+                if spec.pty.is_some() && pty_master.is_none() {
+                    Error("the exec waiter did not send the pty master".into())
+                } else {
+                    return Ok(ExecProcess {
+                        pid,
+                        pty_master,
+                        command: Arc::new(fd),
+                        waiter,
+                        helper,
+                    });
+                }
+            }
+            Ok(Some((Msg::Err(e), _))) => Error(e),
+            Ok(Some((m, _))) => Error(format!("unexpected message from the exec waiter: {m:?}")),
+            Ok(None) => Error("the exec waiter ended before the command started".into()),
+            Err(e) => e,
+        };
+        return Err(fail(waiter, e));
+    }
+}
+
+/// A connection to the monitor's `exec.sock`; None when the monitor has none (one started by
+/// an older bivy) or no longer listens.
+fn connect(run_dir: &Path) -> Result<Option<OwnedFd>> {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    // Through the directory's fd, so that no run directory's path is too long for an address.
+    let dir = match rustix::fs::open(
+        run_dir,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    ) {
+        Ok(d) => d,
+        Err(e) => return Err(Error(format!("open {}: {e}", run_dir.display()))),
+    };
+    let addr = UnixAddr::new(sock_path(dir.as_fd()).as_str())
+        .map_err(|e| Error(format!("exec socket address: {e}")))?;
+    let sock = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| Error(format!("socket: {e}")))?;
+    match connect(sock.as_raw_fd(), &addr) {
+        Ok(()) => Ok(Some(sock)),
+        Err(nix::errno::Errno::ENOENT | nix::errno::Errno::ECONNREFUSED) => Ok(None),
+        Err(e) => Err(Error(format!(
+            "connect to {}: {e}",
+            run_dir.join(files::EXEC_SOCK).display()
+        ))),
+    }
+}
+
+/// `exec.sock` named through an fd of its directory.
+fn sock_path(dir: BorrowedFd<'_>) -> String {
+    format!("/proc/self/fd/{}/{}", dir.as_raw_fd(), files::EXEC_SOCK)
+}
+
+/// The monitor's listening socket for exec requests, `exec.sock` in the run directory (0600).
+/// Called by the monitor, which has one thread, so the umask change is its own.
+pub(crate) fn listen(run_dir: &Path) -> Result<OwnedFd> {
+    use nix::sys::socket::{
+        bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
+    };
+    let dir = rustix::fs::open(
+        run_dir,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| Error(format!("open {}: {e}", run_dir.display())))?;
+    let path = sock_path(dir.as_fd());
+    let _ = std::fs::remove_file(&path);
+    let addr =
+        UnixAddr::new(path.as_str()).map_err(|e| Error(format!("exec socket address: {e}")))?;
+    let sock = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .map_err(|e| Error(format!("socket: {e}")))?;
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let r = bind(sock.as_raw_fd(), &addr);
+    nix::sys::stat::umask(old);
+    r.map_err(|e| {
+        Error(format!(
+            "bind {}: {e}",
+            run_dir.join(files::EXEC_SOCK).display()
+        ))
+    })?;
+    listen(&sock, Backlog::new(64).unwrap_or(Backlog::MAXCONN)).map_err(|e| {
+        Error(format!(
+            "listen on {}: {e}",
+            run_dir.join(files::EXEC_SOCK).display()
+        ))
+    })?;
+    Ok(sock)
+}
+
+/// Spawn a `bivy __exec` helper as the waiter; our end of its socket and its pid.
+fn spawn_helper(run_dir: &Path) -> Result<(OwnedFd, Option<i32>)> {
     let (ours, theirs) = chan::pair()?;
     // dup() gives a copy without CLOEXEC; the original is closed now so only the child holds an end.
     let inherit = dup_inheritable(&theirs)?;
@@ -80,66 +267,26 @@ pub fn exec(run_dir: &Path, spec: &ExecSpec, stdio: Option<ExecStdio>) -> Result
     let mut cmd = helper_command("bivy-exec")?;
     cmd.arg("__exec")
         .arg(run_dir)
-        .arg(inherit.as_raw_fd().to_string());
-    match (spec.pty, stdio) {
-        (Some(_), _) => {
-            cmd.stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-        }
-        (None, Some(s)) => {
-            cmd.stdin(Stdio::from(s.stdin))
-                .stdout(Stdio::from(s.stdout))
-                .stderr(Stdio::from(s.stderr));
-        }
-        (None, None) => {}
-    }
+        .arg(inherit.as_raw_fd().to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
     let child = cmd
         .spawn()
         .map_err(|e| Error(format!("spawn exec helper: {e}")))?;
-    drop(cmd);
-    drop(inherit);
-    let pid = child.id() as i32;
-    let reap = |e: Error| {
-        let _ = waitpid(Pid::from_raw(pid), None);
-        e
-    };
-    chan::send(&ours, &Msg::Request(js), None).map_err(reap)?;
-    let mut pty_master = None;
-    loop {
-        match chan::recv(&ours).map_err(reap)? {
-            None => break,
-            Some((Msg::PtyMaster, Some(fd))) => pty_master = Some(fd),
-            Some((Msg::Err(e), _)) => return Err(reap(Error(e))),
-            Some((m, _)) => {
-                return Err(reap(Error(format!(
-                    "unexpected message from exec helper: {m:?}"
-                ))))
-            }
-        }
-    }
-    if spec.pty.is_some() && pty_master.is_none() {
-        return Err(reap(Error(
-            "exec helper did not send the pty master".into(),
-        )));
-    }
-    Ok(ExecProcess { pid, pty_master })
+    Ok((ours, Some(child.id() as i32)))
 }
 
-/// Signals the helper forwards to the command.
-const FORWARDED: &[Signal] = &[
-    Signal::SIGTERM,
-    Signal::SIGINT,
-    Signal::SIGHUP,
-    Signal::SIGQUIT,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-    Signal::SIGWINCH,
-    Signal::SIGCONT,
-    Signal::SIGTSTP,
-    Signal::SIGALRM,
-    Signal::SIGPWR,
-];
+/// What a waiter needs of its container: the monitor has it from the container's setup, the
+/// helper reads it from the run directory.
+pub(crate) struct Target<'a> {
+    pub cgroup: &'a str,
+    pub privileged: bool,
+    pub label: Option<&'a str>,
+    pub seccomp: &'a confine::Seccomp,
+    /// A pidfd of the container's init.
+    pub init: BorrowedFd<'a>,
+}
 
 /// `bivy __exec <run_dir> <sock_fd>`; the request arrives on the socket.
 pub fn helper(args: &[String]) -> ! {
@@ -164,52 +311,94 @@ pub fn helper(args: &[String]) -> ! {
         }
     };
     let _ = nix::sys::prctl::set_name(c"bivy-exec");
-    let js = match chan::recv(&sock) {
-        Ok(Some((Msg::Request(js), _))) => js,
-        other => {
-            eprintln!("bivy exec: no request: {other:?}");
-            std::process::exit(2)
-        }
+    let run_dir = Path::new(run_dir);
+    let target = || -> Result<(super::Spec, Option<String>, confine::Seccomp, OwnedFd)> {
+        let spec = read_spec(run_dir)?;
+        let label = std::fs::read_to_string(run_dir.join(files::LABEL)).ok();
+        let seccomp = confine::seccomp_compile(&spec.seccomp_policy)?;
+        let Some((_, init)) = live_pidfd(&run_dir.join(files::INIT_PID)) else {
+            return Err(Error(format!("container {} is not running", spec.name)));
+        };
+        Ok((spec, label, seccomp, init))
     };
-    match run(Path::new(run_dir), &js, sock) {
-        Ok(code) => std::process::exit(code),
-        Err((sock, e)) => {
+    match target() {
+        Ok((spec, label, seccomp, init)) => {
+            let t = Target {
+                cgroup: spec.cgroup_name(),
+                privileged: spec.rootfs_mode == RootfsMode::Privileged,
+                label: label.as_deref(),
+                seccomp: &seccomp,
+                init: init.as_fd(),
+            };
+            serve(&t, sock)
+        }
+        Err(e) => {
+            // The request is read first, so that the caller's send never fails on a closed end.
+            let _ = chan::recv(&sock);
             let _ = chan::send(&sock, &Msg::Err(e.0), None);
             std::process::exit(126)
         }
     }
 }
 
-fn run(run_dir: &Path, js: &str, sock: OwnedFd) -> std::result::Result<i32, (OwnedFd, Error)> {
-    macro_rules! t {
-        ($e:expr) => {
-            match $e {
-                Ok(v) => v,
-                Err(e) => return Err((sock, e)),
-            }
-        };
+/// In a child the monitor forked for the connection `conn` to its `exec.sock`: every other fd
+/// the monitor holds is closed, then the request is served. Never returns.
+pub(crate) fn serve_from_monitor(t: &Target<'_>, conn: OwnedFd) -> ! {
+    let keep = [conn.as_raw_fd(), t.init.as_raw_fd()];
+    if let Err(e) = sys::close_all_but(&keep) {
+        let _ = chan::send(
+            &conn,
+            &Msg::Err(format!("close the monitor's fds: {e}")),
+            None,
+        );
+        sys::exit_now(126);
     }
-    let req: Req = t!(serde_json::from_slice(js.as_bytes())
-        .map_err(|e| Error(format!("parse exec request: {e}"))));
-    let spec = t!(read_spec(run_dir));
-    let privileged = spec.rootfs_mode == RootfsMode::Privileged;
-    let label = std::fs::read_to_string(run_dir.join(files::LABEL)).ok();
-    let seccomp = t!(confine::seccomp_compile(&spec.seccomp_policy));
-    // 1. Find init, pinned by a pidfd (verified against its recorded start time).
-    let Some((init_pid, pidfd)) = live_pidfd(&run_dir.join(files::INIT_PID)) else {
-        return Err((
-            sock,
-            Error(format!("container {} is not running", spec.name)),
-        ));
+    let _ = nix::sys::prctl::set_name(c"bivy-exec");
+    // A caller that connects and never asks does not keep a waiter forever.
+    let _ = nix::sys::socket::setsockopt(
+        &conn,
+        nix::sys::socket::sockopt::ReceiveTimeout,
+        &nix::sys::time::TimeVal::new(10, 0),
+    );
+    serve(t, conn)
+}
+
+/// The waiter: read the request on `conn`, run it, report. Never returns.
+fn serve(t: &Target<'_>, conn: OwnedFd) -> ! {
+    let code = match run(t, &conn) {
+        Ok(code) => match chan::send(&conn, &Msg::Exit(code), None) {
+            Ok(()) => 0,
+            Err(_) => 1,
+        },
+        Err(e) => {
+            let _ = chan::send(&conn, &Msg::Err(e.0), None);
+            126
+        }
     };
-    // 1b. A session keyring of the command's own, not the daemon's (see the monitor's step 8).
-    t!(sys::join_new_session_keyring()
-        .map_err(|e| Error(format!("join a new session keyring: {e}"))));
+    sys::exit_now(code)
+}
+
+fn run(t: &Target<'_>, conn: &OwnedFd) -> Result<i32> {
+    let (req, stdio) = match chan::recv_fds(conn)? {
+        Some((Msg::Request(js), fds)) => {
+            let req: Req = serde_json::from_slice(js.as_bytes())
+                .map_err(|e| Error(format!("parse exec request: {e}")))?;
+            (req, fds)
+        }
+        Some((m, _)) => return Err(Error(format!("unexpected exec request: {m:?}"))),
+        None => return Err(Error("no exec request".into())),
+    };
+    if req.pty.is_none() && stdio.len() != 3 {
+        return Err(Error(format!(
+            "an exec request without a pty needs 3 fds, not {}",
+            stdio.len()
+        )));
+    }
+    // 1. A session keyring of the command's own, not the daemon's (see the monitor's step 8).
+    sys::join_new_session_keyring()
+        .map_err(|e| Error(format!("join a new session keyring: {e}")))?;
     // 2. Join the cgroup while the host's cgroupfs is still visible.
-    t!(confine::cgroup_add_pid(
-        spec.cgroup_name(),
-        std::process::id() as i32
-    ));
+    confine::cgroup_add_pid(t.cgroup, std::process::id() as i32)?;
     // 3. All of init's namespaces at once (setns with a pidfd is atomic).
     use nix::sched::CloneFlags as C;
     let mut ns = C::CLONE_NEWNS
@@ -218,62 +407,90 @@ fn run(run_dir: &Path, js: &str, sock: OwnedFd) -> std::result::Result<i32, (Own
         | C::CLONE_NEWIPC
         | C::CLONE_NEWNET
         | C::CLONE_NEWCGROUP;
-    if !privileged {
+    if !t.privileged {
         ns |= C::CLONE_NEWUSER;
     }
-    t!(nix::sched::setns(pidfd.as_fd(), ns)
-        .map_err(|e| Error(format!("setns into init {init_pid}: {e}"))));
-    drop(pidfd);
-    // 4. Block the signals we forward (and SIGCHLD) before forking, so none is lost.
-    let mut set = SigSet::empty();
-    for s in FORWARDED {
-        set.add(*s);
-    }
-    set.add(Signal::SIGCHLD);
-    t!(
-        nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
-            .map_err(|e| Error(format!("block signals: {e}")))
-    );
-    // 5. Fork: the child is in the container's pid namespace.
-    let pid = t!(sys::fork().map_err(|e| Error(format!("fork: {e}"))));
+    nix::sched::setns(t.init, ns).map_err(|e| Error(format!("setns into init: {e}")))?;
+    // 4. Fork: the child is in the container's pid namespace. It reports on a pair of its own
+    //    (its end closes when it execs), relayed to the caller.
+    let (ours, theirs) = chan::pair()?;
+    let pid = sys::fork().map_err(|e| Error(format!("fork: {e}")))?;
     if pid == 0 {
-        let e = child(&req, &sock, label.as_deref(), &seccomp);
-        let _ = chan::send(&sock, &Msg::Err(e.0), None);
+        drop(ours);
+        let e = child(&req, &theirs, stdio, t.label, t.seccomp);
+        let _ = chan::send(&theirs, &Msg::Err(e.0), None);
         sys::exit_now(127);
     }
-    drop(sock);
-    let sfd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC).ok();
+    drop(theirs);
+    drop(stdio);
+    let fail = |e: Error| {
+        let _ = waitpid(Pid::from_raw(pid), None);
+        e
+    };
     loop {
-        if let Some(s) = &sfd {
-            match s.read_signal() {
-                Ok(Some(si)) if si.ssi_signo != libc::SIGCHLD as u32 => {
-                    let _ = nix::sys::signal::kill(
-                        Pid::from_raw(pid),
-                        Signal::try_from(si.ssi_signo as i32).ok(),
-                    );
-                    continue;
-                }
-                _ => {}
+        match chan::recv(&ours).map_err(fail)? {
+            None => break,
+            Some((Msg::PtyMaster, Some(fd))) => {
+                chan::send(conn, &Msg::PtyMaster, Some(fd.as_raw_fd())).map_err(fail)?
+            }
+            Some((Msg::Err(e), _)) => return Err(fail(Error(e))),
+            Some((m, _)) => {
+                return Err(fail(Error(format!(
+                    "unexpected message from the command's process: {m:?}"
+                ))))
             }
         }
-        match waitpid(
-            Pid::from_raw(pid),
-            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-        ) {
+    }
+    // 5. The command runs: the caller gets a pidfd of it (our unreaped child: no pid reuse).
+    let command = rustix::process::Pid::from_raw(pid)
+        .ok_or_else(|| Error(format!("bad pid {pid}")))
+        .and_then(|p| {
+            rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
+                .map_err(|e| Error(format!("pidfd_open {pid}: {e}")))
+        })
+        .map_err(fail)?;
+    chan::send(conn, &Msg::Running(pid), Some(command.as_raw_fd())).map_err(fail)?;
+    drop(command);
+    loop {
+        match waitpid(Pid::from_raw(pid), None) {
             Ok(WaitStatus::Exited(_, c)) => return Ok(c),
             Ok(WaitStatus::Signaled(_, s, _)) => return Ok(128 + s as i32),
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(_) => return Ok(126),
-        }
-        if sfd.is_none() {
-            std::thread::sleep(std::time::Duration::from_millis(20));
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(Error(format!("wait for the command: {e}"))),
         }
     }
 }
 
-fn child(req: &Req, sock: &OwnedFd, label: Option<&str>, seccomp: &confine::Seccomp) -> Error {
+fn child(
+    req: &Req,
+    sock: &OwnedFd,
+    stdio: Vec<OwnedFd>,
+    label: Option<&str>,
+    seccomp: &confine::Seccomp,
+) -> Error {
     let e = |step: &str, x: &dyn std::fmt::Display| Error(format!("{step}: {x}"));
+    // The caller's stdin, stdout and stderr: copied above 2 first, so that none is overwritten
+    // before it is copied whatever numbers they arrived with.
+    let mut high = Vec::with_capacity(stdio.len());
+    for fd in &stdio {
+        match dup_inheritable(fd) {
+            Ok(h) => high.push(h),
+            Err(x) => return x,
+        }
+    }
+    drop(stdio);
+    if let [i, o, er] = &high[..] {
+        for r in [
+            nix::unistd::dup2_stdin(i),
+            nix::unistd::dup2_stdout(o),
+            nix::unistd::dup2_stderr(er),
+        ] {
+            if let Err(x) = r {
+                return e("dup2 stdio", &x);
+            }
+        }
+    }
+    drop(high);
     // 6. pty: allocated in the container's devpts (its /dev/ptmx, we are in its mount namespace),
     //    the master goes back to the caller.
     if let Some((w, h)) = req.pty {

@@ -2,8 +2,8 @@
 //!
 //! Synchronous, no HTTP, no JSON API types, no policy: the daemon hands it a fully resolved [`Spec`]
 //! and a per-container run directory. Namespace work happens only in freshly exec'd, single-threaded
-//! helpers (`bivy __monitor`, `bivy __exec`, dispatched first thing in `main`); the calling (daemon)
-//! process never changes namespace.
+//! helpers (`bivy __monitor`, `bivy __exec`, dispatched first thing in `main`) and the processes
+//! they fork; the calling (daemon) process never changes namespace.
 //!
 //! Run directory (`$BIVY_DIR/run/<name>/`, owned by the runtime; the daemon only passes the path):
 //! the spec the container was started with, the monitor's pid and control socket, the console log
@@ -17,15 +17,17 @@
 //!   the cgroup, opens the console pty, clones init and reports `Started` or the failed step.
 //! - The control path is signals: `stop()` signals init (SIGRTMIN+3 for systemd, else SIGPWR) and,
 //!   for force, kills the cgroup and init; SIGTERM to the monitor also kills the container.
-//! - `exec()` runs `bivy __exec` (same sealed binary) as a child of the caller; the request goes over
-//!   a socketpair, the pty master comes back over it.
+//! - `exec()` connects to the monitor's `exec.sock`; the monitor forks a waiter that enters the
+//!   container and forks the command, and reports on the connection (the pty master, a pidfd of
+//!   the command, its exit code). A monitor without the socket (an older bivy's) is served by
+//!   `bivy __exec` (same sealed binary) as a child of the caller, over a socketpair.
 //! - `BIVY_TRACE=1` makes the monitor log each setup step's time to `monitor.log` in the run dir,
 //!   and `start()` its own steps (spawn, the monitor's reply) on the caller's stderr.
 //!
 //! INTERFACE CONTRACT (the daemon relies on exactly these items; keep their signatures):
 //! `Spec`, `IdMapEntry`, `RootfsMode`, `Limits`, `start`, `state`, `State`, `ExitInfo`, `stop`,
 //! `StopMode`, `freeze`, `unfreeze`, `set_limits`, `stats`, `Stats`, `exec`, `ExecSpec`, `ExecStdio`,
-//! `ExecProcess`, `monitor_pidfd`, `helper_main`, `Error`, `DiskMount`, `criu_check`, `checkpoint`,
+//! `ExecProcess`, `Signaller`, `monitor_pidfd`, `helper_main`, `Error`, `DiskMount`, `criu_check`, `checkpoint`,
 //! `restore`.
 
 use std::os::fd::OwnedFd;
@@ -352,14 +354,6 @@ pub struct ExecStdio {
     pub stderr: OwnedFd,
 }
 
-/// A running exec'd command.
-pub struct ExecProcess {
-    /// Host pid of the helper that waits for the command; signals sent to it are forwarded.
-    pub pid: i32,
-    /// The pty master when `ExecSpec::pty` was set.
-    pub pty_master: Option<OwnedFd>,
-}
-
 /// Errors of the runtime; the daemon only displays them.
 #[derive(Debug)]
 pub struct Error(pub String);
@@ -390,7 +384,7 @@ mod nics;
 mod rootfs;
 mod userns;
 
-pub use exec::resize_pty;
+pub use exec::{resize_pty, ExecProcess, Signaller};
 pub use host::host_id_range;
 pub use nics::{
     intend as intend_nics, pending as pending_nics, plug as plug_nic, reconcile as reconcile_nics,
@@ -417,6 +411,9 @@ pub(crate) mod files {
     /// The monitor's console socket: a client that connects gets the console pty master
     /// (SCM_RIGHTS) and owns the console until it disconnects; the log pauses meanwhile.
     pub const CONSOLE: &str = "console.sock";
+    /// The monitor's exec socket (SOCK_SEQPACKET, 0600): for each connection it forks a waiter
+    /// that runs the request in the container (see `exec.rs`).
+    pub const EXEC_SOCK: &str = "exec.sock";
     /// A restore request ([`criu::RestoreReq`](super::criu::RestoreReq), JSON) for the monitor
     /// that `restore()` spawns; the monitor reads and removes it.
     pub const RESTORE: &str = "restore.json";
@@ -546,10 +543,10 @@ pub fn stats(run_dir: &Path, monitor_pid: i32) -> Result<Stats> {
     confine::cgroup_stats(&name)
 }
 
-/// Run a command in the running container through a `bivy __exec` helper (a child of the caller).
-/// The caller waits for the helper with waitpid (its exit code is the command's, 128+N when the
-/// command was killed by signal N) and forwards signals to `ExecProcess::pid`.
-/// Without `stdio` (and without a pty) the helper inherits the caller's stdio.
+/// Run a command in the running container: its monitor forks a waiter that runs it (a monitor
+/// of an older bivy: a `bivy __exec` helper, a child of the caller). [`ExecProcess::wait`] gives
+/// its exit code (128+N when killed by signal N); [`ExecProcess::signaller`] signals it.
+/// Without `stdio` (and without a pty) the command gets the caller's stdio.
 pub fn exec(run_dir: &Path, spec: &ExecSpec, stdio: Option<ExecStdio>) -> Result<ExecProcess> {
     exec::exec(run_dir, spec, stdio)
 }

@@ -8,6 +8,8 @@
 //! (the staging tmpfs with device nodes, the idmapped rootfs) ever appears on the host. It holds the
 //! console pty master, clones init, records the exit and removes the cgroup. Its control path is
 //! signals: SIGTERM/SIGINT to the monitor = kill the container; `stop()` also signals init directly.
+//! It serves the console on `console.sock` and exec requests on `exec.sock` (a waiter forked for
+//! each, see `exec.rs`), both in the run directory.
 //! While physical NICs are in the container, it holds the network namespace past init's death and
 //! gives them back to the host.
 
@@ -30,7 +32,8 @@ use super::chan::{self, Msg};
 use super::control::read_spec;
 use super::helper::{err, replace_file, trace, write_pidfile};
 use super::{
-    confine, criu, disks, files, init, rootfs, userns, Error, ExitInfo, Result, RootfsMode, Spec,
+    confine, criu, disks, exec, files, init, rootfs, userns, Error, ExitInfo, Result, RootfsMode,
+    Spec,
 };
 use crate::sys;
 use crate::util::fs::atomic_write;
@@ -123,7 +126,17 @@ fn run(run_dir: &Path, status: OwnedFd) -> Result<()> {
         stage: run_dir.join(files::STAGE),
     };
     match setup(run_dir, &spec, &mut prep, restore.as_ref()) {
-        Ok((init_pid, master, slave)) => {
+        Ok(Setup {
+            init_pid,
+            master,
+            slave,
+            seccomp,
+            label,
+        }) => {
+            // init is our unreaped child: the pidfd names it, for the exec waiters' setns.
+            let init_fd = rustix::process::Pid::from_raw(init_pid).and_then(|p| {
+                rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
+            });
             let _ = chan::send(&status, &Msg::Started(init_pid, me), None);
             drop(status);
             // The network namespace outlives init while physical NICs are in it: they go back
@@ -131,7 +144,14 @@ fn run(run_dir: &Path, status: OwnedFd) -> Result<()> {
             let netns = fs::File::open(format!("/proc/{init_pid}/ns/net"))
                 .ok()
                 .map(OwnedFd::from);
-            let exit = supervise(&spec, init_pid, &master, run_dir);
+            let target = init_fd.as_ref().map(|init| exec::Target {
+                cgroup: spec.cgroup_name(),
+                privileged: spec.rootfs_mode == RootfsMode::Privileged,
+                label: label.as_deref(),
+                seccomp: &seccomp,
+                init: init.as_fd(),
+            });
+            let exit = supervise(&spec, init_pid, &master, run_dir, target.as_ref());
             if let Some(ns) = netns {
                 let nics = read_spec(run_dir)
                     .map(|s| s.nics)
@@ -189,13 +209,25 @@ pub(crate) const DEV_NODES: &[(&str, u64, u64)] = &[
     ("tty", 5, 0),
 ];
 
-/// Monitor setup: returns init's host pid, the console master and the monitor's slave fd.
+/// What a successful setup leaves the monitor.
+struct Setup {
+    /// init's host pid.
+    init_pid: i32,
+    /// The console pty's master, and a slave fd of the monitor's own.
+    master: OwnedFd,
+    slave: OwnedFd,
+    /// The confinement init got, which exec'd commands get too.
+    seccomp: confine::Seccomp,
+    label: Option<String>,
+}
+
+/// Monitor setup.
 fn setup(
     run_dir: &Path,
     spec: &Spec,
     prep: &mut Prepared,
     restore: Option<&criu::RestoreReq>,
-) -> Result<(i32, OwnedFd, OwnedFd)> {
+) -> Result<Setup> {
     let t0 = Instant::now();
     let privileged = spec.rootfs_mode == RootfsMode::Privileged;
     let owner = if privileged {
@@ -380,7 +412,13 @@ fn setup(
         };
         write_pidfile(&run_dir.join(files::INIT_PID), pid).map_err(kill)?;
         trace(t0, "restored");
-        return Ok((pid, master, slave));
+        return Ok(Setup {
+            init_pid: pid,
+            master,
+            slave,
+            seccomp,
+            label,
+        });
     }
 
     trace(t0, "before step 8");
@@ -460,7 +498,31 @@ fn setup(
     }
     write_pidfile(&run_dir.join(files::INIT_PID), pid).map_err(kill_child)?;
     trace(t0, "init exec'd");
-    Ok((pid, master, slave))
+    Ok(Setup {
+        init_pid: pid,
+        master,
+        slave,
+        seccomp,
+        label,
+    })
+}
+
+/// Fork a waiter for each connection waiting on the exec socket (the monitor's loop reaps them).
+fn serve_exec_requests(listener: &OwnedFd, t: &exec::Target<'_>) {
+    use nix::sys::socket::{accept4, SockFlag};
+    while let Ok(fd) = accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
+        // accept4 made it: nothing else owns it.
+        let Ok(conn) = sys::own_inherited_fd(fd) else {
+            continue;
+        };
+        match sys::fork() {
+            Ok(0) => exec::serve_from_monitor(t, conn),
+            Ok(_) => {}
+            Err(e) => {
+                let _ = chan::send(&conn, &Msg::Err(format!("fork an exec waiter: {e}")), None);
+            }
+        }
+    }
 }
 
 fn monitor_sigset() -> SigSet {
@@ -476,8 +538,15 @@ fn block_signals() -> Result<()> {
         .map_err(|e| Error(format!("block signals: {e}")))
 }
 
-/// The monitor's loop: copy console output to the log, react to signals, until init is reaped.
-fn supervise(spec: &Spec, init_pid: i32, master: &OwnedFd, run_dir: &Path) -> ExitInfo {
+/// The monitor's loop: copy console output to the log, hand the console to a client, fork a
+/// waiter for each exec request, react to signals, until init is reaped.
+fn supervise(
+    spec: &Spec,
+    init_pid: i32,
+    master: &OwnedFd,
+    run_dir: &Path,
+    target: Option<&exec::Target<'_>>,
+) -> ExitInfo {
     let sfd = SignalFd::with_flags(
         &monitor_sigset(),
         SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
@@ -503,10 +572,22 @@ fn supervise(spec: &Spec, init_pid: i32, master: &OwnedFd, run_dir: &Path) -> Ex
         let _ = l.set_nonblocking(true);
     }
     let mut attached: Option<std::os::unix::net::UnixStream> = None;
+    // Without it (no pidfd of init, or the socket could not be made: logged) exec falls back
+    // to a helper process of the caller's.
+    let exec_sock = target.and_then(|_| match exec::listen(run_dir) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            eprintln!("bivy monitor: exec socket: {e}");
+            None
+        }
+    });
     let status = loop {
-        let mut fds = Vec::with_capacity(4);
+        let mut fds = Vec::with_capacity(5);
         if let Some(s) = &sfd {
             fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
+        }
+        if let Some(l) = &exec_sock {
+            fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
         }
         if let Some(l) = &console {
             fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
@@ -532,6 +613,9 @@ fn supervise(spec: &Spec, init_pid: i32, master: &OwnedFd, run_dir: &Path) -> Ex
             .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
             .collect();
         drop(fds);
+        if let (Some(l), Some(t)) = (&exec_sock, target) {
+            serve_exec_requests(l, t);
+        }
         if let Some(l) = &console {
             if let Ok((conn, _)) = l.accept() {
                 if let Ok(fd) = conn.try_clone().map(OwnedFd::from) {
@@ -599,6 +683,9 @@ fn supervise(spec: &Spec, init_pid: i32, master: &OwnedFd, run_dir: &Path) -> Ex
         }
     };
     let _ = fs::remove_file(&console_path);
+    if exec_sock.is_some() {
+        let _ = fs::remove_file(run_dir.join(files::EXEC_SOCK));
+    }
     // Drain what init wrote last.
     if master_open {
         let _ = rustix::io::ioctl_fionbio(master, true);

@@ -75,6 +75,24 @@ pub fn close_range(first: u32, last: u32, cloexec: bool) -> io::Result<()> {
     check(r).map(|_| ())
 }
 
+/// Close every fd from 3 up except those in `keep` (in a forked child, before it serves).
+pub fn close_all_but(keep: &[RawFd]) -> io::Result<()> {
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter(|&&f| f >= 3)
+        .map(|&f| f as u32)
+        .collect();
+    crate::util::sort::sort(&mut keep);
+    let mut first = 3u32;
+    for k in keep {
+        if k > first {
+            close_range(first, k - 1, false)?;
+        }
+        first = first.max(k + 1);
+    }
+    close_range_from(first, false)
+}
+
 /// `open_tree(AT_FDCWD, path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC [| AT_RECURSIVE])`: a detached
 /// copy of the mount at `path`.
 pub fn open_tree_clone(path: &Path, recursive: bool) -> io::Result<OwnedFd> {

@@ -135,38 +135,6 @@ fn clamp(v: i64, default: u16) -> u16 {
     }
 }
 
-fn waitpid_code(pid: i32) -> Result<i32> {
-    use nix::sys::wait::{waitpid, WaitStatus};
-    loop {
-        match waitpid(nix::unistd::Pid::from_raw(pid), None) {
-            Ok(WaitStatus::Exited(_, c)) => return Ok(c),
-            Ok(WaitStatus::Signaled(_, s, _)) => return Ok(128 + s as i32),
-            Ok(_) => continue,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(Error::Internal(format!("waiting for exec helper: {e}"))),
-        }
-    }
-}
-
-/// A handle for signalling the exec helper that can never hit a recycled pid.
-#[derive(Clone)]
-struct Killer(Arc<OwnedFd>);
-
-impl Killer {
-    fn new(pid: i32) -> Result<Killer> {
-        let p =
-            rustix::process::Pid::from_raw(pid).ok_or_else(|| Error::Internal("bad pid".into()))?;
-        let fd = rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
-            .map_err(|e| Error::Internal(format!("pidfd_open: {e}")))?;
-        Ok(Killer(Arc::new(fd)))
-    }
-    fn kill(&self, sig: i32) {
-        if let Some(s) = rustix::process::Signal::from_named_raw(sig) {
-            let _ = rustix::process::pidfd_send_signal(&*self.0, s);
-        }
-    }
-}
-
 /// A command that could not be started: a missing program is LXD's "Command not found" with
 /// `return` 127 (what `lxc exec` exits with); anything else is the runtime's error.
 fn start_cmd(op: &Op, r: runtime::Result<runtime::ExecProcess>) -> Result<runtime::ExecProcess> {
@@ -223,7 +191,7 @@ fn run_detached(
             }),
         ),
     )?;
-    let code = waitpid_code(p.pid)?;
+    let code = p.wait()?;
     if record {
         op.set_metadata(
             "output",
@@ -307,9 +275,10 @@ fn run_attached(
     let _ = tx0.ping();
 
     if interactive {
-        let p = start_cmd(op, runtime::exec(run_dir, spec, None))?;
+        let mut p = start_cmd(op, runtime::exec(run_dir, spec, None))?;
         let master = p
             .pty_master
+            .take()
             .ok_or_else(|| Error::Internal("exec helper returned no pty".into()))?;
         let master_file = std::fs::File::from(master);
         let reader = master_file
@@ -319,12 +288,10 @@ fn run_attached(
         let writer = master_file
             .try_clone()
             .map_err(|e| Error::Internal(e.to_string()))?;
-        let pid = p.pid;
         let inp = pump_in(rx0, writer);
         let resize = OwnedFd::from(master_file);
-        let killer = Killer::new(pid)?;
-        let ctl = control.and_then(|c| control_loop(c, Some(killer), Some(resize)));
-        let code = waitpid_code(pid)?;
+        let ctl = control.and_then(|c| control_loop(c, Some(p.signaller()), Some(resize)));
+        let code = p.wait()?;
         let _ = out.join();
         op.set_metadata("return", serde_json::json!(code));
         tx0.close(1000).ok();
@@ -358,25 +325,24 @@ fn run_attached(
             }),
         ),
     )?;
-    let pid = p.pid;
     trace.step("command started");
-    let killer = Killer::new(pid)?;
+    let killer = p.signaller();
     let o1 = pump_out(std::fs::File::from(out_r), tx1.clone());
     let o2 = pump_out(std::fs::File::from(err_r), tx2.clone());
     let stdin = std::fs::File::from(in_w);
     let inp = pump_in(rx0, stdin);
     // Anything read on the output sockets means the client went away: kill the command.
-    let watch = |mut rx: ws::Receiver, k: Killer| {
+    let watch = |mut rx: ws::Receiver, k: runtime::Signaller| {
         std::thread::spawn(move || {
             if rx.recv().is_ok() {
-                k.kill(libc::SIGKILL);
+                k.send(libc::SIGKILL);
             }
         })
     };
     let w1 = watch(rx1, killer.clone());
     let w2 = watch(rx2, killer.clone());
     let ctl = control.and_then(|c| control_loop(c, Some(killer), None));
-    let code = waitpid_code(pid)?;
+    let code = p.wait()?;
     trace.step("command exited");
     let _ = o1.join();
     let _ = o2.join();
@@ -401,7 +367,7 @@ fn run_attached(
 /// while the command runs, the command is killed (LXD semantics).
 fn control_loop(
     stream: Box<dyn Stream>,
-    killer: Option<Killer>,
+    killer: Option<runtime::Signaller>,
     pty: Option<OwnedFd>,
 ) -> Option<(ws::Sender, std::thread::JoinHandle<()>)> {
     let (tx, mut rx) = ws::split(stream, ws::Role::Server).ok()?;
@@ -416,7 +382,7 @@ fn control_loop(
                     match c.command.as_str() {
                         "signal" => {
                             if let Some(k) = &killer {
-                                k.kill(c.signal);
+                                k.send(c.signal);
                             }
                         }
                         "window-resize" => {
@@ -438,9 +404,9 @@ fn control_loop(
                     }
                 }
                 Ok(ws::Message::Close(_)) | Err(_) => {
-                    // The pidfd keeps this safe after the helper was reaped.
+                    // The pidfd keeps this safe after the command was reaped.
                     if let Some(k) = &killer {
-                        k.kill(libc::SIGKILL);
+                        k.send(libc::SIGKILL);
                     }
                     break;
                 }
