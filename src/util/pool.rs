@@ -7,11 +7,11 @@
 //! finds the thread as the last job left it (its name is set for each job).
 
 use std::collections::VecDeque;
-use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Threads left waiting for a job at most; one finishing a job when this many wait ends.
-pub const MAX_IDLE: usize = 8;
+pub const MAX_IDLE: usize = 16;
 
 /// How long a thread waits for its next job before it ends.
 pub const IDLE_FOR: Duration = Duration::from_secs(5);
@@ -73,6 +73,40 @@ fn spawn_on(
             serve(p, name);
         })
         .map(drop)
+}
+
+/// The end of a job handed over by [`run`].
+pub struct Joinable(Arc<(Mutex<bool>, Condvar)>);
+
+impl Joinable {
+    /// Wait until the job has returned (or panicked).
+    pub fn join(self) {
+        let (done, cv) = &*self.0;
+        let mut d = done.lock().unwrap_or_else(|p| p.into_inner());
+        while !*d {
+            d = cv.wait(d).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// [`spawn`] with a [`Joinable`] to wait for the job's end by, for jobs that a request waits
+/// for (an exec's pumps).
+pub fn run(name: &'static str, job: impl FnOnce() + Send + 'static) -> std::io::Result<Joinable> {
+    struct Mark(Arc<(Mutex<bool>, Condvar)>);
+    impl Drop for Mark {
+        fn drop(&mut self) {
+            let (done, cv) = &*self.0;
+            *done.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            cv.notify_all();
+        }
+    }
+    let end = Arc::new((Mutex::new(false), Condvar::new()));
+    let mark = Mark(end.clone());
+    spawn(name, move || {
+        let _mark = mark;
+        job()
+    })?;
+    Ok(Joinable(end))
 }
 
 /// Take and run jobs until none came for [`IDLE_FOR`], or enough threads wait already.
@@ -189,5 +223,19 @@ mod tests {
             "{} idle",
             st.idle
         );
+    }
+
+    #[test]
+    fn run_is_joined_after_the_job_even_when_it_panics() {
+        let (tx, rx) = mpsc::channel();
+        let j = run("pool-test", move || {
+            std::thread::sleep(Duration::from_millis(50));
+            tx.send(1).unwrap();
+        })
+        .unwrap();
+        j.join();
+        assert_eq!(rx.try_recv(), Ok(1), "joined before the job ended");
+        let j = run("pool-test", || panic!("a job's panic")).unwrap();
+        j.join();
     }
 }

@@ -19,6 +19,7 @@ use crate::http::{ws, Request, Response, Stream};
 use crate::instance::config;
 use crate::instance::operations::{secret, Class, Op};
 use crate::runtime::{self, State};
+use crate::util::pool::Joinable;
 
 /// Time the client has to connect the required websockets (LXD: 5 s).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -205,13 +206,17 @@ fn run_detached(
     Ok(())
 }
 
+/// Run `job` on a pooled thread (`util::pool`: an exec's five or six pumps and watchers are
+/// started without a thread made for each).
+fn go(job: impl FnOnce() + Send + 'static) -> Result<Joinable> {
+    crate::util::pool::run("exec-io", job)
+        .map_err(|e| Error::Internal(format!("start a thread: {e}")))
+}
+
 /// Pump a websocket's data into `w` until the empty-text barrier, a close or an error; dropping
 /// `w` at the end closes the command's stdin (or leaves the pty alone).
-fn pump_in(
-    mut rx: ws::Receiver,
-    mut w: impl Write + Send + 'static,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
+fn pump_in(mut rx: ws::Receiver, mut w: impl Write + Send + 'static) -> Result<Joinable> {
+    go(move || {
         while let Ok(m) = rx.recv() {
             let data = match m {
                 ws::Message::Binary(b) => b,
@@ -226,8 +231,8 @@ fn pump_in(
 }
 
 /// Pump one readable fd into a websocket as binary frames, then the empty-text barrier.
-fn pump_out(mut src: std::fs::File, tx: ws::Sender) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
+fn pump_out(mut src: std::fs::File, tx: ws::Sender) -> Result<Joinable> {
+    go(move || {
         let mut buf = vec![0u8; 32 * 1024];
         loop {
             match src.read(&mut buf) {
@@ -284,23 +289,23 @@ fn run_attached(
         let reader = master_file
             .try_clone()
             .map_err(|e| Error::Internal(e.to_string()))?;
-        let out = pump_out(reader, tx0.clone());
+        let out = pump_out(reader, tx0.clone())?;
         let writer = master_file
             .try_clone()
             .map_err(|e| Error::Internal(e.to_string()))?;
-        let inp = pump_in(rx0, writer);
+        let inp = pump_in(rx0, writer)?;
         let resize = OwnedFd::from(master_file);
         let ctl = control.and_then(|c| control_loop(c, Some(p.signaller()), Some(resize)));
         let code = p.wait()?;
-        let _ = out.join();
+        out.join();
         op.set_metadata("return", serde_json::json!(code));
         tx0.close(1000).ok();
         tx0.shutdown();
-        let _ = inp.join();
+        inp.join();
         if let Some((tx, h)) = ctl {
             tx.close(1000).ok();
             tx.shutdown();
-            let _ = h.join();
+            h.join();
         }
         return Ok(());
     }
@@ -327,25 +332,25 @@ fn run_attached(
     )?;
     trace.step("command started");
     let killer = p.signaller();
-    let o1 = pump_out(std::fs::File::from(out_r), tx1.clone());
-    let o2 = pump_out(std::fs::File::from(err_r), tx2.clone());
+    let o1 = pump_out(std::fs::File::from(out_r), tx1.clone())?;
+    let o2 = pump_out(std::fs::File::from(err_r), tx2.clone())?;
     let stdin = std::fs::File::from(in_w);
-    let inp = pump_in(rx0, stdin);
+    let inp = pump_in(rx0, stdin)?;
     // Anything read on the output sockets means the client went away: kill the command.
     let watch = |mut rx: ws::Receiver, k: runtime::Signaller| {
-        std::thread::spawn(move || {
+        go(move || {
             if rx.recv().is_ok() {
                 k.send(libc::SIGKILL);
             }
         })
     };
-    let w1 = watch(rx1, killer.clone());
-    let w2 = watch(rx2, killer.clone());
+    let w1 = watch(rx1, killer.clone())?;
+    let w2 = watch(rx2, killer.clone())?;
     let ctl = control.and_then(|c| control_loop(c, Some(killer), None));
     let code = p.wait()?;
     trace.step("command exited");
-    let _ = o1.join();
-    let _ = o2.join();
+    o1.join();
+    o2.join();
     trace.step("output sent");
     op.set_metadata("return", serde_json::json!(code));
     for tx in [&tx0, &tx1, &tx2] {
@@ -355,11 +360,11 @@ fn run_attached(
     if let Some((tx, h)) = ctl {
         let _ = tx.close(1000);
         tx.shutdown();
-        let _ = h.join();
+        h.join();
     }
-    let _ = inp.join();
-    let _ = w1.join();
-    let _ = w2.join();
+    inp.join();
+    w1.join();
+    w2.join();
     Ok(())
 }
 
@@ -369,9 +374,9 @@ fn control_loop(
     stream: Box<dyn Stream>,
     killer: Option<runtime::Signaller>,
     pty: Option<OwnedFd>,
-) -> Option<(ws::Sender, std::thread::JoinHandle<()>)> {
+) -> Option<(ws::Sender, Joinable)> {
     let (tx, mut rx) = ws::split(stream, ws::Role::Server).ok()?;
-    let h = std::thread::spawn(move || {
+    let h = go(move || {
         loop {
             match rx.recv() {
                 Ok(ws::Message::Text(t)) if !t.is_empty() => {
@@ -413,7 +418,8 @@ fn control_loop(
                 Ok(_) => {}
             }
         }
-    });
+    })
+    .ok()?;
     Some((tx, h))
 }
 
@@ -553,7 +559,7 @@ pub fn console(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
                     });
                     (ctx, h)
                 });
-            let _ = pump_in(rx0, master).join();
+            pump_in(rx0, master)?.join();
             // Detach: stop our reader first, then hand the console back to the monitor.
             stop.store(true, std::sync::atomic::Ordering::SeqCst);
             let _ = out.join();
