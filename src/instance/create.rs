@@ -332,8 +332,15 @@ pub fn create_now(d: &Ctx, args: NewInstance<'_>, origin: Origin<'_>) -> Result<
     if db.data.instances.contains_key(name) {
         return Err(Error::Conflict(format!("Instance {name:?} already exists")));
     }
-    db.update(|data| data.instances.insert(name.to_string(), rec))
-        .map_err(|e| Error::Host(format!("saving instance: {e}")))?;
+    // A create that starts (`start: true`) is synced with its start's record, or by the
+    // operation once the start failed (`Db::sync`), before the operation ends: one sync saved.
+    let insert = |data: &mut super::db::Data| data.instances.insert(name.to_string(), rec);
+    if body.start {
+        db.update_unsynced(insert)
+    } else {
+        db.update(insert)
+    }
+    .map_err(|e| Error::Host(format!("saving instance: {e}")))?;
     drop(db);
     trace.step("recorded");
     revert.commit();

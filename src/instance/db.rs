@@ -198,6 +198,9 @@ pub struct CertRecord {
 pub struct Db {
     path: PathBuf,
     pub data: Data,
+    /// The document on disk was replaced without a sync ([`Db::update_unsynced`]) and no synced
+    /// save has followed yet.
+    unsynced: bool,
     /// Told of each change around its save (`instance::markers` keeps the pools' record files
     /// with it); none for a bare document.
     watcher: Option<Box<dyn Watcher>>,
@@ -241,6 +244,7 @@ impl Db {
         Ok(Db {
             path: path.to_path_buf(),
             data,
+            unsynced: false,
             watcher: None,
         })
     }
@@ -251,21 +255,52 @@ impl Db {
     }
 
     /// Persist the current document atomically.
-    pub fn save(&self) -> std::io::Result<()> {
+    pub fn save(&mut self) -> std::io::Result<()> {
+        self.save_as(true)
+    }
+
+    fn save_as(&mut self, sync: bool) -> std::io::Result<()> {
         let mut d = serde_json::to_vec_pretty(&self.data).map_err(std::io::Error::other)?;
         d.push(b'\n');
-        atomic_write(&self.path, &d)
+        if sync {
+            atomic_write(&self.path, &d)?;
+            self.unsynced = false;
+        } else {
+            crate::util::fs::replace_unsynced(&self.path, &d)?;
+            self.unsynced = true;
+        }
+        Ok(())
+    }
+
+    /// Make an [`Db::update_unsynced`] durable, unless a synced save has done so already.
+    pub fn sync(&mut self) -> std::io::Result<()> {
+        if self.unsynced {
+            crate::util::fs::sync_file(&self.path)?;
+            self.unsynced = false;
+        }
+        Ok(())
     }
 
     /// Apply `f` to a copy, save it, and only then make it current: a failed save changes nothing.
     pub fn update<T>(&mut self, f: impl FnOnce(&mut Data) -> T) -> std::io::Result<T> {
+        self.update_as(true, f)
+    }
+
+    /// [`Db::update`] without syncing the document: for a change that the same operation
+    /// follows by a synced one, or by [`Db::sync`], before it reports (a create that starts:
+    /// its start's record), saving a sync.
+    pub fn update_unsynced<T>(&mut self, f: impl FnOnce(&mut Data) -> T) -> std::io::Result<T> {
+        self.update_as(false, f)
+    }
+
+    fn update_as<T>(&mut self, sync: bool, f: impl FnOnce(&mut Data) -> T) -> std::io::Result<T> {
         let mut next = self.data.clone();
         let out = f(&mut next);
         if let Some(w) = &self.watcher {
             w.before_save(&self.data, &next);
         }
         let old = std::mem::replace(&mut self.data, next);
-        if let Err(e) = self.save() {
+        if let Err(e) = self.save_as(sync) {
             if let Some(w) = &self.watcher {
                 w.after_save(&self.data, &old);
             }
@@ -304,11 +339,33 @@ mod tests {
         let mut db = Db {
             path: PathBuf::from("/nonexistent-dir/x/database.json"),
             data: Data::default(),
+            unsynced: false,
             watcher: None,
         };
         assert!(db
             .update(|d| d.config.insert("a".into(), "b".into()))
             .is_err());
         assert!(db.data.config.is_empty());
+    }
+
+    #[test]
+    fn an_unsynced_update_is_saved_and_synced_later() {
+        let dir = std::env::temp_dir().join(format!("bivy-db-unsynced-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("database.json");
+        let mut db = Db::open(&p).unwrap();
+        db.update_unsynced(|d| d.config.insert("a".into(), "1".into()))
+            .unwrap();
+        assert!(db.unsynced);
+        assert_eq!(Db::open(&p).unwrap().data.config["a"], "1", "written");
+        db.sync().unwrap();
+        assert!(!db.unsynced);
+        db.update_unsynced(|d| d.config.insert("a".into(), "2".into()))
+            .unwrap();
+        db.update(|d| d.config.insert("b".into(), "3".into()))
+            .unwrap();
+        assert!(!db.unsynced, "a synced save syncs what came before");
+        assert_eq!(Db::open(&p).unwrap().data.config["a"], "2");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -62,6 +62,26 @@ pub fn atomic_write(path: &Path, data: &[u8]) -> io::Result<()> {
 /// Atomically replace `path` with `data`, the new file's permission bits exactly `mode` (set on
 /// the temp file before the rename, whatever the umask).
 pub fn atomic_write_mode(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    replace(path, data, mode, true)
+}
+
+/// Replace `path` with `data` (mode 0600) through a rename, without syncing: the file is
+/// whole or as it was, but after a crash of the host it may be the old one. For a write that a
+/// synced one follows before anyone is told ([`sync_file`] otherwise).
+pub fn replace_unsynced(path: &Path, data: &[u8]) -> io::Result<()> {
+    replace(path, data, 0o600, false)
+}
+
+/// Make what was written to `path` and its name in its directory durable.
+pub fn sync_file(path: &Path) -> io::Result<()> {
+    File::open(path)?.sync_all()?;
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::other("path has no parent"))?;
+    File::open(dir)?.sync_all()
+}
+
+fn replace(path: &Path, data: &[u8], mode: u32, sync: bool) -> io::Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::other("path has no parent"))?;
@@ -85,9 +105,14 @@ pub fn atomic_write_mode(path: &Path, data: &[u8], mode: u32) -> io::Result<()> 
             f.set_permissions(fs::Permissions::from_mode(mode))?;
         }
         f.write_all(data)?;
-        f.sync_all()?;
+        if sync {
+            f.sync_all()?;
+        }
         fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
+        if sync {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     })();
     if res.is_err() {
         let _ = fs::remove_file(&tmp);

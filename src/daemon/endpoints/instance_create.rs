@@ -248,6 +248,15 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
         // marked busy; one that arrived running (a live migration) is left as it is. A failed
         // start leaves it created, as a failed `PUT .../state` would.
         let res = res.and_then(|()| if start { start_new(&d2, &name) } else { Ok(()) });
+        // The record of a create that starts was not synced (see `create_now`): the start's
+        // record has synced it unless the start failed or made none.
+        let synced = if start {
+            d2.db.lock().expect("db lock").sync()
+        } else {
+            Ok(())
+        };
+        let res =
+            res.and_then(|()| synced.map_err(|e| Error::Internal(format!("saving instance: {e}"))));
         let mut busy = d2.busy.lock().expect("busy lock");
         busy.remove(&name);
         if let Some(f) = &copy_from {
