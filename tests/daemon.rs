@@ -1105,3 +1105,28 @@ fn exec_commands_are_served_by_the_monitor_and_die_with_their_client() {
     l.ok(&["delete", "--force", "ex"]);
     assert!(!sock.exists(), "the exec socket outlived its monitor");
 }
+
+/// The start's record (`volatile.last_state.power` and the rest) is written while the runtime
+/// starts; a start that fails in the runtime (here init cannot be exec'd) leaves it as it was.
+#[test]
+fn a_failed_start_leaves_the_record_as_it_was() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = common::Lxc::new(&d);
+    l.import_busybox();
+    l.ok(&["init", "busybox", "nf"]);
+    let power = || l.ok(&["config", "get", "nf", "volatile.last_state.power"]);
+    assert_eq!(power().trim(), "", "never started");
+    d.ok(&["file", "delete", "nf/sbin/init"]);
+    let out = d.run(&["start", "nf"]);
+    assert!(!out.status.success(), "start without an init succeeded");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/sbin/init"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(power().trim(), "", "a failed start was recorded");
+    l.ok(&["delete", "nf"]);
+}

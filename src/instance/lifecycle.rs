@@ -281,6 +281,41 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
         .collect();
     set_volatile(d, name, &nic_keys);
     trace.step("spec ready");
+    // The start's record: the power state, the templates applied, the id map in use. Written
+    // while the runtime starts (the state document's fsync beside the monitor's setup, on
+    // another core), put back as it was if the start fails; a restore records it after.
+    let mut kv: Vec<(&'static str, Option<String>)> = vec![
+        ("volatile.last_state.power", Some("RUNNING".into())),
+        ("volatile.apply_template", None),
+    ];
+    if let Some(m) = &map {
+        kv.push(("volatile.idmap.current", Some(m.to_volatile())));
+    }
+    let before: Vec<(&'static str, Option<String>)> = {
+        let db = d.db.lock().expect("db lock");
+        let cur = db.data.instances.get(name).map(|r| &r.config);
+        kv.iter()
+            .map(|(k, _)| (*k, cur.and_then(|c| c.get(*k)).cloned()))
+            .collect()
+    };
+    let recording = if stateful {
+        None
+    } else {
+        let (d2, n, kv2) = (d.self_arc(), name.to_string(), kv.clone());
+        crate::util::pool::run("record", move || {
+            update_volatile(&d2, &n, &kv2, Some(time::now()))
+        })
+        .ok()
+    };
+    let recorded = |ok: bool| match (recording, ok) {
+        (Some(j), true) => j.join(),
+        (Some(j), false) => {
+            j.join();
+            set_volatile(d, name, &before);
+        }
+        (None, true) => update_volatile(d, name, &kv, Some(time::now())),
+        (None, false) => {}
+    };
     let started = if stateful {
         super::stateful::restore(d, name, &rec, &spec, &run_dir)
     } else {
@@ -290,6 +325,7 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
     };
     if let Err(e) = started {
         log_line(&log_dir, &format!("start failed: {e}"));
+        recorded(false);
         nics_stopped(d, name);
         return Err(e);
     }
@@ -301,19 +337,13 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
         if let Err(e2) = runtime::stop(&run_dir, runtime::StopMode::Force) {
             log_line(&log_dir, &format!("stopping after the failed start: {e2}"));
         }
+        recorded(false);
         nics_stopped(d, name);
         return Err(e);
     }
     trace.step("networks and proxies");
     log_line(&log_dir, "started");
-    let mut kv: Vec<(&str, Option<String>)> = vec![
-        ("volatile.last_state.power", Some("RUNNING".into())),
-        ("volatile.apply_template", None),
-    ];
-    if let Some(m) = &map {
-        kv.push(("volatile.idmap.current", Some(m.to_volatile())));
-    }
-    update_volatile(d, name, &kv, Some(time::now()));
+    recorded(true);
     trace.step("recorded");
     watch(d.self_arc(), name.to_string());
     d.events
