@@ -185,14 +185,7 @@ pub fn exec(run_dir: &Path, spec: &ExecSpec, stdio: Option<ExecStdio>) -> Result
 fn connect(run_dir: &Path) -> Result<Option<OwnedFd>> {
     use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
     // Through the directory's fd, so that no run directory's path is too long for an address.
-    let dir = match rustix::fs::open(
-        run_dir,
-        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
-    ) {
-        Ok(d) => d,
-        Err(e) => return Err(Error(format!("open {}: {e}", run_dir.display()))),
-    };
+    let dir = open_dir(run_dir)?;
     let addr = UnixAddr::new(sock_path(dir.as_fd()).as_str())
         .map_err(|e| Error(format!("exec socket address: {e}")))?;
     let sock = socket(
@@ -212,6 +205,16 @@ fn connect(run_dir: &Path) -> Result<Option<OwnedFd>> {
     }
 }
 
+/// An `O_PATH` fd of the run directory, to name `exec.sock` through.
+fn open_dir(run_dir: &Path) -> Result<OwnedFd> {
+    rustix::fs::open(
+        run_dir,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| Error(format!("open {}: {e}", run_dir.display())))
+}
+
 /// `exec.sock` named through an fd of its directory.
 fn sock_path(dir: BorrowedFd<'_>) -> String {
     format!("/proc/self/fd/{}/{}", dir.as_raw_fd(), files::EXEC_SOCK)
@@ -223,12 +226,7 @@ pub(crate) fn listen(run_dir: &Path) -> Result<OwnedFd> {
     use nix::sys::socket::{
         bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
     };
-    let dir = rustix::fs::open(
-        run_dir,
-        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
-    )
-    .map_err(|e| Error(format!("open {}: {e}", run_dir.display())))?;
+    let dir = open_dir(run_dir)?;
     let path = sock_path(dir.as_fd());
     let _ = std::fs::remove_file(&path);
     let addr =
