@@ -342,12 +342,14 @@ fn running_containers_hold_no_daemon_thread_each() {
     for i in 0..7 {
         l.ok(&["delete", "--force", &format!("t{i}")]);
     }
+    // What stays is the daemon's own: the sealed copy of the binary, the watch thread's epoll
+    // set and the spare monitor's socket.
     let t = Instant::now();
-    while fds() > fds_before + 2 && t.elapsed() < Duration::from_secs(10) {
+    while fds() > fds_before + 3 && t.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(
-        fds() <= fds_before + 2,
+        fds() <= fds_before + 3,
         "{} daemon fds after the containers went, {fds_before} before",
         fds()
     );
@@ -1129,4 +1131,75 @@ fn a_failed_start_leaves_the_record_as_it_was() {
     );
     assert_eq!(power().trim(), "", "a failed start was recorded");
     l.ok(&["delete", "nf"]);
+}
+
+/// The pids of host processes named `comm` whose parent is `parent`.
+fn children_named(parent: u32, comm: &str) -> Vec<u32> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let ppid = rest.split(' ').nth(1).and_then(|p| p.parse::<u32>().ok());
+        if head.split_once(" (").map(|(_, c)| c) == Some(comm) && ppid == Some(parent) {
+            v.push(pid);
+        }
+    }
+    v
+}
+
+/// After a start the daemon keeps one spare monitor (spawned from the binary, waiting for its
+/// run directory); the next start takes it (it becomes that container's monitor) and another is
+/// made; the spare ends with the daemon.
+#[test]
+fn a_spare_monitor_serves_the_next_start_and_ends_with_the_daemon() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let daemon_pid = d.pid().expect("daemon pid");
+    let l = common::Lxc::new(&d);
+    l.import_busybox();
+    assert!(
+        children_named(daemon_pid, "bivy-spare").is_empty(),
+        "a spare before any start"
+    );
+    let spare = || {
+        let t = Instant::now();
+        loop {
+            let v = children_named(daemon_pid, "bivy-spare");
+            if v.len() == 1 {
+                return v[0];
+            }
+            assert!(v.len() < 2, "two spares: {v:?}");
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "no spare after a start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    l.ok(&["launch", "busybox", "sp1"]);
+    let first = spare();
+    l.ok(&["launch", "busybox", "sp2"]);
+    let (code, out) = l.sh("sp2", "echo up");
+    assert_eq!((code, out.as_str()), (0, "up\n"));
+    let second = spare();
+    assert_ne!(first, second, "the spare was not taken");
+    assert!(exited(first), "the spare taken is not gone");
+    // The container it became runs under a monitor whose log is its own.
+    let log = std::fs::read_to_string(d.dir().join("run/sp2/monitor.log")).unwrap_or_default();
+    assert!(!log.contains("usage:"), "{log}");
+    l.ok(&["delete", "--force", "sp1", "sp2"]);
+    drop(d);
+    assert!(
+        wait_exited(second, Duration::from_secs(10)),
+        "the spare outlived its daemon"
+    );
 }

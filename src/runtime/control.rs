@@ -18,6 +18,74 @@ use super::{confine, criu, files, Error, ExitInfo, Result, Spec, State, StopMode
 use crate::sys;
 use crate::util::fs::atomic_write;
 
+/// A monitor made ahead of the next start (`bivy __monitor --spare FD`): spawned from the
+/// sealed binary, it waits on its status socket for its run directory and log, so that a start
+/// skips the binary's exec and start-up. One at most; it ends when its socket's other end
+/// closes (this process ended).
+struct Spare {
+    sock: OwnedFd,
+    child: std::process::Child,
+}
+
+static SPARE: std::sync::Mutex<Option<Spare>> = std::sync::Mutex::new(None);
+
+/// Spawn a monitor whose status socket end is the only fd it keeps (dup'd without CLOEXEC so it
+/// survives exec; its number goes on the command line): for `run_dir`, or `--spare`. Its
+/// stdout and stderr are `log` (the spare's are empty until it is given one).
+fn spawn_monitor(
+    run_dir: &std::ffi::OsStr,
+    log: Option<&fs::File>,
+) -> Result<(OwnedFd, std::process::Child)> {
+    let (ours, theirs) = chan::pair()?;
+    // dup() gives a copy without CLOEXEC; the original is closed now so only the child holds an end.
+    let inherit = dup_inheritable(&theirs)?;
+    drop(theirs);
+    let mut cmd = helper_command("bivy-monitor")?;
+    cmd.arg("__monitor")
+        .arg(run_dir)
+        .arg(inherit.as_raw_fd().to_string())
+        .stdin(Stdio::null());
+    match log {
+        Some(f) => {
+            let dup = |f: &fs::File| f.try_clone().map_err(|e| Error(format!("dup log: {e}")));
+            cmd.stdout(dup(f)?).stderr(dup(f)?);
+        }
+        None => {
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| Error(format!("spawn monitor: {e}")))?;
+    Ok((ours, child))
+}
+
+/// The spare monitor, told to start in `run_dir` with `log` as its output; None when there is
+/// none (or it is gone: it is reaped).
+fn take_spare(run_dir: &Path, log: &fs::File) -> Option<(OwnedFd, std::process::Child)> {
+    let dir = run_dir.to_str()?;
+    let Spare { sock, mut child } = SPARE.lock().ok()?.take()?;
+    match chan::send_fds(&sock, &Msg::Request(dir.to_string()), &[log.as_raw_fd()]) {
+        Ok(()) => Some((sock, child)),
+        Err(_) => {
+            drop(sock);
+            let _ = child.wait();
+            None
+        }
+    }
+}
+
+/// Make the spare monitor unless there is one (after a start, off the caller's path).
+fn make_spare() {
+    let Ok(mut spare) = SPARE.lock() else { return };
+    if spare.is_some() {
+        return;
+    }
+    if let Ok((sock, child)) = spawn_monitor("--spare".as_ref(), None) {
+        *spare = Some(Spare { sock, child });
+    }
+}
+
 pub(crate) fn read_spec(run_dir: &Path) -> Result<Spec> {
     let p = run_dir.join(files::SPEC);
     let b = fs::read(&p).map_err(|e| err("read", &p, e))?;
@@ -260,12 +328,7 @@ fn start_inner(spec: &Spec, run_dir: &Path, restore: Option<&criu::RestoreReq>) 
         replace_file(&run_dir.join(files::RESTORE), &js)?;
     }
 
-    // 2. Spawn the monitor. Its status socket end is the only fd it keeps (dup'd without CLOEXEC so it
-    //    survives exec; its number goes on the command line).
-    let (ours, theirs) = chan::pair()?;
-    // dup() gives a copy without CLOEXEC; the original is closed now so only the child holds an end.
-    let inherit = dup_inheritable(&theirs)?;
-    drop(theirs);
+    // 2. The monitor: the spare made ahead, told its run directory and log, or a new one.
     let lp = run_dir.join(files::MONITOR_LOG);
     let log = OpenOptions::new()
         .create(true)
@@ -273,17 +336,11 @@ fn start_inner(spec: &Spec, run_dir: &Path, restore: Option<&criu::RestoreReq>) 
         .mode(0o600)
         .open(&lp)
         .map_err(|e| err("open", &lp, e))?;
-    let log2 = log.try_clone().map_err(|e| err("dup", &lp, e))?;
     trace.step("run directory ready");
-    let mut cmd = helper_command("bivy-monitor")?;
-    cmd.arg("__monitor")
-        .arg(run_dir)
-        .arg(inherit.as_raw_fd().to_string());
-    cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| Error(format!("spawn monitor: {e}")))?;
-    drop(inherit);
+    let (ours, mut child) = match take_spare(run_dir, &log) {
+        Some(s) => s,
+        None => spawn_monitor(run_dir.as_os_str(), Some(&log))?,
+    };
     trace.step("monitor spawned");
     // The first-level process exits as soon as it forked the real (daemonized) monitor.
     let _ = child.wait();
@@ -297,6 +354,7 @@ fn start_inner(spec: &Spec, run_dir: &Path, restore: Option<&criu::RestoreReq>) 
     );
     let reply = chan::recv(&ours)?;
     trace.step("monitor replied");
+    let _ = crate::util::pool::spawn("spare-monitor", make_spare);
     match reply {
         Some((Msg::Started(init_pid, monitor_pid), _)) => Ok(State::Running {
             init_pid,

@@ -14,7 +14,9 @@
 //! - `start()` copies the binary (`$BIVY_EXE`, default `/proc/self/exe`) once per calling process into
 //!   a sealed memfd and runs it as `bivy __monitor <run_dir> <fd>`; the monitor daemonizes, makes a
 //!   private mount namespace, stages the rootfs (idmapped or bound) and device nodes there, creates
-//!   the cgroup, opens the console pty, clones init and reports `Started` or the failed step.
+//!   the cgroup, opens the console pty, clones init and reports `Started` or the failed step. After
+//!   a start the caller makes a spare (`bivy __monitor --spare <fd>`, waiting for its run directory
+//!   and log), which the next start takes instead of spawning one.
 //! - The control path is signals: `stop()` signals init (SIGRTMIN+3 for systemd, else SIGPWR) and,
 //!   for force, kills the cgroup and init; SIGTERM to the monitor also kills the container.
 //! - `exec()` connects to the monitor's `exec.sock`; the monitor forks a waiter that enters the

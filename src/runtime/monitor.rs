@@ -61,6 +61,23 @@ pub fn helper(args: &[String]) -> ! {
             std::process::exit(2)
         }
     };
+    // 1b. A spare (`--spare`, made ahead of a start): wait for the run directory and the log
+    //     (our stdout and stderr from now on); the end of the socket means it is not needed.
+    let run_dir = if run_dir == "--spare" {
+        let _ = nix::sys::prctl::set_name(c"bivy-spare");
+        match chan::recv_fds(&status) {
+            Ok(Some((Msg::Request(dir), fds))) => {
+                if let Some(log) = fds.first() {
+                    let _ = nix::unistd::dup2_stdout(log);
+                    let _ = nix::unistd::dup2_stderr(log);
+                }
+                dir
+            }
+            _ => std::process::exit(0),
+        }
+    } else {
+        run_dir.clone()
+    };
     // 2. Daemonize: the first process exits (start() reaps it), the second one is orphaned away from
     //    the daemon and leads its own session, so it survives the daemon and its terminal.
     match sys::fork() {
