@@ -1174,7 +1174,12 @@ fn a_spare_monitor_serves_the_next_start_and_ends_with_the_daemon() {
         let t = Instant::now();
         loop {
             let v = children_named(daemon_pid, "bivy-spare");
-            if v.len() == 1 {
+            // Asleep once named: it has said it is ready and waits for a start.
+            let asleep = |pid: u32| {
+                std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('S')))
+            };
+            if v.len() == 1 && asleep(v[0]) {
                 return v[0];
             }
             assert!(v.len() < 2, "two spares: {v:?}");

@@ -25,6 +25,9 @@ use crate::util::fs::atomic_write;
 struct Spare {
     sock: OwnedFd,
     child: std::process::Child,
+    /// It said it waits (it is made at idle priority, so that its start-up takes no CPU from
+    /// the start just done; it takes back the normal one before it says so).
+    ready: bool,
 }
 
 static SPARE: std::sync::Mutex<Option<Spare>> = std::sync::Mutex::new(None);
@@ -64,7 +67,29 @@ fn spawn_monitor(
 /// none (or it is gone: it is reaped).
 fn take_spare(run_dir: &Path, log: &fs::File) -> Option<(OwnedFd, std::process::Child)> {
     let dir = run_dir.to_str()?;
-    let Spare { sock, mut child } = SPARE.lock().ok()?.take()?;
+    let mut guard = SPARE.lock().ok()?;
+    let spare = guard.as_mut()?;
+    if !spare.ready {
+        let mut p = [nix::poll::PollFd::new(
+            spare.sock.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        if !matches!(nix::poll::poll(&mut p, nix::poll::PollTimeout::ZERO), Ok(1)) {
+            return None;
+        }
+        match chan::recv(&spare.sock) {
+            Ok(Some((Msg::Ready, _))) => spare.ready = true,
+            _ => {
+                let Spare { mut child, .. } = guard.take()?;
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+    let Spare {
+        sock, mut child, ..
+    } = guard.take()?;
+    drop(guard);
     match chan::send_fds(&sock, &Msg::Request(dir.to_string()), &[log.as_raw_fd()]) {
         Ok(()) => Some((sock, child)),
         Err(_) => {
@@ -75,15 +100,28 @@ fn take_spare(run_dir: &Path, log: &fs::File) -> Option<(OwnedFd, std::process::
     }
 }
 
-/// Make the spare monitor unless there is one (after a start, off the caller's path).
+/// Make the spare monitor unless there is one (after a start, off the caller's path). The
+/// lock is not held while it is spawned: at idle priority that may take long.
 fn make_spare() {
-    let Ok(mut spare) = SPARE.lock() else { return };
-    if spare.is_some() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static MAKING: AtomicBool = AtomicBool::new(false);
+    let have = || SPARE.lock().map_or(true, |s| s.is_some());
+    if have() || MAKING.swap(true, Ordering::AcqRel) {
         return;
     }
-    if let Ok((sock, child)) = spawn_monitor("--spare".as_ref(), None) {
-        *spare = Some(Spare { sock, child });
+    crate::sys::run_when_idle(true);
+    let made = spawn_monitor("--spare".as_ref(), None);
+    crate::sys::run_when_idle(false);
+    if let Ok((sock, child)) = made {
+        if let Ok(mut s) = SPARE.lock() {
+            *s = Some(Spare {
+                sock,
+                child,
+                ready: false,
+            });
+        }
     }
+    MAKING.store(false, Ordering::Release);
 }
 
 pub(crate) fn read_spec(run_dir: &Path) -> Result<Spec> {
