@@ -21,7 +21,8 @@
 //!   AppArmor, capabilities, cgroups (`cgroup`, with `cgroup/devices` the v1 device rules and
 //!   `cgroup/io` the block I/O limits), the monitor (`monitor`; `control` is the caller's side:
 //!   start, state, stop; `helper` the sealed binary, pidfiles and pidfds all helpers share),
-//!   exec and hot-plug helpers, CRIU checkpoints (`criu`: the
+//!   exec (`exec`: a waiter the monitor forks for each request on its `exec.sock`) and hot-plug
+//!   helpers, CRIU checkpoints (`criu`: the
 //!   dump from the caller, the restore by a new monitor). It gets numbers and policies
 //!   (`runtime::Spec`, `runtime::Limits`), never LXD config keys.
 //! - [`image`]: the image store: import (with the unpack rules checked up front), fingerprints,
@@ -78,7 +79,8 @@
 //! - No import cycle between files of `daemon/` or of `instance/` (`cargo xtask cycles`, run by
 //!   tidy, prints each with its edges' lines): a file imports only from files below it.
 //! - The daemon process never changes namespace: namespace work happens in freshly exec'd,
-//!   single-threaded helpers (`bivy __monitor`, `bivy __exec`), matched first thing in `main`.
+//!   single-threaded helpers (`bivy __monitor`, `bivy __exec`), matched first thing in `main`,
+//!   and the processes they fork (the monitor's exec waiters).
 //! - `runtime::Spec` is fully resolved: the runtime reads no instance config and makes no policy choice.
 //! - State on disk is replaced atomically (write, fsync, rename, fsync dir); a multi-step change
 //!   undoes its steps on failure ([`util::revert::Revert`]) and records a temporary change to a
