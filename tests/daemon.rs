@@ -1014,23 +1014,34 @@ fn twenty_parallel_launches_all_run() {
     }
 }
 
-/// The parent pid of each host process named `comm`.
-fn parents_of(comm: &str) -> Vec<u32> {
+/// Every host process as (pid, comm, parent pid).
+fn processes() -> Vec<(u32, String, u32)> {
     let mut v = Vec::new();
     for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
         let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
             continue;
         };
         let Some((head, rest)) = stat.rsplit_once(") ") else {
             continue;
         };
-        if head.split_once(" (").map(|(_, c)| c) == Some(comm) {
-            if let Some(pp) = rest.split(' ').nth(1).and_then(|p| p.parse().ok()) {
-                v.push(pp);
-            }
+        let comm = head.split_once(" (").map_or("", |(_, c)| c);
+        if let Some(pp) = rest.split(' ').nth(1).and_then(|p| p.parse().ok()) {
+            v.push((pid, comm.to_string(), pp));
         }
     }
     v
+}
+
+/// The parent pid of each host process named `comm`.
+fn parents_of(comm: &str) -> Vec<u32> {
+    processes()
+        .into_iter()
+        .filter(|(_, c, _)| c == comm)
+        .map(|(_, _, pp)| pp)
+        .collect()
 }
 
 /// `exec` is served by the container's monitor (a waiter it forks; no process made from the
@@ -1135,23 +1146,11 @@ fn a_failed_start_leaves_the_record_as_it_was() {
 
 /// The pids of host processes named `comm` whose parent is `parent`.
 fn children_named(parent: u32, comm: &str) -> Vec<u32> {
-    let mut v = Vec::new();
-    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        let Some((head, rest)) = stat.rsplit_once(") ") else {
-            continue;
-        };
-        let ppid = rest.split(' ').nth(1).and_then(|p| p.parse::<u32>().ok());
-        if head.split_once(" (").map(|(_, c)| c) == Some(comm) && ppid == Some(parent) {
-            v.push(pid);
-        }
-    }
-    v
+    processes()
+        .into_iter()
+        .filter(|(_, c, pp)| c == comm && *pp == parent)
+        .map(|(pid, _, _)| pid)
+        .collect()
 }
 
 /// After a start the daemon keeps one spare monitor (spawned from the binary, waiting for its
