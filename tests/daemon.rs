@@ -735,10 +735,14 @@ fn log_time(line: &str) -> f64 {
 }
 
 /// Is process `pid` gone or a zombie (exited, not yet reaped by the harness)?
+/// The state letter of process `pid` (`R`, `S`, `Z`, ...), None when there is none.
+fn proc_state(pid: u32) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s.rsplit_once(") ")?.1.chars().next()
+}
+
 fn exited(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
-        s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z'))
-    })
+    matches!(proc_state(pid), None | Some('Z'))
 }
 
 fn wait_exited(pid: u32, limit: Duration) -> bool {
@@ -1174,11 +1178,7 @@ fn a_spare_monitor_serves_the_next_start_and_ends_with_the_daemon() {
         loop {
             let v = children_named(daemon_pid, "bivy-spare");
             // Asleep once named: it has said it is ready and waits for a start.
-            let asleep = |pid: u32| {
-                std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('S')))
-            };
-            if v.len() == 1 && asleep(v[0]) {
+            if v.len() == 1 && proc_state(v[0]) == Some('S') {
                 return v[0];
             }
             assert!(v.len() < 2, "two spares: {v:?}");

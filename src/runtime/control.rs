@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::chan::{self, Msg};
 use super::helper::{
-    dup_inheritable, err, helper_command, live_pid, live_pidfd, replace_file, wait_pidfd,
+    err, helper_command, live_pid, live_pidfd, replace_file, spawn_with_socket, wait_pidfd,
 };
 use super::{confine, criu, files, Error, ExitInfo, Result, Spec, State, StopMode};
 use crate::sys;
@@ -32,22 +32,15 @@ struct Spare {
 
 static SPARE: std::sync::Mutex<Option<Spare>> = std::sync::Mutex::new(None);
 
-/// Spawn a monitor whose status socket end is the only fd it keeps (dup'd without CLOEXEC so it
-/// survives exec; its number goes on the command line): for `run_dir`, or `--spare`. Its
-/// stdout and stderr are `log` (the spare's are empty until it is given one).
+/// Spawn a monitor whose status socket end is the only fd it keeps (see [`spawn_with_socket`]):
+/// for `run_dir`, or `--spare`. Its stdout and stderr are `log` (the spare's are empty until it
+/// is given one).
 fn spawn_monitor(
     run_dir: &std::ffi::OsStr,
     log: Option<&fs::File>,
 ) -> Result<(OwnedFd, std::process::Child)> {
-    let (ours, theirs) = chan::pair()?;
-    // dup() gives a copy without CLOEXEC; the original is closed now so only the child holds an end.
-    let inherit = dup_inheritable(&theirs)?;
-    drop(theirs);
     let mut cmd = helper_command("bivy-monitor")?;
-    cmd.arg("__monitor")
-        .arg(run_dir)
-        .arg(inherit.as_raw_fd().to_string())
-        .stdin(Stdio::null());
+    cmd.arg("__monitor").stdin(Stdio::null());
     match log {
         Some(f) => {
             let dup = |f: &fs::File| f.try_clone().map_err(|e| Error(format!("dup log: {e}")));
@@ -57,10 +50,7 @@ fn spawn_monitor(
             cmd.stdout(Stdio::null()).stderr(Stdio::null());
         }
     }
-    let child = cmd
-        .spawn()
-        .map_err(|e| Error(format!("spawn monitor: {e}")))?;
-    Ok((ours, child))
+    spawn_with_socket(cmd, "monitor", run_dir)
 }
 
 /// The spare monitor, told to start in `run_dir` with `log` as its output; None when there is

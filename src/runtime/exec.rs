@@ -20,7 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use super::chan::{self, Msg};
 use super::control::read_spec;
-use super::helper::{dup_inheritable, helper_command, live_pidfd};
+use super::helper::{
+    dup_inheritable, helper_command, inherited_socket, live_pidfd, spawn_with_socket,
+};
 use super::{confine, files, init, Error, ExecSpec, ExecStdio, Result, RootfsMode, State};
 use crate::sys;
 
@@ -258,20 +260,12 @@ pub(crate) fn listen(run_dir: &Path) -> Result<OwnedFd> {
 
 /// Spawn a `bivy __exec` helper as the waiter; our end of its socket and its pid.
 fn spawn_helper(run_dir: &Path) -> Result<(OwnedFd, Option<i32>)> {
-    let (ours, theirs) = chan::pair()?;
-    // dup() gives a copy without CLOEXEC; the original is closed now so only the child holds an end.
-    let inherit = dup_inheritable(&theirs)?;
-    drop(theirs);
     let mut cmd = helper_command("bivy-exec")?;
     cmd.arg("__exec")
-        .arg(run_dir)
-        .arg(inherit.as_raw_fd().to_string())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    let child = cmd
-        .spawn()
-        .map_err(|e| Error(format!("spawn exec helper: {e}")))?;
+    let (ours, child) = spawn_with_socket(cmd, "exec helper", run_dir.as_os_str())?;
     Ok((ours, Some(child.id() as i32)))
 }
 
@@ -288,28 +282,9 @@ pub(crate) struct Target<'a> {
 
 /// `bivy __exec <run_dir> <sock_fd>`; the request arrives on the socket.
 pub fn helper(args: &[String]) -> ! {
-    let (Some(run_dir), Some(fd)) = (
-        args.first(),
-        args.get(1).and_then(|f| f.parse::<i32>().ok()),
-    ) else {
-        eprintln!("usage: bivy __exec RUN_DIR SOCK_FD");
-        std::process::exit(2)
-    };
-    if fd < 3 {
-        eprintln!("bivy exec: socket fd {fd} collides with stdio");
-        std::process::exit(2)
-    }
-    let _ = sys::close_range(3, fd as u32 - 1, false);
-    let _ = sys::close_range_from(fd as u32 + 1, false);
-    let sock = match sys::own_inherited_fd(fd) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("bivy exec: socket fd {fd}: {e}");
-            std::process::exit(2)
-        }
-    };
+    let (run_dir, sock) = inherited_socket(args, "exec");
     let _ = nix::sys::prctl::set_name(c"bivy-exec");
-    let run_dir = Path::new(run_dir);
+    let run_dir = Path::new(&run_dir);
     let target = || -> Result<(super::Spec, Option<String>, confine::Seccomp, OwnedFd)> {
         let spec = read_spec(run_dir)?;
         let label = std::fs::read_to_string(run_dir.join(files::LABEL)).ok();

@@ -75,6 +75,51 @@ pub(crate) fn helper_command(arg0: &str) -> Result<Command> {
     Ok(c)
 }
 
+/// Spawn `cmd` (a [`helper_command`] with its verb; `what` names it in an error) with `run_dir`
+/// and the number of its end of a new socket pair appended: that end is the one fd it inherits
+/// besides stdio (dup'd without CLOEXEC so it survives exec; the original is closed at once, so
+/// only the child holds it). Our end and the child.
+pub(crate) fn spawn_with_socket(
+    mut cmd: Command,
+    what: &str,
+    run_dir: &std::ffi::OsStr,
+) -> Result<(OwnedFd, std::process::Child)> {
+    let (ours, theirs) = super::chan::pair()?;
+    let inherit = dup_inheritable(&theirs)?;
+    drop(theirs);
+    cmd.arg(run_dir).arg(inherit.as_raw_fd().to_string());
+    let child = cmd
+        .spawn()
+        .map_err(|e| Error(format!("spawn {what}: {e}")))?;
+    Ok((ours, child))
+}
+
+/// A helper's side of [`spawn_with_socket`]: `args` are `<run_dir> <fd>`; every other inherited
+/// fd but stdio is closed (CVE-2024-21626 style leaks) and the socket is ours. Exits with code 2
+/// (`who` names it in the message) when the arguments are not that.
+pub(crate) fn inherited_socket(args: &[String], who: &str) -> (String, OwnedFd) {
+    let (Some(run_dir), Some(fd)) = (
+        args.first(),
+        args.get(1).and_then(|f| f.parse::<i32>().ok()),
+    ) else {
+        eprintln!("usage: bivy __{who} RUN_DIR SOCK_FD");
+        std::process::exit(2)
+    };
+    if fd < 3 {
+        eprintln!("bivy {who}: socket fd {fd} collides with stdio");
+        std::process::exit(2)
+    }
+    let _ = sys::close_range(3, fd as u32 - 1, false);
+    let _ = sys::close_range_from(fd as u32 + 1, false);
+    match sys::own_inherited_fd(fd) {
+        Ok(s) => (run_dir.clone(), s),
+        Err(e) => {
+            eprintln!("bivy {who}: socket fd {fd}: {e}");
+            std::process::exit(2)
+        }
+    }
+}
+
 /// Field 22 of /proc/PID/stat (start time in clock ticks since boot): with the pid it names one
 /// process for the lifetime of the system (pid reuse gives another start time).
 pub(crate) fn proc_starttime(pid: i32) -> Option<u64> {

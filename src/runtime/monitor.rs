@@ -30,7 +30,7 @@ use nix::unistd::Pid;
 
 use super::chan::{self, Msg};
 use super::control::read_spec;
-use super::helper::{err, replace_file, trace, write_pidfile};
+use super::helper::{err, inherited_socket, replace_file, trace, write_pidfile};
 use super::{
     confine, criu, disks, exec, files, init, rootfs, userns, Error, ExitInfo, Result, RootfsMode,
     Spec,
@@ -40,27 +40,8 @@ use crate::util::fs::atomic_write;
 
 /// `bivy __monitor <run_dir> <status_fd>`.
 pub fn helper(args: &[String]) -> ! {
-    let (Some(run_dir), Some(fd)) = (
-        args.first(),
-        args.get(1).and_then(|f| f.parse::<i32>().ok()),
-    ) else {
-        eprintln!("usage: bivy __monitor RUN_DIR STATUS_FD");
-        std::process::exit(2)
-    };
     // 1. Close every inherited fd except stdio and the status socket (CVE-2024-21626 style leaks).
-    if fd < 3 {
-        eprintln!("bivy monitor: status fd {fd} collides with stdio");
-        std::process::exit(2)
-    }
-    let _ = sys::close_range(3, fd as u32 - 1, false);
-    let _ = sys::close_range_from(fd as u32 + 1, false);
-    let status = match sys::own_inherited_fd(fd) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("bivy monitor: status fd {fd}: {e}");
-            std::process::exit(2)
-        }
-    };
+    let (run_dir, status) = inherited_socket(args, "monitor");
     // 1b. A spare (`--spare`, made ahead of a start): wait for the run directory and the log
     //     (our stdout and stderr from now on); the end of the socket means it is not needed.
     let run_dir = if run_dir == "--spare" {
@@ -81,7 +62,7 @@ pub fn helper(args: &[String]) -> ! {
             _ => std::process::exit(0),
         }
     } else {
-        run_dir.clone()
+        run_dir
     };
     // 2. Daemonize: the first process exits (start() reaps it), the second one is orphaned away from
     //    the daemon and leads its own session, so it survives the daemon and its terminal.
