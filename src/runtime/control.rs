@@ -25,8 +25,7 @@ use crate::util::fs::atomic_write;
 struct Spare {
     sock: OwnedFd,
     child: std::process::Child,
-    /// It said it waits (it is made at idle priority, so that its start-up takes no CPU from
-    /// the start just done; it takes back the normal one before it says so).
+    /// It said it waits.
     ready: bool,
 }
 
@@ -91,7 +90,7 @@ fn take_spare(run_dir: &Path, log: &fs::File) -> Option<(OwnedFd, std::process::
 }
 
 /// Make the spare monitor unless there is one (after a start, off the caller's path). The
-/// lock is not held while it is spawned: at idle priority that may take long.
+/// lock is not held while it is spawned.
 fn make_spare() {
     use std::sync::atomic::{AtomicBool, Ordering};
     static MAKING: AtomicBool = AtomicBool::new(false);
@@ -99,9 +98,12 @@ fn make_spare() {
     if have() || MAKING.swap(true, Ordering::AcqRel) {
         return;
     }
-    crate::sys::run_when_idle(true);
+    // Spawned at the normal priority: between its fork and its exec a child holds a copy of
+    // every fd of the daemon, files other threads are writing included, and a container whose
+    // init is such a file could not exec it (ETXTBSY) until then; at idle priority that window
+    // could last as long as the CPUs are busy (a container's start failed so). The spare's own
+    // work before it is ready is its exec.
     let made = spawn_monitor("--spare".as_ref(), None);
-    crate::sys::run_when_idle(false);
     if let Ok((sock, child)) = made {
         if let Ok(mut s) = SPARE.lock() {
             *s = Some(Spare {

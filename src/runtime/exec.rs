@@ -569,7 +569,7 @@ fn child(
     if let Err(x) = sys::close_range_from(3, true) {
         return e("close_range", &x);
     }
-    let Err(x) = nix::unistd::execve(&prog, &argv, &env);
+    let x = sys::execve_when_free(&prog, &argv, &env);
     e(&format!("exec {}", req.argv[0]), &x)
 }
 

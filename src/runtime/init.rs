@@ -139,9 +139,9 @@ fn setup(ctx: &Ctx<'_>, sock: &OwnedFd) -> Result<Never, Error> {
     sys::reset_signals();
 
     super::helper::trace(ctx.t0, "child step 8");
-    // 8. seccomp last: after it only execve runs.
+    // 8. seccomp last: after it only execve runs (tried again while the file is busy).
     confine::seccomp_load(ctx.seccomp)?;
-    let Err(x) = nix::unistd::execve(&argv[0], &argv, &env);
+    let x = sys::execve_when_free(&argv[0], &argv, &env);
     Err(e(&format!("execve {}", spec.init[0]), x))
 }
 

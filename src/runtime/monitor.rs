@@ -46,8 +46,6 @@ pub fn helper(args: &[String]) -> ! {
     //     (our stdout and stderr from now on); the end of the socket means it is not needed.
     let run_dir = if run_dir == "--spare" {
         let _ = nix::sys::prctl::set_name(c"bivy-spare");
-        // Made at idle priority (see control.rs): the normal one back, then ready.
-        sys::run_when_idle(false);
         if chan::send(&status, &Msg::Ready, None).is_err() {
             std::process::exit(0);
         }

@@ -407,6 +407,29 @@ pub fn ignore_signal(sig: libc::c_int) {
     unsafe { libc::signal(sig, libc::SIG_IGN) };
 }
 
+/// `execve`, tried again for up to a second while the file is busy (ETXTBSY: some process
+/// holds it open for writing). The daemon writes container files (a volume copied from its
+/// image, a pushed file) on one thread while another forks a helper: until that child execs,
+/// it holds a copy of every fd, the written file's too. That passes in microseconds, but a
+/// busy CPU can stretch it; a file kept open for writing still fails after the second.
+/// Returns only on failure.
+pub fn execve_when_free(
+    prog: &std::ffi::CStr,
+    argv: &[CString],
+    env: &[CString],
+) -> nix::errno::Errno {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    let mut pause = std::time::Duration::from_micros(200);
+    loop {
+        let Err(e) = nix::unistd::execve(prog, argv, env);
+        if e != nix::errno::Errno::ETXTBSY || std::time::Instant::now() >= deadline {
+            return e;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(50));
+    }
+}
+
 /// `_exit(code)`: leave a forked child without running atexit handlers or flushing std buffers.
 pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit never returns and has no preconditions.
@@ -479,5 +502,47 @@ mod tests {
             Some((0x7ffc_0000_0000, 0x7ffc_0001_0000, "rw-p", ""))
         );
         assert_eq!(super::maps_line("garbage"), None);
+    }
+
+    /// A program held open for writing a moment longer than the exec is tried runs once it is
+    /// let go; one held longer than a second gives ETXTBSY.
+    #[test]
+    fn an_exec_waits_while_its_file_is_busy_for_a_moment() {
+        use std::ffi::CString;
+        use std::os::unix::fs::PermissionsExt;
+        let dir = crate::util::tempdir::TempDir::new("execbusy");
+        let prog = dir.path().join("true");
+        std::fs::copy("/bin/true", &prog).expect("copy /bin/true");
+        std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let path = CString::new(prog.to_str().expect("utf-8")).expect("path");
+        let argv = [CString::new("true").expect("argv")];
+        let run = |held: std::time::Duration| -> i32 {
+            let w = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&prog)
+                .expect("open for writing");
+            // The child only closes its copy, sleeps and execs: nothing that allocates or locks.
+            match super::fork().expect("fork") {
+                0 => {
+                    drop(w);
+                    let e = super::execve_when_free(&path, &argv, &[]);
+                    super::exit_now(if e == nix::errno::Errno::ETXTBSY {
+                        7
+                    } else {
+                        8
+                    })
+                }
+                pid => {
+                    std::thread::sleep(held);
+                    drop(w);
+                    match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None) {
+                        Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => code,
+                        other => panic!("child: {other:?}"),
+                    }
+                }
+            }
+        };
+        assert_eq!(run(std::time::Duration::from_millis(100)), 0);
+        assert_eq!(run(std::time::Duration::from_millis(1500)), 7);
     }
 }
