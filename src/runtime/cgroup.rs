@@ -97,6 +97,7 @@ pub fn set_favor_dynmods(on: bool) -> Result<()> {
 mod bpf;
 mod devices;
 mod io;
+mod kept;
 
 pub use devices::DEFAULT_DEVICES;
 
@@ -194,10 +195,9 @@ fn read(path: &Path) -> Result<String> {
         .map_err(|e| io_err("reading", path, e))
 }
 
-/// A counter file: `None` when it does not exist (the host does not count it), an error when it
-/// exists but cannot be read or parsed.
-fn stat_u64(path: &Path) -> Result<Option<u64>> {
-    match crate::util::fs::read_one_piece(path) {
+/// A single-number file's value from its text as read: `None` when the file does not exist.
+fn parse_u64(path: &Path, text: std::io::Result<String>) -> Result<Option<u64>> {
+    match text {
         Ok(t) => t
             .trim()
             .parse()
@@ -208,15 +208,12 @@ fn stat_u64(path: &Path) -> Result<Option<u64>> {
     }
 }
 
-/// `key value` lines (cpu.stat, memory.stat, cgroup.events).
-fn read_keyed(path: &Path, key: &str) -> Option<u64> {
-    crate::util::fs::read_one_piece(path)
-        .ok()?
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(' ')?;
-            (k == key).then(|| v.trim().parse().ok()).flatten()
-        })
+/// The value of `key` in `key value` lines (cpu.stat, memory.stat, cgroup.events).
+fn keyed(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
 }
 
 /// Poll `done` with a short, growing interval (50 µs doubling to 5 ms) until it holds or `limit` passes.
@@ -481,6 +478,11 @@ impl Cgroup {
     }
 
     /// Whether the cgroup of container `name` is frozen (false when it does not exist).
+    /// Let go of the files kept open of cgroups that were removed (see `kept`).
+    pub fn release_removed() {
+        kept::sweep();
+    }
+
     pub fn is_frozen_named(name: &str) -> bool {
         Cgroup::paths(name).is_ok_and(|c| c.is_frozen())
     }
@@ -700,15 +702,22 @@ impl Cgroup {
 
     /// Whether the cgroup is (completely) frozen.
     pub fn is_frozen(&self) -> bool {
-        // `frozen` is in cgroup.events on the kernels with cgroup.freeze (5.2+).
+        // `frozen` is in cgroup.events on the kernels with cgroup.freeze (5.2+). Both read
+        // through kept files, as the usage figures (listings ask each running container).
         if let Some(d) = self.unified.as_ref().filter(|_| self.v2_core) {
-            if let Some(v) = read_keyed(&d.join("cgroup.events"), "frozen") {
+            let events = kept::read(&self.name, &d.join("cgroup.events"));
+            if let Some(v) = events.ok().and_then(|t| keyed(&t, "frozen")) {
                 return v == 1;
             }
         }
         self.v1_dir("freezer")
-            .and_then(|d| fs::read_to_string(d.join("freezer.state")).ok())
+            .and_then(|d| kept::read(&self.name, &d.join("freezer.state")).ok())
             .is_some_and(|s| s.trim() == "FROZEN")
+    }
+
+    /// A single-number file's value through a kept file (`None`: no such file).
+    fn kept_u64(&self, path: &Path) -> Result<Option<u64>> {
+        parse_u64(path, kept::read(&self.name, path))
     }
 
     /// SIGKILL every process in the cgroup and its sub-cgroups, and wait (up to 5 s) until they
@@ -773,40 +782,47 @@ impl Cgroup {
 
     /// Usage figures: `None` for what this host does not count (the file does not exist); a
     /// file that exists but cannot be read or parsed is an error, never a zero.
+    /// Read through files kept open between calls (`kept`): listings read every running
+    /// container's.
     pub fn stats(&self) -> Result<Stats> {
         let mut s = Stats::default();
         if let Some((d, v2)) = self.ctrl("memory") {
             if v2 {
-                s.memory_usage = stat_u64(&d.join("memory.current"))?;
-                s.memory_peak = stat_u64(&d.join("memory.peak"))?;
-                s.swap_usage = stat_u64(&d.join("memory.swap.current"))?;
-                s.swap_peak = stat_u64(&d.join("memory.swap.peak"))?;
+                s.memory_usage = self.kept_u64(&d.join("memory.current"))?;
+                s.memory_peak = self.kept_u64(&d.join("memory.peak"))?;
+                s.swap_usage = self.kept_u64(&d.join("memory.swap.current"))?;
+                s.swap_peak = self.kept_u64(&d.join("memory.swap.peak"))?;
             } else {
-                s.memory_usage = stat_u64(&d.join("memory.usage_in_bytes"))?;
-                s.memory_peak = stat_u64(&d.join("memory.max_usage_in_bytes"))?;
+                s.memory_usage = self.kept_u64(&d.join("memory.usage_in_bytes"))?;
+                s.memory_peak = self.kept_u64(&d.join("memory.max_usage_in_bytes"))?;
                 // memsw counts memory + swap.
-                let memsw = stat_u64(&d.join("memory.memsw.usage_in_bytes"))?;
+                let memsw = self.kept_u64(&d.join("memory.memsw.usage_in_bytes"))?;
                 s.swap_usage = memsw
                     .zip(s.memory_usage)
                     .map(|(sw, m)| sw.saturating_sub(m));
-                let memsw_peak = stat_u64(&d.join("memory.memsw.max_usage_in_bytes"))?;
+                let memsw_peak = self.kept_u64(&d.join("memory.memsw.max_usage_in_bytes"))?;
                 s.swap_peak = memsw_peak
                     .zip(s.memory_peak)
                     .map(|(sw, m)| sw.saturating_sub(m));
             }
         }
         if let Some(d) = self.v1_dir("cpuacct") {
-            s.cpu_ns = stat_u64(&d.join("cpuacct.usage"))?;
+            s.cpu_ns = self.kept_u64(&d.join("cpuacct.usage"))?;
         } else if let Some(d) = &self.unified {
             let p = d.join("cpu.stat");
-            if p.exists() {
-                let usec = read_keyed(&p, "usage_usec")
-                    .ok_or_else(|| Error(format!("cgroup: no usage_usec in {}", p.display())))?;
-                s.cpu_ns = Some(usec * 1000);
+            match kept::read(&self.name, &p) {
+                Ok(text) => {
+                    let usec = keyed(&text, "usage_usec").ok_or_else(|| {
+                        Error(format!("cgroup: no usage_usec in {}", p.display()))
+                    })?;
+                    s.cpu_ns = Some(usec * 1000);
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("reading", &p, e)),
             }
         }
         s.processes = match self.ctrl("pids") {
-            Some((d, _)) => stat_u64(&d.join("pids.current"))?.ok_or_else(|| {
+            Some((d, _)) => self.kept_u64(&d.join("pids.current"))?.ok_or_else(|| {
                 Error(format!(
                     "cgroup: {} missing",
                     d.join("pids.current").display()
@@ -821,6 +837,7 @@ impl Cgroup {
     /// killed tasks are still exiting: that is retried, polling, for up to 2 s per directory.
     /// Missing directories are fine; the shared `bivy` parents stay.
     pub fn remove(&self) -> Result<()> {
+        kept::forget(&self.name);
         let mut first_err = None;
         for d in self.dirs() {
             if let Err(e) = rmdir_tree(d) {

@@ -101,6 +101,11 @@ pub fn cgroup_set_limits(name: &str, limits: &Limits) -> Result<()> {
     cgroup::Cgroup::open(name)?.set_limits(limits)
 }
 
+/// Let go of what the usage reads keep of cgroups that were removed.
+pub fn cgroup_release_removed() {
+    cgroup::Cgroup::release_removed()
+}
+
 pub fn cgroup_stats(name: &str) -> Result<Stats> {
     cgroup::Cgroup::stats_named(name)
 }

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use super::chan::{self, Msg};
 use super::helper::{
-    err, helper_command, live_pid, live_pidfd, replace_file, spawn_with_socket, wait_pidfd,
+    err, helper_command, live_pid, live_pidfd, live_process, replace_file, spawn_with_socket,
+    still_alive, wait_pidfd,
 };
 use super::{confine, criu, files, Error, ExitInfo, Result, Spec, State, StopMode};
 use crate::sys;
@@ -156,11 +157,44 @@ pub fn is_running(run_dir: &Path) -> bool {
     running_pids(run_dir).is_some()
 }
 
-/// The monitor's and init's pids when both are alive (the container runs).
+/// The monitor's and init's pids when both are alive (the container runs). The processes last
+/// read from a run directory's pid files are kept: while both live, the files are not read
+/// again (a pid file is only rewritten for a new monitor or init, after the one before ended;
+/// a listing asks for every running container each time).
 fn running_pids(run_dir: &Path) -> Option<(i32, i32)> {
-    let monitor = live_pid(&run_dir.join(files::MONITOR_PID))?;
-    let init = live_pid(&run_dir.join(files::INIT_PID))?;
-    Some((monitor, init))
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    type Pair = [(i32, u64); 2];
+    static LAST: Mutex<Option<HashMap<PathBuf, Pair>>> = Mutex::new(None);
+    let last = || LAST.lock().unwrap_or_else(|p| p.into_inner());
+    let cached = last().as_ref().and_then(|m| m.get(run_dir).copied());
+    if let Some([monitor, init]) = cached {
+        if still_alive(monitor) && still_alive(init) {
+            return Some((monitor.0, init.0));
+        }
+    }
+    let read = || {
+        let monitor = live_process(&run_dir.join(files::MONITOR_PID))?;
+        let init = live_process(&run_dir.join(files::INIT_PID))?;
+        Some([monitor, init])
+    };
+    let now = read();
+    let mut g = last();
+    let map = g.get_or_insert_with(HashMap::new);
+    match now {
+        Some(pair) => {
+            // Bounded: entries of instances long gone go with the rest now and then.
+            if map.len() >= 4096 {
+                map.clear();
+            }
+            map.insert(run_dir.to_path_buf(), pair);
+            Some((pair[0].0, pair[1].0))
+        }
+        None => {
+            map.remove(run_dir);
+            None
+        }
+    }
 }
 
 /// The cgroup name of the container whose monitor is `monitor_pid` (found running): from its

@@ -166,11 +166,21 @@ pub(crate) fn write_pidfile(path: &Path, pid: i32) -> Result<()> {
 
 /// The pid in a pidfile if that very process (same start time) is still alive.
 pub(crate) fn live_pid(path: &Path) -> Option<i32> {
+    live_process(path).map(|(pid, _)| pid)
+}
+
+/// The pid and start time in a pidfile if that very process is still alive.
+pub(crate) fn live_process(path: &Path) -> Option<(i32, u64)> {
     let s = crate::util::fs::read_one_piece(path).ok()?;
     let mut it = s.split_whitespace();
     let pid: i32 = it.next()?.parse().ok()?;
     let st: u64 = it.next()?.parse().ok()?;
-    alive(pid, st).then_some(pid)
+    alive(pid, st).then_some((pid, st))
+}
+
+/// Whether the process `pid` that started at `st` is alive (see [`alive`]).
+pub(crate) fn still_alive((pid, st): (i32, u64)) -> bool {
+    alive(pid, st)
 }
 
 /// Processes pinned by a pidfd (see [`alive`]), and the table's size at which it is next swept

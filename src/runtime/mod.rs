@@ -497,10 +497,22 @@ pub fn is_running(run_dir: &Path) -> bool {
     control::is_running(run_dir)
 }
 
-/// Let go of what the runtime keeps of processes that have ended (the pidfds that answer
-/// whether a container's monitor and init are alive): called as a container's monitor ends.
+/// Let go of what the runtime keeps of processes that have ended and cgroups that were
+/// removed (the pidfds that answer whether a container's monitor and init are alive, the
+/// cgroup files its usage figures are read from): called as a container's monitor ends.
 pub fn release_ended() {
-    helper::release_ended()
+    helper::release_ended();
+    confine::cgroup_release_removed();
+    ENDED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+static ENDED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many times [`release_ended`] ran: what a caller keeps of running containers by pid
+/// (a container's namespace id, say) is good while this stays the same (no monitor ended, so
+/// no pid of theirs was let go).
+pub fn ended_count() -> u64 {
+    ENDED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Whether a killed monitor left its container's cgroup and pidfiles behind (see
