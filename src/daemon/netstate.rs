@@ -20,12 +20,13 @@ use nix::net::if_::InterfaceFlags;
 use crate::api::{InstanceStateNetwork, InstanceStateNetworkAddress, InstanceStateNetworkCounters};
 use crate::net::netlink::{Addr, Link, Netlink};
 
-/// The interfaces in the network namespace of `pid`, by name.
+/// The interfaces in the network namespace of `pid` (a running container's init), by name.
 pub fn of_pid(pid: i32) -> io::Result<BTreeMap<String, InstanceStateNetwork>> {
     thread_local! {
         static NL: std::cell::OnceCell<Netlink> = const { std::cell::OnceCell::new() };
     }
     let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    let inode = std::os::unix::fs::MetadataExt::ino(&ns.metadata()?);
     NL.with(|cell| {
         let nl = match cell.get() {
             Some(nl) => nl,
@@ -34,9 +35,42 @@ pub fn of_pid(pid: i32) -> io::Result<BTreeMap<String, InstanceStateNetwork>> {
                 cell.get().expect("just set")
             }
         };
-        let id = nl.nsid(std::os::fd::AsFd::as_fd(&ns))?;
+        let id = match known_nsid(pid, inode) {
+            Some(id) => id,
+            None => {
+                let id = nl.nsid(std::os::fd::AsFd::as_fd(&ns))?;
+                remember_nsid(pid, inode, id);
+                id
+            }
+        };
         Ok(from_netlink(&nl.links_of(id)?, &nl.addrs_of(id)?))
     })
+}
+
+/// Namespace ids already asked for, by (init pid, namespace inode), and the
+/// `runtime::ended_count` they were asked at. A namespace keeps its id in ours while it lives;
+/// an init that still has that pid and that namespace, with no monitor ended since (so no init
+/// let its pid go), is in that very namespace. Saves the kernel a request per container and
+/// listing.
+type Nsids = (u64, std::collections::HashMap<(i32, u64), i32>);
+
+fn nsids() -> std::sync::MutexGuard<'static, Nsids> {
+    static NSIDS: std::sync::LazyLock<std::sync::Mutex<Nsids>> =
+        std::sync::LazyLock::new(Default::default);
+    let mut g = NSIDS.lock().unwrap_or_else(|p| p.into_inner());
+    let now = crate::runtime::ended_count();
+    if g.0 != now || g.1.len() >= 4096 {
+        *g = (now, Default::default());
+    }
+    g
+}
+
+fn known_nsid(pid: i32, inode: u64) -> Option<i32> {
+    nsids().1.get(&(pid, inode)).copied()
+}
+
+fn remember_nsid(pid: i32, inode: u64, id: i32) {
+    nsids().1.insert((pid, inode), id);
 }
 
 /// The interfaces of the daemon's own network namespace (the host's), with counters.

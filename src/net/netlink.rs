@@ -265,32 +265,22 @@ impl Netlink {
     }
 
     /// Receives one whole datagram, however large.
-    fn recv_datagram(&self, buf: &mut Vec<u8>, what: &str) -> io::Result<usize> {
-        let io_err = |err: nix::Error| {
-            let err = io::Error::from(err);
-            let text = if err.kind() == io::ErrorKind::WouldBlock {
-                format!("{what}: no reply from the kernel in {REPLY_TIMEOUT_SECS}s")
-            } else {
-                format!("{what}: receiving the reply: {err}")
-            };
-            io::Error::new(err.kind(), text)
-        };
+    /// One datagram into `buf`, in one receive: its whole size when it did not fit (then
+    /// `buf` holds only its start; the caller grows `buf` and asks again).
+    fn recv_datagram(&self, buf: &mut [u8], what: &str) -> io::Result<usize> {
         loop {
-            let size = socket::recv(
-                self.fd.as_raw_fd(),
-                &mut buf[..],
-                MsgFlags::MSG_PEEK | MsgFlags::MSG_TRUNC,
-            );
-            let size = match size {
+            match socket::recv(self.fd.as_raw_fd(), buf, MsgFlags::MSG_TRUNC) {
                 Err(nix::Error::EINTR) => continue,
-                r => r.map_err(io_err)?,
-            };
-            if size > buf.len() {
-                buf.resize(size, 0);
-            }
-            match socket::recv(self.fd.as_raw_fd(), &mut buf[..], MsgFlags::empty()) {
-                Err(nix::Error::EINTR) => continue,
-                r => return r.map_err(io_err),
+                Err(err) => {
+                    let err = io::Error::from(err);
+                    let text = if err.kind() == io::ErrorKind::WouldBlock {
+                        format!("{what}: no reply from the kernel in {REPLY_TIMEOUT_SECS}s")
+                    } else {
+                        format!("{what}: receiving the reply: {err}")
+                    };
+                    return Err(io::Error::new(err.kind(), text));
+                }
+                Ok(n) => return Ok(n),
             }
         }
     }
@@ -313,12 +303,31 @@ impl Netlink {
                 Ok(_) => break,
             }
         }
-        let mut buf = vec![0u8; 32 * 1024];
+        // The receive buffer, one per thread: 64 KiB, twice the most the kernel puts in one
+        // dump datagram unless a single message is larger. A datagram that did not fit grows
+        // it and makes the reply "interrupted": its whole messages are read, the rest of the
+        // reply too, and a dump is asked again.
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 64 * 1024]);
+        }
+        BUF.with_borrow_mut(|buf| self.collect(seq, buf, what))
+    }
+
+    /// The reply to request `seq` (see [`Netlink::exchange`]).
+    fn collect(&self, seq: u32, buf: &mut Vec<u8>, what: &str) -> io::Result<Option<Reply>> {
         let mut out = Vec::new();
         let mut interrupted = false;
         loop {
-            let n = self.recv_datagram(&mut buf, what)?;
-            for m in parse_messages(&buf[..n]).map_err(|x| annotate(what, x))? {
+            let size = self.recv_datagram(buf, what)?;
+            let got = if size > buf.len() {
+                interrupted = true;
+                let n = whole_messages(buf).len();
+                buf.resize(size, 0);
+                n
+            } else {
+                size
+            };
+            for m in parse_messages(&buf[..got]).map_err(|x| annotate(what, x))? {
                 if m.seq != seq || m.pid != self.pid {
                     continue; // a late reply to an earlier request
                 }

@@ -393,6 +393,19 @@ pub fn parse_messages(buf: &[u8]) -> io::Result<Vec<NlMsg<'_>>> {
     Ok(out)
 }
 
+/// The start of `buf` that holds only whole messages (of a datagram cut short).
+pub fn whole_messages(buf: &[u8]) -> &[u8] {
+    let mut at = 0;
+    while buf.len() - at >= NLMSG_HDRLEN {
+        let len = u32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]) as usize;
+        if len < NLMSG_HDRLEN || len > buf.len() - at {
+            break;
+        }
+        at += align4(len).min(buf.len() - at);
+    }
+    &buf[..at]
+}
+
 /// The attributes in `buf` as (type without the nested/byte-order flags, payload).
 pub fn parse_attrs(buf: &[u8]) -> io::Result<Vec<(u16, &[u8])>> {
     let mut out = Vec::new();
@@ -620,6 +633,24 @@ pub fn request_error(what: &str, errno: i32, ext: Option<&str>) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_datagram_cut_short_keeps_its_whole_messages() {
+        let mut d = header(16, 0, 1, 2, &[1, 2, 3, 4]);
+        let first = d.len();
+        d.extend(header(16, 0, 1, 2, &[5; 12]));
+        let both = d.len();
+        assert_eq!(whole_messages(&d).len(), both);
+        assert_eq!(whole_messages(&d[..both - 1]).len(), first);
+        assert_eq!(whole_messages(&d[..first + 10]).len(), first);
+        assert_eq!(whole_messages(&d[..first - 1]).len(), 0);
+        assert_eq!(
+            parse_messages(whole_messages(&d[..both - 3]))
+                .unwrap()
+                .len(),
+            1
+        );
+    }
 
     fn header(ty: u16, flags: u16, seq: u32, pid: u32, payload: &[u8]) -> Vec<u8> {
         let mut v = Vec::new();
