@@ -103,6 +103,13 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
     if let Err(e) = raise_nofile(1 << 16) {
         eprintln!("bivy: raising the open file limit: {e}");
     }
+    // The daemon keeps descriptors for each running container (its monitor's and init's
+    // pidfds, its usage files): the fd table made big enough for them now, while this is the
+    // only thread, and not grown later by doublings that each wait for an RCU grace period
+    // (10 ms and more each, in the first listing after a start with many running).
+    if let Err(e) = crate::sys::reserve_fds(fd_table_size(&dir.join("run"))) {
+        eprintln!("bivy: sizing the fd table: {e}");
+    }
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
         .map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -304,6 +311,16 @@ fn secure_tree(d: &Daemon) {
         }
     }
     crate::instance::pools::mend_volume_modes(d);
+}
+
+/// Descriptors to make room for at the start: 16 for each container that ran since boot (its
+/// run directory is there), at least 1024, at most the soft limit.
+fn fd_table_size(run: &Path) -> u32 {
+    let ran = std::fs::read_dir(run).map_or(0, |d| d.count());
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft);
+    let want = (ran as u64 * 16).max(1024).next_power_of_two();
+    u32::try_from(want.min(soft)).unwrap_or(1024)
 }
 
 /// Raise the soft limit of open files to `want`, or to the hard limit when that is lower.

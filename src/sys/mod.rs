@@ -407,6 +407,20 @@ pub fn ignore_signal(sig: libc::c_int) {
     unsafe { libc::signal(sig, libc::SIG_IGN) };
 }
 
+/// Grow this process's fd table to hold `n` descriptors now. The kernel grows it by doubling as
+/// descriptors are opened, and each growth in a process with more than one thread waits for an
+/// RCU grace period (10 to 20 ms on this machine's VM) so that no thread still reads the old
+/// table; in a process with one thread it waits for nothing. Call it before threads exist.
+pub fn reserve_fds(n: u32) -> io::Result<()> {
+    if n < 2 {
+        return Ok(());
+    }
+    let base = std::fs::File::open("/")?;
+    let high = nix::fcntl::fcntl(&base, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(n as RawFd - 1))
+        .map_err(io::Error::from)?;
+    nix::unistd::close(high).map_err(io::Error::from)
+}
+
 /// `execve`, tried again for up to a second while the file is busy (ETXTBSY: some process
 /// holds it open for writing). The daemon writes container files (a volume copied from its
 /// image, a pushed file) on one thread while another forks a helper: until that child execs,
@@ -502,6 +516,26 @@ mod tests {
             Some((0x7ffc_0000_0000, 0x7ffc_0001_0000, "rw-p", ""))
         );
         assert_eq!(super::maps_line("garbage"), None);
+    }
+
+    #[test]
+    fn the_fd_table_is_grown_ahead() {
+        let size = || {
+            std::fs::read_to_string("/proc/self/status")
+                .unwrap()
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("FDSize:")
+                        .map(|v| v.trim().parse::<u32>().unwrap())
+                })
+                .unwrap()
+        };
+        let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .unwrap()
+            .0;
+        let want = 4096.min(limit as u32);
+        super::reserve_fds(want).unwrap();
+        assert!(size() >= want, "FDSize {} < {want}", size());
     }
 
     /// A program held open for writing a moment longer than the exec is tried runs once it is
