@@ -38,19 +38,48 @@ pub(crate) fn sealed_exe() -> Result<&'static OwnedFd> {
     let src = std::env::var_os("BIVY_EXE")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
-    let mut from = File::open(&src).map_err(|e| err("open", &src, e))?;
-    use rustix::fs::{MemfdFlags, SealFlags};
+    // Sealing against writes fails with EBUSY while the kernel still holds some page of the
+    // copy (seen once under load, after the kernel's own 150 ms of waiting): asked again a few
+    // times, then with a fresh copy.
+    let mut last = None;
+    for _ in 0..3 {
+        let to = copy_into_memfd(&src)?;
+        for pause_ms in [0, 20, 80, 200] {
+            std::thread::sleep(Duration::from_millis(pause_ms));
+            match seal(&to) {
+                Ok(()) => {
+                    let _ = EXE.set(OwnedFd::from(to));
+                    return Ok(EXE.get().expect("just set"));
+                }
+                Err(e) if e == rustix::io::Errno::BUSY => last = Some(e),
+                Err(e) => return Err(Error(format!("seal memfd: {e}"))),
+            }
+        }
+    }
+    Err(Error(format!(
+        "seal memfd: {} (the kernel kept a page of the copy busy)",
+        last.map_or_else(String::new, |e| e.to_string())
+    )))
+}
+
+/// A new memfd (sealable, close-on-exec) holding a copy of the file `src`.
+fn copy_into_memfd(src: &Path) -> Result<File> {
+    use rustix::fs::MemfdFlags;
+    let mut from = File::open(src).map_err(|e| err("open", src, e))?;
     let memfd = rustix::fs::memfd_create("bivy", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
         .map_err(|e| Error(format!("memfd_create: {e}")))?;
     let mut to = File::from(memfd);
-    std::io::copy(&mut from, &mut to).map_err(|e| err("copy into memfd", &src, e))?;
+    std::io::copy(&mut from, &mut to).map_err(|e| err("copy into memfd", src, e))?;
+    Ok(to)
+}
+
+/// Seal a memfd against every change.
+fn seal(f: &File) -> rustix::io::Result<()> {
+    use rustix::fs::SealFlags;
     rustix::fs::fcntl_add_seals(
-        &to,
+        f,
         SealFlags::SEAL | SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE,
     )
-    .map_err(|e| Error(format!("seal memfd: {e}")))?;
-    let _ = EXE.set(OwnedFd::from(to));
-    Ok(EXE.get().expect("just set"))
 }
 
 /// A copy of `fd` without CLOEXEC and numbered 3 or above (so the child's stdio setup cannot
