@@ -49,11 +49,18 @@ pub enum Interim {
 }
 
 impl Interim {
-    pub(super) fn path(self, d: &Ctx, name: &str) -> PathBuf {
-        d.run_dir(name).join(match self {
+    pub(super) const ALL: [Interim; 2] = [Interim::Frozen, Interim::Stopped];
+
+    /// Its record's name in the run directory.
+    pub(super) fn file_name(self) -> &'static str {
+        match self {
             Interim::Frozen => "interim.frozen",
             Interim::Stopped => "interim.stopped",
-        })
+        }
+    }
+
+    pub(super) fn path(self, d: &Ctx, name: &str) -> PathBuf {
+        d.run_dir(name).join(self.file_name())
     }
 
     /// Record the change (durably) before making it.

@@ -609,9 +609,13 @@ pub fn recover(d: &Arc<Ctx>) -> std::io::Result<()> {
             .filter(|(n, r)| r.stateful || with_run_dir.contains(std::ffi::OsStr::new(n.as_str())))
             .map(|(n, _)| n.clone())
             .collect();
-    for n in names {
-        adopt(d, n);
-    }
+    // Each one's files are its own: two threads take them up when there are many.
+    let workers = if names.len() >= 16 {
+        crate::util::par::workers()
+    } else {
+        1
+    };
+    crate::util::par::map(&names, workers, |n| adopt(d, n.clone()));
     Ok(())
 }
 
@@ -619,8 +623,22 @@ pub fn recover(d: &Arc<Ctx>) -> std::io::Result<()> {
 /// half-done on it and, when it runs, listen for its proxy devices and watch it (at start, and
 /// for an instance `recover` brings back).
 pub fn adopt(d: &Arc<Ctx>, n: String) {
-    undo_interim(d, &n);
+    // One read of its run directory says what there is to look at (a daemon's start takes up
+    // every instance that ran since boot; most have nothing left to undo).
+    let mut present = crate::util::fs::names_in(&d.run_dir(&n));
+    let interim = |p: &std::collections::HashSet<std::ffi::OsString>| {
+        Interim::ALL
+            .iter()
+            .any(|i| p.contains(std::ffi::OsStr::new(i.file_name())))
+    };
+    if interim(&present) {
+        undo_interim(d, &n);
+        present = crate::util::fs::names_in(&d.run_dir(&n));
+    }
     super::stateful::recover(d, &n);
+    if !runtime::may_have_monitor(&present) {
+        return;
+    }
     // Stopped: its monitor may have been killed while no daemon ran. (A daemon's start takes
     // up every instance that ran since boot: no exit record is read for the stopped ones.)
     if !runtime::is_running(&d.run_dir(&n)) {

@@ -515,6 +515,14 @@ pub fn ended_count() -> u64 {
     ENDED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Whether a run directory whose entries are `names` (from one directory read) may hold a
+/// running container or a killed monitor's remains: only with its monitor's pid file (a
+/// monitor writes it before anything else and removes it last). Without it, [`is_running`] is
+/// false and [`reap_dead_monitor`] has nothing to do.
+pub fn may_have_monitor(names: &std::collections::HashSet<std::ffi::OsString>) -> bool {
+    names.contains(std::ffi::OsStr::new(files::MONITOR_PID))
+}
+
 /// Whether a killed monitor left its container's cgroup and pidfiles behind (see
 /// [`reap_dead_monitor`]).
 pub fn monitor_left_remains(run_dir: &Path) -> bool {
