@@ -180,6 +180,27 @@ pub fn sync_etag<T: Serialize>(metadata: &T, etag: Option<String>) -> Response {
     r
 }
 
+/// A sync 200 response whose metadata is a list of documents already serialized (each one
+/// JSON text; made on the threads that gathered them, so that a long listing's serialization
+/// is shared too).
+pub fn sync_serialized_list(items: &[Vec<u8>]) -> Response {
+    // The envelope ends with its metadata: `...,"metadata":null}`; the list goes in its place.
+    let mut body = envelope_of("sync", api::status::SUCCESS, "", 0, "", &());
+    let tail = b"null}";
+    debug_assert!(body.ends_with(tail));
+    body.truncate(body.len() - tail.len());
+    body.reserve(items.iter().map(|i| i.len() + 1).sum::<usize>() + 2);
+    body.push(b'[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(item);
+    }
+    body.extend_from_slice(b"]}");
+    Response::json(200, body)
+}
+
 /// A sync 201 with a `Location` header (created objects).
 pub fn created(location: &str) -> Response {
     let body = envelope(
@@ -295,6 +316,28 @@ mod tests {
             v,
             serde_json::json!({"type":"error","status":"","status_code":0,"operation":"","error_code":404,"error":"Instance not found","metadata":null})
         );
+    }
+
+    #[test]
+    fn a_serialized_list_is_the_envelope_of_the_same_list() {
+        let docs = [
+            serde_json::json!({"name": "a\"b"}),
+            serde_json::json!([1, 2]),
+        ];
+        for n in 0..=docs.len() {
+            let items: Vec<Vec<u8>> = docs[..n]
+                .iter()
+                .map(|d| serde_json::to_vec(d).unwrap())
+                .collect();
+            let crate::http::Body::Bytes(got) = sync_serialized_list(&items).body else {
+                panic!("not bytes");
+            };
+            let want = envelope_of("sync", api::status::SUCCESS, "", 0, "", &docs[..n]);
+            assert_eq!(
+                String::from_utf8(got).unwrap(),
+                String::from_utf8(want).unwrap()
+            );
+        }
     }
 
     #[test]
