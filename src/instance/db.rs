@@ -1,7 +1,8 @@
 //! The daemon's persistent state: instances, profiles and server config, in one JSON document
 //! (`$BIVY_DIR/database.json`) replaced atomically on every change. One document makes every
-//! multi-record change (rename, profile edits) atomic without a journal; at LXD's scale
-//! (hundreds of instances) a full rewrite costs well under a millisecond plus the fsync.
+//! multi-record change (rename, profile edits) atomic without a journal. A change costs what
+//! the whole document does: about a millisecond with tens of instances, 10 ms and more with
+//! 1000 (mostly its serialization; written compact, 0.9 KB per instance).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -204,6 +205,8 @@ pub struct Db {
     /// Told of each change around its save (`instance::markers` keeps the pools' record files
     /// with it); none for a bare document.
     watcher: Option<Box<dyn Watcher>>,
+    /// The size of the document last written (to size the next one's buffer).
+    last_len: usize,
 }
 
 /// What follows the document's changes (set with [`Db::watch`]).
@@ -246,6 +249,7 @@ impl Db {
             data,
             unsynced: false,
             watcher: None,
+            last_len: 0,
         })
     }
 
@@ -260,8 +264,12 @@ impl Db {
     }
 
     fn save_as(&mut self, sync: bool) -> std::io::Result<()> {
-        let mut d = serde_json::to_vec_pretty(&self.data).map_err(std::io::Error::other)?;
+        // Compact (900 KB for 1000 instances, 1.14 MB indented) into a buffer the size of the
+        // last document (no regrowth while it is written).
+        let mut d = Vec::with_capacity(self.last_len + self.last_len / 8 + 64);
+        serde_json::to_writer(&mut d, &self.data).map_err(std::io::Error::other)?;
         d.push(b'\n');
+        self.last_len = d.len();
         if sync {
             atomic_write(&self.path, &d)?;
             self.unsynced = false;
@@ -341,6 +349,7 @@ mod tests {
             data: Data::default(),
             unsynced: false,
             watcher: None,
+            last_len: 0,
         };
         assert!(db
             .update(|d| d.config.insert("a".into(), "b".into()))
