@@ -317,10 +317,8 @@ fn secure_tree(d: &Daemon) {
 /// run directory is there), at least 1024, at most the soft limit.
 fn fd_table_size(run: &Path) -> u32 {
     let ran = std::fs::read_dir(run).map_or(0, |d| d.count());
-    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        .map_or(1024, |(soft, _)| soft);
     let want = (ran as u64 * 16).max(1024).next_power_of_two();
-    u32::try_from(want.min(soft)).unwrap_or(1024)
+    u32::try_from(want.min(crate::sys::open_files_limit())).unwrap_or(1024)
 }
 
 /// Raise the soft limit of open files to `want`, or to the hard limit when that is lower.

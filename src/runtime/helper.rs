@@ -267,22 +267,18 @@ fn alive(pid: i32, st: u64) -> bool {
     }
     // A quarter of the fd limit at most: the rest stays for connections, monitors' pidfds
     // and files (past it, answers come from `/proc` as before pinning).
-    if table.len() < pin_limit() {
+    if table.len() < fd_share() {
         table.insert((pid, st), fd);
     }
     true
 }
 
-/// How many processes may be pinned: a quarter of the soft limit of open files (read once;
-/// the daemon raises it to the hard limit at its start, before any is pinned).
-fn pin_limit() -> usize {
-    static LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *LIMIT.get_or_init(|| {
-        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-            .map_or(256, |(soft, _)| {
-                usize::try_from(soft / 4).unwrap_or(usize::MAX)
-            })
-    })
+/// How many fds one of the runtime's kept sets may hold (the pinned processes' pidfds, the
+/// cgroup files kept for usage reads): a quarter of the soft limit of open files (read once;
+/// the daemon raises it to the hard limit at its start, before anything is kept).
+pub(crate) fn fd_share() -> usize {
+    static SHARE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *SHARE.get_or_init(|| usize::try_from(sys::open_files_limit() / 4).unwrap_or(usize::MAX))
 }
 
 /// Let go of the pidfds of pinned processes that have ended.

@@ -407,6 +407,12 @@ pub fn ignore_signal(sig: libc::c_int) {
     unsafe { libc::signal(sig, libc::SIG_IGN) };
 }
 
+/// The soft limit of open files (1024, the kernel's default, when it cannot be read).
+pub fn open_files_limit() -> u64 {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft)
+}
+
 /// Grow this process's fd table to hold `n` descriptors now. The kernel grows it by doubling as
 /// descriptors are opened, and each growth in a process with more than one thread waits for an
 /// RCU grace period (10 to 20 ms on this machine's VM) so that no thread still reads the old

@@ -9,14 +9,15 @@
 //! - A cgroup removed (its container stopped) answers `ENODEV` on its kept files: the read drops
 //!   the cgroup's files and opens the path again, which then fails as a read of a missing file
 //!   would. [`sweep`] (as each monitor ends) lets go of every removed cgroup's files.
-//! - At most a quarter of the open-files limit is kept; past it, files are opened each time.
+//! - At most a quarter of the open-files limit is kept (`helper::fd_share`); past it, files
+//!   are opened each time.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 
 /// A cgroup's kept files by path (`None`: the file does not exist).
 type Files = HashMap<PathBuf, Option<Arc<File>>>;
@@ -34,18 +35,6 @@ fn kept() -> MutexGuard<'static, Kept> {
         })
     });
     KEPT.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// How many files may be kept: a quarter of the open-files limit (read once: the daemon
-/// raises it as it starts).
-fn budget() -> usize {
-    static B: OnceLock<usize> = OnceLock::new();
-    *B.get_or_init(|| {
-        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-            .map_or(256, |(soft, _)| {
-                usize::try_from(soft / 4).unwrap_or(usize::MAX)
-            })
-    })
 }
 
 /// The whole text of `path`, a file of cgroup `cgroup`'s, from a kept file when there is one.
@@ -84,7 +73,7 @@ pub(super) fn read(cgroup: &str, path: &Path) -> io::Result<String> {
 
 fn remember(cgroup: &str, path: &Path, f: Option<Arc<File>>) {
     let mut k = kept();
-    if f.is_some() && k.open >= budget() {
+    if f.is_some() && k.open >= super::super::helper::fd_share() {
         return;
     }
     let files = k.by_cgroup.entry(cgroup.to_string()).or_default();
@@ -97,12 +86,18 @@ fn remember(cgroup: &str, path: &Path, f: Option<Arc<File>>) {
     }
 }
 
+impl Kept {
+    /// Let go of cgroup `cgroup`'s files.
+    fn drop_cgroup(&mut self, cgroup: &str) {
+        if let Some(files) = self.by_cgroup.remove(cgroup) {
+            self.open -= files.values().filter(|f| f.is_some()).count();
+        }
+    }
+}
+
 /// Let go of cgroup `cgroup`'s kept files.
 pub(super) fn forget(cgroup: &str) {
-    let mut k = kept();
-    if let Some(files) = k.by_cgroup.remove(cgroup) {
-        k.open -= files.values().filter(|f| f.is_some()).count();
-    }
+    kept().drop_cgroup(cgroup);
 }
 
 /// Let go of the kept files of every cgroup that was removed (one read each).
@@ -125,9 +120,7 @@ pub(super) fn sweep() {
         .map(|(name, _)| name.clone())
         .collect();
     for name in gone {
-        if let Some(files) = k.by_cgroup.remove(&name) {
-            k.open -= files.values().filter(|f| f.is_some()).count();
-        }
+        k.drop_cgroup(&name);
     }
 }
 
