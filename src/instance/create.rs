@@ -334,7 +334,7 @@ pub fn create_now(d: &Ctx, args: NewInstance<'_>, origin: Origin<'_>) -> Result<
     }
     // A create that starts (`start: true`) is synced with its start's record, or by the
     // operation once the start failed (`Db::sync`), before the operation ends: one sync saved.
-    let insert = |data: &mut super::db::Data| data.instances.insert(name.to_string(), rec);
+    let insert = |data: &mut super::db::Data| data.instances.insert(name.to_string(), rec.into());
     if body.start {
         db.update_unsynced(insert)
     } else {

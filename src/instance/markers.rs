@@ -158,12 +158,33 @@ fn roots(bivy_dir: &Path, data: &Data) -> BTreeMap<String, PathBuf> {
 
 type Key<'a> = (&'a str, &'a str);
 
-fn instances(d: &Data) -> BTreeMap<Key<'_>, (&String, &InstanceRecord)> {
-    crate::util::sort::map(
-        d.instances
-            .iter()
-            .map(|(n, r)| ((r.pool.as_str(), r.volume.as_str()), (n, r))),
-    )
+fn key(r: &InstanceRecord) -> Key<'_> {
+    (r.pool.as_str(), r.volume.as_str())
+}
+
+/// The instances that differ between `a` and `b`: by name, each one's record in `a` and in `b`
+/// (none where it is absent). Records are [`Shared`](crate::util::shared::Shared) between the
+/// two, so the unchanged ones are passed over by a pointer comparison.
+type Changed<'a> = Vec<(
+    &'a String,
+    Option<&'a InstanceRecord>,
+    Option<&'a InstanceRecord>,
+)>;
+
+fn changed_instances<'a>(a: &'a Data, b: &'a Data) -> Changed<'a> {
+    let mut out: Changed<'a> = Vec::new();
+    for (n, ra) in &a.instances {
+        match b.instances.get(n) {
+            Some(rb) if ra == rb => {}
+            rb => out.push((n, Some(&**ra), rb.map(|r| &**r))),
+        }
+    }
+    for (n, rb) in &b.instances {
+        if !a.instances.contains_key(n) {
+            out.push((n, None, Some(&**rb)));
+        }
+    }
+    out
 }
 
 fn volumes(d: &Data) -> BTreeMap<Key<'_>, (&String, &VolumeRecord)> {
@@ -193,14 +214,19 @@ pub fn before_save(bivy_dir: &Path, cur: &Data, next: &Data) {
         return;
     }
     let roots = roots(bivy_dir, cur);
-    let (ni, nv) = (instances(next), volumes(next));
-    for ((pool, vol), _) in instances(cur) {
-        if !ni.contains_key(&(pool, vol)) {
+    // A volume whose record changed only (or moved to another name) keeps its file: the
+    // records that take a volume over are among the changed ones too.
+    let changed = changed_instances(cur, next);
+    let kept: HashSet<Key> = changed.iter().filter_map(|c| c.2.map(key)).collect();
+    for rec in changed.iter().filter_map(|c| c.1) {
+        let k @ (pool, vol) = key(rec);
+        if !kept.contains(&k) {
             if let Some(root) = roots.get(pool) {
                 remove(&instance_file(root, vol));
             }
         }
     }
+    let nv = volumes(next);
     for ((pool, vol), _) in volumes(cur) {
         if !nv.contains_key(&(pool, vol)) {
             if let Some(root) = roots.get(pool) {
@@ -225,14 +251,14 @@ pub fn after_save(bivy_dir: &Path, prev: &Data, next: &Data) {
         return;
     }
     let roots = roots(bivy_dir, next);
-    let (pi, pv) = (instances(prev), volumes(prev));
-    for (key @ (pool, vol), (name, rec)) in instances(next) {
-        if pi.get(&key) != Some(&(name, rec)) {
-            if let Some(root) = roots.get(pool) {
-                write(&instance_file(root, vol), &marker_of(name, rec));
+    for (name, _, rec) in changed_instances(prev, next) {
+        if let Some(rec) = rec {
+            if let Some(root) = roots.get(&rec.pool) {
+                write(&instance_file(root, &rec.volume), &marker_of(name, rec));
             }
         }
     }
+    let pv = volumes(prev);
     for (key @ (pool, vol), (name, rec)) in volumes(next) {
         if pv.get(&key) != Some(&(name, rec)) {
             if let Some(root) = roots.get(pool) {
@@ -304,9 +330,9 @@ pub fn ensure_all(bivy_dir: &Path, data: &Data) {
             .or_insert_with_key(|d| crate::util::fs::names_in(d));
         !file.file_name().is_some_and(|n| names.contains(n))
     };
-    for ((pool, vol), (name, rec)) in instances(data) {
-        if let Some(root) = roots.get(pool) {
-            let f = instance_file(root, vol);
+    for (name, rec) in &data.instances {
+        if let Some(root) = roots.get(&rec.pool) {
+            let f = instance_file(root, &rec.volume);
             if missing(&f) {
                 write(&f, &marker_of(name, rec));
             }
@@ -355,7 +381,7 @@ mod tests {
             volume: "v1".into(),
             ..Default::default()
         };
-        one.instances.insert("c1".into(), rec.clone());
+        one.instances.insert("c1".into(), rec.clone().into());
         before_save(&bivy, &empty, &one);
         after_save(&bivy, &empty, &one);
         let m: InstanceMarker = read(&instance_file(&root, "v1")).unwrap().unwrap();
@@ -372,9 +398,29 @@ mod tests {
         let r = renamed.instances.remove("c1").unwrap();
         renamed.instances.insert("c2".into(), r);
         before_save(&bivy, &one, &renamed);
+        assert!(instance_file(&root, "v1").exists(), "kept through the save");
         after_save(&bivy, &one, &renamed);
         let m: InstanceMarker = read(&instance_file(&root, "v1")).unwrap().unwrap();
         assert_eq!(m.name, "c2");
+
+        // A change rewrites it; a record left alone is not written again.
+        let mut two = renamed.clone();
+        let other = InstanceRecord {
+            pool: "p".into(),
+            volume: "v9".into(),
+            ..Default::default()
+        };
+        two.instances.insert("c9".into(), other.into());
+        after_save(&bivy, &renamed, &two);
+        std::fs::remove_file(instance_file(&root, "v9")).unwrap();
+        let mut changed = two.clone();
+        changed.instances.get_mut("c2").unwrap().description = "x".into();
+        before_save(&bivy, &two, &changed);
+        assert!(instance_file(&root, "v1").exists());
+        after_save(&bivy, &two, &changed);
+        let m: InstanceMarker = read(&instance_file(&root, "v1")).unwrap().unwrap();
+        assert_eq!(m.record.description, "x");
+        assert!(!instance_file(&root, "v9").exists(), "c9 was left alone");
 
         // A delete removes it before the save; a failed save puts it back.
         let mut gone = renamed.clone();
@@ -403,7 +449,8 @@ mod tests {
                 pool: "p".into(),
                 volume: "v1".into(),
                 ..Default::default()
-            },
+            }
+            .into(),
         );
         after_save(tmp.path(), &Data::default(), &one);
         assert!(!root.join(DIR).exists());

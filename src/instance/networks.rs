@@ -277,7 +277,8 @@ mod tests {
             super::super::db::InstanceRecord {
                 profiles: vec!["default".into()],
                 ..Default::default()
-            },
+            }
+            .into(),
         );
         assert_eq!(
             used_by(&data, "br0"),

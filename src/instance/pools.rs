@@ -492,7 +492,7 @@ pub fn recover(d: &Ctx) {
             instances
                 .values()
                 .filter(|r| r.pool == p.name)
-                .map(|r| (r.volume.as_str(), r)),
+                .map(|r| (r.volume.as_str(), &**r)),
         );
         let remove = |path: &std::path::Path| {
             eprintln!("bivy: removing leftover volume {}", path.display());

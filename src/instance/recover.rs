@@ -388,7 +388,7 @@ pub fn import(d: &Ctx, req: &RecoverPost) -> Result<Vec<String>> {
             }
         }
         for (name, rec) in &found.instances {
-            data.instances.insert(name.clone(), rec.clone());
+            data.instances.insert(name.clone(), rec.clone().into());
         }
         for (pool, name, rec) in &found.volumes {
             data.volumes

@@ -7,6 +7,7 @@ use super::db::InstanceRecord;
 use super::{config, Ctx, Error, Result};
 use crate::api::{Devices, StringMap};
 use crate::runtime::{self, State};
+use crate::util::shared::Shared;
 
 /// The instance's API URL (events, operation resources, `used_by`).
 pub fn url(name: &str) -> String {
@@ -35,17 +36,17 @@ pub fn not_found() -> Error {
 }
 
 /// The instance's stored record.
-pub fn record(d: &Ctx, name: &str) -> Result<InstanceRecord> {
+pub fn record(d: &Ctx, name: &str) -> Result<Shared<InstanceRecord>> {
     record_in(&d.db.lock().expect("db lock").data, name)
 }
 
 /// The record of instance `name` in `data` (for callers that hold the database lock).
-pub fn record_in(data: &super::db::Data, name: &str) -> Result<InstanceRecord> {
+pub fn record_in(data: &super::db::Data, name: &str) -> Result<Shared<InstanceRecord>> {
     data.instances.get(name).cloned().ok_or_else(not_found)
 }
 
-/// Every instance's record (a copy: the lock is not held afterwards).
-pub fn all_records(d: &Ctx) -> Vec<(String, InstanceRecord)> {
+/// Every instance's record (shared with the database's copy: the lock is not held afterwards).
+pub fn all_records(d: &Ctx) -> Vec<(String, Shared<InstanceRecord>)> {
     d.db.lock()
         .expect("db lock")
         .data

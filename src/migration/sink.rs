@@ -232,7 +232,7 @@ fn receive_on(
                     exclude_older: *exclude_older,
                     by_name: false,
                 }),
-                rec.config,
+                rec.config.clone(),
             ),
             Err(e) => {
                 abort(&ctl, &e);

@@ -79,7 +79,7 @@ pub fn start(d: &Ctx, name: &str, snap: Option<&str>, req: &api::InstancePost) -
     let job = Job {
         d: d.self_arc(),
         name: name.to_string(),
-        rec,
+        rec: InstanceRecord::clone(&rec),
         snapshot,
         running,
         live,

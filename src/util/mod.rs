@@ -6,6 +6,7 @@ pub mod par;
 pub mod passwd;
 pub mod pool;
 pub mod revert;
+pub mod shared;
 pub mod sort;
 pub mod stream;
 #[cfg(test)]

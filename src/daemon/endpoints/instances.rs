@@ -14,6 +14,7 @@ use crate::instance::config;
 use crate::instance::db::InstanceRecord;
 use crate::instance::devices;
 use crate::runtime::{self, State};
+use crate::util::shared::Shared;
 
 /// Default clean-stop timeout when the client gives none (LXD: 30 s for `lxc stop`... the client
 /// sends -1 and LXD then waits forever; we cap at 10 minutes).
@@ -199,7 +200,7 @@ pub fn list(d: &Daemon, req: &Request) -> Result<Response> {
         let urls: Vec<String> = records.iter().map(|(name, _)| url(name)).collect();
         return Ok(response::sync(&urls));
     }
-    let entry = |(name, rec): &(String, InstanceRecord)| -> Result<Option<Vec<u8>>> {
+    let entry = |(name, rec): &(String, Shared<InstanceRecord>)| -> Result<Option<Vec<u8>>> {
         let st = state_of(d, name)?;
         let inst = to_api(d, name, rec, &st);
         // The filter reads the document as JSON; only made when there is one.

@@ -49,8 +49,9 @@ pub fn url(instance: &str, backup: &str) -> String {
 pub fn find(d: &Ctx, name: &str, backup: &str) -> Result<BackupRecord> {
     record(d, name)?
         .backups
-        .into_iter()
+        .iter()
         .find(|b| b.name == backup)
+        .cloned()
         .ok_or_else(|| Error::NotFound("Instance backup not found".into()))
 }
 
