@@ -1135,9 +1135,31 @@ fn density(d: &mut BgDaemon, t: &mut Table, n: usize) -> Result {
     let avail0 = meminfo_kb("MemAvailable");
     let kernel0 = kernel_kb();
     let started = Instant::now();
-    let r = time_runs(n, |i| d.cli(&["launch", "busybox", &format!("dn{i}")]));
-    t.stats(&format!("`bivy launch` x{n}, sequential"), &r, "");
-    r?;
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        samples.push(time_one(&mut d.cli(&[
+            "launch",
+            "busybox",
+            &format!("dn{i}"),
+        ]))?);
+    }
+    t.stats(
+        &format!("`bivy launch` x{n}, sequential"),
+        &Stats::of(&samples).ok_or("no runs".into()),
+        "",
+    );
+    // Flat as the store grows: the first tenth beside the last.
+    let tenth = (n / 10).max(1);
+    for (part, s) in [
+        ("first", &samples[..tenth]),
+        ("last", &samples[n - tenth..]),
+    ] {
+        t.stats(
+            &format!("  the {part} {tenth} of them"),
+            &Stats::of(s).ok_or("no runs".into()),
+            "",
+        );
+    }
     t.value(
         &format!("{n} containers running after"),
         format!("{:.1} s", started.elapsed().as_secs_f64()),
@@ -1201,6 +1223,17 @@ fn density(d: &mut BgDaemon, t: &mut Table, n: usize) -> Result {
         t,
         &format!("daemon cold start with {n} defined, stopped"),
     )?;
+    // What a change costs with the store full: each one writes the state database.
+    let r = time_runs(10, |i| {
+        d.cli(&["config", "set", "dn0", "user.bench", &i.to_string()])
+    });
+    t.stats(&format!("`bivy config set` with {n} defined"), &r, "");
+    let r = time_runs(10, |i| d.cli(&["launch", "busybox", &format!("dx{i}")]));
+    t.stats(&format!("`bivy launch` with {n} defined"), &r, "");
+    for i in 0..10 {
+        let _ = d.cli(&["delete", "--force", &format!("dx{i}")]).output();
+    }
+    r?;
     let r = time_runs(n, |i| d.cli(&["delete", &format!("dn{i}")]));
     t.stats(&format!("`bivy delete` x{n}"), &r, "");
     r.map(|_| ())
