@@ -85,6 +85,7 @@ pub fn main(args: &[String]) -> i32 {
 
 fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
     use nix::sys::signal::{SigSet, Signal};
+    let trace = crate::util::trace::Steps::new("daemon start", &dir.display().to_string());
 
     // Block the shutdown signals before any thread exists; one thread waits for them.
     let mut sigs = SigSet::empty();
@@ -117,7 +118,10 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
     crate::util::fs::create_dir_mode(&dir.join("storage-pools"), 0o711)
         .map_err(|e| format!("{}/storage-pools: {e}", dir.display()))?;
 
-    let d = Daemon::open(dir, Host::probe(dir))?;
+    let host = Host::probe(dir);
+    trace.step("host probed");
+    let d = Daemon::open(dir, host)?;
+    trace.step("database and image store opened");
     let server_config = d.db.lock().expect("db lock").data.config.clone();
     d.apply_server_config(&server_config);
     if let Err(e) = config::apply_favor_dynmods(
@@ -127,9 +131,12 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
         eprintln!("bivy: {e}");
     }
     crate::instance::pools::open_all(&d).map_err(|e| format!("opening storage pools: {e}"))?;
+    trace.step("pools opened");
     crate::instance::lifecycle::recover(&d).map_err(|e| format!("recovering state: {e}"))?;
+    trace.step("instances recovered");
     https::init(dir)?;
     secure_tree(&d);
+    trace.step("modes checked");
 
     let sock_path = dir.join("unix.socket");
     let _ = std::fs::remove_file(&sock_path); // we hold the lock: any socket file is stale
@@ -207,6 +214,7 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
     let limits = crate::http::Limits::default();
     let connections = Arc::new(conns::Limits::default());
     let refuser = conns::Refuser::start().map_err(|e| format!("starting threads: {e}"))?;
+    trace.step("listening");
     for conn in listener.incoming() {
         let Some(stream) = conns::accepted(conn) else {
             continue;

@@ -567,6 +567,7 @@ fn stopped(d: Arc<Ctx>, name: String) {
 /// half-done deletes), a missing default profile, watchers and proxy devices for running
 /// containers.
 pub fn recover(d: &Arc<Ctx>) -> std::io::Result<()> {
+    let trace = crate::util::trace::Steps::new("recover", "");
     {
         let mut db = d.db.lock().expect("db lock");
         if !db.data.profiles.contains_key("default") {
@@ -589,8 +590,10 @@ pub fn recover(d: &Arc<Ctx>) -> std::io::Result<()> {
         }
     }
     super::pools::recover(d);
+    trace.step("pools' volumes and records checked");
     super::backups::remove_orphans(d);
     super::bridges::recover(d);
+    trace.step("backups and bridges");
     crate::util::fs::create_dir_mode(&d.dir.join("run"), 0o711)?;
     crate::util::fs::create_dir_mode(&d.dir.join("logs"), 0o700)?;
     // An instance's run and log directories come and go with it (see spread_subdirs).
@@ -615,7 +618,9 @@ pub fn recover(d: &Arc<Ctx>) -> std::io::Result<()> {
     } else {
         1
     };
+    trace.step("run directories read");
     crate::util::par::map(&names, workers, |n| adopt(d, n.clone()));
+    trace.step(&format!("{} instances taken up", names.len()));
     Ok(())
 }
 
