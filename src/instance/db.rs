@@ -495,4 +495,35 @@ mod tests {
             "the JSON of records gone is let go"
         );
     }
+
+    #[test]
+    fn many_instances_reload_and_a_bad_record_fails_the_open() {
+        let dir = crate::util::tempdir::TempDir::new("db-many");
+        let p = dir.path().join("database.json");
+        let mut db = Db::open(&p).unwrap();
+        db.update(|d| {
+            for i in 0..100 {
+                let mut r = InstanceRecord {
+                    volume: format!("v{i}"),
+                    ..Default::default()
+                };
+                r.config.insert("user.i".into(), i.to_string());
+                d.instances.insert(format!("c{i:03}"), r.into());
+            }
+        })
+        .unwrap();
+        assert_eq!(Db::open(&p).unwrap().data, db.data);
+        let text = std::fs::read_to_string(&p).unwrap();
+        let bad = text.replacen(r#""volume":"v57""#, r#""volume":57"#, 1);
+        assert_ne!(bad, text);
+        std::fs::write(&p, bad).unwrap();
+        let e = Db::open(&p)
+            .err()
+            .expect("a bad record fails the open")
+            .to_string();
+        assert!(
+            e.contains("corrupt database") && e.contains("line 1 column"),
+            "{e}"
+        );
+    }
 }
