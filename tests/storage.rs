@@ -174,6 +174,66 @@ fn dir_pool_snapshots_restore_copy_move() {
     assert!(snaps.is_empty(), "{snaps:?}");
 }
 
+/// A restore whose snapshot volume cannot be cloned fails and leaves the running instance
+/// running with its files; a volume set aside for removal that a stopped daemon did not finish
+/// (`<volume>.old.gone-*`) is removed at the next start.
+#[test]
+fn a_failed_restore_leaves_the_instance_as_it_was() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let mut d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    l.import_busybox();
+    l.ok(&["launch", "busybox", "fr"]);
+    assert_eq!(l.sh("fr", "echo one > /root/a").0, 0);
+    l.ok(&["snapshot", "fr", "s0"]);
+    assert_eq!(l.sh("fr", "echo two > /root/a").0, 0);
+    let db: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.dir().join("database.json")).expect("db"))
+            .expect("json");
+    let rec = &db["instances"]["fr"];
+    let vol = rec["volume"].as_str().expect("volume").to_string();
+    let snap_vol = rec["snapshots"][0]["volume"]
+        .as_str()
+        .expect("snapshot volume");
+    let pool = d.dir().join("storage-pools/default");
+    let snap_dir = pool.join("containers-snapshots").join(&vol).join(snap_vol);
+    let aside = snap_dir.with_extension("aside");
+    std::fs::rename(&snap_dir, &aside).expect("move the snapshot's volume away");
+    let out = l.run(&["restore", "fr", "s0"]);
+    assert!(!out.status.success(), "restored from a missing volume");
+    let st = l.ok(&["list", "fr", "--format", "csv", "-c", "s"]);
+    assert_eq!(
+        st.trim(),
+        "RUNNING",
+        "started again after the failed restore"
+    );
+    assert_eq!(
+        l.sh("fr", "cat /root/a").1,
+        "two\n",
+        "the files as they were"
+    );
+    assert_eq!(volumes(&pool), vec![vol.clone()], "no clone left beside it");
+    std::fs::rename(&aside, &snap_dir).expect("put the snapshot's volume back");
+    l.ok(&["restore", "fr", "s0"]);
+    assert_eq!(l.sh("fr", "cat /root/a").1, "one\n");
+
+    l.ok(&["stop", "--force", "fr"]);
+    d.stop();
+    let gone = pool.join("containers").join(format!("{vol}.old.gone-1-0"));
+    std::fs::create_dir_all(gone.join("rootfs/root")).expect("mkdir");
+    std::fs::write(gone.join("rootfs/root/a"), "old").expect("write");
+    d.restart().expect("restart");
+    assert!(
+        !gone.exists(),
+        "a volume set aside for removal is removed at the start"
+    );
+    let l = Lxc::new(&d);
+    l.ok(&["delete", "fr"]);
+    assert!(volumes(&pool).is_empty(), "{:?}", volumes(&pool));
+}
+
 /// Volumes, and the instances' run and log directories, are trees of their own, made and
 /// deleted as instances come and go: their parents carry the top-directory flag, so ext4
 /// spreads them over its block groups (see `util::fs::spread_subdirs`), and a tree that lost

@@ -3,8 +3,8 @@
 //! killed daemon left on them.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
 
 use super::db::{InstanceRecord, PoolRecord};
 use super::{Ctx, Error, Result};
@@ -103,6 +103,74 @@ pub fn usable_pool(d: &Ctx, name: &str) -> Result<Arc<Pool>> {
         )));
     }
     pool(d, name)
+}
+
+/// The volumes being removed by [`remove_in_background`], and the signal of each one's end.
+static REMOVING: (Mutex<Vec<PathBuf>>, Condvar) = (Mutex::new(Vec::new()), Condvar::new());
+
+/// Remove `vol`, a volume of `pool` that nothing names any more, off the caller's path: it is
+/// renamed aside at once (`<name>.gone-<n>`: its own name is free again for the next restore's
+/// swap), and deleted by a thread of its own. A daemon that stops before the thread ends leaves
+/// a volume no record names, which the next start removes ([`recover`]); a pool's delete waits
+/// for the removals on it ([`wait_for_removals`]).
+pub fn remove_in_background(pool: Arc<Pool>, vol: &Path) -> std::io::Result<()> {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut name = vol.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".gone-{}-{n}", std::process::id()));
+    let aside = vol.with_file_name(name);
+    std::fs::rename(vol, &aside)?;
+    REMOVING
+        .0
+        .lock()
+        .expect("removals lock")
+        .push(aside.clone());
+    let spawned = std::thread::Builder::new()
+        .name("remove volume".into())
+        .spawn({
+            let (pool, aside) = (pool.clone(), aside.clone());
+            move || {
+                if let Err(e) = pool.driver.delete_volume(&aside) {
+                    eprintln!("bivy: removing {}: {e}", aside.display());
+                }
+                removed(&aside);
+            }
+        });
+    if let Err(e) = spawned {
+        removed(&aside);
+        return pool.driver.delete_volume(&aside).map_err(|d| {
+            std::io::Error::other(format!(
+                "no thread to remove it ({e}), and removing it: {d}"
+            ))
+        });
+    }
+    Ok(())
+}
+
+fn removed(path: &Path) {
+    let mut r = REMOVING.0.lock().expect("removals lock");
+    r.retain(|p| p != path);
+    REMOVING.1.notify_all();
+}
+
+/// Wait until no volume under `root` is being removed by [`remove_in_background`].
+pub fn wait_for_removals(root: &Path) {
+    wait_while_removing(|p| p.starts_with(root));
+}
+
+/// Wait until no volume set aside from `vol` (`<vol>.<anything>`) is being removed.
+fn wait_for_removals_from(vol: &Path) {
+    let mut prefix = vol.as_os_str().to_os_string();
+    prefix.push(".");
+    let prefix = prefix.as_encoded_bytes();
+    wait_while_removing(|p| p.as_os_str().as_encoded_bytes().starts_with(prefix));
+}
+
+fn wait_while_removing(removing: impl Fn(&Path) -> bool) {
+    let mut r = REMOVING.0.lock().expect("removals lock");
+    while r.iter().any(|p| removing(p)) {
+        r = REMOVING.1.wait(r).expect("removals lock");
+    }
 }
 
 /// The fingerprints of the images unpacked on `pool` (finished ones, not `.tmp`), sorted.
@@ -326,6 +394,8 @@ pub fn delete_instance_volumes(d: &Ctx, rec: &InstanceRecord) {
             eprintln!("bivy: deleting volume {}: {e}", path.display());
         }
     }
+    // A delete ends with all of the instance's data gone, a restore's old volume included.
+    wait_for_removals_from(&p.container(&rec.volume));
     match std::fs::remove_dir(&snaps) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -3,6 +3,7 @@
 //! a clone of the snapshot's, the config brought back; with `stateful`, the snapshot's saved
 //! state started from.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::db::{InstanceRecord, SnapshotRecord};
@@ -48,16 +49,44 @@ pub fn restore_now_with(d: &Ctx, name: &str, snap: &str, stateful: bool) -> Resu
     let rec = record(d, name)?;
     let s = find(&rec, snap)?.clone();
     let pool = super::pools::usable_pool(d, &rec.pool)?;
-    // As LXD: a running instance is stopped (not cleanly), restored and started again.
+    // The snapshot's volume is cloned beside the instance's (`<volume>.restore`), swapped in
+    // once the instance is stopped; a start removes a clone a killed daemon left (`recover`).
+    let new = pool.container(&format!("{}.restore", rec.volume));
+    let _ = pool.driver.delete_volume(&new);
+    let clone = || {
+        pool.driver
+            .clone_volume(&pool.snapshot(&rec.volume, &s.volume), &new, false)
+            .map_err(|e| Error::Host(format!("restoring {}: {e}", s.name)))
+    };
+    // As LXD: a running instance is stopped (not cleanly), restored and started again. The
+    // clone is made while it stops: the snapshot does not change, and the two overlap.
     let was_running = matches!(state(d, name)?, State::Running { .. });
-    if was_running {
+    let cloned = if was_running {
         Interim::Stopped.begin(d, name)?;
-        if let Err(e) = lifecycle::stop(d, name, true, Duration::from_secs(0)) {
+        let (stopped, cloned) = std::thread::scope(|scope| {
+            let cloning = scope.spawn(clone);
+            let stopped = lifecycle::stop(d, name, true, Duration::from_secs(0));
+            let cloned = cloning.join().unwrap_or_else(|_| {
+                Err(Error::Host(format!(
+                    "restoring {}: the copy failed",
+                    s.name
+                )))
+            });
+            (stopped, cloned)
+        });
+        if let Err(e) = stopped {
+            let _ = pool.driver.delete_volume(&new);
             Interim::Stopped.end(d, name);
             return Err(e);
         }
-    }
-    let r = restore_stopped(d, name, &rec, &s, &pool, was_running, stateful);
+        cloned
+    } else {
+        clone()
+    };
+    let r = match cloned {
+        Ok(()) => restore_stopped(d, name, &rec, &s, &pool, was_running, stateful),
+        Err(e) => Err(not_restored(d, name, &pool, &new, was_running, e)),
+    };
     if was_running {
         // Started again (or, on failure, attempted): nothing for a restart to undo.
         Interim::Stopped.end(d, name);
@@ -65,13 +94,33 @@ pub fn restore_now_with(d: &Ctx, name: &str, snap: &str, stateful: bool) -> Resu
     r
 }
 
-/// The restore proper, with the instance stopped; starts it again when it was running.
+/// A restore that failed before its swap: the clone removed, the instance started again when it
+/// was running; `e` back.
+fn not_restored(
+    d: &Ctx,
+    name: &str,
+    pool: &Pool,
+    clone: &std::path::Path,
+    was_running: bool,
+    e: Error,
+) -> Error {
+    let _ = pool.driver.delete_volume(clone);
+    if was_running {
+        let _ = lifecycle::start(d, name);
+    }
+    e
+}
+
+/// The restore proper, with the instance stopped and the snapshot's clone made beside its
+/// volume (`<volume>.restore`): the two swapped, the config brought back; starts it again when
+/// it was running. On an error before the swap, the volume is as it was and the caller removes
+/// the clone and starts the instance again.
 fn restore_stopped(
     d: &Ctx,
     name: &str,
     rec: &InstanceRecord,
     s: &SnapshotRecord,
-    pool: &Pool,
+    pool: &Arc<Pool>,
     was_running: bool,
     stateful: bool,
 ) -> Result<()> {
@@ -79,28 +128,17 @@ fn restore_stopped(
     let cur = pool.container(&rec.volume);
     let new = pool.container(&format!("{}.restore", rec.volume));
     let old = pool.container(&format!("{}.old", rec.volume));
-    let _ = pool.driver.delete_volume(&new);
-    let res = pool
-        .driver
-        .clone_volume(&pool.snapshot(&rec.volume, &s.volume), &new, false)
-        .map_err(|e| Error::Host(format!("restoring {snap}: {e}")))
-        .and_then(|()| {
-            std::fs::rename(&cur, &old).map_err(|e| Error::Host(format!("restoring {snap}: {e}")))
+    let swapped = std::fs::rename(&cur, &old).and_then(|()| {
+        std::fs::rename(&new, &cur).inspect_err(|_| {
+            let _ = std::fs::rename(&old, &cur);
         })
-        .and_then(|()| {
-            std::fs::rename(&new, &cur).map_err(|e| {
-                let _ = std::fs::rename(&old, &cur);
-                Error::Host(format!("restoring {snap}: {e}"))
-            })
-        });
-    if let Err(e) = res {
-        let _ = pool.driver.delete_volume(&new);
-        if was_running {
-            let _ = lifecycle::start(d, name);
-        }
-        return Err(e);
+    });
+    if let Err(e) = swapped {
+        let e = Error::Host(format!("restoring {snap}: {e}"));
+        return Err(not_restored(d, name, pool, &new, was_running, e));
     }
-    if let Err(e) = pool.driver.delete_volume(&old) {
+    // The volume restored away goes off the restore's path.
+    if let Err(e) = super::pools::remove_in_background(pool.clone(), &old) {
         eprintln!("bivy: deleting the pre-restore volume: {e}");
     }
     // A stateful snapshot's volume carries its state; kept only for a stateful restore.

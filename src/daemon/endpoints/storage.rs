@@ -330,6 +330,7 @@ pub fn delete(d: &Daemon, name: &str) -> Result<Response> {
     // that pool shows as unavailable and deleting it again finishes the job.
     let mut pools = d.pools.pools.lock().expect("pools lock");
     if let Some(p) = pools.get(name).cloned() {
+        crate::instance::pools::wait_for_removals(&p.driver.path());
         crate::instance::pools::delete_pool_image_volumes(d, &p);
         crate::instance::markers::remove_pool_files(&p.driver.path());
         p.driver.delete().map_err(|e| {
