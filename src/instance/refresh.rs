@@ -166,7 +166,7 @@ pub fn local(
             let _ = pool.driver.delete_volume(&new);
             return Err(e);
         }
-        if let Err(e) = pool.driver.delete_volume(&old) {
+        if let Err(e) = super::pools::remove_in_background(pool.clone(), &old) {
             eprintln!("bivy: deleting the volume a refresh replaced: {e}");
         }
         Ok(Received {
