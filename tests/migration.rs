@@ -624,6 +624,14 @@ fn refresh_sends_only_what_changed() {
     l.ok(&["copy", "a:c1", "b:c1", "--refresh"]);
     assert_eq!(snapshot_volume(&p.b, "c1", "snap0"), snap0);
     assert_eq!(snapshot_volume(&p.b, "c1", "snap1"), snap1);
+    // A same-size write since the last refresh: a refresh with no new snapshot is one session,
+    // which compares sizes and times (to the nanosecond), and the write's time is later.
+    la.ok(&["start", "c1"]);
+    let (rc, out) = la.sh("c1", "echo FOUR > /data && sync");
+    assert_eq!(rc, 0, "{out}");
+    la.ok(&["stop", "c1", "--force"]);
+    l.ok(&["copy", "a:c1", "b:c1", "--refresh"]);
+    assert_eq!(read(&main.join("data")), "FOUR\n");
 
     // The source prunes snap0. With --refresh-exclude-older (bivy's CLI) the target keeps its
     // history; a plain --refresh deletes it.
@@ -649,7 +657,7 @@ fn refresh_sends_only_what_changed() {
     // A refresh onto a missing instance is a plain copy.
     bivy(&["copy", "a:c1", "b:c7", "--refresh"]);
     assert_eq!(snapshot_names(&p.b, "c7"), ["snap1"]);
-    assert_eq!(read(&rootfs(&p.b, "c7", None).join("data")), "four\n");
+    assert_eq!(read(&rootfs(&p.b, "c7", None).join("data")), "FOUR\n");
 }
 
 /// `GET /1.0/operations/ID/websocket?secret=S` over HTTPS without a client certificate: the

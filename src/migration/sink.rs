@@ -721,18 +721,19 @@ impl Transfer<'_> {
                         .and_then(|()| pool.driver.clone_volume(&image, tmp, false))
                         .map_err(|e| Error::Host(format!("seeding from the base image: {e}")))?;
                 }
+                let mut sessions = rsync::Sessions::default();
                 for mut rec in records {
-                    rsync::recv(tmp, fs, features, &seen)?;
+                    rsync::recv(tmp, fs, features, sessions.begin(), &seen)?;
                     let dst = snapshot_volume(revert, &mut rec);
                     pool.driver
                         .clone_volume(tmp, &dst, false)
                         .map_err(|e| Error::Host(format!("making snapshot {:?}: {e}", rec.name)))?;
                     snapshots.push(rec);
                 }
-                rsync::recv(tmp, fs, features, &seen)?;
+                rsync::recv(tmp, fs, features, sessions.begin(), &seen)?;
                 if offer.criu == Some(proto::CRIU_NONE) {
                     // The source runs: a final pass with it frozen follows.
-                    rsync::recv(tmp, fs, features, &seen)?;
+                    rsync::recv(tmp, fs, features, sessions.begin(), &seen)?;
                 }
             }
         }

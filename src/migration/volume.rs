@@ -472,6 +472,7 @@ impl Sink<'_> {
         let mut snapshots = Vec::new();
         let records = snapshot_records(self.offer, &info, &self.req.config);
         check_records(pool.driver.name(), &self.req.name, &records)?;
+        let mut sessions = rsync::Sessions::default();
         for mut rec in records {
             rec.volume = crate::instance::operations::uuid();
             let dst = pool.custom_snapshot(&volume, &rec.volume);
@@ -490,7 +491,7 @@ impl Sink<'_> {
                 unshift_lxd(&dst, &rec.config)?;
                 pool.driver.set_readonly(&dst).map_err(host)?;
             } else {
-                rsync::recv(&main, fs, self.features, &seen)?;
+                rsync::recv(&main, fs, self.features, sessions.begin(), &seen)?;
                 unshift_lxd(&main, &rec.config)?;
                 pool.driver
                     .clone_volume(&main, &dst, true)
@@ -502,7 +503,7 @@ impl Sink<'_> {
         if self.stream {
             self.receive_tree(fs, &main, "the volume", &seen)?;
         } else {
-            rsync::recv(&main, fs, self.features, &seen)?;
+            rsync::recv(&main, fs, self.features, sessions.begin(), &seen)?;
         }
         unshift_lxd(&main, &self.req.config)?;
         crate::util::fs::ensure_mode(&main, crate::storage::CUSTOM_VOLUME_MODE).map_err(host)?;
