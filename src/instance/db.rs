@@ -290,23 +290,32 @@ impl Db {
     /// indented), into a buffer the size of the last one, each instance's JSON reused from the
     /// last save while its record is the same.
     fn document(&mut self) -> serde_json::Result<Vec<u8>> {
-        let d = &self.data;
+        // Every field named: a field added to `Data` and not written here fails to compile.
+        let Data {
+            schema,
+            config,
+            instances,
+            profiles,
+            pools,
+            volumes,
+            certificates,
+            networks,
+        } = &self.data;
         let rest = serde_json::to_vec(&Rest {
-            schema: d.schema,
-            config: &d.config,
-            profiles: &d.profiles,
-            pools: &d.pools,
-            volumes: &d.volumes,
-            certificates: &d.certificates,
-            networks: &d.networks,
+            schema: *schema,
+            config,
+            profiles,
+            pools,
+            volumes,
+            certificates,
+            networks,
         })?;
-        if self.written.len() > d.instances.len() {
-            self.written
-                .retain(|name, _| d.instances.contains_key(name));
+        if self.written.len() > instances.len() {
+            self.written.retain(|name, _| instances.contains_key(name));
         }
         let mut out = Vec::with_capacity(self.last_len + self.last_len / 8 + 64);
         out.extend_from_slice(b"{\"instances\":{");
-        for (i, (name, rec)) in d.instances.iter().enumerate() {
+        for (i, (name, rec)) in instances.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
