@@ -105,6 +105,33 @@ pub fn usable_pool(d: &Ctx, name: &str) -> Result<Arc<Pool>> {
     pool(d, name)
 }
 
+/// `<volume>.<suffix>`, beside volume directory `vol`.
+fn beside(vol: &Path, suffix: &str) -> PathBuf {
+    let mut name = vol.file_name().unwrap_or_default().to_os_string();
+    name.push(".");
+    name.push(suffix);
+    vol.with_file_name(name)
+}
+
+/// Where the data that replaces volume `vol` is made before [`swap_in`] puts it in place:
+/// `<volume>.restore` beside it.
+pub fn replacement(vol: &Path) -> PathBuf {
+    beside(vol, "restore")
+}
+
+/// The data made at [`replacement`]`(vol)` takes the place of volume `vol` by two renames
+/// through `<volume>.old` (a crash between them is undone at the next start, [`recover`]); on
+/// failure `vol` is as it was. Returns where the replaced data now is, for the caller to remove.
+pub fn swap_in(vol: &Path) -> std::io::Result<PathBuf> {
+    let old = beside(vol, "old");
+    std::fs::rename(vol, &old)?;
+    if let Err(e) = std::fs::rename(replacement(vol), vol) {
+        let _ = std::fs::rename(&old, vol);
+        return Err(e);
+    }
+    Ok(old)
+}
+
 /// The volumes being removed by [`remove_in_background`], and the signal of each one's end.
 static REMOVING: (Mutex<Vec<PathBuf>>, Condvar) = (Mutex::new(Vec::new()), Condvar::new());
 
@@ -116,9 +143,7 @@ static REMOVING: (Mutex<Vec<PathBuf>>, Condvar) = (Mutex::new(Vec::new()), Condv
 pub fn remove_in_background(pool: Arc<Pool>, vol: &Path) -> std::io::Result<()> {
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut name = vol.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".gone-{}-{n}", std::process::id()));
-    let aside = vol.with_file_name(name);
+    let aside = beside(vol, &format!("gone-{}-{n}", std::process::id()));
     std::fs::rename(vol, &aside)?;
     REMOVING
         .0
@@ -576,7 +601,7 @@ pub fn recover(d: &Ctx) {
         let present = crate::util::fs::names_in(&containers);
         for vol in mine.keys() {
             let cur = containers.join(vol);
-            let old = containers.join(format!("{vol}.old"));
+            let old = beside(&cur, "old");
             if !present.contains(std::ffi::OsStr::new(vol))
                 && present.contains(old.file_name().unwrap_or_default())
             {
@@ -633,7 +658,8 @@ pub fn recover(d: &Ctx) {
         let customs = volume_dirs(&data, &p.name);
         // A custom volume's restore swaps it the same way.
         for vol in &customs {
-            let (cur, old) = (p.custom(vol), p.custom(&format!("{vol}.old")));
+            let cur = p.custom(vol);
+            let old = beside(&cur, "old");
             if !cur.exists() && old.exists() {
                 eprintln!("bivy: undoing an interrupted restore of custom volume {vol}");
                 let _ = std::fs::rename(&old, &cur);

@@ -146,26 +146,22 @@ pub fn local(
             )?;
             snapshots.push(rec);
         }
-        let new = pool.container(&format!("{volume}.restore"));
-        let old = pool.container(&format!("{volume}.old"));
+        let new = super::pools::replacement(main);
         let _ = pool.driver.delete_volume(&new);
         let src_main = src_pool.container(&src.volume);
         let res = super::interim::with_consistent(d, from, &src_pool, || {
             super::create::clone_between(&src_pool, &src_main, pool, &new, false)
         })
         .and_then(|()| {
-            std::fs::rename(main, &old).map_err(|e| Error::Host(format!("refreshing: {e}")))
-        })
-        .and_then(|()| {
-            std::fs::rename(&new, main).map_err(|e| {
-                let _ = std::fs::rename(&old, main);
-                Error::Host(format!("refreshing: {e}"))
-            })
+            super::pools::swap_in(main).map_err(|e| Error::Host(format!("refreshing: {e}")))
         });
-        if let Err(e) = res {
-            let _ = pool.driver.delete_volume(&new);
-            return Err(e);
-        }
+        let old = match res {
+            Ok(old) => old,
+            Err(e) => {
+                let _ = pool.driver.delete_volume(&new);
+                return Err(e);
+            }
+        };
         if let Err(e) = super::pools::remove_in_background(pool.clone(), &old) {
             eprintln!("bivy: deleting the volume a refresh replaced: {e}");
         }

@@ -51,7 +51,7 @@ pub fn restore_now_with(d: &Ctx, name: &str, snap: &str, stateful: bool) -> Resu
     let pool = super::pools::usable_pool(d, &rec.pool)?;
     // The snapshot's volume is cloned beside the instance's (`<volume>.restore`), swapped in
     // once the instance is stopped; a start removes a clone a killed daemon left (`recover`).
-    let new = pool.container(&format!("{}.restore", rec.volume));
+    let new = super::pools::replacement(&pool.container(&rec.volume));
     let _ = pool.driver.delete_volume(&new);
     let clone = || {
         pool.driver
@@ -112,9 +112,8 @@ fn not_restored(
 }
 
 /// The restore proper, with the instance stopped and the snapshot's clone made beside its
-/// volume (`<volume>.restore`): the two swapped, the config brought back; starts it again when
-/// it was running. On an error before the swap, the volume is as it was and the caller removes
-/// the clone and starts the instance again.
+/// volume (`pools::replacement`): the two swapped, the config brought back; starts it again when
+/// it was running.
 fn restore_stopped(
     d: &Ctx,
     name: &str,
@@ -126,17 +125,14 @@ fn restore_stopped(
 ) -> Result<()> {
     let snap = s.name.as_str();
     let cur = pool.container(&rec.volume);
-    let new = pool.container(&format!("{}.restore", rec.volume));
-    let old = pool.container(&format!("{}.old", rec.volume));
-    let swapped = std::fs::rename(&cur, &old).and_then(|()| {
-        std::fs::rename(&new, &cur).inspect_err(|_| {
-            let _ = std::fs::rename(&old, &cur);
-        })
-    });
-    if let Err(e) = swapped {
-        let e = Error::Host(format!("restoring {snap}: {e}"));
-        return Err(not_restored(d, name, pool, &new, was_running, e));
-    }
+    let old = match super::pools::swap_in(&cur) {
+        Ok(old) => old,
+        Err(e) => {
+            let e = Error::Host(format!("restoring {snap}: {e}"));
+            let new = super::pools::replacement(&cur);
+            return Err(not_restored(d, name, pool, &new, was_running, e));
+        }
+    };
     // The volume restored away goes off the restore's path.
     if let Err(e) = super::pools::remove_in_background(pool.clone(), &old) {
         eprintln!("bivy: deleting the pre-restore volume: {e}");

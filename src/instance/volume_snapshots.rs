@@ -410,7 +410,7 @@ pub(crate) fn replace_data(
     from: &Pool,
     src: &std::path::Path,
 ) -> Result<()> {
-    let new = pool.custom(&format!("{}.restore", rec.volume));
+    let new = super::pools::replacement(&pool.custom(&rec.volume));
     let _ = pool.driver.delete_volume(&new);
     let err = |e: std::io::Error| Error::Host(e.to_string());
     let made = copy_volume(from, src, pool, &new, false).and_then(|()| {
@@ -434,15 +434,8 @@ pub(crate) fn replace_data(
 /// takes its place: two renames (a crash between them is undone at the next start), then the
 /// old data goes.
 pub(crate) fn swap_in(pool: &Pool, volume: &str) -> Result<()> {
-    let cur = pool.custom(volume);
-    let new = pool.custom(&format!("{volume}.restore"));
-    let old = pool.custom(&format!("{volume}.old"));
-    let err = |e: std::io::Error| Error::Host(e.to_string());
-    std::fs::rename(&cur, &old).map_err(err)?;
-    if let Err(e) = std::fs::rename(&new, &cur) {
-        let _ = std::fs::rename(&old, &cur);
-        return Err(err(e));
-    }
+    let old =
+        super::pools::swap_in(&pool.custom(volume)).map_err(|e| Error::Host(e.to_string()))?;
     if let Err(e) = pool.driver.delete_volume(&old) {
         eprintln!("bivy: deleting the replaced volume {}: {e}", old.display());
     }

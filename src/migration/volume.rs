@@ -443,7 +443,7 @@ impl Sink<'_> {
             // Received into a copy of the volume (rsync moves what differs), swapped in at the
             // end.
             Some(cur) => {
-                let work = pool.custom(&format!("{}.restore", cur.volume));
+                let work = crate::instance::pools::replacement(&pool.custom(&cur.volume));
                 let _ = pool.driver.delete_volume(&work);
                 pool.driver
                     .clone_volume(&pool.custom(&cur.volume), &work, false)
