@@ -199,13 +199,151 @@ pub struct Instance {
 }
 
 /// `InstanceFull` (recursion=2): the instance plus its state, snapshots and backups.
-#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+/// Decoded by hand (below), not through `#[serde(flatten)]`.
+#[derive(Serialize, Debug, Clone, Default)]
 pub struct InstanceFull {
     #[serde(flatten)]
     pub instance: Instance,
     pub backups: Option<Vec<serde_json::Value>>,
     pub state: Option<InstanceState>,
     pub snapshots: Option<Vec<InstanceSnapshot>>,
+}
+
+/// Each key straight into its field: serde's `flatten` would first copy every key and value of
+/// the document into a tree of its own and decode the instance from that, which doubled the
+/// CLI's work on a listing. As the derived decoder of [`Instance`]: every field of the instance
+/// is required, unknown keys are skipped, a missing `backups`, `state` or `snapshots` is `None`.
+impl<'de> Deserialize<'de> for InstanceFull {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(FullVisitor { lean: false })
+    }
+}
+
+/// An [`InstanceFull`] for a listing's table: its `config`, `devices`, `expanded_config` and
+/// `backups` are read past and left empty (no column shows them; they are most of each entry,
+/// and a thousand entries are decoded by the CLI's `list`).
+pub struct InstanceRow(pub InstanceFull);
+
+impl<'de> Deserialize<'de> for InstanceRow {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(FullVisitor { lean: true })
+            .map(InstanceRow)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum FullKey {
+    Architecture,
+    Config,
+    Devices,
+    Ephemeral,
+    Profiles,
+    Stateful,
+    Description,
+    CreatedAt,
+    ExpandedConfig,
+    ExpandedDevices,
+    Name,
+    Status,
+    StatusCode,
+    LastUsedAt,
+    Location,
+    #[serde(rename = "type")]
+    Kind,
+    Project,
+    Backups,
+    State,
+    Snapshots,
+    #[serde(other)]
+    Other,
+}
+
+/// The instance's fields, each as it is seen by [`FullVisitor`].
+const INSTANCE_FIELDS: [&str; 17] = [
+    "architecture",
+    "config",
+    "devices",
+    "ephemeral",
+    "profiles",
+    "stateful",
+    "description",
+    "created_at",
+    "expanded_config",
+    "expanded_devices",
+    "name",
+    "status",
+    "status_code",
+    "last_used_at",
+    "location",
+    "type",
+    "project",
+];
+
+/// Decodes an [`InstanceFull`]; `lean` reads past what [`InstanceRow`] leaves out.
+struct FullVisitor {
+    lean: bool,
+}
+
+impl<'de> serde::de::Visitor<'de> for FullVisitor {
+    type Value = InstanceFull;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an instance")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+        use FullKey as K;
+        /// `to` from the next value (read past when `skip`); `slot` the instance's field it
+        /// is, if one.
+        fn set<'de, A: serde::de::MapAccess<'de>, T: Deserialize<'de>>(
+            m: &mut A,
+            to: &mut T,
+            slot: Option<usize>,
+            skip: bool,
+        ) -> Result<Option<usize>, A::Error> {
+            if skip {
+                m.next_value::<serde::de::IgnoredAny>()?;
+            } else {
+                *to = m.next_value()?;
+            }
+            Ok(slot)
+        }
+        let lean = self.lean;
+        let mut out = InstanceFull::default();
+        let i = &mut out.instance;
+        let mut seen = [false; INSTANCE_FIELDS.len()];
+        while let Some(k) = m.next_key::<FullKey>()? {
+            let slot = match k {
+                K::Architecture => set(&mut m, &mut i.architecture, Some(0), false),
+                K::Config => set(&mut m, &mut i.config, Some(1), lean),
+                K::Devices => set(&mut m, &mut i.devices, Some(2), lean),
+                K::Ephemeral => set(&mut m, &mut i.ephemeral, Some(3), false),
+                K::Profiles => set(&mut m, &mut i.profiles, Some(4), false),
+                K::Stateful => set(&mut m, &mut i.stateful, Some(5), false),
+                K::Description => set(&mut m, &mut i.description, Some(6), false),
+                K::CreatedAt => set(&mut m, &mut i.created_at, Some(7), false),
+                K::ExpandedConfig => set(&mut m, &mut i.expanded_config, Some(8), lean),
+                K::ExpandedDevices => set(&mut m, &mut i.expanded_devices, Some(9), false),
+                K::Name => set(&mut m, &mut i.name, Some(10), false),
+                K::Status => set(&mut m, &mut i.status, Some(11), false),
+                K::StatusCode => set(&mut m, &mut i.status_code, Some(12), false),
+                K::LastUsedAt => set(&mut m, &mut i.last_used_at, Some(13), false),
+                K::Location => set(&mut m, &mut i.location, Some(14), false),
+                K::Kind => set(&mut m, &mut i.kind, Some(15), false),
+                K::Project => set(&mut m, &mut i.project, Some(16), false),
+                K::Backups => set(&mut m, &mut out.backups, None, lean),
+                K::State => set(&mut m, &mut out.state, None, false),
+                K::Snapshots => set(&mut m, &mut out.snapshots, None, false),
+                K::Other => m.next_value::<serde::de::IgnoredAny>().map(|_| None),
+            }?;
+            if let Some(s) = slot {
+                seen[s] = true;
+            }
+        }
+        match seen.iter().position(|s| !s) {
+            Some(missing) => Err(serde::de::Error::missing_field(INSTANCE_FIELDS[missing])),
+            None => Ok(out),
+        }
+    }
 }
 
 /// `POST /1.0/instances`.
@@ -1080,5 +1218,47 @@ mod tests {
         let i: InstancePut =
             serde_json::from_str(r#"{"config":null,"devices":null,"profiles":null}"#).unwrap();
         assert!(i.profiles.is_empty());
+    }
+
+    /// `InstanceFull`'s own decoder reads what serializing it writes, skips keys it does not
+    /// know and, like the derived decoders, wants every field of the instance.
+    #[test]
+    fn an_instance_full_decodes_as_it_serializes() {
+        let mut full = InstanceFull {
+            instance: Instance {
+                name: "c1".into(),
+                kind: "container".into(),
+                status_code: status::RUNNING,
+                ..Default::default()
+            },
+            state: Some(InstanceState {
+                pid: 7,
+                ..Default::default()
+            }),
+            snapshots: Some(vec![]),
+            backups: None,
+        };
+        full.instance.config.insert("k".into(), "v".into());
+        let json = serde_json::to_value(&full).unwrap();
+        let back: InstanceFull = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&back).unwrap(), json);
+        let mut more = json.clone();
+        more["newer_field"] = serde_json::json!({"a": [1, 2]});
+        more.as_object_mut().unwrap().remove("backups");
+        let back: InstanceFull = serde_json::from_value(more).unwrap();
+        assert_eq!(back.instance.config["k"], "v");
+        assert_eq!(back.state.unwrap().pid, 7);
+        assert!(back.backups.is_none());
+        let row: InstanceRow = serde_json::from_value(json.clone()).unwrap();
+        assert!(
+            row.0.instance.config.is_empty(),
+            "a row reads past the config"
+        );
+        assert_eq!(row.0.instance.name, "c1");
+        assert_eq!(row.0.state.unwrap().pid, 7);
+        let mut less = json;
+        less.as_object_mut().unwrap().remove("status_code");
+        let e = serde_json::from_value::<InstanceFull>(less).unwrap_err();
+        assert!(e.to_string().contains("missing field `status_code`"), "{e}");
     }
 }

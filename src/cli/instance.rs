@@ -1303,11 +1303,18 @@ pub fn list(args: &[String]) -> CmdResult {
         Format::Json | Format::Yaml => LIST_FULL.to_string(),
         _ => list_path(&columns),
     };
-    let all: Vec<InstanceFull> = c.get_large(&path)?;
-    let shown: Vec<InstanceFull> = all
-        .into_iter()
-        .filter(|i| matches_filters(i, &filters))
-        .collect();
+    // A table without filters shows nothing of the config or devices (but a root disk's
+    // pool): each entry is decoded without them.
+    let shown: Vec<InstanceFull> =
+        if filters.is_empty() && !matches!(format, Format::Json | Format::Yaml) {
+            let rows: Vec<crate::api::InstanceRow> = c.get_large(&path)?;
+            rows.into_iter().map(|r| r.0).collect()
+        } else {
+            let all: Vec<InstanceFull> = c.get_large(&path)?;
+            all.into_iter()
+                .filter(|i| matches_filters(i, &filters))
+                .collect()
+        };
     print!("{}", render_list(&shown, &columns, format)?);
     Ok(0)
 }

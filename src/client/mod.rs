@@ -508,25 +508,25 @@ impl Client {
     /// for every `GET`: each `T` decoded this way costs the binary its own decoder.)
     pub fn get_large<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         #[derive(serde::Deserialize)]
-        struct Head {
+        struct Typed<T> {
             #[serde(rename = "type", default)]
             kind: String,
             #[serde(default)]
             error: String,
-        }
-        #[derive(serde::Deserialize)]
-        struct Typed<T> {
             metadata: T,
         }
         let resp = self.raw("GET", path, &[], Body::Empty)?;
-        let ok = resp.status < 400
-            && serde_json::from_slice::<Head>(&resp.body)
-                .is_ok_and(|h| h.kind != "error" && h.error.is_empty());
-        if !ok {
-            // An error's envelope is the error; anything [`parse_envelope`] lets through is
-            // decoded as below (never through a `Value`: a second decoder of `T`).
-            parse_envelope(resp.status, &resp.body)?;
+        // One pass over the body when it is what was asked for (a listing's body is large).
+        if resp.status < 400 {
+            if let Ok(t) = serde_json::from_slice::<Typed<T>>(&resp.body) {
+                if t.kind != "error" && t.error.is_empty() {
+                    return Ok(t.metadata);
+                }
+            }
         }
+        // An error's envelope is the error; anything [`parse_envelope`] lets through is decoded
+        // as above, for its error (never through a `Value`: a second decoder of `T`).
+        parse_envelope(resp.status, &resp.body)?;
         let t: Typed<T> = serde_json::from_slice(&resp.body)?;
         Ok(t.metadata)
     }
