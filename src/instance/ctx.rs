@@ -40,6 +40,8 @@ pub struct Ctx {
     /// For a `$BIVY_DIR` other than the default, a short hash of it that keeps this daemon's
     /// cgroups (`bivy/<name>.<hash>`) apart from another daemon's.
     pub cgroup_suffix: Option<String>,
+    /// Instances' API documents as listings made them (see [`super::docs::Docs`]).
+    pub docs: super::docs::Docs,
     /// A weak handle on ourselves, for handlers that hand work to operation threads.
     pub me: std::sync::OnceLock<std::sync::Weak<Ctx>>,
 }
@@ -82,6 +84,7 @@ impl Ctx {
                     ring::digest::digest(&ring::digest::SHA256, dir.as_os_str().as_encoded_bytes());
                 crate::util::hex(&h.as_ref()[..4])
             }),
+            docs: Default::default(),
             me: std::sync::OnceLock::new(),
         });
         let _ = d.me.set(Arc::downgrade(&d));

@@ -168,6 +168,9 @@ pub struct ProfileRecord {
     pub devices: Devices,
 }
 
+/// Profiles by name.
+pub type Profiles = BTreeMap<String, ProfileRecord>;
+
 /// The whole document.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
 pub struct Data {
@@ -175,7 +178,8 @@ pub struct Data {
     pub config: StringMap,
     /// Shared with the copies a change makes (see the module's doc).
     pub instances: BTreeMap<String, Shared<InstanceRecord>>,
-    pub profiles: BTreeMap<String, ProfileRecord>,
+    /// Shared as the instances' records are (a listing keeps API documents made from them).
+    pub profiles: Shared<Profiles>,
     #[serde(default)]
     pub pools: BTreeMap<String, PoolRecord>,
     /// Custom storage volumes: pool -> volume name -> record (`instance::volumes`).

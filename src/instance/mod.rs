@@ -13,6 +13,7 @@ pub mod create;
 pub mod ctx;
 pub mod db;
 pub mod devices;
+pub mod docs;
 pub mod error;
 pub mod events;
 pub mod host;

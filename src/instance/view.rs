@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::db::InstanceRecord;
+use super::db::{InstanceRecord, Profiles};
 use super::{config, Ctx, Error, Result};
 use crate::api::{Devices, StringMap};
 use crate::runtime::{self, State};
@@ -54,6 +54,19 @@ pub fn all_records(d: &Ctx) -> Vec<(String, Shared<InstanceRecord>)> {
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
+}
+
+/// Every instance's record and the profiles, as one moment's database has them (shared with
+/// its copy: the lock is not held afterwards).
+pub fn listing(d: &Ctx) -> (Vec<(String, Shared<InstanceRecord>)>, Shared<Profiles>) {
+    let db = d.db.lock().expect("db lock");
+    let records = db
+        .data
+        .instances
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    (records, db.data.profiles.clone())
 }
 
 /// Its config and devices with its profiles applied.

@@ -2,6 +2,7 @@
 //! limits applied), rename (or serialise for a migration), delete, and state changes. The model
 //! and lifecycle are `crate::instance`'s; creation is `instance_create`'s.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::super::filter::Filter;
@@ -35,6 +36,16 @@ fn status_of(s: &State) -> (&'static str, u16) {
 
 fn to_api(d: &Daemon, name: &str, rec: &InstanceRecord, st: &State) -> api::Instance {
     let (ec, ed) = expanded(d, rec);
+    to_api_expanded(name, rec, st, (ec, ed))
+}
+
+/// [`to_api`] with the expanded config and devices given.
+fn to_api_expanded(
+    name: &str,
+    rec: &InstanceRecord,
+    st: &State,
+    (ec, ed): (api::StringMap, api::Devices),
+) -> api::Instance {
     let (s, code) = status_of(st);
     api::Instance {
         architecture: rec.architecture.clone(),
@@ -195,33 +206,52 @@ pub fn list(d: &Daemon, req: &Request) -> Result<Response> {
     let filter = Filter::parse(req.query("filter").unwrap_or(""))?;
     let rec_level = recursion(req);
     let parts = Parts::of(req)?;
-    let records = crate::instance::view::all_records(d);
+    let (records, profiles) = crate::instance::view::listing(d);
     if rec_level == 0 && filter.is_empty() {
         let urls: Vec<String> = records.iter().map(|(name, _)| url(name)).collect();
         return Ok(response::sync(&urls));
     }
     let entry = |(name, rec): &(String, Shared<InstanceRecord>)| -> Result<Option<Vec<u8>>> {
         let st = state_of(d, name)?;
-        let inst = to_api(d, name, rec, &st);
-        // The filter reads the document as JSON; only made when there is one.
-        if !filter.is_empty() && !filter.matches(&serde_json::to_value(&inst).unwrap_or_default()) {
-            return Ok(None);
-        }
-        let json = match rec_level {
-            0 => serde_json::to_vec(&url(name)),
-            1 => serde_json::to_vec(&inst),
-            _ => {
-                let state = state_api(d, name, rec, &inst.expanded_devices, &st, parts)?;
-                serde_json::to_vec(&api::InstanceFull {
-                    instance: inst,
-                    backups: Some(backups_api(rec)),
-                    state: Some(state),
-                    snapshots: Some(crate::instance::snapshots::list_api(d, rec)),
-                })
+        let fail = |e: serde_json::Error| Error::Internal(format!("instance {name:?}: {e}"));
+        let expand = || config::expand(&rec.profiles, &profiles, &rec.config, &rec.devices);
+        // The instance's document: kept from an earlier listing while its record, the profiles
+        // and its status are the same. The filter reads it as JSON; only made when there is one.
+        let (json, ed): (Arc<[u8]>, Arc<api::Devices>) = if filter.is_empty() {
+            let code = status_of(&st).1;
+            match d.docs.get(name, rec, &profiles, code) {
+                Some(kept) => kept,
+                None => {
+                    let inst = to_api_expanded(name, rec, &st, expand());
+                    let json: Arc<[u8]> = serde_json::to_vec(&inst).map_err(fail)?.into();
+                    let ed = Arc::new(inst.expanded_devices);
+                    d.docs
+                        .put(name, (rec, &profiles, code), json.clone(), ed.clone());
+                    (json, ed)
+                }
             }
+        } else {
+            let inst = to_api_expanded(name, rec, &st, expand());
+            if !filter.matches(&serde_json::to_value(&inst).unwrap_or_default()) {
+                return Ok(None);
+            }
+            let json = serde_json::to_vec(&inst).map_err(fail)?.into();
+            (json, Arc::new(inst.expanded_devices))
         };
-        json.map(Some)
-            .map_err(|e| Error::Internal(format!("instance {name:?}: {e}")))
+        Ok(Some(match rec_level {
+            0 => serde_json::to_vec(&url(name)).map_err(fail)?,
+            1 => json.to_vec(),
+            _ => {
+                let state = state_api(d, name, rec, &ed, &st, parts)?;
+                full_json(
+                    &json,
+                    &backups_api(rec),
+                    &state,
+                    &crate::instance::snapshots::list_api(d, rec),
+                )
+                .map_err(fail)?
+            }
+        }))
     };
     // Each entry reads the instance's run state from its files, and with states its usage
     // figures and interfaces from the kernel (0.05 to 0.15 ms each), and is serialized: on a
@@ -235,7 +265,40 @@ pub fn list(d: &Daemon, req: &Request) -> Result<Response> {
     for e in crate::util::par::map(&records, workers, entry) {
         out.extend(e?);
     }
+    if filter.is_empty() {
+        d.docs.retain(|name| {
+            records
+                .binary_search_by(|(n, _)| n.as_str().cmp(name))
+                .is_ok()
+        });
+    }
     Ok(response::sync_serialized_list(&out))
+}
+
+/// An `InstanceFull` document from its instance's document (an object) and the rest, as
+/// serializing the whole `InstanceFull` writes it: the instance's members, then `backups`,
+/// `state` and `snapshots`.
+fn full_json(
+    instance: &[u8],
+    backups: &[serde_json::Value],
+    state: &api::InstanceState,
+    snapshots: &[api::InstanceSnapshot],
+) -> serde_json::Result<Vec<u8>> {
+    let Some(open) = instance.strip_suffix(b"}") else {
+        return Err(serde::ser::Error::custom(
+            "an instance's document is not an object",
+        ));
+    };
+    let mut out = Vec::with_capacity(instance.len() + 1024);
+    out.extend_from_slice(open);
+    out.extend_from_slice(b",\"backups\":");
+    serde_json::to_writer(&mut out, backups)?;
+    out.extend_from_slice(b",\"state\":");
+    serde_json::to_writer(&mut out, state)?;
+    out.extend_from_slice(b",\"snapshots\":");
+    serde_json::to_writer(&mut out, snapshots)?;
+    out.push(b'}');
+    Ok(out)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -583,3 +646,50 @@ fn state_put(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
 
 // ---------------------------------------------------------------------------------------------
 // Start-up
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listing's entry spliced from the kept instance document is the whole `InstanceFull`
+    /// serialized at once, byte for byte.
+    #[test]
+    fn a_full_document_from_its_parts_is_the_whole_serialized() {
+        let mut inst = api::Instance {
+            name: "c1".into(),
+            status: "Running".into(),
+            status_code: status::RUNNING,
+            ..Default::default()
+        };
+        inst.config
+            .insert("volatile.idmap.base".into(), "100000".into());
+        inst.expanded_devices.insert(
+            "root".into(),
+            [("path".to_string(), "/".to_string())].into(),
+        );
+        let state = api::InstanceState {
+            status: "Running".into(),
+            pid: 42,
+            ..Default::default()
+        };
+        let snapshots = vec![api::InstanceSnapshot {
+            name: "s0".into(),
+            ..Default::default()
+        }];
+        let backups = vec![serde_json::json!({"name": "b0"})];
+        let whole = serde_json::to_vec(&api::InstanceFull {
+            instance: inst.clone(),
+            backups: Some(backups.clone()),
+            state: Some(state.clone()),
+            snapshots: Some(snapshots.clone()),
+        })
+        .unwrap();
+        let doc = serde_json::to_vec(&inst).unwrap();
+        let spliced = full_json(&doc, &backups, &state, &snapshots).unwrap();
+        assert_eq!(
+            String::from_utf8(spliced).unwrap(),
+            String::from_utf8(whole).unwrap()
+        );
+        assert!(full_json(b"[]", &backups, &state, &snapshots).is_err());
+    }
+}

@@ -43,7 +43,7 @@ fn used_by(d: &Daemon, name: &str) -> Vec<String> {
             }
         }
     }
-    for (n, p) in &db.data.profiles {
+    for (n, p) in db.data.profiles.iter() {
         if p.devices.values().any(|dev| {
             dev.get("type").map(String::as_str) == Some("disk")
                 && dev.get("pool").map(String::as_str) == Some(name)
