@@ -435,7 +435,13 @@ impl Client {
         let all = self.headers_with(headers, "keep-alive");
         let exchange = |stream: &mut Box<dyn Stream>, body: Body| -> io::Result<RawResponse> {
             let mut resp = request(stream, method, path, &all, body)?;
-            let mut buf = Vec::new();
+            // Sized from the head (up to 64 MiB): a listing's body is megabytes.
+            let announced = resp
+                .headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.trim().parse::<usize>().ok());
+            let mut buf = Vec::with_capacity(announced.unwrap_or(0).min(64 << 20));
             resp.body.read_to_end(&mut buf)?;
             Ok(RawResponse {
                 status: resp.status,
@@ -516,9 +522,11 @@ impl Client {
             metadata: T,
         }
         let resp = self.raw("GET", path, &[], Body::Empty)?;
-        // One pass over the body when it is what was asked for (a listing's body is large).
+        // One pass over the body when it is what was asked for (a listing's body is large),
+        // its UTF-8 checked once as a whole rather than string by string.
+        let text = std::str::from_utf8(&resp.body);
         if resp.status < 400 {
-            if let Ok(t) = serde_json::from_slice::<Typed<T>>(&resp.body) {
+            if let Ok(Ok(t)) = text.map(serde_json::from_str::<Typed<T>>) {
                 if t.kind != "error" && t.error.is_empty() {
                     return Ok(t.metadata);
                 }
@@ -527,7 +535,8 @@ impl Client {
         // An error's envelope is the error; anything [`parse_envelope`] lets through is decoded
         // as above, for its error (never through a `Value`: a second decoder of `T`).
         parse_envelope(resp.status, &resp.body)?;
-        let t: Typed<T> = serde_json::from_slice(&resp.body)?;
+        let text = text.map_err(|e| Error(format!("the server's answer is not UTF-8: {e}")))?;
+        let t: Typed<T> = serde_json::from_str(text)?;
         Ok(t.metadata)
     }
 
