@@ -331,9 +331,9 @@ fn fd_table_size(run: &Path) -> u32 {
 
 /// Raise the soft limit of open files to `want`. A hard limit below it is raised too where
 /// the daemon may (root: `CAP_SYS_RESOURCE`, as LXD's service is given 1048576), else the soft
-/// limit goes up to the hard one. The daemon keeps up to a quarter of the limit open for the
-/// usage files of running containers (about seven each on a v1 host), so a shell's 20,000 kept
-/// those of 700 and made every listing open the rest again.
+/// limit goes up to the hard one. The daemon keeps up to three eighths of the limit open for
+/// the usage files of running containers (seven each), and a listing opens again those it
+/// could not keep.
 fn raise_nofile(want: u64) -> nix::Result<()> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;

@@ -25,8 +25,9 @@ pub fn of_pid(pid: i32) -> io::Result<BTreeMap<String, InstanceStateNetwork>> {
     thread_local! {
         static NL: std::cell::OnceCell<Netlink> = const { std::cell::OnceCell::new() };
     }
-    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
-    let inode = std::os::unix::fs::MetadataExt::ino(&ns.metadata()?);
+    let path = format!("/proc/{pid}/ns/net");
+    // One stat names the namespace (the file is opened only to ask for its id the first time).
+    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path)?);
     NL.with(|cell| {
         let nl = match cell.get() {
             Some(nl) => nl,
@@ -38,8 +39,14 @@ pub fn of_pid(pid: i32) -> io::Result<BTreeMap<String, InstanceStateNetwork>> {
         let id = match known_nsid(pid, inode) {
             Some(id) => id,
             None => {
+                // Named by the open file itself: what it is now, should it have changed.
+                let ns = std::fs::File::open(&path)?;
                 let id = nl.nsid(std::os::fd::AsFd::as_fd(&ns))?;
-                remember_nsid(pid, inode, id);
+                remember_nsid(
+                    pid,
+                    std::os::unix::fs::MetadataExt::ino(&ns.metadata()?),
+                    id,
+                );
                 id
             }
         };

@@ -196,15 +196,16 @@ fn read(path: &Path) -> Result<String> {
 }
 
 /// A single-number file's value from its text as read: `None` when the file does not exist.
-fn parse_u64(path: &Path, text: std::io::Result<String>) -> Result<Option<u64>> {
+/// A single-number file's value (`None`: no such file); `dir` and `file` name it in errors.
+fn parse_u64(dir: &Path, file: &str, text: std::io::Result<String>) -> Result<Option<u64>> {
     match text {
         Ok(t) => t
             .trim()
             .parse()
             .map(Some)
-            .map_err(|e| Error(format!("cgroup: parsing {}: {e}", path.display()))),
+            .map_err(|e| Error(format!("cgroup: parsing {}: {e}", dir.join(file).display()))),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_err("reading", path, e)),
+        Err(e) => Err(io_err("reading", &dir.join(file), e)),
     }
 }
 
@@ -705,19 +706,19 @@ impl Cgroup {
         // `frozen` is in cgroup.events on the kernels with cgroup.freeze (5.2+). Both read
         // through kept files, as the usage figures (listings ask each running container).
         if let Some(d) = self.unified.as_ref().filter(|_| self.v2_core) {
-            let events = kept::read(&self.name, &d.join("cgroup.events"));
+            let events = kept::read(&self.name, d, "cgroup.events");
             if let Some(v) = events.ok().and_then(|t| keyed(&t, "frozen")) {
                 return v == 1;
             }
         }
         self.v1_dir("freezer")
-            .and_then(|d| kept::read(&self.name, &d.join("freezer.state")).ok())
+            .and_then(|d| kept::read(&self.name, d, "freezer.state").ok())
             .is_some_and(|s| s.trim() == "FROZEN")
     }
 
     /// A single-number file's value through a kept file (`None`: no such file).
-    fn kept_u64(&self, path: &Path) -> Result<Option<u64>> {
-        parse_u64(path, kept::read(&self.name, path))
+    fn kept_u64(&self, dir: &Path, file: &'static str) -> Result<Option<u64>> {
+        parse_u64(dir, file, kept::read(&self.name, dir, file))
     }
 
     /// SIGKILL every process in the cgroup and its sub-cgroups, and wait (up to 5 s) until they
@@ -788,29 +789,29 @@ impl Cgroup {
         let mut s = Stats::default();
         if let Some((d, v2)) = self.ctrl("memory") {
             if v2 {
-                s.memory_usage = self.kept_u64(&d.join("memory.current"))?;
-                s.memory_peak = self.kept_u64(&d.join("memory.peak"))?;
-                s.swap_usage = self.kept_u64(&d.join("memory.swap.current"))?;
-                s.swap_peak = self.kept_u64(&d.join("memory.swap.peak"))?;
+                s.memory_usage = self.kept_u64(d, "memory.current")?;
+                s.memory_peak = self.kept_u64(d, "memory.peak")?;
+                s.swap_usage = self.kept_u64(d, "memory.swap.current")?;
+                s.swap_peak = self.kept_u64(d, "memory.swap.peak")?;
             } else {
-                s.memory_usage = self.kept_u64(&d.join("memory.usage_in_bytes"))?;
-                s.memory_peak = self.kept_u64(&d.join("memory.max_usage_in_bytes"))?;
+                s.memory_usage = self.kept_u64(d, "memory.usage_in_bytes")?;
+                s.memory_peak = self.kept_u64(d, "memory.max_usage_in_bytes")?;
                 // memsw counts memory + swap.
-                let memsw = self.kept_u64(&d.join("memory.memsw.usage_in_bytes"))?;
+                let memsw = self.kept_u64(d, "memory.memsw.usage_in_bytes")?;
                 s.swap_usage = memsw
                     .zip(s.memory_usage)
                     .map(|(sw, m)| sw.saturating_sub(m));
-                let memsw_peak = self.kept_u64(&d.join("memory.memsw.max_usage_in_bytes"))?;
+                let memsw_peak = self.kept_u64(d, "memory.memsw.max_usage_in_bytes")?;
                 s.swap_peak = memsw_peak
                     .zip(s.memory_peak)
                     .map(|(sw, m)| sw.saturating_sub(m));
             }
         }
         if let Some(d) = self.v1_dir("cpuacct") {
-            s.cpu_ns = self.kept_u64(&d.join("cpuacct.usage"))?;
+            s.cpu_ns = self.kept_u64(d, "cpuacct.usage")?;
         } else if let Some(d) = &self.unified {
             let p = d.join("cpu.stat");
-            match kept::read(&self.name, &p) {
+            match kept::read(&self.name, d, "cpu.stat") {
                 Ok(text) => {
                     let usec = keyed(&text, "usage_usec").ok_or_else(|| {
                         Error(format!("cgroup: no usage_usec in {}", p.display()))
@@ -822,7 +823,7 @@ impl Cgroup {
             }
         }
         s.processes = match self.ctrl("pids") {
-            Some((d, _)) => self.kept_u64(&d.join("pids.current"))?.ok_or_else(|| {
+            Some((d, _)) => self.kept_u64(d, "pids.current")?.ok_or_else(|| {
                 Error(format!(
                     "cgroup: {} missing",
                     d.join("pids.current").display()

@@ -235,7 +235,7 @@ fn ended(fd: &OwnedFd) -> bool {
 /// for every running container's monitor and init each time. A pidfd is readable once its
 /// process has ended (zombies too); ended ones leave the table when seen, in sweeps as it grows
 /// and at [`release_ended`] (the daemon's, each time a container's monitor ends), so the table
-/// holds about two fds per running container, and never more than a quarter of the fd limit.
+/// holds about two fds per running container, and never more than an eighth of the fd limit.
 /// Without a pidfd (past that, or at the fd limit) the answer is `/proc`'s, as before.
 fn alive(pid: i32, st: u64) -> bool {
     {
@@ -265,20 +265,34 @@ fn alive(pid: i32, st: u64) -> bool {
         table.retain(|_, fd| !ended(fd));
         *sweep_at = (table.len() * 2).max(64);
     }
-    // A quarter of the fd limit at most: the rest stays for connections, monitors' pidfds
-    // and files (past it, answers come from `/proc` as before pinning).
-    if table.len() < fd_share() {
+    // An eighth of the fd limit at most (see `fd_share`; past it, answers come from `/proc`
+    // as before pinning).
+    if table.len() < fd_share(Kept::Pidfds) {
         table.insert((pid, st), fd);
     }
     true
 }
 
-/// How many fds one of the runtime's kept sets may hold (the pinned processes' pidfds, the
-/// cgroup files kept for usage reads): a quarter of the soft limit of open files (read once;
-/// the daemon raises it to the hard limit at its start, before anything is kept).
-pub(crate) fn fd_share() -> usize {
-    static SHARE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *SHARE.get_or_init(|| usize::try_from(sys::open_files_limit() / 4).unwrap_or(usize::MAX))
+/// The runtime's kept sets of fds: the pinned processes' pidfds and the cgroup files kept for
+/// usage reads.
+#[derive(Clone, Copy)]
+pub(crate) enum Kept {
+    Pidfds,
+    CgroupFiles,
+}
+
+/// How many fds a kept set may hold. Together half the soft limit of open files (read once; the
+/// daemon raises it at its start, before anything is kept), shared as a running container
+/// uses them: two pidfds (its monitor and init) to seven usage files, so an eighth and three
+/// eighths. The other half stays for connections, the monitors' own pidfds, logs and images.
+pub(crate) fn fd_share(set: Kept) -> usize {
+    static LIMIT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let limit = *LIMIT.get_or_init(sys::open_files_limit);
+    let share = match set {
+        Kept::Pidfds => limit / 8,
+        Kept::CgroupFiles => limit / 8 * 3,
+    };
+    usize::try_from(share).unwrap_or(usize::MAX)
 }
 
 /// Let go of the pidfds of pinned processes that have ended.

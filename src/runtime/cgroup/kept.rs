@@ -4,13 +4,13 @@
 //! a listing saves an open and a close (most of a read's cost: the walk down a six-component
 //! path) for each of them.
 //!
-//! - Kept by cgroup name, then path; a file that does not exist is remembered as absent (a
-//!   cgroup's set of files does not change while it exists).
+//! - Kept by cgroup name, then file name; a file that does not exist is remembered as absent
+//!   (a cgroup's set of files does not change while it exists).
 //! - A cgroup removed (its container stopped) answers `ENODEV` on its kept files: the read drops
 //!   the cgroup's files and opens the path again, which then fails as a read of a missing file
 //!   would. [`sweep`] (as each monitor ends) lets go of every removed cgroup's files.
-//! - At most a quarter of the open-files limit is kept (`helper::fd_share`); past it, files
-//!   are opened each time.
+//! - At most three eighths of the open-files limit are kept (`helper::fd_share`); past it,
+//!   files are opened each time.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -19,8 +19,15 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 
-/// A cgroup's kept files by path (`None`: the file does not exist).
-type Files = HashMap<PathBuf, Option<Arc<File>>>;
+/// A cgroup's kept files by file name (the files read are named alike in no two of its
+/// directories).
+type Files = HashMap<&'static str, Entry>;
+
+enum Entry {
+    Open(Arc<File>),
+    /// The file does not exist (at this path).
+    Absent(PathBuf),
+}
 
 struct Kept {
     by_cgroup: HashMap<String, Files>,
@@ -37,12 +44,17 @@ fn kept() -> MutexGuard<'static, Kept> {
     KEPT.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The whole text of `path`, a file of cgroup `cgroup`'s, from a kept file when there is one.
-pub(super) fn read(cgroup: &str, path: &Path) -> io::Result<String> {
+/// The whole text of file `file` in `dir`, a directory of cgroup `cgroup`'s, from a kept file
+/// when there is one (the path is made only when the file is opened).
+pub(super) fn read(cgroup: &str, dir: &Path, file: &'static str) -> io::Result<String> {
     let found = kept()
         .by_cgroup
         .get(cgroup)
-        .and_then(|files| files.get(path).cloned());
+        .and_then(|files| match files.get(file) {
+            Some(Entry::Open(f)) => Some(Some(f.clone())),
+            Some(Entry::Absent(_)) => Some(None),
+            None => None,
+        });
     match found {
         Some(Some(f)) => match read_from_start(&f) {
             Ok(t) => return Ok(t),
@@ -53,32 +65,33 @@ pub(super) fn read(cgroup: &str, path: &Path) -> io::Result<String> {
         Some(None) => return Err(io::ErrorKind::NotFound.into()),
         None => {}
     }
-    let (f, text) = match File::open(path) {
+    let path = dir.join(file);
+    let (f, text) = match File::open(&path) {
         Ok(f) => {
             let text = read_from_start(&f)?;
-            (Some(Arc::new(f)), text)
+            (Entry::Open(Arc::new(f)), text)
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             // Absent, unless the cgroup is gone: then nothing is remembered of it.
-            if path.parent().is_some_and(Path::is_dir) {
-                remember(cgroup, path, None);
+            if dir.is_dir() {
+                remember(cgroup, file, Entry::Absent(path));
             }
             return Err(e);
         }
         Err(e) => return Err(e),
     };
-    remember(cgroup, path, f);
+    remember(cgroup, file, f);
     Ok(text)
 }
 
-fn remember(cgroup: &str, path: &Path, f: Option<Arc<File>>) {
+fn remember(cgroup: &str, file: &'static str, e: Entry) {
     let mut k = kept();
-    if f.is_some() && k.open >= super::super::helper::fd_share() {
+    let new = matches!(e, Entry::Open(_));
+    if new && k.open >= super::super::helper::fd_share(super::super::helper::Kept::CgroupFiles) {
         return;
     }
     let files = k.by_cgroup.entry(cgroup.to_string()).or_default();
-    let new = f.is_some();
-    if files.insert(path.to_path_buf(), f).flatten().is_some() {
+    if let Some(Entry::Open(_)) = files.insert(file, e) {
         k.open -= 1;
     }
     if new {
@@ -90,7 +103,10 @@ impl Kept {
     /// Let go of cgroup `cgroup`'s files.
     fn drop_cgroup(&mut self, cgroup: &str) {
         if let Some(files) = self.by_cgroup.remove(cgroup) {
-            self.open -= files.values().filter(|f| f.is_some()).count();
+            self.open -= files
+                .values()
+                .filter(|f| matches!(f, Entry::Open(_)))
+                .count();
         }
     }
 }
@@ -107,14 +123,17 @@ pub(super) fn sweep() {
         .by_cgroup
         .iter()
         .filter(|(_, files)| {
-            match files.values().flatten().next() {
+            let open = files.values().find_map(|f| match f {
+                Entry::Open(f) => Some(f),
+                Entry::Absent(_) => None,
+            });
+            match open {
                 Some(f) => read_from_start(f).is_err(),
                 // Only absent files: gone when their directory is.
-                None => !files
-                    .keys()
-                    .next()
-                    .and_then(|p| p.parent())
-                    .is_some_and(Path::is_dir),
+                None => !files.values().any(|f| match f {
+                    Entry::Absent(p) => p.parent().is_some_and(Path::is_dir),
+                    Entry::Open(_) => false,
+                }),
             }
         })
         .map(|(name, _)| name.clone())
@@ -169,12 +188,11 @@ mod tests {
             eprintln!("SKIP kept_files_read_fresh_and_go_with_their_cgroup: {e}");
             return;
         }
-        let events = dir.join("cgroup.events");
+        let events = "cgroup.events";
         let before = open_count();
-        assert!(read(&name, &events).unwrap().contains("populated 0"));
+        assert!(read(&name, &dir, events).unwrap().contains("populated 0"));
         assert_eq!(open_count(), before + 1);
-        let missing = dir.join("no.such.file");
-        let e = read(&name, &missing).unwrap_err();
+        let e = read(&name, &dir, "no.such.file").unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
         assert_eq!(open_count(), before + 1);
 
@@ -184,11 +202,11 @@ mod tests {
             .spawn()
             .unwrap();
         std::fs::write(dir.join("cgroup.procs"), child.id().to_string()).unwrap();
-        assert!(read(&name, &events).unwrap().contains("populated 1"));
+        assert!(read(&name, &dir, events).unwrap().contains("populated 1"));
         child.kill().unwrap();
         child.wait().unwrap();
         let t = std::time::Instant::now();
-        while !read(&name, &events).unwrap().contains("populated 0") {
+        while !read(&name, &dir, events).unwrap().contains("populated 0") {
             assert!(t.elapsed().as_secs() < 5, "still populated");
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
@@ -197,14 +215,14 @@ mod tests {
         // Removed: the next read fails as a fresh one would, and keeps nothing.
         std::fs::remove_dir(&dir).unwrap();
         assert_eq!(
-            read(&name, &events).unwrap_err().kind(),
+            read(&name, &dir, events).unwrap_err().kind(),
             io::ErrorKind::NotFound
         );
         assert_eq!(open_count(), before);
 
         // Made again: read afresh; removed again: the sweep lets it go.
         std::fs::create_dir(&dir).unwrap();
-        assert!(read(&name, &events).unwrap().contains("populated 0"));
+        assert!(read(&name, &dir, events).unwrap().contains("populated 0"));
         assert_eq!(open_count(), before + 1);
         std::fs::remove_dir(&dir).unwrap();
         sweep();
