@@ -522,11 +522,9 @@ impl Client {
             metadata: T,
         }
         let resp = self.raw("GET", path, &[], Body::Empty)?;
-        // One pass over the body when it is what was asked for (a listing's body is large),
-        // its UTF-8 checked once as a whole rather than string by string.
-        let text = std::str::from_utf8(&resp.body);
+        // One pass over the body when it is what was asked for (a listing's body is large).
         if resp.status < 400 {
-            if let Ok(Ok(t)) = text.map(serde_json::from_str::<Typed<T>>) {
+            if let Ok(t) = serde_json::from_slice::<Typed<T>>(&resp.body) {
                 if t.kind != "error" && t.error.is_empty() {
                     return Ok(t.metadata);
                 }
@@ -535,8 +533,7 @@ impl Client {
         // An error's envelope is the error; anything [`parse_envelope`] lets through is decoded
         // as above, for its error (never through a `Value`: a second decoder of `T`).
         parse_envelope(resp.status, &resp.body)?;
-        let text = text.map_err(|e| Error(format!("the server's answer is not UTF-8: {e}")))?;
-        let t: Typed<T> = serde_json::from_str(text)?;
+        let t: Typed<T> = serde_json::from_slice(&resp.body)?;
         Ok(t.metadata)
     }
 
