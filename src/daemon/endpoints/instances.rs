@@ -206,6 +206,7 @@ pub fn list(d: &Daemon, req: &Request) -> Result<Response> {
     let filter = Filter::parse(req.query("filter").unwrap_or(""))?;
     let rec_level = recursion(req);
     let parts = Parts::of(req)?;
+    let steps = crate::util::trace::Steps::new("list", &format!("recursion={rec_level}"));
     let (records, profiles) = crate::instance::view::listing(d);
     if rec_level == 0 && filter.is_empty() {
         let urls: Vec<String> = records.iter().map(|(name, _)| url(name)).collect();
@@ -265,6 +266,7 @@ pub fn list(d: &Daemon, req: &Request) -> Result<Response> {
     for e in crate::util::par::map(&records, workers, entry) {
         out.extend(e?);
     }
+    steps.step(&format!("{} entries on {workers} threads", out.len()));
     if filter.is_empty() {
         d.docs.retain(|name| {
             records
@@ -272,7 +274,9 @@ pub fn list(d: &Daemon, req: &Request) -> Result<Response> {
                 .is_ok()
         });
     }
-    Ok(response::sync_serialized_list(&out))
+    let resp = response::sync_serialized_list(&out);
+    steps.step("response made");
+    Ok(resp)
 }
 
 /// An `InstanceFull` document from its instance's document (an object) and the rest, as
