@@ -485,14 +485,36 @@ impl Cgroup {
     }
 
     pub fn is_frozen_named(name: &str) -> bool {
-        Cgroup::paths(name).is_ok_and(|c| c.is_frozen())
+        Cgroup::paths_kept(name).is_ok_and(|c| c.is_frozen())
+    }
+
+    /// [`Cgroup::paths`] of `name`, made once: its directories depend on the name alone (the
+    /// layout is probed once), and a listing asks twice for every running container's (its
+    /// state, its usage figures), each time ten hierarchies' paths. At most 4096 are kept; past
+    /// that, all go and are made again as asked.
+    fn paths_kept(name: &str) -> Result<std::sync::Arc<Cgroup>> {
+        use std::collections::HashMap;
+        use std::sync::{Arc, Mutex};
+        static KEPT: Mutex<Option<HashMap<String, Arc<Cgroup>>>> = Mutex::new(None);
+        let lock = || KEPT.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(cg) = lock().as_ref().and_then(|m| m.get(name)) {
+            return Ok(cg.clone());
+        }
+        let cg = Arc::new(Cgroup::paths(name)?);
+        let mut g = lock();
+        let map = g.get_or_insert_with(HashMap::new);
+        if map.len() >= 4096 {
+            map.clear();
+        }
+        map.insert(name.to_string(), cg.clone());
+        Ok(cg)
     }
 
     /// The usage figures of an existing container's cgroup; an error when it is gone. Its files
     /// are read without a look at its directories first (listings read every running
     /// container's); only figures that all came back missing send a look whether it is there.
     pub fn stats_named(name: &str) -> Result<Stats> {
-        let cg = Cgroup::paths(name)?;
+        let cg = Cgroup::paths_kept(name)?;
         let s = cg.stats()?;
         let none = s.memory_usage.is_none() && s.cpu_ns.is_none() && s.processes == 0;
         if none {
