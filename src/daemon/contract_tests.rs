@@ -467,3 +467,56 @@ fn certificates_added_by_a_trusted_caller() {
     assert!(r.error().contains("listening"), "{}", r.error());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An events websocket has every event from the moment its handshake is answered: `lxc` looks
+/// at an operation once it has the answer, then waits for the operation's events, and one that
+/// ended in between (before the upgraded connection was served) was lost, leaving `lxc` waiting
+/// for ever (a CI run: `lxc storage volume import` of a refused tarball, 300 s).
+#[test]
+fn an_events_websocket_has_the_events_after_its_handshake() {
+    use crate::http::ws;
+    let (d, dir) = ctx("events-handshake");
+    let mut req = Request::new(
+        "GET".into(),
+        "/1.0/events".into(),
+        crate::http::parse_query("type=lifecycle").unwrap(),
+        vec![
+            ("Upgrade".into(), "websocket".into()),
+            ("Connection".into(), "Upgrade".into()),
+            (
+                "Sec-WebSocket-Key".into(),
+                "dGhlIHNhbXBsZSBub25jZQ==".into(),
+            ),
+            ("Sec-WebSocket-Version".into(), "13".into()),
+        ],
+        Box::new(Cursor::new(Vec::new())),
+    );
+    let resp = routes::handle_as(&d, &mut req, &Caller::Local);
+    assert_eq!(resp.status, 101);
+    // The client has the answer; the event comes before the connection is served.
+    d.events
+        .lifecycle("instance-started", "/1.0/instances/c1", json!({}));
+    let (server, client) = std::os::unix::net::UnixStream::pair().unwrap();
+    let upgrade = resp.upgrade.expect("an upgrade");
+    let served = std::thread::spawn(move || upgrade(Box::new(server)));
+    client
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let (_tx, mut rx) = ws::split(Box::new(client), ws::Role::Client).unwrap();
+    let text = loop {
+        match rx.recv().expect("the event, within 10 s") {
+            ws::Message::Text(t) => break t,
+            ws::Message::Binary(_) => {}
+            ws::Message::Close(c) => panic!("closed ({c:?}) without the event"),
+        }
+    };
+    let v: Value = serde_json::from_slice(text.as_bytes()).unwrap();
+    assert_eq!(v["metadata"]["action"], "instance-started", "{v}");
+    drop(rx);
+    drop(_tx);
+    // The server's writer notices the client gone at its next event.
+    d.events
+        .lifecycle("instance-stopped", "/1.0/instances/c1", json!({}));
+    served.join().unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -137,21 +137,20 @@ pub fn events(d: &Daemon, req: &mut Request) -> Result<Response> {
     if resp.status != 101 {
         return Ok(resp);
     }
-    let events = d.events.clone();
-    resp.upgrade = Some(Box::new(move |stream| serve_events(&events, stream, types)));
+    // Subscribed before the handshake's answer goes out: a client that has it may look at an
+    // operation and then wait for its events (`lxc` does), and an operation that ended in
+    // between, before a subscription made after the answer, had its event lost and the client
+    // waiting for ever. Events from here on are queued for the websocket.
+    let rx = d.events.subscribe(types);
+    resp.upgrade = Some(Box::new(move |stream| serve_events(rx, stream)));
     Ok(resp)
 }
 
-/// Serve one websocket subscriber of `types` (empty: every type) until it goes away.
-fn serve_events(
-    events: &crate::instance::events::Events,
-    stream: Box<dyn crate::http::Stream>,
-    types: Vec<String>,
-) {
+/// Serve one websocket subscriber (its queue `rx`) until it goes away.
+fn serve_events(rx: std::sync::mpsc::Receiver<String>, stream: Box<dyn crate::http::Stream>) {
     let Ok((sender, mut receiver)) = ws::split(stream, ws::Role::Server) else {
         return;
     };
-    let rx = events.subscribe(types);
     // Reader: notices the client closing (or sending anything) and stops the writer.
     let closer = sender.clone();
     let reader = std::thread::spawn(move || {
