@@ -47,13 +47,7 @@ pub fn record_in(data: &super::db::Data, name: &str) -> Result<Shared<InstanceRe
 
 /// Every instance's record (shared with the database's copy: the lock is not held afterwards).
 pub fn all_records(d: &Ctx) -> Vec<(String, Shared<InstanceRecord>)> {
-    d.db.lock()
-        .expect("db lock")
-        .data
-        .instances
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
+    listing(d).0
 }
 
 /// Every instance's record and the profiles, as one moment's database has them (shared with
