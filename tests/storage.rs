@@ -224,12 +224,21 @@ fn a_failed_restore_leaves_the_instance_as_it_was() {
     let gone = pool.join("containers").join(format!("{vol}.old.gone-1-0"));
     std::fs::create_dir_all(gone.join("rootfs/root")).expect("mkdir");
     std::fs::write(gone.join("rootfs/root/a"), "old").expect("write");
+    // As if a daemon died between a restore's two renames: the volume set aside as
+    // `<volume>.old`, nothing in its place yet; the start puts it back.
+    let cur = pool.join("containers").join(&vol);
+    let old = pool.join("containers").join(format!("{vol}.old"));
+    std::fs::rename(&cur, &old).expect("set the volume aside");
     d.restart().expect("restart");
     assert!(
         !gone.exists(),
         "a volume set aside for removal is removed at the start"
     );
+    assert!(cur.is_dir() && !old.exists(), "the interrupted restore undone");
     let l = Lxc::new(&d);
+    l.ok(&["start", "fr"]);
+    assert_eq!(l.sh("fr", "cat /root/a").1, "one\n", "its files back");
+    l.ok(&["stop", "--force", "fr"]);
     l.ok(&["delete", "fr"]);
     assert!(volumes(&pool).is_empty(), "{:?}", volumes(&pool));
 }

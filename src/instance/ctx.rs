@@ -62,9 +62,12 @@ impl Ctx {
     /// The context for `dir`: the state database and image store opened there, with these host
     /// facts (probed by the daemon at start, faked by tests). Pools are opened by the caller.
     pub fn open(dir: &Path, host: Host) -> std::result::Result<Arc<Ctx>, String> {
+        let trace = crate::util::trace::Steps::new("open", &dir.display().to_string());
         let events = Arc::new(Events::default());
         let images = image::Store::open(&dir.join("images")).map_err(|e| e.to_string())?;
+        trace.step("image store");
         let mut db = db::Db::open(&dir.join("database.json")).map_err(|e| e.to_string())?;
+        trace.step("database");
         db.watch(Box::new(super::markers::Keeper(dir.to_path_buf())));
         let d = Arc::new(Ctx {
             dir: dir.to_path_buf(),

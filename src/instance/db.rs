@@ -247,11 +247,14 @@ pub trait Watcher: Send {
 impl Db {
     /// Load (or create) the database.
     pub fn open(path: &Path) -> std::io::Result<Db> {
+        let trace = crate::util::trace::Steps::new("database", "");
         let data = match std::fs::read(path) {
             Ok(bytes) => {
+                trace.step("read");
                 let mut d: Data = serde_json::from_slice(&bytes).map_err(|e| {
                     std::io::Error::other(format!("{}: corrupt database: {e}", path.display()))
                 })?;
+                trace.step("decoded");
                 if d.schema > SCHEMA {
                     return Err(std::io::Error::other(format!(
                         "{}: written by a newer bivy (schema {})",

@@ -54,18 +54,20 @@ pub fn modes_file(root: &Path) -> PathBuf {
     root.join(DIR).join("volume-modes")
 }
 
+/// The directories of instance and of custom volume records in [`DIR`].
+const INSTANCES: &str = "instances";
+const VOLUMES: &str = "volumes";
+
 /// The record file of the instance volume `volume` under a pool's root.
 pub fn instance_file(root: &Path, volume: &str) -> PathBuf {
     root.join(DIR)
-        .join("instances")
+        .join(INSTANCES)
         .join(format!("{volume}.json"))
 }
 
 /// The record file of the custom volume `volume` under a pool's root.
 pub fn volume_file(root: &Path, volume: &str) -> PathBuf {
-    root.join(DIR)
-        .join("volumes")
-        .join(format!("{volume}.json"))
+    root.join(DIR).join(VOLUMES).join(format!("{volume}.json"))
 }
 
 /// Read and parse one record file; `None` when absent, an error naming it when unreadable.
@@ -304,7 +306,7 @@ fn pool_marker(name: &str, rec: &PoolRecord) -> PoolMarker {
 pub fn remove_pool_files(root: &Path) {
     remove(&pool_file(root));
     remove(&modes_file(root));
-    for d in ["instances", "volumes"] {
+    for d in [INSTANCES, VOLUMES] {
         let _ = std::fs::remove_dir(root.join(DIR).join(d));
     }
     let _ = std::fs::remove_dir(root.join(DIR));
@@ -321,31 +323,37 @@ pub fn ensure_all(bivy_dir: &Path, data: &Data) {
             }
         }
     }
-    // Each pool's record directories are read once (not a lookup per record).
-    let mut present: HashMap<PathBuf, HashSet<OsString>> = HashMap::new();
-    let mut missing = |file: &Path| {
-        let dir = file.parent().unwrap_or(file).to_path_buf();
-        let names = present
-            .entry(dir)
-            .or_insert_with_key(|d| crate::util::fs::names_in(d));
-        !file.file_name().is_some_and(|n| names.contains(n))
-    };
+    // Each pool's record directories are read once (not a lookup per record), and a record's
+    // file is looked for by name: its path is made only when it has to be written.
+    let mut present = HashMap::new();
     for (name, rec) in &data.instances {
-        if let Some(root) = roots.get(&rec.pool) {
-            let f = instance_file(root, &rec.volume);
-            if missing(&f) {
-                write(&f, &marker_of(name, rec));
+        if let Some((pool, root)) = roots.get_key_value(&rec.pool) {
+            if missing(&mut present, (pool, INSTANCES), root, &rec.volume) {
+                write(&instance_file(root, &rec.volume), &marker_of(name, rec));
             }
         }
     }
     for ((pool, vol), (name, rec)) in volumes(data) {
-        if let Some(root) = roots.get(pool) {
-            let f = volume_file(root, vol);
-            if missing(&f) {
-                write(&f, &volume_marker(name, rec));
+        if let Some((pool, root)) = roots.get_key_value(pool) {
+            if missing(&mut present, (pool, VOLUMES), root, vol) {
+                write(&volume_file(root, vol), &volume_marker(name, rec));
             }
         }
     }
+}
+
+/// Whether the record file of `volume` is missing from the `(pool, kind)` directory under
+/// `root`: its names are read once into `present`.
+fn missing<'a>(
+    present: &mut HashMap<(&'a str, &'static str), HashSet<OsString>>,
+    at: (&'a str, &'static str),
+    root: &Path,
+    volume: &str,
+) -> bool {
+    let names = present
+        .entry(at)
+        .or_insert_with(|| crate::util::fs::names_in(&root.join(DIR).join(at.1)));
+    !names.contains(std::ffi::OsStr::new(&format!("{volume}.json")))
 }
 
 #[cfg(test)]

@@ -566,8 +566,10 @@ pub fn creating_dir(d: &Ctx) -> PathBuf {
 /// two renames, image volumes being unpacked or of deleted images, custom volumes and custom
 /// volume snapshots no record names.
 pub fn recover(d: &Ctx) {
+    let trace = crate::util::trace::Steps::new("recover pools", "");
     let data = d.db.lock().expect("db lock").data.clone();
     super::markers::ensure_all(&d.dir, &data);
+    trace.step("markers");
     let instances = &data.instances;
     let images: std::collections::HashSet<String> = d
         .images
@@ -598,15 +600,20 @@ pub fn recover(d: &Ctx) {
         let containers = p.driver.path().join("containers");
         // A restore swaps `<vol>` for `<vol>.restore` by way of `<vol>.old`: if the daemon died
         // between the renames, the old volume goes back (the restore did not happen).
-        let present = crate::util::fs::names_in(&containers);
+        let mut present = crate::util::fs::names_in(&containers);
         for vol in mine.keys() {
+            if present.contains(std::ffi::OsStr::new(vol)) {
+                continue;
+            }
             let cur = containers.join(vol);
             let old = beside(&cur, "old");
-            if !present.contains(std::ffi::OsStr::new(vol))
-                && present.contains(old.file_name().unwrap_or_default())
-            {
+            let old_name = old.file_name().unwrap_or_default();
+            if present.contains(old_name) {
                 eprintln!("bivy: undoing an interrupted restore of volume {vol}");
-                let _ = std::fs::rename(&old, &cur);
+                if std::fs::rename(&old, &cur).is_ok() {
+                    present.remove(old_name);
+                    present.insert(vol.into());
+                }
             }
         }
         let root = p.driver.path();
@@ -622,18 +629,16 @@ pub fn recover(d: &Ctx) {
             }
             kept
         };
-        for e in std::fs::read_dir(&containers)
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if !mine.contains_key(n.as_str())
+        // The directory read once: what the renames above left.
+        for name in &present {
+            let n = name.to_string_lossy();
+            if !mine.contains_key(&*n)
                 && !keep(&super::markers::instance_file(&root, &n), "instance volume")
             {
-                remove(&e.path());
+                remove(&containers.join(name));
             }
         }
+        trace.step("containers");
         let snaps = p.driver.path().join("containers-snapshots");
         for e in std::fs::read_dir(&snaps).into_iter().flatten().flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
@@ -655,6 +660,7 @@ pub fn recover(d: &Ctx) {
                 }
             }
         }
+        trace.step("snapshots");
         let customs = volume_dirs(&data, &p.name);
         // A custom volume's restore swaps it the same way.
         for vol in &customs {
