@@ -624,6 +624,29 @@ fn cgroup_live_limits_and_delegation() {
         read(&limit_file(&name, "pids", "pids.max", "pids.max")),
         "100"
     );
+    // The CPU bandwidth: v1's quota and period files, or v2's cpu.max.
+    let quota = limit_file(&name, "cpu", "cpu.cfs_quota_us", "cpu.max");
+    let bandwidth = |quota_file: &PathBuf| {
+        let q = read(quota_file);
+        match quota_file.file_name().and_then(|n| n.to_str()) {
+            Some("cpu.max") => q,
+            _ => format!(
+                "{q} {}",
+                read(&quota_file.with_file_name("cpu.cfs_period_us"))
+            ),
+        }
+    };
+    assert_eq!(bandwidth(&quota), "50000 100000");
+    // Another period (the quota lifted first, as the kernel wants it to fit), then the same
+    // period with another quota.
+    for (q, p) in [(20_000, 50_000), (30_000, 50_000)] {
+        let l = Limits {
+            cpu_quota: Some((q, p)),
+            ..more.clone()
+        };
+        cg.0.set_limits(&l).expect("set_limits");
+        assert_eq!(bandwidth(&quota), format!("{q} {p}"));
+    }
 
     // limits.memory.swap=false (the default here): memory+swap capped at the same value (v1 memsw).
     let memsw = mem.with_file_name("memory.memsw.limit_in_bytes");
@@ -649,6 +672,11 @@ fn cgroup_live_limits_and_delegation() {
     assert_eq!(
         read(&limit_file(&name, "pids", "pids.max", "pids.max")),
         "max"
+    );
+    let unlimited = bandwidth(&quota);
+    assert!(
+        unlimited == "-1 100000" || unlimited == "max 100000",
+        "{unlimited}"
     );
 
     // Delegation: the directory and the process-moving files belong to the container root,

@@ -234,7 +234,10 @@ fn a_failed_restore_leaves_the_instance_as_it_was() {
         !gone.exists(),
         "a volume set aside for removal is removed at the start"
     );
-    assert!(cur.is_dir() && !old.exists(), "the interrupted restore undone");
+    assert!(
+        cur.is_dir() && !old.exists(),
+        "the interrupted restore undone"
+    );
     let l = Lxc::new(&d);
     l.ok(&["start", "fr"]);
     assert_eq!(l.sh("fr", "cat /root/a").1, "one\n", "its files back");

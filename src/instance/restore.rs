@@ -46,6 +46,7 @@ pub fn restore_now(d: &Ctx, name: &str, snap: &str) -> Result<()> {
 /// [`restore_now`]; `stateful`: the snapshot's saved state is restored too (the instance then
 /// runs, its processes as they were when the snapshot was taken).
 pub fn restore_now_with(d: &Ctx, name: &str, snap: &str, stateful: bool) -> Result<()> {
+    let steps = crate::util::trace::Steps::new("restore", name);
     let rec = record(d, name)?;
     let s = find(&rec, snap)?.clone();
     let pool = super::pools::usable_pool(d, &rec.pool)?;
@@ -64,8 +65,13 @@ pub fn restore_now_with(d: &Ctx, name: &str, snap: &str, stateful: bool) -> Resu
     let cloned = if was_running {
         Interim::Stopped.begin(d, name)?;
         let (stopped, cloned) = std::thread::scope(|scope| {
-            let cloning = scope.spawn(clone);
+            let cloning = scope.spawn(|| {
+                let r = clone();
+                steps.step("cloned");
+                r
+            });
             let stopped = lifecycle::stop(d, name, true, Duration::from_secs(0));
+            steps.step("stopped");
             let cloned = cloning.join().unwrap_or_else(|_| {
                 Err(Error::Host(format!(
                     "restoring {}: the copy failed",
@@ -87,6 +93,7 @@ pub fn restore_now_with(d: &Ctx, name: &str, snap: &str, stateful: bool) -> Resu
         Ok(()) => restore_stopped(d, name, &rec, &s, &pool, was_running, stateful),
         Err(e) => Err(not_restored(d, name, &pool, &new, was_running, e)),
     };
+    steps.step("restored");
     if was_running {
         // Started again (or, on failure, attempted): nothing for a restart to undo.
         Interim::Stopped.end(d, name);
