@@ -501,23 +501,16 @@ impl Cgroup {
 
     /// [`Cgroup::paths`] of `name`, made once: its directories depend on the name alone (the
     /// layout is probed once), and a listing asks twice for every running container's (its
-    /// state, its usage figures), each time ten hierarchies' paths. At most 4096 are kept; past
-    /// that, all go and are made again as asked.
+    /// state, its usage figures), each time ten hierarchies' paths (a bounded
+    /// [`Memo`](crate::util::memo::Memo)).
     fn paths_kept(name: &str) -> Result<std::sync::Arc<Cgroup>> {
-        use std::collections::HashMap;
-        use std::sync::{Arc, Mutex};
-        static KEPT: Mutex<Option<HashMap<String, Arc<Cgroup>>>> = Mutex::new(None);
-        let lock = || KEPT.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(cg) = lock().as_ref().and_then(|m| m.get(name)) {
-            return Ok(cg.clone());
+        use crate::util::memo::Memo;
+        static KEPT: Memo<String, std::sync::Arc<Cgroup>> = Memo::new();
+        if let Some(cg) = KEPT.get(name) {
+            return Ok(cg);
         }
-        let cg = Arc::new(Cgroup::paths(name)?);
-        let mut g = lock();
-        let map = g.get_or_insert_with(HashMap::new);
-        if map.len() >= 4096 {
-            map.clear();
-        }
-        map.insert(name.to_string(), cg.clone());
+        let cg = std::sync::Arc::new(Cgroup::paths(name)?);
+        KEPT.insert(name.to_string(), cg.clone());
         Ok(cg)
     }
 

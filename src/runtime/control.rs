@@ -18,6 +18,7 @@ use super::helper::{
 use super::{confine, criu, files, Error, ExitInfo, Result, Spec, State, StopMode};
 use crate::sys;
 use crate::util::fs::atomic_write;
+use crate::util::memo::Memo;
 
 /// A monitor made ahead of the next start (`bivy __monitor --spare FD`): spawned from the
 /// sealed binary, it waits on its status socket for its run directory and log, so that a start
@@ -162,13 +163,8 @@ pub fn is_running(run_dir: &Path) -> bool {
 /// again (a pid file is only rewritten for a new monitor or init, after the one before ended;
 /// a listing asks for every running container each time).
 fn running_pids(run_dir: &Path) -> Option<(i32, i32)> {
-    use std::collections::HashMap;
-    use std::sync::Mutex;
-    type Pair = [(i32, u64); 2];
-    static LAST: Mutex<Option<HashMap<PathBuf, Pair>>> = Mutex::new(None);
-    let last = || LAST.lock().unwrap_or_else(|p| p.into_inner());
-    let cached = last().as_ref().and_then(|m| m.get(run_dir).copied());
-    if let Some([monitor, init]) = cached {
+    static LAST: Memo<PathBuf, [(i32, u64); 2]> = Memo::new();
+    if let Some([monitor, init]) = LAST.get(run_dir) {
         if still_alive(monitor) && still_alive(init) {
             return Some((monitor.0, init.0));
         }
@@ -178,20 +174,13 @@ fn running_pids(run_dir: &Path) -> Option<(i32, i32)> {
         let init = live_process(&run_dir.join(files::INIT_PID))?;
         Some([monitor, init])
     };
-    let now = read();
-    let mut g = last();
-    let map = g.get_or_insert_with(HashMap::new);
-    match now {
+    match read() {
         Some(pair) => {
-            // Bounded: entries of instances long gone go with the rest now and then.
-            if map.len() >= 4096 {
-                map.clear();
-            }
-            map.insert(run_dir.to_path_buf(), pair);
+            LAST.insert(run_dir.to_path_buf(), pair);
             Some((pair[0].0, pair[1].0))
         }
         None => {
-            map.remove(run_dir);
+            LAST.remove(run_dir);
             None
         }
     }
@@ -201,22 +190,14 @@ fn running_pids(run_dir: &Path) -> Option<(i32, i32)> {
 /// running spec, read once per monitor (a monitor's container keeps its cgroup for the
 /// monitor's life; listings ask for every running container each time).
 pub fn cgroup_of(run_dir: &Path, monitor_pid: i32) -> Option<String> {
-    use std::collections::HashMap;
-    use std::sync::Mutex;
-    static CACHE: Mutex<Option<HashMap<PathBuf, (i32, String)>>> = Mutex::new(None);
-    let mut c = CACHE.lock().unwrap_or_else(|p| p.into_inner());
-    let map = c.get_or_insert_with(HashMap::new);
-    if let Some((pid, name)) = map.get(run_dir) {
-        if *pid == monitor_pid {
-            return Some(name.clone());
+    static KEPT: Memo<PathBuf, (i32, String)> = Memo::new();
+    if let Some((pid, name)) = KEPT.get(run_dir) {
+        if pid == monitor_pid {
+            return Some(name);
         }
     }
     let name = read_spec(run_dir).ok()?.cgroup_name().to_string();
-    // Bounded: entries of instances long gone go with the rest now and then.
-    if map.len() >= 4096 {
-        map.clear();
-    }
-    map.insert(run_dir.to_path_buf(), (monitor_pid, name.clone()));
+    KEPT.insert(run_dir.to_path_buf(), (monitor_pid, name.clone()));
     Some(name)
 }
 

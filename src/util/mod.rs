@@ -2,6 +2,7 @@
 
 pub mod base64;
 pub mod fs;
+pub mod memo;
 pub mod par;
 pub mod passwd;
 pub mod pool;
