@@ -76,10 +76,12 @@ fn dump(d: &Daemon) -> String {
     d.ok(&["admin", "init", "--dump"])
 }
 
-/// The daemon's state file as it is now: every recorded change replaces it.
-fn db_state(d: &Daemon) -> (u64, i64, i64) {
-    let m = std::fs::metadata(d.dir().join("database.json")).expect("database.json");
-    (m.ino(), m.mtime(), m.mtime_nsec())
+/// The daemon's state files as they are now: every recorded change replaces the document or
+/// grows its log.
+fn db_state(d: &Daemon) -> (u64, i64, i64, u64) {
+    let m = std::fs::metadata(d.database_path()).expect("database.json");
+    let log = std::fs::metadata(d.dir().join("database.log")).map_or(0, |l| l.len());
+    (m.ino(), m.mtime(), m.mtime_nsec(), log)
 }
 
 /// `metadata` of a GET.

@@ -188,11 +188,7 @@ fn container_mounts(d: &Daemon, name: &str) -> Vec<String> {
 
 /// Rewrite the record of instance `name` in the database of a daemon that is not running.
 fn edit_record(d: &Daemon, name: &str, f: impl FnOnce(&mut serde_json::Value)) {
-    let p = d.dir().join("database.json");
-    let mut db: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&p).expect("database")).expect("json");
-    f(&mut db["instances"][name]);
-    std::fs::write(&p, serde_json::to_vec(&db).expect("json")).expect("write database");
+    d.edit_database(|db| f(&mut db["instances"][name]));
 }
 
 /// Found by chaos (device): a daemon killed during a device hot-plug left the container's
@@ -309,11 +305,7 @@ fn a_killed_nic_hot_plug_is_reconciled_with_the_record_at_restart() {
             .success()
     };
     let host_end = |d: &Daemon| -> String {
-        let db: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(d.dir().join("database.json")).expect("database"),
-        )
-        .expect("json");
-        db["instances"]["h2"]["config"]["volatile.n1.host_name"]
+        d.database()["instances"]["h2"]["config"]["volatile.n1.host_name"]
             .as_str()
             .expect("volatile.n1.host_name")
             .to_string()

@@ -999,9 +999,7 @@ fn twenty_parallel_launches_all_run() {
             "{n} not running: {listed}"
         );
     }
-    let db: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(d.dir().join("database.json")).expect("database"))
-            .expect("json");
+    let db = d.database();
     let vols: std::collections::BTreeSet<&str> = db["instances"]
         .as_object()
         .expect("instances")

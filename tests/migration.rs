@@ -120,7 +120,7 @@ fn write_random(path: &Path, mib: usize) {
 
 /// The daemon's database document.
 fn db(d: &Daemon) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(d.dir().join("database.json")).unwrap()).unwrap()
+    d.database()
 }
 
 fn pool_dir(d: &Daemon) -> PathBuf {

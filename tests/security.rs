@@ -245,11 +245,10 @@ fn no_host_user_reaches_the_daemons_tree() {
             opened.push(e.path());
         }
     }
-    std::fs::set_permissions(
-        d.dir().join("database.json"),
-        std::fs::Permissions::from_mode(0o644),
-    )
-    .expect("chmod");
+    for db in ["database.json", "database.log"] {
+        std::fs::set_permissions(d.dir().join(db), std::fs::Permissions::from_mode(0o644))
+            .expect("chmod");
+    }
     // The run directory's files too: an older bivy left no note that their modes were mended.
     std::fs::remove_file(d.dir().join("run-modes")).expect("the run-modes note of the first start");
     let run_files: Vec<_> = std::fs::read_dir(d.dir().join("run"))

@@ -189,9 +189,7 @@ fn a_failed_restore_leaves_the_instance_as_it_was() {
     assert_eq!(l.sh("fr", "echo one > /root/a").0, 0);
     l.ok(&["snapshot", "fr", "s0"]);
     assert_eq!(l.sh("fr", "echo two > /root/a").0, 0);
-    let db: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(d.dir().join("database.json")).expect("db"))
-            .expect("json");
+    let db = d.database();
     let rec = &db["instances"]["fr"];
     let vol = rec["volume"].as_str().expect("volume").to_string();
     let snap_vol = rec["snapshots"][0]["volume"]
@@ -711,13 +709,11 @@ fn pool_storage_without_a_record_is_removed_at_start() {
     assert_eq!(loops_backing(&image).len(), 1);
     // As if the daemon died after making the storage but before writing the records.
     d.kill9();
-    let db_path = d.dir().join("database.json");
-    let mut db: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&db_path).expect("db")).expect("json");
-    let pools = db["pools"].as_object_mut().expect("pools");
-    pools.remove("orphan");
-    pools.remove("plain");
-    std::fs::write(&db_path, serde_json::to_vec(&db).expect("json")).expect("write db");
+    d.edit_database(|db| {
+        let pools = db["pools"].as_object_mut().expect("pools");
+        pools.remove("orphan");
+        pools.remove("plain");
+    });
     // A create notes itself before it makes storage (a pool whose record is lost without that
     // note is kept for `bivy admin recover`: tests/recover.rs).
     let creating = d.dir().join("pools-creating");

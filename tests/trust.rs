@@ -391,7 +391,7 @@ fn lxc_remote_with_trust_password() {
     assert_eq!(code, 200, "{v}");
     // Stored as a salted hash, shown as "true".
     assert_eq!(server_config(&d)["core.trust_password"], "true");
-    let db = std::fs::read_to_string(d.dir().join("database.json")).expect("database.json");
+    let db = d.database_text();
     assert!(!db.contains("s3cret-pw"), "the password is stored in clear");
 
     let l = lxc_conf(&d, "lxc-remote");
@@ -1073,13 +1073,10 @@ fn trust_store_survives_kill9() {
         );
 
         d.restart().expect("restart after kill -9");
-        let db: Value = serde_json::from_str(
-            &std::fs::read_to_string(d.dir().join("database.json")).expect("database.json"),
-        )
-        .expect("database.json parses after kill -9");
+        let db = d.database();
         let stored = db["certificates"]
             .as_object()
-            .expect("certificates in database.json");
+            .expect("certificates in the database");
         let listed: Vec<String> = trusted_certs(&d).into_iter().map(|(f, _)| f).collect();
         for fp in &acked {
             assert!(

@@ -635,8 +635,7 @@ fn root_disk_size_is_enforced_on_btrfs_and_refused_on_dir() {
 
 /// The directory of custom volume `vol` on the `default` pool.
 fn volume_dir(d: &Daemon, vol: &str) -> PathBuf {
-    let db: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(d.dir().join("database.json")).unwrap()).unwrap();
+    let db = d.database();
     let uuid = db["volumes"]["default"][vol]["volume"]
         .as_str()
         .unwrap_or_else(|| panic!("no volume {vol}: {}", db["volumes"]));

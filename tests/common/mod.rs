@@ -532,6 +532,34 @@ impl Daemon {
         &self.bivy_dir
     }
 
+    /// The stored state as JSON: the database document with the changes of its log.
+    pub fn database(&self) -> serde_json::Value {
+        let data = bivy::instance::db::read(&self.database_path()).expect("the database");
+        serde_json::to_value(data).expect("json")
+    }
+
+    /// The text of what stores the state, document and log (to show what is never stored).
+    pub fn database_text(&self) -> String {
+        let p = self.database_path();
+        let log = bivy::instance::db::log_path(&p);
+        fs::read_to_string(&p).expect("database.json")
+            + &fs::read_to_string(log).unwrap_or_default()
+    }
+
+    /// Change the stored state of a stopped or killed daemon: written back as a whole document,
+    /// which its old log no longer continues.
+    pub fn edit_database(&self, f: impl FnOnce(&mut serde_json::Value)) {
+        let mut db = self.database();
+        f(&mut db);
+        fs::write(self.database_path(), serde_json::to_vec(&db).expect("json"))
+            .expect("write the database");
+    }
+
+    /// `$BIVY_DIR/database.json`.
+    pub fn database_path(&self) -> PathBuf {
+        self.bivy_dir.join("database.json")
+    }
+
     /// The temp dir holding `$BIVY_DIR` and the log; free for the test's own files.
     pub fn tmp(&self) -> &Path {
         self.tmp.path()

@@ -700,10 +700,57 @@ pub struct Records {
     pub networks: BTreeSet<String>,
 }
 
-pub fn records(bivy: &Path) -> Result<Records> {
+/// The stored state: the database document with the changes of its log (`database.log`, which
+/// continues the document whose `log` its first line names; a last line cut short is a change
+/// never acknowledged, as the daemon reads it).
+fn stored(bivy: &Path) -> Result<Json> {
     let p = bivy.join("database.json");
     let text = fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-    let db = Json::parse(&text).map_err(|e| format!("{}: {e}", p.display()))?;
+    let mut db = Json::parse(&text).map_err(|e| format!("{}: {e}", p.display()))?;
+    let lp = bivy.join("database.log");
+    let log = match fs::read_to_string(&lp) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(format!("{}: {e}", lp.display())),
+    };
+    let mut lines = log.split_inclusive('\n').peekable();
+    let header = lines
+        .next()
+        .and_then(|h| Json::parse(h.strip_suffix('\n')?).ok());
+    let ours = db.get("log").as_i64().filter(|&n| n > 0);
+    if ours.is_none() || header.is_none_or(|h| h.get("log").as_i64() != ours) {
+        return Ok(db);
+    }
+    let Json::Obj(top) = &mut db else {
+        return Err(format!("{}: not an object", p.display()));
+    };
+    let mut n = 0;
+    while let Some(line) = lines.next() {
+        n += 1;
+        let change = match line.strip_suffix('\n').map(Json::parse) {
+            Some(Ok(c)) => c,
+            _ if lines.peek().is_none() => break,
+            _ => return Err(format!("{}: change {n} is not JSON", lp.display())),
+        };
+        if let Json::Obj(instances) = top.entry("instances".into()).or_insert(Json::Null) {
+            for (name, rec) in change.get("set").members() {
+                instances.insert(name.to_owned(), rec.clone());
+            }
+            for name in change.get("del").items() {
+                instances.remove(name.as_str().unwrap_or_default());
+            }
+        }
+        for (k, v) in change.get("rest").members() {
+            if k != "schema" && k != "log" {
+                top.insert(k.to_owned(), v.clone());
+            }
+        }
+    }
+    Ok(db)
+}
+
+pub fn records(bivy: &Path) -> Result<Records> {
+    let db = stored(bivy)?;
     let mut r = Records::default();
     let str_of = |v: &Json, k: &str| v.get(k).as_str().unwrap_or("").to_owned();
     for (name, i) in db.get("instances").members() {
@@ -1409,5 +1456,52 @@ mod tests {
         assert_eq!(unescape("/a\\040b\\011c"), "/a b\tc");
         assert_eq!(unescape("/plain"), "/plain");
         assert_eq!(unescape("/end\\"), "/end\\");
+    }
+
+    #[test]
+    fn records_are_the_document_with_its_log() {
+        let dir = std::env::temp_dir().join(format!("xtask-records-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let rec = |vol: &str| format!(r#"{{"pool":"default","volume":"{vol}","snapshots":[]}}"#);
+        fs::write(
+            dir.join("database.json"),
+            format!(
+                r#"{{"instances":{{"a":{},"b":{}}},"schema":7,"log":3,"pools":{{"default":{{"driver":"dir"}}}}}}"#,
+                rec("va"),
+                rec("vb")
+            ),
+        )
+        .unwrap();
+        let log = |header: u64, tail: &str| {
+            let lines = [
+                format!(r#"{{"set":{{"c":{}}},"del":["a"]}}"#, rec("vc")),
+                r#"{"set":{},"del":[],"rest":{"schema":7,"log":3,"pools":{},"networks":{"n":{}}}}"#
+                    .into(),
+            ];
+            let text = format!("{{\"log\":{header}}}\n{}\n{}\n{tail}", lines[0], lines[1]);
+            fs::write(dir.join("database.log"), text).unwrap();
+        };
+        log(3, r#"{"set":{"d":"#);
+        let r = records(&dir).unwrap();
+        assert_eq!(r.instances.keys().collect::<Vec<_>>(), ["b", "c"]);
+        assert_eq!(r.instances["c"].1, "vc");
+        assert!(r.pools.is_empty());
+        assert_eq!(r.networks.iter().collect::<Vec<_>>(), ["n"]);
+        // Another document's log is not read.
+        log(2, "");
+        let r = records(&dir).unwrap();
+        assert_eq!(r.instances.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(r.pools["default"], "dir");
+        // A bad line before the last is an error.
+        log(3, "{}\n");
+        fs::write(
+            dir.join("database.log"),
+            fs::read_to_string(dir.join("database.log"))
+                .unwrap()
+                .replacen("{\"set\":{\"c", "{\"set\":{c", 1),
+        )
+        .unwrap();
+        assert!(records(&dir).is_err());
+        fs::remove_dir_all(&dir).unwrap();
     }
 }
