@@ -584,18 +584,12 @@ impl Db {
 
     /// The change from `old` to the current document as a line of the log.
     fn change(&mut self, old: &Data) -> serde_json::Result<Vec<u8>> {
-        let new = &self.data.instances;
+        let changes = crate::util::shared::changes(&old.instances, &self.data.instances);
         let mut out = Vec::with_capacity(1024);
         out.extend_from_slice(b"{\"set\":{");
         let mut first = true;
-        for (name, rec) in new {
-            if old
-                .instances
-                .get(name)
-                .is_some_and(|o| Shared::same(o, rec))
-            {
-                continue;
-            }
+        for (name, _, rec) in &changes {
+            let Some(rec) = rec else { continue };
             if !std::mem::take(&mut first) {
                 out.push(b',');
             }
@@ -605,12 +599,12 @@ impl Db {
         }
         out.extend_from_slice(b"},\"del\":[");
         let mut first = true;
-        for name in old.instances.keys().filter(|n| !new.contains_key(*n)) {
+        for (name, _, _) in changes.iter().filter(|c| c.2.is_none()) {
             if !std::mem::take(&mut first) {
                 out.push(b',');
             }
             serde_json::to_writer(&mut out, name)?;
-            self.written.remove(name);
+            self.written.remove(*name);
         }
         out.push(b']');
         if Rest::differ(old, &self.data) {

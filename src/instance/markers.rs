@@ -174,19 +174,11 @@ type Changed<'a> = Vec<(
 )>;
 
 fn changed_instances<'a>(a: &'a Data, b: &'a Data) -> Changed<'a> {
-    let mut out: Changed<'a> = Vec::new();
-    for (n, ra) in &a.instances {
-        match b.instances.get(n) {
-            Some(rb) if ra == rb => {}
-            rb => out.push((n, Some(&**ra), rb.map(|r| &**r))),
-        }
-    }
-    for (n, rb) in &b.instances {
-        if !a.instances.contains_key(n) {
-            out.push((n, None, Some(&**rb)));
-        }
-    }
-    out
+    crate::util::shared::changes(&a.instances, &b.instances)
+        .into_iter()
+        .filter(|(_, ra, rb)| ra.is_none() || ra != rb)
+        .map(|(n, ra, rb)| (n, ra.map(|r| &**r), rb.map(|r| &**r)))
+        .collect()
 }
 
 fn volumes(d: &Data) -> BTreeMap<Key<'_>, (&String, &VolumeRecord)> {
@@ -212,13 +204,13 @@ impl super::db::Watcher for Keeper {
 
 /// Before `next` is saved over `cur`: remove the files of the records `next` drops.
 pub fn before_save(bivy_dir: &Path, cur: &Data, next: &Data) {
-    if cur.instances == next.instances && cur.volumes == next.volumes && cur.pools == next.pools {
+    let changed = changed_instances(cur, next);
+    if changed.is_empty() && cur.volumes == next.volumes && cur.pools == next.pools {
         return;
     }
     let roots = roots(bivy_dir, cur);
     // A volume whose record changed only (or moved to another name) keeps its file: the
     // records that take a volume over are among the changed ones too.
-    let changed = changed_instances(cur, next);
     let kept: HashSet<Key> = changed.iter().filter_map(|c| c.2.map(key)).collect();
     for rec in changed.iter().filter_map(|c| c.1) {
         let k @ (pool, vol) = key(rec);
@@ -248,12 +240,12 @@ pub fn before_save(bivy_dir: &Path, cur: &Data, next: &Data) {
 /// After `next` was saved over `prev`: write the files of the records it adds or changes.
 /// (With the two swapped, it puts back what [`before_save`] removed when the save failed.)
 pub fn after_save(bivy_dir: &Path, prev: &Data, next: &Data) {
-    if prev.instances == next.instances && prev.volumes == next.volumes && prev.pools == next.pools
-    {
+    let changed = changed_instances(prev, next);
+    if changed.is_empty() && prev.volumes == next.volumes && prev.pools == next.pools {
         return;
     }
     let roots = roots(bivy_dir, next);
-    for (name, _, rec) in changed_instances(prev, next) {
+    for (name, _, rec) in changed {
         if let Some(rec) = rec {
             if let Some(root) = roots.get(&rec.pool) {
                 write(&instance_file(root, &rec.volume), &marker_of(name, rec));

@@ -6,6 +6,8 @@
 //! copied by reference; writing through it (`DerefMut`) copies that record alone, so what a
 //! change left alone stays the same allocation, and "unchanged" is a pointer comparison.
 
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
@@ -76,6 +78,46 @@ impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Shared<T> {
     }
 }
 
+/// One entry of [`changes`]: the key, its value in the first map and in the second (`None`
+/// where the key is absent).
+pub type Change<'a, K, T> = (&'a K, Option<&'a Shared<T>>, Option<&'a Shared<T>>);
+
+/// The entries of two maps of shared values that are not the same allocation, in key order.
+/// One pass over both maps, one key comparison per entry: with a thousand instances, looking
+/// each name up in the other map cost ten comparisons of it instead.
+pub fn changes<'a, K: Ord, T>(
+    a: &'a BTreeMap<K, Shared<T>>,
+    b: &'a BTreeMap<K, Shared<T>>,
+) -> Vec<Change<'a, K, T>> {
+    let (mut x, mut y) = (a.iter().peekable(), b.iter().peekable());
+    let mut out = Vec::new();
+    loop {
+        let next = match (x.peek(), y.peek()) {
+            (None, None) => return out,
+            (Some(&(k, v)), None) => (k, Some(v), None),
+            (None, Some(&(k, v))) => (k, None, Some(v)),
+            (Some(&(ka, va)), Some(&(kb, vb))) => match ka.cmp(kb) {
+                Ordering::Less => (ka, Some(va), None),
+                Ordering::Greater => (kb, None, Some(vb)),
+                Ordering::Equal => {
+                    x.next();
+                    y.next();
+                    if !Shared::same(va, vb) {
+                        out.push((ka, Some(va), Some(vb)));
+                    }
+                    continue;
+                }
+            },
+        };
+        if next.1.is_some() {
+            x.next();
+        } else {
+            y.next();
+        }
+        out.push(next);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,5 +150,35 @@ mod tests {
         assert_eq!(s, r#"["x"]"#);
         let back: Shared<Vec<String>> = serde_json::from_str(&s).unwrap();
         assert_eq!(back, a);
+    }
+
+    #[test]
+    fn changes_are_the_entries_not_shared_in_key_order() {
+        let a: BTreeMap<String, Shared<u32>> = [("a", 1), ("b", 2), ("c", 3), ("e", 5)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), Shared::new(v)))
+            .collect();
+        let mut b = a.clone();
+        *b.get_mut("b").unwrap().deref_mut() = 20;
+        let moved = b.remove("c").unwrap();
+        b.insert("d".into(), moved);
+        b.remove("e");
+        b.insert("f".into(), Shared::new(6));
+        let got: Vec<_> = changes(&a, &b)
+            .into_iter()
+            .map(|(k, x, y)| (k.as_str(), x.map(|v| **v), y.map(|v| **v)))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("b", Some(2), Some(20)),
+                ("c", Some(3), None),
+                ("d", None, Some(3)),
+                ("e", Some(5), None),
+                ("f", None, Some(6)),
+            ]
+        );
+        assert!(changes(&a, &a.clone()).is_empty());
+        assert_eq!(changes(&BTreeMap::new(), &a).len(), 4);
     }
 }
