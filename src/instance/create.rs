@@ -257,8 +257,7 @@ pub fn create_now(d: &Ctx, args: NewInstance<'_>, origin: Origin<'_>) -> Result<
     trace.step("volume made");
     cfg.insert("volatile.uuid".into(), super::operations::uuid());
     // The id map this instance will use, and how its rootfs is stored.
-    let taken = isolated_bases(d);
-    let map = idmap::compute(&expanded_cfg, &taken)?;
+    let map = idmap::compute(&expanded_cfg, || isolated_bases(d))?;
     let copied_shift = cfg
         .get("volatile.last_state.idmap")
         .is_some_and(|v| v != "[]");
@@ -423,20 +422,47 @@ fn remove_volumes(pool: &Arc<Pool>, paths: Vec<PathBuf>) -> impl FnOnce() + Send
     }
 }
 
+/// The id bases other instances hold apart from the shared range: so an isolated range never
+/// overlaps them.
 pub(super) fn isolated_bases(d: &Ctx) -> Vec<u32> {
-    let db = d.db.lock().expect("db lock");
-    db.data
-        .instances
+    let shared = crate::runtime::host_id_range().0.hostid;
+    held_bases(&d.db.lock().expect("db lock").data, shared)
+}
+
+/// Every recorded base but the shared range's (`shared`): the instances isolated by their own
+/// config or by a profile's (which their own config does not show), and those given a
+/// `security.idmap.base`.
+fn held_bases(data: &super::db::Data, shared: u32) -> Vec<u32> {
+    data.instances
         .values()
-        .filter(|r| {
-            r.config
-                .get("security.idmap.isolated")
-                .is_some_and(|v| v == "true")
-        })
-        .filter_map(|r| {
-            r.config
-                .get("volatile.idmap.base")
-                .and_then(|v| v.parse().ok())
-        })
+        .filter_map(|r| r.config.get("volatile.idmap.base")?.parse().ok())
+        .filter(|&b| b != shared)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_isolated_instance_holds_its_base_whatever_made_it_isolated() {
+        let mut data = super::super::db::Data::default();
+        for (name, own, base) in [
+            ("shared", None, "100000"),
+            ("own", Some("true"), "165536"),
+            ("by-profile", None, "231072"),
+        ] {
+            let mut r = InstanceRecord::default();
+            if let Some(v) = own {
+                r.config.insert("security.idmap.isolated".into(), v.into());
+            }
+            r.config.insert("volatile.idmap.base".into(), base.into());
+            data.instances.insert(name.into(), r.into());
+        }
+        data.instances
+            .insert("never-started".into(), InstanceRecord::default().into());
+        let mut held = held_bases(&data, 100000);
+        held.sort();
+        assert_eq!(held, [165536, 231072]);
+    }
 }

@@ -178,9 +178,9 @@ fn build(base: u32, size: u32, raw: &[IdMapEntry]) -> Vec<IdMapEntry> {
     out
 }
 
-/// Compute an instance's map from its expanded config; `taken` are the bases of other isolated
-/// instances (so isolated ranges never overlap).
-pub fn compute(config: &StringMap, taken: &[u32]) -> Result<Map> {
+/// Compute an instance's map from its expanded config; `taken` gives the bases other instances
+/// hold (so isolated ranges never overlap), asked only for an isolated instance.
+pub fn compute(config: &StringMap, taken: impl FnOnce() -> Vec<u32>) -> Result<Map> {
     let (u, g) = crate::runtime::host_id_range();
     let (ubase, ucount, gbase, gcount) = (u.hostid, u.count, g.hostid, g.count);
     let get = |k: &str| config.get(k).map(String::as_str).filter(|v| !v.is_empty());
@@ -209,6 +209,7 @@ pub fn compute(config: &StringMap, taken: &[u32]) -> Result<Map> {
         })?
     } else if isolated {
         // First free slot of `size` ids after the shared range.
+        let taken = taken();
         let mut k = 1u32;
         loop {
             let off = k

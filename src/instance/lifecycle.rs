@@ -182,7 +182,7 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
         let m = idmap::Map::from_volatile(&next)
             .filter(|m| !m.uid.is_empty())
             .map_or_else(
-                || idmap::compute(&ec, &super::create::isolated_bases(d)),
+                || idmap::compute(&ec, || super::create::isolated_bases(d)),
                 Ok,
             )?;
         Some(m)
