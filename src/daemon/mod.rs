@@ -188,6 +188,10 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
             {
                 std::thread::sleep(Duration::from_millis(100));
             }
+            // The next start reads one document, the change log folded into it.
+            if let Err(e) = d.db.lock().expect("db lock").compact() {
+                eprintln!("bivy: writing the database whole: {e}");
+            }
             drop(lock);
             std::process::exit(0);
         });

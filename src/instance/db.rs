@@ -249,6 +249,8 @@ pub struct Db {
     log: Option<File>,
     /// What the log holds up to its last whole change (a failed append is cut back to it).
     log_len: u64,
+    /// The changes in the log.
+    logged: usize,
     /// The log could not be cut back after a failed append: the next save writes the whole
     /// document.
     fold_next: bool,
@@ -387,6 +389,8 @@ struct Stored {
     log: Option<(u64, u64)>,
     /// The highest log number seen.
     generation: u64,
+    /// The changes read from the log.
+    logged: usize,
 }
 
 /// The change log beside the document at `path`.
@@ -448,6 +452,7 @@ fn load(path: &Path, trace: &crate::util::trace::Steps) -> std::io::Result<Store
         .and_then(|h| serde_json::from_slice::<Header>(h).ok());
     let generation = data.log.max(header.as_ref().map_or(0, |h| h.log));
     let mut log = None;
+    let mut logged = 0;
     match header {
         Some(h) if h.log == data.log && len > 0 => {
             let mut valid = first.len();
@@ -479,6 +484,7 @@ fn load(path: &Path, trace: &crate::util::trace::Steps) -> std::io::Result<Store
             }
             trace.step(&format!("log ({count} changes)"));
             log = Some((valid as u64, text.len() as u64));
+            logged = count;
         }
         _ if !text.is_empty() => eprintln!(
             "bivy: {}: not the log of {} (written before it): ignored",
@@ -493,6 +499,7 @@ fn load(path: &Path, trace: &crate::util::trace::Steps) -> std::io::Result<Store
         schema,
         log,
         generation,
+        logged,
     })
 }
 
@@ -535,6 +542,7 @@ impl Db {
             written: BTreeMap::new(),
             log: None,
             log_len: 0,
+            logged: stored.logged,
             fold_next: false,
             generation: stored.generation,
         };
@@ -650,6 +658,7 @@ impl Db {
             return Err(e);
         }
         self.log_len += line.len() as u64;
+        self.logged += 1;
         self.unsynced = !sync;
         Ok(())
     }
@@ -665,6 +674,7 @@ impl Db {
         self.unsynced = false;
         self.fold_next = false;
         self.log = None;
+        self.logged = 0;
         // Until the new log is there the document stands alone (an old log names an older
         // number); the change is saved either way.
         let lp = log_path(&self.path);
@@ -681,6 +691,15 @@ impl Db {
                 "bivy: {}: {e}: the next change writes the whole database again",
                 lp.display()
             ),
+        }
+        Ok(())
+    }
+
+    /// Write the document whole, its log folded in, when the log holds changes (a daemon's
+    /// clean stop: the next start reads one document).
+    pub fn compact(&mut self) -> std::io::Result<()> {
+        if self.logged > 0 || self.log.is_none() || self.fold_next {
+            self.fold()?;
         }
         Ok(())
     }
@@ -943,12 +962,25 @@ mod tests {
             i += 1;
         }
         assert!(i > 10, "folded after {i} changes");
+        let folded = ino(&p);
+        db.compact().unwrap();
+        assert_eq!(ino(&p), folded, "nothing logged: nothing to fold");
         assert_eq!(log_lines(&p), 1);
         assert!(db.data.log > first);
         let on_disk: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
         assert_eq!(on_disk["log"], db.data.log);
         assert_eq!(Db::open(&p).unwrap().data, db.data);
+        // A change logged, then compacted: the document alone holds it.
+        db.update(|d| d.config.insert("z".into(), "1".into()))
+            .unwrap();
+        let mut again = Db::open(&p).unwrap();
+        assert_eq!(again.logged, 1, "counted when read");
+        again.compact().unwrap();
+        assert_ne!(ino(&p), folded);
+        assert_eq!(log_lines(&p), 1);
+        assert_eq!(again.data.config, db.data.config);
+        assert_eq!(Db::open(&p).unwrap().data, again.data);
     }
 
     #[test]
