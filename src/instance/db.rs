@@ -266,7 +266,7 @@ const FOLD_MIN: u64 = 64 << 10;
 /// The document but its instances, serialized first and joined to them by [`Db::document`];
 /// also a log line's `rest`, the whole of it when any of it changed (it is small beside the
 /// instances).
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, PartialEq)]
 struct Rest<'a> {
     schema: u32,
     #[serde(default)]
@@ -307,23 +307,7 @@ impl<'a> Rest<'a> {
 
     /// `a` and `b` differ outside their instances (and log numbers).
     fn differ(a: &Data, b: &Data) -> bool {
-        let Data {
-            schema: _,
-            log: _,
-            config,
-            instances: _,
-            profiles,
-            pools,
-            volumes,
-            certificates,
-            networks,
-        } = a;
-        *config != b.config
-            || *profiles != b.profiles
-            || *pools != b.pools
-            || *volumes != b.volumes
-            || *certificates != b.certificates
-            || *networks != b.networks
+        Rest::of(a, 0) != Rest::of(b, 0)
     }
 
     fn put(self, data: &mut Data) {
