@@ -533,9 +533,12 @@ impl Db {
         // A document of an older schema is written again before anything is appended: an older
         // bivy would read it without its log.
         if let Some((valid, found)) = stored.log.filter(|_| stored.schema == SCHEMA) {
-            let f = OpenOptions::new().append(true).open(log_path(path))?;
+            let lp = log_path(path);
+            let at =
+                |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", lp.display()));
+            let f = OpenOptions::new().append(true).open(&lp).map_err(at)?;
             if valid < found {
-                f.set_len(valid)?;
+                f.set_len(valid).map_err(at)?;
             }
             db.log = Some(f);
             db.log_len = valid;
