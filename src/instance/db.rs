@@ -377,6 +377,11 @@ struct Stored {
     logged: usize,
 }
 
+/// `e`, naming `path`.
+fn at(path: &Path, e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
 /// The change log beside the document at `path`.
 pub fn log_path(path: &Path) -> PathBuf {
     path.with_extension("log")
@@ -422,12 +427,7 @@ fn load(path: &Path, trace: &crate::util::trace::Steps) -> std::io::Result<Store
     let text = match std::fs::read(&lp) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => {
-            return Err(std::io::Error::new(
-                e.kind(),
-                format!("{}: {e}", lp.display()),
-            ))
-        }
+        Err(e) => return Err(at(&lp, e)),
     };
     let mut lines = text.split_inclusive(|&b| b == b'\n').peekable();
     let first = lines.next().unwrap_or_default();
@@ -534,11 +534,12 @@ impl Db {
         // bivy would read it without its log.
         if let Some((valid, found)) = stored.log.filter(|_| stored.schema == SCHEMA) {
             let lp = log_path(path);
-            let at =
-                |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", lp.display()));
-            let f = OpenOptions::new().append(true).open(&lp).map_err(at)?;
+            let f = OpenOptions::new()
+                .append(true)
+                .open(&lp)
+                .map_err(|e| at(&lp, e))?;
             if valid < found {
-                f.set_len(valid).map_err(at)?;
+                f.set_len(valid).map_err(|e| at(&lp, e))?;
             }
             db.log = Some(f);
             db.log_len = valid;
@@ -577,9 +578,14 @@ impl Db {
         Ok(out)
     }
 
-    /// The change from `old` to the current document as a line of the log.
-    fn change(&mut self, old: &Data) -> serde_json::Result<Vec<u8>> {
+    /// The change from `old` to the current document as a line of the log; `None` when nothing
+    /// changed.
+    fn change(&mut self, old: &Data) -> serde_json::Result<Option<Vec<u8>>> {
         let changes = crate::util::shared::changes(&old.instances, &self.data.instances);
+        let rest_changed = Rest::differ(old, &self.data);
+        if changes.is_empty() && !rest_changed {
+            return Ok(None);
+        }
         let mut out = Vec::with_capacity(1024);
         out.extend_from_slice(b"{\"set\":{");
         let mut first = true;
@@ -602,23 +608,22 @@ impl Db {
             self.written.remove(*name);
         }
         out.push(b']');
-        if Rest::differ(old, &self.data) {
+        if rest_changed {
             out.extend_from_slice(b",\"rest\":");
             serde_json::to_writer(&mut out, &Rest::of(&self.data, self.data.log))?;
         }
         out.extend_from_slice(b"}\n");
-        Ok(out)
+        Ok(Some(out))
     }
 
     /// Persist the change from `old` to the current document: appended to the log, or the
     /// whole document written anew.
     fn save(&mut self, old: &Data, sync: bool) -> std::io::Result<()> {
         if self.log.is_some() && !self.fold_next {
-            let line = self.change(old).map_err(std::io::Error::other)?;
-            if line == b"{\"set\":{},\"del\":[]}\n" {
+            let Some(line) = self.change(old).map_err(std::io::Error::other)? else {
                 // Nothing changed: nothing to write, only what came before to sync.
                 return if sync { self.sync() } else { Ok(()) };
-            }
+            };
             let room = FOLD_MIN + self.last_len as u64 / 8;
             if self.log_len + line.len() as u64 <= room {
                 return self.append(&line, sync);
@@ -654,6 +659,10 @@ impl Db {
     fn fold(&mut self) -> std::io::Result<()> {
         let generation = self.generation + 1;
         let doc = self.document(generation).map_err(std::io::Error::other)?;
+        // Made before the document is written: nothing after that write may fail the change.
+        let mut header =
+            serde_json::to_vec(&Header { log: generation }).map_err(std::io::Error::other)?;
+        header.push(b'\n');
         atomic_write(&self.path, &doc)?;
         self.generation = generation;
         self.data.log = generation;
@@ -665,14 +674,12 @@ impl Db {
         // Until the new log is there the document stands alone (an old log names an older
         // number); the change is saved either way.
         let lp = log_path(&self.path);
-        let header =
-            serde_json::to_vec(&Header { log: generation }).map_err(std::io::Error::other)?;
-        let started = atomic_write(&lp, &[&header[..], b"\n"].concat())
-            .and_then(|()| OpenOptions::new().append(true).open(&lp));
+        let started =
+            atomic_write(&lp, &header).and_then(|()| OpenOptions::new().append(true).open(&lp));
         match started {
             Ok(f) => {
                 self.log = Some(f);
-                self.log_len = header.len() as u64 + 1;
+                self.log_len = header.len() as u64;
             }
             Err(e) => eprintln!(
                 "bivy: {}: {e}: the next change writes the whole database again",
