@@ -697,12 +697,16 @@ mod tests {
 
     /// A server on a fresh socket serving each connection with the HTTP layer (keep-alive
     /// honoured) on a thread of its own; the count of connections it accepted.
-    fn counting_server(tag: &str) -> (Client, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    fn counting_server(
+        tag: &str,
+    ) -> (
+        Client,
+        std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        crate::util::tempdir::TempDir,
+    ) {
         use std::sync::atomic::{AtomicUsize, Ordering};
-        let dir = std::env::temp_dir().join(format!("bivy-client-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let sock = dir.join("s");
+        let dir = crate::util::tempdir::TempDir::new(&format!("client-{tag}"));
+        let sock = dir.path().join("s");
         let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
         let accepted = std::sync::Arc::new(AtomicUsize::new(0));
         let count = accepted.clone();
@@ -724,13 +728,13 @@ mod tests {
                 });
             }
         });
-        (Client::with_socket(sock), accepted)
+        (Client::with_socket(sock), accepted, dir)
     }
 
     #[test]
     fn requests_share_a_kept_alive_connection() {
         use std::sync::atomic::Ordering;
-        let (c, accepted) = counting_server("reuse");
+        let (c, accepted, _dir) = counting_server("reuse");
         for _ in 0..3 {
             assert_eq!(c.raw("GET", "/a", &[], Body::Empty).unwrap().status, 200);
         }

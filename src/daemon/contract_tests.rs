@@ -16,6 +16,7 @@ use super::{https, routes, Daemon};
 use crate::http::{Body, Request};
 use crate::instance::Host;
 use crate::tls::{CertKind, Identity};
+use crate::util::tempdir::TempDir;
 
 static HTTPS: Once = Once::new();
 
@@ -31,10 +32,20 @@ fn temp(name: &str) -> PathBuf {
 }
 
 /// A model context on a fresh directory (the daemon's identity is shared by all tests).
-fn ctx(name: &str) -> (Arc<Daemon>, PathBuf) {
-    HTTPS.call_once(|| https::init(&temp("identity")).unwrap());
-    let dir = temp(name);
-    (Daemon::open(&dir, Host::fake()).unwrap(), dir)
+fn ctx(name: &str) -> (Arc<Daemon>, TempDir) {
+    HTTPS.call_once(|| {
+        // The key pair is made on a thread of its own; once it is loaded its files are not
+        // needed again, so the directory goes with it.
+        let identity = temp("identity");
+        https::init(&identity).unwrap();
+        assert!(
+            https::get().identity().is_some(),
+            "the test server's key pair"
+        );
+        let _ = std::fs::remove_dir_all(identity);
+    });
+    let dir = TempDir::new(&format!("contract-{name}"));
+    (Daemon::open(dir.path(), Host::fake()).unwrap(), dir)
 }
 
 struct Reply {
@@ -111,7 +122,7 @@ fn remote(ip: [u8; 4], id: Option<&Identity>) -> Caller {
 
 #[test]
 fn envelope_status_codes_and_errors() {
-    let (d, dir) = ctx("envelope");
+    let (d, _dir) = ctx("envelope");
     let r = call(&d, "GET", "/1.0", None);
     assert_eq!(r.status, 200);
     for k in [
@@ -173,12 +184,11 @@ fn envelope_status_codes_and_errors() {
     );
     assert_eq!(r.status, 400, "{}", r.json);
     assert!(r.error().contains("core.https_address"), "{}", r.error());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn etags_patch_and_recursion() {
-    let (d, dir) = ctx("etag");
+    let (d, _dir) = ctx("etag");
     let r = call(
         &d,
         "POST",
@@ -242,7 +252,6 @@ fn etags_patch_and_recursion() {
         .unwrap()
         .iter()
         .any(|p| p["name"] == "p1" && p["description"] == "three"));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Every route in the table, with `{x}` filled in, for every method it has.
@@ -270,8 +279,12 @@ fn table_requests() -> Vec<(String, String, bool)> {
 #[test]
 fn untrusted_callers_reach_only_the_public_routes() {
     let (d, dir) = ctx("untrusted");
-    let id =
-        Identity::load_or_make(&dir.join("c.crt"), &dir.join("c.key"), CertKind::Client).unwrap();
+    let id = Identity::load_or_make(
+        &dir.path().join("c.crt"),
+        &dir.path().join("c.key"),
+        CertKind::Client,
+    )
+    .unwrap();
     for caller in [
         remote([192, 0, 2, 1], None),
         remote([192, 0, 2, 2], Some(&id)),
@@ -303,14 +316,17 @@ fn untrusted_callers_reach_only_the_public_routes() {
         );
         assert_eq!(m["auth_methods"], json!(["tls"]));
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn trust_password_adds_a_client_until_its_certificate_is_removed() {
     let (d, dir) = ctx("password");
-    let id =
-        Identity::load_or_make(&dir.join("c.crt"), &dir.join("c.key"), CertKind::Client).unwrap();
+    let id = Identity::load_or_make(
+        &dir.path().join("c.crt"),
+        &dir.path().join("c.key"),
+        CertKind::Client,
+    )
+    .unwrap();
     let me = remote([192, 0, 2, 10], Some(&id));
     let r = call(
         &d,
@@ -325,8 +341,8 @@ fn trust_password_adds_a_client_until_its_certificate_is_removed() {
         "true"
     );
     // Document and change log: neither holds it in clear.
-    let stored = std::fs::read_to_string(dir.join("database.json")).unwrap()
-        + &std::fs::read_to_string(dir.join("database.log")).unwrap_or_default();
+    let stored = std::fs::read_to_string(dir.path().join("database.json")).unwrap()
+        + &std::fs::read_to_string(dir.path().join("database.log")).unwrap_or_default();
     assert!(!stored.contains("s3cret"));
     assert!(stored.contains("pbkdf2-sha256$"));
     // Sending the shown `true` back (a client echoing the config) keeps the password.
@@ -426,14 +442,17 @@ fn trust_password_adds_a_client_until_its_certificate_is_removed() {
         call(&d, "GET", &format!("/1.0/certificates/{fp}"), None).status,
         404
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn certificates_added_by_a_trusted_caller() {
     let (d, dir) = ctx("addcert");
-    let id =
-        Identity::load_or_make(&dir.join("c.crt"), &dir.join("c.key"), CertKind::Client).unwrap();
+    let id = Identity::load_or_make(
+        &dir.path().join("c.crt"),
+        &dir.path().join("c.key"),
+        CertKind::Client,
+    )
+    .unwrap();
     // Base64 DER, as lxc and pylxd send it.
     let b64 = crate::util::base64::encode(&id.cert_der);
     let r = call(
@@ -467,7 +486,6 @@ fn certificates_added_by_a_trusted_caller() {
     );
     assert_eq!(r.status, 400, "{}", r.json);
     assert!(r.error().contains("listening"), "{}", r.error());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// An events websocket has every event from the moment its handshake is answered: `lxc` looks
@@ -477,7 +495,7 @@ fn certificates_added_by_a_trusted_caller() {
 #[test]
 fn an_events_websocket_has_the_events_after_its_handshake() {
     use crate::http::ws;
-    let (d, dir) = ctx("events-handshake");
+    let (d, _dir) = ctx("events-handshake");
     let mut req = Request::new(
         "GET".into(),
         "/1.0/events".into(),
@@ -520,5 +538,4 @@ fn an_events_websocket_has_the_events_after_its_handshake() {
     d.events
         .lifecycle("instance-stopped", "/1.0/instances/c1", json!({}));
     served.join().unwrap();
-    let _ = std::fs::remove_dir_all(dir);
 }

@@ -206,11 +206,19 @@ pub fn run(args: &[String]) -> Result {
         );
         return Ok(());
     }
+    // lintian leaves Berkeley DB files (`mldbm-elf-*`) in its temporary directory: give it one
+    // of ours and remove it after.
+    let tmp = o.out.join("lintian-tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| format!("mkdir {}: {e}", tmp.display()))?;
     let out = Command::new("lintian")
         .args(["--display-info", "--tag-display-limit", "0"])
         .arg(&deb)
+        .env("TMPDIR", &tmp)
         .output()
-        .map_err(|e| format!("lintian: {e}"))?;
+        .map_err(|e| format!("lintian: {e}"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let out = out?;
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     print!(
