@@ -269,6 +269,8 @@ fn deb_passes_lintian() {
             DEBUG_BUILD_TAGS,
         ])
         .arg(&deb)
+        // lintian leaves Berkeley DB files (`mldbm-elf-*`) in its temporary directory.
+        .env("TMPDIR", tmp.path())
         .output()
         .expect("run lintian");
     let report = text(&out.stdout);
