@@ -348,10 +348,25 @@ fn running_containers_hold_no_daemon_thread_each() {
     while fds() > fds_before + 3 && t.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(100));
     }
+    let links = || {
+        let mut v: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|r| {
+                r.flatten()
+                    .map(|e| {
+                        let l = std::fs::read_link(e.path()).unwrap_or_default();
+                        format!("{} -> {}", e.file_name().to_string_lossy(), l.display())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
     assert!(
         fds() <= fds_before + 3,
-        "{} daemon fds after the containers went, {fds_before} before",
-        fds()
+        "{} daemon fds after the containers went, {fds_before} before: {:?}",
+        fds(),
+        links()
     );
 }
 
@@ -1119,6 +1134,90 @@ fn exec_commands_are_served_by_the_monitor_and_die_with_their_client() {
     std::fs::rename(run.join("exec.sock.away"), &sock).expect("put the socket back");
     l.ok(&["delete", "--force", "ex"]);
     assert!(!sock.exists(), "the exec socket outlived its monitor");
+}
+
+/// An exec the way pylxd makes it: sockets "0", "1" and "2", never "control". The command
+/// starts without the control socket, and one connected while the command runs is served (a
+/// signal through it ends the command). After the command its output sockets answer the
+/// client's close (pylxd closes them once the operation has ended; tests/pylxd_smoke.py checks
+/// that ws4py saw no socket fail).
+#[test]
+fn exec_starts_without_the_control_socket_and_takes_it_late() {
+    use bivy::http::ws;
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = common::Lxc::new(&d);
+    l.import_busybox();
+    l.ok(&["launch", "busybox", "wx"]);
+    let connect = |op: &str, secret: &serde_json::Value| {
+        let s = UnixStream::connect(d.socket()).expect("connect");
+        let path = format!(
+            "{op}/websocket?secret={}",
+            secret.as_str().expect("a secret")
+        );
+        ws::connect(Box::new(s), &path, &[("Host".into(), "unix.socket".into())])
+            .expect("websocket")
+    };
+    let body = serde_json::json!({
+        "command": ["sleep", "4321"],
+        "wait-for-websocket": true,
+        "interactive": false,
+        "environment": {},
+    })
+    .to_string();
+    let (code, v) = d
+        .api("POST", "/1.0/instances/wx/exec", Some(&body))
+        .expect("exec");
+    assert_eq!(code, 202, "{v}");
+    let op = v["operation"].as_str().expect("operation").to_string();
+    let fds = &v["metadata"]["metadata"]["fds"];
+    let (_tx0, _rx0) = connect(&op, &fds["0"]);
+    let (_tx1, mut rx1) = connect(&op, &fds["1"]);
+    let (_tx2, _rx2) = connect(&op, &fds["2"]);
+    let running = || {
+        let (code, out) = l.sh(
+            "wx",
+            "for f in /proc/[0-9]*/cmdline; do \
+               [ \"$(tr '\\0' ' ' < $f)\" = 'sleep 4321 ' ] && echo found; done; true",
+        );
+        assert_eq!(code, 0, "{out}");
+        out.contains("found")
+    };
+    let t = Instant::now();
+    while !running() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the command did not start without the control socket"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (ctl, _crx) = connect(&op, &fds["control"]);
+    ctl.send_text(r#"{"command":"signal","signal":15,"args":{}}"#)
+        .expect("signal");
+    let (_, done) = d
+        .api("GET", &format!("{op}/wait?timeout=20"), None)
+        .expect("wait");
+    assert_eq!(
+        done["metadata"]["status"], "Success",
+        "the late control socket's signal did not end the command: {done}"
+    );
+    assert_eq!(done["metadata"]["metadata"]["return"], 143, "{done}");
+    // Stdout: its end (the empty text frame), then an answer to the client's close.
+    assert!(
+        matches!(rx1.recv().expect("stdout's end"), ws::Message::Text(t) if t.is_empty()),
+        "no end-of-stream frame"
+    );
+    _tx1.close(1000).expect("close");
+    assert!(
+        matches!(
+            rx1.recv().expect("the close's answer"),
+            ws::Message::Close(Some(1000))
+        ),
+        "the client's close was not answered"
+    );
+    l.ok(&["delete", "--force", "wx"]);
 }
 
 /// The start's record (`volatile.last_state.power` and the rest) is written while the runtime

@@ -7,7 +7,8 @@
 //!
 //! Each side is driven by its own CLI (`bivy …`, `lxc …`), both on a `dir` pool with the
 //! busybox test image (the same unified tarball, `lxc image import`ed into LXD): launch from
-//! the cached image, `exec -- true`, `list` with N running, the same two over an HTTPS remote on
+//! the cached image, `exec -- true` (and pylxd's `execute`, when a python with pylxd is there),
+//! `list` with N running, the same two over an HTTPS remote on
 //! loopback, snapshot and restore of a running container, `stop --force`, copy of a stopped
 //! container, start, clean stop, delete; copies to a second server of the same kind (`lxc copy
 //! s:c t:c` for both pairs: `dir` and `btrfs`, `--refresh`, a large container's throughput);
@@ -866,6 +867,63 @@ impl Ctx<'_> {
     }
 }
 
+/// A python with pylxd: `$BIVY_PYTHON`, else `target/pyvenv/bin/python` (the tests' rule).
+fn pylxd_python() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("BIVY_PYTHON") {
+        return Some(PathBuf::from(p));
+    }
+    let venv = util::target_dir().join("pyvenv/bin/python");
+    venv.exists().then_some(venv)
+}
+
+/// pylxd's `execute(["true"])` on `instance`, timed inside python (one process per side and
+/// round: a warm-up exec, then three timed ones), `runs` interleaved rounds.
+fn pylxd_execs(c: &Ctx, py: &Path, runs: usize, instance: &str) -> Result<Ab> {
+    const SCRIPT: &str = r#"
+import sys, time, urllib.parse, pylxd
+c = pylxd.Client(endpoint="http+unix://" + urllib.parse.quote(sys.argv[1], safe=""))
+i = c.instances.get(sys.argv[2])
+i.execute(["true"])
+for _ in range(3):
+    t = time.perf_counter()
+    r = i.execute(["true"])
+    ms = (time.perf_counter() - t) * 1000
+    if r.exit_code != 0:
+        sys.exit("exit code %d" % r.exit_code)
+    print("%.3f" % ms)
+"#;
+    let mut r = Ab::default();
+    for i in 0..runs {
+        for side in order(i) {
+            let socket = match side {
+                Side::Bivy => daemon::socket(&c.bivy.dir),
+                Side::Lxd => c.lxd.dir.join("unix.socket"),
+            };
+            let out = Command::new(py)
+                .args(["-c", SCRIPT])
+                .arg(&socket)
+                .arg(instance)
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| format!("{side:?}: {}: {e}", py.display()))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "{side:?}: pylxd: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            for l in String::from_utf8_lossy(&out.stdout).lines() {
+                let ms = l
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("{side:?}: pylxd printed {l:?}"))?;
+                r.push(side, ms);
+            }
+        }
+    }
+    Ok(r)
+}
+
 fn v(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
@@ -886,6 +944,19 @@ fn containers(c: &Ctx, t: &mut AbTable, o: &Opts, image: &Path) -> Result {
 
     let r = c.time(runs * 3, |_| v(&["exec", "ab-l0", "--", "true"]));
     t.add("exec -- true", r, "unix socket")?;
+    match pylxd_python() {
+        Some(py) => {
+            let r = pylxd_execs(c, &py, runs, "ab-l0");
+            t.add(
+                "exec -- true from pylxd (`execute`)",
+                r,
+                "pylxd 2.4.2's own `Instance.execute` on the unix socket, timed in python: POST exec, three websockets, the operation's wait",
+            )?;
+        }
+        None => t.notes.push(
+            "pylxd row left out: no python with pylxd (`BIVY_PYTHON`, or `target/pyvenv` as CI makes it)".into(),
+        ),
+    }
 
     let running = o.running.max(runs);
     for j in runs..running {

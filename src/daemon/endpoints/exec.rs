@@ -4,6 +4,10 @@
 //! text frame marks the end of a stream. Interactive: socket "0" mirrors a pty allocated inside
 //! the container, plus "control" for window-resize and signals. The exit code is the operation's
 //! `metadata.return`. A client that goes away mid-stream gets its command killed.
+//!
+//! The command starts once "0", "1" and "2" are connected; "control" is taken whenever it comes
+//! (pylxd never connects it). After the command, "0" and "control" are closed; "1" and "2" are
+//! left for the client to close (answered), for at most [`LINGER`], while the operation ends.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -270,9 +274,8 @@ fn run_attached(
         .take_sockets(&required, CONNECT_TIMEOUT)
         .ok_or_else(|| Error::Internal("Timed out waiting for websockets to connect".into()))?;
     trace.step("websockets connected");
-    let control = socks
-        .remove(&secrets["control"])
-        .or_else(|| op.take_late_socket(&secrets["control"], Duration::from_millis(100)));
+    // The control socket is optional (pylxd never connects it): the command does not wait for it.
+    let control = socks.remove(&secrets["control"]);
     let split = |s: Box<dyn Stream>| {
         ws::split(s, ws::Role::Server).map_err(|e| Error::Internal(format!("websocket: {e}")))
     };
@@ -295,18 +298,20 @@ fn run_attached(
             .map_err(|e| Error::Internal(e.to_string()))?;
         let inp = pump_in(rx0, writer)?;
         let resize = OwnedFd::from(master_file);
-        let ctl = control.and_then(|c| control_loop(c, Some(p.signaller()), Some(resize)));
+        let ctl = Control::start(
+            op,
+            &secrets["control"],
+            control,
+            p.signaller(),
+            Some(resize),
+        )?;
         let code = p.wait()?;
         out.join();
         op.set_metadata("return", serde_json::json!(code));
         tx0.close(1000).ok();
         tx0.shutdown();
         inp.join();
-        if let Some((tx, h)) = ctl {
-            tx.close(1000).ok();
-            tx.shutdown();
-            h.join();
-        }
+        drop(ctl);
         return Ok(());
     }
 
@@ -336,36 +341,122 @@ fn run_attached(
     let o2 = pump_out(std::fs::File::from(err_r), tx2.clone())?;
     let stdin = std::fs::File::from(in_w);
     let inp = pump_in(rx0, stdin)?;
-    // Anything read on the output sockets means the client went away: kill the command.
+    // Anything read on an output socket while the command runs means the client went away: kill
+    // the command (its pidfd makes a late kill harmless). After the command, the same read waits
+    // for the client's close, which it answers (see LINGER).
+    let (ended_tx, ended_rx) = std::sync::mpsc::channel::<()>();
     let watch = |mut rx: ws::Receiver, k: runtime::Signaller| {
+        let ended = ended_tx.clone();
         go(move || {
             if rx.recv().is_ok() {
                 k.send(libc::SIGKILL);
             }
+            rx.sender().shutdown();
+            let _ = ended.send(());
         })
     };
-    let w1 = watch(rx1, killer.clone())?;
-    let w2 = watch(rx2, killer.clone())?;
-    let ctl = control.and_then(|c| control_loop(c, Some(killer), None));
+    watch(rx1, killer.clone())?;
+    watch(rx2, killer.clone())?;
+    drop(ended_tx);
+    let ctl = Control::start(op, &secrets["control"], control, killer, None)?;
     let code = p.wait()?;
     trace.step("command exited");
     o1.join();
     o2.join();
     trace.step("output sent");
     op.set_metadata("return", serde_json::json!(code));
-    for tx in [&tx0, &tx1, &tx2] {
-        let _ = tx.close(1000);
-        tx.shutdown();
-    }
-    if let Some((tx, h)) = ctl {
-        let _ = tx.close(1000);
-        tx.shutdown();
-        h.join();
-    }
+    let _ = tx0.close(1000);
+    tx0.shutdown();
+    drop(ctl);
     inp.join();
-    w1.join();
-    w2.join();
+    // The output sockets stay open until the client closes them, for at most LINGER: the
+    // operation ends meanwhile.
+    go(move || {
+        let deadline = std::time::Instant::now() + LINGER;
+        for _ in 0..2 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if ended_rx.recv_timeout(left).is_err() {
+                break;
+            }
+        }
+        for tx in [tx1, tx2] {
+            let _ = tx.close(1000);
+            tx.shutdown();
+        }
+    })?;
     Ok(())
+}
+
+/// How long an output socket ("1", "2") of a finished non-interactive exec waits for the client
+/// to close it. Its end was marked by the empty text frame; `lxc` and `bivy` close their side
+/// when they read it. pylxd (ws4py) closes after it has seen the operation end, and its
+/// `execute` returns only once its socket manager has woken up after that close: a socket the
+/// server had already closed leaves the manager asleep in its 100 ms poll (each pylxd
+/// `execute` then took 100 to 200 ms). A client that waits for the server's close instead
+/// gets it after this long.
+const LINGER: Duration = Duration::from_millis(250);
+
+/// The control socket's loop (signals, window size): started at once when the client has
+/// connected the socket, else when it does while the command runs (LXD does not wait for it
+/// either; pylxd never connects it).
+struct Control {
+    slot: Arc<std::sync::Mutex<ControlSlot>>,
+}
+
+#[derive(Default)]
+struct ControlSlot {
+    ended: bool,
+    running: Option<(ws::Sender, Joinable)>,
+}
+
+impl Control {
+    fn start(
+        op: &Arc<Op>,
+        secret: &str,
+        connected: Option<Box<dyn Stream>>,
+        killer: runtime::Signaller,
+        pty: Option<OwnedFd>,
+    ) -> Result<Control> {
+        let slot = Arc::new(std::sync::Mutex::new(ControlSlot::default()));
+        if let Some(c) = connected {
+            lock(&slot).running = control_loop(c, Some(killer), pty);
+            return Ok(Control { slot });
+        }
+        let (op, secret, late) = (op.clone(), secret.to_string(), slot.clone());
+        go(move || loop {
+            let got = op.take_late_socket(&secret, Duration::from_millis(50));
+            let mut s = lock(&late);
+            if s.ended {
+                return;
+            }
+            if let Some(c) = got {
+                s.running = control_loop(c, Some(killer), pty);
+                return;
+            }
+        })?;
+        Ok(Control { slot })
+    }
+}
+
+/// Dropped when the command has ended (or the exec failed): the control socket is closed and a
+/// late one is no longer taken.
+impl Drop for Control {
+    fn drop(&mut self) {
+        let running = {
+            let mut s = lock(&self.slot);
+            s.ended = true;
+            s.running.take()
+        };
+        if let Some((tx, h)) = running {
+            let _ = tx.close(1000);
+            tx.shutdown();
+            h.join();
+        }
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Handle control messages: window-resize (pty only) and signals. If the control socket closes
