@@ -260,6 +260,13 @@ fn alive(pid: i32, st: u64) -> bool {
         return false;
     }
     let mut g = pinned();
+    // Looked at again under the table's lock: a process that ended since its start time was
+    // read may already have had its [`release_ended`], which would not see a pidfd put in after
+    // it (one stayed open until the next container's end: a daemon holding an fd of a deleted
+    // container). A process that ends after this is ended when the next release runs.
+    if ended(&fd) {
+        return false;
+    }
     let (table, sweep_at) = &mut *g;
     if table.len() >= *sweep_at {
         table.retain(|_, fd| !ended(fd));
