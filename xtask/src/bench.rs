@@ -1,10 +1,12 @@
 //! `cargo xtask bench [--runs N] [--bin PATH] [--scale N] [--cycles N] [--only cycles]
-//! [--only density [--density N]]`: the
+//! [--only density [--density N]] [--only storage]`: the
 //! numbers we compare with LXD (`../shared/reference/lxd-bench.md`): static binary size,
 //! daemon start and idle memory, image import, launch, exec, list, stop --force, start, and a
 //! container's monitor memory. `--only cycles` runs the create/start/stop/delete cycles alone
 //! on a fresh daemon, each phase timed; `--only density` launches `--density N` (1000) busybox
 //! containers, lists them, execs in each, reads what each costs the host, stops and deletes them.
+//! `--only storage` runs the storage drivers' rows alone (busybox, and the Debian test image's
+//! launch, snapshot, restore, copy, stop and publish when it is built).
 //!
 //! A daemon is started with a temporary `BIVY_DIR` under `target/bench/`, driven through the
 //! CLI (`bivy launch|exec|stop --force|start|list|delete`), and stopped at the end. A step that
@@ -244,6 +246,8 @@ struct Opts {
     only_criu: bool,
     /// `--only breakdown`: the per-step breakdown of a launch and an exec alone.
     only_breakdown: bool,
+    /// `--only storage`: the storage drivers' rows alone (busybox and the Debian image).
+    only_storage: bool,
 }
 
 fn parse_opts(args: &[String]) -> Result<Opts> {
@@ -257,6 +261,7 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
         density: 1000,
         only_criu: false,
         only_breakdown: false,
+        only_storage: false,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -292,15 +297,17 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
                 Some("density") => o.only_density = true,
                 Some("criu") => o.only_criu = true,
                 Some("breakdown") => o.only_breakdown = true,
+                Some("storage") => o.only_storage = true,
                 _ => {
                     return Err(
-                        "--only cycles|density|criu|breakdown (the parts that run alone)".into(),
+                        "--only cycles|density|criu|breakdown|storage (the parts that run alone)"
+                            .into(),
                     )
                 }
             },
             other => {
                 return Err(format!(
-                    "unknown argument `{other}` (--runs N, --bin PATH, --scale N, --cycles N, --churn N, --density N, --only cycles|density|criu|breakdown)"
+                    "unknown argument `{other}` (--runs N, --bin PATH, --scale N, --cycles N, --churn N, --density N, --only cycles|density|criu|breakdown|storage)"
                 ))
             }
         }
@@ -384,6 +391,11 @@ pub fn run(args: &[String]) -> Result {
             crate::breakdown::run(&bin, &image, &run_dir, t, o.runs)
         };
         Some((Box::new(part), Vec::new()))
+    } else if o.only_storage {
+        Some((
+            Box::new(|d: &mut BgDaemon, t: &mut Table| storage(d, t, o.runs)),
+            Vec::new(),
+        ))
     } else if o.only_cycles {
         Some((
             Box::new(|d, t| cycles(d, t, o.cycles)),
@@ -1031,7 +1043,33 @@ fn storage(d: &BgDaemon, t: &mut Table, runs: usize) -> Result {
                 });
                 t.stats(&format!("{driver}: Debian 12 launch, {what}"), &r, "");
             }
-            let r = time_runs(1, |_| d.cli(&["stop", &format!("{driver}-deb-b")]));
+            // The Debian figures (about 20,000 files): snapshot, restore and copy.
+            let deb = format!("{driver}-deb-b");
+            let n = runs.min(3);
+            let r = time_runs(n, |i| d.cli(&["snapshot", &deb, &format!("ds{i}")]));
+            t.stats(
+                &format!("{driver}: Debian 12 `bivy snapshot` (running)"),
+                &r,
+                "",
+            );
+            let r = time_runs(n, |_| d.cli(&["restore", &deb, "ds0"]));
+            t.stats(
+                &format!("{driver}: Debian 12 `bivy restore` (running: stop, restore, start)"),
+                &r,
+                "",
+            );
+            let r = time_runs(n, |i| {
+                d.cli(&["copy", &deb, &format!("{driver}-dc{i}"), "--instance-only"])
+            });
+            t.stats(
+                &format!("{driver}: Debian 12 `bivy copy` (running source)"),
+                &r,
+                "",
+            );
+            for i in 0..n {
+                let _ = must(d, &["delete", "--force", &format!("{driver}-dc{i}")]);
+            }
+            let r = time_runs(1, |_| d.cli(&["stop", &deb]));
             t.stats(&format!("{driver}: Debian 12 clean stop"), &r, "");
             let r = time_runs(1, |_| {
                 d.cli(&[
