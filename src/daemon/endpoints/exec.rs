@@ -358,6 +358,11 @@ fn run_attached(
     watch(rx1, killer.clone())?;
     watch(rx2, killer.clone())?;
     drop(ended_tx);
+    // Dropped last, on every way out of here.
+    let _outputs = Outputs {
+        tx: [tx1, tx2],
+        ended: Some(ended_rx),
+    };
     let ctl = Control::start(op, &secrets["control"], control, killer, None)?;
     let code = p.wait()?;
     trace.step("command exited");
@@ -369,22 +374,43 @@ fn run_attached(
     tx0.shutdown();
     drop(ctl);
     inp.join();
-    // The output sockets stay open until the client closes them, for at most LINGER: the
-    // operation ends meanwhile.
-    go(move || {
-        let deadline = std::time::Instant::now() + LINGER;
-        for _ in 0..2 {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if ended_rx.recv_timeout(left).is_err() {
-                break;
-            }
-        }
-        for tx in [tx1, tx2] {
-            let _ = tx.close(1000);
-            tx.shutdown();
-        }
-    })?;
     Ok(())
+}
+
+/// The output sockets ("1", "2") of a non-interactive exec whose command has ended (or whose
+/// exec failed): left for the client to close while the operation ends, then closed after at
+/// most [`LINGER`]; their watchers say when the client has closed each.
+struct Outputs {
+    tx: [ws::Sender; 2],
+    ended: Option<std::sync::mpsc::Receiver<()>>,
+}
+
+impl Drop for Outputs {
+    fn drop(&mut self) {
+        let Some(ended) = self.ended.take() else {
+            return;
+        };
+        let close = |tx: &[ws::Sender; 2]| {
+            for t in tx {
+                let _ = t.close(1000);
+                t.shutdown();
+            }
+        };
+        let tx = self.tx.clone();
+        let lingered = go(move || {
+            let deadline = std::time::Instant::now() + LINGER;
+            for _ in 0..2 {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if ended.recv_timeout(left).is_err() {
+                    break;
+                }
+            }
+            close(&tx);
+        });
+        if lingered.is_err() {
+            close(&self.tx);
+        }
+    }
 }
 
 /// How long an output socket ("1", "2") of a finished non-interactive exec waits for the client
