@@ -261,9 +261,9 @@ fn alive(pid: i32, st: u64) -> bool {
     }
     let mut g = pinned();
     // Looked at again under the table's lock: a process that ended since its start time was
-    // read may already have had its [`release_ended`], which would not see a pidfd put in after
-    // it (one stayed open until the next container's end: a daemon holding an fd of a deleted
-    // container). A process that ends after this is ended when the next release runs.
+    // read may already have had its `release_ended`, which cannot see a pidfd put in after it
+    // (that one would stay open until some other container ended). A process that ends after
+    // this is seen ended by the release that follows its end.
     if ended(&fd) {
         return false;
     }
