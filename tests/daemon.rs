@@ -1084,16 +1084,8 @@ fn exec_commands_are_served_by_the_monitor_and_die_with_their_client() {
         .next()
         .and_then(|p| p.parse().ok())
         .expect("monitor pid");
-    let sleepers = || {
-        // (init has a `sleep` of its own)
-        let (code, out) = l.sh(
-            "ex",
-            "for f in /proc/[0-9]*/cmdline; do \
-               [ \"$(tr '\\0' ' ' < $f)\" = 'sleep 1234 ' ] && echo found; done; true",
-        );
-        assert_eq!(code, 0, "{out}");
-        out.lines().filter(|l| *l == "found").count()
-    };
+    // (init has a `sleep` of its own)
+    let sleepers = || processes_in(&l, "ex", "sleep 1234");
     for (path, waiter_parent) in [("monitor", monitor), ("helper", daemon_pid)] {
         if path == "helper" {
             std::fs::rename(&sock, run.join("exec.sock.away")).expect("move the socket away");
@@ -1136,6 +1128,20 @@ fn exec_commands_are_served_by_the_monitor_and_die_with_their_client() {
     assert!(!sock.exists(), "the exec socket outlived its monitor");
 }
 
+/// How many processes of container `ct` have exactly the command line `cmdline` (its words
+/// joined by spaces).
+fn processes_in(l: &common::Lxc, ct: &str, cmdline: &str) -> usize {
+    let (code, out) = l.sh(
+        ct,
+        &format!(
+            "for f in /proc/[0-9]*/cmdline; do \
+               [ \"$(tr '\\0' ' ' < $f)\" = '{cmdline} ' ] && echo found; done; true"
+        ),
+    );
+    assert_eq!(code, 0, "{out}");
+    out.lines().filter(|l| *l == "found").count()
+}
+
 /// An exec the way pylxd makes it: sockets "0", "1" and "2", never "control". The command
 /// starts without the control socket, and one connected while the command runs is served (a
 /// signal through it ends the command). After the command its output sockets answer the
@@ -1176,15 +1182,7 @@ fn exec_starts_without_the_control_socket_and_takes_it_late() {
     let (_tx0, _rx0) = connect(&op, &fds["0"]);
     let (_tx1, mut rx1) = connect(&op, &fds["1"]);
     let (_tx2, _rx2) = connect(&op, &fds["2"]);
-    let running = || {
-        let (code, out) = l.sh(
-            "wx",
-            "for f in /proc/[0-9]*/cmdline; do \
-               [ \"$(tr '\\0' ' ' < $f)\" = 'sleep 4321 ' ] && echo found; done; true",
-        );
-        assert_eq!(code, 0, "{out}");
-        out.contains("found")
-    };
+    let running = || processes_in(&l, "wx", "sleep 4321") > 0;
     let t = Instant::now();
     while !running() {
         assert!(
