@@ -21,6 +21,7 @@ use super::conns::{self, Peer};
 use super::response::{Error, Result};
 use super::Daemon;
 use crate::tls::{self, CertKind, Identity};
+use crate::util::lock;
 use crate::util::stream::Stream;
 
 /// Longest a client may take over its TLS handshake.
@@ -127,10 +128,6 @@ pub fn parse_address(s: &str) -> std::result::Result<SocketAddr, String> {
     ip.parse::<IpAddr>()
         .map(|ip| SocketAddr::new(ip, DEFAULT_PORT))
         .map_err(|_| bad())
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Https {

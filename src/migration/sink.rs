@@ -401,8 +401,7 @@ impl Watch {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         for tx in std::iter::once(&self.ctl_tx).chain(&self.data) {
-            let _ = tx.close(1000);
-            tx.shutdown();
+            tx.end();
         }
         let _ = self.reader.join();
         res

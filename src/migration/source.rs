@@ -262,8 +262,7 @@ impl Job {
             .into_iter()
             .flatten()
         {
-            let _ = w.tx.close(1000);
-            w.tx.shutdown();
+            w.tx.end();
         }
         match r {
             Err(e) if self.dumped_at.is_some() => Err(self.resume(e)),

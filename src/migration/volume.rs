@@ -134,8 +134,7 @@ impl Job {
             let _ = wire::send_msg(&ctl.tx, &abort.encode());
         }
         for w in [&ctl, &fsw] {
-            let _ = w.tx.close(1000);
-            w.tx.shutdown();
+            w.tx.end();
         }
         r
     }

@@ -8,10 +8,12 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustls::Connection;
+
+use crate::util::lock;
 
 struct Shared {
     conn: Mutex<Connection>,
@@ -35,10 +37,6 @@ struct ReadState {
 #[derive(Clone)]
 pub struct TlsStream {
     inner: Arc<Shared>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn tls_error(e: rustls::Error) -> io::Error {

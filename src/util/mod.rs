@@ -16,6 +16,11 @@ pub mod time;
 pub mod trace;
 pub mod yaml;
 
+/// Lock `m`; a lock poisoned by a thread that panicked holding it is taken as it is.
+pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Undo the `\ooo` octal escapes (`\040` for a space) of paths in /proc/self/mountinfo.
 pub fn unescape_mountinfo(s: &str) -> String {
     let b = s.as_bytes();

@@ -23,6 +23,7 @@ use crate::http::{ws, Request, Response, Stream};
 use crate::instance::config;
 use crate::instance::operations::{secret, Class, Op};
 use crate::runtime::{self, State};
+use crate::util::lock;
 use crate::util::pool::Joinable;
 
 /// Time the client has to connect the required websockets (LXD: 5 s).
@@ -308,8 +309,7 @@ fn run_attached(
         let code = p.wait()?;
         out.join();
         op.set_metadata("return", serde_json::json!(code));
-        tx0.close(1000).ok();
-        tx0.shutdown();
+        tx0.end();
         inp.join();
         drop(ctl);
         return Ok(());
@@ -370,8 +370,7 @@ fn run_attached(
     o2.join();
     trace.step("output sent");
     op.set_metadata("return", serde_json::json!(code));
-    let _ = tx0.close(1000);
-    tx0.shutdown();
+    tx0.end();
     drop(ctl);
     inp.join();
     Ok(())
@@ -392,8 +391,7 @@ impl Drop for Outputs {
         };
         let close = |tx: &[ws::Sender; 2]| {
             for t in tx {
-                let _ = t.close(1000);
-                t.shutdown();
+                t.end();
             }
         };
         let tx = self.tx.clone();
@@ -474,15 +472,10 @@ impl Drop for Control {
             s.running.take()
         };
         if let Some((tx, h)) = running {
-            let _ = tx.close(1000);
-            tx.shutdown();
+            tx.end();
             h.join();
         }
     }
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Handle control messages: window-resize (pty only) and signals. If the control socket closes
@@ -636,8 +629,7 @@ pub fn console(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
                     }
                     // The console went away (the container stopped): end the session.
                     if !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                        let _ = tx.close(1000);
-                        tx.shutdown();
+                        tx.end();
                     }
                 })
             };
@@ -671,8 +663,7 @@ pub fn console(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
                                 let _ = runtime::resize_pty(&resize, w, h);
                             }
                         }
-                        let _ = end.close(1000);
-                        end.shutdown();
+                        end.end();
                     });
                     (ctx, h)
                 });
@@ -681,11 +672,9 @@ pub fn console(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
             stop.store(true, std::sync::atomic::Ordering::SeqCst);
             let _ = out.join();
             drop(attach);
-            let _ = tx0.close(1000);
-            tx0.shutdown();
+            tx0.end();
             if let Some((tx, h)) = ctl {
-                let _ = tx.close(1000);
-                tx.shutdown();
+                tx.end();
                 let _ = h.join();
             }
             Ok::<(), Error>(())

@@ -199,6 +199,11 @@ impl Sender {
     fn pong(&self, payload: &[u8]) -> io::Result<()> {
         self.send(OP_PONG, payload)
     }
+    /// End the connection: a normal close frame (1000, best effort), then [`Sender::shutdown`].
+    pub fn end(&self) {
+        let _ = self.close(1000);
+        self.shutdown();
+    }
     /// Shut the underlying connection down (wakes a blocked receiver).
     pub fn shutdown(&self) {
         let st = self.lock();
