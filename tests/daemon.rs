@@ -1218,6 +1218,58 @@ fn exec_starts_without_the_control_socket_and_takes_it_late() {
     l.ok(&["delete", "--force", "wx"]);
 }
 
+/// `lxc console` detaches by closing the control socket; a control socket that connects well
+/// after "0" (here 300 ms) is still taken, and its close ends the session: the operation ends
+/// and "0" is closed by the server.
+#[test]
+fn console_takes_a_late_control_socket_and_detaches_on_its_close() {
+    use bivy::http::ws;
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = common::Lxc::new(&d);
+    l.import_busybox();
+    l.ok(&["launch", "busybox", "cx"]);
+    let connect = |op: &str, secret: &serde_json::Value| {
+        let s = UnixStream::connect(d.socket()).expect("connect");
+        let path = format!(
+            "{op}/websocket?secret={}",
+            secret.as_str().expect("a secret")
+        );
+        ws::connect(Box::new(s), &path, &[("Host".into(), "unix.socket".into())])
+            .expect("websocket")
+    };
+    let body = r#"{"width": 100, "height": 30}"#;
+    let (code, v) = d
+        .api("POST", "/1.0/instances/cx/console", Some(body))
+        .expect("console");
+    assert_eq!(code, 202, "{v}");
+    let op = v["operation"].as_str().expect("operation").to_string();
+    let fds = &v["metadata"]["metadata"]["fds"];
+    let (_tx0, mut rx0) = connect(&op, &fds["0"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let (ctl, _crx) = connect(&op, &fds["control"]);
+    ctl.send_text(r#"{"command":"window-resize","args":{"width":"90","height":"20"}}"#)
+        .expect("resize");
+    ctl.close(1000).expect("close");
+    let (_, done) = d
+        .api("GET", &format!("{op}/wait?timeout=20"), None)
+        .expect("wait");
+    assert_eq!(
+        done["metadata"]["status"], "Success",
+        "closing the late control socket did not end the console session: {done}"
+    );
+    // "0" ends with the server's close (console output before it, if any).
+    loop {
+        match rx0.recv() {
+            Ok(ws::Message::Close(_)) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    l.ok(&["delete", "--force", "cx"]);
+}
+
 /// The start's record (`volatile.last_state.power` and the rest) is written while the runtime
 /// starts; a start that fails in the runtime (here init cannot be exec'd) leaves it as it was.
 #[test]

@@ -303,8 +303,7 @@ fn run_attached(
             op,
             &secrets["control"],
             control,
-            p.signaller(),
-            Some(resize),
+            Actions::exec(p.signaller(), Some(resize)),
         )?;
         let code = p.wait()?;
         out.join();
@@ -363,7 +362,12 @@ fn run_attached(
         tx: [tx1, tx2],
         ended: Some(ended_rx),
     };
-    let ctl = Control::start(op, &secrets["control"], control, killer, None)?;
+    let ctl = Control::start(
+        op,
+        &secrets["control"],
+        control,
+        Actions::exec(killer, None),
+    )?;
     let code = p.wait()?;
     trace.step("command exited");
     o1.join();
@@ -421,8 +425,8 @@ impl Drop for Outputs {
 const LINGER: Duration = Duration::from_millis(250);
 
 /// The control socket's loop (signals, window size): started at once when the client has
-/// connected the socket, else when it does while the command runs (LXD does not wait for it
-/// either; pylxd never connects it).
+/// connected the socket, else when it does while the command runs or the console is attached
+/// (LXD does not wait for it either; pylxd never connects it).
 struct Control {
     slot: Arc<std::sync::Mutex<ControlSlot>>,
 }
@@ -433,17 +437,38 @@ struct ControlSlot {
     running: Option<(ws::Sender, Joinable)>,
 }
 
+/// What a control socket's messages and its end do: a `signal` goes to the command, if any
+/// (exec); `window-resize` resizes the pty, if any; the socket's close (the client's, or ours
+/// as the session ends) runs `closed`: exec's command is killed, a console session ends.
+struct Actions {
+    killer: Option<runtime::Signaller>,
+    pty: Option<OwnedFd>,
+    closed: Box<dyn FnOnce() + Send>,
+}
+
+impl Actions {
+    /// An exec's: signals go to the command, which is killed when the socket closes (LXD's
+    /// semantics; its pidfd keeps a kill after the command was reaped harmless).
+    fn exec(killer: runtime::Signaller, pty: Option<OwnedFd>) -> Actions {
+        let k = killer.clone();
+        Actions {
+            killer: Some(killer),
+            pty,
+            closed: Box::new(move || k.send(libc::SIGKILL)),
+        }
+    }
+}
+
 impl Control {
     fn start(
         op: &Arc<Op>,
         secret: &str,
         connected: Option<Box<dyn Stream>>,
-        killer: runtime::Signaller,
-        pty: Option<OwnedFd>,
+        actions: Actions,
     ) -> Result<Control> {
         let slot = Arc::new(std::sync::Mutex::new(ControlSlot::default()));
         if let Some(c) = connected {
-            lock(&slot).running = control_loop(c, Some(killer), pty);
+            lock(&slot).running = control_loop(c, actions);
             return Ok(Control { slot });
         }
         let (op, secret, late) = (op.clone(), secret.to_string(), slot.clone());
@@ -454,7 +479,7 @@ impl Control {
                 return;
             }
             if let Some(c) = got {
-                s.running = control_loop(c, Some(killer), pty);
+                s.running = control_loop(c, actions);
                 return;
             }
         })?;
@@ -462,8 +487,8 @@ impl Control {
     }
 }
 
-/// Dropped when the command has ended (or the exec failed): the control socket is closed and a
-/// late one is no longer taken.
+/// Dropped when the command has ended, the console was detached (or the session failed): the
+/// control socket is closed and a late one is no longer taken.
 impl Drop for Control {
     fn drop(&mut self) {
         let running = {
@@ -478,14 +503,14 @@ impl Drop for Control {
     }
 }
 
-/// Handle control messages: window-resize (pty only) and signals. If the control socket closes
-/// while the command runs, the command is killed (LXD semantics).
-fn control_loop(
-    stream: Box<dyn Stream>,
-    killer: Option<runtime::Signaller>,
-    pty: Option<OwnedFd>,
-) -> Option<(ws::Sender, Joinable)> {
+/// Handle control messages (see [`Actions`]) until the socket closes.
+fn control_loop(stream: Box<dyn Stream>, actions: Actions) -> Option<(ws::Sender, Joinable)> {
     let (tx, mut rx) = ws::split(stream, ws::Role::Server).ok()?;
+    let Actions {
+        killer,
+        pty,
+        closed,
+    } = actions;
     let h = go(move || {
         loop {
             match rx.recv() {
@@ -518,16 +543,11 @@ fn control_loop(
                         _ => {}
                     }
                 }
-                Ok(ws::Message::Close(_)) | Err(_) => {
-                    // The pidfd keeps this safe after the command was reaped.
-                    if let Some(k) = &killer {
-                        k.send(libc::SIGKILL);
-                    }
-                    break;
-                }
+                Ok(ws::Message::Close(_)) | Err(_) => break,
                 Ok(_) => {}
             }
         }
+        closed();
     })
     .ok()?;
     Some((tx, h))
@@ -583,9 +603,7 @@ pub fn console(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
                 .ok_or_else(|| {
                     Error::Internal("Timed out waiting for websockets to connect".into())
                 })?;
-            let control = socks
-                .remove(&sc)
-                .or_else(|| op.take_late_socket(&sc, Duration::from_millis(100)));
+            let control = socks.remove(&sc);
             let (tx0, rx0) = ws::split(
                 socks.remove(&s0).expect("required socket"),
                 ws::Role::Server,
@@ -638,45 +656,24 @@ pub fn console(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
                 .try_clone()
                 .map_err(|e| Error::Internal(e.to_string()))?;
             // `lxc console` detaches (ctrl-a q) by closing the control socket: end the session then.
-            let ctl = control
-                .and_then(|c| ws::split(c, ws::Role::Server).ok())
-                .map(|(ctx, mut crx)| {
-                    let end = tx0.clone();
-                    let h = std::thread::spawn(move || {
-                        while let Ok(ws::Message::Text(t)) = crx.recv() {
-                            let Ok(c) =
-                                serde_json::from_slice::<api::InstanceExecControl>(t.as_bytes())
-                            else {
-                                continue;
-                            };
-                            if c.command == "window-resize" {
-                                let w = c
-                                    .args
-                                    .get("width")
-                                    .and_then(|v| v.parse().ok())
-                                    .unwrap_or(80);
-                                let h = c
-                                    .args
-                                    .get("height")
-                                    .and_then(|v| v.parse().ok())
-                                    .unwrap_or(24);
-                                let _ = runtime::resize_pty(&resize, w, h);
-                            }
-                        }
-                        end.end();
-                    });
-                    (ctx, h)
-                });
+            let end = tx0.clone();
+            let ctl = Control::start(
+                &op,
+                &sc,
+                control,
+                Actions {
+                    killer: None,
+                    pty: Some(resize),
+                    closed: Box::new(move || end.end()),
+                },
+            )?;
             pump_in(rx0, master)?.join();
             // Detach: stop our reader first, then hand the console back to the monitor.
             stop.store(true, std::sync::atomic::Ordering::SeqCst);
             let _ = out.join();
             drop(attach);
             tx0.end();
-            if let Some((tx, h)) = ctl {
-                tx.end();
-                let _ = h.join();
-            }
+            drop(ctl);
             Ok::<(), Error>(())
         },
     );
