@@ -244,6 +244,44 @@ fn a_failed_restore_leaves_the_instance_as_it_was() {
     assert!(volumes(&pool).is_empty(), "{:?}", volumes(&pool));
 }
 
+/// A restore stops a running instance without recording it stopped (it is started again); when
+/// that start fails (here the snapshot's config names a kernel module that cannot be loaded),
+/// the restore fails, and the instance is stopped and recorded so, across a daemon restart.
+#[test]
+fn a_restore_whose_start_fails_is_recorded_stopped() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let mut d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    l.import_busybox();
+    l.ok(&["launch", "busybox", "fs"]);
+    l.ok(&[
+        "config",
+        "set",
+        "fs",
+        "linux.kernel_modules",
+        "bivy_no_such_module",
+    ]);
+    l.ok(&["snapshot", "fs", "bad"]);
+    l.ok(&["config", "unset", "fs", "linux.kernel_modules"]);
+    let out = l.run(&["restore", "fs", "bad"]);
+    assert!(!out.status.success(), "the restored start did not fail");
+    let power = |l: &Lxc| l.ok(&["config", "get", "fs", "volatile.last_state.power"]);
+    assert_eq!(
+        l.ok(&["list", "fs", "--format", "csv", "-c", "s"]).trim(),
+        "STOPPED"
+    );
+    assert_eq!(power(&l).trim(), "STOPPED");
+    d.restart().expect("restart");
+    let l = Lxc::new(&d);
+    assert_eq!(power(&l).trim(), "STOPPED", "the record after a restart");
+    l.ok(&["config", "unset", "fs", "linux.kernel_modules"]);
+    l.ok(&["start", "fs"]);
+    assert_eq!(power(&l).trim(), "RUNNING");
+    l.ok(&["delete", "--force", "fs"]);
+}
+
 /// Volumes, and the instances' run and log directories, are trees of their own, made and
 /// deleted as instances come and go: their parents carry the top-directory flag, so ext4
 /// spreads them over its block groups (see `util::fs::spread_subdirs`), and a tree that lost

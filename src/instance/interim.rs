@@ -63,11 +63,13 @@ impl Interim {
         d.run_dir(name).join(self.file_name())
     }
 
-    /// Record the change (durably) before making it.
+    /// Record the change before making it. Not synced: the record has to outlive the daemon,
+    /// not the host (a host that goes down ends the running container, and with it the change;
+    /// a restore's instance is started again at boot by its record, RUNNING throughout).
     pub fn begin(self, d: &Ctx, name: &str) -> Result<()> {
         let dir = d.run_dir(name);
         crate::util::fs::create_dir_mode(&dir, 0o711)
-            .and_then(|()| crate::util::fs::atomic_write(&self.path(d, name), b""))
+            .and_then(|()| crate::util::fs::replace_unsynced(&self.path(d, name), b""))
             .map_err(|e| Error::Host(format!("{}: {e}", dir.display())))
     }
 

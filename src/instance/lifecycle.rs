@@ -404,6 +404,17 @@ fn seccomp_policy(ec: &StringMap) -> Result<String> {
 /// Stop an instance (the caller holds its busy mark).
 pub fn stop(d: &Ctx, name: &str, force: bool, timeout: Duration) -> Result<()> {
     let trace = crate::util::trace::Steps::new("stop", name);
+    stop_unrecorded(d, name, force, timeout)?;
+    trace.step("runtime stopped");
+    record_stopped(d, name);
+    trace.step("recorded");
+    Ok(())
+}
+
+/// [`stop`] without its record (`volatile.last_state.power`), for an operation that starts the
+/// instance again (a restore: its record says RUNNING throughout, an [`Interim`] record covers a
+/// daemon killed in between) and records STOPPED itself when that start fails.
+pub fn stop_unrecorded(d: &Ctx, name: &str, force: bool, timeout: Duration) -> Result<()> {
     if !matches!(state_of(d, name)?, State::Running { .. }) {
         return Err(Error::Invalid("The instance is already stopped".into()));
     }
@@ -413,15 +424,21 @@ pub fn stop(d: &Ctx, name: &str, force: bool, timeout: Duration) -> Result<()> {
         runtime::StopMode::Clean(timeout)
     };
     runtime::stop(&d.run_dir(name), mode)?;
-    trace.step("runtime stopped");
     super::proxy::stopped(d, name);
+    Ok(())
+}
+
+/// Record that the instance is stopped (`volatile.last_state.power`), durably with what was
+/// written unsynced before it.
+pub fn record_stopped(d: &Ctx, name: &str) {
     set_volatile(
         d,
         name,
         &[("volatile.last_state.power", Some("STOPPED".into()))],
     );
-    trace.step("recorded");
-    Ok(())
+    if let Err(e) = d.db.lock().expect("db lock").sync() {
+        eprintln!("bivy: {name}: syncing the database: {e}");
+    }
 }
 
 /// The host is shutting down (SIGPWR to the daemon, LXD's convention): stop every running

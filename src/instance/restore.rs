@@ -70,7 +70,8 @@ pub fn restore_now_with(d: &Ctx, name: &str, snap: &str, stateful: bool) -> Resu
                 steps.step("cloned");
                 r
             });
-            let stopped = lifecycle::stop(d, name, true, Duration::from_secs(0));
+            // Its record stays RUNNING: it is started again (`Interim` covers a killed daemon).
+            let stopped = lifecycle::stop_unrecorded(d, name, true, Duration::from_secs(0));
             steps.step("stopped");
             let cloned = cloning.join().unwrap_or_else(|_| {
                 Err(Error::Host(format!(
@@ -113,9 +114,19 @@ fn not_restored(
 ) -> Error {
     let _ = pool.driver.delete_volume(clone);
     if was_running {
-        let _ = lifecycle::start(d, name);
+        let _ = start_again(d, name, false);
     }
     e
+}
+
+/// Start the instance a restore stopped (or, `stateful`, from its restored state); a failed
+/// start is recorded (STOPPED: the stop left the record as it was).
+fn start_again(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
+    let r = lifecycle::start_with(d, name, stateful);
+    if r.is_err() {
+        lifecycle::record_stopped(d, name);
+    }
+    r
 }
 
 /// The restore proper, with the instance stopped and the snapshot's clone made beside its
@@ -161,36 +172,48 @@ fn restore_stopped(
             config.entry(k.clone()).or_insert_with(|| v.clone());
         }
     }
-    {
+    // Not synced when a start follows: the start's own record, synced, makes it durable (and
+    // a failed start's `record_stopped`).
+    let starts = stateful || was_running;
+    let restore_record = |data: &mut super::db::Data| {
+        if let Some(r) = data.instances.get_mut(name) {
+            r.config = config;
+            r.devices = s.devices.clone();
+            r.profiles = s
+                .profiles
+                .iter()
+                .filter(|p| data.profiles.contains_key(*p))
+                .cloned()
+                .collect();
+            r.ephemeral = s.ephemeral;
+            r.architecture = s.architecture.clone();
+            r.description = s.description.clone();
+            r.stateful = stateful;
+        }
+    };
+    let recorded = {
         let mut db = d.db.lock().expect("db lock");
-        db.update(|data| {
-            if let Some(r) = data.instances.get_mut(name) {
-                r.config = config;
-                r.devices = s.devices.clone();
-                r.profiles = s
-                    .profiles
-                    .iter()
-                    .filter(|p| data.profiles.contains_key(*p))
-                    .cloned()
-                    .collect();
-                r.ephemeral = s.ephemeral;
-                r.architecture = s.architecture.clone();
-                r.description = s.description.clone();
-                r.stateful = stateful;
-            }
-        })
-        .map_err(|e| Error::Host(e.to_string()))?;
+        if starts {
+            db.update_unsynced(restore_record)
+        } else {
+            db.update(restore_record)
+        }
+    };
+    if let Err(e) = recorded {
+        if was_running {
+            let _ = start_again(d, name, false);
+        }
+        return Err(Error::Host(format!("restoring {snap}: {e}")));
     }
     d.events.lifecycle(
         "instance-restored",
         &url(name),
         serde_json::json!({"snapshot": snap}),
     );
-    if stateful {
-        // Stopped with the snapshot's state until this succeeds (a failed restore keeps it).
-        lifecycle::start_with(d, name, true)?;
-    } else if was_running {
-        lifecycle::start(d, name)?;
+    if starts {
+        // Stateful: stopped with the snapshot's state until this succeeds (a failed restore
+        // keeps it).
+        start_again(d, name, stateful)?;
     }
     Ok(())
 }
