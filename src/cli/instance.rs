@@ -986,20 +986,9 @@ pub fn restore(args: &[String]) -> CmdResult {
     } else {
         format!("{name}/{}", a.snapshot)
     };
-    // lxc sends a null-filled InstancePut; the whole current one with `restore` set is accepted
-    // by LXD too, and by servers that want every field.
-    let (inst, etag): (Instance, String) = c.get_etag(&instance_path(name))?;
-    let body = crate::api::InstancePut {
-        architecture: inst.architecture,
-        config: inst.config,
-        devices: inst.devices,
-        ephemeral: inst.ephemeral,
-        profiles: inst.profiles,
-        restore: snap,
-        stateful: a.stateful,
-        description: inst.description,
-    };
-    let _ = etag;
+    // As lxc: an InstancePut with only `restore` (and `stateful`) set; a server restores and
+    // ignores the rest (LXD's `instancePut`), so no GET of the instance first.
+    let body = serde_json::json!({"restore": snap, "stateful": a.stateful});
     c.put(&instance_path(name), &body, None)?;
     Ok(0)
 }
