@@ -249,14 +249,15 @@ fn run_blocked(
             .ok_or_else(|| Fail::Error(format!("the exec operation has no websocket \"{fd}\"")))
     };
 
-    // The websockets (control, then the data sockets, as lxc names them) are opened at once:
-    // over HTTPS each is a TLS handshake, and the server does its half of them in parallel.
-    let mut names: Vec<&str> = fds
-        .contains_key("control")
-        .then_some("control")
-        .into_iter()
-        .collect();
-    names.push("0");
+    // The control socket first, as lxc does: the server starts the command once the data
+    // sockets are connected, and a control socket that came after a quick command's end would
+    // find the operation over (refused). Then the data sockets at once: over HTTPS each is a
+    // TLS handshake, and the server does its half of them in parallel.
+    let control = match fds.get("control") {
+        Some(s) => Some(c.operation_websocket(&op_id, s)?),
+        None => None,
+    };
+    let mut names = vec!["0"];
     if !interactive {
         names.extend(["1", "2"]);
     }
@@ -275,11 +276,6 @@ fn run_blocked(
             .collect::<crate::client::Result<Vec<_>>>()
     })?
     .into_iter();
-    let control = if names[0] == "control" {
-        sockets.next()
-    } else {
-        None
-    };
     let (tx0, rx0) = sockets.next().expect("fd 0 was asked for");
     let outs = match (sockets.next(), sockets.next()) {
         (Some(o), Some(e)) => Some((o, e)),
