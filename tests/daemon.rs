@@ -1142,6 +1142,21 @@ fn processes_in(l: &common::Lxc, ct: &str, cmdline: &str) -> usize {
     out.lines().filter(|l| *l == "found").count()
 }
 
+/// A websocket of operation `op` (its URL), by `secret`, over the daemon's unix socket.
+fn op_websocket(
+    d: &Daemon,
+    op: &str,
+    secret: &serde_json::Value,
+) -> (bivy::http::ws::Sender, bivy::http::ws::Receiver) {
+    let s = UnixStream::connect(d.socket()).expect("connect");
+    let path = format!(
+        "{op}/websocket?secret={}",
+        secret.as_str().expect("a secret")
+    );
+    bivy::http::ws::connect(Box::new(s), &path, &[("Host".into(), "unix.socket".into())])
+        .expect("websocket")
+}
+
 /// An exec the way pylxd makes it: sockets "0", "1" and "2", never "control". The command
 /// starts without the control socket, and one connected while the command runs is served (a
 /// signal through it ends the command). After the command its output sockets answer the
@@ -1157,15 +1172,7 @@ fn exec_starts_without_the_control_socket_and_takes_it_late() {
     let l = common::Lxc::new(&d);
     l.import_busybox();
     l.ok(&["launch", "busybox", "wx"]);
-    let connect = |op: &str, secret: &serde_json::Value| {
-        let s = UnixStream::connect(d.socket()).expect("connect");
-        let path = format!(
-            "{op}/websocket?secret={}",
-            secret.as_str().expect("a secret")
-        );
-        ws::connect(Box::new(s), &path, &[("Host".into(), "unix.socket".into())])
-            .expect("websocket")
-    };
+    let connect = |op: &str, secret: &serde_json::Value| op_websocket(&d, op, secret);
     let body = serde_json::json!({
         "command": ["sleep", "4321"],
         "wait-for-websocket": true,
@@ -1273,15 +1280,7 @@ fn console_takes_a_late_control_socket_and_detaches_on_its_close() {
     let l = common::Lxc::new(&d);
     l.import_busybox();
     l.ok(&["launch", "busybox", "cx"]);
-    let connect = |op: &str, secret: &serde_json::Value| {
-        let s = UnixStream::connect(d.socket()).expect("connect");
-        let path = format!(
-            "{op}/websocket?secret={}",
-            secret.as_str().expect("a secret")
-        );
-        ws::connect(Box::new(s), &path, &[("Host".into(), "unix.socket".into())])
-            .expect("websocket")
-    };
+    let connect = |op: &str, secret: &serde_json::Value| op_websocket(&d, op, secret);
     let body = r#"{"width": 100, "height": 30}"#;
     let (code, v) = d
         .api("POST", "/1.0/instances/cx/console", Some(body))

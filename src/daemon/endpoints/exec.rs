@@ -617,6 +617,22 @@ pub fn console(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
                     .try_clone()
                     .map_err(|e| Error::Internal(e.to_string()))?,
             );
+            let resize = attach
+                .master
+                .try_clone()
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            // `lxc console` detaches (ctrl-a q) by closing the control socket: end the session then.
+            let end = tx0.clone();
+            let ctl = Control::start(
+                &op,
+                &sc,
+                control,
+                Actions {
+                    killer: None,
+                    pty: Some(resize),
+                    closed: Box::new(move || end.end()),
+                },
+            )?;
             // Console output -> websocket, polling so that it stops as soon as we detach (a reader
             // left behind would steal output from the monitor's log).
             let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -651,30 +667,14 @@ pub fn console(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
                     }
                 })
             };
-            let resize = attach
-                .master
-                .try_clone()
-                .map_err(|e| Error::Internal(e.to_string()))?;
-            // `lxc console` detaches (ctrl-a q) by closing the control socket: end the session then.
-            let end = tx0.clone();
-            let ctl = Control::start(
-                &op,
-                &sc,
-                control,
-                Actions {
-                    killer: None,
-                    pty: Some(resize),
-                    closed: Box::new(move || end.end()),
-                },
-            )?;
-            pump_in(rx0, master)?.join();
+            let pumped = pump_in(rx0, master).map(|p| p.join());
             // Detach: stop our reader first, then hand the console back to the monitor.
             stop.store(true, std::sync::atomic::Ordering::SeqCst);
             let _ = out.join();
             drop(attach);
             tx0.end();
             drop(ctl);
-            Ok::<(), Error>(())
+            pumped
         },
     );
     Ok(response::operation(&op.to_api()))
