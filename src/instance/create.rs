@@ -257,7 +257,8 @@ pub fn create_now(d: &Ctx, args: NewInstance<'_>, origin: Origin<'_>) -> Result<
     trace.step("volume made");
     cfg.insert("volatile.uuid".into(), super::operations::uuid());
     // The id map this instance will use, and how its rootfs is stored.
-    let map = idmap::compute(&expanded_cfg, || isolated_bases(d))?;
+    // An isolated range stays in the way of other creates and starts until the record is in.
+    let (map, _chosen) = choose_map(d, &expanded_cfg, None, None)?;
     let copied_shift = cfg
         .get("volatile.last_state.idmap")
         .is_some_and(|v| v != "[]");
@@ -422,21 +423,62 @@ fn remove_volumes(pool: &Arc<Pool>, paths: Vec<PathBuf>) -> impl FnOnce() + Send
     }
 }
 
-/// The id bases other instances hold apart from the shared range: so an isolated range never
-/// overlaps them.
-pub(super) fn isolated_bases(d: &Ctx) -> Vec<u32> {
-    let shared = crate::runtime::host_id_range().0.hostid;
-    held_bases(&d.db.lock().expect("db lock").data, shared)
+/// Host id ranges that creates and starts have chosen for isolated instances and not recorded
+/// yet: in the way of others choosing at the same time (see [`choose_map`]).
+static CHOSEN: std::sync::Mutex<Vec<(u32, u32)>> = std::sync::Mutex::new(Vec::new());
+
+/// The ranges of a map [`choose_map`] chose, in the way of other choices until dropped (once
+/// the caller has recorded the map, or gave up). Never dropped while the database lock is held:
+/// the choice takes that lock inside this one.
+pub(super) struct Chosen(Vec<(u32, u32)>);
+
+impl Drop for Chosen {
+    fn drop(&mut self) {
+        if self.0.is_empty() {
+            return;
+        }
+        let mut chosen = crate::util::lock(&CHOSEN);
+        for r in &self.0 {
+            if let Some(i) = chosen.iter().position(|c| c == r) {
+                chosen.swap_remove(i);
+            }
+        }
+    }
 }
 
-/// Every recorded base but the shared range's (`shared`): the instances isolated by their own
-/// config or by a profile's (which their own config does not show), and those given a
-/// `security.idmap.base`.
-fn held_bases(data: &super::db::Data, shared: u32) -> Vec<u32> {
+/// The id map of an instance whose expanded config is `ec` ([`idmap::compute`]). An isolated
+/// one gets a host range no other instance's map (recorded, or chosen and not yet recorded)
+/// meets: the one it holds (`keep`, its `volatile.idmap.base`) while that is so, else the first
+/// free one; `me` names the instance, whose own record is not in the way.
+pub(super) fn choose_map(
+    d: &Ctx,
+    ec: &StringMap,
+    me: Option<&str>,
+    keep: Option<u32>,
+) -> Result<(idmap::Map, Chosen)> {
+    if !idmap::chooses_range(ec) {
+        return Ok((idmap::compute(ec, None, Vec::new)?, Chosen(Vec::new())));
+    }
+    let mut chosen = crate::util::lock(&CHOSEN);
+    let map = idmap::compute(ec, keep, || {
+        let mut taken = held_ranges(&d.db.lock().expect("db lock").data, me);
+        taken.extend(chosen.iter().copied());
+        taken
+    })?;
+    let mine = idmap::ranges(&map);
+    chosen.extend(mine.iter().copied());
+    Ok((map, Chosen(mine)))
+}
+
+/// The host id ranges the instances' maps take (`volatile.idmap.next`), but `except`'s: the
+/// shared range, isolated ranges and `raw.idmap` lines alike, whatever made an instance
+/// isolated (its own config or a profile's).
+fn held_ranges(data: &super::db::Data, except: Option<&str>) -> Vec<(u32, u32)> {
     data.instances
-        .values()
-        .filter_map(|r| r.config.get("volatile.idmap.base")?.parse().ok())
-        .filter(|&b| b != shared)
+        .iter()
+        .filter(|(n, _)| Some(n.as_str()) != except)
+        .filter_map(|(_, r)| idmap::Map::from_volatile(r.config.get("volatile.idmap.next")?))
+        .flat_map(|m| idmap::ranges(&m))
         .collect()
 }
 
@@ -445,24 +487,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_isolated_instance_holds_its_base_whatever_made_it_isolated() {
+    fn every_instance_holds_the_ranges_of_its_map_whatever_made_it_isolated() {
+        let map = |base: u32| {
+            idmap::Map {
+                uid: vec![crate::runtime::IdMapEntry {
+                    nsid: 0,
+                    hostid: base,
+                    count: 65536,
+                }],
+                gid: vec![],
+            }
+            .to_volatile()
+        };
         let mut data = super::super::db::Data::default();
         for (name, own, base) in [
-            ("shared", None, "100000"),
-            ("own", Some("true"), "165536"),
-            ("by-profile", None, "231072"),
+            ("shared", None, 100000),
+            ("own", Some("true"), 165536),
+            ("by-profile", None, 231072),
+            ("me", Some("true"), 296608),
         ] {
             let mut r = InstanceRecord::default();
             if let Some(v) = own {
                 r.config.insert("security.idmap.isolated".into(), v.into());
             }
-            r.config.insert("volatile.idmap.base".into(), base.into());
+            r.config.insert("volatile.idmap.next".into(), map(base));
             data.instances.insert(name.into(), r.into());
         }
         data.instances
             .insert("never-started".into(), InstanceRecord::default().into());
-        let mut held = held_bases(&data, 100000);
+        let mut held = held_ranges(&data, Some("me"));
         held.sort();
-        assert_eq!(held, [165536, 231072]);
+        assert_eq!(held, [(100000, 165536), (165536, 231072), (231072, 296608)]);
     }
 }

@@ -178,9 +178,29 @@ fn build(base: u32, size: u32, raw: &[IdMapEntry]) -> Vec<IdMapEntry> {
     out
 }
 
-/// Compute an instance's map from its expanded config; `taken` gives the bases other instances
-/// hold (so isolated ranges never overlap), asked only for an isolated instance.
-pub fn compute(config: &StringMap, taken: impl FnOnce() -> Vec<u32>) -> Result<Map> {
+/// Whether the expanded config asks for a range of the instance's own (isolated, no explicit
+/// `security.idmap.base`): the range [`compute`] chooses among the others'.
+pub fn chooses_range(config: &StringMap) -> bool {
+    let get = |k: &str| config.get(k).map(String::as_str).filter(|v| !v.is_empty());
+    get("security.idmap.isolated") == Some("true") && get("security.idmap.base").is_none()
+}
+
+/// The host id ranges (start, end) a map's uid lines take.
+pub fn ranges(m: &Map) -> Vec<(u32, u32)> {
+    m.uid
+        .iter()
+        .map(|e| (e.hostid, e.hostid.saturating_add(e.count)))
+        .collect()
+}
+
+/// Compute an instance's map from its expanded config. An isolated one keeps the base it holds
+/// (`keep`) while no range of `taken` (the host ranges other instances hold, asked only for an
+/// isolated instance) meets it, else gets the first free slot after the shared range.
+pub fn compute(
+    config: &StringMap,
+    keep: Option<u32>,
+    taken: impl FnOnce() -> Vec<(u32, u32)>,
+) -> Result<Map> {
     let (u, g) = crate::runtime::host_id_range();
     let (ubase, ucount, gbase, gcount) = (u.hostid, u.count, g.hostid, g.count);
     let get = |k: &str| config.get(k).map(String::as_str).filter(|v| !v.is_empty());
@@ -208,17 +228,34 @@ pub fn compute(config: &StringMap, taken: impl FnOnce() -> Vec<u32>) -> Result<M
             )
         })?
     } else if isolated {
-        // First free slot of `size` ids after the shared range.
         let taken = taken();
-        let mut k = 1u32;
-        loop {
-            let off = k
-                .checked_mul(size.max(DEFAULT_SIZE))
-                .ok_or_else(|| Error::Conflict("no free id range left".into()))?;
-            if !taken.contains(&(ubase + off)) {
-                break off;
+        let free = |off: u32| {
+            let start = ubase.saturating_add(off);
+            start.checked_add(size).is_some_and(|end| {
+                off.saturating_add(size) <= ucount.min(gcount)
+                    && !taken.iter().any(|&(b, e)| start < e && b < end)
+            })
+        };
+        // Its own range while nothing else meets it, else the first free slot of `size` ids
+        // after the shared range.
+        match keep
+            .and_then(|b| b.checked_sub(ubase))
+            .filter(|&off| off >= DEFAULT_SIZE && free(off))
+        {
+            Some(off) => off,
+            None => {
+                let mut k = 1u32;
+                loop {
+                    let off = k
+                        .checked_mul(size.max(DEFAULT_SIZE))
+                        .filter(|off| off.saturating_add(size) <= ucount.min(gcount))
+                        .ok_or_else(|| Error::Conflict("no free id range left".into()))?;
+                    if free(off) {
+                        break off;
+                    }
+                    k += 1;
+                }
             }
-            k += 1;
         }
     } else {
         0
@@ -243,6 +280,32 @@ pub fn compute(config: &StringMap, taken: impl FnOnce() -> Vec<u32>) -> Result<M
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_isolated_range_is_kept_while_free_and_never_meets_another() {
+        let (u, g) = crate::runtime::host_id_range();
+        if u.count.min(g.count) < 6 * DEFAULT_SIZE {
+            return;
+        }
+        let base = u.hostid;
+        let slot = |k: u32| base + k * DEFAULT_SIZE;
+        let iso: StringMap = [("security.idmap.isolated".to_string(), "true".to_string())].into();
+        let start = |keep: Option<u32>, taken: &[(u32, u32)]| {
+            compute(&iso, keep, || taken.to_vec()).expect("a map").uid[0].hostid
+        };
+        // Nothing in the way: the first slot after the shared range, or the one it holds.
+        assert_eq!(start(None, &[]), slot(1));
+        assert_eq!(start(Some(slot(3)), &[]), slot(3));
+        // Its own base is kept only while no other range meets it: here a bigger map that
+        // starts inside slot 2 and ends inside slot 3 (bases alone would not show it).
+        let bigger = [(base, slot(1)), (slot(2) + 10, slot(3) + 10)];
+        assert_eq!(start(Some(slot(3)), &bigger), slot(1));
+        assert_eq!(start(Some(slot(4)), &bigger), slot(4));
+        let full = [(base, slot(2) + 1), (slot(3) - 1, slot(4))];
+        assert_eq!(start(None, &full), slot(4));
+        // The shared range is never an isolated instance's own.
+        assert_eq!(start(Some(base), &[]), slot(1));
+    }
 
     #[test]
     fn raw_ranges_past_u32_are_refused() {

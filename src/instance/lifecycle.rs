@@ -170,28 +170,31 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
     let nics = nics?;
     super::volumes::apply_root_size(d, name)?;
     trace.step("devices resolved");
-    // Id map: next becomes current.
-    let map = if privileged {
-        None
-    } else {
-        let next = rec
-            .config
-            .get("volatile.idmap.next")
-            .cloned()
-            .unwrap_or_default();
-        let m = idmap::Map::from_volatile(&next)
-            .filter(|m| !m.uid.is_empty())
-            .map_or_else(
-                || idmap::compute(&ec, || super::create::isolated_bases(d)),
-                Ok,
-            )?;
-        Some(m)
-    };
     let last = rec
         .config
         .get("volatile.last_state.idmap")
         .cloned()
         .unwrap_or_else(|| "[]".into());
+    // Id map: the one the config asks for now (`security.idmap.*` and `raw.idmap`, its own or
+    // a profile's, may have changed while it was stopped; LXD recomputes `volatile.idmap.next`
+    // on such a change). An isolated instance keeps the range it holds while no other
+    // instance's map meets it; a rootfs shifted on disk keeps its range regardless (it cannot
+    // move: re-shifting is not supported yet). Recorded as next and current at the start.
+    let (map, _chosen) = if privileged {
+        (None, None)
+    } else {
+        let keep = rec
+            .config
+            .get("volatile.idmap.base")
+            .and_then(|b| b.parse().ok());
+        let (m, c) = if last == "[]" {
+            let (m, c) = super::create::choose_map(d, &ec, Some(name), keep)?;
+            (m, Some(c))
+        } else {
+            (idmap::compute(&ec, keep, Vec::new)?, None)
+        };
+        (Some(m), c)
+    };
     let mode = if privileged {
         if last != "[]" {
             return Err(Error::not_yet(
@@ -289,7 +292,12 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
         ("volatile.apply_template", None),
     ];
     if let Some(m) = &map {
-        kv.push(("volatile.idmap.current", Some(m.to_volatile())));
+        let v = m.to_volatile();
+        kv.push(("volatile.idmap.current", Some(v.clone())));
+        kv.push(("volatile.idmap.next", Some(v)));
+        if let Some(e) = m.uid.first() {
+            kv.push(("volatile.idmap.base", Some(e.hostid.to_string())));
+        }
     }
     let before: Vec<(&'static str, Option<String>)> = {
         let db = d.db.lock().expect("db lock");
