@@ -249,7 +249,12 @@ pub fn compute(
                     let off = k
                         .checked_mul(size.max(DEFAULT_SIZE))
                         .filter(|off| off.saturating_add(size) <= ucount.min(gcount))
-                        .ok_or_else(|| Error::Conflict("no free id range left".into()))?;
+                        .ok_or_else(|| match k {
+                            1 => Error::Invalid(format!(
+                                "Not enough ids in the host range for a map of {size}"
+                            )),
+                            _ => Error::Conflict("no free id range left".into()),
+                        })?;
                     if free(off) {
                         break off;
                     }
@@ -305,6 +310,11 @@ mod tests {
         assert_eq!(start(None, &full), slot(4));
         // The shared range is never an isolated instance's own.
         assert_eq!(start(Some(base), &[]), slot(1));
+        // A size the host range cannot hold says so.
+        let mut huge = iso.clone();
+        huge.insert("security.idmap.size".into(), u.count.to_string());
+        let e = compute(&huge, None, Vec::new).expect_err("too big");
+        assert!(e.to_string().contains("Not enough ids"), "{e}");
     }
 
     #[test]
