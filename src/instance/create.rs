@@ -432,6 +432,13 @@ static CHOSEN: std::sync::Mutex<Vec<(u32, u32)>> = std::sync::Mutex::new(Vec::ne
 /// the choice takes that lock inside this one.
 pub(super) struct Chosen(Vec<(u32, u32)>);
 
+impl Chosen {
+    /// Nothing reserved: a map that takes no range of its own.
+    pub(super) fn none() -> Chosen {
+        Chosen(Vec::new())
+    }
+}
+
 impl Drop for Chosen {
     fn drop(&mut self) {
         if self.0.is_empty() {
@@ -457,7 +464,7 @@ pub(super) fn choose_map(
     keep: Option<u32>,
 ) -> Result<(idmap::Map, Chosen)> {
     if !idmap::chooses_range(ec) {
-        return Ok((idmap::compute(ec, None, Vec::new)?, Chosen(Vec::new())));
+        return Ok((idmap::compute(ec, None, Vec::new)?, Chosen::none()));
     }
     let mut chosen = crate::util::lock(&CHOSEN);
     let map = idmap::compute(ec, keep, || {

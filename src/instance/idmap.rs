@@ -213,7 +213,6 @@ pub fn compute(
         })?,
         None => DEFAULT_SIZE,
     };
-    let isolated = get("security.idmap.isolated").is_some_and(|v| v == "true");
     let offset: u32 = if let Some(b) = get("security.idmap.base") {
         let b: u32 = b.parse().map_err(|_| {
             Error::config(
@@ -227,14 +226,14 @@ pub fn compute(
                 "security.idmap.base is below the host's range",
             )
         })?
-    } else if isolated {
+    } else if chooses_range(config) {
         let taken = taken();
+        let fits = |off: u32| off.saturating_add(size) <= ucount.min(gcount);
         let free = |off: u32| {
             let start = ubase.saturating_add(off);
-            start.checked_add(size).is_some_and(|end| {
-                off.saturating_add(size) <= ucount.min(gcount)
-                    && !taken.iter().any(|&(b, e)| start < e && b < end)
-            })
+            start
+                .checked_add(size)
+                .is_some_and(|end| fits(off) && !taken.iter().any(|&(b, e)| start < e && b < end))
         };
         // Its own range while nothing else meets it, else the first free slot of `size` ids
         // after the shared range.
@@ -248,7 +247,7 @@ pub fn compute(
                 loop {
                     let off = k
                         .checked_mul(size.max(DEFAULT_SIZE))
-                        .filter(|off| off.saturating_add(size) <= ucount.min(gcount))
+                        .filter(|&off| fits(off))
                         .ok_or_else(|| match k {
                             1 => Error::Invalid(format!(
                                 "Not enough ids in the host range for a map of {size}"

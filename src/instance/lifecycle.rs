@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::create::Chosen;
 use super::interim::Interim;
 use super::lxc_log::log_line;
 use super::view::{expanded, record, state_of, url};
@@ -181,17 +182,16 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
     // instance's map meets it; a rootfs shifted on disk keeps its range regardless (it cannot
     // move: re-shifting is not supported yet). Recorded as next and current at the start.
     let (map, _chosen) = if privileged {
-        (None, None)
+        (None, Chosen::none())
     } else {
         let keep = rec
             .config
             .get("volatile.idmap.base")
             .and_then(|b| b.parse().ok());
         let (m, c) = if last == "[]" {
-            let (m, c) = super::create::choose_map(d, &ec, Some(name), keep)?;
-            (m, Some(c))
+            super::create::choose_map(d, &ec, Some(name), keep)?
         } else {
-            (idmap::compute(&ec, keep, Vec::new)?, None)
+            (idmap::compute(&ec, keep, Vec::new)?, Chosen::none())
         };
         (Some(m), c)
     };
