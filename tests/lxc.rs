@@ -143,6 +143,24 @@ fn lxc_client_end_to_end() {
     let md = std::fs::metadata(&on_disk).expect("stat");
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&md), 1000);
 
+    // `lxc file delete` sends the path without its leading slash, as LXD takes it.
+    l.ok(&[
+        "exec",
+        "c1",
+        "--",
+        "cp",
+        "/root/pushed.txt",
+        "/root/gone.txt",
+    ]);
+    l.ok(&["file", "delete", "c1/root/gone.txt"]);
+    assert!(
+        l.run(&["exec", "c1", "--", "test", "-e", "/root/gone.txt"])
+            .status
+            .code()
+            == Some(1)
+    );
+    assert!(l.ok(&["exec", "c1", "--", "cat", "/root/pushed.txt"]) == "hello from host\n");
+
     // A symlink planted inside the container cannot make a push escape to the host.
     l.ok(&[
         "exec",

@@ -107,6 +107,13 @@ pub fn handle(d: &Daemon, req: &mut Request, rec: &InstanceRecord) -> Result<Res
     if path.contains('\0') {
         return Err(Error::BadRequest("Invalid path".into()));
     }
+    // `lxc file delete c1/root/x` sends `root/x`: LXD's SFTP server resolves a relative path from
+    // the container's `/`, so bivy does too.
+    let path = if path.starts_with('/') {
+        path
+    } else {
+        format!("/{path}")
+    };
     let rootfs = d.volume_dir(rec).join("rootfs");
     let root = rustix::fs::open(
         &rootfs,
