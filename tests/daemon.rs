@@ -1239,27 +1239,7 @@ fn bivy_exec_of_a_quick_command_never_loses_its_control_socket() {
     let l = common::Lxc::new(&d);
     l.import_busybox();
     l.ok(&["launch", "busybox", "qx"]);
-    struct Busy(Vec<std::process::Child>);
-    impl Drop for Busy {
-        fn drop(&mut self) {
-            for c in &mut self.0 {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-    }
-    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let busy = Busy(
-        (0..cpus)
-            .map(|_| {
-                std::process::Command::new("sh")
-                    .args(["-c", "while :; do :; done"])
-                    .stdin(Stdio::null())
-                    .spawn()
-                    .expect("a busy loop")
-            })
-            .collect(),
-    );
+    let busy = common::BusyLoops::start();
     for _ in 0..100 {
         d.ok(&["exec", "qx", "--", "true"]);
     }

@@ -868,3 +868,40 @@ fn dir_pool_launches_take_a_spare_copy_of_the_image() {
     assert!(!spare.exists());
     assert!(!pool.join("images").join(&fp).exists());
 }
+
+/// Deleting an image stops the spare copy being made of it (at idle priority, held back here by
+/// busy loops) and answers once that copy is gone: nothing of the image is left in the pool.
+/// Found by `cargo xtask chaos`: the half-made copy outlived the image's delete.
+#[test]
+fn deleting_an_image_stops_the_spare_being_made_of_it() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    l.import_busybox();
+    let fp = l.ok(&["image", "list", "--format", "csv", "-c", "F"]);
+    let fp = fp.trim().to_string();
+    let images = d.dir().join("storage-pools/default/images");
+    let busy = common::BusyLoops::start();
+    l.ok(&["init", "busybox", "s1"]);
+    // The copy has begun (its directory is made before its thread goes idle).
+    let tmp = images.join(format!("{fp}.spare.tmp"));
+    assert!(
+        wait_for(Duration::from_secs(10), || tmp.exists()),
+        "no spare being made"
+    );
+    l.ok(&["image", "delete", &fp]);
+    let left: Vec<String> = std::fs::read_dir(&images)
+        .expect("images")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&fp))
+        .collect();
+    drop(busy);
+    assert!(left.is_empty(), "left: {left:?}\n{}", d.log_text());
+    // The instance made from it is whole.
+    l.ok(&["start", "s1"]);
+    assert_eq!(l.ok(&["exec", "s1", "--", "echo", "ok"]).trim(), "ok");
+    l.ok(&["delete", "--force", "s1"]);
+}

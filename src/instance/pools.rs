@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use super::db::{InstanceRecord, PoolRecord};
@@ -326,29 +327,70 @@ pub fn take_spare(d: &Ctx, pool: &Pool, fingerprint: &str, dst: &std::path::Path
     std::fs::rename(spare_path(pool, fingerprint), dst).is_ok()
 }
 
-/// The spares being made, by `pool/fingerprint`: one at a time for each.
-static REFILLING: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// A spare being made ([`refill_spare`]): one at a time for each `pool/fingerprint`.
+struct Refill {
+    key: String,
+    /// Set to make its copy give up.
+    cancel: Arc<AtomicBool>,
+    /// Its thread (0 until the thread runs), to raise from idle priority when it must end.
+    tid: Arc<AtomicI32>,
+}
+
+/// The spares being made; [`REFILLED`] is told when one ends.
+static REFILLING: Mutex<Vec<Refill>> = Mutex::new(Vec::new());
+static REFILLED: Condvar = Condvar::new();
+
+/// Stop the spares being made whose `pool/fingerprint` `which` matches, and wait until their
+/// makers have removed what they made: each is told to give up and raised to the normal
+/// priority, so it ends within one entry's copy whatever else runs. Not to be called with an
+/// image lock held (a maker takes one at its end).
+fn stop_refills(which: impl Fn(&str) -> bool) {
+    let mut busy = REFILLING.lock().expect("spare lock");
+    for r in busy.iter().filter(|r| which(&r.key)) {
+        r.cancel.store(true, Ordering::SeqCst);
+        let tid = r.tid.load(Ordering::SeqCst);
+        if tid > 0 {
+            crate::sys::thread_run_when_idle(tid, false);
+        }
+    }
+    while busy.iter().any(|r| which(&r.key)) {
+        busy = REFILLED.wait(busy).expect("spare lock");
+    }
+}
 
 /// Make a new spare clone of the image `fingerprint` on `pool` on a background thread that
 /// runs only on otherwise idle CPUs ([`crate::sys::run_when_idle`]), unless the pool's clones
 /// are snapshots, a spare is there or one is being made. It is copied to `<fp>.spare.tmp/v`
 /// without holding the image's lock (a launch meanwhile copies the image itself) and renamed
 /// under it, if the image is still there. Nothing is left behind on failure; a daemon killed
-/// meanwhile leaves the `.tmp`, which the next start removes.
+/// meanwhile leaves the `.tmp`, which the next start removes. Deleting the image or the pool
+/// stops the copy and waits for its removal ([`stop_refills`]).
 pub fn refill_spare(d: &Ctx, pool: &Arc<Pool>, fingerprint: &str) {
-    if pool.driver.atomic_clone() || spare_path(pool, fingerprint).exists() {
+    if pool.driver.atomic_clone()
+        || spare_path(pool, fingerprint).exists()
+        || !pool.image(fingerprint).join("metadata.json").exists()
+    {
         return;
     }
     let key = format!("{}/{fingerprint}", pool.name);
+    let (cancel, tid) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicI32::new(0)),
+    );
     {
         let mut busy = REFILLING.lock().expect("spare lock");
-        if busy.contains(&key) {
+        if busy.iter().any(|r| r.key == key) {
             return;
         }
-        busy.push(key.clone());
+        busy.push(Refill {
+            key: key.clone(),
+            cancel: cancel.clone(),
+            tid: tid.clone(),
+        });
     }
     let (d, pool, fp) = (d.self_arc(), pool.clone(), fingerprint.to_string());
     let made = move || {
+        tid.store(nix::unistd::gettid().as_raw(), Ordering::SeqCst);
         let (base, spare) = (pool.image(&fp), spare_path(&pool, &fp));
         // The copy goes into a directory of its own below `images/`, made and left at the
         // normal priority: at idle priority the thread may wait long for a CPU, and it must not
@@ -359,7 +401,9 @@ pub fn refill_spare(d: &Ctx, pool: &Arc<Pool>, fingerprint: &str) {
         let r = crate::storage::make_volume_parent(&tmp)
             .and_then(|()| {
                 crate::sys::run_when_idle(true);
-                let r = pool.driver.clone_volume(&base, &copy, false);
+                let r = pool
+                    .driver
+                    .clone_volume_in_background(&base, &copy, &cancel);
                 crate::sys::run_when_idle(false);
                 r
             })
@@ -372,14 +416,22 @@ pub fn refill_spare(d: &Ctx, pool: &Arc<Pool>, fingerprint: &str) {
                 pool.driver.delete_volume(&tmp)
             });
         if let Err(e) = r {
-            eprintln!(
-                "bivy: making a spare copy of image {fp} on pool {}: {e}",
-                pool.name
-            );
+            if !cancel.load(Ordering::SeqCst) {
+                eprintln!(
+                    "bivy: making a spare copy of image {fp} on pool {}: {e}",
+                    pool.name
+                );
+            }
             let _ = pool.driver.delete_volume(&tmp);
         }
     };
-    let unmark = |key: &str| REFILLING.lock().expect("spare lock").retain(|k| k != key);
+    let unmark = |key: &str| {
+        REFILLING
+            .lock()
+            .expect("spare lock")
+            .retain(|r| r.key != key);
+        REFILLED.notify_all();
+    };
     let done = key.clone();
     let r = std::thread::Builder::new()
         .name("bivy-spare".into())
@@ -428,7 +480,8 @@ pub fn delete_instance_volumes(d: &Ctx, rec: &InstanceRecord) {
     }
 }
 
-/// Drop an image's base volumes from every pool (the image was deleted).
+/// Drop an image's base volumes from every pool (the image was deleted), and wait for a spare
+/// being made of it to be gone too (its maker, finding no image, keeps nothing).
 pub fn delete_image_volumes(d: &Ctx, fingerprint: &str) {
     for p in all(d) {
         let lock = image_lock(d, &p, fingerprint);
@@ -441,11 +494,16 @@ pub fn delete_image_volumes(d: &Ctx, fingerprint: &str) {
             }
         }
     }
+    stop_refills(|key| {
+        key.rsplit_once('/')
+            .is_some_and(|(_, fp)| fp == fingerprint)
+    });
 }
 
 /// Drop every image volume and spare from `pool` (it is being deleted), each under its image's
 /// lock (a spare being made fails and is removed by its maker).
 pub fn delete_pool_image_volumes(d: &Ctx, pool: &Pool) {
+    stop_refills(|key| key.rsplit_once('/').is_some_and(|(p, _)| p == pool.name));
     let Ok(rd) = std::fs::read_dir(pool.driver.path().join("images")) else {
         return;
     };

@@ -50,10 +50,16 @@ pub struct CopyStats {
 
 /// Knobs for [`copy_tree_opts`].
 #[derive(Debug, Clone, Copy, Default)]
-pub struct CopyOptions {
+pub struct CopyOptions<'a> {
     /// Leave out block and character device nodes (e.g. when the copy will be used where mknod
     /// is refused); their number is logged and returned.
     pub skip_devices: bool,
+    /// Copy on the calling thread alone (a copy made in the background, at idle priority, whose
+    /// thread is the only one to raise when it must end soon).
+    pub single_thread: bool,
+    /// Give up (`ErrorKind::Interrupted`, the partial copy removed) once this is set; checked
+    /// before each entry.
+    pub cancel: Option<&'a AtomicBool>,
 }
 
 /// Copy the tree at `src` to `dst` (which must not exist; its parent must). Preserves file type,
@@ -151,21 +157,25 @@ fn copy_tree_inner(
         std::thread::scope(|scope| -> io::Result<()> {
             let (tx, rx) = mpsc::sync_channel::<FileJob>(QUEUE);
             // Without a second thread the walker fills files itself.
-            let filler = std::thread::Builder::new()
-                .name("bivy-copy".into())
-                .spawn_scoped(scope, || {
-                    let mut w = Worker::new(&shared);
-                    for job in rx {
-                        if w.sh.stop.load(Ordering::Relaxed) {
-                            break;
+            let filler = if opts.single_thread || std::env::var_os("BIVY_COPY_ST").is_some() {
+                None
+            } else {
+                std::thread::Builder::new()
+                    .name("bivy-copy".into())
+                    .spawn_scoped(scope, || {
+                        let mut w = Worker::new(&shared);
+                        for job in rx {
+                            if w.sh.stop.load(Ordering::Relaxed) {
+                                break;
+                            }
+                            w.fill(job)?;
                         }
-                        w.fill(job)?;
-                    }
-                    Ok::<_, io::Error>(w.stats)
-                })
-                .ok();
+                        Ok::<_, io::Error>(w.stats)
+                    })
+                    .ok()
+            };
             let mut w = Worker::new(&shared);
-            if filler.is_some() && std::env::var_os("BIVY_COPY_ST").is_none() {
+            if filler.is_some() {
                 w.tx = Some(tx);
             }
             let walked = w
@@ -204,7 +214,7 @@ fn copy_tree_inner(
 /// State shared by the walker and the filler.
 struct Shared<'a> {
     src: &'a Path,
-    opts: &'a CopyOptions,
+    opts: &'a CopyOptions<'a>,
     dst_root: OwnedFd,
     /// (st_dev, st_ino) of an inode with more than one name -> its first path in the copy.
     links: Mutex<HashMap<(u64, u64), Vec<u8>>>,
@@ -313,6 +323,17 @@ impl<'s, 'a> Worker<'s, 'a> {
         let fail = |w: &Self, (step, e): (&str, Errno)| w.err(None, step, e);
         if self.sh.fail_on == Some(name.to_bytes()) {
             return Err(fail(self, ("injected", Errno::IO)));
+        }
+        if self
+            .sh
+            .opts
+            .cancel
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                format!("copy {}: cancelled", self.sh.src.display()),
+            ));
         }
         let st = rfs::statat(sdir, name, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| fail(self, ("statat", e)))?;
@@ -1185,6 +1206,31 @@ mod tests {
         remove_path(&base).unwrap();
     }
 
+    /// A cancelled copy stops and leaves no partial destination; one thread alone copies the same
+    /// tree as two.
+    #[test]
+    fn copy_tree_cancel_and_single_thread() {
+        let base = scratch("cancel");
+        let (src, dst) = (base.join("src"), base.join("dst"));
+        fixture(&src, is_root());
+        let cancel = AtomicBool::new(true);
+        let opts = CopyOptions {
+            single_thread: true,
+            cancel: Some(&cancel),
+            ..CopyOptions::default()
+        };
+        let e = copy_tree_opts(&src, &dst, &opts).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::Interrupted, "{e}");
+        assert!(e.to_string().contains("cancelled"), "{e}");
+        assert!(fs::symlink_metadata(&dst).is_err(), "partial copy left");
+        cancel.store(false, Ordering::Relaxed);
+        let one = copy_tree_opts(&src, &dst, &opts).unwrap();
+        let two = copy_tree(&src, &base.join("dst2")).unwrap();
+        assert_eq!(one, two);
+        assert_same_tree(&src, &dst, Path::new(""));
+        remove_path(&base).unwrap();
+    }
+
     /// A real error, an unreadable file, fails the copy and leaves no partial destination.
     /// Root reads any file, so as root (CI) the check runs in a re-run of this test as `nobody`
     /// (`BIVY_COPY_AS_NOBODY` names its scratch directory, which root made and gave to nobody).
@@ -1292,7 +1338,10 @@ mod tests {
         )
         .unwrap();
         fs::write(src.join("f"), b"x").unwrap();
-        let opts = CopyOptions { skip_devices: true };
+        let opts = CopyOptions {
+            skip_devices: true,
+            ..CopyOptions::default()
+        };
         let stats = copy_tree_opts(&src, &dst, &opts).unwrap();
         assert_eq!((stats.files, stats.skipped_devices), (1, 1));
         assert!(!dst.join("null").exists());

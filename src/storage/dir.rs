@@ -124,13 +124,21 @@ impl Driver for Dir {
     }
 
     fn clone_volume(&self, src: &Path, dst: &Path, _readonly: bool) -> io::Result<()> {
-        if let Some(p) = dst.parent() {
-            super::make_volume_parent(p)?;
-        }
-        super::copy::copy_tree(src, dst)?;
-        crate::util::fs::ensure_mode(dst, super::VOLUME_MODE)
-            .map(drop)
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dst.display())))
+        copy_volume(src, dst, &super::copy::CopyOptions::default())
+    }
+
+    fn clone_volume_in_background(
+        &self,
+        src: &Path,
+        dst: &Path,
+        cancel: &std::sync::atomic::AtomicBool,
+    ) -> io::Result<()> {
+        let opts = super::copy::CopyOptions {
+            single_thread: true,
+            cancel: Some(cancel),
+            ..Default::default()
+        };
+        copy_volume(src, dst, &opts)
     }
 
     fn set_readonly(&self, _path: &Path) -> io::Result<()> {
@@ -153,4 +161,15 @@ impl Driver for Dir {
     fn usage(&self) -> io::Result<Usage> {
         super::statvfs_usage(&self.path)
     }
+}
+
+/// A volume's copy: its parent made if missing, the volume's mode set.
+fn copy_volume(src: &Path, dst: &Path, opts: &super::copy::CopyOptions) -> io::Result<()> {
+    if let Some(p) = dst.parent() {
+        super::make_volume_parent(p)?;
+    }
+    super::copy::copy_tree_opts(src, dst, opts)?;
+    crate::util::fs::ensure_mode(dst, super::VOLUME_MODE)
+        .map(drop)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dst.display())))
 }

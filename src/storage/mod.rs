@@ -105,6 +105,19 @@ pub trait Driver: Send + Sync {
     /// copy, or a plain copy; `readonly` makes the result read-only where the driver can.
     fn clone_volume(&self, src: &Path, dst: &Path, readonly: bool) -> io::Result<()>;
 
+    /// [`Driver::clone_volume`] for a clone made in the background, on an idle thread: where the
+    /// clone is a copy, it runs on the calling thread alone and gives up (`Interrupted`, nothing
+    /// left) once `cancel` is set. A driver whose clones are snapshots ignores `cancel`.
+    fn clone_volume_in_background(
+        &self,
+        src: &Path,
+        dst: &Path,
+        cancel: &std::sync::atomic::AtomicBool,
+    ) -> io::Result<()> {
+        let _ = cancel;
+        self.clone_volume(src, dst, false)
+    }
+
     /// Whether `clone_volume` takes an atomic point-in-time copy (a btrfs snapshot). When it
     /// does not, the daemon freezes a running container around the copy.
     fn atomic_clone(&self) -> bool {

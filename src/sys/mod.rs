@@ -375,14 +375,21 @@ pub fn join_new_session_keyring() -> io::Result<()> {
 /// I/O class waits for the disk to have been idle for a while (BFQ: 200 ms) before each
 /// request. A failure leaves the thread as it was.
 pub fn run_when_idle(on: bool) {
+    thread_run_when_idle(0, on);
+}
+
+/// [`run_when_idle`] for the thread `tid` of this process (0: the calling thread), e.g. to let
+/// a background thread that must now end soon run as others do.
+pub fn thread_run_when_idle(tid: i32, on: bool) {
     let param = libc::sched_param { sched_priority: 0 };
     let policy = if on {
         libc::SCHED_IDLE
     } else {
         libc::SCHED_OTHER
     };
-    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param for both policies.
-    unsafe { libc::sched_setscheduler(0, policy, &param) };
+    // SAFETY: `param` is a valid sched_param for both policies; a tid that is gone only makes
+    // the call fail (ESRCH).
+    unsafe { libc::sched_setscheduler(tid, policy, &param) };
 }
 
 /// Reset every signal disposition to default and unblock all signals (before exec'ing a command).

@@ -1038,6 +1038,36 @@ pub fn proc_status(pid: u32, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
 }
 
+/// Busy loops of the test's own, one per CPU, killed by their PIDs when dropped: while they run,
+/// the daemon's work at idle priority waits.
+pub struct BusyLoops(Vec<std::process::Child>);
+
+impl BusyLoops {
+    pub fn start() -> BusyLoops {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        BusyLoops(
+            (0..cpus)
+                .map(|_| {
+                    Command::new("sh")
+                        .args(["-c", "while :; do :; done"])
+                        .stdin(Stdio::null())
+                        .spawn()
+                        .expect("a busy loop")
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for BusyLoops {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 pub fn lxc_prerequisites() -> bool {
     if !require_root() {
         return false;
