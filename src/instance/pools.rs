@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use super::db::{InstanceRecord, PoolRecord};
@@ -330,10 +329,8 @@ pub fn take_spare(d: &Ctx, pool: &Pool, fingerprint: &str, dst: &std::path::Path
 /// A spare being made ([`refill_spare`]): one at a time for each `pool/fingerprint`.
 struct Refill {
     key: String,
-    /// Set to make its copy give up.
-    cancel: Arc<AtomicBool>,
-    /// Its thread (0 until the thread runs), to raise from idle priority when it must end.
-    tid: Arc<AtomicI32>,
+    /// Makes its copy give up, soon.
+    cancel: Arc<storage::copy::Cancel>,
 }
 
 /// The spares being made; [`REFILLED`] is told when one ends.
@@ -341,17 +338,13 @@ static REFILLING: Mutex<Vec<Refill>> = Mutex::new(Vec::new());
 static REFILLED: Condvar = Condvar::new();
 
 /// Stop the spares being made whose `pool/fingerprint` `which` matches, and wait until their
-/// makers have removed what they made: each is told to give up and raised to the normal
-/// priority, so it ends within one entry's copy whatever else runs. Not to be called with an
-/// image lock held (a maker takes one at its end).
+/// makers have removed what they made: each copy is cancelled (it gives up at its next entry,
+/// its threads raised from idle priority). Not to be called with an image lock held (a maker
+/// takes one at its end).
 fn stop_refills(which: impl Fn(&str) -> bool) {
     let mut busy = REFILLING.lock().expect("spare lock");
     for r in busy.iter().filter(|r| which(&r.key)) {
-        r.cancel.store(true, Ordering::SeqCst);
-        let tid = r.tid.load(Ordering::SeqCst);
-        if tid > 0 {
-            crate::sys::thread_run_when_idle(tid, false);
-        }
+        r.cancel.cancel();
     }
     while busy.iter().any(|r| which(&r.key)) {
         busy = REFILLED.wait(busy).expect("spare lock");
@@ -373,10 +366,7 @@ pub fn refill_spare(d: &Ctx, pool: &Arc<Pool>, fingerprint: &str) {
         return;
     }
     let key = format!("{}/{fingerprint}", pool.name);
-    let (cancel, tid) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicI32::new(0)),
-    );
+    let cancel = Arc::new(storage::copy::Cancel::default());
     {
         let mut busy = REFILLING.lock().expect("spare lock");
         if busy.iter().any(|r| r.key == key) {
@@ -385,12 +375,10 @@ pub fn refill_spare(d: &Ctx, pool: &Arc<Pool>, fingerprint: &str) {
         busy.push(Refill {
             key: key.clone(),
             cancel: cancel.clone(),
-            tid: tid.clone(),
         });
     }
     let (d, pool, fp) = (d.self_arc(), pool.clone(), fingerprint.to_string());
     let made = move || {
-        tid.store(nix::unistd::gettid().as_raw(), Ordering::SeqCst);
         let (base, spare) = (pool.image(&fp), spare_path(&pool, &fp));
         // The copy goes into a directory of its own below `images/`, made and left at the
         // normal priority: at idle priority the thread may wait long for a CPU, and it must not
@@ -416,7 +404,7 @@ pub fn refill_spare(d: &Ctx, pool: &Arc<Pool>, fingerprint: &str) {
                 pool.driver.delete_volume(&tmp)
             });
         if let Err(e) = r {
-            if !cancel.load(Ordering::SeqCst) {
+            if e.kind() != std::io::ErrorKind::Interrupted {
                 eprintln!(
                     "bivy: making a spare copy of image {fp} on pool {}: {e}",
                     pool.name

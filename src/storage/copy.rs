@@ -54,12 +54,47 @@ pub struct CopyOptions<'a> {
     /// Leave out block and character device nodes (e.g. when the copy will be used where mknod
     /// is refused); their number is logged and returned.
     pub skip_devices: bool,
-    /// Copy on the calling thread alone (a copy made in the background, at idle priority, whose
-    /// thread is the only one to raise when it must end soon).
-    pub single_thread: bool,
-    /// Give up (`ErrorKind::Interrupted`, the partial copy removed) once this is set; checked
-    /// before each entry.
-    pub cancel: Option<&'a AtomicBool>,
+    /// Give up (`ErrorKind::Interrupted`, the partial copy removed) once this is cancelled.
+    pub cancel: Option<&'a Cancel>,
+}
+
+/// Stops a copy from another thread ([`CopyOptions::cancel`]): the copy gives up at its next
+/// entry, and its threads, which may run at idle priority ([`crate::sys::run_when_idle`]), are
+/// raised to the normal one, so that it ends soon whatever else runs.
+#[derive(Debug, Default)]
+pub struct Cancel {
+    set: AtomicBool,
+    /// The threads working for the copy.
+    threads: Mutex<Vec<i32>>,
+}
+
+impl Cancel {
+    pub fn cancel(&self) {
+        let threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        self.set.store(true, Ordering::SeqCst);
+        for &tid in threads.iter() {
+            crate::sys::thread_run_when_idle(tid, false);
+        }
+    }
+
+    fn is_set(&self) -> bool {
+        self.set.load(Ordering::Relaxed)
+    }
+
+    /// The calling thread works for the copy (until [`Cancel::leave`]).
+    fn enter(&self) {
+        let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        if self.set.load(Ordering::SeqCst) {
+            crate::sys::run_when_idle(false);
+        }
+        threads.push(rustix::thread::gettid().as_raw_nonzero().get());
+    }
+
+    fn leave(&self) {
+        let tid = rustix::thread::gettid().as_raw_nonzero().get();
+        let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        threads.retain(|&t| t != tid);
+    }
 }
 
 /// Copy the tree at `src` to `dst` (which must not exist; its parent must). Preserves file type,
@@ -137,6 +172,9 @@ fn copy_tree_inner(
             format!("copy to {}: mkdir: {}", dst.display(), errno_text(e)),
         )
     })?;
+    if let Some(c) = opts.cancel {
+        c.enter();
+    }
     let result = (|| {
         let droot = rfs::openat(&dparent, name, DIR_FLAGS, Mode::empty())
             .map_err(|e| fail("open destination", e))?;
@@ -157,26 +195,33 @@ fn copy_tree_inner(
         std::thread::scope(|scope| -> io::Result<()> {
             let (tx, rx) = mpsc::sync_channel::<FileJob>(QUEUE);
             // Without a second thread the walker fills files itself.
-            let filler = if opts.single_thread || std::env::var_os("BIVY_COPY_ST").is_some() {
-                None
-            } else {
-                std::thread::Builder::new()
-                    .name("bivy-copy".into())
-                    .spawn_scoped(scope, || {
-                        let mut w = Worker::new(&shared);
-                        for job in rx {
-                            if w.sh.stop.load(Ordering::Relaxed) {
-                                break;
-                            }
-                            w.fill(job)?;
+            let filler = std::thread::Builder::new()
+                .name("bivy-copy".into())
+                .spawn_scoped(scope, || {
+                    let mut w = Worker::new(&shared);
+                    if let Some(c) = opts.cancel {
+                        c.enter();
+                    }
+                    let r = rx.into_iter().try_for_each(|job| {
+                        if w.sh.stop.load(Ordering::Relaxed) {
+                            return Err(None);
                         }
-                        Ok::<_, io::Error>(w.stats)
-                    })
-                    .ok()
-            };
+                        w.fill(job).map_err(Some)
+                    });
+                    if let Some(c) = opts.cancel {
+                        c.leave();
+                    }
+                    match r {
+                        Err(Some(e)) => Err(e),
+                        Ok(()) | Err(None) => Ok::<_, io::Error>(w.stats),
+                    }
+                })
+                .ok();
             let mut w = Worker::new(&shared);
             if filler.is_some() {
                 w.tx = Some(tx);
+            } else {
+                drop(tx);
             }
             let walked = w
                 .copy_dir(&sroot, &droot)
@@ -207,6 +252,9 @@ fn copy_tree_inner(
     })();
     if result.is_err() {
         let _ = remove_tree(dparent.as_fd(), name);
+    }
+    if let Some(c) = opts.cancel {
+        c.leave();
     }
     result
 }
@@ -324,12 +372,7 @@ impl<'s, 'a> Worker<'s, 'a> {
         if self.sh.fail_on == Some(name.to_bytes()) {
             return Err(fail(self, ("injected", Errno::IO)));
         }
-        if self
-            .sh
-            .opts
-            .cancel
-            .is_some_and(|c| c.load(Ordering::Relaxed))
-        {
+        if self.sh.opts.cancel.is_some_and(Cancel::is_set) {
             return Err(io::Error::new(
                 io::ErrorKind::Interrupted,
                 format!("copy {}: cancelled", self.sh.src.display()),
@@ -1206,16 +1249,15 @@ mod tests {
         remove_path(&base).unwrap();
     }
 
-    /// A cancelled copy stops and leaves no partial destination; one thread alone copies the same
-    /// tree as two.
+    /// A cancelled copy stops and leaves no partial destination.
     #[test]
-    fn copy_tree_cancel_and_single_thread() {
+    fn copy_tree_cancelled() {
         let base = scratch("cancel");
         let (src, dst) = (base.join("src"), base.join("dst"));
         fixture(&src, is_root());
-        let cancel = AtomicBool::new(true);
+        let cancel = Cancel::default();
+        cancel.cancel();
         let opts = CopyOptions {
-            single_thread: true,
             cancel: Some(&cancel),
             ..CopyOptions::default()
         };
@@ -1223,10 +1265,12 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::Interrupted, "{e}");
         assert!(e.to_string().contains("cancelled"), "{e}");
         assert!(fs::symlink_metadata(&dst).is_err(), "partial copy left");
-        cancel.store(false, Ordering::Relaxed);
-        let one = copy_tree_opts(&src, &dst, &opts).unwrap();
-        let two = copy_tree(&src, &base.join("dst2")).unwrap();
-        assert_eq!(one, two);
+        let cancel = Cancel::default();
+        let opts = CopyOptions {
+            cancel: Some(&cancel),
+            ..CopyOptions::default()
+        };
+        copy_tree_opts(&src, &dst, &opts).unwrap();
         assert_same_tree(&src, &dst, Path::new(""));
         remove_path(&base).unwrap();
     }

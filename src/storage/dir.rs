@@ -131,10 +131,9 @@ impl Driver for Dir {
         &self,
         src: &Path,
         dst: &Path,
-        cancel: &std::sync::atomic::AtomicBool,
+        cancel: &super::copy::Cancel,
     ) -> io::Result<()> {
         let opts = super::copy::CopyOptions {
-            single_thread: true,
             cancel: Some(cancel),
             ..Default::default()
         };

@@ -106,13 +106,13 @@ pub trait Driver: Send + Sync {
     fn clone_volume(&self, src: &Path, dst: &Path, readonly: bool) -> io::Result<()>;
 
     /// [`Driver::clone_volume`] for a clone made in the background, on an idle thread: where the
-    /// clone is a copy, it runs on the calling thread alone and gives up (`Interrupted`, nothing
-    /// left) once `cancel` is set. A driver whose clones are snapshots ignores `cancel`.
+    /// clone is a copy, it gives up (`Interrupted`, nothing left) once `cancel` is set. A driver
+    /// whose clones are snapshots ignores `cancel`.
     fn clone_volume_in_background(
         &self,
         src: &Path,
         dst: &Path,
-        cancel: &std::sync::atomic::AtomicBool,
+        cancel: &copy::Cancel,
     ) -> io::Result<()> {
         let _ = cancel;
         self.clone_volume(src, dst, false)
