@@ -131,6 +131,7 @@ impl Ct {
             disks: Vec::new(),
             nics: Vec::new(),
             unix_devices: Vec::new(),
+            pools_dir: None,
         };
         Ct {
             dir,

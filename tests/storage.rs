@@ -6,6 +6,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Daemon, Lxc};
@@ -433,6 +434,81 @@ fn btrfs_pool_on_a_loop_file() {
     assert!(loops_backing(&image).is_empty(), "loop device released");
     assert!(!image.exists(), "image file removed");
     assert!(!common::mounts_below(d.dir()).iter().any(|m| m == &mnt));
+}
+
+/// A container's monitor has a private mount namespace, a copy of the host's mounts: started
+/// while a loop pool was mounted, it held the pool's filesystem, and so its loop device, after
+/// the pool's unmount, and the pool's delete failed ("loop device ... still attached") until
+/// the container stopped. Found by `cargo xtask chaos`.
+#[test]
+fn a_loop_pool_is_deleted_while_containers_on_other_pools_run() {
+    if !common::btrfs_prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    l.import_busybox();
+    l.ok(&["storage", "create", "bt", "btrfs", "size=300MiB"]);
+    let image = d.dir().join("disks/bt.img");
+    // Started while the pool is mounted: one running, one restarted, one stateless-started.
+    l.ok(&["launch", "busybox", "o1"]);
+    l.ok(&["launch", "busybox", "o2"]);
+    l.ok(&["restart", "o2", "--force"]);
+    l.ok(&["storage", "delete", "bt"]);
+    assert!(loops_backing(&image).is_empty(), "loop device released");
+    assert!(!image.exists(), "image file removed");
+    // The containers are untouched, and a pool of the same name can be made again.
+    assert_eq!(l.sh("o1", "echo alive").1, "alive\n");
+    assert_eq!(l.sh("o2", "echo alive").1, "alive\n");
+    l.ok(&["storage", "create", "bt", "btrfs", "size=300MiB"]);
+    l.ok(&["launch", "busybox", "o3", "-s", "bt"]);
+    assert_eq!(l.sh("o3", "echo on bt").1, "on bt\n");
+    l.ok(&["delete", "--force", "o3"]);
+
+    // Held by a process of another program's (a private mount namespace made while the pool
+    // was mounted): the delete fails naming it, and the pool stays as it was, mounted.
+    if common::have_cmd("unshare") {
+        let mut holder = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sleep", "600"])
+            .spawn()
+            .expect("unshare");
+        let pid = holder.id();
+        let ns = format!("/proc/{pid}/ns/mnt");
+        let t = Instant::now();
+        while std::fs::read_link(&ns).ok() == std::fs::read_link("/proc/self/ns/mnt").ok()
+            && t.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = l.run(&["storage", "delete", "bt"]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        let _ = holder.kill();
+        let _ = holder.wait();
+        assert!(!out.status.success(), "deleted while held");
+        assert!(err.contains(&format!("{pid} (sleep)")), "{err}");
+        let mnt = d.dir().join("storage-pools/bt");
+        assert!(
+            common::mounts_below(d.dir()).iter().any(|m| m == &mnt),
+            "not mounted again"
+        );
+        assert!(
+            mnt.join("bivy-records/pool.json").exists(),
+            "the pool's record file is gone"
+        );
+        l.ok(&["launch", "busybox", "o4", "-s", "bt"]);
+        assert_eq!(l.sh("o4", "echo still").1, "still\n");
+        l.ok(&["delete", "--force", "o4"]);
+    } else {
+        common::skip(
+            "a_loop_pool_is_deleted_while_containers_on_other_pools_run (held part)",
+            "needs unshare (util-linux)",
+        );
+    }
+    l.ok(&["storage", "delete", "bt"]);
+    assert!(loops_backing(&image).is_empty(), "loop device released");
+    for c in ["o1", "o2"] {
+        l.ok(&["delete", "--force", c]);
+    }
 }
 
 #[test]

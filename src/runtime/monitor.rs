@@ -140,6 +140,7 @@ fn run(run_dir: &Path, status: OwnedFd) -> Result<()> {
             });
             let _ = chan::send(&status, &Msg::Started(init_pid, me), None);
             drop(status);
+            drop_pool_mounts(&spec);
             // The network namespace outlives init while physical NICs are in it: they go back
             // to the host (a virtual one would die with the namespace).
             let netns = fs::File::open(format!("/proc/{init_pid}/ns/net"))
@@ -174,6 +175,19 @@ fn run(run_dir: &Path, status: OwnedFd) -> Result<()> {
             let _ = chan::send(&status, &Msg::Err(e.0.clone()), None);
             Err(e)
         }
+    }
+}
+
+/// Drop this namespace's copies of the mounts in the pools' directory ([`Spec::pools_dir`]): the
+/// container runs, and the monitor uses no pool's files from now on. A directory that is not a
+/// mount point here is left alone (`EINVAL`).
+fn drop_pool_mounts(spec: &Spec) {
+    let Some(dir) = &spec.pools_dir else { return };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let _ = nix::mount::umount2(&e.path(), nix::mount::MntFlags::MNT_DETACH);
     }
 }
 

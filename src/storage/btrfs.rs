@@ -609,7 +609,26 @@ impl Btrfs {
         Ok(())
     }
 
-    /// Wait until no loop device is attached to `image` any more.
+    /// Mount `image` at `mount` again from the loop device that still backs it (a delete that
+    /// could not release it).
+    fn mount_held(&self, image: &Path, mount: &Path) -> io::Result<()> {
+        let image = fs::canonicalize(image).unwrap_or_else(|_| image.to_path_buf());
+        let dev = sys::loopdev::attached_to(&image)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| io::Error::other("no loop device backs it any more"))?;
+        nix::mount::mount(
+            Some(dev.as_path()),
+            mount,
+            Some("btrfs"),
+            MsFlags::empty(),
+            Some(self.mount_options.as_str()),
+        )
+        .map_err(|e| annotate(io::Error::from(e), format!("mount {}", dev.display())))
+    }
+
+    /// Wait until no loop device is attached to `image` any more; else an error naming the
+    /// processes whose mount namespaces still hold it.
     fn wait_released(image: &Path) -> io::Result<()> {
         let image = fs::canonicalize(image).unwrap_or_else(|_| image.to_path_buf());
         let start = Instant::now();
@@ -620,8 +639,17 @@ impl Btrfs {
                 return Ok(());
             }
             if start.elapsed() > RELEASE_TIMEOUT {
+                let holders = sys::loopdev::mounted_in(&devs[0]);
+                let by = if holders.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " (still mounted in the mount namespace of {})",
+                        holders.join(", ")
+                    )
+                };
                 return Err(io::Error::other(format!(
-                    "loop device {} still attached to {} after unmount",
+                    "loop device {} still attached to {} after unmount{by}",
                     devs[0].display(),
                     image.display()
                 )));
@@ -731,7 +759,14 @@ impl Driver for Btrfs {
             }
             Backing::Loop { image, mount, .. } => {
                 self.unmount_locked()?;
-                Self::wait_released(image)?;
+                if let Err(e) = Self::wait_released(image) {
+                    // The filesystem is still mounted elsewhere (another mount namespace): the
+                    // pool stays as it was, mounted again from the loop device still backing it.
+                    return Err(match self.mount_held(image, mount) {
+                        Ok(()) => e,
+                        Err(m) => io::Error::other(format!("{e}; and mounting it again: {m}")),
+                    });
+                }
                 match fs::remove_file(image) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}

@@ -166,6 +166,47 @@ pub fn backing_file(name: &str) -> Option<PathBuf> {
     (!s.is_empty()).then(|| PathBuf::from(s))
 }
 
+/// The processes (`pid (comm)`, one per mount namespace, at most three) that have a filesystem
+/// from the block device `dev` (`/dev/loop3`) mounted in their mount namespace.
+pub fn mounted_in(dev: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let want = dev.to_string_lossy();
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in procs.flatten() {
+        let pid = e.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(ns) = std::fs::metadata(format!("/proc/{pid}/ns/mnt")) else {
+            continue;
+        };
+        if !seen.insert(ns.ino()) {
+            continue;
+        }
+        let Ok(info) = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")) else {
+            continue;
+        };
+        // `... - FSTYPE SOURCE SUPEROPTS`
+        let source = |l: &str| {
+            l.split_once(" - ")
+                .and_then(|(_, r)| r.split(' ').nth(1))
+                .map(crate::util::unescape_mountinfo)
+        };
+        if info.lines().any(|l| source(l).is_some_and(|s| s == *want)) {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            out.push(format!("{pid} ({})", comm.trim()));
+            if out.len() == 3 {
+                break;
+            }
+        }
+    }
+    out
+}
+
 /// The loop devices (`/dev/loopN`) whose backing file is `file` (compare canonical paths: sysfs
 /// shows the path the file had when attached, with ` (deleted)` once unlinked).
 pub fn attached_to(file: &Path) -> io::Result<Vec<PathBuf>> {

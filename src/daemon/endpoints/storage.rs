@@ -333,9 +333,14 @@ pub fn delete(d: &Daemon, name: &str) -> Result<Response> {
         crate::instance::pools::wait_for_removals(&p.driver.path());
         crate::instance::pools::delete_pool_image_volumes(d, &p);
         crate::instance::markers::remove_pool_files(&p.driver.path());
-        p.driver.delete().map_err(|e| {
-            Error::BadRequest(format!("Failed to delete storage pool {name:?}: {e}"))
-        })?;
+        if let Err(e) = p.driver.delete() {
+            // The pool stays: its record files come back (the image volumes, a cache, do not).
+            let data = d.db.lock().expect("db lock").data.clone();
+            crate::instance::markers::ensure_all(&d.dir, &data);
+            return Err(Error::BadRequest(format!(
+                "Failed to delete storage pool {name:?}: {e}"
+            )));
+        }
     }
     d.db.lock()
         .expect("db lock")
