@@ -370,6 +370,64 @@ fn running_containers_hold_no_daemon_thread_each() {
     );
 }
 
+/// An events client that goes (closing its socket, or sending a close frame first) ends its
+/// connection and the daemon's two threads for it at once. They used to wait for the next event:
+/// a client gone while no event came kept its socket and threads, which made
+/// `running_containers_hold_no_daemon_thread_each` fail now and then (one fd more).
+#[test]
+fn an_events_client_that_goes_ends_its_connection_at_once() {
+    use bivy::http::ws;
+    if !common::require_root() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let pid = d.pid().expect("daemon pid");
+    let fds = || std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |r| r.count());
+    let threads = || common::proc_status(pid, "Threads");
+    let wait = |limit: u64, done: &dyn Fn() -> bool| {
+        let t = Instant::now();
+        while !done() && t.elapsed() < Duration::from_secs(limit) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // A first client and its end, so that whatever the daemon makes once is made.
+    let open = || {
+        let s = UnixStream::connect(d.socket()).expect("connect");
+        ws::connect(
+            Box::new(s),
+            "/1.0/events?type=lifecycle",
+            &[("Host".into(), "unix.socket".into())],
+        )
+        .expect("events websocket")
+    };
+    drop(open());
+    std::thread::sleep(Duration::from_millis(300));
+    let (fds_before, threads_before) = (fds(), threads());
+    let clients: Vec<_> = (0..4).map(|_| open()).collect();
+    // Each connection holds at least its socket.
+    wait(5, &|| fds() >= fds_before + 4);
+    assert!(fds() >= fds_before + 4, "four clients served");
+    let mut clients = clients.into_iter();
+    // Two close with a close frame, two just close their socket; no event comes meanwhile.
+    for (sender, _receiver) in clients.by_ref().take(2) {
+        sender.close(1000).expect("close frame");
+    }
+    drop(clients);
+    wait(3, &|| fds() <= fds_before);
+    assert!(
+        fds() <= fds_before,
+        "the connections of clients that went are still held: {} fds, {fds_before} before",
+        fds()
+    );
+    // Their threads go too (a pooled one after its idle time).
+    wait(15, &|| threads() <= threads_before);
+    assert!(
+        threads() <= threads_before,
+        "{} threads, {threads_before} before",
+        threads()
+    );
+}
+
 #[test]
 fn autostart_after_host_boot_only() {
     if !common::lxc_prerequisites() {

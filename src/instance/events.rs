@@ -3,6 +3,7 @@
 //! block the daemon. A subscriber whose queue overflows or whose connection fails is dropped.
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Mutex;
 
@@ -38,6 +39,7 @@ pub fn requestor() -> Option<Requestor> {
 const QUEUE: usize = 4096;
 
 struct Sub {
+    id: u64,
     types: Vec<String>,
     tx: SyncSender<String>,
 }
@@ -46,6 +48,7 @@ struct Sub {
 #[derive(Default)]
 pub struct Events {
     subs: Mutex<Vec<Sub>>,
+    next_id: AtomicU64,
 }
 
 impl Events {
@@ -84,15 +87,26 @@ impl Events {
         self.emit("lifecycle", v);
     }
 
-    /// A new subscriber to events of `types` (empty: every type). It is dropped (its receiver
-    /// sees the end) when it falls [`QUEUE`] events behind or the receiver goes.
-    pub fn subscribe(&self, types: Vec<String>) -> Receiver<String> {
+    /// A new subscriber to events of `types` (empty: every type), and its id. It is dropped
+    /// (its receiver sees the end) when it falls [`QUEUE`] events behind, the receiver goes, or
+    /// [`Events::unsubscribe`] ends it.
+    pub fn subscribe(&self, types: Vec<String>) -> (u64, Receiver<String>) {
         let (tx, rx) = sync_channel::<String>(QUEUE);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.subs
             .lock()
             .expect("events lock")
-            .push(Sub { types, tx });
-        rx
+            .push(Sub { id, types, tx });
+        (id, rx)
+    }
+
+    /// End subscriber `id` (its client went): its receiver sees the end at once, not at the
+    /// next event.
+    pub fn unsubscribe(&self, id: u64) {
+        self.subs
+            .lock()
+            .expect("events lock")
+            .retain(|s| s.id != id);
     }
 }
 
@@ -103,7 +117,7 @@ mod requestor_tests {
     #[test]
     fn lifecycle_events_name_the_requestor_of_this_thread() {
         let ev = Events::default();
-        let rx = ev.subscribe(vec!["lifecycle".into()]);
+        let (_, rx) = ev.subscribe(vec!["lifecycle".into()]);
         ev.lifecycle(
             "instance-started",
             "/1.0/instances/c1",

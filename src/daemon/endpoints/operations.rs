@@ -141,18 +141,30 @@ pub fn events(d: &Daemon, req: &mut Request) -> Result<Response> {
     // operation and then wait for its events (`lxc` does), and an operation that ended in
     // between, before a subscription made after the answer, had its event lost and the client
     // waiting for ever. Events from here on are queued for the websocket.
-    let rx = d.events.subscribe(types);
-    resp.upgrade = Some(Box::new(move |stream| serve_events(rx, stream)));
+    let (id, rx) = d.events.subscribe(types);
+    let events = d.events.clone();
+    resp.upgrade = Some(Box::new(move |stream| {
+        serve_events(&events, id, rx, stream);
+        events.unsubscribe(id);
+    }));
     Ok(resp)
 }
 
-/// Serve one websocket subscriber (its queue `rx`) until it goes away.
-fn serve_events(rx: std::sync::mpsc::Receiver<String>, stream: Box<dyn crate::http::Stream>) {
+/// Serve one websocket subscriber (`id`, its queue `rx`) until it goes away.
+fn serve_events(
+    events: &std::sync::Arc<crate::instance::events::Events>,
+    id: u64,
+    rx: std::sync::mpsc::Receiver<String>,
+    stream: Box<dyn crate::http::Stream>,
+) {
     let Ok((sender, mut receiver)) = ws::split(stream, ws::Role::Server) else {
         return;
     };
-    // Reader: notices the client closing (or sending anything) and stops the writer.
+    // Reader: notices the client closing (or sending anything) and stops the writer, which
+    // waits for the next event: its queue is ended (else a client gone while no event came
+    // held its connection and both threads until the next event).
     let closer = sender.clone();
+    let hub = events.clone();
     let reader = std::thread::spawn(move || {
         while let Ok(msg) = receiver.recv() {
             if let ws::Message::Close(_) = msg {
@@ -160,6 +172,7 @@ fn serve_events(rx: std::sync::mpsc::Receiver<String>, stream: Box<dyn crate::ht
             }
         }
         closer.shutdown();
+        hub.unsubscribe(id);
     });
     let _ = sender.ping();
     // Writer: this thread; ends when the hub drops our queue or a send fails.
