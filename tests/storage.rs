@@ -450,7 +450,7 @@ fn a_loop_pool_is_deleted_while_containers_on_other_pools_run() {
     l.import_busybox();
     l.ok(&["storage", "create", "bt", "btrfs", "size=300MiB"]);
     let image = d.dir().join("disks/bt.img");
-    // Started while the pool is mounted: one running, one restarted, one stateless-started.
+    // Started while the pool is mounted: one launched, one launched and restarted.
     l.ok(&["launch", "busybox", "o1"]);
     l.ok(&["launch", "busybox", "o2"]);
     l.ok(&["restart", "o2", "--force"]);

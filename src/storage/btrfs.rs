@@ -478,8 +478,14 @@ impl Btrfs {
     fn attach_and_mount(&self, image: &Path, mount: &Path) -> io::Result<()> {
         let (dev, _fd) = sys::loopdev::attach_autoclear(image)
             .map_err(|e| annotate(e, format!("attach {} to a loop device", image.display())))?;
+        self.mount_dev(&dev, image, mount)
+        // `_fd` closes here: from now on the mount alone holds the loop device.
+    }
+
+    /// Mount the pool's filesystem from the loop device `dev` (backed by `image`) at `mount`.
+    fn mount_dev(&self, dev: &Path, image: &Path, mount: &Path) -> io::Result<()> {
         nix::mount::mount(
-            Some(dev.as_path()),
+            Some(dev),
             mount,
             Some("btrfs"),
             MsFlags::empty(),
@@ -496,7 +502,6 @@ impl Btrfs {
                 ),
             )
         })
-        // `_fd` closes here: from now on the mount alone holds the loop device.
     }
 
     fn create_loop(&self, image: &Path, mount: &Path, size: u64) -> io::Result<()> {
@@ -617,14 +622,7 @@ impl Btrfs {
             .into_iter()
             .next()
             .ok_or_else(|| io::Error::other("no loop device backs it any more"))?;
-        nix::mount::mount(
-            Some(dev.as_path()),
-            mount,
-            Some("btrfs"),
-            MsFlags::empty(),
-            Some(self.mount_options.as_str()),
-        )
-        .map_err(|e| annotate(io::Error::from(e), format!("mount {}", dev.display())))
+        self.mount_dev(&dev, &image, mount)
     }
 
     /// Wait until no loop device is attached to `image` any more; else an error naming the
