@@ -153,13 +153,12 @@ fn lxc_client_end_to_end() {
         "/root/gone.txt",
     ]);
     l.ok(&["file", "delete", "c1/root/gone.txt"]);
-    assert!(
-        l.run(&["exec", "c1", "--", "test", "-e", "/root/gone.txt"])
-            .status
-            .code()
-            == Some(1)
+    let gone = l.run(&["exec", "c1", "--", "test", "-e", "/root/gone.txt"]);
+    assert_eq!(gone.status.code(), Some(1), "/root/gone.txt is still there");
+    assert_eq!(
+        l.ok(&["exec", "c1", "--", "cat", "/root/pushed.txt"]),
+        "hello from host\n"
     );
-    assert!(l.ok(&["exec", "c1", "--", "cat", "/root/pushed.txt"]) == "hello from host\n");
 
     // A symlink planted inside the container cannot make a push escape to the host.
     l.ok(&[
