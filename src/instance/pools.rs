@@ -326,9 +326,10 @@ pub fn take_spare(d: &Ctx, pool: &Pool, fingerprint: &str, dst: &std::path::Path
     std::fs::rename(spare_path(pool, fingerprint), dst).is_ok()
 }
 
-/// A spare being made ([`refill_spare`]): one at a time for each `pool/fingerprint`.
+/// A spare being made ([`refill_spare`]): one at a time for each pool and image.
 struct Refill {
-    key: String,
+    pool: String,
+    fingerprint: String,
     /// Makes its copy give up, soon.
     cancel: Arc<storage::copy::Cancel>,
 }
@@ -337,16 +338,16 @@ struct Refill {
 static REFILLING: Mutex<Vec<Refill>> = Mutex::new(Vec::new());
 static REFILLED: Condvar = Condvar::new();
 
-/// Stop the spares being made whose `pool/fingerprint` `which` matches, and wait until their
+/// Stop the spares being made that `which` matches, and wait until their
 /// makers have removed what they made: each copy is cancelled (it gives up at its next entry,
 /// its threads raised from idle priority). Not to be called with an image lock held (a maker
 /// takes one at its end).
-fn stop_refills(which: impl Fn(&str) -> bool) {
+fn stop_refills(which: impl Fn(&Refill) -> bool) {
     let mut busy = REFILLING.lock().expect("spare lock");
-    for r in busy.iter().filter(|r| which(&r.key)) {
+    for r in busy.iter().filter(|r| which(r)) {
         r.cancel.cancel();
     }
-    while busy.iter().any(|r| which(&r.key)) {
+    while busy.iter().any(&which) {
         busy = REFILLED.wait(busy).expect("spare lock");
     }
 }
@@ -365,20 +366,23 @@ pub fn refill_spare(d: &Ctx, pool: &Arc<Pool>, fingerprint: &str) {
     {
         return;
     }
-    let key = format!("{}/{fingerprint}", pool.name);
     let cancel = Arc::new(storage::copy::Cancel::default());
     {
         let mut busy = REFILLING.lock().expect("spare lock");
-        if busy.iter().any(|r| r.key == key) {
+        if busy
+            .iter()
+            .any(|r| r.pool == pool.name && r.fingerprint == fingerprint)
+        {
             return;
         }
         busy.push(Refill {
-            key: key.clone(),
+            pool: pool.name.clone(),
+            fingerprint: fingerprint.to_string(),
             cancel: cancel.clone(),
         });
     }
     let (d, pool, fp) = (d.self_arc(), pool.clone(), fingerprint.to_string());
-    let made = move || {
+    let made = move |cancel: &storage::copy::Cancel| {
         let (base, spare) = (pool.image(&fp), spare_path(&pool, &fp));
         // The copy goes into a directory of its own below `images/`, made and left at the
         // normal priority: at idle priority the thread may wait long for a CPU, and it must not
@@ -389,9 +393,7 @@ pub fn refill_spare(d: &Ctx, pool: &Arc<Pool>, fingerprint: &str) {
         let r = crate::storage::make_volume_parent(&tmp)
             .and_then(|()| {
                 crate::sys::run_when_idle(true);
-                let r = pool
-                    .driver
-                    .clone_volume_in_background(&base, &copy, &cancel);
+                let r = pool.driver.clone_volume_in_background(&base, &copy, cancel);
                 crate::sys::run_when_idle(false);
                 r
             })
@@ -413,22 +415,23 @@ pub fn refill_spare(d: &Ctx, pool: &Arc<Pool>, fingerprint: &str) {
             let _ = pool.driver.delete_volume(&tmp);
         }
     };
-    let unmark = |key: &str| {
+    // A refill is known by its cancel handle.
+    let unmark = |cancel: &Arc<storage::copy::Cancel>| {
         REFILLING
             .lock()
             .expect("spare lock")
-            .retain(|r| r.key != key);
+            .retain(|r| !Arc::ptr_eq(&r.cancel, cancel));
         REFILLED.notify_all();
     };
-    let done = key.clone();
+    let mine = cancel.clone();
     let r = std::thread::Builder::new()
         .name("bivy-spare".into())
         .spawn(move || {
-            made();
-            unmark(&done);
+            made(&mine);
+            unmark(&mine);
         });
     if let Err(e) = r {
-        unmark(&key);
+        unmark(&cancel);
         eprintln!("bivy: making a spare copy of image {fingerprint}: {e}");
     }
 }
@@ -482,16 +485,13 @@ pub fn delete_image_volumes(d: &Ctx, fingerprint: &str) {
             }
         }
     }
-    stop_refills(|key| {
-        key.rsplit_once('/')
-            .is_some_and(|(_, fp)| fp == fingerprint)
-    });
+    stop_refills(|r| r.fingerprint == fingerprint);
 }
 
 /// Drop every image volume and spare from `pool` (it is being deleted), each under its image's
 /// lock (a spare being made fails and is removed by its maker).
 pub fn delete_pool_image_volumes(d: &Ctx, pool: &Pool) {
-    stop_refills(|key| key.rsplit_once('/').is_some_and(|(p, _)| p == pool.name));
+    stop_refills(|r| r.pool == pool.name);
     let Ok(rd) = std::fs::read_dir(pool.driver.path().join("images")) else {
         return;
     };

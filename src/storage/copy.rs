@@ -81,19 +81,25 @@ impl Cancel {
         self.set.load(Ordering::Relaxed)
     }
 
-    /// The calling thread works for the copy (until [`Cancel::leave`]).
-    fn enter(&self) {
+    /// The calling thread works for the copy until the guard is dropped.
+    fn enter(&self) -> Entered<'_> {
+        let tid = rustix::thread::gettid().as_raw_nonzero().get();
         let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
         if self.set.load(Ordering::SeqCst) {
             crate::sys::run_when_idle(false);
         }
-        threads.push(rustix::thread::gettid().as_raw_nonzero().get());
+        threads.push(tid);
+        Entered(self, tid)
     }
+}
 
-    fn leave(&self) {
-        let tid = rustix::thread::gettid().as_raw_nonzero().get();
-        let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
-        threads.retain(|&t| t != tid);
+/// A thread working for a copy ([`Cancel::enter`]).
+struct Entered<'a>(&'a Cancel, i32);
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        let mut threads = self.0.threads.lock().unwrap_or_else(|e| e.into_inner());
+        threads.retain(|&t| t != self.1);
     }
 }
 
@@ -172,9 +178,8 @@ fn copy_tree_inner(
             format!("copy to {}: mkdir: {}", dst.display(), errno_text(e)),
         )
     })?;
-    if let Some(c) = opts.cancel {
-        c.enter();
-    }
+    // Until the partial copy is removed, on an error.
+    let _entered = opts.cancel.map(Cancel::enter);
     let result = (|| {
         let droot = rfs::openat(&dparent, name, DIR_FLAGS, Mode::empty())
             .map_err(|e| fail("open destination", e))?;
@@ -198,23 +203,15 @@ fn copy_tree_inner(
             let filler = std::thread::Builder::new()
                 .name("bivy-copy".into())
                 .spawn_scoped(scope, || {
+                    let _entered = opts.cancel.map(Cancel::enter);
                     let mut w = Worker::new(&shared);
-                    if let Some(c) = opts.cancel {
-                        c.enter();
-                    }
-                    let r = rx.into_iter().try_for_each(|job| {
+                    for job in rx {
                         if w.sh.stop.load(Ordering::Relaxed) {
-                            return Err(None);
+                            break;
                         }
-                        w.fill(job).map_err(Some)
-                    });
-                    if let Some(c) = opts.cancel {
-                        c.leave();
+                        w.fill(job)?;
                     }
-                    match r {
-                        Err(Some(e)) => Err(e),
-                        Ok(()) | Err(None) => Ok::<_, io::Error>(w.stats),
-                    }
+                    Ok::<_, io::Error>(w.stats)
                 })
                 .ok();
             let mut w = Worker::new(&shared);
@@ -252,9 +249,6 @@ fn copy_tree_inner(
     })();
     if result.is_err() {
         let _ = remove_tree(dparent.as_fd(), name);
-    }
-    if let Some(c) = opts.cancel {
-        c.leave();
     }
     result
 }

@@ -60,19 +60,9 @@ pub fn mounted_at(dir: &Path) -> io::Result<Option<(String, String)>> {
     Ok(info
         .lines()
         .rev()
-        .filter_map(mountinfo_fields)
+        .filter_map(crate::util::mountinfo_fields)
         .find(|(mp, _, _)| Path::new(mp) == dir)
         .map(|(_, t, s)| (t.to_string(), s.to_string())))
-}
-
-/// One line of `/proc/self/mountinfo`: the mount point, filesystem type and source.
-fn mountinfo_fields(line: &str) -> Option<(String, &str, &str)> {
-    let (pre, post) = line.split_once(" - ")?;
-    let mount_point = crate::util::unescape_mountinfo(pre.split(' ').nth(4)?);
-    let mut post = post.split(' ');
-    let fstype = post.next()?;
-    let source = post.next()?;
-    Some((mount_point, fstype, source))
 }
 
 /// What a driver must do. Paths given to the volume calls are absolute and inside [`Driver::path`].
@@ -112,9 +102,8 @@ pub trait Driver: Send + Sync {
         &self,
         src: &Path,
         dst: &Path,
-        cancel: &copy::Cancel,
+        _cancel: &copy::Cancel,
     ) -> io::Result<()> {
-        let _ = cancel;
         self.clone_volume(src, dst, false)
     }
 
@@ -547,7 +536,7 @@ mod tests {
         let l =
             r"36 35 98:0 / /mnt/a\040b rw,noatime master:1 - btrfs /dev/loop3 rw,space_cache=v2";
         assert_eq!(
-            mountinfo_fields(l),
+            crate::util::mountinfo_fields(l),
             Some(("/mnt/a b".to_string(), "btrfs", "/dev/loop3"))
         );
         assert_eq!(crate::util::unescape_mountinfo(r"a\134b\011c"), "a\\b\tc");

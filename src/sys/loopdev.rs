@@ -190,13 +190,11 @@ pub fn mounted_in(dev: &Path) -> Vec<String> {
         let Ok(info) = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")) else {
             continue;
         };
-        // `... - FSTYPE SOURCE SUPEROPTS`
-        let source = |l: &str| {
-            l.split_once(" - ")
-                .and_then(|(_, r)| r.split(' ').nth(1))
-                .map(crate::util::unescape_mountinfo)
-        };
-        if info.lines().any(|l| source(l).is_some_and(|s| s == *want)) {
+        if info
+            .lines()
+            .filter_map(crate::util::mountinfo_fields)
+            .any(|(_, _, source)| source == want)
+        {
             let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
             out.push(format!("{pid} ({})", comm.trim()));
             if out.len() == 3 {

@@ -41,6 +41,16 @@ pub fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// One line of `/proc/<pid>/mountinfo`: the mount point, filesystem type and source.
+pub fn mountinfo_fields(line: &str) -> Option<(String, &str, &str)> {
+    let (pre, post) = line.split_once(" - ")?;
+    let mount_point = unescape_mountinfo(pre.split(' ').nth(4)?);
+    let mut post = post.split(' ');
+    let fstype = post.next()?;
+    let source = post.next()?;
+    Some((mount_point, fstype, source))
+}
+
 /// The multiplier of a byte-size unit as LXD reads them (`units.ParseByteSizeString`): none,
 /// `B` or `bytes`; `kB`/`KB`, `MB` ... `EB` (powers of 1000); `KiB` ... `EiB` (powers of 1024).
 pub fn byte_unit(unit: &str) -> Option<u64> {

@@ -143,16 +143,13 @@ pub fn events(d: &Daemon, req: &mut Request) -> Result<Response> {
     // waiting for ever. Events from here on are queued for the websocket.
     let (id, rx) = d.events.subscribe(types);
     let events = d.events.clone();
-    resp.upgrade = Some(Box::new(move |stream| {
-        serve_events(&events, id, rx, stream);
-        events.unsubscribe(id);
-    }));
+    resp.upgrade = Some(Box::new(move |stream| serve_events(events, id, rx, stream)));
     Ok(resp)
 }
 
-/// Serve one websocket subscriber (`id`, its queue `rx`) until it goes away.
+/// Serve one websocket subscriber (`id` in the hub `events`, its queue `rx`) until it goes away.
 fn serve_events(
-    events: &std::sync::Arc<crate::instance::events::Events>,
+    events: std::sync::Arc<crate::instance::events::Events>,
     id: u64,
     rx: std::sync::mpsc::Receiver<String>,
     stream: Box<dyn crate::http::Stream>,
@@ -164,7 +161,6 @@ fn serve_events(
     // waits for the next event: its queue is ended (else a client gone while no event came
     // held its connection and both threads until the next event).
     let closer = sender.clone();
-    let hub = events.clone();
     let reader = std::thread::spawn(move || {
         while let Ok(msg) = receiver.recv() {
             if let ws::Message::Close(_) = msg {
@@ -172,7 +168,7 @@ fn serve_events(
             }
         }
         closer.shutdown();
-        hub.unsubscribe(id);
+        events.unsubscribe(id);
     });
     let _ = sender.ping();
     // Writer: this thread; ends when the hub drops our queue or a send fails.
