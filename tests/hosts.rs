@@ -83,6 +83,57 @@ fn pure_cgroup2_host_without_subuid() {
     l.ok(&["delete", "c1", "--force"]);
 }
 
+/// A host whose init mounted no cgroup filesystem (busybox init, buildroot, a rescue shell):
+/// the daemon mounts cgroup2 at /sys/fs/cgroup itself (in the test's mount namespace), says
+/// so, and containers run in it.
+#[test]
+fn a_host_that_mounted_no_cgroup_filesystem() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    if !common::have_cmd("unshare") {
+        common::skip(
+            "a_host_that_mounted_no_cgroup_filesystem",
+            "unshare is not installed",
+        );
+        return;
+    }
+    let script = "umount -R /sys/fs/cgroup && exec \"$0\" \"$@\"";
+    let d = Daemon::start_wrapped(
+        &[
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+        &[],
+    )
+    .expect("daemon");
+    let log = d.log_text();
+    assert!(
+        log.contains("no cgroup filesystem was mounted: mounted cgroup2 at /sys/fs/cgroup"),
+        "{log}"
+    );
+    let l = Lxc::new(&d);
+    l.import_busybox();
+    l.ok(&["launch", "busybox", "c1"]);
+    let (code, out) = l.sh("c1", "grep '^0::' /proc/self/cgroup; echo ok");
+    assert_eq!((code, out.as_str()), (0, "0::/\nok\n"), "{}", d.log_text());
+    // The daemon's own view: the container's cgroup in the hierarchy it mounted.
+    let st = l.ok(&["query", "/1.0/instances/c1/state"]);
+    let v: serde_json::Value = serde_json::from_str(&st).expect("state");
+    let pid = v["pid"].as_i64().expect("pid");
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+    let unified = cg.lines().find(|l| l.starts_with("0::"));
+    assert!(unified.is_some_and(|l| l.contains("/bivy/c1")), "{cg}");
+    l.ok(&["restart", "c1", "--force"]);
+    l.ok(&["delete", "c1", "--force"]);
+}
+
 /// The device cgroup on cgroup2 is a BPF program on the container's cgroup: a node put in the
 /// rootfs from the host side (a hostile migration peer, say) opens nothing, a hot-plugged
 /// `unix-char` device opens at once and not after its removal.

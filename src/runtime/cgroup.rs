@@ -94,6 +94,43 @@ pub fn set_favor_dynmods(on: bool) -> Result<()> {
     Ok(())
 }
 
+/// Where a host that mounted no cgroup filesystem gets one: the kernel's own mount point in sysfs.
+pub const MOUNT_POINT: &str = "/sys/fs/cgroup";
+
+/// A host whose init mounted no cgroup filesystem (busybox init, buildroot, a rescue shell, a
+/// shell entered through `ip netns exec`, which mounts a fresh sysfs) gets the cgroup2
+/// hierarchy mounted at /sys/fs/cgroup, as OpenRC and `cgroupfs-mount` mount it, in the
+/// caller's mount namespace. `Ok(true)` when it was mounted now, `Ok(false)` when a cgroup
+/// filesystem was there already. Call it before the first [`Layout::probe`].
+pub fn mount_if_none(mountinfo: &str) -> Result<bool> {
+    let l = Layout::from_mountinfo(mountinfo);
+    if !l.v1.is_empty() || l.unified.is_some() {
+        return Ok(false);
+    }
+    let mp = Path::new(MOUNT_POINT);
+    if !mp.is_dir() {
+        return Err(Error(format!(
+            "cgroup: no cgroup filesystem is mounted and {MOUNT_POINT} does not exist (is sysfs \
+             mounted at /sys? `mount -t sysfs sysfs /sys`)"
+        )));
+    }
+    use nix::mount::MsFlags;
+    nix::mount::mount(
+        Some("cgroup2"),
+        mp,
+        Some("cgroup2"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|e| {
+        Error(format!(
+            "cgroup: no cgroup filesystem is mounted, and mounting cgroup2 at {MOUNT_POINT} \
+             failed: {e}"
+        ))
+    })?;
+    Ok(true)
+}
+
 mod bpf;
 mod devices;
 mod io;
