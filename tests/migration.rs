@@ -658,6 +658,21 @@ fn refresh_sends_only_what_changed() {
     bivy(&["copy", "a:c1", "b:c7", "--refresh"]);
     assert_eq!(snapshot_names(&p.b, "c7"), ["snap1"]);
     assert_eq!(read(&rootfs(&p.b, "c7", None).join("data")), "FOUR\n");
+    // And with lxc, whose PUT of the source's config after the copy carries the source's
+    // volatile keys (the source has run: its `volatile.idmap.current` is set): the new instance
+    // keeps its own.
+    let src_uuid = la.ok(&["config", "get", "c1", "volatile.uuid"]);
+    assert!(!la
+        .ok(&["config", "get", "c1", "volatile.idmap.current"])
+        .trim()
+        .is_empty());
+    l.ok(&["copy", "a:c1", "b:c8", "--refresh"]);
+    assert_eq!(snapshot_names(&p.b, "c8"), ["snap1"]);
+    let uuid = lb.ok(&["config", "get", "c8", "volatile.uuid"]);
+    assert!(
+        !uuid.trim().is_empty() && uuid != src_uuid,
+        "{uuid} {src_uuid}"
+    );
 }
 
 /// `GET /1.0/operations/ID/websocket?secret=S` over HTTPS without a client certificate: the

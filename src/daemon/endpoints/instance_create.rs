@@ -238,9 +238,19 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
             Origin::Migration(s) => {
                 let report = |p: String| op.set_metadata("fs_progress", serde_json::json!(p));
                 let progress = crate::migration::sink::Progress::new(&report);
+                // A refresh onto a missing instance is a plain copy; lxc's PUT of the source's
+                // config follows, its volatile keys those of this request: this instance keeps
+                // its own.
+                let echo = s.refresh.then(|| volatile_of(&args.config));
                 let goal = crate::migration::sink::Goal::Create(args);
-                crate::migration::sink::receive_by(&d2, goal, &s, &op, &secrets, &progress)
-                    .map_err(Error::from)
+                let r = crate::migration::sink::receive_by(&d2, goal, &s, &op, &secrets, &progress);
+                if let (Ok(()), Some(echo)) = (&r, echo) {
+                    d2.refreshed
+                        .lock()
+                        .expect("refreshed lock")
+                        .insert(name.clone(), echo);
+                }
+                r.map_err(Error::from)
             }
             o => create_now(&d2, args, o).map_err(Error::from),
         };
