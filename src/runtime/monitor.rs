@@ -138,9 +138,11 @@ fn run(run_dir: &Path, status: OwnedFd) -> Result<()> {
             let init_fd = rustix::process::Pid::from_raw(init_pid).and_then(|p| {
                 rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
             });
+            // Before the start is answered: a pool deleted just after it must not find its
+            // mount held here.
+            drop_pool_mounts(&spec);
             let _ = chan::send(&status, &Msg::Started(init_pid, me), None);
             drop(status);
-            drop_pool_mounts(&spec);
             // The network namespace outlives init while physical NICs are in it: they go back
             // to the host (a virtual one would die with the namespace).
             let netns = fs::File::open(format!("/proc/{init_pid}/ns/net"))
