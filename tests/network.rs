@@ -451,7 +451,7 @@ fn the_unmodified_lxc_drives_networks() {
 
 #[test]
 fn nics_are_hot_plugged_and_unplugged_on_a_running_container() {
-    let Some((ns, d)) = setup() else { return };
+    let Some((ns, mut d)) = setup() else { return };
     d.ok(&["network", "create", "bvt8", "ipv4.address=10.201.13.1/24"]);
     launch_on(&d, "h1", "bvt8", &[]);
     wait_ipv4(&d, "h1", "eth0");
@@ -536,6 +536,50 @@ fn nics_are_hot_plugged_and_unplugged_on_a_running_container() {
         v["metadata"]["config"]["volatile.eth1.host_name"].is_null(),
         "{v}"
     );
+    // An unnamed NIC hot-plugged beside eth0 gets the next free name, as at a start
+    // (`lxc network attach` sends none).
+    d.ok(&[
+        "config",
+        "device",
+        "add",
+        "h1",
+        "net2",
+        "nic",
+        "network=bvt8",
+    ]);
+    let (_, v) = d.api("GET", "/1.0/instances/h1", None).expect("get");
+    let mac = v["metadata"]["config"]["volatile.net2.hwaddr"]
+        .as_str()
+        .expect("hwaddr")
+        .to_string();
+    let out = d.ok(&["exec", "h1", "--", "cat", "/sys/class/net/eth1/address"]);
+    assert_eq!(out.trim(), mac);
+    // Restarts right after live changes: each run's host ends stay recorded (the watcher of
+    // the stopped run must not clear the new run's), so a daemon restart re-plugs nothing.
+    for i in 0..5 {
+        d.ok(&["config", "set", "h1", &format!("user.round={i}")]);
+        d.ok(&["restart", "-f", "h1"]);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let (_, v) = d.api("GET", "/1.0/instances/h1", None).expect("get");
+        for dev in ["eth0", "net2"] {
+            let host = v["metadata"]["config"][format!("volatile.{dev}.host_name")]
+                .as_str()
+                .unwrap_or_else(|| {
+                    panic!(
+                        "round {i}: no host end recorded for {dev}: {}",
+                        v["metadata"]["config"]
+                    )
+                })
+                .to_string();
+            let (ok, out) = ns.run("ip", &["link", "show", "dev", &host]);
+            assert!(ok && out.contains("master bvt8"), "round {i}: {out}");
+        }
+    }
+    let index = |d: &Daemon| d.ok(&["exec", "h1", "--", "cat", "/sys/class/net/eth0/ifindex"]);
+    let before = index(&d);
+    d.kill9();
+    d.restart().expect("restart");
+    assert_eq!(index(&d), before, "eth0 was made again");
     d.ok(&["delete", "-f", "h1"]);
     d.ok(&["network", "delete", "bvt8"]);
 }

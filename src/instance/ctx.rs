@@ -35,6 +35,11 @@ pub struct Ctx {
     /// with a PUT of the source's config, volatile keys included, and those values are the
     /// source's state, not settings for this instance (taken by that PUT).
     pub refreshed: Mutex<HashMap<String, crate::api::StringMap>>,
+    /// The starts of each instance since this daemon began, counted before a start records its
+    /// NICs' host ends: a watcher clears the host ends of the run it followed only while no
+    /// later start has counted (a restart's start can record its own before the watcher of the
+    /// run it stopped gets to them).
+    pub runs: Mutex<HashMap<String, u64>>,
     pub host: Host,
     pub shutting_down: AtomicBool,
     /// For a `$BIVY_DIR` other than the default, a short hash of it that keeps this daemon's
@@ -80,6 +85,7 @@ impl Ctx {
             events,
             busy: Mutex::new(HashMap::new()),
             refreshed: Mutex::new(HashMap::new()),
+            runs: Mutex::new(HashMap::new()),
             host,
             shutting_down: AtomicBool::new(false),
             cgroup_suffix: (dir != Path::new("/var/lib/bivy")).then(|| {

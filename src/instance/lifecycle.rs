@@ -283,6 +283,9 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
         .iter()
         .map(|(k, v)| (k.as_str(), v.clone()))
         .collect();
+    *crate::util::lock(&d.runs)
+        .entry(name.to_string())
+        .or_default() += 1;
     set_volatile(d, name, &nic_keys);
     trace.step("spec ready");
     // The start's record: the power state, the templates applied, the id map in use. Written
@@ -335,7 +338,7 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
     if let Err(e) = started {
         log_line(&log_dir, &format!("start failed: {e}"));
         recorded(false);
-        nics_stopped(d, name);
+        nics_stopped(d, name, runs(d, name));
         return Err(e);
     }
     trace.step("runtime started");
@@ -347,7 +350,7 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
             log_line(&log_dir, &format!("stopping after the failed start: {e2}"));
         }
         recorded(false);
-        nics_stopped(d, name);
+        nics_stopped(d, name, runs(d, name));
         return Err(e);
     }
     trace.step("networks and proxies");
@@ -504,17 +507,36 @@ pub fn host_shutdown(d: &Ctx) {
     }
 }
 
+/// How many times `name` has started since this daemon began ([`Ctx::runs`]).
+fn runs(d: &Ctx, name: &str) -> u64 {
+    crate::util::lock(&d.runs).get(name).copied().unwrap_or(0)
+}
+
 /// A stopped instance's NICs are gone with its network namespace: close its proxy devices,
-/// forget the NICs' host ends and bring its bridges' rules in line.
-fn nics_stopped(d: &Ctx, name: &str) {
+/// forget the NICs' host ends (those of run `run`, unless a later start recorded its own) and
+/// bring its bridges' rules in line.
+fn nics_stopped(d: &Ctx, name: &str, run: u64) {
     super::proxy::stopped(d, name);
     let Ok(rec) = record(d, name) else { return };
     let (_, ed) = expanded(d, &rec);
-    let keys = super::nics::stopped_volatile(&rec.config);
-    if !keys.is_empty() {
-        let kv: Vec<(&str, Option<String>)> =
-            keys.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-        set_volatile(d, name, &kv);
+    {
+        let mut db = d.db.lock().expect("db lock");
+        // Checked under the database's lock: a start counts itself before it records.
+        let keys = db
+            .data
+            .instances
+            .get(name)
+            .map(|r| super::nics::stopped_volatile(&r.config))
+            .unwrap_or_default();
+        if !keys.is_empty() && runs(d, name) == run {
+            let _ = db.update(|data| {
+                if let Some(r) = data.instances.get_mut(name) {
+                    for (k, _) in &keys {
+                        r.config.remove(k);
+                    }
+                }
+            });
+        }
     }
     let nets = super::nics::networks_of(&d.db.lock().expect("db lock").data, &ed);
     super::bridges::refresh(d, nets);
@@ -527,14 +549,15 @@ fn watch(d: Arc<Ctx>, name: String) {
         return;
     };
     let n = name.clone();
-    if let Err(e) = super::watch::follow(fd, Box::new(move || stopped(d, name))) {
+    let run = runs(&d, &name);
+    if let Err(e) = super::watch::follow(fd, Box::new(move || stopped(d, name, run))) {
         eprintln!("bivy: {n}: its stop will not be noticed: {e}");
     }
 }
 
-/// A followed container's monitor ended: record it, restart it after an in-container reboot,
-/// delete it when ephemeral.
-fn stopped(d: Arc<Ctx>, name: String) {
+/// A followed container's monitor ended (run `run`): record it, restart it after an
+/// in-container reboot, delete it when ephemeral.
+fn stopped(d: Arc<Ctx>, name: String, run: u64) {
     let last = match state_of(&d, &name) {
         Ok(State::Stopped { last_exit }) => last_exit,
         Ok(State::Running { .. }) => return, // restarted in the meantime; its own watcher follows it
@@ -553,7 +576,7 @@ fn stopped(d: Arc<Ctx>, name: String) {
     }
     d.events
         .lifecycle("instance-stopped", &url(&name), serde_json::json!({}));
-    nics_stopped(&d, &name);
+    nics_stopped(&d, &name, run);
     let Ok(rec) = record(&d, &name) else { return };
     // An explicit stop/restart/delete operation owns what happens next.
     if d.busy.lock().expect("busy lock").contains_key(&name) {
@@ -691,10 +714,17 @@ pub fn adopt(d: &Arc<Ctx>, n: String) {
                 let nics_ok = super::nics::consistent(&rec.config, &run_dir, &ed);
                 if let (false, Ok(State::Running { init_pid, .. })) = (nics_ok, state_of(d, &n)) {
                     let data = d.db.lock().expect("db lock").data.clone();
-                    let r = super::nics::reconcile(&data, &n, &rec.config, &run_dir, init_pid, &ed);
-                    if let Err(e) = r {
-                        eprintln!("bivy: {n}: {e}");
-                        log_line(&d.log_dir(&n), &format!("NICs not reconciled: {e}"));
+                    match super::nics::reconcile(&data, &n, &rec.config, &run_dir, init_pid, &ed) {
+                        Ok(kv) if !kv.is_empty() => {
+                            let kv: Vec<(&str, Option<String>)> =
+                                kv.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+                            set_volatile(d, &n, &kv);
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            eprintln!("bivy: {n}: {e}");
+                            log_line(&d.log_dir(&n), &format!("NICs not reconciled: {e}"));
+                        }
                     }
                 }
                 if let Err(e) = super::proxy::start_all(d, &n, &ed) {

@@ -281,12 +281,25 @@ pub struct Resolved {
 /// volatile keys live). A static address another instance reserved on the same network is
 /// refused.
 pub fn resolve(data: &Data, inst: &str, config: &StringMap, ed: &Devices) -> Result<Resolved> {
+    resolve_beside(data, inst, config, ed, BTreeSet::new())
+}
+
+/// [`resolve`] for NICs joining others the instance has (interface names `taken`): an unnamed
+/// one gets the first `ethN` free of them too.
+fn resolve_beside(
+    data: &Data,
+    inst: &str,
+    config: &StringMap,
+    ed: &Devices,
+    taken: BTreeSet<String>,
+) -> Result<Resolved> {
     let mut out = Resolved {
         nics: Vec::new(),
         volatile: Vec::new(),
         networks: BTreeSet::new(),
     };
-    let mut names: BTreeSet<String> = crate::util::sort::set(
+    let mut names: BTreeSet<String> = taken;
+    names.extend(
         nic_devices(ed).filter_map(|(_, d)| d.get("name").filter(|n| !n.is_empty()).cloned()),
     );
     let mut macs: BTreeSet<[u8; 6]> = BTreeSet::new();
@@ -491,7 +504,8 @@ pub fn consistent(config: &StringMap, run_dir: &std::path::Path, ed: &Devices) -
 /// expanded devices `ed` and `config` say, whatever a killed daemon's hot-plug left (see
 /// `runtime::reconcile_nics`). Each recorded NIC is what it was made as when the running spec
 /// or a pending hot-plug has it with the record's host end and MAC; otherwise it is resolved
-/// afresh from the record (a veth keeps the record's host end name).
+/// afresh from the record (a veth keeps the record's host end name). A veth whose host end the
+/// record lacks keeps the one it was made with, which the returned volatile keys record.
 pub fn reconcile(
     data: &Data,
     inst: &str,
@@ -499,7 +513,8 @@ pub fn reconcile(
     run_dir: &std::path::Path,
     pid: i32,
     ed: &Devices,
-) -> Result<()> {
+) -> Result<Vec<(String, Option<String>)>> {
+    let mut adopted = Vec::new();
     let mut made = crate::runtime::running_nics(run_dir).unwrap_or_default();
     made.extend(crate::runtime::pending_nics(run_dir));
     let mut want: Vec<Nic> = Vec::new();
@@ -518,11 +533,19 @@ pub fn reconcile(
                 None => return Err(e),
             },
         };
-        if let (NicKind::Veth { host_name, .. }, Some(h)) = (
-            &mut fresh.kind,
-            config.get(&format!("volatile.{dev}.host_name")),
-        ) {
-            *host_name = h.clone();
+        if let NicKind::Veth { host_name, .. } = &mut fresh.kind {
+            let key = format!("volatile.{dev}.host_name");
+            match config.get(&key) {
+                Some(h) => *host_name = h.clone(),
+                None => {
+                    if let Some(NicKind::Veth { host_name: h, .. }) =
+                        made.iter().find(|m| m.device == *dev).map(|m| &m.kind)
+                    {
+                        *host_name = h.clone();
+                        adopted.push((key, Some(h.clone())));
+                    }
+                }
+            }
         }
         let same = |m: &&Nic| {
             m.device == *dev && m.kind == fresh.kind && m.mac == fresh.mac && m.mtu == fresh.mtu
@@ -537,7 +560,8 @@ pub fn reconcile(
         }
         want.push(nic);
     }
-    crate::runtime::reconcile_nics(run_dir, pid, &want).map_err(Error::from)
+    crate::runtime::reconcile_nics(run_dir, pid, &want).map_err(Error::from)?;
+    Ok(adopted)
 }
 
 /// The runtime's view of a NIC a running instance has now (its `volatile` host end), to
@@ -598,12 +622,15 @@ pub fn hotplug(
     if gone.is_empty() && added.is_empty() {
         return Ok(Vec::new());
     }
-    // New NICs' names must not clash with the ones staying.
-    let staying: BTreeSet<String> = crate::util::sort::set(
-        nic_devices(new)
-            .filter(|(n, _)| !changed(n))
-            .map(|(n, c)| c.get("name").cloned().unwrap_or_else(|| n.clone())),
-    );
+    // New NICs' names must not clash with the ones staying: their names as made (an unnamed
+    // one got the first free `ethN` at the start), else as configured.
+    let staying: BTreeSet<String> =
+        crate::util::sort::set(nic_devices(new).filter(|(n, _)| !changed(n)).map(|(n, c)| {
+            match running.iter().find(|r| r.device == **n) {
+                Some(r) => r.name.clone(),
+                None => c.get("name").cloned().unwrap_or_else(|| n.clone()),
+            }
+        }));
     // A changed device keeps its MAC unless the change set one.
     let mut cfg = config.clone();
     for (n, c) in &added {
@@ -611,7 +638,7 @@ pub fn hotplug(
             cfg.remove(&format!("volatile.{n}.hwaddr"));
         }
     }
-    let resolved = resolve(data, inst, &cfg, &added)?;
+    let resolved = resolve_beside(data, inst, &cfg, &added, staying.clone())?;
     for nic in &resolved.nics {
         if staying.contains(&nic.name) {
             return Err(Error::Invalid(format!(
