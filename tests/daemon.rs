@@ -262,6 +262,27 @@ fn ephemeral_instances_go_away_when_stopped() {
     l.import_busybox();
     l.ok(&["launch", "busybox", "eph", "--ephemeral"]);
     l.ok(&["stop", "eph", "--force"]);
+    // A reboot from inside restarts it, as any instance: only a stop deletes it.
+    l.ok(&["launch", "busybox", "eph3", "--ephemeral"]);
+    let pid = || -> Option<i64> {
+        let out = l.run(&["query", "/1.0/instances/eph3/state"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["pid"].as_i64().filter(|p| *p > 0)
+    };
+    let first = pid().expect("eph3 runs");
+    l.sh("eph3", "reboot -f");
+    let t = Instant::now();
+    let mut now = pid();
+    while now.is_none_or(|p| p == first) && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+        now = pid();
+    }
+    assert!(
+        now.is_some_and(|p| p != first),
+        "eph3 after its reboot: {now:?} ({})",
+        d.log_text()
+    );
+    l.ok(&["delete", "eph3", "--force"]);
     // A stop from inside (poweroff) must remove it too.
     l.ok(&["launch", "busybox", "eph2", "--ephemeral"]);
     l.sh("eph2", "poweroff -f");
@@ -288,6 +309,67 @@ fn ephemeral_instances_go_away_when_stopped() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(count(), 0, "volumes of deleted ephemeral instances");
+}
+
+/// An init that ignores the stop signals: a stop with a timeout fails and leaves it running
+/// (LXD's shutdown), and a force stop takes over a clean stop that waits for it.
+#[test]
+fn a_force_stop_takes_over_a_clean_stop_that_waits() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = common::Lxc::new(&d);
+    l.import_busybox();
+    l.ok(&["launch", "busybox", "deaf"]);
+    let (code, out) = l.sh(
+        "deaf",
+        "rm /sbin/init && printf '#!/bin/sh\ntrap \"\" PWR TERM INT HUP\nwhile true; do sleep 1; done\n' \
+         > /sbin/init && chmod 755 /sbin/init",
+    );
+    assert_eq!(code, 0, "{out}");
+    l.ok(&["restart", "deaf", "--force"]);
+    let status = || {
+        l.ok(&["list", "deaf", "--format", "csv", "-c", "s"])
+            .trim()
+            .to_string()
+    };
+    let out = l.run(&["stop", "deaf", "--timeout", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success() && err.contains("Failed shutting down"),
+        "{err}"
+    );
+    assert_eq!(status(), "RUNNING");
+    // A clean stop without a timeout waits; a force stop meanwhile ends both.
+    let mut waiting = d.cli().args(["stop", "deaf"]).spawn().expect("stop");
+    let t = Instant::now();
+    while l
+        .ok(&["query", "/1.0/operations?recursion=1"])
+        .matches("Stopping instance")
+        .count()
+        == 0
+        && t.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    l.ok(&["stop", "deaf", "--force"]);
+    assert_eq!(status(), "STOPPED");
+    let t = Instant::now();
+    let waited = loop {
+        if let Some(s) = waiting.try_wait().expect("wait") {
+            break Some(s);
+        }
+        if t.elapsed() > Duration::from_secs(20) {
+            let _ = waiting.kill();
+            let _ = waiting.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(waited.is_some(), "the clean stop still waits");
+    // Nothing is left busy: it deletes at once.
+    l.ok(&["delete", "deaf"]);
 }
 
 /// Running containers are followed by one daemon thread, not one each: seven running add no

@@ -240,7 +240,8 @@ pub struct StateArgs {
     /// force the instance to stop
     force: bool,
     #[argh(option)]
-    /// time to wait for a clean stop, in seconds (-1 waits forever)
+    /// time to wait for a clean stop, in seconds: the stop fails if the instance still runs
+    /// then (-1: up to 10 minutes, then it is killed)
     timeout: Option<i64>,
     #[argh(switch)]
     /// run against all instances

@@ -109,6 +109,11 @@ impl Ctx {
         })
     }
 
+    /// What `name` is busy with, if anything.
+    pub fn busy_with(&self, name: &str) -> Option<&'static str> {
+        self.busy.lock().expect("busy lock").get(name).copied()
+    }
+
     /// Mark `name` busy with `what` until the caller removes the mark (operation threads).
     pub fn busy_insert(&self, name: &str, what: &'static str) -> Result<()> {
         let mut b = self.busy.lock().expect("busy lock");

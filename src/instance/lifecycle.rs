@@ -414,9 +414,9 @@ fn seccomp_policy(ec: &StringMap) -> Result<String> {
 }
 
 /// Stop an instance (the caller holds its busy mark).
-pub fn stop(d: &Ctx, name: &str, force: bool, timeout: Duration) -> Result<()> {
+pub fn stop(d: &Ctx, name: &str, mode: runtime::StopMode) -> Result<()> {
     let trace = crate::util::trace::Steps::new("stop", name);
-    stop_unrecorded(d, name, force, timeout)?;
+    stop_unrecorded(d, name, mode)?;
     trace.step("runtime stopped");
     record_stopped(d, name);
     trace.step("recorded");
@@ -426,15 +426,10 @@ pub fn stop(d: &Ctx, name: &str, force: bool, timeout: Duration) -> Result<()> {
 /// [`stop`] without its record (`volatile.last_state.power`), for an operation that starts the
 /// instance again (a restore: its record says RUNNING throughout, an [`Interim`] record covers a
 /// daemon killed in between) and records STOPPED itself when that start fails.
-pub fn stop_unrecorded(d: &Ctx, name: &str, force: bool, timeout: Duration) -> Result<()> {
+pub fn stop_unrecorded(d: &Ctx, name: &str, mode: runtime::StopMode) -> Result<()> {
     if !matches!(state_of(d, name)?, State::Running { .. }) {
         return Err(Error::Invalid("The instance is already stopped".into()));
     }
-    let mode = if force {
-        runtime::StopMode::Force
-    } else {
-        runtime::StopMode::Clean(timeout)
-    };
     runtime::stop(&d.run_dir(name), mode)?;
     super::proxy::stopped(d, name);
     Ok(())
@@ -595,19 +590,19 @@ fn stopped(d: Arc<Ctx>, name: String, run: u64) {
         &name,
         &[("volatile.last_state.power", Some("STOPPED".into()))],
     );
-    if rec.ephemeral {
-        if d.busy_insert(&name, "delete").is_ok() {
-            let _ = delete_now(&d, &name);
+    // `reboot` inside: the kernel ends init with SIGHUP; start it again like LXD does, an
+    // ephemeral instance too (only a stop deletes it).
+    if last.is_some_and(|e| e.code == 128 + libc::SIGHUP) {
+        if d.busy_insert(&name, "restart").is_ok() {
+            if let Err(e) = start(&d, &name) {
+                eprintln!("bivy: {name}: restart after reboot failed: {e}");
+            }
             d.busy.lock().expect("busy lock").remove(&name);
         }
         return;
     }
-    // `reboot` inside: the kernel ends init with SIGHUP; start it again like LXD does.
-    if last.is_some_and(|e| e.code == 128 + libc::SIGHUP) && d.busy_insert(&name, "restart").is_ok()
-    {
-        if let Err(e) = start(&d, &name) {
-            eprintln!("bivy: {name}: restart after reboot failed: {e}");
-        }
+    if rec.ephemeral && d.busy_insert(&name, "delete").is_ok() {
+        let _ = delete_now(&d, &name);
         d.busy.lock().expect("busy lock").remove(&name);
     }
 }

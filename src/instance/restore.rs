@@ -4,7 +4,6 @@
 //! state started from.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::db::{InstanceRecord, SnapshotRecord};
 use super::interim::Interim;
@@ -71,7 +70,7 @@ pub fn restore_now_with(d: &Ctx, name: &str, snap: &str, stateful: bool) -> Resu
                 r
             });
             // Its record stays RUNNING: it is started again (`Interim` covers a killed daemon).
-            let stopped = lifecycle::stop_unrecorded(d, name, true, Duration::from_secs(0));
+            let stopped = lifecycle::stop_unrecorded(d, name, crate::runtime::StopMode::Force);
             steps.step("stopped");
             let cloned = cloning.join().unwrap_or_else(|_| {
                 Err(Error::Host(format!(

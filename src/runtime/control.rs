@@ -274,7 +274,7 @@ pub fn stop(run_dir: &Path, mode: StopMode) -> Result<()> {
     if confine::cgroup_is_frozen(spec.cgroup_name()) {
         let _ = confine::cgroup_thaw(spec.cgroup_name());
     }
-    if let StopMode::Clean(timeout) = mode {
+    if let StopMode::Clean(timeout) | StopMode::Shutdown(timeout) = mode {
         replace_file(&req, b"clean")?;
         let mut systemd = false;
         if let Some((pid, fd)) = &init {
@@ -307,6 +307,14 @@ pub fn stop(run_dir: &Path, mode: StopMode) -> Result<()> {
             if let Some((_, fd)) = &init {
                 let _ = sys::pidfd_send_raw(fd.as_fd(), sys::sigrtmin() + 3);
             }
+        }
+        if matches!(mode, StopMode::Shutdown(_)) {
+            // Still running: it is left so, and an end it comes to later is its own.
+            let _ = fs::remove_file(&req);
+            return Err(Error(format!(
+                "Failed shutting down instance, status is \"Running\": it did not stop within {} s",
+                timeout.as_secs()
+            )));
         }
     }
     replace_file(&req, b"force")?;

@@ -321,6 +321,9 @@ pub enum State {
 pub enum StopMode {
     /// Signal init (SIGRTMIN+3 for systemd, SIGPWR otherwise), wait up to the timeout, then kill.
     Clean(Duration),
+    /// As `Clean`, but a container still running at the timeout is left running and the stop
+    /// fails (LXD's `Shutdown`: a stop with a timeout and without force).
+    Shutdown(Duration),
     /// Kill the whole cgroup now.
     Force,
 }

@@ -605,11 +605,23 @@ fn state_put(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
         _ => "Unfreezing instance",
     };
     let n = name.to_string();
+    // A force stop while a clean one waits (for an init that ignores it) takes over, as LXD's
+    // reusable stop lock lets it: the container is killed and the waiting stop ends with it.
+    if what == "stop" && body.force && !body.stateful && d.busy_with(name) == Some("stop") {
+        return Ok(force_during_stop(d, name));
+    }
     super::super::request::busy_task(d, name, what, desc, move |d2, _| {
-        let timeout = if body.timeout < 0 {
-            STOP_TIMEOUT_MAX
+        // LXD: with a timeout and without force a stop is a shutdown, which fails when the
+        // instance has not stopped in time and leaves it running; with none (lxc's -1) bivy
+        // waits up to `STOP_TIMEOUT_MAX`, then kills.
+        let mode = if body.force {
+            runtime::StopMode::Force
+        } else if body.timeout < 0 {
+            runtime::StopMode::Clean(STOP_TIMEOUT_MAX)
         } else {
-            Duration::from_secs(body.timeout as u64).min(STOP_TIMEOUT_MAX)
+            runtime::StopMode::Shutdown(
+                Duration::from_secs(body.timeout as u64).min(STOP_TIMEOUT_MAX),
+            )
         };
         match what {
             "start" => {
@@ -620,16 +632,14 @@ fn state_put(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
             "restart" if body.stateful => crate::instance::stateful::stop(d2, &n)
                 .and_then(|()| crate::instance::lifecycle::start_with(d2, &n, true))
                 .map_err(Error::from),
-            "stop" => stop(d2, &n, body.force, timeout)
-                .map_err(Error::from)
-                .and_then(|()| {
-                    // An ephemeral instance is deleted when it stops (LXD semantics).
-                    if record(d2, &n).is_ok_and(|r| r.ephemeral) {
-                        delete_now(d2, &n)?;
-                    }
-                    Ok(())
-                }),
-            "restart" => stop(d2, &n, body.force, timeout)
+            "stop" => stop(d2, &n, mode).map_err(Error::from).and_then(|()| {
+                // An ephemeral instance is deleted when it stops (LXD semantics).
+                if record(d2, &n).is_ok_and(|r| r.ephemeral) {
+                    delete_now(d2, &n)?;
+                }
+                Ok(())
+            }),
+            "restart" => stop(d2, &n, mode)
                 .and_then(|()| start(d2, &n))
                 .map_err(Error::from),
             "freeze" => runtime::freeze(&d2.run_dir(&n))
@@ -646,6 +656,30 @@ fn state_put(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
                 }),
         }
     })
+}
+
+/// `stop --force` of an instance whose clean stop is in progress: an operation that kills it
+/// and ends once the waiting stop has recorded the end and let the instance go.
+fn force_during_stop(d: &Daemon, name: &str) -> Response {
+    let d2 = d.self_arc();
+    let n = name.to_string();
+    let class = crate::instance::operations::Class::Task;
+    let op = d.ops.start(
+        class,
+        "Stopping instance",
+        resources(name),
+        None,
+        vec![],
+        move |_| {
+            runtime::stop(&d2.run_dir(&n), runtime::StopMode::Force).map_err(|e| e.to_string())?;
+            let t = std::time::Instant::now();
+            while d2.busy_with(&n) == Some("stop") && t.elapsed() < Duration::from_secs(30) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok::<(), String>(())
+        },
+    );
+    response::operation(&op.to_api())
 }
 
 // ---------------------------------------------------------------------------------------------
