@@ -436,6 +436,69 @@ fn host_directory_and_file_devices() {
 
 /// A file of a running container's v1 cgroup in `controller`, found through its init's
 /// `/proc/PID/cgroup` (several daemons' containers may share a name).
+/// `file` requests on a running container act on what it sees, as LXD's SFTP server inside it
+/// does: a host directory's disk device, a tmpfs it mounted, its /proc. An existing file is
+/// written where its path leads inside (a symlink followed) and keeps its owner and mode.
+#[test]
+fn file_requests_on_a_running_container_see_its_mounts() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    l.import_busybox();
+    let share = d.tmp().join("share");
+    std::fs::create_dir_all(&share).expect("mkdir");
+    std::fs::write(share.join("f"), "hello\n").expect("write");
+    let local = d.tmp().join("local");
+    std::fs::write(&local, "pushed\n").expect("write");
+    let local = local.to_str().expect("utf-8");
+    l.ok(&["launch", "busybox", "c1"]);
+    l.ok(&[
+        "config",
+        "device",
+        "add",
+        "c1",
+        "share",
+        "disk",
+        &format!("source={}", share.display()),
+        "path=/mnt/share",
+    ]);
+    assert_eq!(l.ok(&["file", "pull", "c1/mnt/share/f", "-"]), "hello\n");
+    l.ok(&["file", "push", local, "c1/mnt/share/new"]);
+    assert_eq!(
+        std::fs::read_to_string(share.join("new")).expect("on the host"),
+        "pushed\n"
+    );
+    let (code, out) = l.sh(
+        "c1",
+        "cat /mnt/share/new && mkdir /run2 && mount -t tmpfs tmpfs /run2 && \
+         echo x > /root/script && chmod 750 /root/script && chown 1000:1000 /root/script && \
+         ln -s /root/script /root/link",
+    );
+    assert_eq!((code, out.as_str()), (0, "pushed\n"));
+    l.ok(&["file", "push", local, "c1/run2/x"]);
+    assert_eq!(l.sh("c1", "cat /run2/x"), (0, "pushed\n".to_string()));
+    // Its /proc: its own processes (a pseudo-file that says it is empty, read whole).
+    let (_, comm) = l.sh("c1", "cat /proc/1/comm");
+    assert_eq!(l.ok(&["file", "pull", "c1/proc/1/comm", "-"]), comm);
+    l.ok(&["file", "push", "--mode", "0644", local, "c1/root/link"]);
+    assert_eq!(
+        l.sh(
+            "c1",
+            "stat -c '%a %u:%g' /root/script; cat /root/script; test -L /root/link"
+        ),
+        (0, "750 1000:1000\npushed\n".to_string())
+    );
+    // A new file is made as the container's root, inside.
+    l.ok(&["file", "push", local, "c1/root/made"]);
+    assert_eq!(
+        l.sh("c1", "stat -c '%u:%g' /root/made"),
+        (0, "0:0\n".to_string())
+    );
+    l.ok(&["delete", "c1", "--force"]);
+}
+
 fn cgroup_file(l: &Lxc<'_>, c: &str, controller: &str, file: &str) -> Option<String> {
     let st = l.ok(&["query", &format!("/1.0/instances/{c}/state")]);
     let v: serde_json::Value = serde_json::from_str(&st).ok()?;

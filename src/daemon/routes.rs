@@ -110,7 +110,7 @@ fn route(d: &Daemon, req: &mut Request, caller: &Caller) -> Result<Response> {
             if matches!(m, "GET" | "HEAD" | "POST" | "DELETE") =>
         {
             let rec = crate::instance::view::record(d, name)?;
-            endpoints::files::handle(d, req, &rec)
+            endpoints::files::handle(d, req, name, &rec)
         }
         ["instances" | "containers", name, sub @ ("logs" | "metadata" | "console"), rest @ ..]
             if !(sub == &"console" && m != "GET") =>

@@ -499,6 +499,49 @@ pub mod loopdev;
 pub mod seccomp;
 mod static_libc;
 
+/// Run `f` with this thread's filesystem ids set to `uid`/`gid` while it keeps its
+/// capabilities (`SECBIT_NO_SETUID_FIXUP`; ids, capabilities and securebits are per thread),
+/// then back to root's ids and the securebits it had. For files made as a container's root in
+/// its idmapped tree, where an inode's owner must be mapped in the mount's idmap.
+pub fn as_fs_ids_keeping_caps<T>(uid: u32, gid: u32, f: impl FnOnce() -> T) -> T {
+    use nix::unistd::{setfsgid, setfsuid, Gid, Uid};
+    const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
+    struct Back(Option<libc::c_ulong>);
+    impl Drop for Back {
+        fn drop(&mut self) {
+            setfsuid(Uid::from_raw(0));
+            setfsgid(Gid::from_raw(0));
+            if let Some(old) = self.0 {
+                // SAFETY: PR_SET_SECUREBITS takes an integer; it only changes this thread's bits.
+                unsafe { libc::prctl(libc::PR_SET_SECUREBITS, old, 0, 0, 0) };
+            }
+        }
+    }
+    // SAFETY: PR_GET_SECUREBITS takes no pointer; it reads this thread's bits.
+    let old = unsafe { libc::prctl(libc::PR_GET_SECUREBITS, 0, 0, 0, 0) };
+    let back = Back(if old >= 0 {
+        let old = old as libc::c_ulong;
+        // SAFETY: as above; needs CAP_SETPCAP, which the daemon has.
+        let set = unsafe {
+            libc::prctl(
+                libc::PR_SET_SECUREBITS,
+                old | SECBIT_NO_SETUID_FIXUP,
+                0,
+                0,
+                0,
+            )
+        };
+        (set == 0).then_some(old)
+    } else {
+        None
+    });
+    setfsgid(Gid::from_raw(gid));
+    setfsuid(Uid::from_raw(uid));
+    let r = f();
+    drop(back);
+    r
+}
+
 /// Cap glibc's malloc arenas (`M_ARENA_MAX`): the daemon runs a thread per connection and per
 /// watched container, and glibc would otherwise give busy threads arenas of their own, which
 /// shows up as resident memory that grows with the number of containers.

@@ -1,16 +1,19 @@
 //! `/1.0/instances/NAME/files`: pull, push, mkdir, symlink and delete inside an instance's
-//! rootfs, never leaving it.
+//! rootfs (a running one's as its init sees it, mounts included), never leaving it.
 //!
 //! Every path is resolved by the kernel with `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`
 //! against the rootfs directory, so `..`, absolute symlinks and planted links all stay inside.
-//! The last component is never followed when writing (`O_NOFOLLOW`), and nothing outside the
-//! rootfs is ever chmod-ed or chown-ed. Ids are translated between container ids and on-disk
-//! ids for shifted rootfs; idmapped and privileged rootfs store container ids as they are.
+//! What is made is made with `O_NOFOLLOW`; an existing file written to is the one its path
+//! leads to inside (a last symlink followed there, as LXD's SFTP server does), opened again
+//! through its descriptor once checked regular. Nothing outside the root is ever chmod-ed or
+//! chown-ed. Ids are translated between container ids and the ids the host sees: through the
+//! running map for a running container, for a stopped one's shifted rootfs through the map it
+//! was shifted with; idmapped and privileged rootfs store container ids as they are.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
-use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
+use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 use super::super::response::{self, Error, Result};
 use crate::http::{Body, Request, Response};
@@ -33,6 +36,25 @@ impl Ids {
             .map(String::as_str)
             .unwrap_or("[]");
         match idmap::Map::from_volatile(last) {
+            Some(m) if !m.uid.is_empty() => Ids {
+                uid: m.uid,
+                gid: m.gid,
+            },
+            _ => Ids {
+                uid: vec![],
+                gid: vec![],
+            },
+        }
+    }
+    /// A running container's files as the host sees them: through the map it runs with
+    /// (`volatile.idmap.current`), none when privileged.
+    fn running(d: &Daemon, rec: &InstanceRecord) -> Ids {
+        let (ec, _) = crate::instance::view::expanded(d, rec);
+        let current = ec
+            .get("volatile.idmap.current")
+            .filter(|_| !crate::instance::config::flag(&ec, "security.privileged"))
+            .and_then(|v| idmap::Map::from_volatile(v));
+        match current {
             Some(m) if !m.uid.is_empty() => Ids {
                 uid: m.uid,
                 gid: m.gid,
@@ -77,6 +99,9 @@ fn io_err(path: &str, e: rustix::io::Errno) -> Error {
     }
 }
 
+/// The most read of a file that says it is empty (a pseudo-file of procfs or sysfs).
+const PSEUDO_FILE_MAX: u64 = 16 << 20;
+
 const RESOLVE: ResolveFlags = ResolveFlags::IN_ROOT.union(ResolveFlags::NO_MAGICLINKS);
 
 /// Split an absolute path into (parent, last component).
@@ -99,7 +124,7 @@ fn split(path: &str) -> Result<(String, String)> {
     ))
 }
 
-pub fn handle(d: &Daemon, req: &mut Request, rec: &InstanceRecord) -> Result<Response> {
+pub fn handle(d: &Daemon, req: &mut Request, name: &str, rec: &InstanceRecord) -> Result<Response> {
     let path = req.query("path").unwrap_or("").to_string();
     if path.is_empty() {
         return Err(Error::BadRequest("Missing path argument".into()));
@@ -114,6 +139,52 @@ pub fn handle(d: &Daemon, req: &mut Request, rec: &InstanceRecord) -> Result<Res
     } else {
         format!("/{path}")
     };
+    let View { root, ids, maker } = view(d, name, rec)?;
+    // Writes in a running container's idmapped tree are made as its root (see `view`).
+    let as_maker = |f: &mut dyn FnMut() -> Result<Response>| match maker {
+        Some((u, g)) => crate::sys::as_fs_ids_keeping_caps(u, g, f),
+        None => f(),
+    };
+    match req.method.as_str() {
+        "GET" | "HEAD" => pull(&root, &path, &ids, req.method == "HEAD"),
+        "POST" => as_maker(&mut || push(&root, req, &path, &ids)),
+        "DELETE" => as_maker(&mut || remove(&root, &path)),
+        m => Err(Error::MethodNotAllowed(format!("method {m} not allowed"))),
+    }
+}
+
+/// Where an instance's files are ([`view`]).
+struct View {
+    root: OwnedFd,
+    ids: Ids,
+    /// The host ids new files are made with, when they must be set (an idmapped tree).
+    maker: Option<(u32, u32)>,
+}
+
+/// Where the files of `rec` are, how their owners read, and as whom new ones are made. A
+/// running container's files are those its init sees (`/proc/PID/root`: its mounts, so disk
+/// devices, custom volumes, its own tmpfs mounts and /proc as LXD's SFTP server inside it sees
+/// them), owned as the host sees them through its id map; new ones are made with its root's host
+/// ids, which an idmapped tree needs. A stopped one's are its volume's rootfs directory.
+fn view(d: &Daemon, name: &str, rec: &InstanceRecord) -> Result<View> {
+    if let Ok(crate::runtime::State::Running { init_pid, .. }) =
+        crate::instance::view::state_of(d, name)
+    {
+        let proc_root = format!("/proc/{init_pid}/root");
+        let root = rustix::fs::open(
+            proc_root.as_str(),
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::Internal(format!("{proc_root}: {e}")))?;
+        let ids = Ids::running(d, rec);
+        let maker = if ids.uid.is_empty() {
+            None
+        } else {
+            Some((Ids::to_disk(&ids.uid, 0)?, Ids::to_disk(&ids.gid, 0)?))
+        };
+        return Ok(View { root, ids, maker });
+    }
     let rootfs = d.volume_dir(rec).join("rootfs");
     let root = rustix::fs::open(
         &rootfs,
@@ -121,13 +192,11 @@ pub fn handle(d: &Daemon, req: &mut Request, rec: &InstanceRecord) -> Result<Res
         Mode::empty(),
     )
     .map_err(|e| Error::Internal(format!("{}: {e}", rootfs.display())))?;
-    let ids = Ids::of(rec);
-    match req.method.as_str() {
-        "GET" | "HEAD" => pull(&root, &path, &ids, req.method == "HEAD"),
-        "POST" => push(&root, req, &path, &ids),
-        "DELETE" => remove(&root, &path),
-        m => Err(Error::MethodNotAllowed(format!("method {m} not allowed"))),
-    }
+    Ok(View {
+        root,
+        ids: Ids::of(rec),
+        maker: None,
+    })
 }
 
 fn headers(resp: Response, st: &rustix::fs::Stat, ids: &Ids, kind: &str) -> Response {
@@ -204,11 +273,20 @@ fn pull(root: &OwnedFd, path: &str, ids: &Ids, head: bool) -> Result<Response> {
                 RESOLVE,
             )
             .map_err(|e| io_err(path, e))?;
-            let f = std::fs::File::from(ffd);
+            let mut f = std::fs::File::from(ffd);
             let len = st.st_size as u64;
             let r = Response::new(200).header("Content-Type", "application/octet-stream");
             let body = if head {
                 Body::Empty
+            } else if len == 0 {
+                // procfs and sysfs files (a running container's /proc, /sys) say size 0 and
+                // have text: read whole, to a bound.
+                let mut text = Vec::new();
+                (&mut f)
+                    .take(PSEUDO_FILE_MAX)
+                    .read_to_end(&mut text)
+                    .map_err(|e| Error::Internal(format!("{path}: {e}")))?;
+                Body::Bytes(text)
             } else {
                 Body::Reader(Box::new(f.take(len)), Some(len))
             };
@@ -294,9 +372,11 @@ fn push(root: &OwnedFd, req: &mut Request, path: &str, ids: &Ids) -> Result<Resp
                 Mode::empty(),
             )
             .map_err(|e| io_err(path, e))?;
-            owner(&dfd, created)?;
-            if let Some(m) = mode.or(created.then_some(0o755)) {
-                rustix::fs::fchmod(&dfd, Mode::from_raw_mode(m)).map_err(|e| io_err(path, e))?;
+            // An existing directory is left as it is (LXD 5.0.2).
+            if created {
+                owner(&dfd, true)?;
+                rustix::fs::fchmod(&dfd, Mode::from_raw_mode(mode.unwrap_or(0o755)))
+                    .map_err(|e| io_err(path, e))?;
             }
         }
         "symlink" => {
@@ -348,28 +428,36 @@ fn push(root: &OwnedFd, req: &mut Request, path: &str, ids: &Ids) -> Result<Resp
             ) {
                 Ok(fd) => (fd, true),
                 Err(rustix::io::Errno::EXIST) => {
-                    // What is there is checked before it is opened for writing (a FIFO or a
-                    // device node is never written to), and again on the descriptor (it may
-                    // have been swapped in between); truncated only once it is known regular.
+                    // An existing file is written where its path leads inside the container, a
+                    // last symlink followed there too (as LXD's SFTP server opens it:
+                    // /etc/resolv.conf often is one). What is found is checked before it is
+                    // opened for writing (a FIFO or a device node is never written to), then
+                    // that very inode is opened again through its descriptor; truncated only
+                    // once it is known regular.
                     let not_regular = || Error::BadRequest(format!("{path}: not a regular file"));
-                    let st = rustix::fs::statat(&pfd, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
-                        .map_err(|e| io_err(path, e))?;
+                    let found = rustix::fs::openat2(
+                        root,
+                        path,
+                        OFlags::PATH | OFlags::CLOEXEC,
+                        Mode::empty(),
+                        RESOLVE,
+                    )
+                    .map_err(|e| io_err(path, e))?;
+                    let st = rustix::fs::fstat(&found).map_err(|e| io_err(path, e))?;
                     if rustix::fs::FileType::from_raw_mode(st.st_mode)
                         != rustix::fs::FileType::RegularFile
                     {
                         return Err(not_regular());
                     }
-                    let mut flags =
-                        OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+                    let mut flags = OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NONBLOCK;
                     if append {
                         flags |= OFlags::APPEND;
                     }
-                    let fd = rustix::fs::openat(&pfd, name.as_str(), flags, Mode::empty())
+                    let again = format!("/proc/self/fd/{}", found.as_raw_fd());
+                    let fd = rustix::fs::open(again.as_str(), flags, Mode::empty())
                         .map_err(|e| io_err(path, e))?;
-                    let st = rustix::fs::fstat(&fd).map_err(|e| io_err(path, e))?;
-                    if rustix::fs::FileType::from_raw_mode(st.st_mode)
-                        != rustix::fs::FileType::RegularFile
-                    {
+                    let st2 = rustix::fs::fstat(&fd).map_err(|e| io_err(path, e))?;
+                    if (st2.st_dev, st2.st_ino) != (st.st_dev, st.st_ino) {
                         return Err(not_regular());
                     }
                     if !append {
@@ -380,9 +468,11 @@ fn push(root: &OwnedFd, req: &mut Request, path: &str, ids: &Ids) -> Result<Resp
                 Err(e) => return Err(io_err(path, e)),
             };
             let res = (|| -> Result<()> {
-                owner(&fd, created)?;
-                if let Some(m) = mode.or(created.then_some(0o644)) {
-                    rustix::fs::fchmod(&fd, Mode::from_raw_mode(m)).map_err(|e| io_err(path, e))?;
+                // An existing file keeps its owner and mode (LXD 5.0.2 sets them on new ones).
+                if created {
+                    owner(&fd, true)?;
+                    rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode.unwrap_or(0o644)))
+                        .map_err(|e| io_err(path, e))?;
                 }
                 let mut f = std::fs::File::from(
                     fd.as_fd()
