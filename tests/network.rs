@@ -3,7 +3,8 @@
 //! DHCP to busybox's udhcpc, ping both ways, two containers reaching each other, DNS for
 //! `<name>.bivy` from the host side and from a container, NAT rules present and removed, leases
 //! and addresses kept across a `kill -9` of the daemon, static addresses, p2p and macvlan NICs,
-//! a foreign forward chain with a drop policy (Docker's), and the refusals that make nothing.
+//! a foreign forward chain with a drop policy (Docker's), the refusals that make nothing, and
+//! the leases and names of deleted instances, removed NICs and renamed instances gone.
 //! Real containers, as root. No packet leaves the test's namespaces.
 
 mod common;
@@ -63,6 +64,17 @@ fn fails(d: &Daemon, args: &[&str], want: &str) {
         text.contains(want),
         "bivy {args:?}: want {want:?} in {text:?}"
     );
+}
+
+/// The addresses busybox's nslookup gets for `name` from the DNS server at `server`, asked from
+/// the test's namespace (none when the name does not resolve).
+fn dns_a(ns: &Netns, name: &str, server: &str) -> Vec<String> {
+    let (_, out) = ns.run("busybox", &["nslookup", "-type=a", name, server]);
+    out.lines()
+        .skip_while(|l| !l.starts_with("Name:"))
+        .filter(|l| l.starts_with("Address"))
+        .filter_map(|l| l.split_whitespace().last().map(str::to_string))
+        .collect()
 }
 
 fn nft_ruleset(ns: &Netns) -> String {
@@ -786,4 +798,83 @@ fn physical_nic_moves_in_and_back_out() {
     d.ok(&["delete", "-f", "ph"]);
     let (ok, _) = ns.run("ip", &["link", "del", "phy0"]);
     assert!(ok);
+}
+
+#[test]
+fn a_removed_nic_takes_its_lease_and_name_along() {
+    let Some((ns, d)) = setup() else { return };
+    let gw = "10.201.19.1";
+    d.ok(&["network", "create", "bvt9", "ipv4.address=10.201.19.1/24"]);
+    launch_on(&d, "tmpc", "bvt9", &[]);
+    let ip1 = wait_ipv4(&d, "tmpc", "eth0");
+    assert_eq!(dns_a(&ns, "tmpc.bivy", gw), vec![ip1.clone()]);
+    let leases = |d: &common::Daemon| {
+        let (_, v) = d
+            .api("GET", "/1.0/networks/bvt9/leases", None)
+            .expect("leases");
+        v["metadata"].to_string()
+    };
+
+    // Deleted: its lease and name go; the next instance of that name has its own address only.
+    d.ok(&["delete", "-f", "tmpc"]);
+    assert!(dns_a(&ns, "tmpc.bivy", gw).is_empty(), "{}", leases(&d));
+    assert!(
+        !leases(&d).contains(&format!("\"{ip1}\"")),
+        "{}",
+        leases(&d)
+    );
+    launch_on(&d, "tmpc", "bvt9", &[]);
+    let ip2 = wait_ipv4(&d, "tmpc", "eth0");
+    assert_eq!(dns_a(&ns, "tmpc.bivy", gw), vec![ip2.clone()]);
+
+    // A second NIC, detached while running: its lease goes.
+    d.ok(&[
+        "config",
+        "device",
+        "add",
+        "tmpc",
+        "eth1",
+        "nic",
+        "network=bvt9",
+        "name=eth1",
+    ]);
+    d.ok(&[
+        "exec",
+        "tmpc",
+        "--",
+        "udhcpc",
+        "-q",
+        "-n",
+        "-i",
+        "eth1",
+        "-x",
+        "hostname:tmpc",
+        "-s",
+        "/usr/share/udhcpc/default.script",
+    ]);
+    assert_eq!(dns_a(&ns, "tmpc.bivy", gw).len(), 2, "{}", leases(&d));
+    d.ok(&["network", "detach", "bvt9", "tmpc", "eth1"]);
+    assert_eq!(
+        dns_a(&ns, "tmpc.bivy", gw),
+        vec![ip2.clone()],
+        "{}",
+        leases(&d)
+    );
+
+    // Renamed while stopped: the old name no longer resolves, the new one does.
+    d.ok(&["stop", "-f", "tmpc"]);
+    d.ok(&["rename", "tmpc", "tmpd"]);
+    assert!(dns_a(&ns, "tmpc.bivy", gw).is_empty(), "{}", leases(&d));
+    assert_eq!(dns_a(&ns, "tmpd.bivy", gw), vec![ip2.clone()]);
+
+    // Its NIC removed while stopped: the lease goes.
+    d.ok(&["config", "device", "remove", "tmpd", "eth0"]);
+    assert!(dns_a(&ns, "tmpd.bivy", gw).is_empty(), "{}", leases(&d));
+    assert!(
+        !leases(&d).contains(&format!("\"{ip2}\"")),
+        "{}",
+        leases(&d)
+    );
+    d.ok(&["delete", "tmpd"]);
+    d.ok(&["network", "delete", "bvt9"]);
 }

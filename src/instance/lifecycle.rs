@@ -91,14 +91,19 @@ pub fn delete_now(d: &Ctx, name: &str) -> Result<()> {
     if matches!(state_of(d, name)?, State::Running { .. }) {
         return Err(Error::Invalid("Instance is running".into()));
     }
-    let rec = {
+    let (rec, nets) = {
         let mut db = d.db.lock().expect("db lock");
         let rec = super::view::record_in(&db.data, name)?;
+        let (_, ed) =
+            super::config::expand(&rec.profiles, &db.data.profiles, &rec.config, &rec.devices);
+        let nets = super::nics::networks_of(&db.data, &ed);
         db.update(|data| data.instances.remove(name))
             .map_err(|e| Error::Host(e.to_string()))?;
-        rec
+        (rec, nets)
     };
     trace.step("record removed");
+    // Its NICs' leases and names on the managed networks go with it.
+    super::bridges::refresh(d, nets);
     // The record is gone (commit point); data removal failures are retried by `recover`.
     super::pools::delete_instance_volumes(d, &rec);
     super::backups::delete_files(d, &rec);

@@ -583,6 +583,16 @@ impl DhcpLogic {
                     || !self.cfg.in_subnet(ip)
                     || ip == self.cfg.server
                 {
+                    // The client is told the address is not its own: a lease it had on it goes,
+                    // and its name with it.
+                    if store.dynamic_for(&mac).is_some_and(|l| l.ip == ip) {
+                        if let Err(e) = store.release_mac(mac) {
+                            eprintln!(
+                                "dhcp {}: dropping the NAKed lease of {ip}: {e}",
+                                self.cfg.ifname
+                            );
+                        }
+                    }
                     return Some(self.nak(req, "address not available"));
                 }
                 self.offers.retain(|(m, _, _)| *m != mac);

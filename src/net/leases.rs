@@ -7,7 +7,8 @@
 //!   (the instance config is their source) and are replaced as a whole by
 //!   [`LeaseStore::set_static`]. An entry with an address reserves it for that MAC; an entry
 //!   without one still names the MAC's dynamic lease (the instance name wins over the host
-//!   name the client sent).
+//!   name the client sent). A MAC that leaves the static entries (its NIC or its instance was
+//!   removed) loses its dynamic lease, as LXD clears a removed NIC's leases.
 //! - dynamic leases handed out by the DHCP server, persisted in one JSON file
 //!   (`{"version":1,"leases":[{"mac","ip","hostname","expires"}]}`), replaced atomically on
 //!   every change (write, fsync, rename, fsync dir). Expired leases are kept (one per MAC, one
@@ -159,7 +160,9 @@ impl LeaseStore {
     }
 
     /// Replace the static entries (the instance NICs of this bridge). A dynamic lease of another
-    /// MAC on an address now reserved is dropped (that client gets NAK at its next renewal).
+    /// MAC on an address now reserved is dropped (that client gets NAK at its next renewal), and
+    /// so is the lease of a MAC that had a static entry and has none now (its NIC or instance
+    /// is gone, and its name with it).
     pub fn set_static(&mut self, entries: Vec<StaticLease>) -> io::Result<()> {
         let mut seen = HashSet::new();
         for e in &entries {
@@ -172,11 +175,18 @@ impl LeaseStore {
                 }
             }
         }
+        let gone: HashSet<[u8; 6]> = self
+            .statics
+            .iter()
+            .map(|s| s.mac)
+            .filter(|m| !entries.iter().any(|e| e.mac == *m))
+            .collect();
         self.statics = entries;
         let before = self.dynamic.len();
         let statics = &self.statics;
-        self.dynamic
-            .retain(|l| !statics.iter().any(|s| s.ip == Some(l.ip) && s.mac != l.mac));
+        self.dynamic.retain(|l| {
+            !gone.contains(&l.mac) && !statics.iter().any(|s| s.ip == Some(l.ip) && s.mac != l.mac)
+        });
         if self.dynamic.len() != before {
             self.persist()?;
         }

@@ -459,13 +459,13 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
     }
     devices::validate_devices(&next.devices, &db.data)?;
     let running = matches!(state_of(d, name)?, State::Running { .. });
-    // The managed networks whose rules and leases follow this instance's NICs, before or after.
-    let mut nets = std::collections::BTreeSet::new();
+    // The managed networks whose rules and leases follow this instance's NICs, before or after
+    // (running or not: a removed NIC's lease goes with it).
+    let (oc, od) = config::expand(&cur.profiles, &db.data.profiles, &cur.config, &cur.devices);
+    let mut nets = crate::instance::nics::networks_of(&db.data, &od);
+    nets.extend(crate::instance::nics::networks_of(&db.data, &ed));
     if running {
         // Keys that only take effect at start are refused on a running instance when changed.
-        let (oc, od) = config::expand(&cur.profiles, &db.data.profiles, &cur.config, &cur.devices);
-        nets.extend(crate::instance::nics::networks_of(&db.data, &od));
-        nets.extend(crate::instance::nics::networks_of(&db.data, &ed));
         crate::instance::devices::check_live_change(&od, &ed, true)?;
         for k in [
             "security.privileged",
@@ -508,8 +508,8 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
     drop(db);
     if running {
         apply_live_limits(d, name);
-        crate::instance::bridges::refresh(d, nets);
     }
+    crate::instance::bridges::refresh(d, nets);
     // The root disk's size (a qgroup limit), also applied at every start.
     crate::instance::volumes::apply_root_size(d, name)?;
     d.events
@@ -537,7 +537,8 @@ fn rename(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
             "Renaming of running instance not allowed".into(),
         ));
     }
-    {
+    // The managed networks its NICs are on: their static leases carry its name.
+    let nets = {
         let mut db = d.db.lock().expect("db lock");
         if db.data.instances.contains_key(&new)
             || d.busy.lock().expect("busy lock").contains_key(&new)
@@ -556,7 +557,11 @@ fn rename(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
             }
         })
         .map_err(|e| Error::Internal(e.to_string()))?;
-    }
+        let r = &db.data.instances[&new];
+        let (_, ed) = config::expand(&r.profiles, &db.data.profiles, &r.config, &r.devices);
+        crate::instance::nics::networks_of(&db.data, &ed)
+    };
+    crate::instance::bridges::refresh(d, nets);
     drop(guard);
     let _ = std::fs::rename(d.log_dir(name), d.log_dir(&new));
     let _ = std::fs::remove_dir_all(d.run_dir(name));

@@ -136,6 +136,9 @@ pub fn profile_put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Re
     devices::validate_devices(&next.devices, &db.data)?;
     // Running instances using the profile: their expanded devices before and after.
     let mut live: Vec<(String, i32, api::Devices, api::Devices)> = Vec::new();
+    // The managed networks of every instance using it (running or not: a NIC the profile no
+    // longer gives loses its lease).
+    let mut nets = std::collections::BTreeSet::new();
     // Every instance using the profile must still have a root disk.
     for (iname, inst) in &db.data.instances {
         if inst.profiles.iter().any(|p| p == name) {
@@ -147,15 +150,17 @@ pub fn profile_put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Re
                     "Instance {iname:?} would have no root disk device"
                 )));
             }
+            let (_, old) = config::expand(
+                &inst.profiles,
+                &db.data.profiles,
+                &inst.config,
+                &inst.devices,
+            );
+            nets.extend(crate::instance::nics::networks_of(&db.data, &old));
+            nets.extend(crate::instance::nics::networks_of(&db.data, &devs));
             if let crate::runtime::State::Running { init_pid, .. } =
                 crate::instance::view::state_of(d, iname)?
             {
-                let (_, old) = config::expand(
-                    &inst.profiles,
-                    &db.data.profiles,
-                    &inst.config,
-                    &inst.devices,
-                );
                 crate::instance::devices::check_live_change(&old, &devs, true)?;
                 if old != devs {
                     live.push((iname.clone(), init_pid, old, devs));
@@ -165,7 +170,6 @@ pub fn profile_put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Re
     }
     // NIC and proxy changes are hot-plugged into each of them, all or none.
     let mut done: Vec<(usize, crate::instance::devices::VolatileChanges)> = Vec::new();
-    let mut nets = std::collections::BTreeSet::new();
     let undo = |data: &crate::instance::db::Data, done: &[(usize, Vec<_>)]| {
         for (j, _) in done.iter().rev() {
             let (n, p, o, w) = &live[*j];
@@ -184,8 +188,6 @@ pub fn profile_put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Re
                 return Err(e.into());
             }
         }
-        nets.extend(crate::instance::nics::networks_of(&db.data, old));
-        nets.extend(crate::instance::nics::networks_of(&db.data, new));
     }
     // What the undo needs if saving fails (only when something was plugged).
     let before = (!done.is_empty()).then(|| (db.data.clone(), done.clone()));

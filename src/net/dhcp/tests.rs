@@ -285,6 +285,19 @@ fn nak_for_wrong_address() {
     assert!(l
         .handle(&mut s, &req(M2, MessageType::Request), 10)
         .is_none());
+    // NAKed for the address of its own lease (the range changed): the lease and its name go.
+    let mut r = renew(M1, a);
+    r.set_option(opt::HOST_NAME, b"c1".to_vec());
+    assert_eq!(
+        l.handle(&mut s, &r, 20).unwrap().msg_type(),
+        Some(MessageType::Ack)
+    );
+    assert_eq!(s.lookup_name_at("c1", 30), vec![a]);
+    l.cfg.ranges = vec![(ip(13), ip(14))];
+    let n = l.handle(&mut s, &renew(M1, a), 30).unwrap();
+    assert_eq!(n.msg_type(), Some(MessageType::Nak));
+    assert!(s.lookup_name_at("c1", 30).is_empty());
+    assert!(s.dynamic_for(&M1).is_none());
 }
 
 #[test]
