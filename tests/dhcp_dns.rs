@@ -5,7 +5,8 @@
 //! a second interface of the server namespace that is not the bridge gets no answer. DNS answers
 //! instance names from the leases, forwards the rest to a stub resolver on the server namespace's
 //! loopback (never the host's resolvers), over UDP and TCP, retries on the next upstream, and a
-//! taken port is an `AddrInUse` error naming it. Every namespace, process and file is removed.
+//! taken port is an `AddrInUse` error naming it. A client of another MAC cannot take an instance's
+//! name. Every namespace, process and file is removed.
 
 mod common;
 
@@ -560,4 +561,74 @@ fn dns_answers_and_forwards() {
         TcpListener::bind(dns).unwrap();
     });
     drop(stub);
+}
+
+#[test]
+fn an_instance_name_is_its_own_nics_only() {
+    require!(root);
+    require!(cmd "ip");
+    require!(cmd "busybox");
+    let mut lab = Lab::new("names");
+    let (s, c) = lab.bridge_pair();
+    // Instance c2 (running or stopped: only its NIC's MAC matters), whose MAC is not the client's.
+    let c2 = StaticLease {
+        mac: [0x00, 0x16, 0x3e, 0x77, 0x00, 0x02],
+        ip: Some(Ipv4Addr::new(10, 77, 0, 52)),
+        hostname: "c2".into(),
+    };
+    let mut store = LeaseStore::in_memory();
+    store.set_static(vec![c2.clone()]).unwrap();
+    let store = Arc::new(Mutex::new(store));
+    let dns = SocketAddr::from((SERVER_IP, 53));
+    let (st, st2) = (store.clone(), store.clone());
+    let (dhcp, server) = in_netns(&s, move || {
+        let cfg = DnsConfig {
+            listen: SERVER_IP.into(),
+            port: 53,
+            ifname: "br0".into(),
+            domain: "bivy".into(),
+            gateway: SERVER_IP,
+            upstreams: vec![],
+        };
+        (
+            DhcpServer::start(dhcp_config(), st).unwrap(),
+            DnsServer::start(cfg, st2, None).unwrap(),
+        )
+    });
+    let lease = |lab: &Lab, name: &str| {
+        let (_, ev) = lab.script();
+        let _ = std::fs::remove_file(&ev);
+        let host = format!("hostname:{name}");
+        let out = common::run_bounded(
+            &mut lab.udhcpc(&c, "vc0", &["-n", "-q", "-t", "3", "-T", "1", "-x", &host]),
+            Duration::from_secs(20),
+        )
+        .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    // A made-up MAC asking for c2's name gets an address but not the name.
+    lease(&lab, "c2");
+    let ask = |name: &'static str| in_netns(&s, move || a_records(&udp_ask(dns, 9, name)));
+    assert_eq!(ask("c2.bivy"), vec![Ipv4Addr::new(10, 77, 0, 52)]);
+    // A name no instance has yet is the client's, until an instance of that name comes.
+    lease(&lab, "c9");
+    let taken = ask("c9.bivy");
+    assert_eq!(taken.len(), 1, "{taken:?}");
+    let c9 = StaticLease {
+        mac: [0x00, 0x16, 0x3e, 0x77, 0x00, 0x09],
+        ip: Some(Ipv4Addr::new(10, 77, 0, 59)),
+        hostname: "C9".into(),
+    };
+    store.lock().unwrap().set_static(vec![c2, c9]).unwrap();
+    assert_eq!(ask("c9.bivy"), vec![Ipv4Addr::new(10, 77, 0, 59)]);
+    // The lease itself stays, without a name.
+    let leases = store.lock().unwrap().leases();
+    assert!(
+        leases
+            .iter()
+            .any(|l| l.mac == CLIENT_MAC && l.ip == taken[0] && l.hostname.is_empty()),
+        "{leases:?}"
+    );
+    server.stop();
+    dhcp.stop();
 }

@@ -7,7 +7,9 @@
 //!   (the instance config is their source) and are replaced as a whole by
 //!   [`LeaseStore::set_static`]. An entry with an address reserves it for that MAC; an entry
 //!   without one still names the MAC's dynamic lease (the instance name wins over the host
-//!   name the client sent). A MAC that leaves the static entries (its NIC or its instance was
+//!   name the client sent), and its instance name is that MAC's only: a lease of another MAC
+//!   whose client sent that name is published without a name (as dnsmasq's `dhcp-host` names
+//!   keep theirs). A MAC that leaves the static entries (its NIC or its instance was
 //!   removed) loses its dynamic lease, as LXD clears a removed NIC's leases.
 //! - dynamic leases handed out by the DHCP server, persisted in one JSON file
 //!   (`{"version":1,"leases":[{"mac","ip","hostname","expires"}]}`), replaced atomically on
@@ -241,10 +243,22 @@ impl LeaseStore {
             if st.is_some_and(|s| s.ip.is_some()) {
                 continue;
             }
+            // An instance's name is its own NICs': another MAC's client that sent it gets none.
+            let hostname = match st {
+                Some(s) => s.hostname.clone(),
+                None if self
+                    .statics
+                    .iter()
+                    .any(|s| s.hostname.eq_ignore_ascii_case(&l.hostname)) =>
+                {
+                    String::new()
+                }
+                None => l.hostname.clone(),
+            };
             out.push(Lease {
                 mac: l.mac,
                 ip: l.ip,
-                hostname: st.map_or_else(|| l.hostname.clone(), |s| s.hostname.clone()),
+                hostname,
                 expires: l.expires,
                 is_static: false,
             });
