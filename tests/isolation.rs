@@ -180,6 +180,21 @@ fn limits_contain_memory_hogs_and_fork_floods() {
         rc == 0 && out.contains("done"),
         "raised limit not applied: {out}"
     );
+    // A limit the kernel refuses (v1 answers EBUSY to a memory limit below what the container
+    // holds) fails the update and changes nothing, as LXD's does; later updates still work.
+    if std::path::Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists() {
+        let out = l.run(&["config", "set", "lim", "limits.memory", "1"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("Failed to apply limits"),
+            "{err}"
+        );
+        assert_eq!(
+            l.ok(&["config", "get", "lim", "limits.memory"]).trim(),
+            "300MiB"
+        );
+        l.ok(&["config", "set", "lim", "user.after", "1"]);
+    }
     l.ok(&["delete", "--force", "lim"]);
 }
 

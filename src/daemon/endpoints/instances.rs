@@ -22,7 +22,7 @@ use crate::util::shared::Shared;
 const STOP_TIMEOUT_MAX: Duration = Duration::from_secs(600);
 
 use crate::instance::lifecycle::delete_now;
-use crate::instance::lifecycle::{apply_live_limits, start, stop};
+use crate::instance::lifecycle::{start, stop};
 use crate::instance::view::state_of;
 use crate::instance::view::{expanded, has_root_disk, record, resources, url};
 
@@ -480,9 +480,27 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
                 )));
             }
         }
-        config::limits(&ec, d.host.total_memory, d.host.ncpus)?;
         let root = d.volume_dir(&cur).join("rootfs");
-        crate::instance::devices::io_limits(d, &db.data, &ed, &root)?;
+        let limits_of = |c: &api::StringMap, devs: &api::Devices| -> Result<runtime::Limits> {
+            let mut l = config::limits(c, d.host.total_memory, d.host.ncpus)?;
+            l.io = crate::instance::devices::io_limits(d, &db.data, devs, &root)?;
+            Ok(l)
+        };
+        let limits = limits_of(&ec, &ed)?;
+        // The limits first: one the kernel refuses (a memory limit below what the container
+        // uses) fails the update and changes nothing, as LXD's does.
+        let run_dir = d.run_dir(name);
+        let put_back = || {
+            if let Ok(l) = limits_of(&oc, &od) {
+                if let Err(e) = runtime::set_limits(&run_dir, &l) {
+                    eprintln!("bivy: {name}: putting its limits back: {e}");
+                }
+            }
+        };
+        if let Err(e) = runtime::set_limits(&run_dir, &limits) {
+            put_back();
+            return Err(Error::BadRequest(format!("Failed to apply limits: {e}")));
+        }
         // NICs and proxies are hot-plugged; the NICs' volatile keys are recorded with the new
         // config.
         if let State::Running { init_pid, .. } = state_of(d, name)? {
@@ -494,7 +512,8 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
                 init_pid,
                 &od,
                 &ed,
-            )?;
+            )
+            .inspect_err(|_| put_back())?;
             for (k, v) in kv {
                 match v {
                     Some(v) => next.config.insert(k, v),
@@ -506,9 +525,6 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
     db.update(|data| data.instances.insert(name.to_string(), next))
         .map_err(|e| Error::Internal(e.to_string()))?;
     drop(db);
-    if running {
-        apply_live_limits(d, name);
-    }
     crate::instance::bridges::refresh(d, nets);
     // The root disk's size (a qgroup limit), also applied at every start.
     crate::instance::volumes::apply_root_size(d, name)?;
