@@ -372,6 +372,50 @@ fn a_force_stop_takes_over_a_clean_stop_that_waits() {
     l.ok(&["delete", "deaf"]);
 }
 
+/// Edges where LXD 5.0.2's answer is the one to give: an exec whose working directory is
+/// missing runs in `/` (LXD's attach only warns), a file that cannot be executed is "Command
+/// not executable" (126), and a second root disk is refused.
+#[test]
+fn exec_and_root_disk_edges_answer_as_lxd() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = common::Lxc::new(&d);
+    l.import_busybox();
+    l.ok(&["launch", "busybox", "e1"]);
+    let out = l.run(&["exec", "e1", "--cwd", "/nonexistent", "--", "pwd"]);
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).as_ref()
+        ),
+        (Some(0), "/\n"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = l.run(&["exec", "e1", "--", "/etc/passwd"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(126), "{err}");
+    assert!(err.contains("Command not executable"), "{err}");
+    let out = l.run(&[
+        "config",
+        "device",
+        "add",
+        "e1",
+        "root2",
+        "disk",
+        "path=/",
+        "pool=default",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("More than one root device found"),
+        "{err}"
+    );
+    l.ok(&["delete", "e1", "--force"]);
+}
+
 /// Running containers are followed by one daemon thread, not one each: seven running add no
 /// lasting thread over one running (short-lived request threads allowed to finish).
 #[test]

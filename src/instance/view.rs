@@ -22,12 +22,25 @@ pub fn resources(name: &str) -> BTreeMap<String, Vec<String>> {
     m
 }
 
-/// Whether `devices` include the root disk.
-pub fn has_root_disk(devices: &Devices) -> bool {
-    devices.values().any(|d| {
-        d.get("type").map(String::as_str) == Some("disk")
-            && d.get("path").map(String::as_str) == Some("/")
-    })
+/// How many root disks (`disk` at `/`) `devices` has.
+fn root_disks(devices: &Devices) -> usize {
+    devices
+        .values()
+        .filter(|d| {
+            d.get("type").map(String::as_str) == Some("disk")
+                && d.get("path").map(String::as_str) == Some("/")
+        })
+        .count()
+}
+
+/// What is wrong with an instance's expanded devices' root disk, in LXD's words: none, or
+/// more than one.
+pub fn root_disk_problem(devices: &Devices) -> Option<&'static str> {
+    match root_disks(devices) {
+        0 => Some("No root device could be found"),
+        1 => None,
+        _ => Some("Failed detecting root disk device: More than one root device found"),
+    }
 }
 
 /// The error for a missing instance, in LXD's words.

@@ -508,8 +508,12 @@ fn child(
         }
     }
     // 7. Working directory, confinement as init's, then the user's ids, then exec.
-    if let Err(x) = nix::unistd::chdir(req.cwd.as_str()) {
-        return e(&format!("chdir {}", req.cwd), &x);
+    // A working directory that is not there (a missing HOME, `--cwd /nonexistent`) leaves the
+    // command in `/`, as LXD's attach only warns.
+    if nix::unistd::chdir(req.cwd.as_str()).is_err() {
+        if let Err(x) = nix::unistd::chdir("/") {
+            return e("chdir /", &x);
+        }
     }
     if let Err(x) = init::drop_caps() {
         return x;

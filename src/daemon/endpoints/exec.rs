@@ -142,12 +142,16 @@ fn clamp(v: i64, default: u16) -> u16 {
 }
 
 /// A command that could not be started: a missing program is LXD's "Command not found" with
-/// `return` 127 (what `lxc exec` exits with); anything else is the runtime's error.
+/// `return` 127 (what `lxc exec` exits with), one that cannot be executed "Command not
+/// executable" with 126; anything else is the runtime's error.
 fn start_cmd(op: &Op, r: runtime::Result<runtime::ExecProcess>) -> Result<runtime::ExecProcess> {
     r.map_err(|e| {
         if e.0.contains("ENOENT") {
             op.set_metadata("return", serde_json::json!(127));
             Error::NotFound("Command not found".into())
+        } else if e.0.starts_with("exec ") && e.0.contains("EACCES") {
+            op.set_metadata("return", serde_json::json!(126));
+            Error::BadRequest("Command not executable".into())
         } else {
             Error::from(e)
         }

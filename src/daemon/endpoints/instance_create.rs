@@ -11,7 +11,7 @@ use crate::instance::config;
 use crate::instance::create::{create_now, resolve_image, NewInstance, Origin};
 use crate::instance::devices;
 use crate::instance::operations::{Class, Op};
-use crate::instance::view::{has_root_disk, record, resources, state_of};
+use crate::instance::view::{record, resources, state_of};
 use crate::runtime;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -193,8 +193,8 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
             }
         }
         let (_, devs) = config::expand(&profiles, &db.data.profiles, &config_in, &devices_in);
-        if !has_root_disk(&devs) {
-            return Err(Error::BadRequest("No root device could be found".into()));
+        if let Some(why) = crate::instance::view::root_disk_problem(&devs) {
+            return Err(Error::BadRequest(why.into()));
         }
         crate::instance::pools::root_pool(&devs).ok_or_else(|| {
             Error::BadRequest("The root disk device has no \"pool\" property".into())

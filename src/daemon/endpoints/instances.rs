@@ -24,7 +24,7 @@ const STOP_TIMEOUT_MAX: Duration = Duration::from_secs(600);
 use crate::instance::lifecycle::delete_now;
 use crate::instance::lifecycle::{start, stop};
 use crate::instance::view::state_of;
-use crate::instance::view::{expanded, has_root_disk, record, resources, url};
+use crate::instance::view::{expanded, record, resources, url};
 
 fn status_of(s: &State) -> (&'static str, u16) {
     match s {
@@ -448,8 +448,8 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
         &next.config,
         &next.devices,
     );
-    if !has_root_disk(&ed) {
-        return Err(Error::BadRequest("No root device could be found".into()));
+    if let Some(why) = crate::instance::view::root_disk_problem(&ed) {
+        return Err(Error::BadRequest(why.into()));
     }
     if let Some(p) = crate::instance::pools::root_pool(&ed).filter(|p| *p != cur.pool) {
         return Err(Error::BadRequest(format!(

@@ -145,10 +145,8 @@ pub fn profile_put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Re
             let mut profiles = db.data.profiles.clone();
             profiles.insert(name.to_string(), next.clone());
             let (_, devs) = config::expand(&inst.profiles, &profiles, &inst.config, &inst.devices);
-            if !crate::instance::view::has_root_disk(&devs) {
-                return Err(Error::BadRequest(format!(
-                    "Instance {iname:?} would have no root disk device"
-                )));
+            if let Some(why) = crate::instance::view::root_disk_problem(&devs) {
+                return Err(Error::BadRequest(format!("Instance {iname:?}: {why}")));
             }
             let (_, old) = config::expand(
                 &inst.profiles,
