@@ -374,7 +374,8 @@ fn a_force_stop_takes_over_a_clean_stop_that_waits() {
 
 /// Edges where LXD 5.0.2's answer is the one to give: an exec whose working directory is
 /// missing runs in `/` (LXD's attach only warns), a file that cannot be executed is "Command
-/// not executable" (126), and a second root disk is refused.
+/// not executable" (126), a second root disk is refused, and so are a pause of a paused
+/// instance and a resume of a running one.
 #[test]
 fn exec_and_root_disk_edges_answer_as_lxd() {
     if !common::lxc_prerequisites() {
@@ -413,6 +414,23 @@ fn exec_and_root_disk_edges_answer_as_lxd() {
         !out.status.success() && err.contains("More than one root device found"),
         "{err}"
     );
+    // A pause of a paused instance, a resume of a running one: LXD's refusals.
+    l.ok(&["pause", "e1"]);
+    let out = l.run(&["pause", "e1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("already frozen"),
+        "{err}"
+    );
+    l.ok(&["start", "e1"]);
+    let (code, v) = d
+        .api(
+            "PUT",
+            "/1.0/instances/e1/state",
+            Some(r#"{"action":"unfreeze"}"#),
+        )
+        .expect("api");
+    assert_eq!(code, 400, "{v}");
     l.ok(&["delete", "e1", "--force"]);
 }
 

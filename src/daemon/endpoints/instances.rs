@@ -625,6 +625,21 @@ fn state_put(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
         "freeze" => "Freezing instance",
         _ => "Unfreezing instance",
     };
+    // LXD's answers to a pause or resume with nothing to do.
+    if what == "freeze" || what == "unfreeze" {
+        match state_of(d, name)? {
+            State::Stopped { .. } => {
+                return Err(Error::BadRequest("The container isn't running".into()))
+            }
+            State::Running { frozen: true, .. } if what == "freeze" => {
+                return Err(Error::BadRequest("The container is already frozen".into()))
+            }
+            State::Running { frozen: false, .. } if what == "unfreeze" => {
+                return Err(Error::BadRequest("The container is already running".into()))
+            }
+            State::Running { .. } => {}
+        }
+    }
     let n = name.to_string();
     // A force stop while a clean one waits (for an init that ignores it) takes over, as LXD's
     // reusable stop lock lets it: the container is killed and the waiting stop ends with it.
