@@ -566,6 +566,30 @@ fn nics_are_hot_plugged_and_unplugged_on_a_running_container() {
         .to_string();
     let out = d.ok(&["exec", "h1", "--", "cat", "/sys/class/net/eth1/address"]);
     assert_eq!(out.trim(), mac);
+    // A static address set on a running NIC is its lease from now on; the NIC stays as it
+    // is (LXD updates it in place).
+    let index = |d: &Daemon| d.ok(&["exec", "h1", "--", "cat", "/sys/class/net/eth0/ifindex"]);
+    let before = index(&d);
+    d.ok(&[
+        "config",
+        "device",
+        "set",
+        "h1",
+        "eth0",
+        "ipv4.address=10.201.13.77",
+    ]);
+    assert_eq!(index(&d), before, "eth0 was made again");
+    let (_, v) = d
+        .api("GET", "/1.0/networks/bvt8/leases", None)
+        .expect("leases");
+    assert!(
+        v["metadata"]
+            .as_array()
+            .expect("leases")
+            .iter()
+            .any(|l| l["hostname"] == "h1" && l["address"] == "10.201.13.77"),
+        "{v}"
+    );
     // Restarts right after live changes: each run's host ends stay recorded (the watcher of
     // the stopped run must not clear the new run's), so a daemon restart re-plugs nothing.
     for i in 0..5 {
@@ -587,7 +611,6 @@ fn nics_are_hot_plugged_and_unplugged_on_a_running_container() {
             assert!(ok && out.contains("master bvt8"), "round {i}: {out}");
         }
     }
-    let index = |d: &Daemon| d.ok(&["exec", "h1", "--", "cat", "/sys/class/net/eth0/ifindex"]);
     let before = index(&d);
     d.kill9();
     d.restart().expect("restart");

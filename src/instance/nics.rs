@@ -586,6 +586,29 @@ fn running_nic(config: &StringMap, dev: &str, conf: &StringMap) -> Option<Nic> {
     })
 }
 
+/// The NIC keys a running NIC takes without being made again, as LXD's bridged NIC updates
+/// them (`UpdatableFields`): its static addresses (the bridge's leases) and its filtering
+/// (the bridge's rules), both applied by the bridges' refresh that follows an update.
+const LIVE_KEYS: &[&str] = &[
+    "ipv4.address",
+    "ipv6.address",
+    "security.mac_filtering",
+    "security.ipv4_filtering",
+    "security.ipv6_filtering",
+];
+
+/// Whether two versions of a device differ at most in [`LIVE_KEYS`].
+fn same_but_live_keys(old: Option<&StringMap>, new: Option<&StringMap>) -> bool {
+    match (old, new) {
+        (Some(o), Some(n)) => {
+            let rest =
+                |d: &StringMap| crate::util::sort::entries_where(d, |k, _| !LIVE_KEYS.contains(&k));
+            rest(o) == rest(n)
+        }
+        (o, n) => o == n,
+    }
+}
+
 /// Hot-plug: bring a running instance's NICs (init `pid`) from `old` to `new` expanded devices:
 /// removed and changed ones unplugged, added and changed ones plugged (made in the container's
 /// namespace, up). All or nothing: on a failure what was done is undone. Returns the volatile
@@ -600,7 +623,7 @@ pub fn hotplug(
     old: &Devices,
     new: &Devices,
 ) -> Result<Vec<(String, Option<String>)>> {
-    let changed = |n: &String| old.get(n) != new.get(n);
+    let changed = |n: &String| !same_but_live_keys(old.get(n), new.get(n));
     // What the runtime recorded it made (a physical NIC's host state is only there), else what
     // the config says.
     let running: Vec<Nic> = crate::runtime::running_nics(run_dir).unwrap_or_default();
