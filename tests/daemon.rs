@@ -375,7 +375,8 @@ fn a_force_stop_takes_over_a_clean_stop_that_waits() {
 /// Edges where LXD 5.0.2's answer is the one to give: an exec whose working directory is
 /// missing runs in `/` (LXD's attach only warns), a file that cannot be executed is "Command
 /// not executable" (126), a second root disk is refused, and so are a pause of a paused
-/// instance and a resume of a running one.
+/// instance and a resume of a running one; `security.privileged` changes on a running one for
+/// its next start.
 #[test]
 fn exec_and_root_disk_edges_answer_as_lxd() {
     if !common::lxc_prerequisites() {
@@ -431,6 +432,22 @@ fn exec_and_root_disk_edges_answer_as_lxd() {
         )
         .expect("api");
     assert_eq!(code, 400, "{v}");
+    // `security.privileged` (as the id map keys) is taken for the next start, as LXD takes it;
+    // until then the container keeps the map it started with: a pushed file is its root's.
+    l.ok(&["config", "set", "e1", "security.privileged", "true"]);
+    l.ok(&["file", "push", "/etc/hostname", "e1/root/p"]);
+    assert_eq!(
+        l.sh("e1", "stat -c %u:%g /root/p"),
+        (0, "0:0\n".to_string())
+    );
+    let (_, map) = l.sh("e1", "cat /proc/self/uid_map");
+    assert!(!map.contains("4294967295"), "{map}");
+    l.ok(&["restart", "e1", "--force"]);
+    let (_, map) = l.sh("e1", "cat /proc/self/uid_map");
+    assert!(
+        map.contains("4294967295"),
+        "privileged after the restart: {map}"
+    );
     l.ok(&["delete", "e1", "--force"]);
 }
 

@@ -549,6 +549,15 @@ pub fn stop(run_dir: &Path, mode: StopMode) -> Result<()> {
     control::stop(run_dir, mode)
 }
 
+/// The id maps (uid, gid) a running container was started with; `None` for a privileged one.
+pub fn running_id_maps(run_dir: &Path) -> Result<Option<(Vec<IdMapEntry>, Vec<IdMapEntry>)>> {
+    let spec = control::running_spec(run_dir)?;
+    Ok(
+        (spec.rootfs_mode != RootfsMode::Privileged && !spec.uid_map.is_empty())
+            .then_some((spec.uid_map, spec.gid_map)),
+    )
+}
+
 pub fn freeze(run_dir: &Path) -> Result<()> {
     let spec = control::running_spec(run_dir)?;
     confine::cgroup_freeze(spec.cgroup_name())

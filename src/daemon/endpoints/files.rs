@@ -46,24 +46,12 @@ impl Ids {
             },
         }
     }
-    /// A running container's files as the host sees them: through the map it runs with
-    /// (`volatile.idmap.current`), none when privileged.
-    fn running(d: &Daemon, rec: &InstanceRecord) -> Ids {
-        let (ec, _) = crate::instance::view::expanded(d, rec);
-        let current = ec
-            .get("volatile.idmap.current")
-            .filter(|_| !crate::instance::config::flag(&ec, "security.privileged"))
-            .and_then(|v| idmap::Map::from_volatile(v));
-        match current {
-            Some(m) if !m.uid.is_empty() => Ids {
-                uid: m.uid,
-                gid: m.gid,
-            },
-            _ => Ids {
-                uid: vec![],
-                gid: vec![],
-            },
-        }
+    /// A running container's files as the host sees them: through the map it was started
+    /// with (its running spec's, whatever its config says now), none when privileged.
+    fn running(d: &Daemon, name: &str) -> Result<Ids> {
+        let maps = crate::runtime::running_id_maps(&d.run_dir(name)).map_err(Error::from)?;
+        let (uid, gid) = maps.unwrap_or_default();
+        Ok(Ids { uid, gid })
     }
     fn to_disk(map: &[IdMapEntry], id: u32) -> Result<u32> {
         if map.is_empty() {
@@ -177,7 +165,7 @@ fn view(d: &Daemon, name: &str, rec: &InstanceRecord) -> Result<View> {
             Mode::empty(),
         )
         .map_err(|e| Error::Internal(format!("{proc_root}: {e}")))?;
-        let ids = Ids::running(d, rec);
+        let ids = Ids::running(d, name)?;
         let maker = if ids.uid.is_empty() {
             None
         } else {

@@ -465,21 +465,10 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
     let mut nets = crate::instance::nics::networks_of(&db.data, &od);
     nets.extend(crate::instance::nics::networks_of(&db.data, &ed));
     if running {
-        // Keys that only take effect at start are refused on a running instance when changed.
+        // Devices that cannot change live are refused. `security.privileged`, `security.idmap.*`
+        // and `raw.idmap` are taken for the next start, as LXD takes them: the running
+        // container keeps the map it started with (its spec's).
         crate::instance::devices::check_live_change(&od, &ed, true)?;
-        for k in [
-            "security.privileged",
-            "security.idmap.isolated",
-            "security.idmap.base",
-            "security.idmap.size",
-            "raw.idmap",
-        ] {
-            if oc.get(k) != ec.get(k) {
-                return Err(Error::BadRequest(format!(
-                    "{k} can't be changed while the instance is running"
-                )));
-            }
-        }
         let root = d.volume_dir(&cur).join("rootfs");
         let limits_of = |c: &api::StringMap, devs: &api::Devices| -> Result<runtime::Limits> {
             let mut l = config::limits(c, d.host.total_memory, d.host.ncpus)?;
