@@ -40,7 +40,7 @@ pub fn require_key(d: &Ctx, name: &str, rec: &InstanceRecord, what: &str) -> Res
         return Ok(());
     }
     Err(Error::Invalid(format!(
-        "{what} requires migration.stateful to be set to true (bivy config set {name} migration.stateful=true)"
+        "{what} requires migration.stateful to be set to true (`config set {name} migration.stateful=true` with lxc or bivy)"
     )))
 }
 
