@@ -8,6 +8,26 @@ mod common;
 
 use common::{Daemon, Lxc};
 
+/// A daemon in a private mount namespace of its own, after `setup` (shell) ran there. The
+/// wrapper execs the daemon in its own pid, so the test stops exactly that process.
+fn in_mount_namespace(setup: &str) -> Daemon {
+    let script = format!("{setup} && exec \"$0\" \"$@\"");
+    Daemon::start_wrapped(
+        &[
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+        &[],
+    )
+    .expect("daemon")
+}
+
 #[test]
 fn pure_cgroup2_host_without_subuid() {
     if !common::lxc_prerequisites() {
@@ -22,25 +42,11 @@ fn pure_cgroup2_host_without_subuid() {
             return;
         }
     }
-    // The wrapper execs the daemon in its own pid, so the test stops exactly that process.
-    let script = "umount -R /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup \
-                  && mount --bind /dev/null /etc/subuid \
-                  && mount --bind /dev/null /etc/subgid \
-                  && exec \"$0\" \"$@\"";
-    let d = Daemon::start_wrapped(
-        &[
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "--",
-            "sh",
-            "-c",
-            script,
-        ],
-        &[],
-    )
-    .expect("daemon");
+    let d = in_mount_namespace(
+        "umount -R /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup \
+         && mount --bind /dev/null /etc/subuid \
+         && mount --bind /dev/null /etc/subgid",
+    );
     let l = Lxc::new(&d);
     l.import_busybox();
     l.ok(&["launch", "busybox", "c1"]);
@@ -98,21 +104,7 @@ fn a_host_that_mounted_no_cgroup_filesystem() {
         );
         return;
     }
-    let script = "umount -R /sys/fs/cgroup && exec \"$0\" \"$@\"";
-    let d = Daemon::start_wrapped(
-        &[
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "--",
-            "sh",
-            "-c",
-            script,
-        ],
-        &[],
-    )
-    .expect("daemon");
+    let d = in_mount_namespace("umount -R /sys/fs/cgroup");
     let log = d.log_text();
     assert!(
         log.contains("no cgroup filesystem was mounted: mounted cgroup2 at /sys/fs/cgroup"),

@@ -77,6 +77,21 @@ fn dns_a(ns: &Netns, name: &str, server: &str) -> Vec<String> {
         .collect()
 }
 
+/// The leases of managed network `net`, as `lxc network list-leases` reads them.
+fn leases(d: &Daemon, net: &str) -> Vec<serde_json::Value> {
+    let (_, v) = d
+        .api("GET", &format!("/1.0/networks/{net}/leases"), None)
+        .expect("leases");
+    v["metadata"].as_array().expect("leases").clone()
+}
+
+/// Whether `net` has a lease of `ip` for `host`.
+fn has_lease(d: &Daemon, net: &str, host: &str, ip: &str) -> bool {
+    leases(d, net)
+        .iter()
+        .any(|l| l["hostname"] == host && l["address"] == ip)
+}
+
 fn nft_ruleset(ns: &Netns) -> String {
     let (ok, out) = ns.run("nft", &["list", "ruleset"]);
     assert!(ok, "nft list ruleset: {out}");
@@ -128,16 +143,11 @@ fn dhcp_ping_dns_and_nat_on_a_managed_bridge() {
     assert!(!out.status.success(), "nosuch.bivy resolved");
 
     // Leases, as `lxc network list-leases` reads them.
-    let (_, v) = d
-        .api("GET", "/1.0/networks/bvt0/leases", None)
-        .expect("leases");
-    let leases = v["metadata"].as_array().expect("leases").clone();
     for (ct, ip) in [("c1", &ip1), ("c2", &ip2)] {
         assert!(
-            leases
-                .iter()
-                .any(|l| l["hostname"] == ct && l["address"] == ip.as_str()),
-            "{ct} {ip} missing from {leases:?}"
+            has_lease(&d, "bvt0", ct, ip),
+            "{ct} {ip} missing from {:?}",
+            leases(&d, "bvt0")
         );
     }
     // The state names the host end of the veth.
@@ -176,17 +186,7 @@ fn leases_and_rules_survive_a_daemon_kill() {
     d.restart().expect("restart");
     // Same rules (no duplicates), same lease, still reachable.
     assert_eq!(nft_ruleset(&ns), before);
-    let (_, v) = d
-        .api("GET", "/1.0/networks/bvt1/leases", None)
-        .expect("leases");
-    assert!(
-        v["metadata"]
-            .as_array()
-            .expect("leases")
-            .iter()
-            .any(|l| l["hostname"] == "k1" && l["address"] == ip.as_str()),
-        "{v}"
-    );
+    assert!(has_lease(&d, "bvt1", "k1", &ip), "{:?}", leases(&d, "bvt1"));
     let (ok, out) = ns.run("busybox", &["ping", "-c1", "-W2", &ip]);
     assert!(ok, "{out}");
     // A restarted container asks again and gets the same address back.
@@ -207,19 +207,13 @@ fn static_address_p2p_and_macvlan_nics() {
         &["ipv4.address=10.201.9.77", "hwaddr=00:16:3e:01:02:03"],
     );
     assert_eq!(wait_ipv4(&d, "s1", "eth0"), "10.201.9.77");
-    let (_, v) = d
-        .api("GET", "/1.0/networks/bvt2/leases", None)
-        .expect("leases");
+    let v = leases(&d, "bvt2");
     assert!(
-        v["metadata"]
-            .as_array()
-            .expect("leases")
-            .iter()
-            .any(|l| l["hostname"] == "s1"
-                && l["address"] == "10.201.9.77"
-                && l["hwaddr"] == "00:16:3e:01:02:03"
-                && l["type"] == "static"),
-        "{v}"
+        v.iter().any(|l| l["hostname"] == "s1"
+            && l["address"] == "10.201.9.77"
+            && l["hwaddr"] == "00:16:3e:01:02:03"
+            && l["type"] == "static"),
+        "{v:?}"
     );
 
     // Another instance cannot take the same static address.
@@ -579,16 +573,10 @@ fn nics_are_hot_plugged_and_unplugged_on_a_running_container() {
         "ipv4.address=10.201.13.77",
     ]);
     assert_eq!(index(&d), before, "eth0 was made again");
-    let (_, v) = d
-        .api("GET", "/1.0/networks/bvt8/leases", None)
-        .expect("leases");
     assert!(
-        v["metadata"]
-            .as_array()
-            .expect("leases")
-            .iter()
-            .any(|l| l["hostname"] == "h1" && l["address"] == "10.201.13.77"),
-        "{v}"
+        has_lease(&d, "bvt8", "h1", "10.201.13.77"),
+        "{:?}",
+        leases(&d, "bvt8")
     );
     // Restarts right after live changes: each run's host ends stay recorded (the watcher of
     // the stopped run must not clear the new run's), so a daemon restart re-plugs nothing.
@@ -831,12 +819,7 @@ fn a_removed_nic_takes_its_lease_and_name_along() {
     launch_on(&d, "tmpc", "bvt9", &[]);
     let ip1 = wait_ipv4(&d, "tmpc", "eth0");
     assert_eq!(dns_a(&ns, "tmpc.bivy", gw), vec![ip1.clone()]);
-    let leases = |d: &common::Daemon| {
-        let (_, v) = d
-            .api("GET", "/1.0/networks/bvt9/leases", None)
-            .expect("leases");
-        v["metadata"].to_string()
-    };
+    let leases = |d: &common::Daemon| serde_json::Value::from(leases(d, "bvt9")).to_string();
 
     // Deleted: its lease and name go; the next instance of that name has its own address only.
     d.ok(&["delete", "-f", "tmpc"]);
