@@ -65,9 +65,13 @@ fn write_sysctl(path: &str) -> Result<()> {
     }
 }
 
-/// The DHCP entries the bridge's instance NICs pin: their MAC, static address and name.
+/// The DHCP entries the bridge's instance NICs pin: their MAC, static address and name. Those
+/// of running instances come first, so that of two NICs asking for one address (see
+/// [`LeaseStore::set_static`]) a running one keeps it after a daemon restart.
 fn static_leases(on: &[nics::OnNetwork]) -> Vec<StaticLease> {
-    on.iter()
+    let mut on: Vec<&nics::OnNetwork> = on.iter().collect();
+    on.sort_by_key(|n| n.host_name.is_none());
+    on.into_iter()
         .filter_map(|n| {
             Some(StaticLease {
                 mac: n.mac?,
@@ -76,6 +80,18 @@ fn static_leases(on: &[nics::OnNetwork]) -> Vec<StaticLease> {
             })
         })
         .collect()
+}
+
+/// Give bridge `name`'s store its static entries from `on`; each conflict (two NICs asking for
+/// one address) is logged, the other entries are served.
+fn set_statics(name: &str, store: &mut LeaseStore, on: &[nics::OnNetwork]) -> io::Result<()> {
+    for c in store.set_static(static_leases(on))? {
+        eprintln!(
+            "bivy: network {name}: instances {:?} and {:?} both have ipv4.address {}: {:?} keeps it, {:?} gets a dynamic address until one of them changes",
+            c.holder, c.refused, c.ip, c.holder, c.refused
+        );
+    }
+    Ok(())
 }
 
 fn rules(on: &[nics::OnNetwork], name: &str, c: &BridgeConfig) -> BridgeRules {
@@ -213,8 +229,7 @@ fn up_inner(d: &Ctx, data: &Data, name: &str, c: &BridgeConfig) -> Result<()> {
     };
     {
         let mut st = store.lock().expect("lease lock");
-        st.set_static(static_leases(&on))
-            .map_err(|e| nle("saving its static leases", e))?;
+        set_statics(name, &mut st, &on).map_err(|e| nle("saving its static leases", e))?;
         // Leases from a subnet the bridge no longer has go (a changed ipv4.address).
         st.retain_addresses(|ip| c.ipv4.is_some_and(|a| a.contains(ip)))
             .map_err(|e| nle("saving its leases", e))?;
@@ -372,11 +387,7 @@ pub fn refresh(d: &Ctx, names: impl IntoIterator<Item = String>) {
             eprintln!("bivy: network {name}: applying its nftables rules: {e}");
         }
         if let Some(store) = d.bridges.store(&name) {
-            if let Err(e) = store
-                .lock()
-                .expect("lease lock")
-                .set_static(static_leases(&on))
-            {
+            if let Err(e) = set_statics(&name, &mut store.lock().expect("lease lock"), &on) {
                 eprintln!("bivy: network {name}: saving its static leases: {e}");
             }
         }

@@ -5,7 +5,9 @@
 //! - static entries, given by the daemon from the instance NICs on the bridge ([`StaticLease`]:
 //!   MAC, instance name, and the NIC's `ipv4.address` when set). They are not persisted here
 //!   (the instance config is their source) and are replaced as a whole by
-//!   [`LeaseStore::set_static`]. An entry with an address reserves it for that MAC; an entry
+//!   [`LeaseStore::set_static`]. An entry with an address reserves it for that MAC (of two
+//!   asking for one address, one keeps it and the other is served without it: one conflict
+//!   never stops the others' being served); an entry
 //!   without one still names the MAC's dynamic lease (the instance name wins over the host
 //!   name the client sent), and its instance name is that MAC's only: a lease of another MAC
 //!   whose client sent that name is published without a name (as dnsmasq's `dhcp-host` names
@@ -48,6 +50,15 @@ pub struct StaticLease {
     pub mac: [u8; 6],
     pub ip: Option<Ipv4Addr>,
     pub hostname: String,
+}
+
+/// A static address two entries ask for ([`LeaseStore::set_static`]): the NIC of instance
+/// `holder` keeps it, the one of instance `refused` is served without it (a dynamic address).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticConflict {
+    pub ip: Ipv4Addr,
+    pub holder: String,
+    pub refused: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -165,16 +176,34 @@ impl LeaseStore {
     /// MAC on an address now reserved is dropped (that client gets NAK at its next renewal), and
     /// so is the lease of a MAC that had a static entry and has none now (its NIC or instance
     /// is gone, and its name with it).
-    pub fn set_static(&mut self, entries: Vec<StaticLease>) -> io::Result<()> {
-        let mut seen = HashSet::new();
-        for e in &entries {
-            if let Some(ip) = e.ip {
-                if !seen.insert(ip) {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        format!("address {ip} is reserved for two NICs"),
-                    ));
+    ///
+    /// Two entries reserving one address (configuration checks refuse it, but records made
+    /// before them, or by two racing requests, may still hold it): the entry that reserved it
+    /// before keeps it, else the first in `entries`; the other is kept without the address (its
+    /// name still names its dynamic lease) and returned, so that one conflict never stops the
+    /// other entries' being served.
+    pub fn set_static(&mut self, mut entries: Vec<StaticLease>) -> io::Result<Vec<StaticConflict>> {
+        let old = &self.statics;
+        let held_before = |e: &StaticLease| old.iter().any(|o| o.mac == e.mac && o.ip == e.ip);
+        // Those that held their address before go first; the others keep their order.
+        let mut order: Vec<usize> = (0..entries.len()).collect();
+        order.sort_by_key(|&i| !held_before(&entries[i]));
+        let mut holders: Vec<(Ipv4Addr, String)> = Vec::new();
+        let mut conflicts = Vec::new();
+        for i in order {
+            let Some(ip) = entries[i].ip else {
+                continue;
+            };
+            match holders.iter().find(|(h, _)| *h == ip) {
+                Some((_, holder)) => {
+                    conflicts.push(StaticConflict {
+                        ip,
+                        holder: holder.clone(),
+                        refused: entries[i].hostname.clone(),
+                    });
+                    entries[i].ip = None;
                 }
+                None => holders.push((ip, entries[i].hostname.clone())),
             }
         }
         let gone: HashSet<[u8; 6]> = self
@@ -192,7 +221,7 @@ impl LeaseStore {
         if self.dynamic.len() != before {
             self.persist()?;
         }
-        Ok(())
+        Ok(conflicts)
     }
 
     /// The static entries.
@@ -495,15 +524,58 @@ mod tests {
         assert!(l
             .iter()
             .any(|l| l.is_static && l.ip == ip5 && l.expires == 0));
-        // Two NICs reserving one address: refused.
-        let dup = StaticLease {
-            mac: [2; 6],
-            ip: Some(ip5),
-            hostname: "c4".into(),
+    }
+
+    #[test]
+    fn one_conflict_keeps_the_other_statics() {
+        let mut s = LeaseStore::in_memory();
+        let (ip50, ip60, ip61) = (
+            Ipv4Addr::new(10, 0, 0, 50),
+            Ipv4Addr::new(10, 0, 0, 60),
+            Ipv4Addr::new(10, 0, 0, 61),
+        );
+        let e = |mac: [u8; 6], ip: Ipv4Addr, name: &str| StaticLease {
+            mac,
+            ip: Some(ip),
+            hostname: name.into(),
         };
-        let mut two = s.statics().to_vec();
-        two.push(dup);
-        assert!(s.set_static(two).is_err());
+        let c3 = e(M1, ip50, "c3");
+        let copy = e([3; 6], ip50, "c3copy");
+        assert!(s
+            .set_static(vec![c3.clone(), e(M2, ip60, "c5")])
+            .unwrap()
+            .is_empty());
+        // A copy asks for c3's address: c3 keeps it (it held it before, though listed later),
+        // the copy is served without it, and the conflict is told.
+        s.commit([3; 6], ip50, "c3copy", 100).unwrap();
+        let c = s
+            .set_static(vec![copy.clone(), c3.clone(), e(M2, ip60, "c5")])
+            .unwrap();
+        assert_eq!(
+            c,
+            vec![StaticConflict {
+                ip: ip50,
+                holder: "c3".into(),
+                refused: "c3copy".into()
+            }]
+        );
+        assert_eq!(s.static_for(&M1).and_then(|l| l.ip), Some(ip50));
+        assert_eq!(s.static_for(&[3; 6]).map(|l| l.ip), Some(None));
+        assert!(s.dynamic_for(&[3; 6]).is_none());
+        assert!(s.taken_by_other(ip50, &[3; 6], 0));
+        // Another instance's change still takes effect while the conflict stays.
+        let c = s.set_static(vec![copy, c3, e(M2, ip61, "c5")]).unwrap();
+        assert_eq!(c.len(), 1);
+        assert_eq!(s.static_for(&M2).and_then(|l| l.ip), Some(ip61));
+        assert_eq!(s.lookup_name_at("c5", 0), vec![ip61]);
+        assert_eq!(s.lookup_name_at("c3", 0), vec![ip50]);
+        // Neither held it before: the first keeps it.
+        let mut fresh = LeaseStore::in_memory();
+        let c = fresh
+            .set_static(vec![e(M2, ip60, "a"), e(M1, ip60, "b")])
+            .unwrap();
+        assert_eq!(c[0].holder, "a");
+        assert_eq!(fresh.lookup_name_at("a", 0), vec![ip60]);
     }
 
     #[test]
