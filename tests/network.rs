@@ -2,9 +2,10 @@
 //! own daemon in it; killing the namespace's holder takes every link and rule along): bivy's
 //! DHCP to busybox's udhcpc, ping both ways, two containers reaching each other, DNS for
 //! `<name>.bivy` from the host side and from a container, NAT rules present and removed, leases
-//! and addresses kept across a `kill -9` of the daemon, static addresses, p2p and macvlan NICs,
-//! a foreign forward chain with a drop policy (Docker's), the refusals that make nothing, and
-//! the leases and names of deleted instances, removed NICs and renamed instances gone.
+//! and addresses kept across a `kill -9` of the daemon, static addresses (one NIC's per network,
+//! as lxc sets them), p2p and macvlan NICs, a foreign forward chain with a drop policy
+//! (Docker's), the refusals that make nothing, and the leases and names of deleted instances,
+//! removed NICs and renamed instances gone.
 //! Real containers, as root. No packet leaves the test's namespaces.
 
 mod common;
@@ -218,17 +219,20 @@ fn static_address_p2p_and_macvlan_nics() {
 
     // Another instance cannot take the same static address.
     d.ok(&["init", "bb", "s2"]);
-    d.ok(&[
-        "config",
-        "device",
-        "add",
-        "s2",
-        "eth0",
-        "nic",
-        "network=bvt2",
-        "ipv4.address=10.201.9.77",
-    ]);
-    fails(&d, &["start", "s2"], "already reserved");
+    fails(
+        &d,
+        &[
+            "config",
+            "device",
+            "add",
+            "s2",
+            "eth0",
+            "nic",
+            "network=bvt2",
+            "ipv4.address=10.201.9.77",
+        ],
+        "IP address \"10.201.9.77\" already defined on another NIC (instance \"s1\"",
+    );
     d.ok(&["delete", "s2"]);
 
     // p2p: the host end is named and joins nothing; macvlan on a parent of the test's own (a
@@ -453,6 +457,143 @@ fn the_unmodified_lxc_drives_networks() {
         l.ok(&["network", "delete", "bvt7"]),
         "Network bvt7 deleted\n"
     );
+}
+
+/// `lxc` output (stdout and stderr) of a command that must fail.
+fn lxc_fails(l: &common::Lxc, args: &[&str], want: &str) {
+    let out = l.run(args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "lxc {args:?} succeeded: {text}");
+    assert!(
+        text.contains(want),
+        "lxc {args:?}: want {want:?} in {text:?}"
+    );
+}
+
+/// QA's case with lxc 5.0.2: a static address is one NIC's on a network, refused when the config
+/// would give it to a second (override, copy, profile added, profile changed; the holder
+/// stopped), and the other instances' static addresses keep being served.
+#[test]
+fn a_static_address_is_refused_to_a_second_nic_as_lxc_sets_it() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let Some((_ns, d)) = setup() else { return };
+    let l = common::Lxc::new(&d);
+    l.ok(&["network", "create", "bvt8", "ipv4.address=10.201.13.1/24"]);
+    l.ok(&["profile", "create", "netp"]);
+    l.ok(&[
+        "profile",
+        "device",
+        "add",
+        "netp",
+        "eth0",
+        "nic",
+        "network=bvt8",
+        "name=eth0",
+    ]);
+    for c in ["c3", "c4", "c5", "c6"] {
+        l.ok(&["init", "bb", c, "-p", "default", "-p", "netp"]);
+    }
+    l.ok(&[
+        "config",
+        "device",
+        "override",
+        "c3",
+        "eth0",
+        "ipv4.address=10.201.13.50",
+        "hwaddr=00:16:3e:00:13:50",
+    ]);
+    let taken = "IP address \"10.201.13.50\" already defined on another NIC (instance \"c3\"";
+    lxc_fails(&l, &["copy", "c3", "c3copy"], taken);
+    lxc_fails(
+        &l,
+        &[
+            "config",
+            "device",
+            "override",
+            "c4",
+            "eth0",
+            "ipv4.address=10.201.13.50",
+        ],
+        taken,
+    );
+    // A copy given an address of its own is made.
+    l.ok(&[
+        "copy",
+        "c3",
+        "c3copy",
+        "--device",
+        "eth0,ipv4.address=10.201.13.51",
+        "--device",
+        "eth0,hwaddr=00:16:3e:00:13:51",
+    ]);
+    assert_eq!(
+        l.ok(&["config", "device", "get", "c3copy", "eth0", "ipv4.address"]),
+        "10.201.13.51\n"
+    );
+    // Another instance's change is served.
+    l.ok(&[
+        "config",
+        "device",
+        "override",
+        "c5",
+        "eth0",
+        "ipv4.address=10.201.13.60",
+        "hwaddr=00:16:3e:00:13:60",
+    ]);
+    let leases = l.ok(&["network", "list-leases", "bvt8", "--format", "csv"]);
+    for want in [
+        "c3,",
+        "10.201.13.50,STATIC",
+        "c3copy,",
+        "10.201.13.51,STATIC",
+        "c5,",
+        "10.201.13.60,STATIC",
+    ] {
+        assert!(leases.contains(want), "{want} in {leases}");
+    }
+    // A profile added or changed that would give two instances one address.
+    l.ok(&["profile", "create", "p2"]);
+    l.ok(&[
+        "profile",
+        "device",
+        "add",
+        "p2",
+        "eth1",
+        "nic",
+        "network=bvt8",
+        "name=eth1",
+        "ipv4.address=10.201.13.80",
+    ]);
+    l.ok(&["profile", "add", "c4", "p2"]);
+    lxc_fails(
+        &l,
+        &["profile", "add", "c5", "p2"],
+        "IP address \"10.201.13.80\" already defined on another NIC (instance \"c4\"",
+    );
+    lxc_fails(
+        &l,
+        &[
+            "profile",
+            "device",
+            "set",
+            "netp",
+            "eth0",
+            "ipv4.address=10.201.13.90",
+        ],
+        "IP address \"10.201.13.90\" already defined on another NIC (instance \"c",
+    );
+    let log = d.log_text();
+    assert!(!log.contains("static leases"), "{log}");
+    l.ok(&["delete", "c3", "c3copy", "c4", "c5", "c6"]);
+    l.ok(&["profile", "delete", "netp"]);
+    l.ok(&["profile", "delete", "p2"]);
+    l.ok(&["network", "delete", "bvt8"]);
 }
 
 #[test]

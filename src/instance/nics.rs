@@ -268,6 +268,55 @@ pub fn networks_of(data: &Data, devs: &Devices) -> BTreeSet<String> {
     )
 }
 
+/// The static addresses among the NICs `ed`: `(device, managed network, ipv4.address)`.
+fn static_addresses(data: &Data, ed: &Devices) -> Vec<(String, String, std::net::Ipv4Addr)> {
+    nic_devices(ed)
+        .filter_map(|(dev, conf)| {
+            let ip = conf.get("ipv4.address")?.parse().ok()?;
+            let net = data.networks.keys().find(|n| uses_network(conf, n))?;
+            Some((dev.clone(), net.clone(), ip))
+        })
+        .collect()
+}
+
+/// Refuse a config change that gives a NIC of instance `inst` (its expanded devices `new`) a
+/// static `ipv4.address` that another NIC on the same managed network has in the records:
+/// another instance's, running or stopped (LXD checks the config, not the running state), or
+/// another of its own, with LXD's wording and the holder named. Only the addresses `new` gives
+/// and `old` (the expanded devices before the change; none for a new instance) did not give the
+/// same device are checked, so a conflict that records made earlier hold does not block an
+/// unrelated change (the bridge serves one of the two and logs the other, see
+/// [`crate::net::leases::LeaseStore::set_static`]). `data` is the records with the change's
+/// other parts made (a changed profile's new devices).
+pub fn check_static_addresses(data: &Data, inst: &str, old: &Devices, new: &Devices) -> Result<()> {
+    let before = static_addresses(data, old);
+    let after = static_addresses(data, new);
+    for (dev, net, ip) in &after {
+        if before
+            .iter()
+            .any(|(d, n, i)| d == dev && n == net && i == ip)
+        {
+            continue;
+        }
+        let holder = after
+            .iter()
+            .find(|(d, n, i)| d != dev && n == net && i == ip)
+            .map(|(d, _, _)| format!("device {d:?} of the same instance"))
+            .or_else(|| {
+                on_network(data, net)
+                    .into_iter()
+                    .find(|o| o.instance != inst && o.ipv4 == Some(*ip))
+                    .map(|o| format!("instance {:?}", o.instance))
+            });
+        if let Some(holder) = holder {
+            return Err(Error::Invalid(format!(
+                "Device {dev:?}: IP address \"{ip}\" already defined on another NIC ({holder}, on network {net:?})"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A started instance's NICs: what the runtime makes, the volatile keys to set first
 /// (`hwaddr` made once and kept; `host_name` chosen for this run), and the managed networks
 /// they join.
@@ -848,6 +897,49 @@ mod tests {
             ("ipv4.address", "10.7.0.5")
         ])
         .is_err());
+    }
+
+    #[test]
+    fn a_static_address_is_one_nics_only() {
+        let mut d = data();
+        let nic = |ip: &str| m(&[("type", "nic"), ("network", "br0"), ("ipv4.address", ip)]);
+        let devs = |list: &[(&str, &str)]| -> Devices {
+            list.iter()
+                .map(|(dev, ip)| (dev.to_string(), nic(ip)))
+                .collect()
+        };
+        let stopped = crate::instance::db::InstanceRecord {
+            devices: devs(&[("eth0", "10.7.0.50")]),
+            ..Default::default()
+        };
+        d.instances.insert("c3".into(), stopped.into());
+        let none = Devices::new();
+        // Another instance's (stopped) address: refused, naming it.
+        let e = check_static_addresses(&d, "c4", &none, &devs(&[("eth0", "10.7.0.50")]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "Device \"eth0\": IP address \"10.7.0.50\" already defined on another NIC (instance \"c3\", on network \"br0\")"
+        );
+        // Its own record is not another NIC; two of its own NICs are.
+        assert!(check_static_addresses(&d, "c3", &none, &devs(&[("eth0", "10.7.0.50")])).is_ok());
+        let e = check_static_addresses(
+            &d,
+            "c4",
+            &none,
+            &devs(&[("eth0", "10.7.0.60"), ("eth1", "10.7.0.60")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("already defined on another NIC (device \"eth"),
+            "{e}"
+        );
+        assert!(check_static_addresses(&d, "c4", &none, &devs(&[("eth0", "10.7.0.51")])).is_ok());
+        // A conflict the records already hold does not block a change that keeps it.
+        let held = devs(&[("eth0", "10.7.0.50")]);
+        assert!(check_static_addresses(&d, "c3copy", &held, &held).is_ok());
     }
 
     #[test]

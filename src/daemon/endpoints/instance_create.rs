@@ -196,6 +196,19 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
         if let Some(why) = crate::instance::view::root_disk_problem(&devs) {
             return Err(Error::BadRequest(why.into()));
         }
+        // A copy keeps its source's devices (as LXD's): one with a static address is refused
+        // unless the request gives the copy its own (`lxc copy --device`).
+        let none = api::Devices::new();
+        crate::instance::nics::check_static_addresses(&db.data, &name, &none, &devs).map_err(
+            |e| match (&origin, e) {
+                (Origin::Copy { .. }, crate::instance::Error::Invalid(m)) => {
+                    crate::instance::Error::Invalid(format!(
+                        "{m}: a copy keeps its source's devices; give it an address of its own (lxc copy --device <device>,ipv4.address=<address>)"
+                    ))
+                }
+                (_, e) => e,
+            },
+        )?;
         crate::instance::pools::root_pool(&devs).ok_or_else(|| {
             Error::BadRequest("The root disk device has no \"pool\" property".into())
         })?

@@ -464,6 +464,8 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
     let (oc, od) = config::expand(&cur.profiles, &db.data.profiles, &cur.config, &cur.devices);
     let mut nets = crate::instance::nics::networks_of(&db.data, &od);
     nets.extend(crate::instance::nics::networks_of(&db.data, &ed));
+    // A static address another NIC on its network has is refused (LXD checks the config).
+    crate::instance::nics::check_static_addresses(&db.data, name, &od, &ed)?;
     if running {
         // Devices that cannot change live are refused. `security.privileged`, `security.idmap.*`
         // and `raw.idmap` are taken for the next start, as LXD takes them: the running

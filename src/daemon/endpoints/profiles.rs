@@ -139,12 +139,15 @@ pub fn profile_put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Re
     // The managed networks of every instance using it (running or not: a NIC the profile no
     // longer gives loses its lease).
     let mut nets = std::collections::BTreeSet::new();
+    // The records as they would be: a static address the profile gives is checked against the
+    // other instances' NICs with it too.
+    let mut after = db.data.clone();
+    after.profiles.insert(name.to_string(), next.clone());
     // Every instance using the profile must still have a root disk.
     for (iname, inst) in &db.data.instances {
         if inst.profiles.iter().any(|p| p == name) {
-            let mut profiles = db.data.profiles.clone();
-            profiles.insert(name.to_string(), next.clone());
-            let (_, devs) = config::expand(&inst.profiles, &profiles, &inst.config, &inst.devices);
+            let (_, devs) =
+                config::expand(&inst.profiles, &after.profiles, &inst.config, &inst.devices);
             if let Some(why) = crate::instance::view::root_disk_problem(&devs) {
                 return Err(Error::BadRequest(format!("Instance {iname:?}: {why}")));
             }
@@ -154,6 +157,7 @@ pub fn profile_put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Re
                 &inst.config,
                 &inst.devices,
             );
+            crate::instance::nics::check_static_addresses(&after, iname, &old, &devs)?;
             nets.extend(crate::instance::nics::networks_of(&db.data, &old));
             nets.extend(crate::instance::nics::networks_of(&db.data, &devs));
             if let crate::runtime::State::Running { init_pid, .. } =
