@@ -4,8 +4,8 @@
 //! `<name>.bivy` from the host side and from a container, NAT rules present and removed, leases
 //! and addresses kept across a `kill -9` of the daemon, static addresses (one NIC's per network,
 //! as lxc sets them), p2p and macvlan NICs, a foreign forward chain with a drop policy
-//! (Docker's), the refusals that make nothing, and the leases and names of deleted instances,
-//! removed NICs and renamed instances gone.
+//! (Docker's), the refusals that make nothing, the leases and names of deleted instances,
+//! removed NICs and renamed instances gone, and a bridge address unset meaning none.
 //! Real containers, as root. No packet leaves the test's namespaces.
 
 mod common;
@@ -594,6 +594,74 @@ fn a_static_address_is_refused_to_a_second_nic_as_lxc_sets_it() {
     l.ok(&["profile", "delete", "netp"]);
     l.ok(&["profile", "delete", "p2"]);
     l.ok(&["network", "delete", "bvt8"]);
+}
+
+/// The UDP ports something listens on in the test's namespace (`/proc/net/udp`).
+fn udp_ports(ns: &Netns) -> Vec<u16> {
+    let (ok, text) = ns.run("cat", &["/proc/net/udp"]);
+    assert!(ok, "{text}");
+    text.lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(1)?.split_once(':'))
+        .filter_map(|(_, port)| u16::from_str_radix(port, 16).ok())
+        .collect()
+}
+
+/// QA's case with lxc 5.0.2: `network unset NET ipv4.address` (or an edit without the key)
+/// leaves the bridge without IPv4, as LXD's: no address, no DHCP or DNS, no NAT, and the key
+/// stays unset (it picked a new random subnet each time). The same for `ipv6.address`.
+#[test]
+fn an_unset_bridge_address_means_none() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let Some((ns, d)) = setup() else { return };
+    let l = common::Lxc::new(&d);
+    l.ok(&[
+        "network",
+        "create",
+        "bvt9",
+        "ipv4.address=10.201.14.1/24",
+        "ipv4.nat=true",
+        "ipv6.address=fd42:4242:4242:4242::1/64",
+    ]);
+    assert!(nft_ruleset(&ns).contains("masquerade"));
+    assert!(udp_ports(&ns).contains(&67), "no DHCP server");
+    let no_ipv4 = |what: &str| {
+        let show = l.ok(&["network", "show", "bvt9"]);
+        assert!(!show.contains("ipv4.address"), "{what}: {show}");
+        let (_, addrs) = ns.run("ip", &["-4", "addr", "show", "dev", "bvt9"]);
+        assert!(!addrs.contains("inet "), "{what}: {addrs}");
+        let rules = nft_ruleset(&ns);
+        assert!(!rules.contains("masquerade"), "{what}: {rules}");
+        let ports = udp_ports(&ns);
+        assert!(
+            !ports.contains(&67) && !ports.contains(&53),
+            "{what}: {ports:?}"
+        );
+    };
+    for _ in 0..3 {
+        l.ok(&["network", "unset", "bvt9", "ipv4.address"]);
+        no_ipv4("unset");
+    }
+    l.ok(&["network", "unset", "bvt9", "ipv6.address"]);
+    let show = l.ok(&["network", "show", "bvt9"]);
+    assert!(!show.contains("ipv6.address"), "{show}");
+    let (_, addrs) = ns.run(
+        "ip",
+        &["-6", "addr", "show", "dev", "bvt9", "scope", "global"],
+    );
+    assert!(!addrs.contains("inet6"), "{addrs}");
+    // An edit without the key, after it was given again.
+    l.ok(&["network", "set", "bvt9", "ipv4.address=10.201.14.1/24"]);
+    assert!(udp_ports(&ns).contains(&67), "no DHCP server");
+    let out = l.with_stdin(
+        &["network", "edit", "bvt9"],
+        b"config:\n  ipv4.nat: \"true\"\ndescription: no addresses\n",
+    );
+    assert!(out.status.success(), "{out:?}");
+    no_ipv4("edit");
+    l.ok(&["network", "delete", "bvt9"]);
 }
 
 #[test]

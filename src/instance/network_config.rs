@@ -574,15 +574,23 @@ pub fn fill_defaults(
     if config.get("ipv4.address").is_none_or(|v| v.is_empty()) {
         config.insert("ipv4.address".into(), "auto".into());
     }
+    if config.get("ipv6.address").is_none_or(|v| v.is_empty()) {
+        config.insert("ipv6.address".into(), "none".into());
+    }
+    resolve_auto(data, config, routes)
+}
+
+/// Resolve the `auto` values of a bridge's config: `ipv4.address=auto` (a free /24, with
+/// `ipv4.nat=true` unless given) and `ipv6.address=auto` (a random ULA /64). A changed config
+/// gets only this: a key it leaves out means no address of that family (LXD's bridge treats an
+/// absent `ipv4.address` or `ipv6.address` as `none`; `auto` is the default at creation only).
+pub fn resolve_auto(data: &Data, config: &mut StringMap, routes: &[(Cidr4, String)]) -> Result<()> {
     if config.get("ipv4.address").map(String::as_str) == Some("auto") {
         let c = pick_subnet4(data, routes)?;
         config.insert("ipv4.address".into(), c.to_string());
         config
             .entry("ipv4.nat".into())
             .or_insert_with(|| "true".into());
-    }
-    if config.get("ipv6.address").is_none_or(|v| v.is_empty()) {
-        config.insert("ipv6.address".into(), "none".into());
     }
     if config.get("ipv6.address").map(String::as_str) == Some("auto") {
         let mut r = [0u8; 5];
@@ -750,5 +758,15 @@ pub(crate) mod tests {
         assert!(check_clashes(&data, "br2", &parse_config(&config).unwrap(), &r).is_ok());
         assert_eq!(config["ipv4.nat"], "true");
         assert_eq!(config["ipv6.address"], "none");
+        // A changed config without the keys has no addresses; `auto` given is resolved.
+        let mut changed = cfg(&[("ipv4.nat", "true")]);
+        resolve_auto(&data, &mut changed, &r).unwrap();
+        assert_eq!(changed, cfg(&[("ipv4.nat", "true")]));
+        let c = parse_config(&changed).unwrap();
+        assert!(c.ipv4.is_none() && c.ipv6.is_none());
+        let mut changed = cfg(&[("ipv4.address", "auto"), ("ipv4.nat", "false")]);
+        resolve_auto(&data, &mut changed, &r).unwrap();
+        assert!(Cidr4::parse(&changed["ipv4.address"]).is_some());
+        assert_eq!(changed["ipv4.nat"], "false");
     }
 }

@@ -8,8 +8,8 @@
 use super::db::{Data, NetworkRecord};
 use super::network_config::check_clashes;
 pub use super::network_config::{
-    fill_defaults, host_routes4, parse_config, parse_expiry, uses_network, validate_name,
-    BridgeConfig, Cidr4, Cidr6, BRIDGE, DEFAULT_DOMAIN, DEFAULT_EXPIRY,
+    fill_defaults, host_routes4, parse_config, parse_expiry, resolve_auto, uses_network,
+    validate_name, BridgeConfig, Cidr4, Cidr6, BRIDGE, DEFAULT_DOMAIN, DEFAULT_EXPIRY,
 };
 use super::{Ctx, Error, Result};
 use crate::api;
@@ -174,7 +174,9 @@ pub fn update(
         patch,
     );
     let routes = host_routes4();
-    fill_defaults(&db.data, &mut next.config, &routes)?;
+    // Only `auto` given is resolved: a key left out (unset, or an edit without it) means no
+    // address of that family, as in LXD, not a new random subnet.
+    resolve_auto(&db.data, &mut next.config, &routes)?;
     let parsed = parse_config(&next.config)?;
     if next == cur {
         return Ok(());
