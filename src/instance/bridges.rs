@@ -70,7 +70,7 @@ fn write_sysctl(path: &str) -> Result<()> {
 /// [`LeaseStore::set_static`]) a running one keeps it after a daemon restart.
 fn static_leases(on: &[nics::OnNetwork]) -> Vec<StaticLease> {
     let mut on: Vec<&nics::OnNetwork> = on.iter().collect();
-    on.sort_by_key(|n| n.host_name.is_none());
+    crate::util::sort::sort_by_key(&mut on, |n| n.host_name.is_none());
     on.into_iter()
         .filter_map(|n| {
             Some(StaticLease {

@@ -187,7 +187,7 @@ impl LeaseStore {
         let held_before = |e: &StaticLease| old.iter().any(|o| o.mac == e.mac && o.ip == e.ip);
         // Those that held their address before go first; the others keep their order.
         let mut order: Vec<usize> = (0..entries.len()).collect();
-        order.sort_by_key(|&i| !held_before(&entries[i]));
+        crate::util::sort::sort_by_key(&mut order, |&i| !held_before(&entries[i]));
         let mut holders: Vec<(Ipv4Addr, String)> = Vec::new();
         let mut conflicts = Vec::new();
         for i in order {
