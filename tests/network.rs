@@ -54,16 +54,20 @@ fn launch_on(d: &Daemon, ct: &str, net: &str, extra: &[&str]) {
 }
 
 fn fails(d: &Daemon, args: &[&str], want: &str) {
-    let out = d.run(args);
+    failed_with("bivy", d.run(args), args, want);
+}
+
+/// `out` (stdout and stderr) of `who args`, which must have failed saying `want`.
+fn failed_with(who: &str, out: std::process::Output, args: &[&str], want: &str) {
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(!out.status.success(), "bivy {args:?} succeeded: {text}");
+    assert!(!out.status.success(), "{who} {args:?} succeeded: {text}");
     assert!(
         text.contains(want),
-        "bivy {args:?}: want {want:?} in {text:?}"
+        "{who} {args:?}: want {want:?} in {text:?}"
     );
 }
 
@@ -461,17 +465,7 @@ fn the_unmodified_lxc_drives_networks() {
 
 /// `lxc` output (stdout and stderr) of a command that must fail.
 fn lxc_fails(l: &common::Lxc, args: &[&str], want: &str) {
-    let out = l.run(args);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!out.status.success(), "lxc {args:?} succeeded: {text}");
-    assert!(
-        text.contains(want),
-        "lxc {args:?}: want {want:?} in {text:?}"
-    );
+    failed_with("lxc", l.run(args), args, want);
 }
 
 /// QA's case with lxc 5.0.2: a static address is one NIC's on a network, refused when the config
