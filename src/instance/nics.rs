@@ -279,6 +279,15 @@ fn static_addresses(data: &Data, ed: &Devices) -> Vec<(String, String, std::net:
         .collect()
 }
 
+/// The instance other than `inst` one of whose NICs on managed network `net` has the static
+/// address `ip`.
+fn other_holder(data: &Data, net: &str, ip: std::net::Ipv4Addr, inst: &str) -> Option<String> {
+    on_network(data, net)
+        .into_iter()
+        .find(|o| o.instance != inst && o.ipv4 == Some(ip))
+        .map(|o| o.instance)
+}
+
 /// Refuse a config change that gives a NIC of instance `inst` (its expanded devices `new`) a
 /// static `ipv4.address` that another NIC on the same managed network has in the records:
 /// another instance's, running or stopped (LXD checks the config, not the running state), or
@@ -302,12 +311,7 @@ pub fn check_static_addresses(data: &Data, inst: &str, old: &Devices, new: &Devi
             .iter()
             .find(|(d, n, i)| d != dev && n == net && i == ip)
             .map(|(d, _, _)| format!("device {d:?} of the same instance"))
-            .or_else(|| {
-                on_network(data, net)
-                    .into_iter()
-                    .find(|o| o.instance != inst && o.ipv4 == Some(*ip))
-                    .map(|o| format!("instance {:?}", o.instance))
-            });
+            .or_else(|| other_holder(data, net, *ip, inst).map(|o| format!("instance {o:?}")));
         if let Some(holder) = holder {
             return Err(Error::Invalid(format!(
                 "Device {dev:?}: IP address \"{ip}\" already defined on another NIC ({holder}, on network {net:?})"
@@ -400,13 +404,9 @@ fn resolve_beside(
         let kind = match &attach {
             Attach::Managed(net) => {
                 if let Some(ip) = conf.get("ipv4.address").and_then(|v| v.parse().ok()) {
-                    if let Some(o) = on_network(data, net)
-                        .into_iter()
-                        .find(|n| n.instance != inst && n.ipv4 == Some(ip))
-                    {
+                    if let Some(o) = other_holder(data, net, ip, inst) {
                         return Err(Error::Invalid(format!(
-                            "Device {dev:?}: IP address {ip} is already reserved on network {net:?} by instance {:?}",
-                            o.instance
+                            "Device {dev:?}: IP address {ip} is already reserved on network {net:?} by instance {o:?}"
                         )));
                     }
                 }

@@ -26,10 +26,7 @@ pub fn resources(name: &str) -> BTreeMap<String, Vec<String>> {
 fn root_disks(devices: &Devices) -> usize {
     devices
         .values()
-        .filter(|d| {
-            d.get("type").map(String::as_str) == Some("disk")
-                && d.get("path").map(String::as_str) == Some("/")
-        })
+        .filter(|d| super::config::is_root_disk(d))
         .count()
 }
 
