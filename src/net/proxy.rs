@@ -131,18 +131,6 @@ struct InRoot<'a> {
     maker: (u32, u32),
 }
 
-/// Run `f` with this thread's filesystem ids set to `ids` (a short-lived thread's only: the
-/// ids are per thread), then back to root's.
-fn as_ids<T>(ids: (u32, u32), f: impl FnOnce() -> T) -> T {
-    use nix::unistd::{setfsgid, setfsuid, Gid, Uid};
-    setfsgid(Gid::from_raw(ids.1));
-    setfsuid(Uid::from_raw(ids.0));
-    let r = f();
-    setfsuid(Uid::from_raw(0));
-    setfsgid(Gid::from_raw(0));
-    r
-}
-
 /// Owner and mode of a listening unix socket's file (host ids).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct UnixOwner {
@@ -234,7 +222,7 @@ fn bind_unix_path(
     let via = format!("/proc/self/fd/{}/{name}", dir.as_raw_fd());
     let l = match root {
         None => UnixListener::bind(&via),
-        Some(r) => as_ids(r.maker, || UnixListener::bind(&via)),
+        Some(r) => crate::sys::as_fs_ids(r.maker.0, r.maker.1, false, || UnixListener::bind(&via)),
     }
     .map_err(|e| annotate(path, e))?;
     let node = rustix::fs::openat(

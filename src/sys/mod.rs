@@ -499,11 +499,13 @@ pub mod loopdev;
 pub mod seccomp;
 mod static_libc;
 
-/// Run `f` with this thread's filesystem ids set to `uid`/`gid` while it keeps its
-/// capabilities (`SECBIT_NO_SETUID_FIXUP`; ids, capabilities and securebits are per thread),
-/// then back to root's ids and the securebits it had. For files made as a container's root in
-/// its idmapped tree, where an inode's owner must be mapped in the mount's idmap.
-pub fn as_fs_ids_keeping_caps<T>(uid: u32, gid: u32, f: impl FnOnce() -> T) -> T {
+/// Run `f` with this thread's filesystem ids set to `uid`/`gid`, then back to root's (also
+/// when `f` panics); ids, capabilities and securebits are per thread, so no other thread sees
+/// it. With `keep_caps` the thread keeps its capabilities meanwhile (`SECBIT_NO_SETUID_FIXUP`,
+/// its securebits put back after): for files made as a container's root in its idmapped tree,
+/// where an inode's owner must be mapped in the mount's idmap. Without, it loses its
+/// filesystem capabilities while the ids are not root's, as any such change makes it.
+pub fn as_fs_ids<T>(uid: u32, gid: u32, keep_caps: bool, f: impl FnOnce() -> T) -> T {
     use nix::unistd::{setfsgid, setfsuid, Gid, Uid};
     const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
     struct Back(Option<libc::c_ulong>);
@@ -517,24 +519,25 @@ pub fn as_fs_ids_keeping_caps<T>(uid: u32, gid: u32, f: impl FnOnce() -> T) -> T
             }
         }
     }
-    // SAFETY: PR_GET_SECUREBITS takes no pointer; it reads this thread's bits.
-    let old = unsafe { libc::prctl(libc::PR_GET_SECUREBITS, 0, 0, 0, 0) };
-    let back = Back(if old >= 0 {
-        let old = old as libc::c_ulong;
-        // SAFETY: as above; needs CAP_SETPCAP, which the daemon has.
-        let set = unsafe {
-            libc::prctl(
-                libc::PR_SET_SECUREBITS,
-                old | SECBIT_NO_SETUID_FIXUP,
-                0,
-                0,
-                0,
-            )
-        };
-        (set == 0).then_some(old)
-    } else {
-        None
-    });
+    let kept = keep_caps
+        .then(|| {
+            // SAFETY: PR_GET_SECUREBITS takes no pointer; it reads this thread's bits.
+            let old = unsafe { libc::prctl(libc::PR_GET_SECUREBITS, 0, 0, 0, 0) };
+            let old = libc::c_ulong::try_from(old).ok()?;
+            // SAFETY: as above; needs CAP_SETPCAP, which the daemon has.
+            let set = unsafe {
+                libc::prctl(
+                    libc::PR_SET_SECUREBITS,
+                    old | SECBIT_NO_SETUID_FIXUP,
+                    0,
+                    0,
+                    0,
+                )
+            };
+            (set == 0).then_some(old)
+        })
+        .flatten();
+    let back = Back(kept);
     setfsgid(Gid::from_raw(gid));
     setfsuid(Uid::from_raw(uid));
     let r = f();

@@ -130,7 +130,7 @@ pub fn handle(d: &Daemon, req: &mut Request, name: &str, rec: &InstanceRecord) -
     let View { root, ids, maker } = view(d, name, rec)?;
     // Writes in a running container's idmapped tree are made as its root (see `view`).
     let as_maker = |f: &mut dyn FnMut() -> Result<Response>| match maker {
-        Some((u, g)) => crate::sys::as_fs_ids_keeping_caps(u, g, f),
+        Some((u, g)) => crate::sys::as_fs_ids(u, g, true, f),
         None => f(),
     };
     match req.method.as_str() {
