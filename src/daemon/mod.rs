@@ -119,17 +119,14 @@ fn run(dir: &Path, group: Option<&str>) -> Result<(), String> {
         .map_err(|e| format!("{}/storage-pools: {e}", dir.display()))?;
 
     // Before anything reads the cgroup layout (it is read once per process).
-    match crate::util::fs::read_small(Path::new("/proc/self/mountinfo"))
-        .map_err(|e| format!("reading /proc/self/mountinfo: {e}"))
-        .and_then(|t| crate::runtime::cgroup::mount_if_none(&t).map_err(|e| e.0))
-    {
+    match crate::runtime::cgroup::mount_if_none() {
         Ok(true) => eprintln!(
             "bivy: no cgroup filesystem was mounted: mounted cgroup2 at {}",
             crate::runtime::cgroup::MOUNT_POINT
         ),
         Ok(false) => {}
         // Containers cannot start; the daemon still serves everything else.
-        Err(e) => eprintln!("bivy: {e}"),
+        Err(e) => eprintln!("bivy: {}", e.0),
     }
     let host = Host::probe(dir);
     trace.step("host probed");

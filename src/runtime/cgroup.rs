@@ -102,9 +102,11 @@ pub const MOUNT_POINT: &str = "/sys/fs/cgroup";
 /// hierarchy mounted at /sys/fs/cgroup, as OpenRC and `cgroupfs-mount` mount it, in the
 /// caller's mount namespace. `Ok(true)` when it was mounted now, `Ok(false)` when a cgroup
 /// filesystem was there already. Call it before the first [`Layout::probe`].
-pub fn mount_if_none(mountinfo: &str) -> Result<bool> {
-    let l = Layout::from_mountinfo(mountinfo);
+pub fn mount_if_none() -> Result<bool> {
+    let l = Layout::read();
     if !l.v1.is_empty() || l.unified.is_some() {
+        // What the first probe would read again.
+        let _ = LAYOUT.set(l);
         return Ok(false);
     }
     let mp = Path::new(MOUNT_POINT);
@@ -137,6 +139,9 @@ mod io;
 mod kept;
 
 pub use devices::DEFAULT_DEVICES;
+
+/// The cgroup mounts as this process first read them ([`Layout::probe`]).
+static LAYOUT: OnceLock<Layout> = OnceLock::new();
 
 /// The cgroup mounts of this host, as seen in /proc/self/mountinfo.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -196,12 +201,14 @@ impl Layout {
 
     /// The host's layout, probed once.
     pub fn probe() -> &'static Layout {
-        static LAYOUT: OnceLock<Layout> = OnceLock::new();
-        LAYOUT.get_or_init(|| {
-            // Page-sized reads (std's reader probes a size-0 procfs file from 32 bytes up).
-            let text = crate::util::fs::read_small(Path::new("/proc/self/mountinfo"));
-            Layout::from_mountinfo(&text.unwrap_or_default())
-        })
+        LAYOUT.get_or_init(Layout::read)
+    }
+
+    /// This process's cgroup mounts now.
+    fn read() -> Layout {
+        // Page-sized reads (std's reader probes a size-0 procfs file from 32 bytes up).
+        let text = crate::util::fs::read_small(Path::new("/proc/self/mountinfo"));
+        Layout::from_mountinfo(&text.unwrap_or_default())
     }
 
     /// The v1 mount point holding `controller` (or `name=xxx`).
