@@ -35,10 +35,10 @@ pub struct Ctx {
     /// with a PUT of the source's config, volatile keys included, and those values are the
     /// source's state, not settings for this instance (taken by that PUT).
     pub refreshed: Mutex<HashMap<String, crate::api::StringMap>>,
-    /// The starts of each instance since this daemon began, counted before a start records its
-    /// NICs' host ends: a watcher clears the host ends of the run it followed only while no
-    /// later start has counted (a restart's start can record its own before the watcher of the
-    /// run it stopped gets to them).
+    /// Each instance's current run, numbered before a start records its NICs' host ends (one
+    /// sequence for all instances; an instance's entry goes with it): a watcher clears the host
+    /// ends of the run it followed only while no later start has been numbered (a restart's
+    /// start can record its own before the watcher of the run it stopped gets to them).
     pub runs: Mutex<HashMap<String, u64>>,
     pub host: Host,
     pub shutting_down: AtomicBool,

@@ -102,6 +102,7 @@ pub fn delete_now(d: &Ctx, name: &str) -> Result<()> {
         (rec, nets)
     };
     trace.step("record removed");
+    crate::util::lock(&d.runs).remove(name);
     // Its NICs' leases and names on the managed networks go with it.
     super::bridges::refresh(d, nets);
     // The record is gone (commit point); data removal failures are retried by `recover`.
@@ -288,9 +289,7 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
         .iter()
         .map(|(k, v)| (k.as_str(), v.clone()))
         .collect();
-    *crate::util::lock(&d.runs)
-        .entry(name.to_string())
-        .or_default() += 1;
+    new_run(d, name);
     set_volatile(d, name, &nic_keys);
     trace.step("spec ready");
     // The start's record: the power state, the templates applied, the id map in use. Written
@@ -507,9 +506,18 @@ pub fn host_shutdown(d: &Ctx) {
     }
 }
 
-/// How many times `name` has started since this daemon began ([`Ctx::runs`]).
+/// The number of `name`'s current run ([`Ctx::runs`]; 0: none since this daemon began).
 fn runs(d: &Ctx, name: &str) -> u64 {
     crate::util::lock(&d.runs).get(name).copied().unwrap_or(0)
+}
+
+/// Number a start of `name` before it records its NICs' host ends: from one sequence for all
+/// instances, so a name deleted (its entry with it) and made again never meets an old run's
+/// number in a late watcher.
+fn new_run(d: &Ctx, name: &str) {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    crate::util::lock(&d.runs).insert(name.to_string(), n);
 }
 
 /// A stopped instance's NICs are gone with its network namespace: close its proxy devices,
@@ -517,17 +525,16 @@ fn runs(d: &Ctx, name: &str) -> u64 {
 /// bring its bridges' rules in line.
 fn nics_stopped(d: &Ctx, name: &str, run: u64) {
     super::proxy::stopped(d, name);
-    let Ok(rec) = record(d, name) else { return };
-    let (_, ed) = expanded(d, &rec);
-    {
+    let nets = {
         let mut db = d.db.lock().expect("db lock");
+        let Ok(rec) = super::view::record_in(&db.data, name) else {
+            return;
+        };
+        let (_, ed) =
+            super::config::expand(&rec.profiles, &db.data.profiles, &rec.config, &rec.devices);
+        let nets = super::nics::networks_of(&db.data, &ed);
         // Checked under the database's lock: a start counts itself before it records.
-        let keys = db
-            .data
-            .instances
-            .get(name)
-            .map(|r| super::nics::stopped_volatile(&r.config))
-            .unwrap_or_default();
+        let keys = super::nics::stopped_volatile(&rec.config);
         if !keys.is_empty() && runs(d, name) == run {
             let _ = db.update(|data| {
                 if let Some(r) = data.instances.get_mut(name) {
@@ -537,8 +544,8 @@ fn nics_stopped(d: &Ctx, name: &str, run: u64) {
                 }
             });
         }
-    }
-    let nets = super::nics::networks_of(&d.db.lock().expect("db lock").data, &ed);
+        nets
+    };
     super::bridges::refresh(d, nets);
 }
 

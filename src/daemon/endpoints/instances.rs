@@ -569,6 +569,7 @@ fn rename(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
         crate::instance::nics::networks_of(&db.data, &ed)
     };
     crate::instance::bridges::refresh(d, nets);
+    crate::util::lock(&d.runs).remove(name);
     drop(guard);
     let _ = std::fs::rename(d.log_dir(name), d.log_dir(&new));
     let _ = std::fs::remove_dir_all(d.run_dir(name));
