@@ -450,6 +450,9 @@ fn file_requests_on_a_running_container_see_its_mounts() {
     let share = d.tmp().join("share");
     std::fs::create_dir_all(&share).expect("mkdir");
     std::fs::write(share.join("f"), "hello\n").expect("write");
+    // Writable by the container's root, which is no one on the host (see the next test).
+    std::fs::set_permissions(&share, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+        .expect("chmod");
     let local = d.tmp().join("local");
     std::fs::write(&local, "pushed\n").expect("write");
     let local = local.to_str().expect("utf-8");
@@ -495,6 +498,87 @@ fn file_requests_on_a_running_container_see_its_mounts() {
     assert_eq!(
         l.sh("c1", "stat -c '%u:%g' /root/made"),
         (0, "0:0\n".to_string())
+    );
+    l.ok(&["delete", "c1", "--force"]);
+}
+
+/// A file request acts as the container's root would: a symlink its root plants (to a host file
+/// a disk device shows it, which it cannot write itself) must not lend an admin's push or delete
+/// the daemon's rights. What its root can do, files of its other users included, still works.
+#[test]
+fn a_planted_symlink_does_not_lend_file_requests_the_daemons_rights() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    l.import_busybox();
+    let shared = d.tmp().join("shared");
+    std::fs::create_dir_all(&shared).expect("mkdir");
+    let conf = shared.join("important.conf");
+    std::fs::write(&conf, "ORIGINAL\n").expect("write");
+    let local = d.tmp().join("local");
+    std::fs::write(&local, "pushed\n").expect("write");
+    let local = local.to_str().expect("utf-8");
+    l.ok(&["launch", "busybox", "c1"]);
+    l.ok(&[
+        "config",
+        "device",
+        "add",
+        "c1",
+        "sh",
+        "disk",
+        &format!("source={}", shared.display()),
+        "path=/data",
+    ]);
+    let (code, _) = l.sh("c1", "echo x > /data/important.conf");
+    assert_ne!(
+        code, 0,
+        "the container's root cannot write the host's file itself"
+    );
+    let (code, out) = l.sh(
+        "c1",
+        "ln -sf /data/important.conf /etc/motd && ln -s /data /root/cache && \
+         echo mine > /tmp/t && chown 1000:1000 /tmp/t && chmod 600 /tmp/t && \
+         mkdir -p /home/u && echo u > /home/u/rc && chown -R 1000:1000 /home/u && \
+         chmod 700 /home/u && chmod 400 /home/u/rc",
+    );
+    assert_eq!(code, 0, "{out}");
+    let err = common::failed(&l.run(&["file", "push", local, "c1/etc/motd"]));
+    assert!(err.contains("permission denied"), "{err}");
+    let err = common::failed(&l.run(&["file", "push", local, "c1/root/cache/planted"]));
+    assert!(err.contains("permission denied"), "{err}");
+    let err = common::failed(&l.run(&["file", "delete", "c1/root/cache/important.conf"]));
+    assert!(err.contains("permission denied"), "{err}");
+    // (lxc refuses this one itself: the parent it checks is a symlink.)
+    common::failed(&l.run(&["file", "push", "-p", local, "c1/root/cache/sub/x"]));
+    let (code, body) = d
+        .api(
+            "POST",
+            "/1.0/instances/c1/files?path=/root/cache/sub",
+            None,
+        )
+        .expect("api");
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(std::fs::read_to_string(&conf).expect("read"), "ORIGINAL\n");
+    let left: Vec<_> = std::fs::read_dir(&shared)
+        .expect("ls")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("important.conf")]);
+    // Its root's own rights: over its other users' files (a 0400 file in a 0700 directory of
+    // uid 1000), a sticky /tmp, and new files.
+    l.ok(&["file", "push", local, "c1/home/u/rc"]);
+    l.ok(&["file", "delete", "c1/tmp/t"]);
+    l.ok(&["file", "push", local, "c1/root/new"]);
+    assert_eq!(
+        l.sh(
+            "c1",
+            "cat /home/u/rc; stat -c '%a %u' /home/u/rc; test -e /tmp/t || echo gone; \
+             stat -c '%u:%g' /root/new"
+        ),
+        (0, "pushed\n400 1000\ngone\n0:0\n".to_string())
     );
     l.ok(&["delete", "c1", "--force"]);
 }

@@ -545,6 +545,46 @@ pub fn as_fs_ids<T>(uid: u32, gid: u32, keep_caps: bool, f: impl FnOnce() -> T) 
     r
 }
 
+/// Run `f` as a user namespace's root acts on one inode (the file requests on a running
+/// container): filesystem ids `uid`/`gid` (its root's host ids), no supplementary groups, and the
+/// filesystem capabilities only when `privileged`, that is when the inode's owner and group are
+/// ids the namespace maps, so its root's capabilities apply to it (the kernel's
+/// `capable_wrt_inode_uidgid`); otherwise the kernel checks the mode bits as for any other user,
+/// as it would for the container's root. Everything is per thread and put back after, also when
+/// `f` panics.
+pub fn as_ns_root<T>(uid: u32, gid: u32, privileged: bool, f: impl FnOnce() -> T) -> T {
+    struct Groups(Vec<libc::gid_t>);
+    impl Drop for Groups {
+        fn drop(&mut self) {
+            set_thread_groups(&self.0);
+        }
+    }
+    let _saved = Groups(thread_groups());
+    set_thread_groups(&[]);
+    as_fs_ids(uid, gid, privileged, f)
+}
+
+/// This thread's supplementary groups.
+fn thread_groups() -> Vec<libc::gid_t> {
+    let mut groups = vec![0; 256];
+    // SAFETY: getgroups writes at most `groups.len()` gids into the buffer, which lives across
+    // the call; glibc's getgroups is the plain system call, which reads this thread's creds.
+    let n = unsafe { libc::getgroups(groups.len() as libc::c_int, groups.as_mut_ptr()) };
+    groups.truncate(usize::try_from(n).unwrap_or(0));
+    groups
+}
+
+/// Set this thread's supplementary groups alone: the raw system call (glibc's `setgroups` sets
+/// them in every thread of the process).
+fn set_thread_groups(groups: &[libc::gid_t]) {
+    // SAFETY: setgroups reads `groups.len()` gids from the slice, which lives across the call;
+    // the system call changes only the calling thread's creds (needs CAP_SETGID, which the
+    // daemon has while its fs ids are root's).
+    unsafe {
+        libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr());
+    }
+}
+
 /// Cap glibc's malloc arenas (`M_ARENA_MAX`): the daemon runs a thread per connection and per
 /// watched container, and glibc would otherwise give busy threads arenas of their own, which
 /// shows up as resident memory that grows with the number of containers.

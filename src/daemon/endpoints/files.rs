@@ -62,6 +62,15 @@ impl Ids {
             .map(|e| e.hostid + (id - e.nsid))
             .ok_or_else(|| Error::BadRequest(format!("id {id} is not mapped in the instance")))
     }
+    /// An inode owned by `uid` and `gid` (as the host sees them) is one the container's user
+    /// namespace maps both ids of.
+    fn maps(&self, uid: u32, gid: u32) -> bool {
+        let has = |map: &[IdMapEntry], id: u32| {
+            map.iter()
+                .any(|e| id >= e.hostid && id - e.hostid < e.count)
+        };
+        has(&self.uid, uid) && has(&self.gid, gid)
+    }
     fn from_disk(map: &[IdMapEntry], id: u32) -> u32 {
         if map.is_empty() {
             return id;
@@ -83,6 +92,10 @@ fn io_err(path: &str, e: rustix::io::Errno) -> Error {
         rustix::io::Errno::EXIST => Error::Conflict(format!("{path}: already exists")),
         rustix::io::Errno::NOTDIR => Error::BadRequest(format!("{path}: not a directory")),
         rustix::io::Errno::ISDIR => Error::BadRequest(format!("{path}: is a directory")),
+        rustix::io::Errno::ACCESS | rustix::io::Errno::PERM => {
+            Error::Forbidden(format!("{path}: permission denied"))
+        }
+        rustix::io::Errno::ROFS => Error::BadRequest(format!("{path}: read-only file system")),
         e => Error::Internal(format!("{path}: {e}")),
     }
 }
@@ -127,16 +140,11 @@ pub fn handle(d: &Daemon, req: &mut Request, name: &str, rec: &InstanceRecord) -
     } else {
         format!("/{path}")
     };
-    let View { root, ids, maker } = view(d, name, rec)?;
-    // Writes in a running container's idmapped tree are made as its root (see `view`).
-    let as_maker = |f: &mut dyn FnMut() -> Result<Response>| match maker {
-        Some((u, g)) => crate::sys::as_fs_ids(u, g, true, f),
-        None => f(),
-    };
+    let v = view(d, name, rec)?;
     match req.method.as_str() {
-        "GET" | "HEAD" => pull(&root, &path, &ids, req.method == "HEAD"),
-        "POST" => as_maker(&mut || push(&root, req, &path, &ids)),
-        "DELETE" => as_maker(&mut || remove(&root, &path)),
+        "GET" | "HEAD" => pull(&v, &path, req.method == "HEAD"),
+        "POST" => push(&v, req, &path),
+        "DELETE" => remove(&v, &path),
         m => Err(Error::MethodNotAllowed(format!("method {m} not allowed"))),
     }
 }
@@ -145,15 +153,50 @@ pub fn handle(d: &Daemon, req: &mut Request, name: &str, rec: &InstanceRecord) -
 struct View {
     root: OwnedFd,
     ids: Ids,
-    /// The host ids new files are made with, when they must be set (an idmapped tree).
+    /// A running unprivileged container's root's host ids: what reads, writes, makes and
+    /// deletes its files (see [`View::act`]).
     maker: Option<(u32, u32)>,
+}
+
+impl View {
+    /// Run `f`, which reads, writes, makes or deletes through the inode open as `inode` (the
+    /// file, or the directory an entry is made in or deleted from), as the container's root
+    /// would: its host ids, with the filesystem capabilities only on an inode its user namespace
+    /// maps (`sys::as_ns_root`), so the mode bits of anything else apply to it as to its root.
+    /// A container's root cannot write a host file that a disk device shows it read-only to it,
+    /// and a symlink it plants must not make a request do it with the daemon's rights (LXD runs
+    /// its file requests inside the container's user namespace). A stopped or privileged
+    /// container's files are the daemon's to act on: paths never leave the root, and a
+    /// stopped one's root has no mounts.
+    fn act<T>(&self, inode: &OwnedFd, path: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.act_on(&[inode], path, f)
+    }
+
+    /// [`View::act`] where the capabilities must hold over each of `inodes`.
+    fn act_on<T>(
+        &self,
+        inodes: &[&OwnedFd],
+        path: &str,
+        f: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let Some((uid, gid)) = self.maker else {
+            return f();
+        };
+        let mut mapped = true;
+        for inode in inodes {
+            let st = rustix::fs::fstat(inode).map_err(|e| io_err(path, e))?;
+            mapped &= self.ids.maps(st.st_uid, st.st_gid);
+        }
+        crate::sys::as_ns_root(uid, gid, mapped, f)
+    }
 }
 
 /// Where the files of `rec` are, how their owners read, and as whom new ones are made. A
 /// running container's files are those its init sees (`/proc/PID/root`: its mounts, so disk
 /// devices, custom volumes, its own tmpfs mounts and /proc as LXD's SFTP server inside it sees
-/// them), owned as the host sees them through its id map; new ones are made with its root's host
-/// ids, which an idmapped tree needs. A stopped one's are its volume's rootfs directory.
+/// them), owned as the host sees them through its id map, and acted on as its root ([`View::act`];
+/// new files are made with its root's host ids, which an idmapped tree needs too). A stopped
+/// one's are its volume's rootfs directory.
 fn view(d: &Daemon, name: &str, rec: &InstanceRecord) -> Result<View> {
     if let Ok(crate::runtime::State::Running { init_pid, .. }) =
         crate::instance::view::state_of(d, name)
@@ -203,7 +246,8 @@ fn headers(resp: Response, st: &rustix::fs::Stat, ids: &Ids, kind: &str) -> Resp
     .header("X-LXD-type", kind)
 }
 
-fn pull(root: &OwnedFd, path: &str, ids: &Ids, head: bool) -> Result<Response> {
+fn pull(v: &View, path: &str, head: bool) -> Result<Response> {
+    let (root, ids) = (&v.root, &v.ids);
     let fd = rustix::fs::openat2(
         root,
         path,
@@ -227,14 +271,9 @@ fn pull(root: &OwnedFd, path: &str, ids: &Ids, head: bool) -> Result<Response> {
             Ok(headers(r, &st, ids, "symlink").body(body))
         }
         rustix::fs::FileType::Directory => {
-            let dfd = rustix::fs::openat2(
-                root,
-                path,
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-                RESOLVE,
-            )
-            .map_err(|e| io_err(path, e))?;
+            let dfd = v.act(&fd, path, || {
+                reopen(&fd, OFlags::RDONLY | OFlags::DIRECTORY, path)
+            })?;
             let mut names = Vec::new();
             let dir = rustix::fs::Dir::read_from(&dfd).map_err(|e| io_err(path, e))?;
             for ent in dir {
@@ -253,14 +292,9 @@ fn pull(root: &OwnedFd, path: &str, ids: &Ids, head: bool) -> Result<Response> {
             Ok(headers(r, &st, ids, "directory"))
         }
         rustix::fs::FileType::RegularFile => {
-            let ffd = rustix::fs::openat2(
-                root,
-                path,
-                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
-                Mode::empty(),
-                RESOLVE,
-            )
-            .map_err(|e| io_err(path, e))?;
+            let ffd = v.act(&fd, path, || {
+                reopen(&fd, OFlags::RDONLY | OFlags::NONBLOCK, path)
+            })?;
             let mut f = std::fs::File::from(ffd);
             let len = st.st_size as u64;
             let r = Response::new(200).header("Content-Type", "application/octet-stream");
@@ -297,7 +331,8 @@ fn header_id(req: &Request, name: &str) -> Result<Option<u32>> {
     }
 }
 
-fn push(root: &OwnedFd, req: &mut Request, path: &str, ids: &Ids) -> Result<Response> {
+fn push(v: &View, req: &mut Request, path: &str) -> Result<Response> {
+    let (root, ids) = (&v.root, &v.ids);
     let uid = header_id(req, "X-LXD-uid")?;
     let gid = header_id(req, "X-LXD-gid")?;
     let mode = match req.header("X-LXD-mode") {
@@ -337,34 +372,43 @@ fn push(root: &OwnedFd, req: &mut Request, path: &str, ids: &Ids) -> Result<Resp
             (disk_uid, disk_gid)
         };
         if u.is_some() || g.is_some() {
-            rustix::fs::fchown(fd, u.map(disk_uid_of), g.map(disk_gid_of))
-                .map_err(|e| io_err(path, e))?;
+            v.act(fd, path, || {
+                rustix::fs::fchown(fd, u.map(disk_uid_of), g.map(disk_gid_of))
+                    .map_err(|e| io_err(path, e))
+            })?;
         }
         Ok(())
     };
+    let chmod = |fd: &OwnedFd, m: u32| {
+        v.act(fd, path, || {
+            rustix::fs::fchmod(fd, Mode::from_raw_mode(m)).map_err(|e| io_err(path, e))
+        })
+    };
     match kind.as_str() {
         "directory" => {
-            let created = match rustix::fs::mkdirat(
-                &pfd,
-                name.as_str(),
-                Mode::from_raw_mode(mode.unwrap_or(0o755)),
-            ) {
-                Ok(()) => true,
-                Err(rustix::io::Errno::EXIST) => false,
-                Err(e) => return Err(io_err(path, e)),
-            };
-            let dfd = rustix::fs::openat(
-                &pfd,
-                name.as_str(),
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| io_err(path, e))?;
+            let made = v.act(&pfd, path, || {
+                match rustix::fs::mkdirat(
+                    &pfd,
+                    name.as_str(),
+                    Mode::from_raw_mode(mode.unwrap_or(0o755)),
+                ) {
+                    Ok(()) => Ok(true),
+                    Err(rustix::io::Errno::EXIST) => Ok(false),
+                    Err(e) => Err(io_err(path, e)),
+                }
+            })?;
             // An existing directory is left as it is (LXD 5.0.2).
-            if created {
+            if made {
+                let dfd = rustix::fs::openat(
+                    &pfd,
+                    name.as_str(),
+                    OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| io_err(path, e))?;
+                let dfd = v.act(&dfd, path, || reopen(&dfd, OFlags::RDONLY, path))?;
                 owner(&dfd, true)?;
-                rustix::fs::fchmod(&dfd, Mode::from_raw_mode(mode.unwrap_or(0o755)))
-                    .map_err(|e| io_err(path, e))?;
+                chmod(&dfd, mode.unwrap_or(0o755))?;
             }
         }
         "symlink" => {
@@ -373,7 +417,10 @@ fn push(root: &OwnedFd, req: &mut Request, path: &str, ids: &Ids) -> Result<Resp
                 .map_err(|e| Error::BadRequest(format!("symlink target: {e}")))?;
             let target = String::from_utf8(target)
                 .map_err(|_| Error::BadRequest("symlink target is not UTF-8".into()))?;
-            match rustix::fs::symlinkat(target.as_str(), &pfd, name.as_str()) {
+            let made = v.act(&pfd, path, || {
+                Ok(rustix::fs::symlinkat(target.as_str(), &pfd, name.as_str()))
+            })?;
+            match made {
                 Ok(()) => {}
                 Err(rustix::io::Errno::EXIST) => {
                     let st = rustix::fs::statat(
@@ -389,31 +436,49 @@ fn push(root: &OwnedFd, req: &mut Request, path: &str, ids: &Ids) -> Result<Resp
                             "{path}: exists and is not a symlink"
                         )));
                     }
-                    rustix::fs::unlinkat(&pfd, name.as_str(), rustix::fs::AtFlags::empty())
-                        .map_err(|e| io_err(path, e))?;
-                    rustix::fs::symlinkat(target.as_str(), &pfd, name.as_str())
-                        .map_err(|e| io_err(path, e))?;
+                    unlink(v, &pfd, &name, path, rustix::fs::AtFlags::empty())?;
+                    v.act(&pfd, path, || {
+                        rustix::fs::symlinkat(target.as_str(), &pfd, name.as_str())
+                            .map_err(|e| io_err(path, e))
+                    })?;
                 }
                 Err(e) => return Err(io_err(path, e)),
             }
             let u = disk_uid.map_or_else(|| Ids::to_disk(&ids.uid, 0), Ok)?;
             let g = disk_gid.map_or_else(|| Ids::to_disk(&ids.gid, 0), Ok)?;
-            rustix::fs::chownat(
+            // The link just made is the maker's own.
+            let link = rustix::fs::openat(
                 &pfd,
                 name.as_str(),
-                Some(disk_uid_of(u)),
-                Some(disk_gid_of(g)),
-                rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
             )
             .map_err(|e| io_err(path, e))?;
+            v.act(&link, path, || {
+                rustix::fs::chownat(
+                    &pfd,
+                    name.as_str(),
+                    Some(disk_uid_of(u)),
+                    Some(disk_gid_of(g)),
+                    rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(|e| io_err(path, e))
+            })?;
         }
         "file" => {
-            let (fd, created) = match rustix::fs::openat(
-                &pfd,
-                name.as_str(),
-                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::from_raw_mode(0o600),
-            ) {
+            let made = v.act(&pfd, path, || {
+                Ok(rustix::fs::openat(
+                    &pfd,
+                    name.as_str(),
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                ))
+            })?;
+            let (fd, created) = match made {
                 Ok(fd) => (fd, true),
                 Err(rustix::io::Errno::EXIST) => {
                     // An existing file is written where its path leads inside the container, a
@@ -437,13 +502,11 @@ fn push(root: &OwnedFd, req: &mut Request, path: &str, ids: &Ids) -> Result<Resp
                     {
                         return Err(not_regular());
                     }
-                    let mut flags = OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NONBLOCK;
+                    let mut flags = OFlags::WRONLY | OFlags::NONBLOCK;
                     if append {
                         flags |= OFlags::APPEND;
                     }
-                    let again = format!("/proc/self/fd/{}", found.as_raw_fd());
-                    let fd = rustix::fs::open(again.as_str(), flags, Mode::empty())
-                        .map_err(|e| io_err(path, e))?;
+                    let fd = v.act(&found, path, || reopen(&found, flags, path))?;
                     let st2 = rustix::fs::fstat(&fd).map_err(|e| io_err(path, e))?;
                     if (st2.st_dev, st2.st_ino) != (st.st_dev, st.st_ino) {
                         return Err(not_regular());
@@ -459,8 +522,7 @@ fn push(root: &OwnedFd, req: &mut Request, path: &str, ids: &Ids) -> Result<Resp
                 // An existing file keeps its owner and mode (LXD 5.0.2 sets them on new ones).
                 if created {
                     owner(&fd, true)?;
-                    rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode.unwrap_or(0o644)))
-                        .map_err(|e| io_err(path, e))?;
+                    chmod(&fd, mode.unwrap_or(0o644))?;
                 }
                 let mut f = std::fs::File::from(
                     fd.as_fd()
@@ -482,7 +544,7 @@ fn push(root: &OwnedFd, req: &mut Request, path: &str, ids: &Ids) -> Result<Resp
                 Ok(())
             })();
             if res.is_err() && created {
-                let _ = rustix::fs::unlinkat(&pfd, name.as_str(), rustix::fs::AtFlags::empty());
+                let _ = unlink(v, &pfd, &name, path, rustix::fs::AtFlags::empty());
             }
             res?;
         }
@@ -491,10 +553,10 @@ fn push(root: &OwnedFd, req: &mut Request, path: &str, ids: &Ids) -> Result<Resp
     Ok(response::empty())
 }
 
-fn remove(root: &OwnedFd, path: &str) -> Result<Response> {
+fn remove(v: &View, path: &str) -> Result<Response> {
     let (parent, name) = split(path)?;
     let pfd = rustix::fs::openat2(
-        root,
+        &v.root,
         &parent,
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
@@ -509,8 +571,43 @@ fn remove(root: &OwnedFd, path: &str) -> Result<Response> {
         } else {
             rustix::fs::AtFlags::empty()
         };
-    rustix::fs::unlinkat(&pfd, name.as_str(), flags).map_err(|e| io_err(path, e))?;
+    unlink(v, &pfd, &name, path, flags)?;
     Ok(response::empty())
+}
+
+/// Open the inode open as `fd` (an `O_PATH` descriptor) again with `flags`, through its
+/// descriptor: that very inode, its permission checked now.
+fn reopen(fd: &OwnedFd, flags: OFlags, path: &str) -> Result<OwnedFd> {
+    let again = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    rustix::fs::open(again.as_str(), flags | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| io_err(path, e))
+}
+
+/// Remove entry `name` of the directory open as `pfd` as the container's root would: its
+/// capabilities over the directory, and in a sticky directory (`/tmp`) over the entry too.
+fn unlink(
+    v: &View,
+    pfd: &OwnedFd,
+    name: &str,
+    path: &str,
+    flags: rustix::fs::AtFlags,
+) -> Result<()> {
+    let sticky = rustix::fs::fstat(pfd)
+        .map(|st| st.st_mode & 0o1000 != 0)
+        .map_err(|e| io_err(path, e))?;
+    let entry = rustix::fs::openat(
+        pfd,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io_err(path, e))?;
+    let go = || rustix::fs::unlinkat(pfd, name, flags).map_err(|e| io_err(path, e));
+    if sticky {
+        v.act_on(&[pfd, &entry], path, go)
+    } else {
+        v.act(pfd, path, go)
+    }
 }
 
 fn disk_uid_of(u: u32) -> rustix::fs::Uid {
