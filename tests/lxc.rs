@@ -543,6 +543,42 @@ fn lxc_show_log_records_how_init_ended() {
     l.ok(&["delete", "c1"]);
 }
 
+/// A container that writes to its console without end does not fill the host's disk: the
+/// console log is rotated at 1 MiB (`console.log.1` the part before), and `--show-log` shows
+/// the latest.
+#[test]
+fn the_console_log_is_bounded() {
+    if !prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = setup(&d);
+    import_busybox(&l);
+    l.ok(&["launch", "busybox", "c1"]);
+    let (code, out) = l.sh(
+        "c1",
+        "dd if=/dev/zero bs=64k count=48 2>/dev/null | tr '\\0' A > /dev/console; \
+         echo the-end > /dev/console",
+    );
+    assert_eq!(code, 0, "{out}");
+    let logs = d.dir().join("logs/c1");
+    let size = |f: &str| std::fs::metadata(logs.join(f)).map_or(0, |m| m.len());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !l.ok(&["console", "c1", "--show-log"]).contains("the-end")
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(l.ok(&["console", "c1", "--show-log"]).contains("the-end"));
+    assert!(size("console.log") <= 1 << 20, "{}", size("console.log"));
+    assert!(
+        size("console.log.1") > 0 && size("console.log.1") <= 1 << 20,
+        "{}",
+        size("console.log.1")
+    );
+    l.ok(&["delete", "c1", "--force"]);
+}
+
 /// Config keys are kept or refused, never accepted and ignored: keys bivy does not implement
 /// yet answer "not supported yet: KEY"; LXD's value rules are enforced up front; and
 /// `linux.kernel_modules` loads (or finds) its modules before the start.

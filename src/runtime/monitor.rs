@@ -555,6 +555,57 @@ fn block_signals() -> Result<()> {
         .map_err(|e| Error(format!("block signals: {e}")))
 }
 
+/// The most the console log holds before it is rotated: a container that writes to its
+/// console without end must not fill the host's disk (LXD bounds its console log too).
+const CONSOLE_LOG_MAX: u64 = 1 << 20;
+
+/// The console log (`console.log`): appended to, and once it would pass [`CONSOLE_LOG_MAX`]
+/// renamed to `console.log.1` (replacing the one before) and begun again, so it never holds
+/// more than twice that.
+struct ConsoleLog {
+    path: PathBuf,
+    file: Option<File>,
+    len: u64,
+}
+
+impl ConsoleLog {
+    fn open(path: &Path) -> ConsoleLog {
+        let mut log = ConsoleLog {
+            path: path.to_path_buf(),
+            file: None,
+            len: 0,
+        };
+        log.reopen();
+        log
+    }
+
+    fn reopen(&mut self) {
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&self.path)
+            .ok();
+        self.len = self
+            .file
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .map_or(0, |m| m.len());
+    }
+
+    fn write(&mut self, data: &[u8]) {
+        if self.len + data.len() as u64 > CONSOLE_LOG_MAX {
+            let _ = fs::rename(&self.path, self.path.with_extension("log.1"));
+            self.reopen();
+        }
+        if let Some(f) = self.file.as_mut() {
+            if f.write_all(data).is_ok() {
+                self.len += data.len() as u64;
+            }
+        }
+    }
+}
+
 /// The monitor's loop: copy console output to the log, hand the console to a client, fork a
 /// waiter for each exec request, react to signals, until init is reaped.
 fn supervise(
@@ -569,12 +620,7 @@ fn supervise(
         SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
     )
     .ok();
-    let mut log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(&spec.console_log)
-        .ok();
+    let mut log = ConsoleLog::open(&spec.console_log);
     let mut buf = [0u8; 4096];
     let mut master_open = true;
     // The console socket (`lxc console`): one attached client owns the master until it goes.
@@ -661,11 +707,7 @@ fn supervise(
         }
         if log_master && ready.last() == Some(&true) {
             match rustix::io::read(master, &mut buf) {
-                Ok(n) if n > 0 => {
-                    if let Some(l) = log.as_mut() {
-                        let _ = l.write_all(&buf[..n]);
-                    }
-                }
+                Ok(n) if n > 0 => log.write(&buf[..n]),
                 Ok(_) => master_open = false,
                 Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
                 Err(_) => master_open = false,
@@ -710,9 +752,7 @@ fn supervise(
             if n == 0 {
                 break;
             }
-            if let Some(l) = log.as_mut() {
-                let _ = l.write_all(&buf[..n]);
-            }
+            log.write(&buf[..n]);
         }
     }
     let mut requested = String::new();
