@@ -281,17 +281,17 @@ pub fn validate_config(new: &StringMap, current: &StringMap, ncpus: usize) -> Re
     Ok(())
 }
 
-/// A `limits.cpu` count must be one the host can give: from 1 to its number of CPUs.
+/// A `limits.cpu` count must be at least 1 (more than the host has gives it all of them).
 fn check_cpu_count(v: &str, ncpus: usize) -> Result<()> {
     let v = v.trim();
     if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
         return Ok(()); // a set such as 0-3 is checked by validate_key
     }
     match v.parse::<usize>() {
-        Ok(n) if (1..=ncpus).contains(&n) => Ok(()),
+        Ok(n) if n >= 1 => Ok(()),
         _ => Err(Error::config(
             "limits.cpu",
-            format!("Invalid value for config key \"limits.cpu\": {v} CPUs requested, this host has {ncpus}"),
+            format!("Invalid value for config key \"limits.cpu\": {v} CPUs requested, at least 1 is needed (this host has {ncpus})"),
         )),
     }
 }

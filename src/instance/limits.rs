@@ -43,7 +43,8 @@ pub fn parse_memory(s: &str, total_ram: u64) -> Result<u64, String> {
     Ok(v)
 }
 
-/// `limits.cpu`: a count (`2` -> `0-1`) or a set of cpus (`0-3,7`), checked against `ncpus`.
+/// `limits.cpu`: a count (`2` -> `0-1`, more than `ncpus` is all of them) or a set of cpus
+/// (`0-3,7`, each one there).
 /// Returns the cpuset list.
 pub fn parse_cpu(s: &str, ncpus: usize) -> Result<String, String> {
     let s = s.trim();
@@ -53,9 +54,12 @@ pub fn parse_cpu(s: &str, ncpus: usize) -> Result<String, String> {
         && !s.contains('-')
     {
         let n: usize = s.parse().map_err(|_| format!("invalid cpu count {s:?}"))?;
-        if n == 0 || n > ncpus {
-            return Err(format!("invalid cpu count {n}: the host has {ncpus} cpus"));
+        if n == 0 {
+            return Err(format!("invalid cpu count {n}: at least 1"));
         }
+        // More than the host has is all of them, as LXD balances it (a config from a bigger
+        // host, by a copy or a migration, starts here).
+        let n = n.min(ncpus.max(1));
         return Ok(if n == 1 {
             "0".into()
         } else {
@@ -187,7 +191,9 @@ mod tests {
         assert_eq!(parse_cpu("0-3,7", 8).unwrap(), "0-3,7");
         assert_eq!(parse_cpu("1,3", 4).unwrap(), "1,3");
         assert_eq!(parse_cpu("2-2", 4).unwrap(), "2");
-        assert!(parse_cpu("5", 4).unwrap_err().contains("host has 4"));
+        // More than the host has: all of them (a config from a bigger host still starts).
+        assert_eq!(parse_cpu("5", 4).unwrap(), "0-3");
+        assert_eq!(parse_cpu("99999", 2).unwrap(), "0-1");
         assert!(parse_cpu("0-7", 4)
             .unwrap_err()
             .contains("cpu 7 does not exist"));
