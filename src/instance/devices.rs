@@ -742,13 +742,35 @@ pub fn hotplug(
     })
 }
 
+/// A device name as LXD's `validate.IsDeviceName` takes it (1 to 63 characters of letters,
+/// digits, `.`, `-`, `:` and `_`, not starting with `.`), but without `/`, which bivy refuses
+/// as it always has (device names become parts of paths and keys).
+fn check_device_name(name: &str) -> Result<()> {
+    let bad = |why: &str| {
+        Err(Error::Invalid(format!(
+            "Invalid device name {name:?}: {why}"
+        )))
+    };
+    if name.is_empty() || name.len() > 63 {
+        return bad("Name must be 1-63 characters long");
+    }
+    if name.starts_with('.') {
+        return bad("Name must not start with \".\" character");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-.:_".contains(&b))
+    {
+        return bad("Name can only contain alphanumeric, hyphen, colon, underscore and full stop characters");
+    }
+    Ok(())
+}
+
 /// Validate devices: a `type` each; known types only; disk, nic and proxy keys (a nic's network
 /// must exist in `data`).
 pub fn validate_devices(devices: &crate::api::Devices, data: &super::db::Data) -> Result<()> {
     for (name, d) in devices {
-        if name.is_empty() || name.contains('/') {
-            return Err(Error::Invalid(format!("Invalid device name {name:?}")));
-        }
+        check_device_name(name)?;
         if d.get("type").map(String::as_str) == Some("disk") {
             if let Some(pool) = d.get("pool").filter(|p| !p.is_empty()) {
                 if !data.pools.contains_key(pool) {
@@ -817,6 +839,16 @@ pub fn validate_devices(devices: &crate::api::Devices, data: &super::db::Data) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_names_are_lxds_without_slashes() {
+        for ok in ["eth0", "root", "a.b-c:d_e", &"n".repeat(63)] {
+            assert!(check_device_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".x", "..", "a/b", "x\ny", "e=v", "a b", &"n".repeat(64)] {
+            assert!(check_device_name(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn disk_devices_name_existing_pools() {
