@@ -248,15 +248,19 @@ fn backup_api_create_rename_delete_and_expiry() {
 
 /// A gzip'd tarball with a valid index.yaml for instance `name` and the given extra members.
 fn hostile(path: &Path, name: &str, build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) {
-    let snaps = if name == "many" {
-        "snapshots: [s0, s1]\n"
-    } else {
-        ""
+    let snaps = match name {
+        "many" | "nosnapdata" | "badtime" => "snapshots: [s0, s1]\n",
+        _ => "",
+    };
+    // A time no listing could show.
+    let time = match name {
+        "badtime" => "    created_at: banana\n",
+        _ => "",
     };
     let index = format!(
         "name: {name}\nbackend: dir\npool: default\n{snaps}optimized: false\ntype: container\n\
          config:\n  container:\n    name: {name}\n    architecture: x86_64\n    profiles:\n    \
-         - default\n    config: {{}}\n    devices: {{}}\n  snapshots:\n  - name: s0\n  - name: s1\n"
+         - default\n    config: {{}}\n    devices: {{}}\n  snapshots:\n  - name: s0\n{time}  - name: s1\n"
     );
     let mut b = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_gnu();
@@ -373,6 +377,32 @@ fn hostile_backup_tarballs_are_refused_with_nothing_left() {
             }),
             "backup is too large",
         ),
+        (
+            // The index names two snapshots the tarball has no files for: imported, each would
+            // be an empty snapshot, and restoring one would empty the instance.
+            "nosnapdata",
+            Box::new(|b| {
+                let h = raw_header(
+                    b"backup/container/rootfs/x",
+                    tar::EntryType::Regular,
+                    1,
+                    None,
+                );
+                b.append(&h, &b"x"[..]).unwrap();
+            }),
+            "lacks backup/snapshots/s0/rootfs, backup/snapshots/s1/rootfs",
+        ),
+        (
+            "badtime",
+            Box::new(|b| {
+                for v in ["snapshots/s0", "snapshots/s1", "container"] {
+                    let name = format!("backup/{v}/rootfs/x");
+                    let h = raw_header(name.as_bytes(), tar::EntryType::Regular, 1, None);
+                    b.append(&h, &b"x"[..]).unwrap();
+                }
+            }),
+            "created_at \"banana\" is not a time",
+        ),
         ("noindex", Box::new(|_| {}), ""),
     ];
     // The unpack limit, for the huge member.
@@ -399,7 +429,7 @@ fn hostile_backup_tarballs_are_refused_with_nothing_left() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{name}: imported");
         assert!(err.contains(want), "{name}: {err}");
-        if !want.is_empty() {
+        if !want.is_empty() && name != "badtime" {
             assert!(err.contains("Invalid backup tarball: "), "{name}: {err}");
         }
         if name == "noindex" {
@@ -408,6 +438,13 @@ fn hostile_backup_tarballs_are_refused_with_nothing_left() {
         let (s, _) = api(&d, "GET", &format!("/1.0/instances/{name}"), None);
         assert_eq!(s, 404, "{name}: the instance exists");
         assert_eq!(volumes(&d), before, "{name}: a volume is left");
+        let snaps = d.dir().join("storage-pools/default/containers-snapshots");
+        let left: Vec<_> = std::fs::read_dir(&snaps)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .collect();
+        assert!(left.is_empty(), "{name}: snapshot volumes left: {left:?}");
         assert!(
             backup_files(&d).is_empty(),
             "{name}: {:?}",

@@ -789,6 +789,7 @@ pub(crate) fn unpack_backup(
         ));
     }
     let mut metas = vec![None; volumes.len()];
+    let mut has_rootfs = vec![false; volumes.len()];
     let mut total = 0u64;
     let mut ar = open_tar(tarball)?;
     for entry in ar.entries().map_err(tar_err)? {
@@ -816,6 +817,7 @@ pub(crate) fn unpack_backup(
         let (root, tpl) = &mut ex[i];
         match rest.split_first() {
             Some((first, rest)) if *first == b"rootfs" => {
+                has_rootfs[i] = true;
                 root.extract(rest, &mut entry, Some(root_link))?
             }
             Some((first, rest)) if *first == b"templates" => {
@@ -836,6 +838,7 @@ pub(crate) fn unpack_backup(
         root.finish()?;
         tpl.finish()?;
     }
+    missing_trees(volumes, &has_rootfs, "/rootfs")?;
     for g in guards {
         g.commit();
     }
@@ -871,13 +874,22 @@ pub(crate) fn unpack_trees_from<R: Read>(
         prefixes.push((pre, prefix.clone().into_bytes()));
     }
     let mut total = 0u64;
+    let mut seen = vec![false; trees.len()];
     for entry in ar.entries().map_err(tar_err)? {
         let mut entry = entry.map_err(tar_err)?;
         let raw = entry.path_bytes().into_owned();
         let parts = member_parts(&raw)?;
-        let Some(i) = prefixes.iter().position(|(pre, _)| {
-            parts.len() > pre.len() && parts[..pre.len()].iter().zip(pre).all(|(a, b)| *a == b)
-        }) else {
+        let under = |pre: &[Vec<u8>]| {
+            parts.len() >= pre.len() && parts[..pre.len()].iter().zip(pre).all(|(a, b)| *a == b)
+        };
+        // The tree's own directory: the tree is there (an empty volume has nothing else).
+        if let Some(i) = prefixes.iter().position(|(pre, _)| under(pre)) {
+            seen[i] = true;
+        }
+        let Some(i) = prefixes
+            .iter()
+            .position(|(pre, _)| parts.len() > pre.len() && under(pre))
+        else {
             continue;
         };
         if entry.header().entry_type().is_file() {
@@ -896,7 +908,30 @@ pub(crate) fn unpack_trees_from<R: Read>(
     for e in ex {
         e.finish()?;
     }
-    Ok(())
+    missing_trees(trees, &seen, "")
+}
+
+/// Refuse a tarball that lacks a tree its index named (`suffix` under each prefix): an import
+/// would otherwise make it an empty volume, and restoring an empty snapshot empties the
+/// instance (LXD's unpack fails on it too, tar finding no such member).
+fn missing_trees(
+    trees: &[(String, std::path::PathBuf)],
+    seen: &[bool],
+    suffix: &str,
+) -> Result<()> {
+    let missing: Vec<String> = trees
+        .iter()
+        .zip(seen)
+        .filter(|(_, seen)| !**seen)
+        .map(|((prefix, _), _)| format!("{prefix}{suffix}"))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(bad(format!(
+        "the tarball lacks {} (named by its index)",
+        missing.join(", ")
+    )))
 }
 
 /// Hand the first regular member named `name` of a (possibly compressed) tarball to `f`, after

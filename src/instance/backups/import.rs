@@ -7,7 +7,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::index::{Info, Snapshot};
+use super::index::{index_time, Info, Snapshot};
 use super::records::btrfs_program;
 use crate::api::{self, Devices, StringMap};
 use crate::image;
@@ -168,6 +168,16 @@ pub fn import(d: &Ctx, tarball: &Path, info: &Info, plan: Plan) -> Result<()> {
             })
             .collect::<Result<_>>()?
     };
+    // Checked before anything is made: stored as they came, bad times broke every listing.
+    let times = snaps
+        .iter()
+        .map(|s| {
+            Ok((
+                index_time("created_at", &s.created_at, time::now)?,
+                index_time("expires_at", &s.expires_at, || api::GO_ZERO_TIME.into())?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let max_bytes = d.images.max_unpacked();
     let optimized = info.optimized == Some(true);
     let disk_idmap = plan.disk_idmap.clone();
@@ -175,13 +185,16 @@ pub fn import(d: &Ctx, tarball: &Path, info: &Info, plan: Plan) -> Result<()> {
     let fill = move |pool: &Arc<Pool>, tmp: &Path, volume: &str, revert: &mut Revert| {
         let mut vols = Vec::new();
         let mut records = Vec::new();
-        for s in &snaps {
+        if !snaps.is_empty() {
+            // Made closed by the driver with the first snapshot volume; undone last.
+            let dir = pool.snapshots_of(volume);
+            revert.add(move || {
+                let _ = std::fs::remove_dir(&dir);
+            });
+        }
+        for (s, (created_at, expires_at)) in snaps.iter().zip(times) {
             let sv = crate::instance::operations::uuid();
             let dst = pool.snapshot(volume, &sv);
-            if let Some(parent) = dst.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| Error::Host(format!("{}: {e}", parent.display())))?;
-            }
             let p = pool.clone();
             let undo = dst.clone();
             revert.add(move || {
@@ -203,16 +216,8 @@ pub fn import(d: &Ctx, tarball: &Path, info: &Info, plan: Plan) -> Result<()> {
                 ephemeral: s.ephemeral,
                 profiles: s.profiles.clone(),
                 description: s.description.clone(),
-                created_at: if s.created_at.is_empty() {
-                    time::now()
-                } else {
-                    s.created_at.clone()
-                },
-                expires_at: if s.expires_at.is_empty() {
-                    api::GO_ZERO_TIME.into()
-                } else {
-                    s.expires_at.clone()
-                },
+                created_at,
+                expires_at,
                 stateful: false,
                 volume: sv,
             });

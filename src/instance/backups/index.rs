@@ -220,6 +220,61 @@ pub struct Snapshot {
     pub stateful: bool,
 }
 
+/// A time from a backup's index as it is stored: RFC 3339 in UTC, `missing()` when absent,
+/// LXD's zero time for "never". YAML's other timestamp forms (a space for the `T`, a space
+/// before the offset, an offset in hours, none for UTC, a date alone), which Go's YAML reads as
+/// times and a YAML library writes when it saves the file again, are converted; anything else
+/// is refused (kept as it came, it broke every listing that showed it).
+pub fn index_time(field: &str, v: &str, missing: impl FnOnce() -> String) -> Result<String> {
+    let v = v.trim();
+    if v.is_empty() {
+        return Ok(missing());
+    }
+    if v.starts_with("0001-01-01") {
+        return Ok(api::GO_ZERO_TIME.into());
+    }
+    yaml_time(v)
+        .and_then(|t| crate::util::time::parse(&t))
+        .map(|t| {
+            let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            crate::util::time::format(crate::util::time::secs_of(t), d.subsec_nanos())
+        })
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "Backup index.yaml is invalid: {field} {v:?} is not a time"
+            ))
+        })
+}
+
+/// A YAML timestamp as RFC 3339 (`None` when it is not one of the forms [`index_time`] takes).
+fn yaml_time(v: &str) -> Option<String> {
+    if v.len() == 10 {
+        return Some(format!("{v}T00:00:00Z"));
+    }
+    // Date, separator, hh:mm:ss and an optional fraction; then the zone.
+    let mut end = 19;
+    let b = v.as_bytes();
+    if b.get(end) == Some(&b'.') {
+        end += 1;
+        while b.get(end).is_some_and(u8::is_ascii_digit) {
+            end += 1;
+        }
+    }
+    let (time, zone) = (v.get(..end)?, v.get(end..)?.trim_start());
+    let zone = match zone {
+        "" => "Z".to_string(),
+        z if z.eq_ignore_ascii_case("z") => "Z".to_string(),
+        z if (z.len() == 2 || z.len() == 3)
+            && (z.starts_with('+') || z.starts_with('-'))
+            && z[1..].bytes().all(|c| c.is_ascii_digit()) =>
+        {
+            format!("{}{:0>2}:00", &z[..1], &z[1..])
+        }
+        z => z.to_string(),
+    };
+    Some(format!("{time}{zone}"))
+}
+
 /// Read and check a backup tarball's index (and backup.yaml when the index has no config).
 pub fn read_info(tarball: &Path) -> Result<Info> {
     let bad = |m: String| Error::Invalid(m);
@@ -322,5 +377,38 @@ mod tests {
         let c = info.config.unwrap();
         assert_eq!(c.container.unwrap().profiles, vec!["default"]);
         assert_eq!(c.snapshots[0].created_at, "2026-12-03T19:00:01Z");
+    }
+
+    #[test]
+    fn index_times_are_stored_as_rfc3339_or_refused() {
+        let now = || "NOW".to_string();
+        let t = |v: &str| index_time("created_at", v, now);
+        assert_eq!(t("").unwrap(), "NOW");
+        assert_eq!(t("2026-12-03T19:00:01Z").unwrap(), "2026-12-03T19:00:01Z");
+        assert_eq!(
+            t("2026-12-03T19:00:01.5+01:00").unwrap(),
+            "2026-12-03T18:00:01.5Z"
+        );
+        // YAML's forms, as a YAML library saves them again.
+        assert_eq!(
+            t("2026-12-06 18:42:24.308401+00:00").unwrap(),
+            "2026-12-06T18:42:24.308401Z"
+        );
+        assert_eq!(t("2026-12-06 18:42:24 -5").unwrap(), "2026-12-06T23:42:24Z");
+        assert_eq!(t("2026-12-06 18:42:24").unwrap(), "2026-12-06T18:42:24Z");
+        assert_eq!(t("2026-12-06").unwrap(), "2026-12-06T00:00:00Z");
+        assert_eq!(t("0001-01-01T00:00:00Z").unwrap(), api::GO_ZERO_TIME);
+        for bad in [
+            "banana",
+            "1999-13-45 99:99",
+            "2026-12-06T18:42:24Q",
+            "20261206",
+        ] {
+            let e = t(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("created_at") && e.contains("not a time"),
+                "{bad}: {e}"
+            );
+        }
     }
 }

@@ -12,6 +12,7 @@ use std::io::{self, Write};
 use std::path::Path;
 
 use super::export::{add_file, Counting};
+use super::index::index_time;
 use super::records::{ensure_dir, expiry};
 use crate::api::{self, StringMap};
 use crate::image;
@@ -363,9 +364,26 @@ pub fn volume_import(
         });
         Ok(())
     };
+    // Checked before anything is made: stored as they came, bad times broke every listing.
+    let times = snaps
+        .iter()
+        .map(|s| {
+            Ok((
+                index_time("created_at", &s.created_at, zero)?,
+                index_time("expires_at", &s.expires_at, zero)?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mut trees = Vec::new();
     let mut records = Vec::new();
-    for s in snaps {
+    if !snaps.is_empty() {
+        // Undone last: the snapshots' directory, once their volumes are gone.
+        let dir = pool.custom_snapshots_of(&volume);
+        revert.add(move || {
+            let _ = std::fs::remove_dir(&dir);
+        });
+    }
+    for (s, (created_at, expires_at)) in snaps.iter().zip(times) {
         crate::instance::volumes::validate_name(&s.name)?;
         let sv = crate::instance::operations::uuid();
         let path = pool.custom_snapshot(&volume, &sv);
@@ -375,8 +393,8 @@ pub fn volume_import(
             name: s.name.clone(),
             description: s.description.clone(),
             config: crate::instance::config::user_keys(&s.config),
-            created_at: zero_or(&s.created_at),
-            expires_at: zero_or(&s.expires_at),
+            created_at,
+            expires_at,
             volume: sv,
         });
     }
@@ -430,12 +448,8 @@ pub fn volume_import(
 }
 
 /// A time as stored: the index's, or LXD's zero time.
-fn zero_or(t: &str) -> String {
-    if t.is_empty() {
-        api::GO_ZERO_TIME.into()
-    } else {
-        t.to_string()
-    }
+fn zero() -> String {
+    api::GO_ZERO_TIME.into()
 }
 
 /// Rename backup `old` of volume `vol` to `new`.
