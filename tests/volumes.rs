@@ -570,6 +570,14 @@ fn volume_size_is_enforced_on_btrfs_and_refused_on_dir() {
     // Unset: no limit.
     l.ok(&["storage", "volume", "unset", "bt", "q2", "size"]);
     write_mib(&q2.join("big"), 40).expect("no limit");
+    // A limit set below what the volume holds can still be raised and removed (the call that
+    // changes it was charged to the full volume and refused with EDQUOT).
+    l.ok(&["storage", "volume", "set", "bt", "q2", "size=20MiB"]);
+    l.ok(&["storage", "volume", "set", "bt", "q2", "size=200MiB"]);
+    write_mib(&q2.join("more"), 40).expect("under the raised limit");
+    l.ok(&["storage", "volume", "set", "bt", "q2", "size=20MiB"]);
+    l.ok(&["storage", "volume", "unset", "bt", "q2", "size"]);
+    write_mib(&q2.join("more"), 60).expect("no limit again");
 
     // dir: a clear error, never a silently unlimited volume; nothing made.
     let out = l.run(&["storage", "volume", "create", "default", "dq", "size=20MiB"]);

@@ -878,9 +878,11 @@ impl Driver for Btrfs {
             )));
         }
         let vol = open_dir(path).map_err(|e| annotate(e, format!("open {}", path.display())))?;
+        let id = sys::btrfs::subvol_id(vol.as_fd())
+            .map_err(|e| annotate(e, format!("subvolume id of {}", path.display())))?;
+        let root = open_dir(&self.path())
+            .map_err(|e| annotate(e, format!("open {}", self.path().display())))?;
         if size.is_some() {
-            let root = open_dir(&self.path())
-                .map_err(|e| annotate(e, format!("open {}", self.path().display())))?;
             sys::btrfs::quota_enable(root.as_fd()).map_err(|e| {
                 annotate(
                     e,
@@ -888,7 +890,9 @@ impl Driver for Btrfs {
                 )
             })?;
         }
-        match sys::btrfs::qgroup_limit(vol.as_fd(), size) {
+        // Through the pool's root, not the volume: a volume already over its limit (a size set
+        // below what it held) would refuse the call that raises or removes the limit.
+        match sys::btrfs::qgroup_limit(root.as_fd(), id, size) {
             // Quotas were never turned on: there is no limit to remove.
             Err(e) if size.is_none() && e.raw_os_error() == Some(libc::ENOTCONN) => Ok(()),
             r => r.map_err(|e| annotate(e, format!("btrfs qgroup limit on {}", path.display()))),

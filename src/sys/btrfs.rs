@@ -1,5 +1,5 @@
 //! btrfs subvolume ioctls (`linux/btrfs.h`): create, snapshot, destroy, read-only flag, quota
-//! groups (enable, limit).
+//! groups (enable, limit), a subvolume's id.
 //!
 //! Each call takes a directory fd (the parent for create/snapshot/destroy, the subvolume itself for
 //! the flags) opened by the caller, so a path can be checked and then acted on without a race on
@@ -220,11 +220,13 @@ pub fn quota_enable(fd: BorrowedFd<'_>) -> io::Result<()> {
     check(r as libc::c_long).map(|_| ())
 }
 
-/// `BTRFS_IOC_QGROUP_LIMIT` on the qgroup of the subvolume open as `subvol` (qgroupid 0 means
-/// that one): limit the bytes it references to `max` (None: no limit).
-pub fn qgroup_limit(subvol: BorrowedFd<'_>, max: Option<u64>) -> io::Result<()> {
+/// `BTRFS_IOC_QGROUP_LIMIT` through `fd` (any directory of the filesystem) on the level-0
+/// qgroup `qgroupid` (a subvolume's id, [`subvol_id`]): limit the bytes it references to `max`
+/// (None: no limit). The kernel charges the call's own transaction to the subvolume `fd` is in,
+/// so a subvolume already over its limit can only have it changed through another one.
+pub fn qgroup_limit(fd: BorrowedFd<'_>, qgroupid: u64, max: Option<u64>) -> io::Result<()> {
     let args = QgroupLimitArgs {
-        qgroupid: 0,
+        qgroupid,
         lim: QgroupLimit {
             flags: QGROUP_LIMIT_MAX_RFER,
             max_rfer: max.unwrap_or(QGROUP_LIMIT_CLEAR),
@@ -237,10 +239,44 @@ pub fn qgroup_limit(subvol: BorrowedFd<'_>, max: Option<u64>) -> io::Result<()> 
     // across the call; the fd is open.
     let r = unsafe {
         libc::ioctl(
-            subvol.as_raw_fd(),
+            fd.as_raw_fd(),
             IOC_QGROUP_LIMIT,
             &args as *const QgroupLimitArgs,
         )
     };
     check(r as libc::c_long).map(|_| ())
+}
+
+/// `struct btrfs_ioctl_ino_lookup_args`.
+#[repr(C)]
+struct InoLookupArgs {
+    treeid: u64,
+    objectid: u64,
+    name: [u8; 4080],
+}
+
+const _: () = assert!(std::mem::size_of::<InoLookupArgs>() == 4096);
+
+const IOC_INO_LOOKUP: libc::Ioctl =
+    nix::request_code_readwrite!(IOCTL_MAGIC, 18, std::mem::size_of::<InoLookupArgs>())
+        as libc::Ioctl;
+
+/// The id of the subvolume open as `subvol` (`BTRFS_IOC_INO_LOOKUP` of its root directory with
+/// tree id 0: the kernel answers with the tree the fd is in).
+pub fn subvol_id(subvol: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut args = Box::new(InoLookupArgs {
+        treeid: 0,
+        objectid: SUBVOL_ROOT_INO,
+        name: [0; 4080],
+    });
+    // SAFETY: `args` is a valid btrfs_ioctl_ino_lookup_args the kernel reads and writes, alive
+    // across the call; the fd is open.
+    let r = unsafe {
+        libc::ioctl(
+            subvol.as_raw_fd(),
+            IOC_INO_LOOKUP,
+            &mut *args as *mut InoLookupArgs,
+        )
+    };
+    check(r as libc::c_long).map(|_| args.treeid)
 }
