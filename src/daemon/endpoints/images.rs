@@ -100,8 +100,23 @@ pub fn image_put(d: &Daemon, req: &mut Request, fp: &str, patch: bool) -> Result
         }
         n
     } else {
-        put
+        let mut n = put;
+        // LXD: a PUT without profiles gives the image the default one.
+        if body.get("profiles").is_none_or(serde_json::Value::is_null) {
+            n.profiles = vec!["default".into()];
+        }
+        n
     };
+    {
+        let db = d.db.lock().expect("db lock");
+        if let Some(p) = next
+            .profiles
+            .iter()
+            .find(|p| !db.data.profiles.contains_key(p.as_str()))
+        {
+            return Err(Error::BadRequest(format!("Profile '{p}' doesn't exist")));
+        }
+    }
     d.images.update(&img.fingerprint, &next)?;
     Ok(response::empty())
 }
