@@ -581,7 +581,8 @@ pub fn fill_defaults(
 }
 
 /// Resolve the `auto` values of a bridge's config: `ipv4.address=auto` (a free /24, with
-/// `ipv4.nat=true` unless given) and `ipv6.address=auto` (a random ULA /64). A changed config
+/// `ipv4.nat=true` unless given) and `ipv6.address=auto` (a random ULA /64, with `ipv6.nat=true`
+/// unless given, as LXD's bridge fills it). A changed config
 /// gets only this: a key it leaves out means no address of that family (LXD's bridge treats an
 /// absent `ipv4.address` or `ipv6.address` as `none`; `auto` is the default at creation only).
 pub fn resolve_auto(data: &Data, config: &mut StringMap, routes: &[(Cidr4, String)]) -> Result<()> {
@@ -608,6 +609,9 @@ pub fn resolve_auto(data: &Data, config: &mut StringMap, routes: &[(Cidr4, Strin
             1,
         );
         config.insert("ipv6.address".into(), format!("{addr}/64"));
+        config
+            .entry("ipv6.nat".into())
+            .or_insert_with(|| "true".into());
     }
     Ok(())
 }
@@ -768,5 +772,13 @@ pub(crate) mod tests {
         resolve_auto(&data, &mut changed, &r).unwrap();
         assert!(Cidr4::parse(&changed["ipv4.address"]).is_some());
         assert_eq!(changed["ipv4.nat"], "false");
+        // A ULA /64 is masqueraded unless the config says otherwise (LXD's FillConfig).
+        let mut changed = cfg(&[("ipv6.address", "auto")]);
+        resolve_auto(&data, &mut changed, &r).unwrap();
+        assert!(Cidr6::parse(&changed["ipv6.address"]).is_some_and(|c| c.prefix == 64));
+        assert_eq!(changed["ipv6.nat"], "true");
+        let mut changed = cfg(&[("ipv6.address", "auto"), ("ipv6.nat", "false")]);
+        resolve_auto(&data, &mut changed, &r).unwrap();
+        assert_eq!(changed["ipv6.nat"], "false");
     }
 }
