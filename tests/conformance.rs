@@ -101,6 +101,10 @@ const CLAIMS: &[(&str, &[Probe])] = &[
     ("container_full", &[("GET", "/1.0/instances?recursion=2", None)]),
     ("instance_create_start", &[("POST", "/1.0/instances", Some("{\"start\":true}"))]),
     (
+        "instance_pool_move",
+        &[("POST", "/1.0/instances/nosuch", Some("{\"migration\":true,\"pool\":\"default\"}"))],
+    ),
+    (
         "instances_state_selective_recursion",
         &[
             ("GET", "/1.0/instances?recursion=2%3Bfields%3Dstate.network", None),

@@ -10,10 +10,9 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Lxc};
+use common::{failed, Daemon, Lxc};
 
 const PASSWORD: &str = "migrate-me";
 
@@ -180,15 +179,6 @@ fn volumes(d: &Daemon, sub: &str) -> Vec<String> {
         .unwrap_or_default();
     v.sort();
     v
-}
-
-fn failed(out: &Output) -> String {
-    assert!(
-        !out.status.success(),
-        "expected a failure: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// c1 on a: busybox with /data and /same written before and after snap0 (the second /same is

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Lxc};
+use common::{failed, Daemon, Lxc};
 
 /// Loop devices whose backing file is `image`.
 fn loops_backing(image: &Path) -> Vec<String> {
@@ -178,6 +178,98 @@ fn dir_pool_snapshots_restore_copy_move() {
 /// A restore whose snapshot volume cannot be cloned fails and leaves the running instance
 /// running with its files; a volume set aside for removal that a stopped daemon did not finish
 /// (`<volume>.old.gone-*`) is removed at the next start.
+/// `lxc move c1 -s POOL` (LXD's `instance_pool_move`): the instance changes pool under its name
+/// or a new one, its files and snapshots along (or left behind with `--instance-only`), its
+/// volumes gone from the old pool; refused while it runs without its state, or to a pool that
+/// is not there, changing nothing.
+#[test]
+fn an_instance_moves_between_pools() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    l.import_busybox();
+    l.ok(&["storage", "create", "second", "dir"]);
+    let (default, second) = (
+        d.dir().join("storage-pools/default"),
+        d.dir().join("storage-pools/second"),
+    );
+    let pool_of = |n: &str| {
+        let v: serde_json::Value =
+            serde_json::from_str(&l.ok(&["query", &format!("/1.0/instances/{n}")])).expect("json");
+        (
+            v["expanded_devices"]["root"]["pool"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            v["devices"]["root"]["pool"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    };
+    l.ok(&["launch", "busybox", "m1"]);
+    assert_eq!(l.sh("m1", "echo one > /root/a").0, 0);
+    l.ok(&["snapshot", "m1", "s0"]);
+    assert_eq!(l.sh("m1", "echo two > /root/b").0, 0);
+    let before = volumes(&default);
+
+    // Running, without its state: refused, nothing changed.
+    let err = failed(&l.run(&["move", "m1", "-s", "second", "--stateless"]));
+    assert!(err.contains("must be stopped"), "{err}");
+    // Running, with its state: the state cannot be saved without migration.stateful.
+    let err = failed(&l.run(&["move", "m1", "-s", "second"]));
+    assert!(err.contains("migration.stateful"), "{err}");
+    // A pool that is not there.
+    l.ok(&["stop", "m1", "--force"]);
+    let err = failed(&l.run(&["move", "m1", "-s", "nosuch"]));
+    assert!(err.contains("not found"), "{err}");
+    assert_eq!(pool_of("m1").0, "default");
+    assert_eq!(volumes(&default), before);
+    assert!(volumes(&second).is_empty(), "{:?}", volumes(&second));
+
+    // Under its name, with its snapshot: its root disk is now its own, on the new pool.
+    l.ok(&["move", "m1", "-s", "second"]);
+    assert_eq!(pool_of("m1"), ("second".into(), "second".into()));
+    assert_eq!(volumes(&second).len(), 1, "{:?}", volumes(&second));
+    assert_eq!(
+        volumes(&default).len(),
+        before.len() - 1,
+        "{:?}",
+        volumes(&default)
+    );
+    assert_eq!(snapshot_names(&l, "m1"), vec!["s0"]);
+    let vols = l.ok(&[
+        "storage", "volume", "list", "second", "--format", "csv", "-c", "tn",
+    ]);
+    assert!(vols.contains("container,m1"), "{vols}");
+    l.ok(&["start", "m1"]);
+    assert_eq!(l.sh("m1", "cat /root/a /root/b").1, "one\ntwo\n");
+    l.ok(&["restore", "m1", "s0"]);
+    assert_eq!(l.sh("m1", "ls /root").1, "a\n");
+
+    // To a new name, without its snapshots: the old pool keeps nothing of it.
+    l.ok(&["stop", "m1", "--force"]);
+    l.ok(&["move", "m1", "m2", "-s", "default", "--instance-only"]);
+    let list = l.ok(&["list", "--format", "csv", "-c", "n"]);
+    assert_eq!(list.trim(), "m2");
+    assert_eq!(pool_of("m2").0, "default");
+    assert!(snapshot_names(&l, "m2").is_empty());
+    assert!(volumes(&second).is_empty(), "{:?}", volumes(&second));
+    let snaps = second.join("containers-snapshots");
+    assert_eq!(
+        std::fs::read_dir(&snaps).map(|r| r.count()).unwrap_or(0),
+        0,
+        "snapshot volumes left in {}",
+        snaps.display()
+    );
+    l.ok(&["start", "m2"]);
+    assert_eq!(l.sh("m2", "ls /root").1, "a\n");
+    l.ok(&["delete", "--force", "m2"]);
+    l.ok(&["storage", "delete", "second"]);
+}
+
 #[test]
 fn a_failed_restore_leaves_the_instance_as_it_was() {
     if !common::lxc_prerequisites() {

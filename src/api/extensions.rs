@@ -21,6 +21,8 @@
 //! volume, on this server and between servers.
 //! `instances_state_selective_recursion` (from LXD 6.7): `recursion=2;fields=state.disk,...`
 //! and `&fields=` leave the state's disk and network out unless named.
+//! `instance_pool_move`: `pool` in `POST /1.0/instances/NAME` with `migration: true` moves the
+//! instance to that pool on this server (`lxc move c1 [c2] -s POOL`; `instance::moves`).
 //! `instance_create_start`: `start: true` in `POST /1.0/instances` starts the new instance in
 //! the create's operation (`bivy launch` and newer `lxc launch` send it: one operation, not two).
 //! `container_backup` is claimed for instance backups in LXD's tarball format
@@ -82,6 +84,7 @@ pub const API_EXTENSIONS: &[&str] = &[
     "resources_v2",
     "backup_compression_algorithm",
     "backup_override_name",
+    "instance_pool_move",
     "certificate_token",
     "network_leases",
     "network_state",

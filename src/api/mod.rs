@@ -471,6 +471,14 @@ pub struct InstancePost {
     /// Migration: send a running instance's files without freezing it. Example: `false`.
     #[serde(default, deserialize_with = "nullable")]
     pub allow_inconsistent: bool,
+    /// With `migration`: move the instance to this storage pool on this server
+    /// (`instance_pool_move`). Example: `"fast"`.
+    #[serde(default, deserialize_with = "nullable")]
+    pub pool: String,
+    /// With `migration`: move the instance to this project (not supported: bivy has one
+    /// project). Example: `""`.
+    #[serde(default, deserialize_with = "nullable")]
+    pub project: String,
     /// Migration in push mode: the target's operation to dial (`null` in pull mode).
     /// Example: `{"certificate": "-----BEGIN CERTIFICATE-----…", "operation":
     /// "https://10.0.0.2:8443/1.0/operations/ID", "secrets": {"control": "…", "fs": "…"}}`.

@@ -732,13 +732,17 @@ pub struct MoveArgs {
     /// source (NAME or NAME/SNAPSHOT)
     source: String,
     #[argh(positional)]
-    /// new name, or [remote:][name] on another server
-    target: String,
+    /// new name, or [remote:][name] on another server (optional with --storage)
+    target: Option<String>,
+    #[argh(option, short = 's')]
+    /// storage pool to move the instance to, on its server (under its name or the new one)
+    storage: Option<String>,
     #[argh(switch, long = "instance-only")]
-    /// between servers: move the instance without its snapshots
+    /// move the instance without its snapshots (between servers or pools)
     instance_only: bool,
     #[argh(switch)]
-    /// between servers: move a running instance without its state (stopped after the copy)
+    /// move a running instance without its state (between servers: stopped after the copy;
+    /// between pools: refused, it must be stopped)
     stateless: bool,
     #[argh(option, default = "String::from(\"pull\")")]
     /// between servers: transfer mode, pull (the target fetches), push (the source sends) or
@@ -749,7 +753,32 @@ pub struct MoveArgs {
 pub fn rename(args: &[String]) -> CmdResult {
     let a: MoveArgs = parse(&["bivy move"], args)?;
     let (sr, src) = split_remote(&a.source)?;
-    let (dr, dst) = split_remote(&a.target)?;
+    let target = match (&a.target, &a.storage) {
+        (Some(t), _) => t.clone(),
+        // `move c1 -s POOL`: the same name, on the same server.
+        (None, Some(_)) => a.source.clone(),
+        (None, None) => return fail("bivy move: a target is needed (a new name, or --storage)"),
+    };
+    let (dr, dst) = split_remote(&target)?;
+    if let Some(pool) = &a.storage {
+        if sr != dr {
+            return fail("--storage moves an instance between pools of its own server only");
+        }
+        if src.contains('/') {
+            return fail("Instance snapshots cannot be moved between pools");
+        }
+        let c = super::client_of(&sr)?;
+        let body = InstancePost {
+            name: if dst.is_empty() { src } else { dst }.to_string(),
+            migration: true,
+            pool: pool.clone(),
+            instance_only: a.instance_only,
+            live: !a.stateless,
+            ..Default::default()
+        };
+        c.post(&instance_path(src), &body)?;
+        return Ok(0);
+    }
     if sr != dr {
         // Between servers: a copy, then the source goes (lxc's move).
         let dst = if dst.is_empty() { src } else { dst };

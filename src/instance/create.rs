@@ -220,27 +220,15 @@ pub fn create_now(d: &Ctx, args: NewInstance<'_>, origin: Origin<'_>) -> Result<
                     clone_between(&src_pool, &path, &pool, &tmp, false)?;
                 }
                 None => {
-                    let path = src_pool.container(&src.volume);
-                    with_consistent(d, from, &src_pool, || {
-                        clone_between(&src_pool, &path, &pool, &tmp, false)
-                    })?;
-                    if !instance_only {
-                        for sr in &src.snapshots {
-                            let sv = super::operations::uuid();
-                            let dst = pool.snapshot(&volume, &sv);
-                            revert.add(remove_volumes(&pool, vec![dst.clone()]));
-                            clone_between(
-                                &src_pool,
-                                &src_pool.snapshot(&src.volume, &sr.volume),
-                                &pool,
-                                &dst,
-                                true,
-                            )?;
-                            let mut rec = sr.clone();
-                            rec.volume = sv;
-                            snapshots.push(rec);
-                        }
-                    }
+                    snapshots = clone_instance(
+                        d,
+                        from,
+                        &src,
+                        &pool,
+                        (&tmp, &volume),
+                        instance_only,
+                        &mut revert,
+                    )?;
                 }
             }
             if cfg.contains_key("volatile.base_image") {
@@ -411,8 +399,51 @@ pub(super) fn seal_received<'a>(
     Ok(())
 }
 
+/// Clone instance `name`'s volume (`src` its record; kept consistent while it runs) into
+/// `tmp` on `pool`, the directory that becomes `volume`, and unless `instance_only` its
+/// snapshots' volumes beside `volume` (read-only), each made volume's undo added to `revert`.
+/// The snapshots' records with their new volumes, oldest first.
+pub(super) fn clone_instance(
+    d: &Ctx,
+    name: &str,
+    src: &InstanceRecord,
+    pool: &Arc<Pool>,
+    (tmp, volume): (&Path, &str),
+    instance_only: bool,
+    revert: &mut Revert,
+) -> Result<Vec<super::db::SnapshotRecord>> {
+    let src_pool = super::pools::usable_pool(d, &src.pool)?;
+    let path = src_pool.container(&src.volume);
+    with_consistent(d, name, &src_pool, || {
+        clone_between(&src_pool, &path, pool, tmp, false)
+    })?;
+    let mut snapshots = Vec::new();
+    if instance_only {
+        return Ok(snapshots);
+    }
+    for sr in &src.snapshots {
+        let sv = super::operations::uuid();
+        let dst = pool.snapshot(volume, &sv);
+        revert.add(remove_volumes(pool, vec![dst.clone()]));
+        clone_between(
+            &src_pool,
+            &src_pool.snapshot(&src.volume, &sr.volume),
+            pool,
+            &dst,
+            true,
+        )?;
+        let mut rec = sr.clone();
+        rec.volume = sv;
+        snapshots.push(rec);
+    }
+    Ok(snapshots)
+}
+
 /// The undo of made volumes: delete each (whatever state it is in; a missing one is fine).
-fn remove_volumes(pool: &Arc<Pool>, paths: Vec<PathBuf>) -> impl FnOnce() + Send + 'static {
+pub(super) fn remove_volumes(
+    pool: &Arc<Pool>,
+    paths: Vec<PathBuf>,
+) -> impl FnOnce() + Send + 'static {
     let pool = pool.clone();
     move || {
         for p in &paths {

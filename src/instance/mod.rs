@@ -25,6 +25,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod lxc_log;
 pub mod markers;
+pub mod moves;
 pub mod network_config;
 pub mod networks;
 pub mod nics;

@@ -75,6 +75,18 @@ macro_rules! require {
 // -------------------------------------------------------------------------------------------
 // binaries and images
 
+/// The standard error of a command that must have failed (its standard output in the panic
+/// when it succeeded).
+#[track_caller]
+pub fn failed(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "expected a failure: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// The `bivy` binary cargo built for this test run, or `$BIVY_TEST_EXE` to run the suite
 /// against another build (`BIVY_TEST_EXE=target/dist/bivy cargo xtask test` tests what ships).
 pub fn bivy_bin() -> PathBuf {

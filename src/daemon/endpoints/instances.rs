@@ -23,6 +23,7 @@ const STOP_TIMEOUT_MAX: Duration = Duration::from_secs(600);
 
 use crate::instance::lifecycle::delete_now;
 use crate::instance::lifecycle::{start, stop};
+use crate::instance::moves::{self, PoolMove};
 use crate::instance::view::state_of;
 use crate::instance::view::{expanded, record, resources, url};
 
@@ -531,53 +532,52 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
 
 fn rename(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
     let body: api::InstancePost = json(req)?;
+    if body.migration && !body.project.is_empty() {
+        return Err(Error::not_yet(
+            "moving an instance to another project (bivy has the default project only)",
+        ));
+    }
+    if body.migration && !body.pool.is_empty() {
+        let new_name = match body.name.as_str() {
+            "" => name.to_string(),
+            n => n.to_string(),
+        };
+        let m = PoolMove {
+            name,
+            new_name: &new_name,
+            pool: &body.pool,
+            instance_only: body.instance_only || body.container_only,
+            live: body.live,
+        };
+        moves::check(d, &m)?;
+        let (n, pool) = (name.to_string(), body.pool.clone());
+        let (instance_only, live) = (m.instance_only, m.live);
+        return super::super::request::busy_task(
+            d,
+            name,
+            "move",
+            "Migrating instance",
+            move |d, _| {
+                moves::to_pool(
+                    d,
+                    &PoolMove {
+                        name: &n,
+                        new_name: &new_name,
+                        pool: &pool,
+                        instance_only,
+                        live,
+                    },
+                )
+            },
+        );
+    }
     if body.migration {
         let op = crate::migration::source::start(d, name, None, &body)?;
         return Ok(response::operation(&op.to_api()));
     }
-    config::validate_instance_name(&body.name)?;
-    record(d, name)?;
-    let new = body.name.clone();
     let guard = d.claim(name, "rename")?;
-    if matches!(state_of(d, name)?, State::Running { .. }) {
-        return Err(Error::BadRequest(
-            "Renaming of running instance not allowed".into(),
-        ));
-    }
-    // The managed networks its NICs are on: their static leases carry its name.
-    let nets = {
-        let mut db = d.db.lock().expect("db lock");
-        if db.data.instances.contains_key(&new)
-            || d.busy.lock().expect("busy lock").contains_key(&new)
-        {
-            return Err(Error::Conflict(format!("Name {new:?} already in use")));
-        }
-        db.update(|data| {
-            if let Some(mut r) = data.instances.remove(name) {
-                // A pending create or copy trigger (not started since) wins over rename.
-                if r.config.contains_key("volatile.base_image") {
-                    r.config
-                        .entry("volatile.apply_template".into())
-                        .or_insert_with(|| "rename".into());
-                }
-                data.instances.insert(new.clone(), r);
-            }
-        })
-        .map_err(|e| Error::Internal(e.to_string()))?;
-        let r = &db.data.instances[&new];
-        let (_, ed) = config::expand(&r.profiles, &db.data.profiles, &r.config, &r.devices);
-        crate::instance::nics::networks_of(&db.data, &ed)
-    };
-    crate::instance::bridges::refresh(d, nets);
-    crate::util::lock(&d.runs).remove(name);
+    moves::rename(d, name, &body.name)?;
     drop(guard);
-    let _ = std::fs::rename(d.log_dir(name), d.log_dir(&new));
-    let _ = std::fs::remove_dir_all(d.run_dir(name));
-    d.events.lifecycle(
-        "instance-renamed",
-        &url(&new),
-        serde_json::json!({"old_name": name}),
-    );
     let op = d.ops.done("Renaming instance", resources(name), None);
     Ok(response::operation(&op.to_api()))
 }
