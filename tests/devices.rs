@@ -553,11 +553,7 @@ fn a_planted_symlink_does_not_lend_file_requests_the_daemons_rights() {
     // (lxc refuses this one itself: the parent it checks is a symlink.)
     common::failed(&l.run(&["file", "push", "-p", local, "c1/root/cache/sub/x"]));
     let (code, body) = d
-        .api(
-            "POST",
-            "/1.0/instances/c1/files?path=/root/cache/sub",
-            None,
-        )
+        .api("POST", "/1.0/instances/c1/files?path=/root/cache/sub", None)
         .expect("api");
     assert_eq!(code, 403, "{body}");
     assert_eq!(std::fs::read_to_string(&conf).expect("read"), "ORIGINAL\n");

@@ -27,7 +27,7 @@ fn io_err(what: &str) -> impl Fn(std::io::Error) -> Error + '_ {
 }
 
 /// What uses a pool: instances and their snapshots, profiles with a disk on it, its custom
-/// volumes, and the images unpacked on it (LXD lists the same).
+/// volumes, and the images unpacked on it (LXD lists the same, sorted).
 fn used_by(d: &Daemon, name: &str) -> Vec<String> {
     let db = d.db.lock().expect("db lock");
     let mut out = Vec::new();
@@ -62,6 +62,8 @@ fn used_by(d: &Daemon, name: &str) -> Vec<String> {
                 .map(|f| format!("/1.0/images/{f}")),
         );
     }
+    // Sorted, as LXD sorts it.
+    crate::util::sort::sort(&mut out);
     out
 }
 
