@@ -525,6 +525,22 @@ fn dns_answers_and_forwards() {
     .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("10.77.0.5"), "{text}");
+    // And back: the lease's address names it (a PTR record, as dnsmasq answers for LXD).
+    let out = common::run_bounded(
+        Command::new("ip").args([
+            "netns",
+            "exec",
+            &c,
+            "busybox",
+            "nslookup",
+            "10.77.0.5",
+            "10.77.0.1",
+        ]),
+        Duration::from_secs(15),
+    )
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("c1.bivy"), "{text}");
 
     // The port taken: AddrInUse naming the address and this process.
     let st = store.clone();

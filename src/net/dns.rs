@@ -8,7 +8,7 @@
 //! Layers, the first two pure and tested without sockets:
 //! - wire (`dns/wire.rs`): [`Message::parse`] reads a whole message (header, questions,
 //!   records), names with compression pointers that must point strictly backwards (so a loop cannot exist) and at most
-//!   255 bytes long; [`build_reply`] writes answers (A, AAAA) and errors (NXDOMAIN, SERVFAIL,
+//!   255 bytes long; [`build_reply`] writes answers (A, AAAA, PTR) and errors (NXDOMAIN, SERVFAIL,
 //!   REFUSED, FORMERR, NOTIMP), echoing the question and an EDNS OPT record when the query had
 //!   one. Nothing panics on any input. The client side ([`build_query`], [`labels_of`],
 //!   [`Record::rdata_name`]) serves bivy's own resolver, [`super::resolve`].
@@ -26,7 +26,8 @@
 //!
 //! Limits: one upstream socket per address family (the port is not randomised per query; the
 //! id is random, and replies must match the upstream address and the question), no DNSSEC
-//! validation (replies are passed through), no PTR records for the leases.
+//! validation (replies are passed through). Reverse lookups (`in-addr.arpa` PTR) of a lease's
+//! address answer its `<name>.<domain>`; other addresses are forwarded.
 
 use std::collections::HashMap;
 use std::io;
@@ -50,7 +51,7 @@ pub use wire::{
     build_query, build_reply, error_header, labels_of, name_string, read_framed, read_name,
     same_name, write_framed, Answer, DnsError, Header, Message, Question, Record, CLASS_ANY,
     CLASS_IN, LOCAL_TTL, RCODE_FORMERR, RCODE_NOERROR, RCODE_NOTIMP, RCODE_NXDOMAIN, RCODE_REFUSED,
-    RCODE_SERVFAIL, TYPE_A, TYPE_AAAA, TYPE_ANY, TYPE_CNAME, TYPE_OPT,
+    RCODE_SERVFAIL, TYPE_A, TYPE_AAAA, TYPE_ANY, TYPE_CNAME, TYPE_OPT, TYPE_PTR,
 };
 
 /// Largest UDP query read from a client.
@@ -88,6 +89,18 @@ pub fn decide(
     gateway: Ipv4Addr,
     lookup: &dyn Fn(&str) -> Vec<IpAddr>,
 ) -> Decision {
+    decide_with(b, domain, gateway, lookup, &|_| None)
+}
+
+/// [`decide`], with `reverse` giving the host name that holds an IPv4 address (a lease), for
+/// PTR queries under `in-addr.arpa`.
+pub fn decide_with(
+    b: &[u8],
+    domain: &str,
+    gateway: Ipv4Addr,
+    lookup: &dyn Fn(&str) -> Vec<IpAddr>,
+    reverse: &dyn Fn(Ipv4Addr) -> Option<String>,
+) -> Decision {
     let m = match Message::parse(b) {
         Ok(m) => m,
         Err(_) => return error_header(b, RCODE_FORMERR).map_or(Decision::Drop, Decision::Reply),
@@ -108,6 +121,26 @@ pub fn decide(
         .map(str::to_ascii_lowercase)
         .collect();
     let lower: Vec<Vec<u8>> = q.labels.iter().map(|l| l.to_ascii_lowercase()).collect();
+    if let Some(ip) = reverse_v4(&lower) {
+        if q.qtype == TYPE_PTR || q.qtype == TYPE_ANY {
+            let name = if ip == gateway {
+                Some("_gateway".to_string())
+            } else {
+                reverse(ip)
+            };
+            let fqdn = name.map(|n| match dom.is_empty() {
+                true => n,
+                false => format!("{n}.{}", dom.join(".")),
+            });
+            if let Some(answer) = fqdn.as_deref().and_then(Answer::ptr) {
+                if q.qclass != CLASS_IN && q.qclass != CLASS_ANY {
+                    return Decision::Reply(build_reply(&m, RCODE_REFUSED, false, &[]));
+                }
+                return Decision::Reply(build_reply(&m, RCODE_NOERROR, true, &[answer]));
+            }
+        }
+        return Decision::Forward(Box::new(m));
+    }
     let under_domain = !dom.is_empty()
         && lower.len() >= dom.len()
         && lower[lower.len() - dom.len()..]
@@ -138,6 +171,23 @@ pub fn decide(
         }
     }
     Decision::Forward(Box::new(m))
+}
+
+/// The IPv4 address of a reverse name (`d.c.b.a.in-addr.arpa`, lowercased labels).
+fn reverse_v4(labels: &[Vec<u8>]) -> Option<Ipv4Addr> {
+    let [d, c, b, a, arpa1, arpa2] = labels else {
+        return None;
+    };
+    if arpa1 != b"in-addr" || arpa2 != b"arpa" {
+        return None;
+    }
+    let octet = |l: &Vec<u8>| -> Option<u8> {
+        let s = std::str::from_utf8(l).ok()?;
+        // Decimal without leading zeros, as reverse names are written.
+        (s == "0" || !s.starts_with('0')).then_some(())?;
+        s.parse().ok()
+    };
+    Some(Ipv4Addr::new(octet(a)?, octet(b)?, octet(c)?, octet(d)?))
 }
 
 /// A local answer for `q`: None is NXDOMAIN; otherwise the A records when asked for A, the
@@ -359,7 +409,13 @@ impl Shared {
             }
             out
         };
-        decide(msg, &self.cfg.domain, self.cfg.gateway, &lookup)
+        let reverse = |ip: Ipv4Addr| {
+            store
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .lookup_addr(ip)
+        };
+        decide_with(msg, &self.cfg.domain, self.cfg.gateway, &lookup, &reverse)
     }
 }
 

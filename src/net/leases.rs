@@ -314,6 +314,14 @@ impl LeaseStore {
         out
     }
 
+    /// The host name holding `ip` now (a lease with a name), for reverse DNS.
+    pub fn lookup_addr(&self, ip: Ipv4Addr) -> Option<String> {
+        self.leases()
+            .into_iter()
+            .find(|l| l.ip == ip && !l.hostname.is_empty())
+            .map(|l| l.hostname)
+    }
+
     /// Is `ip` reserved by a static entry of another MAC, held by an unexpired lease of another
     /// MAC, or declined until after `now`?
     pub fn taken_by_other(&self, ip: Ipv4Addr, mac: &[u8; 6], now: u64) -> bool {

@@ -452,3 +452,46 @@ fn cname_targets_are_read_with_compression() {
     let m = Message::parse(&longer).unwrap();
     assert_eq!(m.answers[0].rdata_name(&longer), Err(DnsError::Truncated));
 }
+
+#[test]
+fn reverse_lookups_of_leases_answer_their_names() {
+    let reverse = |ip: Ipv4Addr| (ip == Ipv4Addr::new(10, 9, 0, 5)).then(|| "c1".to_string());
+    let ask = |name: &str, qtype: u16| {
+        let q = query(7, name, qtype, false);
+        (q.clone(), decide_with(&q, "bivy", GW, &lookup, &reverse))
+    };
+    let ptr_of = |d: Decision| -> String {
+        let Decision::Reply(r) = d else {
+            panic!("not a reply: {d:?}")
+        };
+        let m = Message::parse(&r).unwrap();
+        assert_eq!(m.header.rcode(), RCODE_NOERROR);
+        assert_eq!(m.answers.len(), 1);
+        assert_eq!(m.answers[0].rtype, TYPE_PTR);
+        let labels = m.answers[0].rdata_name(&r).unwrap();
+        labels
+            .iter()
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .collect::<Vec<_>>()
+            .join(".")
+    };
+    assert_eq!(ptr_of(ask("5.0.9.10.in-addr.arpa", TYPE_PTR).1), "c1.bivy");
+    assert_eq!(ptr_of(ask("5.0.9.10.IN-ADDR.ARPA", TYPE_ANY).1), "c1.bivy");
+    assert_eq!(
+        ptr_of(ask("1.0.9.10.in-addr.arpa", TYPE_PTR).1),
+        "_gateway.bivy"
+    );
+    // No lease there, another type, or not an address: upstream's to answer.
+    for (name, qtype) in [
+        ("6.0.9.10.in-addr.arpa", TYPE_PTR),
+        ("5.0.9.10.in-addr.arpa", TYPE_A),
+        ("05.0.9.10.in-addr.arpa", TYPE_PTR),
+        ("300.0.9.10.in-addr.arpa", TYPE_PTR),
+        ("0.9.10.in-addr.arpa", TYPE_PTR),
+    ] {
+        assert!(
+            matches!(ask(name, qtype).1, Decision::Forward(_)),
+            "{name} {qtype}"
+        );
+    }
+}

@@ -10,6 +10,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 pub const TYPE_A: u16 = 1;
 pub const TYPE_CNAME: u16 = 5;
+pub const TYPE_PTR: u16 = 12;
 pub const TYPE_AAAA: u16 = 28;
 pub const TYPE_OPT: u16 = 41;
 pub const TYPE_ANY: u16 = 255;
@@ -292,6 +293,24 @@ impl Answer {
             ttl: LOCAL_TTL,
             rdata: ip.octets().to_vec(),
         }
+    }
+    /// A PTR record naming `name` (dot-separated labels, each 1 to 63 bytes; None otherwise).
+    pub fn ptr(name: &str) -> Option<Answer> {
+        let labels: Vec<Vec<u8>> = name
+            .split('.')
+            .filter(|l| !l.is_empty())
+            .map(|l| l.as_bytes().to_vec())
+            .collect();
+        if labels.is_empty() || labels.iter().any(|l| l.len() > 63) {
+            return None;
+        }
+        let mut rdata = Vec::new();
+        write_labels(&mut rdata, &labels);
+        (rdata.len() <= 255).then_some(Answer {
+            rtype: TYPE_PTR,
+            ttl: LOCAL_TTL,
+            rdata,
+        })
     }
 }
 
