@@ -166,7 +166,7 @@ pub fn backing_file(name: &str) -> Option<PathBuf> {
     (!s.is_empty()).then(|| PathBuf::from(s))
 }
 
-/// The processes (`pid (comm)`, one per mount namespace, at most three) that have a filesystem
+/// The processes (`pid (comm) at MOUNT_POINTS`, one per mount namespace, at most three) that have a filesystem
 /// from the block device `dev` (`/dev/loop3`) mounted in their mount namespace.
 pub fn mounted_in(dev: &Path) -> Vec<String> {
     use std::os::unix::fs::MetadataExt;
@@ -190,13 +190,15 @@ pub fn mounted_in(dev: &Path) -> Vec<String> {
         let Ok(info) = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")) else {
             continue;
         };
-        if info
+        let at: Vec<String> = info
             .lines()
             .filter_map(crate::util::mountinfo_fields)
-            .any(|(_, _, source)| source == want)
-        {
+            .filter(|(_, _, source)| *source == want)
+            .map(|(mount_point, _, _)| mount_point)
+            .collect();
+        if !at.is_empty() {
             let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            out.push(format!("{pid} ({})", comm.trim()));
+            out.push(format!("{pid} ({}) at {}", comm.trim(), at.join(", ")));
             if out.len() == 3 {
                 break;
             }

@@ -11,7 +11,7 @@
 //! managed bridge with an explicit 10.x subnet, and (one trial in three, where btrfs pools can
 //! be made; every trial with `--btrfs`) a btrfs pool on a loop file. Then one operation of the trial's kind:
 //!
-//! - a daemon kill kind (launch, snapshot, copy, rename, restore, image import and delete,
+//! - a daemon kill kind (launch, snapshot, copy, rename, a move to another pool, restore, image import and delete,
 //!   publish, profile and config changes, pool create and delete, custom volume create,
 //!   snapshot, copy and delete, network create and delete, instance delete, start and stop;
 //!   `device`: a `disk` (a host directory of the trial's at `/mnt/x`) or `unix-char`
@@ -103,6 +103,7 @@ pub enum Kind {
     Snapshot,
     Copy,
     Rename,
+    PoolMove,
     Restore,
     ImageImport,
     ImageDelete,
@@ -128,11 +129,12 @@ pub enum Kind {
     InodesFull,
 }
 
-pub const KINDS: [Kind; 27] = [
+pub const KINDS: [Kind; 28] = [
     Kind::Launch,
     Kind::Snapshot,
     Kind::Copy,
     Kind::Rename,
+    Kind::PoolMove,
     Kind::Restore,
     Kind::ImageImport,
     Kind::ImageDelete,
@@ -165,6 +167,7 @@ impl Kind {
             Kind::Snapshot => "snapshot",
             Kind::Copy => "copy",
             Kind::Rename => "rename",
+            Kind::PoolMove => "pool-move",
             Kind::Restore => "restore",
             Kind::ImageImport => "image-import",
             Kind::ImageDelete => "image-delete",
@@ -201,6 +204,7 @@ impl Kind {
             Kind::Snapshot => 12,
             Kind::Copy => 40,
             Kind::Rename => 8,
+            Kind::PoolMove => 60,
             Kind::Restore => 45,
             Kind::ImageImport => 60,
             Kind::ImageDelete => 10,

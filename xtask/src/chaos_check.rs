@@ -36,6 +36,9 @@ pub enum Check {
     Volume(String, String, bool),
     VolumeSnapshot(String, String, String),
     Network(String, bool),
+    /// Acknowledged: the instance's root disk is on this pool; else on it or on the other
+    /// (and whole: see `Mark` and `Snapshot`).
+    OnPool(String, String, String),
     /// An instance's own device exists (true) or not.
     Device(String, String, bool),
     /// A profile's device exists (true) or not.
@@ -170,6 +173,33 @@ fn plan_kind(t: &mut Trial, kind: Kind, rng: &mut Rng) -> Result<Op> {
                     Check::Mark("c2".into(), mark.into(), vec![mark.into()]),
                 ],
             }
+        }
+        Kind::PoolMove => {
+            // s1 (stopped, with snap0) to the other pool: the trial's btrfs pool or a second dir
+            // pool made for this.
+            let from = pool_of(t, "s1")?;
+            let to = if t.btrfs {
+                if from == "bt" {
+                    "default"
+                } else {
+                    "bt"
+                }
+            } else {
+                t.ok(&["storage", "create", "d2", "dir"])?;
+                "d2"
+            };
+            let mut checks = vec![
+                Check::Instance("s1".into(), true),
+                Check::OnPool("s1".into(), to.into(), from.clone()),
+                Check::Mark("s1".into(), AFTER.into(), vec![AFTER.into()]),
+            ];
+            let mut a = s(&["move", "s1", "-s", to]);
+            if rng.chance(1, 3) {
+                a.push("--instance-only".into());
+            } else {
+                checks.push(Check::Snapshot("s1".into(), "snap0".into()));
+            }
+            Op { args: a, checks }
         }
         Kind::Rename => Op {
             args: s(&["move", "s1", "s1b"]),
@@ -592,6 +622,17 @@ fn promised(t: &Trial, c: &Check, acked: bool) -> Result<Option<String>> {
             let got = t.get(&format!("/1.0/instances/{n}"))?;
             let got = got.get("config").get(k).as_str().map(str::to_owned);
             want(got.as_deref() == Some(v), format!("{n} {k}={got:?}"))
+        }
+        Check::OnPool(n, to, from) => {
+            let got = pool_of(t, n)?;
+            if acked {
+                want(&got == to, format!("{n} on pool {got}, not {to}"))
+            } else {
+                want(
+                    &got == to || &got == from,
+                    format!("{n} on pool {got}, neither {from} nor {to}"),
+                )
+            }
         }
         Check::Pool(p, present) => {
             if !acked {
@@ -1445,6 +1486,17 @@ pub fn teardown(t: &mut Trial) -> Result {
         }
     }
     Ok(())
+}
+
+/// The pool of instance `n`'s root disk (its expanded devices).
+fn pool_of(t: &Trial, n: &str) -> Result<String> {
+    let got = t.get(&format!("/1.0/instances/{n}"))?;
+    got.get("expanded_devices")
+        .get("root")
+        .get("pool")
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("{n} has no root disk pool"))
 }
 
 #[cfg(test)]
