@@ -556,6 +556,47 @@ fn a_planted_symlink_does_not_lend_file_requests_the_daemons_rights() {
         .api("POST", "/1.0/instances/c1/files?path=/root/cache/sub", None)
         .expect("api");
     assert_eq!(code, 403, "{body}");
+    // Through a directory its root cannot enter (0700, the host's), to what is open inside it
+    // (a 0666 file, a 0777 directory, a 0644 file): the walk to them is refused too.
+    let private = shared.join("private");
+    std::fs::create_dir(&private).expect("mkdir");
+    std::fs::create_dir(private.join("sub")).expect("mkdir");
+    std::fs::write(private.join("f666"), "HOST\n").expect("write");
+    std::fs::write(private.join("secret"), "SECRET\n").expect("write");
+    use std::os::unix::fs::PermissionsExt as _;
+    for (p, m) in [
+        ("", 0o700),
+        ("sub", 0o777),
+        ("f666", 0o666),
+        ("secret", 0o644),
+    ] {
+        let p = if p.is_empty() {
+            private.clone()
+        } else {
+            private.join(p)
+        };
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(m)).expect("chmod");
+    }
+    let (code, out) = l.sh(
+        "c1",
+        "ln -s /data/private/f666 /root/fl && ln -s /data/private/sub /root/sd && \
+         ln -s /data/private /root/pd && ! cat /data/private/secret",
+    );
+    assert_eq!(code, 0, "{out}");
+    for args in [
+        vec!["file", "push", local, "c1/root/fl"],
+        vec!["file", "push", local, "c1/root/sd/new"],
+        vec!["file", "pull", "c1/root/pd/secret", "-"],
+    ] {
+        let err = common::failed(&l.run(&args));
+        assert!(err.contains("permission denied"), "{args:?}: {err}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(private.join("f666")).expect("read"),
+        "HOST\n"
+    );
+    assert!(!private.join("sub/new").exists());
+    std::fs::remove_dir_all(&private).expect("rm");
     assert_eq!(std::fs::read_to_string(&conf).expect("read"), "ORIGINAL\n");
     let left: Vec<_> = std::fs::read_dir(&shared)
         .expect("ls")

@@ -1,8 +1,10 @@
 //! `/1.0/instances/NAME/files`: pull, push, mkdir, symlink and delete inside an instance's
 //! rootfs (a running one's as its init sees it, mounts included), never leaving it.
 //!
-//! Every path is resolved by the kernel with `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`
-//! against the rootfs directory, so `..`, absolute symlinks and planted links all stay inside.
+//! Every path is resolved inside the root, so `..`, absolute symlinks and planted links all stay
+//! inside: by the kernel with `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)` against a
+//! stopped container's rootfs directory, and for a running unprivileged container a component
+//! at a time as its root may walk it (`View::walk`).
 //! What is made is made with `O_NOFOLLOW`; an existing file written to is the one its path
 //! leads to inside (a last symlink followed there, as LXD's SFTP server does), opened again
 //! through its descriptor once checked regular. Nothing outside the root is ever chmod-ed or
@@ -172,6 +174,103 @@ impl View {
         self.act_on(&[inode], path, f)
     }
 
+    /// Open `path` (`O_PATH`) inside the root: its last component a symlink itself unless
+    /// `follow_last`. A stopped or privileged container's by the kernel
+    /// (`RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS`); a running unprivileged one's walked here a
+    /// component at a time as its root would walk it: each directory searched only when its
+    /// root may (its capabilities over a directory its user namespace maps, else the mode
+    /// bits), each symlink followed from the root (absolute) or from where it is, `..` never
+    /// above the root. The kernel's walk would pass any directory with the daemon's rights: a
+    /// symlink the container's root planted then led a request into a host directory shown to it
+    /// that it cannot enter itself.
+    fn walk(&self, path: &str, follow_last: bool) -> Result<OwnedFd> {
+        let Some((uid, gid)) = self.maker else {
+            let mut flags = OFlags::PATH | OFlags::CLOEXEC;
+            if !follow_last {
+                flags |= OFlags::NOFOLLOW;
+            }
+            return rustix::fs::openat2(&self.root, path, flags, Mode::empty(), RESOLVE)
+                .map_err(|e| io_err(path, e));
+        };
+        let at = |e| io_err(path, e);
+        let again = |fd: &OwnedFd| {
+            rustix::fs::openat(fd, ".", OFlags::PATH | OFlags::CLOEXEC, Mode::empty()).map_err(at)
+        };
+        let mut stack = vec![again(&self.root)?];
+        let mut todo: std::collections::VecDeque<String> =
+            path.split('/').map(str::to_string).collect();
+        let mut links = 0;
+        while let Some(c) = todo.pop_front() {
+            let last = todo.iter().all(|c| c.is_empty() || c == ".");
+            if c.is_empty() || c == "." {
+                continue;
+            }
+            if c == ".." {
+                if stack.len() > 1 {
+                    stack.pop();
+                }
+                continue;
+            }
+            let dir = stack.last().expect("the root stays");
+            let st = rustix::fs::fstat(dir).map_err(at)?;
+            let mode = st.st_mode;
+            let search = if self.ids.maps(st.st_uid, st.st_gid) {
+                true
+            } else if st.st_uid == uid {
+                mode & 0o100 != 0
+            } else if st.st_gid == gid {
+                mode & 0o010 != 0
+            } else {
+                mode & 0o001 != 0
+            };
+            if !search {
+                return Err(io_err(path, rustix::io::Errno::ACCESS));
+            }
+            let fd = rustix::fs::openat(
+                dir,
+                c.as_str(),
+                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(at)?;
+            let ft =
+                rustix::fs::FileType::from_raw_mode(rustix::fs::fstat(&fd).map_err(at)?.st_mode);
+            if ft == rustix::fs::FileType::Symlink && (!last || follow_last) {
+                links += 1;
+                if links > 40 {
+                    return Err(io_err(path, rustix::io::Errno::LOOP));
+                }
+                let target = rustix::fs::readlinkat(&fd, "", Vec::new()).map_err(at)?;
+                let target = target.to_string_lossy().into_owned();
+                if target.starts_with('/') {
+                    stack.truncate(1);
+                }
+                for part in target.split('/').rev() {
+                    todo.push_front(part.to_string());
+                }
+                continue;
+            }
+            if last {
+                return Ok(fd);
+            }
+            if ft != rustix::fs::FileType::Directory {
+                return Err(io_err(path, rustix::io::Errno::NOTDIR));
+            }
+            stack.push(fd);
+        }
+        again(stack.last().expect("the root stays"))
+    }
+
+    /// [`View::walk`] to a directory (symlinks followed).
+    fn walk_dir(&self, path: &str) -> Result<OwnedFd> {
+        let fd = self.walk(path, true)?;
+        let st = rustix::fs::fstat(&fd).map_err(|e| io_err(path, e))?;
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Directory {
+            return Err(io_err(path, rustix::io::Errno::NOTDIR));
+        }
+        Ok(fd)
+    }
+
     /// [`View::act`] where the capabilities must hold over each of `inodes`.
     fn act_on<T>(
         &self,
@@ -247,15 +346,8 @@ fn headers(resp: Response, st: &rustix::fs::Stat, ids: &Ids, kind: &str) -> Resp
 }
 
 fn pull(v: &View, path: &str, head: bool) -> Result<Response> {
-    let (root, ids) = (&v.root, &v.ids);
-    let fd = rustix::fs::openat2(
-        root,
-        path,
-        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-        RESOLVE,
-    )
-    .map_err(|e| io_err(path, e))?;
+    let ids = &v.ids;
+    let fd = v.walk(path, false)?;
     let st = rustix::fs::fstat(&fd).map_err(|e| io_err(path, e))?;
     let ft = rustix::fs::FileType::from_raw_mode(st.st_mode);
     match ft {
@@ -332,7 +424,7 @@ fn header_id(req: &Request, name: &str) -> Result<Option<u32>> {
 }
 
 fn push(v: &View, req: &mut Request, path: &str) -> Result<Response> {
-    let (root, ids) = (&v.root, &v.ids);
+    let ids = &v.ids;
     let uid = header_id(req, "X-LXD-uid")?;
     let gid = header_id(req, "X-LXD-gid")?;
     let mode = match req.header("X-LXD-mode") {
@@ -351,14 +443,7 @@ fn push(v: &View, req: &mut Request, path: &str) -> Result<Response> {
         w => return Err(Error::BadRequest(format!("Invalid X-LXD-write {w:?}"))),
     };
     let (parent, name) = split(path)?;
-    let pfd = rustix::fs::openat2(
-        root,
-        &parent,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-        RESOLVE,
-    )
-    .map_err(|e| io_err(&parent, e))?;
+    let pfd = v.walk_dir(&parent)?;
     let disk_uid = uid.map(|u| Ids::to_disk(&ids.uid, u)).transpose()?;
     let disk_gid = gid.map(|g| Ids::to_disk(&ids.gid, g)).transpose()?;
     let owner = |fd: &OwnedFd, created: bool| -> Result<()> {
@@ -454,13 +539,14 @@ fn push(v: &View, req: &mut Request, path: &str) -> Result<Response> {
                 Mode::empty(),
             )
             .map_err(|e| io_err(path, e))?;
+            // Through the link's own descriptor: that very inode, whatever the name holds now.
             v.act(&link, path, || {
                 rustix::fs::chownat(
-                    &pfd,
-                    name.as_str(),
+                    &link,
+                    "",
                     Some(disk_uid_of(u)),
                     Some(disk_gid_of(g)),
-                    rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+                    rustix::fs::AtFlags::EMPTY_PATH | rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
                 )
                 .map_err(|e| io_err(path, e))
             })?;
@@ -488,14 +574,7 @@ fn push(v: &View, req: &mut Request, path: &str) -> Result<Response> {
                     // that very inode is opened again through its descriptor; truncated only
                     // once it is known regular.
                     let not_regular = || Error::BadRequest(format!("{path}: not a regular file"));
-                    let found = rustix::fs::openat2(
-                        root,
-                        path,
-                        OFlags::PATH | OFlags::CLOEXEC,
-                        Mode::empty(),
-                        RESOLVE,
-                    )
-                    .map_err(|e| io_err(path, e))?;
+                    let found = v.walk(path, true)?;
                     let st = rustix::fs::fstat(&found).map_err(|e| io_err(path, e))?;
                     if rustix::fs::FileType::from_raw_mode(st.st_mode)
                         != rustix::fs::FileType::RegularFile
@@ -555,14 +634,7 @@ fn push(v: &View, req: &mut Request, path: &str) -> Result<Response> {
 
 fn remove(v: &View, path: &str) -> Result<Response> {
     let (parent, name) = split(path)?;
-    let pfd = rustix::fs::openat2(
-        &v.root,
-        &parent,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-        RESOLVE,
-    )
-    .map_err(|e| io_err(&parent, e))?;
+    let pfd = v.walk_dir(&parent)?;
     let st = rustix::fs::statat(&pfd, name.as_str(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
         .map_err(|e| io_err(path, e))?;
     let flags =
