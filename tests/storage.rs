@@ -248,6 +248,10 @@ fn an_instance_moves_between_pools() {
     assert_eq!(l.sh("m1", "cat /root/a /root/b").1, "one\ntwo\n");
     l.ok(&["restore", "m1", "s0"]);
     assert_eq!(l.sh("m1", "ls /root").1, "a\n");
+    // The snapshot's root disk was moved along: restored, the instance still says the pool
+    // its volume is on, and takes changes.
+    assert_eq!(pool_of("m1"), ("second".into(), "second".into()));
+    l.ok(&["config", "set", "m1", "user.after", "restore"]);
 
     // To a new name, without its snapshots: the old pool keeps nothing of it.
     l.ok(&["stop", "m1", "--force"]);

@@ -319,6 +319,21 @@ pub fn merge_put(
     config.retain(|_, v| !v.is_empty());
 }
 
+/// `devices` (an instance's or a snapshot's own, `expanded` with its profiles) with its root
+/// disk naming `pool`: the expanded root disk (its own or a profile's) becomes its own with
+/// that pool when it names another, as LXD writes a copy's or a move's root disk.
+pub fn with_root_pool(devices: &Devices, expanded: &Devices, pool: &str) -> Devices {
+    let mut out = devices.clone();
+    if let Some((key, dev)) = expanded.iter().find(|(_, dev)| is_root_disk(dev)) {
+        if dev.get("pool").map(String::as_str) != Some(pool) {
+            let mut dev = dev.clone();
+            dev.insert("pool".into(), pool.to_string());
+            out.insert(key.clone(), dev);
+        }
+    }
+    out
+}
+
 /// Whether `dev` is the root disk.
 pub fn is_root_disk(dev: &StringMap) -> bool {
     dev.get("type").map(String::as_str) == Some("disk")

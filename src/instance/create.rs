@@ -434,6 +434,12 @@ pub(super) fn clone_instance(
         )?;
         let mut rec = sr.clone();
         rec.volume = sv;
+        // Its root disk names the pool it is on now (a restore brings its devices back).
+        let (_, ed) = {
+            let db = d.db.lock().expect("db lock");
+            config::expand(&rec.profiles, &db.data.profiles, &rec.config, &rec.devices)
+        };
+        rec.devices = config::with_root_pool(&rec.devices, &ed, &pool.name);
         snapshots.push(rec);
     }
     Ok(snapshots)

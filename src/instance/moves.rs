@@ -124,11 +124,6 @@ fn switch_pool(d: &Ctx, m: &PoolMove<'_>) -> Result<()> {
         super::volumes::apply_size(&pool, &final_dir, Some(&size))
             .map_err(|e| Error::Host(format!("Failed to set the root disk size: {e}")))?;
     }
-    // The root disk, its own or a profile's, becomes its own naming the new pool.
-    let root = ed
-        .iter()
-        .find(|(_, dev)| config::is_root_disk(dev))
-        .map(|(k, dev)| (k.clone(), dev.clone()));
     let nets = {
         let mut db = d.db.lock().expect("db lock");
         // The record as it is now (its config may have changed meanwhile); its volumes must be
@@ -143,10 +138,9 @@ fn switch_pool(d: &Ctx, m: &PoolMove<'_>) -> Result<()> {
         next.pool = m.pool.to_string();
         next.volume = volume;
         next.snapshots = snapshots;
-        if let Some((key, mut dev)) = root {
-            dev.insert("pool".into(), m.pool.to_string());
-            next.devices.insert(key, dev);
-        }
+        // The root disk, its own or a profile's, becomes its own naming the new pool (the
+        // snapshots' were rewritten by the clone).
+        next.devices = config::with_root_pool(&next.devices, &ed, m.pool);
         db.update(|data| {
             data.instances.remove(m.name);
             data.instances.insert(m.new_name.to_string(), next.clone());
