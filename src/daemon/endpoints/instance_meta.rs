@@ -37,6 +37,27 @@ fn log_path(d: &Daemon, name: &str, file: &str) -> Result<PathBuf> {
 pub fn log_get(d: &Daemon, name: &str, file: &str) -> Result<Response> {
     record(d, name)?;
     let p = log_path(d, name, file)?;
+    if file == "console.log" {
+        // The part rotated away (`console.log.1`, see the monitor) comes first, so the log
+        // shown right after a rotation is not nearly empty.
+        if let Ok(older) = std::fs::File::open(p.with_extension("log.1")) {
+            let cur = std::fs::File::open(&p).ok();
+            let len = [Some(&older), cur.as_ref()]
+                .into_iter()
+                .flatten()
+                .map(|f| f.metadata().map_or(0, |m| m.len()))
+                .sum();
+            let body: Box<dyn std::io::Read + Send> = match cur {
+                Some(cur) => Box::new(std::io::Read::chain(older, cur)),
+                None => Box::new(older),
+            };
+            return Ok(response::raw(
+                200,
+                "application/octet-stream",
+                crate::http::Body::Reader(body, Some(len)),
+            ));
+        }
+    }
     match std::fs::File::open(&p) {
         Ok(f) => {
             let len = f.metadata().map(|m| m.len()).ok();
