@@ -588,6 +588,72 @@ fn trust_tokens_are_single_use_expire_and_can_be_revoked() {
     assert_eq!(v["metadata"]["auth"], "trusted", "{v}");
     assert_eq!(trusted_certs(&d).len(), 3);
 
+    // A token adds the certificate its client presents, never one named in the body.
+    let (_, token, _) = make_token(&d, "presented");
+    let (me, other) = (identity(d.tmp(), "me"), identity(d.tmp(), "other"));
+    let body = json!({
+        "trust_token": token,
+        "certificate": bivy::util::base64::encode(&other.cert_der),
+        "type": "metrics",
+    })
+    .to_string();
+    let (code, v) = r.call(Some(&me), "POST", "/1.0/certificates", Some(&body));
+    assert_eq!(code, 201, "{v}");
+    let certs = trusted_certs(&d);
+    assert!(certs.contains(&(tls::fingerprint(&me.cert_der), "presented".into())));
+    assert!(!certs
+        .iter()
+        .any(|(fp, _)| fp == &tls::fingerprint(&other.cert_der)));
+    assert_eq!(certs.len(), 4);
+    // Restricted certificates are not supported (bivy has no per-project checks: such a
+    // client would have every right): refused as a token and as a trust change.
+    let (code, v) = d
+        .api(
+            "POST",
+            "/1.0/certificates",
+            Some(r#"{"token":true,"name":"r","restricted":true}"#),
+        )
+        .expect("POST");
+    assert_eq!(code, 501, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("restricted"),
+        "{v}"
+    );
+    let fp = tls::fingerprint(&me.cert_der);
+    let (code, v) = d
+        .api(
+            "PATCH",
+            &format!("/1.0/certificates/{fp}"),
+            Some(r#"{"restricted":true}"#),
+        )
+        .expect("PATCH");
+    assert_eq!(code, 501, "{v}");
+    let (_, v) = r.call(Some(&me), "GET", "/1.0", None);
+    assert_eq!(v["metadata"]["auth"], "trusted", "{v}");
+    // A certificate past its validity is refused (and one presented is not trusted).
+    let now = bivy::util::time::now_secs();
+    let (pem, _) = bivy::tls::cert::generate_valid(
+        CertKind::Client,
+        "old",
+        "old",
+        &[],
+        (now - 7200, now - 3600),
+    )
+    .expect("cert");
+    let der = tls::pem_to_der(&pem).expect("der");
+    let body = json!({"certificate": bivy::util::base64::encode(&der), "name": "old"}).to_string();
+    let (code, v) = d
+        .api("POST", "/1.0/certificates", Some(&body))
+        .expect("POST");
+    assert_eq!(code, 400, "{v}");
+    assert!(
+        v["error"].as_str().unwrap_or_default().contains("expired"),
+        "{v}"
+    );
+
     // Expired (core.remote_token_expiry): refused by the server, with lxc and directly.
     let (code, v) = set_config(&d, json!({"core.remote_token_expiry": "2S"}));
     assert_eq!(code, 200, "{v}");
@@ -613,7 +679,7 @@ fn trust_tokens_are_single_use_expire_and_can_be_revoked() {
     let body = json!({"password": token2}).to_string();
     let (code, v) = r.call(Some(&late), "POST", "/1.0/certificates", Some(&body));
     assert_refused(code, &v, "an expired token in `password`");
-    assert_eq!(trusted_certs(&d).len(), 3);
+    assert_eq!(trusted_certs(&d).len(), 4);
     // An invalid expiry is refused when set.
     let (code, v) = set_config(&d, json!({"core.remote_token_expiry": "2 parsecs"}));
     assert_eq!(code, 400, "{v}");

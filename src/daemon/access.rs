@@ -1,7 +1,8 @@
 //! Who is calling, and what an untrusted caller may reach.
 //!
 //! Unix-socket callers are trusted (the socket's mode and group are the gate). An HTTPS caller
-//! is trusted while the SHA-256 of the certificate it presented is in the trust store; that is
+//! is trusted while the SHA-256 of the certificate it presented is in the trust store (not
+//! restricted) and the certificate is within its validity; that is
 //! checked on every request, so a removed certificate loses access on connections it already
 //! had open too (and `https::Https::revoke` closes them).
 //!
@@ -40,9 +41,16 @@ impl Caller {
     pub fn trusted(&self, d: &Daemon) -> bool {
         match self {
             Caller::Local => true,
-            Caller::Remote { fingerprint, .. } => fingerprint
-                .as_deref()
-                .is_some_and(|fp| crate::instance::trust::is_trusted(d, fp)),
+            Caller::Remote {
+                fingerprint, cert, ..
+            } => {
+                fingerprint
+                    .as_deref()
+                    .is_some_and(|fp| crate::instance::trust::is_trusted(d, fp))
+                    && cert
+                        .as_deref()
+                        .is_some_and(crate::instance::trust::valid_now)
+            }
         }
     }
 }

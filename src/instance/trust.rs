@@ -75,14 +75,50 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Whether a client certificate with this fingerprint is trusted.
+/// Whether a client certificate with this fingerprint is trusted: in the store, and not
+/// restricted (a record an older bivy stored: see [`refuse_restricted`]).
 pub fn is_trusted(ctx: &Ctx, fingerprint: &str) -> bool {
     ctx.db
         .lock()
         .expect("db lock")
         .data
         .certificates
-        .contains_key(fingerprint)
+        .get(fingerprint)
+        .is_some_and(|c| !c.restricted)
+}
+
+/// A restricted certificate (LXD's: confined to its `projects`, never an admin) is refused:
+/// bivy has no per-project access checks, so a restricted client would be an admin.
+fn refuse_restricted(restricted: bool) -> Result<(), Error> {
+    if restricted {
+        return Err(Error::not_yet(
+            "restricted certificates (bivy checks no per-project access: a restricted client would have every right)",
+        ));
+    }
+    Ok(())
+}
+
+/// Refuse a certificate outside its validity now, as LXD's `certificateValidate` does (and a
+/// presented one is not trusted then either: see [`valid_now`]).
+pub fn check_validity(der: &[u8]) -> Result<(), Error> {
+    let info = crate::tls::cert_info(der)
+        .ok_or_else(|| Error::Invalid("Invalid certificate: not a DER X.509 certificate".into()))?;
+    let now = crate::util::time::now_secs();
+    if now < info.not_before {
+        return Err(Error::Invalid(
+            "The provided certificate isn't valid yet".into(),
+        ));
+    }
+    if now > info.not_after {
+        return Err(Error::Invalid("The provided certificate is expired".into()));
+    }
+    Ok(())
+}
+
+/// Whether a presented certificate is within its validity now (LXD's `CheckTrustState`
+/// trusts no certificate outside it).
+pub fn valid_now(der: &[u8]) -> bool {
+    check_validity(der).is_ok()
 }
 
 /// A certificate to add.
@@ -111,6 +147,8 @@ pub fn check_kind(kind: &str) -> Result<&'static str, Error> {
 /// Add a certificate to the trust store; its fingerprint.
 pub fn add(ctx: &Ctx, c: NewCert) -> Result<String, Error> {
     let kind = check_kind(&c.kind)?;
+    refuse_restricted(c.restricted)?;
+    check_validity(&c.der)?;
     let info = crate::tls::cert_info(&c.der)
         .ok_or_else(|| Error::Invalid("Invalid certificate: not a DER X.509 certificate".into()))?;
     let fp = crate::tls::fingerprint(&c.der);
@@ -166,6 +204,7 @@ pub fn all(ctx: &Ctx) -> Vec<(String, CertRecord)> {
 /// certificate body is refused (LXD refuses changing it too, short of self-renewal).
 pub fn update(ctx: &Ctx, fp: &str, new: CertRecord) -> Result<(), Error> {
     let kind = check_kind(&new.kind)?;
+    refuse_restricted(new.restricted)?;
     let mut db = ctx.db.lock().expect("db lock");
     let Some(old) = db.data.certificates.get(fp).cloned() else {
         return Err(Error::NotFound("Certificate not found".into()));
@@ -317,6 +356,25 @@ pub fn take_token(ctx: &Ctx, secret: &str) -> Option<serde_json::Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn certificates_outside_their_validity_are_refused() {
+        use crate::tls::cert::generate_valid;
+        use crate::tls::{pem_to_der, CertKind};
+        let now = crate::util::time::now_secs();
+        let der = |from: i64, to: i64| {
+            let (pem, _) =
+                generate_valid(CertKind::Client, "c", "c", &[], (from, to)).expect("cert");
+            pem_to_der(&pem).expect("der")
+        };
+        assert!(check_validity(&der(now - 60, now + 3600)).is_ok());
+        let e = check_validity(&der(now - 7200, now - 3600)).unwrap_err();
+        assert!(e.message().contains("expired"), "{e:?}");
+        let e = check_validity(&der(now + 3600, now + 7200)).unwrap_err();
+        assert!(e.message().contains("isn't valid yet"), "{e:?}");
+        assert!(!valid_now(&der(now - 7200, now - 3600)));
+        assert!(refuse_restricted(true).is_err() && refuse_restricted(false).is_ok());
+    }
 
     #[test]
     fn password_hash_round_trip() {

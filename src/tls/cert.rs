@@ -205,6 +205,24 @@ pub fn generate_for(
     dns: &str,
     ips: &[IpAddr],
 ) -> io::Result<(String, String)> {
+    let now = crate::util::time::now_secs();
+    generate_valid(
+        kind,
+        common_name,
+        dns,
+        ips,
+        (now - 60, now + VALID_DAYS * 86400),
+    )
+}
+
+/// [`generate_for`] valid from `not_before` to `not_after` (Unix seconds).
+pub fn generate_valid(
+    kind: CertKind,
+    common_name: &str,
+    dns: &str,
+    ips: &[IpAddr],
+    (not_before, not_after): (i64, i64),
+) -> io::Result<(String, String)> {
     let rng = SystemRandom::new();
     let fail = |what: &str| io::Error::other(format!("making a key pair: {what}"));
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P384_SHA384_ASN1_SIGNING, &rng)
@@ -214,12 +232,11 @@ pub fn generate_for(
     let mut serial = [0u8; 16];
     ring::rand::SecureRandom::fill(&rng, &mut serial).map_err(|_| fail("no randomness"))?;
     serial[0] &= 0x7f;
-    let now = crate::util::time::now_secs();
     let tbs = der::tbs_certificate(&der::TbsFields {
         serial: &serial,
         common_name,
-        not_before: now - 60,
-        not_after: now + VALID_DAYS * 86400,
+        not_before,
+        not_after,
         public_key: pair.public_key().as_ref(),
         kind,
         dns,
