@@ -447,26 +447,13 @@ fn file_requests_on_a_running_container_see_its_mounts() {
     let d = Daemon::start().expect("daemon");
     let l = Lxc::new(&d);
     l.import_busybox();
-    let share = d.tmp().join("share");
-    std::fs::create_dir_all(&share).expect("mkdir");
-    std::fs::write(share.join("f"), "hello\n").expect("write");
-    // Writable by the container's root, which is no one on the host (see the next test).
-    std::fs::set_permissions(&share, std::os::unix::fs::PermissionsExt::from_mode(0o777))
-        .expect("chmod");
-    let local = d.tmp().join("local");
-    std::fs::write(&local, "pushed\n").expect("write");
-    let local = local.to_str().expect("utf-8");
-    l.ok(&["launch", "busybox", "c1"]);
-    l.ok(&[
-        "config",
-        "device",
-        "add",
-        "c1",
-        "share",
-        "disk",
-        &format!("source={}", share.display()),
-        "path=/mnt/share",
-    ]);
+    let (share, local) = c1_with_a_host_dir(&d, &l, "share", "/mnt/share", |share| {
+        std::fs::write(share.join("f"), "hello\n").expect("write");
+        // Writable by the container's root, which is no one on the host (see the next test).
+        std::fs::set_permissions(share, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .expect("chmod");
+    });
+    let local = local.as_str();
     assert_eq!(l.ok(&["file", "pull", "c1/mnt/share/f", "-"]), "hello\n");
     l.ok(&["file", "push", local, "c1/mnt/share/new"]);
     assert_eq!(
@@ -502,6 +489,29 @@ fn file_requests_on_a_running_container_see_its_mounts() {
     l.ok(&["delete", "c1", "--force"]);
 }
 
+/// `c1` launched with the host directory `d.tmp()/name` (filled by `fill`) as a disk at
+/// `path`; the directory, and a local file to push (`pushed`).
+fn c1_with_a_host_dir(
+    d: &Daemon,
+    l: &Lxc<'_>,
+    name: &str,
+    path: &str,
+    fill: impl FnOnce(&Path),
+) -> (std::path::PathBuf, String) {
+    let dir = d.tmp().join(name);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    fill(&dir);
+    let local = d.tmp().join("local");
+    std::fs::write(&local, "pushed\n").expect("write");
+    l.ok(&["launch", "busybox", "c1"]);
+    let source = format!("source={}", dir.display());
+    let path = format!("path={path}");
+    l.ok(&[
+        "config", "device", "add", "c1", name, "disk", &source, &path,
+    ]);
+    (dir, local.to_str().expect("utf-8").to_string())
+}
+
 /// A file request acts as the container's root would: a symlink its root plants (to a host file
 /// a disk device shows it, which it cannot write itself) must not lend an admin's push or delete
 /// the daemon's rights. What its root can do, files of its other users included, still works.
@@ -513,24 +523,11 @@ fn a_planted_symlink_does_not_lend_file_requests_the_daemons_rights() {
     let d = Daemon::start().expect("daemon");
     let l = Lxc::new(&d);
     l.import_busybox();
-    let shared = d.tmp().join("shared");
-    std::fs::create_dir_all(&shared).expect("mkdir");
+    let (shared, local) = c1_with_a_host_dir(&d, &l, "shared", "/data", |shared| {
+        std::fs::write(shared.join("important.conf"), "ORIGINAL\n").expect("write");
+    });
+    let local = local.as_str();
     let conf = shared.join("important.conf");
-    std::fs::write(&conf, "ORIGINAL\n").expect("write");
-    let local = d.tmp().join("local");
-    std::fs::write(&local, "pushed\n").expect("write");
-    let local = local.to_str().expect("utf-8");
-    l.ok(&["launch", "busybox", "c1"]);
-    l.ok(&[
-        "config",
-        "device",
-        "add",
-        "c1",
-        "sh",
-        "disk",
-        &format!("source={}", shared.display()),
-        "path=/data",
-    ]);
     let (code, _) = l.sh("c1", "echo x > /data/important.conf");
     assert_ne!(
         code, 0,

@@ -509,37 +509,18 @@ fn dns_answers_and_forwards() {
     });
 
     // A real client from the client namespace.
-    let out = common::run_bounded(
-        Command::new("ip").args([
-            "netns",
-            "exec",
-            &c,
-            "busybox",
-            "nslookup",
-            "-type=a",
-            "c1.bivy",
-            "10.77.0.1",
-        ]),
-        Duration::from_secs(15),
-    )
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let nslookup = |args: &[&str]| {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &c, "busybox", "nslookup"])
+            .args(args)
+            .arg("10.77.0.1");
+        let out = common::run_bounded(&mut cmd, Duration::from_secs(15)).unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = nslookup(&["-type=a", "c1.bivy"]);
     assert!(text.contains("10.77.0.5"), "{text}");
     // And back: the lease's address names it (a PTR record, as dnsmasq answers for LXD).
-    let out = common::run_bounded(
-        Command::new("ip").args([
-            "netns",
-            "exec",
-            &c,
-            "busybox",
-            "nslookup",
-            "10.77.0.5",
-            "10.77.0.1",
-        ]),
-        Duration::from_secs(15),
-    )
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = nslookup(&["10.77.0.5"]);
     assert!(text.contains("c1.bivy"), "{text}");
 
     // The port taken: AddrInUse naming the address and this process.

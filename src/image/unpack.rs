@@ -469,11 +469,7 @@ impl<'a> Extractor<'a> {
                 let fd = rustix::fs::openat(
                     &parent,
                     *name,
-                    OFlags::WRONLY
-                        | OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
+                    crate::util::fs::NEW_FILE,
                     Mode::from_raw_mode(0o600),
                 )
                 .map_err(|e| io_err(&e))?;

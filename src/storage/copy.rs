@@ -443,11 +443,7 @@ impl<'s, 'a> Worker<'s, 'a> {
                 let d = rfs::openat(
                     ddir,
                     name,
-                    OFlags::WRONLY
-                        | OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
+                    crate::util::fs::NEW_FILE,
                     Mode::from_raw_mode(0o600),
                 )
                 .map_err(|e| ("create", e))?;

@@ -6,6 +6,14 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+/// Flags that make a new regular file and write it, never following a symlink and never
+/// opening one that is there already (`O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC`).
+pub const NEW_FILE: rustix::fs::OFlags = rustix::fs::OFlags::WRONLY
+    .union(rustix::fs::OFlags::CREATE)
+    .union(rustix::fs::OFlags::EXCL)
+    .union(rustix::fs::OFlags::NOFOLLOW)
+    .union(rustix::fs::OFlags::CLOEXEC);
+
 /// Read a small text file (procfs, cgroupfs, pid files) without the size probe `fs::read_to_string`
 /// makes first: one open and a read or two, where the list of many containers reads thousands.
 pub fn read_small(path: &Path) -> io::Result<String> {

@@ -556,11 +556,7 @@ fn push(v: &View, req: &mut Request, path: &str) -> Result<Response> {
                 Ok(rustix::fs::openat(
                     &pfd,
                     name.as_str(),
-                    OFlags::WRONLY
-                        | OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
+                    crate::util::fs::NEW_FILE,
                     Mode::from_raw_mode(0o600),
                 ))
             })?;
