@@ -566,9 +566,12 @@ pub fn as_ns_root<T>(uid: u32, gid: u32, privileged: bool, f: impl FnOnce() -> T
 
 /// This thread's supplementary groups.
 fn thread_groups() -> Vec<libc::gid_t> {
-    let mut groups = vec![0; 256];
+    // SAFETY: with a size of 0 getgroups writes nothing and returns how many there are; glibc's
+    // getgroups is the plain system call, which reads this thread's creds.
+    let count = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+    let mut groups = vec![0; usize::try_from(count).unwrap_or(0)];
     // SAFETY: getgroups writes at most `groups.len()` gids into the buffer, which lives across
-    // the call; glibc's getgroups is the plain system call, which reads this thread's creds.
+    // the call (this thread's groups change only through this thread).
     let n = unsafe { libc::getgroups(groups.len() as libc::c_int, groups.as_mut_ptr()) };
     groups.truncate(usize::try_from(n).unwrap_or(0));
     groups
