@@ -196,7 +196,10 @@ impl View {
         let again = |fd: &OwnedFd| {
             rustix::fs::openat(fd, ".", OFlags::PATH | OFlags::CLOEXEC, Mode::empty()).map_err(at)
         };
-        let mut stack = vec![again(&self.root)?];
+        // Each directory walked through with its stat (read once, when it was opened).
+        let root = again(&self.root)?;
+        let root_st = rustix::fs::fstat(&root).map_err(at)?;
+        let mut stack = vec![(root, root_st)];
         let mut todo: std::collections::VecDeque<String> =
             path.split('/').map(str::to_string).collect();
         let mut links = 0;
@@ -211,8 +214,7 @@ impl View {
                 }
                 continue;
             }
-            let dir = stack.last().expect("the root stays");
-            let st = rustix::fs::fstat(dir).map_err(at)?;
+            let (dir, st) = stack.last().expect("the root stays");
             let mode = st.st_mode;
             let search = if self.ids.maps(st.st_uid, st.st_gid) {
                 true
@@ -233,8 +235,8 @@ impl View {
                 Mode::empty(),
             )
             .map_err(at)?;
-            let ft =
-                rustix::fs::FileType::from_raw_mode(rustix::fs::fstat(&fd).map_err(at)?.st_mode);
+            let fst = rustix::fs::fstat(&fd).map_err(at)?;
+            let ft = rustix::fs::FileType::from_raw_mode(fst.st_mode);
             if ft == rustix::fs::FileType::Symlink && (!last || follow_last) {
                 links += 1;
                 if links > 40 {
@@ -256,9 +258,9 @@ impl View {
             if ft != rustix::fs::FileType::Directory {
                 return Err(io_err(path, rustix::io::Errno::NOTDIR));
             }
-            stack.push(fd);
+            stack.push((fd, fst));
         }
-        again(stack.last().expect("the root stays"))
+        again(&stack.last().expect("the root stays").0)
     }
 
     /// [`View::walk`] to a directory (symlinks followed).
