@@ -875,19 +875,17 @@ pub(crate) fn unpack_trees_from<R: Read>(
         let mut entry = entry.map_err(tar_err)?;
         let raw = entry.path_bytes().into_owned();
         let parts = member_parts(&raw)?;
-        let under = |pre: &[Vec<u8>]| {
+        let Some(i) = prefixes.iter().position(|(pre, _)| {
             parts.len() >= pre.len() && parts[..pre.len()].iter().zip(pre).all(|(a, b)| *a == b)
-        };
-        // The tree's own directory: the tree is there (an empty volume has nothing else).
-        if let Some(i) = prefixes.iter().position(|(pre, _)| under(pre)) {
-            seen[i] = true;
-        }
-        let Some(i) = prefixes
-            .iter()
-            .position(|(pre, _)| parts.len() > pre.len() && under(pre))
-        else {
+        }) else {
             continue;
         };
+        // The tree's own directory says the tree is there (an empty volume has nothing else);
+        // what is below it is unpacked.
+        seen[i] = true;
+        if parts.len() == prefixes[i].0.len() {
+            continue;
+        }
         if entry.header().entry_type().is_file() {
             total = total.saturating_add(entry.size());
             if opts.max_bytes > 0 && total > opts.max_bytes {
