@@ -284,19 +284,12 @@ pub fn create_now(d: &Ctx, args: NewInstance<'_>, origin: Origin<'_>) -> Result<
         &disk,
         snapshots.iter_mut().zip(&received_snaps),
     )?;
-    crate::util::fs::ensure_mode(&tmp, crate::storage::instance_volume_mode(privileged))
-        .map_err(|e| Error::Host(format!("{}: {e}", tmp.display())))?;
     trace.step("id map chosen");
-    std::fs::rename(&tmp, &final_dir)
-        .map_err(|e| Error::Host(format!("{}: {e}", final_dir.display())))?;
     let (_, expanded_devs) = {
         let db = d.db.lock().expect("db lock");
         config::expand(&profiles, &db.data.profiles, &cfg, &devices)
     };
-    if let Some(size) = super::volumes::root_size(&expanded_devs) {
-        super::volumes::apply_size(&pool, &final_dir, Some(&size))
-            .map_err(|e| Error::Host(format!("Failed to set the root disk size: {e}")))?;
-    }
+    put_in_place(&pool, (&tmp, &final_dir), privileged, &expanded_devs)?;
     if !snapshots.is_empty() {
         revert.add(remove_volumes(&pool, vec![pool.snapshots_of(&volume)]));
     }
@@ -421,7 +414,20 @@ pub(super) fn clone_instance(
     if instance_only {
         return Ok(snapshots);
     }
-    for sr in &src.snapshots {
+    // Each snapshot's root disk names the pool it is on now (a restore brings its devices
+    // back), worked out under one lock.
+    let devices: Vec<Devices> = {
+        let db = d.db.lock().expect("db lock");
+        src.snapshots
+            .iter()
+            .map(|sr| {
+                let (_, ed) =
+                    config::expand(&sr.profiles, &db.data.profiles, &sr.config, &sr.devices);
+                config::with_root_pool(&sr.devices, &ed, &pool.name)
+            })
+            .collect()
+    };
+    for (sr, devices) in src.snapshots.iter().zip(devices) {
         let sv = super::operations::uuid();
         let dst = pool.snapshot(volume, &sv);
         revert.add(remove_volumes(pool, vec![dst.clone()]));
@@ -434,15 +440,30 @@ pub(super) fn clone_instance(
         )?;
         let mut rec = sr.clone();
         rec.volume = sv;
-        // Its root disk names the pool it is on now (a restore brings its devices back).
-        let (_, ed) = {
-            let db = d.db.lock().expect("db lock");
-            config::expand(&rec.profiles, &db.data.profiles, &rec.config, &rec.devices)
-        };
-        rec.devices = config::with_root_pool(&rec.devices, &ed, &pool.name);
+        rec.devices = devices;
         snapshots.push(rec);
     }
     Ok(snapshots)
+}
+
+/// A new instance volume made in `tmp` becomes `final_dir`: closed to the mode its
+/// (un)privileged instance needs, renamed into place, and limited to its root disk's `size`
+/// (`devices` expanded).
+pub(super) fn put_in_place(
+    pool: &Pool,
+    (tmp, final_dir): (&Path, &Path),
+    privileged: bool,
+    devices: &Devices,
+) -> Result<()> {
+    crate::util::fs::ensure_mode(tmp, crate::storage::instance_volume_mode(privileged))
+        .map_err(|e| Error::Host(format!("{}: {e}", tmp.display())))?;
+    std::fs::rename(tmp, final_dir)
+        .map_err(|e| Error::Host(format!("{}: {e}", final_dir.display())))?;
+    if let Some(size) = super::volumes::root_size(devices) {
+        super::volumes::apply_size(pool, final_dir, Some(&size))
+            .map_err(|e| Error::Host(format!("Failed to set the root disk size: {e}")))?;
+    }
+    Ok(())
 }
 
 /// The undo of made volumes: delete each (whatever state it is in; a missing one is fine).

@@ -10,7 +10,7 @@
 //! state saved (a stateful stop), moved, and started from that state; without `live` it is
 //! refused.
 
-use super::create::{clone_instance, remove_volumes};
+use super::create::{clone_instance, put_in_place, remove_volumes};
 use super::view::{record, state_of, url};
 use super::{config, Ctx, Error, Result};
 use crate::runtime::State;
@@ -116,14 +116,7 @@ fn switch_pool(d: &Ctx, m: &PoolMove<'_>) -> Result<()> {
         config::expand(&rec.profiles, &db.data.profiles, &rec.config, &rec.devices)
     };
     let privileged = config::flag(&ec, "security.privileged");
-    crate::util::fs::ensure_mode(&tmp, crate::storage::instance_volume_mode(privileged))
-        .map_err(|e| Error::Host(format!("{}: {e}", tmp.display())))?;
-    std::fs::rename(&tmp, &final_dir)
-        .map_err(|e| Error::Host(format!("{}: {e}", final_dir.display())))?;
-    if let Some(size) = super::volumes::root_size(&ed) {
-        super::volumes::apply_size(&pool, &final_dir, Some(&size))
-            .map_err(|e| Error::Host(format!("Failed to set the root disk size: {e}")))?;
-    }
+    put_in_place(&pool, (&tmp, &final_dir), privileged, &ed)?;
     let nets = {
         let mut db = d.db.lock().expect("db lock");
         // The record as it is now (its config may have changed meanwhile); its volumes must be
