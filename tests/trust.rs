@@ -1384,6 +1384,55 @@ fn repeated_wrong_passwords_are_slowed_down() {
 }
 
 // -------------------------------------------------------------------------------------------
+/// Handshakes held open from many addresses fill every network slot (each address has 128): a
+/// client's connection then takes the place of the oldest of them, instead of being closed
+/// unserved until they time out.
+#[test]
+fn stalled_handshakes_from_many_addresses_do_not_keep_clients_out() {
+    if !common::require_root() {
+        return;
+    }
+    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+    use std::os::fd::AsRawFd;
+    let d = Daemon::start().expect("daemon");
+    let r = listen(&d);
+    // 960 connections (the slots network peers share) from 127.0.0.2-9, none saying a word.
+    let mut flood = Vec::new();
+    for host in 2..=9u8 {
+        for _ in 0..120 {
+            let fd = socket(
+                AddressFamily::Inet,
+                SockType::Stream,
+                SockFlag::SOCK_CLOEXEC,
+                None,
+            )
+            .expect("socket");
+            bind(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, host, 0)).expect("bind");
+            connect(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, r.port)).expect("connect");
+            flood.push(fd);
+        }
+    }
+    // The daemon has taken them all into their handshakes by now.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (code, v) = r.call(None, "GET", "/1.0", None);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["metadata"]["auth"], "untrusted", "{v}");
+    drop(flood);
+}
+
+/// A wildcard listener on a host whose only interface is loopback (a network namespace of the
+/// test's own): LXD issues the token with no addresses (the client names the server itself).
+#[test]
+fn a_wildcard_listener_on_a_loopback_only_host_issues_tokens() {
+    let Some((_ns, d)) = common::netns_daemon(&[]) else {
+        return;
+    };
+    let (code, v) = set_config(&d, json!({"core.https_address": "0.0.0.0:8443"}));
+    assert_eq!(code, 200, "setting core.https_address: {v}");
+    let (_, _, meta) = make_token(&d, "lo-only");
+    assert_eq!(meta["addresses"], json!([]), "{meta}");
+}
+
 // 7. core.https_address, live
 
 #[test]

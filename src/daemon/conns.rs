@@ -129,19 +129,29 @@ impl Drop for Slot {
 impl Limits {
     /// Take a slot for a connection from `peer`, or say why not.
     pub fn admit(self: &Arc<Self>, peer: Peer) -> Result<Slot, Refused> {
+        self.take(peer, false)
+    }
+
+    /// [`Limits::admit`] past the total, for a connection that takes the place of one just
+    /// closed (its slot is given back once its thread sees it closed); the peer's own share
+    /// still holds.
+    pub fn admit_over(self: &Arc<Self>, peer: Peer) -> Result<Slot, Refused> {
+        self.take(peer, true)
+    }
+
+    fn take(self: &Arc<Self>, peer: Peer, over: bool) -> Result<Slot, Refused> {
         let mut c = self.inner.lock().expect("limits lock");
         let mine = c.per_peer.get(&peer).copied().unwrap_or(0);
-        if peer.is_root() {
-            if c.total >= MAX_CONNECTIONS {
-                return Err(Refused::Full(c.total));
-            }
+        if !peer.is_root() && mine >= PER_PEER {
+            return Err(Refused::PeerFull(mine));
+        }
+        let cap = if peer.is_root() {
+            MAX_CONNECTIONS
         } else {
-            if mine >= PER_PEER {
-                return Err(Refused::PeerFull(mine));
-            }
-            if c.total >= MAX_CONNECTIONS - ROOT_RESERVE {
-                return Err(Refused::Full(c.total));
-            }
+            MAX_CONNECTIONS - ROOT_RESERVE
+        };
+        if !over && c.total >= cap {
+            return Err(Refused::Full(c.total));
         }
         c.total += 1;
         *c.per_peer.entry(peer).or_insert(0) += 1;
@@ -287,6 +297,29 @@ fn answer_503(mut s: UnixStream, why: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_taking_a_closed_ones_place_passes_the_total_not_its_share() {
+        let l = Arc::new(Limits::default());
+        let mut held = Vec::new();
+        let mut ip = 1u32;
+        while l.open() < MAX_CONNECTIONS - ROOT_RESERVE {
+            match l.admit(Peer::Addr(std::net::Ipv4Addr::from(ip).into())) {
+                Ok(s) => held.push(s),
+                Err(Refused::PeerFull(_)) => ip += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let last = Peer::Addr(std::net::Ipv4Addr::from(ip).into());
+        assert!(matches!(l.admit(last), Err(Refused::Full(_))));
+        let over = l.admit_over(last).expect("in the place of a closed one");
+        assert_eq!(l.open(), MAX_CONNECTIONS - ROOT_RESERVE + 1);
+        while l.admit_over(last).map(|s| held.push(s)).is_ok() {}
+        assert_eq!(l.admit_over(last).err(), Some(Refused::PeerFull(PER_PEER)));
+        drop(over);
+        drop(held);
+        assert_eq!(l.open(), 0);
+    }
 
     #[test]
     fn per_peer_and_root_reserve() {

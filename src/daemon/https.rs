@@ -5,9 +5,12 @@
 //! Each connection is admitted against the per-address limits first (`conns`), then gets a
 //! thread whose handshake must finish within [`HANDSHAKE_TIMEOUT`]; after it, the connection is
 //! served by the same HTTP and WebSocket code as the unix socket, with the caller known by the
-//! certificate it presented (`access::Caller`).
+//! certificate it presented (`access::Caller`). When every network slot is taken, a new
+//! connection closes the oldest one still in its handshake and takes its place: handshakes held
+//! open from many addresses cannot keep clients out, since a client's own handshake (a few
+//! milliseconds) would have to be the oldest of them all to be closed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -45,6 +48,8 @@ pub struct Https {
     running: Mutex<Option<Running>>,
     limits: Arc<conns::Limits>,
     open: Mutex<HashMap<u64, OpenConn>>,
+    /// Connections in their TLS handshake, oldest first (by id), with a handle to close each.
+    handshaking: Mutex<BTreeMap<u64, TcpStream>>,
     next_id: AtomicU64,
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
 }
@@ -85,6 +90,7 @@ pub fn init(dir: &Path) -> std::result::Result<(), String> {
         running: Mutex::new(None),
         limits: Arc::new(conns::Limits::default()),
         open: Mutex::new(HashMap::new()),
+        handshaking: Mutex::new(BTreeMap::new()),
         next_id: AtomicU64::new(0),
         failures: Mutex::new(HashMap::new()),
     });
@@ -232,6 +238,16 @@ impl Https {
             .collect()
     }
 
+    /// Close the connection that has been in its TLS handshake longest (all the network slots
+    /// are taken); false when none is.
+    fn close_oldest_handshake(&self) -> bool {
+        let Some((_, oldest)) = lock(&self.handshaking).pop_first() else {
+            return false;
+        };
+        let _ = oldest.shutdown(std::net::Shutdown::Both);
+        true
+    }
+
     /// Close every connection made with this certificate (it was removed from the trust store).
     pub fn revoke(&self, fingerprint: &str) {
         for (fp, s) in lock(&self.open).values() {
@@ -311,9 +327,17 @@ fn accept_loop(d: &Arc<Daemon>, listener: &TcpListener, stop: &AtomicBool) {
         };
         let Ok(peer) = tcp.peer_addr() else { continue };
         let ip = canonical(peer.ip());
-        // Past the limits the connection is closed before any TLS work is spent on it.
-        let Ok(slot) = h.limits.admit(Peer::Addr(ip)) else {
-            continue;
+        // Past the limits the connection is closed before any TLS work is spent on it, unless
+        // the oldest handshake in progress gives up its place (see the module doc).
+        let slot = match h.limits.admit(Peer::Addr(ip)) {
+            Ok(slot) => slot,
+            Err(conns::Refused::Full(_)) if h.close_oldest_handshake() => {
+                match h.limits.admit_over(Peer::Addr(ip)) {
+                    Ok(slot) => slot,
+                    Err(_) => continue,
+                }
+            }
+            Err(_) => continue,
         };
         let dc = d.clone();
         let _ = crate::util::pool::spawn("https-conn", move || {
@@ -341,7 +365,13 @@ fn serve(d: &Arc<Daemon>, tcp: TcpStream, peer: SocketAddr) {
         return;
     }
     let Ok((_, server)) = h.tls() else { return };
-    let Ok(s) = server.accept(tcp) else {
+    let handshake = h.next_id.fetch_add(1, Ordering::Relaxed);
+    if let Ok(handle) = tcp.try_clone() {
+        lock(&h.handshaking).insert(handshake, handle);
+    }
+    let accepted = server.accept(tcp);
+    lock(&h.handshaking).remove(&handshake);
+    let Ok(s) = accepted else {
         return;
     };
     let _ = s.tcp().set_read_timeout(None);

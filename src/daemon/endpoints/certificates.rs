@@ -179,8 +179,9 @@ fn make_token(d: &Daemon, body: &Post) -> Result<Response> {
         ));
     }
     let h = https::get();
-    let addresses = h.addresses();
-    if addresses.is_empty() {
+    // Listening on a wildcard address of a host whose only addresses are left out of the list
+    // (loopback): the token names none, as LXD's does; the client is told where to connect.
+    if h.bound().is_none() {
         return Err(Error::BadRequest(
             "Can't issue token when server isn't listening on network (set core.https_address)"
                 .into(),
@@ -199,7 +200,7 @@ fn make_token(d: &Daemon, body: &Post) -> Result<Response> {
         .identity()
         .ok_or_else(|| Error::Internal("the server certificate could not be loaded".into()))?;
     let fp = crate::tls::fingerprint(&id.cert_der);
-    let op = trust::create_token(d, request, &fp, addresses)?;
+    let op = trust::create_token(d, request, &fp, h.addresses())?;
     Ok(response::operation(&op.to_api()))
 }
 
