@@ -636,8 +636,38 @@ fn root_disk_size_is_enforced_on_btrfs_and_refused_on_dir() {
     let (code, out) = l.sh("c", "dd if=/dev/zero of=/root/f bs=1M count=60 && sync");
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("quota"), "{out}");
+    // A move to a dir pool, where the size cannot hold: refused before anything is copied.
+    l.ok(&["stop", "--force", "c"]);
+    let dir_vols = || {
+        std::fs::read_dir(d.dir().join("storage-pools/default/containers"))
+            .map(|r| r.count())
+            .unwrap_or(0)
+    };
+    let before = dir_vols();
+    let out = l.run(&["move", "c", "-s", "default"]);
+    assert!(err_of(&out).contains("project quotas"), "{out:?}");
+    assert_eq!(dir_vols(), before);
+    l.ok(&["start", "c"]);
     l.ok(&["delete", "--force", "c"]);
     l.ok(&["profile", "delete", "small"]);
+
+    // The loop pool grows while mounted (its file, loop device and filesystem); it never shrinks.
+    let total = || {
+        let v: serde_json::Value =
+            serde_json::from_str(&l.ok(&["query", "/1.0/storage-pools/bt/resources"]))
+                .expect("json");
+        v["space"]["total"].as_u64().expect("space.total")
+    };
+    let before = total();
+    l.ok(&["storage", "set", "bt", "size=2GiB"]);
+    assert!(total() > before + (768 << 20), "{before} -> {}", total());
+    assert_eq!(l.ok(&["storage", "get", "bt", "size"]).trim(), "2GiB");
+    let img = d.dir().join("disks/bt.img");
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), 2 << 30);
+    let out = l.run(&["storage", "set", "bt", "size=1GiB"]);
+    assert!(err_of(&out).contains("cannot shrink"), "{out:?}");
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), 2 << 30);
+    assert_eq!(l.ok(&["storage", "get", "bt", "size"]).trim(), "2GiB");
     l.ok(&["storage", "delete", "bt"]);
 }
 

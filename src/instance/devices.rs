@@ -551,6 +551,21 @@ fn io_rate(name: &str, key: &str, v: &str) -> Result<Option<IoRate>> {
         .ok_or_else(bad)
 }
 
+/// Whether a root disk's `size` can be kept on a pool of `driver` (`None`: the disk names no
+/// pool bivy has): a btrfs qgroup limit; dir pools would need project quotas, which bivy does not
+/// set up, and a silently ignored size would be a promise not kept.
+pub(super) fn root_size_on(name: &str, driver: Option<&str>) -> Result<()> {
+    match driver {
+        Some("btrfs") => Ok(()),
+        Some(driver) => Err(Error::not_yet(&format!(
+            "device {name:?}: root disk \"size\" on a {driver} pool (needs filesystem project quotas, which bivy does not set up; btrfs pools have size limits)"
+        ))),
+        None => Err(Error::not_yet(&format!(
+            "device {name:?}: root disk \"size\" without a btrfs \"pool\""
+        ))),
+    }
+}
+
 /// Check the root disk's keys: LXD's, each kept or refused.
 pub fn validate_root_disk(name: &str, dev: &StringMap) -> Result<()> {
     for (k, v) in dev {
@@ -794,19 +809,7 @@ pub fn validate_devices(devices: &crate::api::Devices, data: &super::db::Data) -
                         Error::Invalid(format!("Device {name:?}: invalid size {size:?}: {e}"))
                     })?;
                     let pool = d.get("pool").map_or("", String::as_str);
-                    match data.pools.get(pool).map(|p| p.driver.as_str()) {
-                        Some("btrfs") => {}
-                        Some(driver) => {
-                            return Err(Error::not_yet(&format!(
-                                "device {name:?}: root disk \"size\" on a {driver} pool (needs filesystem project quotas, which bivy does not set up; btrfs pools have size limits)"
-                            )))
-                        }
-                        None => {
-                            return Err(Error::not_yet(&format!(
-                                "device {name:?}: root disk \"size\" without a btrfs \"pool\""
-                            )))
-                        }
-                    }
+                    root_size_on(name, data.pools.get(pool).map(|p| p.driver.as_str()))?;
                 }
             }
             Some("nic") => {

@@ -36,7 +36,16 @@ pub fn check(d: &Ctx, m: &PoolMove<'_>) -> Result<()> {
         config::validate_instance_name(m.new_name)?;
         name_free(d, m.new_name)?;
     }
-    super::pools::usable_pool(d, m.pool)?;
+    let pool = super::pools::usable_pool(d, m.pool)?;
+    // A root disk's size must hold on the new pool before anything is copied there.
+    let ed = {
+        let db = d.db.lock().expect("db lock");
+        config::expand(&rec.profiles, &db.data.profiles, &rec.config, &rec.devices).1
+    };
+    if super::volumes::root_size(&ed).is_some() {
+        let root = ed.iter().find(|(_, dev)| config::is_root_disk(dev));
+        super::devices::root_size_on(root.map_or("root", |(n, _)| n), Some(pool.driver.name()))?;
+    }
     if matches!(state_of(d, m.name)?, State::Running { .. }) {
         if !m.live {
             return Err(Error::Invalid(

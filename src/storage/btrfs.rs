@@ -779,6 +779,58 @@ impl Driver for Btrfs {
         }
     }
 
+    fn live_keys(&self) -> &'static [&'static str] {
+        match self.backing {
+            Backing::Loop { .. } => &[KEY_SIZE],
+            Backing::Dir(_) => &[],
+        }
+    }
+
+    /// A loop pool's `size` grows its loop file, the loop device and the filesystem, mounted
+    /// (`BTRFS_IOC_RESIZE` to the device's size); it never shrinks.
+    fn update(&self, new: &StringMap) -> io::Result<()> {
+        let _g = self.guard();
+        let Backing::Loop { image, mount, .. } = &self.backing else {
+            return Ok(());
+        };
+        let Some(text) = new.get(KEY_SIZE) else {
+            return Ok(());
+        };
+        let want = parse_size(text)?;
+        let have = fs::metadata(image)
+            .map_err(|e| annotate(e, format!("stat {}", image.display())))?
+            .len();
+        if want < have {
+            return Err(invalid(format!(
+                "{KEY_SIZE} {text}: a pool cannot shrink (its loop file {} holds {have} bytes)",
+                image.display()
+            )));
+        }
+        if want == have {
+            return Ok(());
+        }
+        if !Self::loop_mounted(image, mount)? {
+            return Err(io::Error::other(format!(
+                "pool {} is not mounted: its size can change once it is",
+                self.pool
+            )));
+        }
+        OpenOptions::new()
+            .write(true)
+            .open(image)
+            .and_then(|f| f.set_len(want))
+            .map_err(|e| annotate(e, format!("grow {}", image.display())))?;
+        let canonical = fs::canonicalize(image).unwrap_or_else(|_| image.clone());
+        for dev in sys::loopdev::attached_to(&canonical)? {
+            sys::loopdev::set_capacity(&dev)
+                .map_err(|e| annotate(e, format!("resize loop device {}", dev.display())))?;
+        }
+        let root =
+            File::open(mount).map_err(|e| annotate(e, format!("open {}", mount.display())))?;
+        sys::btrfs::resize_max(root.as_fd())
+            .map_err(|e| annotate(e, format!("grow the filesystem at {}", mount.display())))
+    }
+
     fn create_volume(&self, path: &Path) -> io::Result<()> {
         self.check_volume_path(path)?;
         if let Some(parent) = path.parent() {

@@ -123,6 +123,18 @@ pub trait Driver: Send + Sync {
     /// Space used and total on the pool.
     fn usage(&self) -> io::Result<Usage>;
 
+    /// The config keys an existing pool takes a new value for ([`Driver::update`] applies them);
+    /// the others choose the storage itself and cannot change.
+    fn live_keys(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Apply `new` (validated by [`Pool::new`]; only [`Driver::live_keys`] differ from this
+    /// pool's config) to the pool's storage.
+    fn update(&self, _new: &StringMap) -> io::Result<()> {
+        Ok(())
+    }
+
     /// Limit the bytes volume `path` may hold to `size` (None: no limit), enforced by the
     /// filesystem (writes past it fail with EDQUOT). A driver without quotas refuses a limit.
     fn set_size(&self, path: &Path, size: Option<u64>) -> io::Result<()> {

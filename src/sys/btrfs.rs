@@ -39,6 +39,8 @@ struct VolArgsV2 {
 const _: () = assert!(std::mem::size_of::<VolArgs>() == 4096);
 const _: () = assert!(std::mem::size_of::<VolArgsV2>() == 4096);
 
+const IOC_RESIZE: libc::Ioctl =
+    nix::request_code_write!(IOCTL_MAGIC, 3, std::mem::size_of::<VolArgs>()) as libc::Ioctl;
 const IOC_SUBVOL_CREATE: libc::Ioctl =
     nix::request_code_write!(IOCTL_MAGIC, 14, std::mem::size_of::<VolArgs>()) as libc::Ioctl;
 const IOC_SNAP_DESTROY: libc::Ioctl =
@@ -67,6 +69,16 @@ fn vol_args(name: &[u8]) -> io::Result<Box<VolArgs>> {
     });
     fill_name(&mut a.name, name)?;
     Ok(a)
+}
+
+/// `BTRFS_IOC_RESIZE` with `max`: the filesystem open as `fd` (any directory of it) grows to
+/// the size of its device (one device, id 1: a pool's loop file).
+pub fn resize_max(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let a = vol_args(b"max")?;
+    // SAFETY: `a` is a valid btrfs_ioctl_vol_args (NUL-terminated name) the kernel only reads,
+    // boxed and alive across the call; the fd is open.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), IOC_RESIZE, &*a as *const VolArgs) };
+    check(r as libc::c_long).map(|_| ())
 }
 
 /// `BTRFS_IOC_SUBVOL_CREATE`: a new empty subvolume `name` in the directory `parent`.

@@ -14,6 +14,7 @@ use super::check;
 const LOOP_SET_FD: libc::Ioctl = 0x4C00 as libc::Ioctl;
 const LOOP_CLR_FD: libc::Ioctl = 0x4C01 as libc::Ioctl;
 const LOOP_SET_STATUS64: libc::Ioctl = 0x4C04 as libc::Ioctl;
+const LOOP_SET_CAPACITY: libc::Ioctl = 0x4C07 as libc::Ioctl;
 const LOOP_CONFIGURE: libc::Ioctl = 0x4C0A as libc::Ioctl;
 const LOOP_CTL_GET_FREE: libc::Ioctl = 0x4C82 as libc::Ioctl;
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
@@ -156,6 +157,18 @@ pub fn detach(dev: &Path) -> io::Result<()> {
         .open(dev)?;
     // SAFETY: LOOP_CLR_FD takes no argument; the fd is open.
     let r = unsafe { libc::ioctl(f.as_fd().as_raw_fd(), LOOP_CLR_FD) };
+    check(r as libc::c_long).map(|_| ())
+}
+
+/// `LOOP_SET_CAPACITY` on `dev`: the device takes its backing file's size again (after the
+/// file grew).
+pub fn set_capacity(dev: &Path) -> io::Result<()> {
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(dev)?;
+    // SAFETY: LOOP_SET_CAPACITY takes no argument; the fd is open.
+    let r = unsafe { libc::ioctl(f.as_fd().as_raw_fd(), LOOP_SET_CAPACITY) };
     check(r as libc::c_long).map(|_| ())
 }
 

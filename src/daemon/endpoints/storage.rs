@@ -285,10 +285,12 @@ pub fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Res
     }
     next.config.retain(|_, v| !v.is_empty());
     // Unknown or malformed keys get the driver's own error.
-    Pool::new(name, &cur.driver, &next.config, &d.dir)
+    let updated = Pool::new(name, &cur.driver, &next.config, &d.dir)
         .map_err(|e| Error::BadRequest(e.to_string()))?;
+    let live = d.pools.get(name);
+    let live_keys = live.as_ref().map_or(&[][..], |p| p.driver.live_keys());
     for (k, v) in &next.config {
-        if cur.config.get(k) != Some(v) {
+        if cur.config.get(k) != Some(v) && !live_keys.contains(&k.as_str()) {
             return Err(Error::BadRequest(format!(
                 "Storage pool config key {k:?} cannot be changed on an existing pool"
             )));
@@ -300,6 +302,19 @@ pub fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Res
                 "Storage pool config key {k:?} cannot be removed from an existing pool"
             )));
         }
+    }
+    // Keys the pool takes live (a loop pool's size): applied to its storage, then recorded.
+    if next.config != cur.config {
+        let pool = live
+            .ok_or_else(|| Error::BadRequest(format!("Storage pool {name:?} is not available")))?;
+        pool.driver
+            .update(&next.config)
+            .map_err(|e| Error::BadRequest(format!("Failed to update the storage pool: {e}")))?;
+        d.pools
+            .pools
+            .lock()
+            .expect("pools lock")
+            .insert(name.to_string(), Arc::new(updated));
     }
     d.db.lock()
         .expect("db lock")
