@@ -477,6 +477,20 @@ fn force_stop_kills_everything_fast() {
     // Nesting: fully visible proc and sysfs for a nested manager.
     let (c, out) = ct.sh("ls /dev/.lxc/proc/1/status /dev/.lxc/sys/kernel >/dev/null && echo ok");
     assert_eq!((c, out.trim()), (0, "ok"));
+    // A nested manager's own sysfs is writable (as LXD's `sys:rw`); /sys stays read-only but its
+    // network devices' part is a writable mount (lo's files are host root's, made before the
+    // container's id map: refused by their owner, not by a read-only filesystem).
+    let (c, out) = ct.sh(
+        "mkdir -p /tmp/s && mount -t sysfs sysfs /tmp/s && grep ' /tmp/s ' /proc/mounts; grep ' /sys ' /proc/mounts",
+    );
+    assert_eq!(c, 0, "{out}");
+    let mounts: Vec<&str> = out.lines().collect();
+    assert!(mounts[0].contains(" rw,"), "{out}");
+    assert!(mounts[1].contains(" ro,"), "{out}");
+    let (c, out) = ct.sh("umount /tmp/s && echo 1000 > /sys/devices/virtual/net/lo/tx_queue_len");
+    assert!(c != 0 && out.contains("Permission denied"), "{out}");
+    let (c, _) = ct.sh("echo x > /sys/kernel/uevent_helper");
+    assert_ne!(c, 0, "/sys must stay read-only");
     // An exec'd background process, which must die too.
     let (c, _) = ct.sh("sleep 1000 >/dev/null 2>&1 &");
     assert_eq!(c, 0);

@@ -561,6 +561,18 @@ fn a_loop_pool_is_deleted_while_containers_on_other_pools_run() {
     assert_eq!(l.sh("o3", "echo on bt").1, "on bt\n");
     l.ok(&["delete", "--force", "o3"]);
 
+    // Another bivy daemon's container, started while the pool is mounted: its monitor drops its
+    // copy too (every mount point in a `storage-pools` directory), so the delete goes through.
+    let d2 = Daemon::start().expect("second daemon");
+    let l2 = Lxc::new(&d2);
+    l2.import_busybox();
+    l2.ok(&["launch", "busybox", "other"]);
+    l.ok(&["storage", "delete", "bt"]);
+    assert!(loops_backing(&image).is_empty(), "loop device released");
+    l2.ok(&["delete", "--force", "other"]);
+    drop(d2);
+    l.ok(&["storage", "create", "bt", "btrfs", "size=300MiB"]);
+
     // Held by a process of another program's (a private mount namespace made while the pool
     // was mounted): the delete fails naming it, and the pool stays as it was, mounted.
     if common::have_cmd("unshare") {

@@ -180,16 +180,38 @@ fn run(run_dir: &Path, status: OwnedFd) -> Result<()> {
     }
 }
 
-/// Drop this namespace's copies of the mounts in the pools' directory ([`Spec::pools_dir`]): the
-/// container runs, and the monitor uses no pool's files from now on. A directory that is not a
-/// mount point here is left alone (`EINVAL`).
+/// Drop this namespace's copies of storage pools' mounts: the container runs, and the monitor
+/// uses no pool's files from now on. Those in our pools' directory ([`Spec::pools_dir`]), and
+/// any other container manager's: every mount point directly in a directory named
+/// `storage-pools` (another bivy daemon's loop pools, LXD's), whose filesystem a copy held here
+/// would keep busy after its owner unmounted it, so that its pool could not be deleted. Each is
+/// unmounted until it is no mount point here (`EINVAL`): a copy that had a pool mounted twice
+/// there would otherwise keep the lower one.
 fn drop_pool_mounts(spec: &Spec) {
-    let Some(dir) = &spec.pools_dir else { return };
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let _ = nix::mount::umount2(&e.path(), nix::mount::MntFlags::MNT_DETACH);
+    let mut points: Vec<PathBuf> = spec
+        .pools_dir
+        .as_ref()
+        .and_then(|dir| fs::read_dir(dir).ok())
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    if let Ok(info) = fs::read_to_string("/proc/self/mountinfo") {
+        points.extend(
+            info.lines()
+                .filter_map(crate::util::mountinfo_fields)
+                .map(|(mount_point, _, _)| PathBuf::from(mount_point))
+                .filter(|p| {
+                    p.parent()
+                        .and_then(Path::file_name)
+                        .is_some_and(|n| n == "storage-pools")
+                }),
+        );
+    }
+    for path in points {
+        for _ in 0..16 {
+            if nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH).is_err() {
+                break;
+            }
+        }
     }
 }
 

@@ -114,16 +114,20 @@ pub fn host_side(ctx: &Ctx<'_>) -> Result<(), Error> {
 
     super::helper::trace(ctx.t0, "host side: sys");
     // /sys read-only (of the container's network namespace), network devices writable (they
-    // belong to its netns).
+    // belong to its netns). Mounted read-write, then made read-only as a mount: the first mount
+    // of a network namespace's sysfs makes its superblock, and a read-only superblock would
+    // make every mount of it read-only, the network devices' and a nesting manager's too.
     let sys = root.join("sys");
     mkdir(&sys)?;
-    mnt(
-        "sysfs",
+    mnt("sysfs", &sys, "sysfs", NOSUID_NODEV_NOEXEC, None)?;
+    mount(
+        None::<&str>,
         &sys,
-        "sysfs",
-        NOSUID_NODEV_NOEXEC | MsFlags::MS_RDONLY,
-        None,
-    )?;
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | NOSUID_NODEV_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|x| e("remount read-only", &sys, x))?;
     let vnet = sys.join("devices/virtual/net");
     if vnet.is_dir() {
         bind(&vnet, &vnet, true)?;
