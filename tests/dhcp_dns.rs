@@ -461,6 +461,7 @@ fn dns_answers_and_forwards() {
             gateway: SERVER_IP,
             // Our own address is dropped from the upstreams (no loop).
             upstreams: vec![dead_addr, stub.addr, dns],
+            local_names: true,
         };
         let server = DnsServer::start(cfg, st, None).unwrap();
         assert_eq!(server.upstreams(), &[dead_addr, stub.addr]);
@@ -534,6 +535,7 @@ fn dns_answers_and_forwards() {
                 domain: "bivy".into(),
                 gateway: SERVER_IP,
                 upstreams: vec![],
+                local_names: true,
             },
             st,
             None,
@@ -586,6 +588,7 @@ fn an_instance_name_is_its_own_nics_only() {
             domain: "bivy".into(),
             gateway: SERVER_IP,
             upstreams: vec![],
+            local_names: true,
         };
         (
             DhcpServer::start(dhcp_config(), st).unwrap(),

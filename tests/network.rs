@@ -120,6 +120,23 @@ fn dhcp_ping_dns_and_nat_on_a_managed_bridge() {
     assert!(rules.contains("table inet bivy"), "{rules}");
     assert!(rules.contains("masquerade"), "{rules}");
 
+    // A NIC's MAC is made with the instance or the device, as LXD makes it: the instance's name
+    // on the network is bound to it before its first start (no other client can take it).
+    d.ok(&["init", "bb", "s1"]);
+    d.ok(&[
+        "config",
+        "device",
+        "add",
+        "s1",
+        "eth0",
+        "nic",
+        "network=bvt0",
+        "name=eth0",
+    ]);
+    let mac = d.ok(&["config", "get", "s1", "volatile.eth0.hwaddr"]);
+    assert!(mac.trim().starts_with("00:16:3e:"), "{mac:?}");
+    d.ok(&["delete", "s1"]);
+
     launch_on(&d, "c1", "bvt0", &[]);
     launch_on(&d, "c2", "bvt0", &[]);
     let ip1 = wait_ipv4(&d, "c1", "eth0");
@@ -146,6 +163,20 @@ fn dhcp_ping_dns_and_nat_on_a_managed_bridge() {
     assert!(out.contains(&ip1), "nslookup c1.bivy from c2: {out}");
     let out = d.run(&["exec", "c2", "--", "nslookup", "nosuch.bivy", "10.201.7.1"]);
     assert!(!out.status.success(), "nosuch.bivy resolved");
+    // A container's own DNS server answers the others (the NIC filter drops DHCP and router
+    // servers, and anything sent as the bridge's address, not port 53).
+    d.ok(&[
+        "exec",
+        "c1",
+        "--",
+        "sh",
+        "-c",
+        "nc -ll -p 53 -e echo hi >/dev/null 2>&1 </dev/null &",
+    ]);
+    let ask = format!(
+        "for i in 1 2 3 4 5; do nc -w 2 {ip1} 53 </dev/null | grep -q hi && exit 0; sleep 1; done; exit 1"
+    );
+    d.ok(&["exec", "c2", "--", "sh", "-c", &ask]);
 
     // Leases, as `lxc network list-leases` reads them.
     for (ct, ip) in [("c1", &ip1), ("c2", &ip2)] {

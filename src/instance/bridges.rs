@@ -122,8 +122,11 @@ fn rules(on: &[nics::OnNetwork], name: &str, c: &BridgeConfig) -> BridgeRules {
 pub fn up(d: &Ctx, data: &Data, name: &str, c: &BridgeConfig) -> Result<()> {
     let dir = dir(d, name);
     let fresh = !dir.exists();
-    crate::util::fs::create_dir_mode(&dir, 0o700)
-        .map_err(|e| host(format!("{}: {e}", dir.display())))?;
+    // `networks/` too is private (the daemon's start would mend it otherwise).
+    for p in [dir.parent().unwrap_or(&dir), dir.as_path()] {
+        crate::util::fs::create_dir_mode(p, 0o700)
+            .map_err(|e| host(format!("{}: {e}", p.display())))?;
+    }
     let r = up_inner(d, data, name, c);
     if r.is_err() && fresh {
         down(d, name);
@@ -155,10 +158,9 @@ fn up_inner(d: &Ctx, data: &Data, name: &str, c: &BridgeConfig) -> Result<()> {
     let mac = c.hwaddr.unwrap_or_else(|| derived_mac(d, name));
     nl.set_mac(name, mac)
         .map_err(|e| nle("setting its MAC address", e))?;
-    if let Some(mtu) = c.mtu {
-        nl.set_mtu(name, mtu)
-            .map_err(|e| nle("setting its MTU", e))?;
-    }
+    // Without `bridge.mtu`, 1500 as LXD sets it (so unsetting the key puts it back).
+    nl.set_mtu(name, c.mtu.unwrap_or(1500))
+        .map_err(|e| nle("setting its MTU", e))?;
     nl.set_up(name, true)
         .map_err(|e| nle("bringing it up", e))?;
     // Addresses: exactly the configured ones (IPv6 link-local addresses are the kernel's).
@@ -263,7 +265,7 @@ fn up_inner(d: &Ctx, data: &Data, name: &str, c: &BridgeConfig) -> Result<()> {
                 ranges: c.ipv4_ranges.clone(),
                 lease_secs: c.lease_secs,
                 router: Some(v4.addr),
-                dns: c.dns.then_some(v4.addr),
+                dns: Some(v4.addr),
                 domain: c.domain.clone(),
                 mtu: c.mtu.map(|m| m.min(u16::MAX as u32) as u16),
             };
@@ -272,7 +274,8 @@ fn up_inner(d: &Ctx, data: &Data, name: &str, c: &BridgeConfig) -> Result<()> {
                     .map_err(|e| nle("starting its DHCP server", e))?,
             );
         }
-        if c.dns {
+        // `dns.mode=none` still forwards (LXD's dnsmasq does), without local names.
+        {
             let cfg = DnsConfig {
                 listen: IpAddr::V4(v4.addr),
                 port: 53,
@@ -283,6 +286,7 @@ fn up_inner(d: &Ctx, data: &Data, name: &str, c: &BridgeConfig) -> Result<()> {
                     eprintln!("bivy: network {name}: no upstream resolvers (names outside {} are refused): {e}", c.domain);
                     Vec::new()
                 }),
+                local_names: c.dns,
             };
             match DnsServer::start(cfg, Arc::clone(&store), v6_lookup(d, c)) {
                 Ok(s) => live.dns = Some(s),

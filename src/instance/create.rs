@@ -290,6 +290,7 @@ pub fn create_now(d: &Ctx, args: NewInstance<'_>, origin: Origin<'_>) -> Result<
         config::expand(&profiles, &db.data.profiles, &cfg, &devices)
     };
     put_in_place(&pool, (&tmp, &final_dir), privileged, &expanded_devs)?;
+    super::nics::fill_hwaddrs(&mut cfg, &expanded_devs)?;
     if !snapshots.is_empty() {
         revert.add(remove_volumes(&pool, vec![pool.snapshots_of(&volume)]));
     }
@@ -322,7 +323,10 @@ pub fn create_now(d: &Ctx, args: NewInstance<'_>, origin: Origin<'_>) -> Result<
         db.update(insert)
     }
     .map_err(|e| Error::Host(format!("saving instance: {e}")))?;
+    // Its networks' DHCP servers bind its name to its NICs' MACs from now on.
+    let nets = super::nics::networks_of(&db.data, &expanded_devs);
     drop(db);
+    super::bridges::refresh(d, nets);
     trace.step("recorded");
     revert.commit();
     d.events

@@ -127,7 +127,7 @@ pub struct BridgeConfig {
     pub ipv6: Option<Cidr6>,
     pub ipv6_nat: bool,
     pub domain: String,
-    /// `dns.mode=managed` (`none` turns the DNS server off).
+    /// `dns.mode=managed` (`none`: the DNS server only forwards, no local names).
     pub dns: bool,
     pub mtu: Option<u32>,
     pub hwaddr: Option<[u8; 6]>,
@@ -399,6 +399,9 @@ pub fn parse_config(config: &StringMap) -> Result<BridgeConfig> {
             }
             if c.addr.is_loopback() || c.addr.is_multicast() || c.addr.is_unspecified() {
                 return Err(invalid("ipv6.address", v, "not a usable unicast address"));
+            }
+            if c.addr.to_ipv4_mapped().is_some() {
+                return Err(invalid("ipv6.address", v, "Not an IPv6 address"));
             }
             Some(c)
         }
@@ -706,6 +709,7 @@ pub(crate) mod tests {
         bad(&[("bridge.mtu", "10")]);
         bad(&[("bridge.hwaddr", "01:00:5e:00:00:01")]);
         bad(&[("ipv6.address", "fd00::1/48")]);
+        bad(&[("ipv6.address", "::ffff:10.1.1.1/64")]);
         assert!(matches!(
             bad(&[("ipv4.firewall", "false")]),
             Error::NotSupported(_)

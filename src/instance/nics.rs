@@ -252,6 +252,25 @@ pub fn new_host_name() -> Result<String> {
     Ok(format!("veth{}", crate::util::hex(&r)))
 }
 
+/// Give each NIC among `ed` that gets a generated MAC (no `hwaddr`, not `physical`) its
+/// `volatile.<dev>.hwaddr` in `config` now, as LXD fills it for an instance it makes: the
+/// instance's name on a managed network is bound to that MAC from then on, so no other client
+/// can take the name of one that has not started yet (the DHCP server gives an instance's name
+/// only to its NICs' MACs).
+pub fn fill_hwaddrs(config: &mut StringMap, ed: &Devices) -> Result<()> {
+    for (dev, conf) in nic_devices(ed) {
+        let get = |k: &str| conf.get(k).map(String::as_str).unwrap_or("");
+        if !get("hwaddr").is_empty() || get("nictype") == "physical" {
+            continue;
+        }
+        let key = format!("volatile.{dev}.hwaddr");
+        if config.get(&key).is_none_or(String::is_empty) {
+            config.insert(key, format_mac(new_mac()?));
+        }
+    }
+    Ok(())
+}
+
 /// The NIC devices among `ed`, by device name.
 pub fn nic_devices(ed: &Devices) -> impl Iterator<Item = (&String, &StringMap)> {
     ed.iter()

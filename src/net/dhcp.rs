@@ -446,7 +446,7 @@ impl DhcpLogic {
     /// May `mac` hold `ip`? Its static address, or (without one) a pool address nobody else
     /// holds.
     fn allowed(&self, store: &LeaseStore, mac: &[u8; 6], ip: Ipv4Addr, now: u64) -> bool {
-        if let Some(st_ip) = store.static_for(mac).and_then(|s| s.ip) {
+        if let Some(st_ip) = store.static_ip(mac, now) {
             return ip == st_ip;
         }
         self.cfg.in_pool(ip) && !store.taken_by_other(ip, mac, now)
@@ -460,10 +460,8 @@ impl DhcpLogic {
         requested: Option<Ipv4Addr>,
         now: u64,
     ) -> Option<Ipv4Addr> {
-        if let Some(st) = store.static_for(mac) {
-            if let Some(ip) = st.ip {
-                return (self.cfg.in_subnet(ip) && ip != self.cfg.server).then_some(ip);
-            }
+        if let Some(ip) = store.static_ip(mac, now) {
+            return (self.cfg.in_subnet(ip) && ip != self.cfg.server).then_some(ip);
         }
         let free = |ip: Ipv4Addr| {
             self.allowed(store, mac, ip, now) && !self.offered_to_other(ip, mac, now)
@@ -596,7 +594,7 @@ impl DhcpLogic {
                     return Some(self.nak(req, "address not available"));
                 }
                 self.offers.retain(|(m, _, _)| *m != mac);
-                let is_static = store.static_for(&mac).is_some_and(|s| s.ip.is_some());
+                let is_static = store.static_ip(&mac, now).is_some();
                 if !is_static {
                     let host = req.hostname();
                     let host = if host.is_empty() {

@@ -101,19 +101,10 @@ pub fn decide_with(
     lookup: &dyn Fn(&str) -> Vec<IpAddr>,
     reverse: &dyn Fn(Ipv4Addr) -> Option<String>,
 ) -> Decision {
-    let m = match Message::parse(b) {
+    let m = match query(b) {
         Ok(m) => m,
-        Err(_) => return error_header(b, RCODE_FORMERR).map_or(Decision::Drop, Decision::Reply),
+        Err(d) => return d,
     };
-    if m.header.is_response() {
-        return Decision::Drop;
-    }
-    if m.header.opcode() != 0 {
-        return Decision::Reply(build_reply(&m, RCODE_NOTIMP, false, &[]));
-    }
-    if m.questions.len() != 1 {
-        return Decision::Reply(build_reply(&m, RCODE_FORMERR, false, &[]));
-    }
     let q = &m.questions[0];
     let dom: Vec<String> = domain
         .split('.')
@@ -171,6 +162,35 @@ pub fn decide_with(
         }
     }
     Decision::Forward(Box::new(m))
+}
+
+/// A query this server takes: one question, a standard query; else the answer to give.
+fn query(b: &[u8]) -> Result<Message, Decision> {
+    let m = match Message::parse(b) {
+        Ok(m) => m,
+        Err(_) => {
+            return Err(error_header(b, RCODE_FORMERR).map_or(Decision::Drop, Decision::Reply))
+        }
+    };
+    if m.header.is_response() {
+        return Err(Decision::Drop);
+    }
+    if m.header.opcode() != 0 {
+        return Err(Decision::Reply(build_reply(&m, RCODE_NOTIMP, false, &[])));
+    }
+    if m.questions.len() != 1 {
+        return Err(Decision::Reply(build_reply(&m, RCODE_FORMERR, false, &[])));
+    }
+    Ok(m)
+}
+
+/// How a bridge with `dns.mode=none` answers `b`: every query forwarded, no local names (as
+/// LXD's dnsmasq then runs without its `-s DOMAIN`).
+pub fn decide_forward_only(b: &[u8]) -> Decision {
+    match query(b) {
+        Ok(m) => Decision::Forward(Box::new(m)),
+        Err(d) => d,
+    }
 }
 
 /// The IPv4 address of a reverse name (`d.c.b.a.in-addr.arpa`, lowercased labels).
@@ -257,6 +277,9 @@ pub struct DnsConfig {
     /// The bridge's address (`_gateway.<domain>`).
     pub gateway: Ipv4Addr,
     pub upstreams: Vec<SocketAddr>,
+    /// `dns.mode=managed`: the instances' names (and `_gateway`) answered here; `none`: every
+    /// query forwarded.
+    pub local_names: bool,
 }
 
 /// The process holding local `proto` (`udp` or `tcp`) port `port` on `ip` (or on the wildcard
@@ -344,7 +367,7 @@ fn bind_error(e: io::Error, proto: &str, addr: SocketAddr, ifname: &str) -> io::
         io::Error::new(
             io::ErrorKind::AddrInUse,
             format!(
-                "DNS for {ifname}: {addr} ({proto}) is already in use{who}; stop that DNS server or set dns.mode=none"
+                "DNS for {ifname}: {addr} ({proto}) is already in use{who}; stop that DNS server"
             ),
         )
     } else {
@@ -395,6 +418,9 @@ pub type V6Lookup = Arc<dyn Fn(&str) -> Vec<Ipv6Addr> + Send + Sync>;
 
 impl Shared {
     fn decide(&self, msg: &[u8]) -> Decision {
+        if !self.cfg.local_names {
+            return decide_forward_only(msg);
+        }
         let store = &self.store;
         let lookup = |name: &str| {
             let mut out: Vec<IpAddr> = store

@@ -173,9 +173,10 @@ impl LeaseStore {
     }
 
     /// Replace the static entries (the instance NICs of this bridge). A dynamic lease of another
-    /// MAC on an address now reserved is dropped (that client gets NAK at its next renewal), and
-    /// so is the lease of a MAC that had a static entry and has none now (its NIC or instance
-    /// is gone, and its name with it).
+    /// MAC on an address now reserved stays until it runs out or its client renews (and is
+    /// refused), as dnsmasq keeps it: its client still uses the address, which must not be given
+    /// to anyone else meanwhile (see [`LeaseStore::static_ip`]). The lease of a MAC that had a
+    /// static entry and has none now goes (its NIC or instance is gone, and its name with it).
     ///
     /// Two entries reserving one address (configuration checks refuse it, but records made
     /// before them, or by two racing requests, may still hold it): the entry that reserved it
@@ -215,8 +216,12 @@ impl LeaseStore {
         self.statics = entries;
         let before = self.dynamic.len();
         let statics = &self.statics;
+        let now = unix_now();
         self.dynamic.retain(|l| {
-            !gone.contains(&l.mac) && !statics.iter().any(|s| s.ip == Some(l.ip) && s.mac != l.mac)
+            !gone.contains(&l.mac)
+                && !statics
+                    .iter()
+                    .any(|s| s.ip == Some(l.ip) && s.mac != l.mac && l.expires <= now)
         });
         if self.dynamic.len() != before {
             self.persist()?;
@@ -227,6 +232,18 @@ impl LeaseStore {
     /// The static entries.
     pub fn statics(&self) -> &[StaticLease] {
         &self.statics
+    }
+
+    /// The static address of `mac`, unless another MAC's unexpired dynamic lease still holds it:
+    /// until that client renews (and is refused) or its lease runs out, `mac` is served as a
+    /// dynamic client, as dnsmasq serves a configured address leased to another.
+    pub fn static_ip(&self, mac: &[u8; 6], now: u64) -> Option<Ipv4Addr> {
+        let ip = self.static_for(mac)?.ip?;
+        let held = self
+            .dynamic
+            .iter()
+            .any(|l| l.ip == ip && &l.mac != mac && l.expires > now);
+        (!held).then_some(ip)
     }
 
     /// The static entry of `mac`.
@@ -257,7 +274,7 @@ impl LeaseStore {
             .filter_map(|s| {
                 Some(Lease {
                     mac: s.mac,
-                    ip: s.ip?,
+                    ip: self.static_ip(&s.mac, now)?,
                     hostname: s.hostname.clone(),
                     expires: 0,
                     is_static: true,
@@ -269,7 +286,7 @@ impl LeaseStore {
                 continue;
             }
             let st = self.static_for(&l.mac);
-            if st.is_some_and(|s| s.ip.is_some()) {
+            if self.static_ip(&l.mac, now).is_some() {
                 continue;
             }
             // An instance's name is its own NICs': another MAC's client that sent it gets none.
@@ -584,6 +601,30 @@ mod tests {
             .unwrap();
         assert_eq!(c[0].holder, "a");
         assert_eq!(fresh.lookup_name_at("a", 0), vec![ip60]);
+    }
+
+    /// A static address another MAC holds a live lease on: that lease stays (its client still
+    /// uses the address), the static owner is served as a dynamic client until it runs out.
+    #[test]
+    fn a_static_address_leased_to_another_waits_for_that_lease() {
+        let mut s = LeaseStore::in_memory();
+        let ip = Ipv4Addr::new(10, 0, 0, 3);
+        let now = unix_now();
+        s.commit(M2, ip, "c2", now + 3600).unwrap();
+        s.set_static(vec![StaticLease {
+            mac: M1,
+            ip: Some(ip),
+            hostname: "c1".into(),
+        }])
+        .unwrap();
+        assert_eq!(s.dynamic_for(&M2).map(|l| l.ip), Some(ip));
+        assert_eq!(s.static_ip(&M1, now), None);
+        assert_eq!(s.lookup_name_at("c2", now), vec![ip]);
+        assert!(s.lookup_name_at("c1", now).is_empty());
+        // Nobody new gets it meanwhile; once the lease ran out, its owner does.
+        assert!(s.taken_by_other(ip, &[3; 6], now));
+        assert_eq!(s.static_ip(&M1, now + 3600), Some(ip));
+        assert_eq!(s.lookup_name_at("c1", now + 3600), vec![ip]);
     }
 
     #[test]

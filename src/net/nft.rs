@@ -67,7 +67,7 @@ pub struct BridgeRules {
 }
 
 /// What the container behind `host_veth` may send: only with `mac`, and with `ipv4`/`ipv6` when
-/// set; never as a DHCP/DNS server.
+/// set; never as a DHCP server or a router, never from the bridge's own address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NicFilter {
     pub host_veth: String,
@@ -333,13 +333,20 @@ pub fn bridge_script(r: &BridgeRules) -> io::Result<String> {
                 &format!("{i} ip6 saddr != {{ ::, fe80::/10, {a} }} drop"),
             );
         }
+        // Never a DHCP server or a router; a DNS server of its own is fine, but nothing may
+        // claim to come from the bridge's address (an answer as the network's resolver).
         rule(
             &mut s,
             fam,
             "nic",
-            &format!("{i} udp sport {{ 53, 67, 547 }} drop"),
+            &format!("{i} udp sport {{ 67, 547 }} drop"),
         );
-        rule(&mut s, fam, "nic", &format!("{i} tcp sport 53 drop"));
+        if let Some((a, _)) = r.ipv4 {
+            rule(&mut s, fam, "nic", &format!("{i} ip saddr {a} drop"));
+        }
+        if let Some((a, _)) = r.ipv6 {
+            rule(&mut s, fam, "nic", &format!("{i} ip6 saddr {a} drop"));
+        }
         rule(
             &mut s,
             fam,
@@ -801,8 +808,9 @@ add rule bridge bivy nic.bivybr0 iifname "veth1a2b" arp saddr ip != { 0.0.0.0, 1
 add rule bridge bivy nic.bivybr0 iifname "veth1a2b" ip saddr != { 0.0.0.0, 10.0.3.5 } drop
 add rule bridge bivy nic.bivybr0 iifname "veth1a2b" ip saddr 0.0.0.0 udp dport != 67 drop
 add rule bridge bivy nic.bivybr0 iifname "veth1a2b" ip6 saddr != { ::, fe80::/10, fd42:1:2:3::5 } drop
-add rule bridge bivy nic.bivybr0 iifname "veth1a2b" udp sport { 53, 67, 547 } drop
-add rule bridge bivy nic.bivybr0 iifname "veth1a2b" tcp sport 53 drop
+add rule bridge bivy nic.bivybr0 iifname "veth1a2b" udp sport { 67, 547 } drop
+add rule bridge bivy nic.bivybr0 iifname "veth1a2b" ip saddr 10.0.3.1 drop
+add rule bridge bivy nic.bivybr0 iifname "veth1a2b" ip6 saddr fd42:1:2:3::1 drop
 add rule bridge bivy nic.bivybr0 iifname "veth1a2b" icmpv6 type nd-router-advert drop
 "#;
         let got = bridge_script(&rules()).unwrap();

@@ -300,6 +300,32 @@ fn nak_for_wrong_address() {
     assert!(s.dynamic_for(&M1).is_none());
 }
 
+/// A static address given to an instance while another client's lease holds it: that client
+/// keeps it until it renews (refused then), the instance gets a dynamic address meanwhile, and
+/// the static one after; never the same address to two clients.
+#[test]
+fn a_static_address_is_not_taken_from_a_live_lease() {
+    let now = crate::net::leases::unix_now();
+    let mut s = LeaseStore::in_memory();
+    let mut l = DhcpLogic::new(cfg());
+    let held = obtain(&mut l, &mut s, M2, now);
+    s.set_static(vec![StaticLease {
+        mac: M1,
+        ip: Some(held),
+        hostname: "c1".into(),
+    }])
+    .unwrap();
+    let meanwhile = obtain(&mut l, &mut s, M1, now);
+    assert_ne!(meanwhile, held);
+    let other = obtain(&mut l, &mut s, M3, now);
+    assert!(other != held && other != meanwhile, "{other}");
+    let n = l.handle(&mut s, &renew(M2, held), now + 60).unwrap();
+    assert_eq!(n.msg_type(), Some(MessageType::Nak));
+    let n = l.handle(&mut s, &renew(M1, meanwhile), now + 60).unwrap();
+    assert_eq!(n.msg_type(), Some(MessageType::Nak));
+    assert_eq!(obtain(&mut l, &mut s, M1, now + 60), held);
+}
+
 #[test]
 fn static_leases() {
     let mut s = LeaseStore::in_memory();

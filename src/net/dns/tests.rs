@@ -495,3 +495,28 @@ fn reverse_lookups_of_leases_answer_their_names() {
         );
     }
 }
+
+/// `dns.mode=none`: nothing answered from the leases, `_gateway` or the reverse zone; every
+/// query goes upstream, and the malformed ones get what the managed mode gives them.
+#[test]
+fn forward_only_answers_no_local_name() {
+    for name in [
+        "c1.bivy",
+        "c1",
+        "_gateway.bivy",
+        "5.0.9.10.in-addr.arpa",
+        "example.com",
+    ] {
+        let q = query(7, name, TYPE_A, false);
+        assert!(
+            matches!(decide_forward_only(&q), Decision::Forward(_)),
+            "{name}"
+        );
+    }
+    let q = query(1, "c1.bivy", TYPE_A, true);
+    assert_eq!(decide_forward_only(&q[..11]), Decision::Drop);
+    assert_eq!(
+        decide_forward_only(&q[..14]),
+        decide(&q[..14], "bivy", GW, &lookup)
+    );
+}
