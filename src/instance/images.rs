@@ -48,6 +48,13 @@ pub fn publish_now(
     meta.creation_date = time::now_secs();
     meta.architecture = architecture.to_string();
     meta.properties.extend(body.put.properties.clone());
+    // `lxc publish --expire`: the image's expiry, in its metadata as LXD writes it.
+    let expires = body.put.expires_at.as_str();
+    if let Some(t) = secs(expires) {
+        meta.expiry_date = t;
+    } else if !expires.is_empty() && expires != api::ZERO_TIME && expires != api::GO_ZERO_TIME {
+        return Err(Error::Invalid(format!("Invalid expires_at {expires:?}")));
+    }
     let templates = vol.join("templates");
     let opts = image::ImportOpts {
         filename: body.filename.clone(),

@@ -50,6 +50,12 @@ pub fn exec(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
     if body.command.is_empty() {
         return Err(Error::BadRequest("Command is empty".into()));
     }
+    // (uid_t)-1 is no id: set*id would leave the command root's.
+    if body.user == u32::MAX || body.group == u32::MAX {
+        return Err(Error::BadRequest(
+            "Invalid user or group: 4294967295 is no id".into(),
+        ));
+    }
     match runtime::state(&d.run_dir(name)) {
         Ok(State::Running { frozen: false, .. }) => {}
         Ok(State::Running { frozen: true, .. }) => {

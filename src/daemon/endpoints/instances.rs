@@ -362,7 +362,13 @@ fn get(d: &Daemon, req: &Request, name: &str) -> Result<Response> {
 }
 
 fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Response> {
-    let body: serde_json::Value = json(req)?;
+    let mut body: serde_json::Value = json(req)?;
+    // A null config value is an empty one, as Go decodes it into LXD's map: an unset.
+    if let Some(c) = body.get_mut("config").and_then(|c| c.as_object_mut()) {
+        for v in c.values_mut().filter(|v| v.is_null()) {
+            *v = "".into();
+        }
+    }
     let mut put: api::InstancePut = serde_json::from_value(body.clone())
         .map_err(|e| Error::BadRequest(format!("Failed to parse request: {e}")))?;
     if !put.restore.is_empty() {
@@ -513,6 +519,10 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
                 };
             }
         }
+    }
+    if !running {
+        // A new NIC's MAC, made now (a running instance's come from the hot-plug above).
+        crate::instance::nics::fill_hwaddrs(&mut next.config, &ed)?;
     }
     db.update(|data| data.instances.insert(name.to_string(), next))
         .map_err(|e| Error::Internal(e.to_string()))?;
