@@ -151,6 +151,37 @@ fn snapshots_on(d: &Daemon, l: &Lxc<'_>, pool: &str) {
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["metadata"]["description"], "kept", "{body}");
     assert_eq!(body["metadata"]["name"], "kept", "{body}");
+    // bivy's CLI takes `VOLUME/SNAPSHOT` as lxc does (show, rename within the volume, delete).
+    let shown = d.ok(&["storage", "volume", "show", pool, &format!("{v}/kept")]);
+    assert!(shown.contains("description: kept"), "{shown}");
+    d.ok(&[
+        "storage",
+        "volume",
+        "rename",
+        pool,
+        &format!("{v}/kept"),
+        &format!("{v}/kept2"),
+    ]);
+    let out = d.run(&[
+        "storage",
+        "volume",
+        "rename",
+        pool,
+        &format!("{v}/kept2"),
+        "other/kept3",
+    ]);
+    assert!(
+        err_of(&out).contains("parent volume must be the same"),
+        "{out:?}"
+    );
+    d.ok(&[
+        "storage",
+        "volume",
+        "rename",
+        pool,
+        &format!("{v}/kept2"),
+        &format!("{v}/kept"),
+    ]);
     l.ok(&["storage", "volume", "delete", pool, &format!("{v}/snap0")]);
     assert_eq!(snaps(l, pool, &v), vec!["kept"]);
     assert_eq!(entries(&snap_parent).len(), 1);

@@ -36,11 +36,21 @@ fn help_requested(args: &[String]) -> bool {
     args.iter().any(|a| a == "-h" || a == "--help")
 }
 
-fn check_unknown_flags(args: &[String]) -> Result<(), Fail> {
-    if let Some(f) = args.iter().find(|a| a.starts_with('-') && a.len() > 1) {
+/// The words of `args`: a flag before `--` is unknown; after it (the first one dropped) any word
+/// is a word, as lxc takes `config set c1 user.n -- -5`.
+fn check_unknown_flags(args: &[String]) -> Result<Vec<String>, Fail> {
+    let end = args.iter().position(|a| a == "--").unwrap_or(args.len());
+    if let Some(f) = args[..end]
+        .iter()
+        .find(|a| a.starts_with('-') && a.len() > 1)
+    {
         return fail(format!("unknown flag: {f}"));
     }
-    Ok(())
+    let mut words = args.to_vec();
+    if end < words.len() {
+        words.remove(end);
+    }
+    Ok(words)
 }
 
 pub fn run(args: &[String]) -> CmdResult {
@@ -126,7 +136,7 @@ fn server_or_instance(arg: Option<&String>) -> Result<(Client, Option<String>), 
 
 fn get(args: &[String]) -> CmdResult {
     let (expanded, args) = take_flag(args, &["-e", "--expanded"]);
-    check_unknown_flags(&args)?;
+    let args = check_unknown_flags(&args)?;
     let (c, name, key) = match args.as_slice() {
         [key] => (client()?, None, key),
         [name, key] => {
@@ -185,7 +195,8 @@ fn update_instance(
 }
 
 fn set(args: &[String]) -> CmdResult {
-    check_unknown_flags(args)?;
+    let args = check_unknown_flags(args)?;
+    let args = &args[..];
     let (name, pairs) = split_set(args)?;
     let (c, name) = server_or_instance(name.as_ref())?;
     match name {
@@ -206,7 +217,8 @@ fn set(args: &[String]) -> CmdResult {
 }
 
 fn unset(args: &[String]) -> CmdResult {
-    check_unknown_flags(args)?;
+    let args = check_unknown_flags(args)?;
+    let args = &args[..];
     let (c, name, key) = match args {
         [key] => (client()?, None, key),
         [name, key] => {
@@ -234,7 +246,7 @@ fn unset(args: &[String]) -> CmdResult {
 
 fn show(args: &[String]) -> CmdResult {
     let (expanded, args) = take_flag(args, &["-e", "--expanded"]);
-    check_unknown_flags(&args)?;
+    let args = check_unknown_flags(&args)?;
     if args.len() > 1 {
         return fail("Usage: bivy config show [[remote:]NAME]");
     }
@@ -340,7 +352,8 @@ pub fn edit_yaml<T: Serialize + DeserializeOwned>(current: &T, header: &str) -> 
 const INSTANCE_HEADER: &str = "### This is a YAML representation of the configuration.\n### Any line starting with a '# will be ignored.\n###\n### A sample configuration looks like:\n### name: instance1\n### profiles:\n### - default\n### config:\n###   volatile.eth0.hwaddr: 00:16:3e:e9:f8:7f\n### devices:\n###   homedir:\n###     path: /extra\n###     source: /home/user\n###     type: disk\n### ephemeral: false\n###\n### Note that the name is shown but cannot be changed\n\n";
 
 fn edit(args: &[String]) -> CmdResult {
-    check_unknown_flags(args)?;
+    let args = check_unknown_flags(args)?;
+    let args = &args[..];
     if args.len() > 1 {
         return fail("Usage: bivy config edit [[remote:]NAME]");
     }
@@ -443,7 +456,8 @@ pub fn device(target: Target, args: &[String]) -> CmdResult {
         print!("{DEVICE_USAGE}");
         return Ok(0);
     }
-    check_unknown_flags(rest)?;
+    let rest = check_unknown_flags(rest)?;
+    let rest = &rest[..];
     // The instance or profile (the first word) may be on another remote.
     let (c, words) = match rest.split_first() {
         Some((first, tail)) => {

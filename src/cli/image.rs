@@ -890,11 +890,18 @@ fn export(c: &Client, fp: &str, target: Option<&str>) -> Result<(), Fail> {
             .header("Content-Disposition")
             .and_then(disposition_filename)
             .unwrap_or_else(|| format!("{fp}.tar.gz"));
+        // A file target gets the server's file name's extension, as lxc adds it
+        // (`img` becomes `img.tar.gz`).
         let dest_for = |name: &str| {
             if target.is_dir() {
                 target.join(name)
             } else {
-                target.clone()
+                match name.split_once('.') {
+                    Some((_, ext)) if !ext.is_empty() => {
+                        PathBuf::from(format!("{}.{ext}", target.display()))
+                    }
+                    _ => target.clone(),
+                }
             }
         };
         if let Some(b) = ctype

@@ -980,11 +980,24 @@ pub struct SnapshotArgs {
     #[argh(switch, long = "no-expiry")]
     /// ignore any configured auto-expiry for the instance
     no_expiry: bool,
+    #[argh(switch)]
+    /// if the snapshot name already exists, delete and create a new one
+    reuse: bool,
 }
 
 pub fn snapshot(args: &[String]) -> CmdResult {
     let a: SnapshotArgs = parse(&["bivy snapshot"], args)?;
     let (c, name) = target(&a.name)?;
+    if let Some(snap) = a.snapshot.as_deref().filter(|s| a.reuse && !s.is_empty()) {
+        let path = format!(
+            "{}/snapshots/{}",
+            instance_path(name),
+            urlencode(snap, false)
+        );
+        if c.get::<serde_json::Value>(&path).is_ok() {
+            c.delete(&path)?;
+        }
+    }
     let mut body = json!({"name": a.snapshot.clone().unwrap_or_default(), "stateful": a.stateful, "expires_at": null});
     if a.no_expiry {
         body["expires_at"] = json!("0001-01-01T00:00:00Z");
@@ -1226,30 +1239,91 @@ pub fn regex_match(re: &str, text: &str) -> bool {
     (0..=t.len()).any(|i| here(&re, &t[i..]))
 }
 
-/// Whether an instance passes all of lxc's list filters.
-pub fn matches_filters(i: &InstanceFull, filters: &[String]) -> bool {
-    filters.iter().all(|f| match f.split_once('=') {
-        None => i.instance.name.starts_with(f.as_str()) || regex_match(f, &i.instance.name),
-        Some((k, v)) => {
-            let inst = &i.instance;
-            match k {
-                "status" | "state" => inst.status.eq_ignore_ascii_case(v),
-                "type" => inst.kind.eq_ignore_ascii_case(v),
-                "architecture" => inst.architecture == v,
-                "name" => inst.name == v || regex_match(v, &inst.name),
-                "location" => inst.location == v,
-                "description" => inst.description == v,
-                "ephemeral" => inst.ephemeral.to_string() == v,
-                _ => {
-                    let key = k.strip_prefix("config.").unwrap_or(k);
-                    inst.expanded_config.get(key).map(String::as_str) == Some(v)
-                        || inst
-                            .expanded_config
-                            .get(&format!("user.{key}"))
-                            .map(String::as_str)
-                            == Some(v)
-                }
+/// A filter value as lxc matches it: a whole-value pattern unless it anchors itself.
+fn anchored(v: &str) -> String {
+    if v.contains('^') || v.contains('$') {
+        v.to_string()
+    } else {
+        format!("^{v}$")
+    }
+}
+
+/// lxc's `dotPrefixMatch`: `u.role` names `user.role` (as many parts, each a prefix).
+fn dot_prefix_match(short: &str, full: &str) -> bool {
+    let (s, f): (Vec<&str>, Vec<&str>) = (short.split('.').collect(), full.split('.').collect());
+    s.len() == f.len() && s.iter().zip(&f).all(|(a, b)| b.starts_with(a))
+}
+
+/// lxc's shorthand filters (`type`, `status`, `architecture`, `location`, `ipv4`, `ipv6`; the key
+/// in any case), each of a comma's alternatives tried; `None` for another key.
+fn shorthand(i: &InstanceFull, key: &str, value: &str) -> Option<bool> {
+    let inst = &i.instance;
+    let one = |v: &str| -> bool {
+        match key {
+            "type" => inst.kind.eq_ignore_ascii_case(v),
+            "status" => inst.status.eq_ignore_ascii_case(v),
+            "architecture" => inst.architecture.eq_ignore_ascii_case(v),
+            "location" => inst.location.eq_ignore_ascii_case(v),
+            family => {
+                let fam = if family == "ipv4" { "inet" } else { "inet6" };
+                let net = v.split_once('/').and_then(|(a, p)| {
+                    Some((a.parse::<std::net::IpAddr>().ok()?, p.parse::<u8>().ok()?))
+                });
+                i.state
+                    .as_ref()
+                    .and_then(|st| st.network.as_ref())
+                    .into_iter()
+                    .flat_map(|n| n.values())
+                    .flat_map(|n| &n.addresses)
+                    .filter(|a| a.family == fam)
+                    .any(|a| match (net, a.address.parse::<std::net::IpAddr>()) {
+                        (Some((base, len)), Ok(ip)) => in_prefix(base, ip, len),
+                        _ => a.address == v,
+                    })
             }
+        }
+    };
+    let key = key.to_ascii_lowercase();
+    let known = ["type", "status", "architecture", "location", "ipv4", "ipv6"];
+    known
+        .contains(&key.as_str())
+        .then(|| value.split(',').any(one))
+}
+
+/// Whether `ip` is in the network of `base` with prefix length `len`.
+fn in_prefix(base: std::net::IpAddr, ip: std::net::IpAddr, len: u8) -> bool {
+    use std::net::IpAddr::{V4, V6};
+    match (base, ip) {
+        (V4(b), V4(a)) => {
+            let shift = 32 - u32::from(len.min(32));
+            u32::from(b).checked_shr(shift).unwrap_or(0)
+                == u32::from(a).checked_shr(shift).unwrap_or(0)
+        }
+        (V6(b), V6(a)) => {
+            let shift = 128 - u32::from(len.min(128));
+            u128::from(b).checked_shr(shift).unwrap_or(0)
+                == u128::from(a).checked_shr(shift).unwrap_or(0)
+        }
+        _ => false,
+    }
+}
+
+/// Whether an instance passes all of lxc's list filters (`shouldShow` of lxc 5.0.2): a bare
+/// word is the whole name as a pattern, or a prefix of it; `KEY=VALUE` a shorthand filter or a
+/// config key (its parts abbreviated, `u.role`) whose value the pattern matches whole.
+pub fn matches_filters(i: &InstanceFull, filters: &[String]) -> bool {
+    let inst = &i.instance;
+    filters.iter().all(|f| match f.split_once('=') {
+        None => regex_match(&anchored(f), &inst.name) || inst.name.starts_with(f.as_str()),
+        Some((k, v)) => {
+            if let Some(hit) = shorthand(i, &k.to_ascii_lowercase(), v) {
+                return hit;
+            }
+            inst.expanded_config.get(k).map(String::as_str) == Some(v)
+                || inst
+                    .expanded_config
+                    .iter()
+                    .any(|(ck, cv)| dot_prefix_match(k, ck) && regex_match(&anchored(v), cv))
         }
     })
 }
@@ -1282,29 +1356,140 @@ pub fn render_list(
         }
         _ => {}
     }
-    let cols: Vec<char> = columns.chars().filter(|c| *c != ',').collect();
-    let mut headers = Vec::new();
-    for c in &cols {
-        if *c == 'L' {
-            // bivy is never clustered.
-            return fail("Can't specify column L when not clustered");
-        }
-        match column_header(*c) {
-            Some(h) => headers.push(h),
-            None => {
-                return fail(format!(
-                    "Unknown column shorthand char '{c}' in '{columns}'"
-                ))
-            }
-        }
-    }
+    let cols = parse_columns(columns)?;
+    let headers: Vec<&str> = cols
+        .iter()
+        .map(|c| match c {
+            Column::Short(c) => column_header(*c).unwrap_or_default(),
+            Column::Key { name, .. } => name.as_str(),
+        })
+        .collect();
     let mut sorted: Vec<&InstanceFull> = instances.iter().collect();
     crate::util::sort::sort_by(&mut sorted, |a, b| a.instance.name.cmp(&b.instance.name));
     let rows: Vec<Vec<String>> = sorted
         .iter()
-        .map(|i| cols.iter().map(|c| cell(i, *c)).collect())
+        .map(|i| cols.iter().map(|c| c.cell(i)).collect())
         .collect();
     Ok(table::render_rows(format, &headers, &rows))
+}
+
+/// A column of `lxc list -c`: a shorthand letter, or a config or device key
+/// (`[config:|devices:]KEY[:NAME[:MAXWIDTH]]`, a key always with a period).
+enum Column {
+    Short(char),
+    Key {
+        device: bool,
+        key: String,
+        name: String,
+        /// Longest value shown (`None`: whole).
+        max: Option<usize>,
+    },
+}
+
+impl Column {
+    fn cell(&self, i: &InstanceFull) -> String {
+        let inst = &i.instance;
+        let (device, key, max) = match self {
+            Column::Short(c) => return cell(i, *c),
+            Column::Key {
+                device, key, max, ..
+            } => (*device, key, *max),
+        };
+        let v = if device {
+            key.split_once('.')
+                .filter(|(_, k)| !k.contains('.'))
+                .and_then(|(d, k)| {
+                    inst.devices
+                        .get(d)
+                        .and_then(|m| m.get(k))
+                        .or_else(|| inst.expanded_devices.get(d).and_then(|m| m.get(k)))
+                })
+        } else {
+            inst.config
+                .get(key)
+                .or_else(|| inst.expanded_config.get(key))
+        };
+        let v = v.cloned().unwrap_or_default();
+        match max {
+            Some(n) if v.len() > n => v.chars().take(n).collect(),
+            _ => v,
+        }
+    }
+
+    /// Whether the column needs the instances' config or devices.
+    fn is_key(&self) -> bool {
+        matches!(self, Column::Key { .. })
+    }
+}
+
+/// `lxc list -c` as lxc 5.0.2's `parseColumns` reads it.
+fn parse_columns(columns: &str) -> Result<Vec<Column>, Fail> {
+    let mut out = Vec::new();
+    for entry in columns.split(',') {
+        if entry.is_empty() {
+            return fail(format!(
+                "Empty column entry (redundant, leading or trailing command) in '{columns}'"
+            ));
+        }
+        if !entry.contains('.') {
+            for c in entry.chars() {
+                if c == 'L' {
+                    // bivy is never clustered.
+                    return fail("Can't specify column L when not clustered");
+                }
+                if column_header(c).is_none() {
+                    return fail(format!("Unknown column shorthand char '{c}' in '{entry}'"));
+                }
+                out.push(Column::Short(c));
+            }
+            continue;
+        }
+        let mut cc: Vec<&str> = entry.split(':').collect();
+        let device = cc.len() > 1 && cc[0] == "devices";
+        if cc.len() > 1 && matches!(cc[0], "config" | "devices") {
+            cc.remove(0);
+        }
+        if cc.len() > 3 {
+            return fail(format!(
+                "Invalid config key column format (too many fields): '{entry}'"
+            ));
+        }
+        let key = cc[0].to_string();
+        let mut name = key.clone();
+        if cc.len() > 1 {
+            if cc[1].is_empty() && cc.len() != 3 {
+                return fail(format!(
+                    "Invalid name in '{entry}', empty string is only allowed when defining maxWidth"
+                ));
+            }
+            name = cc[1].to_string();
+        }
+        let max = match cc.get(2) {
+            None => None,
+            Some(w) => match w.parse::<i64>() {
+                Ok(-1) => None,
+                Ok(0) => Some(name.len()),
+                Ok(n) if n > 0 => Some(n as usize),
+                Ok(_) => {
+                    return fail(format!(
+                        "Invalid max width (must -1, 0 or a positive integer) '{w}' in '{entry}'"
+                    ))
+                }
+                Err(_) => {
+                    return fail(format!(
+                        "Invalid max width (must be an integer) '{w}' in '{entry}'"
+                    ))
+                }
+            },
+        };
+        out.push(Column::Key {
+            device,
+            key,
+            name,
+            max,
+        });
+    }
+    Ok(out)
 }
 
 pub fn list(args: &[String]) -> CmdResult {
@@ -1322,10 +1507,11 @@ pub fn list(args: &[String]) -> CmdResult {
         Format::Json | Format::Yaml => LIST_FULL.to_string(),
         _ => list_path(&columns),
     };
-    // A table without filters shows nothing of the config or devices (but a root disk's
-    // pool): each entry is decoded without them.
+    // A table without filters or key columns shows nothing of the config or devices (but a
+    // root disk's pool): each entry is decoded without them.
+    let keys = parse_columns(&columns)?.iter().any(Column::is_key);
     let shown: Vec<InstanceFull> =
-        if filters.is_empty() && !matches!(format, Format::Json | Format::Yaml) {
+        if filters.is_empty() && !keys && !matches!(format, Format::Json | Format::Yaml) {
             let rows: Vec<crate::api::InstanceRow> = c.get_large(&path)?;
             rows.into_iter().map(|r| r.0).collect()
         } else {
@@ -1675,6 +1861,41 @@ mod tests {
         assert_eq!(render_list(&list, "ns46tS", Format::Table).unwrap(), want);
     }
 
+    /// Config and device columns as lxc 5.0.2 reads `-c`.
+    #[test]
+    fn key_columns() {
+        let mut i = InstanceFull::default();
+        i.instance.name = "c2".into();
+        i.instance
+            .expanded_config
+            .insert("user.x".into(), "yes-indeed".into());
+        i.instance.expanded_devices.insert(
+            "root".into(),
+            [("pool".to_string(), "default".to_string())].into(),
+        );
+        let list = vec![i];
+        let csv = |c: &str| render_list(&list, c, Format::Csv);
+        assert_eq!(csv("n,user.x").unwrap(), "c2,yes-indeed\n");
+        assert_eq!(csv("config:user.x:X:3").unwrap(), "yes\n");
+        assert_eq!(csv("devices:root.pool,n").unwrap(), "default,c2\n");
+        let table = render_list(&list, "n,user.x:X", Format::Table).unwrap();
+        assert!(
+            table.contains(" X ") && table.contains("yes-indeed"),
+            "{table}"
+        );
+        for bad in [
+            "n,",
+            ",n",
+            "n,,s",
+            "user.x:a:b:c",
+            "user.x::",
+            "user.x:a:-2",
+            "nZ",
+        ] {
+            assert!(csv(bad).is_err(), "{bad}");
+        }
+    }
+
     #[test]
     fn list_csv_and_json() {
         let list = reference_instances().expect("fixture parses");
@@ -1737,15 +1958,16 @@ mod tests {
         i.instance
             .expanded_config
             .insert("user.role".into(), "front".into());
-        assert!(matches_filters(&i, &["web".into()]));
-        assert!(
-            matches_filters(&i, &["^w.b[0-9]*".into()]) || matches_filters(&i, &["w.b".into()])
-        );
-        assert!(!matches_filters(&i, &["db".into()]));
-        assert!(matches_filters(&i, &["status=running".into()]));
-        assert!(matches_filters(&i, &["user.role=front".into()]));
-        assert!(matches_filters(&i, &["role=front".into()]));
-        assert!(!matches_filters(&i, &["status=stopped".into()]));
+        let m = |f: &str| matches_filters(&i, &[f.to_string()]);
+        // A bare word: the whole name as a pattern, or a prefix; never a substring.
+        assert!(m("web") && m("web1") && m("w.b1") && m("^w.b"));
+        assert!(!m("eb") && !m("1") && !m("db") && !m("web1x"));
+        // Shorthand filters, any case, commas as alternatives.
+        assert!(m("status=running") && m("STATUS=Running") && m("status=stopped,running"));
+        assert!(!m("status=stopped"));
+        // Config keys: abbreviated by parts, the value matched whole.
+        assert!(m("user.role=front") && m("u.role=front") && m("user.role=fr.*"));
+        assert!(!m("role=front") && !m("user.role=fro") && !m("config.user.role=front"));
         assert!(regex_match("^web.$", "web1"));
         assert!(!regex_match("^eb", "web1"));
     }

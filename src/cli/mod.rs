@@ -201,6 +201,26 @@ pub fn main(args: Vec<String>) -> i32 {
         print!("{USAGE}");
         return 0;
     };
+    // lxc takes its global flags after the verb too, up to `--` (and, for `exec`, up to the
+    // instance: what follows it is the command's).
+    let mut kept = Vec::with_capacity(rest.len());
+    let mut done = false;
+    for a in rest {
+        if !done {
+            match a.as_str() {
+                "--" => done = true,
+                "-q" | "--quiet" => {
+                    quiet = true;
+                    continue;
+                }
+                "--debug" | "--verbose" | "--force-local" => continue,
+                x if verb == "exec" && !x.starts_with('-') => done = true,
+                _ => {}
+            }
+        }
+        kept.push(a);
+    }
+    let rest = kept;
     if quiet {
         QUIET.store(true, std::sync::atomic::Ordering::Relaxed);
     }

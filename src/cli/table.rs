@@ -136,7 +136,7 @@ pub enum Format {
 impl Format {
     pub fn parse(s: &str) -> Result<Format, String> {
         match s {
-            "table" | "" => Ok(Format::Table),
+            "table" => Ok(Format::Table),
             "csv" => Ok(Format::Csv),
             "json" => Ok(Format::Json),
             "yaml" => Ok(Format::Yaml),

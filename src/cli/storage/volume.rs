@@ -266,13 +266,17 @@ fn parse_volume(arg: &str) -> (String, String) {
     }
 }
 
+/// A volume's URL; `VOLUME/SNAPSHOT` is that snapshot's, as lxc reads the name.
 fn volume_path(pool: &str, kind: &str, name: &str) -> String {
-    format!(
-        "{}/volumes/{}/{}",
-        pool_path(pool),
-        urlencode(kind, false),
-        urlencode(name, false)
-    )
+    let base = format!("{}/volumes/{}", pool_path(pool), urlencode(kind, false));
+    match name.split_once('/') {
+        Some((vol, snap)) => format!(
+            "{base}/{}/snapshots/{}",
+            urlencode(vol, false),
+            urlencode(snap, false)
+        ),
+        None => format!("{base}/{}", urlencode(name, false)),
+    }
 }
 
 /// Read a volume, change its writable part, and PUT it back with the volume's ETag.
@@ -662,12 +666,25 @@ pub(super) fn run(args: &[String]) -> CmdResult {
             check_args::<VolumeRenameArgs>(cmd, words.len(), 3, Some(3))?;
             let (c, pool) = pool_name(&words[0])?;
             let (name, kind) = parse_volume(&words[1]);
+            // A snapshot (`VOLUME/SNAP`) is renamed within its volume, as lxc checks.
+            let new =
+                match name.split_once('/') {
+                    None => words[2].clone(),
+                    Some((_, s)) if s.contains('/') => return fail("Invalid snapshot name"),
+                    Some((vol, _)) => match words[2].split_once('/') {
+                        Some((p, s)) if p == vol && !s.is_empty() => s.to_string(),
+                        Some(_) => return fail(
+                            "Invalid new snapshot name, parent volume must be the same as source",
+                        ),
+                        None => return fail("Invalid new snapshot name"),
+                    },
+                };
             c.post(
                 &volume_path(pool, &kind, &name),
-                &serde_json::json!({"name": words[2]}),
+                &serde_json::json!({ "name": new }),
             )?;
             if !crate::cli::quiet() {
-                println!("Renamed storage volume from \"{name}\" to \"{}\"", words[2]);
+                println!("Renamed storage volume from \"{name}\" to \"{new}\"");
             }
             Ok(0)
         }
