@@ -89,6 +89,7 @@ const CLAIMS: &[(&str, &[Probe])] = &[
     ("container_exec_user_group_cwd", &[("POST", "/1.0/instances/nosuch/exec", Some("{}"))]),
     ("id_map", &[("PATCH", "/1.0/instances/nosuch", Some("{}"))]),
     ("id_map_base", &[("PATCH", "/1.0/instances/nosuch", Some("{}"))]),
+    ("image_force_refresh", &[("POST", "/1.0/images/nosuch/refresh", None)]),
     (
         "instances",
         &[

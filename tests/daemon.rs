@@ -695,14 +695,16 @@ fn state_usage_figures_are_real_and_move() {
     assert!(mem1 >= mem0 + (30 << 20), "memory {mem0} -> {mem1}");
     assert!(cpu1 > cpu0, "cpu {cpu0} -> {cpu1}");
     assert!(procs1 >= procs0 + 3, "processes {procs0} -> {procs1}");
-    // Stopped: no figures at all rather than zeros.
+    // Stopped: zeros, as LXD 5.0.2 shows them (the captures of lxd-wire), every field there.
     l.ok(&["stop", "u1", "--force"]);
     let s2 = state();
     assert_eq!(s2["status"], "Stopped", "{s2}");
-    assert!(
-        s2["memory"].get("usage").is_none() && s2["cpu"].get("usage").is_none(),
+    assert_eq!(
+        s2["memory"],
+        serde_json::json!({"usage": 0, "usage_peak": 0, "swap_usage": 0, "swap_usage_peak": 0}),
         "{s2}"
     );
+    assert_eq!(s2["cpu"], serde_json::json!({"usage": 0}), "{s2}");
     l.ok(&["delete", "u1"]);
 }
 
@@ -1593,4 +1595,55 @@ fn a_spare_monitor_serves_the_next_start_and_ends_with_the_daemon() {
         wait_exited(second, Duration::from_secs(10)),
         "the spare outlived its daemon"
     );
+}
+
+/// `bivy image export IMAGE FILE` names the file as lxc does: with the server's file name's
+/// extension (`img` becomes `img.tar.gz`); a directory target gets the server's file name.
+#[test]
+fn image_export_names_a_file_target_as_lxc() {
+    if !common::require_root() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let img = common::busybox_image();
+    d.ok(&[
+        "image",
+        "import",
+        img.to_str().expect("utf-8"),
+        "--alias",
+        "bb",
+    ]);
+    let target = d.tmp().join("img");
+    d.ok(&["image", "export", "bb", target.to_str().expect("utf-8")]);
+    assert!(d.tmp().join("img.tar.gz").is_file(), "no img.tar.gz");
+    assert!(!target.exists(), "written without its extension");
+}
+
+/// `bivy snapshot --reuse` replaces a snapshot of that name, as lxc's does.
+#[test]
+fn snapshot_reuse_replaces_the_snapshot() {
+    if !common::require_root() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let img = common::busybox_image();
+    d.ok(&[
+        "image",
+        "import",
+        img.to_str().expect("utf-8"),
+        "--alias",
+        "bb",
+    ]);
+    d.ok(&["launch", "bb", "r1"]);
+    d.ok(&["exec", "r1", "--", "sh", "-c", "echo one > /root/f"]);
+    d.ok(&["snapshot", "r1", "s0"]);
+    d.ok(&["exec", "r1", "--", "sh", "-c", "echo two > /root/f"]);
+    assert!(
+        !d.run(&["snapshot", "r1", "s0"]).status.success(),
+        "a second s0"
+    );
+    d.ok(&["snapshot", "r1", "s0", "--reuse"]);
+    d.ok(&["restore", "r1", "s0"]);
+    assert_eq!(d.ok(&["exec", "r1", "--", "cat", "/root/f"]), "two\n");
+    d.ok(&["delete", "--force", "r1"]);
 }

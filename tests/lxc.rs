@@ -321,6 +321,13 @@ fn lxc_publish_round_trip() {
         shown.contains("expires_at: 2030-01-02T03:04:05Z"),
         "{shown}"
     );
+    // `lxc image refresh` reaches the server (image_force_refresh); a published image has no
+    // update source to refresh from.
+    let out = l.run(&["image", "refresh", "pub1"]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no update source"),
+        "{out:?}"
+    );
     assert_eq!(
         l.ok(&["list", "src", "--format", "csv", "-c", "s"]).trim(),
         "RUNNING",

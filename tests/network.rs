@@ -135,7 +135,45 @@ fn dhcp_ping_dns_and_nat_on_a_managed_bridge() {
     ]);
     let mac = d.ok(&["config", "get", "s1", "volatile.eth0.hwaddr"]);
     assert!(mac.trim().starts_with("00:16:3e:"), "{mac:?}");
-    d.ok(&["delete", "s1"]);
+    // Set by hand, as LXD lets it be (a unicast MAC), and used by the next start.
+    d.ok(&[
+        "config",
+        "set",
+        "s1",
+        "volatile.eth0.hwaddr",
+        "00:16:3e:12:34:56",
+    ]);
+    fails(
+        &d,
+        &[
+            "config",
+            "set",
+            "s1",
+            "volatile.eth0.hwaddr",
+            "01:00:5e:00:00:01",
+        ],
+        "not a unicast MAC",
+    );
+    fails(
+        &d,
+        &["config", "set", "s1", "volatile.eth0.host_name", "vethx"],
+        "managed by the daemon",
+    );
+    d.ok(&["start", "s1"]);
+    let out = d.ok(&["exec", "s1", "--", "cat", "/sys/class/net/eth0/address"]);
+    assert_eq!(out.trim(), "00:16:3e:12:34:56");
+    fails(
+        &d,
+        &[
+            "config",
+            "set",
+            "s1",
+            "volatile.eth0.hwaddr",
+            "00:16:3e:12:34:57",
+        ],
+        "while the instance is stopped",
+    );
+    d.ok(&["delete", "--force", "s1"]);
 
     launch_on(&d, "c1", "bvt0", &[]);
     launch_on(&d, "c2", "bvt0", &[]);

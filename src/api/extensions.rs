@@ -52,6 +52,7 @@ pub const API_EXTENSIONS: &[&str] = &[
     "container_exec_signal_handling",
     "container_exec_user_group_cwd",
     "id_map",
+    "image_force_refresh",
     "id_map_base",
     "instances",
     "api_filtering",

@@ -266,12 +266,26 @@ pub fn user_keys(config: &StringMap) -> StringMap {
 pub fn validate_config(new: &StringMap, current: &StringMap, ncpus: usize) -> Result<()> {
     for (k, v) in new {
         if k.starts_with("volatile.") {
-            if current.get(k) != Some(v) {
-                return Err(Error::Invalid(format!(
-                    "Volatile key {k:?} is managed by the daemon and cannot be set"
-                )));
+            if current.get(k) == Some(v) {
+                continue;
             }
-            continue;
+            // A NIC's MAC may be set by hand, as LXD lets it be: a unicast MAC, or none (a new
+            // one is made).
+            if is_nic_mac_key(k) {
+                match crate::net::netlink::parse_mac(v) {
+                    _ if v.is_empty() => continue,
+                    Some(m) if m[0] & 1 == 0 && m != [0; 6] => continue,
+                    _ => {
+                        return Err(Error::config(
+                            k,
+                            format!("Invalid value for config key {k:?}: {v:?} is not a unicast MAC address"),
+                        ))
+                    }
+                }
+            }
+            return Err(Error::Invalid(format!(
+                "Volatile key {k:?} is managed by the daemon and cannot be set"
+            )));
         }
         validate_key(k, v)?;
         if k == "limits.cpu" {
@@ -279,6 +293,13 @@ pub fn validate_config(new: &StringMap, current: &StringMap, ncpus: usize) -> Re
         }
     }
     Ok(())
+}
+
+/// `volatile.<device>.hwaddr`: a NIC's MAC, which a user may set.
+pub fn is_nic_mac_key(k: &str) -> bool {
+    k.strip_prefix("volatile.")
+        .and_then(|r| r.strip_suffix(".hwaddr"))
+        .is_some_and(|dev| !dev.is_empty() && !dev.contains('.'))
 }
 
 /// A `limits.cpu` count must be at least 1 (more than the host has gives it all of them).

@@ -9,12 +9,14 @@ pub fn parse_memory(s: &str, total_ram: u64) -> Result<u64, String> {
     let bad = || format!("invalid memory size {s:?} (examples: 512MiB, 1GB, 50%)");
     if let Some(p) = s.strip_suffix('%') {
         let pct: f64 = p.trim().parse().map_err(|_| bad())?;
-        if !(pct > 0.0 && pct <= 100.0) {
+        // Any share above 0, as LXD takes it (past 100%, more than the host has: no limit in
+        // effect).
+        if !(pct > 0.0 && pct.is_finite()) {
             return Err(format!(
-                "invalid memory percentage {s:?} (must be in (0, 100])"
+                "invalid memory percentage {s:?} (must be more than 0%)"
             ));
         }
-        return Ok((total_ram as f64 * pct / 100.0) as u64);
+        return Ok((total_ram as f64 * pct / 100.0).min(i64::MAX as f64) as u64);
     }
     let split = s
         .find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -174,13 +176,15 @@ mod tests {
         assert_eq!(parse_memory("100kB", gib).unwrap(), 100_000);
         assert_eq!(parse_memory("4096", gib).unwrap(), 4096);
         assert_eq!(parse_memory("50%", 8 * gib).unwrap(), 4 * gib);
+        assert_eq!(parse_memory("200%", gib).unwrap(), 2 * gib);
         for bad in [
             "",
             "abc",
             "10XB",
             "0",
             "-5MiB",
-            "150%",
+            "-5%",
+            "inf%",
             "0%",
             "MiB",
             "99999999999999999999EiB",

@@ -137,6 +137,16 @@ fn state_api(
         disk: parts.disk.then(Default::default),
         ..Default::default()
     };
+    // A stopped instance uses nothing: zeros, as LXD shows them (clients read `usage`).
+    if !matches!(st, State::Running { .. }) {
+        out.memory = api::InstanceStateMemory {
+            usage: Some(0),
+            usage_peak: Some(0),
+            swap_usage: Some(0),
+            swap_usage_peak: Some(0),
+        };
+        out.cpu.usage = Some(0);
+    }
     if let State::Running {
         init_pid,
         monitor_pid,
@@ -466,6 +476,14 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
     }
     devices::validate_devices(&next.devices, &db.data)?;
     let running = matches!(state_of(d, name)?, State::Running { .. });
+    let macs =
+        |c: &api::StringMap| crate::util::sort::entries_where(c, |k, _| config::is_nic_mac_key(k));
+    if running && macs(&cur.config) != macs(&next.config) {
+        return Err(Error::BadRequest(
+            "A NIC's MAC address (volatile.<device>.hwaddr) changes while the instance is stopped"
+                .into(),
+        ));
+    }
     // The managed networks whose rules and leases follow this instance's NICs, before or after
     // (running or not: a removed NIC's lease goes with it).
     let (oc, od) = config::expand(&cur.profiles, &db.data.profiles, &cur.config, &cur.devices);
