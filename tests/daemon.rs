@@ -1605,16 +1605,14 @@ fn image_export_names_a_file_target_as_lxc() {
         return;
     }
     let d = Daemon::start().expect("daemon");
-    let img = common::busybox_image();
+    d.import_busybox();
+    let target = d.tmp().join("img");
     d.ok(&[
         "image",
-        "import",
-        img.to_str().expect("utf-8"),
-        "--alias",
-        "bb",
+        "export",
+        "busybox",
+        target.to_str().expect("utf-8"),
     ]);
-    let target = d.tmp().join("img");
-    d.ok(&["image", "export", "bb", target.to_str().expect("utf-8")]);
     assert!(d.tmp().join("img.tar.gz").is_file(), "no img.tar.gz");
     assert!(!target.exists(), "written without its extension");
 }
@@ -1626,15 +1624,8 @@ fn snapshot_reuse_replaces_the_snapshot() {
         return;
     }
     let d = Daemon::start().expect("daemon");
-    let img = common::busybox_image();
-    d.ok(&[
-        "image",
-        "import",
-        img.to_str().expect("utf-8"),
-        "--alias",
-        "bb",
-    ]);
-    d.ok(&["launch", "bb", "r1"]);
+    d.import_busybox();
+    d.ok(&["launch", "busybox", "r1"]);
     d.ok(&["exec", "r1", "--", "sh", "-c", "echo one > /root/f"]);
     d.ok(&["snapshot", "r1", "s0"]);
     d.ok(&["exec", "r1", "--", "sh", "-c", "echo two > /root/f"]);

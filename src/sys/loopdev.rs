@@ -151,24 +151,23 @@ pub fn attach_autoclear(backing: &Path) -> io::Result<(PathBuf, OwnedFd)> {
 
 /// `LOOP_CLR_FD` on `dev`: detach now, or (if the device is in use) when its last user goes.
 pub fn detach(dev: &Path) -> io::Result<()> {
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(dev)?;
-    // SAFETY: LOOP_CLR_FD takes no argument; the fd is open.
-    let r = unsafe { libc::ioctl(f.as_fd().as_raw_fd(), LOOP_CLR_FD) };
-    check(r as libc::c_long).map(|_| ())
+    plain_ioctl(dev, LOOP_CLR_FD)
 }
 
 /// `LOOP_SET_CAPACITY` on `dev`: the device takes its backing file's size again (after the
 /// file grew).
 pub fn set_capacity(dev: &Path) -> io::Result<()> {
+    plain_ioctl(dev, LOOP_SET_CAPACITY)
+}
+
+/// A loop ioctl that takes no argument (`LOOP_CLR_FD`, `LOOP_SET_CAPACITY`) on device `dev`.
+fn plain_ioctl(dev: &Path, request: libc::Ioctl) -> io::Result<()> {
     let f = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_CLOEXEC)
         .open(dev)?;
-    // SAFETY: LOOP_SET_CAPACITY takes no argument; the fd is open.
-    let r = unsafe { libc::ioctl(f.as_fd().as_raw_fd(), LOOP_SET_CAPACITY) };
+    // SAFETY: both requests take no argument; the fd is open.
+    let r = unsafe { libc::ioctl(f.as_fd().as_raw_fd(), request) };
     check(r as libc::c_long).map(|_| ())
 }
 
