@@ -1637,4 +1637,67 @@ fn snapshot_reuse_replaces_the_snapshot() {
     d.ok(&["restore", "r1", "s0"]);
     assert_eq!(d.ok(&["exec", "r1", "--", "cat", "/root/f"]), "two\n");
     d.ok(&["delete", "--force", "r1"]);
+    // `init -d DEVICE,KEY=VALUE` overrides the profile's device as lxc's does (here a root
+    // size, which a dir pool refuses: the override reached the server), and only an existing one.
+    for (args, want) in [
+        (&["-d", "root,size=50MiB"][..], "project quotas"),
+        (
+            &["-d", "nosuch,a=b"][..],
+            "Device not found in profile devices",
+        ),
+        (&["-d", "root"][..], "Bad device override syntax"),
+        (&["-t", "t2.micro"][..], "not supported yet"),
+    ] {
+        let mut full = vec!["init", "busybox", "o1"];
+        full.extend_from_slice(args);
+        let out = d.run(&full);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(want),
+            "{args:?}: {err}"
+        );
+    }
+    d.ok(&["init", "busybox", "o1", "-d", "root,pool=default"]);
+    let dev = d.ok(&["config", "device", "get", "o1", "root", "pool"]);
+    assert_eq!(dev.trim(), "default");
+    d.ok(&["delete", "o1"]);
+}
+
+/// `bivy file pull -r` as lxc: a directory lands below the target by its own name, whether the
+/// target was there or not.
+#[test]
+fn file_pull_recursive_as_lxc() {
+    if !common::require_root() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    d.import_busybox();
+    d.ok(&["launch", "busybox", "f1"]);
+    d.ok(&[
+        "exec",
+        "f1",
+        "--",
+        "sh",
+        "-c",
+        "mkdir -p /root/tree/sub && echo x > /root/tree/sub/a",
+    ]);
+    let there = d.tmp().join("there");
+    std::fs::create_dir(&there).expect("mkdir");
+    for target in [d.tmp().join("new"), there] {
+        d.ok(&[
+            "file",
+            "pull",
+            "-r",
+            "f1/root/tree",
+            target.to_str().expect("utf-8"),
+        ]);
+        let a = target.join("tree/sub/a");
+        assert_eq!(
+            std::fs::read_to_string(&a).ok().as_deref(),
+            Some("x\n"),
+            "{}",
+            a.display()
+        );
+    }
+    d.ok(&["delete", "--force", "f1"]);
 }

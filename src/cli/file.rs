@@ -418,12 +418,24 @@ fn pull(args: &[String]) -> CmdResult {
                 fs::create_dir_all(parent)?;
             }
         }
-        pull_one(&c, &name, &path, &dest, a.recursive)?;
+        // A directory pulled to a path that is not there yet goes below it, by its own name
+        // (lxc makes the path, then the directory in it).
+        let nest = (a.recursive && !into_dir && !dest.exists()).then_some(base.as_os_str());
+        pull_one(&c, &name, &path, &dest, a.recursive, nest)?;
     }
     Ok(0)
 }
 
-fn pull_one(c: &Client, name: &str, path: &str, dest: &Path, recursive: bool) -> Result<(), Fail> {
+/// Pull `path` to `dest`; a directory with `recursive`, into `dest/nest` when `nest` is given
+/// (`dest` made first).
+fn pull_one(
+    c: &Client,
+    name: &str,
+    path: &str,
+    dest: &Path,
+    recursive: bool,
+    nest: Option<&std::ffi::OsStr>,
+) -> Result<(), Fail> {
     enum Got {
         Done,
         Dir(Vec<String>, u32),
@@ -456,13 +468,29 @@ fn pull_one(c: &Client, name: &str, path: &str, dest: &Path, recursive: bool) ->
         if !recursive {
             return fail(format!("{path} is a directory (use -r)"));
         }
+        let nested;
+        let dest = match nest {
+            Some(base) => {
+                fs::create_dir_all(dest)?;
+                nested = dest.join(base);
+                nested.as_path()
+            }
+            None => dest,
+        };
         match fs::create_dir(dest) {
             Ok(()) => fs::set_permissions(dest, fs::Permissions::from_mode(mode & 0o7777))?,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dest.is_dir() => {}
             Err(e) => return fail(format!("{}: {e}", dest.display())),
         }
         for n in names {
-            pull_one(c, name, &join_remote(path, &n), &dest.join(&n), recursive)?;
+            pull_one(
+                c,
+                name,
+                &join_remote(path, &n),
+                &dest.join(&n),
+                recursive,
+                None,
+            )?;
         }
     }
     Ok(())

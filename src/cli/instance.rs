@@ -40,15 +40,72 @@ pub struct LaunchArgs {
     #[argh(option, short = 'n')]
     /// network name
     network: Option<String>,
-    #[argh(option, long = "type")]
-    /// instance type (accepted, ignored)
-    _instance_type: Option<String>,
+    #[argh(option, long = "type", short = 't')]
+    /// instance type (not supported yet)
+    instance_type: Option<String>,
+    #[argh(option, short = 'd')]
+    /// new key/value to apply to a specific device (DEVICE,KEY=VALUE)
+    device: Vec<String>,
     #[argh(switch)]
     /// create an empty instance (no image)
     empty: bool,
     #[argh(switch)]
     /// create a virtual machine (not supported)
     vm: bool,
+}
+
+/// `-d DEVICE,KEY=VALUE` arguments, by device (lxc's `parseDeviceOverrides`).
+fn device_overrides(args: &[String]) -> Result<Devices, Fail> {
+    let mut out = Devices::new();
+    for entry in args {
+        let Some((dev, kv)) = entry.split_once(',') else {
+            return fail(format!(
+                "Bad device override syntax, expecting <device>,<key>=<value>: {entry}"
+            ));
+        };
+        let Some((k, v)) = kv.split_once('=') else {
+            return fail(format!(
+                "Bad device override syntax, expecting <device>,<key>=<value>: {entry}"
+            ));
+        };
+        out.entry(dev.to_string())
+            .or_default()
+            .insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+/// Apply device overrides as lxc does: to a device of the request itself, else to a copy of
+/// the profiles' device of that name (the `default` profile when none is named), which the
+/// instance then has of its own.
+fn apply_device_overrides(
+    c: &Client,
+    devices: &mut Devices,
+    overrides: Devices,
+    profiles: Option<&[String]>,
+) -> Result<(), Fail> {
+    let mut from_profiles = Devices::new();
+    if overrides.keys().any(|d| !devices.contains_key(d)) {
+        let default = ["default".to_string()];
+        for p in profiles.filter(|p| !p.is_empty()).unwrap_or(&default) {
+            let prof: crate::api::Profile = c
+                .get(&format!("/1.0/profiles/{}", urlencode(p, false)))
+                .map_err(|e| format!("Failed loading profile {p:?} for device override: {e}"))?;
+            from_profiles.extend(prof.devices);
+        }
+    }
+    for (dev, kv) in overrides {
+        let base = match devices.remove(&dev) {
+            Some(d) => d,
+            None => from_profiles.remove(&dev).ok_or_else(|| {
+                format!("Cannot override config for device {dev:?}: Device not found in profile devices")
+            })?,
+        };
+        let mut d = base;
+        d.extend(kv);
+        devices.insert(dev, d);
+    }
+    Ok(())
 }
 
 /// Resolve an image name (alias or fingerprint prefix) to its full fingerprint, like lxc.
@@ -81,6 +138,10 @@ pub fn launch(args: &[String], start: bool) -> CmdResult {
     if a.vm {
         return fail("not supported yet: virtual machines");
     }
+    if a.instance_type.is_some() {
+        return fail("not supported yet: instance types (-t)");
+    }
+    let overrides = device_overrides(&a.device)?;
     let mut config = StringMap::new();
     for kv in &a.config {
         match kv.split_once('=') {
@@ -162,6 +223,7 @@ pub fn launch(args: &[String], start: bool) -> CmdResult {
     } else {
         Some(a.profile.clone())
     };
+    apply_device_overrides(&c, &mut devices, overrides, profiles.as_deref())?;
     // A server with `instance_create_start` starts the instance in the create's operation: one
     // operation to wait for instead of two (the output stays lxc 5.0.2's).
     let start_in_create = start && super::network::has_extension(&c, "instance_create_start")?;
@@ -1193,50 +1255,195 @@ fn cell(i: &InstanceFull, col: char) -> String {
     }
 }
 
-/// A tiny regex matcher (`^ $ . * + ?`, literal otherwise) for name filters; no regex crate.
+/// Whether `re` (the part of Go's regular expressions that list filters use: literals, `.`,
+/// `[...]` and `[^...]` with ranges, `\d \w \s` and escaped characters, groups `(...)`,
+/// alternatives `|`, `* + ?` after any of them, `^ $`) matches somewhere in `text`, as Go's
+/// `MatchString`. A pattern that does not parse matches nothing (lxc then compares plainly).
+/// Backtracking, on the short names and values of a listing; no regex crate.
 pub fn regex_match(re: &str, text: &str) -> bool {
-    fn here(re: &[char], t: &[char]) -> bool {
-        if re.is_empty() {
-            return true;
-        }
-        if re == ['$'] {
-            return t.is_empty();
-        }
-        if re.len() >= 2 && matches!(re[1], '*' | '+' | '?') {
-            let c = re[0];
-            let ok = |x: char| c == '.' || x == c;
-            let rest = &re[2..];
-            match re[1] {
-                '?' => return (!t.is_empty() && ok(t[0]) && here(rest, &t[1..])) || here(rest, t),
-                op => {
-                    let mut i = 0;
-                    if op == '+' {
-                        if t.is_empty() || !ok(t[0]) {
-                            return false;
-                        }
-                        i = 1;
-                    }
-                    loop {
-                        if here(rest, &t[i..]) {
-                            return true;
-                        }
-                        if i < t.len() && ok(t[i]) {
-                            i += 1;
-                        } else {
-                            return false;
-                        }
-                    }
+    let chars: Vec<char> = re.chars().collect();
+    let mut pos = 0;
+    let Some(alts) = parse_alts(&chars, &mut pos) else {
+        return false;
+    };
+    if pos != chars.len() {
+        return false;
+    }
+    let t: Vec<char> = text.chars().collect();
+    let node = Node::Group(alts);
+    (0..=t.len()).any(|i| match_one(&node, &t, i, &mut |_| true))
+}
+
+/// A parsed pattern.
+enum Node {
+    Char(char),
+    Any,
+    /// Ranges, and whether the class is negated.
+    Class(Vec<(char, char)>, bool),
+    Group(Vec<Vec<Node>>),
+    Start,
+    End,
+    /// The node, at least `min` times, at most `max` (`None`: no bound).
+    Repeat(Box<Node>, usize, Option<usize>),
+}
+
+fn parse_alts(p: &[char], pos: &mut usize) -> Option<Vec<Vec<Node>>> {
+    let mut alts = vec![Vec::new()];
+    while let Some(&c) = p.get(*pos) {
+        let atom = match c {
+            ')' => break,
+            '|' => {
+                *pos += 1;
+                alts.push(Vec::new());
+                continue;
+            }
+            '(' => {
+                *pos += 1;
+                if p.get(*pos..*pos + 2) == Some(&['?', ':']) {
+                    *pos += 2;
+                }
+                let inner = parse_alts(p, pos)?;
+                if p.get(*pos) != Some(&')') {
+                    return None;
+                }
+                *pos += 1;
+                Node::Group(inner)
+            }
+            '[' => parse_class(p, pos)?,
+            '\\' => {
+                *pos += 1;
+                let e = *p.get(*pos)?;
+                *pos += 1;
+                escape(e)
+            }
+            '*' | '+' | '?' => return None,
+            _ => {
+                *pos += 1;
+                match c {
+                    '.' => Node::Any,
+                    '^' => Node::Start,
+                    '$' => Node::End,
+                    c => Node::Char(c),
                 }
             }
+        };
+        let (min, max) = match p.get(*pos) {
+            Some('*') => (0, None),
+            Some('+') => (1, None),
+            Some('?') => (0, Some(1)),
+            _ => {
+                alts.last_mut()?.push(atom);
+                continue;
+            }
+        };
+        *pos += 1;
+        // Go's lazy form (`*?`) matches what the greedy one does for a yes or no.
+        if p.get(*pos) == Some(&'?') {
+            *pos += 1;
         }
-        !t.is_empty() && (re[0] == '.' || re[0] == t[0]) && here(&re[1..], &t[1..])
+        alts.last_mut()?
+            .push(Node::Repeat(Box::new(atom), min, max));
     }
-    let re: Vec<char> = re.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    if re.first() == Some(&'^') {
-        return here(&re[1..], &t);
+    Some(alts)
+}
+
+fn escape(e: char) -> Node {
+    match e {
+        'd' => Node::Class(vec![('0', '9')], false),
+        'D' => Node::Class(vec![('0', '9')], true),
+        'w' => Node::Class(vec![('a', 'z'), ('A', 'Z'), ('0', '9'), ('_', '_')], false),
+        'W' => Node::Class(vec![('a', 'z'), ('A', 'Z'), ('0', '9'), ('_', '_')], true),
+        's' => Node::Class(vec![(' ', ' '), ('\t', '\r')], false),
+        'S' => Node::Class(vec![(' ', ' '), ('\t', '\r')], true),
+        c => Node::Char(c),
     }
-    (0..=t.len()).any(|i| here(&re, &t[i..]))
+}
+
+fn parse_class(p: &[char], pos: &mut usize) -> Option<Node> {
+    *pos += 1;
+    let negated = p.get(*pos) == Some(&'^');
+    if negated {
+        *pos += 1;
+    }
+    let mut ranges = Vec::new();
+    let mut first = true;
+    loop {
+        let c = *p.get(*pos)?;
+        if c == ']' && !first {
+            *pos += 1;
+            return Some(Node::Class(ranges, negated));
+        }
+        first = false;
+        *pos += 1;
+        let lo = if c == '\\' {
+            let e = *p.get(*pos)?;
+            *pos += 1;
+            if let Node::Class(r, false) = escape(e) {
+                ranges.extend(r);
+                continue;
+            }
+            e
+        } else {
+            c
+        };
+        if p.get(*pos) == Some(&'-') && p.get(*pos + 1).is_some_and(|&n| n != ']') {
+            let hi = *p.get(*pos + 1)?;
+            *pos += 2;
+            if hi < lo {
+                return None;
+            }
+            ranges.push((lo, hi));
+        } else {
+            ranges.push((lo, lo));
+        }
+    }
+}
+
+/// Match `seq` from `t[i]`, then `k` with where it ended.
+fn match_seq(seq: &[Node], t: &[char], i: usize, k: &mut dyn FnMut(usize) -> bool) -> bool {
+    let Some((first, rest)) = seq.split_first() else {
+        return k(i);
+    };
+    match first {
+        Node::Repeat(n, min, max) => repeat(n, (*min, *max), rest, t, (i, 0), k),
+        _ => match_one(first, t, i, &mut |j| match_seq(rest, t, j, k)),
+    }
+}
+
+fn match_one(n: &Node, t: &[char], i: usize, k: &mut dyn FnMut(usize) -> bool) -> bool {
+    match n {
+        Node::Char(c) => t.get(i) == Some(c) && k(i + 1),
+        Node::Any => i < t.len() && t[i] != '\n' && k(i + 1),
+        Node::Class(ranges, negated) => {
+            t.get(i)
+                .is_some_and(|c| ranges.iter().any(|(a, b)| a <= c && c <= b) != *negated)
+                && k(i + 1)
+        }
+        Node::Start => i == 0 && k(i),
+        Node::End => i == t.len() && k(i),
+        Node::Group(alts) => alts.iter().any(|seq| match_seq(seq, t, i, k)),
+        Node::Repeat(..) => match_seq(std::slice::from_ref(n), t, i, k),
+    }
+}
+
+/// `n` repeated greedily (`count` times so far), then `rest`.
+fn repeat(
+    n: &Node,
+    (min, max): (usize, Option<usize>),
+    rest: &[Node],
+    t: &[char],
+    (i, count): (usize, usize),
+    k: &mut dyn FnMut(usize) -> bool,
+) -> bool {
+    if max.is_none_or(|m| count < m)
+        && match_one(n, t, i, &mut |j| {
+            // An empty repetition cannot go on (it would loop).
+            j != i && repeat(n, (min, max), rest, t, (j, count + 1), k)
+        })
+    {
+        return true;
+    }
+    count >= min && match_seq(rest, t, i, k)
 }
 
 /// A filter value as lxc matches it: a whole-value pattern unless it anchors itself.
@@ -1970,5 +2177,26 @@ mod tests {
         assert!(!m("role=front") && !m("user.role=fro") && !m("config.user.role=front"));
         assert!(regex_match("^web.$", "web1"));
         assert!(!regex_match("^eb", "web1"));
+        // Classes, alternatives and groups, as Go's syntax has them.
+        assert!(m("w[a-f]b[0-9]") && m("web[13]") && !m("web[^1]"));
+        assert!(m("db|web1") && m("(web|db)1") && m(r"(?:we)+b\d") && !m("db|web2"));
+        for (re, text, want) in [
+            ("^c[12]$", "c1", true),
+            ("^c[12]$", "c3", false),
+            ("c1|c2", "c2", true),
+            ("^(ab)*$", "ababab", true),
+            ("^(ab)*$", "aba", false),
+            ("^a?b+c*$", "bbb", true),
+            ("^[-a]+$", "a-a", true),
+            (r"^\.x$", ".x", true),
+            (r"^\.x$", "ax", false),
+            ("^(a*)*$", "aaaa", true),
+            (r"^\w+\s\d$", "ab_1 7", true),
+            ("x(", "x(", false),
+            ("[z-a]", "a", false),
+            ("*a", "a", false),
+        ] {
+            assert_eq!(regex_match(re, text), want, "{re} ~ {text}");
+        }
     }
 }
