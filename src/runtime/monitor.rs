@@ -140,7 +140,7 @@ fn run(run_dir: &Path, status: OwnedFd) -> Result<()> {
             });
             // Before the start is answered: a pool deleted just after it must not find its
             // mount held here.
-            drop_pool_mounts(&spec);
+            drop_pool_mounts(&spec, run_dir);
             let _ = chan::send(&status, &Msg::Started(init_pid, me), None);
             drop(status);
             // The network namespace outlives init while physical NICs are in it: they go back
@@ -186,8 +186,9 @@ fn run(run_dir: &Path, status: OwnedFd) -> Result<()> {
 /// `storage-pools` (another bivy daemon's loop pools, LXD's), whose filesystem a copy held here
 /// would keep busy after its owner unmounted it, so that its pool could not be deleted. Each is
 /// unmounted until it is no mount point here (`EINVAL`): a copy that had a pool mounted twice
-/// there would otherwise keep the lower one.
-fn drop_pool_mounts(spec: &Spec) {
+/// there would otherwise keep the lower one. A mount that holds the monitor's own run directory
+/// or the console log (a `BIVY_DIR` below such a directory) stays.
+fn drop_pool_mounts(spec: &Spec, run_dir: &Path) {
     let mut points: Vec<PathBuf> = spec
         .pools_dir
         .as_ref()
@@ -203,6 +204,8 @@ fn drop_pool_mounts(spec: &Spec) {
                     p.parent()
                         .and_then(Path::file_name)
                         .is_some_and(|n| n == "storage-pools")
+                        && !run_dir.starts_with(p)
+                        && !spec.console_log.starts_with(p)
                 }),
         );
     }
