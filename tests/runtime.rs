@@ -131,7 +131,6 @@ impl Ct {
             disks: Vec::new(),
             nics: Vec::new(),
             unix_devices: Vec::new(),
-            pools_dir: None,
         };
         Ct {
             dir,

@@ -268,7 +268,6 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
         disks,
         nics: nics.nics,
         unix_devices,
-        pools_dir: Some(d.dir.join("storage-pools")),
     };
     // linux.kernel_modules: loaded on the host before the container starts, as LXD does.
     if let Some(v) = ec.get("linux.kernel_modules") {

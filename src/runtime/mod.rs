@@ -279,12 +279,6 @@ pub struct Spec {
     /// Device nodes (`unix-char`, `unix-block`, `gpu`, `usb`), made after the disks.
     #[serde(default)]
     pub unix_devices: Vec<UnixDev>,
-    /// The directory holding the pools' mount points (`<bivy dir>/storage-pools`). The monitor's
-    /// private mount namespace copies the host's mounts, and a copy of a loop pool's mount would
-    /// keep its filesystem, and the loop device, busy after the pool's unmount on the host
-    /// (its delete then fails): the monitor drops the mounts there once the container runs.
-    #[serde(default)]
-    pub pools_dir: Option<PathBuf>,
 }
 
 impl Spec {

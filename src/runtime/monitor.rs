@@ -181,34 +181,28 @@ fn run(run_dir: &Path, status: OwnedFd) -> Result<()> {
 }
 
 /// Drop this namespace's copies of storage pools' mounts: the container runs, and the monitor
-/// uses no pool's files from now on. Those in our pools' directory ([`Spec::pools_dir`]), and
-/// any other container manager's: every mount point directly in a directory named
-/// `storage-pools` (another bivy daemon's loop pools, LXD's), whose filesystem a copy held here
-/// would keep busy after its owner unmounted it, so that its pool could not be deleted. Each is
-/// unmounted until it is no mount point here (`EINVAL`): a copy that had a pool mounted twice
-/// there would otherwise keep the lower one. A mount that holds the monitor's own run directory
-/// or the console log (a `BIVY_DIR` below such a directory) stays.
+/// uses no pool's files from now on. Every mount point directly in a directory named
+/// `storage-pools`: our daemon's loop pools (`<bivy dir>/storage-pools/NAME`), another bivy
+/// daemon's, LXD's, whose filesystem a copy held here would keep busy after its owner unmounted
+/// it, so that its pool could not be deleted. Each is unmounted until it is no mount point here
+/// (`EINVAL`): a copy that had a pool mounted twice there would otherwise keep the lower one. A
+/// mount that holds the monitor's own run directory or the console log (a `BIVY_DIR` below such
+/// a directory) stays.
 fn drop_pool_mounts(spec: &Spec, run_dir: &Path) {
-    let mut points: Vec<PathBuf> = spec
-        .pools_dir
-        .as_ref()
-        .and_then(|dir| fs::read_dir(dir).ok())
-        .map(|entries| entries.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    if let Ok(info) = fs::read_to_string("/proc/self/mountinfo") {
-        points.extend(
-            info.lines()
-                .filter_map(crate::util::mountinfo_fields)
-                .map(|(mount_point, _, _)| PathBuf::from(mount_point))
-                .filter(|p| {
-                    p.parent()
-                        .and_then(Path::file_name)
-                        .is_some_and(|n| n == "storage-pools")
-                        && !run_dir.starts_with(p)
-                        && !spec.console_log.starts_with(p)
-                }),
-        );
-    }
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let points = info
+        .lines()
+        .filter_map(crate::util::mountinfo_fields)
+        .map(|(mount_point, _, _)| PathBuf::from(mount_point))
+        .filter(|p| {
+            p.parent()
+                .and_then(Path::file_name)
+                .is_some_and(|n| n == "storage-pools")
+                && !run_dir.starts_with(p)
+                && !spec.console_log.starts_with(p)
+        });
     for path in points {
         for _ in 0..16 {
             if nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH).is_err() {
