@@ -1465,54 +1465,37 @@ fn dot_prefix_match(short: &str, full: &str) -> bool {
 /// in any case), each of a comma's alternatives tried; `None` for another key.
 fn shorthand(i: &InstanceFull, key: &str, value: &str) -> Option<bool> {
     let inst = &i.instance;
-    let one = |v: &str| -> bool {
-        match key {
-            "type" => inst.kind.eq_ignore_ascii_case(v),
-            "status" => inst.status.eq_ignore_ascii_case(v),
-            "architecture" => inst.architecture.eq_ignore_ascii_case(v),
-            "location" => inst.location.eq_ignore_ascii_case(v),
-            family => {
-                let fam = if family == "ipv4" { "inet" } else { "inet6" };
-                let net = v.split_once('/').and_then(|(a, p)| {
-                    Some((a.parse::<std::net::IpAddr>().ok()?, p.parse::<u8>().ok()?))
-                });
-                i.state
-                    .as_ref()
-                    .and_then(|st| st.network.as_ref())
-                    .into_iter()
-                    .flat_map(|n| n.values())
-                    .flat_map(|n| &n.addresses)
-                    .filter(|a| a.family == fam)
-                    .any(|a| match (net, a.address.parse::<std::net::IpAddr>()) {
-                        (Some((base, len)), Ok(ip)) => in_prefix(base, ip, len),
-                        _ => a.address == v,
-                    })
-            }
-        }
-    };
     let key = key.to_ascii_lowercase();
-    let known = ["type", "status", "architecture", "location", "ipv4", "ipv6"];
-    known
-        .contains(&key.as_str())
-        .then(|| value.split(',').any(one))
-}
-
-/// Whether `ip` is in the network of `base` with prefix length `len`.
-fn in_prefix(base: std::net::IpAddr, ip: std::net::IpAddr, len: u8) -> bool {
-    use std::net::IpAddr::{V4, V6};
-    match (base, ip) {
-        (V4(b), V4(a)) => {
-            let shift = 32 - u32::from(len.min(32));
-            u32::from(b).checked_shr(shift).unwrap_or(0)
-                == u32::from(a).checked_shr(shift).unwrap_or(0)
+    // The instance's field for the plain ones; `None` for the address ones.
+    let field = match key.as_str() {
+        "type" => Some(&inst.kind),
+        "status" => Some(&inst.status),
+        "architecture" => Some(&inst.architecture),
+        "location" => Some(&inst.location),
+        "ipv4" | "ipv6" => None,
+        _ => return None,
+    };
+    let family = if key == "ipv4" { "inet" } else { "inet6" };
+    let one = |v: &str| -> bool {
+        if let Some(f) = field {
+            return f.eq_ignore_ascii_case(v);
         }
-        (V6(b), V6(a)) => {
-            let shift = 128 - u32::from(len.min(128));
-            u128::from(b).checked_shr(shift).unwrap_or(0)
-                == u128::from(a).checked_shr(shift).unwrap_or(0)
-        }
-        _ => false,
-    }
+        let net = v
+            .split_once('/')
+            .and_then(|(a, p)| Some((a.parse::<std::net::IpAddr>().ok()?, p.parse::<u8>().ok()?)));
+        i.state
+            .as_ref()
+            .and_then(|st| st.network.as_ref())
+            .into_iter()
+            .flat_map(|n| n.values())
+            .flat_map(|n| &n.addresses)
+            .filter(|a| a.family == family)
+            .any(|a| match (net, a.address.parse::<std::net::IpAddr>()) {
+                (Some((base, len)), Ok(ip)) => crate::net::in_subnet(ip, base, len),
+                _ => a.address == v,
+            })
+    };
+    Some(value.split(',').any(one))
 }
 
 /// Whether an instance passes all of lxc's list filters (`shouldShow` of lxc 5.0.2): a bare
@@ -1523,7 +1506,7 @@ pub fn matches_filters(i: &InstanceFull, filters: &[String]) -> bool {
     filters.iter().all(|f| match f.split_once('=') {
         None => regex_match(&anchored(f), &inst.name) || inst.name.starts_with(f.as_str()),
         Some((k, v)) => {
-            if let Some(hit) = shorthand(i, &k.to_ascii_lowercase(), v) {
+            if let Some(hit) = shorthand(i, k, v) {
                 return hit;
             }
             inst.expanded_config.get(k).map(String::as_str) == Some(v)

@@ -75,9 +75,30 @@ pub fn in_subnet6(a: std::net::Ipv6Addr, net: std::net::Ipv6Addr, prefix: u8) ->
     u128::from(a) & mask == u128::from(net) & mask
 }
 
+/// Whether `a` is in `net/prefix`, either family (never across families).
+pub fn in_subnet(a: std::net::IpAddr, net: std::net::IpAddr, prefix: u8) -> bool {
+    use std::net::IpAddr::{V4, V6};
+    match (a, net) {
+        (V4(a), V4(n)) => in_subnet6(a.to_ipv6_mapped(), n.to_ipv6_mapped(), prefix.min(32) + 96),
+        (V6(a), V6(n)) => in_subnet6(a, n, prefix),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subnets_of_either_family() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert!(in_subnet(ip("10.1.2.3"), ip("10.1.0.0"), 16));
+        assert!(!in_subnet(ip("10.2.2.3"), ip("10.1.0.0"), 16));
+        assert!(in_subnet(ip("10.2.2.3"), ip("10.1.0.0"), 0));
+        assert!(in_subnet(ip("fd42::5"), ip("fd42::"), 64));
+        assert!(!in_subnet(ip("fd43::5"), ip("fd42::"), 64));
+        assert!(!in_subnet(ip("::ffff:10.1.2.3"), ip("10.1.0.0"), 16));
+    }
 
     #[test]
     fn if_inet6_lines() {
