@@ -275,27 +275,25 @@ fn up_inner(d: &Ctx, data: &Data, name: &str, c: &BridgeConfig) -> Result<()> {
             );
         }
         // `dns.mode=none` still forwards (LXD's dnsmasq does), without local names.
-        {
-            let cfg = DnsConfig {
-                listen: IpAddr::V4(v4.addr),
-                port: 53,
-                ifname: name.to_string(),
-                domain: c.domain.clone(),
-                gateway: v4.addr,
-                upstreams: crate::net::dns::host_upstreams().unwrap_or_else(|e| {
-                    eprintln!("bivy: network {name}: no upstream resolvers (names outside {} are refused): {e}", c.domain);
-                    Vec::new()
-                }),
-                local_names: c.dns,
-            };
-            match DnsServer::start(cfg, Arc::clone(&store), v6_lookup(d, c)) {
-                Ok(s) => live.dns = Some(s),
-                Err(e) => {
-                    // DNS alone fails; DHCP keeps working (LXD's dnsmasq would fail both).
-                    let msg = format!("network {name}: DNS not served: {e}");
-                    eprintln!("bivy: {msg}");
-                    live.dns_error = Some(msg);
-                }
+        let cfg = DnsConfig {
+            listen: IpAddr::V4(v4.addr),
+            port: 53,
+            ifname: name.to_string(),
+            domain: c.domain.clone(),
+            gateway: v4.addr,
+            upstreams: crate::net::dns::host_upstreams().unwrap_or_else(|e| {
+                eprintln!("bivy: network {name}: no upstream resolvers (names outside {} are refused): {e}", c.domain);
+                Vec::new()
+            }),
+            local_names: c.dns,
+        };
+        match DnsServer::start(cfg, Arc::clone(&store), v6_lookup(d, c)) {
+            Ok(s) => live.dns = Some(s),
+            Err(e) => {
+                // DNS alone fails; DHCP keeps working (LXD's dnsmasq would fail both).
+                let msg = format!("network {name}: DNS not served: {e}");
+                eprintln!("bivy: {msg}");
+                live.dns_error = Some(msg);
             }
         }
     }

@@ -323,8 +323,13 @@ pub fn create_now(d: &Ctx, args: NewInstance<'_>, origin: Origin<'_>) -> Result<
         db.update(insert)
     }
     .map_err(|e| Error::Host(format!("saving instance: {e}")))?;
-    // Its networks' DHCP servers bind its name to its NICs' MACs from now on.
-    let nets = super::nics::networks_of(&db.data, &expanded_devs);
+    // Its networks' DHCP servers bind its name to its NICs' MACs from now on (a create that
+    // starts leaves that to its start, which refreshes the same networks).
+    let nets = if body.start {
+        Default::default()
+    } else {
+        super::nics::networks_of(&db.data, &expanded_devs)
+    };
     drop(db);
     super::bridges::refresh(d, nets);
     trace.step("recorded");
