@@ -124,10 +124,21 @@ impl Filter {
         }
         self.clauses.iter().any(|conj| {
             conj.iter().all(|(neg, key, eq, val)| {
-                let found = lookup(obj, key).is_some_and(|v| v.eq_ignore_ascii_case(val));
+                let found = lookup(obj, key).is_some_and(|v| value_matches(val, &v));
                 (found == *eq) != *neg
             })
         })
+    }
+}
+
+/// LXD's `filter.Match` for a field's value: the clause's value as a case-insensitive Go
+/// pattern, whole unless it anchors itself; one that does not parse compared plainly, in any
+/// case.
+fn value_matches(pattern: &str, value: &str) -> bool {
+    use crate::util::regex::{anchored, Regex};
+    match Regex::new(&anchored(pattern), true) {
+        Some(r) => r.is_match(value),
+        None => pattern.eq_ignore_ascii_case(value),
     }
 }
 
@@ -182,6 +193,12 @@ mod tests {
         assert!(!t("name eq c1 and status eq Stopped"));
         assert!(t("not name eq c2"));
         assert!(t("name eq \"c1\""));
+        // Values are anchored case-insensitive patterns (LXD's filter.Match); one that does
+        // not parse is compared plainly.
+        assert!(t("name eq C.") && t("name eq ^c") && t("config.image.os eq bus.*"));
+        assert!(!t("name eq c") && !t("name eq 1") && t("name ne c"));
+        let odd = serde_json::json!({"name":"a(b"});
+        assert!(Filter::parse("name eq A(B").unwrap().matches(&odd));
         assert!(Filter::parse("name foo c1").is_err());
         assert!(Filter::parse("name eq").is_err());
         assert!(Filter::parse("name eq c1 and").is_err());

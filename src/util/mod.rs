@@ -6,6 +6,7 @@ pub mod memo;
 pub mod par;
 pub mod passwd;
 pub mod pool;
+pub mod regex;
 pub mod revert;
 pub mod shared;
 pub mod sort;
