@@ -236,7 +236,7 @@ fn find_in_volume(bivy_dir: &Path, rel: &str) -> Option<std::path::PathBuf> {
     std::fs::read_dir(vols)
         .ok()?
         .flatten()
-        .map(|e| e.path().join("rootfs").join(rel))
+        .map(|e| common::changed_files_dir(&e.path()).join(rel))
         .find(|p| p.exists())
 }
 
@@ -393,6 +393,161 @@ fn lxc_metadata_and_templates() {
         .ok(&["config", "template", "list", "m1"])
         .contains("motd.tpl"));
     l.ok(&["delete", "--force", "m1"]);
+}
+
+/// bivy's own `config metadata`, `config template` and `image get/set/unset-property` against
+/// the same daemon: what lxc prints, and the changes lxc sees.
+#[test]
+fn bivy_metadata_templates_and_image_properties_as_lxc() {
+    if !prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = setup(&d);
+    import_busybox(&l);
+    l.ok(&["init", "busybox", "m1"]);
+    for args in [
+        &["config", "metadata", "show", "m1"][..],
+        &["config", "template", "list", "m1"],
+        &["config", "template", "list", "m1", "-f", "csv"],
+        &["config", "template", "show", "m1", "hostname.tpl"],
+        &["image", "show", "busybox"],
+    ] {
+        assert_eq!(d.ok(args), l.ok(args), "{args:?}");
+    }
+    // A template made empty, filled from stdin, shown, deleted; a missing one is an error.
+    d.ok(&["config", "template", "create", "m1", "motd.tpl"]);
+    assert_eq!(l.ok(&["config", "template", "show", "m1", "motd.tpl"]), "");
+    let out = d.with_stdin(
+        &["config", "template", "edit", "m1", "motd.tpl"],
+        b"hi {{ instance.name }}\n",
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        l.ok(&["config", "template", "show", "m1", "motd.tpl"]),
+        "hi {{ instance.name }}\n"
+    );
+    let meta = d.ok(&["config", "metadata", "show", "m1"]).replacen(
+        "templates:\n",
+        "templates:\n  /etc/motd:\n    when:\n    - start\n    template: motd.tpl\n",
+        1,
+    );
+    let out = d.with_stdin(&["config", "metadata", "edit", "m1"], meta.as_bytes());
+    assert!(out.status.success(), "{out:?}");
+    assert!(l
+        .ok(&["config", "metadata", "show", "m1"])
+        .contains("/etc/motd:"));
+    // Metadata the server refuses changes nothing.
+    let out = d.with_stdin(
+        &["config", "metadata", "edit", "m1"],
+        b"architecture: bogus\n",
+    );
+    assert!(!out.status.success(), "{out:?}");
+    assert!(l
+        .ok(&["config", "metadata", "show", "m1"])
+        .contains("/etc/motd:"));
+    l.ok(&["start", "m1"]);
+    assert_eq!(l.ok(&["exec", "m1", "--", "cat", "/etc/motd"]), "hi m1\n");
+    d.ok(&["config", "template", "delete", "m1", "motd.tpl"]);
+    assert!(!l
+        .ok(&["config", "template", "list", "m1"])
+        .contains("motd.tpl"));
+    let out = d.run(&["config", "template", "delete", "m1", "motd.tpl"]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Template not found"));
+    // Image properties: set, read back by both clients, unset.
+    d.ok(&["image", "set-property", "busybox", "foo", "bar baz"]);
+    assert_eq!(
+        d.ok(&["image", "get-property", "busybox", "foo"]),
+        "bar baz\n"
+    );
+    assert_eq!(
+        l.ok(&["image", "get-property", "busybox", "foo"]),
+        "bar baz\n"
+    );
+    d.ok(&["image", "unset-property", "busybox", "foo"]);
+    for out in [
+        d.run(&["image", "get-property", "busybox", "foo"]),
+        d.run(&["image", "unset-property", "busybox", "foo"]),
+    ] {
+        assert!(!out.status.success(), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("Property not found"));
+    }
+    assert!(l.ok(&["image", "show", "busybox"]).contains("os: busybox"));
+    l.ok(&["delete", "--force", "m1"]);
+}
+
+/// Aliases with slashes (`debian/12`, LXD's usual names) work through every alias route, with
+/// lxc and bivy; an empty part between slashes is refused.
+#[test]
+fn image_aliases_with_slashes() {
+    if !prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = setup(&d);
+    import_busybox(&l);
+    let fp = l
+        .ok(&["image", "list", "-c", "F", "-f", "csv"])
+        .trim()
+        .to_string();
+    l.ok(&["image", "alias", "create", "bb/1.35", &fp]);
+    assert!(l
+        .ok(&["image", "alias", "list", "-f", "csv"])
+        .contains("bb/1.35,"));
+    assert!(l.ok(&["image", "info", "bb/1.35"]).contains(&fp));
+    d.ok(&["init", "bb/1.35", "s1"]);
+    l.ok(&["image", "alias", "rename", "bb/1.35", "bb/stable/x"]);
+    assert!(d.ok(&["image", "info", "bb/stable/x"]).contains(&fp));
+    let out = l.run(&["image", "alias", "create", "a//b", &fp]);
+    assert!(!out.status.success(), "{out:?}");
+    d.ok(&["image", "alias", "delete", "bb/stable/x"]);
+    assert!(!l
+        .ok(&["image", "alias", "list", "-f", "csv"])
+        .contains("bb/"));
+    l.ok(&["delete", "s1"]);
+}
+
+/// `lxc launch -t` and `bivy launch -t`: a `c<CPUs>-m<GiB>` type is its limits (under the
+/// config's own); a named cloud type, which needs LXD's downloaded list, is refused.
+#[test]
+fn instance_types_become_limits() {
+    if !prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = setup(&d);
+    import_busybox(&l);
+    l.ok(&["init", "busybox", "t1", "-t", "c1.5-m0.5"]);
+    let get = |c: &str, k: &str| l.ok(&["config", "get", c, k]).trim().to_string();
+    assert_eq!(get("t1", "limits.cpu"), "2");
+    assert_eq!(get("t1", "limits.cpu.allowance"), "75%");
+    assert_eq!(get("t1", "limits.memory"), "512MB");
+    d.ok(&[
+        "init",
+        "busybox",
+        "t2",
+        "-t",
+        "c1-m1",
+        "-c",
+        "limits.memory=300MB",
+    ]);
+    assert_eq!(get("t2", "limits.cpu"), "1");
+    assert_eq!(get("t2", "limits.cpu.allowance"), "");
+    assert_eq!(get("t2", "limits.memory"), "300MB");
+    l.ok(&["start", "t2"]);
+    for out in [
+        l.run(&["init", "busybox", "t3", "-t", "t2.micro"]),
+        d.run(&["init", "busybox", "t3", "-t", "c2-x"]),
+    ] {
+        assert!(!out.status.success(), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("instance type doesn't exist"),
+            "{out:?}"
+        );
+    }
+    assert!(!l.ok(&["list", "-c", "n"]).contains("t3"));
+    l.ok(&["delete", "--force", "t1", "t2"]);
 }
 
 /// A one-shot-per-connection HTTP server on 127.0.0.1 for LXD's direct-URL image protocol:

@@ -844,7 +844,9 @@ pub struct ImageAliasesEntryPost {
 /// metadata.yaml of an image (`api.ImageMetadata`).
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
 pub struct ImageMetadata {
+    #[serde(default)]
     pub architecture: String,
+    #[serde(default)]
     pub creation_date: i64,
     #[serde(default, deserialize_with = "nullable")]
     pub expiry_date: i64,

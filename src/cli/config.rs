@@ -16,7 +16,7 @@ use crate::api::{
 use crate::client::{urlencode, Client};
 use crate::util::yaml;
 
-const USAGE: &str = "Usage:\n  bivy config [command]\n\nAvailable Commands:\n  device      Manage devices\n  edit        Edit instance or server configurations as YAML\n  get         Get values for instance or server configuration keys\n  set         Set instance or server configuration keys\n  show        Show instance or server configurations\n  trust       Manage trusted clients\n  unset       Unset instance or server configuration keys\n";
+const USAGE: &str = "Usage:\n  bivy config [command]\n\nAvailable Commands:\n  device      Manage devices\n  edit        Edit instance or server configurations as YAML\n  get         Get values for instance or server configuration keys\n  metadata    Manage instance metadata files\n  set         Set instance or server configuration keys\n  show        Show instance or server configurations\n  template    Manage instance file templates\n  trust       Manage trusted clients\n  unset       Unset instance or server configuration keys\n";
 
 /// Strip the boolean flags this command family knows from `args`.
 fn take_flag(args: &[String], names: &[&str]) -> (bool, Vec<String>) {
@@ -64,6 +64,12 @@ pub fn run(args: &[String]) -> CmdResult {
     }
     if sub == "device" {
         return device(Target::Instance, rest);
+    }
+    if sub == "metadata" {
+        return super::metadata::metadata(rest);
+    }
+    if sub == "template" {
+        return super::metadata::template(rest);
     }
     if help_requested(rest) || sub == "-h" || sub == "--help" {
         print!("{USAGE}");

@@ -318,7 +318,9 @@ fn run_blocked(
     };
     {
         let tx = tx0.clone();
-        thread::spawn(move || pump_in(tx, no_stdin, !interactive));
+        // A terminal session gets the barrier too when its stdin reaches EOF (piped input:
+        // the server hangs the terminal up, as lxc and LXD do); never when stdin is not read.
+        thread::spawn(move || pump_in(tx, no_stdin, !interactive || !no_stdin));
     }
     match outs {
         None => {

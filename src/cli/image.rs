@@ -18,7 +18,7 @@ use crate::client::multipart::{Multipart, Part};
 use crate::client::{urlencode, Client, ProgressReader};
 use crate::http::Body;
 
-const USAGE: &str = "Usage:\n  bivy image [command]\n\nAvailable Commands:\n  alias       Manage image aliases\n  copy        Copy images between servers\n  delete      Delete images\n  edit        Edit image properties\n  export      Export and download images\n  import      Import images into the image store\n  info        Show useful information about images\n  list        List images\n  show        Show image properties\n";
+const USAGE: &str = "Usage:\n  bivy image [command]\n\nAvailable Commands:\n  alias       Manage image aliases\n  copy        Copy images between servers\n  delete      Delete images\n  edit        Edit image properties\n  export      Export and download images\n  get-property Get image properties\n  import      Import images into the image store\n  info        Show useful information about images\n  list        List images\n  refresh     Refresh images\n  set-property Set image properties\n  show        Show image properties\n  unset-property Unset image properties\n";
 
 #[derive(FromArgs)]
 #[argh(help_triggers("-h", "--help"))]
@@ -738,6 +738,19 @@ fn simple(sub: &str, args: &[String]) -> CmdResult {
             let new: ImagePut = edit_yaml(&img.put, "### This is a YAML representation of the image properties.\n### Any line starting with a '# will be ignored.\n\n")?;
             c.put(&p, &new, Some(&etag))?;
         }
+        ("get-property", [name, key]) => {
+            let img: Image = c.get(&image_path(&resolve(&c, name)?))?;
+            match img.put.properties.get(key.as_str()) {
+                Some(v) => println!("{v}"),
+                None => return fail("Property not found"),
+            }
+        }
+        ("set-property", [name, key, value]) => {
+            set_property(&c, name, key, Some(value))?;
+        }
+        ("unset-property", [name, key]) => {
+            set_property(&c, name, key, None)?;
+        }
         ("delete" | "rm", names) if !names.is_empty() => {
             for (c, n) in &named {
                 c.delete(&image_path(&resolve(c, n)?))?;
@@ -760,6 +773,27 @@ fn simple(sub: &str, args: &[String]) -> CmdResult {
         }
     }
     Ok(0)
+}
+
+/// `image set-property` and `unset-property`: the image's writable part, with `key` set to
+/// `value` or removed (LXD 5.0.2's `unset-property` set it to ""; later LXD removes it, as
+/// here), sent back with the ETag it was read with.
+fn set_property(c: &Client, name: &str, key: &str, value: Option<&String>) -> Result<(), Fail> {
+    let p = image_path(&resolve(c, name)?);
+    let (img, etag): (Image, String) = c.get_etag(&p)?;
+    let mut put = img.put;
+    match value {
+        Some(v) => {
+            put.properties.insert(key.to_string(), v.clone());
+        }
+        None => {
+            if put.properties.remove(key).is_none() {
+                return fail("Property not found");
+            }
+        }
+    }
+    c.put(&p, &put, Some(&etag))?;
+    Ok(())
 }
 
 /// The client of an LXD remote for image commands: public remotes too (their public images are

@@ -34,6 +34,7 @@ pub mod image;
 pub mod install;
 pub mod instance;
 pub mod manpage;
+pub mod metadata;
 pub mod misc;
 pub mod network;
 pub mod preseed;
@@ -287,7 +288,8 @@ fn dispatch(verb: &str, rest: Vec<String>) -> CmdResult {
     }
 }
 
-/// `--flag=value` becomes `--flag value` (argh has no `=` form); stops at `--`.
+/// `--flag=value` becomes `--flag value` (argh has no `=` form), but `--console=TYPE`; stops at
+/// `--`.
 pub fn normalize(args: Vec<String>) -> Vec<String> {
     let mut out = Vec::with_capacity(args.len());
     let mut ended = false;
@@ -297,7 +299,8 @@ pub fn normalize(args: Vec<String>) -> Vec<String> {
             out.push(a);
             continue;
         }
-        if !ended && a.starts_with("--") {
+        // `launch --console=TYPE` stays whole: its value is optional (`--console` alone).
+        if !ended && a.starts_with("--") && !a.starts_with("--console=") {
             if let Some((k, v)) = a.split_once('=') {
                 out.push(k.to_string());
                 out.push(v.to_string());

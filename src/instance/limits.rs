@@ -1,6 +1,48 @@
 //! The `limits.*` config syntax, parsed once into the numbers the runtime applies
 //! (`runtime::Limits`): memory sizes, CPU counts and sets, CPU allowances.
 
+/// The limits an instance type stands for (`InstancesPost.instance_type`, `lxc launch -t`), as
+/// LXD's `instanceParseType`: `c<CPUs>-m<GiB>` (either part alone; fractions allowed),
+/// `limits.cpu` rounded up with the rest as `limits.cpu.allowance`, `limits.memory` in MB of
+/// 1024 per GiB. Named cloud types (`t2.micro`, `aws:t2.micro`) come, in LXD, from a list it
+/// downloads; bivy has none, so they are refused as LXD refuses a type it does not know.
+pub fn instance_type_limits(value: &str) -> Result<Vec<(&'static str, String)>, String> {
+    let unknown = || format!("Provided instance type doesn't exist: {value}");
+    if value.contains(':') {
+        return Err(unknown());
+    }
+    let (mut cpu, mut memory) = (0f32, 0f32);
+    for field in value.split('-') {
+        let (kind, num) = match field.as_bytes().first() {
+            Some(b'c' | b'm') if field.len() >= 2 => field.split_at(1),
+            _ => return Err(unknown()),
+        };
+        let v: f32 = num
+            .parse()
+            .ok()
+            .filter(|v: &f32| v.is_finite() && *v >= 0.0 && *v < 1e6)
+            .ok_or_else(|| format!("Bad custom instance type: {value}"))?;
+        if kind == "c" {
+            cpu = v;
+        } else {
+            memory = v;
+        }
+    }
+    let mut out = Vec::new();
+    if cpu > 0.0 {
+        let cores = cpu.ceil() as u32;
+        out.push(("limits.cpu", cores.to_string()));
+        let time = (cpu / cores as f32 * 100.0) as u32;
+        if time < 100 {
+            out.push(("limits.cpu.allowance", format!("{time}%")));
+        }
+    }
+    if memory > 0.0 {
+        out.push(("limits.memory", format!("{}MB", (memory * 1024.0) as i64)));
+    }
+    Ok(out)
+}
+
 /// `limits.memory`: `512MiB`, `1GB`, `100kB`, `50%` (of `total_ram`), or plain bytes.
 /// Units as LXD (`units.ParseByteSizeString`): B, kB/KB, MB, GB, TB, PB, EB (powers of 1000) and
 /// KiB, MiB, GiB, TiB, PiB, EiB (powers of 1024).
@@ -165,6 +207,29 @@ pub fn parse_allowance(s: &str) -> Result<Allowance, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn instance_types_as_lxd() {
+        let t = |v: &str| instance_type_limits(v);
+        let own = |v: &[(&'static str, &str)]| -> Vec<(&'static str, String)> {
+            v.iter().map(|(k, v)| (*k, v.to_string())).collect()
+        };
+        assert_eq!(
+            t("c2-m4"),
+            Ok(own(&[("limits.cpu", "2"), ("limits.memory", "4096MB")]))
+        );
+        assert_eq!(
+            t("c1.5"),
+            Ok(own(&[("limits.cpu", "2"), ("limits.cpu.allowance", "75%")]))
+        );
+        assert_eq!(t("m0.5"), Ok(own(&[("limits.memory", "512MB")])));
+        for bad in ["t2.micro", "aws:t2.micro", "c", "x2", "", "c2-", "c2-m4-q1"] {
+            assert!(t(bad).unwrap_err().contains("doesn't exist"), "{bad}");
+        }
+        for bad in ["c-1", "cX", "mNaN", "cinf"] {
+            assert!(t(bad).is_err(), "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

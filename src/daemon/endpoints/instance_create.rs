@@ -61,7 +61,12 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
         body.name.clone()
     };
     config::validate_instance_name(&name)?;
-    let source = body.source.clone();
+    let mut source = body.source.clone();
+    // A pull with the source's `criu` secret is live whatever `live` says (LXD's sink: pylxd's
+    // live migrate sends the secret alone).
+    if source.kind == "migration" && source.mode != "push" && source.secrets.contains_key("criu") {
+        source.live = true;
+    }
     let start = body.start;
     let exists =
         d.db.lock()
@@ -87,6 +92,21 @@ pub fn create(d: &Daemon, req: &mut Request) -> Result<Response> {
     }
     let mut profiles = body.put.profiles.clone();
     let mut config_in = body.put.config.clone().unwrap_or_default();
+    if !body.instance_type.is_empty() {
+        // Under the config's own keys, as LXD's.
+        for (k, v) in crate::instance::limits::instance_type_limits(&body.instance_type)
+            .map_err(Error::BadRequest)?
+        {
+            config_in
+                .entry(k.to_string())
+                .and_modify(|cur| {
+                    if cur.is_empty() {
+                        *cur = v.clone();
+                    }
+                })
+                .or_insert(v);
+        }
+    }
     let mut devices_in = body.put.devices.clone().unwrap_or_default();
     let mut architecture = String::new();
     let origin = match source.kind.as_str() {
