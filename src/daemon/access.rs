@@ -136,7 +136,8 @@ pub const ROUTES: &[Route] = &[
     // Untrusted: public images only (the handlers filter).
     r("/1.0/images", &["GET", "POST"], GET),
     r("/1.0/images/aliases", &["GET", "POST"], GET),
-    r("/1.0/images/aliases/{name}", CRUD, GET),
+    // An alias may have slashes (`debian/12`): its name is the rest of the path.
+    r("/1.0/images/aliases/{name...}", CRUD, GET),
     r("/1.0/images/{fp}", &["GET", "PUT", "PATCH", "DELETE"], GET),
     r("/1.0/images/{fp}/export", &["GET", "POST"], GET),
     r("/1.0/images/{fp}/secret", &["POST"], NONE),
@@ -189,7 +190,9 @@ pub fn find(path: &str) -> Option<&'static Route> {
         } else {
             r.path.split('/').skip(1).collect()
         };
-        pat.len() == segs.len()
+        let rest = pat.last().is_some_and(|p| p.ends_with("...}"));
+        (pat.len() == segs.len()
+            || rest && segs.len() > pat.len() && segs[pat.len()..].iter().all(|s| !s.is_empty()))
             && pat.iter().zip(&segs).enumerate().all(|(i, (p, s))| {
                 (p.starts_with('{') && !s.is_empty())
                     || p == s
@@ -218,6 +221,8 @@ mod tests {
         assert!(untrusted_may("POST", "/1.0/certificates"));
         assert!(untrusted_may("GET", "/1.0/images/abc/export"));
         assert!(untrusted_may("GET", "/1.0/images/aliases/x"));
+        assert!(untrusted_may("GET", "/1.0/images/aliases/debian/12"));
+        assert!(!untrusted_may("GET", "/1.0/images/aliases/debian//12"));
         assert!(!untrusted_may("PUT", "/1.0"));
         assert!(!untrusted_may("GET", "/1.0/certificates"));
         assert!(!untrusted_may("GET", "/1.0/events"));

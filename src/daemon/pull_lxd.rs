@@ -95,20 +95,30 @@ impl Server {
 
 /// The fingerprint an alias or fingerprint names on the server.
 fn resolve(s: &mut Server, alias: &str, fingerprint: &str) -> Result<String> {
-    if !fingerprint.is_empty() {
-        return Ok(fingerprint.to_string());
-    }
-    if alias.is_empty() {
+    // As LXD's `ImageDownload`: the name (the fingerprint field when given: lxc puts a public
+    // image's alias there, and an image copied so records it as its update source) is an
+    // alias of the server's if it has one, else a fingerprint or a prefix of one.
+    let name = if fingerprint.is_empty() {
+        alias
+    } else {
+        fingerprint
+    };
+    if name.is_empty() {
         return Err(Error::BadRequest("Image source names no image".into()));
     }
-    let a = s.json(&format!(
+    let found = s.json(&format!(
         "/1.0/images/aliases/{}",
-        crate::client::urlencode(alias, false)
-    ))?;
-    a.get("target")
-        .and_then(|t| t.as_str())
-        .map(String::from)
-        .ok_or_else(|| Error::BadRequest(format!("Image alias {alias:?} has no target")))
+        crate::client::urlencode(name, false)
+    ));
+    match found {
+        Ok(a) => a
+            .get("target")
+            .and_then(|t| t.as_str())
+            .map(String::from)
+            .ok_or_else(|| Error::BadRequest(format!("Image alias {name:?} has no target"))),
+        Err(_) if !fingerprint.is_empty() => Ok(fingerprint.to_string()),
+        Err(e) => Err(e),
+    }
 }
 
 /// The newest fingerprint the source's alias names now (for refresh).
@@ -142,11 +152,13 @@ pub(super) fn pull(d: &Daemon, op: Option<&Op>, p: &Pull) -> Result<api::Image> 
         expected_fingerprint: Some(fp.clone()),
         cached: p.cached,
         update_source: Some(api::ImageSource {
-            alias: if p.alias.is_empty() {
-                fp.clone()
-            } else {
-                p.alias.clone()
-            },
+            // The name as asked for (lxc names a public image by its alias in the fingerprint
+            // field), so that a refresh follows the alias to its newest image, as LXD's does.
+            alias: [&p.alias, &p.fingerprint]
+                .into_iter()
+                .find(|n| !n.is_empty())
+                .unwrap_or(&fp)
+                .clone(),
             certificate: p.certificate.clone(),
             protocol: "lxd".into(),
             server: p.server.clone(),

@@ -166,14 +166,18 @@ fn route(d: &Daemon, req: &mut Request, caller: &Caller) -> Result<Response> {
             "POST" => endpoints::images::alias_create(d, req),
             _ => Err(not_allowed(m)),
         },
-        ["images", "aliases", name] => match m {
-            "GET" => endpoints::images::alias_get(d, name, trusted),
-            "PUT" => endpoints::images::alias_put(d, req, name),
-            "PATCH" => endpoints::images::alias_put(d, req, name),
-            "POST" => endpoints::images::alias_rename(d, req, name),
-            "DELETE" => endpoints::images::alias_delete(d, name),
-            _ => Err(not_allowed(m)),
-        },
+        // An alias's name is the rest of the path: it may have slashes (`debian/12`).
+        ["images", "aliases", rest @ ..] => {
+            let name = &rest.join("/");
+            match m {
+                "GET" => endpoints::images::alias_get(d, name, trusted),
+                "PUT" => endpoints::images::alias_put(d, req, name),
+                "PATCH" => endpoints::images::alias_put(d, req, name),
+                "POST" => endpoints::images::alias_rename(d, req, name),
+                "DELETE" => endpoints::images::alias_delete(d, name),
+                _ => Err(not_allowed(m)),
+            }
+        }
         ["images", fp] => match m {
             "GET" => endpoints::images::image_get(d, req, fp, trusted),
             "PUT" => endpoints::images::image_put(d, req, fp, false),

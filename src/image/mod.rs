@@ -591,7 +591,7 @@ impl Store {
         let data = match std::fs::read(&p) {
             Ok(d) => d,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(Error::NotFound(format!("Image not found: {fp}")))
+                return Err(Error::NotFound("Image not found".into()))
             }
             Err(e) => return Err(internal(p.display(), e)),
         };
@@ -622,7 +622,7 @@ impl Store {
 
     /// Full fingerprint from a full one or a unique prefix.
     fn resolve(&self, prefix: &str) -> Result<String> {
-        let nf = || Error::NotFound(format!("Image not found: {prefix}"));
+        let nf = || Error::NotFound("Image not found".into());
         if prefix.is_empty() || prefix.len() > 64 || !prefix.bytes().all(|b| b.is_ascii_hexdigit())
         {
             return Err(nf());
@@ -939,9 +939,11 @@ impl Store {
         if name.is_empty() {
             return Err(Error::BadRequest("Alias name missing".into()));
         }
-        if name.contains('/') || name.chars().any(|c| c.is_control()) {
+        // Slashes are LXD's usual `distro/release` names; an empty part (`a//b`, `/a`, `a/`)
+        // could not be named in a path.
+        if name.split('/').any(str::is_empty) || name.chars().any(|c| c.is_control()) {
             return Err(Error::BadRequest(format!(
-                "Alias name {name:?} is invalid: it may not contain slashes or control characters"
+                "Alias name {name:?} is invalid: it may not contain control characters or an empty part between slashes"
             )));
         }
         Ok(())
@@ -956,7 +958,7 @@ impl Store {
         self.read_aliases()?
             .into_iter()
             .find(|a| a.name == name)
-            .ok_or_else(|| Error::NotFound(format!("Image alias not found: {name}")))
+            .ok_or_else(|| Error::NotFound("Image alias not found".into()))
     }
     /// Create an alias (target must exist; name must be free).
     pub fn alias_create(&self, entry: &api::ImageAliasesEntry) -> Result<()> {
@@ -987,7 +989,7 @@ impl Store {
         let a = aliases
             .iter_mut()
             .find(|a| a.name == name)
-            .ok_or_else(|| Error::NotFound(format!("Image alias not found: {name}")))?;
+            .ok_or_else(|| Error::NotFound("Image alias not found".into()))?;
         a.description = put.description.clone();
         a.target = target;
         self.write_aliases(&aliases)
@@ -1004,7 +1006,7 @@ impl Store {
         let a = aliases
             .iter_mut()
             .find(|a| a.name == name)
-            .ok_or_else(|| Error::NotFound(format!("Image alias not found: {name}")))?;
+            .ok_or_else(|| Error::NotFound("Image alias not found".into()))?;
         a.name = new_name.to_string();
         self.write_aliases(&aliases)
     }
@@ -1014,7 +1016,7 @@ impl Store {
         let before = aliases.len();
         aliases.retain(|a| a.name != name);
         if aliases.len() == before {
-            return Err(Error::NotFound(format!("Image alias not found: {name}")));
+            return Err(Error::NotFound("Image alias not found".into()));
         }
         self.write_aliases(&aliases)
     }

@@ -62,7 +62,7 @@ fn keep(_: &mut tar::Header, _: &mut Vec<(String, Vec<u8>)>) -> bool {
 }
 
 /// Hard links already written: (device, inode) to the member name.
-pub type Links = HashMap<(u64, u64), String>;
+pub type Links = HashMap<(u64, u64), std::path::PathBuf>;
 
 /// The xattrs of `path` (not following a final symlink).
 fn xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
@@ -90,11 +90,22 @@ fn xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
 }
 
 /// Add `dir` and everything below it as `name/...`, read without following any symlink in it,
-/// each member through `adjust`.
+/// each member through `adjust`. Member names are the bytes of the file names, whatever they
+/// are (not UTF-8 in old data, say), as Go's and GNU tar write them.
 pub fn add_tree<W: Write>(
     b: &mut tar::Builder<W>,
     dir: &Path,
     name: &str,
+    links: &mut Links,
+    adjust: &Adjust<'_>,
+) -> Result<()> {
+    add_tree_as(b, dir, Path::new(name), links, adjust)
+}
+
+fn add_tree_as<W: Write>(
+    b: &mut tar::Builder<W>,
+    dir: &Path,
+    name: &Path,
     links: &mut Links,
     adjust: &Adjust<'_>,
 ) -> Result<()> {
@@ -107,12 +118,12 @@ pub fn add_tree<W: Write>(
     crate::util::sort::sort_by(&mut kids, |a, b| a.as_bytes().cmp(b.as_bytes()));
     for k in kids {
         let path = dir.join(&k);
-        let child = format!("{name}/{}", k.to_string_lossy());
+        let child = name.join(&k);
         if fs::symlink_metadata(&path)
             .map_err(|e| ioe(&path, e))?
             .is_dir()
         {
-            add_tree(b, &path, &child, links, adjust)?;
+            add_tree_as(b, &path, &child, links, adjust)?;
         } else {
             add_one(b, &path, &child, links, adjust)?;
         }
@@ -123,7 +134,7 @@ pub fn add_tree<W: Write>(
 fn add_one<W: Write>(
     b: &mut tar::Builder<W>,
     path: &Path,
-    name: &str,
+    name: &Path,
     links: &mut Links,
     adjust: &Adjust<'_>,
 ) -> Result<()> {
@@ -154,8 +165,9 @@ fn add_one<W: Write>(
     let err = |e: io::Error| ioe(path, e);
     if ft.is_dir() {
         h.set_entry_type(T::Directory);
-        b.append_data(&mut h, format!("{name}/"), io::empty())
-            .map_err(err)?;
+        let mut dir = name.as_os_str().to_owned();
+        dir.push("/");
+        b.append_data(&mut h, dir, io::empty()).map_err(err)?;
     } else if ft.is_symlink() {
         h.set_entry_type(T::Symlink);
         let target = fs::read_link(path).map_err(err)?;
@@ -167,7 +179,7 @@ fn add_one<W: Write>(
                 b.append_link(&mut h, name, first).map_err(err)?;
                 return Ok(());
             }
-            links.insert((md.dev(), md.ino()), name.to_string());
+            links.insert((md.dev(), md.ino()), name.to_path_buf());
         }
         h.set_entry_type(T::Regular);
         h.set_size(md.len());

@@ -66,8 +66,19 @@ pub fn images_list(d: &Daemon, req: &Request, trusted: bool) -> Result<Response>
     Ok(response::sync(&out))
 }
 
+/// The image `fp` names, for a caller who may not see every image: whatever fails (no match,
+/// a prefix that several images share) is the same "not found" a hidden image is, so that an
+/// untrusted caller learns nothing of the private ones (LXD looks among the public ones only).
+fn image_for(d: &Daemon, fp: &str, trusted: bool) -> Result<api::Image> {
+    match d.images.get(fp) {
+        Ok(img) => Ok(img),
+        Err(e) if trusted => Err(e.into()),
+        Err(_) => Err(hidden()),
+    }
+}
+
 pub fn image_get(d: &Daemon, req: &Request, fp: &str, trusted: bool) -> Result<Response> {
-    let img = d.images.get(fp)?;
+    let img = image_for(d, fp, trusted)?;
     if !visible(d, req, &img, trusted) {
         return Err(hidden());
     }
@@ -179,7 +190,7 @@ fn resources(kind: &str, url: &str) -> BTreeMap<String, Vec<String>> {
 }
 
 pub fn image_export(d: &Daemon, req: &Request, fp: &str, trusted: bool) -> Result<Response> {
-    let img = d.images.get(fp)?;
+    let img = image_for(d, fp, trusted)?;
     if !visible(d, req, &img, trusted) {
         return Err(hidden());
     }
