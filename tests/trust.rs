@@ -713,7 +713,7 @@ fn fill(pattern: &str, n: &Names) -> String {
             ("{id}", "warnings") => "6d1a0e32-8f8b-4e47-9a52-6f0e0c1f7a11".into(),
             ("{name}", "instances") => n.instance.clone(),
             ("{name}", "profiles") => "default".into(),
-            ("{name}", "aliases") => n.alias.clone(),
+            ("{name...}", "aliases") => n.alias.clone(),
             ("{name}", "networks") => n.network.clone(),
             ("{file}", "logs") => "lxc.log".into(),
             ("{snap}", "snapshots") => n.snapshot.clone(),
@@ -737,9 +737,10 @@ fn expected_untrusted(pattern: &str, method: &str) -> u16 {
     match (pattern, method) {
         ("/" | "/1.0", "GET") => 200,
         ("/1.0/images" | "/1.0/images/aliases", "GET") => 200,
-        ("/1.0/images/aliases/{name}" | "/1.0/images/{fp}" | "/1.0/images/{fp}/export", "GET") => {
-            200
-        }
+        (
+            "/1.0/images/aliases/{name...}" | "/1.0/images/{fp}" | "/1.0/images/{fp}/export",
+            "GET",
+        ) => 200,
         // Without the operation's secret.
         ("/1.0/operations/{id}" | "/1.0/operations/{id}/wait", "GET") => 403,
         // Without a live websocket secret of a migration source (tests/migration.rs has one).
@@ -915,8 +916,18 @@ fn untrusted_clients_reach_only_public_routes() {
             format!("/1.0/images/{fp_priv}?secret={}", "0".repeat(64)),
             format!("/1.0/images/{fp_priv}/export?secret={}", "0".repeat(64)),
         ] {
-            let (code, _) = r.call(who, "GET", &path, None);
+            let (code, v) = r.call(who, "GET", &path, None);
             assert_eq!(code, 404, "{label}: GET {path}");
+            // Word for word what a missing one gets: nothing tells a hidden image or alias (or
+            // a prefix of one) from none.
+            let missing = if path.contains("/aliases/") {
+                "/1.0/images/aliases/nosuch".to_string()
+            } else {
+                path.replace(&fp_priv[..12], "0123456789ab")
+            };
+            let (code, none) = r.call(who, "GET", &missing, None);
+            assert_eq!(code, 404, "{label}: GET {missing}");
+            assert_eq!(v["error"], none["error"], "{label}: GET {path} / {missing}");
         }
         let (code, body) = r.call_raw(who, "GET", &format!("/1.0/images/{fp_pub}/export"), None);
         assert_eq!(code, 200, "{label}");
@@ -1230,6 +1241,14 @@ fn stalled_and_garbage_clients_do_not_block_others() {
     assert_eq!(code, 200);
 }
 
+/// Room for a thousand connections and more in this test process.
+fn raise_nofile() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    let want = 4096.max(hard);
+    setrlimit(Resource::RLIMIT_NOFILE, want, want).expect("raise RLIMIT_NOFILE");
+}
+
 /// 1,000 connections from one address: past its share they are closed before any TLS work, the
 /// daemon's threads and memory stay bounded, and another address is served all along.
 #[test]
@@ -1237,10 +1256,7 @@ fn connection_flood_from_one_address() {
     if !common::require_root() {
         return;
     }
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
-    let want = 4096.max(hard);
-    setrlimit(Resource::RLIMIT_NOFILE, want, want).expect("raise RLIMIT_NOFILE");
+    raise_nofile();
 
     let d = Daemon::start().expect("daemon");
     let r = listen(&d);
@@ -1418,6 +1434,54 @@ fn stalled_handshakes_from_many_addresses_do_not_keep_clients_out() {
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["metadata"]["auth"], "untrusted", "{v}");
     drop(flood);
+}
+
+/// Untrusted clients holding every network slot past their handshakes (idle keep-alive
+/// connections from many addresses, each under its address's share) do not keep a trusted
+/// client out: the oldest untrusted connection gives up its place. A trusted client is not held
+/// to its address's share (a host running many execs at once).
+#[test]
+fn idle_untrusted_connections_do_not_keep_trusted_clients_out() {
+    if !common::require_root() {
+        return;
+    }
+    raise_nofile();
+    let d = Daemon::start().expect("daemon");
+    let r = listen(&d);
+    let id = identity(d.tmp(), "good");
+    trust_der(&d, &id.cert_der, "good");
+    let stranger = identity(d.tmp(), "stranger");
+    // 960 connections (the slots network peers share) from 127.0.0.2-9, past their handshake
+    // (half with no certificate, half with an untrusted one), each served once and kept open.
+    let mut held = Vec::new();
+    for host in 2..=9u8 {
+        for i in 0..120 {
+            let tcp = tcp_from(Ipv4Addr::new(127, 0, 0, host), r.addr()).expect("connect");
+            let who = (i % 2 == 0).then_some(&stranger);
+            let mut s = r.handshake(tcp, who).expect("untrusted handshake");
+            let (code, _) = request(&mut s, "GET", "/1.0", None).expect("GET /1.0");
+            assert_eq!(code, 200);
+            held.push(s);
+        }
+    }
+    for _ in 0..3 {
+        let (code, v) = r.call(Some(&id), "GET", "/1.0", None);
+        assert_eq!(code, 200, "{v}");
+        assert_eq!(v["metadata"]["auth"], "trusted", "{v}");
+    }
+    drop(held);
+    // 300 connections of the trusted client from one address, all open at once: all served.
+    let mut mine = Vec::new();
+    for n in 0..300 {
+        let tcp = tcp_from(Ipv4Addr::new(127, 0, 0, 10), r.addr()).expect("connect");
+        let mut s = r
+            .handshake(tcp, Some(&id))
+            .unwrap_or_else(|e| panic!("trusted connection {n}: {e}"));
+        let (code, _) = request(&mut s, "GET", "/1.0", None)
+            .unwrap_or_else(|e| panic!("trusted connection {n}: {e}"));
+        assert_eq!(code, 200, "trusted connection {n}");
+        mine.push(s);
+    }
 }
 
 /// A wildcard listener on a host whose only interface is loopback (a network namespace of the

@@ -111,17 +111,42 @@ struct Counts {
 pub struct Slot {
     limits: Arc<Limits>,
     peer: Peer,
+    /// Whether it counts in its peer's share (until [`Slot::leave_peer_share`]).
+    shared: bool,
+}
+
+impl Slot {
+    /// Count this connection in the total only, no longer in its peer's share: a network
+    /// client that showed a trusted certificate (many of them may share one address: a host
+    /// running parallel execs, clients behind one NAT).
+    pub fn leave_peer_share(&mut self) {
+        if std::mem::take(&mut self.shared) {
+            self.limits
+                .inner
+                .lock()
+                .expect("limits lock")
+                .leave(self.peer);
+        }
+    }
+}
+
+impl Counts {
+    fn leave(&mut self, peer: Peer) {
+        if let Some(n) = self.per_peer.get_mut(&peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_peer.remove(&peer);
+            }
+        }
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut c = self.limits.inner.lock().expect("limits lock");
         c.total -= 1;
-        if let Some(n) = c.per_peer.get_mut(&self.peer) {
-            *n -= 1;
-            if *n == 0 {
-                c.per_peer.remove(&self.peer);
-            }
+        if self.shared {
+            c.leave(self.peer);
         }
     }
 }
@@ -158,6 +183,7 @@ impl Limits {
         Ok(Slot {
             limits: self.clone(),
             peer,
+            shared: true,
         })
     }
 

@@ -6,9 +6,13 @@
 //! thread whose handshake must finish within [`HANDSHAKE_TIMEOUT`]; after it, the connection is
 //! served by the same HTTP and WebSocket code as the unix socket, with the caller known by the
 //! certificate it presented (`access::Caller`). When every network slot is taken, a new
-//! connection closes the oldest one still in its handshake and takes its place: handshakes held
-//! open from many addresses cannot keep clients out, since a client's own handshake (a few
-//! milliseconds) would have to be the oldest of them all to be closed.
+//! connection closes the oldest one whose client is not trusted (connections past their
+//! handshake with no certificate or an unknown one: idle keep-alive ones held by anyone), else
+//! the oldest one still in its handshake, and takes its place: connections held open from many
+//! addresses cannot keep a trusted client out, since a client's own handshake (a few
+//! milliseconds) would have to be the oldest of them all to be closed. A connection that shows
+//! a trusted certificate leaves its address's share (`conns::Slot::leave_peer_share`): one
+//! host's many parallel execs are not refused.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -47,7 +51,8 @@ pub struct Https {
     tls: OnceLock<std::result::Result<(Identity, tls::Server), String>>,
     running: Mutex<Option<Running>>,
     limits: Arc<conns::Limits>,
-    open: Mutex<HashMap<u64, OpenConn>>,
+    /// Connections past their handshake, oldest first (by id).
+    open: Mutex<BTreeMap<u64, OpenConn>>,
     /// Connections in their TLS handshake, oldest first (by id), with a handle to close each.
     handshaking: Mutex<BTreeMap<u64, TcpStream>>,
     next_id: AtomicU64,
@@ -89,7 +94,7 @@ pub fn init(dir: &Path) -> std::result::Result<(), String> {
         tls: OnceLock::new(),
         running: Mutex::new(None),
         limits: Arc::new(conns::Limits::default()),
-        open: Mutex::new(HashMap::new()),
+        open: Mutex::new(BTreeMap::new()),
         handshaking: Mutex::new(BTreeMap::new()),
         next_id: AtomicU64::new(0),
         failures: Mutex::new(HashMap::new()),
@@ -248,6 +253,35 @@ impl Https {
         true
     }
 
+    /// Close the oldest connection past its handshake whose client is not trusted (no
+    /// certificate, or one not in the trust store): all the network slots are taken, and
+    /// untrusted clients holding them (idle keep-alive ones, say) must not keep a trusted one
+    /// out. False when none is.
+    fn close_oldest_untrusted(&self, d: &Daemon) -> bool {
+        // The trust store is read without `open` held (a revoke holds them the other way).
+        let candidates: Vec<(u64, Option<String>)> = lock(&self.open)
+            .iter()
+            .map(|(id, (fp, _))| (*id, fp.clone()))
+            .collect();
+        let Some(id) = candidates
+            .into_iter()
+            .find(|(_, fp)| {
+                fp.as_deref()
+                    .is_none_or(|f| !crate::instance::trust::is_trusted(d, f))
+            })
+            .map(|(id, _)| id)
+        else {
+            return false;
+        };
+        match lock(&self.open).remove(&id) {
+            Some((_, s)) => {
+                let _ = s.shutdown_both();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Close every connection made with this certificate (it was removed from the trust store).
     pub fn revoke(&self, fingerprint: &str) {
         for (fp, s) in lock(&self.open).values() {
@@ -328,10 +362,13 @@ fn accept_loop(d: &Arc<Daemon>, listener: &TcpListener, stop: &AtomicBool) {
         let Ok(peer) = tcp.peer_addr() else { continue };
         let ip = canonical(peer.ip());
         // Past the limits the connection is closed before any TLS work is spent on it, unless
-        // the oldest handshake in progress gives up its place (see the module doc).
+        // the oldest untrusted connection, or else the oldest handshake in progress, gives up
+        // its place (see the module doc).
         let slot = match h.limits.admit(Peer::Addr(ip)) {
             Ok(slot) => slot,
-            Err(conns::Refused::Full(_)) if h.close_oldest_handshake() => {
+            Err(conns::Refused::Full(_))
+                if h.close_oldest_untrusted(d) || h.close_oldest_handshake() =>
+            {
                 match h.limits.admit_over(Peer::Addr(ip)) {
                     Ok(slot) => slot,
                     Err(_) => continue,
@@ -341,7 +378,8 @@ fn accept_loop(d: &Arc<Daemon>, listener: &TcpListener, stop: &AtomicBool) {
         };
         let dc = d.clone();
         let _ = crate::util::pool::spawn("https-conn", move || {
-            serve(&dc, tcp, SocketAddr::new(ip, peer.port()));
+            let mut slot = slot;
+            serve(&dc, tcp, SocketAddr::new(ip, peer.port()), &mut slot);
             drop(slot);
             crate::instance::events::set_requestor(None);
         });
@@ -356,7 +394,7 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-fn serve(d: &Arc<Daemon>, tcp: TcpStream, peer: SocketAddr) {
+fn serve(d: &Arc<Daemon>, tcp: TcpStream, peer: SocketAddr, slot: &mut conns::Slot) {
     let h = get();
     let _ = tcp.set_nodelay(true);
     if tcp.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).is_err()
@@ -378,6 +416,12 @@ fn serve(d: &Arc<Daemon>, tcp: TcpStream, peer: SocketAddr) {
     let _ = s.tcp().set_write_timeout(None);
     let cert = s.peer_certificate();
     let fingerprint = cert.as_deref().map(tls::fingerprint);
+    if fingerprint
+        .as_deref()
+        .is_some_and(|f| crate::instance::trust::is_trusted(d, f))
+    {
+        slot.leave_peer_share();
+    }
     let id = h.next_id.fetch_add(1, Ordering::Relaxed);
     match s.try_clone_stream() {
         Ok(handle) => {
