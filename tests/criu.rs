@@ -211,6 +211,31 @@ fn stateful_stop_and_start_keep_pids_and_memory() {
     assert_eq!(status(&d, "c1"), "Running");
     d.ok(&["config", "set", "c1", "migration.stateful=true"]);
     start_counter(&d, "c1");
+    // An exec session still running: its command is not in init's tree, so the checkpoint is
+    // refused (a stop would have killed it); once it has ended, the stop goes on.
+    let mut session = d
+        .cli()
+        .args(["exec", "c1", "--", "sleep", "3"])
+        .spawn()
+        .expect("exec");
+    let t = Instant::now();
+    while !d.ok(&["exec", "c1", "--", "ps"]).contains("sleep 3") {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the exec did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    fails_with(
+        &d,
+        &["stop", "c1", "--stateful"],
+        "exec session(s) still running",
+    );
+    assert_eq!(status(&d, "c1"), "Running");
+    assert!(
+        session.wait().expect("wait").success(),
+        "the session's command was killed"
+    );
     let before = read_count(&d, "c1");
     d.ok(&["stop", "c1", "--stateful"]);
     assert_eq!(status(&d, "c1"), "Stopped");
@@ -226,6 +251,25 @@ fn stateful_stop_and_start_keep_pids_and_memory() {
     assert_resumed(&d, "c1", &before);
     assert!(!stateful(&d, "c1"));
     assert!(state_dirs(&d).is_empty(), "the used state is removed");
+
+    // A process exec'd after a restore joins init's time namespace (CRIU gave init one of its
+    // own): the next checkpoint holds one namespace and restores.
+    d.ok(&[
+        "exec",
+        "c1",
+        "--",
+        "sh",
+        "-c",
+        "setsid sleep 1000 </dev/null >/dev/null 2>&1 &",
+    ]);
+    d.ok(&["stop", "c1", "--stateful"]);
+    d.ok(&["start", "c1"]);
+    assert_eq!(status(&d, "c1"), "Running");
+    let ps = d.ok(&["exec", "c1", "--", "ps"]);
+    assert!(
+        ps.contains("sleep 1000"),
+        "the exec'd process restored:\n{ps}"
+    );
 
     // A second round, then `start --stateless`: the state is discarded, the container boots
     // afresh (no counter runs).
@@ -367,7 +411,9 @@ fn failed_restore_keeps_the_state_for_another_try() {
     let before = read_count(&d, "c1");
     d.ok(&["stop", "c1", "--stateful"]);
     let vol = state_dirs(&d)[0].parent().expect("volume").to_path_buf();
-    let keep = vol.join("rootfs/keep");
+    // A layered volume's changed files are in its upper layer (storage/layered.rs).
+    let changed = common::changed_files_dir(&vol);
+    let keep = changed.join("keep");
     let saved = std::fs::read(&keep).expect("read /keep");
     std::fs::remove_file(&keep).expect("remove /keep");
     fails_with(&d, &["start", "c1"], "keep");
@@ -385,7 +431,7 @@ fn failed_restore_keeps_the_state_for_another_try() {
     );
     // The file back (same content, owner and size), the next try restores the processes.
     std::fs::write(&keep, &saved).expect("write /keep");
-    let owner = std::fs::metadata(vol.join("rootfs/bin")).expect("stat /bin");
+    let owner = std::fs::metadata(&changed).expect("stat /");
     std::os::unix::fs::chown(
         &keep,
         Some(std::os::unix::fs::MetadataExt::uid(&owner)),
@@ -591,6 +637,45 @@ fn live_migration_between_two_daemons_keeps_the_process() {
     assert_resumed(&b, "c2", &on_a);
     let on_a = assert_resumed(&a, "c1", &on_a);
     b.ok(&["delete", "c2", "--force"]);
+
+    // pylxd's live migrate: the target is given the source's `criu` secret but no
+    // `source.live`; the secret alone makes it live (LXD's sink), as a copy here.
+    let (code, v) = a
+        .api(
+            "POST",
+            "/1.0/instances/c1",
+            Some(r#"{"name":"c4","migration":true,"live":true}"#),
+        )
+        .expect("source POST");
+    assert_eq!(code, 202, "{v}");
+    let addr = a.ok(&["config", "get", "core.https_address"]);
+    let cert = std::fs::read_to_string(a.dir().join("server.crt")).expect("a's certificate");
+    let req = serde_json::json!({
+        "name": "c4",
+        "config": {"migration.stateful": "true"},
+        "source": {
+            "type": "migration",
+            "mode": "pull",
+            "operation": format!("https://{}{}", addr.trim(), v["operation"].as_str().expect("op")),
+            "certificate": cert,
+            "secrets": v["metadata"]["metadata"],
+        },
+    });
+    let (code, created) = b
+        .api("POST", "/1.0/instances", Some(&req.to_string()))
+        .expect("target POST");
+    assert_eq!(code, 202, "{created}");
+    let done = b.wait_operation(&created).expect("target operation");
+    assert_eq!(done["metadata"]["status"], "Success", "{done}");
+    assert_resumed(&b, "c4", &on_a);
+    let done = a.wait_operation(&v).expect("source operation");
+    assert_eq!(done["metadata"]["status"], "Success", "{done}");
+    // The source stopped with its state saved (LXD's); a copy starts it again from it, as
+    // lxc and bivy's copy do.
+    assert!(stateful(&a, "c1"));
+    a.ok(&["start", "c1"]);
+    let on_a = assert_resumed(&a, "c1", &on_a);
+    b.ok(&["delete", "c4", "--force"]);
 
     // The unmodified lxc asks for a live move of every running source.
     if common::have_cmd("lxc") {

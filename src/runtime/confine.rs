@@ -97,6 +97,11 @@ pub fn cgroup_is_frozen(name: &str) -> bool {
     cgroup::Cgroup::is_frozen_named(name)
 }
 
+/// The processes of the container's cgroup (and its sub-cgroups), sorted.
+pub fn cgroup_pids(name: &str) -> Result<Vec<i32>> {
+    Ok(cgroup::Cgroup::open(name)?.pids())
+}
+
 pub fn cgroup_set_limits(name: &str, limits: &Limits) -> Result<()> {
     cgroup::Cgroup::open(name)?.set_limits(limits)
 }

@@ -321,6 +321,18 @@ fn externals(spec: &Spec, mountinfo: &str) -> Vec<External> {
     out
 }
 
+/// How many exec waiters (processes named `bivy-exec`, each serving one session) are in the
+/// container's cgroup.
+fn exec_sessions(cgroup: &str) -> usize {
+    super::confine::cgroup_pids(cgroup)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "bivy-exec")
+        })
+        .count()
+}
+
 /// Dump the running container of `run_dir` into `images` (which must exist and be empty).
 /// `leave_running`: it keeps running (a snapshot); else CRIU kills it once the dump is complete
 /// and this returns after its monitor has recorded the end. A failed dump leaves the container
@@ -337,6 +349,17 @@ pub fn dump(run_dir: &Path, images: &Path, log: &Path, leave_running: bool) -> R
     if super::confine::cgroup_is_frozen(spec.cgroup_name()) {
         return Err(Error(format!(
             "container {} is frozen (paused): unpause it before a checkpoint",
+            spec.name
+        )));
+    }
+    // A command of an exec session still running hangs from its waiter (outside the
+    // container), not from init: CRIU dumps init's tree without it, and a stop then kills it.
+    let sessions = exec_sessions(spec.cgroup_name());
+    if sessions > 0 {
+        return Err(Error(format!(
+            "{sessions} exec session(s) still running in container {}: their commands are not \
+             in the checkpoint of init's processes and would be lost; end them first (a \
+             command started in the background with setsid, whose session has ended, is kept)",
             spec.name
         )));
     }

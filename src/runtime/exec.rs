@@ -69,6 +69,14 @@ impl Signaller {
     pub fn send(&self, sig: i32) {
         let _ = sys::pidfd_send_raw(self.0.as_fd(), sig);
     }
+
+    /// Whether the command has ended, waiting up to `limit` for it.
+    pub fn ended_within(&self, limit: std::time::Duration) -> bool {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let mut p = [PollFd::new(self.0.as_fd(), PollFlags::POLLIN)];
+        let ms = u16::try_from(limit.as_millis()).unwrap_or(u16::MAX);
+        matches!(poll(&mut p, PollTimeout::from(ms)), Ok(1))
+    }
 }
 
 impl ExecProcess {
@@ -84,9 +92,10 @@ impl ExecProcess {
             Ok(Some((m, _))) => Err(Error(format!(
                 "unexpected message from the exec waiter: {m:?}"
             ))),
-            Ok(None) => Err(Error(
-                "the exec waiter ended without the command's exit status".into(),
-            )),
+            // The waiter is in the container's cgroup: it ends unheard only when that is
+            // killed (a forced stop, the OOM killer), which SIGKILLs the command with it. LXD
+            // reports such a command as killed by SIGKILL: 137.
+            Ok(None) => Ok(128 + libc::SIGKILL),
             Err(e) => Err(e),
         };
         reap(self.helper);
@@ -383,7 +392,17 @@ fn run(t: &Target<'_>, conn: &OwnedFd) -> Result<i32> {
     if !t.privileged {
         ns |= C::CLONE_NEWUSER;
     }
-    nix::sched::setns(t.init, ns).map_err(|e| Error(format!("setns into init: {e}")))?;
+    // Init's time namespace too: a CRIU restore puts init in one of its own, and a command
+    // outside it would make the next checkpoint's tree span two (which CRIU cannot restore).
+    // A kernel without time namespaces refuses the flag (EINVAL), and joining a time namespace
+    // takes rights over its owner that a nested bivy lacks for its host's (EPERM; init is in
+    // that one unless CRIU restored it): joined without it then.
+    let time = C::from_bits_retain(libc::CLONE_NEWTIME);
+    match nix::sched::setns(t.init, ns | time) {
+        Err(nix::errno::Errno::EINVAL | nix::errno::Errno::EPERM) => nix::sched::setns(t.init, ns),
+        r => r,
+    }
+    .map_err(|e| Error(format!("setns into init: {e}")))?;
     // 4. Fork: the child is in the container's pid namespace. It reports on a pair of its own
     //    (its end closes when it execs), relayed to the caller.
     let (ours, theirs) = chan::pair()?;

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -230,19 +230,22 @@ fn go(job: impl FnOnce() + Send + 'static) -> Result<Joinable> {
 
 /// Pump a websocket's data into `w` until the empty-text barrier, a close or an error; dropping
 /// `w` at the end closes the command's stdin (or leaves the pty alone).
-fn pump_in(mut rx: ws::Receiver, mut w: impl Write + Send + 'static) -> Result<Joinable> {
-    go(move || {
-        while let Ok(m) = rx.recv() {
-            let data = match m {
-                ws::Message::Binary(b) => b,
-                ws::Message::Text(t) if !t.is_empty() => t.into_bytes(),
-                _ => break,
-            };
-            if w.write_all(&data).is_err() {
-                break;
-            }
+fn pump_in(rx: ws::Receiver, w: impl Write + Send + 'static) -> Result<Joinable> {
+    go(move || pump(rx, w))
+}
+
+/// [`pump_in`]'s loop, on the calling thread.
+fn pump(mut rx: ws::Receiver, mut w: impl Write) {
+    while let Ok(m) = rx.recv() {
+        let data = match m {
+            ws::Message::Binary(b) => b,
+            ws::Message::Text(t) if !t.is_empty() => t.into_bytes(),
+            _ => break,
+        };
+        if w.write_all(&data).is_err() {
+            break;
         }
-    })
+    }
 }
 
 /// Pump one readable fd into a websocket as binary frames, then the empty-text barrier.
@@ -307,7 +310,24 @@ fn run_attached(
         let writer = master_file
             .try_clone()
             .map_err(|e| Error::Internal(e.to_string()))?;
-        let inp = pump_in(rx0, writer)?;
+        // The input's end (its barrier: stdin at EOF, or the client gone) hangs up the
+        // terminal, as LXD's closing of the pty master does: `echo cmd | lxc exec -t c -- sh`
+        // ends.
+        let hangup = p.signaller();
+        let inp = go(move || {
+            let fd = writer.try_clone().map(OwnedFd::from).map_err(|_| ());
+            pump(rx0, writer);
+            // A moment for what was typed to be read (`echo cmd | lxc exec -t`: the command
+            // runs, then the shell sees the hang-up).
+            if hangup.ended_within(Duration::from_millis(250)) {
+                return;
+            }
+            hangup.send(libc::SIGHUP);
+            if let Ok(fd) = fd {
+                // The foreground job of the session too (a shell's running command).
+                let _ = crate::sys::pty_signal(fd.as_fd(), libc::SIGHUP);
+            }
+        })?;
         let resize = OwnedFd::from(master_file);
         let ctl = Control::start(
             op,
