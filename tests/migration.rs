@@ -128,29 +128,12 @@ fn pool_dir(d: &Daemon) -> PathBuf {
 
 /// An instance's rootfs on disk, or one of its snapshots'.
 fn rootfs(d: &Daemon, name: &str, snap: Option<&str>) -> PathBuf {
-    let v = db(d);
-    let rec = &v["instances"][name];
-    let vol = rec["volume"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no instance {name}: {v}"));
-    let pool = d
-        .dir()
-        .join("storage-pools")
-        .join(rec["pool"].as_str().unwrap_or("default"));
-    match snap {
-        None => pool.join("containers").join(vol).join("rootfs"),
-        Some(s) => {
-            let sv = snapshot_volume_in(rec, s);
-            pool.join("containers-snapshots")
-                .join(vol)
-                .join(sv)
-                .join("rootfs")
-        }
-    }
+    common::volume_dir(d, name, snap).join("rootfs")
 }
 
 fn read(p: &Path) -> String {
-    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    let p = common::on_disk(p);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 fn snapshot_names(d: &Daemon, name: &str) -> Vec<String> {
@@ -733,7 +716,7 @@ fn source_killed_mid_transfer_leaves_nothing_on_the_target() {
     let Some(mut p) = setup() else { return };
     p.la().ok(&["init", "busybox", "c1"]);
     // Enough incompressible data that the transfer takes a while.
-    let big = rootfs(&p.a, "c1", None).join("big");
+    let big = common::for_write(&rootfs(&p.a, "c1", None).join("big"));
     write_random(&big, 256);
     let before_c = volumes(&p.b, "containers");
     let before_s = volumes(&p.b, "containers-snapshots");
@@ -827,11 +810,58 @@ fn bivy_copy_and_move_between_remotes() {
     bivy(&["copy", "a:c1/snap0", "b:c10"]);
     assert!(snapshot_names(&p.b, "c10").is_empty());
     assert_eq!(read(&rootfs(&p.b, "c10", None).join("data")), "one\n");
-    bivy(&["move", "a:c1", "b:c11", "--instance-only"]);
+    // A copy reshaped as lxc's flags say: no profiles, a device changed, the root disk on
+    // another pool (made, since c1's comes from its profile), a config key; a NIC's MAC is
+    // made anew.
+    let lb = p.lb();
+    lb.ok(&["storage", "create", "p2", "dir"]);
+    p.la().ok(&[
+        "config",
+        "device",
+        "add",
+        "c1",
+        "eth0",
+        "nic",
+        "nictype=p2p",
+        "mtu=1400",
+    ]);
+    let mac = p.la().ok(&["config", "get", "c1", "volatile.eth0.hwaddr"]);
+    assert!(mac.trim().len() == 17, "{mac}");
+    bivy(&[
+        "copy",
+        "a:c1",
+        "b:c13",
+        "--no-profiles",
+        "-s",
+        "p2",
+        "-d",
+        "eth0,mtu=1300",
+        "-c",
+        "user.k=v",
+    ]);
+    let c13 = &db(&p.b)["instances"]["c13"];
+    assert_eq!(c13["profiles"], serde_json::json!([]), "{c13}");
+    assert_eq!(c13["devices"]["root"]["pool"], "p2", "{c13}");
+    assert_eq!(c13["devices"]["eth0"]["mtu"], "1300", "{c13}");
+    assert_eq!(c13["config"]["user.k"], "v", "{c13}");
+    assert_ne!(c13["config"]["volatile.eth0.hwaddr"], mac.trim(), "{c13}");
+    assert_eq!(read(&rootfs(&p.b, "c13", None).join("data")), "two\n");
+    lb.ok(&["delete", "c13"]);
+    // A move keeps the MAC (its volatile keys, as lxc's), and takes the same flags.
+    bivy(&[
+        "move",
+        "a:c1",
+        "b:c11",
+        "--instance-only",
+        "-c",
+        "user.moved=yes",
+    ]);
     assert!(db(&p.a)["instances"].get("c1").is_none(), "c1 left on a");
+    let c11 = &db(&p.b)["instances"]["c11"];
+    assert_eq!(c11["config"]["volatile.eth0.hwaddr"], mac.trim(), "{c11}");
+    assert_eq!(c11["config"]["user.moved"], "yes", "{c11}");
     assert!(snapshot_names(&p.b, "c11").is_empty());
     assert_eq!(read(&rootfs(&p.b, "c11", None).join("data")), "two\n");
-    let lb = p.lb();
     lb.ok(&["start", "c11"]);
     assert_eq!(lb.sh("c11", "cat /data").1, "two\n");
     // A name taken on the target: refused, the source untouched.
@@ -848,6 +878,109 @@ fn bivy_copy_and_move_between_remotes() {
         db(&p.a)["instances"].get("c12").is_some(),
         "c12 must stay on a"
     );
+}
+
+/// An instance whose disk device names a custom volume the target lacks is refused there (it
+/// could never start), and a move keeps its source; a device naming a missing volume is
+/// refused on a stopped instance too.
+#[test]
+fn a_copy_needing_a_volume_the_target_lacks_is_refused() {
+    let Some(p) = setup() else { return };
+    let la = p.la();
+    la.ok(&["storage", "volume", "create", "default", "qv1"]);
+    la.ok(&["init", "busybox", "qvc"]);
+    la.ok(&[
+        "storage", "volume", "attach", "default", "qv1", "qvc", "/mnt/v",
+    ]);
+    let l = p.lxc();
+    let err = failed(&l.run(&["move", "a:qvc", "b:qvc"]));
+    assert!(
+        err.contains("custom volume") && err.contains("qv1"),
+        "{err}"
+    );
+    assert!(
+        db(&p.a)["instances"].get("qvc").is_some(),
+        "the source went"
+    );
+    assert!(
+        db(&p.b)["instances"].get("qvc").is_none(),
+        "a copy was made"
+    );
+    // Once the target has a volume of that name, the move goes.
+    p.lb()
+        .ok(&["storage", "volume", "create", "default", "qv1"]);
+    l.ok(&["move", "a:qvc", "b:qvc"]);
+    assert!(db(&p.a)["instances"].get("qvc").is_none());
+    la.ok(&["init", "busybox", "qvc2"]);
+    let err = failed(&la.run(&[
+        "config",
+        "device",
+        "add",
+        "qvc2",
+        "v",
+        "disk",
+        "pool=default",
+        "source=nosuch",
+        "path=/m",
+    ]));
+    assert!(err.contains("nosuch"), "{err}");
+}
+
+/// `lxc image copy a:ALIAS b:` of a public image: lxc names it by its alias in the source's
+/// fingerprint field; the target resolves it as LXD's does (an alias first, then a fingerprint
+/// prefix), records the alias as the update source, and a refresh finds it.
+#[test]
+fn public_image_copied_by_alias_then_refreshed() {
+    let Some(p) = setup() else { return };
+    let (_, v) =
+        p.a.api("GET", "/1.0/images/aliases/busybox", None)
+            .expect("alias");
+    let fp = v["metadata"]["target"]
+        .as_str()
+        .expect("target")
+        .to_string();
+    let (code, v) =
+        p.a.api(
+            "PATCH",
+            &format!("/1.0/images/{fp}"),
+            Some(r#"{"public":true}"#),
+        )
+        .expect("PATCH");
+    assert_eq!(code, 200, "{v}");
+    let l = p.lxc();
+    l.ok(&[
+        "image",
+        "copy",
+        "a:busybox",
+        "b:",
+        "--alias",
+        "pubcopy",
+        "--auto-update",
+    ]);
+    let (_, v) =
+        p.b.api("GET", &format!("/1.0/images/{fp}"), None)
+            .expect("image");
+    assert_eq!(v["metadata"]["update_source"]["alias"], "busybox", "{v}");
+    assert_eq!(v["metadata"]["auto_update"], true, "{v}");
+    assert!(p
+        .lb()
+        .ok(&["image", "list", "-c", "l", "-f", "csv"])
+        .contains("pubcopy"));
+    l.ok(&["image", "refresh", "b:pubcopy"]);
+    // By a fingerprint prefix, as before.
+    p.lb().ok(&["image", "delete", "pubcopy"]);
+    l.ok(&[
+        "image",
+        "copy",
+        &format!("a:{}", &fp[..12]),
+        "b:",
+        "--alias",
+        "byfp",
+    ]);
+    assert!(p
+        .lb()
+        .ok(&["image", "list", "-c", "l", "-f", "csv"])
+        .contains("byfp"));
 }
 
 /// A tmpfs of `size` mounted at `dir`, unmounted (lazily) when dropped.
@@ -890,7 +1023,7 @@ fn target_disk_full_mid_transfer_leaves_nothing() {
         &format!("source={}", source.display()),
     ]);
     p.la().ok(&["init", "busybox", "c1"]);
-    let big = rootfs(&p.a, "c1", None).join("big");
+    let big = common::for_write(&rootfs(&p.a, "c1", None).join("big"));
     write_random(&big, 24);
     let l = p.lxc();
     let err = failed(&l.run(&["copy", "a:c1", "b:c2", "--storage", "tiny"]));

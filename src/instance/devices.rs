@@ -781,6 +781,14 @@ fn check_device_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// A device key set to "" is unset (LXD's config store drops empty values; lxc's
+/// `config device unset` sends one).
+pub fn drop_unset_keys(devices: &mut crate::api::Devices) {
+    for d in devices.values_mut() {
+        d.retain(|_, v| !v.is_empty());
+    }
+}
+
 /// Validate devices: a `type` each; known types only; disk, nic and proxy keys (a nic's network
 /// must exist in `data`).
 pub fn validate_devices(devices: &crate::api::Devices, data: &super::db::Data) -> Result<()> {
@@ -792,6 +800,18 @@ pub fn validate_devices(devices: &crate::api::Devices, data: &super::db::Data) -
                     return Err(Error::Invalid(format!(
                         "Device {name:?}: storage pool {pool:?} not found"
                     )));
+                }
+                // A custom volume as the source: it must be there (LXD's disk validation loads
+                // it), or the instance could never start (a copy or move to a server without
+                // it was taken, and a move then deleted the source).
+                if let Some(vol) = d.get("source").filter(|s| !s.is_empty()) {
+                    if d.get("path").map(String::as_str) != Some("/")
+                        && super::volume_records::record_in(data, pool, vol).is_err()
+                    {
+                        return Err(Error::Invalid(format!(
+                            "Device {name:?}: failed loading custom volume: storage volume {vol:?} not found on storage pool {pool:?}"
+                        )));
+                    }
                 }
             }
         }

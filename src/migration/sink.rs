@@ -626,6 +626,7 @@ impl Transfer<'_> {
         let seen = |n: u64| progress.add(n);
         let info = receive_index_header(offer, fs, refresh)?;
         let records = snapshot_records(offer, &info, config);
+        check_snapshot_records(&records, d.host.ncpus, &d.db.lock().expect("db lock").data)?;
         // Each received snapshot gets a volume of its own (writable until `create_now` is done).
         let snapshot_volume = |revert: &mut Revert, rec: &mut SnapshotRecord| {
             rec.volume = crate::instance::operations::uuid();
@@ -773,6 +774,28 @@ impl Transfer<'_> {
     }
 }
 
+/// The most of an index header the target takes.
+const INDEX_HEADER_MAX: usize = 8 << 20;
+
+/// A buffer that refuses to grow past [`INDEX_HEADER_MAX`].
+struct Capped(Vec<u8>);
+
+impl std::io::Write for Capped {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + b.len() > INDEX_HEADER_MAX {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("over {} MiB", INDEX_HEADER_MAX >> 20),
+            ));
+        }
+        self.0.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// LXD's index header, when both speak it (else `Null`), answered with `refresh`.
 pub(super) fn receive_index_header(
     offer: &MigrationHeader,
@@ -782,16 +805,47 @@ pub(super) fn receive_index_header(
     if offer.index_header_version.unwrap_or(0) < 1 {
         return Ok(serde_json::Value::Null);
     }
-    let mut buf = Vec::new();
+    // LXD's headers are a few KB per snapshot; a peer sending more is refused, not buffered.
+    let mut buf = Capped(Vec::new());
     wire::read_stream(&mut fs.rx, &mut buf)
         .map_err(|e| Error::Host(format!("reading the migration index header: {e}")))?;
-    let info = serde_json::from_slice(&buf)
+    let info = serde_json::from_slice(&buf.0)
         .map_err(|e| Error::Host(format!("decoding the migration index header: {e}")))?;
     let answer = serde_json::json!({"StatusCode": 200, "Error": "", "Refresh": refresh});
     let body = serde_json::to_vec(&answer).expect("JSON");
     wire::write_stream(&fs.tx, &mut body.as_slice())
         .map_err(|e| Error::Host(format!("answering the migration index header: {e}")))?;
     Ok(info)
+}
+
+/// What a source says of its snapshots is checked as anything made here is (LXD creates each
+/// through `CreateInternal`, with its checks): a name the API takes, once; config keys and
+/// devices that are valid. A bad one fails the migration before anything is received.
+fn check_snapshot_records(
+    records: &[SnapshotRecord],
+    ncpus: usize,
+    data: &crate::instance::db::Data,
+) -> Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    for rec in records {
+        crate::instance::snapshot_names::validate_snapshot_name(&rec.name)
+            .map_err(|e| Error::Invalid(format!("The source's snapshot: {e}")))?;
+        if !seen.insert(rec.name.as_str()) {
+            return Err(Error::Invalid(format!(
+                "The source names snapshot {:?} twice",
+                rec.name
+            )));
+        }
+        let bad = |e: Error| Error::Invalid(format!("The source's snapshot {:?}: {e}", rec.name));
+        crate::instance::config::validate_config(
+            &crate::instance::config::user_keys(&rec.config),
+            &api::StringMap::new(),
+            ncpus,
+        )
+        .map_err(bad)?;
+        crate::instance::devices::validate_devices(&rec.devices, data).map_err(bad)?;
+    }
+    Ok(())
 }
 
 /// The snapshots' records from the offer's protobufs, with the index header's description and
@@ -858,6 +912,41 @@ fn snapshot_records(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn received_snapshots_are_checked_as_local_ones() {
+        let data = crate::instance::db::Data::default();
+        let rec = |name: &str, cfg: &[(&str, &str)]| SnapshotRecord {
+            name: name.into(),
+            config: cfg
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        let check = |recs: &[SnapshotRecord]| check_snapshot_records(recs, 2, &data);
+        assert!(check(&[rec("s0", &[("user.x", "1")]), rec("s1", &[])]).is_ok());
+        for bad in ["a/b", "../../evil", "", " ", "..", "x y"] {
+            assert!(check(&[rec(bad, &[])]).is_err(), "{bad:?}");
+        }
+        assert!(check(&[rec("s0", &[]), rec("s0", &[])]).is_err());
+        for cfg in [
+            ("bogus.key", "x"),
+            ("limits.memory", "notanumber"),
+            ("raw.lxc", "x"),
+        ] {
+            assert!(check(&[rec("s0", &[cfg])]).is_err(), "{cfg:?}");
+        }
+        let mut dev = rec("s0", &[]);
+        dev.devices.insert(
+            "d".into(),
+            [("type", "nonsense")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        assert!(check(&[dev]).is_err());
+    }
+
     use super::*;
 
     #[test]
