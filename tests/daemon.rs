@@ -199,7 +199,7 @@ fn kill9_during_create_storm_loses_nothing_acknowledged() {
     assert_eq!(n_vols, listed.len(), "volumes without an instance remain");
     for e in std::fs::read_dir(&vols).expect("volumes").flatten() {
         assert!(
-            e.path().join("rootfs/bin/busybox").exists(),
+            common::on_disk(&e.path().join("rootfs/bin/busybox")).exists(),
             "half-made volume {:?}",
             e.path()
         );
@@ -368,6 +368,10 @@ fn a_force_stop_takes_over_a_clean_stop_that_waits() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(waited.is_some(), "the clean stop still waits");
+    // A timeout of 0 is a forced stop (LXD's): done, and said so, even for this init.
+    l.ok(&["start", "deaf"]);
+    l.ok(&["stop", "deaf", "--timeout", "0"]);
+    assert_eq!(status(), "STOPPED");
     // Nothing is left busy: it deletes at once.
     l.ok(&["delete", "deaf"]);
 }
@@ -386,6 +390,40 @@ fn exec_and_root_disk_edges_answer_as_lxd() {
     let l = common::Lxc::new(&d);
     l.import_busybox();
     l.ok(&["launch", "busybox", "e1"]);
+    // A command whose container is force-stopped under it ends as killed by SIGKILL (137),
+    // as LXD reports it, not with an error.
+    let mut cmd = l.cmd(&["exec", "e1", "--", "sleep", "100"]);
+    let session = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("exec");
+    let t = Instant::now();
+    while !l.ok(&["exec", "e1", "--", "ps"]).contains("sleep 100") {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the exec did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    l.ok(&["stop", "e1", "--force"]);
+    let out = session.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(137), "{out:?}");
+    l.ok(&["start", "e1"]);
+    // A terminal session whose input ends (piped stdin at EOF) is hung up, as LXD closes the
+    // pty: what was typed runs, then the shell ends with SIGHUP (129).
+    for client in [l.cmd(&["exec", "-t", "e1", "--", "sh"]), {
+        let mut c = d.cli();
+        c.args(["exec", "-t", "e1", "--", "sh"]);
+        c
+    }] {
+        let out = common::run_with_stdin(client, b"echo hi-$((6*7))\n");
+        assert_eq!(out.status.code(), Some(129), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("hi-42"),
+            "{out:?}"
+        );
+    }
     let out = l.run(&["exec", "e1", "--cwd", "/nonexistent", "--", "pwd"]);
     assert_eq!(
         (
@@ -1245,7 +1283,10 @@ fn twenty_parallel_launches_all_run() {
     assert_eq!(vols.len(), 20, "{vols:?}");
     let pool = d.dir().join("storage-pools/default/containers");
     for v in &vols {
-        assert!(pool.join(v).join("rootfs/bin/busybox").exists(), "{v}");
+        assert!(
+            common::on_disk(&pool.join(v).join("rootfs/bin/busybox")).exists(),
+            "{v}"
+        );
     }
     for (n, _) in &outs {
         d.ok(&["delete", "--force", n]);
@@ -1512,6 +1553,41 @@ fn console_takes_a_late_control_socket_and_detaches_on_its_close() {
     l.ok(&["delete", "--force", "cx"]);
 }
 
+/// `bivy launch --console` starts the instance and attaches to its console (ctrl+a q detaches);
+/// a VGA console or an unknown type is refused before anything is made.
+#[test]
+fn launch_with_console_attaches_after_the_start() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = common::Lxc::new(&d);
+    l.import_busybox();
+    let mut cmd = d.cli();
+    cmd.args(["launch", "busybox", "lc", "--console"]);
+    let out = common::run_with_stdin(cmd, b"\x01q");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.contains("Starting lc"), "{text}");
+    assert!(text.contains("To detach from the console"), "{text}");
+    assert!(l
+        .ok(&["list", "-c", "ns", "-f", "csv"])
+        .contains("lc,RUNNING"));
+    for (flag, want) in [
+        ("--console=vga", "not supported yet: VGA"),
+        ("--console=tty", "Unknown console type"),
+    ] {
+        let out = d.run(&["launch", "busybox", "lc2", flag]);
+        assert!(!out.status.success(), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(want),
+            "{out:?}"
+        );
+    }
+    assert!(!l.ok(&["list", "-c", "n", "-f", "csv"]).contains("lc2"));
+    l.ok(&["delete", "--force", "lc"]);
+}
+
 /// The start's record (`volatile.last_state.power` and the rest) is written while the runtime
 /// starts; a start that fails in the runtime (here init cannot be exec'd) leaves it as it was.
 #[test]
@@ -1646,7 +1722,7 @@ fn snapshot_reuse_replaces_the_snapshot() {
             "Device not found in profile devices",
         ),
         (&["-d", "root"][..], "Bad device override syntax"),
-        (&["-t", "t2.micro"][..], "not supported yet"),
+        (&["-t", "t2.micro"][..], "instance type doesn't exist"),
     ] {
         let mut full = vec!["init", "busybox", "o1"];
         full.extend_from_slice(args);

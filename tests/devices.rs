@@ -1181,6 +1181,9 @@ fn disk_io_limits_follow_the_config() {
     l.ok(&["restart", "c1", "--force"]);
     assert!(read_bps().trim().ends_with(" 10000000"));
     l.ok(&["config", "device", "unset", "c1", "root", "limits.read"]);
+    // Unset means gone from the device (lxc sends the key empty; LXD drops it).
+    let root = l.ok(&["config", "device", "show", "c1"]);
+    assert!(!root.contains("limits.read"), "{root}");
     l.ok(&["config", "device", "remove", "c1", "data"]);
     assert_eq!(read_bps().trim(), "");
     let riops = cgroup_file(&l, "c1", "blkio", "blkio.throttle.read_iops_device").expect("blkio");

@@ -63,6 +63,19 @@ check(inst2.config.get("user.pylxd") == "yes", "config save")
 state = inst.state()
 check(state.status == "Running" and state.pid > 0, f"state {state.status} {state.pid}")
 
+# The config pylxd read at create (volatile.apply_template, no last_state.power) saved back
+# after the start changed those: the user's key is taken, the daemon's volatile keys stay.
+late = client.instances.create({"name": "py2", "source": {"type": "image", "alias": "busybox"}}, wait=True)
+late.start(wait=True)
+late.config["user.late"] = "v"
+late.save(wait=True)
+late2 = client.instances.get("py2")
+check(late2.config.get("user.late") == "v", "save with a stale config")
+check(late2.config.get("volatile.last_state.power") == "RUNNING", f"power {late2.config}")
+check("volatile.apply_template" not in late2.config, f"apply_template back: {late2.config}")
+late2.stop(wait=True)
+late2.delete(wait=True)
+
 prof = client.profiles.create("pyprof", config={"user.x": "1"})
 check(client.profiles.exists("pyprof"), "profile create")
 prof.delete()

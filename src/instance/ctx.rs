@@ -35,6 +35,10 @@ pub struct Ctx {
     /// with a PUT of the source's config, volatile keys included, and those values are the
     /// source's state, not settings for this instance (taken by that PUT).
     pub refreshed: Mutex<HashMap<String, crate::api::StringMap>>,
+    /// Values the daemon replaced or removed in each instance's volatile keys (key, old value;
+    /// the last [`SUPERSEDED_KEPT`]): a PUT that sends one back sends what its client read
+    /// before a start or stop changed it (pylxd's `save()`), not a new value.
+    pub superseded: Mutex<HashMap<String, Vec<(String, String)>>>,
     /// Each instance's current run, numbered before a start records its NICs' host ends (one
     /// sequence for all instances; an instance's entry goes with it): a watcher clears the host
     /// ends of the run it followed only while no later start has been numbered (a restart's
@@ -50,6 +54,9 @@ pub struct Ctx {
     /// A weak handle on ourselves, for handlers that hand work to operation threads.
     pub me: std::sync::OnceLock<std::sync::Weak<Ctx>>,
 }
+
+/// How many superseded volatile values [`Ctx::superseded`] keeps per instance.
+pub const SUPERSEDED_KEPT: usize = 32;
 
 /// Releases an instance's busy mark when dropped.
 pub struct BusyGuard<'a> {
@@ -85,6 +92,7 @@ impl Ctx {
             events,
             busy: Mutex::new(HashMap::new()),
             refreshed: Mutex::new(HashMap::new()),
+            superseded: Mutex::new(HashMap::new()),
             runs: Mutex::new(HashMap::new()),
             host,
             shutting_down: AtomicBool::new(false),

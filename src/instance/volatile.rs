@@ -19,6 +19,20 @@ pub fn update_volatile(d: &Ctx, name: &str, kv: &[(&str, Option<String>)], used:
     if used.is_none() && kv.iter().all(|(k, v)| r.config.get(*k) == v.as_ref()) {
         return;
     }
+    let old: Vec<(String, String)> = kv
+        .iter()
+        .filter_map(|(k, v)| {
+            let o = r.config.get(*k)?;
+            (Some(o) != v.as_ref()).then(|| ((*k).to_string(), o.clone()))
+        })
+        .collect();
+    if !old.is_empty() {
+        let mut s = d.superseded.lock().expect("superseded lock");
+        let list = s.entry(name.to_string()).or_default();
+        list.extend(old);
+        let over = list.len().saturating_sub(super::ctx::SUPERSEDED_KEPT);
+        list.drain(..over);
+    }
     let _ = db.update(|data| {
         if let Some(r) = data.instances.get_mut(name) {
             for (k, v) in kv {

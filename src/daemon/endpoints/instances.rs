@@ -407,6 +407,26 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
             !(k.starts_with("volatile.") && cur.config.get(k) != Some(v) && echo.get(k) == Some(v))
         });
     }
+    // Keys the daemon keeps (all `volatile.*` but a NIC's MAC) come back as a client read them,
+    // maybe before a start or stop changed them (pylxd's `save()` sends its whole old config):
+    // a value the daemon replaced or removed is taken for the daemon's own, which stays (LXD
+    // would write the stale one). Any other value is refused below, as a key no user sets.
+    {
+        let superseded = d.superseded.lock().expect("superseded lock");
+        let stale = |k: &str, v: &str| {
+            superseded
+                .get(name)
+                .is_some_and(|l| l.iter().any(|(sk, sv)| sk == k && sv == v))
+        };
+        let daemons = |k: &str| k.starts_with("volatile.") && !config::is_nic_mac_key(k);
+        put.config
+            .retain(|k, v| !(daemons(k) && !cur.config.contains_key(k) && stale(k, v)));
+        for (k, v) in put.config.iter_mut() {
+            if daemons(k) && cur.config.get(k) != Some(v) && stale(k, v) {
+                v.clone_from(&cur.config[k]);
+            }
+        }
+    }
     let mut next = cur.clone();
     if patch {
         if body.get("config").is_some() {
@@ -451,6 +471,7 @@ fn put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Result<Respons
             "The architecture of an instance cannot be changed".into(),
         ));
     }
+    crate::instance::devices::drop_unset_keys(&mut next.devices);
     config::validate_config(&next.config, &cur.config, d.host.ncpus)?;
     for p in &next.profiles {
         if !db.data.profiles.contains_key(p) {
@@ -669,8 +690,9 @@ fn state_put(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
     super::super::request::busy_task(d, name, what, desc, move |d2, _| {
         // LXD: with a timeout and without force a stop is a shutdown, which fails when the
         // instance has not stopped in time and leaves it running; with none (lxc's -1) bivy
-        // waits up to `STOP_TIMEOUT_MAX`, then kills.
-        let mode = if body.force {
+        // waits up to `STOP_TIMEOUT_MAX`, then kills; a timeout of 0 (also a body without one)
+        // is a forced stop (LXD's `instanceStatePut`).
+        let mode = if body.force || body.timeout == 0 {
             runtime::StopMode::Force
         } else if body.timeout < 0 {
             runtime::StopMode::Clean(STOP_TIMEOUT_MAX)

@@ -66,7 +66,8 @@ pub fn profile_get(d: &Daemon, name: &str) -> Result<Response> {
 }
 
 pub fn profile_create(d: &Daemon, req: &mut Request) -> Result<Response> {
-    let body: api::ProfilesPost = json(req)?;
+    let mut body: api::ProfilesPost = json(req)?;
+    devices::drop_unset_keys(&mut body.put.devices);
     config::validate_profile_name(&body.name)?;
     config::validate_config(&body.put.config, &api::StringMap::new(), d.host.ncpus)?;
     devices::validate_devices(&body.put.devices, &d.db.lock().expect("db lock").data)?;
@@ -132,6 +133,7 @@ pub fn profile_put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> Re
             devices: put.devices,
         };
     }
+    devices::drop_unset_keys(&mut next.devices);
     config::validate_config(&next.config, &api::StringMap::new(), d.host.ncpus)?;
     devices::validate_devices(&next.devices, &db.data)?;
     // Running instances using the profile: their expanded devices before and after.
