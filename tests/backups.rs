@@ -69,6 +69,12 @@ fn export_and_import_round_trip_with_lxc_and_bivy() {
     l.ok(&["launch", "busybox", "c1"]);
     let (rc, out) = l.sh("c1", "echo one > /root/f && chown 1000:1001 /root/f");
     assert_eq!(rc, 0, "{out}");
+    // Names that are not UTF-8 (Latin-1 data, say) go into the backup as their bytes.
+    let (rc, out) = l.sh(
+        "c1",
+        "mkdir /root/l1 && echo ff > /root/l1/$(printf 'x\\377') && echo fe > /root/l1/$(printf 'x\\376')",
+    );
+    assert_eq!(rc, 0, "{out}");
     l.ok(&["snapshot", "c1", "snap0"]);
     let (rc, out) = l.sh("c1", "echo two > /root/f");
     assert_eq!(rc, 0, "{out}");
@@ -112,6 +118,11 @@ fn export_and_import_round_trip_with_lxc_and_bivy() {
         l.ok(&["start", c]);
         let (rc, out) = l.sh(c, "cat /root/f; stat -c %u:%g /root/f");
         assert_eq!((rc, out.as_str()), (0, "two\n1000:1001\n"), "{c}");
+        let (rc, out) = l.sh(
+            c,
+            "cat /root/l1/$(printf 'x\\377') /root/l1/$(printf 'x\\376'); ls /root/l1 | wc -l",
+        );
+        assert_eq!((rc, out.as_str()), (0, "ff\nfe\n2\n"), "{c}");
         let info = l.ok(&["info", c]);
         assert!(info.contains("snap0"), "{info}");
     }

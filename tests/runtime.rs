@@ -113,6 +113,7 @@ impl Ct {
         let spec = Spec {
             name: name.clone(),
             rootfs: rootfs.clone(),
+            rootfs_lower: None,
             rootfs_mode: mode,
             uid_map,
             gid_map,

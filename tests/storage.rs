@@ -794,7 +794,35 @@ fn pool_api_errors() {
         Some("description: two")
     );
     l.ok(&["storage", "delete", "p2"]);
-    assert!(!src.exists(), "the pool's directory goes with it");
+    // The admin's directory stays, emptied of what the pool made (LXD's delete).
+    let left: Vec<_> = std::fs::read_dir(&src)
+        .expect("the source directory stays")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // A mount point as the source: deleted cleanly, still mounted and empty afterwards.
+    let mnt = d.tmp().join("pool-mount");
+    std::fs::create_dir_all(&mnt).expect("mkdir");
+    nix::mount::mount(
+        Some("tmpfs"),
+        &mnt,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=4m"),
+    )
+    .expect("mount tmpfs");
+    l.ok(&[
+        "storage",
+        "create",
+        "pm",
+        "dir",
+        &format!("source={}", mnt.display()),
+    ]);
+    l.ok(&["storage", "delete", "pm"]);
+    assert!(!l.ok(&["storage", "list", "-f", "csv"]).contains("pm,"));
+    assert_eq!(std::fs::read_dir(&mnt).expect("read").count(), 0);
+    nix::mount::umount(&mnt).expect("still mounted, unmounted by the test");
     // The root disk's pool cannot be switched under an instance.
     l.import_busybox();
     l.ok(&["init", "busybox", "r1"]);
@@ -959,8 +987,8 @@ fn pool_storage_without_a_record_is_removed_at_start() {
     assert!(loops_backing(&image).is_empty());
 }
 
-/// A `dir` pool copies an image's volume for each new instance, so it keeps one spare copy made
-/// in the background: a launch takes it with a rename (the copy's own files, not a second copy)
+/// A `dir` pool copies an image's volume for each new instance that cannot be layered over it
+/// (here `security.nesting`), so it keeps one spare copy made in the background: a launch takes it with a rename (the copy's own files, not a second copy)
 /// and a new spare is made. The instance is as independent as a copied one; the spare goes with
 /// the image, stays across a restart, and a half-made one is removed at the start.
 #[test]
@@ -971,9 +999,7 @@ fn dir_pool_launches_take_a_spare_copy_of_the_image() {
     let mut d = Daemon::start().expect("daemon");
     let l = Lxc::new(&d);
     l.import_busybox();
-    let fp = l.ok(&["image", "list", "--format", "csv", "-c", "F"]);
-    let fp = fp.trim().to_string();
-    assert_eq!(fp.len(), 64, "{fp}");
+    let fp = l.only_image_fingerprint();
     let pool = d.dir().join("storage-pools/default");
     let spare = pool.join("images").join(format!("{fp}.spare"));
     let busybox_inode = |vol: &Path| {
@@ -983,7 +1009,7 @@ fn dir_pool_launches_take_a_spare_copy_of_the_image() {
             .ok()
     };
     // The first launch copies the image's volume and leaves a spare behind.
-    l.ok(&["init", "busybox", "s1"]);
+    l.ok(&["init", "busybox", "s1", "-c", "security.nesting=true"]);
     assert!(
         wait_for(Duration::from_secs(20), || spare
             .join("metadata.json")
@@ -992,7 +1018,7 @@ fn dir_pool_launches_take_a_spare_copy_of_the_image() {
         spare.display()
     );
     let taken = busybox_inode(&spare).expect("spare rootfs");
-    l.ok(&["init", "busybox", "s2"]);
+    l.ok(&["init", "busybox", "s2", "-c", "security.nesting=true"]);
     let v: serde_json::Value =
         serde_json::from_str(&l.ok(&["query", "/1.0/instances/s2"])).expect("json");
     assert_eq!(v["config"]["volatile.base_image"], fp.as_str(), "{v}");
@@ -1064,11 +1090,10 @@ fn deleting_an_image_stops_the_spare_being_made_of_it() {
     let d = Daemon::start().expect("daemon");
     let l = Lxc::new(&d);
     l.import_busybox();
-    let fp = l.ok(&["image", "list", "--format", "csv", "-c", "F"]);
-    let fp = fp.trim().to_string();
+    let fp = l.only_image_fingerprint();
     let images = d.dir().join("storage-pools/default/images");
     let busy = common::BusyLoops::start();
-    l.ok(&["init", "busybox", "s1"]);
+    l.ok(&["init", "busybox", "s1", "-c", "security.nesting=true"]);
     // The copy has begun (its directory is made before its thread goes idle).
     let tmp = images.join(format!("{fp}.spare.tmp"));
     assert!(
@@ -1088,4 +1113,240 @@ fn deleting_an_image_stops_the_spare_being_made_of_it() {
     l.ok(&["start", "s1"]);
     assert_eq!(l.ok(&["exec", "s1", "--", "echo", "ok"]).trim(), "ok");
     l.ok(&["delete", "--force", "s1"]);
+}
+
+/// Every regular file, directory and symlink below `dir`, as relative paths.
+fn tree(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(p) = todo.pop() {
+        for e in std::fs::read_dir(&p).into_iter().flatten().flatten() {
+            let path = e.path();
+            out.push(path.strip_prefix(dir).expect("below").to_path_buf());
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                todo.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Instances made from an image on a `dir` pool are layered over the image's volume: their
+/// volume holds what they change (`upper/`), and snapshots, restores and copies copy only that,
+/// each as independent as a full copy. Everything else sees the merged tree: the files API on a
+/// stopped instance, publish, export and import, a move to another pool. A nesting start makes
+/// the volume plain, files kept. The image's volume outlives the image while a volume lies over
+/// it, and goes with the last one.
+#[test]
+fn dir_pool_instances_are_layered_over_their_image() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    l.import_busybox();
+    let fp = l.only_image_fingerprint();
+    let pool = d.dir().join("storage-pools/default");
+    let image_vol = pool.join("images").join(&fp);
+
+    l.ok(&["launch", "busybox", "c1"]);
+    let vol = common::volume_dir(&d, "c1", None);
+    let lower = std::fs::read_to_string(vol.join("lower")).expect("a layered volume");
+    assert_eq!(Path::new(lower.trim()), image_vol, "{lower}");
+    assert!(
+        tree(&vol.join("rootfs")).is_empty(),
+        "the mount point is empty"
+    );
+    assert!(
+        !vol.join("upper/bin/busybox").exists(),
+        "the image's files are not copied"
+    );
+    // Changes land in the upper layer: a new file, a changed one, a deleted one (a whiteout),
+    // a replaced directory (opaque).
+    let (rc, out) = l.sh(
+        "c1",
+        "echo one > /root/data && echo changed > /etc/hostname.new && mv /etc/hostname.new /etc/motd \
+         && rm /etc/shadow && rm -r /usr/share/udhcpc && mkdir -p /usr/share/udhcpc && echo x > /usr/share/udhcpc/new",
+    );
+    assert_eq!(rc, 0, "{out}");
+    assert_eq!(
+        std::fs::read_to_string(vol.join("upper/root/data")).expect("in upper"),
+        "one\n"
+    );
+    assert!(
+        image_vol.join("rootfs/etc/shadow").exists(),
+        "the image is untouched"
+    );
+    assert!(!image_vol.join("rootfs/root/data").exists());
+
+    // A snapshot copies the upper layer only; the snapshot is layered over the same image.
+    l.ok(&["snapshot", "c1", "s0"]);
+    let snap = common::volume_dir(&d, "c1", Some("s0"));
+    assert_eq!(
+        std::fs::read_to_string(snap.join("lower")).expect("layered"),
+        lower
+    );
+    assert!(!snap.join("upper/bin/busybox").exists());
+    assert_eq!(
+        l.sh(
+            "c1",
+            "echo two > /root/data && rm /root/data && echo three > /etc/passwd"
+        )
+        .0,
+        0
+    );
+
+    // Restore: the snapshot's files, deletions included, and not what came after.
+    l.ok(&["restore", "c1", "s0"]);
+    let cat = |c: &str, f: &str| l.sh(c, &format!("cat {f} 2>&1")).1;
+    assert_eq!(cat("c1", "/root/data"), "one\n");
+    assert!(cat("c1", "/etc/shadow").contains("No such file"));
+    assert!(
+        cat("c1", "/etc/passwd").starts_with("root:"),
+        "{}",
+        cat("c1", "/etc/passwd")
+    );
+    assert!(cat("c1", "/usr/share/udhcpc/default.script").contains("No such file"));
+    assert_eq!(cat("c1", "/usr/share/udhcpc/new"), "x\n");
+
+    // A copy is independent of its source, both ways.
+    l.ok(&["copy", "c1", "c2"]);
+    l.ok(&["start", "c2"]);
+    assert!(common::volume_dir(&d, "c2", None).join("lower").exists());
+    assert_eq!(l.sh("c2", "echo c2 > /root/data").0, 0);
+    assert_eq!(cat("c1", "/root/data"), "one\n");
+    assert_eq!(l.sh("c1", "echo c1 > /root/only-c1").0, 0);
+    assert!(cat("c2", "/root/only-c1").contains("No such file"));
+
+    // A device node in a layered rootfs opens nothing, whatever the device cgroup allows (1:3,
+    // /dev/null, is allowed): the overlay belongs to the container's user namespace, so nodev.
+    l.ok(&["stop", "c2", "--force"]);
+    let made = Command::new("mknod")
+        .arg(common::volume_dir(&d, "c2", None).join("upper/nul"))
+        .args(["c", "1", "3"])
+        .status()
+        .expect("mknod");
+    assert!(made.success());
+    l.ok(&["start", "c2"]);
+    let (rc, out) = l.sh("c2", "exec 3</nul 2>&1; echo opened");
+    assert!(rc != 0 && out.contains("Permission denied"), "{rc} {out}");
+    assert_eq!(l.sh("c2", "rm /nul").0, 0);
+
+    // The files API on a stopped instance reads the merged tree; a write makes it plain.
+    l.ok(&["stop", "c1", "--force"]);
+    let pulled = d.tmp().join("pulled");
+    l.ok(&[
+        "file",
+        "pull",
+        "c1/bin/busybox",
+        pulled.to_str().expect("utf-8"),
+    ]);
+    assert!(std::fs::metadata(&pulled).expect("pulled").len() > 100_000);
+    l.ok(&[
+        "file",
+        "pull",
+        "c1/root/data",
+        pulled.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(std::fs::read_to_string(&pulled).expect("pulled"), "one\n");
+    assert!(!l
+        .run(&["file", "pull", "c1/etc/shadow", "-"])
+        .status
+        .success());
+    assert!(vol.join("lower").exists(), "reading keeps it layered");
+    let pushed = d.tmp().join("pushed");
+    std::fs::write(&pushed, "pushed\n").expect("write");
+    l.ok(&[
+        "file",
+        "push",
+        pushed.to_str().expect("utf-8"),
+        "c1/root/pushed",
+    ]);
+    let vol = common::volume_dir(&d, "c1", None);
+    assert!(!vol.join("lower").exists(), "written: plain");
+    assert_eq!(
+        std::fs::read_to_string(vol.join("rootfs/root/pushed")).expect("plain"),
+        "pushed\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(vol.join("rootfs/root/data")).expect("plain"),
+        "one\n"
+    );
+    assert!(!vol.join("rootfs/etc/shadow").exists());
+    assert!(vol.join("rootfs/bin/busybox").exists());
+    // Its snapshot is still layered, and still restores.
+    assert!(snap.join("lower").exists());
+    l.ok(&["restore", "c1", "s0"]);
+    l.ok(&["start", "c1"]);
+    assert!(cat("c1", "/root/pushed").contains("No such file"));
+    assert_eq!(cat("c1", "/root/data"), "one\n");
+
+    // Publish and export see the merged tree.
+    l.ok(&["stop", "c2", "--force"]);
+    l.ok(&["publish", "c2", "--alias", "fromc2"]);
+    l.ok(&["launch", "fromc2", "c3", "-c", "security.privileged=true"]);
+    assert_eq!(cat("c3", "/root/data"), "c2\n");
+    assert!(cat("c3", "/etc/shadow").contains("No such file"));
+    assert!(cat("c3", "/bin/busybox").len() > 1000);
+    assert!(
+        !common::volume_dir(&d, "c3", None).join("lower").exists(),
+        "privileged: plain"
+    );
+    let backup = d.tmp().join("c2.tar.gz");
+    l.ok(&["export", "c2", backup.to_str().expect("utf-8")]);
+    let listing = Command::new("tar")
+        .arg("tzf")
+        .arg(&backup)
+        .output()
+        .expect("tar");
+    let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
+    assert!(listing.contains("rootfs/bin/busybox"), "{listing}");
+    assert!(listing.contains("rootfs/root/data"), "{listing}");
+    assert!(!listing.contains("rootfs/etc/shadow"), "{listing}");
+    assert!(
+        !listing.contains("upper/") && !listing.contains("/lower"),
+        "{listing}"
+    );
+    l.ok(&["import", backup.to_str().expect("utf-8"), "c4"]);
+    l.ok(&["start", "c4"]);
+    assert_eq!(cat("c4", "/root/data"), "c2\n");
+
+    // A nesting start makes the volume plain, its files kept.
+    l.ok(&["copy", "c2", "c5"]);
+    assert!(common::volume_dir(&d, "c5", None).join("lower").exists());
+    l.ok(&["config", "set", "c5", "security.nesting=true"]);
+    l.ok(&["start", "c5"]);
+    assert!(!common::volume_dir(&d, "c5", None).join("lower").exists());
+    assert_eq!(cat("c5", "/root/data"), "c2\n");
+    assert!(cat("c5", "/etc/shadow").contains("No such file"));
+
+    // The image's volume stays while volumes lie over it, and goes with the last.
+    l.ok(&["delete", "--force", "c3", "c4", "c5"]);
+    l.ok(&["image", "delete", &fp]);
+    assert!(
+        image_vol.join("rootfs/bin/busybox").exists(),
+        "still used by c2 and s0"
+    );
+    // Kept out of sight, as LXD keeps a ZFS image dataset its clones need.
+    let vols = l.ok(&[
+        "storage", "volume", "list", "default", "--format", "csv", "-c", "tn",
+    ]);
+    assert!(!vols.contains(&fp), "{vols}");
+    assert!(!l.ok(&["storage", "show", "default"]).contains(&fp));
+    l.ok(&["restart", "c1", "--force"]);
+    assert_eq!(cat("c1", "/root/data"), "one\n");
+    l.ok(&["start", "c2"]);
+    assert_eq!(cat("c2", "/root/data"), "c2\n");
+    l.ok(&["delete", "--force", "c2"]);
+    assert!(image_vol.exists(), "still used by c1 and its snapshot");
+    // c1 made plain (a nesting start), then its snapshot deleted: nothing lies over it.
+    l.ok(&["stop", "c1", "--force"]);
+    l.ok(&["config", "set", "c1", "security.nesting=true"]);
+    l.ok(&["start", "c1"]);
+    assert!(image_vol.exists(), "still used by c1's snapshot");
+    l.ok(&["delete", "c1/s0"]);
+    assert!(!image_vol.exists(), "no volume lies over it any more");
+    assert_eq!(cat("c1", "/root/data"), "one\n");
+    l.ok(&["delete", "--force", "c1"]);
 }

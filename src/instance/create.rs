@@ -104,19 +104,31 @@ pub fn clone_between(from: &Pool, src: &Path, to: &Pool, dst: &Path, readonly: b
         return to.driver.clone_volume(src, dst, readonly).map_err(err);
     }
     to.driver.create_volume(dst).map_err(err)?;
-    for e in std::fs::read_dir(src).map_err(err)? {
-        let e = e.map_err(err)?;
-        let t = dst.join(e.file_name());
-        if e.file_type().map_err(err)?.is_dir() {
-            crate::storage::copy::copy_tree(&e.path(), &t).map_err(err)?;
-        } else {
-            std::fs::copy(e.path(), &t).map_err(err)?;
-        }
-    }
+    // A layered volume's files as one tree, without its layers (its image volume is this
+    // pool's; storage/layered.rs).
+    let view = crate::storage::layered::view(src, false).map_err(err)?;
+    crate::storage::copy::copy_entries(view.path(), dst, |n| {
+        view.layered() && crate::storage::layered::is_layer_entry(n)
+    })
+    .map_err(err)?;
     if readonly {
         to.driver.set_readonly(dst).map_err(err)?;
     }
     Ok(())
+}
+
+/// Whether an instance made from the image volume `base` gets a layered volume (an overlay over
+/// the image's, storage/layered.rs) rather than a copy: on a `dir` pool, where the kernel has
+/// the overlays and the pool's filesystem idmapped mounts, for an unprivileged instance without
+/// `security.nesting` (an overlay under a nested container's own overlays or Docker's cannot be
+/// their upper layer). One that becomes privileged, nesting or shifted later is made plain at its
+/// next start.
+fn layer_over_image(pool: &Pool, base: &Path, expanded: &api::StringMap) -> bool {
+    pool.driver.name() == "dir"
+        && !config::flag(expanded, "security.privileged")
+        && !config::flag(expanded, "security.nesting")
+        && crate::storage::layered::usable_on(&pool.driver.path())
+        && runtime::rootfs_supports_idmap(base)
 }
 
 pub fn create_now(d: &Ctx, args: NewInstance<'_>, origin: Origin<'_>) -> Result<()> {
@@ -165,6 +177,11 @@ pub fn create_now(d: &Ctx, args: NewInstance<'_>, origin: Origin<'_>) -> Result<
             // Files written with the source's map are brought back to container ids here;
             // below they are idmapped or shifted as any new volume's are.
             received_snaps = unshift_received(&pool, &volume, &tmp, &got)?;
+            // What came from elsewhere is never a layered volume of ours (storage/layered.rs).
+            for p in std::iter::once(&tmp).chain(&received_snaps) {
+                crate::storage::layered::forget_layers(p)
+                    .map_err(|e| Error::Host(format!("receiving: {e}")))?;
+            }
             cfg.remove("volatile.last_state.idmap");
             stateful = got.stateful;
             snapshots = got.snapshots;
@@ -178,12 +195,17 @@ pub fn create_now(d: &Ctx, args: NewInstance<'_>, origin: Origin<'_>) -> Result<
         Origin::Image(ref img) => {
             let base = super::pools::image_volume(d, &pool, &img.fingerprint)?;
             trace.step("image volume ready");
-            if !super::pools::take_spare(d, &pool, &img.fingerprint, &tmp) {
-                pool.driver
-                    .clone_volume(&base, &tmp, false)
-                    .map_err(|e| Error::Host(format!("cloning the image volume: {e}")))?;
+            if layer_over_image(&pool, &base, &expanded_cfg) {
+                // Copy-on-write: the volume holds what the instance changes (storage/layered.rs).
+                super::pools::layer_over(d, &pool, &img.fingerprint, &base, &tmp)?;
+            } else {
+                if !super::pools::take_spare(d, &pool, &img.fingerprint, &tmp) {
+                    pool.driver
+                        .clone_volume(&base, &tmp, false)
+                        .map_err(|e| Error::Host(format!("cloning the image volume: {e}")))?;
+                }
+                super::pools::refill_spare(d, &pool, &img.fingerprint);
             }
-            super::pools::refill_spare(d, &pool, &img.fingerprint);
             architecture = img.architecture.clone();
             for (k, v) in &img.put.properties {
                 cfg.entry(format!("image.{k}")).or_insert_with(|| v.clone());

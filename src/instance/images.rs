@@ -44,6 +44,10 @@ pub fn publish_now(
     compression: image::Compression,
     op: &super::operations::Op,
 ) -> Result<()> {
+    // A layered volume's files as one tree (storage/layered.rs).
+    let view = crate::storage::layered::view(vol, false)
+        .map_err(|e| Error::Host(format!("publishing: {e}")))?;
+    let vol = view.path();
     let mut meta = read_metadata(vol, architecture)?;
     meta.creation_date = time::now_secs();
     meta.architecture = architecture.to_string();

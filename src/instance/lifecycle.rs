@@ -103,6 +103,7 @@ pub fn delete_now(d: &Ctx, name: &str) -> Result<()> {
     };
     trace.step("record removed");
     crate::util::lock(&d.runs).remove(name);
+    crate::util::lock(&d.superseded).remove(name);
     // Its NICs' leases and names on the managed networks go with it.
     super::bridges::refresh(d, nets);
     // The record is gone (commit point); data removal failures are retried by `recover`.
@@ -217,6 +218,14 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
         }
         RootfsMode::Shifted
     };
+    // A layered volume is mounted as an overlay inside the container's user namespace, over
+    // idmapped layers; privileged, shifted and nesting containers get a plain one first.
+    let nesting = config::flag(&ec, "security.nesting");
+    if mode != RootfsMode::Idmapped || nesting {
+        super::pools::make_plain(d, &rec)?;
+    }
+    let lower = crate::storage::layered::lower_of(&vol)
+        .map_err(|e| Error::Host(format!("{}: {e}", vol.display())))?;
     // security.privileged may have changed since the volume was made.
     crate::util::fs::ensure_mode(&vol, crate::storage::instance_volume_mode(privileged))
         .map_err(|e| Error::Host(format!("{}: {e}", vol.display())))?;
@@ -232,6 +241,23 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
                 config: ec.clone(),
                 devices: ed.clone(),
             };
+            // A layered volume's files are written through its overlay (the instance is
+            // stopped and this start holds its lock: no other overlay has its upper layer).
+            let pending = rec.config.get("volatile.apply_template");
+            let applies = |t: &api::ImageMetadataTemplate| {
+                t.when.iter().any(|w| w == "start" || Some(w) == pending)
+            };
+            let view = if lower.is_some() && meta.templates.values().any(applies) {
+                Some(
+                    crate::storage::layered::view(&vol, true)
+                        .map_err(|e| Error::Host(format!("applying templates: {e}")))?,
+                )
+            } else {
+                None
+            };
+            let rootfs = view
+                .as_ref()
+                .map_or(rootfs.clone(), |v| v.path().join("rootfs"));
             if let Some(trigger) = rec.config.get("volatile.apply_template") {
                 image::apply_templates(&meta, &vol.join("templates"), &rootfs, trigger, &ctx)?;
             }
@@ -250,9 +276,18 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
     let log_dir = d.log_dir(name);
     std::fs::create_dir_all(&log_dir)
         .map_err(|e| Error::Host(format!("{}: {e}", log_dir.display())))?;
+    let (rootfs, rootfs_lower) = match lower {
+        Some(l) => (
+            std::path::absolute(&vol)
+                .map_err(|e| Error::Host(format!("{}: {e}", vol.display())))?,
+            Some(l.join("rootfs")),
+        ),
+        None => (rootfs, None),
+    };
     let spec = runtime::Spec {
         name: name.to_string(),
         rootfs,
+        rootfs_lower,
         rootfs_mode: mode,
         uid_map: map.as_ref().map(|m| m.uid.clone()).unwrap_or_default(),
         gid_map: map.as_ref().map(|m| m.gid.clone()).unwrap_or_default(),
@@ -260,7 +295,7 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
         init: vec!["/sbin/init".into()],
         env,
         limits,
-        nesting: config::flag(&ec, "security.nesting"),
+        nesting,
         seccomp_policy: seccomp_policy(&ec)?,
         apparmor_raw: ec.get("raw.apparmor").cloned().unwrap_or_default(),
         console_log: log_dir.join("console.log"),

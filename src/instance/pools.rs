@@ -132,6 +132,33 @@ pub fn swap_in(vol: &Path) -> std::io::Result<PathBuf> {
     Ok(old)
 }
 
+/// Make the instance's volume plain if it is layered (storage/layered.rs): its merged tree
+/// copied to [`replacement`], [`swap_in`], the layered one removed in the background. For what
+/// an overlay cannot serve (a privileged, shifted or nesting start; writing a stopped
+/// instance's files; a refresh). The caller holds the instance's lock.
+pub fn make_plain(d: &Ctx, rec: &super::db::InstanceRecord) -> Result<()> {
+    let p = usable_pool(d, &rec.pool)?;
+    let vol = p.container(&rec.volume);
+    if !crate::storage::layered::is_layered(&vol) {
+        return Ok(());
+    }
+    let new = replacement(&vol);
+    let _ = p.driver.delete_volume(&new);
+    let fail = |e: std::io::Error| Error::Host(format!("making {} plain: {e}", vol.display()));
+    if let Err(e) = crate::storage::layered::flatten_into(&vol, &new) {
+        let _ = p.driver.delete_volume(&new);
+        return Err(fail(e));
+    }
+    let mode = std::fs::symlink_metadata(&vol).map_err(fail)?.permissions();
+    std::fs::set_permissions(&new, mode).map_err(fail)?;
+    let old = swap_in(&vol).map_err(fail)?;
+    if let Err(e) = remove_in_background(p.clone(), &old) {
+        eprintln!("bivy: removing {}: {e}", old.display());
+    }
+    drop_kept_image_volume(d, &p, rec);
+    Ok(())
+}
+
 /// The volumes being removed by [`remove_in_background`], and the signal of each one's end.
 static REMOVING: (Mutex<Vec<PathBuf>>, Condvar) = (Mutex::new(Vec::new()), Condvar::new());
 
@@ -198,14 +225,16 @@ fn wait_while_removing(removing: impl Fn(&Path) -> bool) {
     }
 }
 
-/// The fingerprints of the images unpacked on `pool` (finished ones, not `.tmp`), sorted.
-pub fn image_volumes(pool: &Pool) -> Vec<String> {
+/// The fingerprints of the images unpacked on `pool` (finished ones, not `.tmp`), sorted. The
+/// volume of a deleted image that layered volumes keep is not listed (as LXD hides a ZFS image
+/// dataset its clones keep, `deleted/images/<fp>`).
+pub fn image_volumes(d: &Ctx, pool: &Pool) -> Vec<String> {
     let mut fps: Vec<String> = std::fs::read_dir(pool.driver.path().join("images"))
         .into_iter()
         .flatten()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| is_image_volume_name(n))
+        .filter(|n| is_image_volume_name(n) && d.images.get(n).is_ok())
         .collect();
     crate::util::sort::sort(&mut fps);
     fps
@@ -464,10 +493,67 @@ pub fn delete_instance_volumes(d: &Ctx, rec: &InstanceRecord) {
     }
     // A delete ends with all of the instance's data gone, a restore's old volume included.
     wait_for_removals_from(&p.container(&rec.volume));
+    drop_kept_image_volume(d, &p, rec);
     match std::fs::remove_dir(&snaps) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => eprintln!("bivy: deleting {}: {e}", snaps.display()),
+    }
+}
+
+/// Whether a layered volume on `pool` (an instance's or a snapshot's, one being made or being
+/// removed included) lies over the image volume `image` (storage/layered.rs): such an image
+/// volume outlives its image, until the last volume over it goes ([`delete_instance_volumes`]).
+pub fn image_volume_in_use(pool: &Pool, image: &Path) -> bool {
+    let image = std::path::absolute(image).unwrap_or_else(|_| image.to_path_buf());
+    let root = pool.driver.path();
+    let over = |v: &Path| {
+        storage::layered::lower_of(v)
+            .ok()
+            .flatten()
+            .is_some_and(|l| l == image)
+    };
+    let entries = |d: PathBuf| {
+        std::fs::read_dir(d)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+    };
+    // A volume being removed in the background (`<volume>.gone-…`) no longer counts.
+    let kept = |v: &Path| !v.to_string_lossy().contains(".gone-") && over(v);
+    entries(root.join("containers")).any(|v| kept(&v))
+        || entries(root.join("containers-snapshots")).any(|s| entries(s).any(|v| kept(&v)))
+}
+
+/// Make the new volume `dst` a layered volume over `base`, the volume of image `fingerprint` on
+/// `pool` (storage/layered.rs), under the image's lock: an image delete either comes first
+/// (then `base` is gone and this fails) or sees `dst` lie over it and keeps it.
+pub fn layer_over(d: &Ctx, pool: &Pool, fingerprint: &str, base: &Path, dst: &Path) -> Result<()> {
+    let lock = image_lock(d, pool, fingerprint);
+    let _held = lock.lock().expect("image lock");
+    pool.driver
+        .create_volume(dst)
+        .and_then(|()| storage::layered::create(base, dst))
+        .map_err(|e| Error::Host(format!("layering over the image volume: {e}")))
+}
+
+/// Drop the volume of a deleted image that layered volumes kept, once none does (after one of
+/// the instance `rec`'s volumes went or was made plain).
+pub(super) fn drop_kept_image_volume(d: &Ctx, p: &Pool, rec: &InstanceRecord) {
+    let Some(fp) = rec.config.get("volatile.base_image") else {
+        return;
+    };
+    let path = p.image(fp);
+    if !path.exists() || d.images.get(fp).is_ok() {
+        return;
+    }
+    let lock = image_lock(d, p, fp);
+    let _held = lock.lock().expect("image lock");
+    if d.images.get(fp).is_err() && !image_volume_in_use(p, &path) {
+        if let Err(e) = p.driver.delete_volume(&path) {
+            eprintln!("bivy: deleting image volume {}: {e}", path.display());
+        }
     }
 }
 
@@ -478,7 +564,7 @@ pub fn delete_image_volumes(d: &Ctx, fingerprint: &str) {
         let lock = image_lock(d, &p, fingerprint);
         let _held = lock.lock().expect("image lock");
         for path in [spare_path(&p, fingerprint), p.image(fingerprint)] {
-            if path.exists() {
+            if path.exists() && !image_volume_in_use(&p, &path) {
                 if let Err(e) = p.driver.delete_volume(&path) {
                     eprintln!("bivy: deleting image volume {}: {e}", path.display());
                 }
@@ -758,7 +844,8 @@ pub fn recover(d: &Ctx) {
             let n = e.file_name().to_string_lossy().into_owned();
             // A complete spare of a known image stays (a launch can take it).
             let fp = n.strip_suffix(".spare").unwrap_or(&n);
-            if !images.contains(fp) {
+            // One a layered volume lies over stays while it does (storage/layered.rs).
+            if !images.contains(fp) && !image_volume_in_use(&p, &e.path()) {
                 remove(&e.path());
             }
         }

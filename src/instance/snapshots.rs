@@ -151,6 +151,7 @@ pub fn delete_now(d: &Ctx, name: &str, snap: &str) -> Result<()> {
         if let Err(e) = pool.driver.delete_volume(&path) {
             eprintln!("bivy: deleting snapshot volume {}: {e}", path.display());
         }
+        super::pools::drop_kept_image_volume(d, &pool, &rec);
     }
     d.events.lifecycle(
         "instance-snapshot-deleted",

@@ -159,10 +159,19 @@ pub fn send(path: &Path, ws: &mut Ws, f: Features) -> Result<()> {
     let listener = UnixListener::bind_addr(&addr)
         .map_err(|e| Error::Host(format!("rsync relay socket: {e}")))?;
     let shell = format!("sh -c \"/proc/{}/exe __netcat {name}\"", std::process::id());
-    let mut src = path.as_os_str().to_owned();
+    // A layered volume is sent as one tree, without its layers (storage/layered.rs).
+    let view = crate::storage::layered::view(path, false)
+        .map_err(|e| Error::Host(format!("sending {}: {e}", path.display())))?;
+    let layers: &[&str] = if view.layered() {
+        &["--exclude=/lower", "--exclude=/upper", "--exclude=/work"]
+    } else {
+        &[]
+    };
+    let mut src = view.path().as_os_str().to_owned();
     src.push("/");
     let mut child = Command::new(rsync)
         .args(["-ar", "--devices", "--numeric-ids", "--partial", "--sparse"])
+        .args(layers)
         .args(f.args())
         .arg(&src)
         .args(["localhost:/tmp/foo", "-e", &shell])

@@ -246,8 +246,13 @@ pub enum NicKind {
 pub struct Spec {
     /// Instance name; also names the cgroup (`bivy/<name>`), the AppArmor profile and the hostname default.
     pub name: String,
-    /// Host path of the root filesystem directory.
+    /// Host path of the root filesystem directory; with `rootfs_lower`, of the layered volume
+    /// whose `upper/` and `work/` are the overlay's (storage/layered.rs).
     pub rootfs: PathBuf,
+    /// The read-only lower layer of a layered rootfs (the image's rootfs), mounted as an overlay
+    /// inside the container's user namespace (idmapped only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs_lower: Option<PathBuf>,
     pub rootfs_mode: RootfsMode,
     /// Empty when privileged.
     pub uid_map: Vec<IdMapEntry>,

@@ -140,7 +140,8 @@ fn run(run_dir: &Path, status: OwnedFd) -> Result<()> {
             });
             // Before the start is answered: a pool deleted just after it must not find its
             // mount held here.
-            drop_pool_mounts(&spec, run_dir);
+            // The container runs: the monitor uses no pool's files from now on.
+            crate::util::drop_pool_mounts(&[run_dir, &spec.console_log]);
             let _ = chan::send(&status, &Msg::Started(init_pid, me), None);
             drop(status);
             // The network namespace outlives init while physical NICs are in it: they go back
@@ -176,38 +177,6 @@ fn run(run_dir: &Path, status: OwnedFd) -> Result<()> {
             let _ = fs::remove_file(run_dir.join(files::MONITOR_PID));
             let _ = chan::send(&status, &Msg::Err(e.0.clone()), None);
             Err(e)
-        }
-    }
-}
-
-/// Drop this namespace's copies of storage pools' mounts: the container runs, and the monitor
-/// uses no pool's files from now on. Every mount point directly in a directory named
-/// `storage-pools`: our daemon's loop pools (`<bivy dir>/storage-pools/NAME`), another bivy
-/// daemon's, LXD's, whose filesystem a copy held here would keep busy after its owner unmounted
-/// it, so that its pool could not be deleted. Each is unmounted until it is no mount point here
-/// (`EINVAL`): a copy that had a pool mounted twice there would otherwise keep the lower one. A
-/// mount that holds the monitor's own run directory or the console log (a `BIVY_DIR` below such
-/// a directory) stays.
-fn drop_pool_mounts(spec: &Spec, run_dir: &Path) {
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
-    let points = info
-        .lines()
-        .filter_map(crate::util::mountinfo_fields)
-        .map(|(mount_point, _, _)| PathBuf::from(mount_point))
-        .filter(|p| {
-            p.parent()
-                .and_then(Path::file_name)
-                .is_some_and(|n| n == "storage-pools")
-                && !run_dir.starts_with(p)
-                && !spec.console_log.starts_with(p)
-        });
-    for path in points {
-        for _ in 0..16 {
-            if nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH).is_err() {
-                break;
-            }
         }
     }
 }
@@ -340,8 +309,34 @@ fn setup(
             trace(t0, "step 4: userns for the idmap ready");
             let t = userns::idmapped_tree(&spec.rootfs, &ns)?;
             trace(t0, "step 4: idmapped tree ready");
+            let t = match &spec.rootfs_lower {
+                None => t,
+                Some(lower) => {
+                    // The layers, idmapped, attached here for the overlay's maker to take (its
+                    // copy of this namespace has them), then let go: the overlay holds its own.
+                    let l = userns::idmapped_tree(lower, &ns)?;
+                    let (at_lower, at_vol) = (stage.join("lower"), stage.join("layers"));
+                    for (tree, at) in [(&l, &at_lower), (&t, &at_vol)] {
+                        fs::create_dir(at).map_err(|e| err("create", at, e))?;
+                        sys::move_mount_to(tree.as_fd(), at)
+                            .map_err(|e| err("move_mount a rootfs layer to", at, e))?;
+                    }
+                    let o = userns::overlay_in_userns(&ns, &at_lower, &at_vol)?;
+                    for at in [&at_lower, &at_vol] {
+                        nix::mount::umount2(at.as_path(), nix::mount::MntFlags::MNT_DETACH)
+                            .map_err(|e| err("unmount the rootfs layer at", at, e))?;
+                    }
+                    trace(t0, "step 4: rootfs overlay ready");
+                    o
+                }
+            };
             sys::move_mount_to(t.as_fd(), &root)
                 .map_err(|e| err("move_mount idmapped rootfs to", &root, e))?;
+        }
+        RootfsMode::Shifted | RootfsMode::Privileged if spec.rootfs_lower.is_some() => {
+            return Err(Error(
+                "a layered rootfs is mounted idmapped only (the daemon flattens it first)".into(),
+            ));
         }
         RootfsMode::Shifted | RootfsMode::Privileged => {
             mount(

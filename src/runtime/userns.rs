@@ -77,6 +77,26 @@ pub fn idmapped_tree(src: &Path, userns: &OwnedFd) -> Result<OwnedFd> {
     Ok(t)
 }
 
+/// The container's root filesystem as an overlay (a layered volume, storage/layered.rs): the
+/// image's rootfs at `lower` under the volume's `upper/` (with `work/` beside it) in `vol`, both
+/// idmapped trees attached in our (the monitor's private) mount namespace. The overlay is made
+/// by a short-lived child inside `userns`, as its root, in a copy of our mount namespace: only
+/// there may it take the layers (the kernel lets a mounter use as a layer only a mount of a
+/// namespace it administers) and does it create its work directory and copy files up with ids
+/// the idmap maps (made by host root it falls back to read-only, host.md 3b). Returned
+/// detached, for the caller to attach.
+pub fn overlay_in_userns(userns: &OwnedFd, lower: &Path, vol: &Path) -> Result<OwnedFd> {
+    let cs = |p: &Path| sys::cpath(p).map_err(|e| Error(format!("{}: {e}", p.display())));
+    let (l, u, w) = (cs(lower)?, cs(&vol.join("upper"))?, cs(&vol.join("work"))?);
+    let lowers = [l.as_c_str()];
+    let layers = sys::overlay::Layers {
+        lowers: &lowers,
+        upper_work: Some((u.as_c_str(), w.as_c_str())),
+    };
+    sys::overlay::mount_in_userns(userns.as_fd(), &layers)
+        .map_err(|e| Error(format!("rootfs overlay: {e}")))
+}
+
 /// Whether the filesystem holding `path` can be idmapped (tried for real on a detached copy).
 /// The answer is kept per mount where the kernel names mounts uniquely (Linux 6.8+: a mount's
 /// unique id is never reused until reboot), so a launch does not make a user namespace for it.

@@ -112,6 +112,31 @@ pub fn copy_tree(src: &Path, dst: &Path) -> io::Result<CopyStats> {
     copy_tree_opts(src, dst, &CopyOptions::default())
 }
 
+/// Copy the entries of directory `src` that `skip` does not name into the existing directory
+/// `dst`: directories with [`copy_tree`], files with `std::fs::copy` (a volume's top level:
+/// `metadata.json`, `templates/`, `rootfs/`).
+pub fn copy_entries(
+    src: &Path,
+    dst: &Path,
+    skip: impl Fn(&std::ffi::OsStr) -> bool,
+) -> io::Result<()> {
+    let ctx = |p: &Path, e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", p.display()));
+    for e in std::fs::read_dir(src).map_err(|e| ctx(src, e))? {
+        let e = e.map_err(|e| ctx(src, e))?;
+        let name = e.file_name();
+        if skip(&name) {
+            continue;
+        }
+        let t = dst.join(&name);
+        if e.file_type().map_err(|x| ctx(&e.path(), x))?.is_dir() {
+            copy_tree(&e.path(), &t)?;
+        } else {
+            std::fs::copy(e.path(), &t).map_err(|x| ctx(&e.path(), x))?;
+        }
+    }
+    Ok(())
+}
+
 /// [`copy_tree`] with options.
 pub fn copy_tree_opts(src: &Path, dst: &Path, opts: &CopyOptions) -> io::Result<CopyStats> {
     let stats = copy_tree_inner(src, dst, opts, None)?;

@@ -10,6 +10,10 @@ use crate::api::StringMap;
 
 pub struct Dir {
     path: PathBuf,
+    /// The pool's directory is bivy's own (`storage-pools/NAME`), not a `source` the admin gave:
+    /// a delete removes it too. A given source (a directory of theirs, a mount point) stays, as
+    /// LXD's delete empties it and leaves it.
+    own: bool,
 }
 
 impl Dir {
@@ -34,7 +38,8 @@ impl Dir {
             Some(s) => PathBuf::from(s),
             None => bivy_dir.join("storage-pools").join(name),
         };
-        Ok(Dir { path })
+        let own = path == bivy_dir.join("storage-pools").join(name);
+        Ok(Dir { path, own })
     }
 }
 
@@ -103,6 +108,9 @@ impl Driver for Dir {
                     ))
                 }
             }
+        }
+        if !self.own {
+            return Ok(());
         }
         match std::fs::remove_dir(&self.path) {
             Ok(()) => Ok(()),

@@ -166,9 +166,11 @@ pub trait Driver: Send + Sync {
 /// (metadata.yaml, rootfs/, templates/) with numeric owners, modes, times, xattrs (file
 /// capabilities, ACLs), hard links and device nodes, as `publish` writes it.
 pub fn send_volume(vol: &Path, out: &mut dyn Write) -> io::Result<()> {
+    let view = layered::view(vol, false)?;
+    let (vol, named) = (view.path(), vol);
     let meta = match std::fs::read(vol.join("metadata.json")) {
         Ok(b) => serde_json::from_slice(&b)
-            .map_err(|e| io::Error::other(format!("{}/metadata.json: {e}", vol.display())))?,
+            .map_err(|e| io::Error::other(format!("{}/metadata.json: {e}", named.display())))?,
         // An instance created empty: the stream still needs metadata.yaml's required keys.
         Err(_) => bare_metadata(),
     };
@@ -180,7 +182,7 @@ pub fn send_volume(vol: &Path, out: &mut dyn Write) -> io::Result<()> {
         crate::image::Compression::None,
         out,
     )
-    .map_err(|e| io::Error::other(format!("sending {}: {e}", vol.display())))
+    .map_err(|e| io::Error::other(format!("sending {}: {e}", named.display())))
 }
 
 /// The `metadata.yaml` of a stream that has none of its own: only the keys an unpack requires.
@@ -280,7 +282,12 @@ pub fn receive_tree_into(dir: &Path, input: &mut dyn Read) -> io::Result<()> {
 /// to 512 bytes; long names and xattrs not counted), for a progress percentage.
 pub fn stream_size(vol: &Path) -> u64 {
     let mut total = 1024;
-    let mut dirs = vec![vol.join("rootfs"), vol.join("templates")];
+    // A layered volume's layers: its image's files and the changed ones (an upper bound).
+    let mut dirs = match layered::lower_of(vol) {
+        Ok(Some(lower)) => vec![lower.join("rootfs"), vol.join("upper")],
+        _ => vec![vol.join("rootfs")],
+    };
+    dirs.push(vol.join("templates"));
     while let Some(dir) = dirs.pop() {
         let Ok(rd) = std::fs::read_dir(&dir) else {
             continue;
@@ -301,6 +308,7 @@ pub fn stream_size(vol: &Path) -> u64 {
 pub mod btrfs;
 pub mod copy;
 pub mod dir;
+pub mod layered;
 
 /// Storage drivers this build has, with the version reported in `/1.0` (LXD's
 /// `storage_supported_drivers`). btrfs is listed only when the kernel has it.

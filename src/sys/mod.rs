@@ -20,7 +20,8 @@ fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
     }
 }
 
-fn cpath(p: &Path) -> io::Result<CString> {
+/// `p` as a C string (EINVAL for a path with a NUL).
+pub fn cpath(p: &Path) -> io::Result<CString> {
     use std::os::unix::ffi::OsStrExt;
     CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
@@ -368,6 +369,14 @@ pub fn join_new_session_keyring() -> io::Result<()> {
     }
 }
 
+/// Send `sig` to the foreground process group of the terminal whose pty master is `master`
+/// (`TIOCSIG`).
+pub fn pty_signal(master: BorrowedFd<'_>, sig: libc::c_int) -> io::Result<()> {
+    // SAFETY: TIOCSIG takes the signal number as its argument and reads no memory of ours.
+    let r = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSIG, sig) };
+    check(r as libc::c_long).map(drop)
+}
+
 /// Let the calling thread run only when a CPU would otherwise be idle (`SCHED_IDLE`, `on`), or
 /// as other threads again (`SCHED_OTHER`): for background work that must not slow what users
 /// wait for. While idle it must not hold a lock others wait on (it may not run for a long
@@ -496,6 +505,7 @@ pub fn pidfd_send_raw(pidfd: BorrowedFd<'_>, sig: libc::c_int) -> io::Result<()>
 pub mod bpf;
 pub mod btrfs;
 pub mod loopdev;
+pub mod overlay;
 pub mod seccomp;
 mod static_libc;
 
@@ -575,6 +585,23 @@ fn thread_groups() -> Vec<libc::gid_t> {
     let n = unsafe { libc::getgroups(groups.len() as libc::c_int, groups.as_mut_ptr()) };
     groups.truncate(usize::try_from(n).unwrap_or(0));
     groups
+}
+
+/// Become root (ids 0, no supplementary groups) of the user namespace just joined, by the raw
+/// system calls (glibc's wrappers would signal threads a forked child does not have).
+pub fn become_ns_root() -> io::Result<()> {
+    // SAFETY: setgroups with a count of 0 reads nothing; setresgid/setresuid take integers. Each
+    // changes only the calling thread's creds.
+    unsafe {
+        check(libc::syscall(
+            libc::SYS_setgroups,
+            0usize,
+            std::ptr::null::<libc::gid_t>(),
+        ))?;
+        check(libc::syscall(libc::SYS_setresgid, 0u32, 0u32, 0u32))?;
+        check(libc::syscall(libc::SYS_setresuid, 0u32, 0u32, 0u32))?;
+    }
+    Ok(())
 }
 
 /// Set this thread's supplementary groups alone: the raw system call (glibc's `setgroups` sets

@@ -52,6 +52,38 @@ pub fn mountinfo_fields(line: &str) -> Option<(String, &str, &str)> {
     Some((mount_point, fstype, source))
 }
 
+/// Drop this thread's mount namespace's copies of storage pools' mounts (a private namespace:
+/// a container's monitor once the container runs, a daemon thread's view of a layered volume).
+/// Every mount point directly in a directory named `storage-pools`: our daemon's loop pools
+/// (`<bivy dir>/storage-pools/NAME`), another bivy daemon's, LXD's, whose filesystem a copy held
+/// here would keep busy after its owner unmounted it, so that its pool could not be deleted.
+/// Each is unmounted until it is no mount point here (`EINVAL`): a copy that had a pool mounted
+/// twice there would otherwise keep the lower one. A mount that holds one of the paths `keep`
+/// stays.
+pub fn drop_pool_mounts(keep: &[&std::path::Path]) {
+    use std::path::{Path, PathBuf};
+    let Ok(info) = std::fs::read_to_string("/proc/thread-self/mountinfo") else {
+        return;
+    };
+    let points = info
+        .lines()
+        .filter_map(mountinfo_fields)
+        .map(|(mount_point, _, _)| PathBuf::from(mount_point))
+        .filter(|p| {
+            p.parent()
+                .and_then(Path::file_name)
+                .is_some_and(|n| n == "storage-pools")
+                && !keep.iter().any(|k| k.starts_with(p))
+        });
+    for path in points {
+        for _ in 0..16 {
+            if nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH).is_err() {
+                break;
+            }
+        }
+    }
+}
+
 /// The multiplier of a byte-size unit as LXD reads them (`units.ParseByteSizeString`): none,
 /// `B` or `bytes`; `kB`/`KB`, `MB` ... `EB` (powers of 1000); `KiB` ... `EiB` (powers of 1024).
 pub fn byte_unit(unit: &str) -> Option<u64> {

@@ -941,6 +941,92 @@ fn stop_leftover_containers(bivy_dir: &Path) {
     }
 }
 
+/// Where the files an instance changed or made are on disk, for its volume `vol`: a layered
+/// volume's upper layer (bivy's `dir` pools, storage/layered.rs), else its `rootfs/`. A file
+/// made there from the host shows in the container.
+pub fn changed_files_dir(vol: &Path) -> PathBuf {
+    if vol.join("lower").exists() {
+        vol.join("upper")
+    } else {
+        vol.join("rootfs")
+    }
+}
+
+/// The volume directory of instance `name`, or of its snapshot `snap`, on the pool it is on
+/// (volumes are named by uuid in the daemon's database).
+pub fn volume_dir(d: &Daemon, name: &str, snap: Option<&str>) -> PathBuf {
+    let v = d.database();
+    let rec = &v["instances"][name];
+    let vol = rec["volume"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no instance {name}: {v}"));
+    let pool = d
+        .dir()
+        .join("storage-pools")
+        .join(rec["pool"].as_str().unwrap_or("default"));
+    match snap {
+        None => pool.join("containers").join(vol),
+        Some(s) => {
+            let sv = rec["snapshots"]
+                .as_array()
+                .and_then(|a| a.iter().find(|x| x["name"] == s))
+                .and_then(|x| x["volume"].as_str())
+                .unwrap_or_else(|| panic!("no snapshot {s} of {name}: {rec}"));
+            pool.join("containers-snapshots").join(vol).join(sv)
+        }
+    }
+}
+
+/// For `path` below a layered volume's `rootfs/` (which is empty: the container's tree is its
+/// upper layer over its image's rootfs), the volume and the path inside the container.
+fn in_layered(path: &Path) -> Option<(PathBuf, PathBuf)> {
+    let mut at = path;
+    while let Some(parent) = at.parent() {
+        if at.file_name().is_some_and(|n| n == "rootfs") && parent.join("lower").exists() {
+            let rel = path.strip_prefix(at).ok()?.to_path_buf();
+            return Some((parent.to_path_buf(), rel));
+        }
+        at = parent;
+    }
+    None
+}
+
+/// The file on disk that a container sees at `path` (a path below a volume's `rootfs/`): for a
+/// layered volume its upper layer's if there is one (a whiteout: a path that does not exist),
+/// else its image's. (Opaque directories are not looked at.)
+pub fn on_disk(path: &Path) -> PathBuf {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Some((vol, rel)) = in_layered(path) else {
+        return path.to_path_buf();
+    };
+    let up = vol.join("upper").join(&rel);
+    match fs::symlink_metadata(&up) {
+        Ok(m) if m.file_type().is_char_device() && m.rdev() == 0 => {
+            vol.join("whited-out").join(&rel)
+        }
+        Ok(_) => up,
+        Err(_) => {
+            let lower = fs::read_to_string(vol.join("lower")).expect("lower");
+            Path::new(lower.trim()).join("rootfs").join(&rel)
+        }
+    }
+}
+
+/// Where a file written from the host at `path` (below a volume's `rootfs/`) shows in the
+/// container: for a layered volume, in its upper layer (the parents made).
+pub fn for_write(path: &Path) -> PathBuf {
+    match in_layered(path) {
+        Some((vol, rel)) => {
+            let p = vol.join("upper").join(rel);
+            if let Some(parent) = p.parent() {
+                fs::create_dir_all(parent).expect("parents in the upper layer");
+            }
+            p
+        }
+        None => path.to_path_buf(),
+    }
+}
+
 // -------------------------------------------------------------------------------------------
 // the unmodified `lxc` client
 
@@ -952,14 +1038,15 @@ pub struct Lxc<'a> {
 
 impl Lxc<'_> {
     /// Host-side path of the root filesystem of the only container on the default (dir) pool
-    /// (volumes are named by uuid).
+    /// (volumes are named by uuid), where a file made from the host shows in the container: a
+    /// layered volume's upper layer.
     pub fn only_rootfs(&self) -> PathBuf {
         let pool = self.ok(&["storage", "get", "default", "source"]);
         let base = Path::new(pool.trim()).join("containers");
         let vols: Vec<_> = fs::read_dir(&base)
             .expect("containers dir")
             .flatten()
-            .map(|e| e.path().join("rootfs"))
+            .map(|e| changed_files_dir(&e.path()))
             .filter(|p| p.is_dir())
             .collect();
         assert_eq!(vols.len(), 1, "{vols:?}");
@@ -967,8 +1054,25 @@ impl Lxc<'_> {
     }
     /// A character device node `name` (`major`:`minor`) made in the only container's rootfs
     /// from the host side, as a hostile migration peer could; its host path.
+    /// The container must be stopped: a node in a layered rootfs opens nothing at all (an
+    /// overlay its user namespace owns is `nodev`), so a file is first written to it through
+    /// the API, which makes its volume plain, and the device cgroup is what the node meets.
     pub fn mknod_in_rootfs(&self, name: &str, major: u32, minor: u32) -> PathBuf {
+        let ct = self.ok(&["list", "--format", "csv", "-c", "n"]);
+        let lines: Vec<&str> = ct.lines().collect();
+        assert_eq!(lines.len(), 1, "{ct}");
+        let f = self.d.tmp().join("make-plain");
+        fs::write(&f, b"x").expect("write");
+        self.ok(&[
+            "file",
+            "push",
+            f.to_str().expect("utf-8"),
+            &format!("{}/.make-plain", lines[0]),
+        ]);
         let node = self.only_rootfs().join(name);
+        assert!(
+            node.starts_with(self.only_rootfs()) && !node.to_string_lossy().contains("/upper/")
+        );
         let out = Command::new("mknod")
             .arg(&node)
             .args(["c", &major.to_string(), &minor.to_string()])
@@ -987,6 +1091,13 @@ impl Lxc<'_> {
         let conf = d.tmp().join("lxc-conf");
         fs::create_dir_all(&conf).expect("lxc conf dir");
         Lxc { d, conf }
+    }
+    /// The fingerprint of the only image.
+    pub fn only_image_fingerprint(&self) -> String {
+        let fp = self.ok(&["image", "list", "--format", "csv", "-c", "F"]);
+        let fp = fp.trim().to_string();
+        assert_eq!(fp.len(), 64, "{fp}");
+        fp
     }
     /// `lxc <args>`, not yet run (stdin null).
     pub fn cmd(&self, args: &[&str]) -> Command {

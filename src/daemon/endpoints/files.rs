@@ -142,7 +142,7 @@ pub fn handle(d: &Daemon, req: &mut Request, name: &str, rec: &InstanceRecord) -
     } else {
         format!("/{path}")
     };
-    let v = view(d, name, rec)?;
+    let v = view(d, name, rec, !matches!(req.method.as_str(), "GET" | "HEAD"))?;
     match req.method.as_str() {
         "GET" | "HEAD" => pull(&v, &path, req.method == "HEAD"),
         "POST" => push(&v, req, &path),
@@ -297,8 +297,9 @@ impl View {
 /// devices, custom volumes, its own tmpfs mounts and /proc as LXD's SFTP server inside it sees
 /// them), owned as the host sees them through its id map, and acted on as its root ([`View::act`];
 /// new files are made with its root's host ids, which an idmapped tree needs too). A stopped
-/// one's are its volume's rootfs directory.
-fn view(d: &Daemon, name: &str, rec: &InstanceRecord) -> Result<View> {
+/// one's are its volume's rootfs directory: a layered volume's merged tree (storage/layered.rs)
+/// to read, made plain first to `write` (no overlay may be left on it when it starts).
+fn view(d: &Daemon, name: &str, rec: &InstanceRecord, write: bool) -> Result<View> {
     if let Ok(crate::runtime::State::Running { init_pid, .. }) =
         crate::instance::view::state_of(d, name)
     {
@@ -317,7 +318,22 @@ fn view(d: &Daemon, name: &str, rec: &InstanceRecord) -> Result<View> {
         };
         return Ok(View { root, ids, maker });
     }
-    let rootfs = d.volume_dir(rec).join("rootfs");
+    let vol = d.volume_dir(rec);
+    if write && crate::storage::layered::is_layered(&vol) {
+        // Not while a start or another change has it (a start mounts the layers).
+        let _busy = d.claim(name, "making its volume plain")?;
+        if !matches!(
+            crate::instance::view::state_of(d, name),
+            Ok(crate::runtime::State::Stopped { .. })
+        ) {
+            return Err(Error::Conflict(format!("Instance {name:?} is starting")));
+        }
+        crate::instance::pools::make_plain(d, rec)?;
+    }
+    // The overlay stays reachable through the opened root after the view's namespace is gone.
+    let layers =
+        crate::storage::layered::view(&vol, false).map_err(|e| Error::Internal(e.to_string()))?;
+    let rootfs = layers.path().join("rootfs");
     let root = rustix::fs::open(
         &rootfs,
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,

@@ -57,7 +57,7 @@ fn used_by(d: &Daemon, name: &str) -> Vec<String> {
     drop(db);
     if let Ok(p) = pool(d, name) {
         out.extend(
-            crate::instance::pools::image_volumes(&p)
+            crate::instance::pools::image_volumes(d, &p)
                 .into_iter()
                 .map(|f| format!("/1.0/images/{f}")),
         );

@@ -80,7 +80,7 @@ fn all_volumes(d: &Daemon, pool_name: &str) -> Vec<api::StorageVolume> {
         }
     }
     if let Ok(p) = pool(d, pool_name) {
-        for f in image_volumes(&p) {
+        for f in image_volumes(d, &p) {
             let used_by = vec![format!("/1.0/images/{f}")];
             out.push(plain_volume(&f, "image", used_by, api::ZERO_TIME));
         }

@@ -356,6 +356,9 @@ fn add_volume<W: Write>(
     unshift: Option<&crate::instance::idmap::Map>,
 ) -> Result<()> {
     let err = |e: &dyn std::fmt::Display| Error::Host(format!("writing the backup: {e}"));
+    // A layered volume's files as one tree (storage/layered.rs).
+    let view = crate::storage::layered::view(vol, false).map_err(|e| err(&e))?;
+    let vol = view.path();
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(tar::EntryType::Directory);
     h.set_mode(0o711);
