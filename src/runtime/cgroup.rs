@@ -288,6 +288,37 @@ fn poll(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Wait up to `limit` until `dir`'s `cgroup.events` says `populated 0`, woken by the kernel's
+/// notification on that file (`POLLPRI`). False on timeout, or when the file cannot be read.
+fn wait_unpopulated(dir: &Path, limit: Duration) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::fd::AsFd;
+    let Ok(mut f) = fs::File::open(dir.join("cgroup.events")) else {
+        return false;
+    };
+    let deadline = Instant::now() + limit;
+    let mut text = String::new();
+    loop {
+        text.clear();
+        if f.seek(SeekFrom::Start(0)).is_err() || f.read_to_string(&mut text).is_err() {
+            return false;
+        }
+        if keyed(&text, "populated") == Some(0) {
+            return true;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
+        let mut fds = [nix::poll::PollFd::new(
+            f.as_fd(),
+            nix::poll::PollFlags::POLLPRI,
+        )];
+        let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms));
+    }
+}
+
 /// The controllers this code drives.
 const CONTROLLERS: &[&str] = &["memory", "pids", "cpu", "cpuset"];
 
@@ -813,7 +844,10 @@ impl Cgroup {
             write(&k, "1")?;
             // cgroup.kill covers the unified subtree; a process moved elsewhere there but still in
             // a v1 bivy/<name> would survive it: the signal path below catches such stragglers.
-            done = poll(Duration::from_millis(200), || self.pids().is_empty());
+            // The kernel says when the subtree is empty (a systemd container's processes take
+            // 30-40 ms to exit here): no reading of its sixty cgroups' process lists meanwhile.
+            let dir = k.parent().unwrap_or(Path::new("/"));
+            done = wait_unpopulated(dir, Duration::from_millis(200)) && self.pids().is_empty();
         }
         if !done {
             // Freezing first stops a fork loop from outrunning us; signals to frozen tasks are
