@@ -10,7 +10,8 @@
 //! the cached image, `exec -- true` (and pylxd's `execute`, when a python with pylxd is there),
 //! `list` with N running, the same two over an HTTPS remote on
 //! loopback, snapshot and restore of a running container, `stop --force`, copy of a stopped
-//! container, start, clean stop, delete; copies to a second server of the same kind (`lxc copy
+//! container, start, clean stop, delete; the same launch, snapshot, restore and copy of a
+//! Debian 12 container (systemd) when its test image is built; copies to a second server of the same kind (`lxc copy
 //! s:c t:c` for both pairs: `dir` and `btrfs`, `--refresh`, a large container's throughput);
 //! and launch to an IPv4 address on eth0 on a managed
 //! bridge: bivy's own DHCP server (its daemon in a network namespace of its own, as `bench`
@@ -1006,7 +1007,53 @@ fn containers(c: &Ctx, t: &mut AbTable, o: &Opts, image: &Path) -> Result {
     t.add("delete (stopped)", r, "")?;
     let r = c.time(runs, |i| v(&["delete", &l(i)]));
     t.add("delete (stopped, with snapshots on #0)", r, "")?;
+    // A failure there (LXD's systemd, say) leaves the other parts of the run to go on.
+    if let Err(e) = debian(c, t, runs) {
+        t.notes.push(format!("Debian container rows stopped: {e}"));
+    }
     Ok(())
+}
+
+/// The Debian 12 test image's rows (systemd, about 10,000 files), when it is built: a launch
+/// after the first (which unpacks the image on each side, untimed), then snapshot, restore and
+/// copy of a running container: the "≤ 50 ms for the Debian image" beside LXD's.
+fn debian(c: &Ctx, t: &mut AbTable, runs: usize) -> Result {
+    let debian = util::target_dir().join("test-images/debian12.tar.zst");
+    if !debian.is_file() {
+        t.notes.push(format!(
+            "Debian container rows left out: {} is not built (`cargo xtask test-image debian`)",
+            util::rel(&debian)
+        ));
+        return Ok(());
+    }
+    let deb = debian.to_string_lossy().into_owned();
+    c.both(&["image", "import", &deb, "--alias", "debian"])?;
+    c.both(&["launch", "debian", "ab-d"])?;
+    let l = |i: usize| format!("ab-dl{i}");
+    let r = c.time(runs, |i| v(&["launch", "debian", &l(i)]));
+    t.add(
+        "launch Debian 12 (image unpacked by a first launch)",
+        r,
+        "to RUNNING (systemd then boots)",
+    )?;
+    for i in 0..runs {
+        c.both(&["delete", "--force", &l(i)])?;
+    }
+    let r = c.time(runs, |i| v(&["snapshot", "ab-d", &format!("s{i}")]));
+    t.add("snapshot Debian 12 (running)", r, "")?;
+    let r = c.time(runs, |i| v(&["restore", "ab-d", &format!("s{i}")]));
+    t.add(
+        "restore Debian 12 (running)",
+        r,
+        "a forced stop, the restore and a start",
+    )?;
+    let cp = |i: usize| format!("ab-dc{i}");
+    let r = c.time(runs, |i| v(&["copy", "ab-d", &cp(i), "--instance-only"]));
+    t.add("copy Debian 12 (running source)", r, "--instance-only")?;
+    for i in 0..runs {
+        c.both(&["delete", &cp(i)])?;
+    }
+    c.both(&["delete", "--force", "ab-d"])
 }
 
 /// A second server of each kind, and one `lxc` client config per kind naming the first server
