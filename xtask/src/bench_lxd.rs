@@ -1026,34 +1026,45 @@ fn debian(c: &Ctx, t: &mut AbTable, runs: usize) -> Result {
         ));
         return Ok(());
     }
+    // Each timed step waits for the systemd boots the step before started (LXD's take a
+    // second or two of both CPUs) to settle, so that neither side is timed beside them.
+    let settle = || std::thread::sleep(Duration::from_secs(3));
+    let time = |args: &dyn Fn(usize) -> Vec<String>| {
+        c.time(runs, |i| {
+            settle();
+            args(i)
+        })
+    };
     let deb = debian.to_string_lossy().into_owned();
     c.both(&["image", "import", &deb, "--alias", "debian"])?;
     c.both(&["launch", "debian", "ab-d"])?;
     let l = |i: usize| format!("ab-dl{i}");
-    let r = c.time(runs, |i| v(&["launch", "debian", &l(i)]));
+    let r = time(&|i| v(&["launch", "debian", &l(i)]));
     t.add(
         "launch Debian 12 (image unpacked by a first launch)",
         r,
-        "to RUNNING (systemd then boots)",
+        "to RUNNING (systemd then boots); each step after 3 s for the boots before it to settle",
     )?;
     for i in 0..runs {
         c.both(&["delete", "--force", &l(i)])?;
     }
-    let r = c.time(runs, |i| v(&["snapshot", "ab-d", &format!("s{i}")]));
+    let r = time(&|i| v(&["snapshot", "ab-d", &format!("s{i}")]));
     t.add("snapshot Debian 12 (running)", r, "")?;
-    let r = c.time(runs, |i| v(&["restore", "ab-d", &format!("s{i}")]));
+    let r = time(&|i| v(&["restore", "ab-d", &format!("s{i}")]));
     t.add(
         "restore Debian 12 (running)",
         r,
         "a forced stop, the restore and a start",
     )?;
     let cp = |i: usize| format!("ab-dc{i}");
-    let r = c.time(runs, |i| v(&["copy", "ab-d", &cp(i), "--instance-only"]));
+    let r = time(&|i| v(&["copy", "ab-d", &cp(i), "--instance-only"]));
     t.add("copy Debian 12 (running source)", r, "--instance-only")?;
     for i in 0..runs {
         c.both(&["delete", &cp(i)])?;
     }
-    c.both(&["delete", "--force", "ab-d"])
+    c.both(&["delete", "--force", "ab-d"])?;
+    // The copies to a second server import the image again.
+    c.both(&["image", "delete", "debian"])
 }
 
 /// A second server of each kind, and one `lxc` client config per kind naming the first server
