@@ -803,15 +803,7 @@ fn pool_api_errors() {
     assert!(left.is_empty(), "{left:?}");
     // A mount point as the source: deleted cleanly, still mounted and empty afterwards.
     let mnt = d.tmp().join("pool-mount");
-    std::fs::create_dir_all(&mnt).expect("mkdir");
-    nix::mount::mount(
-        Some("tmpfs"),
-        &mnt,
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        Some("size=4m"),
-    )
-    .expect("mount tmpfs");
+    tmpfs_at(&mnt, "4m");
     l.ok(&[
         "storage",
         "create",
@@ -883,15 +875,7 @@ fn disk_full_copy_fails_cleanly() {
     l.ok(&["stop", "full", "--force"]);
     // A 16 MiB tmpfs (the harness unmounts it with the temp dir) holds a small dir pool.
     let mnt = d.tmp().join("small");
-    std::fs::create_dir(&mnt).expect("mkdir");
-    nix::mount::mount(
-        Some("tmpfs"),
-        &mnt,
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        Some("size=16m"),
-    )
-    .expect("mount tmpfs");
+    tmpfs_at(&mnt, "16m");
     let src = mnt.join("pool");
     l.ok(&[
         "storage",
@@ -1349,4 +1333,17 @@ fn dir_pool_instances_are_layered_over_their_image() {
     assert!(!image_vol.exists(), "no volume lies over it any more");
     assert_eq!(cat("c1", "/root/data"), "one\n");
     l.ok(&["delete", "--force", "c1"]);
+}
+
+/// A tmpfs of `size` mounted at `dir` (made first; the harness unmounts it with its temp dir).
+fn tmpfs_at(dir: &std::path::Path, size: &str) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    nix::mount::mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some(format!("size={size}").as_str()),
+    )
+    .expect("mount tmpfs");
 }
