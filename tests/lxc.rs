@@ -455,6 +455,27 @@ fn bivy_metadata_templates_and_image_properties_as_lxc() {
     let out = d.run(&["config", "template", "delete", "m1", "motd.tpl"]);
     assert!(!out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("Template not found"));
+    // Names: one file name of the templates directory (a dotted one too), nothing else, and a
+    // name too long for a file is the caller's error, not the server's.
+    let out = l.with_stdin(&["config", "template", "create", "m1", ".hidden"], b"");
+    assert!(out.status.success(), "{out:?}");
+    assert!(l
+        .ok(&["config", "template", "list", "m1"])
+        .contains(".hidden"));
+    l.ok(&["config", "template", "delete", "m1", ".hidden"]);
+    for bad in ["..", "a/b", &"x".repeat(300)] {
+        let out = l.run(&["config", "template", "create", "m1", bad]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("Invalid template name"),
+            "{bad}: {err}"
+        );
+    }
+    let (code, v) = d
+        .api("GET", "/1.0/instances/m1/metadata/templates?path=", None)
+        .expect("GET templates");
+    assert_eq!(code, 200, "{v}");
+    assert!(v["metadata"].is_array(), "{v}");
     // Image properties: set, read back by both clients, unset.
     d.ok(&["image", "set-property", "busybox", "foo", "bar baz"]);
     assert_eq!(
@@ -496,6 +517,22 @@ fn image_aliases_with_slashes() {
         .ok(&["image", "alias", "list", "-f", "csv"])
         .contains("bb/1.35,"));
     assert!(l.ok(&["image", "info", "bb/1.35"]).contains(&fp));
+    // Listed as LXD lists it: the name one escaped path segment, which reads back.
+    l.ok(&["image", "alias", "create", "q?y z", &fp]);
+    let urls = l.ok(&["query", "/1.0/images/aliases"]);
+    for u in [
+        "/1.0/images/aliases/bb%2F1.35",
+        "/1.0/images/aliases/q%3Fy%20z",
+    ] {
+        assert!(urls.contains(&format!("\"{u}\"")), "{urls}");
+        let (code, v) = d.api("GET", u, None).expect("GET alias");
+        assert_eq!(
+            (code, v["metadata"]["target"].as_str()),
+            (200, Some(fp.as_str())),
+            "{u}"
+        );
+    }
+    l.ok(&["image", "alias", "delete", "q?y z"]);
     d.ok(&["init", "bb/1.35", "s1"]);
     l.ok(&["image", "alias", "rename", "bb/1.35", "bb/stable/x"]);
     assert!(d.ok(&["image", "info", "bb/stable/x"]).contains(&fp));

@@ -74,6 +74,23 @@ pub fn urlencode(s: &str, keep_slash: bool) -> String {
     out
 }
 
+/// A path segment escaped as Go's `url.PathEscape`, which LXD's `api.NewURL().Path(...)` applies
+/// to each part of the URLs it lists: `/`, `;`, `,`, `?` and what is not ASCII are escaped with
+/// the rest of what RFC 3986 reserves, but `$ & + : = @` pass.
+pub fn path_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            b'$' | b'&' | b'+' | b':' | b'=' | b'@' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
 /// A response whose body was read whole.
 pub struct RawResponse {
     pub status: u16,
@@ -693,6 +710,18 @@ impl<R: Read> Read for ProgressReader<R> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn path_segments_are_escaped_as_gos_path_escape() {
+        use super::path_escape;
+        assert_eq!(path_escape("debian/12"), "debian%2F12");
+        assert_eq!(path_escape("q?y"), "q%3Fy");
+        assert_eq!(path_escape("sp ace"), "sp%20ace");
+        assert_eq!(path_escape("a%b#c;d,e"), "a%25b%23c%3Bd%2Ce");
+        assert_eq!(path_escape("a:b@c=d&e+f$"), "a:b@c=d&e+f$");
+        assert_eq!(path_escape("ünï"), "%C3%BCn%C3%AF");
+        assert_eq!(path_escape("x.y-z_~"), "x.y-z_~");
+    }
+
     use super::*;
 
     /// A server on a fresh socket serving each connection with the HTTP layer (keep-alive

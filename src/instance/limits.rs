@@ -8,6 +8,9 @@
 /// downloads; bivy has none, so they are refused as LXD refuses a type it does not know.
 pub fn instance_type_limits(value: &str) -> Result<Vec<(&'static str, String)>, String> {
     let unknown = || format!("Provided instance type doesn't exist: {value}");
+    // Zero, or too small to be a limit (a CPU share under 1%, memory under 1 MB): refused with
+    // the type, not as a limit the user did not write.
+    let bad = || format!("Bad custom instance type: {value}");
     if value.contains(':') {
         return Err(unknown());
     }
@@ -20,8 +23,8 @@ pub fn instance_type_limits(value: &str) -> Result<Vec<(&'static str, String)>, 
         let v: f32 = num
             .parse()
             .ok()
-            .filter(|v: &f32| v.is_finite() && *v >= 0.0 && *v < 1e6)
-            .ok_or_else(|| format!("Bad custom instance type: {value}"))?;
+            .filter(|v: &f32| v.is_finite() && *v > 0.0 && *v < 1e6)
+            .ok_or_else(bad)?;
         if kind == "c" {
             cpu = v;
         } else {
@@ -33,12 +36,19 @@ pub fn instance_type_limits(value: &str) -> Result<Vec<(&'static str, String)>, 
         let cores = cpu.ceil() as u32;
         out.push(("limits.cpu", cores.to_string()));
         let time = (cpu / cores as f32 * 100.0) as u32;
+        if time == 0 {
+            return Err(bad());
+        }
         if time < 100 {
             out.push(("limits.cpu.allowance", format!("{time}%")));
         }
     }
     if memory > 0.0 {
-        out.push(("limits.memory", format!("{}MB", (memory * 1024.0) as i64)));
+        let mb = (memory * 1024.0) as i64;
+        if mb == 0 {
+            return Err(bad());
+        }
+        out.push(("limits.memory", format!("{mb}MB")));
     }
     Ok(out)
 }
@@ -224,6 +234,10 @@ mod tests {
         assert_eq!(t("m0.5"), Ok(own(&[("limits.memory", "512MB")])));
         for bad in ["t2.micro", "aws:t2.micro", "c", "x2", "", "c2-", "c2-m4-q1"] {
             assert!(t(bad).unwrap_err().contains("doesn't exist"), "{bad}");
+        }
+        // Zero, or too small to be a limit: a bad type, never a limit the user did not write.
+        for bad in ["c0", "m0", "c0-m1", "c0.001", "m0.0001", "cNaN", "c1e9"] {
+            assert!(t(bad).unwrap_err().contains("Bad custom"), "{bad}");
         }
         for bad in ["c-1", "cX", "mNaN", "cinf"] {
             assert!(t(bad).is_err(), "{bad}");

@@ -319,6 +319,11 @@ fn alias_visible(d: &Daemon, a: &api::ImageAliasesEntry, trusted: bool) -> bool 
     trusted || d.images.get(&a.target).is_ok_and(|i| i.put.public)
 }
 
+/// An alias's URL, its name one escaped segment as LXD writes it (`debian%2F12`).
+fn alias_url(name: &str) -> String {
+    format!("/1.0/images/aliases/{}", crate::client::path_escape(name))
+}
+
 pub fn aliases_list(d: &Daemon, req: &Request, trusted: bool) -> Result<Response> {
     let mut list = d.images.alias_list()?;
     list.retain(|a| alias_visible(d, a, trusted));
@@ -326,10 +331,7 @@ pub fn aliases_list(d: &Daemon, req: &Request, trusted: bool) -> Result<Response
         Ok(response::sync(&list))
     } else {
         Ok(response::sync(
-            &list
-                .iter()
-                .map(|a| format!("/1.0/images/aliases/{}", a.name))
-                .collect::<Vec<_>>(),
+            &list.iter().map(|a| alias_url(&a.name)).collect::<Vec<_>>(),
         ))
     }
 }
@@ -351,10 +353,7 @@ pub fn alias_create(d: &Daemon, req: &mut Request) -> Result<Response> {
         body.kind = "container".into();
     }
     d.images.alias_create(&body)?;
-    Ok(response::created(&format!(
-        "/1.0/images/aliases/{}",
-        body.name
-    )))
+    Ok(response::created(&alias_url(&body.name)))
 }
 
 pub fn alias_put(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
@@ -376,10 +375,7 @@ pub fn alias_put(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> 
 pub fn alias_rename(d: &Daemon, req: &mut Request, name: &str) -> Result<Response> {
     let body: api::ImageAliasesEntryPost = json(req)?;
     d.images.alias_rename(name, &body.name)?;
-    Ok(response::created(&format!(
-        "/1.0/images/aliases/{}",
-        body.name
-    )))
+    Ok(response::created(&alias_url(&body.name)))
 }
 
 pub fn alias_delete(d: &Daemon, name: &str) -> Result<Response> {

@@ -144,9 +144,13 @@ pub fn metadata_put(d: &Daemon, req: &mut Request, name: &str, patch: bool) -> R
     Ok(response::empty())
 }
 
+/// The template file a request's `path` names: one file name in the volume's `templates/`
+/// (LXD refuses a `/`; `.`, `..`, a NUL and a name longer than a file name can be are refused
+/// too).
 fn template_name(req: &Request) -> Result<String> {
     let p = req.query("path").unwrap_or("");
-    if p.is_empty() || p.contains('/') || p.starts_with('.') || p.contains('\0') {
+    if p.is_empty() || p.contains('/') || p == "." || p == ".." || p.contains('\0') || p.len() > 255
+    {
         return Err(Error::BadRequest(format!("Invalid template name {p:?}")));
     }
     Ok(p.to_string())
@@ -177,7 +181,8 @@ pub fn template_delete(d: &Daemon, req: &Request, name: &str) -> Result<Response
 
 pub fn templates(d: &Daemon, req: &Request, name: &str) -> Result<Response> {
     let (_, vol) = metadata_of(d, name)?;
-    match req.query("path") {
+    // An empty `path` lists them, as none does (LXD's).
+    match req.query("path").filter(|p| !p.is_empty()) {
         None => {
             // The template files present (what LXD lists), not the metadata's references.
             let mut names: Vec<String> = std::fs::read_dir(vol.join("templates"))
@@ -190,11 +195,8 @@ pub fn templates(d: &Daemon, req: &Request, name: &str) -> Result<Response> {
             crate::util::sort::sort(&mut names);
             Ok(response::sync(&names))
         }
-        Some(p) => {
-            if p.is_empty() || p.contains('/') || p.starts_with('.') {
-                return Err(Error::BadRequest(format!("Invalid template name {p:?}")));
-            }
-            let path = vol.join("templates").join(p);
+        Some(_) => {
+            let path = vol.join("templates").join(template_name(req)?);
             let data =
                 std::fs::read(&path).map_err(|_| Error::NotFound("Template not found".into()))?;
             Ok(response::raw(
