@@ -834,19 +834,18 @@ impl Cgroup {
     /// SIGKILL every process in the cgroup and its sub-cgroups, and wait (up to 5 s) until they
     /// are gone from it. Uses `cgroup.kill` when the kernel has it, else freeze, kill each pid, thaw.
     pub fn kill_all(&self) -> Result<()> {
-        let kill_file = self
+        // The unified directory, where the kernel has `cgroup.kill`.
+        let killable = self
             .unified
-            .as_ref()
-            .map(|d| d.join("cgroup.kill"))
-            .filter(|p| self.v2_core && p.exists());
+            .as_deref()
+            .filter(|d| self.v2_core && d.join("cgroup.kill").exists());
         let mut done = false;
-        if let Some(k) = kill_file {
-            write(&k, "1")?;
+        if let Some(dir) = killable {
+            write(&dir.join("cgroup.kill"), "1")?;
             // cgroup.kill covers the unified subtree; a process moved elsewhere there but still in
             // a v1 bivy/<name> would survive it: the signal path below catches such stragglers.
             // The kernel says when the subtree is empty (a systemd container's processes take
             // 30-40 ms to exit here): no reading of its sixty cgroups' process lists meanwhile.
-            let dir = k.parent().unwrap_or(Path::new("/"));
             done = wait_unpopulated(dir, Duration::from_millis(200)) && self.pids().is_empty();
         }
         if !done {
