@@ -217,6 +217,8 @@ pub fn parse_allowance(s: &str) -> Result<Allowance, String> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn instance_types_as_lxd() {
         let t = |v: &str| instance_type_limits(v);
@@ -243,8 +245,6 @@ mod tests {
             assert!(t(bad).is_err(), "{bad}");
         }
     }
-
-    use super::*;
 
     #[test]
     fn memory_sizes() {

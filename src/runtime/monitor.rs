@@ -157,9 +157,8 @@ fn run(run_dir: &Path, status: OwnedFd) -> Result<()> {
             let init_fd = rustix::process::Pid::from_raw(init_pid).and_then(|p| {
                 rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
             });
-            // Before the start is answered: a pool deleted just after it must not find its
-            // mount held here.
-            // The container runs: the monitor uses no pool's files from now on.
+            // The container runs: the monitor uses no pool's files from now on. Dropped before
+            // the start is answered: a pool deleted just after it must not find its mount here.
             crate::util::drop_pool_mounts(&[run_dir, &spec.console_log]);
             let _ = chan::send(&status, &Msg::Started(init_pid, me), None);
             drop(status);
