@@ -341,6 +341,134 @@ fn a_failed_restore_leaves_the_instance_as_it_was() {
     assert!(volumes(&pool).is_empty(), "{:?}", volumes(&pool));
 }
 
+/// A restore of a running instance does not wait for the old run's end: the old run is killed
+/// and its run directory moved aside, and the restored instance starts beside it (in a cgroup
+/// of another name). Here the old run's monitor is held stopped (SIGSTOP, by its pid) so that
+/// its end cannot come before the restore answers: the restore still succeeds at once, the
+/// instance runs with the snapshot's files, and once the old monitor goes on, its run directory,
+/// its cgroups and the volume restored away are gone and its end is in the instance's log. A run
+/// moved aside whose end a stopped daemon did not see is cleaned up at the next start.
+#[test]
+fn a_running_restore_does_not_wait_for_the_old_runs_end() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let mut d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    l.import_busybox();
+    l.ok(&["launch", "busybox", "rr"]);
+    assert_eq!(l.sh("rr", "echo one > /root/a").0, 0);
+    l.ok(&["snapshot", "rr", "s0"]);
+    assert_eq!(l.sh("rr", "echo two > /root/a").0, 0);
+    let run = d.dir().join("run");
+    let pid_in = |dir: &Path| -> i32 {
+        std::fs::read_to_string(dir.join("monitor.pid"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no monitor.pid in {}", dir.display()))
+    };
+    let old = pid_in(&run.join("rr"));
+    let pool = d.dir().join("storage-pools/default");
+    let vols_before = volumes(&pool);
+    let ended = || -> Vec<String> {
+        std::fs::read_dir(&run)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".ended."))
+            .collect()
+    };
+    let cgroups = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir("/sys/fs/cgroup/pids/bivy")
+            .or_else(|_| std::fs::read_dir("/sys/fs/cgroup/bivy"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n == "rr" || n.starts_with("rr."))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(cgroups().len(), 1, "{:?}", cgroups());
+    kill(Pid::from_raw(old), Signal::SIGSTOP).expect("SIGSTOP the old run's monitor");
+    let out = l.run(&["restore", "rr", "s0"]);
+    let resumed = kill(Pid::from_raw(old), Signal::SIGCONT);
+    assert!(out.status.success(), "{}", failed(&out));
+    resumed.expect("SIGCONT");
+    assert_eq!(l.sh("rr", "cat /root/a").1, "one\n", "the snapshot's files");
+    let new = pid_in(&run.join("rr"));
+    assert_ne!(new, old, "a new run");
+    // Its end comes once its monitor goes on: everything of the old run goes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let log = d.dir().join("logs/rr/lxc.log");
+    let killed = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("killed by request")
+            .count()
+    };
+    while (!ended().is_empty()
+        || cgroups().len() != 1
+        || volumes(&pool) != vols_before
+        || killed() == 0)
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(ended().is_empty(), "{:?}", ended());
+    assert_eq!(
+        cgroups().len(),
+        1,
+        "only the new run's cgroup: {:?}",
+        cgroups()
+    );
+    assert_eq!(
+        volumes(&pool),
+        vols_before,
+        "the volume restored away removed"
+    );
+    assert_eq!(
+        killed(),
+        1,
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let state = std::fs::read_to_string(format!("/proc/{old}/stat")).unwrap_or_default();
+    assert!(
+        state.is_empty()
+            || state
+                .rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z')),
+        "the old monitor ended: {state}"
+    );
+    // Restored again at once, twice: each the snapshot's files, each old run gone after.
+    for _ in 0..2 {
+        assert_eq!(l.sh("rr", "echo three > /root/a").0, 0);
+        l.ok(&["restore", "rr", "s0"]);
+        assert_eq!(l.sh("rr", "cat /root/a").1, "one\n");
+    }
+    l.ok(&["stop", "--force", "rr"]);
+
+    // A run moved aside that no daemon saw end (its monitor gone): cleaned up at the start.
+    d.stop();
+    let left = run.join(".ended.rr.4194304");
+    std::fs::create_dir_all(left.join("stage")).expect("mkdir");
+    std::fs::write(left.join("exit.json"), r#"{"code":137,"reason":"killed"}"#).expect("write");
+    std::fs::write(left.join("monitor.pid"), "4194304 1\n").expect("write");
+    d.restart().expect("restart");
+    assert!(!left.exists(), "{} left", left.display());
+    let l = Lxc::new(&d);
+    l.ok(&["start", "rr"]);
+    assert_eq!(l.sh("rr", "cat /root/a").1, "one\n");
+    l.ok(&["delete", "--force", "rr"]);
+    assert!(cgroups().is_empty(), "{:?}", cgroups());
+}
+
 /// A restore stops a running instance without recording it stopped (it is started again); when
 /// that start fails (here the snapshot's config names a kernel module that cannot be loaded),
 /// the restore fails, and the instance is stopped and recorded so, across a daemon restart.

@@ -299,7 +299,14 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
         seccomp_policy: seccomp_policy(&ec)?,
         apparmor_raw: ec.get("raw.apparmor").cloned().unwrap_or_default(),
         console_log: log_dir.join("console.log"),
-        cgroup: d.cgroup_suffix.as_ref().map(|sfx| format!("{name}.{sfx}")),
+        // Another name while a run a restore killed still ends in the usual one.
+        cgroup: {
+            let base = d
+                .cgroup_suffix
+                .as_ref()
+                .map_or_else(|| name.to_string(), |sfx| format!("{name}.{sfx}"));
+            Some(runtime::free_cgroup_name(&base)).filter(|c| c != name)
+        },
         disks,
         nics: nics.nics,
         unix_devices,
@@ -471,6 +478,55 @@ pub fn stop_unrecorded(d: &Ctx, name: &str, mode: runtime::StopMode) -> Result<(
     runtime::stop(&d.run_dir(name), mode)?;
     super::proxy::stopped(d, name);
     Ok(())
+}
+
+/// [`stop_unrecorded`], forced, for a start that follows at once (a restore): the container is
+/// killed and left to end beside the next run (`runtime::kill_and_detach`), whose start need
+/// not wait for its processes' end. Waited for as a stop is when the two runs could not be
+/// side by side: a NIC that is not a veth pair (a macvlan's address, a physical NIC given back
+/// at the end) or a veth whose host name the user fixed. `None`: it was waited for.
+pub fn kill_for_restart(d: &Ctx, name: &str) -> Result<Option<runtime::Ending>> {
+    if !matches!(state_of(d, name)?, State::Running { .. }) {
+        return Err(Error::Invalid("The instance is already stopped".into()));
+    }
+    let run_dir = d.run_dir(name);
+    let side_by_side = runtime::running_nics(&run_dir).is_ok_and(|nics| {
+        let Ok(rec) = record(d, name) else {
+            return false;
+        };
+        let (_, ed) = expanded(d, &rec);
+        nics.iter().all(|n| {
+            matches!(n.kind, runtime::NicKind::Veth { .. })
+                && ed
+                    .get(&n.device)
+                    .and_then(|c| c.get("host_name"))
+                    .is_none_or(|h| h.is_empty())
+        })
+    });
+    if !side_by_side {
+        stop_unrecorded(d, name, runtime::StopMode::Force)?;
+        return Ok(None);
+    }
+    let keep = Interim::ALL.map(Interim::file_name);
+    let ending = runtime::kill_and_detach(&run_dir, &keep)?;
+    super::proxy::stopped(d, name);
+    Ok(ending)
+}
+
+/// What finishes a run [`kill_for_restart`] left ending, off the caller's path: waits for its
+/// end, removes its moved-aside run directory and logs how it ended (its watcher sees the next
+/// run's state instead).
+pub fn finish_ending(
+    d: &Ctx,
+    name: &str,
+    ending: Option<runtime::Ending>,
+) -> impl FnOnce() + Send + 'static {
+    let log_dir = d.log_dir(name);
+    move || {
+        if let Some(e) = ending.and_then(runtime::Ending::finish) {
+            log_line(&log_dir, &format!("{} (code {})", e.reason, e.code));
+        }
+    }
 }
 
 /// Record that the instance is stopped (`volatile.last_state.power`), durably with what was
@@ -689,6 +745,8 @@ pub fn recover(d: &Arc<Ctx>) -> std::io::Result<()> {
     // An instance's run and log directories come and go with it (see spread_subdirs).
     crate::util::fs::spread_subdirs_or_log(&d.dir.join("run"), "run directories");
     crate::util::fs::spread_subdirs_or_log(&d.dir.join("logs"), "log directories");
+    // Runs a restore killed and moved aside whose end a killed daemon did not see.
+    runtime::finish_ended_runs(&d.dir.join("run"));
     // An instance without a run directory has never run since the host booted (or was
     // deleted): no monitor, no interim changes, nothing to take up but a stateful stop's
     // leftovers. One directory read instead of a look at each one's run files.

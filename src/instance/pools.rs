@@ -168,6 +168,16 @@ static REMOVING: (Mutex<Vec<PathBuf>>, Condvar) = (Mutex::new(Vec::new()), Condv
 /// a volume no record names, which the next start removes ([`recover`]); a pool's delete waits
 /// for the removals on it ([`wait_for_removals`]).
 pub fn remove_in_background(pool: Arc<Pool>, vol: &Path) -> std::io::Result<()> {
+    remove_in_background_after(pool, vol, || {})
+}
+
+/// [`remove_in_background`], its removal after `first` (the end of a container still using
+/// the volume, say); the volume is moved aside at once.
+pub fn remove_in_background_after(
+    pool: Arc<Pool>,
+    vol: &Path,
+    first: impl FnOnce() + Send + 'static,
+) -> std::io::Result<()> {
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let aside = beside(vol, &format!("gone-{}-{n}", std::process::id()));
@@ -182,6 +192,7 @@ pub fn remove_in_background(pool: Arc<Pool>, vol: &Path) -> std::io::Result<()> 
         .spawn({
             let (pool, aside) = (pool.clone(), aside.clone());
             move || {
+                first();
                 if let Err(e) = pool.driver.delete_volume(&aside) {
                     eprintln!("bivy: removing {}: {e}", aside.display());
                 }

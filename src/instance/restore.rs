@@ -59,8 +59,11 @@ pub fn restore_now_with(d: &Ctx, name: &str, snap: &str, stateful: bool) -> Resu
             .map_err(|e| Error::Host(format!("restoring {}: {e}", s.name)))
     };
     // As LXD: a running instance is stopped (not cleanly), restored and started again. The
-    // clone is made while it stops: the snapshot does not change, and the two overlap.
+    // clone is made while it stops: the snapshot does not change, and the two overlap. The
+    // stop is a kill whose end is not waited for (`kill_for_restart`): the old run ends beside
+    // the new one, and the volume it used is removed after its end.
     let was_running = matches!(state(d, name)?, State::Running { .. });
+    let mut ending = None;
     let cloned = if was_running {
         Interim::Stopped.begin(d, name)?;
         let (stopped, cloned) = std::thread::scope(|scope| {
@@ -70,7 +73,7 @@ pub fn restore_now_with(d: &Ctx, name: &str, snap: &str, stateful: bool) -> Resu
                 r
             });
             // Its record stays RUNNING: it is started again (`Interim` covers a killed daemon).
-            let stopped = lifecycle::stop_unrecorded(d, name, crate::runtime::StopMode::Force);
+            let stopped = lifecycle::kill_for_restart(d, name).map(|e| ending = e);
             steps.step("stopped");
             let cloned = cloning.join().unwrap_or_else(|_| {
                 Err(Error::Host(format!(
@@ -90,8 +93,22 @@ pub fn restore_now_with(d: &Ctx, name: &str, snap: &str, stateful: bool) -> Resu
         clone()
     };
     let r = match cloned {
-        Ok(()) => restore_stopped(d, name, &rec, &s, &pool, was_running, stateful),
-        Err(e) => Err(not_restored(d, name, &pool, &new, was_running, e)),
+        Ok(()) => restore_stopped(
+            d,
+            name,
+            &rec,
+            &s,
+            &pool,
+            was_running,
+            stateful,
+            ending.take(),
+        ),
+        Err(e) => {
+            // Started again on the volume the old run used: after that run's end (two
+            // overlays must never share an upper layer).
+            lifecycle::finish_ending(d, name, ending.take())();
+            Err(not_restored(d, name, &pool, &new, was_running, e))
+        }
     };
     steps.step("restored");
     if was_running {
@@ -131,6 +148,7 @@ fn start_again(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
 /// The restore proper, with the instance stopped and the snapshot's clone made beside its
 /// volume (`pools::replacement`): the two swapped, the config brought back; starts it again when
 /// it was running.
+#[allow(clippy::too_many_arguments)]
 fn restore_stopped(
     d: &Ctx,
     name: &str,
@@ -139,6 +157,7 @@ fn restore_stopped(
     pool: &Arc<Pool>,
     was_running: bool,
     stateful: bool,
+    ending: Option<crate::runtime::Ending>,
 ) -> Result<()> {
     let snap = s.name.as_str();
     let cur = pool.container(&rec.volume);
@@ -146,12 +165,15 @@ fn restore_stopped(
         Ok(old) => old,
         Err(e) => {
             let e = Error::Host(format!("restoring {snap}: {e}"));
+            lifecycle::finish_ending(d, name, ending)();
             let new = super::pools::replacement(&cur);
             return Err(not_restored(d, name, pool, &new, was_running, e));
         }
     };
-    // The volume restored away goes off the restore's path.
-    if let Err(e) = super::pools::remove_in_background(pool.clone(), &old) {
+    // The volume restored away goes off the restore's path, after the end of the run that
+    // used it when that was not waited for.
+    let ended = lifecycle::finish_ending(d, name, ending);
+    if let Err(e) = super::pools::remove_in_background_after(pool.clone(), &old, ended) {
         eprintln!("bivy: deleting the pre-restore volume: {e}");
     }
     // A stateful snapshot's volume carries its state; kept only for a stateful restore.

@@ -831,6 +831,18 @@ impl Cgroup {
         parse_u64(dir, file, kept::read(&self.name, dir, file))
     }
 
+    /// SIGKILL every process in the cgroup and its sub-cgroups through `cgroup.kill`, without
+    /// waiting for them to go; false (nothing done) when the kernel has no `cgroup.kill` here.
+    pub fn kill_nowait(&self) -> Result<bool> {
+        match self.unified.as_deref() {
+            Some(dir) if self.v2_core && dir.join("cgroup.kill").exists() => {
+                write(&dir.join("cgroup.kill"), "1")?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     /// SIGKILL every process in the cgroup and its sub-cgroups, and wait (up to 5 s) until they
     /// are gone from it. Uses `cgroup.kill` when the kernel has it, else freeze, kill each pid, thaw.
     pub fn kill_all(&self) -> Result<()> {

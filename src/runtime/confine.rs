@@ -78,6 +78,20 @@ pub fn cgroup_kill_all(name: &str) -> Result<()> {
     }
 }
 
+/// [`cgroup::Cgroup::kill_nowait`]: the kill sent, not waited for (false: the kernel has no
+/// `cgroup.kill`, nothing was done; true also when the cgroup is gone).
+pub fn cgroup_kill_nowait(name: &str) -> Result<bool> {
+    match cgroup::Cgroup::open(name) {
+        Ok(c) => c.kill_nowait(),
+        Err(_) => Ok(true), // already gone
+    }
+}
+
+/// Whether some hierarchy has the cgroup `bivy/<name>` (a container's, running or ending).
+pub fn cgroup_exists(name: &str) -> bool {
+    cgroup::Cgroup::open(name).is_ok()
+}
+
 pub fn cgroup_remove(name: &str) -> Result<()> {
     match cgroup::Cgroup::open(name) {
         Ok(c) => c.remove(),

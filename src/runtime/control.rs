@@ -1,7 +1,8 @@
 //! The caller's side of a container's lifecycle, through its run directory: start (or restore
 //! from a checkpoint) by spawning a monitor and waiting for its verdict, the state read from
 //! the pidfiles and the exit record, and stop (a clean signal to init, then the kill), cleaning
-//! up after a monitor that was killed. The monitor itself is `monitor.rs`.
+//! up after a monitor that was killed; the kill of a container started again at once, which
+//! ends beside its next run in a run directory moved aside. The monitor itself is `monitor.rs`.
 
 use std::fs::{self, OpenOptions};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -158,12 +159,14 @@ pub fn is_running(run_dir: &Path) -> bool {
     running_pids(run_dir).is_some()
 }
 
+/// The pids of the monitor and init last read from each run directory (see [`running_pids`]).
+static LAST: Memo<PathBuf, [(i32, u64); 2]> = Memo::new();
+
 /// The monitor's and init's pids when both are alive (the container runs). The processes last
 /// read from a run directory's pid files are kept: while both live, the files are not read
 /// again (a pid file is only rewritten for a new monitor or init, after the one before ended;
 /// a listing asks for every running container each time).
 fn running_pids(run_dir: &Path) -> Option<(i32, i32)> {
-    static LAST: Memo<PathBuf, [(i32, u64); 2]> = Memo::new();
     if let Some([monitor, init]) = LAST.get(run_dir) {
         if still_alive(monitor) && still_alive(init) {
             return Some((monitor.0, init.0));
@@ -257,6 +260,181 @@ fn cleanup_dead_monitor(run_dir: &Path) {
     }
     let _ = fs::remove_file(run_dir.join(files::INIT_PID));
     let _ = fs::remove_file(mp);
+}
+
+/// A container killed and left to end on its own ([`kill_and_detach`]): its run directory moved
+/// aside, its monitor still tearing down. Dropped unfinished, a thread finishes it.
+pub struct Ending {
+    /// Where its run directory is now (`run/.ended.<name>.<monitor pid>`).
+    pub dir: PathBuf,
+    /// Taken by [`Ending::finish`].
+    monitor: Option<OwnedFd>,
+}
+
+/// The prefix of a run directory moved aside by [`kill_and_detach`] (never an instance name).
+const ENDED_PREFIX: &str = ".ended.";
+
+impl Ending {
+    /// Wait (up to 30 s) for the monitor's end, then remove its run directory; its exit record
+    /// comes back.
+    pub fn finish(mut self) -> Option<ExitInfo> {
+        let monitor = self.monitor.take()?;
+        if !wait_pidfd(&monitor, Duration::from_secs(30)) {
+            eprintln!(
+                "bivy: the monitor of {} did not end 30 s after its kill; left as it is",
+                self.dir.display()
+            );
+            return None;
+        }
+        finish_ended(&self.dir)
+    }
+}
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        if let Some(monitor) = self.monitor.take() {
+            let ending = Ending {
+                dir: std::mem::take(&mut self.dir),
+                monitor: Some(monitor),
+            };
+            let _ = std::thread::Builder::new()
+                .name("ended-run".into())
+                .spawn(move || ending.finish());
+        }
+    }
+}
+
+/// The forced stop of a container that is started again at once (a restore): everything in
+/// its cgroup killed and its run directory moved aside (its monitor, which reaches it through an
+/// open descriptor from the start on, tears down there), without waiting for the processes'
+/// end (a booted systemd's take 20-40 ms of the kernel's time). The next start then makes a
+/// fresh run directory and a cgroup of another name ([`free_cgroup_name`]) while this one ends.
+/// `None`: the container had stopped already. On a host without `cgroup.kill` the kill is
+/// waited for, as [`stop`] does. The files named in `keep` (the caller's own records in the run
+/// directory) are in the fresh run directory too: the old one is swapped for a new one holding
+/// copies of them in one atomic exchange, so that a caller killed at any moment finds them.
+pub fn kill_and_detach(run_dir: &Path, keep: &[&str]) -> Result<Option<Ending>> {
+    let Some((mon_pid, mon)) = live_pidfd(&run_dir.join(files::MONITOR_PID)) else {
+        cleanup_dead_monitor(run_dir);
+        return Ok(None);
+    };
+    let spec = read_spec(run_dir)?;
+    let init = live_pidfd(&run_dir.join(files::INIT_PID));
+    replace_file(&run_dir.join(files::STOP_REQUEST), b"force")?;
+    // A frozen container's pending SIGKILLs act only once it is thawed.
+    let sent = confine::cgroup_kill_nowait(spec.cgroup_name());
+    if let Some((_, fd)) = &init {
+        let _ = sys::pidfd_send_raw(fd.as_fd(), libc::SIGKILL);
+    }
+    let _ = confine::cgroup_thaw(spec.cgroup_name());
+    if !matches!(sent, Ok(true)) {
+        confine::cgroup_kill_all(spec.cgroup_name())?;
+    }
+    let parent = run_dir
+        .parent()
+        .ok_or_else(|| Error(format!("{} has no parent", run_dir.display())))?;
+    let dir = parent.join(format!("{ENDED_PREFIX}{}.{mon_pid}", spec.name));
+    let fresh = || -> std::io::Result<()> {
+        crate::util::fs::create_dir_mode(&dir, 0o711)?;
+        for name in keep {
+            match fs::read(run_dir.join(name)) {
+                Ok(b) => crate::util::fs::replace_unsynced(&dir.join(name), &b)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            run_dir,
+            rustix::fs::CWD,
+            &dir,
+            rustix::fs::RenameFlags::EXCHANGE,
+        )?;
+        Ok(())
+    };
+    if let Err(e) = fresh() {
+        // Not swapped: the run ends where it is, waited for.
+        finish_ended(&dir);
+        if !wait_pidfd(&mon, Duration::from_secs(30)) {
+            return Err(Error(format!(
+                "monitor of {} did not exit after the kill",
+                spec.name
+            )));
+        }
+        eprintln!(
+            "bivy: {}: a new run directory: {e}; the kill was waited for",
+            spec.name
+        );
+        return Ok(None);
+    }
+    LAST.remove(run_dir);
+    Ok(Some(Ending {
+        dir,
+        monitor: Some(mon),
+    }))
+}
+
+/// A run directory [`kill_and_detach`] moved aside, its monitor gone: what a killed monitor left
+/// cleaned up, its files and the directory removed (the staging directory only when empty:
+/// never a walk into a mount). Its exit record comes back.
+fn finish_ended(dir: &Path) -> Option<ExitInfo> {
+    cleanup_dead_monitor(dir);
+    let exit = fs::read(dir.join(files::EXIT))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            let r = if e.file_type().is_ok_and(|t| t.is_dir()) {
+                fs::remove_dir(&p)
+            } else {
+                fs::remove_file(&p)
+            };
+            if let Err(e) = r {
+                eprintln!("bivy: removing {}: {e}", p.display());
+            }
+        }
+    }
+    if let Err(e) = fs::remove_dir(dir) {
+        eprintln!("bivy: removing {}: {e}", dir.display());
+    }
+    exit
+}
+
+/// At a daemon's start: the run directories in `runs` that [`kill_and_detach`] moved aside and
+/// whose end no daemon saw (it was killed meanwhile) are finished: at once when their monitor
+/// is gone, else by a thread that waits for it.
+pub fn finish_ended_runs(runs: &Path) {
+    let Ok(rd) = fs::read_dir(runs) else { return };
+    for e in rd.flatten() {
+        if !e.file_name().to_string_lossy().starts_with(ENDED_PREFIX) {
+            continue;
+        }
+        let dir = e.path();
+        match live_pidfd(&dir.join(files::MONITOR_PID)) {
+            // Dropped unfinished: a thread waits for its end.
+            Some((_, monitor)) => drop(Ending {
+                dir,
+                monitor: Some(monitor),
+            }),
+            None => {
+                finish_ended(&dir);
+            }
+        }
+    }
+}
+
+/// A cgroup name for a new run of the container whose cgroup is normally `base`: `base`, or
+/// while a run of it that [`kill_and_detach`] left still ends there, `base.1`, `base.2` ...
+/// (instance names have no `.`).
+pub fn free_cgroup_name(base: &str) -> String {
+    if !confine::cgroup_exists(base) {
+        return base.to_string();
+    }
+    (1..)
+        .map(|n| format!("{base}.{n}"))
+        .find(|c| !confine::cgroup_exists(c))
+        .unwrap_or_else(|| base.to_string())
 }
 
 /// How often a clean stop repeats SIGRTMIN+3 to a systemd init that has not reacted yet.

@@ -548,6 +548,28 @@ pub fn stop(run_dir: &Path, mode: StopMode) -> Result<()> {
     control::stop(run_dir, mode)
 }
 
+pub use control::Ending;
+
+/// A forced stop for a start that follows at once: the container killed, its run directory
+/// moved aside for its monitor to end in (a new one holding copies of the files named in
+/// `keep`), not waited for (see [`Ending::finish`]); `None` when it had stopped, or its end was
+/// waited for.
+pub fn kill_and_detach(run_dir: &Path, keep: &[&str]) -> Result<Option<Ending>> {
+    control::kill_and_detach(run_dir, keep)
+}
+
+/// At a daemon's start: finish the runs [`kill_and_detach`] moved aside in the run directories'
+/// directory `runs` that no daemon saw end.
+pub fn finish_ended_runs(runs: &Path) {
+    control::finish_ended_runs(runs)
+}
+
+/// The cgroup name for a new run of a container normally in `bivy/<base>`: another while an
+/// ending run of it is still there.
+pub fn free_cgroup_name(base: &str) -> String {
+    control::free_cgroup_name(base)
+}
+
 /// The id maps (uid, gid) a running container was started with; `None` for a privileged one.
 pub fn running_id_maps(run_dir: &Path) -> Result<Option<(Vec<IdMapEntry>, Vec<IdMapEntry>)>> {
     let spec = control::running_spec(run_dir)?;

@@ -132,6 +132,13 @@ fn teardown(spec: &Spec, p: &Prepared) {
 
 fn run(run_dir: &Path, status: OwnedFd) -> Result<()> {
     let spec = read_spec(run_dir)?;
+    // The run directory, held for the container's life (see below, after the setup).
+    let held = rustix::fs::open(
+        run_dir,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| err("open", run_dir, e))?;
     // A restore request (from `restore()`): criu restores the tree instead of a new init.
     let rp = run_dir.join(files::RESTORE);
     let restore: Option<criu::RestoreReq> = match fs::read(&rp) {
@@ -160,6 +167,12 @@ fn run(run_dir: &Path, status: OwnedFd) -> Result<()> {
             // The container runs: the monitor uses no pool's files from now on. Dropped before
             // the start is answered: a pool deleted just after it must not find its mount here.
             crate::util::drop_pool_mounts(&[run_dir, &spec.console_log]);
+            // From here on the run directory is reached through its descriptor: a restore
+            // moves it aside while this run ends (`control::kill_and_detach`) and starts the
+            // next run in a new one at the old path.
+            let run_dir = PathBuf::from(format!("/proc/self/fd/{}", held.as_raw_fd()));
+            let run_dir = run_dir.as_path();
+            prep.stage = run_dir.join(files::STAGE);
             let _ = chan::send(&status, &Msg::Started(init_pid, me), None);
             drop(status);
             // The network namespace outlives init while physical NICs are in it: they go back
