@@ -452,6 +452,19 @@ fn a_running_restore_does_not_wait_for_the_old_runs_end() {
         l.ok(&["restore", "rr", "s0"]);
         assert_eq!(l.sh("rr", "cat /root/a").1, "one\n");
     }
+    // A monitor of an older bivy (it would tear down in the next run's directory) writes no
+    // `detachable`, or leaves one a newer monitor wrote before it there: it is stopped and
+    // waited for, and the restore works as before.
+    let marker = run.join("rr/detachable");
+    assert_eq!(
+        std::fs::read(&marker).ok(),
+        std::fs::read(run.join("rr/monitor.pid")).ok(),
+        "a monitor says it can be moved aside"
+    );
+    std::fs::write(&marker, "1 1\n").expect("an earlier monitor's");
+    assert_eq!(l.sh("rr", "echo four > /root/a").0, 0);
+    l.ok(&["restore", "rr", "s0"]);
+    assert_eq!(l.sh("rr", "cat /root/a").1, "one\n");
     l.ok(&["stop", "--force", "rr"]);
 
     // A run moved aside that no daemon saw end (its monitor gone): cleaned up at the start.

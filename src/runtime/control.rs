@@ -309,8 +309,9 @@ impl Drop for Ending {
 /// open descriptor from the start on, tears down there), without waiting for the processes'
 /// end (a booted systemd's take 20-40 ms of the kernel's time). The next start then makes a
 /// fresh run directory and a cgroup of another name ([`free_cgroup_name`]) while this one ends.
-/// `None`: the container had stopped already. On a host without `cgroup.kill` the kill is
-/// waited for, as [`stop`] does. The files named in `keep` (the caller's own records in the run
+/// `None`: the container had stopped already, or its monitor is an older bivy's
+/// ([`files::DETACHABLE`]) and was stopped as [`stop`] does. On a host without `cgroup.kill`
+/// the processes' end is waited for. The files named in `keep` (the caller's own records in the run
 /// directory) are in the fresh run directory too: the old one is swapped for a new one holding
 /// copies of them in one atomic exchange, so that a caller killed at any moment finds them.
 pub fn kill_and_detach(run_dir: &Path, keep: &[&str]) -> Result<Option<Ending>> {
@@ -318,6 +319,12 @@ pub fn kill_and_detach(run_dir: &Path, keep: &[&str]) -> Result<Option<Ending>> 
         cleanup_dead_monitor(run_dir);
         return Ok(None);
     };
+    let says = |f: &str| fs::read(run_dir.join(f)).ok();
+    if says(files::DETACHABLE).is_none() || says(files::DETACHABLE) != says(files::MONITOR_PID) {
+        // An older bivy's monitor would tear down in the next run's directory.
+        stop(run_dir, StopMode::Force)?;
+        return Ok(None);
+    }
     let spec = read_spec(run_dir)?;
     let init = live_pidfd(&run_dir.join(files::INIT_PID));
     replace_file(&run_dir.join(files::STOP_REQUEST), b"force")?;
@@ -548,6 +555,7 @@ fn start_inner(spec: &Spec, run_dir: &Path, restore: Option<&criu::RestoreReq>) 
         files::MONITOR_PID,
         files::LABEL,
         files::RESTORE,
+        files::DETACHABLE,
     ] {
         let _ = fs::remove_file(run_dir.join(f));
     }

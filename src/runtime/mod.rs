@@ -429,6 +429,12 @@ pub(crate) mod files {
     pub const RESTORE: &str = "restore.json";
     /// Mount point of the monitor's staging tmpfs (only in the monitor's private mount namespace).
     pub const STAGE: &str = "stage";
+    /// Written by a monitor that reaches its run directory through a descriptor once the
+    /// container runs, so that the directory may be moved aside while it ends
+    /// (`control::kill_and_detach`): its pid and start time, as in [`MONITOR_PID`]. An older
+    /// bivy's monitor, which writes none (and leaves one a newer one wrote before it), is
+    /// waited for.
+    pub const DETACHABLE: &str = "detachable";
 }
 
 /// An attached console: the pty master, held exclusively until this is dropped.

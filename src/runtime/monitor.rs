@@ -173,6 +173,7 @@ fn run(run_dir: &Path, status: OwnedFd) -> Result<()> {
             let run_dir = PathBuf::from(format!("/proc/self/fd/{}", held.as_raw_fd()));
             let run_dir = run_dir.as_path();
             prep.stage = run_dir.join(files::STAGE);
+            let _ = write_pidfile(&run_dir.join(files::DETACHABLE), me);
             let _ = chan::send(&status, &Msg::Started(init_pid, me), None);
             drop(status);
             // The network namespace outlives init while physical NICs are in it: they go back
