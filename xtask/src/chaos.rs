@@ -205,7 +205,7 @@ impl Kind {
             Kind::Copy => 40,
             Kind::Rename => 8,
             Kind::PoolMove => 60,
-            Kind::Restore => 45,
+            Kind::Restore => 15,
             Kind::ImageImport => 60,
             Kind::ImageDelete => 10,
             Kind::Publish => 450,

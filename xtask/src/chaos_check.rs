@@ -909,13 +909,21 @@ fn hierarchies() -> Vec<PathBuf> {
     v
 }
 
-/// Our instances' cgroups: (hierarchy, instance name, path).
+/// Our instances' cgroups: (hierarchy, instance name, path). An instance's is
+/// `<name>.<suffix>`, or `<name>.<suffix>.<n>` for a run started while a restore's killed run
+/// still ended in the first.
 fn own_cgroups(suffix: &str) -> Vec<(PathBuf, String, PathBuf)> {
     let tail = format!(".{suffix}");
     let mut v = Vec::new();
     for h in hierarchies() {
         for e in entries(&h.join("bivy")) {
-            if let Some(name) = e.strip_suffix(&tail) {
+            let name = e.strip_suffix(&tail).or_else(|| {
+                let (b, n) = e.rsplit_once('.')?;
+                (!n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()))
+                    .then_some(b)?
+                    .strip_suffix(&tail)
+            });
+            if let Some(name) = name {
                 let p = h.join("bivy").join(&e);
                 if p.is_dir() {
                     v.push((h.clone(), name.to_owned(), p));
@@ -1258,8 +1266,18 @@ fn invariants_into(t: &Trial, v: &mut Vec<String>) -> Result {
             v.push(format!("{dev} ({}) without a pool", file.display()));
         }
     }
-    // Cgroups: one per running instance, none frozen.
+    // Cgroups: one per running instance, none frozen; no run a restore killed left unfinished
+    // (its run directory moved aside, its cgroup beside the next run's).
+    for e in entries(&t.bivy.join("run")) {
+        if e.starts_with(".ended.") {
+            v.push(format!("run/{e}: a killed run that no daemon finished"));
+        }
+    }
+    let mut seen = BTreeSet::new();
     for (h, name, path) in own_cgroups(&t.suffix) {
+        if !seen.insert((h.clone(), name.clone())) {
+            v.push(format!("a second cgroup {} of {name}", path.display()));
+        }
         if !running.contains(&name) {
             v.push(format!(
                 "cgroup {} without a running instance",
