@@ -19,6 +19,10 @@
 //!   and log), which the next start takes instead of spawning one.
 //! - The control path is signals: `stop()` signals init (SIGRTMIN+3 for systemd, else SIGPWR) and,
 //!   for force, kills the cgroup and init; SIGTERM to the monitor also kills the container.
+//!   `kill_and_detach()` (a restore's stop) kills it the same way but does not wait for its end:
+//!   the run directory is swapped for a fresh one (`run/.ended.<name>.<pid>` then holds the old
+//!   one, which its monitor reaches through a descriptor once the container runs, and says so in
+//!   `detachable`) and the next start makes a cgroup of another name beside the ending one.
 //! - `exec()` connects to the monitor's `exec.sock`; the monitor forks a waiter that enters the
 //!   container and forks the command, and reports on the connection (the pty master, a pidfd of
 //!   the command, its exit code). A monitor without the socket (an older bivy's) is served by
