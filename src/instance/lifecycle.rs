@@ -510,8 +510,19 @@ pub fn kill_for_restart(d: &Ctx, name: &str) -> Result<Option<runtime::Ending>> 
     let keep = Interim::ALL.map(Interim::file_name);
     let ending = runtime::kill_and_detach(&run_dir, &keep)?;
     super::proxy::stopped(d, name);
+    if ending.is_some() {
+        // Its end is announced now, whenever it comes (it may come after the next run began,
+        // when its watcher sees that run): `stopped` leaves it out.
+        crate::util::lock(&ANNOUNCED).insert(runs(d, name));
+        d.events
+            .lifecycle("instance-stopped", &url(name), serde_json::json!({}));
+    }
     Ok(ending)
 }
+
+/// The runs ([`Ctx::runs`]) whose `instance-stopped` [`kill_for_restart`] sent at their kill.
+static ANNOUNCED: std::sync::Mutex<std::collections::BTreeSet<u64>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
 
 /// What finishes a run [`kill_for_restart`] left ending, off the caller's path: waits for its
 /// end, removes its moved-aside run directory and logs how it ended (its watcher sees the next
@@ -655,6 +666,8 @@ fn watch(d: Arc<Ctx>, name: String) {
 /// A followed container's monitor ended (run `run`): record it, restart it after an
 /// in-container reboot, delete it when ephemeral.
 fn stopped(d: Arc<Ctx>, name: String, run: u64) {
+    // A run a restore killed: its end was announced (and is logged) by the restore.
+    let announced = crate::util::lock(&ANNOUNCED).remove(&run);
     let last = match state_of(&d, &name) {
         Ok(State::Stopped { last_exit }) => last_exit,
         Ok(State::Running { .. }) => return, // restarted in the meantime; its own watcher follows it
@@ -665,14 +678,16 @@ fn stopped(d: Arc<Ctx>, name: String, run: u64) {
     };
     // How init ended, for `lxc info --show-log`: a clean stop reads "stopped by request
     // (...)", a forced or timed-out one "killed by request (...)".
-    if let Some(e) = &last {
-        log_line(
-            &d.log_dir(&name),
-            &format!("{} (code {})", e.reason, e.code),
-        );
+    if !announced {
+        if let Some(e) = &last {
+            log_line(
+                &d.log_dir(&name),
+                &format!("{} (code {})", e.reason, e.code),
+            );
+        }
+        d.events
+            .lifecycle("instance-stopped", &url(&name), serde_json::json!({}));
     }
-    d.events
-        .lifecycle("instance-stopped", &url(&name), serde_json::json!({}));
     nics_stopped(&d, &name, run);
     let Ok(rec) = record(&d, &name) else { return };
     // An explicit stop/restart/delete operation owns what happens next.

@@ -162,16 +162,27 @@ pub fn is_running(run_dir: &Path) -> bool {
 /// The pids of the monitor and init last read from each run directory (see [`running_pids`]).
 static LAST: Memo<PathBuf, [(i32, u64); 2]> = Memo::new();
 
+/// How many run directories [`kill_and_detach`] swapped: a reader of the pid files records
+/// what it read in [`LAST`] only if no swap came in between (under this lock), so a swapped
+/// directory is never taken for its killed, still ending run.
+static SWAPS: std::sync::Mutex<u64> = std::sync::Mutex::new(0);
+
+fn swaps() -> std::sync::MutexGuard<'static, u64> {
+    SWAPS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The monitor's and init's pids when both are alive (the container runs). The processes last
 /// read from a run directory's pid files are kept: while both live, the files are not read
-/// again (a pid file is only rewritten for a new monitor or init, after the one before ended;
-/// a listing asks for every running container each time).
+/// again (a pid file is only rewritten for a new monitor or init, after the one before ended,
+/// or in a new directory that [`kill_and_detach`] swapped in, which forgets what was kept; a
+/// listing asks for every running container each time).
 fn running_pids(run_dir: &Path) -> Option<(i32, i32)> {
     if let Some([monitor, init]) = LAST.get(run_dir) {
         if still_alive(monitor) && still_alive(init) {
             return Some((monitor.0, init.0));
         }
     }
+    let before = *swaps();
     let read = || {
         let monitor = live_process(&run_dir.join(files::MONITOR_PID))?;
         let init = live_process(&run_dir.join(files::INIT_PID))?;
@@ -179,7 +190,10 @@ fn running_pids(run_dir: &Path) -> Option<(i32, i32)> {
     };
     match read() {
         Some(pair) => {
-            LAST.insert(run_dir.to_path_buf(), pair);
+            let swapped = swaps();
+            if *swapped == before {
+                LAST.insert(run_dir.to_path_buf(), pair);
+            }
             Some((pair[0].0, pair[1].0))
         }
         None => {
@@ -374,7 +388,11 @@ pub fn kill_and_detach(run_dir: &Path, keep: &[&str]) -> Result<Option<Ending>> 
         );
         return Ok(None);
     }
-    LAST.remove(run_dir);
+    {
+        let mut n = swaps();
+        *n += 1;
+        LAST.remove(run_dir);
+    }
     Ok(Some(Ending {
         dir,
         monitor: Some(mon),
