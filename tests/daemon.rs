@@ -1553,6 +1553,50 @@ fn console_takes_a_late_control_socket_and_detaches_on_its_close() {
     l.ok(&["delete", "--force", "cx"]);
 }
 
+/// `bivy console` ends by itself when the container stops (the server closes "0"), with no key
+/// typed (its stdin stays open), as lxc's does; it used to wait for the next key.
+#[test]
+fn bivy_console_ends_when_the_container_stops() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = common::Lxc::new(&d);
+    l.import_busybox();
+    l.ok(&["launch", "busybox", "ce"]);
+    let mut console = d
+        .cli()
+        .args(["console", "ce"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("bivy console");
+    // Attached once it printed how to detach.
+    let mut out = console.stdout.take().expect("stdout");
+    let mut first = [0u8; 16];
+    let _ = std::io::Read::read(&mut out, &mut first);
+    l.ok(&["stop", "--force", "ce"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = console.try_wait().expect("wait") {
+            break Some(st);
+        }
+        if Instant::now() > deadline {
+            let _ = console.kill();
+            let _ = console.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drop(console.stdin.take());
+    assert!(
+        status.is_some(),
+        "bivy console still attached 20 s after the container stopped"
+    );
+    l.ok(&["delete", "ce"]);
+}
+
 /// `bivy launch --console` starts the instance and attaches to its console (ctrl+a q detaches);
 /// a VGA console or an unknown type is refused before anything is made.
 #[test]

@@ -1,7 +1,8 @@
 //! `console`: attach to an instance's console (`ctrl+a q` detaches), or show its log.
 //!
 //! The daemon hands out websockets "control" and "0" (api: POST .../console); detaching closes
-//! the control socket, which ends the session on the server, as with lxc.
+//! the control socket, which ends the session on the server, as with lxc. The server closing
+//! "0" (the container stopped) ends the client too, without waiting for a key.
 
 use std::io::{Read, Write};
 use std::thread;
@@ -85,7 +86,12 @@ pub fn run(args: &[String]) -> CmdResult {
     } else {
         None
     };
+    // The output's end (the server closed "0") wakes the input loop: the pipe's write end goes
+    // with the output thread.
+    let (ended, ending) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| super::Fail::Error(format!("pipe: {e}")))?;
     let output = thread::spawn(move || {
+        let _ending = ending;
         let mut out = std::io::stdout();
         while let Ok(Message::Binary(b)) = rx0.recv() {
             if out.write_all(&b).and_then(|()| out.flush()).is_err() {
@@ -97,6 +103,23 @@ pub fn run(args: &[String]) -> CmdResult {
     let mut buf = [0u8; 4096];
     let mut pending = false;
     loop {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let mut fds = [
+            PollFd::new(stdin.as_fd(), PollFlags::POLLIN),
+            PollFd::new(ended.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => break,
+        }
+        let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
+        if ready(&fds[1]) {
+            break;
+        }
+        if !ready(&fds[0]) {
+            continue;
+        }
         let n = match stdin.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
