@@ -535,9 +535,15 @@ pub fn finish_ending(
     let log_dir = d.log_dir(name);
     move || {
         if let Some(e) = ending.and_then(runtime::Ending::finish) {
-            log_line(&log_dir, &format!("{} (code {})", e.reason, e.code));
+            log_exit(&log_dir, &e);
         }
     }
+}
+
+/// How init ended, for `lxc info --show-log`: a clean stop reads "stopped by request (...)", a
+/// forced or timed-out one "killed by request (...)".
+fn log_exit(log_dir: &std::path::Path, e: &runtime::ExitInfo) {
+    log_line(log_dir, &format!("{} (code {})", e.reason, e.code));
 }
 
 /// Record that the instance is stopped (`volatile.last_state.power`), durably with what was
@@ -676,14 +682,9 @@ fn stopped(d: Arc<Ctx>, name: String, run: u64) {
             return;
         }
     };
-    // How init ended, for `lxc info --show-log`: a clean stop reads "stopped by request
-    // (...)", a forced or timed-out one "killed by request (...)".
     if !announced {
         if let Some(e) = &last {
-            log_line(
-                &d.log_dir(&name),
-                &format!("{} (code {})", e.reason, e.code),
-            );
+            log_exit(&d.log_dir(&name), e);
         }
         d.events
             .lifecycle("instance-stopped", &url(&name), serde_json::json!({}));

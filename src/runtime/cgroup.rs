@@ -831,28 +831,27 @@ impl Cgroup {
         parse_u64(dir, file, kept::read(&self.name, dir, file))
     }
 
+    /// The unified directory, where the kernel has `cgroup.kill`.
+    fn killable(&self) -> Option<&Path> {
+        self.unified
+            .as_deref()
+            .filter(|d| self.v2_core && d.join("cgroup.kill").exists())
+    }
+
     /// SIGKILL every process in the cgroup and its sub-cgroups through `cgroup.kill`, without
     /// waiting for them to go; false (nothing done) when the kernel has no `cgroup.kill` here.
     pub fn kill_nowait(&self) -> Result<bool> {
-        match self.unified.as_deref() {
-            Some(dir) if self.v2_core && dir.join("cgroup.kill").exists() => {
-                write(&dir.join("cgroup.kill"), "1")?;
-                Ok(true)
-            }
-            _ => Ok(false),
+        match self.killable() {
+            Some(dir) => write(&dir.join("cgroup.kill"), "1").map(|()| true),
+            None => Ok(false),
         }
     }
 
     /// SIGKILL every process in the cgroup and its sub-cgroups, and wait (up to 5 s) until they
     /// are gone from it. Uses `cgroup.kill` when the kernel has it, else freeze, kill each pid, thaw.
     pub fn kill_all(&self) -> Result<()> {
-        // The unified directory, where the kernel has `cgroup.kill`.
-        let killable = self
-            .unified
-            .as_deref()
-            .filter(|d| self.v2_core && d.join("cgroup.kill").exists());
         let mut done = false;
-        if let Some(dir) = killable {
+        if let Some(dir) = self.killable() {
             write(&dir.join("cgroup.kill"), "1")?;
             // cgroup.kill covers the unified subtree; a process moved elsewhere there but still in
             // a v1 bivy/<name> would survive it: the signal path below catches such stragglers.

@@ -334,23 +334,15 @@ pub fn kill_and_detach(run_dir: &Path, keep: &[&str]) -> Result<Option<Ending>> 
         return Ok(None);
     };
     let says = |f: &str| fs::read(run_dir.join(f)).ok();
-    if says(files::DETACHABLE).is_none() || says(files::DETACHABLE) != says(files::MONITOR_PID) {
+    let marker = says(files::DETACHABLE);
+    if marker.is_none() || marker != says(files::MONITOR_PID) {
         // An older bivy's monitor would tear down in the next run's directory.
         stop(run_dir, StopMode::Force)?;
         return Ok(None);
     }
     let spec = read_spec(run_dir)?;
     let init = live_pidfd(&run_dir.join(files::INIT_PID));
-    replace_file(&run_dir.join(files::STOP_REQUEST), b"force")?;
-    // A frozen container's pending SIGKILLs act only once it is thawed.
-    let sent = confine::cgroup_kill_nowait(spec.cgroup_name());
-    if let Some((_, fd)) = &init {
-        let _ = sys::pidfd_send_raw(fd.as_fd(), libc::SIGKILL);
-    }
-    let _ = confine::cgroup_thaw(spec.cgroup_name());
-    if !matches!(sent, Ok(true)) {
-        confine::cgroup_kill_all(spec.cgroup_name())?;
-    }
+    force_kill(run_dir, &spec, init.as_ref(), false)??;
     let parent = run_dir
         .parent()
         .ok_or_else(|| Error(format!("{} has no parent", run_dir.display())))?;
@@ -520,15 +512,7 @@ pub fn stop(run_dir: &Path, mode: StopMode) -> Result<()> {
             )));
         }
     }
-    replace_file(&req, b"force")?;
-    // Kill everything in the cgroup (also exec'd processes), and init itself: its death tears down
-    // the whole pid namespace even if the cgroup kill missed something.
-    let cg = confine::cgroup_kill_all(spec.cgroup_name());
-    if let Some((_, fd)) = &init {
-        let _ = sys::pidfd_send_raw(fd.as_fd(), libc::SIGKILL);
-    }
-    // Frozen meanwhile (or kill_all froze it): pending SIGKILLs act only once thawed.
-    let _ = confine::cgroup_thaw(spec.cgroup_name());
+    let cg = force_kill(run_dir, &spec, init.as_ref(), true)?;
     if !wait_pidfd(&mon, Duration::from_secs(30)) {
         return Err(Error(format!(
             "monitor of {} did not exit after the kill ({cg:?})",
@@ -536,6 +520,32 @@ pub fn stop(run_dir: &Path, mode: StopMode) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// The forced end of a container, as its stop request says: everything in its cgroup killed
+/// (also exec'd processes), and init itself: its death tears down the whole pid namespace even
+/// if the cgroup kill missed something. `wait`: until the cgroup is empty; else only where the
+/// kernel has no `cgroup.kill` (the processes are then signalled one by one, which waits). The
+/// cgroup kill's own result is the inner one.
+fn force_kill(
+    run_dir: &Path,
+    spec: &Spec,
+    init: Option<&(i32, OwnedFd)>,
+    wait: bool,
+) -> Result<Result<()>> {
+    replace_file(&run_dir.join(files::STOP_REQUEST), b"force")?;
+    let name = spec.cgroup_name();
+    let killed = if !wait && matches!(confine::cgroup_kill_nowait(name), Ok(true)) {
+        Ok(())
+    } else {
+        confine::cgroup_kill_all(name)
+    };
+    if let Some((_, fd)) = init {
+        let _ = sys::pidfd_send_raw(fd.as_fd(), libc::SIGKILL);
+    }
+    // Frozen meanwhile (or kill_all froze it): pending SIGKILLs act only once thawed.
+    let _ = confine::cgroup_thaw(name);
+    Ok(killed)
 }
 
 pub fn start(spec: &Spec, run_dir: &Path) -> Result<State> {
