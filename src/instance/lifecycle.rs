@@ -489,6 +489,7 @@ pub fn kill_for_restart(d: &Ctx, name: &str) -> Result<Option<runtime::Ending>> 
     if !matches!(state_of(d, name)?, State::Running { .. }) {
         return Err(Error::Invalid("The instance is already stopped".into()));
     }
+    let steps = crate::util::trace::Steps::new("kill for restart", name);
     let run_dir = d.run_dir(name);
     let side_by_side = runtime::running_nics(&run_dir).is_ok_and(|nics| {
         let Ok(rec) = record(d, name) else {
@@ -507,8 +508,10 @@ pub fn kill_for_restart(d: &Ctx, name: &str) -> Result<Option<runtime::Ending>> 
         stop_unrecorded(d, name, runtime::StopMode::Force)?;
         return Ok(None);
     }
+    steps.step("nics checked");
     let keep = Interim::ALL.map(Interim::file_name);
     let ending = runtime::kill_and_detach(&run_dir, &keep)?;
+    steps.step("killed and detached");
     super::proxy::stopped(d, name);
     if ending.is_some() {
         // Its end is announced now, whenever it comes (it may come after the next run began,

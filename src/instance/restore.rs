@@ -66,6 +66,7 @@ pub fn restore_now_with(d: &Ctx, name: &str, snap: &str, stateful: bool) -> Resu
     let mut ending = None;
     let cloned = if was_running {
         Interim::Stopped.begin(d, name)?;
+        steps.step("interim stop recorded");
         let (stopped, cloned) = std::thread::scope(|scope| {
             let cloning = scope.spawn(|| {
                 let r = clone();

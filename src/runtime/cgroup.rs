@@ -344,21 +344,20 @@ fn check_name(name: &str) -> Result<()> {
 }
 
 /// Give one cgroup directory to the container root: the directory and the files that move
-/// processes and enable controllers (those that exist: v1 and v2 have different ones).
-fn delegate_dir(dir: &Path, uid: u32, gid: u32) -> Result<()> {
+/// processes and enable controllers, those of its hierarchy's version (`v2`: the unified one).
+/// A missing one is skipped (older kernels lack `cgroup.threads`).
+fn delegate_dir(dir: &Path, v2: bool, uid: u32, gid: u32) -> Result<()> {
     let chown = |p: &Path| {
         std::os::unix::fs::chown(p, Some(uid), Some(gid))
             .map_err(|e| io_err("chown (delegation)", p, e))
     };
     chown(dir)?;
-    // Each file the hierarchy has (v1 and v2 differ); a missing one is skipped.
-    for f in [
-        "cgroup.procs",
-        "tasks",
-        "cgroup.clone_children",
-        "cgroup.subtree_control",
-        "cgroup.threads",
-    ] {
+    let files: &[&str] = if v2 {
+        &["cgroup.procs", "cgroup.subtree_control", "cgroup.threads"]
+    } else {
+        &["cgroup.procs", "tasks", "cgroup.clone_children"]
+    };
+    for f in files {
         let p = dir.join(f);
         match std::os::unix::fs::chown(&p, Some(uid), Some(gid)) {
             Err(e) if e.kind() == ErrorKind::NotFound => {}
@@ -507,9 +506,14 @@ impl Cgroup {
 
     fn delegate(&self, uid: u32, gid: u32) -> Result<()> {
         for dir in self.dirs() {
-            delegate_dir(dir, uid, gid)?;
+            delegate_dir(dir, self.is_unified(dir), uid, gid)?;
         }
         Ok(())
+    }
+
+    /// Whether `dir`, one of [`Self::dirs`] or below one, is in the unified hierarchy.
+    fn is_unified(&self, dir: &Path) -> bool {
+        self.unified.as_deref().is_some_and(|u| dir.starts_with(u))
     }
 
     /// Every directory below this cgroup, in every hierarchy, parents before children (what a
@@ -558,7 +562,7 @@ impl Cgroup {
                 Err(e) => return Err(io_err("create", d, e)),
             }
             if let Some((uid, gid)) = owner {
-                delegate_dir(d, uid, gid)?;
+                delegate_dir(d, self.is_unified(d), uid, gid)?;
             }
         }
         Ok(())

@@ -16,7 +16,10 @@ use super::helper::{
     err, helper_command, live_pid, live_pidfd, live_process, replace_file, spawn_with_socket,
     still_alive, wait_pidfd,
 };
-use super::{confine, criu, files, Error, ExitInfo, Result, Spec, State, StopMode};
+use super::{
+    confine, criu, files, userns, Error, ExitInfo, IdMapEntry, Result, RootfsMode, Spec, State,
+    StopMode,
+};
 use crate::sys;
 use crate::util::fs::atomic_write;
 use crate::util::memo::Memo;
@@ -55,9 +58,14 @@ fn spawn_monitor(
     spawn_with_socket(cmd, "monitor", run_dir)
 }
 
-/// The spare monitor, told to start in `run_dir` with `log` as its output; None when there is
-/// none (or it is gone: it is reaped).
-fn take_spare(run_dir: &Path, log: &fs::File) -> Option<(OwnedFd, std::process::Child)> {
+/// The spare monitor, told to start in `run_dir` with `log` as its output and, when given,
+/// `userns` for its idmapped mounts ([`mapped_userns`]); None when there is none (or it is
+/// gone: it is reaped).
+fn take_spare(
+    run_dir: &Path,
+    log: &fs::File,
+    userns: Option<&OwnedFd>,
+) -> Option<(OwnedFd, std::process::Child)> {
     let dir = run_dir.to_str()?;
     let mut guard = SPARE.lock().ok()?;
     let spare = guard.as_mut()?;
@@ -82,7 +90,9 @@ fn take_spare(run_dir: &Path, log: &fs::File) -> Option<(OwnedFd, std::process::
         sock, mut child, ..
     } = guard.take()?;
     drop(guard);
-    match chan::send_fds(&sock, &Msg::Request(dir.to_string()), &[log.as_raw_fd()]) {
+    let mut fds = vec![log.as_raw_fd()];
+    fds.extend(userns.map(|ns| ns.as_raw_fd()));
+    match chan::send_fds(&sock, &Msg::Request(dir.to_string()), &fds) {
         Ok(()) => Some((sock, child)),
         Err(_) => {
             drop(sock);
@@ -90,6 +100,48 @@ fn take_spare(run_dir: &Path, log: &fs::File) -> Option<(OwnedFd, std::process::
             None
         }
     }
+}
+
+/// User namespaces with the id maps of containers started before, kept for the monitors'
+/// idmapped mounts: a spare monitor given one (after its log, see [`take_spare`]) does not make
+/// its own, which costs a fork and the maps' writes (0.5-1 ms) on every start's path. The last
+/// few maps (an isolated instance has one of its own); a map not kept is made off the start's
+/// path, for the next start, while this one's monitor makes its own as before.
+type Mapped = (Vec<IdMapEntry>, Vec<IdMapEntry>, OwnedFd);
+static MAPPED: std::sync::Mutex<Vec<Mapped>> = std::sync::Mutex::new(Vec::new());
+/// How many maps [`MAPPED`] keeps.
+const MAPPED_KEPT: usize = 4;
+
+/// The kept user namespace with `spec`'s id maps (see [`MAPPED`]), or None while it is made.
+fn mapped_userns(spec: &Spec) -> Option<OwnedFd> {
+    if spec.rootfs_mode != RootfsMode::Idmapped {
+        return None;
+    }
+    let (u, g) = (spec.uid_map.clone(), spec.gid_map.clone());
+    {
+        let mut kept = crate::util::lock(&MAPPED);
+        if let Some(i) = kept.iter().position(|(ku, kg, _)| *ku == u && *kg == g) {
+            // The most recent last: the first one goes when another is kept.
+            let m = kept.remove(i);
+            let fd = m.2.try_clone().ok();
+            kept.push(m);
+            return fd;
+        }
+    }
+    let _ = crate::util::pool::spawn("userns-for-idmaps", move || {
+        let Ok(ns) = userns::userns_fd(&u, &g) else {
+            return;
+        };
+        let mut kept = crate::util::lock(&MAPPED);
+        if kept.iter().any(|(ku, kg, _)| *ku == u && *kg == g) {
+            return;
+        }
+        if kept.len() >= MAPPED_KEPT {
+            kept.remove(0);
+        }
+        kept.push((u, g, ns));
+    });
+    None
 }
 
 /// Make the spare monitor unless there is one (after a start, off the caller's path). The
@@ -329,6 +381,7 @@ impl Drop for Ending {
 /// directory) are in the fresh run directory too: the old one is swapped for a new one holding
 /// copies of them in one atomic exchange, so that a caller killed at any moment finds them.
 pub fn kill_and_detach(run_dir: &Path, keep: &[&str]) -> Result<Option<Ending>> {
+    let steps = crate::util::trace::Steps::new("kill and detach", &run_dir.display().to_string());
     let Some((mon_pid, mon)) = live_pidfd(&run_dir.join(files::MONITOR_PID)) else {
         cleanup_dead_monitor(run_dir);
         return Ok(None);
@@ -341,8 +394,10 @@ pub fn kill_and_detach(run_dir: &Path, keep: &[&str]) -> Result<Option<Ending>> 
         return Ok(None);
     }
     let spec = read_spec(run_dir)?;
+    steps.step("spec read");
     let init = live_pidfd(&run_dir.join(files::INIT_PID));
     force_kill(run_dir, &spec, init.as_ref(), false)??;
+    steps.step("killed");
     let parent = run_dir
         .parent()
         .ok_or_else(|| Error(format!("{} has no parent", run_dir.display())))?;
@@ -380,6 +435,7 @@ pub fn kill_and_detach(run_dir: &Path, keep: &[&str]) -> Result<Option<Ending>> 
         );
         return Ok(None);
     }
+    steps.step("swapped");
     {
         let mut n = swaps();
         *n += 1;
@@ -604,7 +660,8 @@ fn start_inner(spec: &Spec, run_dir: &Path, restore: Option<&criu::RestoreReq>) 
         .open(&lp)
         .map_err(|e| err("open", &lp, e))?;
     trace.step("run directory ready");
-    let (ours, mut child) = match take_spare(run_dir, &log) {
+    let userns = mapped_userns(spec);
+    let (ours, mut child) = match take_spare(run_dir, &log, userns.as_ref()) {
         Some(s) => s,
         None => spawn_monitor(run_dir.as_os_str(), Some(&log))?,
     };

@@ -44,23 +44,26 @@ pub fn helper(args: &[String]) -> ! {
     let (run_dir, status) = inherited_socket(args, "monitor");
     // 1b. A spare (`--spare`, made ahead of a start): wait for the run directory and the log
     //     (our stdout and stderr from now on); the end of the socket means it is not needed.
-    let run_dir = if run_dir == "--spare" {
+    //     After the log may come a user namespace with the container's id maps, for its
+    //     idmapped mounts (the daemon keeps them, see `control::mapped_userns`).
+    let (run_dir, userns) = if run_dir == "--spare" {
         let _ = nix::sys::prctl::set_name(c"bivy-spare");
         if chan::send(&status, &Msg::Ready, None).is_err() {
             std::process::exit(0);
         }
         match chan::recv_fds(&status) {
             Ok(Some((Msg::Request(dir), fds))) => {
-                if let Some(log) = fds.first() {
-                    let _ = nix::unistd::dup2_stdout(log);
-                    let _ = nix::unistd::dup2_stderr(log);
+                let mut fds = fds.into_iter();
+                if let Some(log) = fds.next() {
+                    let _ = nix::unistd::dup2_stdout(&log);
+                    let _ = nix::unistd::dup2_stderr(&log);
                 }
-                dir
+                (dir, fds.next())
             }
             _ => std::process::exit(0),
         }
     } else {
-        run_dir
+        (run_dir, None)
     };
     // 2. Daemonize: the first process exits (start() reaps it), the second one is orphaned away from
     //    the daemon and leads its own session, so it survives the daemon and its terminal.
@@ -78,7 +81,7 @@ pub fn helper(args: &[String]) -> ! {
     // Pin no directory of the caller's (the run dir is absolute).
     let _ = nix::unistd::chdir("/");
     let run_dir = PathBuf::from(run_dir);
-    let code = match run(&run_dir, status) {
+    let code = match run(&run_dir, status, userns) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("bivy monitor: {e}");
@@ -130,7 +133,10 @@ fn teardown(spec: &Spec, p: &Prepared) {
     let _ = fs::remove_dir(&p.stage);
 }
 
-fn run(run_dir: &Path, status: OwnedFd) -> Result<()> {
+/// `userns`: a user namespace with the spec's id maps, for the idmapped mounts, when the daemon
+/// gave one.
+fn run(run_dir: &Path, status: OwnedFd, userns: Option<OwnedFd>) -> Result<()> {
+    let t0 = Instant::now();
     let spec = read_spec(run_dir)?;
     // The run directory, held for the container's life (see below, after the setup).
     let held = rustix::fs::open(
@@ -152,7 +158,8 @@ fn run(run_dir: &Path, status: OwnedFd) -> Result<()> {
         cgroup: false,
         stage: run_dir.join(files::STAGE),
     };
-    match setup(run_dir, &spec, &mut prep, restore.as_ref()) {
+    trace(t0, "spec read, pid recorded");
+    match setup(t0, run_dir, &spec, &mut prep, restore.as_ref(), userns) {
         Ok(Setup {
             init_pid,
             master,
@@ -167,6 +174,7 @@ fn run(run_dir: &Path, status: OwnedFd) -> Result<()> {
             // The container runs: the monitor uses no pool's files from now on. Dropped before
             // the start is answered: a pool deleted just after it must not find its mount here.
             crate::util::drop_pool_mounts(&[run_dir, &spec.console_log]);
+            trace(t0, "pool mounts dropped");
             // From here on the run directory is reached through its descriptor: a restore
             // moves it aside while this run ends (`control::kill_and_detach`) and starts the
             // next run in a new one at the old path.
@@ -176,6 +184,7 @@ fn run(run_dir: &Path, status: OwnedFd) -> Result<()> {
             let _ = write_pidfile(&run_dir.join(files::DETACHABLE), me);
             let _ = chan::send(&status, &Msg::Started(init_pid, me), None);
             drop(status);
+            trace(t0, "start answered");
             // The network namespace outlives init while physical NICs are in it: they go back
             // to the host (a virtual one would die with the namespace).
             let netns = fs::File::open(format!("/proc/{init_pid}/ns/net"))
@@ -258,51 +267,39 @@ struct Setup {
     label: Option<String>,
 }
 
-/// Monitor setup.
-fn setup(
-    run_dir: &Path,
+/// What steps 3-5 of [`setup`] staged for init.
+struct Staging {
+    /// The rootfs, the device nodes, the staged disks and unix devices (below the staging tmpfs).
+    root: PathBuf,
+    dev: PathBuf,
+    staged: Vec<disks::Staged>,
+    seccomp: confine::Seccomp,
+    label: Option<String>,
+}
+
+/// Steps 3-5 of [`setup`]: the staging tmpfs at `stage` with the device nodes, the rootfs and the
+/// disks below it, the confinement compiled. `userns`: one with the spec's id maps, else made.
+fn stage(
+    t0: Instant,
     spec: &Spec,
-    prep: &mut Prepared,
-    restore: Option<&criu::RestoreReq>,
-) -> Result<Setup> {
-    let t0 = Instant::now();
-    let privileged = spec.rootfs_mode == RootfsMode::Privileged;
-    let owner = if privileged {
-        (0, 0)
-    } else {
-        let u = userns::to_host(&spec.uid_map, 0)
-            .ok_or_else(|| Error("uid_map does not map container root".into()))?;
-        let g = userns::to_host(&spec.gid_map, 0)
-            .ok_or_else(|| Error("gid_map does not map container root".into()))?;
-        (u, g)
-    };
-
-    trace(t0, "before step 1");
-    // 1. Signals: SIGCHLD (init's end) and SIGTERM/SIGINT (our control path) go to a signalfd,
-    //    blocked now so none is lost; the child unblocks them before exec.
-    sys::ignore_signal(libc::SIGPIPE);
-    sys::ignore_signal(libc::SIGHUP);
-    block_signals()?;
-
-    trace(t0, "before step 2");
-    // 2. A private mount namespace for the monitor: the staging mounts below never reach the host.
-    //    Disks whose propagation follows the host's are copied on the way (see disks.rs).
-    let linked = disks::staging_namespace(&spec.disks)?;
-
+    stage: &Path,
+    owner: (u32, u32),
+    linked: Vec<Option<disks::Linked>>,
+    userns: Option<OwnedFd>,
+) -> Result<Staging> {
     trace(t0, "before step 3");
     // 3. Staging tmpfs (mounted by host root, so device nodes on it work when bind-mounted into the
     //    userns; a tmpfs mounted inside the userns would be nodev). Host /dev nodes are never reused:
     //    their modes are whatever the host has (0644 /dev/null once broke containers).
-    let stage = prep.stage.clone();
-    crate::util::fs::create_dir_mode(&stage, 0o711).map_err(|e| err("create", &stage, e))?;
+    crate::util::fs::create_dir_mode(stage, 0o711).map_err(|e| err("create", stage, e))?;
     mount(
         Some("tmpfs"),
-        &stage,
+        stage,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
         Some("mode=0755,size=1m"),
     )
-    .map_err(|e| err("mount tmpfs on", &stage, e))?;
+    .map_err(|e| err("mount tmpfs on", stage, e))?;
     let dev = stage.join("dev");
     let root = stage.join("root");
     // `nest`: where the nesting instances of proc and sysfs are made (see rootfs::host_side).
@@ -337,7 +334,10 @@ fn setup(
     //    attached here (in our private namespace only); otherwise a recursive bind.
     match spec.rootfs_mode {
         RootfsMode::Idmapped => {
-            let ns = userns::userns_fd(&spec.uid_map, &spec.gid_map)?;
+            let ns = match userns {
+                Some(ns) => ns,
+                None => userns::userns_fd(&spec.uid_map, &spec.gid_map)?,
+            };
             trace(t0, "step 4: userns for the idmap ready");
             let t = userns::idmapped_tree(&spec.rootfs, &ns)?;
             trace(t0, "step 4: idmapped tree ready");
@@ -385,34 +385,111 @@ fn setup(
     trace(t0, "before step 4b");
     // 4b. Disk devices: each source opened without following symlinks, copied, idmapped and made
     //     read-only as asked, attached below the staging tmpfs (see disks.rs).
-    let staged = disks::stage(spec, &stage, linked)?;
+    let staged = disks::stage(spec, stage, linked)?;
 
     trace(t0, "before step 5");
     // 5. Confinement prepared before the clone, so the child only has to apply it.
     let seccomp = confine::seccomp_compile(&spec.seccomp_policy)?;
+    let privileged = spec.rootfs_mode == RootfsMode::Privileged;
     let label =
         confine::apparmor_prepare(&spec.name, spec.nesting, privileged, &spec.apparmor_raw)?;
-    if let Some(l) = &label {
-        let p = run_dir.join(files::LABEL);
-        replace_file(&p, l.as_bytes())?;
-    }
+    Ok(Staging {
+        root,
+        dev,
+        staged,
+        seccomp,
+        label,
+    })
+}
 
-    trace(t0, "before step 6");
-    // 6. The cgroup (owned by container root for delegation when unprivileged).
-    confine::cgroup_create(
+/// Step 6 of [`setup`]: the cgroup (owned by container root for delegation when unprivileged)
+/// and its device rules (LXD's default list plus the instance's device nodes). Whether this
+/// run made the cgroup (teardown removes it then, killing what is in it), and the outcome.
+fn make_cgroup(
+    t0: Instant,
+    spec: &Spec,
+    privileged: bool,
+    owner: (u32, u32),
+) -> (bool, Result<()>) {
+    if let Err(e) = confine::cgroup_create(
         spec.cgroup_name(),
         &spec.limits,
         (!privileged).then_some(owner),
-    )?;
-    prep.cgroup = true;
+    ) {
+        return (false, Err(e));
+    }
     trace(t0, "step 6: cgroup made");
-    // The device cgroup: LXD's default list plus the instance's device nodes.
     let rules: Vec<String> = spec
         .unix_devices
         .iter()
         .map(super::UnixDev::cgroup_rule)
         .collect();
-    confine::cgroup_restrict_devices(spec.cgroup_name(), &rules)?;
+    let r = confine::cgroup_restrict_devices(spec.cgroup_name(), &rules);
+    trace(t0, "step 6: device rules set");
+    (true, r)
+}
+
+/// Monitor setup.
+fn setup(
+    t0: Instant,
+    run_dir: &Path,
+    spec: &Spec,
+    prep: &mut Prepared,
+    restore: Option<&criu::RestoreReq>,
+    userns: Option<OwnedFd>,
+) -> Result<Setup> {
+    let privileged = spec.rootfs_mode == RootfsMode::Privileged;
+    let owner = if privileged {
+        (0, 0)
+    } else {
+        let u = userns::to_host(&spec.uid_map, 0)
+            .ok_or_else(|| Error("uid_map does not map container root".into()))?;
+        let g = userns::to_host(&spec.gid_map, 0)
+            .ok_or_else(|| Error("gid_map does not map container root".into()))?;
+        (u, g)
+    };
+
+    trace(t0, "before step 1");
+    // 1. Signals: SIGCHLD (init's end) and SIGTERM/SIGINT (our control path) go to a signalfd,
+    //    blocked now so none is lost; the child unblocks them before exec.
+    sys::ignore_signal(libc::SIGPIPE);
+    sys::ignore_signal(libc::SIGHUP);
+    block_signals()?;
+
+    trace(t0, "before step 2");
+    // 2. A private mount namespace for the monitor: the staging mounts below never reach the host.
+    //    Disks whose propagation follows the host's are copied on the way (see disks.rs).
+    let linked = disks::staging_namespace(&spec.disks)?;
+
+    // 3-5 and, beside them on a thread of its own, 6: the cgroup's files are written while the
+    // rootfs is staged (neither needs the other; about 2 ms each, see `cargo xtask bench --only
+    // breakdown`). The thread is joined before init is cloned, so the clone is single-threaded
+    // as before; the children forked meanwhile (the id map's user namespace, the overlay's maker)
+    // make only async-signal-safe calls.
+    let (cgroup, staging) = std::thread::scope(|s| {
+        let cgroup = s.spawn(|| make_cgroup(t0, spec, privileged, owner));
+        let staging = stage(t0, spec, &prep.stage, owner, linked, userns);
+        let cgroup = cgroup.join().unwrap_or_else(|_| {
+            (
+                false,
+                Err(Error("the thread making the cgroup panicked".into())),
+            )
+        });
+        (cgroup, staging)
+    });
+    prep.cgroup = cgroup.0;
+    cgroup.1?;
+    let Staging {
+        root,
+        dev,
+        staged,
+        seccomp,
+        label,
+    } = staging?;
+    if let Some(l) = &label {
+        let p = run_dir.join(files::LABEL);
+        replace_file(&p, l.as_bytes())?;
+    }
 
     trace(t0, "before step 7");
     // 7. Console pty on the host devpts: the monitor keeps the master (and a slave fd, so reading the

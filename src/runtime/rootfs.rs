@@ -141,7 +141,7 @@ pub fn host_side(ctx: &Ctx<'_>) -> Result<(), Error> {
             Ok(()) => {}
             // Nested inside another container the kernel refuses this remount; the net devices
             // then stay read-only in sysfs.
-            Err(nix::errno::Errno::EPERM) if super::host::host().nested => {
+            Err(nix::errno::Errno::EPERM) if super::host::nested() => {
                 eprintln!(
                     "bivy: nested: {} stays read-only (remount refused)",
                     vnet.display()

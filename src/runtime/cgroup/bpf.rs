@@ -204,7 +204,6 @@ pub fn install(dir: &Path, rules: &[Rule]) -> Result<()> {
 }
 
 /// The ids of the device programs attached to the cgroup2 directory `dir`.
-#[cfg(test)]
 pub fn attached(dir: &Path) -> Result<Vec<u32>> {
     let cg = open_dir(dir)?;
     sys::device_programs(cg.as_fd())
