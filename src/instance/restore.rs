@@ -160,6 +160,7 @@ fn restore_stopped(
     stateful: bool,
     ending: Option<crate::runtime::Ending>,
 ) -> Result<()> {
+    let steps = crate::util::trace::Steps::new("restore the stopped", name);
     let snap = s.name.as_str();
     let cur = pool.container(&rec.volume);
     let old = match super::pools::swap_in(&cur) {
@@ -177,6 +178,7 @@ fn restore_stopped(
     if let Err(e) = super::pools::remove_in_background_after(pool.clone(), &old, ended) {
         eprintln!("bivy: deleting the pre-restore volume: {e}");
     }
+    steps.step("volumes swapped");
     // A stateful snapshot's volume carries its state; kept only for a stateful restore.
     let state_dir = cur.join(stateful::STATE_DIR);
     if !stateful && state_dir.exists() {
@@ -227,6 +229,7 @@ fn restore_stopped(
         }
         return Err(Error::Host(format!("restoring {snap}: {e}")));
     }
+    steps.step("recorded");
     d.events.lifecycle(
         "instance-restored",
         &url(name),

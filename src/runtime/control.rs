@@ -679,6 +679,7 @@ fn start_inner(spec: &Spec, run_dir: &Path, restore: Option<&criu::RestoreReq>) 
     let reply = chan::recv(&ours)?;
     trace.step("monitor replied");
     let _ = crate::util::pool::spawn("spare-monitor", make_spare);
+    trace.step("the next spare asked for");
     match reply {
         Some((Msg::Started(init_pid, monitor_pid), _)) => Ok(State::Running {
             init_pid,

@@ -171,10 +171,12 @@ fn run(run_dir: &Path, status: OwnedFd, userns: Option<OwnedFd>) -> Result<()> {
             let init_fd = rustix::process::Pid::from_raw(init_pid).and_then(|p| {
                 rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
             });
-            // The container runs: the monitor uses no pool's files from now on. Dropped before
-            // the start is answered: a pool deleted just after it must not find its mount here.
-            crate::util::drop_pool_mounts(&[run_dir, &spec.console_log]);
-            trace(t0, "pool mounts dropped");
+            // A restored container runs: the monitor uses no pool's files from now on (a new
+            // one's were dropped at step 9c). Dropped before the start is answered: a pool
+            // deleted just after it must not find its mount here.
+            if restore.is_some() {
+                crate::util::drop_pool_mounts(&[run_dir, &spec.console_log]);
+            }
             // From here on the run directory is reached through its descriptor: a restore
             // moves it aside while this run ends (`control::kill_and_detach`) and starts the
             // next run in a new one at the old path.
@@ -345,7 +347,10 @@ fn stage(
                 None => t,
                 Some(lower) => {
                     // The layers, idmapped, attached here for the overlay's maker to take (its
-                    // copy of this namespace has them), then let go: the overlay holds its own.
+                    // copy of this namespace has them). They stay until the teardown's unmount
+                    // of the staging tmpfs (the overlay holds them anyway): an unmount here
+                    // waits for an RCU grace period. The maker ends on its own; the monitor's
+                    // loop reaps it.
                     let l = userns::idmapped_tree(lower, &ns)?;
                     let (at_lower, at_vol) = (stage.join("lower"), stage.join("layers"));
                     for (tree, at) in [(&l, &at_lower), (&t, &at_vol)] {
@@ -353,11 +358,7 @@ fn stage(
                         sys::move_mount_to(tree.as_fd(), at)
                             .map_err(|e| err("move_mount a rootfs layer to", at, e))?;
                     }
-                    let o = userns::overlay_in_userns(&ns, &at_lower, &at_vol)?;
-                    for at in [&at_lower, &at_vol] {
-                        nix::mount::umount2(at.as_path(), nix::mount::MntFlags::MNT_DETACH)
-                            .map_err(|e| err("unmount the rootfs layer at", at, e))?;
-                    }
+                    let (o, _maker) = userns::overlay_in_userns(&ns, &at_lower, &at_vol)?;
                     trace(t0, "step 4: rootfs overlay ready");
                     o
                 }
@@ -627,6 +628,12 @@ fn setup(
         trace(t0, "step 9b: host-side mounts made");
         chan::send(&psock, &Msg::Go, None).map_err(kill_child)?;
     }
+    // 9c. While init makes its own mounts and execs: the monitor uses no pool's files from now
+    //     on (the rootfs and the disks are mounts of their own on the staging tmpfs), and a pool
+    //     deleted just after the start must not find its mount here. A child copying our
+    //     namespace meanwhile needs none either.
+    crate::util::drop_pool_mounts(&[run_dir, &spec.console_log]);
+    trace(t0, "step 9c: pool mounts dropped");
     match chan::recv(&psock).map_err(kill_child)? {
         None => {}
         Some((Msg::Err(e), _)) => return Err(kill_child(Error(e))),

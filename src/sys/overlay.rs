@@ -174,9 +174,13 @@ pub fn supported() -> bool {
 /// root it falls back to read-only, host.md 3b). The child shares our fd table (`CLONE_FILES`),
 /// so the detached mount it makes is ours; it reports `[step, errno, fd]` on a pipe, the fd being
 /// the mount's, or the filesystem context's when the overlay was refused (for its [`log`]).
-/// Paths in `layers` may name our fds (`/proc/self/fd/N`): the child has the same. Only call from
-/// a single-threaded process.
-pub fn mount_in_userns(userns: BorrowedFd<'_>, layers: &Layers<'_>) -> io::Result<OwnedFd> {
+/// Paths in `layers` may name our fds (`/proc/self/fd/N`): the child has the same. The child
+/// makes system calls only (no allocation), so the caller may have other threads.
+///
+/// The child is not waited for: the end of its mount namespace waits for an RCU grace period
+/// (0.2-0.3 ms here), which its report need not. Its pid comes back with the mount, for the
+/// caller to reap (the monitor's loop reaps every child).
+pub fn mount_in_userns(userns: BorrowedFd<'_>, layers: &Layers<'_>) -> io::Result<(OwnedFd, i32)> {
     let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let pid = super::clone_fork(libc::CLONE_FILES)?;
     if pid == 0 {
@@ -215,11 +219,35 @@ pub fn mount_in_userns(userns: BorrowedFd<'_>, layers: &Layers<'_>) -> io::Resul
             }
         }
     }
-    // The fd table is shared: our write end is the child's, so it is closed only once the child
-    // is gone (a child that died silently then reads as end of file).
-    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+    // The fd table is shared: our write end is the child's, so a child that died without a
+    // word leaves it open. Its end is seen on a pidfd instead (it is our unreaped child, so
+    // the pid names it).
+    let gone = rustix::process::Pid::from_raw(pid)
+        .ok_or_else(|| io::Error::other("no pid"))
+        .and_then(|p| {
+            rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
+                .map_err(io::Error::from)
+        });
+    let gone = match gone {
+        Ok(fd) => fd,
+        Err(e) => {
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+            return Err(e);
+        }
+    };
+    let mut p = [
+        rustix::event::PollFd::new(&rd, rustix::event::PollFlags::IN),
+        rustix::event::PollFd::new(&gone, rustix::event::PollFlags::IN),
+    ];
+    while let Err(e) = rustix::event::poll(&mut p, None) {
+        if e != rustix::io::Errno::INTR {
+            return Err(e.into());
+        }
+    }
     drop(wr);
     let mut b = [0u8; 12];
+    // The report is written whole before the child ends (12 bytes, one write to a pipe).
+    let _ = rustix::io::ioctl_fionbio(&rd, true);
     let got = nix::unistd::read(&rd, &mut b).unwrap_or(0);
     if got != b.len() {
         return Err(io::Error::other("the mounting child ended without a word"));
@@ -228,7 +256,9 @@ pub fn mount_in_userns(userns: BorrowedFd<'_>, layers: &Layers<'_>) -> io::Resul
     // SAFETY: the child made this fd in our shared table and gave up its handle to it.
     let fd = (v[2] >= 0).then(|| unsafe { OwnedFd::from_raw_fd(v[2]) });
     if v[0] == 0 {
-        return fd.ok_or_else(|| io::Error::other("no mount"));
+        return fd
+            .map(|fd| (fd, pid))
+            .ok_or_else(|| io::Error::other("no mount"));
     }
     Err(step_error(
         usize::try_from(v[0]).unwrap_or(usize::MAX),
