@@ -381,7 +381,8 @@ impl Drop for Ending {
 /// directory) are in the fresh run directory too: the old one is swapped for a new one holding
 /// copies of them in one atomic exchange, so that a caller killed at any moment finds them.
 pub fn kill_and_detach(run_dir: &Path, keep: &[&str]) -> Result<Option<Ending>> {
-    let steps = crate::util::trace::Steps::new("kill and detach", &run_dir.display().to_string());
+    let name = run_dir.file_name().unwrap_or_default().to_string_lossy();
+    let steps = crate::util::trace::Steps::new("kill and detach", &name);
     let Some((mon_pid, mon)) = live_pidfd(&run_dir.join(files::MONITOR_PID)) else {
         cleanup_dead_monitor(run_dir);
         return Ok(None);

@@ -1,5 +1,5 @@
-//! Where each millisecond of one launch and one exec goes (`cargo xtask bench --only
-//! breakdown`, also part of the full bench): a daemon of its own runs with `BIVY_TRACE=1`, so
+//! Where each millisecond of one launch, one exec and one restore of a running container goes
+//! (`cargo xtask bench --only breakdown`, also part of the full bench): a daemon of its own runs with `BIVY_TRACE=1`, so
 //! it logs each step of create, start, the runtime's start and exec with its time, and each
 //! container's monitor logs its own setup steps to `monitor.log` in its run directory. Each
 //! launch and exec is timed from the CLI as well; what the daemon's steps do not account for is
@@ -135,6 +135,43 @@ fn measure(d: &BgDaemon, log: &Path, image: &Path, t: &mut Table, names: &[Strin
         exec.add("exec: total, from the CLI", total);
     }
     exec.rows(t, "`BIVY_TRACE=1`; each step's share");
+
+    // The restore of a running container to a snapshot: a kill beside the snapshot's clone,
+    // then a start.
+    let mut restore = Shares::default();
+    must(d, &["snapshot", target, "bs0"])?;
+    settle();
+    for _ in 0..names.len() * 2 {
+        let off = log_len(log);
+        let total = time_one(&mut d.cli(&["restore", target, "bs0"]))?;
+        settle();
+        let text = log_from(log, off);
+        let s = steps(&text, &format!("bivy trace: restore {target}:"));
+        let daemon = add_steps(&mut restore, "restore, daemon", &s).unwrap_or(0.0);
+        for (op, label) in [
+            ("kill for restart", "restore, in the daemon's stop"),
+            ("kill and detach", "restore, in kill for restart"),
+            ("restore the stopped", "restore, after the stop"),
+            ("start", "restore, start"),
+            ("runtime start", "restore, in start: runtime start"),
+        ] {
+            let s = steps(&text, &format!("bivy trace: {op} {target}:"));
+            add_steps(&mut restore, &format!("{label}: {op}"), &s);
+        }
+        let mon = std::fs::read_to_string(d.dir.join("run").join(target).join("monitor.log"))
+            .unwrap_or_default();
+        add_steps(
+            &mut restore,
+            "restore, in runtime start: monitor",
+            &steps(&mon, "bivy monitor:"),
+        );
+        restore.add(
+            "restore: CLI start, HTTP requests and operation wait (total - daemon)",
+            (total - daemon).max(0.0),
+        );
+        restore.add("restore: total, from the CLI", total);
+    }
+    restore.rows(t, "`BIVY_TRACE=1`; each step's share");
     Ok(())
 }
 
