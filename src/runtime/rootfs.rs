@@ -189,7 +189,9 @@ pub fn nest_dir(ctx: &Ctx<'_>) -> std::path::PathBuf {
 /// in its namespaces but still sharing our mount namespace) is ready: a child of ours joins its
 /// pid, network and cgroup namespaces, and that child's own child (a member of the container's pid
 /// namespace, as proc needs) makes the mounts as host root with container root's fsuid and fsgid
-/// (`owner`, host ids). Called by the single-threaded monitor; returns when they are made.
+/// (`owner`, host ids). Called by the single-threaded monitor; returns when they are made and
+/// the second helper is gone, as the first says, without waiting for the first's own end
+/// (whoever reaps the caller's children reaps it: the monitor's loop).
 pub fn host_side_for(init_pid: i32, ctx: &Ctx<'_>, owner: (u32, u32)) -> Result<(), Error> {
     let fail =
         |step: &str, x: &dyn std::fmt::Display| Error(format!("host-side mounts: {step}: {x}"));
@@ -203,7 +205,7 @@ pub fn host_side_for(init_pid: i32, ctx: &Ctx<'_>, owner: (u32, u32)) -> Result<
     let pid = sys::fork().map_err(|x| fail("fork", &x))?;
     if pid == 0 {
         drop(ours);
-        let code = match join_and_mount(&pidfd, ctx, owner) {
+        let code = match join_and_mount(&pidfd, ctx, owner, &theirs) {
             Ok(code) => code,
             Err(x) => {
                 let _ = chan::send(&theirs, &Msg::Err(x.0), None);
@@ -213,22 +215,28 @@ pub fn host_side_for(init_pid: i32, ctx: &Ctx<'_>, owner: (u32, u32)) -> Result<
         sys::exit_now(code);
     }
     drop(theirs);
-    // An error, or the end of the stream once both helpers are gone.
-    let msg = chan::recv(&ours);
-    let status = waitpid(Pid::from_raw(pid), None).map_err(|x| fail("wait", &x))?;
-    match (msg, status) {
-        (Ok(Some((Msg::Err(x), _))), _) => Err(Error(x)),
-        (Ok(None), WaitStatus::Exited(_, 0)) => Ok(()),
-        (Err(x), _) => Err(x),
-        (_, st) => Err(fail("helper ended", &format!("{st:?}"))),
+    // Ready once the mounts are made; an error; or the end of the stream once both helpers
+    // are gone without a word.
+    match chan::recv(&ours) {
+        Ok(Some((Msg::Ready, _))) => Ok(()),
+        msg => {
+            let status = waitpid(Pid::from_raw(pid), None).map_err(|x| fail("wait", &x))?;
+            match msg {
+                Ok(Some((Msg::Err(x), _))) => Err(Error(x)),
+                Err(x) => Err(x),
+                _ => Err(fail("helper ended", &format!("{status:?}"))),
+            }
+        }
     }
 }
 
-/// The first helper of [`host_side_for`]: joins the namespaces, forks the second, which mounts.
+/// The first helper of [`host_side_for`]: joins the namespaces, forks the second, which mounts;
+/// says Ready on `done` once the second ended, its mounts made.
 fn join_and_mount(
     pidfd: &std::os::fd::OwnedFd,
     ctx: &Ctx<'_>,
     owner: (u32, u32),
+    done: &std::os::fd::OwnedFd,
 ) -> Result<i32, Error> {
     use nix::sched::CloneFlags as C;
     nix::sched::setns(
@@ -246,7 +254,12 @@ fn join_and_mount(
         nix::unistd::setfsuid(nix::unistd::Uid::from_raw(owner.0));
         return host_side(ctx).map(|()| 0);
     }
+    // The second, a member of the container's pid namespace, gone before the container goes on.
     match waitpid(Pid::from_raw(pid), None) {
+        Ok(WaitStatus::Exited(_, 0)) => {
+            chan::send(done, &Msg::Ready, None)?;
+            Ok(0)
+        }
         Ok(WaitStatus::Exited(_, code)) => Ok(code),
         Ok(st) => Err(Error(format!(
             "host-side mounts: the mounting helper ended: {st:?}"
