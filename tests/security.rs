@@ -722,6 +722,21 @@ fn uid_map(l: &Lxc<'_>, name: &str) -> (u64, u64, u64) {
     (f[0], f[1], f[2])
 }
 
+/// The rootfs as container root sees it: owned by root (the idmapped mounts were made with the
+/// instance's own map; the daemon keeps a user namespace per map for them, and one of another
+/// map would show every file as 65534).
+fn owned_by_root(l: &Lxc<'_>, name: &str) {
+    let (code, out) = l.sh(
+        name,
+        "stat -c %u:%g / /etc /bin/busybox; touch /made && stat -c %u:%g /made",
+    );
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "0:0\n0:0\n0:0\n0:0\n"),
+        "the rootfs of {name} as its root sees it"
+    );
+}
+
 /// No two of the instances `who` share host uids.
 fn disjoint(l: &Lxc<'_>, who: &[&str]) {
     let mut all: Vec<(u64, u64, String)> = Vec::new();
@@ -760,6 +775,11 @@ fn id_maps_follow_the_config_and_isolated_ranges_never_meet() {
     l.ok(&["launch", "busybox", "m1"]);
     let shared = uid_map(&l, "m1");
     assert_eq!(shared.0, 0);
+    owned_by_root(&l, "m1");
+    // A second start with the shared map (the daemon's user namespace for it kept by now).
+    l.ok(&["launch", "busybox", "m0"]);
+    owned_by_root(&l, "m0");
+    l.ok(&["delete", "--force", "m0"]);
     l.ok(&["stop", "--force", "m1"]);
     l.ok(&["config", "set", "m1", "security.idmap.isolated", "true"]);
     l.ok(&["start", "m1"]);
@@ -768,11 +788,17 @@ fn id_maps_follow_the_config_and_isolated_ranges_never_meet() {
         isolated.1 >= shared.1 + shared.2,
         "isolated set while stopped, yet the shared range at the start: {isolated:?}"
     );
+    owned_by_root(&l, "m1");
+    // Again with its own map, kept by now.
+    l.ok(&["restart", "--force", "m1"]);
+    assert_eq!(uid_map(&l, "m1"), isolated);
+    owned_by_root(&l, "m1");
     l.ok(&["stop", "--force", "m1"]);
     l.ok(&["config", "set", "m1", "security.idmap.size", "100000"]);
     l.ok(&["start", "m1"]);
     assert_eq!(uid_map(&l, "m1").2, 100000, "the new size at the start");
     assert_eq!(uid_ranges(&l, "m1").len(), 1);
+    owned_by_root(&l, "m1");
 
     // Eight isolated instances made at once, by a profile.
     l.ok(&["profile", "create", "iso"]);
