@@ -57,6 +57,13 @@ fn add_steps(s: &mut Shares, label: &str, steps: &[(String, f64)]) -> Option<f64
     steps.last().map(|(_, at)| *at)
 }
 
+/// [`add_steps`] for the setup steps the monitor of `name`'s current run logged.
+fn add_monitor_steps(s: &mut Shares, d: &BgDaemon, name: &str, label: &str) {
+    let mon = std::fs::read_to_string(d.dir.join("run").join(name).join("monitor.log"))
+        .unwrap_or_default();
+    add_steps(s, label, &steps(&mon, "bivy monitor:"));
+}
+
 fn log_from(log: &Path, offset: usize) -> String {
     let text = std::fs::read(log).unwrap_or_default();
     String::from_utf8_lossy(text.get(offset..).unwrap_or_default()).into_owned()
@@ -105,13 +112,7 @@ fn measure(d: &BgDaemon, log: &Path, image: &Path, t: &mut Table, names: &[Strin
         }
         let s = steps(&text, &format!("bivy trace: runtime start {name}:"));
         add_steps(&mut launch, "launch, in start: runtime start", &s);
-        let mon = std::fs::read_to_string(d.dir.join("run").join(name).join("monitor.log"))
-            .unwrap_or_default();
-        add_steps(
-            &mut launch,
-            "launch, in runtime start: monitor",
-            &steps(&mon, "bivy monitor:"),
-        );
+        add_monitor_steps(&mut launch, d, name, "launch, in runtime start: monitor");
         launch.add(
             "launch: CLI start, HTTP requests and operation waits (total - create - start)",
             (total - ops).max(0.0),
@@ -158,12 +159,11 @@ fn measure(d: &BgDaemon, log: &Path, image: &Path, t: &mut Table, names: &[Strin
             let s = steps(&text, &format!("bivy trace: {op} {target}:"));
             add_steps(&mut restore, &format!("{label}: {op}"), &s);
         }
-        let mon = std::fs::read_to_string(d.dir.join("run").join(target).join("monitor.log"))
-            .unwrap_or_default();
-        add_steps(
+        add_monitor_steps(
             &mut restore,
+            d,
+            target,
             "restore, in runtime start: monitor",
-            &steps(&mon, "bivy monitor:"),
         );
         restore.add(
             "restore: CLI start, HTTP requests and operation wait (total - daemon)",
