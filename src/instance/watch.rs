@@ -93,8 +93,7 @@ mod tests {
     use std::time::Duration;
 
     fn pidfd_of(child: &std::process::Child) -> OwnedFd {
-        let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
-        rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).expect("pidfd")
+        crate::sys::pidfd_open(child.id() as i32).expect("pidfd")
     }
 
     #[test]

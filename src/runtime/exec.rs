@@ -434,12 +434,8 @@ fn run(t: &Target<'_>, conn: &OwnedFd) -> Result<i32> {
         }
     }
     // 5. The command runs: the caller gets a pidfd of it (our unreaped child: no pid reuse).
-    let command = rustix::process::Pid::from_raw(pid)
-        .ok_or_else(|| Error(format!("bad pid {pid}")))
-        .and_then(|p| {
-            rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
-                .map_err(|e| Error(format!("pidfd_open {pid}: {e}")))
-        })
+    let command = sys::pidfd_open(pid)
+        .map_err(|e| Error(format!("pidfd_open {pid}: {e}")))
         .map_err(fail)?;
     chan::send(conn, &Msg::Running(pid), Some(command.as_raw_fd())).map_err(fail)?;
     drop(command);

@@ -251,9 +251,7 @@ fn alive(pid: i32, st: u64) -> bool {
     if proc_starttime(pid) != Some(st) {
         return false;
     }
-    let Some(fd) = rustix::process::Pid::from_raw(pid)
-        .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok())
-    else {
+    let Ok(fd) = crate::sys::pidfd_open(pid) else {
         return proc_starttime(pid) == Some(st);
     };
     if proc_starttime(pid) != Some(st) {
@@ -310,11 +308,7 @@ pub(crate) fn release_ended() {
 /// A pidfd for the process in a pidfile, verified to be that very process after opening.
 pub(crate) fn live_pidfd(path: &Path) -> Option<(i32, OwnedFd)> {
     let pid = live_pid(path)?;
-    let fd = rustix::process::pidfd_open(
-        rustix::process::Pid::from_raw(pid)?,
-        rustix::process::PidfdFlags::empty(),
-    )
-    .ok()?;
+    let fd = crate::sys::pidfd_open(pid).ok()?;
     // Re-check after opening: the pidfd now pins the process, so a match proves it is the right one.
     (live_pid(path) == Some(pid)).then_some((pid, fd))
 }

@@ -1,6 +1,6 @@
 //! Host facts the runtime needs, probed once per process: the default id range for containers
 //! (root's /etc/subuid and /etc/subgid entries, else 1000000:1000000000), idmapped-mount support,
-//! the kernel version and the cgroup layout.
+//! the kernel version and the cgroup layout; and whether bivy runs nested ([`nested`]).
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -20,9 +20,6 @@ pub struct Host {
     pub cgroup_v1: Vec<(String, String)>,
     pub cgroup_unified: Option<std::path::PathBuf>,
     pub cgroup_v2_only: bool,
-    /// Whether this process runs in a user namespace with a partial map (bivy nested in a
-    /// container); some setup steps then degrade, each saying so.
-    pub nested: bool,
 }
 
 const DEFAULT_RANGE: IdMapEntry = IdMapEntry {
@@ -125,12 +122,12 @@ fn probe() -> Host {
         cgroup_v1: l.v1,
         cgroup_unified: l.unified,
         cgroup_v2_only: l.v2_only,
-        nested: nested(),
     }
 }
 
-/// [`Host::nested`], alone: what a container's monitor asks (for its device rules) without the
-/// rest of [`host`]'s probe, which makes a user namespace (1 ms of every start).
+/// Whether this process runs in a user namespace with a partial map (bivy nested in a
+/// container); some setup steps then degrade, each saying so. Apart from [`host`]'s probe,
+/// which makes a user namespace (1 ms), so that a container's monitor asks it alone.
 pub fn nested() -> bool {
     static NESTED: OnceLock<bool> = OnceLock::new();
     *NESTED.get_or_init(|| {

@@ -168,9 +168,7 @@ fn run(run_dir: &Path, status: OwnedFd, userns: Option<OwnedFd>) -> Result<()> {
             label,
         }) => {
             // init is our unreaped child: the pidfd names it, for the exec waiters' setns.
-            let init_fd = rustix::process::Pid::from_raw(init_pid).and_then(|p| {
-                rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
-            });
+            let init_fd = sys::pidfd_open(init_pid).ok();
             // A restored container runs: the monitor uses no pool's files from now on (a new
             // one's were dropped at step 9c). Dropped before the start is answered: a pool
             // deleted just after it must not find its mount here.
@@ -358,7 +356,7 @@ fn stage(
                         sys::move_mount_to(tree.as_fd(), at)
                             .map_err(|e| err("move_mount a rootfs layer to", at, e))?;
                     }
-                    let (o, _maker) = userns::overlay_in_userns(&ns, &at_lower, &at_vol)?;
+                    let o = userns::overlay_in_userns(&ns, &at_lower, &at_vol)?;
                     trace(t0, "step 4: rootfs overlay ready");
                     o
                 }

@@ -195,12 +195,7 @@ pub fn nest_dir(ctx: &Ctx<'_>) -> std::path::PathBuf {
 pub fn host_side_for(init_pid: i32, ctx: &Ctx<'_>, owner: (u32, u32)) -> Result<(), Error> {
     let fail =
         |step: &str, x: &dyn std::fmt::Display| Error(format!("host-side mounts: {step}: {x}"));
-    let pidfd = rustix::process::Pid::from_raw(init_pid)
-        .ok_or_else(|| fail("init pid", &init_pid))
-        .and_then(|p| {
-            rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
-                .map_err(|x| fail("pidfd_open", &x))
-        })?;
+    let pidfd = sys::pidfd_open(init_pid).map_err(|x| fail("pidfd_open", &x))?;
     let (ours, theirs) = chan::pair()?;
     let pid = sys::fork().map_err(|x| fail("fork", &x))?;
     if pid == 0 {

@@ -84,9 +84,9 @@ pub fn idmapped_tree(src: &Path, userns: &OwnedFd) -> Result<OwnedFd> {
 /// there may it take the layers (the kernel lets a mounter use as a layer only a mount of a
 /// namespace it administers) and does it create its work directory and copy files up with ids
 /// the idmap maps (made by host root it falls back to read-only, host.md 3b). Returned
-/// detached, for the caller to attach, with the pid of that child, which the caller reaps (see
+/// detached, for the caller to attach; the child is left for the caller to reap (see
 /// [`sys::overlay::mount_in_userns`]).
-pub fn overlay_in_userns(userns: &OwnedFd, lower: &Path, vol: &Path) -> Result<(OwnedFd, i32)> {
+pub fn overlay_in_userns(userns: &OwnedFd, lower: &Path, vol: &Path) -> Result<OwnedFd> {
     let cs = |p: &Path| sys::cpath(p).map_err(|e| Error(format!("{}: {e}", p.display())));
     let (l, u, w) = (cs(lower)?, cs(&vol.join("upper"))?, cs(&vol.join("work"))?);
     let lowers = [l.as_c_str()];

@@ -487,6 +487,14 @@ pub fn sigrtmin() -> libc::c_int {
     libc::SIGRTMIN()
 }
 
+/// A pidfd of process `pid` (EINVAL for a pid that cannot name one). It names that process for
+/// good only when the caller knows `pid` is not reused meanwhile (its unreaped child), or checks
+/// after opening.
+pub fn pidfd_open(pid: i32) -> rustix::io::Result<OwnedFd> {
+    let pid = rustix::process::Pid::from_raw(pid).ok_or(rustix::io::Errno::INVAL)?;
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+}
+
 /// Send signal number `sig` (which may be a real-time signal nix cannot name) through a pidfd.
 pub fn pidfd_send_raw(pidfd: BorrowedFd<'_>, sig: libc::c_int) -> io::Result<()> {
     // SAFETY: plain integer arguments; a NULL siginfo means "as kill() would send it".

@@ -178,9 +178,9 @@ pub fn supported() -> bool {
 /// makes system calls only (no allocation), so the caller may have other threads.
 ///
 /// The child is not waited for: the end of its mount namespace waits for an RCU grace period
-/// (0.2-0.3 ms here), which its report need not. Its pid comes back with the mount, for the
-/// caller to reap (the monitor's loop reaps every child).
-pub fn mount_in_userns(userns: BorrowedFd<'_>, layers: &Layers<'_>) -> io::Result<(OwnedFd, i32)> {
+/// (0.2-0.3 ms here), which its report need not. The caller reaps it with its other children
+/// (the monitor's loop reaps every child).
+pub fn mount_in_userns(userns: BorrowedFd<'_>, layers: &Layers<'_>) -> io::Result<OwnedFd> {
     let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let pid = super::clone_fork(libc::CLONE_FILES)?;
     if pid == 0 {
@@ -222,17 +222,11 @@ pub fn mount_in_userns(userns: BorrowedFd<'_>, layers: &Layers<'_>) -> io::Resul
     // The fd table is shared: our write end is the child's, so a child that died without a
     // word leaves it open. Its end is seen on a pidfd instead (it is our unreaped child, so
     // the pid names it).
-    let gone = rustix::process::Pid::from_raw(pid)
-        .ok_or_else(|| io::Error::other("no pid"))
-        .and_then(|p| {
-            rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
-                .map_err(io::Error::from)
-        });
-    let gone = match gone {
+    let gone = match super::pidfd_open(pid) {
         Ok(fd) => fd,
         Err(e) => {
             let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-            return Err(e);
+            return Err(e.into());
         }
     };
     let mut p = [
@@ -256,9 +250,7 @@ pub fn mount_in_userns(userns: BorrowedFd<'_>, layers: &Layers<'_>) -> io::Resul
     // SAFETY: the child made this fd in our shared table and gave up its handle to it.
     let fd = (v[2] >= 0).then(|| unsafe { OwnedFd::from_raw_fd(v[2]) });
     if v[0] == 0 {
-        return fd
-            .map(|fd| (fd, pid))
-            .ok_or_else(|| io::Error::other("no mount"));
+        return fd.ok_or_else(|| io::Error::other("no mount"));
     }
     Err(step_error(
         usize::try_from(v[0]).unwrap_or(usize::MAX),
