@@ -351,6 +351,8 @@ impl Operations {
                 Ok(Err(e)) => run.set_status(status::FAILURE, e.to_string()),
                 Err(_) => run.set_status(status::FAILURE, "internal error (panic)".into()),
             }
+            // Answered: background work a start left for after its answer may go on.
+            crate::runtime::answered();
             super::events::set_requestor(None);
         };
         if let Err(e) = crate::util::pool::spawn("operation", job) {

@@ -26,11 +26,11 @@ use crate::util::memo::Memo;
 
 /// A monitor made ahead of the next start (`bivy __monitor --spare FD`): spawned from the
 /// sealed binary, it waits on its status socket for its run directory and log, so that a start
-/// skips the binary's exec and start-up. One at most; it ends when its socket's other end
-/// closes (this process ended).
+/// skips the binary's exec and start-up, and its fork away from the daemon (done, and its first
+/// process reaped, when it is made). One at most; it ends when its socket's other end closes
+/// (this process ended).
 struct Spare {
     sock: OwnedFd,
-    child: std::process::Child,
     /// It said it waits.
     ready: bool,
 }
@@ -59,13 +59,9 @@ fn spawn_monitor(
 }
 
 /// The spare monitor, told to start in `run_dir` with `log` as its output and, when given,
-/// `userns` for its idmapped mounts ([`mapped_userns`]); None when there is none (or it is
-/// gone: it is reaped).
-fn take_spare(
-    run_dir: &Path,
-    log: &fs::File,
-    userns: Option<&OwnedFd>,
-) -> Option<(OwnedFd, std::process::Child)> {
+/// `userns` for its idmapped mounts ([`mapped_userns`]): its status socket; None when there is
+/// none (or it is gone).
+fn take_spare(run_dir: &Path, log: &fs::File, userns: Option<&OwnedFd>) -> Option<OwnedFd> {
     let dir = run_dir.to_str()?;
     let mut guard = SPARE.lock().ok()?;
     let spare = guard.as_mut()?;
@@ -80,26 +76,18 @@ fn take_spare(
         match chan::recv(&spare.sock) {
             Ok(Some((Msg::Ready, _))) => spare.ready = true,
             _ => {
-                let Spare { mut child, .. } = guard.take()?;
-                let _ = child.wait();
+                *guard = None;
                 return None;
             }
         }
     }
-    let Spare {
-        sock, mut child, ..
-    } = guard.take()?;
+    let Spare { sock, .. } = guard.take()?;
     drop(guard);
     let mut fds = vec![log.as_raw_fd()];
     fds.extend(userns.map(|ns| ns.as_raw_fd()));
-    match chan::send_fds(&sock, &Msg::Request(dir.to_string()), &fds) {
-        Ok(()) => Some((sock, child)),
-        Err(_) => {
-            drop(sock);
-            let _ = child.wait();
-            None
-        }
-    }
+    chan::send_fds(&sock, &Msg::Request(dir.to_string()), &fds)
+        .ok()
+        .map(|()| sock)
 }
 
 /// User namespaces with the id maps of containers started before, kept for the monitors'
@@ -159,16 +147,45 @@ fn make_spare() {
     // could last as long as the CPUs are busy (a container's start failed so). The spare's own
     // work before it is ready is its exec.
     let made = spawn_monitor("--spare".as_ref(), None);
-    if let Ok((sock, child)) = made {
-        if let Ok(mut s) = SPARE.lock() {
-            *s = Some(Spare {
-                sock,
-                child,
-                ready: false,
-            });
+    if let Ok((sock, mut child)) = made {
+        // Its first process exits once it forked the spare itself.
+        if child.wait().is_ok_and(|st| st.success()) {
+            if let Ok(mut s) = SPARE.lock() {
+                *s = Some(Spare { sock, ready: false });
+            }
         }
     }
     MAKING.store(false, Ordering::Release);
+}
+
+/// Whether a start took the spare and the next one waits for [`answered`] (see
+/// [`make_spare_later`]).
+static SPARE_DUE: (std::sync::Mutex<bool>, std::sync::Condvar) =
+    (std::sync::Mutex::new(false), std::sync::Condvar::new());
+
+/// The longest a next spare waits for [`answered`].
+const SPARE_AFTER: Duration = Duration::from_millis(50);
+
+/// The next spare monitor, made once the start that took this one is answered ([`answered`],
+/// or after [`SPARE_AFTER`] when nobody says so): its making (a fork of the daemon, an exec and
+/// the binary's start-up, about 1 ms of CPU) would otherwise compete with the answer on a
+/// small host.
+fn make_spare_later() {
+    *crate::util::lock(&SPARE_DUE.0) = true;
+    let _ = crate::util::pool::spawn("spare-monitor", || {
+        let due = crate::util::lock(&SPARE_DUE.0);
+        let _ = SPARE_DUE.1.wait_timeout_while(due, SPARE_AFTER, |due| *due);
+        make_spare();
+    });
+}
+
+/// The caller answered what it was doing (an operation ended): a spare monitor due is made now.
+pub fn answered() {
+    let mut due = crate::util::lock(&SPARE_DUE.0);
+    if *due {
+        *due = false;
+        SPARE_DUE.1.notify_all();
+    }
 }
 
 pub(crate) fn read_spec(run_dir: &Path) -> Result<Spec> {
@@ -662,14 +679,16 @@ fn start_inner(spec: &Spec, run_dir: &Path, restore: Option<&criu::RestoreReq>) 
         .map_err(|e| err("open", &lp, e))?;
     trace.step("run directory ready");
     let userns = mapped_userns(spec);
-    let (ours, mut child) = match take_spare(run_dir, &log, userns.as_ref()) {
-        Some(s) => s,
-        None => spawn_monitor(run_dir.as_os_str(), Some(&log))?,
+    let ours = match take_spare(run_dir, &log, userns.as_ref()) {
+        Some(sock) => sock,
+        None => {
+            let (sock, mut child) = spawn_monitor(run_dir.as_os_str(), Some(&log))?;
+            // The first-level process exits as soon as it forked the real (daemonized) monitor.
+            let _ = child.wait();
+            sock
+        }
     };
     trace.step("monitor spawned");
-    // The first-level process exits as soon as it forked the real (daemonized) monitor.
-    let _ = child.wait();
-    trace.step("first-level monitor process reaped");
 
     // 3. Wait for its verdict: Started after init exec'd, or the setup error.
     let _ = nix::sys::socket::setsockopt(
@@ -679,7 +698,7 @@ fn start_inner(spec: &Spec, run_dir: &Path, restore: Option<&criu::RestoreReq>) 
     );
     let reply = chan::recv(&ours)?;
     trace.step("monitor replied");
-    let _ = crate::util::pool::spawn("spare-monitor", make_spare);
+    make_spare_later();
     trace.step("the next spare asked for");
     match reply {
         Some((Msg::Started(init_pid, monitor_pid), _)) => Ok(State::Running {

@@ -14,9 +14,10 @@
 //! - `start()` copies the binary (`$BIVY_EXE`, default `/proc/self/exe`) once per calling process into
 //!   a sealed memfd and runs it as `bivy __monitor <run_dir> <fd>`; the monitor daemonizes, makes a
 //!   private mount namespace, stages the rootfs (idmapped or bound) and device nodes there, creates
-//!   the cgroup, opens the console pty, clones init and reports `Started` or the failed step. After
-//!   a start the caller makes a spare (`bivy __monitor --spare <fd>`, waiting for its run directory
-//!   and log), which the next start takes instead of spawning one.
+//!   the cgroup, opens the console pty, clones init and reports `Started` or the failed step. Once
+//!   a start is answered (`answered()`) the caller makes a spare (`bivy __monitor --spare <fd>`,
+//!   daemonized at once, then waiting for its run directory and log), which the next start takes
+//!   instead of spawning one.
 //! - The control path is signals: `stop()` signals init (SIGRTMIN+3 for systemd, else SIGPWR) and,
 //!   for force, kills the cgroup and init; SIGTERM to the monitor also kills the container.
 //!   `kill_and_detach()` (a restore's stop) kills it the same way but does not wait for its end:
@@ -558,7 +559,7 @@ pub fn stop(run_dir: &Path, mode: StopMode) -> Result<()> {
     control::stop(run_dir, mode)
 }
 
-pub use control::Ending;
+pub use control::{answered, Ending};
 
 /// A forced stop for a start that follows at once: the container killed, its run directory
 /// moved aside for its monitor to end in (a new one holding copies of the files named in

@@ -46,7 +46,10 @@ pub fn helper(args: &[String]) -> ! {
     //     (our stdout and stderr from now on); the end of the socket means it is not needed.
     //     After the log may come a user namespace with the container's id maps, for its
     //     idmapped mounts (the daemon keeps them, see `control::mapped_userns`).
-    let (run_dir, userns) = if run_dir == "--spare" {
+    let spare = run_dir == "--spare";
+    let (run_dir, userns) = if spare {
+        // Daemonized before it says it waits: the fork is not on a start's path.
+        daemonize(&status);
         let _ = nix::sys::prctl::set_name(c"bivy-spare");
         if chan::send(&status, &Msg::Ready, None).is_err() {
             std::process::exit(0);
@@ -65,21 +68,12 @@ pub fn helper(args: &[String]) -> ! {
     } else {
         (run_dir, None)
     };
-    // 2. Daemonize: the first process exits (start() reaps it), the second one is orphaned away from
-    //    the daemon and leads its own session, so it survives the daemon and its terminal.
-    match sys::fork() {
-        Ok(0) => {}
-        Ok(_) => sys::exit_now(0),
-        Err(e) => {
-            let _ = chan::send(&status, &Msg::Err(format!("fork monitor: {e}")), None);
-            std::process::exit(1)
-        }
+    // 2. Daemonized (a spare was, above).
+    if !spare {
+        daemonize(&status);
     }
-    let _ = nix::unistd::setsid();
     // A readable name in ps/top (the exe is /proc/self/fd/N, so comm would be "N").
     let _ = nix::sys::prctl::set_name(c"bivy-monitor");
-    // Pin no directory of the caller's (the run dir is absolute).
-    let _ = nix::unistd::chdir("/");
     let run_dir = PathBuf::from(run_dir);
     let code = match run(&run_dir, status, userns) {
         Ok(()) => 0,
@@ -89,6 +83,22 @@ pub fn helper(args: &[String]) -> ! {
         }
     };
     std::process::exit(code)
+}
+
+/// The first process exits (its spawner reaps it), the second one is orphaned away from the
+/// daemon and leads its own session, so it survives the daemon and its terminal. It pins no
+/// directory of the caller's (the run directory is absolute).
+fn daemonize(status: &OwnedFd) {
+    match sys::fork() {
+        Ok(0) => {}
+        Ok(_) => sys::exit_now(0),
+        Err(e) => {
+            let _ = chan::send(status, &Msg::Err(format!("fork monitor: {e}")), None);
+            std::process::exit(1)
+        }
+    }
+    let _ = nix::unistd::setsid();
+    let _ = nix::unistd::chdir("/");
 }
 
 /// Everything the monitor prepared; undone by `teardown`.
