@@ -1676,13 +1676,20 @@ fn a_failed_start_leaves_the_record_as_it_was() {
 
 /// The pids of host processes named `comm` whose parent is `parent`.
 /// The processes named `bivy-spare` (spare monitors: daemonized, so nobody's children) but
-/// those in `others`.
+/// those in `others`, and but those gone 100 ms later (the spare of an earlier test's daemon
+/// ends as soon as it sees its daemon gone).
 fn spares_but(others: &[u32]) -> Vec<u32> {
-    processes()
-        .into_iter()
-        .filter(|(pid, c, _)| c == "bivy-spare" && !others.contains(pid))
-        .map(|(pid, _, _)| pid)
-        .collect()
+    let spares = || -> Vec<u32> {
+        processes()
+            .into_iter()
+            .filter(|(pid, c, _)| c == "bivy-spare" && !others.contains(pid))
+            .map(|(pid, _, _)| pid)
+            .collect()
+    };
+    let first = spares();
+    std::thread::sleep(Duration::from_millis(100));
+    let then = spares();
+    first.into_iter().filter(|p| then.contains(p)).collect()
 }
 
 /// After a start the daemon keeps one spare monitor (spawned from the binary, daemonized,

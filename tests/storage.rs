@@ -347,7 +347,8 @@ fn a_failed_restore_leaves_the_instance_as_it_was() {
 /// its end cannot come before the restore answers: the restore still succeeds at once, the
 /// instance runs with the snapshot's files, and once the old monitor goes on, its run directory,
 /// its cgroups and the volume restored away are gone and its end is in the instance's log. A run
-/// moved aside whose end a stopped daemon did not see is cleaned up at the next start.
+/// moved aside whose end a stopped daemon did not see is cleaned up at the next start, and a
+/// monitor a killed daemon held stopped goes on.
 #[test]
 fn a_running_restore_does_not_wait_for_the_old_runs_end() {
     use nix::sys::signal::{kill, Signal};
@@ -477,6 +478,29 @@ fn a_running_restore_does_not_wait_for_the_old_runs_end() {
     assert!(!left.exists(), "{} left", left.display());
     let l = Lxc::new(&d);
     l.ok(&["start", "rr"]);
+    assert_eq!(l.sh("rr", "cat /root/a").1, "one\n");
+
+    // A restore holds the old run's monitor stopped from before its kill until the new run is
+    // answered, its fresh run directory made aside first. A daemon killed in between: its next
+    // start lets the monitor go on (the fresh directory's name says whose) and removes that.
+    d.stop();
+    let mon = pid_in(&run.join("rr"));
+    kill(Pid::from_raw(mon), Signal::SIGSTOP).expect("SIGSTOP the monitor");
+    let fresh = run.join(format!(".ended.rr.{mon}"));
+    std::fs::create_dir(&fresh).expect("mkdir");
+    d.restart().expect("restart");
+    assert!(!fresh.exists(), "{} left", fresh.display());
+    let state = || {
+        std::fs::read_to_string(format!("/proc/{mon}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ")?.1.chars().next())
+    };
+    let t = std::time::Instant::now();
+    while state() == Some('T') && t.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(state(), Some('S'), "the held monitor did not go on");
+    let l = Lxc::new(&d);
     assert_eq!(l.sh("rr", "cat /root/a").1, "one\n");
     l.ok(&["delete", "--force", "rr"]);
     assert!(cgroups().is_empty(), "{:?}", cgroups());

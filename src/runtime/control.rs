@@ -158,12 +158,31 @@ fn make_spare() {
     MAKING.store(false, Ordering::Release);
 }
 
-/// Whether a start took the spare and the next one waits for [`answered`] (see
-/// [`make_spare_later`]).
-static SPARE_DUE: (std::sync::Mutex<bool>, std::sync::Condvar) =
-    (std::sync::Mutex::new(false), std::sync::Condvar::new());
+/// How many answers the caller gave ([`answered`]): work left for after a start's answer
+/// waits for the next one ([`after_answer`]).
+static ANSWERS: (std::sync::Mutex<u64>, std::sync::Condvar) =
+    (std::sync::Mutex::new(0), std::sync::Condvar::new());
 
-/// The longest a next spare waits for [`answered`].
+/// The caller answered what it was doing (an operation ended): work left for after an answer
+/// goes on.
+pub fn answered() {
+    *crate::util::lock(&ANSWERS.0) += 1;
+    ANSWERS.1.notify_all();
+}
+
+/// The count of answers now, for [`after_answer`].
+fn answers() -> u64 {
+    *crate::util::lock(&ANSWERS.0)
+}
+
+/// Wait for an answer after the `since`-th ([`answers`]), or `limit` when none comes (a start
+/// no operation answers).
+fn after_answer(since: u64, limit: Duration) {
+    let n = crate::util::lock(&ANSWERS.0);
+    let _ = ANSWERS.1.wait_timeout_while(n, limit, |n| *n <= since);
+}
+
+/// The longest a next spare waits for the start's answer.
 const SPARE_AFTER: Duration = Duration::from_millis(50);
 
 /// The next spare monitor, made once the start that took this one is answered ([`answered`],
@@ -171,21 +190,11 @@ const SPARE_AFTER: Duration = Duration::from_millis(50);
 /// the binary's start-up, about 1 ms of CPU) would otherwise compete with the answer on a
 /// small host.
 fn make_spare_later() {
-    *crate::util::lock(&SPARE_DUE.0) = true;
-    let _ = crate::util::pool::spawn("spare-monitor", || {
-        let due = crate::util::lock(&SPARE_DUE.0);
-        let _ = SPARE_DUE.1.wait_timeout_while(due, SPARE_AFTER, |due| *due);
+    let since = answers();
+    let _ = crate::util::pool::spawn("spare-monitor", move || {
+        after_answer(since, SPARE_AFTER);
         make_spare();
     });
-}
-
-/// The caller answered what it was doing (an operation ended): a spare monitor due is made now.
-pub fn answered() {
-    let mut due = crate::util::lock(&SPARE_DUE.0);
-    if *due {
-        *due = false;
-        SPARE_DUE.1.notify_all();
-    }
 }
 
 pub(crate) fn read_spec(run_dir: &Path) -> Result<Spec> {
@@ -352,7 +361,14 @@ pub struct Ending {
     pub dir: PathBuf,
     /// Taken by [`Ending::finish`].
     monitor: Option<OwnedFd>,
+    /// The answers given when it was killed ([`answers`]): its monitor is held stopped until
+    /// the next one (the restarted run's), see [`kill_and_detach`]. None: not held.
+    since: Option<u64>,
 }
+
+/// The longest the monitor of a run [`kill_and_detach`] killed is held stopped while the next
+/// run starts.
+const HELD_AT_MOST: Duration = Duration::from_secs(2);
 
 /// The prefix of a run directory moved aside by [`kill_and_detach`] (never an instance name).
 const ENDED_PREFIX: &str = ".ended.";
@@ -362,6 +378,10 @@ impl Ending {
     /// comes back.
     pub fn finish(mut self) -> Option<ExitInfo> {
         let monitor = self.monitor.take()?;
+        if let Some(since) = self.since {
+            after_answer(since, HELD_AT_MOST);
+        }
+        let _ = sys::pidfd_send_raw(monitor.as_fd(), libc::SIGCONT);
         if !wait_pidfd(&monitor, Duration::from_secs(30)) {
             eprintln!(
                 "bivy: the monitor of {} did not end 30 s after its kill; left as it is",
@@ -379,6 +399,7 @@ impl Drop for Ending {
             let ending = Ending {
                 dir: std::mem::take(&mut self.dir),
                 monitor: Some(monitor),
+                since: self.since,
             };
             let _ = std::thread::Builder::new()
                 .name("ended-run".into())
@@ -414,13 +435,12 @@ pub fn kill_and_detach(run_dir: &Path, keep: &[&str]) -> Result<Option<Ending>> 
     let spec = read_spec(run_dir)?;
     steps.step("spec read");
     let init = live_pidfd(&run_dir.join(files::INIT_PID));
-    force_kill(run_dir, &spec, init.as_ref(), false)??;
-    steps.step("killed");
+    // The fresh run directory, made first: `run/.ended.<name>.<monitor pid>` until the swap.
     let parent = run_dir
         .parent()
         .ok_or_else(|| Error(format!("{} has no parent", run_dir.display())))?;
     let dir = parent.join(format!("{ENDED_PREFIX}{}.{mon_pid}", spec.name));
-    let fresh = || -> std::io::Result<()> {
+    let prepared = (|| -> std::io::Result<()> {
         crate::util::fs::create_dir_mode(&dir, 0o711)?;
         for name in keep {
             match fs::read(run_dir.join(name)) {
@@ -429,17 +449,38 @@ pub fn kill_and_detach(run_dir: &Path, keep: &[&str]) -> Result<Option<Ending>> 
                 Err(e) => return Err(e),
             }
         }
+        Ok(())
+    })();
+    // Its monitor is held stopped, from before it sees init's end until the next run is
+    // answered: its teardown (the overlay's unmount, the cgroups' removal, about 2 ms of CPU)
+    // would otherwise take turns with the next run's start on a small host. Its Ending lets it
+    // go on, and a daemon killed meanwhile does at its start ([`finish_ended_runs`]: the
+    // fresh directory's name says whose).
+    let since = answers();
+    let _ = sys::pidfd_send_raw(mon.as_fd(), libc::SIGSTOP);
+    let go_on = || {
+        let _ = sys::pidfd_send_raw(mon.as_fd(), libc::SIGCONT);
+    };
+    let killed = force_kill(run_dir, &spec, init.as_ref(), false);
+    if !matches!(killed, Ok(Ok(()))) {
+        go_on();
+        finish_ended(&dir);
+    }
+    killed??;
+    steps.step("killed");
+    let swapped = prepared.and_then(|()| {
         rustix::fs::renameat_with(
             rustix::fs::CWD,
             run_dir,
             rustix::fs::CWD,
             &dir,
             rustix::fs::RenameFlags::EXCHANGE,
-        )?;
-        Ok(())
-    };
-    if let Err(e) = fresh() {
+        )
+        .map_err(std::io::Error::from)
+    });
+    if let Err(e) = swapped {
         // Not swapped: the run ends where it is, waited for.
+        go_on();
         finish_ended(&dir);
         if !wait_pidfd(&mon, Duration::from_secs(30)) {
             return Err(Error(format!(
@@ -462,6 +503,7 @@ pub fn kill_and_detach(run_dir: &Path, keep: &[&str]) -> Result<Option<Ending>> 
     Ok(Some(Ending {
         dir,
         monitor: Some(mon),
+        since: Some(since),
     }))
 }
 
@@ -494,19 +536,34 @@ fn finish_ended(dir: &Path) -> Option<ExitInfo> {
 
 /// At a daemon's start: the run directories in `runs` that [`kill_and_detach`] moved aside and
 /// whose end no daemon saw (it was killed meanwhile) are finished: at once when their monitor
-/// is gone, else by a thread that waits for it.
+/// is gone, else by a thread that waits for it. The monitors a killed daemon held stopped
+/// ([`kill_and_detach`]) go on, whether their run directory was swapped yet or not.
 pub fn finish_ended_runs(runs: &Path) {
     let Ok(rd) = fs::read_dir(runs) else { return };
     for e in rd.flatten() {
-        if !e.file_name().to_string_lossy().starts_with(ENDED_PREFIX) {
+        let file_name = e.file_name();
+        let Some(ended) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(ENDED_PREFIX))
+        else {
             continue;
+        };
+        // Killed before its swap: the run directory it was made for holds the monitor.
+        if let Some((name, pid)) = ended.rsplit_once('.') {
+            if let Some((live, monitor)) = live_pidfd(&runs.join(name).join(files::MONITOR_PID)) {
+                if pid == live.to_string() {
+                    let _ = sys::pidfd_send_raw(monitor.as_fd(), libc::SIGCONT);
+                }
+            }
         }
         let dir = e.path();
         match live_pidfd(&dir.join(files::MONITOR_PID)) {
             // Dropped unfinished: a thread waits for its end.
+            // Held stopped by a daemon killed meanwhile: it goes on at once.
             Some((_, monitor)) => drop(Ending {
                 dir,
                 monitor: Some(monitor),
+                since: None,
             }),
             None => {
                 finish_ended(&dir);
@@ -587,6 +644,8 @@ pub fn stop(run_dir: &Path, mode: StopMode) -> Result<()> {
         }
     }
     let cg = force_kill(run_dir, &spec, init.as_ref(), true)?;
+    // Whoever held it stopped, it must go on to end.
+    let _ = sys::pidfd_send_raw(mon.as_fd(), libc::SIGCONT);
     if !wait_pidfd(&mon, Duration::from_secs(30)) {
         return Err(Error(format!(
             "monitor of {} did not exit after the kill ({cg:?})",
