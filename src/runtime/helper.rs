@@ -98,8 +98,10 @@ pub(crate) fn helper_command(arg0: &str) -> Result<Command> {
     c.arg0(arg0)
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
-    if let Some(t) = std::env::var_os("BIVY_TRACE") {
-        c.env("BIVY_TRACE", t);
+    for var in ["BIVY_TRACE", super::rootfs::HOST_SIDE_HELPERS] {
+        if let Some(v) = std::env::var_os(var) {
+            c.env(var, v);
+        }
     }
     Ok(c)
 }

@@ -87,7 +87,7 @@ fn setup(ctx: &Ctx<'_>, sock: &OwnedFd) -> Result<Never, Error> {
     //    masks there (as host root: `rootfs::host_side`), then our own mount namespace is copied
     //    from it, which locks them. Privileged: we make them in the namespace we were cloned with.
     if spec.rootfs_mode == super::RootfsMode::Privileged {
-        rootfs::host_side(ctx)?;
+        rootfs::host_side(ctx, None)?;
     } else {
         chan::send(sock, &Msg::Ready, None)?;
         match chan::recv(sock)? {

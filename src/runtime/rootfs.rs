@@ -97,20 +97,21 @@ fn touch(p: &Path) -> Result<(), Error> {
 }
 
 /// Step 4h (host side): the mounts made as host root in the monitor's mount namespace. For an
-/// unprivileged container a helper of the monitor makes them, in the container's pid, network and
-/// cgroup namespaces and with the container root's fsuid (so what it creates belongs to the
-/// container), before the container child copies that namespace into one of its own user
+/// unprivileged container the monitor makes them ([`host_side_for`]) in the container's network
+/// and cgroup namespaces, its proc instances for the container's pid namespace (`pidns`: the
+/// mount option naming it), and with the container root's fsuid (so what it creates belongs to
+/// the container), before the container child copies that namespace into one of its own user
 /// namespace: the copy locks them (MNT_LOCKED, and their read-only, nosuid, nodev, noexec and
 /// atime flags), so container root can neither unmount a mask nor mount a fresh proc or sysfs
 /// beside them (the kernel lets a proc or sysfs be mounted only where one is fully visible). A
-/// privileged container makes them itself.
-pub fn host_side(ctx: &Ctx<'_>) -> Result<(), Error> {
+/// privileged container makes them itself (`pidns` None: its own).
+pub fn host_side(ctx: &Ctx<'_>, pidns: Option<&str>) -> Result<(), Error> {
     let root = ctx.root;
     super::helper::trace(ctx.t0, "host side: proc");
     // /proc: a new instance for the container's pid namespace.
     let proc_ = root.join("proc");
     mkdir(&proc_)?;
-    mnt("proc", &proc_, "proc", NOSUID_NODEV_NOEXEC, None)?;
+    mnt("proc", &proc_, "proc", NOSUID_NODEV_NOEXEC, pidns)?;
 
     super::helper::trace(ctx.t0, "host side: sys");
     // /sys read-only (of the container's network namespace), network devices writable (they
@@ -171,10 +172,10 @@ pub fn host_side(ctx: &Ctx<'_>) -> Result<(), Error> {
             NOSUID_NODEV_NOEXEC,
             Some("mode=0755,size=16k"),
         )?;
-        for (name, fstype) in [("proc", "proc"), ("sys", "sysfs")] {
+        for (name, fstype, data) in [("proc", "proc", pidns), ("sys", "sysfs", None)] {
             let p = nest.join(name);
             mkdir(&p)?;
-            mnt(fstype, &p, fstype, NOSUID_NODEV_NOEXEC, None)?;
+            mnt(fstype, &p, fstype, NOSUID_NODEV_NOEXEC, data)?;
         }
     }
     Ok(())
@@ -196,6 +197,9 @@ pub fn host_side_for(init_pid: i32, ctx: &Ctx<'_>, owner: (u32, u32)) -> Result<
     let fail =
         |step: &str, x: &dyn std::fmt::Display| Error(format!("host-side mounts: {step}: {x}"));
     let pidfd = sys::pidfd_open(init_pid).map_err(|x| fail("pidfd_open", &x))?;
+    if sys::overlay::proc_takes_pidns() && std::env::var_os(HOST_SIDE_HELPERS).is_none() {
+        return host_side_here(&pidfd, init_pid, ctx, owner);
+    }
     let (ours, theirs) = chan::pair()?;
     let pid = sys::fork().map_err(|x| fail("fork", &x))?;
     if pid == 0 {
@@ -225,8 +229,47 @@ pub fn host_side_for(init_pid: i32, ctx: &Ctx<'_>, owner: (u32, u32)) -> Result<
     }
 }
 
-/// The first helper of [`host_side_for`]: joins the namespaces, forks the second, which mounts;
-/// says Ready on `done` once the second ended, its mounts made.
+/// Set in the daemon's environment (passed to the monitors), the host-side mounts are made by
+/// helper processes as on kernels before 6.15, where the kernel would let the monitor make them
+/// itself: the tests' way to that path.
+pub(crate) const HOST_SIDE_HELPERS: &str = "BIVY_HOST_SIDE_HELPERS";
+
+/// [`host_side`] by the monitor itself, where proc takes the pid namespace as an option (Linux
+/// 6.15+): it joins the container's network and cgroup namespaces for the while (sysfs and the
+/// cgroup view are theirs) with the container root's fsuid, and comes back. No process made:
+/// before, two helpers did it (the second a member of the container's pid namespace, for proc).
+fn host_side_here(
+    pidfd: &std::os::fd::OwnedFd,
+    init_pid: i32,
+    ctx: &Ctx<'_>,
+    owner: (u32, u32),
+) -> Result<(), Error> {
+    use nix::sched::CloneFlags as C;
+    let fail =
+        |step: &str, x: &dyn std::fmt::Display| Error(format!("host-side mounts: {step}: {x}"));
+    let ours = |ns: &str| {
+        fs::File::open(format!("/proc/thread-self/ns/{ns}"))
+            .map_err(|x| fail(&format!("open our {ns} namespace"), &x))
+    };
+    let (net, cgroup) = (ours("net")?, ours("cgroup")?);
+    nix::sched::setns(pidfd, C::CLONE_NEWNET | C::CLONE_NEWCGROUP)
+        .map_err(|x| fail("join the container's namespaces", &x))?;
+    nix::unistd::setfsgid(nix::unistd::Gid::from_raw(owner.1));
+    nix::unistd::setfsuid(nix::unistd::Uid::from_raw(owner.0));
+    let made = host_side(ctx, Some(&format!("pidns=/proc/{init_pid}/ns/pid")));
+    nix::unistd::setfsuid(nix::unistd::Uid::from_raw(0));
+    nix::unistd::setfsgid(nix::unistd::Gid::from_raw(0));
+    // A change of fsuid made the monitor non-dumpable (the kernel's rule for any change of
+    // credentials), which the processes it forks next would inherit: back as it was.
+    let _ = nix::sys::prctl::set_dumpable(true);
+    nix::sched::setns(&net, C::CLONE_NEWNET)
+        .and_then(|()| nix::sched::setns(&cgroup, C::CLONE_NEWCGROUP))
+        .map_err(|x| fail("come back to our namespaces", &x))?;
+    made
+}
+
+/// The first helper of [`host_side_for`] (Linux before 6.15): joins the namespaces, forks the
+/// second, which mounts; says Ready on `done` once the second ended, its mounts made.
 fn join_and_mount(
     pidfd: &std::os::fd::OwnedFd,
     ctx: &Ctx<'_>,
@@ -247,7 +290,7 @@ fn join_and_mount(
     if pid == 0 {
         nix::unistd::setfsgid(nix::unistd::Gid::from_raw(owner.1));
         nix::unistd::setfsuid(nix::unistd::Uid::from_raw(owner.0));
-        return host_side(ctx).map(|()| 0);
+        return host_side(ctx, None).map(|()| 0);
     }
     // The second, a member of the container's pid namespace, gone before the container goes on.
     match waitpid(Pid::from_raw(pid), None) {

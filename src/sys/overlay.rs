@@ -82,6 +82,23 @@ pub fn context() -> io::Result<OwnedFd> {
     Ok(fs)
 }
 
+/// Whether `proc` takes the `pidns` option (Linux 6.15+): an instance for a descendant pid
+/// namespace mounted by a process outside it. Asked of a filesystem context never created.
+pub fn proc_takes_pidns() -> bool {
+    // SAFETY: the name is a static NUL-terminated string; fsopen returns a new fd or -1.
+    let r = unsafe { libc::syscall(libc::SYS_fsopen, c"proc".as_ptr(), FSOPEN_CLOEXEC) };
+    let Ok(fs) = check(r) else { return false };
+    // SAFETY: the kernel just returned this new fd and nothing else owns it.
+    let fs = unsafe { OwnedFd::from_raw_fd(fs as RawFd) };
+    config(
+        &fs,
+        FSCONFIG_SET_STRING,
+        Some(c"pidns"),
+        Some(c"/proc/self/ns/pid"),
+    )
+    .is_ok()
+}
+
 /// Give `layers` to the context `fs`, create the filesystem and mount it detached. On failure
 /// the context is handed back with the error and the step that failed (in [`STEPS`]), for
 /// [`log`].
