@@ -107,7 +107,7 @@ pub fn restore_now_with(d: &Ctx, name: &str, snap: &str, stateful: bool) -> Resu
         Err(e) => {
             // Started again on the volume the old run used: after that run's end (two
             // overlays must never share an upper layer).
-            lifecycle::finish_ending(d, name, ending.take())();
+            end_now(d, name, ending.take());
             Err(not_restored(d, name, &pool, &new, was_running, e))
         }
     };
@@ -117,6 +117,15 @@ pub fn restore_now_with(d: &Ctx, name: &str, snap: &str, stateful: bool) -> Resu
         Interim::Stopped.end(d, name);
     }
     r
+}
+
+/// Wait for the end of the run a restore killed (its monitor let go on now: it was held until
+/// the restarted run's answer, which waits for this).
+fn end_now(d: &Ctx, name: &str, mut ending: Option<crate::runtime::Ending>) {
+    if let Some(e) = ending.as_mut() {
+        e.go_on();
+    }
+    lifecycle::finish_ending(d, name, ending)();
 }
 
 /// A restore that failed before its swap: the clone removed, the instance started again when it
@@ -167,7 +176,7 @@ fn restore_stopped(
         Ok(old) => old,
         Err(e) => {
             let e = Error::Host(format!("restoring {snap}: {e}"));
-            lifecycle::finish_ending(d, name, ending)();
+            end_now(d, name, ending);
             let new = super::pools::replacement(&cur);
             return Err(not_restored(d, name, pool, &new, was_running, e));
         }

@@ -374,6 +374,15 @@ const HELD_AT_MOST: Duration = Duration::from_secs(2);
 const ENDED_PREFIX: &str = ".ended.";
 
 impl Ending {
+    /// Let its monitor go on at once, not at the next run's answer: for a caller that waits for
+    /// its end before it answers (a restore that failed and starts the old volume again).
+    pub fn go_on(&mut self) {
+        self.since = None;
+        if let Some(m) = &self.monitor {
+            let _ = sys::pidfd_send_raw(m.as_fd(), libc::SIGCONT);
+        }
+    }
+
     /// Wait (up to 30 s) for the monitor's end, then remove its run directory; its exit record
     /// comes back.
     pub fn finish(mut self) -> Option<ExitInfo> {
