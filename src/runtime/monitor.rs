@@ -51,6 +51,8 @@ pub fn helper(args: &[String]) -> ! {
         // Daemonized before it says it waits: the fork is not on a start's path.
         daemonize(&status);
         let _ = nix::sys::prctl::set_name(c"bivy-spare");
+        // Asked now, while nothing waits for it (see `rootfs::host_side_for`).
+        let _ = sys::overlay::proc_takes_pidns();
         if chan::send(&status, &Msg::Ready, None).is_err() {
             std::process::exit(0);
         }

@@ -254,11 +254,9 @@ fn host_side_here(
     let (net, cgroup) = (ours("net")?, ours("cgroup")?);
     nix::sched::setns(pidfd, C::CLONE_NEWNET | C::CLONE_NEWCGROUP)
         .map_err(|x| fail("join the container's namespaces", &x))?;
-    nix::unistd::setfsgid(nix::unistd::Gid::from_raw(owner.1));
-    nix::unistd::setfsuid(nix::unistd::Uid::from_raw(owner.0));
+    fs_ids(owner);
     let made = host_side(ctx, Some(&format!("pidns=/proc/{init_pid}/ns/pid")));
-    nix::unistd::setfsuid(nix::unistd::Uid::from_raw(0));
-    nix::unistd::setfsgid(nix::unistd::Gid::from_raw(0));
+    fs_ids((0, 0));
     // A change of fsuid made the monitor non-dumpable (the kernel's rule for any change of
     // credentials), which the processes it forks next would inherit: back as it was.
     let _ = nix::sys::prctl::set_dumpable(true);
@@ -266,6 +264,13 @@ fn host_side_here(
         .and_then(|()| nix::sched::setns(&cgroup, C::CLONE_NEWCGROUP))
         .map_err(|x| fail("come back to our namespaces", &x))?;
     made
+}
+
+/// What the calling thread creates from now on belongs to `owner` (uid, gid): its fsuid and
+/// fsgid.
+fn fs_ids(owner: (u32, u32)) {
+    nix::unistd::setfsgid(nix::unistd::Gid::from_raw(owner.1));
+    nix::unistd::setfsuid(nix::unistd::Uid::from_raw(owner.0));
 }
 
 /// The first helper of [`host_side_for`] (Linux before 6.15): joins the namespaces, forks the
@@ -288,8 +293,7 @@ fn join_and_mount(
     })?;
     let pid = sys::fork().map_err(|x| Error(format!("host-side mounts: fork: {x}")))?;
     if pid == 0 {
-        nix::unistd::setfsgid(nix::unistd::Gid::from_raw(owner.1));
-        nix::unistd::setfsuid(nix::unistd::Uid::from_raw(owner.0));
+        fs_ids(owner);
         return host_side(ctx, None).map(|()| 0);
     }
     // The second, a member of the container's pid namespace, gone before the container goes on.

@@ -1,7 +1,8 @@
 //! Overlay mounts through the new mount API (`fsopen`, `fsconfig`, `fsmount`): each layer is
 //! given on its own (`lowerdir+`, Linux 6.8+), so no path needs escaping, and the kernel's own
 //! message for a refused layer can be read back. The mount is made detached; the caller attaches
-//! it (`move_mount`). [`fsmount`] makes only system calls, so a forked child may call it.
+//! it (`move_mount`). [`fsmount`] makes only system calls, so a forked child may call it. The
+//! same API answers whether proc takes a pid namespace as an option ([`proc_takes_pidns`]).
 
 use std::ffi::CStr;
 use std::io;
@@ -83,20 +84,24 @@ pub fn context() -> io::Result<OwnedFd> {
 }
 
 /// Whether `proc` takes the `pidns` option (Linux 6.15+): an instance for a descendant pid
-/// namespace mounted by a process outside it. Asked of a filesystem context never created.
+/// namespace mounted by a process outside it. Asked of a filesystem context never created,
+/// once per process (a spare monitor asks before it waits, off the start's path).
 pub fn proc_takes_pidns() -> bool {
-    // SAFETY: the name is a static NUL-terminated string; fsopen returns a new fd or -1.
-    let r = unsafe { libc::syscall(libc::SYS_fsopen, c"proc".as_ptr(), FSOPEN_CLOEXEC) };
-    let Ok(fs) = check(r) else { return false };
-    // SAFETY: the kernel just returned this new fd and nothing else owns it.
-    let fs = unsafe { OwnedFd::from_raw_fd(fs as RawFd) };
-    config(
-        &fs,
-        FSCONFIG_SET_STRING,
-        Some(c"pidns"),
-        Some(c"/proc/self/ns/pid"),
-    )
-    .is_ok()
+    static TAKES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TAKES.get_or_init(|| {
+        // SAFETY: the name is a static NUL-terminated string; fsopen returns a new fd or -1.
+        let r = unsafe { libc::syscall(libc::SYS_fsopen, c"proc".as_ptr(), FSOPEN_CLOEXEC) };
+        let Ok(fs) = check(r) else { return false };
+        // SAFETY: the kernel just returned this new fd and nothing else owns it.
+        let fs = unsafe { OwnedFd::from_raw_fd(fs as RawFd) };
+        config(
+            &fs,
+            FSCONFIG_SET_STRING,
+            Some(c"pidns"),
+            Some(c"/proc/self/ns/pid"),
+        )
+        .is_ok()
+    })
 }
 
 /// Give `layers` to the context `fs`, create the filesystem and mount it detached. On failure
