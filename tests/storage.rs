@@ -1136,6 +1136,87 @@ fn pool_storage_without_a_record_is_removed_at_start() {
     assert!(loops_backing(&image).is_empty());
 }
 
+/// A `dir` pool layers each new unprivileged instance over its image's volume; the layered volume
+/// (the image's metadata and templates copied, empty upper and work directories, `lower`) is
+/// made ahead in the background, so a launch takes it with a rename. The spare is never two
+/// instances' volume, stays across a restart, goes with the image (whose volume stays while
+/// instances lie over it), and a half-made one is removed at the start.
+#[test]
+fn dir_pool_launches_take_a_layered_spare() {
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let mut d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    l.import_busybox();
+    let fp = l.only_image_fingerprint();
+    let pool = d.dir().join("storage-pools/default");
+    let spare = pool.join("images").join(format!("{fp}.layered-spare"));
+    let upper_inode = |vol: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::symlink_metadata(vol.join("upper"))
+            .map(|m| m.ino())
+            .ok()
+    };
+    l.ok(&["init", "busybox", "l1"]);
+    assert!(
+        wait_for(Duration::from_secs(20), || spare.join("lower").exists()),
+        "no layered spare at {}",
+        spare.display()
+    );
+    let taken = upper_inode(&spare).expect("spare upper");
+    l.ok(&["launch", "busybox", "l2"]);
+    let vols = volumes(&pool);
+    let l2_vol = vols
+        .iter()
+        .map(|v| pool.join("containers").join(v))
+        .find(|p| upper_inode(p) == Some(taken))
+        .unwrap_or_else(|| panic!("no volume is the spare: {vols:?}"));
+    assert!(
+        wait_for(Duration::from_secs(20), || upper_inode(&spare)
+            .is_some_and(|i| i != taken)),
+        "no new spare"
+    );
+    // The taken spare is l2's running rootfs, over the image, and its own.
+    l.ok(&["exec", "l2", "--", "sh", "-c", "echo x > /etc/only-l2"]);
+    assert_eq!(
+        l.ok(&["exec", "l2", "--", "cat", "/etc/hostname"]).trim(),
+        "l2"
+    );
+    assert!(l2_vol.join("upper/etc/only-l2").exists());
+    assert!(!spare.join("upper/etc/only-l2").exists());
+    l.ok(&["start", "l1"]);
+    let out = l.ok(&[
+        "exec",
+        "l1",
+        "--",
+        "sh",
+        "-c",
+        "ls /etc/only-l2 2>&1 || true",
+    ]);
+    assert!(out.contains("No such file"), "{out}");
+
+    // Kept across a restart; a half-made spare is removed.
+    drop(l);
+    d.stop();
+    let half = pool.join("images").join(format!("{fp}.layered-spare.tmp"));
+    std::fs::create_dir(&half).expect("mkdir");
+    d.restart().expect("restart");
+    assert!(!half.exists(), "{}", d.log_text());
+    assert!(spare.join("lower").exists(), "{}", d.log_text());
+    let l = Lxc::new(&d);
+    let used = l.ok(&["storage", "show", "default"]);
+    assert_eq!(used.matches("/1.0/images/").count(), 1, "{used}");
+
+    // The spare goes with the image; the image's volume stays while l1 and l2 lie over it.
+    l.ok(&["image", "delete", &fp]);
+    assert!(!spare.exists());
+    assert!(pool.join("images").join(&fp).exists());
+    l.ok(&["delete", "--force", "l1"]);
+    l.ok(&["delete", "--force", "l2"]);
+    assert!(!pool.join("images").join(&fp).exists());
+}
+
 /// A `dir` pool copies an image's volume for each new instance that cannot be layered over it
 /// (here `security.nesting`), so it keeps one spare copy made in the background: a launch takes it with a rename (the copy's own files, not a second copy)
 /// and a new spare is made. The instance is as independent as a copied one; the spare goes with

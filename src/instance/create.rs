@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::db::InstanceRecord;
 use super::interim::with_consistent;
+use super::pools::Spare;
 use super::view::{record, url};
 use super::{config, idmap, Ctx, Error, Result};
 use crate::api::{self, Devices, StringMap};
@@ -197,14 +198,19 @@ pub fn create_now(d: &Ctx, args: NewInstance<'_>, origin: Origin<'_>) -> Result<
             trace.step("image volume ready");
             if layer_over_image(&pool, &base, &expanded_cfg) {
                 // Copy-on-write: the volume holds what the instance changes (storage/layered.rs).
-                super::pools::layer_over(d, &pool, &img.fingerprint, &base, &tmp)?;
+                // A layered spare made ahead is taken (a rename) where there is one.
+                let fp = &img.fingerprint;
+                if !super::pools::take_spare(d, &pool, fp, Spare::Layered, &tmp) {
+                    super::pools::layer_over(d, &pool, fp, &base, &tmp)?;
+                }
+                super::pools::refill_spare(d, &pool, fp, Spare::Layered);
             } else {
-                if !super::pools::take_spare(d, &pool, &img.fingerprint, &tmp) {
+                if !super::pools::take_spare(d, &pool, &img.fingerprint, Spare::Copy, &tmp) {
                     pool.driver
                         .clone_volume(&base, &tmp, false)
                         .map_err(|e| Error::Host(format!("cloning the image volume: {e}")))?;
                 }
-                super::pools::refill_spare(d, &pool, &img.fingerprint);
+                super::pools::refill_spare(d, &pool, &img.fingerprint, Spare::Copy);
             }
             architecture = img.architecture.clone();
             for (k, v) in &img.put.properties {

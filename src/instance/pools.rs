@@ -342,11 +342,38 @@ pub fn image_volume(d: &Ctx, pool: &Pool, fingerprint: &str) -> Result<PathBuf> 
     Ok(path)
 }
 
-/// Where a pool whose clones are copies keeps a spare clone of an image's volume: a launch
-/// takes it with a rename instead of copying the image, and a new one is made in the
-/// background ([`refill_spare`]), below `<fp>.spare.tmp` and renamed here when complete.
-fn spare_path(pool: &Pool, fingerprint: &str) -> PathBuf {
-    pool.image(&format!("{fingerprint}.spare"))
+/// What a spare made ahead of a launch is: a copy of the image's volume (a pool whose clones
+/// are copies), or a layered volume over it (storage/layered.rs: a `dir` pool's unprivileged
+/// instances).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Spare {
+    Copy,
+    Layered,
+}
+
+impl Spare {
+    const ALL: [Spare; 2] = [Spare::Copy, Spare::Layered];
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Spare::Copy => ".spare",
+            Spare::Layered => ".layered-spare",
+        }
+    }
+}
+
+/// Where a pool keeps a spare of an image's volume: a launch takes it with a rename instead of
+/// making its volume, and a new one is made in the background ([`refill_spare`]), below
+/// `<spare>.tmp` and renamed here when complete.
+fn spare_path(pool: &Pool, fingerprint: &str, kind: Spare) -> PathBuf {
+    pool.image(&format!("{fingerprint}{}", kind.suffix()))
+}
+
+/// The image whose complete spare `name` (an entry of a pool's `images/`) is, if it is one.
+fn spare_of(name: &str) -> Option<&str> {
+    Spare::ALL
+        .iter()
+        .find_map(|k| name.strip_suffix(k.suffix()))
 }
 
 /// Whether a name in a pool's `images/` is an image's volume (not a spare, not a volume being
@@ -355,21 +382,22 @@ fn is_image_volume_name(n: &str) -> bool {
     !n.contains('.')
 }
 
-/// Move the spare clone of the image `fingerprint` (see [`spare_path`]) to `dst`: whether
-/// there was one. A spare still being made is not waited for.
-pub fn take_spare(d: &Ctx, pool: &Pool, fingerprint: &str, dst: &std::path::Path) -> bool {
-    if pool.driver.atomic_clone() {
+/// Move the spare of the image `fingerprint` of kind `kind` (see [`spare_path`]) to `dst`:
+/// whether there was one. A spare still being made is not waited for.
+pub fn take_spare(d: &Ctx, pool: &Pool, fingerprint: &str, kind: Spare, dst: &Path) -> bool {
+    if kind == Spare::Copy && pool.driver.atomic_clone() {
         return false;
     }
     let lock = image_lock(d, pool, fingerprint);
     let _held = lock.lock().expect("image lock");
-    std::fs::rename(spare_path(pool, fingerprint), dst).is_ok()
+    std::fs::rename(spare_path(pool, fingerprint, kind), dst).is_ok()
 }
 
 /// A spare being made ([`refill_spare`]): one at a time for each pool and image.
 struct Refill {
     pool: String,
     fingerprint: String,
+    kind: Spare,
     /// Makes its copy give up, soon.
     cancel: Arc<storage::copy::Cancel>,
 }
@@ -399,9 +427,9 @@ fn stop_refills(which: impl Fn(&Refill) -> bool) {
 /// under it, if the image is still there. Nothing is left behind on failure; a daemon killed
 /// meanwhile leaves the `.tmp`, which the next start removes. Deleting the image or the pool
 /// stops the copy and waits for its removal ([`stop_refills`]).
-pub fn refill_spare(d: &Ctx, pool: &Arc<Pool>, fingerprint: &str) {
-    if pool.driver.atomic_clone()
-        || spare_path(pool, fingerprint).exists()
+pub fn refill_spare(d: &Ctx, pool: &Arc<Pool>, fingerprint: &str, kind: Spare) {
+    if (kind == Spare::Copy && pool.driver.atomic_clone())
+        || spare_path(pool, fingerprint, kind).exists()
         || !pool.image(fingerprint).join("metadata.json").exists()
     {
         return;
@@ -411,29 +439,36 @@ pub fn refill_spare(d: &Ctx, pool: &Arc<Pool>, fingerprint: &str) {
         let mut busy = REFILLING.lock().expect("spare lock");
         if busy
             .iter()
-            .any(|r| r.pool == pool.name && r.fingerprint == fingerprint)
+            .any(|r| r.pool == pool.name && r.fingerprint == fingerprint && r.kind == kind)
         {
             return;
         }
         busy.push(Refill {
             pool: pool.name.clone(),
             fingerprint: fingerprint.to_string(),
+            kind,
             cancel: cancel.clone(),
         });
     }
     let (d, pool, fp) = (d.self_arc(), pool.clone(), fingerprint.to_string());
     let made = move |cancel: &storage::copy::Cancel| {
-        let (base, spare) = (pool.image(&fp), spare_path(&pool, &fp));
+        let (base, spare) = (pool.image(&fp), spare_path(&pool, &fp, kind));
         // The copy goes into a directory of its own below `images/`, made and left at the
         // normal priority: at idle priority the thread may wait long for a CPU, and it must not
         // hold `images/` (the directory a launch renames the spare out of) meanwhile.
-        let tmp = pool.image(&format!("{fp}.spare.tmp"));
+        let tmp = pool.image(&format!("{fp}{}.tmp", kind.suffix()));
         let copy = tmp.join("v");
         let _ = pool.driver.delete_volume(&tmp);
         let r = crate::storage::make_volume_parent(&tmp)
             .and_then(|()| {
                 crate::sys::run_when_idle(true);
-                let r = pool.driver.clone_volume_in_background(&base, &copy, cancel);
+                let r = match kind {
+                    Spare::Copy => pool.driver.clone_volume_in_background(&base, &copy, cancel),
+                    Spare::Layered => pool
+                        .driver
+                        .create_volume(&copy)
+                        .and_then(|()| storage::layered::create(&base, &copy)),
+                };
                 crate::sys::run_when_idle(false);
                 r
             })
@@ -448,7 +483,7 @@ pub fn refill_spare(d: &Ctx, pool: &Arc<Pool>, fingerprint: &str) {
         if let Err(e) = r {
             if e.kind() != std::io::ErrorKind::Interrupted {
                 eprintln!(
-                    "bivy: making a spare copy of image {fp} on pool {}: {e}",
+                    "bivy: making a spare volume ({kind:?}) of image {fp} on pool {}: {e}",
                     pool.name
                 );
             }
@@ -574,7 +609,8 @@ pub fn delete_image_volumes(d: &Ctx, fingerprint: &str) {
     for p in all(d) {
         let lock = image_lock(d, &p, fingerprint);
         let _held = lock.lock().expect("image lock");
-        for path in [spare_path(&p, fingerprint), p.image(fingerprint)] {
+        let spares = Spare::ALL.map(|k| spare_path(&p, fingerprint, k));
+        for path in spares.into_iter().chain([p.image(fingerprint)]) {
             if path.exists() && !image_volume_in_use(&p, &path) {
                 if let Err(e) = p.driver.delete_volume(&path) {
                     eprintln!("bivy: deleting image volume {}: {e}", path.display());
@@ -854,7 +890,7 @@ pub fn recover(d: &Ctx) {
         {
             let n = e.file_name().to_string_lossy().into_owned();
             // A complete spare of a known image stays (a launch can take it).
-            let fp = n.strip_suffix(".spare").unwrap_or(&n);
+            let fp = spare_of(&n).unwrap_or(&n);
             // One a layered volume lies over stays while it does (storage/layered.rs).
             if !images.contains(fp) && !image_volume_in_use(&p, &e.path()) {
                 remove(&e.path());
