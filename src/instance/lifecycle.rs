@@ -229,42 +229,46 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
     // security.privileged may have changed since the volume was made.
     crate::util::fs::ensure_mode(&vol, crate::storage::instance_volume_mode(privileged))
         .map_err(|e| Error::Host(format!("{}: {e}", vol.display())))?;
-    // Templates pending from create/copy/rename, then `start` templates.
-    let meta_path = vol.join("metadata.json");
-    if let Ok(bytes) = std::fs::read(&meta_path) {
-        if let Ok(meta) = serde_json::from_slice::<api::ImageMetadata>(&bytes) {
-            let ctx = image::template::Context {
-                name: name.to_string(),
-                architecture: rec.architecture.clone(),
-                privileged,
-                ephemeral: rec.ephemeral,
-                config: ec.clone(),
-                devices: ed.clone(),
-            };
-            // A layered volume's files are written through its overlay (the instance is
-            // stopped and this start holds its lock: no other overlay has its upper layer).
-            let pending = rec.config.get("volatile.apply_template");
-            let applies = |t: &api::ImageMetadataTemplate| {
-                t.when.iter().any(|w| w == "start" || Some(w) == pending)
-            };
-            let view = if lower.is_some() && meta.templates.values().any(applies) {
-                Some(
-                    crate::storage::layered::view(&vol, true)
-                        .map_err(|e| Error::Host(format!("applying templates: {e}")))?,
-                )
-            } else {
-                None
-            };
-            let rootfs = view
-                .as_ref()
-                .map_or(rootfs.clone(), |v| v.path().join("rootfs"));
-            if let Some(trigger) = rec.config.get("volatile.apply_template") {
-                image::apply_templates(&meta, &vol.join("templates"), &rootfs, trigger, &ctx)?;
+    // Templates pending from create/copy/rename, then `start` templates: applied beside the
+    // run directory's making (below), before the monitor takes the rootfs.
+    let templates = || -> Result<()> {
+        let meta_path = vol.join("metadata.json");
+        if let Ok(bytes) = std::fs::read(&meta_path) {
+            if let Ok(meta) = serde_json::from_slice::<api::ImageMetadata>(&bytes) {
+                let ctx = image::template::Context {
+                    name: name.to_string(),
+                    architecture: rec.architecture.clone(),
+                    privileged,
+                    ephemeral: rec.ephemeral,
+                    config: ec.clone(),
+                    devices: ed.clone(),
+                };
+                // A layered volume's files are written through its overlay (the instance is
+                // stopped and this start holds its lock: no other overlay has its upper layer).
+                let pending = rec.config.get("volatile.apply_template");
+                let applies = |t: &api::ImageMetadataTemplate| {
+                    t.when.iter().any(|w| w == "start" || Some(w) == pending)
+                };
+                let view = if lower.is_some() && meta.templates.values().any(applies) {
+                    Some(
+                        crate::storage::layered::view(&vol, true)
+                            .map_err(|e| Error::Host(format!("applying templates: {e}")))?,
+                    )
+                } else {
+                    None
+                };
+                let rootfs = view
+                    .as_ref()
+                    .map_or(rootfs.clone(), |v| v.path().join("rootfs"));
+                if let Some(trigger) = rec.config.get("volatile.apply_template") {
+                    image::apply_templates(&meta, &vol.join("templates"), &rootfs, trigger, &ctx)?;
+                }
+                image::apply_templates(&meta, &vol.join("templates"), &rootfs, "start", &ctx)?;
             }
-            image::apply_templates(&meta, &vol.join("templates"), &rootfs, "start", &ctx)?;
         }
-    }
-    trace.step("id map and templates");
+        Ok(())
+    };
+    trace.step("id map");
     let mut limits = config::limits(&ec, d.host.total_memory, d.host.ncpus)?;
     limits.io = io?;
     let mut env: Vec<(String, String)> = vec![("container".into(), "lxc".into())];
@@ -274,19 +278,21 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
         }
     }
     let log_dir = d.log_dir(name);
-    std::fs::create_dir_all(&log_dir)
-        .map_err(|e| Error::Host(format!("{}: {e}", log_dir.display())))?;
-    let (rootfs, rootfs_lower) = match lower {
+    let make_log_dir = || {
+        std::fs::create_dir_all(&log_dir)
+            .map_err(|e| Error::Host(format!("{}: {e}", log_dir.display())))
+    };
+    let (spec_rootfs, rootfs_lower) = match &lower {
         Some(l) => (
             std::path::absolute(&vol)
                 .map_err(|e| Error::Host(format!("{}: {e}", vol.display())))?,
             Some(l.join("rootfs")),
         ),
-        None => (rootfs, None),
+        None => (rootfs.clone(), None),
     };
     let spec = runtime::Spec {
         name: name.to_string(),
-        rootfs,
+        rootfs: spec_rootfs,
         rootfs_lower,
         rootfs_mode: mode,
         uid_map: map.as_ref().map(|m| m.uid.clone()).unwrap_or_default(),
@@ -313,6 +319,7 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
     };
     // linux.kernel_modules: loaded on the host before the container starts, as LXD does.
     if let Some(v) = ec.get("linux.kernel_modules") {
+        make_log_dir()?;
         let modules =
             config::kernel_modules(v).map_err(|e| Error::config("linux.kernel_modules", e))?;
         for m in modules {
@@ -374,11 +381,24 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
         (None, false) => {}
     };
     let started = if stateful {
-        super::stateful::restore(d, name, &rec, &spec, &run_dir)
+        make_log_dir()
+            .and_then(|()| templates())
+            .and_then(|()| super::stateful::restore(d, name, &rec, &spec, &run_dir))
     } else {
-        runtime::start(&spec, &run_dir)
-            .map(drop)
-            .map_err(Error::from)
+        // The templates on a thread of their own while the log and run directories are made
+        // (each about 1 ms of file making on the start's path).
+        std::thread::scope(|s| {
+            let applied = s.spawn(templates);
+            let prepared = make_log_dir()
+                .and_then(|()| runtime::prepare(&spec, &run_dir, None).map_err(Error::from));
+            let applied = applied
+                .join()
+                .unwrap_or_else(|_| Err(Error::Host("applying templates: panicked".into())));
+            trace.step("templates and run directory");
+            applied.and(prepared)
+        })
+        .and_then(|p| runtime::start_prepared(&spec, p).map_err(Error::from))
+        .map(drop)
     };
     if let Err(e) = started {
         log_line(&log_dir, &format!("start failed: {e}"));

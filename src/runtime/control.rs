@@ -691,15 +691,30 @@ fn force_kill(
 }
 
 pub fn start(spec: &Spec, run_dir: &Path) -> Result<State> {
-    start_inner(spec, run_dir, None)
+    start_prepared(spec, prepare(spec, run_dir, None)?)
 }
 
 /// Start a monitor that restores the container from a CRIU checkpoint instead of starting init.
 pub fn restore(spec: &Spec, run_dir: &Path, req: &criu::RestoreReq) -> Result<State> {
-    start_inner(spec, run_dir, Some(req))
+    start_prepared(spec, prepare(spec, run_dir, Some(req))?)
 }
 
-fn start_inner(spec: &Spec, run_dir: &Path, restore: Option<&criu::RestoreReq>) -> Result<State> {
+/// A run directory made ready for a start ([`prepare`]), its monitor not yet asked.
+pub struct Prepared {
+    trace: crate::util::trace::Steps,
+    /// Absolute (the monitor works from "/").
+    run_dir: PathBuf,
+    log: fs::File,
+}
+
+/// Step 1 of a start ([`start`]), which may run beside other work the start needs (the
+/// daemon's templates): the run directory made fresh, with the spec (and the checkpoint to
+/// restore from) and the monitor's log.
+pub fn prepare(
+    spec: &Spec,
+    run_dir: &Path,
+    restore: Option<&criu::RestoreReq>,
+) -> Result<Prepared> {
     let trace = crate::util::trace::Steps::new("runtime start", &spec.name);
     if let State::Running { .. } = state(run_dir)? {
         return Err(Error(format!("container {} is already running", spec.name)));
@@ -717,7 +732,7 @@ fn start_inner(spec: &Spec, run_dir: &Path, restore: Option<&criu::RestoreReq>) 
     // listable; every file in it is 0600.
     crate::util::fs::create_dir_mode(run_dir, 0o711).map_err(|e| err("create", run_dir, e))?;
     // The monitor works from "/", so it gets the run directory as an absolute path.
-    let run_dir = &fs::canonicalize(run_dir).map_err(|e| err("resolve", run_dir, e))?;
+    let run_dir = fs::canonicalize(run_dir).map_err(|e| err("resolve", run_dir, e))?;
     for f in [
         files::EXIT,
         files::STOP_REQUEST,
@@ -736,8 +751,6 @@ fn start_inner(spec: &Spec, run_dir: &Path, restore: Option<&criu::RestoreReq>) 
         let js = serde_json::to_vec(req).map_err(|e| Error(format!("encode restore: {e}")))?;
         replace_file(&run_dir.join(files::RESTORE), &js)?;
     }
-
-    // 2. The monitor: the spare made ahead, told its run directory and log, or a new one.
     let lp = run_dir.join(files::MONITOR_LOG);
     let log = OpenOptions::new()
         .create(true)
@@ -746,6 +759,23 @@ fn start_inner(spec: &Spec, run_dir: &Path, restore: Option<&criu::RestoreReq>) 
         .open(&lp)
         .map_err(|e| err("open", &lp, e))?;
     trace.step("run directory ready");
+    Ok(Prepared {
+        trace,
+        run_dir,
+        log,
+    })
+}
+
+/// Steps 2 and 3 of a start ([`start`]) in the run directory [`prepare`] made.
+pub fn start_prepared(spec: &Spec, prepared: Prepared) -> Result<State> {
+    let Prepared {
+        trace,
+        run_dir,
+        log,
+    } = prepared;
+    let run_dir = &run_dir;
+    let lp = run_dir.join(files::MONITOR_LOG);
+    // 2. The monitor: the spare made ahead, told its run directory and log, or a new one.
     let userns = mapped_userns(spec);
     let ours = match take_spare(run_dir, &log, userns.as_ref()) {
         Some(sock) => sock,

@@ -471,6 +471,11 @@ pub fn start(spec: &Spec, run_dir: &Path) -> Result<State> {
     control::start(spec, run_dir)
 }
 
+/// [`start`] in two halves: the run directory made ready ([`prepare`], which may run beside work
+/// the start needs done before the monitor takes the rootfs), then the monitor asked
+/// ([`start_prepared`]).
+pub use control::{prepare, start_prepared, Prepared};
+
 /// Check that CRIU is here and works (`$BIVY_CRIU`, else PATH; version 4.0 or newer; `criu
 /// check`), once per process; returns its version.
 pub fn criu_check() -> Result<String> {
