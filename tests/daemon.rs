@@ -1676,13 +1676,15 @@ fn a_failed_start_leaves_the_record_as_it_was() {
 
 /// The pids of host processes named `comm` whose parent is `parent`.
 /// The processes named `bivy-spare` (spare monitors: daemonized, so nobody's children) but
-/// those in `others`, and but those gone 100 ms later (the spare of an earlier test's daemon
-/// ends as soon as it sees its daemon gone).
+/// those in `others`, and but those gone (or zombies) 100 ms later (the spare of an earlier
+/// test's daemon ends as soon as it sees its daemon gone).
 fn spares_but(others: &[u32]) -> Vec<u32> {
     let spares = || -> Vec<u32> {
         processes()
             .into_iter()
-            .filter(|(pid, c, _)| c == "bivy-spare" && !others.contains(pid))
+            .filter(|(pid, c, _)| {
+                c == "bivy-spare" && !others.contains(pid) && proc_state(*pid) != Some('Z')
+            })
             .map(|(pid, _, _)| pid)
             .collect()
     };
@@ -1692,9 +1694,29 @@ fn spares_but(others: &[u32]) -> Vec<u32> {
     first.into_iter().filter(|p| then.contains(p)).collect()
 }
 
+/// A cgroup v1 hierarchy's mount point (the first in /proc/self/mountinfo), if there is one.
+fn cgroup_v1_mount() -> Option<std::path::PathBuf> {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mi.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split_whitespace().next() == Some("cgroup"))
+            .then(|| left.split_whitespace().nth(4).map(std::path::PathBuf::from))
+            .flatten()
+    })
+}
+
+/// The inode of a path, if it is there.
+fn inode(p: &std::path::Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(p).ok().map(|m| m.ino())
+}
+
 /// After a start the daemon keeps one spare monitor (spawned from the binary, daemonized,
 /// waiting for its run directory), made once the start is answered; the next start takes it
 /// (it becomes that container's monitor) and another is made; the spare ends with the daemon.
+/// Where there are cgroup v1 hierarchies, a spare makes its cgroup there ahead
+/// (`bivy/.spare-PID`), which becomes the container's by a rename; an unneeded spare removes
+/// it, and a daemon's start removes those of killed spares.
 #[test]
 fn a_spare_monitor_serves_the_next_start_and_ends_with_the_daemon() {
     if !common::lxc_prerequisites() {
@@ -1702,7 +1724,7 @@ fn a_spare_monitor_serves_the_next_start_and_ends_with_the_daemon() {
     }
     // Other daemons' spares (none in CI) are left out.
     let others = spares_but(&[]);
-    let d = Daemon::start().expect("daemon");
+    let mut d = Daemon::start().expect("daemon");
     let l = common::Lxc::new(&d);
     l.import_busybox();
     assert!(spares_but(&others).is_empty(), "a spare before any start");
@@ -1724,6 +1746,9 @@ fn a_spare_monitor_serves_the_next_start_and_ends_with_the_daemon() {
     };
     l.ok(&["launch", "busybox", "sp1"]);
     let first = spare();
+    let v1 = cgroup_v1_mount().map(|m| m.join("bivy"));
+    let premade = |pid: u32| v1.as_ref().map(|b| b.join(format!(".spare-{pid}")));
+    let premade_inode = premade(first).map(|p| inode(&p).expect("no premade cgroup"));
     l.ok(&["launch", "busybox", "sp2"]);
     let (code, out) = l.sh("sp2", "echo up");
     assert_eq!((code, out.as_str()), (0, "up\n"));
@@ -1740,12 +1765,52 @@ fn a_spare_monitor_serves_the_next_start_and_ends_with_the_daemon() {
     // The container it became runs under a monitor whose log is its own.
     let log = std::fs::read_to_string(d.dir().join("run/sp2/monitor.log")).unwrap_or_default();
     assert!(!log.contains("usage:"), "{log}");
-    l.ok(&["delete", "--force", "sp1", "sp2"]);
+    if let (Some(base), Some(ino)) = (&v1, premade_inode) {
+        // Renamed: sp2's cgroup is the directory the spare made.
+        assert!(!premade(first).expect("v1").exists());
+        let sp2 = std::fs::read_dir(base)
+            .expect("bivy cgroup")
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                let n = p.file_name().unwrap_or_default().to_string_lossy();
+                n == "sp2" || n.starts_with("sp2.")
+            })
+            .expect("sp2's cgroup");
+        assert_eq!(
+            inode(&sp2),
+            Some(ino),
+            "sp2's cgroup is not the premade one"
+        );
+        // A killed spare's premade cgroup is removed at the next daemon start.
+        let at = premade(second).expect("v1");
+        assert!(at.exists(), "no premade cgroup for {second}");
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &second.to_string()])
+            .status();
+        assert!(wait_exited(second, Duration::from_secs(10)));
+        assert!(at.exists(), "the killed spare's cgroup went by itself");
+        drop(l);
+        d.restart().expect("restart");
+        assert!(
+            !at.exists(),
+            "a killed spare's cgroup is left: {}",
+            d.log_text()
+        );
+    }
+    let l = common::Lxc::new(&d);
+    l.ok(&["launch", "busybox", "sp3"]);
+    let last = spare();
+    l.ok(&["delete", "--force", "sp1", "sp2", "sp3"]);
     drop(d);
     assert!(
-        wait_exited(second, Duration::from_secs(10)),
+        wait_exited(last, Duration::from_secs(10)),
         "the spare outlived its daemon"
     );
+    // An unneeded spare removes its premade cgroup.
+    if let Some(p) = premade(last) {
+        assert!(!p.exists(), "{} is left", p.display());
+    }
 }
 
 /// `bivy image export IMAGE FILE` names the file as lxc does: with the server's file name's

@@ -448,17 +448,10 @@ impl Cgroup {
     pub fn create(name: &str, limits: &Limits, owner: Option<(u32, u32)>) -> Result<Cgroup> {
         let cg = Cgroup::paths(name)?;
         let l = Layout::probe();
-        if cg.dirs().iter().any(|d| d.exists()) {
-            let pids = cg.pids();
-            if !pids.is_empty() {
-                return Err(Error(format!(
-                    "cgroup bivy/{name} already exists and holds processes {pids:?}"
-                )));
-            }
-            // Left over by a crash: start clean (no stale limits or sub-cgroups).
-            cg.remove()?;
-        }
-        let r = cg.create_inner(l, limits, owner);
+        cg.clear_leftover()?;
+        let r = cg
+            .make_v1_dirs()
+            .and_then(|()| cg.finish_create(l, limits, owner));
         if let Err(e) = r {
             let _ = cg.remove();
             return Err(e);
@@ -466,7 +459,76 @@ impl Cgroup {
         Ok(cg)
     }
 
-    fn create_inner(&self, l: &Layout, limits: &Limits, owner: Option<(u32, u32)>) -> Result<()> {
+    /// Make `bivy/<name>` in every v1 hierarchy ahead of a start (a spare monitor does, before
+    /// it is asked for one), without limits or delegation, for [`Cgroup::create_from`] to rename
+    /// to the container's cgroup: the controllers' state is allocated off the start's path.
+    /// `Ok(false)`, nothing made, without a v1 hierarchy (cgroup2 renames no cgroup).
+    pub fn premake(name: &str) -> Result<bool> {
+        let l = Layout::probe();
+        if l.v1.is_empty() {
+            return Ok(false);
+        }
+        let mut cg = Cgroup::paths(name)?;
+        cg.unified = None;
+        cg.clear_leftover()?;
+        if let Err(e) = cg.make_v1_dirs() {
+            let _ = cg.remove();
+            return Err(e);
+        }
+        Ok(true)
+    }
+
+    /// [`Cgroup::create`] from the v1 directories [`Cgroup::premake`] made as `premade`: each
+    /// renamed to `bivy/<name>`, the unified hierarchy's made, then limits and delegation. On
+    /// failure nothing of either is left.
+    pub fn create_from(
+        premade: &str,
+        name: &str,
+        limits: &Limits,
+        owner: Option<(u32, u32)>,
+    ) -> Result<Cgroup> {
+        let cg = Cgroup::paths(name)?;
+        let mut pre = Cgroup::paths(premade)?;
+        pre.unified = None;
+        let l = Layout::probe();
+        let r = cg.clear_leftover().and_then(|()| {
+            let renamed = cg
+                .v1
+                .iter()
+                .zip(&pre.v1)
+                .try_for_each(|((to, _), (from, _))| {
+                    fs::rename(from, to).map_err(|e| io_err("renaming", from, e))
+                });
+            renamed
+                .and_then(|()| cg.finish_create(l, limits, owner))
+                .inspect_err(|_| {
+                    let _ = cg.remove();
+                })
+        });
+        if r.is_err() {
+            let _ = pre.remove();
+        }
+        r.map(|()| cg)
+    }
+
+    /// An existing, empty cgroup of this name (left by a crash) removed; one that still has
+    /// processes is an error.
+    fn clear_leftover(&self) -> Result<()> {
+        if self.dirs().iter().any(|d| d.exists()) {
+            let pids = self.pids();
+            if !pids.is_empty() {
+                return Err(Error(format!(
+                    "cgroup bivy/{} already exists and holds processes {pids:?}",
+                    self.name
+                )));
+            }
+            // Left over by a crash: start clean (no stale limits or sub-cgroups).
+            self.remove()?;
+        }
+        Ok(())
+    }
+
+    fn make_v1_dirs(&self) -> Result<()> {
         for (dir, opts) in &self.v1 {
             let parent = dir.parent().expect("bivy/<name> has a parent");
             let root = parent.parent().expect("bivy has a parent");
@@ -486,6 +548,11 @@ impl Cgroup {
                 write(&dir.join("cgroup.clone_children"), "1")?;
             }
         }
+        Ok(())
+    }
+
+    /// After [`Cgroup::make_v1_dirs`]: the unified hierarchy's directory, limits, delegation.
+    fn finish_create(&self, l: &Layout, limits: &Limits, owner: Option<(u32, u32)>) -> Result<()> {
         if let (Some(dir), Some(root)) = (&self.unified, &l.unified) {
             let parent = dir.parent().expect("bivy/<name> has a parent");
             mkdir(parent)?;
@@ -973,6 +1040,45 @@ impl Cgroup {
             }
         }
         first_err.map_or(Ok(()), Err)
+    }
+}
+
+/// The name a spare monitor's premade cgroup has, its pid after it ([`Cgroup::premake`]).
+pub const SPARE_CGROUP: &str = ".spare-";
+
+/// Remove the premade cgroups ([`Cgroup::premake`]) of spare monitors that are gone without
+/// removing them (killed); those of live ones (this daemon's or another's) stay.
+pub fn remove_orphan_premade() {
+    let l = Layout::probe();
+    let mut names: Vec<String> = Vec::new();
+    for (m, _) in &l.v1 {
+        for e in fs::read_dir(m.join("bivy")).into_iter().flatten().flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.strip_prefix(SPARE_CGROUP)
+                .is_some_and(|p| p.parse::<u32>().is_ok())
+                && !names.contains(&n)
+            {
+                names.push(n);
+            }
+        }
+    }
+    for n in names {
+        // `PID (comm) STATE ...`: a zombie is gone as well.
+        let pid = &n[SPARE_CGROUP.len()..];
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let alive = stat
+            .split_once(" (")
+            .and_then(|(_, r)| r.rsplit_once(") "))
+            .is_some_and(|(comm, rest)| comm.starts_with("bivy-") && !rest.starts_with('Z'));
+        if alive {
+            continue;
+        }
+        if let Ok(mut cg) = Cgroup::paths(&n) {
+            cg.unified = None;
+            if let Err(e) = cg.remove() {
+                eprintln!("bivy: removing a spare monitor's cgroup {n}: {e}");
+            }
+        }
     }
 }
 

@@ -33,6 +33,23 @@ pub fn cgroup_create(name: &str, limits: &Limits, owner: Option<(u32, u32)>) -> 
     cgroup::Cgroup::create(name, limits, owner).map(|_| ())
 }
 
+pub use cgroup::{remove_orphan_premade, SPARE_CGROUP};
+
+/// See [`cgroup::Cgroup::premake`].
+pub fn cgroup_premake(name: &str) -> Result<bool> {
+    cgroup::Cgroup::premake(name)
+}
+
+/// [`cgroup_create`] from the cgroup [`cgroup_premake`] made as `premade`.
+pub fn cgroup_create_from(
+    premade: &str,
+    name: &str,
+    limits: &Limits,
+    owner: Option<(u32, u32)>,
+) -> Result<()> {
+    cgroup::Cgroup::create_from(premade, name, limits, owner).map(|_| ())
+}
+
 /// The sub-cgroups below a container's cgroup (every hierarchy), parents first.
 pub fn cgroup_subdirs(name: &str) -> Result<Vec<PathBuf>> {
     Ok(cgroup::Cgroup::open(name)?.subdirs())

@@ -575,8 +575,9 @@ pub fn kill_and_detach(run_dir: &Path, keep: &[&str]) -> Result<Option<Ending>> 
 }
 
 /// At a daemon's start: finish the runs [`kill_and_detach`] moved aside in the run directories'
-/// directory `runs` that no daemon saw end.
+/// directory `runs` that no daemon saw end, and remove the cgroups killed spare monitors premade.
 pub fn finish_ended_runs(runs: &Path) {
+    confine::remove_orphan_premade();
     control::finish_ended_runs(runs)
 }
 

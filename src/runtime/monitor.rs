@@ -46,15 +46,25 @@ pub fn helper(args: &[String]) -> ! {
     //     (our stdout and stderr from now on); the end of the socket means it is not needed.
     //     After the log may come a user namespace with the container's id maps, for its
     //     idmapped mounts (the daemon keeps them, see `control::mapped_userns`).
+    //     Its cgroup's v1 directories are made now, as `.spare-<pid>`, and renamed to the
+    //     container's (see `make_cgroup`); they go with it when it is not needed.
     let spare = run_dir == "--spare";
-    let (run_dir, userns) = if spare {
+    let (run_dir, userns, premade) = if spare {
         // Daemonized before it says it waits: the fork is not on a start's path.
         daemonize(&status);
         let _ = nix::sys::prctl::set_name(c"bivy-spare");
         // Asked now, while nothing waits for it (see `rootfs::host_side_for`).
         let _ = sys::overlay::proc_takes_pidns();
+        let premade = format!("{}{}", confine::SPARE_CGROUP, std::process::id());
+        let premade = matches!(confine::cgroup_premake(&premade), Ok(true)).then_some(premade);
+        let unneeded = || {
+            if let Some(p) = &premade {
+                let _ = confine::cgroup_remove(p);
+            }
+            std::process::exit(0)
+        };
         if chan::send(&status, &Msg::Ready, None).is_err() {
-            std::process::exit(0);
+            unneeded();
         }
         match chan::recv_fds(&status) {
             Ok(Some((Msg::Request(dir), fds))) => {
@@ -63,12 +73,12 @@ pub fn helper(args: &[String]) -> ! {
                     let _ = nix::unistd::dup2_stdout(&log);
                     let _ = nix::unistd::dup2_stderr(&log);
                 }
-                (dir, fds.next())
+                (dir, fds.next(), premade)
             }
-            _ => std::process::exit(0),
+            _ => unneeded(),
         }
     } else {
-        (run_dir, None)
+        (run_dir, None, None)
     };
     // 2. Daemonized (a spare was, above).
     if !spare {
@@ -77,13 +87,17 @@ pub fn helper(args: &[String]) -> ! {
     // A readable name in ps/top (the exe is /proc/self/fd/N, so comm would be "N").
     let _ = nix::sys::prctl::set_name(c"bivy-monitor");
     let run_dir = PathBuf::from(run_dir);
-    let code = match run(&run_dir, status, userns) {
+    let code = match run(&run_dir, status, userns, premade.as_deref()) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("bivy monitor: {e}");
             1
         }
     };
+    // A premade cgroup a failed setup did not take (a taken one has another name now).
+    if let Some(p) = &premade {
+        let _ = confine::cgroup_remove(p);
+    }
     std::process::exit(code)
 }
 
@@ -147,7 +161,13 @@ fn teardown(spec: &Spec, p: &Prepared) {
 
 /// `userns`: a user namespace with the spec's id maps, for the idmapped mounts, when the daemon
 /// gave one.
-fn run(run_dir: &Path, status: OwnedFd, userns: Option<OwnedFd>) -> Result<()> {
+/// `premade`: the v1 cgroup directories a spare made ahead ([`confine::cgroup_premake`]).
+fn run(
+    run_dir: &Path,
+    status: OwnedFd,
+    userns: Option<OwnedFd>,
+    premade: Option<&str>,
+) -> Result<()> {
     let t0 = Instant::now();
     let spec = read_spec(run_dir)?;
     // The run directory, held for the container's life (see below, after the setup).
@@ -171,7 +191,15 @@ fn run(run_dir: &Path, status: OwnedFd, userns: Option<OwnedFd>) -> Result<()> {
         stage: run_dir.join(files::STAGE),
     };
     trace(t0, "spec read, pid recorded");
-    match setup(t0, run_dir, &spec, &mut prep, restore.as_ref(), userns) {
+    match setup(
+        t0,
+        run_dir,
+        &spec,
+        &mut prep,
+        restore.as_ref(),
+        userns,
+        premade,
+    ) {
         Ok(Setup {
             init_pid,
             master,
@@ -421,12 +449,18 @@ fn make_cgroup(
     spec: &Spec,
     privileged: bool,
     owner: (u32, u32),
+    premade: Option<&str>,
 ) -> (bool, Result<()>) {
-    if let Err(e) = confine::cgroup_create(
+    let (name, limits, owner) = (
         spec.cgroup_name(),
         &spec.limits,
         (!privileged).then_some(owner),
-    ) {
+    );
+    let made = match premade {
+        Some(p) => confine::cgroup_create_from(p, name, limits, owner),
+        None => confine::cgroup_create(name, limits, owner),
+    };
+    if let Err(e) = made {
         return (false, Err(e));
     }
     trace(t0, "step 6: cgroup made");
@@ -448,6 +482,7 @@ fn setup(
     prep: &mut Prepared,
     restore: Option<&criu::RestoreReq>,
     userns: Option<OwnedFd>,
+    premade: Option<&str>,
 ) -> Result<Setup> {
     let privileged = spec.rootfs_mode == RootfsMode::Privileged;
     let owner = if privileged {
@@ -478,7 +513,7 @@ fn setup(
     // as before; the children forked meanwhile (the id map's user namespace, the overlay's maker)
     // make only async-signal-safe calls.
     let (cgroup, staging) = std::thread::scope(|s| {
-        let cgroup = s.spawn(|| make_cgroup(t0, spec, privileged, owner));
+        let cgroup = s.spawn(|| make_cgroup(t0, spec, privileged, owner, premade));
         let staging = stage(t0, spec, &prep.stage, owner, linked, userns);
         let cgroup = cgroup.join().unwrap_or_else(|_| {
             (
