@@ -1177,6 +1177,24 @@ fn dir_pool_launches_take_a_layered_spare() {
             .is_some_and(|i| i != taken)),
         "no new spare"
     );
+    // The overlay a start applies its templates through ends once the start is answered (its
+    // thread, which holds it, is gone).
+    let pid = d.pid().expect("daemon pid");
+    let views = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|c| c.trim() == "bivy-view")
+            })
+            .count()
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), || views() == 0),
+        "a template view is left"
+    );
     // The taken spare is l2's running rootfs, over the image, and its own.
     l.ok(&["exec", "l2", "--", "sh", "-c", "echo x > /etc/only-l2"]);
     assert_eq!(

@@ -264,6 +264,12 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
                     image::apply_templates(&meta, &vol.join("templates"), &rootfs, trigger, &ctx)?;
                 }
                 image::apply_templates(&meta, &vol.join("templates"), &rootfs, "start", &ctx)?;
+                // Its overlay's end (a sync of the pool's whole filesystem, on the thread that
+                // held it) comes after the start's answer; the container's own overlay over
+                // the same layers is made meanwhile (this one is not used again).
+                if let Some(v) = view {
+                    v.end_later(|end| runtime::after_next_answer(end));
+                }
             }
         }
         Ok(())

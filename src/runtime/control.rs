@@ -170,6 +170,26 @@ pub fn answered() {
     ANSWERS.1.notify_all();
 }
 
+/// Run `job` once the caller gave its next answer ([`answered`]; [`HELD_AT_MOST`] when none
+/// comes), on a pooled thread: work a start leaves behind that must not compete with it.
+pub fn after_next_answer(job: impl FnOnce() + Send + 'static) {
+    let since = answers();
+    let job = std::sync::Arc::new(std::sync::Mutex::new(Some(job)));
+    let queued = job.clone();
+    let spawned = crate::util::pool::spawn("after-answer", move || {
+        after_answer(since, HELD_AT_MOST);
+        if let Some(f) = crate::util::lock(&queued).take() {
+            f();
+        }
+    });
+    // No thread to be had: now, then.
+    if spawned.is_err() {
+        if let Some(f) = crate::util::lock(&job).take() {
+            f();
+        }
+    }
+}
+
 /// The count of answers now, for [`after_answer`].
 fn answers() -> u64 {
     *crate::util::lock(&ANSWERS.0)

@@ -564,7 +564,7 @@ pub fn stop(run_dir: &Path, mode: StopMode) -> Result<()> {
     control::stop(run_dir, mode)
 }
 
-pub use control::{answered, Ending};
+pub use control::{after_next_answer, answered, Ending};
 
 /// A forced stop for a start that follows at once: the container killed, its run directory
 /// moved aside for its monitor to end in (a new one holding copies of the files named in

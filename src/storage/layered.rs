@@ -214,6 +214,20 @@ impl Drop for View {
     }
 }
 
+impl View {
+    /// End the view (unmount its overlay) when and where `defer` runs what it is given: the
+    /// end of a writable overlay syncs its upper layer's whole filesystem.
+    pub fn end_later(mut self, defer: impl FnOnce(Box<dyn FnOnce() + Send>)) {
+        if let Some(hold) = self.hold.take() {
+            defer(Box::new(move || {
+                let (stop, thread) = hold;
+                drop(stop);
+                let _ = thread.join();
+            }));
+        }
+    }
+}
+
 /// A [`View`] of `vol`. Read-only: the upper layer as one more lower one, so a running
 /// container's own overlay is not disturbed (what it changes meanwhile may or may not show, as
 /// when a plain running rootfs is read). `writable`: the upper and work directories as such; only
