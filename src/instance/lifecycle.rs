@@ -285,7 +285,8 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
     }
     let log_dir = d.log_dir(name);
     let make_log_dir = || {
-        std::fs::create_dir_all(&log_dir)
+        crate::util::fs::make_dir_from_spare(&log_dir, 0o755)
+            .map(drop)
             .map_err(|e| Error::Host(format!("{}: {e}", log_dir.display())))
     };
     let (spec_rootfs, rootfs_lower) = match &lower {
@@ -406,6 +407,16 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
         .and_then(|p| runtime::start_prepared(&spec, p).map_err(Error::from))
         .map(drop)
     };
+    // The log and run directories' spares (made ahead, taken by a rename) made again, once the
+    // start is answered.
+    let parents = [d.dir.join("logs"), d.dir.join("run")];
+    runtime::after_next_answer(move || {
+        for p in &parents {
+            if let Err(e) = crate::util::fs::make_spare_dir(p) {
+                eprintln!("bivy: making a spare directory in {}: {e}", p.display());
+            }
+        }
+    });
     if let Err(e) = started {
         log_line(&log_dir, &format!("start failed: {e}"));
         recorded(false);
@@ -790,6 +801,9 @@ pub fn recover(d: &Arc<Ctx>) -> std::io::Result<()> {
     // An instance's run and log directories come and go with it (see spread_subdirs).
     crate::util::fs::spread_subdirs_or_log(&d.dir.join("run"), "run directories");
     crate::util::fs::spread_subdirs_or_log(&d.dir.join("logs"), "log directories");
+    for p in [d.dir.join("run"), d.dir.join("logs")] {
+        crate::util::fs::make_spare_dir(&p)?;
+    }
     // Runs a restore killed and moved aside whose end a killed daemon did not see.
     runtime::finish_ended_runs(&d.dir.join("run"));
     // An instance without a run directory has never run since the host booted (or was

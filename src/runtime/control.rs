@@ -750,7 +750,7 @@ pub fn prepare(
     // 1. Fresh run directory contents: the spec, nothing left from the previous run.
     // Traversable (the container's child reaches the staged rootfs below it by path), not
     // listable; every file in it is 0600.
-    crate::util::fs::create_dir_mode(run_dir, 0o711).map_err(|e| err("create", run_dir, e))?;
+    crate::util::fs::make_dir_from_spare(run_dir, 0o711).map_err(|e| err("create", run_dir, e))?;
     // The monitor works from "/", so it gets the run directory as an absolute path.
     let run_dir = fs::canonicalize(run_dir).map_err(|e| err("resolve", run_dir, e))?;
     for f in [
