@@ -231,46 +231,48 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
         .map_err(|e| Error::Host(format!("{}: {e}", vol.display())))?;
     // Templates pending from create/copy/rename, then `start` templates: applied beside the
     // run directory's making (below), before the monitor takes the rootfs.
+    let meta: Option<api::ImageMetadata> = std::fs::read(vol.join("metadata.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let pending = rec.config.get("volatile.apply_template");
+    let applies =
+        |t: &api::ImageMetadataTemplate| t.when.iter().any(|w| w == "start" || Some(w) == pending);
+    let templating = meta
+        .as_ref()
+        .is_some_and(|m| m.templates.values().any(applies));
     let templates = || -> Result<()> {
-        let meta_path = vol.join("metadata.json");
-        if let Ok(bytes) = std::fs::read(&meta_path) {
-            if let Ok(meta) = serde_json::from_slice::<api::ImageMetadata>(&bytes) {
-                let ctx = image::template::Context {
-                    name: name.to_string(),
-                    architecture: rec.architecture.clone(),
-                    privileged,
-                    ephemeral: rec.ephemeral,
-                    config: ec.clone(),
-                    devices: ed.clone(),
-                };
-                // A layered volume's files are written through its overlay (the instance is
-                // stopped and this start holds its lock: no other overlay has its upper layer).
-                let pending = rec.config.get("volatile.apply_template");
-                let applies = |t: &api::ImageMetadataTemplate| {
-                    t.when.iter().any(|w| w == "start" || Some(w) == pending)
-                };
-                let view = if lower.is_some() && meta.templates.values().any(applies) {
-                    Some(
-                        crate::storage::layered::view(&vol, true)
-                            .map_err(|e| Error::Host(format!("applying templates: {e}")))?,
-                    )
-                } else {
-                    None
-                };
-                let rootfs = view
-                    .as_ref()
-                    .map_or(rootfs.clone(), |v| v.path().join("rootfs"));
-                if let Some(trigger) = rec.config.get("volatile.apply_template") {
-                    image::apply_templates(&meta, &vol.join("templates"), &rootfs, trigger, &ctx)?;
-                }
-                image::apply_templates(&meta, &vol.join("templates"), &rootfs, "start", &ctx)?;
-                // Its overlay's end (a sync of the pool's whole filesystem, on the thread that
-                // held it) comes after the start's answer; the container's own overlay over
-                // the same layers is made meanwhile (this one is not used again).
-                if let Some(v) = view {
-                    v.end_later(|end| runtime::after_next_answer(end));
-                }
-            }
+        let Some(meta) = meta.as_ref().filter(|_| templating) else {
+            return Ok(());
+        };
+        let ctx = image::template::Context {
+            name: name.to_string(),
+            architecture: rec.architecture.clone(),
+            privileged,
+            ephemeral: rec.ephemeral,
+            config: ec.clone(),
+            devices: ed.clone(),
+        };
+        // A layered volume's files are written through its overlay (the instance is stopped
+        // and this start holds its lock: no other overlay has its upper layer yet).
+        let view = match lower {
+            Some(_) => Some(
+                crate::storage::layered::view(&vol, true)
+                    .map_err(|e| Error::Host(format!("applying templates: {e}")))?,
+            ),
+            None => None,
+        };
+        let rootfs = view
+            .as_ref()
+            .map_or(rootfs.clone(), |v| v.path().join("rootfs"));
+        if let Some(trigger) = pending {
+            image::apply_templates(meta, &vol.join("templates"), &rootfs, trigger, &ctx)?;
+        }
+        image::apply_templates(meta, &vol.join("templates"), &rootfs, "start", &ctx)?;
+        // Its overlay's end (a sync of the pool's whole filesystem, on the thread that held
+        // it) comes after the start's answer; the container's own overlay over the same
+        // layers is made meanwhile (this one is not used again).
+        if let Some(v) = view {
+            v.end_later(|end| runtime::after_next_answer(end));
         }
         Ok(())
     };
@@ -391,9 +393,8 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
         make_log_dir()
             .and_then(|()| templates())
             .and_then(|()| super::stateful::restore(d, name, &rec, &spec, &run_dir))
-    } else {
-        // The templates on a thread of their own while the log and run directories are made
-        // (each about 1 ms of file making on the start's path).
+    } else if templating {
+        // The templates on a thread of their own while the log and run directories are made.
         std::thread::scope(|s| {
             let applied = s.spawn(templates);
             let prepared = make_log_dir()
@@ -406,6 +407,10 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
         })
         .and_then(|p| runtime::start_prepared(&spec, p).map_err(Error::from))
         .map(drop)
+    } else {
+        make_log_dir()
+            .and_then(|()| runtime::start(&spec, &run_dir).map_err(Error::from))
+            .map(drop)
     };
     // The log and run directories' spares (made ahead, taken by a rename) made again, once the
     // start is answered.
