@@ -1136,6 +1136,39 @@ fn pool_storage_without_a_record_is_removed_at_start() {
     assert!(loops_backing(&image).is_empty());
 }
 
+/// A daemon with the busybox image imported, the image's fingerprint, the default pool's
+/// directory, and where that pool keeps the image's spare volume named `<fp><suffix>`.
+fn daemon_with_spare_at(suffix: &str) -> (Daemon, String, PathBuf, PathBuf) {
+    let d = Daemon::start().expect("daemon");
+    let fp = {
+        let l = Lxc::new(&d);
+        l.import_busybox();
+        l.only_image_fingerprint()
+    };
+    let pool = d.dir().join("storage-pools/default");
+    let spare = pool.join("images").join(format!("{fp}{suffix}"));
+    (d, fp, pool, spare)
+}
+
+/// The inode of `p` (not followed), if it is there.
+fn inode_of(p: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(p).map(|m| m.ino()).ok()
+}
+
+/// The spare at `spare` (complete: `complete` is in it) stays across the daemon's restart, a
+/// half-made one (`<spare>.tmp`) is removed, and the pool's volumes list the image once.
+fn spare_stays_across_a_restart(d: &mut Daemon, spare: &Path, complete: &str) {
+    d.stop();
+    let half = PathBuf::from(format!("{}.tmp", spare.display()));
+    std::fs::create_dir(&half).expect("mkdir");
+    d.restart().expect("restart");
+    assert!(!half.exists(), "{}", d.log_text());
+    assert!(spare.join(complete).exists(), "{}", d.log_text());
+    let used = Lxc::new(d).ok(&["storage", "show", "default"]);
+    assert_eq!(used.matches("/1.0/images/").count(), 1, "{used}");
+}
+
 /// A `dir` pool layers each new unprivileged instance over its image's volume; the layered volume
 /// (the image's metadata and templates copied, empty upper and work directories, `lower`) is
 /// made ahead in the background, so a launch takes it with a rename. The spare is never two
@@ -1146,18 +1179,9 @@ fn dir_pool_launches_take_a_layered_spare() {
     if !common::lxc_prerequisites() {
         return;
     }
-    let mut d = Daemon::start().expect("daemon");
+    let (mut d, fp, pool, spare) = daemon_with_spare_at(".layered-spare");
     let l = Lxc::new(&d);
-    l.import_busybox();
-    let fp = l.only_image_fingerprint();
-    let pool = d.dir().join("storage-pools/default");
-    let spare = pool.join("images").join(format!("{fp}.layered-spare"));
-    let upper_inode = |vol: &Path| {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::symlink_metadata(vol.join("upper"))
-            .map(|m| m.ino())
-            .ok()
-    };
+    let upper_inode = |vol: &Path| inode_of(&vol.join("upper"));
     l.ok(&["init", "busybox", "l1"]);
     assert!(
         wait_for(Duration::from_secs(20), || spare.join("lower").exists()),
@@ -1214,17 +1238,9 @@ fn dir_pool_launches_take_a_layered_spare() {
     ]);
     assert!(out.contains("No such file"), "{out}");
 
-    // Kept across a restart; a half-made spare is removed.
     drop(l);
-    d.stop();
-    let half = pool.join("images").join(format!("{fp}.layered-spare.tmp"));
-    std::fs::create_dir(&half).expect("mkdir");
-    d.restart().expect("restart");
-    assert!(!half.exists(), "{}", d.log_text());
-    assert!(spare.join("lower").exists(), "{}", d.log_text());
+    spare_stays_across_a_restart(&mut d, &spare, "lower");
     let l = Lxc::new(&d);
-    let used = l.ok(&["storage", "show", "default"]);
-    assert_eq!(used.matches("/1.0/images/").count(), 1, "{used}");
 
     // The spare goes with the image; the image's volume stays while l1 and l2 lie over it.
     l.ok(&["image", "delete", &fp]);
@@ -1244,18 +1260,9 @@ fn dir_pool_launches_take_a_spare_copy_of_the_image() {
     if !common::lxc_prerequisites() {
         return;
     }
-    let mut d = Daemon::start().expect("daemon");
+    let (mut d, fp, pool, spare) = daemon_with_spare_at(".spare");
     let l = Lxc::new(&d);
-    l.import_busybox();
-    let fp = l.only_image_fingerprint();
-    let pool = d.dir().join("storage-pools/default");
-    let spare = pool.join("images").join(format!("{fp}.spare"));
-    let busybox_inode = |vol: &Path| {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::symlink_metadata(vol.join("rootfs/bin/busybox"))
-            .map(|m| m.ino())
-            .ok()
-    };
+    let busybox_inode = |vol: &Path| inode_of(&vol.join("rootfs/bin/busybox"));
     // The first launch copies the image's volume and leaves a spare behind.
     l.ok(&["init", "busybox", "s1", "-c", "security.nesting=true"]);
     assert!(
@@ -1306,18 +1313,9 @@ fn dir_pool_launches_take_a_spare_copy_of_the_image() {
         "x"
     );
 
-    // Kept across a restart; a half-made spare is removed.
     drop(l);
-    d.stop();
-    let half = pool.join("images").join(format!("{fp}.spare.tmp"));
-    std::fs::create_dir(&half).expect("mkdir");
-    d.restart().expect("restart");
-    assert!(!half.exists(), "{}", d.log_text());
-    assert!(spare.join("metadata.json").exists(), "{}", d.log_text());
+    spare_stays_across_a_restart(&mut d, &spare, "metadata.json");
     let l = Lxc::new(&d);
-    // The pool's image volumes do not list the spare.
-    let used = l.ok(&["storage", "show", "default"]);
-    assert_eq!(used.matches("/1.0/images/").count(), 1, "{used}");
 
     // The spare goes with the image.
     l.ok(&["delete", "--force", "s1"]);

@@ -272,7 +272,7 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
         // it) comes after the start's answer; the container's own overlay over the same
         // layers is made meanwhile (this one is not used again).
         if let Some(v) = view {
-            v.end_later(|end| runtime::after_next_answer(end));
+            v.end_later(runtime::after_next_answer);
         }
         Ok(())
     };
@@ -415,13 +415,7 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
     // The log and run directories' spares (made ahead, taken by a rename) made again, once the
     // start is answered.
     let parents = [d.dir.join("logs"), d.dir.join("run")];
-    runtime::after_next_answer(move || {
-        for p in &parents {
-            if let Err(e) = crate::util::fs::make_spare_dir(p) {
-                eprintln!("bivy: making a spare directory in {}: {e}", p.display());
-            }
-        }
-    });
+    runtime::after_next_answer(move || make_spare_dirs(&parents));
     if let Err(e) = started {
         log_line(&log_dir, &format!("start failed: {e}"));
         recorded(false);
@@ -456,6 +450,15 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The spare directories of `parents` (see `util::fs::make_dir_from_spare`), made where missing.
+fn make_spare_dirs(parents: &[std::path::PathBuf]) {
+    for p in parents {
+        if let Err(e) = crate::util::fs::make_spare_dir(p) {
+            eprintln!("bivy: making a spare directory in {}: {e}", p.display());
+        }
+    }
 }
 
 /// Make sure kernel module `name` is loaded on the host (LXD's `util.LoadModule`): present in
@@ -806,9 +809,8 @@ pub fn recover(d: &Arc<Ctx>) -> std::io::Result<()> {
     // An instance's run and log directories come and go with it (see spread_subdirs).
     crate::util::fs::spread_subdirs_or_log(&d.dir.join("run"), "run directories");
     crate::util::fs::spread_subdirs_or_log(&d.dir.join("logs"), "log directories");
-    for p in [d.dir.join("run"), d.dir.join("logs")] {
-        crate::util::fs::make_spare_dir(&p)?;
-    }
+    // Their spares, which starts take with a rename (see make_dir_from_spare).
+    make_spare_dirs(&[d.dir.join("run"), d.dir.join("logs")]);
     // Runs a restore killed and moved aside whose end a killed daemon did not see.
     runtime::finish_ended_runs(&d.dir.join("run"));
     // An instance without a run directory has never run since the host booted (or was
