@@ -187,9 +187,11 @@ pub fn make_dir_from_spare(dir: &Path, mode: u32) -> io::Result<bool> {
     create_dir_mode(dir, mode).map(|()| false)
 }
 
-/// Make the spare directory of `parent` ([`make_dir_from_spare`]) unless it is there.
+/// Make the spare directory of `parent` ([`make_dir_from_spare`]) unless it is there: 0700
+/// until it is taken (its parent may be traversable by anyone).
 pub fn make_spare_dir(parent: &Path) -> io::Result<()> {
-    match fs::create_dir(parent.join(SPARE_DIR)) {
+    use std::os::unix::fs::DirBuilderExt;
+    match fs::DirBuilder::new().mode(0o700).create(parent.join(SPARE_DIR)) {
         Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
         _ => Ok(()),
     }
