@@ -191,7 +191,10 @@ pub fn make_dir_from_spare(dir: &Path, mode: u32) -> io::Result<bool> {
 /// until it is taken (its parent may be traversable by anyone).
 pub fn make_spare_dir(parent: &Path) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    match fs::DirBuilder::new().mode(0o700).create(parent.join(SPARE_DIR)) {
+    match fs::DirBuilder::new()
+        .mode(0o700)
+        .create(parent.join(SPARE_DIR))
+    {
         Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
         _ => Ok(()),
     }
