@@ -1226,9 +1226,13 @@ fn invariants_into(t: &Trial, v: &mut Vec<String>) -> Result {
             .map(|l| PathBuf::from(l.trim()))
             .collect();
         for e in entries(&root.join("images")) {
-            // A `dir` pool's spare copy of an image (a launch takes it); a half-made one
-            // (`.spare.tmp`) is removed by the start.
-            let fp = e.strip_suffix(".spare").unwrap_or(&e);
+            // A `dir` pool's spare copy of an image or spare layered volume over it (a launch
+            // takes it); a half-made one (`.spare.tmp`, `.layered-spare.tmp`) is removed by
+            // the start.
+            let fp = [".spare", ".layered-spare"]
+                .iter()
+                .find_map(|s| e.strip_suffix(s))
+                .unwrap_or(&e);
             if !images.contains(fp) && !lowers.contains(&root.join("images").join(&e)) {
                 v.push(format!("{pool}/images/{e}: no image records it"));
             }
