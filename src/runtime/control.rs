@@ -173,21 +173,18 @@ pub fn answered() {
 /// Run `job` once the caller gave its next answer ([`answered`]; [`HELD_AT_MOST`] when none
 /// comes), on a pooled thread: work a start leaves behind that must not compete with it.
 pub fn after_next_answer(job: impl FnOnce() + Send + 'static) {
+    on_pool_after_answer("after-answer", HELD_AT_MOST, job);
+}
+
+/// Run `job` on a pooled thread named `name` once the caller gave its next answer, or after
+/// `limit` when none comes. No thread to be had: the job is dropped (what it owns, such as a
+/// view's hold, ends with it).
+fn on_pool_after_answer(name: &'static str, limit: Duration, job: impl FnOnce() + Send + 'static) {
     let since = answers();
-    let job = std::sync::Arc::new(std::sync::Mutex::new(Some(job)));
-    let queued = job.clone();
-    let spawned = crate::util::pool::spawn("after-answer", move || {
-        after_answer(since, HELD_AT_MOST);
-        if let Some(f) = crate::util::lock(&queued).take() {
-            f();
-        }
+    let _ = crate::util::pool::spawn(name, move || {
+        after_answer(since, limit);
+        job();
     });
-    // No thread to be had: now, then.
-    if spawned.is_err() {
-        if let Some(f) = crate::util::lock(&job).take() {
-            f();
-        }
-    }
 }
 
 /// The count of answers now, for [`after_answer`].
@@ -210,11 +207,7 @@ const SPARE_AFTER: Duration = Duration::from_millis(50);
 /// the binary's start-up, about 1 ms of CPU) would otherwise compete with the answer on a
 /// small host.
 fn make_spare_later() {
-    let since = answers();
-    let _ = crate::util::pool::spawn("spare-monitor", move || {
-        after_answer(since, SPARE_AFTER);
-        make_spare();
-    });
+    on_pool_after_answer("spare-monitor", SPARE_AFTER, make_spare);
 }
 
 pub(crate) fn read_spec(run_dir: &Path) -> Result<Spec> {

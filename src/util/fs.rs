@@ -200,11 +200,6 @@ pub fn make_spare_dir(parent: &Path) -> io::Result<()> {
     }
 }
 
-/// Whether `name`, an entry of a parent of run or log directories, is its spare directory.
-pub fn is_spare_dir(name: &std::ffi::OsStr) -> bool {
-    name == SPARE_DIR
-}
-
 /// Ask the filesystem to spread the directories made in `dir` over its allocation groups, as it
 /// does for top-level directories (`chattr +T`, `FS_TOPDIR_FL`, honoured by ext2/3/4's Orlov
 /// allocator). For directories whose children are separate trees made and removed as instances come
