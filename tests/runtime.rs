@@ -132,6 +132,7 @@ impl Ct {
             disks: Vec::new(),
             nics: Vec::new(),
             unix_devices: Vec::new(),
+            templates: Vec::new(),
         };
         Ct {
             dir,

@@ -1201,8 +1201,8 @@ fn dir_pool_launches_take_a_layered_spare() {
             .is_some_and(|i| i != taken)),
         "no new spare"
     );
-    // The overlay a start applies its templates through ends once the start is answered (its
-    // thread, which holds it, is gone).
+    // No overlay of the daemon's is left from the start (its templates were written by the
+    // container's init, on its own overlay): no thread holds a view.
     let pid = d.pid().expect("daemon pid");
     let views = || {
         std::fs::read_dir(format!("/proc/{pid}/task"))
@@ -1608,4 +1608,111 @@ fn tmpfs_at(dir: &std::path::Path, size: &str) {
         Some(format!("size={size}").as_str()),
     )
     .expect("mount tmpfs");
+}
+
+/// On a layered volume the image's templates are written by the container's init, on its own
+/// overlay, before anything is mounted in it: a new file and its new parents are the container
+/// root's (on-disk ids 0, in the upper layer), an existing file keeps its owner and mode, a
+/// `create_only` one is left as it is, and a symlink among a target's parents fails the start
+/// with nothing written where it points.
+#[test]
+fn layered_templates_are_written_by_the_containers_init() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !common::lxc_prerequisites() {
+        return;
+    }
+    let d = Daemon::start().expect("daemon");
+    let l = Lxc::new(&d);
+    l.import_busybox();
+    let image_rootfs = d
+        .dir()
+        .join("storage-pools/default/images")
+        .join(l.only_image_fingerprint())
+        .join("rootfs");
+    l.ok(&["init", "busybox", "t1"]);
+    let vol = common::volume_dir(&d, "t1", None);
+    assert!(vol.join("lower").exists(), "not layered: {}", vol.display());
+    let add_templates = |entries: &str, files: &[(&str, &str)]| {
+        for (name, body) in files {
+            d.ok(&["config", "template", "create", "t1", name]);
+            let out = d.with_stdin(&["config", "template", "edit", "t1", name], body.as_bytes());
+            assert!(out.status.success(), "{out:?}");
+        }
+        let meta = d.ok(&["config", "metadata", "show", "t1"]).replacen(
+            "templates:\n",
+            &format!("templates:\n{entries}"),
+            1,
+        );
+        let out = d.with_stdin(&["config", "metadata", "edit", "t1"], meta.as_bytes());
+        assert!(out.status.success(), "{out:?}");
+    };
+    add_templates(
+        "  /opt/deep/er/file:\n    when:\n    - start\n    template: deep.tpl\n  \
+         /etc/inittab:\n    when:\n    - start\n    create_only: true\n    template: keep.tpl\n",
+        &[
+            ("deep.tpl", "deep {{ instance.name }}\n"),
+            ("keep.tpl", "replaced\n"),
+        ],
+    );
+    l.ok(&["start", "t1"]);
+    let upper = vol.join("upper");
+    let file = upper.join("opt/deep/er/file");
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("written in the upper layer"),
+        "deep t1\n"
+    );
+    let ids_mode = |p: &Path| {
+        let m = std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        (m.uid(), m.gid(), m.permissions().mode() & 0o7777)
+    };
+    assert_eq!(ids_mode(&file), (0, 0, 0o644));
+    for dir in ["opt", "opt/deep", "opt/deep/er"] {
+        assert_eq!(ids_mode(&upper.join(dir)), (0, 0, 0o755), "{dir}");
+    }
+    assert_eq!(
+        l.ok(&[
+            "exec",
+            "t1",
+            "--",
+            "stat",
+            "-c",
+            "%u %g %a",
+            "/opt/deep/er/file"
+        ])
+        .trim(),
+        "0 0 644"
+    );
+    // The image's hostname template truncated the image's file: its owner and mode are kept.
+    assert_eq!(
+        std::fs::read_to_string(upper.join("etc/hostname")).expect("hostname"),
+        "t1\n"
+    );
+    assert_eq!(
+        ids_mode(&upper.join("etc/hostname")),
+        ids_mode(&image_rootfs.join("etc/hostname"))
+    );
+    // create_only: the image's inittab stays the image's (not copied up).
+    assert!(!upper.join("etc/inittab").exists());
+    assert!(l
+        .ok(&["exec", "t1", "--", "cat", "/etc/inittab"])
+        .contains("::sysinit:"));
+    l.ok(&["stop", "--force", "t1"]);
+
+    // A parent of a target that is a symlink to a host directory anyone may write to.
+    let outside = std::env::temp_dir().join(format!("bivy-tpl-outside-{}", std::process::id()));
+    std::fs::create_dir(&outside).expect("mkdir");
+    std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+    std::os::unix::fs::symlink(&outside, upper.join("srv")).expect("symlink");
+    add_templates(
+        "  /srv/evil:\n    when:\n    - start\n    template: evil.tpl\n",
+        &[("evil.tpl", "evil\n")],
+    );
+    let out = l.run(&["start", "t1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started through a symlink: {err}");
+    assert!(err.contains("unsafe path"), "{err}");
+    let written = tree(&outside);
+    let _ = std::fs::remove_dir_all(&outside);
+    assert_eq!(written, Vec::<PathBuf>::new(), "written outside");
+    l.ok(&["delete", "--force", "t1"]);
 }

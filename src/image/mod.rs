@@ -21,6 +21,7 @@
 //! INTERFACE CONTRACT (the daemon relies on these; keep the signatures): `Store` and its methods,
 //! `Upload`, `ImportOpts`, `UnpackOpts`, `Error`, `template::Context`, `apply_templates`.
 
+mod apply;
 mod compress;
 mod fuzz;
 mod metadata;
@@ -42,6 +43,9 @@ use crate::util::fs::{atomic_write, sync_dir};
 use crate::util::revert::Revert;
 use crate::util::time;
 
+pub use apply::{
+    apply_templates, render as render_templates, write as write_templates, TemplateFile,
+};
 pub use compress::{sniff, Compression, Encoder, Format};
 #[doc(hidden)]
 pub use fuzz::fuzz_unpack;
@@ -1049,117 +1053,6 @@ pub fn unpack_unified_file(
     opts: &UnpackOpts,
 ) -> Result<()> {
     unpack::unpack_unified(tarball, rootfs, templates, opts)
-}
-
-/// Render the templates of `metadata` whose `when` contains `trigger` into the rootfs, through
-/// safe path resolution (never outside `rootfs`). Errors name the template file and line.
-///
-/// As LXD: missing parents are created (0755, owned by on-disk uid 0 = container root), new files
-/// are 0644 owned by uid 0, existing files are truncated and keep their owner and mode, and
-/// `create_only` templates skip existing files. A symlink at the target is replaced, not followed.
-pub fn apply_templates(
-    metadata: &api::ImageMetadata,
-    templates: &Path,
-    rootfs: &Path,
-    trigger: &str,
-    ctx: &template::Context,
-) -> Result<()> {
-    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
-    let wanted: Vec<_> = metadata
-        .templates
-        .iter()
-        .filter(|(_, t)| t.when.iter().any(|w| w == trigger))
-        .collect();
-    if wanted.is_empty() {
-        return Ok(());
-    }
-    let tpl_root = unpack::open_root(templates)?;
-    let root = unpack::open_root(rootfs)?;
-    for (path, t) in wanted {
-        // Read the template without following symlinks inside the templates directory.
-        let tpl_parts = clean_path(t.template.as_bytes())
-            .filter(|p| !p.is_empty())
-            .ok_or_else(|| Error::BadRequest(format!("template {}: bad file name", t.template)))?;
-        let (tname, tparents) = tpl_parts.split_last().expect("non-empty");
-        let tdir = unpack::walk(&tpl_root, tparents, false, &tpl_parts)?;
-        // O_NONBLOCK: a fifo planted in the templates must not hang us; only regular files are read.
-        let tpl_err =
-            |e: &dyn std::fmt::Display| Error::BadRequest(format!("template {}: {e}", t.template));
-        let fd = rustix::fs::openat(
-            &tdir,
-            *tname,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| tpl_err(&e))?;
-        let st = rustix::fs::fstat(&fd).map_err(|e| tpl_err(&e))?;
-        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
-            return Err(tpl_err(&"not a regular file"));
-        }
-        let mut src = String::new();
-        File::from(fd)
-            .take(4 << 20)
-            .read_to_string(&mut src)
-            .map_err(|e| tpl_err(&e))?;
-        let vars = template::variables(ctx, trigger, path, &t.properties);
-        let out = template::render(&t.template, &src, &vars)
-            .map_err(|e| Error::BadRequest(e.to_string()))?;
-
-        let parts = clean_path(path.trim_start_matches('/').as_bytes())
-            .filter(|p| !p.is_empty() && path.starts_with('/'))
-            .ok_or_else(|| {
-                Error::BadRequest(format!(
-                    "template target {path:?} is not a clean absolute path"
-                ))
-            })?;
-        let (name, parents) = parts.split_last().expect("non-empty");
-        let dir = unpack::walk(&root, parents, true, &parts)?;
-        let io_err = |e: rustix::io::Errno| Error::Internal(format!("template target {path}: {e}"));
-        let existing = rustix::fs::statat(&dir, *name, AtFlags::SYMLINK_NOFOLLOW).ok();
-        let regular = existing
-            .as_ref()
-            .map(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile);
-        if existing.is_some() && t.create_only {
-            continue;
-        }
-        let fd = match regular {
-            Some(true) => rustix::fs::openat(
-                &dir,
-                *name,
-                OFlags::WRONLY | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(io_err)?,
-            other => {
-                if other == Some(false) {
-                    rustix::fs::unlinkat(&dir, *name, AtFlags::empty()).map_err(io_err)?;
-                }
-                let fd = rustix::fs::openat(
-                    &dir,
-                    *name,
-                    OFlags::WRONLY
-                        | OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o644),
-                )
-                .map_err(io_err)?;
-                rustix::fs::fchown(
-                    &fd,
-                    Some(rustix::fs::Uid::ROOT),
-                    Some(rustix::fs::Gid::ROOT),
-                )
-                .map_err(io_err)?;
-                rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o644)).map_err(io_err)?;
-                fd
-            }
-        };
-        File::from(fd)
-            .write_all(out.as_bytes())
-            .map_err(|e| Error::Internal(format!("template target {path}: {e}")))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -229,8 +229,10 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
     // security.privileged may have changed since the volume was made.
     crate::util::fs::ensure_mode(&vol, crate::storage::instance_volume_mode(privileged))
         .map_err(|e| Error::Host(format!("{}: {e}", vol.display())))?;
-    // Templates pending from create/copy/rename, then `start` templates: applied beside the
-    // run directory's making (below), before the monitor takes the rootfs.
+    // Templates pending from create/copy/rename, then `start` templates, rendered here. A
+    // layered volume's are written by init on the container's own overlay (runtime/init.rs):
+    // no overlay is mounted for them; a plain volume's are written beside the run directory's
+    // making (below), before the monitor takes the rootfs.
     let meta: Option<api::ImageMetadata> = std::fs::read(vol.join("metadata.json"))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
@@ -240,18 +242,33 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
     let templating = meta
         .as_ref()
         .is_some_and(|m| m.templates.values().any(applies));
+    let rendered: Vec<image::TemplateFile> = match meta.as_ref().filter(|_| templating) {
+        None => Vec::new(),
+        Some(meta) => {
+            let ctx = image::template::Context {
+                name: name.to_string(),
+                architecture: rec.architecture.clone(),
+                privileged,
+                ephemeral: rec.ephemeral,
+                config: ec.clone(),
+                devices: ed.clone(),
+            };
+            let dir = vol.join("templates");
+            let mut files = Vec::new();
+            if let Some(trigger) = pending {
+                files.extend(image::render_templates(meta, &dir, trigger, &ctx)?);
+            }
+            files.extend(image::render_templates(meta, &dir, "start", &ctx)?);
+            files
+        }
+    };
+    // By init, on a layered volume the container mounts (not one a checkpoint restores: criu
+    // runs no init of ours).
+    let init_writes = lower.is_some() && !stateful && !rendered.is_empty();
     let templates = || -> Result<()> {
-        let Some(meta) = meta.as_ref().filter(|_| templating) else {
+        if init_writes || rendered.is_empty() {
             return Ok(());
-        };
-        let ctx = image::template::Context {
-            name: name.to_string(),
-            architecture: rec.architecture.clone(),
-            privileged,
-            ephemeral: rec.ephemeral,
-            config: ec.clone(),
-            devices: ed.clone(),
-        };
+        }
         // A layered volume's files are written through its overlay (the instance is stopped
         // and this start holds its lock: no other overlay has its upper layer yet).
         let view = match lower {
@@ -264,13 +281,9 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
         let rootfs = view
             .as_ref()
             .map_or(rootfs.clone(), |v| v.path().join("rootfs"));
-        if let Some(trigger) = pending {
-            image::apply_templates(meta, &vol.join("templates"), &rootfs, trigger, &ctx)?;
-        }
-        image::apply_templates(meta, &vol.join("templates"), &rootfs, "start", &ctx)?;
+        image::write_templates(&rendered, &rootfs)?;
         // Its overlay's end (a sync of the pool's whole filesystem, on the thread that held
-        // it) comes after the start's answer; the container's own overlay over the same
-        // layers is made meanwhile (this one is not used again).
+        // it) comes after the start's answer.
         if let Some(v) = view {
             v.end_later(runtime::after_next_answer);
         }
@@ -325,6 +338,11 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
         disks,
         nics: nics.nics,
         unix_devices,
+        templates: if init_writes {
+            rendered.clone()
+        } else {
+            Vec::new()
+        },
     };
     // linux.kernel_modules: loaded on the host before the container starts, as LXD does.
     if let Some(v) = ec.get("linux.kernel_modules") {
@@ -393,7 +411,7 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
         make_log_dir()
             .and_then(|()| templates())
             .and_then(|()| super::stateful::restore(d, name, &rec, &spec, &run_dir))
-    } else if templating {
+    } else if templating && !init_writes {
         // The templates on a thread of their own while the log and run directories are made.
         std::thread::scope(|s| {
             let applied = s.spawn(templates);
@@ -423,6 +441,12 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
         return Err(e);
     }
     trace.step("runtime started");
+    if init_writes {
+        // What init wrote made durable once the start is answered (the view's end did it).
+        let paths: Vec<String> = rendered.iter().map(|f| f.path.clone()).collect();
+        let vol = vol.clone();
+        runtime::after_next_answer(move || crate::storage::layered::sync_written(&vol, &paths));
+    }
     super::bridges::refresh(d, nics.networks);
     // Proxy devices listen once the container runs; one that cannot fails the start.
     if let Err(e) = super::proxy::start_all(d, name, &ed) {

@@ -81,6 +81,15 @@ fn setup(ctx: &Ctx<'_>, sock: &OwnedFd) -> Result<Never, Error> {
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
         .map_err(|x| e("PR_SET_PDEATHSIG", x))?;
 
+    // 3b. A layered rootfs's templates, written now as container root through the container's
+    //     own overlay (nothing is mounted in the rootfs yet: they land in its volume, as LXD
+    //     writes them), with the same safe resolution as the daemon's (never outside it).
+    if !spec.templates.is_empty() {
+        crate::image::write_templates(&spec.templates, ctx.root)
+            .map_err(|x| e("applying templates", x))?;
+        super::helper::trace(ctx.t0, "child step 3b: templates written");
+    }
+
     super::helper::trace(ctx.t0, "child step 4");
     // 4. Mounts inside the rootfs, then pivot_root into it. Unprivileged: we were cloned into the
     //    monitor's mount namespace; the monitor makes proc, sys, the cgroup view, /dev and the

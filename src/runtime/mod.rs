@@ -289,6 +289,10 @@ pub struct Spec {
     /// Device nodes (`unix-char`, `unix-block`, `gpu`, `usb`), made after the disks.
     #[serde(default)]
     pub unix_devices: Vec<UnixDev>,
+    /// The image's templates, rendered by the daemon, that init writes into a layered rootfs
+    /// (on the container's own overlay, as container root, before anything is mounted in it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub templates: Vec<crate::image::TemplateFile>,
 }
 
 impl Spec {
