@@ -443,9 +443,8 @@ pub fn start_with(d: &Ctx, name: &str, stateful: bool) -> Result<()> {
     trace.step("runtime started");
     if init_writes {
         // What init wrote made durable once the start is answered (the view's end did it).
-        let paths: Vec<String> = rendered.iter().map(|f| f.path.clone()).collect();
         let vol = vol.clone();
-        runtime::after_next_answer(move || crate::storage::layered::sync_written(&vol, &paths));
+        runtime::after_next_answer(move || crate::storage::layered::sync_upper(&vol));
     }
     super::bridges::refresh(d, nics.networks);
     // Proxy devices listen once the container runs; one that cannot fails the start.

@@ -318,57 +318,18 @@ pub fn view(vol: &Path, writable: bool) -> io::Result<View> {
     }
 }
 
-/// Make what a container's start wrote at `paths` (absolute in its rootfs: the templates init
-/// wrote through its overlay) durable in layered volume `vol`: each file found in the upper
-/// layer and the directories above it, fsync'ed, never following a symlink (the container runs
-/// meanwhile and may have changed them). Best effort: a file gone or changed is skipped. On a
-/// kernel without `openat2` (before 5.6) the upper layer's whole filesystem is synced instead.
-pub fn sync_written(vol: &Path, paths: &[String]) {
-    use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
-    let Ok(upper) = rustix::fs::open(
+/// Make what a container's start wrote into layered volume `vol` (the templates init wrote
+/// through its overlay) durable: its upper layer's filesystem synced, as the end of a writable
+/// overlay does (one flush; cheaper here than an fsync per file and directory). Best effort.
+pub fn sync_upper(vol: &Path) {
+    use rustix::fs::{Mode, OFlags};
+    if let Ok(upper) = rustix::fs::open(
         vol.join(UPPER),
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
-    ) else {
-        return;
-    };
-    let how = ResolveFlags::BENEATH
-        | ResolveFlags::NO_SYMLINKS
-        | ResolveFlags::NO_MAGICLINKS
-        | ResolveFlags::NO_XDEV;
-    let mut dirs: Vec<&str> = Vec::new();
-    for p in paths {
-        let rel = p.trim_start_matches('/');
-        let mut at = rel;
-        while let Some((parent, _)) = at.rsplit_once('/') {
-            dirs.push(parent);
-            at = parent;
-        }
-        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-        match rustix::fs::openat2(&upper, rel, flags, Mode::empty(), how) {
-            Ok(fd) => {
-                let regular = rustix::fs::fstat(&fd)
-                    .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile);
-                if regular {
-                    let _ = rustix::fs::fsync(&fd);
-                }
-            }
-            Err(rustix::io::Errno::NOSYS) => {
-                let _ = rustix::fs::syncfs(&upper);
-                return;
-            }
-            Err(_) => {}
-        }
+    ) {
+        let _ = rustix::fs::syncfs(&upper);
     }
-    dirs.sort_unstable();
-    dirs.dedup();
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    for d in dirs {
-        if let Ok(fd) = rustix::fs::openat2(&upper, d, flags, Mode::empty(), how) {
-            let _ = rustix::fs::fsync(&fd);
-        }
-    }
-    let _ = rustix::fs::fsync(&upper);
 }
 
 /// Make `dst` (which must not exist) a plain copy of volume `vol`: its merged tree as `rootfs/`
