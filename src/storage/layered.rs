@@ -10,11 +10,13 @@
 //! A container mounts the overlay inside its user namespace over idmapped copies of both
 //! (runtime/userns.rs). A snapshot, a restore and a copy on the same pool copy the volume as it
 //! is, so only what the container changed. What needs the files as one tree (publish, export,
-//! migration, a copy to another pool, the files of a stopped instance, templates) takes a
-//! [`View`]: the overlay mounted at `rootfs/` in a mount namespace of one thread's own, seen by
+//! migration, a copy to another pool, the files of a stopped instance, the templates of a start
+//! from a checkpoint) takes a [`View`]: the overlay mounted at `rootfs/` in a mount namespace of one thread's own, seen by
 //! every other thread and process through `/proc/PID/task/TID/root`; nothing is mounted where
 //! the host sees it, and a killed daemon leaves no mount behind. Where an overlay cannot go on
 //! (a shifted, privileged or nesting start) the volume is first made plain ([`flatten_into`]).
+//! Any other start's templates are written by the container's init on its own overlay
+//! (runtime/init.rs), made durable by [`sync_upper`].
 
 use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
